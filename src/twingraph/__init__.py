@@ -1,0 +1,27 @@
+"""TwinGraph: data pipelines as decorated Python or declarative graphs.
+
+    from twingraph import component, pipeline
+
+Public names are re-exported here; everything else is implementation.
+"""
+
+from twingraph.dsl.base import BaseComponent
+from twingraph.dsl.component import Component, component
+from twingraph.dsl.pipeline import Pipeline, pipeline
+from twingraph.engine.engine import Engine, RunResult
+from twingraph.engine.refs import Ref
+from twingraph.errors import (ConfigurationError, DynamicSchedulerError, ExecutorUnavailable,
+                              NodeExecutionError, NotFoundError, PipelineCancelled,
+                              PipelineError, PipelineFailed, PipelineTimeout, SchedulingError,
+                              StorageError, TaskTimeout, TwinGraphError, ValidationError)
+from twingraph.registry import register_component
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseComponent", "Component", "ConfigurationError", "DynamicSchedulerError", "Engine",
+    "ExecutorUnavailable", "NodeExecutionError", "NotFoundError", "Pipeline", "PipelineCancelled",
+    "PipelineError", "PipelineFailed", "PipelineTimeout", "Ref", "RunResult", "SchedulingError",
+    "StorageError", "TaskTimeout", "TwinGraphError", "ValidationError", "component", "pipeline",
+    "register_component", "__version__",
+]

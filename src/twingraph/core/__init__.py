@@ -1,0 +1,1 @@
+"""Pure core: graphs, states, hashing, retry math, specs. Standard library only (import-linter)."""

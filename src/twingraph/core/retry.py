@@ -1,0 +1,109 @@
+"""Retry policies: which failures retry, and how long to wait (fixed or exponential, with jitter).
+
+The documented dict form is accepted: ``{'max_attempts': 3, 'backoff': 'exponential',
+'initial_delay': 1, 'max_delay': 60, 'exceptions': ['TransientError', 'TimeoutError']}``.
+``exceptions`` names classes; an error matches if any class in its MRO has that name (short or
+qualified), so ``'TimeoutError'`` also matches ``TaskTimeout``. Randomness is injected.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twingraph.errors import ValidationError
+
+_KEYS = {"max_attempts", "backoff", "initial_delay", "max_delay", "exceptions", "jitter",
+         "multiplier"}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 1
+    backoff: str = "exponential"        # 'fixed' | 'exponential'
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+    multiplier: float = 2.0
+    jitter: float = 0.1                 # +/- fraction of the delay, 0 disables
+    exceptions: tuple[str, ...] = ()    # empty = every exception retries
+    never: tuple[str, ...] = ()         # classes that never retry (e.g. 'ValidationError')
+
+    @classmethod
+    def parse(cls, value: RetryPolicy | Mapping[str, Any] | None) -> RetryPolicy | None:
+        if value is None or isinstance(value, RetryPolicy):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValidationError(f"retry_policy must be a dict, got {type(value).__name__}")
+        unknown = set(value) - _KEYS
+        if unknown:
+            raise ValidationError(f"retry_policy: unknown keys {sorted(unknown)}; "
+                                  f"allowed: {sorted(_KEYS)}")
+        kw: dict[str, Any] = dict(value)
+        if "exceptions" in kw:
+            exc = kw["exceptions"]
+            if isinstance(exc, str):
+                exc = [exc]
+            names = []
+            for e in exc:
+                names.append(e if isinstance(e, str) else getattr(e, "__name__", None))
+                if not isinstance(names[-1], str):
+                    raise ValidationError(f"retry_policy.exceptions: {e!r} is not a class name")
+            kw["exceptions"] = tuple(names)
+        if "jitter" in kw and isinstance(kw["jitter"], bool):
+            kw["jitter"] = 0.1 if kw["jitter"] else 0.0
+        policy = cls(**kw)
+        policy.validate()
+        return policy
+
+    def validate(self) -> None:
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ValidationError("retry_policy.max_attempts must be an integer >= 1")
+        if self.backoff not in ("fixed", "exponential"):
+            raise ValidationError("retry_policy.backoff must be 'fixed' or 'exponential'")
+        for name in ("initial_delay", "max_delay", "multiplier", "jitter"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or v < 0:
+                raise ValidationError(f"retry_policy.{name} must be a number >= 0")
+        if self.max_delay < self.initial_delay:
+            raise ValidationError("retry_policy.max_delay must be >= initial_delay")
+
+    def retries(self, error: BaseException, attempt: int) -> bool:
+        """Whether a failure of ``attempt`` (1-based) should be followed by another attempt."""
+        if attempt >= self.max_attempts:
+            return False
+        if self.never and matches(error, self.never):
+            return False
+        if not self.exceptions:
+            return True
+        return matches(error, self.exceptions)
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed ``attempt`` (1-based) before the next one."""
+        if self.backoff == "fixed":
+            base = self.initial_delay
+        else:
+            base = self.initial_delay * self.multiplier ** (attempt - 1)
+        base = min(base, self.max_delay)
+        if self.jitter and base > 0:
+            r = (rng or random).uniform(-self.jitter, self.jitter)
+            base = min(self.max_delay, max(0.0, base * (1 + r)))
+        return base
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_attempts": self.max_attempts, "backoff": self.backoff,
+                "initial_delay": self.initial_delay, "max_delay": self.max_delay,
+                "multiplier": self.multiplier, "jitter": self.jitter,
+                "exceptions": list(self.exceptions)}
+
+
+def matches(error: BaseException, names: tuple[str, ...]) -> bool:
+    wanted = set(names)
+    err_type = getattr(error, "error_type", None)   # remote errors carry their class name
+    if err_type in wanted:
+        return True
+    for cls in type(error).__mro__:
+        if cls.__name__ in wanted or f"{cls.__module__}.{cls.__qualname__}" in wanted:
+            return True
+    return False

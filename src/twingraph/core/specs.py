@@ -1,0 +1,183 @@
+"""Frozen definitions of components and pipelines, validated from the documented parameters.
+
+Runtime state never lives here (the engine owns it). Validation raises ``ValidationError`` with
+the parameter's name, at decoration time, so a bad ``@component`` fails on import, not mid-run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twingraph.core.retry import RetryPolicy
+from twingraph.errors import ValidationError
+
+PLATFORMS = ("local", "docker", "kubernetes", "lambda", "batch", "celery")
+LOCAL_MODES = ("auto", "inline", "thread", "process")
+ERROR_HANDLERS = ("fail", "continue", "retry", "custom")
+_CPU = re.compile(r"^\d+(\.\d+)?m?$")
+_MEM = re.compile(r"^\d+(\.\d+)?\s*([KMGTP]i?B?|[kmgtp]i?b?)?$")
+
+
+def _dict(name: str, value: Any, *, str_values: bool = False) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"{name} must be a dict, got {type(value).__name__}")
+    out = dict(value)
+    for k, v in out.items():
+        if not isinstance(k, str):
+            raise ValidationError(f"{name}: keys must be strings, got {k!r}")
+        if str_values and not isinstance(v, (str, int, float, bool)):
+            raise ValidationError(f"{name}[{k!r}] must be a string or number, got {type(v).__name__}")
+    if str_values:
+        out = {k: v if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+               for k, v in out.items()}
+    return out
+
+
+def _positive(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValidationError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _resources(value: Any) -> dict[str, Any]:
+    res = _dict("resources", value)
+    for k, v in res.items():
+        if k == "cpu":
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 \
+                or isinstance(v, str) and _CPU.match(v)
+        elif k == "memory":
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 \
+                or isinstance(v, str) and _MEM.match(v)
+        elif k == "gpu":
+            ok = isinstance(v, (int, bool)) and (v is True or v is False or v >= 0)
+        else:
+            raise ValidationError(f"resources: unknown key {k!r} (allowed: cpu, memory, gpu)")
+        if not ok:
+            raise ValidationError(f"resources[{k!r}]: invalid value {v!r}")
+    return res
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A component's definition: the documented ``@component`` parameters plus identity."""
+    name: str
+    qualname: str                       # module:qualname, the component's identity
+    code_version: str
+    platform: str = "local"
+    docker_image: str | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+    retry_policy: RetryPolicy | None = None
+    timeout: float = 300.0
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    environment: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    cache: bool = True
+    executor: str = "auto"              # local mode: auto | inline | thread | process
+    raw_result: bool = False            # declarative operations: result is the value itself
+
+    @classmethod
+    def build(cls, *, name: str, qualname: str, code_version: str, platform: str = "local",
+              docker_image: str | None = None, config: Any = None, retry_policy: Any = None,
+              timeout: Any = 300, resources: Any = None, environment: Any = None,
+              labels: Any = None, cache: bool = True, executor: str = "auto") -> ComponentSpec:
+        if platform not in PLATFORMS:
+            raise ValidationError(f"platform must be one of {', '.join(PLATFORMS)}; got {platform!r}")
+        if docker_image is not None and (not isinstance(docker_image, str) or not docker_image):
+            raise ValidationError("docker_image must be a non-empty string")
+        if platform == "docker" and not docker_image:
+            raise ValidationError("platform='docker' needs docker_image")
+        if executor not in LOCAL_MODES:
+            raise ValidationError(f"executor must be one of {', '.join(LOCAL_MODES)}; got {executor!r}")
+        if not isinstance(cache, bool):
+            raise ValidationError("cache must be True or False")
+        cfg = _dict("config", config)
+        if "timeout" in cfg:
+            _positive("config['timeout']", cfg["timeout"])
+        return cls(name=name, qualname=qualname, code_version=code_version, platform=platform,
+                   docker_image=docker_image, config=cfg,
+                   retry_policy=RetryPolicy.parse(retry_policy),
+                   timeout=_positive("timeout", timeout) or 300.0,
+                   resources=_resources(resources),
+                   environment=_dict("environment", environment, str_values=True),
+                   labels=_dict("labels", labels, str_values=True), cache=cache,
+                   executor=executor)
+
+    def memo_config(self) -> dict[str, Any]:
+        """The part of the definition that changes results (goes into the structural key)."""
+        return {"platform": self.platform, "image": self.docker_image, "config": dict(self.config),
+                "env": dict(self.environment)}
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """The documented ``@pipeline`` parameters."""
+    name: str
+    schedule: str | None = None
+    max_parallel: int = 10
+    error_handler: str = "fail"
+    timeout: float = 3600.0
+    graph_config: Mapping[str, Any] = field(default_factory=dict)
+    notifications: Any = field(default_factory=dict)
+    error_config: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, *, name: str, schedule: str | None = None, max_parallel: Any = 10,
+              error_handler: str = "fail", timeout: Any = 3600, graph_config: Any = None,
+              notifications: Any = None, error_config: Any = None,
+              schedule_validator: Callable[[str], None] | None = None) -> PipelineSpec:
+        if not isinstance(name, str) or not name.strip():
+            raise ValidationError("pipeline name must be a non-empty string")
+        if schedule is not None:
+            if not isinstance(schedule, str):
+                raise ValidationError("schedule must be a cron expression string")
+            if schedule_validator is not None:
+                schedule_validator(schedule)
+        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+            raise ValidationError(f"max_parallel must be an integer >= 1, got {max_parallel!r}")
+        if error_handler not in ERROR_HANDLERS:
+            raise ValidationError(f"error_handler must be one of {', '.join(ERROR_HANDLERS)}; "
+                                  f"got {error_handler!r}")
+        econf = _dict("error_config", error_config)
+        if error_handler == "custom" and "handler" not in econf:
+            raise ValidationError("error_handler='custom' needs error_config={'handler': ...}")
+        notes = notifications if notifications is not None else {}
+        _check_notifications(notes)
+        return cls(name=name, schedule=schedule, max_parallel=max_parallel,
+                   error_handler=error_handler,
+                   timeout=_positive("timeout", timeout) or 3600.0,
+                   graph_config=_dict("graph_config", graph_config), notifications=notes,
+                   error_config=econf)
+
+
+NOTIFY_EVENTS = ("on_end", "on_success", "on_failure")
+
+
+def _check_target(where: str, target: Any) -> None:
+    if callable(target):
+        return
+    if isinstance(target, str) and re.match(r"^https?://", target):
+        return
+    if isinstance(target, (list, tuple)):
+        for t in target:
+            _check_target(where, t)
+        return
+    raise ValidationError(f"{where}: a notification target is a callable or an http(s) URL, "
+                          f"got {target!r}")
+
+
+def _check_notifications(notes: Any) -> None:
+    if isinstance(notes, Mapping):
+        for k, v in notes.items():
+            if k not in NOTIFY_EVENTS:
+                raise ValidationError(f"notifications: unknown event {k!r} "
+                                      f"(allowed: {', '.join(NOTIFY_EVENTS)})")
+            _check_target(f"notifications[{k!r}]", v)
+    else:
+        _check_target("notifications", notes)

@@ -1,0 +1,113 @@
+"""``@component``: a function becomes a component.
+
+Inside a running pipeline a call submits a task and returns a future (``Ref``) at once; outside
+one it is a plain function call. Parameters are validated at decoration time; the code version
+(hash of the source and the user code it calls) is computed at first use, when the module's
+other functions exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from twingraph.core.codeversion import code_version
+from twingraph.core.specs import ComponentSpec
+from twingraph.engine.engine import current_run
+from twingraph.errors import ExecutorUnavailable
+from twingraph.registry import register_component
+
+LINEAGE_KWARGS = ("parent_hash", "parent_hashes")
+
+
+class Component:
+    """A decorated function. ``.spec`` is its frozen definition."""
+
+    def __init__(self, fn: Callable[..., Any], params: dict[str, Any]) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self._params = params
+        self._spec: ComponentSpec | None = None
+        name = params.pop("name", None) or fn.__name__
+        self.name = name
+        # Validate now (fails at import time); code version later.
+        self._draft = ComponentSpec.build(name=name, qualname=_qualname(fn), code_version="",
+                                          **params)
+        self._accepts_lineage = _accepts_lineage(fn)
+
+    @property
+    def spec(self) -> ComponentSpec:
+        if self._spec is None:
+            version = self._params.get("version") or code_version(self.fn)
+            self._spec = dataclasses.replace(self._draft, code_version=version)
+        return self._spec
+
+    @property
+    def platform(self) -> str:
+        return self._draft.platform
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        run = current_run()
+        if run is None:
+            if not self._accepts_lineage:
+                for k in LINEAGE_KWARGS:
+                    kwargs.pop(k, None)
+            return self.fn(*args, **kwargs)
+        check_platform(run.engine, [self])
+        return run.call(self.spec, self.fn, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<component {self.name} platform={self.platform}>"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return self if obj is None else functools.partial(self, obj)
+
+
+def component(fn: Callable[..., Any] | None = None, *, platform: str = "local",
+              docker_image: str | None = None, config: dict[str, Any] | None = None,
+              retry_policy: dict[str, Any] | None = None, timeout: float = 300,
+              resources: dict[str, Any] | None = None, environment: dict[str, str] | None = None,
+              labels: dict[str, str] | None = None, cache: bool = True, executor: str = "auto",
+              version: str | None = None, name: str | None = None) -> Any:
+    """Turn a function into a component (usable bare, ``@component``, or with parameters).
+
+    ``cache=False`` never reuses a stored result; ``executor`` picks the local mode ('auto',
+    'inline', 'thread', 'process'); ``version`` replaces the computed code version.
+    """
+    params = dict(platform=platform, docker_image=docker_image, config=config,
+                  retry_policy=retry_policy, timeout=timeout, resources=resources,
+                  environment=environment, labels=labels, cache=cache, executor=executor)
+
+    def wrap(f: Callable[..., Any]) -> Component:
+        c = Component(f, dict(params, name=name, **({"version": version} if version else {})))
+        register_component(c.name, c)
+        return c
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def check_platform(engine: Any, components: Any) -> None:
+    """Raise ``ExecutorUnavailable`` if any component asks for a platform with no executor."""
+    available = getattr(engine, "platforms", None) or {engine.executor.platform}
+    missing: dict[str, list[str]] = {}
+    for c in components:
+        p = c.platform
+        if p not in available:
+            missing.setdefault(p, []).append(c.name)
+    for p, names in missing.items():
+        raise ExecutorUnavailable(p, names)
+
+
+def _qualname(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _accepts_lineage(fn: Any) -> bool:
+    import inspect
+    try:
+        ps = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD for p in ps.values()) or any(k in ps for k in LINEAGE_KWARGS)

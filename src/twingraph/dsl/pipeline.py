@@ -1,0 +1,166 @@
+"""``@pipeline``: a function whose body calls components becomes a runnable, recorded pipeline.
+
+Calling the decorated function runs it on the default engine (embedded: SQLite under
+``$TWINGRAPH_HOME``, local execution) and returns its result with every future resolved; a failed
+run raises a ``PipelineError``. ``.run(...)`` returns the full ``RunResult`` instead and takes
+run options (``no_cache``, ``max_parallel``, ``resume``, ``engine``). Inside another pipeline, a
+pipeline call runs its body inline: its tasks join the running pipeline.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import sys
+import types
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twingraph.core.specs import PipelineSpec
+from twingraph.dsl.component import Component, check_platform
+from twingraph.engine.engine import Engine, RunResult, current_run
+from twingraph.engine.loop import RunOptions
+from twingraph.errors import NotFoundError, ValidationError
+
+
+class Pipeline:
+    def __init__(self, fn: Callable[..., Any], spec: PipelineSpec) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn, self.spec = fn, spec
+        self.name = spec.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if current_run() is not None:
+            return self.fn(*args, **kwargs)
+        return self.run(*args, **kwargs).unwrap()
+
+    def run(self, *args: Any, engine: Engine | None = None, no_cache: bool = False,
+            max_parallel: int | None = None, resume: str | None = None,
+            on_start: Callable[[Any], None] | None = None, **kwargs: Any) -> RunResult:
+        """Run the pipeline and return its ``RunResult`` (never raises for a failed run)."""
+        if engine is None:
+            from twingraph.runtime import default_engine
+            engine = default_engine()
+        check_platform(engine, self.components())
+        params = _params(self.fn, args, kwargs)
+        if resume is not None:
+            rec = engine.metadata.get_run(resume) if engine.metadata is not None else None
+            if rec is None:
+                raise NotFoundError(f"run {resume} not found")
+            if rec.pipeline != self.name:
+                raise ValidationError(f"run {resume} belongs to pipeline {rec.pipeline!r}, "
+                                      f"not {self.name!r}")
+            params = dict(rec.params)
+            args, kwargs = (), params
+            no_cache = bool(rec.config.get("no_cache", no_cache))
+            max_parallel = max_parallel or rec.config.get("max_parallel")
+        opts = RunOptions(max_parallel=max_parallel or self.spec.max_parallel,
+                          error_handler=self.spec.error_handler, timeout=self.spec.timeout,
+                          no_cache=no_cache, error_config=self.spec.error_config)
+        version = self.register(engine)
+        return engine.run(lambda run: self.fn(*args, **kwargs), pipeline=self.name,
+                          params=_jsonable_params(params), options=opts, run_id=resume,
+                          resume=resume is not None, source=self.source(),
+                          notifications=self.spec.notifications or None,
+                          pipeline_version=version, on_start=on_start)
+
+    def register(self, engine: Engine) -> int | None:
+        """Record this pipeline (and a new version when its code changed) in the catalog."""
+        upsert = getattr(engine.metadata, "upsert_pipeline", None)
+        if upsert is None:
+            return None
+        definition = {"kind": "python", "module": self.fn.__module__,
+                      "qualname": self.fn.__qualname__, "code_hash": self.code_hash(),
+                      "components": sorted(c.name for c in self.components()),
+                      "max_parallel": self.spec.max_parallel,
+                      "error_handler": self.spec.error_handler, "timeout": self.spec.timeout}
+        _, version = upsert(engine.project, self.name, definition, schedule=self.spec.schedule,
+                            source_hash=definition["code_hash"])
+        return version
+
+    def source(self) -> dict[str, Any]:
+        mod = sys.modules.get(self.fn.__module__)
+        return {"kind": "python", "module": self.fn.__module__,
+                "file": getattr(mod, "__file__", None), "pipeline": self.fn.__qualname__}
+
+    def code_hash(self) -> str:
+        h = hashlib.sha256()
+        try:
+            h.update(inspect.getsource(self.fn).encode())
+        except (OSError, TypeError):
+            h.update(self.fn.__code__.co_code)
+        for c in sorted(self.components(), key=lambda c: c.name):
+            h.update(c.spec.code_version.encode())
+        return h.hexdigest()[:16]
+
+    def components(self) -> list[Component]:
+        """Components the body can reach through its global names (and nested user code)."""
+        return list(_reachable_components(self.fn))
+
+    def __repr__(self) -> str:
+        return f"<pipeline {self.name}>"
+
+
+def pipeline(fn: Callable[..., Any] | None = None, *, name: str | None = None,
+             schedule: str | None = None, max_parallel: int = 10, error_handler: str = "fail",
+             timeout: float = 3600, graph_config: dict[str, Any] | None = None,
+             notifications: Any = None, error_config: dict[str, Any] | None = None) -> Any:
+    def wrap(f: Callable[..., Any]) -> Pipeline:
+        spec = PipelineSpec.build(name=name or f.__name__, schedule=schedule,
+                                  max_parallel=max_parallel, error_handler=error_handler,
+                                  timeout=timeout, graph_config=graph_config,
+                                  notifications=notifications, error_config=error_config,
+                                  schedule_validator=_validate_cron)
+        return Pipeline(f, spec)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _validate_cron(expr: str) -> None:
+    from croniter import croniter
+    if not croniter.is_valid(expr):
+        raise ValidationError(f"schedule {expr!r} is not a valid cron expression")
+
+
+def _params(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ValidationError(f"bad arguments for pipeline {fn.__name__}: {exc}") from None
+    return dict(bound.arguments)
+
+
+def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in params.items():
+        out[k] = v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else repr(v)
+    return out
+
+
+def _reachable_components(fn: Any) -> Iterable[Component]:
+    seen: set[int] = set()
+    found: dict[int, Component] = {}
+    stack = [inspect.unwrap(fn)]
+    while stack:
+        f = stack.pop()
+        if id(f) in seen or not isinstance(f, types.FunctionType):
+            continue
+        seen.add(id(f))
+        for name in _names(f.__code__):
+            g = f.__globals__.get(name)
+            if isinstance(g, Component):
+                found[id(g)] = g
+            elif isinstance(g, Pipeline):
+                stack.append(g.fn)
+            elif isinstance(g, types.FunctionType) and g.__module__ == f.__module__:
+                stack.append(g)
+    return found.values()
+
+
+def _names(code: types.CodeType) -> set[str]:
+    out = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            out |= _names(c)
+    return out

@@ -1,0 +1,369 @@
+"""The dynamic-scheduler document's API, on the TwinGraph engine.
+
+``DAGDefinition`` / ``NodeDefinition`` / ``ExecutionConfig`` / ``ExecutionProgress`` /
+``NodeStatus`` / ``ExecutionResult`` keep the document's names and fields. ``DynamicScheduler``
+validates a DAG before anything runs (dangling references, unknown operations, cycles — the error
+names the nodes), then runs it as an engine run: memoized by structural key, at most
+``max_concurrent_nodes`` at once, failed nodes retried per ``retry_failed_nodes``/``max_retries``,
+and a failure skips only what depends on it.
+
+Operations use the document's convention ``op(dependency_data, parameters)`` where
+``dependency_data`` maps each argument node id to its value (sync or ``async def``). Components
+(``@component``, ``BaseComponent``, ``register_component``) may be used as operations too: they
+are called with the argument values (positionally for a list, by name for a dict) plus the
+parameters as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from twingraph.core.codeversion import code_version
+from twingraph.core.graph import validate_dag
+from twingraph.core.retry import RetryPolicy
+from twingraph.core.specs import ComponentSpec
+from twingraph.core.states import RunState
+from twingraph.engine.engine import Engine, RunResult
+from twingraph.engine.loop import RunOptions
+from twingraph.errors import GraphValidationError, NodeExecutionError, ValidationError
+from twingraph.registry import registered_components
+
+
+class NodeStatus(Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+_TASK_TO_NODE = {"PENDING": NodeStatus.PENDING, "QUEUED": NodeStatus.PENDING,
+                 "RETRYING": NodeStatus.PENDING, "RUNNING": NodeStatus.RUNNING,
+                 "SUCCESS": NodeStatus.COMPLETED, "FAILED": NodeStatus.FAILED,
+                 "SKIPPED": NodeStatus.CANCELLED, "CANCELLED": NodeStatus.CANCELLED}
+
+
+@dataclass
+class NodeDefinition:
+    node_id: str
+    operation: str
+    arguments: list[str] | dict[str, str]   # node ids of dependencies (list, or name -> id)
+    parameters: dict[str, Any]
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass
+class ExecutionResult:
+    node_id: str
+    status: NodeStatus
+    result_data: Any = None
+    error_message: str | None = None
+    execution_time_ms: int | None = None
+    memory_usage_bytes: int | None = None
+
+
+@dataclass
+class DAGDefinition:
+    dag_id: str
+    nodes: list[NodeDefinition]
+    dependencies: dict[str, list[str]] = field(default_factory=dict)
+    metadata: dict[str, Any] | None = None
+
+    def deps_of(self, node: NodeDefinition) -> list[str]:
+        args = node.arguments.values() if isinstance(node.arguments, dict) else node.arguments
+        return list(dict.fromkeys([*args, *self.dependencies.get(node.node_id, [])]))
+
+
+@dataclass
+class ExecutionConfig:
+    max_concurrent_nodes: int = 4
+    storage_backend: str = "sqlite"
+    storage_path: str = "./voxlogica_storage"
+    cache_size: str = "512MB"
+    compression: bool = True
+    streaming_threshold: int = 100 * 1024 * 1024
+    retry_failed_nodes: bool = True
+    max_retries: int = 3
+    async_execution: bool = False
+    no_cache: bool = False
+
+
+@dataclass
+class ExecutionProgress:
+    dag_id: str
+    total_nodes: int
+    completed_nodes: int
+    failed_nodes: int
+    running_nodes: int
+    pending_nodes: int
+    progress_percentage: float
+    estimated_completion: str | None = None
+
+
+_operations: dict[str, Callable[..., Any]] = {}
+
+
+def register_operation(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """Register an operation for every scheduler in this process (used by ``--load`` modules)."""
+    if not callable(func):
+        raise ValidationError(f"operation {name!r} must be callable")
+    _operations[name] = func
+    return func
+
+
+def operation(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator form of ``register_operation``."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return register_operation(name or fn.__name__, fn)
+    return wrap
+
+
+class NodeExecutor:
+    """Holds the operation registry; ``execute_node`` runs one node outside any DAG run."""
+
+    def __init__(self, storage: Any = None) -> None:
+        self.storage = storage
+        self.operation_registry: dict[str, Callable[..., Any]] = {}
+
+    def register_operation(self, name: str, func: Callable[..., Any]) -> None:
+        if not callable(func):
+            raise ValidationError(f"operation {name!r} must be callable")
+        self.operation_registry[name] = func
+
+    def resolve(self, name: str) -> tuple[Callable[..., Any], str] | None:
+        """(callable, style) where style is 'operation' or 'component'; None if unknown."""
+        if name in self.operation_registry:
+            return self.operation_registry[name], "operation"
+        if name in _operations:
+            return _operations[name], "operation"
+        comp = registered_components().get(name)
+        if comp is not None:
+            return comp, "component"
+        return None
+
+    def known(self) -> set[str]:
+        return set(self.operation_registry) | set(_operations) | set(registered_components())
+
+    async def execute_node(self, node_def: NodeDefinition) -> ExecutionResult:
+        """Run one node whose dependencies' values are given by ``node_def.metadata['inputs']``
+        or read from the storage (by node id, decoded)."""
+        start = time.perf_counter()
+        try:
+            found = self.resolve(node_def.operation)
+            if found is None:
+                raise NodeExecutionError(f"Unknown operation: {node_def.operation}",
+                                         node_id=node_def.node_id)
+            fn, style = found
+            deps = dict((node_def.metadata or {}).get("inputs", {}))
+            args = node_def.arguments.values() if isinstance(node_def.arguments, dict) \
+                else node_def.arguments
+            for dep in args:
+                if dep not in deps:
+                    deps[dep] = await self._load(dep)
+            value = await asyncio.to_thread(_call_node, fn, style, node_def.arguments,
+                                            node_def.parameters, deps)
+            return ExecutionResult(node_def.node_id, NodeStatus.COMPLETED, result_data=value,
+                                   execution_time_ms=int((time.perf_counter() - start) * 1000))
+        except Exception as exc:  # noqa: BLE001 - the document returns failures as data
+            return ExecutionResult(node_def.node_id, NodeStatus.FAILED,
+                                   error_message=f"{type(exc).__name__}: {exc}",
+                                   execution_time_ms=int((time.perf_counter() - start) * 1000))
+
+    async def _load(self, node_id: str) -> Any:
+        from twingraph import serialization
+        if self.storage is None:
+            raise NodeExecutionError(f"Dependency {node_id} not found")
+        meta = await self.storage.get_metadata(node_id)
+        data = await self.storage.retrieve_result(node_id)
+        if meta is None or data is None:
+            raise NodeExecutionError(f"Dependency {node_id} not found")
+        return serialization.decode(data, (meta.metadata or {}).get("encoding", "bytes"))
+
+
+def _call_node(fn: Any, style: str, arguments: Any, parameters: Mapping[str, Any],
+               values: Mapping[str, Any]) -> Any:
+    if style == "operation":
+        deps = {k: values[k] for k in (arguments.values() if isinstance(arguments, dict)
+                                       else arguments)}
+        out = fn(deps, dict(parameters))
+        if inspect.isawaitable(out):
+            out = asyncio.run(_await(out))
+        return out
+    target = getattr(fn, "fn", None) or (fn.run if hasattr(fn, "execute") else fn)
+    if isinstance(fn, type):
+        target = fn(dict(parameters)).run
+        parameters = {}
+    if isinstance(arguments, dict):
+        return target(**{k: values[v] for k, v in arguments.items()}, **parameters)
+    return target(*[values[a] for a in arguments], **parameters)
+
+
+async def _await(aw: Any) -> Any:
+    return await aw
+
+
+def _node_task(fn: Any, style: str, arguments: Any, parameters: dict[str, Any],
+               values: dict[str, Any]) -> Any:
+    return _call_node(fn, style, arguments, parameters, values)
+
+
+class DynamicScheduler:
+    """Runs ``DAGDefinition``s on an engine; one run per DAG, tracked by ``dag_id``."""
+
+    def __init__(self, storage: Any, config: ExecutionConfig | None = None, *,
+                 engine: Engine | None = None, metadata: Any = None) -> None:
+        self.storage = storage
+        self.config = config or ExecutionConfig()
+        self.engine = engine or Engine(results=storage, metadata=metadata)
+        self.executor = NodeExecutor(storage)
+        self.active_executions: dict[str, threading.Thread] = {}
+        self.execution_states: dict[str, ExecutionProgress] = {}
+        self.results: dict[str, RunResult] = {}
+        self._dag_runs: dict[str, str] = {}
+        self._started: dict[str, threading.Event] = {}
+        self._node_status: dict[str, dict[str, Any]] = {}
+
+    # -- the document's API ---------------------------------------------------------------
+    async def submit_dag(self, dag: DAGDefinition) -> str:
+        """Validate and start ``dag``; returns its id at once (the run goes on in a thread)."""
+        plan = self._validate_dag(dag)
+        if dag.dag_id in self.active_executions:
+            raise ValidationError(f"DAG {dag.dag_id!r} is already running")
+        self.execution_states[dag.dag_id] = ExecutionProgress(
+            dag.dag_id, len(dag.nodes), 0, 0, 0, len(dag.nodes), 0.0)
+        started = threading.Event()
+        self._started[dag.dag_id] = started
+        t = threading.Thread(target=self._run_dag, args=(dag, plan, started), daemon=True,
+                             name=f"twingraph-dag-{dag.dag_id}")
+        self.active_executions[dag.dag_id] = t
+        t.start()
+        await asyncio.to_thread(started.wait)
+        return dag.dag_id
+
+    async def get_execution_progress(self, dag_id: str) -> ExecutionProgress | None:
+        run_id = self._dag_runs.get(dag_id)
+        loop = self.engine.runs.get(run_id) if run_id else None
+        if loop is not None:
+            self.execution_states[dag_id] = self._progress(dag_id, loop.progress())
+        return self.execution_states.get(dag_id)
+
+    async def cancel_execution(self, dag_id: str) -> bool:
+        run_id = self._dag_runs.get(dag_id)
+        if run_id is None or dag_id not in self.active_executions:
+            return False
+        return self.engine.cancel(run_id, "execution cancelled")
+
+    async def wait_for_completion(self, dag_id: str, timeout: float | None = None) -> RunResult:
+        t = self.active_executions.get(dag_id)
+        if t is not None:
+            await asyncio.to_thread(t.join, timeout)
+        if dag_id not in self.results:
+            raise TimeoutError(f"DAG {dag_id} still running")
+        return self.results[dag_id]
+
+    # -- synchronous convenience ----------------------------------------------------------
+    def run(self, dag: DAGDefinition) -> RunResult:
+        """Validate and run ``dag`` in this thread; returns the engine's RunResult."""
+        plan = self._validate_dag(dag)
+        self.execution_states[dag.dag_id] = ExecutionProgress(
+            dag.dag_id, len(dag.nodes), 0, 0, 0, len(dag.nodes), 0.0)
+        self._run_dag(dag, plan, threading.Event())
+        return self.results[dag.dag_id]
+
+    # -- internals ------------------------------------------------------------------------
+    def _validate_dag(self, dag: DAGDefinition) -> list[tuple[NodeDefinition, Any, str]]:
+        ids = [n.node_id for n in dag.nodes]
+        dup = {i for i in ids if ids.count(i) > 1} if len(set(ids)) != len(ids) else set()
+        if dup:
+            raise GraphValidationError("duplicate node ids", dup)
+        extra = set(dag.dependencies) - set(ids)
+        if extra:
+            raise GraphValidationError("dependencies name unknown nodes", extra)
+        deps = {n.node_id: dag.deps_of(n) for n in dag.nodes}
+        known = self.executor.known()
+        order = validate_dag(deps, {n.node_id: n.operation for n in dag.nodes}, known)
+        by_id = {n.node_id: n for n in dag.nodes}
+        plan = []
+        for nid in order:
+            node = by_id[nid]
+            fn, style = self.executor.resolve(node.operation)  # type: ignore[misc]
+            plan.append((node, fn, style))
+        return plan
+
+    def _spec_for(self, node: NodeDefinition, fn: Any, style: str,
+                  cache: dict[str, ComponentSpec]) -> ComponentSpec:
+        spec = cache.get(node.operation)
+        if spec is None:
+            base = getattr(fn, "spec", None) if style == "component" else None
+            target = getattr(fn, "fn", fn)
+            cv = base.code_version if isinstance(base, ComponentSpec) else code_version(target)
+            retry = None
+            if self.config.retry_failed_nodes and self.config.max_retries > 0:
+                retry = RetryPolicy(max_attempts=self.config.max_retries + 1, initial_delay=1.0,
+                                    multiplier=2.0, max_delay=60.0, jitter=0.0,
+                                    never=("ValidationError",))
+            if isinstance(base, ComponentSpec):
+                spec = dataclasses.replace(base, name=node.operation, raw_result=True,
+                                           retry_policy=base.retry_policy or retry)
+            else:
+                spec = ComponentSpec(name=node.operation,
+                                     qualname=f"{getattr(target, '__module__', '?')}:"
+                                              f"{getattr(target, '__qualname__', node.operation)}",
+                                     code_version=cv, retry_policy=retry, raw_result=True)
+            cache[node.operation] = spec
+        return spec
+
+    def _run_dag(self, dag: DAGDefinition, plan: list[tuple[NodeDefinition, Any, str]],
+                 started: threading.Event) -> None:
+        specs: dict[str, ComponentSpec] = {}
+
+        def body(run: Any) -> dict[str, Any]:
+            self._dag_runs[dag.dag_id] = run.run_id
+            started.set()
+            refs: dict[str, Any] = {}
+            for node, fn, style in plan:
+                spec = self._spec_for(node, fn, style, specs)
+                args = node.arguments.values() if isinstance(node.arguments, dict) else node.arguments
+                values = {a: refs[a] for a in args}
+                for extra in dag.dependencies.get(node.node_id, []):
+                    values.setdefault(extra, refs[extra])
+                refs[node.node_id] = run.call(spec, _node_task,
+                                              (fn, style, node.arguments, node.parameters, values),
+                                              {}, node_id=node.node_id)
+            return {}
+
+        opts = RunOptions(max_parallel=self.config.max_concurrent_nodes,
+                          error_handler="continue", no_cache=self.config.no_cache)
+        try:
+            result = self.engine.run(body, pipeline=dag.dag_id, options=opts,
+                                     source={"kind": "dag", "dag_id": dag.dag_id},
+                                     params=dict(dag.metadata or {}))
+        except BaseException as exc:  # noqa: BLE001 - surfaced through results/progress
+            result = RunResult(self._dag_runs.get(dag.dag_id, ""), RunState.FAILED, error=exc)
+        finally:
+            started.set()
+        self.results[dag.dag_id] = result
+        self.execution_states[dag.dag_id] = self._progress(dag.dag_id, result.progress)
+        self.active_executions.pop(dag.dag_id, None)
+
+    @staticmethod
+    def _progress(dag_id: str, p: Mapping[str, Any]) -> ExecutionProgress:
+        if not p:
+            return ExecutionProgress(dag_id, 0, 0, 0, 0, 0, 0.0)
+        eta = None
+        if p.get("eta_seconds") is not None:
+            eta = datetime.fromtimestamp(time.time() + p["eta_seconds"], timezone.utc).isoformat()
+        return ExecutionProgress(
+            dag_id=dag_id, total_nodes=p["total"], completed_nodes=p["succeeded"],
+            failed_nodes=p["failed"] + p["skipped"] + p["cancelled"], running_nodes=p["running"],
+            pending_nodes=p["pending"] + p["queued"], progress_percentage=p["percent"],
+            estimated_completion=eta)

@@ -1,0 +1,330 @@
+"""The engine: runs pipelines over injected ports (executor, result store, metadata store, clock).
+
+``Engine.run(body, ...)`` starts a run loop on its own thread, executes ``body(run)`` in the
+caller's thread (component calls inside submit tasks to the loop), waits until every task is
+finished, records the run's end and returns a ``RunResult``. The same loop serves declarative
+graphs: their body submits every node up front.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twingraph.core.records import LogRecord, RunRecord, RunUpdate, TaskRecord
+from twingraph.core.results import StorageMetadata
+from twingraph.core.states import RunState, TaskState, transition_run
+from twingraph.engine.loop import RunLoop, RunOptions
+from twingraph.engine.notify import notify
+from twingraph.engine.recorder import Recorder
+from twingraph.engine.refs import substitute
+from twingraph.errors import (NotFoundError, PipelineCancelled, PipelineFailed, PipelineTimeout,
+                              TwinGraphError)
+from twingraph.ports import Clock, EventSink, Executor, MetadataStore, ResultStore
+from twingraph import serialization
+
+_current = threading.local()
+
+
+def current_run() -> RunLoop | None:
+    """The run whose pipeline body is executing on this thread, if any."""
+    return getattr(_current, "run", None)
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    state: RunState
+    value: Any = None
+    error: BaseException | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def unwrap(self) -> Any:
+        """The pipeline's return value, or raise the run's error."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _Stats:
+    __slots__ = ("n", "max")
+
+    def __init__(self) -> None:
+        self.n, self.max = 0, 0.0
+
+
+INLINE_SAMPLES = 8          # observations before a component may run inline
+INLINE_MAX_SECONDS = 0.0005  # ... if none of them took longer than this
+
+
+class Engine:
+    def __init__(self, *, results: ResultStore, metadata: MetadataStore | None = None,
+                 executor: Executor | None = None, clock: Clock | None = None,
+                 events: EventSink | None = None, rng: random.Random | None = None,
+                 flush_interval: float = 0.05, project: str = "default") -> None:
+        if executor is None:
+            from twingraph.executors.local import LocalExecutor
+            executor = LocalExecutor()
+        self.results, self.metadata, self.executor = results, metadata, executor
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.project = project
+        self._sinks: list[EventSink] = [events] if events else []
+        self.recorder = Recorder(results, metadata, interval=flush_interval,
+                                 on_stored=self._on_stored, on_stale=self._on_stale)
+        self.runs: dict[str, RunLoop] = {}
+        self._stats: dict[str, _Stats] = {}
+        self._fingerprints: dict[int, dict[str, str]] = {}
+        self.error_handlers: dict[str, Callable[[dict[str, Any]], Any]] = {}
+
+    # -- events ---------------------------------------------------------------------------
+    def subscribe(self, sink: EventSink) -> Callable[[], None]:
+        self._sinks.append(sink)
+        return lambda: self._sinks.remove(sink)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        for s in self._sinks:
+            try:
+                s(event)
+            except Exception:  # noqa: BLE001 - a sink must never break the engine
+                pass
+
+    # -- values ---------------------------------------------------------------------------
+    @staticmethod
+    def invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return normalize(fn(*args, **kwargs))
+
+    @staticmethod
+    def invoke_raw(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return fn(*args, **kwargs)
+
+    @staticmethod
+    def encode(value: Any) -> serialization.Encoded:
+        return serialization.encode(value)
+
+    @staticmethod
+    def hash_value(value: Any) -> str:
+        enc = serialization.encode(value)
+        return serialization.typed_hash(enc.encoding, enc.content_hash)
+
+    def load_value(self, key: str | None) -> Any:
+        if key is None:
+            raise NotFoundError("task has no stored result")
+        meta = self.results.head(key)
+        data = self.results.get(key)
+        if meta is None or data is None:
+            raise NotFoundError(f"result {key} is not in the result store")
+        return serialization.decode(data, (meta.metadata or {}).get("encoding", "pickle"))
+
+    def result_meta(self, run_id: str, task: Any, enc: serialization.Encoded) -> StorageMetadata:
+        return StorageMetadata(node_id=task.cache_key, data_type=enc.data_type,
+                               content_hash=enc.content_hash, size=enc.size,
+                               metadata={"encoding": enc.encoding, "component": task.component,
+                                         "node": task.node_id, "run_id": run_id,
+                                         "dag_id": self.runs[run_id].pipeline
+                                         if run_id in self.runs else None})
+
+    def fingerprint(self, spec: Any) -> dict[str, str]:
+        fp = self._fingerprints.get(id(spec))
+        if fp is None:
+            fp = {"code_version": spec.code_version,
+                  "config": serialization.content_hash(_jsonable(spec.memo_config()))[:16]}
+            self._fingerprints[id(spec)] = fp
+        return fp
+
+    # -- execution mode -------------------------------------------------------------------
+    def choose_mode(self, spec: Any) -> str:
+        if spec.executor != "auto":
+            return spec.executor
+        st = self._stats.get(spec.qualname)
+        if st is not None and st.n >= INLINE_SAMPLES and st.max <= INLINE_MAX_SECONDS:
+            return "inline"
+        return "thread"
+
+    def observe(self, spec: Any, duration: float, ok: bool) -> None:
+        st = self._stats.get(spec.qualname)
+        if st is None:
+            st = self._stats[spec.qualname] = _Stats()
+        st.n += 1
+        if duration > st.max:
+            st.max = duration
+
+    def call_error_handler(self, handler: Any, info: dict[str, Any]) -> None:
+        fn = self.error_handlers.get(handler) if isinstance(handler, str) else handler
+        if fn is None:
+            self.emit({"event": "log", "level": "warning",
+                       "message": f"error handler {handler!r} is not registered"})
+            return
+        try:
+            fn(info)
+        except Exception:  # noqa: BLE001 - a failing handler must not break the run
+            pass
+
+    # -- runs -----------------------------------------------------------------------------
+    def run(self, body: Callable[[RunLoop], Any], *, pipeline: str, params: Mapping[str, Any] | None = None,
+            options: RunOptions | None = None, run_id: str | None = None, resume: bool = False,
+            source: Mapping[str, Any] | None = None, notifications: Any = None,
+            pipeline_version: int | None = None,
+            on_start: Callable[[RunLoop], None] | None = None) -> RunResult:
+        opt = options or RunOptions()
+        self.executor_capacity(opt.max_parallel)
+        prior: dict[str, TaskRecord] = {}
+        if resume:
+            if run_id is None or self.metadata is None:
+                raise NotFoundError("resume needs a run id and a metadata store")
+            rec = self.metadata.get_run(run_id)
+            if rec is None:
+                raise NotFoundError(f"run {run_id} not found")
+            transition_run(rec.state, RunState.RUNNING)
+            prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
+        run_id = run_id or uuid.uuid4().hex
+        previous = self._previous_tasks(pipeline, run_id)
+        loop = RunLoop(self, run_id, opt, prior=prior, previous=previous)
+        loop.pipeline = pipeline
+        self.runs[run_id] = loop
+        now = self.clock.now()
+        if resume:
+            self.recorder.add(RunUpdate(run_id, RunState.RUNNING, now))
+            self.recorder.add(LogRecord(run_id, now, "info",
+                                        f"resumed: {sum(t.state is TaskState.SUCCESS for t in prior.values())}"
+                                        f" of {len(prior)} recorded tasks had finished"))
+        else:
+            self.recorder.add(RunRecord(run_id, pipeline, RunState.RUNNING, project=self.project,
+                                        params=dict(params or {}),
+                                        config={"max_parallel": opt.max_parallel,
+                                                "error_handler": opt.error_handler,
+                                                "timeout": opt.timeout, "no_cache": opt.no_cache},
+                                        source=dict(source or {}),
+                                        pipeline_version=pipeline_version, created_at=now,
+                                        started_at=now, heartbeat_at=now))
+        self.emit({"event": "run:status", "run_id": run_id, "pipeline": pipeline,
+                   "status": "RUNNING"})
+        thread = threading.Thread(target=loop.run_forever, name=f"twingraph-run-{run_id[:8]}",
+                                  daemon=True)
+        thread.start()
+        if on_start is not None:
+            on_start(loop)
+        value, body_error = None, None
+        prev = current_run()
+        _current.run = loop
+        try:
+            value = body(loop)
+        except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised via RunResult
+            body_error = exc
+        finally:
+            _current.run = prev
+            loop.body_returned(body_error)
+        loop.done.wait()
+        thread.join()
+        return self._finish(loop, pipeline, value, body_error, notifications)
+
+    def _finish(self, loop: RunLoop, pipeline: str, value: Any, body_error: BaseException | None,
+                notifications: Any) -> RunResult:
+        run_id = loop.run_id
+        error: BaseException | None = None
+        if loop.stopping == "timeout":
+            error = PipelineTimeout(loop.stop_message, run_id=run_id)
+        elif loop.stopping == "cancelled":
+            error = PipelineCancelled(f"run cancelled: {loop.stop_message}", run_id=run_id)
+        elif body_error is not None and not isinstance(body_error, TwinGraphError):
+            error = body_error
+        unobserved = {n: e for n, e in loop.failures.items() if not loop.tasks[n].observed}
+        if error is None and (unobserved or loop.stopping == "failed" or body_error is not None):
+            failures = unobserved or loop.failures
+            msg = "; ".join(f"{n}: {e}" for n, e in list(failures.items())[:5]) or str(body_error)
+            error = PipelineFailed(f"pipeline {pipeline!r} failed: {msg}", run_id=run_id,
+                                   failures=loop.failures)
+            if body_error is not None:
+                error.__cause__ = body_error
+        if error is None:
+            try:
+                value = substitute(value, lambda r: r.result())
+            except BaseException as exc:  # noqa: BLE001
+                error = exc
+        state = (RunState.CANCELLED if loop.stopping == "cancelled"
+                 else RunState.FAILED if error is not None else RunState.SUCCESS)
+        self.recorder.add(RunUpdate(run_id, state, self.clock.now(),
+                                    error=None if error is None else f"{type(error).__name__}: {error}"))
+        self.recorder.flush()
+        progress = loop.progress()
+        self.emit({"event": "run:status", "run_id": run_id, "pipeline": pipeline,
+                   "status": state.value, "progress": progress})
+        del self.runs[run_id]
+        result = RunResult(run_id, state, value if error is None else None, error, progress,
+                           dict(loop.failures))
+        if notifications:
+            notify(notifications, wait=True, summary={"run_id": run_id, "pipeline": pipeline, "status": state.value,
+                                   "error": None if error is None else str(error),
+                                   "failures": dict(loop.failures), "progress": progress})
+        return result
+
+    def cancel(self, run_id: str, reason: str = "cancelled by user") -> bool:
+        loop = self.runs.get(run_id)
+        if loop is None:
+            return False
+        loop.cancel(reason)
+        return True
+
+    def executor_capacity(self, n: int) -> None:
+        setcap = getattr(self.executor, "set_thread_capacity", None)
+        if setcap is not None:
+            setcap(n)
+
+    def _previous_tasks(self, pipeline: str, run_id: str) -> dict[str, TaskRecord]:
+        if self.metadata is None:
+            return {}
+        for rec in self.metadata.list_runs(pipeline=pipeline, limit=3):
+            if rec.run_id != run_id:
+                return {t.node_id: t for t in self.metadata.get_tasks(rec.run_id)}
+        return {}
+
+    def _on_stored(self, tokens: list[Any]) -> None:
+        """Writer thread: results of these (loop, task) pairs are durable; tell their loops."""
+        by_loop: dict[int, tuple[RunLoop, list[Any]]] = {}
+        for loop, task in tokens:
+            by_loop.setdefault(id(loop), (loop, []))[1].append(task)
+        for loop, tasks in by_loop.values():
+            loop.inbox.put(("stored", tasks))
+
+    def _on_stale(self, stale: list[tuple[str, str]]) -> None:
+        for run_id, node_id in stale:
+            self.emit({"event": "log", "run_id": run_id, "node_id": node_id, "level": "warning",
+                       "message": "a stale attempt's result was rejected by its fence"})
+
+    def close(self) -> None:
+        self.recorder.close()
+        self.executor.shutdown()
+
+
+def normalize(value: Any) -> Any:
+    """The documented result shape: NamedTuple -> dict of fields, dict as is, else {'result': v}."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):
+        return dict(value._asdict())
+    return {"result": value}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)
+

@@ -1,0 +1,617 @@
+"""The scheduler of one run: an event loop on its own thread, driven by a single inbox.
+
+State and policy
+----------------
+* Tasks arrive while the run goes on (the pipeline body submits them, or a declarative graph is
+  submitted up front). A task waits on a Kahn count of unfinished producers; when it reaches
+  zero the task is *ready*: its structural key is computed from the content hashes of its inputs
+  and looked up (resumed record of this run -> same key earlier in this run -> result store).
+  A hit completes the task without running it; a miss queues it.
+* At most ``max_parallel`` tasks run at once. Components measured to finish in well under a
+  millisecond run inline on the loop thread (no hand-off), others on the executor.
+* Inbox events: ``submit``, ``done`` (executor outcome), ``stored`` (writer flushed results),
+  ``body`` (the pipeline body returned), ``cancel``. Timers (retry backoff, task deadlines, the
+  pipeline deadline) live in a heap; the loop blocks on the inbox until the next timer. No scans,
+  no sleeps: each step costs O(edges of the task it touches).
+* Failures: a retry policy may schedule another attempt (new fence). Otherwise the task FAILS
+  and ``error_handler`` decides: 'fail' cancels everything still queued or running; 'continue'
+  skips what depends on the failure and runs the rest; 'retry' is 'fail' with a default retry
+  policy for tasks that have none; 'custom' calls ``error_config['handler']`` and continues if
+  ``continue_on_error``.
+* Every state change becomes a record for the write-behind recorder and an event for the sink.
+"""
+
+from __future__ import annotations
+
+import heapq
+import inspect
+import itertools
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twingraph.core.hashing import digest_value, structural_key
+from twingraph.core.records import (AttemptRecord, EdgeRecord, LogRecord, RunHeartbeat,
+                                    TaskRecord, TaskUpdate)
+from twingraph.core.retry import RetryPolicy
+from twingraph.core.states import TaskState
+from twingraph.engine.refs import Ref, find_refs, substitute
+from twingraph.engine.task import UNLOADED, Job, Task
+from twingraph.errors import (NodeExecutionError, PipelineCancelled, PipelineTimeout,
+                              TaskCancelled, TaskTimeout)
+
+DEFAULT_RETRY = RetryPolicy(max_attempts=3, backoff="exponential", initial_delay=1.0,
+                            max_delay=60.0)
+LINEAGE_KWARGS = ("parent_hash", "parent_hashes")
+_T = TaskState
+
+
+class RunOptions:
+    __slots__ = ("max_parallel", "error_handler", "timeout", "no_cache", "error_config")
+
+    def __init__(self, max_parallel: int = 10, error_handler: str = "fail",
+                 timeout: float | None = None, no_cache: bool = False,
+                 error_config: Mapping[str, Any] | None = None) -> None:
+        self.max_parallel, self.error_handler, self.timeout = max_parallel, error_handler, timeout
+        self.no_cache, self.error_config = no_cache, dict(error_config or {})
+
+
+class RunLoop:
+    def __init__(self, engine: Any, run_id: str, options: RunOptions,
+                 prior: Mapping[str, TaskRecord] | None = None,
+                 previous: Mapping[str, TaskRecord] | None = None) -> None:
+        self.engine, self.run_id, self.opt = engine, run_id, options
+        self.pipeline = ""
+        self.prior = dict(prior or {})           # this run's tasks from before a crash (resume)
+        self.previous = dict(previous or {})     # the last run of the pipeline (cache reasons)
+        self.results, self.recorder, self.clock = engine.results, engine.recorder, engine.clock
+        self.executor, self.emit = engine.executor, engine.emit
+        self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.tasks: dict[str, Task] = {}
+        self.by_key: dict[str, Task] = {}
+        self.ready: deque[Task] = deque()          # keyed, missed: waiting for a slot
+        self.became_ready: deque[Task] = deque()   # inputs complete: key not computed yet
+        self.running = 0
+        self.unfinished = 0
+        self.counts = dict.fromkeys(TaskState, 0)
+        self.timers: list[tuple[float, int, str, Any, int]] = []
+        self._seq = itertools.count()
+        self.lock = threading.Lock()             # guards task.state/event for waiters
+        self.stopping: str | None = None         # 'failed' | 'cancelled' | 'timeout'
+        self.stop_message = ""
+        self.body_finished = False
+        self.body_error: BaseException | None = None
+        self.done = threading.Event()
+        self.failures: dict[str, str] = {}
+        self._name_counts: dict[str, int] = {}
+        self._order = itertools.count()
+        self._done_times: deque[float] = deque(maxlen=256)
+        self._last_heartbeat = 0.0
+        self._accepts: dict[Any, bool] = {}
+        self.started_at = self.clock.monotonic()
+        if options.timeout:
+            self._timer(options.timeout, "pipeline_timeout", None, 0)
+
+    # == called from the pipeline body thread ===============================================
+    def call(self, spec: Any, fn: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any], node_id: str | None = None) -> Ref:
+        """Submit one component call; returns its future at once."""
+        name = spec.name
+        if node_id is None:
+            n = self._name_counts.get(name, 0)
+            self._name_counts[name] = n + 1
+            node_id = f"{name}-{n}"
+        task = Task(node_id, next(self._order), name, spec, fn, args, kwargs)
+        self.inbox.put(("submit", task))
+        return Ref(self, task)
+
+    def body_returned(self, error: BaseException | None) -> None:
+        self.inbox.put(("body", error))
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self.inbox.put(("cancel", reason))
+
+    def resolve_ref(self, ref: Ref, timeout: float | None = None) -> Any:
+        task = ref._task
+        if not task.state.terminal:
+            with self.lock:
+                if not task.state.terminal and task.event is None:
+                    task.event = threading.Event()
+                ev = task.event
+            if ev is not None and not ev.wait(timeout):
+                raise TimeoutError(f"waiting for {task.node_id} timed out")
+        if task.state is not _T.SUCCESS:
+            task.observed = True
+            raise self._failure_of(task)
+        value = task.value
+        if value is UNLOADED:
+            value = self.engine.load_value(task.cache_key)
+        full = task.result_view(value)
+        for p in ref._path:
+            full = full[p]
+        return full
+
+    def _failure_of(self, task: Task) -> BaseException:
+        if task.state is _T.FAILED:
+            err = task.error
+            if isinstance(err, NodeExecutionError):
+                return err
+            out = NodeExecutionError(f"task {task.node_id} failed: {type(err).__name__}: {err}",
+                                     node_id=task.node_id, error_type=type(err).__name__)
+            out.__cause__ = err
+            return out
+        if task.state is _T.SKIPPED:
+            return NodeExecutionError(f"task {task.node_id} was skipped: an upstream task failed",
+                                      node_id=task.node_id, error_type="Skipped")
+        if self.stopping == "timeout":
+            return PipelineTimeout(self.stop_message, run_id=self.run_id)
+        return PipelineCancelled(f"task {task.node_id} was cancelled: {self.stop_message}",
+                                 run_id=self.run_id)
+
+    # == the loop ===========================================================================
+    def run_forever(self) -> None:
+        get = self.inbox.get
+        try:
+            while True:
+                timeout = None
+                if self.timers:
+                    timeout = max(0.0, self.timers[0][0] - self.clock.monotonic())
+                try:
+                    ev = get(timeout=timeout) if timeout is None or timeout > 0 else get_nowait(self.inbox)
+                except queue.Empty:
+                    ev = None
+                while ev is not None:
+                    self._handle(ev)
+                    ev = get_nowait(self.inbox)
+                self._fire_timers()
+                self._dispatch()
+                if self.body_finished and self.unfinished == 0 and self.running == 0:
+                    return
+                self._heartbeat()
+        finally:
+            self.done.set()
+
+    def _handle(self, ev: tuple[Any, ...]) -> None:
+        kind = ev[0]
+        if kind == "done":
+            self._on_outcome(ev[1])
+        elif kind == "submit":
+            self._on_submit(ev[1])
+        elif kind == "stored":
+            for t in ev[1]:
+                t.stored = True
+                if t.consumers <= 0 and t.state is _T.SUCCESS:
+                    t.value = UNLOADED
+        elif kind == "body":
+            self.body_finished, self.body_error = True, ev[1]
+        elif kind == "cancel":
+            self._stop("cancelled", ev[1])
+        elif kind == "call":
+            ev[1]()
+
+    # == submission and readiness ===========================================================
+    def _on_submit(self, task: Task) -> None:
+        if task.node_id in self.tasks:      # same node id twice: make it unique, keep order
+            task.node_id = f"{task.node_id}.{task.order}"
+        self.tasks[task.node_id] = task
+        self.unfinished += 1
+        self.counts[_T.PENDING] += 1
+        now = self.clock.now()
+        self.recorder.add(TaskRecord(self.run_id, task.node_id, task.component, _T.PENDING,
+                                     platform=task.spec.platform, order=task.order,
+                                     inputs=self.engine.fingerprint(task.spec), created_at=now))
+        refs: list[Ref] = []
+        find_refs(task.args, refs)
+        find_refs(task.kwargs, refs)
+        upstream_bad = None
+        seen: set[int] = set()
+        for r in refs:
+            p = r._task
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            task.producers.append(p)
+            p.consumers += 1
+            self.recorder.add(EdgeRecord(self.run_id, p.node_id, task.node_id, "DEPENDS_ON",
+                                         {"data_flow": _path_text(r._path)}))
+            if p.state is _T.SUCCESS:
+                continue
+            if p.state.terminal:
+                upstream_bad = p
+            else:
+                task.waiting += 1
+                p.dependents.append(task)
+        self.recorder.add(EdgeRecord(self.run_id, task.node_id, self.run_id, "BELONGS_TO",
+                                     {"component_order": task.order}))
+        self.emit({"event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
+                   "component": task.component, "status": "PENDING"})
+        if self.stopping:
+            self._finish(task, _T.CANCELLED, error=TaskCancelled(self.stop_message,
+                                                                  node_id=task.node_id))
+        elif upstream_bad is not None:
+            self._finish(task, _T.SKIPPED,
+                         error=NodeExecutionError(f"upstream {upstream_bad.node_id} did not succeed"))
+        elif task.waiting == 0:
+            self.became_ready.append(task)
+
+    def _on_ready(self, task: Task) -> None:
+        spec = task.spec
+        task.digest = digest = digest_value({"a": task.args, "k": _strip_lineage(task.kwargs)},
+                                            _ref_digest, self.engine.hash_value)
+        key = structural_key(spec.name, spec.code_version, spec.memo_config(), digest)
+        task.cache_key = key
+        prior = self.prior.get(task.node_id)
+        if prior is not None and prior.state is _T.SUCCESS and prior.cache_key == key \
+                and prior.content_hash:
+            self._hit(task, prior.content_hash, "resumed", "result recorded by this run before it stopped")
+            return
+        twin = self.by_key.get(key)
+        if twin is not None and twin is not task:
+            if twin.state is _T.SUCCESS:
+                self._hit(task, twin.content_hash, "hit", f"same computation as {twin.node_id} in this run")
+                task.value = twin.value
+            elif twin.state.terminal:
+                self._finish(task, _T.FAILED, error=twin.error)
+            else:
+                if twin.aliases is None:
+                    twin.aliases = []
+                twin.aliases.append(task)
+                self._set_state(task, _T.QUEUED)
+            return
+        self.by_key[key] = task
+        if spec.cache and not self.opt.no_cache:
+            meta = self.results.head(key)
+            if meta is not None:
+                self._hit(task, meta.content_hash, "hit", "stored result with the same code, config and inputs")
+                return
+            task.cache_status, task.cache_reason = "miss", self._miss_reason(task)
+        else:
+            task.cache_status = "disabled"
+            task.cache_reason = "--no-cache" if self.opt.no_cache else "cache=False on the component"
+        self._set_state(task, _T.QUEUED)
+        self.ready.append(task)
+
+    def _miss_reason(self, task: Task) -> str:
+        prev = self.previous.get(task.node_id)
+        if prev is None:
+            return "no stored result (new task)"
+        info = prev.inputs or {}
+        if info.get("code_version") != task.spec.code_version:
+            return "code changed since the last run"
+        if info.get("config") != self.engine.fingerprint(task.spec)["config"]:
+            return "configuration changed since the last run"
+        return "inputs changed since the last run"
+
+    def _hit(self, task: Task, content_hash: str | None, status: str, reason: str) -> None:
+        task.content_hash = content_hash
+        task.cache_status, task.cache_reason = status, reason
+        task.stored = True
+        self._finish(task, _T.SUCCESS)
+
+    # == dispatch ===========================================================================
+    def _dispatch(self) -> None:
+        """Key newly ready tasks, then start queued ones while slots are free (iteratively:
+        inline tasks complete inside ``_start`` and make more tasks ready)."""
+        ready, became, limit = self.ready, self.became_ready, self.opt.max_parallel
+        while True:
+            while became:
+                t = became.popleft()
+                if t.state is _T.PENDING:
+                    self._on_ready(t)
+            if not ready or self.running >= limit or self.stopping:
+                return
+            task = ready.popleft()
+            if task.state is _T.QUEUED:
+                self._start(task)
+
+    def _start(self, task: Task) -> None:
+        try:
+            args = substitute(task.args, self._fetch)
+            kwargs = substitute(task.kwargs, self._fetch)
+        except BaseException as exc:  # noqa: BLE001 - e.g. a missing key in an upstream output
+            task.attempt += 1
+            self._finish(task, _T.FAILED, error=exc)
+            self._after_failure(task)
+            return
+        for p in task.producers:
+            p.consumers -= 1
+            if p.consumers <= 0 and p.stored and p.state is _T.SUCCESS:
+                p.value = UNLOADED
+        if not self._accepts_lineage(task.fn):
+            for k in LINEAGE_KWARGS:
+                kwargs.pop(k, None)
+        task.attempt += 1
+        prior = self.prior.get(task.node_id)
+        task.fence = (prior.fence if prior else 0) + task.attempt
+        mode = self.engine.choose_mode(task.spec)
+        task.mode = mode
+        task.started = self.clock.monotonic()
+        self.running += 1
+        now = self.clock.now()
+        self._set_state(task, _T.RUNNING, attempts=task.attempt, fence=task.fence,
+                        cache_key=task.cache_key, cache_status=task.cache_status,
+                        cache_reason=task.cache_reason)
+        self.recorder.add(AttemptRecord(self.run_id, task.node_id, task.attempt, task.fence,
+                                        _T.RUNNING, executor=f"local:{mode}", started_at=now))
+        invoke = self.engine.invoke_raw if task.spec.raw_result else self.engine.invoke
+        job = Job(task, invoke, (task.fn, args, kwargs), {}, mode)
+        task.job = job
+        if mode == "inline":
+            t0 = time.perf_counter()
+            try:
+                out = (True, invoke(task.fn, args, kwargs), None)
+            except BaseException as exc:  # noqa: BLE001
+                out = (False, None, exc)
+            self._complete(task, task.fence, out[0], out[1], out[2], time.perf_counter() - t0)
+            return
+        self._timer(task.spec.timeout, "task_timeout", task, task.fence)
+        inbox = self.inbox
+        self.executor.submit(job, lambda o: inbox.put(("done", o)))
+
+    def _fetch(self, ref: Ref) -> Any:
+        t = ref._task
+        value = t.value
+        if value is UNLOADED:
+            value = t.value = self.engine.load_value(t.cache_key)
+        if not ref._path:
+            return t.result_view(value)
+        if ref._path[0] == "outputs" and not t.spec.raw_result:
+            for p in ref._path[1:]:
+                value = value[p]
+            return value
+        full = t.result_view(value)
+        for p in ref._path:
+            full = full[p]
+        return full
+
+    def _accepts_lineage(self, fn: Any) -> bool:
+        ok = self._accepts.get(fn)
+        if ok is None:
+            try:
+                params = inspect.signature(fn).parameters
+                ok = any(p.kind is p.VAR_KEYWORD for p in params.values()) or \
+                    any(k in params for k in LINEAGE_KWARGS)
+            except (TypeError, ValueError):
+                ok = False
+            self._accepts[fn] = ok
+        return ok
+
+    # == completion =========================================================================
+    def _on_outcome(self, o: Any) -> None:
+        task = self.tasks.get(o.node_id)
+        if task is None or task.fence != o.fence or task.state is not _T.RUNNING:
+            self.recorder.add(LogRecord(self.run_id, self.clock.now(), "warning",
+                                        f"dropped a late result of {o.node_id} (fence {o.fence})",
+                                        o.node_id))
+            return
+        self._complete(task, o.fence, o.ok, o.value, o.error, o.duration)
+
+    def _complete(self, task: Task, fence: int, ok: bool, value: Any, error: Any,
+                  duration: float) -> None:
+        self.running -= 1
+        self.engine.observe(task.spec, duration, ok)
+        now = self.clock.now()
+        if ok:
+            try:
+                enc = self.engine.encode(value)
+            except BaseException as exc:  # noqa: BLE001 - unencodable result is a task failure
+                ok, error = False, exc
+        if ok:
+            task.value = value
+            task.content_hash = enc.content_hash
+            self.recorder.put_result(task.cache_key, enc.buffers,
+                                     self.engine.result_meta(self.run_id, task, enc), (self, task))
+            self.recorder.add(AttemptRecord(self.run_id, task.node_id, task.attempt, fence,
+                                            _T.SUCCESS, executor=f"local:{task.mode}",
+                                            started_at=now - duration, ended_at=now))
+            self._finish(task, _T.SUCCESS, duration=duration)
+            return
+        task.error = error
+        self.recorder.add(AttemptRecord(self.run_id, task.node_id, task.attempt, fence,
+                                        _T.FAILED, executor=f"local:{task.mode}",
+                                        started_at=now - duration, ended_at=now,
+                                        error=_err_text(error)))
+        self.recorder.add(LogRecord(self.run_id, now, "error",
+                                    f"attempt {task.attempt} failed: {_err_text(error)}",
+                                    task.node_id))
+        policy = task.spec.retry_policy
+        if policy is None and self.opt.error_handler == "retry":
+            policy = DEFAULT_RETRY
+        if policy is not None and not self.stopping and policy.retries(error, task.attempt):
+            delay = policy.delay(task.attempt, self.engine.rng)
+            self._set_state(task, _T.RETRYING, error=_err_text(error))
+            self.recorder.add(LogRecord(self.run_id, now, "info",
+                                        f"retrying in {delay:.3g}s", task.node_id))
+            self._timer(delay, "retry", task, task.fence)
+            return
+        self._finish(task, _T.FAILED, error=error, duration=duration)
+        self._after_failure(task)
+
+    def _after_failure(self, task: Task) -> None:
+        self.failures[task.node_id] = _err_text(task.error)
+        self.emit({"event": "error", "run_id": self.run_id, "node_id": task.node_id,
+                   "error": _err_text(task.error), "traceback": _tb(task.error)})
+        handler = self.opt.error_handler
+        if handler == "custom":
+            self.engine.call_error_handler(self.opt.error_config.get("handler"), {
+                "run_id": self.run_id, "node_id": task.node_id, "error": _err_text(task.error)})
+            if self.opt.error_config.get("continue_on_error"):
+                handler = "continue"
+        if handler == "continue":
+            self._skip_downstream(task)
+        else:
+            self._stop("failed", f"task {task.node_id} failed: {_err_text(task.error)}")
+
+    def _skip_downstream(self, task: Task) -> None:
+        stack = list(task.dependents)
+        while stack:
+            t = stack.pop()
+            if t.state.terminal:
+                continue
+            self._finish(t, _T.SKIPPED, error=NodeExecutionError(
+                f"upstream {task.node_id} failed", node_id=t.node_id))
+            stack.extend(t.dependents)
+
+    def _finish(self, task: Task, state: TaskState, *, error: BaseException | None = None,
+                duration: float | None = None) -> None:
+        if error is not None:
+            task.error = error
+        self._set_state(task, state, attempts=task.attempt or None,
+                        fence=task.fence if state is _T.SUCCESS and task.attempt else None,
+                        cache_key=task.cache_key, cache_status=task.cache_status,
+                        cache_reason=task.cache_reason,
+                        result_key=task.cache_key if state is _T.SUCCESS else None,
+                        content_hash=task.content_hash if state is _T.SUCCESS else None,
+                        error=_err_text(error) if error is not None else None,
+                        duration=duration)
+        self.unfinished -= 1
+        self._done_times.append(self.clock.monotonic())
+        if state is _T.SUCCESS:
+            for d in task.dependents:
+                d.waiting -= 1
+                if d.waiting == 0 and d.state is _T.PENDING:
+                    self.became_ready.append(d)
+        if task.aliases:
+            for a in task.aliases:
+                if state is _T.SUCCESS:
+                    a.value = task.value
+                    self._hit(a, task.content_hash, "hit",
+                              f"same computation as {task.node_id} in this run")
+                elif not a.state.terminal:
+                    self._finish(a, state, error=error)
+            task.aliases = None
+
+    def _set_state(self, task: Task, state: TaskState, *, duration: float | None = None,
+                   **fields: Any) -> None:
+        old = task.state
+        with self.lock:
+            task.state = state
+            ev = task.event if state.terminal else None
+        self.counts[old] -= 1
+        self.counts[state] += 1
+        if ev is not None:
+            ev.set()
+        fields = {k: v for k, v in fields.items() if v is not None}
+        self.recorder.add(TaskUpdate(self.run_id, task.node_id, state, self.clock.now(), **fields))
+        ev_out = {"event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
+                  "component": task.component, "status": state.value,
+                  "cache": task.cache_status}
+        if duration is not None:
+            ev_out["duration"] = duration
+        if state is _T.FAILED:
+            ev_out["error"] = _err_text(task.error)
+        self.emit(ev_out)
+
+    # == stopping, timers ===================================================================
+    def _stop(self, why: str, message: str) -> None:
+        if self.stopping:
+            return
+        self.stopping, self.stop_message = why, message
+        self.recorder.add(LogRecord(self.run_id, self.clock.now(), "warning", f"stopping: {message}"))
+        for task in list(self.tasks.values()):
+            if task.state.terminal:
+                continue
+            if task.state is _T.RUNNING:
+                killed = self.executor.abort(task.job) if task.mode != "inline" else False
+                self.running -= 1
+                how = "killed" if killed else "abandoned"
+                self._finish(task, _T.CANCELLED, error=TaskCancelled(
+                    f"{message}; running task {how}", node_id=task.node_id))
+            else:
+                self._finish(task, _T.CANCELLED, error=TaskCancelled(message, node_id=task.node_id))
+        self.ready.clear()
+
+    def _timer(self, delay: float, kind: str, task: Task | None, fence: int) -> None:
+        heapq.heappush(self.timers, (self.clock.monotonic() + delay, next(self._seq), kind,
+                                     task, fence))
+
+    def _fire_timers(self) -> None:
+        now = self.clock.monotonic()
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, task, fence = heapq.heappop(timers)
+            if kind == "pipeline_timeout":
+                if not (self.body_finished and self.unfinished == 0):
+                    self._stop("timeout", f"pipeline timed out after {self.opt.timeout:g}s")
+                continue
+            if task is None or task.fence != fence:
+                continue
+            if kind == "retry" and task.state is _T.RETRYING:
+                self._set_state(task, _T.QUEUED)
+                self.ready.append(task)
+            elif kind == "task_timeout" and task.state is _T.RUNNING:
+                killed = self.executor.abort(task.job)
+                err = TaskTimeout(task.node_id, task.spec.timeout, killed=killed)
+                self._complete(task, fence, False, None, err, now - task.started)
+
+    def _heartbeat(self) -> None:
+        now = self.clock.monotonic()
+        if now - self._last_heartbeat >= 5.0:
+            self._last_heartbeat = now
+            self.recorder.add(RunHeartbeat(self.run_id, self.clock.now()))
+
+    # == progress ===========================================================================
+    def progress(self) -> dict[str, Any]:
+        c = self.counts
+        total = len(self.tasks)
+        finished = total - self.unfinished
+        eta = None
+        times = self._done_times
+        if self.unfinished and len(times) >= 2 and times[-1] > times[0]:
+            rate = (len(times) - 1) / (times[-1] - times[0])
+            eta = self.unfinished / rate
+        return {"total": total, "pending": c[_T.PENDING], "queued": c[_T.QUEUED] + c[_T.RETRYING],
+                "running": c[_T.RUNNING], "succeeded": c[_T.SUCCESS], "failed": c[_T.FAILED],
+                "skipped": c[_T.SKIPPED], "cancelled": c[_T.CANCELLED], "finished": finished,
+                "percent": 100.0 * finished / total if total else 0.0, "eta_seconds": eta,
+                "running_nodes": [t.node_id for t in self.tasks.values()
+                                  if t.state is _T.RUNNING][:20]}
+
+    def call_in_loop(self, fn: Callable[[], None]) -> None:
+        self.inbox.put(("call", fn))
+
+
+def get_nowait(q: queue.SimpleQueue[Any]) -> Any:
+    try:
+        return q.get_nowait()
+    except queue.Empty:
+        return None
+
+
+def _ref_digest(value: Any) -> Any:
+    if type(value) is Ref:
+        t = value._task
+        return {"r": t.content_hash, "p": list(map(_pathpart, value._path))}
+    return None
+
+
+def _pathpart(p: Any) -> Any:
+    return p if isinstance(p, (str, int)) else repr(p)
+
+
+def _path_text(path: tuple[Any, ...]) -> str:
+    return "".join(f"[{p!r}]" for p in path) or "result"
+
+
+def _strip_lineage(kwargs: dict[str, Any]) -> dict[str, Any]:
+    if "parent_hash" in kwargs or "parent_hashes" in kwargs:
+        return {k: v for k, v in kwargs.items() if k not in LINEAGE_KWARGS}
+    return kwargs
+
+
+def _err_text(err: Any) -> str:
+    if err is None:
+        return ""
+    return f"{type(err).__name__}: {err}"
+
+
+def _tb(err: Any) -> str:
+    if err is None:
+        return ""
+    if isinstance(err, NodeExecutionError) and err.traceback:
+        return err.traceback
+    return "".join(traceback.format_exception(err))

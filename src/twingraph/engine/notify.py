@@ -1,0 +1,62 @@
+"""Run-end notifications: callables are called, http(s) URLs get the summary POSTed as JSON.
+
+Targets: a callable, a URL, a list of them, or a dict ``{'on_end'|'on_success'|'on_failure':
+target}``. Webhooks are sent from a daemon thread with a 10 s timeout; a failing target is
+logged and never changes the run's outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+log = logging.getLogger("twingraph.notify")
+
+
+def _targets(spec: Any, status: str) -> list[Any]:
+    if isinstance(spec, Mapping):
+        out: list[Any] = []
+        keys = ["on_end", "on_success" if status == "SUCCESS" else "on_failure"]
+        for k in keys:
+            out.extend(_targets(spec.get(k), status) if k in spec else [])
+        return out
+    if spec is None:
+        return []
+    if isinstance(spec, (list, tuple)):
+        return [t for s in spec for t in _targets(s, status)]
+    return [spec]
+
+
+def _post(url: str, summary: dict[str, Any]) -> None:
+    body = json.dumps(summary, default=str).encode()
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": "application/json",
+                                          "User-Agent": "twingraph-notify"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - user-configured URL
+            resp.read()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("notification to %s failed: %s", url, exc)
+
+
+def notify(spec: Any, *, summary: dict[str, Any], wait: bool = False) -> list[threading.Thread]:
+    threads = []
+    for target in _targets(spec, summary["status"]):
+        if callable(target):
+            try:
+                target(summary)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("notification callable %r failed: %s", target, exc)
+        else:
+            t = threading.Thread(target=_post, args=(target, summary), daemon=True,
+                                 name="twingraph-webhook")
+            t.start()
+            threads.append(t)
+    if wait:
+        for t in threads:
+            t.join(12)
+    return threads

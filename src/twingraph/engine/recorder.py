@@ -1,0 +1,132 @@
+"""Write-behind persistence: results first, then metadata, in batches, off the scheduling path.
+
+The loop appends records and results to an in-memory buffer (cheap) and never waits for a disk.
+A writer thread flushes every ``interval`` seconds (or sooner when the buffer is large):
+``results.put_many`` first, then ``metadata.write`` — so a task recorded SUCCESS always has its
+result stored. A crash loses at most the last unflushed interval; a resumed run re-executes only
+those tasks (at-least-once execution, exactly-once recorded result, thanks to fencing).
+
+Coalescing: a TaskUpdate for a task whose TaskRecord is still in the buffer is folded into that
+record, so a task that starts and ends between two flushes costs one row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twingraph.core.records import Record, TaskRecord, TaskUpdate
+from twingraph.ports import MetadataStore, ResultStore
+
+log = logging.getLogger("twingraph.engine")
+
+_UPDATE_FIELDS = ("state", "attempts", "fence", "cache_key", "cache_status", "cache_reason",
+                  "result_key", "content_hash", "error")
+
+
+class Recorder:
+    def __init__(self, results: ResultStore | None, metadata: MetadataStore | None, *,
+                 interval: float = 0.05, max_buffer: int = 20000,
+                 on_stored: Callable[[list[Any]], None] | None = None,
+                 on_stale: Callable[[list[tuple[str, str]]], None] | None = None) -> None:
+        self.results, self.metadata = results, metadata
+        self.interval, self.max_buffer = interval, max_buffer
+        self.on_stored, self.on_stale = on_stored, on_stale
+        self._records: list[Record] = []
+        self._pending_tasks: dict[tuple[str, str], int] = {}   # unflushed TaskRecord index
+        self._results: list[tuple[str, Any, Any, Any]] = []     # (key, buffers, meta, token)
+        self._cv = threading.Condition()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._flushing = False
+        self._thread = threading.Thread(target=self._run, name="twingraph-recorder", daemon=True)
+        self._thread.start()
+
+    # -- called from the loop thread ---------------------------------------------------------
+    def add(self, rec: Record) -> None:
+        with self._cv:
+            if type(rec) is TaskUpdate:
+                idx = self._pending_tasks.get((rec.run_id, rec.node_id))
+                if idx is not None:
+                    self._records[idx] = _fold(self._records[idx], rec)
+                    return
+            elif type(rec) is TaskRecord:
+                self._pending_tasks[(rec.run_id, rec.node_id)] = len(self._records)
+            self._records.append(rec)
+            if len(self._records) >= self.max_buffer:
+                self._cv.notify()
+
+    def put_result(self, key: str, buffers: Any, meta: Any, token: Any = None) -> None:
+        with self._cv:
+            self._results.append((key, buffers, meta, token))
+
+    def flush(self) -> None:
+        """Block until everything added so far is written (or raise the writer's error)."""
+        with self._cv:
+            self._cv.notify()
+            while (self._records or self._results or self._flushing) and self._error is None:
+                self._cv.wait(0.05)
+                self._cv.notify()
+            if self._error is not None:
+                raise self._error
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            with self._cv:
+                self._closed = True
+                self._cv.notify()
+            self._thread.join(10)
+
+    # -- writer thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                if not (self._records or self._results) and not self._closed:
+                    self._cv.wait(self.interval)
+                if self._closed and not (self._records or self._results):
+                    return
+                records, self._records = self._records, []
+                results, self._results = self._results, []
+                self._pending_tasks = {}
+                self._flushing = True
+            try:
+                self._write(records, results)
+            except BaseException as exc:  # noqa: BLE001 - surfaced by flush()
+                log.exception("recorder: write failed")
+                with self._cv:
+                    self._error = exc
+            finally:
+                with self._cv:
+                    self._flushing = False
+                    self._cv.notify_all()
+
+    def _write(self, records: Sequence[Record], results: Sequence[tuple[str, Any, Any, Any]]) -> None:
+        if results and self.results is not None:
+            self.results.put_many([(k, b, m) for k, b, m, _ in results])
+            if self.on_stored is not None:
+                self.on_stored([t for *_, t in results if t is not None])
+        if records and self.metadata is not None:
+            stale = self.metadata.write(records)
+            if stale and self.on_stale is not None:
+                self.on_stale(stale)
+
+
+def _fold(rec: TaskRecord, upd: TaskUpdate) -> TaskRecord:
+    changes: dict[str, Any] = {}
+    for f in _UPDATE_FIELDS:
+        v = getattr(upd, f)
+        if v is not None:
+            changes["attempts" if f == "attempts" else f] = v
+    st = upd.state
+    if st.value == "RUNNING" and rec.started_at is None:
+        changes["started_at"] = upd.at
+    if st.terminal:
+        changes["ended_at"] = upd.at
+        if rec.started_at is None and "started_at" not in changes:
+            changes["started_at"] = upd.at
+    return dataclasses.replace(rec, **changes)

@@ -1,0 +1,161 @@
+"""Futures for component calls inside a running pipeline.
+
+Calling a component inside a pipeline returns a ``Ref`` at once. Indexing a Ref
+(``r['outputs']['chunks']``) gives another Ref without waiting; passing a Ref (or containers of
+them) to another component creates an edge. Anything that needs the concrete value — iteration,
+``len``, comparison, arithmetic, ``str``, ``bool`` — waits for the task and works on its value.
+Iterating yields Refs to the items, so ``for chunk in raw['outputs']['chunks']: f(data=chunk)``
+keeps lineage item by item. ``ref.result()`` waits and returns the concrete value (raising the
+task's error, if it failed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Ref:
+    __slots__ = ("_run", "_task", "_path")
+
+    def __init__(self, run: Any, task: Any, path: tuple[Any, ...] = ()) -> None:
+        self._run, self._task, self._path = run, task, path
+
+    # -- lazy navigation ---------------------------------------------------------------------
+    def __getitem__(self, key: Any) -> Ref:
+        return Ref(self._run, self._task, self._path + (key,))
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            value = self.result()
+            return self[key] if key in value else default
+        except TypeError:
+            return default
+
+    # -- waiting -----------------------------------------------------------------------------
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the task and return the concrete value at this path."""
+        return self._run.resolve_ref(self, timeout)
+
+    value = result
+
+    def done(self) -> bool:
+        return self._task.state.terminal
+
+    @property
+    def node_id(self) -> str:
+        return self._task.node_id
+
+    @property
+    def path(self) -> tuple[Any, ...]:
+        return self._path
+
+    def __iter__(self) -> Any:
+        value = self.result()
+        if isinstance(value, dict):
+            return iter(list(value))
+        return (Ref(self._run, self._task, self._path + (i,)) for i in range(len(value)))
+
+    def __len__(self) -> int:
+        return len(self.result())
+
+    def __contains__(self, item: Any) -> bool:
+        return item in self.result()
+
+    def __bool__(self) -> bool:
+        return bool(self.result())
+
+    def __str__(self) -> str:
+        return str(self.result())
+
+    def __repr__(self) -> str:
+        path = "".join(f"[{p!r}]" for p in self._path)
+        return f"<Ref {self._task.node_id}{path} {self._task.state.value}>"
+
+    def __format__(self, spec: str) -> str:
+        return format(self.result(), spec)
+
+    def __int__(self) -> int:
+        return int(self.result())
+
+    def __float__(self) -> float:
+        return float(self.result())
+
+    def __index__(self) -> int:
+        return self.result().__index__()
+
+    def __hash__(self) -> int:
+        return hash((id(self._task), self._path))
+
+    def __eq__(self, other: Any) -> bool:
+        return self.result() == _concrete(other)
+
+    def __ne__(self, other: Any) -> bool:
+        return self.result() != _concrete(other)
+
+    def __lt__(self, other: Any) -> bool:
+        return self.result() < _concrete(other)
+
+    def __le__(self, other: Any) -> bool:
+        return self.result() <= _concrete(other)
+
+    def __gt__(self, other: Any) -> bool:
+        return self.result() > _concrete(other)
+
+    def __ge__(self, other: Any) -> bool:
+        return self.result() >= _concrete(other)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.result(), name)
+
+
+def _concrete(v: Any) -> Any:
+    return v.result() if type(v) is Ref else v
+
+
+def _binop(name: str) -> Any:
+    def op(self: Ref, other: Any) -> Any:
+        return getattr(self.result(), name)(_concrete(other))
+    op.__name__ = name
+    return op
+
+
+for _n in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor",
+           "matmul"):
+    setattr(Ref, f"__{_n}__", _binop(f"__{_n}__"))
+    setattr(Ref, f"__r{_n}__", _binop(f"__r{_n}__"))
+Ref.__neg__ = lambda self: -self.result()  # type: ignore[attr-defined]
+Ref.__abs__ = lambda self: abs(self.result())  # type: ignore[attr-defined]
+
+
+def find_refs(value: Any, out: list[Ref]) -> None:
+    """Collect the Refs inside ``value`` (lists, tuples, dicts, sets walked)."""
+    t = type(value)
+    if t is Ref:
+        out.append(value)
+    elif t is list or t is tuple or t is set or t is frozenset:
+        for v in value:
+            if type(v) is Ref or type(v) in _CONTAINERS:
+                find_refs(v, out)
+    elif t is dict:
+        for v in value.values():
+            if type(v) is Ref or type(v) in _CONTAINERS:
+                find_refs(v, out)
+
+
+_CONTAINERS = frozenset({list, tuple, dict, set, frozenset})
+
+
+def substitute(value: Any, fetch: Any) -> Any:
+    """Replace every Ref in ``value`` by ``fetch(ref)``; containers are rebuilt only if needed."""
+    t = type(value)
+    if t is Ref:
+        return fetch(value)
+    if t is list or t is tuple:
+        return t(substitute(v, fetch) for v in value)
+    if t is dict:
+        return {k: substitute(v, fetch) for k, v in value.items()}
+    if t is set or t is frozenset:
+        return t(substitute(v, fetch) for v in value)
+    return value

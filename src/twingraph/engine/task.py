@@ -1,0 +1,74 @@
+"""A task's runtime state inside one run. Mutated only by the run's loop thread.
+
+The loop's bookkeeping per task is O(its edges): ``waiting`` counts unfinished producers (Kahn),
+``dependents`` lists consumers to notify, ``consumers`` counts consumers not yet dispatched so the
+in-memory value can be dropped early (it stays reloadable from the result store).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from twingraph.core.states import TaskState
+
+UNLOADED: Any = type("Unloaded", (), {"__repr__": lambda self: "<unloaded>"})()
+
+
+class Task:
+    __slots__ = ("node_id", "order", "component", "spec", "fn", "args", "kwargs", "mode",
+                 "producers", "waiting", "dependents", "consumers", "state", "attempt", "fence",
+                 "value", "stored", "content_hash", "cache_key", "cache_status", "cache_reason",
+                 "error", "event", "observed", "aliases", "started", "platform", "job",
+                 "digest")
+
+    def __init__(self, node_id: str, order: int, component: str, spec: Any, fn: Any,
+                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.node_id = node_id
+        self.order = order
+        self.component = component
+        self.spec = spec
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.mode = "thread"
+        self.producers: list[Task] = []
+        self.waiting = 0
+        self.dependents: list[Task] = []
+        self.consumers = 0
+        self.state = TaskState.PENDING
+        self.attempt = 0
+        self.fence = 0
+        self.value: Any = UNLOADED
+        self.stored = False
+        self.content_hash: str | None = None
+        self.cache_key: str | None = None
+        self.cache_status: str | None = None
+        self.cache_reason: str | None = None
+        self.error: BaseException | None = None
+        self.event: threading.Event | None = None
+        self.observed = False          # the pipeline body saw this task's failure
+        self.aliases: list[Task] | None = None
+        self.started = 0.0
+        self.platform = "local"
+        self.job: Any = None
+        self.digest: Any = None
+
+    def result_view(self, value: Any) -> dict[str, Any]:
+        """The documented result shape of a component call (declarative operations: the value)."""
+        if self.spec.raw_result:
+            return value
+        return {"outputs": value, "hash": self.cache_key}
+
+    def __repr__(self) -> str:
+        return f"<Task {self.node_id} {self.state.value}>"
+
+
+class Job:
+    """What the executor runs (satisfies ``ports.Job``)."""
+    __slots__ = ("node_id", "fence", "fn", "args", "kwargs", "mode", "task")
+
+    def __init__(self, task: Task, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 mode: str) -> None:
+        self.node_id, self.fence, self.task = task.node_id, task.fence, task
+        self.fn, self.args, self.kwargs, self.mode = fn, args, kwargs, mode

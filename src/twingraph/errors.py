@@ -1,0 +1,152 @@
+"""The one exception tree of TwinGraph.
+
+Every error TwinGraph raises on purpose is a ``TwinGraphError``. The dynamic-scheduler document's
+hierarchy (``DynamicSchedulerError`` and its four children) is kept as written and hangs under it::
+
+    TwinGraphError                      catch-all for anything TwinGraph raises on purpose
+    ├── ConfigurationError              bad settings, a missing optional extra (names the pip command)
+    ├── InvalidTransition               a state change the transition table forbids (a bug, not input)
+    ├── NotFoundError                   a run / pipeline / result id that does not exist
+    ├── PipelineError                   a pipeline run ended badly; carries run_id
+    │   ├── PipelineFailed              one or more tasks failed (``failures``: node -> error text)
+    │   ├── PipelineTimeout             the pipeline's own ``timeout`` elapsed
+    │   └── PipelineCancelled           cancelled by the user or by ``error_handler='fail'``
+    └── DynamicSchedulerError           the document's base class
+        ├── StorageError                a result store could not store/read; a corrupted value
+        │   └── IntegrityError          stored bytes do not match their content hash
+        ├── NodeExecutionError          a task raised, timed out or was cancelled
+        │   ├── TaskTimeout             per-task timeout elapsed (also a ``TimeoutError``)
+        │   └── TaskCancelled           the task was cancelled before it finished
+        ├── SchedulingError             the engine cannot schedule the work
+        │   ├── ExecutorUnavailable     a component asks for a platform with no executor here
+        │   └── StaleAttemptError       a late result from a fenced-off attempt was rejected
+        └── ValidationError             bad definitions or parameters (also a ``ValueError``)
+            └── GraphValidationError    cycles, unknown operations, dangling references (``nodes``)
+
+Catch ``ValidationError`` around user-supplied definitions, ``PipelineError`` around running a
+pipeline, ``StorageError`` around direct use of a result store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+
+class TwinGraphError(Exception):
+    """Base class of every error TwinGraph raises on purpose."""
+
+
+class ConfigurationError(TwinGraphError):
+    """Settings are wrong or an optional dependency is missing."""
+
+
+class InvalidTransition(TwinGraphError):
+    """A state change that the transition table forbids."""
+
+    def __init__(self, kind: str, old: str, new: str) -> None:
+        super().__init__(f"invalid {kind} transition {old} -> {new}")
+        self.kind, self.old, self.new = kind, old, new
+
+
+class NotFoundError(TwinGraphError, LookupError):
+    """The named object does not exist."""
+
+
+class PipelineError(TwinGraphError):
+    """A pipeline run did not succeed."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class PipelineFailed(PipelineError):
+    """One or more tasks of the run failed; ``failures`` maps node id to the error text."""
+
+    def __init__(self, message: str, *, run_id: str | None = None,
+                 failures: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.failures = dict(failures or {})
+
+
+class PipelineTimeout(PipelineError, TimeoutError):
+    """The pipeline's own timeout elapsed; running tasks were cancelled."""
+
+
+class PipelineCancelled(PipelineError):
+    """The run was cancelled."""
+
+
+class DynamicSchedulerError(TwinGraphError):
+    """Base exception for the dynamic scheduler (as in the dynamic-scheduler document)."""
+
+
+class StorageError(DynamicSchedulerError):
+    """Storage-related errors: a write that did not happen, a read that cannot be trusted."""
+
+
+class IntegrityError(StorageError):
+    """Stored bytes do not match their recorded content hash; nothing is returned."""
+
+    def __init__(self, node_id: str, expected: str, actual: str) -> None:
+        super().__init__(f"result {node_id!r} is corrupted: content hash {actual} != recorded {expected}")
+        self.node_id, self.expected, self.actual = node_id, expected, actual
+
+
+class NodeExecutionError(DynamicSchedulerError):
+    """A node (task) failed: it raised, timed out or was cancelled."""
+
+    def __init__(self, message: str, *, node_id: str | None = None,
+                 error_type: str | None = None, traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.node_id, self.error_type, self.traceback = node_id, error_type, traceback
+
+
+class TaskTimeout(NodeExecutionError, TimeoutError):
+    """The task's timeout elapsed. A process task was killed; a thread task was abandoned."""
+
+    def __init__(self, node_id: str, timeout_s: float, *, killed: bool) -> None:
+        how = "killed" if killed else "abandoned (threads cannot be killed)"
+        super().__init__(f"task {node_id!r} timed out after {timeout_s:g}s and was {how}",
+                         node_id=node_id, error_type="TaskTimeout")
+        self.timeout_s, self.killed = timeout_s, killed
+
+
+class TaskCancelled(NodeExecutionError):
+    """The task was cancelled before it finished."""
+
+
+class SchedulingError(DynamicSchedulerError):
+    """The engine cannot schedule the work as asked."""
+
+
+class ExecutorUnavailable(SchedulingError):
+    """A component asks for a platform that has no executor in this installation."""
+
+    def __init__(self, platform: str, components: Iterable[str]) -> None:
+        names = sorted(set(components))
+        super().__init__(
+            f"no executor for platform {platform!r} (needed by {', '.join(names)}); "
+            f"available here: 'local'. The {platform} executor is not installed in this build, "
+            "and TwinGraph never runs such a component locally in its place.")
+        self.platform, self.components = platform, names
+
+
+class StaleAttemptError(SchedulingError):
+    """A result arrived from an attempt whose fencing token is no longer current."""
+
+    def __init__(self, task_id: str, fence: int, current: int | None) -> None:
+        super().__init__(f"stale attempt for task {task_id}: fence {fence}, current {current}")
+        self.task_id, self.fence, self.current = task_id, fence, current
+
+
+class ValidationError(DynamicSchedulerError, ValueError):
+    """A definition or parameter is invalid. Nothing was run or written."""
+
+
+class GraphValidationError(ValidationError):
+    """A DAG is invalid; ``nodes`` names the offending nodes, ``reason`` says how."""
+
+    def __init__(self, reason: str, nodes: Iterable[str], detail: str = "") -> None:
+        self.reason, self.nodes = reason, sorted(set(nodes))
+        super().__init__(f"{reason}: {', '.join(self.nodes)}" + (f" ({detail})" if detail else ""))

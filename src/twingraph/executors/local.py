@@ -1,0 +1,135 @@
+"""Local execution: a thread pool for ordinary tasks and a process pool for isolated ones.
+
+Threads are the default: a no-op round trip costs a few microseconds and NumPy/IO release the
+GIL. Process mode (``@component(executor='process')``) gives isolation and a timeout that really
+stops the task: the worker process is killed and replaced. A thread cannot be killed: on abort
+the job is abandoned (its late result is dropped by fence) and a replacement thread keeps the
+pool at full strength.
+
+Process workers are started with the 'spawn' method (no fork of a multi-threaded parent); the
+function and arguments travel with cloudpickle, results come back pickled over a pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twingraph.ports import Job, Outcome
+
+
+@dataclass(slots=True)
+class JobOutcome:
+    node_id: str
+    fence: int
+    ok: bool
+    value: Any = None
+    error: BaseException | None = None
+    duration: float = 0.0
+
+
+_STOP = object()
+
+
+class _ThreadPool:
+    """Worker threads pulling jobs from one queue; grows to ``size`` lazily."""
+
+    def __init__(self, size: int, name: str = "twingraph-worker") -> None:
+        self.size = size
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._abandoned: set[tuple[str, int]] = set()
+        self._name = name
+
+    def submit(self, job: Job, done: Callable[[Outcome], None]) -> None:
+        self._q.put((job, done))
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self.size:
+                self._spawn()
+            else:
+                self._idle -= 1
+
+    def _spawn(self) -> None:
+        t = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _work(self) -> None:
+        get = self._q.get
+        while True:
+            item = get()
+            if item is _STOP:
+                return
+            job, done = item
+            t0 = time.perf_counter()
+            try:
+                value = job.fn(*job.args, **job.kwargs)
+                out = JobOutcome(job.node_id, job.fence, True, value, None, time.perf_counter() - t0)
+            except BaseException as exc:  # noqa: BLE001 - the task's failure is data
+                out = JobOutcome(job.node_id, job.fence, False, None, exc, time.perf_counter() - t0)
+            key = (job.node_id, job.fence)
+            with self._lock:
+                if key in self._abandoned:
+                    # This thread was written off and replaced; it leaves the pool now.
+                    self._abandoned.discard(key)
+                    self._threads.remove(threading.current_thread())
+                    return
+                self._idle += 1
+            done(out)
+
+    def abandon(self, job: Job) -> None:
+        with self._lock:
+            self._abandoned.add((job.node_id, job.fence))
+            self._spawn()          # keep capacity: the stuck thread no longer counts
+
+    def shutdown(self) -> None:
+        with self._lock:
+            n = len(self._threads)
+        for _ in range(n):
+            self._q.put(_STOP)
+
+
+class LocalExecutor:
+    """The embedded executor: threads by default, a process per job when asked for."""
+
+    platform = "local"
+
+    def __init__(self, max_threads: int = 32, max_processes: int | None = None) -> None:
+        self._threads = _ThreadPool(max_threads)
+        self._procs: Any = None
+        self._max_processes = max_processes or max(1, os.cpu_count() or 1)
+        self._lock = threading.Lock()
+
+    def set_thread_capacity(self, n: int) -> None:
+        self._threads.size = max(self._threads.size, n)
+
+    def submit(self, job: Job, done: Callable[[Outcome], None]) -> None:
+        if job.mode == "process":
+            self._process_pool().submit(job, done)
+        else:
+            self._threads.submit(job, done)
+
+    def abort(self, job: Job) -> bool:
+        if job.mode == "process" and self._procs is not None:
+            return self._procs.kill(job)
+        self._threads.abandon(job)
+        return False
+
+    def shutdown(self) -> None:
+        self._threads.shutdown()
+        if self._procs is not None:
+            self._procs.shutdown()
+
+    def _process_pool(self) -> Any:
+        with self._lock:
+            if self._procs is None:
+                from twingraph.executors.processes import ProcessPool
+                self._procs = ProcessPool(self._max_processes)
+            return self._procs

@@ -1,0 +1,160 @@
+"""A pool of worker processes that run one job at a time each, so one job can be killed.
+
+Each worker is a 'spawn'ed Python process connected by a pipe. The parent sends a cloudpickled
+(fn, args, kwargs); the worker sends back ``(ok, payload)``. A reader thread per busy worker
+waits for the answer. ``kill(job)`` SIGKILLs the worker running it; the pool replaces workers on
+demand. Exceptions that cannot be pickled come back as ``NodeExecutionError`` carrying the
+original class name (so retry policies still match by name) and the traceback text.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from twingraph.errors import NodeExecutionError
+from twingraph.executors.local import JobOutcome
+from twingraph.ports import Job, Outcome
+
+
+def _worker_main(conn: Any) -> None:  # runs in the child
+    import pickle
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            fn, args, kwargs = cloudpickle.loads(data)
+            value = fn(*args, **kwargs)
+            reply = (True, value)
+        except BaseException as exc:  # noqa: BLE001 - the task's failure is data
+            reply = (False, exc)
+        try:
+            out = cloudpickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001
+            tb = "".join(traceback.format_exception(reply[1])) if not reply[0] else ""
+            err = reply[1] if not reply[0] else exc
+            out = cloudpickle.dumps((False, NodeExecutionError(
+                f"{type(err).__name__}: {err} (result not picklable: {exc})" if reply[0] else
+                f"{type(err).__name__}: {err}", error_type=type(err).__name__, traceback=tb)))
+        conn.send_bytes(out)
+
+
+class _Worker:
+    def __init__(self, ctx: Any) -> None:
+        parent, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True,
+                                name="twingraph-process-worker")
+        self.proc.start()
+        child.close()
+        self.conn = parent
+        self.job: Job | None = None
+
+
+class ProcessPool:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ctx = mp.get_context("spawn")
+        self._idle: list[_Worker] = []
+        self._busy: dict[tuple[str, int], _Worker] = {}
+        self._waiting: deque[tuple[Job, Callable[[Outcome], None]]] = deque()
+        self._lock = threading.Lock()
+        self._count = 0
+        self._closed = False
+
+    def submit(self, job: Job, done: Callable[[Outcome], None]) -> None:
+        with self._lock:
+            self._waiting.append((job, done))
+        self._pump()
+
+    def _pump(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting or self._closed:
+                    return
+                if self._idle:
+                    w = self._idle.pop()
+                elif self._count < self.size:
+                    self._count += 1
+                    w = None
+                else:
+                    return
+                job, done = self._waiting.popleft()
+            if w is None:
+                try:
+                    w = _Worker(self._ctx)
+                except Exception as exc:  # noqa: BLE001
+                    with self._lock:
+                        self._count -= 1
+                    done(JobOutcome(job.node_id, job.fence, False, None, exc, 0.0))
+                    continue
+            self._start(w, job, done)
+
+    def _start(self, w: _Worker, job: Job, done: Callable[[Outcome], None]) -> None:
+        try:
+            payload = cloudpickle.dumps((job.fn, job.args, job.kwargs))
+        except Exception as exc:  # noqa: BLE001
+            with self._lock:
+                self._idle.append(w)
+            done(JobOutcome(job.node_id, job.fence, False, None, NodeExecutionError(
+                f"cannot send task {job.node_id} to a process: {exc}", node_id=job.node_id)))
+            return
+        w.job = job
+        with self._lock:
+            self._busy[(job.node_id, job.fence)] = w
+        threading.Thread(target=self._await, args=(w, job, done, payload), daemon=True,
+                         name=f"twingraph-proc-wait-{job.node_id}").start()
+
+    def _await(self, w: _Worker, job: Job, done: Callable[[Outcome], None], payload: bytes) -> None:
+        t0 = time.perf_counter()
+        try:
+            w.conn.send_bytes(payload)
+            ok, value = cloudpickle.loads(w.conn.recv_bytes())
+        except (EOFError, OSError, BrokenPipeError):
+            # Killed on purpose (abort) or died on its own.
+            with self._lock:
+                killed = self._busy.pop((job.node_id, job.fence), None) is None
+                self._count -= 1
+            if not killed:
+                code = w.proc.exitcode
+                done(JobOutcome(job.node_id, job.fence, False, None, NodeExecutionError(
+                    f"worker process for {job.node_id} died (exit code {code})",
+                    node_id=job.node_id, error_type="WorkerDied"), time.perf_counter() - t0))
+            self._pump()
+            return
+        dt = time.perf_counter() - t0
+        with self._lock:
+            self._busy.pop((job.node_id, job.fence), None)
+            w.job = None
+            self._idle.append(w)
+        done(JobOutcome(job.node_id, job.fence, ok, value if ok else None,
+                        None if ok else value, dt))
+        self._pump()
+
+    def kill(self, job: Job) -> bool:
+        with self._lock:
+            w = self._busy.pop((job.node_id, job.fence), None)
+        if w is None:
+            return False
+        w.proc.kill()
+        w.proc.join(5)
+        w.conn.close()
+        return True
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+            workers = self._idle + list(self._busy.values())
+            self._idle, self._busy = [], {}
+        for w in workers:
+            w.proc.kill()
+            w.proc.join(5)
+            w.conn.close()

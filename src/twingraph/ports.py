@@ -1,0 +1,106 @@
+"""The small interfaces the engine talks to. Adapters implement them; the engine imports only these.
+
+Semantics are part of the contract and are checked by the contract suites in ``tests/contract``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from twingraph.core.records import EdgeRecord, LogRecord, Record, RunRecord, TaskRecord
+from twingraph.core.results import StorageMetadata
+
+Buffer = bytes | bytearray | memoryview
+
+
+@runtime_checkable
+class ResultStore(Protocol):
+    """Synchronous, content-verified result store keyed by node id (= structural key).
+
+    - ``put`` is atomic: after a crash the key is either absent or complete. Putting an existing
+      key replaces it atomically. ``data`` may be one buffer or a sequence of buffers (written in
+      order, never concatenated in memory).
+    - ``put_many`` writes all items in one transaction (SQLite) or one fsync group (filesystem).
+    - ``get`` returns the verified bytes, or None on a miss; a hash mismatch raises
+      ``IntegrityError`` (a ``StorageError``). It may return a read-only memoryview over a
+      memory map (zero-copy); callers must not assume ``bytes``.
+    - ``head`` returns metadata without reading data, None on a miss.
+    """
+
+    def put(self, key: str, data: Buffer | Sequence[Buffer], meta: StorageMetadata) -> None: ...
+    def put_many(self, items: Sequence[tuple[str, Buffer | Sequence[Buffer], StorageMetadata]]) -> None: ...
+    def get(self, key: str) -> Buffer | None: ...
+    def head(self, key: str) -> StorageMetadata | None: ...
+    def iter_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]: ...
+    def delete(self, key: str) -> bool: ...
+
+
+@runtime_checkable
+class MetadataStore(Protocol):
+    """Durable record of runs, tasks, attempts, logs and lineage.
+
+    ``write`` applies a batch of records in order in ONE transaction (all or nothing). A
+    ``TaskUpdate`` carrying a ``fence`` that is lower than the task's stored fence is not applied;
+    ``write`` returns the (run_id, node_id) of such stale updates. Reads return None / [] on a miss.
+    """
+
+    def write(self, batch: Sequence[Record]) -> list[tuple[str, str]]: ...
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+    def list_runs(self, *, pipeline: str | None = None, state: str | None = None,
+                  limit: int = 50, offset: int = 0) -> list[RunRecord]: ...
+    def get_tasks(self, run_id: str) -> list[TaskRecord]: ...
+    def get_logs(self, run_id: str, *, node_id: str | None = None, level: str | None = None,
+                 limit: int = 1000, offset: int = 0) -> list[LogRecord]: ...
+    def get_edges(self, run_id: str) -> list[EdgeRecord]: ...
+
+
+class EventSink(Protocol):
+    """Receives engine events (dicts with an ``event`` key). Must not block; must not raise."""
+
+    def __call__(self, event: dict[str, Any]) -> None: ...
+
+
+class Clock(Protocol):
+    """Injected time: ``now()`` wall seconds, ``monotonic()`` for durations and deadlines."""
+
+    def now(self) -> float: ...
+    def monotonic(self) -> float: ...
+
+
+TaskFn = Callable[..., Any]
+
+
+class Job(Protocol):
+    """What an executor runs: ``fn(*args, **kwargs)`` for task ``node_id`` under ``fence``."""
+    node_id: str
+    fence: int
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    mode: str                   # 'thread' | 'process' (local); platform executors ignore it
+
+
+class Outcome(Protocol):
+    """How a job ended: ``ok`` with ``value``, or not ok with ``error`` (an exception object)."""
+    node_id: str
+    fence: int
+    ok: bool
+    value: Any
+    error: BaseException | None
+    duration: float
+
+
+class Executor(Protocol):
+    """Runs jobs somewhere and reports each outcome exactly once through ``done``.
+
+    ``done`` may be called from any thread. ``abort(job)`` stops a running job as hard as the
+    platform allows (a process is killed; a thread is abandoned) and returns True if it was
+    killed; after it, ``done`` is not called for that job's fence.
+    """
+
+    platform: str
+
+    def submit(self, job: Job, done: Callable[[Outcome], None]) -> None: ...
+    def abort(self, job: Job) -> bool: ...
+    def shutdown(self) -> None: ...

@@ -1,0 +1,46 @@
+"""Named components and operations, for declarative pipelines and the documented
+``register_component(name, ComponentClass)``.
+
+Every ``@component`` registers itself under its function name; ``register_component`` adds a
+``BaseComponent`` subclass (or any callable) under a chosen name. A later registration of the
+same name replaces the earlier one (reloading a module must work); ``get`` raises
+``NotFoundError`` for an unknown name.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from twingraph.errors import NotFoundError, ValidationError
+
+_lock = threading.Lock()
+_components: dict[str, Any] = {}
+
+
+def register_component(name: str, component: Any) -> Any:
+    if not isinstance(name, str) or not name:
+        raise ValidationError("component name must be a non-empty string")
+    if not callable(component):
+        raise ValidationError(f"{name}: a component must be callable or a BaseComponent class")
+    with _lock:
+        _components[name] = component
+    return component
+
+
+def get_component(name: str) -> Any:
+    with _lock:
+        try:
+            return _components[name]
+        except KeyError:
+            raise NotFoundError(f"no component registered as {name!r}") from None
+
+
+def registered_components() -> dict[str, Any]:
+    with _lock:
+        return dict(_components)
+
+
+def unregister_component(name: str) -> bool:
+    with _lock:
+        return _components.pop(name, None) is not None

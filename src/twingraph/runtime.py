@@ -1,0 +1,60 @@
+"""Composition root: builds the embedded default engine from settings.
+
+This is the one place that knows the concrete adapters (SQLite/filesystem result store,
+SQLAlchemy metadata store, local executor). Everything else receives them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from typing import Any
+
+from twingraph.engine.engine import Engine
+from twingraph.settings import Settings
+
+_lock = threading.Lock()
+_engine: Engine | None = None
+_engine_settings: Settings | None = None
+
+
+def build_engine(settings: Settings | None = None, **engine_kw: Any) -> Engine:
+    from twingraph.stores.metadata import SQLMetadataStore
+    from twingraph.stores.results.factory import create_storage_backend
+    settings = settings or Settings.from_env()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    opts: dict[str, Any] = {}
+    if settings.compression:
+        opts["compression"] = settings.compression
+    results = create_storage_backend(settings.result_store, str(settings.home / "results"
+                                     if settings.result_store == "filesystem"
+                                     else settings.home / "results.db"), **opts)
+    metadata = SQLMetadataStore(settings.database_url, create=True)
+    return Engine(results=results, metadata=metadata, **engine_kw)
+
+
+def default_engine() -> Engine:
+    """The process-wide engine for the current settings (rebuilt if the environment changed)."""
+    global _engine, _engine_settings
+    settings = Settings.from_env()
+    with _lock:
+        if _engine is None or _engine_settings != settings:
+            if _engine is not None:
+                _engine.close()
+            _engine, _engine_settings = build_engine(settings), settings
+        return _engine
+
+
+def set_default_engine(engine: Engine | None) -> None:
+    global _engine, _engine_settings
+    with _lock:
+        _engine, _engine_settings = engine, Settings.from_env() if engine else None
+
+
+@atexit.register
+def _close() -> None:
+    if _engine is not None:
+        try:
+            _engine.close()
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            pass
