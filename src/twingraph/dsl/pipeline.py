@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twingraph.core.specs import PipelineSpec
+from twingraph.dsl.base import BaseComponent
 from twingraph.dsl.component import Component, check_platform
 from twingraph.engine.engine import Engine, RunResult, current_run
 from twingraph.engine.loop import RunOptions
@@ -94,7 +95,7 @@ class Pipeline:
             h.update(c.spec.code_version.encode())
         return h.hexdigest()[:16]
 
-    def components(self) -> list[Component]:
+    def components(self) -> list[Any]:
         """Components the body can reach through its global names (and nested user code)."""
         return list(_reachable_components(self.fn))
 
@@ -138,18 +139,23 @@ def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _reachable_components(fn: Any) -> Iterable[Component]:
+def _reachable_components(fn: Any) -> Iterable[Any]:
     seen: set[int] = set()
-    found: dict[int, Component] = {}
+    found: dict[int, Any] = {}
     stack = [inspect.unwrap(fn)]
     while stack:
         f = stack.pop()
         if id(f) in seen or not isinstance(f, types.FunctionType):
             continue
         seen.add(id(f))
-        for name in _names(f.__code__):
-            g = f.__globals__.get(name)
-            if isinstance(g, Component):
+        cells = dict(zip(f.__code__.co_freevars, f.__closure__ or ()))
+        for name in _names(f.__code__) | set(cells):
+            cell = cells.get(name)
+            try:
+                g = cell.cell_contents if cell is not None else f.__globals__.get(name)
+            except ValueError:          # empty cell
+                continue
+            if isinstance(g, (Component, BaseComponent)):
                 found[id(g)] = g
             elif isinstance(g, Pipeline):
                 stack.append(g.fn)

@@ -1,0 +1,3 @@
+from twingraph.cli.main import main
+
+main()

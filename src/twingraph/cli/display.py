@@ -1,0 +1,121 @@
+"""Rich rendering for the CLI: a live progress panel and summary tables."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+console = Console()
+
+
+def _fmt_eta(s: float | None) -> str:
+    if s is None:
+        return "—"
+    return f"{s:.1f}s" if s < 120 else f"{s / 60:.1f}m"
+
+
+def render_progress(p: dict[str, Any], elapsed: float) -> Group:
+    bar = ProgressBar(total=max(p["total"], 1), completed=p["finished"], width=40)
+    counts = Text.assemble(
+        (f"{p['succeeded']} ok ", "green"), (f"{p['running']} running ", "cyan"),
+        (f"{p['queued']} queued ", "yellow"), (f"{p['pending']} waiting ", "dim"),
+        (f"{p['failed']} failed ", "red"), (f"{p['skipped'] + p['cancelled']} skipped/cancelled", "magenta"))
+    head = Text(f"{p['finished']}/{p['total']} tasks  {p['percent']:.0f}%  "
+                f"elapsed {elapsed:.1f}s  ETA {_fmt_eta(p.get('eta_seconds'))}")
+    running = Text("running: " + ", ".join(p.get("running_nodes", [])[:8]), style="cyan") \
+        if p.get("running_nodes") else Text("")
+    return Group(bar, head, counts, running)
+
+
+class LiveProgress:
+    """Redraws ``source()`` (a progress dict) a few times a second until stopped."""
+
+    def __init__(self, source: Callable[[], dict[str, Any] | None], enabled: bool) -> None:
+        self.source, self.enabled = source, enabled
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = time.monotonic()
+
+    def __enter__(self) -> LiveProgress:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2)
+
+    def _run(self) -> None:
+        with Live(console=console, refresh_per_second=8, transient=True) as live:
+            while not self._stop.wait(0.125):
+                p = self.source()
+                if p:
+                    live.update(render_progress(p, time.monotonic() - self._t0))
+
+
+def ts(v: float | None) -> str:
+    return datetime.fromtimestamp(v).strftime("%Y-%m-%d %H:%M:%S") if v else "—"
+
+
+def dur(a: float | None, b: float | None) -> str:
+    return f"{b - a:.2f}s" if a and b else "—"
+
+
+def runs_table(runs: Iterable[Any]) -> Table:
+    t = Table(title="Runs")
+    for c in ("run id", "pipeline", "state", "created", "duration"):
+        t.add_column(c)
+    for r in runs:
+        t.add_row(r.run_id, r.pipeline, _state(r.state.value), ts(r.created_at),
+                  dur(r.started_at, r.ended_at))
+    return t
+
+
+def _state(s: str) -> Text:
+    color = {"SUCCESS": "green", "FAILED": "red", "RUNNING": "cyan", "CANCELLED": "magenta",
+             "SKIPPED": "magenta"}.get(s, "yellow")
+    return Text(s, style=color)
+
+
+def summary_table(tasks: list[Any], limit: int = 30) -> Table:
+    """Per component: how many tasks, in which state, memo hits, time spent."""
+    by: dict[str, dict[str, Any]] = {}
+    for t in tasks:
+        row = by.setdefault(t.component, {"n": 0, "ok": 0, "failed": 0, "other": 0, "hits": 0,
+                                          "time": 0.0})
+        row["n"] += 1
+        s = t.state.value
+        row["ok" if s == "SUCCESS" else "failed" if s == "FAILED" else "other"] += 1
+        if t.cache_status in ("hit", "resumed"):
+            row["hits"] += 1
+        if t.started_at and t.ended_at and t.cache_status not in ("hit", "resumed"):
+            row["time"] += t.ended_at - t.started_at
+    table = Table(title="Summary")
+    for c in ("component", "tasks", "succeeded", "failed", "skipped/cancelled", "memo hits", "task time"):
+        table.add_column(c, justify="right" if c != "component" else "left")
+    for name, r in list(by.items())[:limit]:
+        table.add_row(name, str(r["n"]), str(r["ok"]), str(r["failed"]), str(r["other"]),
+                      str(r["hits"]), f"{r['time']:.2f}s")
+    return table
+
+
+def tasks_table(tasks: list[Any], limit: int = 200) -> Table:
+    t = Table(title=f"Tasks ({len(tasks)})")
+    for c in ("node", "component", "state", "cache", "why", "attempts", "duration", "error"):
+        t.add_column(c, overflow="fold")
+    for task in tasks[:limit]:
+        t.add_row(task.node_id, task.component, _state(task.state.value), task.cache_status or "—",
+                  task.cache_reason or "", str(task.attempts), dur(task.started_at, task.ended_at),
+                  (task.error or "")[:120])
+    return t

@@ -1,0 +1,87 @@
+"""``twingraph dynamic execute``: run a declarative DAG file with the dynamic scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from twingraph.cli.display import LiveProgress, console, summary_table
+from twingraph.errors import TwinGraphError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def execute(program_file: str,
+                storage_backend: Annotated[str, typer.Option(help="sqlite, filesystem or memory")] = "sqlite",
+                storage_path: Annotated[str, typer.Option()] = "./voxlogica_storage",
+                max_concurrent: Annotated[int, typer.Option(min=1)] = 4,
+                progress: Annotated[bool, typer.Option("--progress", help="Show execution progress")] = False,
+                load: Annotated[list[str], typer.Option("--load", help="Module or file with operations")] = [],  # noqa: B006
+                no_cache: Annotated[bool, typer.Option("--no-cache")] = False) -> None:
+        """Execute a DAG file (JSON/YAML) using the dynamic scheduler."""
+        from twingraph.cli.loading import load_module
+        from twingraph.dagfile import load_dag_file
+        from twingraph.engine.dynamic import DynamicScheduler, ExecutionConfig
+        from twingraph.engine.engine import Engine
+        from twingraph.runtime import default_engine
+        from twingraph.stores.results.factory import create_storage_backend
+        try:
+            for m in load:
+                load_module(m)
+            dag = load_dag_file(program_file)
+            config = ExecutionConfig(max_concurrent_nodes=max_concurrent,
+                                     storage_backend=storage_backend, storage_path=storage_path,
+                                     no_cache=no_cache)
+            storage = create_storage_backend(storage_backend, storage_path)
+            metadata = default_engine().metadata
+            scheduler = DynamicScheduler(storage, config,
+                                         engine=Engine(results=storage, metadata=metadata))
+            result = asyncio.run(_execute(scheduler, dag, progress))
+        except TwinGraphError as exc:
+            console.print(f"[red]Execution failed:[/red] {exc}")
+            raise typer.Exit(2) from None
+        tasks = metadata.get_tasks(result.run_id)
+        console.print(summary_table(tasks))
+        sinks = _sinks(dag)
+        outputs: dict[str, Any] = {}
+        for t in tasks:
+            if t.node_id in sinks and t.state.value == "SUCCESS":
+                outputs[t.node_id] = scheduler.engine.load_value(t.result_key)
+        summary = {"execution_id": result.run_id, "dag_id": dag.dag_id,
+                   "status": "completed" if result.state.value == "SUCCESS" else "failed",
+                   "results": outputs, "failures": result.failures}
+        console.print(f"Execution completed: {json.dumps(summary, default=repr)}", markup=False,
+                      highlight=False, soft_wrap=True)
+        if result.state.value != "SUCCESS":
+            raise typer.Exit(1)
+
+
+async def _execute(scheduler: Any, dag: Any, progress: bool) -> Any:
+    dag_id = await scheduler.submit_dag(dag)
+
+    def snapshot() -> dict[str, Any] | None:
+        run_id = scheduler._dag_runs.get(dag_id)
+        loop = scheduler.engine.runs.get(run_id) if run_id else None
+        return loop.progress() if loop is not None else None
+
+    with LiveProgress(snapshot, progress and sys.stdout.isatty()):
+        if progress and not sys.stdout.isatty():
+            last = -1
+            while dag_id in scheduler.active_executions:
+                p = await scheduler.get_execution_progress(dag_id)
+                if p and int(p.progress_percentage) // 10 != last:
+                    last = int(p.progress_percentage) // 10
+                    console.print(f"progress {p.progress_percentage:.0f}% "
+                                  f"({p.completed_nodes}/{p.total_nodes} completed, "
+                                  f"{p.failed_nodes} failed, ETA {p.estimated_completion or '—'})")
+                await asyncio.sleep(0.2)
+        return await scheduler.wait_for_completion(dag_id)
+
+
+def _sinks(dag: Any) -> set[str]:
+    used = {d for n in dag.nodes for d in dag.deps_of(n)}
+    return {n.node_id for n in dag.nodes} - used

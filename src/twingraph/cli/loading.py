@@ -1,0 +1,92 @@
+"""Loading user code: a ``FILE.py`` path or an importable module name.
+
+Files are imported under a stable module name (their stem) with their directory on ``sys.path``,
+and registered with cloudpickle by value so process workers can run their functions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from twingraph.dsl.pipeline import Pipeline
+from twingraph.errors import ValidationError
+
+
+def load_module(target: str) -> ModuleType:
+    path = Path(target)
+    if path.suffix == ".py" or path.exists():
+        if not path.is_file():
+            raise ValidationError(f"file not found: {target}")
+        path = path.resolve()
+        name = path.stem
+        existing = sys.modules.get(name)
+        if existing is not None and getattr(existing, "__file__", None) == str(path):
+            return existing
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ValidationError(f"cannot load {target}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ValidationError(f"cannot import {target!r}: {exc}") from exc
+    try:
+        import cloudpickle
+        cloudpickle.register_pickle_by_value(module)
+    except (ImportError, ValueError):
+        pass
+    return module
+
+
+def find_pipeline(module: ModuleType, name: str | None) -> Pipeline:
+    found = {k: v for k, v in vars(module).items() if isinstance(v, Pipeline)}
+    if name:
+        if name in found:
+            return found[name]
+        for p in found.values():
+            if p.name == name:
+                return p
+        raise ValidationError(f"no pipeline {name!r} in {module.__name__} "
+                              f"(found: {', '.join(sorted(found)) or 'none'})")
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if not found:
+        raise ValidationError(f"no @pipeline in {module.__name__}")
+    raise ValidationError(f"{module.__name__} has several pipelines "
+                          f"({', '.join(sorted(found))}): name one as FILE.py:NAME")
+
+
+def split_target(target: str) -> tuple[str, str | None]:
+    """``'file.py:name'`` -> ('file.py', 'name'); ``'pkg.mod'`` -> ('pkg.mod', None)."""
+    if ":" in target and not (len(target) > 1 and target[1] == ":" and target[0].isalpha()):
+        file, _, name = target.rpartition(":")
+        return file, name or None
+    return target, None
+
+
+def parse_params(items: list[str]) -> dict[str, object]:
+    """``k=v`` pairs; values are parsed as JSON when they can be (numbers, true, lists)."""
+    import json
+    out: dict[str, object] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValidationError(f"--param {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out

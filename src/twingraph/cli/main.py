@@ -1,0 +1,144 @@
+"""The ``twingraph`` command line: a thin layer over the engine and the stores."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from twingraph.cli.display import (LiveProgress, console, runs_table, summary_table, tasks_table,
+                                   ts)
+from twingraph.errors import TwinGraphError
+
+app = typer.Typer(help="TwinGraph: data pipelines as decorated Python or declarative graphs.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+runs_app = typer.Typer(help="Inspect recorded runs.", no_args_is_help=True)
+db_app = typer.Typer(help="The metadata database.", no_args_is_help=True)
+dynamic_app = typer.Typer(help="Dynamic scheduler commands.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+app.add_typer(db_app, name="db")
+app.add_typer(dynamic_app, name="dynamic")
+
+
+def _fail(exc: BaseException, code: int = 1) -> None:
+    console.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(code)
+
+
+def _engine() -> Any:
+    from twingraph.runtime import default_engine
+    return default_engine()
+
+
+@app.command()
+def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline] or module[:pipeline]")] = None,
+        param: Annotated[list[str], typer.Option("--param", "-p", help="KEY=VALUE (JSON values allowed)")] = [],  # noqa: B006
+        max_parallel: Annotated[Optional[int], typer.Option(min=1)] = None,
+        no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore stored results")] = False,
+        resume: Annotated[Optional[str], typer.Option(help="Finish run RUN_ID, reusing what it stored")] = None,
+        progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress")] = None) -> None:
+    """Run a @pipeline from a Python file or module."""
+    from twingraph.cli.loading import find_pipeline, load_module, parse_params, split_target
+    try:
+        engine = _engine()
+        if resume and not target:
+            rec = engine.metadata.get_run(resume)
+            if rec is None:
+                _fail(TwinGraphError(f"run {resume} not found"))
+            src = rec.source or {}
+            target = f"{src.get('file') or src.get('module')}:{src.get('pipeline')}"
+        if not target:
+            _fail(TwinGraphError("give FILE.py[:pipeline], or --resume RUN_ID"))
+        file, name = split_target(target)
+        module = load_module(file)
+        pipe = find_pipeline(module, name)
+        params = parse_params(param)
+        holder: dict[str, Any] = {}
+        show = sys.stdout.isatty() if progress is None else progress
+        with LiveProgress(lambda: holder["loop"].progress() if "loop" in holder else None, show):
+            result = pipe.run(engine=engine, no_cache=no_cache, max_parallel=max_parallel,
+                              resume=resume, on_start=lambda loop: holder.setdefault("loop", loop),
+                              **({} if resume else params))
+    except TwinGraphError as exc:
+        _fail(exc, 2)
+    tasks = engine.metadata.get_tasks(result.run_id)
+    console.print(summary_table(tasks))
+    state = result.state.value
+    console.print(f"run [bold]{result.run_id}[/bold] {pipe.name}: "
+                  f"[{'green' if state == 'SUCCESS' else 'red'}]{state}[/]")
+    if result.error is not None:
+        console.print(f"[red]{type(result.error).__name__}:[/red] {result.error}")
+        raise typer.Exit(1)
+    if result.value is not None:
+        console.print_json(json.dumps(result.value, default=repr))
+
+
+@runs_app.command("list")
+def runs_list(pipeline: Annotated[Optional[str], typer.Option()] = None,
+              state: Annotated[Optional[str], typer.Option()] = None,
+              limit: Annotated[int, typer.Option(min=1, max=1000)] = 20) -> None:
+    """Recent runs, newest first."""
+    md = _engine().metadata
+    console.print(runs_table(md.list_runs(pipeline=pipeline, state=state and state.upper(),
+                                          limit=limit)))
+
+
+@runs_app.command("show")
+def runs_show(run_id: str) -> None:
+    """One run: its state, parameters and tasks (with memo hit/miss and why)."""
+    md = _engine().metadata
+    rec = md.get_run(run_id)
+    if rec is None:
+        _fail(TwinGraphError(f"run {run_id} not found"))
+    console.print(f"[bold]{rec.run_id}[/bold]  pipeline {rec.pipeline}  state {rec.state.value}")
+    console.print(f"created {ts(rec.created_at)}  started {ts(rec.started_at)}  "
+                  f"ended {ts(rec.ended_at)}")
+    console.print(f"params {json.dumps(rec.params)}  config {json.dumps(rec.config)}")
+    if rec.error:
+        console.print(f"[red]error:[/red] {rec.error}")
+    console.print(tasks_table(md.get_tasks(run_id)))
+
+
+@runs_app.command("logs")
+def runs_logs(run_id: str, node: Annotated[Optional[str], typer.Option()] = None,
+              level: Annotated[Optional[str], typer.Option()] = None,
+              limit: Annotated[int, typer.Option(min=1)] = 1000) -> None:
+    """A run's log lines (optionally one node's, at a minimum level)."""
+    md = _engine().metadata
+    if md.get_run(run_id) is None:
+        _fail(TwinGraphError(f"run {run_id} not found"))
+    for rec in md.get_logs(run_id, node_id=node, level=level, limit=limit):
+        where = f" [{rec.node_id}]" if rec.node_id else ""
+        console.print(f"{ts(rec.at)} {rec.level.upper():7}{where} {rec.message}", markup=False,
+                      highlight=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade(url: Annotated[Optional[str], typer.Option(help="Database URL (default: settings)")] = None) -> None:
+    """Bring the metadata database schema to the latest version (Alembic)."""
+    from twingraph.settings import Settings
+    from twingraph.stores.metadata.migrate import current, upgrade
+    settings = Settings.from_env()
+    target = url or settings.database_url
+    if target.startswith("sqlite:///"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+    try:
+        upgrade(target)
+        console.print(f"database at head: {current(target)}")
+    except TwinGraphError as exc:
+        _fail(exc)
+
+
+from twingraph.cli import dynamic as _dynamic  # noqa: E402  (registers its commands)
+
+_dynamic.register(dynamic_app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

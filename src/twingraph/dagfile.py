@@ -1,0 +1,89 @@
+"""The JSON/YAML file form of a declarative DAG, parsed into a ``DAGDefinition``.
+
+    dag_id: example                 # optional (default: the file's stem)
+    nodes:                          # a list of nodes, or a mapping id -> node
+      - id: numbers                 # also accepted: node_id
+        operation: make_numbers     # a registered operation or component
+        parameters: {n: 10}
+      - id: total
+        operation: add_all
+        arguments: [numbers]        # node ids (a list; or a mapping name -> node id)
+    dependencies: {total: []}       # optional extra ordering edges
+
+Errors name the offending node and field; nothing runs before the whole file is valid.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from twingraph.engine.dynamic import DAGDefinition, NodeDefinition
+from twingraph.errors import ValidationError
+
+_NODE_KEYS = {"id", "node_id", "operation", "arguments", "parameters", "metadata"}
+
+
+def parse_dag_text(text: str, *, default_id: str = "dag", fmt: str | None = None) -> DAGDefinition:
+    try:
+        if fmt == "json" or (fmt is None and text.lstrip().startswith("{")):
+            doc = json.loads(text)
+        else:
+            import yaml
+            doc = yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error is a validation error here
+        raise ValidationError(f"cannot parse DAG definition: {exc}") from exc
+    return dag_from_dict(doc, default_id=default_id)
+
+
+def load_dag_file(path: str | Path) -> DAGDefinition:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ValidationError(f"cannot read {p}: {exc.strerror}") from exc
+    fmt = "json" if p.suffix == ".json" else "yaml" if p.suffix in (".yaml", ".yml") else None
+    return parse_dag_text(text, default_id=p.stem, fmt=fmt)
+
+
+def dag_from_dict(doc: Any, *, default_id: str = "dag") -> DAGDefinition:
+    if not isinstance(doc, dict):
+        raise ValidationError("a DAG definition is a mapping with 'nodes'")
+    raw_nodes = doc.get("nodes")
+    if isinstance(raw_nodes, dict):
+        raw_nodes = [{"id": k, **(v or {})} for k, v in raw_nodes.items()]
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        raise ValidationError("'nodes' must be a non-empty list or mapping")
+    nodes = []
+    for i, raw in enumerate(raw_nodes):
+        if not isinstance(raw, dict):
+            raise ValidationError(f"nodes[{i}] must be a mapping")
+        nid = raw.get("id", raw.get("node_id"))
+        where = f"node {nid!r}" if nid is not None else f"nodes[{i}]"
+        unknown = set(raw) - _NODE_KEYS
+        if unknown:
+            raise ValidationError(f"{where}: unknown fields {sorted(unknown)}")
+        if not isinstance(nid, str) or not nid:
+            raise ValidationError(f"{where}: 'id' must be a non-empty string")
+        op = raw.get("operation")
+        if not isinstance(op, str) or not op:
+            raise ValidationError(f"{where}: 'operation' must be a non-empty string")
+        args = raw.get("arguments", [])
+        if isinstance(args, dict):
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in args.items()):
+                raise ValidationError(f"{where}: 'arguments' maps names to node ids (strings)")
+        elif not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise ValidationError(f"{where}: 'arguments' must be a list of node ids")
+        params = raw.get("parameters", {}) or {}
+        if not isinstance(params, dict):
+            raise ValidationError(f"{where}: 'parameters' must be a mapping")
+        nodes.append(NodeDefinition(nid, op, args, params, raw.get("metadata")))
+    deps = doc.get("dependencies", {}) or {}
+    if not isinstance(deps, dict) or not all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in deps.values()):
+        raise ValidationError("'dependencies' maps node ids to lists of node ids")
+    dag_id = doc.get("dag_id", default_id)
+    if not isinstance(dag_id, str) or not dag_id:
+        raise ValidationError("'dag_id' must be a non-empty string")
+    return DAGDefinition(dag_id, nodes, deps, doc.get("metadata"))

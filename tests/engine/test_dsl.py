@@ -1,0 +1,157 @@
+"""The documented DSL on real pipeline modules (tests/resources)."""
+import pytest
+
+from tests.resources import documented as doc
+from twingraph import (ExecutorUnavailable, PipelineFailed, ValidationError, component,
+                       pipeline)
+from twingraph.core.states import RunState, TaskState
+
+
+def test_documented_pipeline_result_and_lineage(engine):
+    doc.reset()
+    r = doc.process_pipeline.run(engine=engine, n=4, delay=0.05)
+    assert r.state is RunState.SUCCESS
+    assert r.value["outputs"] == {"total": sum(range(8)), "n": 4}
+    assert len(r.value["hash"]) == 64
+    tasks = {t.node_id: t for t in engine.metadata.get_tasks(r.run_id)}
+    assert set(tasks) == {"load_data-0", "aggregate_results-0",
+                          *(f"process_chunk-{i}" for i in range(4))}
+    assert all(t.state is TaskState.SUCCESS for t in tasks.values())
+    edges = engine.metadata.get_edges(r.run_id)
+    dep = {(e.src, e.dst) for e in edges if e.kind == "DEPENDS_ON"}
+    for i in range(4):
+        assert ("load_data-0", f"process_chunk-{i}") in dep
+        assert (f"process_chunk-{i}", "aggregate_results-0") in dep
+    belongs = [e for e in edges if e.kind == "BELONGS_TO"]
+    assert len(belongs) == 6 and all(e.dst == r.run_id for e in belongs)
+    assert sorted(e.properties["component_order"] for e in belongs) == list(range(6))
+
+
+def test_independent_calls_run_in_parallel(engine):
+    doc.reset()
+    doc.process_pipeline.run(engine=engine, n=6, delay=0.3)
+    assert doc.state["peak"] == 6          # all six chunks were running at the same moment
+
+
+def test_max_parallel_bounds_concurrency(engine):
+    doc.reset()
+    r = doc.narrow_pipeline.run(engine=engine, n=6)
+    assert r.state is RunState.SUCCESS
+    assert doc.state["peak"] == 2
+
+
+def test_namedtuple_dict_and_plain_results(engine):
+    r = doc.shapes_pipeline.run(engine=engine)
+    assert r.value == {"mean": 2.0, "count": 3, "max": 3, "filtered": [2, 3]}
+
+
+def test_outside_a_pipeline_a_component_is_a_plain_call():
+    assert doc.process_chunk(data=[1, 2], delay=0) == {"data": 3}
+    assert doc.as_namedtuple(xs=[2, 4]).mean == 3.0     # the original NamedTuple
+    assert doc.load_data(source="x", n=1, parent_hash="abc")["chunks"] == [[0, 1]]
+
+
+def test_calling_the_pipeline_returns_its_result(engine):
+    from twingraph.runtime import set_default_engine
+    set_default_engine(engine)
+    try:
+        out = doc.process_pipeline(n=2, delay=0)
+    finally:
+        set_default_engine(None)
+    assert out["outputs"]["total"] == 0 + 1 + 2 + 3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"platform": "mainframe"}, "platform"),
+    ({"timeout": -1}, "timeout"),
+    ({"timeout": "soon"}, "timeout"),
+    ({"retry_policy": {"max_attempts": 0}}, "max_attempts"),
+    ({"retry_policy": {"tries": 3}}, "unknown keys"),
+    ({"retry_policy": {"backoff": "random"}}, "backoff"),
+    ({"resources": {"cpu": "lots"}}, "cpu"),
+    ({"resources": {"disk": "1G"}}, "unknown key"),
+    ({"environment": {"A": object()}}, "environment"),
+    ({"labels": "prod"}, "labels"),
+    ({"config": ["x"]}, "config"),
+    ({"platform": "docker"}, "docker_image"),
+    ({"executor": "gpu"}, "executor"),
+])
+def test_component_parameters_are_validated(kwargs, match):
+    with pytest.raises(ValidationError, match=match):
+        component(**kwargs)(lambda x: x)
+
+
+def test_every_documented_component_parameter_is_accepted():
+    c = component(platform="local", docker_image="python:3.11", config={"memory": "2G", "timeout": 30},
+                  retry_policy={"max_attempts": 3, "backoff": "exponential", "initial_delay": 1,
+                                "max_delay": 60, "exceptions": ["TransientError", "TimeoutError"]},
+                  timeout=120, resources={"cpu": "500m", "memory": "1Gi", "gpu": 0},
+                  environment={"ENV": "test", "N": 3}, labels={"team": "data"})(lambda x: x)
+    s = c.spec
+    assert s.timeout == 120 and s.environment == {"ENV": "test", "N": "3"}
+    assert s.retry_policy.exceptions == ("TransientError", "TimeoutError")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"max_parallel": 0}, "max_parallel"),
+    ({"error_handler": "ignore"}, "error_handler"),
+    ({"timeout": 0}, "timeout"),
+    ({"schedule": "every day"}, "cron"),
+    ({"notifications": {"on_fire": print}}, "unknown event"),
+    ({"notifications": "ftp://x"}, "URL"),
+    ({"error_handler": "custom"}, "handler"),
+])
+def test_pipeline_parameters_are_validated(kwargs, match):
+    with pytest.raises(ValidationError, match=match):
+        pipeline(**kwargs)(lambda: None)
+
+
+def test_schedule_is_stored_with_the_pipeline(sqlite_engine):
+    @pipeline(name="scheduled", schedule="0 */6 * * *")
+    def scheduled():
+        return doc.as_plain(xs=[1])
+
+    scheduled.run(engine=sqlite_engine)
+    rec = sqlite_engine.metadata.get_pipeline("default", "scheduled")
+    assert rec.schedule == "0 */6 * * *"
+
+
+def test_non_local_platform_fails_before_the_run_starts(engine):
+    ran = []
+
+    @component(platform="kubernetes", config={"namespace": "default"})
+    def on_k8s(x):
+        ran.append(x)
+        return x
+
+    @component
+    def local_first(x):
+        ran.append(("local", x))
+        return x
+
+    @pipeline(name="needs_k8s")
+    def needs_k8s():
+        a = local_first(x=1)
+        return on_k8s(x=a["outputs"]["result"])
+
+    with pytest.raises(ExecutorUnavailable, match="kubernetes.*on_k8s"):
+        needs_k8s.run(engine=engine)
+    assert ran == []
+    assert engine.metadata.list_runs(pipeline="needs_k8s") == []
+
+
+def test_failed_pipeline_raises_pipeline_failed(engine):
+    @component
+    def boom(x):
+        raise RuntimeError("kaput")
+
+    @pipeline(name="boom")
+    def boom_pipeline():
+        return boom(x=1)
+
+    r = boom_pipeline.run(engine=engine)
+    assert r.state is RunState.FAILED
+    assert isinstance(r.error, PipelineFailed) and "kaput" in str(r.error)
+    assert engine.metadata.get_run(r.run_id).state is RunState.FAILED
+    with pytest.raises(PipelineFailed):
+        r.unwrap()

@@ -1,0 +1,233 @@
+"""error_handler, retry policies, timeouts, fencing, cancellation."""
+import os
+import time
+
+import pytest
+
+from tests.resources import behaviours as b
+from twingraph import PipelineFailed, PipelineTimeout, TaskTimeout, pipeline
+from twingraph.core.states import RunState, TaskState
+
+
+def _tasks(engine, run_id):
+    return {t.node_id: t for t in engine.metadata.get_tasks(run_id)}
+
+
+def test_fail_stops_new_work_and_cancels_running(engine):
+    b.counts.clear()
+
+    @pipeline(name="fail_fast", error_handler="fail", max_parallel=2)
+    def p():
+        s = b.slow(x=1, delay=2.0)
+        f = b.fails(x=0)
+        later = [b.quick(x=i) for i in range(5)]
+        return s, f, later
+
+    t0 = time.monotonic()
+    r = p.run(engine=engine)
+    assert time.monotonic() - t0 < 1.5           # did not wait for the 2 s task
+    assert r.state is RunState.FAILED and isinstance(r.error, PipelineFailed)
+    tasks = _tasks(engine, r.run_id)
+    assert tasks["fails-0"].state is TaskState.FAILED
+    assert tasks["slow-0"].state is TaskState.CANCELLED
+    assert all(tasks[f"quick-{i}"].state is TaskState.CANCELLED for i in range(5))
+    assert not any(k.startswith("quick") for k in b.counts)   # queued work never started
+
+
+def test_continue_runs_everything_not_depending_on_the_failure(engine):
+    b.counts.clear()
+
+    @pipeline(name="keep_going", error_handler="continue")
+    def p():
+        bad = b.fails(x=1)
+        after_bad = b.quick(x=bad["outputs"]["result"])
+        ok = b.quick(x=10)
+        after_ok = b.quick(x=ok["outputs"]["result"])
+        return after_ok
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.FAILED
+    assert set(r.failures) == {"fails-0"}
+    tasks = _tasks(engine, r.run_id)
+    assert tasks["quick-0"].state is TaskState.SKIPPED
+    assert tasks["quick-1"].state is TaskState.SUCCESS
+    assert tasks["quick-2"].state is TaskState.SUCCESS
+    assert b.counts["quick-11"] == 1
+
+
+def test_body_can_handle_a_failure_itself(engine):
+    @pipeline(name="fallback", error_handler="continue")
+    def p():
+        try:
+            return b.fails(x=1).result()
+        except Exception:
+            return b.quick(x=41)
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.SUCCESS
+    assert r.value["outputs"]["result"] == 42
+
+
+def test_retry_policy_retries_matching_errors(engine):
+    b.counts.clear()
+
+    @pipeline(name="flaky")
+    def p():
+        return b.flaky(key="k1", fail_times=2)
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.SUCCESS and r.value["outputs"]["result"] == 3
+    attempts = engine.metadata.get_attempts(r.run_id, "flaky-0")
+    assert [a.state for a in attempts] == [TaskState.FAILED, TaskState.FAILED, TaskState.SUCCESS]
+    assert [a.fence for a in attempts] == [1, 2, 3]
+
+
+def test_retry_policy_gives_up_after_max_attempts(engine):
+    b.counts.clear()
+
+    @pipeline(name="flaky_out")
+    def p():
+        return b.flaky(key="k2", fail_times=5)
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.FAILED and b.counts["k2"] == 3
+
+
+def test_retry_policy_does_not_retry_other_exceptions(engine):
+    b.counts.clear()
+
+    @pipeline(name="wrong_kind")
+    def p():
+        return b.wrong_kind(key="k3")
+
+    assert p.run(engine=engine).state is RunState.FAILED
+    assert b.counts["k3"] == 1
+
+
+def test_error_handler_retry_gives_tasks_a_default_policy(engine, monkeypatch):
+    b.counts.clear()
+    from twingraph.core.retry import RetryPolicy
+    from twingraph.engine import loop
+    monkeypatch.setattr(loop, "DEFAULT_RETRY", RetryPolicy(max_attempts=3, initial_delay=0.01))
+
+    @pipeline(name="retry_all", error_handler="retry")
+    def p():
+        return b.fails(x=1)
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.FAILED and b.counts["fails"] == 3
+
+
+def test_thread_task_timeout_is_abandoned_and_reported(engine):
+    @pipeline(name="thread_timeout")
+    def p():
+        return b.hangs_in_thread(x=1)
+
+    t0 = time.monotonic()
+    r = p.run(engine=engine)
+    assert time.monotonic() - t0 < 2.5
+    assert r.state is RunState.FAILED
+    task = _tasks(engine, r.run_id)["hangs_in_thread-0"]
+    assert "TaskTimeout" in task.error and "abandoned" in task.error
+
+
+def test_process_task_timeout_kills_the_process(engine, tmp_path):
+    pidfile = tmp_path / "pid"
+
+    @pipeline(name="process_timeout")
+    def p():
+        return b.hangs_in_process(pidfile=str(pidfile))
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.FAILED
+    task = _tasks(engine, r.run_id)["hangs_in_process-0"]
+    assert "killed" in task.error
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"worker process {pid} still alive after its timeout")
+
+
+def test_process_mode_runs_in_another_process(engine):
+    @pipeline(name="in_process")
+    def p():
+        return b.in_process(x=21)
+
+    r = p.run(engine=engine)
+    assert r.value["outputs"]["y"] == 42 and r.value["outputs"]["pid"] != os.getpid()
+
+
+def test_stale_attempt_result_is_rejected_by_its_fence(engine):
+    b.counts.clear()
+
+    @pipeline(name="fenced")
+    def p():
+        return b.stale_then_fresh(key="fence")
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.SUCCESS and r.value["outputs"]["result"] == "fresh"
+    p2 = p.run(engine=engine)   # memo now holds the fresh value, not the stale one
+    assert p2.value["outputs"]["result"] == "fresh"
+    logs = [l.message for l in engine.metadata.get_logs(r.run_id)]
+    assert any("TaskTimeout" in m for m in logs)
+    assert any("dropped a late result of stale_then_fresh-0 (fence 1)" in m for m in logs)
+
+
+def test_pipeline_timeout_cancels_running_tasks(engine):
+    @pipeline(name="too_slow", timeout=0.3)
+    def p():
+        return b.slow(x="t", delay=2)
+
+    t0 = time.monotonic()
+    r = p.run(engine=engine)
+    assert time.monotonic() - t0 < 1.5
+    assert isinstance(r.error, PipelineTimeout)
+    assert _tasks(engine, r.run_id)["slow-0"].state is TaskState.CANCELLED
+
+
+def test_cancel_a_running_run(engine):
+    import threading
+
+    @pipeline(name="cancel_me")
+    def p():
+        return [b.slow(x=f"c{i}", delay=1.0) for i in range(3)]
+
+    holder = {}
+    started = threading.Event()
+
+    def on_start(loop):
+        holder["id"] = loop.run_id
+        started.set()
+
+    th = threading.Thread(target=lambda: holder.setdefault("r", p.run(engine=engine, on_start=on_start)))
+    th.start()
+    started.wait(5)
+    time.sleep(0.2)
+    assert engine.cancel(holder["id"])
+    th.join(5)
+    assert holder["r"].state is RunState.CANCELLED
+    assert engine.metadata.get_run(holder["id"]).state is RunState.CANCELLED
+
+
+def test_custom_error_handler_is_called(engine):
+    seen = []
+
+    @pipeline(name="custom", error_handler="custom",
+              error_config={"handler": seen.append, "continue_on_error": True})
+    def p():
+        b.fails(x=1)
+        return b.quick(x=1)
+
+    r = p.run(engine=engine)
+    assert [s["node_id"] for s in seen] == ["fails-0"]
+    assert _tasks(engine, r.run_id)["quick-0"].state is TaskState.SUCCESS
+
+
+def test_timeout_error_matches_builtin_timeouterror():
+    assert issubclass(TaskTimeout, TimeoutError)

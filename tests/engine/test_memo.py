@@ -1,0 +1,150 @@
+"""Memoization by content: hits, misses with reasons, code changes, cache=False, --no-cache."""
+import sys
+import textwrap
+
+import pytest
+
+from tests.resources import behaviours as b
+from twingraph import component, pipeline
+from twingraph.cli.loading import load_module
+from twingraph.core.states import RunState
+
+PIPELINE_SRC = '''
+from twingraph import component, pipeline
+calls = []
+
+@component
+def load(n):
+    calls.append("load")
+    return {{"xs": list(range(n))}}
+
+@component
+def square(x):
+    calls.append("square")
+    return {{"y": x * x {square_tweak}}}
+
+@component
+def cube(x):
+    calls.append("cube")
+    return {{"y": x ** 3}}
+
+@component
+def total(ys, zs):
+    calls.append("total")
+    return {{"sum": sum(ys) + sum(zs)}}
+
+@pipeline(name="memo_demo")
+def memo_demo(n=3):
+    raw = load(n=n)
+    sq = [square(x=x) for x in raw["outputs"]["xs"]]
+    cu = [cube(x=x) for x in raw["outputs"]["xs"]]
+    return total(ys=[s["outputs"]["y"] for s in sq], zs=[c["outputs"]["y"] for c in cu])
+'''
+
+
+def _module(tmp_path, name, tweak=""):
+    path = tmp_path / f"{name}.py"
+    path.write_text(PIPELINE_SRC.format(square_tweak=tweak))
+    return load_module(str(path))
+
+
+def test_unchanged_rerun_hits_everything(engine, tmp_path):
+    m = _module(tmp_path, "memo_v1")
+    r1 = m.memo_demo.run(engine=engine)
+    assert sorted(m.calls) == ["cube"] * 3 + ["load"] + ["square"] * 3 + ["total"]
+    m.calls.clear()
+    r2 = m.memo_demo.run(engine=engine)
+    assert m.calls == []
+    assert r2.value == r1.value
+    tasks = engine.metadata.get_tasks(r2.run_id)
+    assert {t.cache_status for t in tasks} == {"hit"}
+    assert all(t.cache_reason for t in tasks)
+
+
+def test_changing_a_component_reruns_it_and_downstream_only(engine, tmp_path):
+    v1 = _module(tmp_path, "memo_v2a")
+    v1.memo_demo.run(engine=engine)
+    v2 = _module(tmp_path, "memo_v2b", tweak="+ 1")      # square's code changed
+    r = v2.memo_demo.run(engine=engine)
+    assert sorted(v2.calls) == ["square"] * 3 + ["total"]
+    assert r.value["outputs"]["sum"] == (0 + 1 + 4 + 3) + (0 + 1 + 8)
+    by = {t.node_id: t for t in engine.metadata.get_tasks(r.run_id)}
+    assert by["square-0"].cache_status == "miss"
+    assert by["square-0"].cache_reason == "code changed since the last run"
+    assert by["total-0"].cache_reason == "inputs changed since the last run"
+    assert by["cube-0"].cache_status == "hit" and by["load-0"].cache_status == "hit"
+
+
+def test_no_cache_reruns_everything(engine, tmp_path):
+    m = _module(tmp_path, "memo_v3")
+    m.memo_demo.run(engine=engine)
+    m.calls.clear()
+    r = m.memo_demo.run(engine=engine, no_cache=True)
+    assert len(m.calls) == 8
+    assert {t.cache_status for t in engine.metadata.get_tasks(r.run_id)} == {"disabled"}
+
+
+def test_cache_false_component_always_runs(engine):
+    b.counts.clear()
+
+    @component(cache=False)
+    def uncached(x):
+        b.bump("uncached")
+        return x
+
+    @pipeline(name="uncached")
+    def p():
+        return uncached(x=1)
+
+    p.run(engine=engine)
+    p.run(engine=engine)
+    assert b.counts["uncached"] == 2
+
+
+def test_identical_subgraphs_in_one_run_are_computed_once(engine):
+    b.counts.clear()
+
+    @pipeline(name="twins")
+    def p():
+        a1 = b.quick(x=5)
+        a2 = b.quick(x=5)
+        c1 = b.quick(x=a1["outputs"]["result"])
+        c2 = b.quick(x=a2["outputs"]["result"])
+        return [c1, c2]
+
+    r = p.run(engine=engine)
+    assert b.counts == {"quick-5": 1, "quick-6": 1}
+    assert [v["outputs"]["result"] for v in r.value] == [7, 7]
+
+
+def test_same_output_upstream_keeps_downstream_cached(engine, tmp_path):
+    """Keys hash input *content*: an upstream code change with equal output cuts off."""
+    v1 = _module(tmp_path, "memo_v4a")
+    v1.memo_demo.run(engine=engine)
+    v2 = _module(tmp_path, "memo_v4b", tweak="+ 0")     # new code, same values
+    v2.memo_demo.run(engine=engine)
+    assert sorted(v2.calls) == ["square"] * 3
+
+
+def test_large_array_passes_between_local_tasks_without_copy(engine):
+    np = pytest.importorskip("numpy")
+    seen = {}
+
+    @component
+    def make():
+        arr = np.arange(1_000_000, dtype=np.float64)
+        seen["produced"] = arr.__array_interface__["data"][0]
+        return {"arr": arr}
+
+    @component
+    def consume(arr):
+        seen["consumed"] = arr.__array_interface__["data"][0]
+        return float(arr.sum())
+
+    @pipeline(name="arrays")
+    def p():
+        return consume(arr=make()["outputs"]["arr"])
+
+    r = p.run(engine=engine)
+    assert r.value["outputs"]["result"] == float(np.arange(1_000_000).sum())
+    assert seen["produced"] == seen["consumed"]

@@ -1,0 +1,84 @@
+"""Components whose behaviour the engine tests observe: failures, retries, sleeps, pids."""
+import os
+import threading
+import time
+
+from twingraph import component
+
+counts: dict = {}
+_lock = threading.Lock()
+
+
+def bump(key):
+    with _lock:
+        counts[key] = counts.get(key, 0) + 1
+        return counts[key]
+
+
+class TransientError(Exception):
+    pass
+
+
+@component
+def fails(x):
+    bump("fails")
+    raise RuntimeError(f"bad input {x}")
+
+
+@component
+def slow(x, delay=0.3):
+    bump(f"slow-{x}")
+    time.sleep(delay)
+    return x
+
+
+@component
+def quick(x):
+    bump(f"quick-{x}")
+    return x + 1
+
+
+@component(retry_policy={"max_attempts": 3, "backoff": "fixed", "initial_delay": 0.01,
+                         "exceptions": ["TransientError"]})
+def flaky(key, fail_times):
+    n = bump(key)
+    if n <= fail_times:
+        raise TransientError(f"attempt {n}")
+    return n
+
+
+@component(retry_policy={"max_attempts": 3, "backoff": "fixed", "initial_delay": 0.01,
+                         "exceptions": ["TransientError"]})
+def wrong_kind(key):
+    bump(key)
+    raise ValueError("not transient")
+
+
+@component(timeout=0.3)
+def hangs_in_thread(x):
+    time.sleep(3)
+    return x
+
+
+@component(timeout=0.5, executor="process")
+def hangs_in_process(pidfile):
+    with open(pidfile, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(30)
+    return "never"
+
+
+@component(executor="process")
+def in_process(x):
+    return {"pid": os.getpid(), "y": x * 2}
+
+
+@component(timeout=0.5, retry_policy={"max_attempts": 2, "backoff": "fixed",
+                                      "initial_delay": 0.01, "exceptions": ["TimeoutError"]})
+def stale_then_fresh(key):
+    n = bump(key)
+    if n == 1:
+        time.sleep(0.7)          # outlives its timeout; reports while attempt 2 still runs
+        return "stale"
+    time.sleep(0.4)
+    return "fresh"
