@@ -68,6 +68,11 @@ async def _execute(scheduler: Any, dag: Any, progress: bool) -> Any:
         loop = scheduler.engine.runs.get(run_id) if run_id else None
         return loop.progress() if loop is not None else None
 
+    def line(p: Any) -> None:
+        console.print(f"progress {p.progress_percentage:.0f}% ({p.completed_nodes}/"
+                      f"{p.total_nodes} completed, {p.failed_nodes} failed, "
+                      f"ETA {p.estimated_completion or '—'})", highlight=False)
+
     with LiveProgress(snapshot, progress and sys.stdout.isatty()):
         if progress and not sys.stdout.isatty():
             last = -1
@@ -75,11 +80,12 @@ async def _execute(scheduler: Any, dag: Any, progress: bool) -> Any:
                 p = await scheduler.get_execution_progress(dag_id)
                 if p and int(p.progress_percentage) // 10 != last:
                     last = int(p.progress_percentage) // 10
-                    console.print(f"progress {p.progress_percentage:.0f}% "
-                                  f"({p.completed_nodes}/{p.total_nodes} completed, "
-                                  f"{p.failed_nodes} failed, ETA {p.estimated_completion or '—'})")
+                    line(p)
                 await asyncio.sleep(0.2)
-        return await scheduler.wait_for_completion(dag_id)
+        result = await scheduler.wait_for_completion(dag_id)
+    if progress:
+        line(await scheduler.get_execution_progress(dag_id))
+    return result
 
 
 def _sinks(dag: Any) -> set[str]:

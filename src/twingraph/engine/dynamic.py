@@ -252,9 +252,11 @@ class DynamicScheduler:
     async def get_execution_progress(self, dag_id: str) -> ExecutionProgress | None:
         run_id = self._dag_runs.get(dag_id)
         loop = self.engine.runs.get(run_id) if run_id else None
-        if loop is not None:
-            self.execution_states[dag_id] = self._progress(dag_id, loop.progress())
-        return self.execution_states.get(dag_id)
+        state = self.execution_states.get(dag_id)
+        if loop is not None and state is not None:
+            self.execution_states[dag_id] = state = self._progress(
+                dag_id, loop.progress(), total=state.total_nodes)
+        return state
 
     async def cancel_execution(self, dag_id: str) -> bool:
         run_id = self._dag_runs.get(dag_id)
@@ -352,18 +354,23 @@ class DynamicScheduler:
         finally:
             started.set()
         self.results[dag.dag_id] = result
-        self.execution_states[dag.dag_id] = self._progress(dag.dag_id, result.progress)
+        self.execution_states[dag.dag_id] = self._progress(dag.dag_id, result.progress,
+                                                           total=len(dag.nodes))
         self.active_executions.pop(dag.dag_id, None)
 
     @staticmethod
-    def _progress(dag_id: str, p: Mapping[str, Any]) -> ExecutionProgress:
+    def _progress(dag_id: str, p: Mapping[str, Any], *, total: int) -> ExecutionProgress:
+        """Progress over the DAG's ``total`` nodes (some may not be submitted to the run yet)."""
         if not p:
-            return ExecutionProgress(dag_id, 0, 0, 0, 0, 0, 0.0)
+            return ExecutionProgress(dag_id, total, 0, 0, 0, total, 0.0)
         eta = None
         if p.get("eta_seconds") is not None:
             eta = datetime.fromtimestamp(time.time() + p["eta_seconds"], timezone.utc).isoformat()
+        failed = p["failed"] + p["skipped"] + p["cancelled"]
+        done = p["succeeded"] + failed
         return ExecutionProgress(
-            dag_id=dag_id, total_nodes=p["total"], completed_nodes=p["succeeded"],
-            failed_nodes=p["failed"] + p["skipped"] + p["cancelled"], running_nodes=p["running"],
-            pending_nodes=p["pending"] + p["queued"], progress_percentage=p["percent"],
+            dag_id=dag_id, total_nodes=total, completed_nodes=p["succeeded"],
+            failed_nodes=failed, running_nodes=p["running"],
+            pending_nodes=total - done - p["running"],
+            progress_percentage=100.0 * done / total if total else 100.0,
             estimated_completion=eta)

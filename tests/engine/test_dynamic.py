@@ -1,0 +1,175 @@
+"""The dynamic-scheduler API: DAGs, validation, progress, cancel, file form, components."""
+import asyncio
+import time
+
+import pytest
+
+from tests.resources import ops
+from twingraph import pipeline
+from twingraph.dagfile import dag_from_dict, parse_dag_text
+from twingraph.engine.dynamic import (DAGDefinition, DynamicScheduler, ExecutionConfig,
+                                      NodeDefinition, NodeExecutor, NodeStatus)
+from twingraph.errors import GraphValidationError, ValidationError
+from twingraph.stores.metadata import MemoryMetadataStore
+from twingraph.stores.results.memory import MemoryStorage
+
+
+def N(i, op, args=(), **params):
+    return NodeDefinition(i, op, list(args), params)
+
+
+@pytest.fixture
+def scheduler():
+    s = DynamicScheduler(MemoryStorage(), ExecutionConfig(max_concurrent_nodes=4),
+                         metadata=MemoryMetadataStore())
+    yield s
+    s.engine.close()
+
+
+def chain_dag(dag_id="chain", offset=0):
+    return DAGDefinition(dag_id, [N("nums", "make_numbers", n=5), N("sq", "square_all", ["nums"]),
+                                  N("total", "add_all", ["sq", "nums"], offset=offset)])
+
+
+def test_submit_run_and_progress(scheduler):
+    async def go():
+        dag_id = await scheduler.submit_dag(chain_dag())
+        result = await scheduler.wait_for_completion(dag_id, timeout=10)
+        progress = await scheduler.get_execution_progress(dag_id)
+        return result, progress
+    result, progress = asyncio.run(go())
+    assert result.state.value == "SUCCESS"
+    assert progress.total_nodes == 3 and progress.completed_nodes == 3
+    assert progress.progress_percentage == 100.0
+    by = {t.node_id: t for t in scheduler.engine.metadata.get_tasks(result.run_id)}
+    assert scheduler.engine.load_value(by["total"].result_key) == (0 + 1 + 4 + 9 + 16) + 10
+
+
+def test_results_are_memoized_across_dags(scheduler):
+    ops.calls.clear()
+    scheduler.run(chain_dag("a"))
+    scheduler.run(chain_dag("b"))
+    assert ops.calls == ["make_numbers", "square_all", "add_all"]
+    scheduler.run(chain_dag("c", offset=1))       # only the changed node re-runs
+    assert ops.calls[3:] == ["add_all"]
+
+
+@pytest.mark.parametrize("dag, reason, nodes", [
+    (DAGDefinition("d", [N("a", "make_numbers", n=1), N("b", "add_all", ["missing"])]),
+     "dangling", ["b->missing"]),
+    (DAGDefinition("d", [N("a", "make_numbers", n=1), N("b", "no_such_op", ["a"])]),
+     "unknown operations", ["b (no_such_op)"]),
+    (DAGDefinition("d", [N("a", "square_all", ["c"]), N("b", "square_all", ["a"]),
+                         N("c", "square_all", ["b"]), N("ok", "make_numbers", n=1)]),
+     "cycle", ["a", "b", "c"]),
+    (DAGDefinition("d", [N("a", "make_numbers", n=1), N("a", "make_numbers", n=2)]),
+     "duplicate", ["a"]),
+])
+def test_invalid_dags_are_rejected_before_anything_runs(scheduler, dag, reason, nodes):
+    ops.calls.clear()
+    with pytest.raises(GraphValidationError) as e:
+        asyncio.run(scheduler.submit_dag(dag))
+    assert reason in e.value.reason and e.value.nodes == nodes
+    assert ops.calls == [] and scheduler.engine.metadata.list_runs() == []
+
+
+def test_failure_skips_only_dependents(scheduler):
+    dag = DAGDefinition("f", [N("nums", "make_numbers", n=3), N("bad", "explode", ["nums"]),
+                              N("after_bad", "add_all", ["bad"]), N("sq", "square_all", ["nums"])])
+    scheduler.config.retry_failed_nodes = False
+    r = scheduler.run(dag)
+    by = {t.node_id: t.state.value for t in scheduler.engine.metadata.get_tasks(r.run_id)}
+    assert by == {"nums": "SUCCESS", "bad": "FAILED", "after_bad": "SKIPPED", "sq": "SUCCESS"}
+    progress = asyncio.run(scheduler.get_execution_progress("f"))
+    assert progress.failed_nodes == 2 and progress.completed_nodes == 2
+
+
+def test_failed_nodes_are_retried_per_config(scheduler):
+    attempts = []
+
+    def flaky(deps, params):
+        attempts.append(1)
+        if len(attempts) < 2:
+            raise RuntimeError("transient")
+        return "ok"
+
+    scheduler.executor.register_operation("flaky_op", flaky)
+    scheduler.config.max_retries = 2
+    from twingraph.core.retry import RetryPolicy
+    r = scheduler.run(DAGDefinition("r", [N("x", "flaky_op")]))
+    assert r.state.value == "SUCCESS" and len(attempts) == 2
+
+
+def test_cancel_execution(scheduler):
+    dag = DAGDefinition("slow", [N(f"s{i}", "sleepy", seconds=2 + i) for i in range(3)])
+
+    async def go():
+        dag_id = await scheduler.submit_dag(dag)
+        await asyncio.sleep(0.3)
+        p = await scheduler.get_execution_progress(dag_id)
+        assert p.running_nodes == 3
+        assert await scheduler.cancel_execution(dag_id)
+        t0 = time.monotonic()
+        r = await scheduler.wait_for_completion(dag_id, timeout=10)
+        return r, time.monotonic() - t0
+    r, waited = asyncio.run(go())
+    assert r.state.value == "CANCELLED" and waited < 1.5
+    assert asyncio.run(scheduler.cancel_execution("slow")) is False
+
+
+def test_components_and_registered_classes_as_operations(scheduler):
+    dag = dag_from_dict({"dag_id": "comp", "nodes": [
+        {"id": "nums", "operation": "make_numbers", "parameters": {"n": 4}},
+        {"id": "scaled", "operation": "scale", "arguments": {"xs": "nums"},
+         "parameters": {"factor": 3}},
+        {"id": "kept", "operation": "threshold", "arguments": {"data": "scaled"},
+         "parameters": {"threshold": 4}},
+    ]})
+    r = scheduler.run(dag)
+    by = {t.node_id: t for t in scheduler.engine.metadata.get_tasks(r.run_id)}
+    assert scheduler.engine.load_value(by["kept"].result_key) == {
+        "filtered": [6, 9], "count": 2, "threshold": 4}
+
+
+def test_bytes_results_round_trip(scheduler):
+    r = scheduler.run(DAGDefinition("b", [N("x", "to_bytes", v=7)]))
+    (t,) = scheduler.engine.metadata.get_tasks(r.run_id)
+    assert scheduler.engine.load_value(t.result_key) == b"raw:7"
+
+
+def test_node_executor_execute_node():
+    ex = NodeExecutor(MemoryStorage())
+    ex.register_operation("double", lambda deps, params: params["x"] * 2)
+    ok = asyncio.run(ex.execute_node(NodeDefinition("n", "double", [], {"x": 4})))
+    assert ok.status is NodeStatus.COMPLETED and ok.result_data == 8
+    bad = asyncio.run(ex.execute_node(NodeDefinition("n", "nope", [], {})))
+    assert bad.status is NodeStatus.FAILED and "Unknown operation" in bad.error_message
+
+
+@pytest.mark.parametrize("text, match", [
+    ("nodes: []", "non-empty"),
+    ("nodes: [{operation: x}]", "'id'"),
+    ("nodes: [{id: a}]", "'operation'"),
+    ("nodes: [{id: a, operation: x, arguments: 3}]", "arguments"),
+    ("nodes: [{id: a, operation: x, colour: red}]", "unknown fields"),
+    ("{not json", "cannot parse"),
+])
+def test_bad_dag_files(text, match):
+    with pytest.raises(ValidationError, match=match):
+        parse_dag_text(text)
+
+
+def test_base_component_in_a_pipeline(engine):
+    t = ops.Threshold({"threshold": 1})
+
+    @pipeline(name="with_class")
+    def p():
+        return t(data=[0, 1, 2, 3])
+
+    r = p.run(engine=engine)
+    assert r.value["outputs"] == {"filtered": [2, 3], "count": 2, "threshold": 1}
+    assert t(data=[5]) == {"filtered": [5], "count": 1, "threshold": 1}
+    with pytest.raises(ValueError, match="Missing required input"):
+        t(other=1)
+    r2 = pipeline(name="with_class_bad")(lambda: t(other=1)).run(engine=engine)
+    assert r2.state.value == "FAILED" and "Missing required input" in str(r2.error)

@@ -1,0 +1,71 @@
+"""kill -9 a real `twingraph run` half-way, then `twingraph run --resume RUN_ID`."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from twingraph.core.states import RunState, TaskState
+from twingraph.stores.metadata import SQLMetadataStore
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINE = ROOT / "tests" / "resources" / "crashy.py"
+
+
+def _env(tmp_path, marks):
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), TG_MARKS=str(marks))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+    return env
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "twingraph", *args]
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_then_resume(tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = _env(tmp_path, marks)
+    proc = subprocess.Popen(_cli("run", str(PIPELINE), "--param", "n=12", "--no-progress"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while len(list(marks.iterdir())) < 6:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.1)           # let the write-behind flush some finished tasks
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    store = SQLMetadataStore(f"sqlite:///{tmp_path / 'home' / 'twingraph.db'}")
+    (run,) = store.list_runs(pipeline="crashy")
+    assert run.state is RunState.RUNNING          # died without recording an end
+    before = {t.node_id: t for t in store.get_tasks(run.run_id)}
+    done_before = {n for n, t in before.items() if t.state is TaskState.SUCCESS}
+    assert 0 < len(done_before) < 12
+    executed_before = Counter(p.name.split(".")[0] for p in marks.iterdir())
+
+    out = subprocess.run(_cli("run", "--resume", run.run_id, "--no-progress"), env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "506" in out.stdout
+
+    executed = Counter(p.name.split(".")[0] for p in marks.iterdir())
+    for node in done_before:                      # recorded results were not recomputed
+        i = node.split("-")[1]
+        assert executed[i] == executed_before[i] == 1, node
+    assert set(executed) == {str(i) for i in range(12)}
+    after = {t.node_id: t for t in store.get_tasks(run.run_id)}
+    assert store.get_run(run.run_id).state is RunState.SUCCESS
+    assert all(t.state is TaskState.SUCCESS for t in after.values())
+    assert {after[n].cache_status for n in done_before} == {"resumed"}
+    # every re-executed attempt carries a higher fence than anything recorded before
+    for n, t in after.items():
+        if n not in done_before and n in before:
+            assert t.fence > before[n].fence
+    store.close()

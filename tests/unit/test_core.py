@@ -1,0 +1,117 @@
+"""Pure core: states, retry math, graph checks, structural keys, code versions."""
+import random
+
+import pytest
+from hypothesis import given, strategies as st
+
+from twingraph.core.codeversion import code_version
+from twingraph.core.graph import cycle_nodes, validate_dag
+from twingraph.core.hashing import digest_value, structural_key
+from twingraph.core.retry import RetryPolicy
+from twingraph.core.states import RunState, TaskState, transition_run, transition_task
+from twingraph.errors import GraphValidationError, InvalidTransition, TaskTimeout, ValidationError
+
+
+def test_run_transitions():
+    assert transition_run(RunState.PENDING, RunState.RUNNING) is RunState.RUNNING
+    assert transition_run(RunState.FAILED, RunState.RUNNING) is RunState.RUNNING   # resume
+    with pytest.raises(InvalidTransition):
+        transition_run(RunState.SUCCESS, RunState.RUNNING)
+    with pytest.raises(InvalidTransition):
+        transition_run(RunState.PENDING, RunState.SUCCESS)
+
+
+def test_task_transitions():
+    assert transition_task(TaskState.RUNNING, TaskState.RETRYING) is TaskState.RETRYING
+    with pytest.raises(InvalidTransition):
+        transition_task(TaskState.SUCCESS, TaskState.FAILED)
+    with pytest.raises(InvalidTransition):
+        transition_task(TaskState.PENDING, TaskState.RUNNING)   # must be queued first
+
+
+def test_exponential_backoff_without_jitter():
+    p = RetryPolicy.parse({"max_attempts": 5, "backoff": "exponential", "initial_delay": 1,
+                           "max_delay": 5, "jitter": False})
+    assert [p.delay(a) for a in (1, 2, 3, 4)] == [1, 2, 4, 5]
+
+
+def test_fixed_backoff_and_jitter_bounds():
+    p = RetryPolicy.parse({"max_attempts": 3, "backoff": "fixed", "initial_delay": 2,
+                           "max_delay": 10, "jitter": 0.5})
+    rng = random.Random(7)
+    delays = [p.delay(1, rng) for _ in range(200)]
+    assert all(1.0 <= d <= 3.0 for d in delays) and len(set(delays)) > 100
+
+
+def test_retry_matches_class_names_through_the_mro():
+    p = RetryPolicy.parse({"max_attempts": 3, "exceptions": ["TimeoutError"]})
+    assert p.retries(TaskTimeout("n", 1.0, killed=True), 1)
+    assert not p.retries(ValueError(), 1)
+    assert not p.retries(TimeoutError(), 3)     # attempts exhausted
+
+
+@pytest.mark.parametrize("bad", [{"max_attempts": 0}, {"initial_delay": -1},
+                                 {"initial_delay": 10, "max_delay": 1}, {"exceptions": [3]}, "3"])
+def test_bad_retry_policies(bad):
+    with pytest.raises(ValidationError):
+        RetryPolicy.parse(bad)
+
+
+def test_validate_dag_orders_and_names_problems():
+    order = validate_dag({"a": [], "b": ["a"], "c": ["a", "b"]})
+    assert order.index("a") < order.index("b") < order.index("c")
+    with pytest.raises(GraphValidationError) as e:
+        validate_dag({"a": [], "b": ["zz"]})
+    assert e.value.nodes == ["b->zz"]
+    with pytest.raises(GraphValidationError) as e:
+        validate_dag({"a": [], "b": []}, {"a": "load", "b": "nope"}, {"load"})
+    assert e.value.nodes == ["b (nope)"]
+    with pytest.raises(GraphValidationError) as e:
+        validate_dag({"a": [], "b": ["a", "d"], "c": ["b"], "d": ["c"], "e": ["d"]})
+    assert e.value.reason == "cycle" and e.value.nodes == ["b", "c", "d"]   # not 'e'
+
+
+def test_cycle_detection_is_iterative_on_long_chains():
+    n = 200_000
+    deps = {str(i): [str(i - 1)] if i else [str(n - 1)] for i in range(n)}
+    assert len(cycle_nodes(deps)) == n
+    deps["0"] = []
+    assert len(validate_dag(deps)) == n
+
+
+@given(st.dictionaries(st.text(max_size=5), st.integers(), max_size=6))
+def test_digest_ignores_dict_order(d):
+    rev = dict(reversed(list(d.items())))
+    key = lambda v: structural_key("c", "v1", {}, digest_value(v, None, lambda x: "h"))  # noqa: E731
+    assert key(d) == key(rev)
+
+
+def test_structural_key_changes_with_each_part():
+    base = structural_key("c", "v1", {"a": 1}, {"x": 1})
+    assert structural_key("c", "v2", {"a": 1}, {"x": 1}) != base
+    assert structural_key("c", "v1", {"a": 2}, {"x": 1}) != base
+    assert structural_key("c", "v1", {"a": 1}, {"x": 2}) != base
+    assert structural_key("d", "v1", {"a": 1}, {"x": 1}) != base
+    assert digest_value(1.0, None, str) != digest_value(1, None, str)
+
+
+def _helper(x):
+    return x + 1
+
+
+def _uses_helper(x):
+    return _helper(x)
+
+
+def test_code_version_follows_called_user_code():
+    v1 = code_version(_uses_helper)
+    global _helper
+    old = _helper
+
+    def _helper(x):  # noqa: F811 - a changed helper must change the caller's version
+        return x + 2
+    try:
+        assert code_version(_uses_helper) != v1
+    finally:
+        _helper = old
+    assert code_version(_uses_helper) == v1
