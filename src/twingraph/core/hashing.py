@@ -17,8 +17,22 @@ from typing import Any
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
+def _no_default(o: Any) -> Any:
+    raise TypeError(f"not JSON: {type(o).__name__}")
+
+
+# json.dumps with non-default options builds a new encoder per call (~5 µs); structural keys
+# are computed per task, so the C encoder is built once here (same output as json.dumps with
+# sort_keys, compact separators, ensure_ascii=False, allow_nan=False).
+_c_make = getattr(json.encoder, "c_make_encoder", None)
+_C_CANONICAL = (_c_make(None, _no_default, json.encoder.encode_basestring, None, ":", ",",
+                        True, False, False) if _c_make is not None else None)
+
+
 def canonical_json(obj: Any) -> bytes:
     """Deterministic JSON: sorted keys, no whitespace, UTF-8. Raises TypeError for non-JSON."""
+    if _C_CANONICAL is not None:
+        return "".join(_C_CANONICAL(obj, 0)).encode()
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode()
 
@@ -27,16 +41,22 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def structural_key(component: str, code_version: str, config: Mapping[str, Any],
-                   input_digest: Any) -> str:
-    """The memo key of a task. ``input_digest`` is a JSON-able digest of its inputs."""
-    payload = {"c": component, "v": code_version, "cfg": config, "in": input_digest}
+def key_prefix(component: str, code_version: str, config: Mapping[str, Any]) -> bytes:
+    """The part of a structural key fixed by the component's definition (computed once)."""
     try:
-        return sha256_hex(canonical_json(payload))
+        cfg: Any = json.loads(canonical_json(config))
     except (TypeError, ValueError):
-        # Config with non-JSON values: fall back to repr, which is stable for plain values.
-        payload["cfg"] = repr(sorted(config.items()))
-        return sha256_hex(canonical_json(payload))
+        # Config with non-JSON values: repr is stable for plain values.
+        cfg = repr(sorted(config.items()))
+    return canonical_json([component, code_version, cfg]) + b"\0"
+
+
+def structural_key(component: str, code_version: str, config: Mapping[str, Any],
+                   input_digest: Any, *, prefix: bytes | None = None) -> str:
+    """The memo key of a task: sha256(definition prefix, canonical input digest)."""
+    if prefix is None:
+        prefix = key_prefix(component, code_version, config)
+    return sha256_hex(prefix + canonical_json(input_digest))
 
 
 def digest_value(value: Any, ref_digest: Callable[[Any], Any] | None,
@@ -53,7 +73,10 @@ def digest_value(value: Any, ref_digest: Callable[[Any], Any] | None,
             return rd
     t = type(value)
     if t is str:
-        return value if len(value) <= 64 else {"h": sha256_hex(value.encode())}
+        # '@' starts reference digests; a literal string starting with it is escaped.
+        if len(value) > 64 or value[:1] == "@":
+            return {"h": sha256_hex(value.encode())}
+        return value
     if t in (int, bool) or value is None:
         return value
     if t is float:

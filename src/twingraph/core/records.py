@@ -1,7 +1,8 @@
 """What the engine writes to and reads from the metadata store: plain frozen records.
 
 The engine batches these and hands them to ``MetadataStore.write`` in order; the store applies a
-batch in one transaction. Times are POSIX seconds (float); JSON-able dicts only.
+batch in one transaction. They are messages built on the engine's hot path, so they are plain
+slotted dataclasses (not frozen: a frozen dataclass pays a ``object.__setattr__`` per field). Times are POSIX seconds (float); JSON-able dicts only.
 Tasks are addressed by ``(run_id, node_id)``; ``node_id`` is unique within a run and stable
 across re-executions of the same pipeline (so a resumed run finds its tasks again).
 """
@@ -14,7 +15,7 @@ from typing import Any
 from twingraph.core.states import RunState, TaskState
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunRecord:
     run_id: str
     pipeline: str                       # pipeline name
@@ -32,7 +33,7 @@ class RunRecord:
     heartbeat_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunUpdate:
     """Change of a run's state (and the fields that go with it)."""
     run_id: str
@@ -42,13 +43,13 @@ class RunUpdate:
     result_key: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunHeartbeat:
     run_id: str
     at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskRecord:
     run_id: str
     node_id: str
@@ -70,7 +71,7 @@ class TaskRecord:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskUpdate:
     """A task's state change. With ``fence`` set on a terminal state, the store applies it only if
     ``fence`` is still the task's current fence (else the update is reported as stale)."""
@@ -86,9 +87,11 @@ class TaskUpdate:
     result_key: str | None = None
     content_hash: str | None = None
     error: str | None = None
+    started_at: float | None = None     # explicit times win over the "set when state becomes
+    ended_at: float | None = None       # RUNNING / terminal" defaults
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AttemptRecord:
     run_id: str
     node_id: str
@@ -101,7 +104,7 @@ class AttemptRecord:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LogRecord:
     run_id: str
     at: float
@@ -110,7 +113,7 @@ class LogRecord:
     node_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EdgeRecord:
     """Lineage edge. DEPENDS_ON: ``src`` fed ``dst`` (properties: data_flow, e.g. the output path).
     BELONGS_TO: task ``src`` belongs to the run's pipeline (properties: component_order)."""

@@ -39,6 +39,7 @@ from twingraph.core.records import (AttemptRecord, EdgeRecord, LogRecord, RunHea
                                     TaskRecord, TaskUpdate)
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.states import TaskState
+from twingraph.engine.recorder import PutResult
 from twingraph.engine.refs import Ref, find_refs, substitute
 from twingraph.engine.task import UNLOADED, Job, Task
 from twingraph.errors import (NodeExecutionError, PipelineCancelled, PipelineTimeout,
@@ -71,6 +72,12 @@ class RunLoop:
         self.results, self.recorder, self.clock = engine.results, engine.recorder, engine.clock
         self.executor, self.emit = engine.executor, engine.emit
         self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        # Component calls are appended here by the body thread and drained by the loop; the
+        # loop is woken through the inbox only when it is asleep (few cross-thread wake-ups).
+        self.submitted: deque[Task] = deque()
+        self.sleeping = False
+        self.out: list[Any] = []                   # records for the recorder, handed over in bulk
+        self.dirty: list[Task] = []                # tasks changed since the last hand-over
         self.tasks: dict[str, Task] = {}
         self.by_key: dict[str, Task] = {}
         self.ready: deque[Task] = deque()          # keyed, missed: waiting for a slot
@@ -106,7 +113,9 @@ class RunLoop:
             self._name_counts[name] = n + 1
             node_id = f"{name}-{n}"
         task = Task(node_id, next(self._order), name, spec, fn, args, kwargs)
-        self.inbox.put(("submit", task))
+        self.submitted.append(task)
+        if self.sleeping:
+            self.inbox.put(("wake",))
         return Ref(self, task)
 
     def body_returned(self, error: BaseException | None) -> None:
@@ -154,33 +163,75 @@ class RunLoop:
 
     # == the loop ===========================================================================
     def run_forever(self) -> None:
-        get = self.inbox.get
+        get, submitted = self.inbox.get, self.submitted
         try:
             while True:
-                timeout = None
-                if self.timers:
-                    timeout = max(0.0, self.timers[0][0] - self.clock.monotonic())
-                try:
-                    ev = get(timeout=timeout) if timeout is None or timeout > 0 else get_nowait(self.inbox)
-                except queue.Empty:
-                    ev = None
+                ev = get_nowait(self.inbox)
+                if ev is None and not submitted:
+                    self._hand_over()
+                    self.sleeping = True           # set first, then look again (no lost wake-up)
+                    if not submitted:
+                        timeout = None
+                        if self.timers:
+                            timeout = max(0.0, self.timers[0][0] - self.clock.monotonic())
+                        try:
+                            ev = get(timeout=timeout) if timeout is None or timeout > 0 else None
+                        except queue.Empty:
+                            ev = None
+                    self.sleeping = False
                 while ev is not None:
                     self._handle(ev)
                     ev = get_nowait(self.inbox)
+                while submitted:
+                    self._on_submit(submitted.popleft())
                 self._fire_timers()
                 self._dispatch()
-                if self.body_finished and self.unfinished == 0 and self.running == 0:
+                if self.body_finished and self.unfinished == 0 and self.running == 0 \
+                        and not submitted:
                     return
                 self._heartbeat()
         finally:
+            self._hand_over()
             self.done.set()
+
+    def _hand_over(self) -> None:
+        """Give the recorder one snapshot row per task changed since the last hand-over."""
+        if self.dirty:
+            # Task rows first: attempts, edges and logs in ``self.out`` refer to them.
+            out, run_id = [], self.run_id
+            for t in self.dirty:
+                t.dirty = False
+                ok = t.state is _T.SUCCESS
+                err = _err_text(t.error) if t.error is not None and not ok else None
+                if not t.persisted:
+                    t.persisted = True
+                    out.append(TaskRecord(
+                        run_id, t.node_id, t.component, t.state, t.spec.platform, t.cache_key,
+                        t.cache_status, t.cache_reason, t.cache_key if ok else None,
+                        t.content_hash if ok else None, t.attempt, t.fence, t.order,
+                        t.inputs_info, t.created_at, t.started_at, t.ended_at, err))
+                else:
+                    out.append(TaskUpdate(
+                        run_id, t.node_id, t.state, t.ended_at or t.started_at or t.created_at,
+                        t.fence or None, t.attempt or None, t.cache_key, t.cache_status,
+                        t.cache_reason, t.cache_key if ok else None,
+                        t.content_hash if ok else None, err, t.started_at, t.ended_at))
+                if t.state is _T.RUNNING:   # a long attempt: record that it is under way
+                    out.append(AttemptRecord(run_id, t.node_id, t.attempt, t.fence, _T.RUNNING,
+                                             f"local:{t.mode}", t.started_at or 0.0))
+            self.dirty = []
+            out.extend(self.out)
+            self.out = out
+        if self.out:
+            self.recorder.add_many(self.out)
+            self.out = []
 
     def _handle(self, ev: tuple[Any, ...]) -> None:
         kind = ev[0]
         if kind == "done":
             self._on_outcome(ev[1])
-        elif kind == "submit":
-            self._on_submit(ev[1])
+        elif kind == "wake":
+            pass
         elif kind == "stored":
             for t in ev[1]:
                 t.stored = True
@@ -200,10 +251,10 @@ class RunLoop:
         self.tasks[task.node_id] = task
         self.unfinished += 1
         self.counts[_T.PENDING] += 1
-        now = self.clock.now()
-        self.recorder.add(TaskRecord(self.run_id, task.node_id, task.component, _T.PENDING,
-                                     platform=task.spec.platform, order=task.order,
-                                     inputs=self.engine.fingerprint(task.spec), created_at=now))
+        task.created_at = self.clock.now()
+        task.inputs_info = self.engine.fingerprint(task.spec)
+        task.dirty = True
+        self.dirty.append(task)
         refs: list[Ref] = []
         find_refs(task.args, refs)
         find_refs(task.kwargs, refs)
@@ -216,8 +267,8 @@ class RunLoop:
             seen.add(id(p))
             task.producers.append(p)
             p.consumers += 1
-            self.recorder.add(EdgeRecord(self.run_id, p.node_id, task.node_id, "DEPENDS_ON",
-                                         {"data_flow": _path_text(r._path)}))
+            self.out.append(EdgeRecord(self.run_id, p.node_id, task.node_id, "DEPENDS_ON",
+                                       {"data_flow": _path_list(r._path)}))
             if p.state is _T.SUCCESS:
                 continue
             if p.state.terminal:
@@ -225,10 +276,11 @@ class RunLoop:
             else:
                 task.waiting += 1
                 p.dependents.append(task)
-        self.recorder.add(EdgeRecord(self.run_id, task.node_id, self.run_id, "BELONGS_TO",
+        self.out.append(EdgeRecord(self.run_id, task.node_id, self.run_id, "BELONGS_TO",
                                      {"component_order": task.order}))
-        self.emit({"event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
-                   "component": task.component, "status": "PENDING"})
+        if self.engine.has_sinks:
+            self.emit({"event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
+                       "component": task.component, "status": "PENDING"})
         if self.stopping:
             self._finish(task, _T.CANCELLED, error=TaskCancelled(self.stop_message,
                                                                   node_id=task.node_id))
@@ -242,7 +294,8 @@ class RunLoop:
         spec = task.spec
         task.digest = digest = digest_value({"a": task.args, "k": _strip_lineage(task.kwargs)},
                                             _ref_digest, self.engine.hash_value)
-        key = structural_key(spec.name, spec.code_version, spec.memo_config(), digest)
+        key = structural_key(spec.name, spec.code_version, spec.memo_config(), digest,
+                             prefix=self.engine.key_prefix(spec))
         task.cache_key = key
         prior = self.prior.get(task.node_id)
         if prior is not None and prior.state is _T.SUCCESS and prior.cache_key == key \
@@ -331,12 +384,7 @@ class RunLoop:
         task.mode = mode
         task.started = self.clock.monotonic()
         self.running += 1
-        now = self.clock.now()
-        self._set_state(task, _T.RUNNING, attempts=task.attempt, fence=task.fence,
-                        cache_key=task.cache_key, cache_status=task.cache_status,
-                        cache_reason=task.cache_reason)
-        self.recorder.add(AttemptRecord(self.run_id, task.node_id, task.attempt, task.fence,
-                                        _T.RUNNING, executor=f"local:{mode}", started_at=now))
+        self._set_state(task, _T.RUNNING)
         invoke = self.engine.invoke_raw if task.spec.raw_result else self.engine.invoke
         job = Job(task, invoke, (task.fn, args, kwargs), {}, mode)
         task.job = job
@@ -384,7 +432,7 @@ class RunLoop:
     def _on_outcome(self, o: Any) -> None:
         task = self.tasks.get(o.node_id)
         if task is None or task.fence != o.fence or task.state is not _T.RUNNING:
-            self.recorder.add(LogRecord(self.run_id, self.clock.now(), "warning",
+            self.out.append(LogRecord(self.run_id, self.clock.now(), "warning",
                                         f"dropped a late result of {o.node_id} (fence {o.fence})",
                                         o.node_id))
             return
@@ -403,19 +451,19 @@ class RunLoop:
         if ok:
             task.value = value
             task.content_hash = enc.content_hash
-            self.recorder.put_result(task.cache_key, enc.buffers,
-                                     self.engine.result_meta(self.run_id, task, enc), (self, task))
-            self.recorder.add(AttemptRecord(self.run_id, task.node_id, task.attempt, fence,
+            self.out.append(PutResult(task.cache_key, enc.buffers,
+                                      self.engine.result_meta(self.run_id, task, enc), (self, task)))
+            self.out.append(AttemptRecord(self.run_id, task.node_id, task.attempt, fence,
                                             _T.SUCCESS, executor=f"local:{task.mode}",
                                             started_at=now - duration, ended_at=now))
             self._finish(task, _T.SUCCESS, duration=duration)
             return
         task.error = error
-        self.recorder.add(AttemptRecord(self.run_id, task.node_id, task.attempt, fence,
+        self.out.append(AttemptRecord(self.run_id, task.node_id, task.attempt, fence,
                                         _T.FAILED, executor=f"local:{task.mode}",
                                         started_at=now - duration, ended_at=now,
                                         error=_err_text(error)))
-        self.recorder.add(LogRecord(self.run_id, now, "error",
+        self.out.append(LogRecord(self.run_id, now, "error",
                                     f"attempt {task.attempt} failed: {_err_text(error)}",
                                     task.node_id))
         policy = task.spec.retry_policy
@@ -423,8 +471,8 @@ class RunLoop:
             policy = DEFAULT_RETRY
         if policy is not None and not self.stopping and policy.retries(error, task.attempt):
             delay = policy.delay(task.attempt, self.engine.rng)
-            self._set_state(task, _T.RETRYING, error=_err_text(error))
-            self.recorder.add(LogRecord(self.run_id, now, "info",
+            self._set_state(task, _T.RETRYING)
+            self.out.append(LogRecord(self.run_id, now, "info",
                                         f"retrying in {delay:.3g}s", task.node_id))
             self._timer(delay, "retry", task, task.fence)
             return
@@ -460,14 +508,7 @@ class RunLoop:
                 duration: float | None = None) -> None:
         if error is not None:
             task.error = error
-        self._set_state(task, state, attempts=task.attempt or None,
-                        fence=task.fence if state is _T.SUCCESS and task.attempt else None,
-                        cache_key=task.cache_key, cache_status=task.cache_status,
-                        cache_reason=task.cache_reason,
-                        result_key=task.cache_key if state is _T.SUCCESS else None,
-                        content_hash=task.content_hash if state is _T.SUCCESS else None,
-                        error=_err_text(error) if error is not None else None,
-                        duration=duration)
+        self._set_state(task, state, duration=duration)
         self.unfinished -= 1
         self._done_times.append(self.clock.monotonic())
         if state is _T.SUCCESS:
@@ -485,33 +526,43 @@ class RunLoop:
                     self._finish(a, state, error=error)
             task.aliases = None
 
-    def _set_state(self, task: Task, state: TaskState, *, duration: float | None = None,
-                   **fields: Any) -> None:
+    def _set_state(self, task: Task, state: TaskState, *, duration: float | None = None) -> None:
+        """The only place a task's state changes: counts, waiters, the dirty mark for the
+        recorder (one snapshot row per task per hand-over), and the event."""
         old = task.state
-        with self.lock:
-            task.state = state
-            ev = task.event if state.terminal else None
+        if state.terminal:                 # only terminal states wake waiters (see resolve_ref)
+            with self.lock:
+                task.state = state
+                ev = task.event
+        else:
+            task.state, ev = state, None
         self.counts[old] -= 1
         self.counts[state] += 1
+        if state is _T.RUNNING:
+            task.started_at = self.clock.now()
+        elif state.terminal:
+            task.ended_at = self.clock.now()
+        if not task.dirty:
+            task.dirty = True
+            self.dirty.append(task)
         if ev is not None:
             ev.set()
-        fields = {k: v for k, v in fields.items() if v is not None}
-        self.recorder.add(TaskUpdate(self.run_id, task.node_id, state, self.clock.now(), **fields))
-        ev_out = {"event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
-                  "component": task.component, "status": state.value,
-                  "cache": task.cache_status}
-        if duration is not None:
-            ev_out["duration"] = duration
-        if state is _T.FAILED:
-            ev_out["error"] = _err_text(task.error)
-        self.emit(ev_out)
+        if self.engine.has_sinks:
+            ev_out = {"event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
+                      "component": task.component, "status": state.value,
+                      "cache": task.cache_status}
+            if duration is not None:
+                ev_out["duration"] = duration
+            if state is _T.FAILED:
+                ev_out["error"] = _err_text(task.error)
+            self.emit(ev_out)
 
     # == stopping, timers ===================================================================
     def _stop(self, why: str, message: str) -> None:
         if self.stopping:
             return
         self.stopping, self.stop_message = why, message
-        self.recorder.add(LogRecord(self.run_id, self.clock.now(), "warning", f"stopping: {message}"))
+        self.out.append(LogRecord(self.run_id, self.clock.now(), "warning", f"stopping: {message}"))
         for task in list(self.tasks.values()):
             if task.state.terminal:
                 continue
@@ -552,7 +603,7 @@ class RunLoop:
         now = self.clock.monotonic()
         if now - self._last_heartbeat >= 5.0:
             self._last_heartbeat = now
-            self.recorder.add(RunHeartbeat(self.run_id, self.clock.now()))
+            self.out.append(RunHeartbeat(self.run_id, self.clock.now()))
 
     # == progress ===========================================================================
     def progress(self) -> dict[str, Any]:
@@ -583,18 +634,15 @@ def get_nowait(q: queue.SimpleQueue[Any]) -> Any:
 
 
 def _ref_digest(value: Any) -> Any:
+    """A reference digests to its producer's content hash and the path taken into it."""
     if type(value) is Ref:
-        t = value._task
-        return {"r": t.content_hash, "p": list(map(_pathpart, value._path))}
+        return f"@{value._task.content_hash}{value._path!r}"
     return None
 
 
-def _pathpart(p: Any) -> Any:
-    return p if isinstance(p, (str, int)) else repr(p)
-
-
-def _path_text(path: tuple[Any, ...]) -> str:
-    return "".join(f"[{p!r}]" for p in path) or "result"
+def _path_list(path: tuple[Any, ...]) -> list[Any]:
+    """The output path an edge carries, e.g. ['outputs', 'chunks', 3] (JSON-able)."""
+    return [p if type(p) is str or type(p) is int else repr(p) for p in path]
 
 
 def _strip_lineage(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twingraph.core.records import Record, TaskRecord, TaskUpdate
+from twingraph.core.records import AttemptRecord, Record, TaskRecord, TaskUpdate
 from twingraph.ports import MetadataStore, ResultStore
 
 log = logging.getLogger("twingraph.engine")
@@ -27,17 +27,25 @@ _UPDATE_FIELDS = ("state", "attempts", "fence", "cache_key", "cache_status", "ca
                   "result_key", "content_hash", "error")
 
 
+class PutResult:
+    """A result to store, travelling in the same ordered batch as the metadata records."""
+    __slots__ = ("key", "buffers", "meta", "token")
+
+    def __init__(self, key: str, buffers: Any, meta: Any, token: Any = None) -> None:
+        self.key, self.buffers, self.meta, self.token = key, buffers, meta, token
+
+
 class Recorder:
     def __init__(self, results: ResultStore | None, metadata: MetadataStore | None, *,
-                 interval: float = 0.05, max_buffer: int = 20000,
+                 interval: float = 0.05, max_buffer: int = 50000,
                  on_stored: Callable[[list[Any]], None] | None = None,
                  on_stale: Callable[[list[tuple[str, str]]], None] | None = None) -> None:
         self.results, self.metadata = results, metadata
         self.interval, self.max_buffer = interval, max_buffer
         self.on_stored, self.on_stale = on_stored, on_stale
-        self._records: list[Record] = []
-        self._pending_tasks: dict[tuple[str, str], int] = {}   # unflushed TaskRecord index
-        self._results: list[tuple[str, Any, Any, Any]] = []     # (key, buffers, meta, token)
+        self._records: list[Any] = []
+        self._index: dict[tuple[Any, ...], int] = {}   # foldable records still in the buffer
+        self._results: list[PutResult] = []
         self._cv = threading.Condition()
         self._closed = False
         self._error: BaseException | None = None
@@ -45,23 +53,39 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="twingraph-recorder", daemon=True)
         self._thread.start()
 
-    # -- called from the loop thread ---------------------------------------------------------
-    def add(self, rec: Record) -> None:
-        with self._cv:
-            if type(rec) is TaskUpdate:
-                idx = self._pending_tasks.get((rec.run_id, rec.node_id))
-                if idx is not None:
-                    self._records[idx] = _fold(self._records[idx], rec)
-                    return
-            elif type(rec) is TaskRecord:
-                self._pending_tasks[(rec.run_id, rec.node_id)] = len(self._records)
-            self._records.append(rec)
-            if len(self._records) >= self.max_buffer:
-                self._cv.notify()
+    # -- called from loop threads ------------------------------------------------------------
+    def add(self, rec: Any) -> None:
+        self.add_many([rec])
 
-    def put_result(self, key: str, buffers: Any, meta: Any, token: Any = None) -> None:
+    def add_many(self, recs: Sequence[Any]) -> None:
+        """Append records (and ``PutResult``s) in order. Updates of a task or attempt whose
+        row is still in the buffer are folded into it."""
         with self._cv:
-            self._results.append((key, buffers, meta, token))
+            records, index = self._records, self._index
+            for rec in recs:
+                t = type(rec)
+                if t is TaskUpdate:
+                    k = ("t", rec.run_id, rec.node_id)
+                    i = index.get(k)
+                    if i is not None:
+                        records[i] = _fold(records[i], rec)
+                        continue
+                    index[k] = len(records)
+                elif t is TaskRecord:
+                    index[("t", rec.run_id, rec.node_id)] = len(records)
+                elif t is AttemptRecord:
+                    k = ("a", rec.run_id, rec.node_id, rec.attempt)
+                    i = index.get(k)
+                    if i is not None:
+                        records[i] = rec          # same attempt: the later record is complete
+                        continue
+                    index[k] = len(records)
+                elif t is PutResult:
+                    self._results.append(rec)
+                    continue
+                records.append(rec)
+            if len(records) >= self.max_buffer:
+                self._cv.notify()
 
     def flush(self) -> None:
         """Block until everything added so far is written (or raise the writer's error)."""
@@ -92,7 +116,7 @@ class Recorder:
                     return
                 records, self._records = self._records, []
                 results, self._results = self._results, []
-                self._pending_tasks = {}
+                self._index = {}
                 self._flushing = True
             try:
                 self._write(records, results)
@@ -105,23 +129,26 @@ class Recorder:
                     self._flushing = False
                     self._cv.notify_all()
 
-    def _write(self, records: Sequence[Record], results: Sequence[tuple[str, Any, Any, Any]]) -> None:
+    def _write(self, records: Sequence[Record], results: Sequence[PutResult]) -> None:
         if results and self.results is not None:
-            self.results.put_many([(k, b, m) for k, b, m, _ in results])
+            self.results.put_many([(r.key, r.buffers, r.meta) for r in results])
             if self.on_stored is not None:
-                self.on_stored([t for *_, t in results if t is not None])
+                self.on_stored([r.token for r in results if r.token is not None])
         if records and self.metadata is not None:
             stale = self.metadata.write(records)
             if stale and self.on_stale is not None:
                 self.on_stale(stale)
 
 
-def _fold(rec: TaskRecord, upd: TaskUpdate) -> TaskRecord:
-    changes: dict[str, Any] = {}
+def _fold(rec: Any, upd: TaskUpdate) -> Any:
+    """Apply ``upd`` to a buffered TaskRecord or TaskUpdate of the same task."""
+    changes: dict[str, Any] = {"at": upd.at} if type(rec) is TaskUpdate else {}
     for f in _UPDATE_FIELDS:
         v = getattr(upd, f)
         if v is not None:
-            changes["attempts" if f == "attempts" else f] = v
+            changes[f] = v
+    if type(rec) is TaskUpdate:
+        return dataclasses.replace(rec, **changes)
     st = upd.state
     if st.value == "RUNNING" and rec.started_at is None:
         changes["started_at"] = upd.at

@@ -20,7 +20,8 @@ class Task:
                  "producers", "waiting", "dependents", "consumers", "state", "attempt", "fence",
                  "value", "stored", "content_hash", "cache_key", "cache_status", "cache_reason",
                  "error", "event", "observed", "aliases", "started", "platform", "job",
-                 "digest")
+                 "digest", "dirty", "persisted", "created_at", "started_at", "ended_at",
+                 "inputs_info")
 
     def __init__(self, node_id: str, order: int, component: str, spec: Any, fn: Any,
                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -53,6 +54,12 @@ class Task:
         self.platform = "local"
         self.job: Any = None
         self.digest: Any = None
+        self.dirty = False             # changed since the last hand-over to the recorder
+        self.persisted = False         # its TaskRecord has been handed over
+        self.created_at = 0.0          # wall-clock times for the record
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.inputs_info: Any = None
 
     def result_view(self, value: Any) -> dict[str, Any]:
         """The documented result shape of a component call (declarative operations: the value)."""
