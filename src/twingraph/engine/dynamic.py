@@ -211,9 +211,17 @@ async def _await(aw: Any) -> Any:
     return await aw
 
 
-def _node_task(fn: Any, style: str, arguments: Any, parameters: dict[str, Any],
-               values: dict[str, Any]) -> Any:
-    return _call_node(fn, style, arguments, parameters, values)
+class _OpCall:
+    """One per operation: the task function of its nodes. Keeping ``fn`` out of the task's
+    arguments keeps it out of the input digest (the spec's code version covers it)."""
+    __slots__ = ("fn", "style", "__wrapped__")
+
+    def __init__(self, fn: Any, style: str) -> None:
+        self.fn, self.style = fn, style
+        self.__wrapped__ = getattr(fn, "fn", fn)
+
+    def __call__(self, arguments: Any, parameters: dict[str, Any], values: dict[str, Any]) -> Any:
+        return _call_node(self.fn, self.style, arguments, parameters, values)
 
 
 class DynamicScheduler:
@@ -302,9 +310,9 @@ class DynamicScheduler:
         return plan
 
     def _spec_for(self, node: NodeDefinition, fn: Any, style: str,
-                  cache: dict[str, ComponentSpec]) -> ComponentSpec:
-        spec = cache.get(node.operation)
-        if spec is None:
+                  cache: dict[str, tuple[ComponentSpec, _OpCall]]) -> tuple[ComponentSpec, _OpCall]:
+        entry = cache.get(node.operation)
+        if entry is None:
             base = getattr(fn, "spec", None) if style == "component" else None
             target = getattr(fn, "fn", fn)
             cv = base.code_version if isinstance(base, ComponentSpec) else code_version(target)
@@ -321,25 +329,24 @@ class DynamicScheduler:
                                      qualname=f"{getattr(target, '__module__', '?')}:"
                                               f"{getattr(target, '__qualname__', node.operation)}",
                                      code_version=cv, retry_policy=retry, raw_result=True)
-            cache[node.operation] = spec
-        return spec
+            entry = cache[node.operation] = (spec, _OpCall(fn, style))
+        return entry
 
     def _run_dag(self, dag: DAGDefinition, plan: list[tuple[NodeDefinition, Any, str]],
                  started: threading.Event) -> None:
-        specs: dict[str, ComponentSpec] = {}
+        specs: dict[str, tuple[ComponentSpec, _OpCall]] = {}
 
         def body(run: Any) -> dict[str, Any]:
             self._dag_runs[dag.dag_id] = run.run_id
             started.set()
             refs: dict[str, Any] = {}
             for node, fn, style in plan:
-                spec = self._spec_for(node, fn, style, specs)
+                spec, op = self._spec_for(node, fn, style, specs)
                 args = node.arguments.values() if isinstance(node.arguments, dict) else node.arguments
                 values = {a: refs[a] for a in args}
                 for extra in dag.dependencies.get(node.node_id, []):
                     values.setdefault(extra, refs[extra])
-                refs[node.node_id] = run.call(spec, _node_task,
-                                              (fn, style, node.arguments, node.parameters, values),
+                refs[node.node_id] = run.call(spec, op, (node.arguments, node.parameters, values),
                                               {}, node_id=node.node_id)
             return {}
 
