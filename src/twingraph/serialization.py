@@ -1,0 +1,296 @@
+"""Value codec: turn a task's return value into bytes the result store can keep, and back.
+
+Why a codec of our own: results are content-addressed, so the same value must always give the
+same bytes (and so the same sha256), and large values must reach the store without being copied.
+
+Encodings, chosen in this order:
+
+``json``    plain data that round-trips exactly: None, bool, int, finite float, str, list and dict
+            with str keys, recursively (exact types: a tuple, a set, an ``IntEnum`` or a str
+            subclass is *not* JSON, it would come back as something else). Canonical text:
+            ``sort_keys=True, separators=(',', ':'), ensure_ascii=False``, UTF-8, so equal values
+            hash equally whatever the dict insertion order.
+``npy``     a NumPy ``ndarray`` (exact type, dtype without Python objects): the standard ``.npy``
+            format, written as a scatter list ``(header, memoryview of the array's own buffer)``
+            — zero copies (one copy only if the array is not C-contiguous). NumPy is never
+            imported by ``encode``: an ndarray can only exist if NumPy is already loaded.
+``bytes``   bytes / bytearray / memoryview, kept as is (a view, not a copy).
+``pickle``  everything else, via cloudpickle (trusted stores only: loading runs code). A value
+            cloudpickle cannot handle (a lock, an open socket, absurd nesting) raises
+            ``ValidationError`` naming its type.
+
+``Encoded`` *borrows* the value's memory: do not mutate a bytearray or array until the store has
+written it. ``content_hash`` is sha256 hex over the buffers in order, computed once, lazily.
+
+Beware: the content hash is of the bytes only, so ``b'1'`` (bytes) and ``1`` (JSON) have the
+same content hash. Anything that identifies a *value* by hash (memo keys) must use
+``typed_hash`` (hash of ``encoding:content_hash``) instead.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import pickle
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from twingraph.core.results import DataType, StorageMetadata
+from twingraph.errors import ConfigurationError, ValidationError
+
+__all__ = ["Encoded", "encode", "decode", "content_hash", "typed_hash", "canonical_json",
+           "ENCODINGS", "LARGE_THRESHOLD"]
+
+Buffer = bytes | bytearray | memoryview
+ENCODINGS = ("json", "npy", "bytes", "pickle")
+LARGE_THRESHOLD = 64 * 1024 * 1024
+
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                         allow_nan=False, check_circular=False)
+_json_str = json.encoder.encode_basestring  # ensure_ascii=False quoting, as _JSON does it
+
+
+def _no_default(o: Any) -> Any:
+    raise TypeError(type(o).__name__)
+
+
+# The C encoder object that JSONEncoder.encode would build on every call, built once (~1 µs
+# saved per call, this runs per task). Same output as _JSON; falls back to it without _json.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODER = (_c_make_encoder(None, _no_default, _json_str, None, ":", ",", True, False, False)
+              if _c_make_encoder is not None else None)
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON text (sorted keys, no spaces, non-ASCII kept); TypeError or ValueError
+    for what JSON cannot hold (NaN, sets, objects). Unlike ``encode`` it does not insist on an
+    exact round trip (tuples become lists): meant for metadata, not for values."""
+    if _C_ENCODER is not None:
+        return "".join(_C_ENCODER(value, 0))
+    return _JSON.encode(value)
+_JSON_SCALARS = frozenset({str, int, bool, type(None)})
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An encoded value: ``buffers`` are written in order, never concatenated."""
+
+    encoding: str
+    data_type: DataType
+    buffers: tuple[Buffer, ...]
+    size: int
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 hex over the buffers in order (incremental; computed on first use)."""
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            h = hashlib.sha256(self.buffers[0]) if self.buffers else hashlib.sha256()
+            for b in self.buffers[1:]:
+                h.update(b)
+            # A cache, not state: written around the frozen __setattr__ (functools.cached_property
+            # would do the same, but takes a lock on every first access in 3.11: +1.5 µs).
+            cached = self.__dict__["_hash"] = h.hexdigest()
+        return cached
+
+    @property
+    def typed_hash(self) -> str:
+        """Identity of the *value* (encoding + bytes): use this in memo keys."""
+        return typed_hash(self.encoding, self.content_hash)
+
+    def to_bytes(self) -> bytes:
+        """One contiguous copy (for small values and tests; stores take ``buffers``)."""
+        if len(self.buffers) == 1 and type(self.buffers[0]) is bytes:
+            return self.buffers[0]
+        return b"".join(self.buffers)
+
+    def to_metadata(self, node_id: str, metadata: dict[str, Any] | None = None) -> StorageMetadata:
+        """The ``StorageMetadata`` to store this value under ``node_id`` (records the encoding)."""
+        return StorageMetadata(node_id=node_id, data_type=self.data_type,
+                               content_hash=self.content_hash, size=self.size,
+                               metadata={**(metadata or {}), "encoding": self.encoding})
+
+
+def typed_hash(encoding: str, content_hash: str) -> str:
+    """sha256 hex of ``"<encoding>:<content_hash>"``: distinguishes ``b'1'`` from ``1``."""
+    return hashlib.sha256(f"{encoding}:{content_hash}".encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- encode
+
+def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD) -> Encoded:
+    """Encode ``value`` (see the module docstring for the choice of encoding)."""
+    t = type(value)
+    text = _json_text(value)
+    if text is not None:
+        data = text
+        dt = DataType.NESTED if t is list or t is dict else DataType.PRIMITIVE
+        return _make("json", dt, (data,), len(data), large_threshold)
+    if t is bytes or t is bytearray or t is memoryview:
+        buf = _byte_view(value)
+        return _make("bytes", DataType.BINARY, (buf,), len(buf), large_threshold)
+    np = sys.modules.get("numpy")
+    if np is not None and t is np.ndarray and not value.dtype.hasobject:
+        header, body = _npy_parts(np, value)
+        return _make("npy", DataType.DATASET, (header, body), len(header) + body.nbytes,
+                     large_threshold)
+    try:
+        data = _cloudpickle().dumps(value, protocol=5)
+    except Exception as exc:  # PicklingError, TypeError ("cannot pickle '_thread.lock'"), ...
+        raise ValidationError(f"cannot encode a value of type {t.__qualname__}: {exc}") from exc
+    return _make("pickle", DataType.NESTED, (data,), len(data), large_threshold)
+
+
+def content_hash(value: Any) -> str:
+    """``encode(value).content_hash``, with a fast path for small JSON values (no ``Encoded``)."""
+    text = _json_text(value)
+    if text is not None:
+        return hashlib.sha256(text).hexdigest()
+    return encode(value).content_hash
+
+
+def _make(encoding: str, dt: DataType, buffers: tuple[Buffer, ...], size: int,
+          large_threshold: int) -> Encoded:
+    if size > large_threshold:
+        dt = DataType.LARGE_OBJECT
+    return Encoded(encoding, dt, buffers, size)
+
+
+def _json_text(value: Any) -> bytes | None:
+    """Canonical UTF-8 JSON of ``value`` if it round-trips exactly, else None."""
+    t = type(value)
+    try:
+        if t is str:
+            return _json_str(value).encode("utf-8")
+        if t is int:
+            return int.__repr__(value).encode()
+        if t is bool or value is None:
+            return b"true" if value is True else b"false" if value is False else b"null"
+        if t is float:
+            return float.__repr__(value).encode() if math.isfinite(value) else None
+        if not _is_json(value):
+            return None
+        return canonical_json(value).encode("utf-8")
+    except (RecursionError, UnicodeEncodeError, ValueError):
+        # Too deep or cyclic; a lone surrogate in a str; an int above Python's str-digits limit.
+        return None
+
+
+def _is_json(v: Any) -> bool:
+    t = type(v)
+    if t in _JSON_SCALARS:
+        return True
+    if t is float:
+        return math.isfinite(v)
+    if t is list:
+        for x in v:
+            if not _is_json(x):
+                return False
+        return True
+    if t is dict:
+        for k, x in v.items():
+            if type(k) is not str or not _is_json(x):
+                return False
+        return True
+    return False
+
+
+def _byte_view(value: bytes | bytearray | memoryview) -> Buffer:
+    if type(value) is bytes:
+        return value
+    mv = memoryview(value)
+    if not mv.c_contiguous:
+        return mv.tobytes()
+    return mv.cast("B") if (mv.format != "B" or mv.ndim != 1) else mv
+
+
+def _npy_parts(np: Any, arr: Any) -> tuple[bytes, memoryview]:
+    """A version 1.0 (2.0 if huge) .npy header and a byte view of the array's own memory."""
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    d = {"descr": np.lib.format.dtype_to_descr(arr.dtype), "fortran_order": False,
+         "shape": tuple(arr.shape)}
+    text = "{" + "".join(f"'{k}': {v!r}, " for k, v in sorted(d.items())) + "}"
+    raw = text.encode("latin1")
+    for version, fmt_len in ((1, 2), (2, 4)):
+        pre = len(_NPY_MAGIC) + 2 + fmt_len
+        pad = -(pre + len(raw) + 1) % 64
+        hlen = len(raw) + pad + 1
+        if hlen < 256 ** fmt_len:
+            header = (_NPY_MAGIC + bytes((version, 0)) + hlen.to_bytes(fmt_len, "little")
+                      + raw + b" " * pad + b"\n")
+            break
+    else:  # pragma: no cover - a 4 GiB header
+        raise ValidationError("array header too large for the .npy format")
+    flat = arr.reshape(-1).view(np.uint8) if arr.dtype.itemsize else arr.reshape(-1)
+    return header, memoryview(flat).cast("B") if arr.dtype.itemsize else memoryview(b"")
+
+
+# ---------------------------------------------------------------------------------------- decode
+
+def decode(data: Buffer, encoding: str) -> Any:
+    """Decode bytes produced by ``encode``. 'npy' gives a read-only array over ``data`` itself
+    (no copy: a memory-mapped buffer gives a memory-mapped array); 'bytes' gives ``bytes``."""
+    if encoding == "json":
+        return json.loads(data if type(data) is bytes else bytes(data))
+    if encoding == "bytes":
+        return data if type(data) is bytes else bytes(data)
+    if encoding == "npy":
+        return _decode_npy(data)
+    if encoding == "pickle":
+        return pickle.loads(data)
+    raise ValidationError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
+
+
+def _decode_npy(data: Buffer) -> Any:
+    np = _numpy()
+    mv = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+    if bytes(mv[:6]) != _NPY_MAGIC or len(mv) < 10:
+        raise ValidationError("not .npy data (bad magic)")
+    major = mv[6]
+    if major == 1:
+        hlen, start = int.from_bytes(mv[8:10], "little"), 10
+    elif major in (2, 3):
+        hlen, start = int.from_bytes(mv[8:12], "little"), 12
+    else:
+        raise ValidationError(f"unsupported .npy format version {major}")
+    try:
+        header = ast.literal_eval(bytes(mv[start:start + hlen]).decode(
+            "utf8" if major == 3 else "latin1"))
+        dtype = np.lib.format.descr_to_dtype(header["descr"])
+        shape = tuple(int(n) for n in header["shape"])
+        fortran = bool(header["fortran_order"])
+    except (ValueError, SyntaxError, KeyError, TypeError) as exc:
+        raise ValidationError(f"malformed .npy header: {exc}") from exc
+    if dtype.hasobject:
+        raise ValidationError(".npy data with Python objects is refused (it would need pickle)")
+    count = math.prod(shape)
+    offset = start + hlen
+    if count == 0 or dtype.itemsize == 0:
+        arr = np.empty(shape, dtype=dtype)
+    else:
+        if len(mv) - offset != count * dtype.itemsize:
+            raise ValidationError(".npy data length does not match its header")
+        arr = np.frombuffer(mv, dtype=dtype, count=count, offset=offset)
+        arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    arr.flags.writeable = False
+    return arr
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError as exc:  # pragma: no cover - numpy is installed in the test env
+        raise ConfigurationError("decoding arrays needs NumPy: pip install 'twingraph[numpy]'") \
+            from exc
+    return numpy
+
+
+def _cloudpickle() -> Any:
+    import cloudpickle  # type: ignore[import-untyped]  # a core dependency, imported lazily
+    return cloudpickle
+

@@ -1,0 +1,239 @@
+"""Helpers every result store shares: key rules, put validation, buffer slicing, verified streams.
+
+Kept apart from ``base.py`` (the interfaces) so each backend module reads as "what is specific to
+this medium".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from twingraph.core.results import DataType, StorageMetadata
+from twingraph.errors import IntegrityError, StorageError
+from twingraph.serialization import canonical_json
+
+Buffer = bytes | bytearray | memoryview
+
+# Keys become file names: letters, digits, '_', '.', ':', '-'; no leading dot (no '..', no
+# hidden/temp-file clash); 200 chars max so "<key>.<hash16>.bin" fits a 255-byte file name.
+_KEY_RE = re.compile(r"[A-Za-z0-9_:\-][A-Za-z0-9_.:\-]{0,199}")
+
+
+_TYPE_NAMES = {d: d.value for d in DataType}
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` or raise ``StorageError`` (path traversal, empty, odd characters)."""
+    if type(key) is not str or _KEY_RE.fullmatch(key) is None:
+        raise StorageError(f"invalid result key {key!r}: use [A-Za-z0-9_.:-], no leading dot, "
+                           "at most 200 characters")
+    return key
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def as_views(data: Buffer | Sequence[Buffer]) -> tuple[list[Buffer], int]:
+    """One buffer or a sequence of buffers -> flat byte buffers (no copies) and total size.
+
+    ``bytes`` pass through as they are (the common small case); anything else becomes a 1-D
+    unsigned-byte memoryview.
+    """
+    if type(data) is bytes:
+        return [data], len(data)
+    if type(data) is tuple and len(data) == 1 and type(data[0]) is bytes:
+        return [data[0]], len(data[0])
+    items: Iterable[Any] = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    views: list[Buffer] = []
+    total = 0
+    for b in items:
+        if type(b) is bytes:
+            views.append(b)
+            total += len(b)
+            continue
+        if not isinstance(b, (bytes, bytearray, memoryview)):
+            raise StorageError(f"result data must be bytes-like, got {type(b).__name__}")
+        mv = memoryview(b)
+        if mv.format != "B" or mv.ndim != 1:
+            if not mv.c_contiguous:
+                raise StorageError("result data buffers must be C-contiguous")
+            mv = mv.cast("B")
+        views.append(mv)
+        total += mv.nbytes
+    return views, total
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A validated put: what the backend writes. ``content_hash`` may still need checking."""
+
+    key: str
+    views: list[Buffer]
+    size: int
+    data_type: DataType
+    type_name: str             # data_type.value (Enum.value is a slow descriptor; hot path)
+    content_hash: str          # as given; '' means "compute it"
+    created_at: str
+    meta_json: str | None      # StorageMetadata.metadata as canonical JSON
+    dag_id: str | None
+
+
+def prepare(key: str, data: Buffer | Sequence[Buffer], meta: StorageMetadata,
+            now: str) -> Prepared:
+    """Validate one put before anything is written (bad input changes nothing).
+
+    Runs once per result on the engine's hot path: keep it lean (~2 µs).
+    """
+    if type(key) is not str or _KEY_RE.fullmatch(key) is None:
+        validate_key(key)  # raises with the explanation
+    node_id = meta.node_id
+    if node_id and node_id != key:
+        raise StorageError(f"metadata.node_id {node_id!r} does not match key {key!r}")
+    dt = meta.data_type
+    type_name = _TYPE_NAMES.get(dt) if isinstance(dt, DataType) else None
+    if type_name is None:
+        raise StorageError(f"metadata.data_type must be a DataType, got {dt!r}")
+    if type(data) is tuple and len(data) == 1 and type(data[0]) is bytes:
+        views: list[Buffer] = [data[0]]
+        size = len(data[0])
+    else:
+        views, size = as_views(data)
+    if meta.size != size:
+        raise StorageError(f"metadata.size {meta.size} != {size} bytes of data for {key!r}")
+    md = meta.metadata
+    meta_json = dag_id = None
+    if md is not None:
+        meta_json, dag_id = dump_meta(md, key)
+    return Prepared(key, views, size, dt, type_name, meta.content_hash or "",
+                    meta.created_at or now, meta_json, dag_id)
+
+
+def dump_meta(md: Any, key: str) -> tuple[str, str | None]:
+    """``metadata`` dict -> (canonical JSON, dag_id); StorageError if it is not JSON-able."""
+    if not isinstance(md, dict):
+        raise StorageError(f"metadata.metadata must be a dict, got {type(md).__name__}")
+    try:
+        text = canonical_json(md)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise StorageError(f"metadata of {key!r} is not JSON-serializable: {exc}") from exc
+    dag = md.get("dag_id")
+    return text, (None if dag is None else str(dag))
+
+
+def prepare_all(items: Iterable[tuple[str, Any, StorageMetadata]]) -> list[Prepared]:
+    """``prepare`` every item of a batch (so one bad item fails the batch before any write);
+    a key given twice keeps its last value, as if the puts had run in order."""
+    now = utc_now()
+    return list({p.key: p for p in (prepare(k, d, m, now) for k, d, m in items)}.values())
+
+
+def merge_meta(old_json: str | None, patch: Any, key: str) -> tuple[str, str | None]:
+    """Shallow-merge ``patch`` into the stored metadata JSON -> (new JSON, dag_id)."""
+    if not isinstance(patch, dict):
+        raise StorageError(f"metadata update must be a dict, got {type(patch).__name__}")
+    return dump_meta({**(meta_from_json(old_json) or {}), **patch}, key)
+
+
+def check_hash(p: Prepared, actual: str) -> str:
+    """The hash to record: ``actual``; raise if the caller announced a different one."""
+    if p.content_hash and p.content_hash != actual:
+        raise StorageError(f"put {p.key!r}: data hashes to {actual} but metadata.content_hash "
+                           f"is {p.content_hash}; nothing written")
+    return actual
+
+
+def hash_views(views: Sequence[Buffer]) -> str:
+    h = hashlib.sha256()
+    for v in views:
+        h.update(v)
+    return h.hexdigest()
+
+
+def joined(views: Sequence[Buffer]) -> Buffer:
+    """One contiguous buffer (a copy only when there are several pieces)."""
+    if len(views) == 1:
+        return views[0]
+    return b"".join(views)
+
+
+def slices(views: Sequence[Buffer], size: int) -> Iterator[Buffer]:
+    """Pieces of exactly ``size`` bytes (the last may be shorter) across the buffers.
+
+    A piece inside one buffer is a memoryview slice (no copy); a piece spanning buffers is joined
+    (one copy of at most ``size`` bytes), so memory stays bounded by the piece size.
+    """
+    pending: list[memoryview] = []
+    have = 0
+    for buf in views:
+        mv = memoryview(buf)
+        pos, n = 0, len(mv)
+        while pos < n:
+            if not pending and n - pos >= size:
+                yield mv[pos:pos + size]
+                pos += size
+                continue
+            take = min(size - have, n - pos)
+            pending.append(mv[pos:pos + take])
+            have += take
+            pos += take
+            if have == size:
+                yield b"".join(pending)
+                pending, have = [], 0
+    if pending:
+        yield pending[0] if len(pending) == 1 else b"".join(pending)
+
+
+def verified_stream(key: str, expected: str, pieces: Iterator[Buffer],
+                    chunk_size: int) -> Iterator[bytes]:
+    """Re-cut ``pieces`` into ``chunk_size`` chunks, hashing as they pass.
+
+    The last chunk is held back until the whole value has been hashed: on a mismatch
+    ``IntegrityError`` is raised *instead of* the last chunk. A consumer may have seen the
+    earlier chunks of a corrupted value, but never all of it without an error.
+    """
+    if chunk_size <= 0:
+        raise StorageError(f"chunk_size must be positive, got {chunk_size}")
+    h = hashlib.sha256()
+    held: bytes | None = None
+    buf = bytearray()
+    for piece in pieces:
+        h.update(piece)
+        if not buf and len(piece) == chunk_size:      # common case: stored chunk == asked size
+            chunks = [piece if type(piece) is bytes else bytes(piece)]
+        else:
+            buf += piece
+            chunks = []
+            while len(buf) >= chunk_size:
+                chunks.append(bytes(buf[:chunk_size]))
+                del buf[:chunk_size]
+        for chunk in chunks:
+            if held is not None:
+                yield held
+            held = chunk
+    if buf:
+        if held is not None:
+            yield held
+        held = bytes(buf)
+    actual = h.hexdigest()
+    if actual != expected:
+        raise IntegrityError(key, expected, actual)
+    if held is not None:
+        yield held
+
+
+def verify(key: str, expected: str, data: Buffer) -> Buffer:
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise IntegrityError(key, expected, actual)
+    return data
+
+
+def meta_from_json(text: str | None) -> dict[str, Any] | None:
+    return None if text is None else json.loads(text)

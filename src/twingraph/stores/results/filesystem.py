@@ -1,0 +1,398 @@
+"""Filesystem result store: one JSON metadata file per result, data files beside, mmap reads.
+
+Layout under ``base_path`` (as in the dynamic-scheduler document, plus a content-hash suffix)::
+
+    metadata/nodes/<key>.json                       what makes a result visible
+    data/<primitives|binary|nested|dataset|large>/<key>.<hash16>.bin   (.zst when compressed)
+    .lock                                           flock serialising commits between processes
+
+Small values (``inline_threshold``, default 4 KiB) are kept base64 inside the metadata file: one
+file per result instead of two, which halves the file creations and fsyncs of the hot path.
+
+Write protocol (crash-safe): each file is written to a hidden temp file in its own directory,
+made durable (fsync, or one ``syncfs`` for a batch — see ``_files``), then ``os.replace``d into
+place; the data file first, then the metadata file, then the directory is fsynced. Data files are
+named by key *and* content hash, so an overwrite never replaces the bytes an older metadata file
+points to: a reader (or a crash) sees the old result or the new one, never a mix. The replaced
+data file is removed only after the new metadata is durable.
+
+Reads: values of ``mmap_threshold`` bytes or more come back as a read-only memoryview over an
+``mmap`` of the data file (zero copies; ``decode(..., 'npy')`` then gives an array over the page
+cache). The hash is verified on every read (for an mmap that means reading the pages once). If a
+data file vanishes under a reader because the key was just overwritten or deleted, the read is
+retried from the metadata; a data file missing for a visible result is a ``StorageError``.
+
+``put_many`` validates every item before touching the disk, and renames the metadata files only
+after every data file is written and durable; a crash in the middle of that last rename loop can
+leave a prefix of the batch visible (each item complete). SQLite gives whole-batch atomicity.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import mmap
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twingraph.core.results import DataType, StorageMetadata
+from twingraph.errors import IntegrityError, StorageError
+from twingraph.stores.results import _files
+from twingraph.stores.results._common import (
+    Prepared, check_hash, joined, merge_meta, prepare_all, slices, validate_key,
+    verified_stream, verify,
+)
+from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, worth_it, zstd
+from twingraph.stores.results.base import Buffer, Item, ResultStoreBase
+
+__all__ = ["FilesystemStorage"]
+
+MiB = 1024 * 1024
+_DIRS = {DataType.PRIMITIVE: "primitives", DataType.BINARY: "binary", DataType.NESTED: "nested",
+         DataType.DATASET: "dataset", DataType.LARGE_OBJECT: "large"}
+_DATA_TYPES = {d.value: d for d in DataType}
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class _Staged:
+    key: str
+    meta_tmp: Path
+    data_tmp: Path | None = None
+    data_final: Path | None = None
+
+
+class FilesystemStorage(ResultStoreBase):
+    """Result store in a directory tree (see the module docstring for layout and protocol)."""
+
+    def __init__(self, base_path: str | Path, *, compression: str | None = None,
+                 compression_level: int = 3, compression_min_size: int = 4096,
+                 inline_threshold: int = 4096, mmap_threshold: int = MiB,
+                 chunk_size: int = MiB, fsync: bool = True) -> None:
+        self.base_path = Path(base_path)
+        self.metadata_path = self.base_path / "metadata" / "nodes"
+        self.data_path = self.base_path / "data"
+        self.policy = CompressionPolicy(compression, compression_level, compression_min_size)
+        self.inline_threshold, self.mmap_threshold = inline_threshold, mmap_threshold
+        self.chunk_size, self.fsync = chunk_size, fsync
+        with self._translate("open", str(self.base_path)):
+            self.metadata_path.mkdir(parents=True, exist_ok=True)
+            for d in _DIRS.values():
+                (self.data_path / d).mkdir(parents=True, exist_ok=True)
+            self._lock = _files.ProcessLock(self.base_path / ".lock")
+
+    @contextmanager
+    def _translate(self, op: str, key: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise StorageError(f"{op} of {key!r} in {self.base_path} failed: {exc}") from exc
+
+    def _meta_file(self, key: str) -> Path:
+        return self.metadata_path / f"{key}.json"
+
+    # ---- writes ----
+    def put_many(self, items: Sequence[Item]) -> None:
+        preps = prepare_all(items)  # all validated before anything is written
+        if not preps:
+            return
+        n_files = sum(1 if p.size <= self.inline_threshold else 2 for p in preps)
+        batch = self.fsync and n_files > 4 and _files.has_syncfs()
+        each = self.fsync and not batch              # fsync file by file
+        cctx = self.policy.compressor() if any(self.policy.wants(p.size) for p in preps) else None
+        staged: list[_Staged] = []
+        try:
+            with self._translate("put", preps[0].key):
+                for p in preps:
+                    staged.append(self._stage(p, cctx, each))
+                with self._lock.hold():
+                    self._commit(staged, batch, each)
+        except BaseException:
+            for s in staged:                        # temp files not yet renamed into place
+                _files.unlink_quiet(s.meta_tmp)
+                if s.data_tmp is not None:
+                    _files.unlink_quiet(s.data_tmp)
+            raise
+
+    def _stage(self, p: Prepared, cctx: Any, fsync: bool) -> _Staged:
+        """Write the data file (if any) and the metadata file as temp files."""
+        staged = _Staged(p.key, _files.temp_path(self.metadata_path, p.key))
+        try:
+            self._stage_into(staged, p, cctx, fsync)
+        except BaseException:
+            _files.unlink_quiet(staged.meta_tmp)
+            if staged.data_tmp is not None:
+                _files.unlink_quiet(staged.data_tmp)
+            raise
+        return staged
+
+    def _stage_into(self, staged: _Staged, p: Prepared, cctx: Any, fsync: bool) -> None:
+        doc: dict[str, Any] = {"format": 1, "node_id": p.key, "data_type": p.type_name,
+                               "size": p.size, "created_at": p.created_at, "dag_id": p.dag_id}
+        if p.size <= self.inline_threshold:
+            blob: Buffer = joined(p.views) if p.views else b""
+            digest = check_hash(p, hashlib.sha256(blob).hexdigest())
+            comp = None
+            if cctx is not None and self.policy.wants(p.size):
+                packed = cctx.compress(blob)
+                if worth_it(p.size, len(packed)):
+                    blob, comp = packed, "zstd"
+            doc["storage"] = {"inline": base64.b64encode(blob).decode("ascii")}
+        else:
+            directory = self.data_path / _DIRS[p.data_type]
+            staged.data_tmp = _files.temp_path(directory, p.key)
+            digest, comp = self._write_data(staged.data_tmp, p, cctx, fsync)
+            name = f"{p.key}.{digest[:16]}.{'zst' if comp else 'bin'}"
+            staged.data_final = directory / name
+            doc["storage"] = {"path": f"data/{directory.name}/{name}"}
+        doc["content_hash"], doc["compression"] = digest, comp
+        text = _JSON.encode(doc)[:-1] + ',"metadata":' + (p.meta_json or "null") + "}"
+        _files.write_file(staged.meta_tmp, text.encode("utf-8"), fsync=fsync)
+
+    def _write_data(self, tmp: Path, p: Prepared, cctx: Any, fsync: bool) -> tuple[str, str | None]:
+        """Stream the buffers to ``tmp`` (compressing if it pays); return (hash, compression)."""
+        h = hashlib.sha256()
+        comp = cobj = None
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            for i, piece in enumerate(slices(p.views, self.chunk_size)):
+                h.update(piece)
+                if i == 0 and cctx is not None and self.policy.wants(p.size):
+                    cobj = cctx.compressobj(size=p.size)
+                    out = cobj.compress(piece) + cobj.flush(zstd().COMPRESSOBJ_FLUSH_BLOCK)
+                    if worth_it(len(piece), len(out)):
+                        comp = "zstd"
+                        _write_all(fd, out)
+                        continue
+                    cobj = None
+                _write_all(fd, cobj.compress(piece) if cobj is not None else piece)
+            if cobj is not None:
+                _write_all(fd, cobj.flush())
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return check_hash(p, h.hexdigest()), comp
+
+    def _commit(self, staged: list[_Staged], batch: bool, each: bool) -> None:
+        """Under the lock: data into place, barrier, metadata into place, old data away."""
+        data_dirs = set()
+        for s in staged:
+            if s.data_tmp is not None and s.data_final is not None:
+                os.replace(s.data_tmp, s.data_final)
+                s.data_tmp = None
+                data_dirs.add(s.data_final.parent)
+        if batch:
+            _files.syncfs(self.base_path)
+        elif each:
+            for d in data_dirs:
+                _files.fsync_dir(d)
+        replaced = []
+        for s in staged:
+            old = self._old_data_file(s.key)
+            os.replace(s.meta_tmp, self._meta_file(s.key))
+            if old is not None and old != s.data_final:
+                replaced.append(old)
+        if self.fsync:
+            _files.fsync_dir(self.metadata_path)
+        for path in replaced:
+            _files.unlink_quiet(path)
+
+    def _old_data_file(self, key: str) -> Path | None:
+        """The data file the current metadata of ``key`` points to (None if none or unreadable:
+        an overwrite must be able to replace a damaged metadata file)."""
+        try:
+            doc = self._load_meta(key)
+            return None if doc is None or "path" not in doc["storage"] \
+                else self._data_file(key, doc["storage"]["path"])
+        except StorageError:
+            return None
+
+    def delete(self, key: str) -> bool:
+        validate_key(key)
+        with self._translate("delete", key), self._lock.hold():
+            doc = self._load_meta(key)
+            if doc is None:
+                return False
+            os.unlink(self._meta_file(key))
+            if self.fsync:
+                _files.fsync_dir(self.metadata_path)
+            if "path" in doc["storage"]:
+                _files.unlink_quiet(self._data_file(key, doc["storage"]["path"]))
+            return True
+
+    def patch_metadata(self, key: str, metadata: dict[str, Any]) -> bool:
+        validate_key(key)
+        with self._translate("update_metadata", key), self._lock.hold():
+            doc = self._load_meta(key)
+            if doc is None:
+                return False
+            text, dag_id = merge_meta(json.dumps(doc.get("metadata")), metadata, key)
+            doc["metadata"], doc["dag_id"] = json.loads(text), dag_id
+            tmp = _files.temp_path(self.metadata_path, key)
+            try:
+                _files.write_file(tmp, _JSON.encode(doc).encode("utf-8"), fsync=self.fsync)
+                os.replace(tmp, self._meta_file(key))
+            finally:
+                _files.unlink_quiet(tmp)
+            if self.fsync:
+                _files.fsync_dir(self.metadata_path)
+            return True
+
+    # ---- reads ----
+    def _load_meta(self, key: str) -> dict[str, Any] | None:
+        try:
+            with open(self._meta_file(key), "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            doc = json.loads(raw)
+            doc["storage"], doc["content_hash"], doc["size"]  # noqa: B018 - shape check
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StorageError(f"metadata file of {key!r} is unreadable: {exc}") from exc
+        return doc  # type: ignore[no-any-return]
+
+    def _data_file(self, key: str, rel: str) -> Path:
+        parts = rel.split("/")
+        if len(parts) != 3 or parts[0] != "data" or parts[1] not in _DIRS.values() \
+                or not parts[2].startswith(key + "."):
+            raise StorageError(f"metadata of {key!r} points outside the store: {rel!r}")
+        return self.data_path / parts[1] / parts[2]
+
+    def _retrying(self, key: str, read: Any) -> Any:
+        """Run ``read(key, doc)``; if its data file vanished under us (the key was overwritten
+        or deleted meanwhile), re-read the metadata and try again."""
+        for _ in range(5):
+            doc = self._load_meta(key)
+            if doc is None:
+                return None
+            try:
+                return read(key, doc)
+            except FileNotFoundError:
+                if self._load_meta(key) == doc:
+                    raise StorageError(f"result {key!r}: data file {doc['storage']['path']} "
+                                       "is missing") from None
+        raise StorageError(f"result {key!r} kept changing while being read")
+
+    def get(self, key: str) -> Buffer | None:
+        validate_key(key)
+        try:
+            return self._retrying(key, self._read)  # type: ignore[no-any-return]
+        except OSError as exc:
+            raise StorageError(f"get of {key!r} in {self.base_path} failed: {exc}") from exc
+
+    def _read(self, key: str, doc: dict[str, Any]) -> Buffer:
+        digest, size, comp = doc["content_hash"], doc["size"], doc.get("compression")
+        storage = doc["storage"]
+        if "inline" in storage:
+            raw = base64.b64decode(storage["inline"])
+            return verify(key, digest, decompress_frame(raw, size, key, digest) if comp else raw)
+        with open(self._data_file(key, storage["path"]), "rb", buffering=0) as f:
+            if comp:
+                return self._read_compressed(f, key, size, digest)
+            n = os.fstat(f.fileno()).st_size
+            if n != size:
+                raise IntegrityError(key, digest, f"<data file of {n} bytes, expected {size}>")
+            if size < self.mmap_threshold or size == 0:
+                return verify(key, digest, f.read())
+            view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        try:
+            return verify(key, digest, view)
+        except IntegrityError:
+            view.release()
+            raise
+
+    def _read_compressed(self, f: Any, key: str, size: int, digest: str) -> Buffer:
+        out = bytearray(size)
+        view, pos = memoryview(out), 0
+        try:
+            reader = zstd().ZstdDecompressor().stream_reader(f, read_size=self.chunk_size)
+            while pos < size and (n := reader.readinto(view[pos:])):
+                pos += n
+            extra = reader.read(1)
+        except zstd().ZstdError as exc:
+            raise IntegrityError(key, digest, f"<undecodable zstd data: {exc}>") from exc
+        if pos != size or extra:
+            raise IntegrityError(key, digest, "<zstd data of the wrong length>")
+        return verify(key, digest, view.toreadonly())
+
+    def iter_chunks(self, key: str, chunk_size: int = MiB) -> Iterator[bytes]:
+        validate_key(key)
+        return self._iter_chunks(key, chunk_size)
+
+    def _iter_chunks(self, key: str, chunk_size: int) -> Iterator[bytes]:
+        with self._translate("stream", key):
+            f = self._retrying(key, self._open_data)
+            if f is None:
+                return
+            doc, handle = f
+            try:
+                yield from verified_stream(key, doc["content_hash"],
+                                           self._pieces(key, doc, handle), chunk_size)
+            finally:
+                if handle is not None:
+                    handle.close()
+
+    def _open_data(self, key: str, doc: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        storage = doc["storage"]
+        if "inline" in storage:
+            return doc, None
+        return doc, open(self._data_file(key, storage["path"]), "rb")
+
+    def _pieces(self, key: str, doc: dict[str, Any], f: Any) -> Iterator[Buffer]:
+        digest, size, comp = doc["content_hash"], doc["size"], doc.get("compression")
+        if f is None:
+            raw = base64.b64decode(doc["storage"]["inline"])
+            yield decompress_frame(raw, size, key, digest) if comp else raw
+            return
+        source = f
+        if comp:
+            source = zstd().ZstdDecompressor().stream_reader(f, read_size=self.chunk_size)
+        try:
+            while piece := source.read(self.chunk_size):
+                yield piece
+        except zstd().ZstdError as exc:
+            raise IntegrityError(key, digest, f"<undecodable zstd data: {exc}>") from exc
+
+    def head(self, key: str) -> StorageMetadata | None:
+        validate_key(key)
+        try:
+            doc = self._load_meta(key)
+        except OSError as exc:
+            raise StorageError(f"head of {key!r} in {self.base_path} failed: {exc}") from exc
+        if doc is None:
+            return None
+        return StorageMetadata(node_id=key, data_type=_DATA_TYPES[doc["data_type"]],
+                               content_hash=doc["content_hash"], size=doc["size"],
+                               compression=doc.get("compression"),
+                               created_at=doc.get("created_at"), metadata=doc.get("metadata"))
+
+    def has(self, key: str) -> bool:
+        validate_key(key)
+        return self._meta_file(key).exists()
+
+    def list_keys(self, dag_id: str | None = None) -> list[str]:
+        with self._translate("list", dag_id or "*"):
+            keys = sorted(n[:-5] for n in os.listdir(self.metadata_path)
+                          if n.endswith(".json") and not n.startswith("."))
+            if dag_id is None:
+                return keys
+            return [k for k in keys if (doc := self._load_meta(k)) and doc.get("dag_id") == dag_id]
+
+    def close(self) -> None:
+        self._lock.close()
+
+    def __repr__(self) -> str:
+        return f"FilesystemStorage({str(self.base_path)!r})"
+
+
+def _write_all(fd: int, data: Buffer) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
