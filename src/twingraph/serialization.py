@@ -15,6 +15,9 @@ Encodings, chosen in this order:
             — zero copies (one copy only if the array is not C-contiguous). NumPy is never
             imported by ``encode``: an ndarray can only exist if NumPy is already loaded.
 ``bytes``   bytes / bytearray / memoryview, kept as is (a view, not a copy).
+``pickle5`` a value holding large contiguous buffers (a dict of NumPy arrays, a DataFrame):
+            pickle protocol 5 with the buffers *out of band*, written as views — zero copies —
+            after a small header; decoding rebuilds the objects over views of the stored bytes.
 ``pickle``  everything else, via cloudpickle (trusted stores only: loading runs code). A value
             cloudpickle cannot handle (a lock, an open socket, absurd nesting) raises
             ``ValidationError`` naming its type.
@@ -34,6 +37,7 @@ import hashlib
 import json
 import math
 import pickle
+import struct
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +49,9 @@ __all__ = ["Encoded", "encode", "decode", "content_hash", "typed_hash", "canonic
            "ENCODINGS", "LARGE_THRESHOLD"]
 
 Buffer = bytes | bytearray | memoryview
-ENCODINGS = ("json", "npy", "bytes", "pickle")
+ENCODINGS = ("json", "npy", "bytes", "pickle", "pickle5")
+OOB_MIN_BYTES = 64 * 1024          # buffers at least this large travel out of band
+_P5_MAGIC = b"TGP5"
 LARGE_THRESHOLD = 64 * 1024 * 1024
 
 _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
@@ -138,11 +144,26 @@ def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD) -> Encoded:
         header, body = _npy_parts(np, value)
         return _make("npy", DataType.DATASET, (header, body), len(header) + body.nbytes,
                      large_threshold)
+    oob: list[Any] = []
+
+    def keep_large(pb: pickle.PickleBuffer) -> bool:
+        raw = pb.raw()
+        if raw.nbytes >= OOB_MIN_BYTES:
+            oob.append((pb, raw))
+            return False                  # out of band: not copied into the pickle stream
+        return True
+
     try:
-        data = _cloudpickle().dumps(value, protocol=5)
+        data = _cloudpickle().dumps(value, protocol=5, buffer_callback=keep_large)
     except Exception as exc:  # PicklingError, TypeError ("cannot pickle '_thread.lock'"), ...
         raise ValidationError(f"cannot encode a value of type {t.__qualname__}: {exc}") from exc
-    return _make("pickle", DataType.NESTED, (data,), len(data), large_threshold)
+    if not oob:
+        return _make("pickle", DataType.NESTED, (data,), len(data), large_threshold)
+    views = [raw for _, raw in oob]
+    header = _P5_MAGIC + struct.pack(f"<IQ{len(views)}Q", len(views), len(data),
+                                     *(v.nbytes for v in views))
+    size = len(header) + len(data) + sum(v.nbytes for v in views)
+    return _make("pickle5", DataType.NESTED, (header, data, *views), size, large_threshold)
 
 
 def content_hash(value: Any) -> str:
@@ -243,7 +264,26 @@ def decode(data: Buffer, encoding: str) -> Any:
         return _decode_npy(data)
     if encoding == "pickle":
         return pickle.loads(data)
+    if encoding == "pickle5":
+        return _decode_pickle5(data)
     raise ValidationError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
+
+
+def _decode_pickle5(data: Buffer) -> Any:
+    """Rebuild a protocol-5 pickle over views of ``data`` (no copy of the large buffers)."""
+    mv = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+    if bytes(mv[:4]) != _P5_MAGIC:
+        raise ValidationError("pickle5 value without its header")
+    (n,) = struct.unpack_from("<I", mv, 4)
+    sizes = struct.unpack_from(f"<Q{n}Q", mv, 8)
+    pos = 8 + 8 * (n + 1)
+    pick = mv[pos:pos + sizes[0]]
+    pos += sizes[0]
+    buffers = []
+    for size in sizes[1:]:
+        buffers.append(mv[pos:pos + size])
+        pos += size
+    return pickle.loads(pick, buffers=buffers)
 
 
 def _decode_npy(data: Buffer) -> Any:

@@ -245,3 +245,19 @@ def test_encoded_is_frozen_and_hash_cached() -> None:
         enc.encoding = "json"  # type: ignore[misc]
     assert enc.content_hash is enc.content_hash
     assert isinstance(enc, Encoded)
+
+
+def test_pickle5_keeps_large_buffers_out_of_band_and_round_trips():
+    np = pytest.importorskip("numpy")
+    big = np.arange(100_000, dtype=np.float64)
+    value = {"arr": big, "small": np.arange(3), "name": ("t", 1)}
+    enc = encode(value)
+    assert enc.encoding == "pickle5"
+    # the big array travels as a view of its own memory, not a copy
+    assert any(isinstance(b, memoryview) and np.shares_memory(np.asarray(b), big)
+               for b in enc.buffers)
+    data = b"".join(bytes(b) for b in enc.buffers)
+    assert len(data) == enc.size
+    out = decode(data, "pickle5")
+    assert np.array_equal(out["arr"], big) and out["name"] == ("t", 1)
+    assert np.shares_memory(out["arr"], np.frombuffer(data, dtype=np.uint8))   # view, not copy
