@@ -1,0 +1,77 @@
+"""SQLAlchemy engines tuned for the metadata store.
+
+SQLite: WAL (readers never block the writer), ``synchronous=NORMAL`` (a crash of the process
+loses nothing; a power cut may lose the last transactions, never corrupt), a busy timeout,
+foreign keys on. The sqlite3 driver's own transaction handling is switched off and we emit BEGIN
+ourselves: plain ``BEGIN`` for reads (a consistent snapshot across the SELECTs of one read) and
+``BEGIN IMMEDIATE`` for writes. A write reads fences before it updates, and a deferred
+transaction that upgrades from read to write fails at once with SQLITE_BUSY when another
+connection committed in between; taking the write lock first lets ``busy_timeout`` queue
+writers instead.
+
+PostgreSQL: psycopg 3 with ``pool_pre_ping`` so a restarted server costs one reconnect, not an
+error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import StaticPool
+
+from twingraph.stores.metadata.url import is_memory_sqlite, normalize_url
+
+#: Execution option that marks a connection as a writer (SQLite: BEGIN IMMEDIATE).
+WRITE_OPTION = "twingraph_write"
+BUSY_TIMEOUT_S = 30.0
+
+
+def _json_dumps(value: object) -> str:
+    # NaN/Infinity are not JSON: PostgreSQL would refuse them, so every backend refuses them.
+    return json.dumps(value, allow_nan=False)
+
+
+def make_engine(url: str | URL) -> Engine:
+    """An engine for ``url`` (normalised by ``normalize_url``); SQLite files get their directory."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed)
+    return create_engine(parsed, pool_pre_ping=True, json_serializer=_json_dumps)
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    kwargs: dict[str, Any] = {
+        "json_serializer": _json_dumps,
+        "connect_args": {"check_same_thread": False, "timeout": BUSY_TIMEOUT_S},
+    }
+    memory = is_memory_sqlite(url)
+    if memory:
+        # One private database per connection: share a single connection (the store locks it).
+        kwargs["poolclass"] = StaticPool
+    else:
+        Path(url.database or "").expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None          # we emit BEGIN ourselves (see module doc)
+        cur = dbapi_conn.cursor()
+        try:
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            cur.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        writer = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+    return engine

@@ -1,0 +1,227 @@
+"""What a record does to stored state, written once for every metadata store implementation.
+
+Pure functions (no I/O): the SQL store and the memory fake both call them, so the two cannot
+drift apart. The contract suite still checks both from the outside.
+
+Task updates and fencing
+    A ``TaskUpdate`` whose ``fence`` is set and lower than the task's stored fence is stale: it
+    is not applied and its (run_id, node_id) is reported. An equal fence applies; a higher fence
+    applies and raises the stored fence. A ``TaskUpdate`` without fence always applies.
+    Only the non-None fields are written, and ``state`` always is. Timestamps follow the state:
+    RUNNING sets ``started_at`` if the task has none yet (a retry keeps its first start) and
+    clears ``ended_at``; a terminal state sets ``ended_at``; any other state clears ``ended_at``
+    (a resumed task is not finished). An explicit ``started_at``/``ended_at`` on the update wins
+    over these defaults (the engine's recorder folds RUNNING and SUCCESS into one update).
+Task registration
+    A ``TaskRecord`` for an existing (run_id, node_id) replaces every field except
+    ``created_at`` (kept) and ``fence``, which never goes down: max(stored, new). A fence that
+    could go back would let a late result of an old attempt through after a resume.
+Run updates
+    RUNNING sets ``started_at`` if none yet and clears ``ended_at`` (resume of a failed run); a
+    terminal state sets ``ended_at``; ``error``/``result_key`` are written when not None.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from twingraph.core.records import EdgeRecord, RunUpdate, TaskRecord, TaskUpdate
+from twingraph.core.states import RunState, TaskState
+from twingraph.errors import ValidationError
+
+T = TypeVar("T")
+
+#: Log levels, lowest first. A level filter returns that level and every level after it.
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
+_LEVEL_ALIASES = {"warn": "warning", "fatal": "critical"}
+
+#: TaskUpdate fields written only when not None (``state`` and ``fence`` are handled apart).
+TASK_UPDATE_OPTIONAL: tuple[str, ...] = (
+    "attempts", "cache_key", "cache_status", "cache_reason", "result_key", "content_hash", "error")
+
+
+# str-enum members hash and compare as their values: one dict lookup accepts both spellings and
+# is 5x cheaper than TaskState(value) on the hot path.
+_TASK_STATE = {s.value: s for s in TaskState}
+_RUN_STATE = {s.value: s for s in RunState}
+
+
+def task_state(value: Any) -> TaskState:
+    try:
+        return _TASK_STATE[value]
+    except (KeyError, TypeError):
+        raise ValidationError(f"not a task state: {value!r}") from None
+
+
+def run_state(value: Any) -> RunState:
+    try:
+        return _RUN_STATE[value]
+    except (KeyError, TypeError):
+        raise ValidationError(f"not a run state: {value!r}") from None
+
+
+@dataclass(slots=True)
+class TaskCursor:
+    """The part of a stored task that decides how the next update applies."""
+    fence: int
+    started_at: float | None
+
+
+def fold_task_update(cursor: TaskCursor, update: TaskUpdate, net: dict[str, Any]) -> bool:
+    """Apply ``update`` to ``cursor`` and to ``net`` (column -> new value); False when stale.
+
+    Folding several updates of one task into one ``net`` dict gives the same result as applying
+    them one by one, so a batch can be written with one UPDATE per task.
+    """
+    if update.fence is not None:
+        if update.fence < cursor.fence:
+            return False
+        if update.fence > cursor.fence:
+            cursor.fence = update.fence
+            net["fence"] = update.fence
+    state = task_state(update.state)
+    net["state"] = state.value
+    for name in TASK_UPDATE_OPTIONAL:
+        value = getattr(update, name)
+        if value is not None:
+            net[name] = value
+    if state is TaskState.RUNNING:
+        if cursor.started_at is None:
+            cursor.started_at = update.at
+            net["started_at"] = update.at
+        net["ended_at"] = None
+    else:
+        net["ended_at"] = update.at if state.terminal else None
+    if update.started_at is not None:       # explicit times win over the defaults above
+        cursor.started_at = update.started_at
+        net["started_at"] = update.started_at
+    if update.ended_at is not None:
+        net["ended_at"] = update.ended_at
+    return True
+
+
+def run_update_fields(update: RunUpdate, started_at: float | None) -> dict[str, Any]:
+    """Columns a ``RunUpdate`` writes, given the run's stored ``started_at``."""
+    state = run_state(update.state)
+    fields: dict[str, Any] = {"state": state.value}
+    if state is RunState.RUNNING:
+        if started_at is None:
+            fields["started_at"] = update.at
+        fields["ended_at"] = None
+    else:
+        fields["ended_at"] = update.at if state.terminal else None
+    if update.error is not None:
+        fields["error"] = update.error
+    if update.result_key is not None:
+        fields["result_key"] = update.result_key
+    return fields
+
+
+def merge_task_records(records: Iterable[TaskRecord]) -> list[TaskRecord]:
+    """Collapse repeated registrations of a task (first-seen order): the last wins, except that
+    ``created_at`` is the first one's and ``fence`` the highest (see module doc)."""
+    merged: dict[tuple[str, str], TaskRecord] = {}
+    for rec in records:
+        key = (rec.run_id, rec.node_id)
+        old = merged.get(key)
+        if old is None:
+            merged[key] = rec
+            continue
+        fields = {name: getattr(rec, name) for name in rec.__dataclass_fields__}
+        fields["created_at"] = old.created_at
+        fields["fence"] = max(old.fence, rec.fence)
+        merged[key] = TaskRecord(**fields)
+    return list(merged.values())
+
+
+def last_wins(records: Iterable[T], key: Callable[[T], Hashable]) -> list[T]:
+    """Keep the last record per key, in first-seen order."""
+    out: dict[Hashable, T] = {}
+    for rec in records:
+        out[key(rec)] = rec
+    return list(out.values())
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted, compact JSON; ``ValidationError`` for values JSON cannot hold."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"not JSON-serialisable: {exc}") from exc
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+
+
+def json_encoder() -> Callable[[Any], str]:
+    """A JSON-column encoder for one batch (one thread): compact, no NaN, ``ValidationError``
+    for values JSON cannot hold. Same text as ``json.dumps``, but ``json.dumps`` builds a C
+    encoder on every call; building it once per batch is ~3x faster on 10,000 task inputs."""
+    if _c_make_encoder is None:
+        encode: Callable[[Any], str] = _ENCODER.encode
+    else:
+        c_encoder = _c_make_encoder({}, _not_json, json.encoder.encode_basestring_ascii, None,
+                                    ":", ",", False, False, False)
+
+        def encode(value: Any) -> str:
+            return "".join(c_encoder(value, 0))
+
+    def encode_json(value: Any) -> str:
+        try:
+            return encode(value)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"not JSON-serialisable: {exc}") from exc
+
+    return encode_json
+
+
+def json_copy(value: Any) -> Any:
+    """What a JSON column gives back for ``value`` (tuples become lists, keys become strings)."""
+    return json.loads(canonical_json(value))
+
+
+def edge_digest(edge: EdgeRecord) -> str:
+    """Identity of an edge within its run: equal digests are exact duplicates."""
+    text = canonical_json([edge.src, edge.dst, edge.kind, edge.properties])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def normalize_level(level: str) -> str:
+    """Stored spelling of a log level: lower case, ``warn`` -> ``warning``. Unknown levels are
+    kept (lower-cased) rather than failing the batch they came in; no filter selects them."""
+    name = str(level).strip().lower()
+    return _LEVEL_ALIASES.get(name, name)
+
+
+def levels_at_or_above(level: str) -> tuple[str, ...]:
+    """``'warning'`` -> ``('warning', 'error', 'critical')``; case-insensitive."""
+    name = normalize_level(level)
+    if name not in LOG_LEVELS:
+        raise ValidationError(f"unknown log level {level!r}; expected one of {', '.join(LOG_LEVELS)}")
+    return LOG_LEVELS[LOG_LEVELS.index(name):]
+
+
+def run_state_filter(state: str | RunState | None) -> str | None:
+    """Normalise a ``list_runs(state=...)`` filter (``'running'`` or ``RunState.RUNNING``)."""
+    if state is None:
+        return None
+    try:
+        return (state if isinstance(state, RunState) else RunState(str(state).upper())).value
+    except ValueError as exc:
+        raise ValidationError(
+            f"unknown run state {state!r}; expected one of {', '.join(s.value for s in RunState)}"
+        ) from exc
+
+
+def check_paging(limit: int | None, offset: int) -> None:
+    if (limit is not None and limit < 0) or offset < 0:
+        raise ValidationError(f"limit and offset must not be negative (limit={limit}, offset={offset})")

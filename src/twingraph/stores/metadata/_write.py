@@ -1,0 +1,287 @@
+"""Applying one batch of engine records inside one SQL transaction: the hot path.
+
+A batch is split into runs of consecutive records of the same type; each run becomes a few
+statements, never one statement (or one SELECT) per record:
+
+- TaskRecord / AttemptRecord / RunRecord: one bulk ``INSERT .. ON CONFLICT DO UPDATE``.
+- TaskUpdate: one SELECT of (fence, started_at) for up to 30,000 tasks (``FOR UPDATE`` on
+  PostgreSQL; SQLite writers hold the database lock already), then the updates of each task are
+  folded in Python (``_semantics.fold_task_update``: stale fences dropped and reported) and
+  written with one bulk UPDATE per distinct set of columns. A task that does not exist fails
+  the batch.
+- LogRecord: one bulk INSERT. EdgeRecord: bulk ``INSERT .. ON CONFLICT DO NOTHING`` by digest.
+- RunUpdate / RunHeartbeat: one statement per record (a batch has a handful).
+
+Order is kept: runs of records are applied in batch order, and folding preserves the order of
+updates to a task. Anything that goes wrong raises; the caller rolls the transaction back.
+
+How rows reach each database (executemany on SQLite, ``unnest`` arrays on PostgreSQL) is
+``_bulk``'s business.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from itertools import groupby
+from operator import attrgetter
+from typing import Any
+
+from sqlalchemy import ARRAY, Connection, String, Table, any_, bindparam, case, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.expression import ClauseElement
+
+from twingraph.core.records import (
+    AttemptRecord,
+    EdgeRecord,
+    LogRecord,
+    Record,
+    RunHeartbeat,
+    RunRecord,
+    RunUpdate,
+    TaskRecord,
+    TaskUpdate,
+)
+from twingraph.errors import NotFoundError, ValidationError
+from twingraph.stores.metadata import _semantics as sem
+from twingraph.stores.metadata._bulk import Builder, bulk, chunks
+from twingraph.stores.metadata.catalog import new_id
+from twingraph.stores.metadata.schema import (
+    lineage_edges,
+    logs,
+    pipelines,
+    projects,
+    runs,
+    task_attempts,
+    tasks,
+)
+
+#: Bound parameters per ``IN (...)`` on SQLite: 32,766 variables since SQLite 3.32, 999 before.
+SQLITE_IN_CHUNK = 30_000 if sqlite3.sqlite_version_info >= (3, 32) else 900
+#: Task ids per ``= ANY(array)`` on PostgreSQL (one parameter, however long).
+POSTGRES_IN_CHUNK = 20_000
+
+TaskKey = tuple[str, str]
+
+_RUN_COLUMNS = tuple(RunRecord.__dataclass_fields__)
+_TASK_COLUMNS = tuple(TaskRecord.__dataclass_fields__)
+_ATTEMPT_COLUMNS = tuple(AttemptRecord.__dataclass_fields__)
+# attrgetter, not dataclasses.astuple: astuple deep-copies every dict, which the hot path cannot pay.
+_run_values = attrgetter(*_RUN_COLUMNS)
+_task_values = attrgetter(*_TASK_COLUMNS)
+_attempt_values = attrgetter(*_ATTEMPT_COLUMNS)
+
+_TASK_STATE_AT = _TASK_COLUMNS.index("state")
+_TASK_INPUTS_AT = _TASK_COLUMNS.index("inputs")
+_ATTEMPT_STATE_AT = _ATTEMPT_COLUMNS.index("state")
+
+
+class BatchWriter:
+    """Applies records on one connection that is inside a write transaction."""
+
+    def __init__(self, conn: Connection, *, clock: Callable[[], float] = time.time) -> None:
+        self.conn = conn
+        self.clock = clock
+        self.postgres = conn.dialect.name == "postgresql"
+        self._insert = postgresql.insert if self.postgres else sqlite.insert
+        self._json = sem.json_encoder()
+        self._handlers: dict[type, Callable[[list[Any], list[TaskKey]], None]] = {
+            RunRecord: self._run_records,
+            RunUpdate: self._run_updates,
+            RunHeartbeat: self._heartbeats,
+            TaskRecord: self._task_records,
+            TaskUpdate: self._task_updates,
+            AttemptRecord: self._attempts,
+            LogRecord: self._logs,
+            EdgeRecord: self._edges,
+        }
+
+    def apply(self, batch: Sequence[Record]) -> list[TaskKey]:
+        stale: list[TaskKey] = []
+        for kind, group in groupby(batch, key=type):
+            handler = self._handlers.get(kind)
+            if handler is None:
+                raise ValidationError(f"not a metadata record: {kind.__name__}")
+            handler(list(group), stale)
+        return stale
+
+    def _bulk(self, name: str, table: Table, keys: tuple[str, ...],
+              rows: list[tuple[Any, ...]], build: Builder) -> None:
+        bulk(self.conn, name, table, keys, rows, build)
+
+    def _insert_from(self, table: Table, source: Any) -> postgresql.Insert | sqlite.Insert:
+        """INSERT into ``table``: VALUES binds (SQLite) or SELECT from ``source`` (PostgreSQL)."""
+        stmt: postgresql.Insert | sqlite.Insert = self._insert(table)
+        if source is not None:
+            stmt = stmt.from_select(list(source.c.keys()), select(*source.c))
+        return stmt
+
+    # -- runs (a handful per batch: plain Core) ---------------------------------------------
+
+    def _run_records(self, records: list[RunRecord], _stale: list[TaskKey]) -> None:
+        records = sem.last_wins(records, key=lambda r: r.run_id)
+        self.ensure_projects({r.project for r in records})
+        pipeline_ids = {pair: self._pipeline_id(*pair)
+                        for pair in {(r.project, r.pipeline) for r in records}}
+        rows = []
+        for r in records:
+            row = dict(zip(_RUN_COLUMNS, _run_values(r)))
+            row["state"] = sem.run_state(r.state).value
+            row["pipeline_id"] = pipeline_ids[(r.project, r.pipeline)]
+            for name in ("params", "config", "source"):     # fail as ValidationError, early
+                self._json(row[name])
+            rows.append(row)
+        stmt = self._insert(runs)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[runs.c.run_id],
+            set_={name: stmt.excluded[name] for name in rows[0] if name != "run_id"})
+        self.conn.execute(stmt, rows)
+
+    def _run_updates(self, records: list[RunUpdate], _stale: list[TaskKey]) -> None:
+        for u in records:
+            query = select(runs.c.started_at).where(runs.c.run_id == u.run_id)
+            if self.postgres:
+                query = query.with_for_update()
+            row = self.conn.execute(query).first()
+            if row is None:
+                raise NotFoundError(f"RunUpdate for unknown run {u.run_id!r}")
+            fields = sem.run_update_fields(u, row.started_at)
+            self.conn.execute(update(runs).where(runs.c.run_id == u.run_id).values(**fields))
+
+    def _heartbeats(self, records: list[RunHeartbeat], _stale: list[TaskKey]) -> None:
+        for hb in sem.last_wins(records, key=lambda r: r.run_id):
+            result = self.conn.execute(
+                update(runs).where(runs.c.run_id == hb.run_id).values(heartbeat_at=hb.at))
+            if result.rowcount != 1:
+                raise NotFoundError(f"RunHeartbeat for unknown run {hb.run_id!r}")
+
+    # -- tasks (the hot path) ----------------------------------------------------------------
+
+    def _task_records(self, records: list[TaskRecord], _stale: list[TaskKey]) -> None:
+        rows = []
+        encode = self._json
+        for r in sem.merge_task_records(records):
+            row = list(_task_values(r))
+            row[_TASK_STATE_AT] = sem.task_state(r.state).value
+            row[_TASK_INPUTS_AT] = encode(r.inputs)
+            rows.append(tuple(row))
+        self._bulk("task_records", tasks, _TASK_COLUMNS, rows, self._task_upsert)
+
+    def _task_upsert(self, source: Any) -> ClauseElement:
+        stmt = self._insert_from(tasks, source)
+        excluded = stmt.excluded
+        set_: dict[str, Any] = {name: excluded[name] for name in _TASK_COLUMNS
+                                if name not in ("run_id", "node_id", "created_at", "fence")}
+        set_["fence"] = case((excluded.fence > tasks.c.fence, excluded.fence), else_=tasks.c.fence)
+        return stmt.on_conflict_do_update(index_elements=[tasks.c.run_id, tasks.c.node_id],
+                                          set_=set_)
+
+    def _task_updates(self, records: list[TaskUpdate], stale: list[TaskKey]) -> None:
+        cursors = self._task_cursors([(u.run_id, u.node_id) for u in records])
+        nets: dict[TaskKey, dict[str, Any]] = {}
+        for u in records:
+            key = (u.run_id, u.node_id)
+            cursor = cursors.get(key)
+            if cursor is None:
+                raise NotFoundError(f"TaskUpdate for unknown task {u.node_id!r} of run {u.run_id!r}")
+            net = nets.get(key)
+            if net is None:
+                net = nets[key] = {}
+            if not sem.fold_task_update(cursor, u, net):
+                stale.append(key)
+        shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for (run_id, node_id), net in nets.items():
+            if net:
+                shape = tuple(net)     # same columns in another order: another group, still right
+                rows = shapes.get(shape)
+                if rows is None:
+                    rows = shapes[shape] = []
+                rows.append((*net.values(), run_id, node_id))
+        for shape, rows in shapes.items():
+            self._bulk("task_update", tasks, (*shape, "k_run", "k_node"), rows,
+                       partial(self._task_update, shape=shape))
+
+    @staticmethod
+    def _task_update(source: Any, shape: tuple[str, ...]) -> ClauseElement:
+        if source is None:    # SET columns come from the executemany keys
+            return update(tasks).where(tasks.c.run_id == bindparam("k_run"),
+                                       tasks.c.node_id == bindparam("k_node"))
+        return (update(tasks)
+                .where(tasks.c.run_id == source.c.k_run, tasks.c.node_id == source.c.k_node)
+                .values({name: source.c[name] for name in shape}))
+
+    def _task_cursors(self, keys: list[TaskKey]) -> dict[TaskKey, sem.TaskCursor]:
+        """Fence and start time of the given tasks, locked for this transaction."""
+        by_run: dict[str, dict[str, None]] = {}
+        for run_id, node_id in keys:
+            by_run.setdefault(run_id, {})[node_id] = None
+        cols = (tasks.c.node_id, tasks.c.fence, tasks.c.started_at)
+        if self.postgres:      # one array parameter; rows locked in a fixed order (no deadlock)
+            query = (select(*cols).where(tasks.c.run_id == bindparam("run"),
+                                         tasks.c.node_id == any_(bindparam("nodes", type_=ARRAY(String))))
+                     .order_by(tasks.c.node_id).with_for_update())
+            size = POSTGRES_IN_CHUNK
+        else:                  # the writer already holds SQLite's write lock
+            query = select(*cols).where(tasks.c.run_id == bindparam("run"),
+                                        tasks.c.node_id.in_(bindparam("nodes", expanding=True)))
+            size = SQLITE_IN_CHUNK
+        cursors: dict[TaskKey, sem.TaskCursor] = {}
+        for run_id, nodes in by_run.items():
+            for chunk in chunks(sorted(nodes), size):
+                for node_id, fence, started_at in self.conn.execute(
+                        query, {"run": run_id, "nodes": list(chunk)}).all():
+                    cursors[(run_id, node_id)] = sem.TaskCursor(fence, started_at)
+        return cursors
+
+    def _attempts(self, records: list[AttemptRecord], _stale: list[TaskKey]) -> None:
+        rows = []
+        for r in sem.last_wins(records, key=lambda a: (a.run_id, a.node_id, a.attempt)):
+            row = list(_attempt_values(r))
+            row[_ATTEMPT_STATE_AT] = sem.task_state(r.state).value
+            rows.append(tuple(row))
+        self._bulk("attempts", task_attempts, _ATTEMPT_COLUMNS, rows, self._attempt_upsert)
+
+    def _attempt_upsert(self, source: Any) -> ClauseElement:
+        stmt = self._insert_from(task_attempts, source)
+        return stmt.on_conflict_do_update(
+            index_elements=[task_attempts.c.run_id, task_attempts.c.node_id, task_attempts.c.attempt],
+            set_={name: stmt.excluded[name] for name in _ATTEMPT_COLUMNS
+                  if name not in ("run_id", "node_id", "attempt")})
+
+    # -- logs and lineage ------------------------------------------------------------------
+
+    def _logs(self, records: list[LogRecord], _stale: list[TaskKey]) -> None:
+        self._bulk("logs", logs, ("run_id", "node_id", "at", "level", "message"), [
+            (r.run_id, r.node_id, r.at, sem.normalize_level(r.level), r.message) for r in records],
+            lambda source: self._insert_from(logs, source))
+
+    def _edges(self, records: list[EdgeRecord], _stale: list[TaskKey]) -> None:
+        rows: dict[tuple[str, str], tuple[Any, ...]] = {}
+        for e in records:
+            digest = sem.edge_digest(e)
+            if (e.run_id, digest) not in rows:
+                rows[(e.run_id, digest)] = (e.run_id, e.src, e.dst, e.kind,
+                                            self._json(e.properties), digest)
+        self._bulk("edges", lineage_edges, ("run_id", "src", "dst", "kind", "properties", "digest"),
+                   list(rows.values()), self._edge_insert)
+
+    def _edge_insert(self, source: Any) -> ClauseElement:
+        return self._insert_from(lineage_edges, source).on_conflict_do_nothing(
+            index_elements=[lineage_edges.c.run_id, lineage_edges.c.digest])
+
+    # -- catalog ---------------------------------------------------------------------------
+
+    def ensure_projects(self, names: Iterable[str]) -> None:
+        now = self.clock()
+        rows: list[dict[str, Any]] = [{"id": new_id("proj"), "name": name, "description": None, "owner": None,
+                 "metadata": {}, "created_at": now, "updated_at": now} for name in sorted(names)]
+        if rows:
+            stmt = self._insert(projects).on_conflict_do_nothing(index_elements=[projects.c.name])
+            self.conn.execute(stmt, rows)
+
+    def _pipeline_id(self, project: str, pipeline: str) -> str | None:
+        return self.conn.execute(
+            select(pipelines.c.id).join(projects, projects.c.id == pipelines.c.project_id)
+            .where(projects.c.name == project, pipelines.c.name == pipeline)).scalar()
