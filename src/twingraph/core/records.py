@@ -73,8 +73,9 @@ class TaskRecord:
 
 @dataclass(slots=True)
 class TaskUpdate:
-    """A task's state change. With ``fence`` set on a terminal state, the store applies it only if
-    ``fence`` is still the task's current fence (else the update is reported as stale)."""
+    """A task's state change. With ``fence`` set, the store applies it only if ``fence`` is not
+    lower than the task's stored fence (a lower one is stale: not applied, reported by
+    ``write``); a higher fence raises the stored one."""
     run_id: str
     node_id: str
     state: TaskState

@@ -24,7 +24,7 @@ from twingraph.ports import MetadataStore, ResultStore
 log = logging.getLogger("twingraph.engine")
 
 _UPDATE_FIELDS = ("state", "attempts", "fence", "cache_key", "cache_status", "cache_reason",
-                  "result_key", "content_hash", "error")
+                  "result_key", "content_hash", "error", "started_at", "ended_at")
 
 
 class PutResult:
@@ -148,6 +148,8 @@ def _fold(rec: Any, upd: TaskUpdate) -> Any:
         if v is not None:
             changes[f] = v
     if type(rec) is TaskUpdate:
+        if upd.state.value == "RUNNING" and rec.started_at is None and upd.started_at is None:
+            changes["started_at"] = upd.at
         return dataclasses.replace(rec, **changes)
     st = upd.state
     if st.value == "RUNNING" and rec.started_at is None:
