@@ -17,7 +17,9 @@ def test_documented_pipeline_result_and_lineage(engine):
     assert set(tasks) == {"load_data-0", "aggregate_results-0",
                           *(f"process_chunk-{i}" for i in range(4))}
     assert all(t.state is TaskState.SUCCESS for t in tasks.values())
-    edges = engine.metadata.get_edges(r.run_id)
+    from twingraph.lineage import run_lineage
+    vertices, edges = run_lineage(engine.metadata, r.run_id)
+    assert {v.label for v in vertices} == {"Pipeline", "Component"} and len(vertices) == 7
     dep = {(e.src, e.dst) for e in edges if e.kind == "DEPENDS_ON"}
     for i in range(4):
         assert ("load_data-0", f"process_chunk-{i}") in dep

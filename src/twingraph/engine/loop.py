@@ -276,8 +276,6 @@ class RunLoop:
             else:
                 task.waiting += 1
                 p.dependents.append(task)
-        self.out.append(EdgeRecord(self.run_id, task.node_id, self.run_id, "BELONGS_TO",
-                                     {"component_order": task.order}))
         if self.engine.has_sinks:
             self.emit({"event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
                        "component": task.component, "status": "PENDING"})
@@ -290,7 +288,9 @@ class RunLoop:
         elif task.waiting == 0:
             self.became_ready.append(task)
 
-    def _on_ready(self, task: Task) -> None:
+    def _on_ready(self, task: Task) -> bool:
+        """Key a task whose inputs are complete. Returns True if its key must be looked up in
+        the result store (the caller batches those lookups, then calls ``_after_lookup``)."""
         spec = task.spec
         task.digest = digest = digest_value({"a": task.args, "k": _strip_lineage(task.kwargs)},
                                             _ref_digest, self.engine.hash_value)
@@ -301,7 +301,7 @@ class RunLoop:
         if prior is not None and prior.state is _T.SUCCESS and prior.cache_key == key \
                 and prior.content_hash:
             self._hit(task, prior.content_hash, "resumed", "result recorded by this run before it stopped")
-            return
+            return False
         twin = self.by_key.get(key)
         if twin is not None and twin is not task:
             if twin.state is _T.SUCCESS:
@@ -314,17 +314,21 @@ class RunLoop:
                     twin.aliases = []
                 twin.aliases.append(task)
                 self._set_state(task, _T.QUEUED)
-            return
+            return False
         self.by_key[key] = task
         if spec.cache and not self.opt.no_cache:
-            meta = self.results.head(key)
-            if meta is not None:
-                self._hit(task, meta.content_hash, "hit", "stored result with the same code, config and inputs")
-                return
-            task.cache_status, task.cache_reason = "miss", self._miss_reason(task)
-        else:
-            task.cache_status = "disabled"
-            task.cache_reason = "--no-cache" if self.opt.no_cache else "cache=False on the component"
+            return True
+        task.cache_status = "disabled"
+        task.cache_reason = "--no-cache" if self.opt.no_cache else "cache=False on the component"
+        self._set_state(task, _T.QUEUED)
+        self.ready.append(task)
+        return False
+
+    def _after_lookup(self, task: Task, content_hash: str | None) -> None:
+        if content_hash is not None:
+            self._hit(task, content_hash, "hit", "stored result with the same code, config and inputs")
+            return
+        task.cache_status, task.cache_reason = "miss", self._miss_reason(task)
         self._set_state(task, _T.QUEUED)
         self.ready.append(task)
 
@@ -352,9 +356,15 @@ class RunLoop:
         ready, became, limit = self.ready, self.became_ready, self.opt.max_parallel
         while True:
             while became:
-                t = became.popleft()
-                if t.state is _T.PENDING:
-                    self._on_ready(t)
+                lookup = []
+                while became:
+                    t = became.popleft()
+                    if t.state is _T.PENDING and self._on_ready(t):
+                        lookup.append(t)
+                if lookup:   # one memo query for the whole burst, not one per task
+                    found = self.results.content_hashes([t.cache_key for t in lookup])
+                    for t in lookup:
+                        self._after_lookup(t, found.get(t.cache_key))
             if not ready or self.running >= limit or self.stopping:
                 return
             task = ready.popleft()

@@ -130,6 +130,10 @@ class Recorder:
                     self._cv.notify_all()
 
     def _write(self, records: Sequence[Record], results: Sequence[PutResult]) -> None:
+        # Same-type records are written as one statement each; a stable sort by type keeps every
+        # record after the ones it refers to (runs, then tasks, then what hangs off tasks) and
+        # keeps updates of one task in order.
+        records = sorted(records, key=_rank)
         if results and self.results is not None:
             self.results.put_many([(r.key, r.buffers, r.meta) for r in results])
             if self.on_stored is not None:
@@ -138,6 +142,14 @@ class Recorder:
             stale = self.metadata.write(records)
             if stale and self.on_stale is not None:
                 self.on_stale(stale)
+
+
+_RANKS = {"RunRecord": 0, "TaskRecord": 1, "TaskUpdate": 2, "AttemptRecord": 3,
+          "EdgeRecord": 4, "LogRecord": 5, "RunHeartbeat": 6, "RunUpdate": 7}
+
+
+def _rank(rec: Any) -> int:
+    return _RANKS.get(type(rec).__name__, 8)
 
 
 def _fold(rec: Any, upd: TaskUpdate) -> Any:

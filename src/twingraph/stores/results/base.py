@@ -112,6 +112,16 @@ class ResultStoreBase(StorageInterface):
     def delete(self, key: str) -> bool:
         """Delete; True if the key existed."""
 
+    def content_hashes(self, keys: Sequence[str]) -> dict[str, str]:
+        """Memo lookup for many keys at once: ``{key: content_hash}`` for the stored ones
+        (missing keys are absent). Backends override this with one query."""
+        out = {}
+        for k in keys:
+            meta = self.head(k)
+            if meta is not None:
+                out[k] = meta.content_hash
+        return out
+
     # ---- sync extras ----
     @abstractmethod
     def has(self, key: str) -> bool:

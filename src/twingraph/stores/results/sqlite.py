@@ -326,6 +326,21 @@ class SQLiteStorage(ResultStoreBase):
                                size=row[2], compression=row[3], created_at=row[4],
                                metadata=meta_from_json(row[5]))
 
+    def content_hashes(self, keys: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        conn = self._conn()
+        for i in range(0, len(keys), 500):
+            part = list(keys[i:i + 500])
+            for k in part:
+                validate_key(k)
+            try:
+                rows = conn.execute("SELECT node_id, content_hash FROM node_results WHERE node_id "
+                                    f"IN ({','.join('?' * len(part))})", part).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error("head", part[0], exc) from exc
+            out.update(rows)
+        return out
+
     def has(self, key: str) -> bool:
         validate_key(key)
         try:
