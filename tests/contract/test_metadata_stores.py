@@ -430,15 +430,17 @@ def test_logs_with_equal_times_keep_write_order(store: Any) -> None:
     assert [r.message for r in store.get_logs("r1")] == ["early", "m0", "m1", "m2", "m3", "m4", "m5"]
 
 
-def test_edges_in_write_order_without_exact_duplicates(store: Any) -> None:
+def test_edges_in_write_order_one_per_kind_and_endpoints(store: Any) -> None:
+    """An edge is identified by (run, kind, src, dst); a repeat is dropped, the first kept."""
     store.write([run(), run("r2")])
     e1 = EdgeRecord("r1", "a", "b", "DEPENDS_ON", {"data_flow": {"output": "x"}})
     e2 = EdgeRecord("r1", "a", "b", "DEPENDS_ON", {"data_flow": {"output": "y"}})
     e3 = EdgeRecord("r1", "a", "etl", "BELONGS_TO", {"component_order": 0})
+    e4 = EdgeRecord("r1", "b", "a", "DEPENDS_ON", {})
     store.write([e1, e2, e1, e3])
-    store.write([e3, EdgeRecord("r1", "a", "b", "DEPENDS_ON", {"data_flow": {"output": "x"}}),
+    store.write([e3, e4, EdgeRecord("r1", "a", "b", "DEPENDS_ON", {"data_flow": {"output": "z"}}),
                  EdgeRecord("r2", "a", "b", "DEPENDS_ON", {"data_flow": {"output": "x"}})])
-    assert store.get_edges("r1") == [e1, e2, e3]
+    assert store.get_edges("r1") == [e1, e3, e4]
     assert len(store.get_edges("r2")) == 1
 
 

@@ -14,8 +14,8 @@ Choices, and why:
   filled in when the pipeline is registered in ``pipelines`` and is NULL for ad-hoc runs.
 - Tasks are keyed by ``(run_id, node_id)`` (records.py: node ids are unique in a run and stable
   across resumes). Attempts hang off tasks; logs and edges off runs; deleting a run cascades.
-- Lineage edges are deduplicated by ``digest`` = sha256 of the canonical JSON of
-  (src, dst, kind, properties): JSON columns cannot be compared by PostgreSQL, a digest can.
+- Lineage edges are deduplicated by ``digest`` = sha256 of (kind, src, dst): one edge per
+  producer/consumer pair and kind; a fixed-width digest keeps the unique index small.
 - Constraint names follow ``NAMING_CONVENTION`` so migrations can address them on every backend.
 """
 
