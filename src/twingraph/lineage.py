@@ -2,9 +2,10 @@
 
 Vertices: one ``Component`` per task (name, hash, status, platform, times) and one ``Pipeline``
 for the run. Edges: ``DEPENDS_ON`` (producer -> consumer, ``data_flow`` = the output path that
-flowed), stored by the engine as the run goes; ``BELONGS_TO`` (task -> pipeline,
-``component_order``), derived from the tasks' call order rather than stored (it would double the
-rows written per task and says nothing the task rows do not).
+flowed) and ``BELONGS_TO`` (task -> pipeline, ``component_order``). Both are derived from the
+task rows — each task records the producers it read (``inputs['deps']``) and its call order —
+rather than written as a row per edge, which would double or triple the rows written per task
+on the engine's hot path. Edges written explicitly with ``EdgeRecord`` are included too.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def run_lineage(metadata: MetadataStore, run_id: str) -> tuple[list[Vertex], lis
     vertices = [Vertex(run_id, "Pipeline", {"name": run.pipeline, "pipeline_id": run.pipeline,
                                             "version": run.pipeline_version})]
     edges = [e for e in metadata.get_edges(run_id) if e.kind == "DEPENDS_ON"]
+    for t in tasks:
+        for src, path in (t.inputs or {}).get("deps", ()):
+            edges.append(EdgeRecord(run_id, src, t.node_id, "DEPENDS_ON", {"data_flow": path}))
     for t in tasks:
         vertices.append(Vertex(t.node_id, "Component", {
             "name": t.component, "execution_id": run_id, "hash": t.cache_key,

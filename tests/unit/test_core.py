@@ -82,7 +82,7 @@ def test_cycle_detection_is_iterative_on_long_chains():
 @given(st.dictionaries(st.text(max_size=5), st.integers(), max_size=6))
 def test_digest_ignores_dict_order(d):
     rev = dict(reversed(list(d.items())))
-    key = lambda v: structural_key("c", "v1", {}, digest_value(v, None, lambda x: "h"))  # noqa: E731
+    key = lambda v: structural_key("c", "v1", {}, digest_value(v, None, str, lambda x: "h"))  # noqa: E731
     assert key(d) == key(rev)
 
 
@@ -92,7 +92,7 @@ def test_structural_key_changes_with_each_part():
     assert structural_key("c", "v1", {"a": 2}, {"x": 1}) != base
     assert structural_key("c", "v1", {"a": 1}, {"x": 2}) != base
     assert structural_key("d", "v1", {"a": 1}, {"x": 1}) != base
-    assert digest_value(1.0, None, str) != digest_value(1, None, str)
+    assert digest_value(1.0, None, str, str) != digest_value(1, None, str, str)
 
 
 def _helper(x):

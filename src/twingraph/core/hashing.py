@@ -59,30 +59,35 @@ def structural_key(component: str, code_version: str, config: Mapping[str, Any],
     return sha256_hex(prefix + canonical_json(input_digest))
 
 
-def digest_value(value: Any, ref_digest: Callable[[Any], Any] | None,
+def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], Any],
                  leaf_hash: Callable[[Any], str]) -> Any:
     """A JSON-able digest of an argument value.
 
-    Containers are walked; references to other tasks' outputs become ``ref_digest(ref)`` (the
-    caller decides what a reference is: it returns None for a non-reference); JSON scalars stay
-    as they are (short strings) or become a hash; other leaves become ``leaf_hash(value)``.
+    Containers are walked; instances of ``ref_type`` (references to other tasks' outputs)
+    become ``ref_digest(ref)``, a string starting with '@'; JSON scalars stay as they are (short
+    strings) or become a hash; other leaves become ``leaf_hash(value)``. Runs once per task on
+    the engine's hot path, hence the type-identity tests in order of frequency.
     """
-    if ref_digest is not None:
-        rd = ref_digest(value)
-        if rd is not None:
-            return rd
     t = type(value)
+    if t is ref_type:
+        return ref_digest(value)
     if t is str:
         # '@' starts reference digests; a literal string starting with it is escaped.
         if len(value) > 64 or value[:1] == "@":
             return {"h": sha256_hex(value.encode())}
         return value
-    if t in (int, bool) or value is None:
+    if t is int or t is bool or value is None:
         return value
     if t is float:
         return {"f": repr(value)}
     if t is list or t is tuple:
-        return {"l" if t is list else "t": [digest_value(v, ref_digest, leaf_hash) for v in value]}
-    if t is dict and all(type(k) is str for k in value):
-        return {"d": {k: digest_value(v, ref_digest, leaf_hash) for k, v in value.items()}}
+        return {"l" if t is list else "t": [digest_value(v, ref_type, ref_digest, leaf_hash)
+                                            for v in value]}
+    if t is dict:
+        out = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                return {"x": leaf_hash(value)}
+            out[k] = digest_value(v, ref_type, ref_digest, leaf_hash)
+        return {"d": out}
     return {"x": leaf_hash(value)}

@@ -36,6 +36,7 @@ class Component:
         self._draft = ComponentSpec.build(name=name, qualname=_qualname(fn), code_version="",
                                           **params)
         self._accepts_lineage = _accepts_lineage(fn)
+        self._checked_for: Any = None
 
     @property
     def spec(self) -> ComponentSpec:
@@ -55,7 +56,9 @@ class Component:
                 for k in LINEAGE_KWARGS:
                     kwargs.pop(k, None)
             return self.fn(*args, **kwargs)
-        check_platform(run.engine, [self])
+        if run.engine is not self._checked_for:      # once per engine, not per call
+            check_platform(run.engine, [self])
+            self._checked_for = run.engine
         return run.call(self.spec, self.fn, args, kwargs)
 
     def __repr__(self) -> str:

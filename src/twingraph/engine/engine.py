@@ -210,8 +210,8 @@ class Engine:
             transition_run(rec.state, RunState.RUNNING)
             prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
         run_id = run_id or uuid.uuid4().hex
-        previous = self._previous_tasks(pipeline, run_id)
-        loop = RunLoop(self, run_id, opt, prior=prior, previous=previous)
+        loop = RunLoop(self, run_id, opt, prior=prior,
+                       previous=lambda: self._previous_tasks(pipeline, run_id))
         loop.pipeline = pipeline
         self.runs[run_id] = loop
         now = self.clock.now()

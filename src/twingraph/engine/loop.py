@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twingraph.core.hashing import digest_value, structural_key
-from twingraph.core.records import (AttemptRecord, EdgeRecord, LogRecord, RunHeartbeat,
+from twingraph.core.records import (AttemptRecord, LogRecord, RunHeartbeat,
                                     TaskRecord, TaskUpdate)
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.states import TaskState
@@ -45,6 +45,8 @@ from twingraph.engine.task import UNLOADED, Job, Task
 from twingraph.errors import (NodeExecutionError, PipelineCancelled, PipelineTimeout,
                               TaskCancelled, TaskTimeout)
 
+_NONE: list[Any] = []          # shared empty list for released fields (never appended to)
+_EMPTY: dict[str, Any] = {}
 DEFAULT_RETRY = RetryPolicy(max_attempts=3, backoff="exponential", initial_delay=1.0,
                             max_delay=60.0)
 LINEAGE_KWARGS = ("parent_hash", "parent_hashes")
@@ -64,11 +66,13 @@ class RunOptions:
 class RunLoop:
     def __init__(self, engine: Any, run_id: str, options: RunOptions,
                  prior: Mapping[str, TaskRecord] | None = None,
-                 previous: Mapping[str, TaskRecord] | None = None) -> None:
+                 previous: Callable[[], Mapping[str, TaskRecord]] | None = None) -> None:
         self.engine, self.run_id, self.opt = engine, run_id, options
         self.pipeline = ""
         self.prior = dict(prior or {})           # this run's tasks from before a crash (resume)
-        self.previous = dict(previous or {})     # the last run of the pipeline (cache reasons)
+        # The last run of the pipeline, to say why a task missed: loaded on the first miss.
+        self._previous_loader = previous
+        self._previous: Mapping[str, TaskRecord] | None = None
         self.results, self.recorder, self.clock = engine.results, engine.recorder, engine.clock
         self.executor, self.emit = engine.executor, engine.emit
         self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -210,6 +214,7 @@ class RunLoop:
                         t.cache_status, t.cache_reason, t.cache_key if ok else None,
                         t.content_hash if ok else None, t.attempt, t.fence, t.order,
                         t.inputs_info, t.created_at, t.started_at, t.ended_at, err))
+                    t.inputs_info = None
                 else:
                     out.append(TaskUpdate(
                         run_id, t.node_id, t.state, t.ended_at or t.started_at or t.created_at,
@@ -252,7 +257,7 @@ class RunLoop:
         self.unfinished += 1
         self.counts[_T.PENDING] += 1
         task.created_at = self.clock.now()
-        task.inputs_info = self.engine.fingerprint(task.spec)
+        fp = self.engine.fingerprint(task.spec)
         task.dirty = True
         self.dirty.append(task)
         refs: list[Ref] = []
@@ -260,6 +265,7 @@ class RunLoop:
         find_refs(task.kwargs, refs)
         upstream_bad = None
         seen: set[int] = set()
+        deps: list[list[Any]] = []
         for r in refs:
             p = r._task
             if id(p) in seen:
@@ -267,8 +273,7 @@ class RunLoop:
             seen.add(id(p))
             task.producers.append(p)
             p.consumers += 1
-            self.out.append(EdgeRecord(self.run_id, p.node_id, task.node_id, "DEPENDS_ON",
-                                       {"data_flow": _path_list(r._path)}))
+            deps.append([p.node_id, _path_list(r._path)])
             if p.state is _T.SUCCESS:
                 continue
             if p.state.terminal:
@@ -276,6 +281,10 @@ class RunLoop:
             else:
                 task.waiting += 1
                 p.dependents.append(task)
+        # Lineage: the producers this task read (DEPENDS_ON edges, with the output path that
+        # flowed) travel in its own row; twingraph.lineage turns them into edges.
+        task.inputs_info = {"code_version": fp["code_version"], "config": fp["config"],
+                            "deps": deps} if deps else fp
         if self.engine.has_sinks:
             self.emit({"event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
                        "component": task.component, "status": "PENDING"})
@@ -292,8 +301,8 @@ class RunLoop:
         """Key a task whose inputs are complete. Returns True if its key must be looked up in
         the result store (the caller batches those lookups, then calls ``_after_lookup``)."""
         spec = task.spec
-        task.digest = digest = digest_value({"a": task.args, "k": _strip_lineage(task.kwargs)},
-                                            _ref_digest, self.engine.hash_value)
+        digest = [digest_value(task.args, Ref, _ref_digest, self.engine.hash_value),
+                  digest_value(_strip_lineage(task.kwargs), Ref, _ref_digest, self.engine.hash_value)]
         key = structural_key(spec.name, spec.code_version, spec.memo_config(), digest,
                              prefix=self.engine.key_prefix(spec))
         task.cache_key = key
@@ -333,7 +342,9 @@ class RunLoop:
         self.ready.append(task)
 
     def _miss_reason(self, task: Task) -> str:
-        prev = self.previous.get(task.node_id)
+        if self._previous is None:
+            self._previous = self._previous_loader() if self._previous_loader else {}
+        prev = self._previous.get(task.node_id)
         if prev is None:
             return "no stored result (new task)"
         info = prev.inputs or {}
@@ -526,6 +537,9 @@ class RunLoop:
                 d.waiting -= 1
                 if d.waiting == 0 and d.state is _T.PENDING:
                     self.became_ready.append(d)
+            # Done for good: drop what only scheduling needed (bounded memory per finished node).
+            task.dependents = task.producers = _NONE
+            task.args, task.kwargs, task.job = (), _EMPTY, None
         if task.aliases:
             for a in task.aliases:
                 if state is _T.SUCCESS:
@@ -643,11 +657,9 @@ def get_nowait(q: queue.SimpleQueue[Any]) -> Any:
         return None
 
 
-def _ref_digest(value: Any) -> Any:
+def _ref_digest(value: Ref) -> str:
     """A reference digests to its producer's content hash and the path taken into it."""
-    if type(value) is Ref:
-        return f"@{value._task.content_hash}{value._path!r}"
-    return None
+    return f"@{value._task.content_hash}{value._path!r}"
 
 
 def _path_list(path: tuple[Any, ...]) -> list[Any]:

@@ -20,7 +20,7 @@ class Task:
                  "producers", "waiting", "dependents", "consumers", "state", "attempt", "fence",
                  "value", "stored", "content_hash", "cache_key", "cache_status", "cache_reason",
                  "error", "event", "observed", "aliases", "started", "platform", "job",
-                 "digest", "dirty", "persisted", "created_at", "started_at", "ended_at",
+                 "dirty", "persisted", "created_at", "started_at", "ended_at",
                  "inputs_info")
 
     def __init__(self, node_id: str, order: int, component: str, spec: Any, fn: Any,
@@ -53,7 +53,6 @@ class Task:
         self.started = 0.0
         self.platform = "local"
         self.job: Any = None
-        self.digest: Any = None
         self.dirty = False             # changed since the last hand-over to the recorder
         self.persisted = False         # its TaskRecord has been handed over
         self.created_at = 0.0          # wall-clock times for the record
