@@ -20,4 +20,5 @@ if ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
 fi
 
 lint-imports
+python3 -m mypy src/twingraph
 python3 -m pytest -q "$@"

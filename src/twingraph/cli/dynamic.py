@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
                                      no_cache=no_cache)
             storage = create_storage_backend(storage_backend, storage_path)
             metadata = default_engine().metadata
+            assert metadata is not None        # the default engine always records
             scheduler = DynamicScheduler(storage, config,
                                          engine=Engine(results=storage, metadata=metadata))
             result = asyncio.run(_execute(scheduler, dag, progress))

@@ -50,7 +50,7 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
             src = rec.source or {}
             target = f"{src.get('file') or src.get('module')}:{src.get('pipeline')}"
         if not target:
-            _fail(TwinGraphError("give FILE.py[:pipeline], or --resume RUN_ID"))
+            raise typer.BadParameter("give FILE.py[:pipeline], or --resume RUN_ID")
         file, name = split_target(target)
         module = load_module(file)
         pipe = find_pipeline(module, name)

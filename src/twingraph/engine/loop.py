@@ -213,7 +213,8 @@ class RunLoop:
         """Give the recorder one snapshot row per task changed since the last hand-over."""
         if self.dirty:
             # Task rows first: attempts, edges and logs in ``self.out`` refer to them.
-            out, run_id = [], self.run_id
+            out: list[Any] = []
+            run_id = self.run_id
             for t in self.dirty:
                 t.dirty = False
                 ok = t.state is _T.SUCCESS
@@ -428,10 +429,10 @@ class RunLoop:
         if mode == "inline":
             t0 = time.perf_counter()
             try:
-                out = (True, invoke(task.fn, args, kwargs), None)
-            except BaseException as exc:  # noqa: BLE001
-                out = (False, None, exc)
-            self._complete(task, task.fence, out[0], out[1], out[2], time.perf_counter() - t0)
+                value, error = invoke(task.fn, args, kwargs), None
+            except BaseException as exc:  # noqa: BLE001 - the task's failure is data
+                value, error = None, exc
+            self._complete(task, task.fence, error is None, value, error, time.perf_counter() - t0)
             return
         self._timer(task.spec.timeout, "task_timeout", task, task.fence)
         inbox = self.inbox
@@ -488,6 +489,7 @@ class RunLoop:
         if ok:
             task.value = value
             task.content_hash = enc.content_hash
+            assert task.cache_key is not None     # keyed in _on_ready, before it could run
             self.out.append(PutResult(task.cache_key, enc.buffers,
                                       self.engine.result_meta(self.run_id, task, enc), (self, task)))
             self.out.append(AttemptRecord(self.run_id, task.node_id, task.attempt, fence,
@@ -588,9 +590,9 @@ class RunLoop:
         if ev is not None:
             ev.set()
         if self.engine.has_sinks:
-            ev_out = {"event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
-                      "component": task.component, "status": state.value,
-                      "cache": task.cache_status}
+            ev_out: dict[str, Any] = {
+                "event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
+                "component": task.component, "status": state.value, "cache": task.cache_status}
             if duration is not None:
                 ev_out["duration"] = duration
             if state is _T.FAILED:

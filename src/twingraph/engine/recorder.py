@@ -74,12 +74,12 @@ class Recorder:
                 elif t is TaskRecord:
                     index[("t", rec.run_id, rec.node_id)] = len(records)
                 elif t is AttemptRecord:
-                    k = ("a", rec.run_id, rec.node_id, rec.attempt)
-                    i = index.get(k)
+                    ka: tuple[Any, ...] = ("a", rec.run_id, rec.node_id, rec.attempt)
+                    i = index.get(ka)
                     if i is not None:
                         records[i] = rec          # same attempt: the later record is complete
                         continue
-                    index[k] = len(records)
+                    index[ka] = len(records)
                 elif t is PutResult:
                     self._results.append(rec)
                     continue

@@ -125,8 +125,8 @@ for _n in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or"
            "matmul"):
     setattr(Ref, f"__{_n}__", _binop(f"__{_n}__"))
     setattr(Ref, f"__r{_n}__", _binop(f"__r{_n}__"))
-Ref.__neg__ = lambda self: -self.result()  # type: ignore[attr-defined]
-Ref.__abs__ = lambda self: abs(self.result())  # type: ignore[attr-defined]
+setattr(Ref, "__neg__", lambda self: -self.result())
+setattr(Ref, "__abs__", lambda self: abs(self.result()))
 
 
 def find_refs(value: Any, out: list[Ref]) -> None:
