@@ -48,8 +48,40 @@ def child(n: int) -> None:
         dt = time.perf_counter() - t0
         assert r.state.value == "SUCCESS", r.error
         eng.close()
-    print(json.dumps({"n": n, "seconds": dt, "nodes_per_s": n / dt,
-                      "rss_defined": rss_defined, "rss_peak": peak_rss_bytes()}))
+    rss_peak = peak_rss_bytes()
+    deps = {nd.node_id: list(nd.arguments) for nd in nodes}
+    del dag, nodes, sched, warm, eng, r
+    dask_s = _dask(deps)
+    pool_s = _threadpool(deps)
+    print(json.dumps({"n": n, "seconds": dt, "nodes_per_s": n / dt, "rss_defined": rss_defined,
+                      "rss_peak": rss_peak, "dask_seconds": dask_s, "threadpool_seconds": pool_s}))
+
+
+def _dask(deps: dict) -> float:
+    import dask
+
+    def inc(*_xs, i):
+        return i
+
+    graph = {k: (lambda *xs, i=int(k[1:]): inc(*xs, i=i), *v) for k, v in deps.items()}
+    t0 = time.perf_counter()
+    dask.threaded.get(graph, list(deps)[-1], num_workers=8)
+    return time.perf_counter() - t0
+
+
+def _threadpool(deps: dict) -> float:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def inc(_xs, i):
+        return i
+
+    t0 = time.perf_counter()
+    futs: dict = {}
+    with ThreadPoolExecutor(8) as pool:
+        for k, v in deps.items():            # definition order is topological here
+            futs[k] = pool.submit(inc, [futs[d].result() for d in v], int(k[1:]))
+        futs[list(deps)[-1]].result()
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -69,7 +101,12 @@ def main() -> None:
         rows.append(row)
         print(json.dumps({"bench": "large_dag", "n": n, "seconds": round(row["seconds"], 3),
                           "nodes_per_s": round(row["nodes_per_s"]),
-                          "bytes_per_node": round(row["bookkeeping_bytes_per_node"])}), flush=True)
+                          "bytes_per_node": round(row["bookkeeping_bytes_per_node"]),
+                          "dask_seconds": round(row["dask_seconds"], 3),
+                          "threadpool_seconds": round(row["threadpool_seconds"], 3),
+                          "ratio_dask_over_twingraph": round(row["dask_seconds"] / row["seconds"], 2),
+                          "ratio_twingraph_over_threadpool":
+                              round(row["seconds"] / row["threadpool_seconds"], 2)}), flush=True)
     if len(rows) > 1:
         flat = rows[-1]["nodes_per_s"] / rows[0]["nodes_per_s"]
         print(json.dumps({"bench": "large_dag", "throughput_ratio_largest_over_smallest":

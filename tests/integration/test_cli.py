@@ -95,3 +95,26 @@ def test_dynamic_execute_rejects_bad_dags(cli, tmp_path):
     out = cli("dynamic", "execute", str(ROOT / "tests" / "resources" / "dag_example.yaml"),
               "--storage-path", str(tmp_path / "s"), ok=False)        # no --load: unknown ops
     assert out.returncode == 2 and "unknown operations" in out.stdout
+
+
+def test_ctrl_c_cancels_and_records_the_run(tmp_path):
+    import signal
+    import time
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), TG_MARKS=str(tmp_path))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "twingraph", "run",
+                             str(ROOT / "tests" / "resources" / "crashy.py"), "--param", "n=40",
+                             "--param", "delay=1", "--no-progress"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.glob("*.*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    from twingraph.core.states import RunState
+    from twingraph.stores.metadata import SQLMetadataStore
+    store = SQLMetadataStore(f"sqlite:///{tmp_path / 'home' / 'twingraph.db'}")
+    (run,) = store.list_runs()
+    assert run.state is RunState.CANCELLED
+    store.close()

@@ -63,6 +63,9 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
                               **({} if resume else params))
     except TwinGraphError as exc:
         _fail(exc, 2)
+    except KeyboardInterrupt as exc:
+        console.print(f"[magenta]{exc}[/magenta] (resume it with --resume)")
+        raise typer.Exit(130) from None
     tasks = engine.metadata.get_tasks(result.run_id)
     console.print(summary_table(tasks))
     state = result.state.value

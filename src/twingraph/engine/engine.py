@@ -246,11 +246,22 @@ class Engine:
             body_error = exc
         finally:
             _current.run = prev
+            if isinstance(body_error, KeyboardInterrupt):
+                loop.cancel("interrupted (Ctrl-C)")
             loop.body_returned(body_error)
-        loop.done.wait()
+        interrupted = isinstance(body_error, KeyboardInterrupt)
+        while not loop.done.is_set():
+            try:
+                loop.done.wait()
+            except KeyboardInterrupt:     # Ctrl-C while waiting: cancel, record, then re-raise
+                interrupted = True
+                loop.cancel("interrupted (Ctrl-C)")
         thread.join()
         _gc_restore()
-        return self._finish(loop, pipeline, value, body_error, notifications)
+        result = self._finish(loop, pipeline, value, body_error, notifications)
+        if interrupted:
+            raise KeyboardInterrupt(f"run {run_id} cancelled")
+        return result
 
     def _finish(self, loop: RunLoop, pipeline: str, value: Any, body_error: BaseException | None,
                 notifications: Any) -> RunResult:
