@@ -10,6 +10,7 @@ from twingraph.dsl.component import Component, component
 from twingraph.dsl.pipeline import Pipeline, pipeline
 from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.refs import Ref
+from twingraph.engine.tasklog import get_logger
 from twingraph.errors import (ConfigurationError, DynamicSchedulerError, ExecutorUnavailable,
                               NodeExecutionError, NotFoundError, PipelineCancelled,
                               PipelineError, PipelineFailed, PipelineTimeout, SchedulingError,
@@ -22,6 +23,6 @@ __all__ = [
     "BaseComponent", "Component", "ConfigurationError", "DynamicSchedulerError", "Engine",
     "ExecutorUnavailable", "NodeExecutionError", "NotFoundError", "Pipeline", "PipelineCancelled",
     "PipelineError", "PipelineFailed", "PipelineTimeout", "Ref", "RunResult", "SchedulingError",
-    "StorageError", "TaskTimeout", "TwinGraphError", "ValidationError", "component", "pipeline",
+    "StorageError", "TaskTimeout", "TwinGraphError", "ValidationError", "component", "get_logger", "pipeline",
     "register_component", "__version__",
 ]

@@ -157,3 +157,28 @@ def test_failed_pipeline_raises_pipeline_failed(engine):
     assert engine.metadata.get_run(r.run_id).state is RunState.FAILED
     with pytest.raises(PipelineFailed):
         r.unwrap()
+
+
+def test_component_logs_are_recorded_with_their_task(engine):
+    from twingraph import get_logger
+
+    @component
+    def chatty(n):
+        log = get_logger()
+        log.info("working on %d", n)
+        if n == 2:
+            log.warning("two is odd")
+        return n
+
+    @pipeline(name="chatty")
+    def p():
+        return [chatty(n=i) for i in range(3)]
+
+    r = p.run(engine=engine)
+    logs = engine.metadata.get_logs(r.run_id, node_id="chatty-2")
+    assert [(l.level, l.message) for l in logs] == [("info", "working on 2"),
+                                                    ("warning", "two is odd")]
+    assert [l.message for l in engine.metadata.get_logs(r.run_id, level="warning")] == ["two is odd"]
+    import logging
+    logging.getLogger("twingraph.task").info("outside any task: not recorded")
+    assert len(engine.metadata.get_logs(r.run_id)) == 4

@@ -23,6 +23,7 @@ from twingraph.core.results import StorageMetadata
 from twingraph.core.states import RunState, TaskState, transition_run
 from twingraph.engine.loop import RunLoop, RunOptions
 from twingraph.engine.notify import notify
+from twingraph.engine import tasklog
 from twingraph.engine.recorder import Recorder
 from twingraph.engine.refs import substitute
 from twingraph.errors import (NotFoundError, PipelineCancelled, PipelineFailed, PipelineTimeout,
@@ -120,6 +121,17 @@ class Engine:
     @staticmethod
     def invoke_raw(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return fn(*args, **kwargs)
+
+    @staticmethod
+    def with_task_logs(invoke: Callable[..., Any], loop: Any, node_id: str) -> Callable[..., Any]:
+        """``invoke`` with ``twingraph.get_logger()`` records attributed to this task."""
+        def run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            prev = tasklog.set_current((loop, node_id))
+            try:
+                return invoke(fn, args, kwargs)
+            finally:
+                tasklog.set_current(prev)
+        return run
 
     @staticmethod
     def encode(value: Any) -> serialization.Encoded:

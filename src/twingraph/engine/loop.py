@@ -82,6 +82,7 @@ class RunLoop:
         self.sleeping = False
         self.out: list[Any] = []                   # records for the recorder, handed over in bulk
         self.dirty: list[Task] = []                # tasks changed since the last hand-over
+        self.logs: deque[LogRecord] = deque()     # task logs, appended from worker threads
         self._last_hand_over = 0.0
         self.tasks: dict[str, Task] = {}
         self.by_key: dict[str, Task] = {}
@@ -239,6 +240,9 @@ class RunLoop:
             self.dirty = []
             out.extend(self.out)
             self.out = out
+        logs = self.logs
+        while logs:
+            self.out.append(logs.popleft())
         if self.out:
             self.recorder.add_many(self.out)
             self.out = []
@@ -424,6 +428,8 @@ class RunLoop:
         self.running += 1
         self._set_state(task, _T.RUNNING)
         invoke = self.engine.invoke_raw if task.spec.raw_result else self.engine.invoke
+        if mode != "process":        # process tasks log in another interpreter
+            invoke = self.engine.with_task_logs(invoke, self, task.node_id)
         job = Job(task, invoke, (task.fn, args, kwargs), {}, mode)
         task.job = job
         if mode == "inline":

@@ -1,0 +1,58 @@
+"""Task logs: what a component logs through ``twingraph.get_logger()`` is recorded with its task.
+
+The logger ``twingraph.task`` is set to INFO and carries one capture handler. While a task runs
+(on a worker thread or inline), a thread-local names its run and node; the handler appends a
+``LogRecord`` to that run's log queue, which the run loop hands to the recorder with everything
+else. Records still propagate, so the user's own handlers see them too. Nothing is attached to
+the root logger: the user's logging configuration is left alone. Tasks in worker processes are
+not captured (their logging happens in another interpreter).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from twingraph.core.records import LogRecord
+
+LOGGER_NAME = "twingraph.task"
+_ctx = threading.local()
+
+
+def current() -> Any:
+    return getattr(_ctx, "task", None)
+
+
+def set_current(value: Any) -> Any:
+    prev = getattr(_ctx, "task", None)
+    _ctx.task = value
+    return prev
+
+
+class _Capture(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        cur = getattr(_ctx, "task", None)
+        if cur is None:
+            return
+        loop, node_id = cur
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string must not fail the task
+            msg = str(record.msg)
+        if record.exc_info:
+            msg += "\n" + logging.Formatter().formatException(record.exc_info)
+        loop.logs.append(LogRecord(loop.run_id, record.created, record.levelname.lower(), msg,
+                                   node_id))
+
+
+def get_logger() -> logging.Logger:
+    """The logger for component code: INFO and above is recorded with the running task."""
+    return _logger
+
+
+_logger = logging.getLogger(LOGGER_NAME)
+if _logger.level == logging.NOTSET:
+    _logger.setLevel(logging.INFO)
+if not any(isinstance(h, _Capture) for h in _logger.handlers):
+    _logger.addHandler(_Capture())
