@@ -45,7 +45,10 @@ class ResultStore(Protocol):
 class MetadataStore(Protocol):
     """Durable record of runs, tasks, attempts, logs and lineage.
 
-    ``write`` applies a batch of records in order in ONE transaction (all or nothing). A
+    ``write`` applies a batch of records in order in ONE transaction (all or nothing).
+    The engine writes an attempt row for every attempt that failed, was retried, or was still
+    running when its records were handed over; a task whose first attempt succeeded quickly is
+    described by its task row alone (``attempts`` = 1, ``fence``, start and end times). A
     ``TaskUpdate`` carrying a ``fence`` that is lower than the task's stored fence is not applied;
     ``write`` returns the (run_id, node_id) of such stale updates. Reads return None / [] on a miss.
     """

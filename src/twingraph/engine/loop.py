@@ -235,6 +235,7 @@ class RunLoop:
                         t.cache_reason, t.cache_key if ok else None,
                         t.content_hash if ok else None, err, t.started_at, t.ended_at))
                 if t.state is _T.RUNNING:   # a long attempt: record that it is under way
+                    t.attempt_row = t.attempt
                     out.append(AttemptRecord(run_id, t.node_id, t.attempt, t.fence, _T.RUNNING,
                                              f"local:{t.mode}", t.started_at or 0.0))
             self.dirty = []
@@ -277,9 +278,18 @@ class RunLoop:
         fp = self.engine.fingerprint(task.spec)
         task.dirty = True
         self.dirty.append(task)
+        # Which top-level arguments hold futures: only those are resolved at start.
         refs: list[Ref] = []
-        find_refs(task.args, refs)
-        find_refs(task.kwargs, refs)
+        for i, a in enumerate(task.args):
+            n = len(refs)
+            find_refs(a, refs)
+            if len(refs) > n:
+                task.ref_slots.append(i)
+        for k, v in task.kwargs.items():
+            n = len(refs)
+            find_refs(v, refs)
+            if len(refs) > n:
+                task.ref_slots.append(k)
         upstream_bad = None
         seen: set[int] = set()
         deps: list[list[Any]] = []
@@ -405,8 +415,15 @@ class RunLoop:
 
     def _start(self, task: Task) -> None:
         try:
-            args = substitute(task.args, self._fetch)
-            kwargs = substitute(task.kwargs, self._fetch)
+            args, kwargs = task.args, dict(task.kwargs)
+            if task.ref_slots:
+                fetch, args = self._fetch, list(args)
+                for slot in task.ref_slots:
+                    if type(slot) is int:
+                        args[slot] = substitute(args[slot], fetch)
+                    else:
+                        kwargs[slot] = substitute(kwargs[slot], fetch)
+                args = tuple(args)
         except BaseException as exc:  # noqa: BLE001 - e.g. a missing key in an upstream output
             task.attempt += 1
             self._finish(task, _T.FAILED, error=exc)
@@ -498,9 +515,12 @@ class RunLoop:
             assert task.cache_key is not None     # keyed in _on_ready, before it could run
             self.out.append(PutResult(task.cache_key, enc.buffers,
                                       self.engine.result_meta(self.run_id, task, enc), (self, task)))
-            self.out.append(AttemptRecord(self.run_id, task.node_id, task.attempt, fence,
-                                            _T.SUCCESS, executor=f"local:{task.mode}",
-                                            started_at=now - duration, ended_at=now))
+            if task.attempt > 1 or task.attempt_row == task.attempt:
+                # A first attempt that succeeded is described by the task row itself (attempts=1,
+                # fence, times): no attempt row for it unless one was already started.
+                self.out.append(AttemptRecord(self.run_id, task.node_id, task.attempt, fence,
+                                              _T.SUCCESS, executor=f"local:{task.mode}",
+                                              started_at=now - duration, ended_at=now))
             self._finish(task, _T.SUCCESS, duration=duration)
             return
         task.error = error

@@ -148,14 +148,20 @@ _CONTAINERS = frozenset({list, tuple, dict, set, frozenset})
 
 
 def substitute(value: Any, fetch: Any) -> Any:
-    """Replace every Ref in ``value`` by ``fetch(ref)``; containers are rebuilt only if needed."""
+    """Replace every Ref in ``value`` by ``fetch(ref)``; containers are rebuilt, leaves kept."""
     t = type(value)
     if t is Ref:
         return fetch(value)
-    if t is list or t is tuple:
-        return t(substitute(v, fetch) for v in value)
+    walk = _WALK
+    if t is list:
+        return [substitute(v, fetch) if type(v) in walk else v for v in value]
     if t is dict:
-        return {k: substitute(v, fetch) for k, v in value.items()}
+        return {k: substitute(v, fetch) if type(v) in walk else v for k, v in value.items()}
+    if t is tuple:
+        return tuple([substitute(v, fetch) if type(v) in walk else v for v in value])
     if t is set or t is frozenset:
         return t(substitute(v, fetch) for v in value)
     return value
+
+
+_WALK = frozenset({Ref, list, tuple, dict, set, frozenset})

@@ -20,7 +20,7 @@ class Task:
                  "producers", "waiting", "dependents", "consumers", "state", "attempt", "fence",
                  "value", "stored", "content_hash", "cache_key", "cache_status", "cache_reason",
                  "error", "event", "observed", "aliases", "started", "platform", "job",
-                 "dirty", "persisted", "created_at", "started_at", "ended_at",
+                 "dirty", "attempt_row", "ref_slots", "persisted", "created_at", "started_at", "ended_at",
                  "inputs_info")
 
     def __init__(self, node_id: str, order: int, component: str, spec: Any, fn: Any,
@@ -54,6 +54,8 @@ class Task:
         self.platform = "local"
         self.job: Any = None
         self.dirty = False             # changed since the last hand-over to the recorder
+        self.attempt_row = 0           # last attempt that has a row in the attempts table
+        self.ref_slots: list[int | str] = []   # argument positions / names holding futures
         self.persisted = False         # its TaskRecord has been handed over
         self.created_at = 0.0          # wall-clock times for the record
         self.started_at: float | None = None
