@@ -89,6 +89,7 @@ class Engine:
         self.rng = rng or random.Random()
         self.project = project
         self._sinks: list[EventSink] = [events] if events else []
+        self.has_sinks = bool(self._sinks)      # checked on the hot path: a plain attribute
         self.recorder = Recorder(results, metadata, interval=flush_interval,
                                  on_stored=self._on_stored, on_stale=self._on_stale)
         self.runs: dict[str, RunLoop] = {}
@@ -98,13 +99,15 @@ class Engine:
         self.error_handlers: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
     # -- events ---------------------------------------------------------------------------
-    @property
-    def has_sinks(self) -> bool:
-        return bool(self._sinks)
-
     def subscribe(self, sink: EventSink) -> Callable[[], None]:
+        """Receive engine events; returns a function that unsubscribes."""
         self._sinks.append(sink)
-        return lambda: self._sinks.remove(sink)
+        self.has_sinks = True
+
+        def unsubscribe() -> None:
+            self._sinks.remove(sink)
+            self.has_sinks = bool(self._sinks)
+        return unsubscribe
 
     def emit(self, event: dict[str, Any]) -> None:
         for s in self._sinks:
