@@ -195,7 +195,7 @@ def _call_node(fn: Any, style: str, arguments: Any, parameters: Mapping[str, Any
         deps = {k: values[k] for k in (arguments.values() if type(arguments) is dict
                                        else arguments)}
         out = fn(deps, dict(parameters))
-        if type(out) is not int and inspect.isawaitable(out):   # `async def` operations
+        if inspect.isawaitable(out):                 # `async def` operations
             out = asyncio.run(_await(out))
         return out
     target = getattr(fn, "fn", None) or (fn.run if hasattr(fn, "execute") else fn)
