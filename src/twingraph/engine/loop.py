@@ -417,13 +417,13 @@ class RunLoop:
         try:
             args, kwargs = task.args, dict(task.kwargs)
             if task.ref_slots:
-                fetch, args = self._fetch, list(args)
+                fetch, positional = self._fetch, list(args)
                 for slot in task.ref_slots:
-                    if type(slot) is int:
-                        args[slot] = substitute(args[slot], fetch)
+                    if isinstance(slot, int):
+                        positional[slot] = substitute(positional[slot], fetch)
                     else:
                         kwargs[slot] = substitute(kwargs[slot], fetch)
-                args = tuple(args)
+                args = tuple(positional)
         except BaseException as exc:  # noqa: BLE001 - e.g. a missing key in an upstream output
             task.attempt += 1
             self._finish(task, _T.FAILED, error=exc)
