@@ -1,4 +1,4 @@
-"""Shared fixtures for the contract suites: the machine's real PostgreSQL.
+"""Shared fixtures for every suite: the machine's real PostgreSQL.
 
 ``postgres_url`` creates a fresh database ``twingraph_test_<random>`` on 127.0.0.1:5432 (trust
 auth, user postgres; override the server with ``TWINGRAPH_TEST_POSTGRES``) for the test session
