@@ -9,10 +9,13 @@ costs one trial chunk, not a whole pass. The content hash is always of the uncom
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass
 from typing import Any
 
 from twingraph.errors import ConfigurationError, IntegrityError
+from twingraph.stores.results._common import check_hash, joined
 
 MIN_SAVING = 0.10
 SUPPORTED = (None, "zstd")
@@ -61,3 +64,18 @@ def decompress_frame(data: bytes, raw_size: int, key: str, expected_hash: str) -
         raise IntegrityError(key, expected_hash,
                              f"<zstd frame of {len(out)} bytes, not {raw_size}>")
     return out
+
+
+def pack_small(p: Any, cctx: Any, policy: CompressionPolicy) -> tuple[Any, str, str | None]:
+    """A small value in one piece: (bytes to store, verified content hash, compression used).
+
+    Joins the value's buffers, checks them against the hash the caller gave (if any), and
+    compresses with ``cctx`` when the policy wants it and it pays off."""
+    blob = joined(p.views) if p.views else b""
+    digest = check_hash(p, hashlib.sha256(blob).hexdigest())
+    comp = None
+    if cctx is not None and policy.wants(p.size):
+        packed = cctx.compress(blob)
+        if worth_it(p.size, len(packed)):
+            blob, comp = packed, "zstd"
+    return blob, digest, comp

@@ -44,10 +44,10 @@ from twingraph.core.results import DataType, StorageMetadata
 from twingraph.errors import IntegrityError, StorageError
 from twingraph.stores.results import _files
 from twingraph.stores.results._common import (
-    Prepared, check_hash, joined, merge_meta, prepare_all, slices, validate_key,
+    Prepared, check_hash, merge_meta, prepare_all, slices, validate_key,
     verified_stream, verify,
 )
-from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, worth_it, zstd
+from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, pack_small, worth_it, zstd
 from twingraph.stores.results.base import Buffer, Item, ResultStoreBase
 
 __all__ = ["FilesystemStorage"]
@@ -135,13 +135,7 @@ class FilesystemStorage(ResultStoreBase):
         doc: dict[str, Any] = {"format": 1, "node_id": p.key, "data_type": p.type_name,
                                "size": p.size, "created_at": p.created_at, "dag_id": p.dag_id}
         if p.size <= self.inline_threshold:
-            blob: Buffer = joined(p.views) if p.views else b""
-            digest = check_hash(p, hashlib.sha256(blob).hexdigest())
-            comp = None
-            if cctx is not None and self.policy.wants(p.size):
-                packed = cctx.compress(blob)
-                if worth_it(p.size, len(packed)):
-                    blob, comp = packed, "zstd"
+            blob, digest, comp = pack_small(p, cctx, self.policy)
             doc["storage"] = {"inline": base64.b64encode(blob).decode("ascii")}
         else:
             directory = self.data_path / _DIRS[p.data_type]

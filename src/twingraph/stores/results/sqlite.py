@@ -35,10 +35,10 @@ from typing import Any
 from twingraph.core.results import DataType, StorageMetadata
 from twingraph.errors import ConfigurationError, IntegrityError, StorageError
 from twingraph.stores.results._common import (
-    Prepared, check_hash, joined, merge_meta, meta_from_json, prepare_all, slices,
+    Prepared, check_hash, merge_meta, meta_from_json, prepare_all, slices,
     validate_key, verified_stream, verify,
 )
-from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, worth_it
+from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, pack_small, worth_it
 from twingraph.stores.results.base import Buffer, Item, ResultStoreBase
 
 __all__ = ["SQLiteStorage"]
@@ -183,13 +183,7 @@ class SQLiteStorage(ResultStoreBase):
             if p.size > self.chunk_threshold:
                 chunked.append(p)
                 continue
-            blob: Buffer = joined(p.views) if p.views else b""
-            digest = check_hash(p, hashlib.sha256(blob).hexdigest())
-            comp = None
-            if cctx is not None and self.policy.wants(p.size):
-                packed = cctx.compress(blob)
-                if worth_it(p.size, len(packed)):
-                    blob, comp = packed, "zstd"
+            blob, digest, comp = pack_small(p, cctx, self.policy)
             rows.append((p.key, p.type_name, digest, p.size, comp, p.created_at, p.dag_id,
                          p.meta_json, 0, blob))
         with self._write("put", preps[0].key) as conn:
