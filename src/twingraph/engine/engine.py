@@ -155,12 +155,14 @@ class Engine:
         return serialization.decode(data, (meta.metadata or {}).get("encoding", "pickle"))
 
     def result_meta(self, run_id: str, task: Any, enc: serialization.Encoded) -> StorageMetadata:
+        """Metadata stored with a result: how to decode it, and the pipeline (``dag_id``) that
+        produced it, for ``list_results(dag_id)``. Which run and task produced it is the
+        metadata store's business (task rows carry ``result_key``)."""
+        loop = self.runs.get(run_id)
         return StorageMetadata(node_id=task.cache_key, data_type=enc.data_type,
                                content_hash=enc.content_hash, size=enc.size,
-                               metadata={"encoding": enc.encoding, "component": task.component,
-                                         "node": task.node_id, "run_id": run_id,
-                                         "dag_id": self.runs[run_id].pipeline
-                                         if run_id in self.runs else None})
+                               metadata={"encoding": enc.encoding,
+                                         "dag_id": loop.pipeline if loop is not None else None})
 
     def key_prefix(self, spec: Any) -> bytes:
         fp = self._prefixes.get(id(spec))
