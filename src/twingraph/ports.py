@@ -87,6 +87,7 @@ class Job(Protocol):
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     mode: str                   # 'thread' | 'process' (local); platform executors ignore it
+    started_at: float | None    # set by the executor (time.monotonic()) when it really starts
 
 
 class Outcome(Protocol):

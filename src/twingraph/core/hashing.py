@@ -90,4 +90,7 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
                 return {"x": leaf_hash(value)}
             out[k] = digest_value(v, ref_type, ref_digest, leaf_hash)
         return {"d": out}
+    if isinstance(value, tuple) and hasattr(t, "_fields"):    # a named tuple: walk it too
+        return {"n": f"{t.__module__}.{t.__qualname__}",
+                "t": [digest_value(v, ref_type, ref_digest, leaf_hash) for v in value]}
     return {"x": leaf_hash(value)}

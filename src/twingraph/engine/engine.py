@@ -307,11 +307,13 @@ class Engine:
                  else RunState.FAILED if error is not None else RunState.SUCCESS)
         self.recorder.add(RunUpdate(run_id, state, self.clock.now(),
                                     error=None if error is None else f"{type(error).__name__}: {error}"))
-        self.recorder.flush()
+        try:
+            self.recorder.flush()
+        finally:
+            self.runs.pop(run_id, None)
         progress = loop.progress()
         self.emit({"event": "run:status", "run_id": run_id, "pipeline": pipeline,
                    "status": state.value, "progress": progress})
-        del self.runs[run_id]
         result = RunResult(run_id, state, value if error is None else None, error, progress,
                            dict(loop.failures))
         if notifications:

@@ -95,6 +95,7 @@ class RunLoop:
         self._seq = itertools.count()
         self.lock = threading.Lock()             # guards task.state/event for waiters
         self.stopping: str | None = None         # 'failed' | 'cancelled' | 'timeout'
+        self.crashed: BaseException | None = None
         self.stop_message = ""
         self.body_finished = False
         self.body_error: BaseException | None = None
@@ -118,6 +119,9 @@ class RunLoop:
             n = self._name_counts.get(name, 0)
             self._name_counts[name] = n + 1
             node_id = f"{name}-{n}"
+        if self.crashed is not None or self.done.is_set():
+            raise NodeExecutionError(f"cannot submit {node_id}: the run has ended "
+                                     f"({self.stop_message or 'finished'})", node_id=node_id)
         task = Task(node_id, next(self._order), name, spec, fn, args, kwargs)
         self.submitted.append(task)
         if self.sleeping:
@@ -137,8 +141,16 @@ class RunLoop:
                 if not task.state.terminal and task.event is None:
                     task.event = threading.Event()
                 ev = task.event
-            if ev is not None and not ev.wait(timeout):
-                raise TimeoutError(f"waiting for {task.node_id} timed out")
+            if ev is not None:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while not ev.wait(0.5 if deadline is None else
+                                  max(0.0, min(0.5, deadline - time.monotonic()))):
+                    if self.done.is_set() and not task.state.terminal:
+                        raise NodeExecutionError(
+                            f"task {task.node_id} can no longer finish: the run has ended "
+                            f"({self.stop_message or 'engine stopped'})", node_id=task.node_id)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise TimeoutError(f"waiting for {task.node_id} timed out")
         if task.state is not _T.SUCCESS:
             task.observed = True
             raise self._failure_of(task)
@@ -189,16 +201,38 @@ class RunLoop:
                     self._handle(ev)
                     ev = get_nowait(self.inbox)
                 while submitted:
-                    self._on_submit(submitted.popleft())
+                    self._submit_guarded(submitted.popleft())
                 self._fire_timers()
                 self._dispatch()
                 if self.body_finished and self.unfinished == 0 and self.running == 0 \
                         and not submitted:
                     return
                 self._heartbeat()
+        except BaseException as exc:  # noqa: BLE001 - a bug here must not leave waiters hanging
+            self._crash(exc)
         finally:
-            self._hand_over()
-            self.done.set()
+            try:
+                self._hand_over()
+            finally:
+                self.done.set()
+
+    def _crash(self, exc: BaseException) -> None:
+        """The loop itself failed (an engine bug or a store that cannot be read): end every
+        unfinished task so nobody waits forever; the run ends FAILED with this error."""
+        self.crashed = exc
+        self.stopping, self.stop_message = "failed", f"engine error: {type(exc).__name__}: {exc}"
+        self.out.append(LogRecord(self.run_id, self.clock.now(), "error", self.stop_message))
+        for task in list(self.tasks.values()) + list(self.submitted):
+            if not task.state.terminal:
+                if task.state is _T.RUNNING and task.mode != "inline" and task.job is not None:
+                    self.executor.abort(task.job)
+                err = NodeExecutionError(self.stop_message, node_id=task.node_id)
+                with self.lock:
+                    task.state, task.error = _T.FAILED, err
+                    ev = task.event
+                if ev is not None:
+                    ev.set()
+        self.failures.setdefault("<engine>", self.stop_message)
 
     HAND_OVER_EVERY = 0.02       # seconds: the most a busy loop keeps records to itself
 
@@ -268,6 +302,18 @@ class RunLoop:
             ev[1]()
 
     # == submission and readiness ===========================================================
+    def _submit_guarded(self, task: Task) -> None:
+        try:
+            self._on_submit(task)
+        except Exception as exc:  # noqa: BLE001 - a bad submission fails that task, not the run loop
+            if task.node_id not in self.tasks:
+                self.tasks[task.node_id] = task
+                self.unfinished += 1
+                self.counts[_T.PENDING] += 1
+                task.dirty = True
+                self.dirty.append(task)
+            self._fail_before_start(task, exc)
+
     def _on_submit(self, task: Task) -> None:
         if task.node_id in self.tasks:      # same node id twice: make it unique, keep order
             task.node_id = f"{task.node_id}.{task.order}"
@@ -338,21 +384,19 @@ class RunLoop:
                 and prior.content_hash:
             self._hit(task, prior.content_hash, "resumed", "result recorded by this run before it stopped")
             return False
-        twin = self.by_key.get(key)
+        memoize = spec.cache and not self.opt.no_cache
+        twin = self.by_key.get(key) if memoize else None
         if twin is not None and twin is not task:
-            if twin.state is _T.SUCCESS:
-                self._hit(task, twin.content_hash, "hit", f"same computation as {twin.node_id} in this run")
-                task.value = twin.value
-            elif twin.state.terminal:
-                self._finish(task, _T.FAILED, error=twin.error)
+            if twin.state.terminal:
+                self._follow_twin(task, twin)
             else:
                 if twin.aliases is None:
                     twin.aliases = []
                 twin.aliases.append(task)
                 self._set_state(task, _T.QUEUED)
             return False
-        self.by_key[key] = task
-        if spec.cache and not self.opt.no_cache:
+        if memoize:
+            self.by_key[key] = task
             return True
         task.cache_status = "disabled"
         task.cache_reason = "--no-cache" if self.opt.no_cache else "cache=False on the component"
@@ -368,6 +412,12 @@ class RunLoop:
         self._set_state(task, _T.QUEUED)
         self.ready.append(task)
 
+    def _fail_before_start(self, task: Task, exc: BaseException) -> None:
+        """A task that could not even be keyed or looked up fails like a task that raised."""
+        if not task.state.terminal:
+            self._finish(task, _T.FAILED, error=exc)
+            self._after_failure(task)
+
     def _miss_reason(self, task: Task) -> str:
         if self._previous is None:
             self._previous = self._previous_loader() if self._previous_loader else {}
@@ -381,11 +431,28 @@ class RunLoop:
             return "configuration changed since the last run"
         return "inputs changed since the last run"
 
-    def _hit(self, task: Task, content_hash: str | None, status: str, reason: str) -> None:
+    def _hit(self, task: Task, content_hash: str | None, status: str, reason: str, *,
+             stored: bool = True) -> None:
         task.content_hash = content_hash
         task.cache_status, task.cache_reason = status, reason
-        task.stored = True
+        task.stored = stored
         self._finish(task, _T.SUCCESS)
+
+    def _follow_twin(self, task: Task, twin: Task) -> None:
+        """Finish ``task`` the way its in-run twin (same structural key) finished."""
+        if twin.state is _T.SUCCESS:
+            task.value = twin.value          # before _hit wakes anyone waiting on the task
+            # Stored only if the twin's result is; otherwise the value stays in memory.
+            self._hit(task, twin.content_hash, "hit",
+                      f"same computation as {twin.node_id} in this run", stored=twin.stored)
+        elif twin.state is _T.FAILED:
+            self._finish(task, _T.FAILED, error=twin.error)
+            self._after_failure(task)
+        elif twin.state is _T.SKIPPED:
+            self._finish(task, _T.SKIPPED, error=twin.error)
+            self._skip_downstream(task)
+        else:
+            self._finish(task, _T.CANCELLED, error=twin.error)
 
     # == dispatch ===========================================================================
     def _dispatch(self) -> None:
@@ -401,10 +468,20 @@ class RunLoop:
                 lookup = []
                 while became:
                     t = became.popleft()
-                    if t.state is _T.PENDING and self._on_ready(t):
-                        lookup.append(t)
+                    if t.state is not _T.PENDING:
+                        continue
+                    try:
+                        if self._on_ready(t):
+                            lookup.append(t)
+                    except Exception as exc:  # noqa: BLE001 - e.g. an argument that cannot be hashed
+                        self._fail_before_start(t, exc)
                 if lookup:   # one memo query for the whole burst, not one per task
-                    found = self.results.content_hashes([t.cache_key for t in lookup])
+                    try:
+                        found = self.results.content_hashes([t.cache_key for t in lookup])
+                    except Exception as exc:  # noqa: BLE001 - the store could not be read
+                        for t in lookup:
+                            self._fail_before_start(t, exc)
+                        continue
                     for t in lookup:
                         self._after_lookup(t, found.get(t.cache_key))
             if not ready or self.running >= limit or self.stopping:
@@ -429,10 +506,7 @@ class RunLoop:
             self._finish(task, _T.FAILED, error=exc)
             self._after_failure(task)
             return
-        for p in task.producers:
-            p.consumers -= 1
-            if p.consumers <= 0 and p.stored and p.state is _T.SUCCESS:
-                p.value = UNLOADED
+        self._release_inputs(task)
         if not self._accepts_lineage(task.fn):
             for k in LINEAGE_KWARGS:
                 kwargs.pop(k, None)
@@ -476,6 +550,19 @@ class RunLoop:
         for p in ref._path:
             full = full[p]
         return full
+
+    def _release_inputs(self, task: Task) -> None:
+        """This task needs its inputs' in-memory values no more (started, or finished without
+        running): count it off each producer once; a producer nobody needs and whose result
+        is stored drops its value (it can be reloaded)."""
+        producers = task.producers
+        if producers is _NONE:
+            return
+        task.producers = _NONE
+        for p in producers:
+            p.consumers -= 1
+            if p.consumers <= 0 and p.stored and p.state is _T.SUCCESS:
+                p.value = UNLOADED
 
     def _accepts_lineage(self, fn: Any) -> bool:
         ok = self._accepts.get(fn)
@@ -573,6 +660,7 @@ class RunLoop:
                 duration: float | None = None) -> None:
         if error is not None:
             task.error = error
+        self._release_inputs(task)
         self._set_state(task, state, duration=duration)
         self.unfinished -= 1
         self._done_times.append(self.clock.monotonic())
@@ -582,17 +670,13 @@ class RunLoop:
                 if d.waiting == 0 and d.state is _T.PENDING:
                     self.became_ready.append(d)
             # Done for good: drop what only scheduling needed (bounded memory per finished node).
-            task.dependents = task.producers = _NONE
+            task.dependents = _NONE
             task.args, task.kwargs, task.job = (), _EMPTY, None
         if task.aliases:
-            for a in task.aliases:
-                if state is _T.SUCCESS:
-                    a.value = task.value
-                    self._hit(a, task.content_hash, "hit",
-                              f"same computation as {task.node_id} in this run")
-                elif not a.state.terminal:
-                    self._finish(a, state, error=error)
-            task.aliases = None
+            aliases, task.aliases = task.aliases, None
+            for a in aliases:
+                if not a.state.terminal:
+                    self._follow_twin(a, task)
 
     def _set_state(self, task: Task, state: TaskState, *, duration: float | None = None) -> None:
         """The only place a task's state changes: counts, waiters, the dirty mark for the
@@ -663,6 +747,13 @@ class RunLoop:
                 self._set_state(task, _T.QUEUED)
                 self.ready.append(task)
             elif kind == "task_timeout" and task.state is _T.RUNNING:
+                started = getattr(task.job, "started_at", None)
+                limit = task.spec.timeout
+                if started is None or time.monotonic() - started < limit:
+                    # Not started yet (waiting for a worker), or started late: wait the rest.
+                    rest = limit if started is None else limit - (time.monotonic() - started)
+                    self._timer(max(rest, 0.01), "task_timeout", task, fence)
+                    continue
                 killed = self.executor.abort(task.job)
                 err = TaskTimeout(task.node_id, task.spec.timeout, killed=killed)
                 self._complete(task, fence, False, None, err, now - task.started)
@@ -687,7 +778,7 @@ class RunLoop:
                 "running": c[_T.RUNNING], "succeeded": c[_T.SUCCESS], "failed": c[_T.FAILED],
                 "skipped": c[_T.SKIPPED], "cancelled": c[_T.CANCELLED], "finished": finished,
                 "percent": 100.0 * finished / total if total else 0.0, "eta_seconds": eta,
-                "running_nodes": [t.node_id for t in self.tasks.values()
+                "running_nodes": [t.node_id for t in list(self.tasks.values())
                                   if t.state is _T.RUNNING][:20]}
 
     def call_in_loop(self, fn: Callable[[], None]) -> None:

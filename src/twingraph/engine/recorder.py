@@ -95,7 +95,10 @@ class Recorder:
                 self._cv.wait(0.05)
                 self._cv.notify()
             if self._error is not None:
-                raise self._error
+                # Reported once, to the run that flushes; the recorder keeps working for the
+                # next batches (the failed batch is lost: its runs end with this error).
+                error, self._error = self._error, None
+                raise error
 
     def close(self) -> None:
         try:

@@ -109,6 +109,12 @@ class Ref:
             raise AttributeError(name)
         return getattr(self.result(), name)
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a component's future cannot be pickled: pass futures to components directly or "
+            "inside lists, tuples (named tuples too), sets or dicts, not inside other objects; "
+            "or call .result() first")
+
 
 def _concrete(v: Any) -> Any:
     return v.result() if type(v) is Ref else v
@@ -130,18 +136,21 @@ setattr(Ref, "__abs__", lambda self: abs(self.result()))
 
 
 def find_refs(value: Any, out: list[Ref]) -> None:
-    """Collect the Refs inside ``value`` (lists, tuples, dicts, sets walked)."""
+    """Collect the Refs inside ``value`` (lists, tuples and named tuples, dicts, sets)."""
     t = type(value)
     if t is Ref:
         out.append(value)
     elif t is list or t is tuple or t is set or t is frozenset:
         for v in value:
-            if type(v) is Ref or type(v) in _CONTAINERS:
+            if type(v) is Ref or type(v) in _CONTAINERS or isinstance(v, tuple):
                 find_refs(v, out)
     elif t is dict:
         for v in value.values():
-            if type(v) is Ref or type(v) in _CONTAINERS:
+            if type(v) is Ref or type(v) in _CONTAINERS or isinstance(v, tuple):
                 find_refs(v, out)
+    elif isinstance(value, tuple):          # a named tuple
+        for v in value:
+            find_refs(v, out)
 
 
 _CONTAINERS = frozenset({list, tuple, dict, set, frozenset})
@@ -154,13 +163,18 @@ def substitute(value: Any, fetch: Any) -> Any:
         return fetch(value)
     walk = _WALK
     if t is list:
-        return [substitute(v, fetch) if type(v) in walk else v for v in value]
+        return [substitute(v, fetch) if type(v) in walk or isinstance(v, tuple) else v
+                for v in value]
     if t is dict:
-        return {k: substitute(v, fetch) if type(v) in walk else v for k, v in value.items()}
+        return {k: substitute(v, fetch) if type(v) in walk or isinstance(v, tuple) else v
+                for k, v in value.items()}
     if t is tuple:
-        return tuple([substitute(v, fetch) if type(v) in walk else v for v in value])
+        return tuple([substitute(v, fetch) if type(v) in walk or isinstance(v, tuple) else v
+                      for v in value])
     if t is set or t is frozenset:
         return t(substitute(v, fetch) for v in value)
+    if isinstance(value, tuple) and hasattr(t, "_fields"):      # a named tuple
+        return t(*[substitute(v, fetch) for v in value])
     return value
 
 

@@ -43,15 +43,18 @@ class _ThreadPool:
         self.size = size
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._idle = 0                       # idle threads minus queued jobs
         self._lock = threading.Lock()
-        self._abandoned: set[tuple[str, int]] = set()
+        # Jobs are tracked by identity: (node id, fence) repeats across runs of a pipeline.
+        self._running: set[Job] = set()
+        self._abandoned: set[Job] = set()    # running when aborted: their thread is written off
+        self._dropped: set[Job] = set()      # aborted while still queued: never run
         self._name = name
 
     def submit(self, job: Job, done: Callable[[Outcome], None]) -> None:
         self._q.put((job, done))
         with self._lock:
-            if self._idle == 0 and len(self._threads) < self.size:
+            if self._idle <= 0 and len(self._threads) < self.size:
                 self._spawn()
             else:
                 self._idle -= 1
@@ -68,17 +71,24 @@ class _ThreadPool:
             if item is _STOP:
                 return
             job, done = item
+            with self._lock:
+                if job in self._dropped:        # aborted before it started: skip it
+                    self._dropped.discard(job)
+                    self._idle += 1
+                    continue
+                self._running.add(job)
+            job.started_at = time.monotonic()
             t0 = time.perf_counter()
             try:
                 value = job.fn(*job.args, **job.kwargs)
                 out = JobOutcome(job.node_id, job.fence, True, value, None, time.perf_counter() - t0)
             except BaseException as exc:  # noqa: BLE001 - the task's failure is data
                 out = JobOutcome(job.node_id, job.fence, False, None, exc, time.perf_counter() - t0)
-            key = (job.node_id, job.fence)
             with self._lock:
-                if key in self._abandoned:
+                self._running.discard(job)
+                if job in self._abandoned:
                     # This thread was written off and replaced; it leaves the pool now.
-                    self._abandoned.discard(key)
+                    self._abandoned.discard(job)
                     self._threads.remove(threading.current_thread())
                     return
                 self._idle += 1
@@ -86,8 +96,11 @@ class _ThreadPool:
 
     def abandon(self, job: Job) -> None:
         with self._lock:
-            self._abandoned.add((job.node_id, job.fence))
-            self._spawn()          # keep capacity: the stuck thread no longer counts
+            if job in self._running:
+                self._abandoned.add(job)
+                self._spawn()      # keep capacity: the stuck thread no longer counts
+            else:
+                self._dropped.add(job)
 
     def shutdown(self) -> None:
         with self._lock:

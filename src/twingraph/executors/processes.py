@@ -26,6 +26,7 @@ from twingraph.ports import Job, Outcome
 
 def _worker_main(conn: Any) -> None:  # runs in the child
     import pickle
+    conn.send_bytes(b"ready")             # booted and imported: jobs' clocks may start now
     while True:
         try:
             data = conn.recv_bytes()
@@ -57,6 +58,7 @@ class _Worker:
         child.close()
         self.conn = parent
         self.job: Job | None = None
+        self.ready = False
 
 
 class ProcessPool:
@@ -64,7 +66,8 @@ class ProcessPool:
         self.size = size
         self._ctx = mp.get_context("spawn")
         self._idle: list[_Worker] = []
-        self._busy: dict[tuple[str, int], _Worker] = {}
+        # By identity: (node, fence) repeats across runs. None = its worker is being spawned.
+        self._busy: dict[Job, _Worker | None] = {}
         self._waiting: deque[tuple[Job, Callable[[Outcome], None]]] = deque()
         self._lock = threading.Lock()
         self._count = 0
@@ -81,21 +84,29 @@ class ProcessPool:
                 if not self._waiting or self._closed:
                     return
                 if self._idle:
-                    w = self._idle.pop()
+                    w: _Worker | None = self._idle.pop()
                 elif self._count < self.size:
                     self._count += 1
                     w = None
                 else:
                     return
                 job, done = self._waiting.popleft()
+                # Busy from this moment (its worker may still be spawning), so kill() finds it.
+                self._busy[job] = w
             if w is None:
                 try:
                     w = _Worker(self._ctx)
                 except Exception as exc:  # noqa: BLE001
                     with self._lock:
                         self._count -= 1
+                        self._busy.pop(job, None)
                     done(JobOutcome(job.node_id, job.fence, False, None, exc, 0.0))
                     continue
+            with self._lock:
+                if job not in self._busy:         # killed while its worker was being made
+                    self._idle.append(w)
+                    continue
+                self._busy[job] = w
             self._start(w, job, done)
 
     def _start(self, w: _Worker, job: Job, done: Callable[[Outcome], None]) -> None:
@@ -103,25 +114,30 @@ class ProcessPool:
             payload = cloudpickle.dumps((job.fn, job.args, job.kwargs))
         except Exception as exc:  # noqa: BLE001
             with self._lock:
+                self._busy.pop(job, None)
                 self._idle.append(w)
             done(JobOutcome(job.node_id, job.fence, False, None, NodeExecutionError(
                 f"cannot send task {job.node_id} to a process: {exc}", node_id=job.node_id)))
             return
         w.job = job
-        with self._lock:
-            self._busy[(job.node_id, job.fence)] = w
         threading.Thread(target=self._await, args=(w, job, done, payload), daemon=True,
                          name=f"twingraph-proc-wait-{job.node_id}").start()
 
     def _await(self, w: _Worker, job: Job, done: Callable[[Outcome], None], payload: bytes) -> None:
         t0 = time.perf_counter()
         try:
+            if not w.ready:               # a new worker: wait until it has booted
+                if w.conn.recv_bytes() != b"ready":
+                    raise EOFError("worker did not start")
+                w.ready = True
+            t0 = time.perf_counter()
+            job.started_at = time.monotonic()
             w.conn.send_bytes(payload)
             ok, value = cloudpickle.loads(w.conn.recv_bytes())
         except (EOFError, OSError, BrokenPipeError):
             # Killed on purpose (abort) or died on its own.
             with self._lock:
-                killed = self._busy.pop((job.node_id, job.fence), None) is None
+                killed = self._busy.pop(job, None) is None
                 self._count -= 1
             if not killed:
                 code = w.proc.exitcode
@@ -132,17 +148,28 @@ class ProcessPool:
             return
         dt = time.perf_counter() - t0
         with self._lock:
-            self._busy.pop((job.node_id, job.fence), None)
+            killed = self._busy.pop(job, None) is None
             w.job = None
-            self._idle.append(w)
+            if killed:                  # killed after it answered: the worker is gone
+                self._count -= 1
+            else:
+                self._idle.append(w)
+        if killed:
+            self._pump()
+            return
         done(JobOutcome(job.node_id, job.fence, ok, value if ok else None,
                         None if ok else value, dt))
         self._pump()
 
     def kill(self, job: Job) -> bool:
+        """Stop ``job``: kill its worker if it runs; drop it if it still waits for one."""
         with self._lock:
-            w = self._busy.pop((job.node_id, job.fence), None)
-        if w is None:
+            if job in self._busy:
+                w = self._busy.pop(job)
+            else:
+                w = None
+                self._waiting = deque((j, d) for j, d in self._waiting if j is not job)
+        if w is None:                 # never started (queued, or its worker still spawning)
             return False
         w.proc.kill()
         w.proc.join(5)
@@ -152,7 +179,7 @@ class ProcessPool:
     def shutdown(self) -> None:
         with self._lock:
             self._closed = True
-            workers = self._idle + list(self._busy.values())
+            workers = self._idle + [w for w in self._busy.values() if w is not None]
             self._idle, self._busy = [], {}
         for w in workers:
             w.proc.kill()

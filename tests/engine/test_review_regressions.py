@@ -1,0 +1,209 @@
+"""Regressions for bugs found in review: no run may hang, lose a result, or cross another run."""
+import os
+import random
+import threading
+import time
+from collections import namedtuple
+
+import pytest
+
+from twingraph import component, pipeline
+from twingraph.core.states import RunState, TaskState
+from twingraph.engine.dynamic import DAGDefinition, DynamicScheduler, ExecutionConfig, NodeDefinition
+from twingraph.engine.engine import Engine
+from twingraph.executors.local import LocalExecutor
+from twingraph.stores.metadata import MemoryMetadataStore
+from twingraph.stores.results.memory import MemoryStorage
+
+
+def _engine(**kw):
+    return Engine(results=MemoryStorage(), metadata=MemoryMetadataStore(), **kw)
+
+
+@component
+def echo(x):
+    return x
+
+
+@component
+def boom(x):
+    time.sleep(0.02)
+    raise ValueError("boom")
+
+
+def test_an_argument_that_cannot_be_hashed_fails_its_task_not_the_run():
+    eng = _engine()
+
+    @pipeline(timeout=5)
+    def p():
+        return echo(x=threading.Lock())
+
+    t0 = time.monotonic()
+    r = p.run(engine=eng)
+    assert time.monotonic() - t0 < 3
+    assert r.state is RunState.FAILED and "cannot encode a value of type lock" in str(r.error)
+    eng.close()
+
+
+def test_futures_inside_named_tuples_are_followed():
+    eng = _engine()
+    Pair = namedtuple("Pair", "a b")
+
+    @component
+    def add(pair):
+        return pair.a + pair.b
+
+    @pipeline
+    def p():
+        one, two = echo(x=1), echo(x=2)
+        return add(pair=Pair(one["outputs"]["result"], two["outputs"]["result"]))
+
+    assert p.run(engine=eng).value["outputs"]["result"] == 3
+    eng.close()
+
+
+def test_a_failed_twin_fails_its_alias_and_skips_what_follows():
+    eng = _engine()
+
+    @pipeline(error_handler="continue", timeout=10)
+    def p():
+        boom(x=1)
+        twin = boom(x=1)                  # same key: an alias of the first call
+        echo(x=twin["outputs"]["result"])
+        return None
+
+    t0 = time.monotonic()
+    r = p.run(engine=eng)
+    assert time.monotonic() - t0 < 5
+    states = {t.node_id: t.state for t in eng.metadata.get_tasks(r.run_id)}
+    assert states == {"boom-0": TaskState.FAILED, "boom-1": TaskState.FAILED,
+                      "echo-0": TaskState.SKIPPED}
+    assert set(r.failures) == {"boom-0", "boom-1"}
+    eng.close()
+
+
+def test_identical_failing_dag_roots_finish():
+    def no_data(deps, params):
+        raise ValueError("no data")
+
+    s = DynamicScheduler(MemoryStorage(), ExecutionConfig(retry_failed_nodes=False),
+                         metadata=MemoryMetadataStore())
+    s.executor.register_operation("no_data", no_data)
+    s.executor.register_operation("use", lambda deps, params: 1)
+    dag = DAGDefinition("twins", [NodeDefinition("a", "no_data", [], {}),
+                                  NodeDefinition("b", "no_data", [], {}),
+                                  NodeDefinition("c", "use", ["a"], {}),
+                                  NodeDefinition("d", "use", ["b"], {})])
+    done = {}
+    th = threading.Thread(target=lambda: done.setdefault("r", s.run(dag)))
+    th.start()
+    th.join(10)
+    assert "r" in done, "the DAG run never finished"
+    assert done["r"].progress["failed"] == 2 and done["r"].progress["skipped"] == 2
+    s.engine.close()
+
+
+def test_an_alias_keeps_its_value_until_its_twin_is_stored():
+    @component
+    def f(x):
+        time.sleep(0.01)
+        return {"v": x}
+
+    @pipeline
+    def p():
+        x = f(x=1)
+        y = f(x=1)                        # alias of x
+        echo(x=y).result()                # y's only consumer has run
+        return y["outputs"]["v"].result()
+
+    for _ in range(5):
+        eng = _engine(flush_interval=0.5)   # the twin's result reaches the store late
+        r = p.run(engine=eng)
+        assert r.state is RunState.SUCCESS and r.value == 1, r.error
+        eng.close()
+
+
+def test_cache_false_calls_are_never_merged():
+    eng = _engine()
+
+    @component(cache=False)
+    def draw():
+        return random.random()
+
+    @pipeline
+    def p():
+        return [draw() for _ in range(4)]
+
+    values = [v["outputs"]["result"] for v in p.run(engine=eng).value]
+    assert len(set(values)) == 4
+    eng.close()
+
+
+@pytest.mark.slow
+def test_an_abandoned_thread_does_not_drop_another_runs_result():
+    eng = _engine()
+
+    @component(timeout=1.0, cache=False)
+    def nap(seconds):
+        time.sleep(seconds)
+        return seconds
+
+    @pipeline
+    def p(seconds):
+        return nap(seconds=seconds)
+
+    out = {}
+    a = threading.Thread(target=lambda: out.setdefault("a", p.run(3.0, engine=eng)))
+    a.start()
+    time.sleep(0.2)
+    b = p.run(0.9, engine=eng)            # same node id and fence as run A's task
+    a.join()
+    assert out["a"].state is RunState.FAILED
+    assert b.state is RunState.SUCCESS, b.error
+    eng.close()
+
+
+@pytest.mark.slow
+def test_a_queued_process_job_never_runs_after_cancel(tmp_path):
+    eng = _engine(executor=LocalExecutor(max_processes=1))
+
+    @component(cache=False, executor="process")
+    def mark(tag, where):
+        time.sleep(1.5)
+        open(os.path.join(where, tag), "w").close()
+        return tag
+
+    @pipeline
+    def p():
+        return [mark(tag="a", where=str(tmp_path)), mark(tag="b", where=str(tmp_path))]
+
+    r = p.run(engine=eng, on_start=lambda loop: threading.Timer(0.5, loop.cancel).start())
+    assert r.state is RunState.CANCELLED
+    time.sleep(3)
+    assert os.listdir(tmp_path) == []
+    eng.close()
+
+
+def test_the_recorder_recovers_after_a_failed_write():
+    class FlakyStore(MemoryMetadataStore):
+        """A metadata store whose first write fails, like a database briefly locked."""
+        fail = 1
+
+        def write(self, batch):
+            if self.fail:
+                self.fail -= 1
+                raise OSError("database is locked")
+            return super().write(batch)
+
+    eng = Engine(results=MemoryStorage(), metadata=FlakyStore())
+
+    @pipeline
+    def p(x):
+        return echo(x=x)
+
+    with pytest.raises(OSError, match="locked"):
+        p.run(1, engine=eng)
+    assert eng.runs == {}
+    r = p.run(2, engine=eng)
+    assert r.state is RunState.SUCCESS and eng.metadata.get_run(r.run_id).state is RunState.SUCCESS
+    eng.close()
