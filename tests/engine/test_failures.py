@@ -104,18 +104,22 @@ def test_retry_policy_does_not_retry_other_exceptions(engine):
     assert b.counts["k3"] == 1
 
 
-def test_error_handler_retry_gives_tasks_a_default_policy(engine, monkeypatch):
+def test_error_handler_retry_gives_tasks_a_policy(engine):
     b.counts.clear()
-    from twingraph.core.retry import RetryPolicy
-    from twingraph.engine import loop
-    monkeypatch.setattr(loop, "DEFAULT_RETRY", RetryPolicy(max_attempts=3, initial_delay=0.01))
 
-    @pipeline(name="retry_all", error_handler="retry")
+    @pipeline(name="retry_all", error_handler="retry",
+              error_config={"retry_policy": {"max_attempts": 4, "initial_delay": 0.01}})
     def p():
         return b.fails(x=1)
 
     r = p.run(engine=engine)
-    assert r.state is RunState.FAILED and b.counts["fails"] == 3
+    assert r.state is RunState.FAILED and b.counts["fails"] == 4
+
+
+def test_error_handler_retry_default_policy():
+    from twingraph.engine.loop import DEFAULT_RETRY
+    assert (DEFAULT_RETRY.max_attempts, DEFAULT_RETRY.backoff, DEFAULT_RETRY.initial_delay,
+            DEFAULT_RETRY.max_delay) == (3, "exponential", 1.0, 60.0)
 
 
 def test_thread_task_timeout_is_abandoned_and_reported(engine):

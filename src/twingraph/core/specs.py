@@ -147,6 +147,8 @@ class PipelineSpec:
         econf = _dict("error_config", error_config)
         if error_handler == "custom" and "handler" not in econf:
             raise ValidationError("error_handler='custom' needs error_config={'handler': ...}")
+        if "retry_policy" in econf:       # the policy error_handler='retry' gives tasks
+            econf["retry_policy"] = RetryPolicy.parse(econf["retry_policy"])
         notes = notifications if notifications is not None else {}
         _check_notifications(notes)
         return cls(name=name, schedule=schedule, max_parallel=max_parallel,

@@ -620,7 +620,7 @@ class RunLoop:
                                     task.node_id))
         policy = task.spec.retry_policy
         if policy is None and self.opt.error_handler == "retry":
-            policy = DEFAULT_RETRY
+            policy = self.opt.error_config.get("retry_policy") or DEFAULT_RETRY
         if policy is not None and not self.stopping and policy.retries(error, task.attempt):
             delay = policy.delay(task.attempt, self.engine.rng)
             self._set_state(task, _T.RETRYING)
