@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from twingraph.core.codeversion import code_version
 from twingraph.core.specs import ComponentSpec
+from twingraph.engine.calls import LINEAGE_KWARGS
 from twingraph.engine.engine import current_run
 
 
@@ -55,7 +56,7 @@ class BaseComponent(abc.ABC):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run = current_run()
         if run is None:
-            for k in ("parent_hash", "parent_hashes"):
+            for k in LINEAGE_KWARGS:
                 kwargs.pop(k, None)
             return self.run(*args, **kwargs)
         from twingraph.dsl.component import check_platform

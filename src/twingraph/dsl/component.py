@@ -15,11 +15,10 @@ from typing import Any
 
 from twingraph.core.codeversion import code_version
 from twingraph.core.specs import ComponentSpec
+from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
 from twingraph.engine.engine import current_run
 from twingraph.errors import ExecutorUnavailable
 from twingraph.registry import register_component
-
-LINEAGE_KWARGS = ("parent_hash", "parent_hashes")
 
 
 class Component:
@@ -35,7 +34,7 @@ class Component:
         # Validate now (fails at import time); code version later.
         self._draft = ComponentSpec.build(name=name, qualname=_qualname(fn), code_version="",
                                           **params)
-        self._accepts_lineage = _accepts_lineage(fn)
+        self._accepts_lineage = accepts_lineage(fn)
         self._checked_for: Any = None
 
     @property
@@ -105,12 +104,3 @@ def check_platform(engine: Any, components: Any) -> None:
 
 def _qualname(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
-
-
-def _accepts_lineage(fn: Any) -> bool:
-    import inspect
-    try:
-        ps = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return any(p.kind is p.VAR_KEYWORD for p in ps.values()) or any(k in ps for k in LINEAGE_KWARGS)

@@ -24,7 +24,6 @@ State and policy
 from __future__ import annotations
 
 import heapq
-import inspect
 import itertools
 import queue
 import threading
@@ -35,11 +34,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twingraph.core.hashing import digest_value, structural_key
-from twingraph.core.records import (AttemptRecord, LogRecord, RunHeartbeat,
-                                    TaskRecord, TaskUpdate)
+from twingraph.core.records import AttemptRecord, LogRecord, RunHeartbeat, TaskRecord
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.states import TaskState
+from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage, strip_lineage
 from twingraph.engine.recorder import PutResult
+from twingraph.engine.snapshot import error_text, task_rows
 from twingraph.engine.refs import Ref, find_refs, substitute
 from twingraph.engine.task import UNLOADED, Job, Task
 from twingraph.errors import (NodeExecutionError, PipelineCancelled, PipelineTimeout,
@@ -49,7 +49,6 @@ _NONE: list[Any] = []          # shared empty list for released fields (never ap
 _EMPTY: dict[str, Any] = {}
 DEFAULT_RETRY = RetryPolicy(max_attempts=3, backoff="exponential", initial_delay=1.0,
                             max_delay=60.0)
-LINEAGE_KWARGS = ("parent_hash", "parent_hashes")
 _T = TaskState
 
 
@@ -105,7 +104,6 @@ class RunLoop:
         self._order = itertools.count()
         self._done_times: deque[float] = deque(maxlen=256)
         self._last_heartbeat = 0.0
-        self._accepts: dict[Any, bool] = {}
         self.started_at = self.clock.monotonic()
         if options.timeout:
             self._timer(options.timeout, "pipeline_timeout", None, 0)
@@ -249,29 +247,9 @@ class RunLoop:
         if self.dirty:
             # Task rows first: attempts, edges and logs in ``self.out`` refer to them.
             out: list[Any] = []
-            run_id = self.run_id
             for t in self.dirty:
                 t.dirty = False
-                ok = t.state is _T.SUCCESS
-                err = _err_text(t.error) if t.error is not None and not ok else None
-                if not t.persisted:
-                    t.persisted = True
-                    out.append(TaskRecord(
-                        run_id, t.node_id, t.component, t.state, t.spec.platform, t.cache_key,
-                        t.cache_status, t.cache_reason, t.cache_key if ok else None,
-                        t.content_hash if ok else None, t.attempt, t.fence, t.order,
-                        t.inputs_info, t.created_at, t.started_at, t.ended_at, err))
-                    t.inputs_info = None
-                else:
-                    out.append(TaskUpdate(
-                        run_id, t.node_id, t.state, t.ended_at or t.started_at or t.created_at,
-                        t.fence or None, t.attempt or None, t.cache_key, t.cache_status,
-                        t.cache_reason, t.cache_key if ok else None,
-                        t.content_hash if ok else None, err, t.started_at, t.ended_at))
-                if t.state is _T.RUNNING:   # a long attempt: record that it is under way
-                    t.attempt_row = t.attempt
-                    out.append(AttemptRecord(run_id, t.node_id, t.attempt, t.fence, _T.RUNNING,
-                                             f"local:{t.mode}", t.started_at or 0.0))
+                task_rows(self.run_id, t, out)
             self.dirty = []
             out.extend(self.out)
             self.out = out
@@ -298,8 +276,6 @@ class RunLoop:
             self.body_finished, self.body_error = True, ev[1]
         elif kind == "cancel":
             self._stop("cancelled", ev[1])
-        elif kind == "call":
-            ev[1]()
 
     # == submission and readiness ===========================================================
     def _submit_guarded(self, task: Task) -> None:
@@ -375,7 +351,7 @@ class RunLoop:
         the result store (the caller batches those lookups, then calls ``_after_lookup``)."""
         spec = task.spec
         digest = [digest_value(task.args, Ref, _ref_digest, self.engine.hash_value),
-                  digest_value(_strip_lineage(task.kwargs), Ref, _ref_digest, self.engine.hash_value)]
+                  digest_value(strip_lineage(task.kwargs), Ref, _ref_digest, self.engine.hash_value)]
         key = structural_key(spec.name, spec.code_version, spec.memo_config(), digest,
                              prefix=self.engine.key_prefix(spec))
         task.cache_key = key
@@ -507,7 +483,7 @@ class RunLoop:
             self._after_failure(task)
             return
         self._release_inputs(task)
-        if not self._accepts_lineage(task.fn):
+        if not accepts_lineage(task.fn):
             for k in LINEAGE_KWARGS:
                 kwargs.pop(k, None)
         task.attempt += 1
@@ -564,18 +540,6 @@ class RunLoop:
             if p.consumers <= 0 and p.stored and p.state is _T.SUCCESS:
                 p.value = UNLOADED
 
-    def _accepts_lineage(self, fn: Any) -> bool:
-        ok = self._accepts.get(fn)
-        if ok is None:
-            try:
-                params = inspect.signature(fn).parameters
-                ok = any(p.kind is p.VAR_KEYWORD for p in params.values()) or \
-                    any(k in params for k in LINEAGE_KWARGS)
-            except (TypeError, ValueError):
-                ok = False
-            self._accepts[fn] = ok
-        return ok
-
     # == completion =========================================================================
     def _on_outcome(self, o: Any) -> None:
         task = self.tasks.get(o.node_id)
@@ -614,9 +578,9 @@ class RunLoop:
         self.out.append(AttemptRecord(self.run_id, task.node_id, task.attempt, fence,
                                         _T.FAILED, executor=f"local:{task.mode}",
                                         started_at=now - duration, ended_at=now,
-                                        error=_err_text(error)))
+                                        error=error_text(error)))
         self.out.append(LogRecord(self.run_id, now, "error",
-                                    f"attempt {task.attempt} failed: {_err_text(error)}",
+                                    f"attempt {task.attempt} failed: {error_text(error)}",
                                     task.node_id))
         policy = task.spec.retry_policy
         if policy is None and self.opt.error_handler == "retry":
@@ -632,19 +596,19 @@ class RunLoop:
         self._after_failure(task)
 
     def _after_failure(self, task: Task) -> None:
-        self.failures[task.node_id] = _err_text(task.error)
+        self.failures[task.node_id] = error_text(task.error)
         self.emit({"event": "error", "run_id": self.run_id, "node_id": task.node_id,
-                   "error": _err_text(task.error), "traceback": _tb(task.error)})
+                   "error": error_text(task.error), "traceback": _tb(task.error)})
         handler = self.opt.error_handler
         if handler == "custom":
             self.engine.call_error_handler(self.opt.error_config.get("handler"), {
-                "run_id": self.run_id, "node_id": task.node_id, "error": _err_text(task.error)})
+                "run_id": self.run_id, "node_id": task.node_id, "error": error_text(task.error)})
             if self.opt.error_config.get("continue_on_error"):
                 handler = "continue"
         if handler == "continue":
             self._skip_downstream(task)
         else:
-            self._stop("failed", f"task {task.node_id} failed: {_err_text(task.error)}")
+            self._stop("failed", f"task {task.node_id} failed: {error_text(task.error)}")
 
     def _skip_downstream(self, task: Task) -> None:
         stack = list(task.dependents)
@@ -706,7 +670,7 @@ class RunLoop:
             if duration is not None:
                 ev_out["duration"] = duration
             if state is _T.FAILED:
-                ev_out["error"] = _err_text(task.error)
+                ev_out["error"] = error_text(task.error)
             self.emit(ev_out)
 
     # == stopping, timers ===================================================================
@@ -781,9 +745,6 @@ class RunLoop:
                 "running_nodes": [t.node_id for t in list(self.tasks.values())
                                   if t.state is _T.RUNNING][:20]}
 
-    def call_in_loop(self, fn: Callable[[], None]) -> None:
-        self.inbox.put(("call", fn))
-
 
 def get_nowait(q: queue.SimpleQueue[Any]) -> Any:
     try:
@@ -800,18 +761,6 @@ def _ref_digest(value: Ref) -> str:
 def _path_list(path: tuple[Any, ...]) -> list[Any]:
     """The output path an edge carries, e.g. ['outputs', 'chunks', 3] (JSON-able)."""
     return [p if type(p) is str or type(p) is int else repr(p) for p in path]
-
-
-def _strip_lineage(kwargs: dict[str, Any]) -> dict[str, Any]:
-    if "parent_hash" in kwargs or "parent_hashes" in kwargs:
-        return {k: v for k, v in kwargs.items() if k not in LINEAGE_KWARGS}
-    return kwargs
-
-
-def _err_text(err: Any) -> str:
-    if err is None:
-        return ""
-    return f"{type(err).__name__}: {err}"
 
 
 def _tb(err: Any) -> str:

@@ -1,0 +1,35 @@
+"""How a component call's arguments are treated, shared by the DSL and the run loop.
+
+``parent_hash`` / ``parent_hashes`` draw lineage (and ordering) but are not inputs: they stay out
+of the memo key, and reach the function only if it declares them (or ``**kwargs``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+LINEAGE_KWARGS = ("parent_hash", "parent_hashes")
+
+_accepts: dict[Any, bool] = {}
+
+
+def accepts_lineage(fn: Any) -> bool:
+    """Whether ``fn`` takes ``parent_hash``/``parent_hashes`` (cached per callable)."""
+    ok = _accepts.get(fn)
+    if ok is None:
+        try:
+            params = inspect.signature(fn).parameters
+            ok = any(p.kind is p.VAR_KEYWORD for p in params.values()) or \
+                any(k in params for k in LINEAGE_KWARGS)
+        except (TypeError, ValueError):
+            ok = False
+        _accepts[fn] = ok
+    return ok
+
+
+def strip_lineage(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` without the lineage arguments (the same dict if it has none)."""
+    if "parent_hash" in kwargs or "parent_hashes" in kwargs:
+        return {k: v for k, v in kwargs.items() if k not in LINEAGE_KWARGS}
+    return kwargs

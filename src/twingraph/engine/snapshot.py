@@ -1,0 +1,44 @@
+"""A task's row for the metadata store, built from its in-memory state at hand-over time.
+
+Transitions only mark a task dirty; at each hand-over the loop turns every dirty task into ONE
+record: a ``TaskRecord`` the first time (it creates the row), a ``TaskUpdate`` after that, plus
+an ``AttemptRecord`` for an attempt still running (a long attempt is visible while it runs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twingraph.core.records import AttemptRecord, TaskRecord, TaskUpdate
+from twingraph.core.states import TaskState
+from twingraph.engine.task import Task
+
+
+def task_rows(run_id: str, task: Task, out: list[Any]) -> None:
+    t = task
+    ok = t.state is TaskState.SUCCESS
+    err = error_text(t.error) if t.error is not None and not ok else None
+    if not t.persisted:
+        t.persisted = True
+        out.append(TaskRecord(
+            run_id, t.node_id, t.component, t.state, t.spec.platform, t.cache_key,
+            t.cache_status, t.cache_reason, t.cache_key if ok else None,
+            t.content_hash if ok else None, t.attempt, t.fence, t.order,
+            t.inputs_info, t.created_at, t.started_at, t.ended_at, err))
+        t.inputs_info = None           # written: the lineage list is not needed in memory
+    else:
+        out.append(TaskUpdate(
+            run_id, t.node_id, t.state, t.ended_at or t.started_at or t.created_at,
+            t.fence or None, t.attempt or None, t.cache_key, t.cache_status, t.cache_reason,
+            t.cache_key if ok else None, t.content_hash if ok else None, err, t.started_at,
+            t.ended_at))
+    if t.state is TaskState.RUNNING:
+        t.attempt_row = t.attempt
+        out.append(AttemptRecord(run_id, t.node_id, t.attempt, t.fence, TaskState.RUNNING,
+                                 f"local:{t.mode}", t.started_at or 0.0))
+
+
+def error_text(err: Any) -> str:
+    if err is None:
+        return ""
+    return f"{type(err).__name__}: {err}"
