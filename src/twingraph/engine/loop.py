@@ -233,6 +233,10 @@ class RunLoop:
         self.failures.setdefault("<engine>", self.stop_message)
 
     HAND_OVER_EVERY = 0.02       # seconds: the most a busy loop keeps records to itself
+    # A task still waiting for inputs or a slot gets its first row after this many seconds (or
+    # when it starts): most tasks then write one row with their final state, not two. Nothing
+    # is lost by the wait: a resumed run submits unstarted tasks again.
+    DEFER_WAITING = 1.0
 
     def _maybe_hand_over(self) -> None:
         """Inside long bursts (a chain of inline tasks never lets the loop sleep), hand records
@@ -247,10 +251,16 @@ class RunLoop:
         if self.dirty:
             # Task rows first: attempts, edges and logs in ``self.out`` refer to them.
             out: list[Any] = []
+            keep: list[Task] = []
+            young = self.clock.now() - self.DEFER_WAITING
             for t in self.dirty:
+                if not t.persisted and t.created_at > young and \
+                        (t.state is _T.PENDING or t.state is _T.QUEUED):
+                    keep.append(t)          # young and waiting: its first row can wait
+                    continue
                 t.dirty = False
                 task_rows(self.run_id, t, out)
-            self.dirty = []
+            self.dirty = keep
             out.extend(self.out)
             self.out = out
         logs = self.logs
