@@ -37,6 +37,7 @@ from twingraph.core.hashing import digest_value, structural_key
 from twingraph.core.records import AttemptRecord, LogRecord, RunHeartbeat, TaskRecord
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.states import TaskState
+from twingraph.engine import tasklog
 from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage, strip_lineage
 from twingraph.engine.recorder import PutResult
 from twingraph.engine.snapshot import error_text, task_rows
@@ -505,18 +506,20 @@ class RunLoop:
         self.running += 1
         self._set_state(task, _T.RUNNING)
         invoke = self.engine.invoke_raw if task.spec.raw_result else self.engine.invoke
-        if mode != "process":        # process tasks log in another interpreter
-            invoke = self.engine.with_task_logs(invoke, self, task.node_id)
-        job = Job(task, invoke, (task.fn, args, kwargs), {}, mode)
-        task.job = job
-        if mode == "inline":
+        if mode == "inline":         # on this thread: no job, no hand-off
             t0 = time.perf_counter()
+            prev = tasklog.set_current((self, task.node_id))
             try:
                 value, error = invoke(task.fn, args, kwargs), None
             except BaseException as exc:  # noqa: BLE001 - the task's failure is data
                 value, error = None, exc
+            finally:
+                tasklog.set_current(prev)
             self._complete(task, task.fence, error is None, value, error, time.perf_counter() - t0)
             return
+        if mode != "process":        # process tasks log in another interpreter
+            invoke = self.engine.with_task_logs(invoke, self, task.node_id)
+        job = task.job = Job(task, invoke, (task.fn, args, kwargs), {}, mode)
         self._timer(task.spec.timeout, "task_timeout", task, task.fence)
         inbox = self.inbox
         self.executor.submit(job, lambda o: inbox.put(("done", o)))
