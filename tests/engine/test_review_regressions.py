@@ -207,3 +207,48 @@ def test_the_recorder_recovers_after_a_failed_write():
     r = p.run(2, engine=eng)
     assert r.state is RunState.SUCCESS and eng.metadata.get_run(r.run_id).state is RunState.SUCCESS
     eng.close()
+
+
+def test_a_failure_inside_the_loop_ends_the_run_instead_of_hanging():
+    class BrokenLookups(MemoryStorage):
+        """A result store whose memo lookups fail, like a database that went away."""
+        def content_hashes(self, keys):
+            raise OSError("disk gone")
+
+    eng = Engine(results=BrokenLookups(), metadata=MemoryMetadataStore())
+
+    @pipeline(timeout=10)
+    def p():
+        return [echo(x=i) for i in range(3)]
+
+    t0 = time.monotonic()
+    r = p.run(engine=eng)
+    assert time.monotonic() - t0 < 5
+    assert r.state is RunState.FAILED and "disk gone" in str(r.error)
+    eng.close()
+
+
+def test_a_crashed_loop_fails_every_task_and_wakes_the_body():
+    """Simulates a bug in the loop (every step raises): the run must still end, FAILED."""
+    eng = _engine()
+    from twingraph.engine.loop import RunLoop
+
+    @pipeline(timeout=10)
+    def p():
+        return echo(x=1).result()
+
+    original = RunLoop._fire_timers
+    RunLoop._fire_timers = _explode
+    try:
+        t0 = time.monotonic()
+        r = p.run(engine=eng)
+    finally:
+        RunLoop._fire_timers = original
+    assert time.monotonic() - t0 < 5
+    assert r.state is RunState.FAILED
+    assert "bug in the loop" in str(r.error) or "has ended" in str(r.error)
+    eng.close()
+
+
+def _explode(self):
+    raise RuntimeError("bug in the loop")

@@ -290,7 +290,8 @@ class Engine:
             error = PipelineCancelled(f"run cancelled: {loop.stop_message}", run_id=run_id)
         elif body_error is not None and not isinstance(body_error, TwinGraphError):
             error = body_error
-        unobserved = {n: e for n, e in loop.failures.items() if not loop.tasks[n].observed}
+        unobserved = {n: e for n, e in loop.failures.items()
+                      if n not in loop.tasks or not loop.tasks[n].observed}
         if error is None and (unobserved or loop.stopping == "failed" or body_error is not None):
             failures = unobserved or loop.failures
             msg = "; ".join(f"{n}: {e}" for n, e in list(failures.items())[:5]) or str(body_error)
