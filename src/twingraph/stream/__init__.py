@@ -1,0 +1,1 @@
+"""TwinGraph's embedded streaming engine (Flink-style): see docs/streaming.md."""
