@@ -7,6 +7,10 @@ hierarchy (``DynamicSchedulerError`` and its four children) is kept as written a
     ├── ConfigurationError              bad settings, a missing optional extra (names the pip command)
     ├── InvalidTransition               a state change the transition table forbids (a bug, not input)
     ├── NotFoundError                   a run / pipeline / result id that does not exist
+    ├── StreamError                     the streaming engine: a job failed, bad job graph, bad state
+    │   ├── JobFailed                   a streaming job's operator raised; carries job_name, operator
+    │   ├── CheckpointError             a checkpoint/savepoint could not be written, read or restored
+    │   └── StateError                  keyed state used outside a keyed context, or an unknown state
     ├── PipelineError                   a pipeline run ended badly; carries run_id
     │   ├── PipelineFailed              one or more tasks failed (``failures``: node -> error text)
     │   ├── PipelineTimeout             the pipeline's own ``timeout`` elapsed
@@ -24,7 +28,8 @@ hierarchy (``DynamicSchedulerError`` and its four children) is kept as written a
             └── GraphValidationError    cycles, unknown operations, dangling references (``nodes``)
 
 Catch ``ValidationError`` around user-supplied definitions, ``PipelineError`` around running a
-pipeline, ``StorageError`` around direct use of a result store.
+pipeline, ``StorageError`` around direct use of a result store, ``StreamError`` around
+``StreamExecutionEnvironment.execute()``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,26 @@ class InvalidTransition(TwinGraphError):
 
 class NotFoundError(TwinGraphError, LookupError):
     """The named object does not exist."""
+
+
+class StreamError(TwinGraphError):
+    """The streaming engine could not build or run a job as asked."""
+
+
+class JobFailed(StreamError):
+    """A streaming job stopped because a user function or connector raised (the cause is chained)."""
+
+    def __init__(self, message: str, *, job_name: str = "", operator: str = "") -> None:
+        super().__init__(message)
+        self.job_name, self.operator = job_name, operator
+
+
+class CheckpointError(StreamError):
+    """A checkpoint or savepoint could not be written, found, read or applied to this job."""
+
+
+class StateError(StreamError):
+    """Keyed state was used outside a keyed context, or a state name was declared twice."""
 
 
 class PipelineError(TwinGraphError):
