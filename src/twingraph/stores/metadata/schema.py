@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Double,
     ForeignKey,
@@ -117,11 +118,14 @@ runs = Table(
     Column("heartbeat_at", Double),
     Column("error", Text),
     Column("result_key", String),
+    # 0002: runs fired by a schedule or a backfill name it (max_concurrency is counted on it)
+    Column("schedule_id", String, ForeignKey("schedules.id", ondelete="SET NULL")),
     Index(None, "created_at"),
     Index(None, "pipeline", "created_at"),
     Index(None, "state", "created_at"),
     Index(None, "project", "created_at"),
     Index(None, "pipeline_id"),
+    Index(None, "schedule_id", "state"),
 )
 
 tasks = Table(
@@ -184,4 +188,44 @@ lineage_edges = Table(
     Column("properties", JSON, nullable=False, default=_empty),
     Column("digest", String(64), nullable=False),
     UniqueConstraint("run_id", "digest"),
+)
+
+# -- 0002: schedules and API keys -----------------------------------------------------------
+
+schedules = Table(
+    "schedules", metadata,
+    Column("id", String, primary_key=True),                    # sched_<hex>
+    Column("project_id", String, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("pipeline_id", String, ForeignKey("pipelines.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),                # CRON | INTERVAL
+    Column("expression", String, nullable=False),
+    Column("timezone", String, nullable=False, default="UTC"),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("max_concurrency", Integer, nullable=False, default=1),
+    Column("timeout_seconds", Integer),
+    Column("overlap_policy", String(16), nullable=False, default="skip"),   # skip | allow
+    Column("catchup", Boolean, nullable=False, default=False),
+    Column("params", JSON, nullable=False, default=_empty),
+    Column("description", Text),
+    Column("next_run_at", Double),                             # the claim column (CAS)
+    Column("last_run_at", Double),
+    Column("last_run_id", String),
+    Column("source", String(16), nullable=False, default="api"),   # api | decorator
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Index(None, "enabled", "next_run_at"),
+    Index(None, "pipeline_id"),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", String, primary_key=True),                    # key_<hex>
+    Column("name", String, nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),   # sha256 of the secret
+    Column("prefix", String(16), nullable=False),              # shown in listings
+    Column("roles", JSON, nullable=False, default=_no_tags),
+    Column("created_at", Double, nullable=False),
+    Column("last_used_at", Double),
+    Column("expires_at", Double),
+    Column("revoked_at", Double),
 )
