@@ -1,0 +1,161 @@
+"""``ScheduleFirer``: turns due schedules into runs, in any number of processes at once.
+
+One ``tick(now)``:
+
+1. **Fire.** For each enabled schedule with ``next_run_at <= now`` (``store.due``):
+
+   - choose the slots to fire: without catch-up (the default) only the latest slot ``<= now``
+     (missed slots are dropped, and logged); with ``catchup=True`` every slot from
+     ``next_run_at`` to now, at most ``max_catchup`` (the oldest beyond that are dropped);
+   - **claim** them: one compare-and-set moves ``next_run_at`` from the value read to the
+     first slot after ``now``. Only the process whose claim succeeds goes on; a losing process
+     (or an edit of the schedule in between) fires nothing. A slot is claimed before its run
+     is created, so a crash in between loses that slot rather than firing it twice;
+   - **overlap**: without catch-up, when ``overlap_policy='skip'`` and the schedule already
+     has ``max_concurrency`` active (PENDING or RUNNING) runs, the slot is dropped (logged).
+     Otherwise ``launcher.launch(schedule, slot, False)`` creates the run, queued, and
+     ``record_fire`` notes it. Catch-up slots are never skipped: they queue.
+
+2. **Start queued runs.** For each schedule with PENDING runs (fires and backfills alike),
+   ``store.claim_queued_runs`` moves as many to RUNNING as ``max_concurrency`` leaves room
+   for (atomic across processes) and ``launcher.start_claimed`` starts each.
+
+Errors in one schedule (a failing launcher, a bad row) are logged and do not stop the others
+or the thread. ``start()``/``stop()`` run ``tick`` every ``poll_interval`` seconds on a daemon
+thread; ``stop`` wakes it at once and joins it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from twingraph.core import schedule as sc
+from twingraph.core.schedule import OverlapPolicy, ScheduleRecord
+from twingraph.stores.metadata.schedules import SQLScheduleStore
+
+if TYPE_CHECKING:
+    from twingraph.schedules import RunLauncher
+
+log = logging.getLogger("twingraph.schedules")
+
+#: Most slots one catch-up fires (the latest ones; older missed slots are dropped).
+MAX_CATCHUP = 100
+
+
+class ScheduleFirer:
+    def __init__(self, schedules: SQLScheduleStore, launcher: RunLauncher, *,
+                 clock: Callable[[], float] = time.time, poll_interval: float = 1.0,
+                 batch: int = 100, max_catchup: int = MAX_CATCHUP) -> None:
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        self.schedules, self.launcher = schedules, launcher
+        self.clock, self.poll_interval = clock, poll_interval
+        self.batch, self.max_catchup = batch, max_catchup
+        self.ticks = 0                  # completed ticks (tests check that a firer polled)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one step --------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> list[tuple[str, float]]:
+        """Fire what is due at ``now`` (default: the clock), then start queued runs. Returns
+        the (schedule_id, slot) pairs this call created a run for, in order."""
+        now = self.clock() if now is None else now
+        fired: list[tuple[str, float]] = []
+        for schedule in self.schedules.due(now, self.batch):
+            try:
+                fired.extend(self._fire(schedule, now))
+            except Exception:  # noqa: BLE001 - one bad schedule must not stop the others
+                log.exception("schedule %s: firing failed", schedule.id)
+        self._start_queued(now)
+        self.ticks += 1
+        return fired
+
+    def _fire(self, schedule: ScheduleRecord, now: float) -> list[tuple[str, float]]:
+        expected = schedule.next_run_at
+        assert expected is not None         # due() only returns schedules with one
+        args = (schedule.kind, schedule.expression, schedule.timezone)
+        anchor = schedule.created_at
+        window = self.max_catchup if schedule.catchup else 1
+        latest = sc.fire_times_before(*args, now, window, anchor)
+        slots = [s for s in latest if s >= expected] or [expected]
+        if len(latest) == window and latest[0] > expected:
+            log.warning("schedule %s: slots from %s to %s were missed and are not fired%s",
+                        schedule.id, sc.logical_date(expected), sc.logical_date(latest[0]),
+                        "" if schedule.catchup else " (catchup is off)")
+        following = sc.next_fire_after(*args, now, anchor)
+        if not self.schedules.claim(schedule.id, expected, following):
+            return []           # another process fired it, or the schedule was just edited
+        fired: list[tuple[str, float]] = []
+        for slot in slots:
+            if (not schedule.catchup and schedule.overlap_policy is OverlapPolicy.SKIP
+                    and self.schedules.active_runs(schedule.id) >= schedule.max_concurrency):
+                log.info("schedule %s: slot %s skipped, %d run(s) already active "
+                         "(overlap_policy=skip)", schedule.id, sc.logical_date(slot),
+                         schedule.max_concurrency)
+                continue
+            try:
+                run_id = self.launcher.launch(schedule, slot, False)
+            except Exception:  # noqa: BLE001 - logged; the slot stays claimed (at most once)
+                log.exception("schedule %s: launching the run for %s failed", schedule.id,
+                              sc.logical_date(slot))
+                continue
+            if run_id is None:
+                log.info("schedule %s: the launcher created no run for %s", schedule.id,
+                         sc.logical_date(slot))
+                continue
+            self.schedules.record_fire(schedule.id, run_id, slot)
+            fired.append((schedule.id, slot))
+        return fired
+
+    def _start_queued(self, now: float) -> None:
+        for schedule_id in self.schedules.with_queued_runs(self.batch):
+            try:
+                claimed = self.schedules.claim_queued_runs(schedule_id, now)
+            except Exception:  # noqa: BLE001
+                log.exception("schedule %s: claiming queued runs failed", schedule_id)
+                continue
+            for run_id in claimed:
+                try:
+                    self.launcher.start_claimed(run_id)
+                except Exception as exc:  # noqa: BLE001 - the run must not hold its slot
+                    log.exception("schedule %s: starting run %s failed", schedule_id, run_id)
+                    try:
+                        self.schedules.fail_claimed_run(
+                            run_id, f"the scheduler could not start the run: {exc}", self.clock())
+                    except Exception:  # noqa: BLE001
+                        log.exception("run %s: could not be marked FAILED", run_id)
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run ``tick`` every ``poll_interval`` seconds on a daemon thread."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="twingraph-schedule-firer",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Wake the thread, let the current tick finish, join it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - e.g. the database is briefly unreachable
+                log.exception("schedule firer: tick failed; retrying")
+            self._stop.wait(self.poll_interval)

@@ -1,0 +1,356 @@
+"""``SQLScheduleStore``: the ``schedules`` table, and the two compare-and-sets firing relies on.
+
+It shares the connection pool, transactions and error translation of a ``SQLMetadataStore``
+(SQLite or PostgreSQL). Unknown schedule, project or pipeline ids raise ``NotFoundError``; bad
+values ``ValidationError`` (nothing is written); anything the database refuses ``StorageError``.
+
+The claim (``claim``)
+    ``UPDATE schedules SET next_run_at = :new WHERE id = :id AND next_run_at = :expected AND
+    enabled``: one statement, true iff it changed one row. Two firers that read the same due
+    row both try it; the database serialises the two updates on the row (PostgreSQL re-checks
+    the WHERE on the row the first one committed; SQLite has one writer at a time), so exactly
+    one wins the slot. An edit of the schedule that recomputes ``next_run_at`` (or disables it)
+    makes a claim based on the old row fail, so an edit never races a fire.
+Starting queued runs (``claim_queued_runs``)
+    Every run a schedule creates is created PENDING with ``runs.schedule_id`` set (the
+    ``RunLauncher`` contract in ``twingraph.schedules``), and only this method moves such a run
+    to RUNNING: in one write transaction it locks the schedule row (PostgreSQL ``SELECT ... FOR
+    UPDATE``; SQLite writers are already serial under ``BEGIN IMMEDIATE``), counts the
+    schedule's RUNNING runs, and moves the oldest PENDING ones to RUNNING up to
+    ``max_concurrency``. The count and the moves are atomic with respect to every other claimer,
+    so the number of RUNNING runs of a schedule never exceeds ``max_concurrency``, whatever the
+    number of processes. The caller then executes the returned runs.
+
+Interval slots are anchored at the schedule's ``created_at`` (``core.schedule``).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, delete, func, or_, select, update
+
+from twingraph.core import schedule as sc
+from twingraph.core.records import RunUpdate
+from twingraph.core.schedule import (
+    OverlapPolicy,
+    ScheduleKind,
+    ScheduleRecord,
+    ScheduleSource,
+)
+from twingraph.core.states import RunState
+from twingraph.errors import NotFoundError, ValidationError
+from twingraph.stores.metadata import _semantics as sem
+from twingraph.stores.metadata.catalog import new_id
+from twingraph.stores.metadata.schema import pipelines, projects, runs, schedules
+from twingraph.stores.metadata.store import SQLMetadataStore
+
+_FIELDS = tuple(ScheduleRecord.__dataclass_fields__)
+#: Fields ``update`` may change; the others are the store's (ids, times, claim and fire columns).
+UPDATABLE = frozenset({"kind", "expression", "timezone", "enabled", "max_concurrency",
+                       "timeout_seconds", "overlap_policy", "catchup", "params", "description"})
+#: Fields a list may be sorted on (``-`` prefix for descending); ties break on ``id``.
+SORTABLE = frozenset({"created_at", "updated_at", "next_run_at", "last_run_at", "id",
+                      "pipeline_id", "kind"})
+_ACTIVE = (RunState.PENDING.value, RunState.RUNNING.value)
+
+
+class SQLScheduleStore:
+    """Schedules of a ``SQLMetadataStore``; ``clock`` (default: the store's) stamps rows and is
+    the "now" from which a new or edited schedule computes its first ``next_run_at``."""
+
+    def __init__(self, store: SQLMetadataStore, *,
+                 clock: Callable[[], float] | None = None) -> None:
+        self._store = store
+        self._clock = clock or store._clock
+
+    # -- CRUD ------------------------------------------------------------------------------
+
+    def create(self, *, project_id: str, pipeline_id: str, kind: ScheduleKind | str,
+               expression: str, timezone: str = "UTC", enabled: bool = True,
+               max_concurrency: int = 1, timeout_seconds: int | None = None,
+               overlap_policy: OverlapPolicy | str = "skip", catchup: bool = False,
+               params: Mapping[str, Any] | None = None, description: str | None = None,
+               source: ScheduleSource | str = "api") -> ScheduleRecord:
+        """Create a schedule; return it with its first ``next_run_at`` (after now; None when
+        disabled). ``project_id`` may be a project's id or name, ``pipeline_id`` a pipeline's
+        id or its name within that project (the Tauro example names it ``daily_etl``)."""
+        kind = sc.validate(kind, expression, timezone)
+        policy = sc.validate_options(
+            max_concurrency=max_concurrency, timeout_seconds=timeout_seconds,
+            overlap_policy=overlap_policy, catchup=catchup, enabled=enabled,
+            params=None if params is None else dict(params), description=description)
+        origin = _source(source)
+        params_json = sem.json_copy(dict(params or {}))
+        now = self._clock()
+        row = {
+            "id": new_id("sched"), "kind": kind.value, "expression": expression.strip(),
+            "timezone": timezone.strip(), "enabled": enabled, "max_concurrency": max_concurrency,
+            "timeout_seconds": timeout_seconds, "overlap_policy": policy.value,
+            "catchup": catchup, "params": params_json, "description": description,
+            "last_run_at": None, "last_run_id": None, "source": origin.value,
+            "created_at": now, "updated_at": now,
+            "next_run_at": (sc.next_fire_after(kind, expression, timezone, now, now)
+                            if enabled else None),
+        }
+        with self._store._writing() as conn:
+            row["project_id"], row["pipeline_id"] = _resolve(conn, project_id, pipeline_id)
+            conn.execute(schedules.insert(), row)
+        return _record(row)
+
+    def get(self, schedule_id: str) -> ScheduleRecord:
+        with self._store._reading() as conn:
+            return _record(_get_row(conn, schedule_id))
+
+    def list(self, *, project_id: str | None = None, pipeline_id: str | None = None,
+             enabled: bool | None = None, limit: int | None = 50, offset: int = 0,
+             sort: str = "-created_at") -> tuple[builtins.list[ScheduleRecord], int]:
+        """One page of schedules and the total that match the filters."""
+        sem.check_paging(limit, offset)
+        conds = []
+        if project_id is not None:
+            conds.append(schedules.c.project_id == project_id)
+        if pipeline_id is not None:
+            conds.append(schedules.c.pipeline_id == pipeline_id)
+        if enabled is not None:
+            conds.append(schedules.c.enabled == bool(enabled))
+        name = sort.lstrip("-+")
+        if name not in SORTABLE:
+            raise ValidationError(f"cannot sort schedules by {sort!r}; expected one of "
+                                  f"{', '.join(sorted(SORTABLE))} (prefix - for descending)")
+        column = schedules.c[name]
+        order = (column.desc(), schedules.c.id.desc()) if sort.startswith("-") \
+            else (column.asc(), schedules.c.id.asc())
+        query = select(schedules).where(*conds).order_by(*order).limit(limit).offset(offset)
+        with self._store._reading() as conn:
+            total = conn.execute(select(func.count()).select_from(schedules).where(*conds)).scalar_one()
+            rows = conn.execute(query).all()
+        return [_record(row._asdict()) for row in rows], int(total)
+
+    def update(self, schedule_id: str, **changes: Any) -> ScheduleRecord:
+        """Change the given fields (``UPDATABLE``); the others stay. ``next_run_at`` is
+        recomputed from now when the trigger (kind, expression, timezone) changes or the
+        schedule is enabled, and cleared when it is disabled."""
+        unknown = set(changes) - UPDATABLE
+        if unknown:
+            raise ValidationError(f"schedule fields that cannot be updated: {', '.join(sorted(unknown))}"
+                                  f"; updatable: {', '.join(sorted(UPDATABLE))}")
+        with self._store._writing() as conn:
+            old = _get_row(conn, schedule_id, lock=True)
+            new = {**old, **changes}
+            if new["params"] is None:
+                new["params"] = {}
+            kind = sc.validate(new["kind"], new["expression"], new["timezone"])
+            policy = sc.validate_options(
+                max_concurrency=new["max_concurrency"], timeout_seconds=new["timeout_seconds"],
+                overlap_policy=new["overlap_policy"], catchup=new["catchup"],
+                enabled=new["enabled"], params=new["params"], description=new["description"])
+            new.update(kind=kind.value, overlap_policy=policy.value,
+                       expression=new["expression"].strip(), timezone=new["timezone"].strip(),
+                       params=sem.json_copy(new["params"]))
+            now = self._clock()
+            retrigger = any(new[k] != old[k] for k in ("kind", "expression", "timezone")) \
+                or (new["enabled"] and not old["enabled"])
+            if not new["enabled"]:
+                new["next_run_at"] = None
+            elif retrigger or old["next_run_at"] is None:
+                new["next_run_at"] = sc.next_fire_after(kind, new["expression"], new["timezone"],
+                                                        now, old["created_at"])
+            new["updated_at"] = now
+            values = {k: new[k] for k in (*UPDATABLE, "next_run_at", "updated_at")}
+            conn.execute(update(schedules).where(schedules.c.id == schedule_id).values(**values))
+        return _record(new)
+
+    def set_enabled(self, schedule_id: str, enabled: bool) -> ScheduleRecord:
+        return self.update(schedule_id, enabled=enabled)
+
+    def delete(self, schedule_id: str) -> None:
+        """Delete a schedule. Its queued (PENDING) runs are cancelled in the same transaction;
+        its other runs stay, with ``schedule_id`` cleared."""
+        now = self._clock()
+        with self._store._writing() as conn:
+            _get_row(conn, schedule_id, lock=True)
+            fields = sem.run_update_fields(
+                RunUpdate("", RunState.CANCELLED, now, error="its schedule was deleted"), None)
+            conn.execute(update(runs).where(runs.c.schedule_id == schedule_id,
+                                            runs.c.state == RunState.PENDING.value)
+                         .values(**fields))
+            conn.execute(delete(schedules).where(schedules.c.id == schedule_id))
+
+    # -- firing ----------------------------------------------------------------------------
+
+    def due(self, now: float, limit: int = 100) -> builtins.list[ScheduleRecord]:
+        """Enabled schedules whose ``next_run_at <= now``, most overdue first."""
+        query = (select(schedules)
+                 .where(schedules.c.enabled.is_(True), schedules.c.next_run_at <= now)
+                 .order_by(schedules.c.next_run_at, schedules.c.id).limit(limit))
+        with self._store._reading() as conn:
+            return [_record(row._asdict()) for row in conn.execute(query)]
+
+    def claim(self, schedule_id: str, expected_next_run_at: float,
+              new_next_run_at: float) -> bool:
+        """Compare-and-set ``next_run_at`` (see module doc); True iff this caller won."""
+        stmt = (update(schedules)
+                .where(schedules.c.id == schedule_id,
+                       schedules.c.next_run_at == expected_next_run_at,
+                       schedules.c.enabled.is_(True))
+                .values(next_run_at=new_next_run_at))
+        with self._store._writing() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def record_fire(self, schedule_id: str, run_id: str | None, at: float) -> None:
+        """Note that the schedule fired at ``at`` (the slot) and created ``run_id``."""
+        stmt = (update(schedules).where(schedules.c.id == schedule_id)
+                .values(last_run_at=at, last_run_id=run_id))
+        with self._store._writing() as conn:
+            if conn.execute(stmt).rowcount != 1:
+                raise NotFoundError(f"schedule {schedule_id} not found")
+
+    def link_run(self, schedule_id: str, run_id: str) -> None:
+        """Set ``runs.schedule_id`` of an existing run (for launchers whose run writer does not
+        set it). ``NotFoundError`` when either does not exist."""
+        with self._store._writing() as conn:
+            _get_row(conn, schedule_id)
+            done = conn.execute(update(runs).where(runs.c.run_id == run_id)
+                                .values(schedule_id=schedule_id)).rowcount
+            if done != 1:
+                raise NotFoundError(f"run {run_id} not found")
+
+    def active_runs(self, schedule_id: str) -> int:
+        """Runs of this schedule that are PENDING (queued) or RUNNING."""
+        query = (select(func.count()).select_from(runs)
+                 .where(runs.c.schedule_id == schedule_id, runs.c.state.in_(_ACTIVE)))
+        with self._store._reading() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def with_queued_runs(self, limit: int = 100) -> builtins.list[str]:
+        """Ids of schedules that have PENDING (queued) runs."""
+        query = (select(runs.c.schedule_id).distinct()
+                 .where(runs.c.state == RunState.PENDING.value, runs.c.schedule_id.is_not(None))
+                 .order_by(runs.c.schedule_id).limit(limit))
+        with self._store._reading() as conn:
+            return [str(sid) for sid in conn.execute(query).scalars()]
+
+    def claim_queued_runs(self, schedule_id: str, now: float) -> builtins.list[str]:
+        """Move the oldest PENDING runs of the schedule to RUNNING, as many as its
+        ``max_concurrency`` leaves room for; return their ids, oldest first (module doc). A
+        schedule deleted meanwhile returns []."""
+        with self._store._writing() as conn:
+            lock = select(schedules.c.max_concurrency).where(schedules.c.id == schedule_id)
+            if conn.dialect.name == "postgresql":
+                lock = lock.with_for_update()
+            limit = conn.execute(lock).scalar()
+            if limit is None:
+                return []
+            running = conn.execute(
+                select(func.count()).select_from(runs)
+                .where(runs.c.schedule_id == schedule_id,
+                       runs.c.state == RunState.RUNNING.value)).scalar_one()
+            free = int(limit) - int(running)
+            if free <= 0:
+                return []
+            chosen: builtins.list[str] = [str(rid) for rid in conn.execute(
+                select(runs.c.run_id)
+                .where(runs.c.schedule_id == schedule_id, runs.c.state == RunState.PENDING.value)
+                .order_by(runs.c.created_at, runs.c.run_id).limit(free)).scalars()]
+            if chosen:
+                fields = sem.run_update_fields(RunUpdate("", RunState.RUNNING, now), None)
+                conn.execute(update(runs)
+                             .where(runs.c.run_id.in_(chosen),
+                                    runs.c.state == RunState.PENDING.value)
+                             .values(**fields, heartbeat_at=now))
+            return chosen
+
+    def fail_claimed_run(self, run_id: str, error: str, now: float) -> None:
+        """End a run that ``claim_queued_runs`` moved to RUNNING but that could not be started
+        (the launcher raised): FAILED with ``error``, so it frees its concurrency slot."""
+        fields = sem.run_update_fields(RunUpdate(run_id, RunState.FAILED, now, error=error), None)
+        with self._store._writing() as conn:
+            conn.execute(update(runs).where(runs.c.run_id == run_id,
+                                            runs.c.state == RunState.RUNNING.value)
+                         .values(**fields))
+
+    # -- the decorator's schedules ---------------------------------------------------------
+
+    def find_for_pipeline(self, pipeline_id: str,
+                          source: ScheduleSource | str | None = "decorator") -> builtins.list[ScheduleRecord]:
+        """Schedules of a pipeline (of that ``source``; None for all), oldest first."""
+        query = select(schedules).where(schedules.c.pipeline_id == pipeline_id)
+        if source is not None:
+            query = query.where(schedules.c.source == _source(source).value)
+        with self._store._reading() as conn:
+            rows = conn.execute(query.order_by(schedules.c.created_at, schedules.c.id)).all()
+        return [_record(row._asdict()) for row in rows]
+
+    def upsert_decorator_schedule(self, project_id: str, pipeline_id: str,
+                                  cron_expr: str | None) -> ScheduleRecord | None:
+        """Make the pipeline's one decorator-sourced schedule match ``@pipeline(schedule=...)``:
+        create it (CRON, UTC, enabled), or update its expression and enable it; with no
+        expression (the ``schedule=`` was removed from the code) disable it. Returns the
+        schedule, or None when there is none and none is wanted. Schedules created over the API
+        are never touched."""
+        found = self.find_for_pipeline(pipeline_id, "decorator")
+        current = found[0] if found else None
+        if not cron_expr:
+            if current is None or not current.enabled:
+                return current
+            return self.update(current.id, enabled=False)
+        if current is None:
+            return self.create(project_id=project_id, pipeline_id=pipeline_id, kind="CRON",
+                               expression=cron_expr, source="decorator",
+                               description="from @pipeline(schedule=...)")
+        if current.kind is ScheduleKind.CRON and current.expression == cron_expr.strip() \
+                and current.enabled:
+            return current
+        return self.update(current.id, kind="CRON", expression=cron_expr, enabled=True)
+
+
+def _source(value: ScheduleSource | str) -> ScheduleSource:
+    try:
+        return value if isinstance(value, ScheduleSource) else ScheduleSource(str(value))
+    except ValueError:
+        raise ValidationError(f"unknown schedule source {value!r}; expected 'api' or 'decorator'") from None
+
+
+def _resolve(conn: Connection, project: str, pipeline: str) -> tuple[str, str]:
+    """(project id, pipeline id) from ids or names; the pipeline must belong to the project."""
+    project_id = conn.execute(select(projects.c.id).where(
+        or_(projects.c.id == project, projects.c.name == project))
+        .order_by((projects.c.id == project).desc())).scalar()
+    if project_id is None:
+        raise NotFoundError(f"project {project} not found")
+    row = conn.execute(select(pipelines.c.id, pipelines.c.project_id).where(
+        or_(pipelines.c.id == pipeline,
+            and_(pipelines.c.project_id == project_id, pipelines.c.name == pipeline)))
+        .order_by((pipelines.c.id == pipeline).desc())).first()
+    if row is None:
+        raise NotFoundError(f"pipeline {pipeline} not found in project {project}")
+    if row.project_id != project_id:
+        raise ValidationError(f"pipeline {pipeline} belongs to another project than {project}")
+    return str(project_id), str(row.id)
+
+
+def _get_row(conn: Connection, schedule_id: str, *, lock: bool = False) -> dict[str, Any]:
+    query = select(schedules).where(schedules.c.id == schedule_id)
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row: Row[Any] | None = conn.execute(query).first()
+    if row is None:
+        raise NotFoundError(f"schedule {schedule_id} not found")
+    return row._asdict()
+
+
+def _record(row: Mapping[str, Any]) -> ScheduleRecord:
+    fields = {name: row[name] for name in _FIELDS}
+    fields["kind"] = ScheduleKind(fields["kind"])
+    fields["overlap_policy"] = OverlapPolicy(fields["overlap_policy"])
+    fields["source"] = ScheduleSource(fields["source"])
+    fields["enabled"] = bool(fields["enabled"])
+    fields["catchup"] = bool(fields["catchup"])
+    fields["params"] = dict(fields["params"] or {})
+    return ScheduleRecord(**fields)
+
+
+__all__ = ["SORTABLE", "UPDATABLE", "SQLScheduleStore"]
