@@ -7,6 +7,7 @@ hierarchy (``DynamicSchedulerError`` and its four children) is kept as written a
     ├── ConfigurationError              bad settings, a missing optional extra (names the pip command)
     ├── InvalidTransition               a state change the transition table forbids (a bug, not input)
     ├── NotFoundError                   a run / pipeline / result id that does not exist
+    ├── ConflictError                   the change clashes with stored state (duplicate name, wrong state)
     ├── StreamError                     the streaming engine: a job failed, bad job graph, bad state
     │   ├── JobFailed                   a streaming job's operator raised; carries job_name, operator
     │   ├── CheckpointError             a checkpoint/savepoint could not be written, read or restored
@@ -55,6 +56,11 @@ class InvalidTransition(TwinGraphError):
 
 class NotFoundError(TwinGraphError, LookupError):
     """The named object does not exist."""
+
+
+class ConflictError(TwinGraphError):
+    """The request clashes with what is stored: a duplicate name, or an object in the wrong
+    state for the operation (starting a run that is not PENDING)."""
 
 
 class StreamError(TwinGraphError):

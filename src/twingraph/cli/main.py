@@ -22,6 +22,14 @@ app.add_typer(db_app, name="db")
 app.add_typer(dynamic_app, name="dynamic")
 
 
+def _register_server() -> None:
+    from twingraph.cli.server import server
+    app.command("server")(server)
+
+
+_register_server()
+
+
 def _fail(exc: BaseException, code: int = 1) -> None:
     console.print(f"[red]error:[/red] {exc}")
     raise typer.Exit(code)

@@ -332,13 +332,19 @@ class DynamicScheduler:
             entry = cache[node.operation] = (spec, _OpCall(fn, style))
         return entry
 
-    def _run_dag(self, dag: DAGDefinition, plan: list[tuple[NodeDefinition, Any, str]],
-                 started: threading.Event) -> None:
+    def plan(self, dag: DAGDefinition) -> list[tuple[NodeDefinition, Any, str]]:
+        """Validate ``dag`` (ids, references, cycles, operations) and return its nodes in
+        topological order with their callables; raises ``GraphValidationError``."""
+        return self._validate_dag(dag)
+
+    def body(self, dag: DAGDefinition, plan: list[tuple[NodeDefinition, Any, str]],
+             on_run: Callable[[Any], None] | None = None) -> Callable[[Any], dict[str, Any]]:
+        """The run body that submits ``plan``'s nodes to a run (for ``Engine.run``)."""
         specs: dict[str, tuple[ComponentSpec, _OpCall]] = {}
 
         def body(run: Any) -> dict[str, Any]:
-            self._dag_runs[dag.dag_id] = run.run_id
-            started.set()
+            if on_run is not None:
+                on_run(run)
             refs: dict[str, Any] = {}
             for node, fn, style in plan:
                 spec, op = self._spec_for(node, fn, style, specs)
@@ -349,7 +355,15 @@ class DynamicScheduler:
                 refs[node.node_id] = run.call(spec, op, (node.arguments, node.parameters, values),
                                               {}, node_id=node.node_id)
             return {}
+        return body
 
+    def _run_dag(self, dag: DAGDefinition, plan: list[tuple[NodeDefinition, Any, str]],
+                 started: threading.Event) -> None:
+        def on_run(run: Any) -> None:
+            self._dag_runs[dag.dag_id] = run.run_id
+            started.set()
+
+        body = self.body(dag, plan, on_run)
         opts = RunOptions(max_parallel=self.config.max_concurrent_nodes,
                           error_handler="continue", no_cache=self.config.no_cache)
         try:

@@ -214,7 +214,11 @@ class Engine:
             options: RunOptions | None = None, run_id: str | None = None, resume: bool = False,
             source: Mapping[str, Any] | None = None, notifications: Any = None,
             pipeline_version: int | None = None,
-            on_start: Callable[[RunLoop], None] | None = None) -> RunResult:
+            on_start: Callable[[RunLoop], None] | None = None,
+            pending: bool = False) -> RunResult:
+        """Run ``body`` as run ``run_id`` (new unless ``resume``). ``pending=True`` starts a run
+        whose PENDING row already exists (created over REST or by a schedule): it is moved to
+        RUNNING instead of being recorded anew."""
         opt = options or RunOptions()
         self.executor_capacity(opt.max_parallel)
         prior: dict[str, TaskRecord] = {}
@@ -232,7 +236,9 @@ class Engine:
         loop.pipeline = pipeline
         self.runs[run_id] = loop
         now = self.clock.now()
-        if resume:
+        if pending:
+            self.recorder.add(RunUpdate(run_id, RunState.RUNNING, now))
+        elif resume:
             self.recorder.add(RunUpdate(run_id, RunState.RUNNING, now))
             self.recorder.add(LogRecord(run_id, now, "info",
                                         f"resumed: {sum(t.state is TaskState.SUCCESS for t in prior.values())}"

@@ -1,0 +1,47 @@
+"""``twingraph server``: the API, the schedule firer and local execution in one process."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from typing import Annotated, Optional
+
+import typer
+
+from twingraph.cli.display import console
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and names that resolve only to loopback addresses."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def server(host: Annotated[str, typer.Option(help="Address to bind (loopback by default)")] = "127.0.0.1",
+           port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+           load: Annotated[list[str], typer.Option("--load", help="FILE.py or module to load (repeatable)")] = [],  # noqa: B006
+           log_level: Annotated[str, typer.Option()] = "info",
+           no_schedules: Annotated[bool, typer.Option("--no-schedules", help="Do not fire schedules")] = False) -> None:
+    """Start the API server on the embedded default (or $TWINGRAPH_DATABASE_URL)."""
+    import uvicorn
+
+    from twingraph.server.build import build_app
+    from twingraph.settings import Settings
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings.from_env()
+    try:
+        app = build_app(settings, load=load, schedules=not no_schedules,
+                        exposed=not is_loopback(host))
+    except Exception as exc:  # noqa: BLE001 - shown to the user, exit 2
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"TwinGraph server on http://{host}:{port} (docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)

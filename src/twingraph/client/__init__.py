@@ -1,0 +1,1 @@
+"""Python SDK for the TwinGraph server (sync and async, on httpx)."""

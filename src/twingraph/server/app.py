@@ -1,0 +1,84 @@
+"""The FastAPI app factory: one process serves every face on one ``Services``.
+
+``create_app(services, load=[...])`` mounts the routers, installs the envelope/error handling,
+metrics and (when configured) auth and rate limits, loads user modules (their ``@pipeline``s
+become pipelines of the default project), and starts/stops the schedule firer with the app's
+lifespan. ``twingraph server`` builds the embedded default and runs it under uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from twingraph import __version__
+from twingraph.server import envelope, monitoring, v1
+from twingraph.server.metrics import Metrics
+from twingraph.service import Services
+
+log = logging.getLogger("twingraph.server")
+
+
+def load_modules(svc: Services, targets: Sequence[str]) -> list[str]:
+    """Import ``targets`` (files or modules); register every ``@pipeline`` found in them.
+    Returns the ids of the registered pipelines."""
+    from twingraph.cli.loading import load_module
+    from twingraph.dsl.pipeline import Pipeline
+    ids = []
+    for target in targets:
+        module = load_module(target)
+        for value in vars(module).values():
+            if isinstance(value, Pipeline):
+                ids.append(svc.runs.register_python(value))
+                hook = svc.extras.get("on_pipeline_loaded")
+                if hook is not None:
+                    hook(value)
+    return ids
+
+
+def create_app(svc: Services, *, load: Sequence[str] = (), lifespan_hooks: bool = True,
+               auth: Any = None, rate_limits: Any = None) -> FastAPI:
+    metrics = Metrics()
+    svc.hub.listeners.append(metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        starters = svc.extras.get("start", []) if lifespan_hooks else []
+        for start in starters:
+            start()
+        try:
+            yield
+        finally:
+            for stop in svc.extras.get("stop", []) if lifespan_hooks else []:
+                stop()
+
+    app = FastAPI(title="TwinGraph", version=__version__, lifespan=lifespan,
+                  description="Pipelines, runs, schedules and streaming jobs. Faces: /api/v1 "
+                              "(Tauro), /api (TwinGraph), /ws, /jobs.")
+    app.state.services = svc
+    app.state.metrics = metrics
+    app.state.auth_mode = "none" if auth is None else auth.mode
+    envelope.install(app)
+
+    @app.middleware("http")
+    async def _timing(request: Request, call_next: Any) -> Any:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.http_requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.http_duration.labels(request.method, path).observe(time.perf_counter() - start)
+        return response
+
+    app.include_router(monitoring.router)
+    app.include_router(v1.router)
+    for extra in svc.extras.get("routers", []):
+        app.include_router(extra)
+    if load:
+        load_modules(svc, load)
+    return app

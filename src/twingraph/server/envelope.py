@@ -1,0 +1,195 @@
+"""The response envelope, request ids, and the one error shape of every face.
+
+Success on ``/api/v1``: ``{"data": ..., "meta": {"timestamp", "request_id"}}``; lists add
+``total``, ``limit`` and ``offset`` to ``meta``. Errors everywhere (``/api``, ``/api/v1``,
+``/jobs``...): ``{"error": {"code", "message", "details"}, "meta": {...}}`` with the codes of
+tauro-api.md (VALIDATION_ERROR 422, NOT_FOUND 404, CONFLICT 409, INTERNAL_ERROR 500, TIMEOUT 504)
+plus UNAUTHORIZED 401, FORBIDDEN 403, METHOD_NOT_ALLOWED 405, NOT_ACCEPTABLE 406,
+PAYLOAD_TOO_LARGE 413 and RATE_LIMITED 429 for what the document leaves out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Generic, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from twingraph.errors import (
+    ConflictError,
+    NotFoundError,
+    PipelineTimeout,
+    TwinGraphError,
+    ValidationError,
+)
+
+log = logging.getLogger("twingraph.server")
+
+T = TypeVar("T")
+
+_STATUS_CODES = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
+                 405: "METHOD_NOT_ALLOWED", 406: "NOT_ACCEPTABLE", 409: "CONFLICT",
+                 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE",
+                 422: "VALIDATION_ERROR", 429: "RATE_LIMITED", 500: "INTERNAL_ERROR",
+                 503: "UNAVAILABLE", 504: "TIMEOUT"}
+
+
+class Meta(BaseModel):
+    timestamp: str
+    request_id: str | None = None
+
+
+class ListMeta(Meta):
+    total: int
+    limit: int
+    offset: int
+
+
+class Envelope(BaseModel, Generic[T]):
+    data: T
+    meta: Meta
+
+
+class ListEnvelope(BaseModel, Generic[T]):
+    data: list[T]
+    meta: ListMeta
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] = []
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+    meta: Meta
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope} for code in (401, 404, 409, 422, 429, 500)}
+
+
+class ApiError(Exception):
+    """Raise from a route to answer ``status`` with ``code``/``message``/``details``."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None,
+                 details: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+        self.code = code or _STATUS_CODES.get(status, "ERROR")
+        self.details = details or []
+        self.headers = headers
+
+
+def iso(ts: float | None) -> str | None:
+    """POSIX seconds -> ``2025-01-26T10:00:00.123Z`` (None stays None)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+
+
+def parse_iso(value: str, field: str) -> float:
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(422, f"{field} is not an ISO-8601 timestamp",
+                       details=[{"field": field, "message": "expected ISO-8601"}]) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", None) or "req_unknown"
+
+
+def meta(request: Request, **extra: Any) -> dict[str, Any]:
+    return {"timestamp": iso(time.time()), "request_id": request_id(request), **extra}
+
+
+def ok(request: Request, data: Any) -> dict[str, Any]:
+    return {"data": data, "meta": meta(request)}
+
+
+def page(request: Request, data: list[Any], *, total: int, limit: int, offset: int) -> dict[str, Any]:
+    return {"data": data, "meta": meta(request, total=total, limit=limit, offset=offset)}
+
+
+def error_response(request: Request, status: int, message: str, *, code: str | None = None,
+                   details: list[dict[str, Any]] | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"code": code or _STATUS_CODES.get(status, "ERROR"), "message": message,
+                      "details": details or []},
+            "meta": meta(request)}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field(loc: Any) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or ".".join(str(p) for p in loc)
+
+
+def install(app: FastAPI) -> None:
+    """Request ids, timing logs and the error handlers."""
+
+    @app.middleware("http")
+    async def _request_id(request: Request, call_next: Any) -> Any:
+        rid = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex[:16]}"
+        request.state.request_id = rid
+        start = time.perf_counter()
+        response = await call_next(request)
+        elapsed = (time.perf_counter() - start) * 1000
+        response.headers["X-Request-ID"] = rid
+        log.info("%s %s %s %.1fms request_id=%s", request.method, request.url.path,
+                 response.status_code, elapsed, rid)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request, exc.status, exc.message, code=exc.code,
+                              details=exc.details, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "invalid")}
+                   for e in exc.errors()]
+        return error_response(request, 422, "invalid request: " + "; ".join(
+            f"{d['field']}: {d['message']}" for d in details[:3]), details=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(request, exc.status_code, str(exc.detail),
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(TwinGraphError)
+    async def _domain(request: Request, exc: TwinGraphError) -> JSONResponse:
+        details = getattr(exc, "details", None)
+        if isinstance(exc, NotFoundError):
+            return error_response(request, 404, str(exc))
+        if isinstance(exc, ConflictError):
+            return error_response(request, 409, str(exc))
+        if isinstance(exc, ValidationError):
+            nodes = getattr(exc, "nodes", None)
+            return error_response(request, 422, str(exc), details=details or (
+                [{"field": "definition", "message": str(exc), "nodes": list(nodes)}]
+                if nodes else [{"field": "body", "message": str(exc)}]))
+        if isinstance(exc, PipelineTimeout):
+            return error_response(request, 504, str(exc))
+        log.exception("unexpected domain error", exc_info=exc)
+        return error_response(request, 500, f"{type(exc).__name__}: {exc}")
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error request_id=%s", request_id(request), exc_info=exc)
+        return error_response(request, 500, "internal error; see the server log for "
+                              f"request {request_id(request)}")

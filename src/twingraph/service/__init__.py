@@ -1,0 +1,51 @@
+"""The application layer between the REST faces and the engine/stores.
+
+``Services`` is what one server process holds: the engine (with its result and metadata stores),
+the catalog (projects, pipelines, runs as the faces see them), the run service, the shared
+dynamic scheduler (for ``execute-dynamic`` and graph pipelines), and the event hub. Faces
+(server routers, the CLI) call these; they never touch SQLAlchemy or the engine's loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twingraph.engine.dynamic import DynamicScheduler, ExecutionConfig
+from twingraph.engine.engine import Engine
+from twingraph.errors import ConfigurationError
+from twingraph.service.events import EventHub
+from twingraph.service.runs import RunService
+from twingraph.settings import Settings
+from twingraph.stores.metadata.catalog_store import SQLCatalog
+from twingraph.stores.metadata.store import SQLMetadataStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    catalog: SQLCatalog
+    runs: RunService
+    scheduler: DynamicScheduler
+    hub: EventHub
+    extras: dict[str, Any] = field(default_factory=dict)   # schedules, auth, stream manager...
+
+    def close(self) -> None:
+        self.runs.close()
+        self.engine.close()
+
+
+def build_services(settings: Settings | None = None, *, engine: Engine | None = None) -> Services:
+    """Wire the embedded default (or ``engine``) into one ``Services``."""
+    from twingraph.runtime import build_engine
+    settings = settings or Settings.from_env()
+    hub = EventHub()
+    engine = engine or build_engine(settings)
+    if not isinstance(engine.metadata, SQLMetadataStore):
+        raise ConfigurationError("the server needs the SQL metadata store (SQLite or PostgreSQL)")
+    engine.subscribe(hub)
+    catalog = SQLCatalog(engine.metadata)
+    scheduler = DynamicScheduler(engine.results, ExecutionConfig(), engine=engine)
+    runs = RunService(engine, catalog, scheduler)
+    return Services(settings, engine, catalog, runs, scheduler, hub)

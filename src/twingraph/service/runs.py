@@ -1,0 +1,252 @@
+"""Runs driven by the server: created PENDING, started on the shared engine, cancelled.
+
+A run is one execution of a pipeline's current version with params (DESIGN.md §1). ``create``
+writes a PENDING row after checking that the pipeline can run with those params; ``start`` moves
+it to RUNNING with a compare-and-set (a second start gets ``ConflictError``) and drives the
+engine on a thread of its own; ``cancel`` cancels a PENDING run in the store, or reaches the
+running tasks through the engine. Both faces (Tauro runs, TwinGraph executions) and schedules
+use this one service.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twingraph.core.records import LogRecord
+from twingraph.core.states import RunState
+from twingraph.dsl.component import check_platform
+from twingraph.dsl.pipeline import Pipeline
+from twingraph.engine.dynamic import DynamicScheduler
+from twingraph.engine.engine import Engine, RunResult
+from twingraph.engine.loop import RunOptions
+from twingraph.errors import ConflictError, NotFoundError, TwinGraphError, ValidationError
+from twingraph.service.definitions import (
+    DefinitionError,
+    check_python_params,
+    is_python,
+    normalize_graph,
+    to_dag,
+)
+from twingraph.stores.metadata.catalog import PipelineRecord
+from twingraph.stores.metadata.catalog_store import RunRow, SQLCatalog
+
+DEFAULT_TIMEOUT = 3600.0
+
+
+class RunService:
+    def __init__(self, engine: Engine, catalog: SQLCatalog, scheduler: DynamicScheduler) -> None:
+        self.engine, self.catalog, self.scheduler = engine, catalog, scheduler
+        self.loaded: dict[str, Pipeline] = {}          # "module:qualname" -> loaded @pipeline
+        self._threads: dict[str, threading.Thread] = {}
+        self._results: dict[str, RunResult] = {}
+        self._lock = threading.Lock()
+        self.on_finished: list[Callable[[str, RunResult], None]] = []
+
+    # -- pipelines --------------------------------------------------------------------------
+    def register_python(self, pipe: Pipeline) -> str:
+        """Record a loaded ``@pipeline`` in the catalog; returns its pipeline id."""
+        self.loaded[f"{pipe.fn.__module__}:{pipe.fn.__qualname__}"] = pipe
+        pipe.register(self.engine)
+        rec = self.engine.metadata.get_pipeline(self.engine.project, pipe.name)  # type: ignore[union-attr]
+        assert rec is not None
+        return str(rec.id)
+
+    def known_operation(self, name: str) -> bool:
+        return self.scheduler.executor.resolve(name) is not None
+
+    def normalize(self, definition: Any) -> dict[str, Any]:
+        return normalize_graph(definition, self.known_operation)
+
+    def _python_pipeline(self, pipeline: PipelineRecord) -> Pipeline:
+        d = pipeline.definition
+        pipe = self.loaded.get(f"{d.get('module')}:{d.get('qualname')}")
+        if pipe is None:
+            raise DefinitionError(
+                f"pipeline {pipeline.name!r} is Python code that this server has not loaded "
+                f"(start it with --load {d.get('module')})",
+                [{"field": "pipeline_id", "message": "pipeline code not loaded on this server"}])
+        return pipe
+
+    def check(self, pipeline: PipelineRecord, params: Mapping[str, Any]) -> None:
+        """Raise ``DefinitionError`` if ``pipeline`` cannot run here with ``params``."""
+        if is_python(pipeline.definition):
+            pipe = self._python_pipeline(pipeline)
+            check_python_params(pipe.fn, params)
+            check_platform(self.engine, pipe.components())
+        else:
+            graph = self.normalize(pipeline.definition)
+            to_dag("check", graph, params, self.scheduler.executor)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def create(self, pipeline: PipelineRecord, *, params: Mapping[str, Any] | None = None,
+               tags: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
+               schedule_id: str | None = None) -> RunRow:
+        params = dict(params or {})
+        config = dict(config or {})
+        _check_config(config)
+        self.check(pipeline, params)
+        return self.catalog.create_run(pipeline, params=params, tags=dict(tags or {}),
+                                       config=config, schedule_id=schedule_id)
+
+    def start(self, run_id: str, *, timeout_seconds: float | None = None) -> RunRow:
+        run = self.catalog.get_run(run_id)
+        if run.state is not RunState.PENDING:
+            raise ConflictError(f"run {run_id} is {run.state.value}; only a PENDING run can start")
+        if run.pipeline_id is None:
+            raise ValidationError(f"run {run_id} has no pipeline to run")
+        pipeline = self.catalog.get_pipeline(run.pipeline_id)
+        config = dict(run.config)
+        if timeout_seconds is not None:
+            config["timeout"] = float(timeout_seconds)
+        _check_config(config)
+        try:
+            launch = self._prepare(pipeline, run, config)
+        except TwinGraphError as exc:      # the pipeline changed since the run was created
+            self.catalog.fail_pending(run_id, f"{type(exc).__name__}: {exc}")
+            raise
+        if not self.catalog.claim_start(run_id, self.engine.clock.now()):
+            raise ConflictError(f"run {run_id} was started or cancelled by someone else")
+        thread = threading.Thread(target=self._drive, args=(run_id, launch), daemon=True,
+                                  name=f"twingraph-serve-{run_id[-8:]}")
+        with self._lock:
+            self._threads[run_id] = thread
+        thread.start()
+        return self.catalog.get_run(run_id)
+
+    def _prepare(self, pipeline: PipelineRecord, run: RunRow,
+                 config: Mapping[str, Any]) -> Callable[[], RunResult]:
+        """Everything that can fail on bad input, done before the run leaves PENDING."""
+        timeout = float(config.get("timeout") or DEFAULT_TIMEOUT)
+        no_cache = bool(config.get("no_cache", False))
+        if is_python(pipeline.definition):
+            pipe = self._python_pipeline(pipeline)
+            check_python_params(pipe.fn, run.params)
+            check_platform(self.engine, pipe.components())
+            spec = pipe.spec
+            opts = RunOptions(max_parallel=int(config.get("max_parallel") or spec.max_parallel),
+                              error_handler=spec.error_handler,
+                              timeout=min(timeout, spec.timeout) if "timeout" in config else spec.timeout,
+                              no_cache=no_cache, error_config=spec.error_config)
+            params = dict(run.params)
+            return lambda: self.engine.run(
+                lambda _run: pipe.fn(**params), pipeline=run.pipeline, params=params,
+                options=opts, run_id=run.run_id, pending=True, source=pipe.source(),
+                notifications=spec.notifications or None,
+                pipeline_version=run.pipeline_version)
+        graph = self.normalize(pipeline.definition)
+        dag = to_dag(run.run_id, graph, run.params, self.scheduler.executor)
+        plan = self.scheduler.plan(dag)
+        opts = RunOptions(max_parallel=int(config.get("max_parallel") or 10),
+                          error_handler=str(config.get("error_handler") or "fail"),
+                          timeout=timeout, no_cache=no_cache)
+        body = self.scheduler.body(dag, plan)
+        return lambda: self.engine.run(
+            body, pipeline=run.pipeline, params=dict(run.params), options=opts,
+            run_id=run.run_id, pending=True, pipeline_version=run.pipeline_version,
+            source={"kind": "pipeline", "pipeline_id": pipeline.id})
+
+    def _drive(self, run_id: str, launch: Callable[[], RunResult]) -> None:
+        try:
+            result = launch()
+        except BaseException as exc:  # noqa: BLE001 - the run must end recorded, whatever happened
+            self.engine.recorder.add(LogRecord(run_id, time.time(), "error",
+                                               f"run failed to start: {type(exc).__name__}: {exc}"))
+            self.engine.recorder.flush()
+            self.catalog.finish_running(run_id, RunState.FAILED, f"{type(exc).__name__}: {exc}",
+                                        self.engine.clock.now())
+            result = RunResult(run_id, RunState.FAILED, error=exc)
+        with self._lock:
+            self._threads.pop(run_id, None)
+            self._results[run_id] = result
+        for cb in list(self.on_finished):
+            try:
+                cb(run_id, result)
+            except Exception:  # noqa: BLE001 - a listener must not break the driver
+                pass
+
+    def cancel(self, run_id: str, reason: str | None = None) -> RunRow:
+        reason = reason or "cancelled by user"
+        run = self.catalog.get_run(run_id)
+        if run.state.terminal:
+            raise ConflictError(f"run {run_id} already ended ({run.state.value})")
+        if run.state is RunState.PENDING and self.catalog.cancel_pending(run_id, reason):
+            return self.catalog.get_run(run_id)
+        if not self.engine.cancel(run_id, reason):
+            thread = self._threads.get(run_id)
+            if thread is None:
+                raise ConflictError(f"run {run_id} is RUNNING in another process; it cannot be "
+                                    "cancelled from here")
+            # Claimed but the engine has not registered the loop yet: wait for it briefly.
+            deadline = time.monotonic() + 5
+            while not self.engine.cancel(run_id, reason) and thread.is_alive():
+                if time.monotonic() > deadline:
+                    raise ConflictError(f"run {run_id} could not be cancelled")
+                time.sleep(0.01)
+        self.wait(run_id, timeout=10)
+        return self.catalog.get_run(run_id)
+
+    def wait(self, run_id: str, timeout: float | None = None) -> RunRow:
+        thread = self._threads.get(run_id)
+        if thread is not None:
+            thread.join(timeout)
+        return self.catalog.get_run(run_id)
+
+    def result(self, run_id: str) -> RunResult | None:
+        return self._results.get(run_id)
+
+    def active(self) -> list[str]:
+        with self._lock:
+            return list(self._threads)
+
+    # -- views ------------------------------------------------------------------------------
+    def progress(self, run: RunRow) -> dict[str, Any]:
+        """Counts per state: live from the engine while this process drives the run, else
+        from the store."""
+        loop = self.engine.runs.get(run.run_id)
+        if loop is not None:
+            c = dict(loop.counts)
+            counts = {k.value: v for k, v in c.items()}
+        else:
+            counts = {k.value: v for k, v in self.catalog.store.task_counts(run.run_id).items()}
+        total = sum(counts.values())
+        done = counts.get("SUCCESS", 0)
+        failed = counts.get("FAILED", 0)
+        skipped = counts.get("SKIPPED", 0) + counts.get("CANCELLED", 0)
+        running = counts.get("RUNNING", 0)
+        return {"total_tasks": total, "completed_tasks": done, "failed_tasks": failed,
+                "skipped_tasks": skipped, "running_tasks": running,
+                "pending_tasks": total - done - failed - skipped - running,
+                "percent": round(100.0 * (done + failed + skipped) / total, 2) if total else
+                (100.0 if run.state.terminal else 0.0)}
+
+    def outputs(self, run_id: str) -> Any:
+        """The run's return value when this server drove it (JSON-able), else None."""
+        res = self._results.get(run_id)
+        return None if res is None else res.value
+
+    def close(self, timeout: float = 10.0) -> None:
+        for run_id in self.active():
+            self.engine.cancel(run_id, "server shutting down")
+        for thread in list(self._threads.values()):
+            thread.join(timeout)
+
+
+def _check_config(config: Mapping[str, Any]) -> None:
+    mp, timeout = config.get("max_parallel"), config.get("timeout")
+    if mp is not None and (not isinstance(mp, int) or isinstance(mp, bool) or mp < 1):
+        raise DefinitionError("config.max_parallel must be a positive integer",
+                              [{"field": "config.max_parallel", "message": "must be >= 1"}])
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+                                or timeout <= 0):
+        raise DefinitionError("config.timeout must be a positive number of seconds",
+                              [{"field": "config.timeout", "message": "must be > 0"}])
+    eh = config.get("error_handler")
+    if eh is not None and eh not in ("fail", "continue", "retry"):
+        raise DefinitionError("config.error_handler must be fail, continue or retry",
+                              [{"field": "config.error_handler", "message": "fail|continue|retry"}])
+
+
+__all__ = ["RunService", "NotFoundError"]

@@ -1,0 +1,428 @@
+"""``SQLCatalog``: what the REST faces read and write beyond the engine's port — projects,
+pipelines and their versions by id, PENDING runs, filtered and sorted listings with totals,
+statistics and per-component metrics.
+
+It shares the ``SQLMetadataStore``'s engine, lock and error translation (one database, one set
+of transactions); it is a separate class so the engine's port stays small.
+
+Listings return ``(rows, total)``: ``total`` counts every row that matches the filters, ``rows``
+is the page. ``sort`` is a column name, ``-`` prefixed for descending (``-created_at``); only the
+columns named in each method's ``SORTABLE`` are accepted (anything else is a ``ValidationError``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Select, delete, func, or_, select, update
+
+from twingraph.core.states import RunState
+from twingraph.errors import ConflictError, NotFoundError, ValidationError
+from twingraph.stores.metadata import _semantics as sem
+from twingraph.stores.metadata.catalog import (
+    PipelineRecord,
+    PipelineVersionRecord,
+    ProjectRecord,
+    new_id,
+)
+from twingraph.stores.metadata.schema import logs, pipeline_versions, pipelines, projects, runs, tasks
+from twingraph.stores.metadata.store import SQLMetadataStore
+
+MAX_LIMIT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """A run as the REST faces show it: the engine's columns plus catalog links and tags."""
+    run_id: str
+    project: str
+    pipeline: str
+    pipeline_id: str | None
+    pipeline_version: int | None
+    state: RunState
+    params: dict[str, Any]
+    config: dict[str, Any]
+    source: dict[str, Any]
+    tags: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    heartbeat_at: float | None
+    error: str | None
+    result_key: str | None
+    schedule_id: str | None
+    project_id: str | None = None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentMetrics:
+    component: str
+    executions: int
+    succeeded: int
+    failed: int
+    durations: list[float] = field(default_factory=list)    # seconds, of finished tasks
+
+
+def _order(table: Any, sort: str | None, sortable: Sequence[str], default: str) -> list[Any]:
+    sort = sort or default
+    desc = sort.startswith("-")
+    name = sort.lstrip("-+")
+    if name not in sortable:
+        raise ValidationError(f"cannot sort by {name!r}; sortable: {', '.join(sortable)}")
+    col = table.c[name]
+    key = table.c.id if "id" in table.c else table.c.run_id
+    return [col.desc(), key.desc()] if desc else [col.asc(), key.asc()]
+
+
+def _page(limit: int, offset: int) -> None:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValidationError(f"limit must be between 1 and {MAX_LIMIT} (got {limit})")
+    sem.check_paging(limit, offset)
+
+
+class SQLCatalog:
+    """Projects, pipelines, runs and statistics for the REST faces (see module doc)."""
+
+    PROJECT_SORT = ("created_at", "updated_at", "name")
+    PIPELINE_SORT = ("created_at", "updated_at", "name")
+    RUN_SORT = ("created_at", "started_at", "ended_at", "state")
+
+    def __init__(self, store: SQLMetadataStore) -> None:
+        self.store = store
+        self._clock = store._clock
+
+    # -- projects --------------------------------------------------------------------------
+    def create_project(self, name: str, *, description: str | None = None,
+                       owner: str | None = None, metadata: dict[str, Any] | None = None) -> ProjectRecord:
+        now = self._clock()
+        row = {"id": new_id("proj"), "name": name, "description": description, "owner": owner,
+               "metadata": sem.json_copy(metadata or {}), "created_at": now, "updated_at": now}
+        with self.store._writing() as conn:
+            if conn.execute(select(projects.c.id).where(projects.c.name == name)).first():
+                raise ConflictError(f"a project named {name!r} already exists")
+            conn.execute(projects.insert(), row)
+        return ProjectRecord(**row)
+
+    def get_project(self, project_id: str) -> ProjectRecord:
+        with self.store._reading() as conn:
+            row = conn.execute(select(projects).where(projects.c.id == project_id)).first()
+        if row is None:
+            raise NotFoundError(f"project {project_id!r} not found")
+        return ProjectRecord(**row._asdict())
+
+    def resolve_project(self, id_or_name: str) -> ProjectRecord:
+        """A project by id, or by name (the engine's runs name their project)."""
+        with self.store._reading() as conn:
+            row = conn.execute(select(projects).where(
+                (projects.c.id == id_or_name) | (projects.c.name == id_or_name))).first()
+        if row is None:
+            raise NotFoundError(f"project {id_or_name!r} not found")
+        return ProjectRecord(**row._asdict())
+
+    def list_projects(self, *, owner: str | None = None, limit: int = 50, offset: int = 0,
+                      sort: str | None = None) -> tuple[list[ProjectRecord], int]:
+        _page(limit, offset)
+        where = [] if owner is None else [projects.c.owner == owner]
+        query = select(projects).where(*where).order_by(
+            *_order(projects, sort, self.PROJECT_SORT, "-created_at"))
+        with self.store._reading() as conn:
+            total = conn.execute(select(func.count()).select_from(projects).where(*where)).scalar_one()
+            rows = conn.execute(query.limit(limit).offset(offset)).all()
+        return [ProjectRecord(**r._asdict()) for r in rows], int(total)
+
+    def update_project(self, project_id: str, changes: dict[str, Any]) -> ProjectRecord:
+        allowed = {"name", "description", "owner", "metadata"}
+        values = {k: v for k, v in changes.items() if k in allowed}
+        with self.store._writing() as conn:
+            if conn.execute(select(projects.c.id).where(projects.c.id == project_id)).first() is None:
+                raise NotFoundError(f"project {project_id!r} not found")
+            if "name" in values and conn.execute(select(projects.c.id).where(
+                    projects.c.name == values["name"], projects.c.id != project_id)).first():
+                raise ConflictError(f"a project named {values['name']!r} already exists")
+            if values:
+                conn.execute(update(projects).where(projects.c.id == project_id)
+                             .values(updated_at=self._clock(), **values))
+        return self.get_project(project_id)
+
+    def delete_project(self, project_id: str) -> None:
+        """Deletes the project, its pipelines, schedules and runs (runs name the project)."""
+        with self.store._writing() as conn:
+            name = conn.execute(select(projects.c.name).where(projects.c.id == project_id)).scalar()
+            if name is None:
+                raise NotFoundError(f"project {project_id!r} not found")
+            if conn.execute(select(runs.c.run_id).where(
+                    runs.c.project == name,
+                    runs.c.state.in_([RunState.PENDING.value, RunState.RUNNING.value]))).first():
+                raise ConflictError(f"project {project_id!r} has active runs; cancel them first")
+            conn.execute(delete(runs).where(runs.c.project == name))
+            conn.execute(delete(projects).where(projects.c.id == project_id))
+
+    def project_statistics(self, project_id: str) -> dict[str, Any]:
+        project = self.get_project(project_id)
+        with self.store._reading() as conn:
+            n_pipelines = conn.execute(select(func.count()).select_from(pipelines).where(
+                pipelines.c.project_id == project_id)).scalar_one()
+            stats = self._run_stats(conn, runs.c.project == project.name)
+        return {"project_id": project_id, "total_pipelines": int(n_pipelines), **stats}
+
+    def statistics(self) -> dict[str, Any]:
+        with self.store._reading() as conn:
+            n_projects = conn.execute(select(func.count()).select_from(projects)).scalar_one()
+            n_pipelines = conn.execute(select(func.count()).select_from(pipelines)).scalar_one()
+            stats = self._run_stats(conn, None)
+        return {"total_projects": int(n_projects), "total_pipelines": int(n_pipelines), **stats}
+
+    @staticmethod
+    def _run_stats(conn: Connection, where: Any) -> dict[str, Any]:
+        conds = [] if where is None else [where]
+        by_state = {state.value: 0 for state in RunState}
+        for state, count in conn.execute(select(runs.c.state, func.count()).where(*conds)
+                                         .group_by(runs.c.state)):
+            by_state[state] = int(count)
+        avg = conn.execute(select(func.avg(runs.c.ended_at - runs.c.started_at)).where(
+            *conds, runs.c.state == RunState.SUCCESS.value,
+            runs.c.started_at.is_not(None), runs.c.ended_at.is_not(None))).scalar()
+        finished = by_state["SUCCESS"] + by_state["FAILED"]
+        return {"total_runs": sum(by_state.values()), "runs_by_state": by_state,
+                "success_rate": (by_state["SUCCESS"] / finished) if finished else None,
+                "average_execution_time_seconds": None if avg is None else float(avg)}
+
+    # -- pipelines ---------------------------------------------------------------------------
+    def create_pipeline(self, project_id: str, name: str, definition: dict[str, Any], *,
+                        description: str | None = None, tags: list[Any] | None = None,
+                        source_hash: str | None = None) -> PipelineRecord:
+        project = self.get_project(project_id)
+        with self.store._reading() as conn:
+            if conn.execute(select(pipelines.c.id).where(pipelines.c.project_id == project_id,
+                                                         pipelines.c.name == name)).first():
+                raise ConflictError(f"project {project.name!r} already has a pipeline named {name!r}")
+        pipeline_id, _ = self.store.upsert_pipeline(project.name, name, definition,
+                                                    description=description, tags=tags,
+                                                    source_hash=source_hash)
+        return self.get_pipeline(pipeline_id)
+
+    def get_pipeline(self, pipeline_id: str) -> PipelineRecord:
+        with self.store._reading() as conn:
+            row = conn.execute(self._pipeline_select().where(pipelines.c.id == pipeline_id)).first()
+        if row is None:
+            raise NotFoundError(f"pipeline {pipeline_id!r} not found")
+        return PipelineRecord(**row._asdict())
+
+    def find_pipeline(self, id_or_name: str, project_id: str | None = None) -> PipelineRecord:
+        """A pipeline by id, or by name within ``project_id`` (or, without one, by a name that
+        is unique across projects)."""
+        cond = pipelines.c.id == id_or_name
+        name_cond = pipelines.c.name == id_or_name
+        if project_id is not None:
+            name_cond = name_cond & (pipelines.c.project_id == project_id)
+        with self.store._reading() as conn:
+            rows = conn.execute(self._pipeline_select().where(cond | name_cond)).all()
+        by_id = [r for r in rows if r.id == id_or_name]
+        if by_id:
+            return PipelineRecord(**by_id[0]._asdict())
+        if len(rows) > 1:
+            raise ValidationError(f"pipeline name {id_or_name!r} is ambiguous: give project_id "
+                                  "or the pipeline's id")
+        if not rows:
+            where = f" in project {project_id!r}" if project_id else ""
+            raise NotFoundError(f"pipeline {id_or_name!r} not found{where}")
+        return PipelineRecord(**rows[0]._asdict())
+
+    def list_pipelines(self, *, project_id: str | None = None, tag: str | None = None,
+                       limit: int = 50, offset: int = 0,
+                       sort: str | None = None) -> tuple[list[PipelineRecord], int]:
+        _page(limit, offset)
+        where = [] if project_id is None else [pipelines.c.project_id == project_id]
+        query = self._pipeline_select().where(*where).order_by(
+            *_order(pipelines, sort, self.PIPELINE_SORT, "-created_at"))
+        with self.store._reading() as conn:
+            if tag is None:
+                total = conn.execute(select(func.count()).select_from(pipelines)
+                                     .where(*where)).scalar_one()
+                rows = conn.execute(query.limit(limit).offset(offset)).all()
+                return [PipelineRecord(**r._asdict()) for r in rows], int(total)
+            # Tags are a JSON list: filter in Python (catalogs hold pipelines, not millions).
+            tagged = [PipelineRecord(**r._asdict()) for r in conn.execute(query)
+                      if tag in (r.tags or [])]
+        return tagged[offset:offset + limit], len(tagged)
+
+    def update_pipeline(self, pipeline_id: str, *, name: str | None = None,
+                        definition: dict[str, Any] | None = None, description: str | None = None,
+                        tags: list[Any] | None = None) -> PipelineRecord:
+        """Replace fields; a changed definition becomes a new version (the old one is kept)."""
+        current = self.get_pipeline(pipeline_id)
+        if name is not None and name != current.name:
+            with self.store._writing() as conn:
+                if conn.execute(select(pipelines.c.id).where(
+                        pipelines.c.project_id == current.project_id,
+                        pipelines.c.name == name)).first():
+                    raise ConflictError(f"project already has a pipeline named {name!r}")
+                conn.execute(update(pipelines).where(pipelines.c.id == pipeline_id)
+                             .values(name=name, updated_at=self._clock()))
+        self.store.upsert_pipeline(current.project, name or current.name,
+                                   definition if definition is not None else current.definition,
+                                   description=description, tags=tags)
+        return self.get_pipeline(pipeline_id)
+
+    def delete_pipeline(self, pipeline_id: str) -> None:
+        with self.store._writing() as conn:
+            if conn.execute(select(pipelines.c.id).where(pipelines.c.id == pipeline_id)).first() is None:
+                raise NotFoundError(f"pipeline {pipeline_id!r} not found")
+            if conn.execute(select(runs.c.run_id).where(
+                    runs.c.pipeline_id == pipeline_id,
+                    runs.c.state.in_([RunState.PENDING.value, RunState.RUNNING.value]))).first():
+                raise ConflictError(f"pipeline {pipeline_id!r} has active runs; cancel them first")
+            conn.execute(delete(pipelines).where(pipelines.c.id == pipeline_id))
+
+    def pipeline_versions(self, pipeline_id: str) -> list[PipelineVersionRecord]:
+        self.get_pipeline(pipeline_id)
+        return self.store.get_pipeline_versions(pipeline_id)
+
+    def pipeline_run_counts(self, pipeline_id: str) -> dict[str, int]:
+        with self.store._reading() as conn:
+            return {state: int(n) for state, n in conn.execute(
+                select(runs.c.state, func.count()).where(runs.c.pipeline_id == pipeline_id)
+                .group_by(runs.c.state))}
+
+    @staticmethod
+    def _pipeline_select() -> Select[Any]:
+        return (select(pipelines, projects.c.name.label("project"))
+                .join(projects, projects.c.id == pipelines.c.project_id))
+
+    # -- runs --------------------------------------------------------------------------------
+    def create_run(self, pipeline: PipelineRecord, *, params: dict[str, Any],
+                   tags: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+                   schedule_id: str | None = None, run_id: str | None = None) -> RunRow:
+        """Record a PENDING run of ``pipeline``'s current version."""
+        now = self._clock()
+        row = {"run_id": run_id or new_id("run"), "project": pipeline.project,
+               "pipeline": pipeline.name, "pipeline_id": pipeline.id,
+               "pipeline_version": pipeline.current_version, "state": RunState.PENDING.value,
+               "params": sem.json_copy(params), "config": sem.json_copy(config or {}),
+               "source": {"kind": "pipeline", "pipeline_id": pipeline.id},
+               "tags": sem.json_copy(tags or {}), "created_at": now, "schedule_id": schedule_id}
+        with self.store._writing() as conn:
+            conn.execute(runs.insert(), row)
+        return self.get_run(row["run_id"])
+
+    def get_run(self, run_id: str) -> RunRow:
+        with self.store._reading() as conn:
+            row = conn.execute(self._run_select().where(runs.c.run_id == run_id)).first()
+        if row is None:
+            raise NotFoundError(f"run {run_id!r} not found")
+        return _run_row(row)
+
+    def list_runs(self, *, project: str | None = None, pipeline_id: str | None = None,
+                  pipeline: str | None = None, state: str | None = None,
+                  schedule_id: str | None = None, limit: int = 50, offset: int = 0,
+                  sort: str | None = None) -> tuple[list[RunRow], int]:
+        _page(limit, offset)
+        where = []
+        if project is not None:
+            where.append(runs.c.project == project)
+        if pipeline_id is not None:
+            where.append(runs.c.pipeline_id == pipeline_id)
+        if pipeline is not None:
+            where.append(runs.c.pipeline == pipeline)
+        if (wanted := sem.run_state_filter(state)) is not None:
+            where.append(runs.c.state == wanted)
+        if schedule_id is not None:
+            where.append(runs.c.schedule_id == schedule_id)
+        query = self._run_select().where(*where).order_by(
+            *_order(runs, sort, self.RUN_SORT, "-created_at"))
+        with self.store._reading() as conn:
+            total = conn.execute(select(func.count()).select_from(runs).where(*where)).scalar_one()
+            rows = conn.execute(query.limit(limit).offset(offset)).all()
+        return [_run_row(r) for r in rows], int(total)
+
+    def cancel_pending(self, run_id: str, reason: str) -> bool:
+        """PENDING -> CANCELLED in one compare-and-set; False if the run was not PENDING."""
+        with self.store._writing() as conn:
+            result = conn.execute(update(runs).where(
+                runs.c.run_id == run_id, runs.c.state == RunState.PENDING.value).values(
+                state=RunState.CANCELLED.value, ended_at=self._clock(), error=reason))
+        return result.rowcount == 1
+
+    def claim_start(self, run_id: str, now: float) -> bool:
+        """PENDING -> RUNNING in one compare-and-set: exactly one starter wins."""
+        with self.store._writing() as conn:
+            result = conn.execute(update(runs).where(
+                runs.c.run_id == run_id, runs.c.state == RunState.PENDING.value).values(
+                state=RunState.RUNNING.value, started_at=now, heartbeat_at=now))
+        return result.rowcount == 1
+
+    def finish_running(self, run_id: str, state: RunState, error: str | None, now: float) -> None:
+        """End a RUNNING run whose driver failed before the engine recorded anything."""
+        with self.store._writing() as conn:
+            conn.execute(update(runs).where(
+                runs.c.run_id == run_id, runs.c.state == RunState.RUNNING.value).values(
+                state=state.value, ended_at=now, error=error))
+
+    def fail_pending(self, run_id: str, error: str) -> bool:
+        """PENDING -> FAILED (the run could not be started: its pipeline cannot be compiled)."""
+        with self.store._writing() as conn:
+            result = conn.execute(update(runs).where(
+                runs.c.run_id == run_id, runs.c.state == RunState.PENDING.value).values(
+                state=RunState.FAILED.value, ended_at=self._clock(), error=error))
+        return result.rowcount == 1
+
+    def pending_runs(self, schedule_id: str, limit: int) -> list[RunRow]:
+        """Oldest PENDING runs of a schedule (a backfill's queue)."""
+        query = (self._run_select().where(runs.c.schedule_id == schedule_id,
+                                          runs.c.state == RunState.PENDING.value)
+                 .order_by(runs.c.created_at, runs.c.run_id).limit(limit))
+        with self.store._reading() as conn:
+            return [_run_row(r) for r in conn.execute(query)]
+
+    @staticmethod
+    def _run_select() -> Select[Any]:
+        return (select(runs, projects.c.id.label("project_id"))
+                .join(projects, projects.c.name == runs.c.project, isouter=True))
+
+    def count_logs(self, run_id: str, *, level: str | None = None,
+                   node_id: str | None = None) -> int:
+        where = [logs.c.run_id == run_id]
+        if level is not None:
+            where.append(logs.c.level.in_(sem.levels_at_or_above(level)))
+        if node_id is not None:
+            where.append(logs.c.node_id == node_id)
+        with self.store._reading() as conn:
+            return int(conn.execute(select(func.count()).select_from(logs).where(*where)).scalar_one())
+
+    # -- components --------------------------------------------------------------------------
+    def component_metrics(self, component: str, *, window: int = 10_000) -> ComponentMetrics:
+        """Executions of ``component`` (the newest ``window`` finished tasks give durations)."""
+        with self.store._reading() as conn:
+            counts: dict[str, int] = dict(conn.execute(select(tasks.c.state, func.count()).where(
+                tasks.c.component == component).group_by(tasks.c.state)).all())
+            durations = [float(d) for (d,) in conn.execute(
+                select(tasks.c.ended_at - tasks.c.started_at).where(
+                    tasks.c.component == component, tasks.c.ended_at.is_not(None),
+                    tasks.c.started_at.is_not(None),
+                    or_(tasks.c.cache_status.is_(None), tasks.c.cache_status != "hit"))
+                .order_by(tasks.c.ended_at.desc()).limit(window))]
+        if not counts:
+            raise NotFoundError(f"component {component!r} has no recorded executions")
+        return ComponentMetrics(component, executions=int(sum(counts.values())),
+                                succeeded=int(counts.get("SUCCESS", 0)),
+                                failed=int(counts.get("FAILED", 0)), durations=durations)
+
+    def known_component(self, component: str) -> bool:
+        with self.store._reading() as conn:
+            return conn.execute(select(tasks.c.run_id).where(
+                tasks.c.component == component).limit(1)).first() is not None
+
+
+def _run_row(row: Any) -> RunRow:
+    fields = row._asdict()
+    fields["state"] = RunState(fields["state"])
+    return RunRow(**fields)
+
