@@ -16,6 +16,7 @@ from twingraph.errors import (ConfigurationError, DynamicSchedulerError, Executo
                               PipelineError, PipelineFailed, PipelineTimeout, SchedulingError,
                               StorageError, TaskTimeout, TwinGraphError, ValidationError)
 from twingraph.registry import register_component
+from twingraph.workflow import Workflow
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,6 @@ __all__ = [
     "BaseComponent", "Component", "ConfigurationError", "DynamicSchedulerError", "Engine",
     "ExecutorUnavailable", "NodeExecutionError", "NotFoundError", "Pipeline", "PipelineCancelled",
     "PipelineError", "PipelineFailed", "PipelineTimeout", "Ref", "RunResult", "SchedulingError",
-    "StorageError", "TaskTimeout", "TwinGraphError", "ValidationError", "component", "get_logger", "pipeline",
+    "StorageError", "TaskTimeout", "TwinGraphError", "ValidationError", "Workflow", "component", "get_logger", "pipeline",
     "register_component", "__version__",
 ]
