@@ -72,6 +72,9 @@ class SourceSplitContext:
     #: The job's name and the operator's uid, for connectors that name transactions or files.
     job_name: str = ""
     operator_uid: str = ""
+    #: The id of the checkpoint being restored (None on a fresh start): a sink deletes staged
+    #: output of later checkpoints that never completed, and keeps this one's for ``commit``.
+    restored_checkpoint_id: int | None = None
 
 
 @runtime_checkable

@@ -1,0 +1,306 @@
+"""Keyed state: the document's ValueState / ListState / MapState over a pluggable backend.
+
+A backend holds named *tables*, each a mutable mapping from ``(key, namespace)`` to a value: the
+runtime sets the current key before calling user code, and the state primitives read and write
+under it. ``namespace`` is the window for window contents, ``None`` for user state.
+
+Backends:
+
+- :class:`MemoryStateBackend` — plain dicts (the fast default).
+- :class:`SQLiteStateBackend` — one SQLite file per operator subtask in a local working directory,
+  with a bounded write-back cache in front, for state larger than memory. Rows carry their key
+  group so a snapshot is an online SQLite backup of the file and a restore with a different
+  parallelism copies just the key-group range a subtask owns.
+
+Serialization: keys and values are pickled. Snapshots are written to, and only ever read back
+from, the job's own checkpoint directory by the job's own process (never from a network request
+or an uploaded file); the job manager's REST face never accepts state. That is the one place
+TwinGraph unpickles stream state, and the reason the checkpoint directory must be trusted like the
+job's code itself.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from twingraph.errors import CheckpointError, StateError
+from twingraph.stream.keygroups import KeyGroupCache
+
+_PROTO = 5
+_DELETED = object()
+
+
+class MemoryStateBackend:
+    """Tables are dicts; a snapshot pickles them grouped by key group."""
+
+    kind = "memory"
+
+    def __init__(self, max_parallelism: int) -> None:
+        self.tables: dict[str, dict[Any, Any]] = {}
+        self._kg = KeyGroupCache(max_parallelism)
+
+    def table(self, name: str) -> MutableMapping[Any, Any]:
+        t = self.tables.get(name)
+        if t is None:
+            t = self.tables[name] = {}
+        return t
+
+    def snapshot(self, path: Path) -> int:
+        """Write the state to ``path``; returns its size in bytes."""
+        kg = self._kg
+        grouped: dict[int, dict[str, list[tuple[Any, Any]]]] = {}
+        for name, t in self.tables.items():
+            for k, v in t.items():
+                grouped.setdefault(kg(k[0]), {}).setdefault(name, []).append((k, v))
+        data = pickle.dumps(grouped, protocol=_PROTO)
+        path.write_bytes(data)
+        return len(data)
+
+    def restore(self, paths: list[Path], key_groups: range) -> None:
+        for p in paths:
+            grouped = pickle.loads(p.read_bytes())  # our own checkpoint file, see module docstring
+            for g, tables in grouped.items():
+                if g in key_groups:
+                    for name, rows in tables.items():
+                        self.table(name).update(rows)
+
+    def size_bytes_estimate(self) -> int:
+        return sum(len(t) for t in self.tables.values()) * 100
+
+    def close(self) -> None:
+        self.tables.clear()
+
+
+class _SQLiteTable(MutableMapping[Any, Any]):
+    def __init__(self, backend: SQLiteStateBackend, name: str) -> None:
+        self.b, self.sql_name = backend, '"t_' + name.replace('"', "") + '"'
+        backend.conn.execute(f"CREATE TABLE IF NOT EXISTS {self.sql_name} "
+                             "(k BLOB PRIMARY KEY, kg INTEGER NOT NULL, v BLOB NOT NULL)")
+        self.cache: dict[Any, Any] = {}
+        self.dirty: set[Any] = set()
+
+    def __getitem__(self, k: Any) -> Any:
+        v = self.cache.get(k, None)
+        if v is None and k not in self.cache:
+            row = self.b.conn.execute(f"SELECT v FROM {self.sql_name} WHERE k=?",
+                                      (pickle.dumps(k, _PROTO),)).fetchone()
+            v = _DELETED if row is None else pickle.loads(row[0])
+            self._put_cache(k, v, dirty=False)
+        if v is _DELETED:
+            raise KeyError(k)
+        return v
+
+    def __setitem__(self, k: Any, v: Any) -> None:
+        self._put_cache(k, v, dirty=True)
+
+    def __delitem__(self, k: Any) -> None:
+        self._put_cache(k, _DELETED, dirty=True)
+
+    def _put_cache(self, k: Any, v: Any, *, dirty: bool) -> None:
+        if len(self.cache) >= self.b.cache_size and k not in self.cache:
+            self.flush()
+            self.cache.clear()
+        self.cache[k] = v
+        if dirty:
+            self.dirty.add(k)
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        kg, ups, dels = self.b.kg, [], []
+        for k in self.dirty:
+            v = self.cache[k]
+            kb = pickle.dumps(k, _PROTO)
+            if v is _DELETED:
+                dels.append((kb,))
+            else:
+                ups.append((kb, kg(k[0]), pickle.dumps(v, _PROTO)))
+        with self.b.conn:
+            self.b.conn.executemany(f"DELETE FROM {self.sql_name} WHERE k=?", dels)
+            self.b.conn.executemany(f"INSERT OR REPLACE INTO {self.sql_name} VALUES (?,?,?)", ups)
+        self.dirty.clear()
+
+    def __iter__(self) -> Iterator[Any]:
+        self.flush()
+        for (kb,) in self.b.conn.execute(f"SELECT k FROM {self.sql_name}").fetchall():
+            yield pickle.loads(kb)
+
+    def __len__(self) -> int:
+        self.flush()
+        return int(self.b.conn.execute(f"SELECT count(*) FROM {self.sql_name}").fetchone()[0])
+
+    def clear(self) -> None:
+        self.cache.clear()
+        self.dirty.clear()
+        with self.b.conn:
+            self.b.conn.execute(f"DELETE FROM {self.sql_name}")
+
+
+class SQLiteStateBackend:
+    """Durable state in a SQLite file under ``workdir``; holds only ``cache_size`` rows per table in memory."""
+
+    kind = "sqlite"
+
+    def __init__(self, max_parallelism: int, path: Path, cache_size: int = 10_000) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.unlink()
+        self.path, self.cache_size = path, cache_size
+        self.conn = sqlite3.connect(str(path), isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=OFF")  # the checkpoint, not this file, is what is durable
+        self.kg = KeyGroupCache(max_parallelism)
+        self.tables: dict[str, _SQLiteTable] = {}
+
+    def table(self, name: str) -> MutableMapping[Any, Any]:
+        return self._table(name)
+
+    def _table(self, name: str) -> _SQLiteTable:
+        t = self.tables.get(name)
+        if t is None:
+            t = self.tables[name] = _SQLiteTable(self, name)
+        return t
+
+    def snapshot(self, path: Path) -> int:
+        for t in self.tables.values():
+            t.flush()
+        dst = sqlite3.connect(str(path))
+        try:
+            self.conn.backup(dst)
+        finally:
+            dst.close()
+        return path.stat().st_size
+
+    def restore(self, paths: list[Path], key_groups: range) -> None:
+        for i, p in enumerate(paths):
+            alias = f"old{i}"
+            self.conn.execute(f"ATTACH DATABASE ? AS {alias}", (str(p),))
+            try:
+                names = [r[0] for r in self.conn.execute(
+                    f"SELECT name FROM {alias}.sqlite_master WHERE type='table' AND name LIKE 't_%'")]
+                for sql_name in names:
+                    t = self._table(sql_name[2:])
+                    with self.conn:
+                        self.conn.execute(
+                            f"INSERT OR REPLACE INTO {t.sql_name} SELECT k, kg, v FROM {alias}.\"{sql_name}\" "
+                            "WHERE kg >= ? AND kg < ?", (key_groups.start, key_groups.stop))
+            except sqlite3.Error as exc:
+                raise CheckpointError(f"cannot restore SQLite state from {p}: {exc}") from exc
+            finally:
+                self.conn.execute(f"DETACH DATABASE {alias}")
+
+    def size_bytes_estimate(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def close(self) -> None:
+        self.conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(self.path) + suffix).unlink(missing_ok=True)
+
+
+StateBackend = MemoryStateBackend | SQLiteStateBackend
+
+
+class KeyedStateStore:
+    """What user code receives as ``state_backend``: the backend plus the current key."""
+
+    __slots__ = ("backend", "current_key", "_names")
+
+    def __init__(self, backend: StateBackend) -> None:
+        self.backend = backend
+        self.current_key: Any = None
+        self._names: dict[str, str] = {}
+
+    def user_table(self, name: str, kind: str) -> MutableMapping[Any, Any]:
+        prev = self._names.setdefault(name, kind)
+        if prev != kind:
+            raise StateError(f"state {name!r} is already declared as {prev}, not {kind}")
+        return self.backend.table("u_" + name)
+
+    def _check(self) -> Any:
+        if self.current_key is None:
+            raise StateError("keyed state is only available while processing a keyed element or timer")
+        return self.current_key
+
+
+class ValueState:
+    """One value per key: ``update``, ``get`` (None if unset), ``clear``."""
+
+    def __init__(self, state_backend: KeyedStateStore, key: str) -> None:
+        self._s, self._t = state_backend, state_backend.user_table(key, "value")
+
+    def get(self) -> Any:
+        return self._t.get((self._s._check(), None))
+
+    def update(self, value: Any) -> None:
+        self._t[(self._s._check(), None)] = value
+
+    def clear(self) -> None:
+        self._t.pop((self._s._check(), None), None)
+
+
+class ListState:
+    """A list per key: ``add``, ``add_all``, ``get`` (a list, empty if unset), ``clear``."""
+
+    def __init__(self, state_backend: KeyedStateStore, key: str) -> None:
+        self._s, self._t = state_backend, state_backend.user_table(key, "list")
+
+    def get(self) -> list[Any]:
+        return list(self._t.get((self._s._check(), None)) or [])
+
+    def add(self, value: Any) -> None:
+        self.add_all([value])
+
+    def add_all(self, values: list[Any]) -> None:
+        k = (self._s._check(), None)
+        cur = self._t.get(k)
+        self._t[k] = (cur or []) + list(values)
+
+    def clear(self) -> None:
+        self._t.pop((self._s._check(), None), None)
+
+
+class MapState:
+    """A map per key: ``put``, ``get``, ``remove``, ``contains``, ``items``, ``keys``, ``values``, ``clear``."""
+
+    def __init__(self, state_backend: KeyedStateStore, key: str) -> None:
+        self._s, self._t = state_backend, state_backend.user_table(key, "map")
+
+    def _map(self) -> dict[Any, Any]:
+        return self._t.get((self._s._check(), None)) or {}
+
+    def put(self, map_key: Any, map_value: Any) -> None:
+        m = dict(self._map())
+        m[map_key] = map_value
+        self._t[(self._s.current_key, None)] = m
+
+    def get(self, map_key: Any) -> Any:
+        return self._map().get(map_key)
+
+    def remove(self, map_key: Any) -> None:
+        m = dict(self._map())
+        m.pop(map_key, None)
+        k = (self._s.current_key, None)
+        if m:
+            self._t[k] = m
+        else:
+            self._t.pop(k, None)
+
+    def contains(self, map_key: Any) -> bool:
+        return map_key in self._map()
+
+    def items(self) -> list[tuple[Any, Any]]:
+        return list(self._map().items())
+
+    def keys(self) -> list[Any]:
+        return list(self._map())
+
+    def values(self) -> list[Any]:
+        return list(self._map().values())
+
+    def clear(self) -> None:
+        self._t.pop((self._s._check(), None), None)
