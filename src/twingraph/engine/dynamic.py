@@ -241,8 +241,10 @@ class DynamicScheduler:
         self._node_status: dict[str, dict[str, Any]] = {}
 
     # -- the document's API ---------------------------------------------------------------
-    async def submit_dag(self, dag: DAGDefinition) -> str:
-        """Validate and start ``dag``; returns its id at once (the run goes on in a thread)."""
+    async def submit_dag(self, dag: DAGDefinition, config: ExecutionConfig | None = None) -> str:
+        """Validate and start ``dag``; returns its id at once (the run goes on in a thread).
+        ``config`` overrides the scheduler's config for this DAG only (a server shares one
+        scheduler between requests that each ask for their own ``max_concurrent_nodes``)."""
         plan = self._validate_dag(dag)
         if dag.dag_id in self.active_executions:
             raise ValidationError(f"DAG {dag.dag_id!r} is already running")
@@ -250,7 +252,7 @@ class DynamicScheduler:
             dag.dag_id, len(dag.nodes), 0, 0, 0, len(dag.nodes), 0.0)
         started = threading.Event()
         self._started[dag.dag_id] = started
-        t = threading.Thread(target=self._run_dag, args=(dag, plan, started), daemon=True,
+        t = threading.Thread(target=self._run_dag, args=(dag, plan, started, config), daemon=True,
                              name=f"twingraph-dag-{dag.dag_id}")
         self.active_executions[dag.dag_id] = t
         t.start()
@@ -310,15 +312,17 @@ class DynamicScheduler:
         return plan
 
     def _spec_for(self, node: NodeDefinition, fn: Any, style: str,
-                  cache: dict[str, tuple[ComponentSpec, _OpCall]]) -> tuple[ComponentSpec, _OpCall]:
+                  cache: dict[str, tuple[ComponentSpec, _OpCall]],
+                  config: ExecutionConfig | None = None) -> tuple[ComponentSpec, _OpCall]:
         entry = cache.get(node.operation)
+        cfg = config or self.config
         if entry is None:
             base = getattr(fn, "spec", None) if style == "component" else None
             target = getattr(fn, "fn", fn)
             cv = base.code_version if isinstance(base, ComponentSpec) else code_version(target)
             retry = None
-            if self.config.retry_failed_nodes and self.config.max_retries > 0:
-                retry = RetryPolicy(max_attempts=self.config.max_retries + 1, initial_delay=1.0,
+            if cfg.retry_failed_nodes and cfg.max_retries > 0:
+                retry = RetryPolicy(max_attempts=cfg.max_retries + 1, initial_delay=1.0,
                                     multiplier=2.0, max_delay=60.0, jitter=0.0,
                                     never=("ValidationError",))
             if isinstance(base, ComponentSpec):
@@ -338,7 +342,8 @@ class DynamicScheduler:
         return self._validate_dag(dag)
 
     def body(self, dag: DAGDefinition, plan: list[tuple[NodeDefinition, Any, str]],
-             on_run: Callable[[Any], None] | None = None) -> Callable[[Any], dict[str, Any]]:
+             on_run: Callable[[Any], None] | None = None,
+             config: ExecutionConfig | None = None) -> Callable[[Any], dict[str, Any]]:
         """The run body that submits ``plan``'s nodes to a run (for ``Engine.run``)."""
         specs: dict[str, tuple[ComponentSpec, _OpCall]] = {}
 
@@ -347,7 +352,7 @@ class DynamicScheduler:
                 on_run(run)
             refs: dict[str, Any] = {}
             for node, fn, style in plan:
-                spec, op = self._spec_for(node, fn, style, specs)
+                spec, op = self._spec_for(node, fn, style, specs, config)
                 args = node.arguments.values() if isinstance(node.arguments, dict) else node.arguments
                 values = {a: refs[a] for a in args}
                 for extra in dag.dependencies.get(node.node_id, []):
@@ -358,14 +363,15 @@ class DynamicScheduler:
         return body
 
     def _run_dag(self, dag: DAGDefinition, plan: list[tuple[NodeDefinition, Any, str]],
-                 started: threading.Event) -> None:
+                 started: threading.Event, config: ExecutionConfig | None = None) -> None:
+        cfg = config or self.config
         def on_run(run: Any) -> None:
             self._dag_runs[dag.dag_id] = run.run_id
             started.set()
 
-        body = self.body(dag, plan, on_run)
-        opts = RunOptions(max_parallel=self.config.max_concurrent_nodes,
-                          error_handler="continue", no_cache=self.config.no_cache)
+        body = self.body(dag, plan, on_run, cfg)
+        opts = RunOptions(max_parallel=cfg.max_concurrent_nodes,
+                          error_handler="continue", no_cache=cfg.no_cache)
         try:
             result = self.engine.run(body, pipeline=dag.dag_id, options=opts,
                                      source={"kind": "dag", "dag_id": dag.dag_id},

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, delete, func, or_, select, update
 
+from twingraph.core.records import LogRecord
 from twingraph.core.states import RunState
 from twingraph.errors import ConflictError, NotFoundError, ValidationError
 from twingraph.stores.metadata import _semantics as sem
@@ -27,7 +28,15 @@ from twingraph.stores.metadata.catalog import (
     ProjectRecord,
     new_id,
 )
-from twingraph.stores.metadata.schema import logs, pipeline_versions, pipelines, projects, runs, tasks
+from twingraph.stores.metadata.schema import (
+    logs,
+    pipeline_versions,
+    pipelines,
+    projects,
+    runs,
+    schedules,
+    tasks,
+)
 from twingraph.stores.metadata.store import SQLMetadataStore
 
 MAX_LIMIT = 100
@@ -198,8 +207,16 @@ class SQLCatalog:
     # -- pipelines ---------------------------------------------------------------------------
     def create_pipeline(self, project_id: str, name: str, definition: dict[str, Any], *,
                         description: str | None = None, tags: list[Any] | None = None,
-                        source_hash: str | None = None) -> PipelineRecord:
+                        source_hash: str | None = None,
+                        pipeline_id: str | None = None) -> PipelineRecord:
+        """A new pipeline (version 1). ``pipeline_id`` is the id a client chose (the TwinGraph
+        face's ``POST /api/workflows/{workflow_id}``); without it the id is ``pipe_<hex>``.
+        A taken id or name is a ``ConflictError``; nothing is written then."""
         project = self.get_project(project_id)
+        if pipeline_id is not None:
+            return self._create_with_id(project, pipeline_id, name, definition,
+                                        description=description, tags=tags,
+                                        source_hash=source_hash)
         with self.store._reading() as conn:
             if conn.execute(select(pipelines.c.id).where(pipelines.c.project_id == project_id,
                                                          pipelines.c.name == name)).first():
@@ -208,6 +225,54 @@ class SQLCatalog:
                                                     description=description, tags=tags,
                                                     source_hash=source_hash)
         return self.get_pipeline(pipeline_id)
+
+    def _create_with_id(self, project: ProjectRecord, pipeline_id: str, name: str,
+                        definition: dict[str, Any], *, description: str | None,
+                        tags: list[Any] | None, source_hash: str | None) -> PipelineRecord:
+        definition = sem.json_copy(definition)
+        if not isinstance(definition, dict):
+            raise ValidationError("a pipeline definition is a JSON object")
+        now = self._clock()
+        with self.store._writing() as conn:
+            if conn.execute(select(pipelines.c.id).where(pipelines.c.id == pipeline_id)).first():
+                raise ConflictError(f"a pipeline with id {pipeline_id!r} already exists")
+            if conn.execute(select(pipelines.c.id).where(pipelines.c.project_id == project.id,
+                                                         pipelines.c.name == name)).first():
+                raise ConflictError(f"project {project.name!r} already has a pipeline named {name!r}")
+            conn.execute(pipelines.insert(), {
+                "id": pipeline_id, "project_id": project.id, "name": name,
+                "description": description, "definition": definition, "schedule": None,
+                "tags": sem.json_copy(tags or []), "current_version": 1, "created_at": now,
+                "updated_at": now})
+            conn.execute(pipeline_versions.insert(), {
+                "pipeline_id": pipeline_id, "version": 1, "definition": definition,
+                "source_hash": source_hash, "created_at": now})
+        return self.get_pipeline(pipeline_id)
+
+    def pipeline_activity(self, pipeline_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Per pipeline: runs by state, the newest run's ``created_at`` and the number of
+        enabled schedules — what the TwinGraph face needs for a workflow's status and
+        success rate, in three grouped queries for any number of pipelines."""
+        out: dict[str, dict[str, Any]] = {
+            pid: {"runs_by_state": {}, "last_run_at": None, "enabled_schedules": 0}
+            for pid in pipeline_ids}
+        if not out:
+            return out
+        ids = list(out)
+        with self.store._reading() as conn:
+            for pid, state, n, last in conn.execute(
+                    select(runs.c.pipeline_id, runs.c.state, func.count(), func.max(runs.c.created_at))
+                    .where(runs.c.pipeline_id.in_(ids)).group_by(runs.c.pipeline_id, runs.c.state)):
+                entry = out[pid]
+                entry["runs_by_state"][state] = int(n)
+                if entry["last_run_at"] is None or last > entry["last_run_at"]:
+                    entry["last_run_at"] = float(last)
+            for pid, n in conn.execute(
+                    select(schedules.c.pipeline_id, func.count())
+                    .where(schedules.c.pipeline_id.in_(ids), schedules.c.enabled.is_(True))
+                    .group_by(schedules.c.pipeline_id)):
+                out[pid]["enabled_schedules"] = int(n)
+        return out
 
     def get_pipeline(self, pipeline_id: str) -> PipelineRecord:
         with self.store._reading() as conn:
@@ -396,6 +461,31 @@ class SQLCatalog:
             where.append(logs.c.node_id == node_id)
         with self.store._reading() as conn:
             return int(conn.execute(select(func.count()).select_from(logs).where(*where)).scalar_one())
+
+    def list_logs(self, run_id: str, *, component: str | None = None, level: str | None = None,
+                  since: float | None = None, until: float | None = None, limit: int = 1000,
+                  offset: int = 0) -> tuple[list[LogRecord], int]:
+        """Logs of a run, oldest first, with the total that matches. ``component`` matches a
+        task's node id or its component's name; ``since``/``until`` bound ``at`` (inclusive);
+        ``level`` keeps that level and above."""
+        sem.check_paging(limit, offset)
+        where = [logs.c.run_id == run_id]
+        if component is not None:
+            where.append(or_(logs.c.node_id == component, logs.c.node_id.in_(
+                select(tasks.c.node_id).where(tasks.c.run_id == run_id,
+                                              tasks.c.component == component))))
+        if level is not None:
+            where.append(logs.c.level.in_(sem.levels_at_or_above(level)))
+        if since is not None:
+            where.append(logs.c.at >= since)
+        if until is not None:
+            where.append(logs.c.at <= until)
+        query = (select(logs.c.run_id, logs.c.at, logs.c.level, logs.c.message, logs.c.node_id)
+                 .where(*where).order_by(logs.c.at, logs.c.id).limit(limit).offset(offset))
+        with self.store._reading() as conn:
+            total = conn.execute(select(func.count()).select_from(logs).where(*where)).scalar_one()
+            rows = conn.execute(query).all()
+        return [LogRecord(**row._asdict()) for row in rows], int(total)
 
     # -- components --------------------------------------------------------------------------
     def component_metrics(self, component: str, *, window: int = 10_000) -> ComponentMetrics:
