@@ -24,4 +24,20 @@ def build_app(settings: Settings, *, load: Sequence[str] = (), schedules: bool =
             "refusing to bind a non-loopback address without authentication: configure auth "
             "(TWINGRAPH_AUTH=required with API keys or TWINGRAPH_JWT_SECRET) or bind 127.0.0.1")
     svc = services or build_services(settings)
+    wire_schedules(svc, fire=schedules)
     return create_app(svc, load=load)
+
+
+def wire_schedules(svc: Services, *, fire: bool = True, poll_interval: float = 1.0) -> None:
+    """Schedules: the REST routes, ``@pipeline(schedule=...)`` on load, and (``fire``) the
+    firer thread started and stopped with the app."""
+    from twingraph.server import v1_schedules
+    from twingraph.service.schedules import ScheduledRuns
+    from twingraph.stores.metadata.schedules import SQLScheduleStore
+    sched = ScheduledRuns(svc.runs, SQLScheduleStore(svc.catalog.store), poll_interval=poll_interval)
+    svc.extras["schedules"] = sched
+    svc.extras["on_pipeline_loaded"] = sched.pipeline_loaded
+    svc.extras.setdefault("routers", []).append(v1_schedules.router)
+    if fire:
+        svc.extras.setdefault("start", []).append(sched.start)
+        svc.extras.setdefault("stop", []).append(sched.stop)

@@ -10,6 +10,7 @@ use this one service.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -74,7 +75,7 @@ class RunService:
         """Raise ``DefinitionError`` if ``pipeline`` cannot run here with ``params``."""
         if is_python(pipeline.definition):
             pipe = self._python_pipeline(pipeline)
-            check_python_params(pipe.fn, params)
+            check_python_params(pipe.fn, call_params(pipe.fn, params))
             check_platform(self.engine, pipe.components())
         else:
             graph = self.normalize(pipeline.definition)
@@ -91,9 +92,13 @@ class RunService:
         return self.catalog.create_run(pipeline, params=params, tags=dict(tags or {}),
                                        config=config, schedule_id=schedule_id)
 
-    def start(self, run_id: str, *, timeout_seconds: float | None = None) -> RunRow:
+    def start(self, run_id: str, *, timeout_seconds: float | None = None,
+              claimed: bool = False) -> RunRow:
+        """Start a PENDING run. ``claimed=True``: the caller (the schedule firer) has already
+        moved it to RUNNING with its own compare-and-set; only drive it."""
         run = self.catalog.get_run(run_id)
-        if run.state is not RunState.PENDING:
+        expected = RunState.RUNNING if claimed else RunState.PENDING
+        if run.state is not expected:
             raise ConflictError(f"run {run_id} is {run.state.value}; only a PENDING run can start")
         if run.pipeline_id is None:
             raise ValidationError(f"run {run_id} has no pipeline to run")
@@ -105,9 +110,13 @@ class RunService:
         try:
             launch = self._prepare(pipeline, run, config)
         except TwinGraphError as exc:      # the pipeline changed since the run was created
-            self.catalog.fail_pending(run_id, f"{type(exc).__name__}: {exc}")
+            if claimed:
+                self.catalog.finish_running(run_id, RunState.FAILED, f"{type(exc).__name__}: {exc}",
+                                            self.engine.clock.now())
+            else:
+                self.catalog.fail_pending(run_id, f"{type(exc).__name__}: {exc}")
             raise
-        if not self.catalog.claim_start(run_id, self.engine.clock.now()):
+        if not claimed and not self.catalog.claim_start(run_id, self.engine.clock.now()):
             raise ConflictError(f"run {run_id} was started or cancelled by someone else")
         thread = threading.Thread(target=self._drive, args=(run_id, launch), daemon=True,
                                   name=f"twingraph-serve-{run_id[-8:]}")
@@ -123,7 +132,7 @@ class RunService:
         no_cache = bool(config.get("no_cache", False))
         if is_python(pipeline.definition):
             pipe = self._python_pipeline(pipeline)
-            check_python_params(pipe.fn, run.params)
+            check_python_params(pipe.fn, call_params(pipe.fn, run.params))
             check_platform(self.engine, pipe.components())
             spec = pipe.spec
             opts = RunOptions(max_parallel=int(config.get("max_parallel") or spec.max_parallel),
@@ -131,8 +140,9 @@ class RunService:
                               timeout=min(timeout, spec.timeout) if "timeout" in config else spec.timeout,
                               no_cache=no_cache, error_config=spec.error_config)
             params = dict(run.params)
+            kwargs = call_params(pipe.fn, params)
             return lambda: self.engine.run(
-                lambda _run: pipe.fn(**params), pipeline=run.pipeline, params=params,
+                lambda _run: pipe.fn(**kwargs), pipeline=run.pipeline, params=params,
                 options=opts, run_id=run.run_id, pending=True, source=pipe.source(),
                 notifications=spec.notifications or None,
                 pipeline_version=run.pipeline_version)
@@ -232,6 +242,17 @@ class RunService:
             self.engine.cancel(run_id, "server shutting down")
         for thread in list(self._threads.values()):
             thread.join(timeout)
+
+
+def call_params(fn: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """The params a Python pipeline is called with: a schedule's ``logical_date`` is passed
+    only to a function that takes it (it always stays in the run's recorded params)."""
+    if "logical_date" not in params:
+        return dict(params)
+    sig = inspect.signature(fn)
+    takes = "logical_date" in sig.parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    return dict(params) if takes else {k: v for k, v in params.items() if k != "logical_date"}
 
 
 def _check_config(config: Mapping[str, Any]) -> None:
