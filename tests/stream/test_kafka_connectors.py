@@ -16,6 +16,7 @@ from conftest_brokers import create_topic, kafka_bootstrap, read_topic  # noqa: 
 
 from twingraph.errors import StreamError
 from twingraph.stream.connectors.base import Sink, Source, SourceSplitContext
+from twingraph.stream.connectors.serde import pack_frames, unpack_frames
 from twingraph.stream.connectors.kafka import (
     H_CKPT, H_SEQ, H_WRITER, KafkaRecord, KafkaSinkOperator, KafkaSourceOperator,
 )
@@ -262,12 +263,15 @@ def test_sink_crash_in_the_middle_of_a_commit_completes_it_exactly_once(kafka_bo
     sink.open(ctx(0, 1))
     sink.write([f"m{i}" for i in range(90)])
     state = sink.pre_commit(5)
-    # what a commit killed after 40 records leaves: the first 40 records with their headers
+    del sink  # crash during commit(5), after 40 of the 90 records reached the broker:
     entry = state["pending"][0]
-    partial = {"pending": [{**entry, "records": entry["records"][:40]}]}
-    sink.commit(5, partial)
+    partial = {"pending": [{**entry, "count": 40,
+                            "values": pack_frames(unpack_frames(entry["values"])[:40])}]}
+    leftover = KafkaSinkOperator(topic, kafka_bootstrap)  # writes them with the dead writer's headers
+    leftover.open(ctx(0, 1))
+    leftover.commit(5, partial)
+    leftover.close()
     assert len(read_topic(kafka_bootstrap, topic)) == 40
-    del sink
     # someone else writes to the topic in between
     other = KafkaSinkOperator(topic, kafka_bootstrap)
     other.open(ctx(0, 1))
@@ -341,3 +345,14 @@ def test_tansu_transactions_do_not_hide_aborted_records(kafka_bootstrap: str) ->
     consumer.close()
     assert b"committed" in seen
     assert b"aborted" in seen  # a correct broker would hide it from read_committed readers
+
+
+def test_a_record_the_broker_cannot_take_fails_the_commit_with_a_stream_error(
+        kafka_bootstrap: str) -> None:
+    topic = create_topic(kafka_bootstrap, 1)
+    sink = KafkaSinkOperator(topic, kafka_bootstrap, producer_config={"message.max.bytes": 10_000})
+    sink.open(ctx(0, 1))
+    sink.write([b"x" * 20_000])
+    with pytest.raises(StreamError):
+        sink.commit(1, sink.pre_commit(1))
+    sink.close()

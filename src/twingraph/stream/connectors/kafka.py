@@ -25,7 +25,8 @@ publish uncommitted output. Instead:
 
 1. ``write`` serializes records into an in-memory buffer; nothing reaches the broker.
 2. ``pre_commit(N)`` moves the buffer into a pending entry ``{writer, checkpoint, start,
-   records}`` (records base64, ``start`` = the topic's partition end offsets now, a lower bound
+   count, values, keys}`` (values and keys length-prefixed and base64-encoded as one text each;
+   ``start`` = the topic's partition end offsets now, a lower bound
    of where this entry's records will land) and returns every still-uncommitted entry ≤ N; the
    runtime stores that in checkpoint N.
 3. ``commit(N, state)`` produces the entries' records (idempotent producer, acks=all) with the
@@ -52,7 +53,7 @@ from typing import Any
 from twingraph.errors import ConfigurationError, StreamError
 from twingraph.stream.connectors.base import SourceSplitContext
 from twingraph.stream.connectors.serde import (
-    Deserializer, Serializer, b64, deserializer_for, to_bytes, unb64,
+    Deserializer, Serializer, deserializer_for, pack_frames, to_bytes, unpack_frames,
 )
 
 H_WRITER, H_CKPT, H_SEQ = "twingraph.writer", "twingraph.ckpt", "twingraph.seq"
@@ -346,7 +347,9 @@ class KafkaSinkOperator:
         self._reader: Any = None
         self._writer = ""
         self._partitions: list[int] = []
-        self._buffer: list[list[str | None]] = []
+        self._values: list[bytes] = []
+        self._keys: list[bytes | None] = []
+        self._raw: dict[tuple[str, int], tuple[list[bytes | None] | None, list[bytes]]] = {}
         self._pending: dict[int, dict] = {}
         self._committed: set[tuple[str, int]] = set()
         self._errors: list[str] = []
@@ -361,6 +364,8 @@ class KafkaSinkOperator:
         self._writer = f"{job}/{op}/{ctx.subtask_index}/{uuid.uuid4().hex[:16]}"
         conf = {"bootstrap.servers": self.bootstrap_servers, "enable.idempotence": True,
                 "acks": "all", "linger.ms": 5, "batch.num.messages": 10000,
+                # a Python callback per delivered record would cost more than producing it
+                "delivery.report.only.error": True, "on_delivery": self._on_delivery,
                 **self.producer_config}
         try:
             self._producer = ck.Producer(conf)
@@ -375,29 +380,34 @@ class KafkaSinkOperator:
             self._pending.setdefault(int(entry["checkpoint"]), entry)
 
     def write(self, records: list[Any]) -> None:
-        ser = self.serializer or to_bytes
+        if self.serializer is not None:
+            self._values.extend(map(self.serializer, records))
+        else:
+            self._values.extend(r.encode() if type(r) is str else to_bytes(r) for r in records)
         keyf = self.key
-        buf = self._buffer
-        for rec in records:
-            k: bytes | str | None = keyf(rec) if keyf is not None else None
-            kb = k.encode() if isinstance(k, str) else k
-            buf.append([b64(kb) if kb is not None else None, b64(ser(rec))])
+        if keyf is not None:
+            for rec in records:
+                k = keyf(rec)
+                self._keys.append(k.encode() if isinstance(k, str) else k)
 
     def pre_commit(self, checkpoint_id: int) -> dict:
-        if self._buffer:
+        if self._values:
             ck = _ck()
             start = {}
             for p in self._partitions:
                 try:
-                    low, high = self._reader.get_watermark_offsets(
+                    start[str(p)] = self._reader.get_watermark_offsets(
                         ck.TopicPartition(self.topic, p), timeout=self.request_timeout_s,
-                        cached=False)
+                        cached=False)[1]
                 except ck.KafkaException as exc:
                     raise _raise_kafka(f"end-offset request for {self.topic}[{p}]", exc) from exc
-                start[str(p)] = high
-            self._pending[checkpoint_id] = {"writer": self._writer, "checkpoint": checkpoint_id,
-                                            "start": start, "records": self._buffer}
-            self._buffer = []
+            keys = self._keys if self.key is not None else None
+            self._pending[checkpoint_id] = {
+                "writer": self._writer, "checkpoint": checkpoint_id, "start": start,
+                "count": len(self._values), "values": pack_frames(list(self._values)),
+                "keys": pack_frames(keys) if keys is not None else None}
+            self._raw[(self._writer, checkpoint_id)] = (keys, self._values)
+            self._values, self._keys = [], []
         return {"pending": [e for c, e in sorted(self._pending.items()) if c <= checkpoint_id]}
 
     def commit(self, checkpoint_id: int, state: dict) -> None:
@@ -405,7 +415,7 @@ class KafkaSinkOperator:
                 if (e["writer"], int(e["checkpoint"])) not in self._committed]
         if not todo:
             return
-        foreign = [e for e in todo if e["writer"] != self._writer]
+        foreign = [e for e in todo if (e["writer"], int(e["checkpoint"])) not in self._raw]
         present = self._already_written(foreign) if foreign else set()
         for entry in todo:
             self._produce(entry, present)
@@ -413,28 +423,40 @@ class KafkaSinkOperator:
         for entry in todo:
             c = int(entry["checkpoint"])
             self._committed.add((entry["writer"], c))
+            self._raw.pop((entry["writer"], c), None)
             if c in self._pending and self._pending[c]["writer"] == entry["writer"]:
                 del self._pending[c]
 
     def _produce(self, entry: dict, present: set[tuple[str, int, int]]) -> None:
         producer = self._producer
         writer, c = str(entry["writer"]), int(entry["checkpoint"])
-        wb, cb = writer.encode(), str(c).encode()
+        raw = self._raw.get((writer, c))
+        if raw is not None:
+            keys, values = raw
+        else:
+            values = [v or b"" for v in unpack_frames(entry["values"])]
+            keys = unpack_frames(entry["keys"]) if entry.get("keys") is not None else None
+            if len(values) != int(entry["count"]) or (keys is not None and len(keys) != len(values)):
+                raise StreamError(f"Kafka sink: checkpoint state of {writer} ckpt {c} is corrupt")
+        wh, ch = (H_WRITER, writer.encode()), (H_CKPT, str(c).encode())
         topic = self.topic
-        on_delivery = self._on_delivery
-        for seq, (k, v) in enumerate(entry["records"]):
-            if (writer, c, seq) in present:
+        produce = producer.produce
+        kafka_exc = _ck().KafkaException
+        for seq, value in enumerate(values):
+            if present and (writer, c, seq) in present:
                 continue
-            headers = [(H_WRITER, wb), (H_CKPT, cb), (H_SEQ, str(seq).encode())]
-            kb = unb64(k) if k is not None else None
+            headers = [wh, ch, (H_SEQ, str(seq).encode())]
+            key = keys[seq] if keys is not None else None
             while True:
                 try:
-                    producer.produce(topic, value=unb64(v), key=kb, headers=headers,
-                                     on_delivery=on_delivery)
+                    produce(topic, value, key, headers=headers)
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     producer.poll(0.05)
-            producer.poll(0)
+                except kafka_exc as exc:  # e.g. a record larger than message.max.bytes
+                    raise _raise_kafka(f"produce to {topic!r}", exc) from exc
+            if seq % 1000 == 999:
+                producer.poll(0)
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:

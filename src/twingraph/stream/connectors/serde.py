@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -76,3 +78,47 @@ def b64(data: bytes) -> str:
 
 def unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+_NONE = 0xFFFFFFFF
+_U32 = next(t for t in "IL" if array(t).itemsize == 4)
+
+
+def pack_frames(items: list[bytes | None]) -> str:
+    """Many byte strings (or None) as one base64 text: a count, the lengths, then the bytes.
+
+    Layout: 4-byte big-endian count n, n 4-byte big-endian lengths (0xFFFFFFFF for None), the
+    concatenated bytes. A few C-level calls per checkpoint instead of one base64 call per record
+    keeps buffered output cheap to put into JSON checkpoint state.
+    """
+    lengths = array(_U32, (_NONE if x is None else len(x) for x in items))
+    if sys.byteorder == "little":
+        lengths.byteswap()
+    body = b"".join(x for x in items if x is not None)
+    return b64(len(items).to_bytes(4, "big") + lengths.tobytes() + body)
+
+
+def unpack_frames(text: str) -> list[bytes | None]:
+    """Inverse of :func:`pack_frames`; StreamError on truncated or malformed input."""
+    data = unb64(text)
+    if len(data) < 4:
+        raise StreamError("malformed frame block in checkpoint state")
+    n = int.from_bytes(data[:4], "big")
+    head = 4 + 4 * n
+    if len(data) < head:
+        raise StreamError("malformed frame block in checkpoint state")
+    lengths = array(_U32)
+    lengths.frombytes(data[4:head])
+    if sys.byteorder == "little":
+        lengths.byteswap()
+    out: list[bytes | None] = []
+    i = head
+    for size in lengths:
+        if size == _NONE:
+            out.append(None)
+            continue
+        out.append(data[i:i + size])
+        i += size
+    if i != len(data):
+        raise StreamError("malformed frame block in checkpoint state")
+    return out
