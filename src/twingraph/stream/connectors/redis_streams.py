@@ -14,9 +14,9 @@ creating the group if needed), the Redis counterpart of committing Kafka offsets
 
 Sink: buffered per checkpoint, committed in one MULTI/EXEC with a marker
 --------------------------------------------------------------------------
-``write`` buffers; ``pre_commit(N)`` turns the buffer into a pending entry (fields base64 in the
-JSON state) and returns every entry not yet committed; ``commit(N, state)`` appends each entry's
-records with ``XADD`` inside one ``MULTI/EXEC`` transaction that also sets the marker key
+``write`` buffers; ``pre_commit(N)`` turns the buffer into a pending entry (all field names and
+values length-prefixed in one base64 text of the JSON state) and returns every entry not yet
+committed; ``commit(N, state)`` appends each entry's records with ``XADD`` inside one ``MULTI/EXEC`` transaction that also sets the marker key
 ``<marker_prefix><writer>`` to the entry's checkpoint id, under ``WATCH`` of that key. ``writer``
 is unique to the sink instance (job, operator, subtask and a random part) and travels in the
 state, so a commit after a restore uses the crashed instance's marker: if the marker already holds
@@ -35,7 +35,7 @@ from typing import Any
 from twingraph.errors import ConfigurationError, StreamError
 from twingraph.stream.connectors.base import SourceSplitContext
 from twingraph.stream.connectors.serde import (
-    Deserializer, Serializer, b64, deserializer_for, to_bytes, unb64,
+    Deserializer, Serializer, deserializer_for, pack_frames, to_bytes, unpack_frames,
 )
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -273,7 +273,8 @@ class RedisStreamSink:
         self.client_kwargs = dict(client_kwargs or {})
         self._client: Any = None
         self._writer = ""
-        self._buffer: list[list[list[str]]] = []
+        self._buffer: list[dict[bytes, bytes]] = []
+        self._raw: dict[tuple[str, int], list[dict[bytes, bytes]]] = {}
         self._pending: dict[int, dict] = {}
         self._committed: set[tuple[str, int]] = set()
 
@@ -289,17 +290,27 @@ class RedisStreamSink:
             self._pending.setdefault(int(entry["checkpoint"]), entry)
 
     def write(self, records: list[Any]) -> None:
-        buf, ser, vf = self._buffer, self.serializer, self.value_field
+        buf, ser, vf = self._buffer, self.serializer, self.value_field.encode()
         for rec in records:
             if ser is None and isinstance(rec, dict):
-                buf.append([[str(k), b64(_field_bytes(v))] for k, v in rec.items()])
+                buf.append({str(k).encode(): _field_bytes(v) for k, v in rec.items()})
+            elif ser is None and type(rec) is str:
+                buf.append({vf: rec.encode()})
             else:
-                buf.append([[vf, b64((ser or to_bytes)(rec))]])
+                buf.append({vf: (ser or to_bytes)(rec)})
 
     def pre_commit(self, checkpoint_id: int) -> dict:
         if self._buffer:
+            flat: list[bytes | None] = []  # name, value, name, value, ..., None per record
+            for fields in self._buffer:
+                for name, value in fields.items():
+                    flat.append(name)
+                    flat.append(value)
+                flat.append(None)
             self._pending[checkpoint_id] = {"writer": self._writer, "checkpoint": checkpoint_id,
-                                            "records": self._buffer}
+                                            "count": len(self._buffer),
+                                            "frames": pack_frames(flat)}
+            self._raw[(self._writer, checkpoint_id)] = self._buffer
             self._buffer = []
         return {"pending": [e for c, e in sorted(self._pending.items()) if c <= checkpoint_id]}
 
@@ -308,18 +319,38 @@ class RedisStreamSink:
             key = (str(entry["writer"]), int(entry["checkpoint"]))
             if key in self._committed:
                 continue
-            self._commit_entry(entry)
+            self._commit_entry(entry, self._raw.get(key))
             self._committed.add(key)
+            self._raw.pop(key, None)
             c = key[1]
             if c in self._pending and self._pending[c]["writer"] == key[0]:
                 del self._pending[c]
 
-    def _commit_entry(self, entry: dict) -> None:
+    @staticmethod
+    def _decode_entry(entry: dict) -> list[dict[bytes, bytes]]:
+        records: list[dict[bytes, bytes]] = []
+        fields: dict[bytes, bytes] = {}
+        name: bytes | None = None
+        for item in unpack_frames(entry["frames"]):
+            if item is None:
+                if name is not None:
+                    raise StreamError("malformed Redis sink entry in checkpoint state")
+                records.append(fields)
+                fields = {}
+            elif name is None:
+                name = item
+            else:
+                fields[name], name = item, None
+        if fields or name is not None or len(records) != int(entry["count"]):
+            raise StreamError("malformed Redis sink entry in checkpoint state")
+        return records
+
+    def _commit_entry(self, entry: dict, raw: list[dict[bytes, bytes]] | None) -> None:
         """XADD the entry's records and set its marker in one MULTI/EXEC, unless already done."""
         redis = _redis()
         c = int(entry["checkpoint"])
         marker = self.marker_prefix + str(entry["writer"])
-        records = [{f: unb64(v) for f, v in rec} for rec in entry["records"]]
+        records = raw if raw is not None else self._decode_entry(entry)
         try:
             with self._client.pipeline(transaction=True) as pipe:
                 while True:
