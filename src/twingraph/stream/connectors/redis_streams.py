@@ -16,13 +16,14 @@ Sink: buffered per checkpoint, committed in one MULTI/EXEC with a marker
 --------------------------------------------------------------------------
 ``write`` buffers; ``pre_commit(N)`` turns the buffer into a pending entry (all field names and
 values length-prefixed in one base64 text of the JSON state) and returns every entry not yet
-committed; ``commit(N, state)`` appends each entry's records with ``XADD`` inside one ``MULTI/EXEC`` transaction that also sets the marker key
-``<marker_prefix><writer>`` to the entry's checkpoint id, under ``WATCH`` of that key. ``writer``
-is unique to the sink instance (job, operator, subtask and a random part) and travels in the
-state, so a commit after a restore uses the crashed instance's marker: if the marker already holds
-a checkpoint ≥ the entry's, the entry is skipped. Redis applies a transaction entirely or not at
-all, so each checkpoint's output appears exactly once. Markers expire after ``marker_ttl_s``
-(default 7 days): restoring a checkpoint older than that would write its output again.
+committed; ``commit(N, state)`` appends each entry's records with ``XADD`` inside one
+``MULTI/EXEC`` transaction that also sets the marker key ``<marker_prefix><writer>`` to the entry's
+checkpoint id, under ``WATCH`` of that key. ``writer`` is unique to the sink instance (job,
+operator, subtask and a random part) and travels in the state, so a commit after a restore uses the
+crashed instance's marker: if the marker already holds a checkpoint ≥ the entry's, the entry is
+skipped. Redis applies a transaction entirely or not at all, so each checkpoint's output appears
+exactly once. Markers expire after ``marker_ttl_s`` (default 7 days): restoring a checkpoint older
+than that would write its output again.
 """
 
 from __future__ import annotations
