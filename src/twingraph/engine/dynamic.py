@@ -274,6 +274,10 @@ class DynamicScheduler:
             return False
         return self.engine.cancel(run_id, "execution cancelled")
 
+    def run_id(self, dag_id: str) -> str | None:
+        """The engine run id of ``dag_id``'s latest execution (None before it started)."""
+        return self._dag_runs.get(dag_id)
+
     async def wait_for_completion(self, dag_id: str, timeout: float | None = None) -> RunResult:
         t = self.active_executions.get(dag_id)
         if t is not None:

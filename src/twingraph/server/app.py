@@ -77,6 +77,10 @@ def create_app(svc: Services, *, load: Sequence[str] = (), lifespan_hooks: bool 
 
     app.include_router(monitoring.router)
     app.include_router(v1.router)
+    from twingraph.server import api, dynamic, ws
+    app.include_router(api.router)
+    app.include_router(ws.router)
+    app.include_router(dynamic.router)
     for extra in svc.extras.get("routers", []):
         app.include_router(extra)
     if load:

@@ -1,0 +1,250 @@
+"""Face-independent views the TwinGraph face (``/api``), ``/ws`` and ``execute-dynamic`` share.
+
+A workflow is a pipeline and an execution is a run (DESIGN.md §1); this module says how run and
+task states are spelled on those faces, what a workflow's ``status`` means, which values an
+execution reports as its ``outputs``, how the execution graph is drawn from the lineage, and how
+component metrics are computed. Nothing here knows HTTP.
+
+Decisions (docs/decisions/0050-twingraph-face.md):
+
+- Workflow ``status``: ``active`` when the pipeline has an enabled schedule, an unfinished run
+  (PENDING/RUNNING), or a run created within ``ACTIVE_WINDOW_SECONDS`` (30 days); otherwise
+  ``inactive``. A deleted workflow is gone (no soft delete), so it has no status.
+- ``success_rate`` = SUCCESS / (SUCCESS + FAILED); cancelled runs count for neither; ``None``
+  when no run has finished.
+- Outputs: a Python pipeline's return value while this server process holds it (it drove the
+  run); a graph pipeline's (or DAG's) values of its sink nodes, read from the result store.
+  Only JSON-encoded values up to ``MAX_INLINE_OUTPUT`` bytes are decoded (never a pickle: its
+  bytes could come from anywhere the store is shared); others are shown as a reference
+  ``{"hash", "encoding", "size"}``.
+- Resource usage: the engine does not measure CPU or memory per task, so per-component figures
+  are ``None``; what is measured is the whole server process (``getrusage``), reported under a
+  key that says so.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twingraph import serialization
+from twingraph.core.records import TaskRecord
+from twingraph.core.states import RunState, TaskState
+from twingraph.engine.engine import Engine
+from twingraph.errors import NotFoundError
+from twingraph.lineage import run_lineage
+from twingraph.service.definitions import is_python
+from twingraph.stores.metadata.catalog_store import RunRow, SQLCatalog
+
+ACTIVE_WINDOW_SECONDS = 30 * 24 * 3600
+MAX_INLINE_OUTPUT = 1024 * 1024
+
+EXECUTION_STATUS = {RunState.PENDING: "pending", RunState.RUNNING: "running",
+                    RunState.SUCCESS: "completed", RunState.FAILED: "failed",
+                    RunState.CANCELLED: "cancelled"}
+NODE_STATUS = {TaskState.PENDING: "pending", TaskState.QUEUED: "queued",
+               TaskState.RUNNING: "running", TaskState.RETRYING: "retrying",
+               TaskState.SUCCESS: "completed", TaskState.FAILED: "failed",
+               TaskState.SKIPPED: "skipped", TaskState.CANCELLED: "cancelled"}
+
+
+def execution_status(state: RunState | str) -> str:
+    return EXECUTION_STATUS[RunState(state)]
+
+
+def node_status(state: TaskState | str) -> str:
+    return NODE_STATUS[TaskState(state)]
+
+
+# -- workflows ---------------------------------------------------------------------------------
+def success_rate(runs_by_state: Mapping[str, int]) -> float | None:
+    ok, failed = runs_by_state.get("SUCCESS", 0), runs_by_state.get("FAILED", 0)
+    return ok / (ok + failed) if ok + failed else None
+
+
+def workflow_status(activity: Mapping[str, Any], now: float) -> str:
+    by_state = activity.get("runs_by_state", {})
+    if activity.get("enabled_schedules", 0) > 0:
+        return "active"
+    if by_state.get("PENDING", 0) or by_state.get("RUNNING", 0):
+        return "active"
+    last = activity.get("last_run_at")
+    if last is not None and now - last <= ACTIVE_WINDOW_SECONDS:
+        return "active"
+    return "inactive"
+
+
+WORKFLOW_STATUSES = ("active", "inactive")
+
+
+# -- progress ----------------------------------------------------------------------------------
+def node_progress(progress: Mapping[str, Any]) -> dict[str, Any]:
+    """``RunService.progress`` counts in the TwinGraph spelling (``*_nodes``)."""
+    return {"total_nodes": progress["total_tasks"], "completed_nodes": progress["completed_tasks"],
+            "failed_nodes": progress["failed_tasks"], "running_nodes": progress["running_tasks"],
+            "pending_nodes": progress["pending_tasks"], "skipped_nodes": progress["skipped_tasks"],
+            "percent": progress["percent"]}
+
+
+def live_progress(engine: Engine, run_id: str) -> dict[str, Any] | None:
+    """Node counts of a run this process is driving (from the engine's counters: O(states),
+    not O(tasks)); None when the run is not live here."""
+    loop = engine.runs.get(run_id)
+    if loop is None:
+        return None
+    counts = dict(loop.counts)
+    total = sum(counts.values())
+    done = counts[TaskState.SUCCESS]
+    failed = counts[TaskState.FAILED]
+    skipped = counts[TaskState.SKIPPED] + counts[TaskState.CANCELLED]
+    running = counts[TaskState.RUNNING]
+    finished = done + failed + skipped
+    return {"total_nodes": total, "completed_nodes": done, "failed_nodes": failed,
+            "running_nodes": running, "pending_nodes": total - finished - running,
+            "skipped_nodes": skipped,
+            "percent": round(100.0 * finished / total, 2) if total else 0.0}
+
+
+# -- outputs -----------------------------------------------------------------------------------
+def jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if isinstance(value, tuple) and hasattr(value, "_asdict"):
+            return jsonable(value._asdict())
+        return [jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"encoding": "bytes", "size": len(bytes(value))}
+    return repr(value)
+
+
+def stored_value(engine: Engine, key: str | None) -> Any:
+    """The value stored under ``key`` if it is JSON and small; else a reference to it."""
+    if key is None or engine.results is None:
+        return None
+    meta = engine.results.head(key)
+    if meta is None:
+        return None
+    encoding = (meta.metadata or {}).get("encoding", "bytes")
+    if encoding == "json" and meta.size <= MAX_INLINE_OUTPUT:
+        data = engine.results.get(key)
+        if data is not None:
+            return serialization.decode(data, "json")
+    return {"hash": meta.content_hash, "encoding": encoding, "size": meta.size}
+
+
+def sink_tasks(tasks: Sequence[TaskRecord]) -> list[TaskRecord]:
+    """Tasks no other task of the run read from (the graph's results)."""
+    read = {src for t in tasks for src, _path in (t.inputs or {}).get("deps", ())}
+    return [t for t in tasks if t.node_id not in read]
+
+
+def node_values(engine: Engine, tasks: Sequence[TaskRecord]) -> dict[str, Any]:
+    return {t.node_id: stored_value(engine, t.result_key) for t in tasks
+            if t.state is TaskState.SUCCESS}
+
+
+def run_outputs(engine: Engine, catalog: SQLCatalog, result_value: Any, has_result: bool,
+                run: RunRow) -> Any:
+    """What an execution reports as ``outputs`` (see the module doc); None until SUCCESS."""
+    if run.state is not RunState.SUCCESS:
+        return None
+    python: bool | None = None
+    if run.pipeline_id is not None:
+        try:
+            python = is_python(catalog.get_pipeline(run.pipeline_id).definition)
+        except NotFoundError:
+            python = None
+    if python is not False and has_result:
+        return jsonable(result_value)
+    if run.result_key is not None:
+        return stored_value(engine, run.result_key)
+    if python is False or run.source.get("kind") in ("dag", "pipeline"):
+        return node_values(engine, sink_tasks(catalog.store.get_tasks(run.run_id)))
+    return None
+
+
+# -- execution graph ---------------------------------------------------------------------------
+def execution_graph(catalog: SQLCatalog, run_id: str) -> dict[str, Any]:
+    """Nodes (one per task) and DEPENDS_ON edges of a run, from its lineage."""
+    catalog.get_run(run_id)                       # NotFoundError for an unknown id
+    vertices, edges = run_lineage(catalog.store, run_id)
+    nodes = []
+    for v in vertices:
+        if v.label != "Component":
+            continue
+        p = v.properties
+        started, ended = p.get("started_at"), p.get("completed_at")
+        nodes.append({"id": v.id, "label": p.get("name"), "status": node_status(p["status"]),
+                      "platform": p.get("platform"), "started_at": started,
+                      "completed_at": ended,
+                      "duration": (ended - started) if started is not None and ended is not None
+                      else None,
+                      "properties": {"hash": p.get("hash"), "cache": p.get("cache")}})
+    seen: set[tuple[str, str]] = set()
+    out_edges = []
+    for e in edges:
+        if e.kind != "DEPENDS_ON" or (e.src, e.dst) in seen:
+            continue
+        seen.add((e.src, e.dst))
+        out_edges.append({"from": e.src, "to": e.dst, "label": "data_flow",
+                          "properties": {"data_flow": e.properties.get("data_flow")}})
+    return {"nodes": nodes, "edges": out_edges}
+
+
+# -- component metrics -------------------------------------------------------------------------
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (NumPy's default); None for no values."""
+    if not values:
+        return None
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+_STARTED = time.monotonic()
+
+
+def process_usage() -> dict[str, Any]:
+    """CPU and memory of this whole server process (every component and the server itself)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = ru.ru_utime + ru.ru_stime
+    uptime = max(time.monotonic() - _STARTED, 1e-9)
+    rss = None
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"scope": "server_process", "cpu_seconds": round(cpu, 3),
+            "avg_cpu": round(cpu / uptime, 4), "memory_bytes": rss,
+            "peak_memory_bytes": ru.ru_maxrss * 1024}     # Linux reports ru_maxrss in KiB
+
+
+def component_metrics(catalog: SQLCatalog, component: str, *, registered: bool) -> dict[str, Any]:
+    """Executions, success rate and duration percentiles of ``component`` over every recorded
+    task (memo hits count as executions but not as durations). ``registered`` components with
+    no task yet answer zeros; an unknown name is a ``NotFoundError``."""
+    try:
+        m = catalog.component_metrics(component)
+        executions, ok, failed, durations = m.executions, m.succeeded, m.failed, m.durations
+    except NotFoundError:
+        if not registered:
+            raise
+        executions, ok, failed, durations = 0, 0, 0, []
+    return {"component_id": component, "executions": executions,
+            "succeeded": ok, "failed": failed,
+            "success_rate": ok / (ok + failed) if ok + failed else None,
+            "avg_duration": sum(durations) / len(durations) if durations else None,
+            "p95_duration": percentile(durations, 95), "p99_duration": percentile(durations, 99),
+            "duration_samples": len(durations),
+            "resource_usage": {"avg_cpu": None, "avg_memory": None, "peak_memory": None,
+                               "measured_per_component": False,
+                               "process": process_usage()}}
