@@ -28,6 +28,7 @@ class Settings:
     database_url: str
     result_store: str = "sqlite"
     compression: str | None = None
+    adopt_after: float = 30.0          # seconds without a heartbeat before a server adopts a run
     auth: str | None = None
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_public_key_file: Path | None = None
@@ -45,6 +46,7 @@ class Settings:
         return cls(home=home, database_url=url,
                    result_store=os.environ.get("TWINGRAPH_RESULT_STORE", "sqlite"),
                    compression=os.environ.get("TWINGRAPH_COMPRESSION") or None,
+                   adopt_after=float(os.environ.get("TWINGRAPH_ADOPT_AFTER") or 30.0),
                    **_security_from_env())
 
 

@@ -188,11 +188,13 @@ class RunLoop:
                     self._hand_over()
                     self.sleeping = True           # set first, then look again (no lost wake-up)
                     if not submitted:
-                        timeout = None
+                        # Wake at least every HEARTBEAT_INTERVAL: a run whose tasks are all
+                        # long still proves its driver alive (others adopt silent runs).
+                        timeout = HEARTBEAT_INTERVAL
                         if self.timers:
-                            timeout = max(0.0, self.timers[0][0] - self.clock.monotonic())
+                            timeout = min(timeout, max(0.0, self.timers[0][0] - self.clock.monotonic()))
                         try:
-                            ev = get(timeout=timeout) if timeout is None or timeout > 0 else None
+                            ev = get(timeout=timeout) if timeout > 0 else None
                         except queue.Empty:
                             ev = None
                     self.sleeping = False
@@ -737,7 +739,7 @@ class RunLoop:
 
     def _heartbeat(self) -> None:
         now = self.clock.monotonic()
-        if now - self._last_heartbeat >= 5.0:
+        if now - self._last_heartbeat >= HEARTBEAT_INTERVAL:
             self._last_heartbeat = now
             self.out.append(RunHeartbeat(self.run_id, self.clock.now()))
 
@@ -757,6 +759,10 @@ class RunLoop:
                 "percent": 100.0 * finished / total if total else 0.0, "eta_seconds": eta,
                 "running_nodes": [t.node_id for t in list(self.tasks.values())
                                   if t.state is _T.RUNNING][:20]}
+
+
+#: Seconds between a running run's heartbeats (``runs.heartbeat_at``).
+HEARTBEAT_INTERVAL = 5.0
 
 
 def get_nowait(q: queue.SimpleQueue[Any]) -> Any:

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 from fastapi import FastAPI
 
-from twingraph.errors import ConfigurationError
 from twingraph.server.app import create_app
+from twingraph.server.auth import build_authenticator
+from twingraph.server.ratelimit import build_rate_limiter
 from twingraph.service import Services, build_services
 from twingraph.settings import Settings
 
@@ -19,13 +20,27 @@ from twingraph.settings import Settings
 def build_app(settings: Settings, *, load: Sequence[str] = (), schedules: bool = True,
               exposed: bool = False, services: Services | None = None) -> FastAPI:
     """The server app for ``settings``. ``exposed`` (binding beyond loopback) requires auth."""
-    if exposed:
-        raise ConfigurationError(
-            "refusing to bind a non-loopback address without authentication: configure auth "
-            "(TWINGRAPH_AUTH=required with API keys or TWINGRAPH_JWT_SECRET) or bind 127.0.0.1")
     svc = services or build_services(settings)
+    try:    # exposed + no usable credentials -> ConfigurationError (server/auth.py)
+        auth = build_authenticator(settings, svc.catalog.store, exposed=exposed)
+        rate_limits = build_rate_limiter(settings)
+    except BaseException:
+        if services is None:
+            svc.close()
+        raise
     wire_schedules(svc, fire=schedules)
-    return create_app(svc, load=load)
+    wire_adoption(svc, stale_after=settings.adopt_after)
+    return create_app(svc, load=load, auth=auth, rate_limits=rate_limits)
+
+
+def wire_adoption(svc: Services, *, stale_after: float = 30.0, interval: float | None = None) -> None:
+    """Finish runs whose driver died (see ``service.adoption``), checked with the app running."""
+    from twingraph.service.adoption import Adopter
+    adopter = Adopter(svc.runs, stale_after=stale_after,
+                      interval=interval if interval is not None else max(1.0, stale_after / 3))
+    svc.extras["adopter"] = adopter
+    svc.extras.setdefault("start", []).append(adopter.start)
+    svc.extras.setdefault("stop", []).append(adopter.stop)
 
 
 def wire_schedules(svc: Services, *, fire: bool = True, poll_interval: float = 1.0) -> None:

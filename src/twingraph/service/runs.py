@@ -125,9 +125,36 @@ class RunService:
         thread.start()
         return self.catalog.get_run(run_id)
 
+    def resume(self, run_id: str) -> None:
+        """Drive a RUNNING run whose driver died (adopted: see ``service.adoption``): results
+        it stored are reused, the rest runs again (at-least-once, exactly-once recorded)."""
+        run = self.catalog.get_run(run_id)
+        if run.pipeline_id is None:
+            raise ValidationError(f"run {run_id} has no pipeline to run")
+        pipeline = self.catalog.get_pipeline(run.pipeline_id)
+        launch = self._prepare(pipeline, run, dict(run.config), resume=True)
+        thread = threading.Thread(target=self._drive, args=(run_id, launch), daemon=True,
+                                  name=f"twingraph-adopt-{run_id[-8:]}")
+        with self._lock:
+            self._threads[run_id] = thread
+        thread.start()
+
+    def can_drive(self, run: RunRow) -> bool:
+        """Whether this process has the code to run ``run``'s pipeline."""
+        if run.pipeline_id is None:
+            return False
+        try:
+            pipeline = self.catalog.get_pipeline(run.pipeline_id)
+            if is_python(pipeline.definition):
+                self._python_pipeline(pipeline)
+            return True
+        except TwinGraphError:
+            return False
+
     def _prepare(self, pipeline: PipelineRecord, run: RunRow,
-                 config: Mapping[str, Any]) -> Callable[[], RunResult]:
+                 config: Mapping[str, Any], *, resume: bool = False) -> Callable[[], RunResult]:
         """Everything that can fail on bad input, done before the run leaves PENDING."""
+        mode: dict[str, Any] = {"resume": True} if resume else {"pending": True}
         timeout = float(config.get("timeout") or DEFAULT_TIMEOUT)
         no_cache = bool(config.get("no_cache", False))
         if is_python(pipeline.definition):
@@ -143,7 +170,7 @@ class RunService:
             kwargs = call_params(pipe.fn, params)
             return lambda: self.engine.run(
                 lambda _run: pipe.fn(**kwargs), pipeline=run.pipeline, params=params,
-                options=opts, run_id=run.run_id, pending=True, source=pipe.source(),
+                options=opts, run_id=run.run_id, source=pipe.source(), **mode,
                 notifications=spec.notifications or None,
                 pipeline_version=run.pipeline_version)
         graph = self.normalize(pipeline.definition)
@@ -155,7 +182,7 @@ class RunService:
         body = self.scheduler.body(dag, plan)
         return lambda: self.engine.run(
             body, pipeline=run.pipeline, params=dict(run.params), options=opts,
-            run_id=run.run_id, pending=True, pipeline_version=run.pipeline_version,
+            run_id=run.run_id, pipeline_version=run.pipeline_version, **mode,
             source={"kind": "pipeline", "pipeline_id": pipeline.id})
 
     def _drive(self, run_id: str, launch: Callable[[], RunResult]) -> None:

@@ -431,6 +431,26 @@ class SQLCatalog:
                 runs.c.run_id == run_id, runs.c.state == RunState.RUNNING.value).values(
                 state=state.value, ended_at=now, error=error))
 
+    def stale_running(self, cutoff: float, limit: int = 100) -> list[RunRow]:
+        """RUNNING runs of catalogued pipelines whose driver has not beaten since ``cutoff``."""
+        beat = func.coalesce(runs.c.heartbeat_at, runs.c.started_at, runs.c.created_at)
+        query = (self._run_select().where(runs.c.state == RunState.RUNNING.value,
+                                          runs.c.pipeline_id.is_not(None), beat < cutoff)
+                 .order_by(runs.c.created_at).limit(limit))
+        with self.store._reading() as conn:
+            return [_run_row(r) for r in conn.execute(query)]
+
+    def claim_adoption(self, run: RunRow, now: float) -> bool:
+        """Take over a silent RUNNING run with a compare-and-set on its heartbeat: of several
+        servers that find it stale, exactly one wins."""
+        beat = runs.c.heartbeat_at
+        same = beat.is_(None) if run.heartbeat_at is None else beat == run.heartbeat_at
+        with self.store._writing() as conn:
+            result = conn.execute(update(runs).where(
+                runs.c.run_id == run.run_id, runs.c.state == RunState.RUNNING.value, same)
+                .values(heartbeat_at=now))
+        return result.rowcount == 1
+
     def fail_pending(self, run_id: str, error: str) -> bool:
         """PENDING -> FAILED (the run could not be started: its pipeline cannot be compiled)."""
         with self.store._writing() as conn:

@@ -1,0 +1,73 @@
+"""Adoption: a run whose driver died (server killed, CLI killed) is finished by a live server.
+
+Every driver writes the run's ``heartbeat_at`` at least every ``HEARTBEAT_INTERVAL`` seconds
+(the engine's loop wakes for it). A server looks, at start and then every ``interval`` seconds,
+for RUNNING runs silent for ``stale_after`` seconds whose pipeline it can run; it claims each
+with a compare-and-set on ``heartbeat_at`` (one server wins) and resumes it: stored results are
+reused, tasks that were running run again, and fencing rejects a late result from the old
+driver (DESIGN.md §3 "Durability").
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from twingraph.core.records import LogRecord
+from twingraph.core.states import RunState
+from twingraph.service.runs import RunService
+
+log = logging.getLogger("twingraph.adoption")
+
+
+class Adopter:
+    def __init__(self, runs: RunService, *, stale_after: float = 30.0, interval: float = 10.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.runs, self.stale_after, self.interval, self.clock = runs, stale_after, interval, clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def adopt_once(self) -> list[str]:
+        """Claim and resume every stale run this process can drive; returns their ids."""
+        now = self.clock()
+        adopted = []
+        for run in self.runs.catalog.stale_running(now - self.stale_after):
+            if run.run_id in self.runs.active() or not self.runs.can_drive(run):
+                continue
+            if not self.runs.catalog.claim_adoption(run, now):
+                continue                 # another server took it
+            log.warning("adopting run %s of %s: no heartbeat for %.0f s", run.run_id,
+                        run.pipeline, now - (run.heartbeat_at or run.created_at))
+            self.runs.engine.recorder.add(LogRecord(
+                run.run_id, now, "warning", "adopted by a new driver: the previous one stopped "
+                "beating; stored results are reused"))
+            try:
+                self.runs.resume(run.run_id)
+            except Exception as exc:  # noqa: BLE001 - the run must not stay RUNNING forever
+                log.exception("run %s could not be adopted", run.run_id)
+                self.runs.catalog.finish_running(run.run_id, RunState.FAILED,
+                                                 f"could not be adopted: {exc}", self.clock())
+                continue
+            adopted.append(run.run_id)
+        return adopted
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="twingraph-adopter", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.adopt_once()
+            except Exception:  # noqa: BLE001 - e.g. the database is briefly unreachable
+                log.exception("adoption pass failed; retrying")
+            self._stop.wait(self.interval)
