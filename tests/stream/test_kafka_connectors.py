@@ -7,6 +7,7 @@ close followed by a fresh instance opened with the restored state.
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
 from typing import Any
@@ -356,3 +357,25 @@ def test_a_record_the_broker_cannot_take_fails_the_commit_with_a_stream_error(
     with pytest.raises(StreamError):
         sink.commit(1, sink.pre_commit(1))
     sink.close()
+
+
+def test_shallow_copies_of_one_prototype_keep_their_own_state(kafka_bootstrap: str) -> None:
+    """The runtime makes subtask instances with copy.copy(prototype)."""
+    topic = create_topic(kafka_bootstrap, 2)
+    produce(kafka_bootstrap, topic, [f"p{i}".encode() for i in range(20)], 2)
+    proto_src = source(kafka_bootstrap, topic)
+    srcs = [copy.copy(proto_src) for _ in range(2)]
+    for i, s in enumerate(srcs):
+        s.open(ctx(i, 2))
+    got = [sorted(v for v, _ in drain(s)) for s in srcs]
+    assert got == [sorted(f"p{i}".encode() for i in range(0, 20, 2)),
+                   sorted(f"p{i}".encode() for i in range(1, 20, 2))]
+    assert [s.snapshot(1)["offsets"] for s in srcs] == [{"0": 10}, {"1": 10}]
+    proto = KafkaSinkOperator(topic, kafka_bootstrap)
+    sinks = [copy.copy(proto) for _ in range(2)]
+    for i, s in enumerate(sinks):
+        s.open(ctx(i, 2))
+        s.write([f"from {i}"] * (i + 1))
+    assert [s.pre_commit(1)["pending"][0]["count"] for s in sinks] == [1, 2]
+    for s in srcs + sinks:
+        s.close()

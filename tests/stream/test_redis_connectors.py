@@ -6,6 +6,7 @@ abandoned without close, followed by a fresh instance opened with the restored s
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -259,3 +260,25 @@ def test_unreachable_redis_is_a_stream_error() -> None:
         src.open(ctx(0, 1))
     with pytest.raises(StreamError):
         RedisStreamSource("s", start_id="42")
+
+
+def test_shallow_copies_of_one_prototype_keep_their_own_state(r: Any, redis_url: str,
+                                                              redis_prefix: str) -> None:
+    """The runtime makes subtask instances with copy.copy(prototype)."""
+    streams = [f"{redis_prefix}c{k}" for k in range(2)]
+    for k, s in enumerate(streams):
+        r.xadd(s, {"k": str(k)})
+    proto = RedisStreamSource(streams, redis_url, bounded=True)
+    srcs = [copy.copy(proto) for _ in range(2)]
+    for i, s in enumerate(srcs):
+        s.open(ctx(i, 2))
+    assert [[v["k"] for v, _ in drain(s)] for s in srcs] == [["0"], ["1"]]
+    assert [list(s.snapshot(1)["positions"]) for s in srcs] == [[streams[0]], [streams[1]]]
+    sink_proto = RedisStreamSink(f"{redis_prefix}o", redis_url, marker_prefix=redis_prefix + "m:")
+    sinks = [copy.copy(sink_proto) for _ in range(2)]
+    for i, s in enumerate(sinks):
+        s.open(ctx(i, 2))
+        s.write([f"from {i}"] * (i + 1))
+    assert [s.pre_commit(1)["pending"][0]["count"] for s in sinks] == [1, 2]
+    for s in srcs + sinks:
+        s.close()

@@ -186,18 +186,23 @@ class KafkaSourceOperator:
         self.include_metadata = include_metadata
         self.consumer_config = dict(consumer_config or {})
         self.request_timeout_s = request_timeout_s
+        self._decode: Deserializer = deserializer_for(value_format, deserializer)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh runtime state. ``open`` calls it too: the runtime makes one instance per subtask
+        with ``copy.copy`` of the prototype, which would otherwise share these containers."""
         self._consumer: Any = None
         self._next: dict[int, int] = {}
         self._end: dict[int, int] = {}
         self._pending_commits: dict[int, dict[int, int]] = {}
-        self._done: set[int] = set()
-        self._decode: Deserializer = deserializer_for(value_format, deserializer)
 
     def __repr__(self) -> str:
         return f"KafkaSourceOperator(topic={self.topic!r}, group_id={self.group_id!r})"
 
     def open(self, ctx: SourceSplitContext) -> None:
         ck = _ck()
+        self._reset()
         conf = {"bootstrap.servers": self.bootstrap_servers, "group.id": self.group_id,
                 "enable.auto.commit": False, "enable.auto.offset.store": False,
                 "auto.offset.reset": "latest" if self.starting_offsets == "latest" else "earliest",
@@ -343,6 +348,10 @@ class KafkaSinkOperator:
         self.serializer, self.key = serializer, key
         self.producer_config = dict(producer_config or {})
         self.request_timeout_s, self.flush_timeout_s = request_timeout_s, flush_timeout_s
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh runtime state (also in ``open``: subtask instances are shallow copies)."""
         self._producer: Any = None
         self._reader: Any = None
         self._writer = ""
@@ -359,6 +368,7 @@ class KafkaSinkOperator:
 
     def open(self, ctx: SourceSplitContext) -> None:
         ck = _ck()
+        self._reset()
         job = ctx.job_name or "job"
         op = ctx.operator_uid or self.topic
         self._writer = f"{job}/{op}/{ctx.subtask_index}/{uuid.uuid4().hex[:16]}"

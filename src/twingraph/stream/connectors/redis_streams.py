@@ -110,6 +110,11 @@ class RedisStreamSource:
         self.include_metadata = include_metadata
         self.watermark_strategy = watermark_strategy
         self.client_kwargs = dict(client_kwargs or {})
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh runtime state. ``open`` calls it too: the runtime makes one instance per subtask
+        with ``copy.copy`` of the prototype, which would otherwise share these containers."""
         self._client: Any = None
         self._pos: dict[str, tuple[int, int]] = {}
         self._end: dict[str, tuple[int, int]] = {}
@@ -122,6 +127,7 @@ class RedisStreamSource:
 
     def open(self, ctx: SourceSplitContext) -> None:
         redis = _redis()
+        self._reset()
         self._client = client = _connect(self.url, self.client_kwargs)
         self._owned = [s for k, s in enumerate(self.streams)
                        if k % ctx.parallelism == ctx.subtask_index]
@@ -272,6 +278,10 @@ class RedisStreamSink:
         self.serializer, self.value_field, self.maxlen = serializer, value_field, maxlen
         self.marker_prefix, self.marker_ttl_s = marker_prefix, marker_ttl_s
         self.client_kwargs = dict(client_kwargs or {})
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh runtime state (also in ``open``: subtask instances are shallow copies)."""
         self._client: Any = None
         self._writer = ""
         self._buffer: list[dict[bytes, bytes]] = []
@@ -283,6 +293,7 @@ class RedisStreamSink:
         return f"RedisStreamSink(stream={self.stream!r})"
 
     def open(self, ctx: SourceSplitContext) -> None:
+        self._reset()
         self._client = _connect(self.url, self.client_kwargs)
         job = ctx.job_name or "job"
         op = ctx.operator_uid or self.stream
