@@ -28,6 +28,7 @@ def _register_server() -> None:
 
 
 _register_server()
+__import__("twingraph.cli.apikey", fromlist=["register"]).register(app)   # twingraph apikey ...
 
 
 def _fail(exc: BaseException, code: int = 1) -> None:
