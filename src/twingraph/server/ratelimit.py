@@ -91,7 +91,8 @@ class Decision:
     allowed: bool
     limit: int
     remaining: int
-    reset: int                  # epoch seconds when the window ends
+    reset: int                  # epoch seconds when the window ends (rounded up)
+    reset_at: float             # the same, unrounded
 
     def headers(self) -> dict[str, str]:
         return {"X-RateLimit-Limit": str(self.limit),
@@ -147,7 +148,7 @@ class RateLimiter:
         allowed = self._limiter.hit(item, self.namespace, category, client)
         stats = self._limiter.get_window_stats(item, self.namespace, category, client)
         reset = math.ceil(stats.reset_time)
-        return Decision(allowed, item.amount, max(0, stats.remaining), reset)
+        return Decision(allowed, item.amount, max(0, stats.remaining), reset, stats.reset_time)
 
     async def ahit(self, category: str, item: RateLimitItem, client: str) -> Decision:
         if self._blocking:
@@ -173,7 +174,7 @@ class RateLimiter:
         return self._sockets.get(client, 0)
 
     def retry_after(self, decision: Decision) -> int:
-        return max(1, decision.reset - math.floor(self._clock()))
+        return max(1, math.ceil(decision.reset_at - self._clock()))
 
 
 def build_rate_limiter(settings: Settings) -> RateLimiter | None:
