@@ -53,13 +53,14 @@ class StreamExecutionEnvironment:
         return self
 
     def enable_checkpointing(self, interval_ms: int, directory: str | os.PathLike[str] | None = None,
-                             retained: int = 3) -> StreamExecutionEnvironment:
+                             retained: int = 3, fsync: bool = True) -> StreamExecutionEnvironment:
         """Checkpoint every ``interval_ms`` into ``directory`` (default: $TWINGRAPH_STREAM_CHECKPOINTS
-        or ./checkpoints/<job name>), keeping the last ``retained``."""
+        or ./checkpoints/<job name>), keeping the last ``retained``. ``fsync=False`` skips the
+        fsyncs: checkpoints then survive a killed process but not a power loss."""
         if interval_ms <= 0:
             raise ConfigurationError("checkpoint interval_ms must be > 0")
         d = directory or os.environ.get("TWINGRAPH_STREAM_CHECKPOINTS") or os.path.join("checkpoints", self.name)
-        self._checkpoint = CheckpointConfig(interval_ms, os.fspath(d), retained)
+        self._checkpoint = CheckpointConfig(interval_ms, os.fspath(d), retained, fsync)
         return self
 
     def set_checkpoint_storage(self, directory: str | os.PathLike[str], retained: int = 3) -> StreamExecutionEnvironment:

@@ -29,8 +29,9 @@ _CHK = re.compile(r"^chk-(\d+)$")
 
 
 class CheckpointStorage:
-    def __init__(self, directory: str | os.PathLike[str], retained: int = 3) -> None:
+    def __init__(self, directory: str | os.PathLike[str], retained: int = 3, fsync: bool = True) -> None:
         self.root = Path(directory)
+        self.fsync = fsync
         self.retained = max(1, retained)
         self.savepoints = self.root / "savepoints"
         try:
@@ -64,13 +65,16 @@ class CheckpointStorage:
             data = json.dumps(manifest, separators=(",", ":")).encode()
             with open(tmp / MANIFEST, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            for p in tmp.iterdir():
-                if p.name != MANIFEST:
-                    _fsync_file(p)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            if self.fsync:
+                for p in tmp.iterdir():
+                    if p.name != MANIFEST:
+                        _fsync_file(p)
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            if self.fsync:
+                _fsync_dir(final.parent)
         except OSError as exc:
             raise CheckpointError(f"cannot complete checkpoint {checkpoint_id} in {final}: {exc}") from exc
         if not savepoint:

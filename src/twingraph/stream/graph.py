@@ -48,6 +48,7 @@ class CheckpointConfig:
     interval_ms: int | None = None
     directory: str | None = None
     retained: int = 3
+    fsync: bool = True
 
 
 @dataclass(frozen=True)

@@ -97,8 +97,9 @@ class FileSource:
 class FileSink:
     """Exactly-once line files in ``directory``; see the module docstring for the protocol."""
 
-    def __init__(self, directory: str | os.PathLike[str], encoder: Callable[[Any], str] = str) -> None:
-        self.directory, self.encoder = Path(directory), encoder
+    def __init__(self, directory: str | os.PathLike[str], encoder: Callable[[Any], str] = str,
+                 fsync: bool = True) -> None:
+        self.directory, self.encoder, self.fsync = Path(directory), encoder, fsync
 
     def open(self, ctx: SourceSplitContext) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -126,7 +127,8 @@ class FileSink:
         if self._fh is None or self._current is None:
             return {"checkpoint_id": checkpoint_id, "pending": []}
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        if self.fsync:
+            os.fsync(self._fh.fileno())
         self._fh.close()
         self._fh = None
         pending = f".{self.token}-{self.subtask}-{checkpoint_id}.pending"

@@ -60,7 +60,7 @@ class JobRun:
         self.end_time_ms: int | None = None
         self.error: BaseException | None = None
         self.plan: Plan = build_plan(job)
-        self.storage = CheckpointStorage(job.checkpoint.directory, job.checkpoint.retained) \
+        self.storage = CheckpointStorage(job.checkpoint.directory, job.checkpoint.retained, job.checkpoint.fsync) \
             if job.checkpoint.directory else None
         self._requests: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
