@@ -7,9 +7,9 @@ in-process so that they can read the catalog directly to check that bad input wr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -26,6 +26,10 @@ LOADED = [str(RESOURCES / "documented.py"), str(RESOURCES / "ops.py")]
 def svc(tmp_path: Path) -> Iterator[Services]:
     settings = Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path}/tg.db")
     services = build_services(settings)
+    # Graph nodes retry 3 times with 1-2-4 s backoff by default (ExecutionConfig); the failure
+    # tests here are about what the faces show, not retries (tests/engine covers those).
+    services.scheduler.config = dataclasses.replace(services.scheduler.config,
+                                                    retry_failed_nodes=False)
     try:
         yield services
     finally:
@@ -37,22 +41,3 @@ def client(svc: Services) -> Iterator[TestClient]:
     app = create_app(svc, load=LOADED)
     with TestClient(app) as c:
         yield c
-
-
-def graph(*, delay: float | None = None) -> dict[str, Any]:
-    """A small TwinGraph-face definition over tests/resources/ops.py: numbers -> squares -> total
-    (``n`` comes from the execution's inputs)."""
-    numbers: dict[str, Any] = {"id": "numbers", "type": "component", "component": "make_numbers",
-                               "config": {"n": "${params.n}"}}
-    nodes = [numbers,
-             {"id": "squares", "type": "component", "component": "square_all", "config": {}},
-             {"id": "total", "type": "component", "component": "add_all", "config": {"offset": 1}}]
-    edges = [{"source": "numbers", "target": "squares", "sourceHandle": "output",
-              "targetHandle": "input"},
-             {"source": "squares", "target": "total", "sourceHandle": "output",
-              "targetHandle": "input"}]
-    if delay is not None:
-        nodes.append({"id": "nap", "type": "component", "component": "sleepy",
-                      "config": {"seconds": delay}})
-        edges.append({"source": "nap", "target": "total"})
-    return {"nodes": nodes, "edges": edges}

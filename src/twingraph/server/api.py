@@ -19,7 +19,7 @@ import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from twingraph.errors import ValidationError
 from twingraph.server import views
@@ -59,7 +59,7 @@ class WorkflowIn(BaseModel):
 class ExecutionConfigIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_parallel: StrictInt | None = Field(default=None, ge=1, le=10_000)
-    timeout: float | None = Field(default=None, gt=0, description="seconds")
+    timeout: StrictFloat | None = Field(default=None, gt=0, description="seconds")
     error_handler: Literal["fail", "continue", "retry"] | None = None
     no_cache: StrictBool | None = None
 
