@@ -303,10 +303,16 @@ def test_sink_rescaled_restore_commits_every_old_subtask(kafka_bootstrap: str) -
         merged = {"subtasks": olds}
         s = KafkaSinkOperator(topic, kafka_bootstrap)
         s.open(ctx(i, 2, restored=merged, rescaled=True))
-        s.commit(4, merged)
+        if i == 0:  # restored entries not yet committed ride along with the next checkpoint
+            s.write(["new"])
+            later = s.pre_commit(5)
+            assert len(later["pending"]) == 3  # old subtasks 0 and 2 (both ckpt 4) and the new one
+            s.commit(5, later)
+        else:
+            s.commit(4, merged)
         s.close()
     assert _values(kafka_bootstrap, topic) == sorted(
-        f"s{i}-{j}".encode() for i in range(3) for j in range(10))
+        [f"s{i}-{j}".encode() for i in range(3) for j in range(10)] + [b"new"])
 
 
 def test_sink_rejects_records_json_cannot_express(kafka_bootstrap: str) -> None:
@@ -379,3 +385,21 @@ def test_shallow_copies_of_one_prototype_keep_their_own_state(kafka_bootstrap: s
     assert [s.pre_commit(1)["pending"][0]["count"] for s in sinks] == [1, 2]
     for s in srcs + sinks:
         s.close()
+
+
+def test_unbounded_source_from_latest_sees_only_new_records(kafka_bootstrap: str) -> None:
+    topic = create_topic(kafka_bootstrap, 2)
+    produce(kafka_bootstrap, topic, [b"old0", b"old1", b"old2"], 2)
+    src = KafkaSourceOperator(topic, kafka_bootstrap, f"g-{uuid.uuid4().hex[:8]}",
+                              starting_offsets="latest")
+    src.open(ctx(0, 1))
+    assert not src.finished()
+    produce(kafka_bootstrap, topic, [b"new0", b"new1"], 2)
+    got: list[bytes] = []
+    for _ in range(400):
+        got += [v for v, _ in src.poll(10)]
+        if len(got) >= 2:
+            break
+    assert sorted(got) == [b"new0", b"new1"]
+    assert not src.finished()  # unbounded: never finished
+    src.close()

@@ -359,7 +359,7 @@ class KafkaSinkOperator:
         self._values: list[bytes] = []
         self._keys: list[bytes | None] = []
         self._raw: dict[tuple[str, int], tuple[list[bytes | None] | None, list[bytes]]] = {}
-        self._pending: dict[int, dict] = {}
+        self._pending: dict[tuple[int, str], dict] = {}  # (checkpoint, writer) -> entry
         self._committed: set[tuple[str, int]] = set()
         self._errors: list[str] = []
 
@@ -387,7 +387,7 @@ class KafkaSinkOperator:
             raise _raise_kafka("producer creation", exc) from exc
         self._partitions = _partitions(self._reader, self.topic, self.request_timeout_s)
         for entry in _entries(ctx.restored):  # committed by the runtime's next commit() call
-            self._pending.setdefault(int(entry["checkpoint"]), entry)
+            self._pending.setdefault((int(entry["checkpoint"]), str(entry["writer"])), entry)
 
     def write(self, records: list[Any]) -> None:
         if self.serializer is not None:
@@ -412,13 +412,14 @@ class KafkaSinkOperator:
                 except ck.KafkaException as exc:
                     raise _raise_kafka(f"end-offset request for {self.topic}[{p}]", exc) from exc
             keys = self._keys if self.key is not None else None
-            self._pending[checkpoint_id] = {
+            self._pending[(checkpoint_id, self._writer)] = {
                 "writer": self._writer, "checkpoint": checkpoint_id, "start": start,
                 "count": len(self._values), "values": pack_frames(list(self._values)),
                 "keys": pack_frames(keys) if keys is not None else None}
             self._raw[(self._writer, checkpoint_id)] = (keys, self._values)
             self._values, self._keys = [], []
-        return {"pending": [e for c, e in sorted(self._pending.items()) if c <= checkpoint_id]}
+        return {"pending": [e for (c, _), e in sorted(self._pending.items())
+                            if c <= checkpoint_id]}
 
     def commit(self, checkpoint_id: int, state: dict) -> None:
         todo = [e for e in _entries(state)
@@ -434,8 +435,7 @@ class KafkaSinkOperator:
             c = int(entry["checkpoint"])
             self._committed.add((entry["writer"], c))
             self._raw.pop((entry["writer"], c), None)
-            if c in self._pending and self._pending[c]["writer"] == entry["writer"]:
-                del self._pending[c]
+            self._pending.pop((c, str(entry["writer"])), None)
 
     def _produce(self, entry: dict, present: set[tuple[str, int, int]]) -> None:
         producer = self._producer

@@ -286,7 +286,7 @@ class RedisStreamSink:
         self._writer = ""
         self._buffer: list[dict[bytes, bytes]] = []
         self._raw: dict[tuple[str, int], list[dict[bytes, bytes]]] = {}
-        self._pending: dict[int, dict] = {}
+        self._pending: dict[tuple[int, str], dict] = {}  # (checkpoint, writer) -> entry
         self._committed: set[tuple[str, int]] = set()
 
     def __repr__(self) -> str:
@@ -299,7 +299,7 @@ class RedisStreamSink:
         op = ctx.operator_uid or self.stream
         self._writer = f"{job}/{op}/{ctx.subtask_index}/{uuid.uuid4().hex[:16]}"
         for entry in _entries(ctx.restored):
-            self._pending.setdefault(int(entry["checkpoint"]), entry)
+            self._pending.setdefault((int(entry["checkpoint"]), str(entry["writer"])), entry)
 
     def write(self, records: list[Any]) -> None:
         buf, ser, vf = self._buffer, self.serializer, self.value_field.encode()
@@ -319,12 +319,13 @@ class RedisStreamSink:
                     flat.append(name)
                     flat.append(value)
                 flat.append(None)
-            self._pending[checkpoint_id] = {"writer": self._writer, "checkpoint": checkpoint_id,
+            self._pending[(checkpoint_id, self._writer)] = {"writer": self._writer, "checkpoint": checkpoint_id,
                                             "count": len(self._buffer),
                                             "frames": pack_frames(flat)}
             self._raw[(self._writer, checkpoint_id)] = self._buffer
             self._buffer = []
-        return {"pending": [e for c, e in sorted(self._pending.items()) if c <= checkpoint_id]}
+        return {"pending": [e for (c, _), e in sorted(self._pending.items())
+                            if c <= checkpoint_id]}
 
     def commit(self, checkpoint_id: int, state: dict) -> None:
         for entry in _entries(state):
@@ -335,8 +336,7 @@ class RedisStreamSink:
             self._committed.add(key)
             self._raw.pop(key, None)
             c = key[1]
-            if c in self._pending and self._pending[c]["writer"] == key[0]:
-                del self._pending[c]
+            self._pending.pop((c, key[0]), None)
 
     @staticmethod
     def _decode_entry(entry: dict) -> list[dict[bytes, bytes]]:
