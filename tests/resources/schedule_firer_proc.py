@@ -1,8 +1,9 @@
 """One schedule firer in its own OS process, for the two-process test (tests/schedules).
 
-Usage: ``python schedule_firer_proc.py DB_URL START_AT STOP_AT``. Waits until wall-clock
-``START_AT`` (so that both processes begin polling together), runs a ``ScheduleFirer`` with a
-50 ms poll until ``STOP_AT``, and prints one JSON line: pid, ticks, claims won and lost.
+Usage: ``python schedule_firer_proc.py DB_URL``. Connects, prints ``ready``, waits for a line
+``go SECONDS`` on stdin (the test sends it once every process is ready, so they poll together
+however long the imports took), runs a ``ScheduleFirer`` with a 50 ms poll for SECONDS, and
+prints one JSON line: pid, ticks, claims won and lost.
 The launcher records every launch as a row (schedule_id, slot, pid) in ``fire_log``, a table
 with no unique constraint, so a slot fired twice shows up as two rows.
 """
@@ -51,13 +52,15 @@ class LoggingLauncher:
 
 
 def main() -> None:
-    url, start_at, stop_at = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-    meta = SQLMetadataStore(url)
+    meta = SQLMetadataStore(sys.argv[1])
     schedules = CountingStore(meta)
     firer = ScheduleFirer(schedules, LoggingLauncher(meta), poll_interval=0.05)
-    time.sleep(max(0.0, start_at - time.time()))
+    schedules.due(0.0)                  # connected and warm
+    print("ready", flush=True)
+    word, seconds = sys.stdin.readline().split()
+    assert word == "go"
     firer.start()
-    time.sleep(max(0.0, stop_at - time.time()))
+    time.sleep(float(seconds))
     firer.stop()
     meta.close()
     print(json.dumps({"pid": os.getpid(), "ticks": firer.ticks, "won": schedules.won,
