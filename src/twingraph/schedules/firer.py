@@ -22,7 +22,8 @@ One ``tick(now)``:
 
 Errors in one schedule (a failing launcher, a bad row) are logged and do not stop the others
 or the thread. ``start()``/``stop()`` run ``tick`` every ``poll_interval`` seconds on a daemon
-thread; ``stop`` wakes it at once and joins it.
+thread; ``stop`` wakes it at once and joins it. ``tick`` may also be called from other threads
+at the same time (e.g. right after a backfill): concurrent ticks are as safe as two processes.
 """
 
 from __future__ import annotations
