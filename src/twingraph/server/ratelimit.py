@@ -207,6 +207,7 @@ class RateLimitMiddleware:
 
     def __init__(self, app: ASGIApp, limiter: RateLimiter, identify: Identify = _peer) -> None:
         self.app, self.limiter, self.identify = app, limiter, identify
+        self._last_failure_log = -math.inf
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and self.limiter.websocket is not None:
@@ -223,7 +224,11 @@ class RateLimitMiddleware:
         try:
             decision = await self.limiter.ahit(budget[0], budget[1], client)
         except Exception:                                    # noqa: BLE001 - fail open, logged
-            log.exception("rate-limit storage failed; serving %s unlimited", client)
+            now = time.monotonic()
+            if now - self._last_failure_log >= 60:           # once a minute, not per request
+                self._last_failure_log = now
+                log.exception("rate-limit storage %s failed; serving requests unlimited",
+                              self.limiter.storage_uri)
             await self.app(scope, receive, send)
             return
         headers = decision.headers()
