@@ -57,9 +57,9 @@ class BoundedSubscriber(Subscriber):
     """A hub subscriber whose queue holds at most ``MAX_QUEUE`` events; past that it stops
     buffering and queues one overflow marker (the sender then closes the connection)."""
 
-    def __init__(self, limit: int = MAX_QUEUE) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         super().__init__()
-        self.limit = limit
+        self.limit = MAX_QUEUE if limit is None else limit
         self.overflowed = False
 
     def push(self, event: Event) -> None:
