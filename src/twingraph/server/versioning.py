@@ -37,6 +37,7 @@ def negotiate(accept: str | None) -> int | None:
     if not accept or not accept.strip():
         return CURRENT
     wanted: list[tuple[float, int, int | None]] = []   # (q, position, version or None=other)
+    named_vendor = False
     for pos, part in enumerate(accept.split(",")):
         media, *params = [p.strip() for p in part.split(";")]
         if not media:
@@ -49,9 +50,10 @@ def negotiate(accept: str | None) -> int | None:
                     q = float(value)
                 except ValueError:
                     q = 0.0
+        match = _VENDOR.fullmatch(media.lower())
+        named_vendor = named_vendor or match is not None
         if q <= 0:
             continue
-        match = _VENDOR.fullmatch(media.lower())
         if match is None:
             wanted.append((q, pos, None))
         else:
@@ -60,7 +62,7 @@ def negotiate(accept: str | None) -> int | None:
     if supported:
         best = max(supported, key=lambda w: (w[0], -w[1]))
         return best[2]
-    if any(w[2] is None for w in wanted) or not wanted:
+    if any(w[2] is None for w in wanted) or not named_vendor:
         return CURRENT
     return None
 
