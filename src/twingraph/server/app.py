@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from twingraph import __version__
 from twingraph.server import envelope, monitoring, v1
 from twingraph.server.metrics import Metrics
+from twingraph.server.observability import RequestContext
 from twingraph.service import Services
 
 log = logging.getLogger("twingraph.server")
@@ -76,18 +77,10 @@ def create_app(svc: Services, *, load: Sequence[str] = (), lifespan_hooks: bool 
                            identify=authenticator.identity)
     envelope.install(app)
 
-    @app.middleware("http")
-    async def _timing(request: Request, call_next: Any) -> Any:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.http_requests.labels(request.method, path, str(response.status_code)).inc()
-        metrics.http_duration.labels(request.method, path).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(RequestContext, metrics=metrics)     # outermost: ids on refusals too
 
+    app.include_router(v1.router)           # first: routes are matched in order, runs are hot
     app.include_router(monitoring.router)
-    app.include_router(v1.router)
     from twingraph.server import api, dynamic, ws
     app.include_router(api.router)
     app.include_router(ws.router)

@@ -140,19 +140,7 @@ def _field(loc: Any) -> str:
 
 
 def install(app: FastAPI) -> None:
-    """Request ids, timing logs and the error handlers."""
-
-    @app.middleware("http")
-    async def _request_id(request: Request, call_next: Any) -> Any:
-        rid = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex[:16]}"
-        request.state.request_id = rid
-        start = time.perf_counter()
-        response = await call_next(request)
-        elapsed = (time.perf_counter() - start) * 1000
-        response.headers["X-Request-ID"] = rid
-        log.info("%s %s %s %.1fms request_id=%s", request.method, request.url.path,
-                 response.status_code, elapsed, rid)
-        return response
+    """The error handlers (request ids come from ``observability.RequestContext``)."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -239,14 +239,13 @@ class RunService:
             return list(self._threads)
 
     # -- views ------------------------------------------------------------------------------
-    def progress(self, run: RunRow) -> dict[str, Any]:
+    def progress(self, run: RunRow, counts: Mapping[str, int] | None = None) -> dict[str, Any]:
         """Counts per state: live from the engine while this process drives the run, else
-        from the store."""
+        ``counts`` (or the store's)."""
         loop = self.engine.runs.get(run.run_id)
         if loop is not None:
-            c = dict(loop.counts)
-            counts = {k.value: v for k, v in c.items()}
-        else:
+            counts = {k.value: v for k, v in dict(loop.counts).items()}
+        elif counts is None:
             counts = {k.value: v for k, v in self.catalog.store.task_counts(run.run_id).items()}
         total = sum(counts.values())
         done = counts.get("SUCCESS", 0)
@@ -258,6 +257,12 @@ class RunService:
                 "pending_tasks": total - done - failed - skipped - running,
                 "percent": round(100.0 * (done + failed + skipped) / total, 2) if total else
                 (100.0 if run.state.terminal else 0.0)}
+
+    def status(self, run_id: str) -> tuple[RunRow, dict[str, Any]]:
+        """A run and its progress, on the cheapest path (a client polling it)."""
+        live = run_id in self.engine.runs
+        run, counts = self.catalog.run_status(run_id, counts=not live)
+        return run, self.progress(run, counts)
 
     def outputs(self, run_id: str) -> Any:
         """The run's return value when this server drove it (JSON-able), else None."""

@@ -12,6 +12,8 @@ columns named in each method's ``SORTABLE`` are accepted (anything else is a ``V
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -385,6 +387,40 @@ class SQLCatalog:
             raise NotFoundError(f"run {run_id!r} not found")
         return _run_row(row)
 
+    def run_status(self, run_id: str, *, counts: bool = True) -> tuple[RunRow, dict[str, int]]:
+        """The hot read of the faces (a client polling a run): the run and its task counts per
+        state, in two statements on one raw DBAPI connection — no SQL compilation and no
+        result processing, about a tenth of the Core path's cost."""
+        raw = self.store._engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute(self._status_sql[0], (run_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"run {run_id!r} not found")
+            by_state: dict[str, int] = {}
+            if counts:
+                cur.execute(self._status_sql[1], (run_id,))
+                by_state = {state: int(n) for state, n in cur.fetchall()}
+            cur.close()
+            raw.commit()            # end the read transaction (psycopg opens one implicitly)
+        finally:
+            raw.close()
+        fields = dict(zip(_STATUS_FIELDS, row))
+        for name in ("params", "config", "source", "tags"):
+            if isinstance(fields[name], (str, bytes)):
+                fields[name] = json.loads(fields[name])
+        fields["state"] = RunState(fields["state"])
+        return RunRow(**fields), by_state
+
+    @functools.cached_property
+    def _status_sql(self) -> tuple[str, str]:
+        mark = "?" if self.store._engine.dialect.paramstyle == "qmark" else "%s"
+        cols = ", ".join(f"r.{c}" for c in _STATUS_FIELDS[:-1])
+        return (f"SELECT {cols}, p.id FROM runs r LEFT JOIN projects p ON p.name = r.project "
+                f"WHERE r.run_id = {mark}",
+                f"SELECT state, COUNT(*) FROM tasks WHERE run_id = {mark} GROUP BY state")
+
     def list_runs(self, *, project: str | None = None, pipeline_id: str | None = None,
                   pipeline: str | None = None, state: str | None = None,
                   schedule_id: str | None = None, limit: int = 50, offset: int = 0,
@@ -529,6 +565,11 @@ class SQLCatalog:
         with self.store._reading() as conn:
             return conn.execute(select(tasks.c.run_id).where(
                 tasks.c.component == component).limit(1)).first() is not None
+
+
+_STATUS_FIELDS = ("run_id", "project", "pipeline", "pipeline_id", "pipeline_version", "state",
+                  "params", "config", "source", "tags", "created_at", "started_at", "ended_at",
+                  "heartbeat_at", "error", "result_key", "schedule_id", "project_id")
 
 
 def _run_row(row: Any) -> RunRow:
