@@ -318,6 +318,7 @@ def test_upsert_decorator_schedule(env: Any) -> None:
     proj, pipe = pipeline(meta)
     api = make(schedules, proj, pipe, expression="0 5 * * *")
     assert schedules.upsert_decorator_schedule(proj, pipe, None) is None
+    clock.now = NOW + 0.5                                     # created after the API schedule
     created = schedules.upsert_decorator_schedule(proj, pipe, "0 */6 * * *")
     assert created is not None and created.source is ScheduleSource.DECORATOR
     assert (created.kind, created.expression, created.enabled) == (ScheduleKind.CRON, "0 */6 * * *", True)
