@@ -107,6 +107,8 @@ BAD_REQUESTS: list[tuple[str, Any, str]] = [
                           "  - id: b\n    operation: square_all\n    arguments: [a]\n"}, "program"),
     ("unknown node field", {"program": "nodes:\n  - id: a\n    operation: make_numbers\n"
                                        "    code: print(1)\n"}, "program"),
+    ("YAML aliases", {"program": "dag_id: x\nbase: &b {n: 1}\nnodes:\n  - id: a\n"
+                                 "    operation: make_numbers\n    parameters: *b\n"}, "program"),
     ("max_concurrent_nodes zero", {"program": EXAMPLE, "max_concurrent_nodes": 0},
      "max_concurrent_nodes"),
     ("max_concurrent_nodes a string", {"program": EXAMPLE, "max_concurrent_nodes": "4"},
@@ -125,7 +127,7 @@ def test_bad_requests_run_nothing(client: TestClient, svc: Services) -> None:
         assert r.status_code == 422, (case, r.text)
         err = r.json()["error"]
         assert err["code"] == "VALIDATION_ERROR" and field in [d["field"] for d in err["details"]], (case, err)
-    cycle = client.post("/api/v1/execute-dynamic", json=dict(BAD_REQUESTS[7][1])).json()["error"]
+    cycle = client.post("/api/v1/execute-dynamic", json=dict(next(b for c, b, _ in BAD_REQUESTS if c == "cycle"))).json()["error"]
     assert cycle["details"][0]["nodes"] == ["a", "b"]
     assert _runs(svc) == before
     assert not svc.scheduler.active_executions and not svc.scheduler.execution_states
@@ -145,3 +147,30 @@ def test_a_failing_node_fails_the_execution(client: TestClient) -> None:
     assert "exploded" in body["result"]["failures"]["boom"]
     p = client.get("/api/v1/execution/partly/progress").json()
     assert (p["completed_nodes"], p["failed_nodes"], p["status"]) == (1, 1, "failed")
+
+
+def test_synchronous_requests_hold_no_worker_thread(svc: Services) -> None:
+    """Ten synchronous executions waiting at once (more than the event loop's default thread
+    pool) must not stall other requests: the wait is an event, not a thread blocked in join."""
+    import asyncio
+
+    import httpx
+
+    from twingraph.server.app import create_app
+    app = create_app(svc, lifespan_hooks=False)
+
+    async def main() -> tuple[float, list[int]]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://test") as c:
+            waits = [asyncio.create_task(c.post("/api/v1/execute-dynamic", json={
+                "program": _sleepy(f"wait-{i}", [1.5 + i / 1000])})) for i in range(10)]
+            await asyncio.sleep(0.3)
+            t0 = time.monotonic()
+            r = await c.get("/api/workflows")
+            took = time.monotonic() - t0
+            assert r.status_code == 200
+            assert not any(w.done() for w in waits)
+            return took, [(await w).status_code for w in waits]
+    took, codes = asyncio.run(main())
+    assert codes == [200] * 10
+    assert took < 1.0, f"a plain GET waited {took:.2f}s behind synchronous executions"

@@ -119,7 +119,7 @@ def _graph_definition(body: WorkflowIn) -> dict[str, Any]:
 
 # -- workflows ---------------------------------------------------------------------------------
 @router.get("/workflows", tags=["workflows"])
-async def list_workflows(request: Request, page: int = Query(1, ge=1),
+async def list_workflows(request: Request, page: int = Query(1, ge=1, le=1_000_000),
                          size: int = Query(20, ge=1, le=100), tag: str | None = None,
                          status: Literal["active", "inactive"] | None = None) -> Any:
     svc = services(request)

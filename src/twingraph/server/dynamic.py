@@ -36,9 +36,12 @@ from twingraph.engine.dynamic import DynamicScheduler
 from twingraph.errors import GraphValidationError, ValidationError
 from twingraph.server.deps import services
 from twingraph.server.envelope import ERROR_RESPONSES, ApiError
+from twingraph.service import Services
 from twingraph.service import workflows as wf
+from twingraph.service.events import Subscriber
 
 router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES, tags=["dynamic"])
+_TERMINAL = frozenset({"SUCCESS", "FAILED", "CANCELLED"})
 
 
 class ExecutionRequest(BaseModel):
@@ -58,6 +61,53 @@ class ExecutionResponse(BaseModel):
     status: str
     result: dict[str, Any] | None = None
     run_id: str | None = None
+
+
+def _reject_yaml_aliases(program: str) -> None:
+    """YAML anchors/aliases let a few bytes stand for an exponentially large document (the
+    "billion laughs"); a DAG file never needs them, so they are refused before parsing."""
+    if program.lstrip().startswith("{"):
+        return                                    # JSON: no aliases
+    import yaml
+    try:
+        for token in yaml.scan(program):
+            if isinstance(token, (yaml.AliasToken, yaml.AnchorToken)):
+                raise ApiError(422, "YAML anchors and aliases are not accepted in a program",
+                               details=[{"field": "program",
+                                         "message": "anchors/aliases are not accepted"}])
+    except yaml.YAMLError:
+        return                                    # parse_dag_text reports the syntax error
+
+
+async def _until_done(svc: Services, dag_id: str, timeout: float | None = None) -> bool:
+    """Wait, without holding a thread, until ``dag_id`` has finished (its result recorded);
+    False on timeout. Woken by the run's terminal event from the hub; a 1 s re-check is only
+    the safety net for a run that ends without one."""
+    sched = svc.scheduler
+    run_id = sched.run_id(dag_id)
+    sub = Subscriber()
+    if run_id is not None:
+        svc.hub.subscribe(run_id, sub)
+    loop = asyncio.get_running_loop()
+    end = None if timeout is None else loop.time() + timeout
+    ended = False
+    try:
+        while dag_id in sched.active_executions:
+            remaining = None if end is None else end - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            if ended:                     # the engine is done; the thread is recording results
+                await asyncio.sleep(0.005)
+                continue
+            try:
+                ev = await asyncio.wait_for(sub.queue.get(), min(1.0, remaining or 1.0))
+            except asyncio.TimeoutError:
+                continue
+            ended = ev.get("event") == "run:status" and ev.get("status") in _TERMINAL
+        return True
+    finally:
+        if run_id is not None:
+            svc.hub.unsubscribe(run_id, sub)
 
 
 def _status(sched: DynamicScheduler, dag_id: str) -> str:
@@ -83,7 +133,9 @@ def _result(request: Request, dag_id: str) -> dict[str, Any]:
 
 @router.post("/execute-dynamic", response_model=ExecutionResponse)
 async def execute_dynamic(request: Request, body: ExecutionRequest) -> Any:
-    sched = services(request).scheduler
+    svc = services(request)
+    sched = svc.scheduler
+    _reject_yaml_aliases(body.program)
     try:
         dag = parse_dag_text(body.program, default_id=f"dag_{uuid.uuid4().hex[:12]}")
     except ValidationError as exc:
@@ -105,7 +157,7 @@ async def execute_dynamic(request: Request, body: ExecutionRequest) -> Any:
     if body.async_execution:
         return {"execution_id": dag.dag_id, "status": _status(sched, dag.dag_id),
                 "result": None, "run_id": sched.run_id(dag.dag_id)}
-    await sched.wait_for_completion(dag.dag_id)
+    await _until_done(svc, dag.dag_id)
     result = await asyncio.to_thread(_result, request, dag.dag_id)
     return {"execution_id": dag.dag_id, "status": result["status"], "result": result,
             "run_id": result["run_id"]}
@@ -123,14 +175,15 @@ async def execution_progress(request: Request, execution_id: str) -> Any:
 
 @router.delete("/execution/{execution_id}")
 async def cancel_execution(request: Request, execution_id: str) -> Any:
-    sched = services(request).scheduler
+    svc = services(request)
+    sched = svc.scheduler
     if execution_id not in sched.execution_states:
         raise ApiError(404, f"execution {execution_id!r} not found")
-    thread = sched.active_executions.get(execution_id)
-    if thread is None or not await sched.cancel_execution(execution_id):
+    if execution_id not in sched.active_executions or \
+            not await sched.cancel_execution(execution_id):
         raise ApiError(409, f"execution {execution_id!r} already ended "
                             f"({_status(sched, execution_id)})")
-    await asyncio.to_thread(thread.join, 10)
+    await _until_done(svc, execution_id, timeout=10)
     res = sched.results.get(execution_id)
     if res is not None and res.state is not RunState.CANCELLED:
         # It finished on its own before the cancel reached it.
