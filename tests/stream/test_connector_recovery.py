@@ -1,8 +1,9 @@
 """End to end: a Kafka→map→Kafka and a Redis→map→Redis job killed with SIGKILL, restored, exact.
 
-The job (``connector_crash_job.py``) runs in a subprocess over a bounded input with parallelism 2
-and a checkpoint every 100 ms. It is killed at random moments at least five times, restarted each
-time from the latest checkpoint, then allowed to finish. What the sink committed must equal the
+The job (``connector_crash_job.py``) runs in a subprocess over a bounded input with a checkpoint
+every 100 ms. It is killed at random moments at least five times and restarted each time from the
+latest checkpoint with another parallelism (2, 3, 1, 2, ...: the connectors' states are merged and
+split again), then allowed to finish. What the sink committed must equal the
 reference (every input number doubled) exactly as a multiset: nothing lost, nothing duplicated.
 """
 
@@ -24,6 +25,7 @@ from conftest_brokers import create_topic, kafka_bootstrap, read_topic, redis_pr
 JOB = Path(__file__).with_name("connector_crash_job.py")
 N = 6000
 KILLS = 5
+PARALLELISM = ["2", "3", "1"]
 
 
 def _start(args: list[str]) -> subprocess.Popen[str]:
@@ -33,25 +35,40 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
-def kill_restore_finish(args: list[str]) -> tuple[int, int]:
-    """Run the job, SIGKILL it KILLS times at random points, then let it finish.
+def _checkpoints(chk: Path) -> set[str]:
+    return {d.name for d in chk.iterdir() if d.name.startswith("chk-")} if chk.exists() else set()
 
-    Returns (kills, runs that restored from a checkpoint)."""
+
+def kill_restore_finish(args: list[str], chk: Path) -> tuple[int, int]:
+    """Run the job, SIGKILL it KILLS times, then let it finish; (kills, runs that restored).
+
+    Odd attempts are killed at a random moment (maybe before any checkpoint of that run); even
+    ones once the run completed a new checkpoint, a random moment later — so restores from a
+    checkpoint happen however slow the machine is.
+    """
     rnd = random.Random()
     kills = restored = 0
-    for _ in range(30):
+    for attempt in range(30):
         if kills >= KILLS:
             break
-        p = _start(args)
+        before = _checkpoints(chk)
+        p = _start([PARALLELISM[attempt % 3], *args])
         assert p.stderr is not None
         first = p.stderr.readline()  # printed once the job is built and about to run
         restored += first.startswith("restored ") and "restored None" not in first
-        time.sleep(rnd.uniform(0.05, 1.2))
+        if attempt % 2:
+            deadline = time.monotonic() + 20
+            while (p.poll() is None and time.monotonic() < deadline
+                   and not _checkpoints(chk) - before):
+                time.sleep(0.01)
+            time.sleep(rnd.uniform(0.0, 0.3))
+        else:
+            time.sleep(rnd.uniform(0.05, 1.0))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
         p.communicate(timeout=60)
-    p = _start(args)
+    p = _start(["2", *args])
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     restored += "restored None" not in err
@@ -76,7 +93,7 @@ def test_kafka_job_killed_and_restored_gives_exactly_once_output(kafka_bootstrap
         producer.produce(tin, str(i).encode(), partition=i % 4)
     assert producer.flush(15) == 0
     kills, restored = kill_restore_finish(["kafka", kafka_bootstrap, tin, tout,
-                                           str(tmp_path / "chk")])
+                                           str(tmp_path / "chk")], tmp_path / "chk")
     assert kills >= KILLS, "the job finished before it could be killed five times"
     assert restored >= 2, "the killed runs never got as far as a completed checkpoint"
     _check(Counter(m.value().decode() for m in read_topic(kafka_bootstrap, tout)))
@@ -97,7 +114,8 @@ def test_redis_job_killed_and_restored_gives_exactly_once_output(redis_url: str,
     pipe.execute()
     out = f"{redis_prefix}out"
     kills, restored = kill_restore_finish(["redis", redis_url, ",".join(streams), out,
-                                           str(tmp_path / "chk"), f"{redis_prefix}m:"])
+                                           str(tmp_path / "chk"), f"{redis_prefix}m:"],
+                                          tmp_path / "chk")
     assert kills >= KILLS, "the job finished before it could be killed five times"
     assert restored >= 2, "the killed runs never got as far as a completed checkpoint"
     _check(Counter(fields[b"value"].decode() for _, fields in client.xrange(out)))

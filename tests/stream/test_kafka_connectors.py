@@ -403,3 +403,26 @@ def test_unbounded_source_from_latest_sees_only_new_records(kafka_bootstrap: str
     assert sorted(got) == [b"new0", b"new1"]
     assert not src.finished()  # unbounded: never finished
     src.close()
+
+
+def test_bounded_source_finishes_when_the_topic_ends_with_transaction_markers(
+        kafka_bootstrap: str) -> None:
+    topic = create_topic(kafka_bootstrap, 1)
+    producer = ck.Producer({"bootstrap.servers": kafka_bootstrap,
+                            "transactional.id": f"tx-{uuid.uuid4().hex}"})
+    producer.init_transactions(10)
+    for batch in range(2):
+        producer.begin_transaction()
+        for i in range(3):
+            producer.produce(topic, value=f"{batch}-{i}".encode())
+        producer.commit_transaction(10)  # appends a control record after the batch
+    src = source(kafka_bootstrap, topic)
+    src.open(ctx(0, 1))
+    got = [v for v, _ in drain(src)]
+    assert got == [f"{b}-{i}".encode() for b in range(2) for i in range(3)]
+    state = src.snapshot(1)
+    src.close()
+    again = source(kafka_bootstrap, topic)
+    again.open(ctx(0, 1, restored=state))
+    assert again.finished() and drain(again) == []
+    again.close()

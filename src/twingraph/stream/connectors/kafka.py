@@ -287,9 +287,31 @@ class KafkaSourceOperator:
             nxt[p] = off + 1
             if bounded and off + 1 >= ends[p]:
                 reached.append(p)
+        if bounded and len(msgs) < max_records:
+            reached += self._skip_control_records()
         if reached:
             consumer.pause([_ck().TopicPartition(self.topic, p) for p in set(reached)])
         return out
+
+    def _skip_control_records(self) -> list[int]:
+        """Advance past transaction markers at the end of a bounded partition.
+
+        A consumer never hands out control records, so after the last data record of a topic
+        written transactionally the next offset stays below the end; the consumer's position
+        (which librdkafka moves past control records) tells how far it really got.
+        """
+        ck = _ck()
+        nxt, ends = self._next, self._end
+        behind = [ck.TopicPartition(self.topic, p) for p in nxt if nxt[p] < ends[p]]
+        if not behind:
+            return []
+        done = []
+        for tp in self._consumer.position(behind):
+            if tp.offset > nxt[tp.partition]:
+                nxt[tp.partition] = min(tp.offset, ends[tp.partition])
+                if nxt[tp.partition] >= ends[tp.partition]:
+                    done.append(tp.partition)
+        return done
 
     def finished(self) -> bool:
         if not self.bounded:
