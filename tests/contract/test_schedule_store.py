@@ -6,6 +6,7 @@ queued-run claim that enforces ``max_concurrency``, and the decorator's schedule
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -36,6 +37,14 @@ def schedule_pg_url(postgres_url: str) -> str:
     return postgres_url
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (migrating a new file per test is slow)."""
+    path = tmp_path_factory.mktemp("schedules") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
 class Clock:
     def __init__(self, now: float) -> None:
         self.now = now
@@ -47,6 +56,7 @@ class Clock:
 @pytest.fixture(params=BACKENDS)
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[SQLMetadataStore, SQLScheduleStore, Clock]]:
     if request.param == "sqlite":
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), tmp_path / "meta.db")
         url = f"sqlite:///{tmp_path / 'meta.db'}"
     else:
         url = request.getfixturevalue("schedule_pg_url")
@@ -56,7 +66,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[SQLMet
                               "RESTART IDENTITY CASCADE"))
         engine.dispose()
     clock = Clock(NOW)
-    meta = SQLMetadataStore(url, create=True, clock=clock)
+    meta = SQLMetadataStore(url, clock=clock)          # migrated by the fixtures above
     yield meta, SQLScheduleStore(meta), clock
     meta.close()
 

@@ -7,6 +7,7 @@ real) and records what it was asked to do; runs "end" when the test writes their
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from twingraph.core.schedule import ScheduleRecord, logical_date
 from twingraph.core.states import RunState
 from twingraph.errors import NotFoundError, ValidationError
 from twingraph.schedules import ScheduleFirer, backfill, run_params
-from twingraph.stores.metadata import SQLMetadataStore
+from twingraph.stores.metadata import SQLMetadataStore, upgrade
 from twingraph.stores.metadata.schedules import SQLScheduleStore
 
 NOW = datetime(2026, 1, 10, 12, 0, tzinfo=timezone.utc).timestamp()
@@ -60,9 +61,18 @@ class Launcher:
         return [logical_date(slot) for _, slot, _, _ in self.launched]
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (migrating a new file per test is slow)."""
+    path = tmp_path_factory.mktemp("firer") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[tuple[SQLMetadataStore, SQLScheduleStore, Launcher]]:
-    meta = SQLMetadataStore(f"sqlite:///{tmp_path / 'meta.db'}", create=True, clock=lambda: NOW)
+def env(tmp_path: Path, template: Path) -> Iterator[tuple[SQLMetadataStore, SQLScheduleStore, Launcher]]:
+    shutil.copyfile(template, tmp_path / "meta.db")
+    meta = SQLMetadataStore(f"sqlite:///{tmp_path / 'meta.db'}", clock=lambda: NOW)
     schedules = SQLScheduleStore(meta)
     yield meta, schedules, Launcher(meta, schedules)
     meta.close()
