@@ -9,8 +9,10 @@ Protocol (twingraph-api.md "WebSocket Events"): the client sends JSON messages
   at subscription (the current state — so a finished execution answers its terminal state at
   once), and after node completions (coalesced: one update per drained batch of events);
 - ``{"event": "node:status", "data": {execution_id, node_id, component, status, duration,
-  cache, error?}}`` on every task state change (statuses pending/queued/running/retrying/
-  completed/failed/skipped/cancelled). ``outputs`` is not sent: values live in the result
+  cache, error?}}`` on task state changes (statuses pending/queued/running/retrying/
+  completed/failed/skipped/cancelled). When the sender falls behind, the events it drains in
+  one go keep only each node's newest status (``_coalesce``): a lagging client is brought up
+  to date instead of replaying superseded states; a node's final status is always sent. ``outputs`` is not sent: values live in the result
   store, they do not travel in events (GET /api/executions/{id} has them);
 - ``{"event": "error", "data": {execution_id, node_id, error, traceback}}`` when a task fails;
 - ``{"event": "error", "data": {code, message, execution_id?}}`` for a message the server
@@ -181,9 +183,9 @@ class Connection:
         queue = self.sub.queue
         while True:
             batch = [await queue.get()]
-            while not queue.empty() and len(batch) < 500:
+            while not queue.empty() and len(batch) < 2000:
                 batch.append(queue.get_nowait())
-            for ev in batch:
+            for ev in _coalesce(batch):
                 if ev is _OVERFLOW:
                     await self.ws.close(code=1013, reason="too many unread events")
                     return
@@ -231,6 +233,23 @@ class Connection:
         elif kind == "error":
             await self.send("error", {"execution_id": eid, "node_id": ev.get("node_id"),
                                       "error": ev.get("error"), "traceback": ev.get("traceback")})
+
+
+def _coalesce(batch: list[Event]) -> list[Event]:
+    """Within one drained batch, keep only the newest ``node:status`` of each node (at its
+    newest position); every other event stays, in order. A client that is up to date gets every
+    transition; one that fell behind (a burst of thousands of tasks) gets each node's current
+    state instead of a backlog of superseded ones — the queue shrinks the further it lags."""
+    if len(batch) < 3:
+        return batch
+    newest: dict[tuple[Any, Any], int] = {}
+    for i, ev in enumerate(batch):
+        if ev.get("event") == "node:status":
+            newest[(ev.get("run_id"), ev.get("node_id"))] = i
+    if len(newest) == sum(1 for ev in batch if ev.get("event") == "node:status"):
+        return batch
+    return [ev for i, ev in enumerate(batch) if ev.get("event") != "node:status"
+            or newest[(ev.get("run_id"), ev.get("node_id"))] == i]
 
 
 def _engine_progress(p: dict[str, Any]) -> dict[str, Any]:
