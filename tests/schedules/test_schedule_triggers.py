@@ -104,6 +104,10 @@ def test_berlin_spring_forward() -> None:
     assert [wall(x, BERLIN) for x in hourly] == [
         "2026-03-29T01:00:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-29T04:00:00+02:00"]
     assert hourly[1] - hourly[0] == 3600
+    # every 15 minutes of the 2 AM hour: that hour does not exist, so one fire at 03:00
+    quarter = fire_times_between("CRON", "*/15 2 * * *", BERLIN, at(BERLIN, 2026, 3, 29, 0, 0),
+                                 at(BERLIN, 2026, 3, 30, 0, 0), 0)
+    assert [wall(x, BERLIN) for x in quarter] == ["2026-03-29T03:00:00+02:00"]
 
 
 def test_berlin_fall_back_fires_a_fixed_time_once() -> None:

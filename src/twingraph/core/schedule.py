@@ -227,7 +227,8 @@ def _cron_fires(expression: str, tz: str, after: float) -> Iterator[float]:
             if skip_second_fold and _is_repeated_wall_time(fire, zone):
                 continue
             ts = fire.timestamp()
-            if ts > after:
+            if ts > after:          # strictly increasing, whatever croniter does around DST
+                after = ts
                 yield ts
     except (CroniterError, ValueError, OverflowError) as exc:
         raise ValidationError(f"cron expression {expression!r} has no fire time after "
