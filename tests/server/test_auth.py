@@ -292,3 +292,84 @@ def test_cli_server_refuses_a_public_host_without_auth(tmp_path: Path,
         monkeypatch.delenv(var, raising=False)
     result = CliRunner().invoke(cli, ["server", "--host", "0.0.0.0", "--no-schedules"])
     assert result.exit_code == 2 and "non-loopback" in result.output
+
+
+# -- a real server process ------------------------------------------------------------------
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_real_server_with_cli_key_sdk_and_websocket(tmp_path: Path) -> None:
+    """`twingraph apikey create` + `TWINGRAPH_AUTH=required twingraph server` under uvicorn:
+    the SDK with api_key / auth_token (with and without 'Bearer '), and the /ws handshake."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from twingraph.client import TwinGraphClient
+    from twingraph.client.errors import Forbidden, Unauthorized
+
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path), TWINGRAPH_AUTH="required",
+               TWINGRAPH_JWT_SECRET=SECRET)
+    for var in ("TWINGRAPH_DATABASE_URL", "TWINGRAPH_RATE_LIMIT", "TWINGRAPH_RATE_LIMIT_STORAGE"):
+        env.pop(var, None)
+    made = subprocess.run([sys.executable, "-m", "twingraph", "apikey", "create", "ci",
+                           "--role", "write"], env=env, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip().splitlines()[-1]
+    assert secret.startswith("tg_")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "twingraph", "server", "--port", str(port),
+                             "--no-schedules", "--log-level", "warning"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        resp = httpx.get(base + "/api/workflows")
+        assert resp.status_code == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+        assert resp.headers["X-RateLimit-Limit"] == "100"
+        with TwinGraphClient(base, api_key=secret) as sdk:
+            project = sdk.projects.create(name="secured")
+            assert sdk.projects.get(project["id"])["name"] == "secured"
+        for tok in (token(roles=["read"]), "Bearer " + token(roles=["read"])):
+            with TwinGraphClient(base, auth_token=tok) as sdk:
+                assert sdk.projects.get(project["id"])["name"] == "secured"
+                with pytest.raises(Forbidden):
+                    sdk.projects.create(name="not-allowed")
+        with TwinGraphClient(base, api_key="tg_not-a-key") as sdk, pytest.raises(Unauthorized):
+            sdk.projects.list()
+        ws_url = f"ws://127.0.0.1:{port}/ws"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(ws_url, open_timeout=5).close()
+        assert refused.value.response.status_code == 401
+        with connect(ws_url, additional_headers={"X-API-Key": secret}, open_timeout=5) as ws:
+            ws.send('{"action": "subscribe", "execution_id": "nope"}')
+            assert ws.recv(timeout=5)
+        assert secret not in (tmp_path / "server.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
