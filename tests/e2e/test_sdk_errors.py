@@ -11,6 +11,7 @@ from twingraph import NotFoundError, TwinGraphError, Workflow
 from twingraph.client import (
     ApiError,
     Conflict,
+    NotAcceptable,
     NotFound,
     TransportError,
     TwinGraphClient,
@@ -92,6 +93,17 @@ def test_validation_failed_writes_nothing(client):
 
     assert client.runs.list(limit=1).total == before_runs
     assert client.workflows.list().total == before_workflows
+
+
+def test_api_version_header(server):
+    with TwinGraphClient(server.base_url) as client:
+        assert client.auth_headers["Accept"] == "application/vnd.twingraph.v2+json"
+        assert client.workflows.list().total is not None          # v2 is spoken
+    with TwinGraphClient(server.base_url,
+                         headers={"Accept": "application/vnd.twingraph.v9+json"}) as future:
+        with pytest.raises(NotAcceptable) as info:
+            future.workflows.list()
+    assert info.value.status_code == 406 and info.value.code == "NOT_ACCEPTABLE"
 
 
 def test_transport_errors_are_client_errors():

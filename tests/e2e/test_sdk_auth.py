@@ -1,0 +1,100 @@
+"""The SDK's credentials against a real server with auth required (embedded default only: auth
+does not depend on the metadata backend): an API key made by ``twingraph apikey create`` and an
+HS256 JWT, each sent by the client over HTTP and on the ``/ws`` handshake."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import jwt
+import pytest
+
+from tests.e2e.conftest import start_server, stop_server
+from twingraph.client import (
+    AsyncTwinGraphClient,
+    Forbidden,
+    TransportError,
+    TwinGraphClient,
+    Unauthorized,
+)
+
+SECRET = "e2e-jwt-secret-with-enough-entropy-0123456789"
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("server-auth")
+    env = dict(os.environ, TWINGRAPH_HOME=str(home))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+    made = subprocess.run([sys.executable, "-m", "twingraph", "apikey", "create", "e2e-sdk",
+                           "--role", "write"], cwd=str(home), env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert made.returncode == 0, made.stdout + made.stderr
+    key = made.stdout.strip().splitlines()[-1].strip()
+    assert key.startswith("tg_")
+    srv = start_server(home, {"TWINGRAPH_AUTH": "required", "TWINGRAPH_JWT_SECRET": SECRET})
+    try:
+        yield srv, key
+    finally:
+        stop_server(srv)
+
+
+def token(roles: list[str], ttl: float = 600) -> str:
+    return jwt.encode({"sub": "e2e-user", "roles": roles, "exp": int(time.time() + ttl)},
+                      SECRET, algorithm="HS256")
+
+
+def test_api_key_and_bearer_tokens(auth_server):
+    srv, key = auth_server
+    with TwinGraphClient(srv.base_url) as anonymous:
+        assert anonymous.health()["status"] == "healthy"          # exempt
+        with pytest.raises(Unauthorized) as info:
+            anonymous.projects.list()
+        assert (info.value.status_code, info.value.code) == (401, "UNAUTHORIZED")
+    with TwinGraphClient(srv.base_url, api_key="tg_not-a-real-key") as wrong:
+        with pytest.raises(Unauthorized):
+            wrong.runs.list()
+
+    with TwinGraphClient(srv.base_url, api_key=key) as client:
+        run = client.runs.create("etl_python", params={"n": 2})
+        client.runs.start(run["id"])
+        assert client.runs.wait(run["id"], timeout=60, mode="websocket")["state"] == "SUCCESS"
+
+    bare, prefixed = token(["write"]), "Bearer " + token(["write"])
+    for auth_token in (bare, prefixed):
+        with TwinGraphClient(srv.base_url, auth_token=auth_token) as client:
+            ex = client.executions.create("etl_python", inputs={"n": 1})
+            done = client.executions.wait_for_completion(ex.id, timeout=60, mode="websocket")
+            assert done.status == "completed"
+    with TwinGraphClient(srv.base_url, auth_token=token(["read"])) as reader:
+        assert reader.runs.list(limit=5).total >= 3
+        with pytest.raises(Forbidden) as denied:
+            reader.projects.create("not-allowed")
+        assert denied.value.status_code == 403
+    with TwinGraphClient(srv.base_url, auth_token=token(["write"], ttl=-60)) as expired:
+        with pytest.raises(Unauthorized):
+            expired.runs.list()
+
+
+def test_async_client_and_websocket_need_credentials(auth_server):
+    srv, key = auth_server
+
+    async def main():
+        async with AsyncTwinGraphClient(srv.base_url, api_key=key) as client:
+            ex = await client.executions.create_async(workflow_id="etl_python", inputs={"n": 2})
+            result = await client.executions.wait_for_completion(ex.id, timeout=60,
+                                                                 mode="websocket")
+            assert result.status == "completed"
+        async with AsyncTwinGraphClient(srv.base_url) as anonymous:
+            # the /ws handshake is refused without credentials: no silent fallback allowed
+            with pytest.raises(TransportError):
+                await anonymous.executions.wait_for_completion(ex.id, timeout=10,
+                                                               mode="websocket")
+            with pytest.raises(Unauthorized):      # auto mode falls back to polling: 401 there
+                await anonymous.executions.wait_for_completion(ex.id, timeout=10)
+    asyncio.run(main())
+
