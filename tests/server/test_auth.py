@@ -132,6 +132,9 @@ def test_every_route_but_the_exempt_ones_answers_401_without_credentials(
     for path in ("/docs", "/redoc", "/openapi.json", "/health", "/api/v1/health"):
         assert client.get(path).status_code == 200, path
     assert_401(client.get("/no/such/route"))            # unknown paths reveal nothing
+    doc = client.get("/openapi.json").json()
+    assert set(doc["components"]["securitySchemes"]) == {"ApiKeyAuth", "BearerAuth"}
+    assert doc["security"] and doc["paths"]["/health"]["get"]["security"] == []
 
 
 def test_api_keys_are_accepted_until_revoked_or_expired(
@@ -247,6 +250,7 @@ def test_no_auth_mode_lets_everything_through_as_anonymous(svc: Services) -> Non
     with TestClient(app) as c:
         assert c.post("/api/v1/projects", json={"name": "open"}).status_code == 201
         assert c.get("/api/v1/info").json()["data"]["auth"] == "none"
+        assert "security" not in c.get("/openapi.json").json()
 
 
 def _settings(tmp_path: Path, **kw: Any) -> Settings:

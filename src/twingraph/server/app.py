@@ -66,12 +66,14 @@ def create_app(svc: Services, *, load: Sequence[str] = (), lifespan_hooks: bool 
     app.state.auth_mode = "none" if auth is None else auth.mode
     # Security middleware, outermost last: rate limits (they charge refused requests too) ->
     # auth -> versioning -> routes; added before envelope.install so request ids wrap them.
-    from twingraph.server.auth import Authenticator, AuthMiddleware
+    from twingraph.server.auth import Authenticator, AuthMiddleware, document_security
     from twingraph.server.ratelimit import RateLimitMiddleware
     from twingraph.server.versioning import VersioningMiddleware
     authenticator = auth if auth is not None else Authenticator.disabled()
     app.add_middleware(VersioningMiddleware)
     app.add_middleware(AuthMiddleware, authenticator=authenticator)
+    if authenticator.mode == "required":
+        document_security(app)
     if rate_limits is not None:
         app.add_middleware(RateLimitMiddleware, limiter=rate_limits,
                            identify=authenticator.identity)

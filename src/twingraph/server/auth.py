@@ -39,7 +39,7 @@ from typing import Any, cast
 
 import anyio.to_thread
 import jwt
-from fastapi import Request
+from fastapi import FastAPI, Request
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -278,6 +278,28 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, messa
         await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
 
 
+def document_security(app: FastAPI) -> None:
+    """Declare ``X-API-Key`` and bearer JWT in the app's OpenAPI document (``/docs`` then has
+    an Authorize button); the exempt paths are marked as needing nothing."""
+    make = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = make()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["ApiKeyAuth"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+        schemes["BearerAuth"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        schema["security"] = [{"ApiKeyAuth": []}, {"BearerAuth": []}]
+        for path, operations in schema.get("paths", {}).items():
+            if path in EXEMPT_PATHS:
+                for operation in operations.values():
+                    operation["security"] = []
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def build_authenticator(settings: Settings, store: SQLMetadataStore, *,
                         exposed: bool) -> Authenticator:
     """The authenticator ``settings`` ask for. ``exposed`` (a non-loopback bind) forces mode
@@ -312,5 +334,6 @@ def build_authenticator(settings: Settings, store: SQLMetadataStore, *,
 
 
 __all__ = ["ANONYMOUS", "EXEMPT_PATHS", "AuthMiddleware", "Authentication", "Authenticator",
-           "InvalidCredentials", "JWTVerifier", "Principal", "build_authenticator", "peer",
+           "InvalidCredentials", "JWTVerifier", "Principal", "build_authenticator",
+           "document_security", "peer",
            "required_role"]
