@@ -168,7 +168,33 @@ def test_roles_read_write_admin(client: TestClient, keys: SQLApiKeyStore) -> Non
                        headers={"X-API-Key": admin}).status_code == 201
     resp = client.get("/api/v1/api-keys", headers={"X-API-Key": writer})
     assert resp.status_code == 403                     # admin-only prefix, whatever the method
-    assert client.get("/api/v1/api-keys", headers={"X-API-Key": admin}).status_code == 404
+    assert client.get("/api/v1/api-keys", headers={"X-API-Key": admin}).status_code == 200
+
+
+def test_api_keys_over_rest_are_admin_only(client: TestClient, keys: SQLApiKeyStore) -> None:
+    _, admin = keys.create("root", ["admin"])
+    _, writer = keys.create("w", ["write"])
+    as_admin = {"X-API-Key": admin}
+    resp = client.post("/api/v1/api-keys", json={"name": "robot", "roles": ["read"],
+                                                  "expires_in_seconds": 3600}, headers=as_admin)
+    assert resp.status_code == 201
+    made = resp.json()["data"]
+    new = made["key"]
+    assert new.startswith("tg_") and made["prefix"] == new[:11] and made["status"] == "active"
+    assert client.get("/api/v1/projects", headers={"X-API-Key": new}).status_code == 200
+    listed = client.get("/api/v1/api-keys", headers=as_admin).json()
+    assert listed["meta"]["total"] == 3 and new not in str(listed)
+    assert client.get(f"/api/v1/api-keys/{made['id']}", headers=as_admin).json()["data"]["name"] == "robot"
+    for method, path in (("POST", "/api/v1/api-keys"), ("DELETE", f"/api/v1/api-keys/{made['id']}"),
+                         ("GET", f"/api/v1/api-keys/{made['id']}")):
+        assert client.request(method, path, headers={"X-API-Key": writer}).status_code == 403
+    resp = client.delete(f"/api/v1/api-keys/{made['id']}", headers=as_admin)
+    assert resp.status_code == 200 and resp.json()["data"]["status"] == "revoked"
+    assert_401(client.get("/api/v1/projects", headers={"X-API-Key": new}), "revoked")
+    bad = client.post("/api/v1/api-keys", json={"name": "x", "roles": ["root"]}, headers=as_admin)
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "VALIDATION_ERROR"
+    assert client.delete("/api/v1/api-keys/key_nope", headers=as_admin).status_code == 404
+    assert len(keys.list()) == 3                                    # the bad POST wrote nothing
 
 
 def test_jwt_bearer_tokens(client: TestClient, rsa_pair: tuple[Any, str]) -> None:

@@ -74,6 +74,8 @@ def create_app(svc: Services, *, load: Sequence[str] = (), lifespan_hooks: bool 
     app.add_middleware(AuthMiddleware, authenticator=authenticator)
     if authenticator.mode == "required":
         document_security(app)
+    from twingraph.server import apikeys
+    app.include_router(apikeys.router)      # /api/v1/api-keys, admin only (auth.ADMIN_PREFIXES)
     if rate_limits is not None:
         app.add_middleware(RateLimitMiddleware, limiter=rate_limits,
                            identify=authenticator.identity)
