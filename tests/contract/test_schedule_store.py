@@ -345,3 +345,26 @@ def test_upsert_decorator_schedule(env: Any) -> None:
     assert schedules.get(api.id) == api                                # API schedules untouched
     with pytest.raises(ValidationError):
         schedules.upsert_decorator_schedule(proj, pipe, "every day")
+
+
+def test_concurrent_decorator_upserts_leave_one_schedule(env: Any) -> None:
+    meta, schedules, _ = env
+    proj, pipe = pipeline(meta)
+    got: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def loader() -> None:                       # six servers loading the same module at once
+        barrier.wait()
+        rec = schedules.upsert_decorator_schedule(proj, pipe, "0 */6 * * *")
+        assert rec is not None
+        got.append(rec.id)
+
+    threads = [threading.Thread(target=loader) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 6 and len(set(got)) == 1
+    assert [r.id for r in schedules.find_for_pipeline(pipe)] == got[:1]
+    with pytest.raises(NotFoundError):
+        schedules.upsert_decorator_schedule(proj, "pipe_nope", "0 0 * * *")

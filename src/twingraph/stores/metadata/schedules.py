@@ -77,6 +77,22 @@ class SQLScheduleStore:
         """Create a schedule; return it with its first ``next_run_at`` (after now; None when
         disabled). ``project_id`` may be a project's id or name, ``pipeline_id`` a pipeline's
         id or its name within that project (the Tauro example names it ``daily_etl``)."""
+        row = self._new_row(kind=kind, expression=expression, timezone=timezone, enabled=enabled,
+                            max_concurrency=max_concurrency, timeout_seconds=timeout_seconds,
+                            overlap_policy=overlap_policy, catchup=catchup, params=params,
+                            description=description, source=source)
+        with self._store._writing() as conn:
+            row["project_id"], row["pipeline_id"] = _resolve(conn, project_id, pipeline_id)
+            conn.execute(schedules.insert(), row)
+        return _record(row)
+
+    def _new_row(self, *, kind: ScheduleKind | str, expression: str, timezone: str = "UTC",
+                 enabled: bool = True, max_concurrency: int = 1,
+                 timeout_seconds: int | None = None, overlap_policy: OverlapPolicy | str = "skip",
+                 catchup: bool = False, params: Mapping[str, Any] | None = None,
+                 description: str | None = None,
+                 source: ScheduleSource | str = "api") -> dict[str, Any]:
+        """A validated new row without its project_id/pipeline_id (``ValidationError``)."""
         kind = sc.validate(kind, expression, timezone)
         policy = sc.validate_options(
             max_concurrency=max_concurrency, timeout_seconds=timeout_seconds,
@@ -85,7 +101,7 @@ class SQLScheduleStore:
         origin = _source(source)
         params_json = sem.json_copy(dict(params or {}))
         now = self._clock()
-        row = {
+        return {
             "id": new_id("sched"), "kind": kind.value, "expression": expression.strip(),
             "timezone": timezone.strip(), "enabled": enabled, "max_concurrency": max_concurrency,
             "timeout_seconds": timeout_seconds, "overlap_policy": policy.value,
@@ -95,10 +111,6 @@ class SQLScheduleStore:
             "next_run_at": (sc.next_fire_after(kind, expression, timezone, now, now)
                             if enabled else None),
         }
-        with self._store._writing() as conn:
-            row["project_id"], row["pipeline_id"] = _resolve(conn, project_id, pipeline_id)
-            conn.execute(schedules.insert(), row)
-        return _record(row)
 
     def get(self, schedule_id: str) -> ScheduleRecord:
         with self._store._reading() as conn:
@@ -133,35 +145,39 @@ class SQLScheduleStore:
         """Change the given fields (``UPDATABLE``); the others stay. ``next_run_at`` is
         recomputed from now when the trigger (kind, expression, timezone) changes or the
         schedule is enabled, and cleared when it is disabled."""
+        with self._store._writing() as conn:
+            return _record(self._apply_update(conn, schedule_id, changes))
+
+    def _apply_update(self, conn: Connection, schedule_id: str,
+                      changes: Mapping[str, Any]) -> dict[str, Any]:
         unknown = set(changes) - UPDATABLE
         if unknown:
             raise ValidationError(f"schedule fields that cannot be updated: {', '.join(sorted(unknown))}"
                                   f"; updatable: {', '.join(sorted(UPDATABLE))}")
-        with self._store._writing() as conn:
-            old = _get_row(conn, schedule_id, lock=True)
-            new = {**old, **changes}
-            if new["params"] is None:
-                new["params"] = {}
-            kind = sc.validate(new["kind"], new["expression"], new["timezone"])
-            policy = sc.validate_options(
-                max_concurrency=new["max_concurrency"], timeout_seconds=new["timeout_seconds"],
-                overlap_policy=new["overlap_policy"], catchup=new["catchup"],
-                enabled=new["enabled"], params=new["params"], description=new["description"])
-            new.update(kind=kind.value, overlap_policy=policy.value,
-                       expression=new["expression"].strip(), timezone=new["timezone"].strip(),
-                       params=sem.json_copy(new["params"]))
-            now = self._clock()
-            retrigger = any(new[k] != old[k] for k in ("kind", "expression", "timezone")) \
-                or (new["enabled"] and not old["enabled"])
-            if not new["enabled"]:
-                new["next_run_at"] = None
-            elif retrigger or old["next_run_at"] is None:
-                new["next_run_at"] = sc.next_fire_after(kind, new["expression"], new["timezone"],
-                                                        now, old["created_at"])
-            new["updated_at"] = now
-            values = {k: new[k] for k in (*UPDATABLE, "next_run_at", "updated_at")}
-            conn.execute(update(schedules).where(schedules.c.id == schedule_id).values(**values))
-        return _record(new)
+        old = _get_row(conn, schedule_id, lock=True)
+        new = {**old, **changes}
+        if new["params"] is None:
+            new["params"] = {}
+        kind = sc.validate(new["kind"], new["expression"], new["timezone"])
+        policy = sc.validate_options(
+            max_concurrency=new["max_concurrency"], timeout_seconds=new["timeout_seconds"],
+            overlap_policy=new["overlap_policy"], catchup=new["catchup"],
+            enabled=new["enabled"], params=new["params"], description=new["description"])
+        new.update(kind=kind.value, overlap_policy=policy.value,
+                   expression=new["expression"].strip(), timezone=new["timezone"].strip(),
+                   params=sem.json_copy(new["params"]))
+        now = self._clock()
+        retrigger = any(new[k] != old[k] for k in ("kind", "expression", "timezone")) \
+            or (new["enabled"] and not old["enabled"])
+        if not new["enabled"]:
+            new["next_run_at"] = None
+        elif retrigger or old["next_run_at"] is None:
+            new["next_run_at"] = sc.next_fire_after(kind, new["expression"], new["timezone"],
+                                                    now, old["created_at"])
+        new["updated_at"] = now
+        values = {k: new[k] for k in (*UPDATABLE, "next_run_at", "updated_at")}
+        conn.execute(update(schedules).where(schedules.c.id == schedule_id).values(**values))
+        return new
 
     def set_enabled(self, schedule_id: str, enabled: bool) -> ScheduleRecord:
         return self.update(schedule_id, enabled=enabled)
@@ -290,22 +306,36 @@ class SQLScheduleStore:
         create it (CRON, UTC, enabled), or update its expression and enable it; with no
         expression (the ``schedule=`` was removed from the code) disable it. Returns the
         schedule, or None when there is none and none is wanted. Schedules created over the API
-        are never touched."""
-        found = self.find_for_pipeline(pipeline_id, "decorator")
-        current = found[0] if found else None
-        if not cron_expr:
-            if current is None or not current.enabled:
-                return current
-            return self.update(current.id, enabled=False)
-        if current is None:
-            return self.create(project_id=project_id, pipeline_id=pipeline_id, kind="CRON",
-                               expression=cron_expr, source="decorator",
-                               description="from @pipeline(schedule=...)")
-        if current.kind is ScheduleKind.CRON and current.expression == cron_expr.strip() \
-                and current.enabled:
-            return current
-        return self.update(current.id, kind="CRON", expression=cron_expr, enabled=True)
-
+        are never touched. One transaction that locks the pipeline row, so servers loading the
+        same module at once still leave exactly one decorator schedule."""
+        wanted = cron_expr.strip() if cron_expr else None
+        row = None if wanted is None else self._new_row(
+            kind="CRON", expression=wanted, source="decorator",
+            description="from @pipeline(schedule=...)")
+        with self._store._writing() as conn:
+            lock = select(pipelines.c.id).where(pipelines.c.id == pipeline_id)
+            if conn.dialect.name == "postgresql":
+                lock = lock.with_for_update()
+            if conn.execute(lock).scalar() is None:
+                raise NotFoundError(f"pipeline {pipeline_id} not found")
+            found = conn.execute(
+                select(schedules).where(schedules.c.pipeline_id == pipeline_id,
+                                        schedules.c.source == ScheduleSource.DECORATOR.value)
+                .order_by(schedules.c.created_at, schedules.c.id)).first()
+            current = None if found is None else found._asdict()
+            if row is None:
+                if current is None or not current["enabled"]:
+                    return None if current is None else _record(current)
+                return _record(self._apply_update(conn, current["id"], {"enabled": False}))
+            if current is None:
+                row["project_id"], row["pipeline_id"] = _resolve(conn, project_id, pipeline_id)
+                conn.execute(schedules.insert(), row)
+                return _record(row)
+            if current["kind"] == ScheduleKind.CRON.value and current["expression"] == wanted \
+                    and current["enabled"]:
+                return _record(current)
+            return _record(self._apply_update(
+                conn, current["id"], {"kind": "CRON", "expression": wanted, "enabled": True}))
 
 def _source(value: ScheduleSource | str) -> ScheduleSource:
     try:
