@@ -53,7 +53,7 @@ from typing import Any
 from twingraph.errors import ConfigurationError, StreamError
 from twingraph.stream.connectors.base import SourceSplitContext
 from twingraph.stream.connectors.serde import (
-    Deserializer, Serializer, deserializer_for, pack_frames, to_bytes, unpack_frames,
+    Deserializer, Serializer, _identity, deserializer_for, pack_frames, to_bytes, unpack_frames,
 )
 
 H_WRITER, H_CKPT, H_SEQ = "twingraph.writer", "twingraph.ckpt", "twingraph.seq"
@@ -263,7 +263,10 @@ class KafkaSourceOperator:
         except _ck().KafkaException as exc:
             raise _raise_kafka(f"consume from {self.topic!r}", exc) from exc
         out: list[tuple[Any, int | None]] = []
+        append = out.append
         ends, nxt, bounded = self._end, self._next, self.bounded
+        decode = None if self._decode is _identity else self._decode
+        meta = self.include_metadata
         reached: list[int] = []
         for m in msgs:
             err = m.error()
@@ -279,11 +282,13 @@ class KafkaSourceOperator:
                 continue
             ts_type, ts = m.timestamp()
             event_ms = ts if ts_type != _NO_TIMESTAMP and ts >= 0 else None
-            value = self._decode(m.value()) if m.value() is not None else None
-            if self.include_metadata:
+            value = m.value()
+            if decode is not None and value is not None:
+                value = decode(value)
+            if meta:
                 value = KafkaRecord(self.topic, p, off, m.key(), value, event_ms,
                                     tuple(m.headers() or ()))
-            out.append((value, event_ms))
+            append((value, event_ms))
             nxt[p] = off + 1
             if bounded and off + 1 >= ends[p]:
                 reached.append(p)
