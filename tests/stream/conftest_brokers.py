@@ -62,9 +62,9 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(0.05)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
+        proc.terminate()  # memory storage: nothing to flush; do not wait for idle clients
         try:
-            proc.wait(10)
+            proc.wait(1)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

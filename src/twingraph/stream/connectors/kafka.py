@@ -121,7 +121,7 @@ def _end_offsets(consumer: Any, topic: str, partitions: Iterable[int], timeout_s
             probe.append(ck.TopicPartition(topic, p, high - 1))
     if probe:
         consumer.assign(probe)
-        waiting = {tp.partition for tp in probe}
+        waiting = {tp.partition: tp.offset for tp in probe}
         deadline = time.monotonic() + probe_s
         while time.monotonic() < deadline:
             msgs = consumer.consume(1000, 0.05)
@@ -132,7 +132,12 @@ def _end_offsets(consumer: Any, topic: str, partitions: Iterable[int], timeout_s
                 seen = True
                 p = m.partition()
                 ends[p] = max(ends[p], m.offset() + 1)
-                waiting.discard(p)
+                waiting.pop(p, None)
+            # a batch of transaction markers yields no message but moves the position past it
+            for tp in consumer.position([ck.TopicPartition(topic, p) for p in waiting]):
+                if tp.offset > waiting[tp.partition]:
+                    ends[tp.partition] = max(ends[tp.partition], tp.offset)
+                    del waiting[tp.partition]
             if not waiting and not seen:
                 break
         consumer.unassign()
@@ -518,6 +523,8 @@ class KafkaSinkOperator:
             for p, off in e["start"].items():
                 start[int(p)] = min(start.get(int(p), off), int(off))
         reader = self._reader
+        for p in _partitions(reader, self.topic, self.request_timeout_s):
+            start.setdefault(p, 0)  # added since the pre-commit: all its records are younger
         ends = _end_offsets(reader, self.topic, start, self.request_timeout_s)
         todo = {p: s for p, s in start.items() if s < ends.get(p, 0)}
         found: set[tuple[str, int, int]] = set()
