@@ -242,10 +242,13 @@ def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         with (fresh_postgres() if backend == "postgres" else _nothing()) as url:
             with running_server(Path(tmp), Path(__file__), url) as srv:
                 run_id = finished_run(srv.base_url)
+                load_before = os.getloadavg()
                 res = run_generator(srv.base_url, f"/api/v1/runs/{run_id}", args.rate,
                                     args.duration, args.warmup, args.connections)
     return {"bench": "api_load", "backend": backend, "route": "GET /api/v1/runs/{id}",
-            "target_rps": args.rate, "duration_s": args.duration, **res}
+            "target_rps": args.rate, "duration_s": args.duration, **res,
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 @contextmanager
@@ -282,7 +285,7 @@ def main() -> None:
         for r in rows:
             print(f"{r['backend']:<10} {r['target_rps']:>9.0f} {r['achieved_rps']:>11.1f} "
                   f"{r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.2f} "
-                  f"{sum(r['errors'].values()):>7}")
+                  f"{sum(r['errors'].values()):>7}   load {r['loadavg_before'][0]:.1f}")
 
 
 if __name__ == "__main__":
