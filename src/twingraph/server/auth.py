@@ -58,7 +58,7 @@ EXEMPT_PATHS = frozenset({"/health", "/api/v1/health", "/docs", "/docs/oauth2-re
 ADMIN_PREFIXES = ("/api/v1/api-keys",)
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _RANK = {role: i for i, role in enumerate(ROLES)}
-_STATE_KEY = "twingraph.authentication"
+_SCOPE_KEY = "twingraph.authentication"
 
 
 @dataclass(frozen=True)
@@ -165,10 +165,11 @@ class Authenticator:
         return cls("none")
 
     async def authenticate(self, scope: Scope) -> Authentication:
-        state = scope.setdefault("state", {})
-        cached = state.get(_STATE_KEY)
+        # On the scope itself (one per connection by the ASGI spec), not on scope["state"],
+        # which a server may seed from shared lifespan state.
+        cached = scope.get(_SCOPE_KEY)
         if cached is None:
-            cached = state[_STATE_KEY] = await self._authenticate(scope)
+            cached = scope[_SCOPE_KEY] = await self._authenticate(scope)
         return cast(Authentication, cached)
 
     async def identity(self, scope: Scope) -> str:
@@ -255,7 +256,7 @@ class AuthMiddleware:
             log.info("auth refused %s %s from %s: %s", method, path, peer(scope), message)
             await _refuse(scope, receive, send, 401, message, {"WWW-Authenticate": challenge})
             return
-        scope["state"]["principal"] = principal
+        scope.setdefault("state", {})["principal"] = principal
         need = required_role(method, path)
         if not principal.allows(need):
             await _refuse(scope, receive, send, 403,
