@@ -309,6 +309,24 @@ def test_build_app_allows_a_non_loopback_bind_with_auth(svc: Services, tmp_path:
     assert loopback.state.auth_mode == "none"
 
 
+def test_rs256_public_key_file_audience_and_issuer_from_settings(
+        svc: Services, tmp_path: Path, rsa_pair: tuple[Any, str]) -> None:
+    pem = tmp_path / "jwt.pub"
+    pem.write_text(rsa_pair[1])
+    settings = _settings(tmp_path, jwt_public_key_file=pem, jwt_audience="tg", jwt_issuer="idp")
+    c = TestClient(build_app(settings, services=svc, schedules=False, exposed=True))
+    good = token(rsa_pair[0], "RS256", aud="tg", iss="idp")
+    assert c.get("/api/v1/projects", headers=bearer(good)).status_code == 200
+    assert_401(c.get("/api/v1/projects", headers=bearer(token(rsa_pair[0], "RS256", aud="tg"))))
+    assert_401(c.get("/api/v1/projects", headers=bearer(token(aud="tg", iss="idp"))), "algorithm")
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        build_app(_settings(tmp_path, jwt_public_key_file=tmp_path / "missing.pem"),
+                  services=svc, schedules=False, exposed=True)
+    pem.write_text("not a key")
+    with pytest.raises(ConfigurationError, match="PEM"):
+        build_app(settings, services=svc, schedules=False, exposed=True)
+
+
 def test_short_jwt_secret_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="32 bytes"):
         JWTVerifier(secret="short")
