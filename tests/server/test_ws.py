@@ -247,7 +247,10 @@ def test_event_latency(client: TestClient, svc: Services, monkeypatch: pytest.Mo
     print(f"\n/ws latency over {len(receipt)} node events: event->server send p50 "
           f"{_p(server, .5):.2f} ms p99 {_p(server, .99):.2f} ms; event->client receipt p50 "
           f"{_p(receipt, .5):.2f} ms p99 {_p(receipt, .99):.2f} ms")
-    assert _p(receipt, .99) < 1000
+    # Generous bounds (the 100 ms figure is the benchmark's, on an unloaded machine): the push
+    # path must be sub-second; the receipt also pays for the in-process TestClient's queue.
+    assert _p(server, .99) < 1000
+    assert _p(receipt, .99) < 5000
 
 
 def test_coalesce_keeps_each_nodes_newest_status() -> None:
