@@ -163,3 +163,23 @@ def _no_env_leak(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for var in ("TWINGRAPH_RATE_LIMIT", "TWINGRAPH_RATE_LIMIT_BULK", "TWINGRAPH_RATE_LIMIT_STORAGE"):
         monkeypatch.delenv(var, raising=False)
     yield
+
+
+def test_security_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    monkeypatch.setenv("TWINGRAPH_HOME", str(tmp_path))
+    assert (Settings.from_env().auth, Settings.from_env().rate_limit,
+            Settings.from_env().rate_limit_storage) == (None, "100/minute", "memory://")
+    env = {"TWINGRAPH_AUTH": "required", "TWINGRAPH_JWT_SECRET": "x" * 32,
+           "TWINGRAPH_JWT_PUBLIC_KEY_FILE": str(tmp_path / "k.pem"),
+           "TWINGRAPH_JWT_AUDIENCE": "aud", "TWINGRAPH_JWT_ISSUER": "iss",
+           "TWINGRAPH_RATE_LIMIT": "off", "TWINGRAPH_RATE_LIMIT_BULK": "5/hour",
+           "TWINGRAPH_RATE_LIMIT_WS": "3", "TWINGRAPH_RATE_LIMIT_STORAGE": REDIS}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = Settings.from_env()
+    assert (s.auth, s.jwt_secret, s.jwt_public_key_file, s.jwt_audience, s.jwt_issuer) == (
+        "required", "x" * 32, tmp_path / "k.pem", "aud", "iss")
+    assert (s.rate_limit, s.rate_limit_bulk, s.rate_limit_ws, s.rate_limit_storage) == (
+        "off", "5/hour", "3", REDIS)
+    assert "x" * 32 not in repr(s)                       # the secret stays out of reprs/logs
