@@ -370,3 +370,22 @@ def test_component_metrics_count_failures(client: TestClient, svc: Services) -> 
     _execute(client, svc, "wf-bad")
     m = client.get("/api/metrics/components/explode").json()
     assert m["executions"] == 1 and m["failed"] == 1 and m["success_rate"] == 0.0
+
+
+def test_outputs_cache_keeps_the_newest() -> None:
+    from twingraph.service.workflows import OutputsCache
+    cache = OutputsCache(size=2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == (True, 1)          # a is now the newest
+    cache.put("c", 3)
+    assert cache.get("b") == (False, None) and cache.get("a") == (True, 1)
+    assert cache.get("c") == (True, 3)
+
+
+def test_percentile_interpolates() -> None:
+    from twingraph.service.workflows import percentile
+    assert percentile([], 95) is None
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile([0.0, 10.0], 95) == pytest.approx(9.5)

@@ -107,8 +107,14 @@ def _execution(svc: Services, run: RunRow, *, outputs: bool = True) -> dict[str,
            "duration": run.duration, "progress": wf.node_progress(svc.runs.progress(run)),
            "error": run.error}
     if outputs:
-        out["outputs"] = wf.run_outputs(svc.engine, svc.catalog,
-                                        None if res is None else res.value, res is not None, run)
+        cache: wf.OutputsCache = svc.extras.setdefault("outputs_cache", wf.OutputsCache())
+        hit, value = cache.get(run.run_id)
+        if not hit:
+            value = wf.run_outputs(svc.engine, svc.catalog,
+                                   None if res is None else res.value, res is not None, run)
+            if run.state.value == "SUCCESS":
+                cache.put(run.run_id, value)
+        out["outputs"] = value
     return out
 
 

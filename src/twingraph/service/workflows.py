@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -167,6 +169,30 @@ def run_outputs(engine: Engine, catalog: SQLCatalog, result_value: Any, has_resu
     if python is False or run.source.get("kind") in ("dag", "pipeline"):
         return node_values(engine, sink_tasks(catalog.store.get_tasks(run.run_id)))
     return None
+
+
+class OutputsCache:
+    """Outputs of succeeded runs, which never change: the newest ``size`` of them, so polling
+    a finished graph run does not re-read its tasks and result heads on every GET."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, run_id: str) -> tuple[bool, Any]:
+        with self._lock:
+            if run_id not in self._items:
+                return False, None
+            self._items.move_to_end(run_id)
+            return True, self._items[run_id]
+
+    def put(self, run_id: str, value: Any) -> None:
+        with self._lock:
+            self._items[run_id] = value
+            self._items.move_to_end(run_id)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 # -- execution graph ---------------------------------------------------------------------------
