@@ -216,7 +216,7 @@ def test_jwt_bearer_tokens(client: TestClient, rsa_pair: tuple[Any, str]) -> Non
     (lambda pair: token(iat=int(time.time()) + 120), "not yet valid"),
     (lambda pair: token(exp=None), "exp"),
     (lambda pair: token(sub=None), "sub"),
-    (lambda pair: jwt.encode({"sub": "eve", "exp": int(time.time()) + 60}, None,
+    (lambda pair: jwt.encode({"sub": "eve", "exp": int(time.time()) + 60}, "",
                              algorithm="none"), "algorithm"),
     (lambda pair: token(alg="HS384"), "algorithm"),
     (lambda pair: "not.a.jwt", "malformed"),
@@ -228,12 +228,13 @@ def test_bad_tokens_are_refused(client: TestClient, rsa_pair: tuple[Any, str], b
 
 def test_hs256_signed_with_the_rsa_public_key_is_refused(rsa_pair: tuple[Any, str]) -> None:
     """Algorithm confusion: the public key must never serve as an HMAC secret."""
+    import base64
     import hashlib
     import hmac
-
-    import base64
     import json
-    enc = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()  # noqa: E731
+
+    def enc(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
     head = enc(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
     body = enc(json.dumps({"sub": "eve", "exp": int(time.time()) + 60}).encode())
     sig = enc(hmac.new(rsa_pair[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
