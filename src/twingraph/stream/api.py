@@ -245,19 +245,26 @@ class WindowedStream:
         self._late_tag = tag
         return self
 
-    def _build(self, kind: str, fn: Any) -> DataStream:
+    def _build(self, kind: str, fn: Any, window_function: Any = None) -> DataStream:
         a, lat, tag = self.assigner, self._lateness, self._late_tag
         s = self.keyed.stream
         return s.env._op((s.tid,), f"Window[{type(a).__name__}].{kind}",
-                         lambda uid: WindowOperator(uid, a, kind, _fresh(fn), lat, tag), self.keyed.key_selector)
+                         lambda uid: WindowOperator(uid, a, kind, _fresh(fn), lat, tag, window_function),
+                         self.keyed.key_selector)
 
-    def reduce(self, reduce_func: Callable[[Any, Any], Any]) -> DataStream:
-        """One value per key and window: ``reduce_func(a, b)`` folded over its elements."""
-        return self._build("reduce", reduce_func)
+    def reduce(self, reduce_func: Callable[[Any, Any], Any],
+               window_function: Callable[[Any, tuple[int, int], Any], Iterable[Any] | None] | None = None) -> DataStream:
+        """One value per key and window: ``reduce_func(a, b)`` folded over its elements.
 
-    def aggregate(self, aggregate_function: AggregateFunction) -> DataStream:
-        """Incremental aggregation with an accumulator (``AggregateFunction``)."""
-        return self._build("aggregate", aggregate_function)
+        With ``window_function(key, (start, end), reduced)`` the window emits what that returns
+        (as Flink's reduce with a ProcessWindowFunction), e.g. to attach the key and window."""
+        return self._build("reduce", reduce_func, window_function)
+
+    def aggregate(self, aggregate_function: AggregateFunction,
+                  window_function: Callable[[Any, tuple[int, int], Any], Iterable[Any] | None] | None = None) -> DataStream:
+        """Incremental aggregation with an accumulator (``AggregateFunction``); ``window_function``
+        as for ``reduce``, receiving ``get_result(accumulator)``."""
+        return self._build("aggregate", aggregate_function, window_function)
 
     def apply(self, window_function: Callable[[Any, tuple[int, int], list[Any]], Iterable[Any] | None]) -> DataStream:
         """``window_function(key, (start, end), elements)`` returns the window's outputs."""

@@ -12,27 +12,27 @@ from typing import Any
 
 
 class TimerQueue:
-    __slots__ = ("_heap", "_by_time")
+    __slots__ = ("_heap", "by_time")
 
     def __init__(self) -> None:
         self._heap: list[int] = []
-        self._by_time: dict[int, dict[tuple[Any, Any], int]] = {}
+        self.by_time: dict[int, dict[tuple[Any, Any], int]] = {}
 
     def add(self, time: int, key: Any, ns: Any, kind: int = 1) -> None:
-        entries = self._by_time.get(time)
+        entries = self.by_time.get(time)
         if entries is None:
-            entries = self._by_time[time] = {}
+            entries = self.by_time[time] = {}
             heapq.heappush(self._heap, time)
         k = (key, ns)
         entries[k] = entries.get(k, 0) | kind
 
     def delete(self, time: int, key: Any, ns: Any) -> None:
-        entries = self._by_time.get(time)
+        entries = self.by_time.get(time)
         if entries is not None:
             entries.pop((key, ns), None)
 
     def next_time(self) -> int | None:
-        heap, by_time = self._heap, self._by_time
+        heap, by_time = self._heap, self.by_time
         while heap and not by_time.get(heap[0]):
             by_time.pop(heapq.heappop(heap), None)
         return heap[0] if heap else None
@@ -40,7 +40,7 @@ class TimerQueue:
     def pop_until(self, time: int) -> Iterator[tuple[int, Any, Any, int]]:
         """Yield (time, key, ns, kind) for every timer ≤ ``time``, earliest first. Timers added
         while iterating at a time ≤ ``time`` fire in the same call."""
-        heap, by_time = self._heap, self._by_time
+        heap, by_time = self._heap, self.by_time
         while heap and heap[0] <= time:
             t = heapq.heappop(heap)
             entries = by_time.pop(t, None)
@@ -49,9 +49,9 @@ class TimerQueue:
                     yield t, key, ns, kind
 
     def entries(self) -> Iterator[tuple[int, Any, Any, int]]:
-        for t, entries in self._by_time.items():
+        for t, entries in self.by_time.items():
             for (key, ns), kind in entries.items():
                 yield t, key, ns, kind
 
     def __len__(self) -> int:
-        return sum(len(e) for e in self._by_time.values())
+        return sum(len(e) for e in self.by_time.values())

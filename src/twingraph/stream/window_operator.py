@@ -1,8 +1,9 @@
 """The window operator: assigns keyed elements to windows, keeps their contents, fires them.
 
-State: table ``w`` maps ``(key, window)`` to the window's accumulator (``reduce``/``aggregate``)
-or its element list (``apply``); for session windows table ``s`` maps ``(key, None)`` to the key's
-current sessions. Each window has one timer at ``max_timestamp`` (FIRE) and, with allowed
+State: table ``w`` maps ``(key, ns)`` to the window's accumulator (``reduce``/``aggregate``) or
+its element list (``apply``). ``ns`` names the window: its start (an int) for tumbling and sliding
+windows, whose size is fixed, and ``(start, end)`` for session windows; table ``s`` maps
+``(key, None)`` to a key's current sessions. Each window has one timer at ``max_timestamp`` (FIRE) and, with allowed
 lateness, one at ``max_timestamp + allowed_lateness`` (PURGE); without lateness one timer does both.
 
 Event time: a window fires when the watermark reaches its max timestamp. An element that arrives
@@ -13,11 +14,19 @@ Processing time: elements are assigned by the clock and windows fire on processi
 
 At the end of a bounded input every pending window fires: event-time ones through the final
 watermark, processing-time ones in ``finish()``.
+
+Two layouts. With the memory backend, fixed-size windows keep *panes*: ``{start: {key: acc}}``,
+like Flink's heap state tables (namespace first). An element costs two dict look-ups, no per-key
+timers exist (a pane fires when the watermark passes its end, for all its keys), and a checkpoint
+writes the panes into the backend's ``w`` table keyed ``(key, start)`` so they are grouped, and
+rescaled, by key group like any keyed state. Session windows and the durable (SQLite) backend use
+the table directly, with one timer per key and window.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from twingraph.errors import StreamError
@@ -33,12 +42,14 @@ _MISSING = object()
 
 class WindowOperator(KeyedOperator):
     def __init__(self, uid: str, assigner: WindowAssigner, kind: str, fn: Any,
-                 allowed_lateness_ms: int = 0, late_tag: OutputTag | None = None) -> None:
+                 allowed_lateness_ms: int = 0, late_tag: OutputTag | None = None,
+                 window_function: Callable[[Any, tuple[int, int], Any], Iterable[Any] | None] | None = None) -> None:
         super().__init__(uid)
-        self.assigner, self.kind, self.fn = assigner, kind, fn
+        self.assigner, self.kind, self.fn, self.window_fn = assigner, kind, fn, window_function
         self.lateness, self.late_tag = allowed_lateness_ms, late_tag
         self.processing_time = assigner.processing_time
         self.sessions = isinstance(assigner, SessionWindow)
+        self.size = 0 if isinstance(assigner, SessionWindow) else assigner.size_ms
         self.late_dropped = 0
         init, add, merge, result = _accumulation(kind, fn)
         self._init, self._add, self._merge, self._result = init, add, merge, result
@@ -48,85 +59,178 @@ class WindowOperator(KeyedOperator):
         self.contents = self.backend.table("w")
         self.session_table = self.backend.table("s")
         self.timers: TimerQueue = self.proc_timers if self.processing_time else self.event_timers
+        self.panes: dict[int, dict[Any, Any]] | None = None
+        if self.backend.kind == "memory" and not self.sessions:
+            self.panes = {}
+        self.fired: set[int] = set()  # panes that fired and wait for their allowed lateness to pass
 
-    def _register(self, key: Any, w: tuple[int, int]) -> None:
-        mt = w[1] - 1
+    # -- checkpoints (pane layout) -----------------------------------------------------------
+    def snapshot_keyed(self, path: Path) -> int:
+        if self.panes is None:
+            return super().snapshot_keyed(path)
+        t = self.contents
+        for start, pane in self.panes.items():
+            fired = start in self.fired
+            for key, acc in pane.items():
+                t[(key, start)] = (acc, fired)
+        try:
+            return super().snapshot_keyed(path)
+        finally:
+            t.clear()
+
+    def restore_keyed(self, paths: list[Path]) -> None:
+        super().restore_keyed(paths)
+        if self.panes is None:
+            return
+        for (key, start), (acc, fired) in list(self.contents.items()):
+            self.panes.setdefault(start, {})[key] = acc
+            if fired:
+                self.fired.add(start)
+        self.contents.clear()
+
+    def next_processing_timer(self) -> int | None:
+        if self.panes is not None and self.processing_time:
+            return min(self.panes) + self.size - 1 if self.panes else None
+        return super().next_processing_timer()
+
+    def _window(self, ns: Any) -> tuple[int, int]:
+        return ns if self.sessions else (ns, ns + self.size)
+
+    def _register(self, key: Any, ns: Any, end: int) -> None:
+        mt = end - 1
         if self.lateness and not self.processing_time:
-            self.timers.add(mt, key, w, FIRE)
-            self.timers.add(mt + self.lateness, key, w, PURGE)
+            self.timers.add(mt, key, ns, FIRE)
+            self.timers.add(mt + self.lateness, key, ns, PURGE)
         else:
-            self.timers.add(mt, key, w, FIRE | PURGE)
+            self.timers.add(mt, key, ns, FIRE | PURGE)
 
+    def _unregister(self, key: Any, ns: Any, end: int) -> None:
+        self.timers.delete(end - 1, key, ns)
+        if self.lateness and not self.processing_time:
+            self.timers.delete(end - 1 + self.lateness, key, ns)
+
+    def _current_watermark(self) -> int:
+        return MIN_WATERMARK if self.processing_time else self.watermark
+
+    # -- elements --------------------------------------------------------------------------
     def process(self, batch: Batch) -> None:
         if self.processing_time:
             now = self.ctx.clock.now_ms()
             batch = [(v, now, k) for v, _, k in batch]
+        late: list[Any] = []
+        refire: list[tuple[Any, Any, Any]] = []
         try:
             if self.sessions:
-                self._process_sessions(batch)
+                self._process_sessions(batch, late, refire)
+            elif self.panes is not None and isinstance(self.assigner, TumblingWindow):
+                self._process_tumbling_panes(batch, late, refire)
+            elif isinstance(self.assigner, TumblingWindow):
+                self._process_tumbling(batch, late, refire)
             else:
-                self._process_windows(batch)
+                for v, ts, key in batch:
+                    for start, _end in self.assigner.assign(ts):
+                        self._add_element(v, ts, key, start, late, refire)
         except TypeError:
             if any(r[1] is None for r in batch):
                 raise StreamError("an element without a timestamp reached an event-time window; give the "
                                   "source a timestamp_assigner or use a processing-time window") from None
             raise
-
-    def _process_windows(self, batch: Batch) -> None:
-        contents, init, add, swap, register = self.contents, self._init, self._add, self._swap, self._register
-        get = contents.get
-        lateness = self.lateness
-        wm = MIN_WATERMARK if self.processing_time else self.watermark
-        late: list[Any] = []
-        refire: list[tuple[Any, tuple[int, int], Any]] = []
-        a = self.assigner
-        tumbling = isinstance(a, TumblingWindow)
-        size, offset = (a.size_ms, a.offset_ms) if isinstance(a, TumblingWindow) else (0, 0)
-        for v, ts, key in batch:
-            if tumbling:  # the common case, without a call per element
-                start = ts - (ts - offset) % size
-                windows: Iterable[tuple[int, int]] = ((start, start + size),)
-            else:
-                windows = a.assign(ts)
-            for w in windows:
-                mt = w[1] - 1
-                if mt + lateness <= wm:
-                    late.append((v, ts))
-                    continue
-                sk = (key, w)
-                acc = get(sk, _MISSING)
-                if acc is _MISSING:
-                    acc = contents[sk] = init(v)
-                    register(key, w)
-                else:
-                    acc = contents[sk] = add(v, acc) if swap else add(acc, v)
-                if mt <= wm:  # within allowed lateness of a window that already fired: fire again
-                    refire.append((key, w, acc))
         if late:
-            self._late(late)
+            self.late_dropped += len(late)
+            if self.late_tag is not None:
+                self.side(self.late_tag, late)
         if refire:
             out: list[Any] = []
-            for key, w, acc in refire:
-                self._emit_window(key, w, acc, out)
+            for key, ns, acc in refire:
+                self._emit_window(key, ns, acc, out)
             self.out(out)
 
-    def _late(self, late: list[Any]) -> None:
-        self.late_dropped += len(late)
-        if self.late_tag is not None:
-            self.side(self.late_tag, late)
+    def _add_element(self, v: Any, ts: int, key: Any, start: int, late: list[Any],
+                     refire: list[tuple[Any, Any, Any]]) -> None:
+        """The general path for a fixed-size window starting at ``start``."""
+        end = start + self.size
+        wm = self._current_watermark()
+        if end - 1 + self.lateness <= wm:
+            late.append((v, ts))
+            return
+        if self.panes is not None:
+            pane = self.panes.get(start)
+            if pane is None:
+                pane = self.panes[start] = {}
+            acc = pane.get(key, _MISSING)
+            acc = pane[key] = self._init(v) if acc is _MISSING else (
+                self._add(v, acc) if self._swap else self._add(acc, v))
+            if start in self.fired:
+                refire.append((key, start, acc))
+            return
+        sk = (key, start)
+        acc = self.contents.get(sk, _MISSING)
+        if acc is _MISSING:
+            acc = self.contents[sk] = self._init(v)
+            self._register(key, start, end)
+        else:
+            acc = self.contents[sk] = self._add(v, acc) if self._swap else self._add(acc, v)
+        if end - 1 <= wm:  # within allowed lateness of a window that already fired: fire again
+            refire.append((key, start, acc))
 
-    def _process_sessions(self, batch: Batch) -> None:
-        contents, sessions = self.contents, self.session_table
-        wm = MIN_WATERMARK if self.processing_time else self.watermark
-        gap = self.assigner.gap_ms  # type: ignore[union-attr]
-        late: list[Any] = []
-        refire: list[tuple[Any, tuple[int, int], Any]] = []
-        now = self.ctx.clock.now_ms() if self.processing_time else 0
+    def _process_tumbling_panes(self, batch: Batch, late: list[Any], refire: list[tuple[Any, Any, Any]]) -> None:
+        """The hot path (memory backend): per element a pane look-up when the window changes,
+        one dict look-up and store per element, and the user's function."""
+        assert isinstance(self.assigner, TumblingWindow) and self.panes is not None
+        panes, init, add, swap = self.panes, self._init, self._add, self._swap
+        size, offset = self.assigner.size_ms, self.assigner.offset_ms
+        unfired_from = self._current_watermark() - (size - 1) + 1  # smallest start not yet fired
+        last_start: int | None = None
+        pane: dict[Any, Any] = {}
         for v, ts, key in batch:
-            if self.processing_time:
-                ts = now
-            elif ts is None:
-                raise StreamError("an element without a timestamp reached an event-time session window")
+            start = ts - (ts - offset) % size
+            if start != last_start:
+                if start < unfired_from:
+                    self._add_element(v, ts, key, start, late, refire)
+                    continue
+                p = panes.get(start)
+                if p is None:
+                    p = panes[start] = {}
+                pane, last_start = p, start
+            acc = pane.get(key, _MISSING)
+            if acc is _MISSING:
+                pane[key] = init(v)
+            elif swap:
+                pane[key] = add(v, acc)
+            else:
+                pane[key] = add(acc, v)
+
+    def _process_tumbling(self, batch: Batch, late: list[Any], refire: list[tuple[Any, Any, Any]]) -> None:
+        """The hot path: one window per element, no call per element except the user's function."""
+        assert isinstance(self.assigner, TumblingWindow)
+        contents = self.contents
+        get, init, add, swap = contents.get, self._init, self._add, self._swap
+        size, offset = self.assigner.size_ms, self.assigner.offset_ms
+        fired_bound = self._current_watermark() - (size - 1)  # windows starting at or before it have fired
+        inline_timers = not self.lateness or self.processing_time
+        by_time = self.timers.by_time
+        for v, ts, key in batch:
+            start = ts - (ts - offset) % size
+            if start <= fired_bound:
+                self._add_element(v, ts, key, start, late, refire)
+                continue
+            sk = (key, start)
+            acc = get(sk, _MISSING)
+            if acc is not _MISSING:
+                contents[sk] = add(v, acc) if swap else add(acc, v)
+                continue
+            contents[sk] = init(v)
+            entries = by_time.get(start + size - 1) if inline_timers else None
+            if entries is None:
+                self._register(key, start, start + size)
+            else:
+                entries[sk] = FIRE | PURGE
+
+    def _process_sessions(self, batch: Batch, late: list[Any], refire: list[tuple[Any, Any, Any]]) -> None:
+        contents, sessions = self.contents, self.session_table
+        wm = self._current_watermark()
+        gap = self.assigner.gap_ms  # type: ignore[union-attr]
+        for v, ts, key in batch:
             existing = sessions.get((key, None)) or []
             merged, absorbed = merge_session(existing, (ts, ts + gap))
             if merged[1] - 1 + self.lateness <= wm:
@@ -136,57 +240,76 @@ class WindowOperator(KeyedOperator):
             for w in absorbed:
                 a = contents.pop((key, w))
                 acc = a if acc is _MISSING else self._merge(acc, a)
-                self._unregister(key, w)
+                self._unregister(key, w, w[1])
             if acc is _MISSING:
                 acc = self._init(v)
             else:
                 acc = self._add(v, acc) if self._swap else self._add(acc, v)
             contents[(key, merged)] = acc
-            self._register(key, merged)
+            self._register(key, merged, merged[1])
             sessions[(key, None)] = [w for w in existing if w not in absorbed] + [merged]
             if merged[1] - 1 <= wm:
                 refire.append((key, merged, acc))
-        if late:
-            self._late(late)
-        if refire:
-            out: list[Any] = []
-            for key, w, acc in refire:
-                self._emit_window(key, w, acc, out)
-            self.out(out)
 
-    def _unregister(self, key: Any, w: tuple[int, int]) -> None:
-        self.timers.delete(w[1] - 1, key, w)
-        if self.lateness and not self.processing_time:
-            self.timers.delete(w[1] - 1 + self.lateness, key, w)
-
-    def _emit_window(self, key: Any, w: tuple[int, int], acc: Any, out: list[Any]) -> None:
+    # -- firing ----------------------------------------------------------------------------
+    def _emit_window(self, key: Any, ns: Any, acc: Any, out: list[Any]) -> None:
+        w = self._window(ns)
         ts = w[1] - 1
-        if self.kind == "apply":
+        if self.kind == "apply" or self.window_fn is not None:
             self.store.current_key = key
-            res = self.fn(key, w, list(acc))
+            if self.window_fn is not None:
+                res = self.window_fn(key, w, self._result(acc))
+            else:
+                res = self.fn(key, w, list(acc))
             self.store.current_key = None
             if res is not None:
-                out.extend((o, ts) for o in res)
+                for o in res:
+                    out.append((o, ts))
         else:
             out.append((self._result(acc), ts))
 
+    def _fire_panes(self, time: int) -> None:
+        assert self.panes is not None
+        size, lateness, out = self.size, self.lateness, []
+        result, plain = self._result, self.kind != "apply" and self.window_fn is None
+        for start in sorted(s for s in self.panes if s + size - 1 <= time):
+            if start not in self.fired:
+                ts = start + size - 1
+                pane = self.panes[start]
+                if plain:
+                    out.extend([(result(acc), ts) for acc in pane.values()])
+                else:
+                    for key, acc in pane.items():
+                        self._emit_window(key, start, acc, out)
+            if self.processing_time or start + size - 1 + lateness <= time:
+                del self.panes[start]
+                self.fired.discard(start)
+            else:
+                self.fired.add(start)
+        if out:
+            self.out(out)
+
     def _fire_until(self, time: int) -> None:
-        contents, result, apply = self.contents, self._result, self.kind == "apply"
+        if self.panes is not None:
+            self._fire_panes(time)
+            return
+        contents, result, size = self.contents, self._result, self.size
+        plain = self.kind != "apply" and self.window_fn is None
         out: list[Any] = []
-        for _t, key, w, kind in self.timers.pop_until(time):
-            sk = (key, w)
+        for _t, key, ns, kind in self.timers.pop_until(time):
+            sk = (key, ns)
             acc = contents.get(sk, _MISSING)
             if acc is _MISSING:
                 continue
             if kind & FIRE:
-                if apply:
-                    self._emit_window(key, w, acc, out)
+                if plain:
+                    out.append((result(acc), (ns[1] if self.sessions else ns + size) - 1))
                 else:
-                    out.append((result(acc), w[1] - 1))
+                    self._emit_window(key, ns, acc, out)
             if kind & PURGE:
                 del contents[sk]
                 if self.sessions:
-                    rest = [x for x in (self.session_table.get((key, None)) or []) if x != w]
+                    rest = [x for x in (self.session_table.get((key, None)) or []) if x != ns]
                     if rest:
                         self.session_table[(key, None)] = rest
                     else:
