@@ -422,3 +422,36 @@ def test_real_server_with_cli_key_sdk_and_websocket(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+def test_websocket_refusal_without_the_denial_extension_closes_with_1008(
+        keys: SQLApiKeyStore) -> None:
+    """Servers without ``websocket.http.response`` get a close before accept (HTTP 403 on the
+    wire); the protected app never runs."""
+    import anyio
+
+    from twingraph.server.auth import AuthMiddleware
+
+    reached: list[str] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+
+    async def exchange(headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "websocket.connect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+        scope = {"type": "websocket", "path": "/ws", "headers": headers, "query_string": b"",
+                 "client": ("10.0.0.1", 5000), "extensions": {}}
+        await AuthMiddleware(inner, Authenticator("required", api_keys=keys))(scope, receive, send)
+        return sent
+
+    sent = anyio.run(exchange, [])
+    assert [(m["type"], m.get("code")) for m in sent] == [("websocket.close", 1008)]
+    assert reached == []
+    _, secret = keys.create("ws", ["read"])
+    assert anyio.run(exchange, [(b"x-api-key", secret.encode())]) == [] and reached == ["/ws"]
