@@ -443,7 +443,7 @@ def test_websocket_refusal_without_the_denial_extension_closes_with_1008(
         async def receive() -> dict[str, Any]:
             return {"type": "websocket.connect"}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: Any) -> None:
             sent.append(message)
         scope = {"type": "websocket", "path": "/ws", "headers": headers, "query_string": b"",
                  "client": ("10.0.0.1", 5000), "extensions": {}}
