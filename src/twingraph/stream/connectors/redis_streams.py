@@ -197,7 +197,11 @@ class RedisStreamSource:
         eid = raw_id.decode()
         if self.event_time_field is not None:
             raw_ts = fields.get(self.event_time_field.encode())
-            event_ms = int(raw_ts) if raw_ts is not None else None
+            try:
+                event_ms = int(raw_ts) if raw_ts is not None else None
+            except ValueError as exc:
+                raise StreamError(f"entry {eid} of {stream!r}: field {self.event_time_field!r} "
+                                  f"is not an integer of milliseconds: {raw_ts!r}") from exc
         else:
             event_ms = _id(eid)[0]
         value: Any
