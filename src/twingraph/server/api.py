@@ -227,8 +227,8 @@ async def get_execution(request: Request, execution_id: str) -> Any:
 @router.post("/executions/{execution_id}/stop", tags=["executions"])
 async def stop_execution(request: Request, execution_id: str) -> Any:
     svc = services(request)
-    return await asyncio.to_thread(lambda: _execution(svc, svc.runs.cancel(
-        execution_id, "stopped over the API"), outputs=False))
+    run = await wf.stop_run(svc.runs, svc.hub, execution_id, "stopped over the API")
+    return await asyncio.to_thread(_execution, svc, run, outputs=False)
 
 
 @router.get("/executions/{execution_id}/logs", tags=["executions"])

@@ -38,10 +38,8 @@ from twingraph.server.deps import services
 from twingraph.server.envelope import ERROR_RESPONSES, ApiError
 from twingraph.service import Services
 from twingraph.service import workflows as wf
-from twingraph.service.events import Subscriber
 
 router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES, tags=["dynamic"])
-_TERMINAL = frozenset({"SUCCESS", "FAILED", "CANCELLED"})
 
 
 class ExecutionRequest(BaseModel):
@@ -80,34 +78,10 @@ def _reject_yaml_aliases(program: str) -> None:
 
 
 async def _until_done(svc: Services, dag_id: str, timeout: float | None = None) -> bool:
-    """Wait, without holding a thread, until ``dag_id`` has finished (its result recorded);
-    False on timeout. Woken by the run's terminal event from the hub; a 1 s re-check is only
-    the safety net for a run that ends without one."""
+    """Wait, holding no thread, until ``dag_id`` has finished and its result is recorded."""
     sched = svc.scheduler
-    run_id = sched.run_id(dag_id)
-    sub = Subscriber()
-    if run_id is not None:
-        svc.hub.subscribe(run_id, sub)
-    loop = asyncio.get_running_loop()
-    end = None if timeout is None else loop.time() + timeout
-    ended = False
-    try:
-        while dag_id in sched.active_executions:
-            remaining = None if end is None else end - loop.time()
-            if remaining is not None and remaining <= 0:
-                return False
-            if ended:                     # the engine is done; the thread is recording results
-                await asyncio.sleep(0.005)
-                continue
-            try:
-                ev = await asyncio.wait_for(sub.queue.get(), min(1.0, remaining or 1.0))
-            except asyncio.TimeoutError:
-                continue
-            ended = ev.get("event") == "run:status" and ev.get("status") in _TERMINAL
-        return True
-    finally:
-        if run_id is not None:
-            svc.hub.unsubscribe(run_id, sub)
+    return await wf.wait_until(svc.hub, sched.run_id(dag_id),
+                               lambda: dag_id not in sched.active_executions, timeout)
 
 
 def _status(sched: DynamicScheduler, dag_id: str) -> str:

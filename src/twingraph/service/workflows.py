@@ -24,12 +24,13 @@ Decisions (docs/decisions/0050-twingraph-face.md):
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twingraph import serialization
@@ -39,6 +40,8 @@ from twingraph.engine.engine import Engine
 from twingraph.errors import NotFoundError
 from twingraph.lineage import run_lineage
 from twingraph.service.definitions import is_python
+from twingraph.service.events import EventHub, Subscriber
+from twingraph.service.runs import RunService
 from twingraph.stores.metadata.catalog_store import RunRow, SQLCatalog
 
 ACTIVE_WINDOW_SECONDS = 30 * 24 * 3600
@@ -193,6 +196,58 @@ class OutputsCache:
             self._items.move_to_end(run_id)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
+
+
+# -- waiting without a thread ------------------------------------------------------------------
+TERMINAL_RUN_STATES = frozenset({"SUCCESS", "FAILED", "CANCELLED"})
+
+
+async def wait_until(hub: EventHub, run_id: str | None, finished: Callable[[], bool],
+                     timeout: float | None = None) -> bool:
+    """Wait on the event loop, holding no thread, until ``finished()``; False on timeout.
+
+    Woken by ``run_id``'s terminal ``run:status`` event from the hub (after it, the driver
+    only records results: ``finished()`` is re-checked every 5 ms). A 1 s re-check is the
+    safety net for a run that ends without an event (a driver that failed to start).
+    """
+    sub = Subscriber()
+    if run_id is not None:
+        hub.subscribe(run_id, sub)
+    loop = asyncio.get_running_loop()
+    end = None if timeout is None else loop.time() + timeout
+    ended = False
+    try:
+        while not finished():
+            remaining = None if end is None else end - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            if ended:
+                await asyncio.sleep(0.005)
+                continue
+            try:
+                ev = await asyncio.wait_for(sub.queue.get(), min(1.0, remaining or 1.0))
+            except asyncio.TimeoutError:
+                continue
+            ended = ev.get("event") == "run:status" and ev.get("status") in TERMINAL_RUN_STATES
+        return True
+    finally:
+        if run_id is not None:
+            hub.unsubscribe(run_id, sub)
+
+
+async def stop_run(runs: RunService, hub: EventHub, run_id: str, reason: str,
+                   timeout: float = 10.0) -> RunRow:
+    """``RunService.cancel`` without parking a pool thread while a running run winds down:
+    a run this process drives is cancelled through the engine (non-blocking) and awaited on
+    its terminal event; every other case (PENDING, not yet registered, ended, another process)
+    is ``RunService.cancel``'s, which answers at once or raises ``ConflictError``."""
+    run = await asyncio.to_thread(runs.catalog.get_run, run_id)
+    if run.state is RunState.RUNNING and runs.engine.cancel(run_id, reason):
+        # The engine drops the run from ``engine.runs`` after recording its final state.
+        await wait_until(hub, run_id, lambda: runs.engine.runs.get(run_id) is None,
+                         timeout=timeout)
+        return await asyncio.to_thread(runs.catalog.get_run, run_id)
+    return await asyncio.to_thread(runs.cancel, run_id, reason)
 
 
 # -- execution graph ---------------------------------------------------------------------------
