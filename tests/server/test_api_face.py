@@ -104,6 +104,23 @@ def test_list_paging_and_status(client: TestClient, svc: Services) -> None:
         _error(client.get("/api/workflows", params=bad), 422)
 
 
+def test_an_enabled_schedule_makes_a_workflow_active(client: TestClient, svc: Services) -> None:
+    from twingraph.stores.metadata.schedules import SQLScheduleStore
+    _create(client)
+    assert client.get("/api/workflows/wf-1").json()["status"] == "inactive"
+    schedules = SQLScheduleStore(svc.catalog.store)
+    sched = schedules.create(project_id=svc.catalog.get_pipeline("wf-1").project_id,
+                             pipeline_id="wf-1", kind="INTERVAL", expression="1d",
+                             params={"n": 2}, enabled=False)
+    assert client.get("/api/workflows/wf-1").json()["status"] == "inactive"   # disabled: no
+    schedules.create(project_id=svc.catalog.get_pipeline("wf-1").project_id,
+                     pipeline_id="wf-1", kind="INTERVAL", expression="1d", params={"n": 2})
+    assert client.get("/api/workflows/wf-1").json()["status"] == "active"
+    assert [w["id"] for w in client.get("/api/workflows",
+                                        params={"status": "active"}).json()["workflows"]] == ["wf-1"]
+    assert sched.enabled is False
+
+
 def test_workflow_executions_and_success_rate(client: TestClient, svc: Services) -> None:
     _create(client)
     failing = {"nodes": [{"id": "boom", "component": "explode"}], "edges": []}
