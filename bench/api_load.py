@@ -129,6 +129,12 @@ def fresh_postgres() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def finished_run(base_url: str) -> str:
     """Create, start and wait for one run of ``bench_status``; returns its id."""
     import httpx
@@ -243,8 +249,13 @@ def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             with running_server(Path(tmp), Path(__file__), url) as srv:
                 run_id = finished_run(srv.base_url)
                 load_before = os.getloadavg()
+                cpu0, t0 = cpu_seconds(srv.process.pid), time.monotonic()
                 res = run_generator(srv.base_url, f"/api/v1/runs/{run_id}", args.rate,
                                     args.duration, args.warmup, args.connections)
+                cpu, wall = cpu_seconds(srv.process.pid) - cpu0, time.monotonic() - t0
+                sent = args.rate * (args.duration + args.warmup)
+                res["server_cpu_ms_per_request"] = round(1000 * cpu / max(1.0, sent), 3)
+                res["server_cpu_share"] = round(cpu / wall, 2)   # 1.0 = one core all the time
     return {"bench": "api_load", "backend": backend, "route": "GET /api/v1/runs/{id}",
             "target_rps": args.rate, "duration_s": args.duration, **res,
             "loadavg_before": [round(x, 2) for x in load_before],
@@ -281,11 +292,12 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     if not args.json:
         print(f"\n{'backend':<10} {'target/s':>9} {'achieved/s':>11} {'p50 ms':>8} {'p90 ms':>8} "
-              f"{'p99 ms':>8} {'max ms':>8} {'errors':>7}")
+              f"{'p99 ms':>8} {'max ms':>8} {'errors':>7} {'srv cpu ms/req':>15}")
         for r in rows:
             print(f"{r['backend']:<10} {r['target_rps']:>9.0f} {r['achieved_rps']:>11.1f} "
                   f"{r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.2f} "
-                  f"{sum(r['errors'].values()):>7}   load {r['loadavg_before'][0]:.1f}")
+                  f"{sum(r['errors'].values()):>7} {r['server_cpu_ms_per_request']:>15.3f}"
+                  f"   load {r['loadavg_before'][0]:.1f}")
 
 
 if __name__ == "__main__":
