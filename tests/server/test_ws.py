@@ -101,6 +101,8 @@ def test_finished_execution_answers_its_final_state(client: TestClient, svc: Ser
         assert ev["data"]["progress"]["completed_nodes"] == 3
         ws.send_json({"action": "ping"})
         assert recv(ws) == {"event": "pong", "data": {}}      # nothing else was queued
+        ws.send_json({"action": "subscribe", "execution_id": eid})   # again: answered again
+        assert recv(ws, 5) == ev
 
 
 def test_error_event_of_a_failing_node(client: TestClient, svc: Services) -> None:

@@ -133,7 +133,8 @@ class Connection:
                 await self.send("unsubscribed", {"execution_id": eid})
 
     async def subscribe(self, eid: str) -> None:
-        if eid in self.subscribed:
+        if eid in self.subscribed:              # again: answer the current state again
+            self.finished.discard(eid)
             return await self.snapshot(eid)
         if len(self.subscribed) >= MAX_SUBSCRIPTIONS:
             return await self.bad("TOO_MANY_SUBSCRIPTIONS",
