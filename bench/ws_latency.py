@@ -110,6 +110,17 @@ def main() -> None:
                            "max_ms": round(lat[-1], 2) if lat else None,
                            "within_100ms": round(sum(x <= 100 for x in lat) / len(lat), 4)
                            if lat else None}
+    # Does the lag grow during the run (a backlog) or stay flat? p50 of the completed events'
+    # latency per quarter of the run, by state-change time.
+    done = sorted((rows[node].ended_at, now - rows[node].ended_at) for node, st, now in received
+                  if st == "completed" and node in rows and rows[node].ended_at is not None)
+    if done:
+        t_first, t_last = done[0][0], done[-1][0]
+        span = max(t_last - t_first, 1e-9)
+        quarters: list[list[float]] = [[], [], [], []]
+        for t, lag in done:
+            quarters[min(3, int(4 * (t - t_first) / span))].append(lag * 1000)
+        figures["completed_p50_ms_by_quarter"] = [round(_pct(sorted(q), 50), 1) for q in quarters]
     print(json.dumps(figures))
     print(f"\n{'event':<10} {'n':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'<=100ms':>8}")
@@ -117,6 +128,8 @@ def main() -> None:
         f = figures[status]
         print(f"{status:<10} {f['n']:>6} {f['p50_ms']:>8.2f} {f['p90_ms']:>8.2f} "
               f"{f['p99_ms']:>8.2f} {f['max_ms']:>8.2f} {f['within_100ms']:>8.2%}")
+    if "completed_p50_ms_by_quarter" in figures:
+        print("completed p50 ms by quarter of the run:", figures["completed_p50_ms_by_quarter"])
 
 
 if __name__ == "__main__":
