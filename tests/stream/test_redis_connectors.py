@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from typing import Any
 
 import pytest
@@ -304,3 +305,30 @@ def test_sink_maxlen_trims_the_stream(r: Any, redis_url: str, redis_prefix: str)
         sink.commit(c, sink.pre_commit(c))
     sink.close()
     assert 100 <= r.xlen(out) < 1000  # approximate trimming (~) keeps at least maxlen
+
+
+def test_idle_unbounded_source_waits_in_xread_and_wakes_on_a_new_entry(
+        r: Any, redis_url: str, redis_prefix: str) -> None:
+    import threading
+
+    s = f"{redis_prefix}idle"
+    r.xadd(s, {"n": "0"})
+    src = RedisStreamSource(s, redis_url, block_ms=200)
+    src.open(ctx(0, 1))
+    assert [v["n"] for v, _ in src.poll(10)] == ["0"]
+    t0 = time.monotonic()
+    assert src.poll(10) == []  # nothing new: held by Redis for ~block_ms
+    assert time.monotonic() - t0 >= 0.15
+    timer = threading.Timer(0.05, lambda: r.xadd(s, {"n": "1"}))
+    timer.start()
+    got = src.poll(10)  # woken by the new entry, well before block_ms ends
+    timer.join()
+    assert [v["n"] for v, _ in got] == ["1"]
+    state = src.snapshot(1)
+    src.close()
+    again = RedisStreamSource(s, redis_url, block_ms=0)
+    again.open(ctx(0, 1, restored=state))
+    t0 = time.monotonic()
+    assert again.poll(10) == []
+    assert time.monotonic() - t0 < 0.15  # block_ms=0: no waiting
+    again.close()

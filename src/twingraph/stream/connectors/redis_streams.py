@@ -4,13 +4,14 @@ Source
 ------
 Reads with ``XRANGE`` from just after the last entry id it handed out, so it needs no consumer
 group and is replayable: ``snapshot`` returns the last id per stream, ``open`` resumes after it.
-Several streams may be given; subtask ``i`` of ``n`` reads the streams at list positions ``k``
-with ``k % n == i``. ``poll`` never blocks (``XRANGE`` returns at once). Event time is the
-millisecond part of the entry id, or an integer field (``event_time_field``). A bounded source
-stops at the last entry id each stream had at ``open``. With ``group=...``, a completed checkpoint
-moves that consumer group's last-delivered id to the checkpointed position (``XGROUP SETID``,
-creating the group if needed), the Redis counterpart of committing Kafka offsets; a fresh start
-(no restored state) then begins after the group's position. Correctness never depends on it.
+Several streams may be given; subtask ``i`` of ``n`` reads the streams at list positions ``k`` with
+``k % n == i``. Event time is the millisecond part of the entry id, or an integer field
+(``event_time_field``). A bounded source stops at the last entry id each stream had at ``open``. An
+unbounded source that finds nothing new waits up to ``block_ms`` in ``XREAD BLOCK`` rather than
+letting the runtime spin on empty reads. With ``group=...``, a completed checkpoint moves that
+consumer group's last-delivered id to the checkpointed position (``XGROUP SETID``, creating the
+group if needed), the Redis counterpart of committing Kafka offsets; a fresh start (no restored
+state) then begins after the group's position. Correctness never depends on it.
 
 Sink: buffered per checkpoint, committed in one MULTI/EXEC with a marker
 --------------------------------------------------------------------------
@@ -88,7 +89,8 @@ class RedisStreamSource:
     (only entries added after ``open``). Values: by default the entry's fields as a
     ``dict[str, str]``; with ``value_field`` only that field, decoded by ``value_format``
     (``"bytes"``, ``"str"``, ``"json"``) or ``deserializer``. ``include_metadata=True`` hands out
-    :class:`RedisStreamRecord` objects.
+    :class:`RedisStreamRecord` objects. An unbounded source that finds nothing new waits up to
+    ``block_ms`` (default 5, 0 = never) in ``XREAD BLOCK`` before ``poll`` returns ``[]``.
     """
 
     def __init__(self, stream: str | Sequence[str], url: str = DEFAULT_URL, *,
@@ -96,7 +98,7 @@ class RedisStreamSource:
                  value_field: str | None = None, value_format: str = "str",
                  deserializer: Deserializer | None = None, event_time_field: str | None = None,
                  include_metadata: bool = False, watermark_strategy: Any = None,
-                 client_kwargs: dict[str, Any] | None = None) -> None:
+                 block_ms: int = 5, client_kwargs: dict[str, Any] | None = None) -> None:
         self.streams = [stream] if isinstance(stream, str) else list(stream)
         if not self.streams:
             raise StreamError("RedisStreamSource needs at least one stream")
@@ -109,6 +111,7 @@ class RedisStreamSource:
         self.event_time_field = event_time_field
         self.include_metadata = include_metadata
         self.watermark_strategy = watermark_strategy
+        self.block_ms = block_ms
         self.client_kwargs = dict(client_kwargs or {})
         self._reset()
 
@@ -191,6 +194,25 @@ class RedisStreamSource:
             if entries:
                 self._pos[s] = _id(entries[-1][0])
         self._rr = (self._rr + 1) % n
+        if not out and not self.bounded and self.block_ms > 0:
+            out = self._wait_for_entries(max_records)
+        return out
+
+    def _wait_for_entries(self, max_records: int) -> list[tuple[Any, int | None]]:
+        """Nothing new now: let Redis hold the request up to ``block_ms`` (XREAD BLOCK) instead
+        of the runtime spinning on empty XRANGEs."""
+        redis = _redis()
+        try:
+            res = self._client.xread({s: _fmt(self._pos[s]) for s in self._owned},
+                                     count=max_records, block=self.block_ms)
+        except redis.RedisError as exc:
+            raise StreamError(f"Redis XREAD on {self._owned!r} failed: {exc}") from exc
+        out: list[tuple[Any, int | None]] = []
+        for raw_stream, entries in res or []:
+            s = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
+            for raw_id, fields in entries[:max_records - len(out)]:
+                out.append(self._record(s, raw_id, fields))
+                self._pos[s] = _id(raw_id)
         return out
 
     def _record(self, stream: str, raw_id: bytes, fields: dict[bytes, bytes]) -> tuple[Any, int | None]:
