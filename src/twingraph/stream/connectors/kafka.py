@@ -487,7 +487,7 @@ class KafkaSinkOperator:
         for seq, value in enumerate(values):
             if present and (writer, c, seq) in present:
                 continue
-            headers = [wh, ch, (H_SEQ, str(seq).encode())]
+            headers = [wh, ch, (H_SEQ, b"%d" % seq)]
             key = keys[seq] if keys is not None else None
             while True:
                 try:
