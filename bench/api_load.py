@@ -205,6 +205,7 @@ async def _generate(host: str, port: int, path: str, rate: float, duration: floa
 
     total = int(rate * (warmup + duration))
     n_warm = int(rate * warmup)
+    cpu_start = time.process_time()
     t0 = loop.time() + 0.05
     for i in range(total):
         due = t0 + i / rate
@@ -217,6 +218,7 @@ async def _generate(host: str, port: int, path: str, rate: float, duration: floa
     if pending:
         await asyncio.wait(pending, timeout=30)
     elapsed = loop.time() - (t0 + warmup)
+    generator_cpu = (time.process_time() - cpu_start) / max(1e-9, loop.time() - t0)
     while not idle.empty():
         idle.get_nowait().writer.close()
     latencies.sort()
@@ -225,6 +227,8 @@ async def _generate(host: str, port: int, path: str, rate: float, duration: floa
         return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000 \
             if latencies else float("nan")
     return {"requests": total - n_warm, "ok": len(latencies), "errors": errors,
+            "unanswered": total - n_warm - len(latencies) - sum(errors.values()),
+            "generator_cpu_share": round(generator_cpu, 3),
             "achieved_rps": round(len(latencies) / elapsed, 1), "connections": opened,
             "p50_ms": round(pct(50), 2), "p90_ms": round(pct(90), 2),
             "p99_ms": round(pct(99), 2), "max_ms": round(latencies[-1] * 1000, 2) if latencies else None}
