@@ -178,6 +178,10 @@ curl -s -X POST http://localhost:8000/api/v1/schedules/$SCHED/backfill \\
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     assert sorted(instant(r["params"]["logical_date"]) for r in runs["data"]) == \
         sorted(instant(d) for d in filled["dates"])
+    # Disable Schedule (so that it never fires at 02:00 under a later test)
+    off = sh_json(server, 'curl -s -X POST http://localhost:8000/api/v1/schedules/$SCHED/disable',
+                  SCHED=s["id"])["data"]
+    assert off["enabled"] is False
 
 
 def test_quick_start_examples(server):
@@ -232,7 +236,9 @@ curl -s -X POST http://localhost:8000/api/v1/runs/$RUN/cancel -H "Content-Type: 
     by_state = sh_json(server, """
 curl -s "http://localhost:8000/api/v1/runs?pipeline_id=$PIPE&state=CANCELLED&sort=-created_at"
 """, PIPE=etl["id"])
-    assert [r["id"] for r in by_state["data"]] == [other["id"]]
+    assert other["id"] in [r["id"] for r in by_state["data"]]
+    assert {r["state"] for r in by_state["data"]} == {"CANCELLED"}
+    assert {r["pipeline_id"] for r in by_state["data"]} == {etl["id"]}
     again = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
                             f"{server.base_url}/api/v1/runs/{other['id']}/start"],
                            capture_output=True, text=True, timeout=30)
