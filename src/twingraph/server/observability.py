@@ -56,5 +56,6 @@ class RequestContext:
             self.metrics.http_requests.labels(method, route, str(status)).inc()
             self.metrics.http_duration.labels(method, route).observe(elapsed)
             if log.isEnabledFor(logging.INFO):
-                log.info("%s %s %s %.1fms request_id=%s", method, scope["path"], status,
-                         elapsed * 1000, rid)
+                who = getattr(scope["state"].get("principal"), "id", "-")
+                log.info("%s %s %s %.1fms request_id=%s principal=%s", method, scope["path"],
+                         status, elapsed * 1000, rid, who)
