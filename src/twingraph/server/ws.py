@@ -20,7 +20,8 @@ Protocol (twingraph-api.md "WebSocket Events"): the client sends JSON messages
 - ``{"event": "unsubscribed", "data": {execution_id}}`` and ``{"event": "pong", "data": {}}``.
 
 Nothing polls: the hub pushes each engine event onto the connection's asyncio queue with
-``call_soon_threadsafe`` and one sender task drains it. Each connection's queue is bounded
+``call_soon_threadsafe`` and one sender task drains it; answers to the client's own messages go
+through the same queue, so that task is the only writer of the socket. Each connection's queue is bounded
 (``MAX_QUEUE``): a client that cannot keep up is closed with code 1013 rather than let the server
 buffer without end. After a terminal ``execution:update`` the connection drops further events of
 that execution (it is over). A closed or failed socket ends both tasks and unsubscribes
@@ -71,6 +72,7 @@ class BoundedSubscriber(Subscriber):
             pass
 
     def _put(self, event: Event) -> None:
+        """On the loop's thread: queue ``event`` unless the bound is reached."""
         if self.overflowed:
             return
         if self.queue.qsize() >= self.limit:
@@ -117,7 +119,7 @@ class Connection:
                 continue
             action, eid = msg.get("action"), msg.get("execution_id")
             if action == "ping":
-                await self.send("pong", {})
+                self.reply("pong", {})
                 continue
             if action not in ("subscribe", "unsubscribe"):
                 await self.bad("UNKNOWN_ACTION", f"unknown action {action!r}; expected "
@@ -130,7 +132,7 @@ class Connection:
                 await self.subscribe(eid)
             else:
                 self.unsubscribe(eid)
-                await self.send("unsubscribed", {"execution_id": eid})
+                self.reply("unsubscribed", {"execution_id": eid})
 
     async def subscribe(self, eid: str) -> None:
         if eid in self.subscribed:              # again: answer the current state again
@@ -151,7 +153,7 @@ class Connection:
         except NotFoundError:
             self.unsubscribe(eid)
             return await self.bad("NOT_FOUND", f"execution {eid!r} not found", eid)
-        self.sub.queue.put_nowait({"event": "__snapshot__", "run_id": eid, "update": update})
+        self.sub._put({"event": "__snapshot__", "run_id": eid, "update": update})
 
     def _current(self, eid: str) -> dict[str, Any]:
         run = self.svc.catalog.get_run(eid)
@@ -174,11 +176,17 @@ class Connection:
     async def send(self, event: str, data: dict[str, Any]) -> None:
         await self.ws.send_text(json.dumps({"event": event, "data": data}, default=str))
 
+    def reply(self, event: str, data: dict[str, Any]) -> None:
+        """Answer the client through the same queue as the engine's events: one task writes
+        the socket (frames never interleave, answers keep their order), and a client that
+        sends without reading hits the same bound."""
+        self.sub._put({"event": "__reply__", "reply": {"event": event, "data": data}})
+
     async def bad(self, code: str, message: str, eid: str | None = None) -> None:
         data: dict[str, Any] = {"code": code, "message": message}
         if eid is not None:
             data["execution_id"] = eid
-        await self.send("error", data)
+        self.reply("error", data)
 
     async def send_loop(self) -> None:
         queue = self.sub.queue
@@ -200,6 +208,9 @@ class Connection:
                                                          "progress": progress})
 
     async def forward(self, ev: Event) -> None:
+        if ev.get("event") == "__reply__":
+            await self.ws.send_text(json.dumps(ev["reply"], default=str))
+            return
         eid = ev.get("run_id")
         if not isinstance(eid, str) or eid not in self.subscribed or eid in self.finished:
             return
