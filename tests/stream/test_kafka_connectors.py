@@ -188,7 +188,11 @@ def test_missing_topic_is_a_stream_error(kafka_bootstrap: str) -> None:
                               bounded=True, request_timeout_s=3)
     with pytest.raises(StreamError):
         src.open(ctx(0, 1))
-        src.close()
+    src.close()
+    sink = KafkaSinkOperator(f"absent-{uuid.uuid4().hex}", kafka_bootstrap, request_timeout_s=3)
+    with pytest.raises(StreamError):
+        sink.open(ctx(0, 1))
+    sink.close()
 
 
 def _values(bootstrap: str, topic: str) -> list[bytes]:
