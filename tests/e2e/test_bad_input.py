@@ -39,6 +39,7 @@ def snapshot(http: httpx.Client, project_id: str, pipeline_id: str, schedule_id:
         "pipeline": get(f"/api/v1/pipelines/{pipeline_id}")["data"],
         "versions": get(f"/api/v1/pipelines/{pipeline_id}/versions")["meta"]["total"],
         "schedule": get(f"/api/v1/schedules/{schedule_id}")["data"],
+        "api_keys": get("/api/v1/api-keys")["meta"]["total"],
     }
 
 
@@ -135,6 +136,11 @@ def cases(project: str, pipeline: str, schedule: str, ended_run: str) -> list[tu
         ("POST", "/api/executions", {"workflow_id": "etl_python", "inputs": {"bogus": 1}}, {422}),
         ("POST", "/api/executions/run_missing/stop", None, {404}),
         ("POST", f"/api/executions/{ended_run}/stop", None, {409}),
+        # API keys (admin)
+        ("POST", "/api/v1/api-keys", {}, {422}),
+        ("POST", "/api/v1/api-keys", {"name": "k", "roles": ["superuser"]}, {422}),
+        ("POST", "/api/v1/api-keys", {"name": "k", "expires_in_seconds": -1}, {422}),
+        ("POST", "/api/v1/api-keys", {"name": 7}, {422}),
         # execute-dynamic
         ("POST", "/api/v1/execute-dynamic", {}, {422}),
         ("POST", "/api/v1/execute-dynamic", {"program": "nodes: [unclosed"}, {422}),
