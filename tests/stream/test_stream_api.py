@@ -320,3 +320,13 @@ def test_an_idle_source_does_not_stall_event_time_with_an_idleness_timeout(tmp_p
         assert sorted(sink.results) == [(0, 10), (1000, 10), (2000, 10)]
     else:  # the silent source holds the combined watermark at its minimum: nothing fires
         assert sink.results == []
+
+
+def test_the_documents_kafka_operators_are_importable_from_twingraph_stream() -> None:
+    import inspect
+
+    from twingraph.stream import KafkaSinkOperator, KafkaSourceOperator
+
+    src = inspect.signature(KafkaSourceOperator).parameters
+    assert list(src)[:4] == ["topic", "bootstrap_servers", "group_id", "watermark_strategy"]
+    assert list(inspect.signature(KafkaSinkOperator).parameters)[:2] == ["topic", "bootstrap_servers"]

@@ -30,8 +30,27 @@ from twingraph.stream.state import ListState, MapState, ValueState
 from twingraph.stream.watermarks import WatermarkStrategies, WatermarkStrategy
 from twingraph.stream.windows import SessionWindow, SlidingWindow, TumblingWindow
 
+_CONNECTORS = {
+    "KafkaSourceOperator": "twingraph.stream.connectors.kafka",
+    "KafkaSinkOperator": "twingraph.stream.connectors.kafka",
+    "RedisStreamSource": "twingraph.stream.connectors.redis_streams",
+    "RedisStreamSink": "twingraph.stream.connectors.redis_streams",
+}
+
+
+def __getattr__(name: str) -> object:
+    """The document's Kafka operators (and the Redis Streams connectors), imported on first use."""
+    module = _CONNECTORS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'twingraph.stream' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
-    "AggregateFunction", "CheckpointStorage", "CollectSink", "CollectionSource", "DataStream", "FileSink",
+    "AggregateFunction", "CheckpointStorage", "KafkaSinkOperator", "KafkaSourceOperator",
+    "RedisStreamSink", "RedisStreamSource", "CollectSink", "CollectionSource", "DataStream", "FileSink",
     "FileSource", "JobClient", "JobStatus", "KeyedProcessFunction", "KeyedStream", "ListState", "ManualClock",
     "MapState", "OutputTag", "ProcessFunction", "SessionWindow", "Sink", "SlidingWindow", "Source",
     "SourceSplitContext", "StreamExecutionEnvironment", "SystemClock", "TumblingWindow", "ValueState",

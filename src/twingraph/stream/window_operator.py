@@ -18,19 +18,21 @@ watermark, processing-time ones in ``finish()``.
 Two layouts. With the memory backend, fixed-size windows keep *panes*: ``{start: {key: acc}}``,
 like Flink's heap state tables (namespace first). An element costs two dict look-ups, no per-key
 timers exist (a pane fires when the watermark passes its end, for all its keys), and a checkpoint
-writes the panes into the backend's ``w`` table keyed ``(key, start)`` so they are grouped, and
-rescaled, by key group like any keyed state. Session windows and the durable (SQLite) backend use
+pickles the panes as they are; a restore keeps the keys of the key groups the subtask owns, so
+panes rescale like any keyed state. Session windows and the durable (SQLite) backend use
 the table directly, with one timer per key and window.
 """
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from twingraph.errors import StreamError
 from twingraph.stream.functions import AggregateFunction, OutputTag
+from twingraph.stream.keygroups import KeyGroupCache
 from twingraph.stream.operators import Batch, KeyedOperator
 from twingraph.stream.timers import TimerQueue
 from twingraph.stream.watermarks import MAX_WATERMARK, MIN_WATERMARK
@@ -66,27 +68,28 @@ class WindowOperator(KeyedOperator):
 
     # -- checkpoints (pane layout) -----------------------------------------------------------
     def snapshot_keyed(self, path: Path) -> int:
+        """Pane layout: the panes are pickled as they are (the operator has no other state: no
+        timers, empty tables); restore keeps the keys of the subtask's key groups."""
         if self.panes is None:
             return super().snapshot_keyed(path)
-        t = self.contents
-        for start, pane in self.panes.items():
-            fired = start in self.fired
-            for key, acc in pane.items():
-                t[(key, start)] = (acc, fired)
-        try:
-            return super().snapshot_keyed(path)
-        finally:
-            t.clear()
+        data = pickle.dumps({"panes": self.panes, "fired": sorted(self.fired)}, protocol=5)
+        path.write_bytes(data)
+        return len(data)
 
     def restore_keyed(self, paths: list[Path]) -> None:
-        super().restore_keyed(paths)
         if self.panes is None:
+            super().restore_keyed(paths)
             return
-        for (key, start), (acc, fired) in list(self.contents.items()):
-            self.panes.setdefault(start, {})[key] = acc
-            if fired:
-                self.fired.add(start)
-        self.contents.clear()
+        assert self.ctx.key_groups is not None
+        owned, kg = self.ctx.key_groups, KeyGroupCache(self.ctx.max_parallelism)
+        for p in paths:
+            state = pickle.loads(p.read_bytes())  # the job's own checkpoint file (see state.py)
+            for start, pane in state["panes"].items():
+                mine = {key: acc for key, acc in pane.items() if kg(key) in owned}
+                if mine:
+                    self.panes.setdefault(start, {}).update(mine)
+                    if start in state["fired"]:
+                        self.fired.add(start)
 
     def next_processing_timer(self) -> int | None:
         if self.panes is not None and self.processing_time:
