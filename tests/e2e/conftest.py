@@ -65,8 +65,8 @@ def start_server(home: Path, env_extra: dict[str, str], *, backend: str = "sqlit
     home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TWINGRAPH_HOME=str(home), TWINGRAPH_RATE_LIMIT="off",
                TWINGRAPH_RATE_LIMIT_BULK="off", TWINGRAPH_RATE_LIMIT_WS="off",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               **env_extra)
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env.update(env_extra)
     if "TWINGRAPH_DATABASE_URL" not in env_extra:      # the embedded default, whatever the caller's env
         env.pop("TWINGRAPH_DATABASE_URL", None)
     log = home / "server.log"

@@ -12,6 +12,7 @@ import time
 
 import jwt
 import pytest
+from websockets.asyncio.client import connect
 
 from tests.e2e.conftest import start_server, stop_server
 from twingraph.client import (
@@ -36,7 +37,9 @@ def auth_server(tmp_path_factory):
     assert made.returncode == 0, made.stdout + made.stderr
     key = made.stdout.strip().splitlines()[-1].strip()
     assert key.startswith("tg_")
-    srv = start_server(home, {"TWINGRAPH_AUTH": "required", "TWINGRAPH_JWT_SECRET": SECRET})
+    # at most 2 WebSockets per client: enough for one wait at a time, and a test can use both up
+    srv = start_server(home, {"TWINGRAPH_AUTH": "required", "TWINGRAPH_JWT_SECRET": SECRET,
+                              "TWINGRAPH_RATE_LIMIT_WS": "2"})
     try:
         yield srv, key
     finally:
@@ -98,3 +101,25 @@ def test_async_client_and_websocket_need_credentials(auth_server):
                 await anonymous.executions.wait_for_completion(ex.id, timeout=10)
     asyncio.run(main())
 
+
+
+def test_wait_falls_back_to_polling_when_the_websocket_is_refused(auth_server):
+    """With the client's WebSocket allowance used up, the handshake is refused: the default mode
+    still finishes (polling), ``mode="websocket"`` says it could not listen."""
+    srv, key = auth_server
+
+    async def main():
+        async with AsyncTwinGraphClient(srv.base_url, api_key=key) as client:
+            ex = await client.executions.create_async(workflow_id="etl_python", inputs={"n": 2})
+            held = [await connect(srv.ws_url, additional_headers={"X-API-Key": key})
+                    for _ in range(2)]
+            try:
+                with pytest.raises(TransportError):
+                    await client.executions.wait_for_completion(ex.id, timeout=10,
+                                                                mode="websocket")
+                result = await client.executions.wait_for_completion(ex.id, timeout=60)
+                assert result.status == "completed"
+            finally:
+                for ws in held:
+                    await ws.close()
+    asyncio.run(main())
