@@ -29,6 +29,7 @@ def _register_server() -> None:
 
 _register_server()
 __import__("twingraph.cli.apikey", fromlist=["register"]).register(app)   # twingraph apikey ...
+app.add_typer(__import__("twingraph.cli.stream", fromlist=["app"]).app, name="stream")  # twingraph stream ...
 
 
 def _fail(exc: BaseException, code: int = 1) -> None:

@@ -1,0 +1,125 @@
+"""The job manager's REST face (stream-engine document): a FastAPI router over a ``JobManager``.
+
+Mounted by ``twingraph server`` (whose middleware authenticates every request before a route
+runs) or served alone by ``twingraph stream jobmanager --port 8081`` (loopback by default).
+Routes: ``POST /jobs/submit``, ``GET /jobs``, ``GET /jobs/{job_id}/status``,
+``POST /jobs/{job_id}/cancel?with_savepoint=``, ``GET /jobs/{job_id}/metrics``,
+``POST /jobs/{job_id}/savepoint``, ``GET /taskmanagers``, ``GET /cluster/metrics``.
+Every figure is measured by the running job (see ``JobRun.metrics``); none is a constant.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from twingraph.errors import ConfigurationError, NotFoundError, StreamError, ValidationError
+from twingraph.stream.jobs import JobManager, JobRecord
+
+MAX_ARGS_BYTES = 64 * 1024
+
+
+class SubmitJob(BaseModel):
+    entrypoint: str = Field(max_length=300, description="package.module:function returning a StreamExecutionEnvironment")
+    args: dict[str, Any] = Field(default_factory=dict, description="JSON keyword arguments for the function")
+    restore_from: str | None = Field(default=None, max_length=4096,
+                                     description="checkpoint/savepoint directory, or 'latest'")
+
+
+def _status(rec: JobRecord) -> dict[str, Any]:
+    run = rec.client.run
+    return {"job_id": rec.job_id, "status": run.status.value, "start_time": run.start_time_ms,
+            "end_time": run.end_time_ms, "metrics": run.metrics() if run.start_time_ms else {},
+            "error": repr(run.error) if run.error else None}
+
+
+def create_router(manager: JobManager) -> APIRouter:
+    router = APIRouter(tags=["stream jobs"])
+
+    def get(job_id: str) -> JobRecord:
+        try:
+            return manager.get(job_id)
+        except NotFoundError as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+    @router.post("/jobs/submit")
+    def submit(body: SubmitJob) -> dict[str, Any]:
+        if len(str(body.args)) > MAX_ARGS_BYTES:
+            raise HTTPException(413, f"args larger than {MAX_ARGS_BYTES} bytes")
+        try:
+            rec = manager.submit(body.entrypoint, body.args, body.restore_from)
+        except ValidationError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        except ConfigurationError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        except StreamError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return {"job_id": rec.job_id, "status": rec.client.status.value}
+
+    @router.get("/jobs")
+    def list_jobs() -> dict[str, Any]:
+        return {"jobs": [{"job_id": r.job_id, "job_name": r.job_name, "status": r.client.status.value,
+                          "start_time": r.client.run.start_time_ms} for r in manager.jobs()]}
+
+    @router.get("/jobs/{job_id}/status")
+    def status(job_id: str) -> dict[str, Any]:
+        return _status(get(job_id))
+
+    @router.post("/jobs/{job_id}/cancel")
+    def cancel(job_id: str, with_savepoint: bool = False) -> dict[str, Any]:
+        rec = get(job_id)
+        try:
+            path = manager.cancel(job_id, with_savepoint)
+        except StreamError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return {"job_id": job_id, "status": rec.client.status.value, "savepoint_path": path}
+
+    @router.get("/jobs/{job_id}/metrics")
+    def metrics(job_id: str) -> dict[str, Any]:
+        m = get(job_id).client.metrics()
+        return {"job_id": job_id, "throughput": m["throughput"], "latency_ms": m["latency_ms"],
+                "backpressure_ratio": m["backpressure_ratio"], "checkpoint_duration_ms": m["checkpoint_duration_ms"],
+                "checkpoints_completed": m["checkpoints_completed"], "watermark_lag_ms": m["watermark_lag_ms"],
+                "records_in": m["records_in"]}
+
+    @router.post("/jobs/{job_id}/savepoint")
+    def savepoint(job_id: str) -> dict[str, Any]:
+        get(job_id)
+        try:
+            path = manager.savepoint(job_id)
+        except (ValidationError, StreamError) as exc:
+            raise HTTPException(409, str(exc)) from exc
+        m = re.search(r"sp-(\d+)$", path)
+        return {"checkpoint_id": int(m.group(1)) if m else None, "location": path,
+                "s3_location": None}  # filesystem storage: no S3 location
+
+    @router.get("/taskmanagers")
+    def taskmanagers() -> dict[str, Any]:
+        return {"task_managers": manager.task_managers()}
+
+    @router.get("/cluster/metrics")
+    def cluster_metrics() -> dict[str, Any]:
+        return manager.cluster_metrics()
+
+    return router
+
+
+def create_app(manager: JobManager | None = None) -> FastAPI:
+    """A stand-alone job manager application (``twingraph stream jobmanager``)."""
+    manager = manager or JobManager()
+    app = FastAPI(title="TwinGraph stream job manager")
+    app.state.job_manager = manager
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default handler echoes the input, and fails on a non-UTF-8 body (a pickle)
+        return JSONResponse({"detail": [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                                        for e in exc.errors()]}, status_code=422)
+
+    app.include_router(create_router(manager))
+    return app

@@ -1,0 +1,28 @@
+"""Entry points the job manager tests submit (``stream_jobs_entry:slow_count``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twingraph.stream import CollectSink, StreamExecutionEnvironment, TumblingWindow
+
+RESULTS: dict[str, CollectSink] = {}
+
+
+def slow_count(checkpoints: str, n: int = 200, delay_s: float = 0.005, parallelism: int = 2) -> StreamExecutionEnvironment:
+    def slow(x: Any) -> Any:
+        time.sleep(delay_s)
+        return x
+
+    env = StreamExecutionEnvironment("SlowCount").set_parallelism(parallelism).set_batch_size(5)
+    env.enable_checkpointing(50, checkpoints, fsync=False)
+    sink = RESULTS.setdefault(checkpoints, CollectSink())
+    (env.from_collection([(f"k{i % 5}", i) for i in range(n)], timestamp_assigner=lambda e: e[1])
+        .map(slow).key_by(lambda e: e[0]).window(TumblingWindow(50))
+        .apply(lambda k, w, xs: [(k, w[0], len(xs))]).uid("counts").add_sink(sink))
+    return env
+
+
+def not_a_job() -> int:
+    return 42

@@ -1,0 +1,114 @@
+"""The job manager REST face and the ``twingraph stream`` CLI, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from twingraph.cli.stream import app as cli
+from twingraph.stream.jobmanager import create_app
+from twingraph.stream.jobs import JobManager
+
+sys.path.insert(0, str(Path(__file__).parent))  # so the job manager can import stream_jobs_entry
+import stream_jobs_entry  # noqa: E402
+
+
+@pytest.fixture()
+def jobmanager() -> Iterator[tuple[str, JobManager]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manager = JobManager(slots=4, port=port)
+    server = uvicorn.Server(uvicorn.Config(create_app(manager), host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", manager
+    manager.shutdown()
+    server.should_exit = True
+    th.join(10)
+
+
+def wait_status(c: httpx.Client, job_id: str, wanted: set[str], timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = c.get(f"/jobs/{job_id}/status").json()
+        if st["status"] in wanted or time.monotonic() > deadline:
+            return st
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(90)
+def test_submit_status_metrics_savepoint_cancel_and_restore(jobmanager: tuple[str, JobManager], tmp_path: Path) -> None:
+    url, _ = jobmanager
+    chk = str(tmp_path / "chk")
+    with httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/jobs/submit", json={"entrypoint": "stream_jobs_entry:slow_count", "args": {"checkpoints": chk}})
+        assert r.status_code == 200, r.text
+        job_id = r.json()["job_id"]
+        st = wait_status(c, job_id, {"RUNNING"})
+        assert st["status"] == "RUNNING" and st["start_time"] > 0 and st["end_time"] is None
+        time.sleep(0.3)
+        m = c.get(f"/jobs/{job_id}/metrics").json()
+        assert m["throughput"] > 0 and m["checkpoints_completed"] >= 1 and m["checkpoint_duration_ms"] > 0
+        assert 0.0 <= m["backpressure_ratio"] <= 1.0
+        sp = c.post(f"/jobs/{job_id}/savepoint").json()
+        assert Path(sp["location"], "_metadata.json").exists() and sp["checkpoint_id"] >= 1
+        tms = c.get("/taskmanagers").json()["task_managers"]
+        assert tms[0]["task_slots"] == 4 and tms[0]["available_slots"] == 3
+        cm = c.get("/cluster/metrics").json()
+        assert cm["running_jobs"] == 1 and cm["total_jobs"] == 1 and cm["utilization"] == 0.25
+        r = c.post(f"/jobs/{job_id}/cancel", params={"with_savepoint": "true"}).json()
+        assert r["status"] == "CANCELED" and Path(r["savepoint_path"], "_metadata.json").exists()
+        assert [j["status"] for j in c.get("/jobs").json()["jobs"]] == ["CANCELED"]
+
+        # restore the cancelled job from its savepoint with another parallelism; it runs to the end
+        sink = stream_jobs_entry.RESULTS[chk]
+        r = c.post("/jobs/submit", json={"entrypoint": "stream_jobs_entry:slow_count",
+                                         "args": {"checkpoints": chk, "parallelism": 3, "delay_s": 0},
+                                         "restore_from": r["savepoint_path"]})
+        job2 = r.json()["job_id"]
+        assert wait_status(c, job2, {"FINISHED", "FAILED"})["status"] == "FINISHED"
+        assert sorted(sink.results) == sorted((f"k{k}", w, 10) for w in range(0, 200, 50) for k in range(5))
+
+
+def test_bad_submissions_and_unknown_jobs(jobmanager: tuple[str, JobManager]) -> None:
+    url, _ = jobmanager
+    with httpx.Client(base_url=url, timeout=30) as c:
+        assert c.post("/jobs/submit", json={"entrypoint": "os.system"}).status_code == 422  # no ':'
+        assert c.post("/jobs/submit", json={"entrypoint": "no_such_module_x:f"}).status_code == 422
+        assert c.post("/jobs/submit", json={"entrypoint": "stream_jobs_entry:not_a_job"}).status_code == 422
+        assert c.post("/jobs/submit", content=b"\x80\x04pickle", headers={"content-type": "application/octet-stream"}).status_code == 422
+        assert c.get("/jobs/job_nope/status").status_code == 404
+        assert c.post("/jobs/job_nope/cancel").status_code == 404
+        assert c.get("/jobs").json() == {"jobs": []}
+
+
+@pytest.mark.timeout(60)
+def test_cli_submit_list_status_cancel(jobmanager: tuple[str, JobManager], tmp_path: Path) -> None:
+    url, _ = jobmanager
+    runner = CliRunner()
+    r = runner.invoke(cli, ["submit", "stream_jobs_entry:slow_count", "--arg", f"checkpoints={tmp_path}",
+                            "--arg", "n=2000", "--url", url])
+    assert r.exit_code == 0, r.output
+    job_id = r.output.split('"job_id": "')[1].split('"')[0]
+    r = runner.invoke(cli, ["list", "--url", url])
+    assert job_id in r.output
+    r = runner.invoke(cli, ["status", job_id, "--url", url])
+    assert r.exit_code == 0 and '"status"' in r.output
+    r = runner.invoke(cli, ["cancel", job_id, "--with-savepoint", "--url", url])
+    assert r.exit_code == 0 and '"CANCELED"' in r.output and "savepoints" in r.output
+    r = runner.invoke(cli, ["status", "job_missing", "--url", url])
+    assert r.exit_code == 1
