@@ -17,10 +17,12 @@ from websockets.asyncio.client import connect
 from tests.e2e.conftest import start_server, stop_server
 from twingraph.client import (
     AsyncTwinGraphClient,
+    RateLimited,
     Forbidden,
     TransportError,
     TwinGraphClient,
     Unauthorized,
+    ValidationFailed,
 )
 
 SECRET = "e2e-jwt-secret-with-enough-entropy-0123456789"
@@ -39,15 +41,15 @@ def auth_server(tmp_path_factory):
     assert key.startswith("tg_")
     # at most 2 WebSockets per client: enough for one wait at a time, and a test can use both up
     srv = start_server(home, {"TWINGRAPH_AUTH": "required", "TWINGRAPH_JWT_SECRET": SECRET,
-                              "TWINGRAPH_RATE_LIMIT_WS": "2"})
+                              "TWINGRAPH_RATE_LIMIT_WS": "2", "TWINGRAPH_RATE_LIMIT_BULK": "2/minute"})
     try:
         yield srv, key
     finally:
         stop_server(srv)
 
 
-def token(roles: list[str], ttl: float = 600) -> str:
-    return jwt.encode({"sub": "e2e-user", "roles": roles, "exp": int(time.time() + ttl)},
+def token(roles: list[str], ttl: float = 600, sub: str = "e2e-user") -> str:
+    return jwt.encode({"sub": sub, "roles": roles, "exp": int(time.time() + ttl)},
                       SECRET, algorithm="HS256")
 
 
@@ -123,3 +125,16 @@ def test_wait_falls_back_to_polling_when_the_websocket_is_refused(auth_server):
                 for ws in held:
                     await ws.close()
     asyncio.run(main())
+
+
+def test_rate_limited_carries_retry_after(auth_server):
+    """The bulk budget (2/minute on this server) of one client, spent on execute-dynamic."""
+    srv, _ = auth_server
+    with TwinGraphClient(srv.base_url, auth_token=token(["write"], sub="rate-limit-probe")) as c:
+        for _ in range(2):
+            with pytest.raises(ValidationFailed):
+                c.dynamic.execute("nodes: [unclosed")
+        with pytest.raises(RateLimited) as info:
+            c.dynamic.execute("nodes: [unclosed")
+        assert info.value.code == "RATE_LIMITED" and info.value.status_code == 429
+        assert info.value.retry_after is not None and 0 < info.value.retry_after <= 60

@@ -152,3 +152,24 @@ def test_v1_resources_through_the_sdk(client):
     assert client.health()["status"] == "healthy"
     assert client.info()["name"] == "TwinGraph"
     assert client.statistics()["total_projects"] >= 1
+
+
+def test_execute_dynamic_through_the_sdk(client):
+    dag_id = unique("sdk_dag")
+    program = {"dag_id": dag_id, "nodes": [
+        {"id": "numbers", "operation": "extract", "parameters": {"n": 3}},
+        {"id": "nap", "operation": "sleep_for", "parameters": {"seconds": 0.01}}]}
+    done = client.dynamic.execute(program, max_concurrent_nodes=2)
+    assert done["execution_id"] == dag_id and done["run_id"]
+    assert done["status"] in ("completed", "success", "SUCCESS"), done
+    progress = client.dynamic.progress(dag_id)
+    assert progress["completed_nodes"] == progress["total_nodes"] == 2
+    assert client.runs.get(done["run_id"])["state"] == "SUCCESS"       # the same execution
+
+    slow = client.dynamic.execute({"dag_id": unique("sdk_dag_slow"), "nodes": [
+        {"id": "nap", "operation": "sleep_for", "parameters": {"seconds": 30}}]},
+        async_execution=True)
+    cancelled = client.dynamic.cancel(slow["execution_id"])
+    assert "cancel" in str(cancelled).lower(), cancelled
+    with pytest.raises(NotFound):
+        client.dynamic.progress("dag_missing")

@@ -6,6 +6,7 @@ same groups and only decide how a ``Call`` travels (blocking or awaited).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -255,6 +256,27 @@ class ScheduleCalls:
         body = c.without_none(count=count, start=start, end=end, **fields)
         return Call("POST", f"/api/v1/schedules/{c.seg(schedule_id)}/backfill", body=body,
                     read=c.data)
+
+
+class DynamicCalls:
+    """``/api/v1/execute-dynamic`` and ``/api/v1/execution/{id}`` (dynamic-scheduler face)."""
+
+    @staticmethod
+    def execute(program: str | Mapping[str, Any], max_concurrent_nodes: int | None = None,
+                **fields: Any) -> Call[JSON]:
+        """Run a DAG (``twingraph.dagfile`` JSON/YAML text, or a mapping sent as JSON)."""
+        text = program if isinstance(program, str) else json.dumps(program)
+        body = {"program": text, **c.without_none(max_concurrent_nodes=max_concurrent_nodes,
+                                                  **fields)}
+        return Call("POST", "/api/v1/execute-dynamic", body=body, read=c.data)
+
+    @staticmethod
+    def progress(execution_id: str) -> Call[JSON]:
+        return Call("GET", f"/api/v1/execution/{c.seg(execution_id)}/progress", read=c.data)
+
+    @staticmethod
+    def cancel(execution_id: str) -> Call[JSON]:
+        return Call("DELETE", f"/api/v1/execution/{c.seg(execution_id)}", read=c.data)
 
 
 class ServerCalls:

@@ -25,6 +25,7 @@ from twingraph.client._calls import Call
 from twingraph.client._ops import AsyncGroup, async_op
 from twingraph.client._resources import (
     JSON,
+    DynamicCalls,
     ExecutionCalls,
     MetricCalls,
     PipelineCalls,
@@ -66,6 +67,12 @@ class Executions(AsyncGroup):
         assert isinstance(client, AsyncTwinGraphClient)
         return await wait_async(client.ws_url, client.auth_headers, execution_id, timeout,
                                 lambda: self.get_status(execution_id), mode)
+
+
+class Dynamic(AsyncGroup):
+    execute = async_op(DynamicCalls.execute)
+    progress = async_op(DynamicCalls.progress)
+    cancel = async_op(DynamicCalls.cancel)
 
 
 class Metrics(AsyncGroup):
@@ -144,6 +151,7 @@ class AsyncTwinGraphClient:
         self.workflows = Workflows(self)
         self.executions = Executions(self)
         self.metrics = Metrics(self)
+        self.dynamic = Dynamic(self)
         self.projects = Projects(self)
         self.pipelines = Pipelines(self)
         self.runs = Runs(self)

@@ -23,6 +23,7 @@ from twingraph.client._calls import Call
 from twingraph.client._ops import SyncGroup, sync_op
 from twingraph.client._resources import (
     JSON,
+    DynamicCalls,
     ExecutionCalls,
     MetricCalls,
     PipelineCalls,
@@ -63,6 +64,12 @@ class Executions(SyncGroup):
         assert isinstance(client, TwinGraphClient)
         return wait_sync(client.ws_url, client.auth_headers, execution_id, timeout,
                          lambda: self.get_status(execution_id), mode)
+
+
+class Dynamic(SyncGroup):
+    execute = sync_op(DynamicCalls.execute)
+    progress = sync_op(DynamicCalls.progress)
+    cancel = sync_op(DynamicCalls.cancel)
 
 
 class Metrics(SyncGroup):
@@ -139,6 +146,7 @@ class TwinGraphClient:
         self.workflows = Workflows(self)
         self.executions = Executions(self)
         self.metrics = Metrics(self)
+        self.dynamic = Dynamic(self)
         self.projects = Projects(self)
         self.pipelines = Pipelines(self)
         self.runs = Runs(self)
