@@ -264,3 +264,18 @@ def test_coalesce_keeps_each_nodes_newest_status() -> None:
     out = ws_module._coalesce(batch)
     assert out == [batch[3], batch[4], batch[5], batch[6]]
     assert ws_module._coalesce(batch[:2]) == batch[:2]
+
+
+def test_a_lagging_batch_leaves_out_waiting_statuses() -> None:
+    batch = [{"event": "node:status", "run_id": "r", "node_id": f"n{i}", "status": "PENDING"}
+             for i in range(ws_module.LAGGING_BATCH)]
+    batch += [{"event": "node:status", "run_id": "r", "node_id": "n0", "status": "RUNNING"},
+              {"event": "node:status", "run_id": "r", "node_id": "n1", "status": "SUCCESS"},
+              {"event": "node:status", "run_id": "r", "node_id": "n2", "status": "QUEUED"},
+              {"event": "run:status", "run_id": "r", "status": "RUNNING"}]
+    out = ws_module._coalesce(batch)
+    assert [(e.get("node_id"), e["status"]) for e in out] == [
+        ("n0", "RUNNING"), ("n1", "SUCCESS"), (None, "RUNNING")]
+    small = batch[:2] + batch[-4:]            # not lagging: each node's newest status, QUEUED too
+    assert [(e.get("node_id"), e["status"]) for e in ws_module._coalesce(small)] == [
+        ("n0", "RUNNING"), ("n1", "SUCCESS"), ("n2", "QUEUED"), (None, "RUNNING")]

@@ -11,8 +11,9 @@ Protocol (twingraph-api.md "WebSocket Events"): the client sends JSON messages
 - ``{"event": "node:status", "data": {execution_id, node_id, component, status, duration,
   cache, error?}}`` on task state changes (statuses pending/queued/running/retrying/
   completed/failed/skipped/cancelled). When the sender falls behind, the events it drains in
-  one go keep only each node's newest status (``_coalesce``): a lagging client is brought up
-  to date instead of replaying superseded states; a node's final status is always sent. ``outputs`` is not sent: values live in the result
+  one go keep only each node's newest status, and pending/queued statuses are left out
+  (``_coalesce``): a lagging client is brought up to date instead of replaying superseded
+  states; a node's final status is always sent. ``outputs`` is not sent: values live in the result
   store, they do not travel in events (GET /api/executions/{id} has them);
 - ``{"event": "error", "data": {execution_id, node_id, error, traceback}}`` when a task fails;
 - ``{"event": "error", "data": {code, message, execution_id?}}`` for a message the server
@@ -35,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
@@ -57,19 +59,38 @@ _OVERFLOW: Event = {"event": "__overflow__"}
 
 
 class BoundedSubscriber(Subscriber):
-    """A hub subscriber whose queue holds at most ``MAX_QUEUE`` events; past that it stops
-    buffering and queues one overflow marker (the sender then closes the connection)."""
+    """A hub subscriber whose queue holds at most ``limit`` (``MAX_QUEUE``) events; past that
+    it stops buffering and queues one overflow marker (the sender then closes the connection).
+
+    Engine threads hand events over in bursts (a pipeline submits thousands of tasks at once);
+    waking the event loop once per event costs a self-pipe write and a loop callback each. So
+    ``push`` appends to a buffer and wakes the loop only when the buffer was empty: one wake-up
+    per burst, drained in order by ``_drain`` on the loop.
+    """
 
     def __init__(self, limit: int | None = None) -> None:
         super().__init__()
         self.limit = MAX_QUEUE if limit is None else limit
         self.overflowed = False
+        self._buffer: list[Event] = []
+        self._lock = threading.Lock()
 
     def push(self, event: Event) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self._put, event)
-        except RuntimeError:          # the loop is closed: the client went away
-            pass
+        with self._lock:
+            wake = not self._buffer
+            if len(self._buffer) <= self.limit:       # past the bound _drain will overflow
+                self._buffer.append(event)
+        if wake:
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:      # the loop is closed: the client went away
+                pass
+
+    def _drain(self) -> None:
+        with self._lock:
+            events, self._buffer = self._buffer, []
+        for event in events:
+            self._put(event)
 
     def _put(self, event: Event) -> None:
         """On the loop's thread: queue ``event`` unless the bound is reached."""
@@ -247,21 +268,32 @@ class Connection:
                                       "error": ev.get("error"), "traceback": ev.get("traceback")})
 
 
+LAGGING_BATCH = 64            # a drained batch this large means the sender is behind
+_WAITING = frozenset({"PENDING", "QUEUED"})
+
+
 def _coalesce(batch: list[Event]) -> list[Event]:
     """Within one drained batch, keep only the newest ``node:status`` of each node (at its
-    newest position); every other event stays, in order. A client that is up to date gets every
-    transition; one that fell behind (a burst of thousands of tasks) gets each node's current
-    state instead of a backlog of superseded ones — the queue shrinks the further it lags."""
+    newest position); every other event stays, in order. When the batch is large (the sender
+    is behind: a burst of thousands of tasks), ``pending``/``queued`` node statuses are not
+    sent at all — they only say a node is waiting, which ``execution:update``'s counts also
+    say, and each node's running/final status follows. A client that is up to date gets every
+    transition; one that fell behind gets current states instead of a backlog of superseded
+    ones, so the queue shrinks the further it lags. Final statuses are always sent."""
     if len(batch) < 3:
         return batch
+    lagging = len(batch) >= LAGGING_BATCH
     newest: dict[tuple[Any, Any], int] = {}
+    nodes = 0
     for i, ev in enumerate(batch):
         if ev.get("event") == "node:status":
             newest[(ev.get("run_id"), ev.get("node_id"))] = i
-    if len(newest) == sum(1 for ev in batch if ev.get("event") == "node:status"):
+            nodes += 1
+    if len(newest) == nodes and not lagging:
         return batch
     return [ev for i, ev in enumerate(batch) if ev.get("event") != "node:status"
-            or newest[(ev.get("run_id"), ev.get("node_id"))] == i]
+            or (newest[(ev.get("run_id"), ev.get("node_id"))] == i
+                and not (lagging and ev.get("status") in _WAITING))]
 
 
 def _engine_progress(p: dict[str, Any]) -> dict[str, Any]:
