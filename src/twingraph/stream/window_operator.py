@@ -25,7 +25,6 @@ the table directly, with one timer per key and window.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from twingraph.errors import StreamError
 from twingraph.stream.functions import AggregateFunction, OutputTag
 from twingraph.stream.keygroups import KeyGroupCache
 from twingraph.stream.operators import Batch, KeyedOperator
+from twingraph.stream.state import dumps_state, loads_state
 from twingraph.stream.timers import TimerQueue
 from twingraph.stream.watermarks import MAX_WATERMARK, MIN_WATERMARK
 from twingraph.stream.windows import SessionWindow, TumblingWindow, WindowAssigner, merge_session
@@ -72,7 +72,7 @@ class WindowOperator(KeyedOperator):
         timers, empty tables); restore keeps the keys of the subtask's key groups."""
         if self.panes is None:
             return super().snapshot_keyed(path)
-        data = pickle.dumps({"panes": self.panes, "fired": sorted(self.fired)}, protocol=5)
+        data = dumps_state({"panes": self.panes, "fired": sorted(self.fired)})
         path.write_bytes(data)
         return len(data)
 
@@ -83,7 +83,7 @@ class WindowOperator(KeyedOperator):
         assert self.ctx.key_groups is not None
         owned, kg = self.ctx.key_groups, KeyGroupCache(self.ctx.max_parallelism)
         for p in paths:
-            state = pickle.loads(p.read_bytes())  # the job's own checkpoint file (see state.py)
+            state = loads_state(p.read_bytes())  # the job's own checkpoint file (see state.py)
             for start, pane in state["panes"].items():
                 mine = {key: acc for key, acc in pane.items() if kg(key) in owned}
                 if mine:

@@ -6,8 +6,9 @@ Protocol (one checkpoint in flight at a time, like Flink's default):
    to snapshot its position and emit a barrier (between two polls, in the scheduler thread).
 2. Barriers flow with the data; every task aligns them, snapshots and calls ``ack``.
 3. When every task acknowledged, the manifest is written and the directory published atomically
-   (:mod:`twingraph.stream.checkpoints`). Only then are sinks told to ``commit`` and sources
-   notified. A crash before the publish leaves the previous checkpoint as the latest; a crash
+   (:mod:`twingraph.stream.checkpoints`) on a background I/O thread — the fsyncs take tens of
+   milliseconds and records keep flowing meanwhile. Once it is published, ``poll`` (called by
+   the scheduler every turn) tells the sinks to ``commit`` and notifies the sources. A crash before the publish leaves the previous checkpoint as the latest; a crash
    after it is covered by the re-commit on restore (see ``connectors/base.py``).
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ class _Pending:
         self.started = time.perf_counter()
         self.acks: dict[tuple[str, int], dict[str, Any]] = {}
         self.futures: list[Future[str | None]] = []
+        self.operators: dict[str, dict[str, Any]] = {}
+        self.publishing: Future[Path] | None = None
 
 
 class CheckpointCoordinator:
@@ -46,6 +49,7 @@ class CheckpointCoordinator:
         self.state_sizes: dict[tuple[str, int], int] = {}
         self.final_done = False
         self.on_complete: list[Callable[[int, bool, str | None, float], None]] = []
+        self._io: ThreadPoolExecutor | None = None
         for t in tasks:
             t.ack = self.ack
             t.checkpoint_dir = self._dir
@@ -73,6 +77,8 @@ class CheckpointCoordinator:
             self._complete(p)
 
     def _complete(self, p: _Pending) -> None:
+        """Every task acknowledged: publish the checkpoint (fsyncs and rename on the I/O thread,
+        while the scheduler keeps processing), then ``poll`` commits the sinks."""
         operators: dict[str, dict[str, Any]] = {}
         for (_, subtask), states in p.acks.items():
             for uid, entry in states.items():
@@ -80,14 +86,31 @@ class CheckpointCoordinator:
                                                 "subtasks": [None] * self.uid_parallelism[uid]})
                 op["subtasks"][subtask] = entry
                 self.state_sizes[(uid, subtask)] = entry["size"]
-        path = None
-        if self.storage is not None:
-            manifest = {"checkpoint_id": p.cid, "kind": "savepoint" if p.savepoint else "checkpoint",
-                        "job_name": self.job_name, "max_parallelism": self.max_parallelism,
-                        "state_backend": self.backend, "timestamp_ms": int(time.time() * 1000),
-                        "final": p.final, "operators": operators}
-            path = str(self.storage.complete(p.cid, p.savepoint, manifest))
+        p.operators = operators
+        if self.storage is None:
+            self._finish(p, None)
+            return
+        manifest = {"checkpoint_id": p.cid, "kind": "savepoint" if p.savepoint else "checkpoint",
+                    "job_name": self.job_name, "max_parallelism": self.max_parallelism,
+                    "state_backend": self.backend, "timestamp_ms": int(time.time() * 1000),
+                    "final": p.final, "operators": operators}
+        if self._io is None:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix=f"checkpoint-io-{self.job_name}")
+        p.publishing = self._io.submit(self.storage.complete, p.cid, p.savepoint, manifest)
+
+    def poll(self) -> bool:
+        """Called by the scheduler every turn: finish a checkpoint whose publish is done. Raises
+        ``CheckpointError`` if publishing failed (the job fails; the previous checkpoint stands)."""
+        p = self.pending
+        if p is None or p.publishing is None or not p.publishing.done():
+            return False
+        path = p.publishing.result()
+        self._finish(p, str(path))
+        return True
+
+    def _finish(self, p: _Pending, path: str | None) -> None:
         self.pending = None
+        operators = p.operators
         for t in self.tasks:
             for sink_op in t.ops:
                 if isinstance(sink_op, SinkOperator):
@@ -106,12 +129,22 @@ class CheckpointCoordinator:
         for cb in self.on_complete:
             cb(p.cid, p.savepoint, path, duration)
 
+    def close(self) -> None:
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
+
     def abort_pending(self, exc: BaseException) -> None:
         p = self.pending
         if p is None:
             return
         self.pending = None
-        if self.storage is not None:
+        if p.publishing is not None:
+            try:
+                p.publishing.result()  # never delete a directory the I/O thread is renaming
+            except Exception:  # noqa: BLE001 - the job is failing anyway; the old checkpoint stands
+                pass
+        elif self.storage is not None:
             self.storage.abort(p.cid, p.savepoint)
         for fut in p.futures:
             if not fut.done():

@@ -63,6 +63,7 @@ class JobRun:
         self.storage = CheckpointStorage(job.checkpoint.directory, job.checkpoint.retained, job.checkpoint.fsync) \
             if job.checkpoint.directory else None
         self._requests: list[tuple[str, Any]] = []
+        self._savepoint_waiters: list[Future[str | None]] = []
         self._lock = threading.Lock()
         self._started_perf = 0.0
         self.done = threading.Event()
@@ -291,7 +292,7 @@ class JobRun:
         sources = [t for t in self.tasks if t.source is not None]
         others = [t for t in self.tasks if t.source is None]
         batch = job.batch_size
-        savepoint_waiters: list[Future[str | None]] = []
+        savepoint_waiters = self._savepoint_waiters
         stop_after: int | None = None  # checkpoint id after which a cancel-with-savepoint stops
         cancel_now = False
         while True:
@@ -312,29 +313,11 @@ class JobRun:
             if cancel_now:
                 coord.abort_pending(StreamError("job cancelled"))
                 return
-            if savepoint_waiters and coord.pending is None and not coord.final_done:
-                if self.storage is None:
-                    exc = CheckpointError("savepoints need a checkpoint directory (enable_checkpointing or set_checkpoint_storage)")
-                    for f in savepoint_waiters:
-                        f.set_exception(exc)
-                    savepoint_waiters = []
-                    if stop_after == -1:
-                        return
-                else:
-                    cid = coord.trigger(savepoint=True)
-                    if coord.pending is not None:
-                        coord.pending.futures.extend(savepoint_waiters)
-                    else:  # completed synchronously (a job of sources and sinks only)
-                        for f in savepoint_waiters:
-                            f.set_result(coord.last_path)
-                    savepoint_waiters = []
-                    if stop_after == -1:
-                        stop_after = cid
             if stop_after is not None and stop_after >= 0 and coord.last_completed_id is not None \
                     and coord.last_completed_id >= stop_after:
                 return
             now_ms = clock.now_ms()
-            progressed = False
+            progressed = coord.poll()
             for t in sources:
                 t_next = t.next_processing_timer()
                 if t_next is not None and t_next <= now_ms:
@@ -355,6 +338,22 @@ class JobRun:
                     if not t.input_done:
                         t.broadcast((LAT, stamp))
                 next_marker = mono + LATENCY_MARKER_INTERVAL_S
+            if savepoint_waiters and coord.pending is None and not coord.final_done:
+                # savepoints go before periodic checkpoints, which would otherwise starve them
+                if self.storage is None:
+                    exc = CheckpointError("savepoints need a checkpoint directory (enable_checkpointing or set_checkpoint_storage)")
+                    for f in savepoint_waiters:
+                        f.set_exception(exc)
+                    savepoint_waiters.clear()
+                    if stop_after == -1:
+                        return
+                else:
+                    cid = coord.trigger(savepoint=True)
+                    assert coord.pending is not None  # published asynchronously, see coordinator
+                    coord.pending.futures.extend(savepoint_waiters)
+                    savepoint_waiters.clear()
+                    if stop_after == -1:
+                        stop_after = cid
             if coord.pending is None:
                 if all(t.input_done for t in sources) and stop_after is None:
                     if coord.final_done:
@@ -370,6 +369,8 @@ class JobRun:
 
     def _close(self, *, quiet: bool) -> None:
         first: BaseException | None = None
+        if hasattr(self, "coordinator"):
+            self.coordinator.close()
         for task in self.tasks:
             closers = [op.close for op in task.ops] + ([task.source.close] if task.source is not None else [])
             for close in closers:
@@ -385,6 +386,7 @@ class JobRun:
     def _fail_requests(self) -> None:
         with self._lock:
             reqs, self._requests = self._requests, []
+        reqs += [("savepoint", (None, f)) for f in self._savepoint_waiters]
         for _kind, (_arg, fut) in reqs:
             if not fut.done():
                 fut.set_exception(StreamError(f"job {self.job_id} is {self.status.value}"))
