@@ -18,9 +18,10 @@ def client(server):
         yield c
 
 
-def etl_workflow(name: str) -> Workflow:
+def etl_workflow(name: str, date: str) -> Workflow:
     wf = Workflow(name=name, description="e2e ETL", tags=["e2e", "etl"])
-    wf.add_component("load", app.extract, config={"n": "${params.n}", "date": "2025-01-26"})
+    # a date of its own: no task is a memo hit of another test's, so every one runs and logs
+    wf.add_component("load", app.extract, config={"n": "${params.n}", "date": date})
     wf.add_component("process", app.transform, config={"factor": 3})
     wf.add_component("store", "load")                       # by registered name
     wf.connect("load", "process", source_handle="rows", target_handle="rows")
@@ -30,7 +31,8 @@ def etl_workflow(name: str) -> Workflow:
 
 def test_documented_sdk_flow(client):
     name = unique("SDK Pipeline")
-    wf = etl_workflow(name)
+    date = unique("2025-01-26")
+    wf = etl_workflow(name, date)
     workflow_id = client.workflows.create(wf)
     assert workflow_id == name.lower().replace(" ", "-").replace("_", "-")
 
@@ -54,7 +56,7 @@ def test_documented_sdk_flow(client):
     assert status.progress["completed_nodes"] == status.progress["total_nodes"] >= 3
 
     logs = client.executions.get_logs(execution.id)
-    assert [e["message"] for e in logs] == ["extracting 4 rows for 2025-01-26",
+    assert [e["message"] for e in logs] == [f"extracting 4 rows for {date}",
                                             "transforming 4 rows", "loading 4 rows"]
     assert [e["message"] for e in client.executions.get_logs(execution.id, level="warning")] == \
         ["loading 4 rows"]
@@ -73,7 +75,7 @@ def test_documented_sdk_flow(client):
     assert run["params"] == {"n": 4}
 
     # update keeps the previous definition as a version; delete removes it
-    wf2 = etl_workflow(name)
+    wf2 = etl_workflow(name, date)
     wf2.add_component("extra", app.sleep_for, config={"seconds": 0})
     client.workflows.update(workflow_id, wf2)
     versions = client.pipelines.versions(workflow_id)
@@ -110,7 +112,7 @@ def test_v1_resources_through_the_sdk(client):
     assert project["id"] in [p["id"] for p in client.projects.list(owner="e2e@example.com")]
 
     wf = Workflow(name="sdk_etl")
-    wf.add_component("extract", app.extract, config={"n": 2})
+    wf.add_component("extract", app.extract, config={"n": 2, "date": unique("d")})
     wf.add_component("load", app.load)
     wf.connect("extract", "load", source_handle="rows", target_handle="rows")
     pipe = client.pipelines.create(project["id"], wf, tags=["sdk"])

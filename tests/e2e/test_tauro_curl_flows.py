@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import unique
 from tests.resources.server_app import etl_definition
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -84,7 +85,8 @@ echo "$PROJECT"
     created = sh_json(server, """
 curl -s -X POST "http://localhost:8000/api/v1/projects/$PROJECT/pipelines" \\
   -H "Content-Type: application/json" -d "$BODY"
-""", PROJECT=project, BODY=json.dumps({"name": "daily_etl", **etl_definition()}))
+""", PROJECT=project, BODY=json.dumps({"name": "daily_etl",
+                                       **etl_definition(date=unique("2025-01-26"))}))
     assert_envelope(created)
     assert created["data"]["name"] == "daily_etl" and created["data"]["project_id"] == project
     assert [n["id"] for n in created["data"]["nodes"]] == ["extract", "transform", "load"]

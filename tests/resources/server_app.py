@@ -47,14 +47,15 @@ def etl_python(date: str = "2025-01-26", n: int = 3, factor: int = 2):
     return load(rows=cleaned["outputs"]["rows"])
 
 
-def etl_definition(n: "int | str" = 3) -> dict:
+def etl_definition(n: "int | str" = 3, date: "str | None" = None) -> dict:
     """extract -> transform -> load as a declarative definition (Tauro ``from``/``to`` edges).
     It reads no run param, so both a manual run (``params: {date}``) and a scheduled one
-    (``params: {logical_date}``) can run it; ``n="${params.n}"`` makes it take one."""
+    (``params: {logical_date}``) can run it; ``n="${params.n}"`` makes it take one. A ``date``
+    of its own keeps its tasks from being memo hits of other tests' (so they run and log)."""
     return {
         "nodes": [
             {"id": "extract", "type": "source", "component": "extract",
-             "config": {"n": n}},
+             "config": {"n": n, **({"date": date} if date is not None else {})}},
             {"id": "transform", "type": "processor", "component": "transform", "config": {}},
             {"id": "load", "type": "sink", "component": "load", "config": {}},
         ],
