@@ -12,6 +12,7 @@ of input (bounded jobs) → ``close()``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ class OperatorContext:
         self.state_backend: KeyedStateStore | None = KeyedStateStore(backend) if backend is not None else None
 
 
-class Operator:
+class Operator(ABC):
     keyed = False
 
     def __init__(self, uid: str) -> None:
@@ -62,8 +63,9 @@ class Operator:
     def open(self) -> None:
         return None
 
+    @abstractmethod
     def process(self, batch: Batch) -> None:
-        raise NotImplementedError  # abstract: every concrete operator defines it
+        """Handle one batch of records."""
 
     def on_watermark(self, wm: int) -> None:
         self.watermark = wm
