@@ -21,7 +21,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
-from twingraph.errors import ValidationError
+from twingraph.errors import NotFoundError, ValidationError
 from twingraph.server import views
 from twingraph.server.deps import services
 from twingraph.server.envelope import ERROR_RESPONSES, ApiError, iso, parse_iso
@@ -73,7 +73,6 @@ class ExecutionIn(BaseModel):
 
 # -- shapes ------------------------------------------------------------------------------------
 def _default_project_id(svc: Services, *, create: bool) -> str | None:
-    from twingraph.errors import NotFoundError
     try:
         return svc.catalog.resolve_project(svc.engine.project).id
     except NotFoundError:
