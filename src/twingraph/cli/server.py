@@ -44,4 +44,6 @@ def server(host: Annotated[str, typer.Option(help="Address to bind (loopback by 
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     console.print(f"TwinGraph server on http://{host}:{port} (docs at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)
+    # No permessage-deflate: compressing each small /ws frame costs ~4x the send itself.
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False,
+                ws_per_message_deflate=False)
