@@ -112,3 +112,37 @@ def test_cli_submit_list_status_cancel(jobmanager: tuple[str, JobManager], tmp_p
     assert r.exit_code == 0 and '"CANCELED"' in r.output and "savepoints" in r.output
     r = runner.invoke(cli, ["status", "job_missing", "--url", url])
     assert r.exit_code == 1
+
+
+@pytest.mark.timeout(90)
+def test_registry_records_jobs_and_checkpoints_and_resumes_running_jobs(tmp_path: Path) -> None:
+    from twingraph.stores.metadata.store import SQLMetadataStore
+    from twingraph.stores.metadata.stream_jobs import SQLStreamJobStore
+
+    url = f"sqlite:///{tmp_path / 'meta.db'}"
+    chk = str(tmp_path / "chk")
+    registry = SQLStreamJobStore(SQLMetadataStore(url, create=True))
+    first = JobManager(registry=registry)
+    rec = first.submit("stream_jobs_entry:slow_count", {"checkpoints": chk, "n": 400})
+    deadline = time.monotonic() + 30
+    while not registry.checkpoints(rec.job_id) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert registry.get(rec.job_id).status == "RUNNING"  # type: ignore[union-attr]
+    assert registry.checkpoints(rec.job_id)[0].kind == "checkpoint"
+    # The job manager's process "dies": the job stops without recording it (the row still says
+    # RUNNING, as after kill -9); its committed output and its checkpoints stay on disk.
+    rec.client.run.status_listeners.clear()
+    rec.client.cancel()
+
+    second = JobManager(registry=SQLStreamJobStore(SQLMetadataStore(url)))
+    assert second.recover() == [rec.job_id]
+    again = second.get(rec.job_id).client
+    again.wait(60)
+    row = registry.get(rec.job_id)
+    assert row is not None and row.status == "FINISHED" and row.end_time_ms
+    assert again.run.restored_from is not None  # resumed from a checkpoint, not from scratch
+    sink = stream_jobs_entry.RESULTS[chk]
+    assert sorted(sink.results) == sorted((f"k{k}", w, 10) for w in range(0, 400, 50) for k in range(5))
+    ids = [c.checkpoint_id for c in registry.checkpoints(rec.job_id)]
+    assert ids == sorted(set(ids)) and len(ids) >= 2
+    assert second.recover() == []  # nothing left to resume

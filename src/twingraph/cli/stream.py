@@ -52,14 +52,30 @@ def _args(pairs: list[str]) -> dict[str, Any]:
 @app.command()
 def jobmanager(port: Annotated[int, typer.Option(help="port to listen on")] = 8081,
                host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
-               slots: Annotated[Optional[int], typer.Option(help="jobs that may run at once")] = None) -> None:
-    """Serve the job manager REST face alone (jobs run embedded in this process)."""
+               slots: Annotated[Optional[int], typer.Option(help="jobs that may run at once")] = None,
+               registry: Annotated[bool, typer.Option("--registry/--no-registry",
+                                                      help="record jobs in the metadata database (TWINGRAPH_DATABASE_URL)")] = True) -> None:
+    """Serve the job manager REST face alone (jobs run embedded in this process).
+
+    With the registry, jobs and checkpoints are recorded in the metadata database, and jobs that
+    were running when the job manager last stopped are resumed from their latest checkpoint."""
     import uvicorn
 
     from twingraph.stream.jobmanager import create_app
     from twingraph.stream.jobs import JobManager
 
-    uvicorn.run(create_app(JobManager(slots=slots, port=port)), host=host, port=port, log_level="warning")
+    store = None
+    if registry:
+        from twingraph.settings import Settings
+        from twingraph.stores.metadata.store import SQLMetadataStore
+        from twingraph.stores.metadata.stream_jobs import SQLStreamJobStore
+
+        store = SQLStreamJobStore(SQLMetadataStore(Settings.from_env().database_url, create=True))
+    manager = JobManager(slots=slots, port=port, registry=store)
+    resumed = manager.recover()
+    if resumed:
+        typer.echo(f"resumed {len(resumed)} job(s) from their latest checkpoints: {', '.join(resumed)}")
+    uvicorn.run(create_app(manager), host=host, port=port, log_level="warning")
 
 
 @app.command()

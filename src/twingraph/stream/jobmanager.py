@@ -47,6 +47,14 @@ def create_router(manager: JobManager) -> APIRouter:
         except NotFoundError as exc:
             raise HTTPException(404, str(exc)) from exc
 
+    def past(job_id: str) -> dict[str, Any] | None:
+        """A job recorded by an earlier run of the job manager (registry only)."""
+        for r in manager.history():
+            if r.job_id == job_id:
+                return {"job_id": r.job_id, "status": r.status, "start_time": r.start_time_ms,
+                        "end_time": r.end_time_ms, "metrics": {}, "error": r.error}
+        return None
+
     @router.post("/jobs/submit")
     def submit(body: SubmitJob) -> dict[str, Any]:
         if len(str(body.args)) > MAX_ARGS_BYTES:
@@ -63,12 +71,14 @@ def create_router(manager: JobManager) -> APIRouter:
 
     @router.get("/jobs")
     def list_jobs() -> dict[str, Any]:
-        return {"jobs": [{"job_id": r.job_id, "job_name": r.job_name, "status": r.client.status.value,
-                          "start_time": r.client.run.start_time_ms} for r in manager.jobs()]}
+        past = [{"job_id": r.job_id, "job_name": r.job_name, "status": r.status, "start_time": r.start_time_ms}
+                for r in manager.history()]
+        return {"jobs": past + [{"job_id": r.job_id, "job_name": r.job_name, "status": r.client.status.value,
+                                 "start_time": r.client.run.start_time_ms} for r in manager.jobs()]}
 
     @router.get("/jobs/{job_id}/status")
     def status(job_id: str) -> dict[str, Any]:
-        return _status(get(job_id))
+        return past(job_id) or _status(get(job_id))
 
     @router.post("/jobs/{job_id}/cancel")
     def cancel(job_id: str, with_savepoint: bool = False) -> dict[str, Any]:

@@ -6,12 +6,20 @@ arguments: the function, already installed on this machine, builds and returns a
 document's pickled JobGraph upload is deliberately not offered (an uploaded pickle is code
 execution for whoever can reach the endpoint). Jobs run in this process, one scheduler thread each
 (the embedded task manager); ``slots`` bounds how many run at once.
+
+With a ``registry`` (``twingraph.stores.metadata.stream_jobs.SQLStreamJobStore``, or anything with
+its methods) every job, status change and completed checkpoint is recorded in the metadata
+store. ``recover()`` — called by whoever starts the job manager — reads the registry after a
+restart: jobs that were still running when the process died are submitted again under the same
+id from their latest checkpoint (or from scratch if they had no checkpoint directory); finished
+ones stay listed with their last status.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import uuid
 import socket
 import threading
 import time
@@ -20,7 +28,7 @@ from typing import Any
 
 from twingraph.errors import ConfigurationError, NotFoundError, ValidationError
 from twingraph.stream.api import StreamExecutionEnvironment
-from twingraph.stream.runtime.job import JobClient
+from twingraph.stream.runtime.job import JobClient, JobRun
 from twingraph.stream.runtime.states import JobStatus
 
 
@@ -37,7 +45,8 @@ class JobManager:
     """Registry of the jobs submitted to this process."""
 
     def __init__(self, *, slots: int | None = None, task_manager_id: str | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, registry: Any = None) -> None:
+        self.registry = registry
         self.slots = slots or os.cpu_count() or 1
         self.host = socket.gethostname()
         self.task_manager_id = task_manager_id or f"embedded-{self.host}"
@@ -49,7 +58,7 @@ class JobManager:
         return sum(1 for r in self.jobs() if not r.client.status.terminal)
 
     def submit(self, entrypoint: str, args: dict[str, Any] | None = None,
-               restore_from: str | None = None) -> JobRecord:
+               restore_from: str | None = None, *, job_id: str | None = None) -> JobRecord:
         """Build the job with ``entrypoint(**args)`` and start it; ``ValidationError`` if the entry
         point is malformed, cannot be imported or does not return an environment."""
         module_name, _, func_name = entrypoint.partition(":")
@@ -64,11 +73,55 @@ class JobManager:
         env = func(**(args or {}))
         if not isinstance(env, StreamExecutionEnvironment):
             raise ValidationError(f"{entrypoint} returned {type(env).__name__}, not a StreamExecutionEnvironment")
-        client = env.execute_async(restore_from=restore_from)
+        graph = env.get_job_graph()
+        job_id = job_id or "job_" + uuid.uuid4().hex[:8]
+        if self.registry is not None and self.registry.get(job_id) is None:
+            self.registry.add(job_id=job_id, job_name=env.name, entrypoint=entrypoint, args=args or {},
+                              status=JobStatus.CREATED.value, restore_from=restore_from,
+                              checkpoint_dir=graph.checkpoint.directory)
+        client = JobClient.start(graph, env.clock, restore_from=restore_from, job_id=job_id,
+                                 on_status=self._record_status if self.registry is not None else None,
+                                 on_checkpoint=self._checkpoint_recorder(job_id) if self.registry is not None else None)
         rec = JobRecord(client.job_id, env.name, entrypoint, client)
         with self._lock:
             self._jobs[rec.job_id] = rec
         return rec
+
+    def _record_status(self, run: JobRun) -> None:
+        self.registry.set_status(run.job_id, run.status.value, start_time_ms=run.start_time_ms,
+                                 end_time_ms=run.end_time_ms if run.status.terminal else None,
+                                 error=repr(run.error) if run.error else None)
+
+    def _checkpoint_recorder(self, job_id: str) -> Any:
+        def record(cid: int, savepoint: bool, path: str | None, duration_ms: float) -> None:
+            if path is not None:
+                self.registry.record_checkpoint(job_id, cid, "savepoint" if savepoint else "checkpoint",
+                                                path, duration_ms)
+        return record
+
+    def recover(self) -> list[str]:
+        """Resubmit the registry's jobs that were running when this process last stopped; returns their ids."""
+        if self.registry is None:
+            return []
+        resumed = []
+        for row in self.registry.jobs():
+            if row.job_id in self._jobs or JobStatus(row.status).terminal:
+                continue
+            restore = "latest" if row.checkpoint_dir else None
+            try:
+                self.submit(row.entrypoint, row.args, restore, job_id=row.job_id)
+            except Exception as exc:  # noqa: BLE001 - recorded, and the other jobs still resume
+                self.registry.set_status(row.job_id, JobStatus.FAILED.value,
+                                         error=f"could not be resumed after a restart: {exc!r}")
+                continue
+            resumed.append(row.job_id)
+        return resumed
+
+    def history(self) -> list[Any]:
+        """Registry rows of jobs this process does not hold (earlier runs of the job manager)."""
+        if self.registry is None:
+            return []
+        return [r for r in self.registry.jobs() if r.job_id not in self._jobs]
 
     def get(self, job_id: str) -> JobRecord:
         with self._lock:

@@ -229,3 +229,32 @@ api_keys = Table(
     Column("expires_at", Double),
     Column("revoked_at", Double),
 )
+
+# -- 0003: streaming jobs and their completed checkpoints ------------------------------------
+
+stream_jobs = Table(
+    "stream_jobs", metadata,
+    Column("job_id", String, primary_key=True),                # job_<hex>
+    Column("job_name", String, nullable=False),
+    Column("entrypoint", String, nullable=False),              # package.module:function
+    Column("args", JSON, nullable=False, default=_empty),
+    Column("status", String(16), nullable=False),              # CREATED ... FINISHED
+    Column("restore_from", Text),
+    Column("checkpoint_dir", Text),
+    Column("submitted_at", Double, nullable=False),
+    Column("start_time_ms", BigInteger),
+    Column("end_time_ms", BigInteger),
+    Column("error", Text),
+    Index(None, "status"),
+)
+
+stream_checkpoints = Table(
+    "stream_checkpoints", metadata,
+    Column("job_id", String, ForeignKey("stream_jobs.job_id", ondelete="CASCADE"), nullable=False),
+    Column("checkpoint_id", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),                # checkpoint | savepoint
+    Column("path", Text, nullable=False),
+    Column("duration_ms", Double, nullable=False),
+    Column("completed_at", Double, nullable=False),
+    PrimaryKeyConstraint("job_id", "checkpoint_id"),
+)

@@ -16,6 +16,7 @@ committed) the job is FINISHED.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shutil
 import tempfile
@@ -42,6 +43,7 @@ from twingraph.stream.state import MemoryStateBackend, SQLiteStateBackend, State
 from twingraph.stream.watermarks import MIN_WATERMARK
 
 LATENCY_MARKER_INTERVAL_S = 0.2
+log = logging.getLogger("twingraph.stream")
 
 
 def _instance(proto: Any) -> Any:
@@ -52,9 +54,14 @@ def _instance(proto: Any) -> Any:
 
 
 class JobRun:
-    def __init__(self, job: JobGraph, clock: Clock, restore_from: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, job: JobGraph, clock: Clock, restore_from: str | os.PathLike[str] | None = None, *,
+                 job_id: str | None = None) -> None:
         self.job, self.clock = job, clock
-        self.job_id = "job_" + uuid.uuid4().hex[:8]
+        self.job_id = job_id or "job_" + uuid.uuid4().hex[:8]
+        #: called (in the job's thread) after every status change, and after every completed
+        #: checkpoint with (checkpoint_id, savepoint, path, duration_ms); exceptions are logged
+        self.status_listeners: list[Callable[[JobRun], None]] = []
+        self.checkpoint_listeners: list[Callable[[int, bool, str | None, float], None]] = []
         self.status = JobStatus.CREATED
         self.start_time_ms: int | None = None
         self.end_time_ms: int | None = None
@@ -190,6 +197,15 @@ class JobRun:
             job_name=job.name, tasks=self.tasks, storage=self.storage,
             next_id=(restored_id or 0) + 1, max_parallelism=job.max_parallelism,
             backend=job.state_backend, uid_parallelism=uid_par)
+        self.coordinator.on_complete.extend(self._guarded(cb) for cb in self.checkpoint_listeners)
+
+    def _guarded(self, cb: Callable[[int, bool, str | None, float], None]) -> Callable[[int, bool, str | None, float], None]:
+        def call(cid: int, savepoint: bool, path: str | None, duration: float) -> None:
+            try:
+                cb(cid, savepoint, path, duration)
+            except Exception:
+                log.exception("stream job %s: checkpoint listener failed", self.job_id)
+        return call
 
     def _partitioner(self, e: Edge, chs: list[Any]) -> Callable[[Any], None]:
         if e.kind == "hash":
@@ -259,13 +275,20 @@ class JobRun:
     # -- the loop -------------------------------------------------------------------------------
     def _set(self, new: JobStatus) -> None:
         self.status = transition(self.status, new)
+        if new.terminal:
+            self.end_time_ms = int(time.time() * 1000)
+        for listener in self.status_listeners:
+            try:
+                listener(self)
+            except Exception:  # a registry that cannot be written must not stop the job
+                log.exception("stream job %s: status listener failed", self.job_id)
 
     def run(self) -> None:
         try:
             self._build()
             self._open()
-            self._set(JobStatus.RUNNING)
             self.start_time_ms = int(time.time() * 1000)
+            self._set(JobStatus.RUNNING)
             self._started_perf = time.perf_counter()
             self._loop()
         except BaseException as exc:
@@ -422,8 +445,14 @@ class JobClient:
 
     @classmethod
     def start(cls, job: JobGraph, clock: Clock, *, restore_from: str | os.PathLike[str] | None = None,
-              thread: bool = True) -> JobClient:
-        run = JobRun(job, clock, restore_from)
+              thread: bool = True, job_id: str | None = None,
+              on_status: Callable[[JobRun], None] | None = None,
+              on_checkpoint: Callable[[int, bool, str | None, float], None] | None = None) -> JobClient:
+        run = JobRun(job, clock, restore_from, job_id=job_id)
+        if on_status is not None:
+            run.status_listeners.append(on_status)
+        if on_checkpoint is not None:
+            run.checkpoint_listeners.append(on_checkpoint)
         th = None
         if thread:
             th = threading.Thread(target=run.run, name=f"twingraph-stream-{run.job_id}", daemon=True)
