@@ -64,6 +64,13 @@ def test_submit_status_metrics_savepoint_cancel_and_restore(jobmanager: tuple[st
         m = c.get(f"/jobs/{job_id}/metrics").json()
         assert m["throughput"] > 0 and m["checkpoints_completed"] >= 1 and m["checkpoint_duration_ms"] > 0
         assert 0.0 <= m["backpressure_ratio"] <= 1.0
+        prom = c.get("/metrics").text
+        counted = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+                   for line in prom.splitlines() if line.startswith("records_processed_total{")}
+        assert any('operator="counts"' in labels and n > 0 for labels, n in counted.items())
+        for name in ("checkpoint_duration_seconds_count", "backpressure_ratio{", "watermark_lag_ms{",
+                     "processing_latency_seconds_bucket{", "state_size_bytes{"):
+            assert name in prom, name
         sp = c.post(f"/jobs/{job_id}/savepoint").json()
         assert Path(sp["location"], "_metadata.json").exists() and sp["checkpoint_id"] >= 1
         tms = c.get("/taskmanagers").json()["task_managers"]

@@ -5,7 +5,8 @@ runs) or served alone by ``twingraph stream jobmanager --port 8081`` (loopback b
 Routes: ``POST /jobs/submit``, ``GET /jobs``, ``GET /jobs/{job_id}/status``,
 ``POST /jobs/{job_id}/cancel?with_savepoint=``, ``GET /jobs/{job_id}/metrics``,
 ``POST /jobs/{job_id}/savepoint``, ``GET /taskmanagers``, ``GET /cluster/metrics``.
-Every figure is measured by the running job (see ``JobRun.metrics``); none is a constant.
+Every figure is measured by the running job (see ``JobRun.metrics``); none is a constant. The
+stand-alone app also serves ``GET /metrics`` (Prometheus, see ``twingraph.stream.prometheus``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from twingraph.errors import ConfigurationError, NotFoundError, StreamError, ValidationError
@@ -132,4 +133,15 @@ def create_app(manager: JobManager | None = None) -> FastAPI:
                                         for e in exc.errors()]}, status_code=422)
 
     app.include_router(create_router(manager))
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from twingraph.stream.prometheus import StreamCollector
+
+    registry = CollectorRegistry()
+    registry.register(StreamCollector(lambda: [r.client.run for r in manager.jobs()]))
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_endpoint() -> Response:
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
     return app

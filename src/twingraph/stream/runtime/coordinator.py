@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from twingraph.stream.checkpoints import CheckpointStorage
+from twingraph.stream.runtime.histogram import Histogram
 from twingraph.stream.runtime.tasks import SinkOperator, Task
 
 
@@ -46,6 +47,7 @@ class CheckpointCoordinator:
         self.last_completed_id: int | None = None
         self.last_path: str | None = None
         self.durations_ms: deque[float] = deque(maxlen=100)
+        self.duration_histogram = Histogram((0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
         self.state_sizes: dict[tuple[str, int], int] = {}
         self.final_done = False
         self.on_complete: list[Callable[[int, bool, str | None, float], None]] = []
@@ -120,6 +122,7 @@ class CheckpointCoordinator:
                 t.source.notify_checkpoint_complete(p.cid)
         duration = (time.perf_counter() - p.started) * 1000.0
         self.durations_ms.append(duration)
+        self.duration_histogram.observe(duration / 1000.0)
         self.completed += 1
         self.last_completed_id, self.last_path = p.cid, path
         if p.final:

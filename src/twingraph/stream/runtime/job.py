@@ -53,6 +53,16 @@ def _instance(proto: Any) -> Any:
     return proto()
 
 
+def _counted(op: Operator) -> Callable[[Any], None]:
+    """A chained operator's input: counts the records (per batch) for the metrics, then processes."""
+    process = op.process
+
+    def call(batch: Any) -> None:
+        op.records_in += len(batch)
+        process(batch)
+    return call
+
+
 class JobRun:
     def __init__(self, job: JobGraph, clock: Clock, restore_from: str | os.PathLike[str] | None = None, *,
                  job_id: str | None = None) -> None:
@@ -185,7 +195,7 @@ class JobRun:
                 for pos, tid in enumerate(c for c in chain if plan.nodes[c].kind != "source"):
                     op = ops_by_node[tid]
                     nodes_after = [c for c in chain if plan.nodes[c].kind != "source"]
-                    nxt = ops_by_node[nodes_after[pos + 1]].process if pos + 1 < len(nodes_after) else None
+                    nxt = _counted(ops_by_node[nodes_after[pos + 1]]) if pos + 1 < len(nodes_after) else None
                     main = nxt if nxt is not None else fan_out(outs.get((tid, None), []))
                     sides = {tag: fan_out(ps) for (n, tag), ps in outs.items() if n == tid and tag is not None}
                     op.setup(op.ctx, main, sides)

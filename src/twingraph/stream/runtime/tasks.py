@@ -25,6 +25,7 @@ from typing import Any
 from twingraph.stream.connectors.base import SourceSplitContext
 from twingraph.stream.keygroups import KeyGroupCache, subtask_for_key_group
 from twingraph.stream.operators import Batch, Operator
+from twingraph.stream.runtime.histogram import Histogram
 from twingraph.stream.watermarks import MAX_WATERMARK, WatermarkCombiner, WatermarkGenerator
 
 REC, WM, BARRIER, END, IDLE, LAT = 0, 1, 2, 3, 4, 5
@@ -123,7 +124,8 @@ class Task:
         self.records_in = 0
         self.turns = 0
         self.backpressured_turns = 0
-        self.latencies_ms: deque[float] = deque(maxlen=1024)
+        self.latencies_ms: deque[float] = deque(maxlen=1024)  # recent, for the mean in metrics()
+        self.latency = Histogram()  # cumulative, for Prometheus
         self.has_sink = any(isinstance(op, SinkOperator) for op in ops)
         self.ack: Callable[[Task, int, dict[str, Any]], None] = lambda task, cid, states: None
         self.checkpoint_dir: Callable[[int], Path | None] = lambda cid: None
@@ -174,6 +176,8 @@ class Task:
         recs = self.source.poll(batch_size)
         if recs:
             self.records_in += len(recs)
+            if self.ops:
+                self.ops[0].records_in += len(recs)
             gen = self.wm_gen
             a = self.assigner
             if a is not None:
@@ -226,6 +230,7 @@ class Task:
                 kind = el[0]
                 if kind == REC:
                     self.records_in += len(el[1])
+                    self.ops[0].records_in += len(el[1])
                     self.head(el[1])
                 elif kind == WM:
                     wm = self.combiner.update(idx, el[1])
@@ -256,7 +261,9 @@ class Task:
                         self.broadcast((IDLE, False))
                 elif kind == LAT:
                     if self.has_sink:
-                        self.latencies_ms.append(time.perf_counter() * 1000.0 - el[1])
+                        ms = time.perf_counter() * 1000.0 - el[1]
+                        self.latencies_ms.append(ms)
+                        self.latency.observe(ms / 1000.0)
                     else:
                         self.broadcast(el)
         return progressed
