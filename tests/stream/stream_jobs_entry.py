@@ -26,3 +26,19 @@ def slow_count(checkpoints: str, n: int = 200, delay_s: float = 0.005, paralleli
 
 def not_a_job() -> int:
     return 42
+
+
+def file_count(checkpoints: str, out: str, n: int = 600, delay_s: float = 0.004) -> StreamExecutionEnvironment:
+    """Like slow_count, into an exactly-once FileSink (output that outlives the process)."""
+    from twingraph.stream import FileSink
+
+    def slow(x: Any) -> Any:
+        time.sleep(delay_s)
+        return x
+
+    env = StreamExecutionEnvironment("FileCount").set_parallelism(2).set_batch_size(5)
+    env.enable_checkpointing(50, checkpoints, fsync=False)
+    (env.from_collection([(f"k{i % 5}", i) for i in range(n)], timestamp_assigner=lambda e: e[1])
+        .map(slow).key_by(lambda e: e[0]).window(TumblingWindow(50))
+        .apply(lambda k, w, xs: [f"{k} {w[0]} {len(xs)}"]).uid("counts").add_sink(FileSink(out, fsync=False)))
+    return env

@@ -153,3 +153,61 @@ def test_registry_records_jobs_and_checkpoints_and_resumes_running_jobs(tmp_path
     ids = [c.checkpoint_id for c in registry.checkpoints(rec.job_id)]
     assert ids == sorted(set(ids)) and len(ids) >= 2
     assert second.recover() == []  # nothing left to resume
+
+
+@pytest.mark.timeout(120)
+def test_kill_minus_9_of_the_job_manager_then_restart_resumes_the_job(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+
+    from twingraph.stream import read_committed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, TWINGRAPH_DATABASE_URL=f"sqlite:///{tmp_path / 'meta.db'}",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[2] / "src"),
+                                           os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "twingraph", "stream", "jobmanager", "--port", str(port)]
+
+    def start() -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/jobs", timeout=1)
+                return p
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        p.kill()
+        raise AssertionError("job manager did not start")
+
+    out, chk = tmp_path / "out", tmp_path / "chk"
+    p = start()
+    try:
+        r = httpx.post(f"http://127.0.0.1:{port}/jobs/submit", timeout=30, json={
+            "entrypoint": "stream_jobs_entry:file_count", "args": {"checkpoints": str(chk), "out": str(out)}})
+        job_id = r.json()["job_id"]
+        deadline = time.monotonic() + 30
+        while not list(chk.glob("chk-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert httpx.get(f"http://127.0.0.1:{port}/jobs/{job_id}/status").json()["status"] == "RUNNING"
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+    p = start()  # recovers the registry's RUNNING job from its latest checkpoint
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st = httpx.get(f"http://127.0.0.1:{port}/jobs/{job_id}/status").json()
+            if st.get("status") in ("FINISHED", "FAILED"):
+                break
+            time.sleep(0.1)
+        assert st["status"] == "FINISHED", st
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(10)
+    lines = sorted(read_committed(out))
+    assert lines == sorted(f"k{k} {w} 10" for w in range(0, 600, 50) for k in range(5))
