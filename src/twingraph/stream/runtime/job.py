@@ -143,12 +143,26 @@ class JobRun:
         return MemoryStateBackend(self.job.max_parallelism)
 
     def _build(self) -> None:
-        plan, job = self.plan, self.job
+        restored_id = self._restore[1]["checkpoint_id"] if self._restore else None
+        by_chain, input_offset, uid_par = self._create_tasks(restored_id)
+        self._wire(by_chain, input_offset)
+        self.coordinator = CheckpointCoordinator(
+            job_name=self.job.name, tasks=self.tasks, storage=self.storage,
+            next_id=(restored_id or 0) + 1, max_parallelism=self.job.max_parallelism,
+            backend=self.job.state_backend, uid_parallelism=uid_par)
+        self.coordinator.on_complete.extend(self._guarded(cb) for cb in self.checkpoint_listeners)
+
+    def _create_tasks(self, restored_id: int | None) -> tuple[dict[int, list[Task]], dict[int, dict[int, int]], dict[str, int]]:
+        """One task per subtask of every chain, with its operators and input channels.
+
+        Returns the tasks by chain head, where each input edge's channels start in a consumer's
+        input list (one channel per producer subtask; one for a forward edge), and the
+        parallelism of every operator uid."""
+        plan = self.plan
         by_chain: dict[int, list[Task]] = {}
         input_offset: dict[int, dict[int, int]] = {}  # consumer head -> id(edge) -> first channel index
         uid_par: dict[str, int] = {}
         self._restored_sinks: list[tuple[SinkOperator, Any]] = []
-        restored_id = self._restore[1]["checkpoint_id"] if self._restore else None
         for chain in plan.chains:
             head = plan.nodes[chain[0]]
             p = plan.parallelism[chain[0]]
@@ -157,27 +171,29 @@ class JobRun:
                 offsets[id(e)] = n
                 n += 1 if e.kind == "forward" else plan.parallelism[e.producer]
             input_offset[chain[0]] = offsets
+            for tid in chain:
+                uid_par[plan.nodes[tid].state_uid] = p
             tasks = []
             for i in range(p):
-                ops: list[Operator] = []
-                for tid in chain:
-                    t = plan.nodes[tid]
-                    uid_par[t.state_uid] = p
-                    if t.kind == "source":
-                        continue
-                    ops.append(self._make_op(t, i, p, restored_id))
+                ops = [self._make_op(plan.nodes[tid], i, p, restored_id) for tid in chain
+                       if plan.nodes[tid].kind != "source"]
                 task = Task(f"{head.name}#{chain[0]}", i, ops, n)
                 if head.kind == "source":
                     self._attach_source(task, head, i, p, restored_id)
                 tasks.append(task)
             by_chain[chain[0]] = tasks
             self.tasks.extend(tasks)
-        # wire outputs
+        return by_chain, input_offset, uid_par
+
+    def _wire(self, by_chain: dict[int, list[Task]], input_offset: dict[int, dict[int, int]]) -> None:
+        """Connect every operator's main and side outputs: the next chained operator, or
+        partitioners writing into the consumer tasks' input channels."""
+        plan = self.plan
         head_of = {tid: ch[0] for ch in plan.chains for tid in ch}
         for chain in plan.chains:
+            op_nodes = [tid for tid in chain if plan.nodes[tid].kind != "source"]
             for task in by_chain[chain[0]]:
                 i = task.subtask
-                ops_by_node = dict(zip([tid for tid in chain if plan.nodes[tid].kind != "source"], task.ops))
                 outs: dict[tuple[int, Any], list[Callable[[Any], None]]] = {}
                 for tid in chain:
                     for e in plan.outputs[tid]:
@@ -185,29 +201,20 @@ class JobRun:
                             continue
                         targets = by_chain[head_of[e.consumer]]
                         base = input_offset[e.consumer][id(e)]
-                        if e.kind == "forward":
-                            chs = [targets[i].inputs[base]]
-                        else:
-                            chs = [tk.inputs[base + i] for tk in targets]
+                        chs = [targets[i].inputs[base]] if e.kind == "forward" else [tk.inputs[base + i] for tk in targets]
                         task.outputs.extend(chs)
-                        part = self._partitioner(e, chs)
-                        outs.setdefault((tid, e.tag), []).append(part)
-                for pos, tid in enumerate(c for c in chain if plan.nodes[c].kind != "source"):
+                        outs.setdefault((tid, e.tag), []).append(self._partitioner(e, chs))
+                ops_by_node = dict(zip(op_nodes, task.ops))
+                for pos, tid in enumerate(op_nodes):
                     op = ops_by_node[tid]
-                    nodes_after = [c for c in chain if plan.nodes[c].kind != "source"]
-                    nxt = _counted(ops_by_node[nodes_after[pos + 1]]) if pos + 1 < len(nodes_after) else None
-                    main = nxt if nxt is not None else fan_out(outs.get((tid, None), []))
+                    if pos + 1 < len(op_nodes):
+                        main = _counted(ops_by_node[op_nodes[pos + 1]])
+                    else:
+                        main = fan_out(outs.get((tid, None), []))
                     sides = {tag: fan_out(ps) for (n, tag), ps in outs.items() if n == tid and tag is not None}
                     op.setup(op.ctx, main, sides)
-                if plan.nodes[chain[0]].kind == "source":
-                    src_tid = chain[0]
-                    if len(chain) == 1:
-                        task.head = fan_out(outs.get((src_tid, None), []))
-        self.coordinator = CheckpointCoordinator(
-            job_name=job.name, tasks=self.tasks, storage=self.storage,
-            next_id=(restored_id or 0) + 1, max_parallelism=job.max_parallelism,
-            backend=job.state_backend, uid_parallelism=uid_par)
-        self.coordinator.on_complete.extend(self._guarded(cb) for cb in self.checkpoint_listeners)
+                if not op_nodes:  # a source whose records go straight to channels
+                    task.head = fan_out(outs.get((chain[0], None), []))
 
     def _guarded(self, cb: Callable[[int, bool, str | None, float], None]) -> Callable[[int, bool, str | None, float], None]:
         def call(cid: int, savepoint: bool, path: str | None, duration: float) -> None:
