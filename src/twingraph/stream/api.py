@@ -7,6 +7,7 @@ into a :class:`~twingraph.stream.graph.JobGraph` and runs it on the embedded run
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -273,8 +274,6 @@ class WindowedStream:
 
 def _fresh(fn: Any) -> Any:
     """One copy of a function object per subtask, so instance attributes (state handles) are not shared."""
-    import copy
-
     if isinstance(fn, (ProcessFunction, AggregateFunction)):
         return copy.copy(fn)
     return fn

@@ -70,7 +70,10 @@ class JobManager:
             func = getattr(importlib.import_module(module_name), func_name)
         except (ImportError, AttributeError) as exc:
             raise ValidationError(f"cannot load entrypoint {entrypoint!r}: {exc}") from exc
-        env = func(**(args or {}))
+        try:
+            env = func(**(args or {}))
+        except Exception as exc:  # the caller's function or arguments are wrong: bad input
+            raise ValidationError(f"{entrypoint}(**args) raised {exc!r}") from exc
         if not isinstance(env, StreamExecutionEnvironment):
             raise ValidationError(f"{entrypoint} returned {type(env).__name__}, not a StreamExecutionEnvironment")
         graph = env.get_job_graph()

@@ -83,6 +83,7 @@ class JobRun:
         self._savepoint_waiters: list[Future[str | None]] = []
         self._lock = threading.Lock()
         self._started_perf = 0.0
+        self._ended_perf: float | None = None
         self.done = threading.Event()
         self.restored_from: str | None = None
         self._restore = self._load_restore(restore_from)
@@ -294,6 +295,7 @@ class JobRun:
         self.status = transition(self.status, new)
         if new.terminal:
             self.end_time_ms = int(time.time() * 1000)
+            self._ended_perf = time.perf_counter()
         for listener in self.status_listeners:
             try:
                 listener(self)
@@ -434,7 +436,8 @@ class JobRun:
     # -- observation ------------------------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
         """Measured figures: throughput since start, latency-marker latency, backpressure, checkpoints."""
-        elapsed = ((time.perf_counter() - self._started_perf) if self._started_perf else 0.0)
+        end = self._ended_perf if self._ended_perf is not None else time.perf_counter()
+        elapsed = (end - self._started_perf) if self._started_perf else 0.0
         src_records = sum(t.records_in for t in self.tasks if t.source is not None)
         lat = [x for t in self.tasks for x in list(t.latencies_ms)]
         bp = [t.backpressured_turns / t.turns for t in self.tasks if t.turns]
