@@ -41,15 +41,21 @@ def run_to_end(out: Path, chk: Path, *extra: str) -> str:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("backend", ["memory", "sqlite"])
-def test_kill_minus_9_at_random_points_gives_exactly_once_output(tmp_path: Path, backend: str) -> None:
+@pytest.mark.parametrize(("backend", "source"), [("memory", "collection"), ("sqlite", "files")])
+def test_kill_minus_9_at_random_points_gives_exactly_once_output(tmp_path: Path, backend: str, source: str) -> None:
     reference = tmp_path / "reference"
     sys.path.insert(0, str(JOB.parent))
     try:
         import stream_crash_job
     finally:
         sys.path.remove(str(JOB.parent))
-    stream_crash_job.build(str(reference), str(tmp_path / "ref-chk"), N, 2, backend).execute()
+    extra: tuple[str, ...] = ("2", backend)
+    input_dir = None
+    if source == "files":
+        input_dir = str(tmp_path / "input")
+        stream_crash_job.write_inputs(input_dir, N)
+        extra += (input_dir,)
+    stream_crash_job.build(str(reference), str(tmp_path / "ref-chk"), N, 2, backend, input_dir).execute()
     expected = Counter(read_committed(reference))
     assert sum(expected.values()) > N  # running counts for every event plus the window counts
 
@@ -59,7 +65,7 @@ def test_kill_minus_9_at_random_points_gives_exactly_once_output(tmp_path: Path,
     for _ in range(30):
         if kills >= 5:
             break
-        p = start(out, chk, "2", backend)
+        p = start(out, chk, *extra)
         assert p.stderr is not None
         first = p.stderr.readline()  # the job is built and about to run (imports can take a second)
         restored += first.startswith("restored ") and "restored None" not in first
@@ -69,7 +75,7 @@ def test_kill_minus_9_at_random_points_gives_exactly_once_output(tmp_path: Path,
             kills += 1
         p.communicate(timeout=60)
     assert kills >= 5, "the job finished before it could be killed five times"
-    err = run_to_end(out, chk, "2", backend)
+    err = run_to_end(out, chk, *extra)
     restored += "restored None" not in err
     assert restored >= 2, "the killed runs never got as far as a completed checkpoint"
     got = Counter(read_committed(out))
