@@ -213,7 +213,7 @@ def test_schedule_fires_and_backfill_respects_max_concurrency(app_client: TestCl
     b = c.post(f"/api/v1/schedules/{slow['id']}/backfill", json={"count": 3})
     assert b.status_code == 201, b.text
     dates = b.json()["data"]["dates"]
-    assert len(dates) == 3 and dates == sorted(dates) and all(d.endswith("T02:00:00.000Z") for d in dates)
+    assert len(dates) == 3 and dates == sorted(dates) and all(d.endswith("T02:00:00Z") for d in dates)
     deadline = time.monotonic() + 20
     while True:
         runs = c.get(f"/api/v1/runs?schedule_id={slow['id']}&sort=created_at").json()["data"]
@@ -222,14 +222,14 @@ def test_schedule_fires_and_backfill_respects_max_concurrency(app_client: TestCl
             break
         time.sleep(0.03)
     assert [x["state"] for x in runs] == ["SUCCESS"] * 3
-    assert sorted(x["params"]["logical_date"] for x in runs) == [d.replace(".000Z", "Z") for d in dates]
+    assert sorted(x["params"]["logical_date"] for x in runs) == dates
     spans = sorted((x["started_at"], x["ended_at"]) for x in runs)
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans   # one at a time
 
     r = c.post(f"/api/v1/schedules/{slow['id']}/backfill",
                json={"start": "2026-01-01T00:00:00Z", "end": "2026-01-03T23:00:00Z"})
-    assert r.json()["data"]["dates"] == ["2026-01-01T02:00:00.000Z", "2026-01-02T02:00:00.000Z",
-                                         "2026-01-03T02:00:00.000Z"]
+    assert r.json()["data"]["dates"] == ["2026-01-01T02:00:00Z", "2026-01-02T02:00:00Z",
+                                         "2026-01-03T02:00:00Z"]
     for body in ({}, {"count": 0}, {"count": 2, "start": "2026-01-01T00:00:00Z"},
                  {"start": "yesterday"}):
         assert c.post(f"/api/v1/schedules/{slow['id']}/backfill", json=body).status_code == 422

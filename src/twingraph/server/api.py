@@ -236,7 +236,7 @@ async def execution_logs(request: Request, execution_id: str,
                          level: str | None = Query(None, description="debug, info, warning, error"),
                          start_time: str | None = Query(None, description="ISO-8601, inclusive"),
                          end_time: str | None = Query(None, description="ISO-8601, inclusive"),
-                         limit: int = Query(1000, ge=1, le=1000), offset: int = Query(0, ge=0)) -> Any:
+                         limit: int = Query(1000, ge=1, le=1000), offset: int = Query(0, ge=0, le=2**62)) -> Any:
     svc = services(request)
     since = parse_iso(start_time, "start_time") if start_time is not None else None
     until = parse_iso(end_time, "end_time") if end_time is not None else None

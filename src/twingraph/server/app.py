@@ -60,7 +60,8 @@ def create_app(svc: Services, *, load: Sequence[str] = (), lifespan_hooks: bool 
 
     app = FastAPI(title="TwinGraph", version=__version__, lifespan=lifespan,
                   description="Pipelines, runs, schedules and streaming jobs. Faces: /api/v1 "
-                              "(Tauro), /api (TwinGraph), /ws, /jobs.")
+                              "(Tauro), /api (TwinGraph), /ws, /jobs.",
+                  redirect_slashes=False)
     app.state.services = svc
     app.state.metrics = metrics
     app.state.auth_mode = "none" if auth is None else auth.mode
@@ -70,6 +71,8 @@ def create_app(svc: Services, *, load: Sequence[str] = (), lifespan_hooks: bool 
     from twingraph.server.ratelimit import RateLimitMiddleware
     from twingraph.server.versioning import VersioningMiddleware
     authenticator = auth if auth is not None else Authenticator.disabled()
+    from twingraph.server.fastpath import HotReads
+    app.add_middleware(HotReads, services=svc, route=v1.get_run_route())   # innermost
     app.add_middleware(VersioningMiddleware)
     app.add_middleware(AuthMiddleware, authenticator=authenticator)
     if authenticator.mode == "required":

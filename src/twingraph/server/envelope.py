@@ -114,7 +114,11 @@ def request_id(request: Request) -> str:
 
 
 def meta(request: Request, **extra: Any) -> dict[str, Any]:
-    return {"timestamp": iso(time.time()), "request_id": request_id(request), **extra}
+    return meta_values(request_id(request), **extra)
+
+
+def meta_values(request_id: str | None, **extra: Any) -> dict[str, Any]:
+    return {"timestamp": iso(time.time()), "request_id": request_id or "req_unknown", **extra}
 
 
 def ok(request: Request, data: Any) -> dict[str, Any]:

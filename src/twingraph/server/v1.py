@@ -22,7 +22,7 @@ from twingraph.server.envelope import ERROR_RESPONSES, ok, page
 router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
 
 Limit = Query(50, ge=1, le=100, description="max results (≤ 100)")
-Offset = Query(0, ge=0, description="results to skip")
+Offset = Query(0, ge=0, le=2**62, description="results to skip")
 Sort = Query(None, description="sort field, '-' for descending (default -created_at)")
 
 
@@ -96,6 +96,11 @@ async def get_run(request: Request, run_id: str) -> Any:
     # millisecond, done on the event loop without a thread hop; JSON rendered directly.
     run, progress = services(request).runs.status(run_id)
     return JSONResponse(ok(request, views.run(run, progress)))
+
+
+def get_run_route() -> Any:
+    """The routed ``GET /runs/{run_id}`` (the fast path labels its metrics with it)."""
+    return next(r for r in router.routes if getattr(r, "path", "") == "/api/v1/runs/{run_id}")
 
 
 # -- projects ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from twingraph.core.schedule import ScheduleRecord
+from twingraph.core.schedule import ScheduleRecord, logical_date
 from twingraph.server.deps import services
 from twingraph.server.envelope import ERROR_RESPONSES, ApiError, iso, ok, page, parse_iso
 from twingraph.server.v1 import Limit, Offset, Sort
@@ -146,7 +146,8 @@ async def backfill_schedule(request: Request, schedule_id: str, body: BackfillIn
     sched = scheduled(request)
     created = await asyncio.to_thread(lambda: sched.backfill(schedule_id, count=body.count,
                                                              start=start, end=end))
+    # Dates spelled as the runs' own ``logical_date`` param, so the two compare equal.
     return ok(request, {"schedule_id": schedule_id, "count": len(created),
-                        "dates": [iso(slot) for slot, _ in created],
-                        "runs": [{"logical_date": iso(slot), "run_id": rid}
+                        "dates": [logical_date(slot) for slot, _ in created],
+                        "runs": [{"logical_date": logical_date(slot), "run_id": rid}
                                  for slot, rid in created]})
