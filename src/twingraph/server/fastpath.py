@@ -24,6 +24,7 @@ PREFIX = "/api/v1/runs/"
 class HotReads:
     def __init__(self, app: Any, services: Services, route: Any = None) -> None:
         self.app, self.services, self.route = app, services, route
+        self.reader = services.catalog.status_reader()   # used on the event loop thread only
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "")
@@ -36,7 +37,7 @@ class HotReads:
             await self.app(scope, receive, send)
             return
         try:
-            run, progress = self.services.runs.status(run_id)
+            run, progress = self.services.runs.status(run_id, self.reader)
         except NotFoundError:
             await self.app(scope, receive, send)        # the routed endpoint shapes the 404
             return

@@ -32,7 +32,7 @@ from twingraph.service.definitions import (
     to_dag,
 )
 from twingraph.stores.metadata.catalog import PipelineRecord
-from twingraph.stores.metadata.catalog_store import RunRow, SQLCatalog
+from twingraph.stores.metadata.catalog_store import RunRow, SQLCatalog, StatusReader
 
 DEFAULT_TIMEOUT = 3600.0
 
@@ -258,10 +258,10 @@ class RunService:
                 "percent": round(100.0 * (done + failed + skipped) / total, 2) if total else
                 (100.0 if run.state.terminal else 0.0)}
 
-    def status(self, run_id: str) -> tuple[RunRow, dict[str, Any]]:
+    def status(self, run_id: str, reader: StatusReader | None = None) -> tuple[RunRow, dict[str, Any]]:
         """A run and its progress, on the cheapest path (a client polling it)."""
         live = run_id in self.engine.runs
-        run, counts = self.catalog.run_status(run_id, counts=not live)
+        run, counts = self.catalog.run_status(run_id, counts=not live, reader=reader)
         return run, self.progress(run, counts)
 
     def outputs(self, run_id: str) -> Any:

@@ -73,6 +73,48 @@ class RunRow:
         return self.ended_at - self.started_at
 
 
+class StatusReader:
+    """One long-lived DBAPI connection in autocommit mode, for one thread's hot reads: no pool
+    checkout and no liveness ping per read (the pool pings PostgreSQL on every checkout). A
+    broken connection is dropped and the read retried once on a fresh one."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self._raw: Any = None
+
+    def _connect(self) -> Any:
+        raw = self._engine.raw_connection()
+        driver = raw.driver_connection
+        if self._engine.dialect.name == "postgresql":
+            driver.autocommit = True        # each read sees the latest commit; no COMMIT trip
+        return raw
+
+    def fetch(self, sql: str, key: str) -> Any:
+        for attempt in (0, 1):
+            if self._raw is None:
+                self._raw = self._connect()
+            try:
+                cur = self._raw.driver_connection.cursor()
+                cur.execute(sql, (key,))
+                row = cur.fetchone()
+                cur.close()
+                return row
+            except Exception:
+                raw, self._raw = self._raw, None
+                try:
+                    raw.invalidate()
+                except Exception:  # noqa: BLE001 - it is being thrown away
+                    pass
+                if attempt:
+                    raise
+        return None
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+
+
 @dataclass(frozen=True, slots=True)
 class ComponentMetrics:
     component: str
@@ -387,39 +429,53 @@ class SQLCatalog:
             raise NotFoundError(f"run {run_id!r} not found")
         return _run_row(row)
 
-    def run_status(self, run_id: str, *, counts: bool = True) -> tuple[RunRow, dict[str, int]]:
+    def run_status(self, run_id: str, *, counts: bool = True,
+                   reader: StatusReader | None = None) -> tuple[RunRow, dict[str, int]]:
         """The hot read of the faces (a client polling a run): the run and its task counts per
-        state, in two statements on one raw DBAPI connection — no SQL compilation and no
-        result processing, about a tenth of the Core path's cost."""
-        raw = self.store._engine.raw_connection()
-        try:
-            cur = raw.cursor()
-            cur.execute(self._status_sql[0], (run_id,))
-            row = cur.fetchone()
-            if row is None:
-                raise NotFoundError(f"run {run_id!r} not found")
-            by_state: dict[str, int] = {}
-            if counts:
-                cur.execute(self._status_sql[1], (run_id,))
-                by_state = {state: int(n) for state, n in cur.fetchall()}
-            cur.close()
-            raw.commit()            # end the read transaction (psycopg opens one implicitly)
-        finally:
-            raw.close()
+        state in ONE statement (one snapshot, one round trip) on a raw DBAPI connection — no
+        SQL compilation, no result processing. ``reader`` is a caller's own long-lived
+        connection (``status_reader()``); without one a pooled connection is used."""
+        sql = self._status_sql[0 if counts else 1]
+        if reader is not None:
+            row = reader.fetch(sql, run_id)
+        else:
+            raw = self.store._engine.raw_connection()
+            try:
+                cur = raw.cursor()
+                cur.execute(sql, (run_id,))
+                row = cur.fetchone()
+                cur.close()
+                raw.commit()            # end the read transaction (psycopg opens one implicitly)
+            finally:
+                raw.close()
+        if row is None:
+            raise NotFoundError(f"run {run_id!r} not found")
         fields = dict(zip(_STATUS_FIELDS, row))
+        by_state = row[len(_STATUS_FIELDS)] if counts else None
+        if isinstance(by_state, (str, bytes)):
+            by_state = json.loads(by_state)
         for name in ("params", "config", "source", "tags"):
             if isinstance(fields[name], (str, bytes)):
                 fields[name] = json.loads(fields[name])
         fields["state"] = RunState(fields["state"])
-        return RunRow(**fields), by_state
+        return RunRow(**fields), {k: int(v) for k, v in (by_state or {}).items()}
+
+    def status_reader(self) -> StatusReader:
+        """A dedicated autocommit connection for ``run_status`` (one thread's hot reads)."""
+        return StatusReader(self.store._engine)
 
     @functools.cached_property
     def _status_sql(self) -> tuple[str, str]:
-        mark = "?" if self.store._engine.dialect.paramstyle == "qmark" else "%s"
+        """(with counts, without): the run, its project id, and ``{state: count}`` as JSON."""
+        postgres = self.store._engine.dialect.name == "postgresql"
+        mark = "%s" if postgres else "?"
+        agg = "json_object_agg(state, n)" if postgres else "json_group_object(state, n)"
         cols = ", ".join(f"r.{c}" for c in _STATUS_FIELDS[:-1])
-        return (f"SELECT {cols}, p.id FROM runs r LEFT JOIN projects p ON p.name = r.project "
-                f"WHERE r.run_id = {mark}",
-                f"SELECT state, COUNT(*) FROM tasks WHERE run_id = {mark} GROUP BY state")
+        base = (f"SELECT {cols}, p.id{{counts}} FROM runs r "
+                f"LEFT JOIN projects p ON p.name = r.project WHERE r.run_id = {mark}")
+        counts = (f", (SELECT {agg} FROM (SELECT state, COUNT(*) AS n FROM tasks "
+                  f"WHERE tasks.run_id = r.run_id GROUP BY state) c)")
+        return base.format(counts=counts), base.format(counts="")
 
     def list_runs(self, *, project: str | None = None, pipeline_id: str | None = None,
                   pipeline: str | None = None, state: str | None = None,
