@@ -39,7 +39,7 @@ class RunningCount(KeyedProcessFunction):
 def slow(x: Any) -> Any:
     slow.calls += 1  # type: ignore[attr-defined]
     if slow.calls % 50 == 0:  # type: ignore[attr-defined]
-        time.sleep(0.002)
+        time.sleep(0.003)
     return x
 
 

@@ -33,6 +33,12 @@ def start(out: Path, chk: Path, *extra: str) -> subprocess.Popen[str]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def latest_checkpoint(chk: Path) -> int:
+    ids = [int(d.name.split("-")[1]) for d in chk.glob("chk-*") if not d.name.endswith(".inprogress")] \
+        if chk.exists() else []
+    return max(ids, default=0)
+
+
 def run_to_end(out: Path, chk: Path, *extra: str) -> str:
     p = start(out, chk, *extra)
     _, err = p.communicate(timeout=120)
@@ -69,7 +75,13 @@ def test_kill_minus_9_at_random_points_gives_exactly_once_output(tmp_path: Path,
         assert p.stderr is not None
         first = p.stderr.readline()  # the job is built and about to run (imports can take a second)
         restored += first.startswith("restored ") and "restored None" not in first
-        time.sleep(rnd.uniform(0.05, 0.6))
+        # kill at a random moment after the run completed one more checkpoint than the last run,
+        # so every run makes progress and the kills land while records are in flight
+        before = latest_checkpoint(chk)
+        deadline = time.monotonic() + 20
+        while latest_checkpoint(chk) <= before and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rnd.uniform(0.0, 0.12))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
@@ -77,7 +89,8 @@ def test_kill_minus_9_at_random_points_gives_exactly_once_output(tmp_path: Path,
     assert kills >= 5, "the job finished before it could be killed five times"
     err = run_to_end(out, chk, *extra)
     restored += "restored None" not in err
-    assert restored >= 2, "the killed runs never got as far as a completed checkpoint"
+    # every run after the first restored from a checkpoint (the kills came after one completed)
+    assert restored >= kills, f"only {restored} of {kills + 1} runs restored from a checkpoint"
     got = Counter(read_committed(out))
     assert got == expected, (f"lost: {sum((expected - got).values())}, "
                              f"duplicated: {sum((got - expected).values())}")
