@@ -55,7 +55,8 @@ def test_submit_status_metrics_savepoint_cancel_and_restore(jobmanager: tuple[st
     url, _ = jobmanager
     chk = str(tmp_path / "chk")
     with httpx.Client(base_url=url, timeout=30) as c:
-        r = c.post("/jobs/submit", json={"entrypoint": "stream_jobs_entry:slow_count", "args": {"checkpoints": chk}})
+        r = c.post("/jobs/submit", json={"entrypoint": "stream_jobs_entry:slow_count",
+                                         "args": {"checkpoints": chk, "n": 800}})  # ~4 s of work
         assert r.status_code == 200, r.text
         job_id = r.json()["job_id"]
         st = wait_status(c, job_id, {"RUNNING"})
@@ -84,11 +85,11 @@ def test_submit_status_metrics_savepoint_cancel_and_restore(jobmanager: tuple[st
         # restore the cancelled job from its savepoint with another parallelism; it runs to the end
         sink = stream_jobs_entry.RESULTS[chk]
         r = c.post("/jobs/submit", json={"entrypoint": "stream_jobs_entry:slow_count",
-                                         "args": {"checkpoints": chk, "parallelism": 3, "delay_s": 0},
+                                         "args": {"checkpoints": chk, "n": 800, "parallelism": 3, "delay_s": 0},
                                          "restore_from": r["savepoint_path"]})
         job2 = r.json()["job_id"]
         assert wait_status(c, job2, {"FINISHED", "FAILED"})["status"] == "FINISHED"
-        assert sorted(sink.results) == sorted((f"k{k}", w, 10) for w in range(0, 200, 50) for k in range(5))
+        assert sorted(sink.results) == sorted((f"k{k}", w, 10) for w in range(0, 800, 50) for k in range(5))
 
 
 def test_bad_submissions_and_unknown_jobs(jobmanager: tuple[str, JobManager]) -> None:
