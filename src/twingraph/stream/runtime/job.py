@@ -47,10 +47,11 @@ log = logging.getLogger("twingraph.stream")
 
 
 def _instance(proto: Any) -> Any:
-    """One connector object per subtask: a shallow copy of a prototype, or a factory's product."""
-    if hasattr(proto, "open"):
-        return copy.copy(proto)
-    return proto()
+    """One connector object per subtask: a shallow copy of a prototype, or what a factory (a
+    zero-argument function or class) returns."""
+    if isinstance(proto, type) or not hasattr(proto, "open"):
+        return proto()
+    return copy.copy(proto)
 
 
 def _counted(op: Operator) -> Callable[[Any], None]:
