@@ -33,6 +33,9 @@ def load_modules(svc: Services, targets: Sequence[str]) -> list[str]:
     ids = []
     for target in targets:
         module = load_module(target)
+        allowed = svc.extras.get("stream_modules")
+        if allowed is not None:
+            allowed.add(module.__name__)          # its stream entry points may be submitted
         for value in vars(module).values():
             if isinstance(value, Pipeline):
                 ids.append(svc.runs.register_python(value))
@@ -46,6 +49,10 @@ def create_app(svc: Services, *, load: Sequence[str] = (), lifespan_hooks: bool 
                auth: Any = None, rate_limits: Any = None) -> FastAPI:
     metrics = Metrics()
     svc.hub.listeners.append(metrics)
+    stream = svc.extras.get("stream")
+    if stream is not None:                         # the stream document's metrics, same /metrics
+        from twingraph.stream.prometheus import StreamCollector
+        metrics.registry.register(StreamCollector(lambda: [r.client.run for r in stream.jobs()]))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -30,6 +30,8 @@ def build_app(settings: Settings, *, load: Sequence[str] = (), schedules: bool =
         raise
     wire_schedules(svc, fire=schedules)
     wire_adoption(svc, stale_after=settings.adopt_after)
+    from twingraph.server.stream import wire_stream
+    wire_stream(svc)
     return create_app(svc, load=load, auth=auth, rate_limits=rate_limits)
 
 

@@ -1,0 +1,108 @@
+"""Streaming on the server: the Tauro face (/api/v1/stream/run|status|stop), the job manager's
+routes mounted beside it, and the stream metrics on the server's /metrics."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from twingraph.server.build import build_app
+from twingraph.settings import Settings
+
+RESOURCES = Path(__file__).parents[1] / "resources"
+
+
+@pytest.fixture()
+def client(tmp_path: Path) -> Any:
+    settings = Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path}/tg.db", rate_limit="off")
+    app = build_app(settings, load=[str(RESOURCES / "stream_app.py")], schedules=False)
+    with TestClient(app) as c:
+        yield c
+    app.state.services.close()
+
+
+def test_tauro_stream_run_sync_status_and_metrics(client: TestClient, tmp_path: Path) -> None:
+    r = client.post("/api/v1/stream/run", json={
+        "pipeline": "word_counts", "mode": "sync", "timeout": 60,
+        "config": {"checkpoints": str(tmp_path / "ck"), "n": 400, "key": "sync"}})
+    assert r.status_code == 201, r.text
+    job = r.json()["data"]
+    assert job["status"] == "FINISHED" and job["pipeline"] == "stream_app:word_counts"
+    results = sys.modules["stream_app"].SINKS["sync"].results
+    assert sum(n for _, _, n in results) == 400          # every event counted once
+    assert job["metrics"]["records_in"] > 0
+    status = client.get(f"/api/v1/stream/status?execution_id={job['execution_id']}").json()["data"]
+    assert status["status"] == "FINISHED"
+    listed = client.get("/api/v1/stream/status").json()["data"]["executions"]
+    assert [e["execution_id"] for e in listed] == [job["execution_id"]]
+    # the same job through the job manager's own routes
+    assert client.get(f"/jobs/{job['execution_id']}/status").json()["status"] == "FINISHED"
+    assert client.get("/cluster/metrics").json()["total_jobs"] == 1
+    metrics = client.get("/metrics").text
+    assert "records_processed_total" in metrics and "twingraph_http_requests_total" in metrics
+
+
+def test_async_run_then_stop(client: TestClient, tmp_path: Path) -> None:
+    r = client.post("/api/v1/stream/run", json={
+        "pipeline": "stream_app:word_counts", "mode": "async",
+        "config": {"checkpoints": str(tmp_path / "ck2"), "n": 5000, "delay_s": 0.01, "key": "slow"}})
+    job = r.json()["data"]
+    assert r.status_code == 201 and job["status"] in ("CREATED", "RUNNING")
+    time.sleep(0.3)
+    stop = client.post("/api/v1/stream/stop", json={"execution_id": job["execution_id"],
+                                                     "timeout": 30, "with_savepoint": True})
+    assert stop.status_code == 200, stop.text
+    body = stop.json()["data"]
+    assert body["status"] == "CANCELED" and Path(body["savepoint_path"]).is_dir()
+    again = client.post("/api/v1/stream/stop", json={"execution_id": job["execution_id"]})
+    assert again.status_code == 409
+    config = {"checkpoints": str(tmp_path / "ck2"), "n": 5000, "key": "resumed"}
+    refused = client.post("/api/v1/stream/run", json={"pipeline": "word_counts", "config": config,
+                                                      "restore_from": str(tmp_path)})
+    assert refused.status_code == 422                  # not a checkpoint this server recorded
+    resumed = client.post("/api/v1/stream/run", json={
+        "pipeline": "word_counts", "config": config, "mode": "sync", "timeout": 60,
+        "restore_from": body["savepoint_path"]})
+    assert resumed.status_code == 201 and resumed.json()["data"]["status"] == "FINISHED", resumed.text
+    before = sys.modules["stream_app"].SINKS["slow"].results
+    after = sys.modules["stream_app"].SINKS["resumed"].results
+    assert 0 < sum(n for *_, n in after) < 5000          # it went on from the savepoint
+    assert sum(n for *_, n in before) + sum(n for *_, n in after) >= 5000
+
+
+def test_config_file_under_the_working_directory(client: TestClient, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "streaming.yaml").write_text(
+        f"checkpoints: {tmp_path / 'ck3'}\nn: 120\nkey: file\n")
+    r = client.post("/api/v1/stream/run", json={"config": "config/streaming.yaml",
+                                                "pipeline": "word_counts", "mode": "sync"})
+    assert r.status_code == 201, r.text
+    assert sum(n for _, _, n in sys.modules["stream_app"].SINKS["file"].results) == 120
+
+
+def test_stream_requests_that_must_be_refused(client: TestClient, tmp_path: Path) -> None:
+    cases = [
+        ({"pipeline": "os:system", "config": {"command": "true"}}, 422),       # not a loaded module
+        ({"pipeline": "json:loads", "config": {"s": "1"}}, 422),
+        ({"pipeline": "no_such_job"}, 404),
+        ({"pipeline": "word_counts", "config": "../../etc/passwd"}, 422),     # outside the cwd
+        ({"pipeline": "word_counts", "config": "missing.yaml"}, 404),
+        ({"pipeline": "word_counts", "config": {"bogus": 1}}, 422),           # bad arguments
+        ({"pipeline": "word_counts", "mode": "later"}, 422),
+        ({}, 422),
+    ]
+    for body, code in cases:
+        r = client.post("/api/v1/stream/run", json=body)
+        assert r.status_code == code, (body, r.text)
+        assert r.json()["error"]["code"] in ("VALIDATION_ERROR", "NOT_FOUND")
+    assert client.get("/api/v1/stream/status").json()["data"]["executions"] == []
+    assert client.get("/api/v1/stream/status?execution_id=job_nope").status_code == 404
+    assert client.post("/api/v1/stream/stop", json={"execution_id": "job_nope"}).status_code == 404
+    assert client.post("/jobs/submit", json={"entrypoint": "os:getcwd"}).status_code == 422
