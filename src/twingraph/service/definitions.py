@@ -117,12 +117,22 @@ def normalize_graph(definition: Any, known: Callable[[str], bool]) -> dict[str, 
             if not isinstance(end, str) or end not in ids:
                 details.append({"field": f"{where}.{name}",
                                 "message": f"{end!r} is not a node of this definition"})
+        for handle in ("sourceHandle", "targetHandle"):
+            if edge.get(handle) is not None and not isinstance(edge.get(handle), str):
+                details.append({"field": f"{where}.{handle}", "message": "must be a string"})
         out_edges.append({"source": src, "target": dst,
                           "sourceHandle": edge.get("sourceHandle"),
                           "targetHandle": edge.get("targetHandle")})
     if details:
         raise DefinitionError("invalid pipeline definition: " + "; ".join(
             f"{d['field']}: {d['message']}" for d in details[:5]), details)
+    for i, e in enumerate(out_edges):      # to_dag adds a node "<source>.<handle>" for it
+        if e["sourceHandle"] not in GENERIC_HANDLES and f"{e['source']}.{e['sourceHandle']}" in ids:
+            raise DefinitionError(
+                f"edge {i} selects output {e['sourceHandle']!r} of {e['source']!r}, which "
+                f"needs the node id '{e['source']}.{e['sourceHandle']}', which a node already has",
+                [{"field": f"definition.edges[{i}].sourceHandle",
+                  "message": f"collides with node id {e['source']}.{e['sourceHandle']}"}])
     for node in out_nodes:
         incoming = [e for e in out_edges if e["target"] == node["id"]]
         named = [e["targetHandle"] not in GENERIC_HANDLES for e in incoming]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,14 +36,20 @@ from twingraph.stores.metadata.catalog import PipelineRecord
 from twingraph.stores.metadata.catalog_store import RunRow, SQLCatalog, StatusReader
 
 DEFAULT_TIMEOUT = 3600.0
+#: Finished runs' results a ``RunService`` holds in memory (the newest; older ones are dropped).
+MAX_RESULTS = 1000
 
 
 class RunService:
     def __init__(self, engine: Engine, catalog: SQLCatalog, scheduler: DynamicScheduler) -> None:
         self.engine, self.catalog, self.scheduler = engine, catalog, scheduler
         self.loaded: dict[str, Pipeline] = {}          # "module:qualname" -> loaded @pipeline
-        self._threads: dict[str, threading.Thread] = {}
-        self._results: dict[str, RunResult] = {}
+        self._threads: dict[str, threading.Thread] = {}     # started drivers only
+        self._starting: set[str] = set()     # start() is between its claim and its driver
+        # The newest ``max_results`` results of runs this process drove (a Python pipeline's
+        # return value is its execution's ``outputs`` while held: service/workflows.py).
+        self._results: OrderedDict[str, RunResult] = OrderedDict()
+        self.max_results = MAX_RESULTS
         self._lock = threading.Lock()
         self.on_finished: list[Callable[[str, RunResult], None]] = []
 
@@ -102,28 +109,43 @@ class RunService:
             raise ConflictError(f"run {run_id} is {run.state.value}; only a PENDING run can start")
         if run.pipeline_id is None:
             raise ValidationError(f"run {run_id} has no pipeline to run")
-        pipeline = self.catalog.get_pipeline(run.pipeline_id)
-        config = dict(run.config)
-        if timeout_seconds is not None:
-            config["timeout"] = float(timeout_seconds)
-        _check_config(config)
+        # From here until its driver thread runs, a cancel that finds the run RUNNING (the
+        # firer's claim, or ours below) waits for the driver instead of taking the run for
+        # another process's (``cancel``).
+        with self._lock:
+            self._starting.add(run_id)
         try:
-            launch = self._prepare(pipeline, run, config)
-        except TwinGraphError as exc:      # the pipeline changed since the run was created
-            if claimed:
-                self.catalog.finish_running(run_id, RunState.FAILED, f"{type(exc).__name__}: {exc}",
-                                            self.engine.clock.now())
-            else:
-                self.catalog.fail_pending(run_id, f"{type(exc).__name__}: {exc}")
-            raise
-        if not claimed and not self.catalog.claim_start(run_id, self.engine.clock.now()):
-            raise ConflictError(f"run {run_id} was started or cancelled by someone else")
+            pipeline = self.catalog.get_pipeline(run.pipeline_id)
+            config = dict(run.config)
+            if timeout_seconds is not None:
+                config["timeout"] = float(timeout_seconds)
+            _check_config(config)
+            try:
+                launch = self._prepare(pipeline, run, config)
+            except TwinGraphError as exc:      # the pipeline changed since the run was created
+                if claimed:
+                    self.catalog.finish_running(run_id, RunState.FAILED,
+                                                f"{type(exc).__name__}: {exc}",
+                                                self.engine.clock.now())
+                else:
+                    self.catalog.fail_pending(run_id, f"{type(exc).__name__}: {exc}")
+                raise
+            if not claimed and not self.catalog.claim_start(run_id, self.engine.clock.now()):
+                raise ConflictError(f"run {run_id} was started or cancelled by someone else")
+            self._spawn(run_id, launch, "serve")
+        finally:
+            with self._lock:
+                self._starting.discard(run_id)
+        return self.catalog.get_run(run_id)
+
+    def _spawn(self, run_id: str, launch: Callable[[], RunResult], kind: str) -> None:
+        """Start the driver thread; registered and started under the lock, so ``_threads``
+        never holds a thread that cannot be joined yet."""
         thread = threading.Thread(target=self._drive, args=(run_id, launch), daemon=True,
-                                  name=f"twingraph-serve-{run_id[-8:]}")
+                                  name=f"twingraph-{kind}-{run_id[-8:]}")
         with self._lock:
             self._threads[run_id] = thread
-        thread.start()
-        return self.catalog.get_run(run_id)
+            thread.start()
 
     def resume(self, run_id: str) -> None:
         """Drive a RUNNING run whose driver died (adopted: see ``service.adoption``): results
@@ -133,11 +155,7 @@ class RunService:
             raise ValidationError(f"run {run_id} has no pipeline to run")
         pipeline = self.catalog.get_pipeline(run.pipeline_id)
         launch = self._prepare(pipeline, run, dict(run.config), resume=True)
-        thread = threading.Thread(target=self._drive, args=(run_id, launch), daemon=True,
-                                  name=f"twingraph-adopt-{run_id[-8:]}")
-        with self._lock:
-            self._threads[run_id] = thread
-        thread.start()
+        self._spawn(run_id, launch, "adopt")
 
     def can_drive(self, run: RunRow) -> bool:
         """Whether this process has the code to run ``run``'s pipeline."""
@@ -198,6 +216,8 @@ class RunService:
         with self._lock:
             self._threads.pop(run_id, None)
             self._results[run_id] = result
+            while len(self._results) > self.max_results:
+                self._results.popitem(last=False)
         for cb in list(self.on_finished):
             try:
                 cb(run_id, result)
@@ -212,18 +232,24 @@ class RunService:
         if run.state is RunState.PENDING and self.catalog.cancel_pending(run_id, reason):
             return self.catalog.get_run(run_id)
         if not self.engine.cancel(run_id, reason):
-            thread = self._threads.get(run_id)
-            if thread is None:
+            if not self._driving(run_id):
                 raise ConflictError(f"run {run_id} is RUNNING in another process; it cannot be "
                                     "cancelled from here")
-            # Claimed but the engine has not registered the loop yet: wait for it briefly.
+            # Claimed (or being started) here, but the engine has not registered the loop yet:
+            # wait for it briefly. A start that gives up or a driver that ends stops the wait.
             deadline = time.monotonic() + 5
-            while not self.engine.cancel(run_id, reason) and thread.is_alive():
+            while not self.engine.cancel(run_id, reason) and self._driving(run_id):
                 if time.monotonic() > deadline:
                     raise ConflictError(f"run {run_id} could not be cancelled")
                 time.sleep(0.01)
         self.wait(run_id, timeout=10)
         return self.catalog.get_run(run_id)
+
+    def _driving(self, run_id: str) -> bool:
+        """Whether this process is starting or driving ``run_id``."""
+        with self._lock:
+            thread = self._threads.get(run_id)
+            return run_id in self._starting or (thread is not None and thread.is_alive())
 
     def wait(self, run_id: str, timeout: float | None = None) -> RunRow:
         thread = self._threads.get(run_id)

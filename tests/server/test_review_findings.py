@@ -1,0 +1,154 @@
+"""Review findings on the server (issue 3): each test reproduces a bug that was found by review
+and fixed; see the commit that adds it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from twingraph.core.states import RunState
+from twingraph.server.app import create_app
+from twingraph.service import Services, build_services
+from twingraph.settings import Settings
+
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+
+
+@pytest.fixture
+def app_svc(tmp_path: Path) -> Iterator[Services]:
+    svc = build_services(Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path}/tg.db"))
+    app = create_app(svc, load=[str(RESOURCES / "v1_app.py")])
+    try:
+        with TestClient(app):
+            yield svc
+    finally:
+        svc.close()
+
+
+def _slow_pipeline(svc: Services) -> Any:
+    return svc.catalog.find_pipeline("slow")
+
+
+def _cancel_in_background(svc: Services, run_id: str, out: dict[str, Any]) -> threading.Thread:
+    def cancel() -> None:
+        try:
+            out["run"] = svc.runs.cancel(run_id, "review: cancel while starting")
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            out["error"] = exc
+    t = threading.Thread(target=cancel)
+    t.start()
+    return t
+
+
+def test_cancel_between_claim_and_driver_registration_is_not_refused(app_svc: Services) -> None:
+    """A cancel that reads the run RUNNING after ``start``'s compare-and-set but before the
+    driver thread is registered was answered 409 "RUNNING in another process" and ignored."""
+    svc = app_svc
+    run = svc.runs.create(_slow_pipeline(svc), params={"seconds": 5.0})
+    out: dict[str, Any] = {}
+    original = svc.catalog.claim_start
+    threads: list[threading.Thread] = []
+
+    def claim_then_cancel(run_id: str, now: float) -> bool:
+        won = original(run_id, now)
+        threads.append(_cancel_in_background(svc, run_id, out))
+        time.sleep(0.3)                     # the cancel arrives before the driver exists
+        return won
+
+    svc.catalog.claim_start = claim_then_cancel  # type: ignore[method-assign]
+    svc.runs.start(run.run_id)
+    threads[0].join(15)
+    assert "error" not in out, repr(out.get("error"))
+    final = svc.runs.wait(run.run_id, timeout=15)
+    assert final.state is RunState.CANCELLED
+
+
+def test_cancel_of_a_claimed_scheduled_run_while_it_is_prepared(app_svc: Services) -> None:
+    """The schedule firer moves a run to RUNNING (claim_queued_runs) and then calls
+    ``start(claimed=True)``; a cancel during its preparation was refused with 409."""
+    svc = app_svc
+    run = svc.runs.create(_slow_pipeline(svc), params={"seconds": 5.0})
+    assert svc.catalog.claim_start(run.run_id, time.time())      # as the firer's claim does
+    out: dict[str, Any] = {}
+    original = svc.runs._prepare
+    threads: list[threading.Thread] = []
+
+    def prepare_slowly(*args: Any, **kwargs: Any) -> Any:
+        threads.append(_cancel_in_background(svc, run.run_id, out))
+        time.sleep(0.3)
+        return original(*args, **kwargs)
+
+    svc.runs._prepare = prepare_slowly  # type: ignore[method-assign]
+    svc.runs.start(run.run_id, claimed=True)
+    threads[0].join(15)
+    assert "error" not in out, repr(out.get("error"))
+    final = svc.runs.wait(run.run_id, timeout=15)
+    assert final.state is RunState.CANCELLED
+
+
+def test_run_results_held_in_memory_are_bounded(app_svc: Services) -> None:
+    """``RunService`` kept every finished run's ``RunResult`` (its return value, its exception
+    and traceback) for the life of the process: memory grew with every run ever driven."""
+    svc = app_svc
+    svc.runs.max_results = 2
+    pipe = svc.catalog.find_pipeline("sum_numbers")
+    ids = []
+    for n in range(4):
+        run = svc.runs.create(pipe, params={"n": n})
+        svc.runs.start(run.run_id)
+        assert svc.runs.wait(run.run_id, timeout=20).state is RunState.SUCCESS
+        ids.append(run.run_id)
+    assert len(svc.runs._results) == 2
+    assert svc.runs.result(ids[-1]) is not None and svc.runs.result(ids[0]) is None
+    assert svc.runs.outputs(ids[-1]) == sum(range(3))
+
+
+@pytest.fixture
+def client(app_svc: Services) -> Iterator[TestClient]:
+    app = create_app(app_svc)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def _two_nodes(edge: dict[str, Any]) -> dict[str, Any]:
+    return {"nodes": [{"id": "make", "component": "numbers"}, {"id": "sum", "component": "total"}],
+            "edges": [{"source": "make", "target": "sum", **edge}]}
+
+
+@pytest.mark.parametrize("edge", [{"targetHandle": []}, {"targetHandle": {"x": 1}},
+                                  {"sourceHandle": {"a": 1}}, {"sourceHandle": ["a"]},
+                                  {"targetHandle": 5}, {"sourceHandle": 7}])
+def test_edge_handles_that_are_not_strings_are_422_and_write_nothing(
+        client: TestClient, app_svc: Services, edge: dict[str, Any]) -> None:
+    """A list as ``targetHandle`` was a 500 (``unhashable type``) on both faces; a dict or a
+    number as a handle was stored and broke the pipeline's runs later."""
+    pid = client.post("/api/v1/projects", json={"name": "review"}).json()["data"]["id"]
+    r = client.post(f"/api/v1/projects/{pid}/pipelines", json={"name": "g", **_two_nodes(edge)})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"][0]["field"].startswith("definition.edges[0]")
+    r = client.post("/api/workflows/wf_review", json={"name": "w", "definition": _two_nodes(edge)})
+    assert r.status_code == 422, r.text
+    rows, total = app_svc.catalog.list_pipelines(project_id=pid, limit=10)
+    assert total == 0
+    assert client.get("/api/workflows/wf_review").status_code == 404
+
+
+def test_selected_output_colliding_with_a_node_id_is_refused_when_stored(
+        client: TestClient, app_svc: Services) -> None:
+    """An edge ``make -> sum`` with ``sourceHandle: "x"`` compiles to a node ``make.x``; a
+    definition that also has a node ``make.x`` was stored (201) and every run of it then
+    FAILED at start with "duplicate node ids"."""
+    pid = client.post("/api/v1/projects", json={"name": "review"}).json()["data"]["id"]
+    definition = {"nodes": [{"id": "make", "component": "numbers"},
+                            {"id": "make.x", "component": "numbers"},
+                            {"id": "sum", "component": "total"}],
+                  "edges": [{"source": "make", "target": "sum", "sourceHandle": "x"}]}
+    r = client.post(f"/api/v1/projects/{pid}/pipelines", json={"name": "coll", **definition})
+    assert r.status_code == 422, r.text
+    assert app_svc.catalog.list_pipelines(project_id=pid, limit=10)[1] == 0
