@@ -33,6 +33,7 @@ is closed with code 1008 (policy violation) before being accepted. The principal
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -230,12 +231,42 @@ def _credentials(scope: Scope) -> tuple[str, str | None]:
     return "none", None
 
 
+class RedactQuerySecrets(logging.Filter):
+    """Masks ``api_key=`` / ``access_token=`` query values in log records. uvicorn logs each
+    WebSocket handshake's path with its query string at INFO on ``uvicorn.error`` (its
+    ``access_log=False`` does not cover that line), and the handshake is where those query
+    parameters carry credentials."""
+
+    _SECRET = re.compile(r"((?:api_key|access_token)=)[^&\s\"']+", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = self._SECRET.sub(r"\1***", record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._SECRET.sub(r"\1***", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+#: Loggers of ASGI servers that write request paths with their query strings.
+SERVER_LOGGERS = ("uvicorn.error", "uvicorn.access")
+
+
+def redact_server_logs() -> None:
+    """Install ``RedactQuerySecrets`` on ``SERVER_LOGGERS`` (once)."""
+    for name in SERVER_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactQuerySecrets) for f in logger.filters):
+            logger.addFilter(RedactQuerySecrets())
+
+
 class AuthMiddleware:
     """Pure ASGI: refuses unauthenticated or under-privileged HTTP requests and WebSocket
     handshakes (see the module doc); passes lifespan and exempt paths through."""
 
     def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
         self.app, self.auth = app, authenticator
+        redact_server_logs()            # credentials may come in /ws query strings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
