@@ -50,10 +50,13 @@ def test_tauro_stream_run_sync_status_and_metrics(client: TestClient, tmp_path: 
 def test_async_run_then_stop(client: TestClient, tmp_path: Path) -> None:
     r = client.post("/api/v1/stream/run", json={
         "pipeline": "stream_app:word_counts", "mode": "async",
-        "config": {"checkpoints": str(tmp_path / "ck2"), "n": 5000, "delay_s": 0.01, "key": "slow"}})
+        "config": {"checkpoints": str(tmp_path / "ck2"), "n": 5000, "delay_s": 0.002, "key": "slow"}})
     job = r.json()["data"]
     assert r.status_code == 201 and job["status"] in ("CREATED", "RUNNING")
-    time.sleep(0.3)
+    deadline = time.monotonic() + 30
+    while not sys.modules["stream_app"].SINKS["slow"].results:     # some windows have fired
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     stop = client.post("/api/v1/stream/stop", json={"execution_id": job["execution_id"],
                                                      "timeout": 30, "with_savepoint": True})
     assert stop.status_code == 200, stop.text
