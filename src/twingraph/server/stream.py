@@ -4,7 +4,8 @@
 
 Submission is by entry point, ``module:function`` returning a ``StreamExecutionEnvironment``;
 on the server the module must be one the operator loaded (``--load``) — a request never makes
-the server import a module of its choosing. A Tauro ``pipeline`` may also be just the function's
+the server import a module of its choosing. The document's serialized job graph (multipart
+``job_file``) is accepted only from an authenticated caller of a server with auth required. A Tauro ``pipeline`` may also be just the function's
 name in a loaded module. Its ``config`` is an object, or a YAML/JSON file under the server's
 working directory, and becomes the function's keyword arguments.
 """
@@ -67,12 +68,24 @@ def wire_stream(svc: Services) -> LoadedOnly:
     from twingraph.stores.metadata.stream_jobs import SQLStreamJobStore
     from twingraph.stream.jobmanager import create_router
     allowed: set[str] = set()
-    manager = LoadedOnly(allowed, registry=SQLStreamJobStore(svc.catalog.store))
+    manager = LoadedOnly(allowed, registry=SQLStreamJobStore(svc.catalog.store),
+                         graph_dir=svc.settings.home / "stream-graphs")
     svc.extras["stream"] = manager
     svc.extras["stream_modules"] = allowed
-    svc.extras.setdefault("routers", []).extend([create_router(manager), router])
+    svc.extras.setdefault("routers", []).extend(
+        [create_router(manager, accept_graphs=authenticated_caller), router])
     svc.extras.setdefault("start", []).append(manager.recover)
     return manager
+
+
+def authenticated_caller(request: Request) -> str | None:
+    """Serialized job graphs are code: only from a caller the auth middleware authenticated."""
+    if request.app.state.auth_mode != "required":
+        return "the server runs without authentication (set TWINGRAPH_AUTH=required)"
+    principal = getattr(request.state, "principal", None)
+    if principal is None or getattr(principal, "kind", "anonymous") == "anonymous":
+        return "the caller is not authenticated"
+    return None
 
 
 def _manager(request: Request) -> LoadedOnly:

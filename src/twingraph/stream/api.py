@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from twingraph.errors import ConfigurationError
+from twingraph.errors import ConfigurationError, StreamError
 from twingraph.stream.clock import Clock, SystemClock
 from twingraph.stream.connectors.collection import CollectionSource
 from twingraph.stream.functions import AggregateFunction, KeyedProcessFunction, OutputTag, ProcessFunction
@@ -147,8 +147,38 @@ class StreamExecutionEnvironment:
         ``restore_from``: a checkpoint or savepoint directory, or ``"latest"`` for the newest
         completed checkpoint in the checkpoint directory (a fresh start if there is none).
         Raises ``JobFailed`` if an operator raised, ``CheckpointError`` if restoring failed.
+
+        With ``TWINGRAPH_JOBMANAGER_URL`` set, the job is not run here: its serialized graph is
+        submitted to that job manager (``POST /jobs/submit``, multipart ``job_file``, with
+        ``TWINGRAPH_API_KEY`` as ``X-API-Key``) and the job id is returned at once. Functions
+        of ``__main__`` travel by value; those of other modules must be importable by the server
+        (or registered with ``cloudpickle.register_pickle_by_value``).
         """
+        url = os.environ.get("TWINGRAPH_JOBMANAGER_URL")
+        if url:
+            if restore_from is not None:
+                raise StreamError("restore_from is not sent to a job manager; submit a restore "
+                                  "with `twingraph stream restore`")
+            return self._submit(url.rstrip("/"), os.environ.get("TWINGRAPH_API_KEY"))
         return self.execute_async(restore_from, thread=False).wait()
+
+    def _submit(self, url: str, api_key: str | None) -> str:
+        import cloudpickle
+        import httpx
+        blob = cloudpickle.dumps(self.get_job_graph())
+        try:
+            r = httpx.post(f"{url}/jobs/submit", files={"job_file": ("job.graph", blob)},
+                           headers={"X-API-Key": api_key} if api_key else {}, timeout=60)
+        except httpx.HTTPError as exc:
+            raise StreamError(f"cannot reach the job manager at {url}: {exc}") from exc
+        if r.status_code != 200:
+            try:
+                detail = r.json().get("error", {}).get("message") or r.text
+            except ValueError:
+                detail = r.text
+            raise StreamError(f"the job manager refused the job ({r.status_code}): {detail}")
+        job_id: str = r.json()["job_id"]
+        return job_id
 
     def execute_async(self, restore_from: str | os.PathLike[str] | None = None, *, thread: bool = True) -> Any:
         """Start the job and return its ``JobClient`` (status, metrics, savepoint, cancel, wait)."""

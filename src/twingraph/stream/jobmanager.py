@@ -5,6 +5,11 @@ runs) or served alone by ``twingraph stream jobmanager --port 8081`` (loopback b
 Routes: ``POST /jobs/submit``, ``GET /jobs``, ``GET /jobs/{job_id}/status``,
 ``POST /jobs/{job_id}/cancel?with_savepoint=``, ``GET /jobs/{job_id}/metrics``,
 ``POST /jobs/{job_id}/savepoint``, ``GET /taskmanagers``, ``GET /cluster/metrics``.
+Submission: an entry point as JSON (``{"entrypoint": "module:function", "args": {...}}``), or the
+document's multipart ``job_file`` holding a serialized (cloudpickled) ``JobGraph`` — which is
+code, so it is accepted only when ``accept_graphs`` says the caller is authenticated (the server
+with auth required), is bounded to ``MAX_GRAPH_BYTES``, and is read only after the auth
+middleware has let the request through; the stand-alone job manager refuses it (403).
 Every figure is measured by the running job (see ``JobRun.metrics``); none is a constant. The
 stand-alone app also serves ``GET /metrics`` (Prometheus, see ``twingraph.stream.prometheus``).
 """
@@ -12,17 +17,22 @@ stand-alone app also serves ``GET /metrics`` (Prometheus, see ``twingraph.stream
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from pydantic import ValidationError as PydanticValidationError
+from starlette.concurrency import run_in_threadpool
 
 from twingraph.errors import ConfigurationError, NotFoundError, StreamError, ValidationError
 from twingraph.stream.jobs import JobManager, JobRecord
 
 MAX_ARGS_BYTES = 64 * 1024
+#: Largest serialized job graph accepted (the document's ``job_file``).
+MAX_GRAPH_BYTES = 16 * 1024 * 1024
 
 
 class SubmitJob(BaseModel):
@@ -39,7 +49,50 @@ def _status(rec: JobRecord) -> dict[str, Any]:
             "error": repr(run.error) if run.error else None}
 
 
-def create_router(manager: JobManager) -> APIRouter:
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"request larger than {limit} bytes")
+    return bytes(body)
+
+
+async def _job_file(request: Request) -> bytes:
+    """The ``job_file`` part of a multipart body of at most ``MAX_GRAPH_BYTES``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_GRAPH_BYTES + 64 * 1024:
+        raise HTTPException(413, f"job graph larger than {MAX_GRAPH_BYTES} bytes")
+    form = await request.form(max_files=1, max_fields=4)
+    part = form.get("job_file")
+    if part is None or isinstance(part, str):
+        raise HTTPException(422, "multipart field job_file (the serialized job graph) is missing")
+    blob = await part.read(MAX_GRAPH_BYTES + 1)
+    if len(blob) > MAX_GRAPH_BYTES:
+        raise HTTPException(413, f"job graph larger than {MAX_GRAPH_BYTES} bytes")
+    return bytes(blob)
+
+
+def _load_graph(blob: bytes) -> Any:
+    import cloudpickle
+
+    from twingraph.stream.graph import JobGraph
+    try:
+        graph = cloudpickle.loads(blob)      # the caller is authenticated (checked above)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is the caller's bad input
+        raise HTTPException(422, f"job_file is not a serialized job graph: {type(exc).__name__}") from None
+    if not isinstance(graph, JobGraph):
+        raise HTTPException(422, f"job_file holds a {type(graph).__name__}, not a JobGraph")
+    return graph
+
+
+def create_router(manager: JobManager, *,
+                  accept_graphs: Callable[[Request], str | None] | None = None) -> APIRouter:
+    """The routes over ``manager``. ``accept_graphs(request)`` returns None when the caller may
+    submit a serialized job graph, else why not; without it none is accepted."""
     router = APIRouter(tags=["stream jobs"])
 
     def get(job_id: str) -> JobRecord:
@@ -56,12 +109,9 @@ def create_router(manager: JobManager) -> APIRouter:
                         "end_time": r.end_time_ms, "metrics": {}, "error": r.error}
         return None
 
-    @router.post("/jobs/submit")
-    def submit(body: SubmitJob) -> dict[str, Any]:
-        if len(str(body.args)) > MAX_ARGS_BYTES:
-            raise HTTPException(413, f"args larger than {MAX_ARGS_BYTES} bytes")
+    def started(submit: Any) -> dict[str, Any]:
         try:
-            rec = manager.submit(body.entrypoint, body.args, body.restore_from)
+            rec = submit()
         except ValidationError as exc:
             raise HTTPException(422, str(exc)) from exc
         except ConfigurationError as exc:
@@ -69,6 +119,33 @@ def create_router(manager: JobManager) -> APIRouter:
         except StreamError as exc:
             raise HTTPException(422, str(exc)) from exc
         return {"job_id": rec.job_id, "status": rec.client.status.value}
+
+    @router.post("/jobs/submit", openapi_extra={"requestBody": {"content": {
+        "application/json": {"schema": SubmitJob.model_json_schema()},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["job_file"],
+                                           "properties": {"job_file": {"type": "string",
+                                                                       "format": "binary"}}}}}}})
+    async def submit(request: Request) -> dict[str, Any]:
+        """An entry point (JSON), or the document's serialized job graph (multipart
+        ``job_file``) — the latter only from an authenticated caller (see module doc)."""
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            refused = accept_graphs(request) if accept_graphs is not None else (
+                "this job manager has no authentication")
+            if refused:
+                raise HTTPException(403, f"serialized job graphs are not accepted: {refused}; "
+                                         "submit an entry point (JSON) instead")
+            blob = await _job_file(request)
+            graph = _load_graph(blob)
+            return await run_in_threadpool(started, lambda: manager.submit_graph(graph, blob=blob))
+        try:
+            body = SubmitJob.model_validate_json(await _bounded_body(request, MAX_ARGS_BYTES * 2))
+        except PydanticValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        if len(str(body.args)) > MAX_ARGS_BYTES:
+            raise HTTPException(413, f"args larger than {MAX_ARGS_BYTES} bytes")
+        return await run_in_threadpool(
+            started, lambda: manager.submit(body.entrypoint, body.args, body.restore_from))
 
     @router.get("/jobs")
     def list_jobs() -> dict[str, Any]:

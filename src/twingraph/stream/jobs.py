@@ -24,12 +24,19 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from twingraph.errors import ConfigurationError, NotFoundError, ValidationError
 from twingraph.stream.api import StreamExecutionEnvironment
+from twingraph.stream.clock import SystemClock
+from twingraph.stream.graph import JobGraph
 from twingraph.stream.runtime.job import JobClient, JobRun
 from twingraph.stream.runtime.states import JobStatus
+
+
+#: The registry's ``entrypoint`` of a job submitted as a serialized graph.
+GRAPH_ENTRYPOINT = "<job graph>"
 
 
 @dataclass
@@ -45,8 +52,12 @@ class JobManager:
     """Registry of the jobs submitted to this process."""
 
     def __init__(self, *, slots: int | None = None, task_manager_id: str | None = None,
-                 port: int | None = None, registry: Any = None) -> None:
+                 port: int | None = None, registry: Any = None,
+                 graph_dir: str | os.PathLike[str] | None = None) -> None:
         self.registry = registry
+        #: where job graphs submitted as serialized bytes are kept (to resume them after a
+        #: restart); None: such jobs are not resumable
+        self.graph_dir = Path(graph_dir) if graph_dir is not None else None
         self.slots = slots or os.cpu_count() or 1
         self.host = socket.gethostname()
         self.task_manager_id = task_manager_id or f"embedded-{self.host}"
@@ -90,6 +101,45 @@ class JobManager:
             self._jobs[rec.job_id] = rec
         return rec
 
+    def submit_graph(self, graph: JobGraph, *, blob: bytes | None = None,
+                     restore_from: str | None = None, job_id: str | None = None) -> JobRecord:
+        """Start a job from its ``JobGraph`` (a serialized graph from an AUTHENTICATED caller,
+        see ``jobmanager.py``). ``blob`` — the bytes it came in — is kept in ``graph_dir`` so that
+        ``recover()`` can start the job again after a restart."""
+        if not isinstance(graph, JobGraph):
+            raise ValidationError(f"a job graph was expected, not {type(graph).__name__}")
+        if self.running() >= self.slots:
+            raise ConfigurationError(f"all {self.slots} task slots are busy; cancel a job or raise the slots")
+        job_id = job_id or "job_" + uuid.uuid4().hex[:8]
+        if blob is not None and self.graph_dir is not None:
+            self.graph_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.graph_dir / f".{job_id}.tmp"
+            tmp.write_bytes(blob)
+            os.replace(tmp, self.graph_dir / f"{job_id}.graph")
+        if self.registry is not None and self.registry.get(job_id) is None:
+            self.registry.add(job_id=job_id, job_name=graph.name, entrypoint=GRAPH_ENTRYPOINT,
+                              args={}, status=JobStatus.CREATED.value, restore_from=restore_from,
+                              checkpoint_dir=graph.checkpoint.directory)
+        client = JobClient.start(graph, SystemClock(), restore_from=restore_from, job_id=job_id,
+                                 on_status=self._record_status if self.registry is not None else None,
+                                 on_checkpoint=self._checkpoint_recorder(job_id) if self.registry is not None else None)
+        rec = JobRecord(client.job_id, graph.name, GRAPH_ENTRYPOINT, client)
+        with self._lock:
+            self._jobs[rec.job_id] = rec
+        return rec
+
+    def _resubmit(self, row: Any, restore: str | None) -> None:
+        if row.entrypoint != GRAPH_ENTRYPOINT:
+            self.submit(row.entrypoint, row.args, restore, job_id=row.job_id)
+            return
+        path = self.graph_dir / f"{row.job_id}.graph" if self.graph_dir is not None else None
+        if path is None or not path.is_file():
+            raise ValidationError("its serialized job graph was not kept")
+        import cloudpickle
+        # Our own file, written when an authenticated caller submitted the job.
+        graph = cloudpickle.loads(path.read_bytes())
+        self.submit_graph(graph, restore_from=restore, job_id=row.job_id)
+
     def _record_status(self, run: JobRun) -> None:
         self.registry.set_status(run.job_id, run.status.value, start_time_ms=run.start_time_ms,
                                  end_time_ms=run.end_time_ms if run.status.terminal else None,
@@ -112,7 +162,7 @@ class JobManager:
                 continue
             restore = "latest" if row.checkpoint_dir else None
             try:
-                self.submit(row.entrypoint, row.args, restore, job_id=row.job_id)
+                self._resubmit(row, restore)
             except Exception as exc:  # noqa: BLE001 - recorded, and the other jobs still resume
                 self.registry.set_status(row.job_id, JobStatus.FAILED.value,
                                          error=f"could not be resumed after a restart: {exc!r}")
