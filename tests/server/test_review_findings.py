@@ -152,3 +152,36 @@ def test_selected_output_colliding_with_a_node_id_is_refused_when_stored(
     r = client.post(f"/api/v1/projects/{pid}/pipelines", json={"name": "coll", **definition})
     assert r.status_code == 422, r.text
     assert app_svc.catalog.list_pipelines(project_id=pid, limit=10)[1] == 0
+
+
+def test_concurrent_creates_of_one_pipeline_name_give_one_pipeline_and_conflicts(
+        app_svc: Services) -> None:
+    """``create_pipeline`` checked the name in one transaction and then *upserted* in another:
+    of concurrent ``POST /api/v1/projects/{id}/pipelines`` with one name, several answered 201
+    with the same id, each silently replacing the others' definition as a new version."""
+    from twingraph.errors import ConflictError
+
+    svc = app_svc
+    project = svc.catalog.create_project("race")
+    outcomes: list[Any] = []
+    for trial in range(8):
+        barrier = threading.Barrier(4)
+
+        def create(k: int, trial: int = trial) -> None:
+            barrier.wait()
+            try:
+                rec = svc.catalog.create_pipeline(
+                    project.id, f"p{trial}",
+                    {"nodes": [{"id": f"n{k}", "component": "numbers"}], "edges": []})
+                outcomes.append((trial, rec.id, rec.current_version))
+            except ConflictError:
+                outcomes.append("conflict")
+        threads = [threading.Thread(target=create, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    created = [o for o in outcomes if o != "conflict"]
+    assert len(created) == 8, created                     # one creation per name
+    assert all(version == 1 for _t, _id, version in created)
+    assert outcomes.count("conflict") == 24

@@ -12,17 +12,19 @@ columns named in each method's ``SORTABLE`` are accepted (anything else is a ``V
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Select, delete, func, or_, select, update
+from sqlalchemy import exc as sa_exc
 
 from twingraph.core.records import LogRecord
 from twingraph.core.states import RunState
-from twingraph.errors import ConflictError, NotFoundError, ValidationError
+from twingraph.errors import ConflictError, NotFoundError, StorageError, ValidationError
 from twingraph.stores.metadata import _semantics as sem
 from twingraph.stores.metadata.catalog import (
     PipelineRecord,
@@ -135,6 +137,22 @@ def _order(table: Any, sort: str | None, sortable: Sequence[str], default: str) 
     return [col.desc(), key.desc()] if desc else [col.asc(), key.asc()]
 
 
+@contextlib.contextmanager
+def _unique(message: str) -> Iterator[None]:
+    """A unique-index violation inside the block is a ``ConflictError(message)``. The blocks
+    check for the duplicate first, but under PostgreSQL's READ COMMITTED two concurrent
+    writers can both pass the check; the index then refuses the second one."""
+    try:
+        yield
+    except StorageError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, sa_exc.IntegrityError) and (
+                getattr(cause.orig, "sqlstate", None) == "23505"           # PostgreSQL
+                or "UNIQUE constraint failed" in str(cause.orig)):         # SQLite
+            raise ConflictError(message) from exc
+        raise
+
+
 def _page(limit: int, offset: int) -> None:
     if not 1 <= limit <= MAX_LIMIT:
         raise ValidationError(f"limit must be between 1 and {MAX_LIMIT} (got {limit})")
@@ -158,7 +176,8 @@ class SQLCatalog:
         now = self._clock()
         row = {"id": new_id("proj"), "name": name, "description": description, "owner": owner,
                "metadata": sem.json_copy(metadata or {}), "created_at": now, "updated_at": now}
-        with self.store._writing() as conn:
+        with _unique(f"a project named {name!r} already exists"), \
+                self.store._writing() as conn:
             if conn.execute(select(projects.c.id).where(projects.c.name == name)).first():
                 raise ConflictError(f"a project named {name!r} already exists")
             conn.execute(projects.insert(), row)
@@ -194,7 +213,8 @@ class SQLCatalog:
     def update_project(self, project_id: str, changes: dict[str, Any]) -> ProjectRecord:
         allowed = {"name", "description", "owner", "metadata"}
         values = {k: v for k, v in changes.items() if k in allowed}
-        with self.store._writing() as conn:
+        with _unique(f"a project named {values.get('name')!r} already exists"), \
+                self.store._writing() as conn:
             if conn.execute(select(projects.c.id).where(projects.c.id == project_id)).first() is None:
                 raise NotFoundError(f"project {project_id!r} not found")
             if "name" in values and conn.execute(select(projects.c.id).where(
@@ -257,18 +277,11 @@ class SQLCatalog:
         face's ``POST /api/workflows/{workflow_id}``); without it the id is ``pipe_<hex>``.
         A taken id or name is a ``ConflictError``; nothing is written then."""
         project = self.get_project(project_id)
-        if pipeline_id is not None:
-            return self._create_with_id(project, pipeline_id, name, definition,
-                                        description=description, tags=tags,
-                                        source_hash=source_hash)
-        with self.store._reading() as conn:
-            if conn.execute(select(pipelines.c.id).where(pipelines.c.project_id == project_id,
-                                                         pipelines.c.name == name)).first():
-                raise ConflictError(f"project {project.name!r} already has a pipeline named {name!r}")
-        pipeline_id, _ = self.store.upsert_pipeline(project.name, name, definition,
-                                                    description=description, tags=tags,
-                                                    source_hash=source_hash)
-        return self.get_pipeline(pipeline_id)
+        # Checked and inserted in one transaction (not the engine's upsert, which would make
+        # a concurrent create of the same name a new version of this one).
+        return self._create_with_id(project, pipeline_id or new_id("pipe"), name, definition,
+                                    description=description, tags=tags,
+                                    source_hash=source_hash)
 
     def _create_with_id(self, project: ProjectRecord, pipeline_id: str, name: str,
                         definition: dict[str, Any], *, description: str | None,
@@ -277,7 +290,8 @@ class SQLCatalog:
         if not isinstance(definition, dict):
             raise ValidationError("a pipeline definition is a JSON object")
         now = self._clock()
-        with self.store._writing() as conn:
+        with _unique(f"a pipeline with id {pipeline_id!r} or named {name!r} in project "
+                     f"{project.name!r} already exists"), self.store._writing() as conn:
             if conn.execute(select(pipelines.c.id).where(pipelines.c.id == pipeline_id)).first():
                 raise ConflictError(f"a pipeline with id {pipeline_id!r} already exists")
             if conn.execute(select(pipelines.c.id).where(pipelines.c.project_id == project.id,
@@ -369,7 +383,8 @@ class SQLCatalog:
         """Replace fields; a changed definition becomes a new version (the old one is kept)."""
         current = self.get_pipeline(pipeline_id)
         if name is not None and name != current.name:
-            with self.store._writing() as conn:
+            with _unique(f"project already has a pipeline named {name!r}"), \
+                    self.store._writing() as conn:
                 if conn.execute(select(pipelines.c.id).where(
                         pipelines.c.project_id == current.project_id,
                         pipelines.c.name == name)).first():

@@ -66,3 +66,55 @@ def test_websocket_query_credentials_are_not_written_to_the_server_log(tmp_path:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def test_concurrent_duplicate_names_are_409_not_500_on_postgres(postgres_url: str,
+                                                                 tmp_path: Path) -> None:
+    """``create_project`` checks the name and inserts in one transaction, but under
+    PostgreSQL's READ COMMITTED two such transactions both see no row: the loser hit the
+    unique index and got ``StorageError`` (a 500 carrying the database's message) instead of
+    the documented 409 CONFLICT for a duplicate project name. Same for a pipeline created
+    with a chosen id (``POST /api/workflows/{id}``) and for renaming a project."""
+    import threading
+    from collections.abc import Callable
+
+    from twingraph.errors import ConflictError
+    from twingraph.service import build_services
+    from twingraph.settings import Settings
+
+    svc = build_services(Settings(home=tmp_path, database_url=postgres_url))
+    outcomes: list[str] = []
+
+    def race(make: Callable[[int, int], object], n: int = 6, trials: int = 4) -> None:
+        """``n`` threads call ``make(trial, thread)`` at once, ``trials`` times."""
+        for trial in range(trials):
+            barrier = threading.Barrier(n)
+
+            def one(k: int, trial: int = trial) -> None:
+                barrier.wait()
+                try:
+                    make(trial, k)
+                    outcomes.append("ok")
+                except ConflictError:
+                    outcomes.append("conflict")
+                except Exception as exc:  # noqa: BLE001 - the bug
+                    outcomes.append(f"{type(exc).__name__}: {exc}")
+            threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+    try:
+        race(lambda trial, _k: svc.catalog.create_project(f"dup-{trial}"))
+        home = svc.catalog.create_project("home")
+        race(lambda trial, _k: svc.catalog.create_pipeline(
+            home.id, f"p-{trial}", {"nodes": [], "edges": []}, pipeline_id=f"wf-{trial}"))
+        others = [svc.catalog.create_project(f"other-{k}") for k in range(6)]
+        race(lambda trial, k: svc.catalog.update_project(others[k].id,
+                                                         {"name": f"renamed-{trial}"}))
+        bad = [o for o in outcomes if o not in ("ok", "conflict")]
+        assert not bad, bad[:3]
+        assert outcomes.count("ok") == 12          # one winner per race
+    finally:
+        svc.close()
