@@ -185,3 +185,107 @@ def test_concurrent_creates_of_one_pipeline_name_give_one_pipeline_and_conflicts
     assert len(created) == 8, created                     # one creation per name
     assert all(version == 1 for _t, _id, version in created)
     assert outcomes.count("conflict") == 24
+
+
+@pytest.mark.parametrize("start", ["0001-01-01T00:00:00Z", "0001-01-01T00:00:00+14:00",
+                                   "0001-01-01"])
+def test_backfill_from_the_first_year_is_422_not_500(tmp_path: Path, start: str) -> None:
+    """A backfill ``start`` at the very beginning of the calendar crashed slot enumeration
+    (``ValueError: year 0 is out of range``) into a 500; ISO times with offsets could also
+    parse to instants outside what ``datetime`` can represent."""
+    from twingraph.server.build import wire_schedules
+
+    svc = build_services(Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path}/tg.db"))
+    wire_schedules(svc, fire=False)
+    app = create_app(svc, load=[str(RESOURCES / "v1_app.py")])
+    try:
+        with TestClient(app, raise_server_exceptions=False) as c:
+            pipe = svc.catalog.find_pipeline("sum_numbers")
+            sid = c.post("/api/v1/schedules", json={
+                "project_id": pipe.project_id, "pipeline_id": pipe.id, "kind": "CRON",
+                "expression": "0 0 * * *"}).json()["data"]["id"]
+            r = c.post(f"/api/v1/schedules/{sid}/backfill", json={"start": start})
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["details"][0]["field"] == "start"
+            assert svc.catalog.list_runs(schedule_id=sid)[1] == 0
+    finally:
+        svc.close()
+
+
+def test_backfill_on_a_server_that_does_not_fire_schedules_fires_nothing(tmp_path: Path) -> None:
+    """``twingraph server --no-schedules`` (``wire_schedules(fire=False)``) must not fire
+    schedules, but a backfill request ran the firer's whole ``tick`` in the request thread:
+    every due schedule of the database fired (and queued runs started) on that server."""
+    from sqlalchemy import update
+
+    from twingraph.server.build import wire_schedules
+    from twingraph.stores.metadata.schema import schedules
+
+    svc = build_services(Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path}/tg.db"))
+    wire_schedules(svc, fire=False)
+    app = create_app(svc, load=[str(RESOURCES / "v1_app.py")])
+    try:
+        with TestClient(app, raise_server_exceptions=False) as c:
+            pipe = svc.catalog.find_pipeline("sum_numbers")
+            body = {"project_id": pipe.project_id, "pipeline_id": pipe.id, "kind": "INTERVAL",
+                    "expression": "1h"}
+            due = c.post("/api/v1/schedules", json=body).json()["data"]["id"]
+            other = c.post("/api/v1/schedules", json=body).json()["data"]["id"]
+            with svc.catalog.store._writing() as conn:         # ``due`` is overdue
+                conn.execute(update(schedules).where(schedules.c.id == due)
+                             .values(next_run_at=time.time() - 60))
+            r = c.post(f"/api/v1/schedules/{other}/backfill", json={"count": 1})
+            assert r.status_code == 201, r.text
+            assert svc.catalog.list_runs(schedule_id=due)[1] == 0      # nothing fired
+            queued, _ = svc.catalog.list_runs(schedule_id=other)
+            assert [q.state for q in queued] == [RunState.PENDING]    # stays queued
+    finally:
+        svc.close()
+
+
+def test_renaming_a_project_keeps_its_runs(client: TestClient, app_svc: Services) -> None:
+    """Runs name their project (``runs.project``); renaming a project left every run under the
+    old name: the project's run list and statistics lost them, the runs showed no
+    ``project_id``, deleting the project left them behind, and a new project given the old
+    name inherited them."""
+    pid = client.post("/api/v1/projects", json={"name": "before"}).json()["data"]["id"]
+    pipe = client.post(f"/api/v1/projects/{pid}/pipelines", json={
+        "name": "g", "nodes": [{"id": "make", "component": "numbers"}]}).json()["data"]["id"]
+    run = client.post("/api/v1/runs", json={"pipeline_id": pipe}).json()["data"]
+    assert client.put(f"/api/v1/projects/{pid}", json={"name": "after"}).status_code == 200
+    listed = client.get(f"/api/v1/runs?project_id={pid}").json()
+    assert listed["meta"]["total"] == 1
+    assert client.get(f"/api/v1/runs/{run['id']}").json()["data"]["project_id"] == pid
+    assert client.get(f"/api/v1/projects/{pid}/statistics").json()["data"]["total_runs"] == 1
+    reused = client.post("/api/v1/projects", json={"name": "before"}).json()["data"]["id"]
+    assert client.get(f"/api/v1/runs?project_id={reused}").json()["meta"]["total"] == 0
+
+
+@pytest.mark.parametrize("change", [{"name": None}, {"metadata": None}])
+def test_project_update_with_null_required_fields_is_422(client: TestClient,
+                                                         change: dict[str, Any]) -> None:
+    """``PUT /api/v1/projects/{id}`` with ``"name": null`` was a 500 (NOT NULL constraint) and
+    ``"metadata": null`` stored a project whose metadata is not an object."""
+    pid = client.post("/api/v1/projects", json={"name": "p", "metadata": {"k": 1}}).json()["data"]["id"]
+    r = client.put(f"/api/v1/projects/{pid}", json=change)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"][0]["field"] == next(iter(change))
+    stored = client.get(f"/api/v1/projects/{pid}").json()["data"]
+    assert stored["name"] == "p" and stored["metadata"] == {"k": 1}
+
+
+def test_hot_read_connection_goes_back_with_the_app_shutdown(tmp_path: Path) -> None:
+    """The fast path of ``GET /api/v1/runs/{id}`` keeps a dedicated connection
+    (``StatusReader``) checked out of the pool; nothing gave it back, so each app held one
+    connection past its shutdown (the pool's dispose skips checked-out connections)."""
+    svc = build_services(Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path}/tg.db"))
+    app = create_app(svc, load=[str(RESOURCES / "v1_app.py")])
+    pool = svc.catalog.store._engine.pool
+    try:
+        run = svc.runs.create(svc.catalog.find_pipeline("sum_numbers"), params={"n": 1})
+        with TestClient(app) as c:
+            assert c.get(f"/api/v1/runs/{run.run_id}").status_code == 200
+            assert pool.checkedout() == 1                    # the reader's, while serving
+        assert pool.checkedout() == 0
+    finally:
+        svc.close()

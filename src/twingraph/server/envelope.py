@@ -98,7 +98,10 @@ def iso(ts: float | None) -> str | None:
         .replace("+00:00", "Z")
 
 
-def parse_iso(value: str, field: str) -> float:
+def parse_iso(value: str, field: str, *, bounded: bool = False) -> float:
+    """Epoch seconds of an ISO-8601 time (UTC when it names no offset); 422 if unparsable.
+    ``bounded``: also 422 unless it lies a day inside years 1..9999, for callers that turn
+    it back into calendar dates (schedule slots)."""
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -106,7 +109,15 @@ def parse_iso(value: str, field: str) -> float:
                        details=[{"field": field, "message": "expected ISO-8601"}]) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+    ts = dt.timestamp()
+    if bounded and not _MIN_TS <= ts <= _MAX_TS:
+        raise ApiError(422, f"{field} is out of range (years 1 to 9999, a day inside either end)",
+                       details=[{"field": field, "message": "out of range"}])
+    return ts
+
+
+_MIN_TS = datetime(1, 1, 2, tzinfo=timezone.utc).timestamp()
+_MAX_TS = datetime(9999, 12, 30, tzinfo=timezone.utc).timestamp()
 
 
 def request_id(request: Request) -> str:

@@ -10,7 +10,10 @@ documented one in the OpenAPI document.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from twingraph.errors import NotFoundError
@@ -24,7 +27,23 @@ PREFIX = "/api/v1/runs/"
 class HotReads:
     def __init__(self, app: Any, services: Services, route: Any = None) -> None:
         self.app, self.services, self.route = app, services, route
-        self.reader = services.catalog.status_reader()   # used on the event loop thread only
+        # SQLite reads are local and take tens of microseconds: done on the event loop. A
+        # PostgreSQL read waits for a network round trip: done on a few threads of our own,
+        # each with its own long-lived connection, so the loop serves others meanwhile.
+        self.remote = services.catalog.store._engine.dialect.name != "sqlite"
+        self.reader = None if self.remote else services.catalog.status_reader()
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="twingraph-hot-read") \
+            if self.remote else None
+
+    def _read(self, run_id: str) -> Any:
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = self.services.catalog.status_reader()
+        return self.services.runs.status(run_id, reader)
+        # Closed at the app's shutdown (the lifespan runs the "stop" hooks on the loop): a
+        # connection held outside the pool survives the pool's dispose.
+        services.extras.setdefault("stop", []).append(self.reader.close)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "")
@@ -37,7 +56,11 @@ class HotReads:
             await self.app(scope, receive, send)
             return
         try:
-            run, progress = self.services.runs.status(run_id, self.reader)
+            if self._pool is not None:
+                run, progress = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._read, run_id)
+            else:
+                run, progress = self.services.runs.status(run_id, self.reader)
         except NotFoundError:
             await self.app(scope, receive, send)        # the routed endpoint shapes the 404
             return

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from twingraph.server import views
 from twingraph.server.deps import services
@@ -40,6 +40,15 @@ class ProjectPatch(BaseModel):
     description: str | None = None
     owner: str | None = None
     metadata: dict[str, Any] | None = None
+
+    @field_validator("name", "metadata")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        """Omitted means unchanged; an explicit null is refused (a project always has both).
+        Defaults are not validated, so this sees only values the client sent."""
+        if value is None:
+            raise ValueError("may not be null")
+        return value
 
 
 class PipelineIn(BaseModel):

@@ -141,8 +141,8 @@ async def backfill_schedule(request: Request, schedule_id: str, body: BackfillIn
     if body.end is not None and body.start is None:
         raise ApiError(422, "end goes with start",
                        details=[{"field": "end", "message": "needs start"}])
-    start = parse_iso(body.start, "start") if body.start else None
-    end = parse_iso(body.end, "end") if body.end else None
+    start = parse_iso(body.start, "start", bounded=True) if body.start else None
+    end = parse_iso(body.end, "end", bounded=True) if body.end else None
     sched = scheduled(request)
     created = await asyncio.to_thread(lambda: sched.backfill(schedule_id, count=body.count,
                                                              start=start, end=end))

@@ -52,7 +52,8 @@ class ScheduledRuns:
     def backfill(self, schedule_id: str, *, count: int | None = None, start: float | None = None,
                  end: float | None = None) -> list[tuple[float, str]]:
         """Create the runs of the historical slots; returns (slot, run_id) pairs, oldest first.
-        The runs start as the schedule's ``max_concurrency`` allows (the firer starts them)."""
+        The runs start as the schedule's ``max_concurrency`` allows (the firer starts them; on
+        a server that does not fire schedules they stay queued for one that does)."""
         created: list[tuple[float, str]] = []
 
         def launch(schedule: ScheduleRecord, slot: float, is_backfill: bool) -> str | None:
@@ -62,7 +63,8 @@ class ScheduledRuns:
             return run_id
         backfill(self.store, schedule_id, launch, count=count, start=start, end=end,
                  now=time.time())
-        self.firer.tick()            # start what max_concurrency allows now, not at the next poll
+        if self.firer.running:       # start what max_concurrency allows now, not at the next
+            self.firer.tick()        # poll; a server that does not fire schedules leaves them
         return created
 
     def pipeline_loaded(self, pipe: Pipeline) -> None:

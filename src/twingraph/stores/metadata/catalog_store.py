@@ -215,7 +215,9 @@ class SQLCatalog:
         values = {k: v for k, v in changes.items() if k in allowed}
         with _unique(f"a project named {values.get('name')!r} already exists"), \
                 self.store._writing() as conn:
-            if conn.execute(select(projects.c.id).where(projects.c.id == project_id)).first() is None:
+            old_name = conn.execute(select(projects.c.name)
+                                    .where(projects.c.id == project_id)).scalar()
+            if old_name is None:
                 raise NotFoundError(f"project {project_id!r} not found")
             if "name" in values and conn.execute(select(projects.c.id).where(
                     projects.c.name == values["name"], projects.c.id != project_id)).first():
@@ -223,6 +225,9 @@ class SQLCatalog:
             if values:
                 conn.execute(update(projects).where(projects.c.id == project_id)
                              .values(updated_at=self._clock(), **values))
+            if values.get("name", old_name) != old_name:     # runs name their project
+                conn.execute(update(runs).where(runs.c.project == old_name)
+                             .values(project=values["name"]))
         return self.get_project(project_id)
 
     def delete_project(self, project_id: str) -> None:
