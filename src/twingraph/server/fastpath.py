@@ -35,15 +35,23 @@ class HotReads:
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="twingraph-hot-read") \
             if self.remote else None
+        self._readers = [self.reader] if self.reader is not None else []
+        services.extras.setdefault("stop", []).append(self.close)
 
     def _read(self, run_id: str) -> Any:
         reader = getattr(self._local, "reader", None)
         if reader is None:
             reader = self._local.reader = self.services.catalog.status_reader()
+            self._readers.append(reader)
         return self.services.runs.status(run_id, reader)
-        # Closed at the app's shutdown (the lifespan runs the "stop" hooks on the loop): a
-        # connection held outside the pool survives the pool's dispose.
-        services.extras.setdefault("stop", []).append(self.reader.close)
+
+    def close(self) -> None:
+        """At the app's shutdown (a "stop" hook): connections held outside the pool survive the
+        pool's dispose, so they are closed here."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        for reader in self._readers:
+            reader.close()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "")
