@@ -52,6 +52,9 @@ def dag_from_dict(doc: Any, *, default_id: str = "dag") -> DAGDefinition:
         raise ValidationError("a DAG definition is a mapping with 'nodes'")
     raw_nodes = doc.get("nodes")
     if isinstance(raw_nodes, dict):
+        bad = [k for k, v in raw_nodes.items() if v is not None and not isinstance(v, dict)]
+        if bad:
+            raise ValidationError(f"nodes[{bad[0]!r}] must be a mapping")
         raw_nodes = [{"id": k, **(v or {})} for k, v in raw_nodes.items()]
     if not isinstance(raw_nodes, list) or not raw_nodes:
         raise ValidationError("'nodes' must be a non-empty list or mapping")
@@ -86,4 +89,7 @@ def dag_from_dict(doc: Any, *, default_id: str = "dag") -> DAGDefinition:
     dag_id = doc.get("dag_id", default_id)
     if not isinstance(dag_id, str) or not dag_id:
         raise ValidationError("'dag_id' must be a non-empty string")
-    return DAGDefinition(dag_id, nodes, deps, doc.get("metadata"))
+    metadata = doc.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValidationError("'metadata' must be a mapping (it becomes the run's params)")
+    return DAGDefinition(dag_id, nodes, deps, metadata)

@@ -289,3 +289,23 @@ def test_hot_read_connection_goes_back_with_the_app_shutdown(tmp_path: Path) -> 
         assert pool.checkedout() == 0
     finally:
         svc.close()
+
+
+@pytest.mark.parametrize("program", [
+    {"nodes": {"a": 5}},
+    {"nodes": {"a": ["make_numbers"]}},
+    {"nodes": [{"id": "a", "operation": "make_numbers", "parameters": {"n": 2}}],
+     "metadata": "x"},
+    {"nodes": [{"id": "a", "operation": "make_numbers", "parameters": {"n": 2}}],
+     "metadata": [1, 2]},
+])
+def test_execute_dynamic_malformed_program_is_422(client: TestClient,
+                                                  program: dict[str, Any]) -> None:
+    """A node mapping whose value is not a mapping was a 500 (``TypeError``); a ``metadata``
+    that is not a mapping was accepted (200) and the execution then failed inside the
+    scheduler with no run recorded (``run_id: null``)."""
+    import json
+
+    r = client.post("/api/v1/execute-dynamic", json={"program": json.dumps(program)})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"][0]["field"] == "program"
