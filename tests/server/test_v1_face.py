@@ -275,3 +275,22 @@ def test_health_reports_a_broken_store(app_client: TestClient) -> None:
     db.close()
     r = c.get("/health")
     assert r.status_code == 503 and r.json()["checks"]["metadata_store"]["status"] == "unhealthy"
+
+
+def test_a_schedule_whose_runs_could_not_start_is_refused(app_client: TestClient) -> None:
+    c = app_client
+    pid = c.post("/api/v1/projects", json={"name": "needs_params"}).json()["data"]["id"]
+    c.post(f"/api/v1/projects/{pid}/pipelines", json={"name": "etl", **graph()})  # needs ${params.n}
+    body = {"project_id": pid, "pipeline_id": "etl", "kind": "CRON", "expression": "0 2 * * *"}
+    r = c.post("/api/v1/schedules", json=body)
+    assert r.status_code == 422 and "n" in r.json()["error"]["message"]
+    assert c.post("/api/v1/schedules", json={**body, "params": {"n": 3}}).status_code == 201
+    assert c.post("/api/v1/schedules", json={**body, "pipeline_id": "sum_numbers",
+                                             "project_id": "default", "params": {"bogus": 1}}).status_code == 422
+
+
+def test_request_ids_are_kept_only_when_safe(app_client: TestClient) -> None:
+    c = app_client
+    assert c.get("/api/v1/projects", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
+    forged = c.get("/api/v1/projects", headers={"X-Request-ID": "x principal=admin"})
+    assert forged.headers["x-request-id"].startswith("req_")

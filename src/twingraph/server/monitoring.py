@@ -8,6 +8,7 @@ database, a lookup in the result store); it is served at ``/health`` and ``/api/
 from __future__ import annotations
 
 import asyncio
+import logging
 import platform
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from twingraph import __version__
 from twingraph.server.deps import services
 from twingraph.server.envelope import iso, ok
 
+log = logging.getLogger("twingraph.server")
 router = APIRouter(tags=["monitoring"])
 STATISTICS_TTL = 60.0
 
@@ -28,7 +30,9 @@ def _check(fn: Any) -> dict[str, Any]:
     try:
         fn()
     except Exception as exc:  # noqa: BLE001 - a failed check is reported, not raised
-        return {"status": "unhealthy", "error": f"{type(exc).__name__}: {exc}"}
+        # /health answers without auth: name the failure, keep hosts and users to the log.
+        log.error("health check failed: %s: %s", type(exc).__name__, exc)
+        return {"status": "unhealthy", "error": type(exc).__name__}
     return {"status": "healthy", "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
 
 

@@ -8,6 +8,7 @@ which matters at hundreds of requests per second.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -17,6 +18,7 @@ from twingraph.server.metrics import Metrics
 log = logging.getLogger("twingraph.server")
 
 Scope = dict[str, Any]
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:-]+")
 
 
 class RequestContext:
@@ -30,7 +32,9 @@ class RequestContext:
         rid = None
         for name, value in scope.get("headers", ()):
             if name == b"x-request-id":
-                rid = value.decode("latin-1")[:64]
+                text = value.decode("latin-1")
+                if 0 < len(text) <= 64 and _SAFE_ID.fullmatch(text):   # never forge log fields
+                    rid = text
                 break
         rid = rid or f"req_{uuid.uuid4().hex[:16]}"
         scope.setdefault("state", {})["request_id"] = rid

@@ -78,9 +78,17 @@ def scheduled(request: Request) -> ScheduledRuns:
 @router.post("/schedules", status_code=201)
 async def create_schedule(request: Request, body: ScheduleIn) -> Any:
     sched = scheduled(request)
+    svc = services(request)
     fields = body.model_dump()
     fields["kind"] = fields["kind"].upper()
-    s = await asyncio.to_thread(lambda: sched.store.create(**fields))
+
+    def create() -> ScheduleRecord:
+        # A schedule whose runs could never start is refused now, not dropped at each fire.
+        project = svc.catalog.resolve_project(body.project_id)
+        pipeline = svc.catalog.find_pipeline(body.pipeline_id, project.id)
+        svc.runs.check(pipeline, {**body.params, "logical_date": logical_date(0.0)})
+        return sched.store.create(**fields)
+    s = await asyncio.to_thread(create)
     return ok(request, view(s))
 
 
