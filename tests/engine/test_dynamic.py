@@ -5,10 +5,11 @@ import time
 import pytest
 
 from tests.resources import ops
-from twingraph import pipeline
+from twingraph import pipeline, register_component
 from twingraph.dagfile import dag_from_dict, parse_dag_text
 from twingraph.engine.dynamic import (DAGDefinition, DynamicScheduler, ExecutionConfig,
-                                      NodeDefinition, NodeExecutor, NodeStatus)
+                                      NodeDefinition, NodeExecutor, NodeStatus,
+                                      register_operation)
 from twingraph.errors import GraphValidationError, ValidationError
 from twingraph.stores.metadata import MemoryMetadataStore
 from twingraph.stores.results.memory import MemoryStorage
@@ -20,6 +21,12 @@ def N(i, op, args=(), **params):
 
 @pytest.fixture
 def scheduler():
+    # Other suites load tests/resources/ops.py as a file (module "ops"), which re-registers these
+    # names to that copy's functions; point them back at the copy whose ``calls`` we read.
+    for name in ("make_numbers", "square_all", "add_all", "explode", "sleepy", "to_bytes"):
+        register_operation(name, getattr(ops, name))
+    register_component("scale", ops.scale)
+    register_component("threshold", ops.Threshold)
     s = DynamicScheduler(MemoryStorage(), ExecutionConfig(max_concurrent_nodes=4),
                          metadata=MemoryMetadataStore())
     yield s
