@@ -46,3 +46,23 @@ def test_status_reader_matches_the_core_path_and_reconnects(services) -> None:  
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         assert svc.catalog.run_status(run.run_id, reader=reader) == (row, counts)
         assert reader._raw.driver_connection.info.backend_pid != pid
+
+
+def test_closing_services_closes_the_metadata_connections(postgres_url: str, tmp_path: Path) -> None:
+    svc = build_services(Settings(home=tmp_path, database_url=postgres_url))
+    load_modules(svc, [str(RESOURCES / "v1_app.py")])
+    svc.catalog.list_projects()
+    name = postgres_url.rsplit("/", 1)[1]
+    admin_url = postgres_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
+
+    def connections() -> int:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                (name,)).fetchone()
+            return int(row[0]) if row else 0
+    assert connections() >= 1
+    svc.close()
+    deadline = time.monotonic() + 5
+    while connections() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert connections() == 0

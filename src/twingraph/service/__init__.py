@@ -30,10 +30,16 @@ class Services:
     scheduler: DynamicScheduler
     hub: EventHub
     extras: dict[str, Any] = field(default_factory=dict)   # schedules, auth, stream manager...
+    owns_stores: bool = False          # built here from settings: close() closes the stores too
 
     def close(self) -> None:
         self.runs.close()
         self.engine.close()
+        if self.owns_stores:
+            for store in (self.engine.metadata, self.engine.results):
+                close = getattr(store, "close", None)
+                if close is not None:
+                    close()
 
 
 def build_services(settings: Settings | None = None, *, engine: Engine | None = None) -> Services:
@@ -41,6 +47,7 @@ def build_services(settings: Settings | None = None, *, engine: Engine | None = 
     from twingraph.runtime import build_engine
     settings = settings or Settings.from_env()
     hub = EventHub()
+    owns = engine is None
     engine = engine or build_engine(settings)
     if not isinstance(engine.metadata, SQLMetadataStore):
         raise ConfigurationError("the server needs the SQL metadata store (SQLite or PostgreSQL)")
@@ -48,4 +55,4 @@ def build_services(settings: Settings | None = None, *, engine: Engine | None = 
     catalog = SQLCatalog(engine.metadata)
     scheduler = DynamicScheduler(engine.results, ExecutionConfig(), engine=engine)
     runs = RunService(engine, catalog, scheduler)
-    return Services(settings, engine, catalog, runs, scheduler, hub)
+    return Services(settings, engine, catalog, runs, scheduler, hub, owns_stores=owns)
