@@ -49,20 +49,58 @@ def test_status_reader_matches_the_core_path_and_reconnects(services) -> None:  
 
 
 def test_closing_services_closes_the_metadata_connections(postgres_url: str, tmp_path: Path) -> None:
-    svc = build_services(Settings(home=tmp_path, database_url=postgres_url))
-    load_modules(svc, [str(RESOURCES / "v1_app.py")])
-    svc.catalog.list_projects()
-    name = postgres_url.rsplit("/", 1)[1]
+    import secrets
     admin_url = postgres_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
+    name = f"twingraph_close_{secrets.token_hex(4)}"          # a database of its own: counted alone
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        svc = build_services(Settings(home=tmp_path,
+                                      database_url=postgres_url.rsplit("/", 1)[0] + f"/{name}"))
+        load_modules(svc, [str(RESOURCES / "v1_app.py")])
+        svc.catalog.list_projects()
 
-    def connections() -> int:
+        def connections() -> int:
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                    (name,)).fetchone()
+                return int(row[0]) if row else 0
+        assert connections() >= 1
+        svc.close()
+        deadline = time.monotonic() + 5
+        while connections() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert connections() == 0
+    finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
-            row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
-                                (name,)).fetchone()
-            return int(row[0]) if row else 0
-    assert connections() >= 1
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_batch_chosen_as_deadlock_victim_is_written_again(postgres_url: str, tmp_path: Path) -> None:
+    import threading
+
+    from twingraph.core.records import RunRecord, RunUpdate
+    from twingraph.core.states import RunState
+    svc = build_services(Settings(home=tmp_path, database_url=postgres_url))
+    store = svc.catalog.store
+    store.write([RunRecord("dl-1", "p", RunState.RUNNING, started_at=1.0),
+                 RunRecord("dl-2", "p", RunState.RUNNING, started_at=1.0)])
+    url = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    other = psycopg.connect(url)                     # holds dl-2, then asks for dl-1: a cycle
+    other.execute("UPDATE runs SET error = 'other' WHERE run_id = 'dl-2'")
+    done: list[object] = []
+    writer = threading.Thread(target=lambda: done.append(store.write(
+        [RunUpdate("dl-1", RunState.SUCCESS, 2.0), RunUpdate("dl-2", RunState.SUCCESS, 2.0)])))
+    writer.start()
+    time.sleep(0.3)                                  # the writer holds dl-1 and waits for dl-2
+    try:
+        other.execute("UPDATE runs SET error = 'other' WHERE run_id = 'dl-1'")
+        other.commit()
+    except psycopg.errors.DeadlockDetected:
+        other.rollback()
+    other.close()
+    writer.join(30)
+    assert done == [[]], "the batch was lost"
+    assert {r: svc.catalog.store.get_run(r).state for r in ("dl-1", "dl-2")} == \
+        {"dl-1": RunState.SUCCESS, "dl-2": RunState.SUCCESS}
     svc.close()
-    deadline = time.monotonic() + 5
-    while connections() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert connections() == 0

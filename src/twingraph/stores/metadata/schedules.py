@@ -45,7 +45,7 @@ from twingraph.errors import NotFoundError, ValidationError
 from twingraph.stores.metadata import _semantics as sem
 from twingraph.stores.metadata.catalog import new_id
 from twingraph.stores.metadata.schema import pipelines, projects, runs, schedules
-from twingraph.stores.metadata.store import SQLMetadataStore
+from twingraph.stores.metadata.store import SQLMetadataStore, retry_conflicts
 
 _FIELDS = tuple(ScheduleRecord.__dataclass_fields__)
 #: Fields ``update`` may change; the others are the store's (ids, times, claim and fire columns).
@@ -186,14 +186,19 @@ class SQLScheduleStore:
         """Delete a schedule. Its queued (PENDING) runs are cancelled in the same transaction;
         its other runs stay, with ``schedule_id`` cleared."""
         now = self._clock()
-        with self._store._writing() as conn:
-            _get_row(conn, schedule_id, lock=True)
-            fields = sem.run_update_fields(
-                RunUpdate("", RunState.CANCELLED, now, error="its schedule was deleted"), None)
-            conn.execute(update(runs).where(runs.c.schedule_id == schedule_id,
-                                            runs.c.state == RunState.PENDING.value)
-                         .values(**fields))
-            conn.execute(delete(schedules).where(schedules.c.id == schedule_id))
+
+        def once() -> None:
+            # Clearing runs.schedule_id (ON DELETE SET NULL) races the engine's run updates on
+            # PostgreSQL; a deadlock victim is run again whole (retry_conflicts).
+            with self._store._writing() as conn:
+                _get_row(conn, schedule_id, lock=True)
+                fields = sem.run_update_fields(
+                    RunUpdate("", RunState.CANCELLED, now, error="its schedule was deleted"), None)
+                conn.execute(update(runs).where(runs.c.schedule_id == schedule_id,
+                                                runs.c.state == RunState.PENDING.value)
+                             .values(**fields))
+                conn.execute(delete(schedules).where(schedules.c.id == schedule_id))
+        retry_conflicts(once)
 
     # -- firing ----------------------------------------------------------------------------
 

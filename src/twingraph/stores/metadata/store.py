@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Row, func, select, update
 from sqlalchemy import exc as sa_exc
@@ -127,11 +127,16 @@ class SQLMetadataStore:
     # -- the MetadataStore port ------------------------------------------------------------
 
     def write(self, batch: Sequence[Record]) -> list[tuple[str, str]]:
-        """Apply ``batch`` in order in one transaction; return the keys of stale task updates."""
+        """Apply ``batch`` in order in one transaction; return the keys of stale task updates.
+        A transaction PostgreSQL chose as a deadlock victim is applied again (it rolled back
+        whole, so nothing is written twice)."""
         if not batch:
             return []
-        with self._writing() as conn:
-            return BatchWriter(conn, clock=self._clock).apply(batch)
+
+        def once() -> list[tuple[str, str]]:
+            with self._writing() as conn:
+                return BatchWriter(conn, clock=self._clock).apply(batch)
+        return retry_conflicts(once)
 
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._reading() as conn:
@@ -293,6 +298,26 @@ class SQLMetadataStore:
         project_id = conn.execute(select(projects.c.id).where(projects.c.name == name)).scalar()
         assert project_id is not None
         return str(project_id)
+
+
+T = TypeVar("T")
+
+#: SQLSTATEs of a transaction the database rolled back to break a conflict: deadlock detected,
+#: serialization failure. Running the whole transaction again is the documented remedy.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def retry_conflicts(once: Callable[[], T], attempts: int = 5) -> T:
+    """Run the transaction ``once`` again when the database aborted it as a deadlock victim."""
+    for attempt in range(attempts):
+        try:
+            return once()
+        except StorageError as exc:
+            orig = getattr(exc.__cause__, "orig", None)
+            if attempt == attempts - 1 or getattr(orig, "sqlstate", None) not in RETRYABLE_SQLSTATES:
+                raise
+            time.sleep(0.005 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _run_select() -> Any:
