@@ -1,8 +1,8 @@
 """The dynamic-scheduler face: ``POST /api/v1/execute-dynamic``, ``GET
 /api/v1/execution/{id}/progress``, ``DELETE /api/v1/execution/{id}``.
 
-As dynamic-scheduler-api.md "REST API Integration" shows, with what its TODO leaves open
-settled (docs/decisions/0052-execute-dynamic.md):
+As dynamic-scheduler-api.md "REST API Integration" shows; where that sketch leaves the
+scheduler's lifetime open, this face decides it (docs/decisions/0052-execute-dynamic.md):
 
 - Every request runs on the process's one ``Services.scheduler`` (so progress and cancel find
   the execution), with its own ``ExecutionConfig`` (``max_concurrent_nodes``) for that DAG.
