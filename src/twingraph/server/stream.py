@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -118,7 +119,6 @@ class StreamStop(BaseModel):
 def resolve(manager: LoadedOnly, pipeline: str) -> str:
     if ":" in pipeline:
         return pipeline
-    import sys
     found = [m for m in sorted(manager.allowed)
              if callable(getattr(sys.modules.get(m), pipeline, None))]
     if not found:
