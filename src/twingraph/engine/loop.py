@@ -54,13 +54,15 @@ _T = TaskState
 
 
 class RunOptions:
-    __slots__ = ("max_parallel", "error_handler", "timeout", "no_cache", "error_config")
+    __slots__ = ("max_parallel", "error_handler", "timeout", "no_cache", "error_config",
+                 "lineage")
 
     def __init__(self, max_parallel: int = 10, error_handler: str = "fail",
                  timeout: float | None = None, no_cache: bool = False,
-                 error_config: Mapping[str, Any] | None = None) -> None:
+                 error_config: Mapping[str, Any] | None = None, lineage: bool = True) -> None:
         self.max_parallel, self.error_handler, self.timeout = max_parallel, error_handler, timeout
         self.no_cache, self.error_config = no_cache, dict(error_config or {})
+        self.lineage = lineage      # False: task rows carry no DEPENDS_ON data flow
 
 
 class RunLoop:
@@ -346,7 +348,7 @@ class RunLoop:
         # Lineage: the producers this task read (DEPENDS_ON edges, with the output path that
         # flowed) travel in its own row; twingraph.lineage turns them into edges.
         task.inputs_info = {"code_version": fp["code_version"], "config": fp["config"],
-                            "deps": deps} if deps else fp
+                            "deps": deps} if deps and self.opt.lineage else fp
         if self.engine.has_sinks:
             self.emit({"event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
                        "component": task.component, "status": "PENDING"})
