@@ -88,6 +88,9 @@ class Job(Protocol):
     kwargs: dict[str, Any]
     mode: str                   # 'thread' | 'process' (local); platform executors ignore it
     started_at: float | None    # set by the executor (time.monotonic()) when it really starts
+    # Where a job running in another interpreter sends its task log records
+    # (``on_log(created, level, message)``, any thread); None: nobody listens.
+    on_log: Callable[[float, str, str], None] | None
 
 
 class Outcome(Protocol):

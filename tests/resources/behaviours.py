@@ -82,3 +82,32 @@ def stale_then_fresh(key):
         return "stale"
     time.sleep(0.4)
     return "fresh"
+
+
+@component(executor="process")
+def logs_in_process(n):
+    from twingraph import get_logger
+    log = get_logger()
+    log.info("child %d starts in pid %d", n, os.getpid())
+
+    def side(i):
+        for j in range(20):
+            log.info("thread %d line %d", i, j)
+    threads = [threading.Thread(target=side, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        raise ValueError("inner")
+    except ValueError:
+        log.exception("caught it")
+    return n
+
+
+@component(timeout=0.6, executor="process")
+def logs_then_hangs(n):
+    from twingraph import get_logger
+    get_logger().warning("about to hang")
+    time.sleep(30)
+    return n

@@ -524,9 +524,18 @@ class RunLoop:
         if mode != "process":        # process tasks log in another interpreter
             invoke = self.engine.with_task_logs(invoke, self, task.node_id)
         job = task.job = Job(task, invoke, (task.fn, args, kwargs), {}, mode)
+        if mode == "process":        # ... and their worker forwards each record (any thread)
+            job.on_log = self._log_sink(task.node_id)
         self._timer(task.spec.timeout, "task_timeout", task, task.fence)
         inbox = self.inbox
         self.executor.submit(job, lambda o: inbox.put(("done", o)))
+
+    def _log_sink(self, node_id: str) -> Callable[[float, str, str], None]:
+        logs, run_id = self.logs, self.run_id
+
+        def on_log(created: float, level: str, message: str) -> None:
+            logs.append(LogRecord(run_id, created, level, message, node_id))
+        return on_log
 
     def _fetch(self, ref: Ref) -> Any:
         t = ref._task

@@ -76,10 +76,12 @@ class Job:
     """What the executor runs (satisfies ``ports.Job``). Executors set ``started_at``
     (``time.monotonic()``) when the job really starts; a task's timeout counts from then, not
     from the moment it was handed over (a job may wait for a free worker or a process spawn)."""
-    __slots__ = ("node_id", "fence", "fn", "args", "kwargs", "mode", "task", "started_at")
+    __slots__ = ("node_id", "fence", "fn", "args", "kwargs", "mode", "task", "started_at",
+                 "on_log")
 
     def __init__(self, task: Task, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                  mode: str) -> None:
         self.node_id, self.fence, self.task = task.node_id, task.fence, task
         self.fn, self.args, self.kwargs, self.mode = fn, args, kwargs, mode
         self.started_at: float | None = None
+        self.on_log: Any = None

@@ -4,8 +4,9 @@ The logger ``twingraph.task`` is set to INFO and carries one capture handler. Wh
 (on a worker thread or inline), a thread-local names its run and node; the handler appends a
 ``LogRecord`` to that run's log queue, which the run loop hands to the recorder with everything
 else. Records still propagate, so the user's own handlers see them too. Nothing is attached to
-the root logger: the user's logging configuration is left alone. Tasks in worker processes are
-not captured (their logging happens in another interpreter).
+the root logger: the user's logging configuration is left alone. A task in a worker process logs
+in another interpreter: the worker forwards each record over its pipe as it is emitted
+(``executors.processes``) and the run loop records it the same way (``Job.on_log``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import logging
 import threading
 from typing import Any
 
+from twingraph.core.logtext import LOGGER_NAME, message_of
 from twingraph.core.records import LogRecord
 
-LOGGER_NAME = "twingraph.task"
 _ctx = threading.local()
 
 
@@ -36,14 +37,9 @@ class _Capture(logging.Handler):
         if cur is None:
             return
         loop, node_id = cur
-        try:
-            msg = record.getMessage()
-        except Exception:  # noqa: BLE001 - a bad format string must not fail the task
-            msg = str(record.msg)
-        if record.exc_info:
-            msg += "\n" + logging.Formatter().formatException(record.exc_info)
-        loop.logs.append(LogRecord(loop.run_id, record.created, record.levelname.lower(), msg,
-                                   node_id))
+        loop.logs.append(LogRecord(loop.run_id, record.created, record.levelname.lower(),
+                                   message_of(record), node_id))
+
 
 
 def get_logger() -> logging.Logger:

@@ -1,15 +1,18 @@
 """A pool of worker processes that run one job at a time each, so one job can be killed.
 
 Each worker is a 'spawn'ed Python process connected by a pipe. The parent sends a cloudpickled
-(fn, args, kwargs); the worker sends back ``(ok, payload)``. A reader thread per busy worker
-waits for the answer. ``kill(job)`` SIGKILLs the worker running it; the pool replaces workers on
+(fn, args, kwargs); the worker sends back frames: ``L`` + a task log record (one per record the
+task logs through ``twingraph.get_logger()``, sent as it is emitted, so a task killed later keeps
+its logs) and finally ``R`` + ``(ok, payload)``. A reader thread per busy worker waits for them. ``kill(job)`` SIGKILLs the worker running it; the pool replaces workers on
 demand. Exceptions that cannot be pickled come back as ``NodeExecutionError`` carrying the
 original class name (so retry policies still match by name) and the traceback text.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
+import pickle
 import threading
 import time
 import traceback
@@ -19,13 +22,35 @@ from typing import Any
 
 import cloudpickle
 
+from twingraph.core.logtext import LOGGER_NAME, message_of
 from twingraph.errors import NodeExecutionError
 from twingraph.executors.local import JobOutcome
 from twingraph.ports import Job, Outcome
 
 
+class _Forward(logging.Handler):
+    """In the child: sends each task log record to the parent as an ``L`` frame. ``pipe_lock``
+    keeps frames whole: a task may log from several threads while its result is sent."""
+
+    def __init__(self, conn: Any) -> None:
+        super().__init__()
+        self.conn = conn
+        self.pipe_lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            frame = pickle.dumps((record.created, record.levelname.lower(), message_of(record)))
+            with self.pipe_lock:
+                self.conn.send_bytes(b"L" + frame)
+        except Exception:  # noqa: BLE001 - logging must never fail the task
+            pass
+
+
 def _worker_main(conn: Any) -> None:  # runs in the child
-    import pickle
+    forward = _Forward(conn)
+    task_logger = logging.getLogger(LOGGER_NAME)
+    task_logger.setLevel(logging.INFO)
+    task_logger.addHandler(forward)
     conn.send_bytes(b"ready")             # booted and imported: jobs' clocks may start now
     while True:
         try:
@@ -46,7 +71,19 @@ def _worker_main(conn: Any) -> None:  # runs in the child
             out = cloudpickle.dumps((False, NodeExecutionError(
                 f"{type(err).__name__}: {err} (result not picklable: {exc})" if reply[0] else
                 f"{type(err).__name__}: {err}", error_type=type(err).__name__, traceback=tb)))
-        conn.send_bytes(out)
+        with forward.pipe_lock:   # not in the middle of a log frame from another thread
+            conn.send_bytes(b"R" + out)
+
+
+def _deliver_log(job: Job, frame: bytes) -> None:
+    """An ``L`` frame from our own worker process: hand the record to the job's listener."""
+    on_log = getattr(job, "on_log", None)
+    if on_log is not None:
+        try:
+            created, level, message = pickle.loads(frame[1:])
+            on_log(created, level, message)
+        except Exception:  # noqa: BLE001 - a bad log frame must not lose the task's result
+            pass
 
 
 class _Worker:
@@ -133,7 +170,12 @@ class ProcessPool:
             t0 = time.perf_counter()
             job.started_at = time.monotonic()
             w.conn.send_bytes(payload)
-            ok, value = cloudpickle.loads(w.conn.recv_bytes())
+            while True:
+                frame = w.conn.recv_bytes()
+                if frame[:1] == b"R":
+                    break
+                _deliver_log(job, frame)
+            ok, value = cloudpickle.loads(frame[1:])
         except (EOFError, OSError, BrokenPipeError):
             # Killed on purpose (abort) or died on its own.
             with self._lock:

@@ -1,0 +1,41 @@
+"""Tasks in worker processes: what they log through get_logger() is recorded with their task,
+as it is emitted (a task killed by its timeout keeps what it logged before)."""
+import os
+
+from twingraph import pipeline
+from twingraph.core.states import RunState
+
+from tests.resources import behaviours as b
+
+
+def test_process_task_logs_are_recorded_with_their_task(engine):
+    @pipeline(name="process_logs")
+    def p():
+        return [b.logs_in_process(n=i) for i in range(2)]
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.SUCCESS, r.error
+    logs = engine.metadata.get_logs(r.run_id, node_id="logs_in_process-1")
+    messages = [l.message for l in logs]
+    first = messages[0]
+    assert first.startswith("child 1 starts in pid ") and int(first.rsplit(" ", 1)[1]) != os.getpid()
+    # every line from every thread of the child arrives whole, none mixed up or lost
+    assert sorted(m for m in messages if m.startswith("thread ")) == sorted(
+        f"thread {i} line {j}" for i in range(3) for j in range(20))
+    err = [l for l in logs if l.level == "error"]
+    assert len(err) == 1 and err[0].message.startswith("caught it\nTraceback")
+    assert "ValueError: inner" in err[0].message
+    other = engine.metadata.get_logs(r.run_id, node_id="logs_in_process-0")
+    assert other and all(l.node_id == "logs_in_process-0" for l in other)
+
+
+def test_a_killed_process_task_keeps_what_it_logged(engine):
+    @pipeline(name="process_logs_killed")
+    def p():
+        return b.logs_then_hangs(n=1)
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.FAILED
+    logs = engine.metadata.get_logs(r.run_id, node_id="logs_then_hangs-0")
+    assert [(l.level, l.message) for l in logs if l.level == "warning"] == [
+        ("warning", "about to hang")]
