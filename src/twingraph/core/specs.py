@@ -6,6 +6,7 @@ the parameter's name, at decoration time, so a bad ``@component`` fails on impor
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -154,8 +155,41 @@ class PipelineSpec:
         return cls(name=name, schedule=schedule, max_parallel=max_parallel,
                    error_handler=error_handler,
                    timeout=_positive("timeout", timeout) or 3600.0,
-                   graph_config=_dict("graph_config", graph_config), notifications=notes,
+                   graph_config=_graph_config(graph_config), notifications=notes,
                    error_config=econf)
+
+    @property
+    def lineage(self) -> bool:
+        """Whether runs record DEPENDS_ON data flow (``graph_config['lineage']``)."""
+        return bool(self.graph_config.get("lineage", True))
+
+    @property
+    def export_path(self) -> str | None:
+        """Where a run's lineage graph is written as GraphSON when it ends, if anywhere."""
+        return self.graph_config.get("export")
+
+
+#: ``graph_config`` keys: name -> (accepted types, what it must be, in words).
+GRAPH_CONFIG_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "lineage": ((bool,), "True or False"),
+    "export": ((str, os.PathLike), "a file path (str); '{run_id}' in it is replaced by the run id"),
+}
+
+
+def _graph_config(value: Any) -> dict[str, Any]:
+    cfg = _dict("graph_config", value)
+    for k, v in cfg.items():
+        if k not in GRAPH_CONFIG_KEYS:
+            raise ValidationError(f"graph_config: unknown key {k!r} "
+                                  f"(allowed: {', '.join(GRAPH_CONFIG_KEYS)})")
+        types, what = GRAPH_CONFIG_KEYS[k]
+        if not isinstance(v, types):
+            raise ValidationError(f"graph_config[{k!r}] must be {what}, got {type(v).__name__}")
+    if "export" in cfg:
+        cfg["export"] = os.fspath(cfg["export"])
+        if not isinstance(cfg["export"], str) or not cfg["export"].strip():
+            raise ValidationError("graph_config['export'] must be a non-empty file path")
+    return cfg
 
 
 NOTIFY_EVENTS = ("on_end", "on_success", "on_failure")

@@ -5,6 +5,10 @@ Calling the decorated function runs it on the default engine (embedded: SQLite u
 run raises a ``PipelineError``. ``.run(...)`` returns the full ``RunResult`` instead and takes
 run options (``no_cache``, ``max_parallel``, ``resume``, ``engine``). Inside another pipeline, a
 pipeline call runs its body inline: its tasks join the running pipeline.
+
+``graph_config`` (docs/decisions/0008-graph-config.md): ``lineage=False`` runs record no
+DEPENDS_ON data flow; ``export=path`` writes the run's lineage graph as GraphSON when the run
+ends, in any state (``export_lineage``; a failed export is a warning, never a run failure).
 """
 
 from __future__ import annotations
@@ -12,17 +16,25 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import logging
 import sys
 import types
+import uuid
+import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
+from twingraph.core.records import LogRecord
 from twingraph.core.specs import PipelineSpec
 from twingraph.dsl.base import BaseComponent
 from twingraph.dsl.component import Component, check_platform
 from twingraph.engine.engine import Engine, RunResult, current_run
 from twingraph.engine.loop import RunOptions
 from twingraph.errors import NotFoundError, ValidationError
+from twingraph.graphson import export_run
+
+log = logging.getLogger("twingraph.lineage")
 
 
 class Pipeline:
@@ -58,13 +70,22 @@ class Pipeline:
             max_parallel = max_parallel or rec.config.get("max_parallel")
         opts = RunOptions(max_parallel=max_parallel or self.spec.max_parallel,
                           error_handler=self.spec.error_handler, timeout=self.spec.timeout,
-                          no_cache=no_cache, error_config=self.spec.error_config)
+                          no_cache=no_cache, error_config=self.spec.error_config,
+                          lineage=self.spec.lineage)
         version = self.register(engine)
-        return engine.run(lambda run: self.fn(*args, **kwargs), pipeline=self.name,
-                          params=_jsonable_params(params), options=opts, run_id=resume,
-                          resume=resume is not None, source=self.source(),
-                          notifications=self.spec.notifications or None,
-                          pipeline_version=version, on_start=on_start)
+        # The id is chosen here so the lineage export also follows a run that ends in Ctrl-C.
+        run_id = resume or uuid.uuid4().hex
+        try:
+            result = engine.run(lambda run: self.fn(*args, **kwargs), pipeline=self.name,
+                                params=_jsonable_params(params), options=opts, run_id=run_id,
+                                resume=resume is not None, source=self.source(),
+                                notifications=self.spec.notifications or None,
+                                pipeline_version=version, on_start=on_start)
+        except KeyboardInterrupt:       # the run ended CANCELLED and recorded: export it too
+            export_lineage(engine, self.spec, run_id)
+            raise
+        export_lineage(engine, self.spec, run_id)
+        return result
 
     def register(self, engine: Engine) -> int | None:
         """Record this pipeline (and a new version when its code changed) in the catalog."""
@@ -101,6 +122,33 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"<pipeline {self.name}>"
+
+
+def export_lineage(engine: Engine, spec: PipelineSpec, run_id: str) -> Path | None:
+    """Write run ``run_id``'s lineage graph where ``spec.graph_config['export']`` says, once
+    the run has ended; returns the path written (None: no export configured, or no such run).
+
+    Never raises: a failure to write is logged, warned (``RuntimeWarning``) and recorded as a
+    warning log record of the run; the run's state stays what it was."""
+    target = spec.export_path
+    if target is None:
+        return None
+    try:
+        if engine.metadata is None:
+            raise ValueError("the engine has no metadata store to read the lineage from")
+        if engine.metadata.get_run(run_id) is None:     # the run never started
+            return None
+        return export_run(engine.metadata, run_id, target)
+    except Exception as exc:  # noqa: BLE001 - an export must not change the run's outcome
+        msg = f"lineage export to {target!r} failed: {type(exc).__name__}: {exc}"
+        log.warning("run %s: %s", run_id, msg)
+        warnings.warn(f"run {run_id}: {msg}", RuntimeWarning, stacklevel=3)
+        try:
+            engine.recorder.add(LogRecord(run_id, engine.clock.now(), "warning", msg))
+            engine.recorder.flush()
+        except Exception:  # noqa: BLE001 - already logged and warned
+            pass
+        return None
 
 
 def pipeline(fn: Callable[..., Any] | None = None, *, name: str | None = None,

@@ -20,7 +20,7 @@ from typing import Any
 from twingraph.core.records import LogRecord
 from twingraph.core.states import RunState
 from twingraph.dsl.component import check_platform
-from twingraph.dsl.pipeline import Pipeline
+from twingraph.dsl.pipeline import Pipeline, export_lineage
 from twingraph.engine.dynamic import DynamicScheduler
 from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.loop import RunOptions
@@ -183,14 +183,20 @@ class RunService:
             opts = RunOptions(max_parallel=int(config.get("max_parallel") or spec.max_parallel),
                               error_handler=spec.error_handler,
                               timeout=min(timeout, spec.timeout) if "timeout" in config else spec.timeout,
-                              no_cache=no_cache, error_config=spec.error_config)
+                              no_cache=no_cache, error_config=spec.error_config,
+                              lineage=spec.lineage)
             params = dict(run.params)
             kwargs = call_params(pipe.fn, params)
-            return lambda: self.engine.run(
-                lambda _run: pipe.fn(**kwargs), pipeline=run.pipeline, params=params,
-                options=opts, run_id=run.run_id, source=pipe.source(), **mode,
-                notifications=spec.notifications or None,
-                pipeline_version=run.pipeline_version)
+
+            def launch() -> RunResult:
+                result = self.engine.run(
+                    lambda _run: pipe.fn(**kwargs), pipeline=run.pipeline, params=params,
+                    options=opts, run_id=run.run_id, source=pipe.source(), **mode,
+                    notifications=spec.notifications or None,
+                    pipeline_version=run.pipeline_version)
+                export_lineage(self.engine, spec, run.run_id)    # never raises
+                return result
+            return launch
         graph = self.normalize(pipeline.definition)
         dag = to_dag(run.run_id, graph, run.params, self.scheduler.executor)
         plan = self.scheduler.plan(dag)
