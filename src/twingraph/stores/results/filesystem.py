@@ -5,6 +5,7 @@ Layout under ``base_path`` (as in the dynamic-scheduler document, plus a content
     metadata/nodes/<key>.json                       what makes a result visible
     data/<primitives|binary|nested|dataset|large>/<key>.<hash16>.bin   (.zst when compressed)
     .lock                                           flock serialising commits between processes
+    tmp/                                            files being written (hidden temp names)
 
 Small values (``inline_threshold``, default 4 KiB) are kept base64 inside the metadata file: one
 file per result instead of two, which halves the file creations and fsyncs of the hot path.
@@ -25,6 +26,11 @@ retried from the metadata; a data file missing for a visible result is a ``Stora
 ``put_many`` validates every item before touching the disk, and renames the metadata files only
 after every data file is written and durable; a crash in the middle of that last rename loop can
 leave a prefix of the batch visible (each item complete). SQLite gives whole-batch atomicity.
+
+Garbage a crash leaves behind: temp files (in ``tmp/``, so nothing else is scanned) are removed
+when a store is opened, once they are older than ``TEMP_MAX_AGE`` (an older temp file cannot
+belong to a live writer in another process). A data file renamed into place whose metadata never
+was is invisible and is removed by ``sweep()``, which scans the whole store (run it explicitly).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import hashlib
 import json
 import mmap
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,6 +64,8 @@ _DIRS = {DataType.PRIMITIVE: "primitives", DataType.BINARY: "binary", DataType.N
          DataType.DATASET: "dataset", DataType.LARGE_OBJECT: "large"}
 _DATA_TYPES = {d.value: d for d in DataType}
 _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+#: Seconds after which a temp file (or an unreferenced data file) is taken for a crash's leftover.
+TEMP_MAX_AGE = 3600.0
 
 
 @dataclass
@@ -77,6 +86,7 @@ class FilesystemStorage(ResultStoreBase):
         self.base_path = Path(base_path)
         self.metadata_path = self.base_path / "metadata" / "nodes"
         self.data_path = self.base_path / "data"
+        self.tmp_path = self.base_path / "tmp"
         self.policy = CompressionPolicy(compression, compression_level, compression_min_size)
         self.inline_threshold, self.mmap_threshold = inline_threshold, mmap_threshold
         self.chunk_size, self.fsync = chunk_size, fsync
@@ -84,7 +94,54 @@ class FilesystemStorage(ResultStoreBase):
             self.metadata_path.mkdir(parents=True, exist_ok=True)
             for d in _DIRS.values():
                 (self.data_path / d).mkdir(parents=True, exist_ok=True)
+            self.tmp_path.mkdir(exist_ok=True)
             self._lock = _files.ProcessLock(self.base_path / ".lock")
+            self._remove_old_temp_files(TEMP_MAX_AGE)
+
+    def _remove_old_temp_files(self, max_age: float) -> int:
+        cutoff = time.time() - max_age
+        removed = 0
+        for entry in os.scandir(self.tmp_path):
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:       # another process removed it first
+                pass
+        return removed
+
+    def sweep(self, max_age: float = TEMP_MAX_AGE) -> dict[str, int]:
+        """Remove what crashed writers left: temp files and data files no metadata file refers
+        to, both older than ``max_age`` seconds (younger ones may belong to a live writer).
+        Scans every metadata file; returns how many files of each kind were removed."""
+        with self._translate("sweep", str(self.base_path)):
+            temp = self._remove_old_temp_files(max_age)
+            cutoff = time.time() - max_age
+            data = 0
+            with self._lock.hold():        # no commit can make a data file referenced meanwhile
+                referenced, unreadable = set(), set()
+                for entry in os.scandir(self.metadata_path):
+                    if entry.name.endswith(".json"):
+                        try:
+                            doc = self._load_meta(entry.name[:-5])
+                        except StorageError:     # cannot tell what it points to: keep its data
+                            unreadable.add(entry.name[:-5])
+                            continue
+                        path = ((doc or {}).get("storage") or {}).get("path")
+                        if path:
+                            referenced.add(path)
+                for d in _DIRS.values():
+                    for entry in os.scandir(self.data_path / d):
+                        rel = f"data/{d}/{entry.name}"
+                        if rel in referenced or entry.name.split(".", 1)[0] in unreadable:
+                            continue
+                        try:
+                            if entry.stat().st_mtime < cutoff:
+                                os.unlink(entry.path)
+                                data += 1
+                        except FileNotFoundError:
+                            pass
+        return {"temp_files": temp, "data_files": data}
 
     @contextmanager
     def _translate(self, op: str, key: str) -> Iterator[None]:
@@ -121,7 +178,7 @@ class FilesystemStorage(ResultStoreBase):
 
     def _stage(self, p: Prepared, cctx: Any, fsync: bool) -> _Staged:
         """Write the data file (if any) and the metadata file as temp files."""
-        staged = _Staged(p.key, _files.temp_path(self.metadata_path, p.key))
+        staged = _Staged(p.key, _files.temp_path(self.tmp_path, p.key))
         try:
             self._stage_into(staged, p, cctx, fsync)
         except BaseException:
@@ -139,7 +196,7 @@ class FilesystemStorage(ResultStoreBase):
             doc["storage"] = {"inline": base64.b64encode(blob).decode("ascii")}
         else:
             directory = self.data_path / _DIRS[p.data_type]
-            staged.data_tmp = _files.temp_path(directory, p.key)
+            staged.data_tmp = _files.temp_path(self.tmp_path, p.key)
             digest, comp = self._write_data(staged.data_tmp, p, cctx, fsync)
             name = f"{p.key}.{digest[:16]}.{'zst' if comp else 'bin'}"
             staged.data_final = directory / name
@@ -228,7 +285,7 @@ class FilesystemStorage(ResultStoreBase):
                 return False
             text, dag_id = merge_meta(json.dumps(doc.get("metadata")), metadata, key)
             doc["metadata"], doc["dag_id"] = json.loads(text), dag_id
-            tmp = _files.temp_path(self.metadata_path, key)
+            tmp = _files.temp_path(self.tmp_path, key)
             try:
                 _files.write_file(tmp, _JSON.encode(doc).encode("utf-8"), fsync=self.fsync)
                 os.replace(tmp, self._meta_file(key))
