@@ -274,6 +274,7 @@ class RunLoop:
         if self.out:
             self.recorder.add_many(self.out)
             self.out = []
+            self.recorder.wait_for_room()     # bounded memory when the disk is the bottleneck
         self._last_hand_over = self.clock.monotonic()
 
     def _handle(self, ev: tuple[Any, ...]) -> None:
@@ -317,16 +318,19 @@ class RunLoop:
         self.dirty.append(task)
         # Which top-level arguments hold futures: only those are resolved at start.
         refs: list[Ref] = []
+        slots: list[int | str] = []
         for i, a in enumerate(task.args):
             n = len(refs)
             find_refs(a, refs)
             if len(refs) > n:
-                task.ref_slots.append(i)
+                slots.append(i)
         for k, v in task.kwargs.items():
             n = len(refs)
             find_refs(v, refs)
             if len(refs) > n:
-                task.ref_slots.append(k)
+                slots.append(k)
+        if slots:
+            task.ref_slots = tuple(slots)
         upstream_bad = None
         seen: set[int] = set()
         deps: list[list[Any]] = []
@@ -506,7 +510,6 @@ class RunLoop:
         task.fence = (prior.fence if prior else 0) + task.attempt
         mode = self.engine.choose_mode(task.spec)
         task.mode = mode
-        task.started = self.clock.monotonic()
         self.running += 1
         self._set_state(task, _T.RUNNING)
         invoke = self.engine.invoke_raw if task.spec.raw_result else self.engine.invoke
@@ -521,6 +524,7 @@ class RunLoop:
                 tasklog.set_current(prev)
             self._complete(task, task.fence, error is None, value, error, time.perf_counter() - t0)
             return
+        task.started = self.clock.monotonic()     # for its timeout
         if mode != "process":        # process tasks log in another interpreter
             invoke = self.engine.with_task_logs(invoke, self, task.node_id)
         job = task.job = Job(task, invoke, (task.fn, args, kwargs), {}, mode)

@@ -1,6 +1,8 @@
 """Write-behind persistence: results first, then metadata, in batches, off the scheduling path.
 
-The loop appends records and results to an in-memory buffer (cheap) and never waits for a disk.
+The loop appends records and results to an in-memory buffer (cheap) and waits for the disk only
+when the writer has fallen ``max_backlog`` entries behind (``wait_for_room``): a scheduler faster
+than the disk would otherwise grow the buffer with the size of the graph.
 A writer thread flushes every ``interval`` seconds (or sooner when the buffer is large):
 ``results.put_many`` first, then ``metadata.write`` — so a task recorded SUCCESS always has its
 result stored. A crash loses at most the last unflushed interval; a resumed run re-executes only
@@ -37,11 +39,11 @@ class PutResult:
 
 class Recorder:
     def __init__(self, results: ResultStore | None, metadata: MetadataStore | None, *,
-                 interval: float = 0.05, max_buffer: int = 50000,
+                 interval: float = 0.05, max_buffer: int = 50000, max_backlog: int = 20_000,
                  on_stored: Callable[[list[Any]], None] | None = None,
                  on_stale: Callable[[list[tuple[str, str]]], None] | None = None) -> None:
         self.results, self.metadata = results, metadata
-        self.interval, self.max_buffer = interval, max_buffer
+        self.interval, self.max_buffer, self.max_backlog = interval, max_buffer, max_backlog
         self.on_stored, self.on_stale = on_stored, on_stale
         self._records: list[Any] = []
         self._index: dict[tuple[Any, ...], int] = {}   # foldable records still in the buffer
@@ -86,6 +88,16 @@ class Recorder:
                 records.append(rec)
             if len(records) >= self.max_buffer:
                 self._cv.notify()
+
+    def wait_for_room(self) -> None:
+        """Block while more than ``max_backlog`` records and results wait for the writer (it
+        takes the whole buffer at each write, so what is buffered stays below about twice that).
+        Returns at once if the writer failed (``flush`` reports it) or the recorder is closed."""
+        with self._cv:
+            while len(self._records) + len(self._results) > self.max_backlog \
+                    and self._error is None and not self._closed and self._thread.is_alive():
+                self._cv.notify()
+                self._cv.wait(0.05)
 
     def flush(self) -> None:
         """Block until everything added so far is written (or raise the writer's error)."""

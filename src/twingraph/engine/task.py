@@ -8,6 +8,7 @@ in-memory value can be dropped early (it stays reloadable from the result store)
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from twingraph.core.states import TaskState
@@ -55,7 +56,7 @@ class Task:
         self.job: Any = None
         self.dirty = False             # changed since the last hand-over to the recorder
         self.attempt_row = 0           # last attempt that has a row in the attempts table
-        self.ref_slots: list[int | str] = []   # argument positions / names holding futures
+        self.ref_slots: Sequence[int | str] = ()   # argument positions / names holding futures
         self.persisted = False         # its TaskRecord has been handed over
         self.created_at = 0.0          # wall-clock times for the record
         self.started_at: float | None = None
