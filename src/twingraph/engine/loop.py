@@ -19,32 +19,34 @@ State and policy
   policy for tasks that have none; 'custom' calls ``error_config['handler']`` and continues if
   ``continue_on_error``.
 * Every state change becomes a record for the write-behind recorder and an event for the sink.
+
+The pipeline body's side (``futures``), memo decisions (``memo``) and deadlines (``timers``) live
+in their own modules and are mixed into ``RunLoop``; all of it runs under the rules above.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import queue
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twingraph.core.hashing import digest_value, structural_key
-from twingraph.core.records import AttemptRecord, LogRecord, RunHeartbeat, TaskRecord
+from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.states import TaskState
 from twingraph.engine import tasklog
-from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage, strip_lineage
+from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
+from twingraph.engine.futures import BodySide
+from twingraph.engine.memo import MemoSide
+from twingraph.engine.timers import HEARTBEAT_INTERVAL, TimerSide
 from twingraph.engine.recorder import PutResult
-from twingraph.engine.snapshot import error_text, task_rows
-from twingraph.engine.refs import Ref, find_refs, substitute
+from twingraph.engine.snapshot import error_text, task_rows, traceback_text
+from twingraph.engine.refs import Ref, find_refs, path_list, substitute
 from twingraph.engine.task import UNLOADED, Job, Task
-from twingraph.errors import (NodeExecutionError, PipelineCancelled, PipelineTimeout,
-                              TaskCancelled, TaskTimeout)
+from twingraph.errors import NodeExecutionError, TaskCancelled
 
 _NONE: list[Any] = []          # shared empty list for released fields (never appended to)
 _EMPTY: dict[str, Any] = {}
@@ -65,7 +67,7 @@ class RunOptions:
         self.lineage = lineage      # False: task rows carry no DEPENDS_ON data flow
 
 
-class RunLoop:
+class RunLoop(BodySide, MemoSide, TimerSide):
     def __init__(self, engine: Any, run_id: str, options: RunOptions,
                  prior: Mapping[str, TaskRecord] | None = None,
                  previous: Callable[[], Mapping[str, TaskRecord]] | None = None) -> None:
@@ -110,75 +112,6 @@ class RunLoop:
         self.started_at = self.clock.monotonic()
         if options.timeout:
             self._timer(options.timeout, "pipeline_timeout", None, 0)
-
-    # == called from the pipeline body thread ===============================================
-    def call(self, spec: Any, fn: Callable[..., Any], args: tuple[Any, ...],
-             kwargs: dict[str, Any], node_id: str | None = None) -> Ref:
-        """Submit one component call; returns its future at once."""
-        name = spec.name
-        if node_id is None:
-            n = self._name_counts.get(name, 0)
-            self._name_counts[name] = n + 1
-            node_id = f"{name}-{n}"
-        if self.crashed is not None or self.done.is_set():
-            raise NodeExecutionError(f"cannot submit {node_id}: the run has ended "
-                                     f"({self.stop_message or 'finished'})", node_id=node_id)
-        task = Task(node_id, next(self._order), name, spec, fn, args, kwargs)
-        self.submitted.append(task)
-        if self.sleeping:
-            self.inbox.put(("wake",))
-        return Ref(self, task)
-
-    def body_returned(self, error: BaseException | None) -> None:
-        self.inbox.put(("body", error))
-
-    def cancel(self, reason: str = "cancelled") -> None:
-        self.inbox.put(("cancel", reason))
-
-    def resolve_ref(self, ref: Ref, timeout: float | None = None) -> Any:
-        task = ref._task
-        if not task.state.terminal:
-            with self.lock:
-                if not task.state.terminal and task.event is None:
-                    task.event = threading.Event()
-                ev = task.event
-            if ev is not None:
-                deadline = None if timeout is None else time.monotonic() + timeout
-                while not ev.wait(0.5 if deadline is None else
-                                  max(0.0, min(0.5, deadline - time.monotonic()))):
-                    if self.done.is_set() and not task.state.terminal:
-                        raise NodeExecutionError(
-                            f"task {task.node_id} can no longer finish: the run has ended "
-                            f"({self.stop_message or 'engine stopped'})", node_id=task.node_id)
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise TimeoutError(f"waiting for {task.node_id} timed out")
-        if task.state is not _T.SUCCESS:
-            task.observed = True
-            raise self._failure_of(task)
-        value = task.value
-        if value is UNLOADED:
-            value = self.engine.load_value(task.cache_key)
-        full = task.result_view(value)
-        for p in ref._path:
-            full = full[p]
-        return full
-
-    def _failure_of(self, task: Task) -> BaseException:
-        if task.state is _T.FAILED:
-            err = task.error
-            if isinstance(err, NodeExecutionError):
-                return err
-            out = NodeExecutionError(f"task {task.node_id} failed: {type(err).__name__}: {err}",
-                                     node_id=task.node_id, error_type=type(err).__name__)
-            out.__cause__ = err
-            return out
-        if task.state is _T.SKIPPED:
-            return NodeExecutionError(f"task {task.node_id} was skipped: an upstream task failed",
-                                      node_id=task.node_id, error_type="Skipped")
-        if self.stopping == "timeout":
-            return PipelineTimeout(self.stop_message, run_id=self.run_id)
-        return PipelineCancelled(f"task {task.node_id} was cancelled: {self.stop_message}",
-                                 run_id=self.run_id)
 
     # == the loop ===========================================================================
     def run_forever(self) -> None:
@@ -341,7 +274,7 @@ class RunLoop:
             seen.add(id(p))
             task.producers.append(p)
             p.consumers += 1
-            deps.append([p.node_id, _path_list(r._path)])
+            deps.append([p.node_id, path_list(r._path)])
             if p.state is _T.SUCCESS:
                 continue
             if p.state.terminal:
@@ -365,89 +298,11 @@ class RunLoop:
         elif task.waiting == 0:
             self.became_ready.append(task)
 
-    def _on_ready(self, task: Task) -> bool:
-        """Key a task whose inputs are complete. Returns True if its key must be looked up in
-        the result store (the caller batches those lookups, then calls ``_after_lookup``)."""
-        spec = task.spec
-        digest = [digest_value(task.args, Ref, _ref_digest, self.engine.hash_value),
-                  digest_value(strip_lineage(task.kwargs), Ref, _ref_digest, self.engine.hash_value)]
-        key = structural_key(spec.name, spec.code_version, spec.memo_config(), digest,
-                             prefix=self.engine.key_prefix(spec))
-        task.cache_key = key
-        prior = self.prior.get(task.node_id)
-        if prior is not None and prior.state is _T.SUCCESS and prior.cache_key == key \
-                and prior.content_hash:
-            self._hit(task, prior.content_hash, "resumed", "result recorded by this run before it stopped")
-            return False
-        memoize = spec.cache and not self.opt.no_cache
-        twin = self.by_key.get(key) if memoize else None
-        if twin is not None and twin is not task:
-            if twin.state.terminal:
-                self._follow_twin(task, twin)
-            else:
-                if twin.aliases is None:
-                    twin.aliases = []
-                twin.aliases.append(task)
-                self._set_state(task, _T.QUEUED)
-            return False
-        if memoize:
-            self.by_key[key] = task
-            return True
-        task.cache_status = "disabled"
-        task.cache_reason = "--no-cache" if self.opt.no_cache else "cache=False on the component"
-        self._set_state(task, _T.QUEUED)
-        self.ready.append(task)
-        return False
-
-    def _after_lookup(self, task: Task, content_hash: str | None) -> None:
-        if content_hash is not None:
-            self._hit(task, content_hash, "hit", "stored result with the same code, config and inputs")
-            return
-        task.cache_status, task.cache_reason = "miss", self._miss_reason(task)
-        self._set_state(task, _T.QUEUED)
-        self.ready.append(task)
-
     def _fail_before_start(self, task: Task, exc: BaseException) -> None:
         """A task that could not even be keyed or looked up fails like a task that raised."""
         if not task.state.terminal:
             self._finish(task, _T.FAILED, error=exc)
             self._after_failure(task)
-
-    def _miss_reason(self, task: Task) -> str:
-        if self._previous is None:
-            self._previous = self._previous_loader() if self._previous_loader else {}
-        prev = self._previous.get(task.node_id)
-        if prev is None:
-            return "no stored result (new task)"
-        info = prev.inputs or {}
-        if info.get("code_version") != task.spec.code_version:
-            return "code changed since the last run"
-        if info.get("config") != self.engine.fingerprint(task.spec)["config"]:
-            return "configuration changed since the last run"
-        return "inputs changed since the last run"
-
-    def _hit(self, task: Task, content_hash: str | None, status: str, reason: str, *,
-             stored: bool = True) -> None:
-        task.content_hash = content_hash
-        task.cache_status, task.cache_reason = status, reason
-        task.stored = stored
-        self._finish(task, _T.SUCCESS)
-
-    def _follow_twin(self, task: Task, twin: Task) -> None:
-        """Finish ``task`` the way its in-run twin (same structural key) finished."""
-        if twin.state is _T.SUCCESS:
-            task.value = twin.value          # before _hit wakes anyone waiting on the task
-            # Stored only if the twin's result is; otherwise the value stays in memory.
-            self._hit(task, twin.content_hash, "hit",
-                      f"same computation as {twin.node_id} in this run", stored=twin.stored)
-        elif twin.state is _T.FAILED:
-            self._finish(task, _T.FAILED, error=twin.error)
-            self._after_failure(task)
-        elif twin.state is _T.SKIPPED:
-            self._finish(task, _T.SKIPPED, error=twin.error)
-            self._skip_downstream(task)
-        else:
-            self._finish(task, _T.CANCELLED, error=twin.error)
 
     # == dispatch ===========================================================================
     def _dispatch(self) -> None:
@@ -628,7 +483,7 @@ class RunLoop:
     def _after_failure(self, task: Task) -> None:
         self.failures[task.node_id] = error_text(task.error)
         self.emit({"event": "error", "run_id": self.run_id, "node_id": task.node_id,
-                   "error": error_text(task.error), "traceback": _tb(task.error)})
+                   "error": error_text(task.error), "traceback": traceback_text(task.error)})
         handler = self.opt.error_handler
         if handler == "custom":
             self.engine.call_error_handler(self.opt.error_config.get("handler"), {
@@ -703,7 +558,7 @@ class RunLoop:
                 ev_out["error"] = error_text(task.error)
             self.emit(ev_out)
 
-    # == stopping, timers ===================================================================
+    # == stopping ===========================================================================
     def _stop(self, why: str, message: str) -> None:
         if self.stopping:
             return
@@ -721,42 +576,6 @@ class RunLoop:
             else:
                 self._finish(task, _T.CANCELLED, error=TaskCancelled(message, node_id=task.node_id))
         self.ready.clear()
-
-    def _timer(self, delay: float, kind: str, task: Task | None, fence: int) -> None:
-        heapq.heappush(self.timers, (self.clock.monotonic() + delay, next(self._seq), kind,
-                                     task, fence))
-
-    def _fire_timers(self) -> None:
-        now = self.clock.monotonic()
-        timers = self.timers
-        while timers and timers[0][0] <= now:
-            _, _, kind, task, fence = heapq.heappop(timers)
-            if kind == "pipeline_timeout":
-                if not (self.body_finished and self.unfinished == 0):
-                    self._stop("timeout", f"pipeline timed out after {self.opt.timeout:g}s")
-                continue
-            if task is None or task.fence != fence:
-                continue
-            if kind == "retry" and task.state is _T.RETRYING:
-                self._set_state(task, _T.QUEUED)
-                self.ready.append(task)
-            elif kind == "task_timeout" and task.state is _T.RUNNING:
-                started = getattr(task.job, "started_at", None)
-                limit = task.spec.timeout
-                if started is None or time.monotonic() - started < limit:
-                    # Not started yet (waiting for a worker), or started late: wait the rest.
-                    rest = limit if started is None else limit - (time.monotonic() - started)
-                    self._timer(max(rest, 0.01), "task_timeout", task, fence)
-                    continue
-                killed = self.executor.abort(task.job)
-                err = TaskTimeout(task.node_id, task.spec.timeout, killed=killed)
-                self._complete(task, fence, False, None, err, now - task.started)
-
-    def _heartbeat(self) -> None:
-        now = self.clock.monotonic()
-        if now - self._last_heartbeat >= HEARTBEAT_INTERVAL:
-            self._last_heartbeat = now
-            self.out.append(RunHeartbeat(self.run_id, self.clock.now()))
 
     # == progress ===========================================================================
     def progress(self) -> dict[str, Any]:
@@ -776,30 +595,9 @@ class RunLoop:
                                   if t.state is _T.RUNNING][:20]}
 
 
-#: Seconds between a running run's heartbeats (``runs.heartbeat_at``).
-HEARTBEAT_INTERVAL = 5.0
-
 
 def get_nowait(q: queue.SimpleQueue[Any]) -> Any:
     try:
         return q.get_nowait()
     except queue.Empty:
         return None
-
-
-def _ref_digest(value: Ref) -> str:
-    """A reference digests to its producer's content hash and the path taken into it."""
-    return f"@{value._task.content_hash}{value._path!r}"
-
-
-def _path_list(path: tuple[Any, ...]) -> list[Any]:
-    """The output path an edge carries, e.g. ['outputs', 'chunks', 3] (JSON-able)."""
-    return [p if type(p) is str or type(p) is int else repr(p) for p in path]
-
-
-def _tb(err: Any) -> str:
-    if err is None:
-        return ""
-    if isinstance(err, NodeExecutionError) and err.traceback:
-        return err.traceback
-    return "".join(traceback.format_exception(err))

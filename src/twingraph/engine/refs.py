@@ -179,3 +179,8 @@ def substitute(value: Any, fetch: Any) -> Any:
 
 
 _WALK = frozenset({Ref, list, tuple, dict, set, frozenset})
+
+
+def path_list(path: tuple[Any, ...]) -> list[Any]:
+    """The output path an edge carries, e.g. ['outputs', 'chunks', 3] (JSON-able)."""
+    return [p if type(p) is str or type(p) is int else repr(p) for p in path]

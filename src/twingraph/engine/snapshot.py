@@ -7,11 +7,13 @@ an ``AttemptRecord`` for an attempt still running (a long attempt is visible whi
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 from twingraph.core.records import AttemptRecord, TaskRecord, TaskUpdate
 from twingraph.core.states import TaskState
 from twingraph.engine.task import Task
+from twingraph.errors import NodeExecutionError
 
 
 def task_rows(run_id: str, task: Task, out: list[Any]) -> None:
@@ -47,3 +49,12 @@ def error_text(err: Any) -> str:
     if err is None:
         return ""
     return f"{type(err).__name__}: {err}"
+
+
+def traceback_text(err: Any) -> str:
+    """The traceback an ``error`` event carries (a remote one as the worker sent it)."""
+    if err is None:
+        return ""
+    if isinstance(err, NodeExecutionError) and err.traceback:
+        return err.traceback
+    return "".join(traceback.format_exception(err))

@@ -1,0 +1,107 @@
+"""The pipeline body's side of a run: submitting component calls and waiting on their futures.
+
+These methods run on the body thread (and on any thread that holds a ``Ref``). They never touch
+the scheduling state: a call is appended to ``submitted`` (the loop is woken through its inbox
+only when it sleeps), and a waiter blocks on its task's event, which the loop sets when the task
+reaches a terminal state.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from twingraph.core.states import TaskState
+from twingraph.engine.refs import Ref
+from twingraph.engine.task import UNLOADED, Task
+from twingraph.errors import NodeExecutionError, PipelineCancelled, PipelineTimeout
+
+_T = TaskState
+
+
+class BodySide:
+    """Mixed into ``RunLoop``; the attributes below are the loop's."""
+    engine: Any
+    run_id: str
+    inbox: queue.SimpleQueue[tuple[Any, ...]]
+    submitted: deque[Task]
+    sleeping: bool
+    crashed: BaseException | None
+    done: threading.Event
+    lock: threading.Lock
+    stopping: str | None
+    stop_message: str
+    _name_counts: dict[str, int]
+    _order: Iterator[int]
+
+    def call(self, spec: Any, fn: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any], node_id: str | None = None) -> Ref:
+        """Submit one component call; returns its future at once."""
+        name = spec.name
+        if node_id is None:
+            n = self._name_counts.get(name, 0)
+            self._name_counts[name] = n + 1
+            node_id = f"{name}-{n}"
+        if self.crashed is not None or self.done.is_set():
+            raise NodeExecutionError(f"cannot submit {node_id}: the run has ended "
+                                     f"({self.stop_message or 'finished'})", node_id=node_id)
+        task = Task(node_id, next(self._order), name, spec, fn, args, kwargs)
+        self.submitted.append(task)
+        if self.sleeping:
+            self.inbox.put(("wake",))
+        return Ref(self, task)
+
+    def body_returned(self, error: BaseException | None) -> None:
+        self.inbox.put(("body", error))
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self.inbox.put(("cancel", reason))
+
+    def resolve_ref(self, ref: Ref, timeout: float | None = None) -> Any:
+        task = ref._task
+        if not task.state.terminal:
+            with self.lock:
+                if not task.state.terminal and task.event is None:
+                    task.event = threading.Event()
+                ev = task.event
+            if ev is not None:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while not ev.wait(0.5 if deadline is None else
+                                  max(0.0, min(0.5, deadline - time.monotonic()))):
+                    if self.done.is_set() and not task.state.terminal:
+                        raise NodeExecutionError(
+                            f"task {task.node_id} can no longer finish: the run has ended "
+                            f"({self.stop_message or 'engine stopped'})", node_id=task.node_id)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise TimeoutError(f"waiting for {task.node_id} timed out")
+        if task.state is not _T.SUCCESS:
+            task.observed = True
+            raise self._failure_of(task)
+        value = task.value
+        if value is UNLOADED:
+            value = self.engine.load_value(task.cache_key)
+        full = task.result_view(value)
+        for p in ref._path:
+            full = full[p]
+        return full
+
+    def _failure_of(self, task: Task) -> BaseException:
+        if task.state is _T.FAILED:
+            err = task.error
+            if isinstance(err, NodeExecutionError):
+                return err
+            out = NodeExecutionError(f"task {task.node_id} failed: {type(err).__name__}: {err}",
+                                     node_id=task.node_id, error_type=type(err).__name__)
+            out.__cause__ = err
+            return out
+        if task.state is _T.SKIPPED:
+            return NodeExecutionError(f"task {task.node_id} was skipped: an upstream task failed",
+                                      node_id=task.node_id, error_type="Skipped")
+        if self.stopping == "timeout":
+            return PipelineTimeout(self.stop_message, run_id=self.run_id)
+        return PipelineCancelled(f"task {task.node_id} was cancelled: {self.stop_message}",
+                                 run_id=self.run_id)

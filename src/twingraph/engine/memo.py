@@ -1,0 +1,118 @@
+"""Memo decisions of a run: the structural key of a task whose inputs are complete, and what
+follows from it — resumed (this run recorded it before it stopped), a twin in this run (same
+key: computed once), a hit in the result store, or a miss with the reason it missed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twingraph.core.hashing import digest_value, structural_key
+from twingraph.core.records import TaskRecord
+from twingraph.core.states import TaskState
+from twingraph.engine.calls import strip_lineage
+from twingraph.engine.refs import Ref
+from twingraph.engine.task import Task
+
+_T = TaskState
+
+
+class MemoSide:
+    """Mixed into ``RunLoop``; the attributes below are the loop's."""
+    engine: Any
+    opt: Any
+    prior: dict[str, TaskRecord]
+    by_key: dict[str, Task]
+    ready: deque[Task]
+    _previous: Mapping[str, TaskRecord] | None
+    _previous_loader: Callable[[], Mapping[str, TaskRecord]] | None
+    _set_state: Callable[..., None]
+    _finish: Callable[..., None]
+    _after_failure: Callable[[Task], None]
+    _skip_downstream: Callable[[Task], None]
+
+    def _on_ready(self, task: Task) -> bool:
+        """Key a task whose inputs are complete. Returns True if its key must be looked up in
+        the result store (the caller batches those lookups, then calls ``_after_lookup``)."""
+        spec = task.spec
+        digest = [digest_value(task.args, Ref, _ref_digest, self.engine.hash_value),
+                  digest_value(strip_lineage(task.kwargs), Ref, _ref_digest, self.engine.hash_value)]
+        key = structural_key(spec.name, spec.code_version, spec.memo_config(), digest,
+                             prefix=self.engine.key_prefix(spec))
+        task.cache_key = key
+        prior = self.prior.get(task.node_id)
+        if prior is not None and prior.state is _T.SUCCESS and prior.cache_key == key \
+                and prior.content_hash:
+            self._hit(task, prior.content_hash, "resumed", "result recorded by this run before it stopped")
+            return False
+        memoize = spec.cache and not self.opt.no_cache
+        twin = self.by_key.get(key) if memoize else None
+        if twin is not None and twin is not task:
+            if twin.state.terminal:
+                self._follow_twin(task, twin)
+            else:
+                if twin.aliases is None:
+                    twin.aliases = []
+                twin.aliases.append(task)
+                self._set_state(task, _T.QUEUED)
+            return False
+        if memoize:
+            self.by_key[key] = task
+            return True
+        task.cache_status = "disabled"
+        task.cache_reason = "--no-cache" if self.opt.no_cache else "cache=False on the component"
+        self._set_state(task, _T.QUEUED)
+        self.ready.append(task)
+        return False
+
+    def _after_lookup(self, task: Task, content_hash: str | None) -> None:
+        if content_hash is not None:
+            self._hit(task, content_hash, "hit", "stored result with the same code, config and inputs")
+            return
+        task.cache_status, task.cache_reason = "miss", self._miss_reason(task)
+        self._set_state(task, _T.QUEUED)
+        self.ready.append(task)
+
+    def _miss_reason(self, task: Task) -> str:
+        if self._previous is None:
+            self._previous = self._previous_loader() if self._previous_loader else {}
+        prev = self._previous.get(task.node_id)
+        if prev is None:
+            return "no stored result (new task)"
+        info = prev.inputs or {}
+        if info.get("code_version") != task.spec.code_version:
+            return "code changed since the last run"
+        if info.get("config") != self.engine.fingerprint(task.spec)["config"]:
+            return "configuration changed since the last run"
+        return "inputs changed since the last run"
+
+    def _hit(self, task: Task, content_hash: str | None, status: str, reason: str, *,
+             stored: bool = True) -> None:
+        task.content_hash = content_hash
+        task.cache_status, task.cache_reason = status, reason
+        task.stored = stored
+        self._finish(task, _T.SUCCESS)
+
+    def _follow_twin(self, task: Task, twin: Task) -> None:
+        """Finish ``task`` the way its in-run twin (same structural key) finished."""
+        if twin.state is _T.SUCCESS:
+            task.value = twin.value          # before _hit wakes anyone waiting on the task
+            # Stored only if the twin's result is; otherwise the value stays in memory.
+            self._hit(task, twin.content_hash, "hit",
+                      f"same computation as {twin.node_id} in this run", stored=twin.stored)
+        elif twin.state is _T.FAILED:
+            self._finish(task, _T.FAILED, error=twin.error)
+            self._after_failure(task)
+        elif twin.state is _T.SKIPPED:
+            self._finish(task, _T.SKIPPED, error=twin.error)
+            self._skip_downstream(task)
+        else:
+            self._finish(task, _T.CANCELLED, error=twin.error)
+
+
+
+def _ref_digest(value: Ref) -> str:
+    """A reference digests to its producer's content hash and the path taken into it."""
+    return f"@{value._task.content_hash}{value._path!r}"

@@ -1,0 +1,79 @@
+"""Deadlines of a run: retry backoffs, task timeouts, the pipeline timeout, and heartbeats.
+
+Timers live in a heap ordered by due time; the loop sleeps on its inbox until the first one is
+due (``run_forever``) and fires the due ones after handling its events. A timer carries the
+task's fence: a timer set for an earlier attempt is ignored.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twingraph.core.records import RunHeartbeat
+from twingraph.core.states import TaskState
+from twingraph.engine.task import Task
+from twingraph.errors import TaskTimeout
+
+_T = TaskState
+
+#: Seconds between a running run's heartbeats (``runs.heartbeat_at``).
+HEARTBEAT_INTERVAL = 5.0
+
+
+class TimerSide:
+    """Mixed into ``RunLoop``; the attributes below are the loop's."""
+    clock: Any
+    executor: Any
+    opt: Any
+    run_id: str
+    timers: list[tuple[float, int, str, Any, int]]
+    _seq: itertools.count[int]
+    ready: deque[Task]
+    out: list[Any]
+    body_finished: bool
+    unfinished: int
+    _last_heartbeat: float
+    _stop: Callable[[str, str], None]
+    _set_state: Callable[..., None]
+    _complete: Callable[..., None]
+
+    def _timer(self, delay: float, kind: str, task: Task | None, fence: int) -> None:
+        heapq.heappush(self.timers, (self.clock.monotonic() + delay, next(self._seq), kind,
+                                     task, fence))
+
+    def _fire_timers(self) -> None:
+        now = self.clock.monotonic()
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, task, fence = heapq.heappop(timers)
+            if kind == "pipeline_timeout":
+                if not (self.body_finished and self.unfinished == 0):
+                    self._stop("timeout", f"pipeline timed out after {self.opt.timeout:g}s")
+                continue
+            if task is None or task.fence != fence:
+                continue
+            if kind == "retry" and task.state is _T.RETRYING:
+                self._set_state(task, _T.QUEUED)
+                self.ready.append(task)
+            elif kind == "task_timeout" and task.state is _T.RUNNING:
+                started = getattr(task.job, "started_at", None)
+                limit = task.spec.timeout
+                if started is None or time.monotonic() - started < limit:
+                    # Not started yet (waiting for a worker), or started late: wait the rest.
+                    rest = limit if started is None else limit - (time.monotonic() - started)
+                    self._timer(max(rest, 0.01), "task_timeout", task, fence)
+                    continue
+                killed = self.executor.abort(task.job)
+                err = TaskTimeout(task.node_id, task.spec.timeout, killed=killed)
+                self._complete(task, fence, False, None, err, now - task.started)
+
+    def _heartbeat(self) -> None:
+        now = self.clock.monotonic()
+        if now - self._last_heartbeat >= HEARTBEAT_INTERVAL:
+            self._last_heartbeat = now
+            self.out.append(RunHeartbeat(self.run_id, self.clock.now()))
