@@ -49,7 +49,7 @@ class BodySide:
         if self.crashed is not None or self.done.is_set():
             raise NodeExecutionError(f"cannot submit {node_id}: the run has ended "
                                      f"({self.stop_message or 'finished'})", node_id=node_id)
-        task = Task(node_id, next(self._order), name, spec, fn, args, kwargs)
+        task = Task(node_id, next(self._order), spec, fn, args, kwargs)
         self.submitted.append(task)
         if self.sleeping:
             self.inbox.put(("wake",))

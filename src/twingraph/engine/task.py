@@ -17,18 +17,17 @@ UNLOADED: Any = type("Unloaded", (), {"__repr__": lambda self: "<unloaded>"})()
 
 
 class Task:
-    __slots__ = ("node_id", "order", "component", "spec", "fn", "args", "kwargs", "mode",
+    __slots__ = ("node_id", "order", "spec", "fn", "args", "kwargs", "mode",
                  "producers", "waiting", "dependents", "consumers", "state", "attempt", "fence",
                  "value", "stored", "content_hash", "cache_key", "cache_status", "cache_reason",
-                 "error", "event", "observed", "aliases", "started", "platform", "job",
+                 "error", "event", "observed", "aliases", "started", "job",
                  "dirty", "attempt_row", "ref_slots", "persisted", "created_at", "started_at", "ended_at",
                  "inputs_info")
 
-    def __init__(self, node_id: str, order: int, component: str, spec: Any, fn: Any,
+    def __init__(self, node_id: str, order: int, spec: Any, fn: Any,
                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.node_id = node_id
         self.order = order
-        self.component = component
         self.spec = spec
         self.fn = fn
         self.args = args
@@ -52,7 +51,6 @@ class Task:
         self.observed = False          # the pipeline body saw this task's failure
         self.aliases: list[Task] | None = None
         self.started = 0.0
-        self.platform = "local"
         self.job: Any = None
         self.dirty = False             # changed since the last hand-over to the recorder
         self.attempt_row = 0           # last attempt that has a row in the attempts table
@@ -62,6 +60,10 @@ class Task:
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.inputs_info: Any = None
+
+    @property
+    def component(self) -> str:
+        return self.spec.name  # type: ignore[no-any-return]
 
     def result_view(self, value: Any) -> dict[str, Any]:
         """The documented result shape of a component call (declarative operations: the value)."""
