@@ -180,3 +180,36 @@ def test_base_component_in_a_pipeline(engine):
         t(other=1)
     r2 = pipeline(name="with_class_bad")(lambda: t(other=1)).run(engine=engine)
     assert r2.state.value == "FAILED" and "Missing required input" in str(r2.error)
+
+
+def test_a_large_graph_is_submitted_in_a_window(monkeypatch):
+    """The body submits a declarative graph at most SUBMIT_WINDOW (+ one check interval) nodes
+    ahead of what has finished, so a huge graph never exists as that many waiting tasks."""
+    import twingraph.engine.dynamic as dyn
+    from twingraph.engine.engine import Engine
+    from twingraph.engine.futures import BodySide
+
+    monkeypatch.setattr(dyn, "SUBMIT_WINDOW", 200)
+    seen = []
+    orig = BodySide.call
+
+    def spy(self, *a, **kw):
+        seen.append(self.backlog())
+        return orig(self, *a, **kw)
+    monkeypatch.setattr(BodySide, "call", spy)
+
+    def slowish(deps, params):
+        time.sleep(0.0005)
+        return params["i"]
+    dyn.register_operation("slowish", slowish)
+    n = 2500
+    nodes = [NodeDefinition(f"s{k}", "slowish", [f"s{k - 1}"] if k else [], {"i": k})
+             for k in range(n)]
+    eng = Engine(results=MemoryStorage(), metadata=MemoryMetadataStore())
+    try:
+        r = DynamicScheduler(eng.results, ExecutionConfig(max_concurrent_nodes=4),
+                             engine=eng).run(DAGDefinition("windowed", nodes))
+    finally:
+        eng.close()
+    assert r.state.value == "SUCCESS" and r.progress["succeeded"] == n
+    assert len(seen) == n and max(seen) <= 200 + 1024

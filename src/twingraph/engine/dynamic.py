@@ -224,6 +224,20 @@ class _OpCall:
         return _call_node(self.fn, self.style, arguments, parameters, values)
 
 
+#: Nodes of a declarative graph submitted ahead of the ones finished. Nodes come in topological
+#: order, so the oldest unfinished node never waits for one not yet submitted; the window keeps
+#: a million-node graph from existing as a million waiting tasks (with their arguments) at once.
+SUBMIT_WINDOW = 50_000
+
+
+def _wait_for_window(run: Any) -> None:
+    backlog = getattr(run, "backlog", None)
+    if backlog is None:
+        return
+    while backlog() > SUBMIT_WINDOW and not run.done.is_set():
+        time.sleep(0.002)
+
+
 class DynamicScheduler:
     """Runs ``DAGDefinition``s on an engine; one run per DAG, tracked by ``dag_id``."""
 
@@ -355,7 +369,9 @@ class DynamicScheduler:
             if on_run is not None:
                 on_run(run)
             refs: dict[str, Any] = {}
-            for node, fn, style in plan:
+            for i, (node, fn, style) in enumerate(plan):
+                if i & 1023 == 0:
+                    _wait_for_window(run)
                 spec, op = self._spec_for(node, fn, style, specs, config)
                 args = node.arguments.values() if isinstance(node.arguments, dict) else node.arguments
                 values = {a: refs[a] for a in args}

@@ -35,6 +35,7 @@ class BodySide:
     lock: threading.Lock
     stopping: str | None
     stop_message: str
+    unfinished: int
     _name_counts: dict[str, int]
     _order: Iterator[int]
 
@@ -54,6 +55,10 @@ class BodySide:
         if self.sleeping:
             self.inbox.put(("wake",))
         return Ref(self, task)
+
+    def backlog(self) -> int:
+        """Tasks submitted and not finished yet (read from another thread: an estimate)."""
+        return len(self.submitted) + self.unfinished
 
     def body_returned(self, error: BaseException | None) -> None:
         self.inbox.put(("body", error))
