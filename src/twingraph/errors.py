@@ -136,8 +136,11 @@ class NodeExecutionError(DynamicSchedulerError):
 class TaskTimeout(NodeExecutionError, TimeoutError):
     """The task's timeout elapsed. A process task was killed; a thread task was abandoned."""
 
-    def __init__(self, node_id: str, timeout_s: float, *, killed: bool) -> None:
-        how = "killed" if killed else "abandoned (threads cannot be killed)"
+    def __init__(self, node_id: str, timeout_s: float, *, killed: bool,
+                 inline: bool = False) -> None:
+        how = ("killed" if killed else
+               "ran to its end inline (measured-fast calls run on the scheduler thread); its "
+               "result is discarded" if inline else "abandoned (threads cannot be killed)")
         super().__init__(f"task {node_id!r} timed out after {timeout_s:g}s and was {how}",
                          node_id=node_id, error_type="TaskTimeout")
         self.timeout_s, self.killed = timeout_s, killed

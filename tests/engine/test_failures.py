@@ -264,3 +264,35 @@ def test_custom_error_handler_is_called(engine):
 
 def test_timeout_error_matches_builtin_timeouterror():
     assert issubclass(TaskTimeout, TimeoutError)
+
+
+def test_an_inline_call_over_its_timeout_is_a_timeout(engine):
+    """Measured-fast components run inline on the scheduler thread, where nothing can stop
+    them; a call that overruns its timeout there still fails with TaskTimeout (result
+    discarded) and the component goes back to worker threads."""
+    from twingraph import component
+    from twingraph.errors import TaskTimeout
+
+    @component(timeout=0.3)
+    def quick(i, nap=0.0):
+        time.sleep(nap)
+        return i
+
+    @pipeline(name="inline_timeout_warm")
+    def warm_up():
+        return [quick(i=i) for i in range(20)]
+
+    @pipeline(name="inline_timeout", error_handler="continue")
+    def p():
+        warm = [quick(i=i) for i in range(20)]
+        return {"warm": warm, "slow": quick(i=99, nap=0.6)}
+
+    warm_up.run(engine=engine)                 # learn that quick is fast
+    assert engine.choose_mode(quick.spec) == "inline"
+    r = p.run(engine=engine, no_cache=True)
+    tasks = _tasks(engine, r.run_id)
+    slow = tasks["quick-20"]
+    assert slow.state.value == "FAILED" and "TaskTimeout" in slow.error and "inline" in slow.error
+    assert all(tasks[f"quick-{i}"].state.value == "SUCCESS" for i in range(20))
+    assert engine.choose_mode(quick.spec) == "thread"
+    assert issubclass(TaskTimeout, TimeoutError)

@@ -46,7 +46,7 @@ from twingraph.engine.recorder import PutResult
 from twingraph.engine.snapshot import error_text, task_rows, traceback_text
 from twingraph.engine.refs import Ref, find_refs, path_list, substitute
 from twingraph.engine.task import UNLOADED, Job, Task
-from twingraph.errors import NodeExecutionError, TaskCancelled
+from twingraph.errors import NodeExecutionError, TaskCancelled, TaskTimeout
 
 _NONE: list[Any] = []          # shared empty list for released fields (never appended to)
 _EMPTY: dict[str, Any] = {}
@@ -377,7 +377,13 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 value, error = None, exc
             finally:
                 tasklog.set_current(prev)
-            self._complete(task, task.fence, error is None, value, error, time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            if took > task.spec.timeout:
+                # Inline calls cannot be stopped: one that overran its timeout is still a
+                # timeout (its result is discarded), and the component leaves inline mode.
+                value, error = None, TaskTimeout(task.node_id, task.spec.timeout, killed=False,
+                                                 inline=True)
+            self._complete(task, task.fence, error is None, value, error, took)
             return
         task.started = self.clock.monotonic()     # for its timeout
         if mode != "process":        # process tasks log in another interpreter
