@@ -296,3 +296,22 @@ def test_an_inline_call_over_its_timeout_is_a_timeout(engine):
     assert all(tasks[f"quick-{i}"].state.value == "SUCCESS" for i in range(20))
     assert engine.choose_mode(quick.spec) == "thread"
     assert issubclass(TaskTimeout, TimeoutError)
+
+
+@pytest.mark.parametrize("which", ["engine", "sqlite_engine"])
+def test_a_task_that_succeeds_on_retry_keeps_no_error(which, request):
+    """The task row describes the task: after a successful retry it carries no error (the
+    failed attempts keep theirs)."""
+    eng = request.getfixturevalue(which)
+    b.counts.clear()
+
+    @pipeline(name="flaky_clean")
+    def p():
+        return b.flaky(key=f"clean-{which}", fail_times=2)
+
+    r = p.run(engine=eng)
+    assert r.state is RunState.SUCCESS
+    task = _tasks(eng, r.run_id)["flaky-0"]
+    assert task.state is TaskState.SUCCESS and task.error is None
+    errors = [a.error for a in eng.metadata.get_attempts(r.run_id, "flaky-0")]
+    assert errors[0] and errors[1] and not errors[2]

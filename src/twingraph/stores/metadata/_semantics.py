@@ -89,6 +89,8 @@ def fold_task_update(cursor: TaskCursor, update: TaskUpdate, net: dict[str, Any]
         value = getattr(update, name)
         if value is not None:
             net[name] = value
+    if state is TaskState.SUCCESS:
+        net["error"] = None                 # an earlier attempt's error no longer describes it
     if state is TaskState.RUNNING:
         if cursor.started_at is None:
             cursor.started_at = update.at
