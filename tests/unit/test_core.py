@@ -115,3 +115,30 @@ def test_code_version_follows_called_user_code():
     finally:
         _helper = old
     assert code_version(_uses_helper) == v1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0, -1, True, "10"])
+def test_component_timeouts_must_be_finite_positive_numbers(bad):
+    from twingraph.core.specs import ComponentSpec, PipelineSpec
+    with pytest.raises(ValidationError, match="timeout"):
+        ComponentSpec.build(name="c", qualname="m:c", code_version="v", timeout=bad)
+    with pytest.raises(ValidationError, match="timeout"):
+        PipelineSpec.build(name="p", timeout=bad)
+    with pytest.raises(ValidationError, match="timeout"):
+        ComponentSpec.build(name="c", qualname="m:c", code_version="v", config={"timeout": bad})
+
+
+def test_config_timeout_bounds_the_task_like_the_documented_example():
+    from twingraph.core.specs import ComponentSpec
+    spec = ComponentSpec.build(name="c", qualname="m:c", code_version="v",
+                               config={"memory": "2G", "timeout": 12})
+    assert spec.timeout == 12.0
+    both = ComponentSpec.build(name="c", qualname="m:c", code_version="v", timeout=5,
+                               config={"timeout": 900})
+    assert both.timeout == 5.0          # the smaller of the two
+
+
+def test_retry_max_attempts_is_a_real_integer():
+    from twingraph.core.retry import RetryPolicy
+    with pytest.raises(ValidationError, match="max_attempts"):
+        RetryPolicy.parse({"max_attempts": True})

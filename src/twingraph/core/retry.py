@@ -58,7 +58,8 @@ class RetryPolicy:
         return policy
 
     def validate(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) \
+                or self.max_attempts < 1:
             raise ValidationError("retry_policy.max_attempts must be an integer >= 1")
         if self.backoff not in ("fixed", "exponential"):
             raise ValidationError("retry_policy.backoff must be 'fixed' or 'exponential'")

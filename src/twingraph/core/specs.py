@@ -42,7 +42,8 @@ def _dict(name: str, value: Any, *, str_values: bool = False) -> dict[str, Any]:
 def _positive(name: str, value: Any, *, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or value == float("inf"):
         raise ValidationError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(value)
 
@@ -99,12 +100,14 @@ class ComponentSpec:
         if not isinstance(cache, bool):
             raise ValidationError("cache must be True or False")
         cfg = _dict("config", config)
+        limit = _positive("timeout", timeout) or 300.0
         if "timeout" in cfg:
-            _positive("config['timeout']", cfg["timeout"])
+            # The platform's own timeout (Lambda, Batch...) bounds the task too: the smaller wins.
+            limit = min(limit, _positive("config['timeout']", cfg["timeout"]) or limit)
         return cls(name=name, qualname=qualname, code_version=code_version, platform=platform,
                    docker_image=docker_image, config=cfg,
                    retry_policy=RetryPolicy.parse(retry_policy),
-                   timeout=_positive("timeout", timeout) or 300.0,
+                   timeout=limit,
                    resources=_resources(resources),
                    environment=_dict("environment", environment, str_values=True),
                    labels=_dict("labels", labels, str_values=True), cache=cache,
