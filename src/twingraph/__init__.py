@@ -15,7 +15,7 @@ from twingraph.errors import (ConfigurationError, DynamicSchedulerError, Executo
                               NodeExecutionError, NotFoundError, PipelineCancelled,
                               PipelineError, PipelineFailed, PipelineTimeout, SchedulingError,
                               StorageError, TaskTimeout, TwinGraphError, ValidationError)
-from twingraph.registry import register_component
+from twingraph.registry import register_component, register_error_handler
 from twingraph.workflow import Workflow
 
 __version__ = "0.1.0"
@@ -25,5 +25,5 @@ __all__ = [
     "ExecutorUnavailable", "NodeExecutionError", "NotFoundError", "Pipeline", "PipelineCancelled",
     "PipelineError", "PipelineFailed", "PipelineTimeout", "Ref", "RunResult", "SchedulingError",
     "StorageError", "TaskTimeout", "TwinGraphError", "ValidationError", "Workflow", "component", "get_logger", "pipeline",
-    "register_component", "__version__",
+    "register_component", "register_error_handler", "__version__",
 ]

@@ -315,3 +315,45 @@ def test_a_task_that_succeeds_on_retry_keeps_no_error(which, request):
     assert task.state is TaskState.SUCCESS and task.error is None
     errors = [a.error for a in eng.metadata.get_attempts(r.run_id, "flaky-0")]
     assert errors[0] and errors[1] and not errors[2]
+
+
+def test_named_error_handler_as_documented(engine):
+    """The document's form: error_config={'handler': 'error_notification', ...} names a handler
+    registered with twingraph.register_error_handler."""
+    from twingraph import register_error_handler
+    seen = []
+
+    @register_error_handler("error_notification")
+    def notify_me(info):
+        seen.append((info["node_id"], info["error"]))
+
+    @pipeline(name="named_handler", error_handler="custom",
+              error_config={"handler": "error_notification", "continue_on_error": True})
+    def p():
+        b.fails(x=1)
+        return b.quick(x=1)
+
+    r = p.run(engine=engine)
+    assert [n for n, _ in seen] == ["fails-0"] and seen[0][1].startswith(
+        _tasks(engine, r.run_id)["fails-0"].error.split(":")[0])
+    assert _tasks(engine, r.run_id)["quick-0"].state is TaskState.SUCCESS
+
+
+def test_an_unknown_or_failing_error_handler_is_logged_in_the_run(engine):
+    from twingraph import register_error_handler
+
+    @register_error_handler("explodes")
+    def explodes(info):
+        raise RuntimeError("handler bug")
+
+    for name, expected in (("nobody_registered_this", "is not registered"),
+                           ("explodes", "handler bug")):
+        @pipeline(name=f"handler_{name}", error_handler="custom",
+                  error_config={"handler": name, "continue_on_error": True})
+        def p():
+            return b.fails(x=1)
+
+        r = p.run(engine=engine)
+        warnings = [l.message for l in engine.metadata.get_logs(r.run_id, level="warning")
+                    if l.node_id == "fails-0"]
+        assert any(expected in m for m in warnings), warnings

@@ -26,6 +26,7 @@ from twingraph.engine.notify import notify
 from twingraph.engine import tasklog
 from twingraph.engine.recorder import Recorder
 from twingraph.engine.refs import substitute
+from twingraph.registry import get_error_handler
 from twingraph.errors import (NotFoundError, PipelineCancelled, PipelineFailed, PipelineTimeout,
                               TwinGraphError)
 from twingraph.ports import Clock, EventSink, Executor, MetadataStore, ResultStore
@@ -198,16 +199,22 @@ class Engine:
         else:
             st.avg += (duration - st.avg) * (1.0 if st.n == 1 else 0.1)
 
-    def call_error_handler(self, handler: Any, info: dict[str, Any]) -> None:
-        fn = self.error_handlers.get(handler) if isinstance(handler, str) else handler
+    def call_error_handler(self, handler: Any, info: dict[str, Any]) -> str | None:
+        """Call a custom error handler (a callable, or a name registered on this engine or with
+        ``twingraph.register_error_handler``). Returns what went wrong, for the run's log."""
+        fn = handler
+        if isinstance(handler, str):
+            fn = self.error_handlers.get(handler) or get_error_handler(handler)
         if fn is None:
-            self.emit({"event": "log", "level": "warning",
-                       "message": f"error handler {handler!r} is not registered"})
-            return
+            problem = (f"error handler {handler!r} is not registered "
+                       "(twingraph.register_error_handler)")
+            self.emit({"event": "log", "level": "warning", "message": problem})
+            return problem
         try:
             fn(info)
-        except Exception:  # noqa: BLE001 - a failing handler must not break the run
-            pass
+        except Exception as exc:  # noqa: BLE001 - a failing handler must not break the run
+            return f"error handler {handler!r} failed: {type(exc).__name__}: {exc}"
+        return None
 
     # -- runs -----------------------------------------------------------------------------
     def run(self, body: Callable[[RunLoop], Any], *, pipeline: str, params: Mapping[str, Any] | None = None,

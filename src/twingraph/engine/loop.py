@@ -492,8 +492,11 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                    "error": error_text(task.error), "traceback": traceback_text(task.error)})
         handler = self.opt.error_handler
         if handler == "custom":
-            self.engine.call_error_handler(self.opt.error_config.get("handler"), {
+            problem = self.engine.call_error_handler(self.opt.error_config.get("handler"), {
                 "run_id": self.run_id, "node_id": task.node_id, "error": error_text(task.error)})
+            if problem:
+                self.out.append(LogRecord(self.run_id, self.clock.now(), "warning", problem,
+                                          task.node_id))
             if self.opt.error_config.get("continue_on_error"):
                 handler = "continue"
         if handler == "continue":
