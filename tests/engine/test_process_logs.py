@@ -39,3 +39,26 @@ def test_a_killed_process_task_keeps_what_it_logged(engine):
     logs = engine.metadata.get_logs(r.run_id, node_id="logs_then_hangs-0")
     assert [(l.level, l.message) for l in logs if l.level == "warning"] == [
         ("warning", "about to hang")]
+
+
+def test_environment_is_applied_in_the_tasks_own_process(engine):
+    """environment= needs a process of its own (threads share os.environ): 'auto' picks one,
+    the task sees its variables, and the driver's environment is left alone."""
+    import pytest
+
+    from twingraph import component
+    from twingraph.errors import ValidationError
+
+    @pipeline(name="env_pipe")
+    def p():
+        return [b.reads_environment(x=i) for i in range(2)]
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.SUCCESS, r.error
+    for ref in r.value:
+        out = ref["outputs"] if "outputs" in ref else ref
+        assert out["var"] == "from-the-component" and out["home"] == "/tg-home"
+        assert out["pid"] != os.getpid()
+    assert os.environ.get("TG_TASK_VAR") is None and os.environ.get("HOME") != "/tg-home"
+    with pytest.raises(ValidationError, match="environment"):
+        component(executor="thread", environment={"A": "1"})(lambda: 1)

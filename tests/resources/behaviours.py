@@ -111,3 +111,9 @@ def logs_then_hangs(n):
     get_logger().warning("about to hang")
     time.sleep(30)
     return n
+
+
+@component(environment={"TG_TASK_VAR": "from-the-component", "HOME": "/tg-home"})
+def reads_environment(x):
+    return {"var": os.environ.get("TG_TASK_VAR"), "home": os.environ.get("HOME"),
+            "pid": os.getpid()}

@@ -99,6 +99,11 @@ class ComponentSpec:
             raise ValidationError(f"executor must be one of {', '.join(LOCAL_MODES)}; got {executor!r}")
         if not isinstance(cache, bool):
             raise ValidationError("cache must be True or False")
+        env = _dict("environment", environment, str_values=True)
+        if env and platform == "local" and executor in ("thread", "inline"):
+            # Threads share one os.environ: a task's own variables need its own process.
+            raise ValidationError(f"environment needs its own process: executor={executor!r} "
+                                  "cannot apply it (use 'auto' or 'process')")
         cfg = _dict("config", config)
         limit = _positive("timeout", timeout) or 300.0
         if "timeout" in cfg:
@@ -109,7 +114,7 @@ class ComponentSpec:
                    retry_policy=RetryPolicy.parse(retry_policy),
                    timeout=limit,
                    resources=_resources(resources),
-                   environment=_dict("environment", environment, str_values=True),
+                   environment=env,
                    labels=_dict("labels", labels, str_values=True), cache=cache,
                    executor=executor)
 

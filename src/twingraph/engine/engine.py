@@ -138,6 +138,26 @@ class Engine:
         return run
 
     @staticmethod
+    def with_environment(invoke: Callable[..., Any], env: Mapping[str, str]) -> Callable[..., Any]:
+        """``invoke`` with ``env`` set in ``os.environ`` for the call (and restored after):
+        for a worker process, which runs one task at a time."""
+        env = dict(env)
+
+        def run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            import os
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                return invoke(fn, args, kwargs)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+        return run
+
+    @staticmethod
     def encode(value: Any) -> serialization.Encoded:
         return serialization.encode(value)
 
@@ -184,6 +204,8 @@ class Engine:
     def choose_mode(self, spec: Any) -> str:
         if spec.executor != "auto":
             return spec.executor
+        if spec.environment:         # its own variables: only a process of its own has them
+            return "process"
         st = self._stats.get(spec.qualname)
         if st is not None and st.n >= INLINE_SAMPLES and st.avg <= INLINE_AVG_SECONDS:
             return "inline"

@@ -388,6 +388,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         task.started = self.clock.monotonic()     # for its timeout
         if mode != "process":        # process tasks log in another interpreter
             invoke = self.engine.with_task_logs(invoke, self, task.node_id)
+        elif task.spec.environment:  # a worker process of its own: the task's variables
+            invoke = self.engine.with_environment(invoke, task.spec.environment)
         job = task.job = Job(task, invoke, (task.fn, args, kwargs), {}, mode)
         if mode == "process":        # ... and their worker forwards each record (any thread)
             job.on_log = self._log_sink(task.node_id)
