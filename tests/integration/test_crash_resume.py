@@ -69,3 +69,39 @@ def test_kill_minus_nine_then_resume(tmp_path):
         if n not in done_before and n in before:
             assert t.fence > before[n].fence
     store.close()
+
+
+def test_worker_processes_end_with_their_killed_driver(tmp_path):
+    """A process task's worker notices its driver is gone (kill -9) and ends, instead of
+    running its task on, unrecorded (it would run again on resume)."""
+    pidfile = tmp_path / "worker.pid"
+    script = tmp_path / "sleepy.py"
+    script.write_text(
+        "import os, time\n"
+        "from twingraph import component, pipeline\n\n"
+        "@component(executor='process')\n"
+        "def sleepy(path):\n"
+        "    open(path, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        "    return 1\n\n"
+        "@pipeline(name='sleepy')\n"
+        "def main(path: str):\n"
+        "    return sleepy(path=path)\n")
+    proc = subprocess.Popen(_cli("run", str(script), "--param", f"path={pidfile}",
+                                 "--no-progress"), env=_env(tmp_path, tmp_path / "marks"))
+    deadline = time.monotonic() + 60
+    while not (pidfile.exists() and pidfile.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the task never started"
+        time.sleep(0.05)
+    worker = int(pidfile.read_text())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail(f"worker {worker} outlived its killed driver by 10 s")

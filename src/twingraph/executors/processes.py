@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import pickle
 import threading
 import time
@@ -46,7 +47,23 @@ class _Forward(logging.Handler):
             pass
 
 
-def _worker_main(conn: Any) -> None:  # runs in the child
+def _watch_parent(parent: int) -> None:
+    """In the child: end this worker when the process that drives it is gone (a driver killed
+    with SIGKILL cannot stop its workers; their tasks would run on, unrecorded, and run again
+    when the run is resumed)."""
+    while True:
+        time.sleep(PARENT_CHECK_SECONDS)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+#: How often a worker process checks that its driver is still alive.
+PARENT_CHECK_SECONDS = 0.5
+
+
+def _worker_main(conn: Any, parent: int) -> None:  # runs in the child
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+                     name="twingraph-parent-watch").start()
     forward = _Forward(conn)
     task_logger = logging.getLogger(LOGGER_NAME)
     task_logger.setLevel(logging.INFO)
@@ -89,7 +106,7 @@ def _deliver_log(job: Job, frame: bytes) -> None:
 class _Worker:
     def __init__(self, ctx: Any) -> None:
         parent, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True,
+        self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid()), daemon=True,
                                 name="twingraph-process-worker")
         self.proc.start()
         child.close()
