@@ -182,3 +182,47 @@ def test_component_logs_are_recorded_with_their_task(engine):
     import logging
     logging.getLogger("twingraph.task").info("outside any task: not recorded")
     assert len(engine.metadata.get_logs(r.run_id)) == 4
+
+
+def test_progress_gives_no_eta_from_a_burst(engine):
+    """Two tasks finishing within microseconds must not claim an ETA of 0 s for the rest."""
+    import threading
+
+    from twingraph import component
+
+    gate = threading.Event()
+
+    @component(executor="thread")
+    def instant(i):
+        return i
+
+    @component(executor="thread")
+    def held(i):
+        gate.wait(10)
+        return i
+
+    seen = {}
+
+    @pipeline(name="eta_burst", max_parallel=4)
+    def p():
+        fast = [instant(i=i) for i in range(2)]
+        slow = [held(i=i) for i in range(3)]
+        [f.result() for f in fast]
+        return slow
+
+    def watch(loop):
+        def look():
+            import time
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                prog = loop.progress()
+                if prog["succeeded"] >= 2:
+                    seen.update(prog)
+                    break
+                time.sleep(0.005)
+            gate.set()
+        threading.Thread(target=look, daemon=True).start()
+
+    r = p.run(engine=engine, on_start=watch)
+    assert r.state.value == "SUCCESS"
+    assert seen["succeeded"] >= 2 and seen["eta_seconds"] is None

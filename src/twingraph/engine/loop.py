@@ -595,7 +595,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         finished = total - self.unfinished
         eta = None
         times = self._done_times
-        if self.unfinished and len(times) >= 2 and times[-1] > times[0]:
+        # No estimate from a burst: tasks finishing within microseconds of each other would
+        # claim an absurd rate (an ETA of 0.0 s right after the first two finish).
+        if self.unfinished and len(times) >= 3 and times[-1] - times[0] >= 0.2:
             rate = (len(times) - 1) / (times[-1] - times[0])
             eta = self.unfinished / rate
         return {"total": total, "pending": c[_T.PENDING], "queued": c[_T.QUEUED] + c[_T.RETRYING],
