@@ -269,36 +269,34 @@ def test_timeout_error_matches_builtin_timeouterror():
 def test_an_inline_call_over_its_timeout_is_a_timeout(engine):
     """Measured-fast components run inline on the scheduler thread, where nothing can stop
     them; a call that overruns its timeout there still fails with TaskTimeout (result
-    discarded) and the component goes back to worker threads."""
+    discarded), and a slow call sends an 'auto' component back to worker threads."""
     from twingraph import component
     from twingraph.errors import TaskTimeout
 
-    @component(timeout=0.3)
+    @component(timeout=0.3, executor="inline")
     def quick(i, nap=0.0):
         time.sleep(nap)
         return i
-
-    @pipeline(name="inline_timeout_warm")
-    def warm_up():
-        return [quick(i=i) for i in range(20)]
 
     @pipeline(name="inline_timeout", error_handler="continue")
     def p():
         warm = [quick(i=i) for i in range(20)]
         return {"warm": warm, "slow": quick(i=99, nap=0.6)}
 
-    warm_up.run(engine=engine)                 # learn that quick is fast
-    assert engine.choose_mode(quick.spec) == "inline"
-    r = p.run(engine=engine, no_cache=True)
+    r = p.run(engine=engine)
     tasks = _tasks(engine, r.run_id)
     slow = tasks["quick-20"]
     assert slow.state.value == "FAILED" and "TaskTimeout" in slow.error and "inline" in slow.error
     assert all(tasks[f"quick-{i}"].state.value == "SUCCESS" for i in range(20))
-    assert engine.choose_mode(quick.spec) == "thread"
     assert issubclass(TaskTimeout, TimeoutError)
 
+    auto = component(timeout=0.3)(lambda x: x).spec      # the engine's choice for 'auto'
+    for _ in range(8):
+        engine.observe(auto, 0.00001, True)
+    assert engine.choose_mode(auto) == "inline"
+    engine.observe(auto, 0.6, True)
+    assert engine.choose_mode(auto) == "thread"
 
-@pytest.mark.parametrize("which", ["engine", "sqlite_engine"])
 def test_a_task_that_succeeds_on_retry_keeps_no_error(which, request):
     """The task row describes the task: after a successful retry it carries no error (the
     failed attempts keep theirs)."""
