@@ -297,6 +297,7 @@ def test_an_inline_call_over_its_timeout_is_a_timeout(engine):
     engine.observe(auto, 0.6, True)
     assert engine.choose_mode(auto) == "thread"
 
+@pytest.mark.parametrize("which", ["engine", "sqlite_engine"])
 def test_a_task_that_succeeds_on_retry_keeps_no_error(which, request):
     """The task row describes the task: after a successful retry it carries no error (the
     failed attempts keep theirs)."""
