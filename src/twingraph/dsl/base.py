@@ -4,23 +4,59 @@ Subclasses implement ``execute`` and may override ``validate_inputs`` (raise ``V
 bad input). An instance is called like a function: inside a pipeline it becomes a task whose
 identity includes the class's code and the instance's ``config``; outside it validates and
 executes directly. ``component_options`` (a class attribute) takes ``@component`` parameters.
+
+Its ``name`` (never None): a ``name`` the subclass sets as a class attribute, else the name it
+was registered under (``register_component('custom_processor', CustomProcessor)``, or an
+instance registered itself), else the class name. It is read when the spec is first built.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar
+import inspect
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twingraph.core.codeversion import code_version
 from twingraph.core.specs import ComponentSpec
 from twingraph.engine.calls import LINEAGE_KWARGS
 from twingraph.engine.engine import current_run
+from twingraph.registry import registered_components
+
+
+def resolve_name(cls: type, obj: Any = None) -> str:
+    """The name of BaseComponent class ``cls`` (of its instance ``obj``): see the module doc."""
+    explicit = inspect.getattr_static(cls, "name", None)
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    registered = registered_components()
+    if obj is not None:
+        for name, value in registered.items():
+            if value is obj:
+                return name
+    for name, value in registered.items():
+        if value is cls:
+            return name
+    return cls.__name__
+
+
+class _Name:
+    """``BaseComponent.name`` unless a subclass sets its own: resolved, on the class or an
+    instance (an instance's is its spec's once the spec exists)."""
+
+    def __get__(self, obj: Any, objtype: Any = None) -> str:
+        if obj is None:
+            return resolve_name(objtype)
+        spec = obj.__dict__.get("_spec")
+        return spec.name if spec is not None else resolve_name(type(obj), obj)
 
 
 class BaseComponent(abc.ABC):
     component_options: ClassVar[dict[str, Any]] = {}
-    name: ClassVar[str | None] = None
+    if TYPE_CHECKING:
+        name: ClassVar[str]             # a subclass may set it; else see ``resolve_name``
+    else:
+        name = _Name()
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         self.config: dict[str, Any] = dict(config or {})
@@ -41,13 +77,21 @@ class BaseComponent(abc.ABC):
     def spec(self) -> ComponentSpec:
         if self._spec is None:
             cls = type(self)
-            draft = ComponentSpec.build(name=cls.name or cls.__name__,
+            draft = ComponentSpec.build(name=resolve_name(cls, self),
                                         qualname=f"{cls.__module__}:{cls.__qualname__}",
                                         code_version="", **self.component_options)
             cfg = dict(draft.config)
             cfg["__instance__"] = self.config
             self._spec = dataclasses.replace(draft, code_version=code_version(cls), config=cfg)
         return self._spec
+
+    @classmethod
+    def class_spec(cls) -> ComponentSpec:
+        """The class's definition without an instance's ``config``: what a pipeline whose body
+        creates the instances is checked (platform) and versioned against before it runs."""
+        return ComponentSpec.build(name=resolve_name(cls),
+                                   qualname=f"{cls.__module__}:{cls.__qualname__}",
+                                   code_version=code_version(cls), **cls.component_options)
 
     @property
     def platform(self) -> str:

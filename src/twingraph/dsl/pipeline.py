@@ -16,8 +16,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import itertools
 import logging
 import sys
+import sysconfig
 import types
 import uuid
 import warnings
@@ -94,7 +96,7 @@ class Pipeline:
             return None
         definition = {"kind": "python", "module": self.fn.__module__,
                       "qualname": self.fn.__qualname__, "code_hash": self.code_hash(),
-                      "components": sorted(c.name for c in self.components()),
+                      "components": sorted(str(c.name) for c in self.components()),
                       "max_parallel": self.spec.max_parallel,
                       "error_handler": self.spec.error_handler, "timeout": self.spec.timeout}
         _, version = upsert(engine.project, self.name, definition, schedule=self.spec.schedule,
@@ -112,8 +114,9 @@ class Pipeline:
             h.update(inspect.getsource(self.fn).encode())
         except (OSError, TypeError):
             h.update(self.fn.__code__.co_code)
-        for c in sorted(self.components(), key=lambda c: c.name):
-            h.update(c.spec.code_version.encode())
+        versions = sorted((str(c.name), c.spec.code_version) for c in self.components())
+        for _, version in versions:
+            h.update(version.encode())
         return h.hexdigest()[:16]
 
     def components(self) -> list[Any]:
@@ -187,7 +190,45 @@ def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Items of one container (dict values, list/tuple/set items) looked at for components.
+_CONTAINER_ITEMS = 1000
+#: Container levels looked into: ``STEPS["a"]`` and ``STEPS["a"][0]``, not deeper.
+_CONTAINER_DEPTH = 2
+_LIB_PREFIXES = tuple({p for p in (sysconfig.get_paths().get("stdlib"),
+                                   sysconfig.get_paths().get("purelib"),
+                                   sysconfig.get_paths().get("platlib")) if p})
+
+
+class _ClassComponent:
+    """A ``BaseComponent`` subclass the body instantiates itself (``Threshold(cfg)(data=x)``):
+    checked (platform) and versioned by its class, since no instance exists before the run."""
+
+    def __init__(self, cls: type[BaseComponent]) -> None:
+        self.cls = cls
+
+    @functools.cached_property
+    def spec(self) -> Any:
+        return self.cls.class_spec()
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.name)
+
+    @property
+    def platform(self) -> str:
+        return str(self.spec.platform)
+
+    def __repr__(self) -> str:
+        return f"<component class {self.cls.__qualname__}>"
+
+
 def _reachable_components(fn: Any) -> Iterable[Any]:
+    """Components the pipeline body can reach, found statically (no code runs): the values of
+    the global and closure names its code (nested code objects included) uses, looked into
+    when they are user modules (the attribute names the code uses), containers (dict values,
+    list/tuple/set items, ``_CONTAINER_DEPTH`` levels, ``_CONTAINER_ITEMS`` each),
+    ``functools.partial`` objects, and user functions and pipelines (walked in turn).
+    Blind spots: docs/decisions/0004-dsl-semantics.md ("Platforms")."""
     seen: set[int] = set()
     found: dict[int, Any] = {}
     stack = [inspect.unwrap(fn)]
@@ -196,20 +237,65 @@ def _reachable_components(fn: Any) -> Iterable[Any]:
         if id(f) in seen or not isinstance(f, types.FunctionType):
             continue
         seen.add(id(f))
+        names = _names(f.__code__)
         cells = dict(zip(f.__code__.co_freevars, f.__closure__ or ()))
-        for name in _names(f.__code__) | set(cells):
+        looked: set[int] = set()           # modules and containers seen from this function
+        for name in names | set(cells):
             cell = cells.get(name)
-            try:
-                g = cell.cell_contents if cell is not None else f.__globals__.get(name)
-            except ValueError:          # empty cell
+            if cell is not None:
+                try:
+                    value = cell.cell_contents
+                except ValueError:          # empty cell
+                    continue
+            elif name in f.__globals__:
+                value = f.__globals__[name]
+            else:
                 continue
-            if isinstance(g, (Component, BaseComponent)):
-                found[id(g)] = g
-            elif isinstance(g, Pipeline):
-                stack.append(g.fn)
-            elif isinstance(g, types.FunctionType) and g.__module__ == f.__module__:
-                stack.append(g)
+            _visit(value, names, f.__module__, found, stack, looked, 0)
     return found.values()
+
+
+def _visit(value: Any, names: set[str], module: str, found: dict[int, Any],
+           stack: list[Any], looked: set[int], depth: int) -> None:
+    if isinstance(value, (Component, BaseComponent)):
+        found[id(value)] = value
+    elif isinstance(value, Pipeline):
+        stack.append(value.fn)
+    elif isinstance(value, types.FunctionType):
+        if value.__module__ == module or _is_user_module(sys.modules.get(value.__module__ or "")):
+            stack.append(value)
+    elif isinstance(value, type):
+        if (issubclass(value, BaseComponent) and value is not BaseComponent
+                and not inspect.isabstract(value)):
+            found.setdefault(id(value), _ClassComponent(value))
+    elif isinstance(value, functools.partial):
+        _visit(value.func, names, module, found, stack, looked, depth)
+    elif isinstance(value, types.ModuleType):
+        if id(value) in looked or not _is_user_module(value):
+            return
+        looked.add(id(value))
+        attrs = vars(value)
+        for attr in names:                  # ``mod.comp(...)``, ``pkg.sub.comp(...)``
+            if attr in attrs:
+                _visit(attrs[attr], names, module, found, stack, looked, depth)
+    elif isinstance(value, (dict, list, tuple, set, frozenset)):
+        if depth >= _CONTAINER_DEPTH or id(value) in looked:
+            return
+        looked.add(id(value))
+        items = value.values() if isinstance(value, dict) else value
+        for item in itertools.islice(items, _CONTAINER_ITEMS):
+            _visit(item, names, module, found, stack, looked, depth + 1)
+
+
+def _is_user_module(mod: Any) -> bool:
+    """A module of the user's code: has a source file outside the standard library and
+    site-packages, and is not TwinGraph's own."""
+    if not isinstance(mod, types.ModuleType):
+        return False
+    if mod.__name__ == "twingraph" or mod.__name__.startswith("twingraph."):
+        return False
+    path = getattr(mod, "__file__", None)
+    return isinstance(path, str) and not path.startswith(_LIB_PREFIXES)
 
 
 def _names(code: types.CodeType) -> set[str]:

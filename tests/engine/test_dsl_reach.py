@@ -1,0 +1,72 @@
+"""``BaseComponent`` names, and the platform check before a run starts, for components reached
+other than through a global name bound directly to them (tests/resources/reach_pipes.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.resources import reach_pipes as rp
+from twingraph import ExecutorUnavailable
+from twingraph.core.states import RunState
+
+
+def test_base_component_with_a_component_runs_and_records_both(engine, tmp_path):
+    marker = tmp_path / "marker"
+    r = rp.base_and_component.run(str(marker), engine=engine)
+    assert r.state is RunState.SUCCESS, r.error
+    assert r.value["outputs"] == {"total": 18}
+    assert marker.read_text() == "ran"
+    names = sorted(t.component for t in engine.metadata.get_tasks(r.run_id))
+    # The class name by default; the registered name when registered via register_component.
+    assert names == ["ReachScale", "reach_marker", "reach_total"]
+    pipe = engine.metadata.get_pipeline("default", "reach_base_and_component")
+    assert pipe.definition["components"] == ["ReachScale", "reach_marker", "reach_total"]
+
+
+def test_two_base_components_in_one_pipeline(engine):
+    r = rp.two_bases.run(engine=engine)
+    assert r.state is RunState.SUCCESS, r.error
+    assert r.value["outputs"] == {"total": 9}
+    assert sorted(t.component for t in engine.metadata.get_tasks(r.run_id)) == [
+        "ReachScale", "reach_total"]
+    assert rp.two_bases.code_hash() == rp.two_bases.code_hash()
+
+
+def test_base_component_names():
+    assert rp.scale.name == "ReachScale" and rp.scale.spec.name == "ReachScale"
+    assert rp.total.name == "reach_total" and rp.ReachTotal.name == "reach_total"
+    assert rp.ReachDocker.name == "ReachDocker"
+
+
+@pytest.mark.parametrize("pipe, needs", [
+    (rp.base_docker, "docker.*ReachDocker"),             # a BaseComponent instance, docker
+    (rp.base_class_in_body, "docker.*ReachDocker"),      # its class, instantiated in the body
+    (rp.module_attr, "docker.*reach_docker_step"),       # dockmod.reach_docker_step(...)
+    (rp.dict_held, "docker.*reach_docker_step"),         # STEPS["docker"](...)
+    (rp.list_of_tuples, "kubernetes.*reach_k8s_step"),   # for a, b in CHAIN: b(...)
+    (rp.imported_helper, "docker.*reach_docker_step"),   # a helper of another user module
+    (rp.in_comprehension, "docker.*reach_docker_step"),  # inside a comprehension
+    (rp.via_partial, "docker.*reach_docker_step"),       # functools.partial(component, ...)
+], ids=lambda v: getattr(v, "name", None))
+def test_missing_executor_fails_before_the_run_starts(engine, tmp_path, pipe, needs):
+    marker = tmp_path / "marker"
+    with pytest.raises(ExecutorUnavailable, match=needs):
+        pipe.run(str(marker), engine=engine)
+    assert not marker.exists()                        # the upstream task never ran
+    assert engine.metadata.list_runs(pipeline=pipe.name) == []
+
+
+def test_the_runtime_guard_still_refuses_what_the_walk_cannot_see(engine, tmp_path):
+    """A component picked by a computed name is a documented blind spot of the static check:
+    the call itself is refused (the run fails), it never runs locally."""
+    from tests.resources import reach_steps
+    from twingraph import pipeline
+
+    @pipeline(name="reach_getattr")
+    def by_getattr():
+        return getattr(reach_steps, "reach_" + "docker_step")(x=1)
+
+    r = by_getattr.run(engine=engine)
+    assert r.state is RunState.FAILED
+    msg = str(r.error)
+    assert "no executor for platform 'docker'" in msg and "reach_docker_step" in msg
