@@ -471,6 +471,25 @@ def test_list_runs_filters_order_and_paging(store: Any) -> None:
         store.list_runs(offset=-1)
 
 
+def test_find_run_ids_by_prefix(store: Any) -> None:
+    store.write([run("9d047f4e01", created_at=1.0), run("9d047f4e02", created_at=2.0),
+                 run("9d047fAB", created_at=3.0), run("ab_c%1", created_at=4.0),
+                 run("abXcY1", created_at=5.0), run("zz", created_at=6.0)])
+    assert store.find_run_ids("9d047f") == ["9d047f4e01", "9d047f4e02", "9d047fAB"]
+    assert store.find_run_ids("9d047f4e02") == ["9d047f4e02"]        # a whole id is a prefix
+    assert store.find_run_ids("9d047f", limit=2) == ["9d047f4e01", "9d047f4e02"]
+    assert store.find_run_ids("9d047fab") == []                       # case-sensitive
+    assert store.find_run_ids("9D047F") == []
+    assert store.find_run_ids("ab_c%") == ["ab_c%1"]                  # no LIKE wildcards
+    assert store.find_run_ids("ab") == ["abXcY1", "ab_c%1"]          # code-point order
+    assert store.find_run_ids("nope") == []
+    for bad in ("", None):
+        with pytest.raises(ValidationError):
+            store.find_run_ids(bad)
+    with pytest.raises(ValidationError):
+        store.find_run_ids("9d", limit=0)
+
+
 # -- the catalog -----------------------------------------------------------------------------
 
 def test_upsert_pipeline_versions_only_on_change(store: Any) -> None:

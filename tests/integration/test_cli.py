@@ -15,9 +15,10 @@ def cli(tmp_path):
     env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), COLUMNS="200")
     env.pop("TWINGRAPH_DATABASE_URL", None)
 
-    def run(*args, ok=True):
-        out = subprocess.run([sys.executable, "-m", "twingraph", *args], env=env, cwd=tmp_path,
-                             capture_output=True, text=True, timeout=120)
+    def run(*args, ok=True, columns=None):
+        out = subprocess.run([sys.executable, "-m", "twingraph", *args],
+                             env=env if columns is None else dict(env, COLUMNS=str(columns)),
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
         if ok:
             assert out.returncode == 0, out.stdout + out.stderr
         return out
@@ -118,3 +119,124 @@ def test_ctrl_c_cancels_and_records_the_run(tmp_path):
     (run,) = store.list_runs()
     assert run.state is RunState.CANCELLED
     store.close()
+
+
+# -- run ids: never cut in `runs list`; `runs show|logs` take a unique prefix ----------------
+
+A = "9d047f4ef5f14f229aca5e0c1b2a3d4e"
+B = "9d047f4e00000000000000000000000a"
+C = "1234567890abcdef1234567890abcdef"
+
+
+def _seed(tmp_path, *records):
+    from twingraph.stores.metadata import SQLMetadataStore
+    store = SQLMetadataStore(f"sqlite:///{tmp_path / 'home' / 'twingraph.db'}", create=True)
+    try:
+        store.write(list(records))
+    finally:
+        store.close()
+
+
+def _seed_runs(tmp_path):
+    from twingraph.core.records import LogRecord, RunRecord
+    from twingraph.core.states import RunState
+    _seed(tmp_path,
+          RunRecord(run_id=A, pipeline="data_processing_pipeline", state=RunState.SUCCESS,
+                    created_at=1.0e9, started_at=1.0e9, ended_at=1.0e9 + 2),
+          RunRecord(run_id=B, pipeline="etl", state=RunState.FAILED, created_at=1.0e9 + 10),
+          RunRecord(run_id=C, pipeline="etl", state=RunState.RUNNING, created_at=1.0e9 + 20),
+          LogRecord(run_id=A, at=1.0e9 + 1, level="info", message="hello from A"))
+
+
+def _in_a_terminal(tmp_path, *args, columns=80):
+    """Run the CLI with stdout on a pseudo-terminal (so rich draws its table)."""
+    import pty
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), COLUMNS=str(columns))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+    for var in ("NO_COLOR", "TERM"):
+        env.pop(var, None)
+    main, sub = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "twingraph", *args], env=env, cwd=tmp_path,
+                              stdout=sub, stderr=sub, timeout=120)
+    finally:
+        os.close(sub)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:            # EIO: the other end is closed and everything was read
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main)
+    return proc.returncode, out.decode()
+
+
+def test_runs_list_piped_prints_full_ids_one_run_a_line(cli, tmp_path):
+    _seed_runs(tmp_path)
+    out = cli("runs", "list", columns=80)
+    lines = out.stdout.splitlines()
+    assert lines[0].split("\t") == ["run id", "pipeline", "state", "created", "duration"]
+    rows = [line.split("\t") for line in lines[1:]]
+    assert [r[0] for r in rows] == [C, B, A]                      # newest first, whole ids
+    assert rows[2][1:3] == ["data_processing_pipeline", "SUCCESS"] and rows[2][4] == "2.00s"
+    assert "\u2026" not in out.stdout                              # no ellipsis anywhere
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_runs_list_table_in_a_terminal_keeps_full_ids(tmp_path, columns):
+    _seed_runs(tmp_path)
+    code, out = _in_a_terminal(tmp_path, "runs", "list", columns=columns)
+    assert code == 0, out
+    assert "\u2501" in out                                       # rich drew its table
+    for rid in (A, B, C):
+        assert rid in out, out
+    assert "\u2026" not in out
+
+
+def test_runs_list_in_a_narrow_terminal_falls_back_to_lines(tmp_path):
+    _seed_runs(tmp_path)
+    code, out = _in_a_terminal(tmp_path, "runs", "list", columns=40)
+    assert code == 0 and "\u2501" not in out
+    assert all(rid in out for rid in (A, B, C))
+
+
+def test_runs_show_and_logs_accept_a_unique_prefix(cli, tmp_path):
+    _seed_runs(tmp_path)
+    show = cli("runs", "show", A[:10])
+    assert show.stdout.startswith(A) and "data_processing_pipeline" in show.stdout
+    assert cli("runs", "show", C[:6]).stdout.startswith(C)          # 6 characters suffice
+    assert cli("runs", "show", A).stdout.startswith(A)             # whole ids still work
+    logs = cli("runs", "logs", A[:9])
+    assert "hello from A" in logs.stdout
+
+
+def test_a_real_runs_id_prefix_resolves(cli, tmp_path):
+    (tmp_path / "bad.py").write_text(
+        "from twingraph import component, pipeline\n"
+        "@component\ndef boom(x):\n    raise ValueError('no good: ' + str(x))\n"
+        "@pipeline\ndef bad():\n    return boom(x=3)\n")
+    rid = _run_id(cli("run", str(tmp_path / "bad.py"), "--no-progress", ok=False).stdout)
+    assert "no good: 3" in cli("runs", "logs", rid[:8], "--level", "error").stdout
+    assert cli("runs", "show", rid[:8]).stdout.startswith(rid)
+
+
+@pytest.mark.parametrize("command", ["show", "logs"])
+def test_ambiguous_prefix_lists_the_candidates_and_exits_2(cli, tmp_path, command):
+    _seed_runs(tmp_path)
+    out = cli("runs", command, "9d047f4e", ok=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "ambiguous" in out.stdout and "2 runs" in out.stdout
+    assert A in out.stdout and B in out.stdout and C not in out.stdout
+
+
+def test_prefix_too_short_or_unknown_is_not_found(cli, tmp_path):
+    _seed_runs(tmp_path)
+    short = cli("runs", "show", "9d047", ok=False)                 # 5 characters: not a prefix
+    assert short.returncode == 1 and "at least 6 characters" in short.stdout
+    unknown = cli("runs", "logs", "ffffffff", ok=False)
+    assert unknown.returncode == 1 and "run ffffffff not found" in unknown.stdout
+    upper = cli("runs", "show", A[:8].upper(), ok=False)           # ids are case-sensitive
+    assert upper.returncode == 1

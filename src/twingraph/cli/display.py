@@ -72,14 +72,34 @@ def dur(a: float | None, b: float | None) -> str:
     return f"{b - a:.2f}s" if a and b else "—"
 
 
+RUNS_COLUMNS = ("run id", "pipeline", "state", "created", "duration")
+
+
 def runs_table(runs: Iterable[Any]) -> Table:
+    """The runs as a table. Run ids are never cut: their column keeps the width of the longest
+    id (``no_wrap``; ``fold`` rather than an ellipsis should the terminal be narrower still)."""
+    runs = list(runs)
     t = Table(title="Runs")
-    for c in ("run id", "pipeline", "state", "created", "duration"):
-        t.add_column(c)
+    t.add_column(RUNS_COLUMNS[0], no_wrap=True, overflow="fold",
+                 min_width=max((len(r.run_id) for r in runs), default=0))
+    t.add_column(RUNS_COLUMNS[1], overflow="fold")
+    t.add_column(RUNS_COLUMNS[2], no_wrap=True)
+    for c in RUNS_COLUMNS[3:]:
+        t.add_column(c, overflow="fold")
     for r in runs:
         t.add_row(r.run_id, r.pipeline, _state(r.state.value), ts(r.created_at),
                   dur(r.started_at, r.ended_at))
     return t
+
+
+def runs_lines(runs: Iterable[Any]) -> list[str]:
+    """The runs as plain tab-separated lines (a header, then one run a line, full ids): what
+    ``runs list`` prints to a pipe or file, or to a terminal too narrow for the table."""
+    lines = ["\t".join(RUNS_COLUMNS)]
+    for r in runs:
+        lines.append("\t".join((r.run_id, r.pipeline, r.state.value, ts(r.created_at),
+                                 dur(r.started_at, r.ended_at))))
+    return lines
 
 
 def _state(s: str) -> Text:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
+from rich.markup import escape
 
-from twingraph.cli.display import (LiveProgress, console, runs_table, summary_table, tasks_table,
-                                   ts)
+from twingraph.cli.display import (LiveProgress, console, runs_lines, runs_table, summary_table,
+                                   tasks_table, ts)
 from twingraph.errors import TwinGraphError
 
 app = typer.Typer(help="TwinGraph: data pipelines as decorated Python or declarative graphs.",
@@ -32,8 +33,8 @@ __import__("twingraph.cli.apikey", fromlist=["register"]).register(app)   # twin
 app.add_typer(__import__("twingraph.cli.stream", fromlist=["app"]).app, name="stream")  # twingraph stream ...
 
 
-def _fail(exc: BaseException, code: int = 1) -> None:
-    console.print(f"[red]error:[/red] {exc}")
+def _fail(exc: BaseException, code: int = 1) -> NoReturn:
+    console.print(f"[red]error:[/red] {escape(str(exc))}")
     raise typer.Exit(code)
 
 
@@ -88,43 +89,79 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
         console.print_json(json.dumps(result.value, default=repr))
 
 
+#: The shortest run id prefix ``runs show|logs`` resolve (shorter ones must be whole ids).
+MIN_RUN_PREFIX = 6
+#: How many candidates an ambiguous prefix lists.
+_MAX_CANDIDATES = 10
+
+
+def _resolve_run(md: Any, given: str) -> Any:
+    """The run ``given`` names: its whole id, or a unique prefix of at least ``MIN_RUN_PREFIX``
+    characters. Not found: exit 1; an ambiguous prefix: exit 2, listing the candidates."""
+    rec = md.get_run(given)
+    if rec is not None:
+        return rec
+    if len(given) < MIN_RUN_PREFIX:
+        _fail(TwinGraphError(f"run {given} not found (a run id prefix needs at least "
+                             f"{MIN_RUN_PREFIX} characters)"))
+    ids = md.find_run_ids(given, limit=_MAX_CANDIDATES + 1)
+    if not ids:
+        _fail(TwinGraphError(f"run {given} not found"))
+    if len(ids) > 1:
+        more = "\n  ..." if len(ids) > _MAX_CANDIDATES else ""
+        _fail(TwinGraphError(
+            f"run id prefix {given} is ambiguous; it matches "
+            f"{'more than ' + str(_MAX_CANDIDATES) if more else len(ids)} runs:\n  "
+            + "\n  ".join(ids[:_MAX_CANDIDATES]) + more + "\ngive more characters of the id"), 2)
+    rec = md.get_run(ids[0])
+    if rec is None:                                  # deleted in between
+        _fail(TwinGraphError(f"run {given} not found"))
+    return rec
+
+
 @runs_app.command("list")
 def runs_list(pipeline: Annotated[Optional[str], typer.Option()] = None,
               state: Annotated[Optional[str], typer.Option()] = None,
               limit: Annotated[int, typer.Option(min=1, max=1000)] = 20) -> None:
-    """Recent runs, newest first."""
+    """Recent runs, newest first (a table on a terminal; tab-separated lines, full run ids,
+    when piped)."""
     md = _engine().metadata
-    console.print(runs_table(md.list_runs(pipeline=pipeline, state=state and state.upper(),
-                                          limit=limit)))
+    found = md.list_runs(pipeline=pipeline, state=state and state.upper(), limit=limit)
+    widest = max((len(r.run_id) for r in found), default=0)
+    if console.is_terminal and console.width >= widest + 40:
+        console.print(runs_table(found))
+    else:
+        for line in runs_lines(found):
+            typer.echo(line)
 
 
 @runs_app.command("show")
-def runs_show(run_id: str) -> None:
+def runs_show(run_id: Annotated[str, typer.Argument(
+        help=f"Run id, or a unique prefix of it (at least {MIN_RUN_PREFIX} characters)")]) -> None:
     """One run: its state, parameters and tasks (with memo hit/miss and why)."""
     md = _engine().metadata
-    rec = md.get_run(run_id)
-    if rec is None:
-        _fail(TwinGraphError(f"run {run_id} not found"))
+    rec = _resolve_run(md, run_id)
     console.print(f"[bold]{rec.run_id}[/bold]  pipeline {rec.pipeline}  state {rec.state.value}")
     console.print(f"created {ts(rec.created_at)}  started {ts(rec.started_at)}  "
                   f"ended {ts(rec.ended_at)}")
     console.print(f"params {json.dumps(rec.params)}  config {json.dumps(rec.config)}")
     if rec.error:
-        console.print(f"[red]error:[/red] {rec.error}")
-    console.print(tasks_table(md.get_tasks(run_id)))
+        console.print(f"[red]error:[/red] {escape(rec.error)}")
+    console.print(tasks_table(md.get_tasks(rec.run_id)))
 
 
 @runs_app.command("logs")
-def runs_logs(run_id: str, node: Annotated[Optional[str], typer.Option()] = None,
+def runs_logs(run_id: Annotated[str, typer.Argument(
+                  help=f"Run id, or a unique prefix of it (at least {MIN_RUN_PREFIX} characters)")],
+              node: Annotated[Optional[str], typer.Option()] = None,
               level: Annotated[Optional[str], typer.Option()] = None,
               limit: Annotated[int, typer.Option(min=1)] = 1000) -> None:
     """A run's log lines (optionally one node's, at a minimum level)."""
     md = _engine().metadata
-    if md.get_run(run_id) is None:
-        _fail(TwinGraphError(f"run {run_id} not found"))
-    for rec in md.get_logs(run_id, node_id=node, level=level, limit=limit):
-        where = f" [{rec.node_id}]" if rec.node_id else ""
-        console.print(f"{ts(rec.at)} {rec.level.upper():7}{where} {rec.message}", markup=False,
+    rec = _resolve_run(md, run_id)
+    for log in md.get_logs(rec.run_id, node_id=node, level=level, limit=limit):
+        where = f" [{log.node_id}]" if log.node_id else ""
+        console.print(f"{ts(log.at)} {log.level.upper():7}{where} {log.message}", markup=False,
                       highlight=False)
 
 

@@ -154,8 +154,18 @@ class NodeExecutor:
         return set(self.operation_registry) | set(_operations) | set(registered_components())
 
     async def execute_node(self, node_def: NodeDefinition) -> ExecutionResult:
-        """Run one node whose dependencies' values are given by ``node_def.metadata['inputs']``
-        or read from the storage (by node id, decoded)."""
+        """Run one node and store its result, as the document's ``execute_node`` does.
+
+        Dependencies' values come from ``node_def.metadata['inputs']`` or are read from the
+        storage (by node id, decoded). The value is encoded (``serialization.encode``) and stored
+        under ``node_def.node_id`` with ``StorageMetadata(node_id, data_type, content_hash, size,
+        metadata=node_def.metadata + {'encoding': ...})`` ('inputs' is not stored: it holds values,
+        not metadata), so a later ``execute_node`` naming this node as an argument reads it back.
+        COMPLETED only once the store succeeded; an id the storage does not accept as a key, a
+        value that cannot be encoded or a failed store make the result FAILED with the reason
+        (stores write atomically: nothing half-written is left). Without a storage nothing is
+        stored. ``result_data`` is the value itself, not its encoded bytes.
+        """
         start = time.perf_counter()
         try:
             found = self.resolve(node_def.operation)
@@ -163,20 +173,53 @@ class NodeExecutor:
                 raise NodeExecutionError(f"Unknown operation: {node_def.operation}",
                                          node_id=node_def.node_id)
             fn, style = found
+            if self.storage is not None:
+                await self._check_key(node_def.node_id)
             deps = dict((node_def.metadata or {}).get("inputs", {}))
             args = node_def.arguments.values() if isinstance(node_def.arguments, dict) \
                 else node_def.arguments
             for dep in args:
                 if dep not in deps:
                     deps[dep] = await self._load(dep)
-            value = await asyncio.to_thread(_call_node, fn, style, node_def.arguments,
-                                            node_def.parameters, deps)
+            value, encoded = await asyncio.to_thread(self._run, fn, style, node_def,
+                                                     deps, self.storage is not None)
+            if encoded is not None:
+                await self._store(node_def, encoded)
             return ExecutionResult(node_def.node_id, NodeStatus.COMPLETED, result_data=value,
                                    execution_time_ms=int((time.perf_counter() - start) * 1000))
         except Exception as exc:  # noqa: BLE001 - the document returns failures as data
             return ExecutionResult(node_def.node_id, NodeStatus.FAILED,
                                    error_message=f"{type(exc).__name__}: {exc}",
                                    execution_time_ms=int((time.perf_counter() - start) * 1000))
+
+    @staticmethod
+    def _run(fn: Any, style: str, node_def: NodeDefinition, deps: Mapping[str, Any],
+             encode: bool) -> tuple[Any, Any]:
+        """Call the node and encode its value (off the event loop: both may be heavy)."""
+        from twingraph import serialization
+        value = _call_node(fn, style, node_def.arguments, node_def.parameters, deps)
+        return value, (serialization.encode(value) if encode else None)
+
+    async def _check_key(self, node_id: str) -> None:
+        """Ask the storage (whose rules they are) whether ``node_id`` is a valid result key,
+        before the operation runs; every backend raises StorageError for an invalid key."""
+        from twingraph.errors import StorageError
+        try:
+            await self.storage.exists(node_id)
+        except StorageError as exc:
+            raise StorageError(f"cannot store a result under node id {node_id!r}: {exc}") from exc
+
+    async def _store(self, node_def: NodeDefinition, encoded: Any) -> None:
+        from twingraph.errors import StorageError
+        md = {k: v for k, v in (node_def.metadata or {}).items() if k != "inputs"}
+        meta = encoded.to_metadata(node_def.node_id, md)
+        try:
+            ok = await self.storage.store_result(node_def.node_id, encoded.buffers, meta)
+        except StorageError as exc:
+            raise StorageError(f"result of node {node_def.node_id!r} not stored: {exc}") from exc
+        if ok is False:
+            raise StorageError(f"result of node {node_def.node_id!r} not stored: "
+                               "the storage refused it")
 
     async def _load(self, node_id: str) -> Any:
         from twingraph import serialization

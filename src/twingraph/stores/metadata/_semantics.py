@@ -228,3 +228,11 @@ def run_state_filter(state: str | RunState | None) -> str | None:
 def check_paging(limit: int | None, offset: int) -> None:
     if (limit is not None and limit < 0) or offset < 0:
         raise ValidationError(f"limit and offset must not be negative (limit={limit}, offset={offset})")
+
+
+def check_prefix(prefix: Any, limit: int) -> None:
+    """Arguments of ``find_run_ids``: a non-empty string prefix and a limit of at least 1."""
+    if type(prefix) is not str or not prefix:
+        raise ValidationError(f"a run id prefix must be a non-empty string, got {prefix!r}")
+    if limit < 1:
+        raise ValidationError(f"limit must be at least 1, got {limit}")

@@ -179,6 +179,11 @@ class MemoryMetadataStore:
         found.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
         return deepcopy(found[offset:None if limit is None else offset + limit])
 
+    def find_run_ids(self, prefix: str, *, limit: int = 10) -> list[str]:
+        sem.check_prefix(prefix, limit)
+        with self._lock:
+            return sorted(r for r in self._runs if r.startswith(prefix))[:limit]   # code points
+
     def get_tasks(self, run_id: str, *, limit: int | None = None,
                   offset: int = 0) -> list[TaskRecord]:
         sem.check_paging(limit, offset)

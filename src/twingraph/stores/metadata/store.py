@@ -158,6 +158,20 @@ class SQLMetadataStore:
         with self._reading() as conn:
             return [_run(row) for row in conn.execute(query.limit(limit).offset(offset))]
 
+    def find_run_ids(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Ids of the runs whose id starts with ``prefix`` (case-sensitive), in code-point order,
+        at most ``limit``. Reads only the id column (for resolving an abbreviated run id)."""
+        sem.check_prefix(prefix, limit)
+        # code-point order on both databases (PostgreSQL's default collation may be a locale's)
+        order = runs.c.run_id if self._sqlite else runs.c.run_id.collate("C")
+        query = (select(runs.c.run_id)
+                 .where(runs.c.run_id.startswith(prefix, autoescape=True),
+                        # LIKE ignores ASCII case on SQLite: the exact test keeps it a prefix
+                        func.substr(runs.c.run_id, 1, len(prefix)) == prefix)
+                 .order_by(order).limit(limit))
+        with self._reading() as conn:
+            return list(conn.execute(query).scalars())
+
     def get_tasks(self, run_id: str, *, limit: int | None = None,
                   offset: int = 0) -> list[TaskRecord]:
         """Tasks of a run in call order (``order``, then ``node_id``); paging is an extra."""
