@@ -11,6 +11,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from twingraph.dsl.pipeline import Pipeline
 from twingraph.errors import ValidationError
@@ -77,16 +78,40 @@ def split_target(target: str) -> tuple[str, str | None]:
     return target, None
 
 
-def parse_params(items: list[str]) -> dict[str, object]:
-    """``k=v`` pairs; values are parsed as JSON when they can be (numbers, true, lists)."""
+def parse_params(items: list[str], fn: Any = None) -> dict[str, object]:
+    """``k=v`` pairs; values are parsed as JSON when they can be (numbers, true, lists). With
+    the pipeline function ``fn``, a value for a parameter annotated ``str``, ``int``, ``float``
+    or ``bool`` must be one (``ValidationError`` naming it otherwise; ``str`` keeps the text as
+    typed, ``float`` takes an integer)."""
     import json
+    hints = _scalar_hints(fn)
     out: dict[str, object] = {}
     for item in items:
         if "=" not in item:
             raise ValidationError(f"--param {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except ValueError:
+        want = hints.get(k)
+        if want is str:
             out[k] = v
+            continue
+        try:
+            value: object = json.loads(v)
+        except ValueError:
+            value = v
+        if want is float and type(value) is int:
+            value = float(value)
+        if want is not None and type(value) is not want:
+            raise ValidationError(f"--param {k}: expected {want.__name__}, got {v!r}")
+        out[k] = value
     return out
+
+
+def _scalar_hints(fn: Any) -> dict[str, type]:
+    if fn is None:
+        return {}
+    import typing
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: no checking, as before
+        return {}
+    return {k: t for k, t in hints.items() if t in (str, int, float, bool)}

@@ -65,7 +65,7 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
         file, name = split_target(target)
         module = load_module(file)
         pipe = find_pipeline(module, name)
-        params = parse_params(param)
+        params = parse_params(param, pipe.fn)
         holder: dict[str, Any] = {}
         show = sys.stdout.isatty() if progress is None else progress
         with LiveProgress(lambda: holder["loop"].progress() if "loop" in holder else None, show):

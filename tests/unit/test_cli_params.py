@@ -1,0 +1,28 @@
+"""--param values are checked against the pipeline's annotations (str/int/float/bool)."""
+import pytest
+
+from twingraph.cli.loading import parse_params
+from twingraph.errors import ValidationError
+
+
+def pipe(name: str, n: int, ratio: float, flag: bool, anything, items: list = None):
+    return None
+
+
+def test_values_follow_the_annotations():
+    got = parse_params(["name=123", "n=3", "ratio=2", "flag=true", "anything=[1, 2]",
+                        "items=[1]"], pipe)
+    assert got == {"name": "123", "n": 3, "ratio": 2.0, "flag": True, "anything": [1, 2],
+                   "items": [1]}
+    assert type(got["ratio"]) is float
+
+
+@pytest.mark.parametrize("item, key", [("n=abc", "n"), ("n=1.5", "n"), ("flag=1", "flag"),
+                                       ("ratio=x", "ratio"), ("n=true", "n")])
+def test_a_value_of_the_wrong_type_is_refused_naming_the_parameter(item, key):
+    with pytest.raises(ValidationError, match=f"--param {key}: expected"):
+        parse_params([item], pipe)
+
+
+def test_without_a_function_values_are_plain_json():
+    assert parse_params(["n=abc", "m=1"]) == {"n": "abc", "m": 1}
