@@ -21,7 +21,7 @@ import dataclasses
 import inspect
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -267,6 +267,25 @@ class _OpCall:
         return _call_node(self.fn, self.style, arguments, parameters, values)
 
 
+class Plan:
+    """A validated DAG: its nodes in topological order and, per operation, the callable it
+    resolved to at validation time (one entry per operation, not per node: a million-node
+    graph keeps one reference per node). Iterating yields ``(node, fn, style)``."""
+    __slots__ = ("nodes", "ops")
+
+    def __init__(self, nodes: list[NodeDefinition], ops: dict[str, tuple[Any, str]]) -> None:
+        self.nodes, self.ops = nodes, ops
+
+    def __iter__(self) -> Iterator[tuple[NodeDefinition, Any, str]]:
+        ops = self.ops
+        for node in self.nodes:
+            fn, style = ops[node.operation]
+            yield node, fn, style
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+
 #: Nodes of a declarative graph submitted ahead of the ones finished. Nodes come in topological
 #: order, so the oldest unfinished node never waits for one not yet submitted; the window keeps
 #: a million-node graph from existing as a million waiting tasks (with their arguments) at once.
@@ -353,7 +372,7 @@ class DynamicScheduler:
         return self.results[dag.dag_id]
 
     # -- internals ------------------------------------------------------------------------
-    def _validate_dag(self, dag: DAGDefinition) -> list[tuple[NodeDefinition, Any, str]]:
+    def _validate_dag(self, dag: DAGDefinition) -> Plan:
         ids = [n.node_id for n in dag.nodes]
         dup = {i for i in ids if ids.count(i) > 1} if len(set(ids)) != len(ids) else set()
         if dup:
@@ -365,12 +384,8 @@ class DynamicScheduler:
         known = self.executor.known()
         order = validate_dag(deps, {n.node_id: n.operation for n in dag.nodes}, known)
         by_id = {n.node_id: n for n in dag.nodes}
-        plan = []
-        for nid in order:
-            node = by_id[nid]
-            fn, style = self.executor.resolve(node.operation)  # type: ignore[misc]
-            plan.append((node, fn, style))
-        return plan
+        ops = {op: self.executor.resolve(op) for op in {n.operation for n in dag.nodes}}
+        return Plan([by_id[nid] for nid in order], ops)  # type: ignore[arg-type]
 
     def _spec_for(self, node: NodeDefinition, fn: Any, style: str,
                   cache: dict[str, tuple[ComponentSpec, _OpCall]],
@@ -397,12 +412,12 @@ class DynamicScheduler:
             entry = cache[node.operation] = (spec, _OpCall(fn, style))
         return entry
 
-    def plan(self, dag: DAGDefinition) -> list[tuple[NodeDefinition, Any, str]]:
+    def plan(self, dag: DAGDefinition) -> Plan:
         """Validate ``dag`` (ids, references, cycles, operations) and return its nodes in
         topological order with their callables; raises ``GraphValidationError``."""
         return self._validate_dag(dag)
 
-    def body(self, dag: DAGDefinition, plan: list[tuple[NodeDefinition, Any, str]],
+    def body(self, dag: DAGDefinition, plan: Plan,
              on_run: Callable[[Any], None] | None = None,
              config: ExecutionConfig | None = None) -> Callable[[Any], dict[str, Any]]:
         """The run body that submits ``plan``'s nodes to a run (for ``Engine.run``)."""
@@ -425,7 +440,7 @@ class DynamicScheduler:
             return {}
         return body
 
-    def _run_dag(self, dag: DAGDefinition, plan: list[tuple[NodeDefinition, Any, str]],
+    def _run_dag(self, dag: DAGDefinition, plan: Plan,
                  started: threading.Event, config: ExecutionConfig | None = None) -> None:
         cfg = config or self.config
         def on_run(run: Any) -> None:

@@ -531,7 +531,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                     self.became_ready.append(d)
             # Done for good: drop what only scheduling needed (bounded memory per finished node).
             task.dependents = _NONE
-            task.args, task.kwargs, task.job = (), _EMPTY, None
+            task.args, task.kwargs, task.job, task.ref_slots = (), _EMPTY, None, ()
         if task.aliases:
             aliases, task.aliases = task.aliases, None
             for a in aliases:
