@@ -1,80 +1,687 @@
-"""Code version of a component: a hash of its source and of the user code it calls.
+"""Code version of a component: a hash of its code and of everything it reads from its module.
 
-"User code" is any plain function (or component) reachable through the global names the function
-uses, defined in a module outside the standard library and site-packages. Library code is not
-hashed (its version is the environment's business). An explicit ``version=`` replaces all this.
+What goes in, starting from the component's function (or ``BaseComponent`` class):
+
+- the function's own source (its bytecode and constants when there is no source), its default
+  argument values and the values of its closure cells;
+- every global name the function reads (``LOAD_GLOBAL``), followed:
+
+  * user functions and classes: walked the same way (a class by its source, its user base
+    classes, its methods, properties and immutable class attributes);
+  * user modules (``import helpers; helpers.scale(x)``): the attributes the function reads
+    from them (its attribute names), each followed like a global, nested modules too;
+    modules imported inside the function body count as well (looked up, never imported);
+  * immutable plain data (None, bool, int, float, complex, str, bytes, and tuples/frozensets
+    of those; enum members, named tuples, frozen dataclasses, ranges, compiled patterns,
+    decimals, dates, paths): the value itself, encoded canonically;
+  * anything else at module level (lists, dicts, sets, instances, arrays...): its type and the
+    text of the module's top-level statements that bind or mutate that name (following
+    ``from x import NAME`` into user module ``x``). Runtime contents are deliberately not
+    hashed: an accumulator or a cache filled while tasks run would make the version depend on
+    timing. Without module source, plain containers fall back to their value;
+- closure cells and default values have no defining statement: plain data (lists and dicts
+  included) is hashed by value, other objects by type (and the class, if it is user code).
+
+"User code" is a module outside the standard library and site-packages that is not
+``twingraph`` itself. Library code is identified by its qualified name only: its version is the
+environment's business. Never hashed: ``id()``, memory addresses, ``repr()`` of arbitrary
+objects, set or dict iteration order, anything that depends on ``PYTHONHASHSEED``. An explicit
+``version=`` on the component replaces all this.
+
+The result is not cached here (globals may be rebound between calls); callers compute it once
+per component (``Component.spec``, ``BaseComponent.spec``, the dynamic engine's per-run plan).
+What cannot change for a given object is cached by object identity: a code object's source and
+name scan, a class's source, a module source's statement index.
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
+import dataclasses
+import dis
+import enum
+import functools
 import hashlib
 import inspect
+import linecache
+import os
+import re
+import site
 import sys
 import sysconfig
 import types
-from typing import Any
+import weakref
+from collections import deque
+from collections.abc import Iterator
+from typing import Any, Generic, NamedTuple, TypeVar
 
-_LIB_PREFIXES = tuple({p for p in (sysconfig.get_paths().get("stdlib"),
-                                   sysconfig.get_paths().get("purelib"),
-                                   sysconfig.get_paths().get("platlib")) if p})
-
-
-def _is_user_function(obj: Any) -> bool:
-    if not isinstance(obj, types.FunctionType):
-        return False
-    mod = sys.modules.get(obj.__module__ or "")
-    path = getattr(mod, "__file__", None) or obj.__code__.co_filename
-    if obj.__module__ and obj.__module__.startswith("twingraph."):
-        return False
-    return not (path and path.startswith(_LIB_PREFIXES))
+_BUILTINS = vars(builtins)
+_T = TypeVar("_T")
 
 
-def _code_names(code: types.CodeType) -> set[str]:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _code_names(const)
-    return names
+# --- what is user code -------------------------------------------------------------------------
 
-
-def _own_text(fn: types.FunctionType) -> bytes:
+def _lib_prefixes() -> tuple[str, ...]:
+    paths: set[str | None] = set()
+    for scheme in (None, f"{os.name}_user"):
+        try:
+            got = sysconfig.get_paths() if scheme is None else sysconfig.get_paths(scheme)
+        except (KeyError, ValueError):
+            continue
+        paths.update(got.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib"))
     try:
-        return inspect.getsource(fn).encode()
-    except (OSError, TypeError):
-        code = fn.__code__
-        return code.co_code + repr(code.co_consts).encode() + repr(code.co_names).encode()
+        paths.update(site.getsitepackages())
+        paths.add(site.getusersitepackages())
+    except AttributeError:      # old virtualenv's site module
+        pass
+    out = set()
+    for p in paths:
+        if p:
+            out.add(os.path.join(p, ""))
+            out.add(os.path.join(os.path.realpath(p), ""))
+    return tuple(sorted(out))
+
+
+_LIB_PREFIXES = _lib_prefixes()
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_lib_path(path: str) -> bool:
+    return path.startswith(_LIB_PREFIXES) or os.path.realpath(path).startswith(_LIB_PREFIXES)
+
+
+def _is_twingraph(modname: object) -> bool:
+    return isinstance(modname, str) and (modname == "twingraph" or modname.startswith("twingraph."))
+
+
+def _is_user_module(m: types.ModuleType) -> bool:
+    ns = vars(m)
+    name = ns.get("__name__")
+    if _is_twingraph(name) or name in sys.builtin_module_names:
+        return False
+    file = ns.get("__file__")
+    if isinstance(file, str) and file:
+        return not _is_lib_path(file)
+    spec = ns.get("__spec__")
+    if getattr(spec, "origin", None) in ("built-in", "frozen"):
+        return False
+    paths = [p for p in (ns.get("__path__") or ()) if isinstance(p, str)]
+    if paths:               # a namespace package
+        return not all(_is_lib_path(p) for p in paths)
+    return True             # no file: __main__ of ``python -c``, modules made at runtime
+
+
+def _is_user_named(modname: object, fallback_file: str | None) -> bool:
+    """Whether code from module ``modname`` is user code; ``fallback_file`` (a function's
+    ``co_filename``) decides when the module is unknown or is ``builtins`` (code run by
+    ``exec`` without a ``__name__``)."""
+    if isinstance(modname, str):
+        if _is_twingraph(modname):
+            return False
+        m = sys.modules.get(modname)
+        if modname != "builtins" and isinstance(m, types.ModuleType):
+            return _is_user_module(m)
+        if modname == "builtins" and fallback_file is None:
+            return False
+    return fallback_file is None or not _is_lib_path(fallback_file)
+
+
+def _is_user_function(f: types.FunctionType) -> bool:
+    return _is_user_named(f.__module__, f.__code__.co_filename)
+
+
+def _is_user_class(c: type) -> bool:
+    modname = c.__dict__.get("__module__", getattr(c, "__module__", None))
+    m = sys.modules.get(modname) if isinstance(modname, str) else None
+    # A class whose module is not loaded (C types often name a public package) is library code.
+    return isinstance(m, types.ModuleType) and not _is_twingraph(modname) \
+        and modname != "builtins" and _is_user_module(m)
+
+
+# --- caches by object identity (never hashed: ids only find entries) ---------------------------
+
+class _IdCache(Generic[_T]):
+    """A cache keyed by object identity that forgets an entry when its object dies."""
+
+    def __init__(self) -> None:
+        self._d: dict[int, tuple[weakref.ref[Any], _T]] = {}
+
+    def get(self, obj: Any) -> _T | None:
+        e = self._d.get(id(obj))
+        return e[1] if e is not None and e[0]() is obj else None
+
+    def put(self, obj: Any, value: _T) -> _T:
+        k, d = id(obj), self._d
+
+        def drop(ref: weakref.ref[Any]) -> None:
+            e = d.get(k)
+            if e is not None and e[0] is ref:
+                d.pop(k, None)
+        try:
+            d[k] = (weakref.ref(obj, drop), value)
+        except TypeError:       # not weak-referenceable: just don't cache
+            pass
+        return value
+
+
+_TEXT_CACHE: _IdCache[bytes] = _IdCache()
+_SCAN_CACHE: _IdCache[_Names] = _IdCache()
+_CLASS_CACHE: _IdCache[str] = _IdCache()       # "" when the class has no source
+_INDEX_CACHE: dict[tuple[str, str], dict[str, list[tuple[str, tuple[str, str] | None]]]] = {}
+
+
+# --- canonical encoding of plain data ----------------------------------------------------------
+
+class _NotPlain(Exception):
+    pass
+
+
+_STR_TYPES = frozenset({
+    "decimal.Decimal", "fractions.Fraction", "uuid.UUID", "datetime.date", "datetime.datetime",
+    "datetime.time", "datetime.timedelta", "pathlib.Path", "pathlib.PosixPath",
+    "pathlib.WindowsPath", "pathlib.PurePath", "pathlib.PurePosixPath", "pathlib.PureWindowsPath",
+    "pathlib._local.PurePath", "pathlib._local.Path",      # Python 3.13
+})
+_PATTERN = type(re.compile(""))
+_MAX_DEPTH = 100
+
+
+def _tname(t: type) -> str:
+    return f"{getattr(t, '__module__', '?')}.{getattr(t, '__qualname__', '?')}"
+
+
+class _Enc:
+    """Writes a canonical, tagged, length-prefixed encoding of plain data into a hash; raises
+    ``_NotPlain`` for anything else (and for cycles or nesting deeper than ``_MAX_DEPTH``)."""
+
+    def __init__(self) -> None:
+        self.mutable = False
+        self.path: set[int] = set()
+
+    def digest(self, v: Any, depth: int) -> bytes:
+        h = hashlib.sha256()
+        self.enc(v, h, depth)
+        return h.digest()
+
+    def enc(self, v: Any, h: Any, depth: int) -> None:
+        if depth > _MAX_DEPTH:
+            raise _NotPlain
+        t = type(v)
+        w = h.update
+        if v is None:
+            w(b"N")
+        elif v is Ellipsis:
+            w(b".")
+        elif t is bool:
+            w(b"T" if v else b"F")
+        elif t is int:
+            w(b"i" + format(v, "x").encode() + b";")
+        elif t is float:
+            w(b"f" + v.hex().encode() + b";")
+        elif t is complex:
+            w(b"c" + v.real.hex().encode() + b"," + v.imag.hex().encode() + b";")
+        elif t is str or t is bytes or t is bytearray:
+            b = v.encode("utf-8", "surrogatepass") if t is str else bytes(v)
+            self.mutable |= t is bytearray
+            w({str: b"s", bytes: b"b", bytearray: b"B"}[t] + len(b).to_bytes(8, "big") + b)
+        elif t is tuple or t is list or (issubclass(t, tuple) and hasattr(t, "_fields")):
+            tag = b"(" if t is tuple else b"[" if t is list else b"t" + _tname(t).encode() + b"\0"
+            self.mutable |= t is list
+            self._items(tag, v, h, depth, ordered=True)
+        elif t is set or t is frozenset:
+            self.mutable |= t is set
+            self._items(b"{" if t is frozenset else b"<", v, h, depth, ordered=False)
+        elif t is dict:
+            self.mutable = True
+            self._enter(v)
+            pairs = sorted((self.digest(k, depth + 1), self.digest(x, depth + 1))
+                           for k, x in v.items())
+            self.path.discard(id(v))
+            w(b"d" + len(pairs).to_bytes(8, "big") + b"".join(k + x for k, x in pairs))
+        elif issubclass(t, enum.Enum):
+            w(b"e" + _tname(t).encode() + b"\0" + str(v.name).encode() + b"\0")
+            self.enc(v.value, h, depth + 1)
+        elif (hasattr(t, "__dataclass_fields__") and not issubclass(t, type)
+              and getattr(getattr(t, "__dataclass_params__", None), "frozen", False)):
+            self._enter(v)
+            w(b"D" + _tname(t).encode() + b"\0")
+            for f in dataclasses.fields(v):
+                w(f.name.encode() + b"=")
+                self.enc(getattr(v, f.name), h, depth + 1)
+            self.path.discard(id(v))
+        elif t is range:
+            w(b"r")
+            for x in (v.start, v.stop, v.step):
+                self.enc(x, h, depth + 1)
+        elif t is _PATTERN:
+            w(b"p")
+            self.enc(v.pattern, h, depth + 1)
+            self.enc(v.flags, h, depth + 1)
+        elif any(_tname(b) in _STR_TYPES for b in t.__mro__):
+            b = str(v).encode("utf-8", "surrogatepass")
+            w(b"x" + _tname(t).encode() + b"\0" + len(b).to_bytes(8, "big") + b)
+        else:
+            raise _NotPlain
+
+    def _enter(self, v: Any) -> None:
+        if id(v) in self.path:
+            raise _NotPlain         # a self-referencing container
+        self.path.add(id(v))
+
+    def _items(self, tag: bytes, v: Any, h: Any, depth: int, ordered: bool) -> None:
+        self._enter(v)
+        h.update(tag + len(v).to_bytes(8, "big"))
+        if ordered:
+            for x in v:
+                self.enc(x, h, depth + 1)
+        else:
+            h.update(b"".join(sorted(self.digest(x, depth + 1) for x in v)))
+        self.path.discard(id(v))
+
+
+def _plain(v: Any) -> tuple[bytes, bool] | None:
+    """(digest, mutable) of plain data, or None if ``v`` is not plain data."""
+    e = _Enc()
+    try:
+        return e.digest(v, 0), e.mutable
+    except (_NotPlain, RecursionError):
+        return None
+
+
+# --- per code object: text and the names it reads ----------------------------------------------
+
+class _Names(NamedTuple):
+    globals: frozenset[str]     # read as globals (LOAD_GLOBAL / LOAD_NAME)
+    attrs: frozenset[str]       # read as attributes (LOAD_ATTR / LOAD_METHOD / IMPORT_FROM)
+    imports: frozenset[str]     # modules imported in the body (IMPORT_NAME)
+
+
+_GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
+_ATTR_OPS = frozenset({"LOAD_ATTR", "LOAD_METHOD", "LOAD_SUPER_ATTR", "IMPORT_FROM",
+                       "STORE_ATTR", "DELETE_ATTR"})
+_STORE_OPS = frozenset({"STORE_GLOBAL", "DELETE_GLOBAL", "STORE_NAME", "DELETE_NAME"})
+
+
+def _scan(code: types.CodeType) -> _Names:
+    got = _SCAN_CACHE.get(code)
+    if got is not None:
+        return got
+    g: set[str] = set()
+    a: set[str] = set()
+    imports: set[str] = set()
+    other: set[str] = set()
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        classified: set[str] = set()
+        try:
+            for ins in dis.get_instructions(c):
+                if not isinstance(ins.argval, str):
+                    continue
+                if ins.opname in _GLOBAL_OPS:
+                    g.add(ins.argval)
+                elif ins.opname in _ATTR_OPS:
+                    a.add(ins.argval)
+                elif ins.opname == "IMPORT_NAME":
+                    imports.add(ins.argval)
+                elif ins.opname not in _STORE_OPS:
+                    continue
+                classified.add(ins.argval)
+        except Exception:       # an unknown bytecode shape: every name counts as both
+            pass
+        other |= set(c.co_names) - classified
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    # Names no known instruction explained: treat them as both (over-inclusion is safe).
+    return _SCAN_CACHE.put(code, _Names(frozenset(g | other), frozenset(a | other),
+                                        frozenset(imports)))
+
+
+def _code_bytes(code: types.CodeType, with_bytecode: bool = True) -> bytes:
+    h = hashlib.sha256()
+    if with_bytecode:
+        h.update(code.co_code)
+    for k in code.co_consts:
+        if isinstance(k, types.CodeType):
+            h.update(b"code" + _code_bytes(k, with_bytecode))
+        else:
+            p = _plain(k)
+            h.update(p[0] if p is not None else _tname(type(k)).encode())
+    h.update("\0".join(code.co_names).encode() + b"\1" + "\0".join(code.co_varnames).encode())
+    return h.digest()
+
+
+def _own_text(code: types.CodeType) -> bytes:
+    """The source of exactly this code object (not of what a decorator wraps); its bytecode,
+    constants and names when there is no source. Lambdas add their constants and names, as
+    two lambdas on one line share the line as their source."""
+    got = _TEXT_CACHE.get(code)
+    if got is not None:
+        return got
+    try:
+        text = inspect.getsource(code).encode("utf-8", "surrogatepass")
+        if code.co_name == "<lambda>":
+            text += b"\0" + _code_bytes(code, with_bytecode=False)
+    except Exception:           # OSError, TypeError, IndexError from broken files...
+        text = b"\0bytecode\0" + _code_bytes(code)
+    return _TEXT_CACHE.put(code, text)
+
+
+def _class_source(c: type) -> str | None:
+    got = _CLASS_CACHE.get(c)
+    if got is None:
+        try:
+            got = inspect.getsource(c)
+        except Exception:
+            got = ""
+        _CLASS_CACHE.put(c, got)
+    return got or None
+
+
+# --- module source: the top-level statements that mention a name -------------------------------
+
+def _leaf_statements(stmts: list[ast.stmt]) -> Iterator[ast.stmt]:
+    for s in stmts:
+        if isinstance(s, (ast.If, ast.With, ast.AsyncWith)) or isinstance(s, ast.Try) \
+                or type(s).__name__ == "TryStar":
+            for field in ("body", "orelse", "finalbody"):
+                yield from _leaf_statements(getattr(s, field, None) or [])
+            for handler in getattr(s, "handlers", None) or []:
+                yield from _leaf_statements(handler.body)
+        else:
+            yield s
+
+
+def _resolve(ns: dict[str, Any], module: str | None, level: int) -> str:
+    if not level:
+        return module or ""
+    package = ns.get("__package__") or ""
+    if not isinstance(package, str):
+        package = ""
+    base = package.rsplit(".", level - 1)[0] if level > 1 else package
+    return f"{base}.{module}" if module else base
+
+
+def _mentions(s: ast.stmt, ns: dict[str, Any]) -> dict[str, tuple[str, str] | None]:
+    """Names a top-level statement binds or uses, each with where it imports it from."""
+    if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {s.name: None}
+    if isinstance(s, ast.Import):
+        return {(al.asname or al.name.split(".")[0]): None for al in s.names}
+    if isinstance(s, ast.ImportFrom):
+        src = _resolve(ns, s.module, s.level)
+        return {(al.asname or al.name): (src, al.name) for al in s.names if al.name != "*"}
+    return {n.id: None for n in ast.walk(s) if isinstance(n, ast.Name)}
+
+
+def _module_index(ns: dict[str, Any]) -> dict[str, list[tuple[str, tuple[str, str] | None]]] | None:
+    file = ns.get("__file__")
+    if not isinstance(file, str) or not file:
+        return None
+    linecache.checkcache(file)
+    lines = linecache.getlines(file, ns)
+    if not lines:
+        return None
+    src = "".join(lines)
+    entry = linecache.cache.get(file)
+    if entry is not None and len(entry) == 4 and entry[2] is lines and entry[1] is not None:
+        key: tuple[str, str] = (file, f"{entry[0]}:{entry[1]}")     # size, mtime (checked above)
+    else:
+        key = (file, hashlib.sha256(src.encode("utf-8", "surrogatepass")).hexdigest())
+    index = _INDEX_CACHE.get(key)
+    if index is not None:
+        return index
+    try:
+        tree = ast.parse(src)
+    except (SyntaxError, ValueError):
+        return None
+    index = {}
+    for s in _leaf_statements(tree.body):
+        text = "".join(lines[s.lineno - 1:s.end_lineno or s.lineno])
+        for name, origin in _mentions(s, ns).items():
+            index.setdefault(name, []).append((text, origin))
+    if len(_INDEX_CACHE) >= 256:
+        try:
+            _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
+        except (RuntimeError, StopIteration, KeyError):    # another thread got there first
+            pass
+    _INDEX_CACHE[key] = index
+    return index
+
+
+def _definition(ns: dict[str, Any], name: str, depth: int = 0) -> str | None:
+    """The text of the top-level statements of ``ns``'s module that mention ``name``, following
+    ``from m import name`` into user module ``m``; None when the source is not available."""
+    index = _module_index(ns)
+    entries = index.get(name) if index is not None else None
+    if not entries:
+        return None
+    parts = []
+    for text, origin in entries:
+        parts.append(text)
+        if origin is not None and depth < 4:
+            m = sys.modules.get(origin[0])
+            if isinstance(m, types.ModuleType) and _is_user_module(m):
+                sub = _definition(vars(m), origin[1], depth + 1)
+                if sub is not None:
+                    parts.append(f"from {origin[0]}:\n{sub}")
+    return "\n".join(parts)
+
+
+# --- the walk ----------------------------------------------------------------------------------
+
+def _pack(*parts: str | bytes) -> bytes:
+    out = []
+    for p in parts:
+        b = p.encode("utf-8", "surrogatepass") if isinstance(p, str) else p
+        out.append(len(b).to_bytes(8, "big") + b)
+    return b"".join(out)
+
+
+_BUILTIN_CALLABLES = (types.BuiltinFunctionType, types.MethodDescriptorType,
+                      types.WrapperDescriptorType, types.MethodWrapperType,
+                      types.ClassMethodDescriptorType)
+
+
+_MUTABLE = frozenset({list, dict, set, bytearray})
+_CODE_LIKE = (types.FunctionType, staticmethod, classmethod, property, functools.partialmethod,
+              functools.cached_property, type)
+
+
+class _Walk:
+    """One code-version computation. User functions and classes get an ordinal when first met
+    (deterministic: the walk follows sorted names and source order) and their bodies are hashed
+    once, from a queue, so shared helpers and cycles cost nothing more."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self.ordinal: dict[int, int] = {}
+        self.keep: list[Any] = []           # keeps ids stable while the walk lasts
+        self.todo: deque[Any] = deque()
+        self.open_modules: set[tuple[int, frozenset[str]]] = set()
+        self.depth = 0
+
+    def put(self, *parts: str | bytes) -> None:
+        self.h.update(_pack(*parts))
+
+    def _ref(self, obj: Any) -> int:
+        n = self.ordinal.get(id(obj))
+        if n is None:
+            n = self.ordinal[id(obj)] = len(self.ordinal)
+            self.keep.append(obj)
+            self.todo.append(obj)
+        return n
+
+    def fn_ref(self, f: types.FunctionType, force: bool = False) -> bytes:
+        if not force and not _is_user_function(f):
+            return _pack("lib-fn", str(f.__module__), f.__qualname__)
+        return _pack("fn", str(self._ref(f)))
+
+    def cls_ref(self, c: type, force: bool = False) -> bytes:
+        if not force and not _is_user_class(c):
+            return _pack("lib-cls", _tname(c))
+        return _pack("cls", str(self._ref(c)))
+
+    def value(self, v: Any, attrs: frozenset[str] = frozenset(),
+              home: tuple[dict[str, Any], str] | None = None) -> bytes:
+        """Describe a value met through a global (``home`` = its module namespace and name), an
+        attribute, a closure cell or a default. Type checks use ``type(v)``: proxies that lie
+        about ``__class__`` are never asked."""
+        if self.depth > _MAX_DEPTH:         # e.g. a cycle of __wrapped__ or partials
+            return _pack("too-deep", _tname(type(v)))
+        self.depth += 1
+        try:
+            return self._value(v, attrs, home)
+        finally:
+            self.depth -= 1
+
+    def _value(self, v: Any, attrs: frozenset[str],
+               home: tuple[dict[str, Any], str] | None) -> bytes:
+        t = type(v)
+        if issubclass(t, types.ModuleType):
+            return self.module(v, attrs)
+        if issubclass(t, type):
+            return self.cls_ref(v)
+        if issubclass(t, types.FunctionType):
+            return self.fn_ref(v)
+        if issubclass(t, types.MethodType):
+            return _pack("method", self.value(v.__self__), self.value(v.__func__))
+        if issubclass(t, (staticmethod, classmethod)):
+            return _pack(t.__name__, self.value(v.__func__))
+        if issubclass(t, property):
+            return _pack("property", *(self.value(x) for x in (v.fget, v.fset, v.fdel)))
+        if issubclass(t, (functools.partial, functools.partialmethod)):
+            kw = v.keywords or {}
+            return _pack("partial", self.value(v.func), *(self.value(x) for x in v.args),
+                         *(_pack(k, self.value(kw[k])) for k in sorted(kw)))
+        if issubclass(t, functools.cached_property):
+            return _pack("cached_property", self.value(v.func))
+        if issubclass(t, _BUILTIN_CALLABLES):
+            return _pack("builtin", str(getattr(v, "__module__", None)),
+                         str(getattr(v, "__qualname__", getattr(v, "__name__", "?"))))
+        if t in _MUTABLE and home is not None:
+            text = _definition(*home)
+            if text is not None:            # identified by its definition, not its contents
+                return _pack("defined", _tname(t), text)
+        data = _plain(v)
+        if data is not None:
+            digest, mutable = data
+            if mutable and home is not None:
+                text = _definition(*home)
+                if text is not None:
+                    return _pack("defined", _tname(t), text)
+            return _pack("data", digest)
+        try:
+            wrapped = inspect.getattr_static(v, "__wrapped__", None)
+        except Exception:
+            wrapped = None
+        if wrapped is not None and wrapped is not v:
+            # a component, a pipeline, an lru_cache...: what it wraps is the code
+            return _pack("wrapper", self.cls_ref(t), self.value(wrapped))
+        text = _definition(*home) if home is not None else None
+        return _pack("object", self.cls_ref(t), text or "")
+
+    def module(self, m: types.ModuleType, attrs: frozenset[str]) -> bytes:
+        name = str(vars(m).get("__name__"))
+        if not _is_user_module(m):
+            return _pack("lib-module", name)
+        key = (id(m), attrs)
+        if key in self.open_modules:
+            return _pack("module-cycle")
+        self.open_modules.add(key)
+        try:
+            ns = vars(m)
+            parts: list[bytes] = []
+            for a in sorted(attrs):
+                if a in ns:
+                    parts.append(_pack(a, self.value(ns[a], attrs, (ns, a))))
+            return _pack("module", *parts)
+        finally:
+            self.open_modules.discard(key)
+
+    def function_body(self, f: types.FunctionType) -> None:
+        code = f.__code__
+        names = _scan(code)
+        self.put("F", str(self.ordinal[id(f)]), f.__qualname__, _own_text(code))
+        for v in f.__defaults__ or ():
+            self.put("default", self.value(v, names.attrs))
+        kw = f.__kwdefaults__ or {}
+        for k in sorted(kw):
+            self.put("kwdefault", k, self.value(kw[k], names.attrs))
+        for name, cell in zip(code.co_freevars, f.__closure__ or ()):
+            try:
+                v = cell.cell_contents
+            except ValueError:
+                self.put("cell", name, "<empty>")
+                continue
+            self.put("cell", name, self.value(v, names.attrs))
+        g = f.__globals__
+        for name in sorted(names.globals):
+            if name in g:
+                self.put("global", name, self.value(g[name], names.attrs, (g, name)))
+            elif name not in _BUILTINS:
+                self.put("global", name, "<unbound>")
+        for modname in sorted(names.imports):
+            m = sys.modules.get(modname)
+            if isinstance(m, types.ModuleType):
+                self.put("import", modname, self.module(m, names.attrs))
+
+    def class_body(self, c: type) -> None:
+        source = _class_source(c)
+        self.put("C", str(self.ordinal[id(c)]), c.__qualname__, source or "<no source>")
+        for b in c.__bases__:
+            self.put("base", self.cls_ref(b))
+        ns = c.__dict__
+        for name in sorted(k for k in ns if isinstance(k, str)):
+            v = ns[name]
+            if issubclass(type(v), _CODE_LIKE):
+                self.put("attr", name, self.value(v))
+                continue
+            if name.startswith("__") and name.endswith("__"):
+                continue            # __module__, __doc__, __dict__, __dataclass_fields__...
+            if type(v) in _MUTABLE and source is not None:
+                continue            # defined by the class source
+            data = _plain(v)
+            if data is None:
+                self.put("attr", name, self.value(v))
+            elif not data[1] or source is None:
+                # immutable values (maybe computed from globals) by value; mutable ones are
+                # defined by the class source, when there is one
+                self.put("attr", name, _pack("data", data[0]))
+
+    def drain(self) -> None:
+        while self.todo:
+            obj = self.todo.popleft()
+            if isinstance(obj, type):
+                self.class_body(obj)
+            else:
+                self.function_body(obj)
 
 
 def code_version(fn: Any) -> str:
-    """sha256 (16 hex chars) over the function's source and the user functions it reaches."""
-    target = inspect.unwrap(fn)
-    h = hashlib.sha256()
-    stack: list[Any] = []
-    if isinstance(target, type):
-        # A class (BaseComponent subclass): its source plus every function defined in it.
+    """sha256 (16 hex chars) over the component's code and what it reads (module docstring)."""
+    # Unwrap components and library wrappers down to user code; a user function that wraps
+    # another (a user decorator) is kept: its closure leads to the wrapped function anyway.
+    target = fn
+    for _ in range(100):
+        if isinstance(target, types.FunctionType) and _is_user_function(target):
+            break
         try:
-            h.update(inspect.getsource(target).encode())
-        except (OSError, TypeError):
-            h.update(target.__qualname__.encode())
-        for base in target.__mro__:
-            if base.__module__.startswith("twingraph.") or base is object:
-                continue
-            stack.extend(v for v in vars(base).values() if isinstance(v, types.FunctionType))
+            inner = inspect.getattr_static(target, "__wrapped__", None)
+        except Exception:
+            inner = None
+        if inner is None or inner is target:
+            break
+        target = inner
+    walk = _Walk()
+    if isinstance(target, types.FunctionType):
+        walk.put("root", walk.fn_ref(target, force=True))
+    elif isinstance(target, type):
+        walk.put("root", walk.cls_ref(target, force=True))
     else:
-        if not isinstance(target, types.FunctionType):
-            target = getattr(target, "__call__", target)
-            target = getattr(target, "__func__", target)
-        stack.append(target)
-    seen: set[int] = set()
-    while stack:
-        f = stack.pop()
-        if id(f) in seen or not isinstance(f, types.FunctionType):
-            continue
-        seen.add(id(f))
-        h.update(f.__qualname__.encode() + b"\0" + _own_text(f) + b"\0")
-        for name in sorted(_code_names(f.__code__)):
-            g = f.__globals__.get(name)
-            g = getattr(g, "__wrapped__", g)   # components keep their function in __wrapped__
-            if _is_user_function(g):
-                stack.append(g)
-    return h.hexdigest()[:16]
+        walk.put("root", walk.value(target))
+    walk.drain()
+    return walk.h.hexdigest()[:16]
+
+
+__all__ = ["code_version"]

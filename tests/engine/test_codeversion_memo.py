@@ -1,0 +1,219 @@
+"""Memo keys follow what a component really runs: module constants, helpers reached through an
+imported user module, user classes and closure cells. Each pipeline is a real module written to
+``tmp_path`` and imported fresh under a unique name, as a second ``twingraph run`` would."""
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    """fresh(source, **helpers) -> module. ``{name}`` in a source becomes the unique module name
+    of helper ``name`` (written next to it); no other brace is touched."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    made: list[str] = []
+
+    def _fresh(source, **helpers):
+        names = {k: f"cvm_{k}_{next(_counter)}" for k in helpers}
+
+        def fill(src):
+            src = textwrap.dedent(src)
+            for k, n in names.items():
+                src = src.replace("{%s}" % k, n)
+            return src
+        for k, src in helpers.items():
+            (tmp_path / f"{names[k]}.py").write_text(fill(src))
+            made.append(names[k])
+        name = f"cvm_main_{next(_counter)}"
+        path = tmp_path / f"{name}.py"
+        path.write_text(fill(source))
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        made.append(name)
+        spec.loader.exec_module(mod)
+        return mod
+
+    yield _fresh
+    for n in made:
+        sys.modules.pop(n, None)
+
+
+def _status(engine, run_id, node_id):
+    return {t.node_id: t for t in engine.metadata.get_tasks(run_id)}[node_id]
+
+
+def _rerun(engine, fresh, v1, v2, pipeline_attr="p", **helpers_v):
+    """Run v1 then v2 (fresh modules, same pipeline name) on one engine; returns both runs."""
+    m1 = fresh(v1, **{k: v[0] for k, v in helpers_v.items()})
+    r1 = getattr(m1, pipeline_attr).run(engine=engine)
+    m2 = fresh(v2, **{k: v[1] for k, v in helpers_v.items()})
+    r2 = getattr(m2, pipeline_attr).run(engine=engine)
+    return m1, r1, m2, r2
+
+
+CONST = """
+from twingraph import component, pipeline
+FACTOR = {factor}
+
+@component
+def scale(x):
+    return x * FACTOR
+
+@pipeline(name="cv_const")
+def p():
+    return scale(x=10)
+"""
+
+
+def test_changed_module_constant_is_a_miss(engine, fresh):
+    _, r1, _, r2 = _rerun(engine, fresh, CONST.replace("{factor}", "2"),
+                          CONST.replace("{factor}", "5"))
+    assert r1.value["outputs"]["result"] == 20
+    assert r2.value["outputs"]["result"] == 50               # not the stale 20
+    t = _status(engine, r2.run_id, "scale-0")
+    assert t.cache_status == "miss"
+    assert t.cache_reason == "code changed since the last run"
+
+
+def test_unchanged_module_reimported_is_a_hit(engine, fresh):
+    src = CONST.replace("{factor}", "2")
+    _, _, _, r2 = _rerun(engine, fresh, src, src)
+    assert _status(engine, r2.run_id, "scale-0").cache_status == "hit"
+
+
+HELPER = """
+def helper(x):
+    return x + {inc}
+"""
+
+USES_HELPER = """
+from twingraph import component, pipeline
+import {h} as helpers
+
+@component
+def work(x):
+    return helpers.helper(x)
+
+@pipeline(name="cv_helper")
+def p():
+    return work(x=1)
+"""
+
+
+def test_changed_helper_in_imported_module_is_a_miss(engine, fresh):
+    _, r1, _, r2 = _rerun(engine, fresh, USES_HELPER, USES_HELPER,
+                          h=(HELPER.replace("{inc}", "1"), HELPER.replace("{inc}", "100")))
+    assert r1.value["outputs"]["result"] == 2
+    assert r2.value["outputs"]["result"] == 101
+    assert _status(engine, r2.run_id, "work-0").cache_status == "miss"
+
+
+CLASS = """
+from twingraph import component, pipeline
+
+class Model:
+    def predict(self, x):
+        return x * {w}
+
+@component
+def infer(x):
+    return Model().predict(x)
+
+@pipeline(name="cv_class")
+def p():
+    return infer(x=3)
+"""
+
+
+def test_changed_user_class_is_a_miss(engine, fresh):
+    _, r1, _, r2 = _rerun(engine, fresh, CLASS.replace("{w}", "2"), CLASS.replace("{w}", "3"))
+    assert r1.value["outputs"]["result"] == 6
+    assert r2.value["outputs"]["result"] == 9
+    assert _status(engine, r2.run_id, "infer-0").cache_status == "miss"
+
+
+FACTORY = """
+from twingraph import component, pipeline
+
+def make(k):
+    @component(name="mul")
+    def mul(x):
+        return x * k
+    return mul
+
+m2 = make(2)
+m3 = make(3)
+
+@pipeline(name="cv_closure")
+def p():
+    return [m2(x=10), m3(x=10), m2(x=10), m3(x=10)]
+"""
+
+
+def test_closure_factory_components_are_not_twins(engine, fresh):
+    m = fresh(FACTORY)
+    assert m.m2.spec.code_version != m.m3.spec.code_version
+    r = m.p.run(engine=engine)
+    assert [v["outputs"]["result"] for v in r.value] == [20, 30, 20, 30]
+    r2 = m.p.run(engine=engine)                     # and each is a hit of its own result
+    assert [v["outputs"]["result"] for v in r2.value] == [20, 30, 20, 30]
+    assert {t.cache_status for t in engine.metadata.get_tasks(r2.run_id)} == {"hit"}
+
+
+DETERMINISM = """
+from twingraph import component
+
+NAMES = frozenset({"alpha", "beta", "gamma", "delta"})
+TABLE = {"b": 2, "a": 1, "c": {"x", "y", "z"}}
+SENTINEL = object()
+
+class Thing:
+    def go(self, x):
+        return x
+
+def make(k, tags):
+    @component(name="w")
+    def w(x):
+        return Thing().go(x) * k, sorted(NAMES), TABLE, tags, SENTINEL
+    return w
+
+comp = make({k}, {"s", "t", "u", "v"})
+"""
+
+PRINT_VERSION = """
+import importlib, json, sys
+sys.path.insert(0, sys.argv[1])
+m = importlib.import_module(sys.argv[2])
+print(json.dumps(m.comp.spec.code_version))
+"""
+
+
+def _version_in_fresh_interpreter(directory: Path, module: str, seed: str) -> str:
+    env = dict(os.environ, PYTHONHASHSEED=seed)
+    src_root = str(Path(__file__).resolve().parents[2] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", PRINT_VERSION, str(directory), module],
+                         env=env, capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_version_is_the_same_in_two_fresh_interpreters(tmp_path):
+    (tmp_path / "cv_determinism.py").write_text(DETERMINISM.replace("{k}", "2"))
+    first = _version_in_fresh_interpreter(tmp_path, "cv_determinism", "1")
+    second = _version_in_fresh_interpreter(tmp_path, "cv_determinism", "2")
+    assert first == second          # different hash seeds, different addresses
+    (tmp_path / "cv_determinism.py").write_text(DETERMINISM.replace("{k}", "3"))
+    changed = _version_in_fresh_interpreter(tmp_path, "cv_determinism", "1")
+    assert changed != first         # and it still sees the closure value
