@@ -105,3 +105,50 @@ def test_worker_processes_end_with_their_killed_driver(tmp_path):
         time.sleep(0.1)
     os.kill(worker, signal.SIGKILL)
     pytest.fail(f"worker {worker} outlived its killed driver by 10 s")
+
+
+@pytest.mark.slow
+def test_resuming_a_run_whose_driver_is_alive_is_refused(tmp_path):
+    """Two drivers would run the same tasks twice: `--resume` of a run whose driver still
+    writes heartbeats is refused (ConflictError, exit 2) and changes nothing."""
+    script = tmp_path / "long.py"
+    script.write_text(
+        "import time\n"
+        "from twingraph import component, pipeline\n\n"
+        "@component(executor='thread')\n"
+        "def nap(i):\n"
+        "    time.sleep(0.5)\n"
+        "    return i\n\n"
+        "@pipeline(name='long', max_parallel=1)\n"
+        "def main():\n"
+        "    return [nap(i=i) for i in range(120)]\n")
+    env = _env(tmp_path, tmp_path / "marks")
+    proc = subprocess.Popen(_cli("run", str(script), "--no-progress"), env=env)
+    try:
+        db = tmp_path / 'home' / 'twingraph.db'
+        deadline = time.monotonic() + 60
+        while not db.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, 'no database'
+            time.sleep(0.1)
+        meta = SQLMetadataStore(f"sqlite:///{db}")
+        deadline = time.monotonic() + 60
+        runs = []
+        while not runs:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never started"
+            time.sleep(0.2)
+            try:
+                runs = meta.list_runs(pipeline="long")
+            except Exception:  # noqa: BLE001 - the database may not exist yet
+                runs = []
+        run_id = runs[0].run_id
+        t0 = time.monotonic()
+        out = subprocess.run(_cli("run", "--resume", run_id, "--no-progress"), env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "still being driven" in out.stdout + out.stderr
+        assert time.monotonic() - t0 < 30
+        assert proc.poll() is None           # the live driver goes on
+        assert meta.get_run(run_id).state is RunState.RUNNING
+    finally:
+        proc.kill()
+        proc.wait()

@@ -22,13 +22,14 @@ from twingraph.core.records import LogRecord, RunRecord, RunUpdate, TaskRecord
 from twingraph.core.results import StorageMetadata
 from twingraph.core.states import RunState, TaskState, transition_run
 from twingraph.engine.loop import RunLoop, RunOptions
+from twingraph.engine.timers import HEARTBEAT_INTERVAL
 from twingraph.engine.notify import notify
 from twingraph.engine import tasklog
 from twingraph.engine.recorder import Recorder
 from twingraph.engine.refs import substitute
 from twingraph.registry import get_error_handler
-from twingraph.errors import (NotFoundError, PipelineCancelled, PipelineFailed, PipelineTimeout,
-                              TwinGraphError)
+from twingraph.errors import (ConflictError, NotFoundError, PipelineCancelled, PipelineFailed,
+                              PipelineTimeout, TwinGraphError)
 from twingraph.ports import Clock, EventSink, Executor, MetadataStore, ResultStore
 from twingraph import serialization
 
@@ -244,10 +245,12 @@ class Engine:
             source: Mapping[str, Any] | None = None, notifications: Any = None,
             pipeline_version: int | None = None,
             on_start: Callable[[RunLoop], None] | None = None,
-            pending: bool = False) -> RunResult:
+            pending: bool = False, claimed: bool = False) -> RunResult:
         """Run ``body`` as run ``run_id`` (new unless ``resume``). ``pending=True`` starts a run
         whose PENDING row already exists (created over REST or by a schedule): it is moved to
-        RUNNING instead of being recorded anew."""
+        RUNNING instead of being recorded anew. Resuming a run still RUNNING first makes sure
+        its driver is gone (``_wait_until_driverless``) unless the caller ``claimed`` it (the
+        server's adoption does, with a compare-and-set on the heartbeat)."""
         opt = options or RunOptions()
         self.executor_capacity(opt.max_parallel)
         prior: dict[str, TaskRecord] = {}
@@ -258,6 +261,10 @@ class Engine:
             if rec is None:
                 raise NotFoundError(f"run {run_id} not found")
             transition_run(rec.state, RunState.RUNNING)
+            if rec.state is RunState.RUNNING and not claimed:
+                self._wait_until_driverless(run_id, rec.heartbeat_at)
+                rec = self.metadata.get_run(run_id) or rec     # it may have ended meanwhile
+                transition_run(rec.state, RunState.RUNNING)
             prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
         run_id = run_id or uuid.uuid4().hex
         loop = RunLoop(self, run_id, opt, prior=prior,
@@ -370,6 +377,24 @@ class Engine:
         if setcap is not None:
             setcap(n)
 
+    def _wait_until_driverless(self, run_id: str, seen: float | None) -> None:
+        """A RUNNING run's driver writes a heartbeat every ``HEARTBEAT_INTERVAL`` seconds. Watch
+        the run until its last heartbeat is ``LIVE_WINDOW`` old (at once if it already is): a
+        new heartbeat means a live driver (``ConflictError``: two drivers would run the same
+        tasks twice); none means it died (e.g. kill -9)."""
+        assert self.metadata is not None
+        if seen is None:
+            return
+        while self.clock.now() - seen <= LIVE_WINDOW:
+            time.sleep(0.25)
+            rec = self.metadata.get_run(run_id)
+            if rec is None or rec.state is not RunState.RUNNING:
+                return           # ended meanwhile: the caller checks the state again
+            if rec.heartbeat_at != seen:
+                raise ConflictError(
+                    f"run {run_id} is still being driven (its heartbeat moved while we "
+                    f"watched); not resuming it twice — cancel it, or wait until it ends")
+
     def _previous_tasks(self, pipeline: str, run_id: str) -> dict[str, TaskRecord]:
         if self.metadata is None:
             return {}
@@ -395,6 +420,10 @@ class Engine:
         self.recorder.close()
         self.executor.shutdown()
 
+
+#: A heartbeat older than this (seconds) means the run's driver is gone: heartbeats come every
+#: ``HEARTBEAT_INTERVAL`` (5 s), plus the recorder's flush delay.
+LIVE_WINDOW = 2 * HEARTBEAT_INTERVAL + 1.0
 
 _gc_lock = threading.Lock()
 _gc_active = 0

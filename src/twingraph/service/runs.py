@@ -172,7 +172,8 @@ class RunService:
     def _prepare(self, pipeline: PipelineRecord, run: RunRow,
                  config: Mapping[str, Any], *, resume: bool = False) -> Callable[[], RunResult]:
         """Everything that can fail on bad input, done before the run leaves PENDING."""
-        mode: dict[str, Any] = {"resume": True} if resume else {"pending": True}
+        # A resume here is an adoption: the adopter claimed the run by compare-and-set.
+        mode: dict[str, Any] = {"resume": True, "claimed": True} if resume else {"pending": True}
         timeout = float(config.get("timeout") or DEFAULT_TIMEOUT)
         no_cache = bool(config.get("no_cache", False))
         if is_python(pipeline.definition):
