@@ -148,3 +148,47 @@ def test_large_array_passes_between_local_tasks_without_copy(engine):
     r = p.run(engine=engine)
     assert r.value["outputs"]["result"] == float(np.arange(1_000_000).sum())
     assert seen["produced"] == seen["consumed"]
+
+
+def test_a_corrupted_memo_entry_is_removed_and_recomputed_next_run(sqlite_engine):
+    """A stored result whose bytes no longer match their hash must not poison every later run:
+    the run that reads it fails with IntegrityError, the entry is removed, and the next run
+    misses and recomputes it."""
+    import sqlite3
+
+    from twingraph.errors import IntegrityError
+
+    @component
+    def make(n):
+        return {"values": list(range(n))}
+
+    @component
+    def total(values):
+        return sum(values)
+
+    @pipeline(name="corrupt_me")
+    def p(n: int):
+        return total(values=make(n=n)["outputs"]["values"])
+
+    eng = sqlite_engine
+    first = p.run(engine=eng, n=50)
+    assert first.value["outputs"]["result"] == sum(range(50))
+    key = {t.node_id: t for t in eng.metadata.get_tasks(first.run_id)}["total-0"].result_key
+    eng.results.close()
+    with sqlite3.connect(eng.results.db_path) as db:
+        (data,) = db.execute("SELECT data FROM node_results WHERE node_id=?", (key,)).fetchone()
+        db.execute("UPDATE node_results SET data=? WHERE node_id=?", (b"9" + data[1:], key))
+    from twingraph.stores.results.sqlite import SQLiteStorage
+    eng.results = eng.recorder.results = SQLiteStorage(str(eng.results.db_path))
+
+    second = p.run(engine=eng, n=50)
+    assert second.state is RunState.FAILED
+    err = second.error
+    assert isinstance(err, IntegrityError) or isinstance(err.__cause__, IntegrityError), err
+    assert "removed" in str(err)
+    assert not eng.results.has(key)
+
+    third = p.run(engine=eng, n=50)
+    assert third.state is RunState.SUCCESS and third.value["outputs"]["result"] == sum(range(50))
+    tasks = {t.node_id: t for t in eng.metadata.get_tasks(third.run_id)}
+    assert tasks["make-0"].cache_status == "hit" and tasks["total-0"].cache_status == "miss"

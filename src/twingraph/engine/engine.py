@@ -28,8 +28,8 @@ from twingraph.engine import tasklog
 from twingraph.engine.recorder import Recorder
 from twingraph.engine.refs import substitute
 from twingraph.registry import get_error_handler
-from twingraph.errors import (ConflictError, NotFoundError, PipelineCancelled, PipelineFailed,
-                              PipelineTimeout, TwinGraphError)
+from twingraph.errors import (ConflictError, IntegrityError, NotFoundError, PipelineCancelled,
+                              PipelineFailed, PipelineTimeout, TwinGraphError)
 from twingraph.ports import Clock, EventSink, Executor, MetadataStore, ResultStore
 from twingraph import serialization
 
@@ -171,7 +171,19 @@ class Engine:
         if key is None:
             raise NotFoundError("task has no stored result")
         meta = self.results.head(key)
-        data = self.results.get(key)
+        try:
+            data = self.results.get(key)
+        except IntegrityError as exc:
+            # A corrupted memo entry would poison every later run that hits it: remove it, so
+            # the next run misses and recomputes (this one fails with the error).
+            try:
+                removed = self.results.delete(key)
+            except Exception:  # noqa: BLE001 - the read error is the one to report
+                removed = False
+            if removed:
+                exc.args = (f"{exc}; the corrupted entry was removed from the result store, so "
+                            "the next run recomputes it",)
+            raise
         if meta is None or data is None:
             raise NotFoundError(f"result {key} is not in the result store")
         return serialization.decode(data, (meta.metadata or {}).get("encoding", "pickle"))
