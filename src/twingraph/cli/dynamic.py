@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         from twingraph.engine.dynamic import DynamicScheduler, ExecutionConfig
         from twingraph.engine.engine import Engine
         from twingraph.runtime import default_engine
-        from twingraph.stores.results.factory import create_storage_backend
+        from twingraph.stores.results.factory import create_storage_backend, options_from_config
         try:
             for m in load:
                 load_module(m)
@@ -36,7 +36,8 @@ def register(app: typer.Typer) -> None:
             config = ExecutionConfig(max_concurrent_nodes=max_concurrent,
                                      storage_backend=storage_backend, storage_path=storage_path,
                                      no_cache=no_cache)
-            storage = create_storage_backend(storage_backend, storage_path)
+            storage = create_storage_backend(storage_backend, storage_path, **options_from_config(
+                storage_backend, compression=config.compression, cache_size=config.cache_size))
             metadata = default_engine().metadata
             assert metadata is not None        # the default engine always records
             scheduler = DynamicScheduler(storage, config,

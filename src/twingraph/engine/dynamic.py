@@ -85,6 +85,11 @@ class DAGDefinition:
 
 @dataclass
 class ExecutionConfig:
+    """The document's execution settings. ``storage_backend``/``storage_path``,
+    ``compression`` (zstd for values that shrink) and ``cache_size`` (SQLite page cache per
+    connection) configure the result store where one is created from them (``twingraph dynamic
+    execute``; ``stores.results.factory.options_from_config``). ``streaming_threshold`` has no
+    effect: the stores always chunk values above their own threshold (1 MiB) and stream them."""
     max_concurrent_nodes: int = 4
     storage_backend: str = "sqlite"
     storage_path: str = "./voxlogica_storage"

@@ -8,7 +8,7 @@ from typing import Any
 from twingraph.errors import ConfigurationError
 from twingraph.stores.results.base import ResultStoreBase
 
-__all__ = ["create_storage_backend", "BACKENDS"]
+__all__ = ["create_storage_backend", "options_from_config", "parse_size", "BACKENDS"]
 
 BACKENDS = ("sqlite", "filesystem", "memory")
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -42,3 +42,31 @@ def create_storage_backend(backend: str, path: str | Path, **opts: Any) -> Resul
         raise ConfigurationError(f"bad options for the {name} result store: {exc}") from exc
     raise ConfigurationError(f"unknown storage backend {backend!r}; choose one of "
                              f"{', '.join(BACKENDS)}")
+
+
+_UNITS = {"": 1, "B": 1, "KB": 1024, "K": 1024, "KIB": 1024, "MB": 1024 ** 2, "M": 1024 ** 2,
+          "MIB": 1024 ** 2, "GB": 1024 ** 3, "G": 1024 ** 3, "GIB": 1024 ** 3}
+
+
+def parse_size(text: str | int) -> int:
+    """``"512MB"`` -> bytes (binary units, as the document's ``cache_size`` means them)."""
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text
+    import re
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
+    if m is None or m.group(2).upper() not in _UNITS:
+        raise ConfigurationError(f"not a size: {text!r} (e.g. '512MB')")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def options_from_config(backend: str, *, compression: bool, cache_size: str | int) -> dict[str, Any]:
+    """The document's ``ExecutionConfig.compression`` and ``cache_size`` as store options:
+    zstd compression of values that shrink (both stores); ``cache_size`` is the SQLite page
+    cache of each connection (the filesystem store relies on the OS page cache)."""
+    name = (backend or "").strip().lower()
+    opts: dict[str, Any] = {}
+    if name in ("sqlite", "filesystem"):
+        opts["compression"] = "zstd" if compression else None
+    if name == "sqlite":
+        opts["cache_size"] = parse_size(cache_size)
+    return opts

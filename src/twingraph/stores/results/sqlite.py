@@ -97,7 +97,8 @@ class SQLiteStorage(ResultStoreBase):
 
     def __init__(self, db_path: str | Path, *, chunk_threshold: int = MiB, chunk_size: int = MiB,
                  compression: str | None = None, compression_level: int = 3,
-                 compression_min_size: int = 4096, busy_timeout: float = 30.0) -> None:
+                 compression_min_size: int = 4096, busy_timeout: float = 30.0,
+                 cache_size: int | None = None) -> None:
         if str(db_path) == ":memory:" or str(db_path).startswith("file::memory:"):
             raise ConfigurationError("SQLiteStorage needs a file (one connection per thread); "
                                      "use MemoryStorage for an in-memory store")
@@ -107,6 +108,10 @@ class SQLiteStorage(ResultStoreBase):
         self.chunk_threshold, self.chunk_size = chunk_threshold, chunk_size
         self.policy = CompressionPolicy(compression, compression_level, compression_min_size)
         self._timeout = busy_timeout
+        if cache_size is not None and (isinstance(cache_size, bool) or not isinstance(cache_size, int)
+                                       or cache_size < 0):
+            raise ConfigurationError(f"cache_size must be a number of bytes >= 0, got {cache_size!r}")
+        self._cache_kib = None if cache_size is None else max(1, cache_size // 1024)
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()    # guards _conns
@@ -132,6 +137,8 @@ class SQLiteStorage(ResultStoreBase):
         # After a checkpoint, shrink the -wal file back (a 200 MB put would otherwise leave a
         # 200 MB WAL file behind for good).
         conn.execute("PRAGMA journal_size_limit=67108864")
+        if self._cache_kib is not None:      # page cache per connection, in KiB (negative)
+            conn.execute(f"PRAGMA cache_size=-{int(self._cache_kib)}")
         return conn
 
     def _conn(self) -> sqlite3.Connection:
