@@ -356,3 +356,15 @@ def test_an_unknown_or_failing_error_handler_is_logged_in_the_run(engine):
         warnings = [l.message for l in engine.metadata.get_logs(r.run_id, level="warning")
                     if l.node_id == "fails-0"]
         assert any(expected in m for m in warnings), warnings
+
+
+def test_a_failed_attempt_logs_its_traceback(engine):
+    """`runs logs` shows where a task failed, not only the error's type and message."""
+    @pipeline(name="tb_log")
+    def p():
+        return b.fails(x=1)
+
+    r = p.run(engine=engine)
+    (line,) = [l.message for l in engine.metadata.get_logs(r.run_id, level="error")
+               if l.node_id == "fails-0" and l.message.startswith("attempt 1 failed")]
+    assert "Traceback (most recent call last)" in line and "behaviours.py" in line

@@ -472,9 +472,10 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                                         _T.FAILED, executor=f"local:{task.mode}",
                                         started_at=now - duration, ended_at=now,
                                         error=error_text(error)))
+        tb = traceback_text(error).rstrip()
         self.out.append(LogRecord(self.run_id, now, "error",
-                                    f"attempt {task.attempt} failed: {error_text(error)}",
-                                    task.node_id))
+                                  f"attempt {task.attempt} failed: {error_text(error)}"
+                                  + (f"\n{tb}" if "\n" in tb else ""), task.node_id))
         policy = task.spec.retry_policy
         if policy is None and self.opt.error_handler == "retry":
             policy = self.opt.error_config.get("retry_policy") or DEFAULT_RETRY
