@@ -152,3 +152,28 @@ def test_resuming_a_run_whose_driver_is_alive_is_refused(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_process_tasks_work_from_a_script_without_a_main_guard(tmp_path):
+    """`python script.py` that runs a pipeline at top level (no `if __name__ == "__main__"`):
+    worker processes must not run the script again."""
+    count = tmp_path / "count.txt"
+    script = tmp_path / "noguard.py"
+    script.write_text(
+        "import os\n"
+        "from twingraph import component, pipeline\n\n"
+        "with open(os.environ['TG_COUNT'], 'a') as f:\n"
+        "    f.write('top-level ran\\n')\n\n"
+        "@component(executor='process')\n"
+        "def square(x):\n"
+        "    return {'y': x * x, 'pid': os.getpid()}\n\n"
+        "@pipeline(name='noguard')\n"
+        "def main():\n"
+        "    return [square(x=i) for i in range(3)]\n\n"
+        "result = main.run()\n"
+        "print('STATE', result.state.value, [r['outputs']['y'] for r in result.value])\n")
+    env = dict(_env(tmp_path, tmp_path / "marks"), TG_COUNT=str(count))
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert "STATE SUCCESS [0, 1, 4]" in out.stdout, out.stdout + out.stderr
+    assert count.read_text().count("top-level ran") == 1

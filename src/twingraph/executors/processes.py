@@ -1,6 +1,7 @@
 """A pool of worker processes that run one job at a time each, so one job can be killed.
 
-Each worker is a 'spawn'ed Python process connected by a pipe. The parent sends a cloudpickled
+Each worker is a 'spawn'ed Python process connected by a pipe (started without re-running the
+user's ``__main__``: see ``_start_without_main``). The parent sends a cloudpickled
 (fn, args, kwargs); the worker sends back frames: ``L`` + a task log record (one per record the
 task logs through ``twingraph.get_logger()``, sent as it is emitted, so a task killed later keeps
 its logs) and finally ``R`` + ``(ok, payload)``. A reader thread per busy worker waits for them. ``kill(job)`` SIGKILLs the worker running it; the pool replaces workers on
@@ -103,12 +104,40 @@ def _deliver_log(job: Job, frame: bytes) -> None:
             pass
 
 
+_start_lock = threading.Lock()
+
+
+def _start_without_main(proc: Any) -> None:
+    """Start a 'spawn' worker without re-running the user's ``__main__`` in it.
+
+    multiprocessing makes a spawned child import the parent's main script (or ``-m`` module)
+    first, so a script that runs a pipeline at top level, without the ``if __name__ ==
+    "__main__"`` guard, would run again in every worker and fail there. Workers only run
+    cloudpickled tasks (functions from ``__main__`` travel by value), so they do not need it:
+    the preparation data is computed without the main-module entries while this worker starts.
+    """
+    import multiprocessing.spawn as spawn
+    with _start_lock:
+        original = spawn.get_preparation_data
+
+        def without_main(name: str) -> dict[str, Any]:
+            data: dict[str, Any] = original(name)
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+            return data
+        spawn.get_preparation_data = without_main
+        try:
+            proc.start()
+        finally:
+            spawn.get_preparation_data = original
+
+
 class _Worker:
     def __init__(self, ctx: Any) -> None:
         parent, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid()), daemon=True,
                                 name="twingraph-process-worker")
-        self.proc.start()
+        _start_without_main(self.proc)
         child.close()
         self.conn = parent
         self.job: Job | None = None
