@@ -20,6 +20,10 @@ class RunState(str, Enum):
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
 
+    # Enum's __hash__ is Python code (hash of the name); the engine keys dicts and sets by
+    # state several times per task. The str hash is the same number, computed in C.
+    __hash__ = str.__hash__
+
     @property
     def terminal(self) -> bool:
         return self in _RUN_TERMINAL
@@ -34,6 +38,8 @@ class TaskState(str, Enum):
     FAILED = "FAILED"
     SKIPPED = "SKIPPED"        # an upstream failed (error_handler='continue')
     CANCELLED = "CANCELLED"
+
+    __hash__ = str.__hash__      # see RunState
 
     @property
     def terminal(self) -> bool:

@@ -16,6 +16,8 @@ error.
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +63,10 @@ def _sqlite_engine(url: URL) -> Engine:
         dbapi_conn.isolation_level = None          # we emit BEGIN ourselves (see module doc)
         cur = dbapi_conn.cursor()
         try:
-            if not memory:
-                cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            if not memory:
+                _wal(cur)
+            cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
         finally:
             cur.close()
@@ -75,3 +77,20 @@ def _sqlite_engine(url: URL) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
     return engine
+
+
+def _wal(cur: Any) -> None:
+    """Put the database in WAL mode (it stays so: later connections only check). Switching
+    needs an exclusive lock, and SQLite answers "database is locked" at once, without waiting
+    for the busy timeout, when connections race to switch a fresh database: retry then."""
+    if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
