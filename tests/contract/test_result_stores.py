@@ -719,3 +719,21 @@ def test_filesystem_sweep_removes_only_unreferenced_old_data(tmp_path: Path) -> 
     assert data["young"].exists()                  # may belong to a commit in progress
     assert data["kept"].exists() and store.get("kept") is not None
     store.close()
+
+
+def test_sqlite_store_opened_by_many_at_once(tmp_path: Path) -> None:
+    """Openers racing to put a fresh file in WAL mode got "database is locked" at once."""
+    for k in range(20):
+        errors: list[BaseException] = []
+
+        def open_close(path: Path = tmp_path / f"r{k}.db") -> None:
+            try:
+                SQLiteStorage(path).close()
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+        threads = [threading.Thread(target=open_close) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
