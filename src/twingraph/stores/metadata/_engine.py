@@ -16,8 +16,6 @@ error.
 from __future__ import annotations
 
 import json
-import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import StaticPool
 
 from twingraph.stores.metadata.url import is_memory_sqlite, normalize_url
+from twingraph.stores.sqlite_wal import enable_wal
 
 #: Execution option that marks a connection as a writer (SQLite: BEGIN IMMEDIATE).
 WRITE_OPTION = "twingraph_write"
@@ -65,7 +64,7 @@ def _sqlite_engine(url: URL) -> Engine:
         try:
             cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             if not memory:
-                _wal(cur)
+                enable_wal(cur, BUSY_TIMEOUT_S)
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
         finally:
@@ -77,20 +76,3 @@ def _sqlite_engine(url: URL) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
     return engine
-
-
-def _wal(cur: Any) -> None:
-    """Put the database in WAL mode (it stays so: later connections only check). Switching
-    needs an exclusive lock, and SQLite answers "database is locked" at once, without waiting
-    for the busy timeout, when connections race to switch a fresh database: retry then."""
-    if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
-        return
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    while True:
-        try:
-            cur.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)

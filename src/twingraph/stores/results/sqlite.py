@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +40,7 @@ from twingraph.stores.results._common import (
 )
 from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, pack_small, worth_it
 from twingraph.stores.results.base import Buffer, Item, ResultStoreBase
+from twingraph.stores.sqlite_wal import enable_wal
 
 __all__ = ["SQLiteStorage"]
 
@@ -125,7 +125,7 @@ class SQLiteStorage(ResultStoreBase):
             if version > 1:
                 raise StorageError(f"{self.db_path} was written by a newer TwinGraph "
                                    f"(result schema {version})")
-            _wal(conn)
+            enable_wal(conn, self._timeout)
             if version == 0:
                 with self._write_lock:
                     conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
@@ -378,19 +378,3 @@ class SQLiteStorage(ResultStoreBase):
 
     def __repr__(self) -> str:
         return f"SQLiteStorage({str(self.db_path)!r})"
-
-
-def _wal(conn: sqlite3.Connection) -> None:
-    """WAL mode (persistent once set). Processes opening a fresh file together race to switch
-    it, and SQLite answers "database is locked" at once there instead of waiting: retry."""
-    if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
-        return
-    deadline = time.monotonic() + 30.0
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
