@@ -1,6 +1,7 @@
 """The pipeline body's side of a run: submitting component calls and waiting on their futures.
 
-These methods run on the body thread (and on any thread that holds a ``Ref``). They never touch
+These methods run on the body thread (and on any thread that holds a ``Ref``, or that shows a
+run's ``progress``). They never touch
 the scheduling state: a call is appended to ``submitted`` (the loop is woken through its inbox
 only when it sleeps), and a waiter blocks on its task's event, which the loop sets when the task
 reaches a terminal state.
@@ -36,6 +37,9 @@ class BodySide:
     stopping: str | None
     stop_message: str
     unfinished: int
+    counts: dict[TaskState, int]
+    tasks: dict[str, Task]
+    _done_times: deque[float]
     _name_counts: dict[str, int]
     _order: Iterator[int]
 
@@ -110,3 +114,22 @@ class BodySide:
             return PipelineTimeout(self.stop_message, run_id=self.run_id)
         return PipelineCancelled(f"task {task.node_id} was cancelled: {self.stop_message}",
                                  run_id=self.run_id)
+
+    def progress(self) -> dict[str, Any]:
+        """Counts per state, percent done and an ETA (read from any thread: a snapshot)."""
+        c = self.counts
+        total = len(self.tasks)
+        finished = total - self.unfinished
+        eta = None
+        times = self._done_times
+        # No estimate from a burst: tasks finishing within microseconds of each other would
+        # claim an absurd rate (an ETA of 0.0 s right after the first two finish).
+        if self.unfinished and len(times) >= 3 and times[-1] - times[0] >= 0.2:
+            rate = (len(times) - 1) / (times[-1] - times[0])
+            eta = self.unfinished / rate
+        return {"total": total, "pending": c[_T.PENDING], "queued": c[_T.QUEUED] + c[_T.RETRYING],
+                "running": c[_T.RUNNING], "succeeded": c[_T.SUCCESS], "failed": c[_T.FAILED],
+                "skipped": c[_T.SKIPPED], "cancelled": c[_T.CANCELLED], "finished": finished,
+                "percent": 100.0 * finished / total if total else 0.0, "eta_seconds": eta,
+                "running_nodes": [t.node_id for t in list(self.tasks.values())
+                                  if t.state is _T.RUNNING][:20]}

@@ -589,26 +589,6 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 self._finish(task, _T.CANCELLED, error=TaskCancelled(message, node_id=task.node_id))
         self.ready.clear()
 
-    # == progress ===========================================================================
-    def progress(self) -> dict[str, Any]:
-        c = self.counts
-        total = len(self.tasks)
-        finished = total - self.unfinished
-        eta = None
-        times = self._done_times
-        # No estimate from a burst: tasks finishing within microseconds of each other would
-        # claim an absurd rate (an ETA of 0.0 s right after the first two finish).
-        if self.unfinished and len(times) >= 3 and times[-1] - times[0] >= 0.2:
-            rate = (len(times) - 1) / (times[-1] - times[0])
-            eta = self.unfinished / rate
-        return {"total": total, "pending": c[_T.PENDING], "queued": c[_T.QUEUED] + c[_T.RETRYING],
-                "running": c[_T.RUNNING], "succeeded": c[_T.SUCCESS], "failed": c[_T.FAILED],
-                "skipped": c[_T.SKIPPED], "cancelled": c[_T.CANCELLED], "finished": finished,
-                "percent": 100.0 * finished / total if total else 0.0, "eta_seconds": eta,
-                "running_nodes": [t.node_id for t in list(self.tasks.values())
-                                  if t.state is _T.RUNNING][:20]}
-
-
 
 def get_nowait(q: queue.SimpleQueue[Any]) -> Any:
     try:
