@@ -1,4 +1,5 @@
-"""Shared fixtures for every suite: the machine's real PostgreSQL.
+"""Shared fixtures for every suite: the machine's real PostgreSQL, and user modules written to
+files and imported fresh (``user_modules``).
 
 ``postgres_url`` creates a fresh database ``twingraph_test_<random>`` on 127.0.0.1:5432 (trust
 auth, user postgres; override the server with ``TWINGRAPH_TEST_POSTGRES``) for the test session
@@ -8,8 +9,12 @@ cannot be reached.
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import os
 import secrets
+import sys
+import textwrap
 from collections.abc import Iterator
 
 import pytest
@@ -33,3 +38,40 @@ def postgres_url() -> Iterator[str]:
             yield ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_module_counter = itertools.count()
+
+
+@pytest.fixture
+def user_modules(tmp_path, monkeypatch):
+    """load(source, **helpers) -> module: writes ``source`` (and helper modules, each
+    ``name=source``) to files and imports them under fresh, unique names. ``{name}`` in a source
+    is replaced by the unique name of helper module ``name`` (no other brace is touched)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    made: list[str] = []
+
+    def _load(source, **helpers):
+        names = {k: f"um_{k}_{next(_module_counter)}" for k in helpers}
+
+        def fill(src):
+            src = textwrap.dedent(src)
+            for k, n in names.items():
+                src = src.replace("{%s}" % k, n)
+            return src
+        for k, src in helpers.items():
+            (tmp_path / f"{names[k]}.py").write_text(fill(src))
+            made.append(names[k])
+        name = f"um_main_{next(_module_counter)}"
+        path = tmp_path / f"{name}.py"
+        path.write_text(fill(source))
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        made.append(name)
+        spec.loader.exec_module(mod)
+        return mod
+
+    yield _load
+    for n in made:
+        sys.modules.pop(n, None)

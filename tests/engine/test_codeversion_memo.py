@@ -3,51 +3,18 @@ imported user module, user classes and closure cells. Each pipeline is a real mo
 ``tmp_path`` and imported fresh under a unique name, as a second ``twingraph run`` would."""
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-_counter = itertools.count()
-
-
 @pytest.fixture
-def fresh(tmp_path, monkeypatch):
-    """fresh(source, **helpers) -> module. ``{name}`` in a source becomes the unique module name
-    of helper ``name`` (written next to it); no other brace is touched."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    made: list[str] = []
-
-    def _fresh(source, **helpers):
-        names = {k: f"cvm_{k}_{next(_counter)}" for k in helpers}
-
-        def fill(src):
-            src = textwrap.dedent(src)
-            for k, n in names.items():
-                src = src.replace("{%s}" % k, n)
-            return src
-        for k, src in helpers.items():
-            (tmp_path / f"{names[k]}.py").write_text(fill(src))
-            made.append(names[k])
-        name = f"cvm_main_{next(_counter)}"
-        path = tmp_path / f"{name}.py"
-        path.write_text(fill(source))
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        made.append(name)
-        spec.loader.exec_module(mod)
-        return mod
-
-    yield _fresh
-    for n in made:
-        sys.modules.pop(n, None)
+def fresh(user_modules):
+    """Modules written to files and imported fresh (``tests/conftest.py``)."""
+    return user_modules
 
 
 def _status(engine, run_id, node_id):

@@ -4,50 +4,16 @@ hash seeds, runtime contents of mutable globals). Modules are real files in ``tm
 imported fresh under unique names."""
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import sys
-import textwrap
 
 import pytest
 
 from twingraph.core.codeversion import code_version
 
-_counter = itertools.count()
-
-
 @pytest.fixture
-def load(tmp_path, monkeypatch):
-    """load(source, **modules) -> module: writes ``source`` (and helper modules, each
-    ``name=source``) to files and imports them under fresh, unique names. ``{name}`` in a source
-    is replaced by the unique name of helper module ``name`` (no other brace is touched)."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    made: list[str] = []
-
-    def _load(source, **helpers):
-        names = {k: f"cv_{k}_{next(_counter)}" for k in helpers}
-
-        def fill(src):
-            src = textwrap.dedent(src)
-            for k, n in names.items():
-                src = src.replace("{%s}" % k, n)
-            return src
-        for k, src in helpers.items():
-            (tmp_path / f"{names[k]}.py").write_text(fill(src))
-            made.append(names[k])
-        name = f"cv_main_{next(_counter)}"
-        path = tmp_path / f"{name}.py"
-        path.write_text(fill(source))
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        made.append(name)
-        spec.loader.exec_module(mod)
-        return mod
-
-    yield _load
-    for n in made:
-        sys.modules.pop(n, None)
+def load(user_modules):
+    """Modules written to files and imported fresh (``tests/conftest.py``)."""
+    return user_modules
 
 
 # --- regressions: each of these was a stale memo hit with the old code version -----------------
