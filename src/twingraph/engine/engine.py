@@ -27,10 +27,10 @@ from twingraph.engine.notify import notify
 from twingraph.engine import tasklog
 from twingraph.engine.recorder import Recorder
 from twingraph.engine.refs import substitute
-from twingraph.registry import get_error_handler
 from twingraph.errors import (ConflictError, IntegrityError, NotFoundError, PipelineCancelled,
                               PipelineFailed, PipelineTimeout, TwinGraphError)
 from twingraph.ports import Clock, EventSink, Executor, MetadataStore, ResultStore
+from twingraph.registry import get_error_handler
 from twingraph import serialization
 
 _current = threading.local()

@@ -174,15 +174,13 @@ def _fold(rec: Any, upd: TaskUpdate) -> Any:
         v = getattr(upd, f)
         if v is not None:
             changes[f] = v
+    if upd.state.value == "SUCCESS":
+        changes["error"] = None          # an earlier attempt's error no longer describes it
     if type(rec) is TaskUpdate:
-        if upd.state.value == "SUCCESS":
-            changes["error"] = None
         if upd.state.value == "RUNNING" and rec.started_at is None and upd.started_at is None:
             changes["started_at"] = upd.at
         return dataclasses.replace(rec, **changes)
     st = upd.state
-    if st.value == "SUCCESS":
-        changes["error"] = None          # an earlier attempt's error no longer describes it
     if st.value == "RUNNING" and rec.started_at is None:
         changes["started_at"] = upd.at
     if st.terminal:

@@ -34,8 +34,7 @@ def task_rows(run_id: str, task: Task, out: list[Any]) -> None:
             t.fence or None, t.attempt or None, t.cache_key, t.cache_status, t.cache_reason,
             t.cache_key if ok else None, t.content_hash if ok else None, err, t.started_at,
             t.ended_at))
-    if ok or t.state is TaskState.SKIPPED or t.state is TaskState.CANCELLED or \
-            t.state is TaskState.FAILED:
+    if t.state.terminal:
         # Final row written: its times are not needed in memory any more (a run of a million
         # tasks keeps every Task; three floats each are 72 bytes).
         t.created_at, t.started_at, t.ended_at = 0.0, None, None
