@@ -51,10 +51,13 @@ def key_prefix(component: str, code_version: str, config: Mapping[str, Any]) -> 
     return canonical_json([component, code_version, cfg]) + b"\0"
 
 
-def structural_key(component: str, code_version: str, config: Mapping[str, Any],
+def structural_key(component: str, code_version: str, config: Mapping[str, Any] | None,
                    input_digest: Any, *, prefix: bytes | None = None) -> str:
-    """The memo key of a task: sha256(definition prefix, canonical input digest)."""
+    """The memo key of a task: sha256(definition prefix, canonical input digest). With
+    ``prefix`` (``key_prefix`` of the same three, computed once) ``config`` is not read."""
     if prefix is None:
+        if config is None:
+            raise TypeError("structural_key needs config or prefix")
         prefix = key_prefix(component, code_version, config)
     return sha256_hex(prefix + canonical_json(input_digest))
 

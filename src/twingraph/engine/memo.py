@@ -39,7 +39,7 @@ class MemoSide:
         spec = task.spec
         digest = [digest_value(task.args, Ref, _ref_digest, self.engine.hash_value),
                   digest_value(strip_lineage(task.kwargs), Ref, _ref_digest, self.engine.hash_value)]
-        key = structural_key(spec.name, spec.code_version, spec.memo_config(), digest,
+        key = structural_key(spec.name, spec.code_version, None, digest,
                              prefix=self.engine.key_prefix(spec))
         task.cache_key = key
         prior = self.prior.get(task.node_id)
