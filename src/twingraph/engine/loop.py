@@ -86,6 +86,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.sleeping = False
         self.out: list[Any] = []                   # records for the recorder, handed over in bulk
         self.dirty: list[Task] = []                # tasks changed since the last hand-over
+        self.deferred: deque[Task] = deque()       # waiting tasks whose first row can wait
         self.logs: deque[LogRecord] = deque()     # task logs, appended from worker threads
         self._last_hand_over = 0.0
         self.tasks: dict[str, Task] = {}
@@ -148,7 +149,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self._crash(exc)
         finally:
             try:
-                self._hand_over()
+                self._hand_over(final=True)
             finally:
                 self.done.set()
 
@@ -184,21 +185,28 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         if now - self._last_hand_over >= self.HAND_OVER_EVERY:
             self._hand_over()
 
-    def _hand_over(self) -> None:
-        """Give the recorder one snapshot row per task changed since the last hand-over."""
-        if self.dirty:
+    def _hand_over(self, final: bool = False) -> None:
+        """Give the recorder one snapshot row per task changed since the last hand-over
+        (``final``: the run is over, nothing waits any more)."""
+        deferred = self.deferred
+        if self.dirty or deferred:
             # Task rows first: attempts, edges and logs in ``self.out`` refer to them.
             out: list[Any] = []
-            keep: list[Task] = []
-            young = self.clock.now() - self.DEFER_WAITING
+            young = float("inf") if final else self.clock.now() - self.DEFER_WAITING
             for t in self.dirty:
+                t.dirty = False
                 if not t.persisted and t.created_at > young and \
                         (t.state is _T.PENDING or t.state is _T.QUEUED):
-                    keep.append(t)          # young and waiting: its first row can wait
-                    continue
-                t.dirty = False
-                task_rows(self.run_id, t, out)
-            self.dirty = keep
+                    deferred.append(t)      # young and waiting: its first row can wait
+                else:
+                    task_rows(self.run_id, t, out)
+            self.dirty = []
+            # Deferred tasks come out oldest first; one that changed since was dirty again
+            # and has its row already (or it is young again in the queue, re-deferred).
+            while deferred and deferred[0].created_at <= young:
+                t = deferred.popleft()
+                if not t.persisted:
+                    task_rows(self.run_id, t, out)
             out.extend(self.out)
             self.out = out
         logs = self.logs
