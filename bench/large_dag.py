@@ -1,7 +1,7 @@
 """A large declarative DAG through the dynamic scheduler: nodes/s, RSS per node, and whether
 the cost per scheduling step stays flat as the graph grows.
 
-    python bench/large_dag.py [--sizes 10000,100000,1000000]
+    python bench/large_dag.py [--sizes 10000,100000,1000000] [--no-peers]
 
 Each size runs in a fresh subprocess (so peak RSS is its own), on the embedded default with
 durable SQLite results and metadata. Node i depends on i-1 and i//2 (every node has 1-2
@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def child(n: int) -> None:
+def child(n: int, peers: bool = True) -> None:
     sys.path.insert(0, str(HERE))
     from common import peak_rss_bytes, sqlite_engine, tempdir
 
@@ -31,7 +31,7 @@ def child(n: int) -> None:
 
     register_operation("inc", inc)
     nodes = [NodeDefinition(f"n{i}", "inc", [f"n{i - 1}", f"n{i // 2}"] if i > 1 else
-                            ([f"n0"] if i == 1 else []), {"i": i}) for i in range(n)]
+                            (["n0"] if i == 1 else []), {"i": i}) for i in range(n)]
     for nd in nodes:
         nd.arguments = list(dict.fromkeys(nd.arguments))
     dag = DAGDefinition(f"big{n}", nodes)
@@ -51,8 +51,8 @@ def child(n: int) -> None:
     rss_peak = peak_rss_bytes()
     deps = {nd.node_id: list(nd.arguments) for nd in nodes}
     del dag, nodes, sched, warm, eng, r
-    dask_s = _dask(deps)
-    pool_s = _threadpool(deps)
+    dask_s = _dask(deps) if peers else None
+    pool_s = _threadpool(deps) if peers else None
     print(json.dumps({"n": n, "seconds": dt, "nodes_per_s": n / dt, "rss_defined": rss_defined,
                       "rss_peak": rss_peak, "dask_seconds": dask_s, "threadpool_seconds": pool_s}))
 
@@ -88,25 +88,30 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--child", type=int)
+    ap.add_argument("--no-peers", action="store_true",
+                    help="skip dask and the thread pool (quicker, for comparing revisions)")
     a = ap.parse_args()
     if a.child:
-        child(a.child)
+        child(a.child, peers=not a.no_peers)
         return
     rows = []
     for n in map(int, a.sizes.split(",")):
-        out = subprocess.run([sys.executable, __file__, "--child", str(n)], capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run([sys.executable, __file__, "--child", str(n),
+                              *(["--no-peers"] if a.no_peers else [])],
+                             capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         row["bookkeeping_bytes_per_node"] = (row["rss_peak"] - row["rss_defined"]) / n
         rows.append(row)
-        print(json.dumps({"bench": "large_dag", "n": n, "seconds": round(row["seconds"], 3),
-                          "nodes_per_s": round(row["nodes_per_s"]),
-                          "bytes_per_node": round(row["bookkeeping_bytes_per_node"]),
-                          "dask_seconds": round(row["dask_seconds"], 3),
-                          "threadpool_seconds": round(row["threadpool_seconds"], 3),
-                          "ratio_dask_over_twingraph": round(row["dask_seconds"] / row["seconds"], 2),
-                          "ratio_twingraph_over_threadpool":
-                              round(row["seconds"] / row["threadpool_seconds"], 2)}), flush=True)
+        line = {"bench": "large_dag", "n": n, "seconds": round(row["seconds"], 3),
+                "nodes_per_s": round(row["nodes_per_s"]),
+                "bytes_per_node": round(row["bookkeeping_bytes_per_node"])}
+        if row["dask_seconds"] is not None:
+            line.update({"dask_seconds": round(row["dask_seconds"], 3),
+                         "threadpool_seconds": round(row["threadpool_seconds"], 3),
+                         "ratio_dask_over_twingraph": round(row["dask_seconds"] / row["seconds"], 2),
+                         "ratio_twingraph_over_threadpool":
+                             round(row["seconds"] / row["threadpool_seconds"], 2)})
+        print(json.dumps(line), flush=True)
     if len(rows) > 1:
         flat = rows[-1]["nodes_per_s"] / rows[0]["nodes_per_s"]
         print(json.dumps({"bench": "large_dag", "throughput_ratio_largest_over_smallest":

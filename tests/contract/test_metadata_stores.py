@@ -201,6 +201,22 @@ def test_task_registration_and_updates(store: Any) -> None:
     assert isinstance(a.state, TaskState)
 
 
+def test_a_batch_of_many_rows(store: Any) -> None:
+    # Many multi-row INSERTs on SQLite (32 rows each) and a remainder: every row lands as given.
+    tasks = [task(f"t{i:04d}", state=TaskState.SUCCESS, inputs={"i": i}, order=i,
+                  content_hash=f"h{i}") for i in range(600)]
+    logs = [LogRecord("r1", float(i), "info", f"line {i}", f"t{i:04d}") for i in range(530)]
+    store.write([run(), *tasks, *logs])
+    got = tasks_by_id(store)
+    assert len(got) == 600
+    for i in (0, 255, 256, 511, 512, 599):
+        t = got[f"t{i:04d}"]
+        assert (t.state, t.inputs, t.order, t.content_hash) == (TaskState.SUCCESS, {"i": i}, i,
+                                                                 f"h{i}")
+    assert [r.message for r in store.get_logs("r1", limit=1000)] == [f"line {i}"
+                                                                     for i in range(530)]
+
+
 def test_task_paging_and_counts(store: Any) -> None:
     store.write([run()] + [task(f"n{i}", order=9 - i) for i in range(10)])
     store.write([upd(f"n{i}", TaskState.QUEUED, 1.0) for i in range(3)]

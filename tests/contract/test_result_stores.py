@@ -444,6 +444,25 @@ def test_put_many_round_trip(store: ResultStoreBase) -> None:
         assert bytes(store.get(key) or b"") == b"".join(bytes(b) for b in bufs)
 
 
+def test_put_many_of_many_rows_in_any_key_order(store: ResultStoreBase) -> None:
+    # More rows than one multi-row statement holds (SQLite writes 32 a statement, then the
+    # rest in one executemany), keys not in order, one key given twice: the last value wins.
+    keys = [f"m{(i * 7919) % 1000:04d}" for i in range(700)]
+    items = []
+    for i, key in enumerate(keys):
+        data = f"value {i} of {key}".encode()
+        items.append((key, data, _meta(key, data, metadata={"dag_id": "many"})))
+    dup = items[10][0]
+    last = b"the last one"
+    items.append((dup, last, _meta(dup, last, metadata={"dag_id": "many"})))
+    store.put_many(items)
+    assert store.list_keys("many") == sorted(set(keys))
+    for key, data, _ in items[:-1]:
+        assert bytes(store.get(key) or b"") == (last if key == dup else data)
+    assert store.content_hashes(keys) == {k: m.content_hash for k, _, m in items
+                                          if k != dup} | {dup: items[-1][2].content_hash}
+
+
 def test_put_many_same_key_twice_keeps_the_last(case: Any) -> None:
     impl, store, _ = case
     big, small = os.urandom(5000), b"small"

@@ -29,6 +29,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,11 @@ from twingraph.stores.sqlite_wal import enable_wal
 
 __all__ = ["SQLiteStorage"]
 
+_first = itemgetter(0)
+
 MiB = 1024 * 1024
+#: WAL pages (4 KiB) between automatic checkpoints.
+WAL_CHECKPOINT_PAGES = 10_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS node_results (
     node_id      TEXT PRIMARY KEY,
@@ -84,6 +89,13 @@ ON CONFLICT (node_id) DO UPDATE SET
     created_at = excluded.created_at, dag_id = excluded.dag_id, metadata = excluded.metadata,
     n_chunks = excluded.n_chunks, data = excluded.data
 """
+#: Rows per multi-row INSERT. ``executemany`` releases and re-takes the GIL around every
+#: row; while the engine's scheduler thread holds it, each re-take waits for that thread to
+#: let go. One statement of many rows takes it once.
+ROWS_PER_STATEMENT = 32
+_UPSERT_MANY = _UPSERT.replace("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               "VALUES " + ",\n".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"]
+                                                      * ROWS_PER_STATEMENT))
 _READ = "SELECT content_hash, data_size, compression, n_chunks, data FROM node_results " \
         "WHERE node_id = ?"
 _HEAD = "SELECT data_type, content_hash, data_size, compression, created_at, metadata " \
@@ -91,6 +103,15 @@ _HEAD = "SELECT data_type, content_hash, data_size, compression, created_at, met
 _DATA_TYPES = {d.value: d for d in DataType}
 _CHUNKS = "SELECT chunk_id, raw_size, data FROM node_data_chunks WHERE node_id = ? " \
           "ORDER BY chunk_id"
+
+
+def _upsert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    n = ROWS_PER_STATEMENT
+    full = len(rows) - len(rows) % n
+    for i in range(0, full, n):
+        conn.execute(_UPSERT_MANY, [v for row in rows[i:i + n] for v in row])
+    if full < len(rows):
+        conn.executemany(_UPSERT, rows[full:])
 
 
 class SQLiteStorage(ResultStoreBase):
@@ -138,6 +159,10 @@ class SQLiteStorage(ResultStoreBase):
         # After a checkpoint, shrink the -wal file back (a 200 MB put would otherwise leave a
         # 200 MB WAL file behind for good).
         conn.execute("PRAGMA journal_size_limit=67108864")
+        # Checkpoint every ~40 MB of WAL, not SQLite's 4 MB: content-addressed keys land at
+        # random places in the index, so a batch dirties a page per row; fewer checkpoints
+        # write each page once for many batches (bench/large_dag.py: 200k-node DAGs).
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         if self._cache_kib is not None:      # page cache per connection, in KiB (negative)
             conn.execute(f"PRAGMA cache_size=-{int(self._cache_kib)}")
         return conn
@@ -194,9 +219,12 @@ class SQLiteStorage(ResultStoreBase):
             blob, digest, comp = pack_small(p, cctx, self.policy)
             rows.append((p.key, p.type_name, digest, p.size, comp, p.created_at, p.dag_id,
                          p.meta_json, 0, blob))
+        # In key order: consecutive inserts then share index pages (random keys otherwise
+        # touch a different page each).
+        rows.sort(key=_first)
         with self._write("put", preps[0].key) as conn:
             if rows:
-                conn.executemany(_UPSERT, rows)
+                _upsert_rows(conn, rows)
             for p in chunked:
                 self._put_chunked(conn, p, cctx)
 
