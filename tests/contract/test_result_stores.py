@@ -371,6 +371,20 @@ def test_compression_recorded_and_transparent(case: Any) -> None:
     assert comps == {"text": expected_text, "noise": None, "tiny": None, "mid": expected_text}
 
 
+@pytest.mark.parametrize("size", [0, 40, 600, 5000], ids=["empty", "inline", "mid", "chunked"])
+def test_read_gives_metadata_and_value_together(store: ResultStoreBase, size: int) -> None:
+    data = _compressible(size)
+    store.put("v", data, _meta("v", data, data_type=DataType.NESTED, metadata={"encoding": "x"}))
+    found = store.read("v")
+    assert found is not None
+    meta, value = found
+    assert bytes(value) == data
+    assert (meta.node_id, meta.size, meta.data_type, meta.content_hash) == \
+        ("v", size, DataType.NESTED, store.head("v").content_hash)
+    assert meta.metadata == {"encoding": "x"}
+    assert store.read("missing") is None
+
+
 # ---------------------------------------------------------------------------------- integrity
 
 @pytest.mark.parametrize("size", [40, 600, 5000], ids=["inline", "mid", "chunked"])
@@ -381,6 +395,8 @@ def test_corruption_raises_integrity_error(case: Any, size: int) -> None:
     impl.corrupt(store, "c")
     with pytest.raises(IntegrityError):
         store.get("c")
+    with pytest.raises(IntegrityError):
+        store.read("c")
     seen = bytearray()
     with pytest.raises(IntegrityError):
         for chunk in store.iter_chunks("c", 100):

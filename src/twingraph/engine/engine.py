@@ -169,9 +169,8 @@ class Engine:
     def load_value(self, key: str | None) -> Any:
         if key is None:
             raise NotFoundError("task has no stored result")
-        meta = self.results.head(key)
         try:
-            data = self.results.get(key)
+            found = self.results.read(key)
         except IntegrityError as exc:
             # A corrupted memo entry would poison every later run that hits it: remove it, so
             # the next run misses and recomputes (this one fails with the error).
@@ -183,8 +182,9 @@ class Engine:
                 exc.args = (f"{exc}; the corrupted entry was removed from the result store, so "
                             "the next run recomputes it",)
             raise
-        if meta is None or data is None:
+        if found is None:
             raise NotFoundError(f"result {key} is not in the result store")
+        meta, data = found
         return serialization.decode(data, (meta.metadata or {}).get("encoding", "pickle"))
 
     def result_meta(self, run_id: str, task: Any, enc: serialization.Encoded) -> StorageMetadata:

@@ -112,6 +112,15 @@ class ResultStoreBase(StorageInterface):
     def delete(self, key: str) -> bool:
         """Delete; True if the key existed."""
 
+    def read(self, key: str) -> tuple[StorageMetadata, Buffer] | None:
+        """Metadata and verified bytes of ``key`` (None on a miss): what loading a value needs.
+        Backends override this with one query of one version."""
+        meta = self.head(key)
+        if meta is None:
+            return None
+        data = self.get(key)
+        return None if data is None else (meta, data)
+
     def content_hashes(self, keys: Sequence[str]) -> dict[str, str]:
         """Memo lookup for many keys at once: ``{key: content_hash}`` for the stored ones
         (missing keys are absent). Backends override this with one query."""

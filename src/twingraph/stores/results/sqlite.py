@@ -98,6 +98,8 @@ _UPSERT_MANY = _UPSERT.replace("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                                       * ROWS_PER_STATEMENT))
 _READ = "SELECT content_hash, data_size, compression, n_chunks, data FROM node_results " \
         "WHERE node_id = ?"
+_READ_ALL = "SELECT data_type, content_hash, data_size, compression, created_at, metadata, " \
+            "n_chunks, data FROM node_results WHERE node_id = ?"
 _HEAD = "SELECT data_type, content_hash, data_size, compression, created_at, metadata " \
         "FROM node_results WHERE node_id = ?"
 _DATA_TYPES = {d.value: d for d in DataType}
@@ -343,6 +345,35 @@ class SQLiteStorage(ResultStoreBase):
                 yield from verified_stream(key, digest, pieces, chunk_size)
             finally:
                 conn.close()
+
+    def read(self, key: str) -> tuple[StorageMetadata, Buffer] | None:
+        # One query for metadata and a small value: loading a value the engine dropped from
+        # memory is on its scheduling thread, and each query there waits to re-take the GIL.
+        validate_key(key)
+        try:
+            conn = self._conn()
+            row = conn.execute(_READ_ALL, (key,)).fetchone()
+            if row is None:
+                return None
+            if row[6] != 0:                      # chunked: row and chunks of one version
+                conn.execute("BEGIN")
+                try:
+                    row = conn.execute(_READ_ALL, (key,)).fetchone()
+                    data = None if row is None else self._assemble(conn, key, row[1:4] + row[6:])
+                finally:
+                    conn.execute("COMMIT")
+                if row is None or data is None:
+                    return None
+            else:
+                digest, size, comp, data = row[1], row[2], row[3], row[7]
+                if comp is not None:
+                    data = decompress_frame(data, size, key, digest)
+                data = verify(key, digest, data)
+        except sqlite3.Error as exc:
+            raise self._error("get", key, exc) from exc
+        return StorageMetadata(node_id=key, data_type=_DATA_TYPES[row[0]], content_hash=row[1],
+                               size=row[2], compression=row[3], created_at=row[4],
+                               metadata=meta_from_json(row[5])), data
 
     def head(self, key: str) -> StorageMetadata | None:
         validate_key(key)
