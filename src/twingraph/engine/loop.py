@@ -175,7 +175,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
     # A task still waiting for inputs or a slot gets its first row after this many seconds (or
     # when it starts): most tasks then write one row with their final state, not two. Nothing
     # is lost by the wait: a resumed run submits unstarted tasks again.
-    DEFER_WAITING = 1.0
+    DEFER_WAITING = 2.0
 
     def _maybe_hand_over(self) -> None:
         """Inside long bursts (a chain of inline tasks never lets the loop sleep), hand records
