@@ -98,7 +98,7 @@ _UPSERT_MANY = _UPSERT.replace("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                                       * ROWS_PER_STATEMENT))
 _READ = "SELECT content_hash, data_size, compression, n_chunks, data FROM node_results " \
         "WHERE node_id = ?"
-_READ_ALL = "SELECT data_type, content_hash, data_size, compression, created_at, metadata, " \
+_READ_ALL = "SELECT data_type, created_at, metadata, content_hash, data_size, compression, " \
             "n_chunks, data FROM node_results WHERE node_id = ?"
 _HEAD = "SELECT data_type, content_hash, data_size, compression, created_at, metadata " \
         "FROM node_results WHERE node_id = ?"
@@ -273,23 +273,26 @@ class SQLiteStorage(ResultStoreBase):
     def get(self, key: str) -> Buffer | None:
         validate_key(key)
         try:
-            conn = self._conn()
-            row = conn.execute(_READ, (key,)).fetchone()
-            if row is None:
-                return None
-            digest, size, comp, n_chunks, data = row
-            if n_chunks == 0:
-                if comp is not None:
-                    data = decompress_frame(data, size, key, digest)
-                return verify(key, digest, data)
-            conn.execute("BEGIN")                 # snapshot: row and chunks of one version
-            try:
-                row = conn.execute(_READ, (key,)).fetchone()
-                return None if row is None else self._assemble(conn, key, row)
-            finally:
-                conn.execute("COMMIT")
+            found = self._load(key, _READ)
         except sqlite3.Error as exc:
             raise self._error("get", key, exc) from exc
+        return None if found is None else found[1]
+
+    def _load(self, key: str, sql: str) -> tuple[tuple[Any, ...], Buffer] | None:
+        """The row ``sql`` selects for ``key`` (its last five columns: content_hash, data_size,
+        compression, n_chunks, data) and the verified value, both of one version."""
+        conn = self._conn()
+        row = conn.execute(sql, (key,)).fetchone()
+        if row is None:
+            return None
+        if row[-2] == 0:
+            return row, self._assemble(conn, key, row[-5:])
+        conn.execute("BEGIN")                 # snapshot: row and chunks of one version
+        try:
+            row = conn.execute(sql, (key,)).fetchone()
+            return None if row is None else (row, self._assemble(conn, key, row[-5:]))
+        finally:
+            conn.execute("COMMIT")
 
     def _assemble(self, conn: sqlite3.Connection, key: str, row: tuple[Any, ...]) -> Buffer:
         digest, size, comp, n_chunks, data = row
@@ -351,29 +354,15 @@ class SQLiteStorage(ResultStoreBase):
         # memory is on its scheduling thread, and each query there waits to re-take the GIL.
         validate_key(key)
         try:
-            conn = self._conn()
-            row = conn.execute(_READ_ALL, (key,)).fetchone()
-            if row is None:
-                return None
-            if row[6] != 0:                      # chunked: row and chunks of one version
-                conn.execute("BEGIN")
-                try:
-                    row = conn.execute(_READ_ALL, (key,)).fetchone()
-                    data = None if row is None else self._assemble(conn, key, row[1:4] + row[6:])
-                finally:
-                    conn.execute("COMMIT")
-                if row is None or data is None:
-                    return None
-            else:
-                digest, size, comp, data = row[1], row[2], row[3], row[7]
-                if comp is not None:
-                    data = decompress_frame(data, size, key, digest)
-                data = verify(key, digest, data)
+            found = self._load(key, _READ_ALL)
         except sqlite3.Error as exc:
             raise self._error("get", key, exc) from exc
-        return StorageMetadata(node_id=key, data_type=_DATA_TYPES[row[0]], content_hash=row[1],
-                               size=row[2], compression=row[3], created_at=row[4],
-                               metadata=meta_from_json(row[5])), data
+        if found is None:
+            return None
+        row, data = found
+        return StorageMetadata(node_id=key, data_type=_DATA_TYPES[row[0]], content_hash=row[3],
+                               size=row[4], compression=row[5], created_at=row[1],
+                               metadata=meta_from_json(row[2])), data
 
     def head(self, key: str) -> StorageMetadata | None:
         validate_key(key)
