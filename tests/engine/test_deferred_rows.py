@@ -39,7 +39,8 @@ def test_a_waiting_task_is_written_after_the_deferral_and_finishes_with_one_fina
     t = threading.Thread(target=lambda: box.setdefault("r", flow.run(engine=sqlite_engine)))
     t.start()
     try:
-        deadline = time.monotonic() + 10
+        # due after 0.3 s: the sleeping loop wakes for it (not only at its 5 s heartbeat)
+        deadline = time.monotonic() + 2.5
         seen = {}
         while time.monotonic() < deadline:
             runs = sqlite_engine.metadata.list_runs(limit=5)
@@ -65,3 +66,45 @@ def test_a_short_wait_writes_no_early_row(sqlite_engine, monkeypatch):
     assert r.state.value == "SUCCESS"
     # both rows exist and carry the final state (the deferred first row was never needed)
     assert _states(sqlite_engine, r.run_id) == {"slow-0": "SUCCESS", "after-0": "SUCCESS"}
+
+
+calls = {"n": 0}
+
+
+@component(executor="thread", cache=False)
+def blocker(i: int) -> int:
+    time.sleep(1.0)
+    return i
+
+
+@component(executor="thread", cache=False)
+def quick(i: int) -> int:
+    return i
+
+
+@component(executor="inline", cache=False,
+           retry_policy={"max_attempts": 2, "backoff": "fixed", "initial_delay": 0, "jitter": 0,
+                         "exceptions": ["ValueError"]})
+def flaky(i: int) -> int:
+    calls["n"] += 1
+    time.sleep(0.1)              # quick's outcome lands in the inbox meanwhile
+    if calls["n"] == 1:
+        raise ValueError("transient")
+    return i
+
+
+@pipeline(name="retry_before_first_row")
+def retry_flow():
+    return [blocker(i=1), quick(i=2), flaky(i=3), blocker(i=4), blocker(i=5)]
+
+
+def test_a_task_retried_before_its_first_row_is_written_keeps_its_rows(sqlite_engine):
+    # flaky fails and is QUEUED for its retry (all slots busy) before any hand-over: its
+    # failed attempt's row refers to the task row, so that row must not be deferred.
+    calls["n"] = 0
+    r = retry_flow.run(engine=sqlite_engine, max_parallel=3)
+    assert r.state.value == "SUCCESS", r.error
+    assert set(_states(sqlite_engine, r.run_id).values()) == {"SUCCESS"}
+    assert len(_states(sqlite_engine, r.run_id)) == 5
+    attempts = sqlite_engine.metadata.get_attempts(r.run_id, "flaky-0")
+    assert [a.state.value for a in attempts] == ["FAILED", "SUCCESS"]

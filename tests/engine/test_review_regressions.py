@@ -252,3 +252,63 @@ def test_a_crashed_loop_fails_every_task_and_wakes_the_body():
 
 def _explode(self):
     raise RuntimeError("bug in the loop")
+
+
+def test_a_result_store_without_read_still_reloads_values():
+    # ``read`` came later than the port's other methods: a store implementing the port
+    # without it (not a ResultStoreBase) must still serve values the engine reloads.
+    class PortOnly:
+        def __init__(self):
+            self._inner = MemoryStorage()
+
+        def __getattr__(self, name):
+            if name == "read":
+                raise AttributeError(name)
+            return getattr(self._inner, name)
+
+    from twingraph import serialization
+    store = PortOnly()
+    eng = Engine(results=store, metadata=MemoryMetadataStore())
+    try:
+        enc = serialization.encode({"a": [1, 2]})
+        store.put("k" * 64, enc.buffers, enc.to_metadata("k" * 64, {"encoding": enc.encoding}))
+        assert not hasattr(store, "read")
+        assert eng.load_value("k" * 64) == {"a": [1, 2]}
+    finally:
+        eng.close()
+
+
+def test_an_engine_crash_marks_started_tasks_failed_in_their_rows():
+    # The loop itself fails (an engine bug, injected once into its hand-over) while a task
+    # runs: that task's row, already written as RUNNING, must end FAILED too.
+    @component(executor="thread", cache=False)
+    def slow_one(x: int) -> int:
+        time.sleep(1.0)
+        return x
+
+    eng = Engine(results=MemoryStorage(), metadata=MemoryMetadataStore(), flush_interval=0.01)
+    real = eng.recorder.wait_for_room
+    armed = threading.Event()
+
+    def wait_for_room():
+        if armed.is_set():
+            armed.clear()
+            raise RuntimeError("engine bug")
+        real()
+
+    eng.recorder.wait_for_room = wait_for_room
+
+    @pipeline(timeout=10)
+    def p():
+        a = slow_one(x=1)
+        time.sleep(0.4)               # slow_one is RUNNING and its row written by now
+        armed.set()
+        return [a, slow_one(x=2)]     # the next hand-over fails: the loop crashes
+
+    try:
+        r = p.run(engine=eng)
+        assert r.state is RunState.FAILED and "engine bug" in str(r.error)
+        states = {t.node_id: t.state for t in eng.metadata.get_tasks(r.run_id)}
+        assert states.get("slow_one-0") is TaskState.FAILED, states
+    finally:
+        eng.close()

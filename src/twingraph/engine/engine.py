@@ -169,8 +169,11 @@ class Engine:
     def load_value(self, key: str | None) -> Any:
         if key is None:
             raise NotFoundError("task has no stored result")
+        read = getattr(self.results, "read", None)     # a port implementation without it:
+        if read is None:                                # head + get, as before there was read
+            read = self._head_then_get
         try:
-            found = self.results.read(key)
+            found = read(key)
         except IntegrityError as exc:
             # A corrupted memo entry would poison every later run that hits it: remove it, so
             # the next run misses and recomputes (this one fails with the error).
@@ -186,6 +189,11 @@ class Engine:
             raise NotFoundError(f"result {key} is not in the result store")
         meta, data = found
         return serialization.decode(data, (meta.metadata or {}).get("encoding", "pickle"))
+
+    def _head_then_get(self, key: str) -> tuple[StorageMetadata, Any] | None:
+        meta = self.results.head(key)
+        data = None if meta is None else self.results.get(key)
+        return None if meta is None or data is None else (meta, data)
 
     def result_meta(self, run_id: str, task: Any, enc: serialization.Encoded) -> StorageMetadata:
         """Metadata stored with a result: how to decode it, and the pipeline (``dag_id``) that

@@ -129,6 +129,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                         timeout = HEARTBEAT_INTERVAL
                         if self.timers:
                             timeout = min(timeout, max(0.0, self.timers[0][0] - self.clock.monotonic()))
+                        if self.deferred:     # ... and when the oldest deferred row falls due
+                            due = self.deferred[0].created_at + self.DEFER_WAITING
+                            timeout = min(timeout, max(0.001, due - self.clock.now()))
                         try:
                             ev = get(timeout=timeout) if timeout > 0 else None
                         except queue.Empty:
@@ -169,6 +172,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                     ev = task.event
                 if ev is not None:
                     ev.set()
+                if task.node_id in self.tasks and not task.dirty:   # its row says FAILED too
+                    task.dirty = True
+                    self.dirty.append(task)
         self.failures.setdefault("<engine>", self.stop_message)
 
     HAND_OVER_EVERY = 0.02       # seconds: the most a busy loop keeps records to itself
@@ -195,7 +201,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             young = float("inf") if final else self.clock.now() - self.DEFER_WAITING
             for t in self.dirty:
                 t.dirty = False
-                if not t.persisted and t.created_at > young and \
+                # Only a task that never started waits: one that ran (a retry now QUEUED) has
+                # attempt rows in ``self.out`` that need its row first.
+                if not t.persisted and t.attempt == 0 and t.created_at > young and \
                         (t.state is _T.PENDING or t.state is _T.QUEUED):
                     deferred.append(t)      # young and waiting: its first row can wait
                 else:
