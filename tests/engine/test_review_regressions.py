@@ -312,3 +312,22 @@ def test_an_engine_crash_marks_started_tasks_failed_in_their_rows():
         assert states.get("slow_one-0") is TaskState.FAILED, states
     finally:
         eng.close()
+
+
+def test_a_failing_on_start_callback_fails_the_run_and_restores_the_gc_threshold():
+    import gc
+    before = gc.get_threshold()
+    eng = Engine(results=MemoryStorage(), metadata=MemoryMetadataStore(), flush_interval=0.01)
+
+    def on_start(loop):
+        raise RuntimeError("callback broke")
+
+    try:
+        t0 = time.monotonic()
+        r = eng.run(lambda run: 1, pipeline="p", on_start=on_start)
+        assert time.monotonic() - t0 < 5
+        assert r.state is RunState.FAILED and "callback broke" in str(r.error)
+        assert eng.metadata.get_run(r.run_id).state is RunState.FAILED
+        assert gc.get_threshold() == before
+    finally:
+        eng.close()

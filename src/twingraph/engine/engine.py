@@ -312,13 +312,17 @@ class Engine:
         thread = threading.Thread(target=loop.run_forever, name=f"twingraph-run-{run_id[:8]}",
                                   daemon=True)
         _gc_relax()
-        thread.start()
-        if on_start is not None:
-            on_start(loop)
+        try:
+            thread.start()
+        except BaseException:
+            _gc_restore()
+            raise
         value, body_error = None, None
         prev = current_run()
         _current.run = loop
         try:
+            if on_start is not None:      # a failing callback fails the run, like its body
+                on_start(loop)
             value = body(loop)
         except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised via RunResult
             body_error = exc
