@@ -6,11 +6,8 @@ driver (states as strings, JSON already encoded): SQLAlchemy's per-row parameter
 more than the database's own work.
 
 - SQLite: ``build(None)`` gives an INSERT/UPDATE with one bind per column. An INSERT runs as
-  multi-row statements of ``SQLITE_ROWS_PER_STATEMENT`` rows (the rest, and UPDATEs, as one
-  ``executemany``): the driver releases and re-takes the GIL around every statement step, and
-  while the engine's scheduler thread holds the GIL each re-take waits for it. Per row, that
-  made the writes of a 200,000-node DAG take up to 3.5x their CPU time in wall time; 32 rows a
-  statement measured best (bench/large_dag.py at 20k and 100k nodes: 256 held the GIL too long).
+  multi-row statements (``stores/sqlite_rows.py``: why), the rest and UPDATEs as one
+  ``executemany``.
 - PostgreSQL: ``build(v)`` gets ``v``, the derived table ``unnest(:col1[], :col2[], ...)``, and
   selects from it; one statement carries up to ``POSTGRES_CHUNK`` rows as one array per column.
   Arrays go in binary format. Per 10,000 rows here: psycopg's pipelined ``executemany`` 0.45 s,
@@ -22,7 +19,6 @@ does for everything else.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
@@ -31,11 +27,10 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 from sqlalchemy.sql.type_api import TypeEngine
 
+from twingraph.stores.sqlite_rows import insert_rows, multi_row
+
 #: Rows per statement on PostgreSQL.
 POSTGRES_CHUNK = 50_000
-#: Rows per multi-row INSERT on SQLite (at most 32,766 binds per statement).
-SQLITE_ROWS_PER_STATEMENT = 32
-_VALUES = re.compile(r"VALUES \((\?(?:, \?)*)\)")
 #: Keys that are not columns of the target table (UPDATE ... WHERE keys).
 EXTRA_KEY_TYPES: dict[str, TypeEngine[Any]] = {"k_run": String(), "k_node": String()}
 
@@ -86,27 +81,8 @@ def _executemany(conn: Connection, name: str, keys: tuple[str, ...],
     if cache_key in _MULTI:
         multi = _MULTI[cache_key]
     else:
-        multi = _MULTI[cache_key] = _multi_row(sql, len(keys))
-    if multi is not None and len(rows) >= multi[1]:
-        many_sql, n = multi
-        full = len(rows) - len(rows) % n
-        for i in range(0, full, n):
-            conn.exec_driver_sql(many_sql, tuple([v for row in rows[i:i + n] for v in row]))
-        rows = rows[full:]
-    if rows:
-        conn.exec_driver_sql(sql, rows)
-
-
-def _multi_row(sql: str, width: int) -> tuple[str, int] | None:
-    """The multi-row form of a one-row ``INSERT ... VALUES (?, ...)`` (None for others)."""
-    found = list(_VALUES.finditer(sql))
-    if not sql.lstrip().upper().startswith("INSERT") or len(found) != 1 \
-            or found[0].group(1).count("?") != width:
-        return None
-    n = max(1, min(SQLITE_ROWS_PER_STATEMENT, 32_766 // width))
-    group = f"({found[0].group(1)})"
-    m = found[0]
-    return sql[:m.start()] + "VALUES " + ", ".join([group] * n) + sql[m.end():], n
+        multi = _MULTI[cache_key] = multi_row(sql, len(keys))
+    insert_rows(conn.exec_driver_sql, conn.exec_driver_sql, sql, multi, rows)
 
 
 def _column_type(table: Table, key: str) -> TypeEngine[Any]:

@@ -41,6 +41,7 @@ from twingraph.stores.results._common import (
 )
 from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, pack_small, worth_it
 from twingraph.stores.results.base import Buffer, Item, ResultStoreBase
+from twingraph.stores.sqlite_rows import insert_rows, multi_row
 from twingraph.stores.sqlite_wal import enable_wal
 
 __all__ = ["SQLiteStorage"]
@@ -89,13 +90,7 @@ ON CONFLICT (node_id) DO UPDATE SET
     created_at = excluded.created_at, dag_id = excluded.dag_id, metadata = excluded.metadata,
     n_chunks = excluded.n_chunks, data = excluded.data
 """
-#: Rows per multi-row INSERT. ``executemany`` releases and re-takes the GIL around every
-#: row; while the engine's scheduler thread holds it, each re-take waits for that thread to
-#: let go. One statement of many rows takes it once.
-ROWS_PER_STATEMENT = 32
-_UPSERT_MANY = _UPSERT.replace("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                               "VALUES " + ",\n".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"]
-                                                      * ROWS_PER_STATEMENT))
+_UPSERT_MANY = multi_row(_UPSERT, 10)        # stores/sqlite_rows.py: why
 _READ = "SELECT content_hash, data_size, compression, n_chunks, data FROM node_results " \
         "WHERE node_id = ?"
 _READ_ALL = "SELECT data_type, created_at, metadata, content_hash, data_size, compression, " \
@@ -105,15 +100,6 @@ _HEAD = "SELECT data_type, content_hash, data_size, compression, created_at, met
 _DATA_TYPES = {d.value: d for d in DataType}
 _CHUNKS = "SELECT chunk_id, raw_size, data FROM node_data_chunks WHERE node_id = ? " \
           "ORDER BY chunk_id"
-
-
-def _upsert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    n = ROWS_PER_STATEMENT
-    full = len(rows) - len(rows) % n
-    for i in range(0, full, n):
-        conn.execute(_UPSERT_MANY, [v for row in rows[i:i + n] for v in row])
-    if full < len(rows):
-        conn.executemany(_UPSERT, rows[full:])
 
 
 class SQLiteStorage(ResultStoreBase):
@@ -226,7 +212,7 @@ class SQLiteStorage(ResultStoreBase):
         rows.sort(key=_first)
         with self._write("put", preps[0].key) as conn:
             if rows:
-                _upsert_rows(conn, rows)
+                insert_rows(conn.execute, conn.executemany, _UPSERT, _UPSERT_MANY, rows)
             for p in chunked:
                 self._put_chunked(conn, p, cctx)
 
