@@ -71,6 +71,19 @@ def test_validate_dag_orders_and_names_problems():
     assert e.value.reason == "cycle" and e.value.nodes == ["b", "c", "d"]   # not 'e'
 
 
+def test_topological_order_keeps_a_valid_given_order_and_sorts_any_other():
+    written = {"a": [], "b": ["a"], "x": [], "c": ["b", "x"]}
+    assert validate_dag(written) == ["a", "b", "x", "c"]        # already an order: kept as written
+    shuffled = {"c": ["b", "x"], "b": ["a"], "x": [], "a": []}
+    order = validate_dag(shuffled)
+    assert sorted(order) == ["a", "b", "c", "x"]
+    for n, ds in shuffled.items():
+        assert all(order.index(d) < order.index(n) for d in ds)
+    with pytest.raises(GraphValidationError) as e:                # a self-loop is not an order
+        validate_dag({"a": [], "b": ["b"]})
+    assert e.value.nodes == ["b"]
+
+
 def test_cycle_detection_is_iterative_on_long_chains():
     n = 200_000
     deps = {str(i): [str(i - 1)] if i else [str(n - 1)] for i in range(n)}
