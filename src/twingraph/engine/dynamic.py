@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twingraph.core.codeversion import code_version
 from twingraph.core.graph import validate_dag
@@ -36,6 +36,9 @@ from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.loop import RunOptions
 from twingraph.errors import GraphValidationError, NodeExecutionError, ValidationError
 from twingraph.registry import registered_components
+
+if TYPE_CHECKING:
+    from twingraph.engine.streaming_node import StreamingNodeExecutor
 
 
 class NodeStatus(Enum):
@@ -88,8 +91,10 @@ class ExecutionConfig:
     """The document's execution settings. ``storage_backend``/``storage_path``,
     ``compression`` (zstd for values that shrink) and ``cache_size`` (SQLite page cache per
     connection) configure the result store where one is created from them (``twingraph dynamic
-    execute``; ``stores.results.factory.options_from_config``). ``streaming_threshold`` has no
-    effect: the stores always chunk values above their own threshold (1 MiB) and stream them."""
+    execute``; ``stores.results.factory.options_from_config``). ``streaming_threshold`` is how
+    much of a streaming node's output (``engine.streaming_node``) is held in memory before it
+    spills to a temporary file; the stores chunk values above their own threshold (1 MiB)
+    whatever it is, and stream them on read."""
     max_concurrent_nodes: int = 4
     storage_backend: str = "sqlite"
     storage_path: str = "./voxlogica_storage"
@@ -316,7 +321,9 @@ class DynamicScheduler:
         self.storage = storage
         self.config = config or ExecutionConfig()
         self.engine = engine or Engine(results=storage, metadata=metadata)
-        self.executor = NodeExecutor(storage)
+        from twingraph.engine import streaming_node      # imported here: it builds on this module
+        self.executor: StreamingNodeExecutor = streaming_node.StreamingNodeExecutor(
+            storage, spool_threshold=self.config.streaming_threshold)
         self.active_executions: dict[str, threading.Thread] = {}
         self.execution_states: dict[str, ExecutionProgress] = {}
         self.results: dict[str, RunResult] = {}
