@@ -331,3 +331,46 @@ def test_a_failing_on_start_callback_fails_the_run_and_restores_the_gc_threshold
         assert gc.get_threshold() == before
     finally:
         eng.close()
+
+
+def test_an_engine_crash_gives_rows_to_tasks_still_waiting_to_be_taken_in():
+    # The loop crashes while taking in the body's calls: the call it was on and every call
+    # still queued behind it get a FAILED row, like the tasks it already knew.
+    from twingraph.engine.loop import RunLoop
+    from twingraph.errors import NodeExecutionError
+
+    @component(executor="thread", cache=False)
+    def noop(x: int) -> int:
+        return x
+
+    eng = Engine(results=MemoryStorage(), metadata=MemoryMetadataStore(), flush_interval=0.01)
+    original = RunLoop._submit_guarded
+    accepted = []
+
+    def submit(self, task):
+        if task.node_id == "noop-3":
+            raise RuntimeError("engine bug")
+        original(self, task)
+
+    @pipeline(timeout=10)
+    def p():
+        for i in range(12):
+            try:
+                accepted.append(noop(x=i).node_id)
+            except NodeExecutionError:
+                break
+        return 0
+
+    RunLoop._submit_guarded = submit
+    try:
+        r = p.run(engine=eng)
+    finally:
+        RunLoop._submit_guarded = original
+    try:
+        assert r.state is RunState.FAILED and "engine bug" in str(r.error)
+        states = {t.node_id: t.state for t in eng.metadata.get_tasks(r.run_id)}
+        assert "noop-3" in accepted and set(accepted) <= set(states), (accepted, states)
+        assert states["noop-3"] is TaskState.FAILED
+        assert all(s.terminal for s in states.values()), states
+    finally:
+        eng.close()

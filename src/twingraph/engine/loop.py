@@ -141,7 +141,10 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                     self._handle(ev)
                     ev = get_nowait(self.inbox)
                 while submitted:
-                    self._submit_guarded(submitted.popleft())
+                    # Taken off the queue once registered: if the loop crashes in between,
+                    # ``_crash`` still finds the task (in ``submitted``) and gives it a row.
+                    self._submit_guarded(submitted[0])
+                    submitted.popleft()
                 self._fire_timers()
                 self._dispatch()
                 if self.body_finished and self.unfinished == 0 and self.running == 0 \
@@ -166,13 +169,19 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             if not task.state.terminal:
                 if task.state is _T.RUNNING and task.mode != "inline" and task.job is not None:
                     self.executor.abort(task.job)
+                if self.tasks.get(task.node_id) is not task:
+                    # Submitted by the body, never taken in by the loop: it gets a row too.
+                    if task.node_id in self.tasks:
+                        task.node_id = f"{task.node_id}.{task.order}"
+                    self.tasks[task.node_id] = task
+                    task.created_at = self.clock.now()
                 err = NodeExecutionError(self.stop_message, node_id=task.node_id)
                 with self.lock:
                     task.state, task.error = _T.FAILED, err
                     ev = task.event
                 if ev is not None:
                     ev.set()
-                if task.node_id in self.tasks and not task.dirty:   # its row says FAILED too
+                if not task.dirty:              # its row says FAILED too
                     task.dirty = True
                     self.dirty.append(task)
         self.failures.setdefault("<engine>", self.stop_message)
