@@ -213,3 +213,46 @@ def test_a_large_graph_is_submitted_in_a_window(monkeypatch):
         eng.close()
     assert r.state.value == "SUCCESS" and r.progress["succeeded"] == n
     assert len(seen) == n and max(seen) <= 200 + 1024
+
+
+def test_base_component_takes_its_inputs_positionally_too(scheduler, engine):
+    # validate_inputs takes keywords: positional inputs reach it under execute's names, so the
+    # documented CustomProcessor works called positionally and as a node with a list of arguments
+    t = ops.Threshold({"threshold": 1})
+    assert t([0, 5]) == {"filtered": [5], "count": 1, "threshold": 1}
+    with pytest.raises(TypeError, match="Threshold.execute: too many positional"):
+        t([1], [2])
+    with pytest.raises(ValueError, match="Missing required input"):
+        t()
+
+    @pipeline(name="positional_class")
+    def p():
+        return t([0, 1, 2, 3])
+
+    assert p.run(engine=engine).value["outputs"]["filtered"] == [2, 3]
+    dag = DAGDefinition("positional", [N("nums", "make_numbers", n=5),
+                                       N("kept", "threshold", ["nums"], threshold=2)])
+    r = scheduler.run(dag)
+    assert r.state.value == "SUCCESS", r.failures
+    kept = {t.node_id: t for t in scheduler.engine.metadata.get_tasks(r.run_id)}["kept"]
+    assert scheduler.engine.load_value(kept.result_key)["filtered"] == [3, 4]
+
+
+def test_node_results_give_each_node_its_status_value_and_error(scheduler):
+    from twingraph.errors import NotFoundError
+    dag = DAGDefinition("results", [N("nums", "make_numbers", n=4), N("sq", "square_all", ["nums"]),
+                                    N("boom", "explode", ["nums"]), N("after", "add_all", ["boom"])])
+    scheduler.config.retry_failed_nodes = False
+    r = scheduler.run(dag)
+    assert r.state.value == "FAILED"
+    res = scheduler.node_results("results")
+    assert set(res) == {"nums", "sq", "boom", "after"}
+    assert res["nums"].status is NodeStatus.COMPLETED and res["nums"].result_data == [0, 1, 2, 3]
+    assert res["sq"].result_data == [0, 1, 4, 9] and res["sq"].execution_time_ms is not None
+    assert res["boom"].status is NodeStatus.FAILED and "exploded" in res["boom"].error_message
+    assert res["boom"].result_data is None
+    assert res["after"].status is NodeStatus.CANCELLED          # skipped: its input failed
+    only = asyncio.run(scheduler.get_node_results("results", ["sq"]))
+    assert list(only) == ["sq"] and only["sq"].result_data == [0, 1, 4, 9]
+    with pytest.raises(NotFoundError):
+        scheduler.node_results("never-ran")

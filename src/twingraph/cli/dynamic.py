@@ -46,13 +46,10 @@ def register(app: typer.Typer) -> None:
         except TwinGraphError as exc:
             console.print(f"[red]Execution failed:[/red] {exc}")
             raise typer.Exit(2) from None
-        tasks = metadata.get_tasks(result.run_id)
-        console.print(summary_table(tasks))
-        sinks = _sinks(dag)
-        outputs: dict[str, Any] = {}
-        for t in tasks:
-            if t.node_id in sinks and t.state.value == "SUCCESS":
-                outputs[t.node_id] = scheduler.engine.load_value(t.result_key)
+        console.print(summary_table(metadata.get_tasks(result.run_id)))
+        outputs = {nid: r.result_data
+                   for nid, r in scheduler.node_results(dag.dag_id, _sinks(dag)).items()
+                   if r.status.value == "completed"}
         summary = {"execution_id": result.run_id, "dag_id": dag.dag_id,
                    "status": "completed" if result.state.value == "SUCCESS" else "failed",
                    "results": outputs, "failures": result.failures}
@@ -66,7 +63,7 @@ async def _execute(scheduler: Any, dag: Any, progress: bool) -> Any:
     dag_id = await scheduler.submit_dag(dag)
 
     def snapshot() -> dict[str, Any] | None:
-        run_id = scheduler._dag_runs.get(dag_id)
+        run_id = scheduler.run_id(dag_id)
         loop = scheduler.engine.runs.get(run_id) if run_id else None
         return loop.progress() if loop is not None else None
 

@@ -70,8 +70,24 @@ class BaseComponent(abc.ABC):
         """Do the work; return a dict, a NamedTuple or a plain value."""
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
-        self.validate_inputs(**kwargs)
+        self.validate_inputs(**(self._by_name(args, kwargs) if args else kwargs))
         return self.execute(*args, **kwargs)
+
+    def _by_name(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The inputs as ``validate_inputs`` takes them, by name: positional ones under the
+        names ``execute`` gives them (a declarative node's list of arguments, ``proc([1, 2])``
+        for ``execute(self, data)``)."""
+        try:
+            bound = inspect.signature(self.execute).bind_partial(*args, **kwargs)
+        except TypeError as exc:      # what calling ``execute`` would raise, said up front
+            raise TypeError(f"{type(self).__name__}.execute: {exc}") from None
+        named: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            if bound.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                named.update(value)
+            else:
+                named[name] = value
+        return named
 
     @property
     def spec(self) -> ComponentSpec:

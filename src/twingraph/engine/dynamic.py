@@ -21,7 +21,7 @@ import dataclasses
 import inspect
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -34,7 +34,8 @@ from twingraph.core.specs import ComponentSpec
 from twingraph.core.states import RunState
 from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.loop import RunOptions
-from twingraph.errors import GraphValidationError, NodeExecutionError, ValidationError
+from twingraph.errors import (ConfigurationError, GraphValidationError, NodeExecutionError,
+                              NotFoundError, ValidationError)
 from twingraph.registry import registered_components
 
 if TYPE_CHECKING:
@@ -377,7 +378,42 @@ class DynamicScheduler:
             raise TimeoutError(f"DAG {dag_id} still running")
         return self.results[dag_id]
 
+    async def get_node_results(self, dag_id: str,
+                               node_ids: Iterable[str] | None = None) -> dict[str, ExecutionResult]:
+        """``node_results`` without blocking the event loop."""
+        return await asyncio.to_thread(self.node_results, dag_id, node_ids)
+
     # -- synchronous convenience ----------------------------------------------------------
+    def node_results(self, dag_id: str,
+                     node_ids: Iterable[str] | None = None) -> dict[str, ExecutionResult]:
+        """Each node of ``dag_id``'s latest execution (or only ``node_ids``) as the document's
+        ``ExecutionResult``: its status, its value (``result_data``, read from the result store,
+        where a DAG run keeps it under the node's structural key), the error of a failed node
+        and how long it ran. Read from the run's task records, so it needs the engine's
+        metadata store; while the DAG runs, a node the run has not taken in yet has no record
+        and is left out. Raises ``NotFoundError`` for a DAG this scheduler has not run."""
+        run_id = self._dag_runs.get(dag_id)
+        if run_id is None:
+            raise NotFoundError(f"DAG {dag_id!r} has not been executed by this scheduler")
+        if self.engine.metadata is None:
+            raise ConfigurationError("node results are read from the run's task records: "
+                                     "give the scheduler (or its engine) a metadata store")
+        wanted = None if node_ids is None else set(node_ids)
+        out: dict[str, ExecutionResult] = {}
+        for t in self.engine.metadata.get_tasks(run_id):
+            if wanted is not None and t.node_id not in wanted:
+                continue
+            status = _TASK_TO_NODE[t.state.value]
+            ms = None
+            if t.started_at is not None and t.ended_at is not None:
+                ms = int((t.ended_at - t.started_at) * 1000)
+            value = self.engine.load_value(t.result_key) if status is NodeStatus.COMPLETED \
+                else None
+            out[t.node_id] = ExecutionResult(t.node_id, status, result_data=value,
+                                             error_message=t.error or None,
+                                             execution_time_ms=ms)
+        return out
+
     def run(self, dag: DAGDefinition) -> RunResult:
         """Validate and run ``dag`` in this thread; returns the engine's RunResult."""
         plan = self._validate_dag(dag)
