@@ -39,7 +39,8 @@ def run_lineage(metadata: MetadataStore, run_id: str) -> tuple[list[Vertex], lis
         vertices.append(Vertex(t.node_id, "Component", {
             "name": t.component, "execution_id": run_id, "hash": t.cache_key,
             "status": t.state.value, "platform": t.platform, "started_at": t.started_at,
-            "completed_at": t.ended_at, "cache": t.cache_status}))
+            "completed_at": t.ended_at, "cache": t.cache_status,
+            "labels": (t.inputs or {}).get("labels") or None}))
         edges.append(EdgeRecord(run_id, t.node_id, run_id, "BELONGS_TO",
                                 {"component_order": t.order}))
     return vertices, edges

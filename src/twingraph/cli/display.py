@@ -132,10 +132,17 @@ def summary_table(tasks: list[Any], limit: int = 30) -> Table:
 
 def tasks_table(tasks: list[Any], limit: int = 200) -> Table:
     t = Table(title=f"Tasks ({len(tasks)})")
-    for c in ("node", "component", "state", "cache", "why", "attempts", "duration", "error"):
+    shown = tasks[:limit]
+    labelled = any((task.inputs or {}).get("labels") for task in shown)
+    for c in ("node", "component", "state", "cache", "why", "attempts", "duration", "error",
+              *(("labels",) if labelled else ())):
         t.add_column(c, overflow="fold")
-    for task in tasks[:limit]:
-        t.add_row(task.node_id, task.component, _state(task.state.value), task.cache_status or "—",
-                  task.cache_reason or "", str(task.attempts), dur(task.started_at, task.ended_at),
-                  (task.error or "")[:120])
+    for task in shown:
+        row = [task.node_id, task.component, _state(task.state.value), task.cache_status or "—",
+               task.cache_reason or "", str(task.attempts), dur(task.started_at, task.ended_at),
+               (task.error or "")[:120]]
+        if labelled:
+            labels = (task.inputs or {}).get("labels") or {}
+            row.append(", ".join(f"{k}={v}" for k, v in sorted(labels.items())))
+        t.add_row(*row)
     return t

@@ -212,11 +212,16 @@ class Engine:
                                                               spec.memo_config()))
         return fp[1]
 
-    def fingerprint(self, spec: Any) -> dict[str, str]:
+    def fingerprint(self, spec: Any) -> dict[str, Any]:
+        """What every task row of ``spec`` records about its definition: code version, config
+        digest, and the component's ``labels`` (for tracking: runs show, REST, lineage)."""
         entry = self._fingerprints.get(id(spec))
         if entry is None:
-            fp = {"code_version": spec.code_version,
-                  "config": serialization.content_hash(_jsonable(spec.memo_config()))[:16]}
+            fp: dict[str, Any] = {
+                "code_version": spec.code_version,
+                "config": serialization.content_hash(_jsonable(spec.memo_config()))[:16]}
+            if spec.labels:
+                fp["labels"] = dict(spec.labels)
             entry = self._fingerprints[id(spec)] = (spec, fp)
         return entry[1]
 

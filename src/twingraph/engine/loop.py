@@ -309,8 +309,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 p.dependents.append(task)
         # Lineage: the producers this task read (DEPENDS_ON edges, with the output path that
         # flowed) travel in its own row; twingraph.lineage turns them into edges.
-        task.inputs_info = {"code_version": fp["code_version"], "config": fp["config"],
-                            "deps": deps} if deps and self.opt.lineage else fp
+        task.inputs_info = {**fp, "deps": deps} if deps and self.opt.lineage else fp
         if self.engine.has_sinks:
             self.emit({"event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
                        "component": task.component, "status": "PENDING"})

@@ -60,7 +60,8 @@ def task(t: TaskRecord) -> dict[str, Any]:
             "cache_status": t.cache_status, "cache_reason": t.cache_reason,
             "content_hash": t.content_hash, "created_at": iso(t.created_at),
             "started_at": iso(t.started_at), "ended_at": iso(t.ended_at),
-            "duration_seconds": duration, "error": t.error}
+            "duration_seconds": duration, "error": t.error,
+            "labels": (t.inputs or {}).get("labels", {})}
 
 
 def log(entry: LogRecord) -> dict[str, Any]:
