@@ -3,7 +3,9 @@ written chunk by chunk, spilled to a temporary file past the threshold (bounded 
 atomically (a failure stores nothing), readable by later nodes, streaming or not."""
 import asyncio
 import hashlib
-import os
+import sqlite3
+import threading
+import time
 import tracemalloc
 
 import pytest
@@ -15,15 +17,17 @@ from twingraph.engine.streaming_node import StreamingContext, StreamingNodeExecu
 from twingraph.errors import ValidationError
 from twingraph.stores.metadata import MemoryMetadataStore
 from twingraph.stores.results.filesystem import FilesystemStorage
+from twingraph.stores.results.memory import MemoryStorage
 from twingraph.stores.results.sqlite import SQLiteStorage
 
 MiB = 1024 * 1024
 
 
-@pytest.fixture(params=["sqlite", "filesystem"])
+@pytest.fixture(params=["sqlite", "filesystem", "memory"])
 def storage(request, tmp_path):
-    store = (SQLiteStorage(str(tmp_path / "r.db")) if request.param == "sqlite"
-             else FilesystemStorage(tmp_path / "fs"))
+    store = {"sqlite": lambda: SQLiteStorage(str(tmp_path / "r.db")),
+             "filesystem": lambda: FilesystemStorage(tmp_path / "fs"),
+             "memory": MemoryStorage}[request.param]()
     yield store
     store.close()
 
@@ -96,7 +100,8 @@ def test_output_past_the_threshold_spills_and_memory_stays_bounded(storage, monk
         tracemalloc.stop()
     assert r.status is NodeStatus.COMPLETED, r.error_message
     assert seen == [True]
-    assert peak < 4 * MiB, peak                      # the output itself is 12 MiB
+    if not isinstance(storage, MemoryStorage):      # which holds every value in memory
+        assert peak < 4 * MiB, peak                  # the output itself is 12 MiB
     h = hashlib.sha256()
     for i in range(n):
         h.update(_block(i, size))
@@ -107,13 +112,28 @@ def test_output_past_the_threshold_spills_and_memory_stays_bounded(storage, monk
     assert small.status is NodeStatus.COMPLETED and seen == [True, False]
 
 
+CLOSED = []
+
+
 async def half_then_fail(ctx, params):
-    yield b"x" * 100_000
-    raise RuntimeError("source went away")
+    try:
+        yield b"x" * 100_000
+        raise RuntimeError("source went away")
+    finally:
+        CLOSED.append("half_then_fail")
 
 
 async def not_bytes(ctx, params):
-    yield "text, not bytes"
+    try:
+        yield b"y" * 100
+        yield "text, not bytes"
+        yield b"never asked for"
+    finally:
+        CLOSED.append("not_bytes")
+
+
+async def returns_bytes(ctx, params):
+    return b"an async def returning, not yielding"
 
 
 def sync_chunks(ctx, params):
@@ -125,16 +145,71 @@ def sync_chunks(ctx, params):
     (half_then_fail, "RuntimeError: source went away"),
     (not_bytes, "must yield bytes, got str"),
     (lambda ctx, params: 42, "must be an async generator or a generator of bytes"),
+    (returns_bytes, "must be an async generator or a generator of bytes chunks, got coroutine"),
 ])
-def test_a_failing_stream_stores_nothing(storage, op, message):
+def test_a_failing_stream_stores_nothing(storage, monkeypatch, op, message):
+    contexts = []
+    real_init = StreamingContext.__init__
+
+    def init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        contexts.append(self)
+    monkeypatch.setattr(StreamingContext, "__init__", init)
+    CLOSED.clear()
     ex = StreamingNodeExecutor(storage, spool_threshold=10)     # spilled: a temp file to drop
     ex.register_operation("bad_streaming", op)
-    asyncio.run(ex.execute_streaming_node(NodeDefinition("warm", "bad", [], {})))
-    before = len(os.listdir("/proc/self/fd"))
     r = asyncio.run(ex.execute_streaming_node(NodeDefinition("out", "bad", [], {})))
     assert r.status is NodeStatus.FAILED and message in r.error_message, r.error_message
     assert storage.head("out") is None
-    assert len(os.listdir("/proc/self/fd")) == before          # the temporary file is closed
+    assert contexts[0]._file is None and contexts[0].chunks == []   # temp file closed
+    if op in (half_then_fail, not_bytes):
+        assert CLOSED == [op.__name__]                  # the generator was closed, not left
+
+
+def test_empty_output_and_a_zero_threshold(storage):
+    async def nothing(ctx, params):
+        for _ in ():
+            yield b""
+
+    async def some(ctx, params):
+        yield b""
+        yield b"abc"
+    ex = StreamingNodeExecutor(storage, spool_threshold=0)
+    ex.register_operation("nothing_streaming", nothing)
+    ex.register_operation("some_streaming", some)
+
+    async def go():
+        return (await ex.execute_streaming_node(NodeDefinition("empty", "nothing", [], {})),
+                await ex.execute_streaming_node(NodeDefinition("some", "some", [], {})))
+    empty, some_r = asyncio.run(go())
+    assert empty.status is some_r.status is NodeStatus.COMPLETED
+    assert bytes(storage.get("empty")) == b"" and bytes(storage.get("some")) == b"abc"
+
+
+def test_a_store_failure_after_spilling_reports_the_store_error(storage):
+    ex = _executor(storage, spool=1024)
+    r = asyncio.run(ex.execute_streaming_node(
+        NodeDefinition("big", "gen", [], {"n": 8, "size": 64 * 1024}, {"bad": object()})))
+    assert r.status is NodeStatus.FAILED
+    assert r.error_message.startswith("StorageError: output of streaming node 'big' not stored")
+    assert storage.head("big") is None
+
+
+def test_a_corrupted_dependency_fails_the_node(tmp_path):
+    store = SQLiteStorage(str(tmp_path / "r.db"))
+    try:
+        ex = _executor(store)
+        asyncio.run(ex.execute_streaming_node(
+            NodeDefinition("src", "gen", [], {"n": 2, "size": 1024})))
+        with sqlite3.connect(tmp_path / "r.db") as db:     # flip the stored bytes on disk
+            db.execute("UPDATE node_results SET data = ? WHERE node_id = 'src'", (b"Z" * 2048,))
+        r = asyncio.run(ex.execute_streaming_node(
+            NodeDefinition("loud", "upper", ["src"], {"source": "src"})))
+        assert r.status is NodeStatus.FAILED and "IntegrityError" in r.error_message
+        assert store.head("loud") is None
+    finally:
+        store.close()
+
 
 
 def test_plain_generators_missing_dependencies_and_fallback(storage):
@@ -155,6 +230,55 @@ def test_plain_generators_missing_dependencies_and_fallback(storage):
     assert fallback.result_data == {"bytes": 30, "type": "bytes"}
 
 
+def test_a_plain_generator_keeps_one_thread_and_reads_dependencies(storage):
+    def rows(ctx, params):
+        db = sqlite3.connect(":memory:")        # bound to the thread that opened it
+        db.execute("CREATE TABLE t (v BLOB)")
+        db.executemany("INSERT INTO t VALUES (?)", [(b"%d," % i,) for i in range(20)])
+        for (v,) in db.execute("SELECT v FROM t ORDER BY rowid"):
+            yield v
+        yield b"|" + b"".join(ctx.iter_dependency(params["dep"], chunk_size=7))
+        db.close()
+    ex = _executor(storage)
+    ex.register_operation("rows_streaming", rows)
+    storage.put("dep", b"dependency bytes", _bytes_meta("dep", b"dependency bytes"))
+
+    async def go():
+        return await asyncio.gather(*[ex.execute_streaming_node(
+            NodeDefinition(f"rows{i}", "rows", [], {"dep": "dep"})) for i in range(3)])
+    results = asyncio.run(go())
+    assert all(r.status is NodeStatus.COMPLETED for r in results), results
+    want = b"".join(b"%d," % i for i in range(20)) + b"|dependency bytes"
+    assert all(bytes(storage.get(f"rows{i}")) == want for i in range(3))
+
+
+def _bytes_meta(key, data):
+    from twingraph.core.results import StorageMetadata
+    return StorageMetadata(key, DataType.BINARY, hashlib.sha256(data).hexdigest(), len(data),
+                           metadata={"encoding": "bytes"})
+
+
+def test_cancelling_a_node_stops_its_plain_generator(storage):
+    closed = threading.Event()
+
+    def slow(ctx, params):
+        try:
+            while True:
+                time.sleep(0.05)
+                yield b"tick"
+        finally:
+            closed.set()
+    ex = StreamingNodeExecutor(storage)
+    ex.register_operation("slow_streaming", slow)
+
+    async def go():
+        await asyncio.wait_for(ex.execute_streaming_node(NodeDefinition("s", "slow", [], {})), 0.3)
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(go())
+    assert closed.wait(2), "the generator was not closed"
+    assert storage.head("s") is None
+
+
 def test_context_rules(storage):
     ctx = StreamingContext("n", storage, spool_threshold=4)
 
@@ -173,11 +297,20 @@ def test_context_rules(storage):
         StreamingContext("n", storage, spool_threshold=-1)
 
 
-def test_the_scheduler_streams_with_its_configured_threshold(storage):
+def test_the_scheduler_streams_with_its_configured_threshold(storage, monkeypatch):
+    spilled = []
+    real_finalize = StreamingContext.finalize
+
+    async def finalize(self):
+        spilled.append(self.spilled)
+        return await real_finalize(self)
+    monkeypatch.setattr(StreamingContext, "finalize", finalize)
     sched = DynamicScheduler(storage, ExecutionConfig(streaming_threshold=1234),
                              metadata=MemoryMetadataStore())
     try:
-        assert isinstance(sched.executor, StreamingNodeExecutor)
-        assert sched.executor.spool_threshold == 1234
+        sched.executor.register_operation("gen_streaming", generate)
+        r = asyncio.run(sched.executor.execute_streaming_node(
+            NodeDefinition("big", "gen", [], {"n": 2, "size": 1024})))
+        assert r.status is NodeStatus.COMPLETED and spilled == [True]   # 2 KiB > 1234 bytes
     finally:
         sched.engine.close()

@@ -93,9 +93,10 @@ class ExecutionConfig:
     ``compression`` (zstd for values that shrink) and ``cache_size`` (SQLite page cache per
     connection) configure the result store where one is created from them (``twingraph dynamic
     execute``; ``stores.results.factory.options_from_config``). ``streaming_threshold`` is how
-    much of a streaming node's output (``engine.streaming_node``) is held in memory before it
-    spills to a temporary file; the stores chunk values above their own threshold (1 MiB)
-    whatever it is, and stream them on read."""
+    much of a streaming node's output is held in memory before it spills to a temporary file,
+    for ``DynamicScheduler.executor.execute_streaming_node`` (``engine.streaming_node``); DAG
+    runs (``submit_dag``, ``run``) do not use it. The stores chunk values above their own
+    threshold (1 MiB) whatever it is, and stream them on read."""
     max_concurrent_nodes: int = 4
     storage_backend: str = "sqlite"
     storage_path: str = "./voxlogica_storage"

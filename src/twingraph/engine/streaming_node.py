@@ -20,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import mmap
 import tempfile
+import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import traceback
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 from twingraph.core.results import DataType, StorageMetadata
@@ -32,7 +35,7 @@ from twingraph.engine.dynamic import (ExecutionConfig, ExecutionResult, NodeDefi
 from twingraph.errors import NodeExecutionError, StorageError, ValidationError
 
 STREAMING_SUFFIX = "_streaming"
-_END = object()
+AHEAD = 2          # chunks a plain generator may run ahead of the store
 
 
 class StreamingContext:
@@ -65,14 +68,28 @@ class StreamingContext:
 
     async def read_dependency_stream(self, dep_node_id: str,
                                      chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
-        """The stored bytes of ``dep_node_id`` in chunks, verified against their content hash
-        as they come (a corrupted value raises ``IntegrityError``, never yields wrong bytes).
-        A value stored by a streaming node streams as the raw bytes it wrote; other values as
-        their encoding (``metadata['encoding']`` of ``get_metadata``)."""
+        """The stored bytes of ``dep_node_id`` in chunks. A value stored by a streaming node
+        streams as the raw bytes it wrote; other values as their encoding
+        (``metadata['encoding']`` of ``get_metadata``). The content hash is checked as the
+        chunks go by: a corrupted value raises ``IntegrityError`` instead of its last chunk, so
+        the node fails and stores nothing (earlier chunks were already handed over)."""
         if await self.storage.get_metadata(dep_node_id) is None:
             raise NodeExecutionError(f"Dependency {dep_node_id} not found", node_id=self.node_id)
         async for chunk in self.storage.stream_result(dep_node_id, chunk_size):
             yield chunk
+
+    def iter_dependency(self, dep_node_id: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """``read_dependency_stream`` for a plain generator (which runs in a thread of its own
+        and cannot iterate an async stream): the store's synchronous reader, same checks."""
+        head = getattr(self.storage, "head", None)
+        chunks = getattr(self.storage, "iter_chunks", None)
+        if head is None or chunks is None:
+            raise NodeExecutionError(f"{type(self.storage).__name__} has no synchronous reader: "
+                                     "use read_dependency_stream from an async generator",
+                                     node_id=self.node_id)
+        if head(dep_node_id) is None:
+            raise NodeExecutionError(f"Dependency {dep_node_id} not found", node_id=self.node_id)
+        yield from chunks(dep_node_id, chunk_size)
 
     async def write_chunk(self, chunk: bytes | bytearray | memoryview) -> None:
         """Append ``chunk`` to the node's output."""
@@ -106,13 +123,7 @@ class StreamingContext:
             if self._file is None:
                 ok = await self.storage.store_result(self.node_id, self.chunks, meta)
             else:
-                self._file.flush()
-                with mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                    view = memoryview(mapped)
-                    try:
-                        ok = await self.storage.store_result(self.node_id, view, meta)
-                    finally:
-                        view.release()
+                ok = await self._store_spilled(meta)
         except StorageError as exc:
             raise StorageError(f"output of streaming node {self.node_id!r} not stored: "
                                f"{exc}") from exc
@@ -122,6 +133,25 @@ class StreamingContext:
             raise StorageError(f"output of streaming node {self.node_id!r} not stored: "
                                "the storage refused it")
         return meta
+
+    async def _store_spilled(self, meta: StorageMetadata) -> Any:
+        """Store the temporary file through a memory map (the store reads pages, not a copy)."""
+        self._file.flush()
+        mapped = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(mapped)
+        try:
+            return await self.storage.store_result(self.node_id, view, meta)
+        except BaseException as exc:
+            # The failed store's frames may still hold slices of the map: let them go, or the
+            # map cannot be closed (BufferError) and would replace the real error.
+            traceback.clear_frames(exc.__traceback__)
+            raise
+        finally:
+            view.release()
+            try:
+                mapped.close()
+            except BufferError:    # a slice still referenced: unmapped when it is collected
+                pass
 
     def discard(self) -> None:
         """Drop the output without storing it (a failed node); idempotent."""
@@ -186,8 +216,9 @@ class StreamingNodeExecutor(NodeExecutor):
 
 async def _chunks(out: Any, node_id: str) -> AsyncGenerator[Any, None]:
     """The chunks of a streaming operation's result: an async generator as it is; a plain
-    generator or iterable stepped in a worker thread (its work must not block the event
-    loop)."""
+    generator (or other iterable) on a thread of its own, so its work does not block the
+    event loop and whatever it holds that is bound to a thread (a database connection) stays
+    on one thread."""
     if hasattr(out, "__aiter__"):
         try:
             async for chunk in out:
@@ -197,15 +228,70 @@ async def _chunks(out: Any, node_id: str) -> AsyncGenerator[Any, None]:
             if aclose is not None:
                 await aclose()
         return
+    if inspect.iscoroutine(out):
+        out.close()
     if isinstance(out, (bytes, bytearray, memoryview, str)) or not hasattr(out, "__iter__"):
         raise ValidationError(f"node {node_id}: a streaming operation must be an async "
                               f"generator or a generator of bytes chunks, got "
                               f"{type(out).__name__}")
-    it = iter(out)
+    pump = _Pump(iter(out), node_id)
     try:
-        while (chunk := await asyncio.to_thread(next, it, _END)) is not _END:
-            yield chunk
+        while True:
+            kind, value = await pump.get()
+            if kind == "chunk":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
     finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
+        pump.stop()
+
+
+class _Pump:
+    """Runs a plain generator on one thread, at most ``AHEAD`` chunks ahead of the consumer,
+    handing chunks to the event loop. ``stop`` ends it early: the generator is closed on its
+    own thread once its current step returns (a running generator cannot be closed)."""
+
+    def __init__(self, it: Iterator[Any], node_id: str) -> None:
+        self._it = it
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._room = threading.Semaphore(AHEAD)
+        self._stopped = threading.Event()
+        threading.Thread(target=self._run, name=f"twingraph-stream-{node_id}",
+                         daemon=True).start()
+
+    async def get(self) -> tuple[str, Any]:
+        item = await self._queue.get()
+        self._room.release()
+        return item
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._room.release()           # a producer waiting for room sees the stop
+
+    def _run(self) -> None:
+        try:
+            for chunk in self._it:
+                if not self._send("chunk", chunk):
+                    return
+            self._send("end", None)
+        except BaseException as exc:  # noqa: BLE001 - the operation's failure is the node's
+            self._send("error", exc)
+        finally:
+            close = getattr(self._it, "close", None)
+            if close is not None:
+                close()
+
+    def _send(self, kind: str, value: Any) -> bool:
+        while not self._room.acquire(timeout=0.5):
+            if self._stopped.is_set():
+                return False
+        if self._stopped.is_set():
+            return False
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, (kind, value))
+        except RuntimeError:           # the event loop is gone: nobody is listening
+            return False
+        return True
