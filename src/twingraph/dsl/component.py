@@ -92,14 +92,14 @@ def component(fn: Callable[..., Any] | None = None, *, platform: str = "local",
 
 def check_platform(engine: Any, components: Any) -> None:
     """Raise ``ExecutorUnavailable`` if any component asks for a platform with no executor."""
-    available = getattr(engine, "platforms", None) or {engine.executor.platform}
+    available = engine.platforms
     missing: dict[str, list[str]] = {}
     for c in components:
         p = c.platform
         if p not in available:
             missing.setdefault(p, []).append(c.name)
     for p, names in missing.items():
-        raise ExecutorUnavailable(p, names)
+        raise ExecutorUnavailable(p, names, available=available)
 
 
 def _qualname(fn: Any) -> str:

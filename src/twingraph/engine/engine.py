@@ -13,7 +13,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from twingraph.engine.notify import notify
 from twingraph.engine import tasklog
 from twingraph.engine.recorder import Recorder
 from twingraph.engine.refs import substitute
-from twingraph.errors import (ConflictError, IntegrityError, NotFoundError, PipelineCancelled,
+from twingraph.errors import (ConfigurationError, ConflictError, ExecutorUnavailable, IntegrityError, NotFoundError, PipelineCancelled,
                               PipelineFailed, PipelineTimeout, TwinGraphError)
 from twingraph.ports import Clock, EventSink, Executor, MetadataStore, ResultStore
 from twingraph.registry import get_error_handler
@@ -79,13 +79,22 @@ SLOW_CALL_SECONDS = 0.01      # one call slower than this sends it back to the t
 
 class Engine:
     def __init__(self, *, results: ResultStore, metadata: MetadataStore | None = None,
-                 executor: Executor | None = None, clock: Clock | None = None,
+                 executor: Executor | None = None, executors: Iterable[Executor] = (),
+                 clock: Clock | None = None,
                  events: EventSink | None = None, rng: random.Random | None = None,
                  flush_interval: float = 0.05, project: str = "default") -> None:
         if executor is None:
             from twingraph.executors.local import LocalExecutor
             executor = LocalExecutor()
         self.results, self.metadata, self.executor = results, metadata, executor
+        # One executor per platform (the architecture's executor registry): ``executor`` runs
+        # its own platform's tasks ('local' by default), ``executors`` add others.
+        self.executors: dict[str, Executor] = {executor.platform: executor}
+        for extra in executors:
+            if extra.platform in self.executors:
+                raise ConfigurationError(f"two executors for platform {extra.platform!r}")
+            self.executors[extra.platform] = extra
+        self.platforms = frozenset(self.executors)
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.project = project
@@ -226,7 +235,19 @@ class Engine:
         return entry[1]
 
     # -- execution mode -------------------------------------------------------------------
+    def executor_for(self, spec: Any) -> Executor:
+        """The executor of ``spec``'s platform; ``ExecutorUnavailable`` if there is none (a
+        component is never run on another platform in its place)."""
+        ex = self.executors.get(spec.platform)
+        if ex is None:
+            raise ExecutorUnavailable(spec.platform, [spec.name], available=self.platforms)
+        return ex
+
     def choose_mode(self, spec: Any) -> str:
+        """How a task runs: 'inline', 'thread' or 'process' on the local executor ('auto' picks
+        by measured duration); 'remote' on another platform's executor."""
+        if spec.platform != "local":
+            return "remote"
         if spec.executor != "auto":
             return spec.executor
         if spec.environment:         # its own variables: only a process of its own has them
@@ -448,7 +469,8 @@ class Engine:
 
     def close(self) -> None:
         self.recorder.close()
-        self.executor.shutdown()
+        for ex in self.executors.values():
+            ex.shutdown()
 
 
 #: A heartbeat older than this (seconds) means the run's driver is gone: heartbeats come every

@@ -78,7 +78,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self._previous_loader = previous
         self._previous: Mapping[str, TaskRecord] | None = None
         self.results, self.recorder, self.clock = engine.results, engine.recorder, engine.clock
-        self.executor, self.emit = engine.executor, engine.emit
+        self.emit = engine.emit
         self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         # Component calls are appended here by the body thread and drained by the loop; the
         # loop is woken through the inbox only when it is asleep (few cross-thread wake-ups).
@@ -167,8 +167,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.out.append(LogRecord(self.run_id, self.clock.now(), "error", self.stop_message))
         for task in list(self.tasks.values()) + list(self.submitted):
             if not task.state.terminal:
-                if task.state is _T.RUNNING and task.mode != "inline" and task.job is not None:
-                    self.executor.abort(task.job)
+                if task.state is _T.RUNNING:
+                    self._abort(task)
                 if self.tasks.get(task.node_id) is not task:
                     # Submitted by the body, never taken in by the loop: it gets a row too.
                     if task.node_id in self.tasks:
@@ -366,6 +366,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
 
     def _start(self, task: Task) -> None:
         try:
+            executor = self.engine.executor_for(task.spec)
             args, kwargs = task.args, dict(task.kwargs)
             if task.ref_slots:
                 fetch, positional = self._fetch, list(args)
@@ -419,7 +420,17 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             job.on_log = self._log_sink(task.node_id)
         self._timer(task.spec.timeout, "task_timeout", task, task.fence)
         inbox = self.inbox
-        self.executor.submit(job, lambda o: inbox.put(("done", o)))
+        job.executor = executor
+        executor.submit(job, lambda o: inbox.put(("done", o)))
+
+    @staticmethod
+    def _abort(task: Task) -> bool:
+        """Stop a running task's job on its executor (True: killed; False: abandoned, or it
+        ran inline and cannot be stopped)."""
+        job = task.job
+        if job is None or job.executor is None:
+            return False
+        return bool(job.executor.abort(job))
 
     def _log_sink(self, node_id: str) -> Callable[[float, str, str], None]:
         logs, run_id = self.logs, self.run_id
@@ -487,13 +498,13 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 # A first attempt that succeeded is described by the task row itself (attempts=1,
                 # fence, times): no attempt row for it unless one was already started.
                 self.out.append(AttemptRecord(self.run_id, task.node_id, task.attempt, fence,
-                                              _T.SUCCESS, executor=f"local:{task.mode}",
+                                              _T.SUCCESS, executor=f"{task.spec.platform}:{task.mode}",
                                               started_at=now - duration, ended_at=now))
             self._finish(task, _T.SUCCESS, duration=duration)
             return
         task.error = error
         self.out.append(AttemptRecord(self.run_id, task.node_id, task.attempt, fence,
-                                        _T.FAILED, executor=f"local:{task.mode}",
+                                        _T.FAILED, executor=f"{task.spec.platform}:{task.mode}",
                                         started_at=now - duration, ended_at=now,
                                         error=error_text(error)))
         tb = traceback_text(error).rstrip()
@@ -604,7 +615,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             if task.state.terminal:
                 continue
             if task.state is _T.RUNNING:
-                killed = self.executor.abort(task.job) if task.mode != "inline" else False
+                killed = self._abort(task)
                 self.running -= 1
                 how = "killed" if killed else "abandoned"
                 self._finish(task, _T.CANCELLED, error=TaskCancelled(

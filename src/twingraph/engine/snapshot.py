@@ -41,7 +41,7 @@ def task_rows(run_id: str, task: Task, out: list[Any]) -> None:
     if t.state is TaskState.RUNNING:
         t.attempt_row = t.attempt
         out.append(AttemptRecord(run_id, t.node_id, t.attempt, t.fence, TaskState.RUNNING,
-                                 f"local:{t.mode}", t.started_at or 0.0))
+                                 f"{t.spec.platform}:{t.mode}", t.started_at or 0.0))
 
 
 def error_text(err: Any) -> str:

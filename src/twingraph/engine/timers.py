@@ -28,7 +28,7 @@ HEARTBEAT_INTERVAL = 5.0
 class TimerSide:
     """Mixed into ``RunLoop``; the attributes below are the loop's."""
     clock: Any
-    executor: Any
+    _abort: Callable[[Any], bool]
     opt: Any
     run_id: str
     timers: list[tuple[float, int, str, Any, int]]
@@ -68,7 +68,7 @@ class TimerSide:
                     rest = limit if started is None else limit - (time.monotonic() - started)
                     self._timer(max(rest, 0.01), "task_timeout", task, fence)
                     continue
-                killed = self.executor.abort(task.job)
+                killed = self._abort(task)
                 err = TaskTimeout(task.node_id, task.spec.timeout, killed=killed)
                 self._complete(task, fence, False, None, err, now - task.started)
 
