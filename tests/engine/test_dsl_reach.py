@@ -70,3 +70,33 @@ def test_the_runtime_guard_still_refuses_what_the_walk_cannot_see(engine, tmp_pa
     assert r.state is RunState.FAILED
     msg = str(r.error)
     assert "no executor for platform 'docker'" in msg and "reach_docker_step" in msg
+
+
+def test_a_non_local_component_called_outside_a_pipeline_says_it_runs_here():
+    # Outside a pipeline a component is a plain function call: for one meant to run on
+    # another platform that is said out loud, never done silently.
+    import warnings
+
+    from twingraph import BaseComponent, component
+
+    @component(platform="docker", docker_image="python:3.11")
+    def in_docker(x: int) -> int:
+        return x + 1
+
+    class InBatch(BaseComponent):
+        component_options = {"platform": "batch"}
+
+        def execute(self, x):
+            return x * 2
+
+    @component
+    def here(x: int) -> int:
+        return x
+
+    with pytest.warns(RuntimeWarning, match="'in_docker' \\(platform 'docker'\\) called outside"):
+        assert in_docker(1) == 2
+    with pytest.warns(RuntimeWarning, match="platform 'batch'"):
+        assert InBatch()(x=2) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert here(3) == 3

@@ -256,3 +256,49 @@ def test_node_results_give_each_node_its_status_value_and_error(scheduler):
     assert list(only) == ["sq"] and only["sq"].result_data == [0, 1, 4, 9]
     with pytest.raises(NotFoundError):
         scheduler.node_results("never-ran")
+
+
+FLAKY_CALLS = {"n": 0}
+
+
+def _flaky_once(deps, params):
+    FLAKY_CALLS["n"] += 1
+    if FLAKY_CALLS["n"] == 1:
+        raise RuntimeError("first call fails")
+    return "ok"
+
+
+def test_error_recovery_manager_rules_and_their_use_by_the_scheduler():
+    from twingraph.engine.dynamic import ErrorRecoveryManager
+    m = ErrorRecoveryManager(max_retries=2, backoff_factor=3)
+
+    async def rules():
+        out = [await m.should_retry("n", RuntimeError("x")), await m.get_retry_delay("n")]
+        m.record_retry("n")
+        out.append(await m.get_retry_delay("n"))
+        m.record_retry("n")
+        out += [await m.should_retry("n", RuntimeError("x")),
+                await m.should_retry("other", ValidationError("bad input"))]
+        return out
+    assert asyncio.run(rules()) == [True, 1.0, 3.0, False, False]
+    capped = ErrorRecoveryManager(100, 2)
+    capped.retry_counts["n"] = 10
+    assert asyncio.run(capped.get_retry_delay("n")) == 60.0 == capped.retry_policy().delay(11)
+    assert ErrorRecoveryManager(0).retry_policy() is None
+    for bad in ({"max_retries": -1}, {"backoff_factor": 0.5}, {"max_retries": True}):
+        with pytest.raises(ValidationError):
+            ErrorRecoveryManager(**bad)
+
+    register_operation("flaky_once", _flaky_once)
+    for retries, state, calls in ((1, "SUCCESS", 2), (0, "FAILED", 1)):
+        FLAKY_CALLS["n"] = 0
+        s = DynamicScheduler(MemoryStorage(), ExecutionConfig(), metadata=MemoryMetadataStore(),
+                             error_recovery=ErrorRecoveryManager(retries, backoff_factor=1.5))
+        try:
+            t0 = time.monotonic()
+            r = s.run(DAGDefinition(f"flaky{retries}", [N("f", "flaky_once")]))
+            assert (r.state.value, FLAKY_CALLS["n"]) == (state, calls), r.failures
+            if retries:
+                assert time.monotonic() - t0 >= 1.0      # first retry after 1.5 ** 0 s
+        finally:
+            s.engine.close()

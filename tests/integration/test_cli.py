@@ -54,7 +54,7 @@ def test_failed_run_exits_non_zero_and_logs_the_error(cli, tmp_path):
         "@component\ndef boom(x):\n    raise ValueError('no good: ' + str(x))\n"
         "@pipeline\ndef bad():\n    return boom(x=3)\n")
     out = cli("run", str(tmp_path / "bad.py"), "--no-progress", ok=False)
-    assert out.returncode == 1 and "no good: 3" in out.stdout
+    assert out.returncode == 1 and "no good: 3" in out.stderr        # errors on stderr
     rid = _run_id(out.stdout)
     logs = cli("runs", "logs", rid, "--level", "error")
     assert "no good: 3" in logs.stdout
@@ -92,10 +92,10 @@ def test_dynamic_execute_rejects_bad_dags(cli, tmp_path):
         {"id": "b", "operation": "square_all", "arguments": ["a"]}]}))
     out = cli("dynamic", "execute", str(tmp_path / "cycle.json"), "--storage-path",
               str(tmp_path / "s"), "--load", str(ROOT / "tests" / "resources" / "ops.py"), ok=False)
-    assert out.returncode == 2 and "cycle: a, b" in out.stdout
+    assert out.returncode == 2 and "cycle: a, b" in out.stderr
     out = cli("dynamic", "execute", str(ROOT / "tests" / "resources" / "dag_example.yaml"),
               "--storage-path", str(tmp_path / "s"), ok=False)        # no --load: unknown ops
-    assert out.returncode == 2 and "unknown operations" in out.stdout
+    assert out.returncode == 2 and "unknown operations" in out.stderr
 
 
 def test_ctrl_c_cancels_and_records_the_run(tmp_path):
@@ -228,15 +228,15 @@ def test_ambiguous_prefix_lists_the_candidates_and_exits_2(cli, tmp_path, comman
     _seed_runs(tmp_path)
     out = cli("runs", command, "9d047f4e", ok=False)
     assert out.returncode == 2, out.stdout + out.stderr
-    assert "ambiguous" in out.stdout and "2 runs" in out.stdout
-    assert A in out.stdout and B in out.stdout and C not in out.stdout
+    assert "ambiguous" in out.stderr and "2 runs" in out.stderr          # errors on stderr
+    assert A in out.stderr and B in out.stderr and C not in out.stderr
 
 
 def test_prefix_too_short_or_unknown_is_not_found(cli, tmp_path):
     _seed_runs(tmp_path)
     short = cli("runs", "show", "9d047", ok=False)                 # 5 characters: not a prefix
-    assert short.returncode == 1 and "at least 6 characters" in short.stdout
+    assert short.returncode == 1 and "at least 6 characters" in short.stderr
     unknown = cli("runs", "logs", "ffffffff", ok=False)
-    assert unknown.returncode == 1 and "run ffffffff not found" in unknown.stdout
+    assert unknown.returncode == 1 and "run ffffffff not found" in unknown.stderr
     upper = cli("runs", "show", A[:8].upper(), ok=False)           # ids are case-sensitive
     assert upper.returncode == 1

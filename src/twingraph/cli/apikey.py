@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from twingraph.cli.display import console, ts
+from rich.markup import escape
+
+from twingraph.cli.display import console, err_console, ts
 from twingraph.errors import TwinGraphError
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ def _keys() -> Iterator[SQLApiKeyStore]:
 
 
 def _fail(exc: BaseException) -> None:
-    console.print(f"[red]error:[/red] {exc}")
+    err_console.print(f"[red]error:[/red] {escape(str(exc))}")
     raise typer.Exit(1)
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 console = Console()
+err_console = Console(stderr=True)       # errors go to stderr, results to stdout
 
 
 def _fmt_eta(s: float | None) -> str:

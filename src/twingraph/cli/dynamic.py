@@ -9,7 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from twingraph.cli.display import LiveProgress, console, summary_table
+from rich.markup import escape
+
+from twingraph.cli.display import LiveProgress, console, err_console, summary_table
 from twingraph.errors import TwinGraphError
 
 
@@ -44,7 +46,7 @@ def register(app: typer.Typer) -> None:
                                          engine=Engine(results=storage, metadata=metadata))
             result = asyncio.run(_execute(scheduler, dag, progress))
         except TwinGraphError as exc:
-            console.print(f"[red]Execution failed:[/red] {exc}")
+            err_console.print(f"[red]Execution failed:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
         console.print(summary_table(metadata.get_tasks(result.run_id)))
         outputs = {nid: r.result_data

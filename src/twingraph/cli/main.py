@@ -9,7 +9,7 @@ from typing import Annotated, Any, NoReturn, Optional
 import typer
 from rich.markup import escape
 
-from twingraph.cli.display import (LiveProgress, console, runs_lines, runs_table, summary_table,
+from twingraph.cli.display import (LiveProgress, console, err_console, runs_lines, runs_table, summary_table,
                                    tasks_table, ts)
 from twingraph.errors import TwinGraphError
 
@@ -34,7 +34,7 @@ app.add_typer(__import__("twingraph.cli.stream", fromlist=["app"]).app, name="st
 
 
 def _fail(exc: BaseException, code: int = 1) -> NoReturn:
-    console.print(f"[red]error:[/red] {escape(str(exc))}")
+    err_console.print(f"[red]error:[/red] {escape(str(exc))}")
     raise typer.Exit(code)
 
 
@@ -83,7 +83,7 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
     console.print(f"run [bold]{result.run_id}[/bold] {pipe.name}: "
                   f"[{'green' if state == 'SUCCESS' else 'red'}]{state}[/]")
     if result.error is not None:
-        console.print(f"[red]{type(result.error).__name__}:[/red] {result.error}")
+        err_console.print(f"[red]{type(result.error).__name__}:[/red] {escape(str(result.error))}")
         raise typer.Exit(1)
     if result.value is not None:
         console.print_json(json.dumps(result.value, default=repr))

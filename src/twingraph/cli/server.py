@@ -5,11 +5,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from twingraph.cli.display import console
+from twingraph.cli.display import console, err_console
 
 
 def is_loopback(host: str) -> bool:
@@ -41,7 +42,7 @@ def server(host: Annotated[str, typer.Option(help="Address to bind (loopback by 
         app = build_app(settings, load=load, schedules=not no_schedules,
                         exposed=not is_loopback(host))
     except Exception as exc:  # noqa: BLE001 - shown to the user, exit 2
-        console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     console.print(f"TwinGraph server on http://{host}:{port} (docs at /docs)")
     # No permessage-deflate: compressing each small /ws frame costs ~4x the send itself.

@@ -116,6 +116,9 @@ class BaseComponent(abc.ABC):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run = current_run()
         if run is None:
+            if self.platform != "local":
+                from twingraph.dsl.component import warn_plain_call
+                warn_plain_call(self.name, self.platform)
             for k in LINEAGE_KWARGS:
                 kwargs.pop(k, None)
             return self.run(*args, **kwargs)

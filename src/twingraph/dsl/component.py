@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,8 @@ class Component:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run = current_run()
         if run is None:
+            if self.platform != "local":
+                warn_plain_call(self.name, self.platform)
             if not self._accepts_lineage:
                 for k in LINEAGE_KWARGS:
                     kwargs.pop(k, None)
@@ -88,6 +91,14 @@ def component(fn: Callable[..., Any] | None = None, *, platform: str = "local",
         return c
 
     return wrap(fn) if fn is not None else wrap
+
+
+def warn_plain_call(name: str, platform: str) -> None:
+    """Outside a pipeline a component is a plain function call, in this process, whatever its
+    platform: say so (never silently) for a component meant to run elsewhere."""
+    warnings.warn(f"component {name!r} (platform {platform!r}) called outside a pipeline runs "
+                  "here, in this process, as a plain function call; inside a pipeline it runs "
+                  f"on its {platform} executor", RuntimeWarning, stacklevel=3)
 
 
 def check_platform(engine: Any, components: Any) -> None:

@@ -121,6 +121,47 @@ class ExecutionProgress:
     estimated_completion: str | None = None
 
 
+class ErrorRecoveryManager:
+    """The document's retry rules for failed nodes: at most ``max_retries`` retries, never for
+    a ``ValidationError``, the n-th retry (0-based) after ``min(60, backoff_factor ** n)``
+    seconds. ``retry_counts`` is per node id; ``record_retry`` counts one.
+
+    A ``DynamicScheduler`` given one (``error_recovery=``) runs its DAGs by these rules: the
+    engine retries a failed node as ``retry_policy()`` says, which is the same schedule (the
+    engine counts attempts per task itself; ``retry_counts`` serves standalone use, e.g. around
+    ``NodeExecutor.execute_node``)."""
+
+    def __init__(self, max_retries: int = 3, backoff_factor: float = 2.0) -> None:
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValidationError("max_retries must be an integer >= 0")
+        if not isinstance(backoff_factor, (int, float)) or backoff_factor < 1:
+            raise ValidationError("backoff_factor must be a number >= 1")
+        self.max_retries = max_retries
+        self.backoff_factor = float(backoff_factor)
+        self.retry_counts: dict[str, int] = {}
+
+    async def should_retry(self, node_id: str, error: Exception) -> bool:
+        if self.retry_counts.get(node_id, 0) >= self.max_retries:
+            return False
+        return not isinstance(error, ValidationError)
+
+    async def get_retry_delay(self, node_id: str) -> float:
+        return min(60.0, self.backoff_factor ** self.retry_counts.get(node_id, 0))
+
+    def record_retry(self, node_id: str) -> int:
+        """Count a retry of ``node_id``; returns how many it has had."""
+        n = self.retry_counts[node_id] = self.retry_counts.get(node_id, 0) + 1
+        return n
+
+    def retry_policy(self) -> RetryPolicy | None:
+        """The same rules as the engine's per-task policy (None: no retries)."""
+        if self.max_retries == 0:
+            return None
+        return RetryPolicy(max_attempts=self.max_retries + 1, initial_delay=1.0,
+                           multiplier=self.backoff_factor, max_delay=60.0, jitter=0.0,
+                           never=("ValidationError",))
+
+
 _operations: dict[str, Callable[..., Any]] = {}
 
 
@@ -319,9 +360,13 @@ class DynamicScheduler:
     """Runs ``DAGDefinition``s on an engine; one run per DAG, tracked by ``dag_id``."""
 
     def __init__(self, storage: Any, config: ExecutionConfig | None = None, *,
-                 engine: Engine | None = None, metadata: Any = None) -> None:
+                 engine: Engine | None = None, metadata: Any = None,
+                 error_recovery: ErrorRecoveryManager | None = None) -> None:
         self.storage = storage
         self.config = config or ExecutionConfig()
+        # Retry rules for failed nodes: given, or the config's (retry_failed_nodes/max_retries,
+        # backoff factor 2 as the document's ErrorRecoveryManager defaults to).
+        self.error_recovery = error_recovery
         self.engine = engine or Engine(results=storage, metadata=metadata)
         from twingraph.engine import streaming_node      # imported here: it builds on this module
         self.executor: StreamingNodeExecutor = streaming_node.StreamingNodeExecutor(
@@ -331,7 +376,6 @@ class DynamicScheduler:
         self.results: dict[str, RunResult] = {}
         self._dag_runs: dict[str, str] = {}
         self._started: dict[str, threading.Event] = {}
-        self._node_status: dict[str, dict[str, Any]] = {}
 
     # -- the document's API ---------------------------------------------------------------
     async def submit_dag(self, dag: DAGDefinition, config: ExecutionConfig | None = None) -> str:
@@ -449,10 +493,9 @@ class DynamicScheduler:
             target = getattr(fn, "fn", fn)
             cv = base.code_version if isinstance(base, ComponentSpec) else code_version(target)
             retry = None
-            if cfg.retry_failed_nodes and cfg.max_retries > 0:
-                retry = RetryPolicy(max_attempts=cfg.max_retries + 1, initial_delay=1.0,
-                                    multiplier=2.0, max_delay=60.0, jitter=0.0,
-                                    never=("ValidationError",))
+            if cfg.retry_failed_nodes and (self.error_recovery or cfg.max_retries > 0):
+                recovery = self.error_recovery or ErrorRecoveryManager(cfg.max_retries)
+                retry = recovery.retry_policy()
             if isinstance(base, ComponentSpec):
                 spec = dataclasses.replace(base, name=node.operation, raw_result=True,
                                            retry_policy=base.retry_policy or retry)
