@@ -6,6 +6,7 @@ Public names are re-exported here; everything else is implementation.
 """
 
 from twingraph.dsl.base import BaseComponent
+from twingraph.dsl.streaming import StreamingComponent
 from twingraph.dsl.component import Component, component
 from twingraph.dsl.pipeline import Pipeline, pipeline
 from twingraph.engine.engine import Engine, RunResult
@@ -21,7 +22,7 @@ from twingraph.workflow import Workflow
 __version__ = "0.1.0"
 
 __all__ = [
-    "BaseComponent", "Component", "ConfigurationError", "DynamicSchedulerError", "Engine",
+    "BaseComponent", "StreamingComponent", "Component", "ConfigurationError", "DynamicSchedulerError", "Engine",
     "ExecutorUnavailable", "NodeExecutionError", "NotFoundError", "Pipeline", "PipelineCancelled",
     "PipelineError", "PipelineFailed", "PipelineTimeout", "Ref", "RunResult", "SchedulingError",
     "StorageError", "TaskTimeout", "TwinGraphError", "ValidationError", "Workflow", "component", "get_logger", "pipeline",

@@ -13,6 +13,7 @@ import random
 import threading
 import time
 import uuid
+from types import GeneratorType
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,7 +134,8 @@ class Engine:
 
     @staticmethod
     def invoke_raw(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return fn(*args, **kwargs)
+        out = fn(*args, **kwargs)
+        return list(out) if type(out) is GeneratorType else out
 
     @staticmethod
     def with_task_logs(invoke: Callable[..., Any], loop: Any, node_id: str) -> Callable[..., Any]:
@@ -504,11 +506,14 @@ def _gc_restore() -> None:
 
 
 def normalize(value: Any) -> Any:
-    """The documented result shape: NamedTuple -> dict of fields, dict as is, else {'result': v}."""
+    """The documented result shape: NamedTuple -> dict of fields, dict as is, else {'result': v}.
+    A generator's items are collected into a list (a task's result is stored whole)."""
     if isinstance(value, dict):
         return value
     if isinstance(value, tuple) and hasattr(value, "_asdict"):
         return dict(value._asdict())
+    if type(value) is GeneratorType:
+        value = list(value)
     return {"result": value}
 
 
