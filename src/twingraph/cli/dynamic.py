@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from typing import Annotated, Any
@@ -29,6 +30,7 @@ def register(app: typer.Typer) -> None:
         from twingraph.dagfile import load_dag_file
         from twingraph.engine.dynamic import DynamicScheduler, ExecutionConfig
         from twingraph.engine.engine import Engine
+        from twingraph.integration import VoxLogicaIntegration
         from twingraph.runtime import default_engine
         from twingraph.stores.results.factory import create_storage_backend, options_from_config
         try:
@@ -44,25 +46,24 @@ def register(app: typer.Typer) -> None:
             assert metadata is not None        # the default engine always records
             scheduler = DynamicScheduler(storage, config,
                                          engine=Engine(results=storage, metadata=metadata))
-            result = asyncio.run(_execute(scheduler, dag, progress))
+            summary = asyncio.run(_execute(VoxLogicaIntegration(scheduler), dag, config,
+                                           progress))
         except TwinGraphError as exc:
             err_console.print(f"[red]Execution failed:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
-        console.print(summary_table(metadata.get_tasks(result.run_id)))
-        outputs = {nid: r.result_data
-                   for nid, r in scheduler.node_results(dag.dag_id, _sinks(dag)).items()
-                   if r.status.value == "completed"}
-        summary = {"execution_id": result.run_id, "dag_id": dag.dag_id,
-                   "status": "completed" if result.state.value == "SUCCESS" else "failed",
-                   "results": outputs, "failures": result.failures}
+        console.print(summary_table(metadata.get_tasks(summary["run_id"])))
         console.print(f"Execution completed: {json.dumps(summary, default=repr)}", markup=False,
                       highlight=False, soft_wrap=True)
-        if result.state.value != "SUCCESS":
+        if summary["status"] != "completed":
             raise typer.Exit(1)
 
 
-async def _execute(scheduler: Any, dag: Any, progress: bool) -> Any:
-    dag_id = await scheduler.submit_dag(dag)
+async def _execute(integration: Any, dag: Any, config: Any, progress: bool) -> Any:
+    """Through the document's integration layer: submit, show progress, collect results."""
+    scheduler = integration.scheduler
+    started = await integration.execute_program_dynamic(
+        dag, dataclasses.replace(config, async_execution=True))
+    dag_id = started["execution_id"]
 
     def snapshot() -> dict[str, Any] | None:
         run_id = scheduler.run_id(dag_id)
@@ -83,12 +84,7 @@ async def _execute(scheduler: Any, dag: Any, progress: bool) -> Any:
                     last = int(p.progress_percentage) // 10
                     line(p)
                 await asyncio.sleep(0.2)
-        result = await scheduler.wait_for_completion(dag_id)
+        summary = await integration._wait_for_completion(dag_id)
     if progress:
         line(await scheduler.get_execution_progress(dag_id))
-    return result
-
-
-def _sinks(dag: Any) -> set[str]:
-    used = {d for n in dag.nodes for d in dag.deps_of(n)}
-    return {n.node_id for n in dag.nodes} - used
+    return summary
