@@ -302,3 +302,11 @@ def test_error_recovery_manager_rules_and_their_use_by_the_scheduler():
                 assert time.monotonic() - t0 >= 1.0      # first retry after 1.5 ** 0 s
         finally:
             s.engine.close()
+
+
+def test_a_plain_call_of_a_class_component_leaves_its_spec_and_name_alone():
+    t = ops.Threshold({"threshold": 1})
+    assert t(data=[0, 3]) == {"filtered": [3], "count": 1, "threshold": 1}
+    assert t._spec is None                  # no code version computed for a plain call
+    register_component("threshold_instance", t)
+    assert t.name == "threshold_instance"

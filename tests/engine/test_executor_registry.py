@@ -127,3 +127,46 @@ def test_timeouts_abort_on_the_tasks_executor():
         assert task.state is TaskState.FAILED and "timed out" in (task.error or "")
     finally:
         eng.close()
+
+
+class Unreachable(OtherPlatform):
+    """Its platform's API is down: submit raises."""
+
+    def submit(self, job, done):
+        raise ConnectionError("docker daemon not reachable")
+
+
+@component(platform="docker", docker_image="python:3.11")
+def needs_docker(x: int) -> int:
+    return x
+
+
+@pipeline(name="submit_fails", error_handler="continue")
+def submit_fails():
+    return [needs_docker(x=1), on_host(x=1)]
+
+
+def test_a_submit_that_raises_fails_that_task_not_the_run():
+    eng = _engine(Unreachable())
+    try:
+        r = submit_fails.run(engine=eng)
+        states = {t.node_id: t for t in eng.metadata.get_tasks(r.run_id)}
+        assert states["on_host-0"].state is TaskState.SUCCESS
+        assert states["needs_docker-0"].state is TaskState.FAILED
+        assert "docker daemon not reachable" in states["needs_docker-0"].error
+        assert "engine error" not in str(r.error)
+    finally:
+        eng.close()
+
+
+def test_a_dag_with_a_component_for_a_missing_platform_is_refused_before_it_runs():
+    from twingraph.engine.dynamic import DAGDefinition, DynamicScheduler, NodeDefinition
+    from twingraph.registry import register_component
+    register_component("needs_docker_op", needs_docker)
+    sched = DynamicScheduler(MemoryStorage(), metadata=MemoryMetadataStore())
+    try:
+        with pytest.raises(ExecutorUnavailable, match="needs_docker_op"):
+            sched.run(DAGDefinition("d", [NodeDefinition("a", "needs_docker_op", [], {"x": 1})]))
+        assert sched.run_id("d") is None                     # nothing ran
+    finally:
+        sched.engine.close()

@@ -48,3 +48,19 @@ def test_labels_are_recorded_and_shown_but_not_keyed(engine):
     tasks2 = {t.node_id: t for t in engine.metadata.get_tasks(r2.run_id)}
     assert tasks2["labelled-0"].cache_status == "hit"
     assert tasks2["labelled-0"].inputs["labels"] == {"team": "other"}
+
+
+def test_label_text_is_shown_as_text(engine):
+    from rich.console import Console
+
+    @component(name="marked", labels={"note": "[/bold] not markup"})
+    def marked(x: int) -> int:
+        return x
+
+    @pipeline(name="markup_labels")
+    def p():
+        return marked(x=1)
+    r = p.run(engine=engine)
+    console = Console(width=250, record=True)
+    console.print(tasks_table(engine.metadata.get_tasks(r.run_id)))
+    assert "note=[/bold] not markup" in console.export_text()

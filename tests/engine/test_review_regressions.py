@@ -372,5 +372,7 @@ def test_an_engine_crash_gives_rows_to_tasks_still_waiting_to_be_taken_in():
         assert "noop-3" in accepted and set(accepted) <= set(states), (accepted, states)
         assert states["noop-3"] is TaskState.FAILED
         assert all(s.terminal for s in states.values()), states
+        rows = {t.node_id: t for t in eng.metadata.get_tasks(r.run_id)}
+        assert rows["noop-3"].inputs["code_version"] == noop.spec.code_version
     finally:
         eng.close()

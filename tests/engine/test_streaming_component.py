@@ -58,3 +58,30 @@ def test_a_streaming_component_must_say_how_to_process():
         pass
     with pytest.raises(TypeError, match="must override process_chunk or execute_streaming"):
         list(Nothing()([1]))
+
+
+@component
+def lazy_pairs(n: int):
+    return zip(range(n), map(str, range(n)))       # lazy iterators, not generators
+
+
+def test_lazy_iterators_are_collected_too(engine):
+    import asyncio
+
+    from twingraph.engine.dynamic import NodeDefinition, NodeExecutor, NodeStatus
+
+    @pipeline(name="lazy")
+    def lazy():
+        return lazy_pairs(n=3)
+    r = lazy.run(engine=engine)
+    assert r.value["outputs"]["result"] == [[0, "0"], [1, "1"], [2, "2"]] or \
+        r.value["outputs"]["result"] == [(0, "0"), (1, "1"), (2, "2")]
+    ex = NodeExecutor()
+    ex.register_operation("gen", lambda deps, params: (i * 2 for i in range(3)))
+    res = asyncio.run(ex.execute_node(NodeDefinition("g", "gen", [], {})))
+    assert res.status is NodeStatus.COMPLETED and res.result_data == [0, 2, 4]
+
+
+def test_unexpected_inputs_are_an_error_not_lost():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'factor'"):
+        Doubler()([1], factor=3)

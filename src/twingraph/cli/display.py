@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -144,6 +145,6 @@ def tasks_table(tasks: list[Any], limit: int = 200) -> Table:
                (task.error or "")[:120]]
         if labelled:
             labels = (task.inputs or {}).get("labels") or {}
-            row.append(", ".join(f"{k}={v}" for k, v in sorted(labels.items())))
+            row.append(escape(", ".join(f"{k}={v}" for k, v in sorted(labels.items()))))
         t.add_row(*row)
     return t

@@ -40,6 +40,9 @@ def resolve_name(cls: type, obj: Any = None) -> str:
     return cls.__name__
 
 
+_SIGNATURES: dict[type, inspect.Signature] = {}     # BaseComponent class -> its execute's
+
+
 class _Name:
     """``BaseComponent.name`` unless a subclass sets its own: resolved, on the class or an
     instance (an instance's is its spec's once the spec exists)."""
@@ -77,13 +80,19 @@ class BaseComponent(abc.ABC):
         """The inputs as ``validate_inputs`` takes them, by name: positional ones under the
         names ``execute`` gives them (a declarative node's list of arguments, ``proc([1, 2])``
         for ``execute(self, data)``)."""
+        cls = type(self)
+        sig = _SIGNATURES.get(cls)
+        if sig is None:
+            sig = _SIGNATURES[cls] = inspect.signature(cls.execute)
         try:
-            bound = inspect.signature(self.execute).bind_partial(*args, **kwargs)
+            bound = sig.bind_partial(self, *args, **kwargs)
         except TypeError as exc:      # what calling ``execute`` would raise, said up front
             raise TypeError(f"{type(self).__name__}.execute: {exc}") from None
         named: dict[str, Any] = {}
-        for name, value in bound.arguments.items():
-            if bound.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+        for i, (name, value) in enumerate(bound.arguments.items()):
+            if i == 0:
+                continue                  # self
+            if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
                 named.update(value)
             else:
                 named[name] = value
@@ -116,9 +125,12 @@ class BaseComponent(abc.ABC):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run = current_run()
         if run is None:
-            if self.platform != "local":
+            # The class's options, not ``self.spec``: building the spec here would cost a code
+            # version per plain call and fix the name before the instance is registered.
+            platform = type(self).component_options.get("platform", "local")
+            if platform != "local":
                 from twingraph.dsl.component import warn_plain_call
-                warn_plain_call(self.name, self.platform)
+                warn_plain_call(type(self).__name__, platform)
             for k in LINEAGE_KWARGS:
                 kwargs.pop(k, None)
             return self.run(*args, **kwargs)

@@ -30,4 +30,6 @@ class StreamingComponent(BaseComponent):
             yield self.process_chunk(chunk)
 
     def execute(self, input_stream: Iterable[Any], **kwargs: Any) -> Any:
-        return self.execute_streaming(input_stream)
+        """``execute_streaming(input_stream, **kwargs)``: keyword inputs go to an override that
+        takes them; the default takes none (a TypeError here, not lost)."""
+        return self.execute_streaming(input_stream, **kwargs)

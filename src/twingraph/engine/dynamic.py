@@ -34,8 +34,8 @@ from twingraph.core.specs import ComponentSpec
 from twingraph.core.states import RunState
 from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.loop import RunOptions
-from twingraph.errors import (ConfigurationError, GraphValidationError, NodeExecutionError,
-                              NotFoundError, ValidationError)
+from twingraph.errors import (ConfigurationError, ExecutorUnavailable, GraphValidationError,
+                              NodeExecutionError, NotFoundError, ValidationError)
 from twingraph.registry import registered_components
 
 if TYPE_CHECKING:
@@ -250,7 +250,8 @@ class NodeExecutor:
              encode: bool) -> tuple[Any, Any]:
         """Call the node and encode its value (off the event loop: both may be heavy)."""
         from twingraph import serialization
-        value = _call_node(fn, style, node_def.arguments, node_def.parameters, deps)
+        from twingraph.engine.engine import collect
+        value = collect(_call_node(fn, style, node_def.arguments, node_def.parameters, deps))
         return value, (serialization.encode(value) if encode else None)
 
     async def _check_key(self, node_id: str) -> None:
@@ -481,7 +482,22 @@ class DynamicScheduler:
         order = validate_dag(deps, {n.node_id: n.operation for n in dag.nodes}, known)
         by_id = {n.node_id: n for n in dag.nodes}
         ops = {op: self.executor.resolve(op) for op in {n.operation for n in dag.nodes}}
+        self._check_platforms(ops)  # type: ignore[arg-type]  # resolved: none is None
         return Plan([by_id[nid] for nid in order], ops)  # type: ignore[arg-type]
+
+    def _check_platforms(self, ops: Mapping[str, tuple[Any, str]]) -> None:
+        """A component operation for a platform with no executor fails the DAG before it
+        runs (as a pipeline does), naming the operations."""
+        missing: dict[str, list[str]] = {}
+        for op, (fn, style) in ops.items():
+            if style != "component":
+                continue
+            spec = getattr(fn, "class_spec")() if isinstance(fn, type) else getattr(fn, "spec", None)
+            platform = getattr(spec, "platform", "local")
+            if platform not in self.engine.platforms:
+                missing.setdefault(platform, []).append(op)
+        for platform, names in sorted(missing.items()):
+            raise ExecutorUnavailable(platform, names, available=self.engine.platforms)
 
     def _spec_for(self, node: NodeDefinition, fn: Any, style: str,
                   cache: dict[str, tuple[ComponentSpec, _OpCall]],

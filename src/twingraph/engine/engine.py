@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from types import GeneratorType
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,8 +134,7 @@ class Engine:
 
     @staticmethod
     def invoke_raw(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        out = fn(*args, **kwargs)
-        return list(out) if type(out) is GeneratorType else out
+        return collect(fn(*args, **kwargs))
 
     @staticmethod
     def with_task_logs(invoke: Callable[..., Any], loop: Any, node_id: str) -> Callable[..., Any]:
@@ -505,6 +504,19 @@ def _gc_restore() -> None:
             gc.set_threshold(*_gc_saved)
 
 
+_NOT_STREAMS = (str, bytes, bytearray, memoryview, list, tuple, dict, int, float, bool,
+                type(None))
+
+
+def collect(value: Any) -> Any:
+    """A result that is a lazy stream — a generator, ``map``, ``zip``, any iterator — as the
+    list of its items (a task's result is stored whole, and a stream cannot be)."""
+    t = type(value)
+    if t is GeneratorType or (t not in _NOT_STREAMS and isinstance(value, Iterator)):
+        return list(value)
+    return value
+
+
 def normalize(value: Any) -> Any:
     """The documented result shape: NamedTuple -> dict of fields, dict as is, else {'result': v}.
     A generator's items are collected into a list (a task's result is stored whole)."""
@@ -512,9 +524,7 @@ def normalize(value: Any) -> Any:
         return value
     if isinstance(value, tuple) and hasattr(value, "_asdict"):
         return dict(value._asdict())
-    if type(value) is GeneratorType:
-        value = list(value)
-    return {"result": value}
+    return {"result": collect(value)}
 
 
 def _jsonable(obj: Any) -> Any:

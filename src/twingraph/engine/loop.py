@@ -175,6 +175,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                         task.node_id = f"{task.node_id}.{task.order}"
                     self.tasks[task.node_id] = task
                     task.created_at = self.clock.now()
+                    task.inputs_info = self.engine.fingerprint(task.spec)
                 err = NodeExecutionError(self.stop_message, node_id=task.node_id)
                 with self.lock:
                     task.state, task.error = _T.FAILED, err
@@ -411,26 +412,35 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self._complete(task, task.fence, error is None, value, error, took)
             return
         task.started = self.clock.monotonic()     # for its timeout
-        if mode != "process":        # process tasks log in another interpreter
+        if mode == "thread":
             invoke = self.engine.with_task_logs(invoke, self, task.node_id)
-        elif task.spec.environment:  # a worker process of its own: the task's variables
+        elif mode == "process" and task.spec.environment:   # a worker process of its own
             invoke = self.engine.with_environment(invoke, task.spec.environment)
+        # 'remote': the job goes to another platform as it is (picklable: no closures over
+        # this loop); its executor applies the environment and forwards logs through on_log.
         job = task.job = Job(task, invoke, (task.fn, args, kwargs), {}, mode)
-        if mode == "process":        # ... and their worker forwards each record (any thread)
+        if mode != "thread":         # ... their worker forwards each record (any thread)
             job.on_log = self._log_sink(task.node_id)
         self._timer(task.spec.timeout, "task_timeout", task, task.fence)
         inbox = self.inbox
         job.executor = executor
-        executor.submit(job, lambda o: inbox.put(("done", o)))
+        try:
+            executor.submit(job, lambda o: inbox.put(("done", o)))
+        except Exception as exc:  # noqa: BLE001 - e.g. a remote platform's API is down
+            task.job = None          # nothing to abort: it never started
+            self._complete(task, task.fence, False, None, exc, 0.0)
 
     @staticmethod
     def _abort(task: Task) -> bool:
         """Stop a running task's job on its executor (True: killed; False: abandoned, or it
         ran inline and cannot be stopped)."""
         job = task.job
-        if job is None or job.executor is None:
+        if job is None or job.executor is None or task.mode == "inline":
+            return False             # inline: it cannot be stopped (an older job is not it)
+        try:
+            return bool(job.executor.abort(job))
+        except Exception:  # noqa: BLE001 - a failed abort leaves the job abandoned, not the run
             return False
-        return bool(job.executor.abort(job))
 
     def _log_sink(self, node_id: str) -> Callable[[float, str, str], None]:
         logs, run_id = self.logs, self.run_id
