@@ -7,7 +7,7 @@ from twingraph.lineage import run_lineage
 from twingraph.server import views
 
 
-@component(labels={"team": "imaging", "tier": "gold"})
+@component(labels={"team": "imaging", "tier": "gold"}, resources={"cpu": 2, "memory": "1G"})
 def labelled(x: int) -> int:
     return x + 1
 
@@ -29,6 +29,8 @@ def test_labels_are_recorded_and_shown_but_not_keyed(engine):
     tasks = {t.node_id: t for t in engine.metadata.get_tasks(r.run_id)}
     assert tasks["labelled-0"].inputs["labels"] == {"team": "imaging", "tier": "gold"}
     assert "labels" not in tasks["plain-0"].inputs
+    assert tasks["labelled-0"].inputs["resources"] == {"cpu": 2, "memory": "1G"}
+    assert "resources" not in tasks["plain-0"].inputs
     assert views.task(tasks["labelled-0"])["labels"] == {"team": "imaging", "tier": "gold"}
     assert views.task(tasks["plain-0"])["labels"] == {}
     vertices, _ = run_lineage(engine.metadata, r.run_id)

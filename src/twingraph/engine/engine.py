@@ -224,7 +224,8 @@ class Engine:
 
     def fingerprint(self, spec: Any) -> dict[str, Any]:
         """What every task row of ``spec`` records about its definition: code version, config
-        digest, and the component's ``labels`` (for tracking: runs show, REST, lineage)."""
+        digest, and the component's ``labels`` (for tracking: runs show, REST, lineage) and
+        ``resources`` (what it asked for; the local executor reserves none of it)."""
         entry = self._fingerprints.get(id(spec))
         if entry is None:
             fp: dict[str, Any] = {
@@ -232,6 +233,8 @@ class Engine:
                 "config": serialization.content_hash(_jsonable(spec.memo_config()))[:16]}
             if spec.labels:
                 fp["labels"] = dict(spec.labels)
+            if spec.resources:
+                fp["resources"] = dict(spec.resources)
             entry = self._fingerprints[id(spec)] = (spec, fp)
         return entry[1]
 
