@@ -161,6 +161,10 @@ def _not_json(value: Any) -> Any:
 
 
 _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+try:
+    import orjson as _orjson
+except ImportError:      # pragma: no cover - a dependency; the strict encoder still works
+    _orjson = None  # type: ignore[assignment]
 _c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
 
 
@@ -184,6 +188,33 @@ def json_encoder() -> Callable[[Any], str]:
             raise ValidationError(f"not JSON-serialisable: {exc}") from exc
 
     return encode_json
+
+
+def fast_json_encoder() -> Callable[[Any], str]:
+    """``json_encoder`` for the engine's own structures (task inputs: str, int, float, bool,
+    None, lists and dicts), ~8x faster with orjson: the same value (not the same text:
+    non-ASCII is not escaped). Whatever orjson would write differently from the strict
+    encoder, or refuse — non-str keys, ints beyond 64 bits, non-finite floats (it writes them
+    as null: any 'null' is checked again) — goes through ``json_encoder``, errors included."""
+    strict = json_encoder()
+    if _orjson is None:
+        return strict
+    dumps, refused = _orjson.dumps, (TypeError, _orjson.JSONEncodeError)
+    # What the json module does not write itself (dataclasses, datetimes, subclasses of the
+    # basic types) is refused by orjson too, and so decided by the strict encoder.
+    opts = (_orjson.OPT_PASSTHROUGH_DATACLASS | _orjson.OPT_PASSTHROUGH_DATETIME
+            | _orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+    def encode(value: Any) -> str:
+        try:
+            out = dumps(value, option=opts)
+        except refused:
+            return strict(value)
+        if b"null" in out:
+            return strict(value)
+        return out.decode()
+
+    return encode
 
 
 def json_copy(value: Any) -> Any:

@@ -87,6 +87,7 @@ class BatchWriter:
         self.postgres = conn.dialect.name == "postgresql"
         self._insert = postgresql.insert if self.postgres else sqlite.insert
         self._json = sem.json_encoder()
+        self._inputs_json = sem.fast_json_encoder()     # task inputs: the hot path
         self._handlers: dict[type, Callable[[list[Any], list[TaskKey]], None]] = {
             RunRecord: self._run_records,
             RunUpdate: self._run_updates,
@@ -161,11 +162,11 @@ class BatchWriter:
 
     def _task_records(self, records: list[TaskRecord], _stale: list[TaskKey]) -> None:
         rows = []
-        encode = self._json
+        encode_inputs = self._inputs_json
         for r in sem.merge_task_records(records):
             row = list(_task_values(r))
             row[_TASK_STATE_AT] = sem.task_state(r.state).value
-            row[_TASK_INPUTS_AT] = encode(r.inputs)
+            row[_TASK_INPUTS_AT] = encode_inputs(r.inputs)
             rows.append(tuple(row))
         self._bulk("task_records", tasks, _TASK_COLUMNS, rows, self._task_upsert)
 
