@@ -155,3 +155,26 @@ def test_retry_max_attempts_is_a_real_integer():
     from twingraph.core.retry import RetryPolicy
     with pytest.raises(ValidationError, match="max_attempts"):
         RetryPolicy.parse({"max_attempts": True})
+
+
+_any_value = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**80, max_value=2**80),
+              st.floats(), st.text(), st.binary(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner),
+                            st.dictionaries(st.text(max_size=6), inner, max_size=4),
+                            st.dictionaries(st.integers(), inner, max_size=2)),
+    max_leaves=16)
+
+
+@given(_any_value)
+def test_digest_json_is_canonical_json_byte_for_byte(value):
+    # memo keys must not depend on which encoder wrote the digest
+    from twingraph.core.hashing import canonical_json, digest_json
+    d = digest_value(value, None, str, lambda x: "h")
+    try:
+        expected = canonical_json(d)
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        with pytest.raises(type(exc)):
+            digest_json(d)
+        return
+    assert digest_json(d) == expected

@@ -29,6 +29,28 @@ _C_CANONICAL = (_c_make(None, _no_default, json.encoder.encode_basestring, None,
                         True, False, False) if _c_make is not None else None)
 
 
+try:
+    import orjson as _orjson
+    _DIGEST_OPTS = (_orjson.OPT_SORT_KEYS | _orjson.OPT_PASSTHROUGH_SUBCLASS
+                    | _orjson.OPT_PASSTHROUGH_DATACLASS | _orjson.OPT_PASSTHROUGH_DATETIME)
+    _orjson_dumps: Callable[..., bytes] | None = _orjson.dumps
+except ImportError:      # pragma: no cover - a dependency; canonical_json gives the same bytes
+    _orjson_dumps = None
+
+
+def digest_json(digest: Any) -> bytes:
+    """``canonical_json`` of an input digest (``digest_value``'s output: str, int, bool, None,
+    lists and dicts with str keys — never floats), byte for byte, ~6x faster through orjson.
+    What orjson refuses (ints beyond 64 bits, lone surrogates, subclasses) takes the
+    canonical_json path, so the bytes — and every memo key — are the same either way."""
+    if _orjson_dumps is not None:
+        try:
+            return _orjson_dumps(digest, option=_DIGEST_OPTS)
+        except TypeError:
+            pass
+    return canonical_json(digest)
+
+
 def canonical_json(obj: Any) -> bytes:
     """Deterministic JSON: sorted keys, no whitespace, UTF-8. Raises TypeError for non-JSON."""
     if _C_CANONICAL is not None:
@@ -59,7 +81,7 @@ def structural_key(component: str, code_version: str, config: Mapping[str, Any] 
         if config is None:
             raise TypeError("structural_key needs config or prefix")
         prefix = key_prefix(component, code_version, config)
-    return sha256_hex(prefix + canonical_json(input_digest))
+    return sha256_hex(prefix + digest_json(input_digest))
 
 
 def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], Any],
