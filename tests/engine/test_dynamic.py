@@ -310,3 +310,22 @@ def test_a_plain_call_of_a_class_component_leaves_its_spec_and_name_alone():
     assert t._spec is None                  # no code version computed for a plain call
     register_component("threshold_instance", t)
     assert t.name == "threshold_instance"
+
+
+def test_validation_runs_with_the_relaxed_gc_threshold(scheduler, monkeypatch):
+    # A large DAG's validation allocates a list per node: at the default threshold (700) a
+    # 200,000-node graph ran ~260 young-generation passes inside submit/run.
+    import gc
+
+    from twingraph.engine.engine import GC_RUN_THRESHOLD
+    seen = []
+    real_known = scheduler.executor.known
+
+    def known():
+        seen.append(gc.get_threshold()[0])
+        return real_known()
+    monkeypatch.setattr(scheduler.executor, "known", known)
+    before = gc.get_threshold()
+    scheduler.plan(chain_dag("gc"))
+    assert seen and seen[0] >= GC_RUN_THRESHOLD
+    assert gc.get_threshold() == before

@@ -32,7 +32,7 @@ from twingraph.core.graph import validate_dag
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.specs import ComponentSpec
 from twingraph.core.states import RunState
-from twingraph.engine.engine import Engine, RunResult
+from twingraph.engine.engine import Engine, RunResult, relaxed_gc
 from twingraph.engine.loop import RunOptions
 from twingraph.errors import (ConfigurationError, ExecutorUnavailable, GraphValidationError,
                               NodeExecutionError, NotFoundError, ValidationError)
@@ -470,6 +470,10 @@ class DynamicScheduler:
 
     # -- internals ------------------------------------------------------------------------
     def _validate_dag(self, dag: DAGDefinition) -> Plan:
+        with relaxed_gc():          # one list per node: bulk allocation, nothing to collect
+            return self._validated(dag)
+
+    def _validated(self, dag: DAGDefinition) -> Plan:
         ids = [n.node_id for n in dag.nodes]
         dup = {i for i in ids if ids.count(i) > 1} if len(set(ids)) != len(ids) else set()
         if dup:
