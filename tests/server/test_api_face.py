@@ -406,3 +406,28 @@ def test_percentile_interpolates() -> None:
     assert percentile([5.0], 99) == 5.0
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
     assert percentile([0.0, 10.0], 95) == pytest.approx(9.5)
+
+
+def test_outputs_of_a_run_whose_driver_is_still_handing_over(client: TestClient, svc: Services,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # The engine records SUCCESS before run() returns; the driver then exports lineage and
+    # only then registers the result. A GET in that window must wait for the result, not
+    # answer (and cache for good) the sink nodes' values instead.
+    import twingraph.service.runs as runs_module
+    real_export = runs_module.export_lineage
+
+    def slow_export(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.6)
+        real_export(*args, **kwargs)
+    monkeypatch.setattr(runs_module, "export_lineage", slow_export)
+    r = client.post("/api/executions", json={"workflow_id": "documented",
+                                             "inputs": {"n": 2, "delay": 0.01}})
+    eid = r.json()["execution_id"]
+    deadline = time.monotonic() + 20
+    while svc.catalog.get_run(eid).state.value != "SUCCESS":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert svc.runs.driving(eid)                       # inside the window
+    body = client.get(f"/api/executions/{eid}").json()
+    assert body["outputs"]["outputs"] == {"total": (0 + 1) + (2 + 3), "n": 2}
+    assert client.get(f"/api/executions/{eid}").json()["outputs"] == body["outputs"]

@@ -98,7 +98,7 @@ def _workflow(svc: Services, p: PipelineRecord) -> dict[str, Any]:
 
 
 def _execution(svc: Services, run: RunRow, *, outputs: bool = True) -> dict[str, Any]:
-    res = svc.runs.result(run.run_id)
+    res = svc.runs.result(run.run_id, ended=run.state.terminal)
     out = {"execution_id": run.run_id, "workflow_id": run.pipeline_id,
            "workflow_name": run.pipeline, "status": wf.execution_status(run.state),
            "inputs": run.params, "created_at": iso(run.created_at),
@@ -111,8 +111,8 @@ def _execution(svc: Services, run: RunRow, *, outputs: bool = True) -> dict[str,
         if not hit:
             value = wf.run_outputs(svc.engine, svc.catalog,
                                    None if res is None else res.value, res is not None, run)
-            if run.state.value == "SUCCESS":
-                cache.put(run.run_id, value)
+            if run.state.value == "SUCCESS" and not svc.runs.driving(run.run_id):
+                cache.put(run.run_id, value)      # final: the result, if any, was handed over
         out["outputs"] = value
     return out
 

@@ -264,8 +264,23 @@ class RunService:
             thread.join(timeout)
         return self.catalog.get_run(run_id)
 
-    def result(self, run_id: str) -> RunResult | None:
-        return self._results.get(run_id)
+    def result(self, run_id: str, *, ended: bool = False,
+               settle: float = 10.0) -> RunResult | None:
+        """The result of a run this process drove. ``ended``: the caller saw the run's final
+        state recorded; the engine records it before ``run`` returns, so a driver may still be
+        handing the result over (exporting lineage first): wait for it, at most ``settle``
+        seconds, rather than answer without it."""
+        res = self._results.get(run_id)
+        if res is None and ended:
+            thread = self._threads.get(run_id)
+            if thread is not None:
+                thread.join(settle)
+                res = self._results.get(run_id)
+        return res
+
+    def driving(self, run_id: str) -> bool:
+        """Whether this process's driver thread of ``run_id`` has not handed over yet."""
+        return run_id in self._threads
 
     def active(self) -> list[str]:
         with self._lock:
