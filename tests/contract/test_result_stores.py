@@ -27,8 +27,8 @@ from twingraph.errors import ConfigurationError, IntegrityError, StorageError
 from twingraph.ports import ResultStore
 from twingraph.serialization import Encoded, decode, encode
 from twingraph.stores.results import (
-    FilesystemStorage, MemoryStorage, ResultStoreBase, SQLiteStorage, StorageInterface,
-    create_storage_backend,
+    FilesystemStorage, HybridStorage, MemoryStorage, ResultStoreBase, SQLiteStorage,
+    StorageInterface, create_storage_backend,
 )
 
 # Small thresholds so that "large" (chunked, memory-mapped, compressed) paths run on small data.
@@ -117,6 +117,30 @@ def _count_fs(store: Any) -> int:
     return sum(len(files) for _, _, files in os.walk(store.base_path)) - 1  # minus .lock
 
 
+def _make_hybrid(tmp: Path, compression: str | None) -> ResultStoreBase:
+    return HybridStorage(tmp / "hybrid", large_threshold=THRESHOLD, chunk_size=CHUNK,
+                         inline_threshold=INLINE, compression=compression,
+                         compression_min_size=COMPRESS_MIN)
+
+
+def _hybrid_side(store: Any, key: str) -> Any:
+    return store.small if store.small.has(key) else store.large
+
+
+def _corrupt_hybrid(store: Any, key: str) -> None:
+    side = _hybrid_side(store, key)
+    (_corrupt_sqlite if side is store.small else _corrupt_fs)(side, key)
+
+
+def _lose_hybrid(store: Any, key: str) -> bool:
+    side = _hybrid_side(store, key)
+    return (_lose_sqlite if side is store.small else _lose_fs)(side, key)
+
+
+def _count_hybrid(store: Any) -> int:
+    return _count_sqlite(store.small) + _count_fs(store.large)
+
+
 def _make_memory(tmp: Path, compression: str | None) -> ResultStoreBase:
     return MemoryStorage()
 
@@ -144,6 +168,7 @@ class Impl:
 IMPLEMENTATIONS = [
     Impl("sqlite", _make_sqlite, _corrupt_sqlite, _lose_sqlite, _count_sqlite, True, True),
     Impl("filesystem", _make_fs, _corrupt_fs, _lose_fs, _count_fs, True, True),
+    Impl("hybrid", _make_hybrid, _corrupt_hybrid, _lose_hybrid, _count_hybrid, True, True),
     Impl("memory", _make_memory, _corrupt_memory, None, _count_memory, False, False),
 ]
 _PARAMS = [pytest.param((impl, comp), id=impl.name + ("-zstd" if comp else ""))
@@ -691,7 +716,7 @@ def test_factory(tmp_path: Path) -> None:
     for s in (s1, s2, s3):
         s.close()
     with pytest.raises(ConfigurationError):
-        create_storage_backend("hybrid", str(tmp_path))
+        create_storage_backend("s3", str(tmp_path))
     with pytest.raises(ConfigurationError):
         create_storage_backend("sqlite", str(tmp_path / "y.db"), no_such_option=1)
     with pytest.raises(ConfigurationError):

@@ -240,3 +240,12 @@ def test_prefix_too_short_or_unknown_is_not_found(cli, tmp_path):
     assert unknown.returncode == 1 and "run ffffffff not found" in unknown.stderr
     upper = cli("runs", "show", A[:8].upper(), ok=False)           # ids are case-sensitive
     assert upper.returncode == 1
+
+
+def test_dynamic_execute_on_the_hybrid_store(cli, tmp_path):
+    out = cli("dynamic", "execute", str(ROOT / "tests" / "resources" / "dag_example.yaml"),
+              "--storage-backend", "hybrid", "--storage-path", str(tmp_path / "h"),
+              "--load", str(ROOT / "tests" / "resources" / "ops.py"))
+    line = next(l for l in out.stdout.splitlines() if l.startswith("Execution completed: "))
+    assert json.loads(line.split(": ", 1)[1])["results"] == {"total": (0 + 1 + 4 + 9 + 16 + 25) + 15 + 1}
+    assert (tmp_path / "h" / "results.db").exists()

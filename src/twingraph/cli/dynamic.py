@@ -19,7 +19,7 @@ from twingraph.errors import TwinGraphError
 def register(app: typer.Typer) -> None:
     @app.command()
     def execute(program_file: str,
-                storage_backend: Annotated[str, typer.Option(help="sqlite, filesystem or memory")] = "sqlite",
+                storage_backend: Annotated[str, typer.Option(help="sqlite, filesystem, hybrid or memory")] = "sqlite",
                 storage_path: Annotated[str, typer.Option()] = "./voxlogica_storage",
                 max_concurrent: Annotated[int, typer.Option(min=1)] = 4,
                 progress: Annotated[bool, typer.Option("--progress", help="Show execution progress")] = False,

@@ -10,7 +10,7 @@ from twingraph.stores.results.base import ResultStoreBase
 
 __all__ = ["create_storage_backend", "options_from_config", "parse_size", "BACKENDS"]
 
-BACKENDS = ("sqlite", "filesystem", "memory")
+BACKENDS = ("sqlite", "filesystem", "hybrid", "memory")
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
@@ -20,10 +20,11 @@ def create_storage_backend(backend: str, path: str | Path, **opts: Any) -> Resul
     - ``sqlite``: ``path`` is the database file if it ends in .db/.sqlite/.sqlite3, otherwise a
       directory holding ``results.db``.
     - ``filesystem``: ``path`` is the store's root directory.
+    - ``hybrid``: ``path`` is a directory; values up to 1 MiB in SQLite, larger ones as files
+      (``HybridStorage``).
     - ``memory``: ``path`` is ignored (a fresh, empty store).
 
-    Unknown backends (the document's ``hybrid`` included: it is not implemented) and unknown
-    options raise ``ConfigurationError``.
+    Unknown backends and unknown options raise ``ConfigurationError``.
     """
     name = (backend or "").strip().lower()
     try:
@@ -35,6 +36,9 @@ def create_storage_backend(backend: str, path: str | Path, **opts: Any) -> Resul
         if name == "filesystem":
             from twingraph.stores.results.filesystem import FilesystemStorage
             return FilesystemStorage(path, **opts)
+        if name == "hybrid":
+            from twingraph.stores.results.hybrid import HybridStorage
+            return HybridStorage(path, **opts)
         if name == "memory":
             from twingraph.stores.results.memory import MemoryStorage
             return MemoryStorage(**opts)
@@ -65,8 +69,8 @@ def options_from_config(backend: str, *, compression: bool, cache_size: str | in
     cache of each connection (the filesystem store relies on the OS page cache)."""
     name = (backend or "").strip().lower()
     opts: dict[str, Any] = {}
-    if name in ("sqlite", "filesystem"):
+    if name in ("sqlite", "filesystem", "hybrid"):
         opts["compression"] = "zstd" if compression else None
-    if name == "sqlite":
+    if name in ("sqlite", "hybrid"):
         opts["cache_size"] = parse_size(cache_size)
     return opts
