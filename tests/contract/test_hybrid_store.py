@@ -41,3 +41,74 @@ def test_the_factory_and_the_documents_config_open_it(tmp_path):
         assert (tmp_path / "h" / "results.db").exists() and (tmp_path / "h" / "large").is_dir()
     finally:
         store.close()
+
+
+def test_a_bad_hash_anywhere_in_a_mixed_batch_writes_nothing(tmp_path):
+    import pytest
+
+    from twingraph.errors import StorageError
+    store = HybridStorage(tmp_path / "h", large_threshold=1000)
+    try:
+        old, big, tiny = b"old", b"B" * 5000, b"t" * 10
+        store.put("moving", old, _meta("moving", old))
+        bad = StorageMetadata("bad", DataType.BINARY, "0" * 64, len(tiny))
+        with pytest.raises(StorageError, match="nothing written"):
+            store.put_many([("moving", big, _meta("moving", big)),
+                            ("other", big, _meta("other", big)), ("bad", tiny, bad)])
+        assert bytes(store.get("moving")) == old and not store.large.has("moving")
+        assert not store.has("other") and not store.has("bad")
+    finally:
+        store.close()
+
+
+def test_writers_of_both_sizes_never_lose_a_key(tmp_path):
+    # Each round two stores (as two processes would) put the same key at once, one small and
+    # one large; after every round the key must be there, on exactly one side.
+    import threading
+    import time
+    stores = [HybridStorage(tmp_path / "h", large_threshold=1000) for _ in range(2)]
+    values = [b"s" * 10, b"L" * 3000]
+    rounds, lost = 10, []
+    real = stores[0].small.put_many
+
+    def slow_small_put(items):         # widen the window between a write and its clean-up
+        real(items)
+        time.sleep(0.03)
+    stores[0].small.put_many = slow_small_put
+    start, end = threading.Barrier(3), threading.Barrier(3)
+
+    def write(store, data):
+        for _ in range(rounds):
+            start.wait()
+            store.put("k", data, _meta("k", data))
+            end.wait()
+    threads = [threading.Thread(target=write, args=(st, v)) for st, v in zip(stores, values)]
+    for t in threads:
+        t.start()
+    try:
+        for r in range(rounds):
+            start.wait()
+            end.wait()
+            s = stores[0]
+            if not s.has("k") or s.small.has("k") == s.large.has("k"):
+                lost.append(r)
+        for t in threads:
+            t.join()
+        assert lost == []
+    finally:
+        for st in stores:
+            st.close()
+
+
+def test_items_may_be_any_iterable_and_bad_keys_fail_at_once(tmp_path):
+    import pytest
+
+    from twingraph.errors import StorageError
+    store = HybridStorage(tmp_path / "h", large_threshold=1000)
+    try:
+        store.put_many((k, b"v", _meta(k, b"v")) for k in ("g1", "g2"))
+        assert store.list_keys() == ["g1", "g2"]
+        with pytest.raises(StorageError):
+            store.iter_chunks("../escape")
+    finally:
+        store.close()

@@ -5,22 +5,36 @@ results cost one transaction per batch), larger ones to a filesystem store (one 
 memory-mapped; the database stays small). Both live under one directory: ``results.db`` and
 ``large/``. Each key is in one of the two; reads look in SQLite first, then in the files.
 
-A batch is validated whole before anything is written (as every store does). The large values
-are written first (each atomically, fsynced), then the small ones (one SQLite transaction);
-then a key that changed sides is removed from the side it left, so a reader never misses it
-(in between it sees one complete version or the other). A batch that mixes sizes is therefore
-atomic per side, not as a whole: after a crash some of its large values may be stored without
-its small ones — each value that is there is complete and verified.
+Writes — ``put_many``, ``delete``, ``patch_metadata`` — hold one lock across both sides (a
+thread lock plus an ``flock``, so also across processes sharing the directory): two writers
+can never each remove the other's copy of a key that changes sides. A batch is validated whole
+before anything is written, content hashes included. The large values are written first (the
+file store commits them together), then the small ones (one SQLite transaction), then a key
+that changed sides is removed from the side it left. So a batch that mixes sizes is atomic per
+side, not as a whole: if the SQLite part fails after the files landed (a full disk), those
+large values stay stored — each complete and verified — and a key that was moving to the files
+keeps its old SQLite copy, which reads then still prefer. A retry of the batch repairs it.
+
+Reads take no lock. ``get``, ``read``, ``head``, ``has`` and ``iter_chunks`` look again when a
+key that is changing sides was missed on both; ``content_hashes`` and ``list_keys`` look once
+and may miss such a key for that moment (a memo miss: the task runs again). Each small key
+written costs one file-existence check on the large side, and a memo lookup that misses in
+SQLite asks the files too: this backend is for ``twingraph dynamic execute`` and stores whose
+values span both size classes; the engine's embedded default is plain SQLite.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from twingraph.core.results import StorageMetadata
-from twingraph.stores.results._common import as_views, prepare_all, validate_key
+from twingraph.errors import StorageError
+from twingraph.stores.results import _files
+from twingraph.stores.results._common import as_views, check_hash, prepare_all, validate_key
 from twingraph.stores.results.base import Buffer, Item, ResultStoreBase
 from twingraph.stores.results.filesystem import FilesystemStorage
 from twingraph.stores.results.sqlite import SQLiteStorage
@@ -46,10 +60,14 @@ class HybridStorage(ResultStoreBase):
                                        compression=compression,
                                        compression_level=compression_level,
                                        compression_min_size=compression_min_size)
+        self._lock = _files.ProcessLock(self.path / ".hybrid.lock")
 
     # ---- writes ----
     def put_many(self, items: Sequence[Item]) -> None:
-        prepare_all(items)                  # the whole batch valid before anything is written
+        items = list(items)
+        # Keys, types, sizes, metadata — and below the small values' hashes — all checked
+        # before anything is written (the file store checks the large ones before it commits).
+        prepared = {p.key: p for p in prepare_all(items)}
         small: dict[str, Item] = {}
         large: dict[str, Item] = {}
         for item in items:                  # a key given twice: its last value, on its side
@@ -58,25 +76,44 @@ class HybridStorage(ResultStoreBase):
                 else (small, large)
             other.pop(key, None)
             side[key] = item
-        if large:
-            self.large.put_many(list(large.values()))
-        if small:
-            self.small.put_many(list(small.values()))
-        # A key that changed sides leaves the side it was on (after the new version landed).
-        for key in self.small.content_hashes(list(large)):
-            self.small.delete(key)
         for key in small:
-            if self.large.has(key):
-                self.large.delete(key)
+            p = prepared[key]
+            if p.content_hash:
+                h = hashlib.sha256()
+                for view in p.views:
+                    h.update(view)
+                check_hash(p, h.hexdigest())
+        with self._writing():
+            if large:
+                self.large.put_many(list(large.values()))
+            if small:
+                self.small.put_many(list(small.values()))
+            # A key that changed sides leaves the side it was on (after the new one landed).
+            for key in self.small.content_hashes(list(large)):
+                self.small.delete(key)
+            for key in small:
+                if self.large.has(key):
+                    self.large.delete(key)
 
     def delete(self, key: str) -> bool:
         validate_key(key)
-        gone_small = self.small.delete(key)
-        gone_large = self.large.delete(key)
+        with self._writing():
+            gone_small = self.small.delete(key)
+            gone_large = self.large.delete(key)
         return gone_small or gone_large
 
     def patch_metadata(self, key: str, metadata: dict[str, Any]) -> bool:
-        return self.small.patch_metadata(key, metadata) or self.large.patch_metadata(key, metadata)
+        with self._writing():
+            return self.small.patch_metadata(key, metadata) or \
+                self.large.patch_metadata(key, metadata)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            with self._lock.hold():
+                yield
+        except OSError as exc:             # the lock of a closed store
+            raise StorageError(f"result store {self.path} is unusable: {exc}") from exc
 
     # ---- reads ----
     def _either(self, name: str, key: str) -> Any:
@@ -100,6 +137,10 @@ class HybridStorage(ResultStoreBase):
         return self._either("head", key)  # type: ignore[no-any-return]
 
     def iter_chunks(self, key: str, chunk_size: int = MiB) -> Iterator[bytes]:
+        validate_key(key)                   # now, not when the first chunk is asked for
+        return self._chunks(key, chunk_size)
+
+    def _chunks(self, key: str, chunk_size: int) -> Iterator[bytes]:
         # A key can move sides between a look and the read (an overwrite with a value of the
         # other size class): a side that had it and then yields nothing for a non-empty value
         # lost it meanwhile, and the other side has the new version.
@@ -134,7 +175,11 @@ class HybridStorage(ResultStoreBase):
         try:
             self.small.close()
         finally:
-            self.large.close()
+            try:
+                self.large.close()
+            finally:
+                self._lock.close()
 
     def __repr__(self) -> str:
         return f"HybridStorage({str(self.path)!r})"
+
