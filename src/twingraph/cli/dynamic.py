@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import sys
 from typing import Annotated, Any
@@ -59,14 +58,15 @@ def register(app: typer.Typer) -> None:
 
 
 async def _execute(integration: Any, dag: Any, config: Any, progress: bool) -> Any:
-    """Through the document's integration layer: submit, show progress, collect results."""
+    """Through the document's integration layer (``execute_with_progress``): progress as a
+    live display on a terminal, else a line per 10 %; then the results."""
+    from twingraph.integration import execute_with_progress
     scheduler = integration.scheduler
-    started = await integration.execute_program_dynamic(
-        dag, dataclasses.replace(config, async_execution=True))
-    dag_id = started["execution_id"]
+    live = progress and sys.stdout.isatty()
+    shown = [-1]
 
     def snapshot() -> dict[str, Any] | None:
-        run_id = scheduler.run_id(dag_id)
+        run_id = scheduler.run_id(dag.dag_id)
         loop = scheduler.engine.runs.get(run_id) if run_id else None
         return loop.progress() if loop is not None else None
 
@@ -75,16 +75,16 @@ async def _execute(integration: Any, dag: Any, config: Any, progress: bool) -> A
                       f"{p.total_nodes} completed, {p.failed_nodes} failed, "
                       f"ETA {p.estimated_completion or '—'})", highlight=False)
 
-    with LiveProgress(snapshot, progress and sys.stdout.isatty()):
-        if progress and not sys.stdout.isatty():
-            last = -1
-            while dag_id in scheduler.active_executions:
-                p = await scheduler.get_execution_progress(dag_id)
-                if p and int(p.progress_percentage) // 10 != last:
-                    last = int(p.progress_percentage) // 10
-                    line(p)
-                await asyncio.sleep(0.2)
-        summary = await integration._wait_for_completion(dag_id)
-    if progress:
-        line(await scheduler.get_execution_progress(dag_id))
+    def on_progress(p: Any) -> None:
+        step = int(p.progress_percentage) // 10
+        if step != shown[0] and not live:
+            shown[0] = step
+            line(p)
+
+    with LiveProgress(snapshot, live):
+        summary = await execute_with_progress(integration, dag, config,
+                                              on_progress=on_progress if progress else None,
+                                              interval=0.2)
+    if live:
+        line(await scheduler.get_execution_progress(dag.dag_id))
     return summary
