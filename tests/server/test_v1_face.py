@@ -105,6 +105,31 @@ def test_loaded_pipeline_runs_by_name_through_its_lifecycle(app_client: TestClie
     assert c.get("/api/v1/runs?state=BOGUS").status_code == 422
 
 
+def test_a_run_ending_between_the_two_status_reads_keeps_its_counts(app_client: TestClient) -> None:
+    """CI flake: ``status`` asked whether the engine still drove the run, then read the row
+    without counts; when the run ended in between, the progress said 0 tasks for a SUCCESS.
+    The window is widened here by ending the "live" run inside the row read."""
+    c = app_client
+    svc = c.svc  # type: ignore[attr-defined]
+    run = c.post("/api/v1/runs", json={"pipeline_id": "sum_numbers", "params": {"n": 3}}).json()["data"]
+    c.post(f"/api/v1/runs/{run['id']}/start")
+    assert wait_state(c, run["id"], {"SUCCESS", "FAILED"})["state"] == "SUCCESS"
+    while svc.runs.driving(run["id"]) or run["id"] in svc.engine.runs:
+        time.sleep(0.01)
+    real = svc.catalog.run_status
+
+    def ends_inside(run_id: str, **kw: Any) -> Any:
+        svc.engine.runs.pop(run_id, None)         # the driver finished meanwhile
+        return real(run_id, **kw)
+    svc.engine.runs[run["id"]] = object()         # still driving when status() looks
+    svc.catalog.run_status = ends_inside
+    try:
+        _, progress = svc.runs.status(run["id"])
+    finally:
+        svc.catalog.run_status = real
+    assert progress["total_tasks"] == 2 and progress["completed_tasks"] == 2
+
+
 def test_bad_run_requests_write_nothing(app_client: TestClient) -> None:
     c = app_client
     before = c.get("/api/v1/runs").json()["meta"]["total"]

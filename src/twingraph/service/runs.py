@@ -310,7 +310,9 @@ class RunService:
         """A run and its progress, on the cheapest path (a client polling it)."""
         live = run_id in self.engine.runs
         run, counts = self.catalog.run_status(run_id, counts=not live, reader=reader)
-        return run, self.progress(run, counts)
+        # Read without counts while live: if the run ended in between, ``progress`` finds no
+        # loop and must read the store's counts, not take the empty ones as the answer.
+        return run, self.progress(run, None if live else counts)
 
     def outputs(self, run_id: str) -> Any:
         """The run's return value when this server drove it (JSON-able), else None."""
