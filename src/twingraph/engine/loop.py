@@ -53,6 +53,10 @@ _EMPTY: dict[str, Any] = {}
 DEFAULT_RETRY = RetryPolicy(max_attempts=3, backoff="exponential", initial_delay=1.0,
                             max_delay=60.0)
 _T = TaskState
+# Values kept in memory once stored, not dropped to be reloaded: a number or None costs its
+# task a few dozen bytes at most, a reload costs a query on the scheduling thread (a GIL round
+# trip; a late consumer of a far-back producer in a large graph needs one per node).
+_SMALL = frozenset({int, float, bool, type(None)})
 
 
 class RunOptions:
@@ -245,7 +249,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         elif kind == "stored":
             for t in ev[1]:
                 t.stored = True
-                if t.consumers <= 0 and t.state is _T.SUCCESS:
+                if t.consumers <= 0 and t.state is _T.SUCCESS and type(t.value) not in _SMALL:
                     t.value = UNLOADED
         elif kind == "body":
             self.body_finished, self.body_error = True, ev[1]
@@ -475,7 +479,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         task.producers = _NONE
         for p in producers:
             p.consumers -= 1
-            if p.consumers <= 0 and p.stored and p.state is _T.SUCCESS:
+            if p.consumers <= 0 and p.stored and p.state is _T.SUCCESS \
+                    and type(p.value) not in _SMALL:
                 p.value = UNLOADED
 
     # == completion =========================================================================

@@ -39,6 +39,7 @@ from twingraph.stores.results._common import (
     Prepared, check_hash, merge_meta, meta_from_json, prepare_all, slices,
     validate_key, verified_stream, verify,
 )
+from twingraph.stores.results._keyfilter import index_for
 from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, pack_small, worth_it
 from twingraph.stores.results.base import Buffer, Item, ResultStoreBase
 from twingraph.stores.sqlite_rows import insert_rows, multi_row
@@ -97,6 +98,7 @@ _READ_ALL = "SELECT data_type, created_at, metadata, content_hash, data_size, co
             "n_chunks, data FROM node_results WHERE node_id = ?"
 _HEAD = "SELECT data_type, content_hash, data_size, compression, created_at, metadata " \
         "FROM node_results WHERE node_id = ?"
+_TOP = "SELECT max(rowid) FROM node_results"
 _DATA_TYPES = {d.value: d for d in DataType}
 _CHUNKS = "SELECT chunk_id, raw_size, data FROM node_data_chunks WHERE node_id = ? " \
           "ORDER BY chunk_id"
@@ -138,6 +140,8 @@ class SQLiteStorage(ResultStoreBase):
             if version == 0:
                 with self._write_lock:
                     conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+        # Memo lookups that must miss skip the query (stores/results/_keyfilter.py).
+        self._keys = index_for(str(self.db_path.resolve()), self._timeout)
 
     # ---- connections and errors ----
     def _connect(self) -> sqlite3.Connection:
@@ -210,11 +214,15 @@ class SQLiteStorage(ResultStoreBase):
         # In key order: consecutive inserts then share index pages (random keys otherwise
         # touch a different page each).
         rows.sort(key=_first)
+        self._keys.add_many([p.key for p in preps])     # before the commit: never a miss here
         with self._write("put", preps[0].key) as conn:
+            before = conn.execute(_TOP).fetchone()[0] or 0
             if rows:
                 insert_rows(conn.execute, conn.executemany, _UPSERT, _UPSERT_MANY, rows)
             for p in chunked:
                 self._put_chunked(conn, p, cctx)
+            after = conn.execute(_TOP).fetchone()[0] or 0
+        self._keys.wrote(before, after)
 
     def _put_chunked(self, conn: sqlite3.Connection, p: Prepared, cctx: Any) -> None:
         n = -(-p.size // self.chunk_size)
@@ -365,24 +373,28 @@ class SQLiteStorage(ResultStoreBase):
     def content_hashes(self, keys: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
         conn = self._conn()
+        for k in keys:
+            validate_key(k)
+        asked = len(keys)
+        keys = self._keys.candidates(keys, conn)
         if len(keys) == 1:           # the common case in deep graphs: one prepared statement
-            validate_key(keys[0])
             try:
                 row = conn.execute("SELECT content_hash FROM node_results WHERE node_id = ?",
                                    (keys[0],)).fetchone()
             except sqlite3.Error as exc:
                 raise self._error("head", keys[0], exc) from exc
-            return {keys[0]: row[0]} if row is not None else out
-        for i in range(0, len(keys), 500):
+            if row is not None:
+                out[keys[0]] = row[0]
+        for i in range(0, len(keys) if len(keys) > 1 else 0, 500):
             part = list(keys[i:i + 500])
-            for k in part:
-                validate_key(k)
             try:
                 rows = conn.execute("SELECT node_id, content_hash FROM node_results WHERE node_id "
                                     f"IN ({','.join('?' * len(part))})", part).fetchall()
             except sqlite3.Error as exc:
                 raise self._error("head", part[0], exc) from exc
             out.update(rows)
+        if len(out) < asked:
+            self._keys.missed()      # a run that misses builds the index; one of hits never
         return out
 
     def has(self, key: str) -> bool:

@@ -1,0 +1,222 @@
+"""Which keys a SQLite result store may hold, answered in memory: memo lookups that must miss
+skip the query.
+
+Why: a cold run's memo lookups all miss, and in a deep graph they come one at a time (a node's
+key needs its producer's content hash). Each is a SQLite query on the scheduling thread, and
+each query gives up the GIL and waits to take it back from the writer thread: that wait, not
+SQLite, was ~35 % of a large DAG's time (decision 0010).
+
+``KeyFilter`` is a scalable Bloom filter over ``hash(key)`` (Python's per-process string hash:
+nothing here is persisted). It has no false negatives: a key added is always "maybe"; a key
+never added is "maybe" with a small probability (under 0.1 % per layer at its capacity), and
+those lookups just run the query as before.
+
+``KeyIndex`` keeps one filter in step with one database file, shared by every ``SQLiteStorage``
+of this process on that file (``index_for``):
+- it is built on the first memo lookup that misses (a run of hits never needs it), by one scan
+  on a thread of its own; until it is ready every lookup queries;
+- this process's writes add their keys before their transaction commits, so a lookup here never
+  misses a result this process stored;
+- other processes' writes are read back (rows past the last rowid seen) before a lookup when
+  ``SYNC_EVERY`` seconds have passed: a result another process committed is found by lookups
+  starting at most that long after its commit — the same as a lookup that ran a moment earlier.
+Any error while building or syncing switches the index off (lookups query again).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+
+__all__ = ["KeyFilter", "KeyIndex", "index_for", "SYNC_EVERY"]
+
+_MASK64 = (1 << 64) - 1
+_PROBES = 6
+_BITS_PER_KEY = 16          # 6 probes at 16 bits a key: ~0.09 % false positives at capacity
+_FIRST_CAPACITY = 1 << 16
+
+#: Seconds between two reads of rows other processes committed.
+SYNC_EVERY = 0.05
+#: Rows below the highest rowid seen that a sync reads again: SQLite reuses the rowids of rows
+#: deleted from the top, so a key another process inserts after such a delete can get a rowid
+#: already passed.
+_REREAD = 16
+
+
+class KeyFilter:
+    """A scalable Bloom filter of strings: ``add`` and ``may_contain``; no false negatives.
+    ``add`` is thread-safe; ``may_contain`` takes no lock (bits only ever turn on)."""
+
+    __slots__ = ("_layers", "_count", "_capacity", "_lock")
+
+    def __init__(self, capacity: int = _FIRST_CAPACITY) -> None:
+        self._layers: list[tuple[bytearray, int]] = []
+        self._count = 0
+        self._capacity = 0
+        self._lock = threading.Lock()
+        self._grow(max(1024, capacity))
+
+    def _grow(self, capacity: int) -> None:
+        bits = 1 << max(13, (capacity * _BITS_PER_KEY - 1).bit_length())
+        self._layers.append((bytearray(bits >> 3), bits - 1))
+        self._capacity += capacity
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(b) for b, _ in self._layers)
+
+    def add(self, key: str) -> None:
+        self.add_many((key,))
+
+    def add_many(self, keys: Iterable[str]) -> None:
+        with self._lock:
+            bits, mask = self._layers[-1]
+            count, capacity = self._count, self._capacity
+            for key in keys:
+                if count >= capacity:
+                    self._count = count
+                    self._grow(capacity)        # double: a new layer as large as all before
+                    capacity = self._capacity
+                    bits, mask = self._layers[-1]
+                h = hash(key) & _MASK64
+                a, b = h & 0xFFFFFFFF, (h >> 32) | 1
+                for _ in range(_PROBES):
+                    i = a & mask
+                    bits[i >> 3] |= 1 << (i & 7)
+                    a += b
+                count += 1
+            self._count = count
+
+    def may_contain(self, key: str) -> bool:
+        h = hash(key) & _MASK64
+        b = (h >> 32) | 1
+        for bits, mask in self._layers:
+            a = h & 0xFFFFFFFF
+            for _ in range(_PROBES):
+                i = a & mask
+                if not bits[i >> 3] & (1 << (i & 7)):
+                    break
+                a += b
+            else:
+                return True
+        return False
+
+
+class KeyIndex:
+    """A ``KeyFilter`` kept in step with one SQLite file's ``node_results`` (see the module)."""
+
+    def __init__(self, path: str, busy_timeout: float = 30.0) -> None:
+        self._path, self._timeout = path, busy_timeout
+        self.filter = KeyFilter()
+        self.ready = False
+        self._state = "idle"                 # idle -> building -> ready | off
+        self._last_rowid = 0
+        self._last_sync = 0.0
+        self._sync_lock = threading.Lock()
+        self._rowid_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    # -- writers ---------------------------------------------------------------------------
+    def add_many(self, keys: Iterable[str]) -> None:
+        """Keys this process is about to commit (called before the transaction)."""
+        self.filter.add_many(keys)
+
+    def wrote(self, before: int, after: int) -> None:
+        """A write transaction of this process saw the highest rowid go from ``before`` to
+        ``after``. Holding the write lock, it made every row in between (keys added already):
+        if the index had read up to ``before``, a sync need not read them back."""
+        with self._rowid_lock:
+            if self._last_rowid >= before:
+                self._last_rowid = max(self._last_rowid, after)
+
+    # -- readers ---------------------------------------------------------------------------
+    def candidates(self, keys: Sequence[str], conn: sqlite3.Connection) -> Sequence[str]:
+        """The keys a query must still look up: all of them until the index is ready, then
+        those the filter cannot rule out (after reading other processes' new rows if due)."""
+        if not self.ready:
+            return keys
+        if time.monotonic() - self._last_sync >= SYNC_EVERY:
+            self._sync(conn)
+            if not self.ready:
+                return keys
+        may = self.filter.may_contain
+        return [k for k in keys if may(k)]
+
+    def missed(self) -> None:
+        """A lookup missed: build the index if nobody has yet (on a thread of its own)."""
+        if self._state != "idle":
+            return
+        with self._state_lock:
+            if self._state != "idle":
+                return
+            self._state = "building"
+        threading.Thread(target=self._build, name="twingraph-keyindex", daemon=True).start()
+
+    def _build(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, timeout=self._timeout)
+            try:
+                last = 0
+                cur = conn.execute("SELECT rowid, node_id FROM node_results")
+                add = self.filter.add_many
+                while True:
+                    rows = cur.fetchmany(4096)
+                    if not rows:
+                        break
+                    last = max(last, max(r[0] for r in rows))
+                    add([r[1] for r in rows])
+            finally:
+                conn.close()
+            with self._rowid_lock:
+                self._last_rowid = max(self._last_rowid, last)
+            self._last_sync = 0.0          # the first lookup reads what landed meanwhile
+            with self._state_lock:
+                if self._state == "building":
+                    self._state, self.ready = "ready", True
+        except Exception:  # noqa: BLE001 - e.g. the file went away: lookups just query
+            self.off()
+
+    def _sync(self, conn: sqlite3.Connection) -> None:
+        if not self._sync_lock.acquire(blocking=False):
+            return                           # another thread is syncing: its rows will do
+        try:
+            rows = conn.execute("SELECT rowid, node_id FROM node_results WHERE rowid > ?",
+                                (self._last_rowid - _REREAD,)).fetchall()
+            if rows:
+                self.filter.add_many([r[1] for r in rows])
+                top = max(r[0] for r in rows)
+                with self._rowid_lock:
+                    self._last_rowid = max(self._last_rowid, top)
+            self._last_sync = time.monotonic()
+        except sqlite3.Error:
+            self.off()
+        finally:
+            self._sync_lock.release()
+
+    def off(self) -> None:
+        with self._state_lock:
+            self._state, self.ready = "off", False
+
+
+_indexes: weakref.WeakValueDictionary[str, KeyIndex] = weakref.WeakValueDictionary()
+_indexes_lock = threading.Lock()
+
+
+def index_for(path: str, busy_timeout: float = 30.0) -> KeyIndex:
+    """The process's ``KeyIndex`` of the database at ``path`` (a resolved path): shared by all
+    stores open on it, dropped with the last of them."""
+    with _indexes_lock:
+        idx = _indexes.get(path)
+        if idx is None:
+            idx = _indexes[path] = KeyIndex(path, busy_timeout)
+        return idx

@@ -1,0 +1,237 @@
+"""The SQLite result store's in-memory key index (``stores/results/_keyfilter.py``): memo
+lookups that must miss skip the query, and no stored key is ever reported missing — whether
+this instance, another instance in this process or another process wrote it.
+
+Real SQLite files; other processes are real subprocesses; the queries a lookup runs are seen
+through sqlite3's own trace callback on the store's connection.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+
+from twingraph.core.results import DataType, StorageMetadata
+from twingraph.stores.results import SQLiteStorage
+from twingraph.stores.results._keyfilter import SYNC_EVERY, KeyFilter
+
+
+def key(i: int, tag: str = "k") -> str:
+    return hashlib.sha256(f"{tag}{i}".encode()).hexdigest()
+
+
+def put(store: SQLiteStorage, keys: list[str]) -> None:
+    store.put_many([(k, b"v" + k.encode()[:8], StorageMetadata(k, DataType.BINARY, "", 9))
+                    for k in keys])
+
+
+def ready(store: SQLiteStorage, timeout: float = 10.0) -> None:
+    """Make the store build its index (a lookup that misses) and wait for it."""
+    store.content_hashes([key(-1, "absent")])
+    deadline = time.monotonic() + timeout
+    while store._keys.state != "ready":
+        assert store._keys.state != "off", "the index switched itself off"
+        assert time.monotonic() < deadline, "the index was not built"
+        time.sleep(0.005)
+
+
+def lookups_seen(store: SQLiteStorage) -> list[str]:
+    """Statements run on this thread's connection of ``store`` from now on."""
+    seen: list[str] = []
+    store._conn().set_trace_callback(seen.append)
+    return seen
+
+
+# -- the filter ----------------------------------------------------------------------------
+
+def test_filter_has_no_false_negatives_across_growth_and_few_false_positives() -> None:
+    f = KeyFilter(capacity=2048)
+    keys = [key(i) for i in range(50_000)]          # 24 doublings past the first layer's size
+    f.add_many(keys[:30_000])
+    for k in keys[30_000:]:
+        f.add(k)
+    assert len(f) == 50_000 and len(f._layers) > 4
+    assert all(f.may_contain(k) for k in keys)
+    absent = [key(i, "x") for i in range(50_000)]
+    false = sum(f.may_contain(k) for k in absent)
+    assert false < 0.01 * len(absent), false
+    assert f.nbytes < 8 * len(keys)                  # a few bytes a key, not a set of strings
+
+
+def test_filter_adds_from_many_threads_lose_no_key() -> None:
+    f = KeyFilter(capacity=1024)
+    parts = [[key(i, f"t{t}") for i in range(20_000)] for t in range(4)]
+    threads = [threading.Thread(target=lambda p=p: [f.add(k) for k in p]) for p in parts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(f.may_contain(k) for p in parts for k in p)
+
+
+# -- the store -----------------------------------------------------------------------------
+
+def test_absent_keys_are_answered_without_a_query_once_the_index_is_ready(tmp_path: Path) -> None:
+    store = SQLiteStorage(tmp_path / "r.db")
+    put(store, [key(i) for i in range(100)])
+    ready(store)
+    store.content_hashes([key(0)])                    # the first lookup after the build syncs
+    seen = lookups_seen(store)
+    assert store.content_hashes([key(i, "new") for i in range(50)]) == {}
+    assert store.content_hashes([key(7, "new")]) == {}
+    assert not [s for s in seen if "node_results" in s], seen
+    found = store.content_hashes([key(3), key(3, "new")])
+    assert list(found) == [key(3)] and found[key(3)] == store.head(key(3)).content_hash
+    assert [s for s in seen if "node_results" in s]  # a key that may be there is looked up
+    store.close()
+
+
+def test_a_run_of_hits_never_builds_the_index(tmp_path: Path) -> None:
+    store = SQLiteStorage(tmp_path / "r.db")
+    put(store, [key(i) for i in range(10)])
+    assert len(store.content_hashes([key(i) for i in range(10)])) == 10
+    assert store._keys.state == "idle"
+    store.close()
+
+
+def test_keys_written_in_this_process_are_found_at_once(tmp_path: Path) -> None:
+    a = SQLiteStorage(tmp_path / "r.db")
+    b = SQLiteStorage(tmp_path / "r.db")             # another store on the same file
+    put(a, [key(i) for i in range(20)])
+    ready(a)
+    assert b._keys is a._keys                        # one index per file and process
+    for i in range(5):
+        put(b, [key(i, "b")])
+        assert a.content_hashes([key(i, "b")]) == {key(i, "b"): b.head(key(i, "b")).content_hash}
+        put(a, [key(i, "a")])
+        assert key(i, "a") in b.content_hashes([key(i, "a")])
+    # ... and their rows are not read back: the writer told the index which rowids it made.
+    top = a._conn().execute("SELECT max(rowid) FROM node_results").fetchone()[0]
+    assert a._keys._last_rowid == top
+    a.close()
+    b.close()
+
+
+OTHER_PROCESS = """
+import sys
+from twingraph.core.results import DataType, StorageMetadata
+from twingraph.stores.results import SQLiteStorage
+s = SQLiteStorage(sys.argv[1])
+s.put(sys.argv[2], b"from-elsewhere", StorageMetadata(sys.argv[2], DataType.BINARY, "", 14))
+s.close()
+"""
+
+
+def test_a_key_another_process_commits_is_found_within_the_sync_interval(tmp_path: Path) -> None:
+    store = SQLiteStorage(tmp_path / "r.db")
+    put(store, [key(i) for i in range(20)])
+    ready(store)
+    k = key(1, "other")
+    assert store.content_hashes([k]) == {}
+    subprocess.run([sys.executable, "-c", OTHER_PROCESS, str(tmp_path / "r.db"), k], check=True,
+                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    time.sleep(SYNC_EVERY * 1.5)
+    assert k in store.content_hashes([k])
+    store.close()
+
+
+def test_a_rowid_reused_after_a_delete_elsewhere_is_still_found(tmp_path: Path) -> None:
+    """SQLite gives a new row the rowid of a deleted top row: a sync that read only rows above
+    the highest rowid seen would never see the new key."""
+    store = SQLiteStorage(tmp_path / "r.db")
+    put(store, [key(i) for i in range(20)])
+    ready(store)
+    store.content_hashes([key(0)])
+    other = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+    top = other.execute("SELECT max(rowid) FROM node_results").fetchone()[0]
+    other.execute("DELETE FROM node_results WHERE rowid = ?", (top,))
+    new = key(1, "reused")
+    other.execute("INSERT INTO node_results (node_id, data_type, content_hash, data_size, "
+                  "created_at, n_chunks, data) VALUES (?, 'binary', 'h', 1, 'now', 0, x'00')", (new,))
+    assert other.execute("SELECT rowid FROM node_results WHERE node_id = ?", (new,)).fetchone()[0] == top
+    other.close()
+    time.sleep(SYNC_EVERY * 1.5)
+    assert store.content_hashes([new]) == {new: "h"}
+    store.close()
+
+
+def test_a_broken_index_falls_back_to_queries(tmp_path: Path) -> None:
+    store = SQLiteStorage(tmp_path / "r.db")
+    put(store, [key(i) for i in range(5)])
+    ready(store)
+    store._keys.off()
+    seen = lookups_seen(store)
+    assert store.content_hashes([key(9, "absent")]) == {}
+    assert [s for s in seen if "node_results" in s]
+    assert key(2) in store.content_hashes([key(2)])
+    store.close()
+
+
+def test_lookups_agree_with_the_table_under_concurrent_writers(tmp_path: Path) -> None:
+    """Two stores on one file write while a third looks up keys written before each lookup
+    started: every one must be found (a false negative would re-run a task that has a
+    stored result)."""
+    path = tmp_path / "r.db"
+    reader = SQLiteStorage(path)
+    put(reader, [key(0, "seed")])
+    ready(reader)
+    written: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(tag: str) -> None:
+        s = SQLiteStorage(path)
+        i = 0
+        while not stop.is_set():
+            batch = [key(i + j, tag) for j in range(7)]
+            put(s, batch)
+            with lock:
+                written.extend(batch)
+            i += 7
+        s.close()
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in ("w1", "w2")]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        checked = 0
+        while time.monotonic() < deadline:
+            with lock:
+                sample = written[-50:]
+            if sample:
+                found = reader.content_hashes(sample)
+                assert len(found) == len(sample), set(sample) - set(found)
+                checked += len(sample)
+        assert checked > 0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    reader.close()
+
+
+@pytest.mark.parametrize("n", [3000])
+def test_the_index_is_built_from_what_the_file_already_holds(tmp_path: Path, n: int) -> None:
+    first = SQLiteStorage(tmp_path / "r.db")
+    put(first, [key(i) for i in range(n)])
+    old = weakref.ref(first._keys)
+    first.close()
+    del first
+    gc.collect()
+    assert old() is None                             # the index went with the last store
+    store = SQLiteStorage(tmp_path / "r.db")         # a later process's view: a fresh index
+    ready(store)
+    found = store.content_hashes([key(i) for i in range(n)] + [key(1, "absent")])
+    assert len(found) == n
+    store.close()
