@@ -39,8 +39,8 @@ from twingraph.stores.results._common import (
     Prepared, check_hash, merge_meta, meta_from_json, prepare_all, slices,
     validate_key, verified_stream, verify,
 )
-from twingraph.stores.results._keyfilter import index_for
 from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, pack_small, worth_it
+from twingraph.stores.results._keyfilter import index_for
 from twingraph.stores.results.base import Buffer, Item, ResultStoreBase
 from twingraph.stores.sqlite_rows import insert_rows, multi_row
 from twingraph.stores.sqlite_wal import enable_wal
@@ -99,6 +99,9 @@ _READ_ALL = "SELECT data_type, created_at, metadata, content_hash, data_size, co
 _HEAD = "SELECT data_type, content_hash, data_size, compression, created_at, metadata " \
         "FROM node_results WHERE node_id = ?"
 _TOP = "SELECT max(rowid) FROM node_results"
+#: Lookups of at most this many keys ask the key index first. A larger batch is one query per
+#: 500 keys, which costs less than ruling each key out in Python.
+_FEW = 16
 _DATA_TYPES = {d.value: d for d in DataType}
 _CHUNKS = "SELECT chunk_id, raw_size, data FROM node_data_chunks WHERE node_id = ? " \
           "ORDER BY chunk_id"
@@ -376,7 +379,8 @@ class SQLiteStorage(ResultStoreBase):
         for k in keys:
             validate_key(k)
         asked = len(keys)
-        keys = self._keys.candidates(keys, conn)
+        if asked <= _FEW:
+            keys = self._keys.candidates(keys, conn)
         if len(keys) == 1:           # the common case in deep graphs: one prepared statement
             try:
                 row = conn.execute("SELECT content_hash FROM node_results WHERE node_id = ?",
