@@ -239,3 +239,24 @@ def test_the_index_is_built_from_what_the_file_already_holds(tmp_path: Path, n: 
     found = store.content_hashes([key(i) for i in range(n)] + [key(1, "absent")])
     assert len(found) == n
     store.close()
+
+
+def test_a_file_created_again_under_the_same_name_gets_an_index_of_its_own(tmp_path: Path) -> None:
+    """A store still open on a removed file must not lend its index (rowids seen, keys) to a
+    new file of the same name: the new file's rowids start at 1 again."""
+    path = tmp_path / "r.db"
+    old = SQLiteStorage(path)
+    put(old, [key(i) for i in range(200)])
+    ready(old)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    new = SQLiteStorage(path)
+    assert new._keys is not old._keys
+    ready(new)
+    k = key(1, "other")
+    subprocess.run([sys.executable, "-c", OTHER_PROCESS, str(path), k], check=True,
+                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    time.sleep(SYNC_EVERY * 1.5)
+    assert k in new.content_hashes([k])
+    new.close()
+    old.close()

@@ -25,11 +25,13 @@ Any error while building or syncing switches the index off (lookups query again)
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 __all__ = ["KeyFilter", "KeyIndex", "index_for", "SYNC_EVERY"]
 
@@ -208,15 +210,18 @@ class KeyIndex:
             self._state, self.ready = "off", False
 
 
-_indexes: weakref.WeakValueDictionary[str, KeyIndex] = weakref.WeakValueDictionary()
+_indexes: weakref.WeakValueDictionary[tuple[int, int], KeyIndex] = weakref.WeakValueDictionary()
 _indexes_lock = threading.Lock()
 
 
-def index_for(path: str, busy_timeout: float = 30.0) -> KeyIndex:
-    """The process's ``KeyIndex`` of the database at ``path`` (a resolved path): shared by all
-    stores open on it, dropped with the last of them."""
+def index_for(path: Path, busy_timeout: float = 30.0) -> KeyIndex:
+    """The process's ``KeyIndex`` of the database file at ``path``: shared by all stores open
+    on that file, dropped with the last of them. Keyed by the file's identity, not its name: a
+    file removed and created again under the same name starts over (rowids restart at 1)."""
+    st = os.stat(path)
+    ident = (st.st_dev, st.st_ino)
     with _indexes_lock:
-        idx = _indexes.get(path)
+        idx = _indexes.get(ident)
         if idx is None:
-            idx = _indexes[path] = KeyIndex(path, busy_timeout)
+            idx = _indexes[ident] = KeyIndex(str(path), busy_timeout)
         return idx

@@ -144,7 +144,7 @@ class SQLiteStorage(ResultStoreBase):
                 with self._write_lock:
                     conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
         # Memo lookups that must miss skip the query (stores/results/_keyfilter.py).
-        self._keys = index_for(str(self.db_path.resolve()), self._timeout)
+        self._keys = index_for(self.db_path, self._timeout)
 
     # ---- connections and errors ----
     def _connect(self) -> sqlite3.Connection:
