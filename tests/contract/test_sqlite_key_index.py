@@ -260,3 +260,47 @@ def test_a_file_created_again_under_the_same_name_gets_an_index_of_its_own(tmp_p
     assert k in new.content_hashes([k])
     new.close()
     old.close()
+
+
+def test_many_rows_deleted_from_the_top_elsewhere_then_new_keys_are_found(tmp_path: Path) -> None:
+    store = SQLiteStorage(tmp_path / "r.db")
+    put(store, [key(i) for i in range(100)])
+    ready(store)
+    store.content_hashes([key(0)])
+    other = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+    other.execute("DELETE FROM node_results WHERE rowid > 50")
+    new = key(2, "after-delete")
+    other.execute("INSERT INTO node_results (node_id, data_type, content_hash, data_size, "
+                  "created_at, n_chunks, data) VALUES (?, 'binary', 'h', 1, 'now', 0, x'00')", (new,))
+    other.close()
+    time.sleep(SYNC_EVERY * 1.5)
+    assert store.content_hashes([new]) == {new: "h"}
+    store.close()
+
+
+def test_a_closed_file_removed_and_created_again_starts_a_new_index(tmp_path: Path) -> None:
+    """The new file may get the old one's inode number: closing the last store on a file
+    takes its index out of the registry."""
+    path = tmp_path / "r.db"
+    store = SQLiteStorage(path)
+    put(store, [key(i) for i in range(300)])
+    ready(store)
+    first = store._keys
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    store = SQLiteStorage(path)                      # the old object is still bound meanwhile
+    assert store._keys is not first
+    ready(store)
+    k = key(1, "other")
+    subprocess.run([sys.executable, "-c", OTHER_PROCESS, str(path), k], check=True,
+                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    time.sleep(SYNC_EVERY * 1.5)
+    assert k in store.content_hashes([k])
+    store.close()
+
+
+def test_only_small_numbers_stay_in_memory() -> None:
+    from twingraph.engine.loop import _small
+    assert _small(5) and _small(2.5) and _small(None) and _small(True)
+    assert not _small(10 ** 40) and not _small("text") and not _small([1])

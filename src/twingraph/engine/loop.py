@@ -59,6 +59,11 @@ _T = TaskState
 _SMALL = frozenset({int, float, bool, type(None)})
 
 
+def _small(value: Any) -> bool:
+    t = type(value)
+    return t in _SMALL and (t is not int or -(1 << 62) <= value < (1 << 62))
+
+
 class RunOptions:
     __slots__ = ("max_parallel", "error_handler", "timeout", "no_cache", "error_config",
                  "lineage")
@@ -249,7 +254,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         elif kind == "stored":
             for t in ev[1]:
                 t.stored = True
-                if t.consumers <= 0 and t.state is _T.SUCCESS and type(t.value) not in _SMALL:
+                if t.consumers <= 0 and t.state is _T.SUCCESS and not _small(t.value):
                     t.value = UNLOADED
         elif kind == "body":
             self.body_finished, self.body_error = True, ev[1]
@@ -480,7 +485,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         for p in producers:
             p.consumers -= 1
             if p.consumers <= 0 and p.stored and p.state is _T.SUCCESS \
-                    and type(p.value) not in _SMALL:
+                    and not _small(p.value):
                 p.value = UNLOADED
 
     # == completion =========================================================================

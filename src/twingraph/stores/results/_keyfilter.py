@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-__all__ = ["KeyFilter", "KeyIndex", "index_for", "SYNC_EVERY"]
+__all__ = ["KeyFilter", "KeyIndex", "index_for", "release", "SYNC_EVERY"]
 
 _MASK64 = (1 << 64) - 1
 _PROBES = 6
@@ -115,6 +115,7 @@ class KeyIndex:
 
     def __init__(self, path: str, busy_timeout: float = 30.0) -> None:
         self._path, self._timeout = path, busy_timeout
+        self.users = 0                       # open stores on the file (``index_for``)
         self.filter = KeyFilter()
         self.ready = False
         self._state = "idle"                 # idle -> building -> ready | off
@@ -189,21 +190,31 @@ class KeyIndex:
             self.off()
 
     def _sync(self, conn: sqlite3.Connection) -> None:
-        if not self._sync_lock.acquire(blocking=False):
-            return                           # another thread is syncing: its rows will do
-        try:
-            rows = conn.execute("SELECT rowid, node_id FROM node_results WHERE rowid > ?",
-                                (self._last_rowid - _REREAD,)).fetchall()
-            if rows:
-                self.filter.add_many([r[1] for r in rows])
-                top = max(r[0] for r in rows)
+        with self._sync_lock:                # a lookup waits for a sync in progress elsewhere
+            started = time.monotonic()
+            if started - self._last_sync < SYNC_EVERY:
+                return                       # that other sync was recent enough
+            try:
+                top = conn.execute("SELECT max(rowid) FROM node_results").fetchone()[0] or 0
                 with self._rowid_lock:
-                    self._last_rowid = max(self._last_rowid, top)
-            self._last_sync = time.monotonic()
-        except sqlite3.Error:
-            self.off()
-        finally:
-            self._sync_lock.release()
+                    if top < self._last_rowid:   # rows deleted from the top: rowids come again
+                        self._last_rowid = top
+                rows = conn.execute("SELECT rowid, node_id FROM node_results WHERE rowid > ?",
+                                    (self._last_rowid - _REREAD,)).fetchall()
+                if rows:
+                    self.filter.add_many([r[1] for r in rows])
+                    high = max(r[0] for r in rows)
+                    with self._rowid_lock:
+                        self._last_rowid = max(self._last_rowid, high)
+                self._last_sync = started    # what was committed before the query is in
+            except sqlite3.Error:
+                self.off()
+
+    def deleted(self, top: int) -> None:
+        """This process deleted rows; ``top`` is the highest rowid left: rowids above it will
+        be given out again, so the next sync reads from there."""
+        with self._rowid_lock:
+            self._last_rowid = min(self._last_rowid, top)
 
     def off(self) -> None:
         with self._state_lock:
@@ -223,5 +234,18 @@ def index_for(path: Path, busy_timeout: float = 30.0) -> KeyIndex:
     with _indexes_lock:
         idx = _indexes.get(ident)
         if idx is None:
-            idx = _indexes[ident] = KeyIndex(str(path), busy_timeout)
+            idx = _indexes[ident] = KeyIndex(str(path.resolve()), busy_timeout)
+        idx.users += 1
         return idx
+
+
+def release(idx: KeyIndex) -> None:
+    """A store on the file closed: with the last one the index leaves the registry (a file
+    created later may get the same inode number, and must not find this index)."""
+    with _indexes_lock:
+        idx.users -= 1
+        if idx.users <= 0:
+            for ident, other in list(_indexes.items()):
+                if other is idx:
+                    del _indexes[ident]
+            idx.off()

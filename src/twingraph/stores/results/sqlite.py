@@ -40,7 +40,7 @@ from twingraph.stores.results._common import (
     validate_key, verified_stream, verify,
 )
 from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, pack_small, worth_it
-from twingraph.stores.results._keyfilter import index_for
+from twingraph.stores.results._keyfilter import index_for, release
 from twingraph.stores.results.base import Buffer, Item, ResultStoreBase
 from twingraph.stores.sqlite_rows import insert_rows, multi_row
 from twingraph.stores.sqlite_wal import enable_wal
@@ -252,7 +252,10 @@ class SQLiteStorage(ResultStoreBase):
     def delete(self, key: str) -> bool:
         validate_key(key)
         with self._write("delete", key) as conn:
-            return conn.execute("DELETE FROM node_results WHERE node_id = ?", (key,)).rowcount > 0
+            gone = conn.execute("DELETE FROM node_results WHERE node_id = ?", (key,)).rowcount > 0
+            if gone:
+                self._keys.deleted(conn.execute(_TOP).fetchone()[0] or 0)
+            return gone
 
     def patch_metadata(self, key: str, metadata: dict[str, Any]) -> bool:
         validate_key(key)
@@ -420,6 +423,8 @@ class SQLiteStorage(ResultStoreBase):
 
     def close(self) -> None:
         with self._conns_lock:
+            if not self._closed:
+                release(self._keys)
             self._closed = True
             conns, self._conns = self._conns, []
         for conn in conns:
