@@ -136,15 +136,20 @@ s.close()
 """
 
 
+def written_elsewhere(path: Path, k: str) -> None:
+    """Another process (a real one) stores ``k``; then wait out one sync interval."""
+    subprocess.run([sys.executable, "-c", OTHER_PROCESS, str(path), k], check=True,
+                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    time.sleep(SYNC_EVERY * 1.5)
+
+
 def test_a_key_another_process_commits_is_found_within_the_sync_interval(tmp_path: Path) -> None:
     store = SQLiteStorage(tmp_path / "r.db")
     put(store, [key(i) for i in range(20)])
     ready(store)
     k = key(1, "other")
     assert store.content_hashes([k]) == {}
-    subprocess.run([sys.executable, "-c", OTHER_PROCESS, str(tmp_path / "r.db"), k], check=True,
-                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-    time.sleep(SYNC_EVERY * 1.5)
+    written_elsewhere(tmp_path / "r.db", k)
     assert k in store.content_hashes([k])
     store.close()
 
@@ -254,9 +259,7 @@ def test_a_file_created_again_under_the_same_name_gets_an_index_of_its_own(tmp_p
     assert new._keys is not old._keys
     ready(new)
     k = key(1, "other")
-    subprocess.run([sys.executable, "-c", OTHER_PROCESS, str(path), k], check=True,
-                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-    time.sleep(SYNC_EVERY * 1.5)
+    written_elsewhere(path, k)
     assert k in new.content_hashes([k])
     new.close()
     old.close()
@@ -293,9 +296,7 @@ def test_a_closed_file_removed_and_created_again_starts_a_new_index(tmp_path: Pa
     assert store._keys is not first
     ready(store)
     k = key(1, "other")
-    subprocess.run([sys.executable, "-c", OTHER_PROCESS, str(path), k], check=True,
-                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-    time.sleep(SYNC_EVERY * 1.5)
+    written_elsewhere(path, k)
     assert k in store.content_hashes([k])
     store.close()
 
