@@ -317,7 +317,7 @@ def test_validation_runs_with_the_relaxed_gc_threshold(scheduler, monkeypatch):
     # 200,000-node graph ran ~260 young-generation passes inside submit/run.
     import gc
 
-    from twingraph.engine.engine import GC_RUN_THRESHOLD
+    from twingraph.engine.gcpace import RUN_THRESHOLD as GC_RUN_THRESHOLD
     seen = []
     real_known = scheduler.executor.known
 

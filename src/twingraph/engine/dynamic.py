@@ -32,7 +32,8 @@ from twingraph.core.graph import validate_dag
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.specs import ComponentSpec
 from twingraph.core.states import RunState
-from twingraph.engine.engine import Engine, RunResult, relaxed_gc
+from twingraph.engine import gcpace
+from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.loop import RunOptions
 from twingraph.errors import (ConfigurationError, ExecutorUnavailable, GraphValidationError,
                               NodeExecutionError, NotFoundError, ValidationError)
@@ -470,7 +471,7 @@ class DynamicScheduler:
 
     # -- internals ------------------------------------------------------------------------
     def _validate_dag(self, dag: DAGDefinition) -> Plan:
-        with relaxed_gc():          # one list per node: bulk allocation, nothing to collect
+        with gcpace.relaxed():        # one list per node: bulk allocation, nothing to collect
             return self._validated(dag)
 
     def _validated(self, dag: DAGDefinition) -> Plan:

@@ -8,8 +8,6 @@ graphs: their body submits every node up front.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import random
 import threading
 import time
@@ -26,7 +24,7 @@ from twingraph.core.states import RunState, TaskState, transition_run
 from twingraph.engine.loop import RunLoop, RunOptions
 from twingraph.engine.timers import HEARTBEAT_INTERVAL
 from twingraph.engine.notify import notify
-from twingraph.engine import tasklog
+from twingraph.engine import gcpace, tasklog
 from twingraph.engine.recorder import Recorder
 from twingraph.engine.refs import substitute
 from twingraph.errors import (ConfigurationError, ConflictError, ExecutorUnavailable, IntegrityError, NotFoundError, PipelineCancelled,
@@ -342,11 +340,11 @@ class Engine:
                    "status": "RUNNING"})
         thread = threading.Thread(target=loop.run_forever, name=f"twingraph-run-{run_id[:8]}",
                                   daemon=True)
-        _gc_relax()
+        gcpace.run_started()
         try:
             thread.start()
         except BaseException:
-            _gc_restore()
+            gcpace.run_ended()
             raise
         value, body_error = None, None
         prev = current_run()
@@ -373,7 +371,7 @@ class Engine:
         try:       # the writer's final flush allocates too: keep the relaxed GC through it
             result = self._finish(loop, pipeline, value, body_error, notifications)
         finally:
-            _gc_restore()
+            gcpace.run_ended()
         if interrupted:
             raise KeyboardInterrupt(f"run {run_id} cancelled")
         return result
@@ -481,43 +479,6 @@ class Engine:
 #: A heartbeat older than this (seconds) means the run's driver is gone: heartbeats come every
 #: ``HEARTBEAT_INTERVAL`` (5 s), plus the recorder's flush delay.
 LIVE_WINDOW = 2 * HEARTBEAT_INTERVAL + 1.0
-
-_gc_lock = threading.Lock()
-_gc_active = 0
-_gc_saved: tuple[int, int, int] | None = None
-GC_RUN_THRESHOLD = 50_000
-
-
-def _gc_relax() -> None:
-    """While runs are active, collect the young generation every 50,000 allocations instead of
-    700: a run allocates many long-lived objects (tasks, futures), and frequent young-generation
-    passes over them cost more than the bookkeeping itself. Restored when the last run ends."""
-    global _gc_active, _gc_saved
-    with _gc_lock:
-        if _gc_active == 0:
-            _gc_saved = gc.get_threshold()
-            gc.set_threshold(max(_gc_saved[0], GC_RUN_THRESHOLD), *_gc_saved[1:])
-        _gc_active += 1
-
-
-@contextlib.contextmanager
-def relaxed_gc() -> Iterator[None]:
-    """The run's relaxed young-generation threshold around other bulk work on a run's path
-    (validating a 200,000-node DAG ran ~260 young-generation passes at the default 700)."""
-    _gc_relax()
-    try:
-        yield
-    finally:
-        _gc_restore()
-
-
-def _gc_restore() -> None:
-    global _gc_active
-    with _gc_lock:
-        _gc_active -= 1
-        if _gc_active == 0 and _gc_saved is not None:
-            gc.set_threshold(*_gc_saved)
-
 
 _NOT_STREAMS = (str, bytes, bytearray, memoryview, list, tuple, dict, int, float, bool,
                 type(None))

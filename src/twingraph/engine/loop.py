@@ -37,7 +37,7 @@ from typing import Any
 from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.states import TaskState
-from twingraph.engine import tasklog
+from twingraph.engine import gcpace, tasklog
 from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
 from twingraph.engine.futures import BodySide
 from twingraph.engine.memo import MemoSide
@@ -243,6 +243,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self.recorder.add_many(self.out)
             self.out = []
             self.recorder.wait_for_room()     # bounded memory when the disk is the bottleneck
+        gcpace.tick()              # what survived so far is not walked again (decision 0011)
         self._last_hand_over = self.clock.monotonic()
 
     def _handle(self, ev: tuple[Any, ...]) -> None:

@@ -1,0 +1,109 @@
+"""GC pacing during runs (engine/gcpace.py, decision 0011): survivors are frozen while a run
+is active, everything is put back when the last run ends, cycles are still freed, and a
+process that froze objects itself keeps them frozen."""
+import gc
+import threading
+import weakref
+
+import pytest
+
+from twingraph import component, pipeline
+from twingraph.engine import gcpace
+
+
+class _Node:
+    def __init__(self):
+        self.me = self                     # a reference cycle: only the collector frees it
+
+
+@pytest.fixture(autouse=True)
+def _no_frozen_objects():
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def _during(engine, probe):
+    """Run a pipeline whose first task waits until ``probe()`` (called from the test thread
+    while the run is active, after the loop's hand-overs) has run; returns the probe's value."""
+    started, go = threading.Event(), threading.Event()
+
+    @component(executor="thread")
+    def wait_here(x):
+        started.set()
+        assert go.wait(10)
+        return x
+
+    @pipeline()
+    def p():
+        return wait_here(x=1)
+
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=p.run(engine=engine)))
+    t.start()
+    assert started.wait(10)
+    try:
+        out["probe"] = probe()
+    finally:
+        go.set()
+        t.join(10)
+    assert out["r"].state.value == "SUCCESS", out["r"].error
+    return out["probe"]
+
+
+def _wait_for_freeze():
+    for _ in range(200):
+        if gc.get_freeze_count() > 0:
+            return gc.get_freeze_count()
+        threading.Event().wait(0.01)
+    return 0
+
+
+def test_objects_surviving_in_a_run_are_frozen_and_put_back_when_it_ends(engine):
+    before = gc.get_threshold()
+    frozen = _during(engine, lambda: (_wait_for_freeze(), gc.get_threshold()[0]))
+    assert frozen[0] > 0, "the loop's hand-overs froze nothing"
+    assert frozen[1] >= gcpace.RUN_THRESHOLD
+    assert gc.get_freeze_count() == 0                  # the last run put everything back
+    assert gc.get_threshold() == before
+
+
+def test_a_cycle_made_during_a_run_is_freed_after_the_run(engine):
+    def make_cycle():
+        node = _Node()
+        ref = weakref.ref(node)
+        del node
+        assert _wait_for_freeze() > 0
+        return ref
+    ref = _during(engine, make_cycle)
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_long_run_still_frees_cycles_every_full_every_seconds(engine, monkeypatch):
+    monkeypatch.setattr(gcpace, "FULL_EVERY", 0.0)     # every tick is due for a full pass
+
+    def probe():
+        node = _Node()
+        ref = weakref.ref(node)
+        del node
+        assert _wait_for_freeze() > 0                  # frozen by the loop's hand-over
+        gcpace.tick()                                  # the loop's next tick (it is asleep)
+        return ref() is None
+    assert _during(engine, probe), "the cycle outlived the run's full collections"
+
+
+def _frozen(obj):
+    return not any(o is obj for o in gc.get_objects())     # in no generation: frozen
+
+
+def test_a_process_that_froze_objects_itself_keeps_them_frozen(engine):
+    mine = _Node()
+    gc.freeze()
+
+    def probe():
+        made = _Node()
+        gcpace.tick()                                       # what a hand-over does
+        return _frozen(made)
+    assert _during(engine, probe) is False                  # runs froze nothing more ...
+    assert _frozen(mine)                                    # ... and unfroze nothing
