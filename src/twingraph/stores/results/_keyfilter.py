@@ -38,7 +38,10 @@ __all__ = ["KeyFilter", "KeyIndex", "index_for", "release", "SYNC_EVERY"]
 _MASK64 = (1 << 64) - 1
 _PROBES = 6
 _BITS_PER_KEY = 16          # 6 probes at 16 bits a key: ~0.09 % false positives at capacity
-_FIRST_CAPACITY = 1 << 16
+_FIRST_CAPACITY = 1 << 18      # 512 KiB: one layer up to 262,144 keys
+#: Each new layer holds this many times the capacity of all layers before it: a non-member
+#: is looked up in every layer, so a million keys in 2 layers, not 5.
+_GROWTH = 3
 
 #: Seconds between two reads of rows other processes committed.
 SYNC_EVERY = 0.05
@@ -83,7 +86,7 @@ class KeyFilter:
             for key in keys:
                 if count >= capacity:
                     self._count = count
-                    self._grow(capacity)        # double: a new layer as large as all before
+                    self._grow(_GROWTH * capacity)
                     capacity = self._capacity
                     bits, mask = self._layers[-1]
                 h = hash(key) & _MASK64
