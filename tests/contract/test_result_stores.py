@@ -486,7 +486,7 @@ def test_put_many_round_trip(store: ResultStoreBase) -> None:
 
 
 def test_put_many_of_many_rows_in_any_key_order(store: ResultStoreBase) -> None:
-    # More rows than one multi-row statement holds (SQLite writes 32 a statement, then the
+    # More rows than one multi-row statement holds (SQLite writes 512 a statement, then the
     # rest in one executemany), keys not in order, one key given twice: the last value wins.
     keys = [f"m{(i * 7919) % 1000:04d}" for i in range(700)]
     items = []

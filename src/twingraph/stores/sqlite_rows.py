@@ -19,14 +19,15 @@ MAX_BINDS = 32_766            # SQLITE_MAX_VARIABLE_NUMBER since SQLite 3.32
 _VALUES = re.compile(r"VALUES \((\?(?:, \?)*)\)")
 
 
-def multi_row(sql: str, width: int) -> tuple[str, int] | None:
+def multi_row(sql: str, width: int, rows: int = ROWS_PER_STATEMENT) -> tuple[str, int] | None:
     """The multi-row form of a one-row ``INSERT ... VALUES (?, ...)`` of ``width`` binds and
-    its rows per statement; None for any other statement (UPDATEs stay one row a step)."""
+    its rows per statement (at most ``rows``); None for any other statement (UPDATEs stay one
+    row a step)."""
     found = list(_VALUES.finditer(sql))
     if not sql.lstrip().upper().startswith("INSERT") or len(found) != 1 \
             or found[0].group(1).count("?") != width:
         return None
-    n = max(1, min(ROWS_PER_STATEMENT, MAX_BINDS // width))
+    n = max(1, min(rows, MAX_BINDS // width))
     m = found[0]
     return sql[:m.start()] + "VALUES " + ", ".join([f"({m.group(1)})"] * n) + sql[m.end():], n
 

@@ -91,7 +91,12 @@ ON CONFLICT (node_id) DO UPDATE SET
     created_at = excluded.created_at, dag_id = excluded.dag_id, metadata = excluded.metadata,
     n_chunks = excluded.n_chunks, data = excluded.data
 """
-_UPSERT_MANY = multi_row(_UPSERT, 10)        # stores/sqlite_rows.py: why
+# stores/sqlite_rows.py says why rows go in groups. Result rows go in larger groups than the
+# metadata store's: their key lands at a random place in the index, so each statement's step
+# (run without the GIL) is longer, and fewer GIL take-backs per batch left the scheduler
+# waiting on the writer half as long (300k-node DAG, session 7: 4.6 -> 2.5 s of 19 s).
+RESULT_ROWS_PER_STATEMENT = 512
+_UPSERT_MANY = multi_row(_UPSERT, 10, RESULT_ROWS_PER_STATEMENT)
 _READ = "SELECT content_hash, data_size, compression, n_chunks, data FROM node_results " \
         "WHERE node_id = ?"
 _READ_ALL = "SELECT data_type, created_at, metadata, content_hash, data_size, compression, " \
