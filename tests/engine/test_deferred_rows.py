@@ -108,3 +108,55 @@ def test_a_task_retried_before_its_first_row_is_written_keeps_its_rows(sqlite_en
     assert len(_states(sqlite_engine, r.run_id)) == 5
     attempts = sqlite_engine.metadata.get_attempts(r.run_id, "flaky-0")
     assert [a.state.value for a in attempts] == ["FAILED", "SUCCESS"]
+
+
+# -- a burst of memo hits hands its rows over as it goes --------------------------------------
+
+hold = threading.Event()
+
+
+@component(executor="thread", cache=False)
+def opener(x: int) -> int:
+    hold.wait(20)                    # the body submits every reader before this returns
+    return x
+
+
+@component()
+def reader(x: int, i: int) -> int:
+    return x + i
+
+
+@pipeline(name="hit_burst")
+def burst(n: int):
+    src = opener(x=1)
+    outs = [reader(x=src["outputs"]["result"], i=i) for i in range(n)]
+    hold.set()
+    return len(outs)
+
+
+def test_a_burst_of_memo_hits_hands_rows_over_while_it_runs(sqlite_engine, monkeypatch):
+    # All 2,000 readers become ready at once when the opener ends, and all are memo hits in
+    # the second run: one burst inside the loop that starts no task. Its rows must still
+    # reach the writer every HAND_OVER_EVERY (0 here: after every lookup batch of 500), not
+    # all at once after the burst (a crash would lose them all, and the writer idles).
+    hold.clear()
+    assert burst.run(engine=sqlite_engine, n=2000).state.value == "SUCCESS"
+    monkeypatch.setattr(RunLoop, "HAND_OVER_EVERY", 0.0)
+    hold.clear()
+    finished_rows: list[int] = []
+    real_add_many = sqlite_engine.recorder.add_many    # counted, then passed on: the writer is real
+
+    def add_many(recs):
+        done = sum(1 for r in recs if getattr(r, "state", None) is not None
+                   and getattr(r, "node_id", "").startswith("reader")
+                   and r.state.value == "SUCCESS")
+        if done:
+            finished_rows.append(done)
+        return real_add_many(recs)
+    monkeypatch.setattr(sqlite_engine.recorder, "add_many", add_many)
+    r = burst.run(engine=sqlite_engine, n=2000)
+    assert r.state.value == "SUCCESS"
+    assert {t.cache_status for t in sqlite_engine.metadata.get_tasks(r.run_id)
+            if t.node_id.startswith("reader")} == {"hit"}
+    assert sum(finished_rows) == 2000
+    assert len(finished_rows) >= 4, finished_rows      # 500 a batch: four hand-overs or more

@@ -98,6 +98,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.deferred: deque[Task] = deque()       # waiting tasks whose first row can wait
         self.logs: deque[LogRecord] = deque()     # task logs, appended from worker threads
         self._last_hand_over = 0.0
+        self._steps = 0                            # tasks keyed or started since the last check
         self.tasks: dict[str, Task] = {}
         self.by_key: dict[str, Task] = {}
         self.ready: deque[Task] = deque()          # keyed, missed: waiting for a slot
@@ -340,18 +341,17 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self._after_failure(task)
 
     # == dispatch ===========================================================================
+    #: Ready tasks keyed and looked up together (one query per burst, up to this many).
+    LOOKUP_BURST = 500
+
     def _dispatch(self) -> None:
         """Key newly ready tasks, then start queued ones while slots are free (iteratively:
         inline tasks complete inside ``_start`` and make more tasks ready)."""
         ready, became, limit = self.ready, self.became_ready, self.opt.max_parallel
-        steps = 0
         while True:
-            steps += 1
-            if steps & 255 == 0:
-                self._maybe_hand_over()
             while became:
                 lookup = []
-                while became:
+                while became and len(lookup) < self.LOOKUP_BURST:
                     t = became.popleft()
                     if t.state is not _T.PENDING:
                         continue
@@ -369,11 +369,22 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                         continue
                     for t in lookup:
                         self._after_lookup(t, found.get(t.cache_key))
+                    self._progressed(len(lookup))
             if not ready or self.running >= limit or self.stopping:
                 return
             task = ready.popleft()
             if task.state is _T.QUEUED:
                 self._start(task)
+                self._progressed(1)
+
+    def _progressed(self, n: int) -> None:
+        """``n`` more tasks keyed or started. Every 256, across ``_dispatch`` calls (a body
+        that keeps submitting never lets the loop sleep; a burst of memo hits starts nothing),
+        records are handed over if ``HAND_OVER_EVERY`` has passed."""
+        self._steps += n
+        if self._steps >= 256:
+            self._steps = 0
+            self._maybe_hand_over()
 
     def _start(self, task: Task) -> None:
         try:
