@@ -504,6 +504,22 @@ def test_put_many_of_many_rows_in_any_key_order(store: ResultStoreBase) -> None:
                                           if k != dup} | {dup: items[-1][2].content_hash}
 
 
+def test_sqlite_put_many_fits_a_connection_allowing_999_variables(tmp_path: Any) -> None:
+    # SQLite before 3.32 allows 999 bound variables a statement; 512 rows of 10 need 5,120.
+    store = SQLiteStorage(str(tmp_path / "r.db"))
+    try:
+        store._conn().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        items = []
+        for i in range(600):
+            key, data = f"v{i:04d}", f"value {i}".encode()
+            items.append((key, data, _meta(key, data)))
+        store.put_many(items)
+        assert store.content_hashes([k for k, _, _ in items]) == {k: m.content_hash
+                                                                 for k, _, m in items}
+    finally:
+        store.close()
+
+
 def test_put_many_same_key_twice_keeps_the_last(case: Any) -> None:
     impl, store, _ = case
     big, small = os.urandom(5000), b"small"

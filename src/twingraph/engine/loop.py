@@ -341,7 +341,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self._after_failure(task)
 
     # == dispatch ===========================================================================
-    #: Ready tasks keyed and looked up together (one query per burst, up to this many).
+    #: Ready tasks keyed together, their lookups one query (up to this many a burst).
     LOOKUP_BURST = 500
 
     def _dispatch(self) -> None:
@@ -350,11 +350,13 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         ready, became, limit = self.ready, self.became_ready, self.opt.max_parallel
         while True:
             while became:
-                lookup = []
-                while became and len(lookup) < self.LOOKUP_BURST:
+                lookup: list[Task] = []
+                taken = 0
+                while became and taken < self.LOOKUP_BURST:
                     t = became.popleft()
                     if t.state is not _T.PENDING:
                         continue
+                    taken += 1       # keyed here: a hit, a resumed task, a twin or a lookup
                     try:
                         if self._on_ready(t):
                             lookup.append(t)
@@ -364,12 +366,13 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                     try:
                         found = self.results.content_hashes([t.cache_key for t in lookup])
                     except Exception as exc:  # noqa: BLE001 - the store could not be read
+                        found = None
                         for t in lookup:
                             self._fail_before_start(t, exc)
-                        continue
-                    for t in lookup:
-                        self._after_lookup(t, found.get(t.cache_key))
-                    self._progressed(len(lookup))
+                    if found is not None:
+                        for t in lookup:
+                            self._after_lookup(t, found.get(t.cache_key))
+                self._progressed(taken)
             if not ready or self.running >= limit or self.stopping:
                 return
             task = ready.popleft()

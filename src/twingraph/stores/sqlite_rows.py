@@ -11,11 +11,13 @@ their CPU time in wall time). A multi-row ``INSERT ... VALUES (...), (...)`` of
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
 ROWS_PER_STATEMENT = 32
-MAX_BINDS = 32_766            # SQLITE_MAX_VARIABLE_NUMBER since SQLite 3.32
+# SQLITE_MAX_VARIABLE_NUMBER: 32,766 since SQLite 3.32, 999 before.
+MAX_BINDS = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 _VALUES = re.compile(r"VALUES \((\?(?:, \?)*)\)")
 
 
