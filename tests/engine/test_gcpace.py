@@ -68,29 +68,63 @@ def test_objects_surviving_in_a_run_are_frozen_and_put_back_when_it_ends(engine)
     assert gc.get_threshold() == before
 
 
-def test_a_cycle_made_during_a_run_is_freed_after_the_run(engine):
-    def make_cycle():
+def test_cyclic_garbage_that_grows_the_process_is_collected_at_the_next_tick(engine,
+                                                                            monkeypatch):
+    monkeypatch.setattr(gcpace, "GROWTH_CAP", 16 * 1024 * 1024)
+
+    def probe():
+        assert _wait_for_freeze() > 0
+        gcpace._rss_limit = gcpace.resident_bytes() + gcpace.GROWTH_CAP   # as if just collected
         node = _Node()
         ref = weakref.ref(node)
-        del node
-        assert _wait_for_freeze() > 0
-        return ref
-    ref = _during(engine, make_cycle)
-    gc.collect()
-    assert ref() is None
+        gcpace.tick()                                  # no growth yet: frozen while alive
+        node.payload = bytearray(64 * 1024 * 1024)     # then it grows 64 MiB (touched) ...
+        node.payload[::4096] = b"x" * len(node.payload[::4096])
+        del node                                       # ... and becomes garbage, frozen
+        gc.collect()
+        frozen_garbage = ref() is not None
+        gcpace.tick()                                  # the process grew 64 MiB > 16: collect
+        return frozen_garbage, ref() is None
+    assert _during(engine, probe) == (True, True)
 
 
-def test_a_long_run_still_frees_cycles_every_full_every_seconds(engine, monkeypatch):
-    monkeypatch.setattr(gcpace, "FULL_EVERY", 0.0)     # every tick is due for a full pass
-
+def test_a_cycle_that_outlived_a_tick_is_freed_after_the_run(engine):
     def probe():
         node = _Node()
         ref = weakref.ref(node)
+        gcpace.tick()                                  # still alive: frozen
         del node
-        assert _wait_for_freeze() > 0                  # frozen by the loop's hand-over
-        gcpace.tick()                                  # the loop's next tick (it is asleep)
+        gc.collect()
+        return ref, ref() is not None
+    ref, alive_during_the_run = _during(engine, probe)
+    assert alive_during_the_run                       # frozen garbage waits ...
+    gc.collect()
+    assert ref() is None                              # ... until the last run has ended
+
+
+def test_a_long_run_still_frees_cycles_every_full_every_seconds(engine, monkeypatch):
+    def probe():
+        node = _Node()
+        ref = weakref.ref(node)
+        gcpace.tick()                                  # still alive: frozen
+        del node
+        monkeypatch.setattr(gcpace, "FULL_EVERY", 0.0)     # the next tick is due a full pass
+        gcpace.tick()
         return ref() is None
-    assert _during(engine, probe), "the cycle outlived the run's full collections"
+    assert _during(engine, probe), "the cycle outlived the run's full collection"
+
+
+def test_a_process_with_the_collector_off_is_left_alone(engine):
+    gc.disable()
+    try:
+        def probe():
+            made = _Node()
+            gcpace.tick()
+            return _frozen(made), gc.isenabled()
+        assert _during(engine, probe) == (False, False)
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.enable()
 
 
 def _frozen(obj):

@@ -8,46 +8,84 @@ any run is active:
 
 - the young generation is collected every ``RUN_THRESHOLD`` allocations instead of 700;
 - ``tick()`` (the run loop calls it at every hand-over to the recorder, at least every 20 ms
-  while busy) moves the objects that survived so far out of the collector's way
-  (``gc.freeze``): no later pass walks them again. Objects are still freed by reference
-  counting as always; only cycles wait;
-- every ``FULL_EVERY`` seconds ``tick()`` puts them back (``gc.unfreeze``) and runs one full
-  collection, so a process whose runs never all end (a busy server) still frees its cycles;
+  while busy) moves every object out of the collector's way (``gc.freeze``): no pass walks
+  them again. Objects are still freed by reference counting as always; only cyclic garbage
+  waits, for the next full collection;
+- a full collection (``gc.unfreeze`` then ``gc.collect``) runs at a tick once ``FULL_EVERY``
+  seconds have passed since the last one, or once the process has grown by more than it was
+  then (at most ``GROWTH_CAP`` bytes; Linux, where the resident size can be read cheaply). So
+  cyclic garbage cannot pile up for long or grow the process much, even in a server whose runs
+  never all end;
 - the last run to end restores the threshold and puts everything back.
 
 A process that had frozen objects itself when the first run started (a pre-fork server keeping
-shared pages untouched) keeps them frozen: runs then only relax the threshold.
+shared pages untouched), or had switched the collector off, is left as it is: runs then only
+relax the threshold. So is a free-threaded build, where freezing walks the whole heap.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
 
 #: Young-generation threshold while runs are active (Python's default is 700).
 RUN_THRESHOLD = 50_000
-#: Seconds of freezing between two full collections.
+#: Seconds between two full collections at most.
 FULL_EVERY = 60.0
+#: Growth of the resident size since the last full collection that calls for the next one:
+#: as much as the process had then, at most this many bytes.
+GROWTH_CAP = 512 * 1024 * 1024
 
 _lock = threading.Lock()
 _active = 0
 _saved: tuple[int, int, int] | None = None
 _freezing = False
 _last_full = 0.0
+_rss_limit: int | None = None
+
+try:
+    _PAGE = os.sysconf("SC_PAGE_SIZE")
+except (AttributeError, ValueError, OSError):    # not POSIX
+    _PAGE = 0
+
+
+def resident_bytes() -> int | None:
+    """The process's resident size now (Linux), or None."""
+    if not _PAGE:
+        return None
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _full_collection(now: float) -> None:
+    global _last_full, _rss_limit
+    gc.unfreeze()
+    gc.collect()
+    _last_full = now
+    rss = resident_bytes()
+    _rss_limit = None if rss is None else rss + min(rss, GROWTH_CAP)
 
 
 def run_started() -> None:
     """A run (or bulk work on a run's path) begins."""
-    global _active, _saved, _freezing, _last_full
+    global _active, _saved, _freezing, _last_full, _rss_limit
     with _lock:
         if _active == 0:
             _saved = gc.get_threshold()
             gc.set_threshold(max(_saved[0], RUN_THRESHOLD), *_saved[1:])
-            _freezing = gc.get_freeze_count() == 0
+            _freezing = (gc.get_freeze_count() == 0 and gc.isenabled()
+                         and getattr(sys, "_is_gil_enabled", lambda: True)())
             _last_full = time.monotonic()
+            rss = resident_bytes()
+            _rss_limit = None if rss is None else rss + min(rss, GROWTH_CAP)
         _active += 1
 
 
@@ -64,19 +102,20 @@ def run_ended() -> None:
 
 
 def tick() -> None:
-    """Freeze what survived so far (while runs are active and this process froze nothing
-    itself); once every ``FULL_EVERY`` seconds, a full collection first."""
-    global _last_full
+    """Freeze everything (while runs are active and the process left the collector as it is);
+    a full collection first when one is due (``FULL_EVERY``, ``GROWTH_CAP``)."""
     if not _freezing:
         return
     with _lock:
-        if not _freezing:
+        if not _freezing or not gc.isenabled():    # switched off since: leave it off
             return
         now = time.monotonic()
         if now - _last_full >= FULL_EVERY:
-            _last_full = now
-            gc.unfreeze()
-            gc.collect()
+            _full_collection(now)
+        elif _rss_limit is not None:
+            rss = resident_bytes()
+            if rss is not None and rss > _rss_limit:
+                _full_collection(now)
         gc.freeze()
 
 
