@@ -341,34 +341,31 @@ class Engine:
         thread = threading.Thread(target=loop.run_forever, name=f"twingraph-run-{run_id[:8]}",
                                   daemon=True)
         gcpace.run_started()
-        try:
+        try:        # ended however this returns (a Ctrl-C while joining included)
             thread.start()
-        except BaseException:
-            gcpace.run_ended()
-            raise
-        value, body_error = None, None
-        prev = current_run()
-        _current.run = loop
-        try:
-            if on_start is not None:      # a failing callback fails the run, like its body
-                on_start(loop)
-            value = body(loop)
-        except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised via RunResult
-            body_error = exc
-        finally:
-            _current.run = prev
-            if isinstance(body_error, KeyboardInterrupt):
-                loop.cancel("interrupted (Ctrl-C)")
-            loop.body_returned(body_error)
-        interrupted = isinstance(body_error, KeyboardInterrupt)
-        while not loop.done.is_set():
+            value, body_error = None, None
+            prev = current_run()
+            _current.run = loop
             try:
-                loop.done.wait()
-            except KeyboardInterrupt:     # Ctrl-C while waiting: cancel, record, then re-raise
-                interrupted = True
-                loop.cancel("interrupted (Ctrl-C)")
-        thread.join()
-        try:       # the writer's final flush allocates too: keep the relaxed GC through it
+                if on_start is not None:      # a failing callback fails the run, like its body
+                    on_start(loop)
+                value = body(loop)
+            except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised via RunResult
+                body_error = exc
+            finally:
+                _current.run = prev
+                if isinstance(body_error, KeyboardInterrupt):
+                    loop.cancel("interrupted (Ctrl-C)")
+                loop.body_returned(body_error)
+            interrupted = isinstance(body_error, KeyboardInterrupt)
+            while not loop.done.is_set():
+                try:
+                    loop.done.wait()
+                except KeyboardInterrupt:     # Ctrl-C while waiting: cancel, record, then re-raise
+                    interrupted = True
+                    loop.cancel("interrupted (Ctrl-C)")
+            thread.join()
+            # The writer's final flush allocates too: the run's GC pacing lasts through it.
             result = self._finish(loop, pipeline, value, body_error, notifications)
         finally:
             gcpace.run_ended()
