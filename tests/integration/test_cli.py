@@ -103,7 +103,13 @@ def test_ctrl_c_cancels_and_records_the_run(tmp_path):
     import time
     env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), TG_MARKS=str(tmp_path))
     env.pop("TWINGRAPH_DATABASE_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "twingraph", "run",
+    # As typed at a terminal: Ctrl-C raises KeyboardInterrupt. (A test session started in the
+    # background by a shell without job control inherits SIGINT ignored, and so would the CLI.)
+    as_at_a_terminal = ("import runpy, signal, sys; "
+                        "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                        "sys.argv = ['twingraph', *sys.argv[1:]]; "
+                        "runpy.run_module('twingraph', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", as_at_a_terminal, "run",
                              str(ROOT / "tests" / "resources" / "crashy.py"), "--param", "n=40",
                              "--param", "delay=1", "--no-progress"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
