@@ -160,3 +160,47 @@ def test_a_burst_of_memo_hits_hands_rows_over_while_it_runs(sqlite_engine, monke
             if t.node_id.startswith("reader")} == {"hit"}
     assert sum(finished_rows) == 2000
     assert len(finished_rows) >= 4, finished_rows      # 500 a batch: four hand-overs or more
+
+
+fail_last = {"on": True}
+
+
+@component(cache=False)
+def last(xs: list) -> int:
+    if fail_last["on"]:
+        raise RuntimeError("fails the first run, after every reader has finished")
+    return len(xs)
+
+
+@pipeline(name="resumed_burst")
+def resumed_burst(n: int):
+    src = opener(x=1)
+    outs = [reader(x=src["outputs"]["result"], i=i) for i in range(n)]
+    hold.set()
+    return last(xs=[o["outputs"]["result"] for o in outs])
+
+
+def test_a_resumed_burst_hands_rows_over_while_it_runs(sqlite_engine, monkeypatch):
+    # The burst again, in a resumed run: the readers finish as "resumed" from the run's own
+    # records (no lookup at all), and their rows still reach the writer as the burst goes.
+    hold.clear()
+    fail_last["on"] = True
+    first = resumed_burst.run(engine=sqlite_engine, n=2000)
+    assert first.state.value == "FAILED"
+    fail_last["on"] = False
+    monkeypatch.setattr(RunLoop, "HAND_OVER_EVERY", 0.0)
+    hold.clear()
+    finished_rows: list[int] = []
+    real_add_many = sqlite_engine.recorder.add_many    # counted, then passed on: the writer is real
+
+    def add_many(recs):
+        done = sum(1 for r in recs if getattr(r, "cache_status", None) == "resumed"
+                   and r.node_id.startswith("reader"))
+        if done:
+            finished_rows.append(done)
+        return real_add_many(recs)
+    monkeypatch.setattr(sqlite_engine.recorder, "add_many", add_many)
+    r = resumed_burst.run(engine=sqlite_engine, n=2000, resume=first.run_id)
+    assert r.state.value == "SUCCESS", r.error
+    assert sum(finished_rows) == 2000
+    assert len(finished_rows) >= 4, finished_rows
