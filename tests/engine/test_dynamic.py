@@ -329,3 +329,19 @@ def test_validation_runs_with_the_relaxed_gc_threshold(scheduler, monkeypatch):
     scheduler.plan(chain_dag("gc"))
     assert seen and seen[0] >= GC_RUN_THRESHOLD
     assert gc.get_threshold() == before
+
+
+def test_deps_of_drops_repeats_and_adds_extra_dependencies():
+    dag = DAGDefinition("d", [NodeDefinition("a", "inc", [], {}),
+                              NodeDefinition("b", "inc", ["a", "a"], {}),
+                              NodeDefinition("c", "inc", ["b"], {}),
+                              NodeDefinition("e", "inc", {"x": "a", "y": "a"}, {})],
+                        dependencies={"c": ["a", "b"]})
+    nodes = {n.node_id: n for n in dag.nodes}
+    assert dag.deps_of(nodes["a"]) == []
+    assert dag.deps_of(nodes["b"]) == ["a"]
+    assert dag.deps_of(nodes["c"]) == ["b", "a"]
+    assert dag.deps_of(nodes["e"]) == ["a"]
+    got = dag.deps_of(nodes["b"])
+    got.append("z")                                   # a copy: the node's own list is untouched
+    assert nodes["b"].arguments == ["a", "a"]

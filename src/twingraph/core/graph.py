@@ -19,34 +19,40 @@ def validate_dag(deps: Mapping[str, Sequence[str]], operations: Mapping[str, str
     Raises ``GraphValidationError`` naming the offending nodes for dangling references, unknown
     operations (when ``operations``/``known_operations`` are given) and cycles.
     """
-    dangling = sorted({f"{n}->{d}" for n, ds in deps.items() for d in ds if d not in deps})
-    if dangling:
-        raise GraphValidationError("dangling references (node->missing dependency)", dangling)
+    # Written in dependency order (the usual case): every reference is to a node seen
+    # before, so none dangles, and the order is topological. One pass answers all three.
+    written = _in_written_order(deps)
+    if not written:
+        dangling = sorted({f"{n}->{d}" for n, ds in deps.items() for d in ds if d not in deps})
+        if dangling:
+            raise GraphValidationError("dangling references (node->missing dependency)", dangling)
     if operations is not None and known_operations is not None:
         unknown = [f"{n} ({op})" for n, op in operations.items() if op not in known_operations]
         if unknown:
             raise GraphValidationError("unknown operations", unknown)
-    order = topological_order(deps)
+    order = list(deps) if written else topological_order(deps)
     if len(order) != len(deps):
         raise GraphValidationError("cycle", cycle_nodes(deps))
     return order
+
+
+def _in_written_order(deps: Mapping[str, Sequence[str]]) -> bool:
+    """Whether every node comes after all of its dependencies."""
+    seen: set[str] = set()
+    add = seen.add
+    for n, ds in deps.items():
+        for d in ds:
+            if d not in seen:
+                return False
+        add(n)
+    return True
 
 
 def topological_order(deps: Mapping[str, Sequence[str]]) -> list[str]:
     """The given order when it already is one (every node after its dependencies: the usual
     way graphs are written, checked in one pass); otherwise Kahn's algorithm. Nodes on or
     downstream of a cycle are left out."""
-    seen: set[str] = set()
-    add = seen.add
-    for n, ds in deps.items():
-        for d in ds:
-            if d not in seen:
-                break
-        else:
-            add(n)
-            continue
-        break
-    else:
+    if _in_written_order(deps):
         return list(deps)
     indeg = {n: 0 for n in deps}
     children: dict[str, list[str]] = {n: [] for n in deps}

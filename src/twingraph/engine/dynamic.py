@@ -84,8 +84,13 @@ class DAGDefinition:
     metadata: dict[str, Any] | None = None
 
     def deps_of(self, node: NodeDefinition) -> list[str]:
-        args = node.arguments.values() if isinstance(node.arguments, dict) else node.arguments
-        return list(dict.fromkeys([*args, *self.dependencies.get(node.node_id, [])]))
+        args = node.arguments
+        if type(args) is list and not (self.dependencies and node.node_id in self.dependencies):
+            # the common case, one call per node of a large graph: a list, usually without repeats
+            return list(args) if len(args) < 2 or len(set(args)) == len(args) \
+                else list(dict.fromkeys(args))
+        named = args.values() if isinstance(args, dict) else args
+        return list(dict.fromkeys([*named, *self.dependencies.get(node.node_id, [])]))
 
 
 @dataclass
