@@ -1,6 +1,10 @@
 """GC pacing during runs (engine/gcpace.py, decision 0011): survivors are frozen while a run
 is active, everything is put back when the last run ends, cycles are still freed, and a
-process that froze objects itself keeps them frozen."""
+process that froze objects itself keeps them frozen.
+
+Nothing is faked: the collector, the engine and its stores are real. Tests set the time and
+size triggers (``FULL_EVERY``, ``GROWTH_CAP``, the size limit since the last collection) so
+that a full collection falls due on cue instead of after 60 s or 512 MiB."""
 import gc
 import threading
 import weakref

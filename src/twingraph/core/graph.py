@@ -30,7 +30,7 @@ def validate_dag(deps: Mapping[str, Sequence[str]], operations: Mapping[str, str
         unknown = [f"{n} ({op})" for n, op in operations.items() if op not in known_operations]
         if unknown:
             raise GraphValidationError("unknown operations", unknown)
-    order = list(deps) if written else topological_order(deps)
+    order = list(deps) if written else _kahn(deps)
     if len(order) != len(deps):
         raise GraphValidationError("cycle", cycle_nodes(deps))
     return order
@@ -52,8 +52,10 @@ def topological_order(deps: Mapping[str, Sequence[str]]) -> list[str]:
     """The given order when it already is one (every node after its dependencies: the usual
     way graphs are written, checked in one pass); otherwise Kahn's algorithm. Nodes on or
     downstream of a cycle are left out."""
-    if _in_written_order(deps):
-        return list(deps)
+    return list(deps) if _in_written_order(deps) else _kahn(deps)
+
+
+def _kahn(deps: Mapping[str, Sequence[str]]) -> list[str]:
     indeg = {n: 0 for n in deps}
     children: dict[str, list[str]] = {n: [] for n in deps}
     for n, ds in deps.items():

@@ -65,27 +65,31 @@ def resident_bytes() -> int | None:
         return None
 
 
-def _full_collection(now: float) -> None:
+def _collected(now: float) -> None:
+    """Note a full collection (or the first run's start) at ``now``: the next one is due
+    ``FULL_EVERY`` seconds later, or when the process has grown past ``_rss_limit``."""
     global _last_full, _rss_limit
-    gc.unfreeze()
-    gc.collect()
     _last_full = now
     rss = resident_bytes()
     _rss_limit = None if rss is None else rss + min(rss, GROWTH_CAP)
 
 
+def _full_collection(now: float) -> None:
+    gc.unfreeze()
+    gc.collect()
+    _collected(now)
+
+
 def run_started() -> None:
     """A run (or bulk work on a run's path) begins."""
-    global _active, _saved, _freezing, _last_full, _rss_limit
+    global _active, _saved, _freezing
     with _lock:
         if _active == 0:
             _saved = gc.get_threshold()
             gc.set_threshold(max(_saved[0], RUN_THRESHOLD), *_saved[1:])
             _freezing = (gc.get_freeze_count() == 0 and gc.isenabled()
                          and getattr(sys, "_is_gil_enabled", lambda: True)())
-            _last_full = time.monotonic()
-            rss = resident_bytes()
-            _rss_limit = None if rss is None else rss + min(rss, GROWTH_CAP)
+            _collected(time.monotonic())
         _active += 1
 
 
