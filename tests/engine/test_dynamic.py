@@ -191,12 +191,12 @@ def test_a_large_graph_is_submitted_in_a_window(monkeypatch):
 
     monkeypatch.setattr(dyn, "SUBMIT_WINDOW", 200)
     seen = []
-    orig = BodySide.call
+    orig = BodySide.call_declared
 
     def spy(self, *a, **kw):
         seen.append(self.backlog())
         return orig(self, *a, **kw)
-    monkeypatch.setattr(BodySide, "call", spy)
+    monkeypatch.setattr(BodySide, "call_declared", spy)
 
     def slowish(deps, params):
         time.sleep(0.0005)
@@ -345,3 +345,51 @@ def test_deps_of_drops_repeats_and_adds_extra_dependencies():
     got = dag.deps_of(nodes["b"])
     got.append("z")                                   # a copy: the node's own list is untouched
     assert nodes["b"].arguments == ["a", "a"]
+
+
+def test_a_declared_node_is_keyed_as_the_same_call_with_futures(scheduler):
+    """A DAG's nodes go to the run with their producers named (``call_declared``), not as
+    futures inside their arguments; their memo keys are those of the same calls with futures,
+    so results stored either way are hits the other way (named, duplicate and extra
+    inputs included), and lineage names the same producers."""
+    from twingraph.engine.loop import RunOptions
+
+    ops.calls.clear()
+    register_operation("input_names", lambda deps, params: sorted(deps))
+    dag = DAGDefinition("keys", [
+        N("nums", "make_numbers", n=4),
+        N("sq", "square_all", ["nums"]),
+        NodeDefinition("both", "add_all", {"a": "sq", "b": "nums"}, {"offset": 2}),
+        N("dup", "add_all", ["sq", "sq"], offset=1),
+        N("tail", "input_names", ["both"]),
+    ], dependencies={"tail": ["dup"]})
+    declared = scheduler.run(dag)
+    assert declared.state.value == "SUCCESS"
+    eng = scheduler.engine
+    first = {t.node_id: t for t in eng.metadata.get_tasks(declared.run_id)}
+    assert all(t.cache_status == "miss" for t in first.values())
+    assert eng.load_value(first["tail"].result_key) == ["both"]   # extra dependencies: no input
+
+    plan, specs = scheduler.plan(dag), {}
+
+    def with_futures(run):
+        refs = {}
+        for node, fn, style in plan:
+            spec, op = scheduler._spec_for(node, fn, style, specs)
+            args = node.arguments.values() if isinstance(node.arguments, dict) else node.arguments
+            values = {a: refs[a] for a in args}
+            for extra in dag.dependencies.get(node.node_id, []):
+                values.setdefault(extra, refs[extra])
+            refs[node.node_id] = run.call(spec, op, (node.arguments, node.parameters, values),
+                                          {}, node_id=node.node_id)
+        return {}
+
+    again = eng.run(with_futures, pipeline="keys", options=RunOptions(error_handler="continue"))
+    second = {t.node_id: t for t in eng.metadata.get_tasks(again.run_id)}
+    assert {n: t.cache_key for n, t in second.items()} == \
+        {n: t.cache_key for n, t in first.items()}
+    assert all(t.cache_status == "hit" for t in second.values())
+    assert first["tail"].inputs["deps"] == [["both", []], ["dup", []]] == \
+        second["tail"].inputs["deps"]
+    assert first["both"].inputs["deps"] == [["sq", []], ["nums", []]]
+    assert ops.calls == ["make_numbers", "square_all", "add_all", "add_all"]

@@ -547,17 +547,21 @@ class DynamicScheduler:
         def body(run: Any) -> dict[str, Any]:
             if on_run is not None:
                 on_run(run)
-            refs: dict[str, Any] = {}
+            tasks: dict[str, Any] = {}
+            extras = dag.dependencies
             for i, (node, fn, style) in enumerate(plan):
                 if i & 1023 == 0:
                     _wait_for_window(run)
                 spec, op = self._spec_for(node, fn, style, specs, config)
-                args = node.arguments.values() if isinstance(node.arguments, dict) else node.arguments
-                values = {a: refs[a] for a in args}
-                for extra in dag.dependencies.get(node.node_id, []):
-                    values.setdefault(extra, refs[extra])
-                refs[node.node_id] = run.call(spec, op, (node.arguments, node.parameters, values),
-                                              {}, node_id=node.node_id)
+                names = node.arguments
+                if type(names) is not list or (extras and node.node_id in extras) \
+                        or (len(names) > 1 and len(set(names)) != len(names)):
+                    # the inputs the operation is given, each once (values keyed by node id)
+                    names = list(dict.fromkeys([*(names.values() if isinstance(names, dict)
+                                                  else names), *extras.get(node.node_id, ())]))
+                tasks[node.node_id] = run.call_declared(
+                    spec, op, node.arguments, node.parameters, names,
+                    [tasks[n] for n in names], node.node_id)
             return {}
         return body
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from twingraph.core.states import TaskState
 from twingraph.engine.refs import Ref
-from twingraph.engine.task import UNLOADED, Task
+from twingraph.engine.task import DECLARED, UNLOADED, Task
 from twingraph.errors import NodeExecutionError, PipelineCancelled, PipelineTimeout
 
 _T = TaskState
@@ -51,14 +51,28 @@ class BodySide:
             n = self._name_counts.get(name, 0)
             self._name_counts[name] = n + 1
             node_id = f"{name}-{n}"
-        if self.crashed is not None or self.done.is_set():
-            raise NodeExecutionError(f"cannot submit {node_id}: the run has ended "
-                                     f"({self.stop_message or 'finished'})", node_id=node_id)
         task = Task(node_id, next(self._order), spec, fn, args, kwargs)
+        self._enqueue(task)
+        return Ref(self, task)
+
+    def call_declared(self, spec: Any, fn: Callable[..., Any], arguments: Any, parameters: Any,
+                      names: list[str], producers: list[Task], node_id: str) -> Task:
+        """Submit one node of a declarative graph whose producers are known: ``producers[i]``
+        (a task submitted earlier) is the input called ``names[i]``. Cheaper than ``call``
+        with futures (nothing to search for), same semantics; returns the task."""
+        task = Task(node_id, next(self._order), spec, fn,
+                    (arguments, parameters, names, producers), {})
+        task.producers, task.ref_slots = producers, DECLARED
+        self._enqueue(task)
+        return task
+
+    def _enqueue(self, task: Task) -> None:
+        if self.crashed is not None or self.done.is_set():
+            raise NodeExecutionError(f"cannot submit {task.node_id}: the run has ended "
+                                     f"({self.stop_message or 'finished'})", node_id=task.node_id)
         self.submitted.append(task)
         if self.sleeping:
             self.inbox.put(("wake",))
-        return Ref(self, task)
 
     def backlog(self) -> int:
         """Tasks submitted and not finished yet (read from another thread: an estimate)."""

@@ -45,7 +45,7 @@ from twingraph.engine.timers import HEARTBEAT_INTERVAL, TimerSide
 from twingraph.engine.recorder import PutResult
 from twingraph.engine.snapshot import error_text, task_rows, traceback_text
 from twingraph.engine.refs import Ref, find_refs, path_list, substitute
-from twingraph.engine.task import UNLOADED, Job, Task
+from twingraph.engine.task import DECLARED, UNLOADED, Job, Task
 from twingraph.errors import NodeExecutionError, TaskCancelled, TaskTimeout
 
 _NONE: list[Any] = []          # shared empty list for released fields (never appended to)
@@ -286,32 +286,15 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         fp = self.engine.fingerprint(task.spec)
         task.dirty = True
         self.dirty.append(task)
-        # Which top-level arguments hold futures: only those are resolved at start.
-        refs: list[Ref] = []
-        slots: list[int | str] = []
-        for i, a in enumerate(task.args):
-            n = len(refs)
-            find_refs(a, refs)
-            if len(refs) > n:
-                slots.append(i)
-        for k, v in task.kwargs.items():
-            n = len(refs)
-            find_refs(v, refs)
-            if len(refs) > n:
-                slots.append(k)
-        if slots:
-            task.ref_slots = tuple(slots)
-        upstream_bad = None
-        seen: set[int] = set()
         deps: list[list[Any]] = []
-        for r in refs:
-            p = r._task
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            task.producers.append(p)
+        if task.ref_slots is DECLARED:
+            for p in task.producers:        # given, distinct, each read whole
+                deps.append([p.node_id, _NONE])
+        else:
+            self._find_producers(task, deps)
+        upstream_bad = None
+        for p in task.producers:
             p.consumers += 1
-            deps.append([p.node_id, path_list(r._path)])
             if p.state is _T.SUCCESS:
                 continue
             if p.state.terminal:
@@ -333,6 +316,32 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                          error=NodeExecutionError(f"upstream {upstream_bad.node_id} did not succeed"))
         elif task.waiting == 0:
             self.became_ready.append(task)
+
+    @staticmethod
+    def _find_producers(task: Task, deps: list[list[Any]]) -> None:
+        """The tasks whose futures ``task``'s arguments hold (each once, in order), and which
+        top-level arguments hold them (only those are resolved at start)."""
+        refs: list[Ref] = []
+        slots: list[int | str] = []
+        for i, a in enumerate(task.args):
+            n = len(refs)
+            find_refs(a, refs)
+            if len(refs) > n:
+                slots.append(i)
+        for k, v in task.kwargs.items():
+            n = len(refs)
+            find_refs(v, refs)
+            if len(refs) > n:
+                slots.append(k)
+        if slots:
+            task.ref_slots = tuple(slots)
+        seen: set[int] = set()
+        for r in refs:
+            p = r._task
+            if id(p) not in seen:
+                seen.add(id(p))
+                task.producers.append(p)
+                deps.append([p.node_id, path_list(r._path)])
 
     def _fail_before_start(self, task: Task, exc: BaseException) -> None:
         """A task that could not even be keyed or looked up fails like a task that raised."""
@@ -393,7 +402,12 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         try:
             executor = self.engine.executor_for(task.spec)
             args, kwargs = task.args, dict(task.kwargs)
-            if task.ref_slots:
+            if task.ref_slots is DECLARED:
+                arguments, parameters, names, producers = args
+                value_of = self._value_of
+                args = (arguments, parameters,
+                        {n: value_of(p) for n, p in zip(names, producers)})
+            elif task.ref_slots:
                 fetch, positional = self._fetch, list(args)
                 for slot in task.ref_slots:
                     if isinstance(slot, int):
@@ -473,11 +487,20 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             logs.append(LogRecord(run_id, created, level, message, node_id))
         return on_log
 
-    def _fetch(self, ref: Ref) -> Any:
-        t = ref._task
+    def _loaded(self, t: Task) -> Any:
+        """A finished task's value (read back from the result store if it was dropped)."""
         value = t.value
         if value is UNLOADED:
             value = t.value = self.engine.load_value(t.cache_key)
+        return value
+
+    def _value_of(self, t: Task) -> Any:
+        """A producer's whole result, as a future of it would give it."""
+        return t.result_view(self._loaded(t))
+
+    def _fetch(self, ref: Ref) -> Any:
+        t = ref._task
+        value = self._loaded(t)
         if not ref._path:
             return t.result_view(value)
         if ref._path[0] == "outputs" and not t.spec.raw_result:

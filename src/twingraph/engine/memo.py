@@ -14,9 +14,10 @@ from twingraph.core.records import TaskRecord
 from twingraph.core.states import TaskState
 from twingraph.engine.calls import strip_lineage
 from twingraph.engine.refs import Ref
-from twingraph.engine.task import Task
+from twingraph.engine.task import DECLARED, Task
 
 _T = TaskState
+_NO_KWARGS: dict[str, Any] = {"d": {}}          # digest_value({})
 
 
 class MemoSide:
@@ -37,8 +38,18 @@ class MemoSide:
         """Key a task whose inputs are complete. Returns True if its key must be looked up in
         the result store (the caller batches those lookups, then calls ``_after_lookup``)."""
         spec = task.spec
-        digest = [digest_value(task.args, Ref, _ref_digest, self.engine.hash_value),
-                  digest_value(strip_lineage(task.kwargs), Ref, _ref_digest, self.engine.hash_value)]
+        leaf = self.engine.hash_value
+        if task.ref_slots is DECLARED:
+            # The digest ``call`` would give the same node with futures for its inputs
+            # (same keys, same hits), without walking for them.
+            arguments, parameters, names, producers = task.args
+            digest = [{"t": [digest_value(arguments, Ref, _ref_digest, leaf),
+                             digest_value(parameters, Ref, _ref_digest, leaf),
+                             {"d": {n: f"@{p.content_hash}()" for n, p in zip(names, producers)}}]},
+                      _NO_KWARGS]
+        else:
+            digest = [digest_value(task.args, Ref, _ref_digest, leaf),
+                      digest_value(strip_lineage(task.kwargs), Ref, _ref_digest, leaf)]
         key = structural_key(spec.name, spec.code_version, None, digest,
                              prefix=self.engine.key_prefix(spec))
         task.cache_key = key
@@ -114,5 +125,6 @@ class MemoSide:
 
 
 def _ref_digest(value: Ref) -> str:
-    """A reference digests to its producer's content hash and the path taken into it."""
+    """A reference digests to its producer's content hash and the path taken into it (a
+    declared input, read whole, as ``f"@{hash}()"``: ``MemoSide._on_ready``)."""
     return f"@{value._task.content_hash}{value._path!r}"

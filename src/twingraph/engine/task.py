@@ -14,6 +14,11 @@ from typing import Any
 from twingraph.core.states import TaskState
 
 UNLOADED: Any = type("Unloaded", (), {"__repr__": lambda self: "<unloaded>"})()
+#: ``Task.ref_slots`` of a declared task: a declarative graph's node, whose producers came with
+#: it (``BodySide.call_declared``) instead of as futures inside its arguments. Its ``args`` are
+#: ``(arguments, parameters, names, producers)``; it runs as ``fn(arguments, parameters,
+#: {name: producer's value})``, keyed exactly as if those values had been futures.
+DECLARED: Any = ("<declared inputs>",)
 
 
 class Task:

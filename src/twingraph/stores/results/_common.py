@@ -115,8 +115,31 @@ def prepare(key: str, data: Buffer | Sequence[Buffer], meta: StorageMetadata,
                     meta.created_at or now, meta_json, dag_id)
 
 
+#: Canonical JSON of metadata whose values are all strings or None, by its items: an engine
+#: stores every result of a run with the same few such dicts ({"encoding", "dag_id"}), and
+#: encoding one again costs more than the rest of a small put's checks. Cleared when full.
+_META_TEXT: dict[tuple[Any, ...], tuple[str, str | None]] = {}
+_META_TEXT_MAX = 256
+
+
 def dump_meta(md: Any, key: str) -> tuple[str, str | None]:
     """``metadata`` dict -> (canonical JSON, dag_id); StorageError if it is not JSON-able."""
+    if type(md) is dict and len(md) <= 4:
+        items = tuple(md.items())
+        for k, v in items:
+            if type(k) is not str or (type(v) is not str and v is not None):
+                break
+        else:
+            hit = _META_TEXT.get(items)
+            if hit is None:
+                if len(_META_TEXT) >= _META_TEXT_MAX:
+                    _META_TEXT.clear()
+                hit = _META_TEXT[items] = _dump_meta(md, key)
+            return hit
+    return _dump_meta(md, key)
+
+
+def _dump_meta(md: Any, key: str) -> tuple[str, str | None]:
     if not isinstance(md, dict):
         raise StorageError(f"metadata.metadata must be a dict, got {type(md).__name__}")
     try:
