@@ -26,11 +26,28 @@ def _cli(*args):
     return [sys.executable, "-m", "twingraph", *args]
 
 
+def _children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.slow
-def test_kill_minus_nine_then_resume(tmp_path):
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_kill_minus_nine_then_resume(tmp_path, writer):
+    """... with the recorder writing in this process or in its writer process (decision
+    0012), which ends when its parent is killed."""
     marks = tmp_path / "marks"
     marks.mkdir()
     env = _env(tmp_path, marks)
+    env["TWINGRAPH_WRITER"] = writer
     proc = subprocess.Popen(_cli("run", str(PIPELINE), "--param", "n=12", "--no-progress"),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -39,8 +56,15 @@ def test_kill_minus_nine_then_resume(tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     time.sleep(0.1)           # let the write-behind flush some finished tasks
+    writers = [c for c in _children(proc.pid)
+               if b"writer_child" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(writers) == (writer == "process")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in writers):        # it ends with its parent
+        assert time.monotonic() < deadline, "the writer process outlived its parent"
+        time.sleep(0.05)
 
     store = SQLMetadataStore(f"sqlite:///{tmp_path / 'home' / 'twingraph.db'}")
     (run,) = store.list_runs(pipeline="crashy")

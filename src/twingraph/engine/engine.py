@@ -8,6 +8,7 @@ graphs: their body submits every node up front.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -75,6 +76,10 @@ class _Stats:
 INLINE_SAMPLES = 8            # observations before a component may run inline
 INLINE_AVG_SECONDS = 0.0002   # ... if its moving average stays below this
 SLOW_CALL_SECONDS = 0.01      # one call slower than this sends it back to the thread pool
+#: writer='auto': a run that has taken in this many tasks moves the writes to a child process
+#: (decision 0012); smaller runs never pay for starting one.
+OFFLOAD_AFTER = 20_000
+WRITERS = ("auto", "thread", "process")
 
 
 class Engine:
@@ -82,7 +87,16 @@ class Engine:
                  executor: Executor | None = None, executors: Iterable[Executor] = (),
                  clock: Clock | None = None,
                  events: EventSink | None = None, rng: random.Random | None = None,
-                 flush_interval: float = 0.05, project: str = "default") -> None:
+                 flush_interval: float = 0.05, project: str = "default",
+                 writer: str | None = None) -> None:
+        """``writer``: where the recorder writes batches — 'thread' (in this process),
+        'process' (a child process from the start) or 'auto' (a child process once a run has
+        taken in ``OFFLOAD_AFTER`` tasks); default ``$TWINGRAPH_WRITER`` or 'auto'. Only a
+        SQLite result store and an SQL metadata store (file or server) can be written from a
+        child; with others the thread writes."""
+        writer = writer or os.environ.get("TWINGRAPH_WRITER") or "auto"
+        if writer not in WRITERS:
+            raise ConfigurationError(f"writer must be one of {', '.join(WRITERS)}, got {writer!r}")
         if executor is None:
             from twingraph.executors.local import LocalExecutor
             executor = LocalExecutor()
@@ -102,6 +116,9 @@ class Engine:
         self.has_sinks = bool(self._sinks)      # checked on the hot path: a plain attribute
         self.recorder = Recorder(results, metadata, interval=flush_interval,
                                  on_stored=self._on_stored, on_stale=self._on_stale)
+        self.offload_after = OFFLOAD_AFTER if writer == "auto" else None
+        if writer == "process":
+            self.recorder.offload()
         self.runs: dict[str, RunLoop] = {}
         self._stats: dict[str, _Stats] = {}
         self._fingerprints: dict[int, tuple[Any, dict[str, str]]] = {}

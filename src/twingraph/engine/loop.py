@@ -98,6 +98,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.deferred: deque[Task] = deque()       # waiting tasks whose first row can wait
         self.logs: deque[LogRecord] = deque()     # task logs, appended from worker threads
         self._last_hand_over = 0.0
+        self._offload_at: int | None = getattr(engine, "offload_after", None)
         self._steps = 0                            # tasks keyed or started since the last check
         self.tasks: dict[str, Task] = {}
         self.by_key: dict[str, Task] = {}
@@ -240,6 +241,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         logs = self.logs
         while logs:
             self.out.append(logs.popleft())
+        if self._offload_at is not None and len(self.tasks) >= self._offload_at:
+            self._offload_at = None
+            self.recorder.offload()          # a large run: writes move to a child process
         if self.out:
             self.recorder.add_many(self.out)
             self.out = []

@@ -17,10 +17,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twingraph.core.records import AttemptRecord, Record, TaskRecord, TaskUpdate
+from twingraph.engine.writer import FRAME_MAX, INLINE_MAX, WriterGone, WriterProcess, recipes
 from twingraph.ports import MetadataStore, ResultStore
 
 log = logging.getLogger("twingraph.engine")
@@ -52,8 +54,51 @@ class Recorder:
         self._closed = False
         self._error: BaseException | None = None
         self._flushing = False
+        self._child: WriterProcess | None = None       # writes go there once it is set
+        self._unacked: deque[tuple[Sequence[Record], Sequence[PutResult]]] = deque()
+        self._offload = "off"          # off -> starting -> on | failed; or unavailable
         self._thread = threading.Thread(target=self._run, name="twingraph-recorder", daemon=True)
         self._thread.start()
+
+    @property
+    def writer(self) -> str:
+        """Where batches are written: 'thread' (this process) or 'process' (decision 0012)."""
+        return "process" if self._child is not None else "thread"
+
+    def writer_peak_rss(self) -> int | None:
+        """The writer process's peak resident memory in bytes (None without one)."""
+        child = self._child
+        return None if child is None else child.peak_rss()
+
+    def offload(self) -> None:
+        """Write from now on in a child process (``engine.writer``), if both stores can be
+        opened there. Returns at once: the child starts in the background, and batches are
+        written here until it is ready (or if it cannot start, or dies)."""
+        with self._cv:
+            if self._offload != "off" or self._closed:
+                return
+            found = recipes(self.results, self.metadata)
+            if found is None:
+                self._offload = "unavailable"
+                return
+            self._offload = "starting"
+        threading.Thread(target=self._start_writer, args=found, daemon=True,
+                         name="twingraph-writer-start").start()
+
+    def _start_writer(self, results_recipe: Any, metadata_recipe: Any) -> None:
+        try:
+            child = WriterProcess(results_recipe, metadata_recipe)
+        except Exception:  # noqa: BLE001 - the thread keeps writing, as before
+            log.warning("recorder: the writer process did not start; writing in this process",
+                        exc_info=True)
+            with self._cv:
+                self._offload = "failed"
+            return
+        with self._cv:
+            if not self._closed:
+                self._child, self._offload = child, "on"
+                return
+        child.close()
 
     # -- called from loop threads ------------------------------------------------------------
     def add(self, rec: Any) -> None:
@@ -103,7 +148,8 @@ class Recorder:
         """Block until everything added so far is written (or raise the writer's error)."""
         with self._cv:
             self._cv.notify()
-            while (self._records or self._results or self._flushing) and self._error is None:
+            while (self._records or self._results or self._flushing or self._unacked) \
+                    and self._error is None:
                 self._cv.wait(0.05)
                 self._cv.notify()
             if self._error is not None:
@@ -120,21 +166,27 @@ class Recorder:
                 self._closed = True
                 self._cv.notify()
             self._thread.join(10)
+            child, self._child = self._child, None
+            if child is not None:
+                child.close()
 
     # -- writer thread -----------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self._cv:
-                if not (self._records or self._results) and not self._closed:
+                if not (self._records or self._results or self._unacked) and not self._closed:
                     self._cv.wait(self.interval)
-                if self._closed and not (self._records or self._results):
+                if self._closed and not (self._records or self._results or self._unacked):
                     return
                 records, self._records = self._records, []
                 results, self._results = self._results, []
                 self._index = {}
                 self._flushing = True
             try:
-                self._write(records, results)
+                if records or results:
+                    self._write(records, results)
+                else:
+                    self._drain()         # nothing new: collect what the writer process did
             except BaseException as exc:  # noqa: BLE001 - surfaced by flush()
                 log.exception("recorder: write failed")
                 with self._cv:
@@ -149,6 +201,24 @@ class Recorder:
         # record after the ones it refers to (runs, then tasks, then what hangs off tasks) and
         # keeps updates of one task in order.
         records = sorted(records, key=_rank)
+        child = self._child
+        if child is not None and not any(r.meta.size > INLINE_MAX for r in results):
+            parts: list[tuple[Sequence[Record], Sequence[PutResult]]] = [(records, results)]
+            if len(records) + len(results) > FRAME_MAX:
+                # Smaller frames keep the child small: all the results first (a task recorded
+                # SUCCESS has its result stored), then the records, in order.
+                parts = [((), results[i:i + FRAME_MAX]) for i in range(0, len(results), FRAME_MAX)]
+                parts += [(records[i:i + FRAME_MAX], ()) for i in range(0, len(records), FRAME_MAX)]
+            for recs, res in parts:
+                if self._child is child:
+                    self._send(child, recs, res)
+                else:                     # it died on the way: the rest is written here
+                    self._write_here(recs, res)
+            return
+        self._drain()          # the writer process's batches come first
+        self._write_here(records, results)
+
+    def _write_here(self, records: Sequence[Record], results: Sequence[PutResult]) -> None:
         if results and self.results is not None:
             self.results.put_many([(r.key, r.buffers, r.meta) for r in results])
             if self.on_stored is not None:
@@ -157,6 +227,60 @@ class Recorder:
             stale = self.metadata.write(records)
             if stale and self.on_stale is not None:
                 self.on_stale(stale)
+
+
+    # -- batches written by the writer process (engine.writer) ---------------------------------
+    def _send(self, child: WriterProcess, records: Sequence[Record],
+              results: Sequence[PutResult]) -> None:
+        """Hand a batch to the writer process. Pipelined: this batch is packed while the
+        child writes the one before, whose answer is then collected. A child that is gone
+        leaves every unanswered batch to be written here, in order."""
+        store = self.results
+        items = [(r.key, r.buffers, r.meta) for r in results] if store is not None else []
+        note = getattr(store, "note_keys", None)
+        if items and note is not None:
+            note([r.key for r in results])      # before the child commits: never a miss here
+        self._unacked.append((records, results))
+        try:
+            child.send(list(records), items)
+            while len(self._unacked) > 1:
+                self._acknowledge(child.receive())
+        except WriterGone:
+            self._writer_gone(child)
+
+    def _drain(self) -> None:
+        """Collect every answer the writer process owes."""
+        child = self._child
+        if child is None or not self._unacked:
+            return
+        try:
+            while self._unacked:
+                self._acknowledge(child.receive())
+        except WriterGone:
+            self._writer_gone(child)
+
+    def _acknowledge(self, reply: tuple[Any, ...]) -> None:
+        """The answer for the oldest batch in flight (raises its error, as a write here would)."""
+        _records, results = self._unacked.popleft()
+        if reply[0] == "error":
+            raise reply[1]
+        _, stale, rows = reply
+        note = getattr(self.results, "note_written", None)
+        if rows is not None and note is not None:
+            note(rows)
+        if results and self.results is not None and self.on_stored is not None:
+            self.on_stored([r.token for r in results if r.token is not None])
+        if stale and self.on_stale is not None:
+            self.on_stale(stale)
+
+    def _writer_gone(self, child: WriterProcess) -> None:
+        log.warning("recorder: the writer process is gone; writing in this process",
+                    exc_info=True)
+        self._child, self._offload = None, "failed"
+        child.kill()
+        batches, self._unacked = list(self._unacked), deque()
+        for records, results in batches:      # upserts: a batch it had applied is harmless
+            self._write_here(records, results)
 
 
 _RANKS = {"RunRecord": 0, "TaskRecord": 1, "TaskUpdate": 2, "AttemptRecord": 3,

@@ -76,6 +76,9 @@ class SQLMetadataStore:
                  clock: Callable[[], float] = time.time) -> None:
         parsed = normalize_url(url)
         self.url = parsed.render_as_string(hide_password=True)
+        # Another process may open the same database (engine.writer); not an in-memory one.
+        self._reopen = None if is_memory_sqlite(parsed) else \
+            parsed.render_as_string(hide_password=False)
         self._clock = clock
         self._engine = make_engine(parsed)
         self._sqlite = parsed.get_backend_name() == "sqlite"
@@ -96,6 +99,11 @@ class SQLMetadataStore:
                 f"metadata database {self.url} is at schema revision {found or 'none'}, this "
                 f"TwinGraph needs {wanted}: run `twingraph db upgrade` (or pass create=True); a "
                 f"revision newer than {wanted} means a newer TwinGraph migrated this database")
+
+    def reopen_recipe(self) -> tuple[str, str] | None:
+        """How another process opens this database again (``stores.writer_child``); None for
+        an in-memory one."""
+        return None if self._reopen is None else ("sql", self._reopen)
 
     def close(self) -> None:
         """Close every pooled connection. The store must not be used afterwards."""

@@ -20,6 +20,9 @@ of this process on that file (``index_for``):
 - other processes' writes are read back (rows past the last rowid seen) before a lookup when
   ``SYNC_EVERY`` seconds have passed: a result another process committed is found by lookups
   starting at most that long after its commit — the same as a lookup that ran a moment earlier.
+  Once this process's results are written by its writer process (``note_elsewhere``; decision
+  0012) the interval is ``SYNC_EVERY_OFFLOADED``: those rows are noted before they commit and
+  skipped once their rowids come back, but a sync in between would read them all again.
 Any error while building or syncing switches the index off (lookups query again).
 """
 
@@ -33,7 +36,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-__all__ = ["KeyFilter", "KeyIndex", "index_for", "release", "SYNC_EVERY"]
+__all__ = ["KeyFilter", "KeyIndex", "NoIndex", "index_for", "release", "SYNC_EVERY", "SYNC_EVERY_OFFLOADED"]
 
 _MASK64 = (1 << 64) - 1
 # 3 probes at 20 bits a key: ~0.3 % false positives at capacity (each one a query that finds
@@ -47,6 +50,8 @@ _GROWTH = 3
 
 #: Seconds between two reads of rows other processes committed.
 SYNC_EVERY = 0.05
+#: ... once a writer process writes this process's results.
+SYNC_EVERY_OFFLOADED = 1.0
 #: Rows below the highest rowid seen that a sync reads again: SQLite reuses the rowids of rows
 #: deleted from the top, so a key another process inserts after such a delete can get a rowid
 #: already passed.
@@ -135,6 +140,7 @@ class KeyIndex:
         self._state = "idle"                 # idle -> building -> ready | off
         self._last_rowid = 0
         self._last_sync = 0.0
+        self.sync_every = SYNC_EVERY
         self._sync_lock = threading.Lock()
         self._rowid_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -146,6 +152,12 @@ class KeyIndex:
     # -- writers ---------------------------------------------------------------------------
     def add_many(self, keys: Iterable[str]) -> None:
         """Keys this process is about to commit (called before the transaction)."""
+        self.filter.add_many(keys)
+
+    def note_elsewhere(self, keys: Iterable[str]) -> None:
+        """Keys a writer process is about to commit for this process (``add_many``); from now
+        on the index syncs every ``SYNC_EVERY_OFFLOADED`` seconds."""
+        self.sync_every = SYNC_EVERY_OFFLOADED
         self.filter.add_many(keys)
 
     def wrote(self, before: int, after: int) -> None:
@@ -162,7 +174,7 @@ class KeyIndex:
         those the filter cannot rule out (after reading other processes' new rows if due)."""
         if not self.ready:
             return keys
-        if time.monotonic() - self._last_sync >= SYNC_EVERY:
+        if time.monotonic() - self._last_sync >= self.sync_every:
             self._sync(conn)
             if not self.ready:
                 return keys
@@ -205,7 +217,7 @@ class KeyIndex:
     def _sync(self, conn: sqlite3.Connection) -> None:
         with self._sync_lock:                # a lookup waits for a sync in progress elsewhere
             started = time.monotonic()
-            if started - self._last_sync < SYNC_EVERY:
+            if started - self._last_sync < self.sync_every:
                 return                       # that other sync was recent enough
             try:
                 top = conn.execute("SELECT max(rowid) FROM node_results").fetchone()[0] or 0
@@ -234,6 +246,31 @@ class KeyIndex:
             self._state, self.ready = "off", False
 
 
+class NoIndex:
+    """No index, for a store that never looks keys up (the writer process's, decision 0012):
+    every key may be stored, and writes note nothing."""
+
+    ready = False
+
+    def add_many(self, keys: Iterable[str]) -> None:
+        pass
+
+    def note_elsewhere(self, keys: Iterable[str]) -> None:
+        pass
+
+    def wrote(self, before: int, after: int) -> None:
+        pass
+
+    def deleted(self, top: int) -> None:
+        pass
+
+    def candidates(self, keys: Sequence[str], conn: sqlite3.Connection) -> Sequence[str]:
+        return keys
+
+    def missed(self) -> None:
+        pass
+
+
 _indexes: weakref.WeakValueDictionary[tuple[int, int], KeyIndex] = weakref.WeakValueDictionary()
 _indexes_lock = threading.Lock()
 
@@ -252,9 +289,11 @@ def index_for(path: Path, busy_timeout: float = 30.0) -> KeyIndex:
         return idx
 
 
-def release(idx: KeyIndex) -> None:
+def release(idx: KeyIndex | NoIndex) -> None:
     """A store on the file closed: with the last one the index leaves the registry (a file
     created later may get the same inode number, and must not find this index)."""
+    if not isinstance(idx, KeyIndex):
+        return
     with _indexes_lock:
         idx.users -= 1
         if idx.users <= 0:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from operator import itemgetter
 from pathlib import Path
@@ -40,7 +40,7 @@ from twingraph.stores.results._common import (
     validate_key, verified_stream, verify,
 )
 from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, pack_small, worth_it
-from twingraph.stores.results._keyfilter import index_for, release
+from twingraph.stores.results._keyfilter import KeyIndex, NoIndex, index_for, release
 from twingraph.stores.results.base import Buffer, Item, ResultStoreBase
 from twingraph.stores.sqlite_rows import insert_rows, multi_row
 from twingraph.stores.sqlite_wal import enable_wal
@@ -130,7 +130,9 @@ class SQLiteStorage(ResultStoreBase):
     def __init__(self, db_path: str | Path, *, chunk_threshold: int = MiB, chunk_size: int = MiB,
                  compression: str | None = None, compression_level: int = 3,
                  compression_min_size: int = 4096, busy_timeout: float = 30.0,
-                 cache_size: int | None = None) -> None:
+                 cache_size: int | None = None, key_index: bool = True) -> None:
+        """``key_index=False``: no in-memory index of stored keys (``_keyfilter``), for a
+        store that only writes (the writer process's); its lookups always query."""
         if str(db_path) == ":memory:" or str(db_path).startswith("file::memory:"):
             raise ConfigurationError("SQLiteStorage needs a file (one connection per thread); "
                                      "use MemoryStorage for an in-memory store")
@@ -161,7 +163,8 @@ class SQLiteStorage(ResultStoreBase):
                 with self._write_lock:
                     conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
         # Memo lookups that must miss skip the query (stores/results/_keyfilter.py).
-        self._keys = index_for(self.db_path, self._timeout)
+        self._keys: KeyIndex | NoIndex = index_for(self.db_path, self._timeout) if key_index \
+            else NoIndex()
 
     # ---- connections and errors ----
     def _connect(self) -> sqlite3.Connection:
@@ -219,9 +222,14 @@ class SQLiteStorage(ResultStoreBase):
 
     # ---- writes ----
     def put_many(self, items: Sequence[Item]) -> None:
+        self.put_many_rows(items)
+
+    def put_many_rows(self, items: Sequence[Item]) -> tuple[int, int] | None:
+        """``put_many``, returning the highest rowid before and after its transaction (for
+        ``note_written`` in another process on the same file)."""
         preps = prepare_all(items)  # all validated before anything is written
         if not preps:
-            return
+            return None
         cctx = self.policy.compressor() if any(self.policy.wants(p.size) for p in preps) else None
         rows, chunked = [], []
         for p in preps:
@@ -243,6 +251,26 @@ class SQLiteStorage(ResultStoreBase):
                 self._put_chunked(conn, p, cctx)
             after = conn.execute(_TOP).fetchone()[0] or 0
         self._keys.wrote(before, after)
+        return before, after
+
+    # -- writes made by another process for this one (engine.writer) -----------------------
+    def reopen_recipe(self) -> tuple[str, dict[str, Any]]:
+        """How another process opens this store again (``stores.writer_child``)."""
+        return "sqlite", {"db_path": str(self.db_path), "chunk_threshold": self.chunk_threshold,
+                "chunk_size": self.chunk_size, "compression": self.policy.kind,
+                "compression_level": self.policy.level,
+                "compression_min_size": self.policy.min_size, "busy_timeout": self._timeout,
+                "cache_size": None if self._cache_kib is None else self._cache_kib * 1024}
+
+    def note_keys(self, keys: Iterable[str]) -> None:
+        """Another process is about to commit results under ``keys``: lookups here must not
+        rule them out (called before it writes, as ``put_many`` does for its own)."""
+        self._keys.note_elsewhere(keys)
+
+    def note_written(self, rows: tuple[int, int]) -> None:
+        """That process's transaction took the highest rowid from ``rows[0]`` to ``rows[1]``
+        (``put_many_rows``): its keys are noted already, the index need not read them back."""
+        self._keys.wrote(*rows)
 
     def _put_chunked(self, conn: sqlite3.Connection, p: Prepared, cctx: Any) -> None:
         n = -(-p.size // self.chunk_size)

@@ -1,0 +1,90 @@
+"""The writer process: applies the recorder's batches for the process that started it.
+
+``python -m twingraph.stores.writer_child`` is started by ``engine.writer.WriterProcess``
+(decision 0012). It reads frames (``core.wire``) from stdin and answers each on what was
+stdout (anything printed goes to stderr instead):
+
+- ``("open", results_recipe, metadata_recipe)`` -> ``("ready",)``: opens the same stores as its
+  parent (a recipe is a store's ``reopen_recipe()``, or None for no such store);
+- ``("write", packed)`` -> ``("ok", stale, rows)``: the results (``put_many``, one
+  transaction), then the records (``MetadataStore.write``, one transaction), exactly as the
+  recorder does in-process; ``stale`` as ``write`` returns it, ``rows`` the results' rowid span
+  for the parent's key index. A failure answers ``("error", exception)`` and the next batch is
+  taken as usual;
+- ``("close",)``, or the end of stdin (the parent went away), ends it after the batch in hand.
+
+SIGINT is ignored: Ctrl-C in a terminal reaches the whole process group, and the parent decides
+when its writer stops (it flushes first).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any, BinaryIO
+
+from twingraph.core.wire import frame, read_frame, unpack
+from twingraph.errors import ConfigurationError, StorageError
+
+
+def open_store(recipe: Any) -> Any:
+    """A store from its ``reopen_recipe()``: only the two kinds that have one."""
+    if recipe is None:
+        return None
+    kind, args = recipe
+    if kind == "sqlite":
+        from twingraph.stores.results.sqlite import SQLiteStorage
+        return SQLiteStorage(**args, key_index=False)    # it never looks keys up
+    if kind == "sql":
+        from twingraph.stores.metadata.store import SQLMetadataStore
+        return SQLMetadataStore(args)
+    raise ConfigurationError(f"the writer process cannot open a store of kind {kind!r}")
+
+
+def serve(read: Any, out: BinaryIO) -> None:
+    def answer(message: Any) -> None:
+        try:
+            data = frame(message)
+        except Exception as exc:  # noqa: BLE001 - an exception that does not pickle
+            data = frame(("error", StorageError(f"{type(exc).__name__} in the writer process: "
+                                                f"{message!r:.500}")))
+        out.write(data)
+        out.flush()
+
+    first = read_frame(read)
+    if first is None:
+        return
+    try:
+        results, metadata = open_store(first[1]), open_store(first[2])
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which keeps writing itself
+        answer(("error", exc))
+        return
+    answer(("ready",))
+    try:
+        while True:
+            message = read_frame(read)
+            if message is None or message[0] == "close":
+                return
+            try:
+                records, items = unpack(message[1])
+                rows = results.put_many_rows(items) if items and results is not None else None
+                stale = metadata.write(records) if records and metadata is not None else []
+                answer(("ok", stale, rows))
+            except Exception as exc:  # noqa: BLE001 - the parent raises it from flush()
+                answer(("error", exc))
+    finally:
+        for store in (results, metadata):
+            if store is not None:
+                store.close()
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())     # stray prints: not into the frames
+    serve(sys.stdin.buffer.read, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The recorder's batches written by a child process (decision 0012): same rows as the thread,
+failures surface the same way, a dead child loses nothing, and it ends with its parent."""
+import os
+import signal
+import time
+
+import pytest
+
+from twingraph.core.records import LogRecord, RunRecord, TaskRecord, TaskUpdate
+from twingraph.core.states import RunState, TaskState
+from twingraph.core.wire import KINDS, frame, pack, read_frame, unpack
+from twingraph.core.results import DataType, StorageMetadata
+from twingraph.engine import engine as engine_module
+from twingraph.engine import recorder as recorder_module
+from twingraph.engine.dynamic import (DAGDefinition, DynamicScheduler, ExecutionConfig,
+                                      NodeDefinition, register_operation)
+from twingraph.engine.engine import Engine
+from twingraph.engine.recorder import Recorder
+from twingraph.errors import ConfigurationError, NotFoundError
+from twingraph.stores.metadata import MemoryMetadataStore, SQLMetadataStore
+from twingraph.stores.results.memory import MemoryStorage
+from twingraph.stores.results.sqlite import SQLiteStorage
+
+
+def _stores(root, url=None):
+    return (SQLiteStorage(str(root / "results.db")),
+            SQLMetadataStore(url or f"sqlite:///{root / 'meta.db'}", create=True))
+
+
+def _engine(root, writer, url=None):
+    results, metadata = _stores(root, url)
+    return Engine(results=results, metadata=metadata, writer=writer)
+
+
+def _ready(recorder, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while recorder.writer != "process":
+        assert time.monotonic() < deadline, "the writer process did not start"
+        time.sleep(0.02)
+
+
+def _ops():
+    register_operation("wp_inc", lambda deps, p: p["i"] + sum(deps.values()))
+    # a result larger than INLINE_MAX: its batch is written in this process
+    register_operation("wp_big", lambda deps, p: b"x" * (300 * 1024))
+    register_operation("wp_slow", lambda deps, p: time.sleep(0.002) or p["i"])
+
+
+def _dag(dag_id, n, op="wp_inc", big_every=0):
+    """Node i reads i-1 and i//2; with ``big_every``, a large-result node every so many."""
+    nodes = []
+    for i in range(n):
+        args = [f"n{i - 1}", f"n{i // 2}"] if i > 1 else (["n0"] if i == 1 else [])
+        nodes.append(NodeDefinition(f"n{i}", op, list(dict.fromkeys(args)), {"i": i}))
+        if big_every and i % big_every == big_every - 1:
+            nodes.append(NodeDefinition(f"big{i}", "wp_big", [], {"i": i}))
+    return DAGDefinition(dag_id, nodes)
+
+
+def _expected(n):
+    v = []
+    for i in range(n):
+        v.append(i + (v[i - 1] + (v[i // 2] if i // 2 != i - 1 else 0) if i > 1 else
+                      (v[0] if i == 1 else 0)))
+    return v
+
+
+def _rows(eng, run_id):
+    return {t.node_id: (t.state, t.cache_key, t.content_hash, t.cache_status, t.inputs)
+            for t in eng.metadata.get_tasks(run_id)}
+
+
+@pytest.fixture
+def small_frames(monkeypatch):
+    monkeypatch.setattr(recorder_module, "FRAME_MAX", 64)    # batches go as several frames
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_run_written_by_the_writer_process_has_the_rows_a_thread_writes(
+        tmp_path, small_frames, backend, request):
+    _ops()
+    url = request.getfixturevalue("postgres_url") if backend == "postgres" else None
+    (tmp_path / "p").mkdir()
+    (tmp_path / "t").mkdir()
+    by_writer = {}
+    expected = _expected(600)
+    for writer in ("process", "thread"):
+        eng = _engine(tmp_path / writer[0], writer, url)
+        try:
+            if writer == "process":
+                _ready(eng.recorder)
+            sched = DynamicScheduler(eng.results, ExecutionConfig(max_concurrent_nodes=4),
+                                     engine=eng)
+            first = sched.run(_dag("wp", 600, big_every=97))
+            assert first.state is RunState.SUCCESS, first.error
+            again = sched.run(_dag("wp", 600, big_every=97))
+            assert eng.recorder.writer == writer
+            rows = _rows(eng, first.run_id)
+            assert len(rows) == 606 and all(r[0] is TaskState.SUCCESS for r in rows.values())
+            assert {r[3] for r in _rows(eng, again.run_id).values()} == {"hit"}
+            assert [eng.load_value(rows[f"n{i}"][1]) for i in range(600)] == expected
+            assert eng.load_value(rows["big96"][1]) == b"x" * (300 * 1024)
+            by_writer[writer] = rows
+        finally:
+            eng.close()
+    assert by_writer["process"] == by_writer["thread"]
+
+
+def test_a_killed_writer_process_loses_nothing(tmp_path):
+    _ops()
+    eng = _engine(tmp_path, "process")
+    try:
+        _ready(eng.recorder)
+        pid = eng.recorder._child.pid
+        sched = DynamicScheduler(eng.results, ExecutionConfig(max_concurrent_nodes=4), engine=eng)
+
+        def kill_soon(run):
+            time.sleep(0.3)
+            os.kill(pid, signal.SIGKILL)
+
+        import threading
+        killer = threading.Thread(target=kill_soon, args=(None,))
+        killer.start()
+        r = sched.run(_dag("killed", 400, op="wp_slow"))
+        killer.join()
+        assert r.state is RunState.SUCCESS, r.error
+        assert eng.recorder.writer == "thread"
+        rows = _rows(eng, r.run_id)
+        assert len(rows) == 400 and all(v[0] is TaskState.SUCCESS for v in rows.values())
+        assert all(eng.results.content_hashes([v[1]]) for v in rows.values())
+    finally:
+        eng.close()
+
+
+def test_a_store_error_in_the_writer_process_is_raised_by_flush(tmp_path):
+    results, metadata = _stores(tmp_path)
+    rec = Recorder(results, metadata)
+    try:
+        rec.offload()
+        _ready(rec)
+        rec.add(TaskUpdate("no-such-run", "n0", TaskState.RUNNING, 1.0))
+        with pytest.raises(NotFoundError, match="unknown task"):
+            rec.flush()
+        # ... and the writer goes on with the next batch
+        rec.add(RunRecord("r1", "p", RunState.RUNNING, created_at=1.0))
+        rec.flush()
+        assert rec.writer == "process"
+        assert metadata.get_run("r1").state is RunState.RUNNING
+    finally:
+        rec.close()
+        results.close()
+        metadata.close()
+
+
+def test_auto_moves_the_writes_of_a_large_run_to_a_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_module, "OFFLOAD_AFTER", 50)
+    _ops()
+    eng = _engine(tmp_path, "auto")
+    try:
+        assert eng.recorder.writer == "thread"
+        sched = DynamicScheduler(eng.results, ExecutionConfig(max_concurrent_nodes=4), engine=eng)
+        r = sched.run(_dag("auto", 1500, op="wp_slow"))
+        assert r.state is RunState.SUCCESS, r.error
+        assert eng.recorder.writer == "process"
+        assert len(_rows(eng, r.run_id)) == 1500
+    finally:
+        eng.close()
+
+
+def test_stores_another_process_cannot_open_keep_the_thread(tmp_path):
+    eng = Engine(results=MemoryStorage(), metadata=MemoryMetadataStore(), writer="process")
+    try:
+        time.sleep(0.2)
+        assert eng.recorder.writer == "thread" and eng.recorder._offload == "unavailable"
+    finally:
+        eng.close()
+    results = SQLiteStorage(str(tmp_path / "r.db"))
+    mem = SQLMetadataStore("sqlite://", create=True)       # in memory: not reopenable
+    eng = Engine(results=results, metadata=mem, writer="process")
+    try:
+        assert eng.recorder._offload == "unavailable"
+    finally:
+        eng.close()
+    with pytest.raises(ConfigurationError, match="writer must be one of"):
+        Engine(results=MemoryStorage(), writer="elsewhere")
+
+
+def test_records_and_results_cross_the_pipe_unchanged():
+    recs = [RunRecord("r", "p", RunState.RUNNING, params={"a": [1, 2.5]}, created_at=3.0),
+            TaskRecord("r", "n", "c", TaskState.SUCCESS, "local", "k", "miss", "why", "k", "h",
+                       1, 2, 3, {"deps": [["m", []]]}, 1.0, 2.0, 3.0, None),
+            TaskUpdate("r", "n", TaskState.FAILED, 4.0, error="boom"),
+            LogRecord("r", 5.0, "info", "hello", "n")]
+    meta = StorageMetadata("k", DataType.PRIMITIVE, "h", 3, metadata={"encoding": "json"})
+    packed = pack(recs, [("k", (b"1", memoryview(b"23")), meta)])
+    buf = bytearray(frame(packed))
+    got_recs, got_res = unpack(read_frame(_reader(bytes(buf))))
+    assert got_recs == recs
+    assert got_res == [("k", (b"123",), meta)]
+    assert len(KINDS) == len(set(KINDS)) == 8
+    assert read_frame(_reader(bytes(buf[:-1]))) is None       # cut inside a frame
+    assert read_frame(_reader(b"")) is None
+
+
+def _reader(data):
+    pos = [0]
+
+    def read(n):
+        chunk = data[pos[0]:pos[0] + min(n, 7)]                  # short reads, as pipes give
+        pos[0] += len(chunk)
+        return chunk
+    return read
