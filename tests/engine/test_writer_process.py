@@ -210,3 +210,103 @@ def _reader(data):
         pos[0] += len(chunk)
         return chunk
     return read
+
+
+def _put(key, data=b"12", **md):
+    import hashlib
+
+    from twingraph.engine.recorder import PutResult
+    return PutResult(key, (data,), StorageMetadata(key, DataType.PRIMITIVE,
+                                                   hashlib.sha256(data).hexdigest(), len(data),
+                                                   metadata=md or {"encoding": "json"}))
+
+
+@pytest.fixture
+def offloaded(tmp_path):
+    results, metadata = _stores(tmp_path)
+    rec = Recorder(results, metadata)
+    rec.offload()
+    _ready(rec)
+    yield rec, results, metadata
+    rec.close()
+    results.close()
+    metadata.close()
+
+
+def test_a_lookup_here_finds_what_the_child_just_stored(offloaded):
+    """Keys are noted in this process's key index before the child commits them: found at
+    once, not only when the index next reads the file (which it does not do here)."""
+    rec, results, _ = offloaded
+    assert results.content_hashes(["k-first"]) == {}          # a miss builds the index
+    deadline = time.monotonic() + 10
+    while not results._keys.ready:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    results._keys.sync_every = 3600.0                        # no reading the file back
+    results._keys._last_sync = time.monotonic()
+    rec.add_many([_put(f"k{i}") for i in range(50)])
+    rec.flush()
+    assert all(results.content_hashes([f"k{i}"]) for i in range(50))   # one by one: filtered
+
+
+def test_what_does_not_pickle_is_written_in_this_process(offloaded):
+    rec, _, metadata = offloaded
+
+    class Local(str):          # a str the metadata store takes, pickle cannot find by name
+        pass
+    rec.add(RunRecord("r-local", "p", RunState.RUNNING, params={"a": Local("x")}, created_at=1.0))
+    rec.flush()
+    assert metadata.get_run("r-local").params == {"a": "x"}
+    assert rec.writer == "process"
+
+
+def test_long_answers_do_not_stall_the_pipe(offloaded):
+    """Thousands of stale updates make an answer far larger than a pipe's buffer while the
+    next batch is being sent: both sides keep going."""
+    rec, _, metadata = offloaded
+    names = [f"node-{i:05d}-" + "x" * 40 for i in range(5000)]
+    metadata.write([RunRecord("r", "p", RunState.RUNNING, created_at=1.0)] +
+                   [TaskRecord("r", n, "c", fence=5) for n in names])
+    stale = []
+    rec.on_stale = stale.extend
+    rec.add_many([TaskUpdate("r", n, TaskState.RUNNING, 2.0, fence=1) for n in names])
+    rec.flush()
+    rec.add_many([LogRecord("r", 3.0, "info", "after")])
+    rec.flush()
+    assert len(stale) == 5000
+
+
+def test_a_split_batch_records_nothing_when_its_results_fail(offloaded, monkeypatch):
+    monkeypatch.setattr(recorder_module, "FRAME_MAX", 4)
+    rec, results, metadata = offloaded
+    bad = _put("k5", bad={1, 2})                                 # metadata that is not JSON
+    rec.add_many([RunRecord("r", "p", RunState.RUNNING, created_at=1.0)] +
+                 [TaskRecord("r", f"n{i}", "c", TaskState.SUCCESS, result_key=f"k{i}")
+                  for i in range(6)] + [_put(f"k{i}") for i in range(5)] + [bad])
+    with pytest.raises(Exception, match="not JSON-serializable"):
+        rec.flush()
+    assert metadata.get_run("r") is None and not results.has("k5")   # no task row at all
+    rec.add(RunRecord("r2", "p", RunState.RUNNING, created_at=1.0))
+    rec.flush()
+    assert metadata.get_run("r2") is not None and rec.writer == "process"
+
+
+def test_relative_store_paths_mean_the_same_files_in_the_child(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    results = SQLiteStorage("r.db")
+    metadata = SQLMetadataStore("sqlite:///m.db", create=True)
+    monkeypatch.chdir(tmp_path / "b")                           # user code moves elsewhere
+    rec = Recorder(results, metadata)
+    try:
+        rec.offload()
+        _ready(rec)
+        rec.add_many([RunRecord("r", "p", RunState.RUNNING, created_at=1.0), _put("k1")])
+        rec.flush()
+        assert results.has("k1") and metadata.get_run("r") is not None
+        assert list((tmp_path / "b").iterdir()) == []
+    finally:
+        rec.close()
+        results.close()
+        metadata.close()

@@ -56,6 +56,8 @@ class Recorder:
         self._flushing = False
         self._child: WriterProcess | None = None       # writes go there once it is set
         self._unacked: deque[tuple[Sequence[Record], Sequence[PutResult]]] = deque()
+        self._failed: BaseException | None = None      # first error not raised yet
+        self._failures = 0
         self._offload = "off"          # off -> starting -> on | failed; or unavailable
         self._thread = threading.Thread(target=self._run, name="twingraph-recorder", daemon=True)
         self._thread.start()
@@ -187,6 +189,7 @@ class Recorder:
                     self._write(records, results)
                 else:
                     self._drain()         # nothing new: collect what the writer process did
+                    self._raise_failure()
             except BaseException as exc:  # noqa: BLE001 - surfaced by flush()
                 log.exception("recorder: write failed")
                 with self._cv:
@@ -202,21 +205,24 @@ class Recorder:
         # keeps updates of one task in order.
         records = sorted(records, key=_rank)
         child = self._child
-        if child is not None and not any(r.meta.size > INLINE_MAX for r in results):
-            parts: list[tuple[Sequence[Record], Sequence[PutResult]]] = [(records, results)]
-            if len(records) + len(results) > FRAME_MAX:
-                # Smaller frames keep the child small: all the results first (a task recorded
-                # SUCCESS has its result stored), then the records, in order.
-                parts = [((), results[i:i + FRAME_MAX]) for i in range(0, len(results), FRAME_MAX)]
-                parts += [(records[i:i + FRAME_MAX], ()) for i in range(0, len(records), FRAME_MAX)]
-            for recs, res in parts:
-                if self._child is child:
-                    self._send(child, recs, res)
-                else:                     # it died on the way: the rest is written here
-                    self._write_here(recs, res)
-            return
-        self._drain()          # the writer process's batches come first
-        self._write_here(records, results)
+        if child is None or any(r.meta.size > INLINE_MAX for r in results):
+            self._drain()          # the writer process's batches come first
+            self._write_here(records, results)
+        elif len(records) + len(results) <= FRAME_MAX:
+            self._send(child, records, results)
+        else:
+            # Smaller frames keep the child small. All the results first, answered, then the
+            # records: a task recorded SUCCESS has its result stored (nothing is recorded if
+            # they fail, as here).
+            self._drain()
+            failures = self._failures
+            for i in range(0, len(results), FRAME_MAX):
+                self._send(child, (), results[i:i + FRAME_MAX])
+            self._drain()
+            if self._failures == failures:
+                for i in range(0, len(records), FRAME_MAX):
+                    self._send(child, records[i:i + FRAME_MAX], ())
+        self._raise_failure()
 
     def _write_here(self, records: Sequence[Record], results: Sequence[PutResult]) -> None:
         if results and self.results is not None:
@@ -228,30 +234,45 @@ class Recorder:
             if stale and self.on_stale is not None:
                 self.on_stale(stale)
 
-
     # -- batches written by the writer process (engine.writer) ---------------------------------
+    # Errors of batches answered while another is handled are kept (``_fail``) and raised
+    # once that one is done (``_raise_failure``): one batch's failure loses no other batch.
+
     def _send(self, child: WriterProcess, records: Sequence[Record],
               results: Sequence[PutResult]) -> None:
-        """Hand a batch to the writer process. Pipelined: this batch is packed while the
-        child writes the one before, whose answer is then collected. A child that is gone
-        leaves every unanswered batch to be written here, in order."""
+        """Hand a batch to the writer process. Pipelined: it is packed while the child writes
+        the one before, whose answer is collected after this one is sent. A batch that cannot
+        be packed is written here; if the child is gone, every unanswered batch is."""
+        if self._child is not child:          # it died on the way
+            self._write_here(records, results)
+            return
         store = self.results
         items = [(r.key, r.buffers, r.meta) for r in results] if store is not None else []
+        try:
+            data = child.encode(list(records), items)
+        except Exception:  # noqa: BLE001 - e.g. a value that does not pickle: as without a child
+            self._drain()
+            self._write_here(records, results)
+            return
         note = getattr(store, "note_keys", None)
         if items and note is not None:
             note([r.key for r in results])      # before the child commits: never a miss here
         self._unacked.append((records, results))
         try:
-            child.send(list(records), items)
+            child.send_frame(data)
             while len(self._unacked) > 1:
                 self._acknowledge(child.receive())
         except WriterGone:
             self._writer_gone(child)
 
     def _drain(self) -> None:
-        """Collect every answer the writer process owes."""
+        """Collect every answer the writer process owes (or write its batches here if it is
+        gone)."""
+        if not self._unacked:
+            return
         child = self._child
-        if child is None or not self._unacked:
+        if child is None:                      # closed under a thread that took too long
+            self._rewrite_unacked()
             return
         try:
             while self._unacked:
@@ -260,10 +281,11 @@ class Recorder:
             self._writer_gone(child)
 
     def _acknowledge(self, reply: tuple[Any, ...]) -> None:
-        """The answer for the oldest batch in flight (raises its error, as a write here would)."""
+        """The answer for the oldest batch in flight."""
         _records, results = self._unacked.popleft()
         if reply[0] == "error":
-            raise reply[1]
+            self._fail(reply[1])
+            return
         _, stale, rows = reply
         note = getattr(self.results, "note_written", None)
         if rows is not None and note is not None:
@@ -278,9 +300,25 @@ class Recorder:
                     exc_info=True)
         self._child, self._offload = None, "failed"
         child.kill()
+        self._rewrite_unacked()
+
+    def _rewrite_unacked(self) -> None:
         batches, self._unacked = list(self._unacked), deque()
         for records, results in batches:      # upserts: a batch it had applied is harmless
-            self._write_here(records, results)
+            try:
+                self._write_here(records, results)
+            except Exception as exc:  # noqa: BLE001 - kept; the other batches are written
+                self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failures += 1
+        if self._failed is None:
+            self._failed = exc
+
+    def _raise_failure(self) -> None:
+        exc, self._failed = self._failed, None
+        if exc is not None:
+            raise exc
 
 
 _RANKS = {"RunRecord": 0, "TaskRecord": 1, "TaskUpdate": 2, "AttemptRecord": 3,

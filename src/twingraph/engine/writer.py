@@ -19,9 +19,10 @@ written again without harm (its log lines may appear twice).
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
-from pathlib import Path
+import threading
 from typing import Any
 
 from twingraph.core.wire import frame, pack, read_frame
@@ -54,27 +55,45 @@ def recipes(results: Any, metadata: Any) -> tuple[Any, Any] | None:
     return None if out == [None, None] else (out[0], out[1])
 
 
+#: The child's command: ``-P`` keeps the working directory off ``sys.path``; this twingraph's
+#: location goes first only if the default path would find another one (or none).
+_BOOT = ("import importlib.util, os, sys\n"
+         "root = sys.argv[1]\n"
+         "spec = importlib.util.find_spec('twingraph')\n"
+         "if spec is None or os.path.dirname(os.path.dirname(os.path.realpath(spec.origin)))"
+         " != root:\n"
+         "    sys.path.insert(0, root)\n"
+         "from twingraph.stores.writer_child import main\n"
+         "main()\n")
+_GONE = ("gone",)
+
+
 class WriterProcess:
-    """One child process; ``write`` from one thread at a time (the recorder's)."""
+    """One child process. ``encode``/``send_frame``/``receive`` from one thread at a time (the
+    recorder's); a reader thread takes the child's answers off the pipe as they come, so the
+    child never waits to answer while this process waits to send."""
 
     def __init__(self, results_recipe: Any, metadata_recipe: Any) -> None:
         import twingraph
-        env = dict(os.environ)
-        # The child imports this same twingraph, installed or not.
-        root = str(Path(twingraph.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-        self._proc = subprocess.Popen([sys.executable, "-m", "twingraph.stores.writer_child"],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        root = os.path.dirname(os.path.dirname(os.path.realpath(twingraph.__file__)))
+        self._proc = subprocess.Popen([sys.executable, "-P", "-c", _BOOT, root],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._in, self._out = self._proc.stdin, self._proc.stdout
+        self._replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
         try:
-            reply = self._call(("open", results_recipe, metadata_recipe))
+            self.send_frame(frame(("open", results_recipe, metadata_recipe)))
+            reply = self._read()
         except BaseException:
             self.kill()
             raise
-        if reply[0] != "ready":
+        if reply is _GONE or reply[0] != "ready":
             self.kill()
-            raise reply[1] if isinstance(reply[1], BaseException) else WriterGone(str(reply))
+            if reply is not _GONE and isinstance(reply[1], BaseException):
+                raise reply[1]
+            raise WriterGone(f"the writer process did not start (exit code {self._proc.poll()})")
+        threading.Thread(target=self._take_replies, name="twingraph-writer-replies",
+                         daemon=True).start()
 
     @property
     def pid(self) -> int:
@@ -93,37 +112,44 @@ class WriterProcess:
             pass
         return None
 
-    def send(self, records: list[Any], results: list[tuple[str, Any, Any]]) -> None:
-        """Hand one batch to the child (blocks while it still reads the one before).
+    @staticmethod
+    def encode(records: list[Any], results: list[tuple[str, Any, Any]]) -> bytes:
+        """One batch as a frame; raises what packing or pickling raises."""
+        return frame(("write", pack(records, results)))
+
+    def send_frame(self, data: bytes) -> None:
+        """Hand one frame to the child (blocks while it still reads the one before).
         Raises ``WriterGone``."""
-        self._put(("write", pack(records, results)))
-
-    def receive(self) -> tuple[Any, ...]:
-        """The answer to the oldest batch sent: ``("ok", stale task keys, result rowid span
-        or None)`` or ``("error", exception)``. Raises ``WriterGone``."""
-        return self._get()
-
-    def _call(self, message: Any) -> Any:
-        self._put(message)
-        return self._get()
-
-    def _put(self, message: Any) -> None:
         try:
-            self._in.write(frame(message))
+            self._in.write(data)
             self._in.flush()
         except (OSError, ValueError) as exc:      # broken pipe, or closed already
             raise WriterGone(f"the writer process is gone: {exc}") from exc
 
-    def _get(self) -> Any:
+    def receive(self) -> tuple[Any, ...]:
+        """The answer to the oldest batch sent: ``("ok", stale task keys, result rowid span
+        or None)`` or ``("error", exception)``. Raises ``WriterGone``."""
+        reply = self._replies.get()
+        if reply is _GONE:
+            self._replies.put(_GONE)              # and for every later call
+            raise WriterGone(f"the writer process ended (exit code {self._proc.poll()})")
+        return reply  # type: ignore[no-any-return]
+
+    def _read(self) -> Any:
         try:
             reply = read_frame(self._out.read)
-        except (OSError, ValueError) as exc:
-            raise WriterGone(f"the writer process is gone: {exc}") from exc
+        except (OSError, ValueError):
+            return _GONE
         except Exception as exc:  # noqa: BLE001 - an answer that does not unpickle here
             return ("error", StorageError(f"the writer process failed: {exc}"))
-        if reply is None:
-            raise WriterGone(f"the writer process ended (exit code {self._proc.poll()})")
-        return reply
+        return _GONE if reply is None else reply
+
+    def _take_replies(self) -> None:
+        while True:
+            reply = self._read()
+            self._replies.put(reply)
+            if reply is _GONE:
+                return
 
     def close(self, timeout: float = 10.0) -> None:
         """Let the child finish and exit (killed if it takes longer than ``timeout``)."""

@@ -83,7 +83,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())     # stray prints: not into the frames
-    serve(sys.stdin.buffer.read, out)
+    try:
+        serve(sys.stdin.buffer.read, out)
+    except BrokenPipeError:          # the parent went away while it was being answered
+        os._exit(0)
 
 
 if __name__ == "__main__":

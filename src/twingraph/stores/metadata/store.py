@@ -17,6 +17,7 @@ connection, and then every call takes the lock.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -77,8 +78,13 @@ class SQLMetadataStore:
         parsed = normalize_url(url)
         self.url = parsed.render_as_string(hide_password=True)
         # Another process may open the same database (engine.writer); not an in-memory one.
-        self._reopen = None if is_memory_sqlite(parsed) else \
-            parsed.render_as_string(hide_password=False)
+        self._reopen: str | None = None
+        if not is_memory_sqlite(parsed):
+            again = parsed
+            if parsed.get_backend_name() == "sqlite" and parsed.database \
+                    and not parsed.database.startswith("file:"):   # relative to this cwd
+                again = parsed.set(database=os.path.abspath(parsed.database))
+            self._reopen = again.render_as_string(hide_password=False)
         self._clock = clock
         self._engine = make_engine(parsed)
         self._sqlite = parsed.get_backend_name() == "sqlite"

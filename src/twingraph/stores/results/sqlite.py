@@ -139,6 +139,7 @@ class SQLiteStorage(ResultStoreBase):
         if chunk_size <= 0 or chunk_threshold < 0:
             raise ConfigurationError("chunk_size must be > 0 and chunk_threshold >= 0")
         self.db_path = Path(db_path)
+        self._abs_path = self.db_path.absolute()       # for reopen_recipe, whatever the cwd
         self.chunk_threshold, self.chunk_size = chunk_threshold, chunk_size
         self.policy = CompressionPolicy(compression, compression_level, compression_min_size)
         self._timeout = busy_timeout
@@ -256,7 +257,7 @@ class SQLiteStorage(ResultStoreBase):
     # -- writes made by another process for this one (engine.writer) -----------------------
     def reopen_recipe(self) -> tuple[str, dict[str, Any]]:
         """How another process opens this store again (``stores.writer_child``)."""
-        return "sqlite", {"db_path": str(self.db_path), "chunk_threshold": self.chunk_threshold,
+        return "sqlite", {"db_path": str(self._abs_path), "chunk_threshold": self.chunk_threshold,
                 "chunk_size": self.chunk_size, "compression": self.policy.kind,
                 "compression_level": self.policy.level,
                 "compression_min_size": self.policy.min_size, "busy_timeout": self._timeout,
