@@ -15,6 +15,7 @@ record, so a task that starts and ends between two flushes costs one row.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 from collections import deque
@@ -55,9 +56,10 @@ class Recorder:
         self._error: BaseException | None = None
         self._flushing = False
         self._child: WriterProcess | None = None       # writes go there once it is set
-        self._unacked: deque[tuple[Sequence[Record], Sequence[PutResult]]] = deque()
+        self._unacked: deque[tuple[Sequence[Record], Sequence[PutResult], int]] = deque()
         self._failed: BaseException | None = None      # first error not raised yet
-        self._failures = 0
+        self._batches = itertools.count(1)              # numbers the batches sent as frames
+        self._bad_batch = 0                             # the last one with a failed frame
         self._offload = "off"          # off -> starting -> on | failed; or unavailable
         self._thread = threading.Thread(target=self._run, name="twingraph-recorder", daemon=True)
         self._thread.start()
@@ -209,19 +211,16 @@ class Recorder:
             self._drain()          # the writer process's batches come first
             self._write_here(records, results)
         elif len(records) + len(results) <= FRAME_MAX:
-            self._send(child, records, results)
+            self._send(child, records, results, next(self._batches))
         else:
-            # Smaller frames keep the child small. All the results first, answered, then the
-            # records: a task recorded SUCCESS has its result stored (nothing is recorded if
-            # they fail, as here).
-            self._drain()
-            failures = self._failures
+            # Smaller frames keep the child small: all the results first, then the records.
+            # Once a frame of a batch fails, the child (or, if it is gone, this thread) skips
+            # the batch's later frames: a task recorded SUCCESS has its result stored.
+            batch = next(self._batches)
             for i in range(0, len(results), FRAME_MAX):
-                self._send(child, (), results[i:i + FRAME_MAX])
-            self._drain()
-            if self._failures == failures:
-                for i in range(0, len(records), FRAME_MAX):
-                    self._send(child, records[i:i + FRAME_MAX], ())
+                self._send(child, (), results[i:i + FRAME_MAX], batch)
+            for i in range(0, len(records), FRAME_MAX):
+                self._send(child, records[i:i + FRAME_MAX], (), batch)
         self._raise_failure()
 
     def _write_here(self, records: Sequence[Record], results: Sequence[PutResult]) -> None:
@@ -239,25 +238,25 @@ class Recorder:
     # once that one is done (``_raise_failure``): one batch's failure loses no other batch.
 
     def _send(self, child: WriterProcess, records: Sequence[Record],
-              results: Sequence[PutResult]) -> None:
-        """Hand a batch to the writer process. Pipelined: it is packed while the child writes
-        the one before, whose answer is collected after this one is sent. A batch that cannot
-        be packed is written here; if the child is gone, every unanswered batch is."""
+              results: Sequence[PutResult], batch: int) -> None:
+        """Hand a frame of ``batch`` to the writer process. Pipelined: it is packed while the
+        child writes the one before, whose answer is collected after this one is sent. A frame
+        that cannot be packed is written here; if the child is gone, every unanswered one is."""
         if self._child is not child:          # it died on the way
-            self._write_here(records, results)
+            self._write_here_of(batch, records, results)
             return
         store = self.results
         items = [(r.key, r.buffers, r.meta) for r in results] if store is not None else []
         try:
-            data = child.encode(list(records), items)
+            data = child.encode(list(records), items, batch)
         except Exception:  # noqa: BLE001 - e.g. a value that does not pickle: as without a child
             self._drain()
-            self._write_here(records, results)
+            self._write_here_of(batch, records, results)
             return
         note = getattr(store, "note_keys", None)
         if items and note is not None:
             note([r.key for r in results])      # before the child commits: never a miss here
-        self._unacked.append((records, results))
+        self._unacked.append((records, results, batch))
         try:
             child.send_frame(data)
             while len(self._unacked) > 1:
@@ -282,8 +281,11 @@ class Recorder:
 
     def _acknowledge(self, reply: tuple[Any, ...]) -> None:
         """The answer for the oldest batch in flight."""
-        _records, results = self._unacked.popleft()
+        _records, results, batch = self._unacked.popleft()
+        if reply[0] == "skipped":              # an earlier frame of its batch failed
+            return
         if reply[0] == "error":
+            self._bad_batch = batch
             self._fail(reply[1])
             return
         _, stale, rows = reply
@@ -303,15 +305,25 @@ class Recorder:
         self._rewrite_unacked()
 
     def _rewrite_unacked(self) -> None:
-        batches, self._unacked = list(self._unacked), deque()
-        for records, results in batches:      # upserts: a batch it had applied is harmless
+        frames, self._unacked = list(self._unacked), deque()
+        for records, results, batch in frames:   # upserts: a frame it had applied is harmless
             try:
-                self._write_here(records, results)
+                self._write_here_of(batch, records, results)
             except Exception as exc:  # noqa: BLE001 - kept; the other batches are written
                 self._fail(exc)
 
+    def _write_here_of(self, batch: int, records: Sequence[Record],
+                       results: Sequence[PutResult]) -> None:
+        """A frame of ``batch`` written here: nothing if an earlier frame of it failed."""
+        if batch == self._bad_batch:
+            return
+        try:
+            self._write_here(records, results)
+        except BaseException:
+            self._bad_batch = batch
+            raise
+
     def _fail(self, exc: BaseException) -> None:
-        self._failures += 1
         if self._failed is None:
             self._failed = exc
 

@@ -113,9 +113,10 @@ class WriterProcess:
         return None
 
     @staticmethod
-    def encode(records: list[Any], results: list[tuple[str, Any, Any]]) -> bytes:
-        """One batch as a frame; raises what packing or pickling raises."""
-        return frame(("write", pack(records, results)))
+    def encode(records: list[Any], results: list[tuple[str, Any, Any]], batch: int) -> bytes:
+        """Records and results of ``batch`` as a frame (the child skips a batch's frames after
+        one of them failed); raises what packing or pickling raises."""
+        return frame(("write", pack(records, results), batch))
 
     def send_frame(self, data: bytes) -> None:
         """Hand one frame to the child (blocks while it still reads the one before).
@@ -127,8 +128,9 @@ class WriterProcess:
             raise WriterGone(f"the writer process is gone: {exc}") from exc
 
     def receive(self) -> tuple[Any, ...]:
-        """The answer to the oldest batch sent: ``("ok", stale task keys, result rowid span
-        or None)`` or ``("error", exception)``. Raises ``WriterGone``."""
+        """The answer to the oldest frame sent: ``("ok", stale task keys, result rowid span
+        or None)``, ``("error", exception)`` or ``("skipped",)`` (an earlier frame of its batch
+        failed). Raises ``WriterGone``."""
         reply = self._replies.get()
         if reply is _GONE:
             self._replies.put(_GONE)              # and for every later call

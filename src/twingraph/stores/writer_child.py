@@ -6,11 +6,12 @@ stdout (anything printed goes to stderr instead):
 
 - ``("open", results_recipe, metadata_recipe)`` -> ``("ready",)``: opens the same stores as its
   parent (a recipe is a store's ``reopen_recipe()``, or None for no such store);
-- ``("write", packed)`` -> ``("ok", stale, rows)``: the results (``put_many``, one
+- ``("write", packed, batch)`` -> ``("ok", stale, rows)``: the results (``put_many``, one
   transaction), then the records (``MetadataStore.write``, one transaction), exactly as the
   recorder does in-process; ``stale`` as ``write`` returns it, ``rows`` the results' rowid span
-  for the parent's key index. A failure answers ``("error", exception)`` and the next batch is
-  taken as usual;
+  for the parent's key index. A failure answers ``("error", exception)``; the later frames of
+  the same ``batch`` (a large batch comes as several, its results first) answer
+  ``("skipped",)`` unwritten, so no task is recorded whose result failed;
 - ``("close",)``, or the end of stdin (the parent went away), ends it after the batch in hand.
 
 SIGINT is ignored: Ctrl-C in a terminal reaches the whole process group, and the parent decides
@@ -61,17 +62,23 @@ def serve(read: Any, out: BinaryIO) -> None:
         answer(("error", exc))
         return
     answer(("ready",))
+    failed = None                  # the batch whose frame failed last: its later ones are skipped
     try:
         while True:
             message = read_frame(read)
             if message is None or message[0] == "close":
                 return
+            batch = message[2]
+            if batch == failed:
+                answer(("skipped",))
+                continue
             try:
                 records, items = unpack(message[1])
                 rows = results.put_many_rows(items) if items and results is not None else None
                 stale = metadata.write(records) if records and metadata is not None else []
                 answer(("ok", stale, rows))
             except Exception as exc:  # noqa: BLE001 - the parent raises it from flush()
+                failed = batch
                 answer(("error", exc))
     finally:
         for store in (results, metadata):
