@@ -310,3 +310,43 @@ def test_relative_store_paths_mean_the_same_files_in_the_child(tmp_path, monkeyp
         rec.close()
         results.close()
         metadata.close()
+
+
+def test_frames_left_unanswered_by_a_dead_child_keep_results_before_records(offloaded,
+                                                                              monkeypatch):
+    """The child stops with two frames of a split batch sent and unanswered, and dies: this
+    process writes them itself, and once one of the batch's results frames fails there, its
+    later frames (the records) are not written either."""
+    monkeypatch.setattr(recorder_module, "FRAME_MAX", 2)
+    rec, results, metadata = offloaded
+    pid = rec._child.pid
+    os.kill(pid, signal.SIGSTOP)                      # frames pile up unanswered
+    try:
+        rec.add_many([RunRecord("r", "p", RunState.RUNNING, created_at=1.0)] +
+                     [TaskRecord("r", f"n{i}", "c", TaskState.SUCCESS, result_key=f"k{i}")
+                      for i in range(4)] +
+                     [_put("k0"), _put("k1"), _put("k2"), _put("k3", bad={1, 2})])
+        outcome = []
+
+        def flush():
+            try:
+                rec.flush()
+                outcome.append(None)
+            except Exception as exc:  # noqa: BLE001 - the test looks at it
+                outcome.append(exc)
+        import threading
+        t = threading.Thread(target=flush)
+        t.start()
+        deadline = time.monotonic() + 10
+        while len(rec._unacked) < 2:                  # both results frames sent, waiting
+            assert time.monotonic() < deadline and not outcome
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert len(rec._unacked) == 2 and not outcome
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    t.join(30)
+    assert outcome and "not JSON-serializable" in str(outcome[0])
+    assert rec.writer == "thread"
+    assert [results.has(f"k{i}") for i in range(4)] == [True, True, False, False]   # by frame
+    assert metadata.get_run("r") is None              # no record of the failed batch
