@@ -1,5 +1,9 @@
 """The recorder's batches written by a child process (decision 0012): same rows as the thread,
-failures surface the same way, a dead child loses nothing, and it ends with its parent."""
+failures surface the same way, a dead child loses nothing, and it ends with its parent.
+
+Everything here is real: the child process, SQLite files, the machine's PostgreSQL, signals
+to stop and kill the child. ``monkeypatch`` only shrinks size constants (frame size, the
+offload threshold) so that small batches take the paths large ones take."""
 import os
 import signal
 import time

@@ -226,12 +226,17 @@ class Recorder:
     def _write_here(self, records: Sequence[Record], results: Sequence[PutResult]) -> None:
         if results and self.results is not None:
             self.results.put_many([(r.key, r.buffers, r.meta) for r in results])
-            if self.on_stored is not None:
-                self.on_stored([r.token for r in results if r.token is not None])
+            self._stored(results)
         if records and self.metadata is not None:
-            stale = self.metadata.write(records)
-            if stale and self.on_stale is not None:
-                self.on_stale(stale)
+            self._stale(self.metadata.write(records))
+
+    def _stored(self, results: Sequence[PutResult]) -> None:
+        if results and self.results is not None and self.on_stored is not None:
+            self.on_stored([r.token for r in results if r.token is not None])
+
+    def _stale(self, stale: list[tuple[str, str]]) -> None:
+        if stale and self.on_stale is not None:
+            self.on_stale(stale)
 
     # -- batches written by the writer process (engine.writer) ---------------------------------
     # Errors of batches answered while another is handled are kept (``_fail``) and raised
@@ -292,10 +297,8 @@ class Recorder:
         note = getattr(self.results, "note_written", None)
         if rows is not None and note is not None:
             note(rows)
-        if results and self.results is not None and self.on_stored is not None:
-            self.on_stored([r.token for r in results if r.token is not None])
-        if stale and self.on_stale is not None:
-            self.on_stale(stale)
+        self._stored(results)
+        self._stale(stale)
 
     def _writer_gone(self, child: WriterProcess) -> None:
         log.warning("recorder: the writer process is gone; writing in this process",
