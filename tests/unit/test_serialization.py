@@ -239,12 +239,14 @@ def test_numpy_not_imported_by_encode() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_encoded_is_frozen_and_hash_cached() -> None:
+def test_encoded_hash_is_computed_once_over_all_buffers() -> None:
     enc = encode(b"abc" * 10)
-    with pytest.raises(AttributeError):
-        enc.encoding = "json"  # type: ignore[misc]
     assert enc.content_hash is enc.content_hash
     assert isinstance(enc, Encoded)
+    parts = Encoded("bytes", enc.data_type, (b"ab", memoryview(b"c" * 5)), 7)
+    assert parts.content_hash == hashlib.sha256(b"abccccc").hexdigest()
+    with pytest.raises(AttributeError):       # slotted: no stray attributes
+        parts.extra = 1  # type: ignore[attr-defined]
 
 
 def test_pickle5_keeps_large_buffers_out_of_band_and_round_trips():

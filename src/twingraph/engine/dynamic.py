@@ -21,7 +21,8 @@ import dataclasses
 import inspect
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -83,12 +84,15 @@ class DAGDefinition:
     dependencies: dict[str, list[str]] = field(default_factory=dict)
     metadata: dict[str, Any] | None = None
 
-    def deps_of(self, node: NodeDefinition) -> list[str]:
+    def deps_of(self, node: NodeDefinition) -> Sequence[str]:
+        """The node ids ``node`` depends on, each once (read-only: may be its own list)."""
         args = node.arguments
         if type(args) is list and not (self.dependencies and node.node_id in self.dependencies):
             # the common case, one call per node of a large graph: a list, usually without repeats
-            return list(args) if len(args) < 2 or len(set(args)) == len(args) \
-                else list(dict.fromkeys(args))
+            n = len(args)
+            if n < 2 or (args[0] != args[1] if n == 2 else len(set(args)) == n):
+                return args
+            return list(dict.fromkeys(args))
         named = args.values() if isinstance(args, dict) else args
         return list(dict.fromkeys([*named, *self.dependencies.get(node.node_id, [])]))
 
@@ -481,19 +485,29 @@ class DynamicScheduler:
 
     def _validated(self, dag: DAGDefinition) -> Plan:
         ids = [n.node_id for n in dag.nodes]
-        dup = {i for i in ids if ids.count(i) > 1} if len(set(ids)) != len(ids) else set()
-        if dup:
-            raise GraphValidationError("duplicate node ids", dup)
-        extra = set(dag.dependencies) - set(ids)
+        unique = set(ids)
+        if len(unique) != len(ids):
+            counts = Counter(ids)
+            raise GraphValidationError("duplicate node ids", {i for i, c in counts.items() if c > 1})
+        extra = set(dag.dependencies) - unique if dag.dependencies else None
+        del unique
         if extra:
             raise GraphValidationError("dependencies name unknown nodes", extra)
-        deps = {n.node_id: dag.deps_of(n) for n in dag.nodes}
+        deps_of = dag.deps_of
+        deps = {n.node_id: deps_of(n) for n in dag.nodes}
         known = self.executor.known()
-        order = validate_dag(deps, {n.node_id: n.operation for n in dag.nodes}, known)
-        by_id = {n.node_id: n for n in dag.nodes}
-        ops = {op: self.executor.resolve(op) for op in {n.operation for n in dag.nodes}}
+        names = {n.operation for n in dag.nodes}
+        # Node -> operation only when some operation is unknown (the error names its nodes).
+        operations = {n.node_id: n.operation for n in dag.nodes} if names - known else None
+        order = validate_dag(deps, operations, known)
+        if order == ids:               # written in dependency order, the usual case
+            nodes = list(dag.nodes)
+        else:
+            by_id = {n.node_id: n for n in dag.nodes}
+            nodes = [by_id[nid] for nid in order]
+        ops = {op: self.executor.resolve(op) for op in names}
         self._check_platforms(ops)  # type: ignore[arg-type]  # resolved: none is None
-        return Plan([by_id[nid] for nid in order], ops)  # type: ignore[arg-type]
+        return Plan(nodes, ops)  # type: ignore[arg-type]
 
     def _check_platforms(self, ops: Mapping[str, tuple[Any, str]]) -> None:
         """A component operation for a platform with no executor fails the DAG before it
