@@ -90,8 +90,8 @@ class Engine:
                  flush_interval: float = 0.05, project: str = "default",
                  writer: str | None = None) -> None:
         """``writer``: where the recorder writes batches — 'thread' (in this process),
-        'process' (a child process from the start) or 'auto' (a child process once a run has
-        taken in ``OFFLOAD_AFTER`` tasks); default ``$TWINGRAPH_WRITER`` or 'auto'. Only a
+        'process' (a child process from the start) or 'auto' (a child process once its runs
+        have taken in ``OFFLOAD_AFTER`` tasks in all); default ``$TWINGRAPH_WRITER`` or 'auto'. Only a
         SQLite result store and an SQL metadata store (file or server) can be written from a
         child; with others the thread writes."""
         writer = writer or os.environ.get("TWINGRAPH_WRITER") or "auto"
@@ -117,6 +117,8 @@ class Engine:
         self.recorder = Recorder(results, metadata, interval=flush_interval,
                                  on_stored=self._on_stored, on_stale=self._on_stale)
         self.offload_after = OFFLOAD_AFTER if writer == "auto" else None
+        self.tasks_taken = 0        # by runs that have ended: a long-lived engine offloads too
+        self._taken_lock = threading.Lock()
         if writer == "process":
             self.recorder.offload()
         self.runs: dict[str, RunLoop] = {}
@@ -483,6 +485,11 @@ class Engine:
         for run_id, node_id in stale:
             self.emit({"event": "log", "run_id": run_id, "node_id": node_id, "level": "warning",
                        "message": "a stale attempt's result was rejected by its fence"})
+
+    def took_in(self, tasks: int) -> None:
+        """A run that took in ``tasks`` tasks has ended (counted towards ``offload_after``)."""
+        with self._taken_lock:
+            self.tasks_taken += tasks
 
     def close(self) -> None:
         self.recorder.close()

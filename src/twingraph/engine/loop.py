@@ -98,7 +98,11 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.deferred: deque[Task] = deque()       # waiting tasks whose first row can wait
         self.logs: deque[LogRecord] = deque()     # task logs, appended from worker threads
         self._last_hand_over = 0.0
-        self._offload_at: int | None = getattr(engine, "offload_after", None)
+        # Writes move to a child process once this engine's runs have taken in so many tasks
+        # (``Engine.offload_after``), this one's included.
+        offload_after = getattr(engine, "offload_after", None)
+        self._offload_at: int | None = None if offload_after is None else \
+            max(0, offload_after - getattr(engine, "tasks_taken", 0))
         self._steps = 0                            # tasks keyed or started since the last check
         self.tasks: dict[str, Task] = {}
         self.by_key: dict[str, Task] = {}
@@ -168,6 +172,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             try:
                 self._hand_over(final=True)
             finally:
+                took_in = getattr(self.engine, "took_in", None)
+                if took_in is not None:
+                    took_in(len(self.tasks))
                 self.done.set()
 
     def _crash(self, exc: BaseException) -> None:
