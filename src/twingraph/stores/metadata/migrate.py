@@ -18,23 +18,31 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, text
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from twingraph.errors import StorageError
 from twingraph.stores.metadata._engine import WRITE_OPTION, make_engine
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+#: The newest revision in ``migrations/versions`` (a test checks it against Alembic's own
+#: answer). Opening a store compares the database with it, which needs no Alembic: importing
+#: Alembic took ~0.35 s of every process that opened a store (the CLI, the server, the writer
+#: process); only migrating imports it now.
+HEAD = "0003"
 #: Key of the PostgreSQL advisory lock held while migrating (a bigint; "TWGRMIGR" in ASCII).
 ADVISORY_LOCK_KEY = 0x5457_4752_4D49_4752
 
 
 def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
     """A ``Config`` for the packaged migrations; no alembic.ini involved."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = connection
@@ -44,13 +52,20 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
 
 def head() -> str:
     """The newest revision this TwinGraph ships."""
-    rev = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert rev is not None
-    return rev
+    return HEAD
+
+
+def scripts_head() -> str | None:
+    """The head revision as Alembic reads it from the migration scripts (``HEAD``'s check)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def upgrade(url: str | Engine, revision: str = "head") -> str | None:
     """Migrate the database at ``url`` (or an engine) to ``revision``; return the new revision."""
+    from alembic import command
+
     with _engine_for(url) as engine:
         try:
             with _locked(engine) as conn:
@@ -61,13 +76,20 @@ def upgrade(url: str | Engine, revision: str = "head") -> str | None:
 
 
 def current(url: str | Engine) -> str | None:
-    """The revision the database is at; None for a database never migrated."""
+    """The revision the database is at (Alembic's ``alembic_version`` table; one row, as
+    this package's linear history keeps it); None for a database never migrated."""
     with _engine_for(url) as engine:
         try:
             with engine.connect() as conn:
-                return MigrationContext.configure(conn).get_current_revision()
+                if not inspect(conn).has_table("alembic_version"):
+                    return None
+                rows = conn.execute(text("SELECT version_num FROM alembic_version")).all()
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot read the metadata schema revision: {exc}") from exc
+    if len(rows) > 1:
+        raise StorageError(f"the metadata database has {len(rows)} schema heads "
+                           f"({', '.join(sorted(r[0] for r in rows))}); expected one")
+    return rows[0][0] if rows else None
 
 
 def revision(message: str) -> None:
@@ -75,6 +97,8 @@ def revision(message: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'scratch.db'}"
         upgrade(url)
+        from alembic import command
+
         with _engine_for(url) as engine, _locked(engine) as conn:
             command.revision(alembic_config(conn), message=message, autogenerate=True)
 

@@ -92,10 +92,11 @@ class SQLMetadataStore:
         self._read_lock = self._lock if is_memory_sqlite(parsed) else nullcontext()
         self._write_lock = self._lock if self._sqlite else nullcontext()
         try:
-            if create:
+            found, wanted = migrate.current(self._engine), migrate.head()
+            if create and found != wanted:     # (Alembic is imported only to migrate)
                 with self._lock:
                     migrate.upgrade(self._engine)
-            found, wanted = migrate.current(self._engine), migrate.head()
+                found = migrate.current(self._engine)
         except BaseException:
             self._engine.dispose()
             raise
