@@ -380,22 +380,15 @@ def test_frames_left_unanswered_by_a_dead_child_keep_results_before_records(offl
 
 def test_the_writer_process_opens_the_result_store_for_bulk_writes(tmp_path):
     """The child's connection holds a frame's index pages (no spill to the WAL before the
-    commit) and checkpoints less often; this process's own connections keep the defaults."""
+    commit); this process's own connections keep the size they were given."""
     from twingraph.stores import writer_child
 
     mine = SQLiteStorage(str(tmp_path / "r.db"), cache_size=1024 * 1024)
     child = writer_child.open_store(mine.reopen_recipe())
     try:
-        conn = child._conn()
-        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == \
-            writer_child.CHILD_CHECKPOINT_PAGES
-        assert conn.execute("PRAGMA cache_size").fetchone()[0] == \
+        assert child._conn().execute("PRAGMA cache_size").fetchone()[0] == \
             -writer_child.CHILD_CACHE_BYTES // 1024
-        own = mine._conn()
-        assert own.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000
-        assert own.execute("PRAGMA cache_size").fetchone()[0] == -1024
+        assert mine._conn().execute("PRAGMA cache_size").fetchone()[0] == -1024
     finally:
         child.close()
         mine.close()
-    with pytest.raises(ConfigurationError, match="checkpoint_pages"):
-        SQLiteStorage(str(tmp_path / "s.db"), checkpoint_pages=0)

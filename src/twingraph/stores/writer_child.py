@@ -29,9 +29,8 @@ from typing import Any, BinaryIO
 from twingraph.core.wire import frame, read_frame, unpack
 from twingraph.errors import ConfigurationError, StorageError
 
-#: The result store's page cache here (bytes), and WAL pages between its checkpoints.
+#: The result store's page cache here (bytes).
 CHILD_CACHE_BYTES = 32 * 1024 * 1024
-CHILD_CHECKPOINT_PAGES = 100_000
 #: Young-generation threshold of the collector here. A frame's records live until it is
 #: written, then die by reference counting: at Python's 700 the collector walked every frame's
 #: objects several times (14 % of this process's time at 1M DAG nodes) and found nothing.
@@ -48,11 +47,9 @@ def open_store(recipe: Any) -> Any:
         # It never looks keys up. It writes large runs: content-addressed keys land on a
         # different index page each, so a frame dirties up to a page per result. A page cache
         # that holds a frame's pages (SQLite's default of 2 MB does not) keeps them from being
-        # spilled to the WAL before the commit, and fewer checkpoints copy each page once for
-        # many frames (a WAL of up to ~400 MB; it shrinks back after each checkpoint).
+        # spilled to the WAL before the commit.
         cache = max(args.get("cache_size") or 0, CHILD_CACHE_BYTES)
-        return SQLiteStorage(**{**args, "cache_size": cache}, key_index=False,
-                             checkpoint_pages=CHILD_CHECKPOINT_PAGES)
+        return SQLiteStorage(**{**args, "cache_size": cache}, key_index=False)
     if kind == "sql":
         from twingraph.stores.metadata.store import SQLMetadataStore
         return SQLMetadataStore(args)

@@ -130,12 +130,9 @@ class SQLiteStorage(ResultStoreBase):
     def __init__(self, db_path: str | Path, *, chunk_threshold: int = MiB, chunk_size: int = MiB,
                  compression: str | None = None, compression_level: int = 3,
                  compression_min_size: int = 4096, busy_timeout: float = 30.0,
-                 cache_size: int | None = None, key_index: bool = True,
-                 checkpoint_pages: int = WAL_CHECKPOINT_PAGES) -> None:
+                 cache_size: int | None = None, key_index: bool = True) -> None:
         """``key_index=False``: no in-memory index of stored keys (``_keyfilter``), for a
-        store that only writes (the writer process's); its lookups always query.
-        ``checkpoint_pages``: WAL pages between automatic checkpoints of this store's
-        connections."""
+        store that only writes (the writer process's); its lookups always query."""
         if str(db_path) == ":memory:" or str(db_path).startswith("file::memory:"):
             raise ConfigurationError("SQLiteStorage needs a file (one connection per thread); "
                                      "use MemoryStorage for an in-memory store")
@@ -150,11 +147,6 @@ class SQLiteStorage(ResultStoreBase):
                                        or cache_size < 0):
             raise ConfigurationError(f"cache_size must be a number of bytes >= 0, got {cache_size!r}")
         self._cache_kib = None if cache_size is None else max(1, cache_size // 1024)
-        if isinstance(checkpoint_pages, bool) or not isinstance(checkpoint_pages, int) \
-                or checkpoint_pages < 1:
-            raise ConfigurationError(f"checkpoint_pages must be an integer >= 1, got "
-                                     f"{checkpoint_pages!r}")
-        self._checkpoint_pages = checkpoint_pages
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()    # guards _conns
@@ -186,7 +178,7 @@ class SQLiteStorage(ResultStoreBase):
         # Checkpoint every ~40 MB of WAL, not SQLite's 4 MB: content-addressed keys land at
         # random places in the index, so a batch dirties a page per row; fewer checkpoints
         # write each page once for many batches (bench/large_dag.py: 200k-node DAGs).
-        conn.execute(f"PRAGMA wal_autocheckpoint={int(self._checkpoint_pages)}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         if self._cache_kib is not None:      # page cache per connection, in KiB (negative)
             conn.execute(f"PRAGMA cache_size=-{int(self._cache_kib)}")
         return conn
