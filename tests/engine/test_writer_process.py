@@ -216,7 +216,9 @@ def test_records_and_results_cross_the_pipe_unchanged():
             TaskRecord("r", "n", "c", TaskState.SUCCESS, "local", "k", "miss", "why", "k", "h",
                        1, 2, 3, {"deps": [["m", []]]}, 1.0, 2.0, 3.0, None),
             TaskUpdate("r", "n", TaskState.FAILED, 4.0, error="boom"),
-            LogRecord("r", 5.0, "info", "hello", "n")]
+            LogRecord("r", 5.0, "info", "hello", "n"),
+            TaskUpdate("r", "n", TaskState.SUCCESS, 6.0),          # kinds interleaved: order kept
+            LogRecord("r", 7.0, "info", "again", "n")]
     meta = StorageMetadata("k", DataType.PRIMITIVE, "h", 3, metadata={"encoding": "json"})
     packed = pack(recs, [("k", (b"1", memoryview(b"23")), meta)])
     buf = bytearray(frame(packed))

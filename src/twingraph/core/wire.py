@@ -13,6 +13,7 @@ import pickle
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
+from itertools import groupby
 from operator import attrgetter
 from typing import Any
 
@@ -27,25 +28,32 @@ _VALUES = [attrgetter(*[f.name for f in fields(cls)]) for cls in KINDS]
 _META = attrgetter(*[f.name for f in fields(StorageMetadata)])
 _HEADER = struct.Struct(">Q")
 
-Packed = tuple[list[tuple[int, tuple[Any, ...]]], list[tuple[str, bytes, tuple[Any, ...]]]]
+Packed = tuple[list[tuple[int, list[tuple[Any, ...]]]], list[tuple[str, bytes, tuple[Any, ...]]]]
 
 
 def pack(records: Iterable[Any], results: Iterable[tuple[str, Sequence[Any], Any]]) -> Packed:
-    """Records and ``(key, buffers, StorageMetadata)`` results -> tuples of plain values."""
+    """Records and ``(key, buffers, StorageMetadata)`` results -> tuples of plain values.
+
+    Records go as runs of one kind, in order: ``(kind, [field values, ...])``. The recorder
+    sorts a batch by kind, so a frame is a handful of runs, each turned into tuples by one
+    ``map`` (no tuple per record to say its kind)."""
     kind, values = _KIND, _VALUES
-    recs = []
-    for r in records:
-        i = kind[type(r)]
-        recs.append((i, values[i](r)))
+    runs: list[tuple[int, list[tuple[Any, ...]]]] = []
+    for cls, group in groupby(records, type):
+        i = kind[cls]
+        runs.append((i, list(map(values[i], group))))
     res = [(key, _joined(buffers), _META(meta)) for key, buffers, meta in results]
-    return recs, res
+    return runs, res
 
 
 def unpack(packed: Packed) -> tuple[list[Any], list[tuple[str, tuple[bytes], StorageMetadata]]]:
     """``pack``'s inverse: records, and results as ``put_many`` items."""
-    recs, res = packed
-    return ([KINDS[i](*vals) for i, vals in recs],
-            [(key, (data,), StorageMetadata(*meta)) for key, data, meta in res])
+    runs, res = packed
+    recs: list[Any] = []
+    for i, rows in runs:
+        cls = KINDS[i]
+        recs.extend([cls(*vals) for vals in rows])
+    return recs, [(key, (data,), StorageMetadata(*meta)) for key, data, meta in res]
 
 
 def _joined(buffers: Sequence[Any]) -> bytes:
