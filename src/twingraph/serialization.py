@@ -98,6 +98,16 @@ class Encoded:
     def __repr__(self) -> str:
         return f"Encoded({self.encoding!r}, {self.data_type}, size={self.size})"
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when they encode the same bytes the same way (buffers may be views)."""
+        if not isinstance(other, Encoded):
+            return NotImplemented
+        return self.encoding == other.encoding and self.data_type == other.data_type \
+            and self.size == other.size and self.content_hash == other.content_hash
+
+    def __hash__(self) -> int:
+        return hash((self.encoding, self.content_hash))
+
     @property
     def content_hash(self) -> str:
         """sha256 hex over the buffers in order (incremental; computed on first use)."""

@@ -80,6 +80,18 @@ def test_invalid_dags_are_rejected_before_anything_runs(scheduler, dag, reason, 
     assert ops.calls == [] and scheduler.engine.metadata.list_runs() == []
 
 
+def test_a_dag_written_out_of_order_runs_in_dependency_order(scheduler):
+    dag = DAGDefinition("o", [N("total", "add_all", ["sq"], offset=1),
+                              N("sq", "square_all", ["nums"]), N("nums", "make_numbers", n=3)])
+    plan = scheduler.plan(dag)
+    assert [node.node_id for node, _fn, _style in plan] == ["nums", "sq", "total"]
+    r = scheduler.run(dag)
+    assert r.state.value == "SUCCESS", r.error
+    deps = dag.deps_of(dag.nodes[0])          # a copy: changing it leaves the DAG alone
+    deps.append("extra")
+    assert dag.nodes[0].arguments == ["sq"]
+
+
 def test_failure_skips_only_dependents(scheduler):
     dag = DAGDefinition("f", [N("nums", "make_numbers", n=3), N("bad", "explode", ["nums"]),
                               N("after_bad", "add_all", ["bad"]), N("sq", "square_all", ["nums"])])

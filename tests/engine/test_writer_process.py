@@ -394,3 +394,44 @@ def test_the_writer_process_opens_the_result_store_for_bulk_writes(tmp_path):
     finally:
         child.close()
         mine.close()
+
+
+def test_ends_of_another_wire_version_refuse_each_other(tmp_path, monkeypatch):
+    """After an upgrade in place, the child runs the package on disk, not the one its parent
+    loaded: either end refuses the other's version, and the parent keeps writing itself."""
+    import subprocess
+    import sys
+
+    from twingraph.engine import writer as writer_module
+
+    results = SQLiteStorage(str(tmp_path / "r.db"))
+    try:
+        # an older parent: its "open" frame carries no version
+        proc = subprocess.Popen([sys.executable, "-m", "twingraph.stores.writer_child"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        proc.stdin.write(frame(("open", results.reopen_recipe(), None)))
+        proc.stdin.flush()
+        reply = read_frame(proc.stdout.read)
+        assert reply[0] == "error" and "wire version" in str(reply[1])
+        assert proc.wait(10) == 0
+        # an older child: it answers "ready" without a version
+        old_child = ("import sys, pickle, struct\n"
+                     "sys.stdin.buffer.read(8)\n"
+                     "data = pickle.dumps(('ready',), protocol=5)\n"
+                     "sys.stdout.buffer.write(struct.pack('>Q', len(data)) + data)\n"
+                     "sys.stdout.buffer.flush()\n"
+                     "sys.stdin.buffer.read()\n")
+        monkeypatch.setattr(writer_module, "_BOOT", old_child)
+        with pytest.raises(writer_module.WriterGone, match="wire version"):
+            writer_module.WriterProcess(results.reopen_recipe(), None)
+        rec = Recorder(results, None)
+        try:
+            rec.offload()
+            deadline = time.monotonic() + 10
+            while rec._offload == "starting" and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert rec._offload == "failed" and rec.writer == "thread"
+        finally:
+            rec.close()
+    finally:
+        results.close()

@@ -247,6 +247,11 @@ def test_encoded_hash_is_computed_once_over_all_buffers() -> None:
     assert parts.content_hash == hashlib.sha256(b"abccccc").hexdigest()
     with pytest.raises(AttributeError):       # slotted: no stray attributes
         parts.extra = 1  # type: ignore[attr-defined]
+    # equal by what they encode, whatever holds the bytes
+    assert parts == Encoded("bytes", enc.data_type, (b"abccccc",), 7)
+    assert len({parts, Encoded("bytes", enc.data_type, (bytearray(b"abccccc"),), 7)}) == 1
+    assert encode({"a": 1}) == encode({"a": 1}) and encode(1) != encode(2)
+    assert encode(b"1") != encode(1)                  # same bytes, another encoding
 
 
 def test_pickle5_keeps_large_buffers_out_of_band_and_round_trips():

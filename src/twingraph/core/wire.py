@@ -27,6 +27,10 @@ _KIND = {cls: i for i, cls in enumerate(KINDS)}
 _VALUES = [attrgetter(*[f.name for f in fields(cls)]) for cls in KINDS]
 _META = attrgetter(*[f.name for f in fields(StorageMetadata)])
 _HEADER = struct.Struct(">Q")
+#: Changes with the shape of ``pack``'s output. The writer process runs the package that is on
+#: disk when it starts, which after an upgrade in place is not the one its parent loaded: both
+#: ends check the other's version when it starts (``engine.writer``, ``stores.writer_child``).
+VERSION = 2
 
 Packed = tuple[list[tuple[int, list[tuple[Any, ...]]]], list[tuple[str, bytes, tuple[Any, ...]]]]
 

@@ -84,8 +84,12 @@ class DAGDefinition:
     dependencies: dict[str, list[str]] = field(default_factory=dict)
     metadata: dict[str, Any] | None = None
 
-    def deps_of(self, node: NodeDefinition) -> Sequence[str]:
-        """The node ids ``node`` depends on, each once (read-only: may be its own list)."""
+    def deps_of(self, node: NodeDefinition) -> list[str]:
+        """The node ids ``node`` depends on, each once (a new list)."""
+        return list(self._deps_view(node))
+
+    def _deps_view(self, node: NodeDefinition) -> Sequence[str]:
+        """``deps_of`` without the copy: may be the node's own list (read it, never change it)."""
         args = node.arguments
         if type(args) is list and not (self.dependencies and node.node_id in self.dependencies):
             # the common case, one call per node of a large graph: a list, usually without repeats
@@ -493,7 +497,7 @@ class DynamicScheduler:
         del unique
         if extra:
             raise GraphValidationError("dependencies name unknown nodes", extra)
-        deps_of = dag.deps_of
+        deps_of = dag._deps_view          # read only, by validate_dag
         deps = {n.node_id: deps_of(n) for n in dag.nodes}
         known = self.executor.known()
         names = {n.operation for n in dag.nodes}

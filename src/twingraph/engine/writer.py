@@ -25,7 +25,7 @@ import sys
 import threading
 from typing import Any
 
-from twingraph.core.wire import frame, pack, read_frame
+from twingraph.core.wire import VERSION as WIRE_VERSION, frame, pack, read_frame
 from twingraph.errors import StorageError
 
 #: Results larger than this (bytes) are written in this process, with their whole batch.
@@ -82,7 +82,7 @@ class WriterProcess:
         self._in, self._out = self._proc.stdin, self._proc.stdout
         self._replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
         try:
-            self.send_frame(frame(("open", results_recipe, metadata_recipe)))
+            self.send_frame(frame(("open", results_recipe, metadata_recipe, WIRE_VERSION)))
             reply = self._read()
         except BaseException:
             self.kill()
@@ -92,6 +92,10 @@ class WriterProcess:
             if reply is not _GONE and isinstance(reply[1], BaseException):
                 raise reply[1]
             raise WriterGone(f"the writer process did not start (exit code {self._proc.poll()})")
+        if reply[1:2] != (WIRE_VERSION,):    # another TwinGraph on disk (upgraded in place)
+            self.kill()
+            raise WriterGone(f"the writer process speaks wire version {reply[1:2] or '1'}, "
+                             f"this process {WIRE_VERSION}")
         threading.Thread(target=self._take_replies, name="twingraph-writer-replies",
                          daemon=True).start()
 

@@ -4,8 +4,10 @@
 (decision 0012). It reads frames (``core.wire``) from stdin and answers each on what was
 stdout (anything printed goes to stderr instead):
 
-- ``("open", results_recipe, metadata_recipe)`` -> ``("ready",)``: opens the same stores as its
-  parent (a recipe is a store's ``reopen_recipe()``, or None for no such store);
+- ``("open", results_recipe, metadata_recipe, wire version)`` -> ``("ready", wire version)``:
+  opens the same stores as its parent (a recipe is a store's ``reopen_recipe()``, or None for
+  no such store). A parent of another wire version (``core.wire.VERSION``; the package on disk
+  was upgraded after the parent loaded it) gets ``("error", ...)`` and keeps its writes;
 - ``("write", packed, batch)`` -> ``("ok", stale, rows)``: the results (``put_many``, one
   transaction), then the records (``MetadataStore.write``, one transaction), exactly as the
   recorder does in-process; ``stale`` as ``write`` returns it, ``rows`` the results' rowid span
@@ -26,7 +28,7 @@ import signal
 import sys
 from typing import Any, BinaryIO
 
-from twingraph.core.wire import frame, read_frame, unpack
+from twingraph.core.wire import VERSION, frame, read_frame, unpack
 from twingraph.errors import ConfigurationError, StorageError
 
 #: The result store's page cache here (bytes).
@@ -69,12 +71,17 @@ def serve(read: Any, out: BinaryIO) -> None:
     first = read_frame(read)
     if first is None:
         return
+    if first[3:4] != (VERSION,):       # a parent that loaded another TwinGraph than this one
+        answer(("error", ConfigurationError(
+            f"the writer process speaks wire version {VERSION}, its parent "
+            f"{first[3] if len(first) > 3 else 1}: it keeps writing in its own process")))
+        return
     try:
         results, metadata = open_store(first[1]), open_store(first[2])
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which keeps writing itself
         answer(("error", exc))
         return
-    answer(("ready",))
+    answer(("ready", VERSION))
     failed = None                  # the batch whose frame failed last: its later ones are skipped
     try:
         while True:
