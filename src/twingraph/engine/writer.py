@@ -94,8 +94,8 @@ class WriterProcess:
             raise WriterGone(f"the writer process did not start (exit code {self._proc.poll()})")
         if reply[1:2] != (WIRE_VERSION,):    # another TwinGraph on disk (upgraded in place)
             self.kill()
-            raise WriterGone(f"the writer process speaks wire version {reply[1:2] or '1'}, "
-                             f"this process {WIRE_VERSION}")
+            raise WriterGone(f"the writer process speaks wire version "
+                             f"{reply[1] if len(reply) > 1 else 1}, this process {WIRE_VERSION}")
         threading.Thread(target=self._take_replies, name="twingraph-writer-replies",
                          daemon=True).start()
 
