@@ -2,8 +2,9 @@
 failures surface the same way, a dead child loses nothing, and it ends with its parent.
 
 Everything here is real: the child process, SQLite files, the machine's PostgreSQL, signals
-to stop and kill the child. ``monkeypatch`` only shrinks size constants (frame size, the
-offload threshold) so that small batches take the paths large ones take."""
+to stop and kill the child. ``monkeypatch`` shrinks size constants (frame size, the offload
+threshold) so that small batches take the paths large ones take, and in one test replaces the
+child's boot code by a real process that answers as an older TwinGraph would (no version)."""
 import os
 import signal
 import time
