@@ -157,41 +157,42 @@ def test_a_store_error_in_the_writer_process_is_raised_by_flush(tmp_path):
         metadata.close()
 
 
-def test_auto_moves_the_writes_of_a_large_run_to_a_process(tmp_path, monkeypatch):
+@pytest.fixture
+def auto_engine(tmp_path, monkeypatch):
+    """An 'auto' engine that offloads after 50 tasks, and a scheduler on it."""
     monkeypatch.setattr(engine_module, "OFFLOAD_AFTER", 50)
     _ops()
     eng = _engine(tmp_path, "auto")
     try:
-        assert eng.recorder.writer == "thread"
-        sched = DynamicScheduler(eng.results, ExecutionConfig(max_concurrent_nodes=4), engine=eng)
-        r = sched.run(_dag("auto", 1500, op="wp_slow"))
-        assert r.state is RunState.SUCCESS, r.error
-        assert eng.recorder.writer == "process"
-        assert len(_rows(eng, r.run_id)) == 1500
+        yield eng, DynamicScheduler(eng.results, ExecutionConfig(max_concurrent_nodes=4),
+                                    engine=eng)
     finally:
         eng.close()
 
 
-def test_auto_counts_the_tasks_of_all_runs_of_an_engine(tmp_path, monkeypatch):
+def test_auto_moves_the_writes_of_a_large_run_to_a_process(auto_engine):
+    eng, sched = auto_engine
+    assert eng.recorder.writer == "thread"
+    r = sched.run(_dag("auto", 1500, op="wp_slow"))
+    assert r.state is RunState.SUCCESS, r.error
+    assert eng.recorder.writer == "process"
+    assert len(_rows(eng, r.run_id)) == 1500
+
+
+def test_auto_counts_the_tasks_of_all_runs_of_an_engine(auto_engine):
     """A long-lived engine (a server, a scheduler) running many small runs offloads too."""
-    monkeypatch.setattr(engine_module, "OFFLOAD_AFTER", 50)
-    _ops()
-    eng = _engine(tmp_path, "auto")
-    try:
-        sched = DynamicScheduler(eng.results, ExecutionConfig(max_concurrent_nodes=4), engine=eng)
-        first = sched.run(_dag("small1", 30))
-        assert first.state is RunState.SUCCESS, first.error
-        eng.recorder.flush()
-        assert eng.recorder.writer == "thread" and eng.tasks_taken == 30
-        second = sched.run(_dag("small2", 30, op="wp_slow"))
-        assert second.state is RunState.SUCCESS, second.error
-        _ready(eng.recorder)
-        third = sched.run(_dag("small3", 30, op="wp_slow"))
-        assert third.state is RunState.SUCCESS, third.error
-        assert eng.recorder.writer == "process"
-        assert [len(_rows(eng, r.run_id)) for r in (first, second, third)] == [30, 30, 30]
-    finally:
-        eng.close()
+    eng, sched = auto_engine
+    first = sched.run(_dag("small1", 30))
+    assert first.state is RunState.SUCCESS, first.error
+    eng.recorder.flush()
+    assert eng.recorder.writer == "thread" and eng.tasks_taken == 30
+    second = sched.run(_dag("small2", 30, op="wp_slow"))
+    assert second.state is RunState.SUCCESS, second.error
+    _ready(eng.recorder)
+    third = sched.run(_dag("small3", 30, op="wp_slow"))
+    assert third.state is RunState.SUCCESS, third.error
+    assert eng.recorder.writer == "process"
+    assert [len(_rows(eng, r.run_id)) for r in (first, second, third)] == [30, 30, 30]
 
 
 def test_stores_another_process_cannot_open_keep_the_thread(tmp_path):

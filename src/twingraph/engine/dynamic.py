@@ -494,7 +494,7 @@ class DynamicScheduler:
             counts = Counter(ids)
             raise GraphValidationError("duplicate node ids", {i for i, c in counts.items() if c > 1})
         extra = set(dag.dependencies) - unique if dag.dependencies else None
-        del unique
+        del unique                     # a set of every id: not kept while validating
         if extra:
             raise GraphValidationError("dependencies name unknown nodes", extra)
         deps_of = dag._deps_view          # read only, by validate_dag
