@@ -17,7 +17,8 @@ of this process on that file (``index_for``):
   on a thread of its own; until it is ready every lookup queries;
 - this process's writes add their keys before their transaction commits, so a lookup here never
   misses a result this process stored;
-- other processes' writes are read back (rows past the last rowid seen) before a lookup when
+- other processes' writes are read back (rows past the last rowid seen; the table's rowids
+  are AUTOINCREMENT, never given out twice, so a new row is always past them) before a lookup when
   ``SYNC_EVERY`` seconds have passed: a result another process committed is found by lookups
   starting at most that long after its commit — the same as a lookup that ran a moment earlier.
   Once this process's results are written by its writer process (``note_elsewhere``; decision
@@ -52,10 +53,6 @@ _GROWTH = 3
 SYNC_EVERY = 0.05
 #: ... once a writer process writes this process's results.
 SYNC_EVERY_OFFLOADED = 1.0
-#: Rows below the highest rowid seen that a sync reads again: SQLite reuses the rowids of rows
-#: deleted from the top, so a key another process inserts after such a delete can get a rowid
-#: already passed.
-_REREAD = 16
 
 
 class KeyFilter:
@@ -220,12 +217,8 @@ class KeyIndex:
             if started - self._last_sync < self.sync_every:
                 return                       # that other sync was recent enough
             try:
-                top = conn.execute("SELECT max(rowid) FROM node_results").fetchone()[0] or 0
-                with self._rowid_lock:
-                    if top < self._last_rowid:   # rows deleted from the top: rowids come again
-                        self._last_rowid = top
                 rows = conn.execute("SELECT rowid, node_id FROM node_results WHERE rowid > ?",
-                                    (self._last_rowid - _REREAD,)).fetchall()
+                                    (self._last_rowid,)).fetchall()
                 if rows:
                     self.filter.add_many([r[1] for r in rows])
                     high = max(r[0] for r in rows)
@@ -234,12 +227,6 @@ class KeyIndex:
                 self._last_sync = started    # what was committed before the query is in
             except sqlite3.Error:
                 self.off()
-
-    def deleted(self, top: int) -> None:
-        """This process deleted rows; ``top`` is the highest rowid left: rowids above it will
-        be given out again, so the next sync reads from there."""
-        with self._rowid_lock:
-            self._last_rowid = min(self._last_rowid, top)
 
     def off(self) -> None:
         with self._state_lock:
@@ -259,9 +246,6 @@ class NoIndex:
         pass
 
     def wrote(self, before: int, after: int) -> None:
-        pass
-
-    def deleted(self, top: int) -> None:
         pass
 
     def candidates(self, keys: Sequence[str], conn: sqlite3.Connection) -> Sequence[str]:

@@ -1,11 +1,19 @@
 """SQLite result store: one file, WAL, one transaction per put / put_many.
 
-Schema (created on open; ``PRAGMA user_version`` = 1):
+Schema (created on open; ``PRAGMA user_version`` = 2; a version 1 file is rebuilt on open):
 
-- ``node_results``: one row per result — metadata columns, then ``data`` (last, so ``head`` never
-  reads it) holding the whole value when it is at most ``chunk_threshold`` bytes (``n_chunks`` 0).
-  The document keeps small blobs in a separate ``node_data`` table; inlining them here halves the
-  rows the hot path writes (10,000 tiny results per ``put_many``) — measured, see decision 0002.
+- ``node_results``: one row per result — ``id`` (AUTOINCREMENT: a rowid is never given out
+  twice, so ``_keyfilter`` reads other processes' rows as "past the highest rowid seen"), ``k64``
+  (``k64(key)``, an 8-byte integer, indexed), ``node_id`` (the key), metadata columns, then
+  ``data`` (last, so ``head`` never reads it) holding the whole value when it is at most
+  ``chunk_threshold`` bytes (``n_chunks`` 0). The document keeps small blobs in a separate
+  ``node_data`` table; inlining them here halves the rows the hot path writes (10,000 tiny
+  results per ``put_many``) — measured, see decision 0002.
+- The key is found through ``k64``, not through an index of its text: keys are content hashes
+  that land at random places in an index, and an index of 8-byte integers is a fifth of the
+  size of one of 64-character texts, so a million of them stay in the page cache (decision
+  0013). ``k64`` is not unique: every lookup also compares ``node_id``, and a put looks its
+  keys up inside its write transaction to update the rows that exist and insert the rest.
 - ``node_data_chunks``: (node_id, chunk_id) -> ``chunk_size`` bytes (zstd frame per chunk when
   compressed, so reads decompress chunk by chunk in bounded memory).
 - Triggers drop a key's old chunks when its row is replaced or deleted, so an overwrite never
@@ -29,7 +37,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from operator import itemgetter
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +55,11 @@ from twingraph.stores.sqlite_wal import enable_wal
 
 __all__ = ["SQLiteStorage"]
 
-_first = itemgetter(0)
-
 MiB = 1024 * 1024
 #: WAL pages (4 KiB) between automatic checkpoints.
 WAL_CHECKPOINT_PAGES = 10_000
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS node_results (
-    node_id      TEXT PRIMARY KEY,
+#: The columns after ``id``, ``k64`` and ``node_id``, in order (version 1 had them too).
+_COLUMNS = """
     data_type    TEXT NOT NULL,
     content_hash TEXT NOT NULL,
     data_size    INTEGER NOT NULL,
@@ -63,65 +68,130 @@ CREATE TABLE IF NOT EXISTS node_results (
     dag_id       TEXT,
     metadata     TEXT,
     n_chunks     INTEGER NOT NULL,
-    data         BLOB
-);
+    data         BLOB"""
+_NAMES = "data_type, content_hash, data_size, compression, created_at, dag_id, metadata, " \
+         "n_chunks, data"
+SCHEMA_VERSION = 2
+
+
+def _table(name: str) -> str:
+    return f"""CREATE TABLE IF NOT EXISTS {name} (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    k64          INTEGER NOT NULL,
+    node_id      TEXT NOT NULL,{_COLUMNS}
+);"""
+
+
+# Indexes and triggers of ``node_results`` (created again after a rebuild).
+_AROUND = """
+CREATE INDEX IF NOT EXISTS node_results_k64 ON node_results(k64);
 CREATE INDEX IF NOT EXISTS node_results_dag ON node_results(dag_id) WHERE dag_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS node_data_chunks (
-    node_id  TEXT NOT NULL,
-    chunk_id INTEGER NOT NULL,
-    raw_size INTEGER NOT NULL,
-    data     BLOB NOT NULL,
-    PRIMARY KEY (node_id, chunk_id)
-);
 CREATE TRIGGER IF NOT EXISTS node_results_replace_chunks AFTER UPDATE OF n_chunks ON node_results
     WHEN old.n_chunks > 0
     BEGIN DELETE FROM node_data_chunks WHERE node_id = old.node_id; END;
 CREATE TRIGGER IF NOT EXISTS node_results_delete_chunks AFTER DELETE ON node_results
     WHEN old.n_chunks > 0
     BEGIN DELETE FROM node_data_chunks WHERE node_id = old.node_id; END;
-PRAGMA user_version = 1;
 """
-_UPSERT = """
-INSERT INTO node_results (node_id, data_type, content_hash, data_size, compression, created_at,
-                          dag_id, metadata, n_chunks, data)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (node_id) DO UPDATE SET
-    data_type = excluded.data_type, content_hash = excluded.content_hash,
-    data_size = excluded.data_size, compression = excluded.compression,
-    created_at = excluded.created_at, dag_id = excluded.dag_id, metadata = excluded.metadata,
-    n_chunks = excluded.n_chunks, data = excluded.data
-"""
+_SCHEMA = _table("node_results") + """
+CREATE TABLE IF NOT EXISTS node_data_chunks (
+    node_id  TEXT NOT NULL,
+    chunk_id INTEGER NOT NULL,
+    raw_size INTEGER NOT NULL,
+    data     BLOB NOT NULL,
+    PRIMARY KEY (node_id, chunk_id)
+);""" + _AROUND + f"PRAGMA user_version = {SCHEMA_VERSION};"
+# Version 1 keyed node_results by its text (``node_id TEXT PRIMARY KEY``): the rows move to a
+# table of version 2's shape, in rowid order, in the transaction that opens the file.
+_FROM_V1 = _table("node_results_v2") + f"""
+INSERT INTO node_results_v2 (k64, node_id, {_NAMES})
+    SELECT twingraph_k64(node_id), node_id, {_NAMES} FROM node_results ORDER BY rowid;
+DROP TRIGGER IF EXISTS node_results_replace_chunks;
+DROP TRIGGER IF EXISTS node_results_delete_chunks;
+DROP TABLE node_results;
+ALTER TABLE node_results_v2 RENAME TO node_results;
+""" + _AROUND + f"PRAGMA user_version = {SCHEMA_VERSION};"
+
+_INSERT = f"INSERT INTO node_results (k64, node_id, {_NAMES}) " \
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPDATE = "UPDATE node_results SET data_type = ?, content_hash = ?, data_size = ?, " \
+          "compression = ?, created_at = ?, dag_id = ?, metadata = ?, n_chunks = ?, data = ? " \
+          "WHERE id = ?"
 # stores/sqlite_rows.py says why rows go in groups. Result rows go in larger groups than the
 # metadata store's: their key lands at a random place in the index, so each statement's step
 # (run without the GIL) is longer, and fewer GIL take-backs per batch left the scheduler
 # waiting on the writer half as long (300k-node DAG, session 7: 4.6 -> 2.5 s of 19 s).
 # Fewer where the connection allows fewer bound variables (999 before SQLite 3.32).
 RESULT_ROWS_PER_STATEMENT = 512
-_UPSERT_MANY: dict[int, tuple[str, int] | None] = {}     # rows per statement -> statement
+_INSERT_MANY: dict[int, tuple[str, int] | None] = {}     # rows per statement -> statement
 
 
-def _upsert_many(conn: sqlite3.Connection) -> tuple[str, int] | None:
+def _insert_many(conn: sqlite3.Connection) -> tuple[str, int] | None:
     rows = min(RESULT_ROWS_PER_STATEMENT,
-               conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 10)
-    found = _UPSERT_MANY.get(rows)
+               conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 11)
+    found = _INSERT_MANY.get(rows)
     if found is None:
-        found = _UPSERT_MANY[rows] = multi_row(_UPSERT, 10, rows)
+        found = _INSERT_MANY[rows] = multi_row(_INSERT, 11, rows)
     return found
 
 
-_READ = "SELECT content_hash, data_size, compression, n_chunks, data FROM node_results " \
-        "WHERE node_id = ?"
+def k64(key: str) -> int:
+    """The signed 8-byte integer ``key`` is indexed under: the first 8 bytes of its blake2b.
+    Stored in every row: it must never change."""
+    return int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+_WHERE = " FROM node_results WHERE k64 = ? AND node_id = ?"
+_READ = "SELECT content_hash, data_size, compression, n_chunks, data" + _WHERE
 _READ_ALL = "SELECT data_type, created_at, metadata, content_hash, data_size, compression, " \
-            "n_chunks, data FROM node_results WHERE node_id = ?"
-_HEAD = "SELECT data_type, content_hash, data_size, compression, created_at, metadata " \
-        "FROM node_results WHERE node_id = ?"
+            "n_chunks, data" + _WHERE
+_HEAD = "SELECT data_type, content_hash, data_size, compression, created_at, metadata" + _WHERE
 _TOP = "SELECT max(rowid) FROM node_results"
+#: Keys looked up per query by ``k64 IN (...)`` (a put's existing rows, a memo burst's hits).
+_PER_QUERY = 500
 #: Lookups of at most this many keys ask the key index first. A larger batch is one query per
 #: 500 keys, which costs less than ruling each key out in Python.
 _FEW = 16
 _DATA_TYPES = {d.value: d for d in DataType}
 _CHUNKS = "SELECT chunk_id, raw_size, data FROM node_data_chunks WHERE node_id = ? " \
           "ORDER BY chunk_id"
+
+
+def _by_k64(conn: sqlite3.Connection, columns: str,
+            keys: Sequence[tuple[int, str]]) -> Iterator[tuple[str, Any]]:
+    """``(node_id, column)`` of the rows stored under ``keys`` (``(k64(key), key)`` pairs):
+    one query per ``_PER_QUERY`` keys; rows of other keys that share a ``k64`` are left out."""
+    wanted = {key for _, key in keys}
+    for i in range(0, len(keys), _PER_QUERY):
+        part = [h for h, _ in keys[i:i + _PER_QUERY]]
+        for key, value in conn.execute(f"SELECT {columns} FROM node_results WHERE k64 IN "
+                                       f"({','.join('?' * len(part))})", part):
+            if key in wanted:
+                yield key, value
+
+
+def _ids(conn: sqlite3.Connection, keys: Sequence[tuple[int, str]]) -> dict[str, int]:
+    """The row ids of the keys in ``keys`` (``(k64(key), key)`` pairs) stored already."""
+    return dict(_by_k64(conn, "node_id, id", keys)) if keys else {}
+
+
+def _create_or_upgrade(conn: sqlite3.Connection) -> None:
+    """Create the schema, or rebuild a version 1 file as version 2 (inside the caller's
+    write transaction: another process may have done either since the caller looked)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:
+        script = _SCHEMA
+    elif version == 1:
+        conn.create_function("twingraph_k64", 1, k64, deterministic=True)
+        script = _FROM_V1
+    else:
+        return
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
 
 
 class SQLiteStorage(ResultStoreBase):
@@ -156,13 +226,13 @@ class SQLiteStorage(ResultStoreBase):
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._conn()
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > 1:
+            if version > SCHEMA_VERSION:
                 raise StorageError(f"{self.db_path} was written by a newer TwinGraph "
                                    f"(result schema {version})")
             enable_wal(conn, self._timeout)
-            if version == 0:
-                with self._write_lock:
-                    conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            if version != SCHEMA_VERSION:
+                with self._write("open", str(self.db_path)) as conn:
+                    _create_or_upgrade(conn)
         # Memo lookups that must miss skip the query (stores/results/_keyfilter.py).
         self._keys: KeyIndex | NoIndex = index_for(self.db_path, self._timeout) if key_index \
             else NoIndex()
@@ -232,24 +302,31 @@ class SQLiteStorage(ResultStoreBase):
         if not preps:
             return None
         cctx = self.policy.compressor() if any(self.policy.wants(p.size) for p in preps) else None
+        latest = {p.key: p for p in preps}        # a key given twice keeps its last value
         rows, chunked = [], []
-        for p in preps:
+        for key, p in latest.items():
             if p.size > self.chunk_threshold:
                 chunked.append(p)
                 continue
             blob, digest, comp = pack_small(p, cctx, self.policy)
-            rows.append((p.key, p.type_name, digest, p.size, comp, p.created_at, p.dag_id,
-                         p.meta_json, 0, blob))
-        # In key order: consecutive inserts then share index pages (random keys otherwise
+            rows.append((k64(key), key, p.type_name, digest, p.size, comp, p.created_at,
+                         p.dag_id, p.meta_json, 0, blob))
+        # In k64 order: consecutive inserts then share index pages (random keys otherwise
         # touch a different page each).
-        rows.sort(key=_first)
-        self._keys.add_many([p.key for p in preps])     # before the commit: never a miss here
+        rows.sort()
+        self._keys.add_many(list(latest))     # before the commit: never a miss here
         with self._write("put", preps[0].key) as conn:
             before = conn.execute(_TOP).fetchone()[0] or 0
+            ids = _ids(conn, [(r[0], r[1]) for r in rows] + [(k64(p.key), p.key) for p in chunked])
+            if ids:        # rows of keys stored already are updated in place
+                for r in rows:
+                    if r[1] in ids:
+                        conn.execute(_UPDATE, r[2:] + (ids[r[1]],))
+                rows = [r for r in rows if r[1] not in ids]
             if rows:
-                insert_rows(conn.execute, conn.executemany, _UPSERT, _upsert_many(conn), rows)
+                insert_rows(conn.execute, conn.executemany, _INSERT, _insert_many(conn), rows)
             for p in chunked:
-                self._put_chunked(conn, p, cctx)
+                self._put_chunked(conn, p, cctx, ids.get(p.key))
             after = conn.execute(_TOP).fetchone()[0] or 0
         self._keys.wrote(before, after)
         return before, after
@@ -273,11 +350,17 @@ class SQLiteStorage(ResultStoreBase):
         (``put_many_rows``): its keys are noted already, the index need not read them back."""
         self._keys.wrote(*rows)
 
-    def _put_chunked(self, conn: sqlite3.Connection, p: Prepared, cctx: Any) -> None:
+    def _put_chunked(self, conn: sqlite3.Connection, p: Prepared, cctx: Any,
+                     row_id: int | None) -> None:
         n = -(-p.size // self.chunk_size)
-        # The row goes first: its trigger drops the key's old chunks before the new ones land.
-        conn.execute(_UPSERT, (p.key, p.type_name, p.content_hash, p.size, None,
-                               p.created_at, p.dag_id, p.meta_json, n, None))
+        # The row goes first: an update's trigger drops the key's old chunks before the new
+        # ones land.
+        values = (p.type_name, p.content_hash, p.size, None, p.created_at, p.dag_id,
+                  p.meta_json, n, None)
+        if row_id is None:
+            row_id = conn.execute(_INSERT, (k64(p.key), p.key) + values).lastrowid
+        else:
+            conn.execute(_UPDATE, values + (row_id,))
         h = hashlib.sha256()
         comp: str | None = None
         for i, piece in enumerate(slices(p.views, self.chunk_size)):
@@ -292,27 +375,23 @@ class SQLiteStorage(ResultStoreBase):
             conn.execute("INSERT INTO node_data_chunks (node_id, chunk_id, raw_size, data) "
                          "VALUES (?, ?, ?, ?)", (p.key, i, len(piece), stored))
         digest = check_hash(p, h.hexdigest())
-        conn.execute("UPDATE node_results SET content_hash = ?, compression = ? WHERE node_id = ?",
-                     (digest, comp, p.key))
+        conn.execute("UPDATE node_results SET content_hash = ?, compression = ? WHERE id = ?",
+                     (digest, comp, row_id))
 
     def delete(self, key: str) -> bool:
         validate_key(key)
         with self._write("delete", key) as conn:
-            gone = conn.execute("DELETE FROM node_results WHERE node_id = ?", (key,)).rowcount > 0
-            if gone:
-                self._keys.deleted(conn.execute(_TOP).fetchone()[0] or 0)
-            return gone
+            return conn.execute("DELETE" + _WHERE, (k64(key), key)).rowcount > 0
 
     def patch_metadata(self, key: str, metadata: dict[str, Any]) -> bool:
         validate_key(key)
         with self._write("update_metadata", key) as conn:
-            row = conn.execute("SELECT metadata FROM node_results WHERE node_id = ?",
-                               (key,)).fetchone()
+            row = conn.execute("SELECT id, metadata" + _WHERE, (k64(key), key)).fetchone()
             if row is None:
                 return False
-            text, dag_id = merge_meta(row[0], metadata, key)
-            conn.execute("UPDATE node_results SET metadata = ?, dag_id = ? WHERE node_id = ?",
-                         (text, dag_id, key))
+            text, dag_id = merge_meta(row[1], metadata, key)
+            conn.execute("UPDATE node_results SET metadata = ?, dag_id = ? WHERE id = ?",
+                         (text, dag_id, row[0]))
             return True
 
     # ---- reads ----
@@ -328,14 +407,15 @@ class SQLiteStorage(ResultStoreBase):
         """The row ``sql`` selects for ``key`` (its last five columns: content_hash, data_size,
         compression, n_chunks, data) and the verified value, both of one version."""
         conn = self._conn()
-        row = conn.execute(sql, (key,)).fetchone()
+        where = (k64(key), key)
+        row = conn.execute(sql, where).fetchone()
         if row is None:
             return None
         if row[-2] == 0:
             return row, self._assemble(conn, key, row[-5:])
         conn.execute("BEGIN")                 # snapshot: row and chunks of one version
         try:
-            row = conn.execute(sql, (key,)).fetchone()
+            row = conn.execute(sql, where).fetchone()
             return None if row is None else (row, self._assemble(conn, key, row[-5:]))
         finally:
             conn.execute("COMMIT")
@@ -382,7 +462,7 @@ class SQLiteStorage(ResultStoreBase):
             conn = self._connect()                 # own connection: held across yields
             try:
                 conn.execute("BEGIN")
-                row = conn.execute(_READ, (key,)).fetchone()
+                row = conn.execute(_READ, (k64(key), key)).fetchone()
                 if row is None:
                     return
                 digest, size, comp, n_chunks, data = row
@@ -413,7 +493,7 @@ class SQLiteStorage(ResultStoreBase):
     def head(self, key: str) -> StorageMetadata | None:
         validate_key(key)
         try:
-            row = self._conn().execute(_HEAD, (key,)).fetchone()
+            row = self._conn().execute(_HEAD, (k64(key), key)).fetchone()
         except sqlite3.Error as exc:
             raise self._error("head", key, exc) from exc
         if row is None:
@@ -432,20 +512,17 @@ class SQLiteStorage(ResultStoreBase):
             keys = self._keys.candidates(keys, conn)
         if len(keys) == 1:           # the common case in deep graphs: one prepared statement
             try:
-                row = conn.execute("SELECT content_hash FROM node_results WHERE node_id = ?",
-                                   (keys[0],)).fetchone()
+                row = conn.execute("SELECT content_hash" + _WHERE,
+                                   (k64(keys[0]), keys[0])).fetchone()
             except sqlite3.Error as exc:
                 raise self._error("head", keys[0], exc) from exc
             if row is not None:
                 out[keys[0]] = row[0]
-        for i in range(0, len(keys) if len(keys) > 1 else 0, 500):
-            part = list(keys[i:i + 500])
+        elif keys:
             try:
-                rows = conn.execute("SELECT node_id, content_hash FROM node_results WHERE node_id "
-                                    f"IN ({','.join('?' * len(part))})", part).fetchall()
+                out.update(_by_k64(conn, "node_id, content_hash", [(k64(k), k) for k in keys]))
             except sqlite3.Error as exc:
-                raise self._error("head", part[0], exc) from exc
-            out.update(rows)
+                raise self._error("head", keys[0], exc) from exc
         if len(out) < asked:
             self._keys.missed()      # a run that misses builds the index; one of hits never
         return out
@@ -453,8 +530,8 @@ class SQLiteStorage(ResultStoreBase):
     def has(self, key: str) -> bool:
         validate_key(key)
         try:
-            return self._conn().execute("SELECT 1 FROM node_results WHERE node_id = ?",
-                                        (key,)).fetchone() is not None
+            return self._conn().execute("SELECT 1" + _WHERE, (k64(key), key)).fetchone() \
+                is not None
         except sqlite3.Error as exc:
             raise self._error("exists", key, exc) from exc
 
