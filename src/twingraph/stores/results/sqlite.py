@@ -157,22 +157,18 @@ _CHUNKS = "SELECT chunk_id, raw_size, data FROM node_data_chunks WHERE node_id =
           "ORDER BY chunk_id"
 
 
-def _by_k64(conn: sqlite3.Connection, columns: str,
-            keys: Sequence[tuple[int, str]]) -> Iterator[tuple[str, Any]]:
-    """``(node_id, column)`` of the rows stored under ``keys`` (``(k64(key), key)`` pairs):
-    one query per ``_PER_QUERY`` keys; rows of other keys that share a ``k64`` are left out."""
-    wanted = {key for _, key in keys}
+def _ids(conn: sqlite3.Connection, keys: Sequence[tuple[int, str]]) -> dict[str, int]:
+    """The row ids of the keys in ``keys`` (``(k64(key), key)`` pairs) stored already: one
+    query per ``_PER_QUERY`` keys; rows of other keys that share a ``k64`` are left out."""
+    found: dict[str, int] = {}
     for i in range(0, len(keys), _PER_QUERY):
         part = [h for h, _ in keys[i:i + _PER_QUERY]]
-        for key, value in conn.execute(f"SELECT {columns} FROM node_results WHERE k64 IN "
-                                       f"({','.join('?' * len(part))})", part):
-            if key in wanted:
-                yield key, value
-
-
-def _ids(conn: sqlite3.Connection, keys: Sequence[tuple[int, str]]) -> dict[str, int]:
-    """The row ids of the keys in ``keys`` (``(k64(key), key)`` pairs) stored already."""
-    return dict(_by_k64(conn, "node_id, id", keys)) if keys else {}
+        found.update(conn.execute("SELECT node_id, id FROM node_results WHERE k64 IN "
+                                  f"({','.join('?' * len(part))})", part))
+    if found:
+        for other in found.keys() - {key for _, key in keys}:
+            del found[other]
+    return found
 
 
 def _create_or_upgrade(conn: sqlite3.Connection) -> None:
@@ -519,10 +515,16 @@ class SQLiteStorage(ResultStoreBase):
             if row is not None:
                 out[keys[0]] = row[0]
         elif keys:
+            hs = [k64(k) for k in keys]
             try:
-                out.update(_by_k64(conn, "node_id, content_hash", [(k64(k), k) for k in keys]))
+                for i in range(0, len(hs), _PER_QUERY):
+                    part = hs[i:i + _PER_QUERY]
+                    out.update(conn.execute("SELECT node_id, content_hash FROM node_results WHERE "
+                                            f"k64 IN ({','.join('?' * len(part))})", part))
             except sqlite3.Error as exc:
                 raise self._error("head", keys[0], exc) from exc
+            for other in out.keys() - set(keys):       # keys that share a k64 with one asked
+                del out[other]
         if len(out) < asked:
             self._keys.missed()      # a run that misses builds the index; one of hits never
         return out
