@@ -14,8 +14,8 @@ from twingraph.engine.refs import Ref
 from twingraph.engine.tasklog import get_logger
 from twingraph.errors import (ConfigurationError, DynamicSchedulerError, ExecutorUnavailable,
                               NodeExecutionError, NotFoundError, PipelineCancelled,
-                              PipelineError, PipelineFailed, PipelineTimeout, SchedulingError,
-                              StorageError, TaskTimeout, TwinGraphError, ValidationError)
+                              PipelineError, PipelineFailed, PipelineTimeout,
+                              ResourceUnavailable, SchedulingError, StorageError, TaskTimeout, TwinGraphError, ValidationError)
 from twingraph.registry import register_component, register_error_handler
 from twingraph.workflow import Workflow
 
@@ -24,7 +24,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BaseComponent", "StreamingComponent", "Component", "ConfigurationError", "DynamicSchedulerError", "Engine",
     "ExecutorUnavailable", "NodeExecutionError", "NotFoundError", "Pipeline", "PipelineCancelled",
-    "PipelineError", "PipelineFailed", "PipelineTimeout", "Ref", "RunResult", "SchedulingError",
+    "PipelineError", "PipelineFailed", "PipelineTimeout", "Ref", "ResourceUnavailable", "RunResult",
+    "SchedulingError",
     "StorageError", "TaskTimeout", "TwinGraphError", "ValidationError", "Workflow", "component", "get_logger", "pipeline",
     "register_component", "register_error_handler", "__version__",
 ]

@@ -24,6 +24,7 @@ hierarchy (``DynamicSchedulerError`` and its four children) is kept as written a
         │   └── TaskCancelled           the task was cancelled before it finished
         ├── SchedulingError             the engine cannot schedule the work
         │   ├── ExecutorUnavailable     a component asks for a platform with no executor here
+        │   ├── ResourceUnavailable     a local component asks for more CPU/memory/GPU than the machine has
         │   └── StaleAttemptError       a late result from a fenced-off attempt was rejected
         └── ValidationError             bad definitions or parameters (also a ``ValueError``)
             └── GraphValidationError    cycles, unknown operations, dangling references (``nodes``)
@@ -166,6 +167,19 @@ class ExecutorUnavailable(SchedulingError):
             f"available here: {have}. The {platform} executor is not installed in this build, "
             "and TwinGraph never runs such a component on another platform in its place.")
         self.platform, self.components = platform, names
+
+
+class ResourceUnavailable(SchedulingError):
+    """A local component asks for more CPU, memory or GPUs than this machine has."""
+
+    def __init__(self, components: Iterable[str], over: Iterable[tuple[str, str, str]]) -> None:
+        names = sorted(set(components))
+        what = "; ".join(f"{name} {asked} (this machine has {have})" for name, asked, have in over)
+        super().__init__(
+            f"{', '.join(names)} asks for {what}. It would never start here: give the engine "
+            "more (Engine(local_resources=...) or $TWINGRAPH_LOCAL_RESOURCES, e.g. "
+            "'cpu=8,memory=16Gi,gpu=1') or ask for less.")
+        self.components = names
 
 
 class StaleAttemptError(SchedulingError):

@@ -48,7 +48,7 @@ def _positive(name: str, value: Any, *, allow_none: bool = False) -> float | Non
     return float(value)
 
 
-def _resources(value: Any) -> dict[str, Any]:
+def validate_resources(value: Any) -> dict[str, Any]:
     res = _dict("resources", value)
     for k, v in res.items():
         if k == "cpu":
@@ -65,6 +65,27 @@ def _resources(value: Any) -> dict[str, Any]:
             raise ValidationError(f"resources[{k!r}]: invalid value {v!r}")
     return res
 
+
+
+_MEM_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15,
+              "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40, "pi": 2**50}
+
+
+def resource_amounts(resources: Mapping[str, Any]) -> tuple[int, int, int]:
+    """A validated ``resources`` dict as (milli-CPUs, bytes of memory, GPUs), 0 where absent.
+    CPU as Kubernetes writes it ("500m", "2", 1.5); memory in bytes or with a unit, decimal
+    ("1G" = 10**9) or binary ("1Gi" = 2**30), a trailing "B" allowed; a GPU as True or a count."""
+    cpu = resources.get("cpu", 0)
+    if isinstance(cpu, str):
+        cpu = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    mem = resources.get("memory", 0)
+    if isinstance(mem, str):
+        m = _MEM.match(mem)
+        assert m is not None              # validated by ``_resources``
+        unit = (m.group(2) or "").lower().rstrip("b")
+        mem = float(mem[:m.start(2)] if m.group(2) else mem) * _MEM_UNITS[unit]
+    gpu = resources.get("gpu", 0)
+    return round(cpu * 1000), int(mem), int(gpu)
 
 @dataclass(frozen=True)
 class ComponentSpec:
@@ -113,7 +134,7 @@ class ComponentSpec:
                    docker_image=docker_image, config=cfg,
                    retry_policy=RetryPolicy.parse(retry_policy),
                    timeout=limit,
-                   resources=_resources(resources),
+                   resources=validate_resources(resources),
                    environment=env,
                    labels=_dict("labels", labels, str_values=True), cache=cache,
                    executor=executor)

@@ -122,6 +122,10 @@ class BaseComponent(abc.ABC):
     def platform(self) -> str:
         return self.spec.platform
 
+    @property
+    def resources(self) -> Any:
+        return self.spec.resources
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run = current_run()
         if run is None:

@@ -49,6 +49,10 @@ class Component:
     def platform(self) -> str:
         return self._draft.platform
 
+    @property
+    def resources(self) -> Any:
+        return self._draft.resources
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run = current_run()
         if run is None:
@@ -102,15 +106,23 @@ def warn_plain_call(name: str, platform: str) -> None:
 
 
 def check_platform(engine: Any, components: Any) -> None:
-    """Raise ``ExecutorUnavailable`` if any component asks for a platform with no executor."""
+    """Raise ``ExecutorUnavailable`` if any component asks for a platform with no executor,
+    or ``ResourceUnavailable`` if a local one asks for more than the engine's machine has."""
     available = engine.platforms
     missing: dict[str, list[str]] = {}
+    local = []
     for c in components:
         p = c.platform
         if p not in available:
             missing.setdefault(p, []).append(c.name)
+        elif p == "local" and c.resources:
+            local.append(c)
     for p, names in missing.items():
         raise ExecutorUnavailable(p, names, available=available)
+    pool = getattr(engine, "local_resources", None)
+    if pool is not None:
+        for c in local:
+            pool.check([c.name], c.resources)
 
 
 def _qualname(fn: Any) -> str:

@@ -218,6 +218,10 @@ class _ClassComponent:
     def platform(self) -> str:
         return str(self.spec.platform)
 
+    @property
+    def resources(self) -> Any:
+        return self.spec.resources
+
     def __repr__(self) -> str:
         return f"<component class {self.cls.__qualname__}>"
 

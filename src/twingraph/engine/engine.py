@@ -27,6 +27,7 @@ from twingraph.engine.timers import HEARTBEAT_INTERVAL
 from twingraph.engine.notify import notify
 from twingraph.engine import gcpace, tasklog
 from twingraph.engine.recorder import Recorder
+from twingraph.engine.resources import LocalResources
 from twingraph.engine.refs import substitute
 from twingraph.errors import (ConfigurationError, ConflictError, ExecutorUnavailable, IntegrityError, NotFoundError, PipelineCancelled,
                               PipelineFailed, PipelineTimeout, TwinGraphError)
@@ -88,12 +89,17 @@ class Engine:
                  clock: Clock | None = None,
                  events: EventSink | None = None, rng: random.Random | None = None,
                  flush_interval: float = 0.05, project: str = "default",
-                 writer: str | None = None) -> None:
+                 writer: str | None = None,
+                 local_resources: Mapping[str, Any] | None = None) -> None:
         """``writer``: where the recorder writes batches — 'thread' (in this process),
         'process' (a child process from the start) or 'auto' (a child process once its runs
         have taken in ``OFFLOAD_AFTER`` tasks in all); default ``$TWINGRAPH_WRITER`` or 'auto'. Only a
         SQLite result store and an SQL metadata store (file or server) can be written from a
-        child; with others the thread writes."""
+        child; with others the thread writes.
+
+        ``local_resources``: what local tasks that ask for ``resources`` may hold at once, as
+        ``{"cpu": 8, "memory": "16Gi", "gpu": 1}``; what it leaves out is detected (no GPU).
+        Default ``$TWINGRAPH_LOCAL_RESOURCES`` (``cpu=8,memory=16Gi,gpu=1``). Decision 0014."""
         writer = writer or os.environ.get("TWINGRAPH_WRITER") or "auto"
         if writer not in WRITERS:
             raise ConfigurationError(f"writer must be one of {', '.join(WRITERS)}, got {writer!r}")
@@ -109,6 +115,7 @@ class Engine:
                 raise ConfigurationError(f"two executors for platform {extra.platform!r}")
             self.executors[extra.platform] = extra
         self.platforms = frozenset(self.executors)
+        self.local_resources = LocalResources(local_resources)
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.project = project

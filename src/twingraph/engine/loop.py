@@ -36,6 +36,7 @@ from typing import Any
 
 from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord
 from twingraph.core.retry import RetryPolicy
+from twingraph.core.specs import resource_amounts
 from twingraph.core.states import TaskState
 from twingraph.engine import gcpace, tasklog
 from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
@@ -46,7 +47,7 @@ from twingraph.engine.recorder import PutResult
 from twingraph.engine.snapshot import error_text, task_rows, traceback_text
 from twingraph.engine.refs import Ref, find_refs, path_list, substitute
 from twingraph.engine.task import DECLARED, UNLOADED, Job, Task
-from twingraph.errors import NodeExecutionError, TaskCancelled, TaskTimeout
+from twingraph.errors import NodeExecutionError, ResourceUnavailable, TaskCancelled, TaskTimeout
 
 _NONE: list[Any] = []          # shared empty list for released fields (never appended to)
 _EMPTY: dict[str, Any] = {}
@@ -107,6 +108,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.tasks: dict[str, Task] = {}
         self.by_key: dict[str, Task] = {}
         self.ready: deque[Task] = deque()          # keyed, missed: waiting for a slot
+        # Local tasks whose ``resources`` are not free yet, in order (engine.resources).
+        self.held: deque[Task] = deque()
+        self._pool = getattr(engine, "local_resources", None)
         self.became_ready: deque[Task] = deque()   # inputs complete: key not computed yet
         self.running = 0
         self.unfinished = 0
@@ -269,6 +273,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 t.stored = True
                 if t.consumers <= 0 and t.state is _T.SUCCESS and not _small(t.value):
                     t.value = UNLOADED
+        elif kind == "resources":      # some were given back: the held tasks try again first
+            self.ready.extendleft(reversed(self.held))
+            self.held.clear()
         elif kind == "body":
             self.body_finished, self.body_error = True, ev[1]
         elif kind == "cancel":
@@ -397,8 +404,36 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 return
             task = ready.popleft()
             if task.state is _T.QUEUED:
+                if task.spec.resources and not self._reserve(task):
+                    continue
                 self._start(task)
                 self._progressed(1)
+
+    def _reserve(self, task: Task) -> bool:
+        """Take the local resources ``task`` asks for, or hold it back until some are given
+        back. In order: once a task of this run waits, the later ones wait behind it."""
+        pool = self._pool
+        if pool is None or task.spec.platform != "local":
+            return True
+        try:
+            pool.check([task.component], task.spec.resources)   # else it would wait forever
+        except ResourceUnavailable as exc:
+            self._fail_before_start(task, exc)
+            return False
+        if not self.held and pool.take_or_wait(resource_amounts(task.spec.resources),
+                                               self._resources_freed):
+            return True
+        self.held.append(task)
+        return False
+
+    def _resources_freed(self) -> None:
+        """Called (once, from any thread) when local resources are given back."""
+        self.inbox.put(("resources",))
+
+    def _give_back(self, task: Task) -> None:
+        """A task that held local resources (``_reserve``) has ended or will not start."""
+        if self._pool is not None and task.spec.platform == "local":
+            self._pool.give_back(resource_amounts(task.spec.resources))
 
     def _progressed(self, n: int) -> None:
         """``n`` more tasks keyed or started. Every 256, across ``_dispatch`` calls (a body
@@ -427,6 +462,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                         kwargs[slot] = substitute(kwargs[slot], fetch)
                 args = tuple(positional)
         except BaseException as exc:  # noqa: BLE001 - e.g. a missing key in an upstream output
+            if task.spec.resources:
+                self._give_back(task)
             task.attempt += 1
             self._finish(task, _T.FAILED, error=exc)
             self._after_failure(task)
@@ -550,6 +587,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
     def _complete(self, task: Task, fence: int, ok: bool, value: Any, error: Any,
                   duration: float) -> None:
         self.running -= 1
+        if task.spec.resources:
+            self._give_back(task)
         self.engine.observe(task.spec, duration, ok)
         now = self.clock.now()
         if ok:
@@ -686,12 +725,15 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             if task.state is _T.RUNNING:
                 killed = self._abort(task)
                 self.running -= 1
+                if task.spec.resources:
+                    self._give_back(task)
                 how = "killed" if killed else "abandoned"
                 self._finish(task, _T.CANCELLED, error=TaskCancelled(
                     f"{message}; running task {how}", node_id=task.node_id))
             else:
                 self._finish(task, _T.CANCELLED, error=TaskCancelled(message, node_id=task.node_id))
         self.ready.clear()
+        self.held.clear()
 
 
 def get_nowait(q: queue.SimpleQueue[Any]) -> Any:

@@ -1,0 +1,105 @@
+"""What this machine has for local tasks that ask for ``resources``, and what running ones hold.
+
+A local task whose component asks for ``resources`` (cpu, memory, gpu) starts only once they
+are free, and holds them until it ends; a task that asks for nothing starts as before (only
+``max_parallel`` bounds it). One ``LocalResources`` belongs to an engine, so its concurrent runs
+share the machine. Capacity is the CPUs this process may run on, the machine's memory and no
+GPU, unless ``Engine(local_resources=...)`` or ``$TWINGRAPH_LOCAL_RESOURCES`` (for example
+``cpu=8,memory=16Gi,gpu=1``) says otherwise. A component asking for more than the capacity
+fails before its run starts (``check``). Decision 0014.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from twingraph.core.specs import resource_amounts, validate_resources
+from twingraph.errors import ConfigurationError, ResourceUnavailable, ValidationError
+
+_NAMES = ("cpu", "memory", "gpu")
+
+
+def machine_capacity() -> tuple[int, int, int]:
+    """(milli-CPUs this process may use, bytes of physical memory, GPUs: 0 — none is detected)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        memory = 0
+    return cpus * 1000, memory, 0
+
+
+def parse_setting(text: str) -> dict[str, Any]:
+    """``"cpu=8,memory=16Gi,gpu=1"`` -> ``{"cpu": "8", "memory": "16Gi", "gpu": 1}``."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or name not in _NAMES or not value:
+            raise ConfigurationError(f"TWINGRAPH_LOCAL_RESOURCES: expected name=value with names "
+                                     f"cpu, memory, gpu, got {part!r}")
+        out[name] = int(value) if name == "gpu" and value.isdigit() else value
+    return out
+
+
+class LocalResources:
+    def __init__(self, capacity: Mapping[str, Any] | None = None) -> None:
+        if capacity is None:
+            capacity = parse_setting(os.environ.get("TWINGRAPH_LOCAL_RESOURCES", ""))
+        try:
+            given = resource_amounts(validate_resources(capacity))
+        except ValidationError as exc:
+            raise ConfigurationError(f"local resources: {exc}") from exc
+        detected = machine_capacity()
+        self.capacity = tuple(given[i] if name in capacity else detected[i]
+                              for i, name in enumerate(_NAMES))
+        self._free = list(self.capacity)
+        self._lock = threading.Lock()
+        self._waiting: list[Callable[[], None]] = []     # wake-ups of runs holding tasks back
+
+    def check(self, names: Iterable[str], resources: Mapping[str, Any]) -> None:
+        """Raise ``ResourceUnavailable`` if ``resources`` ask for more than the capacity."""
+        asked = resource_amounts(resources)
+        over = [(name, a, c) for name, a, c in zip(_NAMES, asked, self.capacity) if a > c]
+        if over:
+            raise ResourceUnavailable(names, [(n, _show(n, a), _show(n, c)) for n, a, c in over])
+
+    def take_or_wait(self, amounts: tuple[int, int, int], wake: Callable[[], None]) -> bool:
+        """Take ``amounts`` if they are free; otherwise note ``wake`` (called once, the next
+        time anything is given back) and return False."""
+        with self._lock:
+            free = self._free
+            if all(a <= f for a, f in zip(amounts, free)):
+                for i, a in enumerate(amounts):
+                    free[i] -= a
+                return True
+            if wake not in self._waiting:
+                self._waiting.append(wake)
+            return False
+
+    def give_back(self, amounts: tuple[int, int, int]) -> None:
+        with self._lock:
+            for i, a in enumerate(amounts):
+                self._free[i] += a
+            waiting, self._waiting = self._waiting, []
+        for wake in waiting:
+            wake()
+
+    @property
+    def free(self) -> tuple[int, ...]:
+        with self._lock:
+            return tuple(self._free)
+
+
+def _show(name: str, amount: int) -> str:
+    if name == "cpu":
+        return f"{amount / 1000:g} CPU"
+    if name == "memory":
+        return f"{amount / 2**30:.2f} GiB"
+    return f"{amount} GPU"
