@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from twingraph import Engine, component, pipeline
+from twingraph import BaseComponent, Engine, component, pipeline
 from twingraph.core.specs import resource_amounts
 from twingraph.engine.resources import LocalResources, parse_setting
 from twingraph.errors import ConfigurationError, ResourceUnavailable, SchedulingError
@@ -65,6 +65,26 @@ def mixed():
 @pipeline(name="gpu")
 def gpu_pipe():
     return needs_gpu()
+
+
+class GpuStep(BaseComponent):
+    component_options = {"resources": {"gpu": 2}}
+
+    def execute(self, x):
+        return x
+
+
+gpu_step = GpuStep()
+
+
+@pipeline(name="gpu_instance")
+def gpu_instance_pipe():
+    return gpu_step(x=1)
+
+
+@pipeline(name="gpu_class")
+def gpu_class_pipe():
+    return GpuStep()(x=1)
 
 
 @pipeline(name="fails_then_runs", max_parallel=8, error_handler="continue")
@@ -146,6 +166,9 @@ def test_asking_for_more_than_the_machine_has_fails_before_the_run_starts() -> N
     eng = engine(gpu=1)
     try:
         assert gpu_pipe.run(engine=eng).value["outputs"]["result"] == "gpu"
+        for pipe in (gpu_instance_pipe, gpu_class_pipe):      # class-based components too
+            with pytest.raises(ResourceUnavailable, match="asks for gpu 2 GPU"):
+                pipe.run(engine=eng)
     finally:
         eng.close()
 
