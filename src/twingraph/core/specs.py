@@ -20,6 +20,7 @@ LOCAL_MODES = ("auto", "inline", "thread", "process")
 ERROR_HANDLERS = ("fail", "continue", "retry", "custom")
 _CPU = re.compile(r"^\d+(\.\d+)?m?$")
 _MEM = re.compile(r"^\d+(\.\d+)?\s*([KMGTP]i?B?|[kmgtp]i?b?)?$")
+_HUGE = 2.0 ** 62            # CPUs or bytes: above it (or inf, nan) is not a resource amount
 
 
 def _dict(name: str, value: Any, *, str_values: bool = False) -> dict[str, Any]:
@@ -52,11 +53,12 @@ def validate_resources(value: Any) -> dict[str, Any]:
     res = _dict("resources", value)
     for k, v in res.items():
         if k == "cpu":
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 \
-                or isinstance(v, str) and _CPU.match(v)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < _HUGE \
+                or isinstance(v, str) and bool(_CPU.match(v)) and float(v.rstrip("m")) < _HUGE
         elif k == "memory":
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 \
-                or isinstance(v, str) and _MEM.match(v)
+            m = _MEM.match(v) if isinstance(v, str) else None
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < _HUGE \
+                or m is not None and float(v[:m.start(2)] if m.group(2) else v) < _HUGE
         elif k == "gpu":
             ok = isinstance(v, (int, bool)) and (v is True or v is False or v >= 0)
         else:

@@ -514,9 +514,11 @@ class DynamicScheduler:
         return Plan(nodes, ops)  # type: ignore[arg-type]
 
     def _check_platforms(self, ops: Mapping[str, tuple[Any, str]]) -> None:
-        """A component operation for a platform with no executor fails the DAG before it
-        runs (as a pipeline does), naming the operations."""
+        """A component operation for a platform with no executor, or a local one asking for
+        more resources than the machine has, fails the DAG before it runs (as a pipeline
+        does), naming the operations."""
         missing: dict[str, list[str]] = {}
+        local: list[tuple[str, Any]] = []
         for op, (fn, style) in ops.items():
             if style != "component":
                 continue
@@ -524,8 +526,14 @@ class DynamicScheduler:
             platform = getattr(spec, "platform", "local")
             if platform not in self.engine.platforms:
                 missing.setdefault(platform, []).append(op)
+            elif platform == "local" and getattr(spec, "resources", None):
+                local.append((op, getattr(spec, "resources")))
         for platform, names in sorted(missing.items()):
             raise ExecutorUnavailable(platform, names, available=self.engine.platforms)
+        pool: Any = getattr(self.engine, "local_resources", None)
+        if pool is not None:
+            for op, resources in local:
+                pool.check([op], resources)
 
     def _spec_for(self, node: NodeDefinition, fn: Any, style: str,
                   cache: dict[str, tuple[ComponentSpec, _OpCall]],

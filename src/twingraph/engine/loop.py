@@ -110,7 +110,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.ready: deque[Task] = deque()          # keyed, missed: waiting for a slot
         # Local tasks whose ``resources`` are not free yet, in order (engine.resources).
         self.held: deque[Task] = deque()
-        self._pool = getattr(engine, "local_resources", None)
+        self._pool: Any = getattr(engine, "local_resources", None)
+        self._held_retry = False                   # some were given back since the head failed
+        self._asks: dict[int, tuple[Any, tuple[int, int, int]]] = {}   # id(spec) -> amounts
         self.became_ready: deque[Task] = deque()   # inputs complete: key not computed yet
         self.running = 0
         self.unfinished = 0
@@ -191,6 +193,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             if not task.state.terminal:
                 if task.state is _T.RUNNING:
                     self._abort(task)
+                    if task.spec.resources:
+                        self._give_back(task)
                 if self.tasks.get(task.node_id) is not task:
                     # Submitted by the body, never taken in by the loop: it gets a row too.
                     if task.node_id in self.tasks:
@@ -273,9 +277,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 t.stored = True
                 if t.consumers <= 0 and t.state is _T.SUCCESS and not _small(t.value):
                     t.value = UNLOADED
-        elif kind == "resources":      # some were given back: the held tasks try again first
-            self.ready.extendleft(reversed(self.held))
-            self.held.clear()
+        elif kind == "resources":      # some were given back: the first held task tries again
+            self._held_retry = True
         elif kind == "body":
             self.body_finished, self.body_error = True, ev[1]
         elif kind == "cancel":
@@ -400,6 +403,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                         for t in lookup:
                             self._after_lookup(t, found.get(t.cache_key))
                 self._progressed(taken)
+            if self._held_retry and self._start_held(limit):
+                continue
             if not ready or self.running >= limit or self.stopping:
                 return
             task = ready.popleft()
@@ -416,15 +421,41 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         if pool is None or task.spec.platform != "local":
             return True
         try:
-            pool.check([task.component], task.spec.resources)   # else it would wait forever
-        except ResourceUnavailable as exc:
+            amounts = self._amounts(task)
+        except ResourceUnavailable as exc:          # more than there is: it would wait forever
             self._fail_before_start(task, exc)
             return False
-        if not self.held and pool.take_or_wait(resource_amounts(task.spec.resources),
-                                               self._resources_freed):
+        if not self.held and pool.take_or_wait(amounts, self._resources_freed):
             return True
         self.held.append(task)
         return False
+
+    def _start_held(self, limit: int) -> bool:
+        """Start the first held task if a slot and its resources are free; True if it started.
+        One task per call: a give-back costs the held tasks one try, not one each."""
+        held = self.held
+        while held and held[0].state is not _T.QUEUED:       # cancelled while it waited
+            held.popleft()
+        if not held:
+            self._held_retry = False
+            return False
+        if self.running >= limit or self.stopping:
+            return False                # tried again after the next task ends
+        if not self._pool.take_or_wait(self._amounts(held[0]), self._resources_freed):
+            self._held_retry = False    # until something else is given back
+            return False
+        self._start(held.popleft())
+        self._progressed(1)
+        return True
+
+    def _amounts(self, task: Task) -> tuple[int, int, int]:
+        """What ``task``'s component asks for, checked against the capacity once per spec."""
+        spec = task.spec
+        found = self._asks.get(id(spec))
+        if found is None:
+            self._pool.check([task.component], spec.resources)
+            found = self._asks[id(spec)] = (spec, resource_amounts(spec.resources))
+        return found[1]
 
     def _resources_freed(self) -> None:
         """Called (once, from any thread) when local resources are given back."""
@@ -433,7 +464,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
     def _give_back(self, task: Task) -> None:
         """A task that held local resources (``_reserve``) has ended or will not start."""
         if self._pool is not None and task.spec.platform == "local":
-            self._pool.give_back(resource_amounts(task.spec.resources))
+            self._pool.give_back(self._amounts(task))
 
     def _progressed(self, n: int) -> None:
         """``n`` more tasks keyed or started. Every 256, across ``_dispatch`` calls (a body

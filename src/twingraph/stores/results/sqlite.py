@@ -315,9 +315,7 @@ class SQLiteStorage(ResultStoreBase):
             before = conn.execute(_TOP).fetchone()[0] or 0
             ids = _ids(conn, [(r[0], r[1]) for r in rows] + [(k64(p.key), p.key) for p in chunked])
             if ids:        # rows of keys stored already are updated in place
-                for r in rows:
-                    if r[1] in ids:
-                        conn.execute(_UPDATE, r[2:] + (ids[r[1]],))
+                conn.executemany(_UPDATE, [r[2:] + (ids[r[1]],) for r in rows if r[1] in ids])
                 rows = [r for r in rows if r[1] not in ids]
             if rows:
                 insert_rows(conn.execute, conn.executemany, _INSERT, _insert_many(conn), rows)
