@@ -228,6 +228,13 @@ def test_records_and_results_cross_the_pipe_unchanged():
     assert got_recs == recs
     assert got_res == [("k", (b"123",), meta)]
     assert len(KINDS) == len(set(KINDS)) == 8
+    task_runs = [rows for kind, rows in packed[0] if KINDS[kind] is TaskRecord]
+    assert task_runs and all(type(rows) is bytes for rows in task_runs)     # as JSON
+    # A task row orjson refuses (an int beyond 64 bits) goes pickled, unchanged.
+    odd = [TaskRecord("r", "big", "c", TaskState.SUCCESS, inputs={"deps": [["m", [2 ** 70]]]})]
+    packed = pack(odd, [])
+    assert type(packed[0][0][1]) is list
+    assert unpack(read_frame(_reader(frame(packed))))[0] == odd
     assert read_frame(_reader(bytes(buf[:-1]))) is None       # cut inside a frame
     assert read_frame(_reader(b"")) is None
 
