@@ -285,3 +285,33 @@ def test_a_declarative_dag_asking_for_more_than_the_machine_has_fails_before_it_
         assert eng.metadata.list_runs() == []
     finally:
         eng.close()
+
+
+@component(executor="thread", resources={"cpu": 2}, cache=False)
+def two_cpus(i: int) -> str:
+    return _span(f"wide{i}", 0.15)
+
+
+@pipeline(name="wide", max_parallel=4)
+def wide():
+    return two_cpus(i=0)
+
+
+def test_runs_waiting_for_resources_are_served_in_turn() -> None:
+    """A run asking for 2 CPUs while another run keeps taking 1 at a time does not wait for
+    all of the other run's tasks: runs are served in the order they began to wait."""
+    eng = engine(cpu=2)
+    try:
+        many = threading.Thread(target=cpus.run, kwargs={"engine": eng, "n": 10})
+        many.start()
+        time.sleep(0.05)                      # the small tasks hold both CPUs, more wait
+        assert wide.run(engine=eng).state.value == "SUCCESS"
+        many.join(10)
+        (_, w0, w1), = [s for s in SPANS if s[0] == "wide0"]
+        small = [(a, b) for name, a, b in SPANS if name.startswith("cpu")]
+        assert len(small) == 10
+        assert sum(1 for a, _ in small if a >= w1) >= 4, SPANS     # it did not wait for them all
+        assert not any(a < w1 and b > w0 for a, b in small)         # and it had both CPUs
+        assert eng.local_resources.free == eng.local_resources.capacity
+    finally:
+        eng.close()

@@ -175,6 +175,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         except BaseException as exc:  # noqa: BLE001 - a bug here must not leave waiters hanging
             self._crash(exc)
         finally:
+            if self._pool is not None:
+                self._pool.forget(self._resources_freed)     # never first in line when gone
             try:
                 self._hand_over(final=True)
             finally:
@@ -438,6 +440,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             held.popleft()
         if not held:
             self._held_retry = False
+            self._pool.forget(self._resources_freed)         # the next run in line, if any
             return False
         if self.running >= limit or self.stopping:
             return False                # tried again after the next task ends
@@ -446,6 +449,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             return False
         self._start(held.popleft())
         self._progressed(1)
+        if not held:
+            self._pool.forget(self._resources_freed)
         return True
 
     def _amounts(self, task: Task) -> tuple[int, int, int]:
@@ -765,6 +770,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 self._finish(task, _T.CANCELLED, error=TaskCancelled(message, node_id=task.node_id))
         self.ready.clear()
         self.held.clear()
+        if self._pool is not None:
+            self._pool.forget(self._resources_freed)
 
 
 def get_nowait(q: queue.SimpleQueue[Any]) -> Any:

@@ -61,7 +61,7 @@ class LocalResources:
                               for i, name in enumerate(_NAMES))
         self._free = list(self.capacity)
         self._lock = threading.Lock()
-        self._waiting: list[Callable[[], None]] = []     # wake-ups of runs holding tasks back
+        self._waiting: list[Callable[[], None]] = []     # runs holding tasks back, in line
 
     def check(self, names: Iterable[str], resources: Mapping[str, Any]) -> None:
         """Raise ``ResourceUnavailable`` if ``resources`` ask for more than the capacity."""
@@ -71,25 +71,48 @@ class LocalResources:
             raise ResourceUnavailable(names, [(n, _show(n, a), _show(n, c)) for n, a, c in over])
 
     def take_or_wait(self, amounts: tuple[int, int, int], wake: Callable[[], None]) -> bool:
-        """Take ``amounts`` if they are free; otherwise note ``wake`` (called once, the next
-        time anything is given back) and return False."""
+        """Take ``amounts`` if they are free and no other run waits before the caller;
+        otherwise queue ``wake`` (a run's, called when it is the first in line and something
+        was given back) and return False. Runs are served in the order they began to wait, so
+        a large request is not starved by other runs' small ones."""
         with self._lock:
-            free = self._free
-            if all(a <= f for a, f in zip(amounts, free)):
+            queue, free = self._waiting, self._free
+            first = not queue or queue[0] == wake
+            if first and all(a <= f for a, f in zip(amounts, free)):
                 for i, a in enumerate(amounts):
                     free[i] -= a
-                return True
-            if wake not in self._waiting:
-                self._waiting.append(wake)
-            return False
+                nxt = None
+                if queue:                   # served: the next run in line may fit what is left
+                    queue.pop(0)
+                    nxt = queue[0] if queue else None
+            else:
+                if wake not in queue:
+                    queue.append(wake)
+                return False
+        if nxt is not None:
+            nxt()
+        return True
 
     def give_back(self, amounts: tuple[int, int, int]) -> None:
         with self._lock:
             for i, a in enumerate(amounts):
                 self._free[i] += a
-            waiting, self._waiting = self._waiting, []
-        for wake in waiting:
-            wake()
+            first = self._waiting[0] if self._waiting else None
+        if first is not None:
+            first()
+
+    def forget(self, wake: Callable[[], None]) -> None:
+        """A run waits no more (its held tasks started, ended or were cancelled, or it ended):
+        out of the line, and the next one in line tries in its place."""
+        with self._lock:
+            queue = self._waiting
+            was_first = bool(queue) and queue[0] == wake
+            if wake not in queue:
+                return
+            queue.remove(wake)
+            nxt = queue[0] if was_first and queue else None
+        if nxt is not None:
+            nxt()
 
     @property
     def free(self) -> tuple[int, ...]:
