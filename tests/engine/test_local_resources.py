@@ -1,6 +1,11 @@
 """``@component(resources=...)`` on the local platform: a task starts only once the CPU, memory
 and GPUs it asks for are free on the engine's machine, and gives them back when it ends
-(decision 0014). Real thread tasks; overlap is read from the times each task ran."""
+(decision 0014). Real thread tasks; overlap is read from the times each task ran.
+
+Patching, and why: a crashed scheduling loop is an engine bug that no input produces, so one
+test makes ``RunLoop._heartbeat`` raise while a task runs; one test wraps ``_reserve`` and
+``take_or_wait`` only to count calls (they still do their work); ``TWINGRAPH_LOCAL_RESOURCES``
+is set with ``monkeypatch.setenv``."""
 from __future__ import annotations
 
 import threading

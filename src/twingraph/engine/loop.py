@@ -112,7 +112,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.held: deque[Task] = deque()
         self._pool: Any = getattr(engine, "local_resources", None)
         self._held_retry = False                   # some were given back since the head failed
-        self._asks: dict[int, tuple[Any, tuple[int, int, int]]] = {}   # id(spec) -> amounts
+        # id(spec) -> (spec, amounts): the spec is kept so that its id is not given to another
+        self._asks: dict[int, tuple[Any, tuple[int, int, int]]] = {}
         self.became_ready: deque[Task] = deque()   # inputs complete: key not computed yet
         self.running = 0
         self.unfinished = 0
