@@ -149,13 +149,18 @@ def typed_hash(encoding: str, content_hash: str) -> str:
 
 # ---------------------------------------------------------------------------------------- encode
 
+# Read once per encoded value: a module global, not the enum class's attribute (in CPython 3.11
+# that goes through the enum metaclass's __getattr__ hook; see engine.task).
+_NESTED, _PRIMITIVE = DataType.NESTED, DataType.PRIMITIVE
+
+
 def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD) -> Encoded:
     """Encode ``value`` (see the module docstring for the choice of encoding)."""
     t = type(value)
     text = _json_text(value)
     if text is not None:
         data = text
-        dt = DataType.NESTED if t is list or t is dict else DataType.PRIMITIVE
+        dt = _NESTED if t is list or t is dict else _PRIMITIVE
         return _make("json", dt, (data,), len(data), large_threshold)
     if t is bytes or t is bytearray or t is memoryview:
         buf = _byte_view(value)

@@ -18,10 +18,10 @@ from typing import Any
 
 from twingraph.core.states import TaskState
 from twingraph.engine.refs import Ref
-from twingraph.engine.task import DECLARED, UNLOADED, Task
+from twingraph.engine.task import (DECLARED, UNLOADED, Task, CANCELLED, FAILED, PENDING, QUEUED,
+                                    RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
 from twingraph.errors import NodeExecutionError, PipelineCancelled, PipelineTimeout
 
-_T = TaskState
 
 
 class BodySide:
@@ -86,22 +86,22 @@ class BodySide:
 
     def resolve_ref(self, ref: Ref, timeout: float | None = None) -> Any:
         task = ref._task
-        if not task.state.terminal:
+        if not task.state in TERMINAL:
             with self.lock:
-                if not task.state.terminal and task.event is None:
+                if not task.state in TERMINAL and task.event is None:
                     task.event = threading.Event()
                 ev = task.event
             if ev is not None:
                 deadline = None if timeout is None else time.monotonic() + timeout
                 while not ev.wait(0.5 if deadline is None else
                                   max(0.0, min(0.5, deadline - time.monotonic()))):
-                    if self.done.is_set() and not task.state.terminal:
+                    if self.done.is_set() and not task.state in TERMINAL:
                         raise NodeExecutionError(
                             f"task {task.node_id} can no longer finish: the run has ended "
                             f"({self.stop_message or 'engine stopped'})", node_id=task.node_id)
                     if deadline is not None and time.monotonic() >= deadline:
                         raise TimeoutError(f"waiting for {task.node_id} timed out")
-        if task.state is not _T.SUCCESS:
+        if task.state is not SUCCESS:
             task.observed = True
             raise self._failure_of(task)
         value = task.value
@@ -113,7 +113,7 @@ class BodySide:
         return full
 
     def _failure_of(self, task: Task) -> BaseException:
-        if task.state is _T.FAILED:
+        if task.state is FAILED:
             err = task.error
             if isinstance(err, NodeExecutionError):
                 return err
@@ -121,7 +121,7 @@ class BodySide:
                                      node_id=task.node_id, error_type=type(err).__name__)
             out.__cause__ = err
             return out
-        if task.state is _T.SKIPPED:
+        if task.state is SKIPPED:
             return NodeExecutionError(f"task {task.node_id} was skipped: an upstream task failed",
                                       node_id=task.node_id, error_type="Skipped")
         if self.stopping == "timeout":
@@ -141,9 +141,9 @@ class BodySide:
         if self.unfinished and len(times) >= 3 and times[-1] - times[0] >= 0.2:
             rate = (len(times) - 1) / (times[-1] - times[0])
             eta = self.unfinished / rate
-        return {"total": total, "pending": c[_T.PENDING], "queued": c[_T.QUEUED] + c[_T.RETRYING],
-                "running": c[_T.RUNNING], "succeeded": c[_T.SUCCESS], "failed": c[_T.FAILED],
-                "skipped": c[_T.SKIPPED], "cancelled": c[_T.CANCELLED], "finished": finished,
+        return {"total": total, "pending": c[PENDING], "queued": c[QUEUED] + c[RETRYING],
+                "running": c[RUNNING], "succeeded": c[SUCCESS], "failed": c[FAILED],
+                "skipped": c[SKIPPED], "cancelled": c[CANCELLED], "finished": finished,
                 "percent": 100.0 * finished / total if total else 0.0, "eta_seconds": eta,
                 "running_nodes": [t.node_id for t in list(self.tasks.values())
-                                  if t.state is _T.RUNNING][:20]}
+                                  if t.state is RUNNING][:20]}

@@ -46,14 +46,14 @@ from twingraph.engine.timers import HEARTBEAT_INTERVAL, TimerSide
 from twingraph.engine.recorder import PutResult
 from twingraph.engine.snapshot import error_text, task_rows, traceback_text
 from twingraph.engine.refs import Ref, find_refs, path_list, substitute
-from twingraph.engine.task import DECLARED, UNLOADED, Job, Task
+from twingraph.engine.task import (DECLARED, UNLOADED, Job, Task, CANCELLED, FAILED, PENDING, QUEUED,
+                                    RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
 from twingraph.errors import NodeExecutionError, ResourceUnavailable, TaskCancelled, TaskTimeout
 
 _NONE: list[Any] = []          # shared empty list for released fields (never appended to)
 _EMPTY: dict[str, Any] = {}
 DEFAULT_RETRY = RetryPolicy(max_attempts=3, backoff="exponential", initial_delay=1.0,
                             max_delay=60.0)
-_T = TaskState
 # Values kept in memory once stored, not dropped to be reloaded: a number or None costs its
 # task a few dozen bytes at most, a reload costs a query on the scheduling thread (a GIL round
 # trip; a late consumer of a far-back producer in a large graph needs one per node).
@@ -193,8 +193,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.stopping, self.stop_message = "failed", f"engine error: {type(exc).__name__}: {exc}"
         self.out.append(LogRecord(self.run_id, self.clock.now(), "error", self.stop_message))
         for task in list(self.tasks.values()) + list(self.submitted):
-            if not task.state.terminal:
-                if task.state is _T.RUNNING:
+            if not task.state in TERMINAL:
+                if task.state is RUNNING:
                     self._abort(task)
                     if task.spec.resources:
                         self._give_back(task)
@@ -207,7 +207,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                     task.inputs_info = self.engine.fingerprint(task.spec)
                 err = NodeExecutionError(self.stop_message, node_id=task.node_id)
                 with self.lock:
-                    task.state, task.error = _T.FAILED, err
+                    task.state, task.error = FAILED, err
                     ev = task.event
                 if ev is not None:
                     ev.set()
@@ -243,7 +243,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 # Only a task that never started waits: one that ran (a retry now QUEUED) has
                 # attempt rows in ``self.out`` that need its row first.
                 if not t.persisted and t.attempt == 0 and t.created_at > young and \
-                        (t.state is _T.PENDING or t.state is _T.QUEUED):
+                        (t.state is PENDING or t.state is QUEUED):
                     deferred.append(t)      # young and waiting: its first row can wait
                 else:
                     task_rows(self.run_id, t, out)
@@ -278,7 +278,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         elif kind == "stored":
             for t in ev[1]:
                 t.stored = True
-                if t.consumers <= 0 and t.state is _T.SUCCESS and not _small(t.value):
+                if t.consumers <= 0 and t.state is SUCCESS and not _small(t.value):
                     t.value = UNLOADED
         elif kind == "resources":      # some were given back: the first held task tries again
             self._held_retry = True
@@ -295,7 +295,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             if task.node_id not in self.tasks:
                 self.tasks[task.node_id] = task
                 self.unfinished += 1
-                self.counts[_T.PENDING] += 1
+                self.counts[PENDING] += 1
                 task.dirty = True
                 self.dirty.append(task)
             self._fail_before_start(task, exc)
@@ -305,7 +305,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             task.node_id = f"{task.node_id}.{task.order}"
         self.tasks[task.node_id] = task
         self.unfinished += 1
-        self.counts[_T.PENDING] += 1
+        self.counts[PENDING] += 1
         task.created_at = self.clock.now()
         fp = self.engine.fingerprint(task.spec)
         task.dirty = True
@@ -319,9 +319,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         upstream_bad = None
         for p in task.producers:
             p.consumers += 1
-            if p.state is _T.SUCCESS:
+            if p.state is SUCCESS:
                 continue
-            if p.state.terminal:
+            if p.state in TERMINAL:
                 upstream_bad = p
             else:
                 task.waiting += 1
@@ -333,10 +333,10 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self.emit({"event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
                        "component": task.component, "status": "PENDING"})
         if self.stopping:
-            self._finish(task, _T.CANCELLED, error=TaskCancelled(self.stop_message,
+            self._finish(task, CANCELLED, error=TaskCancelled(self.stop_message,
                                                                   node_id=task.node_id))
         elif upstream_bad is not None:
-            self._finish(task, _T.SKIPPED,
+            self._finish(task, SKIPPED,
                          error=NodeExecutionError(f"upstream {upstream_bad.node_id} did not succeed"))
         elif task.waiting == 0:
             self.became_ready.append(task)
@@ -369,8 +369,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
 
     def _fail_before_start(self, task: Task, exc: BaseException) -> None:
         """A task that could not even be keyed or looked up fails like a task that raised."""
-        if not task.state.terminal:
-            self._finish(task, _T.FAILED, error=exc)
+        if not task.state in TERMINAL:
+            self._finish(task, FAILED, error=exc)
             self._after_failure(task)
 
     # == dispatch ===========================================================================
@@ -387,7 +387,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 taken = 0
                 while became and taken < self.LOOKUP_BURST:
                     t = became.popleft()
-                    if t.state is not _T.PENDING:
+                    if t.state is not PENDING:
                         continue
                     taken += 1       # keyed here: a hit, a resumed task, a twin or a lookup
                     try:
@@ -411,7 +411,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             if not ready or self.running >= limit or self.stopping:
                 return
             task = ready.popleft()
-            if task.state is _T.QUEUED:
+            if task.state is QUEUED:
                 if task.spec.resources and not self._reserve(task):
                     continue
                 self._start(task)
@@ -437,7 +437,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         """Start the first held task if a slot and its resources are free; True if it started.
         One task per call: a give-back costs the held tasks one try, not one each."""
         held = self.held
-        while held and held[0].state is not _T.QUEUED:       # cancelled while it waited
+        while held and held[0].state is not QUEUED:       # cancelled while it waited
             held.popleft()
         if not held:
             self._held_retry = False
@@ -502,7 +502,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             if task.spec.resources:
                 self._give_back(task)
             task.attempt += 1
-            self._finish(task, _T.FAILED, error=exc)
+            self._finish(task, FAILED, error=exc)
             self._after_failure(task)
             return
         self._release_inputs(task)
@@ -515,7 +515,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         mode = self.engine.choose_mode(task.spec)
         task.mode = mode
         self.running += 1
-        self._set_state(task, _T.RUNNING)
+        self._set_state(task, RUNNING)
         invoke = self.engine.invoke_raw if task.spec.raw_result else self.engine.invoke
         if mode == "inline":         # on this thread: no job, no hand-off
             t0 = time.perf_counter()
@@ -607,14 +607,14 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         task.producers = _NONE
         for p in producers:
             p.consumers -= 1
-            if p.consumers <= 0 and p.stored and p.state is _T.SUCCESS \
+            if p.consumers <= 0 and p.stored and p.state is SUCCESS \
                     and not _small(p.value):
                 p.value = UNLOADED
 
     # == completion =========================================================================
     def _on_outcome(self, o: Any) -> None:
         task = self.tasks.get(o.node_id)
-        if task is None or task.fence != o.fence or task.state is not _T.RUNNING:
+        if task is None or task.fence != o.fence or task.state is not RUNNING:
             self.out.append(LogRecord(self.run_id, self.clock.now(), "warning",
                                         f"dropped a late result of {o.node_id} (fence {o.fence})",
                                         o.node_id))
@@ -643,13 +643,13 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 # A first attempt that succeeded is described by the task row itself (attempts=1,
                 # fence, times): no attempt row for it unless one was already started.
                 self.out.append(AttemptRecord(self.run_id, task.node_id, task.attempt, fence,
-                                              _T.SUCCESS, executor=f"{task.spec.platform}:{task.mode}",
+                                              SUCCESS, executor=f"{task.spec.platform}:{task.mode}",
                                               started_at=now - duration, ended_at=now))
-            self._finish(task, _T.SUCCESS, duration=duration)
+            self._finish(task, SUCCESS, duration=duration)
             return
         task.error = error
         self.out.append(AttemptRecord(self.run_id, task.node_id, task.attempt, fence,
-                                        _T.FAILED, executor=f"{task.spec.platform}:{task.mode}",
+                                        FAILED, executor=f"{task.spec.platform}:{task.mode}",
                                         started_at=now - duration, ended_at=now,
                                         error=error_text(error)))
         tb = traceback_text(error).rstrip()
@@ -661,12 +661,12 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             policy = self.opt.error_config.get("retry_policy") or DEFAULT_RETRY
         if policy is not None and not self.stopping and policy.retries(error, task.attempt):
             delay = policy.delay(task.attempt, self.engine.rng)
-            self._set_state(task, _T.RETRYING)
+            self._set_state(task, RETRYING)
             self.out.append(LogRecord(self.run_id, now, "info",
                                         f"retrying in {delay:.3g}s", task.node_id))
             self._timer(delay, "retry", task, task.fence)
             return
-        self._finish(task, _T.FAILED, error=error, duration=duration)
+        self._finish(task, FAILED, error=error, duration=duration)
         self._after_failure(task)
 
     def _after_failure(self, task: Task) -> None:
@@ -691,9 +691,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         stack = list(task.dependents)
         while stack:
             t = stack.pop()
-            if t.state.terminal:
+            if t.state in TERMINAL:
                 continue
-            self._finish(t, _T.SKIPPED, error=NodeExecutionError(
+            self._finish(t, SKIPPED, error=NodeExecutionError(
                 f"upstream {task.node_id} failed", node_id=t.node_id))
             stack.extend(t.dependents)
 
@@ -705,10 +705,10 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self._set_state(task, state, duration=duration)
         self.unfinished -= 1
         self._done_times.append(self.clock.monotonic())
-        if state is _T.SUCCESS:
+        if state is SUCCESS:
             for d in task.dependents:
                 d.waiting -= 1
-                if d.waiting == 0 and d.state is _T.PENDING:
+                if d.waiting == 0 and d.state is PENDING:
                     self.became_ready.append(d)
             # Done for good: drop what only scheduling needed (bounded memory per finished node).
             task.dependents = _NONE
@@ -716,14 +716,14 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         if task.aliases:
             aliases, task.aliases = task.aliases, None
             for a in aliases:
-                if not a.state.terminal:
+                if not a.state in TERMINAL:
                     self._follow_twin(a, task)
 
     def _set_state(self, task: Task, state: TaskState, *, duration: float | None = None) -> None:
         """The only place a task's state changes: counts, waiters, the dirty mark for the
         recorder (one snapshot row per task per hand-over), and the event."""
         old = task.state
-        if state.terminal:                 # only terminal states wake waiters (see resolve_ref)
+        if state in TERMINAL:                 # only terminal states wake waiters (see resolve_ref)
             with self.lock:
                 task.state = state
                 ev = task.event
@@ -731,9 +731,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             task.state, ev = state, None
         self.counts[old] -= 1
         self.counts[state] += 1
-        if state is _T.RUNNING:
+        if state is RUNNING:
             task.started_at = self.clock.now()
-        elif state.terminal:
+        elif state in TERMINAL:
             task.ended_at = self.clock.now()
         if not task.dirty:
             task.dirty = True
@@ -746,7 +746,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 "component": task.component, "status": state.value, "cache": task.cache_status}
             if duration is not None:
                 ev_out["duration"] = duration
-            if state is _T.FAILED:
+            if state is FAILED:
                 ev_out["error"] = error_text(task.error)
             self.emit(ev_out)
 
@@ -757,18 +757,18 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.stopping, self.stop_message = why, message
         self.out.append(LogRecord(self.run_id, self.clock.now(), "warning", f"stopping: {message}"))
         for task in list(self.tasks.values()):
-            if task.state.terminal:
+            if task.state in TERMINAL:
                 continue
-            if task.state is _T.RUNNING:
+            if task.state is RUNNING:
                 killed = self._abort(task)
                 self.running -= 1
                 if task.spec.resources:
                     self._give_back(task)
                 how = "killed" if killed else "abandoned"
-                self._finish(task, _T.CANCELLED, error=TaskCancelled(
+                self._finish(task, CANCELLED, error=TaskCancelled(
                     f"{message}; running task {how}", node_id=task.node_id))
             else:
-                self._finish(task, _T.CANCELLED, error=TaskCancelled(message, node_id=task.node_id))
+                self._finish(task, CANCELLED, error=TaskCancelled(message, node_id=task.node_id))
         self.ready.clear()
         self.held.clear()
         if self._pool is not None:

@@ -11,12 +11,11 @@ from typing import Any
 
 from twingraph.core.hashing import digest_value, structural_key
 from twingraph.core.records import TaskRecord
-from twingraph.core.states import TaskState
 from twingraph.engine.calls import strip_lineage
 from twingraph.engine.refs import Ref
-from twingraph.engine.task import DECLARED, Task
+from twingraph.engine.task import (DECLARED, Task, CANCELLED, FAILED, QUEUED, SKIPPED,
+                                    SUCCESS, TERMINAL)
 
-_T = TaskState
 _NO_KWARGS: dict[str, Any] = {"d": {}}          # digest_value({})
 
 
@@ -54,27 +53,27 @@ class MemoSide:
                              prefix=self.engine.key_prefix(spec))
         task.cache_key = key
         prior = self.prior.get(task.node_id)
-        if prior is not None and prior.state is _T.SUCCESS and prior.cache_key == key \
+        if prior is not None and prior.state is SUCCESS and prior.cache_key == key \
                 and prior.content_hash:
             self._hit(task, prior.content_hash, "resumed", "result recorded by this run before it stopped")
             return False
         memoize = spec.cache and not self.opt.no_cache
         twin = self.by_key.get(key) if memoize else None
         if twin is not None and twin is not task:
-            if twin.state.terminal:
+            if twin.state in TERMINAL:
                 self._follow_twin(task, twin)
             else:
                 if twin.aliases is None:
                     twin.aliases = []
                 twin.aliases.append(task)
-                self._set_state(task, _T.QUEUED)
+                self._set_state(task, QUEUED)
             return False
         if memoize:
             self.by_key[key] = task
             return True
         task.cache_status = "disabled"
         task.cache_reason = "--no-cache" if self.opt.no_cache else "cache=False on the component"
-        self._set_state(task, _T.QUEUED)
+        self._set_state(task, QUEUED)
         self.ready.append(task)
         return False
 
@@ -83,7 +82,7 @@ class MemoSide:
             self._hit(task, content_hash, "hit", "stored result with the same code, config and inputs")
             return
         task.cache_status, task.cache_reason = "miss", self._miss_reason(task)
-        self._set_state(task, _T.QUEUED)
+        self._set_state(task, QUEUED)
         self.ready.append(task)
 
     def _miss_reason(self, task: Task) -> str:
@@ -104,23 +103,23 @@ class MemoSide:
         task.content_hash = content_hash
         task.cache_status, task.cache_reason = status, reason
         task.stored = stored
-        self._finish(task, _T.SUCCESS)
+        self._finish(task, SUCCESS)
 
     def _follow_twin(self, task: Task, twin: Task) -> None:
         """Finish ``task`` the way its in-run twin (same structural key) finished."""
-        if twin.state is _T.SUCCESS:
+        if twin.state is SUCCESS:
             task.value = twin.value          # before _hit wakes anyone waiting on the task
             # Stored only if the twin's result is; otherwise the value stays in memory.
             self._hit(task, twin.content_hash, "hit",
                       f"same computation as {twin.node_id} in this run", stored=twin.stored)
-        elif twin.state is _T.FAILED:
-            self._finish(task, _T.FAILED, error=twin.error)
+        elif twin.state is FAILED:
+            self._finish(task, FAILED, error=twin.error)
             self._after_failure(task)
-        elif twin.state is _T.SKIPPED:
-            self._finish(task, _T.SKIPPED, error=twin.error)
+        elif twin.state is SKIPPED:
+            self._finish(task, SKIPPED, error=twin.error)
             self._skip_downstream(task)
         else:
-            self._finish(task, _T.CANCELLED, error=twin.error)
+            self._finish(task, CANCELLED, error=twin.error)
 
 
 

@@ -11,14 +11,13 @@ import traceback
 from typing import Any
 
 from twingraph.core.records import AttemptRecord, TaskRecord, TaskUpdate
-from twingraph.core.states import TaskState
-from twingraph.engine.task import Task
+from twingraph.engine.task import Task, RUNNING, SUCCESS, TERMINAL
 from twingraph.errors import NodeExecutionError
 
 
 def task_rows(run_id: str, task: Task, out: list[Any]) -> None:
     t = task
-    ok = t.state is TaskState.SUCCESS
+    ok = t.state is SUCCESS
     err = error_text(t.error) if t.error is not None and not ok else None
     if not t.persisted:
         t.persisted = True
@@ -34,13 +33,13 @@ def task_rows(run_id: str, task: Task, out: list[Any]) -> None:
             t.fence or None, t.attempt or None, t.cache_key, t.cache_status, t.cache_reason,
             t.cache_key if ok else None, t.content_hash if ok else None, err, t.started_at,
             t.ended_at))
-    if t.state.terminal:
+    if t.state in TERMINAL:
         # Final row written: its times are not needed in memory any more (a run of a million
         # tasks keeps every Task; three floats each are 72 bytes).
         t.created_at, t.started_at, t.ended_at = 0.0, None, None
-    if t.state is TaskState.RUNNING:
+    if t.state is RUNNING:
         t.attempt_row = t.attempt
-        out.append(AttemptRecord(run_id, t.node_id, t.attempt, t.fence, TaskState.RUNNING,
+        out.append(AttemptRecord(run_id, t.node_id, t.attempt, t.fence, RUNNING,
                                  f"{t.spec.platform}:{t.mode}", t.started_at or 0.0))
 
 

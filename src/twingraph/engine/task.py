@@ -13,6 +13,16 @@ from typing import Any
 
 from twingraph.core.states import TaskState
 
+# TaskState's members as module globals, for the run loop's hot path: in CPython 3.11 reading
+# ``TaskState.SUCCESS`` goes through the enum metaclass's ``__getattr__`` hook (~70 ns; the loop
+# did it ~25 times per task) and ``state.terminal`` is a property; a global is a dict read.
+PENDING, QUEUED, RUNNING, RETRYING = (TaskState.PENDING, TaskState.QUEUED, TaskState.RUNNING,
+                                      TaskState.RETRYING)
+SUCCESS, FAILED, SKIPPED, CANCELLED = (TaskState.SUCCESS, TaskState.FAILED, TaskState.SKIPPED,
+                                       TaskState.CANCELLED)
+#: The terminal task states (``state in TERMINAL`` is ``state.terminal``, without the call).
+TERMINAL = frozenset({SUCCESS, FAILED, SKIPPED, CANCELLED})
+
 UNLOADED: Any = type("Unloaded", (), {"__repr__": lambda self: "<unloaded>"})()
 #: ``Task.ref_slots`` of a declared task: a declarative graph's node, whose producers came with
 #: it (``BodySide.call_declared``) instead of as futures inside its arguments. Its ``args`` are
@@ -42,7 +52,7 @@ class Task:
         self.waiting = 0
         self.dependents: list[Task] = []
         self.consumers = 0
-        self.state = TaskState.PENDING
+        self.state = PENDING
         self.attempt = 0
         self.fence = 0
         self.value: Any = UNLOADED

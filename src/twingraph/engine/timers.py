@@ -15,11 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twingraph.core.records import RunHeartbeat
-from twingraph.core.states import TaskState
-from twingraph.engine.task import Task
+from twingraph.engine.task import Task, QUEUED, RETRYING, RUNNING
 from twingraph.errors import TaskTimeout
 
-_T = TaskState
 
 #: Seconds between a running run's heartbeats (``runs.heartbeat_at``).
 HEARTBEAT_INTERVAL = 5.0
@@ -57,10 +55,10 @@ class TimerSide:
                 continue
             if task is None or task.fence != fence:
                 continue
-            if kind == "retry" and task.state is _T.RETRYING:
-                self._set_state(task, _T.QUEUED)
+            if kind == "retry" and task.state is RETRYING:
+                self._set_state(task, QUEUED)
                 self.ready.append(task)
-            elif kind == "task_timeout" and task.state is _T.RUNNING:
+            elif kind == "task_timeout" and task.state is RUNNING:
                 started = getattr(task.job, "started_at", None)
                 limit = task.spec.timeout
                 if started is None or time.monotonic() - started < limit:
