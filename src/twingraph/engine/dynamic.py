@@ -300,13 +300,17 @@ class NodeExecutor:
         return serialization.decode(data, (meta.metadata or {}).get("encoding", "bytes"))
 
 
+#: Result types that are never awaitable (``inspect.isawaitable`` ends in an ABC check).
+_PLAIN = frozenset({int, float, str, bool, type(None), bytes, list, dict, tuple})
+
+
 def _call_node(fn: Any, style: str, arguments: Any, parameters: Mapping[str, Any],
                values: Mapping[str, Any]) -> Any:
     if style == "operation":
         deps = {k: values[k] for k in (arguments.values() if type(arguments) is dict
                                        else arguments)}
         out = fn(deps, dict(parameters))
-        if inspect.isawaitable(out):                 # `async def` operations
+        if type(out) not in _PLAIN and inspect.isawaitable(out):   # `async def` operations
             out = asyncio.run(_await(out))
         return out
     target = getattr(fn, "fn", None) or (fn.run if hasattr(fn, "execute") else fn)
@@ -574,20 +578,17 @@ class DynamicScheduler:
             if on_run is not None:
                 on_run(run)
             tasks: dict[str, Any] = {}
-            extras = dag.dependencies
+            inputs_of = dag._deps_view      # the inputs the operation is given, each once
+            call = run.call_declared
             for i, (node, fn, style) in enumerate(plan):
                 if i & 1023 == 0:
                     _wait_for_window(run)
-                spec, op = self._spec_for(node, fn, style, specs, config)
-                names = node.arguments
-                if type(names) is not list or (extras and node.node_id in extras) \
-                        or (len(names) > 1 and len(set(names)) != len(names)):
-                    # the inputs the operation is given, each once (values keyed by node id)
-                    names = list(dict.fromkeys([*(names.values() if isinstance(names, dict)
-                                                  else names), *extras.get(node.node_id, ())]))
-                tasks[node.node_id] = run.call_declared(
-                    spec, op, node.arguments, node.parameters, names,
-                    [tasks[n] for n in names], node.node_id)
+                entry = specs.get(node.operation)
+                spec, op = entry if entry is not None else \
+                    self._spec_for(node, fn, style, specs, config)
+                names = inputs_of(node)
+                tasks[node.node_id] = call(spec, op, node.arguments, node.parameters, names,
+                                           [tasks[n] for n in names], node.node_id)
             return {}
         return body
 

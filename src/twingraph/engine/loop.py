@@ -310,11 +310,11 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         fp = self.engine.fingerprint(task.spec)
         task.dirty = True
         self.dirty.append(task)
-        deps: list[list[Any]] = []
-        if task.ref_slots is DECLARED:
-            for p in task.producers:        # given, distinct, each read whole
-                deps.append([p.node_id, _NONE])
+        deps: list[list[Any]]
+        if task.ref_slots is DECLARED:      # given, distinct, each read whole
+            deps = [[p.node_id, _NONE] for p in task.producers]
         else:
+            deps = []
             self._find_producers(task, deps)
         upstream_bad = None
         for p in task.producers:
@@ -484,7 +484,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
     def _start(self, task: Task) -> None:
         try:
             executor = self.engine.executor_for(task.spec)
-            args, kwargs = task.args, dict(task.kwargs)
+            args, kwargs = task.args, task.kwargs
+            if kwargs:                  # copied: lineage arguments may be taken out below
+                kwargs = dict(kwargs)
             if task.ref_slots is DECLARED:
                 arguments, parameters, names, producers = args
                 value_of = self._value_of
@@ -506,7 +508,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self._after_failure(task)
             return
         self._release_inputs(task)
-        if not accepts_lineage(task.fn):
+        if kwargs and not accepts_lineage(task.fn):
             for k in LINEAGE_KWARGS:
                 kwargs.pop(k, None)
         task.attempt += 1

@@ -42,7 +42,7 @@ class MemoSide:
             # The digest ``call`` would give the same node with futures for its inputs
             # (same keys, same hits), without walking for them.
             arguments, parameters, names, producers = task.args
-            digest = [{"t": [digest_value(arguments, Ref, _ref_digest, leaf),
+            digest = [{"t": [_names_digest(arguments, leaf),
                              digest_value(parameters, Ref, _ref_digest, leaf),
                              {"d": {n: f"@{p.content_hash}()" for n, p in zip(names, producers)}}]},
                       _NO_KWARGS]
@@ -121,6 +121,18 @@ class MemoSide:
         else:
             self._finish(task, CANCELLED, error=twin.error)
 
+
+
+def _names_digest(arguments: Any, leaf: Callable[[Any], str]) -> Any:
+    """``digest_value`` of a declared node's ``arguments``: a list of node ids, short and not
+    starting with '@', digests to itself (the common case, without a call per id)."""
+    if type(arguments) is list:
+        for a in arguments:
+            if type(a) is not str or len(a) > 64 or a[:1] == "@":
+                break
+        else:
+            return {"l": arguments}
+    return digest_value(arguments, Ref, _ref_digest, leaf)
 
 
 def _ref_digest(value: Ref) -> str:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import operator
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twingraph.core.records import AttemptRecord, Record, TaskRecord, TaskUpdate
+from twingraph.core.records import (AttemptRecord, EdgeRecord, LogRecord, Record, RunHeartbeat,
+                                    RunRecord, RunUpdate, TaskRecord, TaskUpdate)
 from twingraph.engine.writer import FRAME_MAX, INLINE_MAX, WriterGone, WriterProcess, recipes
 from twingraph.ports import MetadataStore, ResultStore
 
@@ -205,7 +207,7 @@ class Recorder:
         # Same-type records are written as one statement each; a stable sort by type keeps every
         # record after the ones it refers to (runs, then tasks, then what hangs off tasks) and
         # keeps updates of one task in order.
-        records = sorted(records, key=_rank)
+        records = _in_write_order(records)
         child = self._child
         if child is None or any(r.meta.size > INLINE_MAX for r in results):
             self._drain()          # the writer process's batches come first
@@ -338,10 +340,22 @@ class Recorder:
 
 _RANKS = {"RunRecord": 0, "TaskRecord": 1, "TaskUpdate": 2, "AttemptRecord": 3,
           "EdgeRecord": 4, "LogRecord": 5, "RunHeartbeat": 6, "RunUpdate": 7}
+_RANK_OF_TYPE = {cls: _RANKS[cls.__name__] for cls in (RunRecord, TaskRecord, TaskUpdate,
+                                                       AttemptRecord, EdgeRecord, LogRecord,
+                                                       RunHeartbeat, RunUpdate)}
 
 
 def _rank(rec: Any) -> int:
     return _RANKS.get(type(rec).__name__, 8)
+
+
+def _in_write_order(records: Sequence[Any]) -> Sequence[Any]:
+    """``records`` stably sorted by kind (``_RANKS``). A batch is usually in that order
+    already (task rows first, as the loop hands them over): checked in C, not re-sorted."""
+    ranks = list(map(_RANK_OF_TYPE.get, map(type, records)))
+    if None not in ranks and all(map(operator.le, ranks, itertools.islice(ranks, 1, None))):
+        return records
+    return sorted(records, key=_rank)
 
 
 def _fold(rec: Any, upd: TaskUpdate) -> Any:
