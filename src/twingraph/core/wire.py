@@ -68,7 +68,9 @@ def pack(records: Iterable[Any], results: Iterable[tuple[str, Sequence[Any], Any
             except TypeError:
                 pass
         runs.append((i, rows))
-    res = [(key, _joined(buffers), _META(meta)) for key, buffers, meta in results]
+    res = [(key, buffers[0] if type(buffers) is tuple and len(buffers) == 1
+            and type(buffers[0]) is bytes else _joined(buffers), _META(meta))
+           for key, buffers, meta in results]
     return runs, res
 
 

@@ -8,6 +8,7 @@ graphs: their body submits every node up front.
 
 from __future__ import annotations
 
+import operator
 import os
 import random
 import threading
@@ -80,6 +81,7 @@ SLOW_CALL_SECONDS = 0.01      # one call slower than this sends it back to the t
 #: writer='auto': a run that has taken in this many tasks moves the writes to a child process
 #: (decision 0012); smaller runs never pay for starting one.
 OFFLOAD_AFTER = 20_000
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 WRITERS = ("auto", "thread", "process")
 
 
@@ -482,6 +484,12 @@ class Engine:
 
     def _on_stored(self, tokens: list[Any]) -> None:
         """Writer thread: results of these (loop, task) pairs are durable; tell their loops."""
+        if not tokens:
+            return
+        first = tokens[0][0]
+        if len(set(map(id, map(_FIRST, tokens)))) == 1:      # one run's batch: no grouping
+            first.inbox.put(("stored", list(map(_SECOND, tokens))))
+            return
         by_loop: dict[int, tuple[RunLoop, list[Any]]] = {}
         for loop, task in tokens:
             by_loop.setdefault(id(loop), (loop, []))[1].append(task)

@@ -30,6 +30,9 @@ from twingraph.ports import MetadataStore, ResultStore
 
 log = logging.getLogger("twingraph.engine")
 
+_ITEM = operator.attrgetter("key", "buffers", "meta")     # a PutResult as a put_many item
+_KEY = operator.attrgetter("key")
+
 _UPDATE_FIELDS = ("state", "attempts", "fence", "cache_key", "cache_status", "cache_reason",
                   "result_key", "content_hash", "error", "started_at", "ended_at")
 
@@ -253,7 +256,7 @@ class Recorder:
             self._write_here_of(batch, records, results)
             return
         store = self.results
-        items = [(r.key, r.buffers, r.meta) for r in results] if store is not None else []
+        items = list(map(_ITEM, results)) if store is not None else []
         try:
             data = child.encode(list(records), items, batch)
         except Exception:  # noqa: BLE001 - e.g. a value that does not pickle: as without a child
@@ -262,7 +265,7 @@ class Recorder:
             return
         note = getattr(store, "note_keys", None)
         if items and note is not None:
-            note([r.key for r in results])      # before the child commits: never a miss here
+            note(list(map(_KEY, results)))      # before the child commits: never a miss here
         self._unacked.append((records, results, batch))
         try:
             child.send_frame(data)
