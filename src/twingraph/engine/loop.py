@@ -36,6 +36,7 @@ from typing import Any
 
 from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord
 from twingraph.core.retry import RetryPolicy
+from twingraph.core.wire import pack_task_records
 from twingraph.core.specs import resource_amounts
 from twingraph.core.states import TaskState
 from twingraph.engine import gcpace, tasklog
@@ -254,6 +255,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 t = deferred.popleft()
                 if not t.persisted:
                     task_rows(self.run_id, t, out)
+            if out and self.recorder.packs_task_records:
+                out = _packed_rows(out)
             out.extend(self.out)
             self.out = out
         logs = self.logs
@@ -489,9 +492,13 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 kwargs = dict(kwargs)
             if task.ref_slots is DECLARED:
                 arguments, parameters, names, producers = args
-                value_of = self._value_of
-                args = (arguments, parameters,
-                        {n: value_of(p) for n, p in zip(names, producers)})
+                values = {}
+                for n, p in zip(names, producers):      # each producer's whole result
+                    v = p.value
+                    if v is UNLOADED:
+                        v = self._loaded(p)
+                    values[n] = v if p.spec.raw_result else p.result_view(v)
+                args = (arguments, parameters, values)
             elif task.ref_slots:
                 fetch, positional = self._fetch, list(args)
                 for slot in task.ref_slots:
@@ -580,10 +587,6 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         if value is UNLOADED:
             value = t.value = self.engine.load_value(t.cache_key)
         return value
-
-    def _value_of(self, t: Task) -> Any:
-        """A producer's whole result, as a future of it would give it."""
-        return t.result_view(self._loaded(t))
 
     def _fetch(self, ref: Ref) -> Any:
         t = ref._task
@@ -775,6 +778,17 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.held.clear()
         if self._pool is not None:
             self._pool.forget(self._resources_freed)
+
+
+def _packed_rows(out: list[Any]) -> list[Any]:
+    """A hand-over's records with its new task rows (``TaskRecord``) packed for the writer
+    process in one piece, first (``core.wire.pack_task_records``); the rest as they were."""
+    new = [r for r in out if type(r) is TaskRecord]
+    packed = pack_task_records(new) if new else None
+    if packed is None:
+        return out
+    return [packed, *[r for r in out if type(r) is not TaskRecord]] if len(new) < len(out) \
+        else [packed]
 
 
 def get_nowait(q: queue.SimpleQueue[Any]) -> Any:

@@ -20,11 +20,12 @@ import logging
 import operator
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from twingraph.core.records import (AttemptRecord, EdgeRecord, LogRecord, Record, RunHeartbeat,
                                     RunRecord, RunUpdate, TaskRecord, TaskUpdate)
+from twingraph.core.wire import PackedTaskRecords
 from twingraph.engine.writer import FRAME_MAX, INLINE_MAX, WriterGone, WriterProcess, recipes
 from twingraph.ports import MetadataStore, ResultStore
 
@@ -54,6 +55,7 @@ class Recorder:
         self.interval, self.max_buffer, self.max_backlog = interval, max_buffer, max_backlog
         self.on_stored, self.on_stale = on_stored, on_stale
         self._records: list[Any] = []
+        self._packed_extra = 0          # records in the buffer's PackedTaskRecords, minus one each
         self._index: dict[tuple[Any, ...], int] = {}   # foldable records still in the buffer
         self._results: list[PutResult] = []
         self._cv = threading.Condition()
@@ -68,6 +70,12 @@ class Recorder:
         self._offload = "off"          # off -> starting -> on | failed; or unavailable
         self._thread = threading.Thread(target=self._run, name="twingraph-recorder", daemon=True)
         self._thread.start()
+
+    @property
+    def packs_task_records(self) -> bool:
+        """Whether batches go to a writer process now: a run loop may then hand over its new
+        task rows packed (``core.wire.pack_task_records``) instead of as ``TaskRecord``s."""
+        return self._child is not None
 
     @property
     def writer(self) -> str:
@@ -139,8 +147,10 @@ class Recorder:
                 elif t is PutResult:
                     self._results.append(rec)
                     continue
+                elif t is PackedTaskRecords:      # new rows only: nothing folds into them
+                    self._packed_extra += rec.count - 1
                 records.append(rec)
-            if len(records) >= self.max_buffer:
+            if len(records) + self._packed_extra >= self.max_buffer:
                 self._cv.notify()
 
     def wait_for_room(self) -> None:
@@ -148,7 +158,7 @@ class Recorder:
         takes the whole buffer at each write, so what is buffered stays below about twice that).
         Returns at once if the writer failed (``flush`` reports it) or the recorder is closed."""
         with self._cv:
-            while len(self._records) + len(self._results) > self.max_backlog \
+            while len(self._records) + self._packed_extra + len(self._results) > self.max_backlog \
                     and self._error is None and not self._closed and self._thread.is_alive():
                 self._cv.notify()
                 self._cv.wait(0.05)
@@ -188,6 +198,7 @@ class Recorder:
                 if self._closed and not (self._records or self._results or self._unacked):
                     return
                 records, self._records = self._records, []
+                self._packed_extra = 0
                 results, self._results = self._results, []
                 self._index = {}
                 self._flushing = True
@@ -215,7 +226,7 @@ class Recorder:
         if child is None or any(r.meta.size > INLINE_MAX for r in results):
             self._drain()          # the writer process's batches come first
             self._write_here(records, results)
-        elif len(records) + len(results) <= FRAME_MAX:
+        elif _size(records) + len(results) <= FRAME_MAX:
             self._send(child, records, results, next(self._batches))
         else:
             # Smaller frames keep the child small: all the results first, then the records.
@@ -224,8 +235,8 @@ class Recorder:
             batch = next(self._batches)
             for i in range(0, len(results), FRAME_MAX):
                 self._send(child, (), results[i:i + FRAME_MAX], batch)
-            for i in range(0, len(records), FRAME_MAX):
-                self._send(child, records[i:i + FRAME_MAX], (), batch)
+            for part in _frames(records, FRAME_MAX):
+                self._send(child, part, (), batch)
         self._raise_failure()
 
     def _write_here(self, records: Sequence[Record], results: Sequence[PutResult]) -> None:
@@ -233,6 +244,9 @@ class Recorder:
             self.results.put_many([(r.key, r.buffers, r.meta) for r in results])
             self._stored(results)
         if records and self.metadata is not None:
+            if any(type(r) is PackedTaskRecords for r in records):
+                records = [x for r in records for x in
+                           (r.records() if type(r) is PackedTaskRecords else (r,))]
             self._stale(self.metadata.write(records))
 
     def _stored(self, results: Sequence[PutResult]) -> None:
@@ -343,13 +357,33 @@ class Recorder:
 
 _RANKS = {"RunRecord": 0, "TaskRecord": 1, "TaskUpdate": 2, "AttemptRecord": 3,
           "EdgeRecord": 4, "LogRecord": 5, "RunHeartbeat": 6, "RunUpdate": 7}
+_RANKS["PackedTaskRecords"] = _RANKS["TaskRecord"]
 _RANK_OF_TYPE = {cls: _RANKS[cls.__name__] for cls in (RunRecord, TaskRecord, TaskUpdate,
                                                        AttemptRecord, EdgeRecord, LogRecord,
-                                                       RunHeartbeat, RunUpdate)}
+                                                       RunHeartbeat, RunUpdate, PackedTaskRecords)}
 
 
 def _rank(rec: Any) -> int:
     return _RANKS.get(type(rec).__name__, 8)
+
+
+def _size(records: Sequence[Any]) -> int:
+    """How many records ``records`` holds (a ``PackedTaskRecords`` counts its own)."""
+    return len(records) + sum(r.count - 1 for r in records if type(r) is PackedTaskRecords)
+
+
+def _frames(records: Sequence[Any], limit: int) -> Iterator[Sequence[Any]]:
+    """``records`` in consecutive parts of at most ``limit`` records each (a
+    ``PackedTaskRecords`` holding more is a part of its own)."""
+    start, n = 0, 0
+    for i, r in enumerate(records):
+        w = r.count if type(r) is PackedTaskRecords else 1
+        if n and n + w > limit:
+            yield records[start:i]
+            start, n = i, 0
+        n += w
+    if start < len(records):
+        yield records[start:]
 
 
 def _in_write_order(records: Sequence[Any]) -> Sequence[Any]:
