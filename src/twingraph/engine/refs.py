@@ -11,6 +11,7 @@ task's error, if it failed).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -181,6 +182,12 @@ def substitute(value: Any, fetch: Any) -> Any:
 _WALK = frozenset({Ref, list, tuple, dict, set, frozenset})
 
 
-def path_list(path: tuple[Any, ...]) -> list[Any]:
-    """The output path an edge carries, e.g. ['outputs', 'chunks', 3] (JSON-able)."""
+def path_list(path: tuple[Any, ...]) -> Sequence[Any]:
+    """The output path an edge carries, e.g. ['outputs', 'chunks', 3] (JSON-able: the tuple
+    itself when it holds only str and int, which JSON writes as that list)."""
+    if _PLAIN_PATH.issuperset(map(type, path)):
+        return path
     return [p if type(p) is str or type(p) is int else repr(p) for p in path]
+
+
+_PLAIN_PATH = frozenset({str, int})
