@@ -41,9 +41,11 @@ _HEADER = struct.Struct(">Q")
 #: Changes with the shape of ``pack``'s output. The writer process runs the package that is on
 #: disk when it starts, which after an upgrade in place is not the one its parent loaded: both
 #: ends check the other's version when it starts (``engine.writer``, ``stores.writer_child``).
-VERSION = 3
+VERSION = 4
 
-Packed = tuple[list[tuple[int, Any]], list[tuple[str, bytes, tuple[Any, ...]]]]
+#: ``pack``'s output: runs of records, and the results as parts (each a list of wire tuples, or
+#: the pickle of one, from ``pack_results``).
+Packed = tuple[list[tuple[int, Any]], list[Any]]
 
 
 class PackedTaskRecords:
@@ -57,6 +59,28 @@ class PackedTaskRecords:
     def records(self) -> list[TaskRecord]:
         """The records again (for a batch written in this process after all)."""
         return unpack(([(_TASK, self.data)], []))[0]
+
+
+class PackedResults:
+    """Results already in their wire form (``pack_results``), with what the recorder still
+    needs of them: their keys (for the key index) and tokens (to say they are stored)."""
+    __slots__ = ("data", "keys", "tokens", "count")
+
+    def __init__(self, data: bytes, keys: list[str], tokens: list[Any]) -> None:
+        self.data, self.keys, self.tokens, self.count = data, keys, tokens, len(keys)
+
+    def items(self) -> list[tuple[str, tuple[bytes], StorageMetadata]]:
+        """The results as ``put_many`` items again (for a batch written in this process)."""
+        return unpack(([], [self.data]))[1]
+
+
+def pack_results(puts: Sequence[Any]) -> PackedResults:
+    """Results to store (objects with ``key``, ``buffers``, ``meta`` and ``token``, the
+    recorder's ``PutResult``) packed now, as ``pack`` would send them: see
+    ``pack_task_records``. Raises what pickling raises."""
+    rows = _result_rows([(r.key, r.buffers, r.meta) for r in puts])
+    return PackedResults(pickle.dumps(rows, protocol=5), [r.key for r in puts],
+                         [r.token for r in puts if r.token is not None])
 
 
 def pack_task_records(records: Sequence[TaskRecord]) -> PackedTaskRecords | None:
@@ -97,10 +121,25 @@ def pack(records: Iterable[Any], results: Iterable[tuple[str, Sequence[Any], Any
             except TypeError:
                 pass
         runs.append((i, rows))
-    res = [(key, buffers[0] if type(buffers) is tuple and len(buffers) == 1
-            and type(buffers[0]) is bytes else _joined(buffers), _META(meta))
-           for key, buffers, meta in results]
-    return runs, res
+    parts: list[Any] = []
+    plain: list[Any] = []
+    for item in results:
+        if type(item) is PackedResults:
+            if plain:
+                parts.append(_result_rows(plain))
+                plain = []
+            parts.append(item.data)
+        else:
+            plain.append(item)
+    if plain:
+        parts.append(_result_rows(plain))
+    return runs, parts
+
+
+def _result_rows(items: Iterable[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, bytes, Any]]:
+    return [(key, buffers[0] if type(buffers) is tuple and len(buffers) == 1
+             and type(buffers[0]) is bytes else _joined(buffers), _META(meta))
+            for key, buffers, meta in items]
 
 
 def unpack(packed: Packed) -> tuple[list[Any], list[tuple[str, tuple[bytes], StorageMetadata]]]:
@@ -114,7 +153,11 @@ def unpack(packed: Packed) -> tuple[list[Any], list[tuple[str, tuple[bytes], Sto
             recs.extend([cls(r[0], r[1], r[2], state(r[3]), *r[4:]) for r in loads(rows)])
             continue
         recs.extend([cls(*vals) for vals in rows])
-    return recs, [(key, (data,), StorageMetadata(*meta)) for key, data, meta in res]
+    items = []
+    for part in res:
+        rows = pickle.loads(part) if type(part) is bytes else part
+        items.extend([(key, (data,), StorageMetadata(*meta)) for key, data, meta in rows])
+    return recs, items
 
 
 def _joined(buffers: Sequence[Any]) -> bytes:

@@ -36,7 +36,7 @@ from typing import Any
 
 from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord
 from twingraph.core.retry import RetryPolicy
-from twingraph.core.wire import pack_task_records
+from twingraph.core.wire import pack_results, pack_task_records
 from twingraph.core.specs import resource_amounts
 from twingraph.core.states import TaskState
 from twingraph.engine import gcpace, tasklog
@@ -45,6 +45,7 @@ from twingraph.engine.futures import BodySide
 from twingraph.engine.memo import MemoSide
 from twingraph.engine.timers import HEARTBEAT_INTERVAL, TimerSide
 from twingraph.engine.recorder import PutResult
+from twingraph.engine.writer import INLINE_MAX
 from twingraph.engine.snapshot import error_text, task_rows, traceback_text
 from twingraph.engine.refs import Ref, find_refs, path_list, substitute
 from twingraph.engine.task import (DECLARED, UNLOADED, Job, Task, CANCELLED, FAILED, PENDING, QUEUED,
@@ -255,9 +256,10 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 t = deferred.popleft()
                 if not t.persisted:
                     task_rows(self.run_id, t, out)
-            if out and self.recorder.packs_task_records:
-                out = _packed_rows(out)
-            out.extend(self.out)
+            if self.recorder.packs_records:
+                out = _packed(out, self.out)
+            else:
+                out.extend(self.out)
             self.out = out
         logs = self.logs
         while logs:
@@ -780,15 +782,28 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self._pool.forget(self._resources_freed)
 
 
-def _packed_rows(out: list[Any]) -> list[Any]:
-    """A hand-over's records with its new task rows (``TaskRecord``) packed for the writer
-    process in one piece, first (``core.wire.pack_task_records``); the rest as they were."""
-    new = [r for r in out if type(r) is TaskRecord]
-    packed = pack_task_records(new) if new else None
-    if packed is None:
-        return out
-    return [packed, *[r for r in out if type(r) is not TaskRecord]] if len(new) < len(out) \
-        else [packed]
+def _packed(rows: list[Any], rest: list[Any]) -> list[Any]:
+    """A hand-over's task ``rows`` then the ``rest`` of its records and results, with the new
+    task rows (``TaskRecord``) and the results small enough for the writer process each packed
+    in one piece (``core.wire.pack_task_records``, ``pack_results``; the recorder's ``packs_records``):
+    packed now, while fresh in the CPU's caches, they cost the recorder a fraction."""
+    new = [r for r in rows if type(r) is TaskRecord]
+    packed_rows = pack_task_records(new) if new else None
+    if packed_rows is not None:
+        rows = [packed_rows, *[r for r in rows if type(r) is not TaskRecord]] \
+            if len(new) < len(rows) else [packed_rows]
+    puts = [r for r in rest if type(r) is PutResult and r.meta.size <= INLINE_MAX]
+    if puts:
+        try:
+            packed = pack_results(puts)
+        except Exception:  # noqa: BLE001 - e.g. metadata that does not pickle: sent as they are
+            packed = None
+        if packed is not None:
+            rest = [packed, *[r for r in rest
+                              if type(r) is not PutResult or r.meta.size > INLINE_MAX]] \
+                if len(puts) < len(rest) else [packed]
+    rows.extend(rest)
+    return rows
 
 
 def get_nowait(q: queue.SimpleQueue[Any]) -> Any:

@@ -25,14 +25,11 @@ from typing import Any
 
 from twingraph.core.records import (AttemptRecord, EdgeRecord, LogRecord, Record, RunHeartbeat,
                                     RunRecord, RunUpdate, TaskRecord, TaskUpdate)
-from twingraph.core.wire import PackedTaskRecords
+from twingraph.core.wire import PackedResults, PackedTaskRecords
 from twingraph.engine.writer import FRAME_MAX, INLINE_MAX, WriterGone, WriterProcess, recipes
 from twingraph.ports import MetadataStore, ResultStore
 
 log = logging.getLogger("twingraph.engine")
-
-_ITEM = operator.attrgetter("key", "buffers", "meta")     # a PutResult as a put_many item
-_KEY = operator.attrgetter("key")
 
 _UPDATE_FIELDS = ("state", "attempts", "fence", "cache_key", "cache_status", "cache_reason",
                   "result_key", "content_hash", "error", "started_at", "ended_at")
@@ -55,7 +52,8 @@ class Recorder:
         self.interval, self.max_buffer, self.max_backlog = interval, max_buffer, max_backlog
         self.on_stored, self.on_stale = on_stored, on_stale
         self._records: list[Any] = []
-        self._packed_extra = 0          # records in the buffer's PackedTaskRecords, minus one each
+        self._extra = 0                 # items in the buffer's packed ones, minus one each
+        self._large = False             # the buffer holds a result larger than INLINE_MAX
         self._index: dict[tuple[Any, ...], int] = {}   # foldable records still in the buffer
         self._results: list[PutResult] = []
         self._cv = threading.Condition()
@@ -72,9 +70,10 @@ class Recorder:
         self._thread.start()
 
     @property
-    def packs_task_records(self) -> bool:
+    def packs_records(self) -> bool:
         """Whether batches go to a writer process now: a run loop may then hand over its new
-        task rows packed (``core.wire.pack_task_records``) instead of as ``TaskRecord``s."""
+        task rows and small results packed (``core.wire.pack_task_records``,
+        ``pack_results``: no larger than ``INLINE_MAX``) instead of as objects."""
         return self._child is not None
 
     @property
@@ -146,11 +145,17 @@ class Recorder:
                     index[ka] = len(records)
                 elif t is PutResult:
                     self._results.append(rec)
+                    if rec.meta.size > INLINE_MAX:
+                        self._large = True
+                    continue
+                elif t is PackedResults:
+                    self._results.append(rec)
+                    self._extra += rec.count - 1
                     continue
                 elif t is PackedTaskRecords:      # new rows only: nothing folds into them
-                    self._packed_extra += rec.count - 1
+                    self._extra += rec.count - 1
                 records.append(rec)
-            if len(records) + self._packed_extra >= self.max_buffer:
+            if len(records) + len(self._results) + self._extra >= self.max_buffer:
                 self._cv.notify()
 
     def wait_for_room(self) -> None:
@@ -158,7 +163,7 @@ class Recorder:
         takes the whole buffer at each write, so what is buffered stays below about twice that).
         Returns at once if the writer failed (``flush`` reports it) or the recorder is closed."""
         with self._cv:
-            while len(self._records) + self._packed_extra + len(self._results) > self.max_backlog \
+            while len(self._records) + len(self._results) + self._extra > self.max_backlog \
                     and self._error is None and not self._closed and self._thread.is_alive():
                 self._cv.notify()
                 self._cv.wait(0.05)
@@ -198,13 +203,13 @@ class Recorder:
                 if self._closed and not (self._records or self._results or self._unacked):
                     return
                 records, self._records = self._records, []
-                self._packed_extra = 0
                 results, self._results = self._results, []
+                large, self._large, self._extra = self._large, False, 0
                 self._index = {}
                 self._flushing = True
             try:
                 if records or results:
-                    self._write(records, results)
+                    self._write(records, results, large)
                 else:
                     self._drain()         # nothing new: collect what the writer process did
                     self._raise_failure()
@@ -217,31 +222,37 @@ class Recorder:
                     self._flushing = False
                     self._cv.notify_all()
 
-    def _write(self, records: Sequence[Record], results: Sequence[PutResult]) -> None:
+    def _write(self, records: Sequence[Record], results: Sequence[Any], large: bool) -> None:
         # Same-type records are written as one statement each; a stable sort by type keeps every
         # record after the ones it refers to (runs, then tasks, then what hangs off tasks) and
         # keeps updates of one task in order.
         records = _in_write_order(records)
         child = self._child
-        if child is None or any(r.meta.size > INLINE_MAX for r in results):
+        if child is None or large:
             self._drain()          # the writer process's batches come first
             self._write_here(records, results)
-        elif _size(records) + len(results) <= FRAME_MAX:
+        elif _size(records) + _size(results) <= FRAME_MAX:
             self._send(child, records, results, next(self._batches))
         else:
             # Smaller frames keep the child small: all the results first, then the records.
             # Once a frame of a batch fails, the child (or, if it is gone, this thread) skips
             # the batch's later frames: a task recorded SUCCESS has its result stored.
             batch = next(self._batches)
-            for i in range(0, len(results), FRAME_MAX):
-                self._send(child, (), results[i:i + FRAME_MAX], batch)
+            for part in _frames(results, FRAME_MAX):
+                self._send(child, (), part, batch)
             for part in _frames(records, FRAME_MAX):
                 self._send(child, part, (), batch)
         self._raise_failure()
 
-    def _write_here(self, records: Sequence[Record], results: Sequence[PutResult]) -> None:
+    def _write_here(self, records: Sequence[Record], results: Sequence[Any]) -> None:
         if results and self.results is not None:
-            self.results.put_many([(r.key, r.buffers, r.meta) for r in results])
+            items: list[Any] = []
+            for r in results:
+                if type(r) is PackedResults:
+                    items.extend(r.items())
+                else:
+                    items.append((r.key, r.buffers, r.meta))
+            self.results.put_many(items)
             self._stored(results)
         if records and self.metadata is not None:
             if any(type(r) is PackedTaskRecords for r in records):
@@ -249,9 +260,15 @@ class Recorder:
                            (r.records() if type(r) is PackedTaskRecords else (r,))]
             self._stale(self.metadata.write(records))
 
-    def _stored(self, results: Sequence[PutResult]) -> None:
+    def _stored(self, results: Sequence[Any]) -> None:
         if results and self.results is not None and self.on_stored is not None:
-            self.on_stored([r.token for r in results if r.token is not None])
+            tokens: list[Any] = []
+            for r in results:
+                if type(r) is PackedResults:
+                    tokens.extend(r.tokens)
+                elif r.token is not None:
+                    tokens.append(r.token)
+            self.on_stored(tokens)
 
     def _stale(self, stale: list[tuple[str, str]]) -> None:
         if stale and self.on_stale is not None:
@@ -262,7 +279,7 @@ class Recorder:
     # once that one is done (``_raise_failure``): one batch's failure loses no other batch.
 
     def _send(self, child: WriterProcess, records: Sequence[Record],
-              results: Sequence[PutResult], batch: int) -> None:
+              results: Sequence[Any], batch: int) -> None:
         """Hand a frame of ``batch`` to the writer process. Pipelined: it is packed while the
         child writes the one before, whose answer is collected after this one is sent. A frame
         that cannot be packed is written here; if the child is gone, every unanswered one is."""
@@ -270,7 +287,8 @@ class Recorder:
             self._write_here_of(batch, records, results)
             return
         store = self.results
-        items = list(map(_ITEM, results)) if store is not None else []
+        items = [r if type(r) is PackedResults else (r.key, r.buffers, r.meta)
+                 for r in results] if store is not None else []
         try:
             data = child.encode(list(records), items, batch)
         except Exception:  # noqa: BLE001 - e.g. a value that does not pickle: as without a child
@@ -278,8 +296,14 @@ class Recorder:
             self._write_here_of(batch, records, results)
             return
         note = getattr(store, "note_keys", None)
-        if items and note is not None:
-            note(list(map(_KEY, results)))      # before the child commits: never a miss here
+        if items and note is not None:     # before the child commits: never a miss here
+            keys: list[str] = []
+            for r in results:
+                if type(r) is PackedResults:
+                    keys.extend(r.keys)
+                else:
+                    keys.append(r.key)
+            note(keys)
         self._unacked.append((records, results, batch))
         try:
             child.send_frame(data)
@@ -367,17 +391,20 @@ def _rank(rec: Any) -> int:
     return _RANKS.get(type(rec).__name__, 8)
 
 
-def _size(records: Sequence[Any]) -> int:
-    """How many records ``records`` holds (a ``PackedTaskRecords`` counts its own)."""
-    return len(records) + sum(r.count - 1 for r in records if type(r) is PackedTaskRecords)
+_PACKED = frozenset({PackedTaskRecords, PackedResults})
+
+
+def _size(items: Sequence[Any]) -> int:
+    """How many records (or results) ``items`` holds (a packed one counts its own)."""
+    return len(items) + sum(r.count - 1 for r in items if type(r) in _PACKED)
 
 
 def _frames(records: Sequence[Any], limit: int) -> Iterator[Sequence[Any]]:
-    """``records`` in consecutive parts of at most ``limit`` records each (a
-    ``PackedTaskRecords`` holding more is a part of its own)."""
+    """``records`` (or results) in consecutive parts of at most ``limit`` each (a packed one
+    holding more is a part of its own)."""
     start, n = 0, 0
     for i, r in enumerate(records):
-        w = r.count if type(r) is PackedTaskRecords else 1
+        w = r.count if type(r) in _PACKED else 1
         if n and n + w > limit:
             yield records[start:i]
             start, n = i, 0
