@@ -26,7 +26,8 @@ from typing import Any
 from twingraph.core.records import (AttemptRecord, EdgeRecord, LogRecord, Record, RunHeartbeat,
                                     RunRecord, RunUpdate, TaskRecord, TaskUpdate)
 from twingraph.core.wire import PackedResults, PackedTaskRecords
-from twingraph.engine.writer import FRAME_MAX, INLINE_MAX, WriterGone, WriterProcess, recipes
+from twingraph.engine.writer import (FRAME_MAX, INLINE_MAX, OFFLOADED_INTERVAL, WriterGone,
+                                     WriterProcess, recipes)
 from twingraph.ports import MetadataStore, ResultStore
 
 log = logging.getLogger("twingraph.engine")
@@ -199,7 +200,8 @@ class Recorder:
         while True:
             with self._cv:
                 if not (self._records or self._results or self._unacked) and not self._closed:
-                    self._cv.wait(self.interval)
+                    self._cv.wait(self.interval if self._child is None
+                                  else max(self.interval, OFFLOADED_INTERVAL))
                 if self._closed and not (self._records or self._results or self._unacked):
                     return
                 records, self._records = self._records, []
