@@ -38,6 +38,7 @@ _TASK = _KIND[TaskRecord]
 _VALUES = [attrgetter(*[f.name for f in fields(cls)]) for cls in KINDS]
 _META = attrgetter(*[f.name for f in fields(StorageMetadata)])
 _HEADER = struct.Struct(">Q")
+_STATES = {s.value: s for s in TaskState}     # TaskState(v) is Python code in the enum module
 #: Changes with the shape of ``pack``'s output. The writer process runs the package that is on
 #: disk when it starts, which after an upgrade in place is not the one its parent loaded: both
 #: ends check the other's version when it starts (``engine.writer``, ``stores.writer_child``).
@@ -149,7 +150,7 @@ def unpack(packed: Packed) -> tuple[list[Any], list[tuple[str, tuple[bytes], Sto
     for i, rows in runs:
         cls = KINDS[i]
         if type(rows) is bytes:              # task rows as JSON (``pack``): the state by value
-            state, loads = TaskState, _json_loads or json.loads
+            state, loads = _STATES.__getitem__, _json_loads or json.loads
             recs.extend([cls(r[0], r[1], r[2], state(r[3]), *r[4:]) for r in loads(rows)])
             continue
         recs.extend([cls(*vals) for vals in rows])
