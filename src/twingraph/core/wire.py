@@ -96,8 +96,9 @@ def pack_task_records(records: Sequence[TaskRecord]) -> PackedTaskRecords | None
         return None
 
 
-def pack(records: Iterable[Any], results: Iterable[tuple[str, Sequence[Any], Any]]) -> Packed:
-    """Records and ``(key, buffers, StorageMetadata)`` results -> tuples of plain values.
+def pack(records: Iterable[Any], results: Iterable[Any]) -> Packed:
+    """Records and ``(key, buffers, StorageMetadata)`` results (or ``PackedResults``) ->
+    tuples of plain values.
 
     Records go as runs of one kind, in order: ``(kind, [field values, ...])``. The recorder
     sorts a batch by kind, so a frame is a handful of runs, each turned into tuples by one

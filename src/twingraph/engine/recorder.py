@@ -384,7 +384,7 @@ class Recorder:
 _RANKS = {"RunRecord": 0, "TaskRecord": 1, "TaskUpdate": 2, "AttemptRecord": 3,
           "EdgeRecord": 4, "LogRecord": 5, "RunHeartbeat": 6, "RunUpdate": 7}
 _RANKS["PackedTaskRecords"] = _RANKS["TaskRecord"]
-_RANK_OF_TYPE = {cls: _RANKS[cls.__name__] for cls in (RunRecord, TaskRecord, TaskUpdate,
+_RANK_OF_TYPE: dict[Any, int] = {cls: _RANKS[cls.__name__] for cls in (RunRecord, TaskRecord, TaskUpdate,
                                                        AttemptRecord, EdgeRecord, LogRecord,
                                                        RunHeartbeat, RunUpdate, PackedTaskRecords)}
 
@@ -418,7 +418,7 @@ def _frames(records: Sequence[Any], limit: int) -> Iterator[Sequence[Any]]:
 def _in_write_order(records: Sequence[Any]) -> Sequence[Any]:
     """``records`` stably sorted by kind (``_RANKS``). A batch is usually in that order
     already (task rows first, as the loop hands them over): checked in C, not re-sorted."""
-    ranks = list(map(_RANK_OF_TYPE.get, map(type, records)))
+    ranks: list[Any] = list(map(_RANK_OF_TYPE.get, map(type, records)))
     if None not in ranks and all(map(operator.le, ranks, itertools.islice(ranks, 1, None))):
         return records
     return sorted(records, key=_rank)

@@ -123,7 +123,7 @@ class WriterProcess:
         return None
 
     @staticmethod
-    def encode(records: list[Any], results: list[tuple[str, Any, Any]], batch: int) -> bytes:
+    def encode(records: list[Any], results: list[Any], batch: int) -> bytes:
         """Records and results of ``batch`` as a frame (the child skips a batch's frames after
         one of them failed); raises what packing or pickling raises."""
         return frame(("write", pack(records, results), batch))
