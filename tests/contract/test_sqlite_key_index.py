@@ -293,3 +293,22 @@ def test_only_small_numbers_stay_in_memory() -> None:
     from twingraph.engine.loop import _small
     assert _small(5) and _small(2.5) and _small(None) and _small(True)
     assert not _small(10 ** 40) and not _small("text") and not _small([1])
+
+
+def test_a_lookup_binds_keys_as_they_are(tmp_path: Path) -> None:
+    """Memo lookups do not check each key's characters (the scheduler's hot path): a string
+    that ``put`` refuses as a key is simply not found, stored keys of any valid shape are;
+    a key that is not a string is still an error."""
+    from twingraph.errors import StorageError
+    store = SQLiteStorage(str(tmp_path / "r.db"))
+    try:
+        put(store, [key(1), "plain-key.v1"])
+        found = store.content_hashes([key(1), "plain-key.v1", "../escape", "", "x" * 300])
+        assert set(found) == {key(1), "plain-key.v1"}
+        assert store.content_hashes(["../escape"]) == {}
+        with pytest.raises(StorageError, match="invalid result key"):
+            store.content_hashes([key(1), 42])  # type: ignore[list-item]
+        with pytest.raises(StorageError):
+            store.head("../escape")             # the single-key API still validates
+    finally:
+        store.close()

@@ -444,3 +444,74 @@ def test_ends_of_another_wire_version_refuse_each_other(tmp_path, monkeypatch):
             rec.close()
     finally:
         results.close()
+
+
+def test_rows_and_results_packed_by_the_loop_cross_the_pipe_unchanged():
+    """What a run loop packs at hand-over (``pack_task_records``, ``pack_results``) unpacks
+    to the same records and ``put_many`` items, alone or beside results sent as tuples."""
+    from twingraph.core.wire import PackedResults, pack_results, pack_task_records
+    rows = [TaskRecord("r", f"n{i}", "c", TaskState.SUCCESS, "local", f"k{i}", "miss", "why",
+                       f"k{i}", "h", 1, 1, i, {"deps": [[f"n{i - 1}", ["outputs", 0]]]},
+                       1.0, 2.0, 3.0, None) for i in range(3)]
+    packed_rows = pack_task_records(rows)
+    assert packed_rows is not None and packed_rows.count == 3
+    assert packed_rows.records() == rows
+    puts = [_put(f"k{i}", str(i).encode()) for i in range(3)]
+    puts[1].token = "token-1"
+    packed = pack_results(puts)
+    assert isinstance(packed, PackedResults) and packed.keys == ["k0", "k1", "k2"]
+    assert packed.tokens == ["token-1"] and packed.count == 3
+    items = [(p.key, (p.buffers[0],), p.meta) for p in puts]
+    assert packed.items() == items
+    loose = _put("k9", b"9")
+    wire = pack([rows[0], packed_rows], [("k9", loose.buffers, loose.meta), packed])
+    got_recs, got_res = unpack(read_frame(_reader(frame(wire))))
+    assert got_recs == [rows[0], *rows]
+    assert got_res == [("k9", (b"9",), loose.meta), *items]
+    # orjson refuses an int beyond 64 bits: such rows are not packed (sent as tuples later)
+    assert pack_task_records([TaskRecord("r", "x", "c", inputs={"n": 2 ** 70})]) is None
+
+
+def test_frames_count_the_items_a_packed_one_holds():
+    from twingraph.core.wire import PackedTaskRecords
+    big, small = PackedTaskRecords(b"[]", 5), PackedTaskRecords(b"[]", 2)
+    items = ["a", "b", big, "c", small, "d"]
+    assert recorder_module._size(items) == 11
+    assert [list(f) for f in recorder_module._frames(items, 4)] == \
+        [["a", "b"], [big], ["c", small, "d"]]
+    assert list(recorder_module._frames([], 4)) == []
+
+
+def test_packed_frames_left_unanswered_by_a_dead_child_are_written_here(offloaded,
+                                                                        monkeypatch):
+    """Task rows and results packed by a run loop, sent and left unanswered by a child that
+    then dies, are unpacked and written by this process: nothing is lost."""
+    from twingraph.core.wire import pack_results, pack_task_records
+    monkeypatch.setattr(recorder_module, "FRAME_MAX", 3)
+    rec, results, metadata = offloaded
+    assert rec.packs_records
+    rows = [TaskRecord("r", f"n{i}", "c", TaskState.SUCCESS, result_key=f"k{i}", attempts=1)
+            for i in range(4)]
+    puts = [_put(f"k{i}", str(i).encode()) for i in range(4)]
+    pid = rec._child.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        rec.add_many([RunRecord("r", "p", RunState.RUNNING, created_at=1.0),
+                      pack_task_records(rows), pack_results(puts[:2]), puts[2],
+                      pack_results(puts[3:])])
+        import threading
+        done = []
+        t = threading.Thread(target=lambda: done.append(rec.flush()))
+        t.start()
+        deadline = time.monotonic() + 10
+        while len(rec._unacked) < 2:
+            assert time.monotonic() < deadline and not done
+            time.sleep(0.01)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    t.join(30)
+    assert done == [None] and rec.writer == "thread" and not rec.packs_records
+    assert all(results.has(f"k{i}") for i in range(4))
+    assert results.get("k3") == b"3"
+    assert {t.node_id: t.result_key for t in metadata.get_tasks("r")} == \
+        {f"n{i}": f"k{i}" for i in range(4)}
