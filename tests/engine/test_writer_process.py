@@ -515,3 +515,35 @@ def test_packed_frames_left_unanswered_by_a_dead_child_are_written_here(offloade
     assert results.get("k3") == b"3"
     assert {t.node_id: t.result_key for t in metadata.get_tasks("r")} == \
         {f"n{i}": f"k{i}" for i in range(4)}
+
+
+def _big_keys():
+    return {2 ** 70: 7}
+
+
+def _plus_one(v):
+    return v + 1
+
+
+def test_task_rows_orjson_refuses_are_still_written_by_the_writer_process(tmp_path):
+    """A task whose lineage path holds an int beyond 64 bits: the loop cannot pack its row
+    as JSON and hands it over as a record; the child writes it like any other."""
+    from twingraph import component, pipeline
+    big_keys = component(_big_keys, name="wp_big_keys")
+    plus_one = component(_plus_one, name="wp_plus_one")
+
+    @pipeline(name="wp_bigpath")
+    def bigpath():
+        return plus_one(v=big_keys()["outputs"][2 ** 70])
+
+    eng = _engine(tmp_path, "process")
+    try:
+        _ready(eng.recorder)
+        r = bigpath.run(engine=eng)
+        assert r.state is RunState.SUCCESS, r.error
+        assert r.value["outputs"]["result"] == 8
+        assert eng.recorder.writer == "process"
+        deps = {t.node_id: t.inputs.get("deps") for t in eng.metadata.get_tasks(r.run_id)}
+        assert deps["wp_plus_one-0"] == [["wp_big_keys-0", ["outputs", 2 ** 70]]]
+    finally:
+        eng.close()

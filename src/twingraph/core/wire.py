@@ -88,10 +88,16 @@ def pack_task_records(records: Sequence[TaskRecord]) -> PackedTaskRecords | None
     """``TaskRecord``s as ``pack`` would send them, packed now (the run loop does it while they
     are fresh in the CPU's caches; later, in the recorder, the same work cost ~3x as much).
     None if orjson is missing or refuses them (``pack`` then sends them as tuples)."""
+    return pack_task_values(list(map(_VALUES[_TASK], records)))
+
+
+def pack_task_values(rows: list[tuple[Any, ...]]) -> PackedTaskRecords | None:
+    """``pack_task_records`` of rows given as ``TaskRecord`` field values, in field order
+    (the run loop builds them so: no ``TaskRecord`` is made)."""
     if _json_dumps is None:
         return None
     try:
-        return PackedTaskRecords(_json_dumps(list(map(_VALUES[_TASK], records))), len(records))
+        return PackedTaskRecords(_json_dumps(rows), len(rows))
     except TypeError:
         return None
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord
 from twingraph.core.retry import RetryPolicy
-from twingraph.core.wire import pack_results, pack_task_records
+from twingraph.core.wire import pack_results, pack_task_values
 from twingraph.core.specs import resource_amounts
 from twingraph.core.states import TaskState
 from twingraph.engine import gcpace, tasklog
@@ -239,6 +239,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         if self.dirty or deferred:
             # Task rows first: attempts, edges and logs in ``self.out`` refer to them.
             out: list[Any] = []
+            # New rows as field values, to be packed at once for a writer process.
+            new: list[tuple[Any, ...]] | None = [] if self.recorder.packs_records else None
             young = float("inf") if final else self.clock.now() - self.DEFER_WAITING
             for t in self.dirty:
                 t.dirty = False
@@ -248,16 +250,16 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                         (t.state is PENDING or t.state is QUEUED):
                     deferred.append(t)      # young and waiting: its first row can wait
                 else:
-                    task_rows(self.run_id, t, out)
+                    task_rows(self.run_id, t, out, new)
             self.dirty = []
             # Deferred tasks come out oldest first; one that changed since was dirty again
             # and has its row already (or it is young again in the queue, re-deferred).
             while deferred and deferred[0].created_at <= young:
                 t = deferred.popleft()
                 if not t.persisted:
-                    task_rows(self.run_id, t, out)
-            if self.recorder.packs_records:
-                out = _packed(out, self.out)
+                    task_rows(self.run_id, t, out, new)
+            if new is not None:
+                out = _packed(new, out, self.out)
             else:
                 out.extend(self.out)
             self.out = out
@@ -782,16 +784,17 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self._pool.forget(self._resources_freed)
 
 
-def _packed(rows: list[Any], rest: list[Any]) -> list[Any]:
-    """A hand-over's task ``rows`` then the ``rest`` of its records and results, with the new
-    task rows (``TaskRecord``) and the results small enough for the writer process each packed
-    in one piece (``core.wire.pack_task_records``, ``pack_results``; the recorder's ``packs_records``):
-    packed now, while fresh in the CPU's caches, they cost the recorder a fraction."""
-    new = [r for r in rows if type(r) is TaskRecord]
-    packed_rows = pack_task_records(new) if new else None
-    if packed_rows is not None:
-        rows = [packed_rows, *[r for r in rows if type(r) is not TaskRecord]] \
-            if len(new) < len(rows) else [packed_rows]
+def _packed(new: list[tuple[Any, ...]], rows: list[Any], rest: list[Any]) -> list[Any]:
+    """A hand-over's ``new`` task rows (``TaskRecord`` field values), its other task ``rows``,
+    then the ``rest`` of its records and results, with the new rows and the results small
+    enough for the writer process each packed in one piece (``core.wire.pack_task_values``,
+    ``pack_results``; the recorder's ``packs_records``): packed now, while fresh in the CPU's
+    caches, they cost the recorder a fraction."""
+    if new:
+        packed_rows = pack_task_values(new)
+        head = [packed_rows] if packed_rows is not None else \
+            [TaskRecord(*v) for v in new]          # orjson refused them: sent as records
+        rows = head + rows
     puts = [r for r in rest if type(r) is PutResult and r.meta.size <= INLINE_MAX]
     if puts:
         try:

@@ -15,17 +15,23 @@ from twingraph.engine.task import Task, RUNNING, SUCCESS, TERMINAL
 from twingraph.errors import NodeExecutionError
 
 
-def task_rows(run_id: str, task: Task, out: list[Any]) -> None:
+def task_rows(run_id: str, task: Task, out: list[Any], new: list[tuple[Any, ...]] | None = None
+              ) -> None:
+    """Append ``task``'s row(s) to ``out``. With ``new``, a first row goes there instead, as
+    its ``TaskRecord`` field values (to be packed for the writer process: ``core.wire``)."""
     t = task
     ok = t.state is SUCCESS
     err = error_text(t.error) if t.error is not None and not ok else None
     if not t.persisted:
         t.persisted = True
-        out.append(TaskRecord(
-            run_id, t.node_id, t.component, t.state, t.spec.platform, t.cache_key,
-            t.cache_status, t.cache_reason, t.cache_key if ok else None,
-            t.content_hash if ok else None, t.attempt, t.fence, t.order,
-            t.inputs_info, t.created_at, t.started_at, t.ended_at, err))
+        values = (run_id, t.node_id, t.component, t.state, t.spec.platform, t.cache_key,
+                  t.cache_status, t.cache_reason, t.cache_key if ok else None,
+                  t.content_hash if ok else None, t.attempt, t.fence, t.order,
+                  t.inputs_info, t.created_at, t.started_at, t.ended_at, err)
+        if new is not None:
+            new.append(values)
+        else:
+            out.append(TaskRecord(*values))
         t.inputs_info = None           # written: the lineage list is not needed in memory
     else:
         out.append(TaskUpdate(
