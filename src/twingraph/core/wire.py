@@ -157,8 +157,10 @@ def unpack(packed: Packed) -> tuple[list[Any], list[tuple[str, tuple[bytes], Sto
     for i, rows in runs:
         cls = KINDS[i]
         if type(rows) is bytes:              # task rows as JSON (``pack``): the state by value
-            state, loads = _STATES.__getitem__, _json_loads or json.loads
-            recs.extend([cls(r[0], r[1], r[2], state(r[3]), *r[4:]) for r in loads(rows)])
+            states, loads = _STATES, _json_loads or json.loads
+            for r in loads(rows):
+                r[3] = states[r[3]]
+                recs.append(cls(*r))
             continue
         recs.extend([cls(*vals) for vals in rows])
     items = []
