@@ -308,6 +308,8 @@ def test_a_lookup_binds_keys_as_they_are(tmp_path: Path) -> None:
         assert store.content_hashes(["../escape"]) == {}
         with pytest.raises(StorageError, match="invalid result key"):
             store.content_hashes([key(1), 42])  # type: ignore[list-item]
+        with pytest.raises(StorageError, match="invalid result key"):
+            store.content_hashes([key(1), "lone\ud800"])   # cannot even be bound
         with pytest.raises(StorageError):
             store.head("../escape")             # the single-key API still validates
     finally:

@@ -547,3 +547,23 @@ def test_task_rows_orjson_refuses_are_still_written_by_the_writer_process(tmp_pa
         assert deps["wp_plus_one-0"] == [["wp_big_keys-0", ["outputs", 2 ** 70]]]
     finally:
         eng.close()
+
+
+def test_a_hand_over_packs_pieces_no_larger_than_a_frame(monkeypatch):
+    """However many rows a hand-over releases at once (deferred rows come out together),
+    each packed piece holds at most FRAME_MAX of them: the child's frames stay bounded."""
+    from dataclasses import astuple
+
+    from twingraph.core.wire import PackedResults, PackedTaskRecords
+    from twingraph.engine import loop as loop_module
+    monkeypatch.setattr(loop_module, "FRAME_MAX", 2)
+    rows = [TaskRecord("r", f"n{i}", "c", TaskState.SUCCESS) for i in range(5)]
+    puts = [_put(f"k{i}", str(i).encode()) for i in range(5)]
+    log = LogRecord("r", 1.0, "info", "hello")
+    out = loop_module._packed([astuple(r) for r in rows], [], [*puts, log])
+    assert [type(x).__name__ for x in out] == ["PackedTaskRecords"] * 3 + \
+        ["PackedResults"] * 3 + ["LogRecord"]
+    assert [x.count for x in out[:6]] == [2, 2, 1, 2, 2, 1]
+    assert [r for x in out[:3] if isinstance(x, PackedTaskRecords) for r in x.records()] == rows
+    assert [k for x in out[3:6] if isinstance(x, PackedResults) for k in x.keys] == \
+        [p.key for p in puts]

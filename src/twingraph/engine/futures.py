@@ -86,16 +86,16 @@ class BodySide:
 
     def resolve_ref(self, ref: Ref, timeout: float | None = None) -> Any:
         task = ref._task
-        if not task.state in TERMINAL:
+        if task.state not in TERMINAL:
             with self.lock:
-                if not task.state in TERMINAL and task.event is None:
+                if task.state not in TERMINAL and task.event is None:
                     task.event = threading.Event()
                 ev = task.event
             if ev is not None:
                 deadline = None if timeout is None else time.monotonic() + timeout
                 while not ev.wait(0.5 if deadline is None else
                                   max(0.0, min(0.5, deadline - time.monotonic()))):
-                    if self.done.is_set() and not task.state in TERMINAL:
+                    if self.done.is_set() and task.state not in TERMINAL:
                         raise NodeExecutionError(
                             f"task {task.node_id} can no longer finish: the run has ended "
                             f"({self.stop_message or 'engine stopped'})", node_id=task.node_id)

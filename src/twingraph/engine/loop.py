@@ -45,7 +45,7 @@ from twingraph.engine.futures import BodySide
 from twingraph.engine.memo import MemoSide
 from twingraph.engine.timers import HEARTBEAT_INTERVAL, TimerSide
 from twingraph.engine.recorder import PutResult
-from twingraph.engine.writer import INLINE_MAX
+from twingraph.engine.writer import FRAME_MAX, INLINE_MAX
 from twingraph.engine.snapshot import error_text, task_rows, traceback_text
 from twingraph.engine.refs import Ref, find_refs, path_list, substitute
 from twingraph.engine.task import (DECLARED, UNLOADED, Job, Task, CANCELLED, FAILED, PENDING, QUEUED,
@@ -195,7 +195,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.stopping, self.stop_message = "failed", f"engine error: {type(exc).__name__}: {exc}"
         self.out.append(LogRecord(self.run_id, self.clock.now(), "error", self.stop_message))
         for task in list(self.tasks.values()) + list(self.submitted):
-            if not task.state in TERMINAL:
+            if task.state not in TERMINAL:
                 if task.state is RUNNING:
                     self._abort(task)
                     if task.spec.resources:
@@ -376,7 +376,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
 
     def _fail_before_start(self, task: Task, exc: BaseException) -> None:
         """A task that could not even be keyed or looked up fails like a task that raised."""
-        if not task.state in TERMINAL:
+        if task.state not in TERMINAL:
             self._finish(task, FAILED, error=exc)
             self._after_failure(task)
 
@@ -725,7 +725,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         if task.aliases:
             aliases, task.aliases = task.aliases, None
             for a in aliases:
-                if not a.state in TERMINAL:
+                if a.state not in TERMINAL:
                     self._follow_twin(a, task)
 
     def _set_state(self, task: Task, state: TaskState, *, duration: float | None = None) -> None:
@@ -790,21 +790,26 @@ def _packed(new: list[tuple[Any, ...]], rows: list[Any], rest: list[Any]) -> lis
     enough for the writer process each packed in one piece (``core.wire.pack_task_values``,
     ``pack_results``; the recorder's ``packs_records``): packed now, while fresh in the CPU's
     caches, they cost the recorder a fraction."""
-    if new:
-        packed_rows = pack_task_values(new)
-        head = [packed_rows] if packed_rows is not None else \
-            [TaskRecord(*v) for v in new]          # orjson refused them: sent as records
+    head: list[Any] = []
+    for i in range(0, len(new), FRAME_MAX):     # a frame holds at most FRAME_MAX of them
+        part = new[i:i + FRAME_MAX]
+        packed_rows = pack_task_values(part)
+        if packed_rows is not None:
+            head.append(packed_rows)
+        else:                                   # orjson refused them: sent as records
+            head.extend([TaskRecord(*v) for v in part])
+    if head:
         rows = head + rows
     puts = [r for r in rest if type(r) is PutResult and r.meta.size <= INLINE_MAX]
     if puts:
         try:
-            packed = pack_results(puts)
+            packed = [pack_results(puts[i:i + FRAME_MAX]) for i in range(0, len(puts), FRAME_MAX)]
         except Exception:  # noqa: BLE001 - e.g. metadata that does not pickle: sent as they are
             packed = None
         if packed is not None:
-            rest = [packed, *[r for r in rest
-                              if type(r) is not PutResult or r.meta.size > INLINE_MAX]] \
-                if len(puts) < len(rest) else [packed]
+            rest = [*packed, *[r for r in rest
+                               if type(r) is not PutResult or r.meta.size > INLINE_MAX]] \
+                if len(puts) < len(rest) else packed
     rows.extend(rest)
     return rows
 

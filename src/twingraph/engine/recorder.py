@@ -5,7 +5,8 @@ when the writer has fallen ``max_backlog`` entries behind (``wait_for_room``): a
 than the disk would otherwise grow the buffer with the size of the graph.
 A writer thread flushes every ``interval`` seconds (or sooner when the buffer is large):
 ``results.put_many`` first, then ``metadata.write`` — so a task recorded SUCCESS always has its
-result stored. A crash loses at most the last unflushed interval; a resumed run re-executes only
+result stored. A crash loses at most the last unflushed interval (``OFFLOADED_INTERVAL``
+once a writer process writes the batches); a resumed run re-executes only
 those tasks (at-least-once execution, exactly-once recorded result, thanks to fencing).
 
 Coalescing: a TaskUpdate for a task whose TaskRecord is still in the buffer is folded into that

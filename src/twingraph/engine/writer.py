@@ -36,8 +36,10 @@ INLINE_MAX = 256 * 1024
 #: large enough for rows to share pages. At 1M DAG nodes 8,192 (with ``OFFLOADED_INTERVAL``)
 #: ran 7 % faster than 4,096 for 10 MB more in the child (124 MB at its peak).
 FRAME_MAX = 8192
-#: Seconds between the recorder's batches once a writer process writes them (the recorder's
-#: own ``interval`` if that is longer): larger batches, larger transactions in the child.
+#: Seconds the recorder waits for more records when its buffer is empty, once a writer
+#: process writes them (its own ``interval`` if that is longer): larger batches when the
+#: child keeps up, larger transactions there. (When it does not, the next batch is what
+#: piled up meanwhile.) A crash then loses up to this much more than the hand-over interval.
 OFFLOADED_INTERVAL = 0.1
 
 

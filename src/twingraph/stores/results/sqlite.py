@@ -504,14 +504,23 @@ class SQLiteStorage(ResultStoreBase):
                                metadata=meta_from_json(row[5]))
 
     def content_hashes(self, keys: Sequence[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
         conn = self._conn()
         # Keys are bound as parameters, never spliced into SQL: a string that ``put`` would
         # refuse as a key is simply not found. Checking each one's characters cost ~0.3 µs a
-        # key on the scheduler's hot path; only a key that is not a string is an error here.
+        # key on the scheduler's hot path; only a key that is not a string (or one with a lone
+        # surrogate, which cannot be bound) is an error here.
         if not _ONLY_STR.issuperset(map(type, keys)):
             for k in keys:
                 validate_key(k)            # raises StorageError
+        try:
+            return self._lookup(keys, conn)
+        except UnicodeEncodeError:         # a lone surrogate: raised as for any invalid key
+            for k in keys:
+                validate_key(k)
+            raise
+
+    def _lookup(self, keys: Sequence[str], conn: sqlite3.Connection) -> dict[str, str]:
+        out: dict[str, str] = {}
         asked = len(keys)
         if asked <= _FEW:
             keys = self._keys.candidates(keys, conn)
