@@ -5,8 +5,7 @@ when the writer has fallen ``max_backlog`` entries behind (``wait_for_room``): a
 than the disk would otherwise grow the buffer with the size of the graph.
 A writer thread flushes every ``interval`` seconds (or sooner when the buffer is large):
 ``results.put_many`` first, then ``metadata.write`` — so a task recorded SUCCESS always has its
-result stored. A crash loses at most the last unflushed interval (``OFFLOADED_INTERVAL``
-once a writer process writes the batches); a resumed run re-executes only
+result stored. A crash loses at most the last unflushed interval; a resumed run re-executes only
 those tasks (at-least-once execution, exactly-once recorded result, thanks to fencing).
 
 Coalescing: a TaskUpdate for a task whose TaskRecord is still in the buffer is folded into that
@@ -27,8 +26,7 @@ from typing import Any
 from twingraph.core.records import (AttemptRecord, EdgeRecord, LogRecord, Record, RunHeartbeat,
                                     RunRecord, RunUpdate, TaskRecord, TaskUpdate)
 from twingraph.core.wire import PackedResults, PackedTaskRecords
-from twingraph.engine.writer import (FRAME_MAX, INLINE_MAX, OFFLOADED_INTERVAL, WriterGone,
-                                     WriterProcess, recipes)
+from twingraph.engine.writer import FRAME_MAX, INLINE_MAX, WriterGone, WriterProcess, recipes
 from twingraph.ports import MetadataStore, ResultStore
 
 log = logging.getLogger("twingraph.engine")
@@ -201,8 +199,7 @@ class Recorder:
         while True:
             with self._cv:
                 if not (self._records or self._results or self._unacked) and not self._closed:
-                    self._cv.wait(self.interval if self._child is None
-                                  else max(self.interval, OFFLOADED_INTERVAL))
+                    self._cv.wait(self.interval)
                 if self._closed and not (self._records or self._results or self._unacked):
                     return
                 records, self._records = self._records, []

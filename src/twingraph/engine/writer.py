@@ -33,14 +33,9 @@ INLINE_MAX = 256 * 1024
 #: Records and results per frame: a larger batch goes as several (the child holds one at a
 #: time). Each frame is a transaction there: content-addressed result keys land at random
 #: places in the index, so a transaction writes about one index page per result until it is
-#: large enough for rows to share pages. At 1M DAG nodes 8,192 (with ``OFFLOADED_INTERVAL``)
-#: ran 7 % faster than 4,096 for 10 MB more in the child (124 MB at its peak).
+#: large enough for rows to share pages. At 1M DAG nodes 8,192 ran faster than 4,096 for
+#: 10 MB more in the child (124 MB at its peak; decision 0012).
 FRAME_MAX = 8192
-#: Seconds the recorder waits for more records when its buffer is empty, once a writer
-#: process writes them (its own ``interval`` if that is longer): larger batches when the
-#: child keeps up, larger transactions there. (When it does not, the next batch is what
-#: piled up meanwhile.) A crash then loses up to this much more than the hand-over interval.
-OFFLOADED_INTERVAL = 0.1
 
 
 class WriterGone(Exception):
