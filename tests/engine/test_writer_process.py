@@ -8,6 +8,7 @@ child's boot code by a real process that answers as an older TwinGraph would (no
 import os
 import signal
 import time
+from dataclasses import astuple
 
 import pytest
 
@@ -447,13 +448,13 @@ def test_ends_of_another_wire_version_refuse_each_other(tmp_path, monkeypatch):
 
 
 def test_rows_and_results_packed_by_the_loop_cross_the_pipe_unchanged():
-    """What a run loop packs at hand-over (``pack_task_records``, ``pack_results``) unpacks
+    """What a run loop packs at hand-over (``pack_task_values``, ``pack_results``) unpacks
     to the same records and ``put_many`` items, alone or beside results sent as tuples."""
-    from twingraph.core.wire import PackedResults, pack_results, pack_task_records
+    from twingraph.core.wire import PackedResults, pack_results, pack_task_values
     rows = [TaskRecord("r", f"n{i}", "c", TaskState.SUCCESS, "local", f"k{i}", "miss", "why",
                        f"k{i}", "h", 1, 1, i, {"deps": [[f"n{i - 1}", ["outputs", 0]]]},
                        1.0, 2.0, 3.0, None) for i in range(3)]
-    packed_rows = pack_task_records(rows)
+    packed_rows = pack_task_values([astuple(r) for r in rows])
     assert packed_rows is not None and packed_rows.count == 3
     assert packed_rows.records() == rows
     puts = [_put(f"k{i}", str(i).encode()) for i in range(3)]
@@ -469,7 +470,7 @@ def test_rows_and_results_packed_by_the_loop_cross_the_pipe_unchanged():
     assert got_recs == [rows[0], *rows]
     assert got_res == [("k9", (b"9",), loose.meta), *items]
     # orjson refuses an int beyond 64 bits: such rows are not packed (sent as tuples later)
-    assert pack_task_records([TaskRecord("r", "x", "c", inputs={"n": 2 ** 70})]) is None
+    assert pack_task_values([astuple(TaskRecord("r", "x", "c", inputs={"n": 2 ** 70}))]) is None
 
 
 def test_frames_count_the_items_a_packed_one_holds():
@@ -486,7 +487,7 @@ def test_packed_frames_left_unanswered_by_a_dead_child_are_written_here(offloade
                                                                         monkeypatch):
     """Task rows and results packed by a run loop, sent and left unanswered by a child that
     then dies, are unpacked and written by this process: nothing is lost."""
-    from twingraph.core.wire import pack_results, pack_task_records
+    from twingraph.core.wire import pack_results, pack_task_values
     monkeypatch.setattr(recorder_module, "FRAME_MAX", 3)
     rec, results, metadata = offloaded
     assert rec.packs_records
@@ -497,7 +498,7 @@ def test_packed_frames_left_unanswered_by_a_dead_child_are_written_here(offloade
     os.kill(pid, signal.SIGSTOP)
     try:
         rec.add_many([RunRecord("r", "p", RunState.RUNNING, created_at=1.0),
-                      pack_task_records(rows), pack_results(puts[:2]), puts[2],
+                      pack_task_values([astuple(r) for r in rows]), pack_results(puts[:2]), puts[2],
                       pack_results(puts[3:])])
         import threading
         done = []
@@ -552,8 +553,6 @@ def test_task_rows_orjson_refuses_are_still_written_by_the_writer_process(tmp_pa
 def test_a_hand_over_packs_pieces_no_larger_than_a_frame(monkeypatch):
     """However many rows a hand-over releases at once (deferred rows come out together),
     each packed piece holds at most FRAME_MAX of them: the child's frames stay bounded."""
-    from dataclasses import astuple
-
     from twingraph.core.wire import PackedResults, PackedTaskRecords
     from twingraph.engine import loop as loop_module
     monkeypatch.setattr(loop_module, "FRAME_MAX", 2)

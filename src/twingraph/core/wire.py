@@ -50,7 +50,7 @@ Packed = tuple[list[tuple[int, Any]], list[Any]]
 
 
 class PackedTaskRecords:
-    """``TaskRecord``s already in their wire form (``pack_task_records``): ``pack`` passes them
+    """``TaskRecord``s already in their wire form (``pack_task_values``): ``pack`` passes them
     through as they are. ``count`` is how many records they hold."""
     __slots__ = ("data", "count")
 
@@ -78,22 +78,18 @@ class PackedResults:
 def pack_results(puts: Sequence[Any]) -> PackedResults:
     """Results to store (objects with ``key``, ``buffers``, ``meta`` and ``token``, the
     recorder's ``PutResult``) packed now, as ``pack`` would send them: see
-    ``pack_task_records``. Raises what pickling raises."""
+    ``pack_task_values``. Raises what pickling raises."""
     rows = _result_rows([(r.key, r.buffers, r.meta) for r in puts])
     return PackedResults(pickle.dumps(rows, protocol=5), [r.key for r in puts],
                          [r.token for r in puts if r.token is not None])
 
 
-def pack_task_records(records: Sequence[TaskRecord]) -> PackedTaskRecords | None:
-    """``TaskRecord``s as ``pack`` would send them, packed now (the run loop does it while they
-    are fresh in the CPU's caches; later, in the recorder, the same work cost ~3x as much).
-    None if orjson is missing or refuses them (``pack`` then sends them as tuples)."""
-    return pack_task_values(list(map(_VALUES[_TASK], records)))
-
-
 def pack_task_values(rows: list[tuple[Any, ...]]) -> PackedTaskRecords | None:
-    """``pack_task_records`` of rows given as ``TaskRecord`` field values, in field order
-    (the run loop builds them so: no ``TaskRecord`` is made)."""
+    """Task rows, given as ``TaskRecord`` field values in field order (the run loop builds them
+    so: no ``TaskRecord`` is made), as ``pack`` would send them, packed now: the run loop does
+    it while they are fresh in the CPU's caches (later, in the recorder, the same work cost
+    ~3x as much). None if orjson is missing or refuses them (an int beyond 64 bits): the loop
+    then hands them over as ``TaskRecord``s."""
     if _json_dumps is None:
         return None
     try:

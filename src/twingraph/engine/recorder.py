@@ -72,7 +72,7 @@ class Recorder:
     @property
     def packs_records(self) -> bool:
         """Whether batches go to a writer process now: a run loop may then hand over its new
-        task rows and small results packed (``core.wire.pack_task_records``,
+        task rows and small results packed (``core.wire.pack_task_values``,
         ``pack_results``: no larger than ``INLINE_MAX``) instead of as objects."""
         return self._child is not None
 
