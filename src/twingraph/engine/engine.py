@@ -237,10 +237,10 @@ class Engine:
         produced it, for ``list_results(dag_id)``. Which run and task produced it is the
         metadata store's business (task rows carry ``result_key``)."""
         loop = self.runs.get(run_id)
-        return StorageMetadata(node_id=task.cache_key, data_type=enc.data_type,
-                               content_hash=enc.content_hash, size=enc.size,
-                               metadata={"encoding": enc.encoding,
-                                         "dag_id": loop.pipeline if loop is not None else None})
+        # Positional: one is built per task result (keywords cost ~0.3 µs more).
+        return StorageMetadata(task.cache_key, enc.data_type, enc.content_hash, enc.size, None,
+                               None, {"encoding": enc.encoding,
+                                      "dag_id": loop.pipeline if loop is not None else None})
 
     def key_prefix(self, spec: Any) -> bytes:
         fp = self._prefixes.get(id(spec))

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twingraph.core.hashing import digest_value, structural_key
+from twingraph.core.hashing import digest_value, prefixed_key
 from twingraph.core.records import TaskRecord
 from twingraph.engine.calls import strip_lineage
 from twingraph.engine.refs import Ref
@@ -49,8 +49,7 @@ class MemoSide:
         else:
             digest = [digest_value(task.args, Ref, _ref_digest, leaf),
                       digest_value(strip_lineage(task.kwargs), Ref, _ref_digest, leaf)]
-        key = structural_key(spec.name, spec.code_version, None, digest,
-                             prefix=self.engine.key_prefix(spec))
+        key = prefixed_key(self.engine.key_prefix(spec), digest)
         task.cache_key = key
         prior = self.prior.get(task.node_id)
         if prior is not None and prior.state is SUCCESS and prior.cache_key == key \

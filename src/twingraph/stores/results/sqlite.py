@@ -524,6 +524,10 @@ class SQLiteStorage(ResultStoreBase):
         asked = len(keys)
         if asked <= _FEW:
             keys = self._keys.candidates(keys, conn)
+            if not keys:             # all ruled out by the key index: a cold graph's lookups
+                if asked:
+                    self._keys.missed()
+                return out
         if len(keys) == 1:           # the common case in deep graphs: one prepared statement
             try:
                 row = conn.execute("SELECT content_hash" + _WHERE,
