@@ -106,10 +106,43 @@ def test_a_run_written_by_the_writer_process_has_the_rows_a_thread_writes(
             assert {r[3] for r in _rows(eng, again.run_id).values()} == {"hit"}
             assert [eng.load_value(rows[f"n{i}"][1]) for i in range(600)] == expected
             assert eng.load_value(rows["big96"][1]) == b"x" * (300 * 1024)
-            by_writer[writer] = rows
+            # the results' metadata too: small ones cross as wire rows built by the loop
+            heads = {n: eng.results.head(r[1]) for n, r in rows.items()}
+            assert heads["n5"].metadata == {"encoding": "json", "dag_id": "wp"}
+            by_writer[writer] = rows, {n: (h.data_type, h.content_hash, h.size, h.metadata)
+                                       for n, h in heads.items()}
         finally:
             eng.close()
     assert by_writer["process"] == by_writer["thread"]
+
+
+def test_small_results_built_as_wire_rows_are_handed_over_either_way(monkeypatch):
+    """A run loop builds a small result as its wire row while a writer process takes them;
+    at hand-over they go packed in pieces of at most FRAME_MAX with their tokens, or, if the
+    recorder writes in this process again, as the ``PutResult``s it would have made."""
+    from types import SimpleNamespace
+
+    from twingraph.core.wire import PackedResults
+    from twingraph.engine import loop as loop_module
+    from twingraph.engine.recorder import PutResult
+    monkeypatch.setattr(loop_module, "FRAME_MAX", 2)
+    meta = {"encoding": "json", "dag_id": "p"}
+    rows = [(f"k{i}", str(i).encode(), (f"k{i}", DataType.PRIMITIVE, f"h{i}", 1, None, None,
+                                        meta)) for i in range(3)]
+    for packing in (True, False):
+        loop = SimpleNamespace(small=list(rows), small_tokens=["t0", "t1", "t2"], out=["rec"])
+        loop_module.RunLoop._small_results(loop, packing)
+        assert loop.small == [] and loop.small_tokens == [] and loop.out[0] == "rec"
+        expected = [(k, (d,), StorageMetadata(*m)) for k, d, m in rows]
+        if packing:
+            assert [type(x) for x in loop.out[1:]] == [PackedResults, PackedResults]
+            assert [x.count for x in loop.out[1:]] == [2, 1]
+            assert [t for x in loop.out[1:] for t in x.tokens] == ["t0", "t1", "t2"]
+            assert [i for x in loop.out[1:] for i in x.items()] == expected
+        else:
+            assert all(type(x) is PutResult for x in loop.out[1:])
+            assert [(p.key, p.buffers, p.meta) for p in loop.out[1:]] == expected
+            assert [p.token for p in loop.out[1:]] == ["t0", "t1", "t2"]
 
 
 def test_a_killed_writer_process_loses_nothing(tmp_path):

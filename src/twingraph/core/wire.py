@@ -79,9 +79,16 @@ def pack_results(puts: Sequence[Any]) -> PackedResults:
     """Results to store (objects with ``key``, ``buffers``, ``meta`` and ``token``, the
     recorder's ``PutResult``) packed now, as ``pack`` would send them: see
     ``pack_task_values``. Raises what pickling raises."""
-    rows = _result_rows([(r.key, r.buffers, r.meta) for r in puts])
-    return PackedResults(pickle.dumps(rows, protocol=5), [r.key for r in puts],
-                         [r.token for r in puts if r.token is not None])
+    return pack_result_rows(_result_rows([(r.key, r.buffers, r.meta) for r in puts]),
+                            [r.token for r in puts if r.token is not None])
+
+
+def pack_result_rows(rows: list[tuple[str, bytes, tuple[Any, ...]]], tokens: list[Any]
+                     ) -> PackedResults:
+    """``pack_results`` of results given as their wire rows, ``(key, bytes, StorageMetadata
+    field values)``, and the tokens that are not None: the run loop builds small results so,
+    without a ``PutResult`` and a ``StorageMetadata`` each."""
+    return PackedResults(pickle.dumps(rows, protocol=5), [r[0] for r in rows], tokens)
 
 
 def pack_task_values(rows: list[tuple[Any, ...]]) -> PackedTaskRecords | None:

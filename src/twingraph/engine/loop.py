@@ -36,7 +36,8 @@ from typing import Any
 
 from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord
 from twingraph.core.retry import RetryPolicy
-from twingraph.core.wire import pack_results, pack_task_values
+from twingraph.core.results import StorageMetadata
+from twingraph.core.wire import pack_result_rows, pack_results, pack_task_values
 from twingraph.core.specs import resource_amounts
 from twingraph.core.states import TaskState
 from twingraph.engine import gcpace, tasklog
@@ -97,6 +98,14 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.submitted: deque[Task] = deque()
         self.sleeping = False
         self.out: list[Any] = []                   # records for the recorder, handed over in bulk
+        # With a writer process (``recorder.packs_records`` at the last hand-over), small
+        # results wait as their wire rows (``core.wire.pack_result_rows``) and tokens: no
+        # ``PutResult`` or ``StorageMetadata`` each. One metadata dict per encoding, shared
+        # by the rows (pickled once a frame; nothing mutates it).
+        self._packing = bool(self.recorder.packs_records)
+        self.small: list[tuple[str, bytes, tuple[Any, ...]]] = []
+        self.small_tokens: list[Any] = []
+        self._small_meta: dict[str, dict[str, Any]] = {}
         self.dirty: list[Task] = []                # tasks changed since the last hand-over
         self.deferred: deque[Task] = deque()       # waiting tasks whose first row can wait
         self.logs: deque[LogRecord] = deque()     # task logs, appended from worker threads
@@ -235,12 +244,15 @@ class RunLoop(BodySide, MemoSide, TimerSide):
     def _hand_over(self, final: bool = False) -> None:
         """Give the recorder one snapshot row per task changed since the last hand-over
         (``final``: the run is over, nothing waits any more)."""
+        packing = self._packing = bool(self.recorder.packs_records)
+        if self.small:
+            self._small_results(packing)
         deferred = self.deferred
         if self.dirty or deferred:
             # Task rows first: attempts, edges and logs in ``self.out`` refer to them.
             out: list[Any] = []
             # New rows as field values, to be packed at once for a writer process.
-            new: list[tuple[Any, ...]] | None = [] if self.recorder.packs_records else None
+            new: list[tuple[Any, ...]] | None = [] if packing else None
             young = float("inf") if final else self.clock.now() - self.DEFER_WAITING
             for t in self.dirty:
                 t.dirty = False
@@ -275,6 +287,22 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self.recorder.wait_for_room()     # bounded memory when the disk is the bottleneck
         gcpace.tick()              # what survived so far is not walked again (decision 0011)
         self._last_hand_over = self.clock.monotonic()
+
+    def _small_results(self, packing: bool) -> None:
+        """Hand the small results built as wire rows (``_complete``) to ``out``: packed in
+        pieces of at most ``FRAME_MAX`` if a writer process takes them, as ``PutResult``s if
+        the recorder writes in this process again (its child died) or pickling failed."""
+        rows, tokens = self.small, self.small_tokens
+        self.small, self.small_tokens = [], []
+        if packing:
+            try:
+                self.out.extend([pack_result_rows(rows[i:i + FRAME_MAX], tokens[i:i + FRAME_MAX])
+                                 for i in range(0, len(rows), FRAME_MAX)])
+                return
+            except Exception:  # noqa: BLE001 - e.g. metadata that does not pickle
+                pass
+        self.out.extend([PutResult(key, (data, ), StorageMetadata(*meta), token)
+                         for (key, data, meta), token in zip(rows, tokens)])
 
     def _handle(self, ev: tuple[Any, ...]) -> None:
         kind = ev[0]
@@ -644,10 +672,23 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 ok, error = False, exc
         if ok:
             task.value = value
-            task.content_hash = enc.content_hash
-            assert task.cache_key is not None     # keyed in _on_ready, before it could run
-            self.out.append(PutResult(task.cache_key, enc.buffers,
-                                      self.engine.result_meta(self.run_id, task, enc), (self, task)))
+            task.content_hash = content_hash = enc.content_hash
+            key = task.cache_key
+            assert key is not None     # keyed in _on_ready, before it could run
+            buffers = enc.buffers
+            if self._packing and enc.size <= INLINE_MAX and len(buffers) == 1 \
+                    and type(buffers[0]) is bytes:
+                meta = self._small_meta.get(enc.encoding)
+                if meta is None:
+                    meta = self._small_meta[enc.encoding] = {"encoding": enc.encoding,
+                                                             "dag_id": self.pipeline}
+                self.small.append((key, buffers[0], (key, enc.data_type, content_hash,
+                                                     enc.size, None, None, meta)))
+                self.small_tokens.append((self, task))
+            else:
+                self.out.append(PutResult(key, buffers,
+                                          self.engine.result_meta(self.run_id, task, enc),
+                                          (self, task)))
             if task.attempt > 1 or task.attempt_row == task.attempt:
                 # A first attempt that succeeded is described by the task row itself (attempts=1,
                 # fence, times): no attempt row for it unless one was already started.
