@@ -125,7 +125,9 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
         for k, v in value.items():
             if type(k) is not str:
                 return {"x": leaf_hash(value)}
-            out[k] = digest_value(v, ref_type, ref_digest, leaf_hash)
+            tv = type(v)     # an int, bool or None value digests to itself: no call for it
+            out[k] = v if tv is int or tv is bool or v is None else \
+                digest_value(v, ref_type, ref_digest, leaf_hash)
         return {"d": out}
     if isinstance(value, tuple) and hasattr(t, "_fields"):    # a named tuple: walk it too
         return {"n": f"{t.__module__}.{t.__qualname__}",

@@ -509,7 +509,8 @@ class SQLiteStorage(ResultStoreBase):
         # refuse as a key is simply not found. Checking each one's characters cost ~0.3 µs a
         # key on the scheduler's hot path; only a key that is not a string (or one with a lone
         # surrogate, which cannot be bound) is an error here.
-        if not _ONLY_STR.issuperset(map(type, keys)):
+        if (len(keys) != 1 or type(keys[0]) is not str) and \
+                not _ONLY_STR.issuperset(map(type, keys)):
             for k in keys:
                 validate_key(k)            # raises StorageError
         try:
