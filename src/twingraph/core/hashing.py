@@ -118,16 +118,18 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
     if t is float:
         return {"f": repr(value)}
     if t is list or t is tuple:
-        return {"l" if t is list else "t": [digest_value(v, ref_type, ref_digest, leaf_hash)
-                                            for v in value]}
+        # A reference item (a fan-in's list of futures) digests without a call through here.
+        return {"l" if t is list else "t": [
+            ref_digest(v) if type(v) is ref_type else
+            digest_value(v, ref_type, ref_digest, leaf_hash) for v in value]}
     if t is dict:
         out = {}
         for k, v in value.items():
             if type(k) is not str:
                 return {"x": leaf_hash(value)}
-            tv = type(v)     # an int, bool or None value digests to itself: no call for it
-            out[k] = v if tv is int or tv is bool or v is None else \
-                digest_value(v, ref_type, ref_digest, leaf_hash)
+            tv = type(v)     # an int, bool or None value, or a reference: no call through here
+            out[k] = v if tv is int or tv is bool or v is None else ref_digest(v) \
+                if tv is ref_type else digest_value(v, ref_type, ref_digest, leaf_hash)
         return {"d": out}
     if isinstance(value, tuple) and hasattr(t, "_fields"):    # a named tuple: walk it too
         return {"n": f"{t.__module__}.{t.__qualname__}",
