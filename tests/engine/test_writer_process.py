@@ -4,7 +4,9 @@ failures surface the same way, a dead child loses nothing, and it ends with its 
 Everything here is real: the child process, SQLite files, the machine's PostgreSQL, signals
 to stop and kill the child. ``monkeypatch`` shrinks size constants (frame size, the offload
 threshold) so that small batches take the paths large ones take, and in one test replaces the
-child's boot code by a real process that answers as an older TwinGraph would (no version)."""
+child's boot code by a real process that answers as an older TwinGraph would (no version). One
+test runs the run loop's hand-over step for small results on a plain namespace that holds only
+the three lists it reads, to check both of its outcomes without timing a child's death."""
 import os
 import signal
 import time
