@@ -160,7 +160,7 @@ def test_a_failed_task_gives_its_resources_back() -> None:
 
 
 def test_asking_for_more_than_the_machine_has_fails_before_the_run_starts() -> None:
-    eng = engine()                                  # detected: no GPU
+    eng = engine(gpu=0)                             # a machine without a GPU
     try:
         with pytest.raises(ResourceUnavailable, match="needs_gpu asks for gpu 1 GPU") as info:
             gpu_pipe.run(engine=eng)
@@ -189,6 +189,24 @@ def test_capacity_from_the_environment_and_detected(monkeypatch) -> None:
         with pytest.raises(ConfigurationError):
             LocalResources()
     assert parse_setting("") == {}
+
+
+def test_gpus_are_detected_as_the_nvidia_driver_shows_them(tmp_path) -> None:
+    """The driver's directory of a machine with three GPUs, and CUDA_VISIBLE_DEVICES read as
+    CUDA reads it; a machine without the driver (this one, most likely) has none."""
+    from twingraph.engine.resources import detected_gpus
+    gpus = tmp_path / "gpus"
+    assert detected_gpus(str(gpus), {}) == 0                    # no driver
+    gpus.mkdir()
+    for bus in ("0000:01:00.0", "0000:02:00.0", "0000:03:00.0"):
+        (gpus / bus).mkdir()
+    (gpus / "README").write_text("not a device")
+    seen = {None: 3, "": 0, "0": 1, "2,0": 2, "0,1,2": 3, "0,-1,1": 1, "1,7,2": 1, "-1": 0,
+            "GPU-8a1b,GPU-77c2": 2, " 1 , 2 ": 2, "0,1,2,3,4": 3}
+    for visible, count in seen.items():
+        env = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+        assert detected_gpus(str(gpus), env) == count, visible
+    assert detected_gpus(str(tmp_path / "missing"), {"CUDA_VISIBLE_DEVICES": "0"}) == 0
 
 
 def test_amounts_are_read_as_kubernetes_writes_them() -> None:
@@ -282,7 +300,7 @@ def test_a_declarative_dag_asking_for_more_than_the_machine_has_fails_before_it_
     from twingraph import register_component
     from twingraph.engine.dynamic import DAGDefinition, DynamicScheduler, NodeDefinition
     register_component("needs_gpu_op", needs_gpu)
-    eng = engine()
+    eng = engine(gpu=0)
     try:
         sched = DynamicScheduler(eng.results, engine=eng)
         with pytest.raises(ResourceUnavailable, match="needs_gpu_op"):

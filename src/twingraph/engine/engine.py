@@ -100,7 +100,8 @@ class Engine:
         child; with others the thread writes.
 
         ``local_resources``: what local tasks that ask for ``resources`` may hold at once, as
-        ``{"cpu": 8, "memory": "16Gi", "gpu": 1}``; what it leaves out is detected (no GPU).
+        ``{"cpu": 8, "memory": "16Gi", "gpu": 1}``; what it leaves out is detected (GPUs:
+        ``resources.detected_gpus``).
         Default ``$TWINGRAPH_LOCAL_RESOURCES`` (``cpu=8,memory=16Gi,gpu=1``). Decision 0014."""
         writer = writer or os.environ.get("TWINGRAPH_WRITER") or "auto"
         if writer not in WRITERS:

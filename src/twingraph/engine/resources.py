@@ -3,8 +3,8 @@
 A local task whose component asks for ``resources`` (cpu, memory, gpu) starts only once they
 are free, and holds them until it ends; a task that asks for nothing starts as before (only
 ``max_parallel`` bounds it). One ``LocalResources`` belongs to an engine, so its concurrent runs
-share the machine. Capacity is the CPUs this process may run on, the machine's memory and no
-GPU, unless ``Engine(local_resources=...)`` or ``$TWINGRAPH_LOCAL_RESOURCES`` (for example
+share the machine. Capacity is the CPUs this process may run on, the machine's memory and the
+NVIDIA GPUs its driver shows (as many as ``CUDA_VISIBLE_DEVICES`` leaves visible), unless ``Engine(local_resources=...)`` or ``$TWINGRAPH_LOCAL_RESOURCES`` (for example
 ``cpu=8,memory=16Gi,gpu=1``) says otherwise. A component asking for more than the capacity
 fails before its run starts (``check``). Decision 0014.
 """
@@ -22,8 +22,37 @@ from twingraph.errors import ConfigurationError, ResourceUnavailable, Validation
 _NAMES = ("cpu", "memory", "gpu")
 
 
+#: One directory per GPU while the NVIDIA kernel driver is loaded (Linux).
+NVIDIA_GPUS = "/proc/driver/nvidia/gpus"
+
+
+def detected_gpus(driver_dir: str = NVIDIA_GPUS,
+                  environ: Mapping[str, str] | None = None) -> int:
+    """The NVIDIA GPUs the driver shows (none without the driver, or off Linux), as many as
+    ``CUDA_VISIBLE_DEVICES`` leaves visible, read the way CUDA reads it: a list of indexes
+    (or ``GPU-``/``MIG-`` ids) that ends at the first entry that is not a device; empty
+    means none."""
+    try:
+        found = sum(1 for entry in os.scandir(driver_dir) if entry.is_dir())
+    except OSError:
+        found = 0
+    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if visible is None or not found:
+        return found
+    count = 0
+    for item in visible.split(","):
+        item = item.strip()
+        if item.startswith(("GPU-", "MIG-")):
+            count += 1
+        elif item.isdigit() and int(item) < found:
+            count += 1
+        else:                      # '', '-1', an index past the last device: the list ends
+            break
+    return min(count, found)
+
+
 def machine_capacity() -> tuple[int, int, int]:
-    """(milli-CPUs this process may use, bytes of physical memory, GPUs: 0 — none is detected)."""
+    """(milli-CPUs this process may use, bytes of physical memory, GPUs ``detected_gpus``)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -32,7 +61,7 @@ def machine_capacity() -> tuple[int, int, int]:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         memory = 0
-    return cpus * 1000, memory, 0
+    return cpus * 1000, memory, detected_gpus()
 
 
 def parse_setting(text: str) -> dict[str, Any]:
