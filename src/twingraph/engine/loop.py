@@ -777,14 +777,14 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             with self.lock:
                 task.state = state
                 ev = task.event
+            task.ended_at = self.clock.now()
         else:
             task.state, ev = state, None
-        self.counts[old] -= 1
-        self.counts[state] += 1
-        if state is RUNNING:
-            task.started_at = self.clock.now()
-        elif state in TERMINAL:
-            task.ended_at = self.clock.now()
+            if state is RUNNING:
+                task.started_at = self.clock.now()
+        counts = self.counts
+        counts[old] -= 1
+        counts[state] += 1
         if not task.dirty:
             task.dirty = True
             self.dirty.append(task)
