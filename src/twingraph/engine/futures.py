@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from twingraph.core.states import TaskState
-from twingraph.engine.refs import Ref
+from twingraph.engine.refs import Ref, ref_to
 from twingraph.engine.task import (DECLARED, UNLOADED, Task, CANCELLED, FAILED, PENDING, QUEUED,
                                     RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
 from twingraph.errors import NodeExecutionError, PipelineCancelled, PipelineTimeout
@@ -53,7 +53,7 @@ class BodySide:
             node_id = f"{name}-{n}"
         task = Task(node_id, next(self._order), spec, fn, args, kwargs)
         self._enqueue(task)
-        return Ref(self, task)
+        return ref_to(self, task)
 
     def call_declared(self, spec: Any, fn: Callable[..., Any], arguments: Any, parameters: Any,
                       names: list[str], producers: list[Task], node_id: str) -> Task:

@@ -11,7 +11,7 @@ task's error, if it failed).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 
@@ -23,7 +23,11 @@ class Ref:
 
     # -- lazy navigation ---------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Ref:
-        return Ref(self._run, self._task, self._path + (key,))
+        # Built without the __init__ call (0.66 -> 0.38 µs): a pipeline body makes a few of
+        # these per component call (``r['outputs']['result']``).
+        ref = _new(Ref)
+        ref._run, ref._task, ref._path = self._run, self._task, self._path + (key,)
+        return ref
 
     def get(self, key: Any, default: Any = None) -> Any:
         try:
@@ -54,7 +58,7 @@ class Ref:
         value = self.result()
         if isinstance(value, dict):
             return iter(list(value))
-        return (Ref(self._run, self._task, self._path + (i,)) for i in range(len(value)))
+        return _items(self._run, self._task, self._path, len(value))
 
     def __len__(self) -> int:
         return len(self.result())
@@ -155,6 +159,23 @@ def find_refs(value: Any, out: list[Ref]) -> None:
 
 
 _CONTAINERS = frozenset({list, tuple, dict, set, frozenset})
+_new = object.__new__
+
+
+def ref_to(run: Any, task: Any) -> Ref:
+    """``Ref(run, task)``, without the __init__ call: one per component call."""
+    ref = _new(Ref)
+    ref._run, ref._task, ref._path = run, task, ()
+    return ref
+
+
+def _items(run: Any, task: Any, path: tuple[Any, ...], n: int) -> Iterator[Ref]:
+    """References to items ``0..n-1`` below ``path`` (iterating a Ref), built as in
+    ``Ref.__getitem__``."""
+    for i in range(n):
+        ref = _new(Ref)
+        ref._run, ref._task, ref._path = run, task, path + (i,)
+        yield ref
 
 
 def substitute(value: Any, fetch: Any) -> Any:
