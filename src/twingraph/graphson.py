@@ -29,7 +29,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -143,10 +143,20 @@ def run_graph(metadata: MetadataStore, run_id: str) -> tuple[list[Vertex], list[
             props["node_id"] = v.id
         for k in ("started_at", "completed_at"):
             if isinstance(props.get(k), (int, float)):
-                props[k] = datetime.fromtimestamp(props[k], tz=timezone.utc)
+                props[k] = date_of(props[k])
         out.append(Vertex(ids[v.id], v.label, props))
     return out, [EdgeRecord(e.run_id, ids.get(e.src, e.src), ids.get(e.dst, e.dst), e.kind,
                             dict(e.properties)) for e in edges]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def date_of(timestamp: float) -> datetime:
+    """The UTC date of a store's epoch-seconds float, at the millisecond a ``g:Date`` holds:
+    ``round(timestamp * 1000)``, exactly. (``datetime.fromtimestamp`` rounds to microseconds
+    first, and about one timestamp in 2,500 then lands on the other millisecond.)"""
+    return _EPOCH + timedelta(milliseconds=round(timestamp * 1000))
 
 
 def export_run(metadata: MetadataStore, run_id: str, path: str | os.PathLike[str]) -> Path:

@@ -76,3 +76,20 @@ def test_write_is_atomic_a_failed_write_leaves_the_old_file(tmp_path):
         write_graphson(target, ['{"id":"new"}', 42])          # fails halfway through
     assert target.read_text() == '{"id":"old"}\n'
     assert os.listdir(target.parent) == ["g.json"]             # no temporary file left behind
+
+
+def test_a_store_time_becomes_the_g_date_of_its_rounded_millisecond():
+    """A task's start time (epoch seconds, a float in the store) is exported as
+    ``round(t * 1000)`` ms. Through ``datetime.fromtimestamp`` (microseconds first) about one
+    time in 2,500 came out a millisecond off; these seeds include such times."""
+    import random
+
+    from twingraph.graphson import date_of
+    rng = random.Random(12)
+    times = [1796447165 + rng.random() for _ in range(20_000)] + [0.0, 1.0005, 1796447165.6805]
+    off = [t for t in times
+           if round(datetime.fromtimestamp(t, tz=timezone.utc).timestamp() * 1000)
+           != round(t * 1000)]
+    assert off, "the seed should include times the old conversion got wrong"
+    for t in times:
+        assert typed(date_of(t)) == {"@type": "g:Date", "@value": round(t * 1000)}
