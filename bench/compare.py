@@ -7,7 +7,8 @@ figures taken one after the other say little about a change. Here the revision (
 with ``git worktree`` into a temporary directory) and the working tree take turns, each run in
 a fresh interpreter with its own ``PYTHONPATH``; the bench scripts themselves come from the
 working tree, so both sides run the same workload. Prints every JSON line tagged with its side,
-then per numeric field the median of each side and the ratio (working tree / revision).
+then per numeric field the median of each side and the ratio (working tree / revision), and per
+pair of back-to-back runs the median ratio and how often the tree's figure was the higher.
 """
 from __future__ import annotations
 
@@ -73,7 +74,21 @@ def main() -> None:
             m_tree, m_rev = statistics.median(values), statistics.median(base[name])
             print(json.dumps({"compare": json.loads(key), "field": name, "rev": a.rev,
                               "median_rev": round(m_rev, 4), "median_tree": round(m_tree, 4),
-                              "tree_over_rev": round(m_tree / m_rev, 3) if m_rev else None}))
+                              "tree_over_rev": round(m_tree / m_rev, 3) if m_rev else None,
+                              **pair_stats(base[name], values)}))
+
+
+def pair_stats(rev: list[float], tree: list[float]) -> dict[str, object]:
+    """Round i ran the revision, then the tree, back to back: a pair shares the machine's
+    phase (this VM drifts by 25 % over minutes), so its ratio says more than two medians taken
+    across phases. The median of those ratios, and in how many pairs the tree's figure was the
+    higher one (for a time, fewer is better; for a rate, more)."""
+    pairs = [(r, t) for r, t in zip(rev, tree) if r]
+    if not pairs:
+        return {}
+    return {"pairs": len(pairs),
+            "median_pair_ratio": round(statistics.median(t / r for r, t in pairs), 3),
+            "pairs_tree_higher": sum(t > r for r, t in pairs)}
 
 
 if __name__ == "__main__":
