@@ -41,27 +41,9 @@ import struct
 import sys
 from typing import Any
 
+from twingraph.core.hashing import sha256_hex
 from twingraph.core.results import DataType, StorageMetadata
 from twingraph.errors import ConfigurationError, ValidationError
-
-# SHA-256 of a few dozen bytes (a task's small result) costs ~0.9 µs through OpenSSL, whose
-# per-call setup dominates, and ~0.5 µs through CPython's own implementation, which is slower
-# per byte (equal at ~150 bytes, 5x slower at 4 KiB). Same digests: both are SHA-256.
-try:
-    from _sha256 import sha256 as _builtin_sha256   # CPython 3.11
-except ImportError:  # pragma: no cover - CPython 3.12+ names it _sha2; other VMs: OpenSSL only
-    try:
-        from _sha2 import sha256 as _builtin_sha256  # type: ignore[no-redef]
-    except ImportError:
-        _builtin_sha256 = hashlib.sha256  # type: ignore[assignment]
-_SMALL_HASH = 128
-
-
-def sha256_hex(data: bytes) -> str:
-    """``hashlib.sha256(data).hexdigest()``, through the faster implementation for its size."""
-    if len(data) < _SMALL_HASH:
-        return _builtin_sha256(data).hexdigest()
-    return hashlib.sha256(data).hexdigest()
 
 __all__ = ["Encoded", "encode", "decode", "content_hash", "typed_hash", "canonical_json",
            "ENCODINGS", "LARGE_THRESHOLD"]

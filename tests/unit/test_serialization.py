@@ -271,12 +271,13 @@ def test_pickle5_keeps_large_buffers_out_of_band_and_round_trips():
 
 
 def test_small_values_hash_the_same_through_either_sha256() -> None:
-    """Below ``_SMALL_HASH`` bytes the content hash goes through CPython's own SHA-256 (faster
+    """Below ``SMALL_HASH`` bytes the content hash goes through CPython's own SHA-256 (faster
     for a few bytes), above it through OpenSSL's: the same digests either way."""
     import hashlib
 
-    from twingraph.serialization import _SMALL_HASH, content_hash, sha256_hex
-    for n in (0, 1, 5, _SMALL_HASH - 1, _SMALL_HASH, _SMALL_HASH + 1, 5000):
+    from twingraph.core.hashing import SMALL_HASH, sha256_hex
+    from twingraph.serialization import content_hash
+    for n in (0, 1, 5, SMALL_HASH - 1, SMALL_HASH, SMALL_HASH + 1, 5000):
         data = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
         assert sha256_hex(data) == hashlib.sha256(data).hexdigest()
     for value in (12345, "small", "x" * 300, [1, 2, 3]):

@@ -4,7 +4,8 @@ A local task whose component asks for ``resources`` (cpu, memory, gpu) starts on
 are free, and holds them until it ends; a task that asks for nothing starts as before (only
 ``max_parallel`` bounds it). One ``LocalResources`` belongs to an engine, so its concurrent runs
 share the machine. Capacity is the CPUs this process may run on, the machine's memory and the
-NVIDIA GPUs its driver shows (as many as ``CUDA_VISIBLE_DEVICES`` leaves visible), unless ``Engine(local_resources=...)`` or ``$TWINGRAPH_LOCAL_RESOURCES`` (for example
+NVIDIA GPUs its driver shows (as many as ``CUDA_VISIBLE_DEVICES`` leaves visible), unless
+``Engine(local_resources=...)`` or ``$TWINGRAPH_LOCAL_RESOURCES`` (for example
 ``cpu=8,memory=16Gi,gpu=1``) says otherwise. A component asking for more than the capacity
 fails before its run starts (``check``). Decision 0014.
 """
