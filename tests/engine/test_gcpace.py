@@ -75,6 +75,7 @@ def test_objects_surviving_in_a_run_are_frozen_and_put_back_when_it_ends(engine)
 def test_cyclic_garbage_that_grows_the_process_is_collected_at_the_next_tick(engine,
                                                                             monkeypatch):
     monkeypatch.setattr(gcpace, "GROWTH_CAP", 16 * 1024 * 1024)
+    monkeypatch.setattr(gcpace, "RSS_EVERY", 0.0)      # every tick reads the size
 
     def probe():
         assert _wait_for_freeze() > 0
@@ -90,6 +91,23 @@ def test_cyclic_garbage_that_grows_the_process_is_collected_at_the_next_tick(eng
         gcpace.tick()                                  # the process grew 64 MiB > 16: collect
         return frozen_garbage, ref() is None
     assert _during(engine, probe) == (True, True)
+
+
+def test_ticks_read_the_resident_size_at_most_every_rss_every_seconds(engine, monkeypatch):
+    # Reading it gives up the GIL; taking it back from busy threads is what costs.
+    reads = []
+    real = gcpace.resident_bytes
+    monkeypatch.setattr(gcpace, "resident_bytes", lambda: reads.append(1) or real())
+    monkeypatch.setattr(gcpace, "RSS_EVERY", 3600.0)
+
+    def probe():
+        assert _wait_for_freeze() > 0
+        gcpace._last_rss = float("-inf")           # as if never read
+        reads.clear()
+        for _ in range(50):
+            gcpace.tick()
+        return len(reads)
+    assert _during(engine, probe) == 1
 
 
 def test_a_cycle_that_outlived_a_tick_is_freed_after_the_run(engine):
