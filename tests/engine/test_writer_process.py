@@ -601,3 +601,31 @@ def test_a_hand_over_packs_pieces_no_larger_than_a_frame(monkeypatch):
     assert [r for x in out[:3] if isinstance(x, PackedTaskRecords) for r in x.records()] == rows
     assert [k for x in out[3:6] if isinstance(x, PackedResults) for k in x.keys] == \
         [p.key for p in puts]
+
+
+def test_a_writer_process_that_fails_to_start_warns_only_while_it_is_needed(tmp_path,
+                                                                           monkeypatch, caplog):
+    """A failed start is worth a warning while the recorder writes (it falls back to its own
+    thread); once the recorder is closed, its stores may be gone and nothing is lost."""
+    from twingraph.engine import writer as writer_module
+
+    failing = "import sys, time\ntime.sleep(0.3)\nsys.exit(3)\n"    # dies before 'ready'
+    monkeypatch.setattr(writer_module, "_BOOT", failing)
+    results = SQLiteStorage(str(tmp_path / "r.db"))
+    try:
+        for close_first, warned in ((False, True), (True, False)):
+            caplog.clear()
+            rec = Recorder(results, None)
+            try:
+                rec.offload()
+                if close_first:
+                    rec.close()
+                deadline = time.monotonic() + 10
+                while rec._offload == "starting" and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert rec._offload == "failed"
+            finally:
+                rec.close()
+            assert any("did not start" in r.getMessage() for r in caplog.records) is warned
+    finally:
+        results.close()

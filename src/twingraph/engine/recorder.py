@@ -105,10 +105,12 @@ class Recorder:
         try:
             child = WriterProcess(results_recipe, metadata_recipe)
         except Exception:  # noqa: BLE001 - the thread keeps writing, as before
-            log.warning("recorder: the writer process did not start; writing in this process",
-                        exc_info=True)
             with self._cv:
                 self._offload = "failed"
+                closed = self._closed
+            if not closed:     # closed meanwhile: its stores may be gone, and nothing is lost
+                log.warning("recorder: the writer process did not start; writing in this "
+                            "process", exc_info=True)
             return
         with self._cv:
             if not self._closed:
