@@ -376,3 +376,45 @@ def test_an_engine_crash_gives_rows_to_tasks_still_waiting_to_be_taken_in():
         assert rows["noop-3"].inputs["code_version"] == noop.spec.code_version
     finally:
         eng.close()
+
+
+@component
+def slow_source(x):
+    time.sleep(0.2)
+    return x
+
+
+@component
+def use_value(x, extra=None):
+    return x
+
+
+@pipeline(name="stop_while_keying")
+def _stop_while_keying(warm: bool):
+    s = slow_source(x=1)
+    a = use_value(x=s["outputs"]["result"])          # keyed first in the burst
+    if not warm:                                     # keyed next: cannot be hashed, stops the run
+        use_value(x=s["outputs"]["result"], extra=threading.Lock())
+    return a
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["lookup-misses", "lookup-hits"])
+def test_a_task_cancelled_while_its_burst_was_keyed_stays_cancelled(stored):
+    """Under 'fail', a key that cannot be built stops the run and cancels the tasks keyed
+    before it in the same burst; their batched lookup must not move them on (a miss made one
+    QUEUED for good, a hit finished it twice and the run never ended)."""
+    eng = _engine(flush_interval=0.01)
+    if stored:
+        assert _stop_while_keying.run(warm=True, engine=eng).state is RunState.SUCCESS
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=_stop_while_keying.run(warm=False, engine=eng)),
+                         daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the run never ended"
+    r = out["r"]
+    assert r.state is RunState.FAILED
+    states = {x.node_id: x.state for x in eng.metadata.get_tasks(r.run_id)}
+    assert states == {"slow_source-0": TaskState.SUCCESS, "use_value-0": TaskState.CANCELLED,
+                      "use_value-1": TaskState.FAILED}
+    eng.close()

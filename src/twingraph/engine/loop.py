@@ -439,7 +439,10 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                             self._fail_before_start(t, exc)
                     if found is not None:
                         for t in lookup:
-                            self._after_lookup(t, found.get(t.cache_key))
+                            # A later task of the burst may have stopped the run (its key
+                            # failed under 'fail'): the ones cancelled since stay cancelled.
+                            if t.state is PENDING:
+                                self._after_lookup(t, found.get(t.cache_key))
                 self._progressed(taken)
             if self._held_retry and self._start_held(limit):
                 continue
