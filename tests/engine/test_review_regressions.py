@@ -418,3 +418,40 @@ def test_a_task_cancelled_while_its_burst_was_keyed_stays_cancelled(stored):
     assert states == {"slow_source-0": TaskState.SUCCESS, "use_value-0": TaskState.CANCELLED,
                       "use_value-1": TaskState.FAILED}
     eng.close()
+
+
+def test_identical_calls_that_are_not_memoized_keep_their_own_results():
+    """Two identical calls of a cache=False component each run and may differ: each keeps its
+    own value after it was stored and dropped from memory (one result key per task), in the
+    body and downstream."""
+    eng = _engine(flush_interval=0.01)
+    drawn = iter(range(100))
+
+    @component(cache=False)
+    def draw(seed):
+        return {"value": next(drawn)}
+
+    @component
+    def show(v):
+        return v
+
+    @pipeline(name="own_results")
+    def p():
+        a, b = draw(seed=1), draw(seed=1)
+        first = (a["outputs"]["value"].result(), b["outputs"]["value"].result())
+        deadline = time.monotonic() + 5           # until both are stored and dropped
+        loop = next(iter(eng.runs.values()))
+        while not all(t.stored for t in loop.tasks.values() if t.component == "draw"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.05)
+        again = (a["outputs"]["value"].result(), b["outputs"]["value"].result())
+        return first, again, show(v=a["outputs"]["value"])["outputs"]["result"], a["hash"] != b["hash"]
+
+    r = p.run(engine=eng)
+    first, again, downstream, distinct = r.value
+    assert first == (0, 1) and again == first and downstream == 0 and distinct
+    rows = {t.node_id: t for t in eng.metadata.get_tasks(r.run_id)}
+    assert rows["draw-0"].result_key != rows["draw-1"].result_key
+    assert eng.load_value(rows["draw-1"].result_key) == {"value": 1}
+    eng.close()

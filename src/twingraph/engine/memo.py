@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twingraph.core.hashing import digest_value, prefixed_key
+from twingraph.core.hashing import digest_value, own_key, prefixed_key
 from twingraph.core.records import TaskRecord
 from twingraph.engine.calls import strip_lineage
 from twingraph.engine.refs import Ref
@@ -23,6 +23,7 @@ class MemoSide:
     """Mixed into ``RunLoop``; the attributes below are the loop's."""
     engine: Any
     opt: Any
+    run_id: str
     prior: dict[str, TaskRecord]
     by_key: dict[str, Task]
     ready: deque[Task]
@@ -50,13 +51,15 @@ class MemoSide:
             digest = [digest_value(task.args, Ref, _ref_digest, leaf),
                       digest_value(strip_lineage(task.kwargs), Ref, _ref_digest, leaf)]
         key = prefixed_key(self.engine.key_prefix(spec), digest)
+        memoize = spec.cache and not self.opt.no_cache
+        if not memoize:                # its result is its own, not shared by key
+            key = own_key(key, self.run_id, task.node_id)
         task.cache_key = key
         prior = self.prior.get(task.node_id)
         if prior is not None and prior.state is SUCCESS and prior.cache_key == key \
                 and prior.content_hash:
             self._hit(task, prior.content_hash, "resumed", "result recorded by this run before it stopped")
             return False
-        memoize = spec.cache and not self.opt.no_cache
         twin = self.by_key.get(key) if memoize else None
         if twin is not None and twin is not task:
             if twin.state in TERMINAL:
