@@ -455,3 +455,24 @@ def test_identical_calls_that_are_not_memoized_keep_their_own_results():
     assert rows["draw-0"].result_key != rows["draw-1"].result_key
     assert eng.load_value(rows["draw-1"].result_key) == {"value": 1}
     eng.close()
+
+
+def test_futures_inside_sets_and_int_keyed_dicts_are_inputs_like_any_other():
+    eng = _engine()
+
+    @component
+    def total(xs):
+        return sum(xs.values()) if isinstance(xs, dict) else sum(xs)
+
+    @pipeline(name="refs_in_sets")
+    def p():
+        a, b = echo(x=1), echo(x=2)
+        return (total(xs={a["outputs"]["result"], b["outputs"]["result"]}),
+                total(xs={1: a["outputs"]["result"], 2: b["outputs"]["result"]}))
+
+    first = p.run(engine=eng)
+    assert first.state is RunState.SUCCESS, first.error
+    assert [v["outputs"]["result"] for v in first.value] == [3, 3]
+    again = p.run(engine=eng)          # same inputs: memo hits
+    assert {t.cache_status for t in eng.metadata.get_tasks(again.run_id)} == {"hit"}
+    eng.close()

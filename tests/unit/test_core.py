@@ -108,6 +108,32 @@ def test_structural_key_changes_with_each_part():
     assert digest_value(1.0, None, str, str) != digest_value(1, None, str, str)
 
 
+class _Fut:
+    """Stands for a reference to another task's output (the engine's Ref)."""
+    def __init__(self, name):
+        self.name = name
+
+    def __hash__(self):
+        return hash(self.name)
+
+
+def _digest(v):
+    return digest_value(v, _Fut, lambda r: f"@{r.name}()", lambda x: "leaf")
+
+
+def test_sets_and_dicts_with_other_keys_digest_as_one_leaf_unless_they_hold_references():
+    # without a reference: the whole value's hash, as before (stored keys unchanged)
+    assert _digest({1, 2}) == {"x": "leaf"} and _digest({1: "a"}) == {"x": "leaf"}
+    # a reference cannot be hashed whole (its value does not exist yet): items are digested,
+    # in an order that does not depend on the set's or dict's own order
+    a, b = _Fut("a"), _Fut("b")
+    assert _digest({a, b}) == {"s": ["@a()", "@b()"]} == _digest({b, a})
+    assert _digest(frozenset([b, 3])) == {"fs": ["@b()", 3]}
+    assert _digest({2: b, 1: a}) == {"kd": [[1, "@a()"], [2, "@b()"]]} == _digest({1: a, 2: b})
+    assert _digest({1: [a]}) != _digest({1: [b]})
+    assert _digest({(1, a)}) == {"s": [{"t": [1, "@a()"]}]}
+
+
 def _helper(x):
     return x + 1
 

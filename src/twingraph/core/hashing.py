@@ -144,7 +144,7 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
         out = {}
         for k, v in value.items():
             if type(k) is not str:
-                return {"x": leaf_hash(value)}
+                return _unordered(value, t, ref_type, ref_digest, leaf_hash)
             tv = type(v)     # an int, bool or None value, or a reference: no call through here
             out[k] = v if tv is int or tv is bool or v is None else ref_digest(v) \
                 if tv is ref_type else digest_value(v, ref_type, ref_digest, leaf_hash)
@@ -152,4 +152,33 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
     if isinstance(value, tuple) and hasattr(t, "_fields"):    # a named tuple: walk it too
         return {"n": f"{t.__module__}.{t.__qualname__}",
                 "t": [digest_value(v, ref_type, ref_digest, leaf_hash) for v in value]}
+    if t is set or t is frozenset:
+        return _unordered(value, t, ref_type, ref_digest, leaf_hash)
     return {"x": leaf_hash(value)}
+
+
+def _unordered(value: Any, t: type, ref_type: type | None, ref_digest: Callable[[Any], Any],
+               leaf_hash: Callable[[Any], str]) -> Any:
+    """A set, or a dict with keys that are not all strings: hashed whole as a leaf (the digest
+    every stored key has), unless it holds a reference, which cannot be hashed whole (a future
+    is not a value yet): then its items' digests, sorted by their canonical JSON."""
+    if ref_type is None or not _holds(value, ref_type):
+        return {"x": leaf_hash(value)}
+    def d(v: Any) -> Any:
+        return digest_value(v, ref_type, ref_digest, leaf_hash)
+    if t is dict:
+        pairs = [[d(k), d(v)] for k, v in value.items()]
+        return {"kd": sorted(pairs, key=digest_json)}
+    return {"s" if t is set else "fs": sorted((d(v) for v in value), key=digest_json)}
+
+
+def _holds(value: Any, ref_type: type) -> bool:
+    """Whether a reference is anywhere inside ``value``'s containers."""
+    t = type(value)
+    if t is ref_type:
+        return True
+    if t is dict:
+        return any(_holds(k, ref_type) or _holds(v, ref_type) for k, v in value.items())
+    if t is list or t is tuple or t is set or t is frozenset or isinstance(value, tuple):
+        return any(_holds(v, ref_type) for v in value)
+    return False
