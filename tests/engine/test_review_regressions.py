@@ -476,3 +476,40 @@ def test_futures_inside_sets_and_int_keyed_dicts_are_inputs_like_any_other():
     again = p.run(engine=eng)          # same inputs: memo hits
     assert {t.cache_status for t in eng.metadata.get_tasks(again.run_id)} == {"hit"}
     eng.close()
+
+
+def test_a_run_with_parameters_json_cannot_carry_resumes_only_when_given_them_again():
+    """A tuple parameter is recorded as its repr (for reading); resuming with that text in its
+    place ran the body on another input. Now the resume asks for it, and given it, re-executes
+    nothing that was stored."""
+    from twingraph.errors import ValidationError
+    eng = _engine(flush_interval=0.01)
+    calls, state = [], {"fail": True}
+
+    @component
+    def size(xs):
+        calls.append(xs)
+        return len(xs)
+
+    @component
+    def maybe_fail(n):
+        if state["fail"]:
+            raise RuntimeError("first attempt fails")
+        return n
+
+    @pipeline(name="inexact_params")
+    def p(xs, label="plain"):
+        return maybe_fail(n=size(xs=xs)["outputs"]["result"])
+
+    first = p.run(xs=(1, 2, 3), label="a", engine=eng)
+    assert first.state is RunState.FAILED
+    rec = eng.metadata.get_run(first.run_id)
+    assert rec.params == {"xs": "(1, 2, 3)", "label": "a"}
+    assert rec.source["inexact_params"] == ["xs"]
+    state["fail"] = False
+    with pytest.raises(ValidationError, match=r"could not be recorded exactly \(xs=\(1, 2, 3\)\)"):
+        p.run(engine=eng, resume=first.run_id)
+    resumed = p.run(xs=(1, 2, 3), engine=eng, resume=first.run_id)
+    assert resumed.state is RunState.SUCCESS and resumed.value["outputs"]["result"] == 3
+    assert calls == [(1, 2, 3)]                       # size ran once, on the tuple
+    eng.close()

@@ -18,6 +18,7 @@ import hashlib
 import inspect
 import itertools
 import logging
+import math
 import sys
 import sysconfig
 import types
@@ -58,7 +59,8 @@ class Pipeline:
             from twingraph.runtime import default_engine
             engine = default_engine()
         check_platform(engine, self.components())
-        params = _params(self.fn, args, kwargs)
+        params = _params(self.fn, args, kwargs, partial=resume is not None)
+        source = self.source()
         if resume is not None:
             rec = engine.metadata.get_run(resume) if engine.metadata is not None else None
             if rec is None:
@@ -66,7 +68,15 @@ class Pipeline:
             if rec.pipeline != self.name:
                 raise ValidationError(f"run {resume} belongs to pipeline {rec.pipeline!r}, "
                                       f"not {self.name!r}")
-            params = dict(rec.params)
+            given, params = params, dict(rec.params)
+            inexact = list((rec.source or {}).get("inexact_params") or ())
+            missing = [n for n in inexact if n not in given]
+            if missing:
+                raise ValidationError(
+                    f"run {resume} was started with parameters that could not be recorded "
+                    f"exactly ({', '.join(f'{n}={params.get(n)}' for n in missing)}): pass "
+                    f"them again to resume it, e.g. run(resume=..., {missing[0]}=...)")
+            params.update({n: given[n] for n in inexact})
             args, kwargs = (), params
             no_cache = bool(rec.config.get("no_cache", no_cache))
             max_parallel = max_parallel or rec.config.get("max_parallel")
@@ -77,10 +87,13 @@ class Pipeline:
         version = self.register(engine)
         # The id is chosen here so the lineage export also follows a run that ends in Ctrl-C.
         run_id = resume or uuid.uuid4().hex
+        recorded, inexact = _recorded_params(params)
+        if inexact:          # a resume must be given them again (see above)
+            source["inexact_params"] = inexact
         try:
             result = engine.run(lambda run: self.fn(*args, **kwargs), pipeline=self.name,
-                                params=_jsonable_params(params), options=opts, run_id=run_id,
-                                resume=resume is not None, source=self.source(),
+                                params=recorded, options=opts, run_id=run_id,
+                                resume=resume is not None, source=source,
                                 notifications=self.spec.notifications or None,
                                 pipeline_version=version, on_start=on_start)
         except KeyboardInterrupt:       # the run ended CANCELLED and recorded: export it too
@@ -175,19 +188,47 @@ def _validate_cron(expr: str) -> None:
         raise ValidationError(f"schedule {expr!r} is not a valid cron expression")
 
 
-def _params(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _params(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+            partial: bool = False) -> dict[str, Any]:
+    """The call's arguments by name (``partial``: some may be missing, as in a resume,
+    which takes the rest from the run's record)."""
+    sig = inspect.signature(fn)
     try:
-        bound = inspect.signature(fn).bind(*args, **kwargs)
+        bound = sig.bind_partial(*args, **kwargs) if partial else sig.bind(*args, **kwargs)
     except TypeError as exc:
         raise ValidationError(f"bad arguments for pipeline {fn.__name__}: {exc}") from None
     return dict(bound.arguments)
 
 
-def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
-    out = {}
+def _recorded_params(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The run's parameters as recorded (JSON), and the names of those JSON cannot carry
+    exactly (a tuple, a set, a dict with int keys, an object...): recorded as their ``repr``,
+    for people to read. A resumed run calls the body with the recorded values, so it must be
+    given those again: the text in their place would be a different input."""
+    out: dict[str, Any] = {}
+    inexact: list[str] = []
     for k, v in params.items():
-        out[k] = v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else repr(v)
-    return out
+        if _exact_in_json(v):
+            out[k] = v
+        else:
+            out[k] = repr(v)
+            inexact.append(k)
+    return out, inexact
+
+
+def _exact_in_json(v: Any, depth: int = 0) -> bool:
+    t = type(v)
+    if t is str or t is int or t is bool or v is None:
+        return True
+    if t is float:
+        return math.isfinite(v)
+    if depth > 50:
+        return False
+    if t is list:
+        return all(_exact_in_json(x, depth + 1) for x in v)
+    if t is dict:
+        return all(type(k) is str and _exact_in_json(x, depth + 1) for k, x in v.items())
+    return False
 
 
 #: Items of one container (dict values, list/tuple/set items) looked at for components.
