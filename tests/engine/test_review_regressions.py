@@ -513,3 +513,25 @@ def test_a_run_with_parameters_json_cannot_carry_resumes_only_when_given_them_ag
     assert resumed.state is RunState.SUCCESS and resumed.value["outputs"]["result"] == 3
     assert calls == [(1, 2, 3)]                       # size ran once, on the tuple
     eng.close()
+
+
+def test_an_attempt_stopped_with_its_run_is_not_left_running_in_its_row():
+    eng = _engine(flush_interval=0.01)
+
+    @component(executor="thread")
+    def sleepy(x):
+        time.sleep(1.5)
+        return x
+
+    @pipeline(name="stopped_attempt", timeout=0.5)
+    def p():
+        return sleepy(x=1)
+
+    r = p.run(engine=eng)
+    assert r.state is RunState.FAILED and type(r.error).__name__ == "PipelineTimeout"
+    (task,) = eng.metadata.get_tasks(r.run_id)
+    (attempt,) = eng.metadata.get_attempts(r.run_id, task.node_id)
+    assert task.state is TaskState.CANCELLED
+    assert attempt.state is TaskState.CANCELLED and attempt.ended_at is not None
+    assert "running task abandoned" in attempt.error
+    eng.close()

@@ -209,6 +209,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                     self._abort(task)
                     if task.spec.resources:
                         self._give_back(task)
+                    self._end_attempt_row(task, FAILED, exc)
                 if self.tasks.get(task.node_id) is not task:
                     # Submitted by the body, never taken in by the loop: it gets a row too.
                     if task.node_id in self.tasks:
@@ -804,6 +805,16 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self.emit(ev_out)
 
     # == stopping ===========================================================================
+    def _end_attempt_row(self, task: Task, state: TaskState, error: BaseException) -> None:
+        """A running attempt that ends without an outcome (the run stopped, or its loop
+        crashed): its row, if one was written as RUNNING, says how it ended."""
+        if task.attempt_row == task.attempt:
+            now = self.clock.now()
+            self.out.append(AttemptRecord(self.run_id, task.node_id, task.attempt, task.fence,
+                                          state, executor=f"{task.spec.platform}:{task.mode}",
+                                          started_at=task.started_at or now, ended_at=now,
+                                          error=error_text(error)))
+
     def _stop(self, why: str, message: str) -> None:
         if self.stopping:
             return
@@ -818,8 +829,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 if task.spec.resources:
                     self._give_back(task)
                 how = "killed" if killed else "abandoned"
-                self._finish(task, CANCELLED, error=TaskCancelled(
-                    f"{message}; running task {how}", node_id=task.node_id))
+                error = TaskCancelled(f"{message}; running task {how}", node_id=task.node_id)
+                self._end_attempt_row(task, CANCELLED, error)
+                self._finish(task, CANCELLED, error=error)
             else:
                 self._finish(task, CANCELLED, error=TaskCancelled(message, node_id=task.node_id))
         self.ready.clear()
