@@ -13,7 +13,9 @@ Encodings, chosen in this order:
 ``npy``     a NumPy ``ndarray`` (exact type, dtype without Python objects): the standard ``.npy``
             format, written as a scatter list ``(header, memoryview of the array's own buffer)``
             — zero copies (one copy only if the array is not C-contiguous). NumPy is never
-            imported by ``encode``: an ndarray can only exist if NumPy is already loaded.
+            imported by ``encode``: an ndarray can only exist if NumPy is already loaded. A
+            dtype a ``.npy`` header cannot describe (structured fields out of offset order, as
+            ``a[["b", "a"]]`` gives) is pickled instead.
 ``bytes``   bytes / bytearray / memoryview, kept as is (a view, not a copy).
 ``pickle5`` a value holding large contiguous buffers (a dict of NumPy arrays, a DataFrame):
             pickle protocol 5 with the buffers *out of band*, written as views — zero copies —
@@ -169,9 +171,11 @@ def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD) -> Encoded:
         return _make("bytes", DataType.BINARY, (buf,), len(buf), large_threshold)
     np = sys.modules.get("numpy")
     if np is not None and t is np.ndarray and not value.dtype.hasobject:
-        header, body = _npy_parts(np, value)
-        return _make("npy", DataType.DATASET, (header, body), len(header) + body.nbytes,
-                     large_threshold)
+        parts = _npy_parts(np, value)
+        if parts is not None:           # else a dtype .npy cannot describe: pickled below
+            header, body = parts
+            return _make("npy", DataType.DATASET, (header, body), len(header) + body.nbytes,
+                         large_threshold)
     oob: list[Any] = []
 
     def keep_large(pb: pickle.PickleBuffer) -> bool:
@@ -257,12 +261,17 @@ def _byte_view(value: bytes | bytearray | memoryview) -> Buffer:
     return mv.cast("B") if (mv.format != "B" or mv.ndim != 1) else mv
 
 
-def _npy_parts(np: Any, arr: Any) -> tuple[bytes, memoryview]:
-    """A version 1.0 (2.0 if huge) .npy header and a byte view of the array's own memory."""
+def _npy_parts(np: Any, arr: Any) -> tuple[bytes, memoryview] | None:
+    """A version 1.0 (2.0 if huge) .npy header and a byte view of the array's own memory; None
+    if the .npy format cannot describe the dtype: a structured one whose fields overlap or are
+    out of offset order, as a multi-field index ``a[["b", "a"]]`` gives (pickle keeps it)."""
+    try:
+        descr = np.lib.format.dtype_to_descr(arr.dtype)
+    except ValueError:
+        return None
     if not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
-    d = {"descr": np.lib.format.dtype_to_descr(arr.dtype), "fortran_order": False,
-         "shape": tuple(arr.shape)}
+    d = {"descr": descr, "fortran_order": False, "shape": tuple(arr.shape)}
     text = "{" + "".join(f"'{k}': {v!r}, " for k, v in sorted(d.items())) + "}"
     raw = text.encode("latin1")
     for version, fmt_len in ((1, 2), (2, 4)):

@@ -1,6 +1,10 @@
 """What only the hybrid store does (the shared contract runs over it in test_result_stores.py):
 small values in SQLite, large ones as files, one copy per key when a key changes sides."""
 import hashlib
+import os
+import subprocess
+import sys
+import time
 
 from twingraph.core.results import DataType, StorageMetadata
 from twingraph.stores.results import HybridStorage, create_storage_backend
@@ -110,5 +114,44 @@ def test_items_may_be_any_iterable_and_bad_keys_fail_at_once(tmp_path):
         assert store.list_keys() == ["g1", "g2"]
         with pytest.raises(StorageError):
             store.iter_chunks("../escape")
+    finally:
+        store.close()
+
+
+OTHER_PROCESS = """
+import sys
+from twingraph.core.results import DataType, StorageMetadata
+from twingraph.stores.results import HybridStorage
+s = HybridStorage(sys.argv[1], large_threshold=1000)
+s.put("k", b"old small", StorageMetadata("k", DataType.BINARY, "", 9))
+s.close()
+"""
+
+
+def test_a_key_stored_small_elsewhere_moves_to_the_files_without_leaving_its_old_copy(tmp_path):
+    # The SQLite side's key index reads rows other processes committed only every
+    # ``sync_every`` seconds (decision 0010). A key another process stored small and that is
+    # overwritten here with a large value inside that window must still lose its SQLite copy:
+    # reads look in SQLite first and would return the old value for good. The window is
+    # widened to an hour so that the overwrite certainly falls inside it.
+    store = HybridStorage(tmp_path / "h", large_threshold=1000)
+    try:
+        store.put("warm", b"w", _meta("warm", b"w"))
+        store.small.content_hashes(["absent"])            # a miss builds the key index
+        deadline = time.monotonic() + 10
+        while store.small._keys.state != "ready":
+            assert store.small._keys.state != "off" and time.monotonic() < deadline
+            time.sleep(0.005)
+        store.small.content_hashes(["absent"])            # reads other processes' rows now...
+        store.small._keys.sync_every = 3600.0             # ...and not again for an hour
+        subprocess.run([sys.executable, "-c", OTHER_PROCESS, str(tmp_path / "h")], check=True,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        assert store.small.content_hashes(["k"]) == {}    # the index does not know of it yet
+        new = b"N" * 5000
+        store.put("k", new, _meta("k", new))
+        assert not store.small.has("k") and store.large.has("k")
+        assert bytes(store.get("k")) == new
+        found = store.read("k")
+        assert found is not None and bytes(found[1]) == new
     finally:
         store.close()

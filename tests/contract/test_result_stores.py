@@ -14,6 +14,7 @@ import mmap
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -434,6 +435,58 @@ def test_corruption_raises_integrity_error(case: Any, size: int) -> None:
     assert store.has("c")  # the store reports, it does not repair
 
 
+def _corrupted_then_replaceable(store: ResultStoreBase, key: str) -> None:
+    """Every read of ``key`` raises IntegrityError (what the engine answers by deleting the
+    entry and recomputing it), and the delete and a new put then work."""
+    with pytest.raises(IntegrityError):
+        store.get(key)
+    with pytest.raises(IntegrityError):
+        store.read(key)
+    with pytest.raises(IntegrityError):
+        b"".join(store.iter_chunks(key, 100))
+    with pytest.raises(IntegrityError):
+        asyncio.run(store.retrieve_result(key))
+    assert store.delete(key) and not store.has(key)
+    store.put(key, b"again", _meta(key, b"again"))
+    assert bytes(store.get(key) or b"") == b"again"
+
+
+@pytest.mark.parametrize("comp", [None, "zstd"])
+@pytest.mark.parametrize("value", [None, "text"], ids=["null", "text"])
+def test_sqlite_row_whose_data_is_not_a_blob_is_corruption(tmp_path: Path, comp: str | None,
+                                                          value: str | None) -> None:
+    store = _make_sqlite(tmp_path, comp)
+    try:
+        data = _compressible(600)                  # kept in its row (compressed with zstd)
+        store.put("n", data, _meta("n", data))
+        with sqlite3.connect(store.db_path) as db:
+            db.execute("UPDATE node_results SET data=? WHERE node_id='n'", (value,))
+        _corrupted_then_replaceable(store, "n")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("comp", [None, "zstd"])
+@pytest.mark.parametrize("damage", ["truncated", "non-ascii", "neither"])
+def test_filesystem_damaged_inline_storage_is_corruption(tmp_path: Path, comp: str | None,
+                                                         damage: str) -> None:
+    store = _make_fs(tmp_path, comp)
+    try:
+        data = _compressible(200)                  # inline in the metadata file
+        store.put("i", data, _meta("i", data))
+        path, doc = _fs_doc(store, "i")
+        if damage == "truncated":                  # base64 of the wrong length
+            doc["storage"]["inline"] = doc["storage"]["inline"][:-1]
+        elif damage == "non-ascii":
+            doc["storage"]["inline"] = "é" + doc["storage"]["inline"]
+        else:                                      # neither inline data nor a data file
+            doc["storage"] = {}
+        path.write_text(json.dumps(doc))
+        _corrupted_then_replaceable(store, "i")
+    finally:
+        store.close()
+
+
 def test_missing_data_is_storage_error(case: Any) -> None:
     impl, store, _ = case
     if impl.lose_data is None:
@@ -549,6 +602,25 @@ def test_put_many_is_all_or_nothing(case: Any, bad: str) -> None:
     assert impl.count(store) == 0
 
 
+@pytest.mark.parametrize("shape", ["view", "list", "after-bytes"])
+def test_non_contiguous_buffers_are_refused_before_anything_is_written(case: Any,
+                                                                      shape: str) -> None:
+    # A 1-D byte view with a stride: it looks like bytes, but hashing or joining it fails.
+    # It must be refused with the rest of the batch unwritten (the hybrid store used to have
+    # written the batch's large values to its files before it failed on it).
+    impl, store, _ = case
+    strided = memoryview(b"abcdefgh")[::2]
+    data: Any = {"view": strided, "list": [strided], "after-bytes": [b"x", strided]}[shape]
+    size = 4 + (shape == "after-bytes")
+    big = os.urandom(5000)
+    with pytest.raises(StorageError, match="C-contiguous"):
+        store.put_many([("big", big, _meta("big", big)),
+                        ("strided", data, replace(_meta("strided", b""), size=size,
+                                                  content_hash=""))])
+    assert store.list_keys() == [] and not store.has("big")
+    assert impl.count(store) == 0
+
+
 # ------------------------------------------------------------------------------ concurrency
 
 def test_concurrent_puts_and_gets(store: ResultStoreBase) -> None:
@@ -609,6 +681,55 @@ def test_concurrent_overwrites_never_mix_versions(store: ResultStoreBase) -> Non
     for th in threads:
         th.join()
     assert errors == []
+
+
+def test_read_under_overwrites_pairs_metadata_and_bytes_of_one_version(store: ResultStoreBase) -> None:
+    # The engine decodes read()'s bytes with the encoding in read()'s metadata: metadata of one
+    # version with bytes of another decodes to a wrong value without any error.
+    import hashlib
+    versions = {f"v{v}": bytes([v]) * 3000 for v in range(3)} | {"tiny": b"t" * 100}
+    tags = {data: tag for tag, data in versions.items()}
+    items = [(tag, data, _meta("hot", data, metadata={"v": tag})) for tag, data in versions.items()]
+    store.put("hot", items[0][1], items[0][2])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    mixed: list[tuple[str, str]] = []
+    reads = [0, 0]
+
+    def writer() -> None:          # 200 overwrites at least, until the readers read 2,000 times
+        try:
+            deadline, i = time.monotonic() + 10, 0
+            while i < 200 or (sum(reads) < 2000 and time.monotonic() < deadline):
+                _, data, meta = items[i % len(items)]
+                store.put("hot", data, meta)
+                i += 1
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    def reader(n: int) -> None:
+        try:
+            while not stop.is_set():
+                reads[n] += 1
+                found = store.read("hot")
+                assert found is not None
+                meta, data = found
+                tag = tags[bytes(data)]
+                if (meta.metadata or {}).get("v") != tag or meta.size != len(data) \
+                        or meta.content_hash != hashlib.sha256(data).hexdigest():
+                    mixed.append(((meta.metadata or {}).get("v"), tag))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader, args=(n,))
+                                                    for n in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert mixed == []
 
 
 # ---------------------------------------------------------------------------------- async face

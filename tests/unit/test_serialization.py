@@ -219,6 +219,21 @@ def test_npy_decode_is_zero_copy() -> None:
     assert np.shares_memory(out, np.frombuffer(data, dtype=np.uint8)) and not out.flags.writeable
 
 
+@pytest.mark.parametrize("n", [3, 20_000], ids=["small", "large"])
+def test_structured_fields_out_of_offset_order_are_pickled(n: int) -> None:
+    # A multi-field index gives a view whose fields are out of offset order: a .npy header
+    # cannot describe that dtype (numpy raises ValueError), so it is pickled, dtype and all.
+    a = np.zeros(n, dtype=[("a", "<i4"), ("b", "<f8")])
+    a["a"], a["b"] = np.arange(n), np.arange(n) / 2
+    v = a[["b", "a"]]
+    enc = encode(v)
+    assert enc.encoding in ("pickle", "pickle5")
+    out = decode(enc.to_bytes(), enc.encoding)
+    assert out.dtype == v.dtype and np.array_equal(out, v)
+    assert list(out["b"]) == list(np.arange(n) / 2)
+    assert content_hash(v) == enc.content_hash         # same value, same bytes
+
+
 def test_npy_same_array_same_hash() -> None:
     a = np.arange(100.0).reshape(10, 10)
     assert content_hash(a) == content_hash(a.copy()) == content_hash(np.asfortranarray(a))

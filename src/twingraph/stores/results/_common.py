@@ -46,7 +46,9 @@ def as_views(data: Buffer | Sequence[Buffer]) -> tuple[list[Buffer], int]:
     """One buffer or a sequence of buffers -> flat byte buffers (no copies) and total size.
 
     ``bytes`` pass through as they are (the common small case); anything else becomes a 1-D
-    unsigned-byte memoryview.
+    unsigned-byte memoryview. A view that is not C-contiguous (``memoryview(b)[::2]``, even
+    1-D bytes) is refused here, before any write: hashing or joining it would fail later, in
+    the middle of a batch.
     """
     if type(data) is bytes:
         return [data], len(data)
@@ -63,9 +65,9 @@ def as_views(data: Buffer | Sequence[Buffer]) -> tuple[list[Buffer], int]:
         if not isinstance(b, (bytes, bytearray, memoryview)):
             raise StorageError(f"result data must be bytes-like, got {type(b).__name__}")
         mv = memoryview(b)
+        if not mv.c_contiguous:
+            raise StorageError("result data buffers must be C-contiguous")
         if mv.format != "B" or mv.ndim != 1:
-            if not mv.c_contiguous:
-                raise StorageError("result data buffers must be C-contiguous")
             mv = mv.cast("B")
         views.append(mv)
         total += mv.nbytes

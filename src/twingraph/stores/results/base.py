@@ -114,7 +114,10 @@ class ResultStoreBase(StorageInterface):
 
     def read(self, key: str) -> tuple[StorageMetadata, Buffer] | None:
         """Metadata and verified bytes of ``key`` (None on a miss): what loading a value needs.
-        Backends override this with one query of one version."""
+
+        This fallback is ``head`` then ``get``: an overwrite in between pairs the metadata (the
+        encoding) of one version with the bytes of the next. Every backend here overrides it
+        with one read of one version."""
         meta = self.head(key)
         if meta is None:
             return None

@@ -338,13 +338,29 @@ class FilesystemStorage(ResultStoreBase):
         except OSError as exc:
             raise StorageError(f"get of {key!r} in {self.base_path} failed: {exc}") from exc
 
+    def _stored(self, key: str, doc: dict[str, Any]) -> bytes | Path:
+        """Where ``doc`` keeps the value: its inline bytes (still compressed if it was), or its
+        data file. Inline text that is not base64, or a ``storage`` naming neither, is a
+        damaged metadata file: IntegrityError, so that the entry is dropped and recomputed."""
+        storage, digest = doc["storage"], doc["content_hash"]
+        if isinstance(storage, dict):
+            if "inline" in storage:
+                try:
+                    return base64.b64decode(storage["inline"], validate=True)
+                except (ValueError, TypeError) as exc:    # binascii.Error is a ValueError
+                    raise IntegrityError(key, digest, f"<inline data is not base64: {exc}>") \
+                        from exc
+            if isinstance(storage.get("path"), str):
+                return self._data_file(key, storage["path"])
+        raise IntegrityError(key, digest, "<metadata names neither inline data nor a data file>")
+
     def _read(self, key: str, doc: dict[str, Any]) -> Buffer:
         digest, size, comp = doc["content_hash"], doc["size"], doc.get("compression")
-        storage = doc["storage"]
-        if "inline" in storage:
-            raw = base64.b64decode(storage["inline"])
-            return verify(key, digest, decompress_frame(raw, size, key, digest) if comp else raw)
-        with open(self._data_file(key, storage["path"]), "rb", buffering=0) as f:
+        stored = self._stored(key, doc)
+        if isinstance(stored, bytes):
+            return verify(key, digest,
+                          decompress_frame(stored, size, key, digest) if comp else stored)
+        with open(stored, "rb", buffering=0) as f:
             if comp:
                 return self._read_compressed(f, key, size, digest)
             n = os.fstat(f.fileno()).st_size
@@ -382,25 +398,23 @@ class FilesystemStorage(ResultStoreBase):
             f = self._retrying(key, self._open_data)
             if f is None:
                 return
-            doc, handle = f
+            doc, source = f
             try:
                 yield from verified_stream(key, doc["content_hash"],
-                                           self._pieces(key, doc, handle), chunk_size)
+                                           self._pieces(key, doc, source), chunk_size)
             finally:
-                if handle is not None:
-                    handle.close()
+                if not isinstance(source, bytes):
+                    source.close()
 
     def _open_data(self, key: str, doc: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-        storage = doc["storage"]
-        if "inline" in storage:
-            return doc, None
-        return doc, open(self._data_file(key, storage["path"]), "rb")
+        """``doc`` and its inline bytes or its data file, opened."""
+        stored = self._stored(key, doc)
+        return doc, stored if isinstance(stored, bytes) else open(stored, "rb")
 
     def _pieces(self, key: str, doc: dict[str, Any], f: Any) -> Iterator[Buffer]:
         digest, size, comp = doc["content_hash"], doc["size"], doc.get("compression")
-        if f is None:
-            raw = base64.b64decode(doc["storage"]["inline"])
-            yield decompress_frame(raw, size, key, digest) if comp else raw
+        if isinstance(f, bytes):
+            yield decompress_frame(f, size, key, digest) if comp else f
             return
         source = f
         if comp:
@@ -411,14 +425,27 @@ class FilesystemStorage(ResultStoreBase):
         except zstd().ZstdError as exc:
             raise IntegrityError(key, digest, f"<undecodable zstd data: {exc}>") from exc
 
+    def read(self, key: str) -> tuple[StorageMetadata, Buffer] | None:
+        # Metadata and bytes from one read of the metadata file: head() then get() could give
+        # the metadata of one version and the bytes of the next (an overwrite in between), and
+        # the bytes would then be decoded with the other version's encoding.
+        validate_key(key)
+        try:
+            return self._retrying(  # type: ignore[no-any-return]
+                key, lambda k, doc: (self._metadata(k, doc), self._read(k, doc)))
+        except OSError as exc:
+            raise StorageError(f"get of {key!r} in {self.base_path} failed: {exc}") from exc
+
     def head(self, key: str) -> StorageMetadata | None:
         validate_key(key)
         try:
             doc = self._load_meta(key)
         except OSError as exc:
             raise StorageError(f"head of {key!r} in {self.base_path} failed: {exc}") from exc
-        if doc is None:
-            return None
+        return None if doc is None else self._metadata(key, doc)
+
+    @staticmethod
+    def _metadata(key: str, doc: dict[str, Any]) -> StorageMetadata:
         return StorageMetadata(node_id=key, data_type=_DATA_TYPES[doc["data_type"]],
                                content_hash=doc["content_hash"], size=doc["size"],
                                compression=doc.get("compression"),

@@ -89,8 +89,11 @@ class HybridStorage(ResultStoreBase):
             if small:
                 self.small.put_many(list(small.values()))
             # A key that changed sides leaves the side it was on (after the new one landed).
-            for key in self.small.content_hashes(list(large)):
-                self.small.delete(key)
+            # SQLite is asked directly, not through its memo lookup: that one's key index may
+            # miss another process's row for a moment, and a copy left there would be read
+            # (SQLite first) instead of the new value for good.
+            if large:
+                self.small.delete_many(list(large))
             for key in small:
                 if self.large.has(key):
                     self.large.delete(key)

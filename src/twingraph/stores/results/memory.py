@@ -57,6 +57,17 @@ class MemoryStorage(ResultStoreBase):
         e = self._entry(key)
         return None if e is None else verify(key, e.meta.content_hash, e.data)
 
+    def read(self, key: str) -> tuple[StorageMetadata, Buffer] | None:
+        # Metadata and bytes of one entry, taken under one lock: head() then get() could pair
+        # one version's metadata (its encoding) with the next version's bytes.
+        validate_key(key)
+        with self._lock:
+            e = self._entries.get(key)
+            if e is None:
+                return None
+            meta = replace(e.meta, metadata=meta_from_json(e.meta_json))
+        return meta, verify(key, e.meta.content_hash, e.data)
+
     def head(self, key: str) -> StorageMetadata | None:
         e = self._entry(key)
         return None if e is None else replace(e.meta, metadata=meta_from_json(e.meta_json))

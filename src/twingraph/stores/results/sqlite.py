@@ -178,6 +178,16 @@ def _ids(conn: sqlite3.Connection, keys: Sequence[tuple[int, str]]) -> dict[str,
     return found
 
 
+def _inline(key: str, digest: str, size: int, comp: str | None, data: Any) -> Buffer:
+    """The value kept in a row's ``data`` column. Anything but a blob there (NULL, text: an
+    edited or damaged file) is corruption, reported as such so that the entry is dropped and
+    recomputed, not a TypeError from hashing it."""
+    if not isinstance(data, bytes):
+        raise IntegrityError(key, digest, f"<data column holds {type(data).__name__}, "
+                                          "not a blob>")
+    return decompress_frame(data, size, key, digest) if comp else data
+
+
 def _create_or_upgrade(conn: sqlite3.Connection) -> None:
     """Create the schema, or rebuild a version 1 file as version 2 (inside the caller's
     write transaction: another process may have done either since the caller looked)."""
@@ -384,6 +394,22 @@ class SQLiteStorage(ResultStoreBase):
         with self._write("delete", key) as conn:
             return conn.execute("DELETE" + _WHERE, (k64(key), key)).rowcount > 0
 
+    def delete_many(self, keys: Sequence[str]) -> list[str]:
+        """Delete ``keys`` in one transaction; the ones that existed. Asks the table, never the
+        key index: the index may not know yet of a row another process committed (decision
+        0010), and a row left behind would be read instead of its key's newer version (the
+        hybrid store removes a key's old copy with this when the key moves to its files)."""
+        for key in keys:
+            validate_key(key)
+        if not keys:
+            return []
+        with self._write("delete", keys[0]) as conn:
+            ids = _ids(conn, [(k64(k), k) for k in keys])
+            if ids:
+                conn.executemany("DELETE FROM node_results WHERE id = ?",
+                                 [(i,) for i in ids.values()])
+        return sorted(ids)
+
     def patch_metadata(self, key: str, metadata: dict[str, Any]) -> bool:
         validate_key(key)
         with self._write("update_metadata", key) as conn:
@@ -424,7 +450,7 @@ class SQLiteStorage(ResultStoreBase):
     def _assemble(self, conn: sqlite3.Connection, key: str, row: tuple[Any, ...]) -> Buffer:
         digest, size, comp, n_chunks, data = row
         if n_chunks == 0:
-            return verify(key, digest, decompress_frame(data, size, key, digest) if comp else data)
+            return verify(key, digest, _inline(key, digest, size, comp, data))
         out = bytearray(size)                      # filled in place: peak memory = one value
         pos = 0
         h = hashlib.sha256()
@@ -443,6 +469,9 @@ class SQLiteStorage(ResultStoreBase):
         for chunk_id, raw_size, data in conn.execute(_CHUNKS, (key,)):
             if chunk_id != expected or total + raw_size > size:
                 break
+            if not isinstance(data, bytes):
+                raise IntegrityError(key, digest, f"<chunk {chunk_id} holds "
+                                                  f"{type(data).__name__}, not a blob>")
             piece = decompress_frame(data, raw_size, key, digest) if comp else data
             if len(piece) != raw_size:
                 raise IntegrityError(key, digest, f"<chunk {chunk_id}: {len(piece)} bytes, "
@@ -468,8 +497,7 @@ class SQLiteStorage(ResultStoreBase):
                     return
                 digest, size, comp, n_chunks, data = row
                 if n_chunks == 0:
-                    raw = decompress_frame(data, size, key, digest) if comp else data
-                    pieces: Iterator[Buffer] = iter((raw,))
+                    pieces: Iterator[Buffer] = iter((_inline(key, digest, size, comp, data),))
                 else:
                     pieces = self._chunk_pieces(conn, key, row)
                 yield from verified_stream(key, digest, pieces, chunk_size)
