@@ -11,6 +11,8 @@
     dependencies: {total: []}       # optional extra ordering edges
 
 Errors name the offending node and field; nothing runs before the whole file is valid.
+Text whose format is not given (no ``.json``/``.yaml`` suffix) is read as JSON when it starts
+with ``{`` and as YAML otherwise, or when it is not JSON (YAML flow style: ``{nodes: [...]}``).
 """
 
 from __future__ import annotations
@@ -27,22 +29,44 @@ _NODE_KEYS = {"id", "node_id", "operation", "arguments", "parameters", "metadata
 
 def parse_dag_text(text: str, *, default_id: str = "dag", fmt: str | None = None) -> DAGDefinition:
     try:
-        if fmt == "json" or (fmt is None and text.lstrip().startswith("{")):
+        if fmt == "json":
             doc = json.loads(text)
+        elif fmt is None and text.lstrip().startswith("{"):
+            try:
+                doc = json.loads(text)
+            except ValueError:
+                doc = _flow_yaml(text)
         else:
             import yaml
             doc = yaml.safe_load(text)
+    except ValidationError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any parse error is a validation error here
         raise ValidationError(f"cannot parse DAG definition: {exc}") from exc
     return dag_from_dict(doc, default_id=default_id)
 
 
+def _flow_yaml(text: str) -> Any:
+    """Text that starts with ``{`` but is not JSON, read as YAML flow style. Without anchors
+    and aliases: callers take such text for JSON and check YAML text for them elsewhere (the
+    server refuses them, as a few bytes of aliases can stand for a huge document)."""
+    import yaml
+    for token in yaml.scan(text):
+        if isinstance(token, (yaml.AliasToken, yaml.AnchorToken)):
+            raise ValidationError("cannot parse DAG definition: YAML anchors and aliases are "
+                                  "not accepted in text that starts with '{'")
+    return yaml.safe_load(text)
+
+
 def load_dag_file(path: str | Path) -> DAGDefinition:
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ValidationError(f"cannot read {p}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"cannot read {p}: not UTF-8 text (byte {exc.start}: "
+                              f"{exc.reason})") from exc
     fmt = "json" if p.suffix == ".json" else "yaml" if p.suffix in (".yaml", ".yml") else None
     return parse_dag_text(text, default_id=p.stem, fmt=fmt)
 
@@ -92,4 +116,12 @@ def dag_from_dict(doc: Any, *, default_id: str = "dag") -> DAGDefinition:
     metadata = doc.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise ValidationError("'metadata' must be a mapping (it becomes the run's params)")
+    if metadata is not None:
+        # It is stored as the run's params: a value JSON cannot hold (YAML reads
+        # ``when: 2024-01-01`` as a date) would fail the run before it is even recorded.
+        try:
+            json.dumps(metadata, sort_keys=True, allow_nan=False)   # as the stores write it
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"'metadata' must be JSON data (it becomes the run's params; "
+                                  f"quote dates and times): {exc}") from exc
     return DAGDefinition(dag_id, nodes, deps, metadata)

@@ -159,17 +159,38 @@ def test_run_lifecycle(store: Any) -> None:
     got = store.get_run("r1")
     assert (got.state, got.ended_at, got.error) == (RunState.FAILED, 13.0, "boom")
 
-    # Resume: RUNNING again keeps the first start and clears the end.
+    # Resume: RUNNING again keeps the first start and clears the end (and the old error).
     store.write([RunUpdate("r1", RunState.RUNNING, at=20.0)])
     got = store.get_run("r1")
     assert (got.state, got.started_at, got.ended_at) == (RunState.RUNNING, 11.0, None)
 
     store.write([RunUpdate("r1", RunState.SUCCESS, at=21.0, result_key="res")])
     got = store.get_run("r1")
-    assert (got.state, got.ended_at, got.result_key, got.error) == (RunState.SUCCESS, 21.0, "res", "boom")
+    assert (got.state, got.ended_at, got.result_key, got.error) == (
+        RunState.SUCCESS, 21.0, "res", None)
     # everything else is what the RunRecord said
     assert (got.params, got.config, got.source, got.pipeline_version, got.created_at) == (
         {"date": "2025-01-26"}, {"max_parallel": 4}, {"module": "m"}, 3, 10.0)
+
+
+@pytest.mark.parametrize("ended", [RunState.FAILED, RunState.CANCELLED])
+def test_resuming_a_run_clears_the_error_of_its_earlier_end(store: Any, ended: RunState) -> None:
+    """A run that failed (or was cancelled), then resumed and succeeded, no longer shows the
+    earlier error: RUNNING clears it, and so does SUCCESS, also when both follow the failure
+    in one batch. An error the update itself carries is still written."""
+    store.write([run(state=RunState.RUNNING), RunUpdate("r1", ended, at=13.0, error="boom")])
+    assert store.get_run("r1").error == "boom"
+    store.write([RunUpdate("r1", RunState.RUNNING, at=20.0)])
+    assert (store.get_run("r1").state, store.get_run("r1").error) == (RunState.RUNNING, None)
+    store.write([RunUpdate("r1", ended, at=21.0, error="again")])
+    assert store.get_run("r1").error == "again"
+    store.write([RunUpdate("r1", RunState.SUCCESS, at=22.0)])
+    assert (store.get_run("r1").state, store.get_run("r1").error) == (RunState.SUCCESS, None)
+    store.write([RunUpdate("r1", RunState.FAILED, at=23.0, error="third"),
+                 RunUpdate("r1", RunState.RUNNING, at=24.0),
+                 RunUpdate("r1", RunState.SUCCESS, at=25.0, result_key="res")])
+    got = store.get_run("r1")
+    assert (got.state, got.error, got.result_key) == (RunState.SUCCESS, None, "res")
 
 
 def test_run_record_replaces_the_run(store: Any) -> None:
@@ -689,6 +710,23 @@ def test_unmigrated_database_is_refused_until_upgraded(tmp_path: Path) -> None:
         SQLMetadataStore(url)
     assert upgrade(url) == head()
     SQLMetadataStore(url).close()
+
+
+def test_database_migrated_by_a_newer_twingraph_is_refused_plainly(tmp_path: Path) -> None:
+    """A revision the packaged scripts do not know: ``ConfigurationError`` saying a newer
+    TwinGraph migrated the database (not Alembic's ``CommandError``), from ``upgrade`` and
+    from opening a store with ``create=True``; nothing is changed."""
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    with pytest.raises(ConfigurationError, match="a newer TwinGraph migrated this database"):
+        upgrade(url)
+    with pytest.raises(ConfigurationError, match="a newer TwinGraph migrated this database"):
+        SQLMetadataStore(url, create=True)
+    assert current(url) == "0099"
 
 
 def test_unreachable_database_raises_storage_error() -> None:

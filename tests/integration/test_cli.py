@@ -255,3 +255,191 @@ def test_dynamic_execute_on_the_hybrid_store(cli, tmp_path):
     line = next(l for l in out.stdout.splitlines() if l.startswith("Execution completed: "))
     assert json.loads(line.split(": ", 1)[1])["results"] == {"total": (0 + 1 + 4 + 9 + 16 + 25) + 15 + 1}
     assert (tmp_path / "h" / "results.db").exists()
+
+
+# -- errors are reported, not raised; stored text is shown as text --------------------------
+
+def _no_traceback(out):
+    """Exit 2 and an error line, no traceback; returns stderr unwrapped (rich wraps lines)."""
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "error:" in out.stderr, out.stderr
+    return " ".join(out.stderr.split())
+
+
+@pytest.mark.parametrize("args, env, says", [
+    (("runs", "list", "--state", "bogus"), {}, "unknown run state 'BOGUS'"),
+    (("runs", "logs", A, "--level", "bogus"), {}, "unknown log level 'bogus'"),
+    (("runs", "list"), {"TWINGRAPH_DATABASE_URL": "bogus://x"}, "unsupported metadata database"),
+    (("runs", "show", A), {"TWINGRAPH_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"},
+     "cannot read the metadata schema revision"),
+    (("runs", "logs", A), {"TWINGRAPH_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"},
+     "cannot read the metadata schema revision"),
+])
+def test_runs_commands_report_errors_and_exit_2(tmp_path, args, env, says):
+    _seed_runs(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "twingraph", *args], cwd=tmp_path, timeout=120,
+                         env=dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), **env),
+                         capture_output=True, text=True)
+    assert says in _no_traceback(out)
+
+
+def test_runs_show_and_list_print_stored_text_that_looks_like_markup(cli, tmp_path):
+    from twingraph.core.records import RunRecord, TaskRecord, TaskUpdate
+    from twingraph.core.states import RunState, TaskState
+    _seed(tmp_path,
+          RunRecord(run_id=A, pipeline="etl[/p]", state=RunState.FAILED, created_at=1.0e9,
+                    params={"col": "[/price]", "style": "[bold red]"},
+                    error="PipelineFailed: KeyError: 'column [/price] missing'"),
+          TaskRecord(run_id=A, node_id="load[/n]-0", component="load[/c]", created_at=1.0e9),
+          TaskUpdate(run_id=A, node_id="load[/n]-0", state=TaskState.FAILED, at=1.0e9 + 1,
+                     cache_status="miss", cache_reason="inputs [/changed]",
+                     error="KeyError: 'column [/price] missing'"))
+    show = cli("runs", "show", A)
+    for text in ("etl[/p]", '"col": "[/price]"', '"style": "[bold red]"', "load[/n]-0",
+                 "load[/c]", "inputs [/changed]", "'column [/price] missing'"):
+        assert text in show.stdout, (text, show.stdout)
+    code, table = _in_a_terminal(tmp_path, "runs", "list", columns=120)
+    assert code == 0 and "etl[/p]" in table, table
+
+
+def test_summary_table_shows_component_names_as_text():
+    import io
+
+    from rich.console import Console
+
+    from twingraph.cli.display import summary_table, tasks_table
+    from twingraph.core.records import TaskRecord
+    from twingraph.core.states import TaskState
+    tasks = [TaskRecord(run_id=A, node_id="n[/x]-0", component="c[/x]", created_at=1.0,
+                        state=TaskState.FAILED, error="[red]not red[/red]")]
+    out = io.StringIO()
+    Console(file=out, width=200).print(summary_table(tasks), tasks_table(tasks))
+    assert "c[/x]" in out.getvalue() and "n[/x]-0" in out.getvalue()
+    assert "[red]not red[/red]" in out.getvalue()
+
+
+def test_apikey_names_that_look_like_markup_are_printed_as_text(cli):
+    made = cli("apikey", "create", "ci [/bot]")
+    assert "(ci [/bot])" in made.stdout
+    key_id = made.stdout.split("API key ", 1)[1].split()[0]
+    assert "[/bot]" in cli("apikey", "list").stdout
+    assert "(ci [/bot])" in cli("apikey", "revoke", key_id).stdout
+
+
+FLAKY_ONCE = (
+    "import os\n"
+    "from twingraph import component, pipeline\n"
+    "@component(retry_policy={'max_attempts': 1})\n"
+    "def step(x: int) -> int:\n"
+    "    if not os.path.exists(os.environ['TG_FIXED']):\n"
+    "        raise RuntimeError('not yet [/fixed]')\n"
+    "    return x + 1\n"
+    "@pipeline(name='flaky')\n"
+    "def flaky(x: int = 1):\n"
+    "    return step(x=x)['outputs']\n")
+
+
+def test_a_run_resumed_to_success_no_longer_shows_its_earlier_error(tmp_path):
+    (tmp_path / "flaky.py").write_text(FLAKY_ONCE)
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), COLUMNS="200",
+               TG_FIXED=str(tmp_path / "fixed"))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "twingraph", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+    first = cli("run", "flaky.py", "--no-progress")
+    assert first.returncode == 1 and "not yet [/fixed]" in first.stderr
+    rid = _run_id(first.stdout)
+    assert "error:" in cli("runs", "show", rid).stdout
+    (tmp_path / "fixed").touch()
+    again = cli("run", "--resume", rid, "--no-progress")
+    assert again.returncode == 0 and "SUCCESS" in again.stdout, again.stdout + again.stderr
+    show = cli("runs", "show", rid)
+    assert "state SUCCESS" in show.stdout and "error:" not in show.stdout, show.stdout
+    # and plainly refused once finished: nothing to resume
+    said = _no_traceback(cli("run", "--resume", rid, "--no-progress"))
+    assert "already finished" in said and "invalid run transition" not in said
+
+
+def test_a_database_migrated_by_a_newer_twingraph_is_refused_plainly(cli, tmp_path):
+    from sqlalchemy import create_engine, text
+    _seed_runs(tmp_path)
+    engine = create_engine(f"sqlite:///{tmp_path / 'home' / 'twingraph.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    (tmp_path / "p.py").write_text("from twingraph import pipeline\n"
+                                   "@pipeline\ndef p():\n    return 1\n")
+    for args in (("db", "upgrade"), ("runs", "list"), ("runs", "show", A),
+                 ("run", "p.py", "--no-progress")):
+        said = _no_traceback(cli(*args, ok=False))
+        assert "a newer TwinGraph migrated this database" in said, (args, said)
+
+
+SHADOWING = (
+    "import json as stdlib_json\n"
+    "from twingraph import component, pipeline\n"
+    "@component(executor='process')\n"
+    "def encode(x: int) -> str:\n"
+    "    return stdlib_json.dumps({'x': x})\n"
+    "@pipeline(name='shadowing')\n"
+    "def shadowing(x: int = 1):\n"
+    "    return encode(x=x)['outputs']\n")
+
+
+def test_a_pipeline_file_named_like_a_loaded_module_does_not_replace_it(cli, tmp_path):
+    """``json.py`` runs (in a process worker too) and ``json`` stays the standard library's:
+    the CLI prints the result with it. Run again, its task is a memo hit (a stable name)."""
+    (tmp_path / "user").mkdir()        # not the cwd: `python -m` puts the cwd first on sys.path
+    (tmp_path / "user" / "json.py").write_text(SHADOWING)
+    first = cli("run", "user/json.py", "--param", "x=5", "--no-progress")
+    assert '"result": "{\\"x\\": 5}"' in first.stdout, first.stdout
+    second = cli("run", "user/json.py", "--param", "x=5", "--no-progress")
+    assert "hit" in cli("runs", "show", _run_id(second.stdout)).stdout
+
+
+def test_syntax_errors_in_user_code_name_the_file_and_line(cli, tmp_path):
+    (tmp_path / "syn.py").write_text("from twingraph import pipeline\n\ndef f(:\n    pass\n")
+    said = _no_traceback(cli("run", "syn.py", ok=False))
+    assert "syn.py:3" in said and "def f(:" in said
+    out = cli("dynamic", "execute", str(ROOT / "tests" / "resources" / "dag_example.yaml"),
+              "--storage-path", str(tmp_path / "s"), "--load", "syn.py", ok=False)
+    assert out.returncode == 2 and "syn.py:3" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_run_resume_of_a_dag_run_says_so(cli, tmp_path):
+    out = cli("dynamic", "execute", str(ROOT / "tests" / "resources" / "dag_example.yaml"),
+              "--storage-path", str(tmp_path / "s"),
+              "--load", str(ROOT / "tests" / "resources" / "ops.py"))
+    line = next(l for l in out.stdout.splitlines() if l.startswith("Execution completed: "))
+    rid = json.loads(line.split(": ", 1)[1])["run_id"]
+    said = _no_traceback(cli("run", "--resume", rid, ok=False))
+    assert "DAG" in said and "cannot import" not in said
+
+
+def _dynamic(cli, tmp_path, dag_file):
+    return cli("dynamic", "execute", str(dag_file), "--storage-path", str(tmp_path / "s"),
+               "--load", str(ROOT / "tests" / "resources" / "ops.py"), ok=False)
+
+
+def test_a_dag_file_that_is_not_utf8_is_a_usage_error(cli, tmp_path):
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe bad")
+    out = _dynamic(cli, tmp_path, tmp_path / "binary.yaml")
+    assert out.returncode == 2 and "not UTF-8" in " ".join(out.stderr.split())
+    assert "Traceback" not in out.stderr
+
+
+def test_dag_metadata_that_json_cannot_hold_is_refused_before_running(cli, tmp_path):
+    (tmp_path / "datemeta.yaml").write_text(
+        "metadata: {when: 2024-01-01}\nnodes:\n  - {id: a, operation: make_numbers}\n")
+    out = _dynamic(cli, tmp_path, tmp_path / "datemeta.yaml")
+    assert out.returncode == 2 and "'metadata' must be JSON data" in " ".join(out.stderr.split())
+    assert cli("runs", "list").stdout.splitlines()[1:] == []           # no run was started
+
+
+def test_dag_text_in_yaml_flow_style_without_a_suffix_is_read_as_yaml(cli, tmp_path):
+    (tmp_path / "program").write_text("{nodes: [{id: nums, operation: make_numbers, "
+                                      "parameters: {n: 3}}]}")
+    out = _dynamic(cli, tmp_path, tmp_path / "program")
+    assert out.returncode == 0 and '"status": "completed"' in out.stdout, out.stdout + out.stderr

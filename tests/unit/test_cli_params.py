@@ -26,3 +26,15 @@ def test_a_value_of_the_wrong_type_is_refused_naming_the_parameter(item, key):
 
 def test_without_a_function_values_are_plain_json():
     assert parse_params(["n=abc", "m=1"]) == {"n": "abc", "m": 1}
+
+
+@pytest.mark.parametrize("item, key", [("ratio=NaN", "ratio"), ("y=Infinity", "y"),
+                                       ("y=-Infinity", "y"), ("items=[1, NaN]", "items")])
+def test_nan_and_infinity_are_refused_naming_the_parameter(item, key):
+    """json.loads takes them, a run cannot store them: refused here, not by the store later."""
+    with pytest.raises(ValidationError, match=f"--param {key}: .*NaN or Infinity"):
+        parse_params([item], pipe)
+
+
+def test_nan_for_a_str_parameter_is_text():
+    assert parse_params(["name=NaN"], pipe) == {"name": "NaN"}

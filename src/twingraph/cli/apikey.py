@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from rich.markup import escape
 
@@ -66,7 +67,7 @@ def create(name: Annotated[str, typer.Argument(help="What the key is for (shown 
     except TwinGraphError as exc:
         _fail(exc)
         return
-    console.print(f"created API key [bold]{rec.id}[/bold] ({rec.name}), roles "
+    console.print(f"created API key [bold]{rec.id}[/bold] ({escape(rec.name)}), roles "
                   f"{', '.join(rec.roles)}, expires {ts(rec.expires_at) if rec.expires_at else 'never'}")
     console.print("secret (store it now, it is not shown again):", style="yellow")
     typer.echo(secret)
@@ -87,7 +88,7 @@ def list_keys(all_: Annotated[bool, typer.Option("--all/--active", help="Include
     for r in recs:
         status = r.status(now)
         colour = {"active": "green", "revoked": "red", "expired": "magenta"}[status]
-        table.add_row(r.name, r.prefix + "…", ",".join(r.roles), f"[{colour}]{status}[/]",
+        table.add_row(Text(r.name), r.prefix + "…", ",".join(r.roles), f"[{colour}]{status}[/]",
                       ts(r.created_at), ts(r.last_used_at) if r.last_used_at else "-",
                       ts(r.expires_at) if r.expires_at else "never", r.id)
     console.print(table)
@@ -102,7 +103,8 @@ def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_...)")]
     except TwinGraphError as exc:
         _fail(exc)
         return
-    console.print(f"revoked API key [bold]{rec.id}[/bold] ({rec.name}) at {ts(rec.revoked_at)}")
+    console.print(f"revoked API key [bold]{rec.id}[/bold] ({escape(rec.name)}) "
+                  f"at {ts(rec.revoked_at)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,8 @@
-"""Rich rendering for the CLI: a live progress panel and summary tables."""
+"""Rich rendering for the CLI: a live progress panel and summary tables.
+
+Stored text (run and node ids, names, cache reasons, errors) goes into tables as ``Text``: a
+plain string cell is read as Rich markup, and ``KeyError('[/price]')`` would stop the command.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group
-from rich.markup import escape
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -89,7 +92,7 @@ def runs_table(runs: Iterable[Any]) -> Table:
     for c in RUNS_COLUMNS[3:]:
         t.add_column(c, overflow="fold")
     for r in runs:
-        t.add_row(r.run_id, r.pipeline, _state(r.state.value), ts(r.created_at),
+        t.add_row(Text(r.run_id), Text(r.pipeline), _state(r.state.value), ts(r.created_at),
                   dur(r.started_at, r.ended_at))
     return t
 
@@ -127,7 +130,7 @@ def summary_table(tasks: list[Any], limit: int = 30) -> Table:
     for c in ("component", "tasks", "succeeded", "failed", "skipped/cancelled", "memo hits", "task time"):
         table.add_column(c, justify="right" if c != "component" else "left")
     for name, r in list(by.items())[:limit]:
-        table.add_row(name, str(r["n"]), str(r["ok"]), str(r["failed"]), str(r["other"]),
+        table.add_row(Text(name), str(r["n"]), str(r["ok"]), str(r["failed"]), str(r["other"]),
                       str(r["hits"]), f"{r['time']:.2f}s")
     return table
 
@@ -140,11 +143,12 @@ def tasks_table(tasks: list[Any], limit: int = 200) -> Table:
               *(("labels",) if labelled else ())):
         t.add_column(c, overflow="fold")
     for task in shown:
-        row = [task.node_id, task.component, _state(task.state.value), task.cache_status or "—",
-               task.cache_reason or "", str(task.attempts), dur(task.started_at, task.ended_at),
-               (task.error or "")[:120]]
+        row: list[str | Text] = [
+            Text(task.node_id), Text(task.component), _state(task.state.value),
+            Text(task.cache_status or "—"), Text(task.cache_reason or ""), str(task.attempts),
+            dur(task.started_at, task.ended_at), Text((task.error or "")[:120])]
         if labelled:
             labels = (task.inputs or {}).get("labels") or {}
-            row.append(escape(", ".join(f"{k}={v}" for k, v in sorted(labels.items()))))
+            row.append(Text(", ".join(f"{k}={v}" for k, v in sorted(labels.items()))))
         t.add_row(*row)
     return t

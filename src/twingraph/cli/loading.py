@@ -1,11 +1,18 @@
 """Loading user code: a ``FILE.py`` path or an importable module name.
 
 Files are imported under a stable module name (their stem) with their directory on ``sys.path``,
-and registered with cloudpickle by value so process workers can run their functions.
+and registered with cloudpickle by value so process workers can run their functions. A stem
+that already names another module (``json.py``, ``copy.py``, a second ``pipe.py``) is not
+taken over: replacing ``sys.modules['json']`` breaks every later ``json.loads``. Such a file is
+imported under a private name of its own, fixed by its path (``_twingraph_file_json_1a2b3c4d``):
+the same file gets the same name, so its components keep their identity between runs. Its
+directory goes last on ``sys.path`` rather than first, for process workers' sake (they start
+with this ``sys.path`` and import ``json`` afresh).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -25,10 +32,19 @@ def load_module(target: str) -> ModuleType:
         path = path.resolve()
         name = path.stem
         existing = sys.modules.get(name)
+        clash = existing is not None and getattr(existing, "__file__", None) != str(path)
+        if clash:
+            name = _private_name(path)         # the stem is another module's: leave it be
+            existing = sys.modules.get(name)
         if existing is not None and getattr(existing, "__file__", None) == str(path):
             return existing
         if str(path.parent) not in sys.path:
-            sys.path.insert(0, str(path.parent))
+            # Last when the file shadows a module: process workers start with this sys.path
+            # and import that module again (``json``); first, it would be the file.
+            if clash:
+                sys.path.append(str(path.parent))
+            else:
+                sys.path.insert(0, str(path.parent))
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise ValidationError(f"cannot load {target}")
@@ -36,12 +52,17 @@ def load_module(target: str) -> ModuleType:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
+        except SyntaxError as exc:
+            sys.modules.pop(name, None)
+            raise _syntax_error(exc) from None
         except BaseException:
             sys.modules.pop(name, None)
             raise
     else:
         try:
             module = importlib.import_module(target)
+        except SyntaxError as exc:
+            raise _syntax_error(exc) from None
         except ImportError as exc:
             raise ValidationError(f"cannot import {target!r}: {exc}") from exc
     try:
@@ -50,6 +71,21 @@ def load_module(target: str) -> ModuleType:
     except (ImportError, ValueError):
         pass
     return module
+
+
+def _private_name(path: Path) -> str:
+    """The module name of a file whose stem names another module: stem and a digest of the
+    path, so it is the same for the same file and differs for two files of one stem."""
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    return f"_twingraph_file_{path.stem}_{digest}"
+
+
+def _syntax_error(exc: SyntaxError) -> ValidationError:
+    """A ``ValidationError`` naming the file and line (the user's code, not TwinGraph, is at
+    fault: a usage error, not a traceback)."""
+    where = f"{exc.filename or '<unknown>'}:{exc.lineno}" if exc.lineno else exc.filename or "?"
+    line = f"\n    {exc.text.strip()}" if exc.text and exc.text.strip() else ""
+    return ValidationError(f"syntax error in {where}: {exc.msg}{line}")
 
 
 def find_pipeline(module: ModuleType, name: str | None) -> Pipeline:
@@ -95,7 +131,10 @@ def parse_params(items: list[str], fn: Any = None) -> dict[str, object]:
             out[k] = v
             continue
         try:
-            value: object = json.loads(v)
+            value: object = json.loads(v, parse_constant=_no_constant)
+        except _NotFinite:
+            raise ValidationError(f"--param {k}: {v!r}: a run cannot store NaN or Infinity "
+                                  f"(JSON has neither)") from None
         except ValueError:
             value = v
         if want is float and type(value) is int:
@@ -104,6 +143,15 @@ def parse_params(items: list[str], fn: Any = None) -> dict[str, object]:
             raise ValidationError(f"--param {k}: expected {want.__name__}, got {v!r}")
         out[k] = value
     return out
+
+
+class _NotFinite(Exception):
+    """``json.loads`` met NaN or (-)Infinity, which the json module accepts and JSON does not
+    (the store refuses them later, with a traceback and no parameter named)."""
+
+
+def _no_constant(name: str) -> object:
+    raise _NotFinite(name)
 
 
 def _scalar_hints(fn: Any) -> dict[str, type]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn, Optional
 
 import typer
@@ -11,6 +13,7 @@ from rich.markup import escape
 
 from twingraph.cli.display import (LiveProgress, console, err_console, runs_lines, runs_table, summary_table,
                                    tasks_table, ts)
+from twingraph.core.states import RunState
 from twingraph.errors import TwinGraphError
 
 app = typer.Typer(help="TwinGraph: data pipelines as decorated Python or declarative graphs.",
@@ -38,6 +41,16 @@ def _fail(exc: BaseException, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+@contextmanager
+def _usage_errors() -> Iterator[None]:
+    """What ``run`` does with a ``TwinGraphError`` (a bad filter, a database that cannot be
+    opened, reached or migrated): one line on stderr and exit 2, not a traceback."""
+    try:
+        yield
+    except TwinGraphError as exc:
+        _fail(exc, 2)
+
+
 def _engine() -> Any:
     from twingraph.runtime import default_engine
     return default_engine()
@@ -54,12 +67,8 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
     from twingraph.cli.loading import find_pipeline, load_module, parse_params, split_target
     try:
         engine = _engine()
-        if resume and not target:
-            rec = engine.metadata.get_run(resume)
-            if rec is None:
-                _fail(TwinGraphError(f"run {resume} not found"))
-            src = rec.source or {}
-            target = f"{src.get('file') or src.get('module')}:{src.get('pipeline')}"
+        if resume:
+            target = _resume_target(engine.metadata, resume, target)
         if not target:
             raise typer.BadParameter("give FILE.py[:pipeline], or --resume RUN_ID")
         file, name = split_target(target)
@@ -75,18 +84,43 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
     except TwinGraphError as exc:
         _fail(exc, 2)
     except KeyboardInterrupt as exc:
-        console.print(f"[magenta]{exc}[/magenta] (resume it with --resume)")
+        console.print(f"[magenta]{escape(str(exc))}[/magenta] (resume it with --resume)")
         raise typer.Exit(130) from None
     tasks = engine.metadata.get_tasks(result.run_id)
     console.print(summary_table(tasks))
     state = result.state.value
-    console.print(f"run [bold]{result.run_id}[/bold] {pipe.name}: "
+    console.print(f"run [bold]{escape(result.run_id)}[/bold] {escape(pipe.name)}: "
                   f"[{'green' if state == 'SUCCESS' else 'red'}]{state}[/]")
     if result.error is not None:
         err_console.print(f"[red]{type(result.error).__name__}:[/red] {escape(str(result.error))}")
         raise typer.Exit(1)
     if result.value is not None:
         console.print_json(json.dumps(result.value, default=repr))
+
+
+def _resume_target(md: Any, resume: str, target: str | None) -> str:
+    """The target ``run --resume RUN_ID`` loads (``target`` when given, else the one the run
+    recorded), after checking the run is one ``run`` can resume: a pipeline run that has not
+    finished successfully. Said here plainly rather than as the engine's transition error."""
+    rec = md.get_run(resume)
+    if rec is None:
+        _fail(TwinGraphError(f"run {resume} not found"))
+    src = rec.source or {}
+    if src.get("kind") == "dag":
+        _fail(TwinGraphError(
+            f"run {resume} is a run of the DAG {src.get('dag_id')!r}: `twingraph run --resume` "
+            f"resumes @pipeline runs only (run the DAG file again with "
+            f"`twingraph dynamic execute`)"), 2)
+    if rec.state is RunState.SUCCESS:
+        _fail(TwinGraphError(f"run {resume} already finished successfully: there is nothing "
+                             f"to resume"), 2)
+    if target:
+        return target
+    where = src.get("file") or src.get("module")
+    if not where or not src.get("pipeline"):
+        _fail(TwinGraphError(f"run {resume} did not record which file or module it ran: give "
+                             f"it as FILE.py[:pipeline] --resume {resume}"), 2)
+    return f"{where}:{src.get('pipeline')}"
 
 
 #: The shortest run id prefix ``runs show|logs`` resolve (shorter ones must be whole ids).
@@ -125,8 +159,9 @@ def runs_list(pipeline: Annotated[Optional[str], typer.Option()] = None,
               limit: Annotated[int, typer.Option(min=1, max=1000)] = 20) -> None:
     """Recent runs, newest first (a table on a terminal; tab-separated lines, full run ids,
     when piped)."""
-    md = _engine().metadata
-    found = md.list_runs(pipeline=pipeline, state=state and state.upper(), limit=limit)
+    with _usage_errors():
+        found = _engine().metadata.list_runs(pipeline=pipeline, state=state and state.upper(),
+                                             limit=limit)
     widest = max((len(r.run_id) for r in found), default=0)
     if console.is_terminal and console.width >= widest + 40:
         console.print(runs_table(found))
@@ -139,15 +174,20 @@ def runs_list(pipeline: Annotated[Optional[str], typer.Option()] = None,
 def runs_show(run_id: Annotated[str, typer.Argument(
         help=f"Run id, or a unique prefix of it (at least {MIN_RUN_PREFIX} characters)")]) -> None:
     """One run: its state, parameters and tasks (with memo hit/miss and why)."""
-    md = _engine().metadata
-    rec = _resolve_run(md, run_id)
-    console.print(f"[bold]{rec.run_id}[/bold]  pipeline {rec.pipeline}  state {rec.state.value}")
+    with _usage_errors():
+        md = _engine().metadata
+        rec = _resolve_run(md, run_id)
+        tasks = md.get_tasks(rec.run_id)
+    # Stored text (ids, names, params, errors) may hold brackets: escaped, never read as markup.
+    console.print(f"[bold]{escape(rec.run_id)}[/bold]  pipeline {escape(rec.pipeline)}  "
+                  f"state {rec.state.value}")
     console.print(f"created {ts(rec.created_at)}  started {ts(rec.started_at)}  "
                   f"ended {ts(rec.ended_at)}")
-    console.print(f"params {json.dumps(rec.params)}  config {json.dumps(rec.config)}")
+    console.print(f"params {escape(json.dumps(rec.params))}  "
+                  f"config {escape(json.dumps(rec.config))}")
     if rec.error:
         console.print(f"[red]error:[/red] {escape(rec.error)}")
-    console.print(tasks_table(md.get_tasks(rec.run_id)))
+    console.print(tasks_table(tasks))
 
 
 @runs_app.command("logs")
@@ -157,9 +197,11 @@ def runs_logs(run_id: Annotated[str, typer.Argument(
               level: Annotated[Optional[str], typer.Option()] = None,
               limit: Annotated[int, typer.Option(min=1)] = 1000) -> None:
     """A run's log lines (optionally one node's, at a minimum level)."""
-    md = _engine().metadata
-    rec = _resolve_run(md, run_id)
-    for log in md.get_logs(rec.run_id, node_id=node, level=level, limit=limit):
+    with _usage_errors():
+        md = _engine().metadata
+        rec = _resolve_run(md, run_id)
+        logs = md.get_logs(rec.run_id, node_id=node, level=level, limit=limit)
+    for log in logs:
         where = f" [{log.node_id}]" if log.node_id else ""
         console.print(f"{ts(log.at)} {log.level.upper():7}{where} {log.message}", markup=False,
                       highlight=False)
@@ -178,7 +220,7 @@ def db_upgrade(url: Annotated[Optional[str], typer.Option(help="Database URL (de
         upgrade(target)
         console.print(f"database at head: {current(target)}")
     except TwinGraphError as exc:
-        _fail(exc)
+        _fail(exc, 2)
 
 
 from twingraph.cli import dynamic as _dynamic  # noqa: E402  (registers its commands)

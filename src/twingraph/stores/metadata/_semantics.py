@@ -19,6 +19,8 @@ Task registration
 Run updates
     RUNNING sets ``started_at`` if none yet and clears ``ended_at`` (resume of a failed run); a
     terminal state sets ``ended_at``; ``error``/``result_key`` are written when not None.
+    RUNNING and SUCCESS clear a stored ``error`` first (unless the update carries one): the
+    error of a failed or cancelled run no longer describes it once it is resumed.
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ def run_update_fields(update: RunUpdate, started_at: float | None) -> dict[str, 
     """Columns a ``RunUpdate`` writes, given the run's stored ``started_at``."""
     state = run_state(update.state)
     fields: dict[str, Any] = {"state": state.value}
+    if state in (RunState.RUNNING, RunState.SUCCESS):
+        fields["error"] = None              # an earlier failure's error no longer describes it
     if state is RunState.RUNNING:
         if started_at is None:
             fields["started_at"] = update.at

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from twingraph.errors import StorageError
+from twingraph.errors import ConfigurationError, StorageError
 from twingraph.stores.metadata._engine import WRITE_OPTION, make_engine
 
 if TYPE_CHECKING:
@@ -63,8 +63,13 @@ def scripts_head() -> str | None:
 
 
 def upgrade(url: str | Engine, revision: str = "head") -> str | None:
-    """Migrate the database at ``url`` (or an engine) to ``revision``; return the new revision."""
+    """Migrate the database at ``url`` (or an engine) to ``revision``; return the new revision.
+
+    A database at a revision these scripts do not know (a newer TwinGraph migrated it) raises
+    ``ConfigurationError`` saying so; Alembic's own ``CommandError`` would reach the user as a
+    traceback."""
     from alembic import command
+    from alembic.util import CommandError
 
     with _engine_for(url) as engine:
         try:
@@ -72,7 +77,28 @@ def upgrade(url: str | Engine, revision: str = "head") -> str | None:
                 command.upgrade(alembic_config(conn), revision)
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot migrate the metadata database: {exc}") from exc
+        except CommandError as exc:
+            found = current(engine)
+            where = engine.url.render_as_string(hide_password=True)
+            if found is not None and not _known_revision(found):
+                raise ConfigurationError(
+                    f"metadata database {where} is at schema revision {found}, which this "
+                    f"TwinGraph does not know (it needs {HEAD}): a newer TwinGraph migrated "
+                    f"this database; use that TwinGraph with it") from exc
+            raise ConfigurationError(
+                f"cannot migrate the metadata database {where} to {revision!r}: {exc}") from exc
         return current(engine)
+
+
+def _known_revision(rev: str) -> bool:
+    """Whether ``rev`` is one of the packaged migration scripts."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(rev) is not None
+    except CommandError:
+        return False
 
 
 def current(url: str | Engine) -> str | None:
