@@ -144,6 +144,30 @@ def test_misses_return_none_or_empty(store: Any) -> None:
     assert store.write([]) == []
 
 
+def test_each_claim_of_a_run_gets_the_next_driver_epoch(store: Any) -> None:
+    """Fencing across drivers (core.states.fence): every process that resumes or adopts a run
+    claims a number no other claimant gets, above every earlier one."""
+    store.write([run()])
+    assert store.claim_driver("r1") == 1                 # the first driver had epoch 0
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def claim() -> None:
+        for _ in range(5):
+            epoch = store.claim_driver("r1")
+            with lock:
+                got.append(epoch)
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(2, 22))             # distinct, none skipped
+    assert store.get_run("r1") is not None
+    with pytest.raises(NotFoundError):
+        store.claim_driver("nope")
+
+
 def test_run_lifecycle(store: Any) -> None:
     rec = run(params={"date": "2025-01-26"}, config={"max_parallel": 4},
               source={"module": "m"}, pipeline_version=3)

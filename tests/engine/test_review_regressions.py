@@ -535,3 +535,85 @@ def test_an_attempt_stopped_with_its_run_is_not_left_running_in_its_row():
     assert attempt.state is TaskState.CANCELLED and attempt.ended_at is not None
     assert "running task abandoned" in attempt.error
     eng.close()
+
+
+class _Transient(Exception):
+    pass
+
+
+def test_a_stalled_old_driver_is_fenced_off_after_its_run_was_taken_over():
+    """Driver A stalls inside a task; driver B takes the run over (as a server's adoption
+    does) and finishes it; then A wakes and retries. B's fencing tokens are above any of A's,
+    so A's late row is rejected as stale and B's recorded result stands."""
+    from twingraph.core.states import FENCE_STRIDE
+    from twingraph.engine.loop import RunOptions
+
+    results, meta = MemoryStorage(), MemoryMetadataStore()
+    a_eng = Engine(results=results, metadata=meta, flush_interval=0.01)
+    b_eng = Engine(results=results, metadata=meta, flush_interval=0.01)
+    wake_a, driver = threading.Event(), {"name": "A", "stalled": False}
+
+    @component(retry_policy={"max_attempts": 3, "backoff": "fixed", "initial_delay": 0.01,
+                             "exceptions": ["_Transient"]}, executor="thread", cache=False)
+    def step(x):
+        if driver["name"] == "A" and not driver["stalled"]:
+            driver["stalled"] = True
+            wake_a.wait(10)                      # A stalls in its first attempt ...
+            raise _Transient("A's first attempt")  # ... then fails it, and retries
+        return f"computed by {driver['name']}"
+
+    def body(run):
+        return step(x=1)
+
+    out = {}
+    a = threading.Thread(target=lambda: out.update(A=a_eng.run(body, pipeline="fenced",
+                                                               run_id="r1", options=RunOptions())))
+    a.start()
+    deadline = time.monotonic() + 5
+    while not any(t.state is TaskState.RUNNING for t in meta.get_tasks("r1")):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    driver["name"] = "B"
+    b = b_eng.run(body, pipeline="fenced", run_id="r1", resume=True, claimed=True,
+                  options=RunOptions())
+    assert b.state is RunState.SUCCESS and b.value["outputs"]["result"] == "computed by B"
+    driver["name"] = "A"
+    wake_a.set()
+    a.join(10)
+    (row,) = meta.get_tasks("r1")
+    assert row.fence == FENCE_STRIDE + 1                 # B's first attempt, epoch 1
+    assert a_eng.load_value(row.result_key) == {"result": "computed by B"}
+    assert meta.get_run("r1").state is RunState.SUCCESS
+    a_eng.close()
+    b_eng.close()
+
+
+def test_a_resumed_run_keeps_the_stored_results_of_tasks_that_are_not_memoized():
+    eng = _engine(flush_interval=0.01)
+    calls, failures = [], [1, 1]              # finish fails under the first two drivers
+
+    @component(cache=False)
+    def draw(seed):
+        calls.append(seed)
+        return len(calls)
+
+    @component
+    def finish(n):
+        if failures:
+            failures.pop()
+            raise RuntimeError("not yet")
+        return n
+
+    @pipeline(name="resume_uncached")
+    def p():
+        return finish(n=draw(seed=7)["outputs"]["result"])
+
+    first = p.run(engine=eng)
+    assert first.state is RunState.FAILED
+    assert p.run(engine=eng, resume=first.run_id).state is RunState.FAILED    # driver 2
+    resumed = p.run(engine=eng, resume=first.run_id)                          # driver 3
+    assert resumed.state is RunState.SUCCESS and resumed.value["outputs"]["result"] == 1
+    assert calls == [7]
+    rows = {t.node_id: t for t in eng.metadata.get_tasks(first.run_id)}
+    assert rows["draw-0"].cache_status == "resumed"
+    eng.close()

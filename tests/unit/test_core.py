@@ -204,3 +204,14 @@ def test_digest_json_is_canonical_json_byte_for_byte(value):
             digest_json(d)
         return
     assert digest_json(d) == expected
+
+
+def test_fencing_tokens_of_a_later_driver_are_above_any_of_an_earlier_one():
+    from twingraph.core.retry import MAX_ATTEMPTS
+    from twingraph.core.states import fence, fence_epoch
+    assert fence(0, MAX_ATTEMPTS) < fence(1, 1) < fence(1, MAX_ATTEMPTS) < fence(2, 1)
+    assert fence_epoch(fence(3, MAX_ATTEMPTS)) == 3
+    assert fence(214_747, MAX_ATTEMPTS) < 2**31          # PostgreSQL's integer column
+    RetryPolicy.parse({"max_attempts": MAX_ATTEMPTS})
+    with pytest.raises(ValidationError, match="from 1 to 9999"):
+        RetryPolicy.parse({"max_attempts": MAX_ATTEMPTS + 1})

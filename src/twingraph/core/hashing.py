@@ -105,13 +105,15 @@ def prefixed_key(prefix: bytes, input_digest: Any) -> str:
     return hashlib.sha256(prefix + digest_json(input_digest)).hexdigest()
 
 
-def own_key(structural: str, run_id: str, node_id: str) -> str:
+def own_key(structural: str, run_id: str, node_id: str, epoch: int = 0) -> str:
     """The result key of a task that is not memoized (``cache=False``, ``--no-cache``): its
-    structural key made its own by the run and node that computed it. Two identical calls of
-    a component that is not deterministic may return different values; under one shared key
-    the later write replaced the earlier and a reload gave one call the other's value. A
-    resumed run (same run and node ids) finds its own stored results again."""
-    return sha256_hex(f"{structural}\0{run_id}\0{node_id}".encode())
+    structural key made its own by the run, node and driver epoch (``core.states.fence``)
+    that computed it. Two identical calls of a component that is not deterministic may
+    return different values; under one shared key the later write replaced the earlier and a
+    reload gave one call the other's value. With the epoch, a stalled earlier driver's late
+    write cannot replace the result of the driver that took the run over; a resumed task
+    finds its own under its row's epoch."""
+    return sha256_hex(f"{structural}\0{run_id}\0{node_id}\0{epoch}".encode())
 
 
 def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], Any],

@@ -15,6 +15,10 @@ from typing import Any
 
 from twingraph.errors import ValidationError
 
+#: The most attempts a policy may ask for: a task's fencing tokens of one driver of a run lie in
+#: a block of ``FENCE_STRIDE`` numbers (``core.states.fence``), its attempts numbered inside it.
+MAX_ATTEMPTS = 9_999
+
 _KEYS = {"max_attempts", "backoff", "initial_delay", "max_delay", "exceptions", "jitter",
          "multiplier"}
 
@@ -59,8 +63,9 @@ class RetryPolicy:
 
     def validate(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) \
-                or self.max_attempts < 1:
-            raise ValidationError("retry_policy.max_attempts must be an integer >= 1")
+                or not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise ValidationError(f"retry_policy.max_attempts must be an integer from 1 to "
+                                  f"{MAX_ATTEMPTS}")
         if self.backoff not in ("fixed", "exponential"):
             raise ValidationError("retry_policy.backoff must be 'fixed' or 'exponential'")
         for name in ("initial_delay", "max_delay", "multiplier", "jitter"):

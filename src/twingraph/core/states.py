@@ -86,3 +86,22 @@ def transition_task(old: TaskState, new: TaskState) -> TaskState:
     if new not in _TASK_ALLOWED[old]:
         raise InvalidTransition("task", old.value, new.value)
     return new
+
+
+#: Fencing tokens: driver ``epoch`` (0 for the run's first driver, then one more for each
+#: process that resumed or adopted it, claimed in the metadata store) times this, plus the
+#: attempt number. Every token of a later driver is higher than any token of an earlier one,
+#: so a stalled old driver's late writes are rejected however many attempts either makes
+#: (``retry.MAX_ATTEMPTS`` < this). Kept small enough for PostgreSQL's 32-bit integers
+#: through 214,747 resumptions of one run.
+FENCE_STRIDE = 10_000
+
+
+def fence(epoch: int, attempt: int) -> int:
+    """The fencing token of ``attempt`` of a task under driver ``epoch``."""
+    return epoch * FENCE_STRIDE + attempt
+
+
+def fence_epoch(token: int) -> int:
+    """The driver epoch a fencing token was given under."""
+    return token // FENCE_STRIDE

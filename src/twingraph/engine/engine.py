@@ -343,9 +343,14 @@ class Engine:
                 rec = self.metadata.get_run(run_id) or rec     # it may have ended meanwhile
                 transition_run(rec.state, RunState.RUNNING)
             prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
+            # This driver's generation: its fencing tokens are above every earlier driver's
+            # (one still alive after all, stalled past adoption, is fenced off).
+            epoch = self.metadata.claim_driver(run_id)
+        else:
+            epoch = 0
         run_id = run_id or uuid.uuid4().hex
         loop = RunLoop(self, run_id, opt, prior=prior,
-                       previous=lambda: self._previous_tasks(pipeline, run_id))
+                       previous=lambda: self._previous_tasks(pipeline, run_id), epoch=epoch)
         loop.pipeline = pipeline
         self.runs[run_id] = loop
         now = self.clock.now()

@@ -39,7 +39,7 @@ from twingraph.core.retry import RetryPolicy
 from twingraph.core.results import StorageMetadata
 from twingraph.core.wire import pack_result_rows, pack_results, pack_task_values
 from twingraph.core.specs import resource_amounts
-from twingraph.core.states import TaskState
+from twingraph.core.states import TaskState, fence as fence_token
 from twingraph.engine import gcpace, tasklog
 from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
 from twingraph.engine.futures import BodySide
@@ -83,10 +83,12 @@ class RunOptions:
 class RunLoop(BodySide, MemoSide, TimerSide):
     def __init__(self, engine: Any, run_id: str, options: RunOptions,
                  prior: Mapping[str, TaskRecord] | None = None,
-                 previous: Callable[[], Mapping[str, TaskRecord]] | None = None) -> None:
+                 previous: Callable[[], Mapping[str, TaskRecord]] | None = None,
+                 epoch: int = 0) -> None:
         self.engine, self.run_id, self.opt = engine, run_id, options
         self.pipeline = ""
         self.prior = dict(prior or {})           # this run's tasks from before a crash (resume)
+        self.epoch = epoch          # this driver's generation of the run: its fencing tokens
         # The last run of the pipeline, to say why a task missed: loaded on the first miss.
         self._previous_loader = previous
         self._previous: Mapping[str, TaskRecord] | None = None
@@ -555,8 +557,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             for k in LINEAGE_KWARGS:
                 kwargs.pop(k, None)
         task.attempt += 1
-        prior = self.prior.get(task.node_id)
-        task.fence = (prior.fence if prior else 0) + task.attempt
+        task.fence = fence_token(self.epoch, task.attempt)
         mode = self.engine.choose_mode(task.spec)
         task.mode = mode
         self.running += 1

@@ -11,6 +11,7 @@ from typing import Any
 
 from twingraph.core.hashing import digest_value, own_key, prefixed_key
 from twingraph.core.records import TaskRecord
+from twingraph.core.states import fence_epoch
 from twingraph.engine.calls import strip_lineage
 from twingraph.engine.refs import Ref
 from twingraph.engine.task import (DECLARED, Task, CANCELLED, FAILED, QUEUED, SKIPPED,
@@ -24,6 +25,7 @@ class MemoSide:
     engine: Any
     opt: Any
     run_id: str
+    epoch: int
     prior: dict[str, TaskRecord]
     by_key: dict[str, Task]
     ready: deque[Task]
@@ -52,10 +54,14 @@ class MemoSide:
                       digest_value(strip_lineage(task.kwargs), Ref, _ref_digest, leaf)]
         key = prefixed_key(self.engine.key_prefix(spec), digest)
         memoize = spec.cache and not self.opt.no_cache
-        if not memoize:                # its result is its own, not shared by key
-            key = own_key(key, self.run_id, task.node_id)
-        task.cache_key = key
         prior = self.prior.get(task.node_id)
+        if not memoize:                # its result is its own, not shared by key
+            if prior is not None and prior.state is SUCCESS and prior.cache_key == own_key(
+                    key, self.run_id, task.node_id, fence_epoch(prior.fence)):
+                key = prior.cache_key      # stored under an earlier driver of this run
+            else:
+                key = own_key(key, self.run_id, task.node_id, self.epoch)
+        task.cache_key = key
         if prior is not None and prior.state is SUCCESS and prior.cache_key == key \
                 and prior.content_hash:
             self._hit(task, prior.content_hash, "resumed", "result recorded by this run before it stopped")

@@ -581,7 +581,9 @@ class SQLCatalog:
 
     @staticmethod
     def _run_select() -> Select[Any]:
-        return (select(runs, projects.c.id.label("project_id"))
+        # Every column but the driver epoch (the engine's fencing, read by nobody here).
+        return (select(*(c for c in runs.c if c.name != "driver_epoch"),
+                       projects.c.id.label("project_id"))
                 .join(projects, projects.c.name == runs.c.project, isouter=True))
 
     def count_logs(self, run_id: str, *, level: str | None = None,

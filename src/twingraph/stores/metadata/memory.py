@@ -72,6 +72,7 @@ class MemoryMetadataStore:
         self._clock = clock
         self._lock = threading.RLock()
         self._runs: dict[str, RunRecord] = {}
+        self._epochs: dict[str, int] = {}          # driver epochs claimed (claim_driver)
         self._tasks: dict[str, dict[str, TaskRecord]] = {}
         self._attempts: dict[tuple[str, str, int], AttemptRecord] = {}
         self._logs: dict[str, list[LogRecord]] = {}
@@ -165,6 +166,13 @@ class MemoryMetadataStore:
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._lock:
             return deepcopy(self._runs.get(run_id))
+
+    def claim_driver(self, run_id: str) -> int:
+        with self._lock:
+            if run_id not in self._runs:
+                raise NotFoundError(f"run {run_id!r} not found")
+            epoch = self._epochs[run_id] = self._epochs.get(run_id, 0) + 1
+            return epoch
 
     def list_runs(self, *, pipeline: str | None = None, state: str | None = None,
                   limit: int | None = 50, offset: int = 0,

@@ -34,7 +34,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: answer). Opening a store compares the database with it, which needs no Alembic: importing
 #: Alembic took ~0.35 s of every process that opened a store (the CLI, the server, the writer
 #: process); only migrating imports it now.
-HEAD = "0003"
+HEAD = "0004"
 #: Key of the PostgreSQL advisory lock held while migrating (a bigint; "TWGRMIGR" in ASCII).
 ADVISORY_LOCK_KEY = 0x5457_4752_4D49_4752
 

@@ -120,6 +120,8 @@ runs = Table(
     Column("result_key", String),
     # 0002: runs fired by a schedule or a backfill name it (max_concurrency is counted on it)
     Column("schedule_id", String, ForeignKey("schedules.id", ondelete="SET NULL")),
+    # 0004: processes that took the run over (resume, adoption); fencing tokens (states.fence)
+    Column("driver_epoch", Integer, nullable=False, default=0, server_default="0"),
     Index(None, "created_at"),
     Index(None, "pipeline", "created_at"),
     Index(None, "state", "created_at"),

@@ -158,6 +158,17 @@ class SQLMetadataStore:
             row = conn.execute(_run_select().where(runs.c.run_id == run_id)).first()
         return None if row is None else _run(row)
 
+    def claim_driver(self, run_id: str) -> int:
+        # One UPDATE takes the row's write lock (PostgreSQL) or the database's (SQLite): of
+        # two claimants, the second reads the first's number and goes one above it.
+        with self._writing() as conn:
+            done = conn.execute(update(runs).where(runs.c.run_id == run_id)
+                                .values(driver_epoch=runs.c.driver_epoch + 1))
+            if done.rowcount != 1:
+                raise NotFoundError(f"run {run_id!r} not found")
+            return int(conn.execute(select(runs.c.driver_epoch)
+                                    .where(runs.c.run_id == run_id)).scalar_one())
+
     def list_runs(self, *, pipeline: str | None = None, state: str | None = None,
                   limit: int | None = 50, offset: int = 0,
                   project: str | None = None) -> list[RunRecord]:
