@@ -200,3 +200,17 @@ class GraphValidationError(ValidationError):
     def __init__(self, reason: str, nodes: Iterable[str], detail: str = "") -> None:
         self.reason, self.nodes = reason, sorted(set(nodes))
         super().__init__(f"{reason}: {', '.join(self.nodes)}" + (f" ({detail})" if detail else ""))
+
+
+#: Attribute under which an exception raised in another process carries its traceback text.
+REMOTE_TRACEBACK = "twingraph_traceback"
+
+
+def remote_traceback(exc: BaseException, text: str) -> None:
+    """Attach ``text``, the traceback of ``exc`` where it was raised (a worker process): the
+    traceback object does not travel with the pickled exception. Read by
+    ``engine.snapshot.traceback_text``; an exception that takes no attributes keeps none."""
+    try:
+        setattr(exc, REMOTE_TRACEBACK, text)
+    except (AttributeError, TypeError):
+        pass

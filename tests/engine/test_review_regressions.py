@@ -617,3 +617,50 @@ def test_a_resumed_run_keeps_the_stored_results_of_tasks_that_are_not_memoized()
     rows = {t.node_id: t for t in eng.metadata.get_tasks(first.run_id)}
     assert rows["draw-0"].cache_status == "resumed"
     eng.close()
+
+
+class _QuotaError(Exception):
+    """An ordinary exception whose constructor takes two arguments: it pickles, but does not
+    unpickle (``args`` holds the message only)."""
+
+    def __init__(self, user, limit):
+        super().__init__(f"{user} is over {limit}")
+
+
+def test_a_process_task_error_that_does_not_unpickle_fails_the_task_and_frees_its_worker():
+    eng = Engine(results=MemoryStorage(), metadata=MemoryMetadataStore(),
+                 executor=LocalExecutor(max_processes=1))
+
+    @component(cache=False, executor="process", timeout=30)
+    def over_quota():
+        raise _QuotaError("bob", 3)
+
+    @component(cache=False, executor="process", timeout=30)
+    def fine():
+        return 1
+
+    t0 = time.monotonic()
+    r = pipeline(name="quota")(lambda: over_quota()).run(engine=eng)
+    assert r.state is RunState.FAILED and "_QuotaError: bob is over 3" in str(r.error)
+    assert time.monotonic() - t0 < 20              # not after its timeout
+    r2 = pipeline(name="after_quota", timeout=20)(lambda: fine()).run(engine=eng)
+    assert r2.state is RunState.SUCCESS, r2.error  # the only worker slot is free again
+    eng.close()
+
+
+def test_a_process_task_error_keeps_its_traceback_in_the_error_event():
+    eng = _engine()
+    events = []
+    eng.subscribe(lambda ev: events.append(ev) if ev.get("event") == "error" else None)
+
+    @component(cache=False, executor="process")
+    def deep():
+        def helper():
+            raise ValueError("bad thing")
+        return helper()
+
+    r = pipeline(name="remote_tb")(lambda: deep()).run(engine=eng)
+    assert r.state is RunState.FAILED
+    (ev,) = events
+    assert "in helper" in ev["traceback"] and ev["traceback"].rstrip().endswith("ValueError: bad thing")
+    eng.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 from twingraph.core.records import AttemptRecord, TaskRecord, TaskUpdate
 from twingraph.engine.task import Task, RUNNING, SUCCESS, TERMINAL
-from twingraph.errors import NodeExecutionError
+from twingraph.errors import REMOTE_TRACEBACK, NodeExecutionError
 
 
 def task_rows(run_id: str, task: Task, out: list[Any], new: list[tuple[Any, ...]] | None = None
@@ -61,4 +61,7 @@ def traceback_text(err: Any) -> str:
         return ""
     if isinstance(err, NodeExecutionError) and err.traceback:
         return err.traceback
+    remote = getattr(err, REMOTE_TRACEBACK, None)       # raised in a worker process
+    if isinstance(remote, str) and remote:
+        return remote
     return "".join(traceback.format_exception(err))

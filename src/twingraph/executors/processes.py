@@ -25,7 +25,7 @@ from typing import Any
 import cloudpickle
 
 from twingraph.core.logtext import LOGGER_NAME, message_of
-from twingraph.errors import NodeExecutionError
+from twingraph.errors import NodeExecutionError, remote_traceback
 from twingraph.executors.local import JobOutcome
 from twingraph.ports import Job, Outcome
 
@@ -78,17 +78,21 @@ def _worker_main(conn: Any, parent: int) -> None:  # runs in the child
         try:
             fn, args, kwargs = cloudpickle.loads(data)
             value = fn(*args, **kwargs)
-            reply = (True, value)
+            reply: tuple[Any, ...] = (True, value, "")
         except BaseException as exc:  # noqa: BLE001 - the task's failure is data
-            reply = (False, exc)
+            # Its traceback does not pickle: it travels as text (the driver's logs and error
+            # events show it, as for a thread task).
+            reply = (False, exc, "".join(traceback.format_exception(exc)))
         try:
             out = cloudpickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+            if not reply[0]:
+                cloudpickle.loads(out)   # an exception must also unpickle in the driver
         except Exception as exc:  # noqa: BLE001
-            tb = "".join(traceback.format_exception(reply[1])) if not reply[0] else ""
+            tb = reply[2]
             err = reply[1] if not reply[0] else exc
             out = cloudpickle.dumps((False, NodeExecutionError(
                 f"{type(err).__name__}: {err} (result not picklable: {exc})" if reply[0] else
-                f"{type(err).__name__}: {err}", error_type=type(err).__name__, traceback=tb)))
+                f"{type(err).__name__}: {err}", error_type=type(err).__name__, traceback=tb), tb))
         with forward.pipe_lock:   # not in the middle of a log frame from another thread
             conn.send_bytes(b"R" + out)
 
@@ -221,13 +225,13 @@ class ProcessPool:
                 if frame[:1] == b"R":
                     break
                 _deliver_log(job, frame)
-            ok, value = cloudpickle.loads(frame[1:])
         except (EOFError, OSError, BrokenPipeError):
             # Killed on purpose (abort) or died on its own.
             with self._lock:
                 killed = self._busy.pop(job, None) is None
                 self._count -= 1
             if not killed:
+                w.proc.join(1)             # reaped: its exit code is known
                 code = w.proc.exitcode
                 done(JobOutcome(job.node_id, job.fence, False, None, NodeExecutionError(
                     f"worker process for {job.node_id} died (exit code {code})",
@@ -235,6 +239,14 @@ class ProcessPool:
             self._pump()
             return
         dt = time.perf_counter() - t0
+        try:                              # the whole answer was read: the worker stays usable
+            ok, value, tb = cloudpickle.loads(frame[1:])
+            if not ok and tb:
+                remote_traceback(value, tb)
+        except Exception as exc:  # noqa: BLE001 - e.g. a class missing here: the task failed
+            ok, value = False, NodeExecutionError(
+                f"the result of {job.node_id} could not be read: {type(exc).__name__}: {exc}",
+                node_id=job.node_id, error_type=type(exc).__name__)
         with self._lock:
             killed = self._busy.pop(job, None) is None
             w.job = None
