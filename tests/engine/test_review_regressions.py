@@ -184,28 +184,69 @@ def test_a_queued_process_job_never_runs_after_cancel(tmp_path):
     eng.close()
 
 
-def test_the_recorder_recovers_after_a_failed_write():
-    class FlakyStore(MemoryMetadataStore):
-        """A metadata store whose first write fails, like a database briefly locked."""
-        fail = 1
+class _FlakyStore(MemoryMetadataStore):
+    """A metadata store whose writes fail on command, like a database briefly locked or a disk
+    error: failures cannot be made to happen on cue with a real database."""
 
-        def write(self, batch):
-            if self.fail:
-                self.fail -= 1
-                raise OSError("database is locked")
-            return super().write(batch)
+    def __init__(self, fail_first=0, poisoned=None):
+        super().__init__()
+        self.fail_first, self.poisoned = fail_first, poisoned
 
-    eng = Engine(results=MemoryStorage(), metadata=FlakyStore())
+    def write(self, batch):
+        if self.fail_first:
+            self.fail_first -= 1
+            raise OSError("database is locked")
+        if self.poisoned is not None and any(getattr(r, "run_id", None) == self.poisoned
+                                             for r in batch):
+            raise OSError(f"disk I/O error on run {self.poisoned}")
+        return super().write(batch)
 
-    @pipeline
+
+def test_a_batch_that_failed_once_is_written_again_with_the_next_and_nothing_is_lost():
+    eng = Engine(results=MemoryStorage(), metadata=_FlakyStore(fail_first=1),
+                 flush_interval=0.01)
+
+    @component
+    def slow_step(x):
+        time.sleep(0.2)
+        return x
+
+    @pipeline(name="flaky_write")
     def p(x):
-        return echo(x=x)
+        first = echo(x=x)
+        return slow_step(x=first["outputs"]["result"])   # its rows come in later batches
 
-    with pytest.raises(OSError, match="locked"):
-        p.run(1, engine=eng)
-    assert eng.runs == {}
-    r = p.run(2, engine=eng)
-    assert r.state is RunState.SUCCESS and eng.metadata.get_run(r.run_id).state is RunState.SUCCESS
+    r = p.run(1, engine=eng)
+    assert r.state is RunState.SUCCESS, r.error
+    assert eng.metadata.get_run(r.run_id).state is RunState.SUCCESS
+    assert {t.node_id: t.state for t in eng.metadata.get_tasks(r.run_id)} == {
+        "echo-0": TaskState.SUCCESS, "slow_step-0": TaskState.SUCCESS}
+    eng.close()
+
+
+def test_a_batch_given_up_on_fails_its_own_run_and_no_other():
+    """Run A's records cannot be written (its batches fail every time: given up after the
+    retries); run B, started and finished while A still runs, is not blamed for it."""
+    store = _FlakyStore(poisoned="run-a")
+    eng = Engine(results=MemoryStorage(), metadata=store, flush_interval=0.01)
+
+    @component(executor="thread")
+    def nap(s):
+        time.sleep(s)
+        return s
+
+    results = {}
+    a = threading.Thread(target=lambda: results.update(
+        a=eng.run(lambda loop: nap(s=1.2), pipeline="poisoned", run_id="run-a")))
+    a.start()
+    time.sleep(0.6)                                  # A's first batches were given up by now
+    results["b"] = eng.run(lambda loop: nap(s=0.05), pipeline="clean", run_id="run-b")
+    a.join(20)
+    assert results["b"].state is RunState.SUCCESS, results["b"].error
+    assert store.get_run("run-b").state is RunState.SUCCESS
+    assert results["a"].state is RunState.FAILED
+    assert "disk I/O error on run run-a" in str(results["a"].error)
+    assert store.get_run("run-a") is None            # nothing of A could be written
     eng.close()
 
 

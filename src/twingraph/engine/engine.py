@@ -8,6 +8,7 @@ graphs: their body submits every node up front.
 
 from __future__ import annotations
 
+import logging
 import operator
 import os
 import random
@@ -37,6 +38,8 @@ from twingraph.registry import get_error_handler
 from twingraph import serialization
 
 _current = threading.local()
+
+log = logging.getLogger("twingraph.engine")
 
 
 def current_run() -> RunLoop | None:
@@ -436,7 +439,18 @@ class Engine:
         self.recorder.add(RunUpdate(run_id, state, self.clock.now(),
                                     error=None if error is None else f"{type(error).__name__}: {error}"))
         try:
-            self.recorder.flush()
+            self.recorder.flush(run_id)
+        except Exception as exc:  # noqa: BLE001 - records of this run were lost: it failed
+            # Its rows may say anything (a task SUCCESS whose result was not written): the
+            # run is FAILED with the write's error, in the store too if it can still be told.
+            error, state = exc, RunState.FAILED
+            self.recorder.add(RunUpdate(run_id, state, self.clock.now(),
+                                        error=f"{type(exc).__name__}: {exc}"))
+            try:
+                self.recorder.flush(run_id)
+            except Exception:  # noqa: BLE001 - the store is unusable: the result says so
+                log.warning("run %s: its final state could not be recorded", run_id,
+                            exc_info=True)
         finally:
             self.runs.pop(run_id, None)
         progress = loop.progress()

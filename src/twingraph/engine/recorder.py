@@ -10,6 +10,13 @@ those tasks (at-least-once execution, exactly-once recorded result, thanks to fe
 
 Coalescing: a TaskUpdate for a task whose TaskRecord is still in the buffer is folded into that
 record, so a task that starts and ends between two flushes costs one row.
+
+A batch that fails to write (a disk error, a locked database) is written again with the next
+one, up to ``WRITE_RETRIES`` times: its records and results are upserts, and a later batch may
+refer to them (an update of a task whose first row was in it). Dropped at once, one transient
+error made every later update of those tasks "unknown" and lost the runs' final rows. A batch
+given up on is reported to the runs whose records it held (``flush(run_id)``), not to
+whichever run flushes next.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import itertools
 import logging
 import operator
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -30,6 +38,11 @@ from twingraph.engine.writer import FRAME_MAX, INLINE_MAX, WriterGone, WriterPro
 from twingraph.ports import MetadataStore, ResultStore
 
 log = logging.getLogger("twingraph.engine")
+
+#: Writes of one batch (with the batches after it) before it is given up, ``RETRY_DELAY``
+#: seconds apart.
+WRITE_RETRIES = 3
+RETRY_DELAY = 0.1
 
 _UPDATE_FIELDS = ("state", "attempts", "fence", "cache_key", "cache_status", "cache_reason",
                   "result_key", "content_hash", "error", "started_at", "ended_at")
@@ -58,7 +71,9 @@ class Recorder:
         self._results: list[PutResult] = []
         self._cv = threading.Condition()
         self._closed = False
-        self._error: BaseException | None = None
+        self._error: BaseException | None = None       # a failed batch of no known run
+        self._run_errors: dict[str, BaseException] = {}  # run id -> its batch's error
+        self._retry: tuple[Sequence[Any], Sequence[Any], bool, int] | None = None
         self._flushing = False
         self._child: WriterProcess | None = None       # writes go there once it is set
         self._unacked: deque[tuple[Sequence[Record], Sequence[PutResult], int]] = deque()
@@ -170,19 +185,31 @@ class Recorder:
                 self._cv.notify()
                 self._cv.wait(0.05)
 
-    def flush(self) -> None:
-        """Block until everything added so far is written (or raise the writer's error)."""
+    def flush(self, run_id: str | None = None) -> None:
+        """Block until everything added so far is written, or raise the error of a batch
+        that was given up: of one holding ``run_id``'s records (any run's, without one)."""
         with self._cv:
             self._cv.notify()
-            while (self._records or self._results or self._flushing or self._unacked) \
-                    and self._error is None:
+            while (self._records or self._results or self._flushing or self._unacked
+                   or self._retry is not None) and self._failure_for(run_id) is None:
                 self._cv.wait(0.05)
                 self._cv.notify()
+            # Reported once, to a run whose batch it was; the recorder keeps working for the
+            # next batches (the failed batch is lost: its runs end with this error).
+            if run_id is not None and run_id in self._run_errors:
+                raise self._run_errors.pop(run_id)
             if self._error is not None:
-                # Reported once, to the run that flushes; the recorder keeps working for the
-                # next batches (the failed batch is lost: its runs end with this error).
                 error, self._error = self._error, None
                 raise error
+            if run_id is None and self._run_errors:
+                raise self._run_errors.pop(next(iter(self._run_errors)))
+
+    def _failure_for(self, run_id: str | None) -> BaseException | None:
+        if self._error is not None:
+            return self._error
+        if run_id is None:
+            return next(iter(self._run_errors.values()), None)
+        return self._run_errors.get(run_id)
 
     def close(self) -> None:
         try:
@@ -200,15 +227,24 @@ class Recorder:
     def _run(self) -> None:
         while True:
             with self._cv:
-                if not (self._records or self._results or self._unacked) and not self._closed:
+                if not (self._records or self._results or self._unacked
+                        or self._retry is not None) and not self._closed:
                     self._cv.wait(self.interval)
-                if self._closed and not (self._records or self._results or self._unacked):
+                if self._closed and not (self._records or self._results or self._unacked
+                                         or self._retry is not None):
                     return
+                records: Sequence[Any]
+                results: Sequence[Any]
                 records, self._records = self._records, []
                 results, self._results = self._results, []
                 large, self._large, self._extra = self._large, False, 0
                 self._index = {}
                 self._flushing = True
+                retry, self._retry = self._retry, None
+            tries = 0
+            if retry is not None:         # the failed batch first: later records refer to it
+                records, results = [*retry[0], *records], [*retry[1], *results]
+                large, tries = large or retry[2], retry[3]
             try:
                 if records or results:
                     self._write(records, results, large)
@@ -216,13 +252,32 @@ class Recorder:
                     self._drain()         # nothing new: collect what the writer process did
                     self._raise_failure()
             except BaseException as exc:  # noqa: BLE001 - surfaced by flush()
-                log.exception("recorder: write failed")
+                again = tries + 1 < WRITE_RETRIES and not self._closed and (records or results)
+                if again:
+                    log.warning("recorder: write failed (%s: %s); writing it again",
+                                type(exc).__name__, exc)
+                else:
+                    log.exception("recorder: write failed")
                 with self._cv:
-                    self._error = exc
+                    if again:
+                        self._retry = (records, results, large, tries + 1)
+                    else:
+                        self._blame(exc, records, results)
+                if again:
+                    time.sleep(RETRY_DELAY)
             finally:
                 with self._cv:
                     self._flushing = False
                     self._cv.notify_all()
+
+    def _blame(self, exc: BaseException, records: Sequence[Any], results: Sequence[Any]) -> None:
+        """A batch given up on: its error goes to the runs it held records of (or to the next
+        flush, if it held none that say)."""
+        runs = _run_ids(records, results)
+        if not runs:
+            self._error = exc
+        for run_id in runs:
+            self._run_errors.setdefault(run_id, exc)
 
     def _write(self, records: Sequence[Record], results: Sequence[Any], large: bool) -> None:
         # Same-type records are written as one statement each; a stable sort by type keeps every
@@ -445,3 +500,21 @@ def _fold(rec: Any, upd: TaskUpdate) -> Any:
         if rec.started_at is None and "started_at" not in changes:
             changes["started_at"] = upd.at
     return dataclasses.replace(rec, **changes)
+
+
+def _run_ids(records: Sequence[Any], results: Sequence[Any]) -> set[str]:
+    """The runs a batch held records or results of (read only when a batch failed)."""
+    runs: set[str] = set()
+    for r in records:
+        if type(r) is PackedTaskRecords:
+            runs.update(x.run_id for x in r.records())
+        elif isinstance(getattr(r, "run_id", None), str):
+            runs.add(r.run_id)
+    for r in results:
+        tokens = r.tokens if type(r) is PackedResults else [r.token]
+        for token in tokens:
+            loop = token[0] if isinstance(token, tuple) and token else None
+            run_id = getattr(loop, "run_id", None)
+            if isinstance(run_id, str):
+                runs.add(run_id)
+    return runs
