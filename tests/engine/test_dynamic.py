@@ -405,3 +405,138 @@ def test_a_declared_node_is_keyed_as_the_same_call_with_futures(scheduler):
         second["tail"].inputs["deps"]
     assert first["both"].inputs["deps"] == [["sq", []], ["nums", []]]
     assert ops.calls == ["make_numbers", "square_all", "add_all", "add_all"]
+
+
+def _quick(deps, params):
+    return params["k"]
+
+
+def _nap(deps, params):
+    time.sleep(params["s"])
+    return params["k"]
+
+
+def _eta_seconds(progress):
+    from datetime import datetime, timezone
+    if progress.estimated_completion is None:
+        return None
+    end = datetime.fromisoformat(progress.estimated_completion)
+    return (end - datetime.now(timezone.utc)).total_seconds()
+
+
+def test_resubmitting_a_finished_dag_id_drops_its_previous_result(scheduler):
+    async def go():
+        await scheduler.submit_dag(DAGDefinition("again", [N("n", "sleepy", seconds=0.01)]))
+        first = await scheduler.wait_for_completion("again", timeout=10)
+        await scheduler.submit_dag(DAGDefinition("again", [N("n", "sleepy", seconds=1.0)]))
+        assert "again" not in scheduler.results           # not the previous run's
+        with pytest.raises(TimeoutError):
+            await scheduler.wait_for_completion("again", timeout=0.1)
+        second = await scheduler.wait_for_completion("again", timeout=10)
+        return first, second
+    first, second = asyncio.run(go())
+    assert first.state.value == second.state.value == "SUCCESS"
+    assert second.run_id != first.run_id and second.run_id == scheduler.run_id("again")
+    assert scheduler.results["again"] is second
+
+
+def test_run_refuses_a_dag_id_that_is_running(scheduler):
+    register_operation("nap", _nap)
+    slow = DAGDefinition("same", [N("slow", "nap", s=1.0, k=0)])
+    other = DAGDefinition("same", [N("x", "nap", s=0.01, k=1)])
+
+    async def go():
+        await scheduler.submit_dag(slow)
+        first_run = scheduler.run_id("same")
+        with pytest.raises(ValidationError, match="already running"):
+            await asyncio.to_thread(scheduler.run, other)
+        assert "same" in scheduler.active_executions and scheduler.run_id("same") == first_run
+        assert (await scheduler.get_execution_progress("same")).progress_percentage == 0.0
+        assert await scheduler.cancel_execution("same")
+        return first_run, await scheduler.wait_for_completion("same", timeout=10)
+    first_run, r = asyncio.run(go())
+    assert r.state.value == "CANCELLED" and r.run_id == first_run
+    assert list(scheduler.node_results("same")) == ["slow"]
+
+    # A DAG run by run() is an active execution too: submit_dag refuses its id meanwhile.
+    async def submit_while_run_goes():
+        running = asyncio.create_task(asyncio.to_thread(scheduler.run, slow))
+        while "same" not in scheduler.active_executions:
+            await asyncio.sleep(0.01)
+        with pytest.raises(ValidationError, match="already running"):
+            await scheduler.submit_dag(other)
+        return await running
+    assert asyncio.run(submit_while_run_goes()).state.value == "SUCCESS"
+    assert "same" not in scheduler.active_executions
+
+
+def test_eta_covers_the_nodes_not_yet_submitted(scheduler, monkeypatch):
+    """A DAG is handed to its run a window at a time: the ETA is every node not done yet at
+    the run's rate, not just the window's."""
+    import twingraph.engine.dynamic as dyn
+    monkeypatch.setattr(dyn, "SUBMIT_WINDOW", 100)
+    register_operation("nap", _nap)
+    n = 6000
+    dag = DAGDefinition("big", [N(f"n{i}", "nap", s=0.005, k=i) for i in range(n)])
+
+    async def go():
+        await scheduler.submit_dag(dag)
+        loop = scheduler.engine.runs[scheduler.run_id("big")]
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                p = await scheduler.get_execution_progress("big")
+                lp = loop.progress()
+                if p.estimated_completion is not None and lp["rate"]:
+                    return p, lp
+            raise AssertionError("no ETA within 10 s")
+        finally:
+            await scheduler.cancel_execution("big")
+            await scheduler.wait_for_completion("big", timeout=30)
+    p, lp = asyncio.run(go())
+    remaining = n - p.completed_nodes - p.failed_nodes
+    assert lp["total"] - lp["finished"] < remaining / 2      # most of the DAG is not submitted
+    eta = _eta_seconds(p)
+    assert eta == pytest.approx(remaining / lp["rate"], rel=0.3)
+    assert eta > 1.5 * lp["eta_seconds"]                      # more than the run's own window
+
+
+def test_eta_rate_counts_only_nodes_that_ran(scheduler):
+    """Memo hits finish at once: counted in the rate, they made the ETA a few milliseconds
+    while seconds of work remained."""
+    register_operation("quick", _quick)
+    register_operation("nap", _nap)
+    scheduler.config.max_concurrent_nodes = 1
+    cached = [N(f"q{i}", "quick", k=i) for i in range(200)]
+    scheduler.run(DAGDefinition("warm", cached))
+    naps = [N(f"n{i}", "nap", s=0.25, k=i) for i in range(5)]
+
+    async def go():
+        await scheduler.submit_dag(DAGDefinition("d", cached + naps))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            p = await scheduler.get_execution_progress("d")
+            if p.completed_nodes >= 203:          # every hit and 3 of the 5 naps
+                eta = _eta_seconds(p)
+                await scheduler.wait_for_completion("d", timeout=10)
+                return p, eta
+            await asyncio.sleep(0.02)
+        raise AssertionError("too slow")
+    p, eta = asyncio.run(go())
+    assert p.completed_nodes < 205
+    # 2 (or 1) naps of 0.25 s left, one at a time: about 0.25-0.5 s, not milliseconds
+    assert eta is not None and 0.15 < eta < 1.5
+
+
+@pytest.mark.parametrize("bad", [0, -1, None, 2.5, True])
+def test_max_concurrent_nodes_below_one_is_refused(scheduler, bad):
+    dag = DAGDefinition("conc", [N("nums", "make_numbers", n=1)])
+    with pytest.raises(ValidationError, match="max_concurrent_nodes"):
+        asyncio.run(scheduler.submit_dag(dag, ExecutionConfig(max_concurrent_nodes=bad)))
+    scheduler.config.max_concurrent_nodes = bad
+    with pytest.raises(ValidationError, match="max_concurrent_nodes"):
+        asyncio.run(scheduler.submit_dag(dag))
+    with pytest.raises(ValidationError, match="max_concurrent_nodes"):
+        scheduler.run(dag)
+    assert scheduler.engine.metadata.list_runs() == [] and not scheduler.active_executions

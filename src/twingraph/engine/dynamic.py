@@ -375,6 +375,13 @@ def _wait_for_window(run: Any) -> None:
         time.sleep(0.002)
 
 
+def _check_config(cfg: ExecutionConfig) -> None:
+    """Settings a DAG run cannot start with (the CLI and REST faces refuse them as well)."""
+    n = cfg.max_concurrent_nodes
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValidationError(f"max_concurrent_nodes must be an integer >= 1, not {n!r}")
+
+
 class DynamicScheduler:
     """Runs ``DAGDefinition``s on an engine; one run per DAG, tracked by ``dag_id``."""
 
@@ -395,22 +402,20 @@ class DynamicScheduler:
         self.results: dict[str, RunResult] = {}
         self._dag_runs: dict[str, str] = {}
         self._started: dict[str, threading.Event] = {}
+        self._claim = threading.Lock()     # "already running?" and taking the id: one step
 
     # -- the document's API ---------------------------------------------------------------
     async def submit_dag(self, dag: DAGDefinition, config: ExecutionConfig | None = None) -> str:
         """Validate and start ``dag``; returns its id at once (the run goes on in a thread).
         ``config`` overrides the scheduler's config for this DAG only (a server shares one
         scheduler between requests that each ask for their own ``max_concurrent_nodes``)."""
+        _check_config(config or self.config)
         plan = self._validate_dag(dag)
-        if dag.dag_id in self.active_executions:
-            raise ValidationError(f"DAG {dag.dag_id!r} is already running")
-        self.execution_states[dag.dag_id] = ExecutionProgress(
-            dag.dag_id, len(dag.nodes), 0, 0, 0, len(dag.nodes), 0.0)
         started = threading.Event()
-        self._started[dag.dag_id] = started
         t = threading.Thread(target=self._run_dag, args=(dag, plan, started, config), daemon=True,
                              name=f"twingraph-dag-{dag.dag_id}")
-        self.active_executions[dag.dag_id] = t
+        self._begin(dag, t)
+        self._started[dag.dag_id] = started
         t.start()
         await asyncio.to_thread(started.wait)
         return dag.dag_id
@@ -479,14 +484,33 @@ class DynamicScheduler:
         return out
 
     def run(self, dag: DAGDefinition) -> RunResult:
-        """Validate and run ``dag`` in this thread; returns the engine's RunResult."""
+        """Validate and run ``dag`` in this thread; returns the engine's RunResult. Like
+        ``submit_dag``, refuses a ``dag_id`` that is running (``ValidationError``); while it
+        runs, the DAG is an active execution (progress, cancel, ``wait_for_completion``)."""
+        _check_config(self.config)
         plan = self._validate_dag(dag)
-        self.execution_states[dag.dag_id] = ExecutionProgress(
-            dag.dag_id, len(dag.nodes), 0, 0, 0, len(dag.nodes), 0.0)
-        self._run_dag(dag, plan, threading.Event())
+        me = threading.current_thread()
+        self._begin(dag, me)
+        try:
+            self._run_dag(dag, plan, threading.Event())
+        finally:
+            if self.active_executions.get(dag.dag_id) is me:
+                self.active_executions.pop(dag.dag_id, None)
         return self.results[dag.dag_id]
 
     # -- internals ------------------------------------------------------------------------
+    def _begin(self, dag: DAGDefinition, thread: threading.Thread) -> None:
+        """Take ``dag.dag_id`` for a new execution run by ``thread``: refused while it is
+        running; the previous execution's result is dropped (until the new one has its own,
+        ``results``/``wait_for_completion`` must not answer with the old run)."""
+        with self._claim:
+            if dag.dag_id in self.active_executions:
+                raise ValidationError(f"DAG {dag.dag_id!r} is already running")
+            self.active_executions[dag.dag_id] = thread
+        self.results.pop(dag.dag_id, None)
+        self.execution_states[dag.dag_id] = ExecutionProgress(
+            dag.dag_id, len(dag.nodes), 0, 0, 0, len(dag.nodes), 0.0)
+
     def _validate_dag(self, dag: DAGDefinition) -> Plan:
         with gcpace.relaxed():        # one list per node: bulk allocation, nothing to collect
             return self._validated(dag)
@@ -612,19 +636,24 @@ class DynamicScheduler:
             started.set()
         self.results[dag.dag_id] = result
         self.execution_states[dag.dag_id] = self._progress(dag.dag_id, result.progress,
-                                                           total=len(dag.nodes))
+                                                           total=len(dag.nodes), ended=True)
         self.active_executions.pop(dag.dag_id, None)
 
     @staticmethod
-    def _progress(dag_id: str, p: Mapping[str, Any], *, total: int) -> ExecutionProgress:
-        """Progress over the DAG's ``total`` nodes (some may not be submitted to the run yet)."""
+    def _progress(dag_id: str, p: Mapping[str, Any], *, total: int,
+                  ended: bool = False) -> ExecutionProgress:
+        """Progress over the DAG's ``total`` nodes (some may not be submitted to the run yet).
+        The ETA is every node not done yet, submitted or not, at the rate the run's tasks
+        finish (the run's own ETA counts only what it was handed: one window of the DAG)."""
         if not p:
             return ExecutionProgress(dag_id, total, 0, 0, 0, total, 0.0)
-        eta = None
-        if p.get("eta_seconds") is not None:
-            eta = datetime.fromtimestamp(time.time() + p["eta_seconds"], timezone.utc).isoformat()
         failed = p["failed"] + p["skipped"] + p["cancelled"]
         done = p["succeeded"] + failed
+        eta = None
+        rate = p.get("rate")
+        if not ended and rate and total > done:
+            eta = datetime.fromtimestamp(time.time() + (total - done) / rate,
+                                         timezone.utc).isoformat()
         return ExecutionProgress(
             dag_id=dag_id, total_nodes=total, completed_nodes=p["succeeded"],
             failed_nodes=failed, running_nodes=p["running"],

@@ -130,20 +130,27 @@ class BodySide:
                                  run_id=self.run_id)
 
     def progress(self) -> dict[str, Any]:
-        """Counts per state, percent done and an ETA (read from any thread: a snapshot)."""
+        """Counts per state, percent done and an ETA (read from any thread: a snapshot).
+
+        ``rate`` is tasks finished per second, measured over the latest tasks that actually
+        ran (memo hits and skipped tasks finish at once and are not counted; None until there
+        is enough to measure); ``eta_seconds`` is this run's unfinished tasks at that rate. A
+        caller that knows of work not submitted yet (a windowed DAG) scales ``rate`` itself."""
         c = self.counts
         total = len(self.tasks)
         finished = total - self.unfinished
-        eta = None
-        times = self._done_times
+        eta = rate = None
+        times = list(self._done_times)    # the loop appends to it while we read
         # No estimate from a burst: tasks finishing within microseconds of each other would
         # claim an absurd rate (an ETA of 0.0 s right after the first two finish).
-        if self.unfinished and len(times) >= 3 and times[-1] - times[0] >= 0.2:
+        if len(times) >= 3 and times[-1] - times[0] >= 0.2:
             rate = (len(times) - 1) / (times[-1] - times[0])
-            eta = self.unfinished / rate
+            if self.unfinished:
+                eta = self.unfinished / rate
         return {"total": total, "pending": c[PENDING], "queued": c[QUEUED] + c[RETRYING],
                 "running": c[RUNNING], "succeeded": c[SUCCESS], "failed": c[FAILED],
                 "skipped": c[SKIPPED], "cancelled": c[CANCELLED], "finished": finished,
                 "percent": 100.0 * finished / total if total else 0.0, "eta_seconds": eta,
+                "rate": rate,
                 "running_nodes": [t.node_id for t in list(self.tasks.values())
                                   if t.state is RUNNING][:20]}

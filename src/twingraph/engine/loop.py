@@ -759,7 +759,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self._release_inputs(task)
         self._set_state(task, state, duration=duration)
         self.unfinished -= 1
-        self._done_times.append(self.clock.monotonic())
+        if duration is not None:                # ran: memo hits and skips would inflate the ETA rate
+            self._done_times.append(self.clock.monotonic())
         if state is SUCCESS:
             for d in task.dependents:
                 d.waiting -= 1
