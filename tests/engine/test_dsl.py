@@ -73,6 +73,23 @@ def test_calling_the_pipeline_returns_its_result(engine):
     ({"resources": {"cpu": "lots"}}, "cpu"),
     ({"resources": {"disk": "1G"}}, "unknown key"),
     ({"environment": {"A": object()}}, "environment"),
+    # names and values os.environ cannot hold: refused here, not when the task's worker sets them
+    ({"environment": {"A=B": "1"}}, "environment: invalid variable name 'A=B'"),
+    ({"environment": {"": "1"}}, "environment: invalid variable name ''"),
+    ({"environment": {"A\0B": "1"}}, "environment: invalid variable name"),
+    ({"environment": {"A": "x\0y"}}, r"environment\['A'\]: the value must not contain NUL"),
+    # retry delays that are not finite numbers would keep a task waiting to retry forever
+    ({"retry_policy": {"max_attempts": 2, "initial_delay": float("nan")}}, "initial_delay"),
+    ({"retry_policy": {"max_attempts": 2, "initial_delay": float("inf"),
+                       "max_delay": float("inf")}}, "initial_delay"),
+    ({"retry_policy": {"max_attempts": 2, "multiplier": float("nan")}}, "multiplier"),
+    # string amounts follow the rules of numbers: 0 is no amount, and 2**62 bounds GPUs too
+    ({"resources": {"cpu": "0"}}, "cpu"),
+    ({"resources": {"cpu": "0m"}}, "cpu"),
+    ({"resources": {"cpu": "0.0"}}, "cpu"),
+    ({"resources": {"memory": "0"}}, "memory"),
+    ({"resources": {"memory": "0Gi"}}, "memory"),
+    ({"resources": {"gpu": 2**70}}, "gpu"),
     ({"labels": "prod"}, "labels"),
     ({"config": ["x"]}, "config"),
     ({"platform": "docker"}, "docker_image"),

@@ -296,6 +296,21 @@ def test_amounts_that_are_not_numbers_of_anything_are_refused(bad) -> None:
         LocalResources(bad)
 
 
+@pytest.mark.parametrize("bad", [{"cpu": "0"}, {"cpu": "0m"}, {"cpu": "0.000"},
+                                 {"memory": "0"}, {"memory": "0Gi"}, {"gpu": 2**70},
+                                 {"gpu": 2**62}])
+def test_string_amounts_follow_the_rules_of_numbers_and_gpus_are_bounded(bad) -> None:
+    """"0" is refused as 0 is (an amount is > 0); a GPU count is bounded by 2**62 like the rest."""
+    from twingraph.errors import ValidationError
+    with pytest.raises(ValidationError, match=next(iter(bad))):
+        component(resources=bad)(lambda: 1)
+    with pytest.raises(ConfigurationError):
+        LocalResources(bad)
+    good = {"cpu": "1m", "memory": "1", "gpu": 2**62 - 1}
+    spec = component(resources=good)(lambda: 1).spec
+    assert resource_amounts(spec.resources) == (1, 1, 2**62 - 1)
+
+
 def test_a_declarative_dag_asking_for_more_than_the_machine_has_fails_before_it_runs() -> None:
     from twingraph import register_component
     from twingraph.engine.dynamic import DAGDefinition, DynamicScheduler, NodeDefinition

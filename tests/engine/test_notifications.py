@@ -1,10 +1,11 @@
 """Notifications on run end: callables and webhooks (a real HTTP server on 127.0.0.1)."""
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 
 from tests.resources import behaviours as b
 from twingraph import pipeline
+from twingraph.core.states import RunState
 
 
 def test_callable_and_webhook_notifications(engine):
@@ -40,3 +41,56 @@ def test_callable_and_webhook_notifications(engine):
     assert [(m["run_id"], m["status"]) for m in received] == [(r1.run_id, "SUCCESS"),
                                                               (r2.run_id, "FAILED")]
     assert "fails-0" in received[1]["failures"]
+
+
+def test_slow_webhooks_share_one_deadline(engine, monkeypatch):
+    """Webhooks are POSTed side by side, and the run waits for them all under one deadline:
+    two hooks that never finish hold it about as long as one, not twice as long. Real HTTP
+    servers on 127.0.0.1 that answer a byte at a time (never silent for a read timeout)."""
+    import time
+
+    from twingraph.engine import notify as notify_module
+
+    stop = threading.Event()
+    posted = []
+
+    class Trickle(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                while not stop.wait(0.1):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+            except OSError:
+                pass
+
+        def log_message(self, *a):
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Trickle) for _ in range(2)]
+    for srv in servers:
+        srv.daemon_threads = True
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    hooks = [f"http://127.0.0.1:{srv.server_address[1]}/hook" for srv in servers]
+    monkeypatch.setattr(notify_module, "WAIT_SECONDS", 1.0, raising=False)
+    try:
+        @pipeline(name="notify_slow", notifications=hooks)
+        def p():
+            return b.quick(x=1)
+
+        t0 = time.monotonic()
+        r = p.run(engine=engine)
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+    assert r.state is RunState.SUCCESS, r.error
+    assert sorted(m["run_id"] for m in posted) == [r.run_id, r.run_id]
+    assert 0.9 <= took < 1.9, took        # one deadline of 1 s (joined in turn: 2 s or more)

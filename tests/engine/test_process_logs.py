@@ -62,3 +62,37 @@ def test_environment_is_applied_in_the_tasks_own_process(engine):
     assert os.environ.get("TG_TASK_VAR") is None and os.environ.get("HOME") != "/tg-home"
     with pytest.raises(ValidationError, match="environment"):
         component(executor="thread", environment={"A": "1"})(lambda: 1)
+
+
+def test_a_variable_that_cannot_be_set_leaves_no_other_behind_in_the_worker():
+    """A task whose environment cannot be set in full fails, and what was set before the failing
+    variable is restored: the next task in the same worker process does not see it."""
+    from twingraph.engine.engine import Engine
+    from twingraph.executors.local import LocalExecutor
+    from twingraph.stores.metadata import MemoryMetadataStore
+    from twingraph.stores.results.memory import MemoryStorage
+
+    eng = Engine(results=MemoryStorage(), metadata=MemoryMetadataStore(), flush_interval=0.01,
+                 executor=LocalExecutor(max_processes=1))       # one worker: both tasks in it
+    try:
+        @pipeline(name="env_unsettable", error_handler="continue", max_parallel=1)
+        def p():
+            b.environment_cannot_be_set()
+            return b.reads_leaked_variable()
+
+        r = p.run(engine=eng)
+        tasks = {t.node_id: t for t in eng.metadata.get_tasks(r.run_id)}
+        assert tasks["environment_cannot_be_set-0"].state.name == "FAILED"
+        assert "UnicodeEncodeError" in tasks["environment_cannot_be_set-0"].error
+
+        @pipeline(name="env_after")
+        def q():
+            return b.reads_leaked_variable()
+
+        later = q.run(engine=eng)
+        assert later.state is RunState.SUCCESS, later.error
+        out = later.value["outputs"]
+        assert out["var"] is None and out["pid"] != os.getpid()
+    finally:
+        eng.close()
+    assert os.environ.get("TG_LEAKED_VAR") is None

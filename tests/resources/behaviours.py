@@ -117,3 +117,17 @@ def logs_then_hangs(n):
 def reads_environment(x):
     return {"var": os.environ.get("TG_TASK_VAR"), "home": os.environ.get("HOME"),
             "pid": os.getpid()}
+
+
+# A variable a process environment cannot hold that ``environment=`` still lets through (a lone
+# surrogate has no bytes: ``os.environ`` raises UnicodeEncodeError): setting it fails in the
+# worker, after TG_LEAKED_VAR, set before it, is already in the worker's environment.
+@component(cache=False, environment={"TG_LEAKED_VAR": "from-the-first-task",
+                                     "TG_UNSETTABLE": "\ud800"})
+def environment_cannot_be_set():
+    return "never runs"
+
+
+@component(cache=False, executor="process")
+def reads_leaked_variable():
+    return {"var": os.environ.get("TG_LEAKED_VAR"), "pid": os.getpid()}

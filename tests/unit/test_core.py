@@ -57,6 +57,24 @@ def test_bad_retry_policies(bad):
         RetryPolicy.parse(bad)
 
 
+@pytest.mark.parametrize("name, bad", [
+    ("initial_delay", {"initial_delay": float("nan")}),
+    ("initial_delay", {"initial_delay": float("inf"), "max_delay": float("inf")}),
+    ("max_delay", {"max_delay": float("nan")}),
+    ("max_delay", {"max_delay": float("inf")}),
+    ("multiplier", {"multiplier": float("nan")}),
+    ("multiplier", {"multiplier": float("inf")}),
+    ("jitter", {"jitter": float("nan")}),
+    ("jitter", {"jitter": float("-inf")}),
+])
+def test_retry_delays_must_be_finite_numbers(name, bad):
+    # NaN passed ``v < 0`` (every comparison with it is False): a task then waited forever
+    with pytest.raises(ValidationError, match=rf"retry_policy\.{name} must be a finite number >= 0"):
+        RetryPolicy.parse({"max_attempts": 2, **bad})
+    assert RetryPolicy.parse({"max_attempts": 2, "initial_delay": 0, "max_delay": 0,
+                              "multiplier": 0, "jitter": 0}).delay(1) == 0
+
+
 def test_validate_dag_orders_and_names_problems():
     order = validate_dag({"a": [], "b": ["a"], "c": ["a", "b"]})
     assert order.index("a") < order.index("b") < order.index("c")
@@ -215,3 +233,9 @@ def test_fencing_tokens_of_a_later_driver_are_above_any_of_an_earlier_one():
     RetryPolicy.parse({"max_attempts": MAX_ATTEMPTS})
     with pytest.raises(ValidationError, match="from 1 to 9999"):
         RetryPolicy.parse({"max_attempts": MAX_ATTEMPTS + 1})
+
+
+def test_a_late_exponential_attempt_waits_max_delay_instead_of_overflowing():
+    p = RetryPolicy.parse({"max_attempts": 5000, "backoff": "exponential", "initial_delay": 1,
+                           "max_delay": 30, "jitter": False})
+    assert p.delay(1025) == 30 and p.delay(4999) == 30

@@ -8,6 +8,7 @@ qualified), so ``'TimeoutError'`` also matches ``TaskTimeout``. Randomness is in
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -70,8 +71,9 @@ class RetryPolicy:
             raise ValidationError("retry_policy.backoff must be 'fixed' or 'exponential'")
         for name in ("initial_delay", "max_delay", "multiplier", "jitter"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or v < 0:
-                raise ValidationError(f"retry_policy.{name} must be a number >= 0")
+            # NaN compares False with everything, so ``v < 0`` alone would let it (and inf) in.
+            if not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ValidationError(f"retry_policy.{name} must be a finite number >= 0")
         if self.max_delay < self.initial_delay:
             raise ValidationError("retry_policy.max_delay must be >= initial_delay")
 
@@ -90,7 +92,10 @@ class RetryPolicy:
         if self.backoff == "fixed":
             base = self.initial_delay
         else:
-            base = self.initial_delay * self.multiplier ** (attempt - 1)
+            try:
+                base = self.initial_delay * self.multiplier ** (attempt - 1)
+            except OverflowError:        # a late attempt of a long policy: capped below
+                base = self.max_delay
         base = min(base, self.max_delay)
         if self.jitter and base > 0:
             r = (rng or random).uniform(-self.jitter, self.jitter)

@@ -49,18 +49,34 @@ def _positive(name: str, value: Any, *, allow_none: bool = False) -> float | Non
     return float(value)
 
 
+def _environment(value: Any) -> dict[str, str]:
+    """``environment=``: names and values a process environment can hold. A name that is empty
+    or holds "=" or NUL, or a value holding NUL, cannot be set (``os.environ`` raises): refused
+    here, at definition, rather than failing the task in its worker."""
+    env = _dict("environment", value, str_values=True)
+    for k, v in env.items():
+        if not k or "=" in k or "\0" in k:
+            raise ValidationError(f"environment: invalid variable name {k!r} "
+                                  "(it must be non-empty, without '=' or NUL)")
+        if "\0" in v:
+            raise ValidationError(f"environment[{k!r}]: the value must not contain NUL")
+    return env
+
+
 def validate_resources(value: Any) -> dict[str, Any]:
     res = _dict("resources", value)
     for k, v in res.items():
         if k == "cpu":
+            # A string amount follows the rules of a number: "0" or "0m" is no more a CPU than 0.
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < _HUGE \
-                or isinstance(v, str) and bool(_CPU.match(v)) and float(v.rstrip("m")) < _HUGE
+                or isinstance(v, str) and bool(_CPU.match(v)) \
+                and 0 < float(v[:-1] if v.endswith("m") else v) < _HUGE
         elif k == "memory":
             m = _MEM.match(v) if isinstance(v, str) else None
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < _HUGE \
-                or m is not None and float(v[:m.start(2)] if m.group(2) else v) < _HUGE
+                or m is not None and 0 < float(v[:m.start(2)] if m.group(2) else v) < _HUGE
         elif k == "gpu":
-            ok = isinstance(v, (int, bool)) and (v is True or v is False or v >= 0)
+            ok = isinstance(v, (int, bool)) and (v is True or v is False or 0 <= v < _HUGE)
         else:
             raise ValidationError(f"resources: unknown key {k!r} (allowed: cpu, memory, gpu)")
         if not ok:
@@ -122,7 +138,7 @@ class ComponentSpec:
             raise ValidationError(f"executor must be one of {', '.join(LOCAL_MODES)}; got {executor!r}")
         if not isinstance(cache, bool):
             raise ValidationError("cache must be True or False")
-        env = _dict("environment", environment, str_values=True)
+        env = _environment(environment)
         if env and platform == "local" and executor in ("thread", "inline"):
             # Threads share one os.environ: a task's own variables need its own process.
             raise ValidationError(f"environment needs its own process: executor={executor!r} "

@@ -186,9 +186,15 @@ class Engine:
 
         def run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             import os
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
+            # Set one by one inside the ``try``, remembering each variable once it is set: if
+            # one cannot be set (the task fails), those set before it are still restored, and
+            # never leak into the next task this worker runs.
+            saved: dict[str, str | None] = {}
             try:
+                for k, value in env.items():
+                    old = os.environ.get(k)
+                    os.environ[k] = value
+                    saved[k] = old
                 return invoke(fn, args, kwargs)
             finally:
                 for k, v in saved.items():

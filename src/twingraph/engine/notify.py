@@ -10,11 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
 log = logging.getLogger("twingraph.notify")
+
+#: How long ``notify(wait=True)`` waits, in all, for its webhooks (each POST has its own timeout,
+#: ``POST_TIMEOUT``, which bounds each read, not a whole response).
+WAIT_SECONDS = 12.0
+POST_TIMEOUT = 10.0
 
 
 def _targets(spec: Any, status: str) -> list[Any]:
@@ -37,7 +43,8 @@ def _post(url: str, summary: dict[str, Any]) -> None:
                                  headers={"Content-Type": "application/json",
                                           "User-Agent": "twingraph-notify"})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - user-configured URL
+        # the URL is user-configured (hence the noqa)
+        with urllib.request.urlopen(req, timeout=POST_TIMEOUT) as resp:  # noqa: S310
             resp.read()
     except Exception as exc:  # noqa: BLE001
         log.warning("notification to %s failed: %s", url, exc)
@@ -57,6 +64,9 @@ def notify(spec: Any, *, summary: dict[str, Any], wait: bool = False) -> list[th
             t.start()
             threads.append(t)
     if wait:
+        # One deadline for them all: they run side by side, so N slow hooks hold the run about
+        # as long as one (not N times as long, joined one after another).
+        deadline = time.monotonic() + WAIT_SECONDS
         for t in threads:
-            t.join(12)
+            t.join(max(0.0, deadline - time.monotonic()))
     return threads
