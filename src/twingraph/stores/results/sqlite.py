@@ -138,6 +138,14 @@ def _insert_many(conn: sqlite3.Connection) -> tuple[str, int] | None:
 _ONLY_STR = frozenset({str})
 
 
+def _encodes(key: str) -> bool:
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def k64(key: str) -> int:
     """The signed 8-byte integer ``key`` is indexed under: its CRC-32 and Adler-32 side by
     side. Stored in every row: it must never change. Not a cryptographic hash, and it need not
@@ -535,18 +543,17 @@ class SQLiteStorage(ResultStoreBase):
         conn = self._conn()
         # Keys are bound as parameters, never spliced into SQL: a string that ``put`` would
         # refuse as a key is simply not found. Checking each one's characters cost ~0.3 µs a
-        # key on the scheduler's hot path; only a key that is not a string (or one with a lone
-        # surrogate, which cannot be bound) is an error here.
+        # key on the scheduler's hot path; only a key that is not a string is an error here.
         if (len(keys) != 1 or type(keys[0]) is not str) and \
                 not _ONLY_STR.issuperset(map(type, keys)):
             for k in keys:
                 validate_key(k)            # raises StorageError
         try:
             return self._lookup(keys, conn)
-        except UnicodeEncodeError:         # a lone surrogate: raised as for any invalid key
-            for k in keys:
-                validate_key(k)
-            raise
+        except UnicodeEncodeError:
+            # A lone surrogate cannot be encoded (nor stored): not found either. Whether the
+            # key index had ruled it out before it was encoded must not change the answer.
+            return self._lookup([k for k in keys if _encodes(k)], conn)
 
     def _lookup(self, keys: Sequence[str], conn: sqlite3.Connection) -> dict[str, str]:
         out: dict[str, str] = {}
