@@ -77,7 +77,6 @@ class Recorder:
         self._flushing = False
         self._child: WriterProcess | None = None       # writes go there once it is set
         self._unacked: deque[tuple[Sequence[Record], Sequence[PutResult], int]] = deque()
-        self._failed: BaseException | None = None      # first error not raised yet
         self._batches = itertools.count(1)              # numbers the batches sent as frames
         self._bad_batch = 0                             # the last one with a failed frame
         self._offload = "off"          # off -> starting -> on | failed; or unavailable
@@ -250,7 +249,6 @@ class Recorder:
                     self._write(records, results, large)
                 else:
                     self._drain()         # nothing new: collect what the writer process did
-                    self._raise_failure()
             except BaseException as exc:  # noqa: BLE001 - surfaced by flush()
                 again = tries + 1 < WRITE_RETRIES and not self._closed and (records or results)
                 if again:
@@ -299,7 +297,6 @@ class Recorder:
                 self._send(child, (), part, batch)
             for part in _frames(records, FRAME_MAX):
                 self._send(child, part, (), batch)
-        self._raise_failure()
 
     def _write_here(self, records: Sequence[Record], results: Sequence[Any]) -> None:
         if results and self.results is not None:
@@ -332,8 +329,8 @@ class Recorder:
             self.on_stale(stale)
 
     # -- batches written by the writer process (engine.writer) ---------------------------------
-    # Errors of batches answered while another is handled are kept (``_fail``) and raised
-    # once that one is done (``_raise_failure``): one batch's failure loses no other batch.
+    # A batch answered with an error is kept for the runs it held records of (``_fail``),
+    # whose flushes raise it: one batch's failure loses no other batch.
 
     def _send(self, child: WriterProcess, records: Sequence[Record],
               results: Sequence[Any], batch: int) -> None:
@@ -391,7 +388,7 @@ class Recorder:
             return
         if reply[0] == "error":
             self._bad_batch = batch
-            self._fail(reply[1])
+            self._fail(reply[1], _records, results)
             return
         _, stale, rows = reply
         note = getattr(self.results, "note_written", None)
@@ -413,7 +410,7 @@ class Recorder:
             try:
                 self._write_here_of(batch, records, results)
             except Exception as exc:  # noqa: BLE001 - kept; the other batches are written
-                self._fail(exc)
+                self._fail(exc, records, results)
 
     def _write_here_of(self, batch: int, records: Sequence[Record],
                        results: Sequence[PutResult]) -> None:
@@ -426,14 +423,13 @@ class Recorder:
             self._bad_batch = batch
             raise
 
-    def _fail(self, exc: BaseException) -> None:
-        if self._failed is None:
-            self._failed = exc
-
-    def _raise_failure(self) -> None:
-        exc, self._failed = self._failed, None
-        if exc is not None:
-            raise exc
+    def _fail(self, exc: BaseException, records: Sequence[Any], results: Sequence[Any]) -> None:
+        """A batch the writer process answered with an error (or that could not be written
+        here after it died): its runs' flushes raise it (not retried: decision 0001)."""
+        log.error("recorder: a batch failed in the writer process: %s: %s",
+                  type(exc).__name__, exc)
+        with self._cv:
+            self._blame(exc, records, results)
 
 
 _RANKS = {"RunRecord": 0, "TaskRecord": 1, "TaskUpdate": 2, "AttemptRecord": 3,
