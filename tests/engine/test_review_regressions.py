@@ -705,3 +705,50 @@ def test_a_process_task_error_keeps_its_traceback_in_the_error_event():
     (ev,) = events
     assert "in helper" in ev["traceback"] and ev["traceback"].rstrip().endswith("ValueError: bad thing")
     eng.close()
+
+
+def test_futures_behave_like_their_values_in_operators_sets_and_iteration():
+    eng = _engine()
+
+    @component
+    def value(v):
+        return v
+
+    @pipeline(name="future_ops")
+    def p():
+        c = value(v=3)["outputs"]["result"]
+        f = value(v=0.5)["outputs"]["result"]
+        s = value(v="bob")["outputs"]["result"]
+        tags = value(v={"a", "b"})["outputs"]["result"]
+        return {"mixed": (c + 1.5, c * 0.5, f + c, 1.5 + c), "text": "hi " + s,
+                "round": round(f + c), "divmod": divmod(c, 2), "rdivmod": divmod(7, c),
+                "in_set": c in {1, 2, 3}, "as_key": {3: "three"}.get(c),
+                "iterated": sorted(tags)}
+
+    r = p.run(engine=eng)
+    assert r.state is RunState.SUCCESS, r.error
+    assert r.value == {"mixed": (4.5, 1.5, 3.5, 4.5), "text": "hi bob", "round": 4,
+                       "divmod": (1, 1), "rdivmod": (2, 1), "in_set": True, "as_key": "three",
+                       "iterated": ["a", "b"]}
+    eng.close()
+
+
+def test_a_class_component_is_not_given_the_lineage_arguments_in_a_pipeline():
+    from twingraph import BaseComponent
+
+    class Doubler(BaseComponent):
+        def execute(self, data):
+            return {"doubled": [2 * v for v in data]}
+
+    eng = _engine()
+
+    @pipeline(name="class_lineage")
+    def p():
+        raw = echo(x=[1, 2, 3])
+        return Doubler()(data=raw["outputs"]["result"], parent_hash=raw["hash"])
+
+    assert Doubler()(data=[1], parent_hash="abc") == {"doubled": [2]}      # plain call
+    r = p.run(engine=eng)
+    assert r.state is RunState.SUCCESS, r.error
+    assert r.value["outputs"]["doubled"] == [2, 4, 6]
+    eng.close()

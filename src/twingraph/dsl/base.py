@@ -143,4 +143,6 @@ class BaseComponent(abc.ABC):
         return run.call(self.spec, self._task, args, kwargs)
 
     def _task(self, *args: Any, **kwargs: Any) -> Any:
+        for k in LINEAGE_KWARGS:        # as in a plain call: lineage is the engine's, not execute's
+            kwargs.pop(k, None)
         return self.run(*args, **kwargs)

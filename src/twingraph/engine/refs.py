@@ -11,7 +11,8 @@ task's error, if it failed).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 
@@ -52,9 +53,9 @@ class Ref:
 
     def __iter__(self) -> Any:
         value = self.result()
-        if isinstance(value, dict):
-            return iter(list(value))
-        return _items(self._run, self._task, self._path, len(value))
+        if isinstance(value, (list, tuple)):     # items as futures, each its own input
+            return _items(self._run, self._task, self._path, len(value))
+        return iter(list(value))                  # a dict's keys, a set's items, ...
 
     def __len__(self) -> int:
         return len(self.result())
@@ -85,7 +86,8 @@ class Ref:
         return self.result().__index__()
 
     def __hash__(self) -> int:
-        return hash((id(self._task), self._path))
+        # As ``==`` compares values, so does the hash (``c in {1, 2, 3}``, ``d.get(c)``).
+        return hash(self.result())
 
     def __eq__(self, other: Any) -> bool:
         return self.result() == _concrete(other)
@@ -121,19 +123,28 @@ def _concrete(v: Any) -> Any:
     return v.result() if type(v) is Ref else v
 
 
-def _binop(name: str) -> Any:
+def _binop(fn: Callable[[Any, Any], Any], name: str, reflected: bool) -> Any:
+    # Through the operator, not the value's own method: ``int.__add__(1.5)`` is
+    # NotImplemented, and ``str`` has no ``__radd__``; the operator tries both sides.
     def op(self: Ref, other: Any) -> Any:
-        return getattr(self.result(), name)(_concrete(other))
+        mine, theirs = self.result(), _concrete(other)
+        return fn(theirs, mine) if reflected else fn(mine, theirs)
     op.__name__ = name
     return op
 
 
-for _n in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor",
-           "matmul"):
-    setattr(Ref, f"__{_n}__", _binop(f"__{_n}__"))
-    setattr(Ref, f"__r{_n}__", _binop(f"__r{_n}__"))
+for _n, _fn in (("add", operator.add), ("sub", operator.sub), ("mul", operator.mul),
+                ("truediv", operator.truediv), ("floordiv", operator.floordiv),
+                ("mod", operator.mod), ("pow", operator.pow), ("and", operator.and_),
+                ("or", operator.or_), ("xor", operator.xor), ("matmul", operator.matmul),
+                ("lshift", operator.lshift), ("rshift", operator.rshift), ("divmod", divmod)):
+    setattr(Ref, f"__{_n}__", _binop(_fn, f"__{_n}__", False))
+    setattr(Ref, f"__r{_n}__", _binop(_fn, f"__r{_n}__", True))
 setattr(Ref, "__neg__", lambda self: -self.result())
+setattr(Ref, "__pos__", lambda self: +self.result())
 setattr(Ref, "__abs__", lambda self: abs(self.result()))
+setattr(Ref, "__invert__", lambda self: ~self.result())
+setattr(Ref, "__round__", lambda self, ndigits=None: round(self.result(), ndigits))
 
 
 def find_refs(value: Any, out: list[Ref]) -> None:
