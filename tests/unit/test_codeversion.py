@@ -325,3 +325,23 @@ def test_user_module_held_in_a_closure_cell(load):
     a = load(main, h=HELPER.replace("{inc}", "1"))
     b = load(main, h=HELPER.replace("{inc}", "2"))
     assert code_version(a.f) != code_version(b.f)
+
+
+DECORATED = """
+def deco(**settings):
+    return lambda fn: fn
+
+@deco(labels={labels}, timeout={timeout})
+def scale(x):
+    return x * {factor}
+"""
+
+
+def test_decorator_settings_are_not_part_of_the_version(load):
+    # labels, timeouts and retry policies change how a task runs, not what it computes (the
+    # settings that do are the key's config): changing one must not re-run the component
+    def version(labels="{'team': 'a'}", timeout="10", factor="2"):
+        src = DECORATED.replace("{labels}", labels).replace("{timeout}", timeout)
+        return code_version(load(src.replace("{factor}", factor)).scale)
+    assert version() == version(labels="{'team': 'b'}") == version(timeout="60")
+    assert version() != version(factor="3")          # the function's own text still counts

@@ -50,6 +50,7 @@ import re
 import site
 import sys
 import sysconfig
+import textwrap
 import types
 import weakref
 from collections import deque
@@ -359,12 +360,29 @@ def _own_text(code: types.CodeType) -> bytes:
     if got is not None:
         return got
     try:
-        text = inspect.getsource(code).encode("utf-8", "surrogatepass")
+        text = _without_decorators(inspect.getsource(code)).encode("utf-8", "surrogatepass")
         if code.co_name == "<lambda>":
             text += b"\0" + _code_bytes(code, with_bytecode=False)
     except Exception:           # OSError, TypeError, IndexError from broken files...
         text = b"\0bytecode\0" + _code_bytes(code)
     return _TEXT_CACHE.put(code, text)
+
+
+def _without_decorators(src: str) -> str:
+    """A function's source from its ``def`` line on. A decorated function's source starts at
+    its first decorator, and ``@component(labels=..., timeout=...)`` holds settings that do
+    not change what the function computes (those that do are in the key's config): changing
+    a label must not re-run the component. Text that does not parse is kept whole."""
+    if not src.lstrip().startswith("@"):
+        return src
+    try:
+        tree = ast.parse(textwrap.dedent(src))
+    except SyntaxError:
+        return src
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return src
+    return "".join(src.splitlines(keepends=True)[node.lineno - 1:])
 
 
 def _class_source(c: type) -> str | None:
