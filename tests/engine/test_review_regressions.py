@@ -752,3 +752,44 @@ def test_a_class_component_is_not_given_the_lineage_arguments_in_a_pipeline():
     assert r.state is RunState.SUCCESS, r.error
     assert r.value["outputs"]["doubled"] == [2, 4, 6]
     eng.close()
+
+
+def test_a_failed_future_raises_an_error_of_the_tasks_own_type_in_the_body():
+    from twingraph.errors import NodeExecutionError
+
+    @component
+    def risky(x):
+        if x < 0:
+            raise ValueError("negative input")
+        return x
+
+    class Picky(Exception):
+        def __init__(self, a, b):            # cannot be built from a message: plain error
+            super().__init__(f"{a}/{b}")
+
+    @component
+    def picky():
+        raise Picky(1, 2)
+
+    seen = {}
+
+    @pipeline(name="own_type", error_handler="continue")
+    def p():
+        try:
+            risky(x=-1)["outputs"]["result"].result()
+        except ValueError as exc:                # as a plain call would be caught
+            seen["value"] = exc
+        try:
+            picky()["outputs"]["result"].result()
+        except NodeExecutionError as exc:
+            seen["picky"] = exc
+        return echo(x=0)
+
+    eng = _engine()
+    r = p.run(engine=eng)
+    assert r.state is RunState.SUCCESS, r.error
+    err = seen["value"]
+    assert isinstance(err, NodeExecutionError) and err.node_id == "risky-0"
+    assert type(err.__cause__) is ValueError and "negative input" in str(err)
+    assert type(seen["picky"]) is NodeExecutionError and type(seen["picky"].__cause__) is Picky
+    eng.close()

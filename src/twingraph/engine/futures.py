@@ -117,8 +117,8 @@ class BodySide:
             err = task.error
             if isinstance(err, NodeExecutionError):
                 return err
-            out = NodeExecutionError(f"task {task.node_id} failed: {type(err).__name__}: {err}",
-                                     node_id=task.node_id, error_type=type(err).__name__)
+            out = _task_error(err, task.node_id) if err is not None else \
+                NodeExecutionError(f"task {task.node_id} failed", node_id=task.node_id)
             out.__cause__ = err
             return out
         if task.state is SKIPPED:
@@ -154,3 +154,32 @@ class BodySide:
                 "rate": rate,
                 "running_nodes": [t.node_id for t in list(self.tasks.values())
                                   if t.state is RUNNING][:20]}
+
+
+_AS_TASK_ERROR: dict[type, type | None] = {}
+
+
+def _task_error(err: BaseException, node_id: str) -> NodeExecutionError:
+    """The error ``future.result()`` raises for a task that raised ``err``: a
+    ``NodeExecutionError`` (node id, error type) that is also an instance of ``err``'s class,
+    so ``except ValueError`` in a pipeline body catches what it would catch in a plain call.
+    A class that cannot be combined so (a layout conflict, a constructor that needs more than
+    a message) gives a plain ``NodeExecutionError``; ``__cause__`` is ``err`` either way."""
+    message = f"task {node_id} failed: {type(err).__name__}: {err}"
+    cls = type(err)
+    if cls in _AS_TASK_ERROR:
+        sub = _AS_TASK_ERROR[cls]
+    else:
+        try:
+            sub = type(cls.__name__, (NodeExecutionError, cls),
+                       {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+        except TypeError:
+            sub = None
+        _AS_TASK_ERROR[cls] = sub
+    if sub is not None:
+        try:
+            out: NodeExecutionError = sub(message, node_id=node_id, error_type=cls.__name__)
+            return out
+        except Exception:  # noqa: BLE001 - its constructor wants other arguments
+            pass
+    return NodeExecutionError(message, node_id=node_id, error_type=cls.__name__)
