@@ -109,3 +109,31 @@ def test_stream_requests_that_must_be_refused(client: TestClient, tmp_path: Path
     assert client.get("/api/v1/stream/status?execution_id=job_nope").status_code == 404
     assert client.post("/api/v1/stream/stop", json={"execution_id": "job_nope"}).status_code == 404
     assert client.post("/jobs/submit", json={"entrypoint": "os:getcwd"}).status_code == 422
+
+
+def test_latest_restores_only_a_checkpoint_this_server_recorded(client: TestClient,
+                                                                 tmp_path: Path) -> None:
+    """'latest' is the newest checkpoint of a directory the client's config names: a real
+    checkpoint copied (planted) there is refused, since restoring unpickles operator state."""
+    import shutil
+    r = client.post("/api/v1/stream/run", json={
+        "pipeline": "word_counts", "mode": "async",
+        "config": {"checkpoints": str(tmp_path / "ck_own"), "n": 5000, "delay_s": 0.002,
+                   "key": "planted_src"}})
+    job = r.json()["data"]
+    deadline = time.monotonic() + 30
+    while not sys.modules["stream_app"].SINKS["planted_src"].results:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stop = client.post("/api/v1/stream/stop", json={"execution_id": job["execution_id"],
+                                                     "timeout": 30, "with_savepoint": True})
+    savepoint = Path(stop.json()["data"]["savepoint_path"])
+    shutil.copytree(savepoint, tmp_path / "planted" / "chk-00000099")
+    planted = client.post("/api/v1/stream/run", json={
+        "pipeline": "word_counts", "restore_from": "latest",
+        "config": {"checkpoints": str(tmp_path / "planted"), "n": 10, "key": "planted"}})
+    assert planted.status_code == 422 and "not a checkpoint this server recorded" in planted.text
+    fresh = client.post("/api/v1/stream/run", json={          # nothing there yet: starts anew
+        "pipeline": "word_counts", "restore_from": "latest", "mode": "sync", "timeout": 60,
+        "config": {"checkpoints": str(tmp_path / "fresh"), "n": 10, "key": "fresh"}})
+    assert fresh.status_code == 201, fresh.text

@@ -27,6 +27,7 @@ from twingraph.errors import ConfigurationError, NotFoundError, ValidationError
 from twingraph.server.deps import services
 from twingraph.server.envelope import ERROR_RESPONSES, ApiError, iso, ok
 from twingraph.service import Services
+from twingraph.stream.checkpoints import CheckpointStorage
 from twingraph.stream.jobs import JobManager, JobRecord
 
 MAX_CONFIG_BYTES = 64 * 1024
@@ -52,6 +53,23 @@ class LoadedOnly(JobManager):
             raise ValidationError("restore_from must be 'latest' or a checkpoint/savepoint "
                                   "recorded by this server (see GET /jobs/{job_id}/status)")
         return super().submit(entrypoint, args, restore_from, job_id=job_id)
+
+    def approve_restore(self, graph: Any, restore_from: str | None) -> str | None:
+        # 'latest' is the newest checkpoint of the job's checkpoint directory, which the
+        # client's arguments choose: it is resolved here, and only a checkpoint this server
+        # wrote and recorded is restored (a file planted there would be unpickled as state).
+        if restore_from != "latest":
+            return restore_from
+        directory = graph.checkpoint.directory
+        if directory is None or not Path(directory).is_dir():
+            return restore_from         # nothing to restore from: the job says so itself
+        latest = CheckpointStorage(directory).latest()
+        if latest is None:
+            return None
+        if not self._recorded(str(latest)):
+            raise ValidationError(f"restore_from='latest' found {latest}, which is not a "
+                                  "checkpoint this server recorded")
+        return str(latest)
 
     def _recorded(self, path: str) -> bool:
         if self.registry is None:
