@@ -98,7 +98,11 @@ def test_bad_submissions_and_unknown_jobs(jobmanager: tuple[str, JobManager]) ->
         assert c.post("/jobs/submit", json={"entrypoint": "os.system"}).status_code == 422  # no ':'
         assert c.post("/jobs/submit", json={"entrypoint": "no_such_module_x:f"}).status_code == 422
         assert c.post("/jobs/submit", json={"entrypoint": "stream_jobs_entry:not_a_job"}).status_code == 422
-        assert c.post("/jobs/submit", content=b"\x80\x04pickle", headers={"content-type": "application/octet-stream"}).status_code == 422
+        assert c.post("/jobs/submit", content=b"\x80\x04pickle", headers={"content-type": "application/octet-stream"}).status_code == 415
+        # a web page can POST text/plain to a loopback server without a CORS preflight
+        plain = c.post("/jobs/submit", content=b'{"entrypoint": "stream_jobs_entry:slow_count"}',
+                       headers={"content-type": "text/plain", "origin": "http://evil.example"})
+        assert plain.status_code == 415
         assert c.get("/jobs/job_nope/status").status_code == 404
         assert c.post("/jobs/job_nope/cancel").status_code == 404
         assert c.get("/jobs").json() == {"jobs": []}

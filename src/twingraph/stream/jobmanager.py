@@ -138,6 +138,11 @@ def create_router(manager: JobManager, *,
             blob = await _job_file(request)
             graph = _load_graph(blob)
             return await run_in_threadpool(started, lambda: manager.submit_graph(graph, blob=blob))
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            # A web page may POST text/plain to a loopback server without a CORS preflight:
+            # only JSON declared as JSON starts a job (as on the routes with a body model).
+            raise HTTPException(415, "submit an entry point as application/json, or a job "
+                                     "graph as multipart/form-data")
         try:
             body = SubmitJob.model_validate_json(await _bounded_body(request, MAX_ARGS_BYTES * 2))
         except PydanticValidationError as exc:
