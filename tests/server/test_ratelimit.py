@@ -60,6 +60,8 @@ def test_bulk_operations_have_their_own_budget(svc: Services) -> None:
     assert resp.status_code != 429 and resp.headers["X-RateLimit-Limit"] == "1"
     assert resp.headers["X-RateLimit-Remaining"] == "0"
     assert c.post("/api/v1/execute-dynamic", json={}).status_code == 429
+    # the router also takes the path with a final newline: it is the same bulk route
+    assert c.post("/api/v1/execute-dynamic%0A", json={}).status_code == 429
     assert c.post("/api/v1/schedules/sch_x/backfill", json={"count": 1}).status_code == 429
     for _ in range(2):                  # the default budget was not touched by bulk requests
         resp = c.get("/api/v1/projects")

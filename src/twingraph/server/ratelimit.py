@@ -139,7 +139,10 @@ class RateLimiter:
         """``('bulk'|'default', item)`` that ``method path`` is charged to, or None."""
         if path in EXEMPT_PATHS:
             return None
-        if any(m == method and p.fullmatch(path) for m, p in self.bulk_routes):
+        # The router's patterns end in ``$``, which also matches before a final newline
+        # (``/api/v1/execute-dynamic%0A`` reaches the handler): matched the same way here.
+        routed = path[:-1] if path.endswith("\n") else path
+        if any(m == method and p.fullmatch(routed) for m, p in self.bulk_routes):
             return ("bulk", self.bulk) if self.bulk is not None else None
         return ("default", self.default) if self.default is not None else None
 
