@@ -207,6 +207,8 @@ def test_jwt_bearer_tokens(client: TestClient, rsa_pair: tuple[Any, str]) -> Non
     legacy = token(sub=None, user_id="bob")          # twingraph-architecture.md's claim name
     assert client.get("/test/whoami", headers=bearer(legacy)).json()["id"] == "jwt:bob"
     assert client.get("/test/whoami", headers=bearer(token(rsa_pair[0], "RS256"))).status_code == 200
+    odd = client.get("/test/whoami", headers=bearer(token(roles=[{"a": 1}, "write"])))
+    assert odd.status_code == 200 and odd.json()["roles"] == ["write"]   # not a 500
 
 
 @pytest.mark.parametrize("bad, why", [

@@ -137,3 +137,19 @@ def test_latest_restores_only_a_checkpoint_this_server_recorded(client: TestClie
         "pipeline": "word_counts", "restore_from": "latest", "mode": "sync", "timeout": 60,
         "config": {"checkpoints": str(tmp_path / "fresh"), "n": 10, "key": "fresh"}})
     assert fresh.status_code == 201, fresh.text
+
+
+def test_unreadable_configs_and_stream_errors_are_bad_input(client: TestClient, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
+    (tmp_path / "bad.json").write_text("{nope")
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
+    for name in ("bad.yaml", "bad.json", "bin.yaml"):
+        r = client.post("/api/v1/stream/run", json={"pipeline": "word_counts", "config": name})
+        assert r.status_code == 422 and "cannot be read" in r.text, (name, r.text)
+    blocked = tmp_path / "file"
+    blocked.write_text("x")                         # a checkpoint "directory" under a file
+    r = client.post("/api/v1/stream/run", json={"pipeline": "word_counts",
+                                                "config": {"checkpoints": str(blocked / "ck")}})
+    assert r.status_code == 422, r.text

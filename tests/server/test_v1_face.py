@@ -223,6 +223,10 @@ def test_schedule_fires_and_backfill_respects_max_concurrency(app_client: TestCl
     assert r.status_code == 201, r.text
     sched = r.json()["data"]
     assert sched["id"].startswith("sched_") and sched["next_run_at"]
+    huge = c.post("/api/v1/schedules", json={"project_id": project, "pipeline_id": "sum_numbers",
+                                             "kind": "INTERVAL", "expression": "1s",
+                                             "timeout_seconds": 10**30})
+    assert huge.status_code == 422, huge.text                  # not a 500 from the database
     time.sleep(2.6)
     c.post(f"/api/v1/schedules/{sched['id']}/disable")
     fired = c.get(f"/api/v1/runs?schedule_id={sched['id']}").json()

@@ -138,7 +138,7 @@ class JWTVerifier:
         raw = claims.get("roles", ["read"])
         roles = raw.split() if isinstance(raw, str) else raw if isinstance(raw, list) else []
         return Principal(f"jwt:{subject}", "jwt", subject,
-                         frozenset(r for r in roles if r in _RANK))
+                         frozenset(r for r in roles if isinstance(r, str) and r in _RANK))
 
 
 @dataclass(frozen=True)

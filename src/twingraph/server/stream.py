@@ -23,7 +23,7 @@ import yaml
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from twingraph.errors import ConfigurationError, NotFoundError, ValidationError
+from twingraph.errors import ConfigurationError, NotFoundError, StreamError, ValidationError
 from twingraph.server.deps import services
 from twingraph.server.envelope import ERROR_RESPONSES, ApiError, iso, ok
 from twingraph.service import Services
@@ -162,10 +162,14 @@ def read_config(config: str | dict[str, Any] | None) -> dict[str, Any]:
             raise ValidationError(f"config {config!r} is outside the server's working directory")
         if not path.is_file():
             raise NotFoundError(f"config file {config!r} not found")
-        text = path.read_text()[:MAX_CONFIG_BYTES + 1]
-        if len(text) > MAX_CONFIG_BYTES:
-            raise ValidationError(f"config file larger than {MAX_CONFIG_BYTES} bytes")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        try:
+            text = path.read_text()[:MAX_CONFIG_BYTES + 1]
+            if len(text) > MAX_CONFIG_BYTES:
+                raise ValidationError(f"config file larger than {MAX_CONFIG_BYTES} bytes")
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+            raise ValidationError(f"config file {config!r} cannot be read: "
+                                  f"{type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise ValidationError("config must be a mapping of keyword arguments")
     return data
@@ -200,6 +204,8 @@ async def run_stream(request: Request, body: StreamRun) -> Any:
             return manager.submit(entrypoint, read_config(body.config), body.restore_from)
         except ConfigurationError as exc:             # all task slots busy
             raise ApiError(409, str(exc)) from exc
+        except StreamError as exc:       # e.g. a checkpoint directory that cannot be made
+            raise ValidationError(str(exc)) from exc
     rec = await asyncio.to_thread(submit)
     if body.mode == "sync" and not await _wait(rec, body.timeout):
         raise ApiError(504, f"stream execution {rec.job_id} still running after {body.timeout:g} s",

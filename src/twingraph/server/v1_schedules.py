@@ -21,6 +21,9 @@ from twingraph.service.schedules import ScheduledRuns
 
 router = APIRouter(prefix="/api/v1", tags=["schedules"], responses=ERROR_RESPONSES)
 
+#: A run's timeout at most (ten years): larger values overflow the database's integers.
+MAX_TIMEOUT_SECONDS = 10 * 365 * 24 * 3600
+
 
 class ScheduleIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -31,7 +34,7 @@ class ScheduleIn(BaseModel):
     timezone: str = "UTC"
     enabled: bool = True
     max_concurrency: int = Field(1, ge=1, le=1000)
-    timeout_seconds: int | None = Field(None, ge=1)
+    timeout_seconds: int | None = Field(None, ge=1, le=MAX_TIMEOUT_SECONDS)
     overlap_policy: Literal["skip", "allow"] = "skip"
     catchup: bool = False
     params: dict[str, Any] = Field(default_factory=dict)
@@ -45,7 +48,7 @@ class SchedulePatch(BaseModel):
     timezone: str | None = None
     enabled: bool | None = None
     max_concurrency: int | None = Field(None, ge=1, le=1000)
-    timeout_seconds: int | None = Field(None, ge=1)
+    timeout_seconds: int | None = Field(None, ge=1, le=MAX_TIMEOUT_SECONDS)
     overlap_policy: Literal["skip", "allow"] | None = None
     catchup: bool | None = None
     params: dict[str, Any] | None = None
