@@ -118,3 +118,53 @@ def test_concurrent_duplicate_names_are_409_not_500_on_postgres(postgres_url: st
         assert outcomes.count("ok") == 12          # one winner per race
     finally:
         svc.close()
+
+
+def test_a_loopback_server_refuses_requests_for_other_host_names(tmp_path: Path) -> None:
+    """DNS rebinding: a web page whose name resolves to 127.0.0.1 reaches a loopback server
+    (no auth needed there) with its own name in ``Host``; such requests get 421."""
+    from websockets.sync.client import connect
+
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path))
+    for var in ("TWINGRAPH_DATABASE_URL", "TWINGRAPH_AUTH", "TWINGRAPH_RATE_LIMIT",
+                "TWINGRAPH_RATE_LIMIT_STORAGE", "TWINGRAPH_JWT_SECRET"):
+        env.pop(var, None)
+    port = _free_port()
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "twingraph", "server", "--port", str(port),
+                                 "--no-schedules"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/api/v1/projects"
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "localhost"):
+            assert httpx.get(url, headers={"host": host}).status_code == 200, host
+        for host in (f"attacker.example:{port}", "attacker.example", "10.0.0.5"):
+            resp = httpx.get(url, headers={"host": host})
+            assert resp.status_code == 421 and "localhost only" in resp.text, host
+        try:
+            with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5,
+                         additional_headers={"Host": "attacker.example"}) as ws:
+                ws.recv(timeout=5)
+            raise AssertionError("the WebSocket was accepted")
+        except AssertionError:
+            raise
+        except Exception:  # noqa: BLE001 - refused (closed during the handshake)
+            pass
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -44,7 +44,11 @@ def server(host: Annotated[str, typer.Option(help="Address to bind (loopback by 
     except Exception as exc:  # noqa: BLE001 - shown to the user, exit 2
         err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
+    served: object = app
+    if is_loopback(host):            # no auth needed here: refuse rebound host names
+        from twingraph.server.hosts import LoopbackHosts
+        served = LoopbackHosts(app, also=[host])
     console.print(f"TwinGraph server on http://{escape(host)}:{port} (docs at /docs)")
     # No permessage-deflate: compressing each small /ws frame costs ~4x the send itself.
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False,
+    uvicorn.run(served, host=host, port=port, log_level=log_level.lower(), access_log=False,  # type: ignore[arg-type]
                 ws_per_message_deflate=False)
