@@ -158,8 +158,11 @@ def typed_hash(encoding: str, content_hash: str) -> str:
 _NESTED, _PRIMITIVE = DataType.NESTED, DataType.PRIMITIVE
 
 
-def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD) -> Encoded:
-    """Encode ``value`` (see the module docstring for the choice of encoding)."""
+def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD, freeze: bool = False) -> Encoded:
+    """Encode ``value`` (see the module docstring for the choice of encoding). ``freeze``: a
+    task's result (the engine's call): an ndarray is made read-only, since its bytes are
+    written from the array itself later and its consumers share it — changed in place, the
+    stored bytes would no longer match the hash taken now."""
     t = type(value)
     text = _json_text(value)
     if text is not None:
@@ -171,6 +174,8 @@ def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD) -> Encoded:
         return _make("bytes", DataType.BINARY, (buf,), len(buf), large_threshold)
     np = sys.modules.get("numpy")
     if np is not None and t is np.ndarray and not value.dtype.hasobject:
+        if freeze:
+            value.flags.writeable = False
         parts = _npy_parts(np, value)
         if parts is not None:           # else a dtype .npy cannot describe: pickled below
             header, body = parts
@@ -181,6 +186,8 @@ def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD) -> Encoded:
     def keep_large(pb: pickle.PickleBuffer) -> bool:
         raw = pb.raw()
         if raw.nbytes >= OOB_MIN_BYTES:
+            if freeze and np is not None and isinstance(raw.obj, np.ndarray):
+                raw.obj.flags.writeable = False      # written from this memory, later
             oob.append((pb, raw))
             return False                  # out of band: not copied into the pickle stream
         return True

@@ -793,3 +793,37 @@ def test_a_failed_future_raises_an_error_of_the_tasks_own_type_in_the_body():
     assert type(err.__cause__) is ValueError and "negative input" in str(err)
     assert type(seen["picky"]) is NodeExecutionError and type(seen["picky"].__cause__) is Picky
     eng.close()
+
+
+def test_a_result_array_is_read_only_for_its_consumers():
+    """Array results are stored from their own memory, after the task: a consumer changing
+    one in place made the stored bytes differ from the hash (the write failed and the run's
+    records were lost). Results are frozen: that consumer fails with NumPy's own error."""
+    np = pytest.importorskip("numpy")
+
+    @component
+    def make(n):
+        return {"arr": np.ones(n), "top": np.zeros(n)}
+
+    @component
+    def scale_in_place(arr):
+        arr *= 2
+        return float(arr.sum())
+
+    @component
+    def total(arr):
+        return float(arr.sum())
+
+    @pipeline(name="frozen_results", error_handler="continue")
+    def p(n):
+        made = make(n=n)
+        return (scale_in_place(arr=made["outputs"]["arr"]), total(arr=made["outputs"]["arr"]))
+
+    eng = _engine(flush_interval=0.01)
+    r = p.run(200_000, engine=eng)
+    assert "output array is read-only" in r.failures["scale_in_place-0"]
+    rows = {t.node_id: t for t in eng.metadata.get_tasks(r.run_id)}
+    assert rows["make-0"].state is TaskState.SUCCESS and rows["total-0"].state is TaskState.SUCCESS
+    stored = eng.load_value(rows["make-0"].result_key)
+    assert float(stored["arr"].sum()) == 200_000.0            # the stored result is intact
+    eng.close()

@@ -206,7 +206,7 @@ class Engine:
 
     @staticmethod
     def encode(value: Any) -> serialization.Encoded:
-        return serialization.encode(value)
+        return serialization.encode(value, freeze=True)
 
     @staticmethod
     def hash_value(value: Any) -> str:
