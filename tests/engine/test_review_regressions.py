@@ -827,3 +827,27 @@ def test_a_result_array_is_read_only_for_its_consumers():
     stored = eng.load_value(rows["make-0"].result_key)
     assert float(stored["arr"].sum()) == 200_000.0            # the stored result is intact
     eng.close()
+
+
+def test_lineage_records_every_output_read_from_a_producer(engine):
+    from twingraph.lineage import run_lineage
+
+    @component
+    def split():
+        return {"train": [1, 2], "test": [3]}
+
+    @component
+    def fit(a, b, again):
+        return len(a) + len(b) + len(again)
+
+    @pipeline(name="two_outputs")
+    def p():
+        d = split()
+        return fit(a=d["outputs"]["train"], b=d["outputs"]["test"], again=d["outputs"]["train"])
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.SUCCESS, r.error
+    _, edges = run_lineage(engine.metadata, r.run_id)
+    flows = sorted(e.properties["data_flow"] for e in edges
+                   if e.kind == "DEPENDS_ON" and e.dst == "fit-0")
+    assert flows == [["outputs", "test"], ["outputs", "train"]]

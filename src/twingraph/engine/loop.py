@@ -397,13 +397,25 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 slots.append(k)
         if slots:
             task.ref_slots = tuple(slots)
-        seen: set[int] = set()
+        # Each producer once; for lineage, each output path read from it once (the paths of
+        # a producer read twice are compared by repr: a path may hold a slice).
+        first: dict[int, Any] = {}
+        more: dict[int, set[str]] = {}
         for r in refs:
             p = r._task
-            if id(p) not in seen:
-                seen.add(id(p))
+            pid = id(p)
+            if pid not in first:
+                first[pid] = r._path
                 task.producers.append(p)
-                deps.append([p.node_id, path_list(r._path)])
+            else:
+                read = more.get(pid)
+                if read is None:
+                    read = more[pid] = {repr(first[pid])}
+                text = repr(r._path)
+                if text in read:
+                    continue
+                read.add(text)
+            deps.append([p.node_id, path_list(r._path)])
 
     def _fail_before_start(self, task: Task, exc: BaseException) -> None:
         """A task that could not even be keyed or looked up fails like a task that raised."""
