@@ -33,8 +33,17 @@ def run_lineage(metadata: MetadataStore, run_id: str) -> tuple[list[Vertex], lis
                                             "version": run.pipeline_version})]
     edges = [e for e in metadata.get_edges(run_id) if e.kind == "DEPENDS_ON"]
     for t in tasks:
+        # One edge per producer: ``data_flow`` the first output path read from it, and
+        # ``data_flows`` every path when it read several (``r['outputs']['train']`` and
+        # ``r['outputs']['test']``, or a chunk and ``r['hash']``).
+        read: dict[str, list[Any]] = {}
         for src, path in (t.inputs or {}).get("deps", ()):
-            edges.append(EdgeRecord(run_id, src, t.node_id, "DEPENDS_ON", {"data_flow": path}))
+            read.setdefault(src, []).append(path)
+        for src, paths in read.items():
+            props: dict[str, Any] = {"data_flow": paths[0]}
+            if len(paths) > 1:
+                props["data_flows"] = paths
+            edges.append(EdgeRecord(run_id, src, t.node_id, "DEPENDS_ON", props))
     for t in tasks:
         vertices.append(Vertex(t.node_id, "Component", {
             "name": t.component, "execution_id": run_id, "hash": t.cache_key,
