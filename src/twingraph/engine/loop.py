@@ -89,6 +89,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.pipeline = ""
         self.prior = dict(prior or {})           # this run's tasks from before a crash (resume)
         self.epoch = epoch          # this driver's generation of the run: its fencing tokens
+        self._fence_base = fence_token(epoch, 0)
         # The last run of the pipeline, to say why a task missed: loaded on the first miss.
         self._previous_loader = previous
         self._previous: Mapping[str, TaskRecord] | None = None
@@ -569,7 +570,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             for k in LINEAGE_KWARGS:
                 kwargs.pop(k, None)
         task.attempt += 1
-        task.fence = fence_token(self.epoch, task.attempt)
+        task.fence = self._fence_base + task.attempt      # core.states.fence(epoch, attempt)
         mode = self.engine.choose_mode(task.spec)
         task.mode = mode
         self.running += 1
