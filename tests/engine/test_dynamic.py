@@ -1,4 +1,8 @@
-"""The dynamic-scheduler API: DAGs, validation, progress, cancel, file form, components."""
+"""The dynamic-scheduler API: DAGs, validation, progress, cancel, file form, components.
+
+Real engines, stores and operations. ``monkeypatch`` only shrinks ``SUBMIT_WINDOW`` (how many
+nodes a DAG hands to its run at a time) so that a small DAG is submitted in several windows,
+as a large one is."""
 import asyncio
 import time
 

@@ -4,7 +4,8 @@ process that froze objects itself keeps them frozen.
 
 Nothing is faked: the collector, the engine and its stores are real. Tests set the time and
 size triggers (``FULL_EVERY``, ``GROWTH_CAP``, the size limit since the last collection) so
-that a full collection falls due on cue instead of after 60 s or 512 MiB."""
+that a full collection falls due on cue instead of after 60 s or 512 MiB, and ``RSS_EVERY``
+(how often the size is read); one test wraps the real size read to count its calls."""
 import gc
 import threading
 import weakref

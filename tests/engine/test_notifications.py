@@ -1,4 +1,7 @@
-"""Notifications on run end: callables and webhooks (a real HTTP server on 127.0.0.1)."""
+"""Notifications on run end: callables and webhooks (a real HTTP server on 127.0.0.1).
+
+``monkeypatch`` only shortens ``WAIT_SECONDS`` (how long a run waits for its webhooks, 12 s)
+so that the test of slow webhooks takes about a second."""
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer

@@ -1,4 +1,9 @@
-"""Regressions for bugs found in review: no run may hang, lose a result, or cross another run."""
+"""Regressions for bugs found in review: no run may hang, lose a result, or cross another run.
+
+Real engines, stores, threads and worker processes. Faults no input can cause on cue are
+injected by small subclasses of the real stores, each saying what it stands for: a metadata
+store whose writes fail on command (a locked database, a disk error), a result store whose
+lookups raise. Nothing else is replaced."""
 import os
 import random
 import threading

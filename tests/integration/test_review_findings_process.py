@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +19,35 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _server(env: dict[str, str], log_path: Path) -> Iterator[int]:
+    """A real ``twingraph server`` on a free loopback port, until the block ends."""
+    port = _free_port()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "twingraph", "server", "--port", str(port),
+                                 "--no-schedules"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def test_websocket_query_credentials_are_not_written_to_the_server_log(tmp_path: Path) -> None:
@@ -35,23 +66,8 @@ def test_websocket_query_credentials_are_not_written_to_the_server_log(tmp_path:
     assert made.returncode == 0, made.stderr
     secret = made.stdout.strip().splitlines()[-1]
     assert secret.startswith("tg_")
-    port = _free_port()
     log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "twingraph", "server", "--port", str(port),
-                                 "--no-schedules"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+    with _server(env, log_path) as port:
         with connect(f"ws://127.0.0.1:{port}/ws?api_key={secret}", open_timeout=5) as ws:
             ws.send('{"action": "ping"}')
             assert ws.recv(timeout=5)
@@ -59,13 +75,6 @@ def test_websocket_query_credentials_are_not_written_to_the_server_log(tmp_path:
         text = log_path.read_text()
         assert '"WebSocket /ws' in text, text          # the handshake is logged...
         assert secret not in text                       # ...without the key
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def test_concurrent_duplicate_names_are_409_not_500_on_postgres(postgres_url: str,
@@ -129,23 +138,7 @@ def test_a_loopback_server_refuses_requests_for_other_host_names(tmp_path: Path)
     for var in ("TWINGRAPH_DATABASE_URL", "TWINGRAPH_AUTH", "TWINGRAPH_RATE_LIMIT",
                 "TWINGRAPH_RATE_LIMIT_STORAGE", "TWINGRAPH_JWT_SECRET"):
         env.pop(var, None)
-    port = _free_port()
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "twingraph", "server", "--port", str(port),
-                                 "--no-schedules"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+    with _server(env, tmp_path / "server.log") as port:
         url = f"http://127.0.0.1:{port}/api/v1/projects"
         for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "localhost"):
             assert httpx.get(url, headers={"host": host}).status_code == 200, host
@@ -161,10 +154,3 @@ def test_a_loopback_server_refuses_requests_for_other_host_names(tmp_path: Path)
             raise
         except Exception:  # noqa: BLE001 - refused (closed during the handshake)
             pass
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)

@@ -1,5 +1,6 @@
 """Loading user files: a stem that names another module does not replace it; a syntax error
-is a ValidationError naming the file and line."""
+is a ValidationError naming the file and line. Real files in ``tmp_path``; ``monkeypatch``
+only puts that directory on ``sys.path`` for the test (and takes it off after)."""
 import json
 import sys
 
