@@ -38,3 +38,14 @@ def test_nan_and_infinity_are_refused_naming_the_parameter(item, key):
 
 def test_nan_for_a_str_parameter_is_text():
     assert parse_params(["name=NaN"], pipe) == {"name": "NaN"}
+
+
+def test_the_live_display_counts_the_nodes_of_a_dag_not_handed_to_its_run_yet():
+    from twingraph.cli.dynamic import dag_progress
+    run = {"total": 10_000, "finished": 4_000, "pending": 1_000, "percent": 40.0,
+           "eta_seconds": 6.0, "rate": 1_000.0}
+    p = dag_progress(run, 40_000)
+    assert (p["total"], p["pending"], p["percent"]) == (40_000, 31_000, 10.0)
+    assert p["eta_seconds"] == 36.0                   # 36,000 nodes left at 1,000 a second
+    assert dag_progress(run, 10_000) is run           # all handed over: the run's own figures
+    assert dag_progress({**run, "rate": None}, 40_000)["eta_seconds"] is None

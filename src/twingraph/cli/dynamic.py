@@ -68,7 +68,7 @@ async def _execute(integration: Any, dag: Any, config: Any, progress: bool) -> A
     def snapshot() -> dict[str, Any] | None:
         run_id = scheduler.run_id(dag.dag_id)
         loop = scheduler.engine.runs.get(run_id) if run_id else None
-        return loop.progress() if loop is not None else None
+        return dag_progress(loop.progress(), len(dag.nodes)) if loop is not None else None
 
     def line(p: Any) -> None:
         console.print(f"progress {p.progress_percentage:.0f}% ({p.completed_nodes}/"
@@ -88,3 +88,16 @@ async def _execute(integration: Any, dag: Any, config: Any, progress: bool) -> A
     if live:
         line(await scheduler.get_execution_progress(dag.dag_id))
     return summary
+
+
+def dag_progress(run: dict[str, Any], nodes: int) -> dict[str, Any]:
+    """A run's progress (``BodySide.progress``) over the whole DAG of ``nodes`` nodes: a large
+    DAG is handed to its run in windows, and the nodes not handed over yet are waiting too
+    (counted, and in the ETA at the rate measured so far)."""
+    if run["total"] >= nodes:
+        return run
+    left = nodes - run["finished"]
+    rate = run.get("rate")
+    return {**run, "total": nodes, "pending": run["pending"] + nodes - run["total"],
+            "percent": 100.0 * run["finished"] / nodes,
+            "eta_seconds": left / rate if rate else None}
