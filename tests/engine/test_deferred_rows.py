@@ -1,6 +1,10 @@
 """A task waiting for its inputs gets its first row late (most tasks then write one row with
 their final state), but not never: after ``DEFER_WAITING`` it is visible as PENDING while its
-producer still runs, and a task that changes state while deferred is written at once."""
+producer still runs, and a task that changes state while deferred is written at once.
+
+Real engines and stores. ``monkeypatch`` sets the loop's timing constants (``DEFER_WAITING``,
+``HAND_OVER_EVERY``) so the behaviour shows within a test, and wraps the real recorder's
+``add_many`` to look at each hand-over on its way (it still records)."""
 import threading
 import time
 

@@ -1,6 +1,9 @@
 """The document's StreamingNodeExecutor / StreamingContext on the real result stores: output
 written chunk by chunk, spilled to a temporary file past the threshold (bounded memory), stored
-atomically (a failure stores nothing), readable by later nodes, streaming or not."""
+atomically (a failure stores nothing), readable by later nodes, streaming or not.
+
+``monkeypatch`` only wraps the real ``StreamingContext.__init__`` / ``finalize`` to see each
+context (whether it spilled, that it was closed); they still run."""
 import asyncio
 import hashlib
 import sqlite3

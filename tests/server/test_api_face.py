@@ -1,5 +1,8 @@
 """The TwinGraph face (/api) in-process: every route, every documented field, and bad input that
-answers 4xx with details and writes nothing (checked in the catalog)."""
+answers 4xx with details and writes nothing (checked in the catalog).
+
+Real app, engine and stores. One test wraps the real ``export_lineage`` with a 0.6 s sleep
+before it, to hold a run between its end and its export (it still exports)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
 """/ws in-process: subscribe/unsubscribe, the three documented events pushed by the EventHub,
 the final state of a finished execution, bad messages, cleanup, the queue bound, and the
-measured latency from the engine's event to the client's receipt."""
+measured latency from the engine's event to the client's receipt.
+
+Real app, engine and stores. ``monkeypatch`` shrinks ``MAX_QUEUE`` (the per-connection bound)
+so a slow client overflows it with a handful of events, and wraps the real ``Connection.send``
+to stamp the time each event leaves the server (it still sends)."""
 
 from __future__ import annotations
 
