@@ -186,13 +186,18 @@ def _ids(conn: sqlite3.Connection, keys: Sequence[tuple[int, str]]) -> dict[str,
     return found
 
 
-def _inline(key: str, digest: str, size: int, comp: str | None, data: Any) -> Buffer:
-    """The value kept in a row's ``data`` column. Anything but a blob there (NULL, text: an
-    edited or damaged file) is corruption, reported as such so that the entry is dropped and
-    recomputed, not a TypeError from hashing it."""
+def _blob(key: str, digest: str, where: str, data: Any) -> bytes:
+    """A value's stored bytes. Anything but a blob there (NULL, text: an edited or damaged
+    file) is corruption, reported as such so that the entry is dropped and recomputed, not a
+    TypeError from hashing it."""
     if not isinstance(data, bytes):
-        raise IntegrityError(key, digest, f"<data column holds {type(data).__name__}, "
-                                          "not a blob>")
+        raise IntegrityError(key, digest, f"<{where} holds {type(data).__name__}, not a blob>")
+    return data
+
+
+def _inline(key: str, digest: str, size: int, comp: str | None, data: Any) -> Buffer:
+    """The value kept in a row's ``data`` column."""
+    data = _blob(key, digest, "data column", data)
     return decompress_frame(data, size, key, digest) if comp else data
 
 
@@ -477,9 +482,7 @@ class SQLiteStorage(ResultStoreBase):
         for chunk_id, raw_size, data in conn.execute(_CHUNKS, (key,)):
             if chunk_id != expected or total + raw_size > size:
                 break
-            if not isinstance(data, bytes):
-                raise IntegrityError(key, digest, f"<chunk {chunk_id} holds "
-                                                  f"{type(data).__name__}, not a blob>")
+            data = _blob(key, digest, f"chunk {chunk_id}", data)
             piece = decompress_frame(data, raw_size, key, digest) if comp else data
             if len(piece) != raw_size:
                 raise IntegrityError(key, digest, f"<chunk {chunk_id}: {len(piece)} bytes, "
