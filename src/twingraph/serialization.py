@@ -7,9 +7,11 @@ Encodings, chosen in this order:
 
 ``json``    plain data that round-trips exactly: None, bool, int, finite float, str, list and dict
             with str keys, recursively (exact types: a tuple, a set, an ``IntEnum`` or a str
-            subclass is *not* JSON, it would come back as something else). Canonical text:
-            ``sort_keys=True, separators=(',', ':'), ensure_ascii=False``, UTF-8, so equal values
-            hash equally whatever the dict insertion order.
+            subclass is *not* JSON, it would come back as something else). Deterministic text:
+            ``separators=(',', ':'), ensure_ascii=False``, UTF-8, dict keys in their insertion
+            order — a dict comes back in the order the task built it, as it would from a call
+            that ran (so two dicts equal in Python but built in another order hash apart: the
+            order is part of the value, since code that iterates it can tell them apart).
 ``npy``     a NumPy ``ndarray`` (exact type, dtype without Python objects): the standard ``.npy``
             format, written as a scatter list ``(header, memoryview of the array's own buffer)``
             — zero copies (one copy only if the array is not C-contiguous). NumPy is never
@@ -70,6 +72,11 @@ def _no_default(o: Any) -> Any:
 _c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
 _C_ENCODER = (_c_make_encoder(None, _no_default, _json_str, None, ":", ",", True, False, False)
               if _c_make_encoder is not None else None)
+# Values keep their dicts' order (``_json_text``): the same encoder without sort_keys.
+_VALUES = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                           check_circular=False)
+_C_VALUES = (_c_make_encoder(None, _no_default, _json_str, None, ":", ",", False, False, False)
+             if _c_make_encoder is not None else None)
 
 
 def canonical_json(value: Any) -> str:
@@ -221,7 +228,8 @@ def _make(encoding: str, dt: DataType, buffers: tuple[Buffer, ...], size: int,
 
 
 def _json_text(value: Any) -> bytes | None:
-    """Canonical UTF-8 JSON of ``value`` if it round-trips exactly, else None."""
+    """Deterministic UTF-8 JSON of ``value`` (dicts in their order) if it round-trips exactly,
+    else None."""
     t = type(value)
     try:
         if t is str:
@@ -234,7 +242,9 @@ def _json_text(value: Any) -> bytes | None:
             return float.__repr__(value).encode() if math.isfinite(value) else None
         if not _is_json(value):
             return None
-        return canonical_json(value).encode("utf-8")
+        if _C_VALUES is not None:
+            return "".join(_C_VALUES(value, 0)).encode("utf-8")
+        return _VALUES.encode(value).encode("utf-8")
     except (RecursionError, UnicodeEncodeError, ValueError):
         # Too deep or cyclic; a lone surrogate in a str; an int above Python's str-digits limit.
         return None

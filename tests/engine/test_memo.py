@@ -192,3 +192,96 @@ def test_a_corrupted_memo_entry_is_removed_and_recomputed_next_run(sqlite_engine
     assert third.state is RunState.SUCCESS and third.value["outputs"]["result"] == sum(range(50))
     tasks = {t.node_id: t for t in eng.metadata.get_tasks(third.run_id)}
     assert tasks["make-0"].cache_status == "hit" and tasks["total-0"].cache_status == "miss"
+
+
+SPELLINGS_SRC = '''
+from twingraph import BaseComponent, component, pipeline
+calls = []
+
+@component
+def scale(x, factor=2, *, label="s"):
+    calls.append(("scale", x, factor, label))
+    return x * factor
+
+class Offset(BaseComponent):
+    def execute(self, x, by=10):
+        calls.append(("offset", x, by))
+        return x + by
+
+offset = Offset()
+
+@pipeline(name="spellings")
+def first():
+    return [r["outputs"]["result"] for r in (scale(3), offset(1))]
+
+@pipeline(name="spellings")
+def second():
+    rs = [scale(x=3, factor=2), scale(3, 2, label="s"), offset(x=1, by=10), scale(3, 5)]
+    return [r["outputs"]["result"] for r in rs]
+'''
+
+
+def test_one_call_spelled_differently_is_one_memo_key(engine, tmp_path):
+    """``f(3)``, ``f(x=3)`` and ``f(3, 2)`` (2 the default) run once, across runs and within
+    one; a value other than the default is another computation."""
+    path = tmp_path / "spellings_mod.py"
+    path.write_text(SPELLINGS_SRC)
+    m = load_module(str(path))
+    r1 = m.first.run(engine=engine)
+    assert r1.value == [6, 11]
+    m.calls.clear()
+    r2 = m.second.run(engine=engine)
+    assert r2.value == [6, 6, 11, 15]
+    assert m.calls == [("scale", 3, 5, "s")]
+    by = {t.node_id: t for t in engine.metadata.get_tasks(r2.run_id)}
+    assert by["scale-0"].cache_status == "hit"
+    assert by["scale-1"].cache_status == "hit"
+    assert by["Offset-0"].cache_status == "hit"
+    assert by["scale-2"].cache_status == "miss"
+
+
+ORDER_SRC = '''
+from twingraph import component, pipeline
+calls = []
+
+@component
+def build(first, second):
+    calls.append("build")
+    return {"d": {first: 0, second: 0}}
+
+@component
+def keys(d):
+    calls.append("keys")
+    return {"keys": list(d)}
+
+@pipeline(name="order")
+def order(first="b", second="a"):
+    d = build(first=first, second=second)
+    return {"built": d["outputs"]["d"], "keys": keys(d=d["outputs"]["d"])["outputs"]["keys"]}
+
+@pipeline(name="order_literal")
+def order_literal(reverse=False):
+    d = {"b": 0, "a": 0} if reverse else {"a": 0, "b": 0}
+    return keys(d=d)["outputs"]["keys"]
+'''
+
+
+def test_dicts_keep_their_order_through_memo_hits_and_order_is_part_of_the_key(sqlite_engine, tmp_path):
+    """A memo hit gives back the dict the task built, in its order; a dict input in another
+    order is another computation (code that iterates it can tell)."""
+    path = tmp_path / "order_mod.py"
+    path.write_text(ORDER_SRC)
+    m = load_module(str(path))
+    r1 = m.order.run(engine=sqlite_engine)
+    assert list(r1.value["built"]) == ["b", "a"] and r1.value["keys"] == ["b", "a"]
+    m.calls.clear()
+    r2 = m.order.run(engine=sqlite_engine)          # all hits: values read from the store
+    assert m.calls == []
+    assert list(r2.value["built"]) == ["b", "a"] and r2.value["keys"] == ["b", "a"]
+    r3 = m.order.run(engine=sqlite_engine, first="a", second="b")
+    assert m.calls == ["build", "keys"]     # equal dicts in Python, built in another order
+    assert r3.value["keys"] == ["a", "b"]
+    m.calls.clear()
+    assert m.order_literal.run(engine=sqlite_engine).value == ["a", "b"]
+    assert m.order_literal.run(engine=sqlite_engine, reverse=True).value == ["b", "a"]
+    assert m.calls == ["keys", "keys"]

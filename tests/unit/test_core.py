@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 
 from twingraph.core.codeversion import code_version
 from twingraph.core.graph import cycle_nodes, validate_dag
-from twingraph.core.hashing import digest_value, structural_key
+from twingraph.core.hashing import digest_kwargs, digest_value, structural_key
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.states import RunState, TaskState, transition_run, transition_task
 from twingraph.errors import GraphValidationError, InvalidTransition, TaskTimeout, ValidationError
@@ -111,10 +111,20 @@ def test_cycle_detection_is_iterative_on_long_chains():
 
 
 @given(st.dictionaries(st.text(max_size=5), st.integers(), max_size=6))
-def test_digest_ignores_dict_order(d):
+def test_keyword_digest_ignores_their_order(d):
+    rev = dict(reversed(list(d.items())))
+    key = lambda v: structural_key("c", "v1", {}, digest_kwargs(v, None, str, lambda x: "h"))  # noqa: E731
+    assert key(d) == key(rev)
+
+
+@given(st.dictionaries(st.text(max_size=5), st.integers(), min_size=2, max_size=6))
+def test_a_dict_values_order_is_part_of_its_digest(d):
+    """A dict passed as a value is iterated by the code that takes it: another order may give
+    another result, so it is another key (stored dict results keep their order too)."""
     rev = dict(reversed(list(d.items())))
     key = lambda v: structural_key("c", "v1", {}, digest_value(v, None, str, lambda x: "h"))  # noqa: E731
-    assert key(d) == key(rev)
+    assert key(d) != key(rev)
+    assert key(d) == key(dict(d))
 
 
 def test_structural_key_changes_with_each_part():
@@ -143,11 +153,12 @@ def test_sets_and_dicts_with_other_keys_digest_as_one_leaf_unless_they_hold_refe
     # without a reference: the whole value's hash, as before (stored keys unchanged)
     assert _digest({1, 2}) == {"x": "leaf"} and _digest({1: "a"}) == {"x": "leaf"}
     # a reference cannot be hashed whole (its value does not exist yet): items are digested,
-    # in an order that does not depend on the set's or dict's own order
+    # a set's in an order that does not depend on its own order, a dict's in its order (the
+    # order is part of a dict's value, as in the leaf hash of one without references)
     a, b = _Fut("a"), _Fut("b")
     assert _digest({a, b}) == {"s": ["@a()", "@b()"]} == _digest({b, a})
     assert _digest(frozenset([b, 3])) == {"fs": ["@b()", 3]}
-    assert _digest({2: b, 1: a}) == {"kd": [[1, "@a()"], [2, "@b()"]]} == _digest({1: a, 2: b})
+    assert _digest({2: b, 1: a}) == {"kd": [[2, "@b()"], [1, "@a()"]]} != _digest({1: a, 2: b})
     assert _digest({1: [a]}) != _digest({1: [b]})
     assert _digest({(1, a)}) == {"s": [{"t": [1, "@a()"]}]}
 

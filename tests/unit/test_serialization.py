@@ -60,12 +60,13 @@ def test_json_values_round_trip_exactly(value: object) -> None:
 
 @settings(deadline=None)
 @given(st.dictionaries(st.text(max_size=6), json_values, max_size=8), st.randoms())
-def test_dict_order_does_not_change_the_hash(d: dict, rnd: random.Random) -> None:
+def test_a_dict_comes_back_in_its_order_and_its_order_is_hashed(d: dict, rnd: random.Random) -> None:
     items = list(d.items())
     rnd.shuffle(items)
     shuffled = dict(items)
-    assert content_hash(shuffled) == content_hash(d)
-    assert encode(shuffled).content_hash == encode(d).content_hash
+    assert list(decode(encode(shuffled).to_bytes(), "json").items()) == items
+    assert content_hash(shuffled) == encode(shuffled).content_hash
+    assert (content_hash(shuffled) == content_hash(d)) == (items == list(d.items()))
 
 
 @settings(deadline=None)
@@ -116,14 +117,18 @@ def test_subclasses_of_json_types_are_not_json() -> None:
         assert out == value and type(out) is type(value)
 
 
-def test_canonical_json_text() -> None:
+def test_json_text_is_deterministic_and_keeps_dict_order() -> None:
     assert encode({"b": 1, "a": "é", "c": [True, None, 1.0]}).to_bytes() == \
-        '{"a":"é","b":1,"c":[true,null,1.0]}'.encode()
+        '{"b":1,"a":"é","c":[true,null,1.0]}'.encode()
     assert encode(-0.0).to_bytes() == b"-0.0" and encode(10**30).to_bytes() == b"1" + b"0" * 30
     # agrees with the stdlib encoder configured the documented way
-    v = {"z": [1, 2.5e-300, "\u2603\n\"q\""], "a": {"y": None}}
-    assert encode(v).to_bytes() == json.dumps(v, sort_keys=True, separators=(",", ":"),
+    v = {"z": [1, 2.5e-300, "\u2603\n\"q\""], "a": {"y": None, "x": 1}}
+    assert encode(v).to_bytes() == json.dumps(v, separators=(",", ":"),
                                                ensure_ascii=False).encode()
+    out = decode(encode(v).to_bytes(), "json")
+    assert list(out) == ["z", "a"] and list(out["a"]) == ["y", "x"]
+    # the order is part of the value: another order, another content hash
+    assert encode({"a": 1, "b": 2}).content_hash != encode({"b": 2, "a": 1}).content_hash
 
 
 def test_awkward_values_fall_back_to_pickle() -> None:

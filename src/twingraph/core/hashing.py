@@ -143,14 +143,17 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
             ref_digest(v) if type(v) is ref_type else
             digest_value(v, ref_type, ref_digest, leaf_hash) for v in value]}
     if t is dict:
-        out = {}
+        # In order: a dict's order is part of its value (code that iterates it sees it), as
+        # in stored results (``serialization``). Keys and digests alternate in one list.
+        items: list[Any] = []
         for k, v in value.items():
             if type(k) is not str:
                 return _unordered(value, t, ref_type, ref_digest, leaf_hash)
             tv = type(v)     # an int, bool or None value, or a reference: no call through here
-            out[k] = v if tv is int or tv is bool or v is None else ref_digest(v) \
-                if tv is ref_type else digest_value(v, ref_type, ref_digest, leaf_hash)
-        return {"d": out}
+            items.append(k)
+            items.append(v if tv is int or tv is bool or v is None else ref_digest(v)
+                         if tv is ref_type else digest_value(v, ref_type, ref_digest, leaf_hash))
+        return {"o": items}
     if isinstance(value, tuple) and hasattr(t, "_fields"):    # a named tuple: walk it too
         return {"n": f"{t.__module__}.{t.__qualname__}",
                 "t": [digest_value(v, ref_type, ref_digest, leaf_hash) for v in value]}
@@ -159,18 +162,29 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
     return {"x": leaf_hash(value)}
 
 
+def digest_kwargs(kwargs: Mapping[str, Any], ref_type: type | None,
+                  ref_digest: Callable[[Any], Any], leaf_hash: Callable[[Any], str]) -> Any:
+    """The digest of a call's keyword arguments: by name, in no order (``f(x=1, y=2)`` and
+    ``f(y=2, x=1)`` are one call), each value as ``digest_value`` gives it."""
+    out = {}
+    for k, v in kwargs.items():
+        tv = type(v)
+        out[k] = v if tv is int or tv is bool or v is None else ref_digest(v) \
+            if tv is ref_type else digest_value(v, ref_type, ref_digest, leaf_hash)
+    return {"d": out}
+
+
 def _unordered(value: Any, t: type, ref_type: type | None, ref_digest: Callable[[Any], Any],
                leaf_hash: Callable[[Any], str]) -> Any:
     """A set, or a dict with keys that are not all strings: hashed whole as a leaf (the digest
     every stored key has), unless it holds a reference, which cannot be hashed whole (a future
-    is not a value yet): then its items' digests, sorted by their canonical JSON."""
+    is not a value yet): then its items' digests (a set's sorted by their canonical JSON)."""
     if ref_type is None or not _holds(value, ref_type):
         return {"x": leaf_hash(value)}
     def d(v: Any) -> Any:
         return digest_value(v, ref_type, ref_digest, leaf_hash)
-    if t is dict:
-        pairs = [[d(k), d(v)] for k, v in value.items()]
-        return {"kd": sorted(pairs, key=digest_json)}
+    if t is dict:           # in order, as a dict with str keys (``digest_value``)
+        return {"kd": [[d(k), d(v)] for k, v in value.items()]}
     return {"s" if t is set else "fs": sorted((d(v) for v in value), key=digest_json)}
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from twingraph.core.arguments import Parameters
 from twingraph.core.retry import RetryPolicy
 from twingraph.errors import ValidationError
 
@@ -122,6 +123,8 @@ class ComponentSpec:
     cache: bool = True
     executor: str = "auto"              # local mode: auto | inline | thread | process
     raw_result: bool = False            # declarative operations: result is the value itself
+    # How a call's arguments are named for its memo key (``core.arguments``); None: as given.
+    parameters: Parameters | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def build(cls, *, name: str, qualname: str, code_version: str, platform: str = "local",

@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from twingraph.core.arguments import parameters_of
 from twingraph.core.codeversion import code_version
 from twingraph.core.specs import ComponentSpec
 from twingraph.engine.calls import LINEAGE_KWARGS
@@ -107,7 +108,8 @@ class BaseComponent(abc.ABC):
                                         code_version="", **self.component_options)
             cfg = dict(draft.config)
             cfg["__instance__"] = self.config
-            self._spec = dataclasses.replace(draft, code_version=code_version(cls), config=cfg)
+            self._spec = dataclasses.replace(draft, code_version=code_version(cls), config=cfg,
+                                             parameters=parameters_of(cls.execute, skip_first=True))
         return self._spec
 
     @classmethod

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from twingraph.core.arguments import parameters_of
 from twingraph.core.codeversion import code_version
 from twingraph.core.specs import ComponentSpec
 from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
@@ -42,7 +43,8 @@ class Component:
     def spec(self) -> ComponentSpec:
         if self._spec is None:
             version = self._params.get("version") or code_version(self.fn)
-            self._spec = dataclasses.replace(self._draft, code_version=version)
+            self._spec = dataclasses.replace(self._draft, code_version=version,
+                                             parameters=parameters_of(self.fn))
         return self._spec
 
     @property

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twingraph.core.hashing import digest_value, own_key, prefixed_key
+from twingraph.core.hashing import digest_kwargs, digest_value, own_key, prefixed_key
 from twingraph.core.records import TaskRecord
 from twingraph.core.states import fence_epoch
 from twingraph.engine.calls import strip_lineage
@@ -17,7 +17,7 @@ from twingraph.engine.refs import Ref
 from twingraph.engine.task import (DECLARED, Task, CANCELLED, FAILED, QUEUED, SKIPPED,
                                     SUCCESS, TERMINAL)
 
-_NO_KWARGS: dict[str, Any] = {"d": {}}          # digest_value({})
+_NO_KWARGS: dict[str, Any] = {"d": {}}          # digest_kwargs({})
 
 
 class MemoSide:
@@ -47,11 +47,16 @@ class MemoSide:
             arguments, parameters, names, producers = task.args
             digest = [{"t": [_names_digest(arguments, leaf),
                              digest_value(parameters, Ref, _ref_digest, leaf),
-                             {"d": {n: f"@{p.content_hash}()" for n, p in zip(names, producers)}}]},
+                             {"o": [x for n, p in zip(names, producers)
+                                    for x in (n, f"@{p.content_hash}()")]}]},
                       _NO_KWARGS]
         else:
-            digest = [digest_value(task.args, Ref, _ref_digest, leaf),
-                      digest_value(strip_lineage(task.kwargs), Ref, _ref_digest, leaf)]
+            args, kwargs = task.args, strip_lineage(task.kwargs)
+            named = spec.parameters
+            if named is not None and (args or named.defaults):
+                args, kwargs = named.named(args, kwargs)     # f(3) and f(x=3): one key
+            digest = [digest_value(args, Ref, _ref_digest, leaf),
+                      digest_kwargs(kwargs, Ref, _ref_digest, leaf)]
         key = prefixed_key(self.engine.key_prefix(spec), digest)
         memoize = spec.cache and not self.opt.no_cache
         prior = self.prior.get(task.node_id)

@@ -1,0 +1,89 @@
+"""A call's arguments as the memo key sees them: by name, whatever way they were spelled.
+
+``f(3)``, ``f(x=3)`` and ``f(3, y=None)`` (``y`` defaulting to None) run the same computation,
+so they must share one structural key. ``Parameters`` is what a component's signature says
+about that (read once, when its spec is built); ``named`` turns one call's ``args, kwargs``
+into the form that is digested: positional arguments moved under their parameter names, and
+arguments that are the parameter's own default left out.
+
+An argument is left out only when it *is* the default object, or is a plain scalar of the same
+type that compares equal to it: nothing is called that could be slow, have side effects or
+raise (``==`` on arrays, on futures that would wait). Leaving defaults out rather than filling
+them in keeps the keys of calls that omit them as they were, and never digests a default that
+cannot be digested (a logger, a client).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+@dataclass(frozen=True)
+class Parameters:
+    """``positional``: the names positional arguments bind to, in order (those of ``*args``
+    stay positional); ``defaults``: the defaults of parameters that have one."""
+    positional: tuple[str, ...]
+    defaults: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def of(cls, sig: inspect.Signature, *, skip_first: bool = False) -> Parameters | None:
+        """From a signature (``skip_first``: the callable receives its instance first, as an
+        unbound ``execute(self, ...)`` does). None if nothing can be normalized: the call's
+        arguments are then digested as given."""
+        params = list(sig.parameters.values())
+        if skip_first and params and params[0].kind in _POSITIONAL:
+            params = params[1:]
+        positional = tuple(p.name for p in params if p.kind in _POSITIONAL)
+        defaults = tuple((p.name, p.default) for p in params
+                         if p.default is not p.empty and p.kind is not p.VAR_POSITIONAL
+                         and p.kind is not p.VAR_KEYWORD)
+        if not positional and not defaults:
+            return None
+        return cls(positional, defaults)
+
+    def named(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+              ) -> tuple[tuple[Any, ...], Mapping[str, Any]]:
+        """``args, kwargs`` with the positional arguments that have a name moved into the
+        keywords and default-valued arguments left out. A call that binds one name twice is
+        left as it is (it fails when it runs, and must not hit the key of a valid call)."""
+        if args:
+            n = min(len(args), len(self.positional))
+            names = self.positional[:n]
+            for name in names:
+                if name in kwargs:
+                    return args, kwargs
+            merged = dict(zip(names, args))
+            merged.update(kwargs)
+            args, kwargs = args[n:], merged
+        if self.defaults and kwargs:
+            out: dict[str, Any] | None = None
+            for name, default in self.defaults:
+                if name in kwargs and _is_default(kwargs[name], default):
+                    if out is None:
+                        out = dict(kwargs)
+                    del out[name]
+            if out is not None:
+                kwargs = out
+        return args, kwargs
+
+
+def parameters_of(fn: Any, *, skip_first: bool = False) -> Parameters | None:
+    """How ``fn``'s calls are named in memo keys (None if its signature cannot be read)."""
+    try:
+        return Parameters.of(inspect.signature(fn), skip_first=skip_first)
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    if value is default:
+        return True
+    t = type(value)
+    return t is type(default) and t in _PLAIN and value == default and \
+        (t is not float or str(value) == str(default))          # -0.0 is not 0.0 here
