@@ -856,3 +856,43 @@ def test_lineage_records_every_output_read_from_a_producer(engine):
     (edge,) = [e for e in edges if e.kind == "DEPENDS_ON" and e.dst == "fit-0"]   # one edge
     assert edge.properties == {"data_flow": ["outputs", "train"],
                                "data_flows": [["outputs", "train"], ["outputs", "test"]]}
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_resume_recomputes_a_task_recorded_success_whose_result_is_not_stored(cache):
+    """A task row can say SUCCESS while its result never reached the store (its write batch
+    was given up) or has left it since (a purged store). A resume that trusted the row failed
+    on every try: the consumer could not load the value. The resume now looks the result up,
+    and computes the task again if it is missing."""
+    eng = _engine(flush_interval=0.01)
+    calls, failures = [], [1]
+
+    @component(cache=cache)
+    def make(x):
+        calls.append(x)
+        return {"v": x * 10}
+
+    @component
+    def use(v):
+        if failures:
+            failures.pop()
+            raise RuntimeError("not yet")
+        return v + 1
+
+    @pipeline(name=f"resume_missing_{cache}")
+    def p():
+        return use(v=make(x=4)["outputs"]["v"])
+
+    first = p.run(engine=eng)
+    assert first.state is RunState.FAILED and calls == [4]
+    row = {t.node_id: t for t in eng.metadata.get_tasks(first.run_id)}["make-0"]
+    assert row.state is TaskState.SUCCESS and row.result_key
+    assert eng.results.delete(row.result_key)            # the result is gone from the store
+    resumed = p.run(engine=eng, resume=first.run_id)
+    assert resumed.state is RunState.SUCCESS, resumed.error
+    assert resumed.value["outputs"]["result"] == 41
+    assert calls == [4, 4]
+    row = {t.node_id: t for t in eng.metadata.get_tasks(first.run_id)}["make-0"]
+    assert "not in the result store" in row.cache_reason
+    assert eng.load_value(row.result_key) == {"v": 40}
+    eng.close()

@@ -88,6 +88,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.engine, self.run_id, self.opt = engine, run_id, options
         self.pipeline = ""
         self.prior = dict(prior or {})           # this run's tasks from before a crash (resume)
+        # Of those, the ones recorded SUCCESS, being looked up: task -> its structural key.
+        self.resuming: dict[Task, str] = {}
         self.epoch = epoch          # this driver's generation of the run: its fencing tokens
         self._fence_base = fence_token(epoch, 0)
         # The last run of the pipeline, to say why a task missed: loaded on the first miss.

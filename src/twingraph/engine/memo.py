@@ -27,6 +27,7 @@ class MemoSide:
     run_id: str
     epoch: int
     prior: dict[str, TaskRecord]
+    resuming: dict[Task, str]    # recorded SUCCESS before the stop, being looked up: structural key
     by_key: dict[str, Task]
     ready: deque[Task]
     _previous: Mapping[str, TaskRecord] | None
@@ -60,6 +61,7 @@ class MemoSide:
         key = prefixed_key(self.engine.key_prefix(spec), digest)
         memoize = spec.cache and not self.opt.no_cache
         prior = self.prior.get(task.node_id)
+        structural = key
         if not memoize:                # its result is its own, not shared by key
             if prior is not None and prior.state is SUCCESS and prior.cache_key == own_key(
                     key, self.run_id, task.node_id, fence_epoch(prior.fence)):
@@ -69,8 +71,12 @@ class MemoSide:
         task.cache_key = key
         if prior is not None and prior.state is SUCCESS and prior.cache_key == key \
                 and prior.content_hash:
-            self._hit(task, prior.content_hash, "resumed", "result recorded by this run before it stopped")
-            return False
+            # Recorded SUCCESS before the stop: looked up like a memo key all the same (in the
+            # burst's one query). Its result may never have been stored (a write batch given
+            # up, a purged store); a resume that trusted the row would fail on every try.
+            self.resuming[task] = structural
+            if not memoize:
+                return True
         twin = self.by_key.get(key) if memoize else None
         if twin is not None and twin is not task:
             if twin.state in TERMINAL:
@@ -91,12 +97,28 @@ class MemoSide:
         return False
 
     def _after_lookup(self, task: Task, content_hash: str | None) -> None:
+        structural = self.resuming.pop(task, None) if self.resuming else None
         if content_hash is not None:
-            self._hit(task, content_hash, "hit", "stored result with the same code, config and inputs")
+            if structural is not None:
+                self._hit(task, content_hash, "resumed", "result recorded by this run before it stopped")
+            else:
+                self._hit(task, content_hash, "hit", "stored result with the same code, config and inputs")
             return
-        task.cache_status, task.cache_reason = "miss", self._miss_reason(task)
+        if structural is not None:
+            reason = "recorded by this run before it stopped, but its result is not in the result store"
+            if self._memoizes(task):
+                task.cache_status = "miss"
+            else:                 # computed again by this driver: under its own epoch's key
+                task.cache_status = "disabled"
+                task.cache_key = own_key(structural, self.run_id, task.node_id, self.epoch)
+            task.cache_reason = reason
+        else:
+            task.cache_status, task.cache_reason = "miss", self._miss_reason(task)
         self._set_state(task, QUEUED)
         self.ready.append(task)
+
+    def _memoizes(self, task: Task) -> bool:
+        return task.spec.cache and not self.opt.no_cache
 
     def _miss_reason(self, task: Task) -> str:
         if self._previous is None:
