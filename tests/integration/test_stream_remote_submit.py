@@ -1,6 +1,6 @@
 """The document's serialized job graph: ``env.execute()`` with a job manager URL submits it to a
-real server with auth required; it runs there; without credentials, or on a server without
-auth, no graph is ever loaded."""
+real server with auth required; it runs there for an admin key; without credentials, with a
+write key, or on a server without auth, no graph is ever loaded."""
 
 from __future__ import annotations
 
@@ -35,9 +35,11 @@ def test_execute_submits_the_graph_to_an_authenticated_server(tmp_path: Path) ->
     env = {**os.environ, "TWINGRAPH_HOME": str(tmp_path / "home"), "TWINGRAPH_AUTH": "required",
            "TWINGRAPH_RATE_LIMIT": "off"}
     env.pop("TWINGRAPH_DATABASE_URL", None)
-    made = subprocess.run([sys.executable, "-m", "twingraph", "apikey", "create", "ci",
-                           "--role", "write"], env=env, capture_output=True, text=True, check=True)
-    key = made.stdout.strip().splitlines()[-1]
+    def create_key(role: str) -> str:
+        made = subprocess.run([sys.executable, "-m", "twingraph", "apikey", "create", role,
+                               "--role", role], env=env, capture_output=True, text=True, check=True)
+        return made.stdout.strip().splitlines()[-1]
+    key, write_key = create_key("admin"), create_key("write")
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "twingraph", "server", "--port", str(port),
                                "--log-level", "warning"], env=env,
@@ -58,6 +60,11 @@ def test_execute_submits_the_graph_to_an_authenticated_server(tmp_path: Path) ->
         denied = subprocess.run(script, env={**os.environ, "TWINGRAPH_JOBMANAGER_URL": base},
                                 capture_output=True, text=True)
         assert denied.returncode != 0 and "401" in denied.stderr
+        # a write key submits entry points; a graph is code, and only an admin may send one
+        writer = subprocess.run(script, capture_output=True, text=True, env={
+            **os.environ, "TWINGRAPH_JOBMANAGER_URL": base, "TWINGRAPH_API_KEY": write_key})
+        assert writer.returncode != 0 and "(403)" in writer.stderr and "'admin' role" in writer.stderr
+        assert httpx.get(f"{base}/jobs", headers={"X-API-Key": write_key}).json()["jobs"] == []
         done = subprocess.run(script, capture_output=True, text=True, check=True, env={
             **os.environ, "TWINGRAPH_JOBMANAGER_URL": base, "TWINGRAPH_API_KEY": key})
         job_id = done.stdout.strip().splitlines()[-1]

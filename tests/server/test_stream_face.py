@@ -12,7 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from twingraph.server.build import build_app
+from twingraph.service import build_services
 from twingraph.settings import Settings
+from twingraph.stores.metadata.apikeys import SQLApiKeyStore
 
 RESOURCES = Path(__file__).parents[1] / "resources"
 
@@ -153,3 +155,81 @@ def test_unreadable_configs_and_stream_errors_are_bad_input(client: TestClient, 
     r = client.post("/api/v1/stream/run", json={"pipeline": "word_counts",
                                                 "config": {"checkpoints": str(blocked / "ck")}})
     assert r.status_code == 422, r.text
+
+
+def test_only_stream_jobs_of_loaded_modules_are_called(client: TestClient, tmp_path: Path) -> None:
+    """A loaded module's helpers and imported names are not entry points: refused by name (422),
+    on both faces, and never called."""
+    marker = tmp_path / "called"
+    runs = [({"pipeline": "record", "config": {"path": str(marker)}}, "stream_app:record"),
+            ({"pipeline": "stream_app:record", "config": {"path": str(marker)}}, "stream_app:record"),
+            ({"pipeline": "CollectSink"}, "stream_app:CollectSink"),
+            ({"pipeline": "stream_app:StreamExecutionEnvironment", "config": {"name": "x"}},
+             "stream_app:StreamExecutionEnvironment")]
+    for body, entrypoint in runs:
+        r = client.post("/api/v1/stream/run", json=body)
+        assert r.status_code == 422, (body, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "VALIDATION_ERROR"
+        assert f"entrypoint '{entrypoint}' is not a stream job" in error["message"], error
+    r = client.post("/jobs/submit", json={"entrypoint": "stream_app:record",
+                                          "args": {"path": str(marker)}})
+    assert r.status_code == 422 and "'stream_app:record' is not a stream job" in r.text
+    assert not marker.exists()
+    assert client.get("/jobs").json()["jobs"] == []
+
+
+class _Unpickled:
+    """Unpickling this writes ``marker``: what a job_file upload does in the server process."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> Any:
+        return (Path.write_text, (self.marker, "unpickled"))
+
+
+@pytest.fixture()
+def secured(tmp_path: Path) -> Any:
+    """The server app with auth required, and a key per role (secret by role name)."""
+    settings = Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path}/tg.db",
+                        rate_limit="off", auth="required")
+    svc = build_services(settings)
+    store = SQLApiKeyStore(svc.catalog.store)
+    keys = {role: store.create(role, [role])[1] for role in ("read", "write", "admin")}
+    app = build_app(settings, load=[str(RESOURCES / "stream_app.py")], schedules=False,
+                    services=svc)
+    with TestClient(app) as c:
+        yield c, keys
+    svc.close()
+
+
+def test_serialized_job_graphs_need_the_admin_role(secured: Any, tmp_path: Path) -> None:
+    """A job_file is unpickled, i.e. run: write keys (which may submit entry points) get 403
+    FORBIDDEN before the body is read; an admin may submit a graph."""
+    import cloudpickle
+
+    from twingraph.stream import CollectSink, StreamExecutionEnvironment
+    client, keys = secured
+    marker = tmp_path / "unpickled"
+    evil = cloudpickle.dumps(_Unpickled(marker))
+    for role, need in (("read", "write"), ("write", "admin")):
+        r = client.post("/jobs/submit", files={"job_file": ("job.graph", evil)},
+                        headers={"X-API-Key": keys[role]})
+        assert r.status_code == 403, (role, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "FORBIDDEN" and f"lacks the '{need}' role" in error["message"]
+    assert not marker.exists()
+    assert client.get("/jobs", headers={"X-API-Key": keys["read"]}).json()["jobs"] == []
+
+    entry = client.post("/jobs/submit", headers={"X-API-Key": keys["write"]}, json={
+        "entrypoint": "stream_app:word_counts",
+        "args": {"checkpoints": str(tmp_path / "ck"), "n": 20, "key": "by_writer"}})
+    assert entry.status_code == 200, entry.text
+    env = StreamExecutionEnvironment("AdminGraph")
+    env.from_collection([1, 2, 3]).map(str).add_sink(CollectSink())
+    graph = client.post("/jobs/submit", headers={"X-API-Key": keys["admin"]},
+                        files={"job_file": ("job.graph", cloudpickle.dumps(env.get_job_graph()))})
+    assert graph.status_code == 200, graph.text
+    listed = client.get("/jobs", headers={"X-API-Key": keys["read"]}).json()["jobs"]
+    assert {j["job_id"] for j in listed} == {entry.json()["job_id"], graph.json()["job_id"]}

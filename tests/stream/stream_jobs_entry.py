@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from twingraph.stream import CollectSink, StreamExecutionEnvironment, TumblingWindow
+from pathlib import Path
+
+from twingraph.stream import CollectSink, StreamExecutionEnvironment, TumblingWindow, stream_job
 
 RESULTS: dict[str, CollectSink] = {}
 
@@ -42,3 +44,13 @@ def file_count(checkpoints: str, out: str, n: int = 600, delay_s: float = 0.004)
         .map(slow).key_by(lambda e: e[0]).window(TumblingWindow(50))
         .apply(lambda k, w, xs: [f"{k} {w[0]} {len(xs)}"]).uid("counts").add_sink(FileSink(out, fsync=False)))
     return env
+
+
+def touch(path: str) -> None:
+    """A helper, not an entry point: a submission naming it must not call it."""
+    Path(path).write_text("called")
+
+
+@stream_job
+def decorated_count(checkpoints, n=100):  # type: ignore[no-untyped-def]  # no annotation: the decorator marks it
+    return slow_count(checkpoints, n=n, delay_s=0)

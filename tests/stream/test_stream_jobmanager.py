@@ -109,6 +109,33 @@ def test_bad_submissions_and_unknown_jobs(jobmanager: tuple[str, JobManager]) ->
 
 
 @pytest.mark.timeout(60)
+def test_only_stream_jobs_are_called(jobmanager: tuple[str, JobManager], tmp_path: Path) -> None:
+    """An entry point is called with the request's arguments before its result can be checked,
+    so anything but a stream job (``@stream_job``, or ``-> StreamExecutionEnvironment``) is
+    refused by name WITHOUT being called: a builtin, a class, a helper function."""
+    url, _ = jobmanager
+    marker = tmp_path / "called"
+    refused = [("os:system", {"command": f"touch {marker}"}),
+               ("subprocess:getoutput", {"cmd": f"touch {marker}"}),
+               ("stream_jobs_entry:touch", {"path": str(marker)}),        # an unmarked helper
+               ("stream_jobs_entry:CollectSink", {}),                     # an imported class
+               ("stream_jobs_entry:time", {}),                            # a module
+               ("stream_jobs_entry:not_a_job", {})]
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for entrypoint, args in refused:
+            r = c.post("/jobs/submit", json={"entrypoint": entrypoint, "args": args})
+            assert r.status_code == 422, (entrypoint, r.text)
+            assert f"entrypoint '{entrypoint}' is not a stream job" in r.json()["detail"], r.text
+        assert not marker.exists()
+        assert c.get("/jobs").json() == {"jobs": []}
+        # a decorated function needs no annotation
+        r = c.post("/jobs/submit", json={"entrypoint": "stream_jobs_entry:decorated_count",
+                                         "args": {"checkpoints": str(tmp_path / "chk")}})
+        assert r.status_code == 200, r.text
+        assert wait_status(c, r.json()["job_id"], {"FINISHED", "FAILED"})["status"] == "FINISHED"
+
+
+@pytest.mark.timeout(60)
 def test_cli_submit_list_status_cancel(jobmanager: tuple[str, JobManager], tmp_path: Path) -> None:
     url, _ = jobmanager
     runner = CliRunner()

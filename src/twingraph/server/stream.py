@@ -2,12 +2,14 @@
 ``/cluster/metrics``) and the Tauro face (``/api/v1/stream/run|status|stop``) on ONE
 ``JobManager`` whose jobs and checkpoints are recorded in the metadata store.
 
-Submission is by entry point, ``module:function`` returning a ``StreamExecutionEnvironment``;
+Submission is by entry point, ``module:function`` naming a stream job (a function decorated
+``@stream_job`` or annotated ``-> StreamExecutionEnvironment``, ``twingraph.stream.entrypoints``);
 on the server the module must be one the operator loaded (``--load``) — a request never makes
-the server import a module of its choosing. The document's serialized job graph (multipart
-``job_file``) is accepted only from an authenticated caller of a server with auth required. A Tauro ``pipeline`` may also be just the function's
-name in a loaded module. Its ``config`` is an object, or a YAML/JSON file under the server's
-working directory, and becomes the function's keyword arguments.
+the server import a module of its choosing, nor call anything in it but a stream job. The
+document's serialized job graph (multipart ``job_file``) is accepted only from an ``admin``
+caller of a server with auth required (``admin_caller``). A Tauro ``pipeline`` may also be just
+the name of a stream job in a loaded module. Its ``config`` is an object, or a YAML/JSON file
+under the server's working directory, and becomes the function's keyword arguments.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from twingraph.server.deps import services
 from twingraph.server.envelope import ERROR_RESPONSES, ApiError, iso, ok
 from twingraph.service import Services
 from twingraph.stream.checkpoints import CheckpointStorage
+from twingraph.stream.entrypoints import is_stream_job
 from twingraph.stream.jobs import JobManager, JobRecord
 
 MAX_CONFIG_BYTES = 64 * 1024
@@ -92,18 +95,30 @@ def wire_stream(svc: Services) -> LoadedOnly:
     svc.extras["stream"] = manager
     svc.extras["stream_modules"] = allowed
     svc.extras.setdefault("routers", []).extend(
-        [create_router(manager, accept_graphs=authenticated_caller), router])
+        [create_router(manager, accept_graphs=admin_caller), router])
     svc.extras.setdefault("start", []).append(manager.recover)
     return manager
 
 
-def authenticated_caller(request: Request) -> str | None:
-    """Serialized job graphs are code: only from a caller the auth middleware authenticated."""
+#: The role a caller needs to submit a serialized job graph: unpickling it runs the caller's
+#: code in this process, which is more than ``write`` (submit work the operator installed) grants.
+GRAPH_ROLE = "admin"
+
+
+def admin_caller(request: Request) -> str | None:
+    """Serialized job graphs are code: only from an ``admin`` the auth middleware authenticated.
+
+    A server without auth refuses them too, although its anonymous principal holds every role:
+    nobody is identified there, and a multipart POST is a request any web page may send to
+    127.0.0.1 without a CORS preflight (decision 0022, 2026-12-05)."""
     if request.app.state.auth_mode != "required":
         return "the server runs without authentication (set TWINGRAPH_AUTH=required)"
     principal = getattr(request.state, "principal", None)
     if principal is None or getattr(principal, "kind", "anonymous") == "anonymous":
         return "the caller is not authenticated"
+    if not principal.allows(GRAPH_ROLE):
+        return (f"{principal.id} lacks the '{GRAPH_ROLE}' role (a serialized job graph is code; "
+                "a write key submits entry points)")
     return None
 
 
@@ -137,8 +152,11 @@ class StreamStop(BaseModel):
 def resolve(manager: LoadedOnly, pipeline: str) -> str:
     if ":" in pipeline:
         return pipeline
-    found = [m for m in sorted(manager.allowed)
-             if callable(getattr(sys.modules.get(m), pipeline, None))]
+    namespaces = {m: vars(sys.modules[m]) for m in sorted(manager.allowed) if m in sys.modules}
+    having = [m for m, ns in namespaces.items() if pipeline in ns]
+    found = [m for m in having if is_stream_job(namespaces[m][pipeline])]
+    if not found and having:        # there, but not a stream job: submit() refuses it by name
+        return f"{having[0]}:{pipeline}"
     if not found:
         raise NotFoundError(f"no stream pipeline {pipeline!r} in the loaded modules")
     if len(found) > 1:

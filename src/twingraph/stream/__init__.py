@@ -23,6 +23,7 @@ from twingraph.stream.connectors.base import Sink, Source, SourceSplitContext
 from twingraph.stream.connectors.collect import CollectSink
 from twingraph.stream.connectors.collection import CollectionSource
 from twingraph.stream.connectors.files import FileSink, FileSource, read_committed
+from twingraph.stream.entrypoints import stream_job
 from twingraph.stream.functions import AggregateFunction, KeyedProcessFunction, OutputTag, ProcessFunction
 from twingraph.stream.runtime.job import JobClient
 from twingraph.stream.runtime.states import JobStatus
@@ -54,5 +55,5 @@ __all__ = [
     "FileSource", "JobClient", "JobStatus", "KeyedProcessFunction", "KeyedStream", "ListState", "ManualClock",
     "MapState", "OutputTag", "ProcessFunction", "SessionWindow", "Sink", "SlidingWindow", "Source",
     "SourceSplitContext", "StreamExecutionEnvironment", "SystemClock", "TumblingWindow", "ValueState",
-    "WatermarkStrategies", "WatermarkStrategy", "WindowedStream", "read_committed",
+    "WatermarkStrategies", "WatermarkStrategy", "WindowedStream", "read_committed", "stream_job",
 ]

@@ -150,9 +150,10 @@ class StreamExecutionEnvironment:
 
         With ``TWINGRAPH_JOBMANAGER_URL`` set, the job is not run here: its serialized graph is
         submitted to that job manager (``POST /jobs/submit``, multipart ``job_file``, with
-        ``TWINGRAPH_API_KEY`` as ``X-API-Key``) and the job id is returned at once. Functions
-        of ``__main__`` travel by value; those of other modules must be importable by the server
-        (or registered with ``cloudpickle.register_pickle_by_value``).
+        ``TWINGRAPH_API_KEY`` as ``X-API-Key``: an ``admin`` key, since the graph is code) and
+        the job id is returned at once. Functions of ``__main__`` travel by value; those of
+        other modules must be importable by the server (or registered with
+        ``cloudpickle.register_pickle_by_value``).
         """
         url = os.environ.get("TWINGRAPH_JOBMANAGER_URL")
         if url:

@@ -5,11 +5,12 @@ runs) or served alone by ``twingraph stream jobmanager --port 8081`` (loopback b
 Routes: ``POST /jobs/submit``, ``GET /jobs``, ``GET /jobs/{job_id}/status``,
 ``POST /jobs/{job_id}/cancel?with_savepoint=``, ``GET /jobs/{job_id}/metrics``,
 ``POST /jobs/{job_id}/savepoint``, ``GET /taskmanagers``, ``GET /cluster/metrics``.
-Submission: an entry point as JSON (``{"entrypoint": "module:function", "args": {...}}``), or the
+Submission: an entry point as JSON (``{"entrypoint": "module:function", "args": {...}}``; only
+stream jobs are called, see ``entrypoints.py``: 422 naming the entry point otherwise), or the
 document's multipart ``job_file`` holding a serialized (cloudpickled) ``JobGraph`` — which is
-code, so it is accepted only when ``accept_graphs`` says the caller is authenticated (the server
-with auth required), is bounded to ``MAX_GRAPH_BYTES``, and is read only after the auth
-middleware has let the request through; the stand-alone job manager refuses it (403).
+code, so it is accepted only when ``accept_graphs`` allows the caller (the server: an ``admin``
+with auth required), is bounded to ``MAX_GRAPH_BYTES``, and is read only after that check; the
+stand-alone job manager refuses it (403, before reading the body).
 Every figure is measured by the running job (see ``JobRun.metrics``); none is a constant. The
 stand-alone app also serves ``GET /metrics`` (Prometheus, see ``twingraph.stream.prometheus``).
 """
@@ -81,7 +82,7 @@ def _load_graph(blob: bytes) -> Any:
 
     from twingraph.stream.graph import JobGraph
     try:
-        graph = cloudpickle.loads(blob)      # the caller is authenticated (checked above)
+        graph = cloudpickle.loads(blob)      # accept_graphs allowed the caller (checked above)
     except Exception as exc:  # noqa: BLE001 - any failure to load is the caller's bad input
         raise HTTPException(422, f"job_file is not a serialized job graph: {type(exc).__name__}") from None
     if not isinstance(graph, JobGraph):
@@ -127,7 +128,7 @@ def create_router(manager: JobManager, *,
                                                                        "format": "binary"}}}}}}})
     async def submit(request: Request) -> dict[str, Any]:
         """An entry point (JSON), or the document's serialized job graph (multipart
-        ``job_file``) — the latter only from an authenticated caller (see module doc)."""
+        ``job_file``) — the latter only from a caller ``accept_graphs`` allows (see module doc)."""
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
             refused = accept_graphs(request) if accept_graphs is not None else (

@@ -2,10 +2,12 @@
 
 A job is submitted as an *entry point*, ``"package.module:function"`` plus JSON keyword
 arguments: the function, already installed on this machine, builds and returns a
-``StreamExecutionEnvironment``. Nothing sent by a client is unpickled — the stream-engine
-document's pickled JobGraph upload is deliberately not offered (an uploaded pickle is code
-execution for whoever can reach the endpoint). Jobs run in this process, one scheduler thread each
-(the embedded task manager); ``slots`` bounds how many run at once.
+``StreamExecutionEnvironment``. Only a function that says it is an entry point is called
+(``@stream_job``, or annotated ``-> StreamExecutionEnvironment``; see ``entrypoints.py``), so a
+request cannot call ``os:system`` or a helper. ``submit`` never unpickles anything; the
+stream-engine document's pickled JobGraph (``submit_graph``) is code, and the REST face takes it
+only from an admin of a server with auth required (``jobmanager.py``). Jobs run in this process,
+one scheduler thread each (the embedded task manager); ``slots`` bounds how many run at once.
 
 With a ``registry`` (``twingraph.stores.metadata.stream_jobs.SQLStreamJobStore``, or anything with
 its methods) every job, status change and completed checkpoint is recorded in the metadata
@@ -17,7 +19,6 @@ ones stay listed with their last status.
 
 from __future__ import annotations
 
-import importlib
 import os
 import uuid
 import socket
@@ -30,6 +31,7 @@ from typing import Any
 from twingraph.errors import ConfigurationError, NotFoundError, ValidationError
 from twingraph.stream.api import StreamExecutionEnvironment
 from twingraph.stream.clock import SystemClock
+from twingraph.stream.entrypoints import check_syntax, load_entrypoint
 from twingraph.stream.graph import JobGraph
 from twingraph.stream.runtime.job import JobClient, JobRun
 from twingraph.stream.runtime.states import JobStatus
@@ -76,16 +78,13 @@ class JobManager:
     def submit(self, entrypoint: str, args: dict[str, Any] | None = None,
                restore_from: str | None = None, *, job_id: str | None = None) -> JobRecord:
         """Build the job with ``entrypoint(**args)`` and start it; ``ValidationError`` if the entry
-        point is malformed, cannot be imported or does not return an environment."""
-        module_name, _, func_name = entrypoint.partition(":")
-        if not module_name or not func_name or not all(p.isidentifier() for p in module_name.split(".") + [func_name]):
-            raise ValidationError(f"entrypoint must look like 'package.module:function', got {entrypoint!r}")
+        point is malformed, cannot be imported, is not a stream job (``entrypoints.py``: a
+        function decorated ``@stream_job`` or annotated ``-> StreamExecutionEnvironment``; it is
+        not called otherwise) or does not return an environment."""
+        check_syntax(entrypoint)
         if self.running() >= self.slots:
             raise ConfigurationError(f"all {self.slots} task slots are busy; cancel a job or raise the slots")
-        try:
-            func = getattr(importlib.import_module(module_name), func_name)
-        except (ImportError, AttributeError) as exc:
-            raise ValidationError(f"cannot load entrypoint {entrypoint!r}: {exc}") from exc
+        func = load_entrypoint(entrypoint)     # a stream job, or ValidationError before any call
         try:
             env = func(**(args or {}))
         except Exception as exc:  # the caller's function or arguments are wrong: bad input
