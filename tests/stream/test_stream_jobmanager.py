@@ -243,3 +243,38 @@ def test_kill_minus_9_of_the_job_manager_then_restart_resumes_the_job(tmp_path: 
         p.wait(10)
     lines = sorted(read_committed(out))
     assert lines == sorted(f"k{k} {w} 10" for w in range(0, 600, 50) for k in range(5))
+
+
+@pytest.mark.timeout(30)         # before the fix it served on 0.0.0.0 until killed
+def test_the_stand_alone_job_manager_refuses_to_bind_beyond_loopback() -> None:
+    """It has no authentication: beyond loopback anyone could start jobs."""
+    result = CliRunner().invoke(cli, ["jobmanager", "--host", "0.0.0.0", "--no-registry"])
+    assert result.exit_code == 2
+    assert "no authentication" in result.output and "twingraph server" in result.output
+
+
+@pytest.mark.timeout(60)
+def test_the_stand_alone_job_manager_answers_421_to_a_rebound_host_name(tmp_path: Path) -> None:
+    import subprocess
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "twingraph", "stream", "jobmanager", "--port",
+                             str(port), "--no-registry"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ok = httpx.get(f"{base}/jobs", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        assert ok.status_code == 200
+        rebound = httpx.get(f"{base}/jobs", headers={"Host": f"attacker.example:{port}"}, timeout=5)
+        assert rebound.status_code == 421
+    finally:
+        proc.terminate()
+        proc.wait(10)

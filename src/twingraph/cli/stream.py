@@ -61,8 +61,17 @@ def jobmanager(port: Annotated[int, typer.Option(help="port to listen on")] = 80
     were running when the job manager last stopped are resumed from their latest checkpoint."""
     import uvicorn
 
+    from twingraph.cli.server import is_loopback
+    from twingraph.server.hosts import LoopbackHosts
     from twingraph.stream.jobmanager import create_app
     from twingraph.stream.jobs import JobManager
+
+    if not is_loopback(host):
+        # It has no authentication: beyond loopback anyone could start or cancel jobs.
+        typer.echo(f"error: the stand-alone job manager has no authentication and binds loopback "
+                   f"only, not {host!r}; to serve /jobs beyond this machine use 'twingraph server "
+                   "--host ...' with auth (TWINGRAPH_AUTH=required)", err=True)
+        raise typer.Exit(2)
 
     store = None
     if registry:
@@ -75,7 +84,9 @@ def jobmanager(port: Annotated[int, typer.Option(help="port to listen on")] = 80
     resumed = manager.recover()
     if resumed:
         typer.echo(f"resumed {len(resumed)} job(s) from their latest checkpoints: {', '.join(resumed)}")
-    uvicorn.run(create_app(manager), host=host, port=port, log_level="warning")
+    # A page on another site that rebinds its name to 127.0.0.1 gets 421 (``LoopbackHosts``).
+    uvicorn.run(LoopbackHosts(create_app(manager), also=[host]), host=host, port=port,  # type: ignore[arg-type]
+                log_level="warning")
 
 
 @app.command()
