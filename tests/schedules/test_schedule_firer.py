@@ -301,3 +301,16 @@ def test_backfill_of_an_interval_goes_before_the_schedule_existed(env: Any) -> N
     rec = create(meta, schedules, expression="6h", enabled=False)
     slots = backfill(schedules, rec.id, launcher.launch, count=3, now=NOW + 1)
     assert slots == [NOW - 12 * H, NOW - 6 * H, NOW]
+
+
+def test_backfill_that_reaches_before_year_one_is_refused_and_creates_nothing(env: Any) -> None:
+    """Interval slots go back from the schedule's creation without bound: the last 30 slots of
+    a 36500-day interval lie ~3000 years before year 1, which no ``logical_date`` can spell.
+    That was a ValueError from the first launch (a 500 over REST); it is a ValidationError
+    (422) now, raised before any run is created."""
+    meta, schedules, launcher = env
+    rec = create(meta, schedules, expression="36500d", enabled=False)
+    with pytest.raises(ValidationError, match="before year 1"):
+        backfill(schedules, rec.id, launcher.launch, count=30, now=NOW)
+    assert launcher.launched == []
+    assert len(backfill(schedules, rec.id, launcher.launch, count=2, now=NOW)) == 2   # 1926 is fine

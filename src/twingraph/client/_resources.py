@@ -223,10 +223,10 @@ class ScheduleCalls:
     @staticmethod
     def list(project_id: str | None = None, pipeline_id: str | None = None,
              enabled: bool | None = None, limit: int | None = None,
-             offset: int | None = None) -> Call[Page]:
+             offset: int | None = None, sort: str | None = None) -> Call[Page]:
         return Call("GET", "/api/v1/schedules",
                     c.query(project_id=project_id, pipeline_id=pipeline_id, enabled=enabled,
-                            limit=limit, offset=offset), read=c.v1_page)
+                            limit=limit, offset=offset, sort=sort), read=c.v1_page)
 
     @staticmethod
     def get(schedule_id: str) -> Call[JSON]:

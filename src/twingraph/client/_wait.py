@@ -7,6 +7,12 @@ sleeps on the socket until an ``execution:update`` event with a terminal status 
 execution. The final state is then read over HTTP (the event may carry less than the status
 route, e.g. no outputs) and, if the store lags the event, re-read with a short backoff.
 
+Events are per server process: behind a load balancer the socket may reach a replica that is
+not driving the execution (another replica started it, or its schedule firer did), and that
+replica never sends its end. So while the socket is open the status is also re-read over HTTP
+at growing intervals (1 s doubling to 15 s): such an execution is seen to end at most 15 s
+late instead of never. ``mode="websocket"`` does not re-read: it relies on the events alone.
+
 If the socket cannot be opened (no ``/ws`` on that server, a proxy that refuses upgrades) or
 drops mid-wait, the waiter falls back to polling the status with exponential backoff (50 ms
 growing to 1 s) for the time that is left. ``mode="websocket"`` forbids the fallback (an error
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -31,6 +38,8 @@ log = logging.getLogger("twingraph.client")
 
 WaitMode = Literal["auto", "websocket", "poll"]
 FIRST_POLL, MAX_POLL, OPEN_TIMEOUT = 0.05, 1.0, 5.0
+#: Status re-reads while the socket is open (the events may come from another replica).
+FIRST_RECHECK, MAX_RECHECK = 1.0, 15.0
 
 
 def ws_url(base_url: httpx.URL) -> str:
@@ -62,6 +71,27 @@ def classify(raw: str | bytes, execution_id: str) -> Literal["final", "check", N
     return None
 
 
+class _Recheck:
+    """When to re-read the status while waiting on the socket (module doc): ``wait`` is how
+    long the next receive may block, ``due`` says whether a receive that timed out did so for
+    the re-read (then the next one is twice as far, up to ``MAX_RECHECK``)."""
+
+    def __init__(self, mode: WaitMode) -> None:
+        self.interval = FIRST_RECHECK
+        self.at = time.monotonic() + self.interval if mode == "auto" else math.inf
+
+    def wait(self, remaining: float) -> float:
+        return max(0.0, min(remaining, self.at - time.monotonic()))
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self.at:
+            return False
+        self.interval = min(self.interval * 2, MAX_RECHECK)
+        self.at = now + self.interval
+        return True
+
+
 def _check_mode(mode: str) -> None:
     if mode not in ("auto", "websocket", "poll"):
         raise ValueError(f"mode must be 'auto', 'websocket' or 'poll', not {mode!r}")
@@ -88,13 +118,17 @@ async def wait_async(url: str, headers: dict[str, str], execution_id: str, timeo
                 try:
                     await ws.send(subscribe_message(execution_id))
                     last = await get_status()
+                    recheck = _Recheck(mode)
                     while not last.done:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             raise WaitTimeout(execution_id, timeout, last.status)
                         try:
-                            raw = await asyncio.wait_for(ws.recv(), remaining)
+                            raw = await asyncio.wait_for(ws.recv(), recheck.wait(remaining))
                         except TimeoutError:
+                            if recheck.due():
+                                last = await get_status()
+                                continue
                             raise WaitTimeout(execution_id, timeout, last.status) from None
                         kind = classify(raw, execution_id)
                         if kind == "final":
@@ -143,13 +177,17 @@ def wait_sync(url: str, headers: dict[str, str], execution_id: str, timeout: flo
                 try:
                     ws.send(subscribe_message(execution_id))
                     last = get_status()
+                    recheck = _Recheck(mode)
                     while not last.done:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             raise WaitTimeout(execution_id, timeout, last.status)
                         try:
-                            raw = ws.recv(timeout=remaining)
+                            raw = ws.recv(timeout=recheck.wait(remaining))
                         except TimeoutError:
+                            if recheck.due():
+                                last = get_status()
+                                continue
                             raise WaitTimeout(execution_id, timeout, last.status) from None
                         kind = classify(raw, execution_id)
                         if kind == "final":

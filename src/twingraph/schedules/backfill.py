@@ -36,12 +36,26 @@ def backfill_slots(schedule: ScheduleRecord, *, count: int | None = None,
             raise ValidationError(f"count must be an integer from 1 to {MAX_BACKFILL}, got {count!r}")
         if end is not None:
             raise ValidationError("end goes with start, not with count")
-        return sc.fire_times_before(*args, now, count, schedule.created_at)
+        return _dated(sc.fire_times_before(*args, now, count, schedule.created_at))
     assert start is not None
     end = now if end is None else end
     if end > now:
         raise ValidationError("a backfill covers the past: end must not be later than now")
-    return sc.fire_times_between(*args, start, end, schedule.created_at, limit=MAX_BACKFILL)
+    return _dated(sc.fire_times_between(*args, start, end, schedule.created_at,
+                                        limit=MAX_BACKFILL))
+
+
+def _dated(slots: list[float]) -> list[float]:
+    """``slots`` if each can be a run's ``logical_date``. Interval slots go back from the
+    schedule's creation without bound, so a long interval's last ``count`` slots can lie
+    before year 1, which no date can spell: refuse that before any run is created."""
+    if slots:
+        try:
+            sc.logical_date(slots[0])           # the oldest; the newest is at most now
+        except (ValueError, OverflowError, OSError):
+            raise ValidationError("the backfill reaches back before year 1; ask for fewer "
+                                  "slots (count) or give start") from None
+    return slots
 
 
 def backfill(schedules: SQLScheduleStore, schedule_id: str, launch: LaunchFn, *,

@@ -17,7 +17,9 @@ from twingraph.core.schedule import ScheduleRecord, logical_date
 from twingraph.server.deps import services
 from twingraph.server.envelope import ERROR_RESPONSES, ApiError, iso, ok, page, parse_iso
 from twingraph.server.v1 import Limit, Offset, Sort
+from twingraph.service import Services
 from twingraph.service.schedules import ScheduledRuns
+from twingraph.stores.metadata.catalog import PipelineRecord
 
 router = APIRouter(prefix="/api/v1", tags=["schedules"], responses=ERROR_RESPONSES)
 
@@ -27,7 +29,8 @@ MAX_TIMEOUT_SECONDS = 10 * 365 * 24 * 3600
 
 class ScheduleIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    project_id: str = Field(min_length=1)
+    project_id: str | None = Field(None, min_length=1,
+                                   description="omitted: the project of the pipeline (as for runs)")
     pipeline_id: str = Field(min_length=1)
     kind: Literal["CRON", "INTERVAL", "cron", "interval"]
     expression: str = Field(min_length=1)
@@ -73,6 +76,12 @@ def view(s: ScheduleRecord) -> dict[str, Any]:
             "created_at": iso(s.created_at), "updated_at": iso(s.updated_at)}
 
 
+def check_params(svc: Services, pipeline: PipelineRecord, params: dict[str, Any] | None) -> None:
+    """Refuse (422) schedule params with which the pipeline's runs could never start: the
+    firer would otherwise drop every fire of the schedule (logged only)."""
+    svc.runs.check(pipeline, {**(params or {}), "logical_date": logical_date(0.0)})
+
+
 def scheduled(request: Request) -> ScheduledRuns:
     sched: ScheduledRuns = services(request).extras["schedules"]
     return sched
@@ -87,9 +96,11 @@ async def create_schedule(request: Request, body: ScheduleIn) -> Any:
 
     def create() -> ScheduleRecord:
         # A schedule whose runs could never start is refused now, not dropped at each fire.
-        project = svc.catalog.resolve_project(body.project_id)
-        pipeline = svc.catalog.find_pipeline(body.pipeline_id, project.id)
-        svc.runs.check(pipeline, {**body.params, "logical_date": logical_date(0.0)})
+        project = svc.catalog.resolve_project(body.project_id) if body.project_id else None
+        pipeline = svc.catalog.find_pipeline(body.pipeline_id, project.id if project else None)
+        check_params(svc, pipeline, body.params)
+        if project is None:
+            fields["project_id"] = pipeline.project_id
         return sched.store.create(**fields)
     s = await asyncio.to_thread(create)
     return ok(request, view(s))
@@ -122,7 +133,14 @@ async def update_schedule(request: Request, schedule_id: str, body: SchedulePatc
     changes = body.model_dump(exclude_unset=True)
     if changes.get("kind"):
         changes["kind"] = changes["kind"].upper()
-    s = await asyncio.to_thread(lambda: sched.store.update(schedule_id, **changes))
+    svc = services(request)
+
+    def write() -> ScheduleRecord:
+        if "params" in changes:         # as at creation: params its runs cannot start with
+            current = sched.store.get(schedule_id)
+            check_params(svc, svc.catalog.get_pipeline(current.pipeline_id), changes["params"])
+        return sched.store.update(schedule_id, **changes)
+    s = await asyncio.to_thread(write)
     return ok(request, view(s))
 
 
