@@ -285,3 +285,41 @@ def test_dicts_keep_their_order_through_memo_hits_and_order_is_part_of_the_key(s
     assert m.order_literal.run(engine=sqlite_engine).value == ["a", "b"]
     assert m.order_literal.run(engine=sqlite_engine, reverse=True).value == ["b", "a"]
     assert m.calls == ["keys", "keys"]
+
+
+INSTANCE_SRC = '''
+from twingraph import BaseComponent, pipeline
+calls = []
+
+class Threshold(BaseComponent):
+    def __init__(self, config=None, *, cut=0.5, client=None):
+        super().__init__(config)
+        self.cut = cut
+        self.client = client or object()      # not plain data: counts by its type only
+
+    def execute(self, data):
+        calls.append(self.cut)
+        return {"kept": [x for x in data if x > self.cut * self.config.get("scale", 1)]}
+
+proc = Threshold(cut=0.5)
+
+@pipeline(name="instance_state")
+def p():
+    return proc(data=[0.2, 0.6, 0.9])["outputs"]["kept"]
+'''
+
+
+def test_a_class_components_attributes_are_part_of_its_key(engine, tmp_path):
+    """Changing an instance (an attribute set in ``__init__`` or later, or its ``config``)
+    gives its calls new keys: a memo hit never returns what the old value computed."""
+    path = tmp_path / "instance_mod.py"
+    path.write_text(INSTANCE_SRC)
+    m = load_module(str(path))
+    assert m.p.run(engine=engine).value == [0.6, 0.9]
+    assert m.p.run(engine=engine).value == [0.6, 0.9] and m.calls == [0.5]
+    m.proc.cut = 0.7                               # changed after its first call
+    assert m.p.run(engine=engine).value == [0.9] and m.calls == [0.5, 0.7]
+    m.proc.config["scale"] = 0.5                   # its config changed in place
+    assert m.p.run(engine=engine).value == [0.6, 0.9] and m.calls == [0.5, 0.7, 0.7]
+    m.proc.client = object()                       # another object of the same type: same key
+    assert m.p.run(engine=engine).value == [0.6, 0.9] and len(m.calls) == 3

@@ -55,6 +55,39 @@ class _Name:
         return spec.name if spec is not None else resolve_name(type(obj), obj)
 
 
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+_STATE_ITEMS = 10_000          # plain data beyond this many items counts by its type only
+_OWN = frozenset({"config", "_spec", "_spec_state"})
+
+
+def instance_state(obj: Any) -> tuple[Any, dict[str, Any]]:
+    """What of a component instance goes into its key: its ``config`` and its other attributes,
+    plain data (numbers, strings, lists, tuples and str-keyed dicts of them, up to
+    ``_STATE_ITEMS`` items in all) by value, anything else by its type's name (a client, a
+    model: what it holds is not seen, as for module globals in ``core.codeversion``)."""
+    budget = [_STATE_ITEMS]
+    config = _plain(obj.__dict__.get("config"), budget)
+    attributes = {k: _plain(v, budget) for k, v in obj.__dict__.items() if k not in _OWN}
+    return config, attributes
+
+
+def _plain(value: Any, budget: list[int]) -> Any:
+    t = type(value)
+    budget[0] -= 1
+    if budget[0] >= 0:
+        if t in _PLAIN:
+            return value if t is not float else {"float": repr(value)}
+        if t is list or t is tuple:
+            items = [_plain(v, budget) for v in value]
+            if budget[0] >= 0:
+                return items if t is list else {"tuple": items}
+        elif t is dict and all(type(k) is str for k in value):
+            items_d = {k: _plain(v, budget) for k, v in value.items()}
+            if budget[0] >= 0:
+                return items_d
+    return {"type": f"{t.__module__}.{t.__qualname__}"}
+
+
 class BaseComponent(abc.ABC):
     component_options: ClassVar[dict[str, Any]] = {}
     if TYPE_CHECKING:
@@ -101,13 +134,24 @@ class BaseComponent(abc.ABC):
 
     @property
     def spec(self) -> ComponentSpec:
+        """The instance's definition. Its key covers the class's code, ``config`` and the
+        instance's other attributes (``instance_state``), read again at each use: an instance
+        changed after its first call (``proc.threshold = 0.9``) gets a spec, and keys, of its
+        own instead of reusing results computed with the old value."""
+        state = instance_state(self)
+        if self._spec is None or state != self.__dict__.get("_spec_state"):
+            self._spec = None
+            self.__dict__["_spec_state"] = state
         if self._spec is None:
             cls = type(self)
             draft = ComponentSpec.build(name=resolve_name(cls, self),
                                         qualname=f"{cls.__module__}:{cls.__qualname__}",
                                         code_version="", **self.component_options)
             cfg = dict(draft.config)
-            cfg["__instance__"] = self.config
+            attributes = state[1]
+            cfg["__instance__"] = dict(self.config)   # as it is now (compared above)
+            if attributes:
+                cfg["__attributes__"] = attributes
             self._spec = dataclasses.replace(draft, code_version=code_version(cls), config=cfg,
                                              parameters=parameters_of(cls.execute, skip_first=True))
         return self._spec
