@@ -375,6 +375,14 @@ def test_json_fields_come_back_as_json(store: Any) -> None:
     assert tasks_by_id(store)["a"].inputs == {"x": ["a", 1.5]}
 
 
+def test_json_fields_keep_the_order_of_their_dicts(store: Any) -> None:
+    """A run's parameters are its inputs, and a dict's order is part of a memo key: a resume
+    that got them back sorted recomputed what the run had stored (decision 0005)."""
+    store.write([run(params={"weights": {"b": 1, "a": 2}, "z": 0, "m": 1})])
+    params = store.get_run("r1").params
+    assert list(params) == ["weights", "z", "m"] and list(params["weights"]) == ["b", "a"]
+
+
 def test_records_are_copied_in_and_out(store: Any) -> None:
     rec, t = run(params={"a": 1}), task("a", inputs={"x": [1]})
     store.write([rec, t])

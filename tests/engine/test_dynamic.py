@@ -378,6 +378,7 @@ def test_a_declared_node_is_keyed_as_the_same_call_with_futures(scheduler):
         NodeDefinition("both", "add_all", {"a": "sq", "b": "nums"}, {"offset": 2}),
         N("dup", "add_all", ["sq", "sq"], offset=1),
         N("tail", "input_names", ["both"]),
+        N("sc", "scale", ["nums"], factor=3),          # a component as an operation
     ], dependencies={"tail": ["dup"]})
     declared = scheduler.run(dag)
     assert declared.state.value == "SUCCESS"

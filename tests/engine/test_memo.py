@@ -288,38 +288,67 @@ def test_dicts_keep_their_order_through_memo_hits_and_order_is_part_of_the_key(s
 
 
 INSTANCE_SRC = '''
+import enum
+from pathlib import Path
 from twingraph import BaseComponent, pipeline
 calls = []
 
+class Mode(enum.Enum):
+    STRICT = "strict"
+    LOOSE = "loose"
+
 class Threshold(BaseComponent):
-    def __init__(self, config=None, *, cut=0.5, client=None):
+    def __init__(self, config=None, *, cut=0.5, mode=Mode.STRICT, out=Path("a")):
         super().__init__(config)
-        self.cut = cut
-        self.client = client or object()      # not plain data: counts by its type only
+        self.cut, self.mode, self.out = cut, mode, out
+        self.client = object()             # not plain data: counts by its type only
+        self.tree = {"name": "root"}
+        self.tree["self"] = self.tree      # cyclic: counts by type where it cycles
+        self.big = list(range(20_000))     # beyond the item bound: counts by type
+        self.model = None                  # loaded lazily by execute
 
     def execute(self, data):
-        calls.append(self.cut)
+        calls.append((self.cut, self.mode.value, str(self.out)))
+        if self.model is None:
+            self.model = {"loaded": True}  # a change made by running: not a new key
         return {"kept": [x for x in data if x > self.cut * self.config.get("scale", 1)]}
 
-proc = Threshold(cut=0.5)
-
 @pipeline(name="instance_state")
-def p():
+def p(proc):
     return proc(data=[0.2, 0.6, 0.9])["outputs"]["kept"]
 '''
 
 
 def test_a_class_components_attributes_are_part_of_its_key(engine, tmp_path):
-    """Changing an instance (an attribute set in ``__init__`` or later, or its ``config``)
-    gives its calls new keys: a memo hit never returns what the old value computed."""
+    """Two instances that differ in an attribute set in ``__init__`` (plain data, an enum,
+    a path) or in ``config`` have keys of their own: neither hits the other's results.
+    Attributes that are objects, cyclic or huge do not break keying; what ``execute`` changes
+    on the instance does not change its keys."""
     path = tmp_path / "instance_mod.py"
     path.write_text(INSTANCE_SRC)
     m = load_module(str(path))
-    assert m.p.run(engine=engine).value == [0.6, 0.9]
-    assert m.p.run(engine=engine).value == [0.6, 0.9] and m.calls == [0.5]
-    m.proc.cut = 0.7                               # changed after its first call
-    assert m.p.run(engine=engine).value == [0.9] and m.calls == [0.5, 0.7]
-    m.proc.config["scale"] = 0.5                   # its config changed in place
-    assert m.p.run(engine=engine).value == [0.6, 0.9] and m.calls == [0.5, 0.7, 0.7]
-    m.proc.client = object()                       # another object of the same type: same key
-    assert m.p.run(engine=engine).value == [0.6, 0.9] and len(m.calls) == 3
+    T, Mode = m.Threshold, m.Mode
+    assert m.p.run(engine=engine, proc=T(cut=0.5)).value == [0.6, 0.9]
+    assert m.p.run(engine=engine, proc=T(cut=0.5)).value == [0.6, 0.9]      # a hit
+    assert m.calls == [(0.5, "strict", "a")]
+    assert m.p.run(engine=engine, proc=T(cut=0.7)).value == [0.9]
+    assert m.p.run(engine=engine, proc=T(cut=0.5, mode=Mode.LOOSE)).value == [0.6, 0.9]
+    assert m.p.run(engine=engine, proc=T(cut=0.5, out=m.Path("b"))).value == [0.6, 0.9]
+    assert m.p.run(engine=engine, proc=T({"scale": 0.5}, cut=0.5)).value == [0.6, 0.9]
+    assert len(m.calls) == 5
+    proc = T(cut=0.5, mode=Mode.LOOSE)                # same as the fourth: hits, and
+    assert m.p.run(engine=engine, proc=proc).value == [0.6, 0.9]
+    assert m.p.run(engine=engine, proc=proc).value == [0.6, 0.9]    # execute's change unseen
+    assert len(m.calls) == 5
+
+
+def test_a_config_fingerprint_is_in_no_order_as_its_key_prefix(engine):
+    """The config digest task rows record (what a miss's reason compares) reads the config in
+    no order, as the key prefix does: reordering a config is not 'configuration changed'."""
+    from twingraph.core.specs import ComponentSpec
+    a = ComponentSpec.build(name="c", qualname="m:c", code_version="v", config={"a": 1, "b": 2})
+    b = ComponentSpec.build(name="c", qualname="m:c", code_version="v", config={"b": 2, "a": 1})
+    c = ComponentSpec.build(name="c", qualname="m:c", code_version="v", config={"b": 3, "a": 1})
+    assert engine.fingerprint(a)["config"] == engine.fingerprint(b)["config"]
+    assert engine.fingerprint(a)["config"] != engine.fingerprint(c)["config"]
+    assert engine.key_prefix(a) == engine.key_prefix(b)

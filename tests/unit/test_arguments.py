@@ -51,9 +51,36 @@ def test_extra_positional_arguments_of_varargs_stay_positional():
     assert named(h, 1, 2, 3, k=4) == ((2, 3), {"a": 1, "k": 4})
 
 
-def test_a_name_bound_twice_is_left_as_given():
-    # f(3, x=4) raises TypeError when it runs: it must not take the key of f(x=4).
-    assert named(f, 3, x=4) == ((3,), {"x": 4})
+def test_a_name_bound_twice_is_refused():
+    # f(3, x=4) raises TypeError when it runs: it must not take the key of f(x=4), nor (with
+    # *rest) the key of f(4, 3).
+    import pytest
+    with pytest.raises(TypeError, match="multiple values for argument 'x'"):
+        named(f, 3, x=4)
+
+    def g(x, *rest):
+        return x
+    with pytest.raises(TypeError):
+        named(g, 3, x=4)
+    assert named(g, 4, 3) == ((3,), {"x": 4})
+
+
+def test_positional_only_parameters_stay_positional():
+    # f(3) binds x=3; f(x=3) puts x=3 into **kw: two computations, two digests.
+    def h(x=0, /, **kw):
+        return x, kw
+    assert parameters_of(h) is None          # nothing to name: digested as given, apart
+
+    def h2(x=0, /, y=1, **kw):
+        return x, y, kw
+    assert named(h2, 3) == ((3,), {}) and named(h2, x=3) == ((), {"x": 3})
+    assert named(h2, x=0) == ((), {"x": 0})          # a **kw entry, not x's default
+    assert named(h2, 0, 1) == ((0,), {})              # y's default left out
+
+    def k(a, /, b, c=1):
+        return a
+    assert named(k, 1, 2) == named(k, 1, b=2) == named(k, 1, 2, 1) == ((1,), {"b": 2})
+    assert named(k, 1, 2, 5) == ((1,), {"b": 2, "c": 5})
 
 
 def test_execute_methods_skip_their_instance():

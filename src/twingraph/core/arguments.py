@@ -6,7 +6,8 @@ about that (read once, when its spec is built); ``named`` turns one call's ``arg
 into the form that is digested: positional arguments moved under their parameter names, and
 arguments that are the parameter's own default left out.
 
-An argument is left out only when it *is* the default object, or is a plain scalar of the same
+Positional-only parameters are left positional (a keyword of the same name is a ``**kwargs``
+entry, another argument). An argument is left out only when it *is* the default object, or is a plain scalar of the same
 type that compares equal to it: nothing is called that could be slow, have side effects or
 raise (``==`` on arrays, on futures that would wait). Leaving defaults out rather than filling
 them in keeps the keys of calls that omit them as they were, and never digests a default that
@@ -21,13 +22,16 @@ from dataclasses import dataclass
 from typing import Any
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
-_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_P = inspect.Parameter
 
 
 @dataclass(frozen=True)
 class Parameters:
-    """``positional``: the names positional arguments bind to, in order (those of ``*args``
-    stay positional); ``defaults``: the defaults of parameters that have one."""
+    """``skip``: how many leading positional-only parameters there are (their arguments stay
+    positional: a keyword of the same name would go to ``**kwargs``); ``positional``: the
+    names the next positional arguments bind to, in order (those of ``*args`` stay
+    positional); ``defaults``: the defaults of parameters that can be passed by name."""
+    skip: int
     positional: tuple[str, ...]
     defaults: tuple[tuple[str, Any], ...]
 
@@ -37,30 +41,32 @@ class Parameters:
         unbound ``execute(self, ...)`` does). None if nothing can be normalized: the call's
         arguments are then digested as given."""
         params = list(sig.parameters.values())
-        if skip_first and params and params[0].kind in _POSITIONAL:
+        if skip_first and params and params[0].kind in (_P.POSITIONAL_ONLY,
+                                                         _P.POSITIONAL_OR_KEYWORD):
             params = params[1:]
-        positional = tuple(p.name for p in params if p.kind in _POSITIONAL)
-        defaults = tuple((p.name, p.default) for p in params
-                         if p.default is not p.empty and p.kind is not p.VAR_POSITIONAL
-                         and p.kind is not p.VAR_KEYWORD)
+        skip = sum(1 for p in params if p.kind is _P.POSITIONAL_ONLY)
+        positional = tuple(p.name for p in params if p.kind is _P.POSITIONAL_OR_KEYWORD)
+        defaults = tuple((p.name, p.default) for p in params if p.default is not p.empty
+                         and p.kind in (_P.POSITIONAL_OR_KEYWORD, _P.KEYWORD_ONLY))
         if not positional and not defaults:
             return None
-        return cls(positional, defaults)
+        return cls(skip, positional, defaults)
 
     def named(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
               ) -> tuple[tuple[Any, ...], Mapping[str, Any]]:
         """``args, kwargs`` with the positional arguments that have a name moved into the
-        keywords and default-valued arguments left out. A call that binds one name twice is
-        left as it is (it fails when it runs, and must not hit the key of a valid call)."""
-        if args:
-            n = min(len(args), len(self.positional))
+        keywords and default-valued arguments left out. ``TypeError`` for a call that binds
+        one name twice (it would fail when it runs; its key must not be a valid call's)."""
+        skip = self.skip
+        if len(args) > skip:
+            n = min(len(args) - skip, len(self.positional))
             names = self.positional[:n]
             for name in names:
                 if name in kwargs:
-                    return args, kwargs
-            merged = dict(zip(names, args))
+                    raise TypeError(f"got multiple values for argument {name!r}")
+            merged = dict(zip(names, args[skip:skip + n]))
             merged.update(kwargs)
-            args, kwargs = args[n:], merged
+            args, kwargs = args[:skip] + args[skip + n:], merged
         if self.defaults and kwargs:
             out: dict[str, Any] | None = None
             for name, default in self.defaults:

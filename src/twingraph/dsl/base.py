@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import enum
 import inspect
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twingraph.core.arguments import parameters_of
 from twingraph.core.codeversion import code_version
+from twingraph.core.hashing import canonical_json, sha256_hex
 from twingraph.core.specs import ComponentSpec
 from twingraph.engine.calls import LINEAGE_KWARGS
 from twingraph.engine.engine import current_run
@@ -56,36 +59,85 @@ class _Name:
 
 
 _PLAIN = frozenset({int, float, str, bool, type(None)})
-_STATE_ITEMS = 10_000          # plain data beyond this many items counts by its type only
-_OWN = frozenset({"config", "_spec", "_spec_state"})
+_STATE_ITEMS = 10_000          # an attribute holding more items than this counts by type only
+_STATE_DEPTH = 32
+_OWN = frozenset({"config", "_spec"})
 
 
-def instance_state(obj: Any) -> tuple[Any, dict[str, Any]]:
-    """What of a component instance goes into its key: its ``config`` and its other attributes,
-    plain data (numbers, strings, lists, tuples and str-keyed dicts of them, up to
-    ``_STATE_ITEMS`` items in all) by value, anything else by its type's name (a client, a
-    model: what it holds is not seen, as for module globals in ``core.codeversion``)."""
-    budget = [_STATE_ITEMS]
-    config = _plain(obj.__dict__.get("config"), budget)
-    attributes = {k: _plain(v, budget) for k, v in obj.__dict__.items() if k not in _OWN}
-    return config, attributes
+def instance_state(obj: Any) -> dict[str, Any]:
+    """The attributes of a component instance other than ``config``, as its key sees them:
+    plain data by value (numbers, strings, bytes, enum members, paths, and lists, tuples,
+    sets and str-keyed dicts of them, up to ``_STATE_ITEMS`` items and ``_STATE_DEPTH``
+    levels each), anything else by its type's name (a client, a model: what it holds is not
+    seen, as for module globals in ``core.codeversion``). Read once per instance, when its
+    spec is built (``BaseComponent.spec``)."""
+    out: dict[str, Any] = {}
+    for k, v in list(obj.__dict__.items()):      # a copy: another thread may add attributes
+        if k in _OWN:
+            continue
+        for _ in range(3):
+            try:
+                out[k] = _plain(v, [_STATE_ITEMS], set(), 0)
+                break
+            except RuntimeError:                  # changed while read (another thread)
+                continue
+        else:
+            out[k] = _by_type(v)
+    return out
 
 
-def _plain(value: Any, budget: list[int]) -> Any:
+def _by_type(value: Any) -> dict[str, str]:
     t = type(value)
-    budget[0] -= 1
-    if budget[0] >= 0:
-        if t in _PLAIN:
-            return value if t is not float else {"float": repr(value)}
-        if t is list or t is tuple:
-            items = [_plain(v, budget) for v in value]
-            if budget[0] >= 0:
-                return items if t is list else {"tuple": items}
-        elif t is dict and all(type(k) is str for k in value):
-            items_d = {k: _plain(v, budget) for k, v in value.items()}
-            if budget[0] >= 0:
-                return items_d
     return {"type": f"{t.__module__}.{t.__qualname__}"}
+
+
+def _plain(value: Any, budget: list[int], path: set[int], depth: int) -> Any:
+    """``value`` as JSON for the key, or its type if it is not plain data, too large, too
+    deep or cyclic. ``budget``: items left for this attribute; ``path``: the containers being
+    walked (a cycle counts by type)."""
+    budget[0] -= 1
+    if budget[0] < 0 or depth > _STATE_DEPTH:
+        return _by_type(value)
+    t = type(value)
+    if t in _PLAIN:
+        if t is float:
+            return {"float": repr(value)}
+        if t is int and value.bit_length() > 4096:       # beyond str()'s digit limit
+            return {"int": sha256_hex(hex(value).encode())}
+        return value
+    if t is bytes or t is bytearray:
+        return {"bytes": sha256_hex(bytes(value))}
+    if isinstance(value, enum.Enum):
+        return {"enum": f"{t.__module__}.{t.__qualname__}.{value.name}"}
+    if isinstance(value, PurePath):
+        return {"path": f"{t.__name__}:{value}"}
+    if t is list or t is tuple or t is set or t is frozenset or t is dict:
+        if id(value) in path:
+            return _by_type(value)
+        path.add(id(value))
+        try:
+            if t is dict:
+                if not all(type(k) is str for k in value):
+                    return _by_type(value)
+                items: Any = {}
+                for k, v in value.items():
+                    items[k] = _plain(v, budget, path, depth + 1)
+                    if budget[0] < 0:
+                        return _by_type(value)
+                return items
+            seq = []
+            for v in value:
+                seq.append(_plain(v, budget, path, depth + 1))
+                if budget[0] < 0:
+                    return _by_type(value)
+            if t is list:
+                return seq
+            if t is tuple:
+                return {"tuple": seq}
+            return {"set": sorted(seq, key=canonical_json)}      # in no order: sorted
+        finally:
+            path.discard(id(value))
+    return _by_type(value)
 
 
 class BaseComponent(abc.ABC):
@@ -134,22 +186,19 @@ class BaseComponent(abc.ABC):
 
     @property
     def spec(self) -> ComponentSpec:
-        """The instance's definition. Its key covers the class's code, ``config`` and the
-        instance's other attributes (``instance_state``), read again at each use: an instance
-        changed after its first call (``proc.threshold = 0.9``) gets a spec, and keys, of its
-        own instead of reusing results computed with the old value."""
-        state = instance_state(self)
-        if self._spec is None or state != self.__dict__.get("_spec_state"):
-            self._spec = None
-            self.__dict__["_spec_state"] = state
+        """The instance's definition, built at its first use. Its key covers the class's code,
+        ``config`` and the instance's other attributes (``instance_state``) as they are then:
+        two instances that differ in any of them have keys of their own. Changes made to an
+        instance after its first use are not seen (a lazily loaded model, a cache or a counter
+        must not change its keys); make a new instance to change a setting."""
         if self._spec is None:
             cls = type(self)
             draft = ComponentSpec.build(name=resolve_name(cls, self),
                                         qualname=f"{cls.__module__}:{cls.__qualname__}",
                                         code_version="", **self.component_options)
             cfg = dict(draft.config)
-            attributes = state[1]
-            cfg["__instance__"] = dict(self.config)   # as it is now (compared above)
+            cfg["__instance__"] = dict(self.config)      # as it is now
+            attributes = instance_state(self)
             if attributes:
                 cfg["__attributes__"] = attributes
             self._spec = dataclasses.replace(draft, code_version=code_version(cls), config=cfg,

@@ -577,8 +577,11 @@ class DynamicScheduler:
                 recovery = self.error_recovery or ErrorRecoveryManager(cfg.max_retries)
                 retry = recovery.retry_policy()
             if isinstance(base, ComponentSpec):
+                # Called as ``_OpCall(arguments, parameters, values)``, not as the component
+                # is: its own argument names (``core.arguments``) do not apply.
                 spec = dataclasses.replace(base, name=node.operation, raw_result=True,
-                                           retry_policy=base.retry_policy or retry)
+                                           retry_policy=base.retry_policy or retry,
+                                           parameters=None)
             else:
                 spec = ComponentSpec(name=node.operation,
                                      qualname=f"{getattr(target, '__module__', '?')}:"

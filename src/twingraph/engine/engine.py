@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twingraph.core.hashing import key_prefix
+from twingraph.core.hashing import canonical_json, key_prefix, sha256_hex
 from twingraph.core.records import LogRecord, RunRecord, RunUpdate, TaskRecord
 from twingraph.core.results import StorageMetadata
 from twingraph.core.states import RunState, TaskState, transition_run
@@ -267,7 +267,7 @@ class Engine:
         if entry is None:
             fp: dict[str, Any] = {
                 "code_version": spec.code_version,
-                "config": serialization.content_hash(_jsonable(spec.memo_config()))[:16]}
+                "config": _config_digest(spec.memo_config())}
             if spec.labels:
                 fp["labels"] = dict(spec.labels)
             if spec.resources:
@@ -563,6 +563,16 @@ def normalize(value: Any) -> Any:
     if isinstance(value, tuple) and hasattr(value, "_asdict"):
         return dict(value._asdict())
     return {"result": collect(value)}
+
+
+def _config_digest(config: Any) -> str:
+    """A short digest of a component's config for its task rows (what ``_miss_reason``
+    compares): of its canonical JSON, in no order, as the key prefix reads it."""
+    value = _jsonable(config)
+    try:
+        return sha256_hex(canonical_json(value))[:16]
+    except (TypeError, ValueError):          # NaN or infinity: not JSON
+        return serialization.content_hash(value)[:16]
 
 
 def _jsonable(obj: Any) -> Any:

@@ -222,8 +222,13 @@ def fast_json_encoder() -> Callable[[Any], str]:
 
 
 def json_copy(value: Any) -> Any:
-    """What a JSON column gives back for ``value`` (tuples become lists, keys become strings)."""
-    return json.loads(canonical_json(value))
+    """What a JSON column gives back for ``value`` (tuples become lists, keys become strings;
+    dicts keep their order, as SQLite's and PostgreSQL's ``JSON`` columns keep it: parameters
+    are a run's inputs, and a dict's order is part of a memo key, decision 0005)."""
+    try:
+        return json.loads(json.dumps(value, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"not JSON-serialisable: {exc}") from exc
 
 
 def edge_digest(edge: EdgeRecord) -> str:
