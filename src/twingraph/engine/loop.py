@@ -853,6 +853,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 self._finish(task, CANCELLED, error=TaskCancelled(message, node_id=task.node_id))
         self.ready.clear()
         self.held.clear()
+        self.resuming.clear()        # lookups in flight end as cancelled tasks
         if self._pool is not None:
             self._pool.forget(self._resources_freed)
 

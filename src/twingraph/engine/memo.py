@@ -79,6 +79,8 @@ class MemoSide:
                 return True
         twin = self.by_key.get(key) if memoize else None
         if twin is not None and twin is not task:
+            if self.resuming:
+                self.resuming.pop(task, None)      # finishes as its twin does
             if twin.state in TERMINAL:
                 self._follow_twin(task, twin)
             else:
