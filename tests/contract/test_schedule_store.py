@@ -321,6 +321,94 @@ def test_concurrent_queue_claims_never_exceed_max_concurrency(env: Any) -> None:
     assert len(meta.list_runs(state="RUNNING")) == 3
 
 
+def test_with_queued_runs_lists_only_schedules_with_room_in_pages(env: Any) -> None:
+    """Review (session 14): ``with_queued_runs(limit)`` returned the first ``limit`` schedules
+    with PENDING runs, full or not; with more schedules with a backlog than ``limit`` the
+    later ones (in id order) never had their queued runs started. It now returns only those
+    with room under ``max_concurrency``, one keyset page (``after``) at a time."""
+    meta, schedules, _ = env
+    proj, pipe = pipeline(meta)
+    recs = sorted((make(schedules, proj, pipe, max_concurrency=1) for _ in range(5)),
+                  key=lambda r: r.id)
+    full, idle, *with_room = recs                    # full: its one slot is taken
+    queued_run(meta, schedules, full.id, "f0", NOW)
+    queued_run(meta, schedules, full.id, "f1", NOW + 1)
+    assert schedules.claim_queued_runs(full.id, NOW + 2) == ["f0"]
+    for i, rec in enumerate(with_room):              # idle has no queued run at all
+        queued_run(meta, schedules, rec.id, f"w{i}", NOW + i)
+    room = [r.id for r in with_room]
+    assert schedules.with_queued_runs() == room
+    assert schedules.with_queued_runs(2) == room[:2]                 # full ones take no place
+    assert schedules.with_queued_runs(2, after=room[1]) == room[2:]
+    assert schedules.with_queued_runs(2, after=room[2]) == []
+    meta.write([RunUpdate("f0", RunState.SUCCESS, NOW + 3)])         # room again
+    assert schedules.with_queued_runs() == sorted([full.id, *room])
+    assert idle.id not in schedules.with_queued_runs()
+
+
+@pytest.mark.parametrize("env", [pytest.param("postgresql", marks=pytest.mark.postgres)],
+                         indirect=True)
+def test_a_queued_run_cancelled_during_the_claim_is_not_returned_as_claimed(env: Any) -> None:
+    """Review (session 14), PostgreSQL: a queued run cancelled by another connection between
+    ``claim_queued_runs``' SELECT of the oldest PENDING runs and its UPDATE stayed CANCELLED
+    (the UPDATE re-checks ``state = PENDING``) but was still returned as claimed, so the firer
+    called ``start_claimed`` on a CANCELLED run. The chosen rows are now locked: the cancel
+    waits for the claim and finds the run RUNNING."""
+    from sqlalchemy import event, update
+
+    from twingraph.stores.metadata.schema import runs
+
+    meta, schedules, _ = env
+    proj, pipe = pipeline(meta)
+    rec = make(schedules, proj, pipe, max_concurrency=2)
+    for i in range(3):
+        queued_run(meta, schedules, rec.id, f"q{i}", NOW + i)
+    other = SQLMetadataStore(meta.url)
+    cancelled: list[int] = []
+    threads: list[threading.Thread] = []
+
+    def cancel() -> None:                   # what ``cancel_pending`` does, on its own connection
+        with other._writing() as conn:
+            cancelled.append(conn.execute(
+                update(runs).where(runs.c.run_id == "q0", runs.c.state == RunState.PENDING.value)
+                .values(state=RunState.CANCELLED.value, ended_at=NOW, error="user")).rowcount)
+
+    def between_select_and_update(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if not threads and statement.startswith("UPDATE runs SET state"):
+            threads.append(threading.Thread(target=cancel))
+            threads[0].start()
+            threads[0].join(1.0)            # done, or waiting for the claim's row lock
+
+    event.listen(meta._engine, "before_cursor_execute", between_select_and_update)
+    try:
+        claimed = schedules.claim_queued_runs(rec.id, NOW + 10)
+    finally:
+        event.remove(meta._engine, "before_cursor_execute", between_select_and_update)
+        for t in threads:
+            t.join(10)
+        other.close()
+    assert threads and cancelled == [0]     # the cancel came in the window, and lost
+    states = {r: meta.get_run(r).state for r in claimed}  # type: ignore[union-attr]
+    assert claimed == ["q0", "q1"] and set(states.values()) == {RunState.RUNNING}
+
+
+def test_record_fire_never_goes_back_to_an_older_slot(env: Any) -> None:
+    """Review (session 14): two firers firing consecutive slots record them in either order;
+    the slower one (older slot) overwrote ``last_run_at``/``last_run_id`` with its older
+    slot."""
+    meta, schedules, _ = env
+    proj, pipe = pipeline(meta)
+    rec = make(schedules, proj, pipe)
+    schedules.record_fire(rec.id, "newer", NOW + 7200)
+    schedules.record_fire(rec.id, "older", NOW + 3600)
+    got = schedules.get(rec.id)
+    assert (got.last_run_at, got.last_run_id) == (NOW + 7200, "newer")
+    schedules.record_fire(rec.id, "newest", NOW + 10800)
+    assert schedules.get(rec.id).last_run_id == "newest"
+    with pytest.raises(NotFoundError):
+        schedules.record_fire("sched_nope", "r1", NOW)
+
+
 # -- the decorator's schedule --------------------------------------------------------------
 
 def test_upsert_decorator_schedule(env: Any) -> None:

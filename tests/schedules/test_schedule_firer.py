@@ -251,6 +251,113 @@ def test_thread_survives_a_failing_tick(env: Any) -> None:
     assert launcher.started == ["run000"]
 
 
+def _queue(meta: SQLMetadataStore, schedules: SQLScheduleStore, schedule_id: str,
+           run_ids: list[str]) -> None:
+    meta.write([RunRecord(r, "etl", RunState.PENDING, created_at=NOW + i)
+                for i, r in enumerate(run_ids)])
+    for r in run_ids:
+        schedules.link_run(schedule_id, r)
+
+
+def test_more_schedules_with_a_backlog_than_a_batch_all_get_their_runs_started(env: Any) -> None:
+    """Review (session 14): a tick started queued runs only for the first ``batch`` schedules
+    (by id) with PENDING runs, full or not. 101 schedules with max_concurrency=1 and a backlog
+    of two: the first 100 held the page forever and the 101st never started a run."""
+    meta, schedules, launcher = env
+    pipe_id, _ = meta.upsert_pipeline("default", "etl", {"nodes": [], "edges": []})
+    ids = sorted(schedules.create(project_id="default", pipeline_id=pipe_id, kind="INTERVAL",
+                                  expression="1h", enabled=False).id for _ in range(101))
+    for i, sid in enumerate(ids):
+        _queue(meta, schedules, sid, [f"b{i:03d}_0", f"b{i:03d}_1"])
+    firer = ScheduleFirer(schedules, launcher)                   # batch = 100
+    firer.tick(NOW)
+    firer.tick(NOW)
+    assert sorted(launcher.started) == [f"b{i:03d}_0" for i in range(101)]
+
+
+def test_schedules_whose_runs_end_at_once_do_not_starve_the_later_ones(env: Any) -> None:
+    """The other face of the same starvation: runs that end within a tick give the first
+    ``batch`` schedules room again at every tick, so leaving out full schedules is not enough;
+    every tick pages through all schedules with room."""
+    meta, schedules, launcher = env
+    pipe_id, _ = meta.upsert_pipeline("default", "etl", {"nodes": [], "edges": []})
+    ids = sorted(schedules.create(project_id="default", pipeline_id=pipe_id, kind="INTERVAL",
+                                  expression="1h", enabled=False).id for _ in range(7))
+    for i, sid in enumerate(ids):
+        _queue(meta, schedules, sid, [f"e{i}_{j}" for j in range(3)])
+
+    def start_and_end(run_id: str) -> None:
+        launcher.started.append(run_id)
+        launcher.finish(run_id)
+    launcher.start_claimed = start_and_end                       # type: ignore[method-assign]
+    firer = ScheduleFirer(schedules, launcher, batch=3)
+    firer.tick(NOW)
+    assert sorted(launcher.started) == [f"e{i}_0" for i in range(7)]
+    firer.tick(NOW)
+    firer.tick(NOW)
+    assert sorted(launcher.started) == sorted(f"e{i}_{j}" for i in range(7) for j in range(3))
+
+
+def test_start_after_a_timed_out_stop_never_runs_a_second_loop(env: Any) -> None:
+    """Review (session 14): ``stop(timeout)`` forgot its thread even when the join timed out
+    (a tick blocked on a slow database), so a later ``start()`` started a second loop next to
+    the old one, which then also kept polling: two loops in one process. Now ``start()``
+    revives the old thread while it is alive, and a new one starts only after it ended."""
+    meta, schedules, launcher = env
+    release = threading.Event()
+    lock = threading.Lock()
+    inside = [0, 0]                                              # now, most at once
+
+    class SlowDue(SQLScheduleStore):
+        first = True
+
+        def due(self, now: float, limit: int = 100) -> list[ScheduleRecord]:
+            with lock:
+                inside[0] += 1
+                inside[1] = max(inside)
+            try:
+                if SlowDue.first:
+                    SlowDue.first = False
+                    release.wait(10)
+                return super().due(now, limit)
+            finally:
+                with lock:
+                    inside[0] -= 1
+
+    def count() -> int:
+        return sum(t.name == "twingraph-schedule-firer" and t.is_alive()
+                   for t in threading.enumerate())
+    others = count()                                             # other tests' firers, if any
+
+    def loops() -> int:
+        return count() - others
+
+    firer = ScheduleFirer(SlowDue(meta), launcher, poll_interval=0.01)
+    firer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while inside[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stopped = firer.stop(timeout=0.1)                        # stuck in its tick
+        assert not firer.running and loops() == 1
+        firer.start()                                            # the old thread goes on
+        assert loops() == 1 and firer.running and stopped is False
+        release.set()
+        ticks = firer.ticks
+        while firer.ticks < ticks + 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert firer.ticks >= ticks + 5 and loops() == 1 and inside[1] == 1
+    finally:
+        release.set()
+        final_stop = firer.stop(timeout=10)
+    assert final_stop is True and loops() == 0 and not firer.running
+    firer.start()                                                # a fresh thread after a clean stop
+    try:
+        assert firer.running and loops() == 1
+    finally:
+        firer.stop(timeout=10)
+
+
 # -- backfill ------------------------------------------------------------------------------
 
 def test_backfill_count_creates_queued_runs_started_within_max_concurrency(env: Any) -> None:

@@ -22,8 +22,10 @@ One ``tick(now)``:
 
 Errors in one schedule (a failing launcher, a bad row) are logged and do not stop the others
 or the thread. ``start()``/``stop()`` run ``tick`` every ``poll_interval`` seconds on a daemon
-thread; ``stop`` wakes it at once and joins it. ``tick`` may also be called from other threads
-at the same time (e.g. right after a backfill): concurrent ticks are as safe as two processes.
+thread; ``stop`` wakes it at once and joins it. One firer never runs two loops: a ``start()``
+after a ``stop()`` that timed out revives the old thread rather than starting another.
+``tick`` may also be called from other threads at the same time (e.g. right after a backfill):
+concurrent ticks are as safe as two processes.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class ScheduleFirer:
         self.batch, self.max_catchup = batch, max_catchup
         self.ticks = 0                  # completed ticks (tests check that a firer polled)
         self._stop = threading.Event()
+        self._lock = threading.Lock()       # start() vs the loop's decision to exit
         self._thread: threading.Thread | None = None
 
     # -- one step --------------------------------------------------------------------------
@@ -114,49 +117,111 @@ class ScheduleFirer:
         return fired
 
     def _start_queued(self, now: float) -> None:
-        for schedule_id in self.schedules.with_queued_runs(self.batch):
+        """Serve every schedule that has queued runs and room, in pages of ``batch`` (a keyset
+        scan on the schedule id): the page query leaves out full schedules, and paging to the
+        end means a schedule late in id order is served at every tick too (a single page of
+        the first ``batch`` ids starved the others)."""
+        after: str | None = None
+        while True:
+            page = self.schedules.with_queued_runs(self.batch, after=after)
+            for schedule_id in page:
+                self._start_queued_of(schedule_id, now)
+            if len(page) < self.batch:
+                return
+            after = page[-1]
+
+    def _start_queued_of(self, schedule_id: str, now: float) -> None:
+        try:
+            claimed = self.schedules.claim_queued_runs(schedule_id, now)
+        except Exception:  # noqa: BLE001
+            log.exception("schedule %s: claiming queued runs failed", schedule_id)
+            return
+        for run_id in claimed:
             try:
-                claimed = self.schedules.claim_queued_runs(schedule_id, now)
-            except Exception:  # noqa: BLE001
-                log.exception("schedule %s: claiming queued runs failed", schedule_id)
-                continue
-            for run_id in claimed:
+                self.launcher.start_claimed(run_id)
+            except Exception as exc:  # noqa: BLE001 - the run must not hold its slot
+                log.exception("schedule %s: starting run %s failed", schedule_id, run_id)
                 try:
-                    self.launcher.start_claimed(run_id)
-                except Exception as exc:  # noqa: BLE001 - the run must not hold its slot
-                    log.exception("schedule %s: starting run %s failed", schedule_id, run_id)
-                    try:
-                        self.schedules.fail_claimed_run(
-                            run_id, f"the scheduler could not start the run: {exc}", self.clock())
-                    except Exception:  # noqa: BLE001
-                        log.exception("run %s: could not be marked FAILED", run_id)
+                    self.schedules.fail_claimed_run(
+                        run_id, f"the scheduler could not start the run: {exc}", self.clock())
+                except Exception:  # noqa: BLE001
+                    log.exception("run %s: could not be marked FAILED", run_id)
 
     # -- the thread ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run ``tick`` every ``poll_interval`` seconds on a daemon thread."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="twingraph-schedule-firer",
-                                        daemon=True)
-        self._thread.start()
+        """Run ``tick`` every ``poll_interval`` seconds on a daemon thread. At most one loop
+        runs per firer, whatever the sequence of ``start``/``stop`` calls.
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Wake the thread, let the current tick finish, join it."""
+        If an earlier ``stop(timeout)`` timed out, its thread is still finishing its last tick.
+        That thread has not decided to exit yet (it decides, and forgets itself, under
+        ``_lock``, which this method holds), so ``start`` revives it: it clears the stop flag
+        and the old loop simply keeps polling. A new thread is started only when there is no
+        loop, or the old one has already decided to exit (it ticks no more), so two loops of
+        one firer never tick."""
+        with self._lock:
+            thread = self._thread
+            if thread is not None and thread.is_alive():
+                self._stop.clear()          # running, or stopping: either way it goes on
+                return
+            self._stop.clear()
+            thread = threading.Thread(target=self._loop, name="twingraph-schedule-firer",
+                                      daemon=True)
+            self._thread = thread
+            thread.start()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Ask the loop to stop, wake it, and wait (at most ``timeout`` seconds) for its current
+        tick to finish. Returns True when no loop is left.
+
+        When the wait times out (a tick blocked on a slow database or launcher), the thread
+        still ends after that tick: it fires nothing more. This firer keeps it as its thread,
+        so ``running`` is False but a ``start()`` before it has ended revives that same thread
+        instead of starting a second loop (see ``start``). Called from the loop's own thread
+        (e.g. by a launcher), it does not wait. A ``start()`` from another thread while this
+        waits wins: the loop keeps going and this returns False."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        with self._lock:
+            thread = self._thread
+        if thread is None:
+            return True
+        if thread is threading.current_thread():
+            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while thread.is_alive() and self._stop.is_set():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            thread.join(0.1 if left is None else min(left, 0.1))
+        if not self._stop.is_set():
+            return False                    # a start() meanwhile: the loop goes on
+        if thread.is_alive():
+            log.warning("schedule firer: the loop did not stop within %s s; it ends after its "
+                        "current tick (a start() before then keeps it running)", timeout)
+            return False
+        return True
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """True while the loop runs and has not been asked to stop."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and not self._stop.is_set()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - e.g. the database is briefly unreachable
-                log.exception("schedule firer: tick failed; retrying")
-            self._stop.wait(self.poll_interval)
+        me = threading.current_thread()
+        try:
+            while True:
+                with self._lock:            # deciding to exit and forgetting this thread are
+                    if self._stop.is_set():     # one step with respect to start()
+                        if self._thread is me:
+                            self._thread = None
+                        return
+                try:
+                    self.tick()
+                except Exception:  # noqa: BLE001 - e.g. the database is briefly unreachable
+                    log.exception("schedule firer: tick failed; retrying")
+                self._stop.wait(self.poll_interval)
+        finally:
+            with self._lock:                # any other way out (BaseException) forgets it too
+                if self._thread is me:
+                    self._thread = None

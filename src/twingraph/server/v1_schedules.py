@@ -60,7 +60,9 @@ class SchedulePatch(BaseModel):
 
 class BackfillIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    count: int | None = Field(None, ge=1, le=1000)
+    # strict: a JSON integer only. Lax mode turned true into 1, "3" into 3 and 2.0 into 2,
+    # each of which created runs; now they are the 422 VALIDATION_ERROR like any bad count.
+    count: int | None = Field(None, ge=1, le=1000, strict=True)
     start: str | None = None
     end: str | None = None
 

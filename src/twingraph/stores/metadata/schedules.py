@@ -222,12 +222,16 @@ class SQLScheduleStore:
             return conn.execute(stmt).rowcount == 1
 
     def record_fire(self, schedule_id: str, run_id: str | None, at: float) -> None:
-        """Note that the schedule fired at ``at`` (the slot) and created ``run_id``."""
-        stmt = (update(schedules).where(schedules.c.id == schedule_id)
+        """Note that the schedule fired at ``at`` (the slot) and created ``run_id``, unless a
+        later slot is already recorded: two firers firing consecutive slots may record them in
+        either order, and ``last_run_at``/``last_run_id`` must not go back to the older one."""
+        stmt = (update(schedules)
+                .where(schedules.c.id == schedule_id,
+                       or_(schedules.c.last_run_at.is_(None), schedules.c.last_run_at <= at))
                 .values(last_run_at=at, last_run_id=run_id))
         with self._store._writing() as conn:
             if conn.execute(stmt).rowcount != 1:
-                raise NotFoundError(f"schedule {schedule_id} not found")
+                _get_row(conn, schedule_id)         # NotFoundError; else a later slot won
 
     def link_run(self, schedule_id: str, run_id: str) -> None:
         """Set ``runs.schedule_id`` of an existing run (for launchers whose run writer does not
@@ -246,11 +250,29 @@ class SQLScheduleStore:
         with self._store._reading() as conn:
             return int(conn.execute(query).scalar_one())
 
-    def with_queued_runs(self, limit: int = 100) -> builtins.list[str]:
-        """Ids of schedules that have PENDING (queued) runs."""
-        query = (select(runs.c.schedule_id).distinct()
-                 .where(runs.c.state == RunState.PENDING.value, runs.c.schedule_id.is_not(None))
-                 .order_by(runs.c.schedule_id).limit(limit))
+    def with_queued_runs(self, limit: int = 100, *, after: str | None = None) -> builtins.list[str]:
+        """Ids of schedules that have PENDING (queued) runs AND room to start one (fewer RUNNING
+        runs than ``max_concurrency``), in id order, only ids greater than ``after``: a page
+        of a keyset scan. Paging with ``after`` = the last id of the previous page visits every
+        schedule with room once (``ScheduleFirer`` does that each tick), so a schedule is never
+        starved by others earlier in id order, whether they are full (a full schedule is not
+        returned at all) or get room back at every tick.
+
+        One statement on both databases, answered from indexes (``runs (schedule_id, state)``,
+        ``runs (state, created_at)``, the schedules key). The room is a snapshot; the
+        claim itself re-checks it under the schedule's lock (``claim_queued_runs``)."""
+        pending = (select(runs.c.run_id)
+                   .where(runs.c.schedule_id == schedules.c.id,
+                          runs.c.state == RunState.PENDING.value)
+                   .exists())
+        running = (select(func.count()).select_from(runs)
+                   .where(runs.c.schedule_id == schedules.c.id,
+                          runs.c.state == RunState.RUNNING.value)
+                   .scalar_subquery())
+        query = select(schedules.c.id).where(pending, running < schedules.c.max_concurrency)
+        if after is not None:
+            query = query.where(schedules.c.id > after)
+        query = query.order_by(schedules.c.id).limit(limit)
         with self._store._reading() as conn:
             return [str(sid) for sid in conn.execute(query).scalars()]
 
@@ -272,10 +294,18 @@ class SQLScheduleStore:
             free = int(limit) - int(running)
             if free <= 0:
                 return []
-            chosen: builtins.list[str] = [str(rid) for rid in conn.execute(
-                select(runs.c.run_id)
-                .where(runs.c.schedule_id == schedule_id, runs.c.state == RunState.PENDING.value)
-                .order_by(runs.c.created_at, runs.c.run_id).limit(free)).scalars()]
+            # PostgreSQL: lock the chosen rows too. A queued run cancelled (``cancel_pending``
+            # does not lock the schedule) between this SELECT and the UPDATE below was left
+            # CANCELLED by the UPDATE yet returned as claimed, and the firer then started it.
+            # Locked, a concurrent cancel waits for this commit and finds the run RUNNING; one
+            # committed before the lock is re-checked here and the run is left out.
+            pick = (select(runs.c.run_id)
+                    .where(runs.c.schedule_id == schedule_id,
+                           runs.c.state == RunState.PENDING.value)
+                    .order_by(runs.c.created_at, runs.c.run_id).limit(free))
+            if conn.dialect.name == "postgresql":     # FOR NO KEY UPDATE, as the UPDATE takes
+                pick = pick.with_for_update(key_share=True)
+            chosen: builtins.list[str] = [str(rid) for rid in conn.execute(pick).scalars()]
             if chosen:
                 fields = sem.run_update_fields(RunUpdate("", RunState.RUNNING, now), None)
                 conn.execute(update(runs)
