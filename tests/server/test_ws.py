@@ -283,3 +283,40 @@ def test_a_lagging_batch_leaves_out_waiting_statuses() -> None:
     small = batch[:2] + batch[-4:]            # not lagging: each node's newest status, QUEUED too
     assert [(e.get("node_id"), e["status"]) for e in ws_module._coalesce(small)] == [
         ("n0", "RUNNING"), ("n1", "SUCCESS"), ("n2", "QUEUED"), (None, "RUNNING")]
+
+
+def test_a_lone_surrogate_execution_id_is_a_bad_message_and_the_socket_stays(
+        client: TestClient) -> None:
+    """``"\\ud800"`` as ``execution_id`` reached the database driver, which cannot encode it;
+    the ``StorageError`` ended the receive task and the server closed the socket (1000, no
+    error event)."""
+    with client.websocket_connect("/ws") as ws:
+        for action in ("subscribe", "unsubscribe"):
+            ws.send_text('{"action": "%s", "execution_id": "x\\ud800"}' % action)
+            ev = recv(ws)
+            assert ev["event"] == "error" and ev["data"]["code"] == "BAD_MESSAGE", ev
+        ws.send_json({"action": "ping"})
+        assert recv(ws)["event"] == "pong"
+
+
+def test_a_failing_subscribe_is_an_internal_error_event_and_the_socket_stays(
+        client: TestClient, svc: Services, caplog: pytest.LogCaptureFixture) -> None:
+    """A genuine storage failure (the runs table renamed away under the server, no mocks):
+    the client gets INTERNAL_ERROR for that message, the server logs it once, and the
+    connection keeps serving."""
+    import logging
+    import sqlite3
+
+    con = sqlite3.connect(svc.settings.database_url.removeprefix("sqlite:///"))
+    con.execute("ALTER TABLE runs RENAME TO runs_gone")
+    con.commit()
+    con.close()
+    with caplog.at_level(logging.ERROR), client.websocket_connect("/ws") as ws:
+        ws.send_json({"action": "subscribe", "execution_id": "run_x"})
+        ev = recv(ws)
+        assert ev["event"] == "error" and ev["data"]["code"] == "INTERNAL_ERROR", ev
+        assert "runs" not in ev["data"]["message"]
+        ws.send_json({"action": "ping"})
+        assert recv(ws)["event"] == "pong"
+    failures = [r for r in caplog.records if "websocket subscribe" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None

@@ -78,8 +78,10 @@ def create_app(svc: Services, *, load: Sequence[str] = (), lifespan_hooks: bool 
     from twingraph.server.ratelimit import RateLimitMiddleware
     from twingraph.server.versioning import VersioningMiddleware
     authenticator = auth if auth is not None else Authenticator.disabled()
+    from twingraph.server.bodies import JsonBodyLimits
     from twingraph.server.fastpath import HotReads
-    app.add_middleware(HotReads, services=svc, route=v1.get_run_route())   # innermost
+    app.add_middleware(JsonBodyLimits)          # innermost: only bodies auth let through
+    app.add_middleware(HotReads, services=svc, route=v1.get_run_route())
     app.add_middleware(VersioningMiddleware)
     app.add_middleware(AuthMiddleware, authenticator=authenticator)
     if authenticator.mode == "required":
@@ -89,7 +91,7 @@ def create_app(svc: Services, *, load: Sequence[str] = (), lifespan_hooks: bool 
     if rate_limits is not None:
         app.add_middleware(RateLimitMiddleware, limiter=rate_limits,
                            identify=authenticator.identity)
-    envelope.install(app)
+    envelope.install(app)           # its handlers, and ErrorBoundary around all of the above
 
     app.add_middleware(RequestContext, metrics=metrics)     # outermost: ids on refusals too
 

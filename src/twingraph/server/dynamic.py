@@ -32,8 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from twingraph.core.states import RunState
 from twingraph.dagfile import parse_dag_text
-from twingraph.engine.dynamic import DynamicScheduler
+from twingraph.engine.dynamic import DAGDefinition, DynamicScheduler
 from twingraph.errors import GraphValidationError, ValidationError
+from twingraph.server.bodies import json_problem
 from twingraph.server.deps import services
 from twingraph.server.envelope import ERROR_RESPONSES, ApiError
 from twingraph.service import Services
@@ -77,6 +78,20 @@ def _reject_yaml_aliases(program: str) -> None:
         return                                    # parse_dag_text reports the syntax error
 
 
+def _check_values(dag: DAGDefinition) -> None:
+    """The program is text, so the body's checks (``server.bodies``) never saw what it holds:
+    the same rules for the parsed DAG. A lone surrogate (``"\\ud800"`` in the JSON or YAML)
+    in an id cannot be stored or answered; parameters nested too deep cannot be shown."""
+    view = {"dag_id": dag.dag_id, "metadata": dag.metadata, "dependencies": dag.dependencies,
+            "nodes": [{"id": n.node_id, "operation": n.operation, "arguments": n.arguments,
+                       "parameters": n.parameters, "metadata": n.metadata} for n in dag.nodes]}
+    problem = json_problem(view)
+    if problem is not None:
+        field, why = problem
+        raise ApiError(422, f"program: {field}: {why}",
+                       details=[{"field": f"program.{field}", "message": why}])
+
+
 async def _until_done(svc: Services, dag_id: str, timeout: float | None = None) -> bool:
     """Wait, holding no thread, until ``dag_id`` has finished and its result is recorded."""
     sched = svc.scheduler
@@ -114,6 +129,7 @@ async def execute_dynamic(request: Request, body: ExecutionRequest) -> Any:
         dag = parse_dag_text(body.program, default_id=f"dag_{uuid.uuid4().hex[:12]}")
     except ValidationError as exc:
         raise ApiError(422, str(exc), details=[{"field": "program", "message": str(exc)}]) from exc
+    _check_values(dag)
     if dag.dag_id in sched.active_executions:
         raise ApiError(409, f"DAG {dag.dag_id!r} is already running; cancel it or use "
                             "another dag_id", details=[{"field": "program.dag_id",

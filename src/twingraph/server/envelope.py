@@ -10,6 +10,7 @@ PAYLOAD_TOO_LARGE 413 and RATE_LIMITED 429 for what the document leaves out.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -188,11 +189,63 @@ def install(app: FastAPI) -> None:
                 if nodes else [{"field": "body", "message": str(exc)}]))
         if isinstance(exc, PipelineTimeout):
             return error_response(request, 504, str(exc))
-        log.exception("unexpected domain error", exc_info=exc)
-        return error_response(request, 500, f"{type(exc).__name__}: {exc}")
+        # A storage or engine failure: its text names tables, paths, hosts. The log has it.
+        rid = request_id(request)
+        log.error("internal error request_id=%s: %s", rid, type(exc).__name__, exc_info=exc)
+        return JSONResponse(internal_error_body(rid), status_code=500)
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error request_id=%s", request_id(request), exc_info=exc)
-        return error_response(request, 500, "internal error; see the server log for "
-                              f"request {request_id(request)}")
+    # Not ``app.exception_handler(Exception)``: Starlette runs that handler in its outermost
+    # ServerErrorMiddleware, which sends the 500 and then re-raises, so uvicorn logs the error
+    # a second time and closes the keep-alive connection; and being outside RequestContext,
+    # the answer had no X-Request-ID. ``ErrorBoundary`` answers it inside RequestContext.
+    app.add_middleware(ErrorBoundary)
+
+
+def internal_error_body(rid: str | None) -> dict[str, Any]:
+    """The INTERNAL_ERROR envelope: no exception text, only where to look in the server log."""
+    return {"error": {"code": "INTERNAL_ERROR",
+                      "message": f"internal error; see the server log for request "
+                                 f"{rid or 'req_unknown'}",
+                      "details": []},
+            "meta": meta_values(rid)}
+
+
+class ErrorBoundary:
+    """Pure ASGI: any exception that escapes the routes and the middleware inside it becomes
+    the 500 INTERNAL_ERROR envelope, logged here once with its traceback and request id, and
+    is not re-raised, so the server keeps the connection open for the client's next request.
+
+    ``install`` adds it before ``observability.RequestContext`` is added, so it sits just inside
+    it: the answer carries X-Request-ID and is counted as a 500. Should a response already have
+    started when the exception comes, nothing more can be sent: it is logged, and if that
+    response was left incomplete the server closes the connection (a cut body must not pass
+    for a whole one)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:  # noqa: BLE001 - the boundary: answered and logged, never lost
+            rid = (scope.get("state") or {}).get("request_id")
+            log.error("internal error request_id=%s %s %s%s", rid, scope.get("method"),
+                      scope.get("path"), " (after the response started)" if started else "",
+                      exc_info=exc)
+            if started:
+                return
+            body = json.dumps(internal_error_body(rid), separators=(",", ":")).encode()
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})

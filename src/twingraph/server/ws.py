@@ -43,6 +43,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from twingraph.errors import NotFoundError
+from twingraph.server.bodies import json_problem
 from twingraph.server.deps import services
 from twingraph.service import Services
 from twingraph.service import workflows as wf
@@ -149,11 +150,19 @@ class Connection:
             if not isinstance(eid, str) or not eid:
                 await self.bad("BAD_MESSAGE", f"{action} needs 'execution_id' (a string)")
                 continue
-            if action == "subscribe":
-                await self.subscribe(eid)
-            else:
+            if json_problem(eid) is not None:     # "\ud800": no id, and no text to store or send
+                await self.bad("BAD_MESSAGE", "execution_id contains a lone UTF-16 surrogate")
+                continue
+            try:
+                if action == "subscribe":
+                    await self.subscribe(eid)
+                else:
+                    self.unsubscribe(eid)
+                    self.reply("unsubscribed", {"execution_id": eid})
+            except Exception:  # noqa: BLE001 - like ErrorBoundary: answered, logged, socket kept
+                log.exception("websocket %s of %r failed", action, eid)
                 self.unsubscribe(eid)
-                self.reply("unsubscribed", {"execution_id": eid})
+                await self.bad("INTERNAL_ERROR", "internal error; see the server log", eid)
 
     async def subscribe(self, eid: str) -> None:
         if eid in self.subscribed:              # again: answer the current state again
