@@ -104,3 +104,26 @@ def test_a_batch_chosen_as_deadlock_victim_is_written_again(postgres_url: str, t
     assert {r: svc.catalog.store.get_run(r).state for r in ("dl-1", "dl-2")} == \
         {"dl-1": RunState.SUCCESS, "dl-2": RunState.SUCCESS}
     svc.close()
+
+
+def test_a_driver_error_on_the_hot_read_is_a_storage_error(tmp_path: Path) -> None:
+    """The raw DBAPI read bypasses the store's error translation: a driver error (here the
+    table is gone) must come out as ``StorageError`` like every other read, not as
+    ``sqlite3.OperationalError``."""
+    import sqlite3
+
+    from twingraph.errors import StorageError
+    svc = build_services(Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path}/tg.db"))
+    try:
+        load_modules(svc, [str(RESOURCES / "v1_app.py")])
+        run = svc.runs.create(svc.catalog.find_pipeline("sum_numbers"), params={"n": 3})
+        reader = svc.catalog.status_reader()
+        svc.catalog.run_status(run.run_id, reader=reader)
+        with sqlite3.connect(tmp_path / "tg.db") as db:
+            db.execute("ALTER TABLE runs RENAME TO runs_gone")
+        for kw in ({"reader": reader}, {}):
+            with pytest.raises(StorageError, match="no such table"):
+                svc.catalog.run_status(run.run_id, **kw)
+        reader.close()
+    finally:
+        svc.close()

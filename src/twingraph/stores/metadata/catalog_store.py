@@ -456,18 +456,22 @@ class SQLCatalog:
         SQL compilation, no result processing. ``reader`` is a caller's own long-lived
         connection (``status_reader()``); without one a pooled connection is used."""
         sql = self._status_sql[0 if counts else 1]
-        if reader is not None:
-            row = reader.fetch(sql, run_id)
-        else:
-            raw = self.store._engine.raw_connection()
-            try:
-                cur = raw.cursor()
-                cur.execute(sql, (run_id,))
-                row = cur.fetchone()
-                cur.close()
-                raw.commit()            # end the read transaction (psycopg opens one implicitly)
-            finally:
-                raw.close()
+        try:
+            if reader is not None:
+                row = reader.fetch(sql, run_id)
+            else:
+                raw = self.store._engine.raw_connection()
+                try:
+                    cur = raw.cursor()
+                    cur.execute(sql, (run_id,))
+                    row = cur.fetchone()
+                    cur.close()
+                    raw.commit()        # end the read transaction (psycopg opens one implicitly)
+                finally:
+                    raw.close()
+        except (self._driver_error, sa_exc.SQLAlchemyError) as exc:
+            # Raw DBAPI reads bypass ``_translated``: the same StorageError as every other read.
+            raise StorageError(f"metadata store error: {exc}") from exc
         if row is None:
             raise NotFoundError(f"run {run_id!r} not found")
         fields = dict(zip(_STATUS_FIELDS, row))
@@ -479,6 +483,12 @@ class SQLCatalog:
                 fields[name] = json.loads(fields[name])
         fields["state"] = RunState(fields["state"])
         return RunRow(**fields), {k: int(v) for k, v in (by_state or {}).items()}
+
+    @functools.cached_property
+    def _driver_error(self) -> type[Exception]:
+        """The DBAPI driver's base exception (sqlite3.Error, psycopg.Error)."""
+        error: type[Exception] = self.store._engine.dialect.loaded_dbapi.Error
+        return error
 
     def status_reader(self) -> StatusReader:
         """A dedicated autocommit connection for ``run_status`` (one thread's hot reads)."""
