@@ -12,6 +12,7 @@ Whoever adds a metadata backend adds it to ``BACKENDS``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -103,15 +104,16 @@ def stop_server(srv: Server) -> None:
             srv.process.wait(10)
 
 
-@pytest.fixture(scope="session")
-def e2e_postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for the e2e server only (dropped at the end)."""
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database (its SQLAlchemy URL), dropped on exit; skips the test if
+    PostgreSQL is not reachable."""
     psycopg = pytest.importorskip("psycopg")
     try:
         admin = psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         pytest.skip(f"PostgreSQL is not reachable at {ADMIN_URL}: {exc}".strip())
-    name = f"twingraph_e2e_{secrets.token_hex(6)}"
+    name = f"{prefix}_{secrets.token_hex(6)}"
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
@@ -119,6 +121,13 @@ def e2e_postgres_url() -> Iterator[str]:
                 + f"/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def e2e_postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for the e2e server only (dropped at the end)."""
+    with fresh_postgres_database("twingraph_e2e") as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -8,13 +8,11 @@ timeout."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ADMIN_URL
-from tests.e2e.conftest import Server, start_server, stop_server, unique
+from tests.e2e.conftest import Server, fresh_postgres_database, start_server, stop_server, unique
 from tests.resources import server_app as app
 from twingraph import Workflow
 from twingraph.client import AsyncTwinGraphClient, TwinGraphClient
@@ -22,16 +20,7 @@ from twingraph.client import AsyncTwinGraphClient, TwinGraphClient
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {ADMIN_URL}: {exc}".strip())
-    name = f"twingraph_replicas_{secrets.token_hex(6)}"
-    url = ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) \
-        + f"/{name}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    with fresh_postgres_database("twingraph_replicas") as url:
         started: list[Server] = []
         try:
             for replica in ("a", "b"):          # one after the other: the first migrates
@@ -41,7 +30,6 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server,
         finally:
             for srv in started:
                 stop_server(srv)
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def nap_workflow(client: TwinGraphClient) -> str:
