@@ -26,6 +26,7 @@ from twingraph.errors import CheckpointError
 
 MANIFEST = "_metadata.json"
 _CHK = re.compile(r"^chk-(\d+)$")
+_SP = re.compile(r"^sp-(\d+)$")
 
 
 class CheckpointStorage:
@@ -90,6 +91,14 @@ class CheckpointStorage:
         found = [(int(m.group(1)), p) for p in self.root.iterdir()
                  if p.is_dir() and (m := _CHK.match(p.name)) and (p / MANIFEST).exists()]
         return [p for _, p in sorted(found)]
+
+    def highest_id(self) -> int:
+        """The largest checkpoint or savepoint id in the directory (0 if none), so that a run
+        restored from an older one never reuses, overwrites or retires a newer one's id."""
+        ids = [int(m.group(1)) for p in self.root.iterdir() if (m := _CHK.match(p.name))]
+        if self.savepoints.exists():
+            ids += [int(m.group(1)) for p in self.savepoints.iterdir() if (m := _SP.match(p.name))]
+        return max(ids, default=0)
 
     def latest(self) -> Path | None:
         done = self.completed()

@@ -20,7 +20,7 @@ from typing import Any
 from twingraph.errors import StateError
 from twingraph.stream.clock import Clock
 from twingraph.stream.functions import KeyedProcessFunction, OutputTag, ProcessFunction
-from twingraph.stream.state import KeyedStateStore, StateBackend
+from twingraph.stream.state import NO_KEY, KeyedStateStore, StateBackend
 from twingraph.stream.timers import TimerQueue
 from twingraph.stream.watermarks import MIN_WATERMARK
 
@@ -282,7 +282,7 @@ class KeyedProcessOperator(KeyedOperator):
             res = pe(v, c)
             if res is not None:
                 out.extend((o, t) for o in res)
-        store.current_key = None
+        store.current_key = NO_KEY
         if out:
             self.out(out)
 
@@ -295,7 +295,7 @@ class KeyedProcessOperator(KeyedOperator):
             res = self.fn.on_timer(t, c)
             if res is not None:
                 out.extend((o, t) for o in res)
-        store.current_key = None
+        store.current_key = NO_KEY
         if out:
             self.out(out)
 

@@ -34,6 +34,8 @@ from twingraph.stream.keygroups import KeyGroupCache
 
 _PROTO = 5
 _DELETED = object()
+#: ``KeyedStateStore.current_key`` outside a keyed element or timer (``None`` is a valid key)
+NO_KEY: Any = object()
 
 
 def dumps_state(state: Any) -> bytes:
@@ -230,7 +232,7 @@ class KeyedStateStore:
 
     def __init__(self, backend: StateBackend) -> None:
         self.backend = backend
-        self.current_key: Any = None
+        self.current_key: Any = NO_KEY
         self._names: dict[str, str] = {}
 
     def user_table(self, name: str, kind: str) -> MutableMapping[Any, Any]:
@@ -240,7 +242,7 @@ class KeyedStateStore:
         return self.backend.table("u_" + name)
 
     def _check(self) -> Any:
-        if self.current_key is None:
+        if self.current_key is NO_KEY:
             raise StateError("keyed state is only available while processing a keyed element or timer")
         return self.current_key
 

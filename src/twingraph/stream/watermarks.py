@@ -7,8 +7,11 @@ out-of-orderness generator emits ``max_seen - bound - 1`` (Flink's formula), so 
 An operator with several input channels uses the *minimum* of their watermarks
 (:class:`WatermarkCombiner`). A channel whose source has been idle for longer than the idleness
 timeout is marked idle and left out of the minimum, so one quiet partition does not hold back
-event time forever; it takes part again as soon as it sends data. The idleness decision is made at
-the source with an injected clock (:meth:`WatermarkGenerator.on_idle_check`).
+event time forever; it takes part again as soon as it sends data. When the last active input
+goes idle, the combined watermark moves to the largest input watermark (as Flink's
+``StatusWatermarkValve`` flushes), so the result does not depend on the order they went idle.
+The idleness decision is made at the source with an injected clock
+(:meth:`WatermarkGenerator.on_idle_check`).
 """
 
 from __future__ import annotations
@@ -105,9 +108,9 @@ class WatermarkCombiner:
 
     def _recompute(self) -> int | None:
         active = [w for w, i in zip(self.wms, self.idle) if not i]
-        if not active:
-            return None  # all inputs idle: event time stands still, nothing to emit
-        new = min(active)
+        # all inputs idle: none will advance, so flush to the largest (Flink's valve does): else
+        # the result would depend on the order in which the inputs went idle
+        new = min(active) if active else max(self.wms)
         if new > self.current:
             self.current = new
             return new

@@ -33,7 +33,7 @@ from twingraph.errors import StreamError
 from twingraph.stream.functions import AggregateFunction, OutputTag
 from twingraph.stream.keygroups import KeyGroupCache
 from twingraph.stream.operators import Batch, KeyedOperator
-from twingraph.stream.state import dumps_state, loads_state
+from twingraph.stream.state import NO_KEY, dumps_state, loads_state
 from twingraph.stream.timers import TimerQueue
 from twingraph.stream.watermarks import MAX_WATERMARK, MIN_WATERMARK
 from twingraph.stream.windows import SessionWindow, TumblingWindow, WindowAssigner, merge_session
@@ -102,7 +102,8 @@ class WindowOperator(KeyedOperator):
     def _register(self, key: Any, ns: Any, end: int) -> None:
         mt = end - 1
         if self.lateness and not self.processing_time:
-            self.timers.add(mt, key, ns, FIRE)
+            if mt > self.watermark:  # else the window fires at once (refire), as EventTimeTrigger:
+                self.timers.add(mt, key, ns, FIRE)  # a timer ≤ the watermark would fire it twice
             self.timers.add(mt + self.lateness, key, ns, PURGE)
         else:
             self.timers.add(mt, key, ns, FIRE | PURGE)
@@ -130,9 +131,16 @@ class WindowOperator(KeyedOperator):
             elif isinstance(self.assigner, TumblingWindow):
                 self._process_tumbling(batch, late, refire)
             else:
+                assign = self.assigner.assign
                 for v, ts, key in batch:
-                    for start, _end in self.assigner.assign(ts):
-                        self._add_element(v, ts, key, start, late, refire)
+                    # as Flink: an element is late only if every window it falls in is past its
+                    # lateness, and then it goes to the side output once (not once per window)
+                    skipped: list[Any] = []
+                    windows = assign(ts)
+                    for start, _end in windows:
+                        self._add_element(v, ts, key, start, skipped, refire)
+                    if len(skipped) == len(windows):
+                        late.append((v, ts))
         except TypeError:
             if any(r[1] is None for r in batch):
                 raise StreamError("an element without a timestamp reached an event-time window; give the "
@@ -264,7 +272,7 @@ class WindowOperator(KeyedOperator):
                 res = self.window_fn(key, w, self._result(acc))
             else:
                 res = self.fn(key, w, list(acc))
-            self.store.current_key = None
+            self.store.current_key = NO_KEY
             if res is not None:
                 for o in res:
                     out.append((o, ts))

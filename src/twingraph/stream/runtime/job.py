@@ -148,9 +148,11 @@ class JobRun:
         restored_id = self._restore[1]["checkpoint_id"] if self._restore else None
         by_chain, input_offset, uid_par = self._create_tasks(restored_id)
         self._wire(by_chain, input_offset)
+        # after every id in the directory: an older restore must not reuse (or retire) newer ones
+        last_id = max(restored_id or 0, self.storage.highest_id() if self.storage else 0)
         self.coordinator = CheckpointCoordinator(
             job_name=self.job.name, tasks=self.tasks, storage=self.storage,
-            next_id=(restored_id or 0) + 1, max_parallelism=self.job.max_parallelism,
+            next_id=last_id + 1, max_parallelism=self.job.max_parallelism,
             backend=self.job.state_backend, uid_parallelism=uid_par)
         self.coordinator.on_complete.extend(self._guarded(cb) for cb in self.checkpoint_listeners)
 
