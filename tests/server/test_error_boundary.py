@@ -122,3 +122,20 @@ def test_storage_error_text_is_not_sent_to_the_client(
         rid = _assert_internal_error(broken, "StorageError", "projects_gone")
     mine = [r for r in caplog.records if r.levelno >= logging.ERROR and rid in r.getMessage()]
     assert len(mine) == 1 and mine[0].exc_info is not None
+
+
+def test_an_error_that_echoes_a_lone_surrogate_still_renders() -> None:
+    """A message or detail that quotes the request (a path id, a field) may hold a lone
+    surrogate; the envelope shows its escape instead of failing to encode the answer."""
+    import json as _json
+
+    from starlette.requests import Request
+
+    from twingraph.server.envelope import error_response
+    request = Request({"type": "http", "method": "GET", "path": "/x", "headers": [],
+                       "query_string": b"", "state": {"request_id": "req_1"}})
+    response = error_response(request, 404, "run '\ud800' not found",
+                              details=[{"field": "id\udfff", "message": "unknown"}])
+    body = _json.loads(response.body)
+    assert body["error"]["message"] == "run '\\ud800' not found"
+    assert body["error"]["details"] == [{"field": "id\\udfff", "message": "unknown"}]

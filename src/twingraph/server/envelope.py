@@ -144,10 +144,22 @@ def page(request: Request, data: list[Any], *, total: int, limit: int, offset: i
 def error_response(request: Request, status: int, message: str, *, code: str | None = None,
                    details: list[dict[str, Any]] | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"code": code or _STATUS_CODES.get(status, "ERROR"), "message": message,
-                      "details": details or []},
+    body = {"error": {"code": code or _STATUS_CODES.get(status, "ERROR"),
+                      "message": _text(message),
+                      "details": [{k: _text(v) if isinstance(v, str) else v
+                                   for k, v in d.items()} for d in details or ()]},
             "meta": meta(request)}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _text(value: str) -> str:
+    """``value`` as UTF-8 can carry it: a lone surrogate echoed from the request (a path, a
+    field) is shown as its escape, not left to fail the answer's encoding."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _field(loc: Any) -> str:
