@@ -443,3 +443,91 @@ def test_dag_text_in_yaml_flow_style_without_a_suffix_is_read_as_yaml(cli, tmp_p
                                       "parameters: {n: 3}}]}")
     out = _dynamic(cli, tmp_path, tmp_path / "program")
     assert out.returncode == 0 and '"status": "completed"' in out.stdout, out.stdout + out.stderr
+
+
+# -- session 14: logs piped, non-ASCII params, --param with --resume, progress on a pipe ------
+CHATTY = (
+    "from twingraph import component, get_logger, pipeline\n"
+    "@component\n"
+    "def chatty(n: int):\n"
+    "    log = get_logger()\n"
+    "    for i in range(n):\n"
+    "        log.info(f'line {i:04d} ' + 'x' * 150)\n"
+    "    return n\n"
+    "@pipeline(name='chatty')\n"
+    "def chatty_pipe(n: int = 5):\n"
+    "    return chatty(n=n)\n")
+
+
+def test_runs_logs_piped_is_one_record_a_line_and_pages_with_offset(cli, tmp_path):
+    """Piped, each record was cut at 80 columns (a 150-character message became three lines)
+    and past ``--limit`` the rest were dropped without a word (no way to page)."""
+    (tmp_path / "chatty.py").write_text(CHATTY)
+    rid = _run_id(cli("run", "chatty.py", "--param", "n=25", "--no-progress",
+                      columns=80).stdout)
+    first = cli("runs", "logs", rid, "--limit", "10", columns=80)
+    lines = first.stdout.splitlines()
+    assert len(lines) == 10 and all(l.endswith("x" * 150) for l in lines), first.stdout
+    assert [l.split()[5] for l in lines] == [f"{i:04d}" for i in range(10)]   # oldest first
+    assert "--offset 10" in first.stderr
+    last = cli("runs", "logs", rid, "--limit", "10", "--offset", "20", columns=80)
+    assert [l.split()[5] for l in last.stdout.splitlines()] == [f"{i:04d}" for i in range(20, 25)]
+    assert "--offset" not in last.stderr                     # nothing more to page to
+
+
+def test_runs_show_prints_non_ascii_parameters_as_typed(cli, tmp_path):
+    (tmp_path / "uni.py").write_text(
+        "from twingraph import component, pipeline\n"
+        "@component\ndef up(word: str):\n    return word.upper()\n"
+        "@pipeline(name='uni')\ndef uni(word: str = 'x'):\n    return up(word=word)\n")
+    rid = _run_id(cli("run", "uni.py", "--param", "word=Größe→✓", "--no-progress").stdout)
+    show = cli("runs", "show", rid).stdout
+    assert 'params {"word": "Größe→✓"}' in show, show                 # not "\u00f6"
+
+
+def test_resume_refuses_a_param_that_differs_from_the_runs_own(tmp_path):
+    """``run --resume RID --param x=99`` used to drop the value without a word and finish the
+    run with the x it was started with."""
+    (tmp_path / "flaky.py").write_text(FLAKY_ONCE)
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), COLUMNS="200",
+               TG_FIXED=str(tmp_path / "fixed"))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "twingraph", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+    first = cli("run", "flaky.py", "--param", "x=3", "--no-progress")
+    assert first.returncode == 1
+    rid = _run_id(first.stdout)
+    (tmp_path / "fixed").touch()
+    other = cli("run", "--resume", rid, "--param", "x=99", "--no-progress")
+    assert other.returncode == 2, other.stdout + other.stderr
+    assert "started with x=3" in " ".join(other.stderr.split()) and "Traceback" not in other.stderr
+    same = cli("run", "--resume", rid, "--param", "x=3", "--no-progress")   # the same: fine
+    assert same.returncode == 0 and '"result": 4' in same.stdout, same.stdout + same.stderr
+
+
+def test_progress_asked_for_on_a_pipe_prints_lines(cli, tmp_path):
+    """``--progress`` with stdout not a terminal drew nothing at all (a transient live
+    display); it now prints a plain line at each tenth, the last one at 100 %."""
+    (tmp_path / "slow.py").write_text(
+        "import time\nfrom twingraph import component, pipeline\n"
+        "@component\ndef work(i: int):\n    time.sleep(0.3)\n    return i\n"
+        "@pipeline(name='slow', max_parallel=2)\n"
+        "def slow(n: int = 6):\n    return [work(i=i) for i in range(n)]\n")
+    out = cli("run", "slow.py", "--progress")
+    lines = [l for l in out.stdout.splitlines() if l.startswith("progress ")]
+    assert len(lines) >= 2 and lines[-1].startswith("progress 100% (6/6 tasks"), out.stdout
+    quiet = cli("run", "slow.py", "--no-cache")                # not asked for: no lines
+    assert "progress " not in quiet.stdout
+
+
+def test_the_run_line_keeps_the_run_id_whole_in_a_narrow_terminal(cli, tmp_path):
+    (tmp_path / "uni.py").write_text(
+        "from twingraph import component, pipeline\n"
+        "@component\ndef one():\n    return 1\n"
+        "@pipeline(name='narrow')\ndef narrow():\n    return one()\n")
+    out = cli("run", "uni.py", "--no-progress", columns=20)
+    rid = _run_id(out.stdout)
+    assert len(rid) == 32, out.stdout
+    assert cli("runs", "show", rid).returncode == 0

@@ -49,3 +49,13 @@ def test_the_live_display_counts_the_nodes_of_a_dag_not_handed_to_its_run_yet():
     assert p["eta_seconds"] == 36.0                   # 36,000 nodes left at 1,000 a second
     assert dag_progress(run, 10_000) is run           # all handed over: the run's own figures
     assert dag_progress({**run, "rate": None}, 40_000)["eta_seconds"] is None
+
+
+@pytest.mark.parametrize("item, key", [("ratio=1e400", "ratio"), ("y=-1e999", "y"),
+                                       ("items=[1, 2e308]", "items")])
+def test_a_number_too_large_for_a_double_is_refused_as_infinity_is(item, key):
+    """json.loads makes ``inf`` of ``1e400``: it slipped past the NaN/Infinity check and the
+    run recorded the text "inf" in its place (a resume then asked for it again)."""
+    with pytest.raises(ValidationError, match=f"--param {key}: .*NaN or Infinity"):
+        parse_params([item], pipe)
+    assert parse_params(["ratio=1e300"], pipe) == {"ratio": 1e300}

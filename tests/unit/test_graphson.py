@@ -93,3 +93,95 @@ def test_a_store_time_becomes_the_g_date_of_its_rounded_millisecond():
     assert off, "the seed should include times the old conversion got wrong"
     for t in times:
         assert typed(date_of(t)) == {"@type": "g:Date", "@value": round(t * 1000)}
+
+
+# -- session 14: export_run streams a run's graph instead of building it in memory ----------
+def _seeded_run(tmp_path, n, *, run_id="big"):
+    """A finished run of ``n`` tasks written straight to a SQLite metadata store: a chain
+    (each task reads its predecessor), every 10th task also reading task 0 twice (two output
+    paths: one edge with ``data_flows``), one task reading a producer that is not a task of
+    the run (left out), and one edge recorded as a row."""
+    from twingraph.core.records import RunRecord, TaskRecord
+    from twingraph.core.states import RunState, TaskState
+    from twingraph.stores.metadata import SQLMetadataStore
+    md = SQLMetadataStore(f"sqlite:///{tmp_path / 'meta.db'}", create=True)
+    md.write([RunRecord(run_id, "big", RunState.SUCCESS, created_at=1.0, pipeline_version=3)])
+    batch = []
+    for i in range(n):
+        deps = [[f"t{i - 1}", ["outputs", "x"]]] if i else []
+        if i and i % 10 == 0:
+            deps += [["t0", ["outputs", "a"]], ["t0", ["hash"]]]
+        if i == 5:
+            deps.append(["ghost", []])
+        batch.append(TaskRecord(run_id, f"t{i}", "comp", TaskState.SUCCESS, cache_key="k" * 64,
+                                cache_status="miss", order=i,
+                                inputs={"code_version": "abc", **({"deps": deps} if deps else {}),
+                                        **({"labels": {"team": "ü"}} if i == 3 else {})},
+                                started_at=1e9 + i, ended_at=1e9 + i + 0.25))
+    md.write(batch)
+    md.write([EdgeRecord(run_id, "t2", "t1", "DEPENDS_ON", {"data_flow": "explicit"})])
+    return md
+
+
+def _graph_of(lines):
+    """The graph a reader builds from the file, edge ids aside (they are the writer's to
+    choose), after checking that every edge is written alike at both ends and ids are unique."""
+    verts, outs, ins = {}, [], []
+    for line in lines:
+        v = json.loads(line)
+        vid = json.dumps(v["id"])
+        assert vid not in verts
+        verts[vid] = (v["label"], {k: [p["value"] for p in ps] for k, ps in v["properties"].items()})
+        for label, es in v.get("outE", {}).items():
+            outs += [(e["id"], vid, label, json.dumps(e["inV"]), json.dumps(e["properties"])) for e in es]
+        for label, es in v.get("inE", {}).items():
+            ins += [(e["id"], json.dumps(e["outV"]), label, vid, json.dumps(e["properties"])) for e in es]
+    assert sorted(outs) == sorted(ins)
+    assert len({e[0] for e in outs}) == len(outs)
+    assert all(e[3] in verts for e in outs)                 # no dangling edge
+    return verts, sorted(e[1:] for e in outs)
+
+
+def test_the_exported_file_is_the_graph_of_run_graph_whatever_the_page(tmp_path):
+    from twingraph.graphson import export_run, run_graph
+    md = _seeded_run(tmp_path, 45)
+    want = _graph_of(graphson_lines(*run_graph(md, "big"), edge_id_prefix="big/e"))
+    assert len(want[0]) == 46 and sum(1 for e in want[1] if e[1] == "DEPENDS_ON") == 44 + 4 + 1
+    for page in (1, 7, 45, 1000):
+        path = export_run(md, "big", tmp_path / f"p{page}.json", page=page)
+        assert _graph_of(path.read_text(encoding="utf-8").splitlines()) == want, page
+    md.close()
+
+
+def test_export_reads_the_run_a_page_at_a_time(tmp_path):
+    """It read every task of the run at once (and built every line before writing one)."""
+    from twingraph.graphson import export_run
+    md = _seeded_run(tmp_path, 120)
+    asked = []
+    real = md.get_tasks
+
+    def get_tasks(run_id, *, limit=None, offset=0):
+        asked.append(limit)
+        return real(run_id, limit=limit, offset=offset)
+    md.get_tasks = get_tasks
+    export_run(md, "big", tmp_path / "g.json", page=50)
+    assert asked and all(limit == 50 for limit in asked), asked
+    md.close()
+
+
+def test_export_memory_stays_below_the_file_size(tmp_path):
+    """Building the whole graph took about four times the size of the file it wrote (for a
+    1,000,000-task run, gigabytes); streamed, a page of tasks and the edges' text."""
+    import tracemalloc
+
+    from twingraph.graphson import export_run
+    md = _seeded_run(tmp_path, 6000)
+    tracemalloc.start()
+    try:
+        path = export_run(md, "big", tmp_path / "g.json", page=500)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = path.stat().st_size
+    assert peak < size, (peak, size)          # was about 4 x size
+    md.close()

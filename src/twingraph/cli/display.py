@@ -62,11 +62,37 @@ class LiveProgress:
             self._thread.join(2)
 
     def _run(self) -> None:
+        if not console.is_terminal:
+            # A transient Live on a pipe or file draws nothing at all: asked for progress
+            # there (``--progress``), the user gets a plain line at each tenth instead.
+            self._lines()
+            return
         with Live(console=console, refresh_per_second=8, transient=True) as live:
             while not self._stop.wait(0.125):
                 p = self.source()
                 if p:
                     live.update(render_progress(p, time.monotonic() - self._t0))
+
+    def _lines(self) -> None:
+        shown, stopped = -1, False
+        while not stopped:
+            stopped = self._stop.wait(0.25)        # one last look once stopped: the end
+            p = self.source()
+            if not p or not p["total"]:
+                continue
+            step = int(p["percent"]) // 10
+            if step != shown:
+                shown = step
+                console.print(progress_line(p, time.monotonic() - self._t0), markup=False,
+                              highlight=False, soft_wrap=True)
+
+
+def progress_line(p: dict[str, Any], elapsed: float) -> str:
+    """The progress dict as one plain line (for output that is not a terminal)."""
+    return (f"progress {p['percent']:.0f}% ({p['finished']}/{p['total']} tasks: "
+            f"{p['succeeded']} ok, {p['running']} running, {p['failed']} failed, "
+            f"{p['skipped'] + p['cancelled']} skipped/cancelled; elapsed {elapsed:.1f}s, "
+            f"ETA {_fmt_eta(p.get('eta_seconds'))})")
 
 
 def ts(v: float | None) -> str:

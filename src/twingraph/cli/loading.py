@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import math
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -131,7 +132,7 @@ def parse_params(items: list[str], fn: Any = None) -> dict[str, object]:
             out[k] = v
             continue
         try:
-            value: object = json.loads(v, parse_constant=_no_constant)
+            value: object = json.loads(v, parse_constant=_no_constant, parse_float=_finite)
         except _NotFinite:
             raise ValidationError(f"--param {k}: {v!r}: a run cannot store NaN or Infinity "
                                   f"(JSON has neither)") from None
@@ -152,6 +153,15 @@ class _NotFinite(Exception):
 
 def _no_constant(name: str) -> object:
     raise _NotFinite(name)
+
+
+def _finite(text: str) -> float:
+    """A JSON number as ``float``; one too large for a double (``1e400``) is the Infinity
+    ``json.loads`` would make of it, and refused as that literal is."""
+    value = float(text)
+    if math.isinf(value):
+        raise _NotFinite(text)
+    return value
 
 
 def _scalar_hints(fn: Any) -> dict[str, type]:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from twingraph.cli.display import (LiveProgress, console, err_console, runs_lines, runs_table, summary_table,
                                    tasks_table, ts)
 from twingraph.core.states import RunState
-from twingraph.errors import TwinGraphError
+from twingraph.errors import TwinGraphError, ValidationError
 
 app = typer.Typer(help="TwinGraph: data pipelines as decorated Python or declarative graphs.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -75,12 +75,14 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
         module = load_module(file)
         pipe = find_pipeline(module, name)
         params = parse_params(param, pipe.fn)
+        if resume:
+            params = _resume_params(engine.metadata.get_run(resume), params)
         holder: dict[str, Any] = {}
         show = sys.stdout.isatty() if progress is None else progress
         with LiveProgress(lambda: holder["loop"].progress() if "loop" in holder else None, show):
             result = pipe.run(engine=engine, no_cache=no_cache, max_parallel=max_parallel,
                               resume=resume, on_start=lambda loop: holder.setdefault("loop", loop),
-                              **({} if resume else params))
+                              **params)
     except TwinGraphError as exc:
         _fail(exc, 2)
     except KeyboardInterrupt as exc:
@@ -89,13 +91,31 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
     tasks = engine.metadata.get_tasks(result.run_id)
     console.print(summary_table(tasks))
     state = result.state.value
+    # soft_wrap: a narrow terminal must not break the run id over lines (it is copied).
     console.print(f"run [bold]{escape(result.run_id)}[/bold] {escape(pipe.name)}: "
-                  f"[{'green' if state == 'SUCCESS' else 'red'}]{state}[/]")
+                  f"[{'green' if state == 'SUCCESS' else 'red'}]{state}[/]", soft_wrap=True)
     if result.error is not None:
         err_console.print(f"[red]{type(result.error).__name__}:[/red] {escape(str(result.error))}")
         raise typer.Exit(1)
     if result.value is not None:
         console.print_json(json.dumps(result.value, default=repr))
+
+
+def _resume_params(rec: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The ``--param`` values ``run --resume`` passes on: a resumed run keeps the parameters
+    it was started with, so a value that differs from the recorded one is a usage error (it
+    was silently dropped); only those the run could not record exactly (``inexact_params``)
+    are taken, as ``Pipeline.run(resume=...)`` needs them given again."""
+    inexact = set((rec.source or {}).get("inexact_params") or ())
+    recorded = rec.params or {}
+    differ = sorted(k for k, v in given.items()
+                    if k not in inexact and (k not in recorded or recorded[k] != v))
+    if differ:
+        was = ", ".join(f"{k}={json.dumps(recorded[k], ensure_ascii=False)}" if k in recorded
+                        else f"{k} not given" for k in differ)
+        raise ValidationError(f"run {rec.run_id} was started with {was}: a resumed run keeps "
+                              f"its parameters (start a new run to change them)")
+    return {k: v for k, v in given.items() if k in inexact}
 
 
 def _resume_target(md: Any, resume: str, target: str | None) -> str:
@@ -183,8 +203,8 @@ def runs_show(run_id: Annotated[str, typer.Argument(
                   f"state {rec.state.value}")
     console.print(f"created {ts(rec.created_at)}  started {ts(rec.started_at)}  "
                   f"ended {ts(rec.ended_at)}")
-    console.print(f"params {escape(json.dumps(rec.params))}  "
-                  f"config {escape(json.dumps(rec.config))}")
+    console.print(f"params {escape(json.dumps(rec.params, ensure_ascii=False))}  "
+                  f"config {escape(json.dumps(rec.config, ensure_ascii=False))}")
     if rec.error:
         console.print(f"[red]error:[/red] {escape(rec.error)}")
     console.print(tasks_table(tasks))
@@ -195,16 +215,25 @@ def runs_logs(run_id: Annotated[str, typer.Argument(
                   help=f"Run id, or a unique prefix of it (at least {MIN_RUN_PREFIX} characters)")],
               node: Annotated[Optional[str], typer.Option()] = None,
               level: Annotated[Optional[str], typer.Option()] = None,
-              limit: Annotated[int, typer.Option(min=1)] = 1000) -> None:
-    """A run's log lines (optionally one node's, at a minimum level)."""
+              limit: Annotated[int, typer.Option(min=1)] = 1000,
+              offset: Annotated[int, typer.Option(min=0, help="Skip this many lines first")] = 0) -> None:
+    """A run's log lines, oldest first (optionally one node's, at a minimum level), at most
+    LIMIT of them from OFFSET on; when there are more, stderr says which --offset shows them."""
     with _usage_errors():
         md = _engine().metadata
         rec = _resolve_run(md, run_id)
-        logs = md.get_logs(rec.run_id, node_id=node, level=level, limit=limit)
-    for log in logs:
+        logs = md.get_logs(rec.run_id, node_id=node, level=level, limit=limit + 1,
+                           offset=offset)
+    more = len(logs) > limit
+    for log in logs[:limit]:
         where = f" [{log.node_id}]" if log.node_id else ""
+        # soft_wrap: one record is one line however long (piped to grep, a file, a pager),
+        # never cut at the console's width.
         console.print(f"{ts(log.at)} {log.level.upper():7}{where} {log.message}", markup=False,
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
+    if more:
+        err_console.print(f"(more log lines follow: --offset {offset + limit} shows the next "
+                          f"{limit})", markup=False, highlight=False, soft_wrap=True)
 
 
 @db_app.command("upgrade")
