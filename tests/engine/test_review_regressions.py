@@ -896,3 +896,35 @@ def test_a_resume_recomputes_a_task_recorded_success_whose_result_is_not_stored(
     assert "not in the result store" in row.cache_reason
     assert eng.load_value(row.result_key) == {"v": 40}
     eng.close()
+
+
+def test_a_resumed_task_keeps_the_times_and_attempts_of_the_attempt_that_computed_it():
+    eng = _engine(flush_interval=0.01)
+    failures = [1]
+
+    @component(retry_policy={"max_attempts": 2, "initial_delay": 0.01})
+    def flaky(x):
+        if failures:
+            failures.pop()
+            raise RuntimeError("once")
+        return x
+
+    @component
+    def stop(v):
+        raise RuntimeError("the run stops here")
+
+    @pipeline(name="resume_times")
+    def p():
+        return stop(v=flaky(x=1)["outputs"]["result"])
+
+    first = p.run(engine=eng)
+    assert first.state is RunState.FAILED
+    before = {t.node_id: t for t in eng.metadata.get_tasks(first.run_id)}["flaky-0"]
+    assert before.attempts == 2 and before.started_at and before.ended_at
+    time.sleep(0.05)
+    p.run(engine=eng, resume=first.run_id)
+    after = {t.node_id: t for t in eng.metadata.get_tasks(first.run_id)}["flaky-0"]
+    assert after.cache_status == "resumed"
+    assert (after.started_at, after.ended_at, after.attempts, after.fence) == \
+        (before.started_at, before.ended_at, before.attempts, before.fence)
+    eng.close()

@@ -102,7 +102,7 @@ class MemoSide:
         structural = self.resuming.pop(task, None) if self.resuming else None
         if content_hash is not None:
             if structural is not None:
-                self._hit(task, content_hash, "resumed", "result recorded by this run before it stopped")
+                self._resumed(task, content_hash)
             else:
                 self._hit(task, content_hash, "hit", "stored result with the same code, config and inputs")
             return
@@ -118,6 +118,15 @@ class MemoSide:
             task.cache_status, task.cache_reason = "miss", self._miss_reason(task)
         self._set_state(task, QUEUED)
         self.ready.append(task)
+
+    def _resumed(self, task: Task, content_hash: str) -> None:
+        """Finish a task this run computed before it stopped: its row keeps the attempt that
+        computed it (times, attempts, fence), not this driver's moment of looking it up."""
+        prior = self.prior[task.node_id]
+        task.attempt, task.fence = prior.attempts, prior.fence
+        task.started_at = prior.started_at
+        self._hit(task, content_hash, "resumed", "result recorded by this run before it stopped")
+        task.ended_at = prior.ended_at or task.ended_at
 
     def _memoizes(self, task: Task) -> bool:
         return task.spec.cache and not self.opt.no_cache
