@@ -201,6 +201,39 @@ def test_component_logs_are_recorded_with_their_task(engine):
     assert len(engine.metadata.get_logs(r.run_id)) == 4
 
 
+def test_the_rate_counts_the_work_of_the_first_bunch_of_parallel_tasks(engine):
+    """Equal tasks in two slots end in pairs. Measured from the first completion, the rate
+    left out the first pair's work: 10 tasks/s claimed where 6.7 are done."""
+    import threading
+    import time
+
+    seen = {}
+
+    @component(executor="thread")
+    def nap(i):
+        time.sleep(0.3)
+        return i
+
+    @pipeline(name="eta_bunches", max_parallel=2)
+    def p():
+        return [nap(i=i)["outputs"]["result"] for i in range(6)]
+
+    def watch(loop):
+        def look():
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                prog = loop.progress()
+                if prog["succeeded"] >= 4:
+                    seen.update(prog)
+                    return
+                time.sleep(0.005)
+        threading.Thread(target=look, daemon=True).start()
+
+    r = p.run(engine=engine, on_start=watch)
+    assert r.state.value == "SUCCESS"
+    assert seen["rate"] == pytest.approx(2 / 0.3, rel=0.2)
+
+
 def test_progress_gives_no_eta_from_a_burst(engine):
     """Two tasks finishing within microseconds must not claim an ETA of 0 s for the rest."""
     import threading

@@ -40,6 +40,7 @@ class BodySide:
     counts: dict[TaskState, int]
     tasks: dict[str, Task]
     _done_times: deque[float]
+    _first_start: float | None
     _name_counts: dict[str, int]
     _order: Iterator[int]
 
@@ -141,10 +142,17 @@ class BodySide:
         finished = total - self.unfinished
         eta = rate = None
         times = list(self._done_times)    # the loop appends to it while we read
-        # No estimate from a burst: tasks finishing within microseconds of each other would
-        # claim an absurd rate (an ETA of 0.0 s right after the first two finish).
-        if len(times) >= 3 and times[-1] - times[0] >= 0.2:
-            rate = (len(times) - 1) / (times[-1] - times[0])
+        # Completions per second over the window. While it still holds every completion, from
+        # the first task's start: tasks that end in bunches (parallel slots of equal tasks)
+        # would otherwise count the first bunch's work as done in no time. No estimate from a
+        # burst: tasks finishing within microseconds would claim an absurd rate.
+        first = self._first_start
+        if first is not None and len(times) < (self._done_times.maxlen or 0):
+            start, done = first, len(times)
+        else:
+            start, done = (times[0], len(times) - 1) if times else (0.0, 0)
+        if len(times) >= 3 and times[-1] - start >= 0.2:
+            rate = done / (times[-1] - start)
             if self.unfinished:
                 eta = self.unfinished / rate
         return {"total": total, "pending": c[PENDING], "queued": c[QUEUED] + c[RETRYING],

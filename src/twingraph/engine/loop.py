@@ -147,6 +147,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self._name_counts: dict[str, int] = {}
         self._order = itertools.count()
         self._done_times: deque[float] = deque(maxlen=256)
+        self._first_start: float | None = None   # when the first task started (the ETA's rate)
         self._last_heartbeat = 0.0
         self.started_at = self.clock.monotonic()
         if options.timeout:
@@ -573,6 +574,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 kwargs.pop(k, None)
         task.attempt += 1
         task.fence = self._fence_base + task.attempt      # core.states.fence(epoch, attempt)
+        if self._first_start is None:
+            self._first_start = self.clock.monotonic()
         mode = self.engine.choose_mode(task.spec)
         task.mode = mode
         self.running += 1
