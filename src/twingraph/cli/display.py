@@ -155,7 +155,11 @@ def summary_table(tasks: list[Any], limit: int = 30) -> Table:
     table = Table(title="Summary")
     for c in ("component", "tasks", "succeeded", "failed", "skipped/cancelled", "memo hits", "task time"):
         table.add_column(c, justify="right" if c != "component" else "left")
-    for name, r in list(by.items())[:limit]:
+    rows = list(by.items())
+    if len(rows) > limit:          # the rest in one row: the totals still add up
+        rest = {k: sum(r[k] for _, r in rows[limit - 1:]) for k in rows[0][1]}
+        rows = rows[:limit - 1] + [(f"… {len(rows) - limit + 1} more components", rest)]
+    for name, r in rows:
         table.add_row(Text(name), str(r["n"]), str(r["ok"]), str(r["failed"]), str(r["other"]),
                       str(r["hits"]), f"{r['time']:.2f}s")
     return table
