@@ -135,6 +135,9 @@ def test_bad_run_requests_write_nothing(app_client: TestClient) -> None:
     before = c.get("/api/v1/runs").json()["meta"]["total"]
     cases = [
         {"pipeline_id": "sum_numbers", "params": {"bogus": 1}},       # params do not fit
+        {"pipeline_id": "sum_numbers", "params": {"n": "abc"}},       # n is annotated int
+        {"pipeline_id": "sum_numbers", "params": {"n": True}},        # a bool is no int
+        {"pipeline_id": "sum_numbers", "params": {"n": 2.5}},
         {"pipeline_id": "no_such_pipeline"},                          # unknown id
         {"params": {}},                                               # missing field
         {"pipeline_id": "sum_numbers", "params": "not-an-object"},    # wrong type
@@ -147,6 +150,11 @@ def test_bad_run_requests_write_nothing(app_client: TestClient) -> None:
         assert r.json()["error"]["code"] in {"VALIDATION_ERROR", "NOT_FOUND"}
         assert r.json()["error"]["details"] or r.status_code == 404
     assert c.get("/api/v1/runs").json()["meta"]["total"] == before
+    typed = c.post("/api/v1/runs", json={"pipeline_id": "sum_numbers", "params": {"n": "abc"}})
+    assert typed.json()["error"]["details"] == [{"field": "params.n",
+                                                 "message": "expected int, got str"}]
+    assert c.post("/api/v1/runs", json={"pipeline_id": "sum_numbers",
+                                        "params": {"n": 4, "offset": 1}}).status_code == 201
     assert c.post("/api/v1/runs/run_nope/start").status_code == 404
 
 

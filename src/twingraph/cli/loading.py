@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from twingraph.dsl.pipeline import Pipeline
+from twingraph.dsl.pipeline import Pipeline, scalar_param_types
 from twingraph.errors import ValidationError
 
 
@@ -165,11 +165,4 @@ def _finite(text: str) -> float:
 
 
 def _scalar_hints(fn: Any) -> dict[str, type]:
-    if fn is None:
-        return {}
-    import typing
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: no checking, as before
-        return {}
-    return {k: t for k, t in hints.items() if t in (str, int, float, bool)}
+    return {} if fn is None else scalar_param_types(fn)

@@ -349,3 +349,24 @@ def _names(code: types.CodeType) -> set[str]:
         if isinstance(c, types.CodeType):
             out |= _names(c)
     return out
+
+
+def scalar_param_types(fn: Any) -> dict[str, type]:
+    """The parameters of ``fn`` annotated ``str``, ``int``, ``float`` or ``bool`` (what the CLI
+    converts ``--param`` text to, and what REST checks JSON values against); {} when the
+    annotations cannot be resolved."""
+    import typing
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: no checking
+        return {}
+    return {k: t for k, t in hints.items() if t in (str, int, float, bool)}
+
+
+def json_fits(value: Any, annotation: type) -> bool:
+    """Whether a JSON value is of a scalar annotation's type (an int is a float; a bool is
+    neither an int nor a float, as JSON tells them apart)."""
+    t = type(value)
+    if annotation is float:
+        return t is int or t is float
+    return t is annotation

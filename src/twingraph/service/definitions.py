@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twingraph.core.graph import validate_dag
+from twingraph.dsl.pipeline import json_fits, scalar_param_types
 from twingraph.engine.dynamic import DAGDefinition, NodeDefinition, NodeExecutor
 from twingraph.errors import GraphValidationError, ValidationError
 
@@ -197,9 +198,23 @@ def to_dag(dag_id: str, graph: Mapping[str, Any], params: Mapping[str, Any],
 
 
 def check_python_params(fn: Callable[..., Any], params: Mapping[str, Any]) -> None:
-    """Raise ``DefinitionError`` when ``params`` cannot be bound to the pipeline function."""
+    """Raise ``DefinitionError`` when ``params`` cannot be bound to the pipeline function, or a
+    value is not of its parameter's annotated type (``str``, ``int``, ``float``, ``bool``):
+    ``{"n_chunks": "abc"}`` would otherwise make a run that fails inside its body."""
     try:
         inspect.signature(fn).bind(**params)
     except TypeError as exc:
         raise DefinitionError(f"params do not fit the pipeline: {exc}",
                               [{"field": "params", "message": str(exc)}]) from exc
+    types = scalar_param_types(fn)
+    if not types:
+        return
+    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()}
+    wrong = [(name, types[name], value) for name, value in params.items()
+             if name in types and not json_fits(value, types[name])
+             and not (value is None and defaults.get(name) is None)]
+    if wrong:
+        raise DefinitionError("params do not fit the pipeline: " + "; ".join(
+            f"{name} expects {t.__name__}, got {type(v).__name__}" for name, t, v in wrong),
+            [{"field": f"params.{name}", "message": f"expected {t.__name__}, got {type(v).__name__}"}
+             for name, t, v in wrong])
