@@ -579,7 +579,13 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         mode = self.engine.choose_mode(task.spec)
         task.mode = mode
         self.running += 1
-        self._set_state(task, RUNNING)
+        if mode != "inline" or self.engine.has_sinks:
+            self._set_state(task, RUNNING)
+        else:
+            # Inline without listeners: it ends before the loop does anything else, so nobody
+            # could see it RUNNING (no row is handed over, no event wanted): its row goes from
+            # QUEUED straight to its end, with the time it started.
+            task.started_at = self.clock.now()
         invoke = self.engine.invoke_raw if task.spec.raw_result else self.engine.invoke
         if mode == "inline":         # on this thread: no job, no hand-off
             t0 = time.perf_counter()
