@@ -10,8 +10,8 @@ A node names a component by its *registered* name (what the server resolves), so
 needs no engine and no server: it only reads ``.name`` / ``.spec.name`` off a component object.
 ``to_definition()`` returns the TwinGraph wire shape ``{nodes, edges, metadata}`` with nodes
 ``{id, type: 'component', component, config}`` and edges ``{source, target, sourceHandle,
-targetHandle}``. Mistakes a builder can see (duplicate ids, unknown endpoints, cycles) raise
-``ValidationError`` at once; whether a component exists is for the server to say.
+targetHandle}``. Mistakes a builder can see (duplicate ids, unknown endpoints, cycles, two edges
+into one ``target_handle``) raise ``ValidationError`` at once; whether a component exists is for the server to say.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twingraph.errors import ValidationError
+
+#: Handles that name no argument (as the server reads them: ``service.definitions``).
+_GENERIC_HANDLES = frozenset({None, "", "input", "output", "in", "out"})
 
 
 def component_name(component: Any) -> str:
@@ -86,6 +89,11 @@ class Workflow:
                 raise ValidationError(f"workflow {self.name!r} has no node {end!r}; add it first")
         if source == target or self._reaches(target, source):
             raise ValidationError(f"connecting {source!r} -> {target!r} would make a cycle")
+        if target_handle not in _GENERIC_HANDLES:
+            for e in self._edges:        # one keyword argument: a second edge would replace it
+                if e["target"] == target and e["targetHandle"] == target_handle:
+                    raise ValidationError(f"node {target!r} already has an input "
+                                          f"{target_handle!r} (from {e['source']!r})")
         self._edges.append({"source": source, "target": target, "sourceHandle": source_handle,
                             "targetHandle": target_handle})
         return self

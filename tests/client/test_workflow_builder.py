@@ -122,3 +122,14 @@ def test_event_classification():
     not_found = '{"event": "error", "data": {"execution_id": "r1", "code": "NOT_FOUND"}}'
     assert classify(not_found, "r1") == "check"
     assert classify("not json", "r1") is None
+
+
+def test_an_input_given_twice_is_refused_at_once():
+    """Two edges into one targetHandle (one value would be dropped; the server refuses it):
+    the builder accepted it."""
+    wf = Workflow("h").add_component("a", "x").add_component("b", "x").add_component("s", "y")
+    wf.connect("a", "s", target_handle="xs")
+    with pytest.raises(ValidationError, match="already has an input 'xs'"):
+        wf.connect("b", "s", target_handle="xs")
+    wf.connect("b", "s", target_handle="ys")
+    assert [e["targetHandle"] for e in wf.edges] == ["xs", "ys"]

@@ -309,3 +309,101 @@ def test_execute_dynamic_malformed_program_is_422(client: TestClient,
     r = client.post("/api/v1/execute-dynamic", json={"program": json.dumps(program)})
     assert r.status_code == 422, r.text
     assert r.json()["error"]["details"][0]["field"] == "program"
+
+
+# -- session h9: definitions that could never run, runs left RUNNING --------------------------
+def _graph_pipeline(svc: Services, definition: dict[str, Any], name: str = "g") -> Any:
+    project = svc.catalog.create_project(f"h9-{name}")
+    return svc.catalog.create_pipeline(project.id, name, svc.runs.normalize(definition))
+
+
+def test_graph_run_of_a_component_with_no_executor_is_refused_at_create(
+        app_svc: Services) -> None:
+    """``create`` refused a Python pipeline whose component needs a platform with no executor
+    but accepted such a graph pipeline: the PENDING run then FAILED at every start."""
+    from twingraph import component
+    from twingraph.registry import unregister_component
+    from twingraph.service.definitions import DefinitionError
+
+    @component(platform="kubernetes")
+    def h9_remote(xs: list = []) -> list:  # noqa: B006 - never called
+        return xs
+    try:
+        pipe = _graph_pipeline(app_svc, {"nodes": [{"id": "r", "component": "h9_remote"}]})
+        with pytest.raises(DefinitionError, match="no executor for platform 'kubernetes'"):
+            app_svc.runs.create(pipe, params={})
+        assert app_svc.catalog.list_runs(pipeline_id=pipe.id, limit=10)[1] == 0
+    finally:
+        unregister_component("h9_remote")
+
+
+@pytest.mark.parametrize("definition, message", [
+    ({"nodes": [{"id": "a", "component": "numbers"}, {"id": "b", "component": "numbers"},
+                {"id": "t", "component": "total"}],
+      "edges": [{"source": "a", "target": "t", "targetHandle": "values"},
+                {"source": "b", "target": "t", "targetHandle": "values"}]},
+     "more than one edge into input 'values'"),
+    ({"nodes": [{"id": "t", "component": "total", "config": {"values": [1], "nope": 1}}]},
+     "unexpected keyword argument 'nope'"),
+    ({"nodes": [{"id": "t", "component": "total"}]}, "missing a required argument: 'values'"),
+    ({"nodes": [{"id": "a", "component": "numbers"},
+                {"id": "t", "component": "total", "config": {"values": [1]}}],
+      "edges": [{"source": "a", "target": "t", "targetHandle": "values"}]},
+     "'values' is given both by an edge and by config"),
+])
+def test_graph_nodes_that_cannot_call_their_component_are_refused_when_stored(
+        app_svc: Services, definition: dict[str, Any], message: str) -> None:
+    """Stored and then failing at that node on every run (two edges into one targetHandle
+    even ran, passing only the last edge's value)."""
+    from twingraph.service.definitions import DefinitionError
+    with pytest.raises(DefinitionError, match=message):
+        app_svc.runs.normalize(definition)
+
+
+def test_node_config_null_next_to_parameters_keeps_the_parameters(app_svc: Services) -> None:
+    """``{"config": null, "parameters": {...}}`` dropped the parameters."""
+    graph = app_svc.runs.normalize({"nodes": [{"id": "n", "component": "numbers",
+                                               "config": None, "parameters": {"n": 4}}]})
+    assert graph["nodes"][0]["config"] == {"n": 4}
+
+
+def test_a_run_whose_driver_cannot_start_does_not_stay_running(
+        app_svc: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``start`` moved the run to RUNNING, then failed to start its driver thread: the run
+    stayed RUNNING for ever (listed as this process's, so never adopted; cancel refused)."""
+    import twingraph.service.runs as runs_module
+    svc = app_svc
+    run = svc.runs.create(_slow_pipeline(svc), params={"seconds": 0.1})
+
+    class NoThread(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(runs_module.threading, "Thread", NoThread)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        svc.runs.start(run.run_id)
+    monkeypatch.undo()
+    final = svc.catalog.get_run(run.run_id)
+    assert final.state is RunState.FAILED and "can't start new thread" in (final.error or "")
+    assert svc.runs.active() == []
+
+
+def test_a_graph_run_whose_components_are_not_loaded_here_is_left_for_another_adopter(
+        app_svc: Services) -> None:
+    """``can_drive`` said yes to every graph pipeline: a server without its components claimed
+    a stale run and FAILED it ("could not be adopted") instead of leaving it to one that has
+    them."""
+    from twingraph.registry import register_component, unregister_component
+    from twingraph.service.adoption import Adopter
+
+    def h9_gone(x: int = 1) -> int:
+        return x
+    register_component("h9_gone", h9_gone)
+    try:
+        pipe = _graph_pipeline(app_svc, {"nodes": [{"id": "g", "component": "h9_gone"}]})
+        run = app_svc.runs.create(pipe, params={})
+    finally:
+        unregister_component("h9_gone")
+    assert app_svc.catalog.claim_start(run.run_id, time.time() - 3600)   # its driver died
+    assert not app_svc.runs.can_drive(app_svc.catalog.get_run(run.run_id))
+    assert Adopter(app_svc.runs, stale_after=60).adopt_once() == []
+    assert app_svc.catalog.get_run(run.run_id).state is RunState.RUNNING

@@ -88,7 +88,10 @@ def normalize_graph(definition: Any, known: Callable[[str], bool]) -> dict[str, 
             continue
         nid = node.get("id")
         op = node.get("component") or node.get("operation")
-        config = node.get("config", node.get("parameters", {})) or {}
+        config = node.get("config")
+        if config is None:               # ``"config": null`` next to Tauro's ``parameters``
+            config = node.get("parameters")
+        config = config or {}
         if not isinstance(nid, str) or not nid:
             details.append({"field": f"{where}.id", "message": "must be a non-empty string"})
             continue
@@ -141,6 +144,13 @@ def normalize_graph(definition: Any, known: Callable[[str], bool]) -> dict[str, 
             raise DefinitionError(f"node {node['id']!r} mixes named and positional inputs",
                                   [{"field": "definition.edges", "message":
                                     f"inputs of {node['id']!r}: give every edge a targetHandle or none"}])
+        handles = [e["targetHandle"] for e in incoming] if all(named) else []
+        twice = sorted({h for h in handles if handles.count(h) > 1})
+        if twice:      # compiled to one keyword argument each: all but one would be dropped
+            raise DefinitionError(
+                f"node {node['id']!r} takes more than one edge into input {twice[0]!r}",
+                [{"field": "definition.edges", "message":
+                  f"inputs of {node['id']!r}: one edge per targetHandle ({', '.join(twice)})"}])
     deps = {n["id"]: [e["source"] for e in out_edges if e["target"] == n["id"]] for n in out_nodes}
     try:
         validate_dag(deps, None, None)
@@ -150,6 +160,40 @@ def normalize_graph(definition: Any, known: Callable[[str], bool]) -> dict[str, 
     if "metadata" in definition:
         result["metadata"] = definition["metadata"]
     return result
+
+
+def check_calls(graph: Mapping[str, Any], executor: NodeExecutor) -> None:
+    """Raise ``DefinitionError`` for a node of a normalized graph whose function component
+    cannot be called with its inputs and config (an unknown keyword, a required argument that
+    nothing gives, an input given twice): every run of it would fail at that node. Operations
+    (``(deps, params)``) and class components take any config and are not checked."""
+    for i, node in enumerate(graph["nodes"]):
+        found = executor.resolve(node["component"])
+        if found is None or found[1] != "component" or isinstance(found[0], type):
+            continue
+        fn = getattr(found[0], "fn", None)
+        if fn is None:
+            if hasattr(found[0], "execute"):
+                continue
+            fn = found[0]
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            continue
+        incoming = [e for e in graph["edges"] if e["target"] == node["id"]]
+        named = [e["targetHandle"] for e in incoming if e["targetHandle"] not in GENERIC_HANDLES]
+        positional = len(incoming) - len(named)
+        clash = sorted(set(named) & set(node["config"]))
+        try:
+            if clash:
+                raise TypeError(f"{clash[0]!r} is given both by an edge and by config")
+            sig.bind(*([None] * positional), **dict.fromkeys(named), **node["config"])
+        except TypeError as exc:
+            raise DefinitionError(
+                f"node {node['id']!r} cannot call {node['component']!r}: {exc}",
+                [{"field": f"definition.nodes[{i}].config",
+                  "message": f"{node['component']!r} cannot be called with these inputs and "
+                             f"config: {exc}"}]) from exc
 
 
 def substitute_params(config: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,9 +24,16 @@ from twingraph.dsl.pipeline import Pipeline, export_lineage
 from twingraph.engine.dynamic import DynamicScheduler
 from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.loop import RunOptions
-from twingraph.errors import ConflictError, NotFoundError, TwinGraphError, ValidationError
+from twingraph.errors import (
+    ConflictError,
+    NotFoundError,
+    SchedulingError,
+    TwinGraphError,
+    ValidationError,
+)
 from twingraph.service.definitions import (
     DefinitionError,
+    check_calls,
     check_python_params,
     is_python,
     normalize_graph,
@@ -66,7 +73,9 @@ class RunService:
         return self.scheduler.executor.resolve(name) is not None
 
     def normalize(self, definition: Any) -> dict[str, Any]:
-        return normalize_graph(definition, self.known_operation)
+        graph = normalize_graph(definition, self.known_operation)
+        check_calls(graph, self.scheduler.executor)
+        return graph
 
     def _python_pipeline(self, pipeline: PipelineRecord) -> Pipeline:
         d = pipeline.definition
@@ -80,13 +89,22 @@ class RunService:
 
     def check(self, pipeline: PipelineRecord, params: Mapping[str, Any]) -> None:
         """Raise ``DefinitionError`` if ``pipeline`` cannot run here with ``params``."""
-        if is_python(pipeline.definition):
-            pipe = self._python_pipeline(pipeline)
-            check_python_params(pipe.fn, call_params(pipe.fn, params))
-            check_platform(self.engine, pipe.components())
-        else:
-            graph = self.normalize(pipeline.definition)
-            to_dag("check", graph, params, self.scheduler.executor)
+        try:
+            if is_python(pipeline.definition):
+                pipe = self._python_pipeline(pipeline)
+                check_python_params(pipe.fn, call_params(pipe.fn, params))
+                check_platform(self.engine, pipe.components())
+            else:
+                graph = self.normalize(pipeline.definition)
+                # Planned as ``start`` plans it: a component for a platform with no executor
+                # here (or asking for more than this machine has) is refused now, as for
+                # Python pipelines, not by every start of the run.
+                self.scheduler.plan(to_dag("check", graph, params, self.scheduler.executor))
+        except SchedulingError as exc:     # ExecutorUnavailable, ResourceUnavailable
+            if isinstance(exc, ValidationError):
+                raise
+            raise DefinitionError(str(exc), [{"field": "pipeline_id", "message": str(exc)}]) \
+                from exc
 
     # -- lifecycle ------------------------------------------------------------------------------
     def create(self, pipeline: PipelineRecord, *, params: Mapping[str, Any] | None = None,
@@ -132,7 +150,15 @@ class RunService:
                 raise
             if not claimed and not self.catalog.claim_start(run_id, self.engine.clock.now()):
                 raise ConflictError(f"run {run_id} was started or cancelled by someone else")
-            self._spawn(run_id, launch, "serve")
+            try:
+                self._spawn(run_id, launch, "serve")
+            except BaseException as exc:
+                # RUNNING with no driver would stay so for ever (adoption skips a run this
+                # process lists as its own, and a cancel finds nothing to cancel): end it.
+                self.catalog.finish_running(run_id, RunState.FAILED,
+                                            f"run failed to start: {type(exc).__name__}: {exc}",
+                                            self.engine.clock.now())
+                raise
         finally:
             with self._lock:
                 self._starting.discard(run_id)
@@ -145,7 +171,11 @@ class RunService:
                                   name=f"twingraph-{kind}-{run_id[-8:]}")
         with self._lock:
             self._threads[run_id] = thread
-            thread.start()
+            try:
+                thread.start()
+            except BaseException:
+                del self._threads[run_id]     # never started: nothing to join or wait for
+                raise
 
     def resume(self, run_id: str) -> None:
         """Drive a RUNNING run whose driver died (adopted: see ``service.adoption``): results
@@ -165,6 +195,10 @@ class RunService:
             pipeline = self.catalog.get_pipeline(run.pipeline_id)
             if is_python(pipeline.definition):
                 self._python_pipeline(pipeline)
+            else:
+                # Every component/operation of the graph known here: else another server
+                # (that loaded them) must adopt it, not this one fail it.
+                normalize_graph(pipeline.definition, self.known_operation)
             return True
         except TwinGraphError:
             return False
