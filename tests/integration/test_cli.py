@@ -339,7 +339,9 @@ FLAKY_ONCE = (
     "    return step(x=x)['outputs']\n")
 
 
-def test_a_run_resumed_to_success_no_longer_shows_its_earlier_error(tmp_path):
+def _flaky_cli(tmp_path):
+    """``twingraph ...`` in a subprocess, in ``tmp_path`` holding FLAKY_ONCE as flaky.py (its
+    step fails until the file ``fixed`` exists), with a home of its own."""
     (tmp_path / "flaky.py").write_text(FLAKY_ONCE)
     env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), COLUMNS="200",
                TG_FIXED=str(tmp_path / "fixed"))
@@ -348,6 +350,11 @@ def test_a_run_resumed_to_success_no_longer_shows_its_earlier_error(tmp_path):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "twingraph", *args], env=env, cwd=tmp_path,
                               capture_output=True, text=True, timeout=120)
+    return cli
+
+
+def test_a_run_resumed_to_success_no_longer_shows_its_earlier_error(tmp_path):
+    cli = _flaky_cli(tmp_path)
     first = cli("run", "flaky.py", "--no-progress")
     assert first.returncode == 1 and "not yet [/fixed]" in first.stderr
     rid = _run_id(first.stdout)
@@ -488,14 +495,7 @@ def test_runs_show_prints_non_ascii_parameters_as_typed(cli, tmp_path):
 def test_resume_refuses_a_param_that_differs_from_the_runs_own(tmp_path):
     """``run --resume RID --param x=99`` used to drop the value without a word and finish the
     run with the x it was started with."""
-    (tmp_path / "flaky.py").write_text(FLAKY_ONCE)
-    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), COLUMNS="200",
-               TG_FIXED=str(tmp_path / "fixed"))
-    env.pop("TWINGRAPH_DATABASE_URL", None)
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "twingraph", *args], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+    cli = _flaky_cli(tmp_path)
     first = cli("run", "flaky.py", "--param", "x=3", "--no-progress")
     assert first.returncode == 1
     rid = _run_id(first.stdout)
