@@ -139,3 +139,32 @@ def test_an_error_that_echoes_a_lone_surrogate_still_renders() -> None:
     body = _json.loads(response.body)
     assert body["error"]["message"] == "run '\\ud800' not found"
     assert body["error"]["details"] == [{"field": "id\\udfff", "message": "unknown"}]
+
+
+def test_work_this_installation_cannot_run_is_a_422_not_a_500() -> None:
+    """A run whose pipeline needs an executor (or more resources) this server lacks, found at
+    start (the pipeline changed after the run was created): the client's problem, said so."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from twingraph.errors import ExecutorUnavailable, ResourceUnavailable
+    from twingraph.server.envelope import install
+    app = FastAPI()
+    install(app)
+
+    @app.post("/start-docker")
+    def start_docker() -> None:
+        raise ExecutorUnavailable("docker", ["render"])
+
+    @app.post("/start-big")
+    def start_big() -> None:
+        raise ResourceUnavailable(["train"], [("gpu", "8", "0")])
+
+    client = TestClient(app)
+    for path, text in (("/start-docker", "no executor for platform 'docker'"),
+                       ("/start-big", "train asks for")):
+        r = client.post(path)
+        assert r.status_code == 422, r.text
+        body = r.json()["error"]
+        assert body["code"] == "VALIDATION_ERROR" and text in body["message"]
+        assert body["details"][0]["field"] == "pipeline_id"

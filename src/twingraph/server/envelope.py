@@ -25,8 +25,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twingraph.errors import (
     ConflictError,
+    ExecutorUnavailable,
     NotFoundError,
     PipelineTimeout,
+    ResourceUnavailable,
     TwinGraphError,
     ValidationError,
 )
@@ -199,6 +201,11 @@ def install(app: FastAPI) -> None:
             return error_response(request, 422, str(exc), details=details or (
                 [{"field": "definition", "message": str(exc), "nodes": list(nodes)}]
                 if nodes else [{"field": "body", "message": str(exc)}]))
+        if isinstance(exc, (ExecutorUnavailable, ResourceUnavailable)):
+            # The work asks for what this installation has not: the client's pipeline, not a
+            # server fault (a run whose pipeline changed after it was created, say).
+            return error_response(request, 422, str(exc),
+                                  details=[{"field": "pipeline_id", "message": str(exc)}])
         if isinstance(exc, PipelineTimeout):
             return error_response(request, 504, str(exc))
         # A storage or engine failure: its text names tables, paths, hosts. The log has it.
