@@ -1,6 +1,7 @@
 """The `twingraph` CLI as a user types it (real subprocesses, a fresh TWINGRAPH_HOME)."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -531,3 +532,33 @@ def test_the_run_line_keeps_the_run_id_whole_in_a_narrow_terminal(cli, tmp_path)
     rid = _run_id(out.stdout)
     assert len(rid) == 32, out.stdout
     assert cli("runs", "show", rid).returncode == 0
+
+
+def test_a_terminal_that_cannot_spell_a_name_gets_escapes_not_a_crash(tmp_path):
+    """On a latin-1 (or ASCII) stdout, a pipeline whose names need other characters used to
+    crash ``run`` and ``runs show`` inside Rich with UnicodeEncodeError."""
+    (tmp_path / "arrows.py").write_text(
+        "from twingraph import component, pipeline\n"
+        "@component(name='größe→✓')\n"
+        "def step(x: int = 1):\n"
+        "    return x\n"
+        "@pipeline(name='pfeil→✓')\n"
+        "def arrows(x: int = 1):\n"
+        "    return step(x=x)['outputs']\n")
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), COLUMNS="200",
+               PYTHONIOENCODING="latin-1")
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "twingraph", *args], env=env, cwd=tmp_path,
+                              capture_output=True, timeout=120)
+    ran = cli("run", "arrows.py", "--no-progress")
+    assert ran.returncode == 0, ran.stderr.decode("latin-1")
+    assert b"UnicodeEncodeError" not in ran.stderr
+    listed = cli("runs", "list")
+    assert listed.returncode == 0, listed.stderr.decode("latin-1")
+    run_id = re.search(r"run ([0-9a-f]{32})", ran.stdout.decode("latin-1")).group(1)
+    shown = cli("runs", "show", run_id)
+    assert shown.returncode == 0, shown.stderr.decode("latin-1")
+    out = shown.stdout.decode("latin-1")
+    assert "größe" in out and "\\u2192" in out           # latin-1 has ö and ß, not the arrow

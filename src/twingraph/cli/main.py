@@ -258,7 +258,21 @@ _dynamic.register(dynamic_app)
 
 
 def main() -> None:
+    _printable_streams()
     app()
+
+
+def _printable_streams() -> None:
+    """On a terminal or pipe whose encoding cannot spell every character (``latin-1``,
+    ``ascii``), print what it cannot as escapes: a pipeline or node name, a log line or a
+    parameter in another script must not crash ``runs show`` half-way."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding not in ("utf8", "utf16", "utf32") and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):       # a stream that cannot change: as it is
+                pass
 
 
 if __name__ == "__main__":
