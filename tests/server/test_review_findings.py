@@ -407,3 +407,23 @@ def test_a_graph_run_whose_components_are_not_loaded_here_is_left_for_another_ad
     assert not app_svc.runs.can_drive(app_svc.catalog.get_run(run.run_id))
     assert Adopter(app_svc.runs, stale_after=60).adopt_once() == []
     assert app_svc.catalog.get_run(run.run_id).state is RunState.RUNNING
+
+
+def test_two_output_selectors_that_would_share_a_node_id_are_refused() -> None:
+    """Output ``c`` of node ``a.b`` and output ``b.c`` of node ``a`` both need the selector
+    node ``a.b.c``: one would take the other's place and a consumer would read the wrong
+    value."""
+    from twingraph.service.definitions import DefinitionError, normalize_graph
+    nodes = [{"id": "a", "component": "op"}, {"id": "a.b", "component": "op"},
+             {"id": "x", "component": "op"}, {"id": "y", "component": "op"}]
+    graph = {"nodes": nodes, "edges": [
+        {"source": "a", "target": "x", "sourceHandle": "b.c", "targetHandle": "v"},
+        {"source": "a.b", "target": "y", "sourceHandle": "c", "targetHandle": "v"}]}
+    with pytest.raises(DefinitionError, match="a.b.c") as e:
+        normalize_graph(graph, lambda name: True)
+    assert e.value.details[0]["field"] == "definition.edges[1].sourceHandle"
+    # the same output read twice is one selector, and fine
+    same = {"nodes": nodes, "edges": [
+        {"source": "a", "target": "x", "sourceHandle": "b.c", "targetHandle": "v"},
+        {"source": "a", "target": "y", "sourceHandle": "b.c", "targetHandle": "v"}]}
+    assert len(normalize_graph(same, lambda name: True)["edges"]) == 2

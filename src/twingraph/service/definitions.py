@@ -130,8 +130,19 @@ def normalize_graph(definition: Any, known: Callable[[str], bool]) -> dict[str, 
     if details:
         raise DefinitionError("invalid pipeline definition: " + "; ".join(
             f"{d['field']}: {d['message']}" for d in details[:5]), details)
+    selectors: dict[str, tuple[str, str]] = {}
     for i, e in enumerate(out_edges):      # to_dag adds a node "<source>.<handle>" for it
-        if e["sourceHandle"] not in GENERIC_HANDLES and f"{e['source']}.{e['sourceHandle']}" in ids:
+        if e["sourceHandle"] in GENERIC_HANDLES:
+            continue
+        sel = f"{e['source']}.{e['sourceHandle']}"
+        other = selectors.setdefault(sel, (e["source"], e["sourceHandle"]))
+        if other != (e["source"], e["sourceHandle"]):     # "a" + "b.c" and "a.b" + "c"
+            raise DefinitionError(
+                f"edge {i} selects output {e['sourceHandle']!r} of {e['source']!r}, which needs "
+                f"the node id '{sel}', as output {other[1]!r} of {other[0]!r} does",
+                [{"field": f"definition.edges[{i}].sourceHandle",
+                  "message": f"collides with the selector of {other[0]}.{other[1]}"}])
+        if sel in ids:
             raise DefinitionError(
                 f"edge {i} selects output {e['sourceHandle']!r} of {e['source']!r}, which "
                 f"needs the node id '{e['source']}.{e['sourceHandle']}', which a node already has",
