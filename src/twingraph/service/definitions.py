@@ -136,18 +136,15 @@ def normalize_graph(definition: Any, known: Callable[[str], bool]) -> dict[str, 
             continue
         sel = f"{e['source']}.{e['sourceHandle']}"
         other = selectors.setdefault(sel, (e["source"], e["sourceHandle"]))
-        if other != (e["source"], e["sourceHandle"]):     # "a" + "b.c" and "a.b" + "c"
+        clash = f"as output {other[1]!r} of {other[0]!r} does" \
+            if other != (e["source"], e["sourceHandle"]) \
+            else "which a node already has" if sel in ids else None   # "a"+"b.c", "a.b"+"c"
+        if clash:
             raise DefinitionError(
                 f"edge {i} selects output {e['sourceHandle']!r} of {e['source']!r}, which needs "
-                f"the node id '{sel}', as output {other[1]!r} of {other[0]!r} does",
+                f"the node id '{sel}', {clash}",
                 [{"field": f"definition.edges[{i}].sourceHandle",
-                  "message": f"collides with the selector of {other[0]}.{other[1]}"}])
-        if sel in ids:
-            raise DefinitionError(
-                f"edge {i} selects output {e['sourceHandle']!r} of {e['source']!r}, which "
-                f"needs the node id '{e['source']}.{e['sourceHandle']}', which a node already has",
-                [{"field": f"definition.edges[{i}].sourceHandle",
-                  "message": f"collides with node id {e['source']}.{e['sourceHandle']}"}])
+                  "message": f"needs the node id {sel}, {clash}"}])
     for node in out_nodes:
         incoming = [e for e in out_edges if e["target"] == node["id"]]
         named = [e["targetHandle"] not in GENERIC_HANDLES for e in incoming]
