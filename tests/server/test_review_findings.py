@@ -1,5 +1,9 @@
 """Review findings on the server (issue 3): each test reproduces a bug that was found by review
-and fixed; see the commit that adds it."""
+and fixed; see the commit that adds it.
+
+Real app, services and stores. One ``monkeypatch`` stands for what cannot be caused on cue:
+``threading.Thread`` in ``service.runs`` replaced by a subclass whose ``start`` raises, as
+CPython does when the process is out of threads (``can't start new thread``)."""
 
 from __future__ import annotations
 
