@@ -59,7 +59,7 @@ class MemoSide:
             digest = [digest_value(args, Ref, _ref_digest, leaf),
                       digest_kwargs(kwargs, Ref, _ref_digest, leaf)]
         key = prefixed_key(self.engine.key_prefix(spec), digest)
-        memoize = spec.cache and not self.opt.no_cache
+        memoize = self._memoizes(task)
         prior = self.prior.get(task.node_id)
         structural = key
         if not memoize:                # its result is its own, not shared by key
