@@ -469,7 +469,14 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 return
             task = ready.popleft()
             if task.state is QUEUED:
-                if task.spec.resources and not self._reserve(task):
+                spec = task.spec
+                if spec.resources:
+                    if not self._reserve(task):
+                        continue
+                elif task.ref_slots is DECLARED and not self.engine.has_sinks \
+                        and self.engine.choose_mode(spec) == "inline" \
+                        and self._run_declared_inline(task):
+                    self._progressed(1)
                     continue
                 self._start(task)
                 self._progressed(1)
@@ -537,6 +544,104 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         if self._steps >= 256:
             self._steps = 0
             self._maybe_hand_over()
+
+    def _run_declared_inline(self, task: Task) -> bool:
+        """``_start``, ``_complete`` and ``_finish`` of a declared node that runs inline, in
+        one step, for the common case: its local executor is there, its inputs are in memory,
+        nobody listens for events, and it succeeds with a small result that goes to a writer
+        process as a wire row. False, having done nothing, if any of that does not hold before
+        the call (the caller then takes the general path); after the call, any other outcome
+        (an error, a timeout, a result that is not small) goes on through ``_complete``.
+        The rows, counts and states it leaves are the general path's (tests/engine compare
+        them)."""
+        spec = task.spec
+        if spec.platform not in self.engine.executors or not self._packing \
+                or not spec.raw_result or task.attempt_row:
+            return False
+        arguments, parameters, names, producers = task.args
+        values = {}
+        for n, p in zip(names, producers):
+            v = p.value
+            if v is UNLOADED:
+                return False          # read back from the store: the general path does it
+            values[n] = v if p.spec.raw_result else p.result_view(v)
+        self._release_inputs(task)
+        task.attempt = attempt = task.attempt + 1
+        task.fence = fence = self._fence_base + attempt
+        clock = self.clock
+        if self._first_start is None:
+            self._first_start = clock.monotonic()
+        task.mode = "inline"
+        self.running += 1
+        task.started_at = clock.now()
+        ctx = tasklog._ctx
+        prev = getattr(ctx, "task", None)
+        ctx.task = (self, task.node_id)
+        t0 = time.perf_counter()
+        try:
+            value, error = self.engine.invoke_raw(task.fn, (arguments, parameters, values),
+                                                  _EMPTY), None
+        except BaseException as exc:  # noqa: BLE001 - the task's failure is data
+            value, error = None, exc
+        took = time.perf_counter() - t0
+        ctx.task = prev
+        if took > spec.timeout:
+            value, error = None, TaskTimeout(task.node_id, spec.timeout, killed=False,
+                                             inline=True)
+        if error is None:
+            try:
+                enc = self.engine.encode(value)
+            except BaseException:  # noqa: BLE001 - _complete fails the task with it
+                enc = None
+            buffers = enc.buffers if enc is not None else None
+            if buffers is not None and enc.size <= INLINE_MAX and len(buffers) == 1 \
+                    and type(buffers[0]) is bytes and attempt == 1:
+                self.running -= 1
+                self.engine.observe(spec, took, True)
+                task.value = value
+                task.content_hash = content_hash = enc.content_hash
+                key = task.cache_key
+                meta = self._small_meta.get(enc.encoding)
+                if meta is None:
+                    meta = self._small_meta[enc.encoding] = {"encoding": enc.encoding,
+                                                             "dag_id": self.pipeline}
+                self.small.append((key, buffers[0], (key, enc.data_type, content_hash,
+                                                     enc.size, None, None, meta)))
+                self.small_tokens.append((self, task))
+                self._succeeded(task, took)
+                return True
+        self._complete(task, fence, error is None, value, error, took)
+        return True
+
+    def _succeeded(self, task: Task, duration: float) -> None:
+        """``_finish(task, SUCCESS, duration=...)`` for a task whose inputs were released and
+        that nobody listens to the events of (``_run_declared_inline``)."""
+        with self.lock:
+            task.state = SUCCESS
+            ev = task.event
+        task.ended_at = self.clock.now()
+        counts = self.counts
+        counts[QUEUED] -= 1
+        counts[SUCCESS] += 1
+        if not task.dirty:
+            task.dirty = True
+            self.dirty.append(task)
+        if ev is not None:
+            ev.set()
+        self.unfinished -= 1
+        self._done_times.append(self.clock.monotonic())
+        became = self.became_ready
+        for d in task.dependents:
+            d.waiting -= 1
+            if d.waiting == 0 and d.state is PENDING:
+                became.append(d)
+        task.dependents = _NONE
+        task.args, task.kwargs, task.job, task.ref_slots = (), _EMPTY, None, ()
+        if task.aliases:
+            aliases, task.aliases = task.aliases, None
+            for a in aliases:
+                if a.state not in TERMINAL:
+                    self._follow_twin(a, task)
 
     def _start(self, task: Task) -> None:
         try:

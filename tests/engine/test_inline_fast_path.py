@@ -1,0 +1,197 @@
+"""The run loop's one-step path for declared nodes that run inline (``_run_declared_inline``)
+leaves exactly what the general path (``_start`` -> ``_complete`` -> ``_finish``) leaves: the
+same task rows, states, cache decisions, stored values and counts, for successes, failures,
+retries, timeouts and memo hits.
+
+Everything is real: SQLite files, the engine's writer process (the fast path serves runs
+whose results go to one), the dynamic scheduler. The general path is forced by subscribing an
+event sink (the fast path is only taken when nobody listens). The one patch wraps the real
+``_run_declared_inline`` to count the nodes it completed, so that a test fails if the fast
+path was silently never taken; its behaviour is untouched.
+"""
+import time
+
+import pytest
+
+from twingraph.core.states import RunState, TaskState
+from twingraph.engine import loop as loop_module
+from twingraph.engine.dynamic import (DAGDefinition, DynamicScheduler, ExecutionConfig,
+                                      ErrorRecoveryManager, NodeDefinition, register_operation)
+from twingraph.engine.engine import Engine
+from twingraph.stores.metadata import SQLMetadataStore
+from twingraph.stores.results.sqlite import SQLiteStorage
+
+N = 400
+
+
+def _ops():
+    register_operation("fp_inc", lambda deps, p: p["i"] + sum(deps.values()))
+    register_operation("fp_text", lambda deps, p: {"i": p["i"], "s": "x" * (p["i"] % 7)})
+
+    def flaky(deps, p):
+        if p["i"] % 50 == 49:
+            raise ValueError(f"bad {p['i']}")
+        return p["i"]
+    register_operation("fp_flaky", flaky)
+
+
+
+def _dag(dag_id, op, n=N):
+    nodes = []
+    for i in range(n):
+        args = [f"n{i - 1}", f"n{i // 2}"] if i > 1 else (["n0"] if i == 1 else [])
+        nodes.append(NodeDefinition(f"n{i}", op, list(dict.fromkeys(args)), {"i": i}))
+    return DAGDefinition(dag_id, nodes)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    taken = []
+    real = loop_module.RunLoop._run_declared_inline
+
+    def spy(self, task):
+        done = real(self, task)
+        if done:
+            taken.append(task.node_id)
+        return done
+    monkeypatch.setattr(loop_module.RunLoop, "_run_declared_inline", spy)
+    return taken
+
+
+def _run_both(tmp_path, op, *, retries=0, twice=False, before_each=None):
+    """Run the same DAG on two fresh engines with a writer process: one without event sinks
+    (fast path), one with (general path). Returns {mode: (states, rows, values, progress)}."""
+    _ops()
+    out = {}
+    for mode in ("fast", "general"):
+        if before_each is not None:
+            before_each()
+        root = tmp_path / mode
+        root.mkdir()
+        eng = Engine(results=SQLiteStorage(str(root / "r.db")),
+                     metadata=SQLMetadataStore(f"sqlite:///{root / 'm.db'}", create=True),
+                     writer="process")
+        try:
+            deadline = time.monotonic() + 30
+            while eng.recorder.writer != "process":
+                assert time.monotonic() < deadline, "the writer process did not start"
+                time.sleep(0.02)
+            if mode == "general":
+                eng.subscribe(lambda event: None)
+            cfg = ExecutionConfig(max_concurrent_nodes=4, retry_failed_nodes=bool(retries),
+                                  max_retries=retries)
+            recovery = ErrorRecoveryManager(retries, 1.0) if retries else None
+            sched = DynamicScheduler(eng.results, cfg, engine=eng, error_recovery=recovery)
+            results = [sched.run(_dag(f"fp-{op}", op))]
+            if twice:
+                results.append(sched.run(_dag(f"fp-{op}", op)))
+            rows = []
+            values = []
+            for r in results:
+                tasks = sorted(eng.metadata.get_tasks(r.run_id), key=lambda t: t.order)
+                rows.append([(t.node_id, t.state, t.cache_key, t.content_hash, t.cache_status,
+                              t.cache_reason, t.attempts, t.error, t.inputs, t.result_key)
+                             for t in tasks])
+                values.append([eng.load_value(t.result_key) if t.state is TaskState.SUCCESS
+                               else None for t in tasks])
+            out[mode] = ([(r.state, str(r.error) if r.error else None) for r in results], rows,
+                         values, [r.progress for r in results])
+        finally:
+            eng.close()
+    return out
+
+
+def _same(out):
+    fast, general = out["fast"], out["general"]
+    assert fast[0] == general[0]
+    assert fast[1] == general[1]
+    assert fast[2] == general[2]
+    for pf, pg in zip(fast[3], general[3]):
+        for k in ("total", "succeeded", "failed", "skipped", "cancelled", "finished"):
+            assert pf[k] == pg[k], k
+
+
+def test_successes_leave_the_rows_and_values_of_the_general_path(tmp_path, counted):
+    out = _run_both(tmp_path, "fp_inc", twice=True)
+    _same(out)
+    states, rows, values, _ = out["fast"]
+    assert states[0][0] is RunState.SUCCESS
+    assert {r[4] for r in rows[1]} == {"hit"}               # the second run: all memo hits
+    assert values[0] == values[1] and values[0][N - 1] > 0
+    # The fast path ran most nodes of the first run (the first few measure the operation).
+    assert len(counted) >= N - 50
+
+
+def test_dict_results_take_the_fast_path_too(tmp_path, counted):
+    out = _run_both(tmp_path, "fp_text")
+    _same(out)
+    assert out["fast"][2][0][8] == {"i": 8, "s": "x"}
+    assert len(counted) >= N - 50
+
+
+def test_failures_and_skips_are_the_general_paths(tmp_path, counted):
+    out = _run_both(tmp_path, "fp_flaky")
+    _same(out)
+    states, rows, _, progress = out["fast"]
+    assert states[0][0] is RunState.FAILED
+    by_id = {r[0]: r for r in rows[0]}
+    assert by_id["n49"][1] is TaskState.FAILED and "bad 49" in by_id["n49"][7]
+    assert by_id["n50"][1] is TaskState.SKIPPED                # n50 reads n49
+    assert progress[0]["failed"] >= 1 and progress[0]["skipped"] >= 1
+    assert len(counted) >= 20                                  # successes before n49 did
+
+
+def test_a_retried_node_is_recorded_as_the_general_path_records_it(tmp_path, counted):
+    failed = []
+
+    def once_bad(deps, p):
+        if p["i"] == 60 and not failed:
+            failed.append(1)
+            raise ValueError("first attempt fails")
+        return p["i"]
+    register_operation("fp_once_bad", once_bad)
+    out = _run_both(tmp_path, "fp_once_bad", retries=1, before_each=failed.clear)
+    _same(out)
+    rows = {r[0]: r for r in out["fast"][1][0]}
+    assert rows["n60"][1] is TaskState.SUCCESS and rows["n60"][6] == 2
+    assert out["fast"][0][0][0] is RunState.SUCCESS
+
+
+def test_an_inline_call_over_its_timeout_fails_the_same_way(tmp_path, counted):
+    from twingraph import component
+
+    @component(timeout=0.01)
+    def fp_slow_component(i):
+        if i == 120:
+            time.sleep(0.05)
+        return i
+    # A @component registers itself under its name; as an operation it is called with the
+    # inputs' values, then the parameters by name, and keeps its own timeout.
+    nodes = [NodeDefinition(f"n{i}", "fp_slow_component", [], {"i": i}) for i in range(N)]
+    _ops()
+    out = {}
+    for mode in ("fast", "general"):
+        root = tmp_path / mode
+        root.mkdir()
+        eng = Engine(results=SQLiteStorage(str(root / "r.db")),
+                     metadata=SQLMetadataStore(f"sqlite:///{root / 'm.db'}", create=True),
+                     writer="process")
+        try:
+            deadline = time.monotonic() + 30
+            while eng.recorder.writer != "process":
+                assert time.monotonic() < deadline, "the writer process did not start"
+                time.sleep(0.02)
+            if mode == "general":
+                eng.subscribe(lambda event: None)
+            sched = DynamicScheduler(eng.results, ExecutionConfig(
+                max_concurrent_nodes=1, retry_failed_nodes=False), engine=eng)
+            r = sched.run(DAGDefinition("fp-timeout", nodes))
+            out[mode] = (r.state, {t.node_id: (t.state, t.error, t.cache_key, t.content_hash)
+                                   for t in eng.metadata.get_tasks(r.run_id)})
+        finally:
+            eng.close()
+    assert out["fast"] == out["general"]
+    state, rows = out["fast"]
+    assert state is RunState.FAILED
+    assert rows["n120"][0] is TaskState.FAILED and "TaskTimeout" in rows["n120"][1]
+    assert rows["n119"][0] is TaskState.SUCCESS and rows["n121"][0] is TaskState.SUCCESS
