@@ -11,6 +11,7 @@ use this one service.
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -41,6 +42,8 @@ from twingraph.service.definitions import (
 )
 from twingraph.stores.metadata.catalog import PipelineRecord
 from twingraph.stores.metadata.catalog_store import RunRow, SQLCatalog, StatusReader
+
+log = logging.getLogger("twingraph.runs")
 
 DEFAULT_TIMEOUT = 3600.0
 #: Finished runs' results a ``RunService`` holds in memory (the newest; older ones are dropped).
@@ -120,7 +123,13 @@ class RunService:
     def start(self, run_id: str, *, timeout_seconds: float | None = None,
               claimed: bool = False) -> RunRow:
         """Start a PENDING run. ``claimed=True``: the caller (the schedule firer) has already
-        moved it to RUNNING with its own compare-and-set; only drive it."""
+        moved it to RUNNING with its own compare-and-set; only drive it.
+
+        A start that fails before its driver thread takes over raises, and the run is left:
+        PENDING and unchanged on bad input or a refused start (a ``TwinGraphError``), except
+        that a pipeline that no longer plans fails it; FAILED on any other error (a bug, an
+        unexpected failure), with the error's type recorded; FAILED whenever it was RUNNING
+        for this start (claimed), since no driver would ever end it."""
         run = self.catalog.get_run(run_id)
         expected = RunState.RUNNING if claimed else RunState.PENDING
         if run.state is not expected:
@@ -132,6 +141,8 @@ class RunService:
         # another process's (``cancel``).
         with self._lock:
             self._starting.add(run_id)
+        running = claimed        # the run is RUNNING on this start's behalf, with no driver yet
+        ended = False            # this start has ended the run already
         try:
             pipeline = self.catalog.get_pipeline(run.pipeline_id)
             config = dict(run.config)
@@ -141,28 +152,73 @@ class RunService:
             try:
                 launch = self._prepare(pipeline, run, config)
             except TwinGraphError as exc:      # the pipeline changed since the run was created
-                if claimed:
-                    self.catalog.finish_running(run_id, RunState.FAILED,
-                                                f"{type(exc).__name__}: {exc}",
-                                                self.engine.clock.now())
-                else:
-                    self.catalog.fail_pending(run_id, f"{type(exc).__name__}: {exc}")
+                ended = True
+                self._fail_start(run, running, f"{type(exc).__name__}: {exc}")
                 raise
             if not claimed and not self.catalog.claim_start(run_id, self.engine.clock.now()):
                 raise ConflictError(f"run {run_id} was started or cancelled by someone else")
+            running = True
             try:
                 self._spawn(run_id, launch, "serve")
             except BaseException as exc:
                 # RUNNING with no driver would stay so for ever (adoption skips a run this
                 # process lists as its own, and a cancel finds nothing to cancel): end it.
-                self.catalog.finish_running(run_id, RunState.FAILED,
-                                            f"run failed to start: {type(exc).__name__}: {exc}",
-                                            self.engine.clock.now())
+                ended = True
+                self._fail_start(run, True, f"run failed to start: {type(exc).__name__}: {exc}")
                 raise
+        except TwinGraphError as exc:
+            # Bad input or a refused start (a missing pipeline, a bad timeout, a lost claim)
+            # leaves a PENDING run as it was. A run claimed for this start has no driver and
+            # nobody else will end it: it ends here.
+            if running and not ended:
+                self._fail_start(run, True, f"{type(exc).__name__}: {exc}")
+            raise
+        except BaseException as exc:
+            # Not bad input: a bug or an unexpected failure while the start was prepared (in
+            # the pipeline's code, the planning, a store call). Left PENDING, or RUNNING with
+            # no driver, the run would never end; it ends FAILED and the error goes on to the
+            # caller (REST: INTERNAL_ERROR; the schedule firer logs it). Its text may name
+            # paths, hosts or values, so the run records only its type: the caller logs the
+            # rest. A failed ``claim_start`` may have been applied all the same: the
+            # compare-and-set of ``fail_pending`` leaves such a run to adoption.
+            if not ended:
+                log.warning("run %s could not start (%s); it is FAILED", run_id,
+                            type(exc).__name__)
+                self._fail_start(run, running, unexpected_start_error(exc))
+            raise
         finally:
             with self._lock:
                 self._starting.discard(run_id)
         return self.catalog.get_run(run_id)
+
+    def _fail_start(self, run: RunRow, running: bool, error: str) -> None:
+        """End ``run``, which ``start`` could not hand to a driver: RUNNING -> FAILED when
+        ``running`` (claimed for this start), else PENDING -> FAILED (a compare-and-set: a run
+        that someone else has meanwhile started or cancelled is left alone). Then its log and
+        a ``run:status`` event say so, as the engine says it of the runs it ends (WebSocket
+        subscribers, metrics, waiters). Never raises: the caller re-raises the error that
+        stopped the start, which a second failure (the store's) must not replace."""
+        try:
+            if running:
+                self.catalog.finish_running(run.run_id, RunState.FAILED, error,
+                                            self.engine.clock.now())
+                if self.catalog.get_run(run.run_id).state is not RunState.FAILED:
+                    return
+            elif not self.catalog.fail_pending(run.run_id, error):
+                return
+        except Exception:  # noqa: BLE001 - see the docstring
+            log.warning("run %s: its failed start could not be recorded", run.run_id,
+                        exc_info=True)
+            return
+        try:
+            self.engine.recorder.add(LogRecord(run.run_id, time.time(), "error", error))
+            self.engine.recorder.flush(run.run_id)
+        except Exception:  # noqa: BLE001 - the run's state is recorded; its log line is not
+            log.warning("run %s: the log of its failed start could not be written",
+                        run.run_id, exc_info=True)
+        self.engine.emit({"event": "run:status", "run_id": run.run_id,
+                          "pipeline": run.pipeline, "status": RunState.FAILED.value,
+                          "error": error})
 
     def _spawn(self, run_id: str, launch: Callable[[], RunResult], kind: str) -> None:
         """Start the driver thread; registered and started under the lock, so ``_threads``
@@ -369,6 +425,13 @@ def call_params(fn: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, 
     takes = "logical_date" in sig.parameters or any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
     return dict(params) if takes else {k: v for k, v in params.items() if k != "logical_date"}
+
+
+def unexpected_start_error(exc: BaseException) -> str:
+    """The error recorded on a run whose start failed unexpectedly: the exception's type, not
+    its text (which may name paths, hosts or values; the server log has it)."""
+    return (f"run failed to start: {type(exc).__name__} (an unexpected error; the server log "
+            "has the details)")
 
 
 def _check_config(config: Mapping[str, Any]) -> None:
