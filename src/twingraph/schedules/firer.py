@@ -14,7 +14,11 @@ One ``tick(now)``:
    - **overlap**: without catch-up, when ``overlap_policy='skip'`` and the schedule already
      has ``max_concurrency`` active (PENDING or RUNNING) runs, the slot is dropped (logged).
      Otherwise ``launcher.launch(schedule, slot, False)`` creates the run, queued, and
-     ``record_fire`` notes it. Catch-up slots are never skipped: they queue.
+     ``record_fire`` notes it. Catch-up slots are never skipped: they queue. With 'skip' the
+     count, the launch and ``record_fire`` run under the schedule's fire lock
+     (``store.firing``): two firers that claimed consecutive slots at the same moment would
+     otherwise both count no run and both create one. The claim itself is committed before,
+     on its own, so a crash in between still loses the slot rather than firing it twice.
 
 2. **Start queued runs.** For each schedule with PENDING runs (fires and backfills alike),
    ``store.claim_queued_runs`` moves as many to RUNNING as ``max_concurrency`` leaves room
@@ -38,7 +42,7 @@ from typing import TYPE_CHECKING
 
 from twingraph.core import schedule as sc
 from twingraph.core.schedule import OverlapPolicy, ScheduleRecord
-from twingraph.stores.metadata.schedules import SQLScheduleStore
+from twingraph.stores.metadata.schedules import FireSection, SQLScheduleStore
 
 if TYPE_CHECKING:
     from twingraph.schedules import RunLauncher
@@ -94,10 +98,21 @@ class ScheduleFirer:
         following = sc.next_fire_after(*args, now, anchor)
         if not self.schedules.claim(schedule.id, expected, following):
             return []           # another process fired it, or the schedule was just edited
+        if schedule.catchup or schedule.overlap_policy is not OverlapPolicy.SKIP:
+            return self._launch(schedule, slots, None)
+        with self.schedules.firing(schedule.id) as section:     # count + create: one step
+            if section is None:
+                log.info("schedule %s: deleted before it fired", schedule.id)
+                return []
+            return self._launch(schedule, slots, section)
+
+    def _launch(self, schedule: ScheduleRecord, slots: list[float],
+                section: FireSection | None) -> list[tuple[str, float]]:
+        """Create the runs of the claimed ``slots``; with a fire ``section`` (overlap 'skip'),
+        a slot is dropped while ``max_concurrency`` runs are active."""
         fired: list[tuple[str, float]] = []
         for slot in slots:
-            if (not schedule.catchup and schedule.overlap_policy is OverlapPolicy.SKIP
-                    and self.schedules.active_runs(schedule.id) >= schedule.max_concurrency):
+            if section is not None and section.active_runs() >= schedule.max_concurrency:
                 log.info("schedule %s: slot %s skipped, %d run(s) already active "
                          "(overlap_policy=skip)", schedule.id, sc.logical_date(slot),
                          schedule.max_concurrency)
@@ -112,7 +127,10 @@ class ScheduleFirer:
                 log.info("schedule %s: the launcher created no run for %s", schedule.id,
                          sc.logical_date(slot))
                 continue
-            self.schedules.record_fire(schedule.id, run_id, slot)
+            if section is not None:
+                section.record_fire(run_id, slot)
+            else:
+                self.schedules.record_fire(schedule.id, run_id, slot)
             fired.append((schedule.id, slot))
         return fired
 

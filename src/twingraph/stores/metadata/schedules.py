@@ -20,6 +20,20 @@ Starting queued runs (``claim_queued_runs``)
     ``max_concurrency``. The count and the moves are atomic with respect to every other claimer,
     so the number of RUNNING runs of a schedule never exceeds ``max_concurrency``, whatever the
     number of processes. The caller then executes the returned runs.
+The fire lock (``firing``)
+    'skip' promises no run while the schedule has ``max_concurrency`` active ones, so "count the
+    active runs, then create one" must be one step with respect to every other firer. The run
+    is created by the ``RunLauncher`` in transactions of its own, so the claim's transaction
+    cannot cover it: a firer that claimed the next slot meanwhile counted zero runs and created
+    one too. ``firing(schedule_id)`` is a mutual exclusion per schedule, held across the count,
+    the launch and ``record_fire``, that leaves the launcher's writes free:
+    PostgreSQL: a transaction holding the schedule row ``FOR NO KEY UPDATE`` (which the foreign
+    key checks of the launcher's run INSERT, ``FOR KEY SHARE``, do not wait for; another
+    firer's claim, ``claim_queued_runs`` and edits of the schedule do); SQLite: an ``flock`` on
+    ``<database>-fire.lock`` between processes (the write transaction cannot be held: the
+    launcher's own write would wait for it) and a thread lock per database within this one
+    (the only lock for an in-memory database, or where ``flock`` is missing). On SQLite it
+    covers every schedule of the database; fires are rare and short.
 
 Interval slots are anchored at the schedule's ``created_at`` (``core.schedule``).
 """
@@ -27,7 +41,11 @@ Interval slots are anchored at the schedule's ``created_at`` (``core.schedule``)
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Mapping
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Row, and_, delete, func, or_, select, update
@@ -56,6 +74,11 @@ SORTABLE = frozenset({"created_at", "updated_at", "next_run_at", "last_run_at", 
                       "pipeline_id", "kind"})
 _ACTIVE = (RunState.PENDING.value, RunState.RUNNING.value)
 
+try:  # POSIX advisory locks between processes; elsewhere the thread lock only.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
 
 class SQLScheduleStore:
     """Schedules of a ``SQLMetadataStore``; ``clock`` (default: the store's) stamps rows and is
@@ -65,6 +88,7 @@ class SQLScheduleStore:
                  clock: Callable[[], float] | None = None) -> None:
         self._store = store
         self._clock = clock or store._clock
+        self._lock_path: str | None = None      # SQLite fire lock file; "" for a memory database
 
     # -- CRUD ------------------------------------------------------------------------------
 
@@ -225,13 +249,57 @@ class SQLScheduleStore:
         """Note that the schedule fired at ``at`` (the slot) and created ``run_id``, unless a
         later slot is already recorded: two firers firing consecutive slots may record them in
         either order, and ``last_run_at``/``last_run_id`` must not go back to the older one."""
-        stmt = (update(schedules)
-                .where(schedules.c.id == schedule_id,
-                       or_(schedules.c.last_run_at.is_(None), schedules.c.last_run_at <= at))
-                .values(last_run_at=at, last_run_id=run_id))
         with self._store._writing() as conn:
-            if conn.execute(stmt).rowcount != 1:
-                _get_row(conn, schedule_id)         # NotFoundError; else a later slot won
+            _record_fire(conn, schedule_id, run_id, at)
+
+    @contextmanager
+    def firing(self, schedule_id: str) -> Iterator[FireSection | None]:
+        """Hold the schedule's fire lock (module doc) for the body of the ``with``; yield the
+        ``FireSection`` to count active runs and record the fire under it, or None when the
+        schedule no longer exists. Another ``firing`` of the same schedule (on SQLite: of the
+        same database), in any thread or process, waits until this one ends.
+
+        Take it holding no transaction of this store, and inside it write only through the
+        section or in transactions that do not update this schedule's row (a run INSERT is
+        fine): on PostgreSQL an UPDATE of the row from another connection of this thread waits
+        for the section forever."""
+        if not self._store._sqlite:
+            with self._store._writing() as conn:
+                lock = (select(schedules.c.id).where(schedules.c.id == schedule_id)
+                        .with_for_update(key_share=True))       # FOR NO KEY UPDATE (module doc)
+                if conn.execute(lock).scalar() is None:
+                    yield None
+                else:
+                    yield FireSection(self, schedule_id, conn)
+            return
+        with self._sqlite_fire_lock():
+            with self._store._reading() as conn:
+                found = conn.execute(select(schedules.c.id)
+                                     .where(schedules.c.id == schedule_id)).scalar()
+            yield None if found is None else FireSection(self, schedule_id, None)
+
+    @contextmanager
+    def _sqlite_fire_lock(self) -> Iterator[None]:
+        if self._lock_path is None:
+            with self._store._reading() as conn:
+                main = [row[2] for row in conn.exec_driver_sql("PRAGMA database_list")
+                        if row[1] == "main"]
+            self._lock_path = os.path.abspath(main[0]) + "-fire.lock" if main and main[0] \
+                else ""
+        path = self._lock_path
+        with _LOCKS_GUARD:
+            thread_lock = (_MEMORY_LOCKS.setdefault(self._store, threading.Lock()) if not path
+                           else _FILE_LOCKS.setdefault(path, threading.Lock()))
+        with thread_lock:
+            if not path or fcntl is None:
+                yield
+                return
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)                # releases the flock
 
     def link_run(self, schedule_id: str, run_id: str) -> None:
         """Set ``runs.schedule_id`` of an existing run (for launchers whose run writer does not
@@ -245,10 +313,8 @@ class SQLScheduleStore:
 
     def active_runs(self, schedule_id: str) -> int:
         """Runs of this schedule that are PENDING (queued) or RUNNING."""
-        query = (select(func.count()).select_from(runs)
-                 .where(runs.c.schedule_id == schedule_id, runs.c.state.in_(_ACTIVE)))
         with self._store._reading() as conn:
-            return int(conn.execute(query).scalar_one())
+            return _active_runs(conn, schedule_id)
 
     def with_queued_runs(self, limit: int = 100, *, after: str | None = None) -> builtins.list[str]:
         """Ids of schedules that have PENDING (queued) runs AND room to start one (fewer RUNNING
@@ -372,6 +438,52 @@ class SQLScheduleStore:
             return _record(self._apply_update(
                 conn, current["id"], {"kind": "CRON", "expression": wanted, "enabled": True}))
 
+class FireSection:
+    """What a firer does while it holds a schedule's fire lock (``SQLScheduleStore.firing``):
+    on PostgreSQL in the locking transaction (committed when the section ends), on SQLite in
+    transactions of their own."""
+
+    def __init__(self, owner: SQLScheduleStore, schedule_id: str,
+                 conn: Connection | None) -> None:
+        self._owner, self.schedule_id, self._conn = owner, schedule_id, conn
+
+    def active_runs(self) -> int:
+        """As ``SQLScheduleStore.active_runs``; runs created by another firer's section are
+        counted (that section ended, and its launcher had committed the run)."""
+        if self._conn is None:
+            return self._owner.active_runs(self.schedule_id)
+        return _active_runs(self._conn, self.schedule_id)
+
+    def record_fire(self, run_id: str | None, at: float) -> None:
+        """As ``SQLScheduleStore.record_fire``."""
+        if self._conn is None:
+            self._owner.record_fire(self.schedule_id, run_id, at)
+        else:
+            _record_fire(self._conn, self.schedule_id, run_id, at)
+
+
+#: SQLite fire locks within this process: by lock file path, and per store for memory databases.
+_LOCKS_GUARD = threading.Lock()
+_FILE_LOCKS: dict[str, threading.Lock] = {}
+_MEMORY_LOCKS: weakref.WeakKeyDictionary[SQLMetadataStore, threading.Lock] = \
+    weakref.WeakKeyDictionary()
+
+
+def _active_runs(conn: Connection, schedule_id: str) -> int:
+    return int(conn.execute(select(func.count()).select_from(runs)
+                            .where(runs.c.schedule_id == schedule_id,
+                                   runs.c.state.in_(_ACTIVE))).scalar_one())
+
+
+def _record_fire(conn: Connection, schedule_id: str, run_id: str | None, at: float) -> None:
+    stmt = (update(schedules)
+            .where(schedules.c.id == schedule_id,
+                   or_(schedules.c.last_run_at.is_(None), schedules.c.last_run_at <= at))
+            .values(last_run_at=at, last_run_id=run_id))
+    if conn.execute(stmt).rowcount != 1:
+        _get_row(conn, schedule_id)         # NotFoundError; else a later slot won
+
+
 def _source(value: ScheduleSource | str) -> ScheduleSource:
     try:
         return value if isinstance(value, ScheduleSource) else ScheduleSource(str(value))
@@ -418,4 +530,4 @@ def _record(row: Mapping[str, Any]) -> ScheduleRecord:
     return ScheduleRecord(**fields)
 
 
-__all__ = ["SORTABLE", "UPDATABLE", "SQLScheduleStore"]
+__all__ = ["SORTABLE", "UPDATABLE", "FireSection", "SQLScheduleStore"]
