@@ -3,8 +3,8 @@ leaves exactly what the general path (``_start`` -> ``_complete`` -> ``_finish``
 same task rows, states, cache decisions, stored values and counts, for successes, failures,
 retries, timeouts and memo hits.
 
-Everything is real: SQLite files, the engine's writer process (the fast path serves runs
-whose results go to one), the dynamic scheduler. The general path is forced by subscribing an
+Everything is real: SQLite files, the engine's writer (a child process, or a thread of this
+one), the dynamic scheduler. The general path is forced by subscribing an
 event sink (the fast path is only taken when nobody listens). The one patch wraps the real
 ``_run_declared_inline`` to count the nodes it completed, so that a test fails if the fast
 path was silently never taken; its behaviour is untouched.
@@ -58,8 +58,8 @@ def counted(monkeypatch):
     return taken
 
 
-def _run_both(tmp_path, op, *, retries=0, twice=False, before_each=None):
-    """Run the same DAG on two fresh engines with a writer process: one without event sinks
+def _run_both(tmp_path, op, *, retries=0, twice=False, before_each=None, writer="process"):
+    """Run the same DAG on two fresh engines with the given writer: one without event sinks
     (fast path), one with (general path). Returns {mode: (states, rows, values, progress)}."""
     _ops()
     out = {}
@@ -70,10 +70,10 @@ def _run_both(tmp_path, op, *, retries=0, twice=False, before_each=None):
         root.mkdir()
         eng = Engine(results=SQLiteStorage(str(root / "r.db")),
                      metadata=SQLMetadataStore(f"sqlite:///{root / 'm.db'}", create=True),
-                     writer="process")
+                     writer=writer)
         try:
             deadline = time.monotonic() + 30
-            while eng.recorder.writer != "process":
+            while eng.recorder.writer != writer:
                 assert time.monotonic() < deadline, "the writer process did not start"
                 time.sleep(0.02)
             if mode == "general":
@@ -111,8 +111,9 @@ def _same(out):
             assert pf[k] == pg[k], k
 
 
-def test_successes_leave_the_rows_and_values_of_the_general_path(tmp_path, counted):
-    out = _run_both(tmp_path, "fp_inc", twice=True)
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_successes_leave_the_rows_and_values_of_the_general_path(tmp_path, counted, writer):
+    out = _run_both(tmp_path, "fp_inc", twice=True, writer=writer)
     _same(out)
     states, rows, values, _ = out["fast"]
     assert states[0][0] is RunState.SUCCESS
@@ -129,8 +130,9 @@ def test_dict_results_take_the_fast_path_too(tmp_path, counted):
     assert len(counted) >= N - 50
 
 
-def test_failures_and_skips_are_the_general_paths(tmp_path, counted):
-    out = _run_both(tmp_path, "fp_flaky")
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_failures_and_skips_are_the_general_paths(tmp_path, counted, writer):
+    out = _run_both(tmp_path, "fp_flaky", writer=writer)
     _same(out)
     states, rows, _, progress = out["fast"]
     assert states[0][0] is RunState.FAILED

@@ -548,15 +548,15 @@ class RunLoop(BodySide, MemoSide, TimerSide):
     def _run_declared_inline(self, task: Task) -> bool:
         """``_start``, ``_complete`` and ``_finish`` of a declared node that runs inline, in
         one step, for the common case: its local executor is there, its inputs are in memory,
-        nobody listens for events, and it succeeds with a small result that goes to a writer
-        process as a wire row. False, having done nothing, if any of that does not hold before
-        the call (the caller then takes the general path); after the call, any other outcome
-        (an error, a timeout, a result that is not small) goes on through ``_complete``.
+        nobody listens for events, and its first attempt succeeds. False, having done nothing,
+        if any of that does not hold before the call (the caller then takes the general path);
+        after the call, any other outcome (an error, a timeout, a value that does not encode)
+        goes on through ``_complete``.
         The rows, counts and states it leaves are the general path's (tests/engine compare
         them)."""
         spec = task.spec
-        if spec.platform not in self.engine.executors or not self._packing \
-                or not spec.raw_result or task.attempt_row:
+        if spec.platform not in self.engine.executors or not spec.raw_result \
+                or task.attempt_row:
             return False
         arguments, parameters, names, producers = task.args
         values = {}
@@ -593,21 +593,26 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 enc = self.engine.encode(value)
             except BaseException:  # noqa: BLE001 - _complete fails the task with it
                 enc = None
-            buffers = enc.buffers if enc is not None else None
-            if buffers is not None and enc.size <= INLINE_MAX and len(buffers) == 1 \
-                    and type(buffers[0]) is bytes and attempt == 1:
+            if enc is not None and attempt == 1:
                 self.running -= 1
                 self.engine.observe(spec, took, True)
                 task.value = value
                 task.content_hash = content_hash = enc.content_hash
                 key = task.cache_key
-                meta = self._small_meta.get(enc.encoding)
-                if meta is None:
-                    meta = self._small_meta[enc.encoding] = {"encoding": enc.encoding,
-                                                             "dag_id": self.pipeline}
-                self.small.append((key, buffers[0], (key, enc.data_type, content_hash,
-                                                     enc.size, None, None, meta)))
-                self.small_tokens.append((self, task))
+                buffers = enc.buffers
+                if self._packing and enc.size <= INLINE_MAX and len(buffers) == 1 \
+                        and type(buffers[0]) is bytes:
+                    meta = self._small_meta.get(enc.encoding)
+                    if meta is None:
+                        meta = self._small_meta[enc.encoding] = {"encoding": enc.encoding,
+                                                                 "dag_id": self.pipeline}
+                    self.small.append((key, buffers[0], (key, enc.data_type, content_hash,
+                                                         enc.size, None, None, meta)))
+                    self.small_tokens.append((self, task))
+                else:
+                    self.out.append(PutResult(key, buffers,
+                                              self.engine.result_meta(self.run_id, task, enc),
+                                              (self, task)))
                 self._succeeded(task, took)
                 return True
         self._complete(task, fence, error is None, value, error, took)
