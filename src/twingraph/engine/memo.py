@@ -60,7 +60,7 @@ class MemoSide:
                       digest_kwargs(kwargs, Ref, _ref_digest, leaf)]
         key = prefixed_key(self.engine.key_prefix(spec), digest)
         memoize = self._memoizes(task)
-        prior = self.prior.get(task.node_id)
+        prior = self.prior.get(task.node_id) if self.prior else None
         structural = key
         if not memoize:                # its result is its own, not shared by key
             if prior is not None and prior.state is SUCCESS and prior.cache_key == own_key(
