@@ -11,8 +11,8 @@ one database, each with its own ``ScheduleFirer`` and launcher, and both firers 
 times. A's launcher, inside ``launch`` (after A's claim and its overlap check, before its run
 exists), runs B's whole tick on another thread and lets A go on only once B has either finished
 its tick or is waiting for a lock that A holds. Without the fix B finishes, having created a
-second run; with it B waits (PostgreSQL: B's claim on the schedule row that A holds; SQLite: B's
-fire lock), then finds A's run and skips.
+second run; with it B waits for the fire lock A holds (PostgreSQL: an advisory lock; SQLite: an
+flock), then finds A's run and skips.
 
 How "B is waiting" is observed, with no mock or patch: on PostgreSQL the server says so
 (``pg_blocking_pids`` of B's session); on SQLite, where no DBMS view shows a waiter, B's store is
@@ -204,6 +204,77 @@ def test_skip_with_two_firers_creates_one_run_for_consecutive_slots(
         assert (got.last_run_at, got.last_run_id) == (NOW + H, "a-0")
         # started once, by whichever firer served the queue first after A's fire
         assert launcher_a.started + launcher_b.started == ["a-0"]
+    finally:
+        getattr(probe, "dispose", lambda: None)()
+        meta_a.close()
+        meta_b.close()
+
+
+@pytest.mark.parametrize("competitor", ["delete_pipeline", "decorator_schedule"])
+def test_a_skip_fire_does_not_deadlock_with_the_pipelines_delete_or_a_schedule_upsert(
+        database: tuple[str, str], competitor: str) -> None:
+    """While a 'skip' fire is launching its run (inside the fire section), another request
+    deletes the schedule's pipeline (the cascade deletes the schedule) or re-syncs the
+    pipeline's decorator schedule: both lock the pipeline's row, then need the schedule's.
+    The launcher's run INSERT checks the pipeline's row too. A fire section that held the
+    schedule's row (its first version, on PostgreSQL) made a cycle PostgreSQL cannot see:
+    section -> INSERT (same thread) -> the request -> section. Everything must finish."""
+    backend, url = database
+    meta_a = SQLMetadataStore(url, clock=lambda: NOW)
+    meta_b = SQLMetadataStore(url, clock=lambda: NOW)
+    probe = blocked_sessions(url) if backend == "postgresql" else (lambda: False)
+    try:
+        from twingraph.stores.metadata.catalog_store import SQLCatalog
+        store_a, store_b = SQLScheduleStore(meta_a), SQLScheduleStore(meta_b)
+        pipe_id, _ = meta_a.upsert_pipeline("default", "etl", {"nodes": [], "edges": []})
+        if competitor == "delete_pipeline":
+            rec = store_a.create(project_id="default", pipeline_id=pipe_id, kind="INTERVAL",
+                                 expression="1h")
+        else:
+            rec = store_a.upsert_decorator_schedule("default", pipe_id, "0 * * * *")
+        assert rec is not None and rec.overlap_policy.value == "skip" and not rec.catchup
+        outcome: dict[str, Any] = {}
+
+        def compete() -> None:
+            try:
+                if competitor == "delete_pipeline":
+                    SQLCatalog(meta_b).delete_pipeline(pipe_id)
+                else:
+                    store_b.upsert_decorator_schedule("default", pipe_id, "30 * * * *")
+                outcome["ok"] = True
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                outcome["error"] = repr(exc)
+
+        threads: list[threading.Thread] = []
+
+        def request_now() -> None:
+            """Inside the fire section, before the run's INSERT: the request starts and gets
+            as far as it can (on PostgreSQL until it waits, or it finishes)."""
+            thread = threading.Thread(target=compete, name="request")
+            thread.start()
+            threads.append(thread)
+            deadline = time.monotonic() + 5.0
+            while thread.is_alive() and not probe() and time.monotonic() < deadline:
+                time.sleep(0.005)
+
+        firer = ScheduleFirer(store_a, Launcher(meta_a, store_a, "a",
+                                                before_first_launch=request_now))
+        tick: dict[str, Any] = {}
+
+        def run_tick() -> None:
+            try:
+                tick["fired"] = firer.tick(rec.next_run_at + 1)
+            except BaseException as exc:  # noqa: BLE001 - the firer logs launch errors itself
+                tick["error"] = repr(exc)
+        ticker = threading.Thread(target=run_tick, name="firer")
+        ticker.start()
+        ticker.join(WAIT)
+        assert not ticker.is_alive(), "the firer's tick never ended: deadlocked"
+        for thread in threads:
+            thread.join(WAIT)
+            assert not thread.is_alive(), f"{competitor} never ended: deadlocked"
+        assert outcome == {"ok": True}, outcome
+        assert "error" not in tick, tick
     finally:
         getattr(probe, "dispose", lambda: None)()
         meta_a.close()

@@ -59,11 +59,9 @@ class RunLauncher(Protocol):
         For a schedule with ``overlap_policy='skip'`` (no catch-up) the firer calls this while
         it holds the schedule's fire lock (``SQLScheduleStore.firing``), so that "no run is
         active" and "create one" are one step for all firers. So: commit the run before
-        returning (in your own transactions, as above); do not update the ``schedules`` row
-        (no ``record_fire``, no schedule edit: on PostgreSQL that waits for the lock forever);
-        do not wait for another firer's tick; and return promptly, since other fires of the
-        schedule (on SQLite, of any schedule of the database) and, on PostgreSQL, edits of it
-        wait meanwhile.
+        returning (in your own transactions, as above); do not call ``record_fire`` (the
+        firer does); do not wait for another firer's tick; and return promptly, since other
+        fires of the schedule (on SQLite, of any schedule of the database) wait meanwhile.
         """
         ...
 

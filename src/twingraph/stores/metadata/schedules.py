@@ -27,9 +27,13 @@ The fire lock (``firing``)
     cannot cover it: a firer that claimed the next slot meanwhile counted zero runs and created
     one too. ``firing(schedule_id)`` is a mutual exclusion per schedule, held across the count,
     the launch and ``record_fire``, that leaves the launcher's writes free:
-    PostgreSQL: a transaction holding the schedule row ``FOR NO KEY UPDATE`` (which the foreign
-    key checks of the launcher's run INSERT, ``FOR KEY SHARE``, do not wait for; another
-    firer's claim, ``claim_queued_runs`` and edits of the schedule do); SQLite: an ``flock`` on
+    PostgreSQL: a transaction holding a transaction-level advisory lock named after the
+    schedule (``_fire_lock_id``), which only other fire sections wait for. Not a lock on the
+    schedule's row: the launcher's run INSERT also checks its pipeline's row, and a transaction
+    that holds that row and then needs the schedule's (deleting the pipeline, whose cascade
+    deletes the schedule; ``upsert_decorator_schedule``) closed a cycle through this thread
+    that PostgreSQL cannot see (decision 0073). ``record_fire`` runs in that transaction and
+    updates the row only at the end, after the launch; SQLite: an ``flock`` on
     ``<database>-fire.lock`` between processes (the write transaction cannot be held: the
     launcher's own write would wait for it) and a thread lock per database within this one
     (the only lock for an in-memory database, or where ``flock`` is missing). On SQLite it
@@ -41,6 +45,7 @@ Interval slots are anchored at the schedule's ``created_at`` (``core.schedule``)
 from __future__ import annotations
 
 import builtins
+import hashlib
 import os
 import threading
 import weakref
@@ -259,18 +264,16 @@ class SQLScheduleStore:
         schedule no longer exists. Another ``firing`` of the same schedule (on SQLite: of the
         same database), in any thread or process, waits until this one ends.
 
-        Take it holding no transaction of this store, and inside it write only through the
-        section or in transactions that do not update this schedule's row (a run INSERT is
-        fine): on PostgreSQL an UPDATE of the row from another connection of this thread waits
-        for the section forever."""
+        Take it holding no transaction of this store, and inside it write in transactions of
+        your own that you commit (a run INSERT), or through the section. On PostgreSQL the
+        section holds a pooled connection until it ends: keep it short."""
         if not self._store._sqlite:
             with self._store._writing() as conn:
-                lock = (select(schedules.c.id).where(schedules.c.id == schedule_id)
-                        .with_for_update(key_share=True))       # FOR NO KEY UPDATE (module doc)
-                if conn.execute(lock).scalar() is None:
-                    yield None
-                else:
-                    yield FireSection(self, schedule_id, conn)
+                # An advisory lock, not a lock on the schedule's row (module doc).
+                conn.execute(select(func.pg_advisory_xact_lock(_fire_lock_id(schedule_id))))
+                found = conn.execute(select(schedules.c.id)
+                                     .where(schedules.c.id == schedule_id)).scalar()
+                yield None if found is None else FireSection(self, schedule_id, conn)
             return
         with self._sqlite_fire_lock():
             with self._store._reading() as conn:
@@ -467,6 +470,12 @@ _LOCKS_GUARD = threading.Lock()
 _FILE_LOCKS: dict[str, threading.Lock] = {}
 _MEMORY_LOCKS: weakref.WeakKeyDictionary[SQLMetadataStore, threading.Lock] = \
     weakref.WeakKeyDictionary()
+
+
+def _fire_lock_id(schedule_id: str) -> int:
+    """The PostgreSQL advisory lock key (a signed 64-bit int) of a schedule's fire lock."""
+    digest = hashlib.sha256(b"twingraph-fire\0" + schedule_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _active_runs(conn: Connection, schedule_id: str) -> int:
