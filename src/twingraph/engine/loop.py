@@ -549,14 +549,13 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         """``_start``, ``_complete`` and ``_finish`` of a declared node that runs inline, in
         one step, for the common case: its local executor is there, its inputs are in memory,
         nobody listens for events, and its first attempt succeeds. False, having done nothing,
-        if any of that does not hold before the call (the caller then takes the general path);
-        after the call, any other outcome (an error, a timeout, a value that does not encode)
-        goes on through ``_complete``.
-        The rows, counts and states it leaves are the general path's (tests/engine compare
-        them)."""
+        if any of that does not hold before the call (the caller then takes the general path,
+        as retries do); after the call, any other outcome (an error, a timeout, a value that
+        does not encode) goes on through ``_complete``. The rows, counts and states it leaves
+        are the general path's (tests/engine/test_inline_fast_path.py compares them)."""
         spec = task.spec
         if spec.platform not in self.engine.executors or not spec.raw_result \
-                or task.attempt_row:
+                or task.attempt:          # a retry: its attempt rows are the general path's
             return False
         arguments, parameters, names, producers = task.args
         values = {}
@@ -593,7 +592,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 enc = self.engine.encode(value)
             except BaseException:  # noqa: BLE001 - _complete fails the task with it
                 enc = None
-            if enc is not None and attempt == 1:
+            if enc is not None:
                 self.running -= 1
                 self.engine.observe(spec, took, True)
                 task.value = value
