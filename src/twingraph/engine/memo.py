@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping
+from hashlib import sha256
 from typing import Any
 
-from twingraph.core.hashing import digest_kwargs, digest_value, own_key, prefixed_key
+from twingraph.core.hashing import (digest_json, digest_kwargs, digest_value, own_key,
+                                    prefixed_key)
 from twingraph.core.records import TaskRecord
 from twingraph.core.states import fence_epoch
 from twingraph.engine.calls import strip_lineage
@@ -17,7 +19,6 @@ from twingraph.engine.refs import Ref
 from twingraph.engine.task import (DECLARED, Task, CANCELLED, FAILED, QUEUED, SKIPPED,
                                     SUCCESS, TERMINAL)
 
-_NO_KWARGS: dict[str, Any] = {"d": {}}          # digest_kwargs({})
 
 
 class MemoSide:
@@ -43,22 +44,26 @@ class MemoSide:
         spec = task.spec
         leaf = self.engine.hash_value
         if task.ref_slots is DECLARED:
-            # The digest ``call`` would give the same node with futures for its inputs
-            # (same keys, same hits), without walking for them.
+            # The digest ``call`` would give the same node with futures for its inputs (same
+            # keys, same hits), without walking for them: ``[{"t": [arguments, parameters,
+            # {"o": [name, "@<producer's content hash>()", ...]}]}, {"d": {}}]``, its
+            # canonical JSON written around the part that varies.
             arguments, parameters, names, producers = task.args
-            digest = [{"t": [_names_digest(arguments, leaf),
-                             digest_value(parameters, Ref, _ref_digest, leaf),
-                             {"o": [x for n, p in zip(names, producers)
-                                    for x in (n, f"@{p.content_hash}()")]}]},
-                      _NO_KWARGS]
+            inputs: list[str] = []
+            for n, p in zip(names, producers):
+                inputs.append(n)
+                inputs.append("@" + p.content_hash + "()")
+            key = sha256(self.engine.key_prefix(spec) + b'[{"t":' + digest_json(
+                [_names_digest(arguments, leaf), digest_value(parameters, Ref, _ref_digest, leaf),
+                 {"o": inputs}]) + b'},{"d":{}}]').hexdigest()
         else:
             args, kwargs = task.args, strip_lineage(task.kwargs)
             named = spec.parameters
             if named is not None and (args or named.defaults):
                 args, kwargs = named.named(args, kwargs)     # f(3) and f(x=3): one key
-            digest = [digest_value(args, Ref, _ref_digest, leaf),
-                      digest_kwargs(kwargs, Ref, _ref_digest, leaf)]
-        key = prefixed_key(self.engine.key_prefix(spec), digest)
+            key = prefixed_key(self.engine.key_prefix(spec),
+                               [digest_value(args, Ref, _ref_digest, leaf),
+                                digest_kwargs(kwargs, Ref, _ref_digest, leaf)])
         memoize = self._memoizes(task)
         prior = self.prior.get(task.node_id) if self.prior else None
         structural = key
