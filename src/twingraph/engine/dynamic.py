@@ -607,12 +607,13 @@ class DynamicScheduler:
             tasks: dict[str, Any] = {}
             inputs_of = dag._deps_view      # the inputs the operation is given, each once
             call = run.call_declared
-            for i, (node, fn, style) in enumerate(plan):
+            ops = plan.ops
+            for i, node in enumerate(plan.nodes):
                 if i & 1023 == 0:
                     _wait_for_window(run)
                 entry = specs.get(node.operation)
                 spec, op = entry if entry is not None else \
-                    self._spec_for(node, fn, style, specs, config)
+                    self._spec_for(node, *ops[node.operation], specs, config)
                 names = inputs_of(node)
                 tasks[node.node_id] = call(spec, op, node.arguments, node.parameters, names,
                                            [tasks[n] for n in names], node.node_id)
