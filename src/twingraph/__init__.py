@@ -15,7 +15,8 @@ from twingraph.engine.tasklog import get_logger
 from twingraph.errors import (ConfigurationError, DynamicSchedulerError, ExecutorUnavailable,
                               NodeExecutionError, NotFoundError, PipelineCancelled,
                               PipelineError, PipelineFailed, PipelineTimeout,
-                              ResourceUnavailable, SchedulingError, StorageError, TaskTimeout, TwinGraphError, ValidationError)
+                              MemoryLimitExceeded, ResourceUnavailable, SchedulingError, StorageError, TaskTimeout,
+                              TwinGraphError, ValidationError)
 from twingraph.registry import register_component, register_error_handler
 from twingraph.workflow import Workflow
 
@@ -26,6 +27,6 @@ __all__ = [
     "ExecutorUnavailable", "NodeExecutionError", "NotFoundError", "Pipeline", "PipelineCancelled",
     "PipelineError", "PipelineFailed", "PipelineTimeout", "Ref", "ResourceUnavailable", "RunResult",
     "SchedulingError",
-    "StorageError", "TaskTimeout", "TwinGraphError", "ValidationError", "Workflow", "component", "get_logger", "pipeline",
+    "MemoryLimitExceeded", "StorageError", "TaskTimeout", "TwinGraphError", "ValidationError", "Workflow", "component", "get_logger", "pipeline",
     "register_component", "register_error_handler", "__version__",
 ]

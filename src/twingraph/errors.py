@@ -37,6 +37,7 @@ pipeline, ``StorageError`` around direct use of a result store, ``StreamError`` 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class TwinGraphError(Exception):
@@ -145,6 +146,22 @@ class TaskTimeout(NodeExecutionError, TimeoutError):
         super().__init__(f"task {node_id!r} timed out after {timeout_s:g}s and was {how}",
                          node_id=node_id, error_type="TaskTimeout")
         self.timeout_s, self.killed = timeout_s, killed
+
+
+class MemoryLimitExceeded(NodeExecutionError, MemoryError):
+    """A task running in a worker process with a memory limit needed more than the limit
+    (``executors.processes``, decision 0076). Retrying the same task with the same inputs
+    fails the same way. ``limit_bytes`` is the pool's limit."""
+
+    def __init__(self, node_id: str, limit_bytes: int, detail: str = "") -> None:
+        super().__init__(f"node {node_id!r} exceeded its memory limit of "
+                         f"{limit_bytes / 2**20:g} MiB{f' ({detail})' if detail else ''}; its "
+                         "worker process was replaced",
+                         node_id=node_id, error_type="MemoryLimitExceeded")
+        self.limit_bytes, self.detail = limit_bytes, detail
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.node_id, self.limit_bytes, self.detail)
 
 
 class TaskCancelled(NodeExecutionError):

@@ -12,14 +12,32 @@ Server security (docs/decisions/0060-0064): ``TWINGRAPH_AUTH`` is ``none`` or ``
 ``100/minute``), ``TWINGRAPH_RATE_LIMIT_BULK`` (``10/minute``), ``TWINGRAPH_RATE_LIMIT_WS``
 (concurrent WebSockets per client, ``10``) — ``off`` disables each; ``TWINGRAPH_RATE_LIMIT_STORAGE``
 (``memory://`` or ``redis://host:port/db`` to share counters between processes).
+
+Nodes the server runs for clients (``execute-dynamic``, graph pipelines; decision 0076):
+``TWINGRAPH_NODE_ISOLATION`` is ``process`` (default: each node in a worker process, killed at
+its limits) or ``off`` (in the server process, as embedded use does);
+``TWINGRAPH_NODE_MEMORY_LIMIT`` what a worker process may allocate beyond its own ~100 MiB
+(default ``1GiB``; bytes or ``512Mi``, ``2G``...; ``off`` for none; Linux only, off elsewhere);
+``TWINGRAPH_NODE_TIMEOUT`` seconds a node may run (default ``300``; a component's own shorter
+timeout still applies); ``TWINGRAPH_NODE_WORKERS`` worker processes (default: the CPUs, at
+least 4). The embedded engine (CLI, Python API) reads none of these: its nodes run in-process.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from twingraph.errors import ConfigurationError, ValidationError
+
+NODE_ISOLATION = ("process", "off")
+#: What a node's worker process may allocate by default (where the limit can be enforced).
+DEFAULT_NODE_MEMORY_LIMIT: int | None = 2**30 if sys.platform.startswith("linux") else None
+DEFAULT_NODE_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +56,23 @@ class Settings:
     rate_limit_bulk: str = "10/minute"
     rate_limit_ws: str = "10"
     rate_limit_storage: str = "memory://"
+    node_isolation: str = "process"
+    node_memory_limit: int | None = DEFAULT_NODE_MEMORY_LIMIT
+    node_timeout: float = DEFAULT_NODE_TIMEOUT
+    node_workers: int | None = None    # None: max(4, CPUs)
+
+    def __post_init__(self) -> None:
+        if self.node_isolation not in NODE_ISOLATION:
+            raise ConfigurationError(f"node_isolation must be one of {', '.join(NODE_ISOLATION)}, "
+                                     f"got {self.node_isolation!r}")
+
+    @property
+    def isolated_nodes(self) -> bool:
+        return self.node_isolation == "process"
+
+    @property
+    def worker_processes(self) -> int:
+        return self.node_workers or max(4, os.cpu_count() or 1)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -47,7 +82,7 @@ class Settings:
                    result_store=os.environ.get("TWINGRAPH_RESULT_STORE", "sqlite"),
                    compression=os.environ.get("TWINGRAPH_COMPRESSION") or None,
                    adopt_after=float(os.environ.get("TWINGRAPH_ADOPT_AFTER") or 30.0),
-                   **_security_from_env())
+                   **_security_from_env(), **_nodes_from_env())
 
 
 def _security_from_env() -> dict[str, Any]:
@@ -62,3 +97,50 @@ def _security_from_env() -> dict[str, Any]:
             "rate_limit_bulk": env.get("TWINGRAPH_RATE_LIMIT_BULK") or "10/minute",
             "rate_limit_ws": env.get("TWINGRAPH_RATE_LIMIT_WS") or "10",
             "rate_limit_storage": env.get("TWINGRAPH_RATE_LIMIT_STORAGE") or "memory://"}
+
+
+def _nodes_from_env() -> dict[str, Any]:
+    """The ``TWINGRAPH_NODE_*`` settings; ``ConfigurationError`` naming the variable if bad."""
+    env = os.environ
+    out: dict[str, Any] = {}
+    iso = (env.get("TWINGRAPH_NODE_ISOLATION") or "process").strip().lower()
+    if iso not in NODE_ISOLATION:
+        raise ConfigurationError(f"TWINGRAPH_NODE_ISOLATION must be one of "
+                                 f"{', '.join(NODE_ISOLATION)}, got {iso!r}")
+    out["node_isolation"] = iso
+    mem = (env.get("TWINGRAPH_NODE_MEMORY_LIMIT") or "").strip()
+    if mem:
+        out["node_memory_limit"] = parse_memory(mem, "TWINGRAPH_NODE_MEMORY_LIMIT")
+    timeout = (env.get("TWINGRAPH_NODE_TIMEOUT") or "").strip()
+    if timeout:
+        try:
+            t = float(timeout)
+        except ValueError:
+            t = math.nan
+        if not (t > 0 and math.isfinite(t)):
+            raise ConfigurationError(f"TWINGRAPH_NODE_TIMEOUT must be a positive number of "
+                                     f"seconds, got {timeout!r}")
+        out["node_timeout"] = t
+    workers = (env.get("TWINGRAPH_NODE_WORKERS") or "").strip()
+    if workers:
+        if not workers.isdigit() or int(workers) < 1:
+            raise ConfigurationError(f"TWINGRAPH_NODE_WORKERS must be an integer >= 1, "
+                                     f"got {workers!r}")
+        out["node_workers"] = int(workers)
+    return out
+
+
+def parse_memory(text: str, name: str) -> int | None:
+    """``off``/``none`` -> None; else an amount of memory as resources write it (bytes,
+    ``512Mi``, ``1GiB``, ``2G``) in bytes."""
+    if text.lower() in ("off", "none"):
+        return None
+    from twingraph.core.specs import resource_amounts, validate_resources
+    try:
+        amount = resource_amounts(validate_resources({"memory": text}))[1]
+    except ValidationError:
+        amount = 0
+    if amount <= 0:
+        raise ConfigurationError(f"{name} must be an amount of memory (bytes, or with a unit: "
+                                 f"512Mi, 1GiB, 2G) or 'off', got {text!r}")
+    return amount

@@ -382,14 +382,31 @@ def _check_config(cfg: ExecutionConfig) -> None:
         raise ValidationError(f"max_concurrent_nodes must be an integer >= 1, not {n!r}")
 
 
+#: Errors of an isolated node that passed the server's limits (decision 0076): not retried by
+#: the scheduler's own policy.
+_CEILINGS = ("MemoryLimitExceeded", "TaskTimeout")
+
+
 class DynamicScheduler:
     """Runs ``DAGDefinition``s on an engine; one run per DAG, tracked by ``dag_id``."""
 
     def __init__(self, storage: Any, config: ExecutionConfig | None = None, *,
                  engine: Engine | None = None, metadata: Any = None,
-                 error_recovery: ErrorRecoveryManager | None = None) -> None:
+                 error_recovery: ErrorRecoveryManager | None = None,
+                 isolate: bool = False, node_timeout: float | None = None) -> None:
+        """``isolate``: run every local node in a worker process of the engine's local
+        executor (its memory limit, if it has one, applies), never in this process; a node
+        that passes ``node_timeout`` seconds (if given: a ceiling over its own timeout) is
+        stopped, killed when isolated. The server isolates (decision 0076); embedded use
+        keeps the default, nodes in this process."""
+        if node_timeout is not None and (isinstance(node_timeout, bool)
+                                         or not isinstance(node_timeout, (int, float))
+                                         or not 0 < node_timeout < float("inf")):
+            raise ValidationError(f"node_timeout must be a positive number of seconds, "
+                                  f"not {node_timeout!r}")
         self.storage = storage
         self.config = config or ExecutionConfig()
+        self.isolate, self.node_timeout = bool(isolate), node_timeout
         # Retry rules for failed nodes: given, or the config's (retry_failed_nodes/max_retries,
         # backoff factor 2 as the document's ErrorRecoveryManager defaults to).
         self.error_recovery = error_recovery
@@ -576,6 +593,11 @@ class DynamicScheduler:
             if cfg.retry_failed_nodes and (self.error_recovery or cfg.max_retries > 0):
                 recovery = self.error_recovery or ErrorRecoveryManager(cfg.max_retries)
                 retry = recovery.retry_policy()
+                if retry is not None and self.isolate:
+                    # The server's ceilings are not passing trouble: the same node with the
+                    # same inputs would pass them again (a component's own policy decides
+                    # for itself).
+                    retry = dataclasses.replace(retry, never=(*retry.never, *_CEILINGS))
             if isinstance(base, ComponentSpec):
                 # Called as ``_OpCall(arguments, parameters, values)``, not as the component
                 # is: its own argument names (``core.arguments``) do not apply.
@@ -587,8 +609,27 @@ class DynamicScheduler:
                                      qualname=f"{getattr(target, '__module__', '?')}:"
                                               f"{getattr(target, '__qualname__', node.operation)}",
                                      code_version=cv, retry_policy=retry, raw_result=True)
-            entry = cache[node.operation] = (spec, _OpCall(fn, style))
+            spec = self._limited(spec)
+            call = fn
+            if spec.executor == "process" and style == "component" and not isinstance(fn, type) \
+                    and inspect.isfunction(getattr(fn, "fn", None)):
+                # A ``@component`` is called through its function (``_call_node``): only that
+                # travels to the worker process, not the decorator object, which holds the
+                # last engine that ran it (locks, thread-locals: nothing that pickles).
+                call = fn.fn
+            entry = cache[node.operation] = (spec, _OpCall(call, style))
         return entry
+
+    def _limited(self, spec: ComponentSpec) -> ComponentSpec:
+        """``spec`` under this scheduler's isolation: a local node in a worker process, its
+        timeout at most ``node_timeout``. The memo key does not change (it holds neither the
+        executor nor the timeout): results are shared with in-process runs."""
+        changes: dict[str, Any] = {}
+        if self.node_timeout is not None and spec.timeout > self.node_timeout:
+            changes["timeout"] = float(self.node_timeout)
+        if self.isolate and spec.platform == "local":
+            changes["executor"] = "process"
+        return dataclasses.replace(spec, **changes) if changes else spec
 
     def plan(self, dag: DAGDefinition) -> Plan:
         """Validate ``dag`` (ids, references, cycles, operations) and return its nodes in

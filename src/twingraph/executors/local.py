@@ -8,6 +8,8 @@ pool at full strength.
 
 Process workers are started with the 'spawn' method (no fork of a multi-threaded parent); the
 function and arguments travel with cloudpickle, results come back pickled over a pipe.
+``process_memory_limit`` caps what each worker process may allocate (``executors.processes``;
+the server sets it, embedded use leaves it off).
 """
 
 from __future__ import annotations
@@ -114,11 +116,19 @@ class LocalExecutor:
 
     platform = "local"
 
-    def __init__(self, max_threads: int = 32, max_processes: int | None = None) -> None:
+    def __init__(self, max_threads: int = 32, max_processes: int | None = None, *,
+                 process_memory_limit: int | None = None) -> None:
+        """``max_processes``: worker processes at most (default: the CPUs);
+        ``process_memory_limit``: bytes each worker process may allocate beyond its own
+        footprint (None: no limit; ``ConfigurationError`` where it cannot be enforced)."""
         self._threads = _ThreadPool(max_threads)
         self._procs: Any = None
         self._max_processes = max_processes or max(1, os.cpu_count() or 1)
+        self._memory_limit = process_memory_limit
         self._lock = threading.Lock()
+        if process_memory_limit is not None:    # a bad limit fails here, not at the first task
+            from twingraph.executors.processes import ProcessPool
+            self._procs = ProcessPool(self._max_processes, memory_limit=process_memory_limit)
 
     def set_thread_capacity(self, n: int) -> None:
         self._threads.size = max(self._threads.size, n)
@@ -144,5 +154,5 @@ class LocalExecutor:
         with self._lock:
             if self._procs is None:
                 from twingraph.executors.processes import ProcessPool
-                self._procs = ProcessPool(self._max_processes)
+                self._procs = ProcessPool(self._max_processes, memory_limit=self._memory_limit)
             return self._procs

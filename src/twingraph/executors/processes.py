@@ -7,6 +7,18 @@ task logs through ``twingraph.get_logger()``, sent as it is emitted, so a task k
 its logs) and finally ``R`` + ``(ok, payload)``. A reader thread per busy worker waits for them. ``kill(job)`` SIGKILLs the worker running it; the pool replaces workers on
 demand. Exceptions that cannot be pickled come back as ``NodeExecutionError`` carrying the
 original class name (so retry policies still match by name) and the traceback text.
+
+A pool made with ``memory_limit`` (bytes) caps each worker's address space: the worker measures
+its own size once booted (~100 MiB: Python, TwinGraph) and sets ``RLIMIT_AS`` to that plus the
+limit, so the kernel refuses the allocation that would pass it and the task gets a
+``MemoryError`` instead of the machine's OOM killer taking the driving process (decision 0076).
+Why an rlimit and not a cgroup: it needs no privileges, no cgroup delegation (containers rarely
+give one) and no polling that a fast allocation could outrun; its cost is that it counts address
+space, not resident memory (thread stacks and malloc arenas count). Such a task fails with
+``MemoryLimitExceeded`` naming its node and the limit, and its worker is replaced rather than
+reused (a ``MemoryError`` can leave a library's state half-built). The workers of a limited pool
+also volunteer to the OOM killer (``oom_score_adj`` 1000), so should the machine run short all
+the same, a worker goes first, not the server.
 """
 
 from __future__ import annotations
@@ -25,9 +37,69 @@ from typing import Any
 import cloudpickle
 
 from twingraph.core.logtext import LOGGER_NAME, message_of
-from twingraph.errors import NodeExecutionError, remote_traceback
+from twingraph.errors import (ConfigurationError, MemoryLimitExceeded, NodeExecutionError,
+                              remote_traceback)
 from twingraph.executors.local import JobOutcome
 from twingraph.ports import Job, Outcome
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g} MiB"
+
+
+def memory_limit_supported() -> bool:
+    """Whether this platform enforces ``RLIMIT_AS`` (Linux does; macOS accepts and ignores it,
+    Windows has no ``resource`` module)."""
+    import sys
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import resource
+    except ImportError:
+        return False
+    return hasattr(resource, "RLIMIT_AS")
+
+
+def _address_space() -> int:
+    """This process's virtual size in bytes (``VmSize``), 0 if it cannot be read."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+#: glibc's ``mallopt`` parameter for the number of malloc arenas.
+_M_ARENA_MAX = -8
+
+
+def _limit_memory(limit: int) -> None:
+    """In the child, once booted: cap the address space at its current size plus ``limit``,
+    and be the OOM killer's first choice. glibc reserves 64 MiB of address space per malloc
+    arena, up to 8 per core, for a task's threads: at most 2 here, so that the limit is spent
+    on memory the task uses (8 threads that allocate: +133 MiB instead of +734 MiB)."""
+    import ctypes
+    import resource
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
+    except (AttributeError, OSError):        # not glibc: its allocator has its own rules
+        pass
+    cap = _address_space() + limit
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+
+
+def _is_memory_error(error: Any) -> bool:
+    """The task ran out of memory: a ``MemoryError``, or one that came back by class name (it
+    did not pickle, or the result could not be pickled for lack of memory)."""
+    return isinstance(error, MemoryError) or getattr(error, "error_type", None) == "MemoryError"
 
 
 class _Forward(logging.Handler):
@@ -62,39 +134,69 @@ def _watch_parent(parent: int) -> None:
 PARENT_CHECK_SECONDS = 0.5
 
 
-def _worker_main(conn: Any, parent: int) -> None:  # runs in the child
+def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> None:  # in the child
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="twingraph-parent-watch").start()
     forward = _Forward(conn)
     task_logger = logging.getLogger(LOGGER_NAME)
     task_logger.setLevel(logging.INFO)
     task_logger.addHandler(forward)
+    # Made before the limit: the answers for a task that leaves not even room to say so.
+    out_of_memory = b"R" + cloudpickle.dumps((False, MemoryError(
+        "out of memory: not even the answer fit"), ""))
+    inputs_too_big = b"R" + cloudpickle.dumps((False, MemoryError(
+        "its inputs did not fit"), ""))
+    if memory_limit:
+        _limit_memory(memory_limit)       # after the imports: the limit is the task's to use
     conn.send_bytes(b"ready")             # booted and imported: jobs' clocks may start now
     while True:
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
+        except MemoryError:
+            # The task's inputs alone pass the limit. The rest of the message is unread, so
+            # this worker cannot go on: it answers, then ends (the pool replaces it).
+            conn.send_bytes(inputs_too_big)
+            os._exit(1)
         try:
-            fn, args, kwargs = cloudpickle.loads(data)
-            value = fn(*args, **kwargs)
-            reply: tuple[Any, ...] = (True, value, "")
-        except BaseException as exc:  # noqa: BLE001 - the task's failure is data
-            # Its traceback does not pickle: it travels as text (the driver's logs and error
-            # events show it, as for a thread task).
-            reply = (False, exc, "".join(traceback.format_exception(exc)))
-        try:
-            out = cloudpickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-            if not reply[0]:
-                cloudpickle.loads(out)   # an exception must also unpickle in the driver
-        except Exception as exc:  # noqa: BLE001
-            tb = reply[2]
-            err = reply[1] if not reply[0] else exc
-            out = cloudpickle.dumps((False, NodeExecutionError(
-                f"{type(err).__name__}: {err} (result not picklable: {exc})" if reply[0] else
-                f"{type(err).__name__}: {err}", error_type=type(err).__name__, traceback=tb), tb))
+            out = _run_one(data)
+        except MemoryError:
+            # The task's memory is still held (by a global, say): answer with what was made
+            # beforehand and end, rather than die without a word.
+            with forward.pipe_lock:
+                conn.send_bytes(out_of_memory)
+            os._exit(1)
         with forward.pipe_lock:   # not in the middle of a log frame from another thread
             conn.send_bytes(b"R" + out)
+
+
+def _run_one(data: bytes) -> bytes:  # in the child
+    """Run one cloudpickled ``(fn, args, kwargs)``; the pickled ``(ok, value or exception,
+    traceback text)`` answer."""
+    try:
+        fn, args, kwargs = cloudpickle.loads(data)
+        value = fn(*args, **kwargs)
+        reply: tuple[Any, ...] = (True, value, "")
+    except BaseException as exc:  # noqa: BLE001 - the task's failure is data
+        if isinstance(exc, MemoryError):
+            # Its frames still hold what the task allocated: freed before anything else is
+            # (under a memory limit, formatting the traceback would not fit otherwise).
+            traceback.clear_frames(exc.__traceback__)
+        # Its traceback does not pickle: it travels as text (the driver's logs and error
+        # events show it, as for a thread task).
+        reply = (False, exc, "".join(traceback.format_exception(exc)))
+    try:
+        out: bytes = cloudpickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        if not reply[0]:
+            cloudpickle.loads(out)   # an exception must also unpickle in the driver
+    except Exception as exc:  # noqa: BLE001
+        tb = reply[2]
+        err = reply[1] if not reply[0] else exc
+        out = cloudpickle.dumps((False, NodeExecutionError(
+            f"{type(err).__name__}: {err} (result not picklable: {exc})" if reply[0] else
+            f"{type(err).__name__}: {err}", error_type=type(err).__name__, traceback=tb), tb))
+    return out
 
 
 def _deliver_log(job: Job, frame: bytes) -> None:
@@ -137,10 +239,10 @@ def _start_without_main(proc: Any) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, memory_limit: int | None = None) -> None:
         parent, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid()), daemon=True,
-                                name="twingraph-process-worker")
+        self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid(), memory_limit),
+                                daemon=True, name="twingraph-process-worker")
         _start_without_main(self.proc)
         child.close()
         self.conn = parent
@@ -149,8 +251,20 @@ class _Worker:
 
 
 class ProcessPool:
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, memory_limit: int | None = None) -> None:
+        """``size`` workers at most, started on demand; ``memory_limit``: bytes of address
+        space each worker may add to its own once booted (None: unlimited). Raises
+        ``ConfigurationError`` for a limit this platform cannot enforce."""
+        if memory_limit is not None:
+            if isinstance(memory_limit, bool) or not isinstance(memory_limit, int) \
+                    or memory_limit <= 0:
+                raise ConfigurationError(f"memory_limit must be a positive number of bytes, "
+                                         f"got {memory_limit!r}")
+            if not memory_limit_supported():
+                raise ConfigurationError("a memory limit for worker processes needs Linux "
+                                         "(RLIMIT_AS); set TWINGRAPH_NODE_MEMORY_LIMIT=off here")
         self.size = size
+        self.memory_limit = memory_limit
         self._ctx = mp.get_context("spawn")
         self._idle: list[_Worker] = []
         # By identity: (node, fence) repeats across runs. None = its worker is being spawned.
@@ -182,7 +296,7 @@ class ProcessPool:
                 self._busy[job] = w
             if w is None:
                 try:
-                    w = _Worker(self._ctx)
+                    w = _Worker(self._ctx, self.memory_limit)
                 except Exception as exc:  # noqa: BLE001
                     with self._lock:
                         self._count -= 1
@@ -206,6 +320,15 @@ class ProcessPool:
             done(JobOutcome(job.node_id, job.fence, False, None, NodeExecutionError(
                 f"cannot send task {job.node_id} to a process: {exc}", node_id=job.node_id)))
             return
+        if self.memory_limit and len(payload) > self.memory_limit:
+            # Its inputs alone pass the limit: no worker could even receive them.
+            with self._lock:
+                self._busy.pop(job, None)
+                self._idle.append(w)
+            done(JobOutcome(job.node_id, job.fence, False, None, MemoryLimitExceeded(
+                job.node_id, self.memory_limit,
+                f"its inputs alone are {_mib(len(payload))}")))
+            return
         w.job = job
         threading.Thread(target=self._await, args=(w, job, done, payload), daemon=True,
                          name=f"twingraph-proc-wait-{job.node_id}").start()
@@ -219,7 +342,12 @@ class ProcessPool:
                 w.ready = True
             t0 = time.perf_counter()
             job.started_at = time.monotonic()
-            w.conn.send_bytes(payload)
+            try:
+                w.conn.send_bytes(payload)
+            except OSError:
+                # The worker stopped reading (its inputs did not fit): it says so before it ends.
+                if not w.conn.poll(1):
+                    raise
             while True:
                 frame = w.conn.recv_bytes()
                 if frame[:1] == b"R":
@@ -233,12 +361,17 @@ class ProcessPool:
             if not killed:
                 w.proc.join(1)             # reaped: its exit code is known
                 code = w.proc.exitcode
+                hint = ""
+                if self.memory_limit and code == -9:
+                    hint = (f"; SIGKILL: the OOM killer may have taken it (its memory limit is "
+                            f"{_mib(self.memory_limit)})")
                 done(JobOutcome(job.node_id, job.fence, False, None, NodeExecutionError(
-                    f"worker process for {job.node_id} died (exit code {code})",
+                    f"worker process for {job.node_id} died (exit code {code}{hint})",
                     node_id=job.node_id, error_type="WorkerDied"), time.perf_counter() - t0))
             self._pump()
             return
         dt = time.perf_counter() - t0
+        tb = ""
         try:                              # the whole answer was read: the worker stays usable
             ok, value, tb = cloudpickle.loads(frame[1:])
             if not ok and tb:
@@ -247,19 +380,35 @@ class ProcessPool:
             ok, value = False, NodeExecutionError(
                 f"the result of {job.node_id} could not be read: {type(exc).__name__}: {exc}",
                 node_id=job.node_id, error_type=type(exc).__name__)
+        spent = False
+        if not ok and self.memory_limit and _is_memory_error(value):
+            # Out of its memory: the node fails with the limit named, and this worker is not
+            # reused (a library may have been left half-initialised by the MemoryError).
+            value = MemoryLimitExceeded(job.node_id, self.memory_limit, str(value))
+            if tb:
+                remote_traceback(value, tb)
+            spent = True
         with self._lock:
             killed = self._busy.pop(job, None) is None
             w.job = None
-            if killed:                  # killed after it answered: the worker is gone
+            if killed or spent:         # killed after it answered, or retired: it is gone
                 self._count -= 1
             else:
                 self._idle.append(w)
+        if spent and not killed:
+            self._retire(w)
         if killed:
             self._pump()
             return
         done(JobOutcome(job.node_id, job.fence, ok, value if ok else None,
                         None if ok else value, dt))
         self._pump()
+
+    @staticmethod
+    def _retire(w: _Worker) -> None:
+        w.proc.kill()
+        w.proc.join(5)
+        w.conn.close()
 
     def kill(self, job: Job) -> bool:
         """Stop ``job``: kill its worker if it runs; drop it if it still waits for one."""

@@ -18,6 +18,10 @@ scheduler's lifetime open, this face decides it (docs/decisions/0052-execute-dyn
   and ``/ws``.
 - Responses are bare, as in the document; errors use the envelope's error shape (404 unknown
   id, 409 finished or duplicate, 422 bad program with details).
+- Nodes run in worker processes, not in the server (docs/decisions/0076): a request whose
+  parameters make an operation allocate past ``TWINGRAPH_NODE_MEMORY_LIMIT`` or run past
+  ``TWINGRAPH_NODE_TIMEOUT`` fails that node (``failures`` names it and the limit), and the rest
+  of the DAG goes on (error handler 'continue').
 """
 
 from __future__ import annotations
