@@ -136,13 +136,26 @@ def blocked_sessions(url: str) -> Callable[[], bool]:
     return probe
 
 
-def test_skip_with_two_firers_creates_one_run_for_consecutive_slots(
-        database: tuple[str, str]) -> None:
-    backend, url = database
+@contextmanager
+def two_replicas(url: str, backend: str) -> Iterator[tuple[SQLMetadataStore, SQLMetadataStore,
+                                                             Callable[[], bool]]]:
+    """Two replicas' metadata stores on one database, and the blocked-session probe (always
+    False on SQLite, where no DBMS view shows a waiter); closed afterwards."""
     meta_a = SQLMetadataStore(url, clock=lambda: NOW)
     meta_b = SQLMetadataStore(url, clock=lambda: NOW)
     probe = blocked_sessions(url) if backend == "postgresql" else (lambda: False)
     try:
+        yield meta_a, meta_b, probe
+    finally:
+        getattr(probe, "dispose", lambda: None)()
+        meta_a.close()
+        meta_b.close()
+
+
+def test_skip_with_two_firers_creates_one_run_for_consecutive_slots(
+        database: tuple[str, str]) -> None:
+    backend, url = database
+    with two_replicas(url, backend) as (meta_a, meta_b, probe):
         store_a, store_b = SQLScheduleStore(meta_a), HookedStore(meta_b)
         pipe_id, _ = meta_a.upsert_pipeline("default", "etl", {"nodes": [], "edges": []})
         rec = store_a.create(project_id="default", pipeline_id=pipe_id, kind="INTERVAL",
@@ -204,10 +217,6 @@ def test_skip_with_two_firers_creates_one_run_for_consecutive_slots(
         assert (got.last_run_at, got.last_run_id) == (NOW + H, "a-0")
         # started once, by whichever firer served the queue first after A's fire
         assert launcher_a.started + launcher_b.started == ["a-0"]
-    finally:
-        getattr(probe, "dispose", lambda: None)()
-        meta_a.close()
-        meta_b.close()
 
 
 @pytest.mark.parametrize("competitor", ["delete_pipeline", "decorator_schedule"])
@@ -219,12 +228,9 @@ def test_a_skip_fire_does_not_deadlock_with_the_pipelines_delete_or_a_schedule_u
     The launcher's run INSERT checks the pipeline's row too. A fire section that held the
     schedule's row (its first version, on PostgreSQL) made a cycle PostgreSQL cannot see:
     section -> INSERT (same thread) -> the request -> section. Everything must finish."""
+    from twingraph.stores.metadata.catalog_store import SQLCatalog
     backend, url = database
-    meta_a = SQLMetadataStore(url, clock=lambda: NOW)
-    meta_b = SQLMetadataStore(url, clock=lambda: NOW)
-    probe = blocked_sessions(url) if backend == "postgresql" else (lambda: False)
-    try:
-        from twingraph.stores.metadata.catalog_store import SQLCatalog
+    with two_replicas(url, backend) as (meta_a, meta_b, probe):
         store_a, store_b = SQLScheduleStore(meta_a), SQLScheduleStore(meta_b)
         pipe_id, _ = meta_a.upsert_pipeline("default", "etl", {"nodes": [], "edges": []})
         if competitor == "delete_pipeline":
@@ -275,10 +281,6 @@ def test_a_skip_fire_does_not_deadlock_with_the_pipelines_delete_or_a_schedule_u
             assert not thread.is_alive(), f"{competitor} never ended: deadlocked"
         assert outcome == {"ok": True}, outcome
         assert "error" not in tick, tick
-    finally:
-        getattr(probe, "dispose", lambda: None)()
-        meta_a.close()
-        meta_b.close()
 
 
 CHILD = """

@@ -596,26 +596,33 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 self.running -= 1
                 self.engine.observe(spec, took, True)
                 task.value = value
-                task.content_hash = content_hash = enc.content_hash
-                key = task.cache_key
-                buffers = enc.buffers
-                if self._packing and enc.size <= INLINE_MAX and len(buffers) == 1 \
-                        and type(buffers[0]) is bytes:
-                    meta = self._small_meta.get(enc.encoding)
-                    if meta is None:
-                        meta = self._small_meta[enc.encoding] = {"encoding": enc.encoding,
-                                                                 "dag_id": self.pipeline}
-                    self.small.append((key, buffers[0], (key, enc.data_type, content_hash,
-                                                         enc.size, None, None, meta)))
-                    self.small_tokens.append((self, task))
-                else:
-                    self.out.append(PutResult(key, buffers,
-                                              self.engine.result_meta(self.run_id, task, enc),
-                                              (self, task)))
+                self._store_result(task, enc)
                 self._succeeded(task, took)
                 return True
         self._complete(task, fence, error is None, value, error, took)
         return True
+
+    def _store_result(self, task: Task, enc: Any) -> None:
+        """Set ``task``'s content hash and hand its encoded result ``enc`` to the recorder:
+        small, to a writer process, as a wire row (``core.wire.pack_result_rows``); else as
+        a ``PutResult``."""
+        task.content_hash = content_hash = enc.content_hash
+        key = task.cache_key
+        assert key is not None     # keyed in _on_ready, before it could run
+        buffers = enc.buffers
+        if self._packing and enc.size <= INLINE_MAX and len(buffers) == 1 \
+                and type(buffers[0]) is bytes:
+            meta = self._small_meta.get(enc.encoding)
+            if meta is None:
+                meta = self._small_meta[enc.encoding] = {"encoding": enc.encoding,
+                                                         "dag_id": self.pipeline}
+            self.small.append((key, buffers[0], (key, enc.data_type, content_hash,
+                                                 enc.size, None, None, meta)))
+            self.small_tokens.append((self, task))
+        else:
+            self.out.append(PutResult(key, buffers,
+                                      self.engine.result_meta(self.run_id, task, enc),
+                                      (self, task)))
 
     def _succeeded(self, task: Task, duration: float) -> None:
         """``_finish(task, SUCCESS, duration=...)`` for a task whose inputs were released and
@@ -634,18 +641,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             ev.set()
         self.unfinished -= 1
         self._done_times.append(self.clock.monotonic())
-        became = self.became_ready
-        for d in task.dependents:
-            d.waiting -= 1
-            if d.waiting == 0 and d.state is PENDING:
-                became.append(d)
-        task.dependents = _NONE
-        task.args, task.kwargs, task.job, task.ref_slots = (), _EMPTY, None, ()
-        if task.aliases:
-            aliases, task.aliases = task.aliases, None
-            for a in aliases:
-                if a.state not in TERMINAL:
-                    self._follow_twin(a, task)
+        self._release_dependents(task)
 
     def _start(self, task: Task) -> None:
         try:
@@ -810,23 +806,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 ok, error = False, exc
         if ok:
             task.value = value
-            task.content_hash = content_hash = enc.content_hash
-            key = task.cache_key
-            assert key is not None     # keyed in _on_ready, before it could run
-            buffers = enc.buffers
-            if self._packing and enc.size <= INLINE_MAX and len(buffers) == 1 \
-                    and type(buffers[0]) is bytes:
-                meta = self._small_meta.get(enc.encoding)
-                if meta is None:
-                    meta = self._small_meta[enc.encoding] = {"encoding": enc.encoding,
-                                                             "dag_id": self.pipeline}
-                self.small.append((key, buffers[0], (key, enc.data_type, content_hash,
-                                                     enc.size, None, None, meta)))
-                self.small_tokens.append((self, task))
-            else:
-                self.out.append(PutResult(key, buffers,
-                                          self.engine.result_meta(self.run_id, task, enc),
-                                          (self, task)))
+            self._store_result(task, enc)
             if task.attempt > 1 or task.attempt_row == task.attempt:
                 # A first attempt that succeeded is described by the task row itself (attempts=1,
                 # fence, times): no attempt row for it unless one was already started.
@@ -895,18 +875,29 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         if duration is not None:                # ran: memo hits and skips would inflate the ETA rate
             self._done_times.append(self.clock.monotonic())
         if state is SUCCESS:
-            for d in task.dependents:
-                d.waiting -= 1
-                if d.waiting == 0 and d.state is PENDING:
-                    self.became_ready.append(d)
-            # Done for good: drop what only scheduling needed (bounded memory per finished node).
-            task.dependents = _NONE
-            task.args, task.kwargs, task.job, task.ref_slots = (), _EMPTY, None, ()
+            self._release_dependents(task)
+        elif task.aliases:
+            self._release_twins(task)
+
+    def _release_dependents(self, task: Task) -> None:
+        """A task has succeeded: count it off its dependents (those it was the last input of
+        become ready), drop what only scheduling needed (bounded memory per finished node),
+        and finish its in-run twins as it finished."""
+        became = self.became_ready
+        for d in task.dependents:
+            d.waiting -= 1
+            if d.waiting == 0 and d.state is PENDING:
+                became.append(d)
+        task.dependents = _NONE
+        task.args, task.kwargs, task.job, task.ref_slots = (), _EMPTY, None, ()
         if task.aliases:
-            aliases, task.aliases = task.aliases, None
-            for a in aliases:
-                if a.state not in TERMINAL:
-                    self._follow_twin(a, task)
+            self._release_twins(task)
+
+    def _release_twins(self, task: Task) -> None:
+        aliases, task.aliases = task.aliases, None
+        for a in aliases or ():
+            if a.state not in TERMINAL:
+                self._follow_twin(a, task)
 
     def _set_state(self, task: Task, state: TaskState, *, duration: float | None = None) -> None:
         """The only place a task's state changes: counts, waiters, the dirty mark for the
