@@ -173,6 +173,42 @@ def unpack(packed: Packed) -> tuple[list[Any], list[tuple[str, tuple[bytes], Sto
     return recs, items
 
 
+class TaskRows:
+    """Task rows for the metadata store's direct path (``unpack_rows``): each row a list of
+    ``TaskRecord`` field values in field order, the state a ``TaskState`` or its value.
+    ``SQLMetadataStore.write`` takes it in a batch where it would take the ``TaskRecord``s,
+    and writes the same rows (``stores.metadata._write``); only the writer process makes
+    them."""
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[list[Any]]) -> None:
+        self.rows = rows
+
+
+def unpack_rows(packed: Packed) -> tuple[list[Any], list[tuple[str, Any, tuple[Any, ...]]]]:
+    """``unpack`` for the writer process, which writes what it unpacks at once: each run of
+    task rows becomes a ``TaskRows`` (where ``unpack`` makes a ``TaskRecord`` per row, which
+    the metadata store turned back into values; consecutive ones are written together, as
+    consecutive ``TaskRecord``s are), and the results stay wire rows, ``(key, bytes,
+    StorageMetadata field values)``, for ``put_wire_rows``. The other records are made as
+    ``unpack`` makes them."""
+    runs, res = packed
+    recs: list[Any] = []
+    loads = _json_loads or json.loads
+    for i, rows in runs:
+        if i == _TASK:
+            decoded = loads(rows) if type(rows) is bytes else [list(r) for r in rows]
+            if decoded:         # (an empty one would part the records around it, unlike unpack)
+                recs.append(TaskRows(decoded))
+            continue
+        cls = KINDS[i]
+        recs.extend([cls(*vals) for vals in rows])
+    items: list[tuple[str, Any, tuple[Any, ...]]] = []
+    for part in res:
+        items.extend(pickle.loads(part) if type(part) is bytes else part)
+    return recs, items
+
+
 def _joined(buffers: Sequence[Any]) -> bytes:
     if type(buffers) is tuple and len(buffers) == 1 and type(buffers[0]) is bytes:
         return buffers[0]

@@ -4,6 +4,8 @@ A batch is split into runs of consecutive records of the same type; each run bec
 statements, never one statement (or one SELECT) per record:
 
 - TaskRecord / AttemptRecord / RunRecord: one bulk ``INSERT .. ON CONFLICT DO UPDATE``.
+  ``core.wire.TaskRows`` (task rows as field values, from the writer process) are written as
+  the ``TaskRecord``s they stand for would be: the same rows through the same statement.
 - TaskUpdate: one SELECT of (fence, started_at) for up to 30,000 tasks (``FOR UPDATE`` on
   PostgreSQL; SQLite writers hold the database lock already), then the updates of each task are
   folded in Python (``_semantics.fold_task_update``: stale fences dropped and reported) and
@@ -44,6 +46,8 @@ from twingraph.core.records import (
     TaskRecord,
     TaskUpdate,
 )
+from twingraph.core.states import TaskState
+from twingraph.core.wire import TaskRows
 from twingraph.errors import NotFoundError, ValidationError
 from twingraph.stores.metadata import _semantics as sem
 from twingraph.stores.metadata._bulk import Builder, bulk, chunks
@@ -76,6 +80,12 @@ _attempt_values = attrgetter(*_ATTEMPT_COLUMNS)
 _TASK_STATE_AT = _TASK_COLUMNS.index("state")
 _TASK_INPUTS_AT = _TASK_COLUMNS.index("inputs")
 _ATTEMPT_STATE_AT = _ATTEMPT_COLUMNS.index("state")
+# The stored spelling of a task state, by the state or its value (``sem.task_state(v).value``
+# without the enum's ``value`` descriptor).
+_TASK_STATE_TEXT = {s.value: s.value for s in TaskState}
+_TASK_WIDTH = len(_TASK_COLUMNS)
+_TASK_CREATED_AT = _TASK_COLUMNS.index("created_at")
+_TASK_FENCE_AT = _TASK_COLUMNS.index("fence")
 
 
 class BatchWriter:
@@ -93,6 +103,7 @@ class BatchWriter:
             RunUpdate: self._run_updates,
             RunHeartbeat: self._heartbeats,
             TaskRecord: self._task_records,
+            TaskRows: self._task_rows,
             TaskUpdate: self._task_updates,
             AttemptRecord: self._attempts,
             LogRecord: self._logs,
@@ -167,6 +178,43 @@ class BatchWriter:
             row = list(_task_values(r))
             row[_TASK_STATE_AT] = sem.task_state(r.state).value
             row[_TASK_INPUTS_AT] = encode_inputs(r.inputs)
+            rows.append(tuple(row))
+        self._bulk("task_records", tasks, _TASK_COLUMNS, rows, self._task_upsert)
+
+    def _task_rows(self, runs: list[TaskRows], _stale: list[TaskKey]) -> None:
+        """``_task_records`` of rows given as ``TaskRecord`` field values (``core.wire.TaskRows``,
+        the writer process's direct path), without a ``TaskRecord`` per row: the same merge of
+        a task's repeated rows (``sem.merge_task_records``: the last wins, with the first one's
+        ``created_at`` and the highest ``fence``), the same state and inputs encoding, the
+        same statement. The given rows are not changed: a transaction PostgreSQL aborts to
+        break a deadlock applies the batch again (``retry_conflicts``)."""
+        given = runs[0].rows if len(runs) == 1 else [r for run in runs for r in run.rows]
+        width = _TASK_WIDTH
+        if set(map(len, given)) - {width}:      # what ``TaskRecord(*r)`` makes of it, or raises
+            given = [r if len(r) == width else list(_task_values(TaskRecord(*r))) for r in given]
+        merged = {(r[0], r[1]): r for r in given}
+        if len(merged) < len(given):         # a task given twice: merge_task_records' rule
+            created_at, fence = _TASK_CREATED_AT, _TASK_FENCE_AT
+            merged = {}
+            for r in given:
+                key = (r[0], r[1])
+                old = merged.get(key)
+                if old is not None:
+                    r = r.copy()
+                    r[created_at] = old[created_at]
+                    r[fence] = max(old[fence], r[fence])
+                merged[key] = r
+        rows = []
+        encode_inputs, state_at, inputs_at = self._inputs_json, _TASK_STATE_AT, _TASK_INPUTS_AT
+        states = _TASK_STATE_TEXT
+        for r in merged.values():
+            row = r.copy()
+            try:
+                row[state_at] = states[r[state_at]]
+            except (KeyError, TypeError):
+                sem.task_state(r[state_at])          # raises ValidationError
+                raise
+            row[inputs_at] = encode_inputs(r[inputs_at])
             rows.append(tuple(row))
         self._bulk("task_records", tasks, _TASK_COLUMNS, rows, self._task_upsert)
 

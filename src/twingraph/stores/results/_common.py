@@ -119,6 +119,63 @@ def prepare(key: str, data: Buffer | Sequence[Buffer], meta: StorageMetadata,
                     meta.created_at or now, meta_json, dag_id)
 
 
+#: What ``prepare_wire`` keeps of a put: (data, data_type's value, content_hash as given or '',
+#: size, created_at, metadata as canonical JSON, dag_id, the key in UTF-8).
+WirePut = tuple[bytes, str, str, int, str, "str | None", "str | None", bytes]
+
+
+def prepare_wire(items: Iterable[tuple[Any, Any, Any]], now: str
+                 ) -> tuple[dict[str, WirePut], int] | None:
+    """``prepare_all`` of puts given as ``core.wire`` rows, ``(key, bytes, StorageMetadata
+    field values)`` (the writer process's; ``put_wire_rows``), without a ``StorageMetadata``
+    and a ``Prepared`` each: the same checks in the same order, with the same errors. Returns
+    key -> what is written of it (the last of a key, in first-seen order) and the largest
+    size; None when an item is not in that form (data that is not ``bytes``, metadata values
+    of another shape): the caller then makes the items ``prepare_all`` takes, which fail or
+    pass as they always did.
+
+    The metadata dict is dumped once per object: the rows of a frame share one (the run loop
+    builds one per encoding, and pickle keeps it one object), and nothing changes it while
+    this runs."""
+    latest: dict[str, WirePut] = {}
+    largest = 0
+    last_md: Any = None
+    last_text: tuple[str, str | None] = ("", None)
+    for key, data, meta in items:
+        if type(key) is not str:
+            validate_key(key)  # raises with the explanation
+        try:
+            raw = key.encode()
+        except UnicodeEncodeError:     # a lone surrogate: not a valid key
+            validate_key(key)
+            raise
+        # 64 ASCII letters or digits (a structural key) is valid: ``bytes.isalnum`` checks that
+        # at a fraction of the cost of ``str.isalnum`` (non-ASCII is never alnum in bytes).
+        if not (len(raw) == 64 and raw.isalnum()) and _KEY_RE.fullmatch(key) is None:
+            validate_key(key)
+        if type(data) is not bytes or type(meta) is not tuple or len(meta) != 7:
+            return None
+        node_id, dt, announced, size, _compression, created_at, md = meta
+        if node_id and node_id != key:
+            raise StorageError(f"metadata.node_id {node_id!r} does not match key {key!r}")
+        if type(dt) is not DataType:     # (an Enum with members has no subclasses)
+            raise StorageError(f"metadata.data_type must be a DataType, got {dt!r}")
+        n = len(data)
+        if size != n:
+            raise StorageError(f"metadata.size {size} != {n} bytes of data for {key!r}")
+        if n > largest:
+            largest = n
+        if md is None:
+            meta_json = dag_id = None
+        else:
+            if md is not last_md:
+                last_text, last_md = dump_meta(md, key), md
+            meta_json, dag_id = last_text
+        latest[key] = (data, dt._value_, announced or "", n, created_at or now, meta_json,
+                       dag_id, raw)
+    return latest, largest
+
+
 #: Canonical JSON of metadata whose values are all strings or None, by its items: an engine
 #: stores every result of a run with the same few such dicts ({"encoding", "dag_id"}), and
 #: encoding one again costs more than the rest of a small put's checks. Cleared when full.
@@ -171,9 +228,14 @@ def merge_meta(old_json: str | None, patch: Any, key: str) -> tuple[str, str | N
 def check_hash(p: Prepared, actual: str) -> str:
     """The hash to record: ``actual``; raise if the caller announced a different one."""
     if p.content_hash and p.content_hash != actual:
-        raise StorageError(f"put {p.key!r}: data hashes to {actual} but metadata.content_hash "
-                           f"is {p.content_hash}; nothing written")
+        hash_mismatch(p.key, actual, p.content_hash)
     return actual
+
+
+def hash_mismatch(key: str, actual: str, announced: str) -> None:
+    """Raise the error of a put whose data does not hash to the announced ``content_hash``."""
+    raise StorageError(f"put {key!r}: data hashes to {actual} but metadata.content_hash "
+                       f"is {announced}; nothing written")
 
 
 def hash_views(views: Sequence[Buffer]) -> str:

@@ -44,8 +44,8 @@ from zlib import adler32, crc32
 from twingraph.core.results import DataType, StorageMetadata
 from twingraph.errors import ConfigurationError, IntegrityError, StorageError
 from twingraph.stores.results._common import (
-    Prepared, check_hash, merge_meta, meta_from_json, prepare_all, slices,
-    validate_key, verified_stream, verify,
+    Prepared, check_hash, hash_mismatch, merge_meta, meta_from_json, prepare_all, prepare_wire,
+    slices, utc_now, validate_key, verified_stream, verify,
 )
 from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, pack_small, worth_it
 from twingraph.stores.results._keyfilter import KeyIndex, NoIndex, index_for, release
@@ -337,11 +337,51 @@ class SQLiteStorage(ResultStoreBase):
             blob, digest, comp = pack_small(p, cctx, self.policy)
             rows.append((k64(key), key, p.type_name, digest, p.size, comp, p.created_at,
                          p.dag_id, p.meta_json, 0, blob))
+        return self._put_rows(rows, chunked, list(latest), cctx)
+
+    def put_wire_rows(self, items: Sequence[tuple[str, Any, tuple[Any, ...]]]
+                      ) -> tuple[int, int] | None:
+        """``put_many_rows`` of results given as ``core.wire`` rows, ``(key, bytes,
+        StorageMetadata field values)``: the writer process's direct path, without a
+        ``StorageMetadata`` and a ``Prepared`` each. The same checks with the same errors
+        (``prepare_wire``), each value hashed and checked against the ``content_hash`` it
+        came with, the same rows. A batch that is not all such rows of values stored in their
+        row (data that is not ``bytes``, a value over ``chunk_threshold``) is written by
+        ``put_many_rows``, as ``core.wire.unpack`` would have handed it."""
+        prepared = prepare_wire(items, utc_now())  # all validated before anything is written
+        if prepared is None or prepared[1] > self.chunk_threshold:
+            return self.put_many_rows([(k, (d,), StorageMetadata(*m)) for k, d, m in items])
+        latest, largest = prepared
+        if not latest:
+            return None
+        policy = self.policy
+        cctx = policy.compressor() if policy.wants(largest) else None     # wants: a size and up
+        sha256, sign = hashlib.sha256, _SIGN
+        rows = []
+        for key, (data, type_name, announced, size, created_at, meta_json, dag_id, raw) \
+                in latest.items():
+            digest = sha256(data).hexdigest()       # pack_small's check, on the bytes as sent
+            if announced and announced != digest:
+                hash_mismatch(key, digest, announced)
+            comp = None
+            if cctx is not None and policy.wants(size):
+                packed = cctx.compress(data)
+                if worth_it(size, len(packed)):
+                    data, comp = packed, "zstd"
+            h = ((crc32(raw) << 32) | adler32(raw)) - sign       # k64(key), inline
+            rows.append((h, key, type_name, digest, size, comp, created_at, dag_id, meta_json,
+                         0, data))
+        return self._put_rows(rows, [], list(latest), cctx)
+
+    def _put_rows(self, rows: list[tuple[Any, ...]], chunked: list[Prepared], keys: list[str],
+                  cctx: Any) -> tuple[int, int]:
+        """Write a batch's ``rows`` (values kept in their row, ``_INSERT``'s values) and
+        ``chunked`` values of ``keys`` (each once) in one transaction."""
         # In k64 order: consecutive inserts then share index pages (random keys otherwise
         # touch a different page each).
         rows.sort()
-        self._keys.add_many(list(latest))     # before the commit: never a miss here
-        with self._write("put", preps[0].key) as conn:
+        self._keys.add_many(keys)             # before the commit: never a miss here
+        with self._write("put", keys[0]) as conn:
             before = conn.execute(_TOP).fetchone()[0] or 0
             ids = _ids(conn, [(r[0], r[1]) for r in rows] + [(k64(p.key), p.key) for p in chunked])
             if ids:        # rows of keys stored already are updated in place
