@@ -100,6 +100,25 @@ def test_absent_keys_are_answered_without_a_query_once_the_index_is_ready(tmp_pa
     store.close()
 
 
+def test_a_lone_lookup_ruled_out_needs_no_connection_but_a_closed_store_refuses_it(
+        tmp_path: Path) -> None:
+    """A lone key the ready index rules out is answered before the store takes a connection
+    (a deep graph's lookups, one a node); a stored key is still found, and a closed store
+    still raises, whatever the index of the file (shared with another open store) says."""
+    from twingraph.errors import StorageError
+    store = SQLiteStorage(tmp_path / "r.db")
+    other = SQLiteStorage(tmp_path / "r.db")          # keeps the file's index alive
+    put(store, [key(i) for i in range(10)])
+    ready(store)
+    store.content_hashes([key(0)])                     # the first lookup after the build syncs
+    assert store.content_hashes([key(1, "new")]) == {}
+    assert list(store.content_hashes([key(2)])) == [key(2)]
+    store.close()
+    with pytest.raises(StorageError, match="closed"):
+        store.content_hashes([key(1, "new")])
+    other.close()
+
+
 def test_a_run_of_hits_never_builds_the_index(tmp_path: Path) -> None:
     store = SQLiteStorage(tmp_path / "r.db")
     put(store, [key(i) for i in range(10)])

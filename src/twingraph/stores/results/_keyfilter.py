@@ -177,6 +177,14 @@ class KeyIndex:
                 return keys
         return self.filter.maybe(keys)
 
+    def rules_out(self, key: str) -> bool:
+        """True only if ``key`` is certainly not stored: the index is ready and not due for a
+        sync, and its filter never saw the key. A lone key's lookup (a deep graph's, one per
+        node) then needs no connection and no query."""
+        if not self.ready or time.monotonic() - self._last_sync >= self.sync_every:
+            return False
+        return not self.filter.maybe((key,))
+
     def missed(self) -> None:
         """A lookup missed: build the index if nobody has yet (on a thread of its own)."""
         if self._state != "idle":
@@ -250,6 +258,9 @@ class NoIndex:
 
     def candidates(self, keys: Sequence[str], conn: sqlite3.Connection) -> Sequence[str]:
         return keys
+
+    def rules_out(self, key: str) -> bool:
+        return False
 
     def missed(self) -> None:
         pass
