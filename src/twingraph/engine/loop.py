@@ -626,7 +626,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
 
     def _succeeded(self, task: Task, duration: float) -> None:
         """``_finish(task, SUCCESS, duration=...)`` for a task whose inputs were released and
-        that nobody listens to the events of (``_run_declared_inline``)."""
+        that nobody listens to the events of (``_run_declared_inline``), with ``_set_state``
+        written out: this runs once per node of a large graph."""
         with self.lock:
             task.state = SUCCESS
             ev = task.event
