@@ -39,9 +39,21 @@ class VoxLogicaIntegration:
         dag = await self._generate_dag_from_program(program)
         execution_id = await self.scheduler.submit_dag(dag, config)
         self._outputs[execution_id] = _outputs(dag)
+        self._forget_old()
         if config.async_execution:
             return {"execution_id": execution_id, "status": "submitted"}
         return await self._wait_for_completion(execution_id)
+
+    def _forget_old(self) -> None:
+        """Drop the output lists of executions the scheduler has forgotten (it keeps the newest
+        ``keep_finished``): checked once the map is twice that size, so the cost per execution
+        stays constant."""
+        sched = self.scheduler
+        if len(self._outputs) <= 2 * (sched.keep_finished + len(sched.active_executions)):
+            return
+        for eid in [e for e in self._outputs
+                    if e not in sched.results and e not in sched.active_executions]:
+            del self._outputs[eid]
 
     async def _generate_dag_from_program(
             self, program: str | Mapping[str, Any] | DAGDefinition) -> DAGDefinition:

@@ -14,7 +14,7 @@ from twingraph.dagfile import dag_from_dict, parse_dag_text
 from twingraph.engine.dynamic import (DAGDefinition, DynamicScheduler, ExecutionConfig,
                                       NodeDefinition, NodeExecutor, NodeStatus,
                                       register_operation)
-from twingraph.errors import GraphValidationError, ValidationError
+from twingraph.errors import GraphValidationError, NotFoundError, ValidationError
 from twingraph.stores.metadata import MemoryMetadataStore
 from twingraph.stores.results.memory import MemoryStorage
 
@@ -545,3 +545,48 @@ def test_max_concurrent_nodes_below_one_is_refused(scheduler, bad):
     with pytest.raises(ValidationError, match="max_concurrent_nodes"):
         scheduler.run(dag)
     assert scheduler.engine.metadata.list_runs() == [] and not scheduler.active_executions
+
+
+def test_a_scheduler_keeps_only_its_newest_finished_executions():
+    """A server runs one scheduler for every execute-dynamic request: what it keeps per
+    execution (result, progress, run id) stays bounded; an older execution is forgotten here
+    (its run stays in the metadata store), a running one never is."""
+    register_operation("nap", _nap)
+    s = DynamicScheduler(MemoryStorage(), ExecutionConfig(), metadata=MemoryMetadataStore(),
+                         keep_finished=3)
+    try:
+        async def go():
+            await s.submit_dag(DAGDefinition("long", [N("slow", "nap", s=1.0, k=-1)]))
+            for i in range(6):
+                s.run(DAGDefinition(f"d{i}", [N("x", "nap", s=0.0, k=i)]))
+            assert set(s.results) == {"d3", "d4", "d5"}
+            # The running one is kept whatever its age.
+            assert set(s.execution_states) == set(s._dag_runs) == {"long", "d3", "d4", "d5"}
+            assert await s.get_execution_progress("d0") is None
+            with pytest.raises(NotFoundError, match="newest 3"):
+                await s.wait_for_completion("d0")
+            with pytest.raises(NotFoundError):
+                s.node_results("d0")
+            assert s.node_results("d5")["x"].result_data == 5
+            return await s.wait_for_completion("long", timeout=10)
+        assert asyncio.run(go()).state.value == "SUCCESS"
+        assert set(s.results) == {"d4", "d5", "long"}        # it finished last: newest
+        # Running an id again takes it out of the finished ones until it ends again.
+        s.run(DAGDefinition("d4", [N("x", "nap", s=0.0, k=40)]))
+        assert list(s._finished) == ["d5", "long", "d4"]
+    finally:
+        s.engine.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5])
+def test_keep_finished_must_be_a_positive_integer(bad):
+    with pytest.raises(ValidationError, match="keep_finished"):
+        DynamicScheduler(MemoryStorage(), keep_finished=bad)
+
+
+def test_a_scheduler_without_a_result_store_is_refused_at_once():
+    """``DynamicScheduler(None, ...)`` used to fail at the first node's memo lookup, with an
+    AttributeError as that node's error; it is a configuration error, named before any run."""
+    from twingraph.errors import ConfigurationError
+    with pytest.raises(ConfigurationError, match="result store"):
+        DynamicScheduler(None, ExecutionConfig())

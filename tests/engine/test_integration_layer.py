@@ -69,3 +69,22 @@ def test_failures_and_bad_programs(integration):
             {"nodes": [{"id": "a", "operation": "no_such_op"}]}, ExecutionConfig()))
     with pytest.raises(ValidationError, match="a program is DAG text"):
         asyncio.run(integration.execute_program_dynamic(42, ExecutionConfig()))
+
+
+def test_output_lists_of_forgotten_executions_are_dropped():
+    """Each execution's output node ids are kept while the scheduler keeps the execution
+    (its newest ``keep_finished``); the map does not grow with every program run."""
+    register_operation("make_numbers", ops.make_numbers)
+    s = DynamicScheduler(MemoryStorage(), ExecutionConfig(), metadata=MemoryMetadataStore(),
+                         keep_finished=2)
+    integration = VoxLogicaIntegration(s)
+    try:
+        for i in range(12):
+            program = {"dag_id": f"p{i}", "nodes": [
+                {"id": "nums", "operation": "make_numbers", "parameters": {"n": i}}]}
+            out = asyncio.run(integration.execute_program_dynamic(program, ExecutionConfig()))
+            assert out["results"] == {"nums": list(range(i))}
+            assert len(integration._outputs) <= 7    # pruned past 2 x (2 kept + 1 running)
+        assert {"p10", "p11"} <= set(integration._outputs)
+    finally:
+        s.engine.close()

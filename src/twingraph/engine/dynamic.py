@@ -21,7 +21,7 @@ import dataclasses
 import inspect
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -386,6 +386,11 @@ def _check_config(cfg: ExecutionConfig) -> None:
 #: the scheduler's own policy.
 _CEILINGS = ("MemoryLimitExceeded", "TaskTimeout")
 
+#: Finished executions a scheduler keeps its bookkeeping of (result, progress, run id): the
+#: newest this many. A long-lived server runs one scheduler for every execute-dynamic request;
+#: an older execution is still a run in the metadata store (``/api/v1/runs/{run_id}``).
+KEEP_FINISHED = 10_000
+
 
 class DynamicScheduler:
     """Runs ``DAGDefinition``s on an engine; one run per DAG, tracked by ``dag_id``."""
@@ -393,12 +398,19 @@ class DynamicScheduler:
     def __init__(self, storage: Any, config: ExecutionConfig | None = None, *,
                  engine: Engine | None = None, metadata: Any = None,
                  error_recovery: ErrorRecoveryManager | None = None,
-                 isolate: bool = False, node_timeout: float | None = None) -> None:
+                 isolate: bool = False, node_timeout: float | None = None,
+                 keep_finished: int = KEEP_FINISHED) -> None:
         """``isolate``: run every local node in a worker process of the engine's local
         executor (its memory limit, if it has one, applies), never in this process; a node
         that passes ``node_timeout`` seconds (if given: a ceiling over its own timeout) is
         stopped, killed when isolated. The server isolates (decision 0076); embedded use
-        keeps the default, nodes in this process."""
+        keeps the default, nodes in this process.
+
+        ``keep_finished``: how many finished executions answer ``results``, progress and
+        ``node_results`` (the newest; an older one is forgotten here, its run stays recorded)."""
+        if isinstance(keep_finished, bool) or not isinstance(keep_finished, int) \
+                or keep_finished < 1:
+            raise ValidationError(f"keep_finished must be an integer >= 1, not {keep_finished!r}")
         if node_timeout is not None and (isinstance(node_timeout, bool)
                                          or not isinstance(node_timeout, (int, float))
                                          or not 0 < node_timeout < float("inf")):
@@ -418,7 +430,8 @@ class DynamicScheduler:
         self.execution_states: dict[str, ExecutionProgress] = {}
         self.results: dict[str, RunResult] = {}
         self._dag_runs: dict[str, str] = {}
-        self._started: dict[str, threading.Event] = {}
+        self.keep_finished = keep_finished
+        self._finished: OrderedDict[str, None] = OrderedDict()    # oldest first
         self._claim = threading.Lock()     # "already running?" and taking the id: one step
 
     # -- the document's API ---------------------------------------------------------------
@@ -432,7 +445,6 @@ class DynamicScheduler:
         t = threading.Thread(target=self._run_dag, args=(dag, plan, started, config), daemon=True,
                              name=f"twingraph-dag-{dag.dag_id}")
         self._begin(dag, t)
-        self._started[dag.dag_id] = started
         t.start()
         await asyncio.to_thread(started.wait)
         return dag.dag_id
@@ -460,9 +472,13 @@ class DynamicScheduler:
         t = self.active_executions.get(dag_id)
         if t is not None:
             await asyncio.to_thread(t.join, timeout)
-        if dag_id not in self.results:
-            raise TimeoutError(f"DAG {dag_id} still running")
-        return self.results[dag_id]
+        result = self.results.get(dag_id)
+        if result is None:
+            if dag_id in self.active_executions:
+                raise TimeoutError(f"DAG {dag_id} still running")
+            raise NotFoundError(f"DAG {dag_id!r} has not been executed by this scheduler, or "
+                                f"finished before its newest {self.keep_finished} executions")
+        return result
 
     async def get_node_results(self, dag_id: str,
                                node_ids: Iterable[str] | None = None) -> dict[str, ExecutionResult]:
@@ -509,11 +525,10 @@ class DynamicScheduler:
         me = threading.current_thread()
         self._begin(dag, me)
         try:
-            self._run_dag(dag, plan, threading.Event())
+            return self._run_dag(dag, plan, threading.Event())
         finally:
             if self.active_executions.get(dag.dag_id) is me:
                 self.active_executions.pop(dag.dag_id, None)
-        return self.results[dag.dag_id]
 
     # -- internals ------------------------------------------------------------------------
     def _begin(self, dag: DAGDefinition, thread: threading.Thread) -> None:
@@ -524,6 +539,7 @@ class DynamicScheduler:
             if dag.dag_id in self.active_executions:
                 raise ValidationError(f"DAG {dag.dag_id!r} is already running")
             self.active_executions[dag.dag_id] = thread
+            self._finished.pop(dag.dag_id, None)        # running again: not evicted meanwhile
         self.results.pop(dag.dag_id, None)
         self.execution_states[dag.dag_id] = ExecutionProgress(
             dag.dag_id, len(dag.nodes), 0, 0, 0, len(dag.nodes), 0.0)
@@ -662,7 +678,7 @@ class DynamicScheduler:
         return body
 
     def _run_dag(self, dag: DAGDefinition, plan: Plan,
-                 started: threading.Event, config: ExecutionConfig | None = None) -> None:
+                 started: threading.Event, config: ExecutionConfig | None = None) -> RunResult:
         cfg = config or self.config
         def on_run(run: Any) -> None:
             self._dag_runs[dag.dag_id] = run.run_id
@@ -682,7 +698,16 @@ class DynamicScheduler:
         self.results[dag.dag_id] = result
         self.execution_states[dag.dag_id] = self._progress(dag.dag_id, result.progress,
                                                            total=len(dag.nodes), ended=True)
-        self.active_executions.pop(dag.dag_id, None)
+        with self._claim:
+            self.active_executions.pop(dag.dag_id, None)
+            self._finished[dag.dag_id] = None
+            self._finished.move_to_end(dag.dag_id)
+            while len(self._finished) > self.keep_finished:
+                old, _ = self._finished.popitem(last=False)
+                self.results.pop(old, None)
+                self.execution_states.pop(old, None)
+                self._dag_runs.pop(old, None)
+        return result
 
     @staticmethod
     def _progress(dag_id: str, p: Mapping[str, Any], *, total: int,

@@ -106,6 +106,9 @@ class Engine:
         ``{"cpu": 8, "memory": "16Gi", "gpu": 1}``; what it leaves out is detected (GPUs:
         ``resources.detected_gpus``).
         Default ``$TWINGRAPH_LOCAL_RESOURCES`` (``cpu=8,memory=16Gi,gpu=1``). Decision 0014."""
+        if results is None:
+            raise ConfigurationError("an engine needs a result store (a StorageInterface such "
+                                     "as SQLiteStorage or FilesystemStorage), got None")
         writer = writer or os.environ.get("TWINGRAPH_WRITER") or "auto"
         if writer not in WRITERS:
             raise ConfigurationError(f"writer must be one of {', '.join(WRITERS)}, got {writer!r}")

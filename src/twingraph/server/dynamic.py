@@ -113,7 +113,11 @@ def _status(sched: DynamicScheduler, dag_id: str) -> str:
 def _result(request: Request, dag_id: str) -> dict[str, Any]:
     svc = services(request)
     sched = svc.scheduler
-    res = sched.results[dag_id]
+    res = sched.results.get(dag_id)
+    if res is None:       # forgotten already: newer executions pushed it out (keep_finished)
+        raise ApiError(404, f"execution {dag_id!r} has ended, and newer executions have "
+                            f"pushed it out of the server's memory (its run stays recorded: "
+                            f"/api/v1/runs)")
     progress = sched.execution_states.get(dag_id)
     tasks = svc.catalog.store.get_tasks(res.run_id) if res.run_id else []
     return {"execution_id": dag_id, "run_id": res.run_id or None,
