@@ -124,3 +124,72 @@ def test_when_every_input_goes_idle_the_watermark_flushes_to_the_largest(order: 
         c.set_idle(ch, True)
     assert c.current == 500
     assert c.update(0, 200) is None  # an input back from idle does not move event time back
+
+
+def test_keys_python_holds_equal_go_to_one_key_group() -> None:
+    # 1, True and 1.0 are one dict key, so one state entry: they must be one routing target too,
+    # in every process (a routing cache keyed by the key made the first one seen decide).
+    from twingraph.stream.keygroups import canonical_key, key_group
+    for same in [(1, True, 1.0), (0, False, 0.0, -0.0), (2, 2.0), ((1, "a"), (True, "a"), (1.0, "a"))]:
+        assert len({key_group(k, 128) for k in same}) == 1, same
+        assert len({key_group(k, 32768) for k in same}) == 1, same
+    # keys that are not equal keep their own groups, and their bytes stay what they were
+    assert canonical_key(1.5) == 1.5 and canonical_key("1") == "1" and canonical_key((2, "x")) == (2, "x")
+    assert key_group(1.5, 32768) != key_group(1, 32768)
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_equal_keys_of_different_types_share_one_state_across_subtasks(backend: str, tmp_path: Path) -> None:
+    env = StreamExecutionEnvironment("equal-keys").set_parallelism(4)
+    if backend == "sqlite":
+        env.set_state_backend("sqlite", tmp_path)
+    sink = CollectSink()
+    keys = [1, True, 1.0, 2, 2.0, False, 0, 0.0]
+    env.from_collection([(k, i) for i, k in enumerate(keys)]).key_by(lambda e: e[0]) \
+        .process(_CountPerKey()).add_sink(sink)
+    env.execute()
+    # per key, the counts go 1, 2, 3 whichever type each element's key had
+    assert sorted(n for _, n in sink.results) == [1, 1, 1, 2, 2, 2, 3, 3]
+
+
+def test_sqlite_state_rows_follow_python_key_equality(tmp_path: Path) -> None:
+    from twingraph.stream.state import SQLiteStateBackend
+    b = SQLiteStateBackend(128, tmp_path / "s.db", cache_size=1)
+    try:
+        t = b.table("count")
+        t[(True, "n")] = 5
+        t[("other", "n")] = 1            # pushes the first entry out of the cache: written
+        assert t[(1, "n")] == 5 and t[(1.0, "n")] == 5
+        t[(1.0, "n")] = 6
+        t[("more", "n")] = 2
+        assert t[(True, "n")] == 6 and len(t) == 3
+    finally:
+        b.close()
+
+
+def test_an_input_back_from_idle_rejoins_once_it_catches_up() -> None:
+    # Flink's StatusWatermarkValve: a channel that was idle is left out of the minimum until its
+    # watermark reaches the combined one; meanwhile the other inputs move event time on.
+    c = WatermarkCombiner(2)
+    c.update(0, 100)
+    c.update(1, 500)
+    c.set_idle(0, True)
+    assert c.current == 500
+    c.set_idle(0, False)              # back, far behind
+    assert c.update(0, 200) is None and c.current == 500
+    assert c.update(1, 900) == 900    # input 1 alone moves it on
+    assert c.update(0, 800) is None   # still behind: no effect
+    assert c.update(0, 950) is None   # caught up (950 >= 900): aligned, and the minimum is 900
+    assert c.update(1, 1200) == 950   # now both count
+    assert c.update(0, 1300) == 1200
+
+
+def test_an_input_back_from_idle_alone_waits_until_it_catches_up() -> None:
+    c = WatermarkCombiner(2)
+    c.update(0, 100)
+    c.update(1, 500)
+    c.set_idle(0, True)
+    c.set_idle(1, True)
+    assert c.current == 500
+    assert c.update(0, 300) is None and c.current == 500   # the only active input, behind
+    assert c.update(0, 700) == 700

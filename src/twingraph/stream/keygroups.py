@@ -9,6 +9,11 @@ The hash must be the same in every process and on every run, so Python's salted 
 keys are turned into canonical bytes (str, bytes, int, float, bool, None and tuples of those) and
 hashed with CRC-32 (C speed), then mixed with Murmur3's 32-bit finalizer so that neighbouring keys
 spread evenly over the groups.
+
+Keys that Python holds equal are one key: ``1``, ``True`` and ``1.0`` share a state entry in a
+dict, so they must also go to the same subtask. ``canonical_key`` turns a bool and a float
+with an integral value into the int it equals (in tuples too) before the bytes are taken; the
+bytes of every other key are what they always were, so existing checkpoints keep their groups.
 """
 
 from __future__ import annotations
@@ -23,19 +28,36 @@ DEFAULT_MAX_PARALLELISM = 128
 _SCALARS = (str, int, float, bool, type(None), bytes)
 
 
+def canonical_key(key: Any) -> Any:
+    """The one representative of the keys Python holds equal to ``key``: a bool or a float with
+    an integral value becomes that int (``True`` -> 1, ``2.0`` -> 2, ``-0.0`` -> 0), in tuples
+    too; every other key is returned as it is (the same object when nothing changes)."""
+    t = type(key)
+    if t is bool:
+        return int(key)
+    if t is float:
+        return int(key) if key.is_integer() else key
+    if t is tuple:
+        parts = [canonical_key(p) for p in key]
+        if any(a is not b for a, b in zip(parts, key)):
+            return tuple(parts)
+    return key
+
+
 def key_bytes(key: Any) -> bytes:
-    """Canonical bytes of a key; raises ``StreamError`` for keys without a stable form."""
+    """Canonical bytes of a key (equal keys, equal bytes: ``canonical_key``); raises
+    ``StreamError`` for keys without a stable form."""
     t = type(key)
     if t is str:
         return key.encode()
     if t is bytes:
         return b"b" + key
     if t in _SCALARS:
-        return repr(key).encode()
+        return repr(canonical_key(key)).encode()
     if t is tuple:
         for part in key:
             key_bytes(part)  # validates every part
-        return repr(key).encode()
+        return repr(canonical_key(key)).encode()
     raise StreamError(
         f"key {key!r} of type {t.__name__} has no stable hash across processes; key_by must "
         "return str, bytes, int, float, bool, None or a tuple of those")

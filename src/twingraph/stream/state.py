@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from twingraph.errors import CheckpointError, StateError
-from twingraph.stream.keygroups import KeyGroupCache
+from twingraph.stream.keygroups import KeyGroupCache, canonical_key
 
 _PROTO = 5
 _DELETED = object()
@@ -95,6 +95,12 @@ class MemoryStateBackend:
         self.tables.clear()
 
 
+def _row_key(k: Any) -> bytes:
+    """A state entry's row key: its pickle, with the user key part canonical (``1``, ``True``
+    and ``1.0`` are one dict key, so they are one row too)."""
+    return pickle.dumps(canonical_key(k), _PROTO)
+
+
 class _SQLiteTable(MutableMapping[Any, Any]):
     def __init__(self, backend: SQLiteStateBackend, name: str) -> None:
         self.b, self.sql_name = backend, '"t_' + name.replace('"', "") + '"'
@@ -107,7 +113,7 @@ class _SQLiteTable(MutableMapping[Any, Any]):
         v = self.cache.get(k, None)
         if v is None and k not in self.cache:
             row = self.b.conn.execute(f"SELECT v FROM {self.sql_name} WHERE k=?",
-                                      (pickle.dumps(k, _PROTO),)).fetchone()
+                                      (_row_key(k),)).fetchone()
             v = _DELETED if row is None else pickle.loads(row[0])
             self._put_cache(k, v, dirty=False)
         if v is _DELETED:
@@ -134,7 +140,7 @@ class _SQLiteTable(MutableMapping[Any, Any]):
         kg, ups, dels = self.b.kg, [], []
         for k in self.dirty:
             v = self.cache[k]
-            kb = pickle.dumps(k, _PROTO)
+            kb = _row_key(k)
             if v is _DELETED:
                 dels.append((kb,))
             else:

@@ -7,9 +7,11 @@ out-of-orderness generator emits ``max_seen - bound - 1`` (Flink's formula), so 
 An operator with several input channels uses the *minimum* of their watermarks
 (:class:`WatermarkCombiner`). A channel whose source has been idle for longer than the idleness
 timeout is marked idle and left out of the minimum, so one quiet partition does not hold back
-event time forever; it takes part again as soon as it sends data. When the last active input
-goes idle, the combined watermark moves to the largest input watermark (as Flink's
-``StatusWatermarkValve`` flushes), so the result does not depend on the order they went idle.
+event time forever. When the last active input goes idle, the combined watermark moves to the
+largest input watermark (as Flink's ``StatusWatermarkValve`` flushes), so the result does not
+depend on the order they went idle. An input back from idle takes part in the minimum again
+once its own watermark has caught up with the combined one (Flink's valve calls it aligned):
+until then it neither moves event time back nor holds the other inputs' progress.
 The idleness decision is made at the source with an injected clock
 (:meth:`WatermarkGenerator.on_idle_check`).
 """
@@ -97,20 +99,26 @@ class WatermarkGenerator:
 
 
 class WatermarkCombiner:
-    """Minimum over input channels, ignoring idle ones; reports only advances."""
+    """Minimum over the input channels that are active and aligned; reports only advances."""
 
-    __slots__ = ("wms", "idle", "current")
+    __slots__ = ("wms", "idle", "aligned", "current")
 
     def __init__(self, n_inputs: int) -> None:
         self.wms = [MIN_WATERMARK] * n_inputs
         self.idle = [False] * n_inputs
+        self.aligned = [True] * n_inputs      # an input back from idle: False until it catches up
         self.current = MIN_WATERMARK
 
     def _recompute(self) -> int | None:
-        active = [w for w, i in zip(self.wms, self.idle) if not i]
+        active = [w for w, i, a in zip(self.wms, self.idle, self.aligned) if a and not i]
         # all inputs idle: none will advance, so flush to the largest (Flink's valve does): else
         # the result would depend on the order in which the inputs went idle
-        new = min(active) if active else max(self.wms)
+        if active:
+            new = min(active)
+        elif all(self.idle):
+            new = max(self.wms)
+        else:                  # the active inputs all lag behind: nothing moves until one catches up
+            return None
         if new > self.current:
             self.current = new
             return new
@@ -120,12 +128,23 @@ class WatermarkCombiner:
         """A watermark arrived on ``channel``; returns the combined watermark if it advanced."""
         if wm > self.wms[channel]:
             self.wms[channel] = wm
-        self.idle[channel] = False
+        if self.idle[channel]:
+            self._activate(channel)
+        if not self.aligned[channel] and self.wms[channel] >= self.current:
+            self.aligned[channel] = True
         return self._recompute()
 
     def set_idle(self, channel: int, idle: bool) -> int | None:
-        self.idle[channel] = idle
-        return self._recompute() if idle else None
+        if not idle:
+            if self.idle[channel]:
+                self._activate(channel)
+            return None
+        self.idle[channel] = True
+        return self._recompute()
+
+    def _activate(self, channel: int) -> None:
+        self.idle[channel] = False
+        self.aligned[channel] = self.wms[channel] >= self.current
 
     @property
     def all_idle(self) -> bool:
