@@ -391,6 +391,33 @@ def test_a_run_whose_driver_cannot_start_does_not_stay_running(
     assert svc.runs.active() == []
 
 
+def test_a_failed_start_someone_else_ended_first_says_so_once(
+        app_svc: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_fail_start`` ended a claimed run, then read the run back to see whether it was the
+    one that ended it: a run another actor had failed in between read FAILED all the same, and
+    a second ``run:status`` event (and log line) followed that actor's own."""
+    import twingraph.service.runs as runs_module
+    svc = app_svc
+    run = svc.runs.create(_slow_pipeline(svc), params={"seconds": 0.1})
+    events: list[dict[str, Any]] = []
+    svc.engine.subscribe(events.append)
+
+    class NoThread(threading.Thread):
+        def start(self) -> None:
+            # Another actor (an operator's cancel, adoption) ends the run first.
+            svc.catalog.finish_running(run.run_id, RunState.FAILED, "ended by another actor",
+                                       svc.engine.clock.now())
+            raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(runs_module.threading, "Thread", NoThread)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        svc.runs.start(run.run_id)
+    monkeypatch.undo()
+    final = svc.catalog.get_run(run.run_id)
+    assert final.state is RunState.FAILED and final.error == "ended by another actor"
+    assert [e for e in events if e.get("run_id") == run.run_id
+            and e.get("event") == "run:status" and e.get("status") == "FAILED"] == []
+
+
 def test_a_graph_run_whose_components_are_not_loaded_here_is_left_for_another_adopter(
         app_svc: Services) -> None:
     """``can_drive`` said yes to every graph pipeline: a server without its components claimed

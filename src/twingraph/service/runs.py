@@ -200,10 +200,9 @@ class RunService:
         stopped the start, which a second failure (the store's) must not replace."""
         try:
             if running:
-                self.catalog.finish_running(run.run_id, RunState.FAILED, error,
-                                            self.engine.clock.now())
-                if self.catalog.get_run(run.run_id).state is not RunState.FAILED:
-                    return
+                if not self.catalog.finish_running(run.run_id, RunState.FAILED, error,
+                                                   self.engine.clock.now()):
+                    return            # someone else ended it (and said so)
             elif not self.catalog.fail_pending(run.run_id, error):
                 return
         except Exception:  # noqa: BLE001 - see the docstring

@@ -546,12 +546,14 @@ class SQLCatalog:
                 state=RunState.RUNNING.value, started_at=now, heartbeat_at=now))
         return result.rowcount == 1
 
-    def finish_running(self, run_id: str, state: RunState, error: str | None, now: float) -> None:
-        """End a RUNNING run whose driver failed before the engine recorded anything."""
+    def finish_running(self, run_id: str, state: RunState, error: str | None, now: float) -> bool:
+        """End a RUNNING run whose driver failed before the engine recorded anything (a
+        compare-and-set: True if this call ended it, False if it was no longer RUNNING)."""
         with self.store._writing() as conn:
-            conn.execute(update(runs).where(
+            result = conn.execute(update(runs).where(
                 runs.c.run_id == run_id, runs.c.state == RunState.RUNNING.value).values(
                 state=state.value, ended_at=now, error=error))
+        return result.rowcount == 1
 
     def stale_running(self, cutoff: float, limit: int = 100) -> list[RunRow]:
         """RUNNING runs of catalogued pipelines whose driver has not beaten since ``cutoff``."""
