@@ -2,8 +2,10 @@
 
 Real engines, stores and operations. ``monkeypatch`` only shrinks ``SUBMIT_WINDOW`` (how many
 nodes a DAG hands to its run at a time) so that a small DAG is submitted in several windows,
-as a large one is."""
+as a large one is. One test wraps a run's ``progress`` to end the execution while a progress
+read is under way: a thread interleaving that cannot be had on cue otherwise."""
 import asyncio
+import threading
 import time
 
 import pytest
@@ -590,3 +592,45 @@ def test_a_scheduler_without_a_result_store_is_refused_at_once():
     from twingraph.errors import ConfigurationError
     with pytest.raises(ConfigurationError, match="result store"):
         DynamicScheduler(None, ExecutionConfig())
+
+
+def test_a_progress_read_racing_the_end_of_its_execution_does_not_bring_it_back():
+    """``get_execution_progress`` computed the live progress, then stored it: an execution that
+    ended (and was forgotten) in between came back at its in-flight progress, for good."""
+    gate = threading.Event()
+
+    def gated(deps, params):
+        gate.wait(10)
+        return params["k"]
+    register_operation("gated", gated)
+    register_operation("nap", _nap)
+    s = DynamicScheduler(MemoryStorage(), ExecutionConfig(), metadata=MemoryMetadataStore(),
+                         keep_finished=1)
+    try:
+        async def go():
+            await s.submit_dag(DAGDefinition("X", [N("n", "gated", k=1)]))
+            loop = s.engine.runs[s.run_id("X")]
+            live = loop.progress
+
+            def progress():            # X ends, and Y's end pushes it out, during the read
+                p = live()
+                gate.set()
+                s.active_executions["X"].join(10)
+                s.run(DAGDefinition("Y", [N("n", "nap", s=0.0, k=2)]))
+                return p
+            loop.progress = progress
+            return await s.get_execution_progress("X")
+        assert asyncio.run(go()) is None
+        assert "X" not in s.execution_states and list(s._finished) == ["Y"]
+    finally:
+        gate.set()
+        s.engine.close()
+
+
+def test_a_run_again_names_no_run_until_its_own_starts(scheduler):
+    register_operation("nap", _nap)
+    scheduler.run(DAGDefinition("again", [N("n", "nap", s=0.0, k=1)]))
+    assert scheduler.run_id("again") is not None
+    scheduler._begin(DAGDefinition("again", [N("n", "nap", s=0.0, k=1)]), threading.current_thread())
+    assert scheduler.run_id("again") is None       # not the previous execution's run
+    scheduler.active_executions.pop("again")

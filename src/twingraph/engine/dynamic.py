@@ -454,8 +454,14 @@ class DynamicScheduler:
         loop = self.engine.runs.get(run_id) if run_id else None
         state = self.execution_states.get(dag_id)
         if loop is not None and state is not None:
-            self.execution_states[dag_id] = state = self._progress(
-                dag_id, loop.progress(), total=state.total_nodes)
+            live = self._progress(dag_id, loop.progress(), total=state.total_nodes)
+            with self._claim:
+                # Kept only while it still runs: an execution that ended meanwhile has its
+                # final progress (or was forgotten), which this must not replace or bring back.
+                if dag_id in self.active_executions and self.execution_states.get(dag_id) is state:
+                    self.execution_states[dag_id] = live
+                    return live
+                return self.execution_states.get(dag_id)
         return state
 
     async def cancel_execution(self, dag_id: str) -> bool:
@@ -540,6 +546,8 @@ class DynamicScheduler:
                 raise ValidationError(f"DAG {dag.dag_id!r} is already running")
             self.active_executions[dag.dag_id] = thread
             self._finished.pop(dag.dag_id, None)        # running again: not evicted meanwhile
+            # Until its run starts, the id names no run (not the previous execution's).
+            self._dag_runs.pop(dag.dag_id, None)
         self.results.pop(dag.dag_id, None)
         self.execution_states[dag.dag_id] = ExecutionProgress(
             dag.dag_id, len(dag.nodes), 0, 0, 0, len(dag.nodes), 0.0)

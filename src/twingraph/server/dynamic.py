@@ -115,9 +115,9 @@ def _result(request: Request, dag_id: str) -> dict[str, Any]:
     sched = svc.scheduler
     res = sched.results.get(dag_id)
     if res is None:       # forgotten already: newer executions pushed it out (keep_finished)
-        raise ApiError(404, f"execution {dag_id!r} has ended, and newer executions have "
-                            f"pushed it out of the server's memory (its run stays recorded: "
-                            f"/api/v1/runs)")
+        raise ApiError(404, f"execution {dag_id!r} is no longer held by the server: it was "
+                            f"submitted again, or newer executions pushed it out of memory "
+                            f"(its run stays recorded: /api/v1/runs)")
     progress = sched.execution_states.get(dag_id)
     tasks = svc.catalog.store.get_tasks(res.run_id) if res.run_id else []
     return {"execution_id": dag_id, "run_id": res.run_id or None,

@@ -95,17 +95,39 @@ class MemoryStateBackend:
         self.tables.clear()
 
 
-def _row_key(k: Any) -> bytes:
-    """A state entry's row key: its pickle, with the user key part canonical (``1``, ``True``
-    and ``1.0`` are one dict key, so they are one row too)."""
-    return pickle.dumps(canonical_key(k), _PROTO)
+def _row_key(k: Any) -> tuple[bytes, bytes | None]:
+    """A state entry's row key, and the pickle of ``k`` itself if the row key stands for
+    another form of it (None otherwise; iteration gives back the key as it was written).
+
+    The row key is the pickle of ``k`` with the user key part canonical (``1``, ``True`` and
+    ``1.0`` are one dict key, so they are one row too: ``canonical_key``) and with equal strings,
+    bytes and tuples inside it made one object: pickle writes an object it saw before as a
+    reference, so ``("ab", "ab")`` gave other bytes when its two strings were two objects."""
+    c = canonical_key(k)
+    ok = None if c is k else pickle.dumps(k, _PROTO)
+    if type(c) is tuple:
+        c = _one_object_each(c, {})
+    return pickle.dumps(c, _PROTO), ok
+
+
+def _one_object_each(x: Any, seen: dict[Any, Any]) -> Any:
+    t = type(x)
+    if t is tuple:
+        x = tuple([_one_object_each(p, seen) for p in x])
+    elif t is not str and t is not bytes:
+        return x
+    try:
+        return seen.setdefault((t, x), x)
+    except TypeError:            # unhashable inside a tuple: pickled as it is
+        return x
 
 
 class _SQLiteTable(MutableMapping[Any, Any]):
     def __init__(self, backend: SQLiteStateBackend, name: str) -> None:
         self.b, self.sql_name = backend, '"t_' + name.replace('"', "") + '"'
+        # ``ok``: the key as written when ``k`` holds another form of it (``_row_key``).
         backend.conn.execute(f"CREATE TABLE IF NOT EXISTS {self.sql_name} "
-                             "(k BLOB PRIMARY KEY, kg INTEGER NOT NULL, v BLOB NOT NULL)")
+                             "(k BLOB PRIMARY KEY, kg INTEGER NOT NULL, v BLOB NOT NULL, ok BLOB)")
         self.cache: dict[Any, Any] = {}
         self.dirty: set[Any] = set()
 
@@ -113,7 +135,7 @@ class _SQLiteTable(MutableMapping[Any, Any]):
         v = self.cache.get(k, None)
         if v is None and k not in self.cache:
             row = self.b.conn.execute(f"SELECT v FROM {self.sql_name} WHERE k=?",
-                                      (_row_key(k),)).fetchone()
+                                      (_row_key(k)[0],)).fetchone()
             v = _DELETED if row is None else pickle.loads(row[0])
             self._put_cache(k, v, dirty=False)
         if v is _DELETED:
@@ -140,20 +162,22 @@ class _SQLiteTable(MutableMapping[Any, Any]):
         kg, ups, dels = self.b.kg, [], []
         for k in self.dirty:
             v = self.cache[k]
-            kb = _row_key(k)
+            kb, ok = _row_key(k)
             if v is _DELETED:
                 dels.append((kb,))
             else:
-                ups.append((kb, kg(k[0]), pickle.dumps(v, _PROTO)))
+                ups.append((kb, kg(k[0]), pickle.dumps(v, _PROTO), ok))
         with self.b.conn:
             self.b.conn.executemany(f"DELETE FROM {self.sql_name} WHERE k=?", dels)
-            self.b.conn.executemany(f"INSERT OR REPLACE INTO {self.sql_name} VALUES (?,?,?)", ups)
+            # An entry written again keeps the key it was first written with, as a dict does.
+            self.b.conn.executemany(f"INSERT INTO {self.sql_name} VALUES (?,?,?,?) ON CONFLICT(k) "
+                                    "DO UPDATE SET kg=excluded.kg, v=excluded.v", ups)
         self.dirty.clear()
 
     def __iter__(self) -> Iterator[Any]:
         self.flush()
-        for (kb,) in self.b.conn.execute(f"SELECT k FROM {self.sql_name}").fetchall():
-            yield pickle.loads(kb)
+        for kb, ok in self.b.conn.execute(f"SELECT k, ok FROM {self.sql_name}").fetchall():
+            yield pickle.loads(kb if ok is None else ok)
 
     def __len__(self) -> int:
         self.flush()
@@ -210,10 +234,14 @@ class SQLiteStateBackend:
                     f"SELECT name FROM {alias}.sqlite_master WHERE type='table' AND name LIKE 't_%'")]
                 for sql_name in names:
                     t = self._table(sql_name[2:])
+                    cols = [r[1] for r in self.conn.execute(
+                        f"PRAGMA {alias}.table_info(\"{sql_name}\")")]
+                    ok = "ok" if "ok" in cols else "NULL"     # written before the ok column
                     with self.conn:
                         self.conn.execute(
-                            f"INSERT OR REPLACE INTO {t.sql_name} SELECT k, kg, v FROM {alias}.\"{sql_name}\" "
-                            "WHERE kg >= ? AND kg < ?", (key_groups.start, key_groups.stop))
+                            f"INSERT OR REPLACE INTO {t.sql_name} SELECT k, kg, v, {ok} "
+                            f"FROM {alias}.\"{sql_name}\" WHERE kg >= ? AND kg < ?",
+                            (key_groups.start, key_groups.stop))
             except sqlite3.Error as exc:
                 raise CheckpointError(f"cannot restore SQLite state from {p}: {exc}") from exc
             finally:
