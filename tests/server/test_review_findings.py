@@ -371,21 +371,30 @@ def test_node_config_null_next_to_parameters_keeps_the_parameters(app_svc: Servi
     assert graph["nodes"][0]["config"] == {"n": 4}
 
 
+def _start_without_a_thread(svc: Services, run_id: str, monkeypatch: pytest.MonkeyPatch,
+                            before: Any = None) -> None:
+    """``svc.runs.start(run_id)`` in a process out of threads: its driver thread's ``start``
+    raises, as CPython's does then (after calling ``before``, if given)."""
+    import twingraph.service.runs as runs_module
+
+    class NoThread(threading.Thread):
+        def start(self) -> None:
+            if before is not None:
+                before()
+            raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(runs_module.threading, "Thread", NoThread)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        svc.runs.start(run_id)
+    monkeypatch.undo()
+
+
 def test_a_run_whose_driver_cannot_start_does_not_stay_running(
         app_svc: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     """``start`` moved the run to RUNNING, then failed to start its driver thread: the run
     stayed RUNNING for ever (listed as this process's, so never adopted; cancel refused)."""
-    import twingraph.service.runs as runs_module
     svc = app_svc
     run = svc.runs.create(_slow_pipeline(svc), params={"seconds": 0.1})
-
-    class NoThread(threading.Thread):
-        def start(self) -> None:
-            raise RuntimeError("can't start new thread")
-    monkeypatch.setattr(runs_module.threading, "Thread", NoThread)
-    with pytest.raises(RuntimeError, match="can't start new thread"):
-        svc.runs.start(run.run_id)
-    monkeypatch.undo()
+    _start_without_a_thread(svc, run.run_id, monkeypatch)
     final = svc.catalog.get_run(run.run_id)
     assert final.state is RunState.FAILED and "can't start new thread" in (final.error or "")
     assert svc.runs.active() == []
@@ -396,22 +405,13 @@ def test_a_failed_start_someone_else_ended_first_says_so_once(
     """``_fail_start`` ended a claimed run, then read the run back to see whether it was the
     one that ended it: a run another actor had failed in between read FAILED all the same, and
     a second ``run:status`` event (and log line) followed that actor's own."""
-    import twingraph.service.runs as runs_module
     svc = app_svc
     run = svc.runs.create(_slow_pipeline(svc), params={"seconds": 0.1})
     events: list[dict[str, Any]] = []
     svc.engine.subscribe(events.append)
-
-    class NoThread(threading.Thread):
-        def start(self) -> None:
-            # Another actor (an operator's cancel, adoption) ends the run first.
-            svc.catalog.finish_running(run.run_id, RunState.FAILED, "ended by another actor",
-                                       svc.engine.clock.now())
-            raise RuntimeError("can't start new thread")
-    monkeypatch.setattr(runs_module.threading, "Thread", NoThread)
-    with pytest.raises(RuntimeError, match="can't start new thread"):
-        svc.runs.start(run.run_id)
-    monkeypatch.undo()
+    # Another actor (an operator's cancel, adoption) ends the run first.
+    _start_without_a_thread(svc, run.run_id, monkeypatch, before=lambda: svc.catalog.finish_running(
+        run.run_id, RunState.FAILED, "ended by another actor", svc.engine.clock.now()))
     final = svc.catalog.get_run(run.run_id)
     assert final.state is RunState.FAILED and final.error == "ended by another actor"
     assert [e for e in events if e.get("run_id") == run.run_id
