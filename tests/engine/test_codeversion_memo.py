@@ -184,3 +184,33 @@ def test_version_is_the_same_in_two_fresh_interpreters(tmp_path):
     (tmp_path / "cv_determinism.py").write_text(DETERMINISM.replace("{k}", "3"))
     changed = _version_in_fresh_interpreter(tmp_path, "cv_determinism", "1")
     assert changed != first         # and it still sees the closure value
+
+
+def test_a_version_given_to_the_decorator_is_the_code_version(engine):
+    """``@component(version=...)`` failed at decoration (the spec builder was handed it)."""
+    from twingraph import component, pipeline
+    from twingraph.errors import ValidationError
+
+    def make(ret):
+        @component(version="v1", name="pinned")
+        def pinned(x):
+            return x + ret
+        return pinned
+
+    first, second = make(1), make(2)
+    assert first.spec.code_version == second.spec.code_version == "v1"
+
+    @pipeline(name="pinned_version")
+    def p():
+        return first(x=1)
+    r1 = p.run(engine=engine)
+    assert r1.value["outputs"]["result"] == 2
+    # The code changed but the version did not: the stored result is the answer (the user said so).
+    @pipeline(name="pinned_version")
+    def q():
+        return second(x=1)
+    r2 = q.run(engine=engine)
+    assert r2.value["outputs"]["result"] == 2
+    assert _status(engine, r2.run_id, "pinned-0").cache_status == "hit"
+    with pytest.raises(ValidationError, match="version"):
+        component(version=3)(lambda x: x)

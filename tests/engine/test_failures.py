@@ -7,6 +7,7 @@ import pytest
 from tests.resources import behaviours as b
 from twingraph import PipelineFailed, PipelineTimeout, TaskTimeout, pipeline
 from twingraph.core.states import RunState, TaskState
+from twingraph.errors import ValidationError
 
 
 def _tasks(engine, run_id):
@@ -53,6 +54,48 @@ def test_continue_runs_everything_not_depending_on_the_failure(engine):
     assert tasks["quick-1"].state is TaskState.SUCCESS
     assert tasks["quick-2"].state is TaskState.SUCCESS
     assert b.counts["quick-11"] == 1
+
+
+def test_a_body_that_raises_stops_the_run_under_fail(engine):
+    """The body's own error (not a task's) let every submitted task run to its end first."""
+    b.counts.clear()
+
+    @pipeline(name="body_raises", error_handler="fail", max_parallel=1)
+    def p():
+        [b.slow(x=i, delay=0.5) for i in range(6)]
+        raise ValueError("the body gave up")
+
+    t0 = time.monotonic()
+    r = p.run(engine=engine)
+    assert time.monotonic() - t0 < 1.5              # 6 x 0.5 s one at a time: 3 s
+    assert r.state is RunState.FAILED and isinstance(r.error, ValueError)
+    tasks = _tasks(engine, r.run_id)
+    assert all(t.state is TaskState.CANCELLED for t in tasks.values())
+    assert sum(v for k, v in b.counts.items() if k.startswith("slow")) <= 1
+
+
+def test_a_body_that_raises_under_continue_lets_its_tasks_finish(engine):
+    b.counts.clear()
+
+    @pipeline(name="body_raises_continue", error_handler="continue", max_parallel=2)
+    def p():
+        [b.quick(x=100 + i) for i in range(4)]
+        raise ValueError("the body gave up")
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.FAILED and isinstance(r.error, ValueError)
+    assert all(t.state is TaskState.SUCCESS for t in _tasks(engine, r.run_id).values())
+
+
+def test_max_parallel_below_one_is_refused_before_a_run(engine):
+    @pipeline(name="mp_check")
+    def p():
+        return b.quick(x=1)
+
+    for bad in (0, -1, "3", True):
+        with pytest.raises(ValidationError, match="max_parallel"):
+            p.run(engine=engine, max_parallel=bad)
+    assert p.run(engine=engine, max_parallel=1).state is RunState.SUCCESS
 
 
 def test_body_can_handle_a_failure_itself(engine):

@@ -14,6 +14,7 @@ import pytest
 
 from twingraph import component, pipeline
 from twingraph.core.states import RunState, TaskState
+from twingraph.errors import ValidationError
 from twingraph.engine.dynamic import DAGDefinition, DynamicScheduler, ExecutionConfig, NodeDefinition
 from twingraph.engine.engine import Engine
 from twingraph.executors.local import LocalExecutor
@@ -528,7 +529,7 @@ def test_a_run_with_parameters_json_cannot_carry_resumes_only_when_given_them_ag
     """A tuple parameter is recorded as its repr (for reading); resuming with that text in its
     place ran the body on another input. Now the resume asks for it, and given it, re-executes
     nothing that was stored."""
-    from twingraph.errors import ValidationError
+
     eng = _engine(flush_interval=0.01)
     calls, state = [], {"fail": True}
 
@@ -558,6 +559,40 @@ def test_a_run_with_parameters_json_cannot_carry_resumes_only_when_given_them_ag
     resumed = p.run(xs=(1, 2, 3), engine=eng, resume=first.run_id)
     assert resumed.state is RunState.SUCCESS and resumed.value["outputs"]["result"] == 3
     assert calls == [(1, 2, 3)]                       # size ran once, on the tuple
+    eng.close()
+
+
+def test_a_pipeline_taking_star_args_or_star_kwargs_resumes_with_its_own_arguments():
+    """A resume called the body with every recorded parameter as a keyword: ``p(**opts)`` got
+    ``opts={'opts': {...}}`` (and succeeded, with other outputs), ``q(*xs)`` could not be
+    resumed at all."""
+    eng = _engine()
+    state = {"fail": True}
+
+    @component(cache=False)
+    def maybe(v):
+        if state["fail"]:
+            raise RuntimeError("first attempt fails")
+        return v
+
+    @pipeline(name="star_kwargs")
+    def p(first, **opts):
+        return maybe(v=[first, opts])
+
+    @pipeline(name="star_args")
+    def q(*xs):
+        return maybe(v=list(xs))
+
+    r1, r2 = p.run(0, a=1, b="x", engine=eng), q.run(1, 2, engine=eng)
+    assert r1.state is r2.state is RunState.FAILED
+    state["fail"] = False
+    again = p.run(engine=eng, resume=r1.run_id)
+    assert again.state is RunState.SUCCESS
+    assert again.value["outputs"]["result"] == [0, {"a": 1, "b": "x"}]
+    with pytest.raises(ValidationError, match=r"run\(\*xs, resume=...\)"):   # a tuple: not exact
+        q.run(engine=eng, resume=r2.run_id)
+    again = q.run(1, 2, engine=eng, resume=r2.run_id)
+    assert again.state is RunState.SUCCESS and again.value["outputs"]["result"] == [1, 2]
     eng.close()
 
 

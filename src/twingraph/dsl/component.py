@@ -19,7 +19,7 @@ from twingraph.core.codeversion import code_version
 from twingraph.core.specs import ComponentSpec
 from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
 from twingraph.engine.engine import current_run
-from twingraph.errors import ExecutorUnavailable
+from twingraph.errors import ExecutorUnavailable, ValidationError
 from twingraph.registry import register_component
 
 
@@ -33,6 +33,9 @@ class Component:
         self._spec: ComponentSpec | None = None
         name = params.pop("name", None) or fn.__name__
         self.name = name
+        self._version = params.pop("version", None)      # the code version, if given
+        if self._version is not None and (not isinstance(self._version, str) or not self._version):
+            raise ValidationError(f"version must be a non-empty string, got {self._version!r}")
         # Validate now (fails at import time); code version later.
         self._draft = ComponentSpec.build(name=name, qualname=_qualname(fn), code_version="",
                                           **params)
@@ -42,7 +45,7 @@ class Component:
     @property
     def spec(self) -> ComponentSpec:
         if self._spec is None:
-            version = self._params.get("version") or code_version(self.fn)
+            version = self._version or code_version(self.fn)
             self._spec = dataclasses.replace(self._draft, code_version=version,
                                              parameters=parameters_of(self.fn))
         return self._spec

@@ -72,15 +72,21 @@ class Pipeline:
             inexact = list((rec.source or {}).get("inexact_params") or ())
             missing = [n for n in inexact if n not in given]
             if missing:
+                star = inspect.signature(self.fn).parameters[missing[0]].kind \
+                    is inspect.Parameter.VAR_POSITIONAL
+                example = f"run(*{missing[0]}, resume=...)" if star else \
+                    f"run(resume=..., {missing[0]}=...)"
                 raise ValidationError(
                     f"run {resume} was started with parameters that could not be recorded "
                     f"exactly ({', '.join(f'{n}={params.get(n)}' for n in missing)}): pass "
-                    f"them again to resume it, e.g. run(resume=..., {missing[0]}=...)")
+                    f"them again to resume it, e.g. {example}")
             params.update({n: given[n] for n in inexact})
-            args, kwargs = (), params
+            args, kwargs = _call_args(self.fn, params)
             no_cache = bool(rec.config.get("no_cache", no_cache))
-            max_parallel = max_parallel or rec.config.get("max_parallel")
-        opts = RunOptions(max_parallel=max_parallel or self.spec.max_parallel,
+            if max_parallel is None:
+                max_parallel = rec.config.get("max_parallel")
+        opts = RunOptions(max_parallel=self.spec.max_parallel if max_parallel is None
+                          else max_parallel,
                           error_handler=self.spec.error_handler, timeout=self.spec.timeout,
                           no_cache=no_cache, error_config=self.spec.error_config,
                           lineage=self.spec.lineage)
@@ -198,6 +204,15 @@ def _params(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any
     except TypeError as exc:
         raise ValidationError(f"bad arguments for pipeline {fn.__name__}: {exc}") from None
     return dict(bound.arguments)
+
+
+def _call_args(fn: Callable[..., Any], params: dict[str, Any]) -> tuple[tuple[Any, ...],
+                                                                         dict[str, Any]]:
+    """The call that gives ``fn`` the arguments ``params`` names (``_params`` the other way
+    round): ``*args`` spread as positions again, ``**kwargs`` as keywords."""
+    sig = inspect.signature(fn)
+    bound = inspect.BoundArguments(sig, {n: params[n] for n in sig.parameters if n in params})
+    return bound.args, bound.kwargs
 
 
 def _recorded_params(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -51,7 +51,8 @@ from twingraph.engine.snapshot import error_text, task_rows, traceback_text
 from twingraph.engine.refs import Ref, find_refs, path_list, substitute
 from twingraph.engine.task import (DECLARED, UNLOADED, Job, Task, CANCELLED, FAILED, PENDING, QUEUED,
                                     RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
-from twingraph.errors import NodeExecutionError, ResourceUnavailable, TaskCancelled, TaskTimeout
+from twingraph.errors import (NodeExecutionError, ResourceUnavailable, TaskCancelled, TaskTimeout,
+                              ValidationError)
 
 _NONE: list[Any] = []          # shared empty list for released fields (never appended to)
 _EMPTY: dict[str, Any] = {}
@@ -75,6 +76,9 @@ class RunOptions:
     def __init__(self, max_parallel: int = 10, error_handler: str = "fail",
                  timeout: float | None = None, no_cache: bool = False,
                  error_config: Mapping[str, Any] | None = None, lineage: bool = True) -> None:
+        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+            # 0 or less would start nothing and wait for ever
+            raise ValidationError(f"max_parallel must be an integer >= 1, got {max_parallel!r}")
         self.max_parallel, self.error_handler, self.timeout = max_parallel, error_handler, timeout
         self.no_cache, self.error_config = no_cache, dict(error_config or {})
         self.lineage = lineage      # False: task rows carry no DEPENDS_ON data flow
@@ -326,6 +330,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self._held_retry = True
         elif kind == "body":
             self.body_finished, self.body_error = True, ev[1]
+            if ev[1] is not None:
+                self._body_failed(ev[1])
         elif kind == "cancel":
             self._stop("cancelled", ev[1])
 
@@ -855,6 +861,16 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self._skip_downstream(task)
         else:
             self._stop("failed", f"task {task.node_id} failed: {error_text(task.error)}")
+
+    def _body_failed(self, exc: BaseException) -> None:
+        """The pipeline body raised. Under 'fail' (and 'retry', whose retries are a task's)
+        the run stops as when a task fails: nothing new starts, running tasks are cancelled.
+        Under 'continue' what it submitted still runs: none of it depends on the body."""
+        handler = self.opt.error_handler
+        if handler == "custom" and self.opt.error_config.get("continue_on_error"):
+            handler = "continue"
+        if handler != "continue":
+            self._stop("failed", f"the pipeline body raised {error_text(exc)}")
 
     def _skip_downstream(self, task: Task) -> None:
         stack = list(task.dependents)
