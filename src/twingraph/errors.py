@@ -130,9 +130,14 @@ class NodeExecutionError(DynamicSchedulerError):
     """A node (task) failed: it raised, timed out or was cancelled."""
 
     def __init__(self, message: str, *, node_id: str | None = None,
-                 error_type: str | None = None, traceback: str | None = None) -> None:
+                 error_type: str | None = None, traceback: str | None = None,
+                 error_types: tuple[str, ...] = ()) -> None:
+        """``error_type``: the class name of the error that stood behind this one, when that
+        error could not travel itself (from a worker process); ``error_types``: the names of
+        all its classes (``name`` and ``module.qualname`` each), for retry rules by class."""
         super().__init__(message)
         self.node_id, self.error_type, self.traceback = node_id, error_type, traceback
+        self.error_types = error_types
 
 
 class TaskTimeout(NodeExecutionError, TimeoutError):
@@ -141,8 +146,8 @@ class TaskTimeout(NodeExecutionError, TimeoutError):
     def __init__(self, node_id: str, timeout_s: float, *, killed: bool,
                  inline: bool = False) -> None:
         how = ("killed" if killed else
-               "ran to its end inline (measured-fast calls run on the scheduler thread); its "
-               "result is discarded" if inline else "abandoned (threads cannot be killed)")
+               "not stopped: it ran inline, on the scheduler thread, to its end; its result "
+               "is discarded" if inline else "abandoned (threads cannot be killed)")
         super().__init__(f"task {node_id!r} timed out after {timeout_s:g}s and was {how}",
                          node_id=node_id, error_type="TaskTimeout")
         self.timeout_s, self.killed = timeout_s, killed

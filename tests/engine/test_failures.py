@@ -229,6 +229,19 @@ class UnstoppableExecutor:
         self.inner.shutdown()
 
 
+def test_a_process_error_that_cannot_travel_is_retried_by_its_base_class(engine, tmp_path):
+    """An error that does not unpickle leaves the worker as a ``NodeExecutionError`` naming its
+    class; a retry rule naming a base class of it did not match (one attempt, not two)."""
+    @pipeline(name="stubborn")
+    def p():
+        return b.stubborn_in_process(marker_dir=str(tmp_path))
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.SUCCESS and r.value["outputs"]["result"] == "second attempt"
+    assert len(os.listdir(tmp_path)) == 2
+    assert _tasks(engine, r.run_id)["stubborn_in_process-0"].attempts == 2
+
+
 @pytest.mark.parametrize("executor", ["local", "unstoppable"])
 def test_stale_attempt_result_is_rejected_by_its_fence(executor):
     from twingraph.engine.engine import Engine
@@ -333,12 +346,22 @@ def test_an_inline_call_over_its_timeout_is_a_timeout(engine):
     assert all(tasks[f"quick-{i}"].state.value == "SUCCESS" for i in range(20))
     assert issubclass(TaskTimeout, TimeoutError)
 
-    auto = component(timeout=0.3)(lambda x: x).spec      # the engine's choice for 'auto'
+    def auto_default(x):
+        return x
+
+    def auto_with_timeout(x):
+        return x
+    auto = component(auto_default).spec                  # the engine's choice for 'auto'
     for _ in range(8):
         engine.observe(auto, 0.00001, True)
     assert engine.choose_mode(auto) == "inline"
     engine.observe(auto, 0.6, True)
     assert engine.choose_mode(auto) == "thread"
+    # A timeout of its own (shorter than the default) must be enforceable: never inline.
+    timed = component(timeout=0.3)(auto_with_timeout).spec
+    for _ in range(20):
+        engine.observe(timed, 0.00001, True)
+    assert engine.choose_mode(timed) == "thread"
 
 @pytest.mark.parametrize("which", ["engine", "sqlite_engine"])
 def test_a_task_that_succeeds_on_retry_keeps_no_error(which, request):
@@ -411,3 +434,27 @@ def test_a_failed_attempt_logs_its_traceback(engine):
     (line,) = [l.message for l in engine.metadata.get_logs(r.run_id, level="error")
                if l.node_id == "fails-0" and l.message.startswith("attempt 1 failed")]
     assert "Traceback (most recent call last)" in line and "behaviours.py" in line
+
+
+def test_a_component_with_its_own_timeout_is_stopped_even_after_many_fast_calls(engine):
+    """'auto' ran a measured-fast component inline, where its timeout could not stop a slow
+    call: the run (and its own timeout) waited for it."""
+    from twingraph import component
+
+    @component(timeout=0.3, cache=False)
+    def mostly_fast(i, nap=0.0):
+        time.sleep(nap)
+        return i
+
+    @pipeline(name="timed_fast", error_handler="continue")
+    def p():
+        warm = [mostly_fast(i=i) for i in range(30)]
+        for w in warm:
+            w.result()                                  # all measured before the slow call
+        return mostly_fast(i=99, nap=3.0)
+
+    t0 = time.monotonic()
+    r = p.run(engine=engine)
+    assert time.monotonic() - t0 < 2.0
+    slow = _tasks(engine, r.run_id)["mostly_fast-30"]
+    assert slow.state is TaskState.FAILED and "abandoned" in slow.error

@@ -162,7 +162,7 @@ def test_a_retried_node_is_recorded_as_the_general_path_records_it(tmp_path, cou
 def test_an_inline_call_over_its_timeout_fails_the_same_way(tmp_path, counted):
     from twingraph import component
 
-    @component(timeout=0.01)
+    @component(timeout=0.01, executor="inline")     # auto would not inline it: its own timeout
     def fp_slow_component(i):
         if i == 120:
             time.sleep(0.05)

@@ -131,3 +131,22 @@ def environment_cannot_be_set():
 @component(cache=False, executor="process")
 def reads_leaked_variable():
     return {"var": os.environ.get("TG_LEAKED_VAR"), "pid": os.getpid()}
+
+
+class StubbornTransient(TransientError):
+    """A transient error whose constructor takes two arguments: it does not unpickle (pickle
+    calls it with the message alone), so it leaves a worker process by its class names only."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a}-{b}")
+
+
+@component(executor="process", cache=False,
+           retry_policy={"max_attempts": 3, "backoff": "fixed", "initial_delay": 0.01,
+                         "exceptions": ["TransientError"]})
+def stubborn_in_process(marker_dir):
+    with open(os.path.join(marker_dir, f"attempt-{len(os.listdir(marker_dir))}"), "w"):
+        pass
+    if len(os.listdir(marker_dir)) < 2:
+        raise StubbornTransient(1, 2)
+    return "second attempt"

@@ -51,7 +51,8 @@ def test_retry_matches_class_names_through_the_mro():
 
 
 @pytest.mark.parametrize("bad", [{"max_attempts": 0}, {"initial_delay": -1},
-                                 {"initial_delay": 10, "max_delay": 1}, {"exceptions": [3]}, "3"])
+                                 {"initial_delay": 10, "max_delay": 1}, {"exceptions": [3]}, "3",
+                                 {"exceptions": 5}, {"exceptions": None}, {"exceptions": {"ValueError"}}])
 def test_bad_retry_policies(bad):
     with pytest.raises(ValidationError):
         RetryPolicy.parse(bad)

@@ -50,6 +50,9 @@ class RetryPolicy:
             exc = kw["exceptions"]
             if isinstance(exc, str):
                 exc = [exc]
+            if not isinstance(exc, (list, tuple)):
+                raise ValidationError(f"retry_policy.exceptions must be a list of class names, "
+                                      f"got {exc!r}")
             names = []
             for e in exc:
                 names.append(e if isinstance(e, str) else getattr(e, "__name__", None))
@@ -112,8 +115,8 @@ class RetryPolicy:
 def matches(error: BaseException, names: tuple[str, ...]) -> bool:
     wanted = set(names)
     err_type = getattr(error, "error_type", None)   # remote errors carry their class name
-    if err_type in wanted:
-        return True
+    if err_type in wanted or not wanted.isdisjoint(getattr(error, "error_types", ())):
+        return True                                   # ... and those of its bases
     for cls in type(error).__mro__:
         if cls.__name__ in wanted or f"{cls.__module__}.{cls.__qualname__}" in wanted:
             return True

@@ -106,6 +106,12 @@ def resource_amounts(resources: Mapping[str, Any]) -> tuple[int, int, int]:
     gpu = resources.get("gpu", 0)
     return round(cpu * 1000), int(mem), int(gpu)
 
+
+#: A component's timeout when it sets none (seconds). One that sets a shorter one is never run
+#: inline by the 'auto' executor: an inline call cannot be stopped.
+DEFAULT_TIMEOUT = 300.0
+
+
 @dataclass(frozen=True)
 class ComponentSpec:
     """A component's definition: the documented ``@component`` parameters plus identity."""
@@ -116,7 +122,7 @@ class ComponentSpec:
     docker_image: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     retry_policy: RetryPolicy | None = None
-    timeout: float = 300.0
+    timeout: float = DEFAULT_TIMEOUT
     resources: Mapping[str, Any] = field(default_factory=dict)
     environment: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -129,7 +135,7 @@ class ComponentSpec:
     @classmethod
     def build(cls, *, name: str, qualname: str, code_version: str, platform: str = "local",
               docker_image: str | None = None, config: Any = None, retry_policy: Any = None,
-              timeout: Any = 300, resources: Any = None, environment: Any = None,
+              timeout: Any = DEFAULT_TIMEOUT, resources: Any = None, environment: Any = None,
               labels: Any = None, cache: bool = True, executor: str = "auto") -> ComponentSpec:
         if platform not in PLATFORMS:
             raise ValidationError(f"platform must be one of {', '.join(PLATFORMS)}; got {platform!r}")
@@ -147,7 +153,7 @@ class ComponentSpec:
             raise ValidationError(f"environment needs its own process: executor={executor!r} "
                                   "cannot apply it (use 'auto' or 'process')")
         cfg = _dict("config", config)
-        limit = _positive("timeout", timeout) or 300.0
+        limit = _positive("timeout", timeout) or DEFAULT_TIMEOUT
         if "timeout" in cfg:
             # The platform's own timeout (Lambda, Batch...) bounds the task too: the smaller wins.
             limit = min(limit, _positive("config['timeout']", cfg["timeout"]) or limit)

@@ -23,6 +23,7 @@ from typing import Any
 from twingraph.core.hashing import canonical_json, key_prefix, sha256_hex
 from twingraph.core.records import LogRecord, RunRecord, RunUpdate, TaskRecord
 from twingraph.core.results import StorageMetadata
+from twingraph.core.specs import DEFAULT_TIMEOUT
 from twingraph.core.states import RunState, TaskState, transition_run
 from twingraph.engine.loop import RunLoop, RunOptions
 from twingraph.engine.timers import HEARTBEAT_INTERVAL
@@ -296,6 +297,9 @@ class Engine:
             return spec.executor
         if spec.environment:         # its own variables: only a process of its own has them
             return "process"
+        if spec.timeout < DEFAULT_TIMEOUT:
+            # A timeout of its own: the call must be stoppable (an inline call is not).
+            return "thread"
         st = self._stats.get(spec.qualname)
         if st is not None and st.n >= INLINE_SAMPLES and st.avg <= INLINE_AVG_SECONDS:
             return "inline"

@@ -195,8 +195,14 @@ def _run_one(data: bytes) -> bytes:  # in the child
         err = reply[1] if not reply[0] else exc
         out = cloudpickle.dumps((False, NodeExecutionError(
             f"{type(err).__name__}: {err} (result not picklable: {exc})" if reply[0] else
-            f"{type(err).__name__}: {err}", error_type=type(err).__name__, traceback=tb), tb))
+            f"{type(err).__name__}: {err}", error_type=type(err).__name__, traceback=tb,
+            error_types=_class_names(type(err))), tb))
     return out
+
+
+def _class_names(cls: type) -> tuple[str, ...]:
+    """``cls`` and its bases by name and by ``module.qualname`` (``core.retry.matches``)."""
+    return tuple(n for c in cls.__mro__ for n in (c.__name__, f"{c.__module__}.{c.__qualname__}"))
 
 
 def _deliver_log(job: Job, frame: bytes) -> None:
