@@ -378,6 +378,15 @@ def test_bad_metadata_is_refused_and_changes_nothing(store: ResultStoreBase) -> 
     with pytest.raises(StorageError):
         store.put("n", b"x", _meta("n", b"x", metadata={"x": {1, 2}}))
     assert not store.has("n")
+    # A lone surrogate is JSON text no store can write as UTF-8 (a raw UnicodeEncodeError
+    # from the real stores; the memory fake took it)
+    for md in ({"note": "\ud800"}, {"dag_id": "\udcff"}):
+        with pytest.raises(StorageError):
+            store.put("n", b"x", _meta("n", b"x", metadata=md))
+    with pytest.raises(StorageError):
+        store.patch_metadata("m", {"z": "\ud800"})
+    assert not store.has("n")
+    assert store.head("m").metadata == {"a": 1, "encoding": "json"}  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------------------ compression
@@ -915,6 +924,23 @@ def test_filesystem_sweep_removes_only_unreferenced_old_data(tmp_path: Path) -> 
     assert not data["orphan"].exists()
     assert data["young"].exists()                  # may belong to a commit in progress
     assert data["kept"].exists() and store.get("kept") is not None
+    store.close()
+
+
+def test_filesystem_sweep_keeps_the_data_of_a_dotted_key_whose_metadata_is_unreadable(
+        tmp_path: Path) -> None:
+    """Data files are ``{key}.{hash}.bin``; the sweep took the key up to the first dot, so a
+    key like ``task.v1`` with damaged metadata lost its data file."""
+    import time
+
+    store = FilesystemStorage(tmp_path / "fs", inline_threshold=16)
+    _put(store, "task.v1", os.urandom(100))
+    meta = tmp_path / "fs/metadata/nodes/task.v1.json"
+    data = tmp_path / "fs" / json.loads(meta.read_text())["storage"]["path"]
+    meta.write_text("{ truncated")
+    old = time.time() - 2 * 3600
+    os.utime(data, (old, old))
+    assert store.sweep()["data_files"] == 0 and data.exists()
     store.close()
 
 

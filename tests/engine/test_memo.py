@@ -194,6 +194,63 @@ def test_a_corrupted_memo_entry_is_removed_and_recomputed_next_run(sqlite_engine
     assert tasks["make-0"].cache_status == "hit" and tasks["total-0"].cache_status == "miss"
 
 
+@pytest.mark.parametrize("damage", ["sqlite: a chunk lost", "filesystem: data file lost",
+                                    "filesystem: data type unknown"])
+def test_other_damage_to_a_memo_entry_does_not_break_every_later_run(tmp_path, damage):
+    """Only a hash mismatch removed a damaged entry: a lost chunk or data file, or metadata
+    naming no data type, raised another error, and every later run hit the entry again."""
+    import json
+    import sqlite3
+
+    from twingraph.engine.engine import Engine
+    from twingraph.stores.metadata import SQLMetadataStore
+    from twingraph.stores.results import FilesystemStorage, SQLiteStorage
+
+    def store():
+        if damage.startswith("sqlite"):
+            return SQLiteStorage(str(tmp_path / "r.db"), chunk_threshold=1024, chunk_size=1024)
+        return FilesystemStorage(str(tmp_path / "fs"), inline_threshold=64)
+
+    eng = Engine(results=store(), metadata=SQLMetadataStore(f"sqlite:///{tmp_path / 'm.db'}",
+                                                            create=True))
+
+    @component
+    def make(n):
+        return {"values": list(range(n))}
+
+    @component
+    def total(values):
+        return values[::-1]          # large: chunked, or a data file of its own
+
+    @pipeline(name="damage_me")
+    def p(n: int):
+        return total(values=make(n=n)["outputs"]["values"])
+
+    try:
+        first = p.run(engine=eng, n=2000)
+        key = {t.node_id: t for t in eng.metadata.get_tasks(first.run_id)}["total-0"].result_key
+        eng.results.close()
+        if damage == "sqlite: a chunk lost":
+            with sqlite3.connect(tmp_path / "r.db") as db:
+                db.execute("DELETE FROM node_data_chunks WHERE node_id=? AND chunk_id=1", (key,))
+            db.close()
+        else:
+            meta = tmp_path / "fs" / "metadata" / "nodes" / f"{key}.json"
+            doc = json.loads(meta.read_text())
+            if damage == "filesystem: data file lost":
+                (tmp_path / "fs" / doc["storage"]["path"]).unlink()
+            else:
+                doc["data_type"] = "bogus"
+                meta.write_text(json.dumps(doc))
+        eng.results = eng.recorder.results = store()
+        runs = [p.run(engine=eng, n=2000) for _ in range(2)]
+        assert runs[-1].state is RunState.SUCCESS, runs[-1].error
+        assert runs[-1].value["outputs"]["result"] == list(range(2000))[::-1]
+        assert eng.results.read(key) is not None           # stored whole again
+    finally:
+        eng.close()
+
+
 SPELLINGS_SRC = '''
 from twingraph import BaseComponent, component, pipeline
 calls = []

@@ -205,6 +205,7 @@ def _dump_meta(md: Any, key: str) -> tuple[str, str | None]:
         raise StorageError(f"metadata.metadata must be a dict, got {type(md).__name__}")
     try:
         text = canonical_json(md)
+        text.encode("utf-8")          # a lone surrogate: no store can write it
     except (TypeError, ValueError, RecursionError) as exc:
         raise StorageError(f"metadata of {key!r} is not JSON-serializable: {exc}") from exc
     dag = md.get("dag_id")
@@ -322,6 +323,18 @@ def verify(key: str, expected: str, data: Buffer) -> Buffer:
     if actual != expected:
         raise IntegrityError(key, expected, actual)
     return data
+
+
+_DATA_TYPES = {d.value: d for d in DataType}
+
+
+def data_type_of(key: str, digest: str, value: Any) -> DataType:
+    """The ``DataType`` a stored entry names; an entry whose metadata names none is damaged
+    (``IntegrityError``: the engine then removes it, and the next run recomputes it)."""
+    found = _DATA_TYPES.get(value) if isinstance(value, str) else None
+    if found is None:
+        raise IntegrityError(key, digest, f"<metadata names no known data type: {value!r}>")
+    return found
 
 
 def meta_from_json(text: str | None) -> dict[str, Any] | None:

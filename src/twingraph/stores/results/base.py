@@ -129,7 +129,10 @@ class ResultStoreBase(StorageInterface):
         (missing keys are absent). Backends override this with one query."""
         out = {}
         for k in keys:
-            meta = self.head(k)
+            try:
+                meta = self.head(k)
+            except IntegrityError:      # damaged metadata: a miss; the task's put replaces it
+                continue
             if meta is not None:
                 out[k] = meta.content_hash
         return out

@@ -51,7 +51,7 @@ from twingraph.core.results import DataType, StorageMetadata
 from twingraph.errors import IntegrityError, StorageError
 from twingraph.stores.results import _files
 from twingraph.stores.results._common import (
-    Prepared, check_hash, merge_meta, prepare_all, slices, validate_key,
+    Prepared, check_hash, data_type_of, merge_meta, prepare_all, slices, validate_key,
     verified_stream, verify,
 )
 from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, pack_small, worth_it, zstd
@@ -62,7 +62,6 @@ __all__ = ["FilesystemStorage"]
 MiB = 1024 * 1024
 _DIRS = {DataType.PRIMITIVE: "primitives", DataType.BINARY: "binary", DataType.NESTED: "nested",
          DataType.DATASET: "dataset", DataType.LARGE_OBJECT: "large"}
-_DATA_TYPES = {d.value: d for d in DataType}
 _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 #: Seconds after which a temp file (or an unreferenced data file) is taken for a crash's leftover.
 TEMP_MAX_AGE = 3600.0
@@ -133,7 +132,8 @@ class FilesystemStorage(ResultStoreBase):
                 for d in _DIRS.values():
                     for entry in os.scandir(self.data_path / d):
                         rel = f"data/{d}/{entry.name}"
-                        if rel in referenced or entry.name.split(".", 1)[0] in unreadable:
+                        # ``{key}.{hash}.bin``: a key may hold dots itself
+                        if rel in referenced or entry.name.rsplit(".", 2)[0] in unreadable:
                             continue
                         try:
                             if entry.stat().st_mtime < cutoff:
@@ -326,9 +326,10 @@ class FilesystemStorage(ResultStoreBase):
             try:
                 return read(key, doc)
             except FileNotFoundError:
-                if self._load_meta(key) == doc:
-                    raise StorageError(f"result {key!r}: data file {doc['storage']['path']} "
-                                       "is missing") from None
+                if self._load_meta(key) == doc:     # not replaced meanwhile: damaged
+                    raise IntegrityError(key, doc.get("content_hash", "?"),
+                                         f"<data file {doc['storage']['path']} is missing>") \
+                        from None
         raise StorageError(f"result {key!r} kept changing while being read")
 
     def get(self, key: str) -> Buffer | None:
@@ -446,7 +447,8 @@ class FilesystemStorage(ResultStoreBase):
 
     @staticmethod
     def _metadata(key: str, doc: dict[str, Any]) -> StorageMetadata:
-        return StorageMetadata(node_id=key, data_type=_DATA_TYPES[doc["data_type"]],
+        return StorageMetadata(node_id=key, data_type=data_type_of(
+                                   key, doc.get("content_hash", "?"), doc.get("data_type")),
                                content_hash=doc["content_hash"], size=doc["size"],
                                compression=doc.get("compression"),
                                created_at=doc.get("created_at"), metadata=doc.get("metadata"))

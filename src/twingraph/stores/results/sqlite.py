@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Any
 from zlib import adler32, crc32
 
-from twingraph.core.results import DataType, StorageMetadata
+from twingraph.core.results import StorageMetadata
 from twingraph.errors import ConfigurationError, IntegrityError, StorageError
 from twingraph.stores.results._common import (
-    Prepared, check_hash, hash_mismatch, merge_meta, meta_from_json, prepare_all, prepare_wire,
+    Prepared, check_hash, data_type_of, hash_mismatch, merge_meta, meta_from_json, prepare_all,
+    prepare_wire,
     slices, utc_now, validate_key, verified_stream, verify,
 )
 from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, pack_small, worth_it
@@ -167,7 +168,6 @@ _PER_QUERY = 500
 #: Lookups of at most this many keys ask the key index first. A larger batch is one query per
 #: 500 keys, which costs less than ruling each key out in Python.
 _FEW = 16
-_DATA_TYPES = {d.value: d for d in DataType}
 _CHUNKS = "SELECT chunk_id, raw_size, data FROM node_data_chunks WHERE node_id = ? " \
           "ORDER BY chunk_id"
 
@@ -531,8 +531,8 @@ class SQLiteStorage(ResultStoreBase):
             total += raw_size
             yield piece
         if expected != n_chunks or total != size:
-            raise StorageError(f"result {key!r}: {n_chunks - expected} of {n_chunks} chunks "
-                               "missing or inconsistent")
+            raise IntegrityError(key, digest, f"<{n_chunks - expected} of {n_chunks} chunks "
+                                 "missing or inconsistent>")
 
     def iter_chunks(self, key: str, chunk_size: int = MiB) -> Iterator[bytes]:
         validate_key(key)
@@ -566,7 +566,8 @@ class SQLiteStorage(ResultStoreBase):
         if found is None:
             return None
         row, data = found
-        return StorageMetadata(node_id=key, data_type=_DATA_TYPES[row[0]], content_hash=row[3],
+        return StorageMetadata(node_id=key, data_type=data_type_of(key, row[3], row[0]),
+                               content_hash=row[3],
                                size=row[4], compression=row[5], created_at=row[1],
                                metadata=meta_from_json(row[2])), data
 
@@ -578,7 +579,8 @@ class SQLiteStorage(ResultStoreBase):
             raise self._error("head", key, exc) from exc
         if row is None:
             return None
-        return StorageMetadata(node_id=key, data_type=_DATA_TYPES[row[0]], content_hash=row[1],
+        return StorageMetadata(node_id=key, data_type=data_type_of(key, row[1], row[0]),
+                               content_hash=row[1],
                                size=row[2], compression=row[3], created_at=row[4],
                                metadata=meta_from_json(row[5]))
 
