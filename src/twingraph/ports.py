@@ -58,10 +58,14 @@ class MetadataStore(Protocol):
 
     def write(self, batch: Sequence[Record]) -> list[tuple[str, str]]: ...
     def get_run(self, run_id: str) -> RunRecord | None: ...
-    def claim_driver(self, run_id: str) -> int:
+    def claim_driver(self, run_id: str, *, heartbeat: Any = ..., now: float | None = None
+                     ) -> int:
         """The next driver epoch of ``run_id`` (1 for the first process that resumes or
         adopts it), claimed atomically: two claimants never get the same number.
-        ``NotFoundError`` for an unknown run."""
+        With ``heartbeat`` (the run's ``heartbeat_at`` as the claimant last read it, None
+        included), a compare-and-set: ``ConflictError`` if the heartbeat moved meanwhile (a
+        driver is alive, or another claimant won); ``now`` becomes the heartbeat, so later
+        claimants see a driver. ``NotFoundError`` for an unknown run."""
         ...
     def list_runs(self, *, pipeline: str | None = None, state: str | None = None,
                   limit: int = 50, offset: int = 0) -> list[RunRecord]: ...

@@ -31,6 +31,7 @@ from twingraph.core.records import (
 )
 from twingraph.core.states import RunState, TaskState
 from twingraph.errors import (
+    ConflictError,
     ConfigurationError,
     NotFoundError,
     StorageError,
@@ -166,6 +167,20 @@ def test_each_claim_of_a_run_gets_the_next_driver_epoch(store: Any) -> None:
     assert store.get_run("r1") is not None
     with pytest.raises(NotFoundError):
         store.claim_driver("nope")
+
+
+def test_a_claim_with_the_heartbeat_it_read_is_a_compare_and_set(store: Any) -> None:
+    """Two resumes of one run that both found its driver dead: the first claim moves the
+    heartbeat, the second (holding the old one) is refused."""
+    store.write([run()])
+    seen = store.get_run("r1").heartbeat_at
+    assert store.claim_driver("r1", heartbeat=seen, now=1234.5) == 1
+    assert store.get_run("r1").heartbeat_at == 1234.5
+    with pytest.raises(ConflictError):
+        store.claim_driver("r1", heartbeat=seen, now=1300.0)
+    assert store.claim_driver("r1", heartbeat=1234.5, now=1300.0) == 2
+    with pytest.raises(NotFoundError):
+        store.claim_driver("nope", heartbeat=None, now=1.0)
 
 
 def test_run_lifecycle(store: Any) -> None:

@@ -662,7 +662,7 @@ def test_a_stalled_old_driver_is_fenced_off_after_its_run_was_taken_over():
     wake_a.set()
     a.join(10)
     (row,) = meta.get_tasks("r1")
-    assert row.fence == FENCE_STRIDE + 1                 # B's first attempt, epoch 1
+    assert row.fence == FENCE_STRIDE + 2          # B's attempt (the 2nd: after A's first), epoch 1
     assert a_eng.load_value(row.result_key) == {"result": "computed by B"}
     assert meta.get_run("r1").state is RunState.SUCCESS
     a_eng.close()

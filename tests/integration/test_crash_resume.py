@@ -88,10 +88,61 @@ def test_kill_minus_nine_then_resume(tmp_path, writer):
     assert store.get_run(run.run_id).state is RunState.SUCCESS
     assert all(t.state is TaskState.SUCCESS for t in after.values())
     assert {after[n].cache_status for n in done_before} == {"resumed"}
-    # every re-executed attempt carries a higher fence than anything recorded before
+    # every re-executed attempt carries a higher fence than anything recorded before, and a
+    # number after the earlier driver's attempts (whose rows stay)
     for n, t in after.items():
         if n not in done_before and n in before:
             assert t.fence > before[n].fence
+            assert t.attempts > before[n].attempts or t.cache_status == "hit"
+    # what the killed driver left RUNNING ended FAILED: no attempt stays RUNNING for ever
+    attempts = store.get_attempts(run.run_id)
+    assert attempts and not [a for a in attempts if a.state is TaskState.RUNNING]
+    stale = [a for a in attempts if a.error and "driver stopped" in a.error]
+    assert len(stale) == sum(t.state is TaskState.RUNNING for t in before.values())
+    store.close()
+
+
+@pytest.mark.slow
+def test_two_resumes_of_one_killed_run_at_once_drive_it_once(tmp_path):
+    """Both resumes waited for the dead driver's heartbeat to go stale, then both claimed the
+    run and ran every remaining task. The claim is a compare-and-set on the heartbeat: one
+    drives, the other is refused (exit 2) and runs nothing."""
+    import sqlite3
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = _env(tmp_path, marks)
+    proc = subprocess.Popen(_cli("run", str(PIPELINE), "--param", "n=12", "--no-progress"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while len(list(marks.iterdir())) < 4:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    db = tmp_path / "home" / "twingraph.db"
+    with sqlite3.connect(db) as conn:         # long dead: neither resume has to wait
+        conn.execute("UPDATE runs SET heartbeat_at = heartbeat_at - 60")
+    conn.close()
+    store = SQLMetadataStore(f"sqlite:///{db}")
+    (run,) = store.list_runs(pipeline="crashy")
+    executed_before = Counter(p.name.split(".")[0] for p in marks.iterdir())
+
+    both = [subprocess.Popen(_cli("run", "--resume", run.run_id, "--no-progress"), env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in both]
+    codes = sorted(p.returncode for p in both)
+    assert codes == [0, 2], outs
+    refused = outs[[p.returncode for p in both].index(2)]
+    # claimed meanwhile, or (if it came that late) already finished by the other
+    assert "another driver" in refused or "SUCCESS -> RUNNING" in refused, refused
+    executed = Counter(p.name.split(".")[0] for p in marks.iterdir())
+    # each step ran at most once more than before the kill (the ones it interrupted)
+    assert all(executed[i] - executed_before[i] <= 1 for i in executed), (executed, executed_before)
+    assert set(executed) == {str(i) for i in range(12)}
+    assert store.get_run(run.run_id).state is RunState.SUCCESS
     store.close()
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twingraph.core.hashing import canonical_json, key_prefix, sha256_hex
-from twingraph.core.records import LogRecord, RunRecord, RunUpdate, TaskRecord
+from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord
 from twingraph.core.results import StorageMetadata
 from twingraph.core.specs import DEFAULT_TIMEOUT
 from twingraph.core.states import RunState, TaskState, transition_run
@@ -358,10 +358,14 @@ class Engine:
                 self._wait_until_driverless(run_id, rec.heartbeat_at)
                 rec = self.metadata.get_run(run_id) or rec     # it may have ended meanwhile
                 transition_run(rec.state, RunState.RUNNING)
-            prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
             # This driver's generation: its fencing tokens are above every earlier driver's
-            # (one still alive after all, stalled past adoption, is fenced off).
-            epoch = self.metadata.claim_driver(run_id)
+            # (one still alive after all, stalled past adoption, is fenced off). Claimed with a
+            # compare-and-set on the heartbeat read above: of two resumes at once, one drives
+            # and the other gets ConflictError (both used to run every remaining task).
+            epoch = self.metadata.claim_driver(run_id, heartbeat=rec.heartbeat_at,
+                                               now=self.clock.now())
+            prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
+            self._end_stale_attempts(run_id, prior)
         else:
             epoch = 0
         run_id = run_id or uuid.uuid4().hex
@@ -488,6 +492,21 @@ class Engine:
         setcap = getattr(self.executor, "set_thread_capacity", None)
         if setcap is not None:
             setcap(n)
+
+    def _end_stale_attempts(self, run_id: str, prior: Mapping[str, TaskRecord]) -> None:
+        """Attempts an earlier driver left RUNNING (it stopped with them: a crash, a kill)
+        end FAILED, so no attempt of the run stays RUNNING for ever; the tasks themselves run
+        again under this driver, as attempts numbered after these."""
+        get_attempts = getattr(self.metadata, "get_attempts", None)
+        if get_attempts is None or not any(t.state is TaskState.RUNNING for t in prior.values()):
+            return
+        now = self.clock.now()
+        for a in get_attempts(run_id):
+            if a.state is TaskState.RUNNING:
+                self.recorder.add(AttemptRecord(
+                    run_id, a.node_id, a.attempt, a.fence, TaskState.FAILED, a.executor,
+                    a.started_at, now, "its driver stopped before it ended; the run was "
+                                       "resumed by another driver"))
 
     def _wait_until_driverless(self, run_id: str, seen: float | None) -> None:
         """A RUNNING run's driver writes a heartbeat every ``HEARTBEAT_INTERVAL`` seconds. Watch

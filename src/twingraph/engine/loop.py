@@ -355,6 +355,12 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.unfinished += 1
         self.counts[PENDING] += 1
         task.created_at = self.clock.now()
+        if self.prior:
+            # A resumed run: attempts go on from the ones earlier drivers numbered (their rows
+            # stay; a retry policy counts them too).
+            before = self.prior.get(task.node_id)
+            if before is not None and before.attempts:
+                task.attempt = before.attempts
         fp = self.engine.fingerprint(task.spec)
         task.dirty = True
         self.dirty.append(task)

@@ -30,7 +30,7 @@ from twingraph.core.records import (
     TaskUpdate,
 )
 from twingraph.core.states import TaskState
-from twingraph.errors import NotFoundError, ValidationError
+from twingraph.errors import ConflictError, NotFoundError, ValidationError
 from twingraph.stores.metadata import _semantics as sem
 from twingraph.stores.metadata.catalog import (
     PipelineRecord,
@@ -167,10 +167,17 @@ class MemoryMetadataStore:
         with self._lock:
             return deepcopy(self._runs.get(run_id))
 
-    def claim_driver(self, run_id: str) -> int:
+    def claim_driver(self, run_id: str, *, heartbeat: Any = ..., now: float | None = None
+                     ) -> int:
         with self._lock:
-            if run_id not in self._runs:
+            rec = self._runs.get(run_id)
+            if rec is None:
                 raise NotFoundError(f"run {run_id!r} not found")
+            if heartbeat is not ... and rec.heartbeat_at != heartbeat:
+                raise ConflictError(f"run {run_id!r} was claimed by another driver "
+                                    "meanwhile; not driving it twice")
+            if now is not None:
+                self._runs[run_id] = replace(rec, heartbeat_at=now)
             epoch = self._epochs[run_id] = self._epochs.get(run_id, 0) + 1
             return epoch
 

@@ -37,7 +37,7 @@ from twingraph.core.records import (
     TaskRecord,
 )
 from twingraph.core.states import RunState, TaskState
-from twingraph.errors import ConfigurationError, NotFoundError, StorageError, TwinGraphError, ValidationError
+from twingraph.errors import ConfigurationError, ConflictError, NotFoundError, StorageError, TwinGraphError, ValidationError
 from twingraph.stores.metadata import _semantics as sem
 from twingraph.stores.metadata import migrate
 from twingraph.stores.metadata._engine import WRITE_OPTION, make_engine
@@ -158,13 +158,25 @@ class SQLMetadataStore:
             row = conn.execute(_run_select().where(runs.c.run_id == run_id)).first()
         return None if row is None else _run(row)
 
-    def claim_driver(self, run_id: str) -> int:
+    def claim_driver(self, run_id: str, *, heartbeat: Any = ..., now: float | None = None
+                     ) -> int:
         # One UPDATE takes the row's write lock (PostgreSQL) or the database's (SQLite): of
-        # two claimants, the second reads the first's number and goes one above it.
+        # two claimants, the second reads the first's number and goes one above it (or, with
+        # ``heartbeat``, finds it moved and matches no row).
+        query = update(runs).where(runs.c.run_id == run_id)
+        if heartbeat is not ...:
+            beat = runs.c.heartbeat_at
+            query = query.where(beat.is_(None) if heartbeat is None else beat == heartbeat)
+        values: dict[str, Any] = {"driver_epoch": runs.c.driver_epoch + 1}
+        if now is not None:
+            values["heartbeat_at"] = now
         with self._writing() as conn:
-            done = conn.execute(update(runs).where(runs.c.run_id == run_id)
-                                .values(driver_epoch=runs.c.driver_epoch + 1))
+            done = conn.execute(query.values(**values))
             if done.rowcount != 1:
+                if heartbeat is not ... and conn.execute(select(runs.c.run_id).where(
+                        runs.c.run_id == run_id)).first() is not None:
+                    raise ConflictError(f"run {run_id!r} was claimed by another driver "
+                                        "meanwhile; not driving it twice")
                 raise NotFoundError(f"run {run_id!r} not found")
             return int(conn.execute(select(runs.c.driver_epoch)
                                     .where(runs.c.run_id == run_id)).scalar_one())
