@@ -183,6 +183,22 @@ def test_a_claim_with_the_heartbeat_it_read_is_a_compare_and_set(store: Any) -> 
         store.claim_driver("nope", heartbeat=None, now=1.0)
 
 
+def test_run_updates_and_heartbeats_of_a_taken_over_driver_are_dropped(store: Any) -> None:
+    """A driver paused past its run's takeover wrote its final state (and heartbeats) over the
+    new driver's: they carry the writer's epoch and are dropped once a newer one claimed."""
+    store.write([run()])
+    seen = store.get_run("r1").heartbeat_at
+    assert store.claim_driver("r1", heartbeat=seen, now=50.0) == 1
+    store.write([RunUpdate("r1", RunState.SUCCESS, 60.0, epoch=1)])
+    store.write([RunUpdate("r1", RunState.FAILED, 70.0, error="old driver", epoch=0),
+                 RunHeartbeat("r1", 80.0, epoch=0)])
+    rec = store.get_run("r1")
+    assert (rec.state, rec.error, rec.ended_at, rec.heartbeat_at) == (RunState.SUCCESS, None,
+                                                                       60.0, 50.0)
+    store.write([RunHeartbeat("r1", 90.0, epoch=1), RunHeartbeat("r1", 91.0)])
+    assert store.get_run("r1").heartbeat_at == 91.0       # no epoch: unconditional
+
+
 def test_run_lifecycle(store: Any) -> None:
     rec = run(params={"date": "2025-01-26"}, config={"max_parallel": 4},
               source={"module": "m"}, pipeline_version=3)
@@ -316,7 +332,7 @@ def test_explicit_times_on_an_update_win(store: Any) -> None:
 
 def test_reregistration_replaces_fields_but_keeps_created_at_and_max_fence(store: Any) -> None:
     store.write([run(), task("a", fence=3, created_at=11.0, cache_key="old", state=TaskState.FAILED)])
-    again = task("a", fence=1, created_at=99.0, cache_key="new", state=TaskState.PENDING,
+    again = task("a", fence=3, created_at=99.0, cache_key="new", state=TaskState.PENDING,
                  inputs={"v": 1}, order=5)
     store.write([again])
     a = tasks_by_id(store)["a"]
@@ -326,11 +342,23 @@ def test_reregistration_replaces_fields_but_keeps_created_at_and_max_fence(store
     assert tasks_by_id(store)["a"].fence == 7
 
 
-def test_repeated_registration_in_one_batch(store: Any) -> None:
-    store.write([run(), task("a", fence=4, created_at=1.0), task("a", fence=2, created_at=2.0,
-                                                                 component="other")])
+def test_a_registration_with_a_lower_fence_is_dropped(store: Any) -> None:
+    """The late first row of a driver the run was taken over from (a stalled process that
+    wakes up) overwrote the newer driver's row in every column but the fence."""
+    store.write([run(), task("a", fence=10001, created_at=11.0, cache_key="new driver",
+                             state=TaskState.SUCCESS)])
+    store.write([task("a", fence=1, created_at=99.0, cache_key="old driver",
+                      state=TaskState.CANCELLED)])
     a = tasks_by_id(store)["a"]
-    assert (a.fence, a.created_at, a.component) == (4, 1.0, "other")
+    assert (a.fence, a.cache_key, a.state) == (10001, "new driver", TaskState.SUCCESS)
+
+
+def test_repeated_registration_in_one_batch(store: Any) -> None:
+    store.write([run(), task("a", fence=4, created_at=1.0), task("a", fence=5, created_at=2.0,
+                                                                 component="other"),
+                 task("a", fence=2, created_at=3.0, component="stale")])
+    a = tasks_by_id(store)["a"]
+    assert (a.fence, a.created_at, a.component) == (5, 1.0, "other")
 
 
 def test_stale_fence_is_rejected_and_reported_rest_of_batch_applies(store: Any) -> None:

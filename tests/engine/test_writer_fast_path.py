@@ -102,7 +102,7 @@ def _frames() -> list[tuple[list[Any], list[Any]]]:
     assert packed_rows is not None
     first = ([RunRecord(RUN, "pipe", RunState.RUNNING, params={"a": [1, 2]}, created_at=1.0),
               packed_rows,
-              # consecutive task runs: a task given again (merged: first created_at, highest fence),
+              # consecutive task runs: a task given again (merged: first created_at; a lower fence dropped),
               # inputs the fast encoder hands to the strict one (null, non-ASCII, 1e16), a row
               # orjson refuses (an int beyond 64 bits: its run goes pickled)
               _task("n3", state=TaskState.FAILED, fence=7, created_at=99.0, error="boom",
@@ -420,7 +420,8 @@ def test_a_batch_of_task_rows_written_again_stores_the_same_rows(tmp_path, backe
         first = store.get_tasks(RUN)
         store.write(batch)
         assert store.get_tasks(RUN) == first
+        # a's second row has a lower fence than its first: dropped (a stale driver's)
         assert [(t.node_id, t.inputs, t.fence, t.created_at) for t in first] == \
-            [("a", {"x": 1}, 1, 10.0), ("b", {"n": None}, 0, 10.0)]
+            [("a", {"deps": [["b", []]]}, 1, 10.0), ("b", {"n": None}, 0, 10.0)]
     finally:
         store.close()

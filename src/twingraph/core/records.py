@@ -41,12 +41,16 @@ class RunUpdate:
     at: float
     error: str | None = None
     result_key: str | None = None
+    # The writing driver's generation (``claim_driver``): a driver a newer one took the run
+    # over from is fenced off (its update is dropped). None: unconditional.
+    epoch: int | None = None
 
 
 @dataclass(slots=True)
 class RunHeartbeat:
     run_id: str
     at: float
+    epoch: int | None = None            # as RunUpdate's
 
 
 @dataclass(slots=True)

@@ -42,7 +42,7 @@ _STATES = {s.value: s for s in TaskState}     # TaskState(v) is Python code in t
 #: Changes with the shape of ``pack``'s output. The writer process runs the package that is on
 #: disk when it starts, which after an upgrade in place is not the one its parent loaded: both
 #: ends check the other's version when it starts (``engine.writer``, ``stores.writer_child``).
-VERSION = 4
+VERSION = 5
 
 #: ``pack``'s output: runs of records, and the results as parts (each a list of wire tuples, or
 #: the pickle of one, from ``pack_results``).

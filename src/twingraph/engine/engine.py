@@ -375,9 +375,9 @@ class Engine:
         self.runs[run_id] = loop
         now = self.clock.now()
         if pending:
-            self.recorder.add(RunUpdate(run_id, RunState.RUNNING, now))
+            self.recorder.add(RunUpdate(run_id, RunState.RUNNING, now, epoch=epoch))
         elif resume:
-            self.recorder.add(RunUpdate(run_id, RunState.RUNNING, now))
+            self.recorder.add(RunUpdate(run_id, RunState.RUNNING, now, epoch=epoch))
             self.recorder.add(LogRecord(run_id, now, "info",
                                         f"resumed: {sum(t.state is TaskState.SUCCESS for t in prior.values())}"
                                         f" of {len(prior)} recorded tasks had finished"))
@@ -454,7 +454,8 @@ class Engine:
         state = (RunState.CANCELLED if loop.stopping == "cancelled"
                  else RunState.FAILED if error is not None else RunState.SUCCESS)
         self.recorder.add(RunUpdate(run_id, state, self.clock.now(),
-                                    error=None if error is None else f"{type(error).__name__}: {error}"))
+                                    error=None if error is None else f"{type(error).__name__}: {error}",
+                                    epoch=loop.epoch))
         try:
             self.recorder.flush(run_id)
         except Exception as exc:  # noqa: BLE001 - records of this run were lost: it failed
@@ -462,7 +463,7 @@ class Engine:
             # run is FAILED with the write's error, in the store too if it can still be told.
             error, state = exc, RunState.FAILED
             self.recorder.add(RunUpdate(run_id, state, self.clock.now(),
-                                        error=f"{type(exc).__name__}: {exc}"))
+                                        error=f"{type(exc).__name__}: {exc}", epoch=loop.epoch))
             try:
                 self.recorder.flush(run_id)
             except Exception:  # noqa: BLE001 - the store is unusable: the result says so

@@ -227,6 +227,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                     self.tasks[task.node_id] = task
                     task.created_at = self.clock.now()
                     task.inputs_info = self.engine.fingerprint(task.spec)
+                    task.fence = max(task.fence, self._fence_base)
                 err = NodeExecutionError(self.stop_message, node_id=task.node_id)
                 with self.lock:
                     task.state, task.error = FAILED, err
@@ -355,12 +356,14 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.unfinished += 1
         self.counts[PENDING] += 1
         task.created_at = self.clock.now()
-        if self.prior:
+        if self.epoch:
             # A resumed run: attempts go on from the ones earlier drivers numbered (their rows
-            # stay; a retry policy counts them too).
+            # stay; a retry policy counts them too), and even a task that never starts carries
+            # this driver's fence (the store drops rows fenced below the stored one).
             before = self.prior.get(task.node_id)
             if before is not None and before.attempts:
                 task.attempt = before.attempts
+            task.fence = self._fence_base + task.attempt
         fp = self.engine.fingerprint(task.spec)
         task.dirty = True
         self.dirty.append(task)

@@ -29,6 +29,7 @@ class TimerSide:
     _abort: Callable[[Any], bool]
     opt: Any
     run_id: str
+    epoch: int
     timers: list[tuple[float, int, str, Any, int]]
     _seq: itertools.count[int]
     ready: deque[Task]
@@ -74,4 +75,4 @@ class TimerSide:
         now = self.clock.monotonic()
         if now - self._last_heartbeat >= HEARTBEAT_INTERVAL:
             self._last_heartbeat = now
-            self.out.append(RunHeartbeat(self.run_id, self.clock.now()))
+            self.out.append(RunHeartbeat(self.run_id, self.clock.now(), self.epoch))

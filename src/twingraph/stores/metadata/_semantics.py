@@ -13,9 +13,12 @@ Task updates and fencing
     (a resumed task is not finished). An explicit ``started_at``/``ended_at`` on the update wins
     over these defaults (the engine's recorder folds RUNNING and SUCCESS into one update).
 Task registration
-    A ``TaskRecord`` for an existing (run_id, node_id) replaces every field except
-    ``created_at`` (kept) and ``fence``, which never goes down: max(stored, new). A fence that
-    could go back would let a late result of an old attempt through after a resume.
+    A ``TaskRecord`` for an existing (run_id, node_id) with a fence at least the stored one
+    replaces every field except ``created_at`` (kept). One with a lower fence is dropped: it
+    is the late first row of a driver the run was taken over from (a resumed run's driver
+    fences every task it registers at its own generation or above), and it must not overwrite
+    what the newer driver wrote. Repeated registrations in one batch follow the same rule in
+    order (a later one with a lower fence than the one before it is dropped).
 Run updates
     RUNNING sets ``started_at`` if none yet and clears ``ended_at`` (resume of a failed run); a
     terminal state sets ``ended_at``; ``error``/``result_key`` are written when not None.
@@ -108,6 +111,13 @@ def fold_task_update(cursor: TaskCursor, update: TaskUpdate, net: dict[str, Any]
     return True
 
 
+def superseded(epoch: int | None, driver_epoch: int | None) -> bool:
+    """Whether a record written by the driver of generation ``epoch`` comes from a driver the
+    run has been taken over from since (``claim_driver`` raised the run's ``driver_epoch``).
+    None: an unconditional record."""
+    return epoch is not None and (driver_epoch or 0) > epoch
+
+
 def run_update_fields(update: RunUpdate, started_at: float | None) -> dict[str, Any]:
     """Columns a ``RunUpdate`` writes, given the run's stored ``started_at``."""
     state = run_state(update.state)
@@ -128,8 +138,9 @@ def run_update_fields(update: RunUpdate, started_at: float | None) -> dict[str, 
 
 
 def merge_task_records(records: Iterable[TaskRecord]) -> list[TaskRecord]:
-    """Collapse repeated registrations of a task (first-seen order): the last wins, except that
-    ``created_at`` is the first one's and ``fence`` the highest (see module doc)."""
+    """Collapse repeated registrations of a task (first-seen order): the last wins, with the
+    first one's ``created_at``, unless its fence is lower than the one before it (dropped; see
+    the module doc)."""
     merged: dict[tuple[str, str], TaskRecord] = {}
     for rec in records:
         key = (rec.run_id, rec.node_id)
@@ -137,9 +148,10 @@ def merge_task_records(records: Iterable[TaskRecord]) -> list[TaskRecord]:
         if old is None:
             merged[key] = rec
             continue
+        if rec.fence < old.fence:
+            continue
         fields = {name: getattr(rec, name) for name in rec.__dataclass_fields__}
         fields["created_at"] = old.created_at
-        fields["fence"] = max(old.fence, rec.fence)
         merged[key] = TaskRecord(**fields)
     return list(merged.values())
 

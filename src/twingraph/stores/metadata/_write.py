@@ -153,20 +153,25 @@ class BatchWriter:
 
     def _run_updates(self, records: list[RunUpdate], _stale: list[TaskKey]) -> None:
         for u in records:
-            query = select(runs.c.started_at).where(runs.c.run_id == u.run_id)
+            query = select(runs.c.started_at, runs.c.driver_epoch).where(runs.c.run_id == u.run_id)
             if self.postgres:
                 query = query.with_for_update()
             row = self.conn.execute(query).first()
             if row is None:
                 raise NotFoundError(f"RunUpdate for unknown run {u.run_id!r}")
+            if sem.superseded(u.epoch, row.driver_epoch):
+                continue           # a driver the run was taken over from: fenced off
             fields = sem.run_update_fields(u, row.started_at)
             self.conn.execute(update(runs).where(runs.c.run_id == u.run_id).values(**fields))
 
     def _heartbeats(self, records: list[RunHeartbeat], _stale: list[TaskKey]) -> None:
         for hb in sem.last_wins(records, key=lambda r: r.run_id):
-            result = self.conn.execute(
-                update(runs).where(runs.c.run_id == hb.run_id).values(heartbeat_at=hb.at))
-            if result.rowcount != 1:
+            query = update(runs).where(runs.c.run_id == hb.run_id)
+            if hb.epoch is not None:          # a taken-over driver's beat would look alive
+                query = query.where(runs.c.driver_epoch <= hb.epoch)
+            result = self.conn.execute(query.values(heartbeat_at=hb.at))
+            if result.rowcount != 1 and self.conn.execute(
+                    select(runs.c.run_id).where(runs.c.run_id == hb.run_id)).first() is None:
                 raise NotFoundError(f"RunHeartbeat for unknown run {hb.run_id!r}")
 
     # -- tasks (the hot path) ----------------------------------------------------------------
@@ -185,7 +190,7 @@ class BatchWriter:
         """``_task_records`` of rows given as ``TaskRecord`` field values (``core.wire.TaskRows``,
         the writer process's direct path), without a ``TaskRecord`` per row: the same merge of
         a task's repeated rows (``sem.merge_task_records``: the last wins, with the first one's
-        ``created_at`` and the highest ``fence``), the same state and inputs encoding, the
+        ``created_at``, unless its fence is lower), the same state and inputs encoding, the
         same statement. The given rows are not changed: a transaction PostgreSQL aborts to
         break a deadlock applies the batch again (``retry_conflicts``)."""
         given = runs[0].rows if len(runs) == 1 else [r for run in runs for r in run.rows]
@@ -200,9 +205,10 @@ class BatchWriter:
                 key = (r[0], r[1])
                 old = merged.get(key)
                 if old is not None:
+                    if r[fence] < old[fence]:
+                        continue
                     r = r.copy()
                     r[created_at] = old[created_at]
-                    r[fence] = max(old[fence], r[fence])
                 merged[key] = r
         rows = []
         encode_inputs, state_at, inputs_at = self._inputs_json, _TASK_STATE_AT, _TASK_INPUTS_AT
@@ -224,8 +230,10 @@ class BatchWriter:
         set_: dict[str, Any] = {name: excluded[name] for name in _TASK_COLUMNS
                                 if name not in ("run_id", "node_id", "created_at", "fence")}
         set_["fence"] = case((excluded.fence > tasks.c.fence, excluded.fence), else_=tasks.c.fence)
+        # A row with a lower fence than the stored one is a driver's the run was taken over
+        # from (its first row of a task, written late): fenced off, as its updates are.
         return stmt.on_conflict_do_update(index_elements=[tasks.c.run_id, tasks.c.node_id],
-                                          set_=set_)
+                                          set_=set_, where=excluded.fence >= tasks.c.fence)
 
     def _task_updates(self, records: list[TaskUpdate], stale: list[TaskKey]) -> None:
         cursors = self._task_cursors([(u.run_id, u.node_id) for u in records])

@@ -110,20 +110,24 @@ class MemoryMetadataStore:
                     undo.set(container, rec.run_id, {} if container is self._tasks else [])
         elif isinstance(rec, RunUpdate):
             old_run = self._run(rec.run_id, "RunUpdate")
+            if sem.superseded(rec.epoch, self._epochs.get(rec.run_id, 0)):
+                return             # a driver the run was taken over from: fenced off
             fields = sem.run_update_fields(rec, old_run.started_at)
             fields["state"] = sem.run_state(fields["state"])
             undo.set(self._runs, rec.run_id, replace(old_run, **fields))
         elif isinstance(rec, RunHeartbeat):
-            undo.set(self._runs, rec.run_id,
-                     replace(self._run(rec.run_id, "RunHeartbeat"), heartbeat_at=rec.at))
+            old_run = self._run(rec.run_id, "RunHeartbeat")
+            if not sem.superseded(rec.epoch, self._epochs.get(rec.run_id, 0)):
+                undo.set(self._runs, rec.run_id, replace(old_run, heartbeat_at=rec.at))
         elif isinstance(rec, TaskRecord):
             self._run(rec.run_id, "TaskRecord")
             tasks = self._tasks[rec.run_id]
             task = replace(rec, state=sem.task_state(rec.state), inputs=sem.json_copy(rec.inputs))
             old_task = tasks.get(rec.node_id)
             if old_task is not None:
-                task = replace(task, created_at=old_task.created_at,
-                               fence=max(old_task.fence, task.fence))
+                if task.fence < old_task.fence:
+                    return         # a taken-over driver's late first row: fenced off
+                task = replace(task, created_at=old_task.created_at)
             undo.set(tasks, rec.node_id, task)
         elif isinstance(rec, TaskUpdate):
             self._task_update(rec, undo, stale)
