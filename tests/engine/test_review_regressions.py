@@ -596,6 +596,64 @@ def test_a_pipeline_taking_star_args_or_star_kwargs_resumes_with_its_own_argumen
     eng.close()
 
 
+def test_a_resume_runs_with_the_defaults_the_run_started_with():
+    """Defaults were not recorded: a run resumed after its pipeline's default was edited ran
+    with the new default (a different result, under the same run)."""
+    eng = _engine()
+    state = {"fail": True}
+
+    @component
+    def scaled(n):
+        if state["fail"]:
+            raise RuntimeError("first attempt fails")
+        return n * 10
+
+    def pipe(default):
+        @pipeline(name="edited_default")
+        def p(n=default, label=("a", "tuple")):       # a tuple: not recorded, no burden
+            return scaled(n=n)
+        return p
+
+    first = pipe(12).run(engine=eng)
+    assert first.state is RunState.FAILED
+    assert eng.metadata.get_run(first.run_id).params == {"n": 12}
+    state["fail"] = False
+    again = pipe(4).run(engine=eng, resume=first.run_id)      # the default was edited since
+    assert again.state is RunState.SUCCESS and again.value["outputs"]["result"] == 120
+    (row,) = eng.metadata.get_tasks(first.run_id)
+    # its miss is told against the run's own row from before, not against another run's
+    assert row.cache_reason == "no stored result (it failed before the run was resumed)"
+    eng.close()
+
+
+def test_a_resumed_run_ends_the_tasks_its_body_no_longer_submits():
+    """A driver died with tasks recorded PENDING and RUNNING; the resumed body took another
+    path and never submitted them again: they stayed PENDING/RUNNING in a run that ended."""
+    from twingraph.core.records import AttemptRecord, RunRecord, TaskRecord
+    from twingraph.engine.loop import RunOptions
+
+    eng = _engine(flush_interval=0.01)
+    eng.metadata.write([
+        RunRecord("crashed", "pathy", RunState.RUNNING, heartbeat_at=1.0, created_at=1.0),
+        TaskRecord("crashed", "old-branch-0", "old", TaskState.RUNNING, attempts=1, fence=1),
+        TaskRecord("crashed", "old-branch-1", "old", TaskState.PENDING),
+        AttemptRecord("crashed", "old-branch-0", 1, 1, TaskState.RUNNING, started_at=1.0)])
+
+    def body(run):
+        return echo(x="the other path")
+
+    r = eng.run(body, pipeline="pathy", run_id="crashed", resume=True, options=RunOptions())
+    assert r.state is RunState.SUCCESS
+    tasks = {t.node_id: t for t in eng.metadata.get_tasks("crashed")}
+    assert tasks["echo-0"].state is TaskState.SUCCESS
+    assert tasks["echo-0"].cache_reason == "no stored result (new task)"
+    for n in ("old-branch-0", "old-branch-1"):
+        assert tasks[n].state is TaskState.CANCELLED and "not submitted again" in tasks[n].error
+    (attempt,) = eng.metadata.get_attempts("crashed", "old-branch-0")
+    assert attempt.state is TaskState.FAILED and "driver stopped" in attempt.error
+    eng.close()
+
+
 def test_an_attempt_stopped_with_its_run_is_not_left_running_in_its_row():
     eng = _engine(flush_interval=0.01)
 

@@ -82,7 +82,7 @@ class Pipeline:
                     f"them again to resume it, e.g. {example}")
             params.update({n: given[n] for n in inexact})
             args, kwargs = _call_args(self.fn, params)
-            no_cache = bool(rec.config.get("no_cache", no_cache))
+            no_cache = bool(no_cache or rec.config.get("no_cache"))    # either asks for it
             if max_parallel is None:
                 max_parallel = rec.config.get("max_parallel")
         opts = RunOptions(max_parallel=self.spec.max_parallel if max_parallel is None
@@ -203,7 +203,17 @@ def _params(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any
         bound = sig.bind_partial(*args, **kwargs) if partial else sig.bind(*args, **kwargs)
     except TypeError as exc:
         raise ValidationError(f"bad arguments for pipeline {fn.__name__}: {exc}") from None
-    return dict(bound.arguments)
+    out = dict(bound.arguments)
+    if not partial:
+        # The defaults it ran with are recorded too: a resume after the default was edited
+        # runs with the value the run started with. (One JSON cannot hold exactly is left to
+        # the function's default again, not made a parameter a resume must be given.)
+        for name, param in sig.parameters.items():
+            if name not in out and param.default is not inspect.Parameter.empty \
+                    and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD) \
+                    and _exact_in_json(param.default):
+                out[name] = param.default
+    return out
 
 
 def _call_args(fn: Callable[..., Any], params: dict[str, Any]) -> tuple[tuple[Any, ...],

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord
+from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord, TaskUpdate
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.results import StorageMetadata
 from twingraph.core.wire import pack_result_rows, pack_results, pack_task_values
@@ -200,12 +200,25 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             if self._pool is not None:
                 self._pool.forget(self._resources_freed)     # never first in line when gone
             try:
+                if self.prior:
+                    self._end_orphans()
                 self._hand_over(final=True)
             finally:
                 took_in = getattr(self.engine, "took_in", None)
                 if took_in is not None:
                     took_in(len(self.tasks))
                 self.done.set()
+
+    def _end_orphans(self) -> None:
+        """A resumed run is over: tasks an earlier driver recorded unfinished that this body
+        did not submit again (it took another path) would stay PENDING or RUNNING in a run that
+        has ended. They end CANCELLED, fenced as this driver's rows."""
+        now = self.clock.now()
+        for node_id, rec in self.prior.items():
+            if node_id not in self.tasks and not rec.state.terminal:
+                self.out.append(TaskUpdate(
+                    self.run_id, node_id, TaskState.CANCELLED, now, fence=self._fence_base,
+                    error="not submitted again by the resumed run"))
 
     def _crash(self, exc: BaseException) -> None:
         """The loop itself failed (an engine bug or a store that cannot be read): end every

@@ -137,16 +137,25 @@ class MemoSide:
         return task.spec.cache and not self.opt.no_cache
 
     def _miss_reason(self, task: Task) -> str:
-        if self._previous is None:
-            self._previous = self._previous_loader() if self._previous_loader else {}
-        prev = self._previous.get(task.node_id)
+        # A resumed run: its own row from before the stop says most (e.g. the code changed).
+        prev = self.prior.get(task.node_id) if self.prior else None
+        since = "since the run stopped"
+        if prev is None:
+            if self._previous is None:
+                self._previous = self._previous_loader() if self._previous_loader else {}
+            prev = self._previous.get(task.node_id)
+            since = "since the last run"
         if prev is None:
             return "no stored result (new task)"
         info = prev.inputs or {}
         if info.get("code_version") != task.spec.code_version:
-            return "code changed since the last run"
+            return f"code changed {since}"
         if info.get("config") != self.engine.fingerprint(task.spec)["config"]:
-            return "configuration changed since the last run"
+            return f"configuration changed {since}"
+        if since == "since the run stopped":
+            return ("no stored result (it failed before the run was resumed)"
+                    if prev.state is FAILED else
+                    "no stored result (it had not finished when the run stopped)")
         return "inputs changed since the last run"
 
     def _hit(self, task: Task, content_hash: str | None, status: str, reason: str, *,
