@@ -97,3 +97,35 @@ def test_slow_webhooks_share_one_deadline(engine, monkeypatch):
     assert r.state is RunState.SUCCESS, r.error
     assert sorted(m["run_id"] for m in posted) == [r.run_id, r.run_id]
     assert 0.9 <= took < 1.9, took        # one deadline of 1 s (joined in turn: 2 s or more)
+
+
+def test_a_failing_notification_is_written_to_the_run_log(engine):
+    """A webhook that answers 500 and a callable that raises were only in the Python log:
+    `twingraph runs logs` did not show that the run's notifications failed."""
+    class Broken(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    def raises(summary):
+        raise RuntimeError("pager is down")
+
+    srv = HTTPServer(("127.0.0.1", 0), Broken)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/hook"
+    try:
+        @pipeline(name="notify_broken", notifications=[url, raises])
+        def p():
+            return b.quick(x=2)
+        r = p.run(engine=engine)
+    finally:
+        srv.shutdown()
+    assert r.state is RunState.SUCCESS                     # the run's outcome stands
+    engine.recorder.flush()
+    lines = [log.message for log in engine.metadata.get_logs(r.run_id)]
+    assert any("notification to" in m and "500" in m for m in lines), lines
+    assert any("pager is down" in m for m in lines), lines

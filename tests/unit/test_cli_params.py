@@ -36,6 +36,12 @@ def test_nan_and_infinity_are_refused_naming_the_parameter(item, key):
         parse_params([item], pipe)
 
 
+def test_a_parameter_given_twice_is_refused():
+    """``--param n=1 --param n=2`` kept the last one without a word."""
+    with pytest.raises(ValidationError, match="--param n is given twice"):
+        parse_params(["n=1", "name=x", "n=2"], pipe)
+
+
 def test_nan_for_a_str_parameter_is_text():
     assert parse_params(["name=NaN"], pipe) == {"name": "NaN"}
 

@@ -127,6 +127,8 @@ def parse_params(items: list[str], fn: Any = None) -> dict[str, object]:
         if "=" not in item:
             raise ValidationError(f"--param {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
+        if k in out:            # the first or the second? neither is a safe guess
+            raise ValidationError(f"--param {k} is given twice")
         want = hints.get(k)
         if want is str:
             out[k] = v

@@ -479,7 +479,9 @@ class Engine:
         if notifications:
             notify(notifications, wait=True, summary={"run_id": run_id, "pipeline": pipeline, "status": state.value,
                                    "error": None if error is None else str(error),
-                                   "failures": dict(loop.failures), "progress": progress})
+                                   "failures": dict(loop.failures), "progress": progress},
+                   report=lambda message: self.recorder.add(
+                       LogRecord(run_id, self.clock.now(), "warning", message)))
         return result
 
     def cancel(self, run_id: str, reason: str = "cancelled by user") -> bool:

@@ -2,7 +2,7 @@
 
 Targets: a callable, a URL, a list of them, or a dict ``{'on_end'|'on_success'|'on_failure':
 target}``. Webhooks are sent from a daemon thread with a 10 s timeout; a failing target is
-logged and never changes the run's outcome.
+logged (and told to ``report``: the run's own log) and never changes the run's outcome.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 log = logging.getLogger("twingraph.notify")
@@ -37,7 +37,8 @@ def _targets(spec: Any, status: str) -> list[Any]:
     return [spec]
 
 
-def _post(url: str, summary: dict[str, Any]) -> None:
+def _post(url: str, summary: dict[str, Any],
+          report: Callable[[str], None] | None = None) -> None:
     body = json.dumps(summary, default=str).encode()
     req = urllib.request.Request(url, data=body, method="POST",
                                  headers={"Content-Type": "application/json",
@@ -48,9 +49,21 @@ def _post(url: str, summary: dict[str, Any]) -> None:
             resp.read()
     except Exception as exc:  # noqa: BLE001
         log.warning("notification to %s failed: %s", url, exc)
+        _report(report, f"notification to {url} failed: {type(exc).__name__}: {exc}")
 
 
-def notify(spec: Any, *, summary: dict[str, Any], wait: bool = False) -> list[threading.Thread]:
+def _report(report: Callable[[str], None] | None, message: str) -> None:
+    if report is not None:
+        try:
+            report(message)
+        except Exception:  # noqa: BLE001 - the logger has it already
+            pass
+
+
+def notify(spec: Any, *, summary: dict[str, Any], wait: bool = False,
+           report: Callable[[str], None] | None = None) -> list[threading.Thread]:
+    """Tell every target of ``spec`` about a run's end; ``report(message)`` hears of each
+    target that failed."""
     threads = []
     for target in _targets(spec, summary["status"]):
         if callable(target):
@@ -58,8 +71,10 @@ def notify(spec: Any, *, summary: dict[str, Any], wait: bool = False) -> list[th
                 target(summary)
             except Exception as exc:  # noqa: BLE001
                 log.warning("notification callable %r failed: %s", target, exc)
+                _report(report, f"notification callable {getattr(target, '__qualname__', target)}"
+                                f" failed: {type(exc).__name__}: {exc}")
         else:
-            t = threading.Thread(target=_post, args=(target, summary), daemon=True,
+            t = threading.Thread(target=_post, args=(target, summary, report), daemon=True,
                                  name="twingraph-webhook")
             t.start()
             threads.append(t)
