@@ -94,6 +94,11 @@ def test_calling_the_pipeline_returns_its_result(engine):
     ({"config": ["x"]}, "config"),
     ({"platform": "docker"}, "docker_image"),
     ({"executor": "gpu"}, "executor"),
+    # an empty name or version was silently replaced by the function's name / code version
+    ({"name": ""}, "name"),
+    ({"name": "  "}, "name"),
+    ({"version": ""}, "version"),
+    ({"retry_policy": {"exceptions": 5}}, "exceptions"),
 ])
 def test_component_parameters_are_validated(kwargs, match):
     with pytest.raises(ValidationError, match=match):
@@ -119,6 +124,7 @@ def test_every_documented_component_parameter_is_accepted():
     ({"notifications": {"on_fire": print}}, "unknown event"),
     ({"notifications": "ftp://x"}, "URL"),
     ({"error_handler": "custom"}, "handler"),
+    ({"name": ""}, "name"),
 ])
 def test_pipeline_parameters_are_validated(kwargs, match):
     with pytest.raises(ValidationError, match=match):

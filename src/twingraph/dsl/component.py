@@ -31,7 +31,11 @@ class Component:
         self.fn = fn
         self._params = params
         self._spec: ComponentSpec | None = None
-        name = params.pop("name", None) or fn.__name__
+        name = params.pop("name", None)
+        if name is None:
+            name = fn.__name__
+        elif not isinstance(name, str) or not name.strip():
+            raise ValidationError(f"component name must be a non-empty string, got {name!r}")
         self.name = name
         self._version = params.pop("version", None)      # the code version, if given
         if self._version is not None and (not isinstance(self._version, str) or not self._version):
@@ -95,7 +99,8 @@ def component(fn: Callable[..., Any] | None = None, *, platform: str = "local",
                   environment=environment, labels=labels, cache=cache, executor=executor)
 
     def wrap(f: Callable[..., Any]) -> Component:
-        c = Component(f, dict(params, name=name, **({"version": version} if version else {})))
+        c = Component(f, dict(params, name=name,
+                              **({"version": version} if version is not None else {})))
         register_component(c.name, c)
         return c
 

@@ -178,7 +178,7 @@ def pipeline(fn: Callable[..., Any] | None = None, *, name: str | None = None,
              timeout: float = 3600, graph_config: dict[str, Any] | None = None,
              notifications: Any = None, error_config: dict[str, Any] | None = None) -> Any:
     def wrap(f: Callable[..., Any]) -> Pipeline:
-        spec = PipelineSpec.build(name=name or f.__name__, schedule=schedule,
+        spec = PipelineSpec.build(name=f.__name__ if name is None else name, schedule=schedule,
                                   max_parallel=max_parallel, error_handler=error_handler,
                                   timeout=timeout, graph_config=graph_config,
                                   notifications=notifications, error_config=error_config,
