@@ -416,6 +416,15 @@ def test_syntax_errors_in_user_code_name_the_file_and_line(cli, tmp_path):
     assert out.returncode == 2 and "syn.py:3" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_missing_import_in_a_pipeline_file_is_said_like_for_a_module(cli, tmp_path):
+    """A file whose import fails printed a full traceback and exited 1; the same failure in a
+    module target was one line and exit 2."""
+    (tmp_path / "needs.py").write_text("import twingraph_no_such_dependency\n")
+    out = cli("run", "needs.py", ok=False)
+    assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr
+    assert "twingraph_no_such_dependency" in out.stdout + out.stderr
+
+
 def test_run_resume_of_a_dag_run_says_so(cli, tmp_path):
     out = cli("dynamic", "execute", str(ROOT / "tests" / "resources" / "dag_example.yaml"),
               "--storage-path", str(tmp_path / "s"),

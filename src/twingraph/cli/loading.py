@@ -56,6 +56,9 @@ def load_module(target: str) -> ModuleType:
         except SyntaxError as exc:
             sys.modules.pop(name, None)
             raise _syntax_error(exc) from None
+        except ImportError as exc:      # a missing dependency: said as for a module target
+            sys.modules.pop(name, None)
+            raise ValidationError(f"cannot load {target}: {type(exc).__name__}: {exc}") from exc
         except BaseException:
             sys.modules.pop(name, None)
             raise
