@@ -354,16 +354,18 @@ class Engine:
             if rec is None:
                 raise NotFoundError(f"run {run_id} not found")
             transition_run(rec.state, RunState.RUNNING)
+            seen = rec.heartbeat_at
             if rec.state is RunState.RUNNING and not claimed:
-                self._wait_until_driverless(run_id, rec.heartbeat_at)
+                self._wait_until_driverless(run_id, seen)
                 rec = self.metadata.get_run(run_id) or rec     # it may have ended meanwhile
                 transition_run(rec.state, RunState.RUNNING)
             # This driver's generation: its fencing tokens are above every earlier driver's
             # (one still alive after all, stalled past adoption, is fenced off). Claimed with a
             # compare-and-set on the heartbeat read above: of two resumes at once, one drives
             # and the other gets ConflictError (both used to run every remaining task).
-            epoch = self.metadata.claim_driver(run_id, heartbeat=rec.heartbeat_at,
-                                               now=self.clock.now())
+            # (``seen``: the heartbeat the wait proved stale, not one read since: a driver that
+            # beat again just after the wait is alive after all.)
+            epoch = self.metadata.claim_driver(run_id, heartbeat=seen, now=self.clock.now())
             prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
             self._end_stale_attempts(run_id, prior)
         else:

@@ -214,11 +214,13 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         did not submit again (it took another path) would stay PENDING or RUNNING in a run that
         has ended. They end CANCELLED, fenced as this driver's rows."""
         now = self.clock.now()
+        why = (f"the resumed run ended ({self.stop_message}) before submitting it again"
+               if self.stopping else "not submitted again by the resumed run")
         for node_id, rec in self.prior.items():
             if node_id not in self.tasks and not rec.state.terminal:
                 self.out.append(TaskUpdate(
                     self.run_id, node_id, TaskState.CANCELLED, now, fence=self._fence_base,
-                    error="not submitted again by the resumed run"))
+                    error=why))
 
     def _crash(self, exc: BaseException) -> None:
         """The loop itself failed (an engine bug or a store that cannot be read): end every

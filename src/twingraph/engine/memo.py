@@ -13,7 +13,6 @@ from typing import Any
 from twingraph.core.hashing import (digest_json, digest_kwargs, digest_value, own_key,
                                     prefixed_key)
 from twingraph.core.records import TaskRecord
-from twingraph.core.states import fence_epoch
 from twingraph.engine.calls import strip_lineage
 from twingraph.engine.refs import Ref
 from twingraph.engine.task import (DECLARED, Task, CANCELLED, FAILED, QUEUED, SKIPPED,
@@ -68,9 +67,12 @@ class MemoSide:
         prior = self.prior.get(task.node_id) if self.prior else None
         structural = key
         if not memoize:                # its result is its own, not shared by key
-            if prior is not None and prior.state is SUCCESS and prior.cache_key == own_key(
-                    key, self.run_id, task.node_id, fence_epoch(prior.fence)):
-                key = prior.cache_key      # stored under an earlier driver of this run
+            if prior is not None and prior.state is SUCCESS and prior.cache_key and any(
+                    prior.cache_key == own_key(key, self.run_id, task.node_id, e)
+                    for e in range(self.epoch)):
+                # stored under an earlier driver of this run (its row's fence may be a later
+                # driver's, which resumed it: every earlier generation is tried)
+                key = prior.cache_key
             else:
                 key = own_key(key, self.run_id, task.node_id, self.epoch)
         task.cache_key = key
@@ -126,9 +128,13 @@ class MemoSide:
 
     def _resumed(self, task: Task, content_hash: str) -> None:
         """Finish a task this run computed before it stopped: its row keeps the attempt that
-        computed it (times, attempts, fence), not this driver's moment of looking it up."""
+        computed it (times, attempts, fence), not this driver's moment of looking it up. Once
+        this driver wrote a row for it (while it waited for an upstream task), the row carries
+        this driver's fence: the fence then stays, as an update below it would be dropped as
+        stale."""
         prior = self.prior[task.node_id]
-        task.attempt, task.fence = prior.attempts, prior.fence
+        task.attempt = prior.attempts
+        task.fence = max(task.fence, prior.fence) if task.persisted else prior.fence
         task.started_at = prior.started_at
         self._hit(task, content_hash, "resumed", "result recorded by this run before it stopped")
         task.ended_at = prior.ended_at or task.ended_at
@@ -153,6 +159,8 @@ class MemoSide:
         if info.get("config") != self.engine.fingerprint(task.spec)["config"]:
             return f"configuration changed {since}"
         if since == "since the run stopped":
+            if prev.state is SUCCESS:      # computed then, but from inputs that changed since
+                return "inputs changed since the run stopped"
             return ("no stored result (it failed before the run was resumed)"
                     if prev.state is FAILED else
                     "no stored result (it had not finished when the run stopped)")

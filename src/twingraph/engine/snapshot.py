@@ -36,7 +36,7 @@ def task_rows(run_id: str, task: Task, out: list[Any], new: list[tuple[Any, ...]
     else:
         out.append(TaskUpdate(
             run_id, t.node_id, t.state, t.ended_at or t.started_at or t.created_at,
-            t.fence or None, t.attempt or None, t.cache_key, t.cache_status, t.cache_reason,
+            t.fence, t.attempt or None, t.cache_key, t.cache_status, t.cache_reason,
             t.cache_key if ok else None, t.content_hash if ok else None, err, t.started_at,
             t.ended_at))
     if t.state in TERMINAL:
