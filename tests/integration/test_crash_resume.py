@@ -39,22 +39,27 @@ def _alive(pid):
         return False
 
 
+def _crashy_started(tmp_path, executed, **env_extra):
+    """`twingraph run` of the crashy pipeline (12 steps), once ``executed`` steps have run."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = dict(_env(tmp_path, marks), **env_extra)
+    proc = subprocess.Popen(_cli("run", str(PIPELINE), "--param", "n=12", "--no-progress"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while len(list(marks.iterdir())) < executed:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return proc, env, marks
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("writer", ["thread", "process"])
 def test_kill_minus_nine_then_resume(tmp_path, writer):
     """... with the recorder writing in this process or in its writer process (decision
     0012), which ends when its parent is killed."""
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    env = _env(tmp_path, marks)
-    env["TWINGRAPH_WRITER"] = writer
-    proc = subprocess.Popen(_cli("run", str(PIPELINE), "--param", "n=12", "--no-progress"),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while len(list(marks.iterdir())) < 6:
-        assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    proc, env, marks = _crashy_started(tmp_path, 6, TWINGRAPH_WRITER=writer)
     time.sleep(0.1)           # let the write-behind flush some finished tasks
     writers = [c for c in _children(proc.pid)
                if b"writer_child" in Path(f"/proc/{c}/cmdline").read_bytes()]
@@ -109,16 +114,7 @@ def test_two_resumes_of_one_killed_run_at_once_drive_it_once(tmp_path):
     drives, the other is refused (exit 2) and runs nothing."""
     import sqlite3
 
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    env = _env(tmp_path, marks)
-    proc = subprocess.Popen(_cli("run", str(PIPELINE), "--param", "n=12", "--no-progress"),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while len(list(marks.iterdir())) < 4:
-        assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    proc, env, marks = _crashy_started(tmp_path, 4)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     db = tmp_path / "home" / "twingraph.db"
