@@ -58,7 +58,8 @@ def counted(monkeypatch):
     return taken
 
 
-def _run_both(tmp_path, op, *, retries=0, twice=False, before_each=None, writer="process"):
+def _run_both(tmp_path, op, *, retries=0, twice=False, before_each=None, writer="process",
+              dag=None):
     """Run the same DAG on two fresh engines with the given writer: one without event sinks
     (fast path), one with (general path). Returns {mode: (states, rows, values, progress)}."""
     _ops()
@@ -82,9 +83,10 @@ def _run_both(tmp_path, op, *, retries=0, twice=False, before_each=None, writer=
                                   max_retries=retries)
             recovery = ErrorRecoveryManager(retries, 1.0) if retries else None
             sched = DynamicScheduler(eng.results, cfg, engine=eng, error_recovery=recovery)
-            results = [sched.run(_dag(f"fp-{op}", op))]
+            make = dag or (lambda: _dag(f"fp-{op}", op))
+            results = [sched.run(make())]
             if twice:
-                results.append(sched.run(_dag(f"fp-{op}", op)))
+                results.append(sched.run(make()))
             rows = []
             values = []
             for r in results:
@@ -121,6 +123,26 @@ def test_successes_leave_the_rows_and_values_of_the_general_path(tmp_path, count
     assert values[0] == values[1] and values[0][N - 1] > 0
     # The fast path ran most nodes of the first run (the first few measure the operation).
     assert len(counted) >= N - 50
+
+
+def test_twins_in_a_chain_finish_as_the_general_path_finishes_them(tmp_path, counted):
+    # A chain n0 <- n1 <- ..., and beside each n{i} a t{i} with the same operation, inputs
+    # and parameters: the same computation (a twin in this run), finished as n{i} finished.
+    register_operation("fp_k", lambda deps, p: p["i"] + sum(deps.values()))
+    nodes = []
+    for i in range(N // 2):
+        for name in ("n", "t"):
+            nodes.append(NodeDefinition(f"{name}{i}", "fp_k", [f"n{i - 1}"] if i else [],
+                                        {"i": i}))
+    out = _run_both(tmp_path, "fp_k", twice=True, dag=lambda: DAGDefinition("fp-twins", nodes))
+    _same(out)
+    rows = {r[0]: r for r in out["fast"][1][0]}
+    assert rows["t9"][5] == "same computation as n9 in this run"
+    assert rows["t9"][2] == rows["n9"][2] and rows["t9"][4] == "hit"
+    assert rows["n9"][4] == "miss"
+    last = N // 2 - 1
+    assert out["fast"][2][0][-1] == out["fast"][2][0][-2] == last * (last + 1) // 2
+    assert len(counted) >= N // 2 - 50
 
 
 def test_dict_results_take_the_fast_path_too(tmp_path, counted):

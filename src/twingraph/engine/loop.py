@@ -43,7 +43,7 @@ from twingraph.core.states import TaskState, fence as fence_token
 from twingraph.engine import gcpace, tasklog
 from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
 from twingraph.engine.futures import BodySide
-from twingraph.engine.memo import MemoSide
+from twingraph.engine.memo import MemoSide, declared_key
 from twingraph.engine.timers import HEARTBEAT_INTERVAL, TimerSide
 from twingraph.engine.recorder import PutResult
 from twingraph.engine.writer import FRAME_MAX, INLINE_MAX
@@ -183,11 +183,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 while ev is not None:
                     self._handle(ev)
                     ev = get_nowait(self.inbox)
-                while submitted:
-                    # Taken off the queue once registered: if the loop crashes in between,
-                    # ``_crash`` still finds the task (in ``submitted``) and gives it a row.
-                    self._submit_guarded(submitted[0])
-                    submitted.popleft()
+                if submitted:
+                    self._take_submitted()
                 self._fire_timers()
                 self._dispatch()
                 if self.body_finished and self.unfinished == 0 and self.running == 0 \
@@ -352,6 +349,73 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self._stop("cancelled", ev[1])
 
     # == submission and readiness ===========================================================
+    def _take_submitted(self) -> None:
+        """Take in every task the body submitted. Each is taken off the queue once registered:
+        if the loop crashes in between, ``_crash`` still finds it (in ``submitted``) and gives
+        it a row. A declared task (``BodySide.call_declared``) of a run that is not resumed,
+        nor stopping, with nobody listening for events, is taken in here as ``_on_submit``
+        would (its producers came with it), in one pass over the batch; any other goes
+        through ``_on_submit``."""
+        submitted = self.submitted
+        engine = self.engine
+        if self.epoch or self.stopping or engine.has_sinks:
+            while submitted:
+                self._submit_guarded(submitted[0])
+                submitted.popleft()
+            return
+        tasks, dirty, became, counts = self.tasks, self.dirty, self.became_ready, self.counts
+        lineage, clock = self.opt.lineage, self.clock
+        last_spec: Any = None
+        fp: Any = None
+        now = clock.now()
+        n = 0
+        while submitted:
+            task = submitted[0]
+            spec = task.spec
+            if spec is not last_spec:
+                try:
+                    fp = engine.fingerprint(spec)
+                except Exception:  # noqa: BLE001 - _on_submit fails the task with it
+                    fp = None
+                last_spec = spec if fp is not None else None
+            if task.ref_slots is not DECLARED or fp is None or task.node_id in tasks:
+                self._submit_guarded(task)
+                submitted.popleft()
+                continue
+            n += 1
+            if n & 255 == 0:
+                now = clock.now()
+            tasks[task.node_id] = task
+            self.unfinished += 1
+            counts[PENDING] += 1
+            task.created_at = now
+            task.dirty = True
+            dirty.append(task)
+            producers = task.producers
+            if producers:
+                upstream_bad = None
+                for p in producers:
+                    p.consumers += 1
+                    state = p.state
+                    if state is SUCCESS:
+                        continue
+                    if state in TERMINAL:
+                        upstream_bad = p
+                    else:
+                        task.waiting += 1
+                        p.dependents.append(task)
+                task.inputs_info = {**fp, "deps": [[p.node_id, _NONE] for p in producers]} \
+                    if lineage else fp
+                if upstream_bad is not None:
+                    self._finish(task, SKIPPED, error=NodeExecutionError(
+                        f"upstream {upstream_bad.node_id} did not succeed"))
+                elif task.waiting == 0:
+                    became.append(task)
+            else:
+                task.inputs_info = fp
+                became.append(task)
+            submitted.popleft()
+
     def _submit_guarded(self, task: Task) -> None:
         try:
             self._on_submit(task)
@@ -466,6 +530,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         inline tasks complete inside ``_start`` and make more tasks ready)."""
         ready, became, limit = self.ready, self.became_ready, self.opt.max_parallel
         while True:
+            if became and not ready:
+                self._declared_lane()
             while became:
                 lookup: list[Task] = []
                 taken = 0
@@ -510,6 +576,68 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                     continue
                 self._start(task)
                 self._progressed(1)
+
+    def _declared_lane(self) -> None:
+        """The deep graph's hot path: declared nodes that become ready one at a time (each
+        the last input of the next) are keyed, looked up and, on a miss, run inline, one after
+        another, without the general path's bursts (a burst of one, there) and queue. Taken
+        while nothing waits for a slot (``ready``, ``held``), a slot is free, nobody listens
+        for events, and the run memoizes and is not resumed. It stops at the first node that
+        is not a declared node running inline, leaving it first in ``became_ready`` for the
+        general path. Same decisions, rows and counts as the general path (a twin is handed
+        to ``_keyed``; tests/engine/test_inline_fast_path.py compares them)."""
+        engine = self.engine
+        if self.prior or self.opt.no_cache or engine.has_sinks or self.held \
+                or self._held_retry:
+            return
+        became, ready, by_key, counts = self.became_ready, self.ready, self.by_key, self.counts
+        executors, choose_mode = engine.executors, engine.choose_mode
+        lookup = self.results.content_hashes
+        limit = self.opt.max_parallel
+        steps = 0
+        while became and self.running < limit and not ready and not self.stopping:
+            t = became[0]
+            if t.state is not PENDING:
+                became.popleft()
+                continue
+            spec = t.spec
+            if t.ref_slots is not DECLARED or t.attempt or not spec.cache \
+                    or not spec.raw_result or spec.resources \
+                    or spec.platform not in executors or choose_mode(spec) != "inline":
+                break
+            became.popleft()
+            steps += 2                   # keyed and started: as the general path counts
+            if steps >= 256:
+                self._progressed(steps)
+                steps = 0
+            try:
+                key = declared_key(engine, t)
+                twin = by_key.get(key)
+                if twin is not None:
+                    if self._keyed(t, key):        # not itself (it has one key): never
+                        raise AssertionError("a twin's key needs no lookup")
+                    continue
+                t.cache_key = key
+                by_key[key] = t
+                found = lookup([key])
+            except Exception as exc:  # noqa: BLE001 - e.g. a store that cannot be read
+                self._fail_before_start(t, exc)
+                continue
+            h = found.get(key) if found else None
+            if h is not None:
+                self._hit(t, h, "hit", "stored result with the same code, config and inputs")
+                continue
+            t.cache_status, t.cache_reason = "miss", self._miss_reason(t)
+            t.state = QUEUED                  # _set_state(t, QUEUED) without listeners
+            counts[PENDING] -= 1
+            counts[QUEUED] += 1
+            if not t.dirty:
+                t.dirty = True
+                self.dirty.append(t)
+            if not self._run_declared_inline(t):
+                ready.append(t)              # e.g. an input to read back: the general path
+        if steps:
+            self._progressed(steps)
 
     def _reserve(self, task: Task) -> bool:
         """Take the local resources ``task`` asks for, or hold it back until some are given

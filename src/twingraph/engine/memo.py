@@ -41,21 +41,10 @@ class MemoSide:
         """Key a task whose inputs are complete. Returns True if its key must be looked up in
         the result store (the caller batches those lookups, then calls ``_after_lookup``)."""
         spec = task.spec
-        leaf = self.engine.hash_value
         if task.ref_slots is DECLARED:
-            # The digest ``call`` would give the same node with futures for its inputs (same
-            # keys, same hits), without walking for them: ``[{"t": [arguments, parameters,
-            # {"o": [name, "@<producer's content hash>()", ...]}]}, {"d": {}}]``, its
-            # canonical JSON written around the part that varies.
-            arguments, parameters, names, producers = task.args
-            inputs: list[str] = []
-            for n, p in zip(names, producers):
-                inputs.append(n)
-                inputs.append("@" + p.content_hash + "()")
-            key = sha256(self.engine.key_prefix(spec) + b'[{"t":' + digest_json(
-                [_names_digest(arguments, leaf), digest_value(parameters, Ref, _ref_digest, leaf),
-                 {"o": inputs}]) + b'},{"d":{}}]').hexdigest()
+            key = declared_key(self.engine, task)
         else:
+            leaf = self.engine.hash_value
             args, kwargs = task.args, strip_lineage(task.kwargs)
             named = spec.parameters
             if named is not None and (args or named.defaults):
@@ -63,6 +52,10 @@ class MemoSide:
             key = prefixed_key(self.engine.key_prefix(spec),
                                [digest_value(args, Ref, _ref_digest, leaf),
                                 digest_kwargs(kwargs, Ref, _ref_digest, leaf)])
+        return self._keyed(task, key)
+
+    def _keyed(self, task: Task, key: str) -> bool:
+        """``_on_ready`` of a task given its structural ``key``."""
         memoize = self._memoizes(task)
         prior = self.prior.get(task.node_id) if self.prior else None
         structural = key
@@ -189,6 +182,23 @@ class MemoSide:
         else:
             self._finish(task, CANCELLED, error=twin.error)
 
+
+
+def declared_key(engine: Any, task: Task) -> str:
+    """The structural key of a declared node whose producers have finished: the digest
+    ``call`` would give the same node with futures for its inputs (same keys, same hits),
+    without walking for them: ``[{"t": [arguments, parameters, {"o": [name, "@<producer's
+    content hash>()", ...]}]}, {"d": {}}]``, its canonical JSON written around the part that
+    varies."""
+    leaf = engine.hash_value
+    arguments, parameters, names, producers = task.args
+    inputs: list[str] = []
+    for n, p in zip(names, producers):
+        inputs.append(n)
+        inputs.append("@" + p.content_hash + "()")
+    return sha256(engine.key_prefix(task.spec) + b'[{"t":' + digest_json(
+        [_names_digest(arguments, leaf), digest_value(parameters, Ref, _ref_digest, leaf),
+         {"o": inputs}]) + b'},{"d":{}}]').hexdigest()
 
 
 def _names_digest(arguments: Any, leaf: Callable[[Any], str]) -> Any:
