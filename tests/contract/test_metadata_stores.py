@@ -512,6 +512,36 @@ def test_attempts_upsert_by_attempt_number(store: Any) -> None:
     assert isinstance(store.get_attempts("r1")[0].state, TaskState)
 
 
+def test_attempt_rows_of_a_taken_over_driver_are_fenced_off(store: Any) -> None:
+    from twingraph.core.states import fence
+    store.write([run(), task("a")])
+    stalled = AttemptRecord("r1", "a", 1, fence=fence(0, 1), state=TaskState.RUNNING,
+                            started_at=1.0)
+    store.write([stalled])
+    assert store.claim_driver("r1") == 1
+    # The new driver ends the attempt it found RUNNING, under its own fence ...
+    ended = AttemptRecord("r1", "a", 1, fence=fence(1, 0), state=TaskState.FAILED,
+                          started_at=1.0, ended_at=5.0, error="its driver stopped")
+    store.write([ended])
+    # ... and the stalled driver wakes up: its attempt's late end, and a retry it starts,
+    # are dropped (alone, or in one batch with the new driver's own attempt).
+    late = AttemptRecord("r1", "a", 1, fence=fence(0, 1), state=TaskState.SUCCESS,
+                         started_at=1.0, ended_at=6.0)
+    retry = AttemptRecord("r1", "a", 2, fence=fence(0, 2), state=TaskState.RUNNING,
+                          started_at=6.5)
+    store.write([late])
+    own = AttemptRecord("r1", "a", 2, fence=fence(1, 2), state=TaskState.RUNNING,
+                        started_at=7.0)
+    store.write([own, retry])
+    assert store.get_attempts("r1", "a") == [ended, own]
+    # In one batch, a row of an attempt fenced lower than the one before it is dropped too.
+    done = AttemptRecord("r1", "a", 2, fence=fence(1, 2), state=TaskState.SUCCESS,
+                         started_at=7.0, ended_at=8.0)
+    store.write([done, AttemptRecord("r1", "a", 2, fence=fence(1, 1), state=TaskState.FAILED,
+                                     started_at=7.0, ended_at=9.0)])
+    assert store.get_attempts("r1", "a") == [ended, done]
+
+
 def test_logs_filters_and_paging(store: Any) -> None:
     store.write([run(), run("r2")])
     levels = ["debug", "info", "warning", "error", "INFO", "warn"]

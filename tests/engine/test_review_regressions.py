@@ -652,6 +652,13 @@ def test_a_resumed_run_ends_the_tasks_its_body_no_longer_submits():
         assert tasks[n].state is TaskState.CANCELLED and "not submitted again" in tasks[n].error
     (attempt,) = eng.metadata.get_attempts("crashed", "old-branch-0")
     assert attempt.state is TaskState.FAILED and "driver stopped" in attempt.error
+    # Ended under this driver's fence: the earlier driver's late end of it (it was only
+    # stalled) is dropped, as its task rows are.
+    from twingraph.core.states import fence
+    assert attempt.fence >= fence(1, 0)
+    eng.metadata.write([AttemptRecord("crashed", "old-branch-0", 1, 1, TaskState.SUCCESS,
+                                      started_at=1.0, ended_at=9.0)])
+    assert eng.metadata.get_attempts("crashed", "old-branch-0") == [attempt]
     eng.close()
 
 

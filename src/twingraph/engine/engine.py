@@ -24,7 +24,7 @@ from twingraph.core.hashing import canonical_json, key_prefix, sha256_hex
 from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord
 from twingraph.core.results import StorageMetadata
 from twingraph.core.specs import DEFAULT_TIMEOUT
-from twingraph.core.states import RunState, TaskState, transition_run
+from twingraph.core.states import RunState, TaskState, fence as fence_token, transition_run
 from twingraph.engine.loop import RunLoop, RunOptions
 from twingraph.engine.timers import HEARTBEAT_INTERVAL
 from twingraph.engine.notify import notify
@@ -367,7 +367,7 @@ class Engine:
             # beat again just after the wait is alive after all.)
             epoch = self.metadata.claim_driver(run_id, heartbeat=seen, now=self.clock.now())
             prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
-            self._end_stale_attempts(run_id, prior)
+            self._end_stale_attempts(run_id, prior, epoch)
         else:
             epoch = 0
         run_id = run_id or uuid.uuid4().hex
@@ -498,10 +498,13 @@ class Engine:
         if setcap is not None:
             setcap(n)
 
-    def _end_stale_attempts(self, run_id: str, prior: Mapping[str, TaskRecord]) -> None:
+    def _end_stale_attempts(self, run_id: str, prior: Mapping[str, TaskRecord],
+                            epoch: int) -> None:
         """Attempts an earlier driver left RUNNING (it stopped with them: a crash, a kill)
         end FAILED, so no attempt of the run stays RUNNING for ever; the tasks themselves run
-        again under this driver, as attempts numbered after these."""
+        again under this driver, as attempts numbered after these. Each ending carries this
+        driver's fence: a late row of the earlier driver's attempt (it was only stalled) is
+        dropped by the store, as its task rows are."""
         get_attempts = getattr(self.metadata, "get_attempts", None)
         if get_attempts is None or not any(t.state is TaskState.RUNNING for t in prior.values()):
             return
@@ -509,7 +512,8 @@ class Engine:
         for a in get_attempts(run_id):
             if a.state is TaskState.RUNNING:
                 self.recorder.add(AttemptRecord(
-                    run_id, a.node_id, a.attempt, a.fence, TaskState.FAILED, a.executor,
+                    run_id, a.node_id, a.attempt, max(a.fence, fence_token(epoch, 0)),
+                    TaskState.FAILED, a.executor,
                     a.started_at, now, "its driver stopped before it ended; the run was "
                                        "resumed by another driver"))
 

@@ -19,6 +19,13 @@ Task registration
     fences every task it registers at its own generation or above), and it must not overwrite
     what the newer driver wrote. Repeated registrations in one batch follow the same rule in
     order (a later one with a lower fence than the one before it is dropped).
+Attempts
+    An ``AttemptRecord`` is fenced like the task it belongs to: one whose fence belongs to a
+    driver generation the run has been taken over from (``fence_epoch(fence)`` below the run's
+    ``driver_epoch``) is dropped, and so is one with a lower fence than the stored row of the
+    same attempt (an attempt an earlier driver left RUNNING is ended by the new driver under
+    its own fence). Repeated rows of one attempt in a batch: the last wins unless its fence is
+    lower than the one before it.
 Run updates
     RUNNING sets ``started_at`` if none yet and clears ``ended_at`` (resume of a failed run); a
     terminal state sets ``ended_at``; ``error``/``result_key`` are written when not None.
@@ -34,8 +41,9 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from twingraph.core.records import EdgeRecord, RunUpdate, TaskRecord, TaskUpdate
-from twingraph.core.states import RunState, TaskState
+from twingraph.core.records import (AttemptRecord, EdgeRecord, RunUpdate, TaskRecord,
+                                   TaskUpdate)
+from twingraph.core.states import RunState, TaskState, fence_epoch
 from twingraph.errors import ValidationError
 
 T = TypeVar("T")
@@ -154,6 +162,27 @@ def merge_task_records(records: Iterable[TaskRecord]) -> list[TaskRecord]:
         fields["created_at"] = old.created_at
         merged[key] = TaskRecord(**fields)
     return list(merged.values())
+
+
+def attempts_to_write(records: Iterable[AttemptRecord], driver_epoch: Callable[[str], int]
+                      ) -> list[AttemptRecord]:
+    """The attempt rows of a batch that apply (see the module doc): per (run, node, attempt)
+    the last, unless fenced lower than the one before it; none from a superseded driver
+    (``driver_epoch(run_id)``: the run's stored generation)."""
+    out: dict[tuple[str, str, int], AttemptRecord] = {}
+    epochs: dict[str, int] = {}
+    for rec in records:
+        epoch = epochs.get(rec.run_id)
+        if epoch is None:
+            epoch = epochs[rec.run_id] = driver_epoch(rec.run_id)
+        if fence_epoch(rec.fence) < epoch:
+            continue                   # a driver the run was taken over from: fenced off
+        key = (rec.run_id, rec.node_id, rec.attempt)
+        old = out.get(key)
+        if old is not None and rec.fence < old.fence:
+            continue
+        out[key] = rec
+    return list(out.values())
 
 
 def last_wins(records: Iterable[T], key: Callable[[T], Hashable]) -> list[T]:

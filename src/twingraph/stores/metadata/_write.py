@@ -294,18 +294,28 @@ class BatchWriter:
 
     def _attempts(self, records: list[AttemptRecord], _stale: list[TaskKey]) -> None:
         rows = []
-        for r in sem.last_wins(records, key=lambda a: (a.run_id, a.node_id, a.attempt)):
+        for r in sem.attempts_to_write(records, self._driver_epoch):
             row = list(_attempt_values(r))
             row[_ATTEMPT_STATE_AT] = sem.task_state(r.state).value
             rows.append(tuple(row))
         self._bulk("attempts", task_attempts, _ATTEMPT_COLUMNS, rows, self._attempt_upsert)
+
+    def _driver_epoch(self, run_id: str) -> int:
+        """The run's driver generation (0 for a run not stored: its rows then fail as rows of
+        an unknown run do). On PostgreSQL the run's row stays locked until the batch commits:
+        a driver claiming the run meanwhile waits, then finds what this batch wrote."""
+        query = select(runs.c.driver_epoch).where(runs.c.run_id == run_id)
+        if self.postgres:
+            query = query.with_for_update()
+        return int(self.conn.execute(query).scalar() or 0)
 
     def _attempt_upsert(self, source: Any) -> ClauseElement:
         stmt = self._insert_from(task_attempts, source)
         return stmt.on_conflict_do_update(
             index_elements=[task_attempts.c.run_id, task_attempts.c.node_id, task_attempts.c.attempt],
             set_={name: stmt.excluded[name] for name in _ATTEMPT_COLUMNS
-                  if name not in ("run_id", "node_id", "attempt")})
+                  if name not in ("run_id", "node_id", "attempt")},
+            where=stmt.excluded.fence >= task_attempts.c.fence)
 
     # -- logs and lineage ------------------------------------------------------------------
 
