@@ -258,6 +258,19 @@ def test_execute_by_name_and_python_outputs(client: TestClient, svc: Services) -
     assert len(body["outputs"]["hash"]) == 64
 
 
+def test_a_python_execution_records_the_defaults_it_ran_with(client: TestClient,
+                                                              svc: Services) -> None:
+    # As ``twingraph run`` does: a run adopted after the pipeline's default was edited keeps
+    # the value it started with (created over REST or by a schedule: both go through
+    # RunService.create).
+    r = client.post("/api/executions", json={"workflow_id": "documented", "inputs": {"n": 2}})
+    assert r.status_code == 201, r.text
+    eid = r.json()["execution_id"]
+    assert svc.catalog.get_run(eid).params == {"n": 2, "delay": 0.2}
+    svc.runs.wait(eid, 20)
+    assert client.get(f"/api/executions/{eid}").json()["status"] == "completed"
+
+
 BAD_EXECUTIONS: list[tuple[str, Any, int, str]] = [
     ("missing workflow_id", {"inputs": {"n": 2}}, 422, "workflow_id"),
     ("workflow_id not a string", {"workflow_id": 7}, 422, "workflow_id"),

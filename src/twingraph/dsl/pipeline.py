@@ -24,7 +24,7 @@ import sysconfig
 import types
 import uuid
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -205,14 +205,21 @@ def _params(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any
         raise ValidationError(f"bad arguments for pipeline {fn.__name__}: {exc}") from None
     out = dict(bound.arguments)
     if not partial:
-        # The defaults it ran with are recorded too: a resume after the default was edited
-        # runs with the value the run started with. (One JSON cannot hold exactly is left to
-        # the function's default again, not made a parameter a resume must be given.)
-        for name, param in sig.parameters.items():
-            if name not in out and param.default is not inspect.Parameter.empty \
-                    and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD) \
-                    and _exact_in_json(param.default):
-                out[name] = param.default
+        out.update(recorded_defaults(fn, out))
+    return out
+
+
+def recorded_defaults(fn: Callable[..., Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The defaults of ``fn``'s parameters that ``given`` does not name, to be recorded with
+    a run's params: a resume after the default was edited runs with the value the run started
+    with. (One JSON cannot hold exactly is left to the function's default again, not made a
+    parameter a resume must be given.)"""
+    out: dict[str, Any] = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if name not in given and param.default is not inspect.Parameter.empty \
+                and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD) \
+                and _exact_in_json(param.default):
+            out[name] = param.default
     return out
 
 

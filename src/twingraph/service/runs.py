@@ -21,7 +21,7 @@ from typing import Any
 from twingraph.core.records import LogRecord
 from twingraph.core.states import RunState
 from twingraph.dsl.component import check_platform
-from twingraph.dsl.pipeline import Pipeline, export_lineage
+from twingraph.dsl.pipeline import Pipeline, export_lineage, recorded_defaults
 from twingraph.engine.dynamic import DynamicScheduler
 from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.loop import RunOptions
@@ -117,6 +117,10 @@ class RunService:
         config = dict(config or {})
         _check_config(config)
         self.check(pipeline, params)
+        if is_python(pipeline.definition):
+            # Recorded with the defaults it will run with (as ``twingraph run`` records them):
+            # a run adopted after the pipeline's default was edited keeps its own.
+            params.update(recorded_defaults(self._python_pipeline(pipeline).fn, params))
         return self.catalog.create_run(pipeline, params=params, tags=dict(tags or {}),
                                        config=config, schedule_id=schedule_id)
 
