@@ -3,7 +3,9 @@ and fixed; see the commit that adds it.
 
 Real app, services and stores. One ``monkeypatch`` stands for what cannot be caused on cue:
 ``threading.Thread`` in ``service.runs`` replaced by a subclass whose ``start`` raises, as
-CPython does when the process is out of threads (``can't start new thread``)."""
+CPython does when the process is out of threads (``can't start new thread``). Another wraps
+the real recorder's in-process write with a 3 s sleep first, standing for a slow disk under
+another run's backlog (its records are still written)."""
 
 from __future__ import annotations
 
@@ -398,6 +400,34 @@ def test_a_run_whose_driver_cannot_start_does_not_stay_running(
     final = svc.catalog.get_run(run.run_id)
     assert final.state is RunState.FAILED and "can't start new thread" in (final.error or "")
     assert svc.runs.active() == []
+
+
+def test_a_failed_start_does_not_wait_for_other_runs_records(
+        app_svc: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_fail_start`` wrote its log line through the recorder and flushed it: inside the
+    REST request that started the run, it waited for every record of every other run queued
+    before it (a busy server's backlog). The line is written at once, alone."""
+    from twingraph.core.records import LogRecord
+    from twingraph.engine import recorder as recorder_module
+    svc = app_svc
+    other = svc.runs.create(_slow_pipeline(svc), params={"seconds": 0.1})
+    run = svc.runs.create(_slow_pipeline(svc), params={"seconds": 0.1})
+    real = recorder_module.Recorder._write_here
+
+    def slow(self: Any, records: Any, results: Any) -> None:
+        time.sleep(3.0)                   # a slow disk under another run's backlog
+        real(self, records, results)
+    monkeypatch.setattr(recorder_module.Recorder, "_write_here", slow)
+    svc.engine.recorder.add(LogRecord(other.run_id, time.time(), "info", "backlog"))
+    time.sleep(0.1)                       # the recorder has taken it: writing, slowly
+    t0 = time.monotonic()
+    _start_without_a_thread(svc, run.run_id, monkeypatch)
+    took = time.monotonic() - t0
+    assert took < 2.0, took
+    final = svc.catalog.get_run(run.run_id)
+    assert final.state is RunState.FAILED
+    assert any("can't start new thread" in r.message
+               for r in svc.engine.metadata.get_logs(run.run_id))
 
 
 def test_a_failed_start_someone_else_ended_first_says_so_once(

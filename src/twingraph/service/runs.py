@@ -214,8 +214,9 @@ class RunService:
                         exc_info=True)
             return
         try:
-            self.engine.recorder.add(LogRecord(run.run_id, time.time(), "error", error))
-            self.engine.recorder.flush(run.run_id)
+            # Written now, alone: through the recorder it waited for every other run's
+            # backlog, inside the REST request that started this one.
+            self.engine.metadata.write([LogRecord(run.run_id, time.time(), "error", error)])
         except Exception:  # noqa: BLE001 - the run's state is recorded; its log line is not
             log.warning("run %s: the log of its failed start could not be written",
                         run.run_id, exc_info=True)
@@ -307,9 +308,16 @@ class RunService:
         try:
             result = launch()
         except BaseException as exc:  # noqa: BLE001 - the run must end recorded, whatever happened
-            self.engine.recorder.add(LogRecord(run_id, time.time(), "error",
-                                               f"run failed to start: {type(exc).__name__}: {exc}"))
-            self.engine.recorder.flush()
+            try:
+                # Through the recorder, flushed: what the engine queued for the run before it
+                # failed (its RUNNING) is written before the run ends FAILED below, not after.
+                self.engine.recorder.add(LogRecord(
+                    run_id, time.time(), "error",
+                    f"run failed to start: {type(exc).__name__}: {exc}"))
+                self.engine.recorder.flush()
+            except Exception:  # noqa: BLE001 - the run must still end FAILED, below
+                log.warning("run %s: the log of its failed start could not be written",
+                            run_id, exc_info=True)
             self.catalog.finish_running(run_id, RunState.FAILED, f"{type(exc).__name__}: {exc}",
                                         self.engine.clock.now())
             result = RunResult(run_id, RunState.FAILED, error=exc)
