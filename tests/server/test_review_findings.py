@@ -5,7 +5,8 @@ Real app, services and stores. One ``monkeypatch`` stands for what cannot be cau
 ``threading.Thread`` in ``service.runs`` replaced by a subclass whose ``start`` raises, as
 CPython does when the process is out of threads (``can't start new thread``). Another wraps
 the real recorder's in-process write with a 3 s sleep first, standing for a slow disk under
-another run's backlog (its records are still written)."""
+another run's backlog (its records are still written), and one wraps the metadata store's
+``write`` to fail the batch holding one marked log line, as a full disk would."""
 
 from __future__ import annotations
 
@@ -428,6 +429,73 @@ def test_a_failed_start_does_not_wait_for_other_runs_records(
     assert final.state is RunState.FAILED
     assert any("can't start new thread" in r.message
                for r in svc.engine.metadata.get_logs(run.run_id))
+
+
+def test_recorded_defaults_never_make_a_start_fail(app_svc: Services) -> None:
+    """``create`` recorded every default: a positional-only one, which the server cannot pass
+    by keyword, and one off its annotation (``n: int = 3.0``), which the start's check
+    refused. Both runs ended FAILED; ``Pipeline.run`` ran them."""
+    from twingraph import component, pipeline
+
+    @component
+    def r17_double(x: int) -> int:
+        return 2 * x
+
+    @pipeline(name="r17_posonly")
+    def r17_posonly(n=3, /):
+        return r17_double(x=n)
+
+    @pipeline(name="r17_mismatch")
+    def r17_mismatch(n: int = 3.0, k: int = 1):
+        return r17_double(x=int(n) + k)
+
+    for pipe, recorded in ((r17_posonly, {}), (r17_mismatch, {"k": 1})):
+        rec = app_svc.catalog.get_pipeline(app_svc.runs.register_python(pipe))
+        run = app_svc.runs.create(rec, params={})
+        assert app_svc.catalog.get_run(run.run_id).params == recorded
+        app_svc.runs.start(run.run_id)
+        app_svc.runs.wait(run.run_id, 20)
+        assert app_svc.catalog.get_run(run.run_id).state is RunState.SUCCESS, pipe.name
+
+
+def test_a_failed_launch_leaves_another_runs_lost_batch_to_that_run(
+        app_svc: Services) -> None:
+    """A driver whose launch raised flushed the recorder for every run: it took the error of
+    another run's batch that was given up (and swallowed it), so that run ended SUCCESS with
+    its records lost. The metadata store's ``write`` is wrapped to fail the batch holding one
+    marked log line, as a full disk fails it (the only way to give a batch up on cue)."""
+    from twingraph.core.records import LogRecord
+    from twingraph.errors import StorageError
+    svc = app_svc
+    meta = svc.engine.metadata
+    a = svc.runs.create(_slow_pipeline(svc), params={"seconds": 1.5})
+    svc.runs.start(a.run_id)
+    deadline = time.monotonic() + 20
+    while not meta.get_tasks(a.run_id):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    real = meta.write
+
+    def write(batch: Any) -> Any:
+        if any(isinstance(r, LogRecord) and r.message == "r17-lost" for r in batch):
+            raise StorageError("disk full")
+        return real(batch)
+    meta.write = write
+    try:
+        svc.engine.recorder.add(LogRecord(a.run_id, time.time(), "info", "r17-lost"))
+        time.sleep(0.5)                        # the batch is tried and given up
+        b = svc.runs.create(_slow_pipeline(svc), params={"seconds": 0.1})
+        assert svc.catalog.claim_start(b.run_id, time.time())
+
+        def launch() -> Any:
+            raise RuntimeError("launch failed")
+        svc.runs._drive(b.run_id, launch)      # what b's driver thread runs
+        assert svc.catalog.get_run(b.run_id).state is RunState.FAILED
+        svc.runs.wait(a.run_id, 20)
+    finally:
+        meta.write = real
+    final = svc.catalog.get_run(a.run_id)
+    assert final.state is RunState.FAILED and "disk full" in (final.error or "")
 
 
 def test_a_failed_start_someone_else_ended_first_says_so_once(

@@ -21,7 +21,8 @@ from typing import Any
 from twingraph.core.records import LogRecord
 from twingraph.core.states import RunState
 from twingraph.dsl.component import check_platform
-from twingraph.dsl.pipeline import Pipeline, export_lineage, recorded_defaults
+from twingraph.dsl.pipeline import (Pipeline, export_lineage, json_fits, recorded_defaults,
+                                   scalar_param_types)
 from twingraph.engine.dynamic import DynamicScheduler
 from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.loop import RunOptions
@@ -120,7 +121,7 @@ class RunService:
         if is_python(pipeline.definition):
             # Recorded with the defaults it will run with (as ``twingraph run`` records them):
             # a run adopted after the pipeline's default was edited keeps its own.
-            params.update(recorded_defaults(self._python_pipeline(pipeline).fn, params))
+            params.update(_defaults_to_record(self._python_pipeline(pipeline).fn, params))
         return self.catalog.create_run(pipeline, params=params, tags=dict(tags or {}),
                                        config=config, schedule_id=schedule_id)
 
@@ -314,7 +315,7 @@ class RunService:
                 self.engine.recorder.add(LogRecord(
                     run_id, time.time(), "error",
                     f"run failed to start: {type(exc).__name__}: {exc}"))
-                self.engine.recorder.flush()
+                self.engine.recorder.flush(run_id)     # another run's batch error is its own
             except Exception:  # noqa: BLE001 - the run must still end FAILED, below
                 log.warning("run %s: the log of its failed start could not be written",
                             run_id, exc_info=True)
@@ -436,6 +437,20 @@ def call_params(fn: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, 
     takes = "logical_date" in sig.parameters or any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
     return dict(params) if takes else {k: v for k, v in params.items() if k != "logical_date"}
+
+
+def _defaults_to_record(fn: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """``recorded_defaults`` of a pipeline the server calls by keyword: not a positional-only
+    parameter's (it cannot be passed so), nor one the start's check would refuse as the wrong
+    type (a default is the author's, not a request's: ``n: int = 3.0`` runs as it is)."""
+    defaults = recorded_defaults(fn, params)
+    if not defaults:
+        return defaults
+    sig = inspect.signature(fn)
+    types = scalar_param_types(fn)
+    return {k: v for k, v in defaults.items()
+            if sig.parameters[k].kind is not inspect.Parameter.POSITIONAL_ONLY
+            and (k not in types or json_fits(v, types[k]))}
 
 
 def unexpected_start_error(exc: BaseException) -> str:
