@@ -5,9 +5,11 @@ retries, timeouts and memo hits.
 
 Everything is real: SQLite files, the engine's writer (a child process, or a thread of this
 one), the dynamic scheduler. The general path is forced by subscribing an
-event sink (the fast path is only taken when nobody listens). The one patch wraps the real
+event sink (the fast path is only taken when nobody listens). One patch wraps the real
 ``_run_declared_inline`` to count the nodes it completed, so that a test fails if the fast
-path was silently never taken; its behaviour is untouched.
+path was silently never taken; its behaviour is untouched. Two tests wrap the result store's
+``content_hashes``: one to count the lookups, one to fail a lookup once, as a store briefly
+unreachable does.
 """
 import time
 
@@ -219,3 +221,127 @@ def test_an_inline_call_over_its_timeout_fails_the_same_way(tmp_path, counted):
     assert state is RunState.FAILED
     assert rows["n120"][0] is TaskState.FAILED and "TaskTimeout" in rows["n120"][1]
     assert rows["n119"][0] is TaskState.SUCCESS and rows["n121"][0] is TaskState.SUCCESS
+
+
+# -- review findings (session 17): each failed before its fix ----------------------------------
+def _engine_pair(tmp_path, mode):
+    root = tmp_path / mode
+    root.mkdir()
+    eng = Engine(results=SQLiteStorage(str(root / "r.db")),
+                 metadata=SQLMetadataStore(f"sqlite:///{root / 'm.db'}", create=True),
+                 writer="thread")
+    if mode == "general":
+        eng.subscribe(lambda event: None)
+    return eng
+
+
+def _declared_fn(arguments, parameters, values):
+    return parameters["i"] + sum(values.values())
+
+
+def test_a_stop_inside_a_submitted_batch_cancels_the_rest_of_it(tmp_path):
+    """Under 'fail', a submission that fails stops the run; the declared tasks after it in the
+    same batch were taken in by the one-pass loop as if nothing had happened, queued after the
+    stop, and never started: the run never ended."""
+    import sys
+    from collections import Counter
+    from twingraph.core.specs import ComponentSpec
+    from twingraph.engine.loop import RunOptions
+    good = ComponentSpec(name="good", qualname="m:good", code_version="v1", raw_result=True)
+    # labels that are not a mapping: the task row's fingerprint fails, so does its submission
+    bad = ComponentSpec(name="bad", qualname="m:bad", code_version="v1", raw_result=True,
+                        labels=[1])
+
+    def body(run):
+        before = sys.getswitchinterval()
+        sys.setswitchinterval(0.5)        # all submitted before the loop takes any in
+        try:
+            run.call_declared(bad, _declared_fn, [], {"i": -1}, [], [], "bad")
+            for i in range(20):
+                run.call_declared(good, _declared_fn, [], {"i": i}, [], [], f"g{i}")
+        finally:
+            sys.setswitchinterval(before)
+
+    out = {}
+    for mode in ("fast", "general"):
+        eng = _engine_pair(tmp_path, mode)
+        try:
+            r = eng.run(body, pipeline="stop-mid-batch",
+                        options=RunOptions(max_parallel=4, error_handler="fail"))
+            out[mode] = (r.state, Counter(t.state for t in eng.metadata.get_tasks(r.run_id)))
+        finally:
+            eng.close()
+    assert out["fast"] == out["general"] == (
+        RunState.FAILED, Counter({TaskState.CANCELLED: 20, TaskState.FAILED: 1}))
+
+
+def test_a_failed_lookup_fails_the_whole_burst_as_the_general_path_does(tmp_path):
+    """Forty nodes that became ready together were looked up one by one by the lane: a store
+    error failed one of them, where the general path (one query a burst) fails all forty. The
+    store's ``content_hashes`` is wrapped to fail once, as a store briefly unreachable does."""
+    from collections import Counter
+    from twingraph.core.specs import ComponentSpec
+    from twingraph.engine.loop import RunOptions
+    inc = ComponentSpec(name="inc", qualname="m:inc", code_version="v1", raw_result=True)
+    armed = []
+
+    def fn(arguments, parameters, values):
+        if parameters.get("trigger"):
+            armed.append(1)
+        return _declared_fn(arguments, parameters, values)
+
+    def body(run):
+        prev = []
+        for i in range(20):                     # a chain: the lane runs it
+            prev = [run.call_declared(inc, fn, [], {"i": i}, [p.node_id for p in prev], prev,
+                                      f"c{i}")]
+        t = run.call_declared(inc, fn, [], {"i": 99, "trigger": True}, [prev[0].node_id],
+                              prev, "trigger")
+        for i in range(40):
+            run.call_declared(inc, fn, [], {"i": i}, ["trigger"], [t], f"fan{i}")
+
+    out = {}
+    for mode in ("fast", "general"):
+        armed.clear()
+        eng = _engine_pair(tmp_path, mode)
+        real = eng.results.content_hashes
+
+        def flaky(keys, real=real):
+            if armed:
+                armed.clear()
+                raise OSError("store briefly unreachable")
+            return real(keys)
+        eng.results.content_hashes = flaky
+        try:
+            r = eng.run(body, pipeline="lookup-error",
+                        options=RunOptions(max_parallel=4, error_handler="continue"))
+            out[mode] = Counter(t.state for t in eng.metadata.get_tasks(r.run_id))
+        finally:
+            eng.close()
+    assert out["fast"] == out["general"] == Counter({TaskState.FAILED: 40,
+                                                     TaskState.SUCCESS: 21})
+
+
+def test_a_wide_graph_is_looked_up_a_burst_at_a_time(tmp_path):
+    """The lane took every ready node, one query each: a 20,000-node fan-out's second run
+    (all memo hits) made 20,000 lookups instead of a few dozen, and ran ~1.6x slower."""
+    register_operation("fp_one", lambda deps, p: p["i"])
+    nodes = [NodeDefinition("root", "fp_one", [], {"i": 0})]
+    nodes += [NodeDefinition(f"w{i}", "fp_one", ["root"], {"i": i}) for i in range(2000)]
+    eng = _engine_pair(tmp_path, "fast")
+    calls = []
+    real = eng.results.content_hashes
+
+    def counting(keys):
+        calls.append(len(keys))
+        return real(keys)
+    eng.results.content_hashes = counting
+    try:
+        sched = DynamicScheduler(eng.results, ExecutionConfig(max_concurrent_nodes=4),
+                                 engine=eng)
+        assert sched.run(DAGDefinition("wide", nodes)).state is RunState.SUCCESS
+        calls.clear()
+        assert sched.run(DAGDefinition("wide", nodes)).state is RunState.SUCCESS
+    finally:
+        eng.close()
+    assert sum(calls) == len(nodes) and len(calls) <= 20, len(calls)

@@ -371,6 +371,10 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         n = 0
         while submitted:
             task = submitted[0]
+            if self.stopping:         # a failed submission above stopped the run ('fail'):
+                self._submit_guarded(task)          # the rest end CANCELLED, as there
+                submitted.popleft()
+                continue
             spec = task.spec
             if spec is not last_spec:
                 try:
@@ -581,11 +585,13 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         """The deep graph's hot path: declared nodes that become ready one at a time (each
         the last input of the next) are keyed, looked up and, on a miss, run inline, one after
         another, without the general path's bursts (a burst of one, there) and queue. Taken
-        while nothing waits for a slot (``ready``, ``held``), a slot is free, nobody listens
-        for events, and the run memoizes and is not resumed. It stops at the first node that
-        is not a declared node running inline, leaving it first in ``became_ready`` for the
-        general path. Same decisions, rows and counts as the general path (a twin is handed
-        to ``_keyed``; tests/engine/test_inline_fast_path.py compares them)."""
+        while exactly one node is ready (more are a burst: one lookup for all of them, and a
+        failed lookup fails all of them, as the general path does), nothing waits for a slot
+        (``ready``, ``held``), a slot is free, nobody listens for events, and the run memoizes
+        and is not resumed. It stops at the first node that is not a declared node running
+        inline, leaving it in ``became_ready`` for the general path. Same decisions, rows and
+        counts as the general path (a twin is handed to ``_keyed``;
+        tests/engine/test_inline_fast_path.py compares them)."""
         engine = self.engine
         if self.prior or self.opt.no_cache or engine.has_sinks or self.held \
                 or self._held_retry:
@@ -595,7 +601,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         lookup = self.results.content_hashes
         limit = self.opt.max_parallel
         steps = 0
-        while became and self.running < limit and not ready and not self.stopping:
+        while len(became) == 1 and self.running < limit and not ready and not self.stopping:
             t = became[0]
             if t.state is not PENDING:
                 became.popleft()

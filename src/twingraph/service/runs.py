@@ -217,7 +217,8 @@ class RunService:
         try:
             # Written now, alone: through the recorder it waited for every other run's
             # backlog, inside the REST request that started this one.
-            self.engine.metadata.write([LogRecord(run.run_id, time.time(), "error", error)])
+            if self.engine.metadata is not None:
+                self.engine.metadata.write([LogRecord(run.run_id, time.time(), "error", error)])
         except Exception:  # noqa: BLE001 - the run's state is recorded; its log line is not
             log.warning("run %s: the log of its failed start could not be written",
                         run.run_id, exc_info=True)

@@ -134,12 +134,12 @@ class MemoryMetadataStore:
         elif isinstance(rec, AttemptRecord):
             if rec.node_id not in self._tasks.get(rec.run_id, {}):
                 raise NotFoundError(f"AttemptRecord for unknown task {rec.node_id!r} of run {rec.run_id!r}")
-            key = (rec.run_id, rec.node_id, rec.attempt)
-            old = self._attempts.get(key)
+            at = (rec.run_id, rec.node_id, rec.attempt)
+            old = self._attempts.get(at)
             if not sem.attempts_to_write([rec], lambda run: self._epochs.get(run, 0)) \
                     or (old is not None and rec.fence < old.fence):
                 return                 # a superseded driver's, or below the stored fence
-            undo.set(self._attempts, key, replace(rec, state=sem.task_state(rec.state)))
+            undo.set(self._attempts, at, replace(rec, state=sem.task_state(rec.state)))
         elif isinstance(rec, LogRecord):
             self._run(rec.run_id, "LogRecord")
             undo.append(self._logs[rec.run_id], replace(rec, level=sem.normalize_level(rec.level)))
