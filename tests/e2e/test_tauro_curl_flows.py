@@ -221,7 +221,10 @@ curl -X POST http://localhost:8000/api/v1/runs \\
     assert run["state"] == "PENDING"
     sh(server, 'curl -X POST http://localhost:8000/api/v1/runs/$RUN/start', RUN=run["id"])
     done = poll_until_done(server, run["id"])
-    assert done["state"] == "SUCCESS" and done["params"] == {"date": "2025-01-26"}
+    # The params it ran with: the given date and the pipeline's defaults for the rest
+    # (recorded, so that a run adopted after a default was edited keeps its own).
+    assert done["state"] == "SUCCESS"
+    assert done["params"] == {"date": "2025-01-26", "n": 3, "factor": 2}
     assert done["pipeline_id"] == etl["id"]
 
     # Cancel Run with a reason (a PENDING run), then the documented list filters
