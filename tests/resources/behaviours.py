@@ -150,3 +150,17 @@ def stubborn_in_process(marker_dir):
     if len(os.listdir(marker_dir)) < 2:
         raise StubbornTransient(1, 2)
     return "second attempt"
+
+
+@component(cache=False, executor="process")
+def worker_pid(x):
+    """The pid of the worker process that ran it."""
+    return os.getpid()
+
+
+@component(cache=False, executor="process", timeout=1)
+def runs_a_slow_tool(marker):
+    """Starts an external command that writes ``marker`` after 4 s: past the task's timeout."""
+    import subprocess
+    subprocess.run(["sh", "-c", f"sleep 4; echo written > {marker}"])
+    return marker

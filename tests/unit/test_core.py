@@ -58,6 +58,16 @@ def test_bad_retry_policies(bad):
         RetryPolicy.parse(bad)
 
 
+def test_a_first_delay_above_the_default_cap_raises_the_cap():
+    # {'initial_delay': 120} was refused: "max_delay must be >= initial_delay", about the
+    # default max_delay (60) the user never set
+    p = RetryPolicy.parse({"max_attempts": 3, "initial_delay": 120, "jitter": 0})
+    assert p.max_delay == 120 and p.delay(1) == 120 and p.delay(2) == 120
+    assert RetryPolicy.parse({"max_attempts": 3, "initial_delay": 5}).max_delay == 60
+    with pytest.raises(ValidationError, match="max_delay must be >= initial_delay"):
+        RetryPolicy.parse({"max_attempts": 3, "initial_delay": 120, "max_delay": 60})
+
+
 @pytest.mark.parametrize("name, bad", [
     ("initial_delay", {"initial_delay": float("nan")}),
     ("initial_delay", {"initial_delay": float("inf"), "max_delay": float("inf")}),

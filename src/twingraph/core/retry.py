@@ -24,12 +24,16 @@ _KEYS = {"max_attempts", "backoff", "initial_delay", "max_delay", "exceptions", 
          "multiplier"}
 
 
+#: ``RetryPolicy.max_delay`` when none is given (raised to ``initial_delay`` if that is longer).
+DEFAULT_MAX_DELAY = 60.0
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     max_attempts: int = 1
     backoff: str = "exponential"        # 'fixed' | 'exponential'
     initial_delay: float = 1.0
-    max_delay: float = 60.0
+    max_delay: float = DEFAULT_MAX_DELAY
     multiplier: float = 2.0
     jitter: float = 0.1                 # +/- fraction of the delay, 0 disables
     exceptions: tuple[str, ...] = ()    # empty = every exception retries
@@ -61,6 +65,11 @@ class RetryPolicy:
             kw["exceptions"] = tuple(names)
         if "jitter" in kw and isinstance(kw["jitter"], bool):
             kw["jitter"] = 0.1 if kw["jitter"] else 0.0
+        if "max_delay" not in kw and isinstance(kw.get("initial_delay"), (int, float)) \
+                and not isinstance(kw["initial_delay"], bool):
+            # The default cap (60 s) is below a longer first delay the user asked for: the
+            # cap is then that delay, not an error about a value the user never set.
+            kw["max_delay"] = max(DEFAULT_MAX_DELAY, kw["initial_delay"])
         policy = cls(**kw)
         policy.validate()
         return policy

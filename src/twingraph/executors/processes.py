@@ -27,6 +27,7 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import threading
 import time
 import traceback
@@ -127,6 +128,7 @@ def _watch_parent(parent: int) -> None:
     while True:
         time.sleep(PARENT_CHECK_SECONDS)
         if os.getppid() != parent:
+            _end_own_group()
             os._exit(1)
 
 
@@ -134,7 +136,34 @@ def _watch_parent(parent: int) -> None:
 PARENT_CHECK_SECONDS = 0.5
 
 
+def _end_own_group() -> None:
+    """In the child: kill what the task started (its process group), this worker included."""
+    try:
+        if os.getpgid(0) == os.getpid():          # the group is this worker's own
+            os.killpg(0, signal.SIGKILL)
+    except (AttributeError, OSError):
+        pass
+
+
+def _kill_group(w: "_Worker") -> None:
+    """Kill worker ``w`` and every process its task started: each worker leads a process
+    group of its own (``_worker_main``), so a timeout or a cancel also stops the task's
+    children (a shell it ran would otherwise go on, re-parented, after its task was
+    reported stopped). A worker still booting has no group yet: only it is killed."""
+    pid = w.proc.pid
+    if pid is not None:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (AttributeError, OSError):     # no such group (yet), or not POSIX
+            pass
+    w.proc.kill()
+
+
 def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> None:  # in the child
+    try:
+        os.setsid()            # a process group of its own: killed whole (``_kill_group``)
+    except (AttributeError, OSError):
+        pass
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="twingraph-parent-watch").start()
     forward = _Forward(conn)
@@ -203,6 +232,16 @@ def _run_one(data: bytes) -> bytes:  # in the child
 def _class_names(cls: type) -> tuple[str, ...]:
     """``cls`` and its bases by name and by ``module.qualname`` (``core.retry.matches``)."""
     return tuple(n for c in cls.__mro__ for n in (c.__name__, f"{c.__module__}.{c.__qualname__}"))
+
+
+def _close_quietly(w: "_Worker") -> None:
+    """Reap and close a worker that died on its own (what its task started dies too)."""
+    try:
+        _kill_group(w)
+        w.proc.join(1)
+        w.conn.close()
+    except (OSError, ValueError):
+        pass
 
 
 def _deliver_log(job: Job, frame: bytes) -> None:
@@ -290,6 +329,12 @@ class ProcessPool:
             with self._lock:
                 if not self._waiting or self._closed:
                     return
+                while self._idle and not self._idle[-1].proc.is_alive():
+                    # Died while idle (the OOM killer, an operator): replaced, never handed
+                    # a task it could not run.
+                    gone = self._idle.pop()
+                    self._count -= 1
+                    _close_quietly(gone)
                 if self._idle:
                     w: _Worker | None = self._idle.pop()
                 elif self._count < self.size:
@@ -341,6 +386,7 @@ class ProcessPool:
 
     def _await(self, w: _Worker, job: Job, done: Callable[[Outcome], None], payload: bytes) -> None:
         t0 = time.perf_counter()
+        reused, sent = w.ready, False
         try:
             if not w.ready:               # a new worker: wait until it has booted
                 if w.conn.recv_bytes() != b"ready":
@@ -350,10 +396,12 @@ class ProcessPool:
             job.started_at = time.monotonic()
             try:
                 w.conn.send_bytes(payload)
+                sent = True
             except OSError:
                 # The worker stopped reading (its inputs did not fit): it says so before it ends.
                 if not w.conn.poll(1):
                     raise
+                sent = True
             while True:
                 frame = w.conn.recv_bytes()
                 if frame[:1] == b"R":
@@ -364,7 +412,15 @@ class ProcessPool:
             with self._lock:
                 killed = self._busy.pop(job, None) is None
                 self._count -= 1
-            if not killed:
+                # A worker that had died while idle, before the check in ``_pump`` could
+                # see it: the task never reached it, and goes to another worker.
+                again = not killed and reused and not sent and not w.proc.is_alive()
+                if again:
+                    self._waiting.appendleft((job, done))
+            if again:
+                _close_quietly(w)
+            elif not killed:
+                _kill_group(w)             # what its task started dies with it
                 w.proc.join(1)             # reaped: its exit code is known
                 code = w.proc.exitcode
                 hint = ""
@@ -412,7 +468,7 @@ class ProcessPool:
 
     @staticmethod
     def _retire(w: _Worker) -> None:
-        w.proc.kill()
+        _kill_group(w)
         w.proc.join(5)
         w.conn.close()
 
@@ -426,7 +482,7 @@ class ProcessPool:
                 self._waiting = deque((j, d) for j, d in self._waiting if j is not job)
         if w is None:                 # never started (queued, or its worker still spawning)
             return False
-        w.proc.kill()
+        _kill_group(w)
         w.proc.join(5)
         w.conn.close()
         return True
@@ -437,6 +493,6 @@ class ProcessPool:
             workers = self._idle + [w for w in self._busy.values() if w is not None]
             self._idle, self._busy = [], {}
         for w in workers:
-            w.proc.kill()
+            _kill_group(w)
             w.proc.join(5)
             w.conn.close()
