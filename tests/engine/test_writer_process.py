@@ -359,6 +359,8 @@ def test_a_split_batch_records_nothing_when_its_results_fail(offloaded, monkeypa
     with pytest.raises(Exception, match="not JSON-serializable"):
         rec.flush()
     assert metadata.get_run("r") is None and not results.has("k5")   # no task row at all
+    with pytest.raises(Exception, match="not JSON-serializable"):
+        rec.flush("r")           # its records were in the batch's later frames: it is told too
     rec.add(RunRecord("r2", "p", RunState.RUNNING, created_at=1.0))
     rec.flush()
     assert metadata.get_run("r2") is not None and rec.writer == "process"
@@ -423,6 +425,8 @@ def test_frames_left_unanswered_by_a_dead_child_keep_results_before_records(offl
     assert rec.writer == "thread"
     assert [results.has(f"k{i}") for i in range(4)] == [True, True, False, False]   # by frame
     assert metadata.get_run("r") is None              # no record of the failed batch
+    with pytest.raises(Exception, match="not JSON-serializable"):
+        rec.flush("r")          # its records were in the batch's later frames: it is told too
 
 
 def test_the_writer_process_opens_the_result_store_for_bulk_writes(tmp_path):

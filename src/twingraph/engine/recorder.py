@@ -27,7 +27,7 @@ import logging
 import operator
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -79,6 +79,11 @@ class Recorder:
         self._unacked: deque[tuple[Sequence[Record], Sequence[PutResult], int]] = deque()
         self._batches = itertools.count(1)              # numbers the batches sent as frames
         self._bad_batch = 0                             # the last one with a failed frame
+        self._bad_error: BaseException | None = None    # ... and its error
+        self._bad_runs: set[str] = set()                # ... and the runs told of it
+        # Runs a batch was given up for (newest last, at most KEEP_DOOMED): their task-level
+        # records are not written any more (``_without_doomed``).
+        self._doomed: OrderedDict[str, None] = OrderedDict()
         self._offload = "off"          # off -> starting -> on | failed; or unavailable
         self._thread = threading.Thread(target=self._run, name="twingraph-recorder", daemon=True)
         self._thread.start()
@@ -241,6 +246,8 @@ class Recorder:
                 self._flushing = True
                 retry, self._retry = self._retry, None
             tries = 0
+            if self._doomed and records:
+                records = self._without_doomed(records)
             if retry is not None:         # the failed batch first: later records refer to it
                 records, results = [*retry[0], *records], [*retry[1], *results]
                 large, tries = large or retry[2], retry[3]
@@ -270,12 +277,32 @@ class Recorder:
 
     def _blame(self, exc: BaseException, records: Sequence[Any], results: Sequence[Any]) -> None:
         """A batch given up on: its error goes to the runs it held records of (or to the next
-        flush, if it held none that say)."""
-        runs = _run_ids(records, results)
+        flush, if it held none that say), and those runs are doomed (``_without_doomed``)."""
+        self._blame_runs(exc, _run_ids(records, results))
+
+    def _blame_runs(self, exc: BaseException, runs: set[str]) -> None:
         if not runs:
             self._error = exc
         for run_id in runs:
             self._run_errors.setdefault(run_id, exc)
+            self._doomed[run_id] = None
+            self._doomed.move_to_end(run_id)
+        while len(self._doomed) > KEEP_DOOMED:
+            self._doomed.popitem(last=False)
+
+    def _without_doomed(self, records: Sequence[Any]) -> list[Any]:
+        """``records`` without the task-level ones (updates, attempts, edges, task logs) of a
+        run a batch was given up for. The lost batch held first rows of that run's tasks;
+        their later updates would be refused as updates of unknown tasks, and each failure
+        would take a whole batch down with them, other runs' records and this run's final
+        state included. The run ends FAILED with the lost batch's error (its ``flush`` raises
+        it); what it still writes is its run-level records (its end, its logs) and first rows
+        of tasks, which need nothing that was lost."""
+        doomed = self._doomed
+        return [r for r in records
+                if type(r) in _RUN_LEVEL or type(r) is PackedTaskRecords or type(r) is TaskRecord
+                or (type(r) is LogRecord and r.node_id is None)
+                or getattr(r, "run_id", None) not in doomed]
 
     def _write(self, records: Sequence[Record], results: Sequence[Any], large: bool) -> None:
         # Same-type records are written as one statement each; a stable sort by type keeps every
@@ -385,9 +412,12 @@ class Recorder:
         """The answer for the oldest batch in flight."""
         _records, results, batch = self._unacked.popleft()
         if reply[0] == "skipped":              # an earlier frame of its batch failed
+            if batch == self._bad_batch:
+                self._fail_rest(_records, results)
             return
         if reply[0] == "error":
-            self._bad_batch = batch
+            self._bad_batch, self._bad_error = batch, reply[1]
+            self._bad_runs = _run_ids(_records, results)
             self._fail(reply[1], _records, results)
             return
         _, stale, rows = reply
@@ -414,14 +444,27 @@ class Recorder:
 
     def _write_here_of(self, batch: int, records: Sequence[Record],
                        results: Sequence[PutResult]) -> None:
-        """A frame of ``batch`` written here: nothing if an earlier frame of it failed."""
+        """A frame of ``batch`` written here: nothing if an earlier frame of it failed (its
+        runs are told: they lost it too)."""
         if batch == self._bad_batch:
+            self._fail_rest(records, results)
             return
         try:
             self._write_here(records, results)
-        except BaseException:
-            self._bad_batch = batch
+        except BaseException as exc:
+            self._bad_batch, self._bad_error = batch, exc
+            self._bad_runs = _run_ids(records, results)
             raise
+
+    def _fail_rest(self, records: Sequence[Any], results: Sequence[Any]) -> None:
+        """A later frame of the batch whose frame failed, not written: the runs it held
+        records of lost the batch too (each told once: a run that has already flushed the
+        error is not given it again)."""
+        runs = _run_ids(records, results) - self._bad_runs
+        if runs and self._bad_error is not None:
+            self._bad_runs |= runs
+            with self._cv:
+                self._blame_runs(self._bad_error, runs)
 
     def _fail(self, exc: BaseException, records: Sequence[Any], results: Sequence[Any]) -> None:
         """A batch the writer process answered with an error (or that could not be written
@@ -431,6 +474,10 @@ class Recorder:
         with self._cv:
             self._blame(exc, records, results)
 
+
+#: Runs whose given-up batches the recorder remembers (their later task records are dropped).
+KEEP_DOOMED = 10_000
+_RUN_LEVEL = (RunRecord, RunUpdate, RunHeartbeat)
 
 _RANKS = {"RunRecord": 0, "TaskRecord": 1, "TaskUpdate": 2, "AttemptRecord": 3,
           "EdgeRecord": 4, "LogRecord": 5, "RunHeartbeat": 6, "RunUpdate": 7}
