@@ -1,6 +1,7 @@
 """The process pool under things that happen to worker processes from outside: a worker killed
 while idle (the OOM killer, an operator) is replaced before a task is handed to it, and a task
-stopped by its timeout takes the processes it started with it.
+stopped by its timeout takes the processes it started with it; and an exception whose class
+only the worker can load still reaches the driver with its name, text and traceback.
 
 Real worker processes, a real SQLite-backed engine; the worker is killed with a real SIGKILL."""
 import os
@@ -66,5 +67,25 @@ def test_a_task_stopped_by_its_timeout_takes_what_it_started_with_it(tmp_path):
         assert task.state is TaskState.FAILED and "TaskTimeout" in task.error
         time.sleep(4.5)                  # past the time the command would have written it
         assert not marker.exists()
+    finally:
+        eng.close()
+
+
+def test_an_exception_the_driver_cannot_load_keeps_its_name_text_and_retries(tmp_path):
+    """Its class lives in a module only the worker imports: the driver could not unpickle
+    the answer and reported 'the result could not be read: ModuleNotFoundError', without
+    the message or traceback, and the retry policy naming the class never matched."""
+    @pipeline(name="worker_only_error", error_handler="continue")
+    def p():
+        return b.raises_a_worker_only_error(str(tmp_path))
+
+    eng = _engine(tmp_path)
+    try:
+        r = p.run(engine=eng)
+        (task,) = eng.metadata.get_tasks(r.run_id)
+        assert task.state is TaskState.FAILED and task.attempts == 2       # retried by name
+        assert "WorkerOnlyError: the worker's own message" in task.error
+        logs = "\n".join(l.message for l in eng.metadata.get_logs(r.run_id, level="error"))
+        assert "in raises_a_worker_only_error\ntg_worker_only.WorkerOnlyError" in logs   # traceback
     finally:
         eng.close()

@@ -164,3 +164,17 @@ def runs_a_slow_tool(marker):
     import subprocess
     subprocess.run(["sh", "-c", f"sleep 4; echo written > {marker}"])
     return marker
+
+
+@component(cache=False, executor="process",
+           retry_policy={"max_attempts": 2, "initial_delay": 0.01, "backoff": "fixed",
+                         "exceptions": ["WorkerOnlyError"]})
+def raises_a_worker_only_error(moddir):
+    """Raises an exception whose class lives in a module only the worker process can import
+    (written to ``moddir`` and imported here)."""
+    import sys
+    with open(os.path.join(moddir, "tg_worker_only.py"), "w") as f:
+        f.write("class WorkerOnlyError(Exception):\n    pass\n")
+    sys.path.insert(0, moddir)
+    import tg_worker_only
+    raise tg_worker_only.WorkerOnlyError("the worker's own message")

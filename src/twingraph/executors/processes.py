@@ -215,9 +215,20 @@ def _run_one(data: bytes) -> bytes:  # in the child
         # Its traceback does not pickle: it travels as text (the driver's logs and error
         # events show it, as for a thread task).
         reply = (False, exc, "".join(traceback.format_exception(exc)))
+        if not isinstance(exc, MemoryError):
+            # The exception pickled apart, with its class names and text beside it: if the
+            # driver cannot unpickle it (its class lives in a module only the worker can
+            # import), it still has the names (retry policies match them), text, traceback.
+            try:
+                pickled = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+                cloudpickle.loads(pickled)       # it must at least unpickle here
+                reply = (False, None, reply[2], pickled, _class_names(type(exc)),
+                         f"{type(exc).__name__}: {exc}")
+            except Exception:  # noqa: BLE001 - sent as a NodeExecutionError below
+                pass
     try:
         out: bytes = cloudpickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        if not reply[0]:
+        if not reply[0] and len(reply) == 3:
             cloudpickle.loads(out)   # an exception must also unpickle in the driver
     except Exception as exc:  # noqa: BLE001
         tb = reply[2]
@@ -227,6 +238,20 @@ def _run_one(data: bytes) -> bytes:  # in the child
             f"{type(err).__name__}: {err}", error_type=type(err).__name__, traceback=tb,
             error_types=_class_names(type(err))), tb))
     return out
+
+
+def _exception_from(job: Job, tb: str, pickled: bytes, names: tuple[str, ...],
+                    text: str) -> BaseException:
+    """A task's exception, sent pickled apart (``_run_one``): itself, or, if its class cannot
+    be loaded here, a ``NodeExecutionError`` with its text, class names and traceback."""
+    try:
+        exc = cloudpickle.loads(pickled)
+        if isinstance(exc, BaseException):
+            return exc
+    except Exception:  # noqa: BLE001 - e.g. a module only the worker has
+        pass
+    return NodeExecutionError(text, node_id=job.node_id, error_type=names[0] if names else "",
+                              traceback=tb, error_types=names)
 
 
 def _class_names(cls: type) -> tuple[str, ...]:
@@ -435,7 +460,10 @@ class ProcessPool:
         dt = time.perf_counter() - t0
         tb = ""
         try:                              # the whole answer was read: the worker stays usable
-            ok, value, tb = cloudpickle.loads(frame[1:])
+            reply = cloudpickle.loads(frame[1:])
+            ok, value, tb = reply[:3]
+            if not ok and value is None and len(reply) == 6:
+                value = _exception_from(job, *reply[2:])
             if not ok and tb:
                 remote_traceback(value, tb)
         except Exception as exc:  # noqa: BLE001 - e.g. a class missing here: the task failed
