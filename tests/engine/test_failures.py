@@ -458,3 +458,52 @@ def test_a_component_with_its_own_timeout_is_stopped_even_after_many_fast_calls(
     assert time.monotonic() - t0 < 2.0
     slow = _tasks(engine, r.run_id)["mostly_fast-30"]
     assert slow.state is TaskState.FAILED and "abandoned" in slow.error
+
+
+def test_a_measured_fast_call_never_holds_the_pipeline_timeout_or_another_tasks(engine):
+    """A component measured fast ran inline on the scheduler thread, where no timer fires
+    until the call returns: a call that took long once ran the pipeline past its own timeout
+    (it ended SUCCESS), and a process task's own timeout fired only when the call returned."""
+    from twingraph import component
+
+    @component(cache=False)
+    def usually_fast(i, nap=0.0):
+        if nap:
+            time.sleep(nap)
+        return i
+
+    @component(cache=False, executor="process", timeout=1)
+    def stuck(x):
+        time.sleep(30)
+
+    @pipeline(name="warm_fast")
+    def warm():
+        return [usually_fast(i=i) for i in range(40)]
+
+    for _ in range(30):             # measured fast (one call slowed by a busy machine resets it)
+        warm.run(engine=engine)
+        if engine.choose_mode(usually_fast.spec) == "inline":
+            break
+    assert engine.choose_mode(usually_fast.spec) == "inline"
+
+    @pipeline(name="short_timeout", timeout=1.0)
+    def short():
+        return usually_fast(i=1, nap=4.0)
+
+    t0 = time.monotonic()
+    r = short.run(engine=engine)
+    assert time.monotonic() - t0 < 3.0 and r.state is RunState.FAILED, r.state
+
+    @pipeline(name="beside_a_deadline", error_handler="continue")
+    def beside():
+        a = stuck(1)
+        time.sleep(0.5)
+        return [a, usually_fast(i=2, nap=4.0)]
+
+    t0 = time.monotonic()
+    r = beside.run(engine=engine)
+    tasks = _tasks(engine, r.run_id)
+    assert tasks["stuck-0"].state is TaskState.FAILED and "TaskTimeout" in tasks["stuck-0"].error
+    # killed at its own second, not when the 4 s call ended
+    assert tasks["stuck-0"].ended_at - tasks["stuck-0"].started_at < 3.0
+    assert tasks["usually_fast-0"].state is TaskState.SUCCESS

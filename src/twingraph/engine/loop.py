@@ -38,7 +38,7 @@ from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord, TaskUpd
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.results import StorageMetadata
 from twingraph.core.wire import pack_result_rows, pack_results, pack_task_values
-from twingraph.core.specs import resource_amounts
+from twingraph.core.specs import DEFAULT_TIMEOUT, resource_amounts
 from twingraph.core.states import TaskState, fence as fence_token
 from twingraph.engine import gcpace, tasklog
 from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
@@ -156,6 +156,10 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.started_at = self.clock.monotonic()
         if options.timeout:
             self._timer(options.timeout, "pipeline_timeout", None, 0)
+        # Deadlines that must fire on time keep 'auto' components out of inline mode (_mode):
+        # the run's own, and those of the running tasks that have one of their own.
+        self._tight_run = options.timeout is not None and 0 < options.timeout < DEFAULT_TIMEOUT
+        self._tight: set[Task] = set()
 
     # == the loop ===========================================================================
     def run_forever(self) -> None:
@@ -574,7 +578,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                     if not self._reserve(task):
                         continue
                 elif task.ref_slots is DECLARED and not self.engine.has_sinks \
-                        and self.engine.choose_mode(spec) == "inline" \
+                        and self._mode(spec) == "inline" \
                         and self._run_declared_inline(task):
                     self._progressed(1)
                     continue
@@ -597,7 +601,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 or self._held_retry:
             return
         became, ready, by_key, counts = self.became_ready, self.ready, self.by_key, self.counts
-        executors, choose_mode = engine.executors, engine.choose_mode
+        executors, choose_mode = engine.executors, self._mode
         lookup = self.results.content_hashes
         limit = self.opt.max_parallel
         steps = 0
@@ -644,6 +648,24 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 ready.append(t)              # e.g. an input to read back: the general path
         if steps:
             self._progressed(steps)
+
+    def _mode(self, spec: Any) -> str:
+        """``engine.choose_mode``, except that 'auto' does not run a component inline (on
+        this thread, where no timer can fire until the call returns) while a deadline someone
+        set must fire on time: the pipeline's own timeout below ``DEFAULT_TIMEOUT``, or a
+        running task's (a component with its own timeout). A call measured fast may still
+        take long once; it then runs in a thread, and those deadlines are kept."""
+        mode = self.engine.choose_mode(spec)
+        if mode == "inline" and spec.executor == "auto":
+            if self._tight_run:
+                return "thread"
+            tight = self._tight
+            if tight:
+                for t in [t for t in tight if t.state is not RUNNING]:
+                    tight.discard(t)
+                if tight:
+                    return "thread"
+        return mode
 
     def _reserve(self, task: Task) -> bool:
         """Take the local resources ``task`` asks for, or hold it back until some are given
@@ -846,8 +868,10 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         task.fence = self._fence_base + task.attempt      # core.states.fence(epoch, attempt)
         if self._first_start is None:
             self._first_start = self.clock.monotonic()
-        mode = self.engine.choose_mode(task.spec)
+        mode = self._mode(task.spec)
         task.mode = mode
+        if mode != "inline" and task.spec.timeout < DEFAULT_TIMEOUT:
+            self._tight.add(task)          # its deadline must fire on time: see _mode
         self.running += 1
         if mode != "inline" or self.engine.has_sinks:
             self._set_state(task, RUNNING)
