@@ -108,7 +108,8 @@ def dag_from_dict(doc: Any, *, default_id: str = "dag") -> DAGDefinition:
         nodes.append(NodeDefinition(nid, op, args, params, raw.get("metadata")))
     deps = doc.get("dependencies", {}) or {}
     if not isinstance(deps, dict) or not all(
-            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in deps.values()):
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
+            for k, v in deps.items()):
         raise ValidationError("'dependencies' maps node ids to lists of node ids")
     dag_id = doc.get("dag_id", default_id)
     if not isinstance(dag_id, str) or not dag_id:

@@ -220,7 +220,7 @@ class GraphValidationError(ValidationError):
     """A DAG is invalid; ``nodes`` names the offending nodes, ``reason`` says how."""
 
     def __init__(self, reason: str, nodes: Iterable[str], detail: str = "") -> None:
-        self.reason, self.nodes = reason, sorted(set(nodes))
+        self.reason, self.nodes = reason, sorted({str(n) for n in nodes})
         super().__init__(f"{reason}: {', '.join(self.nodes)}" + (f" ({detail})" if detail else ""))
 
 

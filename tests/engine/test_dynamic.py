@@ -86,6 +86,29 @@ def test_invalid_dags_are_rejected_before_anything_runs(scheduler, dag, reason, 
     assert ops.calls == [] and scheduler.engine.metadata.list_runs() == []
 
 
+def test_malformed_dags_built_in_python_are_refused_as_the_file_form_refuses_them(scheduler):
+    """Ids 1 and "1" passed the duplicate check and shared one result; a string of arguments
+    was read as a list of one-letter ids ("cycle: a"); an empty DAG ran and said SUCCESS;
+    ``dependencies`` with an int key crashed the CLI (a traceback) and the server (500)."""
+    ops.calls.clear()
+    bad = [
+        (DAGDefinition("d", []), "has no nodes"),
+        (DAGDefinition("d", [N(1, "make_numbers", n=1), N("1", "make_numbers", n=2)]),
+         "node ids must be non-empty strings: 1"),
+        (DAGDefinition("d", [N("a", "make_numbers", n=1),
+                             NodeDefinition("b", "square_all", "a", {})]),
+         "arguments must be a list of node ids or a mapping of names to node ids: b"),
+        (DAGDefinition("d", [N("a", "make_numbers", n=1)], dependencies={1: ["a"]}),
+         "dependencies map node ids to lists of node ids"),
+    ]
+    for dag, message in bad:
+        with pytest.raises(ValidationError, match=message):
+            asyncio.run(scheduler.submit_dag(dag))
+    assert ops.calls == [] and scheduler.engine.metadata.list_runs() == []
+    with pytest.raises(ValidationError, match="'dependencies' maps node ids"):
+        parse_dag_text("nodes: [{id: a, operation: make_numbers}]\ndependencies: {1: [a]}\n")
+
+
 def test_a_dag_written_out_of_order_runs_in_dependency_order(scheduler):
     dag = DAGDefinition("o", [N("total", "add_all", ["sq"], offset=1),
                               N("sq", "square_all", ["nums"]), N("nums", "make_numbers", n=3)])

@@ -128,6 +128,61 @@ def test_ctrl_c_cancels_and_records_the_run(tmp_path):
     store.close()
 
 
+def test_ctrl_c_in_dynamic_execute_cancels_and_records_the_run(tmp_path):
+    """The DAG's run went on in a thread of its own: the process ended on Ctrl-C and the run
+    stayed RUNNING in the store for good."""
+    import signal
+    import sqlite3
+    import time
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+    (tmp_path / "slow.json").write_text(json.dumps({"dag_id": "slowchain", "nodes": [
+        {"id": "s1", "operation": "sleepy", "parameters": {"seconds": 4}},
+        {"id": "s2", "operation": "sleepy", "arguments": ["s1"], "parameters": {"seconds": 4}}]}))
+    as_at_a_terminal = ("import runpy, signal, sys; "
+                        "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                        "sys.argv = ['twingraph', *sys.argv[1:]]; "
+                        "runpy.run_module('twingraph', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", as_at_a_terminal, "dynamic", "execute",
+                             str(tmp_path / "slow.json"), "--storage-path", str(tmp_path / "s"),
+                             "--load", str(ROOT / "tests" / "resources" / "ops.py")],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    from twingraph.core.states import RunState
+    from twingraph.stores.metadata import SQLMetadataStore
+    db = tmp_path / "home" / "twingraph.db"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:      # until the run is recorded RUNNING
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                if conn.execute("SELECT count(*) FROM runs").fetchone()[0]:
+                    break
+            finally:
+                conn.close()
+        except sqlite3.Error:                # not created or migrated yet
+            pass
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert "cancelled" in out
+    store = SQLMetadataStore(f"sqlite:///{db}")
+    (run,) = store.list_runs()
+    assert run.state is RunState.CANCELLED
+    store.close()
+
+
+def test_a_loaded_module_that_raises_is_one_line_and_exit_2(cli, tmp_path):
+    (tmp_path / "raises.py").write_text("raise RuntimeError('import boom')\n")
+    out = cli("dynamic", "execute", str(ROOT / "tests" / "resources" / "dag_example.yaml"),
+              "--storage-path", str(tmp_path / "s"), "--load", str(tmp_path / "raises.py"),
+              ok=False)
+    assert out.returncode == 2 and "RuntimeError: import boom" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
 # -- run ids: never cut in `runs list`; `runs show|logs` take a unique prefix ----------------
 
 A = "9d047f4ef5f14f229aca5e0c1b2a3d4e"

@@ -45,8 +45,12 @@ def register(app: typer.Typer) -> None:
             assert metadata is not None        # the default engine always records
             scheduler = DynamicScheduler(storage, config,
                                          engine=Engine(results=storage, metadata=metadata))
-            summary = asyncio.run(_execute(VoxLogicaIntegration(scheduler), dag, config,
-                                           progress))
+            try:
+                summary = asyncio.run(_execute(VoxLogicaIntegration(scheduler), dag, config,
+                                               progress))
+            except KeyboardInterrupt:
+                _cancel(scheduler, dag.dag_id)
+                raise typer.Exit(130) from None
         except TwinGraphError as exc:
             err_console.print(f"[red]Execution failed:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
@@ -55,6 +59,24 @@ def register(app: typer.Typer) -> None:
                       highlight=False, soft_wrap=True)
         if summary["status"] != "completed":
             raise typer.Exit(1)
+
+
+def _cancel(scheduler: Any, dag_id: str) -> None:
+    """Ctrl-C: the DAG's run goes on in a thread of its own, and would stay RUNNING in the
+    store for good if the process just ended. It is cancelled and its end recorded first
+    (as ``twingraph run`` does), within a few seconds."""
+    run_id = scheduler.run_id(dag_id)
+    if run_id is not None:
+        scheduler.engine.cancel(run_id, "interrupted (Ctrl-C)")
+    thread = scheduler.active_executions.get(dag_id)
+    if thread is not None:
+        thread.join(10)
+    try:
+        scheduler.engine.recorder.flush()
+    except Exception:  # noqa: BLE001 - the interrupt is what is reported
+        pass
+    err_console.print(f"[magenta]interrupted:[/magenta] DAG {escape(dag_id)} cancelled"
+                      + (f" (run {escape(run_id)})" if run_id else ""))
 
 
 async def _execute(integration: Any, dag: Any, config: Any, progress: bool) -> Any:

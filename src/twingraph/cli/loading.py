@@ -59,6 +59,10 @@ def load_module(target: str) -> ModuleType:
         except ImportError as exc:      # a missing dependency: said as for a module target
             sys.modules.pop(name, None)
             raise ValidationError(f"cannot load {target}: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:        # the module's own code raised: one line, exit 2
+            sys.modules.pop(name, None)
+            raise ValidationError(f"cannot load {target}: it raised "
+                                  f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
             sys.modules.pop(name, None)
             raise
@@ -69,6 +73,9 @@ def load_module(target: str) -> ModuleType:
             raise _syntax_error(exc) from None
         except ImportError as exc:
             raise ValidationError(f"cannot import {target!r}: {exc}") from exc
+        except Exception as exc:        # the module's own code raised
+            raise ValidationError(f"cannot import {target!r}: it raised "
+                                  f"{type(exc).__name__}: {exc}") from exc
     try:
         import cloudpickle
         cloudpickle.register_pickle_by_value(module)

@@ -375,6 +375,34 @@ def _wait_for_window(run: Any) -> None:
         time.sleep(0.002)
 
 
+def _check_shapes(dag: DAGDefinition) -> None:
+    """What the file form refuses (``dagfile``), refused for a DAG built in Python too: an
+    empty DAG, an id that is not a non-empty string (``1`` and ``"1"`` passed the duplicate
+    check and shared one result), arguments that are neither a list nor a mapping (a string
+    was read as a list of characters), ``dependencies`` that are not ids mapped to lists of
+    ids. (An argument that is not a string names no node: it is a dangling reference.) Cheap
+    per node: it runs over a million-node DAG before it starts."""
+    if not isinstance(dag.dag_id, str) or not dag.dag_id:
+        raise ValidationError(f"dag_id must be a non-empty string, not {dag.dag_id!r}")
+    nodes = dag.nodes
+    if not isinstance(nodes, list) or not nodes:
+        raise ValidationError(f"DAG {dag.dag_id!r} has no nodes")
+    ids = [n.node_id for n in nodes]
+    if set(map(type, ids)) != {str} or "" in ids:
+        raise GraphValidationError("node ids must be non-empty strings",
+                                   [repr(i) for i in ids if type(i) is not str or not i])
+    kinds = set(map(type, [n.arguments for n in nodes]))
+    if not kinds <= {list, dict}:
+        raise GraphValidationError(
+            "arguments must be a list of node ids or a mapping of names to node ids",
+            [n.node_id for n in nodes if type(n.arguments) not in (list, dict)])
+    deps = dag.dependencies
+    if not isinstance(deps, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
+            for k, v in deps.items()):
+        raise ValidationError("dependencies map node ids to lists of node ids")
+
+
 def _check_config(cfg: ExecutionConfig) -> None:
     """Settings a DAG run cannot start with (the CLI and REST faces refuse them as well)."""
     n = cfg.max_concurrent_nodes
@@ -557,6 +585,7 @@ class DynamicScheduler:
             return self._validated(dag)
 
     def _validated(self, dag: DAGDefinition) -> Plan:
+        _check_shapes(dag)
         ids = [n.node_id for n in dag.nodes]
         unique = set(ids)
         if len(unique) != len(ids):
