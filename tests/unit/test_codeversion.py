@@ -345,3 +345,30 @@ def test_decorator_settings_are_not_part_of_the_version(load):
         return code_version(load(src.replace("{factor}", factor)).scale)
     assert version() == version(labels="{'team': 'b'}") == version(timeout="60")
     assert version() != version(factor="3")          # the function's own text still counts
+
+
+def test_modules_imported_in_the_body_count_even_relative_or_not_loaded_yet(tmp_path):
+    """A helper imported inside the component (``from .helpers import norm``, ``from . import
+    helpers``, or absolutely while nothing had imported it yet) was left out: editing it
+    reused the stale result. Each version is taken in a fresh interpreter, as a new run is."""
+    import subprocess
+    pkg = tmp_path / "cvpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "pipe.py").write_text(
+        "def rel(x):\n    from .helpers import norm\n    return norm(x)\n\n"
+        "def rel_mod(x):\n    from . import helpers\n    return helpers.norm(x)\n\n"
+        "def absolute(x):\n    from cvpkg.helpers import norm\n    return norm(x)\n")
+
+    def versions(factor):
+        (pkg / "helpers.py").write_text(f"def norm(x):\n    return x * {factor}\n")
+        script = ("import sys; sys.path.insert(0, sys.argv[1]); import cvpkg.pipe as p; "
+                  "from twingraph.core.codeversion import code_version; "
+                  "print(*[code_version(f) for f in (p.rel, p.rel_mod, p.absolute)])")
+        out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                             text=True, check=True)
+        return out.stdout.split()
+
+    first, edited, again = versions(10), versions(11), versions(11)
+    assert all(a != b for a, b in zip(first, edited)), (first, edited)
+    assert edited == again

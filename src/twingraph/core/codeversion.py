@@ -43,6 +43,8 @@ import dis
 import enum
 import functools
 import hashlib
+import importlib
+import importlib.util
 import inspect
 import linecache
 import os
@@ -295,7 +297,9 @@ def _plain(v: Any) -> tuple[bytes, bool] | None:
 class _Names(NamedTuple):
     globals: frozenset[str]     # read as globals (LOAD_GLOBAL / LOAD_NAME)
     attrs: frozenset[str]       # read as attributes (LOAD_ATTR / LOAD_METHOD / IMPORT_FROM)
-    imports: frozenset[str]     # modules imported in the body (IMPORT_NAME)
+    # modules imported in the body (IMPORT_NAME): (name, level of a relative import, names
+    # taken from it by ``from ... import``)
+    imports: frozenset[tuple[str, int, tuple[str, ...]]]
 
 
 _GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
@@ -310,14 +314,17 @@ def _scan(code: types.CodeType) -> _Names:
         return got
     g: set[str] = set()
     a: set[str] = set()
-    imports: set[str] = set()
+    imports: set[tuple[str, int, tuple[str, ...]]] = set()
     other: set[str] = set()
     stack = [code]
     while stack:
         c = stack.pop()
         classified: set[str] = set()
+        consts: list[Any] = [None, None]      # the last two constants loaded
         try:
             for ins in dis.get_instructions(c):
+                if ins.opname == "LOAD_CONST":
+                    consts = [consts[1], ins.argval]
                 if not isinstance(ins.argval, str):
                     continue
                 if ins.opname in _GLOBAL_OPS:
@@ -325,7 +332,11 @@ def _scan(code: types.CodeType) -> _Names:
                 elif ins.opname in _ATTR_OPS:
                     a.add(ins.argval)
                 elif ins.opname == "IMPORT_NAME":
-                    imports.add(ins.argval)
+                    # ``level`` and ``fromlist`` are the two constants loaded before it
+                    level = consts[0] if type(consts[0]) is int else 0
+                    fromlist = tuple(x for x in consts[1] or () if isinstance(x, str)) \
+                        if isinstance(consts[1], tuple) else ()
+                    imports.add((ins.argval, level, fromlist))
                 elif ins.opname not in _STORE_OPS:
                     continue
                 classified.add(ins.argval)
@@ -639,10 +650,31 @@ class _Walk:
                 self.put("global", name, self.value(g[name], names.attrs, (g, name)))
             elif name not in _BUILTINS:
                 self.put("global", name, "<unbound>")
-        for modname in sorted(names.imports):
-            m = sys.modules.get(modname)
-            if isinstance(m, types.ModuleType):
-                self.put("import", modname, self.module(m, names.attrs))
+        for modname, level, fromlist in sorted(names.imports):
+            self.imported(modname, level, fromlist, g, names.attrs)
+
+    def imported(self, modname: str, level: int, fromlist: tuple[str, ...],
+                 g: dict[str, Any], attrs: frozenset[str]) -> None:
+        """A module the body imports: resolved against the function's package if relative
+        (``from .helpers import f``, ``from . import helpers``), and imported now if it is
+        not yet (the body would import it when it runs; a version taken before that used to
+        leave it out, and a change in it then reused a stale result). What ``from ... import``
+        takes from a package may be a submodule: imported as well."""
+        name = modname
+        if level:
+            try:
+                name = importlib.util.resolve_name("." * level + modname, g.get("__package__"))
+            except (ImportError, ValueError, TypeError):
+                self.put("import", "." * level + modname, "<unresolved>")
+                return
+        m = _import(name)
+        if m is None:
+            self.put("import", name, "<not importable>")
+            return
+        for x in fromlist:
+            if x != "*" and not hasattr(m, x):
+                _import(f"{name}.{x}")        # a submodule: bound on the package once loaded
+        self.put("import", name, self.module(m, attrs | frozenset(fromlist)))
 
     def class_body(self, c: type) -> None:
         source = _class_source(c)
@@ -674,6 +706,18 @@ class _Walk:
                 self.class_body(obj)
             else:
                 self.function_body(obj)
+
+
+def _import(name: str) -> types.ModuleType | None:
+    """``name``'s module, imported if it is not yet (None if it cannot be)."""
+    m = sys.modules.get(name)
+    if isinstance(m, types.ModuleType):
+        return m
+    try:
+        m = importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - the body will fail the same way when it runs
+        return None
+    return m if isinstance(m, types.ModuleType) else None
 
 
 def code_version(fn: Any) -> str:

@@ -79,14 +79,34 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def key_prefix(component: str, code_version: str, config: Mapping[str, Any]) -> bytes:
+def key_prefix(component: str, code_version: str, config: Mapping[str, Any],
+               leaf_hash: Callable[[Any], str] | None = None) -> bytes:
     """The part of a structural key fixed by the component's definition (computed once)."""
+    return canonical_json([component, code_version, config_digest(config, leaf_hash)]) + b"\0"
+
+
+def config_digest(config: Mapping[str, Any],
+                  leaf_hash: Callable[[Any], str] | None = None) -> Any:
+    """A component's config as its key reads it: the config itself when it is JSON; else its
+    ``digest_value`` by sorted key, values hashed by content with ``leaf_hash`` (a NumPy
+    array's ``repr`` elides its middle, a set's order follows the hash seed, an object's
+    names its address). Without ``leaf_hash``, the ``repr`` of its sorted items."""
     try:
-        cfg: Any = json.loads(canonical_json(config))
+        return json.loads(canonical_json(config))
     except (TypeError, ValueError):
-        # Config with non-JSON values: repr is stable for plain values.
-        cfg = repr(sorted(config.items()))
-    return canonical_json([component, code_version, cfg]) + b"\0"
+        pass
+    if leaf_hash is None:
+        return repr(sorted(config.items()))
+    items = sorted(config.items(), key=lambda kv: repr(kv[0]))
+    if all(type(k) is str for k, _ in items):
+        value: Any = dict(items)
+    else:
+        value = [[digest_value(k, None, _no_ref, leaf_hash), v] for k, v in items]
+    return {"config": digest_value(value, None, _no_ref, leaf_hash)}
+
+
+def _no_ref(value: Any) -> Any:        # a component's config holds no task references
+    raise TypeError("a config holds no references")
 
 
 def structural_key(component: str, code_version: str, config: Mapping[str, Any] | None,
@@ -179,8 +199,10 @@ def _unordered(value: Any, t: type, ref_type: type | None, ref_digest: Callable[
     """A set, or a dict with keys that are not all strings: hashed whole as a leaf (the digest
     every stored key has), unless it holds a reference, which cannot be hashed whole (a future
     is not a value yet): then its items' digests (a set's sorted by their canonical JSON)."""
-    if ref_type is None or not _holds(value, ref_type):
+    if t is dict and (ref_type is None or not _holds(value, ref_type)):
         return {"x": leaf_hash(value)}
+    # A set is digested item by item in sorted order: hashed whole, its bytes followed the
+    # iteration order, which depends on the process's hash seed (a miss in every process).
     def d(v: Any) -> Any:
         return digest_value(v, ref_type, ref_digest, leaf_hash)
     if t is dict:           # in order, as a dict with str keys (``digest_value``)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twingraph.core.hashing import canonical_json, key_prefix, sha256_hex
+from twingraph.core.hashing import canonical_json, config_digest, key_prefix, sha256_hex
 from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord
 from twingraph.core.results import StorageMetadata
 from twingraph.core.specs import DEFAULT_TIMEOUT
@@ -215,7 +215,11 @@ class Engine:
     @staticmethod
     def hash_value(value: Any) -> str:
         enc = serialization.encode(value)
-        return serialization.typed_hash(enc.encoding, enc.content_hash)
+        encoding = enc.encoding
+        if encoding == "bytes" and type(value) is not bytes:
+            # bytes, bytearray and memoryview encode alike; a component may tell them apart
+            encoding = f"bytes:{type(value).__name__}"
+        return serialization.typed_hash(encoding, enc.content_hash)
 
     def load_value(self, key: str | None) -> Any:
         if key is None:
@@ -260,7 +264,8 @@ class Engine:
         fp = self._prefixes.get(id(spec))
         if fp is None:
             fp = self._prefixes[id(spec)] = (spec, key_prefix(spec.name, spec.code_version,
-                                                              spec.memo_config()))
+                                                              spec.memo_config(),
+                                                              self.hash_value))
         return fp[1]
 
     def fingerprint(self, spec: Any) -> dict[str, Any]:
@@ -602,12 +607,16 @@ def normalize(value: Any) -> Any:
 
 def _config_digest(config: Any) -> str:
     """A short digest of a component's config for its task rows (what ``_miss_reason``
-    compares): of its canonical JSON, in no order, as the key prefix reads it."""
-    value = _jsonable(config)
+    compares): of its canonical JSON, in no order, as the key prefix reads it (a config that
+    is not JSON: by content, as the key reads it too)."""
     try:
-        return sha256_hex(canonical_json(value))[:16]
-    except (TypeError, ValueError):          # NaN or infinity: not JSON
-        return serialization.content_hash(value)[:16]
+        return sha256_hex(canonical_json(config))[:16]
+    except (TypeError, ValueError):
+        pass
+    try:
+        return sha256_hex(canonical_json(config_digest(config, Engine.hash_value)))[:16]
+    except Exception:  # noqa: BLE001 - a value that cannot be encoded: as it reads
+        return sha256_hex(canonical_json(_jsonable(config)))[:16]
 
 
 def _jsonable(obj: Any) -> Any:
