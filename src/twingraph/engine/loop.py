@@ -601,7 +601,10 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 or self._held_retry:
             return
         became, ready, by_key, counts = self.became_ready, self.ready, self.by_key, self.counts
-        executors, choose_mode = engine.executors, self._mode
+        # No deadline to keep (``_mode``): the engine's choice as it is (one call a node less;
+        # the lane starts nothing that could set one).
+        executors = engine.executors
+        choose_mode = self._mode if self._tight_run or self._tight else engine.choose_mode
         lookup = self.results.content_hashes
         limit = self.opt.max_parallel
         steps = 0
