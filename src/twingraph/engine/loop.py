@@ -362,7 +362,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         through ``_on_submit``."""
         submitted = self.submitted
         engine = self.engine
-        if self.epoch or self.stopping or engine.has_sinks:
+        if self.epoch or self.stopping or engine.has_sinks \
+                or submitted[0].ref_slots is not DECLARED:      # a body's calls: one by one
             while submitted:
                 self._submit_guarded(submitted[0])
                 submitted.popleft()
@@ -871,7 +872,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         task.fence = self._fence_base + task.attempt      # core.states.fence(epoch, attempt)
         if self._first_start is None:
             self._first_start = self.clock.monotonic()
-        mode = self._mode(task.spec)
+        mode = self._mode(task.spec) if self._tight_run or self._tight \
+            else self.engine.choose_mode(task.spec)
         task.mode = mode
         if mode != "inline" and task.spec.timeout < DEFAULT_TIMEOUT:
             self._tight.add(task)          # its deadline must fire on time: see _mode
