@@ -97,6 +97,7 @@ def test_dynamic_execute_rejects_bad_dags(cli, tmp_path):
     out = cli("dynamic", "execute", str(ROOT / "tests" / "resources" / "dag_example.yaml"),
               "--storage-path", str(tmp_path / "s"), ok=False)        # no --load: unknown ops
     assert out.returncode == 2 and "unknown operations" in out.stderr
+    assert not (tmp_path / "s").exists()        # rejected before its store was created
 
 
 def test_ctrl_c_cancels_and_records_the_run(tmp_path):

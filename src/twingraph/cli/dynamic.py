@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
             config = ExecutionConfig(max_concurrent_nodes=max_concurrent,
                                      storage_backend=storage_backend, storage_path=storage_path,
                                      no_cache=no_cache)
+            _check_before_storage(dag, config)
             storage = create_storage_backend(storage_backend, storage_path, **options_from_config(
                 storage_backend, compression=config.compression, cache_size=config.cache_size))
             metadata = default_engine().metadata
@@ -59,6 +60,19 @@ def register(app: typer.Typer) -> None:
                       highlight=False, soft_wrap=True)
         if summary["status"] != "completed":
             raise typer.Exit(1)
+
+
+def _check_before_storage(dag: Any, config: Any) -> None:
+    """Validate the DAG (ids, references, cycles, operations, platforms) before the storage
+    path is created: a rejected DAG leaves no empty store (or directory tree) behind."""
+    from twingraph.engine.dynamic import DynamicScheduler
+    from twingraph.engine.engine import Engine
+    from twingraph.stores.results.memory import MemoryStorage
+    probe = Engine(results=MemoryStorage())
+    try:
+        DynamicScheduler(probe.results, config, engine=probe).plan(dag)
+    finally:
+        probe.close()
 
 
 def _cancel(scheduler: Any, dag_id: str) -> None:
