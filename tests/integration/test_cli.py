@@ -175,6 +175,19 @@ def test_ctrl_c_in_dynamic_execute_cancels_and_records_the_run(tmp_path):
     store.close()
 
 
+def test_two_loaded_modules_with_one_operation_name_are_refused(cli, tmp_path):
+    # the last one registered used to win without a word
+    for name, value in (("dup_a", "A"), ("dup_b", "B")):
+        (tmp_path / f"{name}.py").write_text(
+            "from twingraph.engine.dynamic import register_operation\n"
+            f"register_operation('dupop', lambda deps, params: {value!r})\n")
+    (tmp_path / "d.json").write_text(json.dumps({"nodes": [{"id": "a", "operation": "dupop"}]}))
+    out = cli("dynamic", "execute", str(tmp_path / "d.json"), "--storage-path",
+              str(tmp_path / "s"), "--load", str(tmp_path / "dup_a.py"), "--load",
+              str(tmp_path / "dup_b.py"), ok=False)
+    assert out.returncode == 2 and "'dupop' is registered by both" in out.stderr
+
+
 def test_a_loaded_module_that_raises_is_one_line_and_exit_2(cli, tmp_path):
     (tmp_path / "raises.py").write_text("raise RuntimeError('import boom')\n")
     out = cli("dynamic", "execute", str(ROOT / "tests" / "resources" / "dag_example.yaml"),

@@ -33,8 +33,7 @@ def register(app: typer.Typer) -> None:
         from twingraph.runtime import default_engine
         from twingraph.stores.results.factory import create_storage_backend, options_from_config
         try:
-            for m in load:
-                load_module(m)
+            _load_all(load, load_module)
             dag = load_dag_file(program_file)
             config = ExecutionConfig(max_concurrent_nodes=max_concurrent,
                                      storage_backend=storage_backend, storage_path=storage_path,
@@ -60,6 +59,23 @@ def register(app: typer.Typer) -> None:
                       highlight=False, soft_wrap=True)
         if summary["status"] != "completed":
             raise typer.Exit(1)
+
+
+def _load_all(modules: list[str], load_module: Any) -> None:
+    """Load the ``--load`` modules; two that register one operation name under different
+    functions are a usage error naming both (the last used to win, silently)."""
+    from twingraph.engine.dynamic import registered_operations
+    from twingraph.errors import ValidationError
+    owner: dict[str, str] = {}
+    for m in modules:
+        before = registered_operations()
+        load_module(m)
+        for name, fn in registered_operations().items():
+            if name in before and before[name] is not fn and name in owner:
+                raise ValidationError(f"operation {name!r} is registered by both "
+                                      f"{owner[name]} and {m}: load one of them")
+            if before.get(name) is not fn:
+                owner[name] = m
 
 
 def _check_before_storage(dag: Any, config: Any) -> None:

@@ -187,6 +187,11 @@ def register_operation(name: str, func: Callable[..., Any]) -> Callable[..., Any
     return func
 
 
+def registered_operations() -> dict[str, Callable[..., Any]]:
+    """The operations registered for every scheduler in this process (a copy)."""
+    return dict(_operations)
+
+
 def operation(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator form of ``register_operation``."""
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
