@@ -9,6 +9,8 @@ bytes, downstream tasks still hit (early cut-off).
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -179,6 +181,19 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
                 "t": [digest_value(v, ref_type, ref_digest, leaf_hash) for v in value]}
     if t is set or t is frozenset:
         return _unordered(value, t, ref_type, ref_digest, leaf_hash)
+    if isinstance(value, enum.Enum):
+        # By class and value, not by pickle: a class loaded by value (a pipeline file, decision
+        # 0004) pickles with an id of its own in every process (a new key in each).
+        return {"en": f"{t.__module__}.{t.__qualname__}",
+                "v": digest_value(value.value, ref_type, ref_digest, leaf_hash)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        state = vars(value) if hasattr(value, "__dict__") else {
+            f.name: getattr(value, f.name) for f in dataclasses.fields(value)
+            if hasattr(value, f.name)}
+        state = dict(state)
+        if ref_type is None or not _holds(state, ref_type):   # a future inside is not a
+            return {"dc": f"{t.__module__}.{t.__qualname__}",  # dependency: hashed whole
+                    "s": digest_value(state, ref_type, ref_digest, leaf_hash)}
     return {"x": leaf_hash(value)}
 
 
