@@ -259,11 +259,12 @@ def _class_names(cls: type) -> tuple[str, ...]:
     return tuple(n for c in cls.__mro__ for n in (c.__name__, f"{c.__module__}.{c.__qualname__}"))
 
 
-def _close_quietly(w: "_Worker") -> None:
-    """Reap and close a worker that died on its own (what its task started dies too)."""
+def _end_worker(w: "_Worker", wait: float = 5.0) -> None:
+    """Kill worker ``w`` with what its task started, reap it and close its pipe (one that
+    died on its own is reaped the same way)."""
     try:
         _kill_group(w)
-        w.proc.join(1)
+        w.proc.join(wait)
         w.conn.close()
     except (OSError, ValueError):
         pass
@@ -359,7 +360,7 @@ class ProcessPool:
                     # a task it could not run.
                     gone = self._idle.pop()
                     self._count -= 1
-                    _close_quietly(gone)
+                    _end_worker(gone, 1)
                 if self._idle:
                     w: _Worker | None = self._idle.pop()
                 elif self._count < self.size:
@@ -443,7 +444,7 @@ class ProcessPool:
                 if again:
                     self._waiting.appendleft((job, done))
             if again:
-                _close_quietly(w)
+                _end_worker(w, 1)
             elif not killed:
                 _kill_group(w)             # what its task started dies with it
                 w.proc.join(1)             # reaped: its exit code is known
@@ -496,9 +497,7 @@ class ProcessPool:
 
     @staticmethod
     def _retire(w: _Worker) -> None:
-        _kill_group(w)
-        w.proc.join(5)
-        w.conn.close()
+        _end_worker(w)
 
     def kill(self, job: Job) -> bool:
         """Stop ``job``: kill its worker if it runs; drop it if it still waits for one."""
@@ -510,9 +509,7 @@ class ProcessPool:
                 self._waiting = deque((j, d) for j, d in self._waiting if j is not job)
         if w is None:                 # never started (queued, or its worker still spawning)
             return False
-        _kill_group(w)
-        w.proc.join(5)
-        w.conn.close()
+        _end_worker(w)
         return True
 
     def shutdown(self) -> None:
@@ -521,6 +518,4 @@ class ProcessPool:
             workers = self._idle + [w for w in self._busy.values() if w is not None]
             self._idle, self._busy = [], {}
         for w in workers:
-            _kill_group(w)
-            w.proc.join(5)
-            w.conn.close()
+            _end_worker(w)
