@@ -372,3 +372,62 @@ def test_modules_imported_in_the_body_count_even_relative_or_not_loaded_yet(tmp_
     first, edited, again = versions(10), versions(11), versions(11)
     assert all(a != b for a, b in zip(first, edited)), (first, edited)
     assert edited == again
+
+
+def test_functions_held_in_a_module_level_container_count(load):
+    """``OPS = {"inc": inc}`` and a body that calls ``OPS[name](x)``: the function's code is
+    part of the version (it was only the container's text: a changed ``inc`` was a stale hit),
+    through a helper module's attribute, a mutation statement and a container of containers."""
+    src = """
+    import {h} as helpers
+
+    def inc(x):
+        return x + {step}
+
+    OPS = {"inc": inc}
+    MORE = []
+    MORE.append(helpers.double)
+    ALL = [OPS, MORE]
+
+    def f(name, x):
+        return ALL[0][name](x) + ALL[1][0](x)
+    """
+    base = load(src.replace("{step}", "1"), h="def double(x):\n    return 2 * x\n")
+    v = code_version(base.f)
+    assert code_version(load(src.replace("{step}", "1"),
+                             h="def double(x):\n    return 2 * x\n").f) == v
+    assert code_version(load(src.replace("{step}", "2"),
+                             h="def double(x):\n    return 2 * x\n").f) != v
+    assert code_version(load(src.replace("{step}", "1"),
+                             h="def double(x):\n    return 3 * x\n").f) != v
+    base.OPS["dec"] = lambda x: x - 1       # runtime contents still do not count
+    assert code_version(base.f) == v
+
+
+def test_containers_that_mention_each_other_terminate(load):
+    m = load("A = []\nB = [A]\nA.append(B)\ndef f():\n    return len(A) + len(B)\n")
+    assert code_version(m.f) == code_version(m.f)
+
+
+def test_functions_a_decorator_registers_count(load):
+    """A registry filled by a user decorator: ``@register("inc")`` puts ``inc`` in ``REG``
+    and the body calls ``REG[name](x)``; a change in ``inc`` is a new version."""
+    src = """
+    REG = {}
+
+    def register(name):
+        def deco(fn):
+            REG[name] = fn
+            return fn
+        return deco
+
+    @register("inc")
+    def inc(x):
+        return x + {step}
+
+    def f(name, x):
+        return REG[name](x)
+    """
+    v = code_version(load(src.replace("{step}", "1")).f)
+    assert code_version(load(src.replace("{step}", "1")).f) == v
+    assert code_version(load(src.replace("{step}", "2")).f) != v

@@ -16,9 +16,11 @@ What goes in, starting from the component's function (or ``BaseComponent`` class
     decimals, dates, paths): the value itself, encoded canonically;
   * anything else at module level (lists, dicts, sets, instances, arrays...): its type and the
     text of the module's top-level statements that bind or mutate that name (following
-    ``from x import NAME`` into user module ``x``). Runtime contents are deliberately not
-    hashed: an accumulator or a cache filled while tasks run would make the version depend on
-    timing. Without module source, plain containers fall back to their value;
+    ``from x import NAME`` into user module ``x``), and the names those statements read,
+    followed like globals (``OPS = {"inc": inc}``: ``inc``'s code counts). Runtime contents
+    are deliberately not hashed: an accumulator or a cache filled while tasks run would make
+    the version depend on timing. Without module source, plain containers fall back to their
+    value;
 - closure cells and default values have no defining statement: plain data (lists and dicts
   included) is hashed by value, other objects by type (and the class, if it is user code).
 
@@ -171,7 +173,7 @@ class _IdCache(Generic[_T]):
 _TEXT_CACHE: _IdCache[bytes] = _IdCache()
 _SCAN_CACHE: _IdCache[_Names] = _IdCache()
 _CLASS_CACHE: _IdCache[str] = _IdCache()       # "" when the class has no source
-_INDEX_CACHE: dict[tuple[str, str], dict[str, list[tuple[str, tuple[str, str] | None]]]] = {}
+_INDEX_CACHE: dict[tuple[str, str], dict[str, list[_Entry]]] = {}
 
 
 # --- canonical encoding of plain data ----------------------------------------------------------
@@ -443,7 +445,64 @@ def _mentions(s: ast.stmt, ns: dict[str, Any]) -> dict[str, tuple[str, str] | No
     return {n.id: None for n in ast.walk(s) if isinstance(n, ast.Name)}
 
 
-def _module_index(ns: dict[str, Any]) -> dict[str, list[tuple[str, tuple[str, str] | None]]] | None:
+class _Entry(NamedTuple):
+    """A top-level statement that mentions a name: its text, where it imports the name from
+    (``from m import name``), and the other names and attribute names it reads."""
+    text: str
+    origin: tuple[str, str] | None
+    reads: frozenset[str]
+    attrs: frozenset[str]
+
+
+def _reads(s: ast.stmt) -> tuple[frozenset[str], frozenset[str]]:
+    """The names and attribute names an assignment or a call statement reads (a def, a class
+    or an import reads none here: they are followed as what they bind)."""
+    if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import,
+                      ast.ImportFrom)):
+        return frozenset(), frozenset()
+    names, attrs = set(), set()
+    for n in ast.walk(s):
+        if isinstance(n, ast.Name):
+            names.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            attrs.add(n.attr)
+    return frozenset(names), frozenset(attrs)
+
+
+#: The index's entry for decorated definitions: (name, the names its decorators call).
+_DECORATED = "\0decorated"
+
+
+def _decorator_names(s: ast.stmt) -> frozenset[str]:
+    """The module-level names a def's or class's decorators are (``@register`` and
+    ``@register("inc")`` both give ``register``)."""
+    if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return frozenset()
+    out = set()
+    for d in s.decorator_list:
+        if isinstance(d, ast.Call):
+            d = d.func
+        if isinstance(d, ast.Name):
+            out.add(d.id)
+    return frozenset(out)
+
+
+def _registered(ns: dict[str, Any], name: str) -> list[str]:
+    """Definitions of ``ns``'s module whose decorator is user code that reads global ``name``:
+    a registry filled by a decorator (``REG[key] = fn`` inside ``register``)."""
+    index = _module_index(ns)
+    out = []
+    for e in (index or {}).get(_DECORATED, ()):
+        for d in sorted(e.reads):
+            fn = ns.get(d)
+            if isinstance(fn, types.FunctionType) and _is_user_function(fn) \
+                    and name in _scan(fn.__code__).globals:
+                out.append(e.text)
+                break
+    return out
+
+
+def _module_index(ns: dict[str, Any]) -> dict[str, list[_Entry]] | None:
     file = ns.get("__file__")
     if not isinstance(file, str) or not file:
         return None
@@ -467,8 +526,13 @@ def _module_index(ns: dict[str, Any]) -> dict[str, list[tuple[str, tuple[str, st
     index = {}
     for s in _leaf_statements(tree.body):
         text = "".join(lines[s.lineno - 1:s.end_lineno or s.lineno])
+        reads, attrs = _reads(s)
         for name, origin in _mentions(s, ns).items():
-            index.setdefault(name, []).append((text, origin))
+            index.setdefault(name, []).append(_Entry(text, origin, reads, attrs))
+        decorators = _decorator_names(s)
+        if decorators:
+            index.setdefault(_DECORATED, []).append(_Entry(s.name, None, decorators,  # type: ignore[attr-defined]
+                                                           frozenset()))
     if len(_INDEX_CACHE) >= 256:
         try:
             _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
@@ -478,23 +542,33 @@ def _module_index(ns: dict[str, Any]) -> dict[str, list[tuple[str, tuple[str, st
     return index
 
 
-def _definition(ns: dict[str, Any], name: str, depth: int = 0) -> str | None:
-    """The text of the top-level statements of ``ns``'s module that mention ``name``, following
-    ``from m import name`` into user module ``m``; None when the source is not available."""
+class _Defined(NamedTuple):
+    """How a module-level value is defined: the text of the statements that bind or mutate it,
+    and the names those statements read (each with the namespace to look it up in)."""
+    text: str
+    reads: list[tuple[dict[str, Any], str, frozenset[str]]]
+
+
+def _definition(ns: dict[str, Any], name: str, depth: int = 0) -> _Defined | None:
+    """The top-level statements of ``ns``'s module that mention ``name``, following ``from m
+    import name`` into user module ``m``; None when the source is not available."""
     index = _module_index(ns)
     entries = index.get(name) if index is not None else None
     if not entries:
         return None
-    parts = []
-    for text, origin in entries:
-        parts.append(text)
-        if origin is not None and depth < 4:
-            m = sys.modules.get(origin[0])
+    parts: list[str] = []
+    reads: list[tuple[dict[str, Any], str, frozenset[str]]] = []
+    for e in entries:
+        parts.append(e.text)
+        reads.extend((ns, n, e.attrs) for n in sorted(e.reads) if n != name)
+        if e.origin is not None and depth < 4:
+            m = sys.modules.get(e.origin[0])
             if isinstance(m, types.ModuleType) and _is_user_module(m):
-                sub = _definition(vars(m), origin[1], depth + 1)
+                sub = _definition(vars(m), e.origin[1], depth + 1)
                 if sub is not None:
-                    parts.append(f"from {origin[0]}:\n{sub}")
-    return "\n".join(parts)
+                    parts.append(f"from {e.origin[0]}:\n{sub.text}")
+                    reads.extend(sub.reads)
+    return _Defined("\n".join(parts), reads)
 
 
 # --- the walk ----------------------------------------------------------------------------------
@@ -528,6 +602,7 @@ class _Walk:
         self.keep: list[Any] = []           # keeps ids stable while the walk lasts
         self.todo: deque[Any] = deque()
         self.open_modules: set[tuple[int, frozenset[str]]] = set()
+        self.open_defs: set[tuple[int, str]] = set()
         self.depth = 0
 
     def put(self, *parts: str | bytes) -> None:
@@ -589,16 +664,16 @@ class _Walk:
             return _pack("builtin", str(getattr(v, "__module__", None)),
                          str(getattr(v, "__qualname__", getattr(v, "__name__", "?"))))
         if t in _MUTABLE and home is not None:
-            text = _definition(*home)
-            if text is not None:            # identified by its definition, not its contents
-                return _pack("defined", _tname(t), text)
+            found = self.defined(home)
+            if found is not None:           # identified by its definition, not its contents
+                return _pack("defined", _tname(t), found)
         data = _plain(v)
         if data is not None:
             digest, mutable = data
             if mutable and home is not None:
-                text = _definition(*home)
-                if text is not None:
-                    return _pack("defined", _tname(t), text)
+                found = self.defined(home)
+                if found is not None:
+                    return _pack("defined", _tname(t), found)
             return _pack("data", digest)
         try:
             wrapped = inspect.getattr_static(v, "__wrapped__", None)
@@ -607,8 +682,31 @@ class _Walk:
         if wrapped is not None and wrapped is not v:
             # a component, a pipeline, an lru_cache...: what it wraps is the code
             return _pack("wrapper", self.cls_ref(t), self.value(wrapped))
-        text = _definition(*home) if home is not None else None
-        return _pack("object", self.cls_ref(t), text or "")
+        found = self.defined(home) if home is not None else None
+        return _pack("object", self.cls_ref(t), found or b"")
+
+    def defined(self, home: tuple[dict[str, Any], str]) -> bytes | None:
+        """A module-level value by its definition (``_definition``): the text of its statements
+        and what the code they name is (``OPS = {"inc": inc}``, ``REG["k"] = helpers.f``: a
+        change in ``inc`` or ``helpers.f`` is a new version too), and the definitions a
+        decorator that reads it registers (``@register("inc")``). Runtime contents are not read.
+        None when the module's source is not available."""
+        found = _definition(*home)
+        if found is None:
+            return None
+        key = (id(home[0]), home[1])
+        if key in self.open_defs:            # ``A = [B]`` and ``B.append(A)``
+            return _pack("defined-cycle", home[1])
+        self.open_defs.add(key)
+        try:
+            parts = []
+            reads = [*found.reads, *((home[0], d, frozenset()) for d in _registered(*home))]
+            for ns, name, attrs in reads:
+                if name in ns and (ns is not home[0] or name != home[1]):
+                    parts.append(_pack(name, self.value(ns[name], attrs, (ns, name))))
+            return _pack(found.text, *parts)
+        finally:
+            self.open_defs.discard(key)
 
     def module(self, m: types.ModuleType, attrs: frozenset[str]) -> bytes:
         name = str(vars(m).get("__name__"))
