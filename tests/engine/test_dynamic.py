@@ -657,3 +657,33 @@ def test_a_run_again_names_no_run_until_its_own_starts(scheduler):
     scheduler._begin(DAGDefinition("again", [N("n", "nap", s=0.0, k=1)]), threading.current_thread())
     assert scheduler.run_id("again") is None       # not the previous execution's run
     scheduler.active_executions.pop("again")
+
+
+class _Scaler:
+    def __init__(self, factor):
+        self.factor = factor
+
+    def __call__(self, deps, params):
+        return params["x"] * self.factor
+
+    def times(self, deps, params):
+        return params["x"] * self.factor
+
+
+@pytest.mark.parametrize("make", [_Scaler, lambda f: _Scaler(f).times],
+                         ids=["callable instance", "bound method"])
+def test_an_operation_bound_to_an_instance_is_keyed_by_its_state(make):
+    """``Scaler(2)`` then ``Scaler(3)`` under one operation name: the second computes, it does
+    not reuse the first's result (it got 20 for 30: the key saw the class only)."""
+    store = MemoryStorage()
+    out = []
+    for factor in (2, 3, 3):
+        s = DynamicScheduler(store, ExecutionConfig(), metadata=MemoryMetadataStore())
+        try:
+            s.executor.register_operation("scale_by", make(factor))
+            run = s.run(DAGDefinition(f"d{factor}", [N("n", "scale_by", x=10)]))
+            out.append((s.node_results(f"d{factor}")["n"].result_data,
+                        s.engine.metadata.get_tasks(run.run_id)[0].cache_status))
+        finally:
+            s.engine.close()
+    assert out == [(20, "miss"), (30, "miss"), (30, "hit")]

@@ -507,3 +507,21 @@ def test_a_measured_fast_call_never_holds_the_pipeline_timeout_or_another_tasks(
     # killed at its own second, not when the 4 s call ended
     assert tasks["stuck-0"].ended_at - tasks["stuck-0"].started_at < 3.0
     assert tasks["usually_fast-0"].state is TaskState.SUCCESS
+
+
+@pytest.mark.parametrize("failing", ["fails_unprintably", "fails_unprintably_in_process"])
+def test_an_exception_whose_str_raises_fails_its_task_only(engine, failing):
+    """Its text raised in the run loop (``error_text``): every task ended FAILED with
+    "engine error", independent ones too, and progress counted them as still running."""
+    @pipeline(name=f"unprintable_{failing}", error_handler="continue")
+    def p():
+        return getattr(b, failing)(x=1), [b.quick(x=i) for i in range(3)]
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.FAILED
+    tasks = _tasks(engine, r.run_id)
+    bad = tasks[f"{failing}-0"]
+    assert bad.state is TaskState.FAILED
+    assert bad.error.startswith("Unprintable: <str() of the exception raised AttributeError>")
+    assert all(tasks[f"quick-{i}"].state is TaskState.SUCCESS for i in range(3))
+    assert r.progress["running"] == 0 and r.progress["failed"] == 1

@@ -178,3 +178,20 @@ def raises_a_worker_only_error(moddir):
     sys.path.insert(0, moddir)
     import tg_worker_only
     raise tg_worker_only.WorkerOnlyError("the worker's own message")
+
+
+class Unprintable(Exception):
+    """User code's bug: ``__str__`` reads an attribute that was never set."""
+
+    def __str__(self):
+        return self.message
+
+
+@component(cache=False, executor="thread")
+def fails_unprintably(x):
+    raise Unprintable(x)
+
+
+@component(cache=False, executor="process")
+def fails_unprintably_in_process(x):
+    raise Unprintable(x)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import threading
 import time
@@ -26,14 +27,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
+from types import BuiltinFunctionType, FunctionType, ModuleType
 from typing import TYPE_CHECKING, Any
 
 from twingraph.core.codeversion import code_version
 from twingraph.core.graph import validate_dag
+from twingraph.core.hashing import canonical_json, sha256_hex
+from twingraph.core.instancestate import instance_state
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.specs import ComponentSpec
 from twingraph.core.states import RunState
 from twingraph.engine import gcpace
+from twingraph.engine.snapshot import error_text
 from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.loop import RunOptions
 from twingraph.errors import (ConfigurationError, ExecutorUnavailable, GraphValidationError,
@@ -261,7 +266,7 @@ class NodeExecutor:
                                    execution_time_ms=int((time.perf_counter() - start) * 1000))
         except Exception as exc:  # noqa: BLE001 - the document returns failures as data
             return ExecutionResult(node_def.node_id, NodeStatus.FAILED,
-                                   error_message=f"{type(exc).__name__}: {exc}",
+                                   error_message=error_text(exc),
                                    execution_time_ms=int((time.perf_counter() - start) * 1000))
 
     @staticmethod
@@ -378,6 +383,19 @@ def _wait_for_window(run: Any) -> None:
         return
     while backlog() > SUBMIT_WINDOW and not run.done.is_set():
         time.sleep(0.002)
+
+
+def _bound_to(op: Any) -> Any:
+    """The instance whose state an operation computes with: a callable instance's own, or a
+    bound method's object (not a module's, not a class's); None for a function, a class, a
+    ``functools.partial`` (its arguments are in its code version) or a builtin."""
+    if inspect.ismethod(op):
+        owner = op.__self__
+        return None if isinstance(owner, (type, ModuleType)) else owner
+    if isinstance(op, (type, FunctionType, BuiltinFunctionType, functools.partial)) \
+            or not hasattr(op, "__dict__"):
+        return None
+    return op
 
 
 def _check_shapes(dag: DAGDefinition) -> None:
@@ -647,6 +665,9 @@ class DynamicScheduler:
             base = getattr(fn, "spec", None) if style == "component" else None
             target = getattr(fn, "fn", fn)
             cv = base.code_version if isinstance(base, ComponentSpec) else code_version(target)
+            bound = None if isinstance(base, ComponentSpec) else _bound_to(target)
+            if bound is not None:     # ``Scaler(2)`` and ``Scaler(3)``: two versions
+                cv = sha256_hex(cv.encode() + b"\0" + canonical_json(instance_state(bound)))[:16]
             retry = None
             if cfg.retry_failed_nodes and (self.error_recovery or cfg.max_retries > 0):
                 recovery = self.error_recovery or ErrorRecoveryManager(cfg.max_retries)

@@ -29,6 +29,7 @@ from twingraph.engine.loop import RunLoop, RunOptions
 from twingraph.engine.timers import HEARTBEAT_INTERVAL
 from twingraph.engine.notify import notify
 from twingraph.engine import gcpace, tasklog
+from twingraph.engine.snapshot import error_text, message_of
 from twingraph.engine.recorder import Recorder
 from twingraph.engine.resources import LocalResources
 from twingraph.engine.refs import substitute
@@ -461,7 +462,7 @@ class Engine:
         state = (RunState.CANCELLED if loop.stopping == "cancelled"
                  else RunState.FAILED if error is not None else RunState.SUCCESS)
         self.recorder.add(RunUpdate(run_id, state, self.clock.now(),
-                                    error=None if error is None else f"{type(error).__name__}: {error}",
+                                    error=None if error is None else error_text(error),
                                     epoch=loop.epoch))
         try:
             self.recorder.flush(run_id)
@@ -470,7 +471,7 @@ class Engine:
             # run is FAILED with the write's error, in the store too if it can still be told.
             error, state = exc, RunState.FAILED
             self.recorder.add(RunUpdate(run_id, state, self.clock.now(),
-                                        error=f"{type(exc).__name__}: {exc}", epoch=loop.epoch))
+                                        error=error_text(exc), epoch=loop.epoch))
             try:
                 self.recorder.flush(run_id)
             except Exception:  # noqa: BLE001 - the store is unusable: the result says so
@@ -485,7 +486,7 @@ class Engine:
                            dict(loop.failures))
         if notifications:
             notify(notifications, wait=True, summary={"run_id": run_id, "pipeline": pipeline, "status": state.value,
-                                   "error": None if error is None else str(error),
+                                   "error": None if error is None else message_of(error),
                                    "failures": dict(loop.failures), "progress": progress},
                    report=lambda message: self.recorder.add(
                        LogRecord(run_id, self.clock.now(), "warning", message)))

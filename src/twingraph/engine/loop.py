@@ -227,7 +227,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         """The loop itself failed (an engine bug or a store that cannot be read): end every
         unfinished task so nobody waits forever; the run ends FAILED with this error."""
         self.crashed = exc
-        self.stopping, self.stop_message = "failed", f"engine error: {type(exc).__name__}: {exc}"
+        self.stopping, self.stop_message = "failed", f"engine error: {error_text(exc)}"
         self.out.append(LogRecord(self.run_id, self.clock.now(), "error", self.stop_message))
         for task in list(self.tasks.values()) + list(self.submitted):
             if task.state not in TERMINAL:
@@ -236,6 +236,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                     if task.spec.resources:
                         self._give_back(task)
                     self._end_attempt_row(task, FAILED, exc)
+                counts = self.counts
                 if self.tasks.get(task.node_id) is not task:
                     # Submitted by the body, never taken in by the loop: it gets a row too.
                     if task.node_id in self.tasks:
@@ -244,6 +245,10 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                     task.created_at = self.clock.now()
                     task.inputs_info = self.engine.fingerprint(task.spec)
                     task.fence = max(task.fence, self._fence_base)
+                else:                   # counted in its state: progress reads the counts
+                    counts[task.state] -= 1
+                    self.unfinished -= 1
+                counts[FAILED] += 1
                 err = NodeExecutionError(self.stop_message, node_id=task.node_id)
                 with self.lock:
                     task.state, task.error = FAILED, err

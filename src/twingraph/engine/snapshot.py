@@ -50,9 +50,21 @@ def task_rows(run_id: str, task: Task, out: list[Any], new: list[tuple[Any, ...]
 
 
 def error_text(err: Any) -> str:
+    """``"ExcType: message"``; an exception whose ``str()`` raises (user code: a ``__str__``
+    reading an attribute never set, returning a non-string) is named, never raised again
+    (it failed the run loop: every task ended FAILED, "engine error")."""
     if err is None:
         return ""
-    return f"{type(err).__name__}: {err}"
+    return f"{type(err).__name__}: {message_of(err)}"
+
+
+def message_of(err: BaseException) -> str:
+    """``str(err)``, or what it raised instead of raising it (``error_text``)."""
+    try:
+        text = str(err)
+    except Exception as exc:  # noqa: BLE001 - anything str() of user code raises
+        return f"<str() of the exception raised {type(exc).__name__}>"
+    return text if type(text) is str else repr(text)
 
 
 def traceback_text(err: Any) -> str:

@@ -1,0 +1,91 @@
+"""The state of an instance as a memo key sees it (decision 0005, session 14 addendum): two
+instances of one class that differ in an attribute set from an argument (``Threshold(cut=0.5)``,
+``Scaler(3)``) compute different things, so their keys must differ."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import PurePath
+from typing import Any
+
+from twingraph.core.hashing import canonical_json, sha256_hex
+
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+_STATE_ITEMS = 10_000          # an attribute holding more items than this counts by type only
+_STATE_DEPTH = 32
+def instance_state(obj: Any, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The attributes of an instance (a class component, an operation that is a callable
+    instance or a bound method) other than those in ``skip``, as its key sees them:
+    plain data by value (numbers, strings, bytes, enum members, paths, and lists, tuples,
+    sets and str-keyed dicts of them, up to ``_STATE_ITEMS`` items and ``_STATE_DEPTH``
+    levels each), anything else by its type's name (a client, a model: what it holds is not
+    seen, as for module globals in ``core.codeversion``). Read once per instance, when its
+    spec is built (``BaseComponent.spec``, ``DynamicScheduler``'s plan). An object without
+    a ``__dict__`` has no state here."""
+    out: dict[str, Any] = {}
+    for k, v in list(getattr(obj, "__dict__", {}).items()):      # a copy: another thread may add attributes
+        if k in skip:
+            continue
+        for _ in range(3):
+            try:
+                out[k] = _plain(v, [_STATE_ITEMS], set(), 0)
+                break
+            except RuntimeError:                  # changed while read (another thread)
+                continue
+        else:
+            out[k] = _by_type(v)
+    return out
+
+
+def _by_type(value: Any) -> dict[str, str]:
+    t = type(value)
+    return {"type": f"{t.__module__}.{t.__qualname__}"}
+
+
+def _plain(value: Any, budget: list[int], path: set[int], depth: int) -> Any:
+    """``value`` as JSON for the key, or its type if it is not plain data, too large, too
+    deep or cyclic. ``budget``: items left for this attribute; ``path``: the containers being
+    walked (a cycle counts by type)."""
+    budget[0] -= 1
+    if budget[0] < 0 or depth > _STATE_DEPTH:
+        return _by_type(value)
+    t = type(value)
+    if t in _PLAIN:
+        if t is float:
+            return {"float": repr(value)}
+        if t is int and value.bit_length() > 4096:       # beyond str()'s digit limit
+            return {"int": sha256_hex(hex(value).encode())}
+        return value
+    if t is bytes or t is bytearray:
+        return {"bytes": sha256_hex(bytes(value))}
+    if isinstance(value, enum.Enum):
+        return {"enum": f"{t.__module__}.{t.__qualname__}.{value.name}"}
+    if isinstance(value, PurePath):
+        return {"path": f"{t.__name__}:{value}"}
+    if t is list or t is tuple or t is set or t is frozenset or t is dict:
+        if id(value) in path:
+            return _by_type(value)
+        path.add(id(value))
+        try:
+            if t is dict:
+                if not all(type(k) is str for k in value):
+                    return _by_type(value)
+                items: Any = {}
+                for k, v in value.items():
+                    items[k] = _plain(v, budget, path, depth + 1)
+                    if budget[0] < 0:
+                        return _by_type(value)
+                return items
+            seq = []
+            for v in value:
+                seq.append(_plain(v, budget, path, depth + 1))
+                if budget[0] < 0:
+                    return _by_type(value)
+            if t is list:
+                return seq
+            if t is tuple:
+                return {"tuple": seq}
+            return {"set": sorted(seq, key=canonical_json)}      # in no order: sorted
+        finally:
+            path.discard(id(value))
+    return _by_type(value)
