@@ -388,3 +388,47 @@ def _cloudpickle() -> Any:
     import cloudpickle  # type: ignore[import-untyped]  # a core dependency, imported lazily
     return cloudpickle
 
+
+
+# ------------------------------------------------------------------------------------ own copies
+
+SHARED_TYPES = frozenset({int, float, str, bool, type(None), bytes, complex, range})
+
+
+def own_copy(value: Any) -> Any:
+    """``value`` as one consumer of a task's result gets it: immutable values and read-only
+    NumPy arrays as they are, anything else (a list, a dict, an object) as a copy of its own,
+    so that a consumer changing its input in place changes neither its siblings' inputs nor
+    the producer's result (which memo keys and stored bytes describe). Large read-only arrays
+    inside a copied container stay shared (out of band, not copied). A value that cannot be
+    pickled is shared as it is."""
+    t = type(value)
+    if t in SHARED_TYPES:
+        return value
+    if t is tuple or t is frozenset:
+        for v in value:
+            if type(v) not in SHARED_TYPES:
+                break
+        else:
+            return value
+    np = sys.modules.get("numpy")
+    if np is not None and t is np.ndarray and not value.flags.writeable \
+            and not value.dtype.hasobject:
+        return value
+    shared: list[pickle.PickleBuffer] = []
+
+    def keep_shared(pb: pickle.PickleBuffer) -> bool:
+        raw = pb.raw()
+        if raw.readonly and raw.nbytes >= OOB_MIN_BYTES:
+            shared.append(pb)
+            return False
+        return True
+    try:
+        data = pickle.dumps(value, protocol=5, buffer_callback=keep_shared)
+    except Exception:  # noqa: BLE001 - a lock, a generator, a class loaded by value...
+        try:
+            shared.clear()
+            data = _cloudpickle().dumps(value, protocol=5, buffer_callback=keep_shared)
+        except Exception:  # noqa: BLE001 - nothing to copy it with: shared, as before
+            return value
+    return pickle.loads(data, buffers=shared)

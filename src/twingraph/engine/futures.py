@@ -18,6 +18,7 @@ from typing import Any
 
 from twingraph.core.states import TaskState
 from twingraph.engine.refs import Ref, ref_to
+from twingraph.serialization import own_copy
 from twingraph.engine.task import (DECLARED, UNLOADED, Task, CANCELLED, FAILED, PENDING, QUEUED,
                                     RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
 from twingraph.errors import NodeExecutionError, PipelineCancelled, PipelineTimeout
@@ -111,7 +112,7 @@ class BodySide:
         full = task.result_view(value)
         for p in ref._path:
             full = full[p]
-        return full
+        return own_copy(full)
 
     def _failure_of(self, task: Task) -> BaseException:
         if task.state is FAILED:

@@ -48,6 +48,7 @@ from twingraph.engine.timers import HEARTBEAT_INTERVAL, TimerSide
 from twingraph.engine.recorder import PutResult
 from twingraph.engine.writer import FRAME_MAX, INLINE_MAX
 from twingraph.engine.snapshot import error_text, task_rows, traceback_text
+from twingraph.serialization import SHARED_TYPES, own_copy
 from twingraph.engine.refs import Ref, find_refs, path_list, substitute
 from twingraph.engine.task import (DECLARED, UNLOADED, Job, Task, CANCELLED, FAILED, PENDING, QUEUED,
                                     RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
@@ -758,6 +759,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             v = p.value
             if v is UNLOADED:
                 return False          # read back from the store: the general path does it
+            if type(v) not in SHARED_TYPES:
+                v = own_copy(v)
             values[n] = v if p.spec.raw_result else p.result_view(v)
         self._release_inputs(task)
         task.attempt = attempt = task.attempt + 1
@@ -852,6 +855,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                     v = p.value
                     if v is UNLOADED:
                         v = self._loaded(p)
+                    v = own_copy(v)
                     values[n] = v if p.spec.raw_result else p.result_view(v)
                 args = (arguments, parameters, values)
             elif task.ref_slots:
@@ -957,15 +961,15 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         t = ref._task
         value = self._loaded(t)
         if not ref._path:
-            return t.result_view(value)
+            return t.result_view(own_copy(value))
         if ref._path[0] == "outputs" and not t.spec.raw_result:
             for p in ref._path[1:]:
                 value = value[p]
-            return value
+            return own_copy(value)
         full = t.result_view(value)
         for p in ref._path:
             full = full[p]
-        return full
+        return own_copy(full)
 
     def _release_inputs(self, task: Task) -> None:
         """This task needs its inputs' in-memory values no more (started, or finished without
