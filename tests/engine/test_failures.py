@@ -324,8 +324,9 @@ def test_timeout_error_matches_builtin_timeouterror():
 
 def test_an_inline_call_over_its_timeout_is_a_timeout(engine):
     """Measured-fast components run inline on the scheduler thread, where nothing can stop
-    them; a call that overruns its timeout there still fails with TaskTimeout (result
-    discarded), and a slow call sends an 'auto' component back to worker threads."""
+    them; a call that runs on there is taken over (the loop moves to a new thread) and fails
+    with TaskTimeout on time, abandoned like a thread task; a slow call sends an 'auto'
+    component back to worker threads."""
     from twingraph import component
     from twingraph.errors import TaskTimeout
 
@@ -339,10 +340,13 @@ def test_an_inline_call_over_its_timeout_is_a_timeout(engine):
         warm = [quick(i=i) for i in range(20)]
         return {"warm": warm, "slow": quick(i=99, nap=0.6)}
 
+    t0 = time.monotonic()
     r = p.run(engine=engine)
+    assert time.monotonic() - t0 < 0.55           # did not wait for the 0.6 s call
     tasks = _tasks(engine, r.run_id)
     slow = tasks["quick-20"]
-    assert slow.state.value == "FAILED" and "TaskTimeout" in slow.error and "inline" in slow.error
+    assert slow.state.value == "FAILED" and "TaskTimeout" in slow.error \
+        and "abandoned" in slow.error
     assert all(tasks[f"quick-{i}"].state.value == "SUCCESS" for i in range(20))
     assert issubclass(TaskTimeout, TimeoutError)
 
@@ -525,3 +529,45 @@ def test_an_exception_whose_str_raises_fails_its_task_only(engine, failing):
     assert bad.error.startswith("Unprintable: <str() of the exception raised AttributeError>")
     assert all(tasks[f"quick-{i}"].state is TaskState.SUCCESS for i in range(3))
     assert r.progress["running"] == 0 and r.progress["failed"] == 1
+
+
+def test_a_hung_inline_call_does_not_hold_the_run(engine):
+    """A component measured fast runs inline on the loop's thread; one call that then hangs
+    used to hold the whole run: a cancel was not read until it returned (and the run ended
+    SUCCESS), independent tasks did not start. The loop now moves to a new thread after
+    ``INLINE_ESCAPE`` and the call goes on as an abandoned-on-stop thread task."""
+    import threading
+
+    from twingraph import component
+
+    release = threading.Event()
+
+    @component(cache=False)
+    def lookup(i):
+        if i < 0:
+            release.wait(10)          # a stall, once
+        return i
+
+    @pipeline(name="inline_hang_warm")
+    def warm():
+        return [lookup(i=i).result() for i in range(20)]
+
+    @pipeline(name="inline_hang", max_parallel=4)
+    def p():
+        stuck = lookup(i=-1)
+        others = [b.slow(x=i, delay=0.2) for i in range(3)]
+        return stuck, others
+
+    warm.run(engine=engine)
+    assert engine.choose_mode(lookup.spec) == "inline"
+    threading.Timer(1.0, lambda: engine.cancel(next(iter(engine.runs)), "user cancel")).start()
+    t0 = time.monotonic()
+    try:
+        r = p.run(engine=engine)
+    finally:
+        release.set()
+    assert time.monotonic() - t0 < 3
+    assert r.state is RunState.CANCELLED
+    tasks = _tasks(engine, r.run_id)
+    assert tasks["lookup-0"].state is TaskState.CANCELLED
+    assert all(tasks[f"slow-{i}"].state is TaskState.SUCCESS for i in range(3))

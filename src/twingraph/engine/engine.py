@@ -400,8 +400,8 @@ class Engine:
                                         started_at=now, heartbeat_at=now))
         self.emit({"event": "run:status", "run_id": run_id, "pipeline": pipeline,
                    "status": "RUNNING"})
-        thread = threading.Thread(target=loop.run_forever, name=f"twingraph-run-{run_id[:8]}",
-                                  daemon=True)
+        thread = loop.driver = threading.Thread(target=loop.run_forever,
+                                                name=f"twingraph-run-{run_id[:8]}", daemon=True)
         gcpace.run_started()
         try:        # ended however this returns (a Ctrl-C while joining included)
             thread.start()
@@ -426,7 +426,9 @@ class Engine:
                 except KeyboardInterrupt:     # Ctrl-C while waiting: cancel, record, then re-raise
                     interrupted = True
                     loop.cancel("interrupted (Ctrl-C)")
-            thread.join()
+            driver = loop.driver       # the thread that ended it (a long inline call moves it)
+            if driver is not None and driver is not threading.current_thread():
+                driver.join()
             # The writer's final flush allocates too: the run's GC pacing lasts through it.
             result = self._finish(loop, pipeline, value, body_error, notifications)
         finally:

@@ -26,6 +26,7 @@ in their own modules and are mixed into ``RunLoop``; all of it runs under the ru
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import queue
 import threading
@@ -57,6 +58,26 @@ from twingraph.errors import (NodeExecutionError, ResourceUnavailable, TaskCance
 
 _NONE: list[Any] = []          # shared empty list for released fields (never appended to)
 _EMPTY: dict[str, Any] = {}
+#: An inline call still running after this many seconds moves the loop to a new thread
+#: (``RunLoop._call_inline``); the watchdog looks this often.
+INLINE_ESCAPE = 0.1
+INLINE_WATCH_EVERY = 0.05
+
+
+class _LoopMoved(BaseException):
+    """Unwinds a loop thread whose inline call was taken over (``RunLoop._move_loop``)."""
+
+
+@dataclasses.dataclass
+class InlineOutcome:
+    """How an inline call that was taken over ended (``ports.Outcome``)."""
+    node_id: str
+    fence: int
+    ok: bool
+    value: Any
+    error: BaseException | None
+    duration: float
+
 DEFAULT_RETRY = RetryPolicy(max_attempts=3, backoff="exponential", initial_delay=1.0,
                             max_delay=60.0)
 # Values kept in memory once stored, not dropped to be reloaded: a number or None costs its
@@ -148,6 +169,12 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.body_finished = False
         self.body_error: BaseException | None = None
         self.done = threading.Event()
+        # The thread driving this loop (``Engine.run`` starts it; ``_move_loop`` replaces it).
+        self.driver: threading.Thread | None = None
+        # The inline call under way, as [(task, its start)]: popped by whoever gets there first,
+        # the loop thread when the call returns or the watchdog when it runs too long.
+        self._inline_slot: list[tuple[Task, float]] = []
+        self._watchdog: threading.Thread | None = None
         self.failures: dict[str, str] = {}
         self._name_counts: dict[str, int] = {}
         self._order = itertools.count()
@@ -165,6 +192,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
     # == the loop ===========================================================================
     def run_forever(self) -> None:
         get, submitted = self.inbox.get, self.submitted
+        moved = False
         try:
             while True:
                 ev = get_nowait(self.inbox)
@@ -196,20 +224,99 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                         and not submitted:
                     return
                 self._heartbeat()
+        except _LoopMoved:        # another thread drives the loop now (``_move_loop``)
+            moved = True
         except BaseException as exc:  # noqa: BLE001 - a bug here must not leave waiters hanging
             self._crash(exc)
         finally:
+            if not moved:
+                self._end_of_loop()
+
+    def _end_of_loop(self) -> None:
+        try:
             if self._pool is not None:
                 self._pool.forget(self._resources_freed)     # never first in line when gone
+            if self.prior:
+                self._end_orphans()
+            self._hand_over(final=True)
+        finally:
+            took_in = getattr(self.engine, "took_in", None)
+            if took_in is not None:
+                took_in(len(self.tasks))
+            self.done.set()
+
+    # == inline calls that run too long =======================================================
+    def _call_inline(self, task: Task, invoke: Callable[..., Any], args: Any,
+                     kwargs: Any) -> tuple[Any, BaseException | None, float]:
+        """Call ``invoke(*args... )`` for ``task`` on this thread (the loop's): its value, error
+        and duration. A call measured fast may still take long once (or hang); the watchdog
+        (``_watch_inline``) then moves the loop to a new thread, so that timers, cancels and
+        other tasks go on; the call's outcome, when it comes, is then posted as a thread
+        task's would be and this thread leaves the loop (``_LoopMoved``)."""
+        slot = self._inline_slot
+        t0 = time.perf_counter()
+        slot.append((task, t0))
+        if self._watchdog is None:
+            self._start_watchdog()
+        try:
+            value, error = invoke(task.fn, args, kwargs), None
+        except BaseException as exc:  # noqa: BLE001 - the task's failure is data
+            value, error = None, exc
+        took = time.perf_counter() - t0
+        try:
+            slot.pop()              # atomic: the watchdog did not take it
+        except IndexError:
+            self.inbox.put(("done", InlineOutcome(task.node_id, task.fence, error is None,
+                                                  value, error, took)))
+            raise _LoopMoved from None
+        return value, error, took
+
+    def _start_watchdog(self) -> None:
+        self._watchdog = threading.Thread(target=self._watch_inline, daemon=True,
+                                          name=f"twingraph-watch-{self.run_id[:8]}")
+        self._watchdog.start()
+
+    def _watch_inline(self) -> None:
+        slot, done = self._inline_slot, self.done
+        while not done.wait(INLINE_WATCH_EVERY):
             try:
-                if self.prior:
-                    self._end_orphans()
-                self._hand_over(final=True)
-            finally:
-                took_in = getattr(self.engine, "took_in", None)
-                if took_in is not None:
-                    took_in(len(self.tasks))
-                self.done.set()
+                task, t0 = slot[0]
+                if time.perf_counter() - t0 < INLINE_ESCAPE:
+                    continue
+                task, t0 = slot.pop()
+            except IndexError:        # no call, or it returned meanwhile
+                continue
+            self._move_loop(task, t0)
+
+    def _move_loop(self, task: Task, t0: float) -> None:
+        """The watchdog took ``task``'s inline call: the loop goes on in a new thread, where
+        the task runs on as a thread task would (``_escaped``). The old thread touches no
+        loop state once its call returns (``_call_inline``)."""
+        self.inbox.put(("escaped", task, t0))
+        driver = threading.Thread(target=self.run_forever, daemon=True,
+                                  name=f"twingraph-run-{self.run_id[:8]}")
+        self.driver = driver
+        driver.start()
+
+    def _escaped(self, task: Task, t0: float) -> None:
+        """``task``'s inline call went on too long and the loop moved on without it: from now
+        on it is a running thread task (its row says RUNNING, its timeout is kept, a stop
+        abandons it) whose outcome comes through the inbox."""
+        if task.state in TERMINAL:
+            return
+        ran = time.perf_counter() - t0
+        task.mode = "thread"
+        job = task.job = Job(task, None, (), {}, "thread")
+        job.started_at = time.monotonic() - ran       # its timeout counts from the call
+        task.started = self.clock.monotonic() - ran
+        if task.state is not RUNNING:
+            self._set_state(task, RUNNING)
+        if task.spec.timeout < DEFAULT_TIMEOUT:
+            self._tight.add(task)
+        self._timer(max(task.spec.timeout - ran, 0.0), "task_timeout", task, task.fence)
+        self.out.append(LogRecord(self.run_id, self.clock.now(), "warning",
+                                  f"{task.node_id} ran inline for {ran:.2f} s: the run goes on "
+                                  f"beside it (as in a thread)", task.node_id))
 
     def _end_orphans(self) -> None:
         """A resumed run is over: tasks an earlier driver recorded unfinished that this body
@@ -357,6 +464,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 self._body_failed(ev[1])
         elif kind == "cancel":
             self._stop("cancelled", ev[1])
+        elif kind == "escaped":
+            self._escaped(ev[1], ev[2])
 
     # == submission and readiness ===========================================================
     def _take_submitted(self) -> None:
@@ -774,14 +883,11 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         ctx = tasklog._ctx
         prev = getattr(ctx, "task", None)
         ctx.task = (self, task.node_id)
-        t0 = time.perf_counter()
         try:
-            value, error = self.engine.invoke_raw(task.fn, (arguments, parameters, values),
-                                                  _EMPTY), None
-        except BaseException as exc:  # noqa: BLE001 - the task's failure is data
-            value, error = None, exc
-        took = time.perf_counter() - t0
-        ctx.task = prev
+            value, error, took = self._call_inline(task, self.engine.invoke_raw,
+                                                   (arguments, parameters, values), _EMPTY)
+        finally:
+            ctx.task = prev
         if took > spec.timeout:
             value, error = None, TaskTimeout(task.node_id, spec.timeout, killed=False,
                                              inline=True)
@@ -896,15 +1002,11 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             task.started_at = self.clock.now()
         invoke = self.engine.invoke_raw if task.spec.raw_result else self.engine.invoke
         if mode == "inline":         # on this thread: no job, no hand-off
-            t0 = time.perf_counter()
             prev = tasklog.set_current((self, task.node_id))
             try:
-                value, error = invoke(task.fn, args, kwargs), None
-            except BaseException as exc:  # noqa: BLE001 - the task's failure is data
-                value, error = None, exc
+                value, error, took = self._call_inline(task, invoke, args, kwargs)
             finally:
                 tasklog.set_current(prev)
-            took = time.perf_counter() - t0
             if took > task.spec.timeout:
                 # Inline calls cannot be stopped: one that overran its timeout is still a
                 # timeout (its result is discarded), and the component leaves inline mode.
