@@ -571,3 +571,65 @@ def test_a_hung_inline_call_does_not_hold_the_run(engine):
     tasks = _tasks(engine, r.run_id)
     assert tasks["lookup-0"].state is TaskState.CANCELLED
     assert all(tasks[f"slow-{i}"].state is TaskState.SUCCESS for i in range(3))
+
+
+def test_calling_a_failed_component_again_in_the_body_runs_it_again(engine, tmp_path):
+    """A body that catches a failure and makes the same call again: the second call runs (it
+    took the first one's failure, as an in-run twin, and never ran)."""
+    from twingraph import component
+
+    marker = tmp_path / "calls"
+
+    @component(executor="thread")
+    def fetch(url, marker):
+        n = len(open(marker).read()) if os.path.exists(marker) else 0
+        with open(marker, "a") as f:
+            f.write("x")
+        if n == 0:
+            raise ConnectionError("transient")
+        return "data"
+
+    @pipeline(name="manual_retry", error_handler="continue")
+    def p():
+        for _ in range(3):
+            try:
+                return fetch(url="http://x", marker=str(marker)).result()
+            except Exception:   # noqa: BLE001 - the body's own retry
+                continue
+        return None
+
+    r = p.run(engine=engine)
+    assert r.value["outputs"] == {"result": "data"}
+    assert marker.read_text() == "xx"
+    tasks = _tasks(engine, r.run_id)
+    assert tasks["fetch-0"].state is TaskState.FAILED
+    assert tasks["fetch-1"].state is TaskState.SUCCESS and tasks["fetch-1"].attempts == 1
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"handler": print, "continue_on_error": "false"}, "continue_on_error must be True or False"),
+    ({"handler": 42}, "handler must be a callable or the name"),
+    ({"handler": print, "continue_on_eror": True}, r"unknown keys \['continue_on_eror'\]"),
+])
+def test_error_config_is_checked_when_the_pipeline_is_defined(config, match):
+    """'false' is a true string: the run went on where it was asked to stop; a handler of 42
+    showed up only as a warning at failure time; a misspelt key did nothing."""
+    with pytest.raises(ValidationError, match=match):
+        @pipeline(name="bad_error_config", error_handler="custom", error_config=config)
+        def p():
+            return None
+
+
+def test_a_notifier_that_exits_does_not_change_the_outcome(engine):
+    told = []
+
+    def exits(summary):
+        raise SystemExit(3)
+
+    @pipeline(name="notify_exits", notifications=[exits, told.append])
+    def p():
+        return b.quick(x=1)
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.SUCCESS
+    assert [s["status"] for s in told] == ["SUCCESS"]         # the next target is told too

@@ -83,7 +83,28 @@ def test_retry_delays_must_be_finite_numbers(name, bad):
     with pytest.raises(ValidationError, match=rf"retry_policy\.{name} must be a finite number >= 0"):
         RetryPolicy.parse({"max_attempts": 2, **bad})
     assert RetryPolicy.parse({"max_attempts": 2, "initial_delay": 0, "max_delay": 0,
-                              "multiplier": 0, "jitter": 0}).delay(1) == 0
+                              "multiplier": 1, "jitter": 0}).delay(1) == 0
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"initial_delay": True}, "initial_delay must be a finite number"),
+    ({"max_delay": True}, "max_delay must be a finite number"),
+    ({"multiplier": True}, "multiplier must be a finite number"),
+    ({"multiplier": 0}, "multiplier must be >= 1"),
+    ({"jitter": 5}, "jitter must be a fraction from 0 to 1"),
+])
+def test_retry_numbers_are_numbers_in_range(bad, match):
+    # True passed as 1; multiplier 0 made every delay after the first 0; jitter 5 gave
+    # delays of 0.0-4.7 s for a fixed 1 s
+    with pytest.raises(ValidationError, match=match):
+        RetryPolicy.parse({"max_attempts": 3, **bad})
+
+
+def test_a_cap_below_the_default_first_delay_lowers_that_delay():
+    # {'max_delay': 0.5} alone was refused: "max_delay must be >= initial_delay" (the 1 s
+    # default the user never set)
+    p = RetryPolicy.parse({"max_attempts": 3, "max_delay": 0.5, "jitter": 0})
+    assert p.initial_delay == 0.5 and p.delay(1) == 0.5 and p.delay(2) == 0.5
 
 
 def test_validate_dag_orders_and_names_problems():

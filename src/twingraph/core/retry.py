@@ -70,6 +70,11 @@ class RetryPolicy:
             # The default cap (60 s) is below a longer first delay the user asked for: the
             # cap is then that delay, not an error about a value the user never set.
             kw["max_delay"] = max(DEFAULT_MAX_DELAY, kw["initial_delay"])
+        if "initial_delay" not in kw and isinstance(kw.get("max_delay"), (int, float)) \
+                and not isinstance(kw["max_delay"], bool):
+            # ... and a cap below the default first delay (1 s) caps that delay too.
+            kw["initial_delay"] = min(cls.__dataclass_fields__["initial_delay"].default,
+                                      kw["max_delay"])
         policy = cls(**kw)
         policy.validate()
         return policy
@@ -84,8 +89,12 @@ class RetryPolicy:
         for name in ("initial_delay", "max_delay", "multiplier", "jitter"):
             v = getattr(self, name)
             # NaN compares False with everything, so ``v < 0`` alone would let it (and inf) in.
-            if not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
                 raise ValidationError(f"retry_policy.{name} must be a finite number >= 0")
+        if self.multiplier < 1:      # 0 made every delay after the first 0; 0.5 shrinks them
+            raise ValidationError("retry_policy.multiplier must be >= 1")
+        if self.jitter > 1:          # a fraction of the delay: above 1 it could go negative
+            raise ValidationError("retry_policy.jitter must be a fraction from 0 to 1")
         if self.max_delay < self.initial_delay:
             raise ValidationError("retry_policy.max_delay must be >= initial_delay")
 

@@ -202,8 +202,20 @@ class PipelineSpec:
             raise ValidationError(f"error_handler must be one of {', '.join(ERROR_HANDLERS)}; "
                                   f"got {error_handler!r}")
         econf = _dict("error_config", error_config)
+        unknown = sorted(set(econf) - _ERROR_CONFIG_KEYS)
+        if unknown:      # a misspelt key was accepted and did nothing
+            raise ValidationError(f"error_config: unknown keys {unknown}; allowed: "
+                                  f"{sorted(_ERROR_CONFIG_KEYS)}")
         if error_handler == "custom" and "handler" not in econf:
             raise ValidationError("error_handler='custom' needs error_config={'handler': ...}")
+        if "handler" in econf and not (callable(econf["handler"])
+                                       or isinstance(econf["handler"], str)):
+            raise ValidationError(f"error_config.handler must be a callable or the name of a "
+                                  f"registered error handler, got {econf['handler']!r}")
+        if not isinstance(econf.get("continue_on_error", False), bool):
+            # 'false' is a true value: the run went on where the user asked it to stop
+            raise ValidationError(f"error_config.continue_on_error must be True or False, got "
+                                  f"{econf['continue_on_error']!r}")
         if "retry_policy" in econf:       # the policy error_handler='retry' gives tasks
             econf["retry_policy"] = RetryPolicy.parse(econf["retry_policy"])
         notes = notifications if notifications is not None else {}
@@ -262,6 +274,11 @@ def _check_target(where: str, target: Any) -> None:
         return
     raise ValidationError(f"{where}: a notification target is a callable or an http(s) URL, "
                           f"got {target!r}")
+
+
+#: What ``error_config`` may hold: the custom handler, whether the run goes on after it, and
+#: the retry policy ``error_handler='retry'`` gives tasks that have none.
+_ERROR_CONFIG_KEYS = frozenset({"handler", "continue_on_error", "retry_policy"})
 
 
 def _check_notifications(notes: Any) -> None:

@@ -742,7 +742,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             try:
                 key = declared_key(engine, t)
                 twin = by_key.get(key)
-                if twin is not None:
+                if twin is not None and (twin.state is SUCCESS or twin.state not in TERMINAL):
                     if self._keyed(t, key):        # not itself (it has one key): never
                         raise AssertionError("a twin's key needs no lookup")
                     continue

@@ -78,6 +78,11 @@ class MemoSide:
             if not memoize:
                 return True
         twin = self.by_key.get(key) if memoize else None
+        if twin is not None and twin.state in TERMINAL and twin.state is not SUCCESS:
+            # It failed (or was cancelled) before this call was made: this one computes anew,
+            # as a body that catches the failure and calls again asks (a twin in flight is
+            # followed: the same call at the same time).
+            twin = None
         if twin is not None and twin is not task:
             if self.resuming:
                 self.resuming.pop(task, None)      # finishes as its twin does

@@ -15,6 +15,8 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from twingraph.engine.snapshot import error_text
+
 log = logging.getLogger("twingraph.notify")
 
 #: How long ``notify(wait=True)`` waits, in all, for its webhooks (each POST has its own timeout,
@@ -49,7 +51,7 @@ def _post(url: str, summary: dict[str, Any],
             resp.read()
     except Exception as exc:  # noqa: BLE001
         log.warning("notification to %s failed: %s", url, exc)
-        _report(report, f"notification to {url} failed: {type(exc).__name__}: {exc}")
+        _report(report, f"notification to {url} failed: {error_text(exc)}")
 
 
 def _report(report: Callable[[str], None] | None, message: str) -> None:
@@ -65,14 +67,19 @@ def notify(spec: Any, *, summary: dict[str, Any], wait: bool = False,
     """Tell every target of ``spec`` about a run's end; ``report(message)`` hears of each
     target that failed."""
     threads = []
+    interrupted: KeyboardInterrupt | None = None
     for target in _targets(spec, summary["status"]):
         if callable(target):
             try:
                 target(summary)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("notification callable %r failed: %s", target, exc)
+            except BaseException as exc:  # noqa: BLE001 - a notifier never changes the outcome
+                # (``sys.exit()`` in one made the run's caller exit; the targets after it
+                # were not told). Ctrl-C is the user's: raised again once all are told.
+                if isinstance(exc, KeyboardInterrupt):
+                    interrupted = exc
+                log.warning("notification callable %r failed: %s", target, error_text(exc))
                 _report(report, f"notification callable {getattr(target, '__qualname__', target)}"
-                                f" failed: {type(exc).__name__}: {exc}")
+                                f" failed: {error_text(exc)}")
         else:
             t = threading.Thread(target=_post, args=(target, summary, report), daemon=True,
                                  name="twingraph-webhook")
@@ -84,4 +91,6 @@ def notify(spec: Any, *, summary: dict[str, Any], wait: bool = False,
         deadline = time.monotonic() + WAIT_SECONDS
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
+    if interrupted is not None:
+        raise interrupted
     return threads
