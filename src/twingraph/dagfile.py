@@ -79,7 +79,12 @@ def dag_from_dict(doc: Any, *, default_id: str = "dag") -> DAGDefinition:
         bad = [k for k, v in raw_nodes.items() if v is not None and not isinstance(v, dict)]
         if bad:
             raise ValidationError(f"nodes[{bad[0]!r}] must be a mapping")
-        raw_nodes = [{"id": k, **(v or {})} for k, v in raw_nodes.items()]
+        for k, v in raw_nodes.items():     # the key is the id: another one inside is a conflict
+            other = next((x for x in ((v or {}).get("id"), (v or {}).get("node_id"))
+                          if x is not None and x != k), None)
+            if other is not None:       # {"a": {"id": "b"}} became node b: "a" then dangled
+                raise ValidationError(f"nodes[{k!r}]: its id is its key; it also says {other!r}")
+        raw_nodes = [{**(v or {}), "id": k} for k, v in raw_nodes.items()]
     if not isinstance(raw_nodes, list) or not raw_nodes:
         raise ValidationError("'nodes' must be a non-empty list or mapping")
     nodes = []
@@ -88,6 +93,9 @@ def dag_from_dict(doc: Any, *, default_id: str = "dag") -> DAGDefinition:
             raise ValidationError(f"nodes[{i}] must be a mapping")
         nid = raw.get("id", raw.get("node_id"))
         where = f"node {nid!r}" if nid is not None else f"nodes[{i}]"
+        if "id" in raw and "node_id" in raw and raw["id"] != raw["node_id"]:
+            raise ValidationError(f"{where}: 'id' and 'node_id' differ ({raw['id']!r}, "
+                                  f"{raw['node_id']!r}); give one")
         unknown = set(raw) - _NODE_KEYS
         if unknown:
             raise ValidationError(f"{where}: unknown fields {sorted(unknown)}")

@@ -22,6 +22,7 @@ from typing import Any
 from twingraph.dagfile import dag_from_dict, parse_dag_text
 from twingraph.engine.dynamic import (DAGDefinition, DynamicScheduler, ExecutionConfig,
                                       ExecutionProgress, NodeStatus)
+from twingraph.engine.snapshot import error_text
 from twingraph.errors import NotFoundError, ValidationError
 
 
@@ -82,10 +83,13 @@ class VoxLogicaIntegration:
             values = {nid: r.result_data for nid, r in nodes.items()
                       if r.status is NodeStatus.COMPLETED}
         return {"execution_id": execution_id, "run_id": result.run_id or None,
-                "status": "completed" if result.state.value == "SUCCESS" else "failed",
+                "status": _STATUS.get(result.state.value, "failed"),
                 "results": values, "failures": dict(result.failures),
-                "error": None if result.error is None
-                else f"{type(result.error).__name__}: {result.error}"}
+                "error": None if result.error is None else error_text(result.error)}
+
+
+#: An execution's status by its run's state: a cancelled one is not a failure.
+_STATUS = {"SUCCESS": "completed", "CANCELLED": "cancelled"}
 
 
 async def execute_with_progress(

@@ -201,6 +201,8 @@ def test_node_executor_execute_node():
     ("nodes: [{id: a, operation: x, arguments: 3}]", "arguments"),
     ("nodes: [{id: a, operation: x, colour: red}]", "unknown fields"),
     ("{not json", "cannot parse"),
+    ("nodes: {a: {id: b, operation: x}}", "its id is its key; it also says 'b'"),
+    ("nodes: [{id: a, node_id: b, operation: x}]", "'id' and 'node_id' differ"),
 ])
 def test_bad_dag_files(text, match):
     with pytest.raises(ValidationError, match=match):
@@ -687,3 +689,56 @@ def test_an_operation_bound_to_an_instance_is_keyed_by_its_state(make):
         finally:
             s.engine.close()
     assert out == [(20, "miss"), (30, "miss"), (30, "hit")]
+
+
+
+@pytest.mark.parametrize("config, match", [
+    (ExecutionConfig(max_retries="2"), "max_retries must be an integer >= 0"),
+    (ExecutionConfig(max_retries=-1), "max_retries must be an integer >= 0"),
+    (ExecutionConfig(max_retries=2.5), "max_retries must be an integer >= 0"),
+    (ExecutionConfig(retry_failed_nodes="no"), "retry_failed_nodes must be True or False"),
+])
+def test_execution_config_is_checked_before_a_run(scheduler, config, match):
+    """"2" failed the run with a TypeError before any node ran; -1 meant no retries; "no"
+    counted as true."""
+    s = DynamicScheduler(MemoryStorage(), config, metadata=MemoryMetadataStore())
+    try:
+        with pytest.raises(ValidationError, match=match):
+            s.run(chain_dag())
+    finally:
+        s.engine.close()
+
+
+def test_dag_metadata_that_json_cannot_hold_is_refused_before_the_run(scheduler):
+    """It becomes the run's params: a datetime ran the DAG, then failed the run when its
+    record was written (progress said 100 %, node results were empty)."""
+    from datetime import datetime
+    dag = chain_dag()
+    dag.metadata = {"when": datetime(2026, 1, 1)}
+    with pytest.raises(ValidationError, match="metadata must be JSON data"):
+        scheduler.run(dag)
+
+
+def test_the_documents_cli_flow_works_without_a_metadata_store(tmp_path):
+    """``DynamicScheduler(storage, config)`` then ``VoxLogicaIntegration`` as the document's CLI
+    integration writes it: results are read from the run's own tasks (it raised "give the
+    scheduler a metadata store" after the DAG had run); a cancelled execution says so."""
+    from twingraph.integration import VoxLogicaIntegration
+    from twingraph.stores.results.sqlite import SQLiteStorage
+    program = {"dag_id": "p1", "nodes": [
+        {"id": "nums", "operation": "make_numbers", "parameters": {"n": 3}},
+        {"id": "sq", "operation": "square_all", "arguments": ["nums"]}]}
+    register_operation("make_numbers", ops.make_numbers)
+    register_operation("square_all", ops.square_all)
+    storage = SQLiteStorage(str(tmp_path / "r.db"))
+    scheduler = DynamicScheduler(storage, ExecutionConfig())
+    try:
+        out = asyncio.run(VoxLogicaIntegration(scheduler).execute_program_dynamic(
+            program, ExecutionConfig()))
+        assert out["status"] == "completed" and out["results"] == {"sq": [0, 1, 4]}
+        nodes = scheduler.node_results("p1")
+        assert {k: v.status for k, v in nodes.items()} == {
+            "nums": NodeStatus.COMPLETED, "sq": NodeStatus.COMPLETED}
+        assert nodes["nums"].result_data == [0, 1, 2]
+    finally:
+        scheduler.engine.close()

@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import functools
 import inspect
+import json
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -39,6 +40,8 @@ from twingraph.core.specs import ComponentSpec
 from twingraph.core.states import RunState
 from twingraph.engine import gcpace
 from twingraph.engine.snapshot import error_text
+from twingraph.engine.task import UNLOADED
+from twingraph.serialization import own_copy
 from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.loop import RunOptions
 from twingraph.errors import (ConfigurationError, ExecutorUnavailable, GraphValidationError,
@@ -424,6 +427,17 @@ def _check_shapes(dag: DAGDefinition) -> None:
             isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
             for k, v in deps.items()):
         raise ValidationError("dependencies map node ids to lists of node ids")
+    metadata = dag.metadata
+    if metadata is not None:
+        # The run's params: a value JSON cannot hold (a datetime) ran the DAG, then failed
+        # the run when its record was written (as ``dagfile`` refuses it in a file).
+        if not isinstance(metadata, dict):
+            raise ValidationError("metadata must be a mapping (it becomes the run's params)")
+        try:
+            json.dumps(metadata, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"metadata must be JSON data (it becomes the run's params): "
+                                  f"{exc}") from exc
 
 
 def _check_config(cfg: ExecutionConfig) -> None:
@@ -431,6 +445,13 @@ def _check_config(cfg: ExecutionConfig) -> None:
     n = cfg.max_concurrent_nodes
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValidationError(f"max_concurrent_nodes must be an integer >= 1, not {n!r}")
+    r = cfg.max_retries
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+        # "2" failed the run with a TypeError before any node ran; -1 meant no retries
+        raise ValidationError(f"max_retries must be an integer >= 0, not {r!r}")
+    for name in ("retry_failed_nodes", "no_cache", "compression", "async_execution"):
+        if not isinstance(getattr(cfg, name), bool):      # "no" is a true value
+            raise ValidationError(f"{name} must be True or False, not {getattr(cfg, name)!r}")
 
 
 #: Errors of an isolated node that passed the server's limits (decision 0076): not retried by
@@ -481,6 +502,8 @@ class DynamicScheduler:
         self.execution_states: dict[str, ExecutionProgress] = {}
         self.results: dict[str, RunResult] = {}
         self._dag_runs: dict[str, str] = {}
+        # dag_id -> its run's tasks, kept only when there is no metadata store to read
+        self._run_tasks: dict[str, dict[str, Any]] = {}
         self.keep_finished = keep_finished
         self._finished: OrderedDict[str, None] = OrderedDict()    # oldest first
         self._claim = threading.Lock()     # "already running?" and taking the id: one step
@@ -554,10 +577,9 @@ class DynamicScheduler:
         run_id = self._dag_runs.get(dag_id)
         if run_id is None:
             raise NotFoundError(f"DAG {dag_id!r} has not been executed by this scheduler")
-        if self.engine.metadata is None:
-            raise ConfigurationError("node results are read from the run's task records: "
-                                     "give the scheduler (or its engine) a metadata store")
         wanted = None if node_ids is None else set(node_ids)
+        if self.engine.metadata is None:
+            return self._results_in_memory(dag_id, wanted)
         out: dict[str, ExecutionResult] = {}
         for t in self.engine.metadata.get_tasks(run_id):
             if wanted is not None and t.node_id not in wanted:
@@ -571,6 +593,29 @@ class DynamicScheduler:
             out[t.node_id] = ExecutionResult(t.node_id, status, result_data=value,
                                              error_message=t.error or None,
                                              execution_time_ms=ms)
+        return out
+
+    def _results_in_memory(self, dag_id: str,
+                           wanted: set[str] | None) -> dict[str, ExecutionResult]:
+        """``node_results`` of a scheduler without a metadata store (the document's
+        ``DynamicScheduler(storage, config)``): read from the run's own tasks, which it keeps
+        for its newest ``keep_finished`` executions. No durations: a task's times are not kept
+        once it has ended."""
+        tasks = self._run_tasks.get(dag_id)
+        if tasks is None:
+            raise ConfigurationError("node results are read from the run's task records: "
+                                     "give the scheduler (or its engine) a metadata store")
+        out: dict[str, ExecutionResult] = {}
+        for t in list(tasks.values()):          # the run may still be taking tasks in
+            if wanted is not None and t.node_id not in wanted:
+                continue
+            status = _TASK_TO_NODE[t.state.value]
+            value = None
+            if status is NodeStatus.COMPLETED:
+                value = t.value if t.value is not UNLOADED else \
+                    self.engine.load_value(t.cache_key)
+            out[t.node_id] = ExecutionResult(t.node_id, status, result_data=own_copy(value),
+                                             error_message=error_text(t.error) or None)
         return out
 
     def run(self, dag: DAGDefinition) -> RunResult:
@@ -745,6 +790,8 @@ class DynamicScheduler:
         cfg = config or self.config
         def on_run(run: Any) -> None:
             self._dag_runs[dag.dag_id] = run.run_id
+            if self.engine.metadata is None:     # no task records: node_results reads these
+                self._run_tasks[dag.dag_id] = run.tasks
             started.set()
 
         body = self.body(dag, plan, on_run, cfg)
@@ -770,6 +817,7 @@ class DynamicScheduler:
                 self.results.pop(old, None)
                 self.execution_states.pop(old, None)
                 self._dag_runs.pop(old, None)
+                self._run_tasks.pop(old, None)
         return result
 
     @staticmethod
