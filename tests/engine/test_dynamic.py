@@ -742,3 +742,26 @@ def test_the_documents_cli_flow_works_without_a_metadata_store(tmp_path):
         assert nodes["nums"].result_data == [0, 1, 2]
     finally:
         scheduler.engine.close()
+
+
+def test_a_node_timed_out_in_this_process_is_not_retried_beside_itself():
+    """In this process a timed-out node is abandoned, not stopped; retried, its copies ran
+    side by side (ten at once at max_concurrent_nodes=2)."""
+    calls = []
+    gate = threading.Event()
+
+    def hangs(deps, params):
+        calls.append(1)
+        gate.wait(5)
+        return 1
+
+    s = DynamicScheduler(MemoryStorage(), ExecutionConfig(max_retries=3),
+                         metadata=MemoryMetadataStore(), node_timeout=0.2)
+    try:
+        s.executor.register_operation("hangs", hangs)
+        r = s.run(DAGDefinition("to", [N("n", "hangs")]))
+        assert r.state.value == "FAILED" and "TaskTimeout" in r.failures["n"]
+        assert len(calls) == 1
+    finally:
+        gate.set()
+        s.engine.close()

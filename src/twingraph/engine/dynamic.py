@@ -717,11 +717,13 @@ class DynamicScheduler:
             if cfg.retry_failed_nodes and (self.error_recovery or cfg.max_retries > 0):
                 recovery = self.error_recovery or ErrorRecoveryManager(cfg.max_retries)
                 retry = recovery.retry_policy()
-                if retry is not None and self.isolate:
+                if retry is not None:
                     # The server's ceilings are not passing trouble: the same node with the
                     # same inputs would pass them again (a component's own policy decides
-                    # for itself).
-                    retry = dataclasses.replace(retry, never=(*retry.never, *_CEILINGS))
+                    # for itself). In this process a timed-out node is abandoned, not
+                    # stopped: a retry would run beside it (ten copies ran at once).
+                    retry = dataclasses.replace(retry, never=(
+                        *retry.never, *(_CEILINGS if self.isolate else ("TaskTimeout",))))
             if isinstance(base, ComponentSpec):
                 # Called as ``_OpCall(arguments, parameters, values)``, not as the component
                 # is: its own argument names (``core.arguments``) do not apply.
