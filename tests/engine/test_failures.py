@@ -633,3 +633,21 @@ def test_a_notifier_that_exits_does_not_change_the_outcome(engine):
     r = p.run(engine=engine)
     assert r.state is RunState.SUCCESS
     assert [s["status"] for s in told] == ["SUCCESS"]         # the next target is told too
+
+
+def test_a_stop_names_process_jobs_that_never_started_as_dropped(engine):
+    """Process jobs still waiting for a worker when 'fail' stops the run never ran: their
+    records said "running task abandoned"."""
+    n = (os.cpu_count() or 1) + 2           # the pool holds one worker a CPU: two wait
+
+    @pipeline(name="dropped_jobs", error_handler="fail", max_parallel=n + 1)
+    def p():
+        jobs = [b.sleeps_in_process(x=i, delay=3) for i in range(n)]
+        return jobs, b.slow(x=0, delay=0.5), b.fails(x=b.slow(x=1, delay=0.5))
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.FAILED
+    errors = [t.error for t in _tasks(engine, r.run_id).values()
+              if t.node_id.startswith("sleeps_in_process")]
+    assert sum("dropped before it started" in e for e in errors) >= 2, errors
+    assert all("dropped before it started" in e or "killed" in e for e in errors), errors

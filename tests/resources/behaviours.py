@@ -195,3 +195,9 @@ def fails_unprintably(x):
 @component(cache=False, executor="process")
 def fails_unprintably_in_process(x):
     raise Unprintable(x)
+
+
+@component(cache=False, executor="process")
+def sleeps_in_process(x, delay):
+    time.sleep(delay)
+    return x

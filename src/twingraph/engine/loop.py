@@ -1265,11 +1265,14 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             if task.state in TERMINAL:
                 continue
             if task.state is RUNNING:
+                began = task.mode == "inline" or getattr(task.job, "started_at", None) is not None
                 killed = self._abort(task)
                 self.running -= 1
                 if task.spec.resources:
                     self._give_back(task)
-                how = "killed" if killed else "abandoned"
+                # A job still waiting for a worker (a process being spawned) never ran: it was
+                # neither killed nor left running
+                how = ("killed" if killed else "abandoned") if began else "dropped before it started"
                 error = TaskCancelled(f"{message}; running task {how}", node_id=task.node_id)
                 self._end_attempt_row(task, CANCELLED, error)
                 self._finish(task, CANCELLED, error=error)

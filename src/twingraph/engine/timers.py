@@ -69,7 +69,8 @@ class TimerSide:
                     continue
                 killed = self._abort(task)
                 err = TaskTimeout(task.node_id, task.spec.timeout, killed=killed)
-                self._complete(task, fence, False, None, err, now - task.started)
+                # how long it ran: from the job's real start (a worker's spawn not counted)
+                self._complete(task, fence, False, None, err, time.monotonic() - started)
 
     def _heartbeat(self) -> None:
         now = self.clock.monotonic()
