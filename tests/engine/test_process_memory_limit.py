@@ -182,7 +182,8 @@ def test_isolated_specs_run_in_a_process_under_the_ceilings() -> None:
         plain = DynamicScheduler(engine.results, ExecutionConfig(), engine=engine)
         spec, _ = plain._spec_for(NodeDefinition("a", "op", [], {}), op, "operation", {})
         assert (spec.executor, spec.timeout) == ("auto", 300.0)
-        assert spec.retry_policy.never == ("ValidationError",)
+        # in this process a timed-out node is abandoned: not retried beside itself
+        assert spec.retry_policy.never == ("ValidationError", "TaskTimeout")
         with pytest.raises(Exception, match="node_timeout"):
             DynamicScheduler(engine.results, engine=engine, node_timeout=0)
     finally:
