@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from twingraph.engine.engine import Engine
+from twingraph.errors import ConfigurationError
 from twingraph.settings import Settings
 
 _lock = threading.Lock()
@@ -22,7 +23,7 @@ def build_engine(settings: Settings | None = None, **engine_kw: Any) -> Engine:
     from twingraph.stores.metadata import SQLMetadataStore
     from twingraph.stores.results.factory import create_storage_backend
     settings = settings or Settings.from_env()
-    settings.home.mkdir(parents=True, exist_ok=True)
+    ensure_home(settings)
     opts: dict[str, Any] = {}
     if settings.compression:
         opts["compression"] = settings.compression
@@ -31,6 +32,20 @@ def build_engine(settings: Settings | None = None, **engine_kw: Any) -> Engine:
                                      else settings.home / "results.db"), **opts)
     metadata = SQLMetadataStore(settings.database_url, create=True)
     return Engine(results=results, metadata=metadata, **engine_kw)
+
+
+def ensure_home(settings: Settings) -> None:
+    """Create ``$TWINGRAPH_HOME`` if need be. One that cannot be (a file of that name, no
+    permission) is a ``ConfigurationError`` naming it: the CLI says it on one line (exit 2),
+    where mkdir's ``FileExistsError`` was a traceback."""
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigurationError(f"TWINGRAPH_HOME {settings.home} is a file, not a "
+                                 f"directory") from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create TWINGRAPH_HOME {settings.home}: "
+                                 f"{exc.strerror or exc}") from None
 
 
 def default_engine() -> Engine:

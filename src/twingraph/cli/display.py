@@ -18,8 +18,20 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-console = Console()
-err_console = Console(stderr=True)       # errors go to stderr, results to stdout
+#: The width rich lays out output that is not a terminal (a pipe, a file) in. No terminal's
+#: width applies there; at rich's default of 80 columns an error line was cut in two and a
+#: table cell (a component name, a JSON value) folded mid-value for grep or a file to see.
+UNWRAPPED = 1_000_000
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console for stdout (or stderr) as it is now: a terminal's own width, or ``UNWRAPPED``."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=UNWRAPPED)
+
+
+console = _console()
+err_console = _console(stderr=True)     # errors go to stderr, results to stdout
 
 
 def _fmt_eta(s: float | None) -> str:
@@ -165,9 +177,22 @@ def summary_table(tasks: list[Any], limit: int = 30) -> Table:
     return table
 
 
-def tasks_table(tasks: list[Any], limit: int = 200) -> Table:
-    t = Table(title=f"Tasks ({len(tasks)})")
-    shown = tasks[:limit]
+def shown_tasks(tasks: list[Any], limit: int) -> list[Any]:
+    """The tasks ``runs show`` lists when a run has more than ``limit``: the failed ones first
+    (a cut must not hide why the run failed), then the first others, all in their order."""
+    if len(tasks) <= limit:
+        return tasks
+    failed = [t for t in tasks if t.state.value == "FAILED"][:limit]
+    others = [t for t in tasks if t.state.value != "FAILED"][:limit - len(failed)]
+    keep = {id(t) for t in failed + others}
+    return [t for t in tasks if id(t) in keep]
+
+
+def tasks_table(shown: list[Any], total: int | None = None) -> Table:
+    """The tasks ``shown``, of ``total`` (when some were left out, the title says so)."""
+    total = len(shown) if total is None else total
+    t = Table(title=f"Tasks ({total})" if total == len(shown)
+              else f"Tasks ({len(shown)} of {total} shown)")
     labelled = any((task.inputs or {}).get("labels") for task in shown)
     for c in ("node", "component", "state", "cache", "why", "attempts", "duration", "error",
               *(("labels",) if labelled else ())):

@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import importlib.util
 import math
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -67,6 +68,11 @@ def load_module(target: str) -> ModuleType:
             sys.modules.pop(name, None)
             raise
     else:
+        # The current directory first on sys.path, as ``python -m twingraph`` has it: the
+        # console script's sys.path starts with its own directory, and did not find a package
+        # the user stands next to (``twingraph run mypkg.flow`` in mypkg's parent).
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
         try:
             module = importlib.import_module(target)
         except SyntaxError as exc:
@@ -100,6 +106,10 @@ def _syntax_error(exc: SyntaxError) -> ValidationError:
 
 
 def find_pipeline(module: ModuleType, name: str | None) -> Pipeline:
+    """The pipeline ``name`` (a variable of ``module`` or a pipeline's name) or, without one,
+    the module's only pipeline. One object bound to two names (``default = main_flow``) is one
+    pipeline, and one the module imports (a sub-pipeline it calls) gives way to those defined
+    in it: neither makes the module one of "several pipelines"."""
     found = {k: v for k, v in vars(module).items() if isinstance(v, Pipeline)}
     if name:
         if name in found:
@@ -109,12 +119,16 @@ def find_pipeline(module: ModuleType, name: str | None) -> Pipeline:
                 return p
         raise ValidationError(f"no pipeline {name!r} in {module.__name__} "
                               f"(found: {', '.join(sorted(found)) or 'none'})")
-    if len(found) == 1:
-        return next(iter(found.values()))
-    if not found:
+    pipes = list({id(p): p for p in found.values()}.values())
+    own = [p for p in pipes if p.fn.__module__ == module.__name__]
+    pipes = own or pipes
+    if len(pipes) == 1:
+        return pipes[0]
+    if not pipes:
         raise ValidationError(f"no @pipeline in {module.__name__}")
+    names = sorted(k for k, v in found.items() if any(v is p for p in pipes))
     raise ValidationError(f"{module.__name__} has several pipelines "
-                          f"({', '.join(sorted(found))}): name one as FILE.py:NAME")
+                          f"({', '.join(names)}): name one as FILE.py:NAME")
 
 
 def split_target(target: str) -> tuple[str, str | None]:

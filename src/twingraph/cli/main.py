@@ -6,15 +6,16 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.markup import escape
 
-from twingraph.cli.display import (LiveProgress, console, err_console, runs_lines, runs_table, summary_table,
-                                   tasks_table, ts)
+from twingraph.cli.display import (LiveProgress, console, err_console, runs_lines, runs_table, shown_tasks,
+                                   summary_table, tasks_table, ts)
 from twingraph.core.states import RunState
-from twingraph.errors import TwinGraphError, ValidationError
+from twingraph.errors import ConfigurationError, TwinGraphError, ValidationError
 
 app = typer.Typer(help="TwinGraph: data pipelines as decorated Python or declarative graphs.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -37,7 +38,8 @@ app.add_typer(__import__("twingraph.cli.stream", fromlist=["app"]).app, name="st
 
 
 def _fail(exc: BaseException, code: int = 1) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {escape(str(exc))}")
+    # soft_wrap: one error is one line however long (rich cut it at 80 columns when piped).
+    err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -53,7 +55,20 @@ def _usage_errors() -> Iterator[None]:
 
 def _engine() -> Any:
     from twingraph.runtime import default_engine
+    from twingraph.settings import Settings
+    _refuse_in_memory(Settings.from_env().database_url)
     return default_engine()
+
+
+def _refuse_in_memory(url: str) -> None:
+    """An in-memory metadata database (``sqlite://``, ``sqlite:///:memory:``) ends with the
+    command: a run's records, an upgrade, vanished as it exited without a word. The library
+    may use one (tests, a notebook); a command is refused (``ConfigurationError``, exit 2)."""
+    from twingraph.stores.metadata.url import is_memory_sqlite, normalize_url
+    if is_memory_sqlite(normalize_url(url)):
+        raise ConfigurationError(f"the metadata database {url} is in memory: what a command "
+                                 f"records would vanish when it exits; set "
+                                 f"TWINGRAPH_DATABASE_URL to a file (sqlite:///PATH) or a server")
 
 
 @app.command()
@@ -68,10 +83,11 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
     try:
         engine = _engine()
         if resume:
-            target = _resume_target(engine.metadata, resume, target)
-        if not target:
+            file, name = _resume_target(engine.metadata, resume, target)
+        elif target:
+            file, name = split_target(target)
+        else:
             raise typer.BadParameter("give FILE.py[:pipeline], or --resume RUN_ID")
-        file, name = split_target(target)
         module = load_module(file)
         pipe = find_pipeline(module, name)
         params = parse_params(param, pipe.fn)
@@ -80,9 +96,10 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
         holder: dict[str, Any] = {}
         show = sys.stdout.isatty() if progress is None else progress
         with LiveProgress(lambda: holder["loop"].progress() if "loop" in holder else None, show):
-            result = pipe.run(engine=engine, no_cache=no_cache, max_parallel=max_parallel,
-                              resume=resume, on_start=lambda loop: holder.setdefault("loop", loop),
-                              **params)
+            # The parameters apart from the options: a pipeline may name one ``no_cache``.
+            result = pipe.run_with((), params, engine=engine, no_cache=no_cache,
+                                   max_parallel=max_parallel, resume=resume,
+                                   on_start=lambda loop: holder.setdefault("loop", loop))
     except TwinGraphError as exc:
         _fail(exc, 2)
     except KeyboardInterrupt as exc:
@@ -95,10 +112,23 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
     console.print(f"run [bold]{escape(result.run_id)}[/bold] {escape(pipe.name)}: "
                   f"[{'green' if state == 'SUCCESS' else 'red'}]{state}[/]", soft_wrap=True)
     if result.error is not None:
-        err_console.print(f"[red]{type(result.error).__name__}:[/red] {escape(str(result.error))}")
+        err_console.print(f"[red]{type(result.error).__name__}:[/red] {escape(str(result.error))}",
+                          soft_wrap=True)
         raise typer.Exit(1)
     if result.value is not None:
-        console.print_json(json.dumps(result.value, default=repr))
+        _print_value(result.value)
+
+
+def _print_value(value: Any) -> None:
+    """A run's value as JSON (what JSON cannot hold inside it as its ``repr``), or all of it as
+    its ``repr`` when JSON cannot hold its shape (``{(1, 2): 3}``, a cycle): the run succeeded,
+    and printing its value must not end in a traceback and exit 1 after SUCCESS."""
+    try:
+        text = json.dumps(value, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        console.print(repr(value), markup=False, highlight=False, soft_wrap=True)
+        return
+    console.print_json(text)
 
 
 def _resume_params(rec: Any, given: dict[str, Any]) -> dict[str, Any]:
@@ -118,10 +148,13 @@ def _resume_params(rec: Any, given: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in given.items() if k in inexact}
 
 
-def _resume_target(md: Any, resume: str, target: str | None) -> str:
-    """The target ``run --resume RUN_ID`` loads (``target`` when given, else the one the run
-    recorded), after checking the run is one ``run`` can resume: a pipeline run that has not
-    finished successfully. Said here plainly rather than as the engine's transition error."""
+def _resume_target(md: Any, resume: str, target: str | None) -> tuple[str, str | None]:
+    """The file or module and the pipeline ``run --resume RUN_ID`` loads (``target`` when
+    given, else what the run recorded: the pipeline by its recorded name, which ``daily =
+    pipeline(name="daily")(_body)`` does not share with its function), after checking the run
+    is one ``run`` can resume: a pipeline run that has not finished successfully. Said here
+    plainly rather than as the engine's transition error."""
+    from twingraph.cli.loading import split_target
     rec = md.get_run(resume)
     if rec is None:
         _fail(TwinGraphError(f"run {resume} not found"))
@@ -135,12 +168,31 @@ def _resume_target(md: Any, resume: str, target: str | None) -> str:
         _fail(TwinGraphError(f"run {resume} already finished successfully: there is nothing "
                              f"to resume"), 2)
     if target:
-        return target
-    where = src.get("file") or src.get("module")
-    if not where or not src.get("pipeline"):
+        return split_target(target)
+    where = _recorded_where(src)
+    if not where:
         _fail(TwinGraphError(f"run {resume} did not record which file or module it ran: give "
                              f"it as FILE.py[:pipeline] --resume {resume}"), 2)
-    return f"{where}:{src.get('pipeline')}"
+    return where, rec.pipeline
+
+
+def _recorded_where(src: dict[str, Any]) -> str | None:
+    """Where a resumed run's pipeline is loaded from: the module it was started from when that
+    is a package's module (``mypkg.flow`` at ``ROOT/mypkg/flow.py``: its relative imports need
+    the package, and the file alone fails), with ``ROOT`` put first on ``sys.path`` (the resume
+    may be typed in another directory); otherwise the recorded file (a top-level module's file
+    is the same code, and loads from any directory)."""
+    module, file = src.get("module"), src.get("file")
+    if module and file:
+        path, parts = Path(file), module.split(".")
+        tail = (*parts, "__init__.py") if path.name == "__init__.py" else \
+            (*parts[:-1], parts[-1] + ".py")
+        if len(tail) > 1 and path.parts[-len(tail):] == tail:
+            root = str(path.parents[len(tail) - 1])
+            if root not in sys.path:
+                sys.path.insert(0, root)
+            return str(module)
+    return file or module
 
 
 #: The shortest run id prefix ``runs show|logs`` resolve (shorter ones must be whole ids).
@@ -192,8 +244,12 @@ def runs_list(pipeline: Annotated[Optional[str], typer.Option()] = None,
 
 @runs_app.command("show")
 def runs_show(run_id: Annotated[str, typer.Argument(
-        help=f"Run id, or a unique prefix of it (at least {MIN_RUN_PREFIX} characters)")]) -> None:
-    """One run: its state, parameters and tasks (with memo hit/miss and why)."""
+                  help=f"Run id, or a unique prefix of it (at least {MIN_RUN_PREFIX} characters)")],
+              limit: Annotated[int, typer.Option(min=1, help="Show at most this many tasks "
+                                                 "(failed ones first)")] = 200) -> None:
+    """One run: its state, parameters and tasks (with memo hit/miss and why), at most LIMIT
+    tasks; when there are more, stderr says how many were left out and which --limit shows
+    them. Failed tasks are kept in the table before any other."""
     with _usage_errors():
         md = _engine().metadata
         rec = _resolve_run(md, run_id)
@@ -207,7 +263,16 @@ def runs_show(run_id: Annotated[str, typer.Argument(
                   f"config {escape(json.dumps(rec.config, ensure_ascii=False))}")
     if rec.error:
         console.print(f"[red]error:[/red] {escape(rec.error)}")
-    console.print(tasks_table(tasks))
+    shown = shown_tasks(tasks, limit)
+    console.print(tasks_table(shown, total=len(tasks)))
+    left = len(tasks) - len(shown)
+    if left:
+        failed = sum(t.state.value == "FAILED" for t in tasks) \
+            - sum(t.state.value == "FAILED" for t in shown)
+        err_console.print(f"({left} more task{'' if left == 1 else 's'} not shown"
+                          f"{f', {failed} of them failed' if failed else ''}: --limit "
+                          f"{len(tasks)} shows all {len(tasks)})", markup=False, highlight=False,
+                          soft_wrap=True)
 
 
 @runs_app.command("logs")
@@ -239,15 +304,17 @@ def runs_logs(run_id: Annotated[str, typer.Argument(
 @db_app.command("upgrade")
 def db_upgrade(url: Annotated[Optional[str], typer.Option(help="Database URL (default: settings)")] = None) -> None:
     """Bring the metadata database schema to the latest version (Alembic)."""
+    from twingraph.runtime import ensure_home
     from twingraph.settings import Settings
-    from twingraph.stores.metadata.migrate import current, upgrade
+    from twingraph.stores.metadata.migrate import upgrade
     settings = Settings.from_env()
     target = url or settings.database_url
-    if target.startswith("sqlite:///"):
-        settings.home.mkdir(parents=True, exist_ok=True)
     try:
-        upgrade(target)
-        console.print(f"database at head: {current(target)}")
+        _refuse_in_memory(target)
+        if target.startswith("sqlite:///"):
+            ensure_home(settings)
+        # What upgrade() says it reached: asking again on another connection read None.
+        console.print(f"database at head: {upgrade(target)}")
     except TwinGraphError as exc:
         _fail(exc, 2)
 

@@ -55,11 +55,22 @@ class Pipeline:
             max_parallel: int | None = None, resume: str | None = None,
             on_start: Callable[[Any], None] | None = None, **kwargs: Any) -> RunResult:
         """Run the pipeline and return its ``RunResult`` (never raises for a failed run)."""
+        return self.run_with(args, kwargs, engine=engine, no_cache=no_cache,
+                             max_parallel=max_parallel, resume=resume, on_start=on_start)
+
+    def run_with(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], *,
+                 engine: Engine | None = None, no_cache: bool = False,
+                 max_parallel: int | None = None, resume: str | None = None,
+                 on_start: Callable[[Any], None] | None = None) -> RunResult:
+        """``run`` with the pipeline's own arguments apart from the run options, so a parameter
+        named like an option (``engine``, ``no_cache``, ``resume``...) is the pipeline's: what
+        ``twingraph run --param`` calls (mixed into ``run``'s keywords, it was taken for the
+        option or raised ``TypeError``)."""
         if engine is None:
             from twingraph.runtime import default_engine
             engine = default_engine()
         check_platform(engine, self.components())
-        params = _params(self.fn, args, kwargs, partial=resume is not None)
+        params = _params(self.fn, args, dict(kwargs), partial=resume is not None)
         source = self.source()
         if resume is not None:
             rec = engine.metadata.get_run(resume) if engine.metadata is not None else None
