@@ -165,6 +165,35 @@ def test_non_local_platform_fails_before_the_run_starts(engine):
     assert engine.metadata.list_runs(pipeline="needs_k8s") == []
 
 
+def test_a_non_local_component_given_as_an_argument_or_default_fails_before_the_run(engine):
+    """Passed in (``p.run(step=heavy)``) or a default (``def p(step=heavy)``), it was not seen:
+    the run started, ran the local task before it, and failed."""
+    ran = []
+
+    @component(platform="batch")
+    def heavy(x):
+        return x
+
+    @component
+    def prep():
+        ran.append("prep")
+        return 1
+
+    @pipeline(name="step_given")
+    def given(step):
+        return step(x=prep())
+
+    @pipeline(name="step_default")
+    def by_default(step=heavy):
+        return step(x=prep())
+
+    for run in (lambda: given.run(heavy, engine=engine), lambda: by_default.run(engine=engine)):
+        with pytest.raises(ExecutorUnavailable, match="batch.*heavy"):
+            run()
+    assert ran == []
+    assert engine.metadata.list_runs(pipeline="step_given") == []
+
+
 def test_failed_pipeline_raises_pipeline_failed(engine):
     @component
     def boom(x):
@@ -282,3 +311,27 @@ def test_progress_gives_no_eta_from_a_burst(engine):
     r = p.run(engine=engine, on_start=watch)
     assert r.state.value == "SUCCESS"
     assert seen["succeeded"] >= 2 and seen["eta_seconds"] is None
+
+
+def test_a_nested_pipelines_own_settings_are_said_not_to_apply(engine):
+    """A pipeline called inside another runs inline, as part of it: its own max_parallel,
+    error_handler and timeout were ignored without a word."""
+    @component
+    def one(x):
+        return x
+
+    @pipeline(name="inner_settings", max_parallel=2, error_handler="continue")
+    def inner(x):
+        return one(x=x)
+
+    @pipeline(name="outer_settings")
+    def outer():
+        return [inner(i) for i in range(3)]
+
+    r = outer.run(engine=engine)
+    assert r.state.value == "SUCCESS"
+    engine.recorder.flush()
+    notes = [log.message for log in engine.metadata.get_logs(r.run_id)
+             if "inner_settings" in log.message]
+    assert notes == ["pipeline inner_settings runs inside this run's body, as part of it: its "
+                     "own max_parallel=2, error_handler='continue' do not apply"]

@@ -21,6 +21,7 @@ import logging
 import math
 import sys
 import sysconfig
+import time
 import types
 import uuid
 import warnings
@@ -47,7 +48,9 @@ class Pipeline:
         self.name = spec.name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if current_run() is not None:
+        run = current_run()
+        if run is not None:
+            _note_inline(run, self)
             return self.fn(*args, **kwargs)
         return self.run(*args, **kwargs).unwrap()
 
@@ -69,7 +72,7 @@ class Pipeline:
         if engine is None:
             from twingraph.runtime import default_engine
             engine = default_engine()
-        check_platform(engine, self.components())
+        check_platform(engine, _reachable_components(self.fn, [*args, *kwargs.values()]))
         params = _params(self.fn, args, dict(kwargs), partial=resume is not None)
         source = self.source()
         if resume is not None:
@@ -310,16 +313,39 @@ class _ClassComponent:
         return f"<component class {self.cls.__qualname__}>"
 
 
-def _reachable_components(fn: Any) -> Iterable[Any]:
+def _note_inline(run: Any, inner: Pipeline) -> None:
+    """A pipeline called inside a running one runs its body inline, as part of that run
+    (decision 0004): its own max_parallel, error_handler and timeout do not apply. Said once
+    per run and pipeline in the run's log when they differ from the running pipeline's."""
+    opt, spec = run.opt, inner.spec
+    differ = [f"{k}={mine!r}" for k, mine, theirs in (
+        ("max_parallel", spec.max_parallel, opt.max_parallel),
+        ("error_handler", spec.error_handler, opt.error_handler),
+        ("timeout", spec.timeout, opt.timeout)) if mine != theirs]
+    noted = run.inline_pipelines
+    if not differ or inner.name in noted:
+        return
+    noted.add(inner.name)
+    run.logs.append(LogRecord(run.run_id, time.time(), "warning",
+                              f"pipeline {inner.name} runs inside this run's body, as part of "
+                              f"it: its own {', '.join(differ)} do not apply"))
+
+
+def _reachable_components(fn: Any, given: Iterable[Any] = ()) -> Iterable[Any]:
     """Components the pipeline body can reach, found statically (no code runs): the values of
-    the global and closure names its code (nested code objects included) uses, looked into
-    when they are user modules (the attribute names the code uses), containers (dict values,
-    list/tuple/set items, ``_CONTAINER_DEPTH`` levels, ``_CONTAINER_ITEMS`` each),
-    ``functools.partial`` objects, and user functions and pipelines (walked in turn).
-    Blind spots: docs/decisions/0004-dsl-semantics.md ("Platforms")."""
+    the global and closure names its code (nested code objects included) uses, its default
+    argument values and the arguments it is ``given``, looked into when they are user modules
+    (the attribute names the code uses), containers (dict values, list/tuple/set items,
+    ``_CONTAINER_DEPTH`` levels, ``_CONTAINER_ITEMS`` each), ``functools.partial`` objects,
+    and user functions and pipelines (walked in turn). Blind spots:
+    docs/decisions/0004-dsl-semantics.md ("Platforms")."""
     seen: set[int] = set()
     found: dict[int, Any] = {}
     stack = [inspect.unwrap(fn)]
+    root = stack[0]
+    module = getattr(root, "__module__", "") or ""
+    for value in given:             # a component passed in (``p(step=remote_step)``)
+        _visit(value, set(), module, found, stack, set(), 0)
     while stack:
         f = stack.pop()
         if id(f) in seen or not isinstance(f, types.FunctionType):
@@ -328,6 +354,8 @@ def _reachable_components(fn: Any) -> Iterable[Any]:
         names = _names(f.__code__)
         cells = dict(zip(f.__code__.co_freevars, f.__closure__ or ()))
         looked: set[int] = set()           # modules and containers seen from this function
+        for value in [*(f.__defaults__ or ()), *(f.__kwdefaults__ or {}).values()]:
+            _visit(value, names, f.__module__, found, stack, looked, 0)
         for name in names | set(cells):
             cell = cells.get(name)
             if cell is not None:

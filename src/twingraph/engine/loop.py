@@ -140,6 +140,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.dirty: list[Task] = []                # tasks changed since the last hand-over
         self.deferred: deque[Task] = deque()       # waiting tasks whose first row can wait
         self.logs: deque[LogRecord] = deque()     # task logs, appended from worker threads
+        self.inline_pipelines: set[str] = set()   # nested pipelines noted (dsl.pipeline)
         self._last_hand_over = 0.0
         # Writes move to a child process once this engine's runs have taken in so many tasks
         # (``Engine.offload_after``), this one's included.
