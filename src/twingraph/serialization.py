@@ -281,7 +281,9 @@ def _byte_view(value: bytes | bytearray | memoryview) -> Buffer:
 def _npy_parts(np: Any, arr: Any) -> tuple[bytes, memoryview] | None:
     """A version 1.0 (2.0 if huge) .npy header and a byte view of the array's own memory; None
     if the .npy format cannot describe the dtype: a structured one whose fields overlap or are
-    out of offset order, as a multi-field index ``a[["b", "a"]]`` gives (pickle keeps it)."""
+    out of offset order, as a multi-field index ``a[["b", "a"]]`` gives (pickle keeps it).
+    A header that is not Latin-1 (a field named ``"名前"``) is written as version 3.0: 2.0's
+    layout in UTF-8, as NumPy itself writes it (NumPy >= 1.17 and ``decode`` read it)."""
     try:
         descr = np.lib.format.dtype_to_descr(arr.dtype)
     except ValueError:
@@ -290,8 +292,12 @@ def _npy_parts(np: Any, arr: Any) -> tuple[bytes, memoryview] | None:
         arr = np.ascontiguousarray(arr)
     d = {"descr": descr, "fortran_order": False, "shape": tuple(arr.shape)}
     text = "{" + "".join(f"'{k}': {v!r}, " for k, v in sorted(d.items())) + "}"
-    raw = text.encode("latin1")
-    for version, fmt_len in ((1, 2), (2, 4)):
+    versions: tuple[tuple[int, int], ...] = ((1, 2), (2, 4))    # (version, header-length size)
+    try:
+        raw = text.encode("latin1")
+    except UnicodeEncodeError:
+        raw, versions = text.encode("utf8"), ((3, 4),)
+    for version, fmt_len in versions:
         pre = len(_NPY_MAGIC) + 2 + fmt_len
         pad = -(pre + len(raw) + 1) % 64
         hlen = len(raw) + pad + 1

@@ -55,6 +55,11 @@ def as_views(data: Buffer | Sequence[Buffer]) -> tuple[list[Buffer], int]:
     if type(data) is tuple and len(data) == 1 and type(data[0]) is bytes:
         return [data[0]], len(data[0])
     items: Iterable[Any] = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    try:
+        items = iter(items)
+    except TypeError:                      # None, an int: neither a buffer nor a sequence
+        raise StorageError("result data must be bytes-like or a sequence of bytes-like "
+                           f"buffers, got {type(data).__name__}") from None
     views: list[Buffer] = []
     total = 0
     for b in items:
@@ -97,6 +102,9 @@ def prepare(key: str, data: Buffer | Sequence[Buffer], meta: StorageMetadata,
     """
     if type(key) is not str or _KEY_RE.fullmatch(key) is None:
         validate_key(key)  # raises with the explanation
+    if not isinstance(meta, StorageMetadata):
+        raise StorageError(f"metadata of {key!r} must be a StorageMetadata, "
+                           f"got {type(meta).__name__}")
     node_id = meta.node_id
     if node_id and node_id != key:
         raise StorageError(f"metadata.node_id {node_id!r} does not match key {key!r}")
@@ -116,7 +124,24 @@ def prepare(key: str, data: Buffer | Sequence[Buffer], meta: StorageMetadata,
     if md is not None:
         meta_json, dag_id = dump_meta(md, key)
     return Prepared(key, views, size, dt, type_name, meta.content_hash or "",
-                    meta.created_at or now, meta_json, dag_id)
+                    check_created_at(meta.created_at, key) or now, meta_json, dag_id)
+
+
+def check_created_at(value: Any, key: str) -> Any:
+    """``value`` if it can be stored as ``created_at`` (text, or empty for "now"). Anything else
+    is refused before a write, the same on every store: SQLite stored a ``datetime`` as its
+    ``str()`` where the filesystem store failed on it, and a lone surrogate is text no store
+    can write as UTF-8."""
+    if value is None or (type(value) is str and value.isascii()):
+        return value                    # the common cases: None, an ISO 8601 timestamp
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            pass
+    raise StorageError(f"metadata.created_at of {key!r} must be text (ISO 8601), "
+                       f"got {value!r}")
 
 
 #: What ``prepare_wire`` keeps of a put: (data, data_type's value, content_hash as given or '',
@@ -171,8 +196,8 @@ def prepare_wire(items: Iterable[tuple[Any, Any, Any]], now: str
             if md is not last_md:
                 last_text, last_md = dump_meta(md, key), md
             meta_json, dag_id = last_text
-        latest[key] = (data, dt._value_, announced or "", n, created_at or now, meta_json,
-                       dag_id, raw)
+        latest[key] = (data, dt._value_, announced or "", n,
+                       check_created_at(created_at, key) or now, meta_json, dag_id, raw)
     return latest, largest
 
 
@@ -223,7 +248,7 @@ def merge_meta(old_json: str | None, patch: Any, key: str) -> tuple[str, str | N
     """Shallow-merge ``patch`` into the stored metadata JSON -> (new JSON, dag_id)."""
     if not isinstance(patch, dict):
         raise StorageError(f"metadata update must be a dict, got {type(patch).__name__}")
-    return dump_meta({**(meta_from_json(old_json) or {}), **patch}, key)
+    return dump_meta({**(meta_from_json(old_json, key) or {}), **patch}, key)
 
 
 def check_hash(p: Prepared, actual: str) -> str:
@@ -257,8 +282,11 @@ def slices(views: Sequence[Buffer], size: int) -> Iterator[Buffer]:
     """Pieces of exactly ``size`` bytes (the last may be shorter) across the buffers.
 
     A piece inside one buffer is a memoryview slice (no copy); a piece spanning buffers is joined
-    (one copy of at most ``size`` bytes), so memory stays bounded by the piece size.
+    (one copy of at most ``size`` bytes), so memory stays bounded by the piece size. A
+    ``size`` that is not positive would yield empty pieces for ever: refused.
     """
+    if size <= 0:
+        raise StorageError(f"piece size must be positive, got {size}")
     pending: list[memoryview] = []
     have = 0
     for buf in views:
@@ -337,5 +365,16 @@ def data_type_of(key: str, digest: str, value: Any) -> DataType:
     return found
 
 
-def meta_from_json(text: str | None) -> dict[str, Any] | None:
-    return None if text is None else json.loads(text)
+def meta_from_json(text: str | None, key: str, digest: str = "?") -> dict[str, Any] | None:
+    """The stored ``metadata`` dict of ``key`` (recorded hash ``digest``). Text that is not a
+    JSON object (a torn or edited record) is a damaged entry: ``IntegrityError``, so that the
+    engine removes it and the next run recomputes it, not a ``JSONDecodeError`` on every run."""
+    if text is None:
+        return None
+    try:
+        md = json.loads(text)
+    except (TypeError, ValueError, RecursionError) as exc:     # JSONDecodeError is a ValueError
+        raise IntegrityError(key, digest, f"<metadata is not JSON: {exc}>") from exc
+    if not isinstance(md, dict):
+        raise IntegrityError(key, digest, f"<metadata is not a JSON object: {text[:40]!r}>")
+    return md

@@ -40,6 +40,16 @@ class CompressionPolicy:
     def __post_init__(self) -> None:
         if self.kind not in SUPPORTED:
             raise ConfigurationError(f"unknown compression {self.kind!r}; use None or 'zstd'")
+        if self.kind is not None:
+            # Checked by making a compressor now: a level zstd refuses would otherwise be
+            # accepted here and fail every put that compresses.
+            level = self.level
+            try:
+                if isinstance(level, bool) or not isinstance(level, int):
+                    raise TypeError(f"an int, got {type(level).__name__}")
+                self.compressor()
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise ConfigurationError(f"bad zstd compression_level {level!r}: {exc}") from exc
 
     def wants(self, size: int) -> bool:
         return self.kind is not None and size >= self.min_size

@@ -22,6 +22,15 @@ Reads: values of ``mmap_threshold`` bytes or more come back as a read-only memor
 cache). The hash is verified on every read (for an mmap that means reading the pages once). If a
 data file vanishes under a reader because the key was just overwritten or deleted, the read is
 retried from the metadata; a data file missing for a visible result is a ``StorageError``.
+Each map holds a file descriptor for as long as it lives (Python's ``mmap`` keeps a ``dup`` of
+the file's): the maps of all stores in the process hold at most a quarter of the descriptor
+limit, and a read past that (or one whose ``dup`` fails: EMFILE) gets a copy of the bytes.
+
+A metadata file that cannot be read as this store wrote it (torn, edited: not JSON, fields of
+the wrong type) is a damaged entry: ``IntegrityError`` from every read, as for a value whose bytes
+do not match its hash, so that the engine deletes it and the next run recomputes it; a memo
+lookup takes it for a miss, ``list_keys(dag_id)`` leaves it out (its DAG cannot be told), and
+``delete`` removes it (a data file it pointed to is left for ``sweep``).
 
 ``put_many`` validates every item before touching the disk, and renames the metadata files only
 after every data file is written and durable; a crash in the middle of that last rename loop can
@@ -36,19 +45,26 @@ was is invisible and is removed by ``sweep()``, which scans the whole store (run
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import mmap
 import os
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+try:  # the descriptor limit (POSIX)
+    import resource
+except ImportError:  # pragma: no cover
+    resource = None  # type: ignore[assignment]
+
 from twingraph.core.results import DataType, StorageMetadata
-from twingraph.errors import IntegrityError, StorageError
+from twingraph.errors import ConfigurationError, IntegrityError, StorageError
 from twingraph.stores.results import _files
 from twingraph.stores.results._common import (
     Prepared, check_hash, data_type_of, merge_meta, prepare_all, slices, validate_key,
@@ -65,6 +81,13 @@ _DIRS = {DataType.PRIMITIVE: "primitives", DataType.BINARY: "binary", DataType.N
 _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 #: Seconds after which a temp file (or an unreferenced data file) is taken for a crash's leftover.
 TEMP_MAX_AGE = 3600.0
+#: The memory maps every filesystem store of this process has handed out and that still live
+#: (each holds a file descriptor); at most 1/``MAP_FD_SHARE`` of the descriptor limit.
+_MAPS: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
+MAP_FD_SHARE = 4
+#: ``mmap`` failing with these leaves the file to be read as a copy: no descriptor to spare
+#: (EMFILE, ENFILE), or no memory map to spare (ENOMEM: ``vm.max_map_count``).
+_NO_MAP = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
 
 @dataclass
@@ -82,6 +105,9 @@ class FilesystemStorage(ResultStoreBase):
                  compression_level: int = 3, compression_min_size: int = 4096,
                  inline_threshold: int = 4096, mmap_threshold: int = MiB,
                  chunk_size: int = MiB, fsync: bool = True) -> None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+            # 0 made every large put loop for ever (``slices``), as SQLiteStorage refuses it
+            raise ConfigurationError(f"chunk_size must be an int > 0, got {chunk_size!r}")
         self.base_path = Path(base_path)
         self.metadata_path = self.base_path / "metadata" / "nodes"
         self.data_path = self.base_path / "data"
@@ -259,22 +285,27 @@ class FilesystemStorage(ResultStoreBase):
         an overwrite must be able to replace a damaged metadata file)."""
         try:
             doc = self._load_meta(key)
-            return None if doc is None or "path" not in doc["storage"] \
-                else self._data_file(key, doc["storage"]["path"])
+            return None if doc is None else self._data_file_of(key, doc)
         except StorageError:
             return None
 
     def delete(self, key: str) -> bool:
         validate_key(key)
         with self._translate("delete", key), self._lock.hold():
-            doc = self._load_meta(key)
+            try:
+                doc = self._load_meta(key)
+                data = None if doc is None else self._data_file_of(key, doc)
+            except IntegrityError:
+                # A damaged entry is removed all the same: it is what the engine deletes when a
+                # read fails this way. The data file it may point to is left for ``sweep``.
+                doc, data = {}, None
             if doc is None:
                 return False
             os.unlink(self._meta_file(key))
             if self.fsync:
                 _files.fsync_dir(self.metadata_path)
-            if "path" in doc["storage"]:
-                _files.unlink_quiet(self._data_file(key, doc["storage"]["path"]))
+            if data is not None:
+                _files.unlink_quiet(data)
             return True
 
     def patch_metadata(self, key: str, metadata: dict[str, Any]) -> bool:
@@ -297,6 +328,8 @@ class FilesystemStorage(ResultStoreBase):
 
     # ---- reads ----
     def _load_meta(self, key: str) -> dict[str, Any] | None:
+        """The metadata document of ``key``, None on a miss. One that is not as ``put`` writes
+        it (not JSON, a field of the wrong type) is a damaged entry: ``IntegrityError``."""
         try:
             with open(self._meta_file(key), "rb") as f:
                 raw = f.read()
@@ -304,17 +337,39 @@ class FilesystemStorage(ResultStoreBase):
             return None
         try:
             doc = json.loads(raw)
-            doc["storage"], doc["content_hash"], doc["size"]  # noqa: B018 - shape check
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StorageError(f"metadata file of {key!r} is unreadable: {exc}") from exc
-        return doc  # type: ignore[no-any-return]
+        except (ValueError, RecursionError) as exc:   # JSONDecodeError, UnicodeDecodeError
+            raise IntegrityError(key, "?", f"<metadata file is not JSON: {exc}>") from exc
+        if not isinstance(doc, dict):
+            raise IntegrityError(key, "?", "<metadata file holds no JSON object>")
+        digest, size = doc.get("content_hash"), doc.get("size")
+        if not isinstance(digest, str):
+            raise IntegrityError(key, "?", f"<metadata names no content hash: {digest!r}>")
+        if type(size) is not int or size < 0:
+            raise IntegrityError(key, digest, f"<metadata size is {size!r}>")
+        storage = doc.get("storage")
+        if isinstance(storage, dict) and isinstance(storage.get("inline"), str):
+            pass
+        elif isinstance(storage, dict) and "path" in storage:
+            self._data_file(key, storage["path"])     # raises if it is no path in the store
+        else:
+            raise IntegrityError(key, digest, f"<metadata storage is {storage!r}>")
+        if not isinstance(doc.get("metadata"), (dict, type(None))):
+            raise IntegrityError(key, digest, f"<metadata is {doc['metadata']!r}>")
+        if doc.get("compression") not in (None, "zstd"):
+            raise IntegrityError(key, digest, f"<metadata compression is {doc['compression']!r}>")
+        return doc
 
-    def _data_file(self, key: str, rel: str) -> Path:
-        parts = rel.split("/")
+    def _data_file(self, key: str, rel: Any) -> Path:
+        parts = rel.split("/") if isinstance(rel, str) else []
         if len(parts) != 3 or parts[0] != "data" or parts[1] not in _DIRS.values() \
                 or not parts[2].startswith(key + "."):
-            raise StorageError(f"metadata of {key!r} points outside the store: {rel!r}")
+            raise IntegrityError(key, "?", f"<metadata points outside the store: {rel!r}>")
         return self.data_path / parts[1] / parts[2]
+
+    def _data_file_of(self, key: str, doc: dict[str, Any]) -> Path | None:
+        """The data file ``doc`` points to; None if it keeps its value inline."""
+        rel = doc["storage"].get("path")
+        return None if rel is None else self._data_file(key, rel)
 
     def _retrying(self, key: str, read: Any) -> Any:
         """Run ``read(key, doc)``; if its data file vanished under us (the key was overwritten
@@ -369,7 +424,9 @@ class FilesystemStorage(ResultStoreBase):
                 raise IntegrityError(key, digest, f"<data file of {n} bytes, expected {size}>")
             if size < self.mmap_threshold or size == 0:
                 return verify(key, digest, f.read())
-            view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+            view = _map(f)
+            if view is None:
+                return verify(key, digest, f.read())
         try:
             return verify(key, digest, view)
         except IntegrityError:
@@ -463,13 +520,48 @@ class FilesystemStorage(ResultStoreBase):
                           if n.endswith(".json") and not n.startswith("."))
             if dag_id is None:
                 return keys
-            return [k for k in keys if (doc := self._load_meta(k)) and doc.get("dag_id") == dag_id]
+            return [k for k in keys if self._dag_of(k) == dag_id]
+
+    def _dag_of(self, key: str) -> str | None:
+        """The ``dag_id`` of ``key``; None if it is gone or its metadata is damaged (which DAG
+        stored it cannot be told: one damaged entry does not fail every listing)."""
+        try:
+            doc = self._load_meta(key)
+        except IntegrityError:
+            return None
+        return None if doc is None else doc.get("dag_id")
 
     def close(self) -> None:
         self._lock.close()
 
     def __repr__(self) -> str:
         return f"FilesystemStorage({str(self.base_path)!r})"
+
+
+def _map(f: Any) -> memoryview | None:
+    """A read-only view over a memory map of the open file ``f``; None when the map would take
+    a file descriptor the process may need (the caller then reads a copy). A map keeps a
+    ``dup`` of the descriptor for as long as it lives, and a task given a thousand large
+    inputs holds a thousand maps: unbounded, they failed the read (and every ``open`` in the
+    process) with EMFILE. So maps hold at most 1/``MAP_FD_SHARE`` of the descriptor limit."""
+    if len(_MAPS) >= _fd_limit() // MAP_FD_SHARE:
+        return None
+    try:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as exc:
+        if exc.errno in _NO_MAP:
+            return None
+        raise
+    _MAPS.add(mm)
+    return memoryview(mm)
+
+
+def _fd_limit() -> int:
+    """The soft limit on open file descriptors (asked each time: a process may change it)."""
+    if resource is None:  # pragma: no cover - Windows: maps hold no descriptor there
+        return 1 << 30
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 30 if soft == resource.RLIM_INFINITY else soft
 
 
 def _write_all(fd: int, data: Buffer) -> None:

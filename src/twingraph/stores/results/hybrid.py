@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from twingraph.core.results import StorageMetadata
-from twingraph.errors import StorageError
+from twingraph.errors import IntegrityError, StorageError
 from twingraph.stores.results import _files
 from twingraph.stores.results._common import as_views, check_hash, prepare_all, validate_key
 from twingraph.stores.results.base import Buffer, Item, ResultStoreBase
@@ -169,7 +169,10 @@ class HybridStorage(ResultStoreBase):
         return found
 
     def has(self, key: str) -> bool:
-        return self.head(key) is not None
+        try:
+            return self.head(key) is not None
+        except IntegrityError:   # stored but damaged (its metadata): there, as both sides say
+            return True
 
     def list_keys(self, dag_id: str | None = None) -> list[str]:
         return sorted(set(self.small.list_keys(dag_id)) | set(self.large.list_keys(dag_id)))

@@ -65,12 +65,13 @@ class MemoryStorage(ResultStoreBase):
             e = self._entries.get(key)
             if e is None:
                 return None
-            meta = replace(e.meta, metadata=meta_from_json(e.meta_json))
+            meta = replace(e.meta, metadata=meta_from_json(e.meta_json, key))
         return meta, verify(key, e.meta.content_hash, e.data)
 
     def head(self, key: str) -> StorageMetadata | None:
         e = self._entry(key)
-        return None if e is None else replace(e.meta, metadata=meta_from_json(e.meta_json))
+        return None if e is None else replace(e.meta,
+                                              metadata=meta_from_json(e.meta_json, key))
 
     def iter_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         e = self._entry(key)

@@ -19,8 +19,9 @@ Schema (created on open; ``PRAGMA user_version`` = 2; a version 1 file is rebuil
 - Triggers drop a key's old chunks when its row is replaced or deleted, so an overwrite never
   leaves stale chunks and inline puts pay nothing for it.
 
-Concurrency: one connection per thread (WAL lets readers run beside the writer; connections
-of threads that have ended are only closed by ``close()``, fine for the engine's pools); in-process
+Concurrency: one connection per thread (WAL lets readers run beside the writer), kept in the
+thread's local storage and closed when that goes (the thread ended): a process that runs many
+short-lived threads over one store holds connections only for the living ones; in-process
 writers serialise on a lock instead of SQLite's sleeping busy handler; other processes wait on
 ``busy_timeout``. A chunked read holds one read transaction (a snapshot) so a concurrent
 overwrite cannot mix old and new chunks; ``iter_chunks`` uses its own connection for that, since
@@ -170,6 +171,7 @@ _PER_QUERY = 500
 _FEW = 16
 _CHUNKS = "SELECT chunk_id, raw_size, data FROM node_data_chunks WHERE node_id = ? " \
           "ORDER BY chunk_id"
+_SUM = "SELECT sum(raw_size) FROM node_data_chunks WHERE node_id = ?"
 
 
 def _ids(conn: sqlite3.Connection, keys: Sequence[tuple[int, str]]) -> dict[str, int]:
@@ -193,6 +195,37 @@ def _blob(key: str, digest: str, where: str, data: Any) -> bytes:
     if not isinstance(data, bytes):
         raise IntegrityError(key, digest, f"<{where} holds {type(data).__name__}, not a blob>")
     return data
+
+
+def _count(value: Any) -> bool:
+    """Whether ``value`` is an int (and not a bool): a number of bytes."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked(key: str, digest: Any, size: Any, comp: Any, n_chunks: Any = 0) -> None:
+    """Raise ``IntegrityError`` unless a row's columns have the types this store writes: a
+    text ``data_size`` or ``n_chunks`` (an edited or damaged file) is a damaged entry, to be
+    dropped and recomputed, not a TypeError from using it."""
+    if type(digest) is not str or type(size) is not int or size < 0 \
+            or type(n_chunks) is not int or n_chunks < 0 or comp not in (None, "zstd"):
+        raise IntegrityError(key, str(digest), f"<row holds data_size {size!r}, n_chunks "
+                             f"{n_chunks!r}, compression {comp!r}>")
+
+
+class _Owner:
+    """Kept in a thread's local storage beside its connection: when that storage goes (the
+    thread ended, or ``close`` dropped it) the connection is closed and the store forgets it.
+    Without it every thread that ever touched the store kept a connection (and its file
+    descriptors) until ``close``: 500 short-lived threads, 500 connections."""
+
+    __slots__ = ("conn", "conns")
+
+    def __init__(self, conn: sqlite3.Connection, conns: set[sqlite3.Connection]) -> None:
+        self.conn, self.conns = conn, conns
+
+    def __del__(self) -> None:
+        self.conns.discard(self.conn)          # atomic under the GIL: no lock taken here
+        self.conn.close()
 
 
 def _inline(key: str, digest: str, size: int, comp: str | None, data: Any) -> Buffer:
@@ -232,8 +265,10 @@ class SQLiteStorage(ResultStoreBase):
         if str(db_path) == ":memory:" or str(db_path).startswith("file::memory:"):
             raise ConfigurationError("SQLiteStorage needs a file (one connection per thread); "
                                      "use MemoryStorage for an in-memory store")
-        if chunk_size <= 0 or chunk_threshold < 0:
-            raise ConfigurationError("chunk_size must be > 0 and chunk_threshold >= 0")
+        if not (_count(chunk_size) and chunk_size > 0 and _count(chunk_threshold)
+                and chunk_threshold >= 0):        # (1.5 failed the first chunked put)
+            raise ConfigurationError("chunk_size must be an int > 0 and chunk_threshold an "
+                                     f"int >= 0, got {chunk_size!r} and {chunk_threshold!r}")
         self.db_path = Path(db_path)
         self._abs_path = self.db_path.absolute()       # for reopen_recipe, whatever the cwd
         self.chunk_threshold, self.chunk_size = chunk_threshold, chunk_size
@@ -244,8 +279,8 @@ class SQLiteStorage(ResultStoreBase):
             raise ConfigurationError(f"cache_size must be a number of bytes >= 0, got {cache_size!r}")
         self._cache_kib = None if cache_size is None else max(1, cache_size // 1024)
         self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()    # guards _conns
+        self._conns: set[sqlite3.Connection] = set()     # the living threads' connections
+        self._conns_lock = threading.Lock()    # guards _conns and _closed
         self._write_lock = threading.Lock()    # serialises this process's writers
         self._closed = False
         with self._translate("open", str(self.db_path)):
@@ -288,7 +323,8 @@ class SQLiteStorage(ResultStoreBase):
             if self._closed:
                 raise StorageError(f"result store {self.db_path} is closed")
             conn = self._local.conn = self._connect()
-            self._conns.append(conn)
+            self._conns.add(conn)
+            self._local.owner = _Owner(conn, self._conns)
         return conn
 
     def _error(self, op: str, key: str, exc: BaseException) -> StorageError:
@@ -502,8 +538,14 @@ class SQLiteStorage(ResultStoreBase):
 
     def _assemble(self, conn: sqlite3.Connection, key: str, row: tuple[Any, ...]) -> Buffer:
         digest, size, comp, n_chunks, data = row
+        _checked(key, digest, size, comp, n_chunks)
         if n_chunks == 0:
             return verify(key, digest, _inline(key, digest, size, comp, data))
+        # The chunks must add up to data_size before that many bytes are allocated: a damaged
+        # size (a terabyte) would otherwise be a MemoryError on every read, not a damaged entry.
+        (stored,) = conn.execute(_SUM, (key,)).fetchone()
+        if stored != size:
+            raise IntegrityError(key, digest, f"<chunks of {stored} bytes, not {size}>")
         out = bytearray(size)                      # filled in place: peak memory = one value
         pos = 0
         h = hashlib.sha256()
@@ -520,7 +562,8 @@ class SQLiteStorage(ResultStoreBase):
         digest, size, comp, n_chunks, _ = row
         expected, total = 0, 0
         for chunk_id, raw_size, data in conn.execute(_CHUNKS, (key,)):
-            if chunk_id != expected or total + raw_size > size:
+            if chunk_id != expected or type(raw_size) is not int or raw_size < 0 \
+                    or total + raw_size > size:
                 break
             data = _blob(key, digest, f"chunk {chunk_id}", data)
             piece = decompress_frame(data, raw_size, key, digest) if comp else data
@@ -547,6 +590,7 @@ class SQLiteStorage(ResultStoreBase):
                 if row is None:
                     return
                 digest, size, comp, n_chunks, data = row
+                _checked(key, digest, size, comp, n_chunks)
                 if n_chunks == 0:
                     pieces: Iterator[Buffer] = iter((_inline(key, digest, size, comp, data),))
                 else:
@@ -569,7 +613,7 @@ class SQLiteStorage(ResultStoreBase):
         return StorageMetadata(node_id=key, data_type=data_type_of(key, row[3], row[0]),
                                content_hash=row[3],
                                size=row[4], compression=row[5], created_at=row[1],
-                               metadata=meta_from_json(row[2])), data
+                               metadata=meta_from_json(row[2], key, row[3])), data
 
     def head(self, key: str) -> StorageMetadata | None:
         validate_key(key)
@@ -579,10 +623,11 @@ class SQLiteStorage(ResultStoreBase):
             raise self._error("head", key, exc) from exc
         if row is None:
             return None
+        _checked(key, row[1], row[2], row[3])
         return StorageMetadata(node_id=key, data_type=data_type_of(key, row[1], row[0]),
                                content_hash=row[1],
                                size=row[2], compression=row[3], created_at=row[4],
-                               metadata=meta_from_json(row[5]))
+                               metadata=meta_from_json(row[5], key, row[1]))
 
     def content_hashes(self, keys: Sequence[str]) -> dict[str, str]:
         if len(keys) == 1 and type(keys[0]) is str and not self._closed \
@@ -657,7 +702,8 @@ class SQLiteStorage(ResultStoreBase):
             if not self._closed:
                 release(self._keys)
             self._closed = True
-            conns, self._conns = self._conns, []
+            conns = list(self._conns)
+            self._conns.clear()
         for conn in conns:
             conn.close()
         self._local = threading.local()
