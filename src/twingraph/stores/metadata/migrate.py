@@ -145,10 +145,30 @@ def _engine_for(url: str | Engine) -> Iterator[Engine]:
 def _locked(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         conn.execution_options(**{WRITE_OPTION: True})
-        with conn.begin():
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
-            yield conn
+        sqlite = conn.dialect.name == "sqlite"
+        raw = conn.connection.driver_connection if sqlite else None
+        if raw is not None:
+            # Batch mode rebuilds a table it cannot ALTER (copy, DROP, rename): with foreign
+            # keys on, that DROP cascaded to every row that references it (0002 rebuilt
+            # ``runs``: every run's tasks, attempts, logs and lineage were deleted). Off for the
+            # migration (a PRAGMA that is ignored inside a transaction: set before BEGIN),
+            # checked before the commit, and on again for the connection's next user. On the
+            # driver's connection: SQLAlchemy's would begin a transaction first.
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                 {"key": ADVISORY_LOCK_KEY})
+                yield conn
+                if raw is not None:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise StorageError(f"the migration would leave rows whose references "
+                                           f"are gone (first: {broken[0]}); nothing was changed")
+        finally:
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys=ON")
 
 
 def main(argv: list[str] | None = None) -> int:
