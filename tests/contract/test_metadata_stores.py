@@ -542,6 +542,12 @@ def test_attempt_rows_of_a_taken_over_driver_are_fenced_off(store: Any) -> None:
     assert store.get_attempts("r1", "a") == [ended, done]
 
 
+def test_a_long_custom_level_is_kept_alike_by_every_store(store: Any) -> None:
+    # the column holds 16 characters: PostgreSQL cut it there, SQLite and memory kept it all
+    store.write([run(), LogRecord("r1", 1.0, "AUDIT_TRAIL_NOTICE", "m")])
+    assert [r.level for r in store.get_logs("r1")] == ["audit_trail_noti"]
+
+
 def test_logs_filters_and_paging(store: Any) -> None:
     store.write([run(), run("r2")])
     levels = ["debug", "info", "warning", "error", "INFO", "warn"]

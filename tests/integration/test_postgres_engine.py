@@ -24,6 +24,15 @@ def pg_engine(postgres_url, tmp_path):
     eng.close()
 
 
+@pytest.fixture
+def sqlite_engine(tmp_path):
+    eng = Engine(results=SQLiteStorage(str(tmp_path / "results.db")),
+                 metadata=SQLMetadataStore(f"sqlite:///{tmp_path / 'meta.db'}", create=True),
+                 flush_interval=0.01)
+    yield eng
+    eng.close()
+
+
 def test_documented_pipeline_records_on_postgres(pg_engine):
     doc.reset()
     r1 = doc.process_pipeline.run(engine=pg_engine, n=5, delay=0.01)
@@ -51,3 +60,38 @@ def test_cli_against_postgres(postgres_url, tmp_path):
     listing = subprocess.run([sys.executable, "-m", "twingraph", "runs", "list"], env=env,
                              capture_output=True, text=True, timeout=60)
     assert "data_processing_pipeline" in listing.stdout and "SUCCESS" in listing.stdout
+
+
+@pytest.mark.parametrize("which", ["pg_engine", "sqlite_engine"])
+def test_text_no_store_can_hold_is_escaped_not_fatal(which, request):
+    """A lone surrogate (``os.fsdecode`` of a file name that is not UTF-8) or a NUL in a log
+    line or an error failed the whole write batch: the run was lost from the store, and a
+    clean run sharing the batch failed too (PostgreSQL refuses NUL; UTF-8 cannot encode a lone
+    surrogate). Both stores now keep the same escaped text."""
+    import os
+
+    import twingraph
+    from twingraph import component, pipeline
+    engine = request.getfixturevalue(which)
+    name = os.fsdecode(b"report-\xe9.csv")
+
+    @component(cache=False)
+    def scan(fail: bool) -> int:
+        twingraph.get_logger().warning("skipping %s (nul:\x00:)", name)
+        if fail:
+            raise FileNotFoundError(f"{name}\x00")
+        return 1
+
+    @pipeline(name=f"odd_text_{which}", error_handler="continue")
+    def p(fail: bool):
+        return scan(fail=fail)
+
+    bad, good = p.run(True, engine=engine), p.run(False, engine=engine)
+    engine.recorder.flush()
+    assert bad.state.value == "FAILED" and good.state.value == "SUCCESS"
+    (task,) = engine.metadata.get_tasks(bad.run_id)
+    assert task.state.value == "FAILED"
+    assert task.error == "FileNotFoundError: report-\\udce9.csv\\x00"
+    logs = [log.message for log in engine.metadata.get_logs(bad.run_id)]
+    assert "skipping report-\\udce9.csv (nul:\\x00:)" in logs
+    assert engine.metadata.get_run(good.run_id).state.value == "SUCCESS"

@@ -13,11 +13,25 @@ LOGGER_NAME = "twingraph.task"
 
 
 def message_of(record: logging.LogRecord) -> str:
-    """A record's message, plus its traceback if it carries one."""
+    """A record's message, plus its traceback if it carries one (``storable``)."""
     try:
         msg = record.getMessage()
     except Exception:  # noqa: BLE001 - a bad format string must not fail the task
         msg = str(record.msg)
     if record.exc_info:
         msg += "\n" + logging.Formatter().formatException(record.exc_info)
-    return msg
+    return storable(msg)
+
+
+def storable(text: str) -> str:
+    """``text`` as every metadata store can hold it: a lone surrogate (a file name that is not
+    UTF-8, decoded by ``os.fsdecode``) escaped as ``\\udce9``, a NUL as ``\\x00``. Either
+    failed the whole write batch, and with it every run that had records in it (PostgreSQL
+    refuses NUL in text; UTF-8 cannot encode a lone surrogate)."""
+    if text.isascii():
+        return text.replace("\x00", "\\x00") if "\x00" in text else text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00") if "\x00" in text else text

@@ -279,11 +279,17 @@ def edge_digest(edge: EdgeRecord) -> str:
     return hashlib.sha256(f"{edge.kind}\0{edge.src}\0{edge.dst}".encode()).hexdigest()
 
 
+#: Characters of a log level the ``logs.level`` column holds.
+LEVEL_WIDTH = 16
+
+
 def normalize_level(level: str) -> str:
     """Stored spelling of a log level: lower case, ``warn`` -> ``warning``. Unknown levels are
     kept (lower-cased) rather than failing the batch they came in; no filter selects them."""
     name = str(level).strip().lower()
-    return _LEVEL_ALIASES.get(name, name)
+    # The column holds 16 characters: PostgreSQL cut a longer custom level there, SQLite kept
+    # it; cut here, both keep the same.
+    return _LEVEL_ALIASES.get(name, name)[:LEVEL_WIDTH]
 
 
 def levels_at_or_above(level: str) -> tuple[str, ...]:
