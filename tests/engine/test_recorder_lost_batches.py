@@ -104,3 +104,30 @@ def test_every_run_in_a_lost_batchs_frames_is_told(tmp_path):
         rec.close()
         results.close()
         metadata.close()
+
+
+def test_a_resumed_run_is_written_again(tmp_path):
+    """A run whose batch was lost has its task records dropped (above); resumed in the same
+    process (``Engine.run(resume=True)`` calls ``revive``) they were dropped still: its tasks
+    stayed RUNNING under a run stored SUCCESS."""
+    rec, results, metadata = _recorder(tmp_path, "thread")
+    try:
+        metadata.write([RunRecord("A", "p", RunState.RUNNING, created_at=1.0)])
+        locker = sqlite3.connect(str(tmp_path / "r.db"), isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        rec.add_many([TaskRecord("A", "a0", "c", TaskState.SUCCESS, result_key="ka0", fence=1),
+                      _put("ka0", "A")])
+        assert _error_of(rec, "A") is not None
+        locker.execute("ROLLBACK")
+        locker.close()
+        rec.revive("A")
+        rec.add_many([TaskRecord("A", "a0", "c", TaskState.RUNNING, fence=2)])
+        assert _error_of(rec, "A") is None
+        rec.add_many([TaskUpdate("A", "a0", TaskState.SUCCESS, 3.0, fence=2)])   # a later batch
+        assert _error_of(rec, "A") is None
+        assert [(t.node_id, t.state) for t in metadata.get_tasks("A")] == [
+            ("a0", TaskState.SUCCESS)]
+    finally:
+        rec.close()
+        results.close()
+        metadata.close()

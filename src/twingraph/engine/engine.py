@@ -372,6 +372,7 @@ class Engine:
             # (``seen``: the heartbeat the wait proved stale, not one read since: a driver that
             # beat again just after the wait is alive after all.)
             epoch = self.metadata.claim_driver(run_id, heartbeat=seen, now=self.clock.now())
+            self.recorder.revive(run_id)
             prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
             self._end_stale_attempts(run_id, prior, epoch)
         else:

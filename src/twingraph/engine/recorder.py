@@ -290,6 +290,15 @@ class Recorder:
         while len(self._doomed) > KEEP_DOOMED:
             self._doomed.popitem(last=False)
 
+    def revive(self, run_id: str) -> None:
+        """``run_id`` is resumed: its records are written again (``_without_doomed`` dropped
+        them for good; a resume in the same process then left its tasks' rows RUNNING under a
+        run stored SUCCESS). Its lost batch's error, if no flush has raised it yet, is gone
+        with it: the resume starts from what the store holds."""
+        with self._cv:
+            self._doomed.pop(run_id, None)
+            self._run_errors.pop(run_id, None)
+
     def _without_doomed(self, records: Sequence[Any]) -> list[Any]:
         """``records`` without the task-level ones (updates, attempts, edges, task logs) of a
         run a batch was given up for. The lost batch held first rows of that run's tasks;
