@@ -409,3 +409,37 @@ def test_a_config_fingerprint_is_in_no_order_as_its_key_prefix(engine):
     assert engine.fingerprint(a)["config"] == engine.fingerprint(b)["config"]
     assert engine.fingerprint(a)["config"] != engine.fingerprint(c)["config"]
     assert engine.key_prefix(a) == engine.key_prefix(b)
+
+
+def test_a_miss_after_a_failed_or_unmemoized_run_says_so(engine, tmp_path):
+    """Same code, config and inputs as last run: the reason said "inputs changed since the
+    last run" when last run's task had failed, or the run had --no-cache."""
+    from twingraph import component, pipeline
+    flag = tmp_path / "fail"
+    flag.write_text("x")
+
+    @component(executor="thread")
+    def step(x):
+        if flag.exists():
+            raise RuntimeError("not yet")
+        return x
+
+    @pipeline(name="miss_after_failure", error_handler="continue")
+    def p():
+        return step(x=1)
+
+    @pipeline(name="miss_after_no_cache")
+    def q():
+        return step(x=2)
+
+    def reason(pipe, **kw):
+        r = pipe.run(engine=engine, **kw)
+        engine.recorder.flush()
+        return engine.metadata.get_tasks(r.run_id)[0].cache_reason
+
+    reason(p)                                    # fails
+    flag.unlink()
+    assert reason(p) == "no stored result (it was FAILED in the last run)"
+    assert reason(q, no_cache=True) == "--no-cache"
+    assert reason(q) == "no stored result (the last run did not memoize it)"
+    assert reason(q) == "stored result with the same code, config and inputs"

@@ -162,6 +162,11 @@ class MemoSide:
             return ("no stored result (it failed before the run was resumed)"
                     if prev.state is FAILED else
                     "no stored result (it had not finished when the run stopped)")
+        # Same code and config last run: new inputs, unless last run's result is none to reuse
+        if prev.state is not SUCCESS:
+            return f"no stored result (it was {prev.state.value} in the last run)"
+        if prev.cache_status == "disabled":
+            return "no stored result (the last run did not memoize it)"
         return "inputs changed since the last run"
 
     def _hit(self, task: Task, content_hash: str | None, status: str, reason: str, *,
