@@ -335,3 +335,36 @@ def test_a_nested_pipelines_own_settings_are_said_not_to_apply(engine):
              if "inner_settings" in log.message]
     assert notes == ["pipeline inner_settings runs inside this run's body, as part of it: its "
                      "own max_parallel=2, error_handler='continue' do not apply"]
+
+
+def test_parent_hashes_given_as_strings_draw_lineage_edges(engine):
+    """``parent_hash=raw["hash"]`` after the body read the value (original TwinGraph's form):
+    a hash string, not a future; it drew no DEPENDS_ON edge."""
+    from twingraph.lineage import run_lineage
+
+    @component
+    def load(n):
+        return {"chunks": [[i, i + 1] for i in range(n)]}
+
+    @component
+    def proc(data):
+        return {"data": sum(data)}
+
+    @component
+    def agg(results):
+        return {"total": sum(results)}
+
+    @pipeline(name="explicit_hashes")
+    def p():
+        raw = load(n=2).result()
+        rs = [proc(data=c, parent_hash=raw["hash"]) for c in raw["outputs"]["chunks"]]
+        vals = [r.result() for r in rs]
+        return agg(results=[v["outputs"]["data"] for v in vals],
+                   parent_hashes=[v["hash"] for v in vals])
+
+    r = p.run(engine=engine)
+    assert r.state.value == "SUCCESS"
+    engine.recorder.flush()
+    _, edges = run_lineage(engine.metadata, r.run_id)
+    assert sorted((e.src, e.dst) for e in edges if e.kind == "DEPENDS_ON") == [
+        ("load-0", "proc-0"), ("load-0", "proc-1"), ("proc-0", "agg-0"), ("proc-1", "agg-0")]

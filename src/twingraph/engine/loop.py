@@ -577,6 +577,9 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         else:
             deps = []
             self._find_producers(task, deps)
+            kw = task.kwargs
+            if kw and ("parent_hash" in kw or "parent_hashes" in kw):
+                self._named_parents(task, deps)
         upstream_bad = None
         for p in task.producers:
             p.consumers += 1
@@ -639,6 +642,20 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                     continue
                 read.add(text)
             deps.append([p.node_id, path_list(r._path)])
+
+    def _named_parents(self, task: Task, deps: list[list[Any]]) -> None:
+        """``parent_hash`` / ``parent_hashes`` given as hash strings (a result the body already
+        holds: ``r["hash"]``), not as futures: each names the task of this run whose result
+        has that key, a DEPENDS_ON edge as a future's ``r["hash"]`` draws (they drew none).
+        Lineage only: the task does not wait for it (the body had its result already)."""
+        named = {d[0] for d in deps}
+        for k in LINEAGE_KWARGS:
+            v = task.kwargs.get(k)
+            for h in (v,) if isinstance(v, str) else v if isinstance(v, (list, tuple)) else ():
+                p = self.by_key.get(h) if isinstance(h, str) else None
+                if p is not None and p is not task and p.node_id not in named:
+                    named.add(p.node_id)
+                    deps.append([p.node_id, ["hash"]])
 
     def _fail_before_start(self, task: Task, exc: BaseException) -> None:
         """A task that could not even be keyed or looked up fails like a task that raised."""
