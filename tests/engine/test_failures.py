@@ -651,3 +651,28 @@ def test_a_stop_names_process_jobs_that_never_started_as_dropped(engine):
               if t.node_id.startswith("sleeps_in_process")]
     assert sum("dropped before it started" in e for e in errors) >= 2, errors
     assert all("dropped before it started" in e or "killed" in e for e in errors), errors
+
+
+def test_inline_calls_taken_over_one_after_another_end_the_run(engine):
+    """Each call outlives ``INLINE_ESCAPE``: the loop moves thread after thread. A call that
+    returned on an old thread took the entry of its successor's call, the successor then
+    left the loop too, and the run hung with no driver (its timeout could not fire)."""
+    import threading
+
+    from twingraph import component
+
+    @component(cache=False, executor="inline")
+    def work(i):
+        time.sleep(0.3)
+        return i
+
+    @pipeline(name="inline_takeovers", timeout=20)
+    def p():
+        return [work(i=i)["outputs"]["result"] for i in range(6)]
+
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=p.run(engine=engine)), daemon=True)
+    t.start()
+    t.join(15)
+    assert "r" in out, "the run hung"
+    assert out["r"].state is RunState.SUCCESS and out["r"].value == [0, 1, 2, 3, 4, 5]

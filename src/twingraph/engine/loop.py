@@ -172,9 +172,11 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.done = threading.Event()
         # The thread driving this loop (``Engine.run`` starts it; ``_move_loop`` replaces it).
         self.driver: threading.Thread | None = None
-        # The inline call under way, as [(task, its start)]: popped by whoever gets there first,
-        # the loop thread when the call returns or the watchdog when it runs too long.
-        self._inline_slot: list[tuple[Task, float]] = []
+        # The latest inline call, as a one-item list [(task, its start)] of its own: popped by
+        # whoever gets there first, the calling thread when the call returns or the watchdog
+        # when it runs too long. Each call has its own: a call taken over returns later, on
+        # its old thread, and must not take the entry of a call its successor thread made.
+        self._inline_cell: list[tuple[Task, float]] = []
         self._watchdog: threading.Thread | None = None
         self.failures: dict[str, str] = {}
         self._name_counts: dict[str, int] = {}
@@ -254,9 +256,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         (``_watch_inline``) then moves the loop to a new thread, so that timers, cancels and
         other tasks go on; the call's outcome, when it comes, is then posted as a thread
         task's would be and this thread leaves the loop (``_LoopMoved``)."""
-        slot = self._inline_slot
         t0 = time.perf_counter()
-        slot.append((task, t0))
+        cell = self._inline_cell = [(task, t0)]
         if self._watchdog is None:
             self._start_watchdog()
         try:
@@ -265,7 +266,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             value, error = None, exc
         took = time.perf_counter() - t0
         try:
-            slot.pop()              # atomic: the watchdog did not take it
+            cell.pop()              # atomic: the watchdog did not take it
         except IndexError:
             self.inbox.put(("done", InlineOutcome(task.node_id, task.fence, error is None,
                                                   value, error, took)))
@@ -278,13 +279,14 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self._watchdog.start()
 
     def _watch_inline(self) -> None:
-        slot, done = self._inline_slot, self.done
+        done = self.done
         while not done.wait(INLINE_WATCH_EVERY):
+            cell = self._inline_cell
             try:
-                task, t0 = slot[0]
+                task, t0 = cell[0]
                 if time.perf_counter() - t0 < INLINE_ESCAPE:
                     continue
-                task, t0 = slot.pop()
+                task, t0 = cell.pop()
             except IndexError:        # no call, or it returned meanwhile
                 continue
             self._move_loop(task, t0)
