@@ -431,3 +431,95 @@ def test_functions_a_decorator_registers_count(load):
     v = code_version(load(src.replace("{step}", "1")).f)
     assert code_version(load(src.replace("{step}", "1")).f) == v
     assert code_version(load(src.replace("{step}", "2")).f) != v
+
+
+def _versions_of(tmp_path, files, names):
+    """Code versions of ``names`` in module ``main`` (a file among ``files``), taken in a fresh
+    interpreter as a new run takes them; the files keep their module names between calls."""
+    import subprocess
+    import textwrap
+    for name, text in files.items():
+        (tmp_path / name).write_text(textwrap.dedent(text))
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import main; "
+              "from twingraph.core.codeversion import code_version; "
+              f"print(*[code_version(getattr(main, n)) for n in {list(names)!r}])")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                         text=True, check=True)
+    return out.stdout.split()
+
+
+def test_methods_of_plain_data_instances_count(tmp_path):
+    """A frozen dataclass, a named tuple or an enum member at module level (or as a default)
+    is plain data, hashed by its fields: editing one of its class's methods was a stale hit."""
+    helpers = """
+    import enum
+    from dataclasses import dataclass
+    from typing import NamedTuple
+
+    @dataclass(frozen=True)
+    class Settings:
+        scale: int = 2
+        def apply(self, x):
+            return x * self.scale{edit}
+
+    class Pt(NamedTuple):
+        x: int
+        def norm(self):
+            return abs(self.x){edit}
+
+    class Op(enum.Enum):
+        DOUBLE = 1
+        def apply(self, x):
+            return x * 2{edit}
+    """
+    main = """
+    from helpers import Settings, Pt, Op
+    SETTINGS = Settings(scale=2)
+    ORIGIN = Pt(-3)
+    DEFAULT_OP = Op.DOUBLE
+
+    def c_frozen(x):
+        return SETTINGS.apply(x)
+
+    def c_namedtuple(x):
+        return ORIGIN.norm() + x
+
+    def c_enum(x):
+        return DEFAULT_OP.apply(x)
+
+    def c_default(x, s=Settings(scale=2)):
+        return s.apply(x)
+    """
+    names = ("c_frozen", "c_namedtuple", "c_enum", "c_default")
+
+    def versions(edit):
+        return _versions_of(tmp_path, {"helpers.py": helpers.replace("{edit}", edit),
+                                       "main.py": main}, names)
+    first, edited, again = versions(""), versions(" + 1000"), versions(" + 1000")
+    assert all(a != b for a, b in zip(first, edited)), (first, edited)
+    assert edited == again
+
+
+def test_singledispatch_helpers_count(tmp_path):
+    """``functools.singledispatch`` gives its wrapper the user's module name: the wrapper's
+    own (library) code was hashed, and neither the base function nor the registered ones."""
+    helpers = """
+    from functools import singledispatch
+
+    @singledispatch
+    def convert(v):
+        return ["base", v]{base}
+
+    @convert.register
+    def _(v: int):
+        return ["int", v * {k}]
+    """
+    main = "from helpers import convert\n\ndef f(v):\n    return convert(v)\n"
+
+    def version(base, k):
+        return _versions_of(tmp_path, {"helpers.py": helpers.replace("{base}", base)
+                                       .replace("{k}", k), "main.py": main}, ["f"])[0]
+    v = version("", "10")
+    assert version("", "10") == v
+    assert version(" + []", "10") != v
+    assert version("", "7") != v

@@ -133,7 +133,12 @@ def _is_user_named(modname: object, fallback_file: str | None) -> bool:
 
 
 def _is_user_function(f: types.FunctionType) -> bool:
-    return _is_user_named(f.__module__, f.__code__.co_filename)
+    # Library code that took a user function's name and module (``functools.update_wrapper``:
+    # ``singledispatch``'s wrapper) is library code: its file says so.
+    filename = f.__code__.co_filename
+    if not filename.startswith("<") and _is_lib_path(filename):
+        return False
+    return _is_user_named(f.__module__, filename)
 
 
 def _is_user_class(c: type) -> bool:
@@ -203,6 +208,9 @@ class _Enc:
     def __init__(self) -> None:
         self.mutable = False
         self.path: set[int] = set()
+        # Classes whose instances were encoded by value (enum members, named tuples, frozen
+        # dataclasses): their methods are code the value's reader may call.
+        self.classes: set[type] = set()
 
     def digest(self, v: Any, depth: int) -> bytes:
         h = hashlib.sha256()
@@ -233,6 +241,8 @@ class _Enc:
         elif t is tuple or t is list or (issubclass(t, tuple) and hasattr(t, "_fields")):
             tag = b"(" if t is tuple else b"[" if t is list else b"t" + _tname(t).encode() + b"\0"
             self.mutable |= t is list
+            if t is not tuple and t is not list:
+                self.classes.add(t)
             self._items(tag, v, h, depth, ordered=True)
         elif t is set or t is frozenset:
             self.mutable |= t is set
@@ -245,11 +255,13 @@ class _Enc:
             self.path.discard(id(v))
             w(b"d" + len(pairs).to_bytes(8, "big") + b"".join(k + x for k, x in pairs))
         elif issubclass(t, enum.Enum):
+            self.classes.add(t)
             w(b"e" + _tname(t).encode() + b"\0" + str(v.name).encode() + b"\0")
             self.enc(v.value, h, depth + 1)
         elif (hasattr(t, "__dataclass_fields__") and not issubclass(t, type)
               and getattr(getattr(t, "__dataclass_params__", None), "frozen", False)):
             self._enter(v)
+            self.classes.add(t)
             w(b"D" + _tname(t).encode() + b"\0")
             for f in dataclasses.fields(v):
                 w(f.name.encode() + b"=")
@@ -285,13 +297,21 @@ class _Enc:
         self.path.discard(id(v))
 
 
-def _plain(v: Any) -> tuple[bytes, bool] | None:
-    """(digest, mutable) of plain data, or None if ``v`` is not plain data."""
+class _Plain(NamedTuple):
+    digest: bytes
+    mutable: bool
+    classes: list[type]         # of instances encoded by value, sorted by name
+
+
+def _plain(v: Any) -> _Plain | None:
+    """The digest of plain data (and whether it is mutable, and the classes of the instances
+    in it), or None if ``v`` is not plain data."""
     e = _Enc()
     try:
-        return e.digest(v, 0), e.mutable
+        digest = e.digest(v, 0)
     except (_NotPlain, RecursionError):
         return None
+    return _Plain(digest, e.mutable, sorted(e.classes, key=_tname))
 
 
 # --- per code object: text and the names it reads ----------------------------------------------
@@ -647,6 +667,11 @@ class _Walk:
         if issubclass(t, type):
             return self.cls_ref(v)
         if issubclass(t, types.FunctionType):
+            if not _is_user_function(v):
+                wrapped = _wrapped(v)
+                if wrapped is not None:     # a library wrapper around user code
+                    return _pack("lib-wrapper", self.fn_ref(v), self.value(wrapped),
+                                 *self.registered(v))
             return self.fn_ref(v)
         if issubclass(t, types.MethodType):
             return _pack("method", self.value(v.__self__), self.value(v.__func__))
@@ -669,12 +694,12 @@ class _Walk:
                 return _pack("defined", _tname(t), found)
         data = _plain(v)
         if data is not None:
-            digest, mutable = data
-            if mutable and home is not None:
+            if data.mutable and home is not None:
                 found = self.defined(home)
                 if found is not None:
                     return _pack("defined", _tname(t), found)
-            return _pack("data", digest)
+            # ... and the code of the classes in it (``SETTINGS.apply(x)``, ``Op.DOUBLE.run()``)
+            return _pack("data", data.digest, *(self.cls_ref(c) for c in data.classes))
         try:
             wrapped = inspect.getattr_static(v, "__wrapped__", None)
         except Exception:
@@ -707,6 +732,17 @@ class _Walk:
             return _pack(found.text, *parts)
         finally:
             self.open_defs.discard(key)
+
+    def registered(self, v: Any) -> list[bytes]:
+        """The implementations a ``functools.singledispatch`` function dispatches to (its
+        ``registry``: type -> function), by type name."""
+        try:
+            registry = inspect.getattr_static(v, "registry", None)
+            items = sorted(registry.items(), key=lambda kv: _tname(kv[0])) \
+                if isinstance(registry, types.MappingProxyType) else []
+        except Exception:  # noqa: BLE001 - something else named registry
+            return []
+        return [_pack(_tname(k), self.value(f)) for k, f in items if isinstance(k, type)]
 
     def module(self, m: types.ModuleType, attrs: frozenset[str]) -> bytes:
         name = str(vars(m).get("__name__"))
@@ -792,10 +828,11 @@ class _Walk:
             data = _plain(v)
             if data is None:
                 self.put("attr", name, self.value(v))
-            elif not data[1] or source is None:
+            elif not data.mutable or source is None:
                 # immutable values (maybe computed from globals) by value; mutable ones are
                 # defined by the class source, when there is one
-                self.put("attr", name, _pack("data", data[0]))
+                self.put("attr", name, _pack("data", data.digest,
+                                             *(self.cls_ref(c) for c in data.classes)))
 
     def drain(self) -> None:
         while self.todo:
@@ -804,6 +841,14 @@ class _Walk:
                 self.class_body(obj)
             else:
                 self.function_body(obj)
+
+
+def _wrapped(v: Any) -> Any:
+    try:
+        inner = inspect.getattr_static(v, "__wrapped__", None)
+    except Exception:  # noqa: BLE001
+        return None
+    return None if inner is v else inner
 
 
 def _import(name: str) -> types.ModuleType | None:
