@@ -214,3 +214,69 @@ def test_a_version_given_to_the_decorator_is_the_code_version(engine):
     assert _status(engine, r2.run_id, "pinned-0").cache_status == "hit"
     with pytest.raises(ValidationError, match="version"):
         component(version=3)(lambda x: x)
+
+
+ARG_HELPERS = """
+from dataclasses import dataclass
+
+def scale(x):
+    return x * 2{edit}
+
+class Scaler:
+    def __init__(self, k):
+        self.k = k
+    def apply(self, x):
+        return x * self.k{edit}
+
+@dataclass
+class Offset:
+    k: int
+    def apply(self, x):
+        return x + self.k{edit}
+"""
+
+ARG_FLOW = """
+import json
+from twingraph import component, pipeline
+from twingraph.runtime import default_engine
+import helpers
+
+@component
+def apply_fn(fn, x):
+    return fn(x)
+
+@component
+def apply_obj(obj, x):
+    return obj.apply(x)
+
+@pipeline(name="code_as_arguments")
+def flow():
+    return [apply_fn(helpers.scale, 5), apply_obj(helpers.Scaler(3), 5),
+            apply_obj(helpers.Offset(1), 5)]
+
+engine = default_engine()          # at TWINGRAPH_HOME
+r = flow.run(engine=engine)
+engine.recorder.flush()
+print(json.dumps([[v["outputs"]["result"] for v in r.value],
+                  sorted(t.cache_status for t in engine.metadata.get_tasks(r.run_id))]))
+engine.close()
+"""
+
+
+def test_code_given_as_an_argument_is_part_of_the_key(tmp_path):
+    """A module's function, an instance of a user class or a dataclass passed as an argument
+    was keyed by its pickle (a function's name, an instance's state): editing its code was a
+    stale hit. Each run in a fresh interpreter, as ``twingraph run`` runs them."""
+    (tmp_path / "flow.py").write_text(ARG_FLOW)
+
+    def run(edit):
+        (tmp_path / "helpers.py").write_text(ARG_HELPERS.replace("{edit}", edit))
+        out = subprocess.run([sys.executable, str(tmp_path / "flow.py")], capture_output=True,
+                             text=True, cwd=tmp_path,
+                             env={**os.environ, "TWINGRAPH_HOME": str(tmp_path / "home")})
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert run("") == [[10, 15, 6], ["miss", "miss", "miss"]]
+    assert run("") == [[10, 15, 6], ["hit", "hit", "hit"]]          # stable across processes
+    assert run(" + 1000") == [[1010, 1015, 1006], ["miss", "miss", "miss"]]

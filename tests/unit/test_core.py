@@ -331,7 +331,8 @@ def test_enum_members_and_dataclass_instances_digest_by_class_and_value():
         rate: float
         tags: list
 
-    assert _digest(Mode.FAST) == {"en": f"{Mode.__module__}.{Mode.__qualname__}", "v": 1}
+    assert _digest(Mode.FAST) == {"en": f"{Mode.__module__}.{Mode.__qualname__}", "c": "leaf",
+                                  "v": 1}      # "c": its class, by leaf (its code: the engine)
     assert _digest(Mode.FAST) != _digest(Mode.SLOW)
     d = _digest(Params(0.5, ["a"]))
     assert d["s"] == {"o": ["rate", {"f": "0.5"}, "tags", {"l": ["a"]}]}

@@ -889,4 +889,29 @@ def code_version(fn: Any) -> str:
     return walk.h.hexdigest()[:16]
 
 
-__all__ = ["code_version"]
+_VALUE_CODE: _IdCache[str] = _IdCache()
+
+
+def code_of_value(value: Any) -> str | None:
+    """What a memo key adds for an argument that is (or carries) code: a function's, class's
+    or bound method's ``code_version`` (cloudpickle keys a module's function by its name only:
+    editing it kept the key), and for an instance of a user class its class's (its methods
+    are code the component may call). None for anything else. Cached by the object's
+    identity: the code an object runs is fixed once it exists (a reloaded module makes new
+    objects)."""
+    t = type(value)
+    if t is types.MethodType:
+        return code_of_value(value.__func__)
+    if t is types.FunctionType or isinstance(value, type):
+        target = value
+    elif _is_user_class(t):
+        target = t
+    else:
+        return None
+    got = _VALUE_CODE.get(target)
+    if got is None:
+        got = _VALUE_CODE.put(target, code_version(target))
+    return got
+
+
+__all__ = ["code_version", "code_of_value"]

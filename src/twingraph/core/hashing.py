@@ -177,14 +177,14 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
                          if tv is ref_type else digest_value(v, ref_type, ref_digest, leaf_hash))
         return {"o": items}
     if isinstance(value, tuple) and hasattr(t, "_fields"):    # a named tuple: walk it too
-        return {"n": f"{t.__module__}.{t.__qualname__}",
+        return {"n": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),   # its class's code
                 "t": [digest_value(v, ref_type, ref_digest, leaf_hash) for v in value]}
     if t is set or t is frozenset:
         return _unordered(value, t, ref_type, ref_digest, leaf_hash)
     if isinstance(value, enum.Enum):
         # By class and value, not by pickle: a class loaded by value (a pipeline file, decision
         # 0004) pickles with an id of its own in every process (a new key in each).
-        return {"en": f"{t.__module__}.{t.__qualname__}",
+        return {"en": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),
                 "v": digest_value(value.value, ref_type, ref_digest, leaf_hash)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         state = vars(value) if hasattr(value, "__dict__") else {
@@ -193,6 +193,7 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
         state = dict(state)
         if ref_type is None or not _holds(state, ref_type):   # a future inside is not a
             return {"dc": f"{t.__module__}.{t.__qualname__}",  # dependency: hashed whole
+                    "c": leaf_hash(t),                          # (its class's code too)
                     "s": digest_value(state, ref_type, ref_digest, leaf_hash)}
     return {"x": leaf_hash(value)}
 

@@ -15,11 +15,12 @@ import random
 import threading
 import time
 import uuid
-from types import GeneratorType
+from types import FunctionType, GeneratorType
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from twingraph.core.codeversion import code_of_value
 from twingraph.core.hashing import canonical_json, config_digest, key_prefix, sha256_hex
 from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord
 from twingraph.core.results import StorageMetadata
@@ -215,12 +216,18 @@ class Engine:
 
     @staticmethod
     def hash_value(value: Any) -> str:
+        code = code_of_value(value)
+        if code is not None and (type(value) is FunctionType or isinstance(value, type)):
+            # a function or a class: what it is, is its code (its pickle names it only)
+            return f"code:{getattr(value, '__qualname__', '?')}:{code}"
         enc = serialization.encode(value)
         encoding = enc.encoding
         if encoding == "bytes" and type(value) is not bytes:
             # bytes, bytearray and memoryview encode alike; a component may tell them apart
             encoding = f"bytes:{type(value).__name__}"
-        return serialization.typed_hash(encoding, enc.content_hash)
+        h = serialization.typed_hash(encoding, enc.content_hash)
+        # an instance of a user class, a bound method: its state, and its class's code
+        return h if code is None else sha256_hex(f"{h}\0{code}".encode())
 
     def load_value(self, key: str | None) -> Any:
         if key is None:
