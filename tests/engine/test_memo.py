@@ -443,3 +443,32 @@ def test_a_miss_after_a_failed_or_unmemoized_run_says_so(engine, tmp_path):
     assert reason(q, no_cache=True) == "--no-cache"
     assert reason(q) == "no stored result (the last run did not memoize it)"
     assert reason(q) == "stored result with the same code, config and inputs"
+
+
+def test_a_consumer_of_a_producers_hash_gets_its_own_producers(engine):
+    """``record(h=r["hash"])`` for two producers of equal values: the consumers were twins
+    (keyed by the producers' content only) and one returned the other's hash."""
+    from twingraph import component, pipeline
+
+    @component
+    def a(x):
+        return {"v": 1}
+
+    @component
+    def record(h):
+        return {"provenance": h}
+
+    @component
+    def whole(r):
+        return {"seen": r["hash"]}
+
+    @pipeline(name="hash_as_input")
+    def flow():
+        r1, r2 = a(x=1), a(x=2)
+        return [r1["hash"], r2["hash"], record(h=r1["hash"]), record(h=r2["hash"]),
+                whole(r=r1), whole(r=r2)]
+
+    h1, h2, p1, p2, w1, w2 = flow.run(engine=engine).value
+    assert h1 != h2
+    assert (p1["outputs"]["provenance"], p2["outputs"]["provenance"]) == (h1, h2)
+    assert (w1["outputs"]["seen"], w2["outputs"]["seen"]) == (h1, h2)

@@ -225,5 +225,11 @@ def _names_digest(arguments: Any, leaf: Callable[[Any], str]) -> Any:
 
 def _ref_digest(value: Ref) -> str:
     """A reference digests to its producer's content hash and the path taken into it (a
-    declared input, read whole, as ``f"@{hash}()"``: ``MemoSide._on_ready``)."""
-    return f"@{value._task.content_hash}{value._path!r}"
+    declared input, read whole, as ``f"@{hash}()"``: ``MemoSide._on_ready``). What it reads
+    under ``hash`` (``r["hash"]``, or the whole result ``r``) is the producer's key, not its
+    content: that goes in too (two producers of equal values were one input, and a consumer
+    got the other's hash)."""
+    task, path = value._task, value._path
+    if (not path or path[0] == "hash") and not task.spec.raw_result:
+        return f"@{task.content_hash}#{task.cache_key}{path!r}"
+    return f"@{task.content_hash}{path!r}"
