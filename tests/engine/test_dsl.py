@@ -368,3 +368,33 @@ def test_parent_hashes_given_as_strings_draw_lineage_edges(engine):
     _, edges = run_lineage(engine.metadata, r.run_id)
     assert sorted((e.src, e.dst) for e in edges if e.kind == "DEPENDS_ON") == [
         ("load-0", "proc-0"), ("load-0", "proc-1"), ("proc-0", "agg-0"), ("proc-1", "agg-0")]
+
+
+def test_a_helper_reloaded_in_the_same_process_is_a_new_version(engine, tmp_path, monkeypatch):
+    """A notebook or a long-lived worker: the helper module is edited and reloaded between two
+    runs of one pipeline; the component's version was taken once, at its first run, and the
+    second run got the old result."""
+    import importlib
+    import sys
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "reloaded_helper.py").write_text("def helper(x):\n    return x * 2\n")
+    import reloaded_helper
+
+    @component
+    def comp(x):
+        return reloaded_helper.helper(x)
+
+    @pipeline(name="reloaded_helper_flow")
+    def flow():
+        return comp(x=5)
+
+    try:
+        assert flow.run(engine=engine).value["outputs"]["result"] == 10
+        (tmp_path / "reloaded_helper.py").write_text("def helper(x):\n    return x * 100\n")
+        importlib.reload(reloaded_helper)
+        r = flow.run(engine=engine)
+        assert r.value["outputs"]["result"] == 500
+        assert engine.metadata.get_tasks(r.run_id)[0].cache_reason == \
+            "code changed since the last run"
+    finally:
+        sys.modules.pop("reloaded_helper", None)

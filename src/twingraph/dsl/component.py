@@ -54,6 +54,18 @@ class Component:
                                              parameters=parameters_of(self.fn))
         return self._spec
 
+    def refresh_version(self) -> None:
+        """Take the code version again (a run starting: ``Pipeline.run_with``). In one process
+        the code a component reaches can change between runs (``importlib.reload`` of a
+        helper, a notebook cell run again); the version taken at its first run kept the key,
+        and the old result was a stale hit. The spec is replaced only if the version changed
+        (the engine's per-spec caches stay warm)."""
+        if self._spec is None or self._version is not None:
+            return
+        version = code_version(self.fn)
+        if version != self._spec.code_version:
+            self._spec = dataclasses.replace(self._spec, code_version=version)
+
     @property
     def platform(self) -> str:
         return self._draft.platform

@@ -72,7 +72,11 @@ class Pipeline:
         if engine is None:
             from twingraph.runtime import default_engine
             engine = default_engine()
-        check_platform(engine, _reachable_components(self.fn, [*args, *kwargs.values()]))
+        reachable = list(_reachable_components(self.fn, [*args, *kwargs.values()]))
+        check_platform(engine, reachable)
+        for c in reachable:
+            if isinstance(c, Component):
+                c.refresh_version()
         params = _params(self.fn, args, dict(kwargs), partial=resume is not None)
         source = self.source()
         if resume is not None:
