@@ -398,3 +398,31 @@ def test_a_helper_reloaded_in_the_same_process_is_a_new_version(engine, tmp_path
             "code changed since the last run"
     finally:
         sys.modules.pop("reloaded_helper", None)
+
+
+def test_futures_in_dict_keys_and_dataclasses_are_resolved(engine):
+    """A future used as a dict key, or held by a dataclass, reached the component (and the
+    pipeline's result) as a future: they were walked in lists, tuples, sets and dict values
+    only."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Box:
+        v: object
+
+    @component
+    def name():
+        return "alice"
+
+    @component(executor="thread")
+    def key_types(d, box):
+        return [type(k).__name__ for k in d] + [type(box.v).__name__]
+
+    @pipeline(name="refs_in_keys_and_dataclasses")
+    def p():
+        n = name()["outputs"]["result"]
+        return key_types(d={n: 1}, box=Box(n)), {n: 1}, Box(n)
+
+    seen, keyed, boxed = p.run(engine=engine).value
+    assert seen["outputs"]["result"] == ["str", "str"]
+    assert keyed == {"alice": 1} and boxed == Box("alice")

@@ -243,9 +243,9 @@ def test_the_engine_computes_it_once_per_component(monkeypatch):
     calls = []
     real = comp_mod.code_version
 
-    def counting(fn):
-        calls.append(fn)
-        return real(fn)
+    def counting(fn, **kw):
+        calls.append(kw.get("values", True))
+        return real(fn, **kw)
     monkeypatch.setattr(comp_mod, "code_version", counting)
 
     @component
@@ -253,7 +253,9 @@ def test_the_engine_computes_it_once_per_component(monkeypatch):
         return x + 1
     for _ in range(3):
         assert inc.spec.code_version
-    assert len(calls) == 1
+    assert calls == [True, False]    # its version, and its code alone (``refresh_version``)
+    inc.refresh_version()            # a run starting: the code alone again, nothing changed
+    assert calls == [True, False, False]
 
 
 def test_user_decorator_is_part_of_the_version(load):

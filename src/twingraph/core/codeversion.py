@@ -616,8 +616,9 @@ class _Walk:
     (deterministic: the walk follows sorted names and source order) and their bodies are hashed
     once, from a queue, so shared helpers and cycles cost nothing more."""
 
-    def __init__(self) -> None:
+    def __init__(self, values: bool = True) -> None:
         self.h = hashlib.sha256()
+        self.values = values                # mutable data with no definition: by value
         self.ordinal: dict[int, int] = {}
         self.keep: list[Any] = []           # keeps ids stable while the walk lasts
         self.todo: deque[Any] = deque()
@@ -698,6 +699,8 @@ class _Walk:
                 found = self.defined(home)
                 if found is not None:
                     return _pack("defined", _tname(t), found)
+            if data.mutable and not self.values:     # ``code_version(values=False)``
+                return _pack("mutable", _tname(t), *(self.cls_ref(c) for c in data.classes))
             # ... and the code of the classes in it (``SETTINGS.apply(x)``, ``Op.DOUBLE.run()``)
             return _pack("data", data.digest, *(self.cls_ref(c) for c in data.classes))
         try:
@@ -863,8 +866,11 @@ def _import(name: str) -> types.ModuleType | None:
     return m if isinstance(m, types.ModuleType) else None
 
 
-def code_version(fn: Any) -> str:
-    """sha256 (16 hex chars) over the component's code and what it reads (module docstring)."""
+def code_version(fn: Any, *, values: bool = True) -> str:
+    """sha256 (16 hex chars) over the component's code and what it reads (module docstring).
+    ``values=False``: mutable data met in closure cells and defaults (which have no defining
+    statement) by type, not by value: what can change while the code stays the same (a list a
+    closure fills as tasks run), for telling whether the code itself changed since."""
     # Unwrap components and library wrappers down to user code; a user function that wraps
     # another (a user decorator) is kept: its closure leads to the wrapped function anyway.
     target = fn
@@ -878,7 +884,7 @@ def code_version(fn: Any) -> str:
         if inner is None or inner is target:
             break
         target = inner
-    walk = _Walk()
+    walk = _Walk(values)
     if isinstance(target, types.FunctionType):
         walk.put("root", walk.fn_ref(target, force=True))
     elif isinstance(target, type):

@@ -190,11 +190,9 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
         state = vars(value) if hasattr(value, "__dict__") else {
             f.name: getattr(value, f.name) for f in dataclasses.fields(value)
             if hasattr(value, f.name)}
-        state = dict(state)
-        if ref_type is None or not _holds(state, ref_type):   # a future inside is not a
-            return {"dc": f"{t.__module__}.{t.__qualname__}",  # dependency: hashed whole
-                    "c": leaf_hash(t),                          # (its class's code too)
-                    "s": digest_value(state, ref_type, ref_digest, leaf_hash)}
+        state = dict(state)     # futures inside digest as references (they are inputs)
+        return {"dc": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),  # its class's code
+                "s": digest_value(state, ref_type, ref_digest, leaf_hash)}
     return {"x": leaf_hash(value)}
 
 

@@ -45,11 +45,13 @@ class Component:
                                           **params)
         self._accepts_lineage = accepts_lineage(fn)
         self._checked_for: Any = None
+        self._code_only: str | None = None      # its version without runtime values
 
     @property
     def spec(self) -> ComponentSpec:
         if self._spec is None:
             version = self._version or code_version(self.fn)
+            self._code_only = None if self._version else code_version(self.fn, values=False)
             self._spec = dataclasses.replace(self._draft, code_version=version,
                                              parameters=parameters_of(self.fn))
         return self._spec
@@ -62,6 +64,12 @@ class Component:
         (the engine's per-spec caches stay warm)."""
         if self._spec is None or self._version is not None:
             return
+        # Compared without the values of mutable closure cells and defaults: a list the
+        # component fills as it runs is state, not code (it kept resumed runs from hitting).
+        code_only = code_version(self.fn, values=False)
+        if code_only == self._code_only:
+            return
+        self._code_only = code_only
         version = code_version(self.fn)
         if version != self._spec.code_version:
             self._spec = dataclasses.replace(self._spec, code_version=version)

@@ -11,6 +11,8 @@ task's error, if it failed).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -148,21 +150,33 @@ setattr(Ref, "__round__", lambda self, ndigits=None: round(self.result(), ndigit
 
 
 def find_refs(value: Any, out: list[Ref]) -> None:
-    """Collect the Refs inside ``value`` (lists, tuples and named tuples, dicts, sets)."""
+    """Collect the Refs inside ``value`` (lists, tuples and named tuples, dicts, their keys
+    too, sets, dataclass instances)."""
     t = type(value)
     if t is Ref:
         out.append(value)
     elif t is list or t is tuple or t is set or t is frozenset:
         for v in value:
-            if type(v) is Ref or type(v) in _CONTAINERS or isinstance(v, tuple):
+            if type(v) is Ref or type(v) in _CONTAINERS or isinstance(v, tuple) \
+                    or _is_instance_of_dataclass(v):
                 find_refs(v, out)
     elif t is dict:
-        for v in value.values():
-            if type(v) is Ref or type(v) in _CONTAINERS or isinstance(v, tuple):
+        for k, v in value.items():
+            if type(k) is Ref or isinstance(k, tuple):
+                find_refs(k, out)
+            if type(v) is Ref or type(v) in _CONTAINERS or isinstance(v, tuple) \
+                    or _is_instance_of_dataclass(v):
                 find_refs(v, out)
     elif isinstance(value, tuple):          # a named tuple
         for v in value:
             find_refs(v, out)
+    elif _is_instance_of_dataclass(value):
+        for f in dataclasses.fields(value):
+            find_refs(getattr(value, f.name, None), out)
+
+
+def _is_instance_of_dataclass(value: Any) -> bool:
+    return hasattr(type(value), "__dataclass_fields__") and not isinstance(value, type)
 
 
 _CONTAINERS = frozenset({list, tuple, dict, set, frozenset})
@@ -195,18 +209,28 @@ def substitute(value: Any, fetch: Any) -> Any:
         return fetch(value)
     walk = _WALK
     if t is list:
-        return [substitute(v, fetch) if type(v) in walk or isinstance(v, tuple) else v
-                for v in value]
+        return [substitute(v, fetch) if type(v) in walk or isinstance(v, tuple)
+                or _is_instance_of_dataclass(v) else v for v in value]
     if t is dict:
-        return {k: substitute(v, fetch) if type(v) in walk or isinstance(v, tuple) else v
+        return {substitute(k, fetch) if type(k) is Ref or isinstance(k, tuple) else k:
+                substitute(v, fetch) if type(v) in walk or isinstance(v, tuple)
+                or _is_instance_of_dataclass(v) else v
                 for k, v in value.items()}
     if t is tuple:
-        return tuple([substitute(v, fetch) if type(v) in walk or isinstance(v, tuple) else v
-                      for v in value])
+        return tuple([substitute(v, fetch) if type(v) in walk or isinstance(v, tuple)
+                      or _is_instance_of_dataclass(v) else v for v in value])
     if t is set or t is frozenset:
         return t(substitute(v, fetch) for v in value)
     if isinstance(value, tuple) and hasattr(t, "_fields"):      # a named tuple
         return t(*[substitute(v, fetch) for v in value])
+    if _is_instance_of_dataclass(value):
+        found: list[Ref] = []
+        find_refs(value, found)
+        if found:           # a copy with its fields' futures replaced (frozen ones too)
+            new = copy.copy(value)
+            for f in dataclasses.fields(value):
+                object.__setattr__(new, f.name, substitute(getattr(value, f.name), fetch))
+            return new
     return value
 
 
