@@ -75,3 +75,16 @@ def user_modules(tmp_path, monkeypatch):
     yield _load
     for n in made:
         sys.modules.pop(n, None)
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path):
+    """An engine on SQLite files in ``tmp_path`` (results and metadata), flushing often."""
+    from twingraph.engine.engine import Engine
+    from twingraph.stores.metadata import SQLMetadataStore
+    from twingraph.stores.results.sqlite import SQLiteStorage
+    eng = Engine(results=SQLiteStorage(str(tmp_path / "results.db")),
+                 metadata=SQLMetadataStore(f"sqlite:///{tmp_path / 'meta.db'}", create=True),
+                 flush_interval=0.01)
+    yield eng
+    eng.close()

@@ -24,15 +24,6 @@ def pg_engine(postgres_url, tmp_path):
     eng.close()
 
 
-@pytest.fixture
-def sqlite_engine(tmp_path):
-    eng = Engine(results=SQLiteStorage(str(tmp_path / "results.db")),
-                 metadata=SQLMetadataStore(f"sqlite:///{tmp_path / 'meta.db'}", create=True),
-                 flush_interval=0.01)
-    yield eng
-    eng.close()
-
-
 def test_documented_pipeline_records_on_postgres(pg_engine):
     doc.reset()
     r1 = doc.process_pipeline.run(engine=pg_engine, n=5, delay=0.01)
