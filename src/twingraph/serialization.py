@@ -437,4 +437,7 @@ def own_copy(value: Any) -> Any:
             data = _cloudpickle().dumps(value, protocol=5, buffer_callback=keep_shared)
         except Exception:  # noqa: BLE001 - nothing to copy it with: shared, as before
             return value
-    return pickle.loads(data, buffers=shared)
+    try:
+        return pickle.loads(data, buffers=shared)
+    except Exception:  # noqa: BLE001 - pickles but does not unpickle (an exception class
+        return value   # whose __init__ takes more than its args): shared, as before

@@ -280,3 +280,23 @@ def test_code_given_as_an_argument_is_part_of_the_key(tmp_path):
     assert run("") == [[10, 15, 6], ["miss", "miss", "miss"]]
     assert run("") == [[10, 15, 6], ["hit", "hit", "hit"]]          # stable across processes
     assert run(" + 1000") == [[1010, 1015, 1006], ["miss", "miss", "miss"]]
+
+
+def test_an_instance_argument_holding_a_set_keys_alike_in_every_process(tmp_path):
+    """Its attributes were pickled, and a set's pickle follows the hash seed: the same
+    ``Scaler(4)`` (or its bound method) gave another key in every process (a miss)."""
+    (tmp_path / "seeded.py").write_text(
+        "class Scaler:\n    def __init__(self, k):\n        self.k = k\n"
+        "        self.seen = {'a', 'b', 'c', 'd', 'e'}\n"
+        "    def __call__(self, x):\n        return x * self.k\n")
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import seeded; "
+              "from twingraph.engine.engine import Engine; "
+              "print(Engine.hash_value(seeded.Scaler(4)), "
+              "Engine.hash_value(seeded.Scaler(4).__call__))")
+
+    def hashes(seed):
+        out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                             text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        return out.stdout.split()
+    first = hashes("1")
+    assert all(hashes(seed) == first for seed in ("2", "3", "4"))

@@ -570,7 +570,7 @@ def test_a_hung_inline_call_does_not_hold_the_run(engine):
     assert r.state is RunState.CANCELLED
     tasks = _tasks(engine, r.run_id)
     assert tasks["lookup-0"].state is TaskState.CANCELLED
-    assert all(tasks[f"slow-{i}"].state is TaskState.SUCCESS for i in range(3))
+    assert all(tasks[f"slow-{i}"].state is TaskState.SUCCESS for i in range(3)), tasks
 
 
 def test_calling_a_failed_component_again_in_the_body_runs_it_again(engine, tmp_path):
@@ -676,3 +676,38 @@ def test_inline_calls_taken_over_one_after_another_end_the_run(engine):
     t.join(15)
     assert "r" in out, "the run hung"
     assert out["r"].state is RunState.SUCCESS and out["r"].value == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("stop", ["a failing task", "a cancel"])
+def test_a_stop_while_an_inline_call_is_taken_over_ends_the_run(engine, stop):
+    """The stop was handled before the takeover (queued behind it): the inline task, not yet
+    RUNNING in the loop's books, ended as one never started and its slot was never given
+    back; the run hung."""
+    import threading
+
+    from twingraph import component
+
+    @component(cache=False, executor="thread")
+    def boom(x):
+        time.sleep(0.03)
+        raise ValueError("boom")
+
+    @component(cache=False, executor="inline")
+    def slow_inline(x):
+        time.sleep(0.5)
+        return x
+
+    @pipeline(name=f"stop_during_takeover_{stop.split()[-1]}")
+    def p():
+        if stop == "a failing task":
+            boom(x=1)
+        return slow_inline(x=2)
+
+    if stop == "a cancel":
+        threading.Timer(0.03, lambda: [engine.cancel(r) for r in list(engine.runs)]).start()
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=p.run(engine=engine)), daemon=True)
+    t.start()
+    t.join(8)
+    assert "r" in out, "the run hung"
+    assert out["r"].state in (RunState.FAILED, RunState.CANCELLED)

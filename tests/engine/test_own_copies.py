@@ -99,3 +99,37 @@ def test_own_copy_shares_what_cannot_change_and_copies_the_rest():
         assert own_copy(v) is v
     lock = threading.Lock()
     assert own_copy(lock) is lock                                 # cannot be copied: shared
+
+
+class CodedError(Exception):
+    """Pickles, but does not unpickle: unpickling calls ``CodedError(msg)``."""
+
+    def __init__(self, msg, code):
+        super().__init__(msg)
+        self.code = code
+
+
+def test_a_value_that_does_not_unpickle_is_shared_as_before():
+    """``own_copy`` raised (the consumer failed; on a declared graph's fast path the run loop
+    crashed): such a value is handed over as it is."""
+    value = [CodedError("m", 3)]
+    assert own_copy(value) is value
+
+
+def test_a_declared_node_given_such_a_value_runs():
+    def make(deps, params):
+        return [CodedError("m", 3)]
+
+    def use(deps, params):
+        return deps["a"][0].code
+
+    s = DynamicScheduler(MemoryStorage(), ExecutionConfig(), metadata=MemoryMetadataStore())
+    try:
+        s.executor.register_operation("make_coded", make)
+        s.executor.register_operation("use_coded", use)
+        r = s.run(DAGDefinition("coded", [NodeDefinition("a", "make_coded", [], {}),
+                                          NodeDefinition("b", "use_coded", ["a"], {})]))
+        assert r.state.value == "SUCCESS", r.failures
+        assert s.node_results("coded", ["b"])["b"].result_data == 3
+    finally:
+        s.engine.close()

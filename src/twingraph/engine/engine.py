@@ -15,13 +15,14 @@ import random
 import threading
 import time
 import uuid
-from types import FunctionType, GeneratorType
+from types import FunctionType, GeneratorType, MethodType
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from twingraph.core.codeversion import code_of_value
-from twingraph.core.hashing import canonical_json, config_digest, key_prefix, sha256_hex
+from twingraph.core.hashing import (canonical_json, config_digest, digest_json, digest_value,
+                                    key_prefix, sha256_hex)
 from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord
 from twingraph.core.results import StorageMetadata
 from twingraph.core.specs import DEFAULT_TIMEOUT
@@ -89,6 +90,27 @@ SLOW_CALL_SECONDS = 0.01      # one call slower than this sends it back to the t
 OFFLOAD_AFTER = 20_000
 _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 WRITERS = ("auto", "thread", "process")
+
+
+def _state_digest(value: Any) -> str | None:
+    """A user-class instance's (or a bound method's object's) attributes as a memo key sees
+    them: walked like arguments (``digest_value``: sets in sorted order, nested objects by
+    this same rule), not pickled (a set's pickle follows the process's hash seed: a miss in
+    every process). None when it has no ``__dict__`` or cannot be walked (a cycle)."""
+    owner = value.__self__ if type(value) is MethodType else value
+    state = getattr(owner, "__dict__", None)
+    if not isinstance(state, dict):
+        return None
+    try:
+        digest = digest_value(dict(state), None, _no_reference, Engine.hash_value)
+        return sha256_hex(f"{type(owner).__module__}.{type(owner).__qualname__}\0".encode()
+                          + digest_json(digest))
+    except (RecursionError, TypeError, ValueError):
+        return None
+
+
+def _no_reference(value: Any) -> Any:
+    raise TypeError("an object's attributes hold no futures")
 
 
 class Engine:
@@ -217,9 +239,13 @@ class Engine:
     @staticmethod
     def hash_value(value: Any) -> str:
         code = code_of_value(value)
-        if code is not None and (type(value) is FunctionType or isinstance(value, type)):
-            # a function or a class: what it is, is its code (its pickle names it only)
-            return f"code:{getattr(value, '__qualname__', '?')}:{code}"
+        if code is not None:
+            if type(value) is FunctionType or isinstance(value, type):
+                # a function or a class: what it is, is its code (its pickle names it only)
+                return f"code:{getattr(value, '__qualname__', '?')}:{code}"
+            state = _state_digest(value)
+            if state is not None:       # an instance of a user class, a bound method
+                return sha256_hex(f"obj:{state}\0{code}".encode())
         enc = serialization.encode(value)
         encoding = enc.encoding
         if encoding == "bytes" and type(value) is not bytes:

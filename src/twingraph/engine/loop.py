@@ -178,6 +178,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         # its old thread, and must not take the entry of a call its successor thread made.
         self._inline_cell: list[tuple[Task, float]] = []
         self._watchdog: threading.Thread | None = None
+        self._taken_over: tuple[Task, float] | None = None     # for the next driver thread
         self.failures: dict[str, str] = {}
         self._name_counts: dict[str, int] = {}
         self._order = itertools.count()
@@ -197,6 +198,11 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         get, submitted = self.inbox.get, self.submitted
         moved = False
         try:
+            taken = self._taken_over
+            if taken is not None:       # this thread took over from one stuck in a call
+                self._taken_over = None
+                self._escaped(*taken)
+                self.inbox.put(("wake",))   # ready tasks wait to be dispatched: no sleep first
             while True:
                 ev = get_nowait(self.inbox)
                 if ev is None and not submitted:
@@ -293,9 +299,12 @@ class RunLoop(BodySide, MemoSide, TimerSide):
 
     def _move_loop(self, task: Task, t0: float) -> None:
         """The watchdog took ``task``'s inline call: the loop goes on in a new thread, where
-        the task runs on as a thread task would (``_escaped``). The old thread touches no
-        loop state once its call returns (``_call_inline``)."""
-        self.inbox.put(("escaped", task, t0))
+        the task runs on as a thread task would (``_escaped``), before anything else: an
+        event queued meanwhile (a cancel, another task's failure, the call's own outcome)
+        must find it RUNNING (queued behind them, a stop ended it as a task not started and
+        its slot was never given back: the run hung). The old thread touches no loop state
+        once its call returns (``_call_inline``)."""
+        self._taken_over = (task, t0)
         driver = threading.Thread(target=self.run_forever, daemon=True,
                                   name=f"twingraph-run-{self.run_id[:8]}")
         self.driver = driver
@@ -467,8 +476,6 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 self._body_failed(ev[1])
         elif kind == "cancel":
             self._stop("cancelled", ev[1])
-        elif kind == "escaped":
-            self._escaped(ev[1], ev[2])
 
     # == submission and readiness ===========================================================
     def _take_submitted(self) -> None:
