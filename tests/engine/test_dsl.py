@@ -1,4 +1,7 @@
-"""The documented DSL on real pipeline modules (tests/resources)."""
+"""The documented DSL on real pipeline modules (tests/resources).
+
+``monkeypatch`` only puts a test's ``tmp_path`` on ``sys.path`` (so a helper module written
+there can be imported and reloaded) and takes it off again; nothing is mocked."""
 import pytest
 
 from tests.resources import documented as doc
