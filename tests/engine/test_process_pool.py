@@ -89,3 +89,90 @@ def test_an_exception_the_driver_cannot_load_keeps_its_name_text_and_retries(tmp
         assert "in raises_a_worker_only_error\ntg_worker_only.WorkerOnlyError" in logs   # traceback
     finally:
         eng.close()
+
+
+def _run_in_thread(p, eng):
+    import threading
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=p.run(engine=eng)), daemon=True)
+    t.start()
+    return t, out
+
+
+def test_a_pool_shut_down_mid_run_fails_its_jobs_and_the_run_ends(tmp_path):
+    """Running jobs' ends were taken for aborts and waiting ones never started: the run
+    never ended (under error_handler='continue')."""
+    eng = _engine(tmp_path)
+
+    @pipeline(name="pool_shut_down", error_handler="continue", max_parallel=3)
+    def p():
+        return [b.sleeps_in_process(x=i, delay=5) for i in range(3)]
+
+    try:
+        t, out = _run_in_thread(p, eng)
+        time.sleep(1.0)
+        eng.executors["local"].shutdown()
+        t.join(10)
+        assert "r" in out, "the run hung"
+        tasks = {x.node_id: x for x in eng.metadata.get_tasks(out["r"].run_id)}
+        assert {x.state for x in tasks.values()} == {TaskState.FAILED}
+        assert all("process pool was shut down" in x.error for x in tasks.values())
+    finally:
+        eng.close()
+
+
+def test_an_engine_closed_mid_run_cancels_it_and_the_run_ends(tmp_path):
+    """``Engine.close`` closed the recorder first: the run's last flush waited for ever."""
+    eng = _engine(tmp_path)
+
+    @pipeline(name="engine_closed", max_parallel=2)
+    def p():
+        return [b.sleeps_in_process(x=i, delay=5) for i in range(2)]
+
+    t, out = _run_in_thread(p, eng)
+    time.sleep(1.0)
+    eng.close()
+    t.join(10)
+    assert "r" in out, "the run hung"
+    assert out["r"].state is RunState.CANCELLED
+
+
+def test_a_tasks_environment_and_directory_do_not_reach_the_next_task(tmp_path):
+    """A variable a task set and the directory it moved to were the next task's, in the same
+    worker."""
+    eng = _engine(tmp_path)                 # one worker: both tasks run in it
+    (tmp_path / "elsewhere").mkdir()
+
+    @pipeline(name="worker_state", max_parallel=1)
+    def p():
+        first = b.changes_worker_state(directory=str(tmp_path / "elsewhere"))
+        return first, b.reads_worker_state()     # max_parallel=1: after the first
+
+    try:
+        r = p.run(engine=eng)
+        assert r.state is RunState.SUCCESS, r.error
+        first, (pid, leaked, cwd) = r.value[0]["outputs"]["result"], \
+            r.value[1]["outputs"]["result"]
+        assert pid == first                 # the same worker
+        assert leaked is None and cwd != str(tmp_path / "elsewhere")
+    finally:
+        eng.close()
+
+
+def test_a_worker_that_dies_while_a_child_it_forked_lives_is_seen_at_once(tmp_path):
+    """The child held the worker's pipe open: its death was seen only when the child ended
+    (after 6 s here; never, for one that does not end)."""
+    eng = _engine(tmp_path)
+
+    @pipeline(name="forked_child_lives", error_handler="continue")
+    def p():
+        return b.forks_then_dies(seconds=6)
+
+    try:
+        t0 = time.monotonic()
+        r = p.run(engine=eng)
+        assert time.monotonic() - t0 < 4
+        (task,) = eng.metadata.get_tasks(r.run_id)
+        assert task.state is TaskState.FAILED and "died" in task.error
+    finally:
+        eng.close()

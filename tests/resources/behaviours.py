@@ -201,3 +201,23 @@ def fails_unprintably_in_process(x):
 def sleeps_in_process(x, delay):
     time.sleep(delay)
     return x
+
+
+@component(cache=False, executor="process")
+def changes_worker_state(directory):
+    os.environ["TG_LEAKED_BY_A_TASK"] = "1"
+    os.chdir(directory)
+    return os.getpid()
+
+
+@component(cache=False, executor="process")
+def reads_worker_state():
+    return [os.getpid(), os.environ.get("TG_LEAKED_BY_A_TASK"), os.getcwd()]
+
+
+@component(cache=False, executor="process")
+def forks_then_dies(seconds):
+    if os.fork() == 0:                  # the child keeps the worker's pipe open, then goes
+        time.sleep(seconds)
+        os._exit(0)
+    os.kill(os.getpid(), 9)

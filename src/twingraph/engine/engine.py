@@ -610,10 +610,24 @@ class Engine:
             self.tasks_taken += tasks
 
     def close(self) -> None:
+        """Cancel the runs still going (each records its end, for up to ``CLOSE_WAIT``
+        seconds), then close the recorder and the executors. Closed mid-run, a run waited for
+        ever for a recorder that was gone."""
+        active = list(self.runs.items())
+        for _, loop in active:
+            loop.cancel("the engine was closed")
+        deadline = time.monotonic() + CLOSE_WAIT
+        # until each has recorded its end (``_finish`` takes it off ``runs`` after its flush)
+        while any(self.runs.get(run_id) is loop for run_id, loop in active) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.recorder.close()
         for ex in self.executors.values():
             ex.shutdown()
 
+
+#: Seconds ``Engine.close`` gives runs it cancels to record their end.
+CLOSE_WAIT = 5.0
 
 #: A heartbeat older than this (seconds) means the run's driver is gone: heartbeats come every
 #: ``HEARTBEAT_INTERVAL`` (5 s), plus the recorder's flush delay.

@@ -35,6 +35,7 @@ from twingraph.core.records import (AttemptRecord, EdgeRecord, LogRecord, Record
                                     RunRecord, RunUpdate, TaskRecord, TaskUpdate)
 from twingraph.core.wire import PackedResults, PackedTaskRecords
 from twingraph.engine.writer import FRAME_MAX, INLINE_MAX, WriterGone, WriterProcess, recipes
+from twingraph.errors import StorageError
 from twingraph.ports import MetadataStore, ResultStore
 
 log = logging.getLogger("twingraph.engine")
@@ -196,6 +197,11 @@ class Recorder:
             self._cv.notify()
             while (self._records or self._results or self._flushing or self._unacked
                    or self._retry is not None) and self._failure_for(run_id) is None:
+                if self._closed and not self._thread.is_alive():
+                    # closed under a run still ending (``Engine.close`` mid-run): nothing
+                    # will write what is left; waiting for it hung the run for ever
+                    raise StorageError("the recorder was closed before these records were "
+                                       "written")
                 self._cv.wait(0.05)
                 self._cv.notify()
             # Reported once, to a run whose batch it was; the recorder keeps working for the

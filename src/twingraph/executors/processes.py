@@ -188,6 +188,11 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
             # this worker cannot go on: it answers, then ends (the pool replaces it).
             conn.send_bytes(inputs_too_big)
             os._exit(1)
+        environ = dict(os.environ)
+        try:
+            cwd: str | None = os.getcwd()
+        except OSError:           # a task before removed it
+            cwd = None
         try:
             out = _run_one(data)
         except MemoryError:
@@ -196,8 +201,22 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
             with forward.pipe_lock:
                 conn.send_bytes(out_of_memory)
             os._exit(1)
+        _restore(environ, cwd)
         with forward.pipe_lock:   # not in the middle of a log frame from another thread
             conn.send_bytes(b"R" + out)
+
+
+def _restore(environ: dict[str, str], cwd: str | None) -> None:  # in the child
+    """Undo what a task changed of the worker's environment and working directory: the next
+    task in this worker saw them (a variable it set, the directory it moved to)."""
+    if os.environ != environ:
+        os.environ.clear()
+        os.environ.update(environ)
+    try:
+        if cwd is not None and os.getcwd() != cwd:
+            os.chdir(cwd)
+    except OSError:     # the task removed the directory it ran in: stay where it left us
+        pass
 
 
 def _run_one(data: bytes) -> bytes:  # in the child
@@ -321,6 +340,21 @@ class _Worker:
         self.ready = False
 
 
+def _receive(w: _Worker) -> bytes:
+    """The worker's next frame; ``EOFError`` once it is gone. A process the task forked holds
+    the pipe (and the worker's sentinel) open after the worker died: no end of file until it
+    exits, if ever. So the worker itself is asked every ``ALIVE_EVERY`` seconds as well."""
+    while True:
+        if w.conn.poll(ALIVE_EVERY):
+            return w.conn.recv_bytes()      # what it sent before it died is read first
+        if not w.proc.is_alive() and not w.conn.poll(0):
+            raise EOFError("the worker process ended")
+
+
+#: Seconds between two checks that a busy worker still lives (``_receive``).
+ALIVE_EVERY = 0.5
+
+
 class ProcessPool:
     def __init__(self, size: int, *, memory_limit: int | None = None) -> None:
         """``size`` workers at most, started on demand; ``memory_limit``: bytes of address
@@ -341,6 +375,7 @@ class ProcessPool:
         # By identity: (node, fence) repeats across runs. None = its worker is being spawned.
         self._busy: dict[Job, _Worker | None] = {}
         self._waiting: deque[tuple[Job, Callable[[Outcome], None]]] = deque()
+        self._shut: set[Job] = set()      # running when the pool was shut down
         self._lock = threading.Lock()
         self._count = 0
         self._closed = False
@@ -429,7 +464,7 @@ class ProcessPool:
                     raise
                 sent = True
             while True:
-                frame = w.conn.recv_bytes()
+                frame = _receive(w)
                 if frame[:1] == b"R":
                     break
                 _deliver_log(job, frame)
@@ -437,13 +472,20 @@ class ProcessPool:
             # Killed on purpose (abort) or died on its own.
             with self._lock:
                 killed = self._busy.pop(job, None) is None
+                shut = job in self._shut
+                self._shut.discard(job)
                 self._count -= 1
                 # A worker that had died while idle, before the check in ``_pump`` could
                 # see it: the task never reached it, and goes to another worker.
                 again = not killed and reused and not sent and not w.proc.is_alive()
                 if again:
                     self._waiting.appendleft((job, done))
-            if again:
+            if shut:                       # the pool was shut down under it: say so
+                done(JobOutcome(job.node_id, job.fence, False, None, NodeExecutionError(
+                    f"task {job.node_id} stopped: its process pool was shut down",
+                    node_id=job.node_id, error_type="ExecutorClosed"),
+                    time.perf_counter() - t0))
+            elif again:
                 _end_worker(w, 1)
             elif not killed:
                 _kill_group(w)             # what its task started dies with it
@@ -513,9 +555,17 @@ class ProcessPool:
         return True
 
     def shutdown(self) -> None:
+        """Stop every worker. A job running or waiting for one ends now, failed (its run hung
+        otherwise: a running job's end was taken for an abort, a waiting one never started)."""
         with self._lock:
             self._closed = True
             workers = self._idle + [w for w in self._busy.values() if w is not None]
+            self._shut.update(self._busy)
+            waiting, self._waiting = list(self._waiting), deque()
             self._idle, self._busy = [], {}
         for w in workers:
             _end_worker(w)
+        for job, done in waiting:
+            done(JobOutcome(job.node_id, job.fence, False, None, NodeExecutionError(
+                f"task {job.node_id} did not start: its process pool was shut down",
+                node_id=job.node_id, error_type="ExecutorClosed"), 0.0))
