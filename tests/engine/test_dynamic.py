@@ -2,7 +2,8 @@
 
 Real engines, stores and operations. ``monkeypatch`` only shrinks ``SUBMIT_WINDOW`` (how many
 nodes a DAG hands to its run at a time) so that a small DAG is submitted in several windows,
-as a large one is. One test wraps a run's ``progress`` to end the execution while a progress
+as a large one is, and ``SPEC_CACHE`` (how many specs an engine keeps) so that a few runs fill
+it. One test wraps a run's ``progress`` to end the execution while a progress
 read is under way: a thread interleaving that cannot be had on cue otherwise."""
 import asyncio
 import threading
@@ -764,4 +765,20 @@ def test_a_node_timed_out_in_this_process_is_not_retried_beside_itself():
         assert len(calls) == 1
     finally:
         gate.set()
+        s.engine.close()
+
+
+def test_an_engine_keeps_a_bounded_number_of_specs(monkeypatch):
+    """Each DAG run makes specs of its own; a long-lived engine kept every one's key prefix
+    and fingerprint (a leak of ~1.4 KB a run)."""
+    import twingraph.engine.engine as engine_module
+    monkeypatch.setattr(engine_module, "SPEC_CACHE", 8)   # what a test can fill
+    register_operation("make_numbers", ops.make_numbers)
+    s = DynamicScheduler(MemoryStorage(), ExecutionConfig(), metadata=MemoryMetadataStore(),
+                         keep_finished=2)
+    try:
+        for i in range(30):
+            s.run(DAGDefinition(f"small{i}", [N("nums", "make_numbers", n=i % 3)]))
+        assert len(s.engine._prefixes) <= 8 and len(s.engine._fingerprints) <= 8
+    finally:
         s.engine.close()

@@ -92,6 +92,19 @@ _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 WRITERS = ("auto", "thread", "process")
 
 
+#: Specs whose key prefix and fingerprint an engine keeps (the oldest go first): each DAG run
+#: makes specs of its own, and a long-lived engine kept every one (a leak of ~1.4 KB a run).
+SPEC_CACHE = 4096
+
+
+def _make_room(cache: dict[int, Any]) -> None:
+    if len(cache) >= SPEC_CACHE:
+        try:
+            cache.pop(next(iter(cache)))
+        except (StopIteration, KeyError, RuntimeError):    # another thread got there first
+            pass
+
+
 def _state_digest(value: Any) -> str | None:
     """A user-class instance's (or a bound method's object's) attributes as a memo key sees
     them: walked like arguments (``digest_value``: sets in sorted order, nested objects by
@@ -297,6 +310,7 @@ class Engine:
     def key_prefix(self, spec: Any) -> bytes:
         fp = self._prefixes.get(id(spec))
         if fp is None:
+            _make_room(self._prefixes)
             fp = self._prefixes[id(spec)] = (spec, key_prefix(spec.name, spec.code_version,
                                                               spec.memo_config(),
                                                               self.hash_value))
@@ -315,6 +329,7 @@ class Engine:
                 fp["labels"] = dict(spec.labels)
             if spec.resources:
                 fp["resources"] = dict(spec.resources)
+            _make_room(self._fingerprints)
             entry = self._fingerprints[id(spec)] = (spec, fp)
         return entry[1]
 
