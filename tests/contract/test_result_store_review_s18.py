@@ -508,3 +508,25 @@ def test_compression_levels_zstd_takes_are_accepted(tmp_path: Path, level: int) 
             assert store.head("k").compression == "zstd"  # type: ignore[union-attr]
         finally:
             store.close()
+
+
+def test_a_sqlite_store_whose_file_was_replaced_refuses_writes(tmp_path: Path) -> None:
+    """Removed and created again by another process while open: its connections went on
+    writing into the old file, unreachable at the path; the runs said SUCCESS and every
+    result they wrote was lost."""
+    path = tmp_path / "r.db"
+    store = SQLiteStorage(path)
+    try:
+        store.put("a", b"one", _meta("a", b"one"))
+        for f in tmp_path.glob("r.db*"):
+            f.unlink()
+        SQLiteStorage(path).close()             # a new, empty store at the same path
+        with pytest.raises(StorageError, match="removed or replaced while open"):
+            store.put("b", b"two", _meta("b", b"two"))
+    finally:
+        store.close()
+    fresh = SQLiteStorage(path)
+    try:
+        assert fresh.head("b") is None              # nothing went into the void silently
+    finally:
+        fresh.close()

@@ -34,6 +34,7 @@ process; the last commits may be lost on power failure (never corrupted).
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -197,6 +198,15 @@ def _blob(key: str, digest: str, where: str, data: Any) -> bytes:
     return data
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _count(value: Any) -> bool:
     """Whether ``value`` is an int (and not a bool): a number of bytes."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -283,9 +293,11 @@ class SQLiteStorage(ResultStoreBase):
         self._conns_lock = threading.Lock()    # guards _conns and _closed
         self._write_lock = threading.Lock()    # serialises this process's writers
         self._closed = False
+        self._identity: tuple[int, int] | None = None     # the file opened (``_write``)
         with self._translate("open", str(self.db_path)):
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._conn()
+            self._identity = _identity(self._abs_path)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StorageError(f"{self.db_path} was written by a newer TwinGraph "
@@ -346,6 +358,12 @@ class SQLiteStorage(ResultStoreBase):
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if self._identity is not None and _identity(self._abs_path) != self._identity:
+                    # Removed or replaced since it was opened: this store's connections write
+                    # into the old file, unreachable at the path, and every result written so
+                    # was lost while its run said SUCCESS.
+                    raise StorageError(f"result store {self.db_path} was removed or replaced "
+                                       f"while open; open it again")
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
