@@ -131,3 +131,26 @@ def test_a_resumed_run_is_written_again(tmp_path):
         rec.close()
         results.close()
         metadata.close()
+
+
+def test_a_run_told_of_its_lost_batch_is_not_told_again(tmp_path):
+    """A later frame of a run that has its error already failing too was filed again: the next
+    flush (``Engine.close``'s) raised a finished run's error."""
+    rec, results, metadata = _recorder(tmp_path, "thread")
+    try:
+        metadata.write([RunRecord("A", "p", RunState.RUNNING, created_at=1.0)])
+        locker = sqlite3.connect(str(tmp_path / "r.db"), isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        rec.add_many([TaskRecord("A", "a0", "c", TaskState.SUCCESS, result_key="ka0", fence=1),
+                      _put("ka0", "A")])
+        assert _error_of(rec, "A") is not None          # told
+        rec.add_many([TaskRecord("A", "a1", "c", TaskState.SUCCESS, result_key="ka1", fence=1),
+                      _put("ka1", "A")])                 # lost as well, the lock still held
+        assert _error_of(rec, "A") is None             # waited for: given up, not raised
+        locker.execute("ROLLBACK")
+        locker.close()
+        assert _error_of(rec, None) is None             # not raised again
+    finally:
+        rec.close()
+        results.close()
+        metadata.close()

@@ -85,6 +85,7 @@ class Recorder:
         # Runs a batch was given up for (newest last, at most KEEP_DOOMED): their task-level
         # records are not written any more (``_without_doomed``).
         self._doomed: OrderedDict[str, None] = OrderedDict()
+        self._told: OrderedDict[str, None] = OrderedDict()    # runs told of a lost batch
         self._offload = "off"          # off -> starting -> on | failed; or unavailable
         self._thread = threading.Thread(target=self._run, name="twingraph-recorder", daemon=True)
         self._thread.start()
@@ -207,6 +208,9 @@ class Recorder:
             # Reported once, to a run whose batch it was; the recorder keeps working for the
             # next batches (the failed batch is lost: its runs end with this error).
             if run_id is not None and run_id in self._run_errors:
+                self._told[run_id] = None            # its run has its error: once is enough
+                while len(self._told) > KEEP_DOOMED:
+                    self._told.popitem(last=False)
                 raise self._run_errors.pop(run_id)
             if self._error is not None:
                 error, self._error = self._error, None
@@ -290,7 +294,10 @@ class Recorder:
         if not runs:
             self._error = exc
         for run_id in runs:
-            self._run_errors.setdefault(run_id, exc)
+            if run_id not in self._told:
+                # (a run already told of its lost batch has ended with it: a later frame of
+                # that run failing is not raised again, by the next flush or by close)
+                self._run_errors.setdefault(run_id, exc)
             self._doomed[run_id] = None
             self._doomed.move_to_end(run_id)
         while len(self._doomed) > KEEP_DOOMED:
@@ -304,6 +311,7 @@ class Recorder:
         with self._cv:
             self._doomed.pop(run_id, None)
             self._run_errors.pop(run_id, None)
+            self._told.pop(run_id, None)          # a batch it loses now is its to hear of
 
     def _without_doomed(self, records: Sequence[Any]) -> list[Any]:
         """``records`` without the task-level ones (updates, attempts, edges, task logs) of a
