@@ -6,6 +6,7 @@ Semantics are part of the contract and are checked by the contract suites in ``t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from twingraph.core.records import EdgeRecord, LogRecord, Record, RunRecord, TaskRecord
@@ -114,6 +115,18 @@ class Outcome(Protocol):
     value: Any
     error: BaseException | None
     duration: float
+
+
+@dataclass(slots=True)
+class JobOutcome:
+    """An ``Outcome`` as executors (and the run loop, for an inline call it was taken over
+    from) report it."""
+    node_id: str
+    fence: int
+    ok: bool
+    value: Any = None
+    error: BaseException | None = None
+    duration: float = 0.0
 
 
 class Executor(Protocol):

@@ -26,7 +26,6 @@ in their own modules and are mixed into ``RunLoop``; all of it runs under the ru
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import queue
 import threading
@@ -53,6 +52,7 @@ from twingraph.serialization import SHARED_TYPES, own_copy
 from twingraph.engine.refs import Ref, find_refs, path_list, substitute
 from twingraph.engine.task import (DECLARED, UNLOADED, Job, Task, CANCELLED, FAILED, PENDING, QUEUED,
                                     RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
+from twingraph.ports import JobOutcome
 from twingraph.errors import (NodeExecutionError, ResourceUnavailable, TaskCancelled, TaskTimeout,
                               ValidationError)
 
@@ -66,17 +66,6 @@ INLINE_WATCH_EVERY = 0.05
 
 class _LoopMoved(BaseException):
     """Unwinds a loop thread whose inline call was taken over (``RunLoop._move_loop``)."""
-
-
-@dataclasses.dataclass
-class InlineOutcome:
-    """How an inline call that was taken over ended (``ports.Outcome``)."""
-    node_id: str
-    fence: int
-    ok: bool
-    value: Any
-    error: BaseException | None
-    duration: float
 
 DEFAULT_RETRY = RetryPolicy(max_attempts=3, backoff="exponential", initial_delay=1.0,
                             max_delay=60.0)
@@ -274,7 +263,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         try:
             cell.pop()              # atomic: the watchdog did not take it
         except IndexError:
-            self.inbox.put(("done", InlineOutcome(task.node_id, task.fence, error is None,
+            self.inbox.put(("done", JobOutcome(task.node_id, task.fence, error is None,
                                                   value, error, took)))
             raise _LoopMoved from None
         return value, error, took
@@ -768,13 +757,13 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 steps = 0
             try:
                 key = declared_key(engine, t)
-                twin = by_key.get(key)
-                if twin is not None and (twin.state is SUCCESS or twin.state not in TERMINAL):
-                    if self._keyed(t, key):        # not itself (it has one key): never
-                        raise AssertionError("a twin's key needs no lookup")
-                    continue
-                t.cache_key = key
-                by_key[key] = t
+                if key in by_key:
+                    # an in-run twin: followed (False), or failed, when this one takes the key
+                    if not self._keyed(t, key):
+                        continue
+                else:
+                    t.cache_key = key
+                    by_key[key] = t
                 found = lookup([key])
             except Exception as exc:  # noqa: BLE001 - e.g. a store that cannot be read
                 self._fail_before_start(t, exc)

@@ -19,20 +19,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from twingraph.ports import Job, Outcome
+from twingraph.ports import Job, JobOutcome, Outcome
 
-
-@dataclass(slots=True)
-class JobOutcome:
-    node_id: str
-    fence: int
-    ok: bool
-    value: Any = None
-    error: BaseException | None = None
-    duration: float = 0.0
+__all__ = ["JobOutcome", "LocalExecutor"]
 
 
 _STOP = object()
