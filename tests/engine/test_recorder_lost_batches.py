@@ -106,17 +106,24 @@ def test_every_run_in_a_lost_batchs_frames_is_told(tmp_path):
         metadata.close()
 
 
+def _lose_a_batch_of_run_a(tmp_path, rec, metadata):
+    """Run A's first batch, written while another connection holds the results database's
+    write lock; returns that connection (still holding it)."""
+    metadata.write([RunRecord("A", "p", RunState.RUNNING, created_at=1.0)])
+    locker = sqlite3.connect(str(tmp_path / "r.db"), isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    rec.add_many([TaskRecord("A", "a0", "c", TaskState.SUCCESS, result_key="ka0", fence=1),
+                  _put("ka0", "A")])
+    return locker
+
+
 def test_a_resumed_run_is_written_again(tmp_path):
     """A run whose batch was lost has its task records dropped (above); resumed in the same
     process (``Engine.run(resume=True)`` calls ``revive``) they were dropped still: its tasks
     stayed RUNNING under a run stored SUCCESS."""
     rec, results, metadata = _recorder(tmp_path, "thread")
     try:
-        metadata.write([RunRecord("A", "p", RunState.RUNNING, created_at=1.0)])
-        locker = sqlite3.connect(str(tmp_path / "r.db"), isolation_level=None)
-        locker.execute("BEGIN IMMEDIATE")
-        rec.add_many([TaskRecord("A", "a0", "c", TaskState.SUCCESS, result_key="ka0", fence=1),
-                      _put("ka0", "A")])
+        locker = _lose_a_batch_of_run_a(tmp_path, rec, metadata)
         assert _error_of(rec, "A") is not None
         locker.execute("ROLLBACK")
         locker.close()
@@ -138,11 +145,7 @@ def test_a_run_told_of_its_lost_batch_is_not_told_again(tmp_path):
     flush (``Engine.close``'s) raised a finished run's error."""
     rec, results, metadata = _recorder(tmp_path, "thread")
     try:
-        metadata.write([RunRecord("A", "p", RunState.RUNNING, created_at=1.0)])
-        locker = sqlite3.connect(str(tmp_path / "r.db"), isolation_level=None)
-        locker.execute("BEGIN IMMEDIATE")
-        rec.add_many([TaskRecord("A", "a0", "c", TaskState.SUCCESS, result_key="ka0", fence=1),
-                      _put("ka0", "A")])
+        locker = _lose_a_batch_of_run_a(tmp_path, rec, metadata)
         assert _error_of(rec, "A") is not None          # told
         rec.add_many([TaskRecord("A", "a1", "c", TaskState.SUCCESS, result_key="ka1", fence=1),
                       _put("ka1", "A")])                 # lost as well, the lock still held
