@@ -51,6 +51,37 @@ def test_a_worker_killed_while_idle_is_replaced_not_blamed_on_the_next_task(tmp_
         eng.close()
 
 
+def test_a_worker_dying_as_it_is_handed_a_task_it_never_read_is_not_blamed_for_it(tmp_path):
+    """CI saw the idle check pass while the killed worker's exit was still under way (its
+    other threads held the pipe open): the task went into the pipe, and the run failed with
+    'worker process ... died' for a task that never started. Here the worker is stopped
+    (alive to the check, reading nothing), handed the task, then killed."""
+    import threading
+
+    @pipeline(name="worker_dies_on_handover")
+    def p(x):
+        return b.worker_pid(x)
+
+    eng = _engine(tmp_path)
+    try:
+        first = p.run(1, engine=eng)
+        pid = first.value["outputs"]["result"]
+        os.kill(pid, signal.SIGSTOP)
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("r", p.run(2, engine=eng)))
+        t.start()
+        time.sleep(0.8)                  # the task sits unread in the stopped worker's pipe
+        os.kill(pid, signal.SIGKILL)
+        t.join(30)
+        second = out["r"]
+        assert second.state is RunState.SUCCESS, second.error
+        (task,) = eng.metadata.get_tasks(second.run_id)
+        assert task.state is TaskState.SUCCESS and task.attempts == 1
+        assert second.value["outputs"]["result"] != pid
+    finally:
+        eng.close()
+
+
 def test_a_task_stopped_by_its_timeout_takes_what_it_started_with_it(tmp_path):
     """The worker was killed, but a command its task had started went on (re-parented) and
     did the task's work after the task was reported stopped."""

@@ -188,6 +188,8 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
             # this worker cannot go on: it answers, then ends (the pool replaces it).
             conn.send_bytes(inputs_too_big)
             os._exit(1)
+        with forward.pipe_lock:
+            conn.send_bytes(b"A")     # it has the task: from now on, a death is the task's
         environ = dict(os.environ)
         try:
             cwd: str | None = os.getcwd()
@@ -376,6 +378,7 @@ class ProcessPool:
         self._busy: dict[Job, _Worker | None] = {}
         self._waiting: deque[tuple[Job, Callable[[Outcome], None]]] = deque()
         self._shut: set[Job] = set()      # running when the pool was shut down
+        self._again: set[Job] = set()     # handed back once from a worker found dead
         self._lock = threading.Lock()
         self._count = 0
         self._closed = False
@@ -447,7 +450,7 @@ class ProcessPool:
 
     def _await(self, w: _Worker, job: Job, done: Callable[[Outcome], None], payload: bytes) -> None:
         t0 = time.perf_counter()
-        reused, sent = w.ready, False
+        reused, accepted = w.ready, False
         try:
             if not w.ready:               # a new worker: wait until it has booted
                 if w.conn.recv_bytes() != b"ready":
@@ -457,16 +460,17 @@ class ProcessPool:
             job.started_at = time.monotonic()
             try:
                 w.conn.send_bytes(payload)
-                sent = True
             except OSError:
                 # The worker stopped reading (its inputs did not fit): it says so before it ends.
                 if not w.conn.poll(1):
                     raise
-                sent = True
             while True:
                 frame = _receive(w)
                 if frame[:1] == b"R":
                     break
+                if frame == b"A":
+                    accepted = True
+                    continue
                 _deliver_log(job, frame)
         except (EOFError, OSError, BrokenPipeError):
             # Killed on purpose (abort) or died on its own.
@@ -475,11 +479,16 @@ class ProcessPool:
                 shut = job in self._shut
                 self._shut.discard(job)
                 self._count -= 1
-                # A worker that had died while idle, before the check in ``_pump`` could
-                # see it: the task never reached it, and goes to another worker.
-                again = not killed and reused and not sent and not w.proc.is_alive()
+                # A worker that died while idle, too late for the check in ``_pump`` (its
+                # exit still under way: is_alive() said yes, the pipe took the task): it
+                # never said it had the task, so the task goes to another worker. Once: a
+                # task whose inputs alone get a worker killed fails on the second.
+                again = not killed and reused and not accepted and job not in self._again
                 if again:
+                    self._again.add(job)
                     self._waiting.appendleft((job, done))
+                else:
+                    self._again.discard(job)
             if shut:                       # the pool was shut down under it: say so
                 done(JobOutcome(job.node_id, job.fence, False, None, NodeExecutionError(
                     f"task {job.node_id} stopped: its process pool was shut down",
@@ -523,6 +532,7 @@ class ProcessPool:
             spent = True
         with self._lock:
             killed = self._busy.pop(job, None) is None
+            self._again.discard(job)
             w.job = None
             if killed or spent:         # killed after it answered, or retired: it is gone
                 self._count -= 1
