@@ -96,3 +96,31 @@ def test_a_variable_that_cannot_be_set_leaves_no_other_behind_in_the_worker():
     finally:
         eng.close()
     assert os.environ.get("TG_LEAKED_VAR") is None
+
+
+def test_a_line_from_an_earlier_tasks_thread_is_not_credited_to_the_next_task(tmp_path):
+    """A thread the first task left running logged while the worker ran the next task: the
+    line was recorded as the next task's."""
+    from twingraph.engine.engine import Engine
+    from twingraph.executors.local import LocalExecutor
+    from twingraph.stores.metadata import MemoryMetadataStore
+    from twingraph.stores.results.memory import MemoryStorage
+
+    @pipeline(name="leaves_thread")
+    def first():
+        return b.leaves_a_logging_thread(1)
+
+    @pipeline(name="runs_after")
+    def second():
+        return b.waits_quietly(1.0)
+
+    eng = Engine(results=MemoryStorage(), metadata=MemoryMetadataStore(), flush_interval=0.01,
+                 executor=LocalExecutor(max_processes=1))
+    try:
+        a = first.run(engine=eng)
+        r = second.run(engine=eng)
+        assert r.value["outputs"]["result"] == a.value["outputs"]["result"]   # same worker
+        messages = [l.message for l in eng.metadata.get_logs(r.run_id)]
+        assert messages == ["my own line"]
+    finally:
+        eng.close()

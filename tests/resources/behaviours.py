@@ -221,3 +221,25 @@ def forks_then_dies(seconds):
         time.sleep(seconds)
         os._exit(0)
     os.kill(os.getpid(), 9)
+
+
+@component(cache=False, executor="process")
+def leaves_a_logging_thread(n):
+    """Starts a thread that logs after the task has returned."""
+    from twingraph import get_logger
+    log = get_logger()
+
+    def later():
+        time.sleep(0.4)
+        log.warning("left over from task %d", n)
+    threading.Thread(target=later, daemon=True).start()
+    return os.getpid()
+
+
+@component(cache=False, executor="process")
+def waits_quietly(seconds):
+    """Logs one line of its own, then waits."""
+    from twingraph import get_logger
+    get_logger().info("my own line")
+    time.sleep(seconds)
+    return os.getpid()

@@ -105,20 +105,48 @@ def _is_memory_error(error: Any) -> bool:
 
 class _Forward(logging.Handler):
     """In the child: sends each task log record to the parent as an ``L`` frame. ``pipe_lock``
-    keeps frames whole: a task may log from several threads while its result is sent."""
+    keeps frames whole: a task may log from several threads while its result is sent.
+
+    A record is the running task's if it comes from the thread that runs tasks, or from a
+    thread started (directly or through others) while that task ran (``_tag_threads``). One
+    from a thread an earlier task left running is nobody's now: dropped, as in the driver,
+    where a finished task's threads are not recorded either (it was credited to whatever task
+    the worker ran next)."""
 
     def __init__(self, conn: Any) -> None:
         super().__init__()
         self.conn = conn
         self.pipe_lock = threading.Lock()
+        self.task = 0                       # the number of the task running now, from 1
+        self.runner = threading.get_ident()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if threading.get_ident() != self.runner and \
+                getattr(threading.current_thread(), _TASK_ATTR, None) != self.task:
+            return
         try:
             frame = pickle.dumps((record.created, record.levelname.lower(), message_of(record)))
             with self.pipe_lock:
                 self.conn.send_bytes(b"L" + frame)
         except Exception:  # noqa: BLE001 - logging must never fail the task
             pass
+
+
+_TASK_ATTR = "_twingraph_task"
+
+
+def _tag_threads(forward: _Forward) -> None:
+    """In the child: each thread remembers the task it was started for (the task running
+    then, or its starter's task, for a thread started by another thread)."""
+    start = threading.Thread.start
+
+    def tagged_start(self: threading.Thread) -> None:
+        me = threading.current_thread()
+        task = forward.task if threading.get_ident() == forward.runner else \
+            getattr(me, _TASK_ATTR, None)
+        setattr(self, _TASK_ATTR, task)
+        start(self)
+    threading.Thread.start = tagged_start       # type: ignore[method-assign]
 
 
 def _watch_parent(parent: int) -> None:
@@ -167,6 +195,7 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="twingraph-parent-watch").start()
     forward = _Forward(conn)
+    _tag_threads(forward)
     task_logger = logging.getLogger(LOGGER_NAME)
     task_logger.setLevel(logging.INFO)
     task_logger.addHandler(forward)
@@ -190,6 +219,7 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
             os._exit(1)
         with forward.pipe_lock:
             conn.send_bytes(b"A")     # it has the task: from now on, a death is the task's
+        forward.task += 1
         environ = dict(os.environ)
         try:
             cwd: str | None = os.getcwd()
