@@ -217,11 +217,16 @@ class ValidationError(DynamicSchedulerError, ValueError):
 
 
 class GraphValidationError(ValidationError):
-    """A DAG is invalid; ``nodes`` names the offending nodes, ``reason`` says how."""
+    """A DAG is invalid; ``nodes`` names the offending nodes (their ids, sorted), ``reason``
+    says how, and ``why`` maps a node to what is wrong with it where there is more to say (the
+    missing dependencies it names, its unknown operation); the message shows both."""
 
-    def __init__(self, reason: str, nodes: Iterable[str], detail: str = "") -> None:
+    def __init__(self, reason: str, nodes: Iterable[str], detail: str = "", *,
+                 why: Mapping[str, str] | None = None) -> None:
         self.reason, self.nodes = reason, sorted({str(n) for n in nodes})
-        super().__init__(f"{reason}: {', '.join(self.nodes)}" + (f" ({detail})" if detail else ""))
+        self.why = dict(why or {})
+        shown = [f"{n} ({self.why[n]})" if n in self.why else n for n in self.nodes]
+        super().__init__(f"{reason}: {', '.join(shown)}" + (f" ({detail})" if detail else ""))
 
 
 #: Attribute under which an exception raised in another process carries its traceback text.

@@ -129,6 +129,10 @@ def test_bad_requests_run_nothing(client: TestClient, svc: Services) -> None:
         assert err["code"] == "VALIDATION_ERROR" and field in [d["field"] for d in err["details"]], (case, err)
     cycle = client.post("/api/v1/execute-dynamic", json=dict(next(b for c, b, _ in BAD_REQUESTS if c == "cycle"))).json()["error"]
     assert cycle["details"][0]["nodes"] == ["a", "b"]
+    dangling = client.post("/api/v1/execute-dynamic", json=dict(next(
+        b for c, b, _ in BAD_REQUESTS if c == "dangling argument"))).json()["error"]
+    assert dangling["details"][0]["nodes"] == ["a"]           # the node's id, as for a cycle
+    assert dangling["details"][0]["why"] == {"a": "needs ghost"}
     assert _runs(svc) == before
     assert not svc.scheduler.active_executions and not svc.scheduler.execution_states
 

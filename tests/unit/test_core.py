@@ -111,11 +111,13 @@ def test_validate_dag_orders_and_names_problems():
     order = validate_dag({"a": [], "b": ["a"], "c": ["a", "b"]})
     assert order.index("a") < order.index("b") < order.index("c")
     with pytest.raises(GraphValidationError) as e:
-        validate_dag({"a": [], "b": ["zz"]})
-    assert e.value.nodes == ["b->zz"]
+        validate_dag({"a": [], "b": ["zz", "a", "yy", "zz"], "c": ["a"]})
+    assert e.value.nodes == ["b"]                      # node ids, as for the other reasons
+    assert e.value.why == {"b": "needs yy, zz"}
+    assert "dangling references: b (needs yy, zz)" in str(e.value)
     with pytest.raises(GraphValidationError) as e:
         validate_dag({"a": [], "b": []}, {"a": "load", "b": "nope"}, {"load"})
-    assert e.value.nodes == ["b (nope)"]
+    assert e.value.nodes == ["b"] and e.value.why == {"b": "operation 'nope'"}
     with pytest.raises(GraphValidationError) as e:
         validate_dag({"a": [], "b": ["a", "d"], "c": ["b"], "d": ["c"], "e": ["d"]})
     assert e.value.reason == "cycle" and e.value.nodes == ["b", "c", "d"]   # not 'e'

@@ -23,13 +23,19 @@ def validate_dag(deps: Mapping[str, Sequence[str]], operations: Mapping[str, str
     # before, so none dangles, and the order is topological. One pass answers all three.
     written = _in_written_order(deps)
     if not written:
-        dangling = sorted({f"{n}->{d}" for n, ds in deps.items() for d in ds if d not in deps})
+        missing: dict[str, list[str]] = {}
+        for n, ds in deps.items():
+            for d in ds:
+                if d not in deps and d not in missing.setdefault(n, []):
+                    missing[n].append(d)
+        dangling = {n: "needs " + ", ".join(sorted(ms)) for n, ms in missing.items() if ms}
         if dangling:
-            raise GraphValidationError("dangling references (node->missing dependency)", dangling)
+            raise GraphValidationError("dangling references", dangling, why=dangling)
     if operations is not None and known_operations is not None:
-        unknown = [f"{n} ({op})" for n, op in operations.items() if op not in known_operations]
+        unknown = {n: f"operation {op!r}" for n, op in operations.items()
+                   if op not in known_operations}
         if unknown:
-            raise GraphValidationError("unknown operations", unknown)
+            raise GraphValidationError("unknown operations", unknown, why=unknown)
     order = list(deps) if written else _kahn(deps)
     if len(order) != len(deps):
         raise GraphValidationError("cycle", cycle_nodes(deps))

@@ -147,9 +147,8 @@ async def execute_dynamic(request: Request, body: ExecutionRequest) -> Any:
     try:
         await sched.submit_dag(dag, config)
     except GraphValidationError as exc:
-        nodes = sorted(getattr(exc, "nodes", None) or [])
         raise ApiError(422, str(exc), details=[{"field": "program", "message": str(exc),
-                                                "nodes": nodes}]) from exc
+                                                "nodes": exc.nodes, "why": exc.why}]) from exc
     except ValidationError as exc:
         raise ApiError(422, str(exc), details=[{"field": "program", "message": str(exc)}]) from exc
     if body.async_execution:

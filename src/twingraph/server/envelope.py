@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
 
@@ -199,7 +198,8 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, ValidationError):
             nodes = getattr(exc, "nodes", None)
             return error_response(request, 422, str(exc), details=details or (
-                [{"field": "definition", "message": str(exc), "nodes": list(nodes)}]
+                [{"field": "definition", "message": str(exc), "nodes": list(nodes),
+                  **({"why": exc.why} if getattr(exc, "why", None) else {})}]
                 if nodes else [{"field": "body", "message": str(exc)}]))
         if isinstance(exc, (ExecutorUnavailable, ResourceUnavailable)):
             # The work asks for what this installation has not: the client's pipeline, not a
