@@ -196,10 +196,10 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, ConflictError):
             return error_response(request, 409, str(exc))
         if isinstance(exc, ValidationError):
-            nodes = getattr(exc, "nodes", None)
+            nodes, why = getattr(exc, "nodes", None), getattr(exc, "why", None)
             return error_response(request, 422, str(exc), details=details or (
                 [{"field": "definition", "message": str(exc), "nodes": list(nodes),
-                  **({"why": exc.why} if getattr(exc, "why", None) else {})}]
+                  **({"why": why} if why else {})}]
                 if nodes else [{"field": "body", "message": str(exc)}]))
         if isinstance(exc, (ExecutorUnavailable, ResourceUnavailable)):
             # The work asks for what this installation has not: the client's pipeline, not a
