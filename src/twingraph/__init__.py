@@ -11,6 +11,7 @@ from twingraph.dsl.component import Component, component
 from twingraph.dsl.pipeline import Pipeline, pipeline
 from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.refs import Ref
+from twingraph.core.stop import stop_requested
 from twingraph.engine.tasklog import get_logger
 from twingraph.errors import (ConfigurationError, DynamicSchedulerError, ExecutorUnavailable,
                               NodeExecutionError, NotFoundError, PipelineCancelled,
@@ -28,5 +29,5 @@ __all__ = [
     "PipelineError", "PipelineFailed", "PipelineTimeout", "Ref", "ResourceUnavailable", "RunResult",
     "SchedulingError",
     "MemoryLimitExceeded", "StorageError", "TaskTimeout", "TwinGraphError", "ValidationError", "Workflow", "component", "get_logger", "pipeline",
-    "register_component", "register_error_handler", "__version__",
+    "register_component", "register_error_handler", "stop_requested", "__version__",
 ]

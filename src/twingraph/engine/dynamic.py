@@ -17,6 +17,7 @@ parameters as keyword arguments.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -37,6 +38,7 @@ from twingraph.core.hashing import canonical_json, sha256_hex
 from twingraph.core.instancestate import instance_state
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.specs import ComponentSpec
+from twingraph.core.stop import stop_requested
 from twingraph.core.states import RunState
 from twingraph.engine import gcpace
 from twingraph.engine.snapshot import error_text
@@ -336,7 +338,24 @@ def _call_node(fn: Any, style: str, arguments: Any, parameters: Mapping[str, Any
 
 
 async def _await(aw: Any) -> Any:
-    return await aw
+    """Await an ``async def`` operation's result; cancelled (and the node's thread freed)
+    once the engine abandons the node (its timeout passed, its run was stopped:
+    ``core.stop``), which it could not do to a thread."""
+    task = asyncio.ensure_future(aw)
+    while True:
+        done, _ = await asyncio.wait((task,), timeout=STOP_POLL)
+        if done:
+            return task.result()
+        if stop_requested():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise NodeExecutionError("cancelled: the node was abandoned (timed out or stopped)",
+                                     error_type="Abandoned")
+
+
+#: Seconds between two looks at the stop flag of an ``async def`` operation.
+STOP_POLL = 0.05
 
 
 class _OpCall:

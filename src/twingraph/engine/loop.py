@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from twingraph.core import stop
 from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord, TaskUpdate
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.results import StorageMetadata
@@ -167,7 +168,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         # its old thread, and must not take the entry of a call its successor thread made.
         self._inline_cell: list[tuple[Task, float]] = []
         self._watchdog: threading.Thread | None = None
-        self._taken_over: tuple[Task, float] | None = None     # for the next driver thread
+        self._taken_over: tuple[Task, float, stop.Flag | None] | None = None     # for the next driver thread
         self.failures: dict[str, str] = {}
         self._name_counts: dict[str, int] = {}
         self._order = itertools.count()
@@ -263,6 +264,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         try:
             cell.pop()              # atomic: the watchdog did not take it
         except IndexError:
+            stop.unwatch_self()     # the flag the watchdog gave this thread (``_watch_inline``)
             self.inbox.put(("done", JobOutcome(task.node_id, task.fence, error is None,
                                                   value, error, took)))
             raise _LoopMoved from None
@@ -279,35 +281,46 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             cell = self._inline_cell
             try:
                 task, t0 = cell[0]
-                if time.perf_counter() - t0 < INLINE_ESCAPE:
-                    continue
-                task, t0 = cell.pop()
-            except IndexError:        # no call, or it returned meanwhile
+            except IndexError:        # no call
                 continue
-            self._move_loop(task, t0)
+            if time.perf_counter() - t0 < INLINE_ESCAPE:
+                continue
+            # Its thread gets a stop flag (core.stop) before the call is taken: once taken,
+            # the call's return removes it (``_call_inline``), so none outlives the call.
+            driver = self.driver
+            ident = driver.ident if driver is not None else None
+            flag = stop.watch(ident) if ident is not None else None
+            try:
+                task, t0 = cell.pop()
+            except IndexError:        # it returned meanwhile
+                if flag is not None and ident is not None:
+                    stop.unwatch(ident, flag)
+                continue
+            self._move_loop(task, t0, flag)
 
-    def _move_loop(self, task: Task, t0: float) -> None:
+    def _move_loop(self, task: Task, t0: float, flag: stop.Flag | None = None) -> None:
         """The watchdog took ``task``'s inline call: the loop goes on in a new thread, where
         the task runs on as a thread task would (``_escaped``), before anything else: an
         event queued meanwhile (a cancel, another task's failure, the call's own outcome)
         must find it RUNNING (queued behind them, a stop ended it as a task not started and
         its slot was never given back: the run hung). The old thread touches no loop state
         once its call returns (``_call_inline``)."""
-        self._taken_over = (task, t0)
+        self._taken_over = (task, t0, flag)
         driver = threading.Thread(target=self.run_forever, daemon=True,
                                   name=f"twingraph-run-{self.run_id[:8]}")
         self.driver = driver
         driver.start()
 
-    def _escaped(self, task: Task, t0: float) -> None:
+    def _escaped(self, task: Task, t0: float, flag: stop.Flag | None = None) -> None:
         """``task``'s inline call went on too long and the loop moved on without it: from now
         on it is a running thread task (its row says RUNNING, its timeout is kept, a stop
-        abandons it) whose outcome comes through the inbox."""
+        abandons it and raises ``flag``) whose outcome comes through the inbox."""
         if task.state in TERMINAL:
             return
         ran = time.perf_counter() - t0
         task.mode = "thread"
         job = task.job = Job(task, None, (), {}, "thread")
+        job.stop_flag = flag
         job.started_at = time.monotonic() - ran       # its timeout counts from the call
         task.started = self.clock.monotonic() - ran
         if task.state is not RUNNING:
@@ -1055,6 +1068,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         ran inline and cannot be stopped)."""
         job = task.job
         if job is None or job.executor is None or task.mode == "inline":
+            if job is not None and job.stop_flag is not None:
+                job.stop_flag.request()      # an inline call the loop moved away from: told
             return False             # inline: it cannot be stopped (an older job is not it)
         try:
             return bool(job.executor.abort(job))

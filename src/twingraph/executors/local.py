@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from twingraph.core import stop
 from twingraph.ports import Job, JobOutcome, Outcome
 
 __all__ = ["JobOutcome", "LocalExecutor"]
@@ -39,7 +40,7 @@ class _ThreadPool:
         self._idle = 0                       # idle threads minus queued jobs
         self._lock = threading.Lock()
         # Jobs are tracked by identity: (node id, fence) repeats across runs of a pipeline.
-        self._running: set[Job] = set()
+        self._running: dict[Job, stop.Flag] = {}     # job -> its stop flag (``core.stop``)
         self._abandoned: set[Job] = set()    # running when aborted: their thread is written off
         self._dropped: set[Job] = set()      # aborted while still queued: never run
         self._name = name
@@ -69,7 +70,8 @@ class _ThreadPool:
                     self._dropped.discard(job)
                     self._idle += 1
                     continue
-                self._running.add(job)
+                me = threading.get_ident()
+                self._running[job] = flag = stop.watch(me)
             job.started_at = time.monotonic()
             t0 = time.perf_counter()
             try:
@@ -77,8 +79,9 @@ class _ThreadPool:
                 out = JobOutcome(job.node_id, job.fence, True, value, None, time.perf_counter() - t0)
             except BaseException as exc:  # noqa: BLE001 - the task's failure is data
                 out = JobOutcome(job.node_id, job.fence, False, None, exc, time.perf_counter() - t0)
+            stop.unwatch(me, flag)
             with self._lock:
-                self._running.discard(job)
+                self._running.pop(job, None)
                 if job in self._abandoned:
                     # This thread was written off and replaced; it leaves the pool now.
                     self._abandoned.discard(job)
@@ -91,6 +94,7 @@ class _ThreadPool:
         with self._lock:
             if job in self._running:
                 self._abandoned.add(job)
+                self._running[job].request()       # told, in case it asks (core.stop)
                 self._spawn()      # keep capacity: the stuck thread no longer counts
             else:
                 self._dropped.add(job)
