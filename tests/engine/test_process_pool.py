@@ -24,10 +24,11 @@ def _engine(tmp_path):
                   flush_interval=0.01, executor=LocalExecutor(max_processes=1))
 
 
-def test_a_worker_killed_while_idle_is_replaced_not_blamed_on_the_next_task(tmp_path):
-    """The next task was handed to the dead worker and failed ('worker process ... died')
-    although it never ran."""
-    @pipeline(name="idle_worker_killed")
+def _second_run_after(tmp_path, lose_worker):
+    """Run a one-task pipeline twice on one worker process; ``lose_worker(pid, run_second)``
+    does something to the first run's worker and runs the second. The second run must
+    succeed on a new worker, in one attempt."""
+    @pipeline(name="worker_lost")
     def p(x):
         return b.worker_pid(x)
 
@@ -36,19 +37,27 @@ def test_a_worker_killed_while_idle_is_replaced_not_blamed_on_the_next_task(tmp_
         first = p.run(1, engine=eng)
         assert first.state is RunState.SUCCESS, first.error
         pid = first.value["outputs"]["result"]
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{pid}") and \
-                open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        second = p.run(2, engine=eng)
+        second = lose_worker(pid, lambda: p.run(2, engine=eng))
         assert second.state is RunState.SUCCESS, second.error
         (task,) = eng.metadata.get_tasks(second.run_id)
         assert task.state is TaskState.SUCCESS and task.attempts == 1
         assert second.value["outputs"]["result"] != pid      # a new worker ran it
     finally:
         eng.close()
+
+
+def test_a_worker_killed_while_idle_is_replaced_not_blamed_on_the_next_task(tmp_path):
+    """The next task was handed to the dead worker and failed ('worker process ... died')
+    although it never ran."""
+    def killed_while_idle(pid, run_second):
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and \
+                open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        return run_second()
+    _second_run_after(tmp_path, killed_while_idle)
 
 
 def test_a_worker_dying_as_it_is_handed_a_task_it_never_read_is_not_blamed_for_it(tmp_path):
@@ -58,28 +67,16 @@ def test_a_worker_dying_as_it_is_handed_a_task_it_never_read_is_not_blamed_for_i
     (alive to the check, reading nothing), handed the task, then killed."""
     import threading
 
-    @pipeline(name="worker_dies_on_handover")
-    def p(x):
-        return b.worker_pid(x)
-
-    eng = _engine(tmp_path)
-    try:
-        first = p.run(1, engine=eng)
-        pid = first.value["outputs"]["result"]
+    def killed_with_the_task_unread(pid, run_second):
         os.kill(pid, signal.SIGSTOP)
         out = {}
-        t = threading.Thread(target=lambda: out.setdefault("r", p.run(2, engine=eng)))
+        t = threading.Thread(target=lambda: out.setdefault("r", run_second()))
         t.start()
         time.sleep(0.8)                  # the task sits unread in the stopped worker's pipe
         os.kill(pid, signal.SIGKILL)
         t.join(30)
-        second = out["r"]
-        assert second.state is RunState.SUCCESS, second.error
-        (task,) = eng.metadata.get_tasks(second.run_id)
-        assert task.state is TaskState.SUCCESS and task.attempts == 1
-        assert second.value["outputs"]["result"] != pid
-    finally:
-        eng.close()
+        return out["r"]
+    _second_run_after(tmp_path, killed_with_the_task_unread)
 
 
 def test_a_task_stopped_by_its_timeout_takes_what_it_started_with_it(tmp_path):
