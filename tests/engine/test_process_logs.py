@@ -1,6 +1,9 @@
 """Tasks in worker processes: what they log through get_logger() is recorded with their task,
 as it is emitted (a task killed by its timeout keeps what it logged before)."""
 import os
+import time
+
+import pytest
 
 from twingraph import pipeline
 from twingraph.core.states import RunState
@@ -98,29 +101,55 @@ def test_a_variable_that_cannot_be_set_leaves_no_other_behind_in_the_worker():
     assert os.environ.get("TG_LEAKED_VAR") is None
 
 
-def test_a_line_from_an_earlier_tasks_thread_is_not_credited_to_the_next_task(tmp_path):
-    """A thread the first task left running logged while the worker ran the next task: the
-    line was recorded as the next task's."""
+def _one_worker_engine():
     from twingraph.engine.engine import Engine
     from twingraph.executors.local import LocalExecutor
     from twingraph.stores.metadata import MemoryMetadataStore
     from twingraph.stores.results.memory import MemoryStorage
+    return Engine(results=MemoryStorage(), metadata=MemoryMetadataStore(), flush_interval=0.01,
+                  executor=LocalExecutor(max_processes=1))
 
+
+@pytest.mark.parametrize("pause, second_takes", [(0.0, 1.0), (1.0, 0.1)],
+                         ids=["logs-during-the-next-task", "logs-while-the-worker-is-idle"])
+def test_a_line_from_an_earlier_tasks_thread_is_not_credited_to_the_next_task(pause, second_takes):
+    """A thread the first task left running logged while the worker ran the next task, or
+    while it was idle (the frame waited in the pipe): the line was recorded as the next
+    task's."""
     @pipeline(name="leaves_thread")
     def first():
         return b.leaves_a_logging_thread(1)
 
     @pipeline(name="runs_after")
     def second():
-        return b.waits_quietly(1.0)
+        return b.waits_quietly(second_takes)
 
-    eng = Engine(results=MemoryStorage(), metadata=MemoryMetadataStore(), flush_interval=0.01,
-                 executor=LocalExecutor(max_processes=1))
+    eng = _one_worker_engine()
     try:
         a = first.run(engine=eng)
+        time.sleep(pause)            # the thread logs 0.4 s after the first task
         r = second.run(engine=eng)
         assert r.value["outputs"]["result"] == a.value["outputs"]["result"]   # same worker
         messages = [l.message for l in eng.metadata.get_logs(r.run_id)]
         assert messages == ["my own line"]
+    finally:
+        eng.close()
+
+
+def test_a_pool_made_by_one_task_logs_for_the_task_that_uses_it():
+    """A module-level thread pool, made by the first task and used by the second: what the
+    second's work items log is the second's (it was dropped, once threads were tagged with
+    the task that started them)."""
+    @pipeline(name="shared_pool")
+    def p(i):
+        return b.logs_through_a_shared_pool(i)
+
+    eng = _one_worker_engine()
+    try:
+        runs = [p.run(i, engine=eng) for i in (1, 2)]
+        assert runs[0].value["outputs"]["result"] == runs[1].value["outputs"]["result"]  # one pool
+        for i, r in zip((1, 2), runs):
+            messages = sorted(l.message for l in eng.metadata.get_logs(r.run_id))
+            assert messages == [f"task {i} part {k}" for k in range(4)]
     finally:
         eng.close()

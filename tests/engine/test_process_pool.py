@@ -3,7 +3,10 @@ while idle (the OOM killer, an operator) is replaced before a task is handed to 
 stopped by its timeout takes the processes it started with it; and an exception whose class
 only the worker can load still reaches the driver with its name, text and traceback.
 
-Real worker processes, a real SQLite-backed engine; the worker is killed with a real SIGKILL."""
+Real worker processes, a real SQLite-backed engine; the worker is killed with a real SIGKILL.
+One test slows the spawn of a new worker (``monkeypatch`` of ``_start_without_main``, which
+then sleeps a second before it starts the real process) to hold open the window a loaded
+machine gives: a task handed back and waiting for its new worker."""
 import os
 import signal
 import time
@@ -204,3 +207,52 @@ def test_a_worker_that_dies_while_a_child_it_forked_lives_is_seen_at_once(tmp_pa
         assert task.state is TaskState.FAILED and "died" in task.error
     finally:
         eng.close()
+
+
+def _pid():
+    return os.getpid()
+
+
+def test_a_requeued_task_killed_before_it_starts_again_is_not_kept(monkeypatch):
+    """A task handed back from a worker found dead, then killed (its timeout, a cancel) while
+    its new worker spawned: the pool kept it, with its inputs, for good."""
+    import threading
+    import types
+
+    import twingraph.executors.processes as procs
+    from twingraph.engine.task import Job
+    from twingraph.executors.processes import ProcessPool
+
+    spawn, slow = procs._start_without_main, threading.Event()
+
+    def slow_spawn(proc):                 # a spawn that takes a second, as on a loaded machine
+        if slow.is_set():
+            time.sleep(1.0)
+        return spawn(proc)
+    monkeypatch.setattr(procs, "_start_without_main", slow_spawn)
+
+    def job(fn, node, args=()):
+        return Job(types.SimpleNamespace(node_id=node, fence=1), fn, args, {}, "process")
+
+    pool = ProcessPool(1)
+    try:
+        ended, outcomes = threading.Event(), []
+        pool.submit(job(_pid, "first"), lambda o: (outcomes.append(o), ended.set()))
+        assert ended.wait(30)
+        pid = outcomes[0].value
+        os.kill(pid, signal.SIGSTOP)                 # alive to the idle check, reads nothing
+        second = job(len, "second", (b"x" * 1000,))
+        pool.submit(second, lambda o: None)
+        time.sleep(0.5)
+        slow.set()
+        os.kill(pid, signal.SIGKILL)                 # dies with the task unread: handed back
+        deadline = time.monotonic() + 5
+        while second not in pool._again and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert second in pool._again
+        time.sleep(0.2)                               # its new worker is being spawned
+        assert pool.kill(second) is False             # it had not started
+        assert second not in pool._again
+    finally:
+        pool.shutdown()
+    assert not pool._again

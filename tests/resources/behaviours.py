@@ -243,3 +243,30 @@ def waits_quietly(seconds):
     get_logger().info("my own line")
     time.sleep(seconds)
     return os.getpid()
+
+
+_shared_pool = None
+
+
+def shared_pool():
+    """One thread pool per process, made lazily by the first task that asks (a common
+    pattern). A plain function: it travels by reference, so its global lives in the worker's
+    imported module, across tasks (a component's own body travels by value, with fresh
+    globals)."""
+    global _shared_pool
+    from concurrent.futures import ThreadPoolExecutor
+    if _shared_pool is None:
+        _shared_pool = ThreadPoolExecutor(2)
+    return _shared_pool
+
+
+@component(cache=False, executor="process")
+def logs_through_a_shared_pool(i):
+    """Logs from the worker's shared thread pool: the first task in the worker makes it and
+    later tasks reuse it."""
+    from twingraph import get_logger
+    log = get_logger()
+    pool = shared_pool()
+    for k in range(4):
+        pool.submit(log.info, "task %d part %d", i, k).result()
+    return os.getpid(), id(pool)

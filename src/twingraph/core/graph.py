@@ -23,12 +23,12 @@ def validate_dag(deps: Mapping[str, Sequence[str]], operations: Mapping[str, str
     # before, so none dangles, and the order is topological. One pass answers all three.
     written = _in_written_order(deps)
     if not written:
-        missing: dict[str, list[str]] = {}
+        missing: dict[str, set[str]] = {}
         for n, ds in deps.items():
             for d in ds:
-                if d not in deps and d not in missing.setdefault(n, []):
-                    missing[n].append(d)
-        dangling = {n: "needs " + ", ".join(sorted(ms)) for n, ms in missing.items() if ms}
+                if d not in deps:
+                    missing.setdefault(n, set()).add(d)
+        dangling = {n: "needs " + ", ".join(sorted(ms)) for n, ms in missing.items()}
         if dangling:
             raise GraphValidationError("dangling references", dangling, why=dangling)
     if operations is not None and known_operations is not None:

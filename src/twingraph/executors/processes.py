@@ -107,29 +107,38 @@ class _Forward(logging.Handler):
     """In the child: sends each task log record to the parent as an ``L`` frame. ``pipe_lock``
     keeps frames whole: a task may log from several threads while its result is sent.
 
-    A record is the running task's if it comes from the thread that runs tasks, or from a
-    thread started (directly or through others) while that task ran (``_tag_threads``). One
-    from a thread an earlier task left running is nobody's now: dropped, as in the driver,
-    where a finished task's threads are not recorded either (it was credited to whatever task
-    the worker ran next)."""
+    Whose record it is (``_owner_now``): the running task's if it comes from the thread that
+    runs tasks, from a thread started (directly or through others) while that task ran, or from
+    a pool thread running an item that task submitted (``_tag_threads``); a thread of unknown
+    origin (made in C) counts as the running task's. One from a thread an earlier task left
+    running, or any record while the worker is idle, is nobody's: dropped, as in the driver,
+    where a finished task's threads are not recorded either. The check and the send hold
+    ``pipe_lock``, as do the ``A`` and ``R`` frames around a task and the change of
+    ``task``: no frame of a task comes before its ``A`` or after its ``R``."""
 
     def __init__(self, conn: Any) -> None:
         super().__init__()
         self.conn = conn
         self.pipe_lock = threading.Lock()
-        self.task = 0                       # the number of the task running now, from 1
+        self.task = 0                # the number of the task running now (from 1); 0: idle
         self.runner = threading.get_ident()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if threading.get_ident() != self.runner and \
-                getattr(threading.current_thread(), _TASK_ATTR, None) != self.task:
-            return
         try:
-            frame = pickle.dumps((record.created, record.levelname.lower(), message_of(record)))
+            frame = b"L" + pickle.dumps((record.created, record.levelname.lower(),
+                                         message_of(record)))
             with self.pipe_lock:
-                self.conn.send_bytes(b"L" + frame)
+                if self.task and self._owner_now() == self.task:
+                    self.conn.send_bytes(frame)
         except Exception:  # noqa: BLE001 - logging must never fail the task
             pass
+
+    def _owner_now(self) -> int | None:
+        """The task the calling thread works for (``None``: unknown, taken as the current)."""
+        if threading.get_ident() == self.runner:
+            return self.task
+        owner = getattr(threading.current_thread(), _TASK_ATTR, None)
+        return self.task if owner is None else owner
 
 
 _TASK_ATTR = "_twingraph_task"
@@ -137,16 +146,34 @@ _TASK_ATTR = "_twingraph_task"
 
 def _tag_threads(forward: _Forward) -> None:
     """In the child: each thread remembers the task it was started for (the task running
-    then, or its starter's task, for a thread started by another thread)."""
+    then, or its starter's task, for a thread started by another thread), and a thread of a
+    ``concurrent.futures`` pool works, for each item, for the task that submitted it (a pool
+    made by one task and used by the next: its threads' records are the next task's)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     start = threading.Thread.start
 
     def tagged_start(self: threading.Thread) -> None:
-        me = threading.current_thread()
-        task = forward.task if threading.get_ident() == forward.runner else \
-            getattr(me, _TASK_ATTR, None)
-        setattr(self, _TASK_ATTR, task)
+        setattr(self, _TASK_ATTR, forward._owner_now())
         start(self)
     threading.Thread.start = tagged_start       # type: ignore[method-assign]
+
+    submit = ThreadPoolExecutor.submit
+
+    def tagged_submit(self: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any,
+                      **kwargs: Any) -> Any:
+        owner = forward._owner_now()
+
+        def run(*a: Any, **k: Any) -> Any:
+            me = threading.current_thread()
+            before = getattr(me, _TASK_ATTR, None)
+            setattr(me, _TASK_ATTR, owner)
+            try:
+                return fn(*a, **k)
+            finally:
+                setattr(me, _TASK_ATTR, before)
+        return submit(self, run, *args, **kwargs)
+    ThreadPoolExecutor.submit = tagged_submit   # type: ignore[method-assign,assignment]
 
 
 def _watch_parent(parent: int) -> None:
@@ -207,6 +234,7 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
     if memory_limit:
         _limit_memory(memory_limit)       # after the imports: the limit is the task's to use
     conn.send_bytes(b"ready")             # booted and imported: jobs' clocks may start now
+    tasks_run = 0
     while True:
         try:
             data = conn.recv_bytes()
@@ -219,7 +247,8 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
             os._exit(1)
         with forward.pipe_lock:
             conn.send_bytes(b"A")     # it has the task: from now on, a death is the task's
-        forward.task += 1
+            tasks_run += 1
+            forward.task = tasks_run
         environ = dict(os.environ)
         try:
             cwd: str | None = os.getcwd()
@@ -236,6 +265,7 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
         _restore(environ, cwd)
         with forward.pipe_lock:   # not in the middle of a log frame from another thread
             conn.send_bytes(b"R" + out)
+            forward.task = 0          # idle: what its threads log now is nobody's
 
 
 def _restore(environ: dict[str, str], cwd: str | None) -> None:  # in the child
@@ -501,7 +531,8 @@ class ProcessPool:
                 if frame == b"A":
                     accepted = True
                     continue
-                _deliver_log(job, frame)
+                if accepted:              # (the worker sends none before: _Forward)
+                    _deliver_log(job, frame)
         except (EOFError, OSError, BrokenPipeError):
             # Killed on purpose (abort) or died on its own.
             with self._lock:
@@ -584,6 +615,7 @@ class ProcessPool:
     def kill(self, job: Job) -> bool:
         """Stop ``job``: kill its worker if it runs; drop it if it still waits for one."""
         with self._lock:
+            self._again.discard(job)
             if job in self._busy:
                 w = self._busy.pop(job)
             else:
@@ -603,6 +635,7 @@ class ProcessPool:
             self._shut.update(self._busy)
             waiting, self._waiting = list(self._waiting), deque()
             self._idle, self._busy = [], {}
+            self._again.clear()
         for w in workers:
             _end_worker(w)
         for job, done in waiting:
