@@ -75,6 +75,26 @@ def test_changing_a_component_reruns_it_and_downstream_only(engine, tmp_path):
     assert by["cube-0"].cache_status == "hit" and by["load-0"].cache_status == "hit"
 
 
+def test_a_result_missing_from_this_store_is_not_called_an_input_change(engine, tmp_path):
+    """Same code, config and inputs as the last run, but the result store is another one (or
+    was wiped): the miss said 'inputs changed since the last run'."""
+    from twingraph.engine.engine import Engine
+    from twingraph.stores.results.memory import MemoryStorage
+
+    m = _module(tmp_path, "memo_other_store")
+    m.memo_demo.run(engine=engine)
+    other = Engine(results=MemoryStorage(), metadata=engine.metadata, flush_interval=0.01)
+    try:
+        r = m.memo_demo.run(engine=other)
+        tasks = other.metadata.get_tasks(r.run_id)
+        assert {t.cache_status for t in tasks} == {"miss"}
+        assert {t.cache_reason for t in tasks} == {
+            "no stored result in this result store (same code, config and inputs as the "
+            "last run)"}
+    finally:
+        other.close()
+
+
 def test_no_cache_reruns_everything(engine, tmp_path):
     m = _module(tmp_path, "memo_v3")
     m.memo_demo.run(engine=engine)

@@ -151,6 +151,12 @@ class MemoSide:
             since = "since the last run"
         if prev is None:
             return "no stored result (new task)"
+        if prev.state is SUCCESS and prev.cache_key is not None \
+                and prev.cache_key == task.cache_key and prev.cache_status != "disabled":
+            # Same key: nothing changed, but the result is not here (another result store,
+            # or one that was wiped or pruned).
+            return (f"no stored result in this result store (same code, config and inputs "
+                    f"as {'before the stop' if since == 'since the run stopped' else 'the last run'})")
         info = prev.inputs or {}
         if info.get("code_version") != task.spec.code_version:
             return f"code changed {since}"
