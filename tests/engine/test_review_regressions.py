@@ -1096,3 +1096,34 @@ def test_a_resumed_task_keeps_the_times_and_attempts_of_the_attempt_that_compute
     assert (after.started_at, after.ended_at, after.attempts, after.fence) == \
         (before.started_at, before.ended_at, before.attempts, before.fence)
     eng.close()
+
+
+def test_a_base_component_that_skips_super_init_works_in_a_pipeline(engine):
+    """Its ``__init__`` sets ``config`` itself and never calls ``BaseComponent.__init__``: a
+    plain call worked, a pipeline failed with "'CustomProcessor' object has no attribute
+    '_spec'"; one without ``config`` at all must work too."""
+    from twingraph import BaseComponent
+
+    class CustomProcessor(BaseComponent):
+        def __init__(self, config):
+            self.config = config
+
+        def execute(self, data):
+            return {"scaled": [x * self.config["factor"] for x in data]}
+
+    class Bare(BaseComponent):
+        def __init__(self, offset):
+            self.offset = offset
+
+        def execute(self, data):
+            return [x + self.offset for x in data]
+
+    @pipeline(name="no_super_init")
+    def p():
+        return CustomProcessor({"factor": 2})(data=[1, 2, 3]), Bare(10)(data=[1])
+
+    r = p.run(engine=engine)
+    assert r.state.value == "SUCCESS", r.error
+    scaled, bare = r.value
+    assert scaled["outputs"]["scaled"] == [2, 4, 6] and bare["outputs"]["result"] == [11]
+    assert p.run(engine=engine).state.value == "SUCCESS"            # and as memo hits

@@ -67,6 +67,9 @@ def instance_state(obj: Any) -> dict[str, Any]:
 
 class BaseComponent(abc.ABC):
     component_options: ClassVar[dict[str, Any]] = {}
+    # Class-level defaults: a subclass whose ``__init__`` does not call ``super().__init__``
+    # still works (it failed in a pipeline with "no attribute '_spec'").
+    _spec: ComponentSpec | None = None
     if TYPE_CHECKING:
         name: ClassVar[str]             # a subclass may set it; else see ``resolve_name``
     else:
@@ -122,7 +125,7 @@ class BaseComponent(abc.ABC):
                                         qualname=f"{cls.__module__}:{cls.__qualname__}",
                                         code_version="", **self.component_options)
             cfg = dict(draft.config)
-            cfg["__instance__"] = dict(self.config)      # as it is now
+            cfg["__instance__"] = dict(getattr(self, "config", None) or {})   # as it is now
             attributes = instance_state(self)
             if attributes:
                 cfg["__attributes__"] = attributes
