@@ -1127,3 +1127,19 @@ def test_a_base_component_that_skips_super_init_works_in_a_pipeline(engine):
     scaled, bare = r.value
     assert scaled["outputs"]["scaled"] == [2, 4, 6] and bare["outputs"]["result"] == [11]
     assert p.run(engine=engine).state.value == "SUCCESS"            # and as memo hits
+
+
+def test_resuming_a_finished_run_is_refused_in_words(engine):
+    """The engine said "invalid run transition SUCCESS -> RUNNING" (an engine-bug error) to a
+    resume of a run that had succeeded, also when the run ended while the resume watched its
+    driver."""
+    from twingraph.errors import ConflictError
+
+    @pipeline(name="done_already")
+    def p():
+        return echo(x=1)
+
+    r = p.run(engine=engine)
+    with pytest.raises(ConflictError, match="already finished successfully: there is nothing "
+                                            "to resume"):
+        p.run(engine=engine, resume=r.run_id)

@@ -430,7 +430,7 @@ def test_a_run_resumed_to_success_no_longer_shows_its_earlier_error(tmp_path):
     rid = _run_id(first.stdout)
     assert "error:" in cli("runs", "show", rid).stdout
     (tmp_path / "fixed").touch()
-    again = cli("run", "--resume", rid, "--no-progress")
+    again = cli("run", "--resume", rid[:8], "--no-progress")     # a prefix, as runs show takes
     assert again.returncode == 0 and "SUCCESS" in again.stdout, again.stdout + again.stderr
     show = cli("runs", "show", rid)
     assert "state SUCCESS" in show.stdout and "error:" not in show.stdout, show.stdout

@@ -83,6 +83,7 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
     try:
         engine = _engine()
         if resume:
+            resume = _resolve_run(engine.metadata, resume).run_id    # a prefix, as runs show
             file, name = _resume_target(engine.metadata, resume, target)
         elif target:
             file, name = split_target(target)

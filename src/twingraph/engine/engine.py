@@ -35,7 +35,7 @@ from twingraph.engine.snapshot import error_text, message_of
 from twingraph.engine.recorder import Recorder
 from twingraph.engine.resources import LocalResources
 from twingraph.engine.refs import substitute
-from twingraph.errors import (ConfigurationError, ConflictError, ExecutorUnavailable, IntegrityError, NotFoundError, PipelineCancelled,
+from twingraph.errors import (ConfigurationError, ConflictError, ExecutorUnavailable, IntegrityError, InvalidTransition, NotFoundError, PipelineCancelled,
                               PipelineFailed, PipelineTimeout, TwinGraphError)
 from twingraph.ports import Clock, EventSink, Executor, MetadataStore, ResultStore
 from twingraph.registry import get_error_handler
@@ -407,12 +407,12 @@ class Engine:
             rec = self.metadata.get_run(run_id)
             if rec is None:
                 raise NotFoundError(f"run {run_id} not found")
-            transition_run(rec.state, RunState.RUNNING)
+            _check_resumable(rec)
             seen = rec.heartbeat_at
             if rec.state is RunState.RUNNING and not claimed:
                 self._wait_until_driverless(run_id, seen)
                 rec = self.metadata.get_run(run_id) or rec     # it may have ended meanwhile
-                transition_run(rec.state, RunState.RUNNING)
+                _check_resumable(rec)
             # This driver's generation: its fencing tokens are above every earlier driver's
             # (one still alive after all, stalled past adoption, is fenced off). Claimed with a
             # compare-and-set on the heartbeat read above: of two resumes at once, one drives
@@ -694,3 +694,16 @@ def _jsonable(obj: Any) -> Any:
         return obj
     return repr(obj)
 
+
+def _check_resumable(rec: Any) -> None:
+    """A run ``resume`` may drive on: one that has not ended, or ended without succeeding.
+    ``ConflictError`` otherwise, in words (a resume that waited for a live driver, whose run
+    then ended, said "invalid run transition SUCCESS -> RUNNING")."""
+    try:
+        transition_run(rec.state, RunState.RUNNING)
+    except InvalidTransition:
+        if rec.state is RunState.SUCCESS:
+            raise ConflictError(f"run {rec.run_id} already finished successfully: there is "
+                                f"nothing to resume") from None
+        raise ConflictError(f"run {rec.run_id} is {rec.state.value}: it cannot be "
+                            f"resumed") from None
