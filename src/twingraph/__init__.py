@@ -5,6 +5,8 @@
 Public names are re-exported here; everything else is implementation.
 """
 
+from typing import Any
+
 from twingraph.dsl.base import BaseComponent
 from twingraph.dsl.streaming import StreamingComponent
 from twingraph.dsl.component import Component, component
@@ -29,5 +31,15 @@ __all__ = [
     "PipelineError", "PipelineFailed", "PipelineTimeout", "Ref", "ResourceUnavailable", "RunResult",
     "SchedulingError",
     "MemoryLimitExceeded", "StorageError", "TaskTimeout", "TwinGraphError", "ValidationError", "Workflow", "component", "get_logger", "pipeline",
-    "register_component", "register_error_handler", "stop_requested", "__version__",
+    "operation", "register_component", "register_error_handler", "register_operation",
+    "stop_requested", "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``operation`` and ``register_operation`` (the declarative-DAG registry), imported on
+    first use: the dynamic scheduler is not loaded for a plain ``import twingraph``."""
+    if name in ("operation", "register_operation"):
+        from twingraph.engine import dynamic
+        return getattr(dynamic, name)
+    raise AttributeError(f"module 'twingraph' has no attribute {name!r}")

@@ -87,6 +87,22 @@ def test_dynamic_execute(cli, tmp_path):
     assert (tmp_path / "store" / "metadata").is_dir()
 
 
+def test_the_readme_operations_file_registers_its_operations(cli, tmp_path):
+    """The README's ``my_operations.py`` (``from twingraph import operation``)."""
+    readme = (ROOT / "README.md").read_text()
+    ops = readme.split("`my_operations.py`:\n\n```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "my_operations.py").write_text(ops + "\n\n@operation('numbers')\n"
+                                               "def numbers(deps, params):\n"
+                                               "    return list(range(params['n']))\n")
+    (tmp_path / "dag.yaml").write_text("nodes:\n  - id: numbers\n    operation: numbers\n"
+                                       "    parameters: {n: 4}\n  - id: sq\n"
+                                       "    operation: square_all\n    arguments: [numbers]\n")
+    out = cli("dynamic", "execute", str(tmp_path / "dag.yaml"), "--storage-path",
+              str(tmp_path / "s"), "--load", str(tmp_path / "my_operations.py"))
+    line = next(l for l in out.stdout.splitlines() if l.startswith("Execution completed: "))
+    assert json.loads(line.split(": ", 1)[1])["results"] == {"sq": [0, 1, 4, 9]}
+
+
 def test_dynamic_execute_rejects_bad_dags(cli, tmp_path):
     (tmp_path / "cycle.json").write_text(json.dumps({"nodes": [
         {"id": "a", "operation": "square_all", "arguments": ["b"]},
