@@ -124,6 +124,11 @@ def test_two_resumes_of_one_killed_run_at_once_drive_it_once(tmp_path):
     store = SQLMetadataStore(f"sqlite:///{db}")
     (run,) = store.list_runs(pipeline="crashy")
     executed_before = Counter(p.name.split(".")[0] for p in marks.iterdir())
+    # A killed driver's run stays RUNNING; runs show says its driver is gone, and what to do
+    shown = subprocess.run(_cli("runs", "show", run.run_id), env=dict(env, COLUMNS="300"),
+                           capture_output=True, text=True, timeout=60)
+    assert "has stopped (killed or crashed); finish it with `twingraph run --resume " \
+        f"{run.run_id}`" in shown.stdout, shown.stdout + shown.stderr
 
     both = [subprocess.Popen(_cli("run", "--resume", run.run_id, "--no-progress"), env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -135,7 +140,7 @@ def test_two_resumes_of_one_killed_run_at_once_drive_it_once(tmp_path):
     # claimed meanwhile; or it came later and saw the other's heartbeat move; or later still,
     # the run had finished
     assert any(why in refused for why in ("another driver", "still being driven",
-                                          "SUCCESS -> RUNNING")), refused
+                                          "already finished")), refused
     executed = Counter(p.name.split(".")[0] for p in marks.iterdir())
     # each step ran at most once more than before the kill (the ones it interrupted)
     assert all(executed[i] - executed_before[i] <= 1 for i in executed), (executed, executed_before)

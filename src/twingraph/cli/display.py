@@ -118,6 +118,17 @@ def dur(a: float | None, b: float | None) -> str:
 RUNS_COLUMNS = ("run id", "pipeline", "state", "created", "duration")
 
 
+def silent_for(rec: Any, now: float | None = None) -> float | None:
+    """Seconds since a RUNNING run's driver last wrote its heartbeat, when that is longer than
+    a live driver ever stays silent (``LIVE_WINDOW``): its driver is gone (killed, crashed)
+    and the run stays RUNNING until someone resumes it. None otherwise."""
+    from twingraph.engine.engine import LIVE_WINDOW
+    if rec.state.value != "RUNNING" or rec.heartbeat_at is None:
+        return None
+    silent = (time.time() if now is None else now) - rec.heartbeat_at
+    return silent if silent > LIVE_WINDOW else None
+
+
 def runs_table(runs: Iterable[Any]) -> Table:
     """The runs as a table. Run ids are never cut: their column keeps the width of the longest
     id (``no_wrap``; ``fold`` rather than an ellipsis should the terminal be narrower still)."""
@@ -130,7 +141,10 @@ def runs_table(runs: Iterable[Any]) -> Table:
     for c in RUNS_COLUMNS[3:]:
         t.add_column(c, overflow="fold")
     for r in runs:
-        t.add_row(Text(r.run_id), Text(r.pipeline), _state(r.state.value), ts(r.created_at),
+        state = _state(r.state.value)
+        if silent_for(r) is not None:
+            state.append(" (driver gone)", style="yellow")
+        t.add_row(Text(r.run_id), Text(r.pipeline), state, ts(r.created_at),
                   dur(r.started_at, r.ended_at))
     return t
 
