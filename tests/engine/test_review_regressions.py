@@ -1143,3 +1143,68 @@ def test_resuming_a_finished_run_is_refused_in_words(engine):
     with pytest.raises(ConflictError, match="already finished successfully: there is nothing "
                                             "to resume"):
         p.run(engine=engine, resume=r.run_id)
+
+
+def test_dataclass_components_with_slots_or_frozen_get_keys_of_their_own(engine):
+    """``@dataclass(slots=True)`` keeps its fields in slots, which the memo key did not see:
+    ``Scale(3)`` took ``Scale(2)``'s result. A frozen dataclass refused the cached spec
+    (FrozenInstanceError) in a pipeline."""
+    import dataclasses
+
+    from twingraph import BaseComponent
+
+    @dataclasses.dataclass(slots=True)
+    class Scale(BaseComponent):
+        factor: int
+
+        def execute(self, data):
+            return [x * self.factor for x in data]
+
+    @dataclasses.dataclass(frozen=True)
+    class Shift(BaseComponent):
+        by: int
+
+        def execute(self, data):
+            return [x + self.by for x in data]
+
+    @pipeline(name="dataclass_components")
+    def p():
+        return [Scale(2)(data=[1, 2]), Scale(3)(data=[1, 2]), Shift(1)(data=[1]),
+                Shift(5)(data=[1])]
+
+    for _ in range(2):                      # computed, then from the memo: the same
+        r = p.run(engine=engine)
+        assert r.state.value == "SUCCESS", r.error
+        assert [v["outputs"]["result"] for v in r.value] == [[2, 4], [3, 6], [2], [6]]
+
+
+class _Plain:
+    """No slots: its subclasses' instances have a ``__dict__`` as well as their slots."""
+
+
+class _Slotted(_Plain):
+    __slots__ = ("n", "__secret")
+
+    def __init__(self, n, secret):
+        self.n = n
+        self.__secret = secret
+
+    def value(self):
+        return self.n * 10 + self.__secret
+
+
+@component
+def uses_slotted(obj):
+    return obj.value()
+
+
+def test_an_argument_whose_state_is_in_slots_is_keyed_by_it(engine):
+    """Two instances that differ only in a slot (a private one too) passed as an argument:
+    their (empty) ``__dict__`` was all the key saw, and the second run hit the first's."""
+    @pipeline(name="slotted_args")
+    def p(a, b):
+        return uses_slotted(obj=_Slotted(a, b))
+
+    assert p.run(1, 2, engine=engine).value["outputs"]["result"] == 12
+    assert p.run(1, 3, engine=engine).value["outputs"]["result"] == 13
+    assert p.run(2, 3, engine=engine).value["outputs"]["result"] == 23

@@ -13,6 +13,30 @@ from twingraph.core.hashing import canonical_json, sha256_hex
 _PLAIN = frozenset({int, float, str, bool, type(None)})
 _STATE_ITEMS = 10_000          # an attribute holding more items than this counts by type only
 _STATE_DEPTH = 32
+_UNSET = object()
+
+
+def attributes(obj: Any) -> dict[str, Any] | None:
+    """An instance's attributes: its ``__dict__`` (a copy: another thread may add to it) and
+    the slots its classes declare (a ``@dataclass(slots=True)`` keeps its fields there, not in
+    ``__dict__``; two instances that differ only there got one key). None if it has neither."""
+    state = getattr(obj, "__dict__", None)
+    out = dict(state) if isinstance(state, dict) else None
+    for cls in type(obj).__mro__:
+        names = cls.__dict__.get("__slots__", ())
+        for name in (names,) if isinstance(names, str) else names:
+            if not isinstance(name, str) or name in ("__dict__", "__weakref__"):
+                continue
+            if name.startswith("__") and not name.endswith("__"):
+                name = f"_{cls.__name__.lstrip('_')}{name}"        # private: name-mangled
+            value = getattr(obj, name, _UNSET)
+            if value is not _UNSET:
+                if out is None:
+                    out = {}
+                out.setdefault(name, value)
+    return out
+
+
 def instance_state(obj: Any, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The attributes of an instance (a class component, an operation that is a callable
     instance or a bound method) other than those in ``skip``, as its key sees them:
@@ -20,10 +44,10 @@ def instance_state(obj: Any, skip: frozenset[str] = frozenset()) -> dict[str, An
     sets and str-keyed dicts of them, up to ``_STATE_ITEMS`` items and ``_STATE_DEPTH``
     levels each), anything else by its type's name (a client, a model: what it holds is not
     seen, as for module globals in ``core.codeversion``). Read once per instance, when its
-    spec is built (``BaseComponent.spec``, ``DynamicScheduler``'s plan). An object without
-    a ``__dict__`` has no state here."""
+    spec is built (``BaseComponent.spec``, ``DynamicScheduler``'s plan). Its attributes are
+    its ``__dict__`` and its slots (``attributes``)."""
     out: dict[str, Any] = {}
-    for k, v in list(getattr(obj, "__dict__", {}).items()):      # a copy: another thread may add attributes
+    for k, v in (attributes(obj) or {}).items():
         if k in skip:
             continue
         for _ in range(3):

@@ -129,8 +129,11 @@ class BaseComponent(abc.ABC):
             attributes = instance_state(self)
             if attributes:
                 cfg["__attributes__"] = attributes
-            self._spec = dataclasses.replace(draft, code_version=code_version(cls), config=cfg,
-                                             parameters=parameters_of(cls.execute, skip_first=True))
+            spec = dataclasses.replace(draft, code_version=code_version(cls), config=cfg,
+                                       parameters=parameters_of(cls.execute, skip_first=True))
+            # Cached past a frozen dataclass's __setattr__ (it refused: FrozenInstanceError).
+            object.__setattr__(self, "_spec", spec)
+            return spec
         return self._spec
 
     @classmethod

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twingraph.core.codeversion import code_of_value
+from twingraph.core.instancestate import attributes
 from twingraph.core.hashing import (canonical_json, config_digest, digest_json, digest_value,
                                     key_prefix, sha256_hex)
 from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord
@@ -109,13 +110,14 @@ def _state_digest(value: Any) -> str | None:
     """A user-class instance's (or a bound method's object's) attributes as a memo key sees
     them: walked like arguments (``digest_value``: sets in sorted order, nested objects by
     this same rule), not pickled (a set's pickle follows the process's hash seed: a miss in
-    every process). None when it has no ``__dict__`` or cannot be walked (a cycle)."""
+    every process). Its attributes are its ``__dict__`` and its slots. None when it has
+    neither or cannot be walked (a cycle)."""
     owner = value.__self__ if type(value) is MethodType else value
-    state = getattr(owner, "__dict__", None)
-    if not isinstance(state, dict):
+    state = attributes(owner)
+    if state is None:
         return None
     try:
-        digest = digest_value(dict(state), None, _no_reference, Engine.hash_value)
+        digest = digest_value(state, None, _no_reference, Engine.hash_value)
         return sha256_hex(f"{type(owner).__module__}.{type(owner).__qualname__}\0".encode()
                           + digest_json(digest))
     except (RecursionError, TypeError, ValueError):
