@@ -5,7 +5,7 @@
 Public names are re-exported here; everything else is implementation.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twingraph.dsl.base import BaseComponent
 from twingraph.dsl.streaming import StreamingComponent
@@ -36,10 +36,19 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """``operation`` and ``register_operation`` (the declarative-DAG registry), imported on
-    first use: the dynamic scheduler is not loaded for a plain ``import twingraph``."""
-    if name in ("operation", "register_operation"):
-        from twingraph.engine import dynamic
-        return getattr(dynamic, name)
-    raise AttributeError(f"module 'twingraph' has no attribute {name!r}")
+_LAZY = ("operation", "register_operation")
+
+if TYPE_CHECKING:
+    from twingraph.engine.dynamic import operation, register_operation
+else:
+    def __getattr__(name: str) -> Any:
+        """``operation`` and ``register_operation`` (the declarative-DAG registry), imported
+        on first use: the dynamic scheduler is not loaded for a plain ``import twingraph``."""
+        if name in _LAZY:
+            from twingraph.engine import dynamic
+            return getattr(dynamic, name)
+        raise AttributeError(f"module 'twingraph' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -782,3 +782,28 @@ def test_an_engine_keeps_a_bounded_number_of_specs(monkeypatch):
         assert len(s.engine._prefixes) <= 8 and len(s.engine._fingerprints) <= 8
     finally:
         s.engine.close()
+
+
+def test_operation_decorator_forms_register_the_function():
+    """Bare ``@operation`` took the function for the name and registered nothing (its module's
+    name then held the decorator's inner function)."""
+    import twingraph
+    from twingraph.engine.dynamic import registered_operations
+
+    @twingraph.operation
+    def s19_bare(deps, params):
+        return 1
+
+    @twingraph.operation()
+    def s19_called(deps, params):
+        return 2
+
+    @twingraph.operation("s19_named")
+    def whatever(deps, params):
+        return 3
+
+    ops_now = registered_operations()
+    assert ops_now["s19_bare"] is s19_bare and s19_bare({}, {}) == 1
+    assert ops_now["s19_called"] is s19_called and ops_now["s19_named"] is whatever
+    with pytest.raises(ValidationError):
+        twingraph.operation(42)

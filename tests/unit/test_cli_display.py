@@ -19,3 +19,27 @@ def test_a_short_list_is_shown_whole():
     tasks = [TaskRecord("r", "a-0", "a", TaskState.FAILED)]
     table = summary_table(tasks)
     assert table.row_count == 1 and list(table.columns[2].cells) == ["0"]
+
+
+def test_a_run_whose_driver_is_silent_is_called_gone_and_told_how_to_finish():
+    from twingraph.cli.display import SILENT_AFTER, finish_hint, runs_table, silent_for
+    from twingraph.core.records import RunRecord
+    from twingraph.core.states import RunState
+
+    now = 1_000_000.0
+    live = RunRecord("r1", "p", RunState.RUNNING, heartbeat_at=now - 6)
+    # a driver on another host whose clock is 15 s behind this one's: not gone
+    skewed = RunRecord("r2", "p", RunState.RUNNING, heartbeat_at=now - 21)
+    gone = RunRecord("r3", "p", RunState.RUNNING, heartbeat_at=now - SILENT_AFTER - 5,
+                     source={"kind": "python", "file": "x.py"})
+    done = RunRecord("r4", "p", RunState.SUCCESS, heartbeat_at=now - 3600)
+    assert [silent_for(r, now) for r in (live, skewed, done)] == [None, None, None]
+    assert silent_for(gone, now) == SILENT_AFTER + 5
+    assert finish_hint(gone) == "finish it with `twingraph run --resume r3`"
+    assert "adopts" in finish_hint(RunRecord("r5", "p", RunState.RUNNING, source={
+        "kind": "pipeline", "pipeline_id": "pl_1"}))           # a server's run: no file to give
+    assert "stays RUNNING" in finish_hint(RunRecord("r6", "p", RunState.RUNNING, source={
+        "kind": "dag", "dag_id": "d"}))
+    gone.heartbeat_at = 1.0                                     # with the real clock
+    cells = [c for col in runs_table([gone, live]).columns for c in col._cells]
+    assert any(str(c) == "RUNNING (driver gone)" for c in cells)

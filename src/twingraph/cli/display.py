@@ -118,15 +118,32 @@ def dur(a: float | None, b: float | None) -> str:
 RUNS_COLUMNS = ("run id", "pipeline", "state", "created", "duration")
 
 
+#: Seconds a RUNNING run's driver may stay silent before ``runs list|show`` call it gone: a
+#: live driver beats every 5 s; the margin allows for clocks of other hosts (PostgreSQL) that
+#: disagree with this one, as the server's adoption (``TWINGRAPH_ADOPT_AFTER``) does.
+SILENT_AFTER = 30.0
+
+
 def silent_for(rec: Any, now: float | None = None) -> float | None:
     """Seconds since a RUNNING run's driver last wrote its heartbeat, when that is longer than
-    a live driver ever stays silent (``LIVE_WINDOW``): its driver is gone (killed, crashed)
-    and the run stays RUNNING until someone resumes it. None otherwise."""
-    from twingraph.engine.engine import LIVE_WINDOW
+    a live driver stays silent (``SILENT_AFTER``): its driver is gone (killed, crashed) and the
+    run stays RUNNING until someone finishes it. None otherwise."""
     if rec.state.value != "RUNNING" or rec.heartbeat_at is None:
         return None
     silent = (time.time() if now is None else now) - rec.heartbeat_at
-    return silent if silent > LIVE_WINDOW else None
+    return silent if silent > SILENT_AFTER else None
+
+
+def finish_hint(rec: Any) -> str:
+    """How a run whose driver is gone gets finished, by what started it."""
+    source = rec.source or {}
+    if source.get("kind") == "dag":
+        return ("a DAG run is not resumed: it stays RUNNING; running its DAG file again with "
+                "`twingraph dynamic execute` starts a new run that reuses its stored nodes")
+    if source.get("kind") == "pipeline" or source.get("pipeline_id"):
+        return ("a `twingraph server` on this database adopts and finishes it (after "
+                "TWINGRAPH_ADOPT_AFTER seconds)")
+    return f"finish it with `twingraph run --resume {rec.run_id}`"
 
 
 def runs_table(runs: Iterable[Any]) -> Table:

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from twingraph.cli.display import (LiveProgress, console, err_console, runs_lines, runs_table, shown_tasks,
-                                   silent_for,
+                                   finish_hint, silent_for,
                                    summary_table, tasks_table, ts)
 from twingraph.core.states import RunState
 from twingraph.errors import ConfigurationError, TwinGraphError, ValidationError
@@ -267,11 +267,9 @@ def runs_show(run_id: Annotated[str, typer.Argument(
         console.print(f"[red]error:[/red] {escape(rec.error)}")
     silent = silent_for(rec)
     if silent is not None:
-        how = ("run its DAG file again with `twingraph dynamic execute` (stored nodes are "
-               "reused)" if (rec.source or {}).get("kind") == "dag" else
-               f"finish it with `twingraph run --resume {escape(rec.run_id)}`")
         console.print(f"[yellow]its driver has not been heard from for {silent:.0f} s: it has "
-                      f"stopped (killed or crashed); {how}[/yellow]", soft_wrap=True)
+                      f"stopped (killed or crashed); {escape(finish_hint(rec))}[/yellow]",
+                      soft_wrap=True)
     shown = shown_tasks(tasks, limit)
     console.print(tasks_table(shown, total=len(tasks)))
     left = len(tasks) - len(shown)

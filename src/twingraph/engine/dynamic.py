@@ -202,8 +202,14 @@ def registered_operations() -> dict[str, Callable[..., Any]]:
     return dict(_operations)
 
 
-def operation(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator form of ``register_operation``."""
+def operation(name: str | Callable[..., Any] | None = None) -> Any:
+    """Decorator form of ``register_operation``: ``@operation("name")``, ``@operation()``
+    or bare ``@operation`` (the last two register the function under its own name)."""
+    if callable(name):                    # bare: it was given the function itself
+        return register_operation(name.__name__, name)
+    if name is not None and not isinstance(name, str):
+        raise ValidationError(f"operation name must be a string, not {name!r}")
+
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         return register_operation(name or fn.__name__, fn)
     return wrap
