@@ -252,3 +252,120 @@ def test_process_tasks_work_from_a_script_without_a_main_guard(tmp_path):
                          timeout=120, cwd=tmp_path)
     assert "STATE SUCCESS [0, 1, 4]" in out.stdout, out.stdout + out.stderr
     assert count.read_text().count("top-level ran") == 1
+
+
+SLOW_OPS = '''
+import os, time
+from pathlib import Path
+from twingraph import operation
+
+@operation
+def step(deps, params):
+    Path(os.environ["TG_MARKS"], str(params["i"])).touch()
+    time.sleep(params["s"])
+    return params["i"]
+'''
+
+
+@pytest.mark.slow
+def test_a_killed_dag_run_is_ended_with_runs_cancel(tmp_path):
+    """A DAG run cannot be resumed; killed, it stayed RUNNING for ever. `runs cancel` ends
+    it (run and unfinished tasks CANCELLED, what finished kept), and refuses a run that has
+    ended."""
+    import json
+    import sqlite3
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (tmp_path / "ops.py").write_text(SLOW_OPS)
+    nodes = [{"id": f"s{i}", "operation": "step", "parameters": {"i": i, "s": 0.05 if i < 2 else 5},
+              "arguments": [f"s{i - 1}"] if i else []} for i in range(4)]
+    (tmp_path / "dag.json").write_text(json.dumps({"dag_id": "killed_dag", "nodes": nodes}))
+    env = _env(tmp_path, marks)
+    proc = subprocess.Popen(_cli("dynamic", "execute", str(tmp_path / "dag.json"),
+                                 "--storage-path", str(tmp_path / "store"),
+                                 "--load", str(tmp_path / "ops.py")),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not (marks / "2").exists():
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)                       # s0 and s1 recorded
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    db = tmp_path / "home" / "twingraph.db"
+    with sqlite3.connect(db) as conn:     # long dead
+        conn.execute("UPDATE runs SET heartbeat_at = heartbeat_at - 60")
+    conn.close()
+    store = SQLMetadataStore(f"sqlite:///{db}")
+    (run,) = store.list_runs()
+    assert run.state is RunState.RUNNING
+
+    shown = subprocess.run(_cli("runs", "show", run.run_id), env=dict(env, COLUMNS="300"),
+                           capture_output=True, text=True, timeout=60)
+    assert f"`twingraph runs cancel {run.run_id}` ends this one" in shown.stdout, shown.stdout
+    out = subprocess.run(_cli("runs", "cancel", run.run_id[:8]), env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "CANCELLED" in out.stdout, out.stdout + out.stderr
+    after = store.get_run(run.run_id)
+    assert after.state is RunState.CANCELLED and "driver was gone" in after.error
+    tasks = {t.node_id: t.state for t in store.get_tasks(run.run_id)}
+    assert tasks["s0"] is TaskState.SUCCESS and tasks["s1"] is TaskState.SUCCESS
+    assert all(tasks[n] is TaskState.CANCELLED for n in tasks if n not in ("s0", "s1")), tasks
+    assert not [a for a in store.get_attempts(run.run_id) if a.state is TaskState.RUNNING]
+    again = subprocess.run(_cli("runs", "cancel", run.run_id), env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 2 and "is CANCELLED" in again.stderr, again.stderr
+    store.close()
+
+
+@pytest.mark.slow
+def test_ending_a_run_whose_driver_is_alive_is_refused(tmp_path):
+    """By the engine driving it (cancel it instead) and by another process's engine, which
+    sees the heartbeat move and touches nothing."""
+    import threading
+
+    from twingraph import component, pipeline
+    from twingraph.engine.engine import Engine
+    from twingraph.errors import ConflictError
+    from twingraph.stores.results.sqlite import SQLiteStorage
+
+    release = threading.Event()
+
+    @component(cache=False)
+    def waits():
+        release.wait(20)
+        return 1
+
+    @pipeline(name="alive")
+    def p():
+        return waits()
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    a = Engine(results=SQLiteStorage(str(tmp_path / "r.db")),
+               metadata=SQLMetadataStore(url, create=True), flush_interval=0.01)
+    b = Engine(results=SQLiteStorage(str(tmp_path / "r.db")), metadata=SQLMetadataStore(url),
+               flush_interval=0.01)
+    try:
+        t = threading.Thread(target=p.run, kwargs={"engine": a})
+        t.start()
+        deadline = time.monotonic() + 10
+        while not a.runs:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (run_id,) = a.runs
+        with pytest.raises(ConflictError, match="driven by this process"):
+            a.end_driverless(run_id)
+        while b.metadata.get_run(run_id) is None:      # its first rows are written behind
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(ConflictError, match="still being driven"):
+            b.end_driverless(run_id)
+        release.set()
+        t.join(10)
+        assert a.metadata.get_run(run_id).state is RunState.SUCCESS
+    finally:
+        release.set()
+        a.close()
+        b.close()

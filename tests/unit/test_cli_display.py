@@ -38,7 +38,7 @@ def test_a_run_whose_driver_is_silent_is_called_gone_and_told_how_to_finish():
     assert finish_hint(gone) == "finish it with `twingraph run --resume r3`"
     assert "adopts" in finish_hint(RunRecord("r5", "p", RunState.RUNNING, source={
         "kind": "pipeline", "pipeline_id": "pl_1"}))           # a server's run: no file to give
-    assert "stays RUNNING" in finish_hint(RunRecord("r6", "p", RunState.RUNNING, source={
+    assert "runs cancel r6" in finish_hint(RunRecord("r6", "p", RunState.RUNNING, source={
         "kind": "dag", "dag_id": "d"}))
     gone.heartbeat_at = 1.0                                     # with the real clock
     cells = [c for col in runs_table([gone, live]).columns for c in col._cells]

@@ -138,8 +138,9 @@ def finish_hint(rec: Any) -> str:
     """How a run whose driver is gone gets finished, by what started it."""
     source = rec.source or {}
     if source.get("kind") == "dag":
-        return ("a DAG run is not resumed: it stays RUNNING; running its DAG file again with "
-                "`twingraph dynamic execute` starts a new run that reuses its stored nodes")
+        return ("a DAG run is not resumed: running its DAG file again with `twingraph dynamic "
+                "execute` starts a new run that reuses its stored nodes; `twingraph runs cancel "
+                f"{rec.run_id}` ends this one")
     if source.get("kind") == "pipeline" or source.get("pipeline_id"):
         return ("a `twingraph server` on this database adopts and finishes it (after "
                 "TWINGRAPH_ADOPT_AFTER seconds)")

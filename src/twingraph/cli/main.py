@@ -282,6 +282,21 @@ def runs_show(run_id: Annotated[str, typer.Argument(
                           soft_wrap=True)
 
 
+@runs_app.command("cancel")
+def runs_cancel(run_id: Annotated[str, typer.Argument(
+                    help=f"Run id, or a unique prefix of it (at least {MIN_RUN_PREFIX} characters)")],
+                reason: Annotated[str, typer.Option(help="Recorded as the run's error")] =
+                "cancelled: its driver was gone") -> None:
+    """End a RUNNING run whose driver is gone (killed, crashed): the run and its unfinished
+    tasks become CANCELLED. For a run nobody will resume (a DAG run, or one given up); a run
+    whose driver is alive is refused (stop it where it runs)."""
+    with _usage_errors():
+        engine = _engine()
+        rec = _resolve_run(engine.metadata, run_id)
+        state = engine.end_driverless(rec.run_id, reason)
+    console.print(f"run [bold]{escape(rec.run_id)}[/bold]: {state.value}", soft_wrap=True)
+
+
 @runs_app.command("logs")
 def runs_logs(run_id: Annotated[str, typer.Argument(
                   help=f"Run id, or a unique prefix of it (at least {MIN_RUN_PREFIX} characters)")],

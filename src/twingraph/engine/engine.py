@@ -24,7 +24,7 @@ from twingraph.core.codeversion import code_of_value
 from twingraph.core.instancestate import attributes
 from twingraph.core.hashing import (canonical_json, config_digest, digest_json, digest_value,
                                     key_prefix, sha256_hex)
-from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord
+from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord, TaskUpdate
 from twingraph.core.results import StorageMetadata
 from twingraph.core.specs import DEFAULT_TIMEOUT
 from twingraph.core.states import RunState, TaskState, fence as fence_token, transition_run
@@ -575,6 +575,43 @@ class Engine:
                     TaskState.FAILED, a.executor,
                     a.started_at, now, "its driver stopped before it ended; the run was "
                                        "resumed by another driver"))
+
+    def end_driverless(self, run_id: str, reason: str = "cancelled: its driver was gone"
+                       ) -> RunState:
+        """End a RUNNING run whose driver is gone (killed, crashed) without finishing it: the
+        run and its unfinished tasks become CANCELLED, its attempts left RUNNING FAILED. For a
+        run nobody will resume (a DAG run, or one given up). ``ConflictError`` if the run has
+        ended, or if its driver is alive (its heartbeat moves within ``LIVE_WINDOW``: watched
+        that long at most). The run is claimed first (``claim_driver``, compare-and-set on the
+        heartbeat), so a driver that was only stalled is fenced off and a resume at the same
+        moment wins or loses whole."""
+        if self.metadata is None:
+            raise NotFoundError("ending a run needs a metadata store")
+        if run_id in self.runs:
+            raise ConflictError(f"run {run_id} is driven by this process: cancel it instead")
+        rec = self.metadata.get_run(run_id)
+        if rec is None:
+            raise NotFoundError(f"run {run_id} not found")
+        if rec.state is not RunState.RUNNING:
+            raise ConflictError(f"run {run_id} is {rec.state.value}: only a RUNNING run whose "
+                                f"driver is gone can be ended this way")
+        seen = rec.heartbeat_at
+        self._wait_until_driverless(run_id, seen)
+        rec = self.metadata.get_run(run_id) or rec
+        if rec.state is not RunState.RUNNING:
+            raise ConflictError(f"run {run_id} ended meanwhile ({rec.state.value})")
+        now = self.clock.now()
+        epoch = self.metadata.claim_driver(run_id, heartbeat=seen, now=now)
+        tasks = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
+        self._end_stale_attempts(run_id, tasks, epoch)
+        fence = fence_token(epoch, 0)
+        for t in tasks.values():
+            if not t.state.terminal:
+                self.recorder.add(TaskUpdate(run_id, t.node_id, TaskState.CANCELLED, now,
+                                             fence=max(fence, t.fence or 0), error=reason))
+        self.recorder.add(RunUpdate(run_id, RunState.CANCELLED, now, error=reason, epoch=epoch))
+        self.recorder.flush(run_id)
+        return RunState.CANCELLED
 
     def _wait_until_driverless(self, run_id: str, seen: float | None) -> None:
         """A RUNNING run's driver writes a heartbeat every ``HEARTBEAT_INTERVAL`` seconds. Watch
