@@ -556,3 +556,32 @@ def test_two_output_selectors_that_would_share_a_node_id_are_refused() -> None:
         {"source": "a", "target": "x", "sourceHandle": "b.c", "targetHandle": "v"},
         {"source": "a", "target": "y", "sourceHandle": "b.c", "targetHandle": "v"}]}
     assert len(normalize_graph(same, lambda name: True)["edges"]) == 2
+
+
+def test_a_run_whose_driver_died_elsewhere_can_be_cancelled_here(app_svc: Services) -> None:
+    """A run a killed `twingraph run` left RUNNING on the shared database: cancelling it
+    through the service said "RUNNING in another process; it cannot be cancelled from here",
+    for ever. Its driver silent past the live window, it is ended here (claimed, fenced)."""
+    from twingraph.core.records import RunRecord, TaskRecord
+    from twingraph.core.states import TaskState
+    from twingraph.errors import ConflictError
+
+    svc = app_svc
+    md = svc.engine.metadata
+    old = time.time() - 120
+    md.write([RunRecord("run_killed_cli", "cli_pipe", RunState.RUNNING, created_at=old,
+                        started_at=old, heartbeat_at=old, source={"kind": "python",
+                                                                  "file": "gone.py"}),
+              TaskRecord("run_killed_cli", "a-0", "a", TaskState.SUCCESS, started_at=old,
+                         ended_at=old),
+              TaskRecord("run_killed_cli", "b-0", "b", TaskState.RUNNING, started_at=old)])
+    row = svc.runs.cancel("run_killed_cli", "operator: its driver was killed")
+    assert row.state is RunState.CANCELLED
+    tasks = {t.node_id: t.state for t in md.get_tasks("run_killed_cli")}
+    assert tasks == {"a-0": TaskState.SUCCESS, "b-0": TaskState.CANCELLED}
+    # a live driver elsewhere (fresh heartbeat) is still refused at once
+    now = time.time()
+    md.write([RunRecord("run_live_cli", "cli_pipe", RunState.RUNNING, created_at=now,
+                        started_at=now, heartbeat_at=now, source={"kind": "python"})])
+    with pytest.raises(ConflictError, match="RUNNING in another process"):
+        svc.runs.cancel("run_live_cli")

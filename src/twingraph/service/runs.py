@@ -24,7 +24,7 @@ from twingraph.dsl.component import check_platform
 from twingraph.dsl.pipeline import (Pipeline, export_lineage, json_fits, recorded_defaults,
                                    scalar_param_types)
 from twingraph.engine.dynamic import DynamicScheduler
-from twingraph.engine.engine import Engine, RunResult
+from twingraph.engine.engine import LIVE_WINDOW, Engine, RunResult
 from twingraph.engine.loop import RunOptions
 from twingraph.errors import (
     ConflictError,
@@ -343,6 +343,12 @@ class RunService:
             return self.catalog.get_run(run_id)
         if not self.engine.cancel(run_id, reason):
             if not self._driving(run_id):
+                rec = self.engine.metadata.get_run(run_id) if self.engine.metadata else None
+                beat = rec.heartbeat_at if rec is not None else None
+                if beat is not None and time.time() - beat > LIVE_WINDOW:
+                    # Its driver is gone (killed): ended here, claimed and fenced.
+                    self.engine.end_driverless(run_id, reason)
+                    return self.catalog.get_run(run_id)
                 raise ConflictError(f"run {run_id} is RUNNING in another process; it cannot be "
                                     "cancelled from here")
             # Claimed (or being started) here, but the engine has not registered the loop yet:
