@@ -39,6 +39,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import io
 import math
 import pickle
 import struct
@@ -421,6 +422,69 @@ def own_copy(value: Any) -> Any:
     if np is not None and t is np.ndarray and not value.flags.writeable \
             and not value.dtype.hasobject:
         return value
+    if (t is dict or t is list or t is tuple) and len(value) <= _SCAN_ITEMS:
+        for v in (value.values() if t is dict else value):
+            if _large_immutable(v):
+                return _copy_sharing_large(value)
+    return _pickled_copy(value)
+
+
+#: A container with at most this many items is looked at for large bytes or str held directly.
+_SCAN_ITEMS = 256
+
+
+def _large_immutable(v: Any) -> bool:
+    t = type(v)
+    return (t is bytes or t is str) and len(v) >= OOB_MIN_BYTES
+
+
+class _SharingPickler(pickle.Pickler):
+    """Pickles large ``bytes``/``str`` by reference to ``shared`` (at any depth)."""
+
+    def __init__(self, file: Any, shared: list[Any], buffers: list[pickle.PickleBuffer]) -> None:
+        super().__init__(file, protocol=5, buffer_callback=self._buffer)
+        self.shared, self.buffers = shared, buffers
+
+    def _buffer(self, pb: pickle.PickleBuffer) -> bool:
+        raw = pb.raw()
+        if raw.readonly and raw.nbytes >= OOB_MIN_BYTES:
+            self.buffers.append(pb)
+            return False
+        return True
+
+    def persistent_id(self, obj: Any) -> Any:
+        if _large_immutable(obj):
+            self.shared.append(obj)
+            return len(self.shared) - 1
+        return None
+
+
+class _SharingUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, shared: list[Any], buffers: list[pickle.PickleBuffer]) -> None:
+        super().__init__(file, buffers=buffers)
+        self.shared = shared
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self.shared[pid]
+
+
+def _copy_sharing_large(value: Any) -> Any:
+    """``own_copy`` of a container holding large ``bytes``/``str`` (an image, a document):
+    those are shared, not copied (they cannot change; pickling copied each twice), wherever
+    they sit in it; the rest is copied as ``_pickled_copy`` does. Only for a container found
+    to hold one directly: looking at every object costs a call each."""
+    shared: list[Any] = []
+    buffers: list[pickle.PickleBuffer] = []
+    out = io.BytesIO()
+    try:
+        _SharingPickler(out, shared, buffers).dump(value)
+        out.seek(0)
+        return _SharingUnpickler(out, shared, buffers).load()
+    except Exception:  # noqa: BLE001 - e.g. what only cloudpickle pickles: the usual way
+        return _pickled_copy(value)
+
+
+def _pickled_copy(value: Any) -> Any:
     shared: list[pickle.PickleBuffer] = []
 
     def keep_shared(pb: pickle.PickleBuffer) -> bool:

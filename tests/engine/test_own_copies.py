@@ -133,3 +133,29 @@ def test_a_declared_node_given_such_a_value_runs():
         assert s.node_results("coded", ["b"])["b"].result_data == 3
     finally:
         s.engine.close()
+
+
+def test_large_bytes_and_text_in_a_result_are_shared_not_copied():
+    """A dict holding an image's bytes (or a long document) was pickled whole for every
+    consumer: two copies of the blob each time. Immutable, they are shared now, wherever they
+    sit; the rest is still a copy of its own, with what it shared still shared."""
+    import tracemalloc
+
+    image = b"\x89PNG" + bytes(20 << 20)
+    doc = "word " * (1 << 18)
+    value = {"image": image, "doc": doc, "meta": {"w": 2}, "deep": {"thumb": image}}
+    value["twice"] = [value["meta"], value["meta"]]
+    value["me"] = value
+    tracemalloc.start()
+    try:
+        copied = own_copy(value)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20                                    # not the 40 MB of two copies
+    assert copied["image"] is image and copied["doc"] is doc and copied["deep"]["thumb"] is image
+    assert copied["meta"] == {"w": 2} and copied["meta"] is not value["meta"]
+    assert copied["twice"][0] is copied["twice"][1] is copied["meta"]
+    assert copied["me"] is copied
+    copied["meta"]["w"] = 3
+    assert value["meta"]["w"] == 2
