@@ -368,6 +368,18 @@ def test_update_metadata_merges(store: ResultStoreBase) -> None:
     assert decode(store.get("m"), "json") == {"v": 1}  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("size", [5, 2 << 20])          # both sides of a hybrid store
+def test_update_metadata_of_a_result_stored_without_any(store: ResultStoreBase, size: int) -> None:
+    """``StorageMetadata.metadata`` defaults to None: the filesystem store (and the hybrid's
+    large side) said the result was corrupted (IntegrityError) when it was updated."""
+    data = b"h" * size
+    store.put("plain", data, _meta("plain", data))
+    assert store.patch_metadata("plain", {"owner": "me"}) is True
+    meta = store.head("plain")
+    assert meta is not None and meta.metadata == {"owner": "me"}
+    assert bytes(store.get("plain")) == data  # type: ignore[arg-type]
+
+
 def test_bad_metadata_is_refused_and_changes_nothing(store: ResultStoreBase) -> None:
     _put(store, "m", 1, a=1)
     with pytest.raises(StorageError):

@@ -314,7 +314,9 @@ class FilesystemStorage(ResultStoreBase):
             doc = self._load_meta(key)
             if doc is None:
                 return False
-            text, dag_id = merge_meta(json.dumps(doc.get("metadata")), metadata, key)
+            stored = doc.get("metadata")
+            # Stored without metadata (``None``, the document's default): nothing to merge into.
+            text, dag_id = merge_meta(None if stored is None else json.dumps(stored), metadata, key)
             doc["metadata"], doc["dag_id"] = json.loads(text), dag_id
             tmp = _files.temp_path(self.tmp_path, key)
             try:
