@@ -535,6 +535,26 @@ def test_eta_covers_the_nodes_not_yet_submitted(scheduler, monkeypatch):
     assert eta > 1.5 * lp["eta_seconds"]                      # more than the run's own window
 
 
+def test_a_run_of_quick_tasks_gets_a_rate():
+    """Thousands of tasks a second: the last 256 completions span a few milliseconds, too
+    short to measure, and no rate (so no ETA) was ever given: 150,000 quick DAG nodes over
+    5 s showed None throughout. The run's average since its first start is used then."""
+    from collections import Counter, deque
+    from types import SimpleNamespace
+
+    from twingraph.engine.futures import BodySide
+
+    first = 100.0
+    times = deque((first + 2.0 + i * 0.00002 for i in range(256)), maxlen=256)
+    done = SimpleNamespace(state=None)
+    run = SimpleNamespace(counts=Counter(), tasks={f"t{i}": done for i in range(12_000)},
+                          unfinished=2_000, _done_times=times, _done_count=10_000,
+                          _first_start=first)
+    p = BodySide.progress(run)
+    assert p["rate"] == pytest.approx(10_000 / (times[-1] - first))
+    assert p["eta_seconds"] == pytest.approx(2_000 / p["rate"])
+
+
 def test_eta_rate_counts_only_nodes_that_ran(scheduler):
     """Memo hits finish at once: counted in the rate, they made the ETA a few milliseconds
     while seconds of work remained."""

@@ -41,6 +41,7 @@ class BodySide:
     counts: dict[TaskState, int]
     tasks: dict[str, Task]
     _done_times: deque[float]
+    _done_count: int
     _first_start: float | None
     _name_counts: dict[str, int]
     _order: Iterator[int]
@@ -152,6 +153,11 @@ class BodySide:
             start, done = first, len(times)
         else:
             start, done = (times[0], len(times) - 1) if times else (0.0, 0)
+            if times and times[-1] - start < 0.2 and first is not None:
+                # Fast tasks: the window is a few milliseconds, too short to measure; the
+                # run's own average since its first task started, then (there was never an
+                # ETA for a DAG of quick nodes).
+                start, done = first, self._done_count
         if len(times) >= 3 and times[-1] - start >= 0.2:
             rate = done / (times[-1] - start)
             if self.unfinished:

@@ -173,6 +173,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self._name_counts: dict[str, int] = {}
         self._order = itertools.count()
         self._done_times: deque[float] = deque(maxlen=256)
+        self._done_count = 0           # tasks that ran and finished (``_done_times``'s, all)
         self._first_start: float | None = None   # when the first task started (the ETA's rate)
         self._last_heartbeat = 0.0
         self.started_at = self.clock.monotonic()
@@ -975,6 +976,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             ev.set()
         self.unfinished -= 1
         self._done_times.append(self.clock.monotonic())
+        self._done_count += 1
         self._release_dependents(task)
 
     def _start(self, task: Task) -> None:
@@ -1220,6 +1222,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.unfinished -= 1
         if duration is not None:                # ran: memo hits and skips would inflate the ETA rate
             self._done_times.append(self.clock.monotonic())
+            self._done_count += 1
         if state is SUCCESS:
             self._release_dependents(task)
         elif task.aliases:
