@@ -144,7 +144,6 @@ def test_failed_nodes_are_retried_per_config(scheduler):
 
     scheduler.executor.register_operation("flaky_op", flaky)
     scheduler.config.max_retries = 2
-    from twingraph.core.retry import RetryPolicy
     r = scheduler.run(DAGDefinition("r", [N("x", "flaky_op")]))
     assert r.state.value == "SUCCESS" and len(attempts) == 2
 
@@ -827,3 +826,17 @@ def test_operation_decorator_forms_register_the_function():
     assert ops_now["s19_called"] is s19_called and ops_now["s19_named"] is whatever
     with pytest.raises(ValidationError):
         twingraph.operation(42)
+
+
+def test_progress_says_100_only_once_the_results_can_be_collected(scheduler):
+    """The document's integration polls until 100 % and then collects the results: the last
+    node done, progress said 100 while the run was still recording, and the collection
+    failed ("has not ended") every time."""
+    async def go(i):
+        dag_id = await scheduler.submit_dag(DAGDefinition(
+            f"poll{i}", [N(f"n{k}", "make_numbers", n=k + i * 100) for k in range(50)]))
+        while (await scheduler.get_execution_progress(dag_id)).progress_percentage < 100.0:
+            await asyncio.sleep(0)
+        return dag_id in scheduler.results and scheduler.node_results(dag_id)
+    for i in range(10):
+        assert asyncio.run(go(i)), i

@@ -360,6 +360,9 @@ async def _await(aw: Any) -> Any:
                                      error_type="Abandoned")
 
 
+#: The most a running execution's progress says: 100 % is for one that has ended.
+LIVE_MAX_PERCENT = 99.9
+
 #: Seconds between two looks at the stop flag of an ``async def`` operation.
 STOP_POLL = 0.05
 
@@ -862,9 +865,14 @@ class DynamicScheduler:
         if not ended and rate and total > done:
             eta = datetime.fromtimestamp(time.time() + (total - done) / rate,
                                          timezone.utc).isoformat()
+        percent = 100.0 * done / total if total else 100.0
+        if not ended:
+            # 100 % means the execution has ended and its results can be collected (the
+            # document's integration polls for it, then collects): its last node done, the
+            # run still recording, it is not there yet.
+            percent = min(percent, LIVE_MAX_PERCENT)
         return ExecutionProgress(
             dag_id=dag_id, total_nodes=total, completed_nodes=p["succeeded"],
             failed_nodes=failed, running_nodes=p["running"],
             pending_nodes=total - done - p["running"],
-            progress_percentage=100.0 * done / total if total else 100.0,
-            estimated_completion=eta)
+            progress_percentage=percent, estimated_completion=eta)
