@@ -293,6 +293,14 @@ def test_streaming_chunk_sizes(store: ResultStoreBase, chunk_size: int) -> None:
     assert all(len(c) == chunk_size for c in chunks[:-1]) and 0 < len(chunks[-1]) <= chunk_size
 
 
+@pytest.mark.parametrize("bad", [0, -1, 1.5, None, True, "64"])
+def test_a_bad_chunk_size_is_a_storage_error(store: ResultStoreBase, bad: Any) -> None:
+    """1.5 or None raised a bare TypeError from inside the store."""
+    store.put("s", b"abc", _meta("s", b"abc"))
+    with pytest.raises(StorageError, match="chunk_size"):
+        list(store.iter_chunks("s", bad))
+
+
 def test_empty_value(store: ResultStoreBase) -> None:
     store.put("e", b"", _meta("e", b""))
     got = store.get("e")

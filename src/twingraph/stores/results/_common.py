@@ -308,6 +308,12 @@ def slices(views: Sequence[Buffer], size: int) -> Iterator[Buffer]:
         yield pending[0] if len(pending) == 1 else b"".join(pending)
 
 
+def check_chunk_size(chunk_size: Any) -> None:
+    """``StorageError`` unless ``chunk_size`` (a stream's) is a positive int."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise StorageError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
 def verified_stream(key: str, expected: str, pieces: Iterator[Buffer],
                     chunk_size: int) -> Iterator[bytes]:
     """Re-cut ``pieces`` into ``chunk_size`` chunks, hashing as they pass.
@@ -316,8 +322,7 @@ def verified_stream(key: str, expected: str, pieces: Iterator[Buffer],
     ``IntegrityError`` is raised *instead of* the last chunk. A consumer may have seen the
     earlier chunks of a corrupted value, but never all of it without an error.
     """
-    if chunk_size <= 0:
-        raise StorageError(f"chunk_size must be positive, got {chunk_size}")
+    check_chunk_size(chunk_size)
     h = hashlib.sha256()
     held: bytes | None = None
     buf = bytearray()

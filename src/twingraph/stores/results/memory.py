@@ -13,7 +13,7 @@ from typing import Any
 
 from twingraph.core.results import StorageMetadata
 from twingraph.stores.results._common import (
-    check_hash, hash_views, joined, merge_meta, meta_from_json, prepare_all, validate_key,
+    check_chunk_size, check_hash, hash_views, joined, merge_meta, meta_from_json, prepare_all, validate_key,
     verified_stream, verify,
 )
 from twingraph.stores.results.base import Buffer, Item, ResultStoreBase
@@ -74,11 +74,12 @@ class MemoryStorage(ResultStoreBase):
                                               metadata=meta_from_json(e.meta_json, key))
 
     def iter_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        check_chunk_size(chunk_size)
         e = self._entry(key)
         if e is None:
             return iter(())
         view = memoryview(e.data)
-        pieces = (view[i:i + chunk_size] for i in range(0, len(view), max(chunk_size, 1)))
+        pieces = (view[i:i + chunk_size] for i in range(0, len(view), chunk_size))
         return verified_stream(key, e.meta.content_hash, pieces, chunk_size)
 
     def delete(self, key: str) -> bool:
