@@ -157,6 +157,7 @@ def test_cancel_execution(scheduler):
         p = await scheduler.get_execution_progress(dag_id)
         assert p.running_nodes == 3
         assert await scheduler.cancel_execution(dag_id)
+        assert not await scheduler.cancel_execution(dag_id)     # as the document: once
         t0 = time.monotonic()
         r = await scheduler.wait_for_completion(dag_id, timeout=10)
         return r, time.monotonic() - t0

@@ -55,7 +55,7 @@ def test_async_progress_and_cancel(client: TestClient, svc: Services) -> None:
         "max_concurrent_nodes": 2, "storage_backend": "filesystem",
         "storage_path": "/tmp/ignored"})
     assert r.status_code == 200, r.text
-    assert r.json()["execution_id"] == "slow" and r.json()["status"] == "running"
+    assert r.json()["execution_id"] == "slow" and r.json()["status"] == "submitted"   # as the document
     assert r.json()["result"] is None
     run_id = r.json()["run_id"]
     # The shared scheduler holds it (not one made for the request).

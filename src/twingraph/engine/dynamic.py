@@ -535,6 +535,7 @@ class DynamicScheduler:
         self.keep_finished = keep_finished
         self._finished: OrderedDict[str, None] = OrderedDict()    # oldest first
         self._claim = threading.Lock()     # "already running?" and taking the id: one step
+        self._cancelling: set[str] = set()  # run ids a cancel was asked for (once is enough)
 
     # -- the document's API ---------------------------------------------------------------
     async def submit_dag(self, dag: DAGDefinition, config: ExecutionConfig | None = None) -> str:
@@ -567,9 +568,15 @@ class DynamicScheduler:
         return state
 
     async def cancel_execution(self, dag_id: str) -> bool:
+        """Cancel a running execution; False if it is not running, or is already being
+        cancelled (a second call, as in the document, where the first removes it)."""
         run_id = self._dag_runs.get(dag_id)
         if run_id is None or dag_id not in self.active_executions:
             return False
+        with self._claim:
+            if run_id in self._cancelling:
+                return False
+            self._cancelling.add(run_id)
         return self.engine.cancel(run_id, "execution cancelled")
 
     def run_id(self, dag_id: str) -> str | None:
@@ -642,8 +649,12 @@ class DynamicScheduler:
             if status is NodeStatus.COMPLETED:
                 value = t.value if t.value is not UNLOADED else \
                     self.engine.load_value(t.cache_key)
-            out[t.node_id] = ExecutionResult(t.node_id, status, result_data=own_copy(value),
-                                             error_message=error_text(t.error) or None)
+            # A node that succeeded on a retry keeps its failed attempt's error on the task:
+            # not the result's (as the metadata store's task rows, ``snapshot.task_rows``).
+            out[t.node_id] = ExecutionResult(
+                t.node_id, status, result_data=own_copy(value),
+                error_message=None if status is NodeStatus.COMPLETED else
+                error_text(t.error) or None)
         return out
 
     def run(self, dag: DAGDefinition) -> RunResult:
@@ -838,6 +849,7 @@ class DynamicScheduler:
         self.results[dag.dag_id] = result
         self.execution_states[dag.dag_id] = self._progress(dag.dag_id, result.progress,
                                                            total=len(dag.nodes), ended=True)
+        self._cancelling.discard(result.run_id)
         with self._claim:
             self.active_executions.pop(dag.dag_id, None)
             self._finished[dag.dag_id] = None

@@ -152,7 +152,8 @@ async def execute_dynamic(request: Request, body: ExecutionRequest) -> Any:
     except ValidationError as exc:
         raise ApiError(422, str(exc), details=[{"field": "program", "message": str(exc)}]) from exc
     if body.async_execution:
-        return {"execution_id": dag.dag_id, "status": _status(sched, dag.dag_id),
+        # The document's hand-off answer ("submitted"); progress says "running" from then on.
+        return {"execution_id": dag.dag_id, "status": "submitted",
                 "result": None, "run_id": sched.run_id(dag.dag_id)}
     await _until_done(svc, dag.dag_id)
     result = await asyncio.to_thread(_result, request, dag.dag_id)
@@ -176,10 +177,11 @@ async def cancel_execution(request: Request, execution_id: str) -> Any:
     sched = svc.scheduler
     if execution_id not in sched.execution_states:
         raise ApiError(404, f"execution {execution_id!r} not found")
-    if execution_id not in sched.active_executions or \
-            not await sched.cancel_execution(execution_id):
+    if execution_id not in sched.active_executions:
         raise ApiError(409, f"execution {execution_id!r} already ended "
                             f"({_status(sched, execution_id)})")
+    # False: a cancel is under way already (an earlier request): this one waits for it too.
+    await sched.cancel_execution(execution_id)
     await _until_done(svc, execution_id, timeout=10)
     res = sched.results.get(execution_id)
     if res is not None and res.state is not RunState.CANCELLED:
