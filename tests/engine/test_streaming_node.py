@@ -3,7 +3,9 @@ written chunk by chunk, spilled to a temporary file past the threshold (bounded 
 atomically (a failure stores nothing), readable by later nodes, streaming or not.
 
 ``monkeypatch`` only wraps the real ``StreamingContext.__init__`` / ``finalize`` to see each
-context (whether it spilled, that it was closed); they still run."""
+context (whether it spilled, that it was closed); they still run. One small subclass of the
+real SQLite store deletes a key right after its metadata is read, standing for another
+process that deletes it in that window."""
 import asyncio
 import hashlib
 import sqlite3
@@ -317,3 +319,39 @@ def test_the_scheduler_streams_with_its_configured_threshold(storage, monkeypatc
         assert r.status is NodeStatus.COMPLETED and spilled == [True]   # 2 KiB > 1234 bytes
     finally:
         sched.engine.close()
+
+
+class _DeletedAfterHead(SQLiteStorage):
+    """A real SQLite store where another process deletes ``gone`` just after its metadata is
+    read: the window between a streaming node's look at a dependency and its read of it."""
+
+    def head(self, key):
+        meta = super().head(key)
+        if key == "gone" and meta is not None:
+            self.delete(key)
+        return meta
+
+
+def sync_reader(ctx, params):
+    for chunk in ctx.iter_dependency(params["source"]):
+        yield chunk
+
+
+@pytest.mark.parametrize("op", ["upper", "plain_reader"])
+def test_a_dependency_deleted_while_it_is_read_fails_the_node(tmp_path, op):
+    """The stream of a value deleted in between yields nothing (a miss): the node finished
+    COMPLETED and stored what it computed from zero bytes."""
+    store = _DeletedAfterHead(str(tmp_path / "r.db"))
+    try:
+        ex = _executor(store)
+        ex.register_operation("plain_reader", lambda deps, params: b"")
+        ex.register_operation("plain_reader_streaming", sync_reader)
+        asyncio.run(ex.execute_streaming_node(
+            NodeDefinition("gone", "gen", [], {"n": 2, "size": 1024})))
+        r = asyncio.run(ex.execute_streaming_node(
+            NodeDefinition("reader", op, ["gone"], {"source": "gone"})))
+        assert r.status is NodeStatus.FAILED, r
+        assert "removed or replaced while it was read (0 of" in r.error_message
+        assert store.head("reader") is None                      # nothing stored
+    finally:
+        store.close()

@@ -73,10 +73,24 @@ class StreamingContext:
         (``metadata['encoding']`` of ``get_metadata``). The content hash is checked as the
         chunks go by: a corrupted value raises ``IntegrityError`` instead of its last chunk, so
         the node fails and stores nothing (earlier chunks were already handed over)."""
-        if await self.storage.get_metadata(dep_node_id) is None:
+        meta = await self.storage.get_metadata(dep_node_id)
+        if meta is None:
             raise NodeExecutionError(f"Dependency {dep_node_id} not found", node_id=self.node_id)
+        got = 0
         async for chunk in self.storage.stream_result(dep_node_id, chunk_size):
+            got += len(chunk)
             yield chunk
+        self._check_whole(dep_node_id, meta, got)
+
+    def _check_whole(self, dep_node_id: str, meta: Any, got: int) -> None:
+        """The stream of ``dep_node_id`` ended after ``got`` bytes: all of the value its
+        metadata described, or it was deleted or replaced between the two reads (another
+        process; a miss streams nothing) and the node would have computed from a part of
+        it, or from nothing, and stored that as its result."""
+        if got != meta.size:
+            raise NodeExecutionError(
+                f"Dependency {dep_node_id} was removed or replaced while it was read "
+                f"({got} of {meta.size} bytes)", node_id=self.node_id)
 
     def iter_dependency(self, dep_node_id: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         """``read_dependency_stream`` for a plain generator (which runs in a thread of its own
@@ -87,9 +101,14 @@ class StreamingContext:
             raise NodeExecutionError(f"{type(self.storage).__name__} has no synchronous reader: "
                                      "use read_dependency_stream from an async generator",
                                      node_id=self.node_id)
-        if head(dep_node_id) is None:
+        meta = head(dep_node_id)
+        if meta is None:
             raise NodeExecutionError(f"Dependency {dep_node_id} not found", node_id=self.node_id)
-        yield from chunks(dep_node_id, chunk_size)
+        got = 0
+        for chunk in chunks(dep_node_id, chunk_size):
+            got += len(chunk)
+            yield chunk
+        self._check_whole(dep_node_id, meta, got)
 
     async def write_chunk(self, chunk: bytes | bytearray | memoryview) -> None:
         """Append ``chunk`` to the node's output."""
