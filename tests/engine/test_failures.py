@@ -711,3 +711,69 @@ def test_a_stop_while_an_inline_call_is_taken_over_ends_the_run(engine, stop):
     t.join(8)
     assert "r" in out, "the run hung"
     assert out["r"].state in (RunState.FAILED, RunState.CANCELLED)
+
+
+def test_a_slow_error_handler_does_not_hold_the_run_or_its_timeouts(engine):
+    """The custom handler ran on the run loop's thread: while a handler posting a webhook
+    slept 2 s, no timer fired (a 0.3 s task timeout fired at 2 s, the pipeline's 1 s timeout
+    not at all) and nothing started. It runs beside the loop now; the run's end waits for it."""
+    from twingraph import component
+    from twingraph.errors import PipelineTimeout
+
+    calls = []
+
+    def slow_handler(info):
+        time.sleep(2.0)
+        calls.append(info["node_id"])
+
+    @component(cache=False)
+    def breaks(x):
+        raise ValueError("bad")
+
+    @component(cache=False, executor="thread", timeout=0.3)
+    def overruns(x):
+        time.sleep(3)
+        return x
+
+    @pipeline(name="slow_handler", error_handler="custom", timeout=1,
+              error_config={"handler": slow_handler, "continue_on_error": True})
+    def p():
+        return [breaks(1), overruns(2)]
+
+    r = p.run(engine=engine)
+    assert isinstance(r.error, PipelineTimeout) or "TaskTimeout" in str(r.error), r.error
+    tasks = _tasks(engine, r.run_id)
+    slow = tasks["overruns-0"]
+    assert slow.state.value == "FAILED" and "TaskTimeout" in slow.error
+    attempt = [a for a in engine.metadata.get_attempts(r.run_id) if a.node_id == "overruns-0"]
+    assert attempt and attempt[0].ended_at - attempt[0].started_at < 1.0      # on time
+    assert calls and calls[0] == "breaks-0"              # called, and waited for by the end
+
+
+def test_an_error_handler_that_exits_does_not_crash_the_run(engine):
+    """``sys.exit()`` in the handler went through the loop's crash path: a healthy task was
+    failed with "engine error: SystemExit: 3"."""
+    import sys
+
+    from twingraph import component
+
+    @component(cache=False)
+    def breaks(x):
+        raise ValueError("bad")
+
+    @component(cache=False)
+    def fine(x):
+        time.sleep(0.2)
+        return x
+
+    @pipeline(name="exiting_handler", error_handler="custom",
+              error_config={"handler": lambda info: sys.exit(3), "continue_on_error": True})
+    def p():
+        return [breaks(1), fine(2)]
+
+    r = p.run(engine=engine)
+    tasks = _tasks(engine, r.run_id)
+    assert tasks["fine-0"].state.value == "SUCCESS", tasks["fine-0"].error
+    assert tasks["breaks-0"].state.value == "FAILED"
+    logs = [l.message for l in engine.metadata.get_logs(r.run_id)]
+    assert any("error handler" in m and "SystemExit: 3" in m for m in logs), logs

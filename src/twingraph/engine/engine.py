@@ -89,6 +89,9 @@ SLOW_CALL_SECONDS = 0.01      # one call slower than this sends it back to the t
 #: writer='auto': a run that has taken in this many tasks moves the writes to a child process
 #: (decision 0012); smaller runs never pay for starting one.
 OFFLOAD_AFTER = 20_000
+#: Seconds a run's end waits for its custom error handler calls still going (they run beside
+#: the run loop: ``RunLoop._error_handlers``); one that takes longer is left running.
+HANDLER_WAIT = 30.0
 _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 WRITERS = ("auto", "thread", "process")
 
@@ -384,8 +387,9 @@ class Engine:
             return problem
         try:
             fn(info)
-        except Exception as exc:  # noqa: BLE001 - a failing handler must not break the run
-            return f"error handler {handler!r} failed: {type(exc).__name__}: {exc}"
+        except BaseException as exc:  # noqa: BLE001 - a failing handler must not break the run
+            # (``sys.exit()`` in one crashed the run loop and failed healthy tasks with it)
+            return f"error handler {handler!r} failed: {error_text(exc)}"
         return None
 
     # -- runs -----------------------------------------------------------------------------
@@ -480,6 +484,7 @@ class Engine:
             driver = loop.driver       # the thread that ended it (a long inline call moves it)
             if driver is not None and driver is not threading.current_thread():
                 driver.join()
+            loop.wait_for_error_handlers(HANDLER_WAIT)
             # The writer's final flush allocates too: the run's GC pacing lasts through it.
             result = self._finish(loop, pipeline, value, body_error, notifications)
         finally:

@@ -130,6 +130,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.dirty: list[Task] = []                # tasks changed since the last hand-over
         self.deferred: deque[Task] = deque()       # waiting tasks whose first row can wait
         self.logs: deque[LogRecord] = deque()     # task logs, appended from worker threads
+        self._handler_calls: queue.SimpleQueue[Any] | None = None    # _call_error_handler
+        self._handler_thread: threading.Thread | None = None
         self.inline_pipelines: set[str] = set()   # nested pipelines noted (dsl.pipeline)
         self._last_hand_over = 0.0
         # Writes move to a child process once this engine's runs have taken in so many tasks
@@ -1181,17 +1183,52 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                    "error": error_text(task.error), "traceback": traceback_text(task.error)})
         handler = self.opt.error_handler
         if handler == "custom":
-            problem = self.engine.call_error_handler(self.opt.error_config.get("handler"), {
-                "run_id": self.run_id, "node_id": task.node_id, "error": error_text(task.error)})
-            if problem:
-                self.out.append(LogRecord(self.run_id, self.clock.now(), "warning", problem,
-                                          task.node_id))
+            self._call_error_handler({"run_id": self.run_id, "node_id": task.node_id,
+                                      "error": error_text(task.error)})
             if self.opt.error_config.get("continue_on_error"):
                 handler = "continue"
         if handler == "continue":
             self._skip_downstream(task)
         else:
             self._stop("failed", f"task {task.node_id} failed: {error_text(task.error)}")
+
+    def _call_error_handler(self, info: dict[str, Any]) -> None:
+        """Hand one failure to the custom error handler, called on a thread of the run's own,
+        in order: on this thread a slow handler (a webhook) held every timer, outcome and
+        start of the run (a pipeline timeout of 1 s took 8 s). Its return value decides
+        nothing (``continue_on_error`` does), so the run goes on meanwhile; the run's end
+        waits for the calls still going (``wait_for_error_handlers``)."""
+        calls = self._handler_calls
+        if calls is None:
+            calls = self._handler_calls = queue.SimpleQueue()
+            self._handler_thread = threading.Thread(
+                target=self._error_handlers, args=(calls,), daemon=True,
+                name=f"twingraph-onerror-{self.run_id[:8]}")
+            self._handler_thread.start()
+        calls.put((self.opt.error_config.get("handler"), info))
+
+    def _error_handlers(self, calls: queue.SimpleQueue[Any]) -> None:
+        while (item := calls.get()) is not None:
+            handler, info = item
+            problem = self.engine.call_error_handler(handler, info)
+            if problem:       # ``logs``: the channel other threads write the run's log through
+                self.logs.append(LogRecord(self.run_id, self.clock.now(), "warning", problem,
+                                           info["node_id"]))
+
+    def wait_for_error_handlers(self, timeout: float) -> None:
+        """The run's loop has ended: let the error handler calls still going finish (at most
+        ``timeout`` seconds), and hand what they logged over with the run's last records."""
+        thread = self._handler_thread
+        if thread is None or self._handler_calls is None:
+            return
+        self._handler_calls.put(None)
+        thread.join(timeout)
+        if thread.is_alive():
+            self.logs.append(LogRecord(self.run_id, self.clock.now(), "warning",
+                                       f"the error handler was still running {timeout:.0f} s "
+                                       f"after the run ended; the run did not wait for it"))
+        if self.logs:
+            self._hand_over(final=True)
 
     def _body_failed(self, exc: BaseException) -> None:
         """The pipeline body raised. Under 'fail' (and 'retry', whose retries are a task's)
