@@ -777,3 +777,37 @@ def test_an_error_handler_that_exits_does_not_crash_the_run(engine):
     assert tasks["breaks-0"].state.value == "FAILED"
     logs = [l.message for l in engine.metadata.get_logs(r.run_id)]
     assert any("error handler" in m and "SystemExit: 3" in m for m in logs), logs
+
+
+def test_a_failure_is_blamed_on_the_task_that_ran_not_its_twin(engine):
+    """The same call made twice: the second follows the first. When the first failed, the
+    twin (which never ran) was failed first: the handler, the stop and the run's error named
+    it before the task that raised."""
+    from twingraph import component
+
+    calls = []
+
+    @component
+    def risky(x):
+        time.sleep(0.05)
+        raise ValueError(f"risky {x}")
+
+    @pipeline(name="twin_blame", error_handler="custom",
+              error_config={"handler": lambda info: calls.append(info["node_id"])})
+    def p():
+        return [risky(1), risky(1)]
+
+    r = p.run(engine=engine)
+    assert calls[0] == "risky-0", calls
+    assert str(r.error).startswith("pipeline 'twin_blame' failed: risky-0: ValueError"), r.error
+    logs = [l.message for l in engine.metadata.get_logs(r.run_id) if l.level == "warning"]
+    assert any(m.startswith("stopping: task risky-0 failed") for m in logs), logs
+
+    @pipeline(name="twin_blame_continue", error_handler="continue")
+    def q():
+        return [risky(2), risky(2)]
+
+    r = q.run(engine=engine)
+    twin = _tasks(engine, r.run_id)["risky-1"]
+    assert twin.state.value == "FAILED" and twin.attempts == 0
+    assert twin.cache_reason == "same computation as risky-0 in this run, which failed"

@@ -1191,6 +1191,11 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self._skip_downstream(task)
         else:
             self._stop("failed", f"task {task.node_id} failed: {error_text(task.error)}")
+        if task.aliases:
+            # Its in-run twins (the same call made again) fail after it, as following it:
+            # released first, a twin that never ran was the one the stop, the handler and
+            # the run's error named.
+            self._release_twins(task)
 
     def _call_error_handler(self, info: dict[str, Any]) -> None:
         """Hand one failure to the custom error handler, called on a thread of the run's own,
@@ -1262,8 +1267,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self._done_count += 1
         if state is SUCCESS:
             self._release_dependents(task)
-        elif task.aliases:
-            self._release_twins(task)
+        elif task.aliases and state is not FAILED:
+            self._release_twins(task)     # a failure's twins follow in ``_after_failure``
 
     def _release_dependents(self, task: Task) -> None:
         """A task has succeeded: count it off its dependents (those it was the last input of

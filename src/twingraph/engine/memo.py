@@ -190,6 +190,8 @@ class MemoSide:
             self._hit(task, twin.content_hash, "hit",
                       f"same computation as {twin.node_id} in this run", stored=twin.stored)
         elif twin.state is FAILED:
+            task.cache_status = "miss"
+            task.cache_reason = f"same computation as {twin.node_id} in this run, which failed"
             self._finish(task, FAILED, error=twin.error)
             self._after_failure(task)
         elif twin.state is SKIPPED:
