@@ -811,3 +811,27 @@ def test_a_failure_is_blamed_on_the_task_that_ran_not_its_twin(engine):
     twin = _tasks(engine, r.run_id)["risky-1"]
     assert twin.state.value == "FAILED" and twin.attempts == 0
     assert twin.cache_reason == "same computation as risky-0 in this run, which failed"
+
+
+def test_reading_a_missing_output_names_the_producer_and_path_and_counts_no_attempt(engine):
+    """``prod(1)["outputs"]["nope"]``: the consumer failed with a bare "KeyError: 'nope'" that
+    read as its own error, and its row said attempts=1 with no attempt row (it never ran)."""
+    from twingraph import component
+
+    @component(cache=False)
+    def prod(x):
+        return {"a": x}
+
+    @component(cache=False, retry_policy={"max_attempts": 3, "initial_delay": 0.01})
+    def cons(v):
+        return v
+
+    @pipeline(name="missing_output", error_handler="continue")
+    def p():
+        return cons(prod(1)["outputs"]["nope"])
+
+    r = p.run(engine=engine)
+    cons_row = _tasks(engine, r.run_id)["cons-0"]
+    assert cons_row.state.value == "FAILED" and cons_row.attempts == 0
+    assert "input prod-0['outputs']['nope'] is not there: KeyError: 'nope'" in cons_row.error
+    assert not [a for a in engine.metadata.get_attempts(r.run_id) if a.node_id == "cons-0"]

@@ -1008,7 +1008,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         except BaseException as exc:  # noqa: BLE001 - e.g. a missing key in an upstream output
             if task.spec.resources:
                 self._give_back(task)
-            task.attempt += 1
+            # It never ran: no attempt (its row said attempts=1 with no attempt row).
             self._finish(task, FAILED, error=exc)
             self._after_failure(task)
             return
@@ -1100,13 +1100,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         if not ref._path:
             return t.result_view(own_copy(value))
         if ref._path[0] == "outputs" and not t.spec.raw_result:
-            for p in ref._path[1:]:
-                value = value[p]
-            return own_copy(value)
-        full = t.result_view(value)
-        for p in ref._path:
-            full = full[p]
-        return own_copy(full)
+            return own_copy(_walk(t, value, ref._path, 1))
+        return own_copy(_walk(t, t.result_view(value), ref._path, 0))
 
     def _release_inputs(self, task: Task) -> None:
         """This task needs its inputs' in-memory values no more (started, or finished without
@@ -1396,3 +1391,18 @@ def get_nowait(q: queue.SimpleQueue[Any]) -> Any:
         return q.get_nowait()
     except queue.Empty:
         return None
+
+
+def _walk(producer: Task, value: Any, path: tuple[Any, ...], start: int) -> Any:
+    """``value[path[start]][path[start + 1]]...``: an input a consumer reads from its
+    producer's result. A step that is not there names the producer and the path (a bare
+    ``KeyError: 'nope'`` read as the consumer's own error)."""
+    for i in range(start, len(path)):
+        try:
+            value = value[path[i]]
+        except (LookupError, TypeError) as exc:
+            where = "".join(f"[{p!r}]" for p in path[:i + 1])
+            raise NodeExecutionError(
+                f"input {producer.node_id}{where} is not there: {type(exc).__name__}: {exc}",
+                error_type=type(exc).__name__) from exc
+    return value
