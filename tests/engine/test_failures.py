@@ -620,6 +620,21 @@ def test_error_config_is_checked_when_the_pipeline_is_defined(config, match):
             return None
 
 
+@pytest.mark.parametrize("handler, config, match", [
+    ("continue", {"handler": print}, r"'handler' does nothing under error_handler='continue'"),
+    ("fail", {"continue_on_error": True}, r"'continue_on_error' is for error_handler='custom'"),
+    ("custom", {"handler": print, "retry_policy": {"max_attempts": 2}},
+     r"'retry_policy' is for error_handler='retry'"),
+    ("retry", {"handler": print}, r"'handler' does nothing under error_handler='retry'"),
+])
+def test_error_config_keys_the_chosen_handler_never_reads_are_refused(handler, config, match):
+    """They were accepted and did nothing: a handler never called, no retry."""
+    with pytest.raises(ValidationError, match=match):
+        @pipeline(name="idle_error_config", error_handler=handler, error_config=config)
+        def p():
+            return None
+
+
 def test_a_notifier_that_exits_does_not_change_the_outcome(engine):
     told = []
 

@@ -208,6 +208,15 @@ class PipelineSpec:
                                   f"{sorted(_ERROR_CONFIG_KEYS)}")
         if error_handler == "custom" and "handler" not in econf:
             raise ValidationError("error_handler='custom' needs error_config={'handler': ...}")
+        idle = sorted(k for k in econf if error_handler not in _ERROR_CONFIG_FOR[k])
+        if idle:         # a key the chosen handler never reads was accepted and did nothing
+            raise ValidationError(
+                f"error_config: {', '.join(repr(k) for k in idle)} "
+                f"{'does' if len(idle) == 1 else 'do'} nothing under "
+                f"error_handler={error_handler!r} ("
+                + "; ".join(f"{k!r} is for error_handler="
+                            f"{' or '.join(repr(h) for h in sorted(_ERROR_CONFIG_FOR[k]))}"
+                            for k in idle) + ")")
         if "handler" in econf and not (callable(econf["handler"])
                                        or isinstance(econf["handler"], str)):
             raise ValidationError(f"error_config.handler must be a callable or the name of a "
@@ -279,6 +288,9 @@ def _check_target(where: str, target: Any) -> None:
 #: What ``error_config`` may hold: the custom handler, whether the run goes on after it, and
 #: the retry policy ``error_handler='retry'`` gives tasks that have none.
 _ERROR_CONFIG_KEYS = frozenset({"handler", "continue_on_error", "retry_policy"})
+#: ... and which ``error_handler`` reads each.
+_ERROR_CONFIG_FOR = {"handler": frozenset({"custom"}), "continue_on_error": frozenset({"custom"}),
+                     "retry_policy": frozenset({"retry"})}
 
 
 def _check_notifications(notes: Any) -> None:
