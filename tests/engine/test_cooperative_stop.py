@@ -73,6 +73,7 @@ def test_an_inline_call_the_loop_left_is_told_when_its_run_is_cancelled(engine):
     def lookup(i):
         if i < 0:
             start = time.monotonic()
+            noticed["inline-began"] = time.time()
             while not stop_requested() and time.monotonic() - start < 10:
                 time.sleep(0.01)
             noticed["inline"] = time.monotonic()
@@ -97,6 +98,10 @@ def test_an_inline_call_the_loop_left_is_told_when_its_run_is_cancelled(engine):
     assert r.state is RunState.CANCELLED
     at = _wait_for("inline")
     assert at is not None and at - ended < 1.0
+    # its row starts when the call began, not when the loop moved on without it (0.1 s on)
+    (row,) = [t for t in engine.metadata.get_tasks(r.run_id) if t.node_id == "lookup-0"]
+    assert row.started_at <= noticed["inline-began"] + 0.05, \
+        (row.started_at, noticed["inline-began"])
 
 
 def test_an_async_operation_is_cancelled_when_its_execution_is():

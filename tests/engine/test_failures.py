@@ -850,3 +850,34 @@ def test_reading_a_missing_output_names_the_producer_and_path_and_counts_no_atte
     assert cons_row.state.value == "FAILED" and cons_row.attempts == 0
     assert "input prod-0['outputs']['nope'] is not there: KeyError: 'nope'" in cons_row.error
     assert not [a for a in engine.metadata.get_attempts(r.run_id) if a.node_id == "cons-0"]
+
+
+def test_a_skipped_tasks_result_says_which_upstream_failed_and_why(engine):
+    """Under 'continue', ``.result()`` of a task skipped for a failed producer said only "an
+    upstream task failed", without the task or its error."""
+    from twingraph import component
+    from twingraph.errors import NodeExecutionError
+
+    @component(cache=False)
+    def risky(x):
+        raise ValueError(f"boom {x}")
+
+    @component(cache=False)
+    def consume(v):
+        return v
+
+    seen = {}
+
+    @pipeline(name="skipped_says_why", error_handler="continue")
+    def p():
+        c = consume(risky(2))
+        try:
+            c.result()
+        except NodeExecutionError as exc:
+            seen["error"] = exc
+        return 1
+
+    p.run(engine=engine)
+    err = seen["error"]
+    assert "consume-0 was skipped: upstream risky-0 failed: ValueError: boom 2" in str(err), err
+    assert isinstance(err.__cause__, ValueError)

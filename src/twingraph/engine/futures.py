@@ -125,8 +125,11 @@ class BodySide:
             out.__cause__ = err
             return out
         if task.state is SKIPPED:
-            return NodeExecutionError(f"task {task.node_id} was skipped: an upstream task failed",
-                                      node_id=task.node_id, error_type="Skipped")
+            why = task.error or "an upstream task failed"
+            out = NodeExecutionError(f"task {task.node_id} was skipped: {why}",
+                                     node_id=task.node_id, error_type="Skipped")
+            out.__cause__ = getattr(task.error, "__cause__", None)     # the upstream's error
+            return out
         if self.stopping == "timeout":
             return PipelineTimeout(self.stop_message, run_id=self.run_id)
         return PipelineCancelled(f"task {task.node_id} was cancelled: {self.stop_message}",

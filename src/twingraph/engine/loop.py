@@ -328,6 +328,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         task.started = self.clock.monotonic() - ran
         if task.state is not RUNNING:
             self._set_state(task, RUNNING)
+            task.started_at = self.clock.now() - ran      # when the call began, not now
         if task.spec.timeout < DEFAULT_TIMEOUT:
             self._tight.add(task)
         self._timer(max(task.spec.timeout - ran, 0.0), "task_timeout", task, task.fence)
@@ -1241,13 +1242,17 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self._stop("failed", f"the pipeline body raised {error_text(exc)}")
 
     def _skip_downstream(self, task: Task) -> None:
+        """Skip what depends on failed ``task``; each skip names it and its error (and has it
+        as ``__cause__``: the body's ``.result()`` of a skipped task says what failed)."""
         stack = list(task.dependents)
+        why = f"upstream {task.node_id} failed: {error_text(task.error)}"
         while stack:
             t = stack.pop()
             if t.state in TERMINAL:
                 continue
-            self._finish(t, SKIPPED, error=NodeExecutionError(
-                f"upstream {task.node_id} failed", node_id=t.node_id))
+            skipped = NodeExecutionError(why, node_id=t.node_id)
+            skipped.__cause__ = task.error
+            self._finish(t, SKIPPED, error=skipped)
             stack.extend(t.dependents)
 
     def _finish(self, task: Task, state: TaskState, *, error: BaseException | None = None,
