@@ -881,3 +881,59 @@ def test_a_skipped_tasks_result_says_which_upstream_failed_and_why(engine):
     err = seen["error"]
     assert "consume-0 was skipped: upstream risky-0 failed: ValueError: boom 2" in str(err), err
     assert isinstance(err.__cause__, ValueError)
+
+
+def _run_with_slow_handler(engine, seconds, name):
+    """A run whose one task fails and whose custom handler takes ``seconds``: its loop ends
+    at once, then the run waits for the handler."""
+    from twingraph import component
+
+    @component(cache=False)
+    def breaks(x):
+        raise ValueError("bad")
+
+    @pipeline(name=name, error_handler="custom",
+              error_config={"handler": lambda info: time.sleep(seconds), "continue_on_error": True})
+    def p():
+        return breaks(1)
+    return p
+
+
+def test_ctrl_c_while_a_run_waits_for_its_error_handler_still_records_its_end(engine):
+    """The interrupt skipped the recording of the run's end: the run stayed RUNNING and in
+    ``engine.runs`` for good."""
+    import _thread
+    import threading
+
+    p = _run_with_slow_handler(engine, 4.0, "ctrl_c_handler_wait")
+    threading.Timer(1.0, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        p.run(engine=engine)
+    (run,) = engine.metadata.list_runs(pipeline="ctrl_c_handler_wait")
+    assert run.state.value in ("FAILED", "CANCELLED") and not engine.runs
+
+
+def test_closing_the_engine_cuts_the_wait_for_error_handlers(tmp_path):
+    """``Engine.close`` gave runs 5 s to record their end, but a run waited up to 30 s for
+    its handler: the recorder was closed first and the run stayed RUNNING in the store."""
+    import threading
+
+    from twingraph.engine.engine import Engine
+    from twingraph.stores.metadata import SQLMetadataStore
+    from twingraph.stores.results.sqlite import SQLiteStorage
+
+    eng = Engine(results=SQLiteStorage(str(tmp_path / "r.db")),
+                 metadata=SQLMetadataStore(f"sqlite:///{tmp_path / 'm.db'}", create=True),
+                 flush_interval=0.01)
+    p = _run_with_slow_handler(eng, 8.0, "close_handler_wait")
+    t = threading.Thread(target=p.run, kwargs={"engine": eng})
+    t.start()
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    eng.close()
+    t.join(10)
+    assert time.monotonic() - t0 < 5
+    store = SQLMetadataStore(f"sqlite:///{tmp_path / 'm.db'}")
+    (run,) = store.list_runs(pipeline="close_handler_wait")
+    assert run.state.value != "RUNNING", run
+    store.close()

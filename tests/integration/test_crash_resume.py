@@ -369,3 +369,47 @@ def test_ending_a_run_whose_driver_is_alive_is_refused(tmp_path):
         release.set()
         a.close()
         b.close()
+
+
+@pytest.mark.slow
+def test_a_run_waiting_for_its_error_handler_still_beats(tmp_path):
+    """After its loop ended the run waited for a slow error handler without a heartbeat: past
+    the live window another process took it for dead and ended it CANCELLED while its own
+    driver was still finishing it."""
+    import threading
+
+    from twingraph import component, pipeline
+    from twingraph.engine.engine import LIVE_WINDOW, Engine
+    from twingraph.errors import ConflictError
+    from twingraph.stores.results.sqlite import SQLiteStorage
+
+    @component(cache=False)
+    def breaks(x):
+        raise ValueError("bad")
+
+    @pipeline(name="slow_handler_beats", error_handler="custom",
+              error_config={"handler": lambda info: time.sleep(LIVE_WINDOW + 2),
+                            "continue_on_error": True})
+    def p():
+        return breaks(1)
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    a = Engine(results=SQLiteStorage(str(tmp_path / "r.db")),
+               metadata=SQLMetadataStore(url, create=True), flush_interval=0.01)
+    b = Engine(results=SQLiteStorage(str(tmp_path / "r.db")), metadata=SQLMetadataStore(url),
+               flush_interval=0.01)
+    try:
+        t = threading.Thread(target=p.run, kwargs={"engine": a})
+        t.start()
+        deadline = time.monotonic() + 10
+        while not b.metadata.list_runs(pipeline="slow_handler_beats"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (run,) = b.metadata.list_runs(pipeline="slow_handler_beats")
+        with pytest.raises(ConflictError, match="still being driven"):
+            b.end_driverless(run.run_id)
+        t.join(30)
+        assert b.metadata.get_run(run.run_id).state is RunState.FAILED
+    finally:
+        a.close()
+        b.close()

@@ -484,7 +484,10 @@ class Engine:
             driver = loop.driver       # the thread that ended it (a long inline call moves it)
             if driver is not None and driver is not threading.current_thread():
                 driver.join()
-            loop.wait_for_error_handlers(HANDLER_WAIT)
+            try:
+                loop.wait_for_error_handlers(HANDLER_WAIT)
+            except KeyboardInterrupt:  # Ctrl-C: stop waiting for them; the end is recorded
+                interrupted = True
             # The writer's final flush allocates too: the run's GC pacing lasts through it.
             result = self._finish(loop, pipeline, value, body_error, notifications)
         finally:
@@ -675,6 +678,7 @@ class Engine:
         active = list(self.runs.items())
         for _, loop in active:
             loop.cancel("the engine was closed")
+            loop.handlers_cut.set()      # its end does not wait for error handlers either
         deadline = time.monotonic() + CLOSE_WAIT
         # until each has recorded its end (``_finish`` takes it off ``runs`` after its flush)
         while any(self.runs.get(run_id) is loop for run_id, loop in active) \

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twingraph.core import stop
-from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord, TaskUpdate
+from twingraph.core.records import AttemptRecord, LogRecord, RunHeartbeat, TaskRecord, TaskUpdate
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.results import StorageMetadata
 from twingraph.core.wire import pack_result_rows, pack_results, pack_task_values
@@ -132,6 +132,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.logs: deque[LogRecord] = deque()     # task logs, appended from worker threads
         self._handler_calls: queue.SimpleQueue[Any] | None = None    # _call_error_handler
         self._handler_thread: threading.Thread | None = None
+        self.handlers_cut = threading.Event()       # set: the end waits for no handler
         self.inline_pipelines: set[str] = set()   # nested pipelines noted (dsl.pipeline)
         self._last_hand_over = 0.0
         # Writes move to a child process once this engine's runs have taken in so many tasks
@@ -1218,12 +1219,24 @@ class RunLoop(BodySide, MemoSide, TimerSide):
 
     def wait_for_error_handlers(self, timeout: float) -> None:
         """The run's loop has ended: let the error handler calls still going finish (at most
-        ``timeout`` seconds), and hand what they logged over with the run's last records."""
+        ``timeout`` seconds, less if ``handlers_cut`` is set: the engine is closing), and hand
+        what they logged over with the run's last records. The run stays alive to others
+        meanwhile: its heartbeat goes on (silent for longer than ``LIVE_WINDOW``, another
+        process took its driver for dead and ended it). Ctrl-C stops the wait (raised)."""
         thread = self._handler_thread
         if thread is None or self._handler_calls is None:
             return
         self._handler_calls.put(None)
-        thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        beat = time.monotonic()
+        while thread.is_alive() and not self.handlers_cut.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            thread.join(min(left, 0.1))
+            if time.monotonic() - beat >= HEARTBEAT_INTERVAL:
+                beat = time.monotonic()
+                self.recorder.add(RunHeartbeat(self.run_id, self.clock.now(), self.epoch))
         if thread.is_alive():
             self.logs.append(LogRecord(self.run_id, self.clock.now(), "warning",
                                        f"the error handler was still running {timeout:.0f} s "
