@@ -542,6 +542,24 @@ def test_attempt_rows_of_a_taken_over_driver_are_fenced_off(store: Any) -> None:
     assert store.get_attempts("r1", "a") == [ended, done]
 
 
+def test_new_task_rows_of_a_taken_over_driver_are_fenced_off(store: Any) -> None:
+    """A stalled driver's first row of a task, written after the run was taken over (ended
+    or resumed by another driver), went in: the upsert fenced a row only against a stored
+    one of the same task. A SUCCESS task appeared inside a run ended CANCELLED."""
+    from twingraph.core.states import fence
+    store.write([run(), task("a")])
+    assert store.claim_driver("r1") == 1
+    late = TaskRecord("r1", "b", "comp", TaskState.SUCCESS, fence=fence(0, 1), attempts=1)
+    mine = TaskRecord("r1", "c", "comp", TaskState.SUCCESS, fence=fence(1, 1), attempts=1)
+    stale = store.write([late, mine])
+    assert {t.node_id for t in store.get_tasks("r1")} == {"a", "c"}
+    assert ("r1", "b") in stale
+    # A run never taken over (epoch 0) takes rows of epoch 0 as always.
+    store.write([RunRecord("r2", "p", RunState.RUNNING),
+                 TaskRecord("r2", "x", "comp", TaskState.SUCCESS, fence=fence(0, 1))])
+    assert [t.node_id for t in store.get_tasks("r2")] == ["x"]
+
+
 def test_a_long_custom_level_is_kept_alike_by_every_store(store: Any) -> None:
     # the column holds 16 characters: PostgreSQL cut it there, SQLite and memory kept it all
     store.write([run(), LogRecord("r1", 1.0, "AUDIT_TRAIL_NOTICE", "m")])

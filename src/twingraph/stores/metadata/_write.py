@@ -46,7 +46,7 @@ from twingraph.core.records import (
     TaskRecord,
     TaskUpdate,
 )
-from twingraph.core.states import TaskState
+from twingraph.core.states import TaskState, fence_epoch
 from twingraph.core.wire import TaskRows
 from twingraph.errors import NotFoundError, ValidationError
 from twingraph.stores.metadata import _semantics as sem
@@ -184,6 +184,7 @@ class BatchWriter:
             row[_TASK_STATE_AT] = sem.task_state(r.state).value
             row[_TASK_INPUTS_AT] = encode_inputs(r.inputs)
             rows.append(tuple(row))
+        rows = self._of_current_drivers(rows, _stale)
         self._bulk("task_records", tasks, _TASK_COLUMNS, rows, self._task_upsert)
 
     def _task_rows(self, runs: list[TaskRows], _stale: list[TaskKey]) -> None:
@@ -222,7 +223,44 @@ class BatchWriter:
                 raise
             row[inputs_at] = encode_inputs(r[inputs_at])
             rows.append(tuple(row))
+        rows = self._of_current_drivers(rows, _stale)
         self._bulk("task_records", tasks, _TASK_COLUMNS, rows, self._task_upsert)
+
+    def _of_current_drivers(self, rows: list[tuple[Any, ...]],
+                            stale: list[TaskKey]) -> list[tuple[Any, ...]]:
+        """Task rows less those of a driver the run was taken over from (their fence's epoch
+        below the run's ``driver_epoch``): the upsert fences a row off only against a stored
+        one, so a stalled driver's first row of a task, written after another process had
+        ended or resumed the run, went in (a SUCCESS task inside a CANCELLED run). A run never
+        taken over (epoch 0, the usual case) costs one query per run and batch."""
+        epochs = {run_id: self._driver_epoch(run_id) for run_id in {r[0] for r in rows}}
+        if not any(epochs.values()):
+            return rows
+        fence_at = _TASK_FENCE_AT
+        older = [r for r in rows if fence_epoch(r[fence_at]) < epochs[r[0]]]
+        if not older:
+            return rows
+        # Of those, a row for a task already stored is the upsert's to judge (a resumed task
+        # keeps the fence of the attempt that computed it: equal to the stored one, it
+        # applies); only a first row is dropped here.
+        stored = self._stored_tasks([(r[0], r[1]) for r in older])
+        drop = {(r[0], r[1]) for r in older} - stored
+        stale.extend(sorted(drop))
+        return [r for r in rows if (r[0], r[1]) not in drop]
+
+    def _stored_tasks(self, keys: list[TaskKey]) -> set[TaskKey]:
+        by_run: dict[str, list[str]] = {}
+        for run_id, node_id in keys:
+            by_run.setdefault(run_id, []).append(node_id)
+        query = select(tasks.c.node_id).where(
+            tasks.c.run_id == bindparam("run"),
+            tasks.c.node_id.in_(bindparam("nodes", expanding=True)))
+        found: set[TaskKey] = set()
+        for run_id, nodes in by_run.items():       # (also under PostgreSQL's 65,535 limit)
+            for chunk in chunks(sorted(nodes), SQLITE_IN_CHUNK):
+                found.update((run_id, n) for (n,) in self.conn.execute(
+                    query, {"run": run_id, "nodes": list(chunk)}).all())
+        return found
 
     def _task_upsert(self, source: Any) -> ClauseElement:
         stmt = self._insert_from(tasks, source)

@@ -29,7 +29,7 @@ from twingraph.core.records import (
     TaskRecord,
     TaskUpdate,
 )
-from twingraph.core.states import TaskState
+from twingraph.core.states import TaskState, fence_epoch
 from twingraph.errors import ConflictError, NotFoundError, ValidationError
 from twingraph.stores.metadata import _semantics as sem
 from twingraph.stores.metadata.catalog import (
@@ -124,6 +124,9 @@ class MemoryMetadataStore:
             tasks = self._tasks[rec.run_id]
             task = replace(rec, state=sem.task_state(rec.state), inputs=sem.json_copy(rec.inputs))
             old_task = tasks.get(rec.node_id)
+            if old_task is None and fence_epoch(task.fence) < self._epochs.get(rec.run_id, 0):
+                stale.append((rec.run_id, rec.node_id))
+                return             # a first row of a driver the run was taken over from
             if old_task is not None:
                 if task.fence < old_task.fence:
                     return         # a taken-over driver's late first row: fenced off
