@@ -937,3 +937,39 @@ def test_closing_the_engine_cuts_the_wait_for_error_handlers(tmp_path):
     (run,) = store.list_runs(pipeline="close_handler_wait")
     assert run.state.value != "RUNNING", run
     store.close()
+
+
+def test_a_task_submitted_after_its_upstream_failed_is_skipped_with_the_same_words(engine):
+    """A consumer submitted once its producer had already failed was skipped with "upstream
+    X did not succeed", no error and no cause, unlike one submitted before."""
+    from twingraph import component
+    from twingraph.errors import NodeExecutionError
+
+    @component(cache=False)
+    def boom(x):
+        raise ValueError("disk full")
+
+    @component(cache=False)
+    def use(v):
+        return v
+
+    seen = []
+
+    @pipeline(name="late_skip", error_handler="continue")
+    def p():
+        b = boom(1)
+        try:
+            b.result()
+        except NodeExecutionError:
+            pass
+        late = use(b)                      # submitted after boom-0 failed
+        try:
+            late.result()
+        except NodeExecutionError as exc:
+            seen.append(exc)
+        return 1
+
+    p.run(engine=engine)
+    (err,) = seen
+    assert "use-0 was skipped: upstream boom-0 failed: ValueError: disk full" in str(err), err
+    assert isinstance(err.__cause__, ValueError)

@@ -616,8 +616,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             self._finish(task, CANCELLED, error=TaskCancelled(self.stop_message,
                                                                   node_id=task.node_id))
         elif upstream_bad is not None:
-            self._finish(task, SKIPPED,
-                         error=NodeExecutionError(f"upstream {upstream_bad.node_id} did not succeed"))
+            self._finish(task, SKIPPED, error=_skipped_for(upstream_bad, task))
         elif task.waiting == 0:
             self.became_ready.append(task)
 
@@ -1258,14 +1257,11 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         """Skip what depends on failed ``task``; each skip names it and its error (and has it
         as ``__cause__``: the body's ``.result()`` of a skipped task says what failed)."""
         stack = list(task.dependents)
-        why = f"upstream {task.node_id} failed: {error_text(task.error)}"
         while stack:
             t = stack.pop()
             if t.state in TERMINAL:
                 continue
-            skipped = NodeExecutionError(why, node_id=t.node_id)
-            skipped.__cause__ = task.error
-            self._finish(t, SKIPPED, error=skipped)
+            self._finish(t, SKIPPED, error=_skipped_for(task, t))
             stack.extend(t.dependents)
 
     def _finish(self, task: Task, state: TaskState, *, error: BaseException | None = None,
@@ -1424,3 +1420,13 @@ def _walk(producer: Task, value: Any, path: tuple[Any, ...], start: int) -> Any:
                 f"input {producer.node_id}{where} is not there: {type(exc).__name__}: {exc}",
                 error_type=type(exc).__name__) from exc
     return value
+
+
+def _skipped_for(upstream: Task, task: Task) -> NodeExecutionError:
+    """The error of ``task``, skipped because ``upstream`` did not succeed: names it and what
+    happened to it, with its error as the cause (the body's ``.result()`` shows it)."""
+    what = "failed" if upstream.state is FAILED else f"was {upstream.state.value.lower()}"
+    why = f": {error_text(upstream.error)}" if upstream.error is not None else ""
+    err = NodeExecutionError(f"upstream {upstream.node_id} {what}{why}", node_id=task.node_id)
+    err.__cause__ = upstream.error
+    return err
