@@ -4,7 +4,9 @@ Real engines, stores and operations. ``monkeypatch`` only shrinks ``SUBMIT_WINDO
 nodes a DAG hands to its run at a time) so that a small DAG is submitted in several windows,
 as a large one is, and ``SPEC_CACHE`` (how many specs an engine keeps) so that a few runs fill
 it. One test wraps a run's ``progress`` to end the execution while a progress
-read is under way: a thread interleaving that cannot be had on cue otherwise."""
+read is under way: a thread interleaving that cannot be had on cue otherwise. Two replace the
+engine's ``run``: one holds it back half a second (a cancel arriving before the run starts),
+one raises (a run that cannot start: a store down)."""
 import asyncio
 import threading
 import time
@@ -841,3 +843,41 @@ def test_progress_says_100_only_once_the_results_can_be_collected(scheduler):
         return dag_id in scheduler.results and scheduler.node_results(dag_id)
     for i in range(10):
         assert asyncio.run(go(i)), i
+
+
+def test_a_cancel_before_the_run_starts_is_applied_when_it_starts(scheduler, monkeypatch):
+    """Between taking the id and its run starting, cancel_execution answered False and did
+    nothing (a REST DELETE then said "cancelled" while it ran on). The engine's ``run`` is
+    wrapped to hold that window open for a moment."""
+    real_run = scheduler.engine.run
+
+    def held_run(*a, **kw):
+        time.sleep(0.5)
+        return real_run(*a, **kw)
+    monkeypatch.setattr(scheduler.engine, "run", held_run)
+    dag = DAGDefinition("early_cancel", [N(f"s{i}", "sleepy", seconds=3) for i in range(2)])
+
+    async def go():
+        t = asyncio.create_task(asyncio.to_thread(scheduler.run, dag))
+        while "early_cancel" not in scheduler.active_executions:
+            await asyncio.sleep(0.01)
+        assert scheduler.run_id("early_cancel") is None           # its run has not started
+        assert await scheduler.cancel_execution("early_cancel")
+        assert not await scheduler.cancel_execution("early_cancel")    # once
+        return await t
+    t0 = time.monotonic()
+    r = asyncio.run(go())
+    assert r.state.value == "CANCELLED" and time.monotonic() - t0 < 2.5
+    assert not scheduler._cancelling
+
+
+def test_an_execution_whose_run_could_not_start_ends_at_100_percent(scheduler, monkeypatch):
+    """Its progress stayed at 0 %: a poller waiting for 100 (the document's integration)
+    never stopped."""
+    def broken_run(*a, **kw):
+        raise RuntimeError("store unreachable")
+    monkeypatch.setattr(scheduler.engine, "run", broken_run)
+    r = scheduler.run(DAGDefinition("no_start", [N("a", "make_numbers", n=1)]))
+    assert r.state.value == "FAILED"
+    p = asyncio.run(scheduler.get_execution_progress("no_start"))
+    assert p.progress_percentage == 100.0 and p.failed_nodes == 1

@@ -570,13 +570,18 @@ class DynamicScheduler:
     async def cancel_execution(self, dag_id: str) -> bool:
         """Cancel a running execution; False if it is not running, or is already being
         cancelled (a second call, as in the document, where the first removes it)."""
-        run_id = self._dag_runs.get(dag_id)
-        if run_id is None or dag_id not in self.active_executions:
-            return False
         with self._claim:
-            if run_id in self._cancelling:
+            if dag_id not in self.active_executions:
                 return False
-            self._cancelling.add(run_id)
+            run_id = self._dag_runs.get(dag_id)
+            key = run_id or f"dag:{dag_id}"
+            if key in self._cancelling:
+                return False
+            self._cancelling.add(key)
+            if run_id is None:
+                # Taken, its run not started yet: it is cancelled as it starts (``on_run``);
+                # answered False before, and a REST DELETE then said "cancelled" wrongly.
+                return True
         return self.engine.cancel(run_id, "execution cancelled")
 
     def run_id(self, dag_id: str) -> str | None:
@@ -830,7 +835,13 @@ class DynamicScheduler:
                  started: threading.Event, config: ExecutionConfig | None = None) -> RunResult:
         cfg = config or self.config
         def on_run(run: Any) -> None:
-            self._dag_runs[dag.dag_id] = run.run_id
+            with self._claim:
+                self._dag_runs[dag.dag_id] = run.run_id
+                early = f"dag:{dag.dag_id}"
+                if early in self._cancelling:         # cancelled before its run started
+                    self._cancelling.discard(early)
+                    self._cancelling.add(run.run_id)
+                    run.cancel("execution cancelled")
             if self.engine.metadata is None:     # no task records: node_results reads these
                 self._run_tasks[dag.dag_id] = run.tasks
             started.set()
@@ -849,8 +860,9 @@ class DynamicScheduler:
         self.results[dag.dag_id] = result
         self.execution_states[dag.dag_id] = self._progress(dag.dag_id, result.progress,
                                                            total=len(dag.nodes), ended=True)
-        self._cancelling.discard(result.run_id)
-        with self._claim:
+        with self._claim:          # one step: a cancel sees it running, or ended
+            self._cancelling.discard(result.run_id)
+            self._cancelling.discard(f"dag:{dag.dag_id}")
             self.active_executions.pop(dag.dag_id, None)
             self._finished[dag.dag_id] = None
             self._finished.move_to_end(dag.dag_id)
@@ -868,8 +880,9 @@ class DynamicScheduler:
         """Progress over the DAG's ``total`` nodes (some may not be submitted to the run yet).
         The ETA is every node not done yet, submitted or not, at the rate the run's tasks
         finish (the run's own ETA counts only what it was handed: one window of the DAG)."""
-        if not p:
-            return ExecutionProgress(dag_id, total, 0, 0, 0, total, 0.0)
+        if not p:       # no run (yet): nothing done; ended without one (it failed to start)
+            return (ExecutionProgress(dag_id, total, 0, total, 0, 0, 100.0) if ended else
+                    ExecutionProgress(dag_id, total, 0, 0, 0, total, 0.0))
         failed = p["failed"] + p["skipped"] + p["cancelled"]
         done = p["succeeded"] + failed
         eta = None

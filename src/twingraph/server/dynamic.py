@@ -34,7 +34,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from twingraph.core.states import RunState
 from twingraph.dagfile import parse_dag_text
 from twingraph.engine.dynamic import DAGDefinition, DynamicScheduler
 from twingraph.errors import GraphValidationError, ValidationError
@@ -184,7 +183,8 @@ async def cancel_execution(request: Request, execution_id: str) -> Any:
     await sched.cancel_execution(execution_id)
     await _until_done(svc, execution_id, timeout=10)
     res = sched.results.get(execution_id)
-    if res is not None and res.state is not RunState.CANCELLED:
-        # It finished on its own before the cancel reached it.
-        return {"status": wf.execution_status(res.state), "execution_id": execution_id}
-    return {"status": "cancelled", "execution_id": execution_id}
+    if res is None:
+        # Not ended within the wait: said as it is (it said "cancelled" while it ran on).
+        return {"status": _status(sched, execution_id), "execution_id": execution_id}
+    # CANCELLED; or it finished on its own before the cancel reached it.
+    return {"status": wf.execution_status(res.state), "execution_id": execution_id}
