@@ -656,3 +656,17 @@ def test_a_terminal_that_cannot_spell_a_name_gets_escapes_not_a_crash(tmp_path):
     assert shown.returncode == 0, shown.stderr.decode("latin-1")
     out = shown.stdout.decode("latin-1")
     assert "größe" in out and "\\u2192" in out           # latin-1 has ö and ß, not the arrow
+
+
+def test_runs_cancel_cancels_a_pending_run(cli, tmp_path):
+    """A PENDING run (created over REST, its server gone) could not be cancelled from the
+    CLI ("only a RUNNING run ...")."""
+    from twingraph.core.records import RunRecord
+    from twingraph.core.states import RunState
+    _seed(tmp_path, RunRecord(run_id="pend0001pend", pipeline="etl", state=RunState.PENDING,
+                              created_at=1.0e9))
+    out = cli("runs", "cancel", "pend0001")
+    assert "CANCELLED" in out.stdout
+    assert "state CANCELLED" in cli("runs", "show", "pend0001pend").stdout
+    again = cli("runs", "cancel", "pend0001pend", ok=False)
+    assert again.returncode == 2 and "is CANCELLED" in " ".join(again.stderr.split())

@@ -413,3 +413,25 @@ def test_a_run_waiting_for_its_error_handler_still_beats(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.slow
+def test_a_heartbeat_stamped_ahead_of_this_clock_is_watched_for_the_window_only(tmp_path):
+    """A driver whose clock ran an hour fast left a heartbeat in this process's future: a
+    resume or `runs cancel` watched it for ever (the wait ended only once it looked old)."""
+    from twingraph.core.records import RunRecord
+    from twingraph.engine.engine import LIVE_WINDOW, Engine
+    from twingraph.stores.results.sqlite import SQLiteStorage
+
+    store = SQLMetadataStore(f"sqlite:///{tmp_path / 'm.db'}", create=True)
+    now = time.time()
+    store.write([RunRecord("ahead", "p", RunState.RUNNING, created_at=now, started_at=now,
+                           heartbeat_at=now + 3600)])
+    eng = Engine(results=SQLiteStorage(str(tmp_path / "r.db")), metadata=store,
+                 flush_interval=0.01)
+    try:
+        t0 = time.monotonic()
+        assert eng.end_driverless("ahead") is RunState.CANCELLED
+        assert time.monotonic() - t0 < LIVE_WINDOW + 3
+    finally:
+        eng.close()

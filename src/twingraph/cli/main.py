@@ -289,11 +289,20 @@ def runs_cancel(run_id: Annotated[str, typer.Argument(
                 "cancelled: its driver was gone") -> None:
     """End a RUNNING run whose driver is gone (killed, crashed): the run and its unfinished
     tasks become CANCELLED. For a run nobody will resume (a DAG run, or one given up); a run
-    whose driver is alive is refused (stop it where it runs)."""
+    whose driver is alive is refused (stop it where it runs). A PENDING run (created over
+    REST or by a schedule, not started) is cancelled as the server would."""
+    from twingraph.errors import ConflictError
     with _usage_errors():
         engine = _engine()
         rec = _resolve_run(engine.metadata, run_id)
-        state = engine.end_driverless(rec.run_id, reason)
+        if rec.state is RunState.PENDING:
+            from twingraph.stores.metadata.catalog_store import SQLCatalog
+            if not SQLCatalog(engine.metadata).cancel_pending(rec.run_id, reason):
+                raise ConflictError(f"run {rec.run_id} was started meanwhile: run "
+                                    f"`twingraph runs cancel` again once its driver is gone")
+            state = RunState.CANCELLED
+        else:
+            state = engine.end_driverless(rec.run_id, reason)
     console.print(f"run [bold]{escape(rec.run_id)}[/bold]: {state.value}", soft_wrap=True)
 
 

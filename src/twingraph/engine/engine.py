@@ -629,7 +629,12 @@ class Engine:
         assert self.metadata is not None
         if seen is None:
             return
-        while self.clock.now() - seen <= LIVE_WINDOW:
+        # Watched for what is left of the window by the recorded time, and never longer than
+        # the window itself by this process's own clock: a heartbeat stamped ahead of it (a
+        # driver host whose clock runs fast) was watched for ever.
+        watch = min(LIVE_WINDOW, LIVE_WINDOW - (self.clock.now() - seen))
+        until = time.monotonic() + watch
+        while time.monotonic() < until:
             time.sleep(0.25)
             rec = self.metadata.get_run(run_id)
             if rec is None or rec.state is not RunState.RUNNING:
