@@ -320,6 +320,19 @@ def test_a_killed_dag_run_is_ended_with_runs_cancel(tmp_path):
     store.close()
 
 
+def _two_engines(tmp_path):
+    """Two engines on one SQLite metadata and result store, as two processes would be: the
+    first drives a run, the second looks at it from outside."""
+    from twingraph.engine.engine import Engine
+    from twingraph.stores.results.sqlite import SQLiteStorage
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    a = Engine(results=SQLiteStorage(str(tmp_path / "r.db")),
+               metadata=SQLMetadataStore(url, create=True), flush_interval=0.01)
+    b = Engine(results=SQLiteStorage(str(tmp_path / "r.db")), metadata=SQLMetadataStore(url),
+               flush_interval=0.01)
+    return a, b
+
+
 @pytest.mark.slow
 def test_ending_a_run_whose_driver_is_alive_is_refused(tmp_path):
     """By the engine driving it (cancel it instead) and by another process's engine, which
@@ -327,9 +340,7 @@ def test_ending_a_run_whose_driver_is_alive_is_refused(tmp_path):
     import threading
 
     from twingraph import component, pipeline
-    from twingraph.engine.engine import Engine
     from twingraph.errors import ConflictError
-    from twingraph.stores.results.sqlite import SQLiteStorage
 
     release = threading.Event()
 
@@ -342,11 +353,7 @@ def test_ending_a_run_whose_driver_is_alive_is_refused(tmp_path):
     def p():
         return waits()
 
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    a = Engine(results=SQLiteStorage(str(tmp_path / "r.db")),
-               metadata=SQLMetadataStore(url, create=True), flush_interval=0.01)
-    b = Engine(results=SQLiteStorage(str(tmp_path / "r.db")), metadata=SQLMetadataStore(url),
-               flush_interval=0.01)
+    a, b = _two_engines(tmp_path)
     try:
         t = threading.Thread(target=p.run, kwargs={"engine": a})
         t.start()
@@ -379,9 +386,8 @@ def test_a_run_waiting_for_its_error_handler_still_beats(tmp_path):
     import threading
 
     from twingraph import component, pipeline
-    from twingraph.engine.engine import LIVE_WINDOW, Engine
+    from twingraph.engine.engine import LIVE_WINDOW
     from twingraph.errors import ConflictError
-    from twingraph.stores.results.sqlite import SQLiteStorage
 
     @component(cache=False)
     def breaks(x):
@@ -393,11 +399,7 @@ def test_a_run_waiting_for_its_error_handler_still_beats(tmp_path):
     def p():
         return breaks(1)
 
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    a = Engine(results=SQLiteStorage(str(tmp_path / "r.db")),
-               metadata=SQLMetadataStore(url, create=True), flush_interval=0.01)
-    b = Engine(results=SQLiteStorage(str(tmp_path / "r.db")), metadata=SQLMetadataStore(url),
-               flush_interval=0.01)
+    a, b = _two_engines(tmp_path)
     try:
         t = threading.Thread(target=p.run, kwargs={"engine": a})
         t.start()
