@@ -554,6 +554,11 @@ def test_new_task_rows_of_a_taken_over_driver_are_fenced_off(store: Any) -> None
     stale = store.write([late, mine])
     assert {t.node_id for t in store.get_tasks("r1")} == {"a", "c"}
     assert ("r1", "b") in stale
+    # ... and that driver's later update of the task is stale too, not an unknown task
+    # (which failed the whole batch: other runs' records with it).
+    later = TaskUpdate("r1", "b", TaskState.FAILED, 20.0, fence=fence(0, 2))
+    assert store.write([later, RunRecord("r3", "p", RunState.RUNNING)]) == [("r1", "b")]
+    assert store.get_run("r3") is not None
     # A run never taken over (epoch 0) takes rows of epoch 0 as always.
     store.write([RunRecord("r2", "p", RunState.RUNNING),
                  TaskRecord("r2", "x", "comp", TaskState.SUCCESS, fence=fence(0, 1))])

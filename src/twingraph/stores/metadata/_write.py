@@ -280,6 +280,12 @@ class BatchWriter:
             key = (u.run_id, u.node_id)
             cursor = cursors.get(key)
             if cursor is None:
+                if u.fence is not None and fence_epoch(u.fence) < self._driver_epoch(u.run_id):
+                    # A taken-over driver's update of a task whose first row was fenced off
+                    # (``_of_current_drivers``): stale, as its other rows (it raised, and
+                    # the batch's other runs lost their records with it).
+                    stale.append(key)
+                    continue
                 raise NotFoundError(f"TaskUpdate for unknown task {u.node_id!r} of run {u.run_id!r}")
             net = nets.get(key)
             if net is None:

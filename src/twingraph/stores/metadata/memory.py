@@ -160,6 +160,10 @@ class MemoryMetadataStore:
         tasks = self._tasks.get(rec.run_id, {})
         task = tasks.get(rec.node_id)
         if task is None:
+            if rec.fence is not None and \
+                    fence_epoch(rec.fence) < self._epochs.get(rec.run_id, 0):
+                stale.append((rec.run_id, rec.node_id))     # its first row was fenced off
+                return
             raise NotFoundError(f"TaskUpdate for unknown task {rec.node_id!r} of run {rec.run_id!r}")
         net: dict[str, Any] = {}
         if not sem.fold_task_update(sem.TaskCursor(task.fence, task.started_at), rec, net):
