@@ -907,10 +907,13 @@ def test_ctrl_c_while_a_run_waits_for_its_error_handler_still_records_its_end(en
 
     p = _run_with_slow_handler(engine, 4.0, "ctrl_c_handler_wait")
     threading.Timer(1.0, _thread.interrupt_main).start()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="interrupted; it ended FAILED"):
         p.run(engine=engine)
     (run,) = engine.metadata.list_runs(pipeline="ctrl_c_handler_wait")
-    assert run.state.value in ("FAILED", "CANCELLED") and not engine.runs
+    assert run.state.value == "FAILED" and not engine.runs
+    # what the interrupted wait leaves behind is said in the run's log
+    logs = [l.message for l in engine.metadata.get_logs(run.run_id)]
+    assert any("still running when the wait for it was interrupted" in m for m in logs), logs
 
 
 def test_closing_the_engine_cuts_the_wait_for_error_handlers(tmp_path):
@@ -973,3 +976,36 @@ def test_a_task_submitted_after_its_upstream_failed_is_skipped_with_the_same_wor
     (err,) = seen
     assert "use-0 was skipped: upstream boom-0 failed: ValueError: disk full" in str(err), err
     assert isinstance(err.__cause__, ValueError)
+
+
+def test_a_chain_skipped_after_its_head_failed_names_the_head_in_each_task(engine):
+    """Each skipped link nested its upstream's whole message in its own: the error text grew
+    with the square of the chain (100 KB a task at 2,000 links)."""
+    from twingraph import component
+    from twingraph.errors import NodeExecutionError
+
+    @component(cache=False)
+    def head(x):
+        raise ValueError("head broke")
+
+    @component(cache=False)
+    def step(v):
+        return v
+
+    @pipeline(name="skipped_chain", error_handler="continue")
+    def p():
+        h = head(1)
+        try:
+            h.result()
+        except NodeExecutionError:
+            pass
+        v = h
+        for _ in range(50):
+            v = step(v)                 # each submitted after head-0 failed
+        return 1
+
+    r = p.run(engine=engine)
+    errors = [t.error for t in engine.metadata.get_tasks(r.run_id) if t.node_id != "head-0"]
+    assert len(errors) == 50
+    assert all(e == "NodeExecutionError: upstream head-0 failed: ValueError: head broke"
+               for e in errors), max(errors, key=len)[:300]

@@ -667,6 +667,7 @@ def test_runs_cancel_cancels_a_pending_run(cli, tmp_path):
                               created_at=1.0e9))
     out = cli("runs", "cancel", "pend0001")
     assert "CANCELLED" in out.stdout
-    assert "state CANCELLED" in cli("runs", "show", "pend0001pend").stdout
+    shown = cli("runs", "show", "pend0001pend").stdout
+    assert "state CANCELLED" in shown and "cancelled by user" in shown   # it had no driver
     again = cli("runs", "cancel", "pend0001pend", ok=False)
     assert again.returncode == 2 and "is CANCELLED" in " ".join(again.stderr.split())

@@ -285,8 +285,8 @@ def runs_show(run_id: Annotated[str, typer.Argument(
 @runs_app.command("cancel")
 def runs_cancel(run_id: Annotated[str, typer.Argument(
                     help=f"Run id, or a unique prefix of it (at least {MIN_RUN_PREFIX} characters)")],
-                reason: Annotated[str, typer.Option(help="Recorded as the run's error")] =
-                "cancelled: its driver was gone") -> None:
+                reason: Annotated[Optional[str], typer.Option(
+                    help="Recorded as the run's error")] = None) -> None:
     """End a RUNNING run whose driver is gone (killed, crashed): the run and its unfinished
     tasks become CANCELLED. For a run nobody will resume (a DAG run, or one given up); a run
     whose driver is alive is refused (stop it where it runs). A PENDING run (created over
@@ -297,12 +297,14 @@ def runs_cancel(run_id: Annotated[str, typer.Argument(
         rec = _resolve_run(engine.metadata, run_id)
         if rec.state is RunState.PENDING:
             from twingraph.stores.metadata.catalog_store import SQLCatalog
-            if not SQLCatalog(engine.metadata).cancel_pending(rec.run_id, reason):
-                raise ConflictError(f"run {rec.run_id} was started meanwhile: run "
-                                    f"`twingraph runs cancel` again once its driver is gone")
+            if not SQLCatalog(engine.metadata).cancel_pending(rec.run_id,
+                                                              reason or "cancelled by user"):
+                now = engine.metadata.get_run(rec.run_id)
+                raise ConflictError(f"run {rec.run_id} is no longer PENDING: it is "
+                                    f"{now.state.value if now else 'gone'}")
             state = RunState.CANCELLED
         else:
-            state = engine.end_driverless(rec.run_id, reason)
+            state = engine.end_driverless(rec.run_id, reason or "cancelled: its driver was gone")
     console.print(f"run [bold]{escape(rec.run_id)}[/bold]: {state.value}", soft_wrap=True)
 
 

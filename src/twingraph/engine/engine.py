@@ -493,7 +493,7 @@ class Engine:
         finally:
             gcpace.run_ended()
         if interrupted:
-            raise KeyboardInterrupt(f"run {run_id} cancelled")
+            raise KeyboardInterrupt(f"run {run_id} interrupted; it ended {result.state.value}")
         return result
 
     def _finish(self, loop: RunLoop, pipeline: str, value: Any, body_error: BaseException | None,

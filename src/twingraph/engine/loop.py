@@ -133,6 +133,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self._handler_calls: queue.SimpleQueue[Any] | None = None    # _call_error_handler
         self._handler_thread: threading.Thread | None = None
         self.handlers_cut = threading.Event()       # set: the end waits for no handler
+        self._handlers_done = threading.Event()     # set by the handler thread as it ends
         self.inline_pipelines: set[str] = set()   # nested pipelines noted (dsl.pipeline)
         self._last_hand_over = 0.0
         # Writes move to a child process once this engine's runs have taken in so many tasks
@@ -548,8 +549,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 task.inputs_info = {**fp, "deps": [[p.node_id, _NONE] for p in producers]} \
                     if lineage else fp
                 if upstream_bad is not None:
-                    self._finish(task, SKIPPED, error=NodeExecutionError(
-                        f"upstream {upstream_bad.node_id} did not succeed"))
+                    self._finish(task, SKIPPED, error=_skipped_for(upstream_bad, task))
                 elif task.waiting == 0:
                     became.append(task)
             else:
@@ -1209,12 +1209,15 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         calls.put((self.opt.error_config.get("handler"), info))
 
     def _error_handlers(self, calls: queue.SimpleQueue[Any]) -> None:
-        while (item := calls.get()) is not None:
-            handler, info = item
-            problem = self.engine.call_error_handler(handler, info)
-            if problem:       # ``logs``: the channel other threads write the run's log through
-                self.logs.append(LogRecord(self.run_id, self.clock.now(), "warning", problem,
-                                           info["node_id"]))
+        try:
+            while (item := calls.get()) is not None:
+                handler, info = item
+                problem = self.engine.call_error_handler(handler, info)
+                if problem:   # ``logs``: the channel other threads write the run's log through
+                    self.logs.append(LogRecord(self.run_id, self.clock.now(), "warning",
+                                               problem, info["node_id"]))
+        finally:
+            self._handlers_done.set()
 
     def wait_for_error_handlers(self, timeout: float) -> None:
         """The run's loop has ended: let the error handler calls still going finish (at most
@@ -1226,22 +1229,34 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         if thread is None or self._handler_calls is None:
             return
         self._handler_calls.put(None)
-        deadline = time.monotonic() + timeout
-        beat = time.monotonic()
-        while thread.is_alive() and not self.handlers_cut.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            thread.join(min(left, 0.1))
-            if time.monotonic() - beat >= HEARTBEAT_INTERVAL:
-                beat = time.monotonic()
-                self.recorder.add(RunHeartbeat(self.run_id, self.clock.now(), self.epoch))
-        if thread.is_alive():
-            self.logs.append(LogRecord(self.run_id, self.clock.now(), "warning",
-                                       f"the error handler was still running {timeout:.0f} s "
-                                       f"after the run ended; the run did not wait for it"))
-        if self.logs:
-            self._hand_over(final=True)
+        start = time.monotonic()
+        deadline, beat = start + timeout, start
+        why = f"{timeout:.0f} s after the run ended"
+        done = self._handlers_done
+        # An event, not ``Thread.join``: a join that Ctrl-C interrupts can leave the thread
+        # looking ended (``is_alive()`` False) while it runs on.
+        try:
+            while not done.is_set():
+                if self.handlers_cut.is_set():
+                    why = "when the engine was closed"
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                done.wait(min(left, 0.1))
+                if time.monotonic() - beat >= HEARTBEAT_INTERVAL:
+                    beat = time.monotonic()
+                    self.recorder.add(RunHeartbeat(self.run_id, self.clock.now(), self.epoch))
+        except KeyboardInterrupt:
+            why = "when the wait for it was interrupted (Ctrl-C)"
+            raise
+        finally:        # what the handlers logged is recorded, however the wait ended
+            if not done.is_set():
+                self.logs.append(LogRecord(self.run_id, self.clock.now(), "warning",
+                                           f"the error handler was still running {why}; the "
+                                           f"run did not wait for it"))
+            if self.logs:
+                self._hand_over(final=True)
 
     def _body_failed(self, exc: BaseException) -> None:
         """The pipeline body raised. Under 'fail' (and 'retry', whose retries are a task's)
@@ -1423,10 +1438,16 @@ def _walk(producer: Task, value: Any, path: tuple[Any, ...], start: int) -> Any:
 
 
 def _skipped_for(upstream: Task, task: Task) -> NodeExecutionError:
-    """The error of ``task``, skipped because ``upstream`` did not succeed: names it and what
-    happened to it, with its error as the cause (the body's ``.result()`` shows it)."""
+    """The error of ``task``, skipped because ``upstream`` did not succeed: names the task at
+    the root of it (an upstream that was itself skipped passes its root on: a chain of skips
+    nested each message in the next, 100 KB a task down a chain of 2,000) and what happened
+    to it, with its error as the cause (the body's ``.result()`` shows it)."""
+    root = getattr(upstream.error, "skipped_root", None) if upstream.state is SKIPPED else None
+    if root is not None:
+        upstream = root
     what = "failed" if upstream.state is FAILED else f"was {upstream.state.value.lower()}"
     why = f": {error_text(upstream.error)}" if upstream.error is not None else ""
     err = NodeExecutionError(f"upstream {upstream.node_id} {what}{why}", node_id=task.node_id)
     err.__cause__ = upstream.error
+    err.skipped_root = upstream          # type: ignore[attr-defined]
     return err
