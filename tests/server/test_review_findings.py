@@ -6,7 +6,10 @@ Real app, services and stores. One ``monkeypatch`` stands for what cannot be cau
 CPython does when the process is out of threads (``can't start new thread``). Another wraps
 the real recorder's in-process write with a 3 s sleep first, standing for a slow disk under
 another run's backlog (its records are still written), and one wraps the metadata store's
-``write`` to fail the batch holding one marked log line, as a full disk would."""
+``write`` to fail the batch holding one marked log line, as a full disk would. One wraps the
+real catalog's ``claim_start`` to send a cancel just after it wins (a request arriving in
+that instant); the claim itself still runs. One test writes a run's rows straight into the
+store, as a `twingraph run` in another process that was then killed leaves them."""
 
 from __future__ import annotations
 
