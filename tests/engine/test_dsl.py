@@ -316,14 +316,16 @@ def test_progress_gives_no_eta_from_a_burst(engine):
     assert seen["succeeded"] >= 2 and seen["eta_seconds"] is None
 
 
-def test_a_nested_pipelines_own_settings_are_said_not_to_apply(engine):
-    """A pipeline called inside another runs inline, as part of it: its own max_parallel,
-    error_handler and timeout were ignored without a word."""
+def test_a_nested_pipelines_run_settings_are_said_not_to_apply(engine):
+    """A pipeline called inside another runs inline, as part of it: its max_parallel,
+    error_handler and timeout apply to its tasks (test_nested_pipelines.py), but its
+    notifications and graph_config are for runs of it, and were ignored without a word."""
     @component
     def one(x):
         return x
 
-    @pipeline(name="inner_settings", max_parallel=2, error_handler="continue")
+    @pipeline(name="inner_settings", max_parallel=2, notifications=lambda event: None,
+              graph_config={"lineage": False})
     def inner(x):
         return one(x=x)
 
@@ -337,7 +339,7 @@ def test_a_nested_pipelines_own_settings_are_said_not_to_apply(engine):
     notes = [log.message for log in engine.metadata.get_logs(r.run_id)
              if "inner_settings" in log.message]
     assert notes == ["pipeline inner_settings runs inside this run's body, as part of it: its "
-                     "own max_parallel=2, error_handler='continue' do not apply"]
+                     "own notifications, graph_config do not apply (they are for runs of it)"]
 
 
 def test_parent_hashes_given_as_strings_draw_lineage_edges(engine):

@@ -35,6 +35,7 @@ from twingraph.dsl.base import BaseComponent
 from twingraph.dsl.component import Component, check_platform
 from twingraph.engine.engine import Engine, RunResult, current_run
 from twingraph.engine.loop import RunOptions
+from twingraph.engine.scopes import nested
 from twingraph.errors import NotFoundError, ValidationError
 from twingraph.graphson import export_run
 
@@ -42,16 +43,32 @@ log = logging.getLogger("twingraph.lineage")
 
 
 class Pipeline:
-    def __init__(self, fn: Callable[..., Any], spec: PipelineSpec) -> None:
+    def __init__(self, fn: Callable[..., Any], spec: PipelineSpec,
+                 given: Iterable[str] | None = None) -> None:
         functools.update_wrapper(self, fn)
         self.fn, self.spec = fn, spec
         self.name = spec.name
+        # The settings its decorator was given (``given``: their names; else the ones that
+        # differ from the defaults): what applies to its tasks when it runs nested in another
+        # pipeline (engine/scopes.py).
+        if given is None:
+            given = [k for k, default in _DEFAULTS.items() if getattr(spec, k) != default]
+        given = set(given)
+        if "error_config" in given:
+            given.add("error_handler")
+        self.nested_settings: dict[str, Any] = {k: getattr(spec, k) for k in _DEFAULTS
+                                                if k in given}
+        if "error_handler" in self.nested_settings:
+            self.nested_settings["error_config"] = spec.error_config
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run = current_run()
         if run is not None:
             _note_inline(run, self)
-            return self.fn(*args, **kwargs)
+            if not self.nested_settings:
+                return self.fn(*args, **kwargs)
+            with nested(run, self.name, self.nested_settings):
+                return self.fn(*args, **kwargs)
         return self.run(*args, **kwargs).unwrap()
 
     def run(self, *args: Any, engine: Engine | None = None, no_cache: bool = False,
@@ -191,17 +208,32 @@ def export_lineage(engine: Engine, spec: PipelineSpec, run_id: str) -> Path | No
         return None
 
 
+_DEFAULTS: dict[str, Any] = {"max_parallel": 10, "error_handler": "fail", "timeout": 3600.0,
+                             "error_config": {}}
+
+
 def pipeline(fn: Callable[..., Any] | None = None, *, name: str | None = None,
-             schedule: str | None = None, max_parallel: int = 10, error_handler: str = "fail",
-             timeout: float = 3600, graph_config: dict[str, Any] | None = None,
-             notifications: Any = None, error_config: dict[str, Any] | None = None) -> Any:
+             schedule: str | None = None, max_parallel: int | None = None,
+             error_handler: str | None = None, timeout: float | None = None,
+             graph_config: dict[str, Any] | None = None, notifications: Any = None,
+             error_config: dict[str, Any] | None = None) -> Any:
+    """Make ``fn`` a pipeline. ``max_parallel`` (default 10), ``error_handler`` (default
+    'fail') and ``timeout`` (default 3600 s): for a run of it; when it is called inside
+    another pipeline, the ones given here apply to its own tasks and the others are the
+    enclosing pipeline's (engine/scopes.py)."""
+    given = [k for k, v in (("max_parallel", max_parallel), ("error_handler", error_handler),
+                            ("timeout", timeout), ("error_config", error_config))
+             if v is not None]
+
     def wrap(f: Callable[..., Any]) -> Pipeline:
-        spec = PipelineSpec.build(name=f.__name__ if name is None else name, schedule=schedule,
-                                  max_parallel=max_parallel, error_handler=error_handler,
-                                  timeout=timeout, graph_config=graph_config,
-                                  notifications=notifications, error_config=error_config,
-                                  schedule_validator=_validate_cron)
-        return Pipeline(f, spec)
+        spec = PipelineSpec.build(
+            name=f.__name__ if name is None else name, schedule=schedule,
+            max_parallel=_DEFAULTS["max_parallel"] if max_parallel is None else max_parallel,
+            error_handler=_DEFAULTS["error_handler"] if error_handler is None else error_handler,
+            timeout=_DEFAULTS["timeout"] if timeout is None else timeout,
+            graph_config=graph_config, notifications=notifications, error_config=error_config,
+            schedule_validator=_validate_cron)
+        return Pipeline(f, spec, given)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -319,20 +351,21 @@ class _ClassComponent:
 
 def _note_inline(run: Any, inner: Pipeline) -> None:
     """A pipeline called inside a running one runs its body inline, as part of that run
-    (decision 0004): its own max_parallel, error_handler and timeout do not apply. Said once
-    per run and pipeline in the run's log when they differ from the running pipeline's."""
-    opt, spec = run.opt, inner.spec
-    differ = [f"{k}={mine!r}" for k, mine, theirs in (
-        ("max_parallel", spec.max_parallel, opt.max_parallel),
-        ("error_handler", spec.error_handler, opt.error_handler),
-        ("timeout", spec.timeout, opt.timeout)) if mine != theirs]
+    (decision 0004): its max_parallel, error_handler and timeout apply to its own tasks
+    (engine/scopes.py), but a schedule, notifications and graph_config belong to runs of
+    it. Said once per run and pipeline in the run's log when it has any of those."""
+    spec = inner.spec
+    idle = [name for name, value in (("schedule", spec.schedule),
+                                     ("notifications", spec.notifications),
+                                     ("graph_config", spec.graph_config)) if value]
     noted = run.inline_pipelines
-    if not differ or inner.name in noted:
+    if not idle or inner.name in noted:
         return
     noted.add(inner.name)
     run.logs.append(LogRecord(run.run_id, time.time(), "warning",
                               f"pipeline {inner.name} runs inside this run's body, as part of "
-                              f"it: its own {', '.join(differ)} do not apply"))
+                              f"it: its own {', '.join(idle)} do not apply (they are for runs "
+                              f"of it)"))
 
 
 def _reachable_components(fn: Any, given: Iterable[Any] = ()) -> Iterable[Any]:

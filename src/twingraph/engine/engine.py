@@ -510,7 +510,8 @@ class Engine:
                       if n not in loop.tasks or not loop.tasks[n].observed}
         if error is None and (unobserved or loop.stopping == "failed" or body_error is not None):
             failures = unobserved or loop.failures
-            msg = "; ".join(f"{n}: {e}" for n, e in list(failures.items())[:5]) or str(body_error)
+            msg = "; ".join(f"{n}: {e}" for n, e in list(failures.items())[:5]) or (
+                str(body_error) if body_error is not None else loop.stop_message)
             error = PipelineFailed(f"pipeline {pipeline!r} failed: {msg}", run_id=run_id,
                                    failures=loop.failures)
             if body_error is not None:

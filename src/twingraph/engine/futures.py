@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from twingraph.core.states import TaskState
+from twingraph.engine.scopes import current as current_scope
 from twingraph.engine.refs import Ref, ref_to
 from twingraph.serialization import own_copy
 from twingraph.engine.task import (DECLARED, UNLOADED, Task, CANCELLED, FAILED, PENDING, QUEUED,
@@ -55,6 +56,7 @@ class BodySide:
             self._name_counts[name] = n + 1
             node_id = f"{name}-{n}"
         task = Task(node_id, next(self._order), spec, fn, args, kwargs)
+        task.scope = current_scope(self)     # a nested pipeline's with settings (or None)
         self._enqueue(task)
         return ref_to(self, task)
 

@@ -45,6 +45,7 @@ from twingraph.engine import gcpace, tasklog
 from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
 from twingraph.engine.futures import BodySide
 from twingraph.engine.memo import MemoSide, declared_key
+from twingraph.engine.scopes import Scope, ScopeSide
 from twingraph.engine.timers import HEARTBEAT_INTERVAL, TimerSide
 from twingraph.engine.recorder import PutResult
 from twingraph.engine.writer import FRAME_MAX, INLINE_MAX
@@ -96,7 +97,7 @@ class RunOptions:
         self.lineage = lineage      # False: task rows carry no DEPENDS_ON data flow
 
 
-class RunLoop(BodySide, MemoSide, TimerSide):
+class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
     def __init__(self, engine: Any, run_id: str, options: RunOptions,
                  prior: Mapping[str, TaskRecord] | None = None,
                  previous: Callable[[], Mapping[str, TaskRecord]] | None = None,
@@ -615,6 +616,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         if self.stopping:
             self._finish(task, CANCELLED, error=TaskCancelled(self.stop_message,
                                                                   node_id=task.node_id))
+        elif task.scope is not None and not self._scope_joined(task, task.scope):
+            pass                        # its nested pipeline has failed: cancelled
         elif upstream_bad is not None:
             self._finish(task, SKIPPED, error=_skipped_for(upstream_bad, task))
         elif task.waiting == 0:
@@ -722,6 +725,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 return
             task = ready.popleft()
             if task.state is QUEUED:
+                if task.scope is not None and self._scope_parks(task):
+                    continue            # its nested pipeline's max_parallel: it waits there
                 spec = task.spec
                 if spec.resources:
                     if not self._reserve(task):
@@ -839,7 +844,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         """Start the first held task if a slot and its resources are free; True if it started.
         One task per call: a give-back costs the held tasks one try, not one each."""
         held = self.held
-        while held and held[0].state is not QUEUED:       # cancelled while it waited
+        while held and (held[0].state is not QUEUED          # cancelled while it waited
+                        or held[0].scope is not None and self._scope_parks(held[0])):
             held.popleft()
         if not held:
             self._held_retry = False
@@ -983,6 +989,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self._release_dependents(task)
 
     def _start(self, task: Task) -> None:
+        if task.scope is not None:
+            self._scope_started(task)
         try:
             executor = self.engine.executor_for(task.spec)
             args, kwargs = task.args, task.kwargs
@@ -1131,6 +1139,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
     def _complete(self, task: Task, fence: int, ok: bool, value: Any, error: Any,
                   duration: float) -> None:
         self.running -= 1
+        if task.scope is not None:
+            self._scope_stopped(task)
         if task.spec.resources:
             self._give_back(task)
         self.engine.observe(task.spec, duration, ok)
@@ -1161,9 +1171,12 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                                   f"attempt {task.attempt} failed: {error_text(error)}"
                                   + (f"\n{tb}" if "\n" in tb else ""), task.node_id))
         policy = task.spec.retry_policy
-        if policy is None and self.opt.error_handler == "retry":
-            policy = self.opt.error_config.get("retry_policy") or DEFAULT_RETRY
-        if policy is not None and not self.stopping and policy.retries(error, task.attempt):
+        if policy is None:
+            handler, config = self._handler_of(task.scope)
+            if handler == "retry":
+                policy = config.get("retry_policy") or DEFAULT_RETRY
+        if policy is not None and not self.stopping and policy.retries(error, task.attempt) \
+                and (task.scope is None or task.scope.ended is None):
             delay = policy.delay(task.attempt, self.engine.rng)
             self._set_state(task, RETRYING)
             self.out.append(LogRecord(self.run_id, now, "info",
@@ -1177,23 +1190,50 @@ class RunLoop(BodySide, MemoSide, TimerSide):
         self.failures[task.node_id] = error_text(task.error)
         self.emit({"event": "error", "run_id": self.run_id, "node_id": task.node_id,
                    "error": error_text(task.error), "traceback": traceback_text(task.error)})
-        handler = self.opt.error_handler
-        if handler == "custom":
-            self._call_error_handler({"run_id": self.run_id, "node_id": task.node_id,
-                                      "error": error_text(task.error)})
-            if self.opt.error_config.get("continue_on_error"):
-                handler = "continue"
-        if handler == "continue":
-            self._skip_downstream(task)
-        else:
-            self._stop("failed", f"task {task.node_id} failed: {error_text(task.error)}")
+        self._handle_failure(task, task.scope,
+                             f"task {task.node_id} failed: {error_text(task.error)}")
         if task.aliases:
             # Its in-run twins (the same call made again) fail after it, as following it:
             # released first, a twin that never ran was the one the stop, the handler and
             # the run's error named.
             self._release_twins(task)
 
-    def _call_error_handler(self, info: dict[str, Any]) -> None:
+    def _handler_of(self, scope: Scope | None) -> tuple[str, Mapping[str, Any]]:
+        """The error handler (and its config) that decides for a failure in ``scope``: the
+        innermost nested pipeline's that has one of its own, else the run's."""
+        while scope is not None:
+            if scope.error_handler is not None:
+                return scope.error_handler, scope.error_config
+            scope = scope.parent
+        return self.opt.error_handler, self.opt.error_config
+
+    def _handle_failure(self, task: Task | None, scope: Scope | None, message: str,
+                        cancelled: list[Task] | None = None) -> None:
+        """Decide about a failure in ``scope`` (None: the run's own tasks): ``task`` failed, or
+        a nested pipeline in it failed (``task`` is its failed task, None if it timed out)
+        and ``cancelled`` are its tasks cancelled with it (``ScopeSide._fail_scope``)."""
+        while scope is not None and scope.error_handler is None:
+            scope = scope.parent          # no handler of its own: the enclosing one decides
+        handler, config = self._handler_of(scope)
+        if handler == "custom":
+            # a nested pipeline that failed: its failed task (None: it timed out) and why
+            info = {"run_id": self.run_id, "node_id": None if task is None else task.node_id,
+                    "error": message if task is None or cancelled is not None
+                    else error_text(task.error)}
+            self._call_error_handler(config.get("handler"), info)
+            if config.get("continue_on_error"):
+                handler = "continue"
+        if handler == "continue":
+            if task is not None:
+                self._skip_downstream(task)
+            for t in cancelled or ():
+                self._skip_downstream(t)
+        elif scope is not None:
+            self._fail_scope(scope, task, f"stopped: {message}")
+        else:
+            self._stop("failed", message)
+
+    def _call_error_handler(self, handler: Any, info: dict[str, Any]) -> None:
         """Hand one failure to the custom error handler, called on a thread of the run's own,
         in order: on this thread a slow handler (a webhook) held every timer, outcome and
         start of the run (a pipeline timeout of 1 s took 8 s). Its return value decides
@@ -1206,7 +1246,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 target=self._error_handlers, args=(calls,), daemon=True,
                 name=f"twingraph-onerror-{self.run_id[:8]}")
             self._handler_thread.start()
-        calls.put((self.opt.error_config.get("handler"), info))
+        calls.put((handler, info))
 
     def _error_handlers(self, calls: queue.SimpleQueue[Any]) -> None:
         try:
@@ -1283,6 +1323,8 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                 duration: float | None = None) -> None:
         if error is not None:
             task.error = error
+        if task.scope is not None:
+            self._scope_stopped(task)
         self._release_inputs(task)
         self._set_state(task, state, duration=duration)
         self.unfinished -= 1
@@ -1356,6 +1398,20 @@ class RunLoop(BodySide, MemoSide, TimerSide):
                                           started_at=task.started_at or now, ended_at=now,
                                           error=error_text(error)))
 
+    def _cancel_running(self, task: Task, message: str) -> None:
+        """End a running ``task`` CANCELLED: its job killed if it can be, else abandoned."""
+        began = task.mode == "inline" or getattr(task.job, "started_at", None) is not None
+        killed = self._abort(task)
+        self.running -= 1
+        if task.spec.resources:
+            self._give_back(task)
+        # A job still waiting for a worker (a process being spawned) never ran: it was
+        # neither killed nor left running
+        how = ("killed" if killed else "abandoned") if began else "dropped before it started"
+        error = TaskCancelled(f"{message}; running task {how}", node_id=task.node_id)
+        self._end_attempt_row(task, CANCELLED, error)
+        self._finish(task, CANCELLED, error=error)
+
     def _stop(self, why: str, message: str) -> None:
         if self.stopping:
             return
@@ -1365,17 +1421,7 @@ class RunLoop(BodySide, MemoSide, TimerSide):
             if task.state in TERMINAL:
                 continue
             if task.state is RUNNING:
-                began = task.mode == "inline" or getattr(task.job, "started_at", None) is not None
-                killed = self._abort(task)
-                self.running -= 1
-                if task.spec.resources:
-                    self._give_back(task)
-                # A job still waiting for a worker (a process being spawned) never ran: it was
-                # neither killed nor left running
-                how = ("killed" if killed else "abandoned") if began else "dropped before it started"
-                error = TaskCancelled(f"{message}; running task {how}", node_id=task.node_id)
-                self._end_attempt_row(task, CANCELLED, error)
-                self._finish(task, CANCELLED, error=error)
+                self._cancel_running(task, message)
             else:
                 self._finish(task, CANCELLED, error=TaskCancelled(message, node_id=task.node_id))
         self.ready.clear()

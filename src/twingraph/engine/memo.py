@@ -36,6 +36,7 @@ class MemoSide:
     _finish: Callable[..., None]
     _after_failure: Callable[[Task], None]
     _skip_downstream: Callable[[Task], None]
+    stopping: str | None
 
     def _on_ready(self, task: Task) -> bool:
         """Key a task whose inputs are complete. Returns True if its key must be looked up in
@@ -199,6 +200,8 @@ class MemoSide:
             self._skip_downstream(task)
         else:
             self._finish(task, CANCELLED, error=twin.error)
+            if not self.stopping:     # its twin's nested pipeline failed: the run goes on
+                self._skip_downstream(task)
 
 
 

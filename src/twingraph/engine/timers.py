@@ -40,6 +40,7 @@ class TimerSide:
     _stop: Callable[[str, str], None]
     _set_state: Callable[..., None]
     _complete: Callable[..., None]
+    _scope_timed_out: Callable[[Any], None]
 
     def _timer(self, delay: float, kind: str, task: Task | None, fence: int) -> None:
         heapq.heappush(self.timers, (self.clock.monotonic() + delay, next(self._seq), kind,
@@ -53,6 +54,9 @@ class TimerSide:
             if kind == "pipeline_timeout":
                 if not (self.body_finished and self.unfinished == 0):
                     self._stop("timeout", f"pipeline timed out after {self.opt.timeout:g}s")
+                continue
+            if kind == "scope_timeout":           # a nested pipeline's (``task``: its scope)
+                self._scope_timed_out(task)
                 continue
             if task is None or task.fence != fence:
                 continue

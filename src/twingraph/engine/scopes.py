@@ -1,0 +1,185 @@
+"""Nested pipelines: a pipeline called inside a running one, with settings of its own.
+
+A nested call runs its body inline, as part of the running pipeline (one run, one lineage, one
+resume), and the tasks it submits belong to its *scope*. The settings its decorator was given
+apply to them (decision 0004); the ones left at their defaults are the enclosing pipeline's:
+
+* ``max_parallel``: at most this many of the scope's tasks run at once (the run's own limit
+  still holds: a scope cannot raise it). A task over the limit is parked on the scope and goes
+  back to the ready queue when one of the scope's tasks stops running.
+* ``timeout``: the scope's tasks must all finish within this many seconds of the call. When it
+  passes, what is left of them is cancelled (running ones killed or abandoned, as a run's
+  timeout does) and the scope has failed.
+* ``error_handler`` (with ``error_config``): decides about a failure of one of the scope's
+  tasks. 'continue' skips what depends on it; 'fail' cancels the scope's other tasks and the
+  scope has failed; 'retry' gives its tasks without a policy a default one; 'custom' calls the
+  handler and continues if ``continue_on_error``. A scope without a handler of its own leaves
+  the decision to the enclosing one.
+
+A scope that has failed is a failure of the enclosing pipeline: its handler decides in turn
+('continue' skips what depends on the scope's failed and cancelled tasks, 'fail' ends the
+enclosing scope, or the run). Tasks the scope's body submits after it failed are cancelled.
+
+This module holds the scope itself and the body thread's current scope; ``RunLoop`` applies
+them (``ScopeSide``, mixed in, runs on the loop's thread).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from twingraph.engine.task import CANCELLED, QUEUED, RUNNING, TERMINAL, Task
+from twingraph.errors import TaskCancelled
+
+#: The body thread's innermost scope (``nested``), read by ``BodySide.call``.
+_local = threading.local()
+
+
+class Scope:
+    """One call of a nested pipeline that has settings of its own, in one run."""
+    __slots__ = ("loop", "name", "parent", "max_parallel", "error_handler", "error_config",
+                 "timeout", "started", "tasks", "active", "parked", "ended", "closed",
+                 "timed")
+
+    def __init__(self, loop: Any, name: str, parent: Scope | None, settings: Mapping[str, Any],
+                 started: float) -> None:
+        self.loop, self.name, self.parent = loop, name, parent
+        self.max_parallel: int | None = settings.get("max_parallel")
+        self.error_handler: str | None = settings.get("error_handler")
+        self.error_config: Mapping[str, Any] = settings.get("error_config") or {}
+        self.timeout: float | None = settings.get("timeout")
+        self.started = started                  # the loop clock's monotonic time of the call
+        self.tasks: list[Task] = []             # submitted in it (its nested scopes' too)
+        self.active: set[Task] = set()          # of those, the ones running
+        self.parked: deque[Task] = deque()      # queued ones waiting for its max_parallel
+        self.ended: str | None = None           # why it failed (then it takes no more tasks)
+        self.closed = False                     # its body has returned
+        self.timed = False                      # its timeout's timer is set
+
+    def chain(self) -> Iterator[Scope]:
+        """This scope and the ones around it, innermost first."""
+        s: Scope | None = self
+        while s is not None:
+            yield s
+            s = s.parent
+
+    def __repr__(self) -> str:
+        return f"<Scope {self.name}>"
+
+
+def current(loop: Any) -> Scope | None:
+    """The innermost scope open on this thread for ``loop``'s run, if any."""
+    scope: Scope | None = getattr(_local, "scope", None)
+    return scope if scope is not None and scope.loop is loop else None
+
+
+@contextmanager
+def nested(loop: Any, name: str, settings: Mapping[str, Any]) -> Iterator[Scope]:
+    """While the body of nested pipeline ``name`` runs on this thread, the tasks it submits
+    to ``loop`` belong to a new scope with ``settings`` (only the ones its decorator set)."""
+    parent = current(loop)
+    scope = Scope(loop, name, parent, settings, loop.clock.monotonic())
+    before = getattr(_local, "scope", None)
+    _local.scope = scope
+    try:
+        yield scope
+    finally:
+        _local.scope = before
+        scope.closed = True     # read by the loop when the timeout passes
+
+
+class ScopeSide:
+    """Mixed into ``RunLoop``: the loop thread's side of scopes (see the module's text)."""
+    ready: deque[Task]
+    failures: dict[str, str]
+    running: int
+    inbox: Any
+    clock: Any
+    _timer: Callable[..., None]
+    _finish: Callable[..., None]
+    _cancel_running: Callable[[Task, str], None]
+    _handle_failure: Callable[..., None]
+    _skip_downstream: Callable[[Task], None]
+
+    def _scope_joined(self, task: Task, scope: Scope) -> bool:
+        """``task`` was submitted in ``scope``: counted in it and the ones around it, its
+        timeout's timer set on the first. False: the scope (or one around it) has already
+        failed, and the task is cancelled."""
+        for s in scope.chain():
+            if s.ended is not None:
+                self._finish(task, CANCELLED, error=TaskCancelled(
+                    f"pipeline {s.name} {s.ended}", node_id=task.node_id))
+                return False
+        for s in scope.chain():
+            s.tasks.append(task)
+            if s.timeout is not None and not s.timed:
+                s.timed = True
+                left = s.started + s.timeout - self.clock.monotonic()
+                self._timer(max(left, 0.0), "scope_timeout", s, 0)
+        return True
+
+    def _scope_parks(self, task: Task) -> bool:
+        """Whether ``task`` (queued, about to start) must wait for a scope's ``max_parallel``:
+        then it is parked on the first full scope of its chain."""
+        for s in task.scope.chain():
+            if s.max_parallel is not None and len(s.active) >= s.max_parallel:
+                s.parked.append(task)
+                return True
+        return False
+
+    def _scope_started(self, task: Task) -> None:
+        for s in task.scope.chain():
+            s.active.add(task)
+
+    def _scope_stopped(self, task: Task) -> None:
+        """``task`` runs no more (it ended, or waits for a retry): a parked task of each scope
+        that has room again goes back to the front of the ready queue."""
+        for s in task.scope.chain():
+            if task in s.active:
+                s.active.discard(task)
+                parked = s.parked
+                while parked and (s.max_parallel is None or len(s.active) < s.max_parallel):
+                    t = parked.popleft()
+                    if t.state is QUEUED:
+                        self.ready.appendleft(t)
+                        break
+
+    def _scope_timed_out(self, scope: Scope) -> None:
+        """A scope's timeout has passed: if it is not done, what is left of it is cancelled
+        and the scope has failed."""
+        if scope.ended is not None:
+            return
+        left = [t for t in scope.tasks if t.state not in TERMINAL]
+        if scope.closed and not left:
+            return
+        why = f"timed out after {scope.timeout:g}s"
+        # a failure of the run, as a failed task is (no task of it failed: it is named)
+        self.failures[f"pipeline {scope.name}"] = why
+        self._fail_scope(scope, None, why)
+
+    def _fail_scope(self, scope: Scope, task: Task | None, why: str) -> None:
+        """``scope`` has failed (``task`` failed in it under 'fail', or its timeout passed):
+        its other tasks are cancelled, and the enclosing scope (or the run) decides about it
+        with every task of it that did not succeed. A scope fails once: a later failure in it
+        (an in-run twin following a task it cancelled) skips what depends on that task, as
+        the enclosing scope decided for the scope."""
+        if scope.ended is not None:
+            if task is not None:
+                self._skip_downstream(task)
+            return
+        scope.ended = why
+        message = f"pipeline {scope.name} {why}"
+        cancelled: list[Task] = []
+        for t in scope.tasks:
+            if t.state in TERMINAL:
+                continue
+            if t.state is RUNNING:
+                self._cancel_running(t, message)
+            else:
+                self._finish(t, CANCELLED, error=TaskCancelled(message, node_id=t.node_id))
+            cancelled.append(t)
+        self._handle_failure(task, scope.parent, message, cancelled)
