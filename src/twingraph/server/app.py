@@ -9,12 +9,11 @@ lifespan. ``twingraph server`` builds the embedded default and runs it under uvi
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from twingraph import __version__
 from twingraph.server import envelope, monitoring, v1

@@ -131,7 +131,7 @@ class RedisStreamSource:
     def open(self, ctx: SourceSplitContext) -> None:
         redis = _redis()
         self._reset()
-        self._client = client = _connect(self.url, self.client_kwargs)
+        self._client = _connect(self.url, self.client_kwargs)
         self._owned = [s for k, s in enumerate(self.streams)
                        if k % ctx.parallelism == ctx.subtask_index]
         restored: dict[str, tuple[int, int]] = {}
