@@ -25,25 +25,72 @@ from twingraph.engine.dynamic import DAGDefinition, NodeDefinition
 from twingraph.errors import ValidationError
 
 _NODE_KEYS = {"id", "node_id", "operation", "arguments", "parameters", "metadata"}
+_DAG_KEYS = {"dag_id", "nodes", "dependencies", "metadata"}
 
 
 def parse_dag_text(text: str, *, default_id: str = "dag", fmt: str | None = None) -> DAGDefinition:
     try:
         if fmt == "json":
-            doc = json.loads(text)
+            doc = _json(text)
         elif fmt is None and text.lstrip().startswith("{"):
             try:
-                doc = json.loads(text)
+                doc = _json(text)
+            except _DuplicateKey:
+                raise
             except ValueError:
                 doc = _flow_yaml(text)
         else:
-            import yaml
-            doc = yaml.safe_load(text)
+            doc = _yaml(text)
     except ValidationError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse error is a validation error here
         raise ValidationError(f"cannot parse DAG definition: {exc}") from exc
     return dag_from_dict(doc, default_id=default_id)
+
+
+class _DuplicateKey(ValidationError):
+    """A mapping of the file names one key twice: JSON and YAML parsers keep the last, so a
+    node (or a node's field) given twice was silently replaced by the second."""
+
+
+def _no_duplicates(pairs: list[tuple[Any, Any]], where: Any = None) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            line = f" (line {where})" if where is not None else ""
+            raise _DuplicateKey(f"cannot parse DAG definition: key {k!r} is given twice in one "
+                                f"mapping{line}")
+        out[k] = v
+    return out
+
+
+def _json(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_no_duplicates)
+
+
+def _yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a key given twice in one mapping."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for k, _ in node.value:     # its own keys (a merged ``<<: *base`` may be overridden)
+            if k.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(k, deep=True)
+            try:
+                if key in seen:
+                    _no_duplicates([(key, None), (key, None)], node.start_mark.line + 1)
+                seen.add(key)
+            except TypeError:       # unhashable: construct_mapping says so
+                pass
+        return loader.construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _flow_yaml(text: str) -> Any:
@@ -55,13 +102,13 @@ def _flow_yaml(text: str) -> Any:
         if isinstance(token, (yaml.AliasToken, yaml.AnchorToken)):
             raise ValidationError("cannot parse DAG definition: YAML anchors and aliases are "
                                   "not accepted in text that starts with '{'")
-    return yaml.safe_load(text)
+    return _yaml(text)
 
 
 def load_dag_file(path: str | Path) -> DAGDefinition:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")     # a byte order mark (Windows editors) too
     except OSError as exc:
         raise ValidationError(f"cannot read {p}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
@@ -74,6 +121,10 @@ def load_dag_file(path: str | Path) -> DAGDefinition:
 def dag_from_dict(doc: Any, *, default_id: str = "dag") -> DAGDefinition:
     if not isinstance(doc, dict):
         raise ValidationError("a DAG definition is a mapping with 'nodes'")
+    extra = sorted(set(doc) - _DAG_KEYS, key=str)
+    if extra:      # a misspelt 'dependencies' dropped its ordering edges without a word
+        raise ValidationError(f"unknown top-level keys {extra} (allowed: "
+                              f"{', '.join(sorted(_DAG_KEYS))})")
     raw_nodes = doc.get("nodes")
     if isinstance(raw_nodes, dict):
         bad = [k for k, v in raw_nodes.items() if v is not None and not isinstance(v, dict)]

@@ -671,3 +671,134 @@ def test_runs_cancel_cancels_a_pending_run(cli, tmp_path):
     assert "state CANCELLED" in shown and "cancelled by user" in shown   # it had no driver
     again = cli("runs", "cancel", "pend0001pend", ok=False)
     assert again.returncode == 2 and "is CANCELLED" in " ".join(again.stderr.split())
+
+
+def _wait_for_a_run(db, seconds=30):
+    import sqlite3
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:      # until a run is recorded
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                if conn.execute("SELECT count(*) FROM runs").fetchone()[0]:
+                    return
+            finally:
+                conn.close()
+        except sqlite3.Error:                # not created or migrated yet
+            pass
+        time.sleep(0.1)
+    raise AssertionError("no run was recorded")
+
+
+def _only_run(db):
+    from twingraph.stores.metadata import SQLMetadataStore
+    store = SQLMetadataStore(f"sqlite:///{db}")
+    try:
+        (run,) = store.list_runs()
+        return run
+    finally:
+        store.close()
+
+
+def _slow_dag(tmp_path, n=2, seconds=4):
+    (tmp_path / "slow.json").write_text(json.dumps({"dag_id": "slowchain", "nodes": [
+        {"id": f"s{i}", "operation": "sleepy", "parameters": {"seconds": seconds}}
+        for i in range(n)]}))
+    return tmp_path / "slow.json"
+
+
+@pytest.mark.parametrize("command", ["run", "dynamic"])
+def test_sigterm_cancels_and_records_the_run(tmp_path, command):
+    """``timeout``, ``kill`` and ``docker stop`` send SIGTERM: the process ended at once and
+    its run stayed RUNNING in the store for good."""
+    import signal
+    import time
+    from twingraph.core.states import RunState
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), TG_MARKS=str(tmp_path))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+    if command == "run":
+        args = ["run", str(ROOT / "tests" / "resources" / "crashy.py"), "--param", "n=40",
+                "--param", "delay=1", "--no-progress"]
+    else:
+        args = ["dynamic", "execute", str(_slow_dag(tmp_path)), "--storage-path",
+                str(tmp_path / "s"), "--load", str(ROOT / "tests" / "resources" / "ops.py")]
+    proc = subprocess.Popen([sys.executable, "-m", "twingraph", *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    db = tmp_path / "home" / "twingraph.db"
+    _wait_for_a_run(db)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 143, out
+    assert "terminated (SIGTERM)" in out
+    run = _only_run(db)
+    assert run.state is RunState.CANCELLED
+    assert "terminated (SIGTERM)" in (run.error or "")
+
+
+def test_dynamic_execute_whose_output_is_closed_records_the_end_of_its_run(tmp_path):
+    """``... --progress | head -1``: printing the next progress line failed (BrokenPipeError),
+    the process exited 1 without a word and the DAG's run stayed RUNNING for good."""
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+    dag = _slow_dag(tmp_path, n=6, seconds=1)
+    proc = subprocess.Popen([sys.executable, "-m", "twingraph", "dynamic", "execute", str(dag),
+                             "--storage-path", str(tmp_path / "s"), "--max-concurrent", "1",
+                             "--no-cache", "--progress",
+                             "--load", str(ROOT / "tests" / "resources" / "ops.py")],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    assert first.startswith("progress"), first
+    proc.stdout.close()                     # as `head -1` does
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    assert proc.returncode != 0
+    from twingraph.core.states import RunState
+    run = _only_run(tmp_path / "home" / "twingraph.db")
+    assert run.state is RunState.CANCELLED, run
+
+
+def test_a_package_directory_is_a_target_and_a_load(cli, tmp_path):
+    """``twingraph run mypkg`` (a directory with __init__.py next to the user) was "file not
+    found": it was taken for a file."""
+    pkg = tmp_path / "flows"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "from twingraph import component, pipeline\n"
+        "@component\ndef double(x):\n    return 2 * x\n"
+        "@pipeline\ndef flow(n: int = 4):\n    return double(x=n)\n")
+    out = cli("run", "flows", "--no-progress")
+    assert "SUCCESS" in out.stdout and '"result": 8' in out.stdout
+    ops = tmp_path / "myops"
+    ops.mkdir()
+    (ops / "__init__.py").write_text(
+        "from twingraph.engine.dynamic import register_operation\n"
+        "register_operation('seven', lambda deps, params: 7)\n")
+    (tmp_path / "d.json").write_text(json.dumps({"nodes": [{"id": "a", "operation": "seven"}]}))
+    out = cli("dynamic", "execute", "d.json", "--load", "myops", "--storage-path",
+              str(tmp_path / "s"))
+    assert '"status": "completed"' in out.stdout
+    (tmp_path / "empty").mkdir()
+    out = cli("run", "empty", ok=False)
+    assert out.returncode == 2 and "not a Python file or package" in out.stderr
+
+
+def test_dynamic_execute_refuses_an_in_memory_metadata_database(tmp_path):
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"),
+               TWINGRAPH_DATABASE_URL="sqlite://")
+    (tmp_path / "d.json").write_text(json.dumps({"nodes": [{"id": "a", "operation": "sleepy",
+                                                            "parameters": {"seconds": 0}}]}))
+    out = subprocess.run([sys.executable, "-m", "twingraph", "dynamic", "execute", "d.json",
+                          "--storage-backend", "memory",
+                          "--load", str(ROOT / "tests" / "resources" / "ops.py")],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "is in memory" in out.stderr
+
+
+def test_a_metadata_database_whose_directory_cannot_be_made_is_a_usage_error(cli, tmp_path):
+    (tmp_path / "afile").write_text("")
+    out = cli("db", "upgrade", "--url", f"sqlite:///{tmp_path / 'afile' / 'x.db'}", ok=False)
+    assert out.returncode == 2 and "cannot create the directory" in out.stderr
+    assert "Traceback" not in out.stderr

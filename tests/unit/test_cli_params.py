@@ -65,3 +65,19 @@ def test_a_number_too_large_for_a_double_is_refused_as_infinity_is(item, key):
     with pytest.raises(ValidationError, match=f"--param {key}: .*NaN or Infinity"):
         parse_params([item], pipe)
     assert parse_params(["ratio=1e300"], pipe) == {"ratio": 1e300}
+
+
+def typed_optional(a: "int | None" = None, b: "Optional[str]" = None, c: "Optional[float]" = None):
+    return None
+
+
+from typing import Optional  # noqa: E402  (the annotations above are resolved by name)
+
+
+def test_optional_scalars_are_checked_and_take_null():
+    """``Optional[int]`` was not checked: ``--param a=abc`` ran the pipeline with a str."""
+    assert parse_params(["a=3", "b=123", "c=2"], typed_optional) == {"a": 3, "b": "123",
+                                                                   "c": 2.0}
+    assert parse_params(["a=null", "b=null"], typed_optional) == {"a": None, "b": None}
+    with pytest.raises(ValidationError, match="--param a: expected int or null, got 'abc'"):
+        parse_params(["a=abc"], typed_optional)

@@ -29,8 +29,9 @@ def register(app: typer.Typer) -> None:
         from twingraph.dagfile import load_dag_file
         from twingraph.engine.dynamic import DynamicScheduler, ExecutionConfig
         from twingraph.engine.engine import Engine
+        from twingraph.cli.main import _engine
+        from twingraph.cli.signals import exit_code, terminate_as_interrupt
         from twingraph.integration import VoxLogicaIntegration
-        from twingraph.runtime import default_engine
         from twingraph.stores.results.factory import create_storage_backend, options_from_config
         try:
             _load_all(load, load_module)
@@ -41,16 +42,23 @@ def register(app: typer.Typer) -> None:
             _check_before_storage(dag, config)
             storage = create_storage_backend(storage_backend, storage_path, **options_from_config(
                 storage_backend, compression=config.compression, cache_size=config.cache_size))
-            metadata = default_engine().metadata
+            metadata = _engine().metadata      # an in-memory database refused, as by `run`
             assert metadata is not None        # the default engine always records
             scheduler = DynamicScheduler(storage, config,
                                          engine=Engine(results=storage, metadata=metadata))
             try:
-                summary = asyncio.run(_execute(VoxLogicaIntegration(scheduler), dag, config,
-                                               progress))
-            except KeyboardInterrupt:
-                _cancel(scheduler, dag.dag_id)
-                raise typer.Exit(130) from None
+                with terminate_as_interrupt():
+                    summary = asyncio.run(_execute(VoxLogicaIntegration(scheduler), dag,
+                                                   config, progress))
+            except KeyboardInterrupt as exc:
+                _cancel(scheduler, dag.dag_id, _why(exc))
+                raise typer.Exit(exit_code(exc)) from None
+            except BaseException as exc:
+                # e.g. BrokenPipeError: the output was closed (``| head -1``) while the DAG
+                # ran on a thread of its own; the run stayed RUNNING in the store for good.
+                _cancel(scheduler, dag.dag_id, f"the command failed: {type(exc).__name__}",
+                        quiet=isinstance(exc, BrokenPipeError))
+                raise
         except TwinGraphError as exc:
             err_console.print(f"[red]Execution failed:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
@@ -91,13 +99,17 @@ def _check_before_storage(dag: Any, config: Any) -> None:
         probe.close()
 
 
-def _cancel(scheduler: Any, dag_id: str) -> None:
-    """Ctrl-C: the DAG's run goes on in a thread of its own, and would stay RUNNING in the
-    store for good if the process just ended. It is cancelled and its end recorded first
-    (as ``twingraph run`` does), within a few seconds."""
+def _why(exc: KeyboardInterrupt) -> str:
+    return str(exc) or "interrupted (Ctrl-C)"
+
+
+def _cancel(scheduler: Any, dag_id: str, why: str, quiet: bool = False) -> None:
+    """Ctrl-C, SIGTERM, or the command failing: the DAG's run goes on in a thread of its own,
+    and would stay RUNNING in the store for good if the process just ended. It is cancelled
+    and its end recorded first (as ``twingraph run`` does), within a few seconds."""
     run_id = scheduler.run_id(dag_id)
     if run_id is not None:
-        scheduler.engine.cancel(run_id, "interrupted (Ctrl-C)")
+        scheduler.engine.cancel(run_id, why)
     thread = scheduler.active_executions.get(dag_id)
     if thread is not None:
         thread.join(10)
@@ -105,8 +117,9 @@ def _cancel(scheduler: Any, dag_id: str) -> None:
         scheduler.engine.recorder.flush()
     except Exception:  # noqa: BLE001 - the interrupt is what is reported
         pass
-    err_console.print(f"[magenta]interrupted:[/magenta] DAG {escape(dag_id)} cancelled"
-                      + (f" (run {escape(run_id)})" if run_id else ""))
+    if not quiet:
+        err_console.print(f"[magenta]{escape(why)}:[/magenta] DAG {escape(dag_id)} cancelled"
+                          + (f" (run {escape(run_id)})" if run_id else ""))
 
 
 async def _execute(integration: Any, dag: Any, config: Any, progress: bool) -> Any:

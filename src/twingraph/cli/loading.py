@@ -22,13 +22,23 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from twingraph.dsl.pipeline import Pipeline, scalar_param_types
+from twingraph.dsl.pipeline import Nullable, Pipeline, scalar_param_types
 from twingraph.errors import ValidationError
 
 
 def load_module(target: str) -> ModuleType:
     path = Path(target)
-    if path.suffix == ".py" or path.exists():
+    if path.is_dir():
+        # A package directory (``mypkg``, ``./mypkg``): imported as the package, its parent
+        # first on sys.path (taken for a file, it was "file not found").
+        if not (path / "__init__.py").is_file():
+            raise ValidationError(f"{target} is a directory, not a Python file or package "
+                                  f"(no __init__.py)")
+        path = path.resolve()
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
+        module = _import(path.name)
+    elif path.suffix == ".py" or path.exists():
         if not path.is_file():
             raise ValidationError(f"file not found: {target}")
         path = path.resolve()
@@ -73,21 +83,25 @@ def load_module(target: str) -> ModuleType:
         # the user stands next to (``twingraph run mypkg.flow`` in mypkg's parent).
         if "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
-        try:
-            module = importlib.import_module(target)
-        except SyntaxError as exc:
-            raise _syntax_error(exc) from None
-        except ImportError as exc:
-            raise ValidationError(f"cannot import {target!r}: {exc}") from exc
-        except Exception as exc:        # the module's own code raised
-            raise ValidationError(f"cannot import {target!r}: it raised "
-                                  f"{type(exc).__name__}: {exc}") from exc
+        module = _import(target)
     try:
         import cloudpickle
         cloudpickle.register_pickle_by_value(module)
     except (ImportError, ValueError):
         pass
     return module
+
+
+def _import(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except SyntaxError as exc:
+        raise _syntax_error(exc) from None
+    except ImportError as exc:
+        raise ValidationError(f"cannot import {name!r}: {exc}") from exc
+    except Exception as exc:        # the module's own code raised
+        raise ValidationError(f"cannot import {name!r}: it raised "
+                              f"{type(exc).__name__}: {exc}") from exc
 
 
 def _private_name(path: Path) -> str:
@@ -132,8 +146,10 @@ def find_pipeline(module: ModuleType, name: str | None) -> Pipeline:
 
 
 def split_target(target: str) -> tuple[str, str | None]:
-    """``'file.py:name'`` -> ('file.py', 'name'); ``'pkg.mod'`` -> ('pkg.mod', None)."""
-    if ":" in target and not (len(target) > 1 and target[1] == ":" and target[0].isalpha()):
+    """``'file.py:name'`` -> ('file.py', 'name'); ``'pkg.mod'`` -> ('pkg.mod', None). A drive
+    letter (``C:\\flows\\p.py``) is one only on Windows: ``m:flow`` is module ``m``'s ``flow``."""
+    drive = os.name == "nt" and len(target) > 1 and target[1] == ":" and target[0].isalpha()
+    if ":" in target and not (drive and target.count(":") == 1):
         file, _, name = target.rpartition(":")
         return file, name or None
     return target, None
@@ -143,7 +159,7 @@ def parse_params(items: list[str], fn: Any = None) -> dict[str, object]:
     """``k=v`` pairs; values are parsed as JSON when they can be (numbers, true, lists). With
     the pipeline function ``fn``, a value for a parameter annotated ``str``, ``int``, ``float``
     or ``bool`` must be one (``ValidationError`` naming it otherwise; ``str`` keeps the text as
-    typed, ``float`` takes an integer)."""
+    typed, ``float`` takes an integer); ``Optional[...]`` of one also takes ``null``."""
     import json
     hints = _scalar_hints(fn)
     out: dict[str, object] = {}
@@ -154,6 +170,11 @@ def parse_params(items: list[str], fn: Any = None) -> dict[str, object]:
         if k in out:            # the first or the second? neither is a safe guess
             raise ValidationError(f"--param {k} is given twice")
         want = hints.get(k)
+        if isinstance(want, Nullable):
+            if v == "null":
+                out[k] = None
+                continue
+            want = want.type
         if want is str:
             out[k] = v
             continue
@@ -167,7 +188,8 @@ def parse_params(items: list[str], fn: Any = None) -> dict[str, object]:
         if want is float and type(value) is int:
             value = float(value)
         if want is not None and type(value) is not want:
-            raise ValidationError(f"--param {k}: expected {want.__name__}, got {v!r}")
+            named = hints[k].__name__          # "int", or "int or null"
+            raise ValidationError(f"--param {k}: expected {named}, got {v!r}")
         out[k] = value
     return out
 
@@ -190,5 +212,5 @@ def _finite(text: str) -> float:
     return value
 
 
-def _scalar_hints(fn: Any) -> dict[str, type]:
+def _scalar_hints(fn: Any) -> dict[str, Any]:
     return {} if fn is None else scalar_param_types(fn)

@@ -81,32 +81,38 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
         progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress")] = None) -> None:
     """Run a @pipeline from a Python file or module."""
     from twingraph.cli.loading import find_pipeline, load_module, parse_params, split_target
+    from twingraph.cli.signals import exit_code, terminate_as_interrupt
+    holder: dict[str, Any] = {}
     try:
-        engine = _engine()
-        if resume:
-            resume = _resolve_run(engine.metadata, resume).run_id    # a prefix, as runs show
-            file, name = _resume_target(engine.metadata, resume, target)
-        elif target:
-            file, name = split_target(target)
-        else:
-            raise typer.BadParameter("give FILE.py[:pipeline], or --resume RUN_ID")
-        module = load_module(file)
-        pipe = find_pipeline(module, name)
-        params = parse_params(param, pipe.fn)
-        if resume:
-            params = _resume_params(engine.metadata.get_run(resume), params)
-        holder: dict[str, Any] = {}
-        show = sys.stdout.isatty() if progress is None else progress
-        with LiveProgress(lambda: holder["loop"].progress() if "loop" in holder else None, show):
-            # The parameters apart from the options: a pipeline may name one ``no_cache``.
-            result = pipe.run_with((), params, engine=engine, no_cache=no_cache,
-                                   max_parallel=max_parallel, resume=resume,
-                                   on_start=lambda loop: holder.setdefault("loop", loop))
+        with terminate_as_interrupt():
+            engine = _engine()
+            if resume:
+                resume = _resolve_run(engine.metadata, resume).run_id    # a prefix, as runs show
+                file, name = _resume_target(engine.metadata, resume, target)
+            elif target:
+                file, name = split_target(target)
+            else:
+                raise typer.BadParameter("give FILE.py[:pipeline], or --resume RUN_ID")
+            module = load_module(file)
+            pipe = find_pipeline(module, name)
+            params = parse_params(param, pipe.fn)
+            if resume:
+                params = _resume_params(engine.metadata.get_run(resume), params)
+            show = sys.stdout.isatty() if progress is None else progress
+            with LiveProgress(lambda: holder["loop"].progress() if "loop" in holder else None, show):
+                # The parameters apart from the options: a pipeline may name one ``no_cache``.
+                result = pipe.run_with((), params, engine=engine, no_cache=no_cache,
+                                       max_parallel=max_parallel, resume=resume,
+                                       on_start=lambda loop: holder.setdefault("loop", loop))
     except TwinGraphError as exc:
         _fail(exc, 2)
     except KeyboardInterrupt as exc:
-        console.print(f"[magenta]{escape(str(exc))}[/magenta] (resume it with --resume)")
-        raise typer.Exit(130) from None
+        if "loop" in holder:        # the run started, and ended CANCELLED: it can go on
+            console.print(f"[magenta]{escape(str(exc))}[/magenta] (resume it with --resume)")
+        else:
+            err_console.print(f"[magenta]{escape(str(exc) or 'interrupted')}[/magenta] before "
+                              f"a run started")
+        raise typer.Exit(exit_code(exc)) from None
     tasks = engine.metadata.get_tasks(result.run_id)
     console.print(summary_table(tasks))
     state = result.state.value

@@ -459,21 +459,52 @@ def _names(code: types.CodeType) -> set[str]:
     return out
 
 
-def scalar_param_types(fn: Any) -> dict[str, type]:
-    """The parameters of ``fn`` annotated ``str``, ``int``, ``float`` or ``bool`` (what the CLI
-    converts ``--param`` text to, and what REST checks JSON values against); {} when the
-    annotations cannot be resolved."""
+_SCALARS = (str, int, float, bool)
+
+
+class Nullable:
+    """A scalar annotation that also takes None: ``Optional[int]``, ``int | None``."""
+    __slots__ = ("type",)
+
+    def __init__(self, t: type) -> None:
+        self.type = t
+
+    @property
+    def __name__(self) -> str:
+        return f"{self.type.__name__} or null"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Nullable) and other.type is self.type
+
+    def __hash__(self) -> int:
+        return hash((Nullable, self.type))
+
+
+def scalar_param_types(fn: Any) -> dict[str, Any]:
+    """The parameters of ``fn`` annotated ``str``, ``int``, ``float`` or ``bool``, or one of
+    them or None (a ``Nullable``): what the CLI converts ``--param`` text to, and what REST
+    checks JSON values against; {} when the annotations cannot be resolved."""
     import typing
     try:
         hints = typing.get_type_hints(fn)
     except Exception:  # noqa: BLE001 - unresolvable annotations: no checking
         return {}
-    return {k: t for k, t in hints.items() if t in (str, int, float, bool)}
+    out: dict[str, Any] = {}
+    for k, t in hints.items():
+        if t in _SCALARS:
+            out[k] = t
+        elif typing.get_origin(t) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(t) if a is not type(None)]
+            if len(args) == 1 and len(typing.get_args(t)) == 2 and args[0] in _SCALARS:
+                out[k] = Nullable(args[0])
+    return out
 
 
-def json_fits(value: Any, annotation: type) -> bool:
+def json_fits(value: Any, annotation: Any) -> bool:
     """Whether a JSON value is of a scalar annotation's type (an int is a float; a bool is
-    neither an int nor a float, as JSON tells them apart)."""
+    neither an int nor a float, as JSON tells them apart; a ``Nullable`` also takes None)."""
+    if isinstance(annotation, Nullable):
+        return value is None or json_fits(value, annotation.type)
     t = type(value)
     if annotation is float:
         return t is int or t is float

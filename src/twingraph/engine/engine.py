@@ -52,6 +52,12 @@ def current_run() -> RunLoop | None:
     return getattr(_current, "run", None)
 
 
+def _interruption(exc: KeyboardInterrupt) -> str:
+    """Why a run is cancelled by a ``KeyboardInterrupt``: its text when it has one (SIGTERM,
+    cli/signals.py), else Ctrl-C."""
+    return str(exc) or "interrupted (Ctrl-C)"
+
+
 class SystemClock:
     # The builtins themselves, not methods wrapping them: the loop reads the clock several
     # times per task.
@@ -472,28 +478,29 @@ class Engine:
             finally:
                 _current.run = prev
                 if isinstance(body_error, KeyboardInterrupt):
-                    loop.cancel("interrupted (Ctrl-C)")
+                    loop.cancel(_interruption(body_error))
                 loop.body_returned(body_error)
-            interrupted = isinstance(body_error, KeyboardInterrupt)
+            interrupted = body_error if isinstance(body_error, KeyboardInterrupt) else None
             while not loop.done.is_set():
                 try:
                     loop.done.wait()
-                except KeyboardInterrupt:     # Ctrl-C while waiting: cancel, record, then re-raise
-                    interrupted = True
-                    loop.cancel("interrupted (Ctrl-C)")
+                except KeyboardInterrupt as exc:  # Ctrl-C while waiting: cancel, record, re-raise
+                    interrupted = interrupted or exc
+                    loop.cancel(_interruption(exc))
             driver = loop.driver       # the thread that ended it (a long inline call moves it)
             if driver is not None and driver is not threading.current_thread():
                 driver.join()
             try:
                 loop.wait_for_error_handlers(HANDLER_WAIT)
-            except KeyboardInterrupt:  # Ctrl-C: stop waiting for them; the end is recorded
-                interrupted = True
+            except KeyboardInterrupt as exc:  # Ctrl-C: stop waiting for them; the end is recorded
+                interrupted = interrupted or exc
             # The writer's final flush allocates too: the run's GC pacing lasts through it.
             result = self._finish(loop, pipeline, value, body_error, notifications)
         finally:
             gcpace.run_ended()
-        if interrupted:
-            raise KeyboardInterrupt(f"run {run_id} interrupted; it ended {result.state.value}")
+        if interrupted is not None:      # of its kind: a command tells SIGTERM from Ctrl-C
+            how = str(interrupted) or "interrupted"
+            raise type(interrupted)(f"run {run_id} {how}; it ended {result.state.value}")
         return result
 
     def _finish(self, loop: RunLoop, pipeline: str, value: Any, body_error: BaseException | None,

@@ -23,6 +23,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import StaticPool
 
+from twingraph.errors import ConfigurationError
 from twingraph.stores.metadata.url import is_memory_sqlite, normalize_url
 from twingraph.stores.sqlite_wal import enable_wal
 
@@ -54,7 +55,12 @@ def _sqlite_engine(url: URL) -> Engine:
         # One private database per connection: share a single connection (the store locks it).
         kwargs["poolclass"] = StaticPool
     else:
-        Path(url.database or "").expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
+        parent = Path(url.database or "").expanduser().absolute().parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:      # a traceback and exit 1 from every command before
+            raise ConfigurationError(f"cannot create the directory of the metadata database "
+                                     f"{parent}: {exc.strerror or exc}") from exc
     engine = create_engine(url, **kwargs)
 
     @event.listens_for(engine, "connect")
