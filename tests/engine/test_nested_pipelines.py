@@ -141,6 +141,10 @@ def test_a_nested_timeout_cancels_what_is_left_of_it(engine):
     assert "pipeline quick_or_nothing: timed out after 0.5s" in str(r.error)
     tasks = _tasks(engine, r.run_id)
     assert tasks["slow-0"].state is TaskState.CANCELLED
+    said = [log.message for log in engine.metadata.get_logs(r.run_id)
+            if "quick_or_nothing" in log.message]
+    assert said[0] == ("stopping nested pipeline quick_or_nothing: timed out after 0.5s; "
+                       "cancelling its 1 unfinished task")
 
 
 def test_a_nested_timeout_under_continue_skips_only_what_depends_on_it(engine):
@@ -319,3 +323,113 @@ def test_an_in_run_twin_of_a_task_a_nested_failure_cancelled_skips_what_depends_
     assert tasks["slow-1"].state is TaskState.CANCELLED
     assert tasks["quick-0"].state is TaskState.SKIPPED
     assert tasks["quick-1"].state is TaskState.SUCCESS
+
+
+def _run_or_hang(p, engine, seconds=10):
+    done = []
+    t = threading.Thread(target=lambda: done.append(p.run(engine=engine)), daemon=True)
+    t.start()
+    t.join(seconds)
+    assert done, "the run never ended"
+    return done[0]
+
+
+def test_a_slot_given_to_a_task_that_never_starts_is_given_on(engine):
+    """The inner pipeline timed out; cancelling its running task gave the middle one's only
+    slot to the inner's queued task, cancelled next: the middle one's other task waited for
+    a slot for ever."""
+    _reset()
+
+    @pipeline(name="step", timeout=0.5)
+    def step(i):
+        return b.slow(x=i, delay=2.0), b.quick(x=i)
+
+    @pipeline(name="one_slot", max_parallel=1)
+    def one_slot():
+        return step(1), b.quick(x=50)
+
+    @pipeline(name="around", error_handler="continue")
+    def around():
+        return one_slot()
+
+    r = _run_or_hang(around, engine)
+    tasks = _tasks(engine, r.run_id)
+    assert tasks["quick-1"].state is TaskState.SUCCESS
+    assert r.state is RunState.FAILED
+
+
+def test_three_levels_skip_what_depends_on_the_innermost_cancelled_tasks(engine):
+    """The middle pipeline's 'fail' handed the outer 'continue' only the tasks it cancelled
+    itself (none: the innermost had cancelled them): what depended on them waited for ever."""
+    _reset()
+
+    @pipeline(name="innermost_t", timeout=0.3)
+    def innermost_t():
+        return b.slow(x=1, delay=2.0)
+
+    @pipeline(name="middle_f", error_handler="fail")
+    def middle_f():
+        return innermost_t()
+
+    @pipeline(name="top_c", error_handler="continue")
+    def top_c():
+        a = middle_f()
+        return b.quick(x=a["outputs"]["result"]), b.quick(x=100)
+
+    r = _run_or_hang(top_c, engine)
+    tasks = _tasks(engine, r.run_id)
+    assert tasks["quick-0"].state is TaskState.SKIPPED
+    assert tasks["quick-1"].state is TaskState.SUCCESS
+
+
+def test_a_body_that_catches_a_nested_timeout_has_handled_it(engine):
+    """The body got ``PipelineCancelled('task slow-0 was cancelled: ')`` (the run was not
+    cancelled) and, having caught it, still saw its run fail."""
+    _reset()
+    seen = []
+
+    @pipeline(name="bounded_c", timeout=0.3)
+    def bounded_c(i):
+        return b.slow(x=i, delay=2.0)
+
+    @pipeline(name="catches", error_handler="continue")    # under 'fail' the run stops
+    def catches():
+        for i in range(2):           # two calls, two entries
+            late = bounded_c(i)
+            try:
+                late.result()
+            except Exception as exc:  # noqa: BLE001
+                seen.append(exc)
+        return b.quick(x=5)
+
+    r = _run_or_hang(catches, engine)
+    assert len(seen) == 2
+    assert all(str(e).startswith("pipeline bounded_c timed out after 0.3s") for e in seen)
+    assert all(type(e).__name__ == "TaskCancelled" for e in seen)
+    assert r.failures == {"pipeline bounded_c": "timed out after 0.3s",
+                          "pipeline bounded_c (call 2)": "timed out after 0.3s"}
+    assert r.state is RunState.SUCCESS, r.error
+
+
+def test_a_nested_timeout_does_not_fire_after_the_run_was_cancelled(engine):
+    _reset()
+    seen = []
+
+    @pipeline(name="inner_sleeps", timeout=0.6)
+    def inner_sleeps():
+        s = b.slow(x=1, delay=3.0)
+        time.sleep(1.0)                    # the body itself outlives the timeout
+        return s
+
+    @pipeline(name="custom_outer", error_handler="custom",
+              error_config={"handler": seen.append, "continue_on_error": True})
+    def custom_outer():
+        return inner_sleeps()
+
+    def cancel_soon(loop):
+        threading.Timer(0.2, loop.cancel, args=("user said stop",)).start()
+
+    r = custom_outer.run(engine=engine, on_start=cancel_soon)
+    time.sleep(0.6)                        # past the nested timeout
+    assert r.state is RunState.CANCELLED
+    assert r.failures == {} and seen == []

@@ -514,7 +514,8 @@ class Engine:
         elif body_error is not None and not isinstance(body_error, TwinGraphError):
             error = body_error
         unobserved = {n: e for n, e in loop.failures.items()
-                      if n not in loop.tasks or not loop.tasks[n].observed}
+                      if not (loop.tasks[n].observed if n in loop.tasks
+                              else n in loop.observed_failures)}
         if error is None and (unobserved or loop.stopping == "failed" or body_error is not None):
             failures = unobserved or loop.failures
             msg = "; ".join(f"{n}: {e}" for n, e in list(failures.items())[:5]) or (

@@ -22,7 +22,7 @@ from twingraph.engine.refs import Ref, ref_to
 from twingraph.serialization import own_copy
 from twingraph.engine.task import (DECLARED, UNLOADED, Task, CANCELLED, FAILED, PENDING, QUEUED,
                                     RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
-from twingraph.errors import NodeExecutionError, PipelineCancelled, PipelineTimeout
+from twingraph.errors import NodeExecutionError, PipelineCancelled, PipelineTimeout, TaskCancelled
 
 
 
@@ -45,6 +45,7 @@ class BodySide:
     _done_count: int
     _first_start: float | None
     _name_counts: dict[str, int]
+    observed_failures: set[str]
     _order: Iterator[int]
 
     def call(self, spec: Any, fn: Callable[..., Any], args: tuple[Any, ...],
@@ -132,6 +133,14 @@ class BodySide:
                                      node_id=task.node_id, error_type="Skipped")
             out.__cause__ = getattr(task.error, "__cause__", None)     # the upstream's error
             return out
+        handled = getattr(task.error, "scope_failure", None)
+        if handled is not None:
+            # Cancelled by a nested pipeline's timeout: said as that (the run goes on), and
+            # the body that catches it has handled that failure (``Engine._finish``).
+            self.observed_failures.add(handled)
+            return task.error       # type: ignore[return-value]
+        if not self.stopping and isinstance(task.error, TaskCancelled):
+            return task.error       # cancelled with a nested pipeline that failed
         if self.stopping == "timeout":
             return PipelineTimeout(self.stop_message, run_id=self.run_id)
         return PipelineCancelled(f"task {task.node_id} was cancelled: {self.stop_message}",

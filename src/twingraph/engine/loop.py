@@ -175,6 +175,9 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         self._watchdog: threading.Thread | None = None
         self._taken_over: tuple[Task, float, stop.Flag | None] | None = None     # for the next driver thread
         self.failures: dict[str, str] = {}
+        # Keys of ``failures`` that are not tasks (a nested pipeline that timed out) whose
+        # failure the body caught (``BodySide._failure_of``), as a task's ``observed``.
+        self.observed_failures: set[str] = set()
         self._name_counts: dict[str, int] = {}
         self._order = itertools.count()
         self._done_times: deque[float] = deque(maxlen=256)

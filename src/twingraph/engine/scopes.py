@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from twingraph.core.records import LogRecord
 from twingraph.engine.task import CANCELLED, QUEUED, RUNNING, TERMINAL, Task
 from twingraph.errors import TaskCancelled
 
@@ -43,7 +44,7 @@ class Scope:
     """One call of a nested pipeline that has settings of its own, in one run."""
     __slots__ = ("loop", "name", "parent", "max_parallel", "error_handler", "error_config",
                  "timeout", "started", "tasks", "active", "parked", "ended", "closed",
-                 "timed")
+                 "timed", "failure_key")
 
     def __init__(self, loop: Any, name: str, parent: Scope | None, settings: Mapping[str, Any],
                  started: float) -> None:
@@ -59,6 +60,7 @@ class Scope:
         self.ended: str | None = None           # why it failed (then it takes no more tasks)
         self.closed = False                     # its body has returned
         self.timed = False                      # its timeout's timer is set
+        self.failure_key: str | None = None     # its entry in the run's failures (timed out)
 
     def chain(self) -> Iterator[Scope]:
         """This scope and the ones around it, innermost first."""
@@ -95,6 +97,9 @@ def nested(loop: Any, name: str, settings: Mapping[str, Any]) -> Iterator[Scope]
 class ScopeSide:
     """Mixed into ``RunLoop``: the loop thread's side of scopes (see the module's text)."""
     ready: deque[Task]
+    out: list[Any]
+    run_id: str
+    stopping: str | None
     failures: dict[str, str]
     running: int
     inbox: Any
@@ -111,8 +116,10 @@ class ScopeSide:
         failed, and the task is cancelled."""
         for s in scope.chain():
             if s.ended is not None:
-                self._finish(task, CANCELLED, error=TaskCancelled(
-                    f"pipeline {s.name} {s.ended}", node_id=task.node_id))
+                error = TaskCancelled(f"pipeline {s.name} {s.ended}", node_id=task.node_id)
+                if s.failure_key is not None:
+                    error.scope_failure = s.failure_key      # type: ignore[attr-defined]
+                self._finish(task, CANCELLED, error=error)
                 return False
         for s in scope.chain():
             s.tasks.append(task)
@@ -136,29 +143,42 @@ class ScopeSide:
             s.active.add(task)
 
     def _scope_stopped(self, task: Task) -> None:
-        """``task`` runs no more (it ended, or waits for a retry): a parked task of each scope
-        that has room again goes back to the front of the ready queue."""
+        """``task`` runs no more (it ended, running or not, or waits for a retry): parked
+        tasks of each scope that has room go back to the front of the ready queue, as many as
+        it has room for. Not one per task that stopped running: a task given a slot that
+        ends before it starts (cancelled with its nested pipeline, or failing before its
+        start) would keep it, and the tasks parked behind it would wait for ever. Handing
+        out more than fits is harmless: ``_dispatch`` parks again what does not fit."""
         for s in task.scope.chain():
-            if task in s.active:
-                s.active.discard(task)
-                parked = s.parked
-                while parked and (s.max_parallel is None or len(s.active) < s.max_parallel):
-                    t = parked.popleft()
-                    if t.state is QUEUED:
-                        self.ready.appendleft(t)
-                        break
+            s.active.discard(task)
+            parked = s.parked
+            if not parked:
+                continue
+            room = len(parked) if s.max_parallel is None else s.max_parallel - len(s.active)
+            while parked and room > 0:
+                t = parked.popleft()
+                if t.state is QUEUED:
+                    self.ready.appendleft(t)
+                    room -= 1
 
     def _scope_timed_out(self, scope: Scope) -> None:
         """A scope's timeout has passed: if it is not done, what is left of it is cancelled
         and the scope has failed."""
-        if scope.ended is not None:
-            return
-        left = [t for t in scope.tasks if t.state not in TERMINAL]
-        if scope.closed and not left:
+        if self.stopping or any(s.ended is not None for s in scope.chain()):
+            return          # the run, or a pipeline around this one, has ended it already
+        if scope.closed and all(t.state in TERMINAL for t in scope.tasks):
             return
         why = f"timed out after {scope.timeout:g}s"
-        # a failure of the run, as a failed task is (no task of it failed: it is named)
-        self.failures[f"pipeline {scope.name}"] = why
+        # A failure of the run, as a failed task is (no task of it failed: the call is named,
+        # one entry per call); a body that catches it (``.result()`` of a task it cancelled)
+        # has handled it, as it handles a task's failure (``BodySide._failure_of``).
+        key = f"pipeline {scope.name}"
+        n = 1
+        while key in self.failures:
+            n += 1
+            key = f"pipeline {scope.name} (call {n})"
+        scope.failure_key = key
+        self.failures[key] = why
         self._fail_scope(scope, None, why)
 
     def _fail_scope(self, scope: Scope, task: Task | None, why: str) -> None:
@@ -173,7 +193,12 @@ class ScopeSide:
             return
         scope.ended = why
         message = f"pipeline {scope.name} {why}"
-        cancelled: list[Task] = []
+        left = sum(1 for t in scope.tasks if t.state not in TERMINAL)
+        # in the run's log, as a run's own stop is (``runs logs``)
+        self.out.append(LogRecord(self.run_id, self.clock.now(), "warning",
+                                  f"stopping nested pipeline {scope.name}: {why}"
+                                  + (f"; cancelling its {left} unfinished task"
+                                     f"{'' if left == 1 else 's'}" if left else "")))
         for t in scope.tasks:
             if t.state in TERMINAL:
                 continue
@@ -181,5 +206,9 @@ class ScopeSide:
                 self._cancel_running(t, message)
             else:
                 self._finish(t, CANCELLED, error=TaskCancelled(message, node_id=t.node_id))
-            cancelled.append(t)
+            if scope.failure_key is not None:
+                t.error.scope_failure = scope.failure_key   # type: ignore[union-attr]
+        # Every task of it that was cancelled, by this failure or by a pipeline inside it
+        # that failed earlier: what depends on them is the enclosing scope's to skip.
+        cancelled = [t for t in scope.tasks if t.state is CANCELLED]
         self._handle_failure(task, scope.parent, message, cancelled)
