@@ -221,7 +221,16 @@ def test_resuming_a_run_whose_driver_is_alive_is_refused(tmp_path):
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 2, out.stdout + out.stderr
         assert "still being driven" in out.stdout + out.stderr
-        assert time.monotonic() - t0 < 30
+        assert "not resuming it twice" in out.stderr
+        # why it waits was not said: ~11 s of silence
+        assert "making sure its driver is gone" in out.stderr
+        cancel = subprocess.run(_cli("runs", "cancel", run_id), env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert cancel.returncode == 2, cancel.stdout + cancel.stderr
+        # it said "not resuming it twice -- cancel it", to the cancel command
+        assert "only a run whose driver is gone can be ended this way" in cancel.stderr
+        assert "resuming" not in cancel.stderr
+        assert time.monotonic() - t0 < 60
         assert proc.poll() is None           # the live driver goes on
         assert meta.get_run(run_id).state is RunState.RUNNING
     finally:

@@ -98,6 +98,7 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
             params = parse_params(param, pipe.fn)
             if resume:
                 params = _resume_params(engine.metadata.get_run(resume), params)
+                _say_watch(engine.metadata.get_run(resume))
             show = sys.stdout.isatty() if progress is None else progress
             with LiveProgress(lambda: holder["loop"].progress() if "loop" in holder else None, show):
                 # The parameters apart from the options: a pipeline may name one ``no_cache``.
@@ -125,6 +126,20 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
         raise typer.Exit(1)
     if result.value is not None:
         _print_value(result.value)
+
+
+def _say_watch(rec: Any) -> None:
+    """Before a resume or ``runs cancel`` of a RUNNING run heard from lately: why the command
+    waits (it watches the run's heartbeat until its driver is surely gone), and how long."""
+    import time
+    from twingraph.engine.engine import driver_watch
+    if rec is None or rec.state is not RunState.RUNNING:
+        return
+    wait = driver_watch(rec.heartbeat_at, time.time())
+    if wait >= 0.5:
+        err_console.print(f"run {escape(rec.run_id)} was heard from "
+                          f"{max(0.0, time.time() - rec.heartbeat_at):.0f} s ago: making sure "
+                          f"its driver is gone (up to {wait:.0f} s)...", soft_wrap=True)
 
 
 def _print_value(value: Any) -> None:
@@ -310,6 +325,7 @@ def runs_cancel(run_id: Annotated[str, typer.Argument(
                                     f"{now.state.value if now else 'gone'}")
             state = RunState.CANCELLED
         else:
+            _say_watch(rec)
             state = engine.end_driverless(rec.run_id, reason or "cancelled: its driver was gone")
     console.print(f"run [bold]{escape(rec.run_id)}[/bold]: {state.value}", soft_wrap=True)
 

@@ -613,7 +613,10 @@ class Engine:
             raise ConflictError(f"run {run_id} is {rec.state.value}: only a RUNNING run whose "
                                 f"driver is gone can be ended this way")
         seen = rec.heartbeat_at
-        self._wait_until_driverless(run_id, seen)
+        self._wait_until_driverless(
+            run_id, seen, "its driver is alive, and only a run whose driver is gone can be "
+            "ended this way: stop it where it runs (Ctrl-C there), or through the server that "
+            "drives it")
         rec = self.metadata.get_run(run_id) or rec
         if rec.state is not RunState.RUNNING:
             raise ConflictError(f"run {run_id} ended meanwhile ({rec.state.value})")
@@ -630,7 +633,9 @@ class Engine:
         self.recorder.flush(run_id)
         return RunState.CANCELLED
 
-    def _wait_until_driverless(self, run_id: str, seen: float | None) -> None:
+    def _wait_until_driverless(self, run_id: str, seen: float | None,
+                               refused: str = "not resuming it twice: wait until it ends, or "
+                                              "stop it where it runs") -> None:
         """A RUNNING run's driver writes a heartbeat every ``HEARTBEAT_INTERVAL`` seconds. Watch
         the run until its last heartbeat is ``LIVE_WINDOW`` old (at once if it already is): a
         new heartbeat means a live driver (``ConflictError``: two drivers would run the same
@@ -641,7 +646,7 @@ class Engine:
         # Watched for what is left of the window by the recorded time, and never longer than
         # the window itself by this process's own clock: a heartbeat stamped ahead of it (a
         # driver host whose clock runs fast) was watched for ever.
-        watch = min(LIVE_WINDOW, LIVE_WINDOW - (self.clock.now() - seen))
+        watch = driver_watch(seen, self.clock.now())
         until = time.monotonic() + watch
         while time.monotonic() < until:
             time.sleep(0.25)
@@ -651,7 +656,7 @@ class Engine:
             if rec.heartbeat_at != seen:
                 raise ConflictError(
                     f"run {run_id} is still being driven (its heartbeat moved while we "
-                    f"watched); not resuming it twice — cancel it, or wait until it ends")
+                    f"watched); {refused}")
 
     def _previous_tasks(self, pipeline: str, run_id: str) -> dict[str, TaskRecord]:
         if self.metadata is None:
@@ -709,6 +714,14 @@ CLOSE_WAIT = 5.0
 #: A heartbeat older than this (seconds) means the run's driver is gone: heartbeats come every
 #: ``HEARTBEAT_INTERVAL`` (5 s), plus the recorder's flush delay.
 LIVE_WINDOW = 2 * HEARTBEAT_INTERVAL + 1.0
+
+
+def driver_watch(heartbeat_at: float | None, now: float) -> float:
+    """How long a resume or a ``runs cancel`` watches a RUNNING run whose last heartbeat was
+    at ``heartbeat_at`` before it takes its driver for gone (0: gone already)."""
+    if heartbeat_at is None:
+        return 0.0
+    return max(0.0, min(LIVE_WINDOW, LIVE_WINDOW - (now - heartbeat_at)))
 
 _NOT_STREAMS = (str, bytes, bytearray, memoryview, list, tuple, dict, int, float, bool,
                 type(None))
