@@ -149,7 +149,6 @@ def test_ctrl_c_in_dynamic_execute_cancels_and_records_the_run(tmp_path):
     """The DAG's run went on in a thread of its own: the process ended on Ctrl-C and the run
     stayed RUNNING in the store for good."""
     import signal
-    import sqlite3
     import time
     env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"))
     env.pop("TWINGRAPH_DATABASE_URL", None)
@@ -168,18 +167,7 @@ def test_ctrl_c_in_dynamic_execute_cancels_and_records_the_run(tmp_path):
     from twingraph.core.states import RunState
     from twingraph.stores.metadata import SQLMetadataStore
     db = tmp_path / "home" / "twingraph.db"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:      # until the run is recorded RUNNING
-        try:
-            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            try:
-                if conn.execute("SELECT count(*) FROM runs").fetchone()[0]:
-                    break
-            finally:
-                conn.close()
-        except sqlite3.Error:                # not created or migrated yet
-            pass
-        time.sleep(0.1)
+    _wait_for_a_run(db)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)

@@ -1401,6 +1401,13 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                                           started_at=task.started_at or now, ended_at=now,
                                           error=error_text(error)))
 
+    def _cancel(self, task: Task, message: str) -> None:
+        """End an unfinished ``task`` CANCELLED (a running one's job killed or abandoned)."""
+        if task.state is RUNNING:
+            self._cancel_running(task, message)
+        else:
+            self._finish(task, CANCELLED, error=TaskCancelled(message, node_id=task.node_id))
+
     def _cancel_running(self, task: Task, message: str) -> None:
         """End a running ``task`` CANCELLED: its job killed if it can be, else abandoned."""
         began = task.mode == "inline" or getattr(task.job, "started_at", None) is not None
@@ -1421,12 +1428,8 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         self.stopping, self.stop_message = why, message
         self.out.append(LogRecord(self.run_id, self.clock.now(), "warning", f"stopping: {message}"))
         for task in list(self.tasks.values()):
-            if task.state in TERMINAL:
-                continue
-            if task.state is RUNNING:
-                self._cancel_running(task, message)
-            else:
-                self._finish(task, CANCELLED, error=TaskCancelled(message, node_id=task.node_id))
+            if task.state not in TERMINAL:
+                self._cancel(task, message)
         self.ready.clear()
         self.held.clear()
         self.resuming.clear()        # lookups in flight end as cancelled tasks

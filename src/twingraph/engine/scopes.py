@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from twingraph.core.records import LogRecord
-from twingraph.engine.task import CANCELLED, QUEUED, RUNNING, TERMINAL, Task
+from twingraph.engine.task import CANCELLED, QUEUED, TERMINAL, Task
 from twingraph.errors import TaskCancelled
 
 #: The body thread's innermost scope (``nested``), read by ``BodySide.call``.
@@ -106,7 +106,7 @@ class ScopeSide:
     clock: Any
     _timer: Callable[..., None]
     _finish: Callable[..., None]
-    _cancel_running: Callable[[Task, str], None]
+    _cancel: Callable[[Task, str], None]
     _handle_failure: Callable[..., None]
     _skip_downstream: Callable[[Task], None]
 
@@ -202,10 +202,7 @@ class ScopeSide:
         for t in scope.tasks:
             if t.state in TERMINAL:
                 continue
-            if t.state is RUNNING:
-                self._cancel_running(t, message)
-            else:
-                self._finish(t, CANCELLED, error=TaskCancelled(message, node_id=t.node_id))
+            self._cancel(t, message)
             if scope.failure_key is not None:
                 t.error.scope_failure = scope.failure_key   # type: ignore[union-attr]
         # Every task of it that was cancelled, by this failure or by a pipeline inside it
