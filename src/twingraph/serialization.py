@@ -24,9 +24,7 @@ Encodings, chosen in this order:
             after a small header; decoding rebuilds the objects over views of the stored bytes.
 ``pickle``  everything else, via cloudpickle (trusted stores only: loading runs code). A value
             cloudpickle cannot handle (a lock, an open socket, absurd nesting) raises
-            ``ValidationError`` naming its type. Made deterministic (``_stable_pickle``): a
-            set's items in a fixed order, a class pickled by value under an id derived from
-            its definition, so the same value has the same bytes in every process.
+            ``ValidationError`` naming its type.
 
 ``Encoded`` *borrows* the value's memory: do not mutate a bytearray or array until the store has
 written it. ``content_hash`` is sha256 hex over the buffers in order, computed once, lazily.
@@ -191,24 +189,24 @@ def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD, freeze: bool =
             header, body = parts
             return _make("npy", DataType.DATASET, (header, body), len(header) + body.nbytes,
                          large_threshold)
+    oob: list[Any] = []
 
-    def out_of_band(pb: pickle.PickleBuffer) -> bool:
+    def keep_large(pb: pickle.PickleBuffer) -> bool:
         raw = pb.raw()
         if raw.nbytes >= OOB_MIN_BYTES:
             if freeze and np is not None and isinstance(raw.obj, np.ndarray):
                 raw.obj.flags.writeable = False      # written from this memory, later
-            return True                   # out of band: not copied into the pickle stream
-        return False
+            oob.append((pb, raw))
+            return False                  # out of band: not copied into the pickle stream
+        return True
 
     try:
-        # Deterministic bytes (sets in order, classes by value under content ids): the same
-        # value has the same content hash in every process (``_stable_pickle``).
-        data, oob = _stable_pickle().dumps(value, out_of_band)
+        data = _cloudpickle().dumps(value, protocol=5, buffer_callback=keep_large)
     except Exception as exc:  # PicklingError, TypeError ("cannot pickle '_thread.lock'"), ...
         raise ValidationError(f"cannot encode a value of type {t.__qualname__}: {exc}") from exc
     if not oob:
         return _make("pickle", DataType.NESTED, (data,), len(data), large_threshold)
-    views = [pb.raw() for pb in oob]
+    views = [raw for _, raw in oob]
     header = _P5_MAGIC + struct.pack(f"<IQ{len(views)}Q", len(views), len(data),
                                      *(v.nbytes for v in views))
     size = len(header) + len(data) + sum(v.nbytes for v in views)
@@ -396,11 +394,6 @@ def _numpy() -> Any:
 def _cloudpickle() -> Any:
     import cloudpickle  # type: ignore[import-untyped]  # a core dependency, imported lazily
     return cloudpickle
-
-
-def _stable_pickle() -> Any:
-    from twingraph import _stable_pickle  # imports cloudpickle: lazily, as _cloudpickle
-    return _stable_pickle
 
 
 

@@ -182,8 +182,8 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
     if t is set or t is frozenset:
         return _unordered(value, t, ref_type, ref_digest, leaf_hash)
     if isinstance(value, enum.Enum):
-        # By class and value, not by pickle: its key then follows its class's code version,
-        # as a named tuple's and a dataclass's do (a pickle names the class by content id).
+        # By class and value, not by pickle: a class loaded by value (a pipeline file, decision
+        # 0004) pickles with an id of its own in every process (a new key in each).
         return {"en": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),
                 "v": digest_value(value.value, ref_type, ref_digest, leaf_hash)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
