@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import PurePath
+from collections.abc import Callable
 from typing import Any
 
 from twingraph.core.hashing import canonical_json, sha256_hex
@@ -37,27 +38,38 @@ def attributes(obj: Any) -> dict[str, Any] | None:
     return out
 
 
-def instance_state(obj: Any, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+def instance_state(obj: Any, skip: frozenset[str] = frozenset(),
+                   leaf_hash: Callable[[Any], str] | None = None) -> dict[str, Any]:
     """The attributes of an instance (a class component, an operation that is a callable
     instance or a bound method) other than those in ``skip``, as its key sees them:
     plain data by value (numbers, strings, bytes, enum members, paths, and lists, tuples,
     sets and str-keyed dicts of them, up to ``_STATE_ITEMS`` items and ``_STATE_DEPTH``
     levels each), anything else by its type's name (a client, a model: what it holds is not
-    seen, as for module globals in ``core.codeversion``). Read once per instance, when its
-    spec is built (``BaseComponent.spec``, ``DynamicScheduler``'s plan). Its attributes are
-    its ``__dict__`` and its slots (``attributes``)."""
+    seen, as for module globals in ``core.codeversion``). With ``leaf_hash`` (the engine's
+    content hash of a value), an attribute that is not all plain data (a NumPy array, a
+    dataclass, a list of 20,000 floats) is keyed by that hash instead: by its type alone, two
+    instances holding different weights shared one key. Only what cannot be hashed (a client
+    holding a socket) stays by type. Read once per instance, when its spec is built
+    (``BaseComponent.spec``, ``DynamicScheduler``'s plan). Its attributes are its
+    ``__dict__`` and its slots (``attributes``)."""
     out: dict[str, Any] = {}
     for k, v in (attributes(obj) or {}).items():
         if k in skip:
             continue
+        lossy = [False]
         for _ in range(3):
             try:
-                out[k] = _plain(v, [_STATE_ITEMS], set(), 0)
+                out[k] = _plain(v, [_STATE_ITEMS], set(), 0, lossy)
                 break
             except RuntimeError:                  # changed while read (another thread)
                 continue
         else:
-            out[k] = _by_type(v)
+            out[k], lossy[0] = _by_type(v), True
+        if lossy[0] and leaf_hash is not None:
+            try:
+                out[k] = {"hash": leaf_hash(v)}
+            except Exception:  # noqa: BLE001 - e.g. a client that does not pickle: by type
+                pass
     return out
 
 
@@ -66,12 +78,14 @@ def _by_type(value: Any) -> dict[str, str]:
     return {"type": f"{t.__module__}.{t.__qualname__}"}
 
 
-def _plain(value: Any, budget: list[int], path: set[int], depth: int) -> Any:
+def _plain(value: Any, budget: list[int], path: set[int], depth: int,
+           lossy: list[bool]) -> Any:
     """``value`` as JSON for the key, or its type if it is not plain data, too large, too
-    deep or cyclic. ``budget``: items left for this attribute; ``path``: the containers being
-    walked (a cycle counts by type)."""
+    deep or cyclic (then ``lossy[0]`` is set). ``budget``: items left for this attribute;
+    ``path``: the containers being walked (a cycle counts by type)."""
     budget[0] -= 1
     if budget[0] < 0 or depth > _STATE_DEPTH:
+        lossy[0] = True
         return _by_type(value)
     t = type(value)
     if t in _PLAIN:
@@ -88,21 +102,23 @@ def _plain(value: Any, budget: list[int], path: set[int], depth: int) -> Any:
         return {"path": f"{t.__name__}:{value}"}
     if t is list or t is tuple or t is set or t is frozenset or t is dict:
         if id(value) in path:
+            lossy[0] = True
             return _by_type(value)
         path.add(id(value))
         try:
             if t is dict:
                 if not all(type(k) is str for k in value):
+                    lossy[0] = True
                     return _by_type(value)
                 items: Any = {}
                 for k, v in value.items():
-                    items[k] = _plain(v, budget, path, depth + 1)
+                    items[k] = _plain(v, budget, path, depth + 1, lossy)
                     if budget[0] < 0:
                         return _by_type(value)
                 return items
             seq = []
             for v in value:
-                seq.append(_plain(v, budget, path, depth + 1))
+                seq.append(_plain(v, budget, path, depth + 1, lossy))
                 if budget[0] < 0:
                     return _by_type(value)
             if t is list:
@@ -112,4 +128,5 @@ def _plain(value: Any, budget: list[int], path: set[int], depth: int) -> Any:
             return {"set": sorted(seq, key=canonical_json)}      # in no order: sorted
         finally:
             path.discard(id(value))
+    lossy[0] = True
     return _by_type(value)

@@ -61,8 +61,10 @@ _OWN = frozenset({"config", "_spec"})
 
 def instance_state(obj: Any) -> dict[str, Any]:
     """``core.instancestate.instance_state`` of a component instance: its attributes other
-    than ``config`` (in its key already) and its cached spec."""
-    return _instance_state(obj, _OWN)
+    than ``config`` (in its key already) and its cached spec; what is not plain data by its
+    content hash (``Engine.hash_value``)."""
+    from twingraph.engine.engine import Engine
+    return _instance_state(obj, _OWN, Engine.hash_value)
 
 
 class BaseComponent(abc.ABC):

@@ -756,7 +756,8 @@ class DynamicScheduler:
             cv = base.code_version if isinstance(base, ComponentSpec) else code_version(target)
             bound = None if isinstance(base, ComponentSpec) else _bound_to(target)
             if bound is not None:     # ``Scaler(2)`` and ``Scaler(3)``: two versions
-                cv = sha256_hex(cv.encode() + b"\0" + canonical_json(instance_state(bound)))[:16]
+                state = instance_state(bound, leaf_hash=self.engine.hash_value)
+                cv = sha256_hex(cv.encode() + b"\0" + canonical_json(state))[:16]
             retry = None
             if cfg.retry_failed_nodes and (self.error_recovery or cfg.max_retries > 0):
                 recovery = self.error_recovery or ErrorRecoveryManager(cfg.max_retries)

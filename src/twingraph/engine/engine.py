@@ -8,6 +8,7 @@ graphs: their body submits every node up front.
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 import os
@@ -123,6 +124,11 @@ def _state_digest(value: Any) -> str | None:
     neither or cannot be walked (a cycle)."""
     owner = value.__self__ if type(value) is MethodType else value
     state = attributes(owner)
+    builtin = _builtin_value(owner)
+    if builtin is not _NO_VALUE:
+        # ``class Name(str)``: the str itself is what it holds (its __dict__ is empty: every
+        # Name had one key, and Name("BOB") was served Name("ALICE")'s result)
+        state = {**(state or {}), "\0value": builtin}
     if state is None:
         return None
     try:
@@ -131,6 +137,28 @@ def _state_digest(value: Any) -> str | None:
                           + digest_json(digest))
     except (RecursionError, TypeError, ValueError):
         return None
+
+
+_NO_VALUE = object()
+#: Built-in types a user class may derive from, each with how to read the built-in value of
+#: an instance past what the subclass overrides (its own ``__str__``, ``__iter__``...).
+_BUILTIN_VALUES: tuple[tuple[type, Callable[[Any], Any]], ...] = (
+    (str, str.__str__), (bytes, bytes), (bytearray, bytes), (bool, bool),
+    (int, int.__int__), (float, float.__float__),
+    (complex, lambda v: complex.__complex__(v) if hasattr(complex, "__complex__") else
+     complex(v.real, v.imag)),
+    (tuple, lambda v: tuple(tuple.__iter__(v))), (list, lambda v: list(list.__iter__(v))),
+    (dict, lambda v: dict(dict.items(v))), (frozenset, lambda v: frozenset(frozenset.__iter__(v))),
+    (set, lambda v: set(set.__iter__(v))))
+
+
+def _builtin_value(obj: Any) -> Any:
+    """The built-in value an instance of a subclass of a built-in type holds (``_NO_VALUE``
+    for anything else)."""
+    for base, read in _BUILTIN_VALUES:
+        if isinstance(obj, base):
+            return read(obj)
+    return _NO_VALUE
 
 
 def _no_reference(value: Any) -> Any:
@@ -267,9 +295,10 @@ class Engine:
             if type(value) is FunctionType or isinstance(value, type):
                 # a function or a class: what it is, is its code (its pickle names it only)
                 return f"code:{getattr(value, '__qualname__', '?')}:{code}"
-            state = _state_digest(value)
-            if state is not None:       # an instance of a user class, a bound method
-                return sha256_hex(f"obj:{state}\0{code}".encode())
+            if type(value) is not functools.partial:   # its arguments are in its pickle
+                state = _state_digest(value)
+                if state is not None:       # an instance of a user class, a bound method
+                    return sha256_hex(f"obj:{state}\0{code}".encode())
         enc = serialization.encode(value)
         encoding = enc.encoding
         if encoding == "bytes" and type(value) is not bytes:
