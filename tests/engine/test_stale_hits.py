@@ -132,3 +132,42 @@ def test_a_default_argument_that_is_a_user_object_is_part_of_the_version(engine,
         assert mod.flow.run(engine=engine).value["outputs"]["result"] == 15
     finally:
         sys.modules.pop("stale_default_object", None)
+
+
+def test_a_consumer_of_an_object_whose_imported_class_was_edited_runs_again(engine, tmp_path,
+                                                                             monkeypatch):
+    """``train`` returns ``models.Model(w)``, ``predict`` calls its method. Editing
+    ``Model.predict`` re-ran ``train`` (its version includes the class), whose result had the
+    same bytes (a pickle names an imported class, not its code): ``predict`` hit and served
+    the old value."""
+    models = _module(tmp_path, monkeypatch, "stale_models",
+                     "class Model:\n"
+                     "    def __init__(self, w):\n        self.w = w\n"
+                     "    def predict(self, x):\n        return self.w * x\n")
+
+    @component
+    def train(w):
+        return models.Model(w)
+
+    @component
+    def predict(m, x):
+        return m.predict(x)
+
+    @pipeline(name="imported_class_methods")
+    def p():
+        return predict(m=train(w=3)["outputs"]["result"], x=5)
+
+    try:
+        assert p.run(engine=engine).value["outputs"]["result"] == 15
+        (tmp_path / "stale_models.py").write_text(
+            "class Model:\n"
+            "    def __init__(self, w):\n        self.w = w\n"
+            "    def predict(self, x):\n        return self.w * x + 100\n")
+        importlib.reload(models)
+        r = p.run(engine=engine)
+        assert r.value["outputs"]["result"] == 115
+        unchanged = p.run(engine=engine)               # and nothing changed: all hits
+        engine.recorder.flush()
+        assert {t.cache_status for t in engine.metadata.get_tasks(unchanged.run_id)} == {"hit"}
+    finally:
+        sys.modules.pop("stale_models", None)
