@@ -1,5 +1,8 @@
 """Memo keys that missed a change and served an old result (a review's stale hits): each
-test runs a pipeline, changes what the result depends on, and runs it again."""
+test runs a pipeline, changes what the result depends on, and runs it again.
+
+``monkeypatch`` only puts ``tmp_path`` first on ``sys.path``, for the helper modules the tests
+write there and edit between runs (as a user edits a file); nothing is patched."""
 import dataclasses
 import functools
 import importlib
