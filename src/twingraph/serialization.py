@@ -201,7 +201,7 @@ def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD, freeze: bool =
         return True
 
     try:
-        data = _pickle_with_class_codes(value, keep_large)
+        data = _cloudpickle().dumps(value, protocol=5, buffer_callback=keep_large)
     except Exception as exc:  # PicklingError, TypeError ("cannot pickle '_thread.lock'"), ...
         raise ValidationError(f"cannot encode a value of type {t.__qualname__}: {exc}") from exc
     if not oob:
@@ -389,67 +389,6 @@ def _numpy() -> Any:
         raise ConfigurationError("decoding arrays needs NumPy: pip install 'twingraph[numpy]'") \
             from exc
     return numpy
-
-
-#: Ends a pickle whose value holds instances of user classes: the code versions of those classes
-#: (``_pickle_with_class_codes``). ``pickle.loads`` ignores bytes after the pickle's STOP.
-_CLASS_CODES = b"\0twingraph-class-code:"
-_recording_pickler: Any = None
-
-
-def _pickle_with_class_codes(value: Any, buffer_callback: Any) -> bytes:
-    """cloudpickle's protocol-5 pickle of ``value``, followed, when it holds instances of user
-    classes (or such classes), by their code versions. A class of an imported module is
-    pickled by reference, its name only: a consumer that calls its methods was served the
-    old result after a method was edited, since the producer's result had the same bytes, so
-    the same content hash (decision 0005). With the code versions in the bytes, a changed
-    class is a changed result."""
-    global _recording_pickler
-    if _recording_pickler is None:
-        _recording_pickler = _make_recording_pickler()
-    file = io.BytesIO()
-    p = _recording_pickler(file, buffer_callback)
-    p.dump(value)
-    if not p.classes:
-        return file.getvalue()
-    from twingraph.core.codeversion import code_of_value
-    codes = set()
-    for c in p.classes:
-        try:
-            code = code_of_value(c)
-        except Exception:  # noqa: BLE001 - a class whose source cannot be read: by name only
-            code = None
-        codes.add(f"{c.__module__}.{c.__qualname__}={code or '?'}")
-    file.write(_CLASS_CODES + ";".join(sorted(codes)).encode("utf-8", "surrogatepass"))
-    return file.getvalue()
-
-
-def _make_recording_pickler() -> Any:
-    from twingraph.core.codeversion import is_user_class
-    base = _cloudpickle().Pickler
-    plain = frozenset({list, dict, tuple, set, frozenset, str, bytes, int, float, bool,
-                       type(None), complex, bytearray})
-
-    class Recording(base):  # type: ignore[misc,valid-type]
-        """cloudpickle's pickler, noting the user classes (of instances, or themselves) that
-        go by it (``reducer_override`` is asked about every object that is not a plain one)."""
-
-        def __init__(self, file: Any, buffer_callback: Any) -> None:
-            super().__init__(file, protocol=5, buffer_callback=buffer_callback)
-            self.classes: set[type] = set()
-            self._seen: set[type] = set()
-
-        def reducer_override(self, obj: Any) -> Any:
-            t = type(obj)
-            if t not in plain:
-                c = obj if isinstance(obj, type) else t
-                if c not in self._seen:
-                    self._seen.add(c)
-                    if is_user_class(c):
-                        self.classes.add(c)
-            return super().reducer_override(obj)
-
-    return Recording
 
 
 def _cloudpickle() -> Any:

@@ -143,15 +143,6 @@ def _is_user_function(f: types.FunctionType) -> bool:
     return _is_user_named(f.__module__, filename)
 
 
-def is_user_class(c: type) -> bool:
-    """Whether ``c`` is a class of the user's code (not the standard library's, a site
-    package's or TwinGraph's)."""
-    try:
-        return _is_user_class(c)
-    except Exception:  # noqa: BLE001 - an odd class (a proxy): not user code
-        return False
-
-
 def _is_user_class(c: type) -> bool:
     modname = c.__dict__.get("__module__", getattr(c, "__module__", None))
     m = sys.modules.get(modname) if isinstance(modname, str) else None
