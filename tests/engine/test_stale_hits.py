@@ -3,14 +3,23 @@ test runs a pipeline, changes what the result depends on, and runs it again.
 
 ``monkeypatch`` only puts ``tmp_path`` first on ``sys.path``, for the helper modules the tests
 write there and edit between runs (as a user edits a file); nothing is patched."""
+import collections
 import dataclasses
+import datetime
+import decimal
 import functools
 import importlib
+import os
+import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 
 from twingraph import BaseComponent, component, pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Name(str):
@@ -111,27 +120,96 @@ def test_component_instances_holding_arrays_and_dataclasses_are_keyed_by_them(en
     assert c["outputs"]["result"][0] == 0.0 and d["outputs"]["result"][0] == 1.0
 
 
-def test_a_default_argument_that_is_a_user_object_is_part_of_the_version(engine, tmp_path,
-                                                                          monkeypatch):
-    """``def scaled(x, cfg=DEFAULT)`` with ``DEFAULT = Cfg(scale=2)`` edited to ``scale=3``:
-    the default was described by its class only, and the old result came back."""
-    text = ("import dataclasses\n"
-            "from twingraph import component, pipeline\n"
-            "@dataclasses.dataclass\n"
-            "class Cfg:\n"
-            "    scale: int\n"
-            "DEFAULT = Cfg(scale={scale})\n"
-            "@component\n"
-            "def scaled(x, cfg=DEFAULT):\n"
-            "    return x * cfg.scale\n"
-            "@pipeline(name='default_object')\n"
-            "def flow():\n"
-            "    return scaled(x=5)\n")
-    mod = _module(tmp_path, monkeypatch, "stale_default_object", text.format(scale=2))
-    try:
-        assert mod.flow.run(engine=engine).value["outputs"]["result"] == 10
-        (tmp_path / "stale_default_object.py").write_text(text.format(scale=3))
-        mod = importlib.reload(mod)
-        assert mod.flow.run(engine=engine).value["outputs"]["result"] == 15
-    finally:
-        sys.modules.pop("stale_default_object", None)
+class Ring:
+    def __init__(self, label):
+        self.label, self.next, self.prev = label, None, None
+
+
+class AttrDict(dict):
+    pass
+
+
+class Window(collections.deque):
+    pass
+
+
+class Day(datetime.date):
+    pass
+
+
+class Amount(decimal.Decimal):
+    pass
+
+
+@component
+def describe(x):
+    return repr(x)
+
+
+def test_library_subclass_arguments_are_keyed_by_their_value(engine):
+    """A ``deque``, ``date`` or ``Decimal`` subclass keeps its value outside its attributes:
+    keyed by them (none), four different values shared one key in one run."""
+    @pipeline(name="library_subclasses")
+    def p():
+        return [describe(x=Window([1, 2])), describe(x=Window([3])),
+                describe(x=Day(2024, 1, 1)), describe(x=Day(2025, 6, 30)),
+                describe(x=Amount("1.5")), describe(x=Amount("2.5"))]
+
+    out = [x["outputs"]["result"] for x in p.run(engine=engine).value]
+    assert len(set(out)) == 6, out
+
+
+def test_cyclic_objects_as_arguments_are_keyed_without_walking_for_ever(engine):
+    """A ring of objects, and a tree of dict subclasses whose nodes point at their parent:
+    each node was walked again at every level, in exponential time (a run that never ended)."""
+    a, b = Ring("a"), Ring("b")
+    a.next, a.prev, b.next, b.prev = b, b, a, a
+    root = AttrDict(name="root")
+    node = root
+    for depth in range(30):
+        kids = [AttrDict(name=f"{depth}-{i}", parent=node) for i in range(2)]
+        node["children"] = kids
+        node = kids[0]
+
+    @component
+    def name_of(x):
+        return x["name"] if isinstance(x, dict) else x.label
+
+    @pipeline(name="cyclic_arguments")
+    def p():
+        return name_of(x=a), name_of(x=root)
+
+    done = []
+    t = threading.Thread(target=lambda: done.append(p.run(engine=engine)), daemon=True)
+    t.start()
+    t.join(30)
+    assert done, "keying the cyclic arguments never ended"
+    assert [x["outputs"]["result"] for x in done[0].value] == ["a", "root"]
+
+
+def test_a_component_holding_a_set_of_strings_keeps_its_key_in_a_new_process(tmp_path):
+    """Attributes that are not plain data are walked as arguments are: a set of 20,000 words
+    (more than the plain walk reads) hashed by its pickle, whose order follows the process's
+    hash seed, was a new key in every process."""
+    script = (
+        "import sys\n"
+        "sys.path.insert(0, %r)\n"
+        "from tests.engine.test_stale_hits import Vocab\n"
+        "print(Vocab({f'w{i}' for i in range(20_000)}).spec.config['__attributes__'])\n"
+        % str(ROOT))
+    seen = set()
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONHASHSEED=seed), timeout=120)
+        assert out.returncode == 0, out.stderr
+        seen.add(out.stdout)
+    assert len(seen) == 1
+
+
+class Vocab(BaseComponent):
+    def __init__(self, words):
+        super().__init__()
+        self.words = words
+
+    def execute(self, text):
+        return [w for w in text.split() if w in self.words]

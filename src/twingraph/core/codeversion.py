@@ -61,8 +61,6 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from twingraph.core.instancestate import attributes
-
 _BUILTINS = vars(builtins)
 _T = TypeVar("_T")
 
@@ -713,15 +711,6 @@ class _Walk:
             # a component, a pipeline, an lru_cache...: what it wraps is the code
             return _pack("wrapper", self.cls_ref(t), self.value(wrapped))
         found = self.defined(home) if home is not None else None
-        if found is None and _is_user_class(t):
-            # An instance of a user class met as a default, a closure cell or an attribute
-            # (``def f(x, cfg=DEFAULT_CFG)``): by its attributes too. By its class only, a new
-            # ``Cfg(scale=3)`` kept the version, and the key. (A library object, a client,
-            # stays by its class: what it holds is not the code's.)
-            state = attributes(v)
-            if state:
-                return _pack("object", self.cls_ref(t), b"",
-                             *(_pack(str(k), self.value(state[k])) for k in sorted(state, key=str)))
         return _pack("object", self.cls_ref(t), found or b"")
 
     def defined(self, home: tuple[dict[str, Any], str]) -> bytes | None:

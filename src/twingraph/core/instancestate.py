@@ -9,7 +9,7 @@ from pathlib import PurePath
 from collections.abc import Callable
 from typing import Any
 
-from twingraph.core.hashing import canonical_json, sha256_hex
+from twingraph.core.hashing import canonical_json, digest_json, digest_value, sha256_hex
 
 _PLAIN = frozenset({int, float, str, bool, type(None)})
 _STATE_ITEMS = 10_000          # an attribute holding more items than this counts by type only
@@ -46,10 +46,11 @@ def instance_state(obj: Any, skip: frozenset[str] = frozenset(),
     sets and str-keyed dicts of them, up to ``_STATE_ITEMS`` items and ``_STATE_DEPTH``
     levels each), anything else by its type's name (a client, a model: what it holds is not
     seen, as for module globals in ``core.codeversion``). With ``leaf_hash`` (the engine's
-    content hash of a value), an attribute that is not all plain data (a NumPy array, a
-    dataclass, a list of 20,000 floats) is keyed by that hash instead: by its type alone, two
-    instances holding different weights shared one key. Only what cannot be hashed (a client
-    holding a socket) stays by type. Read once per instance, when its spec is built
+    content hash of a leaf value), an attribute that is not all plain data (a NumPy array, a
+    dataclass, a list of 20,000 floats) is keyed by its digest instead, walked as arguments
+    are (``digest_value``: sets in sorted order, user objects by class and state): by its
+    type alone, two instances holding different weights shared one key. Only what cannot be
+    hashed (a client holding a socket) stays by type. Read once per instance, when its spec is built
     (``BaseComponent.spec``, ``DynamicScheduler``'s plan). Its attributes are its
     ``__dict__`` and its slots (``attributes``)."""
     out: dict[str, Any] = {}
@@ -66,11 +67,16 @@ def instance_state(obj: Any, skip: frozenset[str] = frozenset(),
         else:
             out[k], lossy[0] = _by_type(v), True
         if lossy[0] and leaf_hash is not None:
-            try:
-                out[k] = {"hash": leaf_hash(v)}
+            try:       # walked as an argument is (sets sorted, objects by class and state)
+                digest = digest_value(v, None, _no_reference, leaf_hash)
+                out[k] = {"hash": sha256_hex(digest_json(digest))}
             except Exception:  # noqa: BLE001 - e.g. a client that does not pickle: by type
                 pass
     return out
+
+
+def _no_reference(value: Any) -> Any:
+    raise TypeError("an instance's attributes hold no futures")
 
 
 def _by_type(value: Any) -> dict[str, str]:

@@ -129,14 +129,57 @@ def _state_digest(value: Any) -> str | None:
         # ``class Name(str)``: the str itself is what it holds (its __dict__ is empty: every
         # Name had one key, and Name("BOB") was served Name("ALICE")'s result)
         state = {**(state or {}), "\0value": builtin}
+    elif _holds_more(owner):
+        return None         # a deque, date, Decimal or ndarray subclass: by its pickle
     if state is None:
         return None
+    # A cycle through objects (a tree whose nodes point at their parent) is walked once: met
+    # again, the whole value is hashed by its pickle instead (``_Cycle``). Each object walked
+    # again at every level where a RecursionError was caught took exponential time.
+    active: set[int] | None = getattr(_digesting, "ids", None)
+    top = active is None
+    if active is None:
+        active = _digesting.ids = set()
+    elif id(owner) in active:
+        raise _Cycle
+    active.add(id(owner))
     try:
         digest = digest_value(state, None, _no_reference, Engine.hash_value)
         return sha256_hex(f"{type(owner).__module__}.{type(owner).__qualname__}\0".encode()
                           + digest_json(digest))
     except (RecursionError, TypeError, ValueError):
         return None
+    except _Cycle:
+        if top:
+            return None
+        raise
+    finally:
+        active.discard(id(owner))
+        if top:
+            _digesting.ids = None
+
+
+class _Cycle(Exception):
+    """``_state_digest`` met an object it is already walking."""
+
+
+_digesting = threading.local()
+
+
+def _holds_more(obj: Any) -> bool:
+    """Whether ``obj`` holds state its attributes do not show: its reduction passes arguments
+    to its class (a subclass of ``deque``, ``date``, ``Decimal``, ``ndarray``, an exception
+    with args) or items. Keyed by its attributes alone, two of them with different contents
+    had one key."""
+    try:
+        rv = obj.__reduce_ex__(2)
+    except Exception:  # noqa: BLE001 - cannot tell: by its attributes, as before
+        return False
+    if not isinstance(rv, tuple) or len(rv) < 2:
+        return True
+    args = rv[1]
+    plain = isinstance(args, tuple) and len(args) == 1 and args[0] is type(obj)
+    return not plain or any(x is not None for x in rv[3:5])
 
 
 _NO_VALUE = object()
