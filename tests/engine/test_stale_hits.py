@@ -213,3 +213,29 @@ class Vocab(BaseComponent):
 
     def execute(self, text):
         return [w for w in text.split() if w in self.words]
+
+
+class LazyClient:
+    """Connects on first use; until then any attribute it lacks raises (as some clients do)."""
+    __slots__ = ("_conn", "url")
+
+    def __init__(self, url):
+        self.url = url
+
+    def __getattr__(self, name):
+        raise ConnectionError(f"not connected: {name}")
+
+
+def test_an_argument_whose_getattr_raises_is_still_keyed(engine):
+    """Reading its attributes went through its ``__getattr__``, whose ConnectionError failed
+    the task before it started."""
+    @component
+    def where(client):
+        return client.url
+
+    @pipeline(name="lazy_client_argument")
+    def p():
+        return where(client=LazyClient("a")), where(client=LazyClient("b"))
+
+    r = p.run(engine=engine)
+    assert [x["outputs"]["result"] for x in r.value] == ["a", "b"]

@@ -21,7 +21,10 @@ def attributes(obj: Any) -> dict[str, Any] | None:
     """An instance's attributes: its ``__dict__`` (a copy: another thread may add to it) and
     the slots its classes declare (a ``@dataclass(slots=True)`` keeps its fields there, not in
     ``__dict__``; two instances that differ only there got one key). None if it has neither."""
-    state = getattr(obj, "__dict__", None)
+    try:        # not through a ``__getattr__`` of the object's own (a lazy client's may raise)
+        state = object.__getattribute__(obj, "__dict__")
+    except Exception:  # noqa: BLE001 - no __dict__ (slots only), or a proxy that refuses
+        state = None
     out = dict(state) if isinstance(state, dict) else None
     for cls in type(obj).__mro__:
         names = cls.__dict__.get("__slots__", ())
@@ -30,7 +33,10 @@ def attributes(obj: Any) -> dict[str, Any] | None:
                 continue
             if name.startswith("__") and not name.endswith("__"):
                 name = f"_{cls.__name__.lstrip('_')}{name}"        # private: name-mangled
-            value = getattr(obj, name, _UNSET)
+            try:
+                value = object.__getattribute__(obj, name)
+            except Exception:  # noqa: BLE001 - an unset slot, or a descriptor that raises
+                value = _UNSET
             if value is not _UNSET:
                 if out is None:
                     out = {}
