@@ -165,7 +165,6 @@ def test_ctrl_c_in_dynamic_execute_cancels_and_records_the_run(tmp_path):
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     from twingraph.core.states import RunState
-    from twingraph.stores.metadata import SQLMetadataStore
     db = tmp_path / "home" / "twingraph.db"
     _wait_for_a_run(db)
     time.sleep(0.5)
@@ -173,10 +172,7 @@ def test_ctrl_c_in_dynamic_execute_cancels_and_records_the_run(tmp_path):
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, out
     assert "cancelled" in out
-    store = SQLMetadataStore(f"sqlite:///{db}")
-    (run,) = store.list_runs()
-    assert run.state is RunState.CANCELLED
-    store.close()
+    assert _only_run(db).state is RunState.CANCELLED
 
 
 def test_two_loaded_modules_with_one_operation_name_are_refused(cli, tmp_path):
