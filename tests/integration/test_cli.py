@@ -149,7 +149,6 @@ def test_ctrl_c_in_dynamic_execute_cancels_and_records_the_run(tmp_path):
     """The DAG's run went on in a thread of its own: the process ended on Ctrl-C and the run
     stayed RUNNING in the store for good."""
     import signal
-    import time
     env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"))
     env.pop("TWINGRAPH_DATABASE_URL", None)
     (tmp_path / "slow.json").write_text(json.dumps({"dag_id": "slowchain", "nodes": [
@@ -166,10 +165,7 @@ def test_ctrl_c_in_dynamic_execute_cancels_and_records_the_run(tmp_path):
                             stderr=subprocess.STDOUT, text=True)
     from twingraph.core.states import RunState
     db = tmp_path / "home" / "twingraph.db"
-    _wait_for_a_run(db)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    out = _signal_when_running(proc, db, signal.SIGINT)
     assert proc.returncode == 130, out
     assert "cancelled" in out
     assert _only_run(db).state is RunState.CANCELLED
@@ -675,6 +671,17 @@ def _wait_for_a_run(db, seconds=30):
     raise AssertionError("no run was recorded")
 
 
+def _signal_when_running(proc, db, sig):
+    """Send ``sig`` to ``proc`` once its run is recorded (and has started its work); its
+    output once it has exited."""
+    import time
+    _wait_for_a_run(db)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
 def _only_run(db):
     from twingraph.stores.metadata import SQLMetadataStore
     store = SQLMetadataStore(f"sqlite:///{db}")
@@ -697,7 +704,6 @@ def test_sigterm_cancels_and_records_the_run(tmp_path, command):
     """``timeout``, ``kill`` and ``docker stop`` send SIGTERM: the process ended at once and
     its run stayed RUNNING in the store for good."""
     import signal
-    import time
     from twingraph.core.states import RunState
     env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), TG_MARKS=str(tmp_path))
     env.pop("TWINGRAPH_DATABASE_URL", None)
@@ -710,10 +716,7 @@ def test_sigterm_cancels_and_records_the_run(tmp_path, command):
     proc = subprocess.Popen([sys.executable, "-m", "twingraph", *args], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     db = tmp_path / "home" / "twingraph.db"
-    _wait_for_a_run(db)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
+    out = _signal_when_running(proc, db, signal.SIGTERM)
     assert proc.returncode == 143, out
     assert "terminated (SIGTERM)" in out
     run = _only_run(db)
