@@ -239,3 +239,37 @@ def test_an_argument_whose_getattr_raises_is_still_keyed(engine):
 
     r = p.run(engine=engine)
     assert [x["outputs"]["result"] for x in r.value] == ["a", "b"]
+
+
+def test_a_helpers_decorator_arguments_are_part_of_the_version(engine, tmp_path, monkeypatch):
+    """``@scaled(2)`` edited to ``@scaled(3)`` on a helper: decorator lines were left out of
+    every function's source (for ``@component``'s settings), and the old result came back."""
+    text = ("import functools\n"
+            "class scaled:\n"
+            "    def __init__(self, k):\n"
+            "        self.k = k\n"
+            "    def __call__(self, f):\n"
+            "        @functools.wraps(f)\n"
+            "        def inner(x):\n"
+            "            return self.k * f(x)\n"
+            "        return inner\n"
+            "@scaled({k})\n"
+            "def helper(x):\n"
+            "    return x + 1\n")
+    helpers = _module(tmp_path, monkeypatch, "stale_decorated_helpers", text.format(k=2))
+
+    @component
+    def use(x):
+        return helpers.helper(x)
+
+    @pipeline(name="decorated_helper")
+    def p():
+        return use(x=4)
+
+    try:
+        assert p.run(engine=engine).value["outputs"]["result"] == 10
+        (tmp_path / "stale_decorated_helpers.py").write_text(text.format(k=3))
+        importlib.reload(helpers)
+        assert p.run(engine=engine).value["outputs"]["result"] == 15
+    finally:
+        sys.modules.pop("stale_decorated_helpers", None)

@@ -330,10 +330,10 @@ def test_user_module_held_in_a_closure_cell(load):
 
 
 DECORATED = """
-def deco(**settings):
+def component(**settings):          # stands for twingraph's: its settings are not code
     return lambda fn: fn
 
-@deco(labels={labels}, timeout={timeout})
+@component(labels={labels}, timeout={timeout})
 def scale(x):
     return x * {factor}
 """
@@ -347,6 +347,11 @@ def test_decorator_settings_are_not_part_of_the_version(load):
         return code_version(load(src.replace("{factor}", factor)).scale)
     assert version() == version(labels="{'team': 'b'}") == version(timeout="60")
     assert version() != version(factor="3")          # the function's own text still counts
+    # another decorator's arguments may change what the function computes: they count
+    other = DECORATED.replace("@component(", "@deco(").replace(
+        "def component(", "def deco(").replace("{factor}", "2")
+    assert code_version(load(other.replace("{labels}", "1").replace("{timeout}", "1")).scale) \
+        != code_version(load(other.replace("{labels}", "2").replace("{timeout}", "1")).scale)
 
 
 def test_modules_imported_in_the_body_count_even_relative_or_not_loaded_yet(tmp_path):

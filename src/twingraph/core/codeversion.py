@@ -401,21 +401,44 @@ def _own_text(code: types.CodeType) -> bytes:
     return _TEXT_CACHE.put(code, text)
 
 
+#: Decorators whose arguments are settings, not code: TwinGraph's own.
+_OWN_DECORATORS = frozenset({"component", "pipeline", "operation"})
+
+
 def _without_decorators(src: str) -> str:
-    """A function's source from its ``def`` line on. A decorated function's source starts at
-    its first decorator, and ``@component(labels=..., timeout=...)`` holds settings that do
-    not change what the function computes (those that do are in the key's config): changing
-    a label must not re-run the component. Text that does not parse is kept whole."""
+    """A function's source from its ``def`` line on, after the decorators that are not
+    TwinGraph's. ``@component(labels=..., timeout=...)`` holds settings that do not change
+    what the function computes (those that do are in the key's config): changing a label must
+    not re-run the component. Another decorator's arguments may (``@scaled(2)`` to
+    ``@scaled(3)`` kept the version, and served the old result). Text that does not parse is
+    kept whole."""
     if not src.lstrip().startswith("@"):
         return src
+    dedented = textwrap.dedent(src)
     try:
-        tree = ast.parse(textwrap.dedent(src))
+        tree = ast.parse(dedented)
     except SyntaxError:
         return src
     node = tree.body[0] if tree.body else None
     if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         return src
-    return "".join(src.splitlines(keepends=True)[node.lineno - 1:])
+    rest = "".join(src.splitlines(keepends=True)[node.lineno - 1:])
+    kept = [d for d in node.decorator_list if _decorator_name(d) not in _OWN_DECORATORS]
+    if not kept:
+        return rest
+    return "".join(f"@{ast.get_source_segment(dedented, d) or ast.unparse(d)}\n"
+                   for d in kept) + rest
+
+
+def _decorator_name(node: ast.expr) -> str | None:
+    """``component`` for ``@component``, ``@component(...)``, ``@twingraph.component``."""
+    if isinstance(node, ast.Call):
+        node = node.func
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Name):
+        return node.id
+    return None
 
 
 def _class_source(c: type) -> str | None:
