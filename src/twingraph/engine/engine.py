@@ -188,8 +188,7 @@ _NO_VALUE = object()
 _BUILTIN_VALUES: tuple[tuple[type, Callable[[Any], Any]], ...] = (
     (str, str.__str__), (bytes, bytes), (bytearray, bytes), (bool, bool),
     (int, int.__int__), (float, float.__float__),
-    (complex, lambda v: complex.__complex__(v) if hasattr(complex, "__complex__") else
-     complex(v.real, v.imag)),
+    (complex, complex.__complex__),
     (tuple, lambda v: tuple(tuple.__iter__(v))), (list, lambda v: list(list.__iter__(v))),
     (dict, lambda v: dict(dict.items(v))), (frozenset, lambda v: frozenset(frozenset.__iter__(v))),
     (set, lambda v: set(set.__iter__(v))))

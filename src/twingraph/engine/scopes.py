@@ -101,8 +101,6 @@ class ScopeSide:
     run_id: str
     stopping: str | None
     failures: dict[str, str]
-    running: int
-    inbox: Any
     clock: Any
     _timer: Callable[..., None]
     _finish: Callable[..., None]
