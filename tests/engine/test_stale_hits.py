@@ -273,3 +273,58 @@ def test_a_helpers_decorator_arguments_are_part_of_the_version(engine, tmp_path,
         assert p.run(engine=engine).value["outputs"]["result"] == 15
     finally:
         sys.modules.pop("stale_decorated_helpers", None)
+
+
+_MODELS = ("class Model:\n"
+           "    def __init__(self, w):\n"
+           "        self.w = w\n"
+           "\n"
+           "    def predict(self, x):\n"
+           "        return self.w * x{extra}\n")
+_FLOW = ("from __future__ import annotations\n"
+         "import typing\n"
+         "from twingraph import component, pipeline\n"
+         "import stale_models\n"
+         "from stale_models import Model\n"
+         "\n"
+         "@component\n"
+         "def train():\n"
+         "    return Model(2)\n"
+         "\n"
+         "@component\n"
+         "def evaluate(model: Model, x: int):\n"
+         "    return model.predict(x)\n"
+         "\n"
+         "@component\n"
+         "def evaluate_all(models: 'list[stale_models.Model] | None', x: int):\n"
+         "    return [m.predict(x) for m in models]\n"
+         "\n"
+         "@pipeline(name='annotated_consumer')\n"
+         "def p():\n"
+         "    m = train()['outputs']['result']\n"
+         "    return [evaluate(model=m, x=5)['outputs']['result'],\n"
+         "            evaluate_all(models=[m], x=1)['outputs']['result']]\n"
+         "\n"
+         "print(p())\n")
+
+
+def test_a_consumer_annotated_with_an_imported_class_reruns_when_the_class_is_edited(tmp_path):
+    """``evaluate(model: Model)`` calls ``model.predict``; editing ``predict`` in the imported
+    module re-ran ``train`` (it builds a Model), whose pickle names the class without its code:
+    same bytes, so ``evaluate`` was an early cut-off hit with the old ``predict``'s result. The
+    annotation now puts ``Model``'s code into ``evaluate``'s version. Each run is a new process,
+    as a user's runs are."""
+    (tmp_path / "stale_models.py").write_text(_MODELS.format(extra=""))
+    (tmp_path / "stale_flow.py").write_text(_FLOW)
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"),
+               PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT / "src")]))
+
+    def run():
+        out = subprocess.run([sys.executable, "stale_flow.py"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert run() == "[10, [2]]"
+    (tmp_path / "stale_models.py").write_text(_MODELS.format(extra=" + 100"))
+    assert run() == "[110, [102]]"

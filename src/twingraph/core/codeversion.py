@@ -21,6 +21,8 @@ What goes in, starting from the component's function (or ``BaseComponent`` class
     are deliberately not hashed: an accumulator or a cache filled while tasks run would make
     the version depend on timing. Without module source, plain containers fall back to their
     value;
+- the user classes its parameter and return annotations name (``model: Model``): a method
+  called on a parameter is dynamic dispatch, and the annotation says whose;
 - closure cells and default values have no defining statement: plain data (lists and dicts
   included) is hashed by value, other objects by type (and the class, if it is user code).
 
@@ -56,6 +58,7 @@ import sys
 import sysconfig
 import textwrap
 import types
+import typing
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -812,6 +815,9 @@ class _Walk:
                 self.put("global", name, "<unbound>")
         for modname, level, fromlist in sorted(names.imports):
             self.imported(modname, level, fromlist, g, names.attrs)
+        annotated = _annotated_classes(f)
+        if annotated:
+            self.put("annotations", *(self.cls_ref(c) for c in annotated))
 
     def imported(self, modname: str, level: int, fromlist: tuple[str, ...],
                  g: dict[str, Any], attrs: frozenset[str]) -> None:
@@ -867,6 +873,88 @@ class _Walk:
                 self.class_body(obj)
             else:
                 self.function_body(obj)
+
+
+def _annotated_classes(f: types.FunctionType) -> list[type]:
+    """The user classes ``f``'s parameter and return annotations name (``model: Model``,
+    ``list[geo.Point] | None``, ``"Model"`` under ``from __future__ import annotations``), in
+    first-met order. A method called on a parameter (``model.predict(x)``) is dynamic dispatch
+    the walk cannot follow; the annotation says whose method it is, so an edit of that class
+    is a new version of ``f``. String annotations are parsed, never evaluated: their names are
+    looked up in ``f``'s globals and attributes of what they name."""
+    try:
+        anns = inspect.get_annotations(f)
+    except Exception:  # noqa: BLE001 - an annotation that cannot be evaluated (PEP 649)
+        return []
+    if not anns:
+        return []
+    found: dict[int, type] = {}
+    g = f.__globals__
+    for name in sorted(anns, key=str):
+        _collect_annotation(anns[name], g, found, 0)
+    return list(found.values())
+
+
+def _collect_annotation(a: Any, g: dict[str, Any], found: dict[int, type], depth: int) -> None:
+    if depth > 8:
+        return
+    if isinstance(a, str):
+        for obj in _named_in(a, g):
+            _collect_annotation(obj, g, found, depth + 1)
+        return
+    forward = getattr(a, "__forward_arg__", None) if type(a).__module__ == "typing" else None
+    if isinstance(forward, str):         # typing.ForwardRef inside Optional["Model"]
+        _collect_annotation(forward, g, found, depth + 1)
+        return
+    if isinstance(a, (list, tuple)):     # Callable[[A, B], C]'s argument list
+        for x in a[:32]:
+            _collect_annotation(x, g, found, depth + 1)
+        return
+    if isinstance(a, type) and not isinstance(a, types.GenericAlias):
+        if _is_user_class(a):
+            found.setdefault(id(a), a)
+        return
+    try:
+        args = typing.get_args(a)
+        origin = typing.get_origin(a)
+    except Exception:  # noqa: BLE001 - not a typing construct
+        return
+    if origin is not None:
+        _collect_annotation(origin, g, found, depth + 1)
+    for x in args[:32]:
+        _collect_annotation(x, g, found, depth + 1)
+
+
+def _named_in(text: str, g: dict[str, Any]) -> list[Any]:
+    """The objects a string annotation names (``"geo.Point | None"``): each name and dotted
+    name looked up in ``g`` (then builtins) and, through modules and classes, by
+    ``getattr_static``. Nothing is evaluated; what cannot be resolved is left out."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError):
+        return []
+    out: list[Any] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            out.append(node.value)        # a quoted annotation under ``from __future__``
+            continue
+        parts: list[str] = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if not isinstance(node, ast.Name):
+            continue
+        obj = g.get(node.id, _BUILTINS.get(node.id))
+        for attr in reversed(parts):
+            if obj is None:
+                break
+            try:
+                obj = inspect.getattr_static(obj, attr, None)
+            except Exception:  # noqa: BLE001
+                obj = None
+        if obj is not None:
+            out.append(obj)
+    return out
 
 
 def _wrapped(v: Any) -> Any:
