@@ -316,15 +316,60 @@ def test_a_consumer_annotated_with_an_imported_class_reruns_when_the_class_is_ed
     as a user's runs are."""
     (tmp_path / "stale_models.py").write_text(_MODELS.format(extra=""))
     (tmp_path / "stale_flow.py").write_text(_FLOW)
-    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"),
-               PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT / "src")]))
-
-    def run():
-        out = subprocess.run([sys.executable, "stale_flow.py"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
-
-    assert run() == "[10, [2]]"
+    assert _run_file(tmp_path, "stale_flow.py") == "[10, [2]]"
     (tmp_path / "stale_models.py").write_text(_MODELS.format(extra=" + 100"))
-    assert run() == "[110, [102]]"
+    assert _run_file(tmp_path, "stale_flow.py") == "[110, [102]]"
+
+
+def _run_file(root, name):
+    """Run ``root/name`` in a new process on the embedded default under ``root/home``; what
+    it printed."""
+    env = dict(os.environ, TWINGRAPH_HOME=str(root / "home"),
+               PYTHONPATH=os.pathsep.join([str(root), str(ROOT / "src")]))
+    out = subprocess.run([sys.executable, name], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+_SETTINGS = ("class Cfg:\n"
+             "    def __init__(self, scale):\n"
+             "        self.scale = scale\n"
+             "\n"
+             "DEFAULT = Cfg(scale={scale})\n")
+_DEFAULTS_FLOW = ("from twingraph import component, pipeline\n"
+                  "import stale_settings\n"
+                  "from stale_settings import DEFAULT\n"
+                  "\n"
+                  "@component\n"
+                  "def imported_default(x, cfg=DEFAULT):\n"
+                  "    return x * cfg.scale\n"
+                  "\n"
+                  "@component\n"
+                  "def attribute_default(x, *, cfg=stale_settings.DEFAULT):\n"
+                  "    return x * cfg.scale + 1\n"
+                  "\n"
+                  "def make():\n"
+                  "    c = stale_settings.DEFAULT\n"
+                  "    @component(name='closure_cell')\n"
+                  "    def closure_cell(x):\n"
+                  "        return x * c.scale + 2\n"
+                  "    return closure_cell\n"
+                  "\n"
+                  "@pipeline(name='user_object_defaults')\n"
+                  "def p():\n"
+                  "    return [f(x=5)['outputs']['result']\n"
+                  "            for f in (imported_default, attribute_default, make())]\n"
+                  "\n"
+                  "print(p())\n")
+
+
+def test_a_default_that_is_a_user_object_bound_in_a_module_is_keyed_by_its_statement(tmp_path):
+    """``cfg=DEFAULT`` with ``DEFAULT = Cfg(scale=2)`` in an imported settings module (also as
+    ``cfg=settings.DEFAULT`` and as a closure cell) was described by its class only: editing
+    the statement to ``scale=3`` served the old results."""
+    (tmp_path / "stale_settings.py").write_text(_SETTINGS.format(scale=2))
+    (tmp_path / "stale_defaults.py").write_text(_DEFAULTS_FLOW)
+    assert _run_file(tmp_path, "stale_defaults.py") == "[10, 11, 12]"
+    (tmp_path / "stale_settings.py").write_text(_SETTINGS.format(scale=3))
+    assert _run_file(tmp_path, "stale_defaults.py") == "[15, 16, 17]"

@@ -24,7 +24,9 @@ What goes in, starting from the component's function (or ``BaseComponent`` class
 - the user classes its parameter and return annotations name (``model: Model``): a method
   called on a parameter is dynamic dispatch, and the annotation says whose;
 - closure cells and default values have no defining statement: plain data (lists and dicts
-  included) is hashed by value, other objects by type (and the class, if it is user code).
+  included) is hashed by value, other objects by type (and the class, if it is user code);
+  an instance of a user class that is also bound at module level (``cfg=DEFAULT``, also
+  ``cfg=settings.DEFAULT``) by that binding's statement as well, as a global is.
 
 "User code" is a module outside the standard library and site-packages that is not
 ``twingraph`` itself. Library code is identified by its qualified name only: its version is the
@@ -794,20 +796,20 @@ class _Walk:
     def function_body(self, f: types.FunctionType) -> None:
         code = f.__code__
         names = _scan(code)
+        g = f.__globals__
         self.put("F", str(self.ordinal[id(f)]), f.__qualname__, _own_text(code))
         for v in f.__defaults__ or ():
-            self.put("default", self.value(v, names.attrs))
+            self.put("default", self.value(v, names.attrs, _home_of(v, g)))
         kw = f.__kwdefaults__ or {}
         for k in sorted(kw):
-            self.put("kwdefault", k, self.value(kw[k], names.attrs))
+            self.put("kwdefault", k, self.value(kw[k], names.attrs, _home_of(kw[k], g)))
         for name, cell in zip(code.co_freevars, f.__closure__ or ()):
             try:
                 v = cell.cell_contents
             except ValueError:
                 self.put("cell", name, "<empty>")
                 continue
-            self.put("cell", name, self.value(v, names.attrs))
-        g = f.__globals__
+            self.put("cell", name, self.value(v, names.attrs, _home_of(v, g)))
         for name in sorted(names.globals):
             if name in g:
                 self.put("global", name, self.value(g[name], names.attrs, (g, name)))
@@ -873,6 +875,31 @@ class _Walk:
                 self.class_body(obj)
             else:
                 self.function_body(obj)
+
+
+def _home_of(v: Any, g: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """Where a default or closure value that is an instance of a user class (not plain data)
+    is bound at module level: a global of ``g`` that is that very object (``cfg=DEFAULT``,
+    ``DEFAULT`` imported from a settings module), else an attribute of a user module ``g``
+    names (``cfg=settings.DEFAULT``). Its defining statement is then part of the version:
+    ``DEFAULT = Cfg(scale=2)`` edited to ``scale=3`` is a new one. Runtime contents are still
+    not read. None when it is bound nowhere there (built in place: the source shows it)."""
+    t = type(v)
+    if t is types.ModuleType or isinstance(v, type) or not _is_user_class(t) \
+            or _plain(v) is not None:
+        return None
+    modules = []
+    for name, x in list(g.items()):
+        if x is v:
+            return g, name
+        if type(x) is types.ModuleType and _is_user_module(x):
+            modules.append(x)
+    for m in modules:
+        ns = vars(m)
+        for name, x in list(ns.items()):
+            if x is v:
+                return ns, name
+    return None
 
 
 def _annotated_classes(f: types.FunctionType) -> list[type]:
