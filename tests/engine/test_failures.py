@@ -573,6 +573,37 @@ def test_a_hung_inline_call_does_not_hold_the_run(engine):
     assert all(tasks[f"slow-{i}"].state is TaskState.SUCCESS for i in range(3)), tasks
 
 
+def test_a_component_measured_fast_that_turns_slow_runs_its_calls_in_parallel(engine):
+    """A component measured fast runs inline; when its calls turn slow (a long-lived engine,
+    durations that depend on the data), the first one escapes to a thread after
+    ``INLINE_ESCAPE``. Nothing recorded that, so every next call ran inline again and waited
+    ``INLINE_ESCAPE`` in turn: 8 independent calls started 0.1 s apart, not together."""
+    from twingraph import component
+
+    @component(cache=False)
+    def step(i, delay):
+        started = time.monotonic()
+        time.sleep(delay)
+        return started
+
+    @pipeline(name="fast_then_slow_warm")
+    def warm():
+        return [step(i=i, delay=0).result() for i in range(20)]
+
+    @pipeline(name="fast_then_slow", max_parallel=8)
+    def p():
+        return [step(i=100 + i, delay=1.0)["outputs"]["result"] for i in range(8)]
+
+    warm.run(engine=engine)
+    assert engine.choose_mode(step.spec) == "inline"
+    r = p.run(engine=engine)
+    assert r.state is RunState.SUCCESS
+    starts = sorted(r.value)
+    # the first call escapes after INLINE_ESCAPE; the other seven start together (they were
+    # 0.1 s apart, a spread of 0.6 s)
+    assert starts[-1] - starts[1] < 0.3, [round(s - starts[0], 3) for s in starts]
+
+
 def test_calling_a_failed_component_again_in_the_body_runs_it_again(engine, tmp_path):
     """A body that catches a failure and makes the same call again: the second call runs (it
     took the first one's failure, as an in-run twin, and never ran)."""

@@ -327,6 +327,10 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         if task.state in TERMINAL:
             return
         ran = time.perf_counter() - t0
+        # A slow call, so far: the component's next calls run in threads, not inline one
+        # after another, each waiting INLINE_ESCAPE for the watchdog (its full duration is
+        # observed again when it ends).
+        self.engine.observe(task.spec, ran, True)
         task.mode = "thread"
         job = task.job = Job(task, None, (), {}, "thread")
         job.stop_flag = flag
