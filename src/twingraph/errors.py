@@ -181,11 +181,12 @@ class ExecutorUnavailable(SchedulingError):
     """A component asks for a platform that has no executor in this installation."""
 
     def __init__(self, platform: str, components: Iterable[str], *,
-                 available: Iterable[str] = ("local",)) -> None:
+                 available: Iterable[str] = ("local",), where: str = "") -> None:
         names = sorted(set(components))
         have = ", ".join(repr(p) for p in sorted(set(available)))
         super().__init__(
             f"no executor for platform {platform!r} (needed by {', '.join(names)}); "
+            f"{where + '; ' if where else ''}"
             f"available here: {have}. The {platform} executor is not installed in this build, "
             "and TwinGraph never runs such a component on another platform in its place.")
         self.platform, self.components = platform, names

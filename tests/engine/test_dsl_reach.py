@@ -47,6 +47,8 @@ def test_base_component_names():
     (rp.imported_helper, "docker.*reach_docker_step"),   # a helper of another user module
     (rp.in_comprehension, "docker.*reach_docker_step"),  # inside a comprehension
     (rp.via_partial, "docker.*reach_docker_step"),       # functools.partial(component, ...)
+    (rp.inside_a_component, "docker.*reach_docker_step.*local_calls_docker calls"),
+    (rp.inside_a_base_component, "kubernetes.*reach_k8s_step.*LocalCallsK8s calls"),
 ], ids=lambda v: getattr(v, "name", None))
 def test_missing_executor_fails_before_the_run_starts(engine, tmp_path, pipe, needs):
     marker = tmp_path / "marker"
@@ -70,6 +72,48 @@ def test_the_runtime_guard_still_refuses_what_the_walk_cannot_see(engine, tmp_pa
     assert r.state is RunState.FAILED
     msg = str(r.error)
     assert "no executor for platform 'docker'" in msg and "reach_docker_step" in msg
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_a_non_local_component_called_inside_a_task_is_refused_not_run_here(
+        engine, tmp_path, executor):
+    """A component's body that picks a docker component by a computed name (the walk cannot
+    see it): the plain call inside the task, in a thread or a worker process, took itself
+    for a call outside any pipeline, warned, and ran the docker component here."""
+    from tests.resources import reach_steps
+    from twingraph import component, pipeline
+
+    @component(cache=False, executor=executor, name=f"dispatch_{executor}")
+    def dispatch(name, x):
+        return getattr(reach_steps, name)(x=x)
+
+    @pipeline(name=f"reach_dispatch_{executor}")
+    def p():
+        return dispatch(name="reach_" + "docker_step", x=1)
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.FAILED
+    assert "no executor for platform 'docker'" in str(r.error), r.error
+    assert "not by its body" in str(r.error)
+
+
+def test_a_non_local_component_called_from_a_thread_the_body_started_is_refused(engine):
+    """Calls from a thread the body starts are plain calls (no run on that thread): one of
+    a lambda component ran here, with a warning that it was outside a pipeline."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.resources import reach_steps
+    from twingraph import pipeline
+
+    @pipeline(name="reach_body_thread")
+    def p():
+        step = getattr(reach_steps, "reach_" + "k8s_step")
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(lambda i: step(x=i), range(2)))
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.FAILED
+    assert "no executor for platform 'kubernetes'" in str(r.error), r.error
 
 
 def test_a_non_local_component_called_outside_a_pipeline_says_it_runs_here():

@@ -110,3 +110,26 @@ def in_comprehension(path):
 def via_partial(path):
     reach_marker(path=path)
     return LATER()
+
+
+@component
+def local_calls_docker(x):
+    """A local component whose body calls a docker component: a plain call inside its task."""
+    return dockmod.reach_docker_step(x=x)
+
+
+class LocalCallsK8s(BaseComponent):
+    def execute(self, x):
+        return dockmod.reach_k8s_step(x=x)
+
+
+@pipeline(name="reach_inside_a_component")
+def inside_a_component(path):
+    reach_marker(path=path)
+    return local_calls_docker(x=1)
+
+
+@pipeline(name="reach_inside_a_base_component")
+def inside_a_base_component(path):
+    reach_marker(path=path)
+    return LocalCallsK8s()(x=1)

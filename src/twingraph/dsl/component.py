@@ -18,7 +18,8 @@ from twingraph.core.arguments import parameters_of
 from twingraph.core.codeversion import code_version
 from twingraph.core.specs import ComponentSpec
 from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
-from twingraph.engine.engine import current_run
+from twingraph.core.placement import in_worker_process
+from twingraph.engine.engine import current_run, runs_live
 from twingraph.errors import ExecutorUnavailable, ValidationError
 from twingraph.registry import register_component
 
@@ -129,7 +130,18 @@ def component(fn: Callable[..., Any] | None = None, *, platform: str = "local",
 
 def warn_plain_call(name: str, platform: str) -> None:
     """Outside a pipeline a component is a plain function call, in this process, whatever its
-    platform: say so (never silently) for a component meant to run elsewhere."""
+    platform: say so (never silently) for a component meant to run elsewhere.
+
+    A call that is not made by a pipeline body's thread while a run goes on in this process
+    (inside another component's task, in a thread the body started) or in a worker process
+    of the local executor is not outside a pipeline: it would run a component meant for
+    another platform here, in its place, which TwinGraph never does (``ExecutorUnavailable``).
+    """
+    if runs_live() or in_worker_process():
+        raise ExecutorUnavailable(
+            platform, [name], where=f"{name} was called inside a running pipeline but not by "
+            "its body (by another component, or a thread the body started), so it would run "
+            "here")
     warnings.warn(f"component {name!r} (platform {platform!r}) called outside a pipeline runs "
                   "here, in this process, as a plain function call; inside a pipeline it runs "
                   f"on its {platform} executor", RuntimeWarning, stacklevel=3)

@@ -36,7 +36,7 @@ from twingraph.dsl.component import Component, check_platform
 from twingraph.engine.engine import Engine, RunResult, current_run
 from twingraph.engine.loop import RunOptions
 from twingraph.engine.scopes import nested
-from twingraph.errors import NotFoundError, ValidationError
+from twingraph.errors import ExecutorUnavailable, NotFoundError, ValidationError
 from twingraph.graphson import export_run
 
 log = logging.getLogger("twingraph.lineage")
@@ -91,6 +91,7 @@ class Pipeline:
             engine = default_engine()
         reachable = list(_reachable_components(self.fn, [*args, *kwargs.values()]))
         check_platform(engine, reachable)
+        _check_called_inside(engine, reachable)
         for c in reachable:
             if isinstance(c, Component):
                 c.refresh_version()
@@ -406,6 +407,33 @@ def _reachable_components(fn: Any, given: Iterable[Any] = ()) -> Iterable[Any]:
                 continue
             _visit(value, names, f.__module__, found, stack, looked, 0)
     return found.values()
+
+
+def _check_called_inside(engine: Engine, components: list[Any]) -> None:
+    """Refuse, before the run starts, a component meant for a platform with no executor that
+    a component's body calls (a plain call inside that task: it would run here, in its
+    place). Found as a body's components are, transitively."""
+    seen = {id(c) for c in components}
+    todo = list(components)
+    while todo:
+        c = todo.pop()
+        cls = c.cls if isinstance(c, _ClassComponent) else \
+            type(c) if isinstance(c, BaseComponent) else None
+        bodies = [c.fn] if isinstance(c, Component) else \
+            [vars(k)[m] for k in (cls.__mro__ if cls is not None else ())
+             if k is not BaseComponent and k is not object
+             for m in ("execute", "validate_inputs") if m in vars(k)]
+        for body in bodies:
+            for inner in _reachable_components(body):
+                if id(inner) in seen:
+                    continue
+                seen.add(id(inner))
+                todo.append(inner)
+                if inner.platform not in engine.platforms:
+                    raise ExecutorUnavailable(
+                        inner.platform, [inner.name], available=engine.platforms,
+                        where=f"{c.name} calls {inner.name} in its body, where it would run "
+                        "as a plain call, here")
 
 
 def _visit(value: Any, names: set[str], module: str, found: dict[int, Any],

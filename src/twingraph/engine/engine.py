@@ -53,6 +53,14 @@ def current_run() -> RunLoop | None:
     return getattr(_current, "run", None)
 
 
+_live: set[str] = set()        # ids of the runs going on in this process, on any engine
+
+
+def runs_live() -> bool:
+    """Whether a run is going on in this process (on any thread, on any engine)."""
+    return bool(_live)
+
+
 def _interruption(exc: KeyboardInterrupt) -> str:
     """Why a run is cancelled by a ``KeyboardInterrupt``: its text when it has one (SIGTERM,
     cli/signals.py), else Ctrl-C."""
@@ -513,6 +521,7 @@ class Engine:
                        previous=lambda: self._previous_tasks(pipeline, run_id), epoch=epoch)
         loop.pipeline = pipeline
         self.runs[run_id] = loop
+        _live.add(run_id)
         now = self.clock.now()
         if pending:
             self.recorder.add(RunUpdate(run_id, RunState.RUNNING, now, epoch=epoch))
@@ -620,6 +629,7 @@ class Engine:
                             exc_info=True)
         finally:
             self.runs.pop(run_id, None)
+            _live.discard(run_id)
         progress = loop.progress()
         self.emit({"event": "run:status", "run_id": run_id, "pipeline": pipeline,
                    "status": state.value, "progress": progress})

@@ -38,6 +38,7 @@ from typing import Any
 import cloudpickle
 
 from twingraph.core.logtext import LOGGER_NAME, message_of
+from twingraph.core.placement import mark_worker_process
 from twingraph.errors import (ConfigurationError, MemoryLimitExceeded, NodeExecutionError,
                               remote_traceback)
 from twingraph.executors.local import JobOutcome
@@ -221,6 +222,7 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
         pass
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="twingraph-parent-watch").start()
+    mark_worker_process()
     forward = _Forward(conn)
     _tag_threads(forward)
     task_logger = logging.getLogger(LOGGER_NAME)
