@@ -227,6 +227,17 @@ def pipeline(fn: Callable[..., Any] | None = None, *, name: str | None = None,
              if v is not None]
 
     def wrap(f: Callable[..., Any]) -> Pipeline:
+        body = inspect.unwrap(f)
+        kind = "an async def function" if inspect.iscoroutinefunction(body) else \
+            "an async generator" if inspect.isasyncgenfunction(body) else \
+            "a generator function" if inspect.isgeneratorfunction(body) else None
+        if kind is not None:
+            # Its call would return a coroutine or generator at once: a run of no tasks,
+            # recorded SUCCESS, whose value is an object nobody runs.
+            raise ValidationError(
+                f"pipeline {getattr(f, '__name__', f)!r} is {kind}: a pipeline body must be "
+                "a plain function (its component calls return futures at once and run in "
+                "parallel; an async def component is awaited by the engine)")
         spec = PipelineSpec.build(
             name=f.__name__ if name is None else name, schedule=schedule,
             max_parallel=_DEFAULTS["max_parallel"] if max_parallel is None else max_parallel,

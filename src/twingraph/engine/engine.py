@@ -16,7 +16,7 @@ import random
 import threading
 import time
 import uuid
-from types import FunctionType, GeneratorType, MethodType
+from types import CoroutineType, FunctionType, GeneratorType, MethodType
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +29,7 @@ from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdat
 from twingraph.core.results import StorageMetadata
 from twingraph.core.specs import DEFAULT_TIMEOUT
 from twingraph.core.states import RunState, TaskState, fence as fence_token, transition_run
+from twingraph.engine.awaiting import run_awaitable
 from twingraph.engine.loop import RunLoop, RunOptions
 from twingraph.engine.timers import HEARTBEAT_INTERVAL
 from twingraph.engine.notify import notify
@@ -810,8 +811,11 @@ _NOT_STREAMS = (str, bytes, bytearray, memoryview, list, tuple, dict, int, float
 
 def collect(value: Any) -> Any:
     """A result that is a lazy stream — a generator, ``map``, ``zip``, any iterator — as the
-    list of its items (a task's result is stored whole, and a stream cannot be)."""
+    list of its items (a task's result is stored whole, and a stream cannot be); a coroutine
+    (an ``async def`` component's call) as what it returns, awaited here."""
     t = type(value)
+    if t is CoroutineType:
+        return collect(run_awaitable(value))
     if t is GeneratorType or (t not in _NOT_STREAMS and isinstance(value, Iterator)):
         return list(value)
     return value
@@ -819,7 +823,10 @@ def collect(value: Any) -> Any:
 
 def normalize(value: Any) -> Any:
     """The documented result shape: NamedTuple -> dict of fields, dict as is, else {'result': v}.
-    A generator's items are collected into a list (a task's result is stored whole)."""
+    A generator's items are collected into a list (a task's result is stored whole); an
+    ``async def`` component's coroutine is awaited first."""
+    if type(value) is CoroutineType:
+        value = run_awaitable(value)
     if isinstance(value, dict):
         return value
     if isinstance(value, tuple) and hasattr(value, "_asdict"):
