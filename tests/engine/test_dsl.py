@@ -342,12 +342,15 @@ def test_a_nested_pipelines_run_settings_are_said_not_to_apply(engine):
                      "own notifications, graph_config do not apply (they are for runs of it)"]
 
 
-def test_parent_hashes_given_as_strings_draw_lineage_edges(engine):
+@pytest.mark.parametrize("memo", ["cached", "--no-cache", "cache=False producer"])
+def test_parent_hashes_given_as_strings_draw_lineage_edges(engine, memo):
     """``parent_hash=raw["hash"]`` after the body read the value (original TwinGraph's form):
-    a hash string, not a future; it drew no DEPENDS_ON edge."""
+    a hash string, not a future; it drew no DEPENDS_ON edge. Nor did it, later, when the
+    producer was not memoized (``cache=False``, a ``--no-cache`` run): its hash is its own
+    key, which the lookup did not know."""
     from twingraph.lineage import run_lineage
 
-    @component
+    @component(cache=memo != "cache=False producer")
     def load(n):
         return {"chunks": [[i, i + 1] for i in range(n)]}
 
@@ -367,7 +370,7 @@ def test_parent_hashes_given_as_strings_draw_lineage_edges(engine):
         return agg(results=[v["outputs"]["data"] for v in vals],
                    parent_hashes=[v["hash"] for v in vals])
 
-    r = p.run(engine=engine)
+    r = p.run(engine=engine, no_cache=memo == "--no-cache")
     assert r.state.value == "SUCCESS"
     engine.recorder.flush()
     _, edges = run_lineage(engine.metadata, r.run_id)

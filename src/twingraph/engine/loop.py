@@ -145,6 +145,9 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         self._steps = 0                            # tasks keyed or started since the last check
         self.tasks: dict[str, Task] = {}
         self.by_key: dict[str, Task] = {}
+        # Tasks that are not memoized (cache=False, --no-cache), by their own key: what their
+        # r["hash"] gives a body, for ``parent_hash`` strings to name them (``_named_parents``).
+        self.by_own_key: dict[str, Task] = {}
         self.ready: deque[Task] = deque()          # keyed, missed: waiting for a slot
         # Local tasks whose ``resources`` are not free yet, in order (engine.resources).
         self.held: deque[Task] = deque()
@@ -677,7 +680,8 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         for k in LINEAGE_KWARGS:
             v = task.kwargs.get(k)
             for h in (v,) if isinstance(v, str) else v if isinstance(v, (list, tuple)) else ():
-                p = self.by_key.get(h) if isinstance(h, str) else None
+                p = (self.by_key.get(h) or self.by_own_key.get(h)) if isinstance(h, str) \
+                    else None
                 if p is not None and p is not task and p.node_id not in named:
                     named.add(p.node_id)
                     deps.append([p.node_id, ["hash"]])

@@ -29,6 +29,7 @@ class MemoSide:
     prior: dict[str, TaskRecord]
     resuming: dict[Task, str]    # recorded SUCCESS before the stop, being looked up: structural key
     by_key: dict[str, Task]
+    by_own_key: dict[str, Task]
     ready: deque[Task]
     _previous: Mapping[str, TaskRecord] | None
     _previous_loader: Callable[[], Mapping[str, TaskRecord]] | None
@@ -100,6 +101,7 @@ class MemoSide:
             return True
         task.cache_status = "disabled"
         task.cache_reason = "--no-cache" if self.opt.no_cache else "cache=False on the component"
+        self.by_own_key[key] = task
         self._set_state(task, QUEUED)
         self.ready.append(task)
         return False
