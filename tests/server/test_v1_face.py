@@ -78,6 +78,33 @@ def test_envelope_and_project_crud(app_client: TestClient) -> None:
     assert c.get(f"/api/v1/projects/{pid}").status_code == 404
 
 
+def test_project_routes_take_a_name_where_the_runs_and_schedules_routes_do(
+        app_client: TestClient) -> None:
+    """``project_id: "default"`` (the embedded default's name) worked for schedules and
+    ``/runs?project_id=`` but was a 404 on ``/projects/default`` and its pipelines and
+    statistics: the SDK's ``pipelines.list("default")`` raised NotFound. An id wins over
+    another project's equal name."""
+    c = app_client
+    default = c.get("/api/v1/projects/default")
+    assert default.status_code == 200, default.json()
+    pid = default.json()["data"]["id"]
+    assert pid.startswith("proj_") and default.json()["data"]["name"] == "default"
+    assert c.get("/api/v1/projects/default/pipelines").status_code == 200
+    stats = c.get("/api/v1/projects/default/statistics").json()["data"]
+    assert stats["project_id"] == pid
+    made = c.post("/api/v1/projects/default/pipelines",
+                  json={"name": "by_project_name", **graph()})
+    assert made.status_code == 201, made.json()
+    assert made.json()["data"]["project_id"] == pid
+    assert c.put("/api/v1/projects/default", json={"description": "d"}).json()["data"][
+        "description"] == "d"
+    # a project named like another project's id: the id is what the path means
+    other = c.post("/api/v1/projects", json={"name": pid}).json()["data"]
+    assert c.get(f"/api/v1/projects/{pid}").json()["data"]["name"] == "default"
+    assert c.get(f"/api/v1/projects/{other['id']}").json()["data"]["name"] == pid
+    assert c.get("/api/v1/projects/no_such_project").status_code == 404
+
+
 def test_loaded_pipeline_runs_by_name_through_its_lifecycle(app_client: TestClient) -> None:
     c = app_client
     r = c.post("/api/v1/runs", json={"pipeline_id": "sum_numbers", "params": {"n": 4, "offset": 1},

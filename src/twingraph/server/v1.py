@@ -134,29 +134,36 @@ async def get_project(request: Request, project_id: str) -> Any:
     cat = services(request).catalog
 
     def read() -> Any:
-        p = cat.get_project(project_id)
-        pipes, _ = cat.list_pipelines(project_id=project_id, limit=100)
+        p = cat.resolve_project(project_id)
+        pipes, _ = cat.list_pipelines(project_id=p.id, limit=100)
         return views.project(p, pipes)
     return ok(request, await asyncio.to_thread(read))
 
 
 @router.put("/projects/{project_id}", tags=["projects"])
 async def update_project(request: Request, project_id: str, body: ProjectPatch) -> Any:
-    p = await asyncio.to_thread(services(request).catalog.update_project, project_id,
-                                body.model_dump(exclude_unset=True))
+    cat = services(request).catalog
+    p = await asyncio.to_thread(lambda: cat.update_project(
+        cat.resolve_project(project_id).id, body.model_dump(exclude_unset=True)))
     return ok(request, views.project(p))
 
 
 @router.delete("/projects/{project_id}", tags=["projects"])
 async def delete_project(request: Request, project_id: str) -> Any:
-    await asyncio.to_thread(services(request).catalog.delete_project, project_id)
-    return ok(request, {"id": project_id, "deleted": True})
+    cat = services(request).catalog
+
+    def delete() -> str:
+        pid = cat.resolve_project(project_id).id
+        cat.delete_project(pid)
+        return pid
+    return ok(request, {"id": await asyncio.to_thread(delete), "deleted": True})
 
 
 @router.get("/projects/{project_id}/statistics", tags=["projects"])
 async def project_statistics(request: Request, project_id: str) -> Any:
-    return ok(request, await asyncio.to_thread(services(request).catalog.project_statistics,
-                                               project_id))
+    cat = services(request).catalog
+    return ok(request, await asyncio.to_thread(
+        lambda: cat.project_statistics(cat.resolve_project(project_id).id)))
 
 
 # -- pipelines -----------------------------------------------------------------------------
@@ -167,8 +174,8 @@ async def list_pipelines(request: Request, project_id: str, tag: str | None = No
     cat = services(request).catalog
 
     def read() -> Any:
-        cat.get_project(project_id)
-        return cat.list_pipelines(project_id=project_id, tag=tag, limit=limit, offset=offset,
+        pid = cat.resolve_project(project_id).id
+        return cat.list_pipelines(project_id=pid, tag=tag, limit=limit, offset=offset,
                                   sort=sort)
     rows, total = await asyncio.to_thread(read)
     return page(request, [views.pipeline(p) for p in rows], total=total, limit=limit,
@@ -181,9 +188,9 @@ async def create_pipeline(request: Request, project_id: str, body: PipelineIn) -
     definition = _definition(body)
 
     def write() -> Any:
-        svc.catalog.get_project(project_id)
+        pid = svc.catalog.resolve_project(project_id).id
         graph = svc.runs.normalize(definition if definition is not None else {})
-        return svc.catalog.create_pipeline(project_id, body.name, graph,
+        return svc.catalog.create_pipeline(pid, body.name, graph,
                                            description=body.description, tags=body.tags)
     return ok(request, views.pipeline(await asyncio.to_thread(write)))
 

@@ -191,10 +191,12 @@ class SQLCatalog:
         return ProjectRecord(**row._asdict())
 
     def resolve_project(self, id_or_name: str) -> ProjectRecord:
-        """A project by id, or by name (the engine's runs name their project)."""
+        """A project by id, or by name (the engine's runs name their project; the embedded
+        default is ``default``). An id wins over another project's equal name."""
         with self.store._reading() as conn:
             row = conn.execute(select(projects).where(
-                (projects.c.id == id_or_name) | (projects.c.name == id_or_name))).first()
+                (projects.c.id == id_or_name) | (projects.c.name == id_or_name))
+                .order_by((projects.c.id == id_or_name).desc())).first()
         if row is None:
             raise NotFoundError(f"project {id_or_name!r} not found")
         return ProjectRecord(**row._asdict())
