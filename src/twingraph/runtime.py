@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+from pathlib import Path
 from typing import Any
 
 from twingraph.engine.engine import Engine
@@ -27,11 +28,24 @@ def build_engine(settings: Settings | None = None, **engine_kw: Any) -> Engine:
     opts: dict[str, Any] = {}
     if settings.compression:
         opts["compression"] = settings.compression
-    results = create_storage_backend(settings.result_store, str(settings.home / "results"
-                                     if settings.result_store == "filesystem"
-                                     else settings.home / "results.db"), **opts)
+    results = create_storage_backend(settings.result_store, str(results_path(settings)),
+                                     **opts)
     metadata = SQLMetadataStore(settings.database_url, create=True)
     return Engine(results=results, metadata=metadata, **engine_kw)
+
+
+def results_path(settings: Settings) -> Path:
+    """Where the home's result store of ``settings.result_store`` lives: each kind its own
+    name, so switching kinds on one home never opens one kind's files as another's (hybrid
+    used ``results.db`` as its directory: refused on a home that had the SQLite file, and
+    once made, in the way of the SQLite store). A hybrid store made there before is kept."""
+    home, kind = settings.home, (settings.result_store or "").strip().lower()
+    if kind == "filesystem":
+        return home / "results"
+    if kind == "hybrid":
+        old = home / "results.db"
+        return old if old.is_dir() else home / "results-hybrid"
+    return home / "results.db"
 
 
 def ensure_home(settings: Settings) -> None:

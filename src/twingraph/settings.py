@@ -3,7 +3,7 @@
 ``TWINGRAPH_HOME`` (default ``./.twingraph``) holds the embedded stores;
 ``TWINGRAPH_DATABASE_URL`` selects the metadata database (default SQLite in the home);
 ``TWINGRAPH_RESULT_STORE`` is ``sqlite`` (default) or ``filesystem``;
-``TWINGRAPH_COMPRESSION`` is empty or ``zstd``.
+``TWINGRAPH_COMPRESSION`` is ``zstd``, or off (empty, ``none`` or ``off``).
 
 Server security (docs/decisions/0060-0064): ``TWINGRAPH_AUTH`` is ``none`` or ``required``
 (unset: none on loopback, required when the server binds beyond it);
@@ -80,9 +80,16 @@ class Settings:
         url = os.environ.get("TWINGRAPH_DATABASE_URL") or f"sqlite:///{home / 'twingraph.db'}"
         return cls(home=home, database_url=url,
                    result_store=os.environ.get("TWINGRAPH_RESULT_STORE", "sqlite"),
-                   compression=os.environ.get("TWINGRAPH_COMPRESSION") or None,
+                   compression=_compression_from_env(),
                    adopt_after=float(os.environ.get("TWINGRAPH_ADOPT_AFTER") or 30.0),
                    **_security_from_env(), **_nodes_from_env())
+
+
+def _compression_from_env() -> str | None:
+    """``TWINGRAPH_COMPRESSION``: ``zstd``, or off when empty, unset, ``none`` or ``off`` (in any
+    case); anything else is refused by the store (``CompressionPolicy``), naming the choices."""
+    value = (os.environ.get("TWINGRAPH_COMPRESSION") or "").strip()
+    return None if value.lower() in ("", "none", "off") else value
 
 
 def _security_from_env() -> dict[str, Any]:

@@ -39,7 +39,9 @@ class CompressionPolicy:
 
     def __post_init__(self) -> None:
         if self.kind not in SUPPORTED:
-            raise ConfigurationError(f"unknown compression {self.kind!r}; use None or 'zstd'")
+            raise ConfigurationError(
+                f"unknown compression {self.kind!r}: 'zstd', or none (compression=None; "
+                "TWINGRAPH_COMPRESSION empty, 'none' or 'off')")
         if self.kind is not None:
             # Checked by making a compressor now: a level zstd refuses would otherwise be
             # accepted here and fail every put that compresses.
