@@ -29,6 +29,7 @@ from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdat
 from twingraph.core.results import StorageMetadata
 from twingraph.core.specs import DEFAULT_TIMEOUT
 from twingraph.core.states import RunState, TaskState, fence as fence_token, transition_run
+from twingraph.engine.async_store import AsyncStoreAdapter, as_result_store
 from twingraph.engine.awaiting import run_awaitable
 from twingraph.engine.loop import RunLoop, RunOptions
 from twingraph.engine.timers import HEARTBEAT_INTERVAL
@@ -237,6 +238,7 @@ class Engine:
         if results is None:
             raise ConfigurationError("an engine needs a result store (a StorageInterface such "
                                      "as SQLiteStorage or FilesystemStorage), got None")
+        results = as_result_store(results)     # a user's async StorageInterface: adapted
         writer = writer or os.environ.get("TWINGRAPH_WRITER") or "auto"
         if writer not in WRITERS:
             raise ConfigurationError(f"writer must be one of {', '.join(WRITERS)}, got {writer!r}")
@@ -788,6 +790,8 @@ class Engine:
         self.recorder.close()
         for ex in self.executors.values():
             ex.shutdown()
+        if isinstance(self.results, AsyncStoreAdapter):
+            self.results.close()
 
 
 #: Seconds ``Engine.close`` gives runs it cancels to record their end.
