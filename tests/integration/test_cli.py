@@ -59,6 +59,9 @@ def test_failed_run_exits_non_zero_and_logs_the_error(cli, tmp_path):
     rid = _run_id(out.stdout)
     logs = cli("runs", "logs", rid, "--level", "error")
     assert "no good: 3" in logs.stdout
+    # a node the run does not have: an error naming the ones it has (it printed nothing, 0)
+    typo = cli("runs", "logs", rid, "--node", "bom-0", ok=False)
+    assert typo.returncode == 2 and "has no task 'bom-0'; did you mean boom-0?" in typo.stderr
 
 
 def test_usage_errors(cli, tmp_path):

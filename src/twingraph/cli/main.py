@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from twingraph.cli.display import (LiveProgress, console, err_console, runs_line
                                    finish_hint, silent_for,
                                    summary_table, tasks_table, ts)
 from twingraph.core.states import RunState
-from twingraph.errors import ConfigurationError, TwinGraphError, ValidationError
+from twingraph.errors import ConfigurationError, NotFoundError, TwinGraphError, ValidationError
 
 app = typer.Typer(help="TwinGraph: data pipelines as decorated Python or declarative graphs.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -342,6 +343,14 @@ def runs_logs(run_id: Annotated[str, typer.Argument(
     with _usage_errors():
         md = _engine().metadata
         rec = _resolve_run(md, run_id)
+        if node is not None:
+            names = sorted(t.node_id for t in md.get_tasks(rec.run_id))
+            if node not in names:      # no lines at all looked like a quiet task
+                close = difflib.get_close_matches(node, names, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else \
+                    f"; its tasks: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}" \
+                    if names else "; it has no tasks"
+                raise NotFoundError(f"run {rec.run_id} has no task {node!r}{hint}")
         logs = md.get_logs(rec.run_id, node_id=node, level=level, limit=limit + 1,
                            offset=offset)
     more = len(logs) > limit
