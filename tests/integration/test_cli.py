@@ -792,3 +792,30 @@ def test_a_metadata_database_whose_directory_cannot_be_made_is_a_usage_error(cli
     out = cli("db", "upgrade", "--url", f"sqlite:///{tmp_path / 'afile' / 'x.db'}", ok=False)
     assert out.returncode == 2 and "cannot create the directory" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_process_tasks_traceback_names_the_pipeline_files_lines(cli, tmp_path):
+    """A pipeline file's functions travel to a worker process by value, and cloudpickle names
+    their file ``<dynamic-code>``: the traceback of a process task said neither the file nor
+    the line's text, where a thread task's did."""
+    (tmp_path / "tb_flow.py").write_text(
+        "from twingraph import component, pipeline\n"
+        "\n"
+        "def helper(x):\n"
+        "    return [1 / (i - x) for i in range(3)]\n"
+        "\n"
+        "@component(executor='process', cache=False)\n"
+        "def boom(x):\n"
+        "    return helper(x)\n"
+        "\n"
+        "@pipeline\n"
+        "def p():\n"
+        "    return boom(x=1)\n")
+    out = cli("run", str(tmp_path / "tb_flow.py"), "--no-progress", ok=False)
+    logs = cli("runs", "logs", _run_id(out.stdout), "--level", "error").stdout
+    path = str(tmp_path / "tb_flow.py")
+    assert f'File "{path}", line 8, in boom\n    return helper(x)' in logs, logs
+    assert f'File "{path}", line 4, in helper\n    return [1 / (i - x)' in logs, logs
+    if sys.version_info < (3, 12):       # a comprehension is a frame of its own there
+        assert f'File "{path}", line 4, in <listcomp>\n    return [1 / (i - x)' in logs
+    assert "<dynamic-code>" not in logs

@@ -23,14 +23,18 @@ the same, a worker goes first, not the server.
 
 from __future__ import annotations
 
+import linecache
 import logging
 import multiprocessing as mp
 import os
 import pickle
+import re
 import signal
+import sysconfig
 import threading
 import time
 import traceback
+import types
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -337,6 +341,55 @@ def _exception_from(job: Job, tb: str, pickled: bytes, names: tuple[str, ...],
                               traceback=tb, error_types=names)
 
 
+_DYNAMIC = '"<dynamic-code>"'
+_NOT_USER = tuple({os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+                   *(sysconfig.get_paths()[k] + os.sep for k in ("stdlib", "purelib", "platlib"))})
+_DYNAMIC_FRAME = re.compile(r'File "<dynamic-code>", line (\d+), in (\S+)\n')
+
+
+def with_real_files(job: Job, tb: str) -> str:
+    """A worker's traceback text with the files of the task's own code put back: cloudpickle
+    sends a function defined in a pipeline file (not importable by the worker) by value and
+    names its file ``<dynamic-code>``, so the frames of the user's code said neither file nor
+    line text. Frames are matched by function name against the task's function and the
+    functions of its module (and their nested code); a name not found is left as it was."""
+    files: dict[str, str] = {}
+    for obj in (job.fn, *job.args, *job.kwargs.values()):
+        _note_code(obj, files, top=True)
+
+    def real(m: re.Match[str]) -> str:
+        line, name = int(m.group(1)), m.group(2)
+        path = files.get(name)
+        if path is None:
+            return m.group(0)
+        text = linecache.getline(path, line).strip()
+        return f'File "{path}", line {line}, in {name}\n' + (f"    {text}\n" if text else "")
+    return _DYNAMIC_FRAME.sub(real, tb)
+
+
+def _note_code(obj: Any, files: dict[str, str], top: bool = False) -> None:
+    fn = getattr(obj, "__func__", obj)           # a bound method
+    fn = getattr(fn, "fn", fn) if not isinstance(fn, types.FunctionType) else fn  # a component
+    if not isinstance(fn, types.FunctionType):
+        return
+    path = fn.__code__.co_filename
+    if path.startswith("<") or path.startswith(_NOT_USER):     # TwinGraph's, a library's
+        return
+    _note_nested(fn.__code__, path, files)
+    if top:      # the other functions of its file it may call
+        for v in list(fn.__globals__.values()):
+            v = getattr(v, "fn", v)
+            if isinstance(v, types.FunctionType) and v.__code__.co_filename == path:
+                _note_nested(v.__code__, path, files)
+
+
+def _note_nested(code: types.CodeType, path: str, files: dict[str, str]) -> None:
+    files.setdefault(code.co_name, path)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            _note_nested(c, path, files)
+
+
 def _class_names(cls: type) -> tuple[str, ...]:
     """``cls`` and its bases by name and by ``module.qualname`` (``core.retry.matches``)."""
     return tuple(n for c in cls.__mro__ for n in (c.__name__, f"{c.__module__}.{c.__qualname__}"))
@@ -577,8 +630,10 @@ class ProcessPool:
         try:                              # the whole answer was read: the worker stays usable
             reply = cloudpickle.loads(frame[1:])
             ok, value, tb = reply[:3]
+            if not ok and tb and _DYNAMIC in tb:
+                tb = with_real_files(job, tb)
             if not ok and value is None and len(reply) == 6:
-                value = _exception_from(job, *reply[2:])
+                value = _exception_from(job, tb, *reply[3:])
             if not ok and tb:
                 remote_traceback(value, tb)
         except Exception as exc:  # noqa: BLE001 - e.g. a class missing here: the task failed
