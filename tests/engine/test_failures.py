@@ -1014,3 +1014,33 @@ def test_tasks_submitted_after_their_upstream_failed_are_skipped_in_its_words(en
     assert len(errors) == 50
     assert all(e == "NodeExecutionError: upstream boom-0 failed: ValueError: disk full"
                for e in errors), max(errors, key=len)[:300]
+
+
+class HoldsALock(ValueError):
+    """An exception that cannot be pickled (it holds a lock), as some libraries' do."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        import threading
+        self.lock = threading.Lock()
+
+
+def test_an_exception_a_process_task_cannot_pickle_is_still_caught_by_its_class(engine):
+    """From a worker process it arrived as a plain NodeExecutionError, which ``except
+    ValueError`` in the body did not catch (from a thread task it did)."""
+    from twingraph import component
+
+    @component(executor="process", cache=False)
+    def locked(x):
+        raise HoldsALock(f"bad {x}")
+
+    @pipeline(name="unpicklable_exception", error_handler="continue")
+    def p():
+        try:
+            locked(x=1).result()
+        except ValueError as exc:
+            return f"caught {type(exc).__name__}: {exc}"
+        return "not caught"
+
+    r = p.run(engine=engine)
+    assert r.value.startswith("caught HoldsALock: ") and r.value.endswith("bad 1"), r

@@ -117,7 +117,9 @@ def test_an_exception_the_driver_cannot_load_keeps_its_name_text_and_retries(tmp
         assert task.state is TaskState.FAILED and task.attempts == 2       # retried by name
         assert "WorkerOnlyError: the worker's own message" in task.error
         logs = "\n".join(l.message for l in eng.metadata.get_logs(r.run_id, level="error"))
-        assert "in raises_a_worker_only_error\ntg_worker_only.WorkerOnlyError" in logs   # traceback
+        assert "in raises_a_worker_only_error\n    raise tg_worker_only.WorkerOnlyError(" \
+            in logs                                                         # traceback
+        assert "\ntg_worker_only.WorkerOnlyError: the worker's own message" in logs
     finally:
         eng.close()
 

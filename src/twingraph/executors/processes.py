@@ -30,6 +30,7 @@ import os
 import pickle
 import re
 import signal
+import sys
 import sysconfig
 import threading
 import time
@@ -307,11 +308,14 @@ def _run_one(data: bytes) -> bytes:  # in the child
             # driver cannot unpickle it (its class lives in a module only the worker can
             # import), it still has the names (retry policies match them), text, traceback.
             try:
-                pickled = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+                pickled: bytes | None = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
                 cloudpickle.loads(pickled)       # it must at least unpickle here
+            except Exception:  # noqa: BLE001 - the driver rebuilds it from its class
+                pickled = None
+            try:
                 reply = (False, None, reply[2], pickled, _class_names(type(exc)),
-                         f"{type(exc).__name__}: {exc}")
-            except Exception:  # noqa: BLE001 - sent as a NodeExecutionError below
+                         f"{type(exc).__name__}: {exc}", str(exc))
+            except Exception:  # noqa: BLE001 - its str() raises: sent as a NodeExecutionError
                 pass
     try:
         out: bytes = cloudpickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
@@ -327,18 +331,45 @@ def _run_one(data: bytes) -> bytes:  # in the child
     return out
 
 
-def _exception_from(job: Job, tb: str, pickled: bytes, names: tuple[str, ...],
-                    text: str) -> BaseException:
-    """A task's exception, sent pickled apart (``_run_one``): itself, or, if its class cannot
-    be loaded here, a ``NodeExecutionError`` with its text, class names and traceback."""
-    try:
-        exc = cloudpickle.loads(pickled)
-        if isinstance(exc, BaseException):
-            return exc
-    except Exception:  # noqa: BLE001 - e.g. a module only the worker has
-        pass
+def _exception_from(job: Job, tb: str, pickled: bytes | None, names: tuple[str, ...],
+                    text: str, message: str) -> BaseException:
+    """A task's exception, sent pickled apart (``_run_one``): itself; else, when it could not
+    be pickled (it holds a lock) or its class cannot be loaded here, an instance of its class
+    as this process has it (a pipeline file's class: ``except ValueError`` in the body must
+    catch it, as it would from a thread task) built from its message; else a
+    ``NodeExecutionError`` with its text, class names and traceback."""
+    if pickled is not None:
+        try:
+            exc = cloudpickle.loads(pickled)
+            if isinstance(exc, BaseException):
+                return exc
+        except Exception:  # noqa: BLE001 - e.g. a module only the worker has
+            pass
+    cls = _loaded_class(names[1]) if len(names) > 1 else None
+    if cls is not None:
+        try:
+            exc = cls(message)
+            if isinstance(exc, BaseException):
+                return exc
+        except Exception:  # noqa: BLE001 - a constructor that wants more: told by name
+            pass
     return NodeExecutionError(text, node_id=job.node_id, error_type=names[0] if names else "",
                               traceback=tb, error_types=names)
+
+
+def _loaded_class(dotted: str) -> type | None:
+    """The exception class ``module.qualname`` names, from a module this process has already
+    loaded (nothing is imported for it)."""
+    parts = dotted.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:i]))
+        if module is None:
+            continue
+        obj: Any = module
+        for attr in parts[i:]:
+            obj = getattr(obj, attr, None)
+        return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
+    return None
 
 
 _DYNAMIC = '"<dynamic-code>"'
@@ -632,7 +663,7 @@ class ProcessPool:
             ok, value, tb = reply[:3]
             if not ok and tb and _DYNAMIC in tb:
                 tb = with_real_files(job, tb)
-            if not ok and value is None and len(reply) == 6:
+            if not ok and value is None and len(reply) == 7:
                 value = _exception_from(job, tb, *reply[3:])
             if not ok and tb:
                 remote_traceback(value, tb)
