@@ -819,3 +819,18 @@ def test_a_process_tasks_traceback_names_the_pipeline_files_lines(cli, tmp_path)
     if sys.version_info < (3, 12):       # a comprehension is a frame of its own there
         assert f'File "{path}", line 4, in <listcomp>\n    return [1 / (i - x)' in logs
     assert "<dynamic-code>" not in logs
+
+
+def test_server_on_a_port_in_use_says_so_before_anything_starts(cli):
+    """It printed "TwinGraph server on http://..." and "Application startup complete" (its
+    schedules started) before the bind failed with a traceback-like log and exit 3."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        out = cli("server", "--port", str(port), ok=False)
+    assert out.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert "TwinGraph server on" not in out.stdout and "startup" not in out.stderr.lower()

@@ -38,6 +38,15 @@ def server(host: Annotated[str, typer.Option(help="Address to bind (loopback by 
     from twingraph.settings import Settings
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings.from_env()
+    # Bound before anything starts: a port in use was reported after "TwinGraph server on
+    # ..." and "Application startup complete" (and with schedules already started).
+    try:
+        sock = _listen(host, port)
+    except OSError as exc:
+        err_console.print(f"[red]error:[/red] cannot listen on {escape(host)}:{port}: "
+                          f"{escape(exc.strerror or str(exc))}")
+        raise typer.Exit(2) from None
+    port = sock.getsockname()[1]       # the port given, or the one port 0 got
     try:
         app = build_app(settings, load=load, schedules=not no_schedules,
                         exposed=not is_loopback(host))
@@ -50,5 +59,22 @@ def server(host: Annotated[str, typer.Option(help="Address to bind (loopback by 
         served = LoopbackHosts(app, also=[host])
     console.print(f"TwinGraph server on http://{escape(host)}:{port} (docs at /docs)")
     # No permessage-deflate: compressing each small /ws frame costs ~4x the send itself.
-    uvicorn.run(served, host=host, port=port, log_level=log_level.lower(), access_log=False,  # type: ignore[arg-type]
-                ws_per_message_deflate=False)
+    config = uvicorn.Config(served, host=host, port=port, log_level=log_level.lower(),  # type: ignore[arg-type]
+                            access_log=False, ws_per_message_deflate=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket bound to ``host:port`` (``OSError`` if it cannot be)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
