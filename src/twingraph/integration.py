@@ -9,7 +9,9 @@ document's name so code written against the document runs unchanged.
 An execution's id is its DAG id (``submit_dag`` returns it). Its results: ``status``
 ('completed' or 'failed'), the engine ``run_id``, ``results`` — the values of the program's
 output nodes (those no other node reads; ``DynamicScheduler.node_results`` has every node) —
-and ``failures`` (node id -> error) for the nodes that failed.
+and ``failures`` (node id -> error) for the nodes that failed. An output whose value cannot be
+read when the results are collected (corrupted and removed from the result store) is a failure
+too: status 'failed', the node in ``failures`` with the reason, though its run succeeded.
 """
 
 from __future__ import annotations
@@ -78,14 +80,27 @@ class VoxLogicaIntegration:
             raise NotFoundError(f"execution {execution_id!r} has not ended (or never started)")
         outputs = self._outputs.get(execution_id)
         values: dict[str, Any] = {}
+        failures = dict(result.failures)
+        status = _STATUS.get(result.state.value, "failed")
+        error = None if result.error is None else error_text(result.error)
         if result.run_id:
             nodes = await self.scheduler.get_node_results(execution_id, outputs)
             values = {nid: r.result_data for nid, r in nodes.items()
                       if r.status is NodeStatus.COMPLETED}
+            # An output that ran (or was a memo hit) but whose value cannot be read now (found
+            # corrupted and removed, gone): its results are not delivered, which is a failure
+            # of the execution, said with the node's reason, not a silently missing value.
+            unreadable = {nid: r.error_message or "its result could not be read"
+                          for nid, r in nodes.items()
+                          if r.status is NodeStatus.FAILED and nid not in failures}
+            if unreadable:
+                failures.update(unreadable)
+                if status == "completed":
+                    status = "failed"
+                    error = (f"the results of {', '.join(sorted(unreadable))} could not be read "
+                             "(the run itself succeeded; see failures)")
         return {"execution_id": execution_id, "run_id": result.run_id or None,
-                "status": _STATUS.get(result.state.value, "failed"),
-                "results": values, "failures": dict(result.failures),
-                "error": None if result.error is None else error_text(result.error)}
+                "status": status, "results": values, "failures": failures, "error": error}
 
 
 #: An execution's status by its run's state: a cancelled one is not a failure.

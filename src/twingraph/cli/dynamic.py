@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
             config = ExecutionConfig(max_concurrent_nodes=max_concurrent,
                                      storage_backend=storage_backend, storage_path=storage_path,
                                      no_cache=no_cache)
-            _check_before_storage(dag, config)
+            _check_before_storage(dag, config, loaded=bool(load))
             storage = create_storage_backend(storage_backend, storage_path, **options_from_config(
                 storage_backend, compression=config.compression, cache_size=config.cache_size))
             metadata = _engine().metadata      # an in-memory database refused, as by `run`
@@ -51,22 +51,35 @@ def register(app: typer.Typer) -> None:
                     summary = asyncio.run(_execute(VoxLogicaIntegration(scheduler), dag,
                                                    config, progress))
             except KeyboardInterrupt as exc:
-                _cancel(scheduler, dag.dag_id, _why(exc))
+                if not _cancel(scheduler, dag.dag_id, _why(exc)):
+                    run_id = scheduler.run_id(dag.dag_id) or "RUN_ID"
+                    err_console.print(f"[magenta]{escape(_why(exc))}[/magenta] after DAG "
+                                      f"{escape(dag.dag_id)} had ended: see its results with "
+                                      f"twingraph runs show {escape(run_id)}", soft_wrap=True)
                 raise typer.Exit(exit_code(exc)) from None
             except BaseException as exc:
                 # e.g. BrokenPipeError: the output was closed (``| head -1``) while the DAG
                 # ran on a thread of its own; the run stayed RUNNING in the store for good.
+                # If it had ended (collecting its results failed), nothing is cancelled and
+                # the error itself is what is reported (below, or by Python).
                 _cancel(scheduler, dag.dag_id, f"the command failed: {type(exc).__name__}",
                         quiet=isinstance(exc, BrokenPipeError))
                 raise
         except TwinGraphError as exc:
-            err_console.print(f"[red]Execution failed:[/red] {escape(str(exc))}")
+            err_console.print(f"[red]Execution failed:[/red] {escape(str(exc))}",
+                              soft_wrap=True)
             raise typer.Exit(2) from None
         console.print(summary_table(metadata.get_tasks(summary["run_id"])))
-        console.print(f"Execution completed: {json.dumps(summary, default=repr)}", markup=False,
+        said = _OUTCOME.get(summary["status"], "Execution failed")
+        console.print(f"{said}: {json.dumps(summary, default=repr)}", markup=False,
                       highlight=False, soft_wrap=True)
         if summary["status"] != "completed":
             raise typer.Exit(1)
+
+
+#: The line before a summary, by its status: a failed DAG is not said to have "completed".
+_OUTCOME = {"completed": "Execution completed", "failed": "Execution failed",
+            "cancelled": "Execution cancelled"}
 
 
 def _load_all(modules: list[str], load_module: Any) -> None:
@@ -86,40 +99,76 @@ def _load_all(modules: list[str], load_module: Any) -> None:
                 owner[name] = m
 
 
-def _check_before_storage(dag: Any, config: Any) -> None:
+def _check_before_storage(dag: Any, config: Any, loaded: bool = True) -> None:
     """Validate the DAG (ids, references, cycles, operations, platforms) before the storage
-    path is created: a rejected DAG leaves no empty store (or directory tree) behind."""
+    path is created: a rejected DAG leaves no empty store (or directory tree) behind. Unknown
+    operations come with hints: ``--load`` if none was given, and the registered names close
+    to each unknown one."""
     from twingraph.engine.dynamic import DynamicScheduler
     from twingraph.engine.engine import Engine
+    from twingraph.errors import GraphValidationError
     from twingraph.stores.results.memory import MemoryStorage
     probe = Engine(results=MemoryStorage())
     try:
-        DynamicScheduler(probe.results, config, engine=probe).plan(dag)
+        scheduler = DynamicScheduler(probe.results, config, engine=probe)
+        try:
+            scheduler.plan(dag)
+        except GraphValidationError as exc:
+            if exc.reason != "unknown operations":
+                raise
+            raise _with_hints(exc, dag, scheduler.executor.known(), loaded) from None
     finally:
         probe.close()
+
+
+def _with_hints(exc: Any, dag: Any, known: set[str], loaded: bool) -> Exception:
+    """``exc`` (unknown operations) with, per node, the registered names close to its
+    operation ("did you mean"), and a pointer to ``--load`` when no module was loaded."""
+    import difflib
+    from twingraph.errors import GraphValidationError
+    named = set(exc.nodes)
+    op_of = {n.node_id: n.operation for n in dag.nodes if n.node_id in named}
+    why = dict(exc.why)
+    names = sorted(known)
+    for nid, op in op_of.items():
+        close = difflib.get_close_matches(op, names, n=3)
+        if close:
+            why[nid] = f"{why.get(nid, f'operation {op!r}')}; did you mean " \
+                       f"{' or '.join(repr(c) for c in close)}?"
+    detail = "" if loaded else ("no --load was given: load the module or file that registers "
+                                "them with --load module_or_file.py")
+    return GraphValidationError(exc.reason, exc.nodes, detail, why=why)
 
 
 def _why(exc: KeyboardInterrupt) -> str:
     return str(exc) or "interrupted (Ctrl-C)"
 
 
-def _cancel(scheduler: Any, dag_id: str, why: str, quiet: bool = False) -> None:
+def _cancel(scheduler: Any, dag_id: str, why: str, quiet: bool = False) -> bool:
     """Ctrl-C, SIGTERM, or the command failing: the DAG's run goes on in a thread of its own,
     and would stay RUNNING in the store for good if the process just ended. It is cancelled
-    and its end recorded first (as ``twingraph run`` does), within a few seconds."""
-    run_id = scheduler.run_id(dag_id)
-    if run_id is not None:
-        scheduler.engine.cancel(run_id, why)
+    and its end recorded first (as ``twingraph run`` does), within a few seconds. True (and
+    "cancelled" said, unless ``quiet``) only if a live run was cancelled: a run that had
+    ended (its results failed to be collected) or that ended meanwhile is not said to be."""
     thread = scheduler.active_executions.get(dag_id)
-    if thread is not None:
-        thread.join(10)
+    if thread is None:
+        return False                # it has ended: nothing to cancel
+    # Its run may not have started yet: the scheduler then cancels it as it starts.
+    scheduler._request_cancel(dag_id, why)
+    thread.join(10)
+    run_id = scheduler.run_id(dag_id)
     try:
         scheduler.engine.recorder.flush()
     except Exception:  # noqa: BLE001 - the interrupt is what is reported
         pass
+    result = scheduler.results.get(dag_id)
+    ended = result is not None and result.state.value in ("SUCCESS", "FAILED")
+    if ended:                     # it finished before the cancel reached it
+        return False
     if not quiet:
         err_console.print(f"[magenta]{escape(why)}:[/magenta] DAG {escape(dag_id)} cancelled"
-                          + (f" (run {escape(run_id)})" if run_id else ""))
+                          + (f" (run {escape(run_id)})" if run_id else ""), soft_wrap=True)
+    return True
 
 
 async def _execute(integration: Any, dag: Any, config: Any, progress: bool) -> Any:

@@ -24,6 +24,7 @@ import inspect
 import json
 import threading
 import time
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,8 @@ from twingraph.serialization import own_copy
 from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.loop import RunOptions
 from twingraph.errors import (ConfigurationError, ExecutorUnavailable, GraphValidationError,
-                              NodeExecutionError, NotFoundError, ValidationError)
+                              NodeExecutionError, NotFoundError, SchedulingError,
+                              ValidationError)
 from twingraph.registry import registered_components
 
 if TYPE_CHECKING:
@@ -430,26 +432,67 @@ def _bound_to(op: Any) -> Any:
 
 
 def _check_shapes(dag: DAGDefinition) -> None:
-    """What the file form refuses (``dagfile``), refused for a DAG built in Python too: an
-    empty DAG, an id that is not a non-empty string (``1`` and ``"1"`` passed the duplicate
-    check and shared one result), arguments that are neither a list nor a mapping (a string
-    was read as a list of characters), ``dependencies`` that are not ids mapped to lists of
-    ids. (An argument that is not a string names no node: it is a dangling reference.) Cheap
-    per node: it runs over a million-node DAG before it starts."""
+    """What the file form refuses (``dagfile``), refused for a DAG built in Python too, as a
+    ``ValidationError`` naming the offending nodes before anything runs: an empty DAG, nodes
+    that are not ``NodeDefinition``s (a dict failed with an ``AttributeError``), an id that is
+    not a non-empty string (``1`` and ``"1"`` passed the duplicate check and shared one
+    result), an operation that is not a string, arguments that are neither a list nor a
+    mapping (a string was read as a list of characters) or that hold anything but node ids
+    (``[1]``, ``[None]`` raised a ``TypeError`` from the graph check, ``[["a"]]`` an unhashable
+    one), parameters that are not a mapping (``None`` or a list ran, then failed the node),
+    node metadata that is neither None nor a mapping, ``dependencies`` that are not ids mapped
+    to lists of ids. ``nodes`` may be any sequence of nodes (a list or a tuple), not a string.
+    Cheap per node: it runs over a million-node DAG before it starts (a pass per field, one
+    for operation, parameters and metadata together; the ids in argument lists cost nothing
+    here, see below; offenders are looked for only once something is wrong)."""
     if not isinstance(dag.dag_id, str) or not dag.dag_id:
         raise ValidationError(f"dag_id must be a non-empty string, not {dag.dag_id!r}")
     nodes = dag.nodes
-    if not isinstance(nodes, list) or not nodes:
+    if isinstance(nodes, (str, bytes, bytearray, Mapping)) or not isinstance(nodes, Sequence):
+        raise ValidationError(f"DAG {dag.dag_id!r}: nodes must be a list of NodeDefinition, "
+                              f"not {type(nodes).__name__}")
+    if not nodes:
         raise ValidationError(f"DAG {dag.dag_id!r} has no nodes")
+    if not all(issubclass(t, NodeDefinition) for t in set(map(type, nodes))):
+        bad = [f"nodes[{i}] ({type(n).__name__})" for i, n in enumerate(nodes)
+               if not isinstance(n, NodeDefinition)]
+        raise GraphValidationError("nodes must be NodeDefinition instances", bad)
     ids = [n.node_id for n in nodes]
     if set(map(type, ids)) != {str} or "" in ids:
         raise GraphValidationError("node ids must be non-empty strings",
                                    [repr(i) for i in ids if type(i) is not str or not i])
-    kinds = set(map(type, [n.arguments for n in nodes]))
+    arguments = [n.arguments for n in nodes]
+    kinds = set(map(type, arguments))
     if not kinds <= {list, dict}:
         raise GraphValidationError(
             "arguments must be a list of node ids or a mapping of names to node ids",
             [n.node_id for n in nodes if type(n.arguments) not in (list, dict)])
+    if dict in kinds:        # names are strings too (they become keyword arguments)
+        _check_argument_ids([n for n in nodes if type(n.arguments) is dict])
+    # The ids in a list are checked by the graph check (``_validated``) at no cost here: every
+    # node id is a string, so an argument that is not one is never an id, and the graph check
+    # fails on it (dangling, or unhashable); only then are the arguments looked at.
+    fields = {(type(n.operation), type(n.parameters), type(n.metadata)) for n in nodes}
+    if any(op is not str for op, _, _ in fields):
+        raise GraphValidationError("operation must be the name of an operation (a string)",
+                                   [n.node_id for n in nodes if type(n.operation) is not str])
+    if not all(issubclass(params, dict) for _, params, _ in fields):
+        odd = [n for n in nodes if not isinstance(n.parameters, dict)]
+        raise GraphValidationError("parameters must be a mapping of names to values",
+                                   [n.node_id for n in odd],
+                                   why={n.node_id: _short(f"parameters {n.parameters!r}")
+                                        for n in odd})
+    if not all(md is type(None) or issubclass(md, dict) for _, _, md in fields):
+        raise GraphValidationError(
+            "node metadata must be a mapping (or None)",
+            [n.node_id for n in nodes if not (n.metadata is None or isinstance(n.metadata, dict))])
+    if any(md is not type(None) for _, _, md in fields):
+        # stored with the node's result, as JSON: what JSON cannot hold fails before the run
+        bad = [n.node_id for n in nodes if n.metadata and not _json_data(
+            {k: v for k, v in n.metadata.items() if k != "inputs"})]
+        if bad:
+            raise GraphValidationError("node metadata must be JSON data (it is stored with the "
+                                       "node's result)", bad)
     deps = dag.dependencies
     if not isinstance(deps, dict) or not all(
             isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
@@ -466,6 +509,36 @@ def _check_shapes(dag: DAGDefinition) -> None:
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"metadata must be JSON data (it becomes the run's params): "
                                   f"{exc}") from exc
+
+
+def _check_argument_ids(nodes: Iterable[NodeDefinition]) -> None:
+    """Refuse arguments of ``nodes`` that are not strings (node ids; for a mapping, its names
+    too), naming the nodes: ``[1]`` and ``[None]`` raised a ``TypeError`` from the graph check,
+    ``[["a"]]`` an unhashable one."""
+    bad = {n.node_id: _short(f"arguments {n.arguments!r}") for n in nodes
+           if not _ids_only(n.arguments)}
+    if bad:
+        raise GraphValidationError("arguments must name node ids (strings)", bad, why=bad)
+
+
+def _ids_only(arguments: list[Any] | dict[Any, Any]) -> bool:
+    """Whether ``arguments`` (a list, or a mapping) holds strings only: ids, and names."""
+    if type(arguments) is dict:
+        return all(type(k) is str and type(v) is str for k, v in arguments.items())
+    return all(type(a) is str for a in arguments)
+
+
+def _json_data(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters (an offending value quoted in an error)."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _check_config(cfg: ExecutionConfig) -> None:
@@ -485,6 +558,29 @@ def _check_config(cfg: ExecutionConfig) -> None:
 #: Errors of an isolated node that passed the server's limits (decision 0076): not retried by
 #: the scheduler's own policy.
 _CEILINGS = ("MemoryLimitExceeded", "TaskTimeout")
+
+#: Seconds ``DynamicScheduler.close`` waits for the executions it cancels to record their end.
+CLOSE_WAIT = 10.0
+
+
+def _close_engine(engine: Engine) -> None:
+    """Close an engine a ``DynamicScheduler`` made (its finalizer: ``close()``, or the
+    scheduler collected). A collection can run on any thread, one of the engine's own too
+    (its recorder, a worker, a run's driver: all named ``twingraph-...``), where closing would
+    wait for that very thread: there it is closed from a thread of its own."""
+    if threading.current_thread().name.startswith("twingraph-"):
+        threading.Thread(target=_close_quietly, args=(engine,), daemon=True,
+                         name="engine-close").start()
+    else:
+        _close_quietly(engine)
+
+
+def _close_quietly(engine: Engine) -> None:
+    try:
+        engine.close()
+    except Exception:  # noqa: BLE001 - nobody to tell: the scheduler is gone or closing
+        pass
+
 
 #: Finished executions a scheduler keeps its bookkeeping of (result, progress, run id): the
 #: newest this many. A long-lived server runs one scheduler for every execute-dynamic request;
@@ -507,7 +603,12 @@ class DynamicScheduler:
         keeps the default, nodes in this process.
 
         ``keep_finished``: how many finished executions answer ``results``, progress and
-        ``node_results`` (the newest; an older one is forgotten here, its run stays recorded)."""
+        ``node_results`` (the newest; an older one is forgotten here, its run stays recorded).
+
+        An engine made here (no ``engine`` given) is the scheduler's own: ``close()`` (or
+        leaving a ``with`` block) closes it, and so does the scheduler becoming unreachable
+        (its threads lived as long as the process: ~3.5 per scheduler). A given ``engine``,
+        and ``storage`` always, stay the caller's to close."""
         if isinstance(keep_finished, bool) or not isinstance(keep_finished, int) \
                 or keep_finished < 1:
             raise ValidationError(f"keep_finished must be an integer >= 1, not {keep_finished!r}")
@@ -523,6 +624,9 @@ class DynamicScheduler:
         # backoff factor 2 as the document's ErrorRecoveryManager defaults to).
         self.error_recovery = error_recovery
         self.engine = engine or Engine(results=storage, metadata=metadata)
+        self._closed = False
+        self._finalizer = None if engine is not None else \
+            weakref.finalize(self, _close_engine, self.engine)
         from twingraph.engine import streaming_node      # imported here: it builds on this module
         self.executor: StreamingNodeExecutor = streaming_node.StreamingNodeExecutor(
             storage, spool_threshold=self.config.streaming_threshold)
@@ -535,13 +639,50 @@ class DynamicScheduler:
         self.keep_finished = keep_finished
         self._finished: OrderedDict[str, None] = OrderedDict()    # oldest first
         self._claim = threading.Lock()     # "already running?" and taking the id: one step
-        self._cancelling: set[str] = set()  # run ids a cancel was asked for (once is enough)
+        # run id (or ``dag:<id>`` before its run started) -> why a cancel was asked for it
+        # (once is enough)
+        self._cancelling: dict[str, str] = {}
+
+    # -- lifetime ---------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, timeout: float = CLOSE_WAIT) -> None:
+        """Stop using this scheduler; idempotent. Executions still running are cancelled
+        ("the scheduler was closed") and waited for, up to ``timeout`` seconds in all, so that
+        each records its end (CANCELLED); then the engine is closed if the scheduler made it
+        (a caller's engine and the storage are left open). Afterwards ``submit_dag``/``run``
+        raise ``SchedulingError``; what has finished can still be read (``results``,
+        ``node_results``, progress)."""
+        with self._claim:      # a submit took its id before (it is cancelled), or it is refused
+            if self._closed:
+                return
+            self._closed = True
+            running = dict(self.active_executions)
+        for dag_id in running:
+            self._request_cancel(dag_id, "the scheduler was closed")
+        deadline = time.monotonic() + timeout
+        me = threading.current_thread()
+        for thread in running.values():
+            if thread is not me and thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        # Here, not through the finalizer: an error closing it is the caller's to see.
+        if self._finalizer is not None and self._finalizer.detach() is not None:
+            self.engine.close()
+
+    def __enter__(self) -> DynamicScheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- the document's API ---------------------------------------------------------------
     async def submit_dag(self, dag: DAGDefinition, config: ExecutionConfig | None = None) -> str:
         """Validate and start ``dag``; returns its id at once (the run goes on in a thread).
         ``config`` overrides the scheduler's config for this DAG only (a server shares one
         scheduler between requests that each ask for their own ``max_concurrent_nodes``)."""
+        self._check_open()
         _check_config(config or self.config)
         plan = self._validate_dag(dag)
         started = threading.Event()
@@ -570,6 +711,9 @@ class DynamicScheduler:
     async def cancel_execution(self, dag_id: str) -> bool:
         """Cancel a running execution; False if it is not running, or is already being
         cancelled (a second call, as in the document, where the first removes it)."""
+        return self._request_cancel(dag_id, "execution cancelled")
+
+    def _request_cancel(self, dag_id: str, reason: str) -> bool:
         with self._claim:
             if dag_id not in self.active_executions:
                 return False
@@ -577,12 +721,12 @@ class DynamicScheduler:
             key = run_id or f"dag:{dag_id}"
             if key in self._cancelling:
                 return False
-            self._cancelling.add(key)
+            self._cancelling[key] = reason
             if run_id is None:
                 # Taken, its run not started yet: it is cancelled as it starts (``on_run``);
                 # answered False before, and a REST DELETE then said "cancelled" wrongly.
                 return True
-        return self.engine.cancel(run_id, "execution cancelled")
+        return self.engine.cancel(run_id, reason)
 
     def run_id(self, dag_id: str) -> str | None:
         """The engine run id of ``dag_id``'s latest execution (None before it started)."""
@@ -613,7 +757,9 @@ class DynamicScheduler:
         where a DAG run keeps it under the node's structural key), the error of a failed node
         and how long it ran. Read from the run's task records, so it needs the engine's
         metadata store; while the DAG runs, a node the run has not taken in yet has no record
-        and is left out. Raises ``NotFoundError`` for a DAG this scheduler has not run."""
+        and is left out. Raises ``NotFoundError`` for a DAG this scheduler has not run.
+        A completed node whose value cannot be read (gone from the store, found corrupted and
+        removed, not decodable) is FAILED here with the reason; the other nodes are returned."""
         run_id = self._dag_runs.get(dag_id)
         if run_id is None:
             raise NotFoundError(f"DAG {dag_id!r} has not been executed by this scheduler")
@@ -628,12 +774,29 @@ class DynamicScheduler:
             ms = None
             if t.started_at is not None and t.ended_at is not None:
                 ms = int((t.ended_at - t.started_at) * 1000)
-            value = self.engine.load_value(t.result_key) if status is NodeStatus.COMPLETED \
-                else None
+            if status is NodeStatus.COMPLETED:
+                value, unreadable = self._read_value(t.result_key)
+                if unreadable is not None:
+                    out[t.node_id] = ExecutionResult(t.node_id, NodeStatus.FAILED,
+                                                     error_message=unreadable,
+                                                     execution_time_ms=ms)
+                    continue
+            else:
+                value = None
             out[t.node_id] = ExecutionResult(t.node_id, status, result_data=value,
                                              error_message=t.error or None,
                                              execution_time_ms=ms)
         return out
+
+    def _read_value(self, key: str | None) -> tuple[Any, str | None]:
+        """(value, None) for a completed node's stored result, or (None, why it cannot be
+        read): missing from the store, corrupted (``Engine.load_value`` removes the entry, so
+        the next run recomputes it), or not decodable. One node's unreadable result must not
+        hide the others' (``node_results`` raised for the whole DAG)."""
+        try:
+            return self.engine.load_value(key), None
+        except Exception as exc:  # noqa: BLE001 - reported as this node's result
+            return None, f"its result could not be read: {error_text(exc)}"
 
     def _results_in_memory(self, dag_id: str,
                            wanted: set[str] | None) -> dict[str, ExecutionResult]:
@@ -652,8 +815,12 @@ class DynamicScheduler:
             status = _TASK_TO_NODE[t.state.value]
             value = None
             if status is NodeStatus.COMPLETED:
-                value = t.value if t.value is not UNLOADED else \
-                    self.engine.load_value(t.cache_key)
+                value, unreadable = (t.value, None) if t.value is not UNLOADED else \
+                    self._read_value(t.cache_key)
+                if unreadable is not None:
+                    out[t.node_id] = ExecutionResult(t.node_id, NodeStatus.FAILED,
+                                                     error_message=unreadable)
+                    continue
             # A node that succeeded on a retry keeps its failed attempt's error on the task:
             # not the result's (as the metadata store's task rows, ``snapshot.task_rows``).
             out[t.node_id] = ExecutionResult(
@@ -666,6 +833,7 @@ class DynamicScheduler:
         """Validate and run ``dag`` in this thread; returns the engine's RunResult. Like
         ``submit_dag``, refuses a ``dag_id`` that is running (``ValidationError``); while it
         runs, the DAG is an active execution (progress, cancel, ``wait_for_completion``)."""
+        self._check_open()
         _check_config(self.config)
         plan = self._validate_dag(dag)
         me = threading.current_thread()
@@ -677,11 +845,17 @@ class DynamicScheduler:
                 self.active_executions.pop(dag.dag_id, None)
 
     # -- internals ------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SchedulingError("this DynamicScheduler is closed: make a new one to run DAGs")
+
     def _begin(self, dag: DAGDefinition, thread: threading.Thread) -> None:
         """Take ``dag.dag_id`` for a new execution run by ``thread``: refused while it is
-        running; the previous execution's result is dropped (until the new one has its own,
-        ``results``/``wait_for_completion`` must not answer with the old run)."""
+        running, or once the scheduler is closed; the previous execution's result is dropped
+        (until the new one has its own, ``results``/``wait_for_completion`` must not answer
+        with the old run)."""
         with self._claim:
+            self._check_open()
             if dag.dag_id in self.active_executions:
                 raise ValidationError(f"DAG {dag.dag_id!r} is already running")
             self.active_executions[dag.dag_id] = thread
@@ -708,12 +882,19 @@ class DynamicScheduler:
         if extra:
             raise GraphValidationError("dependencies name unknown nodes", extra)
         deps_of = dag._deps_view          # read only, by validate_dag
-        deps = {n.node_id: deps_of(n) for n in dag.nodes}
         known = self.executor.known()
         names = {n.operation for n in dag.nodes}
         # Node -> operation only when some operation is unknown (the error names its nodes).
         operations = {n.node_id: n.operation for n in dag.nodes} if names - known else None
-        order = validate_dag(deps, operations, known)
+        try:
+            deps = {n.node_id: deps_of(n) for n in dag.nodes}
+            order = validate_dag(deps, operations, known)
+        except (TypeError, GraphValidationError):
+            # An argument that is not a string (``_check_shapes`` leaves lists to this check)
+            # is never a node id: it always ends up here, as a dangling reference or a
+            # TypeError (unhashable; not joinable in the message). Said as what it is.
+            _check_argument_ids(n for n in dag.nodes if type(n.arguments) is list)
+            raise
         if order == ids:               # written in dependency order, the usual case
             nodes = list(dag.nodes)
         else:
@@ -827,8 +1008,11 @@ class DynamicScheduler:
                 spec, op = entry if entry is not None else \
                     self._spec_for(node, *ops[node.operation], specs, config)
                 names = inputs_of(node)
+                md = node.metadata
+                if md and "inputs" in md:      # values for execute_node: not stored there either
+                    md = {k: v for k, v in md.items() if k != "inputs"}
                 tasks[node.node_id] = call(spec, op, node.arguments, node.parameters, names,
-                                           [tasks[n] for n in names], node.node_id)
+                                           [tasks[n] for n in names], node.node_id, md)
             return {}
         return body
 
@@ -838,11 +1022,10 @@ class DynamicScheduler:
         def on_run(run: Any) -> None:
             with self._claim:
                 self._dag_runs[dag.dag_id] = run.run_id
-                early = f"dag:{dag.dag_id}"
-                if early in self._cancelling:         # cancelled before its run started
-                    self._cancelling.discard(early)
-                    self._cancelling.add(run.run_id)
-                    run.cancel("execution cancelled")
+                why = self._cancelling.pop(f"dag:{dag.dag_id}", None)
+                if why is not None:                   # cancelled before its run started
+                    self._cancelling[run.run_id] = why
+                    run.cancel(why)
             if self.engine.metadata is None:     # no task records: node_results reads these
                 self._run_tasks[dag.dag_id] = run.tasks
             started.set()
@@ -862,8 +1045,8 @@ class DynamicScheduler:
         self.execution_states[dag.dag_id] = self._progress(dag.dag_id, result.progress,
                                                            total=len(dag.nodes), ended=True)
         with self._claim:          # one step: a cancel sees it running, or ended
-            self._cancelling.discard(result.run_id)
-            self._cancelling.discard(f"dag:{dag.dag_id}")
+            self._cancelling.pop(result.run_id, None)
+            self._cancelling.pop(f"dag:{dag.dag_id}", None)
             self.active_executions.pop(dag.dag_id, None)
             self._finished[dag.dag_id] = None
             self._finished.move_to_end(dag.dag_id)

@@ -395,10 +395,12 @@ class Engine:
         produced it, for ``list_results(dag_id)``. Which run and task produced it is the
         metadata store's business (task rows carry ``result_key``)."""
         loop = self.runs.get(run_id)
+        md = {"encoding": enc.encoding, "dag_id": loop.pipeline if loop is not None else None}
+        if task.result_md:          # a declared node's own metadata; the engine's keys win
+            md = {**task.result_md, **md}
         # Positional: one is built per task result (keywords cost ~0.3 µs more).
         return StorageMetadata(task.cache_key, enc.data_type, enc.content_hash, enc.size, None,
-                               None, {"encoding": enc.encoding,
-                                      "dag_id": loop.pipeline if loop is not None else None})
+                               None, md)
 
     def key_prefix(self, spec: Any) -> bytes:
         fp = self._prefixes.get(id(spec))

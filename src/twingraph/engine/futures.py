@@ -62,13 +62,17 @@ class BodySide:
         return ref_to(self, task)
 
     def call_declared(self, spec: Any, fn: Callable[..., Any], arguments: Any, parameters: Any,
-                      names: list[str], producers: list[Task], node_id: str) -> Task:
+                      names: list[str], producers: list[Task], node_id: str,
+                      metadata: dict[str, Any] | None = None) -> Task:
         """Submit one node of a declarative graph whose producers are known: ``producers[i]``
         (a task submitted earlier) is the input called ``names[i]``. Cheaper than ``call``
-        with futures (nothing to search for), same semantics; returns the task."""
+        with futures (nothing to search for), same semantics; returns the task. ``metadata``
+        (the node's own) is stored with its result, under the engine's keys."""
         task = Task(node_id, next(self._order), spec, fn,
                     (arguments, parameters, names, producers), {})
         task.producers, task.ref_slots = producers, DECLARED
+        if metadata:
+            task.result_md = metadata
         self._enqueue(task)
         return task
 

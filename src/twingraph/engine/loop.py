@@ -966,7 +966,8 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         buffers = enc.buffers
         if self._packing and enc.size <= INLINE_MAX and len(buffers) == 1 \
                 and type(buffers[0]) is bytes:
-            meta = self._small_meta.get(enc.encoding)
+            meta = self._small_meta.get(enc.encoding) if task.result_md is None else \
+                {**task.result_md, "encoding": enc.encoding, "dag_id": self.pipeline}
             if meta is None:
                 meta = self._small_meta[enc.encoding] = {"encoding": enc.encoding,
                                                          "dag_id": self.pipeline}

@@ -37,7 +37,7 @@ class Task:
                  "value", "stored", "content_hash", "cache_key", "cache_status", "cache_reason",
                  "error", "event", "observed", "aliases", "started", "job",
                  "dirty", "attempt_row", "ref_slots", "persisted", "created_at", "started_at", "ended_at",
-                 "inputs_info", "scope")
+                 "inputs_info", "scope", "result_md")
 
     def __init__(self, node_id: str, order: int, spec: Any, fn: Any,
                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -75,6 +75,8 @@ class Task:
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.inputs_info: Any = None
+        # A declared node's own metadata, stored with its result (``NodeDefinition.metadata``)
+        self.result_md: dict[str, Any] | None = None
         self.scope: Any = None         # a nested pipeline's (engine.scopes), if it has settings
 
     @property
