@@ -31,6 +31,7 @@ from twingraph.core.specs import DEFAULT_TIMEOUT
 from twingraph.core.states import RunState, TaskState, fence as fence_token, transition_run
 from twingraph.engine.async_store import AsyncStoreAdapter, as_result_store
 from twingraph.engine.awaiting import run_awaitable
+from twingraph.engine.heartbeats import Heartbeats
 from twingraph.engine.loop import RunLoop, RunOptions
 from twingraph.engine.timers import HEARTBEAT_INTERVAL
 from twingraph.engine.notify import notify
@@ -260,6 +261,7 @@ class Engine:
         self.project = project
         self._sinks: list[EventSink] = [events] if events else []
         self.has_sinks = bool(self._sinks)      # checked on the hot path: a plain attribute
+        self.heartbeats = Heartbeats(metadata)
         self.recorder = Recorder(results, metadata, interval=flush_interval,
                                  on_stored=self._on_stored, on_stale=self._on_stale)
         self.offload_after = OFFLOAD_AFTER if writer == "auto" else None
@@ -790,6 +792,7 @@ class Engine:
                 and time.monotonic() < deadline:
             time.sleep(0.01)
         self.recorder.close()
+        self.heartbeats.close()
         for ex in self.executors.values():
             ex.shutdown()
         if isinstance(self.results, AsyncStoreAdapter):
@@ -800,7 +803,7 @@ class Engine:
 CLOSE_WAIT = 5.0
 
 #: A heartbeat older than this (seconds) means the run's driver is gone: heartbeats come every
-#: ``HEARTBEAT_INTERVAL`` (5 s), plus the recorder's flush delay.
+#: ``HEARTBEAT_INTERVAL`` (5 s), written apart from the run's records (engine/heartbeats.py).
 LIVE_WINDOW = 2 * HEARTBEAT_INTERVAL + 1.0
 
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twingraph.core import stop
-from twingraph.core.records import AttemptRecord, LogRecord, RunHeartbeat, TaskRecord, TaskUpdate
+from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord, TaskUpdate
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.results import StorageMetadata
 from twingraph.core.wire import pack_result_rows, pack_results, pack_task_values
@@ -63,6 +63,13 @@ _EMPTY: dict[str, Any] = {}
 #: An inline call still running after this many seconds moves the loop to a new thread
 #: (``RunLoop._call_inline``); the watchdog looks this often.
 INLINE_ESCAPE = 0.1
+#: Seconds between two hand-overs to the recorder while the loop is busy (an idle loop hands
+#: over before it sleeps): what a crash can lose of it, beside the recorder's own interval.
+HAND_OVER_EVERY = 0.05
+#: Submitted tasks taken in by one turn of the loop (``_take_submitted``): a body that submits
+#: for long does not hold the loop's other duties (events, timers, dispatch, heartbeats) back;
+#: taking them all kept a loop in one turn for 22 s while a body submitted a million tasks.
+TAKE_MAX = 10_000
 INLINE_WATCH_EVERY = 0.05
 
 
@@ -187,6 +194,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         self._done_count = 0           # tasks that ran and finished (``_done_times``'s, all)
         self._first_start: float | None = None   # when the first task started (the ETA's rate)
         self._last_heartbeat = 0.0
+        self._hand_over_due = 0.0         # next hand-over of a busy loop (``run_forever``)
         self.started_at = self.clock.monotonic()
         if options.timeout:
             self._timer(options.timeout, "pipeline_timeout", None, 0)
@@ -235,6 +243,16 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                         and not submitted:
                     return
                 self._heartbeat()
+                if self.out or self.dirty:
+                    # Busy (a body submitting for long, a flood of ready tasks): rows and
+                    # the heartbeat go out every HAND_OVER_EVERY all the same. Handed over
+                    # only when idle, a run taking in a million tasks wrote nothing for
+                    # 30 s: its heartbeat looked dead (``runs cancel`` and ``--resume``
+                    # took the live run over) and a crash lost all that was done.
+                    now = self.clock.monotonic()
+                    if now >= self._hand_over_due:
+                        self._hand_over_due = now + HAND_OVER_EVERY
+                        self._hand_over()
         except _LoopMoved:        # another thread drives the loop now (``_move_loop``)
             moved = True
         except BaseException as exc:  # noqa: BLE001 - a bug here must not leave waiters hanging
@@ -498,7 +516,8 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
 
     # == submission and readiness ===========================================================
     def _take_submitted(self) -> None:
-        """Take in every task the body submitted. Each is taken off the queue once registered:
+        """Take in the tasks the body submitted, up to ``TAKE_MAX`` (the rest next turn). Each
+        is taken off the queue once registered:
         if the loop crashes in between, ``_crash`` still finds it (in ``submitted``) and gives
         it a row. A declared task (``BodySide.call_declared``) of a run that is not resumed,
         nor stopping, with nobody listening for events, is taken in here as ``_on_submit``
@@ -508,7 +527,9 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         engine = self.engine
         if self.epoch or self.stopping or engine.has_sinks \
                 or submitted[0].ref_slots is not DECLARED:      # a body's calls: one by one
-            while submitted:
+            for _ in range(TAKE_MAX):
+                if not submitted:
+                    break
                 self._submit_guarded(submitted[0])
                 submitted.popleft()
             return
@@ -518,11 +539,12 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         fp: Any = None
         now = clock.now()
         n = 0
-        while submitted:
+        while submitted and n < TAKE_MAX:
             task = submitted[0]
             if self.stopping:         # a failed submission above stopped the run ('fail'):
                 self._submit_guarded(task)          # the rest end CANCELLED, as there
                 submitted.popleft()
+                n += 1
                 continue
             spec = task.spec
             if spec is not last_spec:
@@ -531,11 +553,11 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                 except Exception:  # noqa: BLE001 - _on_submit fails the task with it
                     fp = None
                 last_spec = spec if fp is not None else None
+            n += 1
             if task.ref_slots is not DECLARED or fp is None or task.node_id in tasks:
                 self._submit_guarded(task)
                 submitted.popleft()
                 continue
-            n += 1
             if n & 255 == 0:
                 now = clock.now()
             tasks[task.node_id] = task
@@ -1298,7 +1320,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                 done.wait(min(left, 0.1))
                 if time.monotonic() - beat >= HEARTBEAT_INTERVAL:
                     beat = time.monotonic()
-                    self.recorder.add(RunHeartbeat(self.run_id, self.clock.now(), self.epoch))
+                    self.engine.heartbeats.beat(self.run_id, self.clock.now(), self.epoch)
         except KeyboardInterrupt:
             why = "when the wait for it was interrupted (Ctrl-C)"
             raise

@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from twingraph.core.records import RunHeartbeat
 from twingraph.engine.task import Task, QUEUED, RETRYING, RUNNING
 from twingraph.errors import TaskTimeout
 
@@ -26,6 +25,7 @@ HEARTBEAT_INTERVAL = 5.0
 class TimerSide:
     """Mixed into ``RunLoop``; the attributes below are the loop's."""
     clock: Any
+    engine: Any
     _abort: Callable[[Any], bool]
     opt: Any
     run_id: str
@@ -80,4 +80,5 @@ class TimerSide:
         now = self.clock.monotonic()
         if now - self._last_heartbeat >= HEARTBEAT_INTERVAL:
             self._last_heartbeat = now
-            self.out.append(RunHeartbeat(self.run_id, self.clock.now(), self.epoch))
+            # Written apart from the run's records (engine/heartbeats.py), never behind them.
+            self.engine.heartbeats.beat(self.run_id, self.clock.now(), self.epoch)

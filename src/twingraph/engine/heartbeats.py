@@ -1,0 +1,73 @@
+"""Heartbeats of the runs an engine drives, written apart from their records.
+
+A run's loop beats every ``HEARTBEAT_INTERVAL`` seconds while it goes on (it wakes for it when
+idle). The beat proves its driver alive: another process adopts, cancels or resumes a run only
+once its heartbeat is older than ``LIVE_WINDOW``. Beats used to travel with the run's records,
+through the recorder's write-behind queue; a loop taking in a million tasks handed its records
+over late and the writer had a backlog to write first, so a live run's heartbeat grew 30 s
+old, and ``runs cancel`` and ``--resume`` took the live run over (review, session 21). Here
+each run's latest beat is written on a thread of its own, straight to the metadata store, in
+a statement of its own: it waits for no backlog, only for the database's write lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from twingraph.core.records import RunHeartbeat
+
+log = logging.getLogger("twingraph.engine")
+
+
+class Heartbeats:
+    """The latest beat of each run, written by one daemon thread as soon as it is given."""
+
+    def __init__(self, metadata: Any) -> None:
+        self.metadata = metadata
+        self._pending: dict[str, RunHeartbeat] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.failures = 0               # beats that could not be written (logged)
+
+    def beat(self, run_id: str, at: float, epoch: int | None) -> None:
+        """Note ``run_id``'s beat; a beat not yet written is replaced by this one."""
+        if self.metadata is None or self._closed:
+            return
+        with self._lock:
+            self._pending[run_id] = RunHeartbeat(run_id, at, epoch)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="twingraph-heartbeats")
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                beats, self._pending = list(self._pending.values()), {}
+            for hb in beats:
+                try:
+                    self.metadata.write([hb])
+                except Exception:  # noqa: BLE001 - its run goes on; the next beat tries again
+                    # (a run whose first record is not written yet is unknown: the same)
+                    self.failures += 1
+                    log.debug("heartbeat of run %s not written", hb.run_id, exc_info=True)
+            if self._closed:
+                return
+
+    def close(self) -> None:
+        """Write what is pending, then stop the thread."""
+        self._closed = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(5)
+
+
+__all__ = ["Heartbeats"]
