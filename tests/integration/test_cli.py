@@ -834,3 +834,24 @@ def test_server_on_a_port_in_use_says_so_before_anything_starts(cli):
     assert out.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
     assert "TwinGraph server on" not in out.stdout and "startup" not in out.stderr.lower()
+
+
+def test_a_ctrl_c_as_the_run_finishes_does_not_ask_for_a_resume(cli, tmp_path):
+    """Ctrl-C that lands as the run ends (here: in its end notification) left the run SUCCESS
+    but said "(resume it with --resume)" (a resume is refused for a finished run), sometimes
+    after an empty message."""
+    (tmp_path / "late.py").write_text(
+        "import os, signal\n"
+        "from twingraph import component, pipeline\n"
+        "def _interrupt(summary):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "@component\n"
+        "def one(x):\n"
+        "    return x\n"
+        "@pipeline(notifications=_interrupt)\n"
+        "def p():\n"
+        "    return one(x=1)\n")
+    out = cli("run", str(tmp_path / "late.py"), "--no-progress", ok=False)
+    assert out.returncode == 130
+    assert "--resume" not in out.stdout and "it had finished: twingraph runs show" in out.stdout
+    assert "\tSUCCESS\t" in cli("runs", "list").stdout

@@ -109,8 +109,17 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
     except TwinGraphError as exc:
         _fail(exc, 2)
     except KeyboardInterrupt as exc:
-        if "loop" in holder:        # the run started, and ended CANCELLED: it can go on
-            console.print(f"[magenta]{escape(str(exc))}[/magenta] (resume it with --resume)")
+        if "loop" in holder:        # the run started: as it ended (CANCELLED, it can go on)
+            run_id = holder["loop"].run_id
+            rec = _ended_as(run_id)
+            said = str(exc) or f"run {run_id} interrupted"
+            if rec is not None and rec.state.value == "SUCCESS":
+                # the interrupt came as it finished: nothing to resume (a resume is refused)
+                console.print(f"[magenta]{escape(said)}[/magenta] (it had finished: "
+                              f"twingraph runs show {escape(run_id)})", soft_wrap=True)
+            else:
+                console.print(f"[magenta]{escape(said)}[/magenta] (resume it with --resume "
+                              f"{escape(run_id)})", soft_wrap=True)
         else:
             err_console.print(f"[magenta]{escape(str(exc) or 'interrupted')}[/magenta] before "
                               f"a run started")
@@ -127,6 +136,15 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
         raise typer.Exit(1)
     if result.value is not None:
         _print_value(result.value)
+
+
+def _ended_as(run_id: str) -> Any:
+    """The run's record as stored (None if it cannot be read): what an interrupted command
+    tells about it."""
+    try:
+        return _engine().metadata.get_run(run_id)
+    except Exception:  # noqa: BLE001 - the interrupt is what is reported
+        return None
 
 
 def _say_watch(rec: Any) -> None:
