@@ -855,3 +855,24 @@ def test_a_ctrl_c_as_the_run_finishes_does_not_ask_for_a_resume(cli, tmp_path):
     assert out.returncode == 130
     assert "--resume" not in out.stdout and "it had finished: twingraph runs show" in out.stdout
     assert "\tSUCCESS\t" in cli("runs", "list").stdout
+
+
+def test_dynamic_execute_max_retries(cli, tmp_path):
+    """A DAG node is retried 3 times by default (1, 2 and 4 s apart); the command could not
+    change that. ``--max-retries 0``: one attempt."""
+    (tmp_path / "flaky_ops.py").write_text(
+        "from twingraph import operation\n"
+        "@operation\n"
+        "def fails(deps, params):\n"
+        "    raise ValueError('always')\n")
+    (tmp_path / "dag.yaml").write_text("nodes:\n  - id: f\n    operation: fails\n")
+    out = cli("dynamic", "execute", str(tmp_path / "dag.yaml"), "--storage-path",
+              str(tmp_path / "s"), "--load", str(tmp_path / "flaky_ops.py"),
+              "--max-retries", "0", ok=False)
+    assert out.returncode == 1 and "Execution failed: " in out.stdout
+    show = cli("runs", "show", json.loads(out.stdout.split("Execution failed: ", 1)[1]
+                                          .splitlines()[0])["run_id"]).stdout
+    assert re.search(r"\bf\b.*FAILED", show)
+    logs = cli("runs", "logs", json.loads(out.stdout.split("Execution failed: ", 1)[1]
+                                          .splitlines()[0])["run_id"]).stdout
+    assert logs.count("attempt 1 failed") == 1 and "attempt 2" not in logs, logs

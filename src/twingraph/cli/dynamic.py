@@ -23,7 +23,9 @@ def register(app: typer.Typer) -> None:
                 max_concurrent: Annotated[int, typer.Option(min=1)] = 4,
                 progress: Annotated[bool, typer.Option("--progress", help="Show execution progress")] = False,
                 load: Annotated[list[str], typer.Option("--load", help="Module or file with operations")] = [],  # noqa: B006
-                no_cache: Annotated[bool, typer.Option("--no-cache")] = False) -> None:
+                no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
+                max_retries: Annotated[int, typer.Option(
+                    min=0, help="Retries of a failed node (1, 2, 4 s apart)")] = 3) -> None:
         """Execute a DAG file (JSON/YAML) using the dynamic scheduler."""
         from twingraph.cli.loading import load_module
         from twingraph.dagfile import load_dag_file
@@ -38,7 +40,7 @@ def register(app: typer.Typer) -> None:
             dag = load_dag_file(program_file)
             config = ExecutionConfig(max_concurrent_nodes=max_concurrent,
                                      storage_backend=storage_backend, storage_path=storage_path,
-                                     no_cache=no_cache)
+                                     no_cache=no_cache, max_retries=max_retries)
             _check_before_storage(dag, config, loaded=bool(load))
             storage = create_storage_backend(storage_backend, storage_path, **options_from_config(
                 storage_backend, compression=config.compression, cache_size=config.cache_size))
