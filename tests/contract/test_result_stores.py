@@ -464,6 +464,36 @@ def test_corruption_raises_integrity_error(case: Any, size: int) -> None:
     assert store.has("c")  # the store reports, it does not repair
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "filesystem"])
+@pytest.mark.parametrize("size", [3000, 2 << 20], ids=["inline", "large"])
+def test_a_recorded_size_that_is_not_the_values_is_a_damaged_entry(tmp_path: Path, kind: str,
+                                                                    size: int) -> None:
+    """An edited size: a whole read said so for a filesystem data file, a stream gave the
+    bytes, and a SQLite row's reads both gave them while ``get_metadata`` named the wrong
+    size (review, session 21). Every read now refuses it, as for a wrong hash."""
+    data = os.urandom(size)
+    if kind == "sqlite":
+        store: Any = SQLiteStorage(tmp_path / "r.db")
+        store.put("k", data, _meta("k", data))
+        with sqlite3.connect(store.db_path) as db:
+            db.execute("UPDATE node_results SET data_size = data_size + 1")
+    else:
+        store = FilesystemStorage(tmp_path / "fs")
+        store.put("k", data, _meta("k", data))
+        path, doc = _fs_doc(store, "k")
+        doc["size"] += 1
+        path.write_text(json.dumps(doc))
+    try:
+        for read in (lambda: store.get("k"), lambda: store.read("k"),
+                     lambda: b"".join(store.iter_chunks("k", 4096)),
+                     lambda: asyncio.run(store.retrieve_result("k")),
+                     lambda: asyncio.run(_collect(store.stream_result("k", 4096)))):
+            with pytest.raises(IntegrityError):
+                read()
+    finally:
+        store.close()
+
+
 def _corrupted_then_replaceable(store: ResultStoreBase, key: str) -> None:
     """Every read of ``key`` raises IntegrityError (what the engine answers by deleting the
     entry and recomputing it), and the delete and a new put then work."""

@@ -315,19 +315,23 @@ def check_chunk_size(chunk_size: Any) -> None:
 
 
 def verified_stream(key: str, expected: str, pieces: Iterator[Buffer],
-                    chunk_size: int) -> Iterator[bytes]:
+                    chunk_size: int, size: int | None = None) -> Iterator[bytes]:
     """Re-cut ``pieces`` into ``chunk_size`` chunks, hashing as they pass.
 
-    The last chunk is held back until the whole value has been hashed: on a mismatch
-    ``IntegrityError`` is raised *instead of* the last chunk. A consumer may have seen the
-    earlier chunks of a corrupted value, but never all of it without an error.
+    The last chunk is held back until the whole value has been hashed (and, given ``size``,
+    counted): on a mismatch ``IntegrityError`` is raised *instead of* the last chunk. A
+    consumer may have seen the earlier chunks of a corrupted value, but never all of it
+    without an error. A recorded size that is not the value's is a damaged entry too, as a
+    whole read says (it gave the bytes while the metadata named another size).
     """
     check_chunk_size(chunk_size)
     h = hashlib.sha256()
     held: bytes | None = None
     buf = bytearray()
+    total = 0
     for piece in pieces:
         h.update(piece)
+        total += len(piece) if type(piece) is bytes else memoryview(piece).nbytes
         if not buf and len(piece) == chunk_size:      # common case: stored chunk == asked size
             chunks = [piece if type(piece) is bytes else bytes(piece)]
         else:
@@ -347,14 +351,22 @@ def verified_stream(key: str, expected: str, pieces: Iterator[Buffer],
     actual = h.hexdigest()
     if actual != expected:
         raise IntegrityError(key, expected, actual)
+    if size is not None and total != size:
+        raise IntegrityError(key, expected, f"<{total} bytes, recorded size {size}>")
     if held is not None:
         yield held
 
 
-def verify(key: str, expected: str, data: Buffer) -> Buffer:
+def verify(key: str, expected: str, data: Buffer, size: int | None = None) -> Buffer:
+    """``data`` if it hashes to ``expected`` (and, given ``size``, has that many bytes);
+    ``IntegrityError`` otherwise."""
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise IntegrityError(key, expected, actual)
+    if size is not None:
+        n = len(data) if type(data) is bytes else memoryview(data).nbytes
+        if n != size:
+            raise IntegrityError(key, expected, f"<{n} bytes, recorded size {size}>")
     return data
 
 

@@ -417,7 +417,7 @@ class FilesystemStorage(ResultStoreBase):
         stored = self._stored(key, doc)
         if isinstance(stored, bytes):
             return verify(key, digest,
-                          decompress_frame(stored, size, key, digest) if comp else stored)
+                          decompress_frame(stored, size, key, digest) if comp else stored, size)
         with open(stored, "rb", buffering=0) as f:
             if comp:
                 return self._read_compressed(f, key, size, digest)
@@ -461,7 +461,8 @@ class FilesystemStorage(ResultStoreBase):
             doc, source = f
             try:
                 yield from verified_stream(key, doc["content_hash"],
-                                           self._pieces(key, doc, source), chunk_size)
+                                           self._pieces(key, doc, source), chunk_size,
+                                           doc["size"])
             finally:
                 if not isinstance(source, bytes):
                     source.close()

@@ -55,7 +55,7 @@ class MemoryStorage(ResultStoreBase):
 
     def get(self, key: str) -> Buffer | None:
         e = self._entry(key)
-        return None if e is None else verify(key, e.meta.content_hash, e.data)
+        return None if e is None else verify(key, e.meta.content_hash, e.data, e.meta.size)
 
     def read(self, key: str) -> tuple[StorageMetadata, Buffer] | None:
         # Metadata and bytes of one entry, taken under one lock: head() then get() could pair
@@ -66,7 +66,7 @@ class MemoryStorage(ResultStoreBase):
             if e is None:
                 return None
             meta = replace(e.meta, metadata=meta_from_json(e.meta_json, key))
-        return meta, verify(key, e.meta.content_hash, e.data)
+        return meta, verify(key, e.meta.content_hash, e.data, e.meta.size)
 
     def head(self, key: str) -> StorageMetadata | None:
         e = self._entry(key)
@@ -80,7 +80,7 @@ class MemoryStorage(ResultStoreBase):
             return iter(())
         view = memoryview(e.data)
         pieces = (view[i:i + chunk_size] for i in range(0, len(view), chunk_size))
-        return verified_stream(key, e.meta.content_hash, pieces, chunk_size)
+        return verified_stream(key, e.meta.content_hash, pieces, chunk_size, e.meta.size)
 
     def delete(self, key: str) -> bool:
         validate_key(key)

@@ -558,7 +558,7 @@ class SQLiteStorage(ResultStoreBase):
         digest, size, comp, n_chunks, data = row
         _checked(key, digest, size, comp, n_chunks)
         if n_chunks == 0:
-            return verify(key, digest, _inline(key, digest, size, comp, data))
+            return verify(key, digest, _inline(key, digest, size, comp, data), size)
         # The chunks must add up to data_size before that many bytes are allocated: a damaged
         # size (a terabyte) would otherwise be a MemoryError on every read, not a damaged entry.
         (stored,) = conn.execute(_SUM, (key,)).fetchone()
@@ -613,7 +613,7 @@ class SQLiteStorage(ResultStoreBase):
                     pieces: Iterator[Buffer] = iter((_inline(key, digest, size, comp, data),))
                 else:
                     pieces = self._chunk_pieces(conn, key, row)
-                yield from verified_stream(key, digest, pieces, chunk_size)
+                yield from verified_stream(key, digest, pieces, chunk_size, size)
             finally:
                 conn.close()
 
