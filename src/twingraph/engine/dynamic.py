@@ -17,7 +17,6 @@ parameters as keyword arguments.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import inspect
@@ -39,12 +38,12 @@ from twingraph.core.hashing import canonical_json, sha256_hex
 from twingraph.core.instancestate import instance_state
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.specs import ComponentSpec
-from twingraph.core.stop import stop_requested
 from twingraph.core.states import RunState
 from twingraph.engine import gcpace
 from twingraph.engine.snapshot import error_text
 from twingraph.engine.task import UNLOADED
 from twingraph.serialization import own_copy
+from twingraph.engine.awaiting import run_awaitable
 from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.loop import RunOptions
 from twingraph.errors import (ConfigurationError, ExecutorUnavailable, GraphValidationError,
@@ -334,7 +333,7 @@ def _call_node(fn: Any, style: str, arguments: Any, parameters: Mapping[str, Any
                                        else arguments)}
         out = fn(deps, dict(parameters))
         if type(out) not in _PLAIN and inspect.isawaitable(out):   # `async def` operations
-            out = asyncio.run(_await(out))
+            out = run_awaitable(out)
         return out
     target = getattr(fn, "fn", None) or (fn.run if hasattr(fn, "execute") else fn)
     if isinstance(fn, type):
@@ -345,29 +344,8 @@ def _call_node(fn: Any, style: str, arguments: Any, parameters: Mapping[str, Any
     return target(*[values[a] for a in arguments], **parameters)
 
 
-async def _await(aw: Any) -> Any:
-    """Await an ``async def`` operation's result; cancelled (and the node's thread freed)
-    once the engine abandons the node (its timeout passed, its run was stopped:
-    ``core.stop``), which it could not do to a thread."""
-    task = asyncio.ensure_future(aw)
-    while True:
-        done, _ = await asyncio.wait((task,), timeout=STOP_POLL)
-        if done:
-            return task.result()
-        if stop_requested():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            raise NodeExecutionError("cancelled: the node was abandoned (timed out or stopped)",
-                                     error_type="Abandoned")
-
-
 #: The most a running execution's progress says: 100 % is for one that has ended.
 LIVE_MAX_PERCENT = 99.9
-
-#: Seconds between two looks at the stop flag of an ``async def`` operation.
-STOP_POLL = 0.05
-
 
 class _OpCall:
     """One per operation: the task function of its nodes. Keeping ``fn`` out of the task's
