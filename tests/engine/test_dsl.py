@@ -434,3 +434,51 @@ def test_futures_in_dict_keys_and_dataclasses_are_resolved(engine):
     seen, keyed, boxed = p.run(engine=engine).value
     assert seen["outputs"]["result"] == ["str", "str"]
     assert keyed == {"alice": 1} and boxed == Box("alice")
+
+
+def test_parent_hash_strings_of_a_resumed_run_keep_their_edges(tmp_path):
+    """A ``cache=False`` producer recorded SUCCESS before the stop is resumed under the key
+    it had: ``parent_hash`` strings naming it found nothing, and the resumed run's lineage
+    lost every edge, those recorded before the stop too."""
+    import os
+
+    from twingraph.engine.engine import Engine
+    from twingraph.lineage import run_lineage
+    from twingraph.stores.metadata import SQLMetadataStore
+    from twingraph.stores.results.sqlite import SQLiteStorage
+
+    flag = tmp_path / "fail"
+    eng = Engine(results=SQLiteStorage(tmp_path / "r.db"),
+                 metadata=SQLMetadataStore(f"sqlite:///{tmp_path}/m.db", create=True))
+
+    @component(cache=False)
+    def load(n):
+        return {"chunks": [[i, i + 1] for i in range(n)]}
+
+    @component
+    def proc(data):
+        if flag.exists():
+            raise RuntimeError("transient")
+        return {"data": sum(data)}
+
+    @pipeline(name="resumed_hash_strings")
+    def p(n: int):
+        raw = load(n=n).result()
+        rs = [proc(data=c, parent_hash=raw["hash"]) for c in raw["outputs"]["chunks"]]
+        return [r.result()["outputs"]["data"] for r in rs]
+
+    def edges(run_id):
+        eng.recorder.flush()
+        _, es = run_lineage(eng.metadata, run_id)
+        return sorted((e.src, e.dst) for e in es if e.kind == "DEPENDS_ON")
+
+    try:
+        flag.touch()
+        first = p.run(3, engine=eng)
+        assert first.state.value == "FAILED"
+        os.remove(flag)
+        resumed = p.run(3, engine=eng, resume=first.run_id)
+        assert resumed.state.value == "SUCCESS", resumed.error
+        assert edges(resumed.run_id) == [("load-0", f"proc-{i}") for i in range(3)]
+    finally:
+        eng.close()

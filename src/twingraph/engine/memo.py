@@ -78,6 +78,7 @@ class MemoSide:
             # up, a purged store); a resume that trusted the row would fail on every try.
             self.resuming[task] = structural
             if not memoize:
+                self.by_own_key[key] = task       # what its r["hash"] names (_named_parents)
                 return True
         twin = self.by_key.get(key) if memoize else None
         if twin is not None and twin.state in TERMINAL and twin.state is not SUCCESS:
@@ -121,6 +122,7 @@ class MemoSide:
             else:                 # computed again by this driver: under its own epoch's key
                 task.cache_status = "disabled"
                 task.cache_key = own_key(structural, self.run_id, task.node_id, self.epoch)
+                self.by_own_key[task.cache_key] = task
             task.cache_reason = reason
         else:
             task.cache_status, task.cache_reason = "miss", self._miss_reason(task)
