@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from twingraph import component, pipeline
-from twingraph.core.results import StorageMetadata
+from twingraph.core.results import DataType, StorageMetadata
 from twingraph.core.states import RunState
 from twingraph.engine.dynamic import DAGDefinition, DynamicScheduler, ExecutionConfig, NodeDefinition
 from twingraph.engine.engine import Engine
@@ -126,7 +126,8 @@ def test_a_python_pipeline_on_a_users_async_store_never_returns_corrupted_bytes(
         assert eng.results.content_hashes([key, "missing"]) == {key: store.meta[key].content_hash}
     finally:
         eng.close()
-    assert not eng.results._thread.is_alive()    # closing the engine stops the adapter
+    assert not any(t.name == "twingraph-user-store" and t.is_alive()
+               for t in threading.enumerate())     # closing the engine stops the adapter
 
 
 def test_an_object_that_is_no_store_is_refused_naming_what_it_lacks():
@@ -136,3 +137,126 @@ def test_an_object_that_is_no_store_is_refused_naming_what_it_lacks():
 
     with pytest.raises(ConfigurationError, match="missing: retrieve_result"):
         Engine(results=Half(), metadata=MemoryMetadataStore())
+
+
+class SlowReads(DictStorage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = threading.Event()
+
+    async def retrieve_result(self, node_id):
+        self.reading.set()
+        await asyncio.sleep(30)
+        return self.data.get(node_id)
+
+
+def test_a_read_under_way_when_the_engine_closes_ends_with_an_error():
+    """It was left waiting for ever on the stopped loop."""
+    store = SlowReads()
+    eng = Engine(results=store, metadata=MemoryMetadataStore(), flush_interval=0.01)
+    data = b"x" * 10
+    import hashlib
+    store.meta["k"] = StorageMetadata("k", DataType.BINARY,
+                                      hashlib.sha256(data).hexdigest(), 10, metadata={"encoding": "bytes"})
+    store.data["k"] = data
+    out = []
+    reader = threading.Thread(target=lambda: out.append(_outcome(lambda: eng.results.get("k"))))
+    reader.start()
+    assert store.reading.wait(5)
+    eng.close()
+    reader.join(5)
+    assert not reader.is_alive() and out == ["ConfigurationError"]
+
+
+def _outcome(read):
+    try:
+        read()
+        return "value"
+    except Exception as exc:  # noqa: BLE001 - what the test looks at
+        return type(exc).__name__
+
+
+class CallsBack(DictStorage):
+    engine = None
+
+    async def store_result(self, node_id, data, metadata):
+        self.engine.results.head(node_id)          # into the engine's store, from inside it
+        return await super().store_result(node_id, data, metadata)
+
+
+def test_a_store_that_calls_back_into_the_engines_store_fails_the_run_not_hangs():
+    store = CallsBack()
+    eng = Engine(results=store, metadata=MemoryMetadataStore(), flush_interval=0.01)
+    store.engine = eng
+
+    @component(cache=False)
+    def one():
+        return 1
+
+    @pipeline(name="calls_back")
+    def p():
+        return one()
+
+    done = []
+    t = threading.Thread(target=lambda: done.append(p.run(engine=eng)), daemon=True)
+    t.start()
+    t.join(20)
+    try:
+        assert done, "the run hung"
+        assert done[0].state is RunState.FAILED
+        assert "called back into the engine's result store" in str(done[0].error)
+    finally:
+        eng.close()
+
+
+class DropsMetadata(DictStorage):
+    async def store_result(self, node_id, data, metadata):
+        import dataclasses
+        return await super().store_result(node_id, data,
+                                          dataclasses.replace(metadata, metadata=None))
+
+
+def test_a_store_that_drops_the_engines_metadata_misses_instead_of_failing_later_runs():
+    """Its entries have no encoding: the second run failed decoding them (as pickle), and
+    so did every run after."""
+    eng = Engine(results=DropsMetadata(), metadata=MemoryMetadataStore(), flush_interval=0.01)
+
+    @component
+    def double(x):
+        return {"x": 2 * x}
+
+    @pipeline(name="drops_metadata")
+    def p():
+        return double(x=1)
+
+    try:
+        for _ in range(2):
+            r = p.run(engine=eng)
+            assert r.state is RunState.SUCCESS, r.error
+            assert r.value["outputs"] == {"x": 2}
+    finally:
+        eng.close()
+
+
+def test_a_closed_schedulers_finished_results_stay_readable_through_a_users_store():
+    store = DictStorage()
+
+    async def go():
+        sch = DynamicScheduler(store, ExecutionConfig())
+        sch.executor.register_operation("five", lambda d, p: 5)
+        await sch.submit_dag(DAGDefinition("closed", [NodeDefinition("a", "five", [], {})]))
+        await sch.wait_for_completion("closed")
+        sch.close()
+        return sch.node_results("closed")
+
+    res = asyncio.run(go())
+    assert (res["a"].status.value, res["a"].result_data) == ("completed", 5)
+
+
+def test_store_methods_that_are_not_async_are_refused():
+    class Plain(DictStorage):
+        def get_metadata(self, node_id):          # not async
+            return self.meta.get(node_id)
+
+    with pytest.raises(ConfigurationError, match="must be async def: get_metadata"):
+        Engine(results=Plain(), metadata=MemoryMetadataStore())

@@ -16,7 +16,10 @@ as a later run would any result it finds (a memo hit) and the rest as not stored
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
+import inspect
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -25,6 +28,7 @@ from twingraph.core.results import StorageMetadata
 from twingraph.errors import ConfigurationError, IntegrityError
 
 Buffer = bytes | bytearray | memoryview
+log = logging.getLogger("twingraph.engine")
 
 #: The document's StorageInterface: what a store must have to be adapted.
 ASYNC_METHODS = ("store_result", "retrieve_result", "stream_result", "exists", "delete_result",
@@ -44,6 +48,12 @@ def as_result_store(store: Any) -> Any:
         raise ConfigurationError(
             f"{type(store).__name__} is not a result store: a StorageInterface needs "
             f"{', '.join(ASYNC_METHODS)} (missing: {', '.join(missing)})")
+    plain = [m for m in ASYNC_METHODS if m != "stream_result"
+             and not inspect.iscoroutinefunction(getattr(store, m))]
+    if plain:
+        raise ConfigurationError(
+            f"{type(store).__name__}'s StorageInterface methods must be async def: "
+            f"{', '.join(plain)} are not")
     return AsyncStoreAdapter(store)
 
 
@@ -52,16 +62,38 @@ class AsyncStoreAdapter:
 
     def __init__(self, store: Any) -> None:
         self.store = store
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="twingraph-user-store")
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._warned = False
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The adapter's loop, started on first use (and again after ``close``: what a
+        closed scheduler's finished results are read through)."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                                name="twingraph-user-store")
+                self._thread.start()
+            return self._loop
 
     def _call(self, coro: Any) -> Any:
-        if not self._thread.is_alive():
+        if threading.current_thread() is self._thread:
             coro.close()
-            raise ConfigurationError("the engine using this result store was closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+            # The store's own method called the engine's store (a read inside store_result):
+            # waiting for the one loop it runs on would wait for ever.
+            raise ConfigurationError(f"{type(self.store).__name__} called back into the "
+                                     "engine's result store from one of its own methods")
+        loop = self._running_loop()
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if self._loop is not loop:         # closed while it waited: cancelled there
+                    raise ConfigurationError("the result store was closed during the call") \
+                        from None
 
     # ---- writes ----
     def put(self, key: str, data: Buffer | Sequence[Buffer], meta: StorageMetadata) -> None:
@@ -79,14 +111,14 @@ class AsyncStoreAdapter:
 
     # ---- reads ----
     def head(self, key: str) -> StorageMetadata | None:
-        meta = self._call(self.store.get_metadata(key))
-        return meta if isinstance(meta, StorageMetadata) else None
+        return self._usable(self._call(self.store.get_metadata(key)))
 
     def read(self, key: str) -> tuple[StorageMetadata, Buffer] | None:
         async def both() -> tuple[Any, Any]:
             return (await self.store.get_metadata(key), await self.store.retrieve_result(key))
         meta, data = self._call(both())
-        if not isinstance(meta, StorageMetadata) or data is None:
+        meta = self._usable(meta)
+        if meta is None or data is None:
             return None
         _check(key, meta.content_hash, data)
         return meta, data
@@ -99,8 +131,8 @@ class AsyncStoreAdapter:
         async def all_of() -> dict[str, str]:
             out = {}
             for k in keys:
-                meta = await self.store.get_metadata(k)
-                if isinstance(meta, StorageMetadata) and meta.content_hash:
+                meta = self._usable(await self.store.get_metadata(k))
+                if meta is not None and meta.content_hash:
                     out[k] = meta.content_hash
             return out
         return self._call(all_of())
@@ -133,16 +165,40 @@ class AsyncStoreAdapter:
         if held is not None:
             yield held
 
+    def _usable(self, meta: Any) -> StorageMetadata | None:
+        """``meta`` if the engine can decode the value it describes: the store kept the
+        ``metadata`` dict the engine gave it (its ``encoding``). A store that drops it cannot
+        serve the engine's results: each is a miss (computed again), said once."""
+        if not isinstance(meta, StorageMetadata):
+            return None
+        if isinstance(meta.metadata, dict) and isinstance(meta.metadata.get("encoding"), str):
+            return meta
+        if not self._warned:
+            self._warned = True
+            log.warning("%s returned metadata without the 'encoding' the engine stored with "
+                        "it (StorageMetadata.metadata): its results cannot be decoded and are "
+                        "computed again", type(self.store).__name__)
+        return None
+
     def list_keys(self, dag_id: str | None = None) -> list[str]:
         return list(self._call(self.store.list_results(dag_id)))
 
     def close(self) -> None:
-        """Stop the adapter's loop (the user's store is the user's to close)."""
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-        if not self._thread.is_alive() and not self._loop.is_closed():
-            self._loop.close()
+        """Stop the adapter's loop, cancelling what runs on it (the user's store is the
+        user's to close). A later call starts a loop again."""
+        with self._lock:
+            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None or thread is None:
+            return
+
+        def stop() -> None:
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+            loop.call_soon(loop.stop)      # after the cancelled tasks' next step
+        loop.call_soon_threadsafe(stop)
+        thread.join(5)
+        if not thread.is_alive():
+            loop.close()
 
 
 def _check(key: str, expected: str, data: Buffer) -> None:
