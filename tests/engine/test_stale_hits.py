@@ -299,11 +299,24 @@ _FLOW = ("from __future__ import annotations\n"
          "def evaluate_all(models: 'list[stale_models.Model] | None', x: int):\n"
          "    return [m.predict(x) for m in models]\n"
          "\n"
+         "M = typing.TypeVar('M', bound=Model)\n"
+         "\n"
+         "@component\n"
+         "def evaluate_bound(model: M, x: int):\n"
+         "    return model.predict(x)\n"
+         "\n"
+         "from twingraph import BaseComponent\n"
+         "class Evaluate(BaseComponent):\n"
+         "    def execute(self, model: Model, x: int):\n"
+         "        return model.predict(x)\n"
+         "\n"
          "@pipeline(name='annotated_consumer')\n"
          "def p():\n"
          "    m = train()['outputs']['result']\n"
          "    return [evaluate(model=m, x=5)['outputs']['result'],\n"
-         "            evaluate_all(models=[m], x=1)['outputs']['result']]\n"
+         "            evaluate_all(models=[m], x=1)['outputs']['result'],\n"
+         "            evaluate_bound(model=m, x=2)['outputs']['result'],\n"
+         "            Evaluate()(model=m, x=3)['outputs']['result']]\n"
          "\n"
          "print(p())\n")
 
@@ -316,9 +329,9 @@ def test_a_consumer_annotated_with_an_imported_class_reruns_when_the_class_is_ed
     as a user's runs are."""
     (tmp_path / "stale_models.py").write_text(_MODELS.format(extra=""))
     (tmp_path / "stale_flow.py").write_text(_FLOW)
-    assert _run_file(tmp_path, "stale_flow.py") == "[10, [2]]"
+    assert _run_file(tmp_path, "stale_flow.py") == "[10, [2], 4, 6]"
     (tmp_path / "stale_models.py").write_text(_MODELS.format(extra=" + 100"))
-    assert _run_file(tmp_path, "stale_flow.py") == "[110, [102]]"
+    assert _run_file(tmp_path, "stale_flow.py") == "[110, [102], 104, 106]"
 
 
 def _run_file(root, name):
@@ -373,3 +386,45 @@ def test_a_default_that_is_a_user_object_bound_in_a_module_is_keyed_by_its_state
     assert _run_file(tmp_path, "stale_defaults.py") == "[10, 11, 12]"
     (tmp_path / "stale_settings.py").write_text(_SETTINGS.format(scale=3))
     assert _run_file(tmp_path, "stale_defaults.py") == "[15, 16, 17]"
+
+
+class _Unforced:
+    """A lazy proxy: asking its class (``isinstance``) or any attribute forces it, which here
+    fails, as a proxy whose connection is down does."""
+    @property
+    def __class__(self):
+        raise ConnectionError("the proxy was forced")
+
+    def __getattr__(self, name):
+        raise ConnectionError("the proxy was forced")
+
+
+LAZY = _Unforced()
+
+
+def test_a_lazy_proxy_default_is_not_forced_by_the_version():
+    from twingraph.core.codeversion import code_version
+
+    def uses(x, client=LAZY):
+        return x
+
+    assert len(code_version(uses)) == 16
+
+
+def test_a_recursive_string_alias_in_an_annotation_is_walked_once(tmp_path, monkeypatch):
+    """``Tree = "dict[str, Tree] | list[Tree] | Leaf"`` was expanded at every level, down to
+    the walk's depth limit: seconds for one version."""
+    mod = _module(tmp_path, monkeypatch, "stale_recursive_alias",
+                  "class Leaf:\n    pass\n"
+                  "Tree = 'dict[str, Tree] | list[Tree] | tuple[Tree, Tree, Tree, Tree] "
+                  "| set[Tree] | Leaf'\n"
+                  "def f(t: 'Tree'):\n    return t\n")
+    from twingraph.core.codeversion import _annotated_classes
+    done = []
+    t = threading.Thread(target=lambda: done.append(_annotated_classes(mod.f)), daemon=True)
+    t.start()
+    t.join(5)
+    try:
+        assert done and [c.__name__ for c in done[0]] == ["Leaf"]
+    finally:
+        sys.modules.pop("stale_recursive_alias", None)

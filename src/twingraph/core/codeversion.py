@@ -450,11 +450,65 @@ def _class_source(c: type) -> str | None:
     got = _CLASS_CACHE.get(c)
     if got is None:
         try:
-            got = inspect.getsource(c)
+            got = _indexed_class_source(c)
+            if got is None:
+                got = inspect.getsource(c)
         except Exception:
             got = ""
         _CLASS_CACHE.put(c, got)
     return got or None
+
+
+# file -> (its lines as linecache holds them, qualname -> first line of the class, 0-based)
+_CLASS_LINES: dict[str, tuple[list[str], dict[str, int]]] = {}
+
+
+def _indexed_class_source(c: type) -> str | None:
+    """``inspect.getsource(c)``, the same text, from one parse of its file for all its
+    classes: on Python 3.11 each ``getsource`` of a class parses the whole module again, and
+    a version walking 300 classes of a 1,500-class module took 20 s. The start line is found
+    as ``inspect.findsource`` finds it (the first class of that qualified name, decorators
+    included), the end by ``inspect.getblock``, as ``getsource`` does. None: not found here
+    (``inspect.getsource`` then decides)."""
+    file = inspect.getsourcefile(c)
+    module = sys.modules.get(c.__module__)
+    if not file or module is None:
+        return None
+    linecache.checkcache(file)
+    lines = linecache.getlines(file, vars(module))
+    if not lines:
+        return None
+    cached = _CLASS_LINES.get(file)
+    if cached is None or cached[0] is not lines:
+        starts: dict[str, int] = {}
+        stack: list[str] = []
+
+        def visit(node: ast.AST) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    stack.extend((child.name, "<locals>"))
+                    visit(child)
+                    del stack[-2:]
+                elif isinstance(child, ast.ClassDef):
+                    stack.append(child.name)
+                    first = child.decorator_list[0].lineno if child.decorator_list \
+                        else child.lineno
+                    starts.setdefault(".".join(stack), first - 1)
+                    visit(child)
+                    stack.pop()
+                else:
+                    visit(child)
+        try:
+            visit(ast.parse("".join(lines)))
+        except (SyntaxError, ValueError, RecursionError):
+            return None
+        if len(_CLASS_LINES) >= 64:
+            _CLASS_LINES.clear()
+        cached = _CLASS_LINES[file] = (lines, starts)
+    start = cached[1].get(c.__qualname__)
+    if start is None:
+        return None
+    return "".join(inspect.getblock(lines[start:]))
 
 
 # --- module source: the top-level statements that mention a name -------------------------------
@@ -652,6 +706,8 @@ class _Walk:
         self.todo: deque[Any] = deque()
         self.open_modules: set[tuple[int, frozenset[str]]] = set()
         self.open_defs: set[tuple[int, str]] = set()
+        self.methods: set[int] = set()      # functions met as class members (``class_body``)
+        self.root: Any = None               # what the version is of
         self.depth = 0
 
     def put(self, *parts: str | bytes) -> None:
@@ -817,9 +873,13 @@ class _Walk:
                 self.put("global", name, "<unbound>")
         for modname, level, fromlist in sorted(names.imports):
             self.imported(modname, level, fromlist, g, names.attrs)
-        annotated = _annotated_classes(f)
-        if annotated:
-            self.put("annotations", *(self.cls_ref(c) for c in annotated))
+        if id(f) not in self.methods:
+            # A method's annotations are not followed: a class's methods annotating other
+            # classes would pull in the whole class graph (and its misses) for every
+            # component that names one class.
+            annotated = _annotated_classes(f)
+            if annotated:
+                self.put("annotations", *(self.cls_ref(c) for c in annotated))
 
     def imported(self, modname: str, level: int, fromlist: tuple[str, ...],
                  g: dict[str, Any], attrs: frozenset[str]) -> None:
@@ -852,6 +912,15 @@ class _Walk:
         ns = c.__dict__
         for name in sorted(k for k in ns if isinstance(k, str)):
             v = ns[name]
+            tv = type(v)
+            if c is self.root:
+                pass            # a class component's own methods (``execute``) are its code
+            elif tv is types.FunctionType:
+                self.methods.add(id(v))
+            elif tv is staticmethod or tv is classmethod:
+                self.methods.add(id(v.__func__))
+            elif tv is property:
+                self.methods.update(id(x) for x in (v.fget, v.fset, v.fdel) if x is not None)
             if issubclass(type(v), _CODE_LIKE):
                 self.put("attr", name, self.value(v))
                 continue
@@ -883,9 +952,10 @@ def _home_of(v: Any, g: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
     ``DEFAULT`` imported from a settings module), else an attribute of a user module ``g``
     names (``cfg=settings.DEFAULT``). Its defining statement is then part of the version:
     ``DEFAULT = Cfg(scale=2)`` edited to ``scale=3`` is a new one. Runtime contents are still
-    not read. None when it is bound nowhere there (built in place: the source shows it)."""
+    not read, and the value is asked nothing (``type(v)`` only: a lazy proxy is not forced).
+    None when it is bound nowhere there (built in place: the source shows it)."""
     t = type(v)
-    if t is types.ModuleType or isinstance(v, type) or not _is_user_class(t) \
+    if issubclass(t, (types.ModuleType, type)) or not _is_user_class(t) \
             or _plain(v) is not None:
         return None
     modules = []
@@ -904,52 +974,64 @@ def _home_of(v: Any, g: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
 
 def _annotated_classes(f: types.FunctionType) -> list[type]:
     """The user classes ``f``'s parameter and return annotations name (``model: Model``,
-    ``list[geo.Point] | None``, ``"Model"`` under ``from __future__ import annotations``), in
-    first-met order. A method called on a parameter (``model.predict(x)``) is dynamic dispatch
-    the walk cannot follow; the annotation says whose method it is, so an edit of that class
-    is a new version of ``f``. String annotations are parsed, never evaluated: their names are
-    looked up in ``f``'s globals and attributes of what they name."""
+    ``list[geo.Point] | None``, ``"Model"`` under ``from __future__ import annotations``, a
+    TypeVar's bound or constraints), in first-met order. A method called on a parameter
+    (``model.predict(x)``) is dynamic dispatch the walk cannot follow; the annotation says
+    whose method it is, so an edit of that class is a new version of ``f``. String
+    annotations are parsed, never evaluated: their names are looked up in ``f``'s globals and
+    attributes of what they name. Objects met are asked nothing beyond their type (a lazy
+    proxy in ``Annotated`` metadata is not forced)."""
     try:
         anns = inspect.get_annotations(f)
     except Exception:  # noqa: BLE001 - an annotation that cannot be evaluated (PEP 649)
         return []
-    if not anns:
+    if type(anns) is not dict or not anns:
         return []
     found: dict[int, type] = {}
+    seen: set[int] = set()
     g = f.__globals__
     for name in sorted(anns, key=str):
-        _collect_annotation(anns[name], g, found, 0)
+        _collect_annotation(anns[name], g, found, seen, 0)
     return list(found.values())
 
 
-def _collect_annotation(a: Any, g: dict[str, Any], found: dict[int, type], depth: int) -> None:
-    if depth > 8:
+def _collect_annotation(a: Any, g: dict[str, Any], found: dict[int, type], seen: set[int],
+                        depth: int) -> None:
+    t = type(a)
+    if depth > 8 or (id(a) in seen if t is not str else hash(a) in seen):
         return
-    if isinstance(a, str):
+    seen.add(id(a) if t is not str else hash(a))   # a recursive alias ("Tree = 'list[Tree]'")
+    if t is str:
         for obj in _named_in(a, g):
-            _collect_annotation(obj, g, found, depth + 1)
+            _collect_annotation(obj, g, found, seen, depth + 1)
         return
-    forward = getattr(a, "__forward_arg__", None) if type(a).__module__ == "typing" else None
-    if isinstance(forward, str):         # typing.ForwardRef inside Optional["Model"]
-        _collect_annotation(forward, g, found, depth + 1)
+    if t is typing.ForwardRef:           # inside Optional["Model"]
+        _collect_annotation(a.__forward_arg__, g, found, seen, depth + 1)
         return
-    if isinstance(a, (list, tuple)):     # Callable[[A, B], C]'s argument list
+    if t is typing.TypeVar:              # M = TypeVar("M", bound=Model)
+        for x in (a.__bound__, *a.__constraints__):
+            if x is not None:
+                _collect_annotation(x, g, found, seen, depth + 1)
+        return
+    if t is list or t is tuple:          # Callable[[A, B], C]'s argument list
         for x in a[:32]:
-            _collect_annotation(x, g, found, depth + 1)
+            _collect_annotation(x, g, found, seen, depth + 1)
         return
-    if isinstance(a, type) and not isinstance(a, types.GenericAlias):
+    if issubclass(t, type):
         if _is_user_class(a):
             found.setdefault(id(a), a)
         return
+    if t.__module__ not in ("typing", "types", "typing_extensions"):
+        return                           # Annotated's metadata, anything else: not a type
     try:
         args = typing.get_args(a)
         origin = typing.get_origin(a)
-    except Exception:  # noqa: BLE001 - not a typing construct
+    except Exception:  # noqa: BLE001 - not a typing construct after all
         return
     if origin is not None:
-        _collect_annotation(origin, g, found, depth + 1)
+        _collect_annotation(origin, g, found, seen, depth + 1)
     for x in args[:32]:
-        _collect_annotation(x, g, found, depth + 1)
+        _collect_annotation(x, g, found, seen, depth + 1)
 
 
 def _named_in(text: str, g: dict[str, Any]) -> list[Any]:
@@ -1023,6 +1105,7 @@ def code_version(fn: Any, *, values: bool = True) -> str:
             break
         target = inner
     walk = _Walk(values)
+    walk.root = target
     if isinstance(target, types.FunctionType):
         walk.put("root", walk.fn_ref(target, force=True))
     elif isinstance(target, type):
