@@ -89,7 +89,8 @@ def _compression_from_env() -> str | None:
     """``TWINGRAPH_COMPRESSION``: ``zstd``, or off when empty, unset, ``none`` or ``off`` (in any
     case); anything else is refused by the store (``CompressionPolicy``), naming the choices."""
     value = (os.environ.get("TWINGRAPH_COMPRESSION") or "").strip()
-    return None if value.lower() in ("", "none", "off") else value
+    return None if value.lower() in ("", "none", "off") else \
+        "zstd" if value.lower() == "zstd" else value
 
 
 def _security_from_env() -> dict[str, Any]:

@@ -86,3 +86,20 @@ def test_a_pipeline_body_must_be_a_plain_function(body):
             yield 1
     with pytest.raises(ValidationError, match="a pipeline body must be a plain function"):
         pipeline(f)
+
+
+def test_an_async_generator_component_gives_the_list_of_its_items(engine):
+    """As a generator's items are collected; it failed: "cannot pickle 'async_generator'"."""
+    @component(cache=False)
+    async def ticks(n):
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield i
+
+    @pipeline(name="async_generator_component")
+    def p():
+        return ticks(n=3)
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.SUCCESS, r.error
+    assert r.value["outputs"]["result"] == [0, 1, 2]

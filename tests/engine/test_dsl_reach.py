@@ -144,3 +144,38 @@ def test_a_non_local_component_called_outside_a_pipeline_says_it_runs_here():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert here(3) == 3
+
+
+def test_a_plain_call_on_the_main_thread_runs_while_a_pipeline_runs_elsewhere(engine):
+    """A unit test or a notebook calling a docker component as a plain function while a
+    pipeline runs on another thread: refused (any run going on counted), where it is the
+    documented plain call (with its warning)."""
+    import threading
+
+    from twingraph import component, pipeline
+
+    release, started = threading.Event(), threading.Event()
+
+    @component(cache=False)
+    def waits():
+        started.set()
+        release.wait(10)
+        return 1
+
+    @pipeline(name="reach_background")
+    def bg():
+        return waits()
+
+    @component(platform="docker", docker_image="python:3.11")
+    def remote_add(a, b):
+        return a + b
+
+    t = threading.Thread(target=lambda: bg.run(engine=engine), daemon=True)
+    t.start()
+    try:
+        assert started.wait(10)
+        with pytest.warns(RuntimeWarning, match="called outside a pipeline"):
+            assert remote_add(1, 2) == 3
+    finally:
+        release.set()
+        t.join(10)

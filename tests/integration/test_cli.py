@@ -876,3 +876,106 @@ def test_dynamic_execute_max_retries(cli, tmp_path):
     logs = cli("runs", "logs", json.loads(out.stdout.split("Execution failed: ", 1)[1]
                                           .splitlines()[0])["run_id"]).stdout
     assert logs.count("attempt 1 failed") == 1 and "attempt 2" not in logs, logs
+
+
+def test_process_task_failures_that_once_broke_the_traceback_or_the_worker(cli, tmp_path):
+    """From a review of the frame rewriting and the exception rebuilding: a lazy proxy among
+    the file's globals was forced (its error replaced the task's), an exception group's
+    frames lost their "|" margin, a same-named function of another by-value module took this
+    file's name and line, and an unpicklable exception whose ``str()`` raises killed the
+    worker ("worker process ... died")."""
+    (tmp_path / "tb_other.py").write_text(
+        "def load(path):\n"
+        "    raise FileNotFoundError(path)\n")
+    (tmp_path / "tb_cases.py").write_text(
+        "import threading\n"
+        "import cloudpickle\n"
+        "import tb_other\n"
+        "cloudpickle.register_pickle_by_value(tb_other)\n"
+        "from twingraph import component, pipeline\n"
+        "\n"
+        "class Proxy:\n"
+        "    def __getattr__(self, name):\n"
+        "        raise RuntimeError('the proxy was forced')\n"
+        "\n"
+        "CURRENT = Proxy()\n"
+        "\n"
+        "def load(name):\n"
+        "    return name.upper()\n"
+        "\n"
+        "def inner(i):\n"
+        "    raise ValueError(f'bad {i}')\n"
+        "\n"
+        "class BadStr(Exception):\n"
+        "    def __init__(self, msg):\n"
+        "        super().__init__(msg)\n"
+        "        self.lock = threading.Lock()\n"
+        "    def __str__(self):\n"
+        "        raise RuntimeError('no str')\n"
+        "\n"
+        "@component(executor='process', cache=False)\n"
+        "def step(case):\n"
+        "    if case == 'group':\n"
+        "        errs = []\n"
+        "        for i in range(2):\n"
+        "            try:\n"
+        "                inner(i)\n"
+        "            except ValueError as e:\n"
+        "                errs.append(e)\n"
+        "        raise ExceptionGroup('several', errs)\n"
+        "    if case == 'other':\n"
+        "        return tb_other.load(load('x'))\n"
+        "    raise BadStr('x')\n"
+        "\n"
+        "@pipeline(error_handler='continue')\n"
+        "def p():\n"
+        "    return [step(case=c) for c in ('group', 'other', 'badstr')]\n")
+    out = cli("run", str(tmp_path / "tb_cases.py"), "--no-progress", ok=False)
+    assert "proxy was forced" not in out.stdout + out.stderr
+    logs = cli("runs", "logs", _run_id(out.stdout), "--level", "error").stdout
+    path = str(tmp_path / "tb_cases.py")
+    assert f'    |   File "{path}", line 32, in step\n    |     inner(i)' in logs, logs
+    assert f'    |   File "{path}", line 17, in inner\n    |     raise ValueError' in logs
+    assert 'File "<dynamic-code>", line 2, in load\nFileNotFoundError: X' in logs
+    assert "BadStr: <str() of the exception raised RuntimeError>" in logs
+    assert "died" not in logs
+
+
+def test_a_child_the_server_started_does_not_keep_its_port(tmp_path):
+    """The listening socket was made inheritable: a process a loaded module (or a task)
+    started with exec kept the port open after the server was gone, and a new server on that
+    port was refused "address already in use"."""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    (tmp_path / "spawns.py").write_text("import os\nos.system('sleep 20 &')\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+    srv = subprocess.Popen([sys.executable, "-m", "twingraph", "server", "--port", str(port),
+                            "--load", str(tmp_path / "spawns.py"), "--log-level", "warning"],
+                           cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the server did not come up")
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        srv.wait(30)
+    with socket.socket() as again:          # the sleep still runs: the port must be free
+        # (SO_REUSEADDR: closed connections in TIME_WAIT do not count; a listener does)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen(1)

@@ -58,11 +58,12 @@ def test_a_hybrid_store_made_before_keeps_its_place(tmp_path):
     assert not (tmp_path / "results-hybrid").exists()
 
 
-@pytest.mark.parametrize("value", ["", "none", "None", "OFF", " off "])
-def test_compression_off_spellings(monkeypatch, tmp_path, value):
+@pytest.mark.parametrize("value, means", [("", None), ("none", None), ("None", None),
+                                          ("OFF", None), (" off ", None), ("ZSTD", "zstd")])
+def test_compression_spellings(monkeypatch, tmp_path, value, means):
     monkeypatch.setenv("TWINGRAPH_HOME", str(tmp_path))
     monkeypatch.setenv("TWINGRAPH_COMPRESSION", value)
-    assert Settings.from_env().compression is None
+    assert Settings.from_env().compression == means
 
 
 def test_an_unknown_compression_names_the_choices(tmp_path):

@@ -72,8 +72,8 @@ def _listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(2048)
-        sock.set_inheritable(True)
+        sock.listen(2048)      # not inheritable (the default): a child a task starts must
+                               # not keep the port after the server is gone
     except OSError:
         sock.close()
         raise

@@ -35,3 +35,14 @@ def storable(text: str) -> str:
     except UnicodeEncodeError:
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
+def said(err: BaseException) -> str:
+    """``str(err)``, or what it raised instead of raising it: user code's ``__str__`` may read
+    an attribute never set, or return something that is not a string."""
+    try:
+        text = str(err)
+    except Exception as exc:  # noqa: BLE001 - anything str() of user code raises
+        return f"<str() of the exception raised {type(exc).__name__}>"
+    return text if type(text) is str else repr(text)
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -132,12 +133,16 @@ def warn_plain_call(name: str, platform: str) -> None:
     """Outside a pipeline a component is a plain function call, in this process, whatever its
     platform: say so (never silently) for a component meant to run elsewhere.
 
-    A call that is not made by a pipeline body's thread while a run goes on in this process
-    (inside another component's task, in a thread the body started) or in a worker process
-    of the local executor is not outside a pipeline: it would run a component meant for
-    another platform here, in its place, which TwinGraph never does (``ExecutorUnavailable``).
+    A call made inside a task (on one of the engine's threads, or in a worker process of the
+    local executor), or on a thread other than the main one while a run goes on in this
+    process (a thread a pipeline body started looks like any other thread) is refused: it
+    would run a component meant for another platform here, in its place, which TwinGraph
+    never does (``ExecutorUnavailable``). A plain call on the main thread (a unit test, a
+    notebook) warns and runs, whatever runs beside it.
     """
-    if runs_live() or in_worker_process():
+    thread = threading.current_thread()
+    if in_worker_process() or thread.name.startswith("twingraph-") or (
+            runs_live() and thread is not threading.main_thread()):
         raise ExecutorUnavailable(
             platform, [name], where=f"{name} was called inside a running pipeline but not by "
             "its body (by another component, or a thread the body started), so it would run "

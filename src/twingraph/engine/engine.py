@@ -16,7 +16,7 @@ import random
 import threading
 import time
 import uuid
-from types import CoroutineType, FunctionType, GeneratorType, MethodType
+from types import AsyncGeneratorType, CoroutineType, FunctionType, GeneratorType, MethodType
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -825,9 +825,15 @@ def collect(value: Any) -> Any:
     t = type(value)
     if t is CoroutineType:
         return collect(run_awaitable(value))
+    if t is AsyncGeneratorType:      # an ``async def`` component that yields
+        return run_awaitable(_items_of(value))
     if t is GeneratorType or (t not in _NOT_STREAMS and isinstance(value, Iterator)):
         return list(value)
     return value
+
+
+async def _items_of(agen: Any) -> list[Any]:
+    return [x async for x in agen]
 
 
 def normalize(value: Any) -> Any:

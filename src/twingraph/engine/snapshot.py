@@ -10,7 +10,7 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
-from twingraph.core.logtext import storable
+from twingraph.core.logtext import said, storable
 from twingraph.core.records import AttemptRecord, TaskRecord, TaskUpdate
 from twingraph.engine.task import Task, RUNNING, SUCCESS, TERMINAL
 from twingraph.errors import REMOTE_TRACEBACK, NodeExecutionError
@@ -61,11 +61,7 @@ def error_text(err: Any) -> str:
 
 def message_of(err: BaseException) -> str:
     """``str(err)``, or what it raised instead of raising it (``error_text``)."""
-    try:
-        text = str(err)
-    except Exception as exc:  # noqa: BLE001 - anything str() of user code raises
-        return f"<str() of the exception raised {type(exc).__name__}>"
-    return text if type(text) is str else repr(text)
+    return said(err)
 
 
 def traceback_text(err: Any) -> str:

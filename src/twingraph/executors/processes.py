@@ -23,6 +23,7 @@ the same, a worker goes first, not the server.
 
 from __future__ import annotations
 
+import inspect
 import linecache
 import logging
 import multiprocessing as mp
@@ -42,7 +43,7 @@ from typing import Any
 
 import cloudpickle
 
-from twingraph.core.logtext import LOGGER_NAME, message_of
+from twingraph.core.logtext import LOGGER_NAME, message_of, said
 from twingraph.core.placement import mark_worker_process
 from twingraph.errors import (ConfigurationError, MemoryLimitExceeded, NodeExecutionError,
                               remote_traceback)
@@ -314,7 +315,7 @@ def _run_one(data: bytes) -> bytes:  # in the child
                 pickled = None
             try:
                 reply = (False, None, reply[2], pickled, _class_names(type(exc)),
-                         f"{type(exc).__name__}: {exc}", str(exc))
+                         f"{type(exc).__name__}: {said(exc)}", said(exc))
             except Exception:  # noqa: BLE001 - its str() raises: sent as a NodeExecutionError
                 pass
     try:
@@ -325,8 +326,9 @@ def _run_one(data: bytes) -> bytes:  # in the child
         tb = reply[2]
         err = reply[1] if not reply[0] else exc
         out = cloudpickle.dumps((False, NodeExecutionError(
-            f"{type(err).__name__}: {err} (result not picklable: {exc})" if reply[0] else
-            f"{type(err).__name__}: {err}", error_type=type(err).__name__, traceback=tb,
+            f"{type(err).__name__}: {said(err)} (result not picklable: {said(exc)})"
+            if reply[0] else f"{type(err).__name__}: {said(err)}",
+            error_type=type(err).__name__, traceback=tb,
             error_types=_class_names(type(err))), tb))
     return out
 
@@ -375,50 +377,76 @@ def _loaded_class(dotted: str) -> type | None:
 _DYNAMIC = '"<dynamic-code>"'
 _NOT_USER = tuple({os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
                    *(sysconfig.get_paths()[k] + os.sep for k in ("stdlib", "purelib", "platlib"))})
-_DYNAMIC_FRAME = re.compile(r'File "<dynamic-code>", line (\d+), in (\S+)\n')
+_DYNAMIC_FRAME = re.compile(r'^([ |]*)File "<dynamic-code>", line (\d+), in (\S+)\n',
+                            re.MULTILINE)
 
 
 def with_real_files(job: Job, tb: str) -> str:
     """A worker's traceback text with the files of the task's own code put back: cloudpickle
     sends a function defined in a pipeline file (not importable by the worker) by value and
     names its file ``<dynamic-code>``, so the frames of the user's code said neither file nor
-    line text. Frames are matched by function name against the task's function and the
-    functions of its module (and their nested code); a name not found is left as it was."""
-    files: dict[str, str] = {}
+    line text. A frame is matched by its function's name *and* line against the task's
+    function and the functions of its file (and their nested code): the code of that name
+    whose lines hold the frame's line. Anything else is left as it was (decision 0081)."""
+    code: dict[str, list[tuple[str, frozenset[int]]]] = {}
     for obj in (job.fn, *job.args, *job.kwargs.values()):
-        _note_code(obj, files, top=True)
+        try:
+            _note_code(obj, code, top=True)
+        except Exception:  # noqa: BLE001 - what cannot be looked at names no file
+            pass
 
     def real(m: re.Match[str]) -> str:
-        line, name = int(m.group(1)), m.group(2)
-        path = files.get(name)
-        if path is None:
-            return m.group(0)
-        text = linecache.getline(path, line).strip()
-        return f'File "{path}", line {line}, in {name}\n' + (f"    {text}\n" if text else "")
+        margin, line, name = m.group(1), int(m.group(2)), m.group(3)
+        for path, lines in code.get(name, ()):
+            if line in lines:
+                text = linecache.getline(path, line).strip()
+                # the margin kept: an exception group's frames are drawn inside "  | "
+                return f'{margin}File "{path}", line {line}, in {name}\n' + \
+                    (f"{margin}  {text}\n" if text else "")
+        return m.group(0)
     return _DYNAMIC_FRAME.sub(real, tb)
 
 
-def _note_code(obj: Any, files: dict[str, str], top: bool = False) -> None:
-    fn = getattr(obj, "__func__", obj)           # a bound method
-    fn = getattr(fn, "fn", fn) if not isinstance(fn, types.FunctionType) else fn  # a component
-    if not isinstance(fn, types.FunctionType):
+def _note_code(obj: Any, code: dict[str, list[tuple[str, frozenset[int]]]], top: bool = False
+               ) -> None:
+    """Note the code of ``obj`` (a function, a bound method, a component) and, ``top``, of
+    the other functions of its file its globals hold. Objects are looked at by their type and
+    with ``getattr_static`` only: a lazy proxy among the globals is never forced."""
+    fn = _function_of(obj)
+    if fn is None:
         return
     path = fn.__code__.co_filename
     if path.startswith("<") or path.startswith(_NOT_USER):     # TwinGraph's, a library's
         return
-    _note_nested(fn.__code__, path, files)
+    _note_nested(fn.__code__, path, code)
     if top:      # the other functions of its file it may call
         for v in list(fn.__globals__.values()):
-            v = getattr(v, "fn", v)
-            if isinstance(v, types.FunctionType) and v.__code__.co_filename == path:
-                _note_nested(v.__code__, path, files)
+            f = _function_of(v)
+            if f is not None and f is not fn and f.__code__.co_filename == path:
+                _note_nested(f.__code__, path, code)
 
 
-def _note_nested(code: types.CodeType, path: str, files: dict[str, str]) -> None:
-    files.setdefault(code.co_name, path)
-    for c in code.co_consts:
-        if isinstance(c, types.CodeType):
-            _note_nested(c, path, files)
+def _function_of(obj: Any) -> types.FunctionType | None:
+    t = type(obj)
+    if t is types.FunctionType:
+        return obj   # type: ignore[no-any-return]
+    if t is types.MethodType:
+        return _function_of(obj.__func__)
+    inner = inspect.getattr_static(obj, "fn", None)         # a component's function
+    return inner if type(inner) is types.FunctionType else None
+
+
+def _note_nested(c: types.CodeType, path: str,
+                 code: dict[str, list[tuple[str, frozenset[int]]]]) -> None:
+    lines = {n for _, _, n in c.co_lines() if n is not None}
+    if not c.co_name.startswith("<"):
+        # a function's ``def`` line is no line of its body a frame can be at (a function of
+        # the same name elsewhere whose body line it is must not take its file)
+        lines.discard(c.co_firstlineno)
+    code.setdefault(c.co_name, []).append((path, frozenset(lines)))
+    for k in c.co_consts:
+        if type(k) is types.CodeType:
+            _note_nested(k, path, code)
 
 
 def _class_names(cls: type) -> tuple[str, ...]:
