@@ -148,11 +148,19 @@ def test_execute_dynamic_program_values_are_checked(client: TestClient, svc: Ser
 
 
 def test_execute_dynamic_yaml_keys_that_are_not_strings_are_no_500(client: TestClient) -> None:
-    """YAML may key a mapping by an int or a date; the checks must not trip over them."""
+    """YAML may key a mapping by an int or a date; the checks must not trip over them. A
+    node's metadata is stored with its result, as JSON: an int key is JSON's "1", a date key
+    is no JSON at all and is refused naming the node (it was ignored before node metadata
+    was stored)."""
     program = ("dag_id: keys\nnodes:\n  - id: n\n    operation: make_numbers\n"
-               "    metadata: {1: one, 2001-12-14: date}\n    parameters: {n: 2}\n")
+               "    metadata: {1: one}\n    parameters: {n: 2}\n")
     r = client.post("/api/v1/execute-dynamic", json={"program": program})
     assert r.status_code == 200, r.text
+    r = client.post("/api/v1/execute-dynamic",
+                    json={"program": program.replace("{1: one}", "{1: one, 2001-12-14: date}")})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"][0]["nodes"] == ["n"]
+    assert "node metadata must be JSON data" in r.json()["error"]["message"]
 
 
 def test_bodies_that_are_not_json_are_left_to_the_routes(client: TestClient) -> None:
