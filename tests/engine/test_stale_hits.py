@@ -428,3 +428,88 @@ def test_a_recursive_string_alias_in_an_annotation_is_walked_once(tmp_path, monk
         assert done and [c.__name__ for c in done[0]] == ["Leaf"]
     finally:
         sys.modules.pop("stale_recursive_alias", None)
+
+
+_MORE_CONSUMERS = ("import collections.abc\n"
+                   "from twingraph import BaseComponent, component, pipeline\n"
+                   "from stale_models import Model\n"
+                   "\n"
+                   "@component\n"
+                   "def train():\n"
+                   "    return Model(2)\n"
+                   "\n"
+                   "@component\n"
+                   "def use(fn: 'collections.abc.Callable[[Model], int]', m):\n"
+                   "    return fn(m)\n"
+                   "\n"
+                   "def call_predict(m):\n"
+                   "    return m.predict(1)\n"
+                   "\n"
+                   "class EvalBase(BaseComponent):\n"
+                   "    def execute(self, model: Model, x: int):\n"
+                   "        return model.predict(x)\n"
+                   "\n"
+                   "class EvaluateInherited(EvalBase):\n"
+                   "    name = 'evaluate_inherited'\n"
+                   "\n"
+                   "def helper(m: Model, x):\n"
+                   "    return m.predict(x)\n"
+                   "\n"
+                   "class Tools:\n"
+                   "    run = staticmethod(helper)\n"
+                   "\n"
+                   "@component\n"
+                   "def evaluate_via_helper(model, x: int):\n"
+                   "    assert Tools.run is not None\n"
+                   "    return helper(model, x)\n"
+                   "\n"
+                   "@pipeline(name='more_annotated_consumers')\n"
+                   "def p():\n"
+                   "    m = train()['outputs']['result']\n"
+                   "    return [use(fn=call_predict, m=m)['outputs']['result'],\n"
+                   "            EvaluateInherited()(model=m, x=3)['outputs']['result'],\n"
+                   "            evaluate_via_helper(model=m, x=4)['outputs']['result']]\n"
+                   "\n"
+                   "print(p())\n")
+
+
+def test_consumers_annotated_through_abc_generics_bases_and_helpers_rerun(tmp_path):
+    """Regressions of the first fixes' review: a ``collections.abc.Callable[[Model], int]``
+    annotation (its type lives in ``_collections_abc``), an ``execute`` inherited from a user
+    base class, and a plain helper that a class also holds (``staticmethod(helper)``: its
+    annotations were dropped as a method's, depending on walk order)."""
+    (tmp_path / "stale_models.py").write_text(_MODELS.format(extra=""))
+    (tmp_path / "more_consumers.py").write_text(_MORE_CONSUMERS)
+    assert _run_file(tmp_path, "more_consumers.py") == "[2, 6, 8]"
+    (tmp_path / "stale_models.py").write_text(_MODELS.format(extra=" + 100"))
+    assert _run_file(tmp_path, "more_consumers.py") == "[102, 106, 108]"
+
+
+class _A:
+    pass
+
+
+class _B:
+    pass
+
+
+class _C:
+    pass
+
+
+def test_the_same_annotation_names_the_same_classes_every_time():
+    """``get_args`` builds a new list per call; the walk's "seen" set held their ids, and a
+    freed id reused later made classes vanish from one function's answer to the next."""
+    from collections.abc import Callable as Fn
+    from typing import Callable
+
+    from twingraph.core.codeversion import _annotated_classes
+
+    def g1(x: tuple[Callable[[_A], None], Callable[[_B], None], Callable[[_C], None]]):
+        return x
+
+    def g2(x: list[Fn[[_A], None] | Fn[[_B], None] | Fn[[_C], None]]):
+        return x
+
+    for f in (g1, g2) * 5:
+        assert [c.__name__ for c in _annotated_classes(f)] == ["_A", "_B", "_C"]

@@ -925,11 +925,15 @@ def test_process_task_failures_that_once_broke_the_traceback_or_the_worker(cli, 
         "        raise ExceptionGroup('several', errs)\n"
         "    if case == 'other':\n"
         "        return tb_other.load(load('x'))\n"
+        "    if case == 'one-line':\n"
+        "        return one_line(case)\n"
         "    raise BadStr('x')\n"
+        "\n"
+        "def one_line(x): raise KeyError(x)\n"
         "\n"
         "@pipeline(error_handler='continue')\n"
         "def p():\n"
-        "    return [step(case=c) for c in ('group', 'other', 'badstr')]\n")
+        "    return [step(case=c) for c in ('group', 'other', 'badstr', 'one-line')]\n")
     out = cli("run", str(tmp_path / "tb_cases.py"), "--no-progress", ok=False)
     assert "proxy was forced" not in out.stdout + out.stderr
     logs = cli("runs", "logs", _run_id(out.stdout), "--level", "error").stdout
@@ -939,6 +943,7 @@ def test_process_task_failures_that_once_broke_the_traceback_or_the_worker(cli, 
     assert 'File "<dynamic-code>", line 2, in load\nFileNotFoundError: X' in logs
     assert "BadStr: <str() of the exception raised RuntimeError>" in logs
     assert "died" not in logs
+    assert f'File "{path}", line 42, in one_line\n    def one_line(x): raise KeyError(x)' in logs
 
 
 def test_a_child_the_server_started_does_not_keep_its_port(tmp_path):

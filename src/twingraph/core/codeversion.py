@@ -470,6 +470,8 @@ def _indexed_class_source(c: type) -> str | None:
     as ``inspect.findsource`` finds it (the first class of that qualified name, decorators
     included), the end by ``inspect.getblock``, as ``getsource`` does. None: not found here
     (``inspect.getsource`` then decides)."""
+    if inspect.getattr_static(c, "__wrapped__", None) is not None:
+        return None          # getsource unwraps it first: left to it
     file = inspect.getsourcefile(c)
     module = sys.modules.get(c.__module__)
     if not file or module is None:
@@ -706,8 +708,8 @@ class _Walk:
         self.todo: deque[Any] = deque()
         self.open_modules: set[tuple[int, frozenset[str]]] = set()
         self.open_defs: set[tuple[int, str]] = set()
-        self.methods: set[int] = set()      # functions met as class members (``class_body``)
-        self.root: Any = None               # what the version is of
+        # functions of the class whose version this is and of its user bases (``execute``)
+        self.own_methods: set[int] = set()
         self.depth = 0
 
     def put(self, *parts: str | bytes) -> None:
@@ -873,10 +875,11 @@ class _Walk:
                 self.put("global", name, "<unbound>")
         for modname, level, fromlist in sorted(names.imports):
             self.imported(modname, level, fromlist, g, names.attrs)
-        if id(f) not in self.methods:
+        if not _is_method(f) or id(f) in self.own_methods:
             # A method's annotations are not followed: a class's methods annotating other
             # classes would pull in the whole class graph (and its misses) for every
-            # component that names one class.
+            # component that names one class. A class component's own methods (``execute``,
+            # its user bases' too) are its code: theirs are.
             annotated = _annotated_classes(f)
             if annotated:
                 self.put("annotations", *(self.cls_ref(c) for c in annotated))
@@ -912,15 +915,6 @@ class _Walk:
         ns = c.__dict__
         for name in sorted(k for k in ns if isinstance(k, str)):
             v = ns[name]
-            tv = type(v)
-            if c is self.root:
-                pass            # a class component's own methods (``execute``) are its code
-            elif tv is types.FunctionType:
-                self.methods.add(id(v))
-            elif tv is staticmethod or tv is classmethod:
-                self.methods.add(id(v.__func__))
-            elif tv is property:
-                self.methods.update(id(x) for x in (v.fget, v.fset, v.fdel) if x is not None)
             if issubclass(type(v), _CODE_LIKE):
                 self.put("attr", name, self.value(v))
                 continue
@@ -972,6 +966,14 @@ def _home_of(v: Any, g: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
     return None
 
 
+def _is_method(f: types.FunctionType) -> bool:
+    """Whether ``f`` was defined in a class body (``Model.predict``; not ``helper``, nor
+    ``outer.<locals>.inner``), told by its qualified name: the same answer whatever order the
+    walk meets it in."""
+    head, dot, _ = f.__qualname__.rpartition(".")
+    return bool(dot) and not head.endswith("<locals>")
+
+
 def _annotated_classes(f: types.FunctionType) -> list[type]:
     """The user classes ``f``'s parameter and return annotations name (``model: Model``,
     ``list[geo.Point] | None``, ``"Model"`` under ``from __future__ import annotations``, a
@@ -988,19 +990,26 @@ def _annotated_classes(f: types.FunctionType) -> list[type]:
     if type(anns) is not dict or not anns:
         return []
     found: dict[int, type] = {}
-    seen: set[int] = set()
+    seen: dict[Any, Any] = {}
     g = f.__globals__
     for name in sorted(anns, key=str):
         _collect_annotation(anns[name], g, found, seen, 0)
     return list(found.values())
 
 
-def _collect_annotation(a: Any, g: dict[str, Any], found: dict[int, type], seen: set[int],
-                        depth: int) -> None:
+#: Modules whose types are typing constructs to look into (``get_args``): ``typing``'s, the
+#: built-in generics' (``list[X]``, ``X | Y``), ``collections.abc``'s (``Callable[[X], Y]``).
+_TYPING_MODULES = frozenset({"typing", "types", "typing_extensions", "_collections_abc",
+                             "collections.abc"})
+
+
+def _collect_annotation(a: Any, g: dict[str, Any], found: dict[int, type],
+                        seen: dict[Any, Any], depth: int) -> None:
     t = type(a)
-    if depth > 8 or (id(a) in seen if t is not str else hash(a) in seen):
+    key = a if t is str else id(a)
+    if depth > 8 or key in seen:
         return
-    seen.add(id(a) if t is not str else hash(a))   # a recursive alias ("Tree = 'list[Tree]'")
+    seen[key] = a      # kept alive: an id freed and reused must not look seen (get_args lists)
     if t is str:
         for obj in _named_in(a, g):
             _collect_annotation(obj, g, found, seen, depth + 1)
@@ -1021,7 +1030,7 @@ def _collect_annotation(a: Any, g: dict[str, Any], found: dict[int, type], seen:
         if _is_user_class(a):
             found.setdefault(id(a), a)
         return
-    if t.__module__ not in ("typing", "types", "typing_extensions"):
+    if t.__module__ not in _TYPING_MODULES:
         return                           # Annotated's metadata, anything else: not a type
     try:
         args = typing.get_args(a)
@@ -1105,7 +1114,13 @@ def code_version(fn: Any, *, values: bool = True) -> str:
             break
         target = inner
     walk = _Walk(values)
-    walk.root = target
+    if isinstance(target, type):
+        for k in target.__mro__:
+            if k is target or _is_user_class(k):
+                for v in vars(k).values():
+                    fn = v.__func__ if type(v) in (staticmethod, classmethod) else v
+                    if type(fn) is types.FunctionType:
+                        walk.own_methods.add(id(fn))
     if isinstance(target, types.FunctionType):
         walk.put("root", walk.fn_ref(target, force=True))
     elif isinstance(target, type):

@@ -49,7 +49,7 @@ def as_result_store(store: Any) -> Any:
             f"{type(store).__name__} is not a result store: a StorageInterface needs "
             f"{', '.join(ASYNC_METHODS)} (missing: {', '.join(missing)})")
     plain = [m for m in ASYNC_METHODS if m != "stream_result"
-             and not inspect.iscoroutinefunction(getattr(store, m))]
+             and not inspect.iscoroutinefunction(inspect.unwrap(getattr(store, m)))]
     if plain:
         raise ConfigurationError(
             f"{type(store).__name__}'s StorageInterface methods must be async def: "
@@ -66,11 +66,13 @@ class AsyncStoreAdapter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._warned = False
+        self._closed = False
 
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        """The adapter's loop, started on first use (and again after ``close``: what a
-        closed scheduler's finished results are read through)."""
+    def _running_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The adapter's loop, started on first use; None once closed."""
         with self._lock:
+            if self._closed:
+                return None
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
                 self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
@@ -85,8 +87,28 @@ class AsyncStoreAdapter:
             # waiting for the one loop it runs on would wait for ever.
             raise ConfigurationError(f"{type(self.store).__name__} called back into the "
                                      "engine's result store from one of its own methods")
+        if not inspect.isawaitable(coro):
+            raise ConfigurationError(f"{type(self.store).__name__}'s StorageInterface method "
+                                     f"returned {type(coro).__name__}, not an awaitable")
         loop = self._running_loop()
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        if loop is None:
+            # Closed: a read afterwards (a closed scheduler's finished results) runs on a loop
+            # of its own, on a thread of its own that ends with it; nothing is left running.
+            out: list[Any] = []
+
+            def once() -> None:
+                try:
+                    out.append((True, asyncio.run(_awaited(coro))))
+                except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
+                    out.append((False, exc))
+            t = threading.Thread(target=once, name="twingraph-user-store-once", daemon=True)
+            t.start()
+            t.join()
+            ok, value = out[0]
+            if not ok:
+                raise value
+            return value
+        future = asyncio.run_coroutine_threadsafe(_awaited(coro), loop)
         while True:
             try:
                 return future.result(timeout=0.5)
@@ -185,8 +207,9 @@ class AsyncStoreAdapter:
 
     def close(self) -> None:
         """Stop the adapter's loop, cancelling what runs on it (the user's store is the
-        user's to close). A later call starts a loop again."""
+        user's to close). A later call runs on a loop of its own, one call at a time."""
         with self._lock:
+            self._closed = True
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
         if loop is None or thread is None:
             return
@@ -199,6 +222,11 @@ class AsyncStoreAdapter:
         thread.join(5)
         if not thread.is_alive():
             loop.close()
+
+
+async def _awaited(aw: Any) -> Any:
+    """``await aw``: an awaitable that is not a coroutine (a decorated method's) too."""
+    return await aw
 
 
 def _check(key: str, expected: str, data: Buffer) -> None:

@@ -439,9 +439,10 @@ def _function_of(obj: Any) -> types.FunctionType | None:
 def _note_nested(c: types.CodeType, path: str,
                  code: dict[str, list[tuple[str, frozenset[int]]]]) -> None:
     lines = {n for _, _, n in c.co_lines() if n is not None}
-    if not c.co_name.startswith("<"):
+    if not c.co_name.startswith("<") and len(lines) > 1:
         # a function's ``def`` line is no line of its body a frame can be at (a function of
-        # the same name elsewhere whose body line it is must not take its file)
+        # the same name elsewhere whose body line it is must not take its file), unless the
+        # body is on it too (``def f(x): raise ...``)
         lines.discard(c.co_firstlineno)
     code.setdefault(c.co_name, []).append((path, frozenset(lines)))
     for k in c.co_consts:
