@@ -350,7 +350,9 @@ _SETTINGS = ("class Cfg:\n"
              "    def __init__(self, scale):\n"
              "        self.scale = scale\n"
              "\n"
-             "DEFAULT = Cfg(scale={scale})\n")
+             "DEFAULT = Cfg(scale={scale})\n"
+             "SCALE = {scale}\n"
+             "CONFIGS = {{'prod': Cfg(scale={scale})}}\n")
 _DEFAULTS_FLOW = ("from twingraph import component, pipeline\n"
                   "import stale_settings\n"
                   "from stale_settings import DEFAULT\n"
@@ -370,23 +372,33 @@ _DEFAULTS_FLOW = ("from twingraph import component, pipeline\n"
                   "        return x * c.scale + 2\n"
                   "    return closure_cell\n"
                   "\n"
+                  "@component\n"
+                  "def dict_entry(x, cfg=stale_settings.CONFIGS['prod']):\n"
+                  "    return x * cfg.scale + 3\n"
+                  "\n"
+                  "@component\n"
+                  "def built_in_place(x, cfg=stale_settings.Cfg(scale=stale_settings.SCALE)):\n"
+                  "    return x * cfg.scale + 4\n"
+                  "\n"
                   "@pipeline(name='user_object_defaults')\n"
                   "def p():\n"
                   "    return [f(x=5)['outputs']['result']\n"
-                  "            for f in (imported_default, attribute_default, make())]\n"
+                  "            for f in (imported_default, attribute_default, make(),\n"
+                  "                      dict_entry, built_in_place)]\n"
                   "\n"
                   "print(p())\n")
 
 
 def test_a_default_that_is_a_user_object_bound_in_a_module_is_keyed_by_its_statement(tmp_path):
     """``cfg=DEFAULT`` with ``DEFAULT = Cfg(scale=2)`` in an imported settings module (also as
-    ``cfg=settings.DEFAULT`` and as a closure cell) was described by its class only: editing
-    the statement to ``scale=3`` served the old results."""
+    ``cfg=settings.DEFAULT``, as a closure cell, as an entry of a module-level dict, and built
+    in the default from a module constant) was described by its class only: editing the
+    statement to ``scale=3`` served the old results."""
     (tmp_path / "stale_settings.py").write_text(_SETTINGS.format(scale=2))
     (tmp_path / "stale_defaults.py").write_text(_DEFAULTS_FLOW)
-    assert _run_file(tmp_path, "stale_defaults.py") == "[10, 11, 12]"
+    assert _run_file(tmp_path, "stale_defaults.py") == "[10, 11, 12, 13, 14]"
     (tmp_path / "stale_settings.py").write_text(_SETTINGS.format(scale=3))
-    assert _run_file(tmp_path, "stale_defaults.py") == "[15, 16, 17]"
+    assert _run_file(tmp_path, "stale_defaults.py") == "[15, 16, 17, 18, 19]"
 
 
 class _Unforced:

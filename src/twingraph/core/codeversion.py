@@ -856,11 +856,25 @@ class _Walk:
         names = _scan(code)
         g = f.__globals__
         self.put("F", str(self.ordinal[id(f)]), f.__qualname__, _own_text(code))
-        for v in f.__defaults__ or ():
-            self.put("default", self.value(v, names.attrs, _home_of(v, g)))
+        unplaced: list[int | str] = []     # user objects bound nowhere: built in the default
+        for i, v in enumerate(f.__defaults__ or ()):
+            home = _home_of(v, g)
+            if home is None and _is_user_object(v):
+                unplaced.append(i)
+            self.put("default", self.value(v, names.attrs, home))
         kw = f.__kwdefaults__ or {}
         for k in sorted(kw):
-            self.put("kwdefault", k, self.value(kw[k], names.attrs, _home_of(kw[k], g)))
+            home = _home_of(kw[k], g)
+            if home is None and _is_user_object(kw[k]):
+                unplaced.append(k)
+            self.put("kwdefault", k, self.value(kw[k], names.attrs, home))
+        if unplaced:
+            # ``cfg=Cfg(scale=SCALE)``: the object is described by its class, and the
+            # expression's text is in the source; what it reads (``SCALE``) counts as well.
+            for which, read, attrs in _default_reads(code, unplaced):
+                if read in g:
+                    self.put("default-reads", str(which), read,
+                             self.value(g[read], names.attrs | attrs, (g, read)))
         for name, cell in zip(code.co_freevars, f.__closure__ or ()):
             try:
                 v = cell.cell_contents
@@ -940,6 +954,44 @@ class _Walk:
                 self.function_body(obj)
 
 
+def _is_user_object(v: Any) -> bool:
+    """An instance of a user class that is not plain data (told by ``type(v)`` only)."""
+    t = type(v)
+    return not issubclass(t, (types.ModuleType, type)) and _is_user_class(t) \
+        and _plain(v) is None
+
+
+def _default_reads(code: types.CodeType, which: list[int | str]
+                   ) -> list[tuple[int | str, str, frozenset[str]]]:
+    """The names the default expressions of ``which`` parameters read, with the attribute
+    names the expression reads (``settings.Cfg(scale=settings.SCALE)``: ``settings``, with
+    ``Cfg`` and ``SCALE``); positional defaults by index into ``__defaults__``, keyword-only
+    ones by name; from the function's source, nothing when it cannot be parsed."""
+    try:
+        text = _own_text(code).decode("utf-8", "surrogatepass")
+        tree = ast.parse(textwrap.dedent(text))
+    except (SyntaxError, ValueError, UnicodeDecodeError):
+        return []
+    node = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))),
+                None)
+    if node is None:
+        return []
+    exprs: dict[int | str, ast.expr] = dict(enumerate(node.args.defaults))
+    for arg, d in zip(node.args.kwonlyargs, node.args.kw_defaults):
+        if d is not None:
+            exprs[arg.arg] = d
+    out: list[tuple[int | str, str, frozenset[str]]] = []
+    for w in which:
+        e = exprs.get(w)
+        if e is not None:
+            nodes = list(ast.walk(e))
+            attrs = frozenset(x.attr for x in nodes if isinstance(x, ast.Attribute))
+            out.extend((w, n.id, attrs) for n in sorted(
+                (x for x in nodes if isinstance(x, ast.Name)),
+                key=lambda x: (x.lineno, x.col_offset)))
+    return out
+
+
 def _home_of(v: Any, g: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
     """Where a default or closure value that is an instance of a user class (not plain data)
     is bound at module level: a global of ``g`` that is that very object (``cfg=DEFAULT``,
@@ -952,18 +1004,35 @@ def _home_of(v: Any, g: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
     if issubclass(t, (types.ModuleType, type)) or not _is_user_class(t) \
             or _plain(v) is not None:
         return None
-    modules = []
+    modules: list[types.ModuleType] = []
+    containers: list[tuple[str, Any, dict[str, Any]]] = []
     for name, x in list(g.items()):
         if x is v:
             return g, name
-        if type(x) is types.ModuleType and _is_user_module(x):
+        tx = type(x)
+        if tx is types.ModuleType and _is_user_module(x):
             modules.append(x)
+        elif tx is dict or tx is list or tx is tuple:
+            containers.append((name, x, g))
     for m in modules:
         ns = vars(m)
         for name, x in list(ns.items()):
             if x is v:
                 return ns, name
+            tx = type(x)
+            if tx is dict or tx is list or tx is tuple:
+                containers.append((name, x, ns))
+    # an entry of a module-level container (``cfg=CONFIGS["prod"]``, also
+    # ``settings.CONFIGS["prod"]``): that container's statements
+    for name, x, ns in containers:
+        items = list(x.values())[:_CONTAINER_SCAN] if type(x) is dict else x[:_CONTAINER_SCAN]
+        if any(item is v for item in items):
+            return ns, name
     return None
+
+
+#: Items of a module-level container looked through for a default's home (``_home_of``).
+_CONTAINER_SCAN = 1000
 
 
 def _is_method(f: types.FunctionType) -> bool:
