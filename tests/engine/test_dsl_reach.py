@@ -179,3 +179,31 @@ def test_a_plain_call_on_the_main_thread_runs_while_a_pipeline_runs_elsewhere(en
     finally:
         release.set()
         t.join(10)
+
+
+class _Proxy:
+    """A lazy proxy whose target cannot be reached: asking its class forces it."""
+    @property
+    def __class__(self):
+        raise ConnectionError("the proxy was forced")
+
+    def __getattr__(self, name):
+        raise ConnectionError("the proxy was forced")
+
+
+def test_a_lazy_proxy_default_does_not_break_the_check_before_the_run(engine):
+    """The walk for reachable components asked each default ``isinstance``, which reads a
+    proxy's ``__class__``: the run crashed before it started."""
+    from twingraph import component, pipeline
+
+    @component
+    def one(x, client=_Proxy()):
+        return x
+
+    @pipeline(name="reach_proxy_default")
+    def p(lazy=_Proxy()):
+        return one(x=5)
+
+    r = p.run(engine=engine)
+    assert r.state is RunState.SUCCESS, r.error
+    assert r.value["outputs"]["result"] == 5

@@ -346,13 +346,16 @@ def _run_file(root, name):
     return out.stdout.strip()
 
 
-_SETTINGS = ("class Cfg:\n"
+_SETTINGS = ("REGISTRY = []\n"
+             "class Cfg:\n"
              "    def __init__(self, scale):\n"
              "        self.scale = scale\n"
+             "        REGISTRY.append(self)          # another container holding each one\n"
              "\n"
              "DEFAULT = Cfg(scale={scale})\n"
              "SCALE = {scale}\n"
-             "CONFIGS = {{'prod': Cfg(scale={scale})}}\n")
+             "ENV = {env!r}\n"
+             "CONFIGS = {{'prod': Cfg(scale={scale}), 'dev': Cfg(scale={scale} + 10)}}\n")
 _DEFAULTS_FLOW = ("from twingraph import component, pipeline\n"
                   "import stale_settings\n"
                   "from stale_settings import DEFAULT\n"
@@ -380,25 +383,35 @@ _DEFAULTS_FLOW = ("from twingraph import component, pipeline\n"
                   "def built_in_place(x, cfg=stale_settings.Cfg(scale=stale_settings.SCALE)):\n"
                   "    return x * cfg.scale + 4\n"
                   "\n"
+                  "@component\n"
+                  "def selected(x, cfg=stale_settings.CONFIGS[stale_settings.ENV]):\n"
+                  "    return x * cfg.scale + 5\n"
+                  "\n"
+                  "in_lambda = component(lambda x, cfg=stale_settings.Cfg(\n"
+                  "    scale=stale_settings.SCALE): x * cfg.scale + 6, name='in_lambda')\n"
+                  "\n"
                   "@pipeline(name='user_object_defaults')\n"
                   "def p():\n"
                   "    return [f(x=5)['outputs']['result']\n"
                   "            for f in (imported_default, attribute_default, make(),\n"
-                  "                      dict_entry, built_in_place)]\n"
+                  "                      dict_entry, built_in_place, selected, in_lambda)]\n"
                   "\n"
                   "print(p())\n")
 
 
 def test_a_default_that_is_a_user_object_bound_in_a_module_is_keyed_by_its_statement(tmp_path):
     """``cfg=DEFAULT`` with ``DEFAULT = Cfg(scale=2)`` in an imported settings module (also as
-    ``cfg=settings.DEFAULT``, as a closure cell, as an entry of a module-level dict, and built
-    in the default from a module constant) was described by its class only: editing the
-    statement to ``scale=3`` served the old results."""
-    (tmp_path / "stale_settings.py").write_text(_SETTINGS.format(scale=2))
+    ``cfg=settings.DEFAULT``, as a closure cell, as an entry of a module-level dict also held by
+    a registry, selected by a module constant, and built in the default from a module
+    constant, in a ``def`` or a lambda) was described by its class only: editing the
+    statement to ``scale=3`` (or the selector) served the old results."""
+    (tmp_path / "stale_settings.py").write_text(_SETTINGS.format(scale=2, env="prod"))
     (tmp_path / "stale_defaults.py").write_text(_DEFAULTS_FLOW)
-    assert _run_file(tmp_path, "stale_defaults.py") == "[10, 11, 12, 13, 14]"
-    (tmp_path / "stale_settings.py").write_text(_SETTINGS.format(scale=3))
-    assert _run_file(tmp_path, "stale_defaults.py") == "[15, 16, 17, 18, 19]"
+    assert _run_file(tmp_path, "stale_defaults.py") == "[10, 11, 12, 13, 14, 15, 16]"
+    (tmp_path / "stale_settings.py").write_text(_SETTINGS.format(scale=3, env="prod"))
+    assert _run_file(tmp_path, "stale_defaults.py") == "[15, 16, 17, 18, 19, 20, 21]"
+    (tmp_path / "stale_settings.py").write_text(_SETTINGS.format(scale=3, env="dev"))
+    assert _run_file(tmp_path, "stale_defaults.py") == "[15, 16, 17, 18, 19, 70, 21]"
 
 
 class _Unforced:

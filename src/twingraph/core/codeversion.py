@@ -856,22 +856,21 @@ class _Walk:
         names = _scan(code)
         g = f.__globals__
         self.put("F", str(self.ordinal[id(f)]), f.__qualname__, _own_text(code))
-        unplaced: list[int | str] = []     # user objects bound nowhere: built in the default
+        objects: list[int | str] = []      # defaults that are user objects
         for i, v in enumerate(f.__defaults__ or ()):
-            home = _home_of(v, g)
-            if home is None and _is_user_object(v):
-                unplaced.append(i)
-            self.put("default", self.value(v, names.attrs, home))
+            if _is_user_object(v):
+                objects.append(i)
+            self.put("default", self.value(v, names.attrs, _home_of(v, g)))
         kw = f.__kwdefaults__ or {}
         for k in sorted(kw):
-            home = _home_of(kw[k], g)
-            if home is None and _is_user_object(kw[k]):
-                unplaced.append(k)
-            self.put("kwdefault", k, self.value(kw[k], names.attrs, home))
-        if unplaced:
-            # ``cfg=Cfg(scale=SCALE)``: the object is described by its class, and the
-            # expression's text is in the source; what it reads (``SCALE``) counts as well.
-            for which, read, attrs in _default_reads(code, unplaced):
+            if _is_user_object(kw[k]):
+                objects.append(k)
+            self.put("kwdefault", k, self.value(kw[k], names.attrs, _home_of(kw[k], g)))
+        if objects:
+            # ``cfg=Cfg(scale=SCALE)``, ``cfg=CONFIGS[ENV]``: the object is described by its
+            # class (and a binding it was found at, which may be another container holding
+            # it, a registry); what its default expression reads counts as well.
+            for which, read, attrs in _default_reads(code, objects):
                 if read in g:
                     self.put("default-reads", str(which), read,
                              self.value(g[read], names.attrs | attrs, (g, read)))
@@ -968,12 +967,15 @@ def _default_reads(code: types.CodeType, which: list[int | str]
     ``Cfg`` and ``SCALE``); positional defaults by index into ``__defaults__``, keyword-only
     ones by name; from the function's source, nothing when it cannot be parsed."""
     try:
-        text = _own_text(code).decode("utf-8", "surrogatepass")
+        # (a lambda's text ends with its constants and names after a NUL: not source)
+        text = _own_text(code).split(b"\0", 1)[0].decode("utf-8", "surrogatepass")
         tree = ast.parse(textwrap.dedent(text))
     except (SyntaxError, ValueError, UnicodeDecodeError):
         return []
-    node = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))),
-                None)
+    node: Any = next((n for n in tree.body
+                      if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))), None)
+    if node is None and code.co_name == "<lambda>":     # the line a lambda is on
+        node = next((n for n in ast.walk(tree) if isinstance(n, ast.Lambda)), None)
     if node is None:
         return []
     exprs: dict[int | str, ast.expr] = dict(enumerate(node.args.defaults))

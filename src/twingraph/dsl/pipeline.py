@@ -449,20 +449,23 @@ def _check_called_inside(engine: Engine, components: list[Any]) -> None:
 
 def _visit(value: Any, names: set[str], module: str, found: dict[int, Any],
            stack: list[Any], looked: set[int], depth: int) -> None:
-    if isinstance(value, (Component, BaseComponent)):
+    # Told by ``type(value)`` only: ``isinstance`` asks a lazy proxy its ``__class__``, which
+    # forces it (a default that is a proxy whose connection is down crashed the run's start).
+    t = type(value)
+    if issubclass(t, (Component, BaseComponent)):
         found[id(value)] = value
-    elif isinstance(value, Pipeline):
+    elif issubclass(t, Pipeline):
         stack.append(value.fn)
-    elif isinstance(value, types.FunctionType):
+    elif t is types.FunctionType:
         if value.__module__ == module or _is_user_module(sys.modules.get(value.__module__ or "")):
             stack.append(value)
-    elif isinstance(value, type):
+    elif issubclass(t, type):
         if (issubclass(value, BaseComponent) and value is not BaseComponent
                 and not inspect.isabstract(value)):
             found.setdefault(id(value), _ClassComponent(value))
-    elif isinstance(value, functools.partial):
+    elif t is functools.partial:
         _visit(value.func, names, module, found, stack, looked, depth)
-    elif isinstance(value, types.ModuleType):
+    elif t is types.ModuleType:
         if id(value) in looked or not _is_user_module(value):
             return
         looked.add(id(value))
@@ -470,11 +473,11 @@ def _visit(value: Any, names: set[str], module: str, found: dict[int, Any],
         for attr in names:                  # ``mod.comp(...)``, ``pkg.sub.comp(...)``
             if attr in attrs:
                 _visit(attrs[attr], names, module, found, stack, looked, depth)
-    elif isinstance(value, (dict, list, tuple, set, frozenset)):
+    elif issubclass(t, (dict, list, tuple, set, frozenset)):
         if depth >= _CONTAINER_DEPTH or id(value) in looked:
             return
         looked.add(id(value))
-        items = value.values() if isinstance(value, dict) else value
+        items = value.values() if issubclass(t, dict) else value
         for item in itertools.islice(items, _CONTAINER_ITEMS):
             _visit(item, names, module, found, stack, looked, depth + 1)
 
