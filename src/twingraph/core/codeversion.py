@@ -857,15 +857,17 @@ class _Walk:
         g = f.__globals__
         self.put("F", str(self.ordinal[id(f)]), f.__qualname__, _own_text(code))
         objects: list[int | str] = []      # defaults that are user objects
+
+        def default(which: int | str, v: Any) -> bytes:
+            if not _is_user_object(v):
+                return self.value(v, names.attrs)
+            objects.append(which)
+            return self.value(v, names.attrs, _home_of(v, g))
         for i, v in enumerate(f.__defaults__ or ()):
-            if _is_user_object(v):
-                objects.append(i)
-            self.put("default", self.value(v, names.attrs, _home_of(v, g)))
+            self.put("default", default(i, v))
         kw = f.__kwdefaults__ or {}
         for k in sorted(kw):
-            if _is_user_object(kw[k]):
-                objects.append(k)
-            self.put("kwdefault", k, self.value(kw[k], names.attrs, _home_of(kw[k], g)))
+            self.put("kwdefault", k, default(k, kw[k]))
         if objects:
             # ``cfg=Cfg(scale=SCALE)``, ``cfg=CONFIGS[ENV]``: the object is described by its
             # class (and a binding it was found at, which may be another container holding
@@ -880,7 +882,8 @@ class _Walk:
             except ValueError:
                 self.put("cell", name, "<empty>")
                 continue
-            self.put("cell", name, self.value(v, names.attrs, _home_of(v, g)))
+            self.put("cell", name, self.value(
+                v, names.attrs, _home_of(v, g) if _is_user_object(v) else None))
         for name in sorted(names.globals):
             if name in g:
                 self.put("global", name, self.value(g[name], names.attrs, (g, name)))
@@ -995,17 +998,13 @@ def _default_reads(code: types.CodeType, which: list[int | str]
 
 
 def _home_of(v: Any, g: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
-    """Where a default or closure value that is an instance of a user class (not plain data)
-    is bound at module level: a global of ``g`` that is that very object (``cfg=DEFAULT``,
+    """Where a default or closure value that is a user object (``_is_user_object``, which
+    the caller has checked) is bound at module level: a global of ``g`` that is that very object (``cfg=DEFAULT``,
     ``DEFAULT`` imported from a settings module), else an attribute of a user module ``g``
     names (``cfg=settings.DEFAULT``). Its defining statement is then part of the version:
     ``DEFAULT = Cfg(scale=2)`` edited to ``scale=3`` is a new one. Runtime contents are still
     not read, and the value is asked nothing (``type(v)`` only: a lazy proxy is not forced).
     None when it is bound nowhere there (built in place: the source shows it)."""
-    t = type(v)
-    if issubclass(t, (types.ModuleType, type)) or not _is_user_class(t) \
-            or _plain(v) is not None:
-        return None
     modules: list[types.ModuleType] = []
     containers: list[tuple[str, Any, dict[str, Any]]] = []
     for name, x in list(g.items()):
