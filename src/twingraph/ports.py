@@ -28,7 +28,8 @@ class ResultStore(Protocol):
       memory map (zero-copy); callers must not assume ``bytes``.
     - ``head`` returns metadata without reading data, None on a miss.
     - ``content_hashes`` is the memo lookup for many keys at once: ``{key: content_hash}`` for
-      the keys that are stored, missing keys absent.
+      the keys that are stored, missing keys absent; a value stored as raw bytes answers
+      ``"bytes:" + content_hash`` (``core.results.stored_value_id``).
     - ``iter_chunks`` yields nothing on a miss; it verifies as it goes and holds back the last
       chunk until the whole value has matched its hash.
     """

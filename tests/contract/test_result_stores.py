@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from twingraph.core.results import DataType, StorageMetadata
+from twingraph.core.results import DataType, StorageMetadata, stored_value_id
 from twingraph.errors import ConfigurationError, IntegrityError, StorageError
 from twingraph.ports import ResultStore
 from twingraph.serialization import Encoded, decode, encode
@@ -612,8 +612,8 @@ def test_put_many_of_many_rows_in_any_key_order(store: ResultStoreBase) -> None:
     assert store.list_keys("many") == sorted(set(keys))
     for key, data, _ in items[:-1]:
         assert bytes(store.get(key) or b"") == (last if key == dup else data)
-    assert store.content_hashes(keys) == {k: m.content_hash for k, _, m in items
-                                          if k != dup} | {dup: items[-1][2].content_hash}
+    assert store.content_hashes(keys) == {k: stored_value_id(m) for k, _, m in items
+                                          if k != dup} | {dup: stored_value_id(items[-1][2])}
 
 
 def test_sqlite_put_many_fits_a_connection_allowing_999_variables(tmp_path: Any) -> None:
@@ -626,7 +626,7 @@ def test_sqlite_put_many_fits_a_connection_allowing_999_variables(tmp_path: Any)
             key, data = f"v{i:04d}", f"value {i}".encode()
             items.append((key, data, _meta(key, data)))
         store.put_many(items)
-        assert store.content_hashes([k for k, _, _ in items]) == {k: m.content_hash
+        assert store.content_hashes([k for k, _, _ in items]) == {k: stored_value_id(m)
                                                                  for k, _, m in items}
     finally:
         store.close()

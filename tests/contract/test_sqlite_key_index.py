@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from twingraph.core.results import DataType, StorageMetadata
+from twingraph.core.results import DataType, StorageMetadata, stored_value_id
 from twingraph.stores.results import SQLiteStorage
 from twingraph.stores.results._keyfilter import SYNC_EVERY, KeyFilter
 
@@ -95,7 +95,7 @@ def test_absent_keys_are_answered_without_a_query_once_the_index_is_ready(tmp_pa
     assert len([s for s in seen if "node_results" in s]) == 1
     seen.clear()
     found = store.content_hashes([key(3), key(3, "new")])
-    assert list(found) == [key(3)] and found[key(3)] == store.head(key(3)).content_hash
+    assert list(found) == [key(3)] and found[key(3)] == stored_value_id(store.head(key(3)))
     assert [s for s in seen if "node_results" in s]  # a key that may be there is looked up
     store.close()
 
@@ -135,7 +135,7 @@ def test_keys_written_in_this_process_are_found_at_once(tmp_path: Path) -> None:
     assert b._keys is a._keys                        # one index per file and process
     for i in range(5):
         put(b, [key(i, "b")])
-        assert a.content_hashes([key(i, "b")]) == {key(i, "b"): b.head(key(i, "b")).content_hash}
+        assert a.content_hashes([key(i, "b")]) == {key(i, "b"): stored_value_id(b.head(key(i, "b")))}
         put(a, [key(i, "a")])
         assert key(i, "a") in b.content_hashes([key(i, "a")])
     # ... and their rows are not read back: the writer told the index which rowids it made.

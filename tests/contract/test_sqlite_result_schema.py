@@ -88,7 +88,7 @@ def test_a_version_1_file_is_rebuilt_on_open_and_keeps_every_result(tmp_path: Pa
     assert bytes(store.get("big")) == b"".join(chunked["big"])
     assert store.head("k3").metadata == {"dag_id": "d1"}
     assert sorted(store.list_keys("d1")) == sorted(small)
-    assert store.content_hashes(list(small)) == {k: sha(v) for k, v in small.items()}
+    assert store.content_hashes(list(small)) == {k: "bytes:" + sha(v) for k, v in small.items()}
     found = rows(path)
     assert [r[2] for r in found] == [*small, "big"]            # rowid order kept
     assert all(h == sqlite_store.k64(key) for _, h, key in found)
@@ -153,8 +153,8 @@ def test_keys_sharing_a_k64_are_kept_apart(tmp_path: Path, monkeypatch: pytest.M
     for k, v in values.items():
         assert bytes(store.get(k)) == v
         assert store.head(k).size == len(v) and store.has(k)
-    assert store.content_hashes([*values, "absent"]) == {k: sha(v) for k, v in values.items()}
-    assert store.content_hashes(["key5"]) == {"key5": sha(values["key5"])}
+    assert store.content_hashes([*values, "absent"]) == {k: "bytes:" + sha(v) for k, v in values.items()}
+    assert store.content_hashes(["key5"]) == {"key5": "bytes:" + sha(values["key5"])}
     assert store.has("absent") is False and store.get("absent") is None
     # Updates in place, one of them turning a chunked value into an inline one.
     store.put_many([("key1", b"one", meta("key1", b"one")), ("key3", b"three", meta("key3", b"three"))])

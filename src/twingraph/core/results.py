@@ -30,3 +30,26 @@ class StorageMetadata:
     compression: str | None = None
     created_at: str | None = None
     metadata: dict[str, Any] | None = field(default=None)
+
+
+
+#: How a memo lookup names a value stored as raw bytes (``value_id``).
+BYTES_ID = "bytes:"
+
+
+def value_id(encoding: Any, content_hash: str) -> str:
+    """What the engine names a value it stored by in memo keys: its content hash, prefixed
+    ``bytes:`` when the value is raw bytes. The content hash is of the bytes alone, so
+    ``b"42"`` (kept as is) and ``42`` (JSON text) share it, and a declared node's consumer
+    keyed by it would reuse one's result for the other."""
+    return BYTES_ID + content_hash if encoding == "bytes" else content_hash
+
+
+def stored_value_id(meta: StorageMetadata) -> str:
+    """``value_id`` of a stored value, as a memo lookup answers it: raw bytes are what the
+    engine stores as ``BINARY``, or as ``LARGE_OBJECT`` with the ``bytes`` encoding."""
+    dt = meta.data_type
+    if dt is DataType.BINARY or (dt is DataType.LARGE_OBJECT
+                                 and (meta.metadata or {}).get("encoding") == "bytes"):
+        return BYTES_ID + meta.content_hash
+    return meta.content_hash

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from twingraph.core.results import StorageMetadata
+from twingraph.core.results import StorageMetadata, stored_value_id
 from twingraph.errors import ConfigurationError, IntegrityError
 
 Buffer = bytes | bytearray | memoryview
@@ -155,7 +155,7 @@ class AsyncStoreAdapter:
             for k in keys:
                 meta = self._usable(await self.store.get_metadata(k))
                 if meta is not None and meta.content_hash:
-                    out[k] = meta.content_hash
+                    out[k] = stored_value_id(meta)
             return out
         return self._call(all_of())
 

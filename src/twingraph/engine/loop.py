@@ -37,7 +37,7 @@ from typing import Any
 from twingraph.core import stop
 from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord, TaskUpdate
 from twingraph.core.retry import RetryPolicy
-from twingraph.core.results import StorageMetadata
+from twingraph.core.results import StorageMetadata, value_id
 from twingraph.core.wire import pack_result_rows, pack_results, pack_task_values
 from twingraph.core.specs import DEFAULT_TIMEOUT, resource_amounts
 from twingraph.core.states import TaskState, fence as fence_token
@@ -982,7 +982,8 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         """Set ``task``'s content hash and hand its encoded result ``enc`` to the recorder:
         small, to a writer process, as a wire row (``core.wire.pack_result_rows``); else as
         a ``PutResult``."""
-        task.content_hash = content_hash = enc.content_hash
+        content_hash = enc.content_hash
+        task.content_hash = value_id(enc.encoding, content_hash)   # raw bytes are marked
         key = task.cache_key
         assert key is not None     # keyed in _on_ready, before it could run
         buffers = enc.buffers

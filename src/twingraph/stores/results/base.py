@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-from twingraph.core.results import DataType, StorageMetadata
+from twingraph.core.results import DataType, StorageMetadata, stored_value_id
 from twingraph.errors import IntegrityError, StorageError
 from twingraph.stores.results._common import as_views
 
@@ -125,8 +125,9 @@ class ResultStoreBase(StorageInterface):
         return None if data is None else (meta, data)
 
     def content_hashes(self, keys: Sequence[str]) -> dict[str, str]:
-        """Memo lookup for many keys at once: ``{key: content_hash}`` for the stored ones
-        (missing keys are absent). Backends override this with one query."""
+        """Memo lookup for many keys at once: ``{key: value_id}`` for the stored ones
+        (missing keys are absent): the content hash, marked for raw bytes
+        (``core.results.stored_value_id``). Backends override this with one query."""
         out = {}
         for k in keys:
             try:
@@ -134,7 +135,7 @@ class ResultStoreBase(StorageInterface):
             except IntegrityError:      # damaged metadata: a miss; the task's put replaces it
                 continue
             if meta is not None:
-                out[k] = meta.content_hash
+                out[k] = stored_value_id(meta)
         return out
 
     # ---- sync extras ----

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from zlib import adler32, crc32
 
-from twingraph.core.results import StorageMetadata
+from twingraph.core.results import StorageMetadata, value_id
 from twingraph.errors import ConfigurationError, IntegrityError, StorageError
 from twingraph.stores.results._common import (
     Prepared, check_hash, data_type_of, hash_mismatch, merge_meta, meta_from_json, prepare_all,
@@ -165,6 +165,11 @@ _READ_ALL = "SELECT data_type, created_at, metadata, content_hash, data_size, co
             "n_chunks, data" + _WHERE
 _HEAD = "SELECT data_type, content_hash, data_size, compression, created_at, metadata" + _WHERE
 _TOP = "SELECT max(rowid) FROM node_results"
+#: What a memo lookup answers per row (``core.results.value_id``): raw bytes are marked in the
+#: query; a large value, whose data type no longer says its encoding, is marked ``large:`` for
+#: ``_large_ids`` to look at its metadata (SQL JSON functions are not in every SQLite build).
+_ID = "CASE data_type WHEN 'binary' THEN 'bytes:' || content_hash WHEN 'large_object' THEN " \
+      "'large:' || content_hash ELSE content_hash END"
 #: Keys looked up per query by ``k64 IN (...)`` (a put's existing rows, a memo burst's hits).
 _PER_QUERY = 500
 #: Lookups of at most this many keys ask the key index first. A larger batch is one query per
@@ -677,26 +682,45 @@ class SQLiteStorage(ResultStoreBase):
                 return out
         if len(keys) == 1:           # the common case in deep graphs: one prepared statement
             try:
-                row = conn.execute("SELECT content_hash" + _WHERE,
-                                   (k64(keys[0]), keys[0])).fetchone()
+                row = conn.execute("SELECT " + _ID + _WHERE, (k64(keys[0]), keys[0])).fetchone()
             except sqlite3.Error as exc:
                 raise self._error("head", keys[0], exc) from exc
             if row is not None:
                 out[keys[0]] = row[0]
+                if row[0][:6] == "large:":
+                    self._large_ids(out, conn)
         elif keys:
             hs = [k64(k) for k in keys]
             try:
                 for i in range(0, len(hs), _PER_QUERY):
                     part = hs[i:i + _PER_QUERY]
-                    out.update(conn.execute("SELECT node_id, content_hash FROM node_results WHERE "
+                    out.update(conn.execute(f"SELECT node_id, {_ID} FROM node_results WHERE "
                                             f"k64 IN ({','.join('?' * len(part))})", part))
             except sqlite3.Error as exc:
                 raise self._error("head", keys[0], exc) from exc
             for other in out.keys() - set(keys):       # keys that share a k64 with one asked
                 del out[other]
+            if any(h[:6] == "large:" for h in out.values()):
+                self._large_ids(out, conn)
         if len(out) < asked:
             self._keys.missed()      # a run that misses builds the index; one of hits never
         return out
+
+    def _large_ids(self, out: dict[str, str], conn: sqlite3.Connection) -> None:
+        """Turn ``large:`` answers of ``_lookup`` into ``value_id``s: by the encoding in each
+        one's metadata (damaged metadata: a miss, as ``head`` would raise)."""
+        for key in [k for k, h in out.items() if h[:6] == "large:"]:
+            try:
+                row = conn.execute("SELECT metadata" + _WHERE, (k64(key), key)).fetchone()
+                md = None if row is None else meta_from_json(row[0], key)
+            except sqlite3.Error as exc:
+                raise self._error("head", key, exc) from exc
+            except IntegrityError:
+                md = row = None
+            if row is None:
+                del out[key]
+            else:
+                out[key] = value_id((md or {}).get("encoding"), out[key][6:])
 
     def has(self, key: str) -> bool:
         validate_key(key)
