@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from types import BuiltinFunctionType, FunctionType, ModuleType
+from types import AsyncGeneratorType, BuiltinFunctionType, CoroutineType, FunctionType, ModuleType
 from typing import TYPE_CHECKING, Any
 
 from twingraph.core.codeversion import code_version
@@ -270,8 +270,20 @@ class NodeExecutor:
             for dep in args:
                 if dep not in deps:
                     deps[dep] = await self._load(dep)
-            value, encoded = await asyncio.to_thread(self._run, fn, style, node_def,
-                                                     deps, self.storage is not None)
+            if _is_async(fn, style):
+                # awaited here, on the caller's loop, as the document awaits it: concurrent
+                # calls run side by side and may share the loop's locks, queues and clients
+                out = _invoke(fn, style, node_def.arguments, node_def.parameters, deps)
+                if type(out) is AsyncGeneratorType:
+                    out = [x async for x in out]
+                elif inspect.isawaitable(out):
+                    out = await out
+                value, encoded = await asyncio.to_thread(self._finish, out,
+                                                         self.storage is not None)
+            else:
+                value, encoded = await asyncio.to_thread(
+                    self._run, fn, style, node_def, deps, self.storage is not None,
+                    asyncio.get_running_loop())
             if encoded is not None:
                 await self._store(node_def, encoded)
             return ExecutionResult(node_def.node_id, NodeStatus.COMPLETED, result_data=value,
@@ -281,13 +293,19 @@ class NodeExecutor:
                                    error_message=error_text(exc),
                                    execution_time_ms=int((time.perf_counter() - start) * 1000))
 
+    @classmethod
+    def _run(cls, fn: Any, style: str, node_def: NodeDefinition, deps: Mapping[str, Any],
+             encode: bool, loop: asyncio.AbstractEventLoop) -> tuple[Any, Any]:
+        """Call the node and encode its value (off the event loop: both may be heavy); an
+        awaitable it returns is awaited on ``loop``, the caller's."""
+        return cls._finish(_call_node(fn, style, node_def.arguments, node_def.parameters, deps,
+                                      loop), encode)
+
     @staticmethod
-    def _run(fn: Any, style: str, node_def: NodeDefinition, deps: Mapping[str, Any],
-             encode: bool) -> tuple[Any, Any]:
-        """Call the node and encode its value (off the event loop: both may be heavy)."""
+    def _finish(value: Any, encode: bool) -> tuple[Any, Any]:
         from twingraph import serialization
         from twingraph.engine.engine import collect
-        value = collect(_call_node(fn, style, node_def.arguments, node_def.parameters, deps))
+        value = collect(value)
         return value, (serialization.encode(value) if encode else None)
 
     async def _check_key(self, node_id: str) -> None:
@@ -327,14 +345,34 @@ _PLAIN = frozenset({int, float, str, bool, type(None), bytes, list, dict, tuple}
 
 
 def _call_node(fn: Any, style: str, arguments: Any, parameters: Mapping[str, Any],
-               values: Mapping[str, Any]) -> Any:
+               values: Mapping[str, Any], loop: asyncio.AbstractEventLoop | None = None) -> Any:
+    """Call a node's operation; an ``async def`` operation is awaited on ``loop`` (the loop
+    the DAG was submitted from) or on the process's loop for them (``engine.awaiting``)."""
+    out = _invoke(fn, style, arguments, parameters, values)
+    if style == "operation" and type(out) not in _PLAIN and inspect.isawaitable(out):
+        out = run_awaitable(out, loop)
+    return out
+
+
+def _is_async(fn: Any, style: str) -> bool:
+    """Whether calling the node gives a coroutine or an async generator to await."""
+    if isinstance(fn, type):
+        return False
+    target = fn if style == "operation" else (getattr(fn, "fn", None) or fn)
+    try:
+        target = inspect.unwrap(target)
+    except ValueError:                    # a __wrapped__ cycle
+        pass
+    return inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)
+
+
+def _invoke(fn: Any, style: str, arguments: Any, parameters: Mapping[str, Any],
+            values: Mapping[str, Any]) -> Any:
+    """What calling the node's operation returns (a coroutine is not awaited here)."""
     if style == "operation":
         deps = {k: values[k] for k in (arguments.values() if type(arguments) is dict
                                        else arguments)}
-        out = fn(deps, dict(parameters))
-        if type(out) not in _PLAIN and inspect.isawaitable(out):   # `async def` operations
-            out = run_awaitable(out)
-        return out
+        return fn(deps, dict(parameters))
     target = getattr(fn, "fn", None) or (fn.run if hasattr(fn, "execute") else fn)
     if isinstance(fn, type):
         target = fn(dict(parameters)).run
@@ -348,16 +386,26 @@ def _call_node(fn: Any, style: str, arguments: Any, parameters: Mapping[str, Any
 LIVE_MAX_PERCENT = 99.9
 
 class _OpCall:
-    """One per operation: the task function of its nodes. Keeping ``fn`` out of the task's
-    arguments keeps it out of the input digest (the spec's code version covers it)."""
-    __slots__ = ("fn", "style", "__wrapped__")
+    """One per operation (and run): the task function of its nodes. Keeping ``fn`` out of
+    the task's arguments keeps it out of the input digest (the spec's code version covers
+    it). ``loop``: where an ``async def`` operation is awaited (``_call_node``); not sent to
+    a worker process, which awaits on its own loop."""
+    __slots__ = ("fn", "style", "loop", "__wrapped__")
 
-    def __init__(self, fn: Any, style: str) -> None:
-        self.fn, self.style = fn, style
+    def __init__(self, fn: Any, style: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.fn, self.style, self.loop = fn, style, loop
         self.__wrapped__ = getattr(fn, "fn", fn)
 
     def __call__(self, arguments: Any, parameters: dict[str, Any], values: dict[str, Any]) -> Any:
-        return _call_node(self.fn, self.style, arguments, parameters, values)
+        if self.style == "operation":     # ``collect`` awaits a component's coroutine
+            return _call_node(self.fn, self.style, arguments, parameters, values, self.loop)
+        out = _call_node(self.fn, self.style, arguments, parameters, values)
+        if type(out) is CoroutineType:
+            return run_awaitable(out, self.loop)
+        return out
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_OpCall, (self.fn, self.style))
 
 
 class Plan:
@@ -664,8 +712,10 @@ class DynamicScheduler:
         _check_config(config or self.config)
         plan = self._validate_dag(dag)
         started = threading.Event()
-        t = threading.Thread(target=self._run_dag, args=(dag, plan, started, config), daemon=True,
-                             name=f"twingraph-dag-{dag.dag_id}")
+        # ``async def`` operations are awaited on this (the caller's) loop, as the document
+        # awaits them: they may share its queues, locks and clients.
+        t = threading.Thread(target=self._run_dag, daemon=True, name=f"twingraph-dag-{dag.dag_id}",
+                             args=(dag, plan, started, config, asyncio.get_running_loop()))
         self._begin(dag, t)
         t.start()
         await asyncio.to_thread(started.wait)
@@ -906,7 +956,8 @@ class DynamicScheduler:
 
     def _spec_for(self, node: NodeDefinition, fn: Any, style: str,
                   cache: dict[str, tuple[ComponentSpec, _OpCall]],
-                  config: ExecutionConfig | None = None) -> tuple[ComponentSpec, _OpCall]:
+                  config: ExecutionConfig | None = None,
+                  loop: asyncio.AbstractEventLoop | None = None) -> tuple[ComponentSpec, _OpCall]:
         entry = cache.get(node.operation)
         cfg = config or self.config
         if entry is None:
@@ -947,7 +998,7 @@ class DynamicScheduler:
                 # travels to the worker process, not the decorator object, which holds the
                 # last engine that ran it (locks, thread-locals: nothing that pickles).
                 call = fn.fn
-            entry = cache[node.operation] = (spec, _OpCall(call, style))
+            entry = cache[node.operation] = (spec, _OpCall(call, style, loop))
         return entry
 
     def _limited(self, spec: ComponentSpec) -> ComponentSpec:
@@ -968,8 +1019,10 @@ class DynamicScheduler:
 
     def body(self, dag: DAGDefinition, plan: Plan,
              on_run: Callable[[Any], None] | None = None,
-             config: ExecutionConfig | None = None) -> Callable[[Any], dict[str, Any]]:
-        """The run body that submits ``plan``'s nodes to a run (for ``Engine.run``)."""
+             config: ExecutionConfig | None = None,
+             loop: asyncio.AbstractEventLoop | None = None) -> Callable[[Any], dict[str, Any]]:
+        """The run body that submits ``plan``'s nodes to a run (for ``Engine.run``);
+        ``async def`` operations are awaited on ``loop`` when it runs (``_call_node``)."""
         specs: dict[str, tuple[ComponentSpec, _OpCall]] = {}
 
         def body(run: Any) -> dict[str, Any]:
@@ -984,7 +1037,7 @@ class DynamicScheduler:
                     _wait_for_window(run)
                 entry = specs.get(node.operation)
                 spec, op = entry if entry is not None else \
-                    self._spec_for(node, *ops[node.operation], specs, config)
+                    self._spec_for(node, *ops[node.operation], specs, config, loop)
                 names = inputs_of(node)
                 md = node.metadata
                 if md and "inputs" in md:      # values for execute_node: not stored there either
@@ -995,7 +1048,8 @@ class DynamicScheduler:
         return body
 
     def _run_dag(self, dag: DAGDefinition, plan: Plan,
-                 started: threading.Event, config: ExecutionConfig | None = None) -> RunResult:
+                 started: threading.Event, config: ExecutionConfig | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> RunResult:
         cfg = config or self.config
         def on_run(run: Any) -> None:
             with self._claim:
@@ -1008,7 +1062,7 @@ class DynamicScheduler:
                 self._run_tasks[dag.dag_id] = run.tasks
             started.set()
 
-        body = self.body(dag, plan, on_run, cfg)
+        body = self.body(dag, plan, on_run, cfg, loop)
         opts = RunOptions(max_parallel=cfg.max_concurrent_nodes,
                           error_handler="continue", no_cache=cfg.no_cache)
         try:
