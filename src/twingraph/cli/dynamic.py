@@ -73,8 +73,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         console.print(summary_table(metadata.get_tasks(summary["run_id"])))
         said = _OUTCOME.get(summary["status"], "Execution failed")
-        console.print(f"{said}: {json.dumps(summary, default=repr)}", markup=False,
-                      highlight=False, soft_wrap=True)
+        console.print(f"{said}: {_summary_json(summary)}", markup=False, highlight=False,
+                      soft_wrap=True)
         if summary["status"] != "completed":
             raise typer.Exit(1)
 
@@ -187,8 +187,9 @@ async def _execute(integration: Any, dag: Any, config: Any, progress: bool) -> A
         return dag_progress(loop.progress(), len(dag.nodes)) if loop is not None else None
 
     def line(p: Any) -> None:
+        cancelled = f", {p.cancelled_nodes} cancelled" if p.cancelled_nodes else ""
         console.print(f"progress {p.progress_percentage:.0f}% ({p.completed_nodes}/"
-                      f"{p.total_nodes} completed, {p.failed_nodes} failed, "
+                      f"{p.total_nodes} completed, {p.failed_nodes} failed{cancelled}, "
                       f"ETA {p.estimated_completion or '—'})", highlight=False)
 
     def on_progress(p: Any) -> None:
@@ -217,3 +218,21 @@ def dag_progress(run: dict[str, Any], nodes: int) -> dict[str, Any]:
     return {**run, "total": nodes, "pending": run["pending"] + nodes - run["total"],
             "percent": 100.0 * run["finished"] / nodes,
             "eta_seconds": left / rate if rate else None}
+
+
+def _summary_json(summary: dict[str, Any]) -> str:
+    """The summary as JSON; a result JSON cannot hold the shape of (``{(1, 2): 3}``, a
+    cycle) as its ``repr``: the run ended as it did, and printing it must not end in a
+    traceback and exit 1 (the values are stored either way)."""
+    try:
+        return json.dumps(summary, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        pass
+    results = {}
+    for node, value in (summary.get("results") or {}).items():
+        try:
+            json.dumps(value, default=repr)
+            results[node] = value
+        except (TypeError, ValueError, RecursionError):
+            results[node] = repr(value)
+    return json.dumps({**summary, "results": results}, default=repr)

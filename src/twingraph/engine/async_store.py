@@ -37,11 +37,18 @@ ASYNC_METHODS = ("store_result", "retrieve_result", "stream_result", "exists", "
 SYNC_METHODS = ("put", "put_many", "get", "head", "content_hashes", "iter_chunks", "delete")
 
 
+def has_sync_port(store: Any) -> bool:
+    """Whether ``store`` is one of TwinGraph's stores (it has the engine's synchronous port):
+    its ``store_result`` also takes a sequence of buffers, written without joining them. A
+    user's store written from the document takes ``data: bytes``."""
+    return all(callable(getattr(store, m, None)) for m in SYNC_METHODS)
+
+
 def as_result_store(store: Any) -> Any:
     """``store`` itself if it has the engine's synchronous port, an ``AsyncStoreAdapter`` over
     it if it has the document's async methods only; ``ConfigurationError`` otherwise, naming
     what it lacks."""
-    if all(callable(getattr(store, m, None)) for m in SYNC_METHODS):
+    if has_sync_port(store):
         return store
     missing = [m for m in ASYNC_METHODS if not callable(getattr(store, m, None))]
     if missing:

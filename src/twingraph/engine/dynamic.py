@@ -40,6 +40,7 @@ from twingraph.core.retry import RetryPolicy
 from twingraph.core.specs import ComponentSpec
 from twingraph.core.states import RunState
 from twingraph.engine import gcpace
+from twingraph.engine.async_store import has_sync_port
 from twingraph.engine.snapshot import error_text
 from twingraph.engine.task import UNLOADED
 from twingraph.serialization import own_copy
@@ -144,6 +145,10 @@ class ExecutionProgress:
     pending_nodes: int
     progress_percentage: float
     estimated_completion: str | None = None
+    #: Not in the document (an extension, last, with a default): nodes that will not run
+    #: because the execution was cancelled (``failed_nodes`` counts those skipped after a
+    #: failed input: they end for a failure).
+    cancelled_nodes: int = 0
 
 
 class ErrorRecoveryManager:
@@ -184,7 +189,7 @@ class ErrorRecoveryManager:
             return None
         return RetryPolicy(max_attempts=self.max_retries + 1, initial_delay=1.0,
                            multiplier=self.backoff_factor, max_delay=60.0, jitter=0.0,
-                           never=("ValidationError",))
+                           never=("twingraph.errors.ValidationError",))
 
 
 _operations: dict[str, Callable[..., Any]] = {}
@@ -322,7 +327,8 @@ class NodeExecutor:
         md = {k: v for k, v in (node_def.metadata or {}).items() if k != "inputs"}
         meta = encoded.to_metadata(node_def.node_id, md)
         try:
-            ok = await self.storage.store_result(node_def.node_id, encoded.buffers, meta)
+            data = encoded.buffers if has_sync_port(self.storage) else encoded.to_bytes()
+            ok = await self.storage.store_result(node_def.node_id, data, meta)
         except StorageError as exc:
             raise StorageError(f"result of node {node_def.node_id!r} not stored: {exc}") from exc
         if ok is False:
@@ -583,7 +589,7 @@ def _check_config(cfg: ExecutionConfig) -> None:
 
 #: Errors of an isolated node that passed the server's limits (decision 0076): not retried by
 #: the scheduler's own policy.
-_CEILINGS = ("MemoryLimitExceeded", "TaskTimeout")
+_CEILINGS = ("twingraph.errors.MemoryLimitExceeded", "twingraph.errors.TaskTimeout")
 
 #: Seconds ``DynamicScheduler.close`` waits for the executions it cancels to record their end.
 CLOSE_WAIT = 10.0
@@ -711,6 +717,7 @@ class DynamicScheduler:
         self._check_open()
         _check_config(config or self.config)
         plan = self._validate_dag(dag)
+        await asyncio.to_thread(self._wait_cancelled, dag.dag_id)
         started = threading.Event()
         # ``async def`` operations are awaited on this (the caller's) loop, as the document
         # awaits them: they may share its queues, locks and clients.
@@ -864,6 +871,7 @@ class DynamicScheduler:
         self._check_open()
         _check_config(self.config)
         plan = self._validate_dag(dag)
+        self._wait_cancelled(dag.dag_id)
         me = threading.current_thread()
         self._begin(dag, me)
         try:
@@ -876,6 +884,21 @@ class DynamicScheduler:
     def _check_open(self) -> None:
         if self._closed:
             raise SchedulingError("this DynamicScheduler is closed: make a new one to run DAGs")
+
+    def _wait_cancelled(self, dag_id: str, timeout: float = CLOSE_WAIT) -> None:
+        """If ``dag_id``'s execution was cancelled and is still winding down, wait (up to
+        ``timeout``) for it to end: in the document a cancelled id is free at once
+        (``cancel_execution`` removes it), and submitting it again was refused for the
+        10-100 ms the cancelled run took to record its end."""
+        with self._claim:
+            t = self.active_executions.get(dag_id)
+            if t is None or t is threading.current_thread():
+                return
+            run_id = self._dag_runs.get(dag_id)
+            if (run_id is None or run_id not in self._cancelling) \
+                    and f"dag:{dag_id}" not in self._cancelling:
+                return
+        t.join(timeout)
 
     def _begin(self, dag: DAGDefinition, thread: threading.Thread) -> None:
         """Take ``dag.dag_id`` for a new execution run by ``thread``: refused while it is
@@ -978,7 +1001,7 @@ class DynamicScheduler:
                     # for itself). In this process a timed-out node is abandoned, not
                     # stopped: a retry would run beside it (ten copies ran at once).
                     retry = dataclasses.replace(retry, never=(
-                        *retry.never, *(_CEILINGS if self.isolate else ("TaskTimeout",))))
+                        *retry.never, *(_CEILINGS if self.isolate else ("twingraph.errors.TaskTimeout",))))
             if isinstance(base, ComponentSpec):
                 # Called as ``_OpCall(arguments, parameters, values)``, not as the component
                 # is: its own argument names (``core.arguments``) do not apply.
@@ -1099,8 +1122,9 @@ class DynamicScheduler:
         if not p:       # no run (yet): nothing done; ended without one (it failed to start)
             return (ExecutionProgress(dag_id, total, 0, total, 0, 0, 100.0) if ended else
                     ExecutionProgress(dag_id, total, 0, 0, 0, total, 0.0))
-        failed = p["failed"] + p["skipped"] + p["cancelled"]
-        done = p["succeeded"] + failed
+        failed = p["failed"] + p["skipped"]      # skipped: an input failed
+        cancelled = p["cancelled"]
+        done = p["succeeded"] + failed + cancelled
         eta = None
         rate = p.get("rate")
         if not ended and rate and total > done:
@@ -1116,4 +1140,4 @@ class DynamicScheduler:
             dag_id=dag_id, total_nodes=total, completed_nodes=p["succeeded"],
             failed_nodes=failed, running_nodes=p["running"],
             pending_nodes=total - done - p["running"],
-            progress_percentage=percent, estimated_completion=eta)
+            progress_percentage=percent, estimated_completion=eta, cancelled_nodes=cancelled)

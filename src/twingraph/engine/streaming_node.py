@@ -30,6 +30,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 from twingraph.core.results import DataType, StorageMetadata
+from twingraph.engine.async_store import has_sync_port
 from twingraph.engine.dynamic import (ExecutionConfig, ExecutionResult, NodeDefinition,
                                       NodeExecutor, NodeStatus, _operations)
 from twingraph.errors import NodeExecutionError, StorageError, ValidationError
@@ -140,7 +141,9 @@ class StreamingContext:
                                metadata={**self.metadata, "encoding": "bytes"})
         try:
             if self._file is None:
-                ok = await self.storage.store_result(self.node_id, self.chunks, meta)
+                # a user's store (the document's interface) takes one bytes value
+                data = self.chunks if has_sync_port(self.storage) else b"".join(self.chunks)
+                ok = await self.storage.store_result(self.node_id, data, meta)
             else:
                 ok = await self._store_spilled(meta)
         except StorageError as exc:
@@ -159,6 +162,8 @@ class StreamingContext:
         mapped = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         view = memoryview(mapped)
         try:
+            if not has_sync_port(self.storage):     # the document's interface: bytes
+                return await self.storage.store_result(self.node_id, bytes(view), meta)
             return await self.storage.store_result(self.node_id, view, meta)
         except BaseException as exc:
             # The failed store's frames may still hold slices of the map: let them go, or the

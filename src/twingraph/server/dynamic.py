@@ -121,7 +121,7 @@ def _result(request: Request, dag_id: str) -> dict[str, Any]:
     tasks = svc.catalog.store.get_tasks(res.run_id) if res.run_id else []
     return {"execution_id": dag_id, "run_id": res.run_id or None,
             "status": wf.execution_status(res.state),
-            "progress": None if progress is None else dataclasses.asdict(progress),
+            "progress": None if progress is None else _progress_fields(progress),
             "results": wf.node_values(svc.engine, tasks),
             "failures": dict(res.failures),
             "error": None if res.error is None else f"{type(res.error).__name__}: {res.error}"}
@@ -166,7 +166,7 @@ async def execution_progress(request: Request, execution_id: str) -> Any:
     progress = await sched.get_execution_progress(execution_id)
     if progress is None:
         raise ApiError(404, f"execution {execution_id!r} not found")
-    return {**dataclasses.asdict(progress), "status": _status(sched, execution_id),
+    return {**_progress_fields(progress), "status": _status(sched, execution_id),
             "run_id": sched.run_id(execution_id)}
 
 
@@ -188,3 +188,11 @@ async def cancel_execution(request: Request, execution_id: str) -> Any:
         return {"status": _status(sched, execution_id), "execution_id": execution_id}
     # CANCELLED; or it finished on its own before the cancel reached it.
     return {"status": wf.execution_status(res.state), "execution_id": execution_id}
+
+
+def _progress_fields(progress: Any) -> dict[str, Any]:
+    """The document's ``ExecutionProgress`` fields (the status says whether it was cancelled;
+    ``cancelled_nodes``, a Python-side extension, is not part of this face)."""
+    out = dataclasses.asdict(progress)
+    out.pop("cancelled_nodes", None)
+    return out

@@ -114,15 +114,20 @@ def live_progress(engine: Engine, run_id: str) -> dict[str, Any] | None:
 
 
 # -- outputs -----------------------------------------------------------------------------------
-def jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        if isinstance(value, tuple) and hasattr(value, "_asdict"):
-            return jsonable(value._asdict())
-        return [jsonable(v) for v in value]
+def jsonable(value: Any, _within: frozenset[int] = frozenset()) -> Any:
+    """``value`` as JSON data: mapping keys as text, what JSON has no type for as its
+    ``repr``, a container met again inside itself (a cycle) as its ``repr`` at that point."""
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in _within:
+            return repr(value)
+        within = _within | {id(value)}
+        if isinstance(value, Mapping):
+            return {str(k): jsonable(v, within) for k, v in value.items()}
+        if isinstance(value, tuple) and hasattr(value, "_asdict"):
+            return jsonable(value._asdict(), within)
+        return [jsonable(v, within) for v in value]
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"encoding": "bytes", "size": len(bytes(value))}
     return repr(value)
