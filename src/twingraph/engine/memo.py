@@ -188,7 +188,25 @@ class MemoSide:
         self._finish(task, SUCCESS)
 
     def _follow_twin(self, task: Task, twin: Task) -> None:
-        """Finish ``task`` the way its in-run twin (same structural key) finished."""
+        """Finish ``task`` the way its in-run twin (same structural key) finished; or, when
+        the twin did not succeed and was called in another nested pipeline, compute it anew:
+        the twin ended by that pipeline's rules (its timeout, its 'fail', its retry policy),
+        which are not the rules of the pipeline ``task`` was called in."""
+        if twin.state is not SUCCESS and task.scope is not twin.scope and not self.stopping \
+                and (task.scope is None or all(s.ended is None for s in task.scope.chain())):
+            again = self.by_key.get(task.cache_key)   # already computed anew for another
+            if again is not None and again is not twin and again.state not in TERMINAL \
+                    and again.scope is task.scope:
+                if again.aliases is None:
+                    again.aliases = []
+                again.aliases.append(task)
+                return
+            task.cache_status = "miss"
+            task.cache_reason = (f"same computation as {twin.node_id}, which ended "
+                                 f"{twin.state.value.lower()} in another nested pipeline: computed again")
+            self.by_key[task.cache_key] = task
+            self.ready.append(task)
+            return
         if twin.state is SUCCESS:
             task.value = twin.value          # before _hit wakes anyone waiting on the task
             # Stored only if the twin's result is; otherwise the value stays in memory.
