@@ -183,11 +183,14 @@ def _digest(v):
     return digest_value(v, _Fut, lambda r: f"@{r.name}()", lambda x: "leaf")
 
 
-def test_sets_digest_item_by_item_and_dicts_with_other_keys_as_one_leaf():
-    # A dict with other keys, without a reference: the whole value's hash. A set: its items'
-    # digests in sorted order, with or without references (hashed whole, its bytes followed
-    # its iteration order, which depends on the hash seed: a new key in every process).
-    assert _digest({1: "a"}) == {"x": "leaf"}
+def test_sets_digest_item_by_item_and_dicts_with_other_keys_pair_by_pair():
+    # A dict with other keys: its keys and values' digests in order, alternating (it was the
+    # whole value's hash, its pickle: user functions and classes named without their code, a
+    # set's bytes in each process's order). A set: its items' digests in sorted order, with or
+    # without references (hashed whole, its bytes followed its iteration order, which depends
+    # on the hash seed: a new key in every process).
+    assert _digest({1: "a"}) == {"kd": [1, "a"]} != _digest({"1": "a"})
+    assert _digest({1: {"b", "a"}}) == {"kd": [1, {"s": ["a", "b"]}]}
     assert _digest({2, 1}) == {"s": [1, 2]} and _digest(frozenset({"b", "a"})) == {"fs": ["a", "b"]}
     # a reference cannot be hashed whole (its value does not exist yet): items are digested,
     # a set's in an order that does not depend on its own order, a dict's in its order (the
@@ -195,7 +198,7 @@ def test_sets_digest_item_by_item_and_dicts_with_other_keys_as_one_leaf():
     a, b = _Fut("a"), _Fut("b")
     assert _digest({a, b}) == {"s": ["@a()", "@b()"]} == _digest({b, a})
     assert _digest(frozenset([b, 3])) == {"fs": ["@b()", 3]}
-    assert _digest({2: b, 1: a}) == {"kd": [[2, "@b()"], [1, "@a()"]]} != _digest({1: a, 2: b})
+    assert _digest({2: b, 1: a}) == {"kd": [2, "@b()", 1, "@a()"]} != _digest({1: a, 2: b})
     assert _digest({1: [a]}) != _digest({1: [b]})
     assert _digest({(1, a)}) == {"s": [{"t": [1, "@a()"]}]}
 

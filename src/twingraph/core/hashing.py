@@ -13,6 +13,8 @@ import dataclasses
 import enum
 import hashlib
 import json
+import threading
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -89,14 +91,21 @@ def key_prefix(component: str, code_version: str, config: Mapping[str, Any],
 
 def config_digest(config: Mapping[str, Any],
                   leaf_hash: Callable[[Any], str] | None = None) -> Any:
-    """A component's config as its key reads it: the config itself when it is JSON; else its
-    ``digest_value`` by sorted key, values hashed by content with ``leaf_hash`` (a NumPy
-    array's ``repr`` elides its middle, a set's order follows the hash seed, an object's
-    names its address). Without ``leaf_hash``, the ``repr`` of its sorted items."""
-    try:
-        return json.loads(canonical_json(config))
-    except (TypeError, ValueError):
-        pass
+    """A component's config as its key reads it: the config itself when it is plain JSON data
+    (``_plain_json``: str-keyed dicts, lists, str, int, float, bool, None, which JSON gives
+    back as they were); else its ``digest_value`` by sorted key, values hashed by content with
+    ``leaf_hash`` (a NumPy array's ``repr`` elides its middle, a set's order follows the hash
+    seed, an object's names its address), tuples told from lists and int keys from str keys
+    as in arguments. Without ``leaf_hash``, the ``repr`` of its sorted items.
+
+    A config JSON can encode but not give back (``{0: "cat"}`` comes back ``{"0": "cat"}``,
+    ``(2, 3)`` as ``[2, 3]``) used to be keyed by what came back: ``Labeler({"labels": {0:
+    "cat"}})`` and ``Labeler({"labels": {"0": "cat"}})`` shared one key in one run."""
+    if _plain_json(config, 0):
+        try:
+            return json.loads(canonical_json(config))
+        except (TypeError, ValueError):      # NaN, infinity, a lone surrogate
+            pass
     if leaf_hash is None:
         return repr(sorted(config.items()))
     items = sorted(config.items(), key=lambda kv: repr(kv[0]))
@@ -105,6 +114,28 @@ def config_digest(config: Mapping[str, Any],
     else:
         value = [[digest_value(k, None, _no_ref, leaf_hash), v] for k, v in items]
     return {"config": digest_value(value, None, _no_ref, leaf_hash)}
+
+
+_PLAIN_DEPTH = 200
+
+
+def _plain_json(value: Any, depth: int) -> bool:
+    """Whether ``value`` is JSON data that ``json.loads(canonical_json(value))`` gives back as
+    it is: exact types only (an ``IntEnum`` or a ``str`` subclass encodes as its base
+    value), dicts with str keys only (JSON makes every key a string), lists but no tuples."""
+    t = type(value)
+    if t is str or t is int or t is float or t is bool or value is None:
+        return True
+    if depth > _PLAIN_DEPTH:
+        return False
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str or not _plain_json(v, depth + 1):
+                return False
+        return True
+    if t is list:
+        return all(_plain_json(v, depth + 1) for v in value)
+    return False
 
 
 def _no_ref(value: Any) -> Any:        # a component's config holds no task references
@@ -170,7 +201,7 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
         items: list[Any] = []
         for k, v in value.items():
             if type(k) is not str:
-                return _unordered(value, t, ref_type, ref_digest, leaf_hash)
+                return _pairs(value, "kd", ref_type, ref_digest, leaf_hash)
             tv = type(v)     # an int, bool or None value, or a reference: no call through here
             items.append(k)
             items.append(v if tv is int or tv is bool or v is None else ref_digest(v)
@@ -181,6 +212,9 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
                 "t": [digest_value(v, ref_type, ref_digest, leaf_hash) for v in value]}
     if t is set or t is frozenset:
         return _unordered(value, t, ref_type, ref_digest, leaf_hash)
+    tag = _MAPPINGS.get(t)
+    if tag is not None:           # an OrderedDict, a defaultdict, a Counter: walked as a dict
+        return _pairs(value, tag, ref_type, ref_digest, leaf_hash)
     if isinstance(value, enum.Enum):
         # By class and value, not by pickle: a class loaded by value (a pipeline file, decision
         # 0004) pickles with an id of its own in every process (a new key in each).
@@ -193,6 +227,10 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
         state = dict(state)     # futures inside digest as references (they are inputs)
         return {"dc": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),  # its class's code
                 "s": digest_value(state, ref_type, ref_digest, leaf_hash)}
+    if t is memoryview:
+        # its bytes alone: ``cast("i")`` or ``cast("B", (2, 3))`` of the same bytes is
+        # another value (what ``tolist()``, indexing and ``len`` give)
+        return {"mv": [value.format, list(value.shape), leaf_hash(value)]}
     return {"x": leaf_hash(value)}
 
 
@@ -210,27 +248,70 @@ def digest_kwargs(kwargs: Mapping[str, Any], ref_type: type | None,
 
 def _unordered(value: Any, t: type, ref_type: type | None, ref_digest: Callable[[Any], Any],
                leaf_hash: Callable[[Any], str]) -> Any:
-    """A set, or a dict with keys that are not all strings: hashed whole as a leaf (the digest
-    every stored key has), unless it holds a reference, which cannot be hashed whole (a future
-    is not a value yet): then its items' digests (a set's sorted by their canonical JSON)."""
-    if t is dict and (ref_type is None or not _holds(value, ref_type)):
-        return {"x": leaf_hash(value)}
-    # A set is digested item by item in sorted order: hashed whole, its bytes followed the
-    # iteration order, which depends on the process's hash seed (a miss in every process).
+    """A set: digested item by item in sorted order (of their canonical JSON). Hashed whole,
+    its bytes followed the iteration order, which depends on the process's hash seed (a miss
+    in every process)."""
     def d(v: Any) -> Any:
         return digest_value(v, ref_type, ref_digest, leaf_hash)
-    if t is dict:           # in order, as a dict with str keys (``digest_value``)
-        return {"kd": [[d(k), d(v)] for k, v in value.items()]}
     return {"s" if t is set else "fs": sorted((d(v) for v in value), key=digest_json)}
 
 
-def _holds(value: Any, ref_type: type) -> bool:
-    """Whether a reference is anywhere inside ``value``'s containers."""
-    t = type(value)
-    if t is ref_type:
-        return True
-    if t is dict:
-        return any(_holds(k, ref_type) or _holds(v, ref_type) for k, v in value.items())
-    if t is list or t is tuple or t is set or t is frozenset or isinstance(value, tuple):
-        return any(_holds(v, ref_type) for v in value)
-    return False
+#: Mappings walked as (key, value) pairs, and the tag that keeps their type in the digest.
+_MAPPINGS: dict[type, str] = {dict: "kd", OrderedDict: "od", defaultdict: "dd", Counter: "ct"}
+_walking = threading.local()
+
+
+class _MappingCycle(Exception):
+    """``_pairs`` met a mapping it is already walking."""
+
+
+def _pairs(value: Any, tag: str, ref_type: type | None, ref_digest: Callable[[Any], Any],
+           leaf_hash: Callable[[Any], str]) -> Any:
+    """A dict whose keys are not all strings, an ``OrderedDict``, a ``defaultdict`` or a
+    ``Counter``: its (key, value) pairs in order, each side digested as an argument is (sets
+    sorted, enum members and user objects by class code and value), under a tag naming its
+    type (a ``defaultdict``'s ``default_factory`` digested as a callable argument is). They
+    were hashed whole by their pickle, which names user functions and classes without their
+    code (a stale result after an edit) and holds sets and classes loaded by value in an
+    order or with ids of each process's own (a miss in every process).
+
+    A cycle through such a mapping (one that holds itself, directly or through lists, dicts
+    or objects) is walked once: met again, the outermost mapping walked is hashed whole by
+    its pickle, as before (``_MappingCycle``; objects have the same rule in the engine)."""
+    active: set[int] | None = getattr(_walking, "ids", None)
+    top = active is None
+    if active is None:
+        active = _walking.ids = set()
+    elif id(value) in active:
+        raise _MappingCycle
+    active.add(id(value))
+    try:
+        # keys and digests alternate in one list (a list per pair cost twice the time: the
+        # collector ran over 100,000 of them); an int, bool, None or short string is its own
+        # digest (``digest_value``'s rule, inlined: no call for the common keys and values)
+        out: list[Any] = []
+        append = out.append
+        for k, v in value.items():
+            tk, tv = type(k), type(v)
+            append(k if tk is int or tk is bool or k is None
+                   or (tk is str and len(k) <= 64 and k[:1] != "@") else ref_digest(k)
+                   if tk is ref_type else digest_value(k, ref_type, ref_digest, leaf_hash))
+            append(v if tv is int or tv is bool or v is None
+                   or (tv is str and len(v) <= 64 and v[:1] != "@") else ref_digest(v)
+                   if tv is ref_type else digest_value(v, ref_type, ref_digest, leaf_hash))
+        digest: dict[str, Any] = {tag: out}
+        if tag == "dd":
+            digest["f"] = digest_value(value.default_factory, ref_type, ref_digest, leaf_hash)
+        if tag != "kd":
+            attrs = getattr(value, "__dict__", None)      # set on the instance: pickled too
+            if attrs:
+                digest["a"] = digest_value(dict(attrs), ref_type, ref_digest, leaf_hash)
+        return digest
+    except _MappingCycle:
+        if not top:
+            raise
+    finally:
+        active.discard(id(value))
+        if top:
+            _walking.ids = None
+    return {"x": leaf_hash(value)}

@@ -194,7 +194,9 @@ class MemoSide:
         which are not the rules of the pipeline ``task`` was called in."""
         if twin.state is not SUCCESS and task.scope is not twin.scope and not self.stopping \
                 and (task.scope is None or all(s.ended is None for s in task.scope.chain())):
-            again = self.by_key.get(task.cache_key)   # already computed anew for another
+            key = task.cache_key
+            assert key is not None            # keyed in _on_ready: that is how it met its twin
+            again = self.by_key.get(key)      # already computed anew for another
             if again is not None and again is not twin and again.state not in TERMINAL \
                     and again.scope is task.scope:
                 if again.aliases is None:
@@ -204,7 +206,7 @@ class MemoSide:
             task.cache_status = "miss"
             task.cache_reason = (f"same computation as {twin.node_id}, which ended "
                                  f"{twin.state.value.lower()} in another nested pipeline: computed again")
-            self.by_key[task.cache_key] = task
+            self.by_key[key] = task
             self.ready.append(task)
             return
         if twin.state is SUCCESS:
