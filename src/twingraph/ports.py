@@ -68,6 +68,9 @@ class MetadataStore(Protocol):
         included), a compare-and-set: ``ConflictError`` if the heartbeat moved meanwhile (a
         driver is alive, or another claimant won); ``now`` becomes the heartbeat, so later
         claimants see a driver. ``NotFoundError`` for an unknown run."""
+    def driver_epoch(self, run_id: str) -> int | None:
+        """The epoch of ``run_id``'s current driver (0 until a driver claims it; None for an
+        unknown run): a driver whose own epoch is lower has been taken over from."""
         ...
     def list_runs(self, *, pipeline: str | None = None, state: str | None = None,
                   limit: int = 50, offset: int = 0) -> list[RunRecord]: ...

@@ -169,6 +169,16 @@ def test_each_claim_of_a_run_gets_the_next_driver_epoch(store: Any) -> None:
         store.claim_driver("nope")
 
 
+def test_driver_epoch_is_the_latest_claim(store: Any) -> None:
+    """What a driver asks to learn that another took its run over (engine/heartbeats.py)."""
+    assert store.driver_epoch("r1") is None                   # unknown run
+    store.write([run()])
+    assert store.driver_epoch("r1") == 0                      # its first driver
+    store.claim_driver("r1")
+    store.claim_driver("r1")
+    assert store.driver_epoch("r1") == 2
+
+
 def test_a_claim_with_the_heartbeat_it_read_is_a_compare_and_set(store: Any) -> None:
     """Two resumes of one run that both found its driver dead: the first claim moves the
     heartbeat, the second (holding the old one) is refused."""

@@ -31,7 +31,7 @@ from twingraph.core.specs import DEFAULT_TIMEOUT
 from twingraph.core.states import RunState, TaskState, fence as fence_token, transition_run
 from twingraph.engine.async_store import AsyncStoreAdapter, as_result_store
 from twingraph.engine.awaiting import run_awaitable
-from twingraph.engine.heartbeats import Heartbeats
+from twingraph.engine.heartbeats import Heartbeats, taken_over_message
 from twingraph.engine.loop import RunLoop, RunOptions
 from twingraph.engine.timers import HEARTBEAT_INTERVAL
 from twingraph.engine.notify import notify
@@ -261,7 +261,7 @@ class Engine:
         self.project = project
         self._sinks: list[EventSink] = [events] if events else []
         self.has_sinks = bool(self._sinks)      # checked on the hot path: a plain attribute
-        self.heartbeats = Heartbeats(metadata)
+        self.heartbeats = Heartbeats(metadata, on_taken_over=self._taken_over)
         self.recorder = Recorder(results, metadata, interval=flush_interval,
                                  on_stored=self._on_stored, on_stale=self._on_stale)
         self.offload_after = OFFLOAD_AFTER if writer == "auto" else None
@@ -642,7 +642,7 @@ class Engine:
                    "status": state.value, "progress": progress})
         result = RunResult(run_id, state, value if error is None else None, error, progress,
                            dict(loop.failures))
-        if notifications:
+        if notifications and loop.taken_over is None:   # else its new driver tells its end
             notify(notifications, wait=True, summary={"run_id": run_id, "pipeline": pipeline, "status": state.value,
                                    "error": None if error is None else message_of(error),
                                    "failures": dict(loop.failures), "progress": progress},
@@ -767,6 +767,17 @@ class Engine:
             by_loop.setdefault(id(loop), (loop, []))[1].append(task)
         for loop, tasks in by_loop.values():
             loop.inbox.put(("stored", tasks))
+
+    def _taken_over(self, run_id: str, own: int, now: int) -> None:
+        """Another driver claimed ``run_id`` from this one (driver epoch ``own`` -> ``now``):
+        this process was stopped or stalled for longer than ``LIVE_WINDOW`` and ``run
+        --resume`` took the run over. Stop it here; the run is the other driver's now (its
+        rows from here are fenced off anyway), and finishing it here ran its tasks twice."""
+        loop = self.runs.get(run_id)
+        if loop is None or loop.epoch != own or loop.taken_over is not None:
+            return
+        loop.taken_over = now
+        loop.cancel(taken_over_message(own, now))
 
     def _on_stale(self, stale: list[tuple[str, str]]) -> None:
         for run_id, node_id in stale:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from twingraph.core.records import RunHeartbeat
@@ -21,11 +22,19 @@ from twingraph.core.records import RunHeartbeat
 log = logging.getLogger("twingraph.engine")
 
 
+def taken_over_message(own: int, now: int) -> str:
+    return (f"another driver took the run over (driver epoch {own} -> {now}) while this one "
+            "was stalled; this process stops and leaves the run to it")
+
+
 class Heartbeats:
     """The latest beat of each run, written by one daemon thread as soon as it is given."""
 
-    def __init__(self, metadata: Any) -> None:
+    def __init__(self, metadata: Any,
+                 on_taken_over: Callable[[str, int, int], None] | None = None) -> None:
         self.metadata = metadata
+        #: ``(run_id, own epoch, current epoch)``: a run was taken over from this driver
+        self.on_taken_over = on_taken_over
         self._pending: dict[str, RunHeartbeat] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -54,12 +63,25 @@ class Heartbeats:
             for hb in beats:
                 try:
                     self.metadata.write([hb])
+                    self._check_driver(hb)
                 except Exception:  # noqa: BLE001 - its run goes on; the next beat tries again
                     # (a run whose first record is not written yet is unknown: the same)
                     self.failures += 1
                     log.debug("heartbeat of run %s not written", hb.run_id, exc_info=True)
             if self._closed:
                 return
+
+    def _check_driver(self, hb: RunHeartbeat) -> None:
+        """After a beat: if another driver has claimed the run since this one did (this
+        process was stopped or stalled for longer than ``LIVE_WINDOW`` and ``run --resume``
+        took the run over), say so: this driver must stop, not finish the run a second time.
+        A beat of a taken-over driver is not written (its epoch is fenced off)."""
+        current = getattr(self.metadata, "driver_epoch", None)
+        if hb.epoch is None or current is None or self.on_taken_over is None:
+            return
+        now = current(hb.run_id)
+        if now is not None and now > hb.epoch:
+            self.on_taken_over(hb.run_id, hb.epoch, now)
 
     def close(self) -> None:
         """Write what is pending, then stop the thread."""

@@ -44,9 +44,10 @@ from twingraph.core.states import TaskState, fence as fence_token
 from twingraph.engine import gcpace, tasklog
 from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
 from twingraph.engine.futures import BodySide
+from twingraph.engine.heartbeats import taken_over_message
 from twingraph.engine.memo import MemoSide, declared_key
 from twingraph.engine.scopes import Scope, ScopeSide
-from twingraph.engine.timers import HEARTBEAT_INTERVAL, TimerSide
+from twingraph.engine.timers import HEARTBEAT_INTERVAL, STALLED_AFTER, TimerSide
 from twingraph.engine.recorder import PutResult
 from twingraph.engine.writer import FRAME_MAX, INLINE_MAX
 from twingraph.engine.snapshot import error_text, task_rows, traceback_text
@@ -115,6 +116,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         # Of those, the ones recorded SUCCESS, being looked up: task -> its structural key.
         self.resuming: dict[Task, str] = {}
         self.epoch = epoch          # this driver's generation of the run: its fencing tokens
+        self.taken_over: int | None = None   # the epoch of a driver that took the run over
         self._fence_base = fence_token(epoch, 0)
         # The last run of the pipeline, to say why a task missed: loaded on the first miss.
         self._previous_loader = previous
@@ -232,6 +234,9 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                         except queue.Empty:
                             ev = None
                     self.sleeping = False
+                if self.clock.monotonic() - self._last_heartbeat >= STALLED_AFTER \
+                        and self._last_heartbeat:
+                    self._check_still_driver()
                 while ev is not None:
                     self._handle(ev)
                     ev = get_nowait(self.inbox)
@@ -260,6 +265,26 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         finally:
             if not moved:
                 self._end_of_loop()
+
+    def _check_still_driver(self) -> None:
+        """This loop went without a heartbeat for ``STALLED_AFTER`` (the process was stopped,
+        the VM paused): another driver may have taken the run over meanwhile (``run
+        --resume`` does once the heartbeat is ``LIVE_WINDOW`` old). Asked of the metadata store
+        at once, before a result that came in meanwhile is handled and starts what depends on
+        it: taken over, the run stops here (its tasks ran twice otherwise, and this process
+        reported an end of its own). The heartbeat thread asks after every beat too."""
+        self._last_heartbeat = self.clock.monotonic()
+        current = getattr(self.engine.metadata, "driver_epoch", None)
+        if current is None or self.taken_over is not None:
+            return
+        try:
+            now = current(self.run_id)
+        except Exception:  # noqa: BLE001 - unknown yet, or the store is down: the beat decides
+            return
+        if now is not None and now > self.epoch:
+            self.taken_over = now
+            self._stop("cancelled", taken_over_message(self.epoch, now))
+        self.engine.heartbeats.beat(self.run_id, self.clock.now(), self.epoch)
 
     def _end_of_loop(self) -> None:
         try:

@@ -20,6 +20,10 @@ from twingraph.errors import TaskTimeout
 
 #: Seconds between a running run's heartbeats (``runs.heartbeat_at``).
 HEARTBEAT_INTERVAL = 5.0
+#: Seconds without a heartbeat after which a loop asks whether its run is still its own
+#: before it goes on (``RunLoop._check_still_driver``): longer than a busy turn, shorter than
+#: the ``LIVE_WINDOW`` (2 x the interval + 1 s) after which another driver may take over.
+STALLED_AFTER = HEARTBEAT_INTERVAL + 1.0
 
 
 class TimerSide:

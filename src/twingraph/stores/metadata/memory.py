@@ -196,6 +196,10 @@ class MemoryMetadataStore:
             epoch = self._epochs[run_id] = self._epochs.get(run_id, 0) + 1
             return epoch
 
+    def driver_epoch(self, run_id: str) -> int | None:
+        with self._lock:
+            return self._epochs.get(run_id, 0) if run_id in self._runs else None
+
     def list_runs(self, *, pipeline: str | None = None, state: str | None = None,
                   limit: int | None = 50, offset: int = 0,
                   project: str | None = None) -> list[RunRecord]:

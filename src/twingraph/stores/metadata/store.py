@@ -181,6 +181,12 @@ class SQLMetadataStore:
             return int(conn.execute(select(runs.c.driver_epoch)
                                     .where(runs.c.run_id == run_id)).scalar_one())
 
+    def driver_epoch(self, run_id: str) -> int | None:
+        with self._reading() as conn:
+            epoch = conn.execute(select(runs.c.driver_epoch)
+                                 .where(runs.c.run_id == run_id)).first()
+        return None if epoch is None else int(epoch[0] or 0)
+
     def list_runs(self, *, pipeline: str | None = None, state: str | None = None,
                   limit: int | None = 50, offset: int = 0,
                   project: str | None = None) -> list[RunRecord]:
