@@ -52,7 +52,7 @@ from twingraph.engine.recorder import PutResult
 from twingraph.engine.writer import FRAME_MAX, INLINE_MAX
 from twingraph.engine.snapshot import error_text, task_rows, traceback_text
 from twingraph.serialization import SHARED_TYPES, own_copy
-from twingraph.engine.refs import Ref, find_refs, path_list, substitute
+from twingraph.engine.refs import Ref, find_refs, find_refs_once, path_list, substitute
 from twingraph.engine.task import (DECLARED, UNLOADED, Job, Task, CANCELLED, FAILED, PENDING, QUEUED,
                                     RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
 from twingraph.ports import JobOutcome
@@ -688,12 +688,20 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         slots: list[int | str] = []
         for i, a in enumerate(task.args):
             n = len(refs)
-            find_refs(a, refs)
+            try:
+                find_refs(a, refs)
+            except RecursionError:          # it holds itself: walked once per container
+                del refs[n:]
+                find_refs_once(a, refs)
             if len(refs) > n:
                 slots.append(i)
         for k, v in task.kwargs.items():
             n = len(refs)
-            find_refs(v, refs)
+            try:
+                find_refs(v, refs)
+            except RecursionError:
+                del refs[n:]
+                find_refs_once(v, refs)
             if len(refs) > n:
                 slots.append(k)
         if slots:

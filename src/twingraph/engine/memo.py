@@ -51,9 +51,13 @@ class MemoSide:
             named = spec.parameters
             if named is not None and (args or named.defaults):
                 args, kwargs = named.named(args, kwargs)     # f(3) and f(x=3): one key
-            key = prefixed_key(self.engine.key_prefix(spec),
-                               [digest_value(args, Ref, _ref_digest, leaf),
-                                digest_kwargs(kwargs, Ref, _ref_digest, leaf)])
+            try:
+                digest = [digest_value(args, Ref, _ref_digest, leaf),
+                          digest_kwargs(kwargs, Ref, _ref_digest, leaf)]
+            except RecursionError:      # an argument holds itself (and no future: refs)
+                digest = [[_cyclic_digest(a, leaf) for a in args],
+                          {"d": {k: _cyclic_digest(v, leaf) for k, v in kwargs.items()}}]
+            key = prefixed_key(self.engine.key_prefix(spec), digest)
         return self._keyed(task, key)
 
     def _keyed(self, task: Task, key: str) -> bool:
@@ -244,6 +248,16 @@ def declared_key(engine: Any, task: Task) -> str:
     return sha256(engine.key_prefix(task.spec) + b'[{"t":' + digest_json(
         [_names_digest(arguments, leaf), digest_value(parameters, Ref, _ref_digest, leaf),
          {"o": inputs}]) + b'},{"d":{}}]').hexdigest()
+
+
+def _cyclic_digest(value: Any, leaf: Callable[[Any], str]) -> Any:
+    """One argument's digest when walking them recursed for ever: its own digest, or, for
+    the one that holds itself, the hash of its pickle (which keeps cycles; it holds no
+    futures: ``refs.find_refs_once`` refused those)."""
+    try:
+        return digest_value(value, Ref, _ref_digest, leaf)
+    except RecursionError:
+        return {"x": leaf(value)}
 
 
 def _names_digest(arguments: Any, leaf: Callable[[Any], str]) -> Any:

@@ -17,6 +17,8 @@ import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from twingraph.errors import ValidationError
+
 
 class Ref:
     __slots__ = ("_run", "_task", "_path")
@@ -173,6 +175,41 @@ def find_refs(value: Any, out: list[Ref]) -> None:
     elif _is_instance_of_dataclass(value):
         for f in dataclasses.fields(value):
             find_refs(getattr(value, f.name, None), out)
+
+
+def find_refs_once(value: Any, out: list[Ref]) -> None:
+    """``find_refs`` for a value that holds itself (a list appended to itself, a dict that
+    is its own value): each container is walked once. ``find_refs`` recurses without
+    remembering where it has been (it is on every call's path), and such a value made it
+    raise ``RecursionError``; the caller tries this one then. A value that holds itself and
+    futures is refused: putting the futures' values in its place (``substitute``) would
+    have to rebuild the cycle."""
+    seen: set[int] = set()
+    cyclic = False
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is Ref:
+            out.append(v)
+            continue
+        if t in _CONTAINERS or isinstance(v, tuple) or _is_instance_of_dataclass(v):
+            if id(v) in seen:
+                cyclic = True
+                continue
+            seen.add(id(v))
+            if t is dict:
+                for k, x in reversed(list(v.items())):
+                    stack.append(x)
+                    stack.append(k)
+            elif t in _CONTAINERS or isinstance(v, tuple):
+                stack.extend(reversed(list(v)))
+            else:
+                stack.extend(reversed([getattr(v, f.name, None) for f in dataclasses.fields(v)]))
+    if cyclic and out:
+        raise ValidationError("an argument that holds itself (a list or dict that contains "
+                              "itself) cannot also hold futures of other calls: pass the "
+                              "futures apart from it")
 
 
 def _is_instance_of_dataclass(value: Any) -> bool:
