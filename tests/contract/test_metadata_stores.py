@@ -891,3 +891,32 @@ def test_database_url_resolution(tmp_path: Path) -> None:
         normalize_url("mysql://u@h/db")
     with pytest.raises(ConfigurationError):
         normalize_url("not a url")
+
+
+# -- session 22 review: bad input is a ValidationError and writes nothing ------------------
+
+def test_lone_surrogates_in_text_are_a_validation_error_and_write_nothing(sql_url: str) -> None:
+    """A bare ``UnicodeEncodeError`` leaked from SQLite and PostgreSQL (decision 0003: every
+    failure is a TwinGraphError). The memory store keeps text as it is given."""
+    store = SQLMetadataStore(sql_url, create=True)
+    store.write([RunRecord("r1", "p", RunState.RUNNING, created_at=1.0)])
+    for bad in ([LogRecord("r1", 2.0, "info", "file \udcff.csv")],
+                [RunUpdate("r1", RunState.FAILED, 3.0, error="bad \udcff")]):
+        with pytest.raises(ValidationError):
+            store.write(bad)
+    assert store.get_logs("r1") == []
+    assert store.get_run("r1").state is RunState.RUNNING
+    store.close()
+
+
+@pytest.mark.parametrize("t", [float("nan"), float("inf"), -float("inf")])
+def test_run_times_that_are_not_finite_are_refused(store: Any, t: float) -> None:
+    """NaN or infinity was accepted by PostgreSQL (SQLite took infinity), and ``runs list``
+    failed on that row for good."""
+    with pytest.raises(ValidationError):
+        store.write([RunRecord("r1", "p", RunState.RUNNING, created_at=t)])
+    assert store.get_run("r1") is None
+    store.write([RunRecord("r2", "p", RunState.RUNNING, created_at=1.0)])
+    with pytest.raises(ValidationError):
+        store.write([RunUpdate("r2", RunState.SUCCESS, t)])
+    assert store.get_run("r2").state is RunState.RUNNING

@@ -176,14 +176,16 @@ def test_isolated_specs_run_in_a_process_under_the_ceilings() -> None:
                                node_timeout=30)
         spec, _ = iso._spec_for(NodeDefinition("a", "op", [], {}), op, "operation", {})
         assert (spec.executor, spec.timeout) == ("process", 30.0)
-        assert {"MemoryLimitExceeded", "TaskTimeout", "ValidationError"} <= set(spec.retry_policy.never)
+        assert {"twingraph.errors.MemoryLimitExceeded", "twingraph.errors.TaskTimeout",
+                "twingraph.errors.ValidationError"} <= set(spec.retry_policy.never)
         spec, _ = iso._spec_for(NodeDefinition("b", "quick", [], {}), quick, "component", {})
         assert (spec.executor, spec.timeout) == ("process", 2.0)     # its own, shorter
         plain = DynamicScheduler(engine.results, ExecutionConfig(), engine=engine)
         spec, _ = plain._spec_for(NodeDefinition("a", "op", [], {}), op, "operation", {})
         assert (spec.executor, spec.timeout) == ("auto", 300.0)
         # in this process a timed-out node is abandoned: not retried beside itself
-        assert spec.retry_policy.never == ("ValidationError", "TaskTimeout")
+        assert spec.retry_policy.never == ("twingraph.errors.ValidationError",
+                                           "twingraph.errors.TaskTimeout")
         with pytest.raises(Exception, match="node_timeout"):
             DynamicScheduler(engine.results, engine=engine, node_timeout=0)
     finally:

@@ -108,7 +108,12 @@ def progress_line(p: dict[str, Any], elapsed: float) -> str:
 
 
 def ts(v: float | None) -> str:
-    return datetime.fromtimestamp(v).strftime("%Y-%m-%d %H:%M:%S") if v else "—"
+    if not v:
+        return "—"
+    try:
+        return datetime.fromtimestamp(v).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):     # a row written with an odd time
+        return repr(v)
 
 
 def dur(a: float | None, b: float | None) -> str:

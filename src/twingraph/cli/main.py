@@ -331,7 +331,10 @@ def runs_cancel(run_id: Annotated[str, typer.Argument(
     tasks become CANCELLED. For a run nobody will resume (a DAG run, or one given up); a run
     whose driver is alive is refused (stop it where it runs). A PENDING run (created over
     REST or by a schedule, not started) is cancelled as the server would."""
+    from twingraph.core.logtext import storable
     from twingraph.errors import ConflictError
+    if reason is not None:       # terminal bytes that are not UTF-8 decode to lone surrogates
+        reason = storable(reason)
     with _usage_errors():
         engine = _engine()
         rec = _resolve_run(engine.metadata, run_id)

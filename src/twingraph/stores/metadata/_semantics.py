@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -124,6 +125,15 @@ def superseded(epoch: int | None, driver_epoch: int | None) -> bool:
     run has been taken over from since (``claim_driver`` raised the run's ``driver_epoch``).
     None: an unconditional record."""
     return epoch is not None and (driver_epoch or 0) > epoch
+
+
+def check_times(what: str, run_id: str, *times: float | None) -> None:
+    """A run's times are finite numbers (or None): NaN or infinity was accepted by one
+    backend or the other, and every ``runs list`` failed on that row afterwards."""
+    for t in times:
+        if t is not None and not (type(t) in (int, float) and math.isfinite(t)):
+            raise ValidationError(f"{what} of run {run_id!r}: a time must be a finite number "
+                                  f"of seconds, got {t!r}")
 
 
 def run_update_fields(update: RunUpdate, started_at: float | None) -> dict[str, Any]:

@@ -139,6 +139,8 @@ class BatchWriter:
                         for pair in {(r.project, r.pipeline) for r in records}}
         rows = []
         for r in records:
+            sem.check_times("RunRecord", r.run_id, r.created_at, r.started_at, r.ended_at,
+                            r.heartbeat_at)
             row = dict(zip(_RUN_COLUMNS, _run_values(r)))
             row["state"] = sem.run_state(r.state).value
             row["pipeline_id"] = pipeline_ids[(r.project, r.pipeline)]
@@ -153,6 +155,7 @@ class BatchWriter:
 
     def _run_updates(self, records: list[RunUpdate], _stale: list[TaskKey]) -> None:
         for u in records:
+            sem.check_times("RunUpdate", u.run_id, u.at)
             query = select(runs.c.started_at, runs.c.driver_epoch).where(runs.c.run_id == u.run_id)
             if self.postgres:
                 query = query.with_for_update()
@@ -166,6 +169,7 @@ class BatchWriter:
 
     def _heartbeats(self, records: list[RunHeartbeat], _stale: list[TaskKey]) -> None:
         for hb in sem.last_wins(records, key=lambda r: r.run_id):
+            sem.check_times("RunHeartbeat", hb.run_id, hb.at)
             query = update(runs).where(runs.c.run_id == hb.run_id)
             if hb.epoch is not None:          # a taken-over driver's beat would look alive
                 query = query.where(runs.c.driver_epoch <= hb.epoch)

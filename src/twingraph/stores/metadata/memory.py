@@ -101,6 +101,8 @@ class MemoryMetadataStore:
 
     def _apply(self, rec: Record, undo: _Undo, stale: list[tuple[str, str]]) -> None:
         if isinstance(rec, RunRecord):
+            sem.check_times("RunRecord", rec.run_id, rec.created_at, rec.started_at,
+                            rec.ended_at, rec.heartbeat_at)
             self._ensure_project(rec.project, undo)
             run = replace(rec, state=sem.run_state(rec.state), params=sem.json_copy(rec.params),
                           config=sem.json_copy(rec.config), source=sem.json_copy(rec.source))
@@ -109,6 +111,7 @@ class MemoryMetadataStore:
                 if rec.run_id not in container:
                     undo.set(container, rec.run_id, {} if container is self._tasks else [])
         elif isinstance(rec, RunUpdate):
+            sem.check_times("RunUpdate", rec.run_id, rec.at)
             old_run = self._run(rec.run_id, "RunUpdate")
             if sem.superseded(rec.epoch, self._epochs.get(rec.run_id, 0)):
                 return             # a driver the run was taken over from: fenced off
@@ -116,6 +119,7 @@ class MemoryMetadataStore:
             fields["state"] = sem.run_state(fields["state"])
             undo.set(self._runs, rec.run_id, replace(old_run, **fields))
         elif isinstance(rec, RunHeartbeat):
+            sem.check_times("RunHeartbeat", rec.run_id, rec.at)
             old_run = self._run(rec.run_id, "RunHeartbeat")
             if not sem.superseded(rec.epoch, self._epochs.get(rec.run_id, 0)):
                 undo.set(self._runs, rec.run_id, replace(old_run, heartbeat_at=rec.at))

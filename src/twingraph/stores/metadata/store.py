@@ -395,6 +395,11 @@ def _translated() -> Iterator[None]:
         yield
     except TwinGraphError:
         raise
+    except UnicodeEncodeError as exc:       # raised by the driver as it binds the text
+        raise ValidationError(
+            "text that is not valid UTF-8 cannot be stored (a lone surrogate, as a file name "
+            f"or terminal input that is not UTF-8 decodes to): {exc}; escape it first "
+            "(twingraph.core.logtext.storable)") from exc
     except sa_exc.IntegrityError as exc:
         if _is_foreign_key_violation(exc):
             raise NotFoundError(

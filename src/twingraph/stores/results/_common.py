@@ -72,8 +72,19 @@ def as_views(data: Buffer | Sequence[Buffer]) -> tuple[list[Buffer], int]:
         mv = memoryview(b)
         if not mv.c_contiguous:
             raise StorageError("result data buffers must be C-contiguous")
+        if mv.format.lstrip("@=<>!|") == "O":
+            # a view of Python objects (a NumPy object array) holds pointers into this
+            # process: its bytes would mean nothing when read back
+            raise StorageError("result data must be bytes, not a buffer of Python objects "
+                               f"(format {mv.format!r}); encode the value first")
         if mv.format != "B" or mv.ndim != 1:
-            mv = mv.cast("B")
+            try:
+                mv = mv.cast("B")
+            except TypeError:          # zeros in its shape or strides: no bytes to view
+                if mv.nbytes:
+                    raise StorageError("result data buffer cannot be read as bytes "
+                                       f"(format {mv.format!r}, shape {mv.shape})") from None
+                mv = memoryview(b"")
         views.append(mv)
         total += mv.nbytes
     return views, total
