@@ -34,10 +34,19 @@ environment's business. Never hashed: ``id()``, memory addresses, ``repr()`` of 
 objects, set or dict iteration order, anything that depends on ``PYTHONHASHSEED``. An explicit
 ``version=`` on the component replaces all this.
 
+Also followed: what a user class's body reads (``METHODS = {"double": ops.double}``, ``scaler =
+DEFAULT_SCALER``: ``_class_reads``), what a decorated ``def`` reads when its decorator hides the
+function (``@np.vectorize``: ``_def_reads``, ``_decorated_function``), and a package's lazy
+submodule behind a PEP 562 ``__getattr__`` (``_lazy_submodule``; ``__getattr__`` itself is never
+called, its code counts for other lazy attributes). A module's source is read once per loaded
+module object (``_source_lines``): edited on disk but not reloaded, the version stays that of
+the code that runs.
+
 The result is not cached here (globals may be rebound between calls); callers compute it once
 per component (``Component.spec``, ``BaseComponent.spec``, the dynamic engine's per-run plan).
 What cannot change for a given object is cached by object identity: a code object's source and
-name scan, a class's source, a module source's statement index.
+name scan, a class's source, a module source's statement index. ``code_of_value`` caches a
+version by identity while every binding its walk read still holds (``_still``).
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ from collections.abc import Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
 _BUILTINS = vars(builtins)
+_MISSING: Any = object()        # a name found unbound
 _T = TypeVar("_T")
 
 
@@ -476,8 +486,7 @@ def _indexed_class_source(c: type) -> str | None:
     module = sys.modules.get(c.__module__)
     if not file or module is None:
         return None
-    linecache.checkcache(file)
-    lines = linecache.getlines(file, vars(module))
+    lines = _source_lines(file, vars(module))
     if not lines:
         return None
     cached = _CLASS_LINES.get(file)
@@ -560,7 +569,12 @@ class _Entry(NamedTuple):
 
 def _reads(s: ast.stmt) -> tuple[frozenset[str], frozenset[str]]:
     """The names and attribute names an assignment or a call statement reads (a def, a class
-    or an import reads none here: they are followed as what they bind)."""
+    or an import reads none here: they are followed as what they bind). A decorated def
+    reads what its decorators, defaults and body read: what it binds may be a library
+    object that hides the function (``@np.vectorize``: no ``__wrapped__``), so that the
+    function's globals (``CUTOFF``, ``relu``) are followed through its statement."""
+    if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)) and s.decorator_list:
+        return _def_reads(s)
     if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import,
                       ast.ImportFrom)):
         return frozenset(), frozenset()
@@ -606,12 +620,36 @@ def _registered(ns: dict[str, Any], name: str) -> list[str]:
     return out
 
 
+#: A loaded module's source lines, kept by its ``__spec__`` (replaced by a reload): (file, lines).
+_PINNED: _IdCache[tuple[str, list[str]]] = _IdCache()
+
+
+def _source_lines(file: str, ns: dict[str, Any]) -> list[str]:
+    """The lines of module ``ns``'s file as the walk first read them for this module object,
+    until the module is reloaded (``importlib.reload`` gives it a new ``__spec__``) or imported
+    anew. A file edited on disk while the process keeps running the code it loaded before (a
+    notebook, a server) must not change the version: the version would describe code that
+    does not run, and the old code's results would be stored under the new code's key (a
+    fresh process with the new code then hit them). Read from disk (``linecache``) when the
+    module has no spec (``__main__`` of a script) or was never read before: a file edited
+    between its import and the first version taken in the process is still read as edited."""
+    spec = ns.get("__spec__")
+    if spec is not None:
+        got = _PINNED.get(spec)
+        if got is not None and got[0] == file:
+            return got[1]
+    linecache.checkcache(file)
+    lines = linecache.getlines(file, ns)
+    if spec is not None and lines:
+        _PINNED.put(spec, (file, lines))
+    return lines
+
+
 def _module_index(ns: dict[str, Any]) -> dict[str, list[_Entry]] | None:
     file = ns.get("__file__")
     if not isinstance(file, str) or not file:
         return None
-    linecache.checkcache(file)
-    lines = linecache.getlines(file, ns)
+    lines = _source_lines(file, ns)
     if not lines:
         return None
     src = "".join(lines)
@@ -644,6 +682,98 @@ def _module_index(ns: dict[str, Any]) -> dict[str, list[_Entry]] | None:
             pass
     _INDEX_CACHE[key] = index
     return index
+
+
+def _def_reads(s: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[frozenset[str], frozenset[str]]:
+    """The global names (and attribute names) a def statement reads: its decorators, its
+    defaults and its body, less its parameters and the names it binds (unless declared
+    ``global``). Over-inclusion (a local named like a global) costs a miss, never a hit."""
+    names: set[str] = set()
+    stored: set[str] = set()
+    declared: set[str] = set()
+    attrs: set[str] = set()
+    a = s.args
+    for arg in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg):
+        if arg is not None:
+            stored.add(arg.arg)
+    for n in ast.walk(s):
+        if isinstance(n, ast.Name):
+            (names if isinstance(n.ctx, ast.Load) else stored).add(n.id)
+        elif isinstance(n, ast.Attribute):
+            attrs.add(n.attr)
+        elif isinstance(n, (ast.Global, ast.Nonlocal)):
+            declared.update(n.names)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
+                and n is not s:
+            stored.add(n.name)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            stored.update((al.asname or al.name).split(".")[0] for al in n.names)
+        elif isinstance(n, ast.arg):
+            stored.add(n.arg)           # a nested def's or lambda's parameters
+    return frozenset(names - (stored - declared)), frozenset(attrs)
+
+
+_CLASS_READS: _IdCache[tuple[tuple[str, ...], frozenset[str]]] = _IdCache()
+
+
+def _class_reads(c: type, source: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The names (sorted) and attribute names ``c``'s class statement reads when it runs: its
+    decorators, bases and keywords, and its body's statements outside method bodies (methods
+    are walked as functions; their decorators and defaults are read here). A nested class's
+    body is its own (walked as that class). Names the body binds are kept as well: a global
+    of the same name may be read before the binding (over-inclusion is a miss, never a hit)."""
+    got = _CLASS_READS.get(c)
+    if got is not None:
+        return got
+    names: set[str] = set()
+    attrs: set[str] = set()
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+        node = tree.body[0] if tree.body else None
+    except (SyntaxError, ValueError, RecursionError):
+        node = None
+    if isinstance(node, ast.ClassDef):
+        exprs: list[ast.AST] = [*node.decorator_list, *node.bases, *node.keywords]
+        stack: list[ast.stmt] = list(node.body)
+        while stack:
+            st = stack.pop()
+            if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                exprs.extend(st.decorator_list)
+                exprs.extend(st.args.defaults)
+                exprs.extend(d for d in st.args.kw_defaults if d is not None)
+            elif isinstance(st, ast.ClassDef):
+                exprs.extend((*st.decorator_list, *st.bases, *st.keywords))
+            elif isinstance(st, ast.AnnAssign):
+                # a field's annotation is not followed (``child: Node`` in every dataclass
+                # would pull the whole class graph in, as methods' annotations did)
+                if st.value is not None:
+                    exprs.append(st.value)
+            elif isinstance(st, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+                # statements holding statements (``if SLOW: steps = ...``): their tests and
+                # iterables here, their bodies (maybe defs) as statements
+                for x in (getattr(st, f) for f in st._fields):
+                    if isinstance(x, list) and x and isinstance(x[0], ast.stmt):
+                        stack.extend(x)
+                    elif isinstance(x, list) and x and isinstance(x[0], ast.excepthandler):
+                        for hd in x:
+                            if hd.type is not None:
+                                exprs.append(hd.type)
+                            stack.extend(hd.body)
+                    elif isinstance(x, ast.AST):
+                        exprs.append(x)
+                    elif isinstance(x, list):
+                        exprs.extend(y for y in x if isinstance(y, ast.AST))
+            else:
+                exprs.append(st)
+        for e in exprs:
+            for n in ast.walk(e):
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+                    names.add(n.id)
+                elif isinstance(n, ast.Attribute):
+                    attrs.add(n.attr)
+    got = (tuple(sorted(names)), frozenset(attrs))
+    _CLASS_READS.put(c, got)
+    return got
 
 
 class _Defined(NamedTuple):
@@ -711,6 +841,15 @@ class _Walk:
         # functions of the class whose version this is and of its user bases (``execute``)
         self.own_methods: set[int] = set()
         self.depth = 0
+        # (namespace, name) -> what the walk found bound there (``_MISSING``: nothing): the
+        # version holds while each is still bound to the same object (``_still``)
+        self.deps: dict[tuple[int, str], tuple[dict[str, Any], str, Any]] = {}
+
+    def lookup(self, ns: dict[str, Any], name: str) -> Any:
+        """``ns[name]`` (``_MISSING`` if unbound), recorded as something the version read."""
+        v = ns.get(name, _MISSING)
+        self.deps.setdefault((id(ns), name), (ns, name, v))
+        return v
 
     def put(self, *parts: str | bytes) -> None:
         self.h.update(_pack(*parts))
@@ -797,6 +936,10 @@ class _Walk:
             # a component, a pipeline, an lru_cache...: what it wraps is the code
             return _pack("wrapper", self.cls_ref(t), self.value(wrapped))
         found = self.defined(home) if home is not None else None
+        inner = _decorated_function(v, home) if home is not None else None
+        if inner is not None:
+            # a library decorator without ``__wrapped__`` (``@np.vectorize``: ``pyfunc``)
+            return _pack("decorated", self.cls_ref(t), self.value(inner), found or b"")
         return _pack("object", self.cls_ref(t), found or b"")
 
     def defined(self, home: tuple[dict[str, Any], str]) -> bytes | None:
@@ -816,8 +959,10 @@ class _Walk:
             parts = []
             reads = [*found.reads, *((home[0], d, frozenset()) for d in _registered(*home))]
             for ns, name, attrs in reads:
-                if name in ns and (ns is not home[0] or name != home[1]):
-                    parts.append(_pack(name, self.value(ns[name], attrs, (ns, name))))
+                if ns is not home[0] or name != home[1]:
+                    v = self.lookup(ns, name)
+                    if v is not _MISSING:
+                        parts.append(_pack(name, self.value(v, attrs, (ns, name))))
             return _pack(found.text, *parts)
         finally:
             self.open_defs.discard(key)
@@ -844,9 +989,20 @@ class _Walk:
         try:
             ns = vars(m)
             parts: list[bytes] = []
+            lazy = False
             for a in sorted(attrs):
-                if a in ns:
-                    parts.append(_pack(a, self.value(ns[a], attrs, (ns, a))))
+                v = self.lookup(ns, a)
+                if v is not _MISSING:
+                    parts.append(_pack(a, self.value(v, attrs, (ns, a))))
+                elif "__getattr__" in ns:
+                    sub = _lazy_submodule(m, a)
+                    if sub is not None:
+                        parts.append(_pack(a, "lazy-submodule", self.module(sub, attrs)))
+                    else:
+                        lazy = True
+            if lazy:        # attributes made by the module's __getattr__: its code counts
+                parts.append(_pack("__getattr__", self.value(
+                    self.lookup(ns, "__getattr__"), attrs, (ns, "__getattr__"))))
             return _pack("module", *parts)
         finally:
             self.open_modules.discard(key)
@@ -873,9 +1029,10 @@ class _Walk:
             # class (and a binding it was found at, which may be another container holding
             # it, a registry); what its default expression reads counts as well.
             for which, read, attrs in _default_reads(code, objects):
-                if read in g:
+                v = self.lookup(g, read)
+                if v is not _MISSING:
                     self.put("default-reads", str(which), read,
-                             self.value(g[read], names.attrs | attrs, (g, read)))
+                             self.value(v, names.attrs | attrs, (g, read)))
         for name, cell in zip(code.co_freevars, f.__closure__ or ()):
             try:
                 v = cell.cell_contents
@@ -885,8 +1042,9 @@ class _Walk:
             self.put("cell", name, self.value(
                 v, names.attrs, _home_of(v, g) if _is_user_object(v) else None))
         for name in sorted(names.globals):
-            if name in g:
-                self.put("global", name, self.value(g[name], names.attrs, (g, name)))
+            v = self.lookup(g, name)
+            if v is not _MISSING:
+                self.put("global", name, self.value(v, names.attrs, (g, name)))
             elif name not in _BUILTINS:
                 self.put("global", name, "<unbound>")
         for modname, level, fromlist in sorted(names.imports):
@@ -915,6 +1073,7 @@ class _Walk:
                 self.put("import", "." * level + modname, "<unresolved>")
                 return
         m = _import(name)
+        self.lookup(sys.modules, name)       # imported again (a new module): a new version
         if m is None:
             self.put("import", name, "<not importable>")
             return
@@ -946,6 +1105,19 @@ class _Walk:
                 # defined by the class source, when there is one
                 self.put("attr", name, _pack("data", data.digest,
                                              *(self.cls_ref(c) for c in data.classes)))
+        if source is not None:
+            # What the class body reads from its module, followed as a module-level
+            # statement's reads are: ``METHODS = {"double": ops.double}``, ``STEPS =
+            # (double,)``, ``RELU = functools.partial(relu)``, ``scaler = DEFAULT_SCALER``.
+            # The class source holds only the names; what they are is elsewhere.
+            m = sys.modules.get(c.__dict__.get("__module__", c.__module__))
+            if isinstance(m, types.ModuleType):
+                g = vars(m)
+                reads, attrs = _class_reads(c, source)
+                for name in reads:
+                    v = self.lookup(g, name)
+                    if v is not _MISSING and v is not c:
+                        self.put("class-reads", name, self.value(v, attrs, (g, name)))
 
     def drain(self) -> None:
         while self.todo:
@@ -1145,6 +1317,61 @@ def _named_in(text: str, g: dict[str, Any]) -> list[Any]:
     return out
 
 
+def _decorated_function(v: Any, home: tuple[dict[str, Any], str]) -> types.FunctionType | None:
+    """The user function a library decorator without ``__wrapped__`` keeps in its instance's
+    ``__dict__`` (``np.vectorize``'s ``pyfunc``, numba's ``py_func``...), told apart as the
+    function of that module whose qualified name is the binding's name (a module-level
+    ``def``). The value is asked nothing beyond its type: ``__dict__`` is read only through
+    the type's own ``__dict__`` slot (a proxy that forwards ``__dict__`` is not forced)."""
+    ns, name = home
+    modname = ns.get("__name__")
+    for k in type(v).__mro__:
+        slot = k.__dict__.get("__dict__")
+        if slot is None:
+            continue
+        if type(slot) is not types.GetSetDescriptorType:
+            return None
+        try:
+            d = slot.__get__(v, type(v))
+        except Exception:  # noqa: BLE001
+            return None
+        if type(d) is not dict:
+            return None
+        for x in list(d.values())[:64]:
+            if type(x) is types.FunctionType and x.__qualname__ == name \
+                    and x.__module__ == modname and _is_user_function(x):
+                return x
+        return None
+    return None
+
+
+def _lazy_submodule(m: types.ModuleType, attr: str) -> types.ModuleType | None:
+    """The submodule a package's PEP 562 ``__getattr__`` would give for ``attr``
+    (``lib.mathx`` read before anything imported it). The version never calls
+    ``__getattr__`` (it may load a model): a submodule already imported is taken from
+    ``sys.modules``; one not imported yet is imported only if the package has a submodule
+    file of that name (``find_spec``, which runs no package code): the lazy attribute the body
+    reads is that module, and importing it is what the first access does. Anything else is
+    None (the caller then counts the code of ``__getattr__``)."""
+    ns = vars(m)
+    name = ns.get("__name__")
+    if not isinstance(name, str) or not attr.isidentifier():
+        return None
+    full = f"{name}.{attr}"
+    sub = sys.modules.get(full)
+    if isinstance(sub, types.ModuleType):
+        return sub
+    if not ns.get("__path__"):
+        return None                     # not a package: no submodules
+    try:
+        spec = importlib.util.find_spec(full)
+    except Exception:  # noqa: BLE001 - ImportError, ValueError from odd packages
+        return None
+    if spec is None:
+        return None
+    return _import(full)
+
+
 def _wrapped(v: Any) -> Any:
     try:
         inner = inspect.getattr_static(v, "__wrapped__", None)
@@ -1170,6 +1397,14 @@ def code_version(fn: Any, *, values: bool = True) -> str:
     ``values=False``: mutable data met in closure cells and defaults (which have no defining
     statement) by type, not by value: what can change while the code stays the same (a list a
     closure fills as tasks run), for telling whether the code itself changed since."""
+    return _version(fn, values)[0]
+
+
+_Deps = tuple[tuple[dict[str, Any], str, Any], ...]
+
+
+def _version(fn: Any, values: bool = True) -> tuple[str, _Deps]:
+    """``code_version``, and the bindings it read (``_still`` tells whether they hold)."""
     # Unwrap components and library wrappers down to user code; a user function that wraps
     # another (a user decorator) is kept: its closure leads to the wrapped function anyway.
     target = fn
@@ -1198,10 +1433,20 @@ def code_version(fn: Any, *, values: bool = True) -> str:
     else:
         walk.put("root", walk.value(target))
     walk.drain()
-    return walk.h.hexdigest()[:16]
+    return walk.h.hexdigest()[:16], tuple(walk.deps.values())
 
 
-_VALUE_CODE: _IdCache[str] = _IdCache()
+def _still(deps: _Deps) -> bool:
+    """Whether every binding a version read is still bound to what it was then: an
+    ``importlib.reload`` of a module the walk read rebinds its functions and classes (new
+    objects), a notebook cell run again rebinds its names."""
+    for ns, name, v in deps:
+        if ns.get(name, _MISSING) is not v:
+            return False
+    return True
+
+
+_VALUE_CODE: _IdCache[tuple[str, _Deps]] = _IdCache()
 
 
 def code_of_value(value: Any) -> str | None:
@@ -1209,8 +1454,10 @@ def code_of_value(value: Any) -> str | None:
     or bound method's ``code_version`` (cloudpickle keys a module's function by its name only:
     editing it kept the key), and for an instance of a user class its class's (its methods
     are code the component may call). None for anything else. Cached by the object's
-    identity: the code an object runs is fixed once it exists (a reloaded module makes new
-    objects)."""
+    identity while the bindings its walk read are unchanged (``_still``): the object's own
+    code is fixed once it exists, but what it reaches through its globals is not
+    (``importlib.reload(helpers)``: ``helpers.h`` is a new function, and the version cached
+    for a ``g`` that calls it was a stale hit)."""
     t = type(value)
     if t is types.MethodType:
         return code_of_value(value.__func__)
@@ -1223,9 +1470,9 @@ def code_of_value(value: Any) -> str | None:
     else:
         return None
     got = _VALUE_CODE.get(target)
-    if got is None:
-        got = _VALUE_CODE.put(target, code_version(target))
-    return got
+    if got is None or not _still(got[1]):
+        got = _VALUE_CODE.put(target, _version(target))
+    return got[0]
 
 
 __all__ = ["code_version", "code_of_value"]

@@ -138,6 +138,21 @@ class BaseComponent(abc.ABC):
             return spec
         return self._spec
 
+    def refresh_version(self) -> None:
+        """Take the class's code version again (a run starting: ``Pipeline.run_with``), as
+        ``Component.refresh_version`` does: an instance made once at module level kept the
+        version of its first run for good, and after ``importlib.reload`` of a helper its
+        methods call, the old result was a stale hit. Only the code version is taken again:
+        ``config`` and the instance's attributes stay as they were read at its first use
+        (``spec``). ``code_version`` is cached while what it read still holds, so this costs
+        a check per run."""
+        spec = self._spec
+        if spec is None:
+            return
+        version = code_version(type(self))
+        if version != spec.code_version:
+            object.__setattr__(self, "_spec", dataclasses.replace(spec, code_version=version))
+
     @classmethod
     def class_spec(cls) -> ComponentSpec:
         """The class's definition without an instance's ``config``: what a pipeline whose body

@@ -93,7 +93,7 @@ class Pipeline:
         check_platform(engine, reachable)
         _check_called_inside(engine, reachable)
         for c in reachable:
-            if isinstance(c, Component):
+            if isinstance(c, (Component, BaseComponent)):
                 c.refresh_version()
         params = _params(self.fn, args, dict(kwargs), partial=resume is not None)
         source = self.source()
