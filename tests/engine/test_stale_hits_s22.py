@@ -341,3 +341,114 @@ def test_a_helper_edited_on_disk_but_not_reloaded_keeps_the_version_of_the_code_
     fresh = _run(root, tmp_path / "fresh_home")
     assert fresh == "[1, 3, 3]"
     assert _run(root, tmp_path / "home") == fresh
+
+
+# --- the review of these fixes (session 22, later) --------------------------------------------
+
+def test_a_function_of_a_module_edited_on_disk_keeps_the_text_it_was_loaded_from(
+        tmp_path, monkeypatch):
+    """The module's statements were pinned as loaded, but a function of it walked for the
+    first time after the edit was read from the edited file (``inspect.getsource``): the old
+    code's results went under the new text's key. Its version must equal what a process
+    that loaded the old text computes."""
+    from twingraph.core.codeversion import code_version
+    old = "def f(x):\n    return x + 1\n\ndef g(x):\n    return x + 100\n"
+    helpers = _module(tmp_path, monkeypatch, "s22_pinned_helpers", old)
+    try:
+        code_version(helpers.f)                                   # the module is read: pinned
+        (tmp_path / "s22_pinned_helpers.py").write_text(old.replace("x + 100", "x + 200"))
+        edited_unloaded = code_version(helpers.g)                 # the loaded g is the old one
+        (tmp_path / "s22_pinned_helpers.py").write_text(old)
+        fresh = subprocess.run(
+            [sys.executable, "-B", "-c", "import s22_pinned_helpers as h; "
+             "from twingraph.core.codeversion import code_version as v; print(v(h.g))"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT / 'src'}"))
+        assert fresh.returncode == 0, fresh.stderr
+        assert edited_unloaded == fresh.stdout.strip()
+    finally:
+        sys.modules.pop("s22_pinned_helpers", None)
+
+
+def test_a_lazy_packages_submodules_are_never_imported_by_a_version(tmp_path, monkeypatch):
+    """A PEP 562 package: a submodule named like an attribute the body reads on another
+    object (``subprocess.run`` and ``pkg/run.py``) was imported (its code ran: a script that
+    exits ended the run), and the version of a body that uses a lazy submodule depended on
+    whether it had been imported yet (a miss in the next run of the same process)."""
+    from twingraph.core.codeversion import code_version
+    pkg = tmp_path / "s22lazypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import importlib\n\n"
+        "def __getattr__(name):\n"
+        "    return importlib.import_module(f'{__name__}.{name}')\n")
+    (pkg / "run.py").write_text("raise SystemExit('s22lazypkg.run was imported')\n")
+    (pkg / "utils.py").write_text("def scale(x):\n    return x * 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    flow = _module(tmp_path, monkeypatch, "s22_lazy_flow",
+                   "import subprocess\nimport s22lazypkg\n\n"
+                   "def step(x):\n"
+                   "    subprocess.run(['true'])\n"
+                   "    return s22lazypkg.utils.scale(x)\n")
+    try:
+        before = code_version(flow.step)
+        assert "s22lazypkg.run" not in sys.modules and "s22lazypkg.utils" not in sys.modules
+        assert flow.step(2) == 4                            # the body imports utils now
+        assert code_version(flow.step) == before            # the same version, imported or not
+        (pkg / "utils.py").write_text("def scale(x):\n    return x * 3\n")
+        importlib.reload(sys.modules["s22lazypkg.utils"])
+        assert code_version(flow.step) != before            # its text counts
+    finally:
+        for name in ("s22_lazy_flow", "s22lazypkg", "s22lazypkg.utils", "s22lazypkg.run"):
+            sys.modules.pop(name, None)
+
+
+def test_a_class_components_memo_default_filled_between_runs_is_not_a_new_version(
+        engine, tmp_path, monkeypatch):
+    """``BaseComponent.refresh_version`` took the version with the values of mutable
+    defaults: a method's ``_memo={}`` filled by the first run made the second one miss."""
+    comps = _module(tmp_path, monkeypatch, "s22_memo_default",
+                    "from twingraph import BaseComponent\n\n"
+                    "class Lookup(BaseComponent):\n"
+                    "    def execute(self, x, _memo={}):\n"
+                    "        _memo[x] = x * 10\n"
+                    "        return _memo[x]\n\n"
+                    "LOOKUP = Lookup()\n")
+
+    @pipeline(name="s22_memo_default")
+    def p():
+        return comps.LOOKUP(x=4)
+
+    try:
+        statuses = []
+        for _ in range(3):
+            r = p.run(engine=engine)
+            assert r.value["outputs"]["result"] == 40
+            statuses.append([t.cache_status for t in engine.metadata.get_tasks(r.run_id)])
+        assert statuses == [["miss"], ["hit"], ["hit"]]
+    finally:
+        sys.modules.pop("s22_memo_default", None)
+
+
+def test_a_future_inside_an_ordered_dict_is_refused_not_keyed_without_its_producer(engine):
+    """Walked pair by pair, an OrderedDict holding a future was keyed while its producer had
+    no content hash yet, and the consumer got the future itself (a stale hit after the
+    producer's code changed). Such a future is refused with the reason, as before."""
+    from collections import OrderedDict
+
+    @component
+    def make_s22(x: int) -> int:
+        return x * 10
+
+    @component
+    def show_s22(weights) -> str:
+        return ",".join(f"{k}={v}" for k, v in weights.items())
+
+    @pipeline(name="s22_ordered_future")
+    def p():
+        return show_s22(weights=OrderedDict([("a", make_s22(x=1)["outputs"]["result"])]))
+
+    r = p.run(engine=engine)
+    assert r.error is not None
+    assert "future" in str(r.error) and "inside lists" in str(r.error)

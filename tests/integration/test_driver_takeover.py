@@ -53,7 +53,10 @@ def takeover():
 
 
 def _run_ids(home: Path) -> list[str]:
-    meta = SQLMetadataStore(f"sqlite:///{home / 'twingraph.db'}")
+    try:
+        meta = SQLMetadataStore(f"sqlite:///{home / 'twingraph.db'}")
+    except Exception:  # noqa: BLE001 - the driver has not created its schema yet
+        return []
     try:
         return [r.run_id for r in meta.list_runs()]
     finally:
@@ -71,7 +74,9 @@ def test_a_stalled_driver_whose_run_was_taken_over_stops_when_it_wakes(tmp_path)
                             stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
-        while not (side.exists() and "slow start" in side.read_text()):
+        # the task has started, and the run's row is written (records are written behind)
+        while not (side.exists() and "slow start" in side.read_text()
+                   and (home / "twingraph.db").exists() and _run_ids(home)):
             assert proc.poll() is None, proc.stdout.read()       # type: ignore[union-attr]
             assert time.monotonic() < deadline
             time.sleep(0.02)

@@ -36,9 +36,10 @@ objects, set or dict iteration order, anything that depends on ``PYTHONHASHSEED`
 
 Also followed: what a user class's body reads (``METHODS = {"double": ops.double}``, ``scaler =
 DEFAULT_SCALER``: ``_class_reads``), what a decorated ``def`` reads when its decorator hides the
-function (``@np.vectorize``: ``_def_reads``, ``_decorated_function``), and a package's lazy
-submodule behind a PEP 562 ``__getattr__`` (``_lazy_submodule``; ``__getattr__`` itself is never
-called, its code counts for other lazy attributes). A module's source is read once per loaded
+function (``@np.vectorize``: ``_def_reads``, ``_decorated_function``), and a package's
+submodules when the package makes attributes lazily (PEP 562 ``__getattr__``): by their files'
+text, imported or not, never importing them (``_submodule_text``; ``__getattr__`` itself is
+never called, its code counts for other lazy attributes). A module's source is read once per loaded
 module object (``_source_lines``): edited on disk but not reloaded, the version stays that of
 the code that runs.
 
@@ -59,6 +60,7 @@ import enum
 import functools
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import linecache
@@ -408,7 +410,14 @@ def _own_text(code: types.CodeType) -> bytes:
     if got is not None:
         return got
     try:
-        text = _without_decorators(inspect.getsource(code)).encode("utf-8", "surrogatepass")
+        lines = _PINNED_FILES.get(code.co_filename)
+        if lines is not None and 0 < code.co_firstlineno <= len(lines):
+            # the text its module was loaded from (``_source_lines``), not the file as it
+            # may have been edited since without a reload
+            src = "".join(inspect.getblock(lines[code.co_firstlineno - 1:]))
+        else:
+            src = inspect.getsource(code)
+        text = _without_decorators(src).encode("utf-8", "surrogatepass")
         if code.co_name == "<lambda>":
             text += b"\0" + _code_bytes(code, with_bytecode=False)
     except Exception:           # OSError, TypeError, IndexError from broken files...
@@ -624,6 +633,10 @@ def _registered(ns: dict[str, Any], name: str) -> list[str]:
 _PINNED: _IdCache[tuple[str, list[str]]] = _IdCache()
 
 
+#: file -> the lines its module was last loaded from, as ``_source_lines`` pinned them
+_PINNED_FILES: dict[str, list[str]] = {}
+
+
 def _source_lines(file: str, ns: dict[str, Any]) -> list[str]:
     """The lines of module ``ns``'s file as the walk first read them for this module object,
     until the module is reloaded (``importlib.reload`` gives it a new ``__spec__``) or imported
@@ -637,12 +650,19 @@ def _source_lines(file: str, ns: dict[str, Any]) -> list[str]:
     if spec is not None:
         got = _PINNED.get(spec)
         if got is not None and got[0] == file:
+            _PINNED_FILES[file] = got[1]     # the module object walked now is this one
             return got[1]
     linecache.checkcache(file)
     lines = linecache.getlines(file, ns)
     if spec is not None and lines:
         _PINNED.put(spec, (file, lines))
+        _PINNED_FILES[file] = lines     # for the text of its functions (``_own_text``)
     return lines
+
+
+#: id(lines) -> (lines, index): the index of a text already indexed, found without joining
+#: its lines again (a module of a thousand classes was joined once per class)
+_INDEX_BY_LINES: dict[int, tuple[list[str], dict[str, list[_Entry]]]] = {}
 
 
 def _module_index(ns: dict[str, Any]) -> dict[str, list[_Entry]] | None:
@@ -652,6 +672,9 @@ def _module_index(ns: dict[str, Any]) -> dict[str, list[_Entry]] | None:
     lines = _source_lines(file, ns)
     if not lines:
         return None
+    known = _INDEX_BY_LINES.get(id(lines))
+    if known is not None and known[0] is lines:     # the same text as last time: no join
+        return known[1]
     src = "".join(lines)
     entry = linecache.cache.get(file)
     if entry is not None and len(entry) == 4 and entry[2] is lines and entry[1] is not None:
@@ -660,6 +683,9 @@ def _module_index(ns: dict[str, Any]) -> dict[str, list[_Entry]] | None:
         key = (file, hashlib.sha256(src.encode("utf-8", "surrogatepass")).hexdigest())
     index = _INDEX_CACHE.get(key)
     if index is not None:
+        if len(_INDEX_BY_LINES) >= 256:
+            _INDEX_BY_LINES.clear()
+        _INDEX_BY_LINES[id(lines)] = (lines, index)
         return index
     try:
         tree = ast.parse(src)
@@ -681,6 +707,9 @@ def _module_index(ns: dict[str, Any]) -> dict[str, list[_Entry]] | None:
         except (RuntimeError, StopIteration, KeyError):    # another thread got there first
             pass
     _INDEX_CACHE[key] = index
+    if len(_INDEX_BY_LINES) >= 256:
+        _INDEX_BY_LINES.clear()
+    _INDEX_BY_LINES[id(lines)] = (lines, index)
     return index
 
 
@@ -833,6 +862,7 @@ class _Walk:
     def __init__(self, values: bool = True) -> None:
         self.h = hashlib.sha256()
         self.values = values                # mutable data with no definition: by value
+        self.class_reads_seen: dict[tuple[int, str, frozenset[str]], int] = {}
         self.ordinal: dict[int, int] = {}
         self.keep: list[Any] = []           # keeps ids stable while the walk lasts
         self.todo: deque[Any] = deque()
@@ -990,16 +1020,20 @@ class _Walk:
             ns = vars(m)
             parts: list[bytes] = []
             lazy = False
+            lazy_package = "__getattr__" in ns and bool(ns.get("__path__"))
             for a in sorted(attrs):
+                text = _submodule_text(m, a) if lazy_package else None
+                if text is not None:
+                    # A package that makes attributes lazily (PEP 562): its submodule counts
+                    # by its file's text, imported or not (the same version either way), and
+                    # is never imported here (importing runs its code).
+                    parts.append(_pack(a, "submodule-text", text))
+                    continue
                 v = self.lookup(ns, a)
                 if v is not _MISSING:
                     parts.append(_pack(a, self.value(v, attrs, (ns, a))))
                 elif "__getattr__" in ns:
-                    sub = _lazy_submodule(m, a)
-                    if sub is not None:
-                        parts.append(_pack(a, "lazy-submodule", self.module(sub, attrs)))
-                    else:
-                        lazy = True
+                    lazy = True
             if lazy:        # attributes made by the module's __getattr__: its code counts
                 parts.append(_pack("__getattr__", self.value(
                     self.lookup(ns, "__getattr__"), attrs, (ns, "__getattr__"))))
@@ -1011,6 +1045,10 @@ class _Walk:
         code = f.__code__
         names = _scan(code)
         g = f.__globals__
+        if g.get("__file__") == code.co_filename:
+            # its module's text as loaded, pinned (``_own_text`` reads it from there); once
+            # per module object: a reload gives a new spec, and the new text is pinned then
+            _source_lines(code.co_filename, g)
         self.put("F", str(self.ordinal[id(f)]), f.__qualname__, _own_text(code))
         objects: list[int | str] = []      # defaults that are user objects
 
@@ -1117,7 +1155,17 @@ class _Walk:
                 for name in reads:
                     v = self.lookup(g, name)
                     if v is not _MISSING and v is not c:
-                        self.put("class-reads", name, self.value(v, attrs, (g, name)))
+                        # Many classes of one module read the same names (a shared schema,
+                        # a helper): the first is packed in full, the others name it (the
+                        # walk's order is the same every time, and so are the ordinals).
+                        seen = self.class_reads_seen
+                        key = (id(g), name, attrs)
+                        first = seen.get(key)
+                        if first is None:
+                            seen[key] = len(seen)
+                            self.put("class-reads", name, self.value(v, attrs, (g, name)))
+                        else:
+                            self.put("class-reads-again", name, str(first))
 
     def drain(self) -> None:
         while self.todo:
@@ -1345,31 +1393,31 @@ def _decorated_function(v: Any, home: tuple[dict[str, Any], str]) -> types.Funct
     return None
 
 
-def _lazy_submodule(m: types.ModuleType, attr: str) -> types.ModuleType | None:
-    """The submodule a package's PEP 562 ``__getattr__`` would give for ``attr``
-    (``lib.mathx`` read before anything imported it). The version never calls
-    ``__getattr__`` (it may load a model): a submodule already imported is taken from
-    ``sys.modules``; one not imported yet is imported only if the package has a submodule
-    file of that name (``find_spec``, which runs no package code): the lazy attribute the body
-    reads is that module, and importing it is what the first access does. Anything else is
-    None (the caller then counts the code of ``__getattr__``)."""
-    ns = vars(m)
-    name = ns.get("__name__")
+def _submodule_text(m: types.ModuleType, attr: str) -> bytes | None:
+    """The source bytes of package ``m``'s submodule ``attr`` (``lib.mathx`` of a package
+    whose ``__getattr__`` imports it on first use), found without importing anything (the
+    path finder over the package's ``__path__``), or None if it has none of that name. The
+    body may read ``attr`` on another object (``subprocess.run``): a file ``run.py`` of the
+    package then counts too (a miss more, never its code run)."""
+    name = vars(m).get("__name__")
     if not isinstance(name, str) or not attr.isidentifier():
         return None
     full = f"{name}.{attr}"
     sub = sys.modules.get(full)
-    if isinstance(sub, types.ModuleType):
-        return sub
-    if not ns.get("__path__"):
-        return None                     # not a package: no submodules
+    origin = getattr(sub, "__file__", None) if isinstance(sub, types.ModuleType) else None
+    if origin is None:
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(full, list(vars(m)["__path__"]))
+        except Exception:  # noqa: BLE001 - odd path entries
+            return None
+        origin = getattr(spec, "origin", None) if spec is not None else None
+    if not isinstance(origin, str) or not origin.endswith(".py"):
+        return None
     try:
-        spec = importlib.util.find_spec(full)
-    except Exception:  # noqa: BLE001 - ImportError, ValueError from odd packages
+        with open(origin, "rb") as f:
+            return f.read()
+    except OSError:
         return None
-    if spec is None:
-        return None
-    return _import(full)
 
 
 def _wrapped(v: Any) -> Any:

@@ -256,6 +256,27 @@ def _unordered(value: Any, t: type, ref_type: type | None, ref_digest: Callable[
     return {"s" if t is set else "fs": sorted((d(v) for v in value), key=digest_json)}
 
 
+def _holds(value: Any, ref_type: type) -> bool:
+    """Whether a reference is anywhere inside ``value``'s containers (each walked once)."""
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is ref_type:
+            return True
+        if t is dict or t in _MAPPINGS:
+            if id(v) not in seen:
+                seen.add(id(v))
+                stack.extend(v.keys())
+                stack.extend(v.values())
+        elif t is list or t is tuple or t is set or t is frozenset or isinstance(v, tuple):
+            if id(v) not in seen:
+                seen.add(id(v))
+                stack.extend(v)
+    return False
+
+
 #: Mappings walked as (key, value) pairs, and the tag that keeps their type in the digest.
 _MAPPINGS: dict[type, str] = {dict: "kd", OrderedDict: "od", defaultdict: "dd", Counter: "ct"}
 _walking = threading.local()
@@ -278,6 +299,12 @@ def _pairs(value: Any, tag: str, ref_type: type | None, ref_digest: Callable[[An
     A cycle through such a mapping (one that holds itself, directly or through lists, dicts
     or objects) is walked once: met again, the outermost mapping walked is hashed whole by
     its pickle, as before (``_MappingCycle``; objects have the same rule in the engine)."""
+    if tag != "kd" and ref_type is not None and _holds(value, ref_type):
+        # The engine finds and resolves futures in lists, tuples, sets and plain dicts only
+        # (``refs.find_refs``): one inside an OrderedDict would reach the task unresolved, and
+        # its key would not follow its producer. Hashed whole, it is refused with the reason
+        # (``Engine.hash_value``), as before these mappings were walked.
+        return {"x": leaf_hash(value)}
     active: set[int] | None = getattr(_walking, "ids", None)
     top = active is None
     if active is None:

@@ -56,7 +56,7 @@ class _Name:
         return spec.name if spec is not None else resolve_name(type(obj), obj)
 
 
-_OWN = frozenset({"config", "_spec"})
+_OWN = frozenset({"config", "_spec", "_code_only"})
 
 
 def instance_state(obj: Any) -> dict[str, Any]:
@@ -72,6 +72,7 @@ class BaseComponent(abc.ABC):
     # Class-level defaults: a subclass whose ``__init__`` does not call ``super().__init__``
     # still works (it failed in a pipeline with "no attribute '_spec'").
     _spec: ComponentSpec | None = None
+    _code_only: str | None = None           # the class's version without values (refresh)
     if TYPE_CHECKING:
         name: ClassVar[str]             # a subclass may set it; else see ``resolve_name``
     else:
@@ -133,6 +134,7 @@ class BaseComponent(abc.ABC):
                 cfg["__attributes__"] = attributes
             spec = dataclasses.replace(draft, code_version=code_version(cls), config=cfg,
                                        parameters=parameters_of(cls.execute, skip_first=True))
+            object.__setattr__(self, "_code_only", code_version(cls, values=False))
             # Cached past a frozen dataclass's __setattr__ (it refused: FrozenInstanceError).
             object.__setattr__(self, "_spec", spec)
             return spec
@@ -144,11 +146,16 @@ class BaseComponent(abc.ABC):
         version of its first run for good, and after ``importlib.reload`` of a helper its
         methods call, the old result was a stale hit. Only the code version is taken again:
         ``config`` and the instance's attributes stay as they were read at its first use
-        (``spec``). ``code_version`` is cached while what it read still holds, so this costs
-        a check per run."""
+        (``spec``)."""
         spec = self._spec
         if spec is None:
             return
+        # Compared without the values of mutable defaults and closure cells first, as
+        # ``Component.refresh_version`` does: a memo dict a method fills is state, not code.
+        code_only = code_version(type(self), values=False)
+        if code_only == self._code_only:
+            return
+        object.__setattr__(self, "_code_only", code_only)
         version = code_version(type(self))
         if version != spec.code_version:
             object.__setattr__(self, "_spec", dataclasses.replace(spec, code_version=version))
