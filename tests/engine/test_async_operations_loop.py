@@ -178,3 +178,147 @@ def engine(tmp_path):
                  metadata=SQLMetadataStore(f"sqlite:///{tmp_path / 'm.db'}", create=True))
     yield eng
     eng.close()
+
+
+# -- the review of the loop change (session 22, later) -------------------------------------
+
+def _within(seconds: float, fn):
+    """``fn()`` on a thread; fails the test (instead of hanging it) if it has not returned."""
+    import threading
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    t.join(seconds)
+    assert out, f"did not return within {seconds} s (a deadlock)"
+    return out[0]
+
+
+async def _exits(deps, params):
+    await asyncio.sleep(0)
+    raise SystemExit(3)
+
+
+async def _fine(deps, params):
+    await asyncio.sleep(0.01)
+    return 42
+
+
+def test_system_exit_in_an_operation_fails_its_node_and_leaves_the_loop_serving(tmp_path):
+    """It ended the shared loop's thread, and every later async task of the process hung."""
+    with DynamicScheduler(SQLiteStorage(str(tmp_path / "r.db")),
+                          ExecutionConfig(max_retries=0, no_cache=True)) as s:
+        s.executor.register_operation("exits", _exits)
+        s.executor.register_operation("fine", _fine)
+        r = _within(20, lambda: s.run(DAGDefinition("d1", [N("a", "exits", [], {})])))
+        assert r.state.value == "FAILED"
+        assert "SystemExit" in s.node_results("d1")["a"].error_message
+        r = _within(20, lambda: s.run(DAGDefinition("d2", [N("b", "fine", [], {})])))
+        assert r.state.value == "SUCCESS"
+
+
+@component
+async def leaf_s22(x: int) -> int:
+    await asyncio.sleep(0.01)
+    return x + 1
+
+
+@pipeline(name="s22_child")
+def child_s22():
+    return leaf_s22(x=1)
+
+
+@component(timeout=10)
+async def runs_a_pipeline_s22(x: int) -> int:
+    r = child_s22.run()           # blocks the loop it runs on, and its child needs a loop
+    return r.value["outputs"]["result"] + x
+
+
+@pipeline(name="s22_parent")
+def parent_s22():
+    return runs_a_pipeline_s22(x=10)
+
+
+def test_an_async_component_that_runs_a_pipeline_does_not_deadlock(tmp_path):
+    """The child's coroutine waited for the shared loop its parent was blocking; after the
+    parent's timeout the loop stayed blocked for every later run. A coroutine that has not
+    started on a loop that has not ticked for ``BLOCKED_AFTER`` runs on a loop of its own."""
+    from twingraph.engine.engine import Engine
+    from twingraph.stores.metadata import SQLMetadataStore
+    eng = Engine(results=SQLiteStorage(str(tmp_path / "r.db")),
+                 metadata=SQLMetadataStore(f"sqlite:///{tmp_path / 'm.db'}", create=True))
+    try:
+        r = _within(30, lambda: parent_s22.run(engine=eng))
+        assert r.error is None, r.error
+        assert r.value["outputs"]["result"] == 12
+        r = _within(30, lambda: child_s22.run(engine=eng, no_cache=True))
+        assert r.error is None and r.value["outputs"]["result"] == 2
+    finally:
+        eng.close()
+
+
+def test_a_plain_function_wrapping_a_coroutine_function_runs_on_a_thread():
+    """``functools.wraps`` over an async function (what ``async_to_sync`` helpers do): the
+    unwrapped function was taken as the operation's and the wrapper called on the caller's
+    loop ("asyncio.run() cannot be called from a running event loop")."""
+    import functools
+
+    async def compute(deps, params):
+        await asyncio.sleep(0)
+        return 42
+
+    @functools.wraps(compute)
+    def blocking(deps, params):
+        return asyncio.run(compute(deps, params))
+
+    async def main():
+        ex = NodeExecutor()
+        ex.register_operation("blocking", blocking)
+        return await ex.execute_node(N("a", "blocking", [], {}))
+
+    r = asyncio.run(main())
+    assert r.status is NodeStatus.COMPLETED and r.result_data == 42, r.error_message
+
+
+def test_an_async_generator_of_a_submitted_dag_runs_on_the_callers_loop(tmp_path):
+    """It went to the shared loop, where a lock of the caller's loop never woke it."""
+    async def main():
+        lock = asyncio.Lock()
+        home = asyncio.get_running_loop()
+
+        async def gen(deps, params):
+            async with lock:
+                yield asyncio.get_running_loop() is home
+
+        with DynamicScheduler(SQLiteStorage(str(tmp_path / "r.db")),
+                              ExecutionConfig(max_retries=0, no_cache=True)) as s:
+            s.executor.register_operation("gen", gen)
+            async with lock:
+                await s.submit_dag(DAGDefinition("g", [N("a", "gen", [], {})]))
+                await asyncio.sleep(0.2)
+            result = await s.wait_for_completion("g", 10)
+            return result, s.node_results("g")["a"].result_data
+
+    result, data = asyncio.run(main())
+    assert result.state.value == "SUCCESS" and data == [True]
+
+
+@component
+async def logs_s22(x: int) -> int:
+    from twingraph import get_logger
+    get_logger().info("before await x=%s", x)
+    await asyncio.sleep(0)
+    get_logger().warning("after await x=%s", x)
+    return x
+
+
+@pipeline(name="s22_async_logs")
+def async_logs_s22():
+    return logs_s22(x=7)
+
+
+def test_what_an_async_component_logs_is_recorded_with_its_task(engine):
+    r = async_logs_s22.run(engine=engine)
+    assert r.error is None, r.error
+    lines = [(log.node_id, log.message) for log in engine.metadata.get_logs(r.run_id)]
+    assert ("logs_s22-0", "before await x=7") in lines
+    assert ("logs_s22-0", "after await x=7") in lines

@@ -8,8 +8,16 @@ one loop per process that every ``async def`` task body of the process shares (o
 ``twingraph-aio``). One loop, as an asyncio program has: a module-level ``asyncio.Semaphore``
 or client session that several operations use is bound to one loop, and a loop per task (as
 before session 22) failed the second task that touched it ("bound to a different event
-loop"). The task's own thread waits for the coroutine and watches its stop flag; a blocking
-call inside a coroutine holds up the loop's other coroutines, as in any asyncio program.
+loop"). The task's own thread waits for the coroutine and watches its stop flag.
+
+A coroutine that blocks the shared loop (a synchronous wait inside an ``async def``: running a
+pipeline or a DAG from it, a ``time.sleep``) would hold every other task body up, and a
+nested run would wait for a loop it is itself blocking. The loop ticks every ``TICK``
+seconds; while it has not ticked for ``BLOCKED_AFTER``, a coroutine that has not started on it
+yet runs on a loop of its own on a thread of its own instead (as every coroutine did before
+session 22). ``SystemExit`` and ``KeyboardInterrupt`` raised in a coroutine are raised in the
+task's thread, not in the loop's (they ended the loop's thread). Log lines a coroutine writes
+through ``get_logger()`` are its task's (``tasklog``: the task travels in a context variable).
 """
 
 from __future__ import annotations
@@ -18,50 +26,119 @@ import asyncio
 import concurrent.futures
 import os
 import threading
+import time
 from typing import Any
 
 from twingraph.core.stop import stop_requested
+from twingraph.engine import tasklog
 from twingraph.errors import NodeExecutionError
 
 #: Seconds between two looks at the stop flag of a running coroutine.
 STOP_POLL = 0.05
+#: Seconds between two ticks of the shared loop, and how long without one means it is blocked.
+TICK = 0.05
+BLOCKED_AFTER = 0.5
+
+
+class _Shared:
+    """This process's loop for ``async def`` task bodies, on a daemon thread of its own."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.last_tick = time.monotonic()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, args=(ready,), name="twingraph-aio",
+                                       daemon=True)
+        self.thread.start()
+        ready.wait()
+
+    def _serve(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(ready.set)
+        self.loop.call_soon(self._tick)
+        self.loop.run_forever()
+
+    def _tick(self) -> None:
+        self.last_tick = time.monotonic()
+        self.loop.call_later(TICK, self._tick)
+
+    def usable(self) -> bool:
+        return self.pid == os.getpid() and self.thread.is_alive() and not self.loop.is_closed()
+
+    def blocked(self) -> bool:
+        return time.monotonic() - self.last_tick > BLOCKED_AFTER
+
 
 _lock = threading.Lock()
-_shared: tuple[int, asyncio.AbstractEventLoop] | None = None     # (pid, loop)
+_shared: _Shared | None = None
 
 
 def shared_loop() -> asyncio.AbstractEventLoop:
     """This process's loop for ``async def`` task bodies, started on first use (a worker
     process forked from a parent that had one starts its own: the thread did not come along)."""
+    return _the_shared().loop
+
+
+def _the_shared() -> _Shared:
     global _shared
     with _lock:
-        if _shared is None or _shared[0] != os.getpid() or _shared[1].is_closed():
-            loop = asyncio.new_event_loop()
-            ready = threading.Event()
-
-            def serve() -> None:
-                asyncio.set_event_loop(loop)
-                loop.call_soon(ready.set)
-                loop.run_forever()
-
-            threading.Thread(target=serve, name="twingraph-aio", daemon=True).start()
-            ready.wait()
-            _shared = (os.getpid(), loop)
-        return _shared[1]
+        if _shared is None or not _shared.usable():
+            _shared = _Shared()
+        return _shared
 
 
 def run_awaitable(aw: Any, loop: asyncio.AbstractEventLoop | None = None) -> Any:
-    """The value of awaiting ``aw`` on ``loop`` (a DAG's submitter's loop), or on this
-    process's shared loop, waited for on this thread. Called on a loop's own thread (a
-    coroutine that calls a component plainly), it runs on a new loop of its own on a thread
-    of its own: that loop cannot wait for itself."""
-    home = loop if loop is not None and loop.is_running() else shared_loop()
-    if _on_thread_of(home):
-        return _on_a_thread_of_its_own(aw)
-    fut = asyncio.run_coroutine_threadsafe(_awaited(aw), home)
+    """The value of awaiting ``aw`` on ``loop`` (a DAG's submitter's loop) while it runs, or
+    on this process's shared loop, waited for on this thread (module docstring)."""
+    owner = tasklog.current()
+    if loop is not None and loop.is_running() and not _on_thread_of(loop):
+        return _wait(aw, owner, loop, None)
+    shared = _the_shared()
+    if _on_thread_of(shared.loop) or shared.blocked():
+        return _own_loop(aw, owner)
+    return _wait(aw, owner, shared.loop, shared)
+
+
+class _Claim:
+    """Whoever takes it first runs the coroutine: the loop it was handed to, or (the loop
+    being blocked, it had not started there) a loop of its own."""
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        return self._lock.acquire(blocking=False)
+
+
+class _Raised:
+    """``SystemExit`` / ``KeyboardInterrupt`` from a coroutine, raised on the task's thread."""
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_SKIPPED = object()
+
+
+async def _claimed(aw: Any, claim: _Claim, owner: Any) -> Any:
+    if not claim.take():
+        return _SKIPPED               # it runs on a loop of its own (this loop was blocked)
+    tasklog.set_context(owner)
+    try:
+        return await aw
+    except (SystemExit, KeyboardInterrupt) as exc:
+        return _Raised(exc)
+
+
+def _wait(aw: Any, owner: Any, loop: asyncio.AbstractEventLoop, shared: _Shared | None) -> Any:
+    claim = _Claim()
+    fut = asyncio.run_coroutine_threadsafe(_claimed(aw, claim, owner), loop)
     while True:
         try:
-            return fut.result(timeout=STOP_POLL)
+            return _value(fut.result(timeout=STOP_POLL))
         except concurrent.futures.TimeoutError:
             pass
         except concurrent.futures.CancelledError:
@@ -71,19 +148,56 @@ def run_awaitable(aw: Any, loop: asyncio.AbstractEventLoop | None = None) -> Any
                                      error_type="Abandoned") from None
         if stop_requested():
             fut.cancel()           # the coroutine is cancelled on its loop
-            raise NodeExecutionError("cancelled: the node was abandoned (timed out or stopped)",
-                                     error_type="Abandoned")
-        if home is not loop or home.is_running():
+            raise _abandoned()
+        if shared is not None:
+            if shared.blocked() and claim.take():
+                fut.cancel()
+                return _own_loop(aw, owner)
             continue
-        # The submitter's loop stopped before the coroutine ended (a second ``asyncio.run``
-        # will not resume it): nothing will finish it.
-        fut.cancel()
-        raise NodeExecutionError("cancelled: the event loop the DAG was submitted from "
-                                 "stopped while this node ran", error_type="Abandoned")
+        if not loop.is_running():
+            # The submitter's loop stopped before the coroutine ended (a second
+            # ``asyncio.run`` will not resume it): nothing will finish it.
+            fut.cancel()
+            raise NodeExecutionError("cancelled: the event loop the DAG was submitted from "
+                                     "stopped while this node ran", error_type="Abandoned")
 
 
-async def _awaited(aw: Any) -> Any:
-    return await aw
+def _own_loop(aw: Any, owner: Any) -> Any:
+    """Await ``aw`` on a new loop on a thread of its own, watching this thread's stop flag."""
+    loop = asyncio.new_event_loop()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    t = threading.Thread(target=serve, name="twingraph-aio-own", daemon=True)
+    t.start()
+    try:
+        fut = asyncio.run_coroutine_threadsafe(_claimed(aw, _Claim(), owner), loop)
+        while True:
+            try:
+                return _value(fut.result(timeout=STOP_POLL))
+            except concurrent.futures.TimeoutError:
+                pass
+            if stop_requested():
+                fut.cancel()
+                raise _abandoned()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)     # after the cancellation, if there was one
+
+
+def _value(out: Any) -> Any:
+    if type(out) is _Raised:
+        raise out.exc
+    return out
+
+
+def _abandoned() -> NodeExecutionError:
+    return NodeExecutionError("cancelled: the node was abandoned (timed out or stopped)",
+                              error_type="Abandoned")
 
 
 def _on_thread_of(loop: asyncio.AbstractEventLoop) -> bool:
@@ -91,24 +205,6 @@ def _on_thread_of(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
-
-
-def _on_a_thread_of_its_own(aw: Any) -> Any:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append((True, asyncio.run(_awaited(aw))))
-        except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
-            out.append((False, exc))
-
-    t = threading.Thread(target=run, name="twingraph-aio-nested", daemon=True)
-    t.start()
-    t.join()
-    ok, value = out[0]
-    if not ok:
-        raise value
-    return value
 
 
 __all__ = ["run_awaitable", "shared_loop", "STOP_POLL"]

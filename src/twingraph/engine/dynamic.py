@@ -355,20 +355,25 @@ def _call_node(fn: Any, style: str, arguments: Any, parameters: Mapping[str, Any
     """Call a node's operation; an ``async def`` operation is awaited on ``loop`` (the loop
     the DAG was submitted from) or on the process's loop for them (``engine.awaiting``)."""
     out = _invoke(fn, style, arguments, parameters, values)
-    if style == "operation" and type(out) not in _PLAIN and inspect.isawaitable(out):
-        out = run_awaitable(out, loop)
+    if style == "operation" and type(out) not in _PLAIN:
+        if type(out) is AsyncGeneratorType:     # on the same loop as a coroutine would be
+            out = run_awaitable(_items(out), loop)
+        elif inspect.isawaitable(out):
+            out = run_awaitable(out, loop)
     return out
+
+
+async def _items(agen: Any) -> list[Any]:
+    return [x async for x in agen]
 
 
 def _is_async(fn: Any, style: str) -> bool:
     """Whether calling the node gives a coroutine or an async generator to await."""
     if isinstance(fn, type):
         return False
+    # Not unwrapped: a plain function that wraps a coroutine function (``functools.wraps``
+    # over ``asyncio.run(...)``, asgiref's ``async_to_sync``) blocks, and runs on a thread.
     target = fn if style == "operation" else (getattr(fn, "fn", None) or fn)
-    try:
-        target = inspect.unwrap(target)
-    except ValueError:                    # a __wrapped__ cycle
-        pass
     return inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)
 
 
@@ -408,6 +413,8 @@ class _OpCall:
         out = _call_node(self.fn, self.style, arguments, parameters, values)
         if type(out) is CoroutineType:
             return run_awaitable(out, self.loop)
+        if type(out) is AsyncGeneratorType:
+            return run_awaitable(_items(out), self.loop)
         return out
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -12,6 +12,7 @@ in another interpreter: the worker forwards each record over its pipe as it is e
 from __future__ import annotations
 
 import logging
+import contextvars
 import threading
 from typing import Any
 
@@ -19,10 +20,19 @@ from twingraph.core.logtext import LOGGER_NAME, message_of
 from twingraph.core.records import LogRecord
 
 _ctx = threading.local()
+#: The task of a coroutine awaited on a loop's thread (``engine.awaiting``): it runs on that
+#: thread, not on its task's, and each asyncio task has a context of its own.
+_in_coroutine: contextvars.ContextVar[Any] = contextvars.ContextVar("twingraph_task",
+                                                                    default=None)
 
 
 def current() -> Any:
     return getattr(_ctx, "task", None)
+
+
+def set_context(value: Any) -> None:
+    """The task the running coroutine (and what it logs) belongs to."""
+    _in_coroutine.set(value)
 
 
 def set_current(value: Any) -> Any:
@@ -35,7 +45,9 @@ class _Capture(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         cur = getattr(_ctx, "task", None)
         if cur is None:
-            return
+            cur = _in_coroutine.get()
+            if cur is None:
+                return
         loop, node_id = cur
         loop.logs.append(LogRecord(loop.run_id, record.created, record.levelname.lower(),
                                    message_of(record), node_id))
