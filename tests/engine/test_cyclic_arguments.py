@@ -55,3 +55,62 @@ def test_an_argument_that_holds_itself_and_a_future_is_refused_with_the_reason(e
     r = holds_itself_and_a_future.run(engine=engine)
     assert r.error is not None
     assert "holds itself" in str(r.error) and "RecursionError" not in str(r.error)
+
+
+@component
+def combine(n: int, graph) -> int:
+    return n + len(graph)
+
+
+@pipeline(name="future_apart_from_a_cycle")
+def future_apart_from_a_cycle():
+    g: list = [1, 2]
+    g.append(g)
+    return combine(n=three()["outputs"]["result"], graph=g)
+
+
+def test_a_future_passed_apart_from_an_argument_that_holds_itself_is_accepted(engine):
+    """The check counted the futures of the call's earlier arguments as the cyclic one's."""
+    r = future_apart_from_a_cycle.run(engine=engine)
+    assert r.error is None, r.error
+    assert r.value["outputs"]["result"] == 6
+
+
+def test_a_cyclic_argument_is_keyed_with_the_code_of_its_objects_classes(
+        engine, tmp_path, monkeypatch):
+    """Keyed by its pickle alone, a cyclic argument kept its key when the class of the
+    objects in it was edited (a pickle names a class, not its code): the old result."""
+    import importlib
+    import sys
+    monkeypatch.syspath_prepend(str(tmp_path))
+    src = ("import dataclasses\n\n@dataclasses.dataclass(eq=False)\n"
+           "class Node:\n    name: str\n    other: object = None\n\n"
+           "    def label(self):\n        return 'v1-' + self.name\n")
+    (tmp_path / "s22_cyc_nodes.py").write_text(src)
+    importlib.invalidate_caches()
+    nodes = importlib.import_module("s22_cyc_nodes")
+
+    @component
+    def labels_s22(pair) -> list:
+        return [n.label() for n in pair[:2]]
+
+    @pipeline(name="s22_cyclic_nodes")
+    def p():
+        a, b = nodes.Node("a"), nodes.Node("b")
+        a.other, b.other = b, a
+        pair: list = [a, b]
+        pair.append(pair)                       # a list that holds itself, and two objects
+        return labels_s22(pair=pair)
+
+    try:
+        r = p.run(engine=engine)
+        assert r.error is None, r.error
+        assert r.value["outputs"]["result"] == ["v1-a", "v1-b"]
+        (tmp_path / "s22_cyc_nodes.py").write_text(src.replace("'v1-'", "'v2-'"))
+        importlib.invalidate_caches()
+        importlib.reload(nodes)
+        r = p.run(engine=engine)
+        assert r.error is None, r.error
+        assert r.value["outputs"]["result"] == ["v2-a", "v2-b"]
+    finally:
+        sys.modules.pop("s22_cyc_nodes", None)

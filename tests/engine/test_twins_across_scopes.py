@@ -131,3 +131,40 @@ def test_twins_in_the_same_pipeline_still_follow_each_other(engine, tmp_path):
     r = same_scope_twins.run(engine=engine)
     assert r.value == ["ConnectionError", "ConnectionError"]
     assert COUNTER["path"].read_text() == "1"
+
+
+@component
+def load_shared(name: str) -> str:
+    p = COUNTER["path"]
+    n = int(p.read_text()) if p.exists() else 0
+    p.write_text(str(n + 1))
+    time.sleep(0.2)
+    raise ValueError(f"no config {name}")
+
+
+@pipeline(name="part_s22", max_parallel=2)          # no error handler or timeout of its own
+def part_s22(i: int):
+    return load_shared(name="shared")
+
+
+def test_a_failed_twin_is_followed_under_the_same_error_rules_however_many_calls(
+        engine, tmp_path):
+    """Each call of a nested pipeline is a scope of its own: a failed twin was computed
+    again once per call (5 executions, 10 with a retry policy), though none had rules of its
+    own that could change the outcome."""
+    COUNTER["path"] = tmp_path / "count"
+
+    @pipeline(name="parts_parallel_s22", error_handler="continue")
+    def parts_parallel():
+        calls = [part_s22(i) for i in range(5)]
+        out = []
+        for c in calls:
+            try:
+                out.append(c.result())
+            except Exception as e:  # noqa: BLE001
+                out.append(type(e).__name__)
+        return out
+
+    r = parts_parallel.run(engine=engine)
+    assert len(r.value) == 5 and all(isinstance(v, str) for v in r.value), r.value
+    assert COUNTER["path"].read_text() == "1"

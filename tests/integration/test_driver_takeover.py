@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from twingraph import component, pipeline
 from twingraph.core.states import RunState
 from twingraph.engine.engine import Engine
@@ -34,7 +36,7 @@ def mark(s):
     with SIDE.open("a") as f:
         f.write(s + "\\n")
 
-@component
+@component(executor=os.environ.get("TG_EXECUTOR", "thread"))
 def slow() -> str:
     mark("slow start")
     time.sleep(float(os.environ.get("TG_SLEEP", "3")))
@@ -63,11 +65,15 @@ def _run_ids(home: Path) -> list[str]:
         meta.close()
 
 
-def test_a_stalled_driver_whose_run_was_taken_over_stops_when_it_wakes(tmp_path):
+@pytest.mark.parametrize("executor", ["thread", "inline"])
+def test_a_stalled_driver_whose_run_was_taken_over_stops_when_it_wakes(tmp_path, executor):
+    """``inline``: the call returns on the loop's own thread after the stall, and went
+    straight on to start what depends on it (review): it is checked there too."""
     (tmp_path / "p.py").write_text(PIPELINE)
     side = tmp_path / "side"
     home = tmp_path / "home"
-    env = dict(os.environ, TWINGRAPH_HOME=str(home), TG_SIDE=str(side), TG_SLEEP="2")
+    env = dict(os.environ, TWINGRAPH_HOME=str(home), TG_SIDE=str(side), TG_SLEEP="2",
+               TG_EXECUTOR=executor)
     env.pop("TWINGRAPH_DATABASE_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "twingraph", "run", str(tmp_path / "p.py"),
                              "--no-progress"], env=env, stdout=subprocess.PIPE,

@@ -196,6 +196,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         self._done_count = 0           # tasks that ran and finished (``_done_times``'s, all)
         self._first_start: float | None = None   # when the first task started (the ETA's rate)
         self._last_heartbeat = 0.0
+        self._alive_at = 0.0        # when this loop last knew the run was its own (stalls)
         self._hand_over_due = 0.0         # next hand-over of a busy loop (``run_forever``)
         self.started_at = self.clock.monotonic()
         if options.timeout:
@@ -209,6 +210,8 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
     def run_forever(self) -> None:
         get, submitted = self.inbox.get, self.submitted
         moved = False
+        if not self._alive_at:
+            self._alive_at = self.clock.monotonic()
         try:
             taken = self._taken_over
             if taken is not None:       # this thread took over from one stuck in a call
@@ -234,8 +237,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                         except queue.Empty:
                             ev = None
                     self.sleeping = False
-                if self.clock.monotonic() - self._last_heartbeat >= STALLED_AFTER \
-                        and self._last_heartbeat:
+                if self._stalled():
                     self._check_still_driver()
                 while ev is not None:
                     self._handle(ev)
@@ -266,6 +268,20 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
             if not moved:
                 self._end_of_loop()
 
+    def _taken_over_meanwhile(self) -> bool:
+        """After an inline call (this thread ran nothing else meanwhile, so nothing checked
+        since the turn began): if the loop went ``STALLED_AFTER`` without a heartbeat (the
+        process was stopped during the call, or between calls of one long turn), whether
+        another driver took the run over meanwhile; then the run is stopped, the task
+        cancelled with it, before what depends on it starts."""
+        if self._stalled():
+            self._check_still_driver()
+        return self.taken_over is not None
+
+    def _stalled(self) -> bool:
+        return self.clock.monotonic() - max(self._last_heartbeat, self._alive_at) \
+            >= STALLED_AFTER
+
     def _check_still_driver(self) -> None:
         """This loop went without a heartbeat for ``STALLED_AFTER`` (the process was stopped,
         the VM paused): another driver may have taken the run over meanwhile (``run
@@ -273,7 +289,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         at once, before a result that came in meanwhile is handled and starts what depends on
         it: taken over, the run stops here (its tasks ran twice otherwise, and this process
         reported an end of its own). The heartbeat thread asks after every beat too."""
-        self._last_heartbeat = self.clock.monotonic()
+        self._alive_at = self.clock.monotonic()
         current = getattr(self.engine.metadata, "driver_epoch", None)
         if current is None or self.taken_over is not None:
             return
@@ -284,6 +300,8 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         if now is not None and now > self.epoch:
             self.taken_over = now
             self._stop("cancelled", taken_over_message(self.epoch, now))
+            return
+        self._last_heartbeat = self._alive_at
         self.engine.heartbeats.beat(self.run_id, self.clock.now(), self.epoch)
 
     def _end_of_loop(self) -> None:
@@ -993,6 +1011,10 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                                                    (arguments, parameters, values), _EMPTY)
         finally:
             ctx.task = prev
+        if self._taken_over_meanwhile() and task.state in TERMINAL:
+            # cancelled as the run stopped (never RUNNING on this path: not counted off)
+            self.running -= 1
+            return True
         if took > spec.timeout:
             value, error = None, TaskTimeout(task.node_id, spec.timeout, killed=False,
                                              inline=True)
@@ -1206,6 +1228,14 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
 
     def _complete(self, task: Task, fence: int, ok: bool, value: Any, error: Any,
                   duration: float) -> None:
+        if task.mode == "inline":
+            was_running = task.state is RUNNING
+            if self._taken_over_meanwhile() and task.state in TERMINAL:
+                # cancelled as the run stopped: its result is not this run's (a task that was
+                # not RUNNING, as inline ones without listeners are not, is counted off here)
+                if not was_running:
+                    self.running -= 1
+                return
         self.running -= 1
         if task.scope is not None:
             self._scope_stopped(task)

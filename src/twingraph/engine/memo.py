@@ -38,6 +38,7 @@ class MemoSide:
     _after_failure: Callable[[Task], None]
     _skip_downstream: Callable[[Task], None]
     stopping: str | None
+    _handler_of: Callable[[Any], tuple[str, Mapping[str, Any]]]
 
     def _on_ready(self, task: Task) -> bool:
         """Key a task whose inputs are complete. Returns True if its key must be looked up in
@@ -197,7 +198,11 @@ class MemoSide:
         the twin ended by that pipeline's rules (its timeout, its 'fail', its retry policy),
         which are not the rules of the pipeline ``task`` was called in."""
         if twin.state is not SUCCESS and task.scope is not twin.scope and not self.stopping \
-                and (task.scope is None or all(s.ended is None for s in task.scope.chain())):
+                and (task.scope is None or all(s.ended is None for s in task.scope.chain())) \
+                and not (twin.state is FAILED
+                         and self._handler_of(task.scope) == self._handler_of(twin.scope)):
+            # (a failure under the same error handler and retry rules would fail the same
+            # way again: followed, however many calls of a nested pipeline made it)
             key = task.cache_key
             assert key is not None            # keyed in _on_ready: that is how it met its twin
             again = self.by_key.get(key)      # already computed anew for another
@@ -253,11 +258,44 @@ def declared_key(engine: Any, task: Task) -> str:
 def _cyclic_digest(value: Any, leaf: Callable[[Any], str]) -> Any:
     """One argument's digest when walking them recursed for ever: its own digest, or, for
     the one that holds itself, the hash of its pickle (which keeps cycles; it holds no
-    futures: ``refs.find_refs_once`` refused those)."""
+    futures: ``refs.find_refs_once`` refused those) with the code of the classes of the
+    objects inside it (a pickle names a class, not its code: an edit of ``Node.label`` kept
+    the key of a ``Node`` that points at itself)."""
     try:
         return digest_value(value, Ref, _ref_digest, leaf)
     except RecursionError:
-        return {"x": leaf(value)}
+        return {"x": leaf(value), "c": sorted({leaf(t) for t in _classes_within(value)})}
+
+
+_BUILT_IN = frozenset({list, tuple, dict, set, frozenset, str, bytes, bytearray, int, float,
+                       bool, complex, type(None)})
+
+
+def _classes_within(value: Any, limit: int = 100_000) -> set[type]:
+    """The classes (other than built-in ones) of the objects inside ``value``: its containers'
+    items, dataclass fields and instance attributes, each object met once (at most
+    ``limit`` objects)."""
+    out: set[type] = set()
+    seen: set[int] = set()
+    stack = [value]
+    while stack and len(seen) < limit:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        t = type(v)
+        if t not in _BUILT_IN:
+            out.add(t)
+        if t is dict or isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            stack.extend(v)
+        elif t not in _BUILT_IN:
+            attrs = getattr(v, "__dict__", None)
+            if type(attrs) is dict:
+                stack.extend(attrs.values())
+    return out
 
 
 def _names_digest(arguments: Any, leaf: Callable[[Any], str]) -> Any:

@@ -183,30 +183,43 @@ def find_refs_once(value: Any, out: list[Ref]) -> None:
     remembering where it has been (it is on every call's path), and such a value made it
     raise ``RecursionError``; the caller tries this one then. A value that holds itself and
     futures is refused: putting the futures' values in its place (``substitute``) would
-    have to rebuild the cycle."""
-    seen: set[int] = set()
+    have to rebuild the cycle. (A container met again on another branch is shared, not a
+    cycle: only one met again inside itself is.)"""
+    found = len(out)
+    on_path: set[int] = set()
+    done: set[int] = set()
     cyclic = False
-    stack = [value]
+    stack: list[tuple[Any, bool]] = [(value, False)]
     while stack:
-        v = stack.pop()
+        v, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(v))
+            done.add(id(v))
+            continue
         t = type(v)
         if t is Ref:
             out.append(v)
             continue
-        if t in _CONTAINERS or isinstance(v, tuple) or _is_instance_of_dataclass(v):
-            if id(v) in seen:
-                cyclic = True
-                continue
-            seen.add(id(v))
-            if t is dict:
-                for k, x in reversed(list(v.items())):
-                    stack.append(x)
-                    stack.append(k)
-            elif t in _CONTAINERS or isinstance(v, tuple):
-                stack.extend(reversed(list(v)))
-            else:
-                stack.extend(reversed([getattr(v, f.name, None) for f in dataclasses.fields(v)]))
-    if cyclic and out:
+        if not (t in _CONTAINERS or isinstance(v, tuple) or _is_instance_of_dataclass(v)):
+            continue
+        if id(v) in on_path:
+            cyclic = True
+            continue
+        if id(v) in done:
+            continue
+        on_path.add(id(v))
+        stack.append((v, True))
+        if t is dict:
+            items: list[Any] = []
+            for k, x in v.items():
+                items.append(k)
+                items.append(x)
+        elif t in _CONTAINERS or isinstance(v, tuple):
+            items = list(v)
+        else:
+            items = [getattr(v, f.name, None) for f in dataclasses.fields(v)]
+        stack.extend((x, False) for x in reversed(items))
+    if cyclic and len(out) > found:
         raise ValidationError("an argument that holds itself (a list or dict that contains "
                               "itself) cannot also hold futures of other calls: pass the "
                               "futures apart from it")
