@@ -322,3 +322,71 @@ def test_what_an_async_component_logs_is_recorded_with_its_task(engine):
     lines = [(log.node_id, log.message) for log in engine.metadata.get_logs(r.run_id)]
     assert ("logs_s22-0", "before await x=7") in lines
     assert ("logs_s22-0", "after await x=7") in lines
+
+
+THROTTLE_ONE = asyncio.Semaphore(1)
+
+
+async def _holds_then_blocks(deps, params):
+    async with THROTTLE_ONE:
+        if params["i"] == 0:
+            import time as _t
+            _t.sleep(1.0)             # a blocking call inside (a sync client, CPU work)
+        await asyncio.sleep(0)
+        return params["i"]
+
+
+def test_a_coroutine_that_blocks_the_loop_a_while_does_not_strand_the_others(tmp_path):
+    """A loop not ticking for 0.5 s was taken for blocked and the queued coroutines moved to
+    loops of their own: the semaphore they share with the blocker then never woke them (a
+    hang). Only a nested run moves them now."""
+    with DynamicScheduler(SQLiteStorage(str(tmp_path / "r.db")),
+                          ExecutionConfig(max_retries=0, no_cache=True,
+                                          max_concurrent_nodes=8)) as s:
+        s.executor.register_operation("op", _holds_then_blocks)
+        r = _within(30, lambda: s.run(DAGDefinition("b", [N(f"n{i}", "op", [], {"i": i})
+                                                          for i in range(8)])))
+        assert r.state.value == "SUCCESS", r.failures
+
+
+CLEANED: list[str] = []
+
+
+@component(timeout=0.5)
+async def times_out_s22(x: int) -> int:
+    try:
+        await asyncio.sleep(30)
+    finally:
+        await asyncio.sleep(0)
+        CLEANED.append("cleanup ran")
+    return x
+
+
+@pipeline(name="s22_child_timeout", error_handler="continue")
+def child_timeout_s22():
+    return times_out_s22(x=1)
+
+
+@component(timeout=20)
+async def runs_child_timeout_s22(x: int) -> str:
+    r = child_timeout_s22.run()          # its coroutine runs on a loop of its own
+    return type(r.error).__name__
+
+
+@pipeline(name="s22_parent_timeout")
+def parent_timeout_s22():
+    return runs_child_timeout_s22(x=1)
+
+
+def test_a_coroutine_on_a_loop_of_its_own_is_cancelled_with_its_cleanup(engine):
+    """The loop of its own was stopped at once, before the cancelled coroutine's ``finally``
+    ran ("Task was destroyed but it is pending")."""
+    import time as _t
+    CLEANED.clear()
+    r = _within(30, lambda: parent_timeout_s22.run(engine=engine))
+    assert r.error is None, r.error
+    assert r.value["outputs"]["result"] == "PipelineFailed"
+    deadline = _t.monotonic() + 5
+    while not CLEANED and _t.monotonic() < deadline:
+        _t.sleep(0.05)
+    assert CLEANED == ["cleanup ran"]

@@ -373,8 +373,8 @@ def test_a_function_of_a_module_edited_on_disk_keeps_the_text_it_was_loaded_from
 def test_a_lazy_packages_submodules_are_never_imported_by_a_version(tmp_path, monkeypatch):
     """A PEP 562 package: a submodule named like an attribute the body reads on another
     object (``subprocess.run`` and ``pkg/run.py``) was imported (its code ran: a script that
-    exits ended the run), and the version of a body that uses a lazy submodule depended on
-    whether it had been imported yet (a miss in the next run of the same process)."""
+    exits ended the run). A submodule not imported yet counts by its text; once imported it is
+    walked (what it imports counts too)."""
     from twingraph.core.codeversion import code_version
     pkg = tmp_path / "s22lazypkg"
     pkg.mkdir()
@@ -394,11 +394,14 @@ def test_a_lazy_packages_submodules_are_never_imported_by_a_version(tmp_path, mo
     try:
         before = code_version(flow.step)
         assert "s22lazypkg.run" not in sys.modules and "s22lazypkg.utils" not in sys.modules
-        assert flow.step(2) == 4                            # the body imports utils now
-        assert code_version(flow.step) == before            # the same version, imported or not
         (pkg / "utils.py").write_text("def scale(x):\n    return x * 3\n")
+        assert code_version(flow.step) != before            # not imported: its text counts
+        assert "s22lazypkg.run" not in sys.modules
+        assert flow.step(2) == 6                            # the body imports utils now
+        walked = code_version(flow.step)                    # imported: walked as a module
+        (pkg / "utils.py").write_text("def scale(x):\n    return x * 4\n")
         importlib.reload(sys.modules["s22lazypkg.utils"])
-        assert code_version(flow.step) != before            # its text counts
+        assert code_version(flow.step) != walked
     finally:
         for name in ("s22_lazy_flow", "s22lazypkg", "s22lazypkg.utils", "s22lazypkg.run"):
             sys.modules.pop(name, None)
@@ -452,3 +455,33 @@ def test_a_future_inside_an_ordered_dict_is_refused_not_keyed_without_its_produc
     r = p.run(engine=engine)
     assert r.error is not None
     assert "future" in str(r.error) and "inside lists" in str(r.error)
+
+
+def test_what_an_imported_lazy_submodule_imports_counts(tmp_path, monkeypatch):
+    """Counted by its own text only, a lazy package's submodule hid what it imports: an edit
+    of ``pkg/_impl.py`` that ``pkg/ops.py`` calls kept the version (a stale hit)."""
+    from twingraph.core.codeversion import code_version
+    pkg = tmp_path / "s22lazy2"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import importlib\n\n"
+        "def __getattr__(name):\n"
+        "    return importlib.import_module(f'{__name__}.{name}')\n")
+    (pkg / "_impl.py").write_text("def factor():\n    return 2\n")
+    (pkg / "ops.py").write_text("from s22lazy2._impl import factor\n\n"
+                                "def scale(x):\n    return x * factor()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    flow = _module(tmp_path, monkeypatch, "s22_lazy_flow2",
+                   "import s22lazy2\n\ndef step(x):\n    return s22lazy2.ops.scale(x)\n")
+    try:
+        assert flow.step(10) == 20                        # ops and _impl imported
+        before = code_version(flow.step)
+        (pkg / "_impl.py").write_text("def factor():\n    return 3\n")
+        importlib.reload(sys.modules["s22lazy2._impl"])
+        importlib.reload(sys.modules["s22lazy2.ops"])
+        assert flow.step(10) == 30
+        assert code_version(flow.step) != before
+    finally:
+        for name in ("s22_lazy_flow2", "s22lazy2", "s22lazy2.ops", "s22lazy2._impl"):
+            sys.modules.pop(name, None)

@@ -37,9 +37,9 @@ objects, set or dict iteration order, anything that depends on ``PYTHONHASHSEED`
 Also followed: what a user class's body reads (``METHODS = {"double": ops.double}``, ``scaler =
 DEFAULT_SCALER``: ``_class_reads``), what a decorated ``def`` reads when its decorator hides the
 function (``@np.vectorize``: ``_def_reads``, ``_decorated_function``), and a package's
-submodules when the package makes attributes lazily (PEP 562 ``__getattr__``): by their files'
-text, imported or not, never importing them (``_submodule_text``; ``__getattr__`` itself is
-never called, its code counts for other lazy attributes). A module's source is read once per loaded
+submodules when the package makes attributes lazily (PEP 562 ``__getattr__``): walked once
+imported, by their files' text before, never importing them (``_submodule_text``;
+``__getattr__`` itself is never called, its code counts for other lazy attributes). A module's source is read once per loaded
 module object (``_source_lines``): edited on disk but not reloaded, the version stays that of
 the code that runs.
 
@@ -1022,16 +1022,17 @@ class _Walk:
             lazy = False
             lazy_package = "__getattr__" in ns and bool(ns.get("__path__"))
             for a in sorted(attrs):
-                text = _submodule_text(m, a) if lazy_package else None
-                if text is not None:
-                    # A package that makes attributes lazily (PEP 562): its submodule counts
-                    # by its file's text, imported or not (the same version either way), and
-                    # is never imported here (importing runs its code).
-                    parts.append(_pack(a, "submodule-text", text))
-                    continue
                 v = self.lookup(ns, a)
                 if v is not _MISSING:
                     parts.append(_pack(a, self.value(v, attrs, (ns, a))))
+                    continue
+                text = _submodule_text(m, a) if lazy_package else None
+                if text is not None:
+                    # A package that makes attributes lazily (PEP 562), whose submodule is
+                    # not imported yet: it counts by its file's text, and is not imported
+                    # here (importing runs its code). Once imported, it is walked as any
+                    # module (what it imports counts too): one new version in that process.
+                    parts.append(_pack(a, "submodule-text", text))
                 elif "__getattr__" in ns:
                     lazy = True
             if lazy:        # attributes made by the module's __getattr__: its code counts

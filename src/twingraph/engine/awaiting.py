@@ -10,12 +10,13 @@ or client session that several operations use is bound to one loop, and a loop p
 before session 22) failed the second task that touched it ("bound to a different event
 loop"). The task's own thread waits for the coroutine and watches its stop flag.
 
-A coroutine that blocks the shared loop (a synchronous wait inside an ``async def``: running a
-pipeline or a DAG from it, a ``time.sleep``) would hold every other task body up, and a
-nested run would wait for a loop it is itself blocking. The loop ticks every ``TICK``
-seconds; while it has not ticked for ``BLOCKED_AFTER``, a coroutine that has not started on it
-yet runs on a loop of its own on a thread of its own instead (as every coroutine did before
-session 22). ``SystemExit`` and ``KeyboardInterrupt`` raised in a coroutine are raised in the
+A coroutine that runs a pipeline or a DAG synchronously (``child.run()`` inside an ``async
+def``) blocks the shared loop while the nested run's own coroutines would need it: while such
+a nested run goes on (``nested_run``, entered by ``Engine.run`` on the loop's thread), a
+coroutine that has not started on the shared loop runs on a loop of its own on a thread of its
+own instead, as every coroutine did before session 22. (A blocked loop detected by the clock
+alone moved coroutines that shared a lock with the blocker to other loops, which hung them.)
+``SystemExit`` and ``KeyboardInterrupt`` raised in a coroutine are raised in the
 task's thread, not in the loop's (they ended the loop's thread). Log lines a coroutine writes
 through ``get_logger()`` are its task's (``tasklog``: the task travels in a context variable).
 """
@@ -24,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
-import time
+from collections.abc import Iterator
 from typing import Any
 
 from twingraph.core.stop import stop_requested
@@ -35,9 +37,6 @@ from twingraph.errors import NodeExecutionError
 
 #: Seconds between two looks at the stop flag of a running coroutine.
 STOP_POLL = 0.05
-#: Seconds between two ticks of the shared loop, and how long without one means it is blocked.
-TICK = 0.05
-BLOCKED_AFTER = 0.5
 
 
 class _Shared:
@@ -46,7 +45,7 @@ class _Shared:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        self.last_tick = time.monotonic()
+        self.nested_runs = 0            # runs going on on the loop's thread (it is blocked)
         ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, args=(ready,), name="twingraph-aio",
                                        daemon=True)
@@ -56,18 +55,13 @@ class _Shared:
     def _serve(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(ready.set)
-        self.loop.call_soon(self._tick)
         self.loop.run_forever()
-
-    def _tick(self) -> None:
-        self.last_tick = time.monotonic()
-        self.loop.call_later(TICK, self._tick)
 
     def usable(self) -> bool:
         return self.pid == os.getpid() and self.thread.is_alive() and not self.loop.is_closed()
 
     def blocked(self) -> bool:
-        return time.monotonic() - self.last_tick > BLOCKED_AFTER
+        return self.nested_runs > 0
 
 
 _lock = threading.Lock()
@@ -86,6 +80,23 @@ def _the_shared() -> _Shared:
         if _shared is None or not _shared.usable():
             _shared = _Shared()
         return _shared
+
+
+@contextlib.contextmanager
+def nested_run() -> Iterator[None]:
+    """Around a run started on the shared loop's thread (a coroutine that runs a pipeline or
+    a DAG synchronously): while it goes on, coroutines go to loops of their own."""
+    shared = _shared
+    if shared is None or not _on_thread_of(shared.loop):
+        yield
+        return
+    with _lock:
+        shared.nested_runs += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            shared.nested_runs -= 1
 
 
 def run_awaitable(aw: Any, loop: asyncio.AbstractEventLoop | None = None) -> Any:
@@ -175,18 +186,26 @@ def _own_loop(aw: Any, owner: Any) -> Any:
 
     t = threading.Thread(target=serve, name="twingraph-aio-own", daemon=True)
     t.start()
+    fut = asyncio.run_coroutine_threadsafe(_then_stop(aw, owner, loop), loop)
+    while True:
+        try:
+            return _value(fut.result(timeout=STOP_POLL))
+        except concurrent.futures.TimeoutError:
+            pass
+        except concurrent.futures.CancelledError:
+            raise _abandoned() from None
+        if stop_requested():
+            fut.cancel()       # cancelled on its loop; the loop stops once it has ended
+            raise _abandoned()
+
+
+async def _then_stop(aw: Any, owner: Any, loop: asyncio.AbstractEventLoop) -> Any:
+    """On a loop of its own: the coroutine, then the loop's end (after its cancellation's
+    cleanup, when it was cancelled: a ``finally: await ...`` of it runs)."""
     try:
-        fut = asyncio.run_coroutine_threadsafe(_claimed(aw, _Claim(), owner), loop)
-        while True:
-            try:
-                return _value(fut.result(timeout=STOP_POLL))
-            except concurrent.futures.TimeoutError:
-                pass
-            if stop_requested():
-                fut.cancel()
-                raise _abandoned()
+        return await _claimed(aw, _Claim(), owner)
     finally:
-        loop.call_soon_threadsafe(loop.stop)     # after the cancellation, if there was one
+        loop.call_soon(loop.stop)
 
 
 def _value(out: Any) -> Any:

@@ -30,7 +30,7 @@ from twingraph.core.results import StorageMetadata
 from twingraph.core.specs import DEFAULT_TIMEOUT
 from twingraph.core.states import RunState, TaskState, fence as fence_token, transition_run
 from twingraph.engine.async_store import AsyncStoreAdapter, as_result_store
-from twingraph.engine.awaiting import run_awaitable
+from twingraph.engine.awaiting import nested_run, run_awaitable
 from twingraph.engine.heartbeats import Heartbeats, taken_over_message
 from twingraph.engine.loop import RunLoop, RunOptions
 from twingraph.engine.timers import HEARTBEAT_INTERVAL
@@ -485,7 +485,14 @@ class Engine:
         return None
 
     # -- runs -----------------------------------------------------------------------------
-    def run(self, body: Callable[[RunLoop], Any], *, pipeline: str, params: Mapping[str, Any] | None = None,
+    def run(self, body: Callable[[RunLoop], Any], **kw: Any) -> RunResult:
+        """``_run`` (below); a run started on the shared loop's thread (a coroutine that runs
+        a pipeline or a DAG synchronously) sends coroutines to loops of their own while it
+        goes on (``awaiting.nested_run``): its own would wait for the loop it blocks."""
+        with nested_run():
+            return self._run(body, **kw)
+
+    def _run(self, body: Callable[[RunLoop], Any], *, pipeline: str, params: Mapping[str, Any] | None = None,
             options: RunOptions | None = None, run_id: str | None = None, resume: bool = False,
             source: Mapping[str, Any] | None = None, notifications: Any = None,
             pipeline_version: int | None = None,
