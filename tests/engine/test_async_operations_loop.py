@@ -390,3 +390,31 @@ def test_a_coroutine_on_a_loop_of_its_own_is_cancelled_with_its_cleanup(engine):
     while not CLEANED and _t.monotonic() < deadline:
         _t.sleep(0.05)
     assert CLEANED == ["cleanup ran"]
+
+
+@component(cache=False, executor="process")
+async def logs_in_a_worker_s22(i: int) -> int:
+    from twingraph import get_logger
+    get_logger().info(f"worker line {i}")
+    await asyncio.sleep(0.01)
+    return i
+
+
+@pipeline(name="s22_worker_logs", max_parallel=1)
+def worker_logs_s22():
+    return [logs_in_a_worker_s22(i=i) for i in range(3)]
+
+
+def test_an_async_process_tasks_log_lines_are_kept_on_every_job_of_its_worker(engine):
+    """In a worker process the shared loop's thread was started by the worker's first job
+    and taken for that job's thread: the lines of every later job on it were dropped."""
+    import time as _t
+    r = worker_logs_s22.run(engine=engine)
+    assert r.error is None, r.error
+    deadline = _t.monotonic() + 5
+    want = {(f"logs_in_a_worker_s22-{i}", f"worker line {i}") for i in range(3)}
+    got: set = set()
+    while _t.monotonic() < deadline and not want <= got:
+        got = {(log.node_id, log.message) for log in engine.metadata.get_logs(r.run_id)}
+        _t.sleep(0.05)
+    assert want <= got, got

@@ -144,11 +144,18 @@ class _Forward(logging.Handler):
         """The task the calling thread works for (``None``: unknown, taken as the current)."""
         if threading.get_ident() == self.runner:
             return self.task
-        owner = getattr(threading.current_thread(), _TASK_ATTR, None)
+        me = threading.current_thread()
+        if me.name == SHARED_LOOP_THREAD:
+            # the loop ``async def`` task bodies share (``engine.awaiting``): started by the
+            # first task that awaited, it runs the coroutine of whichever task runs now
+            return self.task
+        owner = getattr(me, _TASK_ATTR, None)
         return self.task if owner is None else owner
 
 
 _TASK_ATTR = "_twingraph_task"
+#: The name of ``engine.awaiting``'s shared loop thread (kept in step with it).
+SHARED_LOOP_THREAD = "twingraph-aio"
 
 
 def _tag_threads(forward: _Forward) -> None:
