@@ -148,18 +148,11 @@ def _wait(aw: Any, owner: Any, loop: asyncio.AbstractEventLoop, shared: _Shared 
     claim = _Claim()
     fut = asyncio.run_coroutine_threadsafe(_claimed(aw, claim, owner), loop)
     while True:
-        try:
-            return _value(fut.result(timeout=STOP_POLL))
-        except concurrent.futures.TimeoutError:
-            pass
-        except concurrent.futures.CancelledError:
-            # not by us: the loop it ran on was shut down (``asyncio.run`` ending cancels
-            # what is left on its loop)
-            raise NodeExecutionError("cancelled: the event loop it ran on was shut down",
-                                     error_type="Abandoned") from None
-        if stop_requested():
-            fut.cancel()           # the coroutine is cancelled on its loop
-            raise _abandoned()
+        # a CancelledError not by us: the loop it ran on was shut down (``asyncio.run``
+        # ending cancels what is left on its loop)
+        out = _poll(fut, "cancelled: the event loop it ran on was shut down")
+        if out is not _PENDING:
+            return out
         if shared is not None:
             if shared.blocked() and claim.take():
                 fut.cancel()
@@ -186,17 +179,31 @@ def _own_loop(aw: Any, owner: Any) -> Any:
 
     t = threading.Thread(target=serve, name="twingraph-aio-own", daemon=True)
     t.start()
+    # cancelled, the coroutine ends on its loop, and the loop stops after it (``_then_stop``)
     fut = asyncio.run_coroutine_threadsafe(_then_stop(aw, owner, loop), loop)
     while True:
-        try:
-            return _value(fut.result(timeout=STOP_POLL))
-        except concurrent.futures.TimeoutError:
-            pass
-        except concurrent.futures.CancelledError:
-            raise _abandoned() from None
-        if stop_requested():
-            fut.cancel()       # cancelled on its loop; the loop stops once it has ended
-            raise _abandoned()
+        out = _poll(fut, _ABANDONED)
+        if out is not _PENDING:
+            return out
+
+
+_PENDING = object()
+
+
+def _poll(fut: concurrent.futures.Future[Any], cancelled: str) -> Any:
+    """Wait up to ``STOP_POLL`` for the coroutine behind ``fut``: its value, or ``_PENDING``.
+    If this thread's task was abandoned, the coroutine is cancelled on its loop and the task
+    ends with that error; ``fut`` cancelled elsewhere ends it with ``cancelled``."""
+    try:
+        return _value(fut.result(timeout=STOP_POLL))
+    except concurrent.futures.TimeoutError:
+        pass
+    except concurrent.futures.CancelledError:
+        raise NodeExecutionError(cancelled, error_type="Abandoned") from None
+    if stop_requested():
+        fut.cancel()
+        raise _abandoned()
+    return _PENDING
 
 
 async def _then_stop(aw: Any, owner: Any, loop: asyncio.AbstractEventLoop) -> Any:
@@ -214,9 +221,11 @@ def _value(out: Any) -> Any:
     return out
 
 
+_ABANDONED = "cancelled: the node was abandoned (timed out or stopped)"
+
+
 def _abandoned() -> NodeExecutionError:
-    return NodeExecutionError("cancelled: the node was abandoned (timed out or stopped)",
-                              error_type="Abandoned")
+    return NodeExecutionError(_ABANDONED, error_type="Abandoned")
 
 
 def _on_thread_of(loop: asyncio.AbstractEventLoop) -> bool:
