@@ -1,9 +1,17 @@
 """An argument that holds itself (a list appended to itself, a dict that is its own value)
 failed its task with ``RecursionError`` before it was keyed (session 22 review): the search
 for futures in arguments and the key's digest recursed for ever. Such an argument is now
-walked once per container and keyed by its pickle; one that also holds futures is refused
-with a clear error. Real runs on the in-memory engine of ``conftest.py``."""
+walked once per container; where its key's digest meets a container or object it is inside
+of, it names how many levels up that is (session 23: it was hashed by its pickle deep in the
+stack, which failed on dates, decimals and rings of objects and took a minute for 100
+objects). One that also holds futures is refused with a clear error. Real runs on the
+in-memory engine of ``conftest.py``."""
 from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+from collections import OrderedDict
 
 from twingraph import component, pipeline
 
@@ -114,3 +122,115 @@ def test_a_cyclic_argument_is_keyed_with_the_code_of_its_objects_classes(
         assert r.value["outputs"]["result"] == ["v2-a", "v2-b"]
     finally:
         sys.modules.pop("s22_cyc_nodes", None)
+
+
+@pipeline(name="cyclic_dates")
+def cyclic_dates(day: int):
+    a: list = [datetime.datetime(2020, 1, day), decimal.Decimal("1.5")]
+    a.append(a)
+    return size(x=a)
+
+
+def test_a_cyclic_argument_holding_dates_and_decimals_is_keyed(engine):
+    """Hashed by its pickle from deep in the stack, it failed: 'Could not pickle object as
+    excessively deep recursion required'."""
+    CALLS.clear()
+    for day in (1, 1, 2):
+        r = cyclic_dates.run(engine=engine, day=day)
+        assert r.error is None, r.error
+        assert r.value["outputs"]["result"] == 3
+    assert len(CALLS) == 2                  # the second run of day 1 was a hit; day 2 is not
+
+
+class Ring:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.next: Ring | None = None
+
+
+@component
+def names(nodes) -> list:
+    CALLS.append(1)
+    return [n.name for n in nodes[:-1]] + [nodes[0].next.name]
+
+
+@pipeline(name="ring_of_objects")
+def ring_of_objects(n: int, tag: str):
+    nodes: list = [Ring(f"{tag}{i}") for i in range(n)]
+    for i, node in enumerate(nodes):
+        node.next = nodes[(i + 1) % n]
+    nodes.append(nodes)
+    return names(nodes=nodes)
+
+
+def test_a_ring_of_objects_in_a_list_that_holds_itself_is_keyed_by_its_state(engine):
+    """Each object was walked again at every level until the stack ran out, then pickled:
+    100 objects took 65 s and failed."""
+    CALLS.clear()
+    r = ring_of_objects.run(engine=engine, n=100, tag="a")
+    assert r.error is None, r.error
+    assert r.value["outputs"]["result"][:2] == ["a0", "a1"] and len(r.value["outputs"]["result"]) == 101
+    assert ring_of_objects.run(engine=engine, n=100, tag="a").error is None      # a hit
+    r = ring_of_objects.run(engine=engine, n=100, tag="b")     # other state: another key
+    assert r.value["outputs"]["result"][:2] == ["b0", "b1"]
+    assert len(CALLS) == 2
+
+
+@component
+def shape(x) -> list:
+    """Where the value points back at itself: what a key that ignored the shape would mix."""
+    return [x[0] is x, type(x[0]) is list and x[0][0] is x, type(x[0]) is list and x[0][0] is x[0]]
+
+
+@pipeline(name="cycle_shapes")
+def cycle_shapes(kind: str):
+    outer: list = []
+    if kind == "self":
+        outer.append(outer)                 # [outer]
+    else:
+        inner: list = []
+        outer.append(inner)
+        inner.append(outer if kind == "outer" else inner)
+    return shape(x=outer)
+
+
+def test_cycles_of_different_shapes_have_different_keys(engine):
+    got = {}
+    for kind in ("self", "outer", "inner", "outer"):
+        r = cycle_shapes.run(engine=engine, kind=kind)
+        assert r.error is None, r.error
+        got[kind] = r.value["outputs"]["result"]
+    assert got == {"self": [True, True, True], "outer": [False, True, False],
+                   "inner": [False, False, True]}
+
+
+@dataclasses.dataclass(eq=False)
+class Tree:
+    label: str
+    children: list = dataclasses.field(default_factory=list)
+    parent: "Tree | None" = None
+
+
+@component
+def labels_of(tree, index) -> list:
+    CALLS.append(1)
+    return [tree.label] + [c.label for c in tree.children] + [len(index)]
+
+
+@pipeline(name="tree_with_parents")
+def tree_with_parents(leaf: str):
+    root = Tree("root")
+    for name in ("a", leaf):
+        root.children.append(Tree(name, parent=root))
+    index: OrderedDict = OrderedDict(root=root)
+    index["index"] = index                  # a mapping that holds itself
+    return labels_of(tree=root, index=index)
+
+
+def test_dataclasses_and_mappings_that_point_back_are_keyed_by_content(engine):
+    CALLS.clear()
+    for leaf, want in (("b", "b"), ("b", "b"), ("c", "c")):
+        r = tree_with_parents.run(engine=engine, leaf=leaf)
+        assert r.error is None, r.error
+        assert r.value["outputs"]["result"] == ["root", "a", want, 2]
+    assert len(CALLS) == 2

@@ -112,8 +112,8 @@ def config_digest(config: Mapping[str, Any],
     if all(type(k) is str for k, _ in items):
         value: Any = dict(items)
     else:
-        value = [[digest_value(k, None, _no_ref, leaf_hash), v] for k, v in items]
-    return {"config": digest_value(value, None, _no_ref, leaf_hash)}
+        value = [[digest_apart(k, None, _no_ref, leaf_hash), v] for k, v in items]
+    return {"config": digest_apart(value, None, _no_ref, leaf_hash)}
 
 
 _PLAIN_DEPTH = 200
@@ -191,22 +191,39 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
     if t is float:
         return {"f": repr(value)}
     if t is list or t is tuple:
-        # A reference item (a fan-in's list of futures) digests without a call through here.
-        return {"l" if t is list else "t": [
-            ref_digest(v) if type(v) is ref_type else
-            digest_value(v, ref_type, ref_digest, leaf_hash) for v in value]}
+        path = _PATH.ids
+        if id(value) in path:               # it holds itself: a back-reference
+            return {"cy": len(path) - path.index(id(value))}
+        path.append(id(value))
+        try:
+            # A reference item (a fan-in's list of futures) digests without a call through here.
+            return {"l" if t is list else "t": [
+                ref_digest(v) if type(v) is ref_type else
+                digest_value(v, ref_type, ref_digest, leaf_hash) for v in value]}
+        finally:
+            path.pop()
     if t is dict:
+        path = _PATH.ids
+        if id(value) in path:
+            return {"cy": len(path) - path.index(id(value))}
         # In order: a dict's order is part of its value (code that iterates it sees it), as
         # in stored results (``serialization``). Keys and digests alternate in one list.
         items: list[Any] = []
-        for k, v in value.items():
-            if type(k) is not str:
-                return _pairs(value, "kd", ref_type, ref_digest, leaf_hash)
-            tv = type(v)     # an int, bool or None value, or a reference: no call through here
-            items.append(k)
-            items.append(v if tv is int or tv is bool or v is None else ref_digest(v)
-                         if tv is ref_type else digest_value(v, ref_type, ref_digest, leaf_hash))
-        return {"o": items}
+        path.append(id(value))
+        try:
+            for k, v in value.items():
+                if type(k) is not str:
+                    break
+                tv = type(v)  # an int, bool or None value, or a reference: no call through here
+                items.append(k)
+                items.append(v if tv is int or tv is bool or v is None else ref_digest(v)
+                             if tv is ref_type else
+                             digest_value(v, ref_type, ref_digest, leaf_hash))
+            else:
+                return {"o": items}
+        finally:
+            path.pop()
+        return _pairs(value, "kd", ref_type, ref_digest, leaf_hash)
     if isinstance(value, tuple) and hasattr(t, "_fields"):    # a named tuple: walk it too
         return {"n": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),   # its class's code
                 "t": [digest_value(v, ref_type, ref_digest, leaf_hash) for v in value]}
@@ -221,12 +238,19 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
         return {"en": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),
                 "v": digest_value(value.value, ref_type, ref_digest, leaf_hash)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        path = _PATH.ids
+        if id(value) in path:
+            return {"cy": len(path) - path.index(id(value))}
         state = vars(value) if hasattr(value, "__dict__") else {
             f.name: getattr(value, f.name) for f in dataclasses.fields(value)
             if hasattr(value, f.name)}
         state = dict(state)     # futures inside digest as references (they are inputs)
-        return {"dc": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),  # its class's code
-                "s": digest_value(state, ref_type, ref_digest, leaf_hash)}
+        path.append(id(value))
+        try:
+            return {"dc": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),  # class code
+                    "s": digest_value(state, ref_type, ref_digest, leaf_hash)}
+        finally:
+            path.pop()
     if t is memoryview:
         # its bytes alone: ``cast("i")`` or ``cast("B", (2, 3))`` of the same bytes is
         # another value (what ``tolist()``, indexing and ``len`` give)
@@ -279,11 +303,57 @@ def _holds(value: Any, ref_type: type) -> bool:
 
 #: Mappings walked as (key, value) pairs, and the tag that keeps their type in the digest.
 _MAPPINGS: dict[type, str] = {dict: "kd", OrderedDict: "od", defaultdict: "dd", Counter: "ct"}
-_walking = threading.local()
 
 
-class _MappingCycle(Exception):
-    """``_pairs`` met a mapping it is already walking."""
+class _Path(threading.local):
+    """The ids of the containers and objects a digest on this thread is inside of, outermost
+    first (lists, dicts, mappings, dataclasses, and the engine's user objects)."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+
+
+_PATH = _Path()
+
+
+def back_reference(value: Any) -> int:
+    """How many levels up the digest being walked ``value`` is (0: it is not being walked).
+
+    A value that holds itself (a list appended to itself, a tree whose nodes point at their
+    parent) digests, where it is met again inside itself, to this distance: its digest names
+    the shape of the cycle, as a pickle would, without walking it for ever. (It used to be
+    walked until ``RecursionError`` and hashed whole by its pickle: deep in the stack the
+    pickle failed on values holding dates or objects, and re-walking at every level took
+    seconds per object.)"""
+    path = _PATH.ids
+    i = id(value)
+    return len(path) - path.index(i) if i in path else 0
+
+
+def enter(value: Any) -> None:
+    """``value``'s walk begins (``leave`` ends it): ``back_reference`` finds it inside."""
+    _PATH.ids.append(id(value))
+
+
+def leave() -> None:
+    _PATH.ids.pop()
+
+
+def walking() -> bool:
+    """Whether a digest on this thread is inside a container or object being walked."""
+    return bool(_PATH.ids)
+
+
+def digest_apart(value: Any, ref_type: type | None, ref_digest: Callable[[Any], Any],
+                 leaf_hash: Callable[[Any], str]) -> Any:
+    """``digest_value`` as a walk of its own: what another walk on this thread is inside of
+    is not an ancestor here (an instance's state read when its spec is built, a config)."""
+    saved = _PATH.ids
+    _PATH.ids = []
+    try:
+        return digest_value(value, ref_type, ref_digest, leaf_hash)
+    finally:
+        _PATH.ids = saved
 
 
 def _pairs(value: Any, tag: str, ref_type: type | None, ref_digest: Callable[[Any], Any],
@@ -296,22 +366,18 @@ def _pairs(value: Any, tag: str, ref_type: type | None, ref_digest: Callable[[An
     code (a stale result after an edit) and holds sets and classes loaded by value in an
     order or with ids of each process's own (a miss in every process).
 
-    A cycle through such a mapping (one that holds itself, directly or through lists, dicts
-    or objects) is walked once: met again, the outermost mapping walked is hashed whole by
-    its pickle, as before (``_MappingCycle``; objects have the same rule in the engine)."""
+    A mapping met again inside itself (directly or through lists, dicts or objects) digests
+    to a back-reference (``back_reference``)."""
     if tag != "kd" and ref_type is not None and _holds(value, ref_type):
         # The engine finds and resolves futures in lists, tuples, sets and plain dicts only
         # (``refs.find_refs``): one inside an OrderedDict would reach the task unresolved, and
         # its key would not follow its producer. Hashed whole, it is refused with the reason
         # (``Engine.hash_value``), as before these mappings were walked.
         return {"x": leaf_hash(value)}
-    active: set[int] | None = getattr(_walking, "ids", None)
-    top = active is None
-    if active is None:
-        active = _walking.ids = set()
-    elif id(value) in active:
-        raise _MappingCycle
-    active.add(id(value))
+    up = back_reference(value)
+    if up:
+        return {"cy": up}
+    enter(value)
     try:
         # keys and digests alternate in one list (a list per pair cost twice the time: the
         # collector ran over 100,000 of them); an int, bool, None or short string is its own
@@ -334,11 +400,5 @@ def _pairs(value: Any, tag: str, ref_type: type | None, ref_digest: Callable[[An
             if attrs:
                 digest["a"] = digest_value(dict(attrs), ref_type, ref_digest, leaf_hash)
         return digest
-    except _MappingCycle:
-        if not top:
-            raise
     finally:
-        active.discard(id(value))
-        if top:
-            _walking.ids = None
-    return {"x": leaf_hash(value)}
+        leave()

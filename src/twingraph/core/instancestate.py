@@ -9,7 +9,7 @@ from pathlib import PurePath
 from collections.abc import Callable
 from typing import Any
 
-from twingraph.core.hashing import canonical_json, digest_json, digest_value, sha256_hex
+from twingraph.core.hashing import canonical_json, digest_apart, digest_json, sha256_hex
 
 _PLAIN = frozenset({int, float, str, bool, type(None)})
 _STATE_ITEMS = 10_000          # an attribute holding more items than this counts by type only
@@ -74,7 +74,7 @@ def instance_state(obj: Any, skip: frozenset[str] = frozenset(),
             out[k], lossy[0] = _by_type(v), True
         if lossy[0] and leaf_hash is not None:
             try:       # walked as an argument is (sets sorted, objects by class and state)
-                digest = digest_value(v, None, _no_reference, leaf_hash)
+                digest = digest_apart(v, None, _no_reference, leaf_hash)
                 out[k] = {"hash": sha256_hex(digest_json(digest))}
             except Exception:  # noqa: BLE001 - e.g. a client that does not pickle: by type
                 pass

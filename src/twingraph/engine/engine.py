@@ -23,8 +23,8 @@ from typing import Any
 
 from twingraph.core.codeversion import code_of_value
 from twingraph.core.instancestate import attributes
-from twingraph.core.hashing import (canonical_json, config_digest, digest_json, digest_value,
-                                    key_prefix, sha256_hex)
+from twingraph.core.hashing import (back_reference, canonical_json, config_digest, digest_json,
+                                    digest_value, enter, key_prefix, leave, sha256_hex, walking)
 from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord, TaskUpdate
 from twingraph.core.results import StorageMetadata
 from twingraph.core.specs import DEFAULT_TIMEOUT
@@ -132,7 +132,7 @@ def _state_digest(value: Any) -> str | None:
     them: walked like arguments (``digest_value``: sets in sorted order, nested objects by
     this same rule), not pickled (a set's pickle follows the process's hash seed: a miss in
     every process). Its attributes are its ``__dict__`` and its slots. None when it has
-    neither or cannot be walked (a cycle)."""
+    neither or cannot be walked (too deep, or a value that does not digest)."""
     owner = value.__self__ if type(value) is MethodType else value
     state = attributes(owner)
     builtin = _builtin_value(owner)
@@ -144,37 +144,27 @@ def _state_digest(value: Any) -> str | None:
         return None         # a deque, date, Decimal or ndarray subclass: by its pickle
     if state is None:
         return None
-    # A cycle through objects (a tree whose nodes point at their parent) is walked once: met
-    # again, the whole value is hashed by its pickle instead (``_Cycle``). Each object walked
-    # again at every level where a RecursionError was caught took exponential time.
-    active: set[int] | None = getattr(_digesting, "ids", None)
-    top = active is None
-    if active is None:
-        active = _digesting.ids = set()
-    elif id(owner) in active:
-        raise _Cycle
-    active.add(id(owner))
+    # An object met again inside itself (a tree whose nodes point at their parent) is a
+    # back-reference: how many levels up its walk is (``hashing.back_reference``).
+    up = back_reference(owner)
+    if up:
+        return f"cy{up}"
+    outermost = not walking()
+    enter(owner)
     try:
         digest = digest_value(state, None, _no_reference, Engine.hash_value)
         return sha256_hex(f"{type(owner).__module__}.{type(owner).__qualname__}\0".encode()
                           + digest_json(digest))
-    except (RecursionError, TypeError, ValueError):
+    except (TypeError, ValueError):
         return None
-    except _Cycle:
-        if top:
+    except RecursionError:
+        # too deep to walk (a chain of thousands of objects): the outermost walk hashes it
+        # by its pickle; caught at every level, it was walked again at each (slow as a cycle)
+        if outermost:
             return None
         raise
     finally:
-        active.discard(id(owner))
-        if top:
-            _digesting.ids = None
-
-
-class _Cycle(Exception):
-    """``_state_digest`` met an object it is already walking."""
-
-
-_digesting = threading.local()
+        leave()
 
 
 def _holds_more(obj: Any) -> bool:

@@ -55,9 +55,9 @@ class MemoSide:
             try:
                 digest = [digest_value(args, Ref, _ref_digest, leaf),
                           digest_kwargs(kwargs, Ref, _ref_digest, leaf)]
-            except RecursionError:      # an argument holds itself (and no future: refs)
-                digest = [[_cyclic_digest(a, leaf) for a in args],
-                          {"d": {k: _cyclic_digest(v, leaf) for k, v in kwargs.items()}}]
+            except RecursionError:      # an argument too deep to walk (and no future: refs)
+                digest = [[_deep_digest(a, leaf) for a in args],
+                          {"d": {k: _deep_digest(v, leaf) for k, v in kwargs.items()}}]
             key = prefixed_key(self.engine.key_prefix(spec), digest)
         return self._keyed(task, key)
 
@@ -255,12 +255,12 @@ def declared_key(engine: Any, task: Task) -> str:
          {"o": inputs}]) + b'},{"d":{}}]').hexdigest()
 
 
-def _cyclic_digest(value: Any, leaf: Callable[[Any], str]) -> Any:
-    """One argument's digest when walking them recursed for ever: its own digest, or, for
-    the one that holds itself, the hash of its pickle (which keeps cycles; it holds no
-    futures: ``refs.find_refs_once`` refused those) with the code of the classes of the
-    objects inside it (a pickle names a class, not its code: an edit of ``Node.label`` kept
-    the key of a ``Node`` that points at itself)."""
+def _deep_digest(value: Any, leaf: Callable[[Any], str]) -> Any:
+    """One argument's digest when walking them ran out of stack: its own digest, or, for the
+    one too deep to walk (a chain of thousands of nested lists or objects; one that holds
+    itself is a back-reference, ``hashing.back_reference``), the hash of its pickle (it holds
+    no futures: ``refs.find_refs_once`` found none) with the code of the classes of the
+    objects inside it (a pickle names a class, not its code)."""
     try:
         return digest_value(value, Ref, _ref_digest, leaf)
     except RecursionError:
