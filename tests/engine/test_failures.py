@@ -588,7 +588,7 @@ def test_a_component_measured_fast_that_turns_slow_runs_its_calls_in_parallel(en
 
     @pipeline(name="fast_then_slow_warm")
     def warm():
-        return [step(i=i, delay=0).result() for i in range(20)]
+        return [step(i=i, delay=0).result() for i in range(60)]   # a slow first call decays
 
     @pipeline(name="fast_then_slow", max_parallel=8)
     def p():

@@ -251,9 +251,14 @@ def pipeline(fn: Callable[..., Any] | None = None, *, name: str | None = None,
 
 
 def _validate_cron(expr: str) -> None:
-    from croniter import croniter
-    if not croniter.is_valid(expr):
-        raise ValidationError(f"schedule {expr!r} is not a valid cron expression")
+    """The schedule store's own check (``core.schedule.validate``: five or six fields, one
+    that ever fires), at decoration: ``croniter.is_valid`` alone let ``"0 0 31 2 *"`` and
+    seven-field expressions through, and ``twingraph server --load`` then exited on them."""
+    from twingraph.core.schedule import validate
+    try:
+        validate("cron", expr)
+    except ValidationError as exc:
+        raise ValidationError(f"schedule of the pipeline: {exc}") from None
 
 
 def _params(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],

@@ -236,6 +236,11 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="twingraph-parent-watch").start()
     mark_worker_process()
+    # Started daemonic (the driver's exit ends it), but a task may start processes of its
+    # own (a ``multiprocessing.Pool``, a ``ProcessPoolExecutor``): multiprocessing refuses
+    # children to a daemonic process. Its own flag, in this process only, says it is not one.
+    import multiprocessing
+    multiprocessing.current_process().daemon = False
     forward = _Forward(conn)
     _tag_threads(forward)
     task_logger = logging.getLogger(LOGGER_NAME)
@@ -270,13 +275,15 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
         except OSError:           # a task before removed it
             cwd = None
         try:
-            out = _run_one(data)
+            out, caller = _run_one(data)
         except MemoryError:
             # The task's memory is still held (by a global, say): answer with what was made
             # beforehand and end, rather than die without a word.
             with forward.pipe_lock:
                 conn.send_bytes(out_of_memory)
             os._exit(1)
+        if caller is not None:    # the driver's, now: what the next task starts from too
+            environ, cwd = caller
         _restore(environ, cwd)
         with forward.pipe_lock:   # not in the middle of a log frame from another thread
             conn.send_bytes(b"R" + out)
@@ -296,11 +303,27 @@ def _restore(environ: dict[str, str], cwd: str | None) -> None:  # in the child
         pass
 
 
-def _run_one(data: bytes) -> bytes:  # in the child
-    """Run one cloudpickled ``(fn, args, kwargs)``; the pickled ``(ok, value or exception,
-    traceback text)`` answer."""
+#: The driver's environment variables and working directory, as a job carries them.
+Caller = tuple[dict[str, str], "str | None"]
+
+
+def _caller() -> Caller:  # in the driver
     try:
-        fn, args, kwargs = cloudpickle.loads(data)
+        cwd: str | None = os.getcwd()
+    except OSError:           # removed under it: the worker stays where it is
+        cwd = None
+    return dict(os.environ), cwd
+
+
+def _run_one(data: bytes) -> tuple[bytes, Caller | None]:  # in the child
+    """Run one cloudpickled ``(fn, args, kwargs, caller)``; the pickled ``(ok, value or
+    exception, traceback text)`` answer, and the driver's environment and working directory
+    if the job carried them (``caller``: set here before the task runs)."""
+    caller: Caller | None = None
+    try:
+        fn, args, kwargs, caller = cloudpickle.loads(data)
+        if caller is not None:
+            _restore(*caller)
         value = fn(*args, **kwargs)
         reply: tuple[Any, ...] = (True, value, "")
     except BaseException as exc:  # noqa: BLE001 - the task's failure is data
@@ -337,7 +360,7 @@ def _run_one(data: bytes) -> bytes:  # in the child
             if reply[0] else f"{type(err).__name__}: {said(err)}",
             error_type=type(err).__name__, traceback=tb,
             error_types=_class_names(type(err))), tb))
-    return out
+    return out, caller
 
 
 def _exception_from(job: Job, tb: str, pickled: bytes | None, names: tuple[str, ...],
@@ -522,6 +545,7 @@ class _Worker:
         self.conn = parent
         self.job: Job | None = None
         self.ready = False
+        self.caller: Caller | None = None     # the driver's, as this worker last got them
 
 
 def _receive(w: _Worker) -> bytes:
@@ -608,8 +632,13 @@ class ProcessPool:
             self._start(w, job, done)
 
     def _start(self, w: _Worker, job: Job, done: Callable[[Outcome], None]) -> None:
+        # The driver's environment and directory as they are now, when they are not what
+        # this worker last got: a worker started before an ``os.environ[...] =`` or an
+        # ``os.chdir`` ran every later task with the old ones (a thread task saw the new).
+        caller = _caller()
         try:
-            payload = cloudpickle.dumps((job.fn, job.args, job.kwargs))
+            payload = cloudpickle.dumps((job.fn, job.args, job.kwargs,
+                                         None if caller == w.caller else caller))
         except Exception as exc:  # noqa: BLE001
             with self._lock:
                 self._busy.pop(job, None)
@@ -626,7 +655,7 @@ class ProcessPool:
                 job.node_id, self.memory_limit,
                 f"its inputs alone are {_mib(len(payload))}")))
             return
-        w.job = job
+        w.job, w.caller = job, caller
         threading.Thread(target=self._await, args=(w, job, done, payload), daemon=True,
                          name=f"twingraph-proc-wait-{job.node_id}").start()
 
