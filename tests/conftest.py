@@ -23,6 +23,21 @@ ADMIN_URL = os.environ.get("TWINGRAPH_TEST_POSTGRES",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _home_outside_the_checkout(tmp_path_factory) -> Iterator[None]:
+    """Runs made without an explicit engine or store (``Pipeline.run()``, a bare
+    ``DynamicScheduler()``) use the default home, ``./.twingraph``: the tests' own, in a temp
+    directory, not the checkout's (a test that sets TWINGRAPH_HOME itself still wins)."""
+    if os.environ.get("TWINGRAPH_HOME"):
+        yield
+        return
+    os.environ["TWINGRAPH_HOME"] = str(tmp_path_factory.mktemp("twingraph-home"))
+    try:
+        yield
+    finally:
+        os.environ.pop("TWINGRAPH_HOME", None)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """URL of a fresh, empty PostgreSQL database that lives for the test session."""

@@ -19,11 +19,13 @@ import threading
 
 
 class Flag:
-    """One task's stop: ``requested`` once it was abandoned."""
-    __slots__ = ("requested",)
+    """One task's stop: ``requested`` once it was abandoned. ``outer``: the flag it was set
+    over (a pipeline body run by a task: the task's), which counts too."""
+    __slots__ = ("requested", "outer")
 
-    def __init__(self) -> None:
+    def __init__(self, outer: "Flag | None" = None) -> None:
         self.requested = False
+        self.outer = outer
 
     def request(self) -> None:
         self.requested = True
@@ -52,8 +54,29 @@ def unwatch_self() -> None:
     _flags.pop(threading.get_ident(), None)
 
 
+def watch_body(ident: int) -> Flag:
+    """A flag for the pipeline body running on thread ``ident``, raised when its run stops
+    (its timeout, a cancel, a failure under 'fail'): a body busy in its own code when the
+    run timed out had no way to know. Set over the flag already there (a body run by a task
+    thread: that task's), which still counts; ``unwatch_body`` puts that one back."""
+    flag = _flags[ident] = Flag(_flags.get(ident))
+    return flag
+
+
+def unwatch_body(ident: int, flag: Flag) -> None:
+    if _flags.get(ident) is flag:
+        if flag.outer is None:
+            _flags.pop(ident, None)
+        else:
+            _flags[ident] = flag.outer
+
+
 def stop_requested() -> bool:
-    """Whether the task calling this has been abandoned (timed out, or its run cancelled or
-    failed) and should end as soon as it can. Always False outside a task's thread."""
+    """Whether the task (or pipeline body) calling this has been abandoned (timed out, or its
+    run cancelled or failed) and should end as soon as it can. Always False elsewhere."""
     flag = _flags.get(threading.get_ident())
-    return flag is not None and flag.requested
+    while flag is not None:
+        if flag.requested:
+            return True
+        flag = flag.outer
+    return False

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from twingraph.core import stop
 from twingraph.core.codeversion import code_of_value
 from twingraph.core.instancestate import attributes
 from twingraph.core.hashing import (back_reference, canonical_json, config_digest, digest_json,
@@ -553,6 +554,10 @@ class Engine:
             value, body_error = None, None
             prev = current_run()
             _current.run = loop
+            ident = threading.get_ident()
+            loop.body_flag = body_flag = stop.watch_body(ident)    # raised by ``loop._stop``
+            if loop.stopping:                 # stopped before the flag was there
+                body_flag.request()
             try:
                 if on_start is not None:      # a failing callback fails the run, like its body
                     on_start(loop)
@@ -560,6 +565,7 @@ class Engine:
             except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised via RunResult
                 body_error = exc
             finally:
+                stop.unwatch_body(ident, body_flag)
                 _current.run = prev
                 if isinstance(body_error, KeyboardInterrupt):
                     loop.cancel(_interruption(body_error))

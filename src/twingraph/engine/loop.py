@@ -172,6 +172,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         self._seq = itertools.count()
         self.lock = threading.Lock()             # guards task.state/event for waiters
         self.stopping: str | None = None         # 'failed' | 'cancelled' | 'timeout'
+        self.body_flag: stop.Flag | None = None  # the body thread's (``Engine._run``)
         self.crashed: BaseException | None = None
         self.stop_message = ""
         self.body_finished = False
@@ -1526,6 +1527,8 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         if self.stopping:
             return
         self.stopping, self.stop_message = why, message
+        if self.body_flag is not None:        # the body's ``stop_requested()`` says so now
+            self.body_flag.request()
         self.out.append(LogRecord(self.run_id, self.clock.now(), "warning", f"stopping: {message}"))
         for task in list(self.tasks.values()):
             if task.state not in TERMINAL:
