@@ -56,8 +56,10 @@ def render_progress(p: dict[str, Any], elapsed: float) -> Group:
 class LiveProgress:
     """Redraws ``source()`` (a progress dict) a few times a second until stopped."""
 
-    def __init__(self, source: Callable[[], dict[str, Any] | None], enabled: bool) -> None:
+    def __init__(self, source: Callable[[], dict[str, Any] | None], enabled: bool,
+                 to: Console | None = None) -> None:
         self.source, self.enabled = source, enabled
+        self.console = to or console            # ``run --json``: stderr
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = time.monotonic()
@@ -74,12 +76,12 @@ class LiveProgress:
             self._thread.join(2)
 
     def _run(self) -> None:
-        if not console.is_terminal:
+        if not self.console.is_terminal:
             # A transient Live on a pipe or file draws nothing at all: asked for progress
             # there (``--progress``), the user gets a plain line at each tenth instead.
             self._lines()
             return
-        with Live(console=console, refresh_per_second=8, transient=True) as live:
+        with Live(console=self.console, refresh_per_second=8, transient=True) as live:
             while not self._stop.wait(0.125):
                 p = self.source()
                 if p:
@@ -95,8 +97,8 @@ class LiveProgress:
             step = int(p["percent"]) // 10
             if step != shown:
                 shown = step
-                console.print(progress_line(p, time.monotonic() - self._t0), markup=False,
-                              highlight=False, soft_wrap=True)
+                self.console.print(progress_line(p, time.monotonic() - self._t0),
+                                   markup=False, highlight=False, soft_wrap=True)
 
 
 def progress_line(p: dict[str, Any], elapsed: float) -> str:
@@ -202,8 +204,14 @@ def summary_table(tasks: list[Any], limit: int = 30) -> Table:
         if t.started_at and t.ended_at and t.cache_status not in ("hit", "resumed"):
             row["time"] += t.ended_at - t.started_at
     table = Table(title="Summary")
-    for c in ("component", "tasks", "succeeded", "failed", "skipped/cancelled", "memo hits", "task time"):
-        table.add_column(c, justify="right" if c != "component" else "left")
+    # short headers: the names get the width (an 80-column terminal cut them to "process_c…")
+    for c in ("component", "tasks", "ok", "failed", "skipped", "memo hits", "time"):
+        # a name too long for the terminal folds onto more lines: cut to "process_c…", two
+        # components were one
+        table.add_column(c, justify="right" if c != "component" else "left",
+                         overflow="fold" if c == "component" else "ellipsis",
+                         min_width=min(20, max((len(k) for k in by), default=9))
+                         if c == "component" else None)
     rows = list(by.items())
     if len(rows) > limit:          # the rest in one row: the totals still add up
         rest = {k: sum(r[k] for _, r in rows[limit - 1:]) for k in rows[0][1]}

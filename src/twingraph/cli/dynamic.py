@@ -42,10 +42,12 @@ def register(app: typer.Typer) -> None:
                                      storage_backend=storage_backend, storage_path=storage_path,
                                      no_cache=no_cache, max_retries=max_retries)
             _check_before_storage(dag, config, loaded=bool(load))
-            storage = create_storage_backend(storage_backend, storage_path, **options_from_config(
-                storage_backend, compression=config.compression, cache_size=config.cache_size))
+            # The metadata database first: one refused (in memory, at an unknown revision)
+            # left an empty result store behind.
             metadata = _engine().metadata      # an in-memory database refused, as by `run`
             assert metadata is not None        # the default engine always records
+            storage = create_storage_backend(storage_backend, storage_path, **options_from_config(
+                storage_backend, compression=config.compression, cache_size=config.cache_size))
             scheduler = DynamicScheduler(storage, config,
                                          engine=Engine(results=storage, metadata=metadata))
             try:

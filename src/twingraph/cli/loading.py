@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from twingraph.dsl.pipeline import Nullable, Pipeline, scalar_param_types
+from twingraph.dsl.pipeline import Nullable, Pipeline, param_json_types
 from twingraph.errors import ValidationError
 
 
@@ -74,6 +74,11 @@ def load_module(target: str) -> ModuleType:
             sys.modules.pop(name, None)
             raise ValidationError(f"cannot load {target}: it raised "
                                   f"{type(exc).__name__}: {exc}") from exc
+        except SystemExit as exc:
+            # a script's ``sys.exit(0)`` at import: the command exited 0 with no run and no
+            # word, which a CI job reads as success
+            sys.modules.pop(name, None)
+            raise _exited(target, exc) from None
         except BaseException:
             sys.modules.pop(name, None)
             raise
@@ -102,6 +107,14 @@ def _import(name: str) -> ModuleType:
     except Exception as exc:        # the module's own code raised
         raise ValidationError(f"cannot import {name!r}: it raised "
                               f"{type(exc).__name__}: {exc}") from exc
+    except SystemExit as exc:
+        raise _exited(name, exc) from None
+
+
+def _exited(target: str, exc: SystemExit) -> ValidationError:
+    return ValidationError(f"cannot load {target}: it called sys.exit({exc.code!r}) as it was "
+                           "imported (guard a script's own code with "
+                           "if __name__ == \"__main__\":)")
 
 
 def _private_name(path: Path) -> str:
@@ -157,9 +170,10 @@ def split_target(target: str) -> tuple[str, str | None]:
 
 def parse_params(items: list[str], fn: Any = None) -> dict[str, object]:
     """``k=v`` pairs; values are parsed as JSON when they can be (numbers, true, lists). With
-    the pipeline function ``fn``, a value for a parameter annotated ``str``, ``int``, ``float``
-    or ``bool`` must be one (``ValidationError`` naming it otherwise; ``str`` keeps the text as
-    typed, ``float`` takes an integer); ``Optional[...]`` of one also takes ``null``."""
+    the pipeline function ``fn``, a value for a parameter annotated ``str``, ``int``, ``float``,
+    ``bool``, ``list`` or ``dict`` must be one (``ValidationError`` naming it otherwise; ``str``
+    keeps the text as typed, ``float`` takes an integer, a ``list`` must be a JSON array: a
+    typo in one was taken as text); ``Optional[...]`` of one also takes ``null``."""
     import json
     hints = _scalar_hints(fn)
     out: dict[str, object] = {}
@@ -213,4 +227,4 @@ def _finite(text: str) -> float:
 
 
 def _scalar_hints(fn: Any) -> dict[str, Any]:
-    return {} if fn is None else scalar_param_types(fn)
+    return {} if fn is None else param_json_types(fn)

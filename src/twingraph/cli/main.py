@@ -79,7 +79,10 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
         max_parallel: Annotated[Optional[int], typer.Option(min=1)] = None,
         no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore stored results")] = False,
         resume: Annotated[Optional[str], typer.Option(help="Finish run RUN_ID, reusing what it stored")] = None,
-        progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress")] = None) -> None:
+        progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress")] = None,
+        as_json: Annotated[bool, typer.Option(
+            "--json", help="Print the run's value alone on stdout, as JSON (the progress, "
+                           "summary and run line go to stderr): for | jq")] = False) -> None:
     """Run a @pipeline from a Python file or module."""
     from twingraph.cli.loading import find_pipeline, load_module, parse_params, split_target
     from twingraph.cli.signals import exit_code, terminate_as_interrupt
@@ -100,8 +103,10 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
             if resume:
                 params = _resume_params(engine.metadata.get_run(resume), params)
                 _say_watch(engine.metadata.get_run(resume))
-            show = sys.stdout.isatty() if progress is None else progress
-            with LiveProgress(lambda: holder["loop"].progress() if "loop" in holder else None, show):
+            shown_on = err_console if as_json else console
+            show = (sys.stderr if as_json else sys.stdout).isatty() if progress is None else progress
+            with LiveProgress(lambda: holder["loop"].progress() if "loop" in holder else None,
+                              show, shown_on):
                 # The parameters apart from the options: a pipeline may name one ``no_cache``.
                 result = pipe.run_with((), params, engine=engine, no_cache=no_cache,
                                        max_parallel=max_parallel, resume=resume,
@@ -125,17 +130,42 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
                               f"a run started")
         raise typer.Exit(exit_code(exc)) from None
     tasks = engine.metadata.get_tasks(result.run_id)
-    console.print(summary_table(tasks))
+    # --json: stdout gets the run's value alone (``| jq`` read the table first)
+    report = err_console if as_json else console
+    report.print(summary_table(tasks))
     state = result.state.value
     # soft_wrap: a narrow terminal must not break the run id over lines (it is copied).
-    console.print(f"run [bold]{escape(result.run_id)}[/bold] {escape(pipe.name)}: "
-                  f"[{'green' if state == 'SUCCESS' else 'red'}]{state}[/]", soft_wrap=True)
+    report.print(f"run [bold]{escape(result.run_id)}[/bold] {escape(pipe.name)}: "
+                 f"[{'green' if state == 'SUCCESS' else 'red'}]{state}[/]", soft_wrap=True)
     if result.error is not None:
+        where = _body_traceback(result.error)
+        if where:
+            err_console.print(where, markup=False, highlight=False, soft_wrap=True, end="")
         err_console.print(f"[red]{type(result.error).__name__}:[/red] {escape(str(result.error))}",
                           soft_wrap=True)
         raise typer.Exit(1)
-    if result.value is not None:
+    if as_json:               # one line, whatever the value (null included): for | jq
+        try:
+            print(json.dumps(result.value, default=repr))
+        except (TypeError, ValueError, RecursionError):
+            print(json.dumps(repr(result.value)))
+    elif result.value is not None:
         _print_value(result.value)
+
+
+def _body_traceback(error: BaseException) -> str:
+    """Where the pipeline's own code raised ``error`` (its body's frames and what they
+    called, TwinGraph's own frames left out), as a traceback's text; "" for TwinGraph's own
+    errors (a task's failure is in ``runs logs`` with its traceback)."""
+    import traceback
+    if isinstance(error, TwinGraphError) or error.__traceback__ is None:
+        return ""
+    package = str(Path(__file__).resolve().parents[1])
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not str(Path(f.filename).resolve()).startswith(package)]
+    if not frames:
+        return ""
+    return "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames))
 
 
 def _ended_as(run_id: str) -> Any:

@@ -506,7 +506,7 @@ def _names(code: types.CodeType) -> set[str]:
     return out
 
 
-_SCALARS = (str, int, float, bool)
+_SCALARS = (str, int, float, bool)      # and list, dict: ``param_json_types``
 
 
 class Nullable:
@@ -527,23 +527,59 @@ class Nullable:
         return hash((Nullable, self.type))
 
 
-def scalar_param_types(fn: Any) -> dict[str, Any]:
-    """The parameters of ``fn`` annotated ``str``, ``int``, ``float`` or ``bool``, or one of
-    them or None (a ``Nullable``): what the CLI converts ``--param`` text to, and what REST
-    checks JSON values against; {} when the annotations cannot be resolved."""
+def param_json_types(fn: Any) -> dict[str, Any]:
+    """The parameters of ``fn`` annotated ``str``, ``int``, ``float``, ``bool``, ``list`` or
+    ``dict`` (``list[int]``, ``dict[str, float]``: by their container alone), or one of them
+    or None (a ``Nullable``): what the CLI converts ``--param`` text to, and what REST checks
+    JSON values against. Each parameter's annotation is resolved on its own: one that cannot
+    be (a name imported under ``TYPE_CHECKING``) is not checked, and no longer turns off the
+    checks of all the others (``zip_code: str`` took ``12345`` as an int then)."""
+    import typing
+    out: dict[str, Any] = {}
+    for k, t in _param_hints(fn).items():
+        kind = _json_kind(t)
+        if kind is not None:
+            out[k] = kind
+        elif typing.get_origin(t) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(t) if a is not type(None)]
+            if len(args) == 1 and len(typing.get_args(t)) == 2:
+                kind = _json_kind(args[0])
+                if kind is not None:
+                    out[k] = Nullable(kind)
+    return out
+
+
+def _json_kind(t: Any) -> type | None:
+    import typing
+    if t in _SCALARS:
+        return t  # type: ignore[no-any-return]
+    origin = t if t in (list, dict) else typing.get_origin(t)
+    return origin if origin in (list, dict) else None
+
+
+def _param_hints(fn: Any) -> dict[str, Any]:
+    """``fn``'s parameter annotations, evaluated: all at once when they can be, else each on
+    its own (those that cannot be are left out)."""
     import typing
     try:
         hints = typing.get_type_hints(fn)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: no checking
-        return {}
+    except Exception:  # noqa: BLE001 - one of them does not resolve: each on its own below
+        hints = None
+    if hints is not None:
+        hints.pop("return", None)
+        return hints
+    target = inspect.unwrap(fn)
+    scope = getattr(target, "__globals__", {})
     out: dict[str, Any] = {}
-    for k, t in hints.items():
-        if t in _SCALARS:
-            out[k] = t
-        elif typing.get_origin(t) in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(t) if a is not type(None)]
-            if len(args) == 1 and len(typing.get_args(t)) == 2 and args[0] in _SCALARS:
-                out[k] = Nullable(args[0])
+    for k, a in getattr(target, "__annotations__", {}).items():
+        if k == "return":
+            continue
+        if isinstance(a, str):
+            try:      # the annotation's text, in the module that wrote it (get_type_hints' way)
+                a = eval(a, scope)  # noqa: S307 - the user's own module, already imported
+            except Exception:  # noqa: BLE001 - a name it cannot see: not checked
+                continue
+        out[k] = a
     return out
 
 

@@ -393,6 +393,49 @@ def _invoke(fn: Any, style: str, arguments: Any, parameters: Mapping[str, Any],
     return target(*[values[a] for a in arguments], **parameters)
 
 
+def _check_calls(nodes: list[NodeDefinition], ops: Mapping[str, tuple[Any, str]]) -> None:
+    """A node that gives a component operation arguments its function cannot take (a name
+    it has not, one too many) fails the DAG before it runs, naming the nodes: it failed at
+    run time, after three retries. Checked once per operation and shape of call (argument
+    names or count, parameter names), so a million nodes of one shape cost one check."""
+    if not any(style == "component" and not isinstance(fn, type) for fn, style in ops.values()):
+        return
+    shapes: dict[tuple[Any, ...], str | None] = {}
+    bad: dict[str, list[str]] = {}
+    for n in nodes:
+        fn, style = ops[n.operation]
+        if style != "component" or isinstance(fn, type):
+            continue
+        a = n.arguments
+        shape = (n.operation, tuple(a) if type(a) is dict else len(a), tuple(n.parameters))
+        if shape not in shapes:
+            shapes[shape] = _call_error(fn, a, n.parameters)
+        why = shapes[shape]
+        if why is not None:
+            bad.setdefault(f"operation {n.operation!r} cannot be called as given: {why}",
+                           []).append(n.node_id)
+    for message, ids in bad.items():
+        raise GraphValidationError(message, ids)
+
+
+def _call_error(fn: Any, arguments: Any, parameters: Mapping[str, Any]) -> str | None:
+    """Why ``_invoke`` would fail to call component ``fn`` with these arguments' names and
+    parameters (``TypeError``'s text), or None."""
+    target = getattr(fn, "fn", None) or (fn.run if hasattr(fn, "execute") else fn)
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):        # a builtin without one: not checked
+        return None
+    try:
+        if isinstance(arguments, dict):
+            sig.bind(**dict.fromkeys(arguments), **parameters)
+        else:
+            sig.bind(*[None] * len(arguments), **parameters)
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
 #: The most a running execution's progress says: 100 % is for one that has ended.
 LIVE_MAX_PERCENT = 99.9
 
@@ -960,6 +1003,7 @@ class DynamicScheduler:
             nodes = [by_id[nid] for nid in order]
         ops = {op: self.executor.resolve(op) for op in names}
         self._check_platforms(ops)  # type: ignore[arg-type]  # resolved: none is None
+        _check_calls(nodes, ops)  # type: ignore[arg-type]
         return Plan(nodes, ops)  # type: ignore[arg-type]
 
     def _check_platforms(self, ops: Mapping[str, tuple[Any, str]]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from twingraph.core.states import TaskState
 from twingraph.engine.scopes import current as current_scope
-from twingraph.engine.refs import Ref, ref_to
+from twingraph.engine.refs import Ref, ref_to, walk_path
 from twingraph.serialization import own_copy
 from twingraph.engine.task import (DECLARED, UNLOADED, Task, CANCELLED, FAILED, PENDING, QUEUED,
                                     RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
@@ -117,10 +117,7 @@ class BodySide:
         value = task.value
         if value is UNLOADED:
             value = self.engine.load_value(task.cache_key)
-        full = task.result_view(value)
-        for p in ref._path:
-            full = full[p]
-        return own_copy(full)
+        return own_copy(walk_path(task.node_id, task.result_view(value), ref._path, 0))
 
     def _failure_of(self, task: Task) -> BaseException:
         if task.state is FAILED:

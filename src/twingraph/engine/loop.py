@@ -52,12 +52,12 @@ from twingraph.engine.recorder import PutResult
 from twingraph.engine.writer import FRAME_MAX, INLINE_MAX
 from twingraph.engine.snapshot import error_text, task_rows, traceback_text
 from twingraph.serialization import SHARED_TYPES, own_copy
-from twingraph.engine.refs import Ref, find_refs, find_refs_once, path_list, substitute
+from twingraph.engine.refs import Ref, find_refs, find_refs_once, path_list, substitute, walk_path
 from twingraph.engine.task import (DECLARED, UNLOADED, Job, Task, CANCELLED, FAILED, PENDING, QUEUED,
                                     RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
 from twingraph.ports import JobOutcome
-from twingraph.errors import (NodeExecutionError, ResourceUnavailable, TaskCancelled, TaskTimeout,
-                              ValidationError)
+from twingraph.errors import (NodeExecutionError, PipelineError, ResourceUnavailable, TaskCancelled,
+                              TaskTimeout, ValidationError)
 
 _NONE: list[Any] = []          # shared empty list for released fields (never appended to)
 _EMPTY: dict[str, Any] = {}
@@ -554,6 +554,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         elif kind == "body":
             self.body_finished, self.body_error = True, ev[1]
             if ev[1] is not None:
+                self._log_body_error(ev[1])
                 self._body_failed(ev[1])
         elif kind == "cancel":
             self._stop("cancelled", ev[1])
@@ -1200,8 +1201,8 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         if not ref._path:
             return t.result_view(own_copy(value))
         if ref._path[0] == "outputs" and not t.spec.raw_result:
-            return own_copy(_walk(t, value, ref._path, 1))
-        return own_copy(_walk(t, t.result_view(value), ref._path, 0))
+            return own_copy(walk_path(t.node_id, value, ref._path, 1, "input "))
+        return own_copy(walk_path(t.node_id, t.result_view(value), ref._path, 0, "input "))
 
     def _release_inputs(self, task: Task) -> None:
         """This task needs its inputs' in-memory values no more (started, or finished without
@@ -1402,6 +1403,19 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
             if self.logs:
                 self._hand_over(final=True)
 
+    def _log_body_error(self, exc: BaseException) -> None:
+        """The body's own exception, with its traceback, in the run's logs (``runs logs``):
+        a typo in the body (``r["output"]``) was told as ``KeyError: 'output'`` alone, with
+        no file or line anywhere. Not a task's failure the body re-raised (logged with its
+        task), nor the run's own stop (a timeout, a cancel) raised into the body."""
+        if isinstance(exc, (PipelineError, KeyboardInterrupt)) or any(
+                exc is e for e in self.failures.values()):
+            return
+        tb = traceback_text(exc).rstrip()
+        self.out.append(LogRecord(self.run_id, self.clock.now(), "error",
+                                  f"the pipeline body raised {error_text(exc)}"
+                                  + (f"\n{tb}" if "\n" in tb else "")))
+
     def _body_failed(self, exc: BaseException) -> None:
         """The pipeline body raised. Under 'fail' (and 'retry', whose retries are a task's)
         the run stops as when a task fails: nothing new starts, running tasks are cancelled.
@@ -1575,21 +1589,6 @@ def get_nowait(q: queue.SimpleQueue[Any]) -> Any:
         return q.get_nowait()
     except queue.Empty:
         return None
-
-
-def _walk(producer: Task, value: Any, path: tuple[Any, ...], start: int) -> Any:
-    """``value[path[start]][path[start + 1]]...``: an input a consumer reads from its
-    producer's result. A step that is not there names the producer and the path (a bare
-    ``KeyError: 'nope'`` read as the consumer's own error)."""
-    for i in range(start, len(path)):
-        try:
-            value = value[path[i]]
-        except (LookupError, TypeError) as exc:
-            where = "".join(f"[{p!r}]" for p in path[:i + 1])
-            raise NodeExecutionError(
-                f"input {producer.node_id}{where} is not there: {type(exc).__name__}: {exc}",
-                error_type=type(exc).__name__) from exc
-    return value
 
 
 def _skipped_for(upstream: Task, task: Task) -> NodeExecutionError:

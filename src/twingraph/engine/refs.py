@@ -17,7 +17,7 @@ import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from twingraph.errors import ValidationError
+from twingraph.errors import NodeExecutionError, ValidationError
 
 
 class Ref:
@@ -285,6 +285,26 @@ def substitute(value: Any, fetch: Any) -> Any:
 
 
 _WALK = frozenset({Ref, list, tuple, dict, set, frozenset})
+
+
+def walk_path(producer: str, value: Any, path: tuple[Any, ...], start: int, what: str = "") -> Any:
+    """``value[path[start]][path[start + 1]]...``: what a reference reads from task
+    ``producer``'s result. A step that is not there names the producer and the path (a bare
+    ``KeyError: 'nope'`` read as the consumer's own error; in the body, ``r["output"]`` for
+    ``r["outputs"]`` failed the run with ``KeyError: 'output'`` and no word of where)."""
+    for i in range(start, len(path)):
+        try:
+            value = value[path[i]]
+        except (LookupError, TypeError) as exc:
+            where = "".join(f"[{p!r}]" for p in path[:i + 1])
+            keys = ""
+            if isinstance(value, dict) and isinstance(exc, KeyError):
+                keys = f" (it has {', '.join(repr(k) for k in list(value)[:10])}" + \
+                    (", ...)" if len(value) > 10 else ")")
+            raise NodeExecutionError(
+                f"{what}{producer}{where} is not there: {type(exc).__name__}: {exc}{keys}",
+                error_type=type(exc).__name__) from exc
+    return value
 
 
 def path_list(path: tuple[Any, ...]) -> Sequence[Any]:

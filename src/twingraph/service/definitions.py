@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twingraph.core.graph import validate_dag
-from twingraph.dsl.pipeline import json_fits, scalar_param_types
+from twingraph.dsl.pipeline import json_fits, param_json_types
 from twingraph.engine.dynamic import DAGDefinition, NodeDefinition, NodeExecutor
 from twingraph.errors import GraphValidationError, ValidationError
 
@@ -258,7 +258,7 @@ def check_python_params(fn: Callable[..., Any], params: Mapping[str, Any]) -> No
     except TypeError as exc:
         raise DefinitionError(f"params do not fit the pipeline: {exc}",
                               [{"field": "params", "message": str(exc)}]) from exc
-    types = scalar_param_types(fn)
+    types = param_json_types(fn)
     if not types:
         return
     defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()}

@@ -22,7 +22,7 @@ from twingraph.core.records import LogRecord
 from twingraph.core.states import RunState
 from twingraph.dsl.component import check_platform
 from twingraph.dsl.pipeline import (Pipeline, export_lineage, json_fits, recorded_defaults,
-                                   scalar_param_types)
+                                   param_json_types)
 from twingraph.engine.dynamic import DynamicScheduler
 from twingraph.engine.engine import LIVE_WINDOW, Engine, RunResult
 from twingraph.engine.loop import RunOptions
@@ -454,7 +454,7 @@ def _defaults_to_record(fn: Callable[..., Any], params: Mapping[str, Any]) -> di
     if not defaults:
         return defaults
     sig = inspect.signature(fn)
-    types = scalar_param_types(fn)
+    types = param_json_types(fn)
     return {k: v for k, v in defaults.items()
             if sig.parameters[k].kind is not inspect.Parameter.POSITIONAL_ONLY
             and (k not in types or json_fits(v, types[k]))}
