@@ -135,3 +135,14 @@ def test_the_summary_keeps_component_names_whole_at_80_columns():
     text = console.export_text()
     assert "process_customers" in text and "process_chunks" in text, text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_runs_lines_keep_one_field_per_column_for_names_with_tabs():
+    """A DAG id ``a/b<TAB>c`` gave its row a field too many."""
+    from twingraph.cli.display import runs_lines
+    from twingraph.core.states import RunState
+    run = SimpleNamespace(run_id="r1", pipeline="a/b\tc\nd", state=RunState.SUCCESS,
+                          created_at=0.0, started_at=0.0, ended_at=1.0)
+    header, row = runs_lines([run])
+    assert len(row.split("\t")) == len(header.split("\t"))
+    assert row.split("\t")[1] == "a/b\\tc\\nd"

@@ -179,9 +179,18 @@ def runs_lines(runs: Iterable[Any]) -> list[str]:
     ``runs list`` prints to a pipe or file, or to a terminal too narrow for the table."""
     lines = ["\t".join(RUNS_COLUMNS)]
     for r in runs:
-        lines.append("\t".join((r.run_id, r.pipeline, r.state.value, ts(r.created_at),
+        lines.append("\t".join((r.run_id, _field(r.pipeline), r.state.value, ts(r.created_at),
                                  dur(r.started_at, r.ended_at))))
     return lines
+
+
+def _field(text: str) -> str:
+    """A name as one tab-separated field: a tab or line break in it (a DAG id may hold one)
+    made a row with a field too many, or two rows; escaped as ``\\t``, ``\\n``."""
+    if "\t" in text or "\n" in text or "\r" in text or "\\" in text:
+        return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+                .replace("\r", "\\r"))
+    return text
 
 
 def _state(s: str) -> Text:
