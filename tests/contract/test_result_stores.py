@@ -365,6 +365,14 @@ def test_list_and_dag_filter(store: ResultStoreBase) -> None:
     assert store.list_keys("dag-x") == []
 
 
+def test_dag_ids_are_compared_as_text_on_every_backend(store: ResultStoreBase) -> None:
+    """``list_results(5)`` found a result put with ``dag_id`` 5 on SQLite only (session 23)."""
+    _put(store, "i", 1, dag_id=5)
+    _put(store, "s", 2, dag_id="5")
+    assert store.list_keys(5) == ["i", "s"] == store.list_keys("5")  # type: ignore[arg-type]
+    assert store.list_keys(5.0) == []                                  # type: ignore[arg-type]
+
+
 def test_update_metadata_merges(store: ResultStoreBase) -> None:
     _put(store, "m", {"v": 1}, dag_id="dag-1", owner="me")
     assert store.patch_metadata("m", {"owner": "you", "tag": [1, 2]}) is True

@@ -248,6 +248,13 @@ def _dump_meta(md: Any, key: str) -> tuple[str, str | None]:
     return text, (None if dag is None else str(dag))
 
 
+def dag_text(dag_id: Any) -> str | None:
+    """``list_keys``' ``dag_id`` as stored results hold it: as text (``dump_meta`` stores
+    ``str(metadata["dag_id"])``). Compared as given, ``list_results(5)`` found a result put
+    with ``dag_id`` 5 on SQLite (whose column converts) and not on the other backends."""
+    return None if dag_id is None else dag_id if type(dag_id) is str else str(dag_id)
+
+
 def prepare_all(items: Iterable[tuple[str, Any, StorageMetadata]]) -> list[Prepared]:
     """``prepare`` every item of a batch (so one bad item fails the batch before any write);
     a key given twice keeps its last value, as if the puts had run in order."""

@@ -15,6 +15,7 @@ import os
 import secrets
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,11 +85,31 @@ def unlink_quiet(path: Path) -> None:
 
 class ProcessLock:
     """A thread lock plus an ``flock`` on ``path``: serialises commits across threads and
-    processes sharing the store directory."""
+    processes sharing the store directory.
+
+    An ``flock`` belongs to the open file, which a forked child shares: a store opened before
+    a ``fork()`` (``multiprocessing``'s default on Linux) held the lock in parent and child at
+    once, two commits interleaved, and one unlinked the data file the other's metadata named
+    (a result lost as "corrupted"). The child reopens the file (``_reopen_in_child``), and
+    gets a thread lock of its own (the parent's may have been held by a thread at the fork)."""
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._thread_lock = threading.Lock()
         self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        _OPEN.add(self)
+
+    def _reopen(self) -> None:  # in a forked child, before any other thread runs
+        self._thread_lock = threading.Lock()
+        if self._fd is not None:
+            try:
+                os.close(self._fd)           # the parent's open file: its lock stays its own
+            except OSError:
+                pass
+            try:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError:                   # the directory is gone: closed, as it says
+                self._fd = None
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -108,3 +129,16 @@ class ProcessLock:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+        _OPEN.discard(self)
+
+
+_OPEN: weakref.WeakSet[ProcessLock] = weakref.WeakSet()
+
+
+def _reopen_in_child() -> None:
+    for lock in list(_OPEN):
+        lock._reopen()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reopen_in_child)

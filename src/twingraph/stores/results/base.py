@@ -65,7 +65,8 @@ class StorageInterface(ABC):
 
     @abstractmethod
     async def list_results(self, dag_id: str | None = None) -> list[str]:
-        """Sorted node ids, optionally only those whose ``metadata['dag_id']`` equals ``dag_id``."""
+        """Sorted node ids, optionally only those whose ``metadata['dag_id']`` equals ``dag_id``
+        (compared as text: a ``dag_id`` given as 5 and one given as "5" are one DAG)."""
 
     @abstractmethod
     async def get_metadata(self, node_id: str) -> StorageMetadata | None:

@@ -67,7 +67,7 @@ from twingraph.core.results import DataType, StorageMetadata
 from twingraph.errors import ConfigurationError, IntegrityError, StorageError
 from twingraph.stores.results import _files
 from twingraph.stores.results._common import (
-    Prepared, check_hash, data_type_of, merge_meta, prepare_all, slices, validate_key,
+    Prepared, check_hash, dag_text, data_type_of, merge_meta, prepare_all, slices, validate_key,
     verified_stream, verify,
 )
 from twingraph.stores.results._compress import CompressionPolicy, decompress_frame, pack_small, worth_it, zstd
@@ -518,6 +518,7 @@ class FilesystemStorage(ResultStoreBase):
         return self._meta_file(key).exists()
 
     def list_keys(self, dag_id: str | None = None) -> list[str]:
+        dag_id = dag_text(dag_id)
         with self._translate("list", dag_id or "*"):
             keys = sorted(n[:-5] for n in os.listdir(self.metadata_path)
                           if n.endswith(".json") and not n.startswith("."))

@@ -13,7 +13,7 @@ from typing import Any
 
 from twingraph.core.results import StorageMetadata
 from twingraph.stores.results._common import (
-    check_chunk_size, check_hash, hash_views, joined, merge_meta, meta_from_json, prepare_all, validate_key,
+    check_chunk_size, check_hash, dag_text, hash_views, joined, merge_meta, meta_from_json, prepare_all, validate_key,
     verified_stream, verify,
 )
 from twingraph.stores.results.base import Buffer, Item, ResultStoreBase
@@ -91,6 +91,7 @@ class MemoryStorage(ResultStoreBase):
         return self._entry(key) is not None
 
     def list_keys(self, dag_id: str | None = None) -> list[str]:
+        dag_id = dag_text(dag_id)
         with self._lock:
             return sorted(k for k, e in self._entries.items()
                           if dag_id is None or e.dag_id == dag_id)

@@ -46,7 +46,7 @@ from zlib import adler32, crc32
 from twingraph.core.results import StorageMetadata, value_id
 from twingraph.errors import ConfigurationError, IntegrityError, StorageError
 from twingraph.stores.results._common import (
-    Prepared, check_hash, data_type_of, hash_mismatch, merge_meta, meta_from_json, prepare_all,
+    Prepared, check_hash, dag_text, data_type_of, hash_mismatch, merge_meta, meta_from_json, prepare_all,
     prepare_wire,
     slices, utc_now, validate_key, verified_stream, verify,
 )
@@ -731,6 +731,7 @@ class SQLiteStorage(ResultStoreBase):
             raise self._error("exists", key, exc) from exc
 
     def list_keys(self, dag_id: str | None = None) -> list[str]:
+        dag_id = dag_text(dag_id)
         with self._translate("list", dag_id or "*"):
             if dag_id is None:
                 cur = self._conn().execute("SELECT node_id FROM node_results ORDER BY node_id")
