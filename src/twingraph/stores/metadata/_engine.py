@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import StaticPool
 
@@ -82,3 +82,18 @@ def _sqlite_engine(url: URL) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
     return engine
+
+
+Q = TypeVar("Q", bound=Select[Any])
+
+
+def paged(query: Q, limit: int | None, offset: int) -> Q:
+    """``query`` with ``LIMIT``/``OFFSET`` only where they say something. SQLAlchemy renders
+    ``offset(0)`` with no limit as ``LIMIT -1 OFFSET 0`` on SQLite, and SQLite's sort with a
+    limit is far slower than without: ``get_tasks`` of a 100,000-task run took 28 s of a
+    ``twingraph run``'s summary (0.4 s without)."""
+    if limit is not None:
+        query = query.limit(limit)
+    if offset:
+        query = query.offset(offset)
+    return query

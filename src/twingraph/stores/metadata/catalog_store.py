@@ -42,6 +42,7 @@ from twingraph.stores.metadata.schema import (
     tasks,
 )
 from twingraph.stores.metadata.store import SQLMetadataStore
+from twingraph.stores.metadata._engine import paged
 
 MAX_LIMIT = 100
 
@@ -209,7 +210,7 @@ class SQLCatalog:
             *_order(projects, sort, self.PROJECT_SORT, "-created_at"))
         with self.store._reading() as conn:
             total = conn.execute(select(func.count()).select_from(projects).where(*where)).scalar_one()
-            rows = conn.execute(query.limit(limit).offset(offset)).all()
+            rows = conn.execute(paged(query, limit, offset)).all()
         return [ProjectRecord(**r._asdict()) for r in rows], int(total)
 
     def update_project(self, project_id: str, changes: dict[str, Any]) -> ProjectRecord:
@@ -377,7 +378,7 @@ class SQLCatalog:
             if tag is None:
                 total = conn.execute(select(func.count()).select_from(pipelines)
                                      .where(*where)).scalar_one()
-                rows = conn.execute(query.limit(limit).offset(offset)).all()
+                rows = conn.execute(paged(query, limit, offset)).all()
                 return [PipelineRecord(**r._asdict()) for r in rows], int(total)
             # Tags are a JSON list: filter in Python (catalogs hold pipelines, not millions).
             tagged = [PipelineRecord(**r._asdict()) for r in conn.execute(query)
@@ -529,7 +530,7 @@ class SQLCatalog:
             *_order(runs, sort, self.RUN_SORT, "-created_at"))
         with self.store._reading() as conn:
             total = conn.execute(select(func.count()).select_from(runs).where(*where)).scalar_one()
-            rows = conn.execute(query.limit(limit).offset(offset)).all()
+            rows = conn.execute(paged(query, limit, offset)).all()
         return [_run_row(r) for r in rows], int(total)
 
     def cancel_pending(self, run_id: str, reason: str) -> bool:
@@ -628,8 +629,9 @@ class SQLCatalog:
             where.append(logs.c.at >= since)
         if until is not None:
             where.append(logs.c.at <= until)
-        query = (select(logs.c.run_id, logs.c.at, logs.c.level, logs.c.message, logs.c.node_id)
-                 .where(*where).order_by(logs.c.at, logs.c.id).limit(limit).offset(offset))
+        query = paged(select(logs.c.run_id, logs.c.at, logs.c.level, logs.c.message,
+                             logs.c.node_id).where(*where).order_by(logs.c.at, logs.c.id),
+                      limit, offset)
         with self.store._reading() as conn:
             total = conn.execute(select(func.count()).select_from(logs).where(*where)).scalar_one()
             rows = conn.execute(query).all()

@@ -69,6 +69,7 @@ from twingraph.stores.metadata import _semantics as sem
 from twingraph.stores.metadata.catalog import new_id
 from twingraph.stores.metadata.schema import pipelines, projects, runs, schedules
 from twingraph.stores.metadata.store import SQLMetadataStore, retry_conflicts
+from twingraph.stores.metadata._engine import paged
 
 _FIELDS = tuple(ScheduleRecord.__dataclass_fields__)
 #: Fields ``update`` may change; the others are the store's (ids, times, claim and fire columns).
@@ -164,7 +165,7 @@ class SQLScheduleStore:
         column = schedules.c[name]
         order = (column.desc(), schedules.c.id.desc()) if sort.startswith("-") \
             else (column.asc(), schedules.c.id.asc())
-        query = select(schedules).where(*conds).order_by(*order).limit(limit).offset(offset)
+        query = paged(select(schedules).where(*conds).order_by(*order), limit, offset)
         with self._store._reading() as conn:
             total = conn.execute(select(func.count()).select_from(schedules).where(*conds)).scalar_one()
             rows = conn.execute(query).all()

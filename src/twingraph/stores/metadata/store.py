@@ -40,7 +40,7 @@ from twingraph.core.states import RunState, TaskState
 from twingraph.errors import ConfigurationError, ConflictError, NotFoundError, StorageError, TwinGraphError, ValidationError
 from twingraph.stores.metadata import _semantics as sem
 from twingraph.stores.metadata import migrate
-from twingraph.stores.metadata._engine import WRITE_OPTION, make_engine
+from twingraph.stores.metadata._engine import WRITE_OPTION, make_engine, paged
 from twingraph.stores.metadata._write import BatchWriter
 from twingraph.stores.metadata.catalog import (
     PipelineRecord,
@@ -200,7 +200,7 @@ class SQLMetadataStore:
         if project is not None:
             query = query.where(runs.c.project == project)
         with self._reading() as conn:
-            return [_run(row) for row in conn.execute(query.limit(limit).offset(offset))]
+            return [_run(row) for row in conn.execute(paged(query, limit, offset))]
 
     def find_run_ids(self, prefix: str, *, limit: int = 10) -> list[str]:
         """Ids of the runs whose id starts with ``prefix`` (case-sensitive), in code-point order,
@@ -220,9 +220,9 @@ class SQLMetadataStore:
                   offset: int = 0) -> list[TaskRecord]:
         """Tasks of a run in call order (``order``, then ``node_id``); paging is an extra."""
         sem.check_paging(limit, offset)
-        query = (select(*(tasks.c[name] for name in _TASK_FIELDS))
-                 .where(tasks.c.run_id == run_id).order_by(tasks.c.order, tasks.c.node_id)
-                 .limit(limit).offset(offset))
+        query = paged(select(*(tasks.c[name] for name in _TASK_FIELDS))
+                      .where(tasks.c.run_id == run_id).order_by(tasks.c.order, tasks.c.node_id),
+                      limit, offset)
         with self._reading() as conn:
             rows = conn.execute(query).all()
         # Positional construction: no dict per row (a run may have 1,000,000 tasks).
@@ -248,7 +248,7 @@ class SQLMetadataStore:
         if level is not None:
             query = query.where(logs.c.level.in_(sem.levels_at_or_above(level)))
         with self._reading() as conn:
-            rows = conn.execute(query.limit(limit).offset(offset)).all()
+            rows = conn.execute(paged(query, limit, offset)).all()
         return [LogRecord(**row._asdict()) for row in rows]
 
     def get_edges(self, run_id: str) -> list[EdgeRecord]:
