@@ -109,6 +109,10 @@ class Job(Protocol):
     # Where a job running in another interpreter sends its task log records
     # (``on_log(created, level, message)``, any thread); None: nobody listens.
     on_log: Callable[[float, str, str], None] | None
+    # Called (any thread) once ``started_at`` is set, by an executor that may keep a job
+    # waiting for a worker: until then the task's row says it is queued, not running, and no
+    # attempt is counted; None: nobody listens.
+    on_start: Callable[[], None] | None
 
 
 class Outcome(Protocol):

@@ -558,6 +558,15 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                 self._body_failed(ev[1])
         elif kind == "cancel":
             self._stop("cancelled", ev[1])
+        elif kind == "began":          # a worker took a process task's job: its row says so
+            task = ev[1]
+            if task.state is RUNNING and task.fence == ev[2]:
+                began = getattr(task.job, "started_at", None)
+                if began is not None:             # when the worker took it, not the hand-over
+                    task.started_at = self.clock.now() - max(0.0, time.monotonic() - began)
+                if not task.dirty:
+                    task.dirty = True
+                    self.dirty.append(task)
 
     # == submission and readiness ===========================================================
     def _take_submitted(self) -> None:
@@ -1156,10 +1165,13 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         # 'remote': the job goes to another platform as it is (picklable: no closures over
         # this loop); its executor applies the environment and forwards logs through on_log.
         job = task.job = Job(task, invoke, (task.fn, args, kwargs), {}, mode)
+        inbox = self.inbox
         if mode != "thread":         # ... their worker forwards each record (any thread)
             job.on_log = self._log_sink(task.node_id)
+        if mode == "process":        # it may wait for a worker: recorded as started when taken
+            fence = task.fence
+            job.on_start = lambda: inbox.put(("began", task, fence))
         self._timer(task.spec.timeout, "task_timeout", task, task.fence)
-        inbox = self.inbox
         job.executor = executor
         try:
             executor.submit(job, lambda o: inbox.put(("done", o)))
@@ -1531,8 +1543,12 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         if task.spec.resources:
             self._give_back(task)
         # A job still waiting for a worker (a process being spawned) never ran: it was
-        # neither killed nor left running
+        # neither killed nor left running, and is no attempt (a resume would have counted it
+        # against the task's retries)
         how = ("killed" if killed else "abandoned") if began else "dropped before it started"
+        if not began:
+            task.attempt -= 1
+            task.started_at = None
         error = TaskCancelled(f"{message}; running task {how}", node_id=task.node_id)
         self._end_attempt_row(task, CANCELLED, error)
         self._finish(task, CANCELLED, error=error)

@@ -12,7 +12,7 @@ from typing import Any
 
 from twingraph.core.logtext import said, storable
 from twingraph.core.records import AttemptRecord, TaskRecord, TaskUpdate
-from twingraph.engine.task import Task, RUNNING, SUCCESS, TERMINAL
+from twingraph.engine.task import Task, QUEUED, RUNNING, SUCCESS, TERMINAL
 from twingraph.errors import REMOTE_TRACEBACK, NodeExecutionError
 
 
@@ -23,12 +23,19 @@ def task_rows(run_id: str, task: Task, out: list[Any], new: list[tuple[Any, ...]
     t = task
     ok = t.state is SUCCESS
     err = error_text(t.error) if t.error is not None and not ok else None
+    state, attempt, started_at = t.state, t.attempt, t.started_at
+    if state is RUNNING and t.mode == "process" and t.job is not None \
+            and t.job.started_at is None:
+        # Handed to the process pool, still waiting for a worker: queued, as before its
+        # attempt (a crash now must not count an attempt that never ran; the loop marks it
+        # dirty again when a worker takes it)
+        state, attempt, started_at = QUEUED, t.attempt - 1, None
     if not t.persisted:
         t.persisted = True
-        values = (run_id, t.node_id, t.component, t.state, t.spec.platform, t.cache_key,
+        values = (run_id, t.node_id, t.component, state, t.spec.platform, t.cache_key,
                   t.cache_status, t.cache_reason, t.cache_key if ok else None,
-                  t.content_hash if ok else None, t.attempt, t.fence, t.order,
-                  t.inputs_info, t.created_at, t.started_at, t.ended_at, err)
+                  t.content_hash if ok else None, attempt, t.fence, t.order,
+                  t.inputs_info, t.created_at, started_at, t.ended_at, err)
         if new is not None:
             new.append(values)
         else:
@@ -36,15 +43,15 @@ def task_rows(run_id: str, task: Task, out: list[Any], new: list[tuple[Any, ...]
         t.inputs_info = None           # written: the lineage list is not needed in memory
     else:
         out.append(TaskUpdate(
-            run_id, t.node_id, t.state, t.ended_at or t.started_at or t.created_at,
-            t.fence, t.attempt or None, t.cache_key, t.cache_status, t.cache_reason,
-            t.cache_key if ok else None, t.content_hash if ok else None, err, t.started_at,
+            run_id, t.node_id, state, t.ended_at or started_at or t.created_at,
+            t.fence, attempt or None, t.cache_key, t.cache_status, t.cache_reason,
+            t.cache_key if ok else None, t.content_hash if ok else None, err, started_at,
             t.ended_at))
     if t.state in TERMINAL:
         # Final row written: its times are not needed in memory any more (a run of a million
         # tasks keeps every Task; three floats each are 72 bytes).
         t.created_at, t.started_at, t.ended_at = 0.0, None, None
-    if t.state is RUNNING:
+    if state is RUNNING:
         t.attempt_row = t.attempt
         out.append(AttemptRecord(run_id, t.node_id, t.attempt, t.fence, RUNNING,
                                  f"{t.spec.platform}:{t.mode}", t.started_at or 0.0))

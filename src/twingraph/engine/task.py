@@ -98,7 +98,7 @@ class Job:
     (``time.monotonic()``) when the job really starts; a task's timeout counts from then, not
     from the moment it was handed over (a job may wait for a free worker or a process spawn)."""
     __slots__ = ("node_id", "fence", "fn", "args", "kwargs", "mode", "task", "started_at",
-                 "on_log", "executor", "stop_flag")
+                 "on_log", "on_start", "executor", "stop_flag")
 
     def __init__(self, task: Task, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                  mode: str) -> None:
@@ -106,5 +106,6 @@ class Job:
         self.fn, self.args, self.kwargs, self.mode = fn, args, kwargs, mode
         self.started_at: float | None = None
         self.on_log: Any = None
+        self.on_start: Any = None      # a process job: the loop hears when a worker took it
         self.executor: Any = None      # the executor it was submitted to (aborts go there)
         self.stop_flag: Any = None     # an inline call taken over: its core.stop flag

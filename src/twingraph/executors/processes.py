@@ -669,6 +669,9 @@ class ProcessPool:
                 w.ready = True
             t0 = time.perf_counter()
             job.started_at = time.monotonic()
+            on_start = getattr(job, "on_start", None)
+            if on_start is not None:
+                on_start()
             try:
                 w.conn.send_bytes(payload)
             except OSError:
