@@ -170,13 +170,14 @@ def own_key(structural: str, run_id: str, node_id: str, epoch: int = 0) -> str:
 
 
 def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], Any],
-                 leaf_hash: Callable[[Any], str]) -> Any:
+                 leaf_hash: Callable[[Any], str], w: _Walk | None = None) -> Any:
     """A JSON-able digest of an argument value.
 
     Containers are walked; instances of ``ref_type`` (references to other tasks' outputs)
     become ``ref_digest(ref)``, a string starting with '@'; JSON scalars stay as they are (short
     strings) or become a hash; other leaves become ``leaf_hash(value)``. Runs once per task on
-    the engine's hot path, hence the type-identity tests in order of frequency.
+    the engine's hot path, hence the type-identity tests in order of frequency. ``w``: this
+    thread's walk (``enter``), passed down so it is looked up once per call from outside.
     """
     t = type(value)
     if t is ref_type:
@@ -191,25 +192,41 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
     if t is float:
         return {"f": repr(value)}
     if t is list or t is tuple:
-        path = _PATH.ids
-        if id(value) in path:               # it holds itself: a back-reference
-            return {"cy": len(path) - path.index(id(value))}
-        path.append(id(value))
+        # ``enter``, inlined (the hot path): met before in this walk, a reference to it
+        if w is None:
+            w = _WALK
+        index, objs = w.index, w.objs
+        n = index.get(id(value))
+        if n is not None:
+            return {"ref": n}
+        index[id(value)] = len(objs)
+        objs.append(value)
+        w.depth += 1
         try:
-            # A reference item (a fan-in's list of futures) digests without a call through here.
+            # A reference item (a fan-in's list of futures) digests without a call through
+            # here, and so does an int (``digest_value``'s rule, inlined).
             return {"l" if t is list else "t": [
-                ref_digest(v) if type(v) is ref_type else
-                digest_value(v, ref_type, ref_digest, leaf_hash) for v in value]}
+                v if type(v) is int else ref_digest(v) if type(v) is ref_type else
+                digest_value(v, ref_type, ref_digest, leaf_hash, w) for v in value]}
         finally:
-            path.pop()
+            w.depth -= 1
+            if not w.depth:
+                index.clear()
+                objs.clear()
     if t is dict:
-        path = _PATH.ids
-        if id(value) in path:
-            return {"cy": len(path) - path.index(id(value))}
+        if w is None:
+            w = _WALK
+        index, objs = w.index, w.objs
+        n = index.get(id(value))
+        if n is not None:
+            return {"ref": n}
+        mark = len(objs)
+        index[id(value)] = mark
+        objs.append(value)
+        w.depth += 1
         # In order: a dict's order is part of its value (code that iterates it sees it), as
         # in stored results (``serialization``). Keys and digests alternate in one list.
         items: list[Any] = []
-        path.append(id(value))
         try:
             for k, v in value.items():
                 if type(k) is not str:
@@ -218,11 +235,15 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
                 items.append(k)
                 items.append(v if tv is int or tv is bool or v is None else ref_digest(v)
                              if tv is ref_type else
-                             digest_value(v, ref_type, ref_digest, leaf_hash))
+                             digest_value(v, ref_type, ref_digest, leaf_hash, w))
             else:
                 return {"o": items}
+            rewind_walk(mark)  # walked as pairs next: what it met, met there for the first time
         finally:
-            path.pop()
+            w.depth -= 1
+            if not w.depth:
+                index.clear()
+                objs.clear()
         return _pairs(value, "kd", ref_type, ref_digest, leaf_hash)
     if isinstance(value, tuple) and hasattr(t, "_fields"):    # a named tuple: walk it too
         return {"n": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),   # its class's code
@@ -238,19 +259,18 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
         return {"en": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),
                 "v": digest_value(value.value, ref_type, ref_digest, leaf_hash)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        path = _PATH.ids
-        if id(value) in path:
-            return {"cy": len(path) - path.index(id(value))}
-        state = vars(value) if hasattr(value, "__dict__") else {
-            f.name: getattr(value, f.name) for f in dataclasses.fields(value)
-            if hasattr(value, f.name)}
-        state = dict(state)     # futures inside digest as references (they are inputs)
-        path.append(id(value))
+        seen = enter(value)
+        if seen is not None:
+            return seen
         try:
+            state = vars(value) if hasattr(value, "__dict__") else {
+                f.name: getattr(value, f.name) for f in dataclasses.fields(value)
+                if hasattr(value, f.name)}
+            state = dict(state)     # futures inside digest as references (they are inputs)
             return {"dc": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),  # class code
                     "s": digest_value(state, ref_type, ref_digest, leaf_hash)}
         finally:
-            path.pop()
+            leave()
     if t is memoryview:
         # its bytes alone: ``cast("i")`` or ``cast("B", (2, 3))`` of the same bytes is
         # another value (what ``tolist()``, indexing and ``len`` give)
@@ -276,7 +296,13 @@ def _unordered(value: Any, t: type, ref_type: type | None, ref_digest: Callable[
     its bytes followed the iteration order, which depends on the process's hash seed (a miss
     in every process)."""
     def d(v: Any) -> Any:
-        return digest_value(v, ref_type, ref_digest, leaf_hash)
+        # each item as if it were the first (its digest must not depend on which items the
+        # iteration order walked before it): what it meets is forgotten after it
+        mark = mark_walk()
+        try:
+            return digest_value(v, ref_type, ref_digest, leaf_hash)
+        finally:
+            rewind_walk(mark)
     return {"s" if t is set else "fs": sorted((d(v) for v in value), key=digest_json)}
 
 
@@ -305,55 +331,80 @@ def _holds(value: Any, ref_type: type) -> bool:
 _MAPPINGS: dict[type, str] = {dict: "kd", OrderedDict: "od", defaultdict: "dd", Counter: "ct"}
 
 
-class _Path(threading.local):
-    """The ids of the containers and objects a digest on this thread is inside of, outermost
-    first (lists, dicts, mappings, dataclasses, and the engine's user objects)."""
+class _Walk(threading.local):
+    """What a digest on this thread has met so far (lists, tuples, dicts, the mappings above,
+    dataclasses, and the engine's user objects): each object's preorder index, and the
+    objects themselves (kept alive for the walk: an id freed and reused by a temporary made
+    during it would be taken for one met before). ``depth`` counts the containers being
+    walked; the outermost one's end forgets them all."""
 
     def __init__(self) -> None:
-        self.ids: list[int] = []
+        self.index: dict[int, int] = {}
+        self.objs: list[Any] = []
+        self.depth = 0
 
 
-_PATH = _Path()
+_WALK = _Walk()
 
 
-def back_reference(value: Any) -> int:
-    """How many levels up the digest being walked ``value`` is (0: it is not being walked).
+def enter(value: Any) -> dict[str, int] | None:
+    """``value``'s walk begins, and None; or, when this digest has met ``value`` before, the
+    reference that stands for it, ``{"ref": n}`` (its preorder index), and nothing begins.
 
-    A value that holds itself (a list appended to itself, a tree whose nodes point at their
-    parent) digests, where it is met again inside itself, to this distance: its digest names
-    the shape of the cycle, as a pickle would, without walking it for ever. (It used to be
-    walked until ``RecursionError`` and hashed whole by its pickle: deep in the stack the
-    pickle failed on values holding dates or objects, and re-walking at every level took
-    seconds per object.)"""
-    path = _PATH.ids
-    i = id(value)
-    return len(path) - path.index(i) if i in path else 0
-
-
-def enter(value: Any) -> None:
-    """``value``'s walk begins (``leave`` ends it): ``back_reference`` finds it inside."""
-    _PATH.ids.append(id(value))
+    A digest names the graph of objects it walks, as a pickle does: a value that holds
+    itself (a list appended to itself, a tree whose nodes point at their parent) and one
+    that holds an object twice (``[a, a]``) are walked once per object. Walked only on its
+    path (a reference for an ancestor only), ``[a, a]`` and ``[a, b]`` of two lists that hold
+    themselves had one key (a wrong hit: ``x[0] is x[1]``), and a 5x5 grid of objects
+    holding their neighbours took 84 s (every simple path walked). Before that, such values
+    were walked until ``RecursionError`` and pickled deep in the stack, which failed."""
+    w = _WALK
+    n = w.index.get(id(value))
+    if n is not None:
+        return {"ref": n}
+    w.index[id(value)] = len(w.objs)
+    w.objs.append(value)
+    w.depth += 1
+    return None
 
 
 def leave() -> None:
-    _PATH.ids.pop()
+    """The walk ``enter`` began ends (what it met is remembered until the outermost ends)."""
+    w = _WALK
+    w.depth -= 1
+    if not w.depth:
+        w.index.clear()
+        w.objs.clear()
 
 
 def walking() -> bool:
     """Whether a digest on this thread is inside a container or object being walked."""
-    return bool(_PATH.ids)
+    return _WALK.depth > 0
+
+
+def mark_walk() -> int:
+    return len(_WALK.objs)
+
+
+def rewind_walk(mark: int) -> None:
+    """Forget what the walk met since ``mark_walk`` gave ``mark``."""
+    w = _WALK
+    for obj in w.objs[mark:]:
+        w.index.pop(id(obj), None)
+    del w.objs[mark:]
 
 
 def digest_apart(value: Any, ref_type: type | None, ref_digest: Callable[[Any], Any],
                  leaf_hash: Callable[[Any], str]) -> Any:
     """``digest_value`` as a walk of its own: what another walk on this thread is inside of
     is not an ancestor here (an instance's state read when its spec is built, a config)."""
-    saved = _PATH.ids
-    _PATH.ids = []
+    w = _WALK
+    saved = w.index, w.objs, w.depth
+    w.index, w.objs, w.depth = {}, [], 0
     try:
         return digest_value(value, ref_type, ref_digest, leaf_hash)
     finally:
-        _PATH.ids = saved
+        w.index, w.objs, w.depth = saved
 
 
 def _pairs(value: Any, tag: str, ref_type: type | None, ref_digest: Callable[[Any], Any],
@@ -366,18 +417,17 @@ def _pairs(value: Any, tag: str, ref_type: type | None, ref_digest: Callable[[An
     code (a stale result after an edit) and holds sets and classes loaded by value in an
     order or with ids of each process's own (a miss in every process).
 
-    A mapping met again inside itself (directly or through lists, dicts or objects) digests
-    to a back-reference (``back_reference``)."""
+    A mapping met before in the same digest (inside itself, or elsewhere) digests to a
+    reference to it (``enter``)."""
     if tag != "kd" and ref_type is not None and _holds(value, ref_type):
         # The engine finds and resolves futures in lists, tuples, sets and plain dicts only
         # (``refs.find_refs``): one inside an OrderedDict would reach the task unresolved, and
         # its key would not follow its producer. Hashed whole, it is refused with the reason
         # (``Engine.hash_value``), as before these mappings were walked.
         return {"x": leaf_hash(value)}
-    up = back_reference(value)
-    if up:
-        return {"cy": up}
-    enter(value)
+    seen = enter(value)
+    if seen is not None:
+        return seen
     try:
         # keys and digests alternate in one list (a list per pair cost twice the time: the
         # collector ran over 100,000 of them); an int, bool, None or short string is its own

@@ -423,7 +423,9 @@ def _call_error(fn: Any, arguments: Any, parameters: Mapping[str, Any]) -> str |
     parameters (``TypeError``'s text), or None."""
     target = getattr(fn, "fn", None) or (fn.run if hasattr(fn, "execute") else fn)
     try:
-        sig = inspect.signature(target)
+        # the wrapper's own signature, which is what is called (a decorator that supplies a
+        # connection takes fewer arguments than the function it wraps)
+        sig = inspect.signature(target, follow_wrapped=False)
     except (TypeError, ValueError):        # a builtin without one: not checked
         return None
     try:

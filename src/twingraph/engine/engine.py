@@ -24,8 +24,8 @@ from typing import Any
 from twingraph.core import stop
 from twingraph.core.codeversion import code_of_value
 from twingraph.core.instancestate import attributes
-from twingraph.core.hashing import (back_reference, canonical_json, config_digest, digest_json,
-                                    digest_value, enter, key_prefix, leave, sha256_hex, walking)
+from twingraph.core.hashing import (canonical_json, config_digest, digest_json, digest_value,
+                                    enter, key_prefix, leave, sha256_hex, walking)
 from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord, TaskUpdate
 from twingraph.core.results import StorageMetadata
 from twingraph.core.specs import DEFAULT_TIMEOUT
@@ -145,13 +145,12 @@ def _state_digest(value: Any) -> str | None:
         return None         # a deque, date, Decimal or ndarray subclass: by its pickle
     if state is None:
         return None
-    # An object met again inside itself (a tree whose nodes point at their parent) is a
-    # back-reference: how many levels up its walk is (``hashing.back_reference``).
-    up = back_reference(owner)
-    if up:
-        return f"cy{up}"
+    # An object met before in this digest (inside itself: a tree whose nodes point at their
+    # parent; or elsewhere: [a, a]) is a reference to it (``hashing.enter``).
     outermost = not walking()
-    enter(owner)
+    seen = enter(owner)
+    if seen is not None:
+        return f"ref{seen['ref']}"
     try:
         digest = digest_value(state, None, _no_reference, Engine.hash_value)
         return sha256_hex(f"{type(owner).__module__}.{type(owner).__qualname__}\0".encode()

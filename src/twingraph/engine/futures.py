@@ -117,7 +117,8 @@ class BodySide:
         value = task.value
         if value is UNLOADED:
             value = self.engine.load_value(task.cache_key)
-        return own_copy(walk_path(task.node_id, task.result_view(value), ref._path, 0))
+        return own_copy(walk_path(task.node_id, task.result_view(value), ref._path, 0,
+                                  same_kind=True))
 
     def _failure_of(self, task: Task) -> BaseException:
         if task.state is FAILED:

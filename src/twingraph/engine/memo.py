@@ -258,7 +258,7 @@ def declared_key(engine: Any, task: Task) -> str:
 def _deep_digest(value: Any, leaf: Callable[[Any], str]) -> Any:
     """One argument's digest when walking them ran out of stack: its own digest, or, for the
     one too deep to walk (a chain of thousands of nested lists or objects; one that holds
-    itself is a back-reference, ``hashing.back_reference``), the hash of its pickle (it holds
+    itself is a reference, ``hashing.enter``), the hash of its pickle (it holds
     no futures: ``refs.find_refs_once`` found none) with the code of the classes of the
     objects inside it (a pickle names a class, not its code)."""
     try:

@@ -287,11 +287,14 @@ def substitute(value: Any, fetch: Any) -> Any:
 _WALK = frozenset({Ref, list, tuple, dict, set, frozenset})
 
 
-def walk_path(producer: str, value: Any, path: tuple[Any, ...], start: int, what: str = "") -> Any:
+def walk_path(producer: str, value: Any, path: tuple[Any, ...], start: int, what: str = "",
+              *, same_kind: bool = False) -> Any:
     """``value[path[start]][path[start + 1]]...``: what a reference reads from task
     ``producer``'s result. A step that is not there names the producer and the path (a bare
     ``KeyError: 'nope'`` read as the consumer's own error; in the body, ``r["output"]`` for
-    ``r["outputs"]`` failed the run with ``KeyError: 'output'`` and no word of where)."""
+    ``r["outputs"]`` failed the run with ``KeyError: 'output'`` and no word of where): a
+    ``NodeExecutionError``, or with ``same_kind`` (the body's ``.result()``, whose ``except
+    KeyError`` must still catch it) an error of the step's own type with that message."""
     for i in range(start, len(path)):
         try:
             value = value[path[i]]
@@ -299,11 +302,17 @@ def walk_path(producer: str, value: Any, path: tuple[Any, ...], start: int, what
             where = "".join(f"[{p!r}]" for p in path[:i + 1])
             keys = ""
             if isinstance(value, dict) and isinstance(exc, KeyError):
-                keys = f" (it has {', '.join(repr(k) for k in list(value)[:10])}" + \
+                keys = " (it is empty)" if not value else \
+                    f" (it has {', '.join(repr(k) for k in list(value)[:10])}" + \
                     (", ...)" if len(value) > 10 else ")")
-            raise NodeExecutionError(
-                f"{what}{producer}{where} is not there: {type(exc).__name__}: {exc}{keys}",
-                error_type=type(exc).__name__) from exc
+            said = f"{what}{producer}{where} is not there: {type(exc).__name__}: {exc}{keys}"
+            if same_kind:
+                try:
+                    err = type(exc)(said)
+                except Exception:  # noqa: BLE001 - a class that takes other arguments
+                    raise exc from None
+                raise err from None
+            raise NodeExecutionError(said, error_type=type(exc).__name__) from exc
     return value
 
 

@@ -747,6 +747,11 @@ class ProcessPool:
             if tb:
                 remote_traceback(value, tb)
             spent = True
+        if not ok:
+            # It may have failed before its job was read (a function or argument that does
+            # not unpickle there): the worker went back to what it had, so the next job
+            # carries the driver's environment and directory again.
+            w.caller = None
         with self._lock:
             killed = self._busy.pop(job, None) is None
             self._again.discard(job)
