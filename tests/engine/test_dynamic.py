@@ -551,7 +551,8 @@ def test_a_run_of_quick_tasks_gets_a_rate():
     done = SimpleNamespace(state=None)
     run = SimpleNamespace(counts=Counter(), tasks={f"t{i}": done for i in range(12_000)},
                           unfinished=2_000, _done_times=times, _done_count=10_000,
-                          _first_start=first)
+                          _first_start=first, waiting=set())
+    run.state_counts = lambda: BodySide.state_counts(run)
     p = BodySide.progress(run)
     assert p["rate"] == pytest.approx(10_000 / (times[-1] - first))
     assert p["eta_seconds"] == pytest.approx(2_000 / p["rate"])

@@ -69,3 +69,45 @@ def test_a_process_task_may_start_processes_of_its_own(engine):
     r = children.run(engine=engine, n=10)
     assert r.error is None, r.error
     assert r.value["outputs"]["result"] == 285
+
+
+@component(cache=False, executor="process", timeout=60)
+def leaves_a_removed_directory(tag: str) -> str:
+    import shutil
+    import tempfile
+    gone = tempfile.mkdtemp()
+    os.chdir(gone)
+    shutil.rmtree(gone)
+    return tag
+
+
+@component(cache=False, executor="process", timeout=60)
+def reads_relative(tag: str) -> str:
+    with open("data.txt") as f:
+        return f.read() + tag
+
+
+@pipeline(name="removed_cwd_s23", max_parallel=1)
+def removed_cwd():
+    first = leaves_a_removed_directory(tag="a")
+    return reads_relative(tag=first["outputs"]["result"])["outputs"]["result"]
+
+
+def test_a_worker_goes_back_to_the_drivers_directory_after_a_task_removed_its_own(
+        tmp_path, monkeypatch):
+    """``os.getcwd()`` raised in the removed directory, so the worker never went back: the
+    next task there could not open a relative path."""
+    from twingraph.engine.engine import Engine
+    from twingraph.executors.local import LocalExecutor
+    from twingraph.stores.metadata import MemoryMetadataStore
+    from twingraph.stores.results.memory import MemoryStorage
+    (tmp_path / "data.txt").write_text("here-")
+    monkeypatch.chdir(tmp_path)
+    eng = Engine(results=MemoryStorage(), metadata=MemoryMetadataStore(),
+                 executor=LocalExecutor(max_processes=1))          # one worker: both tasks
+    try:
+        r = removed_cwd.run(engine=eng)
+        assert r.error is None, r.error
+        assert r.value == "here-a"
+    finally:
+        eng.close()

@@ -59,14 +59,72 @@ def test_a_task_waiting_for_a_worker_is_queued_and_costs_no_attempt(tmp_path):
         waiting = sorted(n for n, r in rows.items() if r.state is TaskState.QUEUED)
         assert len(waiting) == 2, {n: (r.state, r.attempts) for n, r in rows.items()}
         assert all(rows[n].attempts == 0 for n in waiting)
+        live = holder["loop"].progress()           # what progress says is what rows say
+        assert live["running"] == 2 and live["queued"] == 2, live
+        assert sorted(live["running_nodes"]) == sorted(set(rows) - set(waiting))
         holder["loop"].cancel("stopped by the test")
         t.join(60)
         run_id = holder["loop"].run_id
         ended = {r.node_id: r for r in meta.get_tasks(run_id)}
         assert all(ended[n].state is TaskState.CANCELLED and ended[n].attempts == 0
                    for n in waiting), ended
+        attempts = meta.get_attempts(run_id)      # none for a task that never started
+        assert not [a for a in attempts if a.node_id in waiting or a.attempt < 1], attempts
         r = four.run(engine=eng, resume=run_id, marks=marks)
         assert r.state is RunState.SUCCESS, r.error
         assert r.value == [0, 1, 2, 3]
+    finally:
+        eng.close()
+
+
+@component(executor="process", cache=False, timeout=30,
+           retry_policy={"max_attempts": 3, "backoff": "fixed", "initial_delay": 1.0})
+def fails_then_waits(marks: str) -> int:
+    with open(marks, "a") as f:
+        f.write("f\n")
+    raise RuntimeError("the first attempt fails")
+
+
+@component(executor="process", cache=False, timeout=30)
+def holds_the_worker(seconds: float) -> int:
+    time.sleep(seconds)
+    return 1
+
+
+@pipeline(name="queued_retry_s23", max_parallel=2)
+def queued_retry(marks: str):
+    first = fails_then_waits(marks=marks)
+    time.sleep(0.5)                     # its first attempt ran and failed: now hold the worker
+    return [holds_the_worker(seconds=20), first]
+
+
+def test_a_retry_cancelled_while_waiting_keeps_the_failed_attempts_row(tmp_path):
+    """The cancel of a retry still waiting for a worker wrote a CANCELLED row over the failed
+    attempt's (its error lost), and one for "attempt 0" when no attempt had run."""
+    marks = str(tmp_path / "marks.txt")
+    meta = SQLMetadataStore(f"sqlite:///{tmp_path / 'm.db'}", create=True)
+    eng = Engine(results=SQLiteStorage(str(tmp_path / "r.db")), metadata=meta,
+                 executor=LocalExecutor(max_processes=1), flush_interval=0.05)
+    try:
+        holder: dict = {}
+        t = threading.Thread(target=lambda: queued_retry.run_with(
+            (), {"marks": marks}, engine=eng, on_start=lambda loop: holder.setdefault("loop", loop)))
+        t.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            loop = holder.get("loop")
+            task = loop.tasks.get("fails_then_waits-0") if loop else None
+            if task is not None and task in loop.waiting and task.attempt == 2:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the retry never waited for the worker")
+        loop.cancel("stopped by the test")
+        t.join(60)
+        rows = [(a.attempt, a.state, a.error) for a in meta.get_attempts(loop.run_id)
+                if a.node_id == "fails_then_waits-0"]
+        assert rows == [(1, TaskState.FAILED, "RuntimeError: the first attempt fails")], rows
+        task_row = {r.node_id: r for r in meta.get_tasks(loop.run_id)}["fails_then_waits-0"]
+        assert task_row.state is TaskState.CANCELLED and task_row.attempts == 1
     finally:
         eng.close()

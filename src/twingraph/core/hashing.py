@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import itertools
 import json
 import threading
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
@@ -196,6 +197,9 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
         if w is None:
             w = _WALK
         index, objs = w.index, w.objs
+        if not w.depth and objs:        # left by a walk an interrupt cut short: start afresh
+            index.clear()
+            objs.clear()
         n = index.get(id(value))
         if n is not None:
             return {"ref": n}
@@ -217,37 +221,48 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
         if w is None:
             w = _WALK
         index, objs = w.index, w.objs
+        if not w.depth and objs:
+            index.clear()
+            objs.clear()
         n = index.get(id(value))
         if n is not None:
             return {"ref": n}
-        mark = len(objs)
-        index[id(value)] = mark
+        index[id(value)] = len(objs)
         objs.append(value)
         w.depth += 1
         # In order: a dict's order is part of its value (code that iterates it sees it), as
         # in stored results (``serialization``). Keys and digests alternate in one list.
         items: list[Any] = []
         try:
-            for k, v in value.items():
+            pairs = iter(value.items())
+            for k, v in pairs:
                 if type(k) is not str:
-                    break
+                    # a key that is not a string: walked as pairs from here on, the pairs
+                    # before it kept (walked again, nested such dicts took 2^depth)
+                    head = [x if i % 2 else _key_digest(x, ref_type, ref_digest, leaf_hash)
+                            for i, x in enumerate(items)]
+                    return {"kd": _pair_list(itertools.chain(((k, v),), pairs), head,
+                                             ref_type, ref_digest, leaf_hash)}
                 tv = type(v)  # an int, bool or None value, or a reference: no call through here
                 items.append(k)
                 items.append(v if tv is int or tv is bool or v is None else ref_digest(v)
                              if tv is ref_type else
                              digest_value(v, ref_type, ref_digest, leaf_hash, w))
-            else:
-                return {"o": items}
-            rewind_walk(mark)  # walked as pairs next: what it met, met there for the first time
+            return {"o": items}
         finally:
             w.depth -= 1
             if not w.depth:
                 index.clear()
                 objs.clear()
-        return _pairs(value, "kd", ref_type, ref_digest, leaf_hash)
     if isinstance(value, tuple) and hasattr(t, "_fields"):    # a named tuple: walk it too
-        return {"n": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),   # its class's code
-                "t": [digest_value(v, ref_type, ref_digest, leaf_hash) for v in value]}
+        seen = enter(value)
+        if seen is not None:
+            return seen
+        try:
+            return {"n": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),  # class code
+                    "t": [digest_value(v, ref_type, ref_digest, leaf_hash) for v in value]}
+        finally:
+            leave()
     if t is set or t is frozenset:
         return _unordered(value, t, ref_type, ref_digest, leaf_hash)
     tag = _MAPPINGS.get(t)
@@ -263,10 +278,13 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
         if seen is not None:
             return seen
         try:
-            state = vars(value) if hasattr(value, "__dict__") else {
-                f.name: getattr(value, f.name) for f in dataclasses.fields(value)
-                if hasattr(value, f.name)}
-            state = dict(state)     # futures inside digest as references (they are inputs)
+            # its ``__dict__`` and the fields it lacks (held in slots: a ``slots=True``
+            # dataclass over a base without slots has an empty ``__dict__``, and every
+            # instance had one key); futures inside digest as references (they are inputs)
+            state = dict(vars(value)) if hasattr(value, "__dict__") else {}
+            for f in dataclasses.fields(value):
+                if f.name not in state and hasattr(value, f.name):
+                    state[f.name] = getattr(value, f.name)
             return {"dc": f"{t.__module__}.{t.__qualname__}", "c": leaf_hash(t),  # class code
                     "s": digest_value(state, ref_type, ref_digest, leaf_hash)}
         finally:
@@ -294,16 +312,38 @@ def _unordered(value: Any, t: type, ref_type: type | None, ref_digest: Callable[
                leaf_hash: Callable[[Any], str]) -> Any:
     """A set: digested item by item in sorted order (of their canonical JSON). Hashed whole,
     its bytes followed the iteration order, which depends on the process's hash seed (a miss
-    in every process)."""
-    def d(v: Any) -> Any:
-        # each item as if it were the first (its digest must not depend on which items the
-        # iteration order walked before it): what it meets is forgotten after it
-        mark = mark_walk()
+    in every process).
+
+    Each item is first digested as if it came first (what it meets is forgotten after it),
+    which gives an order that is not the hash seed's; then, if any item holds containers or
+    objects, the items are digested again in that order as part of the walk, so objects two
+    items share, or an item shares with what comes after the set, are references as anywhere
+    else (digested apart only, ``{Box(L), Box(L)}`` and ``{Box(L), Box(L2)}`` had one key)."""
+    apart: list[tuple[bytes, Any, Any]] = []
+    walked = False
+    w = _WALK
+    begin_walk()            # one walk for all its items (an outermost set too)
+    try:
+        w.sorting += 1      # sets inside an item digested apart: one pass is order enough
         try:
-            return digest_value(v, ref_type, ref_digest, leaf_hash)
+            for v in value:
+                mark = mark_walk()
+                try:
+                    d = digest_value(v, ref_type, ref_digest, leaf_hash)
+                    walked = walked or mark_walk() > mark
+                finally:
+                    rewind_walk(mark)
+                apart.append((digest_json(d), d, v))
         finally:
-            rewind_walk(mark)
-    return {"s" if t is set else "fs": sorted((d(v) for v in value), key=digest_json)}
+            w.sorting -= 1
+        apart.sort(key=lambda e: e[0])
+        if walked and not w.sorting:
+            items = [digest_value(v, ref_type, ref_digest, leaf_hash) for _, _, v in apart]
+        else:
+            items = [d for _, d, _ in apart]
+    finally:
+        end_walk()
+    return {"s" if t is set else "fs": items}
 
 
 def _holds(value: Any, ref_type: type) -> bool:
@@ -342,6 +382,7 @@ class _Walk(threading.local):
         self.index: dict[int, int] = {}
         self.objs: list[Any] = []
         self.depth = 0
+        self.sorting = 0        # inside a set's first pass (``_unordered``)
 
 
 _WALK = _Walk()
@@ -359,12 +400,15 @@ def enter(value: Any) -> dict[str, int] | None:
     holding their neighbours took 84 s (every simple path walked). Before that, such values
     were walked until ``RecursionError`` and pickled deep in the stack, which failed."""
     w = _WALK
+    if not w.depth and w.objs:          # left by a walk an interrupt cut short: afresh
+        w.index.clear()
+        w.objs.clear()
     n = w.index.get(id(value))
     if n is not None:
         return {"ref": n}
     w.index[id(value)] = len(w.objs)
     w.objs.append(value)
-    w.depth += 1
+    w.depth += 1                        # last: cut short before it, nothing is left open
     return None
 
 
@@ -375,6 +419,20 @@ def leave() -> None:
     if not w.depth:
         w.index.clear()
         w.objs.clear()
+
+
+def begin_walk() -> None:
+    """One walk for several digests (a call's arguments and keyword arguments: ``f(a, a)``
+    and ``f(a, [1])`` had one key, each argument a walk of its own); ``end_walk`` ends it."""
+    w = _WALK
+    if not w.depth and w.objs:
+        w.index.clear()
+        w.objs.clear()
+    w.depth += 1
+
+
+def end_walk() -> None:
+    leave()
 
 
 def walking() -> bool:
@@ -399,12 +457,40 @@ def digest_apart(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
     """``digest_value`` as a walk of its own: what another walk on this thread is inside of
     is not an ancestor here (an instance's state read when its spec is built, a config)."""
     w = _WALK
-    saved = w.index, w.objs, w.depth
-    w.index, w.objs, w.depth = {}, [], 0
+    saved = w.index, w.objs, w.depth, w.sorting
+    w.index, w.objs, w.depth, w.sorting = {}, [], 0, 0
     try:
         return digest_value(value, ref_type, ref_digest, leaf_hash)
     finally:
-        w.index, w.objs, w.depth = saved
+        w.index, w.objs, w.depth, w.sorting = saved
+
+
+def _key_digest(k: Any, ref_type: type | None, ref_digest: Callable[[Any], Any],
+                leaf_hash: Callable[[Any], str]) -> Any:
+    """A mapping key's digest in ``_pair_list``: an int, bool, None or short string is its
+    own."""
+    tk = type(k)
+    return k if tk is int or tk is bool or k is None \
+        or (tk is str and len(k) <= 64 and k[:1] != "@") else ref_digest(k) \
+        if tk is ref_type else digest_value(k, ref_type, ref_digest, leaf_hash)
+
+
+def _pair_list(pairs: Iterator[tuple[Any, Any]], out: list[Any], ref_type: type | None,
+               ref_digest: Callable[[Any], Any], leaf_hash: Callable[[Any], str]) -> list[Any]:
+    """``out`` with the digests of ``pairs``, keys and values alternating in one list (a
+    list per pair cost twice the time: the collector ran over 100,000 of them); an int,
+    bool, None or short string is its own digest (``digest_value``'s rule, inlined: no call
+    for the common keys and values)."""
+    append = out.append
+    for k, v in pairs:
+        tk, tv = type(k), type(v)
+        append(k if tk is int or tk is bool or k is None
+               or (tk is str and len(k) <= 64 and k[:1] != "@") else ref_digest(k)
+               if tk is ref_type else digest_value(k, ref_type, ref_digest, leaf_hash))
+        append(v if tv is int or tv is bool or v is None
+               or (tv is str and len(v) <= 64 and v[:1] != "@") else ref_digest(v)
+               if tv is ref_type else digest_value(v, ref_type, ref_digest, leaf_hash))
+    return out
 
 
 def _pairs(value: Any, tag: str, ref_type: type | None, ref_digest: Callable[[Any], Any],
@@ -429,19 +515,7 @@ def _pairs(value: Any, tag: str, ref_type: type | None, ref_digest: Callable[[An
     if seen is not None:
         return seen
     try:
-        # keys and digests alternate in one list (a list per pair cost twice the time: the
-        # collector ran over 100,000 of them); an int, bool, None or short string is its own
-        # digest (``digest_value``'s rule, inlined: no call for the common keys and values)
-        out: list[Any] = []
-        append = out.append
-        for k, v in value.items():
-            tk, tv = type(k), type(v)
-            append(k if tk is int or tk is bool or k is None
-                   or (tk is str and len(k) <= 64 and k[:1] != "@") else ref_digest(k)
-                   if tk is ref_type else digest_value(k, ref_type, ref_digest, leaf_hash))
-            append(v if tv is int or tv is bool or v is None
-                   or (tv is str and len(v) <= 64 and v[:1] != "@") else ref_digest(v)
-                   if tv is ref_type else digest_value(v, ref_type, ref_digest, leaf_hash))
+        out = _pair_list(iter(value.items()), [], ref_type, ref_digest, leaf_hash)
         digest: dict[str, Any] = {tag: out}
         if tag == "dd":
             digest["f"] = digest_value(value.default_factory, ref_type, ref_digest, leaf_hash)

@@ -25,7 +25,8 @@ from twingraph.core import stop
 from twingraph.core.codeversion import code_of_value
 from twingraph.core.instancestate import attributes
 from twingraph.core.hashing import (canonical_json, config_digest, digest_json, digest_value,
-                                    enter, key_prefix, leave, sha256_hex, walking)
+                                    enter, key_prefix, leave, mark_walk, rewind_walk, sha256_hex,
+                                    walking)
 from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord, TaskUpdate
 from twingraph.core.results import StorageMetadata
 from twingraph.core.specs import DEFAULT_TIMEOUT
@@ -148,6 +149,7 @@ def _state_digest(value: Any) -> str | None:
     # An object met before in this digest (inside itself: a tree whose nodes point at their
     # parent; or elsewhere: [a, a]) is a reference to it (``hashing.enter``).
     outermost = not walking()
+    mark = mark_walk()
     seen = enter(owner)
     if seen is not None:
         return f"ref{seen['ref']}"
@@ -156,6 +158,9 @@ def _state_digest(value: Any) -> str | None:
         return sha256_hex(f"{type(owner).__module__}.{type(owner).__qualname__}\0".encode()
                           + digest_json(digest))
     except (TypeError, ValueError):
+        # hashed by its pickle instead: what this walk met inside it is not in the digest,
+        # and no later reference may name it
+        rewind_walk(mark)
         return None
     except RecursionError:
         # too deep to walk (a chain of thousands of objects): the outermost walk hashes it

@@ -40,6 +40,7 @@ class BodySide:
     stop_message: str
     unfinished: int
     counts: dict[TaskState, int]
+    waiting: set[Task]
     tasks: dict[str, Task]
     _done_times: deque[float]
     _done_count: int
@@ -155,7 +156,7 @@ class BodySide:
         ran (memo hits and skipped tasks finish at once and are not counted; None until there
         is enough to measure); ``eta_seconds`` is this run's unfinished tasks at that rate. A
         caller that knows of work not submitted yet (a windowed DAG) scales ``rate`` itself."""
-        c = self.counts
+        c = self.state_counts()
         total = len(self.tasks)
         finished = total - self.unfinished
         eta = rate = None
@@ -184,7 +185,19 @@ class BodySide:
                 "percent": 100.0 * finished / total if total else 0.0, "eta_seconds": eta,
                 "rate": rate,
                 "running_nodes": [t.node_id for t in list(self.tasks.values())
-                                  if t.state is RUNNING][:20]}
+                                  if t.state is RUNNING and t not in self.waiting][:20]}
+
+    def state_counts(self) -> dict[TaskState, int]:
+        """Tasks per state as their rows say: a process task whose job waits for a worker is
+        QUEUED, not RUNNING (read from any thread: a snapshot)."""
+        waiting = len(self.waiting)
+        if not waiting:
+            return self.counts
+        counts = dict(self.counts)
+        waiting = min(waiting, counts.get(RUNNING, 0))
+        counts[RUNNING] -= waiting
+        counts[QUEUED] = counts.get(QUEUED, 0) + waiting
+        return counts
 
 
 _AS_TASK_ERROR: dict[type, type | None] = {}

@@ -173,6 +173,9 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         self.lock = threading.Lock()             # guards task.state/event for waiters
         self.stopping: str | None = None         # 'failed' | 'cancelled' | 'timeout'
         self.body_flag: stop.Flag | None = None  # the body thread's (``Engine._run``)
+        # RUNNING process tasks whose job waits for a worker: queued, as rows and progress
+        # say (``state_counts``)
+        self.waiting: set[Task] = set()
         self.crashed: BaseException | None = None
         self.stop_message = ""
         self.body_finished = False
@@ -561,12 +564,17 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         elif kind == "began":          # a worker took a process task's job: its row says so
             task = ev[1]
             if task.state is RUNNING and task.fence == ev[2]:
+                self.waiting.discard(task)
                 began = getattr(task.job, "started_at", None)
                 if began is not None:             # when the worker took it, not the hand-over
                     task.started_at = self.clock.now() - max(0.0, time.monotonic() - began)
                 if not task.dirty:
                     task.dirty = True
                     self.dirty.append(task)
+                if self.engine.has_sinks:         # the RUNNING event held back at hand-over
+                    self.emit({"event": "node:status", "run_id": self.run_id,
+                               "node_id": task.node_id, "component": task.component,
+                               "status": RUNNING.value, "cache": task.cache_status})
 
     # == submission and readiness ===========================================================
     def _take_submitted(self) -> None:
@@ -1171,6 +1179,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         if mode == "process":        # it may wait for a worker: recorded as started when taken
             fence = task.fence
             job.on_start = lambda: inbox.put(("began", task, fence))
+            self.waiting.add(task)
         self._timer(task.spec.timeout, "task_timeout", task, task.fence)
         job.executor = executor
         try:
@@ -1502,12 +1511,15 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         counts = self.counts
         counts[old] -= 1
         counts[state] += 1
+        if old is RUNNING and self.waiting:
+            self.waiting.discard(task)     # it ended (or is retried) before a worker took it
         if not task.dirty:
             task.dirty = True
             self.dirty.append(task)
         if ev is not None:
             ev.set()
-        if self.engine.has_sinks:
+        if self.engine.has_sinks and not (state is RUNNING and task.mode == "process"):
+            # (a process task's RUNNING event waits for a worker to take it: "began")
             ev_out: dict[str, Any] = {
                 "event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
                 "component": task.component, "status": state.value, "cache": task.cache_status}
@@ -1546,11 +1558,12 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         # neither killed nor left running, and is no attempt (a resume would have counted it
         # against the task's retries)
         how = ("killed" if killed else "abandoned") if began else "dropped before it started"
-        if not began:
+        error = TaskCancelled(f"{message}; running task {how}", node_id=task.node_id)
+        if began:
+            self._end_attempt_row(task, CANCELLED, error)
+        else:           # no attempt row was written for it (an earlier attempt's stays as is)
             task.attempt -= 1
             task.started_at = None
-        error = TaskCancelled(f"{message}; running task {how}", node_id=task.node_id)
-        self._end_attempt_row(task, CANCELLED, error)
         self._finish(task, CANCELLED, error=error)
 
     def _stop(self, why: str, message: str) -> None:

@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 from hashlib import sha256
 from typing import Any
 
-from twingraph.core.hashing import (digest_json, digest_kwargs, digest_value, own_key,
-                                    prefixed_key)
+from twingraph.core.hashing import (begin_walk, digest_json, digest_kwargs, digest_value,
+                                    end_walk, own_key, prefixed_key)
 from twingraph.core.records import TaskRecord
 from twingraph.engine.calls import strip_lineage
 from twingraph.engine.refs import Ref
@@ -52,12 +52,15 @@ class MemoSide:
             named = spec.parameters
             if named is not None and (args or named.defaults):
                 args, kwargs = named.named(args, kwargs)     # f(3) and f(x=3): one key
+            begin_walk()    # one walk for the call: an object in two arguments is one
             try:
                 digest = [digest_value(args, Ref, _ref_digest, leaf),
                           digest_kwargs(kwargs, Ref, _ref_digest, leaf)]
             except RecursionError:      # an argument too deep to walk (and no future: refs)
                 digest = [[_deep_digest(a, leaf) for a in args],
                           {"d": {k: _deep_digest(v, leaf) for k, v in kwargs.items()}}]
+            finally:
+                end_walk()
             key = prefixed_key(self.engine.key_prefix(spec), digest)
         return self._keyed(task, key)
 

@@ -296,11 +296,17 @@ def _restore(environ: dict[str, str], cwd: str | None) -> None:  # in the child
     if os.environ != environ:
         os.environ.clear()
         os.environ.update(environ)
+    if cwd is None:
+        return
     try:
-        if cwd is not None and os.getcwd() != cwd:
+        here: str | None = os.getcwd()
+    except OSError:     # the task removed the directory it moved to: back all the same
+        here = None
+    if here != cwd:
+        try:
             os.chdir(cwd)
-    except OSError:     # the task removed the directory it ran in: stay where it left us
-        pass
+        except OSError:  # the directory to go back to is gone too: stay where it left us
+            pass
 
 
 #: The driver's environment variables and working directory, as a job carries them.

@@ -401,7 +401,7 @@ class RunService:
         ``counts`` (or the store's)."""
         loop = self.engine.runs.get(run.run_id)
         if loop is not None:
-            counts = {k.value: v for k, v in dict(loop.counts).items()}
+            counts = {k.value: v for k, v in loop.state_counts().items()}
         elif counts is None:
             counts = {k.value: v for k, v in self.catalog.store.task_counts(run.run_id).items()}
         total = sum(counts.values())

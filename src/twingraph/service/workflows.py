@@ -100,7 +100,7 @@ def live_progress(engine: Engine, run_id: str) -> dict[str, Any] | None:
     loop = engine.runs.get(run_id)
     if loop is None:
         return None
-    counts = dict(loop.counts)
+    counts = loop.state_counts()     # a process task waiting for a worker: queued
     total = sum(counts.values())
     done = counts[TaskState.SUCCESS]
     failed = counts[TaskState.FAILED]

@@ -1,0 +1,121 @@
+"""Wrong memo hits a review found in argument digests (session 23, third round): values a
+component can tell apart that had one key. Each fails without its fix. Digests are compared
+directly where that is enough; the rest are real runs on the in-memory engine of
+``conftest.py``."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import NamedTuple
+
+from twingraph import component, pipeline
+from twingraph.core import hashing
+from twingraph.core.hashing import digest_json, digest_value
+from twingraph.engine.engine import Engine
+from twingraph.engine.refs import Ref
+
+
+def _d(value) -> bytes:
+    return digest_json(digest_value(value, Ref, str, Engine.hash_value))
+
+
+@dataclasses.dataclass
+class Base:
+    pass
+
+
+@dataclasses.dataclass(slots=True)
+class Point(Base):
+    x: int
+    y: int
+
+
+def test_a_slots_dataclass_over_a_base_without_slots_is_keyed_by_its_fields():
+    """Its ``__dict__`` (the base's) is empty: every Point had one key."""
+    assert _d(Point(1, 2)) != _d(Point(1, 3))
+    assert _d(Point(1, 2)) == _d(Point(1, 2))
+
+
+@component(cache=True)
+def same_object(x, y) -> bool:
+    return x is y
+
+
+@pipeline(name="one_object_in_two_arguments_s23")
+def two_arguments(shared: bool):
+    a = [1]
+    return same_object(x=a, y=a if shared else [1])
+
+
+def test_an_object_passed_in_two_arguments_is_one_object_in_the_key(engine):
+    """Each argument was a walk of its own: ``f(a, a)`` and ``f(a, [1])`` had one key."""
+    got = [two_arguments.run(engine=engine, shared=s).value["outputs"]["result"]
+           for s in (True, False)]
+    assert got == [True, False]
+
+
+class Pair(NamedTuple):
+    left: list
+    right: list
+
+
+class Box:
+    def __init__(self, content: list) -> None:
+        self.content = content
+
+
+def test_a_named_tuple_and_a_set_keep_what_their_items_share():
+    a = [1]
+    assert _d(Pair(a, a)) != _d(Pair(a, [1]))
+    shared = [1, 2]
+    assert _d({Box(shared), Box(shared)}) != _d({Box(shared), Box([1, 2])})
+    assert _d([{Box(shared)}, shared]) != _d([{Box(shared)}, [1, 2]])
+
+
+class Locked:
+    """Its state does not digest (a lock): hashed by its pickle, which leaves out its cache."""
+
+    def __init__(self, cache) -> None:
+        self.cache, self.lock = cache, threading.Lock()
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state) -> None:
+        self.cache, self.lock = None, threading.Lock()
+
+
+def test_objects_met_inside_an_object_hashed_by_its_pickle_are_not_referred_to():
+    """They stayed numbered in the walk, so a later reference named an object the digest
+    does not hold: ``[u, [A, u.cache]]`` and ``[u2, inner]`` with ``inner = [A, inner]``
+    digested alike."""
+    shared_a = [7]
+    u1 = Locked([1])
+    first = [u1, [shared_a, u1.cache]]
+    inner: list = [shared_a]
+    inner.append(inner)
+    second = [Locked(5), inner]
+    assert _d(first) != _d(second)
+
+
+def test_a_walk_cut_short_leaves_nothing_for_the_next():
+    """An interrupt between a container's registration and its walk left it registered:
+    every later digest of it on the thread was a reference, whatever it held."""
+    stale = [1, 2]
+    w = hashing._WALK
+    w.index[id(stale)] = 0
+    w.objs.append(stale)                      # as an interrupted walk would leave it
+    assert w.depth == 0
+    assert _d(stale) == b'{"l":[1,2]}'
+    stale.append(3)
+    assert _d(stale) == b'{"l":[1,2,3]}'
+
+
+def test_nested_dicts_with_keys_that_are_not_strings_are_walked_once():
+    """Such a dict was walked as a string-keyed one up to its first other key, then again
+    as pairs, at every level: 2^depth (with pytest-timeout, a regression fails)."""
+    value: dict = {"leaf": 1, 0: 0}
+    for _ in range(60):
+        value = {"a": value, 0: 0}
+    assert _d(value) == _d(value)
+    assert _d({"a": [1], 0: 0}) == b'{"kd":["a",{"l":[1]},0,0]}'
