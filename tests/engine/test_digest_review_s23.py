@@ -119,3 +119,56 @@ def test_nested_dicts_with_keys_that_are_not_strings_are_walked_once():
         value = {"a": value, 0: 0}
     assert _d(value) == _d(value)
     assert _d({"a": [1], 0: 0}) == b'{"kd":["a",{"l":[1]},0,0]}'
+
+
+@component(cache=True)
+def innermost(x) -> int:
+    while isinstance(x, list):
+        x = x[0]
+    return x
+
+
+@pipeline(name="too_deep_to_walk_s23")
+def too_deep(v: int):
+    x: list = [v]
+    for _ in range(600):
+        x = [x]
+    return innermost(x=x)
+
+
+def test_an_argument_too_deep_to_walk_is_keyed_by_its_content(engine):
+    """The call's walk, cut short by RecursionError, stayed open: the fallback found the
+    argument already numbered and keyed it as a reference, whatever it held (a hit)."""
+    got = [too_deep.run(engine=engine, v=v).value["outputs"]["result"] for v in (1, 2)]
+    assert got == [1, 2]
+
+
+@component(cache=True)
+def first_two_same(x, y) -> bool:
+    return y[0] is y[1]
+
+
+@pipeline(name="keyword_order_s23")
+def keyword_order(shared: bool):
+    if shared:
+        q = [1]
+        return first_two_same(y=[q, q], x=[[1]])
+    p = [1]
+    return first_two_same(x=[p], y=[[1], p])
+
+
+def test_the_order_keywords_are_written_in_does_not_mix_two_calls(engine):
+    """Objects were numbered in the order the call wrote its keywords, which the digest does
+    not keep: these two calls had one key."""
+    got = [keyword_order.run(engine=engine, shared=s).value["outputs"]["result"]
+           for s in (False, True)]
+    assert got == [False, True]
+
+
+def test_sets_and_mutable_leaves_met_twice_are_one_object():
+    s = {1, 2}
+    assert _d([s, s]) != _d([s, set(s)])
+    b = bytearray(b"ab")
+    assert _d([b, b]) != _d([b, bytearray(b"ab")])
+    d = b"ab" * 40
+    assert _d([d, d]) == _d([d, bytes(d)])        # immutable: equal is the same value

@@ -10,13 +10,18 @@ bytes, downstream tasks still hit (early cut-off).
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import decimal
 import enum
+import fractions
 import hashlib
 import itertools
 import json
 import threading
+import types
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import PurePath
 from typing import Any
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
@@ -293,15 +298,28 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
         # its bytes alone: ``cast("i")`` or ``cast("B", (2, 3))`` of the same bytes is
         # another value (what ``tolist()``, indexing and ``len`` give)
         return {"mv": [value.format, list(value.shape), leaf_hash(value)]}
-    return {"x": leaf_hash(value)}
+    w = _WALK
+    if w.depth:
+        n = w.index.get(id(value))
+        if n is not None:       # an object hashed whole, met before: ``[b, b]`` of one
+            return {"ref": n}   # bytearray, array or deque is not ``[b, copy(b)]``
+    digest = {"x": leaf_hash(value)}
+    if w.depth and not isinstance(value, _IMMUTABLE) and id(value) not in w.index:
+        w.index[id(value)] = len(w.objs)    # (after its hash: a user object's state walk
+        w.objs.append(value)                #  numbered it first, as it met it)
+    return digest
 
 
 def digest_kwargs(kwargs: Mapping[str, Any], ref_type: type | None,
                   ref_digest: Callable[[Any], Any], leaf_hash: Callable[[Any], str]) -> Any:
     """The digest of a call's keyword arguments: by name, in no order (``f(x=1, y=2)`` and
-    ``f(y=2, x=1)`` are one call), each value as ``digest_value`` gives it."""
+    ``f(y=2, x=1)`` are one call), each value as ``digest_value`` gives it. Walked in the
+    names' order, as the digest is written: walked in the call's, an object in two of them
+    was numbered in one and referred to in the other depending on how the call was written
+    (``f(x=[P], y=[[1], P])`` and ``f(y=[Q, Q], x=[[1]])`` had one key)."""
     out = {}
-    for k, v in kwargs.items():
+    for k in sorted(kwargs) if len(kwargs) > 1 else kwargs:
+        v = kwargs[k]
         tv = type(v)
         out[k] = v if tv is int or tv is bool or v is None else ref_digest(v) \
             if tv is ref_type else digest_value(v, ref_type, ref_digest, leaf_hash)
@@ -322,7 +340,9 @@ def _unordered(value: Any, t: type, ref_type: type | None, ref_digest: Callable[
     apart: list[tuple[bytes, Any, Any]] = []
     walked = False
     w = _WALK
-    begin_walk()            # one walk for all its items (an outermost set too)
+    seen = enter(value)     # one walk for all its items (an outermost set too); a set met
+    if seen is not None:    # twice is one object (``[s, s]`` and ``[s, set(s)]``)
+        return seen
     try:
         w.sorting += 1      # sets inside an item digested apart: one pass is order enough
         try:
@@ -342,7 +362,7 @@ def _unordered(value: Any, t: type, ref_type: type | None, ref_digest: Callable[
         else:
             items = [d for _, d, _ in apart]
     finally:
-        end_walk()
+        leave()
     return {"s" if t is set else "fs": items}
 
 
@@ -366,6 +386,12 @@ def _holds(value: Any, ref_type: type) -> bool:
                 stack.extend(v)
     return False
 
+
+#: Leaves hashed whole whose identity is not part of their value: not numbered (two equal
+#: ones are one value, as two equal ints are).
+_IMMUTABLE = (bytes, complex, decimal.Decimal, fractions.Fraction, datetime.date, datetime.time,
+              datetime.timedelta, range, types.FunctionType, types.BuiltinFunctionType, type,
+              PurePath)
 
 #: Mappings walked as (key, value) pairs, and the tag that keeps their type in the digest.
 _MAPPINGS: dict[type, str] = {dict: "kd", OrderedDict: "od", defaultdict: "dd", Counter: "ct"}

@@ -1176,7 +1176,9 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         inbox = self.inbox
         if mode != "thread":         # ... their worker forwards each record (any thread)
             job.on_log = self._log_sink(task.node_id)
-        if mode == "process":        # it may wait for a worker: recorded as started when taken
+        if mode == "process" and getattr(executor, "reports_start", False):
+            # it may wait for a worker: recorded as started when one takes it (an executor
+            # that does not say when is taken at its word: started when handed over)
             fence = task.fence
             job.on_start = lambda: inbox.put(("began", task, fence))
             self.waiting.add(task)
@@ -1518,7 +1520,8 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
             self.dirty.append(task)
         if ev is not None:
             ev.set()
-        if self.engine.has_sinks and not (state is RUNNING and task.mode == "process"):
+        if self.engine.has_sinks and not (state is RUNNING and task.mode == "process"
+                                          and self._reports_start(task)):
             # (a process task's RUNNING event waits for a worker to take it: "began")
             ev_out: dict[str, Any] = {
                 "event": "node:status", "run_id": self.run_id, "node_id": task.node_id,
@@ -1528,6 +1531,13 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
             if state is FAILED:
                 ev_out["error"] = error_text(task.error)
             self.emit(ev_out)
+
+    def _reports_start(self, task: Task) -> bool:
+        """Whether ``task``'s executor says when a worker takes its job (``Job.on_start``)."""
+        try:
+            return bool(getattr(self.engine.executor_for(task.spec), "reports_start", False))
+        except Exception:  # noqa: BLE001 - no executor for it: it never waits for one
+            return False
 
     # == stopping ===========================================================================
     def _end_attempt_row(self, task: Task, state: TaskState, error: BaseException) -> None:

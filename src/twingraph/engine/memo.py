@@ -54,13 +54,15 @@ class MemoSide:
                 args, kwargs = named.named(args, kwargs)     # f(3) and f(x=3): one key
             begin_walk()    # one walk for the call: an object in two arguments is one
             try:
-                digest = [digest_value(args, Ref, _ref_digest, leaf),
-                          digest_kwargs(kwargs, Ref, _ref_digest, leaf)]
+                digest: Any = [digest_value(args, Ref, _ref_digest, leaf),
+                               digest_kwargs(kwargs, Ref, _ref_digest, leaf)]
             except RecursionError:      # an argument too deep to walk (and no future: refs)
+                digest = None
+            finally:
+                end_walk()              # (forgets what the cut-short walk had numbered)
+            if digest is None:          # each argument a walk of its own, outside the call's
                 digest = [[_deep_digest(a, leaf) for a in args],
                           {"d": {k: _deep_digest(v, leaf) for k, v in kwargs.items()}}]
-            finally:
-                end_walk()
             key = prefixed_key(self.engine.key_prefix(spec), digest)
         return self._keyed(task, key)
 

@@ -25,7 +25,7 @@ def task_rows(run_id: str, task: Task, out: list[Any], new: list[tuple[Any, ...]
     err = error_text(t.error) if t.error is not None and not ok else None
     state, attempt, started_at = t.state, t.attempt, t.started_at
     if state is RUNNING and t.mode == "process" and t.job is not None \
-            and t.job.started_at is None:
+            and t.job.on_start is not None and t.job.started_at is None:
         # Handed to the process pool, still waiting for a worker: queued, as before its
         # attempt (a crash now must not count an attempt that never ran; the loop marks it
         # dirty again when a worker takes it)

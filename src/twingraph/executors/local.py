@@ -110,6 +110,8 @@ class LocalExecutor:
     """The embedded executor: threads by default, a process per job when asked for."""
 
     platform = "local"
+    #: Its process jobs may wait for a worker: it calls ``Job.on_start`` when one takes them.
+    reports_start = True
 
     def __init__(self, max_threads: int = 32, max_processes: int | None = None, *,
                  process_memory_limit: int | None = None) -> None:
