@@ -172,3 +172,58 @@ def test_sets_and_mutable_leaves_met_twice_are_one_object():
     assert _d([b, b]) != _d([b, bytearray(b"ab")])
     d = b"ab" * 40
     assert _d([d, d]) == _d([d, bytes(d)])        # immutable: equal is the same value
+
+
+@component(cache=True)
+def same_with_deep(deep, x, y) -> bool:
+    return x is y
+
+
+@pipeline(name="deep_and_shared_s23")
+def deep_and_shared(shared: bool):
+    deep: list = [1]
+    for _ in range(600):
+        deep = [deep]
+    a = [1]
+    return same_with_deep(deep=deep, x=a, y=a if shared else [1])
+
+
+def test_an_argument_too_deep_to_walk_leaves_the_others_one_walk(engine):
+    """The fallback keyed each argument on its own: ``f(deep, a, a)`` and ``f(deep, a, [1])``
+    had one key."""
+    got = [deep_and_shared.run(engine=engine, shared=s).value["outputs"]["result"]
+           for s in (True, False)]
+    assert got == [True, False]
+
+
+def test_a_memoryview_met_twice_is_one_object():
+    m = memoryview(bytearray(b"ab"))
+    assert _d([m, m]) != _d([m, memoryview(bytearray(b"ab"))])
+
+
+from twingraph.dsl.base import BaseComponent  # noqa: E402
+
+
+class Holds(BaseComponent):
+    def __init__(self, v) -> None:
+        super().__init__()
+        self.v = v
+
+    def execute(self, x):
+        return [type(self.v).__name__, list(self.v) if isinstance(self.v, dict) else None]
+
+
+@pipeline(name="class_attribute_kinds_s23")
+def attribute_kinds(case: int):
+    values = [{"a": 1, "b": 2}, {"b": 2, "a": 1}, {1, 2}, frozenset({1, 2}), b"ab",
+              bytearray(b"ab")]
+    return Holds(values[case])(x=0)
+
+
+def test_a_class_components_attributes_keep_their_kind_and_order(engine):
+    """Keyed through a JSON form, a dict's order, set from frozenset and bytes from bytearray
+    were lost: each second case was a hit with the first one's result."""
+    got = [attribute_kinds.run(engine=engine, case=c).value["outputs"]["result"]
+           for c in range(6)]
+    assert got == [["dict", ["a", "b"]], ["dict", ["b", "a"]], ["set", None],
+                   ["frozenset", None], ["bytes", None], ["bytearray", None]]

@@ -296,8 +296,15 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
             leave()
     if t is memoryview:
         # its bytes alone: ``cast("i")`` or ``cast("B", (2, 3))`` of the same bytes is
-        # another value (what ``tolist()``, indexing and ``len`` give)
-        return {"mv": [value.format, list(value.shape), leaf_hash(value)]}
+        # another value (what ``tolist()``, indexing and ``len`` give); numbered, as the
+        # mutable leaves below: ``[m, m]`` is not ``[m, memoryview(copy)]``
+        seen = enter(value)
+        if seen is not None:
+            return seen
+        try:
+            return {"mv": [value.format, list(value.shape), leaf_hash(value)]}
+        finally:
+            leave()
     w = _WALK
     if w.depth:
         n = w.index.get(id(value))
@@ -459,6 +466,18 @@ def begin_walk() -> None:
 
 def end_walk() -> None:
     leave()
+
+
+def outside_walk(fn: Callable[[Any], Any], value: Any) -> Any:
+    """``fn(value)`` as if no digest were being walked on this thread (a value too deep to
+    walk, hashed by its pickle as the outermost value is)."""
+    w = _WALK
+    saved = w.index, w.objs, w.depth, w.sorting
+    w.index, w.objs, w.depth, w.sorting = {}, [], 0, 0
+    try:
+        return fn(value)
+    finally:
+        w.index, w.objs, w.depth, w.sorting = saved
 
 
 def walking() -> bool:

@@ -106,8 +106,8 @@ def _plain(value: Any, budget: list[int], path: set[int], depth: int,
         if t is int and value.bit_length() > 4096:       # beyond str()'s digit limit
             return {"int": sha256_hex(hex(value).encode())}
         return value
-    if t is bytes or t is bytearray:
-        return {"bytes": sha256_hex(bytes(value))}
+    if t is bytes or t is bytearray:       # told apart, as in argument digests
+        return {"bytes" if t is bytes else "bytearray": sha256_hex(bytes(value))}
     if isinstance(value, enum.Enum):
         return {"enum": f"{t.__module__}.{t.__qualname__}.{value.name}"}
     if isinstance(value, PurePath):
@@ -122,12 +122,14 @@ def _plain(value: Any, budget: list[int], path: set[int], depth: int,
                 if not all(type(k) is str for k in value):
                     lossy[0] = True
                     return _by_type(value)
-                items: Any = {}
+                # in order (code that iterates it sees its order; as JSON, sorted keys made
+                # {"a": 1, "b": 2} and {"b": 2, "a": 1} one key)
+                pairs: list[Any] = []
                 for k, v in value.items():
-                    items[k] = _plain(v, budget, path, depth + 1, lossy)
+                    pairs.append([k, _plain(v, budget, path, depth + 1, lossy)])
                     if budget[0] < 0:
                         return _by_type(value)
-                return items
+                return {"dict": pairs}
             seq = []
             for v in value:
                 seq.append(_plain(v, budget, path, depth + 1, lossy))
@@ -137,7 +139,8 @@ def _plain(value: Any, budget: list[int], path: set[int], depth: int,
                 return seq
             if t is tuple:
                 return {"tuple": seq}
-            return {"set": sorted(seq, key=canonical_json)}      # in no order: sorted
+            return {"set" if t is set else "frozenset":        # in no order: sorted
+                    sorted(seq, key=canonical_json)}
         finally:
             path.discard(id(value))
     lossy[0] = True

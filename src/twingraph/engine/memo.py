@@ -11,7 +11,8 @@ from hashlib import sha256
 from typing import Any
 
 from twingraph.core.hashing import (begin_walk, digest_json, digest_kwargs, digest_value,
-                                    end_walk, own_key, prefixed_key)
+                                    end_walk, mark_walk, outside_walk, own_key, prefixed_key,
+                                    rewind_walk)
 from twingraph.core.records import TaskRecord
 from twingraph.engine.calls import strip_lineage
 from twingraph.engine.refs import Ref
@@ -60,9 +61,13 @@ class MemoSide:
                 digest = None
             finally:
                 end_walk()              # (forgets what the cut-short walk had numbered)
-            if digest is None:          # each argument a walk of its own, outside the call's
-                digest = [[_deep_digest(a, leaf) for a in args],
-                          {"d": {k: _deep_digest(v, leaf) for k, v in kwargs.items()}}]
+            if digest is None:          # again, the one too deep by its pickle
+                begin_walk()
+                try:
+                    digest = [[_deep_digest(a, leaf) for a in args],
+                              {"d": {k: _deep_digest(kwargs[k], leaf) for k in sorted(kwargs)}}]
+                finally:
+                    end_walk()
             key = prefixed_key(self.engine.key_prefix(spec), digest)
         return self._keyed(task, key)
 
@@ -266,10 +271,15 @@ def _deep_digest(value: Any, leaf: Callable[[Any], str]) -> Any:
     itself is a reference, ``hashing.enter``), the hash of its pickle (it holds
     no futures: ``refs.find_refs_once`` found none) with the code of the classes of the
     objects inside it (a pickle names a class, not its code)."""
+    mark = mark_walk()
     try:
         return digest_value(value, Ref, _ref_digest, leaf)
     except RecursionError:
-        return {"x": leaf(value), "c": sorted({leaf(t) for t in _classes_within(value)})}
+        # what its walk had numbered is forgotten; its pickle is taken as an outermost
+        # value's is (inside the call's walk, a user object's state walk would raise again)
+        rewind_walk(mark)
+        return {"x": outside_walk(leaf, value),
+                "c": sorted({leaf(t) for t in _classes_within(value)})}
 
 
 _BUILT_IN = frozenset({list, tuple, dict, set, frozenset, str, bytes, bytearray, int, float,
