@@ -227,3 +227,53 @@ def test_a_class_components_attributes_keep_their_kind_and_order(engine):
            for c in range(6)]
     assert got == [["dict", ["a", "b"]], ["dict", ["b", "a"]], ["set", None],
                    ["frozenset", None], ["bytes", None], ["bytearray", None]]
+
+
+@component(cache=True)
+def same_deep(x, y) -> bool:
+    return x is y
+
+
+@pipeline(name="deep_twice_s23")
+def deep_twice(shared: bool):
+    deep: list = [1]
+    for _ in range(600):
+        deep = [deep]
+    other: list = [1]
+    for _ in range(600):
+        other = [other]
+    return same_deep(x=deep, y=deep if shared else other)
+
+
+def test_an_argument_too_deep_to_walk_met_twice_is_one_object(engine):
+    """Hashed by its pickle outside the call's walk, it was not numbered in it:
+    ``f(deep, deep)`` and ``f(deep, equal_copy)`` had one key."""
+    got = [deep_twice.run(engine=engine, shared=s).value["outputs"]["result"]
+           for s in (True, False)]
+    assert got == [True, False]
+
+
+class DeepAttribute(BaseComponent):
+    def __init__(self, v: int) -> None:
+        super().__init__()
+        nested: list = [v]
+        for _ in range(700):
+            nested = [nested]
+        self.nested = nested
+
+    def execute(self, x):
+        value = self.nested
+        while isinstance(value, list):
+            value = value[0]
+        return value
+
+
+@pipeline(name="deep_attribute_s23")
+def deep_attribute(v: int):
+    return DeepAttribute(v)(x=0)
+
+
+def test_a_class_components_attribute_too_deep_to_walk_is_keyed_by_its_pickle(engine):
+    """Its walk's RecursionError fell back to a form cut at depth 32: one key for both."""
+    got = [deep_attribute.run(engine=engine, v=v).value["outputs"]["result"] for v in (1, 2)]
+    assert got == [1, 2]

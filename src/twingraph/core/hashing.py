@@ -311,10 +311,17 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
         if n is not None:       # an object hashed whole, met before: ``[b, b]`` of one
             return {"ref": n}   # bytearray, array or deque is not ``[b, copy(b)]``
     digest = {"x": leaf_hash(value)}
-    if w.depth and not isinstance(value, _IMMUTABLE) and id(value) not in w.index:
-        w.index[id(value)] = len(w.objs)    # (after its hash: a user object's state walk
-        w.objs.append(value)                #  numbered it first, as it met it)
+    number_leaf(value)      # (after its hash: a user object's state walk numbered it first)
     return digest
+
+
+def number_leaf(value: Any) -> None:
+    """Number ``value``, hashed whole, in the walk going on (if any, and unless it is an
+    immutable value or already numbered): met again, it is a reference to it."""
+    w = _WALK
+    if w.depth and not isinstance(value, _IMMUTABLE) and id(value) not in w.index:
+        w.index[id(value)] = len(w.objs)
+        w.objs.append(value)
 
 
 def digest_kwargs(kwargs: Mapping[str, Any], ref_type: type | None,

@@ -76,6 +76,13 @@ def instance_state(obj: Any, skip: frozenset[str] = frozenset(),
             try:       # walked as an argument is (sets sorted, objects by class and state)
                 digest = digest_apart(v, None, _no_reference, leaf_hash)
                 out[k] = {"hash": sha256_hex(digest_json(digest))}
+            except RecursionError:
+                # too deep to walk: by its pickle (its form cut at ``_STATE_DEPTH`` gave
+                # two instances whose attributes differ deep down one key)
+                try:
+                    out[k] = {"pickle": leaf_hash(v)}
+                except Exception:  # noqa: BLE001 - it does not pickle either: by type
+                    pass
             except Exception:  # noqa: BLE001 - e.g. a client that does not pickle: by type
                 pass
     return out

@@ -11,8 +11,8 @@ from hashlib import sha256
 from typing import Any
 
 from twingraph.core.hashing import (begin_walk, digest_json, digest_kwargs, digest_value,
-                                    end_walk, mark_walk, outside_walk, own_key, prefixed_key,
-                                    rewind_walk)
+                                    end_walk, mark_walk, number_leaf, outside_walk, own_key,
+                                    prefixed_key, rewind_walk)
 from twingraph.core.records import TaskRecord
 from twingraph.engine.calls import strip_lineage
 from twingraph.engine.refs import Ref
@@ -278,8 +278,10 @@ def _deep_digest(value: Any, leaf: Callable[[Any], str]) -> Any:
         # what its walk had numbered is forgotten; its pickle is taken as an outermost
         # value's is (inside the call's walk, a user object's state walk would raise again)
         rewind_walk(mark)
-        return {"x": outside_walk(leaf, value),
-                "c": sorted({leaf(t) for t in _classes_within(value)})}
+        digest = {"x": outside_walk(leaf, value),
+                  "c": sorted({leaf(t) for t in _classes_within(value)})}
+        number_leaf(value)      # met again in the call (``f(deep, deep)``): a reference
+        return digest
 
 
 _BUILT_IN = frozenset({list, tuple, dict, set, frozenset, str, bytes, bytearray, int, float,
