@@ -441,8 +441,7 @@ def enter(value: Any) -> dict[str, int] | None:
     were walked until ``RecursionError`` and pickled deep in the stack, which failed."""
     w = _WALK
     if not w.depth and w.objs:          # left by a walk an interrupt cut short: afresh
-        w.index.clear()
-        w.objs.clear()
+        _forget(w)
     n = w.index.get(id(value))
     if n is not None:
         return {"ref": n}
@@ -457,8 +456,12 @@ def leave() -> None:
     w = _WALK
     w.depth -= 1
     if not w.depth:
-        w.index.clear()
-        w.objs.clear()
+        _forget(w)
+
+
+def _forget(w: _Walk) -> None:
+    w.index.clear()
+    w.objs.clear()
 
 
 def begin_walk() -> None:
@@ -466,13 +469,11 @@ def begin_walk() -> None:
     and ``f(a, [1])`` had one key, each argument a walk of its own); ``end_walk`` ends it."""
     w = _WALK
     if not w.depth and w.objs:
-        w.index.clear()
-        w.objs.clear()
+        _forget(w)
     w.depth += 1
 
 
-def end_walk() -> None:
-    leave()
+end_walk = leave
 
 
 def outside_walk(fn: Callable[[Any], Any], value: Any) -> Any:
@@ -508,13 +509,7 @@ def digest_apart(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
                  leaf_hash: Callable[[Any], str]) -> Any:
     """``digest_value`` as a walk of its own: what another walk on this thread is inside of
     is not an ancestor here (an instance's state read when its spec is built, a config)."""
-    w = _WALK
-    saved = w.index, w.objs, w.depth, w.sorting
-    w.index, w.objs, w.depth, w.sorting = {}, [], 0, 0
-    try:
-        return digest_value(value, ref_type, ref_digest, leaf_hash)
-    finally:
-        w.index, w.objs, w.depth, w.sorting = saved
+    return outside_walk(lambda v: digest_value(v, ref_type, ref_digest, leaf_hash), value)
 
 
 def _key_digest(k: Any, ref_type: type | None, ref_digest: Callable[[Any], Any],
