@@ -1208,3 +1208,32 @@ def test_an_argument_whose_state_is_in_slots_is_keyed_by_it(engine):
     assert p.run(1, 2, engine=engine).value["outputs"]["result"] == 12
     assert p.run(1, 3, engine=engine).value["outputs"]["result"] == 13
     assert p.run(2, 3, engine=engine).value["outputs"]["result"] == 23
+
+
+def test_a_resume_logs_the_run_options_it_changed():
+    """A resume with ``no_cache`` (or another ``max_parallel``) left no trace: the run's
+    config keeps the first driver's options, and nothing said the resume ran without the
+    cache. Its "resumed" log line now names what it changed."""
+    eng = _engine(flush_interval=0.01)
+    state = {"fail": True}
+
+    @component
+    def maybe_fail(n):
+        if state["fail"]:
+            raise RuntimeError("first attempt fails")
+        return n
+
+    @pipeline(name="resume_options")
+    def p(n=1):
+        return maybe_fail(n=n)
+
+    first = p.run(engine=eng)
+    assert first.state is RunState.FAILED
+    state["fail"] = False
+    again = p.run(engine=eng, resume=first.run_id, no_cache=True, max_parallel=3)
+    assert again.state is RunState.SUCCESS, again.error
+    lines = [r.message for r in eng.metadata.get_logs(first.run_id) if "resumed" in r.message]
+    assert len(lines) == 1 and lines[0].endswith(
+        "; this resume runs with max_parallel=3, no_cache=True"), lines
+    assert eng.metadata.get_run(first.run_id).config["no_cache"] is False   # as first recorded
+    eng.close()

@@ -43,3 +43,8 @@ def test_a_run_whose_driver_is_silent_is_called_gone_and_told_how_to_finish():
     gone.heartbeat_at = 1.0                                     # with the real clock
     cells = [c for col in runs_table([gone, live]).columns for c in col._cells]
     assert any(str(c) == "RUNNING (driver gone)" for c in cells)
+    # piped (one tab-separated line a run): the same words, the live run's state plain
+    from twingraph.cli.display import runs_lines
+    live.heartbeat_at = __import__("time").time()
+    states = [line.split("\t")[2] for line in runs_lines([gone, live])[1:]]
+    assert states == ["RUNNING (driver gone)", "RUNNING"]

@@ -176,10 +176,12 @@ def runs_table(runs: Iterable[Any]) -> Table:
 
 def runs_lines(runs: Iterable[Any]) -> list[str]:
     """The runs as plain tab-separated lines (a header, then one run a line, full ids): what
-    ``runs list`` prints to a pipe or file, or to a terminal too narrow for the table."""
+    ``runs list`` prints to a pipe or file, or to a terminal too narrow for the table. A
+    RUNNING run whose driver is gone says so, as in the table."""
     lines = ["\t".join(RUNS_COLUMNS)]
     for r in runs:
-        lines.append("\t".join((r.run_id, _field(r.pipeline), r.state.value, ts(r.created_at),
+        state = r.state.value + (" (driver gone)" if silent_for(r) is not None else "")
+        lines.append("\t".join((r.run_id, _field(r.pipeline), state, ts(r.created_at),
                                  dur(r.started_at, r.ended_at))))
     return lines
 

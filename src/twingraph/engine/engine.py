@@ -525,6 +525,7 @@ class Engine:
             self._end_stale_attempts(run_id, prior, epoch)
         else:
             epoch = 0
+        changed = _changed_options(rec.config, opt) if resume else ""
         run_id = run_id or uuid.uuid4().hex
         loop = RunLoop(self, run_id, opt, prior=prior,
                        previous=lambda: self._previous_tasks(pipeline, run_id), epoch=epoch)
@@ -538,7 +539,7 @@ class Engine:
             self.recorder.add(RunUpdate(run_id, RunState.RUNNING, now, epoch=epoch))
             self.recorder.add(LogRecord(run_id, now, "info",
                                         f"resumed: {sum(t.state is TaskState.SUCCESS for t in prior.values())}"
-                                        f" of {len(prior)} recorded tasks had finished"))
+                                        f" of {len(prior)} recorded tasks had finished{changed}"))
         else:
             self.recorder.add(RunRecord(run_id, pipeline, RunState.RUNNING, project=self.project,
                                         params=dict(params or {}),
@@ -889,6 +890,16 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return repr(obj)
+
+
+def _changed_options(config: Mapping[str, Any], opt: RunOptions) -> str:
+    """The run options a resume uses that differ from those the run was recorded with, as a
+    log line's tail (the run's ``config`` keeps the first driver's; the log says what the
+    resume changed, e.g. ``--no-cache``)."""
+    now = {"max_parallel": opt.max_parallel, "error_handler": opt.error_handler,
+           "timeout": opt.timeout, "no_cache": opt.no_cache}
+    diff = [f"{k}={v!r}" for k, v in now.items() if k in config and config[k] != v]
+    return f"; this resume runs with {', '.join(diff)}" if diff else ""
 
 
 def _check_resumable(rec: Any) -> None:
