@@ -501,6 +501,7 @@ class Engine:
         opt = options or RunOptions()
         self.executor_capacity(opt.max_parallel)
         prior: dict[str, TaskRecord] = {}
+        changed = ""
         if resume:
             if run_id is None or self.metadata is None:
                 raise NotFoundError("resume needs a run id and a metadata store")
@@ -508,6 +509,7 @@ class Engine:
             if rec is None:
                 raise NotFoundError(f"run {run_id} not found")
             _check_resumable(rec)
+            changed = _changed_options(rec.config, opt)
             seen = rec.heartbeat_at
             if rec.state is RunState.RUNNING and not claimed:
                 self._wait_until_driverless(run_id, seen)
@@ -525,7 +527,6 @@ class Engine:
             self._end_stale_attempts(run_id, prior, epoch)
         else:
             epoch = 0
-        changed = _changed_options(rec.config, opt) if resume else ""
         run_id = run_id or uuid.uuid4().hex
         loop = RunLoop(self, run_id, opt, prior=prior,
                        previous=lambda: self._previous_tasks(pipeline, run_id), epoch=epoch)
