@@ -29,6 +29,9 @@ hierarchy (``DynamicSchedulerError`` and its four children) is kept as written a
         └── ValidationError             bad definitions or parameters (also a ``ValueError``)
             └── GraphValidationError    cycles, unknown operations, dangling references (``nodes``)
 
+Outside the tree: ``RunStopped``, a ``BaseException`` raised inside a pipeline body that went
+on after its run stopped.
+
 Catch ``ValidationError`` around user-supplied definitions, ``PipelineError`` around running a
 pipeline, ``StorageError`` around direct use of a result store, ``StreamError`` around
 ``StreamExecutionEnvironment.execute()``.
@@ -42,6 +45,17 @@ from typing import Any
 
 class TwinGraphError(Exception):
     """Base class of every error TwinGraph raises on purpose."""
+
+
+class RunStopped(BaseException):
+    """Raised inside a pipeline body that went on after its run stopped (its timeout, a
+    cancel) and did not return within a grace period (``engine.bodystop``). Not a
+    ``TwinGraphError``: like ``KeyboardInterrupt`` it is a ``BaseException``, so a body's
+    ``except Exception`` does not swallow it (its ``finally`` blocks still run)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or ("the run stopped and its body went on past the grace "
+                                    "period: stopped here",)))
 
 
 class ConfigurationError(TwinGraphError):

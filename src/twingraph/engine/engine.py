@@ -13,6 +13,7 @@ import logging
 import operator
 import os
 import random
+import sys
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twingraph.core import stop
+from twingraph.engine.bodystop import HARD_STOPS, BodyWatch
 from twingraph.core.codeversion import code_of_value
 from twingraph.core.instancestate import attributes
 from twingraph.core.hashing import (canonical_json, config_digest, digest_json, digest_value,
@@ -562,12 +564,19 @@ class Engine:
             _current.run = loop
             ident = threading.get_ident()
             loop.body_flag = body_flag = stop.watch_body(ident)    # raised by ``loop._stop``
+            # a body going on after a timeout or a cancel gets ``RunStopped`` (``bodystop``)
+            loop.body_watch = watch = BodyWatch(ident, sys._getframe())
             if loop.stopping:                 # stopped before the flag was there
                 body_flag.request()
+                if loop.stopping in HARD_STOPS:
+                    watch.stop_later()
             try:
-                if on_start is not None:      # a failing callback fails the run, like its body
-                    on_start(loop)
-                value = body(loop)
+                try:
+                    if on_start is not None:  # a failing callback fails the run, like its body
+                        on_start(loop)
+                    value = body(loop)
+                finally:
+                    watch.settle()            # first: nothing is raised in it after this
             except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised via RunResult
                 body_error = exc
             finally:

@@ -42,6 +42,7 @@ from twingraph.core.wire import pack_result_rows, pack_results, pack_task_values
 from twingraph.core.specs import DEFAULT_TIMEOUT, resource_amounts
 from twingraph.core.states import TaskState, fence as fence_token
 from twingraph.engine import gcpace, tasklog
+from twingraph.engine.bodystop import HARD_STOPS, BodyWatch
 from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
 from twingraph.engine.futures import BodySide
 from twingraph.engine.heartbeats import taken_over_message
@@ -173,6 +174,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         self.lock = threading.Lock()             # guards task.state/event for waiters
         self.stopping: str | None = None         # 'failed' | 'cancelled' | 'timeout'
         self.body_flag: stop.Flag | None = None  # the body thread's (``Engine._run``)
+        self.body_watch: BodyWatch | None = None  # the same body's (``bodystop``)
         # RUNNING process tasks whose job waits for a worker: queued, as rows and progress
         # say (``state_counts``)
         self.waiting: set[Task] = set()
@@ -1582,6 +1584,8 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         self.stopping, self.stop_message = why, message
         if self.body_flag is not None:        # the body's ``stop_requested()`` says so now
             self.body_flag.request()
+        if why in HARD_STOPS and self.body_watch is not None:
+            self.body_watch.stop_later()      # and if it goes on regardless, it is stopped
         self.out.append(LogRecord(self.run_id, self.clock.now(), "warning", f"stopping: {message}"))
         for task in list(self.tasks.values()):
             if task.state not in TERMINAL:
