@@ -1237,3 +1237,35 @@ def test_a_resume_logs_the_run_options_it_changed():
         "; this resume runs with max_parallel=3, no_cache=True"), lines
     assert eng.metadata.get_run(first.run_id).config["no_cache"] is False   # as first recorded
     eng.close()
+
+
+@pytest.mark.parametrize("executor", ["thread", "inline"])
+def test_a_retry_gets_the_arguments_as_called_not_as_the_failed_attempt_left_them(executor):
+    """An attempt that changed its argument in place (``queue.pop(0)``) and then failed gave
+    its retry what was left: the run returned 'b' for ``["a", "b", "c"]``, and stored it under
+    that call's key (the next run's memo hit said 'b' too). A process attempt always got a
+    pickled copy: now every executor does what it does."""
+    eng = _engine(flush_interval=0.01)
+    failed = []
+
+    @component(executor=executor, retry_policy={"max_attempts": 3, "initial_delay": 0.01,
+                                                 "backoff": "fixed"})
+    def take_first(queue: list, seen: dict) -> str:
+        item = queue.pop(0)
+        seen["n"] = seen.get("n", 0) + 1
+        if len(failed) < 2:
+            failed.append(item)
+            raise ConnectionError("transient")
+        return f"{item}/{seen['n']}"
+
+    @pipeline(name=f"retry_mutated_args_{executor}")
+    def p():
+        return take_first(["a", "b", "c"], {})
+
+    first = p.run(engine=eng)
+    assert first.state is RunState.SUCCESS, first.error
+    assert failed == ["a", "a"] and first.value["outputs"]["result"] == "a/1"
+    again = p.run(engine=eng)
+    assert again.value["outputs"]["result"] == "a/1"
+    assert {t.cache_status for t in eng.metadata.get_tasks(again.run_id)} == {"hit"}
+    eng.close()

@@ -1143,6 +1143,12 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         mode = self._mode(task.spec) if self._tight_run or self._tight \
             else self.engine.choose_mode(task.spec)
         task.mode = mode
+        if (mode == "inline" or mode == "thread") and self._may_retry(task):
+            # Each attempt gets the arguments as they were called with (and keyed by): an
+            # attempt that changed them in place (``queue.pop(0)``) gave its retry, and the
+            # result stored under the call's key, what was left of them. A process or remote
+            # attempt gets a copy of its own anyway (pickled).
+            args, kwargs = own_copy(args), own_copy(kwargs)
         if mode != "inline" and task.spec.timeout < DEFAULT_TIMEOUT:
             self._tight.add(task)          # its deadline must fire on time: see _mode
         self.running += 1
@@ -1300,11 +1306,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         self.out.append(LogRecord(self.run_id, now, "error",
                                   f"attempt {task.attempt} failed: {error_text(error)}"
                                   + (f"\n{tb}" if "\n" in tb else ""), task.node_id))
-        policy = task.spec.retry_policy
-        if policy is None:
-            handler, config = self._handler_of(task.scope)
-            if handler == "retry":
-                policy = config.get("retry_policy") or DEFAULT_RETRY
+        policy = self._retry_policy(task)
         if policy is not None and not self.stopping and policy.retries(error, task.attempt) \
                 and (task.scope is None or task.scope.ended is None):
             delay = policy.delay(task.attempt, self.engine.rng)
@@ -1315,6 +1317,20 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
             return
         self._finish(task, FAILED, error=error, duration=duration)
         self._after_failure(task)
+
+    def _retry_policy(self, task: Task) -> RetryPolicy | None:
+        """The policy ``task``'s failures are retried by: its component's, else that of the
+        'retry' error handler deciding for it (if that is the handler)."""
+        policy = task.spec.retry_policy
+        if policy is None:
+            handler, config = self._handler_of(task.scope)
+            if handler == "retry":
+                policy = config.get("retry_policy") or DEFAULT_RETRY
+        return policy
+
+    def _may_retry(self, task: Task) -> bool:
+        policy = self._retry_policy(task)
+        return policy is not None and policy.max_attempts > task.attempt
 
     def _after_failure(self, task: Task) -> None:
         self.failures[task.node_id] = error_text(task.error)
