@@ -108,7 +108,7 @@ class FilesystemStorage(ResultStoreBase):
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             # 0 made every large put loop for ever (``slices``), as SQLiteStorage refuses it
             raise ConfigurationError(f"chunk_size must be an int > 0, got {chunk_size!r}")
-        self.base_path = Path(base_path)
+        self.base_path = Path(base_path).absolute()     # (as SQLiteStorage's: any cwd)
         self.metadata_path = self.base_path / "metadata" / "nodes"
         self.data_path = self.base_path / "data"
         self.tmp_path = self.base_path / "tmp"
@@ -436,6 +436,18 @@ class FilesystemStorage(ResultStoreBase):
             raise
 
     def _read_compressed(self, f: Any, key: str, size: int, digest: str) -> Buffer:
+        # The frame says how long it is (written with ``size=``): told apart from the size
+        # the metadata says before that much memory is taken (a damaged size of 2^46 was a
+        # MemoryError on every read, not corruption the engine removes).
+        try:
+            declared = zstd().get_frame_parameters(f.read(18)).content_size
+        except zstd().ZstdError as exc:
+            raise IntegrityError(key, digest, f"<undecodable zstd header: {exc}>") from exc
+        if declared != size:
+            raise IntegrityError(key, digest, f"<zstd data of {declared} bytes, expected {size}>")
+        f.seek(0)
+        if size < self.mmap_threshold:      # bytes, as an uncompressed value this small is
+            return verify(key, digest, decompress_frame(f.read(), size, key, digest))
         out = bytearray(size)
         view, pos = memoryview(out), 0
         try:

@@ -47,7 +47,7 @@ class HybridStorage(ResultStoreBase):
                  compression: str | None = None, compression_level: int = 3,
                  compression_min_size: int = 4096, cache_size: int | None = None,
                  chunk_size: int = MiB, inline_threshold: int = 4096, fsync: bool = True) -> None:
-        self.path = Path(path)
+        self.path = Path(path).absolute()
         self.large_threshold = large_threshold
         # SQLite keeps every small value in its row (never chunked: large ones go to files).
         self.small = SQLiteStorage(self.path / "results.db", chunk_threshold=large_threshold,

@@ -284,8 +284,10 @@ class SQLiteStorage(ResultStoreBase):
                 and chunk_threshold >= 0):        # (1.5 failed the first chunked put)
             raise ConfigurationError("chunk_size must be an int > 0 and chunk_threshold an "
                                      f"int >= 0, got {chunk_size!r} and {chunk_threshold!r}")
-        self.db_path = Path(db_path)
-        self._abs_path = self.db_path.absolute()       # for reopen_recipe, whatever the cwd
+        # absolute: a relative path opened another store (each thread's connection, each
+        # stream) once the process changed its directory
+        self.db_path = Path(db_path).absolute()
+        self._abs_path = self.db_path
         self.chunk_threshold, self.chunk_size = chunk_threshold, chunk_size
         self.policy = CompressionPolicy(compression, compression_level, compression_min_size)
         self._timeout = busy_timeout
