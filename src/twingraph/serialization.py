@@ -44,6 +44,7 @@ import math
 import pickle
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twingraph.core.hashing import sha256_hex
@@ -166,11 +167,13 @@ def typed_hash(encoding: str, content_hash: str) -> str:
 _NESTED, _PRIMITIVE = DataType.NESTED, DataType.PRIMITIVE
 
 
-def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD, freeze: bool = False) -> Encoded:
+def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD, freeze: bool = False,
+           persistent_id: Callable[[Any], Any] | None = None) -> Encoded:
     """Encode ``value`` (see the module docstring for the choice of encoding). ``freeze``: a
     task's result (the engine's call): an ndarray is made read-only, since its bytes are
     written from the array itself later and its consumers share it — changed in place, the
-    stored bytes would no longer match the hash taken now."""
+    stored bytes would no longer match the hash taken now. ``persistent_id``: the pickler's,
+    for a pickle that is only hashed (``core.hashing.pickle_ids``: it does not load)."""
     t = type(value)
     text = _json_text(value)
     if text is not None:
@@ -201,7 +204,8 @@ def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD, freeze: bool =
         return True
 
     try:
-        data = _cloudpickle().dumps(value, protocol=5, buffer_callback=keep_large)
+        data = _cloudpickle().dumps(value, protocol=5, buffer_callback=keep_large) \
+            if persistent_id is None else _dumps_with_ids(value, keep_large, persistent_id)
     except Exception as exc:  # PicklingError, TypeError ("cannot pickle '_thread.lock'"), ...
         raise ValidationError(f"cannot encode a value of type {t.__qualname__}: {exc}") from exc
     if not oob:
@@ -211,6 +215,25 @@ def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD, freeze: bool =
                                      *(v.nbytes for v in views))
     size = len(header) + len(data) + sum(v.nbytes for v in views)
     return _make("pickle5", DataType.NESTED, (header, data, *views), size, large_threshold)
+
+
+def _dumps_with_ids(value: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool],
+                    persistent_id: Callable[[Any], Any]) -> bytes:
+    """``cloudpickle.dumps`` with ``persistent_id``."""
+    global _IdPickler
+    if _IdPickler is None:
+        class IdPickler(_cloudpickle().CloudPickler):      # type: ignore[misc]
+            def persistent_id(self, obj: Any) -> Any:
+                return self.ids(obj)
+        _IdPickler = IdPickler
+    with io.BytesIO() as f:
+        pickler = _IdPickler(f, protocol=5, buffer_callback=buffer_callback)
+        pickler.ids = persistent_id
+        pickler.dump(value)
+        return f.getvalue()
+
+
+_IdPickler: Any = None
 
 
 def content_hash(value: Any) -> str:

@@ -324,6 +324,28 @@ def number_leaf(value: Any) -> None:
         w.objs.append(value)
 
 
+def pickle_ids(top: Any) -> Callable[[Any], Any] | None:
+    """A ``persistent_id`` for the pickle that hashes leaf ``top`` inside a walk (None
+    outside one): each mutable object the pickle meets is numbered in the walk, and one the
+    walk met before is written as its number. ``[deque([L]), L]`` and ``[deque([L]),
+    copy(L)]`` had one key: what a leaf hashed whole held was not part of the walk."""
+    w = _WALK
+    if not w.depth:
+        return None
+    index, objs = w.index, w.objs
+
+    def persistent_id(obj: Any) -> Any:
+        if obj is top or isinstance(obj, _UNNUMBERED):
+            return None
+        n = index.get(id(obj))
+        if n is not None:
+            return n
+        index[id(obj)] = len(objs)
+        objs.append(obj)           # (kept alive: a temporary's id is not reused meanwhile)
+        return None
+    return persistent_id
+
+
 def digest_kwargs(kwargs: Mapping[str, Any], ref_type: type | None,
                   ref_digest: Callable[[Any], Any], leaf_hash: Callable[[Any], str]) -> Any:
     """The digest of a call's keyword arguments: by name, in no order (``f(x=1, y=2)`` and
@@ -406,6 +428,9 @@ def _holds(value: Any, ref_type: type) -> bool:
 _IMMUTABLE = (bytes, complex, decimal.Decimal, fractions.Fraction, datetime.date, datetime.time,
               datetime.timedelta, range, types.FunctionType, types.BuiltinFunctionType, type,
               PurePath)
+#: What a leaf's pickle meets that is not numbered (``pickle_ids``): values, not places (which
+#: of two equal strings a pickle holds changes nothing a component can see).
+_UNNUMBERED = (str, int, float, bool, type(None), tuple, frozenset) + _IMMUTABLE
 
 #: Mappings walked as (key, value) pairs, and the tag that keeps their type in the digest.
 _MAPPINGS: dict[type, str] = {dict: "kd", OrderedDict: "od", defaultdict: "dd", Counter: "ct"}

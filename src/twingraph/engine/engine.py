@@ -27,6 +27,7 @@ from twingraph.engine.bodystop import HARD_STOPS, BodyWatch
 from twingraph.core.codeversion import code_of_value
 from twingraph.core.instancestate import attributes
 from twingraph.core.hashing import (canonical_json, config_digest, digest_json, digest_value,
+                                    pickle_ids,
                                     enter, key_prefix, leave, mark_walk, rewind_walk, sha256_hex,
                                     walking)
 from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord, TaskUpdate
@@ -351,7 +352,8 @@ class Engine:
                 state = _state_digest(value)
                 if state is not None:       # an instance of a user class, a bound method
                     return sha256_hex(f"obj:{state}\0{code}".encode())
-        enc = serialization.encode(value)
+        # inside a walk, what its pickle holds is numbered with the rest (``pickle_ids``)
+        enc = serialization.encode(value, persistent_id=pickle_ids(value))
         encoding = enc.encoding
         if encoding == "bytes" and type(value) is not bytes:
             # bytes, bytearray and memoryview encode alike; a component may tell them apart
