@@ -158,3 +158,109 @@ def test_runstopped_is_not_an_exception_a_body_catches_by_accident():
     assert issubclass(RunStopped, BaseException) and not issubclass(RunStopped, Exception)
     with pytest.raises(RunStopped, match="stopped here"):
         raise RunStopped
+
+
+# -- second review (session 24) ---------------------------------------------------------------
+
+from twingraph import stop_requested          # noqa: E402
+
+
+cleanup: dict = {}
+
+
+@pipeline(name="cleans_up_in_its_grace", timeout=1)
+def cleans_up_in_its_grace():
+    quick(i=1).result()
+    while not stop_requested():       # a body that checks, as it should
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    _spin(0.3)                        # its cleanup, well inside the grace period
+    cleanup["took"] = time.monotonic() - t0
+    return 1
+
+
+def test_a_body_that_checks_gets_its_grace_period(engine):
+    """``RunStopped`` was raised at once: the grace period was slept after the first send."""
+    cleanup.clear()
+    r = cleans_up_in_its_grace.run(engine=engine)
+    assert isinstance(r.error, PipelineTimeout)
+    assert cleanup.get("took", 0) >= 0.3, cleanup
+    logs = " ".join(x.message for x in engine.metadata.get_logs(r.run_id))
+    assert "RunStopped" not in logs
+
+
+@pipeline(name="inner_spinner")
+def inner_spinner():
+    _spin(30.0)
+    return 1
+
+
+@pipeline(name="outer_of_a_spinner", timeout=1)
+def outer_of_a_spinner():
+    return inner_spinner()
+
+
+def test_a_nested_pipelines_body_is_stopped_with_its_run(engine):
+    """Its call (``Pipeline.__call__``) is TwinGraph's frame between two bodies: it was taken
+    for the engine's own code, and nothing was ever raised."""
+    t0 = time.monotonic()
+    r = outer_of_a_spinner.run(engine=engine)
+    assert isinstance(r.error, PipelineTimeout), r.error
+    assert time.monotonic() - t0 < 1 + bodystop.GRACE + 3
+
+
+def test_a_plain_body_given_to_engine_run_is_stopped_and_nothing_follows_it(engine):
+    """``Engine.run(body)`` without the DSL's wrapper; once it returned, no stopper thread is
+    left, and nothing is raised into the engine's own waits (a slow notification)."""
+    from twingraph.engine.loop import RunOptions
+    seen = []
+
+    def body(run):
+        _spin(30.0)
+
+    t0 = time.monotonic()
+    r = engine.run(body, pipeline="plain_body_s24", options=RunOptions(timeout=0.5),
+                   notifications=lambda summary: (time.sleep(1.5), seen.append(summary)))
+    assert isinstance(r.error, PipelineTimeout) and len(seen) == 1
+    assert time.monotonic() - t0 < 0.5 + bodystop.GRACE + 4
+    time.sleep(bodystop.RETRY * 4)
+    assert not [t for t in threading.enumerate() if t.name == "twingraph-body-stop"]
+
+
+@pipeline(name="calls_in_a_loop", timeout=1)
+def calls_in_a_loop(seconds: float):
+    t0, i = time.monotonic(), 0
+    while time.monotonic() - t0 < seconds:
+        quick(i=i)
+        i += 1
+    return i
+
+
+def test_a_body_calling_after_its_run_stopped_is_refused(engine):
+    """Calls after a timeout were taken in and cancelled one by one (a body calling in a loop
+    wrote a million cancelled rows, and went on): the next call raises ``RunStopped``."""
+    r = calls_in_a_loop.run(engine=engine, seconds=20.0)
+    assert isinstance(r.error, PipelineTimeout), r.error
+    logs = [x.message for x in engine.metadata.get_logs(r.run_id)]
+    assert any("RunStopped" in m and "quick was not called" in m for m in logs), logs[-3:]
+    stopped = [x for x in engine.metadata.get_logs(r.run_id) if "stopping:" in x.message]
+    raised = [x for x in engine.metadata.get_logs(r.run_id) if "RunStopped" in x.message]
+    assert raised[0].at - stopped[0].at < bodystop.GRACE + 1
+
+
+@component(cache=False, retry_policy={"max_attempts": 2, "initial_delay": 0.01})
+def aliased(a, *, b):
+    a.append("x")
+    return [a is b, b == ["x"]]
+
+
+@pipeline(name="retried_aliases")
+def retried_aliases():
+    d = []
+    return aliased(d, b=d)
+
+
+def test_a_retried_call_keeps_what_its_arguments_share(engine):
+    """The copy a retryable attempt gets was taken for positional and keyword arguments
+    apart: ``f(d, b=d)`` got two lists."""
+    assert retried_aliases.run(engine=engine).value["outputs"]["result"] == [True, True]

@@ -1269,3 +1269,26 @@ def test_a_retry_gets_the_arguments_as_called_not_as_the_failed_attempt_left_the
     assert again.value["outputs"]["result"] == "a/1"
     assert {t.cache_status for t in eng.metadata.get_tasks(again.run_id)} == {"hit"}
     eng.close()
+
+
+def test_a_last_run_too_large_to_compare_is_not_loaded(monkeypatch):
+    """A miss's reason loaded every task of the pipeline's last run: after a run of 780,000
+    tasks, the next run spent 25 s (and ~1 GB) on its loop before its first task. Above
+    ``PREVIOUS_MAX`` the last run is not loaded, and the reason says so."""
+    import twingraph.engine.engine as engine_module
+    monkeypatch.setattr(engine_module, "PREVIOUS_MAX", 5)
+    eng = _engine(flush_interval=0.01)
+
+    @pipeline(name="previous_too_large")
+    def p(n: int, base: int):
+        return [echo(x=base + i) for i in range(n)]
+
+    p.run(engine=eng, n=4, base=0)
+    small = p.run(engine=eng, n=4, base=100)
+    assert {t.cache_reason for t in eng.metadata.get_tasks(small.run_id)} == {
+        "inputs changed since the last run"}
+    p.run(engine=eng, n=8, base=200)
+    big = p.run(engine=eng, n=8, base=300)
+    assert {t.cache_reason for t in eng.metadata.get_tasks(big.run_id)} == {
+        "no stored result (the last run was too large to compare it with)"}
+    eng.close()

@@ -33,6 +33,7 @@ from twingraph.core.records import LogRecord
 from twingraph.core.specs import PipelineSpec
 from twingraph.dsl.base import BaseComponent
 from twingraph.dsl.component import Component, check_platform
+from twingraph.engine.bodystop import passes_through
 from twingraph.engine.engine import Engine, RunResult, current_run
 from twingraph.engine.loop import RunOptions
 from twingraph.engine.scopes import nested
@@ -61,6 +62,7 @@ class Pipeline:
         if "error_handler" in self.nested_settings:
             self.nested_settings["error_config"] = spec.error_config
 
+    @passes_through         # a nested pipeline's body: stopped as its run's body is
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run = current_run()
         if run is not None:
@@ -132,8 +134,12 @@ class Pipeline:
         recorded, inexact = _recorded_params(params)
         if inexact:          # a resume must be given them again (see above)
             source["inexact_params"] = inexact
+        @passes_through
+        def body(run: Any) -> Any:
+            return self.fn(*args, **kwargs)
+
         try:
-            result = engine.run(lambda run: self.fn(*args, **kwargs), pipeline=self.name,
+            result = engine.run(body, pipeline=self.name,
                                 params=recorded, options=opts, run_id=run_id,
                                 resume=resume is not None, source=source,
                                 notifications=self.spec.notifications or None,

@@ -10,11 +10,13 @@ as Ctrl-C raises ``KeyboardInterrupt`` in the main thread (CPython's
 ``PyThreadState_SetAsyncExc``). Two rules keep that safe for the engine:
 
 - it is raised only while the body's thread is in code outside TwinGraph (its stack, seen from
-  the top down to the body's call, holds no TwinGraph frame but the wrappers it was called
-  through): a body waiting on a future, or a task run inline on its thread, is left to the
-  engine, which ends those itself once the run stopped;
+  the top down to the body's call, holds no TwinGraph frame but those marked
+  ``passes_through``: the body's wrapper, a nested pipeline's call): a body waiting on a
+  future, or a task run inline on its thread, is left to the engine, which ends those itself
+  once the run stopped;
 - once the body has returned, nothing more is sent, and one sent but not yet raised is taken
-  back (``settle``, the first thing the body's caller does when it returns, whatever it raised).
+  back (``settle``, the first thing the body's caller does when it returns, whatever it raised;
+  one raised as ``settle`` is called is caught by the caller, which calls it again).
 
 What this cannot stop: a body blocked in one call into C (``time.sleep``, a socket read) gets
 it when that call returns; a body that catches ``BaseException`` and goes on gets it again every
@@ -27,9 +29,13 @@ import ctypes
 import sys
 import threading
 import time
-from types import FrameType
+from collections.abc import Callable
+from types import CodeType, FrameType
+from typing import Any, TypeVar
 
 from twingraph.errors import RunStopped
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Seconds a body may run on after its run stopped before ``RunStopped`` is raised in it: time
 #: for a body that checks ``stop_requested()`` to end by itself.
@@ -43,6 +49,17 @@ RETRY, RESEND = 0.05, 1.0
 
 # (no argtypes: ``None`` goes as NULL, which takes back an exception sent and not raised yet)
 _set_async = getattr(getattr(ctypes, "pythonapi", None), "PyThreadState_SetAsyncExc", None)
+
+
+_THROUGH: set[CodeType] = set()
+
+
+def passes_through(fn: F) -> F:
+    """Mark ``fn`` as TwinGraph code that only passes a pipeline body through (calls it and
+    returns what it returns, or lets what it raises go): ``RunStopped`` may be raised in the
+    user code it called (``BodyWatch._in_user_code``)."""
+    _THROUGH.add(fn.__code__)
+    return fn
 
 
 class BodyWatch:
@@ -70,35 +87,36 @@ class BodyWatch:
             self.stopper.start()
 
     def _stop(self) -> None:
-        wait = GRACE
+        time.sleep(GRACE)              # time to end by itself (``stop_requested()``)
         while True:
             with self.lock:            # (``settle`` takes it too: nothing is sent after it)
                 if not self.live:
                     return
+                wait = RETRY
                 if self._in_user_code():
                     assert _set_async is not None
                     # the class (3.11 raises what it is given as ``raise cls``)
                     self.sent = _set_async(ctypes.c_ulong(self.ident),
                                            ctypes.py_object(RunStopped)) == 1
                     wait = RESEND
-                else:
-                    wait = RETRY
             time.sleep(wait)
 
     def _in_user_code(self) -> bool:
-        """Whether the body's thread runs code of its own: no TwinGraph frame between the top
-        of its stack and the TwinGraph frames it was called through (from ``entry`` up)."""
+        """Whether the body's thread runs code of its own: between the top of its stack and
+        the body's call (``entry``), some frame that is not TwinGraph's, and no TwinGraph
+        frame but those that only pass the body through (``passes_through``: a nested
+        pipeline's call, the body's wrapper)."""
         frame: FrameType | None = sys._current_frames().get(self.ident)
-        mods: list[bool] = []          # from the top: is each frame TwinGraph's?
+        user = False
         while frame is not None and frame is not self.entry:
             name = frame.f_globals.get("__name__") or ""
-            mods.append(name == "twingraph" or name.startswith("twingraph."))
+            if name == "twingraph" or name.startswith("twingraph."):
+                if frame.f_code not in _THROUGH:
+                    return False       # the engine's own code, or a call into it
+            else:
+                user = True
             frame = frame.f_back
-        if frame is None:              # not under the body's call (any more)
-            return False
-        while mods and mods[-1]:       # the wrappers the body was called through
-            mods.pop()
-        return bool(mods) and not any(mods)
+        return user and frame is not None      # (None: not under the body's call any more)
 
     def settle(self) -> None:
         """The body returned (or raised): nothing more is sent, and a ``RunStopped`` sent but

@@ -38,6 +38,7 @@ from twingraph.engine.async_store import AsyncStoreAdapter, as_result_store
 from twingraph.engine.awaiting import nested_run, run_awaitable
 from twingraph.engine.heartbeats import Heartbeats, taken_over_message
 from twingraph.engine.loop import RunLoop, RunOptions
+from twingraph.engine.memo import PREVIOUS_MAX, TooLarge
 from twingraph.engine.timers import HEARTBEAT_INTERVAL
 from twingraph.engine.notify import notify
 from twingraph.engine import gcpace, tasklog
@@ -46,7 +47,7 @@ from twingraph.engine.recorder import Recorder
 from twingraph.engine.resources import LocalResources
 from twingraph.engine.refs import substitute
 from twingraph.errors import (ConfigurationError, ConflictError, ExecutorUnavailable, IntegrityError, InvalidTransition, NotFoundError, PipelineCancelled,
-                              PipelineFailed, PipelineTimeout, TwinGraphError)
+                              PipelineFailed, PipelineTimeout, RunStopped, TwinGraphError)
 from twingraph.ports import Clock, EventSink, Executor, MetadataStore, ResultStore
 from twingraph.registry import get_error_handler
 from twingraph import serialization
@@ -578,7 +579,14 @@ class Engine:
                         on_start(loop)
                     value = body(loop)
                 finally:
-                    watch.settle()            # first: nothing is raised in it after this
+                    # first: nothing is raised in it after this (one sent as the body returned
+                    # may be raised as ``settle`` is called: caught, and settled again)
+                    while True:
+                        try:
+                            watch.settle()
+                            break
+                        except RunStopped:
+                            continue
             except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised via RunResult
                 body_error = exc
             finally:
@@ -766,12 +774,22 @@ class Engine:
                     f"run {run_id} is still being driven (its heartbeat moved while we "
                     f"watched); {refused}")
 
-    def _previous_tasks(self, pipeline: str, run_id: str) -> dict[str, TaskRecord]:
+    def _previous_tasks(self, pipeline: str, run_id: str) -> Mapping[str, TaskRecord]:
+        """The tasks of the pipeline's last run, by node id, that a miss's reason compares
+        with (loaded on the first miss). A last run of more than ``PREVIOUS_MAX`` tasks is not
+        loaded (``TooLarge``): one of 780,000 took 25 s and ~1 GB on the run's loop before
+        its first task started."""
         if self.metadata is None:
             return {}
         for rec in self.metadata.list_runs(pipeline=pipeline, limit=3):
             if rec.run_id != run_id:
-                return {t.node_id: t for t in self.metadata.get_tasks(rec.run_id)}
+                get_tasks: Any = self.metadata.get_tasks
+                try:
+                    if get_tasks(rec.run_id, limit=1, offset=PREVIOUS_MAX):
+                        return TooLarge()
+                except TypeError:       # a store without paging: loaded whole
+                    pass
+                return {t.node_id: t for t in get_tasks(rec.run_id)}
         return {}
 
     def _on_stored(self, tokens: list[Any]) -> None:

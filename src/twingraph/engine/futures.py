@@ -17,12 +17,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from twingraph.core.states import TaskState
+from twingraph.engine.bodystop import HARD_STOPS
 from twingraph.engine.scopes import current as current_scope
 from twingraph.engine.refs import Ref, ref_to, walk_path
 from twingraph.serialization import own_copy
 from twingraph.engine.task import (DECLARED, UNLOADED, Task, CANCELLED, FAILED, PENDING, QUEUED,
                                     RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
-from twingraph.errors import NodeExecutionError, PipelineCancelled, PipelineTimeout, TaskCancelled
+from twingraph.errors import (NodeExecutionError, PipelineCancelled, PipelineTimeout, RunStopped,
+                              TaskCancelled)
 
 
 
@@ -81,6 +83,11 @@ class BodySide:
         if self.crashed is not None or self.done.is_set():
             raise NodeExecutionError(f"cannot submit {task.node_id}: the run has ended "
                                      f"({self.stop_message or 'finished'})", node_id=task.node_id)
+        if self.stopping in HARD_STOPS:
+            # timed out or cancelled: the body's further calls were taken in and cancelled
+            # one by one (a body calling in a loop wrote a million cancelled rows)
+            raise RunStopped(f"the run stopped ({self.stop_message}): {task.component} was "
+                             f"not called")
         self.submitted.append(task)
         if self.sleeping:
             self.inbox.put(("wake",))

@@ -794,10 +794,17 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         """Key newly ready tasks, then start queued ones while slots are free (iteratively:
         inline tasks complete inside ``_start`` and make more tasks ready)."""
         ready, became, limit = self.ready, self.became_ready, self.opt.max_parallel
+        timers = self.timers
         while True:
+            if timers and timers[0][0] <= self.clock.monotonic():
+                # a body that keeps this busy (tasks it submits faster than they end) gets
+                # its run's timeout on time: it fired 9-38 s late, after this returned
+                self._fire_timers()
             if became and not ready:
                 self._declared_lane()
             while became:
+                if timers and timers[0][0] <= self.clock.monotonic():
+                    self._fire_timers()          # (once a burst, as above)
                 lookup: list[Task] = []
                 taken = 0
                 while became and taken < self.LOOKUP_BURST:
@@ -1148,7 +1155,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
             # attempt that changed them in place (``queue.pop(0)``) gave its retry, and the
             # result stored under the call's key, what was left of them. A process or remote
             # attempt gets a copy of its own anyway (pickled).
-            args, kwargs = own_copy(args), own_copy(kwargs)
+            args, kwargs = own_copy((args, kwargs))   # one copy: what they share stays shared
         if mode != "inline" and task.spec.timeout < DEFAULT_TIMEOUT:
             self._tight.add(task)          # its deadline must fire on time: see _mode
         self.running += 1

@@ -21,6 +21,15 @@ from twingraph.engine.task import (DECLARED, Task, CANCELLED, FAILED, QUEUED, SK
 
 
 
+#: The most tasks of a pipeline's last run that a run loads to tell why its tasks missed
+#: (``Engine._previous_tasks``).
+PREVIOUS_MAX = 100_000
+
+
+class TooLarge(dict):  # type: ignore[type-arg]
+    """The last run had more than ``PREVIOUS_MAX`` tasks: nothing was loaded to compare."""
+
+
 class MemoSide:
     """Mixed into ``RunLoop``; the attributes below are the loop's."""
     engine: Any
@@ -169,6 +178,8 @@ class MemoSide:
                 self._previous = self._previous_loader() if self._previous_loader else {}
             prev = self._previous.get(task.node_id)
             since = "since the last run"
+            if prev is None and type(self._previous) is TooLarge:
+                return "no stored result (the last run was too large to compare it with)"
         if prev is None:
             return "no stored result (new task)"
         if prev.state is SUCCESS and prev.cache_key is not None \

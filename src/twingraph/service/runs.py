@@ -23,6 +23,7 @@ from twingraph.core.states import RunState
 from twingraph.dsl.component import check_platform
 from twingraph.dsl.pipeline import (Pipeline, export_lineage, json_fits, recorded_defaults,
                                    param_json_types)
+from twingraph.engine.bodystop import passes_through
 from twingraph.engine.dynamic import DynamicScheduler
 from twingraph.engine.engine import LIVE_WINDOW, Engine, RunResult
 from twingraph.engine.loop import RunOptions
@@ -285,9 +286,13 @@ class RunService:
             params = dict(run.params)
             kwargs = call_params(pipe.fn, params)
 
+            @passes_through
+            def call_body(_run: Any) -> Any:
+                return pipe.fn(**kwargs)
+
             def launch() -> RunResult:
                 result = self.engine.run(
-                    lambda _run: pipe.fn(**kwargs), pipeline=run.pipeline, params=params,
+                    call_body, pipeline=run.pipeline, params=params,
                     options=opts, run_id=run.run_id, source=pipe.source(), **mode,
                     notifications=spec.notifications or None,
                     pipeline_version=run.pipeline_version)
