@@ -297,7 +297,8 @@ def test_node_results_give_each_node_its_status_value_and_error(scheduler):
     assert res["sq"].result_data == [0, 1, 4, 9] and res["sq"].execution_time_ms is not None
     assert res["boom"].status is NodeStatus.FAILED and "exploded" in res["boom"].error_message
     assert res["boom"].result_data is None
-    assert res["after"].status is NodeStatus.CANCELLED          # skipped: its input failed
+    # skipped, its input failed: FAILED, as progress counts it, with the input named
+    assert res["after"].status is NodeStatus.FAILED and "boom" in res["after"].error_message
     only = asyncio.run(scheduler.get_node_results("results", ["sq"]))
     assert list(only) == ["sq"] and only["sq"].result_data == [0, 1, 4, 9]
     with pytest.raises(NotFoundError):

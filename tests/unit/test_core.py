@@ -342,3 +342,14 @@ def test_enum_members_and_dataclass_instances_digest_by_class_and_value():
     d = _digest(Params(0.5, ["a"]))
     assert d["s"] == {"o": ["rate", {"f": "0.5"}, "tags", {"l": ["a"]}]}
     assert d != _digest(Params(0.5, ["b"]))
+
+
+def test_dangling_references_and_unknown_operations_are_named_together():
+    """A DAG with both named only the dangling nodes; fixed, the next run named the rest."""
+    from twingraph.core.graph import validate_dag
+    from twingraph.errors import GraphValidationError
+    with pytest.raises(GraphValidationError) as e:
+        validate_dag({"a": [], "b": ["zz"]}, {"a": "nope", "b": "ok"}, {"ok"})
+    assert e.value.nodes == ["a", "b"]
+    assert e.value.reason == "dangling references and unknown operations"
+    assert "a (operation 'nope')" in str(e.value) and "b (needs zz)" in str(e.value)

@@ -118,7 +118,7 @@ def _check_before_storage(dag: Any, config: Any, loaded: bool = True) -> None:
         try:
             scheduler.plan(dag)
         except GraphValidationError as exc:
-            if exc.reason != "unknown operations":
+            if "unknown operations" not in exc.reason:     # (maybe with dangling references)
                 raise
             raise _with_hints(exc, dag, scheduler.executor.known(), loaded) from None
     finally:
@@ -131,7 +131,8 @@ def _with_hints(exc: Any, dag: Any, known: set[str], loaded: bool) -> Exception:
     import difflib
     from twingraph.errors import GraphValidationError
     named = set(exc.nodes)
-    op_of = {n.node_id: n.operation for n in dag.nodes if n.node_id in named}
+    op_of = {n.node_id: n.operation for n in dag.nodes
+             if n.node_id in named and n.operation not in known}
     why = dict(exc.why)
     names = sorted(known)
     for nid, op in op_of.items():

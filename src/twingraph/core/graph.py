@@ -22,6 +22,7 @@ def validate_dag(deps: Mapping[str, Sequence[str]], operations: Mapping[str, str
     # Written in dependency order (the usual case): every reference is to a node seen
     # before, so none dangles, and the order is topological. One pass answers all three.
     written = _in_written_order(deps)
+    dangling: dict[str, str] = {}
     if not written:
         missing: dict[str, set[str]] = {}
         for n, ds in deps.items():
@@ -29,13 +30,17 @@ def validate_dag(deps: Mapping[str, Sequence[str]], operations: Mapping[str, str
                 if d not in deps:
                     missing.setdefault(n, set()).add(d)
         dangling = {n: "needs " + ", ".join(sorted(ms)) for n, ms in missing.items()}
-        if dangling:
-            raise GraphValidationError("dangling references", dangling, why=dangling)
+    unknown: dict[str, str] = {}
     if operations is not None and known_operations is not None:
         unknown = {n: f"operation {op!r}" for n, op in operations.items()
                    if op not in known_operations}
-        if unknown:
-            raise GraphValidationError("unknown operations", unknown, why=unknown)
+    if dangling or unknown:
+        # both named at once (a file with both named only the dangling nodes)
+        reason = " and ".join(r for r, found in (("dangling references", dangling),
+                                                 ("unknown operations", unknown)) if found)
+        why = {n: "; ".join(w for w in (dangling.get(n), unknown.get(n)) if w)
+               for n in {**dangling, **unknown}}
+        raise GraphValidationError(reason, why, why=why)
     order = list(deps) if written else _kahn(deps)
     if len(order) != len(deps):
         raise GraphValidationError("cycle", cycle_nodes(deps))

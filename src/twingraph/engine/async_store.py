@@ -120,6 +120,8 @@ class AsyncStoreAdapter:
             try:
                 return future.result(timeout=0.5)
             except concurrent.futures.TimeoutError:
+                if future.done():        # the store's own TimeoutError (the same class)
+                    return future.result()
                 if self._loop is not loop:         # closed while it waited: cancelled there
                     raise ConfigurationError("the result store was closed during the call") \
                         from None

@@ -197,7 +197,14 @@ def _poll(fut: concurrent.futures.Future[Any], cancelled: str) -> Any:
     try:
         return _value(fut.result(timeout=STOP_POLL))
     except concurrent.futures.TimeoutError:
-        pass
+        # (the built-in TimeoutError since 3.11: one the coroutine raised itself, from
+        # ``asyncio.wait_for`` or a socket, is its outcome, not the wait's: read as "still
+        # pending", its task was polled for ever)
+        if fut.done():
+            try:
+                return _value(fut.result())
+            except concurrent.futures.CancelledError:
+                raise NodeExecutionError(cancelled, error_type="Abandoned") from None
     except concurrent.futures.CancelledError:
         raise NodeExecutionError(cancelled, error_type="Abandoned") from None
     if stop_requested():

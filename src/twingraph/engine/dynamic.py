@@ -67,7 +67,9 @@ class NodeStatus(Enum):
 _TASK_TO_NODE = {"PENDING": NodeStatus.PENDING, "QUEUED": NodeStatus.PENDING,
                  "RETRYING": NodeStatus.PENDING, "RUNNING": NodeStatus.RUNNING,
                  "SUCCESS": NodeStatus.COMPLETED, "FAILED": NodeStatus.FAILED,
-                 "SKIPPED": NodeStatus.CANCELLED, "CANCELLED": NodeStatus.CANCELLED}
+                 # skipped (an input failed): failed, as progress counts it (decision 0083);
+                 # its error names the input
+                 "SKIPPED": NodeStatus.FAILED, "CANCELLED": NodeStatus.CANCELLED}
 
 
 @dataclass
@@ -221,6 +223,17 @@ def operation(name: str | Callable[..., Any] | None = None) -> Any:
     return wrap
 
 
+def _no_stop(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` for ``asyncio.to_thread``: a ``StopIteration`` it raises (``next()`` of
+    an empty iterator) cannot be set on a future, and the awaiting ``execute_node`` never
+    returned; it is raised as a ``NodeExecutionError`` of that type instead."""
+    try:
+        return fn(*args)
+    except StopIteration as exc:
+        raise NodeExecutionError(f"StopIteration: {exc}" if str(exc) else "StopIteration",
+                                 error_type="StopIteration") from exc
+
+
 class NodeExecutor:
     """Holds the operation registry; ``execute_node`` runs one node outside any DAG run."""
 
@@ -283,11 +296,11 @@ class NodeExecutor:
                     out = [x async for x in out]
                 elif inspect.isawaitable(out):
                     out = await out
-                value, encoded = await asyncio.to_thread(self._finish, out,
+                value, encoded = await asyncio.to_thread(_no_stop, self._finish, out,
                                                          self.storage is not None)
             else:
                 value, encoded = await asyncio.to_thread(
-                    self._run, fn, style, node_def, deps, self.storage is not None,
+                    _no_stop, self._run, fn, style, node_def, deps, self.storage is not None,
                     asyncio.get_running_loop())
             if encoded is not None:
                 await self._store(node_def, encoded)
@@ -414,8 +427,8 @@ def _check_calls(nodes: list[NodeDefinition], ops: Mapping[str, tuple[Any, str]]
         if why is not None:
             bad.setdefault(f"operation {n.operation!r} cannot be called as given: {why}",
                            []).append(n.node_id)
-    for message, ids in bad.items():
-        raise GraphValidationError(message, ids)
+    if bad:             # every offending node, whatever is wrong with each
+        raise GraphValidationError("; ".join(bad), [i for ids in bad.values() for i in ids])
 
 
 def _call_error(fn: Any, arguments: Any, parameters: Mapping[str, Any]) -> str | None:
@@ -1178,6 +1191,12 @@ class DynamicScheduler:
         failed = p["failed"] + p["skipped"]      # skipped: an input failed
         cancelled = p["cancelled"]
         done = p["succeeded"] + failed + cancelled
+        if ended and total > done:
+            # nodes the run never took in (a cancel before the body submitted them: it does
+            # so a window at a time) will not run: cancelled, so an ended DAG is at 100 %
+            # (a cancelled DAG of 30,000 nodes stayed at 37.5 %, 18,736 "pending")
+            cancelled += total - done
+            done = total
         eta = None
         rate = p.get("rate")
         if not ended and rate and total > done:
