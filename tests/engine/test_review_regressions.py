@@ -1292,3 +1292,29 @@ def test_a_last_run_too_large_to_compare_is_not_loaded(monkeypatch):
     assert {t.cache_reason for t in eng.metadata.get_tasks(big.run_id)} == {
         "no stored result (the last run was too large to compare it with)"}
     eng.close()
+
+
+def test_a_resume_given_another_parameter_value_is_refused():
+    """``p.run(resume=RUN_ID, n=50)`` of a run started with ``n=200`` ran with 200 and said
+    nothing (the CLI refused such a ``--param``); the same value again is accepted."""
+    eng = _engine(flush_interval=0.01)
+    state = {"fail": True}
+
+    @component
+    def maybe_fail(n):
+        if state["fail"]:
+            raise RuntimeError("first attempt fails")
+        return n
+
+    @pipeline(name="resume_params_api")
+    def p(n: int):
+        return maybe_fail(n=n)
+
+    first = p.run(engine=eng, n=200)
+    assert first.state is RunState.FAILED
+    state["fail"] = False
+    with pytest.raises(ValidationError, match=r"started with n=200: a resumed run keeps"):
+        p.run(engine=eng, resume=first.run_id, n=50)
+    again = p.run(engine=eng, resume=first.run_id, n=200)
+    assert again.state is RunState.SUCCESS and again.value["outputs"]["result"] == 200
+    eng.close()

@@ -108,6 +108,17 @@ class Pipeline:
                                       f"not {self.name!r}")
             given, params = params, dict(rec.params)
             inexact = list((rec.source or {}).get("inexact_params") or ())
+            # A value that differs from the recorded one was dropped without a word (the
+            # run went on with the recorded one): refused, as ``twingraph run --resume``
+            # refuses such a ``--param``.
+            as_recorded, _ = _recorded_params(given)
+            differ = sorted(k for k in given if k not in inexact
+                            and (k not in params or as_recorded[k] != params[k]))
+            if differ:
+                was = ", ".join(f"{k}={params[k]!r}" if k in params else f"{k} not given"
+                                for k in differ)
+                raise ValidationError(f"run {resume} was started with {was}: a resumed run "
+                                      f"keeps its parameters (start a new run to change them)")
             missing = [n for n in inexact if n not in given]
             if missing:
                 star = inspect.signature(self.fn).parameters[missing[0]].kind \
