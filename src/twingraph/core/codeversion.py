@@ -478,8 +478,11 @@ def _class_source(c: type) -> str | None:
     return got or None
 
 
-# file -> (its lines as linecache holds them, qualname -> first line of the class, 0-based)
-_CLASS_LINES: dict[str, tuple[list[str], dict[str, int]]] = {}
+# file -> (its lines as linecache holds them, qualname -> first lines of its classes, 0-based)
+_CLASS_LINES: dict[str, tuple[list[str], dict[str, list[int]]]] = {}
+# Classes whose source is every class statement of their name (none could be told for theirs):
+# their mutable attributes count by value (``_Walk.class_body``).
+_AMBIGUOUS: "weakref.WeakSet[type]" = weakref.WeakSet()
 
 
 def _indexed_class_source(c: type) -> str | None:
@@ -488,7 +491,12 @@ def _indexed_class_source(c: type) -> str | None:
     a version walking 300 classes of a 1,500-class module took 20 s. The start line is found
     as ``inspect.findsource`` finds it (the first class of that qualified name, decorators
     included), the end by ``inspect.getblock``, as ``getsource`` does. None: not found here
-    (``inspect.getsource`` then decides)."""
+    (``inspect.getsource`` then decides).
+
+    A name bound by several class statements (``if BIG: class M: ...`` / ``else: class M:
+    ...``, or one after another) is the statement holding one of its methods' code; with no
+    method to tell, it is all of them (each dedented), and the class is ``_AMBIGUOUS``: its
+    text was the first statement's, whichever one was bound."""
     if inspect.getattr_static(c, "__wrapped__", None) is not None:
         return None          # getsource unwraps it first: left to it
     file = inspect.getsourcefile(c)
@@ -500,7 +508,7 @@ def _indexed_class_source(c: type) -> str | None:
         return None
     cached = _CLASS_LINES.get(file)
     if cached is None or cached[0] is not lines:
-        starts: dict[str, int] = {}
+        starts: dict[str, list[int]] = {}
         stack: list[str] = []
 
         def visit(node: ast.AST) -> None:
@@ -513,7 +521,7 @@ def _indexed_class_source(c: type) -> str | None:
                     stack.append(child.name)
                     first = child.decorator_list[0].lineno if child.decorator_list \
                         else child.lineno
-                    starts.setdefault(".".join(stack), first - 1)
+                    starts.setdefault(".".join(stack), []).append(first - 1)
                     visit(child)
                     stack.pop()
                 else:
@@ -525,24 +533,43 @@ def _indexed_class_source(c: type) -> str | None:
         if len(_CLASS_LINES) >= 64:
             _CLASS_LINES.clear()
         cached = _CLASS_LINES[file] = (lines, starts)
-    start = cached[1].get(c.__qualname__)
-    if start is None:
+    found = cached[1].get(c.__qualname__)
+    if not found:
         return None
-    return "".join(inspect.getblock(lines[start:]))
+    blocks = [(start, inspect.getblock(lines[start:])) for start in found]
+    if len(blocks) == 1:
+        return "".join(blocks[0][1])
+    for v in vars(c).values():         # a method's first line tells which statement it was
+        code = getattr(getattr(v, "__func__", v), "__code__", None)
+        if isinstance(code, types.CodeType) and code.co_filename == file:
+            line = code.co_firstlineno - 1
+            for start, block in blocks:
+                if start <= line < start + len(block):
+                    return "".join(block)
+    _AMBIGUOUS.add(c)
+    return "\n".join(textwrap.dedent("".join(block)) for _, block in blocks)
 
 
 # --- module source: the top-level statements that mention a name -------------------------------
 
-def _leaf_statements(stmts: list[ast.stmt]) -> Iterator[ast.stmt]:
+def _leaf_statements(stmts: list[ast.stmt], guards: tuple[ast.expr, ...] = ()
+                     ) -> Iterator[tuple[ast.stmt, tuple[ast.expr, ...]]]:
+    """The simple statements of a module body, each with the tests of the ``if`` statements
+    it is under: which branch binds a name is part of how it is defined (``if BIG: W = [10]``
+    / ``else: W = [2]``, then ``BIG`` edited: the statements of ``W`` read the same)."""
     for s in stmts:
-        if isinstance(s, (ast.If, ast.With, ast.AsyncWith)) or isinstance(s, ast.Try) \
+        if isinstance(s, ast.If):
+            inner = (*guards, s.test)
+            yield from _leaf_statements(s.body, inner)
+            yield from _leaf_statements(s.orelse, inner)
+        elif isinstance(s, (ast.With, ast.AsyncWith)) or isinstance(s, ast.Try) \
                 or type(s).__name__ == "TryStar":
             for field in ("body", "orelse", "finalbody"):
-                yield from _leaf_statements(getattr(s, field, None) or [])
+                yield from _leaf_statements(getattr(s, field, None) or [], guards)
             for handler in getattr(s, "handlers", None) or []:
-                yield from _leaf_statements(handler.body)
+                yield from _leaf_statements(handler.body, guards)
         else:
-            yield s
+            yield s, guards
 
 
 def _resolve(ns: dict[str, Any], module: str | None, level: int) -> str:
@@ -598,6 +625,8 @@ def _reads(s: ast.stmt) -> tuple[frozenset[str], frozenset[str]]:
 
 #: The index's entry for decorated definitions: (name, the names its decorators call).
 _DECORATED = "\0decorated"
+#: The index's entries for star imports (``from m import *``: origin ``(m, "*")``).
+_STAR = "\0star"
 
 
 def _decorator_names(s: ast.stmt) -> frozenset[str]:
@@ -692,11 +721,21 @@ def _module_index(ns: dict[str, Any]) -> dict[str, list[_Entry]] | None:
     except (SyntaxError, ValueError):
         return None
     index = {}
-    for s in _leaf_statements(tree.body):
+    for s, guards in _leaf_statements(tree.body):
         text = "".join(lines[s.lineno - 1:s.end_lineno or s.lineno])
         reads, attrs = _reads(s)
+        if guards:               # under ``if`` tests: their text, and what they read
+            text = "".join(f"if {ast.unparse(g)}:\n" for g in guards) + text
+            for g in guards:
+                more, more_attrs = _reads(ast.Expr(g))
+                reads, attrs = reads | more, attrs | more_attrs
         for name, origin in _mentions(s, ns).items():
             index.setdefault(name, []).append(_Entry(text, origin, reads, attrs))
+        if isinstance(s, ast.ImportFrom) and any(al.name == "*" for al in s.names):
+            # ``from settings import *``: a name no statement here mentions is looked for
+            # there (``_definition``)
+            index.setdefault(_STAR, []).append(_Entry(text, (_resolve(ns, s.module, s.level),
+                                                             "*"), reads, attrs))
         decorators = _decorator_names(s)
         if decorators:
             index.setdefault(_DECORATED, []).append(_Entry(s.name, None, decorators,  # type: ignore[attr-defined]
@@ -758,10 +797,12 @@ def _class_reads(c: type, source: str) -> tuple[tuple[str, ...], frozenset[str]]
     attrs: set[str] = set()
     try:
         tree = ast.parse(textwrap.dedent(source))
-        node = tree.body[0] if tree.body else None
+        nodes = list(tree.body)        # (several, for a class of several statements)
     except (SyntaxError, ValueError, RecursionError):
-        node = None
-    if isinstance(node, ast.ClassDef):
+        nodes = []
+    for node in nodes:
+        if not isinstance(node, ast.ClassDef):
+            continue
         exprs: list[ast.AST] = [*node.decorator_list, *node.bases, *node.keywords]
         stack: list[ast.stmt] = list(node.body)
         while stack:
@@ -818,6 +859,14 @@ def _definition(ns: dict[str, Any], name: str, depth: int = 0) -> _Defined | Non
     index = _module_index(ns)
     entries = index.get(name) if index is not None else None
     if not entries:
+        # bound by a star import (no statement here names it): its definition there
+        for e in (index or {}).get(_STAR, ()):
+            m = sys.modules.get(e.origin[0]) if e.origin is not None else None
+            if depth < 4 and isinstance(m, types.ModuleType) and _is_user_module(m) \
+                    and name in vars(m):
+                sub = _definition(vars(m), name, depth + 1)
+                if sub is not None:
+                    return _Defined(f"{e.text}\n{sub.text}", sub.reads)
         return None
     parts: list[str] = []
     reads: list[tuple[dict[str, Any], str, frozenset[str]]] = []
@@ -930,7 +979,10 @@ class _Walk:
                                  *self.registered(v))
             return self.fn_ref(v)
         if issubclass(t, types.MethodType):
-            return _pack("method", self.value(v.__self__), self.value(v.__func__))
+            # ... and the statement that made it (``predict = MODEL.predict``, ``MODEL =
+            # Model(2)`` edited to 3: the instance counted by its class alone)
+            return _pack("method", self.value(v.__self__), self.value(v.__func__),
+                         self._defined_at(home))
         if issubclass(t, (staticmethod, classmethod)):
             return _pack(t.__name__, self.value(v.__func__))
         if issubclass(t, property):
@@ -938,12 +990,22 @@ class _Walk:
         if issubclass(t, (functools.partial, functools.partialmethod)):
             kw = v.keywords or {}
             return _pack("partial", self.value(v.func), *(self.value(x) for x in v.args),
-                         *(_pack(k, self.value(kw[k])) for k in sorted(kw)))
+                         *(_pack(k, self.value(kw[k])) for k in sorted(kw)),
+                         self._defined_at(home))
+        if issubclass(t, functools.singledispatchmethod):
+            # its default and what it dispatches to (no ``__wrapped__``: it was an object
+            # counted by its class)
+            reg = getattr(getattr(v, "dispatcher", None), "registry", None) or {}
+            return _pack("singledispatchmethod", self.value(v.func),
+                         *(_pack(_tname(k), self.value(f)) for k, f in list(reg.items())
+                           if isinstance(k, type)))
         if issubclass(t, functools.cached_property):
             return _pack("cached_property", self.value(v.func))
         if issubclass(t, _BUILTIN_CALLABLES):
+            # (``lookup = TABLE.get``: its statement reads ``TABLE``)
             return _pack("builtin", str(getattr(v, "__module__", None)),
-                         str(getattr(v, "__qualname__", getattr(v, "__name__", "?"))))
+                         str(getattr(v, "__qualname__", getattr(v, "__name__", "?"))),
+                         self._defined_at(home))
         if t in _MUTABLE and home is not None:
             found = self.defined(home)
             if found is not None:           # identified by its definition, not its contents
@@ -971,6 +1033,10 @@ class _Walk:
             # a library decorator without ``__wrapped__`` (``@np.vectorize``: ``pyfunc``)
             return _pack("decorated", self.cls_ref(t), self.value(inner), found or b"")
         return _pack("object", self.cls_ref(t), found or b"")
+
+    def _defined_at(self, home: tuple[dict[str, Any], str] | None) -> bytes:
+        """``defined(home)``, or nothing (no home, no source)."""
+        return (self.defined(home) if home is not None else None) or b""
 
     def defined(self, home: tuple[dict[str, Any], str]) -> bytes | None:
         """A module-level value by its definition (``_definition``): the text of its statements
@@ -1018,6 +1084,14 @@ class _Walk:
         self.open_modules.add(key)
         try:
             ns = vars(m)
+            if not attrs:
+                # met with no attribute names to follow (an entry of a module-level dict, a
+                # class attribute, an argument): every function and class it defines counts
+                # (``BACKENDS = {"fast": fast_impl}``, then ``fast_impl.run`` edited: nothing
+                # of the module was walked)
+                attrs = frozenset(k for k, x in list(ns.items())
+                                  if type(x) is types.FunctionType or isinstance(x, type)
+                                  if getattr(x, "__module__", None) == name)
             parts: list[bytes] = []
             lazy = False
             lazy_package = "__getattr__" in ns and bool(ns.get("__path__"))
@@ -1134,12 +1208,19 @@ class _Walk:
                 continue
             if name.startswith("__") and name.endswith("__"):
                 continue            # __module__, __doc__, __dict__, __dataclass_fields__...
-            if type(v) in _MUTABLE and source is not None:
-                continue            # defined by the class source
+            ambiguous = c in _AMBIGUOUS        # (which statement it was is not known)
+            if type(v) in _MUTABLE and source is not None and not ambiguous:
+                # defined by the class source, but a registry it holds may be filled from
+                # outside it (``@Registry.register("d")`` on a module function): the code
+                # it holds counts
+                code = _code_items(v)
+                if code:
+                    self.put("attr-code", name, *(self.value(x) for x in code))
+                continue
             data = _plain(v)
             if data is None:
                 self.put("attr", name, self.value(v))
-            elif not data.mutable or source is None:
+            elif not data.mutable or source is None or ambiguous:
                 # immutable values (maybe computed from globals) by value; mutable ones are
                 # defined by the class source, when there is one
                 self.put("attr", name, _pack("data", data.digest,
@@ -1175,6 +1256,21 @@ class _Walk:
                 self.class_body(obj)
             else:
                 self.function_body(obj)
+
+
+def _code_items(v: Any) -> list[Any]:
+    """The functions and classes a class attribute's dict, list, tuple or set holds (first
+    level, up to ``_CONTAINER_SCAN`` of them), by key order (a set's: by name)."""
+    t = type(v)
+    try:
+        items = list(v.values() if t is dict else v)[:_CONTAINER_SCAN]
+    except Exception:  # noqa: BLE001 - changed while read: nothing counted from it
+        return []
+    code = [x for x in items if type(x) is types.FunctionType or isinstance(x, type)]
+    if t is set or t is frozenset:
+        code.sort(key=lambda x: (str(getattr(x, "__module__", "")),
+                                 str(getattr(x, "__qualname__", ""))))
+    return code
 
 
 def _is_user_object(v: Any) -> bool:
@@ -1513,6 +1609,10 @@ def code_of_value(value: Any) -> str | None:
     if t is functools.partial:      # the code it calls (its arguments: its pickle has them)
         return code_of_value(value.func)
     if t is types.FunctionType or isinstance(value, type):
+        target = value
+    elif t is types.ModuleType:     # pickled by its name: its code is what it holds
+        if not _is_user_module(value):
+            return None
         target = value
     elif _is_user_class(t):
         target = t

@@ -1,0 +1,176 @@
+"""Code versions a review found stale (session 24): an edit that changes what a component
+computes left its ``code_version`` as it was, so its stored result was a memo hit. Each case
+writes a small project, takes the version of a component that reads it, edits a file,
+reloads (as a new process would import it), and wants a new version. Each fails without its
+fix."""
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+
+import pytest
+
+from twingraph.core.codeversion import code_of_value, code_version
+
+CASES = {
+    "an if at module level picks the binding": (
+        {"cv_h": """
+            BIG = False
+            if BIG:
+                W = [10]
+            else:
+                W = [2]
+            """},
+        {"cv_h": "BIG = True\nif BIG:\n    W = [10]\nelse:\n    W = [2]\n"},
+        "return cv_h.W[0] * x"),
+    "the class statement that was bound, in an if": (
+        {"cv_h": """
+            BIG = False
+            if BIG:
+                class M:
+                    W = {"k": 10}
+            else:
+                class M:
+                    W = {"k": 2}
+            """},
+        {"cv_h": "BIG = True\nif BIG:\n    class M:\n        W = {'k': 10}\n"
+                 "else:\n    class M:\n        W = {'k': 2}\n"},
+        "return cv_h.M.W['k'] * x"),
+    "the second of two class statements": (
+        {"cv_h": "class M:\n    W = [1]\n\n\nclass M:\n    W = [2]\n"},
+        {"cv_h": "class M:\n    W = [1]\n\n\nclass M:\n    W = [3]\n"},
+        "return cv_h.M.W[0] * x"),
+    "a bound method of a module-level instance": (
+        {"cv_h": """
+            class M:
+                def __init__(self, k):
+                    self.k = k
+
+                def p(self, x):
+                    return self.k * x
+
+
+            MODEL = M(2)
+            predict = MODEL.p
+            """},
+        {"cv_h": "class M:\n    def __init__(self, k):\n        self.k = k\n\n"
+                 "    def p(self, x):\n        return self.k * x\n\n\n"
+                 "MODEL = M(3)\npredict = MODEL.p\n"},
+        "return cv_h.predict(x)"),
+    "a partial over a module-level instance": (
+        {"cv_h": """
+            import functools
+
+
+            class C:
+                def __init__(self, k):
+                    self.k = k
+
+
+            def ap(c, x):
+                return c.k * x
+
+
+            APPLY = functools.partial(ap, C(2))
+            """},
+        {"cv_h": "import functools\n\n\nclass C:\n    def __init__(self, k):\n"
+                 "        self.k = k\n\n\ndef ap(c, x):\n    return c.k * x\n\n\n"
+                 "APPLY = functools.partial(ap, C(3))\n"},
+        "return cv_h.APPLY(x)"),
+    "an object a star import brings": (
+        {"cv_s": """
+            class Cfg:
+                def __init__(self, k):
+                    self.k = k
+
+
+            CFG = Cfg(2)
+            """,
+         "cv_h": "from cv_s import *\n"},
+        {"cv_s": "class Cfg:\n    def __init__(self, k):\n        self.k = k\n\n\nCFG = Cfg(3)\n"},
+        "return cv_h.CFG.k * x"),
+    "a module held in a dict": (
+        {"cv_f": "def run(x):\n    return 2 * x\n",
+         "cv_h": "import cv_f\n\nBACKENDS = {'fast': cv_f}\n"},
+        {"cv_f": "def run(x):\n    return 3 * x\n"},
+        "return cv_h.BACKENDS['fast'].run(x)"),
+    "a registry a class-method decorator fills": (
+        {"cv_h": """
+            class Registry:
+                OPS = {}
+
+                @classmethod
+                def register(cls, name):
+                    def deco(f):
+                        cls.OPS[name] = f
+                        return f
+                    return deco
+
+
+            @Registry.register("d")
+            def d(x):
+                return 2 * x
+            """},
+        {"cv_h": "class Registry:\n    OPS = {}\n\n    @classmethod\n    def register(cls, name):\n"
+                 "        def deco(f):\n            cls.OPS[name] = f\n            return f\n"
+                 "        return deco\n\n\n@Registry.register('d')\ndef d(x):\n    return 3 * x\n"},
+        "return cv_h.Registry.OPS['d'](x)"),
+    "a singledispatchmethod calling another module": (
+        {"cv_f": "def f(x):\n    return 2 * x\n",
+         "cv_h": """
+            import functools
+
+            import cv_f
+
+
+            class K:
+                @functools.singledispatchmethod
+                def go(self, x):
+                    return cv_f.f(x)
+            """},
+        {"cv_f": "def f(x):\n    return 3 * x\n"},
+        "return cv_h.K().go(x)"),
+}
+
+
+def _write(tmp_path, files):
+    for name, text in files.items():
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(text).lstrip("\n"))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_an_edit_that_changes_the_result_changes_the_version(tmp_path, monkeypatch, case):
+    files, edits, body = CASES[case]
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names = [n for n in ("cv_s", "cv_f", "cv_h") if n in files]     # dependencies first
+    _write(tmp_path, {**files, "cv_pipe": f"import cv_h\n\n\ndef comp(x):\n    {body}\n"})
+    for n in (*names, "cv_pipe"):
+        sys.modules.pop(n, None)
+    try:
+        pipe = importlib.import_module("cv_pipe")
+        before, result = code_version(pipe.comp), pipe.comp(5)
+        _write(tmp_path, edits)
+        for n in names:                    # as a new process imports them
+            importlib.reload(sys.modules[n])
+        assert pipe.comp(5) != result      # the edit changes what it computes...
+        assert code_version(pipe.comp) != before      # ... and its version
+    finally:
+        for n in (*names, "cv_pipe"):
+            sys.modules.pop(n, None)
+
+
+def test_a_module_passed_as_an_argument_counts_by_its_code(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _write(tmp_path, {"cv_arg": "def f(x):\n    return 2 * x\n"})
+    sys.modules.pop("cv_arg", None)
+    try:
+        mod = importlib.import_module("cv_arg")
+        before = code_of_value(mod)
+        assert before is not None
+        _write(tmp_path, {"cv_arg": "def f(x):\n    return 3 * x\n"})
+        importlib.reload(mod)
+        assert code_of_value(mod) != before
+        assert code_of_value(importlib) is None          # a library module: by its name
+    finally:
+        sys.modules.pop("cv_arg", None)
