@@ -13,7 +13,7 @@ import pytest
 
 from twingraph.core.codeversion import code_of_value, code_version
 
-CASES = {
+CASES = {     # name: (files, {file: (text in it, what it is edited to)}, the component's body)
     "an if at module level picks the binding": (
         {"cv_h": """
             BIG = False
@@ -22,7 +22,7 @@ CASES = {
             else:
                 W = [2]
             """},
-        {"cv_h": "BIG = True\nif BIG:\n    W = [10]\nelse:\n    W = [2]\n"},
+        {"cv_h": ("BIG = False", "BIG = True")},
         "return cv_h.W[0] * x"),
     "the class statement that was bound, in an if": (
         {"cv_h": """
@@ -34,12 +34,11 @@ CASES = {
                 class M:
                     W = {"k": 2}
             """},
-        {"cv_h": "BIG = True\nif BIG:\n    class M:\n        W = {'k': 10}\n"
-                 "else:\n    class M:\n        W = {'k': 2}\n"},
+        {"cv_h": ("BIG = False", "BIG = True")},
         "return cv_h.M.W['k'] * x"),
     "the second of two class statements": (
         {"cv_h": "class M:\n    W = [1]\n\n\nclass M:\n    W = [2]\n"},
-        {"cv_h": "class M:\n    W = [1]\n\n\nclass M:\n    W = [3]\n"},
+        {"cv_h": ("W = [2]", "W = [3]")},
         "return cv_h.M.W[0] * x"),
     "a bound method of a module-level instance": (
         {"cv_h": """
@@ -54,9 +53,7 @@ CASES = {
             MODEL = M(2)
             predict = MODEL.p
             """},
-        {"cv_h": "class M:\n    def __init__(self, k):\n        self.k = k\n\n"
-                 "    def p(self, x):\n        return self.k * x\n\n\n"
-                 "MODEL = M(3)\npredict = MODEL.p\n"},
+        {"cv_h": ("M(2)", "M(3)")},
         "return cv_h.predict(x)"),
     "a partial over a module-level instance": (
         {"cv_h": """
@@ -74,9 +71,7 @@ CASES = {
 
             APPLY = functools.partial(ap, C(2))
             """},
-        {"cv_h": "import functools\n\n\nclass C:\n    def __init__(self, k):\n"
-                 "        self.k = k\n\n\ndef ap(c, x):\n    return c.k * x\n\n\n"
-                 "APPLY = functools.partial(ap, C(3))\n"},
+        {"cv_h": ("C(2)", "C(3)")},
         "return cv_h.APPLY(x)"),
     "an object a star import brings": (
         {"cv_s": """
@@ -88,12 +83,12 @@ CASES = {
             CFG = Cfg(2)
             """,
          "cv_h": "from cv_s import *\n"},
-        {"cv_s": "class Cfg:\n    def __init__(self, k):\n        self.k = k\n\n\nCFG = Cfg(3)\n"},
+        {"cv_s": ("Cfg(2)", "Cfg(3)")},
         "return cv_h.CFG.k * x"),
     "a module held in a dict": (
         {"cv_f": "def run(x):\n    return 2 * x\n",
          "cv_h": "import cv_f\n\nBACKENDS = {'fast': cv_f}\n"},
-        {"cv_f": "def run(x):\n    return 3 * x\n"},
+        {"cv_f": ("2 * x", "3 * x")},
         "return cv_h.BACKENDS['fast'].run(x)"),
     "a registry a class-method decorator fills": (
         {"cv_h": """
@@ -112,9 +107,7 @@ CASES = {
             def d(x):
                 return 2 * x
             """},
-        {"cv_h": "class Registry:\n    OPS = {}\n\n    @classmethod\n    def register(cls, name):\n"
-                 "        def deco(f):\n            cls.OPS[name] = f\n            return f\n"
-                 "        return deco\n\n\n@Registry.register('d')\ndef d(x):\n    return 3 * x\n"},
+        {"cv_h": ("2 * x", "3 * x")},
         "return cv_h.Registry.OPS['d'](x)"),
     "a singledispatchmethod calling another module": (
         {"cv_f": "def f(x):\n    return 2 * x\n",
@@ -129,7 +122,7 @@ CASES = {
                 def go(self, x):
                     return cv_f.f(x)
             """},
-        {"cv_f": "def f(x):\n    return 3 * x\n"},
+        {"cv_f": ("2 * x", "3 * x")},
         "return cv_h.K().go(x)"),
 }
 
@@ -150,7 +143,8 @@ def test_an_edit_that_changes_the_result_changes_the_version(tmp_path, monkeypat
     try:
         pipe = importlib.import_module("cv_pipe")
         before, result = code_version(pipe.comp), pipe.comp(5)
-        _write(tmp_path, edits)
+        _write(tmp_path, {n: textwrap.dedent(files[n]).replace(old, new)
+                          for n, (old, new) in edits.items()})
         for n in names:                    # as a new process imports them
             importlib.reload(sys.modules[n])
         assert pipe.comp(5) != result      # the edit changes what it computes...

@@ -1210,11 +1210,8 @@ def test_an_argument_whose_state_is_in_slots_is_keyed_by_it(engine):
     assert p.run(2, 3, engine=engine).value["outputs"]["result"] == 23
 
 
-def test_a_resume_logs_the_run_options_it_changed():
-    """A resume with ``no_cache`` (or another ``max_parallel``) left no trace: the run's
-    config keeps the first driver's options, and nothing said the resume ran without the
-    cache. Its "resumed" log line now names what it changed."""
-    eng = _engine(flush_interval=0.01)
+def _fails_until_fixed(name):
+    """A pipeline whose one task fails while ``state["fail"]`` is True (then returns ``n``)."""
     state = {"fail": True}
 
     @component
@@ -1223,10 +1220,18 @@ def test_a_resume_logs_the_run_options_it_changed():
             raise RuntimeError("first attempt fails")
         return n
 
-    @pipeline(name="resume_options")
-    def p(n=1):
+    @pipeline(name=name)
+    def p(n: int = 1):
         return maybe_fail(n=n)
+    return p, state
 
+
+def test_a_resume_logs_the_run_options_it_changed():
+    """A resume with ``no_cache`` (or another ``max_parallel``) left no trace: the run's
+    config keeps the first driver's options, and nothing said the resume ran without the
+    cache. Its "resumed" log line now names what it changed."""
+    eng = _engine(flush_interval=0.01)
+    p, state = _fails_until_fixed("resume_options")
     first = p.run(engine=eng)
     assert first.state is RunState.FAILED
     state["fail"] = False
@@ -1298,17 +1303,7 @@ def test_a_resume_given_another_parameter_value_is_refused():
     """``p.run(resume=RUN_ID, n=50)`` of a run started with ``n=200`` ran with 200 and said
     nothing (the CLI refused such a ``--param``); the same value again is accepted."""
     eng = _engine(flush_interval=0.01)
-    state = {"fail": True}
-
-    @component
-    def maybe_fail(n):
-        if state["fail"]:
-            raise RuntimeError("first attempt fails")
-        return n
-
-    @pipeline(name="resume_params_api")
-    def p(n: int):
-        return maybe_fail(n=n)
+    p, state = _fails_until_fixed("resume_params_api")
 
     first = p.run(engine=eng, n=200)
     assert first.state is RunState.FAILED
