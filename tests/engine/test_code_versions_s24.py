@@ -124,6 +124,39 @@ CASES = {     # name: (files, {file: (text in it, what it is edited to)}, the co
             """},
         {"cv_f": ("2 * x", "3 * x")},
         "return cv_h.K().go(x)"),
+    # second review
+    "a try block picks the binding": (
+        {"cv_h": """
+            BIG = False
+            try:
+                assert BIG
+                W = [10]
+            except AssertionError:
+                W = [2]
+            """},
+        {"cv_h": ("BIG = False", "BIG = True")},
+        "return cv_h.W[0] * x"),
+    "a module held in a dict beside another module's attribute": (
+        {"cv_f": "def run(x):\n    return 2 * x\n",
+         "cv_h": "import os\n\nimport cv_f\n\nBACKENDS = {'fast': cv_f, 'sep': os.sep}\n"},
+        {"cv_f": ("2 * x", "3 * x")},
+        "return cv_h.BACKENDS['fast'].run(x)"),
+    "a class-attribute registry of tuples in a defaultdict": (
+        {"cv_f": "def d(x):\n    return 2 * x\n",
+         "cv_h": """
+            import collections
+
+            import cv_f
+
+
+            class Registry:
+                OPS = collections.defaultdict(list)
+
+
+            Registry.OPS["d"].append(("double", cv_f.d))
+            """},
+        {"cv_f": ("2 * x", "3 * x")},
+        "return cv_h.Registry.OPS['d'][0][1](x)"),
 }
 
 
@@ -168,3 +201,32 @@ def test_a_module_passed_as_an_argument_counts_by_its_code(tmp_path, monkeypatch
         assert code_of_value(importlib) is None          # a library module: by its name
     finally:
         sys.modules.pop("cv_arg", None)
+
+
+def test_a_cache_a_class_fills_while_tasks_run_does_not_change_its_code(tmp_path, monkeypatch):
+    """``values=False`` (what ``refresh_version`` asks: has the code changed?) does not read
+    what a class attribute's container holds: filled while tasks ran, it made the next run of
+    the same process miss ("code changed since the last run")."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _write(tmp_path, {"cv_k": """
+        class Kernels:
+            _compiled = {}
+
+            @classmethod
+            def get(cls, k):
+                if k not in cls._compiled:
+                    cls._compiled[k] = lambda x: x * k
+                return cls._compiled[k]
+
+
+        def comp(x):
+            return Kernels.get(2)(x)
+        """})
+    sys.modules.pop("cv_k", None)
+    try:
+        mod = importlib.import_module("cv_k")
+        before = code_version(mod.comp, values=False)
+        assert mod.comp(3) == 6
+        assert code_version(mod.comp, values=False) == before
+    finally:
+        sys.modules.pop("cv_k", None)

@@ -552,22 +552,27 @@ def _indexed_class_source(c: type) -> str | None:
 
 # --- module source: the top-level statements that mention a name -------------------------------
 
-def _leaf_statements(stmts: list[ast.stmt], guards: tuple[ast.expr, ...] = ()
-                     ) -> Iterator[tuple[ast.stmt, tuple[ast.expr, ...]]]:
-    """The simple statements of a module body, each with the tests of the ``if`` statements
-    it is under: which branch binds a name is part of how it is defined (``if BIG: W = [10]``
-    / ``else: W = [2]``, then ``BIG`` edited: the statements of ``W`` read the same)."""
+def _leaf_statements(stmts: list[ast.stmt], guards: tuple[ast.AST, ...] = ()
+                     ) -> Iterator[tuple[ast.stmt, tuple[ast.AST, ...]]]:
+    """The simple statements of a module body, each with what decides whether it runs: the
+    tests of the ``if`` statements it is under, and the body of a ``try`` it is in (which
+    handler runs, or where the body stops, is decided there). Which branch binds a name is
+    part of how it is defined (``if BIG: W = [10]`` / ``else: W = [2]``, or ``try: assert BIG;
+    W = [10]`` / ``except AssertionError: W = [2]``, then ``BIG`` edited: the statements of
+    ``W`` read the same)."""
     for s in stmts:
         if isinstance(s, ast.If):
             inner = (*guards, s.test)
             yield from _leaf_statements(s.body, inner)
             yield from _leaf_statements(s.orelse, inner)
-        elif isinstance(s, (ast.With, ast.AsyncWith)) or isinstance(s, ast.Try) \
-                or type(s).__name__ == "TryStar":
+        elif isinstance(s, ast.Try) or type(s).__name__ == "TryStar":
+            inner = (*guards, *s.body)                # type: ignore[attr-defined]
             for field in ("body", "orelse", "finalbody"):
-                yield from _leaf_statements(getattr(s, field, None) or [], guards)
+                yield from _leaf_statements(getattr(s, field, None) or [], inner)
             for handler in getattr(s, "handlers", None) or []:
-                yield from _leaf_statements(handler.body, guards)
+                yield from _leaf_statements(handler.body, inner)
+        elif isinstance(s, (ast.With, ast.AsyncWith)):
+            yield from _leaf_statements(s.body, guards)
         else:
             yield s, guards
 
@@ -724,11 +729,13 @@ def _module_index(ns: dict[str, Any]) -> dict[str, list[_Entry]] | None:
     for s, guards in _leaf_statements(tree.body):
         text = "".join(lines[s.lineno - 1:s.end_lineno or s.lineno])
         reads, attrs = _reads(s)
-        if guards:               # under ``if`` tests: their text, and what they read
-            text = "".join(f"if {ast.unparse(g)}:\n" for g in guards) + text
-            for g in guards:
-                more, more_attrs = _reads(ast.Expr(g))
-                reads, attrs = reads | more, attrs | more_attrs
+        if guards:     # under ``if`` tests, in a ``try``: their text, and what they read
+            text = "".join(f"if {ast.unparse(g)}:\n" if isinstance(g, ast.expr) else
+                           f"try: {ast.unparse(g)}\n" for g in guards) + text
+            more = {n.id for g in guards for n in ast.walk(g) if isinstance(n, ast.Name)}
+            more_attrs = {n.attr for g in guards for n in ast.walk(g)
+                          if isinstance(n, ast.Attribute)}
+            reads, attrs = reads | more, attrs | more_attrs
         for name, origin in _mentions(s, ns).items():
             index.setdefault(name, []).append(_Entry(text, origin, reads, attrs))
         if isinstance(s, ast.ImportFrom) and any(al.name == "*" for al in s.names):
@@ -975,8 +982,10 @@ class _Walk:
             if not _is_user_function(v):
                 wrapped = _wrapped(v)
                 if wrapped is not None:     # a library wrapper around user code
+                    # (and its statements: ``proc.register(int, Impl(2))`` registers an
+                    # instance, counted by its class alone)
                     return _pack("lib-wrapper", self.fn_ref(v), self.value(wrapped),
-                                 *self.registered(v))
+                                 *self.registered(v), self._defined_at(home))
             return self.fn_ref(v)
         if issubclass(t, types.MethodType):
             # ... and the statement that made it (``predict = MODEL.predict``, ``MODEL =
@@ -1084,14 +1093,15 @@ class _Walk:
         self.open_modules.add(key)
         try:
             ns = vars(m)
-            if not attrs:
-                # met with no attribute names to follow (an entry of a module-level dict, a
-                # class attribute, an argument): every function and class it defines counts
-                # (``BACKENDS = {"fast": fast_impl}``, then ``fast_impl.run`` edited: nothing
-                # of the module was walked)
-                attrs = frozenset(k for k, x in list(ns.items())
-                                  if type(x) is types.FunctionType or isinstance(x, type)
-                                  if getattr(x, "__module__", None) == name)
+            if not any(a in ns for a in attrs):
+                # met with no attribute names of its own to follow (an entry of a
+                # module-level dict, a class attribute, an argument; the names read beside
+                # it are another's: ``{"fast": fast, "sep": os.sep}``): every function and
+                # class it defines counts (``fast.run`` edited: nothing of it was walked)
+                attrs = attrs | frozenset(k for k, x in list(ns.items())
+                                          if type(x) is types.FunctionType
+                                          or isinstance(x, type)
+                                          if getattr(x, "__module__", None) == name)
             parts: list[bytes] = []
             lazy = False
             lazy_package = "__getattr__" in ns and bool(ns.get("__path__"))
@@ -1209,14 +1219,15 @@ class _Walk:
             if name.startswith("__") and name.endswith("__"):
                 continue            # __module__, __doc__, __dict__, __dataclass_fields__...
             ambiguous = c in _AMBIGUOUS        # (which statement it was is not known)
-            if type(v) in _MUTABLE and source is not None and not ambiguous:
-                # defined by the class source, but a registry it holds may be filled from
-                # outside it (``@Registry.register("d")`` on a module function): the code
-                # it holds counts
+            if self.values and isinstance(v, (dict, list, tuple, set, frozenset)):
+                # a registry it holds may be filled from outside the class statement
+                # (``@Registry.register("d")`` on a module function): the code it holds
+                # counts (``_code_items``; a defaultdict or OrderedDict too)
                 code = _code_items(v)
                 if code:
                     self.put("attr-code", name, *(self.value(x) for x in code))
-                continue
+            if type(v) in _MUTABLE and source is not None and not ambiguous:
+                continue            # defined by the class source
             data = _plain(v)
             if data is None:
                 self.put("attr", name, self.value(v))
@@ -1259,18 +1270,53 @@ class _Walk:
 
 
 def _code_items(v: Any) -> list[Any]:
-    """The functions and classes a class attribute's dict, list, tuple or set holds (first
-    level, up to ``_CONTAINER_SCAN`` of them), by key order (a set's: by name)."""
-    t = type(v)
-    try:
-        items = list(v.values() if t is dict else v)[:_CONTAINER_SCAN]
-    except Exception:  # noqa: BLE001 - changed while read: nothing counted from it
-        return []
-    code = [x for x in items if type(x) is types.FunctionType or isinstance(x, type)]
-    if t is set or t is frozenset:
-        code.sort(key=lambda x: (str(getattr(x, "__module__", "")),
-                                 str(getattr(x, "__qualname__", ""))))
-    return code
+    """The code a class attribute's container holds (a registry a decorator or
+    ``__init_subclass__`` fills from outside the class statement): functions, classes, bound
+    methods, static and class methods, partials, and instances of user classes, found in
+    dicts, lists, tuples and sets and in user instances' attributes, three levels down (up to
+    ``_CONTAINER_SCAN`` of them), in an order of their names (a registry filled by iterating
+    a set was in hash-seed order: a new version in every process). Only for ``values=True``
+    versions: a cache the class fills while tasks run (``_compiled[k] = kern``) would make the
+    code look changed (``refresh_version`` asks ``values=False``)."""
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def visit(x: Any, depth: int) -> None:
+        if len(found) >= _CONTAINER_SCAN or id(x) in seen or depth > 3:
+            return
+        seen.add(id(x))
+        t = type(x)
+        if t is types.FunctionType or isinstance(x, type) or t is types.MethodType \
+                or t in (staticmethod, classmethod, functools.partial):
+            found.append(x)
+            return
+        try:
+            if isinstance(x, dict):
+                items = list(x.values())
+            elif t in (list, tuple, set, frozenset):
+                items = list(x)
+            elif _is_user_class(t):
+                found.append(x)
+                items = list((getattr(x, "__dict__", None) or {}).values()) if depth < 3 else []
+            else:
+                return
+        except Exception:  # noqa: BLE001 - changed while read: nothing counted from it
+            return
+        for item in items[:_CONTAINER_SCAN]:
+            visit(item, depth + 1)
+
+    for item in (list(v.values()) if isinstance(v, dict) else list(v))[:_CONTAINER_SCAN]:
+        visit(item, 1)
+    return sorted(found, key=_code_name)
+
+
+def _code_name(x: Any) -> tuple[str, str]:
+    """A name for ordering code found in a container, the same in every process."""
+    inner = getattr(x, "__func__", None) or getattr(x, "func", None)
+    if inner is not None and inner is not x:
+        return _code_name(inner)
+    named = x if isinstance(x, (type, types.FunctionType)) else type(x)
+    return str(getattr(named, "__module__", "")), str(getattr(named, "__qualname__", ""))
 
 
 def _is_user_object(v: Any) -> bool:
