@@ -260,7 +260,7 @@ def test_runs_list_piped_prints_full_ids_one_run_a_line(cli, tmp_path):
     assert "\u2026" not in out.stdout                              # no ellipsis anywhere
 
 
-@pytest.mark.parametrize("columns", [80, 100])
+@pytest.mark.parametrize("columns", [100, 140])
 def test_runs_list_table_in_a_terminal_keeps_full_ids(tmp_path, columns):
     _seed_runs(tmp_path)
     code, out = _in_a_terminal(tmp_path, "runs", "list", columns=columns)
@@ -269,11 +269,14 @@ def test_runs_list_table_in_a_terminal_keeps_full_ids(tmp_path, columns):
     for rid in (A, B, C):
         assert rid in out, out
     assert "\u2026" not in out
+    # each date on one line (at 80 columns they broke over three)
+    assert len(re.findall(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", out)) == 3, out
 
 
-def test_runs_list_in_a_narrow_terminal_falls_back_to_lines(tmp_path):
+@pytest.mark.parametrize("columns", [40, 80])
+def test_runs_list_in_a_narrow_terminal_falls_back_to_lines(tmp_path, columns):
     _seed_runs(tmp_path)
-    code, out = _in_a_terminal(tmp_path, "runs", "list", columns=40)
+    code, out = _in_a_terminal(tmp_path, "runs", "list", columns=columns)
     assert code == 0 and "\u2501" not in out
     assert all(rid in out for rid in (A, B, C))
 

@@ -146,3 +146,22 @@ def test_runs_lines_keep_one_field_per_column_for_names_with_tabs():
     header, row = runs_lines([run])
     assert len(row.split("\t")) == len(header.split("\t"))
     assert row.split("\t")[1] == "a/b\\tc\\nd"
+
+
+def test_json_keeps_what_the_pipeline_prints_off_stdout(cli, tmp_path):
+    """(session 24) A print in the body, a component or a process worker went to stdout
+    before the value: ``| jq`` failed on it. They go to stderr while the run lasts."""
+    (tmp_path / "loud.py").write_text(
+        "import os\nfrom twingraph import component, pipeline\n"
+        "print('imported')\n"
+        "@component\ndef say(n: int) -> int:\n    print('from a component')\n    return n\n"
+        "@component(executor='process')\n"
+        "def worker(n: int) -> int:\n    print('from a worker')\n"
+        "    os.write(1, b'raw fd 1\\n')\n    return n + 1\n"
+        "@pipeline(name='loud')\ndef loud():\n    print('from the body')\n"
+        "    return worker(n=say(n=1)['outputs']['result'])['outputs']\n")
+    out = cli("run", "loud.py", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"result": 2}, out.stdout
+    for said in ("imported", "from a component", "from the body", "from a worker", "raw fd 1"):
+        assert said in out.stderr, (said, out.stderr)

@@ -48,3 +48,52 @@ def test_a_run_whose_driver_is_silent_is_called_gone_and_told_how_to_finish():
     live.heartbeat_at = __import__("time").time()
     states = [line.split("\t")[2] for line in runs_lines([gone, live])[1:]]
     assert states == ["RUNNING (driver gone)", "RUNNING"]
+
+
+def test_cancelled_and_skipped_tasks_are_counted_apart():
+    """A cancelled task was counted under "skipped"."""
+    tasks = [TaskRecord("r", "a-0", "a", TaskState.CANCELLED),
+             TaskRecord("r", "a-1", "a", TaskState.SKIPPED),
+             TaskRecord("r", "a-2", "a", TaskState.SKIPPED)]
+    table = summary_table(tasks)
+    by = {c.header: list(c.cells) for c in table.columns}
+    assert by["cancelled"] == ["1"] and by["skipped"] == ["2"]
+
+
+def test_the_progress_bar_has_its_own_line_and_the_percent_rounds_down():
+    from rich.console import Console
+    from rich.live_render import LiveRender
+    from twingraph.cli.display import progress_line, render_progress
+    p = {"total": 10001, "finished": 10000, "succeeded": 10000, "running": 1, "queued": 0,
+         "pending": 0, "failed": 0, "skipped": 0, "cancelled": 0,
+         "percent": 100.0 * 10000 / 10001, "running_nodes": ["last-0"]}
+    console = Console(width=40, force_terminal=True, color_system=None)
+    with console.capture() as cap:
+        console.print(LiveRender(render_progress(p, 1.0)))
+    lines = cap.get().splitlines()
+    assert set(lines[0].strip()) <= set("━╸╺ ")            # the bar alone on its line
+    assert lines[1].startswith("10000/10001 tasks  99%")
+    assert progress_line(p, 1.0).startswith("progress 99% ")
+
+
+def test_logging_handlers_on_the_terminal_write_through_the_live_display():
+    """A handler made before the display (``logging.basicConfig`` in a pipeline module) held
+    the terminal's stderr: what components logged was drawn over by the display."""
+    import io
+    import logging
+    from twingraph.cli import display
+    h = logging.StreamHandler(display._real_stderr)
+    other = logging.StreamHandler(io.StringIO())          # not the terminal: left alone
+    log = logging.getLogger("twingraph-test-live-handlers")
+    log.addHandler(h)
+    log.addHandler(other)
+    try:
+        proxy_out, proxy_err = io.StringIO(), io.StringIO()
+        moved = display._handlers_to(proxy_out, proxy_err)
+        assert h.stream is proxy_err and other.stream is not proxy_err
+        for handler, stream in moved:
+            handler.setStream(stream)
+        assert h.stream is display._real_stderr
+    finally:
+        log.removeHandler(h)
+        log.removeHandler(other)

@@ -6,6 +6,8 @@ plain string cell is read as Rich markup, and ``KeyError('[/price]')`` would sto
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -41,12 +43,16 @@ def _fmt_eta(s: float | None) -> str:
 
 
 def render_progress(p: dict[str, Any], elapsed: float) -> Group:
-    bar = ProgressBar(total=max(p["total"], 1), completed=p["finished"], width=40)
+    # In a grid: a bar alone ends without a line break, and the counts went on its line (cut
+    # at the terminal's width); at most 40 columns, fewer in a narrower terminal.
+    bar = Table.grid()
+    bar.add_column(max_width=40)
+    bar.add_row(ProgressBar(total=max(p["total"], 1), completed=p["finished"]))
     counts = Text.assemble(
         (f"{p['succeeded']} ok ", "green"), (f"{p['running']} running ", "cyan"),
         (f"{p['queued']} queued ", "yellow"), (f"{p['pending']} waiting ", "dim"),
         (f"{p['failed']} failed ", "red"), (f"{p['skipped'] + p['cancelled']} skipped/cancelled", "magenta"))
-    head = Text(f"{p['finished']}/{p['total']} tasks  {p['percent']:.0f}%  "
+    head = Text(f"{p['finished']}/{p['total']} tasks  {_percent(p)}%  "
                 f"elapsed {elapsed:.1f}s  ETA {_fmt_eta(p.get('eta_seconds'))}")
     running = Text("running: " + ", ".join(p.get("running_nodes", [])[:8]), style="cyan") \
         if p.get("running_nodes") else Text("")
@@ -82,10 +88,15 @@ class LiveProgress:
             self._lines()
             return
         with Live(console=self.console, refresh_per_second=8, transient=True) as live:
-            while not self._stop.wait(0.125):
-                p = self.source()
-                if p:
-                    live.update(render_progress(p, time.monotonic() - self._t0))
+            moved = _handlers_to(sys.stdout, sys.stderr)
+            try:
+                while not self._stop.wait(0.125):
+                    p = self.source()
+                    if p:
+                        live.update(render_progress(p, time.monotonic() - self._t0))
+            finally:
+                for handler, stream in moved:
+                    handler.setStream(stream)
 
     def _lines(self) -> None:
         shown, stopped = -1, False
@@ -101,9 +112,38 @@ class LiveProgress:
                                    markup=False, highlight=False, soft_wrap=True)
 
 
+def _handlers_to(out: Any, err: Any) -> list[tuple[logging.StreamHandler[Any], Any]]:
+    """Point the logging handlers that write to the terminal's stdout or stderr at ``out``
+    and ``err`` (``Live``'s proxies, which print above the progress display): holding the
+    streams from before, what components logged was drawn over, and the display's old frames
+    were left behind around it. The handlers and their streams, to put back."""
+    moved = []
+    loggers = [logging.getLogger(), *(x for x in list(logging.Logger.manager.loggerDict.values())
+                                      if isinstance(x, logging.Logger))]
+    for logger in loggers:
+        for h in list(logger.handlers):
+            if type(h) is not logging.StreamHandler:     # (not a FileHandler, a subclass)
+                continue
+            stream = getattr(h, "stream", None)
+            target = out if stream in (sys.__stdout__, _real_stdout) else \
+                err if stream in (sys.__stderr__, _real_stderr) else None
+            if target is not None and target is not stream:
+                h.setStream(target)
+                moved.append((h, stream))
+    return moved
+
+
+# The streams before any redirection (a ``Live`` replaces ``sys.stdout``/``sys.stderr``).
+_real_stdout, _real_stderr = sys.stdout, sys.stderr
+
+def _percent(p: dict[str, Any]) -> int:
+    """Whole percent done, rounded down: 10,000 of 10,001 tasks said 100 % while running."""
+    return int(p["percent"])
+
+
 def progress_line(p: dict[str, Any], elapsed: float) -> str:
     """The progress dict as one plain line (for output that is not a terminal)."""
-    return (f"progress {p['percent']:.0f}% ({p['finished']}/{p['total']} tasks: "
+    return (f"progress {_percent(p)}% ({p['finished']}/{p['total']} tasks: "
             f"{p['succeeded']} ok, {p['running']} running, {p['failed']} failed, "
             f"{p['skipped'] + p['cancelled']} skipped/cancelled; elapsed {elapsed:.1f}s, "
             f"ETA {_fmt_eta(p.get('eta_seconds'))})")
@@ -164,7 +204,7 @@ def runs_table(runs: Iterable[Any]) -> Table:
     t.add_column(RUNS_COLUMNS[1], overflow="fold")
     t.add_column(RUNS_COLUMNS[2], no_wrap=True)
     for c in RUNS_COLUMNS[3:]:
-        t.add_column(c, overflow="fold")
+        t.add_column(c, no_wrap=True)        # a date is read whole
     for r in runs:
         state = _state(r.state.value)
         if silent_for(r) is not None:
@@ -205,18 +245,22 @@ def summary_table(tasks: list[Any], limit: int = 30) -> Table:
     """Per component: how many tasks, in which state, memo hits, time spent."""
     by: dict[str, dict[str, Any]] = {}
     for t in tasks:
-        row = by.setdefault(t.component, {"n": 0, "ok": 0, "failed": 0, "other": 0, "hits": 0,
-                                          "time": 0.0})
+        row = by.setdefault(t.component, {"n": 0, "ok": 0, "failed": 0, "cancelled": 0,
+                                          "skipped": 0, "other": 0, "hits": 0, "time": 0.0})
         row["n"] += 1
         s = t.state.value
-        row["ok" if s == "SUCCESS" else "failed" if s == "FAILED" else "other"] += 1
+        # (a cancelled task was counted as skipped)
+        row[{"SUCCESS": "ok", "FAILED": "failed", "CANCELLED": "cancelled",
+             "SKIPPED": "skipped"}.get(s, "other")] += 1
         if t.cache_status in ("hit", "resumed"):
             row["hits"] += 1
         if t.started_at and t.ended_at and t.cache_status not in ("hit", "resumed"):
             row["time"] += t.ended_at - t.started_at
     table = Table(title="Summary")
     # short headers: the names get the width (an 80-column terminal cut them to "process_c…")
-    for c in ("component", "tasks", "ok", "failed", "skipped", "memo hits", "time"):
+    # "time": the tasks' times added up (not the run's: they run side by side), said below
+    table.caption = "hits: memo hits; time: the tasks' times added up"
+    for c in ("component", "tasks", "ok", "failed", "cancelled", "skipped", "hits", "time"):
         # a name too long for the terminal folds onto more lines: cut to "process_c…", two
         # components were one
         table.add_column(c, justify="right" if c != "component" else "left",
@@ -228,8 +272,9 @@ def summary_table(tasks: list[Any], limit: int = 30) -> Table:
         rest = {k: sum(r[k] for _, r in rows[limit - 1:]) for k in rows[0][1]}
         rows = rows[:limit - 1] + [(f"… {len(rows) - limit + 1} more components", rest)]
     for name, r in rows:
-        table.add_row(Text(name), str(r["n"]), str(r["ok"]), str(r["failed"]), str(r["other"]),
-                      str(r["hits"]), f"{r['time']:.2f}s")
+        table.add_row(Text(name), str(r["n"]), str(r["ok"]), str(r["failed"]),
+                      str(r["cancelled"] + r["other"]), str(r["skipped"]), str(r["hits"]),
+                      f"{r['time']:.2f}s")
     return table
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,7 +90,7 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
     from twingraph.cli.signals import exit_code, terminate_as_interrupt
     holder: dict[str, Any] = {}
     try:
-        with terminate_as_interrupt():
+        with terminate_as_interrupt(), _stdout_to_stderr(as_json):
             engine = _engine()
             if resume:
                 resume = _resolve_run(engine.metadata, resume).run_id    # a prefix, as runs show
@@ -151,6 +153,33 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
             print(json.dumps(repr(result.value)))
     elif result.value is not None:
         _print_value(result.value)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """``run --json``: while the pipeline is loaded and runs, what anything prints to stdout
+    (the body, a component, a worker process, C code) goes to stderr, so stdout gets the
+    run's value alone (``| jq`` failed on a component's ``print``). File descriptor 1 itself
+    is pointed at 2, and back after."""
+    if not enabled:
+        yield
+        return
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError):         # no file descriptors (an embedded stdout): as is
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _body_traceback(error: BaseException) -> str:
@@ -307,7 +336,9 @@ def runs_list(pipeline: Annotated[Optional[str], typer.Option()] = None,
         found = _engine().metadata.list_runs(pipeline=pipeline, state=state and state.upper(),
                                              limit=limit)
     widest = max((len(r.run_id) for r in found), default=0)
-    if console.is_terminal and console.width >= widest + 40:
+    # the table when its dates fit on one line (at 80 columns they broke over three), else
+    # the plain lines
+    if console.is_terminal and console.width >= widest + 60:
         console.print(runs_table(found))
     else:
         for line in runs_lines(found):
