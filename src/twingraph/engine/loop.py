@@ -58,7 +58,7 @@ from twingraph.engine.task import (DECLARED, UNLOADED, Job, Task, CANCELLED, FAI
                                     RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
 from twingraph.ports import JobOutcome
 from twingraph.errors import (NodeExecutionError, PipelineError, ResourceUnavailable, TaskCancelled,
-                              TaskTimeout, ValidationError)
+                              RunStopped, TaskTimeout, ValidationError)
 
 _NONE: list[Any] = []          # shared empty list for released fields (never appended to)
 _EMPTY: dict[str, Any] = {}
@@ -1460,6 +1460,11 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                 exc is e for e in self.failures.values()):
             return
         tb = traceback_text(exc).rstrip()
+        if isinstance(exc, RunStopped):       # the run's own stop, made to end the body
+            self.out.append(LogRecord(self.run_id, self.clock.now(), "warning",
+                                      f"the pipeline body was stopped: {exc}"
+                                      + (f"\n{tb}" if "\n" in tb else "")))
+            return
         self.out.append(LogRecord(self.run_id, self.clock.now(), "error",
                                   f"the pipeline body raised {error_text(exc)}"
                                   + (f"\n{tb}" if "\n" in tb else "")))
