@@ -58,6 +58,10 @@ def test_cancelled_and_skipped_tasks_are_counted_apart():
     table = summary_table(tasks)
     by = {c.header: list(c.cells) for c in table.columns}
     assert by["cancelled"] == ["1"] and by["skipped"] == ["2"]
+    # none of either: no column for them (an 80-column terminal cut the table)
+    plain = summary_table([TaskRecord("r", "a-0", "a", TaskState.SUCCESS)])
+    assert [c.header for c in plain.columns] == ["component", "tasks", "ok", "failed", "hits",
+                                                 "time"]
 
 
 def test_the_progress_bar_has_its_own_line_and_the_percent_rounds_down():
@@ -76,12 +80,21 @@ def test_the_progress_bar_has_its_own_line_and_the_percent_rounds_down():
     assert progress_line(p, 1.0).startswith("progress 99% ")
 
 
-def test_logging_handlers_on_the_terminal_write_through_the_live_display():
+def test_logging_handlers_on_the_terminal_write_through_the_live_display(monkeypatch):
     """A handler made before the display (``logging.basicConfig`` in a pipeline module) held
-    the terminal's stderr: what components logged was drawn over by the display."""
+    the terminal's stderr: what components logged was drawn over by the display. Only when
+    stderr is the terminal: ``2>err.log`` keeps its records."""
     import io
     import logging
     from twingraph.cli import display
+    monkeypatch.setattr(display, "_isatty", lambda stream: False)
+    h0 = logging.StreamHandler(display._real_stderr)
+    logging.getLogger("twingraph-test-live-h0").addHandler(h0)
+    try:
+        assert display._handlers_to(io.StringIO(), io.StringIO()) == []
+    finally:
+        logging.getLogger("twingraph-test-live-h0").removeHandler(h0)
+    monkeypatch.setattr(display, "_isatty", lambda stream: True)
     h = logging.StreamHandler(display._real_stderr)
     other = logging.StreamHandler(io.StringIO())          # not the terminal: left alone
     log = logging.getLogger("twingraph-test-live-handlers")

@@ -97,6 +97,7 @@ class LiveProgress:
             finally:
                 for handler, stream in moved:
                     handler.setStream(stream)
+                _unproxy_handlers()
 
     def _lines(self) -> None:
         shown, stopped = -1, False
@@ -118,19 +119,40 @@ def _handlers_to(out: Any, err: Any) -> list[tuple[logging.StreamHandler[Any], A
     streams from before, what components logged was drawn over, and the display's old frames
     were left behind around it. The handlers and their streams, to put back."""
     moved = []
+    # (stderr's only when it is a terminal: ``2>err.log`` keeps its records, and they are
+    # not to go to stdout, which the display's proxies print to)
+    err_shown = _isatty(sys.__stderr__)
+    for h in _stream_handlers():
+        stream = getattr(h, "stream", None)
+        target = out if stream in (sys.__stdout__, _real_stdout) else \
+            err if err_shown and stream in (sys.__stderr__, _real_stderr) else None
+        if target is not None and target is not stream:
+            h.setStream(target)
+            moved.append((h, stream))
+    return moved
+
+
+def _stream_handlers() -> list[logging.StreamHandler[Any]]:
+    """Every plain ``StreamHandler`` of every logger (not a FileHandler: a subclass)."""
     loggers = [logging.getLogger(), *(x for x in list(logging.Logger.manager.loggerDict.values())
                                       if isinstance(x, logging.Logger))]
-    for logger in loggers:
-        for h in list(logger.handlers):
-            if type(h) is not logging.StreamHandler:     # (not a FileHandler, a subclass)
-                continue
-            stream = getattr(h, "stream", None)
-            target = out if stream in (sys.__stdout__, _real_stdout) else \
-                err if stream in (sys.__stderr__, _real_stderr) else None
-            if target is not None and target is not stream:
-                h.setStream(target)
-                moved.append((h, stream))
-    return moved
+    return [h for lg in loggers for h in list(lg.handlers) if type(h) is logging.StreamHandler]
+
+
+def _unproxy_handlers() -> None:
+    """A handler made while the display ran (``logging.StreamHandler()`` in a component) took
+    ``Live``'s proxy as its stream, and kept it after: pointed at the file behind it."""
+    for h in _stream_handlers():
+        real = getattr(getattr(h, "stream", None), "rich_proxied_file", None)
+        if real is not None:
+            h.setStream(real)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # The streams before any redirection (a ``Live`` replaces ``sys.stdout``/``sys.stderr``).
@@ -208,10 +230,18 @@ def runs_table(runs: Iterable[Any]) -> Table:
     for r in runs:
         state = _state(r.state.value)
         if silent_for(r) is not None:
-            state.append(" (driver gone)", style="yellow")
+            state.append(_GONE, style="yellow")
         t.add_row(Text(r.run_id), Text(r.pipeline), state, ts(r.created_at),
                   dur(r.started_at, r.ended_at))
     return t
+
+
+_GONE = " (driver gone)"
+
+
+def state_label(r: Any) -> str:
+    """A run's state as ``runs list`` shows it (a RUNNING run whose driver is gone says so)."""
+    return r.state.value + (_GONE if silent_for(r) is not None else "")
 
 
 def runs_lines(runs: Iterable[Any]) -> list[str]:
@@ -220,7 +250,7 @@ def runs_lines(runs: Iterable[Any]) -> list[str]:
     RUNNING run whose driver is gone says so, as in the table."""
     lines = ["\t".join(RUNS_COLUMNS)]
     for r in runs:
-        state = r.state.value + (" (driver gone)" if silent_for(r) is not None else "")
+        state = state_label(r)
         lines.append("\t".join((r.run_id, _field(r.pipeline), state, ts(r.created_at),
                                  dur(r.started_at, r.ended_at))))
     return lines
@@ -256,25 +286,31 @@ def summary_table(tasks: list[Any], limit: int = 30) -> Table:
             row["hits"] += 1
         if t.started_at and t.ended_at and t.cache_status not in ("hit", "resumed"):
             row["time"] += t.ended_at - t.started_at
-    table = Table(title="Summary")
-    # short headers: the names get the width (an 80-column terminal cut them to "process_c…")
-    # "time": the tasks' times added up (not the run's: they run side by side), said below
-    table.caption = "hits: memo hits; time: the tasks' times added up"
-    for c in ("component", "tasks", "ok", "failed", "cancelled", "skipped", "hits", "time"):
-        # a name too long for the terminal folds onto more lines: cut to "process_c…", two
-        # components were one
-        table.add_column(c, justify="right" if c != "component" else "left",
-                         overflow="fold" if c == "component" else "ellipsis",
-                         min_width=min(20, max((len(k) for k in by), default=9))
-                         if c == "component" else None)
+    table = Table(title="Summary", caption="time: the tasks' times added up")
+    # short headers: the names get the width (an 80-column terminal cut them to "process_c…");
+    # cancelled and skipped only when some task was (a column each fit no 80-column terminal)
     rows = list(by.items())
     if len(rows) > limit:          # the rest in one row: the totals still add up
         rest = {k: sum(r[k] for _, r in rows[limit - 1:]) for k in rows[0][1]}
         rows = rows[:limit - 1] + [(f"… {len(rows) - limit + 1} more components", rest)]
+    cells: dict[str, Callable[[dict[str, Any]], str]] = {
+        "tasks": lambda r: str(r["n"]), "ok": lambda r: str(r["ok"]),
+        "failed": lambda r: str(r["failed"]),
+        "cancelled": lambda r: str(r["cancelled"] + r["other"]),
+        "skipped": lambda r: str(r["skipped"]), "hits": lambda r: str(r["hits"]),
+        "time": lambda r: f"{r['time']:.2f}s"}
+    if not any(r["cancelled"] or r["other"] for _, r in rows):
+        del cells["cancelled"]
+    if not any(r["skipped"] for _, r in rows):
+        del cells["skipped"]
+    # a name too long for the terminal folds onto more lines: cut to "process_c…", two
+    # components were one
+    table.add_column("component", overflow="fold",
+                     min_width=min(20, max((len(k) for k in by), default=9)))
+    for c in cells:
+        table.add_column(c, justify="right", overflow="ellipsis")
     for name, r in rows:
-        table.add_row(Text(name), str(r["n"]), str(r["ok"]), str(r["failed"]),
-                      str(r["cancelled"] + r["other"]), str(r["skipped"]), str(r["hits"]),
-                      f"{r['time']:.2f}s")
+        table.add_row(Text(name), *(cell(r) for cell in cells.values()))
     return table
 
 

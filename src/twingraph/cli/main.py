@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from twingraph.cli.display import (LiveProgress, console, err_console, runs_lines, runs_table, shown_tasks,
-                                   finish_hint, silent_for,
+                                   state_label, finish_hint, silent_for,
                                    summary_table, tasks_table, ts)
 from twingraph.core.states import RunState
 from twingraph.errors import ConfigurationError, NotFoundError, TwinGraphError, ValidationError
@@ -120,13 +120,14 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
             run_id = holder["loop"].run_id
             rec = _ended_as(run_id)
             said = str(exc) or f"run {run_id} interrupted"
+            told = err_console if as_json else console      # --json: stdout is the value's
             if rec is not None and rec.state.value == "SUCCESS":
                 # the interrupt came as it finished: nothing to resume (a resume is refused)
-                console.print(f"[magenta]{escape(said)}[/magenta] (it had finished: "
-                              f"twingraph runs show {escape(run_id)})", soft_wrap=True)
+                told.print(f"[magenta]{escape(said)}[/magenta] (it had finished: "
+                           f"twingraph runs show {escape(run_id)})", soft_wrap=True)
             else:
-                console.print(f"[magenta]{escape(said)}[/magenta] (resume it with --resume "
-                              f"{escape(run_id)})", soft_wrap=True)
+                told.print(f"[magenta]{escape(said)}[/magenta] (resume it with --resume "
+                           f"{escape(run_id)})", soft_wrap=True)
         else:
             err_console.print(f"[magenta]{escape(str(exc) or 'interrupted')}[/magenta] before "
                               f"a run started")
@@ -161,25 +162,26 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
     (the body, a component, a worker process, C code) goes to stderr, so stdout gets the
     run's value alone (``| jq`` failed on a component's ``print``). File descriptor 1 itself
     is pointed at 2, and back after."""
-    if not enabled:
+    if not enabled or sys.stdout is None or sys.stderr is None:
         yield
         return
-    try:
-        sys.stdout.flush()
-        saved = os.dup(1)
-        os.dup2(2, 1)
-    except (OSError, ValueError):         # no file descriptors (an embedded stdout): as is
-        yield
-        return
-    try:
-        yield
-    finally:
+    with contextlib.redirect_stdout(sys.stderr):     # (a sys.stdout that is not fd 1 too)
         try:
-            sys.stdout.flush()
-        except (OSError, ValueError):
-            pass
-        os.dup2(saved, 1)
-        os.close(saved)
+            sys.__stdout__.flush() if sys.__stdout__ is not None else None
+            saved = os.dup(1)
+            os.dup2(2, 1)
+        except (OSError, ValueError, AttributeError):    # no file descriptors: as is
+            yield
+            return
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _body_traceback(error: BaseException) -> str:
@@ -336,9 +338,10 @@ def runs_list(pipeline: Annotated[Optional[str], typer.Option()] = None,
         found = _engine().metadata.list_runs(pipeline=pipeline, state=state and state.upper(),
                                              limit=limit)
     widest = max((len(r.run_id) for r in found), default=0)
-    # the table when its dates fit on one line (at 80 columns they broke over three), else
-    # the plain lines
-    if console.is_terminal and console.width >= widest + 60:
+    states = max((len(state_label(r)) for r in found), default=0)
+    # the table when every column fits whole (at 80 columns the dates broke over three
+    # lines; "RUNNING (driver gone)" left the pipeline column no width), else the plain lines
+    if console.is_terminal and console.width >= widest + states + 51:
         console.print(runs_table(found))
     else:
         for line in runs_lines(found):
