@@ -1313,3 +1313,34 @@ def test_a_resume_given_another_parameter_value_is_refused():
     again = p.run(engine=eng, resume=first.run_id, n=200)
     assert again.state is RunState.SUCCESS and again.value["outputs"]["result"] == 200
     eng.close()
+
+
+def test_a_retryable_attempt_copies_its_inputs_once(monkeypatch):
+    """The attempt's inputs from other tasks were copied as fetched, then all its arguments
+    again: a DAG of large values took twice as long (DAG nodes retry by default)."""
+    import twingraph.engine.loop as loop_module
+    copies = []
+    real = loop_module.own_copy
+
+    def counting(v):
+        copies.append(type(v).__name__)
+        return real(v)
+    monkeypatch.setattr(loop_module, "own_copy", counting)
+    eng = _engine(flush_interval=0.01)
+
+    @component(executor="thread", retry_policy={"max_attempts": 2, "initial_delay": 0.01})
+    def total(xs: list) -> int:
+        return sum(xs)
+
+    @component(executor="thread")
+    def make() -> list:
+        return [1, 2, 3]
+
+    @pipeline(name="retryable_copies_once")
+    def p():
+        return total(xs=make()["outputs"]["result"])
+
+    r = p.run(engine=eng)
+    eng.close()
+    assert r.value["outputs"]["result"] == 6, r.error
+    assert copies == ["tuple"], copies        # (args, kwargs) in one piece, nothing before

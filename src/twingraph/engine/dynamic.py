@@ -48,7 +48,7 @@ from twingraph.engine.awaiting import run_awaitable
 from twingraph.engine.engine import Engine, RunResult
 from twingraph.engine.loop import RunOptions
 from twingraph.errors import (ConfigurationError, ExecutorUnavailable, GraphValidationError,
-                              NodeExecutionError, NotFoundError, SchedulingError,
+                              NodeExecutionError, NotFoundError, RunStopped, SchedulingError,
                               ValidationError)
 from twingraph.registry import registered_components
 
@@ -1121,18 +1121,21 @@ class DynamicScheduler:
             inputs_of = dag._deps_view      # the inputs the operation is given, each once
             call = run.call_declared
             ops = plan.ops
-            for i, node in enumerate(plan.nodes):
-                if i & 1023 == 0:
-                    _wait_for_window(run)
-                entry = specs.get(node.operation)
-                spec, op = entry if entry is not None else \
-                    self._spec_for(node, *ops[node.operation], specs, config, loop)
-                names = inputs_of(node)
-                md = node.metadata
-                if md and "inputs" in md:      # values for execute_node: not stored there either
-                    md = {k: v for k, v in md.items() if k != "inputs"}
-                tasks[node.node_id] = call(spec, op, node.arguments, node.parameters, names,
-                                           [tasks[n] for n in names], node.node_id, md)
+            try:
+                for i, node in enumerate(plan.nodes):
+                    if i & 1023 == 0:
+                        _wait_for_window(run)
+                    entry = specs.get(node.operation)
+                    spec, op = entry if entry is not None else \
+                        self._spec_for(node, *ops[node.operation], specs, config, loop)
+                    names = inputs_of(node)
+                    md = node.metadata
+                    if md and "inputs" in md:  # values for execute_node: not stored there either
+                        md = {k: v for k, v in md.items() if k != "inputs"}
+                    tasks[node.node_id] = call(spec, op, node.arguments, node.parameters, names,
+                                               [tasks[n] for n in names], node.node_id, md)
+            except RunStopped:
+                pass        # cancelled: the nodes not submitted yet never will be (no error)
             return {}
         return body
 

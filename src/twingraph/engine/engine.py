@@ -353,8 +353,14 @@ class Engine:
                 state = _state_digest(value)
                 if state is not None:       # an instance of a user class, a bound method
                     return sha256_hex(f"obj:{state}\0{code}".encode())
-        # inside a walk, what its pickle holds is numbered with the rest (``pickle_ids``)
-        enc = serialization.encode(value, persistent_id=pickle_ids(value))
+        enc = serialization.encode(value)
+        if enc.encoding == "pickle" and enc.size <= PICKLE_IDS_MAX:
+            # inside a walk, what its pickle holds is numbered with the rest (``pickle_ids``);
+            # pickled again so, as that calls back for every object it writes (8-12x the
+            # time): a larger pickle is keyed as it is (decision 0005, session 24)
+            ids = pickle_ids(value)
+            if ids is not None:
+                enc = serialization.encode(value, persistent_id=ids)
         encoding = enc.encoding
         if encoding == "bytes" and type(value) is not bytes:
             # bytes, bytearray and memoryview encode alike; a component may tell them apart
@@ -920,6 +926,11 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return repr(obj)
+
+
+#: The largest pickle of an argument value whose objects are numbered in the call's walk
+#: (``pickle_ids``): a deque of a million lists took 3.7 s to key instead of 0.4 s.
+PICKLE_IDS_MAX = 256 * 1024
 
 
 def _changed_options(config: Mapping[str, Any], opt: RunOptions) -> str:

@@ -1114,6 +1114,9 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
             args, kwargs = task.args, task.kwargs
             if kwargs:                  # copied: lineage arguments may be taken out below
                 kwargs = dict(kwargs)
+            # An attempt another may follow gets all its arguments copied in one piece below
+            # (``own_copy((args, kwargs))``): its inputs are not copied one by one first.
+            whole = self._may_retry(task, task.attempt + 1)
             if task.ref_slots is DECLARED:
                 arguments, parameters, names, producers = args
                 values = {}
@@ -1121,11 +1124,12 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                     v = p.value
                     if v is UNLOADED:
                         v = self._loaded(p)
-                    v = own_copy(v)
+                    if not whole:
+                        v = own_copy(v)
                     values[n] = v if p.spec.raw_result else p.result_view(v)
                 args = (arguments, parameters, values)
             elif task.ref_slots:
-                fetch, positional = self._fetch, list(args)
+                fetch, positional = self._shared_input if whole else self._fetch, list(args)
                 for slot in task.ref_slots:
                     if isinstance(slot, int):
                         positional[slot] = substitute(positional[slot], fetch)
@@ -1150,7 +1154,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         mode = self._mode(task.spec) if self._tight_run or self._tight \
             else self.engine.choose_mode(task.spec)
         task.mode = mode
-        if (mode == "inline" or mode == "thread") and self._may_retry(task):
+        if whole and (mode == "inline" or mode == "thread"):
             # Each attempt gets the arguments as they were called with (and keyed by): an
             # attempt that changed them in place (``queue.pop(0)``) gave its retry, and the
             # result stored under the call's key, what was left of them. A process or remote
@@ -1241,6 +1245,16 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         if ref._path[0] == "outputs" and not t.spec.raw_result:
             return own_copy(walk_path(t.node_id, value, ref._path, 1, "input "))
         return own_copy(walk_path(t.node_id, t.result_view(value), ref._path, 0, "input "))
+
+    def _shared_input(self, ref: Ref) -> Any:
+        """``_fetch`` without the copy (the caller copies all its arguments at once)."""
+        t = ref._task
+        value = self._loaded(t)
+        if not ref._path:
+            return t.result_view(value)
+        if ref._path[0] == "outputs" and not t.spec.raw_result:
+            return walk_path(t.node_id, value, ref._path, 1, "input ")
+        return walk_path(t.node_id, t.result_view(value), ref._path, 0, "input ")
 
     def _release_inputs(self, task: Task) -> None:
         """This task needs its inputs' in-memory values no more (started, or finished without
@@ -1335,9 +1349,10 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                 policy = config.get("retry_policy") or DEFAULT_RETRY
         return policy
 
-    def _may_retry(self, task: Task) -> bool:
+    def _may_retry(self, task: Task, attempt: int) -> bool:
+        """Whether ``task``'s attempt number ``attempt`` may be followed by another."""
         policy = self._retry_policy(task)
-        return policy is not None and policy.max_attempts > task.attempt
+        return policy is not None and policy.max_attempts > attempt
 
     def _after_failure(self, task: Task) -> None:
         self.failures[task.node_id] = error_text(task.error)
