@@ -795,10 +795,13 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         inline tasks complete inside ``_start`` and make more tasks ready)."""
         ready, became, limit = self.ready, self.became_ready, self.opt.max_parallel
         timers = self.timers
+        turns = 0
         while True:
-            if timers and timers[0][0] <= self.clock.monotonic():
+            turns += 1
+            if not turns & 63 and timers and timers[0][0] <= self.clock.monotonic():
                 # a body that keeps this busy (tasks it submits faster than they end) gets
                 # its run's timeout on time: it fired 9-38 s late, after this returned
+                # (looked at every 64 turns: a clock read a task cost the fan-out)
                 self._fire_timers()
             if became and not ready:
                 self._declared_lane()
@@ -1116,7 +1119,9 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                 kwargs = dict(kwargs)
             # An attempt another may follow gets all its arguments copied in one piece below
             # (``own_copy((args, kwargs))``): its inputs are not copied one by one first.
-            whole = self._may_retry(task, task.attempt + 1)
+            whole = (task.spec.retry_policy is not None or task.scope is not None
+                     or self.opt.error_handler == "retry") \
+                and self._may_retry(task, task.attempt + 1)
             if task.ref_slots is DECLARED:
                 arguments, parameters, names, producers = args
                 values = {}
