@@ -23,19 +23,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twingraph.core import stop
-from twingraph.engine.bodystop import HARD_STOPS, BodyWatch
 from twingraph.core.codeversion import code_of_value
 from twingraph.core.instancestate import attributes
 from twingraph.core.hashing import (canonical_json, config_digest, digest_json, digest_value,
-                                    pickle_ids,
-                                    enter, key_prefix, leave, mark_walk, rewind_walk, sha256_hex,
-                                    walking)
+                                    enter, key_prefix, leave, mark_walk, pickle_ids, rewind_walk,
+                                    sha256_hex, walking)
 from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord, TaskUpdate
 from twingraph.core.results import StorageMetadata
 from twingraph.core.specs import DEFAULT_TIMEOUT
 from twingraph.core.states import RunState, TaskState, fence as fence_token, transition_run
 from twingraph.engine.async_store import AsyncStoreAdapter, as_result_store
 from twingraph.engine.awaiting import nested_run, run_awaitable
+from twingraph.engine.bodystop import HARD_STOPS, BodyWatch
 from twingraph.engine.heartbeats import Heartbeats, taken_over_message
 from twingraph.engine.loop import RunLoop, RunOptions
 from twingraph.engine.memo import PREVIOUS_MAX, TooLarge

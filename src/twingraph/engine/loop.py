@@ -1243,23 +1243,21 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         return value
 
     def _fetch(self, ref: Ref) -> Any:
-        t = ref._task
-        value = self._loaded(t)
-        if not ref._path:
-            return t.result_view(own_copy(value))
-        if ref._path[0] == "outputs" and not t.spec.raw_result:
-            return own_copy(walk_path(t.node_id, value, ref._path, 1, "input "))
-        return own_copy(walk_path(t.node_id, t.result_view(value), ref._path, 0, "input "))
+        """An input's value, as a copy of the task's own."""
+        return self._input(ref, own_copy)
 
     def _shared_input(self, ref: Ref) -> Any:
         """``_fetch`` without the copy (the caller copies all its arguments at once)."""
+        return self._input(ref, _same)
+
+    def _input(self, ref: Ref, copy: Callable[[Any], Any]) -> Any:
         t = ref._task
         value = self._loaded(t)
         if not ref._path:
-            return t.result_view(value)
+            return t.result_view(copy(value))
         if ref._path[0] == "outputs" and not t.spec.raw_result:
-            return walk_path(t.node_id, value, ref._path, 1, "input ")
-        return walk_path(t.node_id, t.result_view(value), ref._path, 0, "input ")
+            return copy(walk_path(t.node_id, value, ref._path, 1, "input "))
+        return copy(walk_path(t.node_id, t.result_view(value), ref._path, 0, "input "))
 
     def _release_inputs(self, task: Task) -> None:
         """This task needs its inputs' in-memory values no more (started, or finished without
@@ -1673,6 +1671,10 @@ def _packed(new: list[tuple[Any, ...]], rows: list[Any], rest: list[Any]) -> lis
                 if len(puts) < len(rest) else packed
     rows.extend(rest)
     return rows
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def get_nowait(q: queue.SimpleQueue[Any]) -> Any:
