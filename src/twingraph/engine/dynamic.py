@@ -733,6 +733,9 @@ class DynamicScheduler:
         self._dag_runs: dict[str, str] = {}
         # dag_id -> its run's tasks, kept only when there is no metadata store to read
         self._run_tasks: dict[str, dict[str, Any]] = {}
+        # dag_id -> its nodes, kept for an execution that ended before submitting them all
+        # (cancelled): ``node_results`` reports the rest as CANCELLED
+        self._short: dict[str, Plan] = {}
         self.keep_finished = keep_finished
         self._finished: OrderedDict[str, None] = OrderedDict()    # oldest first
         self._claim = threading.Lock()     # "already running?" and taking the id: one step
@@ -857,7 +860,8 @@ class DynamicScheduler:
         where a DAG run keeps it under the node's structural key), the error of a failed node
         and how long it ran. Read from the run's task records, so it needs the engine's
         metadata store; while the DAG runs, a node the run has not taken in yet has no record
-        and is left out. Raises ``NotFoundError`` for a DAG this scheduler has not run.
+        and is left out; once it has ended (cancelled before taking them all in), such a node
+        is CANCELLED. Raises ``NotFoundError`` for a DAG this scheduler has not run.
         A completed node whose value cannot be read (gone from the store, found corrupted and
         removed, not decodable) is FAILED here with the reason; the other nodes are returned."""
         run_id = self._dag_runs.get(dag_id)
@@ -865,7 +869,7 @@ class DynamicScheduler:
             raise NotFoundError(f"DAG {dag_id!r} has not been executed by this scheduler")
         wanted = None if node_ids is None else set(node_ids)
         if self.engine.metadata is None:
-            return self._results_in_memory(dag_id, wanted)
+            return self._never_submitted(dag_id, wanted, self._results_in_memory(dag_id, wanted))
         out: dict[str, ExecutionResult] = {}
         for t in self.engine.metadata.get_tasks(run_id):
             if wanted is not None and t.node_id not in wanted:
@@ -886,6 +890,23 @@ class DynamicScheduler:
             out[t.node_id] = ExecutionResult(t.node_id, status, result_data=value,
                                              error_message=t.error or None,
                                              execution_time_ms=ms)
+        return self._never_submitted(dag_id, wanted, out)
+
+    def _never_submitted(self, dag_id: str, wanted: set[str] | None,
+                         out: dict[str, ExecutionResult]) -> dict[str, ExecutionResult]:
+        """``out`` with the nodes an ended execution never took in (it was cancelled while
+        its body submitted them a window at a time) as CANCELLED: they will not run, and its
+        progress counts them so."""
+        plan = self._short.get(dag_id)
+        if plan is None or self._dag_runs.get(dag_id) != self.results.get(
+                dag_id, RunResult("", RunState.FAILED)).run_id:
+            return out
+        for node in plan.nodes:
+            nid = node.node_id
+            if nid not in out and (wanted is None or nid in wanted):
+                out[nid] = ExecutionResult(nid, NodeStatus.CANCELLED,
+                                           error_message="the execution ended before this "
+                                                         "node was submitted")
         return out
 
     def _read_value(self, key: str | None) -> tuple[Any, str | None]:
@@ -1166,6 +1187,10 @@ class DynamicScheduler:
         finally:
             started.set()
         self.results[dag.dag_id] = result
+        if result.progress.get("total", 0) < len(plan.nodes):
+            self._short[dag.dag_id] = plan
+        else:
+            self._short.pop(dag.dag_id, None)
         self.execution_states[dag.dag_id] = self._progress(dag.dag_id, result.progress,
                                                            total=len(dag.nodes), ended=True)
         with self._claim:          # one step: a cancel sees it running, or ended
@@ -1180,6 +1205,7 @@ class DynamicScheduler:
                 self.execution_states.pop(old, None)
                 self._dag_runs.pop(old, None)
                 self._run_tasks.pop(old, None)
+                self._short.pop(old, None)
         return result
 
     @staticmethod
