@@ -113,3 +113,42 @@ def test_logging_handlers_on_the_terminal_write_through_the_live_display(monkeyp
     finally:
         log.removeHandler(h)
         log.removeHandler(other)
+
+
+def _render(table, width):
+    import io
+
+    from rich.console import Console
+    out = io.StringIO()
+    Console(file=out, width=width).print(table)
+    return out.getvalue()
+
+
+def test_runs_show_in_an_80_column_terminal_folds_no_header_and_no_short_cell():
+    """At 80 columns every header folded mid-word ("componen|t", "duratio|n") and each row
+    took five lines; the compact layout leaves out what the node id already says."""
+    from twingraph.cli.display import tasks_table
+    tasks = [TaskRecord("r", f"process_chunk-{i}", "process_chunk", TaskState.SUCCESS,
+                        cache_status="miss", cache_reason="no stored result (new task)",
+                        attempts=1, started_at=1.0, ended_at=1.25) for i in range(3)]
+    tasks.append(TaskRecord("r", "aggregate_results-0", "aggregate_results",
+                            TaskState.CANCELLED, attempts=2))
+    text = _render(tasks_table(tasks, width=80), 80)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    header = next(line for line in lines if "node" in line)
+    for word in ("node", "state", "cache", "why", "attempts", "duration"):
+        assert f" {word}" in f" {header}", header          # whole, on the one header line
+    assert "component" not in text and "error" not in header     # nothing to say there
+    assert "aggregate_results-0" in text and "CANCELLED" in text   # neither folded
+    # a wide terminal keeps the full table
+    wide = _render(tasks_table(tasks, width=200), 200)
+    assert "component" in wide and "error" in wide
+
+
+def test_the_compact_layout_keeps_the_component_when_the_node_id_does_not_name_it():
+    from twingraph.cli.display import tasks_table
+    tasks = [TaskRecord("r", "step", "load_everything_from_the_warehouse", TaskState.FAILED,
+                        error="boom " * 10)]
+    text = _render(tasks_table(tasks, width=80), 80)
+    assert "component" in text and "error" in text and "boom" in text

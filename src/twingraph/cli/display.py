@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -325,20 +326,44 @@ def shown_tasks(tasks: list[Any], limit: int) -> list[Any]:
     return [t for t in tasks if id(t) in keep]
 
 
-def tasks_table(shown: list[Any], total: int | None = None) -> Table:
-    """The tasks ``shown``, of ``total`` (when some were left out, the title says so)."""
+def tasks_table(shown: list[Any], total: int | None = None, width: int | None = None) -> Table:
+    """The tasks ``shown``, of ``total`` (when some were left out, the title says so).
+
+    In a terminal narrower than the table (``width``), a compact layout: no column lines, the
+    component column left out when every node id names its component (``load_data-0``), and
+    the short columns (state, cache, attempts, duration) never folded; at 80 columns their
+    headers folded mid-word ("componen|t", "duratio|n") and every row took five lines."""
     total = len(shown) if total is None else total
-    t = Table(title=f"Tasks ({total})" if total == len(shown)
-              else f"Tasks ({len(shown)} of {total} shown)")
+    title = f"Tasks ({total})" if total == len(shown) else f"Tasks ({len(shown)} of {total} shown)"
     labelled = any((task.inputs or {}).get("labels") for task in shown)
-    for c in ("node", "component", "state", "cache", "why", "attempts", "duration", "error",
-              *(("labels",) if labelled else ())):
-        t.add_column(c, overflow="fold")
+    full = _tasks_table(shown, title, labelled, compact=False)
+    if width is None or Console(width=UNWRAPPED).measure(full).maximum <= width:
+        return full
+    return _tasks_table(shown, title, labelled, compact=True)
+
+
+def _tasks_table(shown: list[Any], title: str, labelled: bool, *, compact: bool) -> Table:
+    named = compact and all(t.node_id.startswith(f"{t.component}-") for t in shown)
+    errors = not compact or any(t.error for t in shown)
+    t = Table(title=title, box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+              pad_edge=not compact, show_edge=not compact, collapse_padding=compact)
+    short = {"state", "cache", "attempts", "duration"} if compact else set()
+    widest = max((len(task.node_id) for task in shown), default=4)
+    # a short column is as wide as its header and its longest cell, never less
+    least = {"node": min(widest, 24), "state": 9, "cache": 5, "attempts": 8, "duration": 8} \
+        if compact else {}
+    for c in ("node", *(() if named else ("component",)), "state", "cache", "why", "attempts",
+              "duration", *(("error",) if errors else ()), *(("labels",) if labelled else ())):
+        t.add_column(c, overflow="fold", no_wrap=c in short,
+                     min_width=least.get(c),
+                     justify="right" if compact and c in ("attempts", "duration") else "left")
     for task in shown:
         row: list[str | Text] = [
-            Text(task.node_id), Text(task.component), _state(task.state.value),
-            Text(task.cache_status or "—"), Text(task.cache_reason or ""), str(task.attempts),
-            dur(task.started_at, task.ended_at), Text((task.error or "")[:120])]
+            Text(task.node_id), *(() if named else (Text(task.component),)),
+            _state(task.state.value), Text(task.cache_status or "—"),
+            Text(task.cache_reason or ""), str(task.attempts),
+            dur(task.started_at, task.ended_at),
+            *((Text((task.error or "")[:120]),) if errors else ())]
         if labelled:
             labels = (task.inputs or {}).get("labels") or {}
             row.append(Text(", ".join(f"{k}={v}" for k, v in sorted(labels.items()))))

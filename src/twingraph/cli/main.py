@@ -364,9 +364,9 @@ def runs_show(run_id: Annotated[str, typer.Argument(
     console.print(f"[bold]{escape(rec.run_id)}[/bold]  pipeline {escape(rec.pipeline)}  "
                   f"state {rec.state.value}")
     console.print(f"created {ts(rec.created_at)}  started {ts(rec.started_at)}  "
-                  f"ended {ts(rec.ended_at)}")
+                  f"ended {ts(rec.ended_at)}", highlight=False)
     console.print(f"params {escape(json.dumps(rec.params, ensure_ascii=False))}  "
-                  f"config {escape(json.dumps(rec.config, ensure_ascii=False))}")
+                  f"config {escape(json.dumps(rec.config, ensure_ascii=False))}", highlight=False)
     if rec.error:
         console.print(f"[red]error:[/red] {escape(rec.error)}")
     silent = silent_for(rec)
@@ -375,7 +375,8 @@ def runs_show(run_id: Annotated[str, typer.Argument(
                       f"stopped (killed or crashed); {escape(finish_hint(rec))}[/yellow]",
                       soft_wrap=True)
     shown = shown_tasks(tasks, limit)
-    console.print(tasks_table(shown, total=len(tasks)))
+    console.print(tasks_table(shown, total=len(tasks),
+                              width=console.width if console.is_terminal else None))
     left = len(tasks) - len(shown)
     if left:
         failed = sum(t.state.value == "FAILED" for t in tasks) \
