@@ -30,7 +30,8 @@ hierarchy (``DynamicSchedulerError`` and its four children) is kept as written a
             └── GraphValidationError    cycles, unknown operations, dangling references (``nodes``)
 
 Outside the tree: ``RunStopped``, a ``BaseException`` raised inside a pipeline body that went
-on after its run stopped.
+on after its run stopped, and ``NestedPipelineStopped``, one raised inside a nested pipeline's
+body that went on after that pipeline's own timeout (its call turns it into ``PipelineTimeout``).
 
 Catch ``ValidationError`` around user-supplied definitions, ``PipelineError`` around running a
 pipeline, ``StorageError`` around direct use of a result store, ``StreamError`` around
@@ -56,6 +57,19 @@ class RunStopped(BaseException):
     def __init__(self, *args: object) -> None:
         super().__init__(*(args or ("the run stopped and its body went on past the grace "
                                     "period: stopped here",)))
+
+
+class NestedPipelineStopped(RunStopped):
+    """Raised inside the body of a nested pipeline (one called in a running pipeline) that went
+    on past its own ``timeout`` and the grace period. The nested pipeline's call catches it and
+    raises ``PipelineTimeout`` to the body that called it, which may handle it and go on: the
+    run is not over. Each call raises a subclass of its own (``scope``: the call's scope)."""
+
+    scope: Any = None
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or ("the nested pipeline timed out and its body went on past "
+                                    "the grace period: stopped here",)))
 
 
 class ConfigurationError(TwinGraphError):

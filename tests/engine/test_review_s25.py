@@ -48,3 +48,87 @@ def test_node_results_of_a_cancelled_dag_name_every_node(tmp_path, with_metadata
     assert every["n19999"].status is NodeStatus.CANCELLED
     assert "before this node was submitted" in every["n19999"].error_message
     assert set(some) == {"n0", "n19999"} and some["n0"].status is NodeStatus.COMPLETED
+
+
+# -- a nested pipeline's own timeout stops its busy body -------------------------------------
+
+from twingraph import component, pipeline                              # noqa: E402
+from twingraph.core.states import RunState                             # noqa: E402
+from twingraph.engine import bodystop                                  # noqa: E402
+from twingraph.errors import NestedPipelineStopped, PipelineTimeout   # noqa: E402
+
+nested_events: list[str] = []
+
+
+@component(cache=False)
+def quick_s25(i: int) -> int:
+    return i
+
+
+def _spin(seconds: float) -> int:
+    t0, n = time.monotonic(), 0
+    while time.monotonic() - t0 < seconds:
+        n += sum(range(200))
+    return n
+
+
+@pipeline(name="inner_busy_s25", timeout=1)
+def inner_busy(seconds: float, submit_first: bool):
+    if submit_first:
+        quick_s25(i=1).result()
+    try:
+        _spin(seconds)
+    except NestedPipelineStopped:
+        nested_events.append("inner saw the stop")
+        raise
+    return quick_s25(i=2)
+
+
+@pipeline(name="outer_handles_s25", error_handler="continue")     # under 'fail' the run stops
+def outer_handles(seconds: float, submit_first: bool):
+    try:
+        inner_busy(seconds, submit_first)
+    except PipelineTimeout as exc:
+        nested_events.append(f"outer caught: {exc}")
+    return quick_s25(i=3)              # the run goes on: the outer body handled the failure
+
+
+@pipeline(name="outer_ignores_s25")
+def outer_ignores(seconds: float):
+    inner_busy(seconds, True)
+    nested_events.append("outer went on")
+    return quick_s25(i=4)
+
+
+@pytest.mark.parametrize("submit_first", [True, False], ids=["after-a-task", "before-any-task"])
+def test_a_nested_pipelines_busy_body_is_stopped_at_its_own_timeout(engine, submit_first):
+    """Its tasks were cancelled at the timeout but its body went on (30 s here); a body that
+    had submitted nothing yet was never even timed out."""
+    nested_events.clear()
+    t0 = time.monotonic()
+    r = outer_handles.run(engine=engine, seconds=30.0, submit_first=submit_first)
+    took = time.monotonic() - t0
+    assert took < 1 + bodystop.GRACE + 4, took
+    assert r.state is RunState.SUCCESS, r.error          # handled by the outer body
+    assert r.value["outputs"]["result"] == 3
+    assert nested_events[0] == "inner saw the stop"
+    assert nested_events[1].startswith("outer caught: pipeline inner_busy_s25 timed out after 1s")
+    logs = [x.message for x in engine.metadata.get_logs(r.run_id)]
+    assert any("stopping nested pipeline inner_busy_s25" in m for m in logs), logs
+
+
+def test_an_unhandled_nested_timeout_fails_the_run_with_it(engine):
+    nested_events.clear()
+    t0 = time.monotonic()
+    r = outer_ignores.run(engine=engine, seconds=30.0)
+    assert time.monotonic() - t0 < 1 + bodystop.GRACE + 4
+    assert r.state is RunState.FAILED
+    assert "inner_busy_s25" in str(r.error) and "timed out after 1s" in str(r.error), r.error
+    assert "outer went on" not in nested_events
+
+
+def test_a_nested_body_that_ends_in_time_is_not_stopped(engine):
+    nested_events.clear()
+    r = outer_handles.run(engine=engine, seconds=0.05, submit_first=True)
+    assert r.state is RunState.SUCCESS and nested_events == []
+    time.sleep(bodystop.GRACE + 0.5)      # nothing is raised in this thread later either

@@ -36,7 +36,7 @@ from twingraph.dsl.component import Component, check_platform
 from twingraph.engine.bodystop import passes_through
 from twingraph.engine.engine import Engine, RunResult, current_run
 from twingraph.engine.loop import RunOptions
-from twingraph.engine.scopes import nested
+from twingraph.engine.scopes import run_nested
 from twingraph.errors import ExecutorUnavailable, NotFoundError, ValidationError
 from twingraph.graphson import export_run
 
@@ -69,8 +69,7 @@ class Pipeline:
             _note_inline(run, self)
             if not self.nested_settings:
                 return self.fn(*args, **kwargs)
-            with nested(run, self.name, self.nested_settings):
-                return self.fn(*args, **kwargs)
+            return run_nested(run, self.name, self.nested_settings, self.fn, args, kwargs)
         return self.run(*args, **kwargs).unwrap()
 
     def run(self, *args: Any, engine: Engine | None = None, no_cache: bool = False,

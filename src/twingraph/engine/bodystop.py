@@ -66,10 +66,12 @@ class BodyWatch:
     """The body of one run, on thread ``ident``, called from frame ``entry`` (``Engine._run``'s
     own: a pipeline run inside the body has a frame of its own)."""
 
-    __slots__ = ("ident", "entry", "lock", "live", "sent", "stopper")
+    __slots__ = ("ident", "entry", "exc", "lock", "live", "sent", "stopper")
 
-    def __init__(self, ident: int, entry: FrameType) -> None:
+    def __init__(self, ident: int, entry: FrameType,
+                 exc: type[RunStopped] = RunStopped) -> None:
         self.ident = ident
+        self.exc = exc                 # raised in the body (a nested pipeline's: its own)
         self.entry: FrameType | None = entry
         self.lock = threading.Lock()
         self.live = True               # False once the body returned (``settle``)
@@ -97,7 +99,7 @@ class BodyWatch:
                     assert _set_async is not None
                     # the class (3.11 raises what it is given as ``raise cls``)
                     self.sent = _set_async(ctypes.c_ulong(self.ident),
-                                           ctypes.py_object(RunStopped)) == 1
+                                           ctypes.py_object(self.exc)) == 1
                     wait = RESEND
             time.sleep(wait)
 
@@ -118,10 +120,13 @@ class BodyWatch:
             frame = frame.f_back
         return user and frame is not None      # (None: not under the body's call any more)
 
-    def settle(self) -> None:
+    def settle(self) -> bool:
         """The body returned (or raised): nothing more is sent, and a ``RunStopped`` sent but
         not raised yet is taken back. Called on the body's thread; one raised while this runs
-        (sent just as the body returned) is caught and this goes on."""
+        (sent just as the body returned) is caught and this goes on (only this watch's own:
+        a run's ``RunStopped`` raised in a nested pipeline's ``settle`` goes on up).
+        Returns whether one was caught here."""
+        caught = False
         while True:
             try:
                 with self.lock:
@@ -130,6 +135,8 @@ class BodyWatch:
                         assert _set_async is not None
                         _set_async(ctypes.c_ulong(self.ident), None)   # NULL: taken back
                         self.sent = False
-                return
-            except RunStopped:
-                continue
+                return caught
+            except self.exc as exc:
+                if type(exc) is not self.exc:
+                    raise
+                caught = True

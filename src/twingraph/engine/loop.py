@@ -563,6 +563,8 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                 self._body_failed(ev[1])
         elif kind == "cancel":
             self._stop("cancelled", ev[1])
+        elif kind == "scope":          # a nested pipeline with a timeout was entered
+            self._scope_opened(ev[1])
         elif kind == "began":          # a worker took a process task's job: its row says so
             task = ev[1]
             if task.state is RUNNING and task.fence == ev[2]:

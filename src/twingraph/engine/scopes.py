@@ -9,7 +9,9 @@ apply to them (decision 0004); the ones left at their defaults are the enclosing
   back to the ready queue when one of the scope's tasks stops running.
 * ``timeout``: the scope's tasks must all finish within this many seconds of the call. When it
   passes, what is left of them is cancelled (running ones killed or abandoned, as a run's
-  timeout does) and the scope has failed.
+  timeout does) and the scope has failed. A body still busy in its own code ``GRACE`` seconds
+  later gets ``NestedPipelineStopped`` raised in it (``bodystop``, as a run's body gets
+  ``RunStopped``), and the call raises ``PipelineTimeout`` to the body that made it.
 * ``error_handler`` (with ``error_config``): decides about a failure of one of the scope's
   tasks. 'continue' skips what depends on it; 'fail' cancels the scope's other tasks and the
   scope has failed; 'retry' gives its tasks without a policy a default one; 'custom' calls the
@@ -26,15 +28,18 @@ them (``ScopeSide``, mixed in, runs on the loop's thread).
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 from twingraph.core.records import LogRecord
+from twingraph.engine.bodystop import BodyWatch, passes_through
 from twingraph.engine.task import CANCELLED, QUEUED, TERMINAL, Task
-from twingraph.errors import TaskCancelled
+from twingraph.errors import NestedPipelineStopped, PipelineTimeout, TaskCancelled
 
 #: The body thread's innermost scope (``nested``), read by ``BodySide.call``.
 _local = threading.local()
@@ -44,7 +49,7 @@ class Scope:
     """One call of a nested pipeline that has settings of its own, in one run."""
     __slots__ = ("loop", "name", "parent", "max_parallel", "error_handler", "error_config",
                  "timeout", "started", "tasks", "active", "parked", "ended", "closed",
-                 "timed", "failure_key")
+                 "timed", "failure_key", "watch")
 
     def __init__(self, loop: Any, name: str, parent: Scope | None, settings: Mapping[str, Any],
                  started: float) -> None:
@@ -61,6 +66,7 @@ class Scope:
         self.closed = False                     # its body has returned
         self.timed = False                      # its timeout's timer is set
         self.failure_key: str | None = None     # its entry in the run's failures (timed out)
+        self.watch: BodyWatch | None = None     # its body's, when it has a timeout (``run_nested``)
 
     def chain(self) -> Iterator[Scope]:
         """This scope and the ones around it, innermost first."""
@@ -80,11 +86,18 @@ def current(loop: Any) -> Scope | None:
 
 
 @contextmanager
-def nested(loop: Any, name: str, settings: Mapping[str, Any]) -> Iterator[Scope]:
+def nested(loop: Any, name: str, settings: Mapping[str, Any],
+           entry: FrameType | None = None) -> Iterator[Scope]:
     """While the body of nested pipeline ``name`` runs on this thread, the tasks it submits
-    to ``loop`` belong to a new scope with ``settings`` (only the ones its decorator set)."""
+    to ``loop`` belong to a new scope with ``settings`` (only the ones its decorator set).
+    With a timeout, its timer starts now (tasks or not), and the body called from frame
+    ``entry`` is watched: stopped if it goes on past the timeout (``run_nested``)."""
     parent = current(loop)
     scope = Scope(loop, name, parent, settings, loop.clock.monotonic())
+    if scope.timeout is not None and entry is not None:
+        stop = type("NestedPipelineStopped", (NestedPipelineStopped,), {"scope": scope})
+        scope.watch = BodyWatch(threading.get_ident(), entry, stop)
+        loop.inbox.put(("scope", scope))
     before = getattr(_local, "scope", None)
     _local.scope = scope
     try:
@@ -92,6 +105,39 @@ def nested(loop: Any, name: str, settings: Mapping[str, Any]) -> Iterator[Scope]
     finally:
         _local.scope = before
         scope.closed = True     # read by the loop when the timeout passes
+
+
+@passes_through
+def run_nested(loop: Any, name: str, settings: Mapping[str, Any], fn: Callable[..., Any],
+               args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    """Call nested pipeline ``name``'s body ``fn`` in a scope of ``loop``'s run. If its
+    timeout passes and the body goes on, the ``NestedPipelineStopped`` raised in it ends the
+    call with ``PipelineTimeout``: a failure of the run the scope's failure already is, which
+    the calling body handles by catching it (as it would a future of the scope's)."""
+    with nested(loop, name, settings, sys._getframe()) as scope:
+        watch = scope.watch
+        if watch is None:
+            return fn(*args, **kwargs)
+        stopped = False
+        try:
+            return fn(*args, **kwargs)
+        except NestedPipelineStopped as exc:
+            if exc.scope is not scope:
+                raise               # a pipeline around this one timed out: its to end
+            stopped = True
+        finally:
+            # first: nothing is raised in it after this (one sent as the body returned is
+            # taken back, or caught here)
+            stopped = watch.settle() or stopped
+        if stopped:                 # (only when its own was caught: else it returned above)
+            key = scope.failure_key
+            if key is not None:
+                loop.observed_failures.add(key)
+            error = PipelineTimeout(f"pipeline {name} {scope.ended or 'timed out'}; its body "
+                                    f"went on and was stopped", run_id=loop.run_id)
+            error.scope_failure = key      # type: ignore[attr-defined]
+            raise error
+        raise AssertionError("unreachable")     # pragma: no cover
 
 
 class ScopeSide:
@@ -126,6 +172,14 @@ class ScopeSide:
                 left = s.started + s.timeout - self.clock.monotonic()
                 self._timer(max(left, 0.0), "scope_timeout", s, 0)
         return True
+
+    def _scope_opened(self, scope: Scope) -> None:
+        """A scope with a timeout was entered: its timer counts from the call, whether or not
+        its body submits a task (a body busy before its first call was never timed out)."""
+        if not scope.timed and scope.timeout is not None:
+            scope.timed = True
+            left = scope.started + scope.timeout - self.clock.monotonic()
+            self._timer(max(left, 0.0), "scope_timeout", scope, 0)
 
     def _scope_parks(self, task: Task) -> bool:
         """Whether ``task`` (queued, about to start) must wait for a scope's ``max_parallel``:
@@ -178,6 +232,8 @@ class ScopeSide:
         scope.failure_key = key
         self.failures[key] = why
         self._fail_scope(scope, None, why)
+        if scope.watch is not None and not scope.closed:
+            scope.watch.stop_later()       # a body that goes on regardless is stopped
 
     def _fail_scope(self, scope: Scope, task: Task | None, why: str) -> None:
         """``scope`` has failed (``task`` failed in it under 'fail', or its timeout passed):
