@@ -132,3 +132,40 @@ def test_a_nested_body_that_ends_in_time_is_not_stopped(engine):
     r = outer_handles.run(engine=engine, seconds=0.05, submit_first=True)
     assert r.state is RunState.SUCCESS and nested_events == []
     time.sleep(bodystop.GRACE + 0.5)      # nothing is raised in this thread later either
+
+
+# -- an abandoned inline attempt's late result is not a later attempt's ----------------------
+
+from twingraph.errors import TaskTimeout     # noqa: E402
+
+late_calls: list[int] = []
+
+
+@component(executor="inline", timeout=0.5, cache=False,
+           retry_policy={"max_attempts": 3, "initial_delay": 0.1, "backoff": "fixed"})
+def overruns_s25(x: int) -> str:
+    late_calls.append(x)
+    me = len(late_calls)
+    time.sleep(1.5)
+    return f"value of attempt {me}"
+
+
+@pipeline(name="late_inline_s25")
+def late_inline():
+    return overruns_s25(1)
+
+
+def test_an_abandoned_inline_attempts_late_result_is_not_taken_for_its_retrys(engine):
+    """The outcome of an inline call the watchdog took over was posted with the task's fence
+    read when the call returned: attempt 1's value, 1.5 s late, passed for attempt 3's and
+    the task was SUCCESS ('value of attempt 1') though every attempt overran its timeout."""
+    late_calls.clear()
+    r = late_inline.run(engine=engine)
+    assert r.state is RunState.FAILED, r.value
+    (task,) = engine.metadata.get_tasks(r.run_id)
+    assert task.state.value == "FAILED" and task.attempts == 3
+    assert "timed out after 0.5s" in task.error
+    assert isinstance(r.error.__cause__ or r.error, Exception)
+    logs = [x.message for x in engine.metadata.get_logs(r.run_id)]
+    assert any("dropped a late result of overruns_s25-0 (fence 1)" in m for m in logs), logs
+    assert TaskTimeout.__name__ in task.error

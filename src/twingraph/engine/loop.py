@@ -332,6 +332,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         other tasks go on; the call's outcome, when it comes, is then posted as a thread
         task's would be and this thread leaves the loop (``_LoopMoved``)."""
         t0 = time.perf_counter()
+        fence = task.fence          # this attempt's: a retry after a timeout has another
         cell = self._inline_cell = [(task, t0)]
         if self._watchdog is None:
             self._start_watchdog()
@@ -344,7 +345,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
             cell.pop()              # atomic: the watchdog did not take it
         except IndexError:
             stop.unwatch_self()     # the flag the watchdog gave this thread (``_watch_inline``)
-            self.inbox.put(("done", JobOutcome(task.node_id, task.fence, error is None,
+            self.inbox.put(("done", JobOutcome(task.node_id, fence, error is None,
                                                   value, error, took)))
             raise _LoopMoved from None
         return value, error, took
