@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 import pytest
 
@@ -169,3 +170,96 @@ def test_an_abandoned_inline_attempts_late_result_is_not_taken_for_its_retrys(en
     logs = [x.message for x in engine.metadata.get_logs(r.run_id)]
     assert any("dropped a late result of overruns_s25-0 (fence 1)" in m for m in logs), logs
     assert TaskTimeout.__name__ in task.error
+
+
+# -- a call's arguments are taken as they are when the call is made -------------------------
+
+
+@component(cache=True)
+def train_s25(cfg: dict) -> dict:
+    return {"lr_used": cfg["lr"]}
+
+
+@pipeline(name="sweep_s25")
+def sweep():
+    cfg = {"lr": 0.0, "epochs": 3}
+    runs = []
+    for lr in [0.1, 0.01, 0.001]:
+        cfg["lr"] = lr                      # one dict, changed between the calls
+        runs.append(train_s25(cfg=cfg))
+    return [r["outputs"]["lr_used"] for r in runs]
+
+
+def test_a_dict_changed_after_the_call_does_not_change_the_call(engine):
+    """Arguments were read when the loop keyed the task, later: [0.001, 0.001, 0.001], and
+    train-1 and train-2 were "hits" of train-0."""
+    r = sweep.run(engine=engine)
+    assert r.value == [0.1, 0.01, 0.001]
+    assert {t.cache_status for t in engine.metadata.get_tasks(r.run_id)} == {"miss"}
+    again = sweep.run(engine=engine)          # and the memo holds each under its own key
+    assert again.value == [0.1, 0.01, 0.001]
+    assert {t.cache_status for t in engine.metadata.get_tasks(again.run_id)} == {"hit"}
+
+
+@component(executor="thread", cache=True)
+def mutator_s25(xs: list) -> int:
+    xs.append(99)
+    return len(xs)
+
+
+@component(executor="thread", cache=True)
+def reader_s25(xs: list, delay: float = 0.2) -> list:
+    time.sleep(delay)
+    return list(xs)
+
+
+@pipeline(name="mutates_s25")
+def mutates():
+    shared = [1, 2, 3]
+    a = mutator_s25(xs=shared)
+    b = reader_s25(xs=shared)
+    return {"a": a["outputs"]["result"], "b": b["outputs"]["result"]}
+
+
+def test_a_component_changing_a_list_the_body_passed_changes_nobody_elses(engine):
+    """The reader saw the mutator's append and its result was stored under the key of the
+    unchanged list: a wrong hit in later runs."""
+    r = mutates.run(engine=engine)
+    assert r.value == {"a": 4, "b": [1, 2, 3]}
+
+
+@component(cache=False)
+def same_s25(a: list, b: list, t: tuple) -> list:
+    return [a is b, t[0] is a, len(a)]
+
+
+@pipeline(name="shares_s25")
+def shares():
+    xs = [1, 2]
+    xs.append(xs)                           # holds itself
+    return same_s25(a=xs, b=xs, t=(xs, 5))
+
+
+def test_a_container_passed_twice_in_one_call_is_still_one_container(engine):
+    r = shares.run(engine=engine)
+    assert r.value["outputs"]["result"] == [True, True, 3], r.error
+
+
+def test_snapshot_rebuilds_containers_and_keeps_leaves():
+    import numpy as np
+
+    from twingraph.engine.refs import snapshot
+    leaf = np.zeros(3)                     # shared, not copied
+    inner = {"k": [1, leaf]}
+    args, kwargs = snapshot((inner, (1, 2)), {"s": {1, 2}, "n": 3})
+    assert args[0] == inner and args[0] is not inner and args[0]["k"] is not inner["k"]
+    assert args[0]["k"][1] is leaf
+    assert args[1] == (1, 2) and kwargs["s"] == {1, 2} and kwargs["n"] == 3
+    plain = (1, "a")
+    same = {"x": 1}
+    assert snapshot(plain, same) == (plain, same) and snapshot(plain, same)[1] is same
+    # a leaf that may hold one of the containers: the call's arguments are left as they are
+    box = deque([inner])
+    args, kwargs = snapshot((inner,), {"box": box})
+    assert args[0] is inner and kwargs["box"] is box
+    assert snapshot(([np.array([[1]], dtype=object)],), {})[0][0][0].dtype == object

@@ -19,7 +19,7 @@ from typing import Any
 from twingraph.core.states import TaskState
 from twingraph.engine.bodystop import HARD_STOPS
 from twingraph.engine.scopes import current as current_scope
-from twingraph.engine.refs import Ref, ref_to, walk_path
+from twingraph.engine.refs import Ref, ref_to, snapshot, walk_path
 from twingraph.serialization import own_copy
 from twingraph.engine.task import (DECLARED, UNLOADED, Task, CANCELLED, FAILED, PENDING, QUEUED,
                                     RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
@@ -59,6 +59,7 @@ class BodySide:
             n = self._name_counts.get(name, 0)
             self._name_counts[name] = n + 1
             node_id = f"{name}-{n}"
+        args, kwargs = snapshot(args, kwargs)     # as they are now: the body goes on
         task = Task(node_id, next(self._order), spec, fn, args, kwargs)
         task.scope = current_scope(self)     # a nested pipeline's with settings (or None)
         self._enqueue(task)

@@ -13,8 +13,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
+import decimal
+import enum
+import fractions
 import operator
+import uuid
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from twingraph.errors import NodeExecutionError, ValidationError
@@ -250,6 +256,87 @@ def _items(run: Any, task: Any, path: tuple[Any, ...], n: int) -> Iterator[Ref]:
     """References to items ``0..n-1`` below ``path`` (iterating a Ref)."""
     for i in range(n):
         yield _ref(run, task, path + (i,))
+
+
+#: The containers a component call's arguments are taken apart to (``snapshot``).
+_SNAP = frozenset({list, dict, set, tuple})
+#: Leaves that hold no reference to a container (so a rebuilt container cannot split what
+#: they share with it): a call with any other leaf is passed as it is.
+_PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes, frozenset, range,
+                    datetime.date, datetime.datetime, datetime.time, datetime.timedelta,
+                    decimal.Decimal, fractions.Fraction, uuid.UUID, Ref})
+
+
+class _Opaque(Exception):
+    """A leaf ``snapshot`` cannot see into."""
+
+
+def snapshot(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A component call's arguments as they are when the body makes the call: its lists,
+    dicts, sets and tuples rebuilt (at any depth; one shared or cyclic container stays one).
+    The task is keyed and run later, on other threads: a body that went on to change a dict
+    it passed (``cfg['lr'] = lr`` in a loop) gave every call its last value, and the key of
+    the first; two calls given one list shared each other's changes.
+
+    Only when every leaf is a plain value (numbers, strings, dates, a NumPy array without
+    objects in it, a future...): a leaf of another kind (a deque, an object of the user's)
+    may hold one of the containers, which a copy would split from it, so such a call's
+    arguments are passed as they are, as before. So are those nested too deep to copy here
+    (``RecursionError``)."""
+    for v in args:
+        if type(v) in _SNAP:
+            break
+    else:
+        for v in kwargs.values():
+            if type(v) in _SNAP:
+                break
+        else:
+            return args, kwargs
+    memo: dict[int, Any] = {}
+    try:
+        return (tuple([_snap(v, memo) for v in args]),
+                {k: _snap(v, memo) for k, v in kwargs.items()})
+    except (_Opaque, RecursionError):
+        return args, kwargs
+
+
+def _plain(v: Any) -> bool:
+    t = type(v)
+    if t.__module__ == "numpy":
+        dtype = getattr(v, "dtype", None)     # an array, or a scalar: no objects in it
+        return dtype is not None and not dtype.hasobject
+    return issubclass(t, (enum.Enum, PurePath))
+
+
+def _snap(v: Any, memo: dict[int, Any]) -> Any:
+    t = type(v)
+    if t not in _SNAP:
+        if t in _PLAIN or _plain(v):
+            return v
+        raise _Opaque
+    done = memo.get(id(v))
+    if done is not None:
+        return done
+    if t is list:
+        new: Any = []
+        memo[id(v)] = new
+        new.extend([_snap(x, memo) for x in v])
+    elif t is dict:
+        new = {}
+        memo[id(v)] = new
+        for k, x in v.items():
+            if type(k) not in _PLAIN and not _plain(k):
+                _snap(k, memo)                      # (a tuple key: kept, but looked into)
+            new[k] = _snap(x, memo)
+    elif t is set:
+        for x in v:
+            _snap(x, memo)
+        new = memo[id(v)] = set(v)
+    else:                                   # a tuple: a new one only if an item changed
+        items = [_snap(x, memo) for x in v]
+        new = v if all(a is b for a, b in zip(items, v)) else tuple(items)
+        memo[id(v)] = new
+    return new
 
 
 def substitute(value: Any, fetch: Any) -> Any:
