@@ -263,3 +263,24 @@ def test_snapshot_rebuilds_containers_and_keeps_leaves():
     args, kwargs = snapshot((inner,), {"box": box})
     assert args[0] is inner and kwargs["box"] is box
     assert snapshot(([np.array([[1]], dtype=object)],), {})[0][0][0].dtype == object
+
+
+# -- calling a pipeline passes every argument to it -------------------------------------------
+
+@component(cache=False)
+def echo_s25(v):
+    return v
+
+
+@pipeline(name="option_named_params_s25")
+def option_named(max_parallel: int = 5, no_cache: bool = False, resume: str = "none"):
+    return {"mp": echo_s25(v=max_parallel)["outputs"]["result"], "nc": no_cache, "r": resume}
+
+
+def test_calling_a_pipeline_passes_parameters_named_like_run_options(engine, monkeypatch):
+    """``pipe(max_parallel=3, no_cache=True)`` ran the body with its defaults (the values were
+    taken for run options), and ``resume="yes"`` looked for a run called 'yes'."""
+    import twingraph.runtime as runtime
+    monkeypatch.setattr(runtime, "default_engine", lambda: engine)
+    out = option_named(max_parallel=3, no_cache=True, resume="yes")
+    assert out == {"mp": 3, "nc": True, "r": "yes"}

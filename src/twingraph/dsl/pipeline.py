@@ -70,7 +70,9 @@ class Pipeline:
             if not self.nested_settings:
                 return self.fn(*args, **kwargs)
             return run_nested(run, self.name, self.nested_settings, self.fn, args, kwargs)
-        return self.run(*args, **kwargs).unwrap()
+        # its own arguments, never run options: a parameter named ``max_parallel``,
+        # ``no_cache``, ``resume``, ``engine`` or ``on_start`` is the pipeline's
+        return self.run_with(args, kwargs).unwrap()
 
     def run(self, *args: Any, engine: Engine | None = None, no_cache: bool = False,
             max_parallel: int | None = None, resume: str | None = None,
