@@ -60,14 +60,17 @@ class MetadataStore(Protocol):
 
     def write(self, batch: Sequence[Record]) -> list[tuple[str, str]]: ...
     def get_run(self, run_id: str) -> RunRecord | None: ...
-    def claim_driver(self, run_id: str, *, heartbeat: Any = ..., now: float | None = None
-                     ) -> int:
+    def claim_driver(self, run_id: str, *, heartbeat: Any = ..., now: float | None = None,
+                     running: bool = False) -> int:
         """The next driver epoch of ``run_id`` (1 for the first process that resumes or
         adopts it), claimed atomically: two claimants never get the same number.
         With ``heartbeat`` (the run's ``heartbeat_at`` as the claimant last read it, None
         included), a compare-and-set: ``ConflictError`` if the heartbeat moved meanwhile (a
         driver is alive, or another claimant won); ``now`` becomes the heartbeat, so later
-        claimants see a driver. ``NotFoundError`` for an unknown run."""
+        claimants see a driver. ``running``: the run becomes RUNNING in the same step (a
+        resume of an ended run: a claimant reading it just after saw it ended, skipped the
+        wait for its driver, and claimed over the fresh heartbeat). ``NotFoundError`` for an
+        unknown run."""
     def driver_epoch(self, run_id: str) -> int | None:
         """The epoch of ``run_id``'s current driver (0 until a driver claims it; None for an
         unknown run): a driver whose own epoch is lower has been taken over from."""

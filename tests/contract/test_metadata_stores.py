@@ -193,6 +193,25 @@ def test_a_claim_with_the_heartbeat_it_read_is_a_compare_and_set(store: Any) -> 
         store.claim_driver("nope", heartbeat=None, now=1.0)
 
 
+def test_a_resume_claim_of_an_ended_run_makes_it_running_in_the_same_step(store: Any) -> None:
+    """Session 25: two resumes of a CANCELLED run both drove it (tasks ran twice). The winner's
+    claim moved the heartbeat, but the run stayed CANCELLED until its RUNNING update was
+    written; a resume reading it then skipped the wait for a live driver and claimed over the
+    fresh heartbeat. Now the claim itself makes it RUNNING: the later reader waits."""
+    store.write([run(), RunUpdate("r1", RunState.CANCELLED, 20.0, error="cancelled by user")])
+    seen = store.get_run("r1").heartbeat_at
+    assert store.claim_driver("r1", heartbeat=seen, now=1234.5, running=True) == 1
+    rec = store.get_run("r1")
+    assert rec.state is RunState.RUNNING and rec.heartbeat_at == 1234.5
+    assert rec.ended_at is None and rec.error is None
+    store.write([RunUpdate("r1", RunState.RUNNING, 1234.6, epoch=1)])    # what follows it
+    assert store.get_run("r1").state is RunState.RUNNING
+    # without ``running`` (ending a driverless run), the state is left to the caller
+    store.write([RunUpdate("r1", RunState.FAILED, 1240.0, epoch=1)])
+    store.claim_driver("r1", heartbeat=store.get_run("r1").heartbeat_at, now=1250.0)
+    assert store.get_run("r1").state is RunState.FAILED
+
+
 def test_run_updates_and_heartbeats_of_a_taken_over_driver_are_dropped(store: Any) -> None:
     """A driver paused past its run's takeover wrote its final state (and heartbeats) over the
     new driver's: they carry the writer's epoch and are dropped once a newer one claimed."""

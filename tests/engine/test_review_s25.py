@@ -284,3 +284,72 @@ def test_calling_a_pipeline_passes_parameters_named_like_run_options(engine, mon
     monkeypatch.setattr(runtime, "default_engine", lambda: engine)
     out = option_named(max_parallel=3, no_cache=True, resume="yes")
     assert out == {"mp": 3, "nc": True, "r": "yes"}
+
+
+# -- two resumes of an ended run: one drives it ------------------------------------------------
+
+import threading                                            # noqa: E402
+
+from twingraph.errors import ConflictError                 # noqa: E402
+
+gate_s25 = threading.Event()
+gate_runs: list[int] = []
+
+
+@component(executor="thread", cache=False)
+def gated_s25(i: int) -> int:
+    gate_runs.append(i)
+    gate_s25.wait(60)
+    return i
+
+
+@pipeline(name="gated_pipeline_s25")
+def gated_pipeline():
+    return gated_s25(1)
+
+
+def test_two_resumes_of_a_cancelled_run_do_not_both_drive_it(tmp_path):
+    """The winner's claim moved the heartbeat but left the run CANCELLED until its RUNNING
+    update was written; a second resume reading it then skipped the wait for a live driver,
+    claimed over the fresh heartbeat, and both ran every remaining task (SQLite and
+    PostgreSQL, CLI and API). The claim now makes the run RUNNING in the same step."""
+    from twingraph.engine.engine import Engine
+    from twingraph.stores.results.sqlite import SQLiteStorage
+
+    url = f"sqlite:///{tmp_path / 'md.db'}"
+
+    def engine(flush: float = 0.05) -> Engine:
+        return Engine(results=SQLiteStorage(str(tmp_path / "results.db")),
+                      metadata=SQLMetadataStore(url, create=True), flush_interval=flush,
+                      writer="thread")
+
+    gate_s25.clear()
+    gate_runs.clear()
+    first = engine()
+    cancel = threading.Timer(0.5, lambda: [first.cancel(r) for r in list(first.runs)])
+    cancel.start()
+    r = gated_pipeline.run(engine=first)
+    assert r.state is RunState.CANCELLED
+    first.close()
+
+    # the winner writes its rows slowly: its RUNNING update comes 3 s after its claim
+    winner, loser = engine(flush=3.0), engine()
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(
+        gated_pipeline.run(engine=winner, resume=r.run_id)))
+    t.start()
+    deadline = time.monotonic() + 10
+    while winner.metadata.driver_epoch(r.run_id) != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        with pytest.raises(ConflictError):
+            gated_pipeline.run(engine=loser, resume=r.run_id)
+    finally:
+        gate_s25.set()
+        t.join(60)
+    assert out[0].state is RunState.SUCCESS, out[0].error
+    assert gate_runs == [1, 1]                     # the cancelled attempt, and the winner's
+    assert winner.metadata.driver_epoch(r.run_id) == 1
+    winner.close()
+    loser.close()

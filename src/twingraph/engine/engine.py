@@ -531,7 +531,10 @@ class Engine:
             # and the other gets ConflictError (both used to run every remaining task).
             # (``seen``: the heartbeat the wait proved stale, not one read since: a driver that
             # beat again just after the wait is alive after all.)
-            epoch = self.metadata.claim_driver(run_id, heartbeat=seen, now=self.clock.now())
+            # RUNNING in the same step: a resume reading it just after must see a driver
+            # (it saw the run ended, skipped the wait, and claimed over this one's heartbeat).
+            epoch = self.metadata.claim_driver(run_id, heartbeat=seen, now=self.clock.now(),
+                                               running=True)
             self.recorder.revive(run_id)
             prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
             self._end_stale_attempts(run_id, prior, epoch)

@@ -29,7 +29,7 @@ from twingraph.core.records import (
     TaskRecord,
     TaskUpdate,
 )
-from twingraph.core.states import TaskState, fence_epoch
+from twingraph.core.states import RunState, TaskState, fence_epoch
 from twingraph.errors import ConflictError, NotFoundError, ValidationError
 from twingraph.stores.metadata import _semantics as sem
 from twingraph.stores.metadata.catalog import (
@@ -186,8 +186,8 @@ class MemoryMetadataStore:
         with self._lock:
             return deepcopy(self._runs.get(run_id))
 
-    def claim_driver(self, run_id: str, *, heartbeat: Any = ..., now: float | None = None
-                     ) -> int:
+    def claim_driver(self, run_id: str, *, heartbeat: Any = ..., now: float | None = None,
+                     running: bool = False) -> int:
         with self._lock:
             rec = self._runs.get(run_id)
             if rec is None:
@@ -196,7 +196,10 @@ class MemoryMetadataStore:
                 raise ConflictError(f"run {run_id!r} was claimed by another driver "
                                     "meanwhile; not driving it twice")
             if now is not None:
-                self._runs[run_id] = replace(rec, heartbeat_at=now)
+                rec = self._runs[run_id] = replace(rec, heartbeat_at=now)
+            if running:
+                self._runs[run_id] = replace(rec, state=RunState.RUNNING, ended_at=None,
+                                             error=None)
             epoch = self._epochs[run_id] = self._epochs.get(run_id, 0) + 1
             return epoch
 

@@ -158,8 +158,8 @@ class SQLMetadataStore:
             row = conn.execute(_run_select().where(runs.c.run_id == run_id)).first()
         return None if row is None else _run(row)
 
-    def claim_driver(self, run_id: str, *, heartbeat: Any = ..., now: float | None = None
-                     ) -> int:
+    def claim_driver(self, run_id: str, *, heartbeat: Any = ..., now: float | None = None,
+                     running: bool = False) -> int:
         # One UPDATE takes the row's write lock (PostgreSQL) or the database's (SQLite): of
         # two claimants, the second reads the first's number and goes one above it (or, with
         # ``heartbeat``, finds it moved and matches no row).
@@ -170,6 +170,8 @@ class SQLMetadataStore:
         values: dict[str, Any] = {"driver_epoch": runs.c.driver_epoch + 1}
         if now is not None:
             values["heartbeat_at"] = now
+        if running:
+            values.update(state=RunState.RUNNING.value, ended_at=None, error=None)
         with self._writing() as conn:
             done = conn.execute(query.values(**values))
             if done.rowcount != 1:
