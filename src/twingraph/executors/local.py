@@ -43,15 +43,17 @@ class _ThreadPool:
         self._running: dict[Job, stop.Flag] = {}     # job -> its stop flag (``core.stop``)
         self._abandoned: set[Job] = set()    # running when aborted: their thread is written off
         self._dropped: set[Job] = set()      # aborted while still queued: never run
+        self._queued: set[Job] = set()       # submitted, not taken by a thread yet
         self._name = name
 
     def submit(self, job: Job, done: Callable[[Outcome], None]) -> None:
-        self._q.put((job, done))
         with self._lock:
+            self._queued.add(job)            # before it can be taken
             if self._idle <= 0 and len(self._threads) < self.size:
                 self._spawn()
             else:
                 self._idle -= 1
+        self._q.put((job, done))
 
     def _spawn(self) -> None:
         t = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True)
@@ -66,6 +68,7 @@ class _ThreadPool:
                 return
             job, done = item
             with self._lock:
+                self._queued.discard(job)
                 if job in self._dropped:        # aborted before it started: skip it
                     self._dropped.discard(job)
                     self._idle += 1
@@ -96,8 +99,10 @@ class _ThreadPool:
                 self._abandoned.add(job)
                 self._running[job].request()       # told, in case it asks (core.stop)
                 self._spawn()      # keep capacity: the stuck thread no longer counts
-            else:
+            elif job in self._queued:
                 self._dropped.add(job)
+            # else it has finished (its outcome not handled yet): nothing to stop. Marked
+            # dropped, it stayed in the set for good, and its run with it (the job holds it).
 
     def shutdown(self) -> None:
         with self._lock:
