@@ -396,3 +396,35 @@ def test_aborting_a_finished_thread_job_does_not_keep_it_for_ever():
         time.sleep(0.01)
     assert not pool._dropped and not pool._queued
     pool.shutdown()
+
+
+# -- a component raising KeyboardInterrupt is a failed task, not Ctrl-C -------------------------
+
+@component(executor="thread", cache=False)
+def interrupts_s25(x: int) -> int:
+    raise KeyboardInterrupt("kb in component")
+
+
+@component(executor="thread", cache=False)
+def steady_s25(x: int) -> int:
+    time.sleep(0.5)
+    return x
+
+
+@pipeline(name="kb_task_s25", error_handler="continue")
+def kb_task():
+    s = steady_s25(1)
+    interrupts_s25(1).result()          # re-raises the task's error
+    return s
+
+
+def test_a_task_raising_keyboardinterrupt_fails_the_run_and_is_not_a_ctrl_c(engine):
+    """The re-raised task error is a ``NodeExecutionError`` that is also a
+    ``KeyboardInterrupt``: it was taken for Ctrl-C, the run CANCELLED (its other tasks
+    too, under 'continue') and ``Pipeline.run`` raised ``KeyboardInterrupt``."""
+    r = kb_task.run(engine=engine)           # returns: no KeyboardInterrupt here
+    assert r.state is RunState.FAILED, r.error
+    assert "kb in component" in str(r.error)
+    tasks = {t.node_id: t for t in engine.metadata.get_tasks(r.run_id)}
+    assert tasks["steady_s25-0"].state.value == "SUCCESS"
+    assert tasks["interrupts_s25-0"].state.value == "FAILED"

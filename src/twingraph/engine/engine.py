@@ -45,8 +45,10 @@ from twingraph.engine.snapshot import error_text, message_of
 from twingraph.engine.recorder import Recorder
 from twingraph.engine.resources import LocalResources
 from twingraph.engine.refs import substitute
-from twingraph.errors import (ConfigurationError, ConflictError, ExecutorUnavailable, IntegrityError, InvalidTransition, NotFoundError, PipelineCancelled,
-                              PipelineFailed, PipelineTimeout, RunStopped, TwinGraphError)
+from twingraph.errors import (ConfigurationError, ConflictError, ExecutorUnavailable,
+                              IntegrityError, InvalidTransition, NodeExecutionError,
+                              NotFoundError, PipelineCancelled, PipelineFailed, PipelineTimeout,
+                              RunStopped, TwinGraphError)
 from twingraph.ports import Clock, EventSink, Executor, MetadataStore, ResultStore
 from twingraph.registry import get_error_handler
 from twingraph import serialization
@@ -67,6 +69,13 @@ _live: set[str] = set()        # ids of the runs going on in this process, on an
 def runs_live() -> bool:
     """Whether a run is going on in this process (on any thread, on any engine)."""
     return bool(_live)
+
+
+def _is_interrupt(exc: BaseException | None) -> bool:
+    """Whether the body ended with Ctrl-C (or SIGTERM, cli/signals.py). Not a task's own
+    ``KeyboardInterrupt`` the body re-raised (``.result()`` raises a ``NodeExecutionError``
+    that is also one): that is a failed task, and the run was cancelled as if by Ctrl-C."""
+    return isinstance(exc, KeyboardInterrupt) and not isinstance(exc, NodeExecutionError)
 
 
 def _interruption(exc: KeyboardInterrupt) -> str:
@@ -600,10 +609,10 @@ class Engine:
             finally:
                 stop.unwatch_body(ident, body_flag)
                 _current.run = prev
-                if isinstance(body_error, KeyboardInterrupt):
-                    loop.cancel(_interruption(body_error))
+                if _is_interrupt(body_error):
+                    loop.cancel(_interruption(body_error))      # type: ignore[arg-type]
                 loop.body_returned(body_error)
-            interrupted = body_error if isinstance(body_error, KeyboardInterrupt) else None
+            interrupted = body_error if _is_interrupt(body_error) else None
             while not loop.done.is_set():
                 try:
                     loop.done.wait()
