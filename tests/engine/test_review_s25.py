@@ -428,3 +428,36 @@ def test_a_task_raising_keyboardinterrupt_fails_the_run_and_is_not_a_ctrl_c(engi
     tasks = {t.node_id: t for t in engine.metadata.get_tasks(r.run_id)}
     assert tasks["steady_s25-0"].state.value == "SUCCESS"
     assert tasks["interrupts_s25-0"].state.value == "FAILED"
+
+
+# -- a process task may call a component that already ran as a task ----------------------------
+
+def test_a_process_component_can_call_a_component_that_ran_as_a_task(tmp_path):
+    """A component remembered the engine it was checked for; pickled by value for a process
+    task (a file run by `twingraph run`), it took the engine along: "cannot pickle
+    '_thread._local' object"."""
+    import json
+    import os
+    import subprocess
+    import sys
+    f = tmp_path / "calls_leaf.py"
+    f.write_text(
+        "from twingraph import component, pipeline\n\n"
+        "@component\n"
+        "def leaf(x):\n"
+        "    return x * 2\n\n"
+        "@component(executor='process')\n"
+        "def calls_leaf(n):\n"
+        "    return [leaf(x=i) for i in range(n)]     # plain calls inside a component\n\n"
+        "@pipeline(name='top_s25')\n"
+        "def top():\n"
+        "    a = leaf(x=10)                           # leaf ran as a task first\n"
+        "    a.result()\n"
+        "    b = calls_leaf(n=3)\n"
+        "    return [a['outputs']['result'], b['outputs']['result']]\n")
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"))
+    done = subprocess.run([sys.executable, "-m", "twingraph", "run", str(f), "--no-cache",
+                           "--json", "--no-progress"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [20, [0, 2, 4]]

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import threading
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +47,7 @@ class Component:
         self._draft = ComponentSpec.build(name=name, qualname=_qualname(fn), code_version="",
                                           **params)
         self._accepts_lineage = accepts_lineage(fn)
-        self._checked_for: Any = None
+        self._checked_for: weakref.ref[Any] | None = None    # the engine it was checked for
         self._code_only: str | None = None      # its version without runtime values
 
     @property
@@ -93,10 +94,20 @@ class Component:
                 for k in LINEAGE_KWARGS:
                     kwargs.pop(k, None)
             return self.fn(*args, **kwargs)
-        if run.engine is not self._checked_for:      # once per engine, not per call
+        checked = self._checked_for
+        if checked is None or checked() is not run.engine:      # once per engine, not per call
             check_platform(run.engine, [self])
-            self._checked_for = run.engine
+            self._checked_for = weakref.ref(run.engine)
         return run.call(self.spec, self.fn, args, kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (by value, for a process task that calls it): without the engine it was
+        last checked for, which is this process's (a weak reference cannot be pickled; the
+        engine itself was held, and a process task calling a component that had already run
+        as a task failed: "cannot pickle '_thread._local' object")."""
+        state = dict(self.__dict__)
+        state["_checked_for"] = None
+        return state
 
     def __repr__(self) -> str:
         return f"<component {self.name} platform={self.platform}>"
