@@ -461,3 +461,55 @@ def test_a_process_component_can_call_a_component_that_ran_as_a_task(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [20, [0, 2, 4]]
+
+
+# -- node execution outside a DAG run checks a user store's bytes ------------------------------
+
+from tests.engine.test_async_store import DictStorage     # noqa: E402
+
+
+class _Flipping(DictStorage):
+    """A store written from the document that returns damaged bytes (a bad disk, a bug)."""
+
+    async def retrieve_result(self, node_id):
+        d = self.data.get(node_id)
+        return None if d is None else d[:-1] + bytes([d[-1] ^ 1])
+
+    async def stream_result(self, node_id, chunk_size=1 << 20):
+        d = self.data.get(node_id)
+        if d is None:
+            return
+        d = bytes([d[0] ^ 1]) + d[1:]
+        for i in range(0, len(d), chunk_size):
+            yield d[i:i + chunk_size]
+
+
+def test_execute_node_on_a_user_store_refuses_damaged_bytes():
+    """``NodeExecutor`` read a dependency from the user's store as it came: stored 10, read
+    back as 11, COMPLETED. A DAG run checks every read (``AsyncStoreAdapter``); so does this
+    now."""
+    from twingraph.engine.streaming_node import StreamingNodeExecutor
+
+    async def up_streaming(ctx, params):
+        async for c in ctx.read_dependency_stream("src"):
+            yield bytes(c).upper()
+
+    async def main():
+        ex = StreamingNodeExecutor(_Flipping())
+        ex.register_operation("mk", lambda deps, params: params["v"])
+        ex.register_operation("add", lambda deps, params: sum(deps.values()))
+        ex.register_operation("up", lambda deps, params: None)
+        ex.register_operation("up_streaming", up_streaming)
+        first = await ex.execute_node(N("x", "mk", [], {"v": 10}))
+        second = await ex.execute_node(N("y", "add", ["x"], {}))
+        src = await ex.execute_node(N("src", "mk", [], {"v": b"hello" * 1000}))
+        streamed = await ex.execute_streaming_node(N("dst", "up", ["src"], {}))
+        return first, second, src, streamed, ex.storage
+
+    first, second, src, streamed, store = asyncio.run(main())
+    assert first.status is NodeStatus.COMPLETED and src.status is NodeStatus.COMPLETED
+    assert second.status is NodeStatus.FAILED and second.result_data is None
+    assert "IntegrityError" in second.error_message and "corrupted" in second.error_message
+    assert "y" not in store.data
+    assert streamed.status is NodeStatus.FAILED and "IntegrityError" in streamed.error_message
+    assert "dst" not in store.data

@@ -151,7 +151,7 @@ class AsyncStoreAdapter:
         meta = self._usable(meta)
         if meta is None or data is None:
             return None
-        _check(key, meta.content_hash, data)
+        check_content(key, meta.content_hash, data)
         return meta, data
 
     def get(self, key: str) -> Buffer | None:
@@ -238,10 +238,11 @@ async def _awaited(aw: Any) -> Any:
     return await aw
 
 
-def _check(key: str, expected: str, data: Buffer) -> None:
+def check_content(key: str, expected: str, data: Buffer) -> None:
+    """``IntegrityError`` unless ``data`` has the recorded content hash ``expected``."""
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise IntegrityError(key, expected, actual)
 
 
-__all__ = ["as_result_store", "AsyncStoreAdapter"]
+__all__ = ["as_result_store", "AsyncStoreAdapter", "check_content"]

@@ -40,7 +40,7 @@ from twingraph.core.retry import RetryPolicy
 from twingraph.core.specs import ComponentSpec
 from twingraph.core.states import RunState
 from twingraph.engine import gcpace
-from twingraph.engine.async_store import has_sync_port
+from twingraph.engine.async_store import check_content, has_sync_port
 from twingraph.engine.snapshot import error_text
 from twingraph.engine.task import UNLOADED
 from twingraph.serialization import own_copy
@@ -356,6 +356,11 @@ class NodeExecutor:
         data = await self.storage.retrieve_result(node_id)
         if meta is None or data is None:
             raise NodeExecutionError(f"Dependency {node_id} not found")
+        if not has_sync_port(self.storage):
+            # A user's store (the document's eight methods) need not check what it returns:
+            # checked here, as a DAG run checks it (``AsyncStoreAdapter``). TwinGraph's own
+            # stores check every read themselves.
+            check_content(node_id, meta.content_hash, data)
         return serialization.decode(data, (meta.metadata or {}).get("encoding", "bytes"))
 
 
