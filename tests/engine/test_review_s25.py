@@ -513,3 +513,75 @@ def test_execute_node_on_a_user_store_refuses_damaged_bytes():
     assert "y" not in store.data
     assert streamed.status is NodeStatus.FAILED and "IntegrityError" in streamed.error_message
     assert "dst" not in store.data
+
+
+# -- a run whose records were lost ends its open task rows -------------------------------------
+
+hold_s25 = threading.Event()
+locked_s25 = threading.Event()
+
+
+@component(executor="thread", cache=False)
+def holds_s25(i: int) -> int:
+    hold_s25.wait(30)
+    return i
+
+
+@component(executor="thread", cache=False)
+def quick_lost_s25(i: int) -> int:
+    return i
+
+
+@pipeline(name="lost_rows_s25", max_parallel=8)
+def lost_rows():
+    held = [holds_s25(i) for i in range(3)]
+    locked_s25.wait(30)
+    return [quick_lost_s25(9), *held]
+
+
+def test_a_run_whose_records_were_lost_leaves_no_task_or_attempt_running(tmp_path):
+    """After a write batch was given up (a disk full, a lock held too long), the recorder
+    writes none of the run's task-level records; the run ended FAILED and the tasks and
+    attempts that were running stayed RUNNING for good (``runs cancel`` refuses an ended
+    run). A real lock on the result database makes the batch fail."""
+    import sqlite3
+
+    from twingraph.engine.engine import Engine
+    from twingraph.stores.results.sqlite import SQLiteStorage
+
+    hold_s25.clear()
+    locked_s25.clear()
+    md = SQLMetadataStore(f"sqlite:///{tmp_path / 'md.db'}", create=True)
+    eng = Engine(results=SQLiteStorage(str(tmp_path / "r.db"), busy_timeout=0.3), metadata=md,
+                 writer="thread", flush_interval=0.02)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(lost_rows.run(engine=eng)))
+    t.start()
+    locker = None
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            runs = md.list_runs(pipeline="lost_rows_s25")
+            if runs and sum(x.state.value == "RUNNING" for x in md.get_tasks(runs[0].run_id)) == 3:
+                break
+            assert time.monotonic() < deadline, "the tasks never ran"
+            time.sleep(0.02)
+        locker = sqlite3.connect(str(tmp_path / "r.db"), isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")      # the quick task's result cannot be written
+        locked_s25.set()
+        time.sleep(2.5)                        # past every retry of its batch
+        locker.execute("ROLLBACK")
+    finally:
+        locked_s25.set()
+        hold_s25.set()
+        t.join(60)
+        if locker is not None:
+            locker.close()
+    r = out[0]
+    assert r.state is RunState.FAILED and "locked" in str(r.error), r.error
+    tasks = md.get_tasks(r.run_id)
+    assert not [x for x in tasks if not x.state.terminal], [(x.node_id, x.state) for x in tasks]
+    assert all("records could not be written" in (x.error or "") for x in tasks
+               if x.node_id.startswith("holds"))
+    assert not [a for a in md.get_attempts(r.run_id) if a.state.value == "RUNNING"]
+    eng.close()

@@ -679,6 +679,8 @@ class Engine:
             except Exception:  # noqa: BLE001 - the store is unusable: the result says so
                 log.warning("run %s: its final state could not be recorded", run_id,
                             exc_info=True)
+            else:
+                self._end_open_rows(run_id, loop.epoch, exc)
         finally:
             self.runs.pop(run_id, None)
             _live.discard(run_id)
@@ -706,6 +708,34 @@ class Engine:
         setcap = getattr(self.executor, "set_thread_capacity", None)
         if setcap is not None:
             setcap(n)
+
+    def _end_open_rows(self, run_id: str, epoch: int, exc: BaseException) -> None:
+        """The run ended FAILED because a batch of its records was lost: the recorder writes
+        none of its task-level records after that (``Recorder._without_doomed``), so the tasks
+        and attempts whose rows said RUNNING (or QUEUED...) stayed so under an ended run, for
+        good (``runs cancel`` refuses an ended run). They are ended here, written directly:
+        tasks CANCELLED, attempts FAILED, with the loss's error. Best effort: a store that
+        still refuses is left as it is (a resume ends them too)."""
+        md = self.metadata
+        if md is None:
+            return
+        why = f"not finished: the run's records could not be written ({error_text(exc)})"
+        now = self.clock.now()
+        try:
+            batch: list[Any] = [
+                TaskUpdate(run_id, t.node_id, TaskState.CANCELLED, now,
+                           fence=max(t.fence or 0, fence_token(epoch, 0)), error=why)
+                for t in md.get_tasks(run_id) if not t.state.terminal]
+            get_attempts = getattr(md, "get_attempts", None)
+            if get_attempts is not None:
+                batch += [AttemptRecord(run_id, a.node_id, a.attempt, a.fence, TaskState.FAILED,
+                                        a.executor, a.started_at, now, why)
+                          for a in get_attempts(run_id) if a.state is TaskState.RUNNING]
+            if batch:
+                md.write(batch)
+        except Exception:  # noqa: BLE001 - the store still refuses: the run's error says why
+            log.warning("run %s: its unfinished task rows could not be ended", run_id,
+                        exc_info=True)
 
     def _end_stale_attempts(self, run_id: str, prior: Mapping[str, TaskRecord],
                             epoch: int) -> None:
