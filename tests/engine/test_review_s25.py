@@ -585,3 +585,24 @@ def test_a_run_whose_records_were_lost_leaves_no_task_or_attempt_running(tmp_pat
                if x.node_id.startswith("holds"))
     assert not [a for a in md.get_attempts(r.run_id) if a.state.value == "RUNNING"]
     eng.close()
+
+
+def test_a_dependency_on_an_unknown_node_is_named_with_every_other_problem():
+    """``dependencies: {d: [a]}`` (no node d) was raised alone and hid the DAG's dangling
+    references and unknown operations (decision 0083: every offending node at once)."""
+    from twingraph.errors import GraphValidationError
+    s = DynamicScheduler(MemoryStorage(), ExecutionConfig())
+    s.executor.register_operation("add", lambda deps, params: 0)
+    dag = DAGDefinition("unk_s25", [N("a", "nope", [], {}), N("b", "add", ["ghost", "a"], {})],
+                        dependencies={"d": ["a"], "a": ["phantom"]})
+    with pytest.raises(GraphValidationError) as err:
+        s.run(dag)
+    e = err.value
+    assert e.nodes == ["a", "b", "d"]
+    assert "dependencies name unknown nodes" in e.reason and "dangling" in e.reason
+    assert "phantom" in e.why["a"] and "nope" in e.why["a"] and "ghost" in e.why["b"]
+    assert "named in dependencies" in e.why["d"]
+    # alone, as before
+    with pytest.raises(GraphValidationError, match="^dependencies name unknown nodes: d$"):
+        s.run(DAGDefinition("unk2_s25", [N("a", "add", [], {})], dependencies={"d": ["a"]}))
+    s.close()

@@ -1022,7 +1022,20 @@ class DynamicScheduler:
         extra = set(dag.dependencies) - unique if dag.dependencies else None
         del unique                     # a set of every id: not kept while validating
         if extra:
+            # with whatever else is wrong with the DAG: one error naming every offending node
+            # (this one alone hid the others: decision 0083)
+            try:
+                self._checked_graph(dag, ids)
+            except GraphValidationError as other:
+                why = {n: "not a node: named in dependencies" for n in extra}
+                why.update(other.why)
+                raise GraphValidationError(
+                    f"dependencies name unknown nodes; {other.reason}",
+                    extra | set(other.nodes), why=why) from None
             raise GraphValidationError("dependencies name unknown nodes", extra)
+        return self._checked_graph(dag, ids)
+
+    def _checked_graph(self, dag: DAGDefinition, ids: list[str]) -> Plan:
         deps_of = dag._deps_view          # read only, by validate_dag
         known = self.executor.known()
         names = {n.operation for n in dag.nodes}
