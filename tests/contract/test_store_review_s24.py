@@ -95,3 +95,17 @@ def test_a_small_compressed_value_in_a_data_file_comes_back_as_bytes(tmp_path: P
     assert type(got) is bytes and got == data
     assert json.loads(got)[3]["n"] == 3
     s.close()
+
+
+def test_a_metadata_file_of_another_key_is_integrity_error(tmp_path: Path):
+    """Session 25: the file store took ``metadata/nodes/<key>.json`` at its word. On a
+    case-insensitive file system ``A`` and ``a`` are one file, so ``retrieve("A")`` returned
+    the value of ``a``; simulated here with a hard link."""
+    import os
+    store = FilesystemStorage(str(tmp_path / "fs"))
+    _put(store, "a", b"value of a")
+    nodes = tmp_path / "fs" / "metadata" / "nodes"
+    os.link(nodes / "a.json", nodes / "A.json")
+    with pytest.raises(IntegrityError, match="metadata file of key 'a'"):
+        store.get("A")
+    assert bytes(store.get("a")) == b"value of a"

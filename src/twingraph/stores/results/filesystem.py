@@ -346,6 +346,10 @@ class FilesystemStorage(ResultStoreBase):
         digest, size = doc.get("content_hash"), doc.get("size")
         if not isinstance(digest, str):
             raise IntegrityError(key, "?", f"<metadata names no content hash: {digest!r}>")
+        if doc.get("node_id", key) != key:
+            # another key's file under this name: keys that differ only in case are one file
+            # on a case-insensitive file system (macOS, Windows), and its value is not ours
+            raise IntegrityError(key, digest, f"<metadata file of key {doc['node_id']!r}>")
         if type(size) is not int or size < 0:
             raise IntegrityError(key, digest, f"<metadata size is {size!r}>")
         storage = doc.get("storage")
