@@ -18,7 +18,7 @@ class DataType(Enum):
     BINARY = "binary"              # raw bytes
     NESTED = "nested"              # JSON lists/dicts, pickled objects
     DATASET = "dataset"            # arrays and tables (NumPy .npy, Arrow)
-    LARGE_OBJECT = "large_object"  # anything above the store's chunk threshold
+    LARGE_OBJECT = "large_object"  # any value above serialization.LARGE_THRESHOLD (64 MiB)
 
 
 @dataclass(slots=True)      # one per task result: ~0.9 µs less to build than with a __dict__
