@@ -606,3 +606,32 @@ def test_a_dependency_on_an_unknown_node_is_named_with_every_other_problem():
     with pytest.raises(GraphValidationError, match="^dependencies name unknown nodes: d$"):
         s.run(DAGDefinition("unk2_s25", [N("a", "add", [], {})], dependencies={"d": ["a"]}))
     s.close()
+
+
+def _depth_s25(deps, params):
+    n, x = 0, params["x"]
+    while isinstance(x, list) and x:
+        n, x = n + 1, x[0]
+    return n
+
+
+def test_a_node_with_deeply_nested_parameters_runs_and_is_memoized(tmp_path):
+    """Parameters nested ~500 lists deep failed the node with ``RecursionError`` in its key
+    (a call's arguments had a fallback, a declared node's parameters not)."""
+    deep, other = [], ["leaf"]                 # they differ only at the bottom
+    for _ in range(800):
+        deep, other = [deep], [other]
+    md = SQLMetadataStore(f"sqlite:///{tmp_path / 'md.db'}", create=True)
+    s = DynamicScheduler(MemoryStorage(), ExecutionConfig(max_retries=0), metadata=md)
+    s.executor.register_operation("depth", _depth_s25)
+
+    def run(x):
+        r = s.run(DAGDefinition("deep_s25", [N("a", "depth", [], {"x": x})]))
+        assert r.state is RunState.SUCCESS, r.failures
+        (task,) = md.get_tasks(r.run_id)
+        return task.cache_status, s.node_results("deep_s25")["a"].result_data
+
+    assert run(deep) == ("miss", 800)
+    assert run(deep) == ("hit", 800)
+    assert run(other) == ("miss", 801)          # not a wrong hit
+    s.close()

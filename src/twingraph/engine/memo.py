@@ -271,9 +271,16 @@ def declared_key(engine: Any, task: Task) -> str:
     for n, p in zip(names, producers):
         inputs.append(n)
         inputs.append("@" + p.content_hash + "()")
+    try:
+        params = digest_value(parameters, Ref, _ref_digest, leaf)
+    except RecursionError:          # nested too deep to walk: by its pickle, as a call's are
+        begin_walk()
+        try:
+            params = _deep_digest(parameters, leaf)
+        finally:
+            end_walk()
     return sha256(engine.key_prefix(task.spec) + b'[{"t":' + digest_json(
-        [_names_digest(arguments, leaf), digest_value(parameters, Ref, _ref_digest, leaf),
-         {"o": inputs}]) + b'},{"d":{}}]').hexdigest()
+        [_names_digest(arguments, leaf), params, {"o": inputs}]) + b'},{"d":{}}]').hexdigest()
 
 
 def _deep_digest(value: Any, leaf: Callable[[Any], str]) -> Any:
