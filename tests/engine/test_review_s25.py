@@ -635,3 +635,21 @@ def test_a_node_with_deeply_nested_parameters_runs_and_is_memoized(tmp_path):
     assert run(deep) == ("hit", 800)
     assert run(other) == ("miss", 801)          # not a wrong hit
     s.close()
+
+
+@component(cache=False)
+def show_s25(x) -> str:
+    return repr(x)
+
+
+@pipeline(name="ordered_s25")
+def ordered():
+    from collections import OrderedDict
+    return show_s25(x=OrderedDict(k=echo_s25(v=1)["outputs"]["result"]))
+
+
+def test_a_future_inside_an_ordereddict_is_refused_in_words_that_say_so(engine):
+    """The error listed dicts as accepted: an OrderedDict is one, to its author."""
+    r = ordered.run(engine=engine)
+    assert r.state is RunState.FAILED
+    assert "an OrderedDict, a defaultdict, a deque are other objects" in str(r.error)

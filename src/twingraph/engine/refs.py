@@ -125,8 +125,9 @@ class Ref:
     def __reduce__(self) -> Any:
         raise TypeError(
             "a component's future cannot be pickled: pass futures to components directly or "
-            "inside lists, tuples (named tuples too), sets or dicts, not inside other objects; "
-            "or call .result() first")
+            "inside lists, tuples (named tuples too), sets, dicts or dataclasses, not inside "
+            "other objects (an OrderedDict, a defaultdict, a deque are other objects: make "
+            "it a dict or a list); or call .result() first")
 
 
 def _concrete(v: Any) -> Any:
