@@ -653,3 +653,40 @@ def test_a_future_inside_an_ordereddict_is_refused_in_words_that_say_so(engine):
     r = ordered.run(engine=engine)
     assert r.state is RunState.FAILED
     assert "an OrderedDict, a defaultdict, a deque are other objects" in str(r.error)
+
+
+# -- BaseComponent.execute gets parent_hash when it declares it --------------------------------
+
+from twingraph import BaseComponent   # noqa: E402
+
+
+class TakesLineage(BaseComponent):
+    def validate_inputs(self, x):              # lineage is not an input
+        if x < 0:
+            raise ValueError("x must be >= 0")
+
+    def execute(self, x, parent_hash=None):
+        return {"ph": parent_hash}
+
+
+class IgnoresLineage(BaseComponent):
+    def execute(self, x):
+        return {"x": x}
+
+
+@pipeline(name="base_lineage_s25")
+def base_lineage():
+    s = echo_s25(v=1)
+    return {"takes": TakesLineage()(x=1, parent_hash=s["hash"])["outputs"]["ph"],
+            "ignores": IgnoresLineage()(x=2, parent_hash=s["hash"])["outputs"]["x"],
+            "src": s["hash"]}
+
+
+def test_a_base_component_declaring_parent_hash_gets_it(engine):
+    """Taken out of every call (decision 0004 passes lineage arguments to a function that
+    declares them; a ``BaseComponent.execute`` never got them)."""
+    r = base_lineage.run(engine=engine)
+    assert r.state is RunState.SUCCESS, r.error
+    assert r.value["takes"] == r.value["src"] and r.value["ignores"] == 2
+    assert TakesLineage()(x=1, parent_hash="abc") == {"ph": "abc"}         # a plain call too
+    assert IgnoresLineage()(x=3, parent_hash="abc") == {"x": 3}

@@ -21,7 +21,7 @@ from twingraph.core.arguments import parameters_of
 from twingraph.core.codeversion import code_version
 from twingraph.core.instancestate import instance_state as _instance_state
 from twingraph.core.specs import ComponentSpec
-from twingraph.engine.calls import LINEAGE_KWARGS
+from twingraph.engine.calls import accepts_lineage, strip_lineage
 from twingraph.engine.engine import current_run
 from twingraph.registry import registered_components
 
@@ -90,7 +90,8 @@ class BaseComponent(abc.ABC):
         """Do the work; return a dict, a NamedTuple or a plain value."""
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
-        self.validate_inputs(**(self._by_name(args, kwargs) if args else kwargs))
+        given = strip_lineage(kwargs)       # inputs: lineage is not one
+        self.validate_inputs(**(self._by_name(args, given) if args else given))
         return self.execute(*args, **kwargs)
 
     def _by_name(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -185,14 +186,16 @@ class BaseComponent(abc.ABC):
             if platform != "local":
                 from twingraph.dsl.component import warn_plain_call
                 warn_plain_call(type(self).__name__, platform)
-            for k in LINEAGE_KWARGS:
-                kwargs.pop(k, None)
-            return self.run(*args, **kwargs)
+            return self.run(*args, **self._for_execute(kwargs))
         from twingraph.dsl.component import check_platform
         check_platform(run.engine, [self])
         return run.call(self.spec, self._task, args, kwargs)
 
     def _task(self, *args: Any, **kwargs: Any) -> Any:
-        for k in LINEAGE_KWARGS:        # as in a plain call: lineage is the engine's, not execute's
-            kwargs.pop(k, None)
-        return self.run(*args, **kwargs)
+        return self.run(*args, **self._for_execute(kwargs))
+
+    def _for_execute(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` as ``execute`` takes them: with ``parent_hash``/``parent_hashes`` only if
+        it declares them (or ``**kwargs``), as a function component gets them (decision 0004);
+        they were always taken out."""
+        return kwargs if accepts_lineage(type(self).execute) else strip_lineage(kwargs)
