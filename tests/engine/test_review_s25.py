@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from pathlib import Path
 
 import pytest
 
@@ -690,3 +691,43 @@ def test_a_base_component_declaring_parent_hash_gets_it(engine):
     assert r.value["takes"] == r.value["src"] and r.value["ignores"] == 2
     assert TakesLineage()(x=1, parent_hash="abc") == {"ph": "abc"}         # a plain call too
     assert IgnoresLineage()(x=3, parent_hash="abc") == {"x": 3}
+
+
+# -- resume --no-cache keeps what the run itself stored ----------------------------------------
+
+def test_a_no_cache_resume_keeps_the_memoized_tasks_the_run_stored(engine, tmp_path):
+    """``--resume RUN --no-cache`` ran the run's memoized tasks again (looked up under the
+    run's own key, never their structural one), while its cache=False tasks were kept."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    @component(cache=True)
+    def step_s25(i: int, where: str) -> int:
+        (Path(where) / f"step{i}-{len(list(Path(where).iterdir()))}").touch()
+        return i
+
+    @component(cache=False)
+    def own_s25(i: int, where: str) -> int:
+        (Path(where) / f"own{i}-{len(list(Path(where).iterdir()))}").touch()
+        return i
+
+    @component(cache=False)
+    def flaky_s25(xs: list, where: str) -> int:
+        if not (Path(where) / "ok").exists():
+            raise RuntimeError("not yet")
+        return sum(xs)
+
+    @pipeline(name="no_cache_resume_s25", error_handler="continue")
+    def p(where: str):
+        xs = [step_s25(i, where)["outputs"]["result"] for i in range(3)]
+        xs.append(own_s25(9, where)["outputs"]["result"])
+        return flaky_s25(xs, where)
+
+    r = p.run(engine=engine, where=str(marks))
+    assert r.state is RunState.FAILED
+    before = sorted(x.name for x in marks.iterdir())
+    (marks / "ok").touch()
+    again = p.run(engine=engine, where=str(marks), resume=r.run_id, no_cache=True)
+    assert again.state is RunState.SUCCESS, again.error
+    assert again.value["outputs"]["result"] == 0 + 1 + 2 + 9
+    assert sorted(x.name for x in marks.iterdir()) == sorted(before + ["ok"])   # nothing rerun

@@ -86,11 +86,14 @@ class MemoSide:
         prior = self.prior.get(task.node_id) if self.prior else None
         structural = key
         if not memoize:                # its result is its own, not shared by key
-            if prior is not None and prior.state is SUCCESS and prior.cache_key and any(
-                    prior.cache_key == own_key(key, self.run_id, task.node_id, e)
-                    for e in range(self.epoch)):
+            if prior is not None and prior.state is SUCCESS and prior.cache_key and (
+                    prior.cache_key == key or any(
+                        prior.cache_key == own_key(key, self.run_id, task.node_id, e)
+                        for e in range(self.epoch))):
                 # stored under an earlier driver of this run (its row's fence may be a later
-                # driver's, which resumed it: every earlier generation is tried)
+                # driver's, which resumed it: every earlier generation is tried); or under its
+                # structural key, by this run before a resume asked for --no-cache: what the
+                # run stored is kept, as it is for a cache=False task (it was computed again)
                 key = prior.cache_key
             else:
                 key = own_key(key, self.run_id, task.node_id, self.epoch)
