@@ -731,3 +731,56 @@ def test_a_no_cache_resume_keeps_the_memoized_tasks_the_run_stored(engine, tmp_p
     assert again.state is RunState.SUCCESS, again.error
     assert again.value["outputs"]["result"] == 0 + 1 + 2 + 9
     assert sorted(x.name for x in marks.iterdir()) == sorted(before + ["ok"])   # nothing rerun
+
+
+# -- strings with lone surrogates (undecodable file names) ------------------------------------
+
+@component(cache=True)
+def name_len_s25(path: str) -> int:
+    return len(path)
+
+
+@pipeline(name="surrogates_s25")
+def surrogates(names: list):
+    return [name_len_s25(path=n)["outputs"]["result"] for n in names]
+
+
+def test_a_file_name_with_an_undecodable_byte_is_a_valid_input(engine):
+    """``os.listdir`` gives ``'caf\\udce9.txt'`` for a Latin-1 name on a UTF-8 system: the
+    key's JSON was encoded strictly and every such task failed before it ran."""
+    from twingraph.core.hashing import canonical_json
+    names = ["caf\udce9.txt", "\ud800" + "x" * 70, "café.txt"]
+    r = surrogates.run(engine=engine, names=names)
+    assert r.state is RunState.SUCCESS, r.error
+    assert r.value == [8, 71, 8]
+    again = surrogates.run(engine=engine, names=names)
+    assert {t.cache_status for t in engine.metadata.get_tasks(again.run_id)} == {"hit"}
+    assert canonical_json(["café"]) == '["café"]'.encode()           # other text: as before
+    assert canonical_json(["caf\udce9"]) != canonical_json(["caf\udce8"])
+
+
+def test_runs_show_prints_a_parameter_with_a_lone_surrogate(tmp_path):
+    import os
+    import subprocess
+    import sys
+    f = tmp_path / "p.py"
+    f.write_text("from twingraph import component, pipeline\n\n"
+                 "@component\n"
+                 "def echo(a):\n"
+                 "    return len(a)\n\n"
+                 "@pipeline(name='untyped_s25')\n"
+                 "def untyped(a=None):\n"
+                 "    return echo(a)\n")
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), PYTHONIOENCODING="utf-8")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "twingraph", *args], env=env,
+                              capture_output=True, text=True, timeout=120,
+                              errors="backslashreplace")
+    ran = cli("run", str(f), "--param", 'a="\\ud800"', "--no-progress")
+    assert ran.returncode == 0, ran.stderr
+    run_id = ran.stdout.split("run ")[1].split()[0] if "run " in ran.stdout else \
+        ran.stderr.split("run ")[1].split()[0]
+    shown = cli("runs", "show", run_id)
+    assert shown.returncode == 0, shown.stderr
+    assert '"a": "\\ud800"' in shown.stdout

@@ -482,10 +482,12 @@ def main() -> None:
 def _printable_streams() -> None:
     """On a terminal or pipe whose encoding cannot spell every character (``latin-1``,
     ``ascii``), print what it cannot as escapes: a pipeline or node name, a log line or a
-    parameter in another script must not crash ``runs show`` half-way."""
+    parameter in another script must not crash ``runs show`` half-way. In UTF-8 too: a lone
+    surrogate (a file name ``os.listdir`` could not decode, a ``--param "\\ud800"``) cannot
+    be encoded, and ``runs show`` of such a run died with a traceback."""
     for stream in (sys.stdout, sys.stderr):
-        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
-        if encoding not in ("utf8", "utf16", "utf32") and hasattr(stream, "reconfigure"):
+        if getattr(stream, "errors", None) in ("strict", "surrogateescape") \
+                and hasattr(stream, "reconfigure"):
             try:
                 stream.reconfigure(errors="backslashreplace")
             except (ValueError, OSError):       # a stream that cannot change: as it is

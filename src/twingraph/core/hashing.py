@@ -62,11 +62,14 @@ def digest_json(digest: Any) -> bytes:
 
 
 def canonical_json(obj: Any) -> bytes:
-    """Deterministic JSON: sorted keys, no whitespace, UTF-8. Raises TypeError for non-JSON."""
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8. Raises TypeError for non-JSON.
+    A lone surrogate (a file name ``os.listdir`` decoded with ``surrogateescape``) is encoded
+    as itself (``surrogatepass``): it failed every task given such a string; any other text
+    gives the same bytes as before."""
     if _C_CANONICAL is not None:
-        return "".join(_C_CANONICAL(obj, 0)).encode()
+        return "".join(_C_CANONICAL(obj, 0)).encode("utf-8", "surrogatepass")
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode()
+                      allow_nan=False).encode("utf-8", "surrogatepass")
 
 
 # SHA-256 of a few dozen bytes (a task's small result) costs ~0.9 µs through OpenSSL, whose
@@ -172,7 +175,8 @@ def own_key(structural: str, run_id: str, node_id: str, epoch: int = 0) -> str:
     reload gave one call the other's value. With the epoch, a stalled earlier driver's late
     write cannot replace the result of the driver that took the run over; a resumed task
     finds its own under its row's epoch."""
-    return sha256_hex(f"{structural}\0{run_id}\0{node_id}\0{epoch}".encode())
+    return sha256_hex(f"{structural}\0{run_id}\0{node_id}\0{epoch}".encode("utf-8",
+                                                                            "surrogatepass"))
 
 
 def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], Any],
@@ -191,7 +195,7 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
     if t is str:
         # '@' starts reference digests; a literal string starting with it is escaped.
         if len(value) > 64 or value[:1] == "@":
-            return {"h": sha256_hex(value.encode())}
+            return {"h": sha256_hex(value.encode("utf-8", "surrogatepass"))}
         return value
     if t is int or t is bool or value is None:
         return value
