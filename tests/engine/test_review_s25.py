@@ -784,3 +784,85 @@ def test_runs_show_prints_a_parameter_with_a_lone_surrogate(tmp_path):
     shown = cli("runs", "show", run_id)
     assert shown.returncode == 0, shown.stderr
     assert '"a": "\\ud800"' in shown.stdout
+
+
+def test_a_driver_taken_over_does_not_end_the_new_drivers_rows_after_a_lost_batch(tmp_path):
+    """Regression review: the ending of open rows after a lost batch read fences back from
+    the store and wrote them, so a driver taken over cancelled the new driver's task and
+    failed its attempt (fencing bypassed)."""
+    import sqlite3
+
+    from twingraph.core.records import AttemptRecord, TaskUpdate
+    from twingraph.core.states import TaskState, fence
+    from twingraph.engine.engine import Engine
+    from twingraph.stores.results.sqlite import SQLiteStorage
+
+    hold_s25.clear()
+    locked_s25.clear()
+    md = SQLMetadataStore(f"sqlite:///{tmp_path / 'md.db'}", create=True)
+    eng = Engine(results=SQLiteStorage(str(tmp_path / "r.db"), busy_timeout=0.3), metadata=md,
+                 writer="thread", flush_interval=0.02)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(lost_rows.run(engine=eng)))
+    t.start()
+    locker = None
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            runs = md.list_runs(pipeline="lost_rows_s25")
+            if runs and sum(x.state.value == "RUNNING" for x in md.get_tasks(runs[0].run_id)) == 3:
+                break
+            assert time.monotonic() < deadline, "the tasks never ran"
+            time.sleep(0.02)
+        rid = runs[0].run_id
+        locker = sqlite3.connect(str(tmp_path / "r.db"), isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        locked_s25.set()
+        epoch = md.claim_driver(rid)              # another driver takes the run over
+        now = time.time()
+        md.write([TaskUpdate(rid, "holds_s25-0", TaskState.RUNNING, now, fence=fence(epoch, 1)),
+                  AttemptRecord(rid, "holds_s25-0", 1, fence(epoch, 1), TaskState.RUNNING,
+                                "local", now)])
+        time.sleep(2.5)
+        locker.execute("ROLLBACK")
+    finally:
+        locked_s25.set()
+        hold_s25.set()
+        t.join(60)
+        if locker is not None:
+            locker.close()
+    assert out[0].state is RunState.FAILED
+    mine = [x for x in md.get_tasks(rid) if x.node_id == "holds_s25-0"][0]
+    assert mine.state.value == "RUNNING" and mine.fence == fence(epoch, 1)
+    attempt = [a for a in md.get_attempts(rid) if a.fence == fence(epoch, 1)][0]
+    assert attempt.state.value == "RUNNING"
+    eng.close()
+
+
+def test_a_resume_that_fails_after_its_claim_gives_the_run_back_as_it_was(tmp_path, monkeypatch):
+    """Regression review: the claim makes the run RUNNING; a resume that then failed (a
+    Ctrl-C or a store error reading its tasks) left it RUNNING with no driver."""
+    from twingraph.engine.engine import Engine
+    from twingraph.stores.results.sqlite import SQLiteStorage
+    md = SQLMetadataStore(f"sqlite:///{tmp_path / 'md.db'}", create=True)
+    eng = Engine(results=SQLiteStorage(str(tmp_path / "r.db")), metadata=md,
+                 flush_interval=0.02)
+    gate_s25.clear()
+    cancel = threading.Timer(0.5, lambda: [eng.cancel(r) for r in list(eng.runs)])
+    cancel.start()
+    r = gated_pipeline.run(engine=eng)
+    assert r.state is RunState.CANCELLED
+    before = md.get_run(r.run_id)
+
+    def boom(run_id):
+        raise KeyboardInterrupt("Ctrl-C while the resume read the task rows")
+    monkeypatch.setattr(md, "get_tasks", boom)
+    with pytest.raises(KeyboardInterrupt):
+        gated_pipeline.run(engine=eng, resume=r.run_id)
+    monkeypatch.undo()
+    after = md.get_run(r.run_id)
+    assert after.state is RunState.CANCELLED and after.error == before.error
+    gate_s25.set()
+    again = gated_pipeline.run(engine=eng, resume=r.run_id)     # and it can be resumed
+    assert again.state is RunState.SUCCESS, again.error
+    eng.close()

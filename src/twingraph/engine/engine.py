@@ -31,7 +31,8 @@ from twingraph.core.hashing import (canonical_json, config_digest, digest_json, 
 from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord, TaskUpdate
 from twingraph.core.results import StorageMetadata
 from twingraph.core.specs import DEFAULT_TIMEOUT
-from twingraph.core.states import RunState, TaskState, fence as fence_token, transition_run
+from twingraph.core.states import (RunState, TaskState, fence as fence_token, fence_epoch,
+                                   transition_run)
 from twingraph.engine.async_store import AsyncStoreAdapter, as_result_store
 from twingraph.engine.awaiting import nested_run, run_awaitable
 from twingraph.engine.bodystop import HARD_STOPS, BodyWatch
@@ -544,9 +545,15 @@ class Engine:
             # (it saw the run ended, skipped the wait, and claimed over this one's heartbeat).
             epoch = self.metadata.claim_driver(run_id, heartbeat=seen, now=self.clock.now(),
                                                running=True)
-            self.recorder.revive(run_id)
-            prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
-            self._end_stale_attempts(run_id, prior, epoch)
+            try:
+                self.recorder.revive(run_id)
+                prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
+                self._end_stale_attempts(run_id, prior, epoch)
+            except BaseException:
+                # Claimed (RUNNING) and not started: the run is given back as it was, else
+                # it stayed RUNNING with no driver (a Ctrl-C, a store error here).
+                self._unclaim(rec, epoch)
+                raise
         else:
             epoch = 0
         run_id = run_id or uuid.uuid4().hex
@@ -680,7 +687,8 @@ class Engine:
                 log.warning("run %s: its final state could not be recorded", run_id,
                             exc_info=True)
             else:
-                self._end_open_rows(run_id, loop.epoch, exc)
+                if loop.taken_over is None:     # a driver taken over from writes nothing
+                    self._end_open_rows(run_id, loop.epoch, exc)
         finally:
             self.runs.pop(run_id, None)
             _live.discard(run_id)
@@ -709,6 +717,19 @@ class Engine:
         if setcap is not None:
             setcap(n)
 
+    def _unclaim(self, rec: RunRecord, epoch: int) -> None:
+        """A resume that claimed ``rec``'s run and failed before starting it: the run's state
+        as it was (an ended run ended again, with its error; a RUNNING one left to the wait
+        for its driver), best effort."""
+        if rec.state is RunState.RUNNING or self.metadata is None:
+            return
+        try:
+            self.metadata.write([RunUpdate(rec.run_id, rec.state, self.clock.now(),
+                                           error=rec.error, epoch=epoch)])
+        except Exception:  # noqa: BLE001 - the store refuses: the resume's own error says why
+            log.warning("run %s: its state could not be restored after a failed resume",
+                        rec.run_id, exc_info=True)
+
     def _end_open_rows(self, run_id: str, epoch: int, exc: BaseException) -> None:
         """The run ended FAILED because a batch of its records was lost: the recorder writes
         none of its task-level records after that (``Recorder._without_doomed``), so the tasks
@@ -722,15 +743,21 @@ class Engine:
         why = f"not finished: the run's records could not be written ({error_text(exc)})"
         now = self.clock.now()
         try:
+            if md.driver_epoch(run_id) != epoch:
+                return              # another driver took the run over: its rows are its own
+            # Only the rows this driver wrote (their fence is of its epoch): an earlier
+            # driver's were ended when this one resumed the run, a later one's are not ours.
             batch: list[Any] = [
-                TaskUpdate(run_id, t.node_id, TaskState.CANCELLED, now,
-                           fence=max(t.fence or 0, fence_token(epoch, 0)), error=why)
-                for t in md.get_tasks(run_id) if not t.state.terminal]
+                TaskUpdate(run_id, t.node_id, TaskState.CANCELLED, now, fence=t.fence,
+                           error=why)
+                for t in md.get_tasks(run_id)
+                if not t.state.terminal and fence_epoch(t.fence or 0) == epoch]
             get_attempts = getattr(md, "get_attempts", None)
             if get_attempts is not None:
                 batch += [AttemptRecord(run_id, a.node_id, a.attempt, a.fence, TaskState.FAILED,
                                         a.executor, a.started_at, now, why)
-                          for a in get_attempts(run_id) if a.state is TaskState.RUNNING]
+                          for a in get_attempts(run_id)
+                          if a.state is TaskState.RUNNING and fence_epoch(a.fence) == epoch]
             if batch:
                 md.write(batch)
         except Exception:  # noqa: BLE001 - the store still refuses: the run's error says why
