@@ -63,9 +63,7 @@ class NestedPipelineStopped(RunStopped):
     """Raised inside the body of a nested pipeline (one called in a running pipeline) that went
     on past its own ``timeout`` and the grace period. The nested pipeline's call catches it and
     raises ``PipelineTimeout`` to the body that called it, which may handle it and go on: the
-    run is not over. Each call raises a subclass of its own (``scope``: the call's scope)."""
-
-    scope: Any = None
+    run is not over."""
 
     def __init__(self, *args: object) -> None:
         super().__init__(*(args or ("the nested pipeline timed out and its body went on past "

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -49,7 +50,7 @@ class Scope:
     """One call of a nested pipeline that has settings of its own, in one run."""
     __slots__ = ("loop", "name", "parent", "max_parallel", "error_handler", "error_config",
                  "timeout", "started", "tasks", "active", "parked", "ended", "closed",
-                 "timed", "failure_key", "watch")
+                 "timed", "failure_key", "watch", "__weakref__")
 
     def __init__(self, loop: Any, name: str, parent: Scope | None, settings: Mapping[str, Any],
                  started: float) -> None:
@@ -95,9 +96,8 @@ def nested(loop: Any, name: str, settings: Mapping[str, Any],
     parent = current(loop)
     scope = Scope(loop, name, parent, settings, loop.clock.monotonic())
     if scope.timeout is not None and entry is not None:
-        stop = type("NestedPipelineStopped", (NestedPipelineStopped,), {"scope": scope})
-        scope.watch = BodyWatch(threading.get_ident(), entry, stop)
-        loop.inbox.put(("scope", scope))
+        scope.watch = BodyWatch(threading.get_ident(), entry, NestedPipelineStopped)
+        loop.inbox.put(("scope", weakref.ref(scope)))    # (gone when taken: no timer)
     before = getattr(_local, "scope", None)
     _local.scope = scope
     try:
@@ -111,33 +111,40 @@ def nested(loop: Any, name: str, settings: Mapping[str, Any],
 def run_nested(loop: Any, name: str, settings: Mapping[str, Any], fn: Callable[..., Any],
                args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
     """Call nested pipeline ``name``'s body ``fn`` in a scope of ``loop``'s run. If its
-    timeout passes and the body goes on, the ``NestedPipelineStopped`` raised in it ends the
-    call with ``PipelineTimeout``: a failure of the run the scope's failure already is, which
-    the calling body handles by catching it (as it would a future of the scope's)."""
+    timeout passes, the call raises ``PipelineTimeout``: a body that went on past it is
+    stopped (``NestedPipelineStopped``, raised in it ``GRACE`` seconds later), one that
+    returned late is not given its value. That is a failure of the run the scope's failure
+    already is, which the calling body handles by catching it (as it would a future of the
+    scope's); one the nested body handled itself (it caught a cancelled future of its own)
+    is not raised again."""
     with nested(loop, name, settings, sys._getframe()) as scope:
         watch = scope.watch
         if watch is None:
             return fn(*args, **kwargs)
         stopped = False
         try:
-            return fn(*args, **kwargs)
-        except NestedPipelineStopped as exc:
-            if exc.scope is not scope:
+            value = fn(*args, **kwargs)
+        except NestedPipelineStopped:
+            with watch.lock:            # (the stopper sends and says so under it)
+                mine = watch.sent
+            if not mine:
                 raise               # a pipeline around this one timed out: its to end
             stopped = True
         finally:
             # first: nothing is raised in it after this (one sent as the body returned is
-            # taken back, or caught here)
+            # taken back, or caught here); then the watch goes (the scope may be kept)
             stopped = watch.settle() or stopped
-        if stopped:                 # (only when its own was caught: else it returned above)
-            key = scope.failure_key
-            if key is not None:
-                loop.observed_failures.add(key)
-            error = PipelineTimeout(f"pipeline {name} {scope.ended or 'timed out'}; its body "
-                                    f"went on and was stopped", run_id=loop.run_id)
-            error.scope_failure = key      # type: ignore[attr-defined]
-            raise error
-        raise AssertionError("unreachable")     # pragma: no cover
+            scope.watch = None
+        key = scope.failure_key
+        if not stopped and (key is None or key in loop.observed_failures):
+            return value
+        if key is not None:
+            loop.observed_failures.add(key)
+        error = PipelineTimeout(f"pipeline {name} {scope.ended or 'timed out'}; its body "
+                                + ("went on and was stopped" if stopped else
+                                   "returned after that"), run_id=loop.run_id)
+        error.scope_failure = key      # type: ignore[attr-defined]
+        raise error
 
 
 class ScopeSide:
@@ -170,16 +177,19 @@ class ScopeSide:
             if s.timeout is not None and not s.timed:
                 s.timed = True
                 left = s.started + s.timeout - self.clock.monotonic()
-                self._timer(max(left, 0.0), "scope_timeout", s, 0)
+                self._timer(max(left, 0.0), "scope_timeout", weakref.ref(s), 0)
         return True
 
-    def _scope_opened(self, scope: Scope) -> None:
+    def _scope_opened(self, ref: Callable[[], Scope | None]) -> None:
         """A scope with a timeout was entered: its timer counts from the call, whether or not
         its body submits a task (a body busy before its first call was never timed out)."""
-        if not scope.timed and scope.timeout is not None:
+        scope = ref()
+        if scope is not None and not scope.timed and scope.timeout is not None:
             scope.timed = True
             left = scope.started + scope.timeout - self.clock.monotonic()
-            self._timer(max(left, 0.0), "scope_timeout", scope, 0)
+            # held weakly: a call that is over and left no task needs no timer (200,000 calls
+            # of a nested pipeline with an hour's timeout kept every scope for the hour)
+            self._timer(max(left, 0.0), "scope_timeout", weakref.ref(scope), 0)
 
     def _scope_parks(self, task: Task) -> bool:
         """Whether ``task`` (queued, about to start) must wait for a scope's ``max_parallel``:

@@ -59,8 +59,10 @@ class TimerSide:
                 if not (self.body_finished and self.unfinished == 0):
                     self._stop("timeout", f"pipeline timed out after {self.opt.timeout:g}s")
                 continue
-            if kind == "scope_timeout":           # a nested pipeline's (``task``: its scope)
-                self._scope_timed_out(task)
+            if kind == "scope_timeout":    # a nested pipeline's (``task``: a weakref to its scope)
+                scope = task()
+                if scope is not None:        # (gone: the call is over and left no task)
+                    self._scope_timed_out(scope)
                 continue
             if task is None or task.fence != fence:
                 continue
