@@ -57,7 +57,7 @@ def test_node_results_of_a_cancelled_dag_name_every_node(tmp_path, with_metadata
 from twingraph import component, pipeline                              # noqa: E402
 from twingraph.core.states import RunState                             # noqa: E402
 from twingraph.engine import bodystop                                  # noqa: E402
-from twingraph.errors import NestedPipelineStopped, PipelineTimeout   # noqa: E402
+from twingraph.errors import NestedPipelineStopped, PipelineTimeout, ValidationError  # noqa: E402
 
 nested_events: list[str] = []
 
@@ -944,3 +944,14 @@ def test_calls_of_a_nested_pipeline_with_a_timeout_are_not_kept_until_it_passes(
     r = many_calls.run(engine=engine, n=2000)
     assert r.state is RunState.SUCCESS, r.error
     assert r.value["total"] == sum(range(2000)) and r.value["live"] < 50, r.value
+
+
+@pipeline(name="plain_params_s25")
+def plain_params(x: int = 1):
+    return x
+
+
+def test_a_run_option_given_to_a_call_of_the_pipeline_is_refused_with_a_hint(engine):
+    with pytest.raises(ValidationError, match=r"engine is a run option: pass it to "
+                                              r"plain_params\.run\(\.\.\.\)"):
+        plain_params(2, engine=engine)

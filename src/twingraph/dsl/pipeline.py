@@ -279,6 +279,10 @@ def _validate_cron(expr: str) -> None:
         raise ValidationError(f"schedule of the pipeline: {exc}") from None
 
 
+#: ``Pipeline.run``'s own keywords (a call of the pipeline passes every keyword to it).
+_RUN_OPTIONS = frozenset({"engine", "no_cache", "max_parallel", "resume", "on_start"})
+
+
 def _params(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
             partial: bool = False) -> dict[str, Any]:
     """The call's arguments by name (``partial``: some may be missing, as in a resume,
@@ -287,7 +291,12 @@ def _params(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any
     try:
         bound = sig.bind_partial(*args, **kwargs) if partial else sig.bind(*args, **kwargs)
     except TypeError as exc:
-        raise ValidationError(f"bad arguments for pipeline {fn.__name__}: {exc}") from None
+        options = sorted(set(kwargs) & _RUN_OPTIONS - set(sig.parameters))
+        one = len(options) == 1
+        what = "is a run option: pass it" if one else "are run options: pass them"
+        hint = (f" ({', '.join(options)} {what} to {fn.__name__}.run(...), not to a call of "
+                f"the pipeline)") if options else ""
+        raise ValidationError(f"bad arguments for pipeline {fn.__name__}: {exc}{hint}") from None
     out = dict(bound.arguments)
     if not partial:
         out.update(recorded_defaults(fn, out))
