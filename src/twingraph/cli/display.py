@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -326,46 +326,69 @@ def shown_tasks(tasks: list[Any], limit: int) -> list[Any]:
     return [t for t in tasks if id(t) in keep]
 
 
-def tasks_table(shown: list[Any], total: int | None = None, width: int | None = None) -> Table:
+def tasks_table(shown: list[Any], total: int | None = None,
+                width: int | None = None) -> RenderableType:
     """The tasks ``shown``, of ``total`` (when some were left out, the title says so).
 
     In a terminal narrower than the table (``width``), a compact layout: no column lines, the
-    component column left out when every node id names its component (``load_data-0``), and
-    the short columns (state, cache, attempts, duration) never folded; at 80 columns their
-    headers folded mid-word ("componen|t", "duratio|n") and every row took five lines."""
+    component column left out when every node id names its component (``load_data-0``), the
+    short columns (state, cache, attempts, duration) never folded, and the errors (and
+    labels) under the table, one line each, not in a column: at 80 columns the headers
+    folded mid-word ("componen|t", "duratio|n") and every row took five lines; an error
+    column squeezed to one character or cut off at the edge lost the reason."""
     total = len(shown) if total is None else total
     title = f"Tasks ({total})" if total == len(shown) else f"Tasks ({len(shown)} of {total} shown)"
     labelled = any((task.inputs or {}).get("labels") for task in shown)
     full = _tasks_table(shown, title, labelled, compact=False)
     if width is None or Console(width=UNWRAPPED).measure(full).maximum <= width:
         return full
-    return _tasks_table(shown, title, labelled, compact=True)
+    table = _tasks_table(shown, title, labelled, compact=True)
+    notes = [Text.assemble((task.node_id, "bold"), ": ", (_cut(task.error, 300), "red"))
+             for task in shown if task.error]
+    if labelled:
+        notes += [Text.assemble((task.node_id, "bold"), " labels: ", _labels(task))
+                  for task in shown if (task.inputs or {}).get("labels")]
+    return Group(table, *notes) if notes else table
+
+
+def _cut(text: str, n: int) -> str:
+    """``text`` up to ``n`` characters, with an ellipsis when it was longer."""
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def _labels(task: Any) -> str:
+    labels = (task.inputs or {}).get("labels") or {}
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def _tasks_table(shown: list[Any], title: str, labelled: bool, *, compact: bool) -> Table:
-    named = compact and all(t.node_id.startswith(f"{t.component}-") for t in shown)
-    errors = not compact or any(t.error for t in shown)
+    # compact: the component under the node id when the id does not name it; no column
     t = Table(title=title, box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
               pad_edge=not compact, show_edge=not compact, collapse_padding=compact)
-    short = {"state", "cache", "attempts", "duration"} if compact else set()
+    short = {"state", "cache", "tries", "time"} if compact else set()
     widest = max((len(task.node_id) for task in shown), default=4)
     # a short column is as wide as its header and its longest cell, never less
-    least = {"node": min(widest, 24), "state": 9, "cache": 5, "attempts": 8, "duration": 8} \
+    least = {"node": min(widest, 24), "state": 9, "cache": 5, "tries": 5, "time": 7} \
         if compact else {}
-    for c in ("node", *(() if named else ("component",)), "state", "cache", "why", "attempts",
-              "duration", *(("error",) if errors else ()), *(("labels",) if labelled else ())):
+    wide = not compact        # errors and labels: in columns, or under the compact table
+    names = ("node", "state", "cache", "why", "tries", "time") if compact else (
+        "node", "component", "state", "cache", "why", "attempts", "duration", "error",
+        *(("labels",) if labelled else ()))
+    for c in names:
         t.add_column(c, overflow="fold", no_wrap=c in short,
                      min_width=least.get(c),
-                     justify="right" if compact and c in ("attempts", "duration") else "left")
+                     justify="right" if compact and c in ("tries", "time") else "left")
     for task in shown:
+        node = Text(task.node_id)
+        if compact and not task.node_id.startswith(f"{task.component}-"):
+            node.append(f"\n{task.component}", style="dim")
         row: list[str | Text] = [
-            Text(task.node_id), *(() if named else (Text(task.component),)),
+            node, *(() if compact else (Text(task.component),)),
             _state(task.state.value), Text(task.cache_status or "—"),
             Text(task.cache_reason or ""), str(task.attempts),
             dur(task.started_at, task.ended_at),
-            *((Text((task.error or "")[:120]),) if errors else ())]
-        if labelled:
-            labels = (task.inputs or {}).get("labels") or {}
-            row.append(Text(", ".join(f"{k}={v}" for k, v in sorted(labels.items()))))
+            *((Text(_cut(task.error or "", 120)),) if wide else ())]
+        if labelled and wide:
+            row.append(Text(_labels(task)))
         t.add_row(*row)
     return t
