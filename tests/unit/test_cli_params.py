@@ -81,3 +81,15 @@ def test_optional_scalars_are_checked_and_take_null():
     assert parse_params(["a=null", "b=null"], typed_optional) == {"a": None, "b": None}
     with pytest.raises(ValidationError, match="--param a: expected int or null, got 'abc'"):
         parse_params(["a=abc"], typed_optional)
+
+
+def test_server_refuses_a_log_level_logging_or_uvicorn_does_not_know():
+    """``--log-level bogus`` ended in a traceback from ``logging``; ``warn`` got past it and
+    failed in uvicorn after the server said it was up. A usage error now (exit 2)."""
+    from typer.testing import CliRunner
+
+    from twingraph.cli.main import app
+    for bad in ("bogus", "trace", "warn"):
+        out = CliRunner().invoke(app, ["server", "--log-level", bad])
+        assert out.exit_code == 2, (bad, out.output)
+        assert "is not one of" in out.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import logging
 import socket
@@ -26,17 +27,27 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
+class LogLevel(str, enum.Enum):
+    """The levels both ``logging`` and uvicorn know (``trace``, ``warn`` are one's only)."""
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+
+
 def server(host: Annotated[str, typer.Option(help="Address to bind (loopback by default)")] = "127.0.0.1",
            port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
            load: Annotated[list[str], typer.Option("--load", help="FILE.py or module to load (repeatable)")] = [],  # noqa: B006
-           log_level: Annotated[str, typer.Option()] = "info",
+           log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.info,
            no_schedules: Annotated[bool, typer.Option("--no-schedules", help="Do not fire schedules")] = False) -> None:
     """Start the API server on the embedded default (or $TWINGRAPH_DATABASE_URL)."""
     import uvicorn
 
     from twingraph.server.build import build_app
     from twingraph.settings import Settings
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    level = log_level.value          # one both logging and uvicorn know
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings.from_env()
     # Bound before anything starts: a port in use was reported after "TwinGraph server on
     # ..." and "Application startup complete" (and with schedules already started).
@@ -59,7 +70,7 @@ def server(host: Annotated[str, typer.Option(help="Address to bind (loopback by 
         served = LoopbackHosts(app, also=[host])
     console.print(f"TwinGraph server on http://{escape(host)}:{port} (docs at /docs)")
     # No permessage-deflate: compressing each small /ws frame costs ~4x the send itself.
-    config = uvicorn.Config(served, host=host, port=port, log_level=log_level.lower(),  # type: ignore[arg-type]
+    config = uvicorn.Config(served, host=host, port=port, log_level=level,  # type: ignore[arg-type]
                             access_log=False, ws_per_message_deflate=False)
     uvicorn.Server(config).run(sockets=[sock])
 
