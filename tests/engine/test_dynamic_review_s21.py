@@ -334,7 +334,7 @@ def test_cli_a_corrupted_output_is_a_failure_not_a_cancelled_dag(cli, tmp_path):
     out = cli(*args)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "cancelled" not in out.stderr
-    line = next(l for l in out.stdout.splitlines() if l.startswith("Execution failed: "))
+    line = next(l for l in out.stderr.splitlines() if l.startswith("Execution failed: "))
     summary = json.loads(line.split(": ", 1)[1])
     assert summary["status"] == "failed" and "corrupted" in summary["failures"]["numbers"]
 
@@ -346,7 +346,7 @@ def test_cli_a_failed_dag_is_said_to_have_failed(cli, tmp_path):
     out = cli("fail.yaml", "--storage-path", "st", "--load", "ops.py")
     assert out.returncode == 1
     assert "Execution completed" not in out.stdout
-    line = next(l for l in out.stdout.splitlines() if l.startswith("Execution failed: "))
+    line = next(l for l in out.stderr.splitlines() if l.startswith("Execution failed: "))
     assert json.loads(line.split(": ", 1)[1])["failures"] == {"a": "RuntimeError: nope"}
 
 

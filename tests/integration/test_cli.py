@@ -872,11 +872,11 @@ def test_dynamic_execute_max_retries(cli, tmp_path):
     out = cli("dynamic", "execute", str(tmp_path / "dag.yaml"), "--storage-path",
               str(tmp_path / "s"), "--load", str(tmp_path / "flaky_ops.py"),
               "--max-retries", "0", ok=False)
-    assert out.returncode == 1 and "Execution failed: " in out.stdout
-    show = cli("runs", "show", json.loads(out.stdout.split("Execution failed: ", 1)[1]
+    assert out.returncode == 1 and "Execution failed: " in out.stderr
+    show = cli("runs", "show", json.loads(out.stderr.split("Execution failed: ", 1)[1]
                                           .splitlines()[0])["run_id"]).stdout
     assert re.search(r"\bf\b.*FAILED", show)
-    logs = cli("runs", "logs", json.loads(out.stdout.split("Execution failed: ", 1)[1]
+    logs = cli("runs", "logs", json.loads(out.stderr.split("Execution failed: ", 1)[1]
                                           .splitlines()[0])["run_id"]).stdout
     assert logs.count("attempt 1 failed") == 1 and "attempt 2" not in logs, logs
 

@@ -75,8 +75,10 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         console.print(summary_table(metadata.get_tasks(summary["run_id"])))
         said = _OUTCOME.get(summary["status"], "Execution failed")
-        console.print(f"{said}: {_summary_json(summary)}", markup=False, highlight=False,
-                      soft_wrap=True)
+        # as the document's CLI: a failure is said on stderr (the table above stays on stdout)
+        out = console if summary["status"] == "completed" else err_console
+        out.print(f"{said}: {_summary_json(summary)}", markup=False, highlight=False,
+                  soft_wrap=True)
         if summary["status"] != "completed":
             raise typer.Exit(1)
 
