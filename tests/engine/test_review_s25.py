@@ -955,3 +955,93 @@ def test_a_run_option_given_to_a_call_of_the_pipeline_is_refused_with_a_hint(eng
     with pytest.raises(ValidationError, match=r"engine is a run option: pass it to "
                                               r"plain_params\.run\(\.\.\.\)"):
         plain_params(2, engine=engine)
+
+
+# -- memo review (session 25): wrong hits -------------------------------------------------------
+
+import functools   # noqa: E402
+
+
+@component(cache=True)
+def table_s25() -> dict:
+    return {"a": 1, "b": 2}
+
+
+@component(cache=True)
+def pick_s25(which: str, delay: float) -> str:
+    time.sleep(delay)
+    return which
+
+
+@component(cache=True)
+def times_ten_s25(v: int) -> int:
+    return v * 10
+
+
+@pipeline(name="future_key_s25", timeout=30)
+def future_key(which: str, delay: float):
+    k = pick_s25(which, delay)
+    t = table_s25()
+    return times_ten_s25(t["outputs"][k["outputs"]["result"]])
+
+
+def test_a_future_used_as_a_key_is_keyed_by_its_value_and_waited_for(engine):
+    """``t['outputs'][k['outputs']['result']]`` kept the future ``k`` in the path: keyed by its
+    printed name (a hit returning the value for 'a' when ``k`` became 'b'), and the loop
+    itself waited on it when it read the path before ``k``'s task had run (a run that never
+    ended)."""
+    got = [future_key.run(engine=engine, which=w, delay=d) for w, d in
+           (("a", 0.0), ("b", 0.0), ("a", 0.5))]
+    assert [r.state for r in got] == [RunState.SUCCESS] * 3, [r.error for r in got]
+    assert [r.value["outputs"]["result"] for r in got] == [10, 20, 10]
+
+
+@component(cache=True)
+def source_s25(n: int) -> int:
+    return n
+
+
+@component(cache=True)
+def provenance_s25(x: int, parent_hash=None) -> dict:
+    return {"x": x, "from": parent_hash}
+
+
+@pipeline(name="provenance_s25")
+def provenance(n: int):
+    s = source_s25(n)
+    return {"report": provenance_s25(7, parent_hash=s["hash"]), "src": s["hash"]}
+
+
+def test_a_parent_hash_the_function_receives_is_in_its_key(engine):
+    """It was always left out of the key: a function that reports its provenance returned
+    the first run's parent hash from a hit."""
+    for n in (1, 2):
+        r = provenance.run(engine=engine, n=n)
+        assert r.value["report"]["outputs"]["from"] == r.value["src"], n
+
+
+def _sets_k(f):
+    @functools.wraps(f)
+    def wrapper(*a, **kw):
+        kw.setdefault("k", 10)
+        return f(*a, **kw)
+    return wrapper
+
+
+@component(cache=True)
+@_sets_k
+def scale_s25(x: int, k: int = 2) -> int:
+    return x * k
+
+
+@pipeline(name="wrapped_defaults_s25")
+def wrapped_defaults():
+    return [scale_s25(1)["outputs"]["result"], scale_s25(1, k=2)["outputs"]["result"]]
+
+
+def test_a_wrapper_that_sets_its_own_default_keys_calls_as_made(engine):
+    """Calls were named by the wrapped function's signature, which follows ``__wrapped__``:
+    ``scale(1)`` and ``scale(1, k=2)`` were one computation (its default k=2 dropped), though
+    the wrapper makes k 10."""
+    r = wrapped_defaults.run(engine=engine)
+    assert r.value == [10, 2], r.value

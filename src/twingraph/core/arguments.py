@@ -80,9 +80,13 @@ class Parameters:
 
 
 def parameters_of(fn: Any, *, skip_first: bool = False) -> Parameters | None:
-    """How ``fn``'s calls are named in memo keys (None if its signature cannot be read)."""
+    """How ``fn``'s calls are named in memo keys (None if its signature cannot be read).
+    ``fn``'s own signature, not the one of a function it wraps (``functools.wraps`` sets
+    ``__wrapped__``): a wrapper that sets a default of its own (``kw.setdefault("k", 10)``)
+    called ``f(1)`` and ``f(1, k=2)`` one computation when the wrapped ``k`` defaulted to 2.
+    A wrapper taking ``*args, **kwargs`` names nothing: its calls are keyed as made."""
     try:
-        return Parameters.of(inspect.signature(fn), skip_first=skip_first)
+        return Parameters.of(inspect.signature(fn, follow_wrapped=False), skip_first=skip_first)
     except (TypeError, ValueError):
         return None
 

@@ -1,7 +1,9 @@
 """How a component call's arguments are treated, shared by the DSL and the run loop.
 
-``parent_hash`` / ``parent_hashes`` draw lineage (and ordering) but are not inputs: they stay out
-of the memo key, and reach the function only if it declares them (or ``**kwargs``).
+``parent_hash`` / ``parent_hashes`` draw lineage (and ordering) and reach the function only if
+it declares them (or ``**kwargs``); then they are inputs like any other, in its memo key (a
+function reporting its provenance returned a stale parent hash from a hit). Otherwise they
+stay out of the key.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ def accepts_lineage(fn: Any) -> bool:
             ok = False
         _accepts[fn] = ok
     return ok
+
+
+def receives_lineage(fn: Any) -> bool:
+    """Whether the code a task calls through ``fn`` is given the lineage arguments: ``fn``'s
+    own signature, or for a ``BaseComponent`` task (its bound ``_task``) its ``execute``'s."""
+    owner = getattr(fn, "__self__", None)
+    execute = getattr(type(owner), "execute", None) if owner is not None else None
+    return accepts_lineage(execute if execute is not None else fn)
 
 
 def strip_lineage(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from twingraph.core.hashing import (begin_walk, digest_json, digest_kwargs, dige
                                     end_walk, mark_walk, number_leaf, outside_walk, own_key,
                                     prefixed_key, rewind_walk)
 from twingraph.core.records import TaskRecord
-from twingraph.engine.calls import strip_lineage
+from twingraph.engine.calls import receives_lineage, strip_lineage
 from twingraph.engine.refs import Ref
 from twingraph.engine.task import (DECLARED, Task, CANCELLED, FAILED, QUEUED, SKIPPED,
                                     SUCCESS, TERMINAL)
@@ -58,7 +58,10 @@ class MemoSide:
             key = declared_key(self.engine, task)
         else:
             leaf = self.engine.hash_value
-            args, kwargs = task.args, strip_lineage(task.kwargs)
+            args, kwargs = task.args, task.kwargs
+            if ("parent_hash" in kwargs or "parent_hashes" in kwargs) \
+                    and not receives_lineage(task.fn):
+                kwargs = strip_lineage(kwargs)        # not given to it: not an input
             named = spec.parameters
             if named is not None and (args or named.defaults):
                 args, kwargs = named.named(args, kwargs)     # f(3) and f(x=3): one key

@@ -34,6 +34,12 @@ class Ref:
 
     # -- lazy navigation ---------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Ref:
+        if type(key) is Ref:
+            # a future as the key: its value is the key (it waits for it, as touching a value
+            # does). Kept as a future in the path, it was keyed by its printed name (a wrong
+            # hit when its value changed), drew no edge, and the loop waited on it for ever
+            # when it read the path before the key's task had run.
+            key = key.result()
         return _ref(self._run, self._task, self._path + (key,))
 
     def get(self, key: Any, default: Any = None) -> Any:
