@@ -1064,3 +1064,20 @@ def test_a_pinned_version_is_not_shared_by_a_component_of_the_same_name_elsewher
     def p(which: int):
         return made[which](10)
     assert [p.run(engine=engine, which=i).value["outputs"]["result"] for i in (0, 1)] == [11, 1000]
+
+
+@component(cache=True)
+def last_digit_s25(n: int) -> int:
+    return n % 10
+
+
+@pipeline(name="big_int_s25")
+def big_int(k: int):
+    return last_digit_s25(10 ** 5000 + k)
+
+
+def test_an_int_beyond_the_str_digits_limit_is_a_valid_input(engine):
+    """It failed the task as it was keyed (``ValueError: Exceeds the limit (4300 digits)``)."""
+    got = [big_int.run(engine=engine, k=k) for k in (1, 2, 1)]
+    assert [r.value["outputs"]["result"] for r in got] == [1, 2, 1], [r.error for r in got]
+    assert engine.metadata.get_tasks(got[2].run_id)[0].cache_status == "hit"

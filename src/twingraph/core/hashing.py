@@ -66,10 +66,28 @@ def canonical_json(obj: Any) -> bytes:
     A lone surrogate (a file name ``os.listdir`` decoded with ``surrogateescape``) is encoded
     as itself (``surrogatepass``): it failed every task given such a string; any other text
     gives the same bytes as before."""
-    if _C_CANONICAL is not None:
-        return "".join(_C_CANONICAL(obj, 0)).encode("utf-8", "surrogatepass")
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8", "surrogatepass")
+    try:
+        if _C_CANONICAL is not None:
+            return "".join(_C_CANONICAL(obj, 0)).encode("utf-8", "surrogatepass")
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode("utf-8", "surrogatepass")
+    except ValueError as exc:
+        # An int beyond Python's str-digits limit (4,300 digits): it failed the task while it
+        # was keyed. Written in hex, told from a number (only such ints: others as before).
+        if "integer string conversion" not in str(exc):
+            raise
+        return canonical_json(_huge_ints(obj))
+
+
+def _huge_ints(obj: Any) -> Any:
+    t = type(obj)
+    if t is int and obj.bit_length() > 14_000:
+        return {"int": hex(obj)}
+    if t is list or t is tuple:
+        return [_huge_ints(v) for v in obj]
+    if t is dict:
+        return {k: _huge_ints(v) for k, v in obj.items()}
+    return obj
 
 
 # SHA-256 of a few dozen bytes (a task's small result) costs ~0.9 µs through OpenSSL, whose
