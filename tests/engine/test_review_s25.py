@@ -1081,3 +1081,22 @@ def test_an_int_beyond_the_str_digits_limit_is_a_valid_input(engine):
     got = [big_int.run(engine=engine, k=k) for k in (1, 2, 1)]
     assert [r.value["outputs"]["result"] for r in got] == [1, 2, 1], [r.error for r in got]
     assert engine.metadata.get_tasks(got[2].run_id)[0].cache_status == "hit"
+
+
+@pipeline(name="unknown_parent_s25")
+def unknown_parent():
+    r = echo_s25(v=1)
+    return echo_s25(v=2, parent_hashes=[r["hash"], "deadbeef" * 8])
+
+
+def test_a_parent_hash_naming_no_task_of_the_run_is_said_in_its_log(engine):
+    """Dropped without a word: no edge, no warning (a typo, another run's hash)."""
+    r = unknown_parent.run(engine=engine)
+    assert r.state is RunState.SUCCESS, r.error
+    logs = [x for x in engine.metadata.get_logs(r.run_id) if x.level == "warning"]
+    assert [x.node_id for x in logs] == ["echo_s25-1"]
+    assert "parent_hashes deadbeefdeadbeef… of echo_s25-1 names no task" in logs[0].message
+    from twingraph.lineage import run_lineage
+    _, edges = run_lineage(engine.metadata, r.run_id)
+    assert [(e.src, e.dst) for e in edges if e.kind == "DEPENDS_ON"] == [("echo_s25-0",
+                                                                          "echo_s25-1")]

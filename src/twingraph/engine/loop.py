@@ -782,6 +782,12 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                 if p is not None and p is not task and p.node_id not in named:
                     named.add(p.node_id)
                     deps.append([p.node_id, ["hash"]])
+                elif p is None and isinstance(h, str):
+                    # said, not dropped without a word (a typo, another run's hash)
+                    self.out.append(LogRecord(
+                        self.run_id, self.clock.now(), "warning",
+                        f"{k} {h[:16]}{'…' if len(h) > 16 else ''} of {task.node_id} names no "
+                        f"task of this run: no lineage edge drawn", node_id=task.node_id))
 
     def _fail_before_start(self, task: Task, exc: BaseException) -> None:
         """A task that could not even be keyed or looked up fails like a task that raised."""
