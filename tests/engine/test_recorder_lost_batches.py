@@ -157,3 +157,29 @@ def test_a_run_told_of_its_lost_batch_is_not_told_again(tmp_path):
         rec.close()
         results.close()
         metadata.close()
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_a_run_whose_own_row_was_lost_is_written_again_with_its_end(tmp_path, writer):
+    """Session 25: a batch holding a run's first row was lost; the run's end (a RunUpdate)
+    was then refused as one of an unknown run, taking its whole batch down with it: the run
+    was never recorded, and neither were other runs' records in that batch."""
+    rec, results, metadata = _recorder(tmp_path, writer)
+    try:
+        locker = sqlite3.connect(str(tmp_path / "r.db"), isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        rec.add_many([RunRecord("A", "p", RunState.RUNNING, created_at=1.0),
+                      TaskRecord("A", "a0", "c", TaskState.SUCCESS, result_key="ka0", fence=1),
+                      _put("ka0", "A")])
+        assert "database is locked" in str(_error_of(rec, "A"))
+        locker.execute("ROLLBACK")
+        locker.close()
+        rec.add_many([RunRecord("B", "p", RunState.RUNNING, created_at=2.0),
+                      RunUpdate("B", RunState.SUCCESS, 3.0),
+                      RunUpdate("A", RunState.FAILED, 3.0, error="its batch was lost")])
+        assert _error_of(rec, "B") is None
+        assert metadata.get_run("B").state is RunState.SUCCESS
+        a = metadata.get_run("A")
+        assert a is not None and a.state is RunState.FAILED and a.error == "its batch was lost"
+    finally:
+        rec.close()

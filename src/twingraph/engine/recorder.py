@@ -85,6 +85,8 @@ class Recorder:
         # Runs a batch was given up for (newest last, at most KEEP_DOOMED): their task-level
         # records are not written any more (``_without_doomed``).
         self._doomed: OrderedDict[str, None] = OrderedDict()
+        # run id -> its RunRecord, lost with a batch: sent again before its next records
+        self._lost_rows: OrderedDict[str, RunRecord] = OrderedDict()
         self._told: OrderedDict[str, None] = OrderedDict()    # runs told of a lost batch
         self._offload = "off"          # off -> starting -> on | failed; or unavailable
         self._thread = threading.Thread(target=self._run, name="twingraph-recorder", daemon=True)
@@ -289,6 +291,14 @@ class Recorder:
         """A batch given up on: its error goes to the runs it held records of (or to the next
         flush, if it held none that say), and those runs are doomed (``_without_doomed``)."""
         self._blame_runs(exc, _run_ids(records, results))
+        # A run whose own row was in it: written again first with its next records (its
+        # end, its logs), which were refused as records of an unknown run, each refusal
+        # taking a whole batch down, other runs' records with it (runs never recorded).
+        for r in records:
+            if type(r) is RunRecord:
+                self._lost_rows[r.run_id] = r
+        while len(self._lost_rows) > KEEP_DOOMED:
+            self._lost_rows.popitem(last=False)
 
     def _blame_runs(self, exc: BaseException, runs: set[str]) -> None:
         if not runs:
@@ -322,10 +332,20 @@ class Recorder:
         it); what it still writes is its run-level records (its end, its logs) and first rows
         of tasks, which need nothing that was lost."""
         doomed = self._doomed
-        return [r for r in records
-                if type(r) in _RUN_LEVEL or type(r) is PackedTaskRecords or type(r) is TaskRecord
-                or (type(r) is LogRecord and r.node_id is None)
-                or getattr(r, "run_id", None) not in doomed]
+        lost = self._lost_rows
+        first: list[Any] = []
+        if lost:
+            for r in records:
+                ids = {x.run_id for x in r.records()} if type(r) is PackedTaskRecords \
+                    else {getattr(r, "run_id", None)}
+                for run_id in ids:
+                    row = lost.pop(run_id, None) if isinstance(run_id, str) else None
+                    if row is not None:
+                        first.append(row)
+        return first + [r for r in records
+                        if type(r) in _RUN_LEVEL or type(r) is PackedTaskRecords
+                        or type(r) is TaskRecord or (type(r) is LogRecord and r.node_id is None)
+                        or getattr(r, "run_id", None) not in doomed]
 
     def _write(self, records: Sequence[Record], results: Sequence[Any], large: bool) -> None:
         # Same-type records are written as one statement each; a stable sort by type keeps every
