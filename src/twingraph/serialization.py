@@ -167,6 +167,41 @@ def typed_hash(encoding: str, content_hash: str) -> str:
 _NESTED, _PRIMITIVE = DataType.NESTED, DataType.PRIMITIVE
 
 
+def settled(value: Any) -> Any:
+    """A task's result as it can be kept: an ndarray that is a view of memory held elsewhere
+    (``return BUF[:]`` of a buffer the code reuses) is copied, since its bytes are hashed now
+    and written later, and the next fill changed them (the write failed, the run with it).
+    A view whose base nothing else holds (``arr.reshape(...)`` of a local array) is kept, its
+    base made read-only with it (``encode(freeze=True)``): no copy of a large result."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return value
+    if type(value) is dict:             # a component's outputs: each of them
+        out = {k: _settled_array(np, v) if type(v) is np.ndarray else v
+               for k, v in value.items()}
+        return value if all(out[k] is v for k, v in value.items()) else out
+    return _settled_array(np, value) if type(value) is np.ndarray else value
+
+
+def _settled_array(np: Any, value: Any) -> Any:
+    base = value.base
+    if base is None:
+        return value
+    if isinstance(base, np.ndarray):
+        if not base.flags.writeable:
+            return value
+        # held by this view only (+1 here, +1 getrefcount's argument): nobody else writes it
+        if sys.getrefcount(base) <= 3:
+            base.flags.writeable = False
+            return value
+        return value.copy()
+    try:
+        readonly = memoryview(base).readonly
+    except TypeError:                   # not a buffer (a custom owner): as it is
+        return value
+    return value if readonly else value.copy()
+
+
 def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD, freeze: bool = False,
            persistent_id: Callable[[Any], Any] | None = None) -> Encoded:
     """Encode ``value`` (see the module docstring for the choice of encoding). ``freeze``: a

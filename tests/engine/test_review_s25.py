@@ -1100,3 +1100,70 @@ def test_a_parent_hash_naming_no_task_of_the_run_is_said_in_its_log(engine):
     _, edges = run_lineage(engine.metadata, r.run_id)
     assert [(e.src, e.dst) for e in edges if e.kind == "DEPENDS_ON"] == [("echo_s25-0",
                                                                           "echo_s25-1")]
+
+
+# -- a result that is a view of a reused buffer ------------------------------------------------
+
+import numpy as np   # noqa: E402
+
+WORKSPACE_S25 = np.zeros(1_000_000)
+
+
+@component(executor="thread", cache=False)
+def fill_s25(v: float):
+    WORKSPACE_S25[:] = v
+    return WORKSPACE_S25[:]                # a view of a workspace the next call fills again
+
+
+@component(executor="thread", cache=False)
+def total_s25(a) -> float:
+    return float(a.sum())
+
+
+@component(executor="thread", cache=False)
+def shaped_s25(n: int):
+    a = np.arange(float(n))
+    return a.reshape(2, -1)                # a view of a local array: nobody else holds it
+
+
+@pipeline(name="workspace_s25")
+def workspace():
+    a = fill_s25(1.0)["outputs"]["result"]
+    s1 = total_s25(a)
+    b = fill_s25(2.0, parent_hash=s1["hash"])["outputs"]["result"]
+    return {"s1": s1, "s2": total_s25(b), "again": total_s25(a), "shape": shaped_s25(10)}
+
+
+def test_a_result_that_views_a_reused_buffer_is_kept_as_it_was_returned(tmp_path):
+    """The view's bytes were hashed at completion and written later, after the next fill had
+    changed them: the write failed (a hash mismatch) and the run with it."""
+    from twingraph.engine.engine import Engine
+    from twingraph.stores.results.sqlite import SQLiteStorage
+    md = SQLMetadataStore(f"sqlite:///{tmp_path / 'md.db'}", create=True)
+    eng = Engine(results=SQLiteStorage(str(tmp_path / "r.db")), metadata=md)
+    r = workspace.run(engine=eng)
+    assert r.state is RunState.SUCCESS, r.error
+    assert r.value["s1"]["outputs"]["result"] == 1e6
+    assert r.value["s2"]["outputs"]["result"] == 2e6
+    assert r.value["again"]["outputs"]["result"] == 1e6        # a is what fill returned
+    shaped = r.value["shape"]["outputs"]["result"]
+    assert shaped.shape == (2, 5) and shaped[1, 4] == 9.0
+    eng.close()
+
+
+def test_settled_copies_only_views_of_memory_held_elsewhere():
+    from twingraph.serialization import settled
+
+    def local_view():
+        a = np.arange(10.0)
+        return a.reshape(2, 5)
+    v = local_view()
+    assert settled(v) is v and not v.base.flags.writeable        # no copy; its base frozen
+    shared = np.zeros(4)
+    w = shared[:]
+    assert settled(w) is not w and shared.flags.writeable         # a copy; the buffer as it was
+    out = {"result": shared[1:]}
+    assert settled(out)["result"].base is None
+    buf = bytearray(16)
+    assert settled(np.frombuffer(buf)).base is None               # a writable bytearray's view
+    assert settled(np.frombuffer(bytes(16))).base is not None     # an immutable one's: kept

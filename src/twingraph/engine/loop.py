@@ -52,7 +52,7 @@ from twingraph.engine.timers import HEARTBEAT_INTERVAL, STALLED_AFTER, TimerSide
 from twingraph.engine.recorder import PutResult
 from twingraph.engine.writer import FRAME_MAX, INLINE_MAX
 from twingraph.engine.snapshot import error_text, task_rows, traceback_text
-from twingraph.serialization import SHARED_TYPES, own_copy
+from twingraph.serialization import SHARED_TYPES, own_copy, settled
 from twingraph.engine.refs import Ref, find_refs, find_refs_once, path_list, substitute, walk_path
 from twingraph.engine.task import (DECLARED, UNLOADED, Job, Task, CANCELLED, FAILED, PENDING, QUEUED,
                                     RETRYING, RUNNING, SKIPPED, SUCCESS, TERMINAL)
@@ -1060,6 +1060,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                                              inline=True)
         if error is None:
             try:
+                value = settled(value)
                 enc = self.engine.encode(value)
             except BaseException:  # noqa: BLE001 - _complete fails the task with it
                 enc = None
@@ -1316,6 +1317,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
             task.started_at = now - duration
         if ok:
             try:
+                value = settled(value)
                 enc = self.engine.encode(value)
             except BaseException as exc:  # noqa: BLE001 - unencodable result is a task failure
                 ok, error = False, exc
