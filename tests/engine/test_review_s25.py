@@ -1167,3 +1167,46 @@ def test_settled_copies_only_views_of_memory_held_elsewhere():
     buf = bytearray(16)
     assert settled(np.frombuffer(buf)).base is None               # a writable bytearray's view
     assert settled(np.frombuffer(bytes(16))).base is not None     # an immutable one's: kept
+
+
+@component(executor="thread", cache=False)
+def big_result_s25(i: int) -> bytes:
+    return bytes(5_000_000) + bytes([i])
+
+
+@pipeline(name="big_results_s25", max_parallel=4)
+def big_results():
+    return [len(big_result_s25(i)["outputs"]["result"]) for i in range(4)]
+
+
+def _holds_big(v, depth=0):
+    if isinstance(v, bytes):
+        return len(v) >= 5_000_000
+    if depth > 3:
+        return False
+    if isinstance(v, dict):
+        return any(_holds_big(x, depth + 1) for x in v.values())
+    if isinstance(v, (list, tuple)):
+        return any(_holds_big(x, depth + 1) for x in v[:10])
+    return _holds_big(getattr(v, "value", None), depth + 1) if hasattr(v, "value") else False
+
+
+def test_idle_worker_threads_hold_no_result(engine):
+    """An idle pool thread kept its last job's result and inputs as locals while it waited
+    for the next job (up to 32 large results pinned in a long-lived process)."""
+    import gc
+    import sys
+    r = big_results.run(engine=engine)
+    assert r.state is RunState.SUCCESS and r.value == [5_000_001] * 4
+    del r
+    gc.collect()
+    time.sleep(0.2)
+    names = {t.ident: t.name for t in threading.enumerate()}
+    held = []
+    for ident, frame in sys._current_frames().items():
+        while frame is not None:
+            for name, v in frame.f_locals.items():
+                if _holds_big(v):
+                    held.append((names.get(ident), frame.f_code.co_name, name))
+            frame = frame.f_back
+    assert not held, held

@@ -92,6 +92,9 @@ class _ThreadPool:
                     return
                 self._idle += 1
             done(out)
+            # not held while it waits for the next job: an idle thread kept its last
+            # result and inputs alive (four 50 MB arrays after a run)
+            item = job = done = out = value = None     # type: ignore[assignment]
 
     def abandon(self, job: Job) -> None:
         with self._lock:

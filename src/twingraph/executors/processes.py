@@ -288,6 +288,8 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
         with forward.pipe_lock:   # not in the middle of a log frame from another thread
             conn.send_bytes(b"R" + out)
             forward.task = 0          # idle: what its threads log now is nobody's
+        # not held while it waits for the next task (an idle worker kept a 100 MB result)
+        data = out = b""
 
 
 def _restore(environ: dict[str, str], cwd: str | None) -> None:  # in the child
