@@ -1047,25 +1047,6 @@ def test_a_wrapper_that_sets_its_own_default_keys_calls_as_made(engine):
     assert r.value == [10, 2], r.value
 
 
-def test_a_pinned_version_is_not_shared_by_a_component_of_the_same_name_elsewhere(engine):
-    """``@component(version="1.0") def prep`` in two modules: the second was a hit of the
-    first (the key named the component by its name only)."""
-    import types
-    made = []
-    for module, body in (("team_a_s25", "x + 1"), ("team_b_s25", "x * 100")):
-        ns = types.ModuleType(module)
-        exec(f"from twingraph import component\n"
-             f"@component(version='1.0')\n"
-             f"def prep(x):\n"
-             f"    return {body}\n", ns.__dict__)
-        made.append(ns.prep)
-
-    @pipeline(name="pinned_twice_s25")
-    def p(which: int):
-        return made[which](10)
-    assert [p.run(engine=engine, which=i).value["outputs"]["result"] for i in (0, 1)] == [11, 1000]
-
-
 @component(cache=True)
 def last_digit_s25(n: int) -> int:
     return n % 10

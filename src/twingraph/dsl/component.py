@@ -53,10 +53,7 @@ class Component:
     @property
     def spec(self) -> ComponentSpec:
         if self._spec is None:
-            # A pinned version names the component's code together with where it is defined:
-            # two components of one name in different modules, both "1.0", shared results.
-            version = f"{self._version} ({self._draft.qualname})" if self._version \
-                else code_version(self.fn)
+            version = self._version or code_version(self.fn)
             self._code_only = None if self._version else code_version(self.fn, values=False)
             self._spec = dataclasses.replace(self._draft, code_version=version,
                                              parameters=parameters_of(self.fn))
