@@ -194,6 +194,8 @@ class BaseComponent(abc.ABC):
     def _task(self, *args: Any, **kwargs: Any) -> Any:
         return self.run(*args, **self._for_execute(kwargs))
 
+    _task.lineage_via_execute = True    # type: ignore[attr-defined]  # engine.calls reads it
+
     def _for_execute(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """``kwargs`` as ``execute`` takes them: with ``parent_hash``/``parent_hashes`` only if
         it declares them (or ``**kwargs``), as a function component gets them (decision 0004);

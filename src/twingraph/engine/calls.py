@@ -32,10 +32,12 @@ def accepts_lineage(fn: Any) -> bool:
 
 def receives_lineage(fn: Any) -> bool:
     """Whether the code a task calls through ``fn`` is given the lineage arguments: ``fn``'s
-    own signature, or for a ``BaseComponent`` task (its bound ``_task``) its ``execute``'s."""
-    owner = getattr(fn, "__self__", None)
-    execute = getattr(type(owner), "execute", None) if owner is not None else None
-    return accepts_lineage(execute if execute is not None else fn)
+    own signature, or for a ``BaseComponent`` task (its bound ``_task``, marked
+    ``lineage_via_execute``) its ``execute``'s. (Any bound method whose class had an
+    ``execute`` was taken for one.)"""
+    if getattr(fn, "lineage_via_execute", False):
+        return accepts_lineage(type(fn.__self__).execute)
+    return accepts_lineage(fn)
 
 
 def strip_lineage(kwargs: dict[str, Any]) -> dict[str, Any]:

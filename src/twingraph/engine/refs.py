@@ -34,12 +34,13 @@ class Ref:
 
     # -- lazy navigation ---------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Ref:
-        if type(key) is Ref:
-            # a future as the key: its value is the key (it waits for it, as touching a value
-            # does). Kept as a future in the path, it was keyed by its printed name (a wrong
-            # hit when its value changed), drew no edge, and the loop waited on it for ever
-            # when it read the path before the key's task had run.
-            key = key.result()
+        t = type(key)
+        if t is Ref or t is tuple or t is slice:
+            # a future as the key (or in a tuple key, a slice): its value is the key (it waits
+            # for it, as touching a value does). Kept as a future in the path, it was keyed by
+            # its printed name (a wrong hit when its value changed), drew no edge, and the
+            # loop waited on it for ever when it read the path before the key's task had run.
+            key = _concrete_key(key)
         return _ref(self._run, self._task, self._path + (key,))
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -138,6 +139,19 @@ class Ref:
 
 def _concrete(v: Any) -> Any:
     return v.result() if type(v) is Ref else v
+
+
+def _concrete_key(key: Any) -> Any:
+    """``key`` with the futures in it (itself, a tuple's items, a slice's bounds) waited for."""
+    t = type(key)
+    if t is Ref:
+        return key.result()
+    if t is tuple:
+        return tuple(_concrete_key(k) for k in key) if any(
+            type(k) is Ref or type(k) is tuple for k in key) else key
+    if t is slice:
+        return slice(_concrete(key.start), _concrete(key.stop), _concrete(key.step))
+    return key
 
 
 def _binop(fn: Callable[[Any, Any], Any], name: str, reflected: bool) -> Any:

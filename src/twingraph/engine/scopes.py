@@ -42,6 +42,11 @@ from twingraph.engine.bodystop import BodyWatch, passes_through
 from twingraph.engine.task import CANCELLED, QUEUED, TERMINAL, Task
 from twingraph.errors import NestedPipelineStopped, PipelineTimeout, TaskCancelled
 
+#: Held while a timed call closes (``run_nested``) and while its timeout is decided
+#: (``_scope_timed_out``): a timeout taken as the body returned was recorded after the call
+#: had returned its value, and failed the run with a failure nobody could catch.
+_CLOSING = threading.Lock()
+
 #: The body thread's innermost scope (``nested``), read by ``BodySide.call``.
 _local = threading.local()
 
@@ -132,10 +137,18 @@ def run_nested(loop: Any, name: str, settings: Mapping[str, Any], fn: Callable[.
             stopped = True
         finally:
             # first: nothing is raised in it after this (one sent as the body returned is
-            # taken back, or caught here); then the watch goes (the scope may be kept)
-            stopped = watch.settle() or stopped
+            # taken back, or caught here, or raised as settle is called: caught, and settled
+            # again); then the watch goes (the scope may be kept)
+            while True:
+                try:
+                    stopped = watch.settle() or stopped
+                    break
+                except NestedPipelineStopped:
+                    stopped = True
             scope.watch = None
-        key = scope.failure_key
+        with _CLOSING:      # closed, or timed out: one or the other, as the loop sees it
+            scope.closed = True
+            key = scope.failure_key
         if not stopped and (key is None or key in loop.observed_failures):
             return value
         if key is not None:
@@ -228,8 +241,6 @@ class ScopeSide:
         and the scope has failed."""
         if self.stopping or any(s.ended is not None for s in scope.chain()):
             return          # the run, or a pipeline around this one, has ended it already
-        if scope.closed and all(t.state in TERMINAL for t in scope.tasks):
-            return
         why = f"timed out after {scope.timeout:g}s"
         # A failure of the run, as a failed task is (no task of it failed: the call is named,
         # one entry per call); a body that catches it (``.result()`` of a task it cancelled)
@@ -239,7 +250,10 @@ class ScopeSide:
         while key in self.failures:
             n += 1
             key = f"pipeline {scope.name} (call {n})"
-        scope.failure_key = key
+        with _CLOSING:
+            if scope.closed and all(t.state in TERMINAL for t in scope.tasks):
+                return
+            scope.failure_key = key
         self.failures[key] = why
         self._fail_scope(scope, None, why)
         if scope.watch is not None and not scope.closed:
