@@ -1285,3 +1285,24 @@ def test_a_bound_method_component_whose_class_has_execute_keys_its_parent_hash(e
     for n in (1, 2):
         r = bound_lineage.run(engine=engine, n=n)
         assert r.value["report"]["outputs"]["from"] == r.value["src"], n
+
+
+@pipeline(name="big_param_s25")
+def big_param(n):
+    return last_digit_s25(n)
+
+
+def test_a_huge_int_parameter_is_recorded_as_inexact_and_keys_anywhere(engine):
+    """The run record refused it ("not JSON-serialisable: Exceeds the limit (4300 digits)")
+    after repeated recorder tracebacks; and a dict key or an int subclass that big sent the
+    canonical JSON fallback into endless recursion."""
+    from twingraph.core.hashing import canonical_json
+
+    class Big(int):
+        pass
+    r = big_param.run(engine=engine, n=10 ** 5000 + 3)
+    assert r.state is RunState.SUCCESS and r.value["outputs"]["result"] == 3
+    rec = engine.metadata.get_run(r.run_id)
+    assert rec.params["n"].startswith("<int of ") and "n" in rec.source["inexact_params"]
+    assert canonical_json({10 ** 5000: 1}) != canonical_json({10 ** 5000 + 1: 1})
+    assert canonical_json([Big(10 ** 5000)]) == canonical_json([10 ** 5000])

@@ -67,26 +67,33 @@ def canonical_json(obj: Any) -> bytes:
     as itself (``surrogatepass``): it failed every task given such a string; any other text
     gives the same bytes as before."""
     try:
-        if _C_CANONICAL is not None:
-            return "".join(_C_CANONICAL(obj, 0)).encode("utf-8", "surrogatepass")
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False).encode("utf-8", "surrogatepass")
+        return _canonical(obj)
     except ValueError as exc:
         # An int beyond Python's str-digits limit (4,300 digits): it failed the task while it
         # was keyed. Written in hex, told from a number (only such ints: others as before).
         if "integer string conversion" not in str(exc):
             raise
-        return canonical_json(_huge_ints(obj))
+        return _canonical(_huge_ints(obj))
+
+
+def _canonical(obj: Any) -> bytes:
+    if _C_CANONICAL is not None:
+        return "".join(_C_CANONICAL(obj, 0)).encode("utf-8", "surrogatepass")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8", "surrogatepass")
+
+
+def _huge(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 14_000
 
 
 def _huge_ints(obj: Any) -> Any:
-    t = type(obj)
-    if t is int and obj.bit_length() > 14_000:
+    if _huge(obj):
         return {"int": hex(obj)}
-    if t is list or t is tuple:
+    if isinstance(obj, (list, tuple)):
         return [_huge_ints(v) for v in obj]
-    if t is dict:
-        return {k: _huge_ints(v) for k, v in obj.items()}
+    if isinstance(obj, dict):
+        return {f"int:{hex(k)}" if _huge(k) else k: _huge_ints(v) for k, v in obj.items()}
     return obj
 
 

@@ -337,14 +337,25 @@ def _recorded_params(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]
         if _exact_in_json(v):
             out[k] = v
         else:
-            out[k] = repr(v)
+            out[k] = _shown(v)
             inexact.append(k)
     return out, inexact
 
 
+def _shown(v: Any) -> str:
+    """``repr(v)``, or what it is where ``repr`` fails (an int beyond the str-digits limit)."""
+    try:
+        return repr(v)
+    except ValueError:
+        return f"<{type(v).__name__} of {v.bit_length()} bits>" if isinstance(v, int) \
+            else f"<{type(v).__name__}>"
+
+
 def _exact_in_json(v: Any, depth: int = 0) -> bool:
     t = type(v)
-    if t is str or t is int or t is bool or v is None:
+    if t is int:                # one JSON can write (beyond 4,300 digits, str() refuses it)
+        return v.bit_length() <= 14_000
+    if t is str or t is bool or v is None:
         return True
     if t is float:
         return math.isfinite(v)
