@@ -745,19 +745,19 @@ class Engine:
         try:
             if md.driver_epoch(run_id) != epoch:
                 return              # another driver took the run over: its rows are its own
-            # Only the rows this driver wrote (their fence is of its epoch): an earlier
-            # driver's were ended when this one resumed the run, a later one's are not ours.
+            # Only rows of this driver's epoch or an earlier one (a resume whose first batch
+            # was lost left the earlier driver's open too); a later driver's are not ours.
             batch: list[Any] = [
                 TaskUpdate(run_id, t.node_id, TaskState.CANCELLED, now, fence=t.fence,
                            error=why)
                 for t in md.get_tasks(run_id)
-                if not t.state.terminal and fence_epoch(t.fence or 0) == epoch]
+                if not t.state.terminal and fence_epoch(t.fence or 0) <= epoch]
             get_attempts = getattr(md, "get_attempts", None)
             if get_attempts is not None:
                 batch += [AttemptRecord(run_id, a.node_id, a.attempt, a.fence, TaskState.FAILED,
                                         a.executor, a.started_at, now, why)
                           for a in get_attempts(run_id)
-                          if a.state is TaskState.RUNNING and fence_epoch(a.fence) == epoch]
+                          if a.state is TaskState.RUNNING and fence_epoch(a.fence) <= epoch]
             if batch:
                 md.write(batch)
         except Exception:  # noqa: BLE001 - the store still refuses: the run's error says why
