@@ -937,8 +937,9 @@ def test_a_failed_future_raises_an_error_of_the_tasks_own_type_in_the_body():
         return x
 
     class Picky(Exception):
-        def __init__(self, a, b):            # cannot be built from a message: plain error
-            super().__init__(f"{a}/{b}")
+        def __init__(self, a, b):            # cannot be built from a message: built from its
+            super().__init__(f"{a}/{b}")     # own arguments (session 25; a plain error before)
+            self.a = a
 
     @component
     def picky():
@@ -964,7 +965,9 @@ def test_a_failed_future_raises_an_error_of_the_tasks_own_type_in_the_body():
     err = seen["value"]
     assert isinstance(err, NodeExecutionError) and err.node_id == "risky-0"
     assert type(err.__cause__) is ValueError and "negative input" in str(err)
-    assert type(seen["picky"]) is NodeExecutionError and type(seen["picky"].__cause__) is Picky
+    picked = seen["picky"]
+    assert isinstance(picked, Picky) and isinstance(picked, NodeExecutionError)
+    assert type(picked.__cause__) is Picky and picked.a == 1 and picked.node_id == "picky-0"
     eng.close()
 
 

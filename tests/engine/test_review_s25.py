@@ -1306,3 +1306,49 @@ def test_a_huge_int_parameter_is_recorded_as_inexact_and_keys_anywhere(engine):
     assert rec.params["n"].startswith("<int of ") and "n" in rec.source["inexact_params"]
     assert canonical_json({10 ** 5000: 1}) != canonical_json({10 ** 5000 + 1: 1})
     assert canonical_json([Big(10 ** 5000)]) == canonical_json([10 ** 5000])
+
+
+# -- errors whose constructor takes more than a message ----------------------------------------
+
+@component(executor="thread", cache=False)
+def raises_s25(kind: str):
+    import json
+    import subprocess
+    if kind == "json":
+        json.loads("{bad")
+    if kind == "proc":
+        subprocess.run(["false"], check=True)
+    if kind == "decode":
+        b"\xff".decode()
+    if kind == "file":
+        open("/nonexistent/s25/f.txt")
+    return kind
+
+
+@pipeline(name="own_errors_s25", error_handler="continue")
+def own_errors():
+    import json
+    import subprocess
+    caught = {}
+    for kind, cls in (("json", json.JSONDecodeError), ("proc", subprocess.CalledProcessError),
+                      ("decode", ValueError), ("file", FileNotFoundError)):
+        try:
+            raises_s25(kind)["outputs"]["result"].result()
+        except cls as exc:
+            caught[kind] = [type(exc).__name__, exc.node_id, getattr(exc, "pos", None),
+                            getattr(exc, "returncode", None), getattr(exc, "errno", None),
+                            getattr(exc, "filename", None)]
+    return caught
+
+
+def test_an_error_whose_constructor_takes_more_than_a_message_is_caught_by_its_class(engine):
+    """``JSONDecodeError``, ``CalledProcessError``, ``UnicodeDecodeError`` reached the body as
+    a plain ``NodeExecutionError`` (``except ValueError`` missed them), and an OSError's
+    ``errno``/``filename`` were None."""
+    r = own_errors.run(engine=engine)
+    assert r.state is RunState.SUCCESS, r.error
+    assert r.value == {
+        "json": ["JSONDecodeError", "raises_s25-0", 1, None, None, None],
+        "proc": ["CalledProcessError", "raises_s25-1", None, 1, None, None],
+        "decode": ["UnicodeDecodeError", "raises_s25-2", None, None, None, None],
+        "file": ["FileNotFoundError", "raises_s25-3", None, None, 2, "/nonexistent/s25/f.txt"]}

@@ -230,8 +230,29 @@ def _task_error(err: BaseException, node_id: str) -> NodeExecutionError:
         _AS_TASK_ERROR[cls] = sub
     if sub is not None:
         try:
-            out: NodeExecutionError = sub(message, node_id=node_id, error_type=cls.__name__)
-            return out
+            out: Any = sub(message, node_id=node_id, error_type=cls.__name__)
+            if isinstance(err, OSError) and err.errno is not None:
+                # errno, filename: C-level, not in __dict__ (its text becomes the original's)
+                out.errno, out.strerror, out.filename = err.errno, err.strerror, err.filename
+                if err.filename2 is not None:
+                    out.filename2 = err.filename2
+            return out  # type: ignore[no-any-return]
         except Exception:  # noqa: BLE001 - its constructor wants other arguments
+            pass
+        try:
+            # Made with the original's own arguments (``JSONDecodeError(msg, doc, pos)``,
+            # ``CalledProcessError``, ``UnicodeDecodeError``, an error of the user's taking a
+            # code): a plain NodeExecutionError was not caught by ``except ValueError`` as the
+            # call itself is, and lost the original's attributes. Its text is the original's.
+            out = BaseException.__new__(sub, *err.args)
+            try:
+                cls.__init__(out, *err.args)    # C-level fields (a UnicodeError's)
+            except Exception:  # noqa: BLE001 - args are not its constructor's (JSONDecodeError)
+                out.args = err.args
+            out.__dict__.update(vars(err))
+            out.node_id, out.error_type, out.traceback = node_id, cls.__name__, None
+            out.error_types = ()
+            return out  # type: ignore[no-any-return]
+        except Exception:  # noqa: BLE001 - a class that cannot be made so: the plain error
             pass
     return NodeExecutionError(message, node_id=node_id, error_type=cls.__name__)
