@@ -567,11 +567,11 @@ def lost_rows():
     return [quick_lost_s25(9), *held]
 
 
-def test_a_run_whose_records_were_lost_leaves_no_task_or_attempt_running(tmp_path):
-    """After a write batch was given up (a disk full, a lock held too long), the recorder
-    writes none of the run's task-level records; the run ended FAILED and the tasks and
-    attempts that were running stayed RUNNING for good (``runs cancel`` refuses an ended
-    run). A real lock on the result database makes the batch fail."""
+def _run_losing_a_batch(tmp_path, while_locked=lambda md, run_id: None):
+    """``lost_rows`` on a real SQLite engine: once its three tasks run, another connection
+    holds the result database's write lock past every retry of the batch holding the quick
+    task's result (``while_locked(md, run_id)`` runs then); returns (result, md, engine,
+    what ``while_locked`` returned)."""
     import sqlite3
 
     from twingraph.engine.engine import Engine
@@ -585,7 +585,7 @@ def test_a_run_whose_records_were_lost_leaves_no_task_or_attempt_running(tmp_pat
     out: list = []
     t = threading.Thread(target=lambda: out.append(lost_rows.run(engine=eng)))
     t.start()
-    locker = None
+    locker, extra = None, None
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -597,6 +597,7 @@ def test_a_run_whose_records_were_lost_leaves_no_task_or_attempt_running(tmp_pat
         locker = sqlite3.connect(str(tmp_path / "r.db"), isolation_level=None)
         locker.execute("BEGIN IMMEDIATE")      # the quick task's result cannot be written
         locked_s25.set()
+        extra = while_locked(md, runs[0].run_id)
         time.sleep(2.5)                        # past every retry of its batch
         locker.execute("ROLLBACK")
     finally:
@@ -605,7 +606,15 @@ def test_a_run_whose_records_were_lost_leaves_no_task_or_attempt_running(tmp_pat
         t.join(60)
         if locker is not None:
             locker.close()
-    r = out[0]
+    return out[0], md, eng, extra
+
+
+def test_a_run_whose_records_were_lost_leaves_no_task_or_attempt_running(tmp_path):
+    """After a write batch was given up (a disk full, a lock held too long), the recorder
+    writes none of the run's task-level records; the run ended FAILED and the tasks and
+    attempts that were running stayed RUNNING for good (``runs cancel`` refuses an ended
+    run)."""
+    r, md, eng, _ = _run_losing_a_batch(tmp_path)
     assert r.state is RunState.FAILED and "locked" in str(r.error), r.error
     tasks = md.get_tasks(r.run_id)
     assert not [x for x in tasks if not x.state.terminal], [(x.node_id, x.state) for x in tasks]
@@ -817,51 +826,21 @@ def test_a_driver_taken_over_does_not_end_the_new_drivers_rows_after_a_lost_batc
     """Regression review: the ending of open rows after a lost batch read fences back from
     the store and wrote them, so a driver taken over cancelled the new driver's task and
     failed its attempt (fencing bypassed)."""
-    import sqlite3
-
     from twingraph.core.records import AttemptRecord, TaskUpdate
     from twingraph.core.states import TaskState, fence
-    from twingraph.engine.engine import Engine
-    from twingraph.stores.results.sqlite import SQLiteStorage
 
-    hold_s25.clear()
-    locked_s25.clear()
-    md = SQLMetadataStore(f"sqlite:///{tmp_path / 'md.db'}", create=True)
-    eng = Engine(results=SQLiteStorage(str(tmp_path / "r.db"), busy_timeout=0.3), metadata=md,
-                 writer="thread", flush_interval=0.02)
-    out: list = []
-    t = threading.Thread(target=lambda: out.append(lost_rows.run(engine=eng)))
-    t.start()
-    locker = None
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            runs = md.list_runs(pipeline="lost_rows_s25")
-            if runs and sum(x.state.value == "RUNNING" for x in md.get_tasks(runs[0].run_id)) == 3:
-                break
-            assert time.monotonic() < deadline, "the tasks never ran"
-            time.sleep(0.02)
-        rid = runs[0].run_id
-        locker = sqlite3.connect(str(tmp_path / "r.db"), isolation_level=None)
-        locker.execute("BEGIN IMMEDIATE")
-        locked_s25.set()
+    def take_over(md, rid):
         epoch = md.claim_driver(rid)              # another driver takes the run over
         now = time.time()
         md.write([TaskUpdate(rid, "holds_s25-0", TaskState.RUNNING, now, fence=fence(epoch, 1)),
                   AttemptRecord(rid, "holds_s25-0", 1, fence(epoch, 1), TaskState.RUNNING,
                                 "local", now)])
-        time.sleep(2.5)
-        locker.execute("ROLLBACK")
-    finally:
-        locked_s25.set()
-        hold_s25.set()
-        t.join(60)
-        if locker is not None:
-            locker.close()
-    assert out[0].state is RunState.FAILED
-    mine = [x for x in md.get_tasks(rid) if x.node_id == "holds_s25-0"][0]
+        return epoch
+    r, md, eng, epoch = _run_losing_a_batch(tmp_path, take_over)
+    assert r.state is RunState.FAILED
+    mine = [x for x in md.get_tasks(r.run_id) if x.node_id == "holds_s25-0"][0]
     assert mine.state.value == "RUNNING" and mine.fence == fence(epoch, 1)
-    attempt = [a for a in md.get_attempts(rid) if a.fence == fence(epoch, 1)][0]
+    attempt = [a for a in md.get_attempts(r.run_id) if a.fence == fence(epoch, 1)][0]
     assert attempt.state.value == "RUNNING"
     eng.close()
 
