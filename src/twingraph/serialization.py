@@ -171,35 +171,71 @@ def settled(value: Any) -> Any:
     """A task's result as it can be kept: an ndarray that is a view of memory held elsewhere
     (``return BUF[:]`` of a buffer the code reuses) is copied, since its bytes are hashed now
     and written later, and the next fill changed them (the write failed, the run with it).
-    A view whose base nothing else holds (``arr.reshape(...)`` of a local array) is kept, its
-    base made read-only with it (``encode(freeze=True)``): no copy of a large result."""
+    A view whose memory nothing else holds (``arr.reshape(...)`` of a local array, two views
+    of one local array in the outputs) is kept, the memory's owner made read-only with it
+    (``encode(freeze=True)``): no copy of a large result. The owner is found along ``.base``
+    (through NumPy's own holders, ``as_strided``'s); one that is not an array (a bytearray, a
+    writable mmap) is copied unless it is read-only."""
     np = sys.modules.get("numpy")
     if np is None:
         return value
     if type(value) is dict:             # a component's outputs: each of them
-        out = {k: _settled_array(np, v) if type(v) is np.ndarray else v
-               for k, v in value.items()}
-        return value if all(out[k] is v for k, v in value.items()) else out
-    return _settled_array(np, value) if type(value) is np.ndarray else value
-
-
-def _settled_array(np: Any, value: Any) -> Any:
-    base = value.base
-    if base is None:
-        return value
-    if isinstance(base, np.ndarray):
-        if not base.flags.writeable:
+        parts = list(value.values())
+        # decided first (keys only kept): a result being built would hold the owners too
+        copy = [k for k, v in value.items() if type(v) is np.ndarray and _must_copy(np, v, parts)]
+        del parts
+        if not copy:
             return value
-        # held by this view only (+1 here, +1 getrefcount's argument): nobody else writes it
-        if sys.getrefcount(base) <= 3:
-            base.flags.writeable = False
-            return value
+        return {k: v.copy() if k in copy else v for k, v in value.items()}
+    if type(value) is np.ndarray and _must_copy(np, value, [value]):
         return value.copy()
-    try:
-        readonly = memoryview(base).readonly
-    except TypeError:                   # not a buffer (a custom owner): as it is
-        return value
-    return value if readonly else value.copy()
+    return value
+
+
+def _owner(value: Any) -> Any:
+    """The object whose memory ``value`` (an ndarray view) uses: along ``.base``."""
+    np = sys.modules["numpy"]
+    b = value.base
+    while isinstance(b, np.ndarray) or hasattr(b, "__array_interface__"):   # (as_strided's)
+        nxt = getattr(b, "base", None)
+        if nxt is None:
+            return b
+        b = nxt
+    return b
+
+
+def _must_copy(np: Any, value: Any, parts: list[Any]) -> bool:
+    """Whether ``value`` (an ndarray among the result's ``parts``) views memory someone else
+    may write; if not, its owner is made read-only."""
+    if value.base is None:
+        return False
+    owner = _owner(value)
+    if not isinstance(owner, np.ndarray):
+        try:
+            return not memoryview(owner).readonly
+        except TypeError:               # not a buffer: cannot tell who else writes it
+            return True
+    if not owner.flags.writeable:
+        return False
+    # Who holds the owner: this name and getrefcount's argument, the result's own parts
+    # (the owner itself, and each link of a view's chain that points at it); anyone more
+    # may write it after the task returned.
+    expected = 2
+    for part in parts:
+        if part is owner:
+            expected += 2               # the result dict, and ``parts``
+        elif type(part) is np.ndarray:
+            link = part.base
+            while link is not None:
+                if getattr(link, "base", None) is owner or link is owner:
+                    expected += 1
+                    break
+                link = getattr(link, "base", None)
+    part = link = None                  # (no reference of ours left but ``owner``)
+    if sys.getrefcount(owner) <= expected:
+        owner.flags.writeable = False
+        return False
+    return True
 
 
 def encode(value: Any, *, large_threshold: int = LARGE_THRESHOLD, freeze: bool = False,

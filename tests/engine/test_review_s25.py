@@ -1331,3 +1331,103 @@ def test_an_error_whose_constructor_takes_more_than_a_message_is_caught_by_its_c
         "proc": ["CalledProcessError", "raises_s25-1", None, 1, None, None],
         "decode": ["UnicodeDecodeError", "raises_s25-2", None, None, None, None],
         "file": ["FileNotFoundError", "raises_s25-3", None, None, 2, "/nonexistent/s25/f.txt"]}
+
+
+def test_task_errors_keep_their_class_text_attributes_and_can_be_copied():
+    """Regression review round 3: an OSError without a file name printed ': None'; a copy of
+    an error built from its own arguments failed; HTTPError and ExceptionGroup (their own
+    ``__new__``) came as plain errors; a one-message constructor's error lost its attributes
+    (``e.code`` its default, ``e.response`` None); ``__slots__`` were not copied."""
+    import copy
+    import http.client
+    import urllib.error
+
+    from twingraph.engine.futures import _task_error
+
+    class SlotErr(Exception):
+        __slots__ = ("code",)
+
+        def __init__(self, code):
+            super().__init__(code)
+            self.code = code
+
+        def __str__(self):
+            return f"code {self.code}"
+
+    class WithDefault(Exception):
+        def __init__(self, message, code=500):
+            super().__init__(message)
+            self.code = code
+
+    cases = [(ConnectionRefusedError(111, "Connection refused"), "[Errno 111] Connection refused",
+              {"errno": 111}),
+             (SlotErr(7), "code 7", {"code": 7}),
+             (WithDefault("m", code=404), "task n-0 failed: WithDefault: m", {"code": 404}),
+             (urllib.error.HTTPError("http://x", 404, "Not Found", {}, None),
+              "HTTP Error 404: Not Found", {"code": 404}),
+             (http.client.IncompleteRead(b"abc", 10),
+              "IncompleteRead(3 bytes read, 10 more expected)", {"expected": 10}),
+             (ExceptionGroup("eg", [ValueError(1)]), "eg (1 sub-exception)", {})]
+    for err, text, attrs in cases:
+        e = _task_error(err, "n-0")
+        assert isinstance(e, type(err)) and e.node_id == "n-0", err
+        assert str(e) == text
+        for k, v in attrs.items():
+            assert getattr(e, k) == v, (err, k)
+        c = copy.copy(e)
+        assert type(c) is type(e) and str(c) == text
+
+
+@component(cache=True)
+def grid_s25():
+    return np.arange(20).reshape(2, 10)
+
+
+@component(cache=True)
+def as_list_s25(v) -> list:
+    return [int(x) for x in v]
+
+
+@pipeline(name="slice_in_tuple_s25")
+def slice_in_tuple(k: int):
+    g = grid_s25()["outputs"]["result"]
+    n = count_s25(k)["outputs"]["result"]
+    return as_list_s25(g[0, 0:n])
+
+
+def test_a_future_in_a_slice_inside_a_tuple_key_is_waited_for(engine):
+    got = [slice_in_tuple.run(engine=engine, k=k).value["outputs"]["result"] for k in (3, 5)]
+    assert got == [[0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+def test_settled_follows_the_owner_and_counts_the_results_own_views():
+    """Regression review round 3: ``as_strided`` of a reused buffer (its base is NumPy's own
+    holder) and a view of a view of a shared bytearray were kept, and the run failed; two
+    views of one local array in the outputs were both copied."""
+    from numpy.lib.stride_tricks import as_strided
+
+    from twingraph.serialization import settled
+    workspace, shared_bytes = np.zeros(10), bytearray(80)
+
+    def strided():
+        return as_strided(workspace, shape=(5,), strides=(16,))
+
+    def view_of_view():
+        a = np.frombuffer(shared_bytes)
+        return a[:]
+
+    def two_views():
+        a = np.arange(10.0)
+        return {"x": a[1:], "y": a[:-1]}
+
+    def whole_and_half():
+        a = np.arange(10.0)
+        return {"full": a, "half": a[::2]}
+    for make in (strided, view_of_view):
+        v = make()
+        assert settled(v) is not v, make
+    for make in (two_views, whole_and_half):
+        v = make()
+        out = settled(v)
+        assert all(out[k] is v[k] for k in v), make
+    assert workspace.flags.writeable

@@ -209,14 +209,19 @@ class BodySide:
 
 
 _AS_TASK_ERROR: dict[type, type | None] = {}
+#: What a NodeExecutionError keeps of its own (not taken from the original error).
+_OWN = ("node_id", "error_type", "traceback", "error_types")
 
 
 def _task_error(err: BaseException, node_id: str) -> NodeExecutionError:
     """The error ``future.result()`` raises for a task that raised ``err``: a
     ``NodeExecutionError`` (node id, error type) that is also an instance of ``err``'s class,
-    so ``except ValueError`` in a pipeline body catches what it would catch in a plain call.
-    A class that cannot be combined so (a layout conflict, a constructor that needs more than
-    a message) gives a plain ``NodeExecutionError``; ``__cause__`` is ``err`` either way."""
+    so ``except ValueError`` in a pipeline body catches what it would catch in a plain call,
+    with the original's attributes (``e.response``, ``e.errno``, ``e.code``...). Built from a
+    message where its constructor takes one, else from the original's own arguments
+    (``JSONDecodeError(msg, doc, pos)``, ``CalledProcessError``, ``HTTPError``: a plain
+    ``NodeExecutionError`` before, which ``except ValueError`` missed). A class that cannot
+    be combined so gives a plain ``NodeExecutionError``; ``__cause__`` is ``err`` either way."""
     message = f"task {node_id} failed: {type(err).__name__}: {err}"
     cls = type(err)
     if cls in _AS_TASK_ERROR:
@@ -224,35 +229,90 @@ def _task_error(err: BaseException, node_id: str) -> NodeExecutionError:
     else:
         try:
             sub = type(cls.__name__, (NodeExecutionError, cls),
-                       {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+                       {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                        "__reduce__": _reduce_task_error})
         except TypeError:
             sub = None
         _AS_TASK_ERROR[cls] = sub
-    if sub is not None:
+    if sub is None:
+        return NodeExecutionError(message, node_id=node_id, error_type=cls.__name__)
+    out: Any
+    try:
+        out = sub(message, node_id=node_id, error_type=cls.__name__)
+    except Exception:  # noqa: BLE001 - its constructor wants other arguments
+        out = None
+    if out is not None:
+        if isinstance(err, OSError) and err.errno is not None:
+            # errno, filename: C-level, not in __dict__ (its text becomes the original's)
+            out.errno, out.strerror = err.errno, err.strerror
+            if err.filename is not None:
+                out.filename = err.filename
+            if err.filename2 is not None:
+                out.filename2 = err.filename2
+    else:
         try:
-            out: Any = sub(message, node_id=node_id, error_type=cls.__name__)
-            if isinstance(err, OSError) and err.errno is not None:
-                # errno, filename: C-level, not in __dict__ (its text becomes the original's)
-                out.errno, out.strerror, out.filename = err.errno, err.strerror, err.filename
-                if err.filename2 is not None:
-                    out.filename2 = err.filename2
-            return out  # type: ignore[no-any-return]
-        except Exception:  # noqa: BLE001 - its constructor wants other arguments
-            pass
-        try:
-            # Made with the original's own arguments (``JSONDecodeError(msg, doc, pos)``,
-            # ``CalledProcessError``, ``UnicodeDecodeError``, an error of the user's taking a
-            # code): a plain NodeExecutionError was not caught by ``except ValueError`` as the
-            # call itself is, and lost the original's attributes. Its text is the original's.
-            out = BaseException.__new__(sub, *err.args)
-            try:
-                cls.__init__(out, *err.args)    # C-level fields (a UnicodeError's)
-            except Exception:  # noqa: BLE001 - args are not its constructor's (JSONDecodeError)
-                out.args = err.args
-            out.__dict__.update(vars(err))
-            out.node_id, out.error_type, out.traceback = node_id, cls.__name__, None
-            out.error_types = ()
-            return out  # type: ignore[no-any-return]
+            out = _made_like(sub, cls, err.args)
         except Exception:  # noqa: BLE001 - a class that cannot be made so: the plain error
-            pass
-    return NodeExecutionError(message, node_id=node_id, error_type=cls.__name__)
+            return NodeExecutionError(message, node_id=node_id, error_type=cls.__name__)
+        out.node_id, out.error_type, out.traceback = node_id, cls.__name__, None
+        out.error_types = ()
+    try:
+        _copy_state(err, out)
+    except Exception:  # noqa: BLE001 - what cannot be copied stays on __cause__
+        pass
+    return out  # type: ignore[no-any-return]
+
+
+def _made_like(sub: type, cls: type, args: tuple[Any, ...]) -> Any:
+    """An instance of ``sub`` made with ``args``, ``cls``'s own way: its ``__new__`` (an
+    OSError's, an ExceptionGroup's refuse ``BaseException.__new__``), then its ``__init__``
+    (a UnicodeError's C-level fields), or just its ``args`` if they are not the constructor's
+    (``JSONDecodeError`` keeps the formatted message)."""
+    try:
+        out = cls.__new__(sub, *args)
+    except TypeError:
+        out = BaseException.__new__(sub, *args)
+    try:
+        cls.__init__(out, *args)  # type: ignore[misc]
+    except Exception:  # noqa: BLE001 - args are not its constructor's
+        out.args = args
+    return out
+
+
+def _copy_state(err: BaseException, out: Any) -> None:
+    """The original's attributes onto ``out`` (its ``__dict__`` and ``__slots__``), but the
+    task error's own."""
+    for k, v in getattr(err, "__dict__", {}).items():
+        if k not in _OWN:
+            out.__dict__[k] = v
+    for klass in type(err).__mro__:
+        for name in getattr(klass, "__slots__", ()) or ():
+            if isinstance(name, str) and name not in _OWN and name not in ("__dict__",
+                                                                            "__weakref__"):
+                try:
+                    setattr(out, name, getattr(err, name))
+                except AttributeError:
+                    pass
+
+
+def _rebuild_task_error(sub: type, args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    out = _made_like(sub, sub.__bases__[1], args)    # (bases: NodeExecutionError, the class)
+    for name, value in state.pop("__c_fields__", {}).items():     # an OSError's
+        setattr(out, name, value)
+    out.__dict__.update(state)
+    return out
+
+
+def _reduce_task_error(self: Any) -> Any:
+    """Copied or pickled (``copy.copy`` of a caught error): rebuilt as it was made; the
+    default (``type(self)(*self.args)``) went through NodeExecutionError's constructor with
+    the original's arguments, and failed."""
+    state = dict(self.__dict__)
+    names = [n for klass in type(self).__mro__ for n in (getattr(klass, "__slots__", ()) or ())
+             if isinstance(n, str) and n not in ("__dict__", "__weakref__")]
+    if isinstance(self, OSError):
+        names += ["errno", "strerror", "filename", "filename2"]
+    # what is not in __dict__: slots, an OSError's C-level fields
+    state["__c_fields__"] = {n: getattr(self, n) for n in names
+                             if getattr(self, n, None) is not None}
+    return (_rebuild_task_error, (type(self), self.args, state))

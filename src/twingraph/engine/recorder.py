@@ -43,6 +43,9 @@ log = logging.getLogger("twingraph.engine")
 #: Writes of one batch (with the batches after it) before it is given up, ``RETRY_DELAY``
 #: seconds apart.
 WRITE_RETRIES = 3
+#: Run rows lost with a batch kept to be sent again (the newest): a run that writes nothing
+#: more keeps its entry, and each is looked for in every later batch.
+LOST_ROWS_KEPT = 100
 RETRY_DELAY = 0.1
 
 _UPDATE_FIELDS = ("state", "attempts", "fence", "cache_key", "cache_status", "cache_reason",
@@ -297,7 +300,7 @@ class Recorder:
         for r in records:
             if type(r) is RunRecord:
                 self._lost_rows[r.run_id] = r
-        while len(self._lost_rows) > KEEP_DOOMED:
+        while len(self._lost_rows) > LOST_ROWS_KEPT:
             self._lost_rows.popitem(last=False)
 
     def _blame_runs(self, exc: BaseException, runs: set[str]) -> None:
@@ -336,8 +339,15 @@ class Recorder:
         first: list[Any] = []
         if lost:
             for r in records:
-                ids = {x.run_id for x in r.records()} if type(r) is PackedTaskRecords \
-                    else {getattr(r, "run_id", None)}
+                ids: set[Any]
+                if type(r) is PackedTaskRecords:
+                    # decoded only if a lost run's id is in its bytes (it is, as text): every
+                    # flush decoded every packed row while a lost row waited (for good, for a
+                    # run that writes nothing more)
+                    ids = {x.run_id for x in r.records()} \
+                        if any(rid.encode() in r.data for rid in lost) else set()
+                else:
+                    ids = {getattr(r, "run_id", None)}
                 for run_id in ids:
                     row = lost.pop(run_id, None) if isinstance(run_id, str) else None
                     if row is not None:

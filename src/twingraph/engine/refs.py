@@ -148,7 +148,7 @@ def _concrete_key(key: Any) -> Any:
         return key.result()
     if t is tuple:
         return tuple(_concrete_key(k) for k in key) if any(
-            type(k) is Ref or type(k) is tuple for k in key) else key
+            type(k) is Ref or type(k) is tuple or type(k) is slice for k in key) else key
     if t is slice:
         return slice(_concrete(key.start), _concrete(key.stop), _concrete(key.step))
     return key
