@@ -180,6 +180,12 @@ def settled(value: Any) -> Any:
     if np is None:
         return value
     if type(value) is dict:             # a component's outputs: each of them
+        nd = np.ndarray
+        for v in value.values():
+            if type(v) is nd and v.base is not None:
+                break
+        else:
+            return value                # (the usual case: no view in it, nothing to do)
         parts = list(value.values())
         # decided first (keys only kept): a result being built would hold the owners too
         copy = [k for k, v in value.items() if type(v) is np.ndarray and _must_copy(np, v, parts)]
