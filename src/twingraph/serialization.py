@@ -198,9 +198,8 @@ def settled(value: Any) -> Any:
     return value
 
 
-def _owner(value: Any) -> Any:
+def _owner(np: Any, value: Any) -> Any:
     """The object whose memory ``value`` (an ndarray view) uses: along ``.base``."""
-    np = sys.modules["numpy"]
     b = value.base
     while isinstance(b, np.ndarray) or hasattr(b, "__array_interface__"):   # (as_strided's)
         nxt = getattr(b, "base", None)
@@ -215,7 +214,7 @@ def _must_copy(np: Any, value: Any, parts: list[Any]) -> bool:
     may write; if not, its owner is made read-only."""
     if value.base is None:
         return False
-    owner = _owner(value)
+    owner = _owner(np, value)
     if not isinstance(owner, np.ndarray):
         try:
             return not memoryview(owner).readonly
@@ -232,8 +231,8 @@ def _must_copy(np: Any, value: Any, parts: list[Any]) -> bool:
             expected += 2               # the result dict, and ``parts``
         elif type(part) is np.ndarray:
             link = part.base
-            while link is not None:
-                if getattr(link, "base", None) is owner or link is owner:
+            while link is not None:         # the link whose base is the owner holds it
+                if link is owner:
                     expected += 1
                     break
                 link = getattr(link, "base", None)

@@ -305,12 +305,15 @@ def option_named(max_parallel: int = 5, no_cache: bool = False, resume: str = "n
     return {"mp": echo_s25(v=max_parallel)["outputs"]["result"], "nc": no_cache, "r": resume}
 
 
-def test_calling_a_pipeline_passes_parameters_named_like_run_options(engine, monkeypatch):
+def test_calling_a_pipeline_passes_parameters_named_like_run_options(engine):
     """``pipe(max_parallel=3, no_cache=True)`` ran the body with its defaults (the values were
     taken for run options), and ``resume="yes"`` looked for a run called 'yes'."""
-    import twingraph.runtime as runtime
-    monkeypatch.setattr(runtime, "default_engine", lambda: engine)
-    out = option_named(max_parallel=3, no_cache=True, resume="yes")
+    from twingraph.runtime import set_default_engine
+    set_default_engine(engine)                 # what a call of the pipeline runs on
+    try:
+        out = option_named(max_parallel=3, no_cache=True, resume="yes")
+    finally:
+        set_default_engine(None)
     assert out == {"mp": 3, "nc": True, "r": "yes"}
 
 

@@ -285,14 +285,18 @@ def _copy_state(err: BaseException, out: Any) -> None:
     for k, v in getattr(err, "__dict__", {}).items():
         if k not in _OWN:
             out.__dict__[k] = v
-    for klass in type(err).__mro__:
-        for name in getattr(klass, "__slots__", ()) or ():
-            if isinstance(name, str) and name not in _OWN and name not in ("__dict__",
-                                                                            "__weakref__"):
-                try:
-                    setattr(out, name, getattr(err, name))
-                except AttributeError:
-                    pass
+    for name in _slot_names(type(err)):
+        if name not in _OWN:
+            try:
+                setattr(out, name, getattr(err, name))
+            except AttributeError:
+                pass
+
+
+def _slot_names(cls: type) -> list[str]:
+    """The ``__slots__`` attributes of ``cls`` and its bases (not kept in ``__dict__``)."""
+    return [n for klass in cls.__mro__ for n in (getattr(klass, "__slots__", ()) or ())
+            if isinstance(n, str) and n not in ("__dict__", "__weakref__")]
 
 
 def _rebuild_task_error(sub: type, args: tuple[Any, ...], state: dict[str, Any]) -> Any:
@@ -308,8 +312,7 @@ def _reduce_task_error(self: Any) -> Any:
     default (``type(self)(*self.args)``) went through NodeExecutionError's constructor with
     the original's arguments, and failed."""
     state = dict(self.__dict__)
-    names = [n for klass in type(self).__mro__ for n in (getattr(klass, "__slots__", ()) or ())
-             if isinstance(n, str) and n not in ("__dict__", "__weakref__")]
+    names = _slot_names(type(self))
     if isinstance(self, OSError):
         names += ["errno", "strerror", "filename", "filename2"]
     # what is not in __dict__: slots, an OSError's C-level fields

@@ -330,7 +330,9 @@ def snapshot(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, 
         return args, kwargs
 
 
-def _plain(v: Any) -> bool:
+def _plain_other(v: Any) -> bool:
+    """A plain leaf of a type not in ``_PLAIN``: a NumPy array or scalar without objects, an
+    enum member, a path."""
     t = type(v)
     if t.__module__ == "numpy":
         dtype = getattr(v, "dtype", None)     # an array, or a scalar: no objects in it
@@ -341,7 +343,7 @@ def _plain(v: Any) -> bool:
 def _snap(v: Any, memo: dict[int, Any], budget: list[int]) -> Any:
     t = type(v)
     if t not in _SNAP:
-        if t in _PLAIN or _plain(v):
+        if t in _PLAIN or _plain_other(v):
             return v
         raise _AsIs
     done = memo.get(id(v))
@@ -365,7 +367,7 @@ def _snap(v: Any, memo: dict[int, Any], budget: list[int]) -> Any:
         new = {}
         memo[id(v)] = new
         for k, x in v.items():
-            if type(k) not in _PLAIN and not _plain(k):
+            if type(k) not in _PLAIN and not _plain_other(k):
                 _snap(k, memo, budget)                      # (a tuple key: kept, but looked into)
             new[k] = _snap(x, memo, budget)
     elif t is set or t is frozenset:        # items are hashable: kept as they are, looked into
