@@ -854,7 +854,8 @@ def test_in_memory_sqlite_url_works(tmp_path: Path) -> None:
 
 
 def test_migration_is_idempotent_and_matches_the_models(sql_url: str) -> None:
-    assert upgrade(sql_url) == head()
+    # the scripts (a new SQLite file would be built from the models, test_migration_head)
+    assert upgrade(sql_url, from_models=False) == head()
     assert upgrade(sql_url) == head()
     assert current(sql_url) == head()
     engine = make_engine(sql_url)

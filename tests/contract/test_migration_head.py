@@ -65,3 +65,77 @@ def test_upgrading_an_old_database_keeps_every_runs_history(tmp_path, postgres_u
                                         "lineage_edges": 1}, url
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _schema(url: str) -> dict[str, dict[str, object]]:
+    """Every table as the database describes it: columns with types, nullability and
+    defaults, the primary key, foreign keys, indexes, unique and check constraints."""
+    from sqlalchemy import create_engine, inspect
+    eng = create_engine(url)
+    try:
+        with eng.connect() as c:
+            insp = inspect(c)
+            out: dict[str, dict[str, object]] = {}
+            for t in sorted(insp.get_table_names()):
+                out[t] = {
+                    "columns": [(col["name"], str(col["type"]), col["nullable"], col["default"])
+                                for col in insp.get_columns(t)],
+                    "pk": insp.get_pk_constraint(t),
+                    "fks": sorted((fk["name"] or "", tuple(fk["constrained_columns"]),
+                                   fk["referred_table"], tuple(fk["referred_columns"]),
+                                   tuple(sorted(fk["options"].items())))
+                                  for fk in insp.get_foreign_keys(t)),
+                    "indexes": sorted((ix["name"] or "", tuple(ix["column_names"]),
+                                       bool(ix["unique"])) for ix in insp.get_indexes(t)),
+                    "uniques": sorted((u["name"] or "", tuple(u["column_names"]))
+                                      for u in insp.get_unique_constraints(t)),
+                    "checks": sorted((ck["name"] or "", ck["sqltext"])
+                                     for ck in insp.get_check_constraints(t)),
+                }
+            return out
+    finally:
+        eng.dispose()
+
+
+def test_a_new_database_built_from_the_models_is_the_one_the_scripts_make(
+        tmp_path, postgres_url) -> None:
+    """``upgrade`` builds an empty database from the models and stamps it at head (no
+    Alembic); the migration scripts, run from nothing, must give the same tables, columns,
+    types, defaults, keys, indexes and constraints, on SQLite and on PostgreSQL. Afterwards the
+    scripts accept the built database as theirs."""
+    import secrets
+
+    import psycopg
+
+    from tests.conftest import ADMIN_URL
+    names = [f"twingraph_test_new_{secrets.token_hex(4)}" for _ in range(2)]
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        for name in names:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            base = postgres_url.rsplit("/", 1)[0]
+            pairs = [(f"sqlite:///{tmp_path / 'built.db'}", f"sqlite:///{tmp_path / 'migrated.db'}"),
+                     (f"{base}/{names[0]}", f"{base}/{names[1]}")]
+            for built, migrated in pairs:
+                assert migrate.upgrade(built) == migrate.HEAD
+                assert migrate.upgrade(migrated, from_models=False) == migrate.HEAD
+                got, want = _schema(built), _schema(migrated)
+                assert set(got) == set(want), built
+                for table in want:
+                    assert got[table] == want[table], (built, table)
+                assert migrate.upgrade(built, from_models=False) == migrate.HEAD
+                assert migrate.upgrade(built) == migrate.HEAD
+        finally:
+            for name in names:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_first_process_on_a_new_home_does_not_import_alembic(tmp_path) -> None:
+    import subprocess
+    import sys
+    code = ("import sys; from twingraph.stores.metadata import SQLMetadataStore, migrate; "
+            f"s = SQLMetadataStore('sqlite:///{tmp_path / 'm.db'}', create=True); "
+            "print(migrate.current(s._engine), 'alembic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [migrate.HEAD, "False"]

@@ -29,10 +29,9 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from itertools import groupby
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ARRAY, Connection, String, Table, any_, bindparam, case, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import ClauseElement
 
 from twingraph.core.records import (
@@ -51,6 +50,7 @@ from twingraph.core.wire import TaskRows
 from twingraph.errors import NotFoundError, ValidationError
 from twingraph.stores.metadata import _semantics as sem
 from twingraph.stores.metadata._bulk import Builder, bulk, chunks
+from twingraph.stores.metadata._engine import dialect_insert
 from twingraph.stores.metadata.catalog import new_id
 from twingraph.stores.metadata.schema import (
     lineage_edges,
@@ -61,6 +61,9 @@ from twingraph.stores.metadata.schema import (
     task_attempts,
     tasks,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects import postgresql, sqlite
 
 #: Bound parameters per ``IN (...)`` on SQLite: 32,766 variables since SQLite 3.32, 999 before.
 SQLITE_IN_CHUNK = 30_000 if sqlite3.sqlite_version_info >= (3, 32) else 900
@@ -95,7 +98,7 @@ class BatchWriter:
         self.conn = conn
         self.clock = clock
         self.postgres = conn.dialect.name == "postgresql"
-        self._insert = postgresql.insert if self.postgres else sqlite.insert
+        self._insert = dialect_insert(conn.dialect.name)
         self._json = sem.json_encoder()
         self._inputs_json = sem.fast_json_encoder()     # task inputs: the hot path
         self._handlers: dict[type, Callable[[list[Any], list[TaskKey]], None]] = {

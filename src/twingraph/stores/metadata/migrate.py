@@ -62,32 +62,68 @@ def scripts_head() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def upgrade(url: str | Engine, revision: str = "head") -> str | None:
+def upgrade(url: str | Engine, revision: str = "head", *, from_models: bool = True) -> str | None:
     """Migrate the database at ``url`` (or an engine) to ``revision``; return the new revision.
+
+    An empty database (no tables) asked for ``head`` is built from the models in one step and
+    stamped at ``HEAD``, Alembic's recipe for a new database, unless ``from_models=False``: the
+    first process on a new home then imports no Alembic (~0.35 s, ~11 MB of RSS) and runs no
+    table rebuilds. A test holds the two ways to the same schema on SQLite and PostgreSQL.
 
     A database at a revision these scripts do not know (a newer TwinGraph migrated it) raises
     ``ConfigurationError`` saying so; Alembic's own ``CommandError`` would reach the user as a
     traceback."""
-    from alembic import command
-    from alembic.util import CommandError
-
     with _engine_for(url) as engine:
         try:
-            with _locked(engine) as conn:
-                command.upgrade(alembic_config(conn), revision)
+            with _locked(engine) as conn:       # decided under the lock: one builder, one stamp
+                if from_models and revision == "head" and not inspect(conn).get_table_names():
+                    _build_at_head(conn)
+                else:
+                    _run_scripts(conn, revision)
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot migrate the metadata database: {exc}") from exc
-        except CommandError as exc:
+        except _ScriptsFailed as exc:
             found = current(engine)
             where = engine.url.render_as_string(hide_password=True)
             if found is not None and not _known_revision(found):
                 raise ConfigurationError(
                     f"metadata database {where} is at schema revision {found}, which this "
                     f"TwinGraph does not know (it needs {HEAD}): a newer TwinGraph migrated "
-                    f"this database; use that TwinGraph with it") from exc
+                    f"this database; use that TwinGraph with it") from exc.__cause__
             raise ConfigurationError(
-                f"cannot migrate the metadata database {where} to {revision!r}: {exc}") from exc
+                f"cannot migrate the metadata database {where} to {revision!r}: "
+                f"{exc.__cause__}") from exc.__cause__
         return current(engine)
+
+
+class _ScriptsFailed(Exception):
+    """Alembic's ``CommandError``, carried as ``__cause__`` (catching it by name would import
+    Alembic for every upgrade)."""
+
+
+def _run_scripts(conn: Connection, revision: str) -> None:
+    from alembic import command
+    from alembic.util import CommandError
+
+    try:
+        command.upgrade(alembic_config(conn), revision)
+    except CommandError as exc:
+        raise _ScriptsFailed from exc
+
+
+def _build_at_head(conn: Connection) -> None:
+    """Every table of the models, and Alembic's version table holding ``HEAD`` (declared as
+    Alembic declares it, so later migrations find what they expect)."""
+    from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table, insert
+
+    from twingraph.stores.metadata.schema import metadata
+
+    metadata.create_all(conn)
+    version = Table("alembic_version", MetaData(),
+                    Column("version_num", String(32), nullable=False),
+                    PrimaryKeyConstraint("version_num", name="alembic_version_pkc"))
+    version.create(conn)
+    conn.execute(insert(version).values(version_num=HEAD))
 
 
 def _known_revision(rev: str) -> bool:

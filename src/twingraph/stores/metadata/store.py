@@ -26,7 +26,6 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Row, func, select, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
 
 from twingraph.core.records import (
     AttemptRecord,
@@ -40,7 +39,7 @@ from twingraph.core.states import RunState, TaskState
 from twingraph.errors import ConfigurationError, ConflictError, NotFoundError, StorageError, TwinGraphError, ValidationError
 from twingraph.stores.metadata import _semantics as sem
 from twingraph.stores.metadata import migrate
-from twingraph.stores.metadata._engine import WRITE_OPTION, make_engine, paged
+from twingraph.stores.metadata._engine import WRITE_OPTION, dialect_insert, make_engine, paged
 from twingraph.stores.metadata._write import BatchWriter
 from twingraph.stores.metadata.catalog import (
     PipelineRecord,
@@ -307,7 +306,7 @@ class SQLMetadataStore:
         now = self._clock()
         with self._writing() as conn:
             project_id = self._ensure_project(conn, project)
-            insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            insert = dialect_insert(conn.dialect.name)
             conn.execute(insert(pipelines).on_conflict_do_nothing(
                 index_elements=[pipelines.c.project_id, pipelines.c.name]), {
                 "id": new_id("pipe"), "project_id": project_id, "name": name,
