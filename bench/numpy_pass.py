@@ -1,5 +1,7 @@
 """A 200 MB NumPy array produced by one task and summed by another. Target: peak RSS growth
-<= 1.3x the array. Runs in a fresh subprocess per store so peaks are not shared.
+<= 1.3x the array. Runs in a fresh subprocess per store so peaks are not shared. The last row
+runs both tasks in worker processes (``executor="process"``): the driver's peak, and the
+largest worker's (``worker_peak_rss_mb``).
 
     python bench/numpy_pass.py [--mb 200]
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def child(mb: int, store: str) -> None:
+def child(mb: int, store: str, executor: str) -> None:
     sys.path.insert(0, str(HERE))
     import numpy as np
     from common import peak_rss_bytes, tempdir
@@ -26,11 +28,11 @@ def child(mb: int, store: str) -> None:
 
     n = mb * 1024 * 1024 // 8
 
-    @component
+    @component(executor=executor)
     def produce(n):
         return {"arr": np.ones(n, dtype=np.float64)}
 
-    @component
+    @component(executor=executor)
     def total(arr):
         return float(arr.sum())
 
@@ -47,22 +49,28 @@ def child(mb: int, store: str) -> None:
         assert r.value["outputs"]["result"] == float(n), r.error
         peak = peak_rss_bytes()
         eng.close()
-    print(json.dumps({"store": store, "array_bytes": n * 8, "baseline_rss": base, "peak_rss": peak}))
+    import resource
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    print(json.dumps({"store": store, "array_bytes": n * 8, "baseline_rss": base, "peak_rss": peak,
+                      "worker_peak_rss": workers}))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=200)
-    ap.add_argument("--child", nargs=2)
+    ap.add_argument("--child", nargs=3)
     a = ap.parse_args()
     if a.child:
-        child(int(a.child[0]), a.child[1])
+        child(int(a.child[0]), a.child[1], a.child[2])
         return
-    for store in ("sqlite", "filesystem"):
-        out = subprocess.run([sys.executable, __file__, "--child", str(a.mb), store],
+    for store, executor in (("sqlite", "auto"), ("filesystem", "auto"), ("sqlite", "process")):
+        out = subprocess.run([sys.executable, __file__, "--child", str(a.mb), store, executor],
                              capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
-        print(json.dumps({"bench": "numpy_pass", "store": store, "array_mb": a.mb,
+        extra = {"worker_peak_rss_mb": round(row["worker_peak_rss"] / 2**20)} \
+            if executor == "process" else {}
+        print(json.dumps({"bench": "numpy_pass", "store": store, "executor": executor,
+                          **extra, "array_mb": a.mb,
                           "peak_rss_mb": round(row["peak_rss"] / 2**20),
                           "baseline_rss_mb": round(row["baseline_rss"] / 2**20),
                           "ratio_peak_over_array": round(row["peak_rss"] / row["array_bytes"], 2),

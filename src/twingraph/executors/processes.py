@@ -37,6 +37,7 @@ import threading
 import time
 import traceback
 import types
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +48,7 @@ from twingraph.core.logtext import LOGGER_NAME, message_of, said
 from twingraph.core.placement import mark_worker_process
 from twingraph.errors import (ConfigurationError, MemoryLimitExceeded, NodeExecutionError,
                               remote_traceback)
+from twingraph.executors import bulk
 from twingraph.executors.local import JobOutcome
 from twingraph.ports import Job, Outcome
 
@@ -228,7 +230,8 @@ def _kill_group(w: "_Worker") -> None:
     w.proc.kill()
 
 
-def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> None:  # in the child
+def _worker_main(conn: Any, parent: int, memory_limit: int | None = None,  # in the child
+                 directory: str | None = None) -> None:
     try:
         os.setsid()            # a process group of its own: killed whole (``_kill_group``)
     except (AttributeError, OSError):
@@ -247,10 +250,10 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
     task_logger.setLevel(logging.INFO)
     task_logger.addHandler(forward)
     # Made before the limit: the answers for a task that leaves not even room to say so.
-    out_of_memory = b"R" + cloudpickle.dumps((False, MemoryError(
-        "out of memory: not even the answer fit"), ""))
-    inputs_too_big = b"R" + cloudpickle.dumps((False, MemoryError(
-        "its inputs did not fit"), ""))
+    out_of_memory = bulk.dumps((False, MemoryError(
+        "out of memory: not even the answer fit"), ""), None, b"R").data
+    inputs_too_big = bulk.dumps((False, MemoryError(
+        "its inputs did not fit"), ""), None, b"R").data
     if memory_limit:
         _limit_memory(memory_limit)       # after the imports: the limit is the task's to use
     conn.send_bytes(b"ready")             # booted and imported: jobs' clocks may start now
@@ -275,7 +278,7 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
         except OSError:           # a task before removed it
             cwd = None
         try:
-            out, caller = _run_one(data)
+            out, caller = _run_one(data, directory)
         except MemoryError:
             # The task's memory is still held (by a global, say): answer with what was made
             # beforehand and end, rather than die without a word.
@@ -286,10 +289,10 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None) -> Non
             environ, cwd = caller
         _restore(environ, cwd)
         with forward.pipe_lock:   # not in the middle of a log frame from another thread
-            conn.send_bytes(b"R" + out)
+            conn.send_bytes(out.data)
             forward.task = 0          # idle: what its threads log now is nobody's
         # not held while it waits for the next task (an idle worker kept a 100 MB result)
-        data = out = b""
+        data, out = b"", bulk.Packed(b"")
 
 
 def _restore(environ: dict[str, str], cwd: str | None) -> None:  # in the child
@@ -323,13 +326,15 @@ def _caller() -> Caller:  # in the driver
     return dict(os.environ), cwd
 
 
-def _run_one(data: bytes) -> tuple[bytes, Caller | None]:  # in the child
-    """Run one cloudpickled ``(fn, args, kwargs, caller)``; the pickled ``(ok, value or
-    exception, traceback text)`` answer, and the driver's environment and working directory
-    if the job carried them (``caller``: set here before the task runs)."""
+def _run_one(data: bytes, directory: str | None = None,  # in the child
+             ) -> tuple[bulk.Packed, Caller | None]:
+    """Run one ``(fn, args, kwargs, caller)`` sent by ``bulk.dumps``; the ``R`` frame of its
+    pickled ``(ok, value or exception, traceback text)`` answer (a value's large buffers in a
+    file of ``directory``), and the driver's environment and working directory if the job
+    carried them (``caller``: set here before the task runs)."""
     caller: Caller | None = None
     try:
-        fn, args, kwargs, caller = cloudpickle.loads(data)
+        fn, args, kwargs, caller = bulk.loads(data, writable=True, directory=directory)
         if caller is not None:
             _restore(*caller)
         value = fn(*args, **kwargs)
@@ -357,17 +362,18 @@ def _run_one(data: bytes) -> tuple[bytes, Caller | None]:  # in the child
             except Exception:  # noqa: BLE001 - its str() raises: sent as a NodeExecutionError
                 pass
     try:
-        out: bytes = cloudpickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        # a value's large buffers through a file; an error whole, in the frame
+        out = bulk.dumps(reply, directory if reply[0] else None, b"R")
         if not reply[0] and len(reply) == 3:
-            cloudpickle.loads(out)   # an exception must also unpickle in the driver
+            bulk.loads(out.data[1:], writable=False)  # an exception must also unpickle there
     except Exception as exc:  # noqa: BLE001
         tb = reply[2]
         err = reply[1] if not reply[0] else exc
-        out = cloudpickle.dumps((False, NodeExecutionError(
+        out = bulk.dumps((False, NodeExecutionError(
             f"{type(err).__name__}: {said(err)} (result not picklable: {said(exc)})"
             if reply[0] else f"{type(err).__name__}: {said(err)}",
             error_type=type(err).__name__, traceback=tb,
-            error_types=_class_names(type(err))), tb))
+            error_types=_class_names(type(err))), tb), None, b"R")
     return out, caller
 
 
@@ -544,9 +550,11 @@ def _start_without_main(proc: Any) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, memory_limit: int | None = None) -> None:
+    def __init__(self, ctx: Any, memory_limit: int | None = None,
+                 directory: str | None = None) -> None:
         parent, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid(), memory_limit),
+        self.proc = ctx.Process(target=_worker_main,
+                                args=(child, os.getpid(), memory_limit, directory),
                                 daemon=True, name="twingraph-process-worker")
         _start_without_main(self.proc)
         child.close()
@@ -596,6 +604,12 @@ class ProcessPool:
         self._lock = threading.Lock()
         self._count = 0
         self._closed = False
+        try:            # large buffers of inputs and results go through files here (``bulk``)
+            self._dir: str | None = bulk.pool_directory()
+        except OSError:
+            self._dir = None
+        else:
+            weakref.finalize(self, bulk.remove_directory, self._dir)
 
     def submit(self, job: Job, done: Callable[[Outcome], None]) -> None:
         with self._lock:
@@ -625,7 +639,7 @@ class ProcessPool:
                 self._busy[job] = w
             if w is None:
                 try:
-                    w = _Worker(self._ctx, self.memory_limit)
+                    w = _Worker(self._ctx, self.memory_limit, self._dir)
                 except Exception as exc:  # noqa: BLE001
                     with self._lock:
                         self._count -= 1
@@ -645,8 +659,8 @@ class ProcessPool:
         # ``os.chdir`` ran every later task with the old ones (a thread task saw the new).
         caller = _caller()
         try:
-            payload = cloudpickle.dumps((job.fn, job.args, job.kwargs,
-                                         None if caller == w.caller else caller))
+            payload = bulk.dumps((job.fn, job.args, job.kwargs,
+                                  None if caller == w.caller else caller), self._dir)
         except Exception as exc:  # noqa: BLE001
             with self._lock:
                 self._busy.pop(job, None)
@@ -654,20 +668,29 @@ class ProcessPool:
             done(JobOutcome(job.node_id, job.fence, False, None, NodeExecutionError(
                 f"cannot send task {job.node_id} to a process: {exc}", node_id=job.node_id)))
             return
-        if self.memory_limit and len(payload) > self.memory_limit:
+        if self.memory_limit and payload.size > self.memory_limit:
             # Its inputs alone pass the limit: no worker could even receive them.
+            payload.discard()
             with self._lock:
                 self._busy.pop(job, None)
                 self._idle.append(w)
             done(JobOutcome(job.node_id, job.fence, False, None, MemoryLimitExceeded(
                 job.node_id, self.memory_limit,
-                f"its inputs alone are {_mib(len(payload))}")))
+                f"its inputs alone are {_mib(payload.size)}")))
             return
         w.job, w.caller = job, caller
         threading.Thread(target=self._await, args=(w, job, done, payload), daemon=True,
                          name=f"twingraph-proc-wait-{job.node_id}").start()
 
-    def _await(self, w: _Worker, job: Job, done: Callable[[Outcome], None], payload: bytes) -> None:
+    def _await(self, w: _Worker, job: Job, done: Callable[[Outcome], None],
+               payload: bulk.Packed) -> None:
+        try:
+            self._await_answer(w, job, done, payload)
+        finally:
+            payload.discard()       # read or not, the inputs' file is done with
+
+    def _await_answer(self, w: _Worker, job: Job, done: Callable[[Outcome], None],
+                      payload: bulk.Packed) -> None:
         t0 = time.perf_counter()
         reused, accepted = w.ready, False
         try:
@@ -681,7 +704,7 @@ class ProcessPool:
             if on_start is not None:
                 on_start()
             try:
-                w.conn.send_bytes(payload)
+                w.conn.send_bytes(payload.data)
             except OSError:
                 # The worker stopped reading (its inputs did not fit): it says so before it ends.
                 if not w.conn.poll(1):
@@ -696,7 +719,8 @@ class ProcessPool:
                 if accepted:              # (the worker sends none before: _Forward)
                     _deliver_log(job, frame)
         except (EOFError, OSError, BrokenPipeError):
-            # Killed on purpose (abort) or died on its own.
+            # Killed on purpose (abort) or died on its own; a result it was writing is no one's.
+            bulk.remove_files_of(self._dir, w.proc.pid)
             with self._lock:
                 killed = self._busy.pop(job, None) is None
                 shut = job in self._shut
@@ -735,7 +759,8 @@ class ProcessPool:
         dt = time.perf_counter() - t0
         tb = ""
         try:                              # the whole answer was read: the worker stays usable
-            reply = cloudpickle.loads(frame[1:])
+            reply = bulk.loads(memoryview(frame)[1:], writable=False, directory=self._dir)
+            del frame
             ok, value, tb = reply[:3]
             if not ok and tb and _DYNAMIC in tb:
                 tb = with_real_files(job, tb)
