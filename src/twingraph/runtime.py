@@ -55,11 +55,20 @@ def ensure_home(settings: Settings) -> None:
     try:
         settings.home.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise ConfigurationError(f"TWINGRAPH_HOME {settings.home} is a file, not a "
-                                 f"directory") from None
+        raise _home_is_a_file(settings.home) from None
     except OSError as exc:
         raise ConfigurationError(f"cannot create TWINGRAPH_HOME {settings.home}: "
                                  f"{exc.strerror or exc}") from None
+
+
+def check_home(settings: Settings) -> None:
+    """What ``ensure_home`` says of a home that is a file, for commands that create nothing."""
+    if settings.home.exists() and not settings.home.is_dir():
+        raise _home_is_a_file(settings.home)
+
+
+def _home_is_a_file(home: Path) -> ConfigurationError:
+    return ConfigurationError(f"TWINGRAPH_HOME {home} is a file, not a directory")
 
 
 def default_engine() -> Engine:

@@ -64,6 +64,28 @@ def _engine() -> Any:
     return default_engine()
 
 
+@contextmanager
+def _reading() -> Iterator[Any]:
+    """The home's metadata store opened read-only, for commands that only look: they write
+    nothing and create nothing, so a home on a read-only disk, or another user's, can be
+    inspected. A home with no database yet reads as one with no runs."""
+    from twingraph.runtime import check_home
+    from twingraph.settings import Settings
+    from twingraph.stores.metadata import MemoryMetadataStore, SQLMetadataStore
+    settings = Settings.from_env()
+    check_home(settings)
+    url = settings.database_url
+    _refuse_in_memory(url)
+    try:
+        store: Any = SQLMetadataStore(url, read_only=True)
+    except NotFoundError:
+        store = MemoryMetadataStore()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def _refuse_in_memory(url: str) -> None:
     """An in-memory metadata database (``sqlite://``, ``sqlite:///:memory:``) ends with the
     command: a run's records, an upgrade, vanished as it exited without a word. The library
@@ -334,9 +356,8 @@ def runs_list(pipeline: Annotated[Optional[str], typer.Option()] = None,
               limit: Annotated[int, typer.Option(min=1, max=1000)] = 20) -> None:
     """Recent runs, newest first (a table on a terminal; tab-separated lines, full run ids,
     when piped)."""
-    with _usage_errors():
-        found = _engine().metadata.list_runs(pipeline=pipeline, state=state and state.upper(),
-                                             limit=limit)
+    with _usage_errors(), _reading() as md:
+        found = md.list_runs(pipeline=pipeline, state=state and state.upper(), limit=limit)
     widest = max((len(r.run_id) for r in found), default=0)
     states = max((len(state_label(r)) for r in found), default=0)
     # the table when every column fits whole (at 80 columns the dates broke over three
@@ -356,8 +377,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(
     """One run: its state, parameters and tasks (with memo hit/miss and why), at most LIMIT
     tasks; when there are more, stderr says how many were left out and which --limit shows
     them. Failed tasks are kept in the table before any other."""
-    with _usage_errors():
-        md = _engine().metadata
+    with _usage_errors(), _reading() as md:
         rec = _resolve_run(md, run_id)
         tasks = md.get_tasks(rec.run_id)
     # Stored text (ids, names, params, errors) may hold brackets: escaped, never read as markup.
@@ -426,8 +446,7 @@ def runs_logs(run_id: Annotated[str, typer.Argument(
               offset: Annotated[int, typer.Option(min=0, help="Skip this many lines first")] = 0) -> None:
     """A run's log lines, oldest first (optionally one node's, at a minimum level), at most
     LIMIT of them from OFFSET on; when there are more, stderr says which --offset shows them."""
-    with _usage_errors():
-        md = _engine().metadata
+    with _usage_errors(), _reading() as md:
         rec = _resolve_run(md, run_id)
         if node is not None:
             names = sorted(t.node_id for t in md.get_tasks(rec.run_id))

@@ -16,8 +16,11 @@ error.
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote, unquote
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, Select, create_engine, event
@@ -52,21 +55,42 @@ def dialect_insert(dialect_name: str) -> Callable[[Table], postgresql.Insert | s
     return sqlite_insert
 
 
-def make_engine(url: str | URL) -> Engine:
-    """An engine for ``url`` (normalised by ``normalize_url``); SQLite files get their directory."""
+def make_engine(url: str | URL, *, read_only: bool = False) -> Engine:
+    """An engine for ``url`` (normalised by ``normalize_url``); SQLite files get their directory.
+
+    ``read_only``: connections that cannot write (SQLite: the file opened ``mode=ro``, nothing
+    created, WAL left as it is; PostgreSQL: read-only transactions), so a home on a read-only
+    disk, or another user's, can be inspected."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed)
-    return create_engine(parsed, pool_pre_ping=True, json_serializer=_json_dumps)
+        return _sqlite_engine(parsed, read_only)
+    connect_args = {"options": "-c default_transaction_read_only=on"} if read_only else {}
+    return create_engine(parsed, pool_pre_ping=True, json_serializer=_json_dumps,
+                         connect_args=connect_args)
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def sqlite_file(url: str | URL) -> Path | None:
+    """The file of a SQLite URL (None: another backend, or a database in memory)."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "sqlite" or is_memory_sqlite(parsed):
+        return None
+    database = parsed.database or ""
+    if database.startswith("file:"):        # a URI: its path part
+        database = unquote(database[5:].split("?", 1)[0])
+    return Path(database).expanduser().absolute()
+
+
+def _sqlite_engine(url: URL, read_only: bool = False) -> Engine:
     kwargs: dict[str, Any] = {
         "json_serializer": _json_dumps,
         "connect_args": {"check_same_thread": False, "timeout": BUSY_TIMEOUT_S},
     }
     memory = is_memory_sqlite(url)
-    if memory:
+    if read_only and not memory:
+        path = sqlite_file(url)
+        assert path is not None
+        kwargs["creator"] = lambda: _read_only_connection(path)
+    elif memory:
         # One private database per connection: share a single connection (the store locks it).
         kwargs["poolclass"] = StaticPool
     else:
@@ -84,7 +108,7 @@ def _sqlite_engine(url: URL) -> Engine:
         cur = dbapi_conn.cursor()
         try:
             cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-            if not memory:
+            if not memory and not read_only:
                 enable_wal(cur, BUSY_TIMEOUT_S)
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
@@ -97,6 +121,36 @@ def _sqlite_engine(url: URL) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
     return engine
+
+
+def _read_only_connection(path: Path) -> sqlite3.Connection:
+    """``path`` opened by SQLite's read-only mode (the path as a URI: ``?``, ``#``, ``%`` in a
+    name quoted). A WAL database needs its ``-shm`` file, which a read-only directory cannot
+    get: there, with no write-ahead log left to read, the file is opened as immutable (what
+    it is on such a disk); with one, the error says why."""
+    uri = f"file:{quote(str(path))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()       # opens the file
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "unable to open" not in str(exc) or os.access(path.parent, os.W_OK) \
+                and not _read_only_disk(path):
+            raise
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise sqlite3.OperationalError(
+                f"{path} has changes in its write-ahead log ({wal.name}) that cannot be read "
+                f"where its directory is read-only: open it once where it can be written") from exc
+    return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
+
+
+def _read_only_disk(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 Q = TypeVar("Q", bound=Select[Any])

@@ -39,7 +39,13 @@ from twingraph.core.states import RunState, TaskState
 from twingraph.errors import ConfigurationError, ConflictError, NotFoundError, StorageError, TwinGraphError, ValidationError
 from twingraph.stores.metadata import _semantics as sem
 from twingraph.stores.metadata import migrate
-from twingraph.stores.metadata._engine import WRITE_OPTION, dialect_insert, make_engine, paged
+from twingraph.stores.metadata._engine import (
+    WRITE_OPTION,
+    dialect_insert,
+    make_engine,
+    paged,
+    sqlite_file,
+)
 from twingraph.stores.metadata._write import BatchWriter
 from twingraph.stores.metadata.catalog import (
     PipelineRecord,
@@ -70,11 +76,19 @@ class SQLMetadataStore:
     ``create=True`` migrates the database to head first (idempotent); otherwise a database that
     is not at this TwinGraph's schema revision raises ``ConfigurationError`` naming the fix.
     ``clock`` stamps catalog rows (projects, pipelines); run and task times come from records.
+    ``read_only=True`` opens connections that cannot write (``make_engine``): a write then
+    fails with ``StorageError``; a SQLite file that does not exist is a ``NotFoundError``.
     """
 
-    def __init__(self, url: str, *, create: bool = False,
+    def __init__(self, url: str, *, create: bool = False, read_only: bool = False,
                  clock: Callable[[], float] = time.time) -> None:
+        if create and read_only:
+            raise ValidationError("a metadata store opened read-only cannot create its schema")
         parsed = normalize_url(url)
+        if read_only:
+            path = sqlite_file(parsed)
+            if path is not None and not path.is_file():
+                raise NotFoundError(f"there is no metadata database at {path}")
         self.url = parsed.render_as_string(hide_password=True)
         # Another process may open the same database (engine.writer); not an in-memory one.
         self._reopen: str | None = None
@@ -85,7 +99,7 @@ class SQLMetadataStore:
                 again = parsed.set(database=os.path.abspath(parsed.database))
             self._reopen = again.render_as_string(hide_password=False)
         self._clock = clock
-        self._engine = make_engine(parsed)
+        self._engine = make_engine(parsed, read_only=read_only)
         self._sqlite = parsed.get_backend_name() == "sqlite"
         self._lock = threading.RLock()
         self._read_lock = self._lock if is_memory_sqlite(parsed) else nullcontext()
@@ -101,6 +115,8 @@ class SQLMetadataStore:
             raise
         if found != wanted:
             self._engine.dispose()
+            if found is not None and not migrate.ours(found):
+                raise ConfigurationError(migrate.unknown_revision(self.url, found))
             raise ConfigurationError(
                 f"metadata database {self.url} is at schema revision {found or 'none'}, this "
                 f"TwinGraph needs {wanted}: run `twingraph db upgrade` (or pass create=True); a "

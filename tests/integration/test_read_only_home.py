@@ -1,0 +1,162 @@
+"""Inspecting a home writes nothing: ``runs list|show|logs`` open the metadata database
+read-only, so a home on a read-only disk (a bind mount here, as root can write any file), or
+another user's, can be read; a home with no database yet reads as one with no runs, and
+nothing is created. Real CLI subprocesses on real SQLite files; PostgreSQL for the store's own
+read-only mode."""
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from twingraph.core.records import RunRecord
+from twingraph.core.states import RunState
+from twingraph.errors import NotFoundError, StorageError, ValidationError
+from twingraph.stores.metadata import SQLMetadataStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, TWINGRAPH_HOME=str(home))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+    return subprocess.run([sys.executable, "-m", "twingraph", *args], env=env,
+                          cwd=cwd or home.parent, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """mount(target) -> a read-only view of ``target`` (a bind mount), undone afterwards."""
+    mounts: list[Path] = []
+
+    def mount(target: Path) -> Path:
+        view = tmp_path / f"ro{len(mounts)}"
+        view.mkdir()
+        for command in (["mount", "--bind", str(target), str(view)],
+                        ["mount", "-o", "remount,ro,bind", str(view)]):
+            out = subprocess.run(command, capture_output=True, text=True)
+            if out.returncode != 0:
+                if command[1] == "-o":
+                    subprocess.run(["umount", str(view)], capture_output=True)
+                pytest.skip(f"cannot make a read-only bind mount here: {out.stderr.strip()}")
+        mounts.append(view)
+        return view
+    yield mount
+    for view in mounts:
+        subprocess.run(["umount", str(view)], capture_output=True)
+
+
+@pytest.fixture
+def home_with_a_run(tmp_path):
+    home = tmp_path / "home"
+    out = _cli(home, "run", str(ROOT / "examples" / "quickstart.py"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    with SQLMetadataStore(f"sqlite:///{home / 'twingraph.db'}") as md:
+        (run,) = md.list_runs()
+        nodes = [t.node_id for t in md.get_tasks(run.run_id)]
+    return home, run.run_id, nodes
+
+
+def test_a_home_on_a_read_only_disk_can_be_inspected(home_with_a_run, read_only_mount) -> None:
+    home, run_id, nodes = home_with_a_run
+    view = read_only_mount(home)
+    assert not (view / "twingraph.db-shm").exists()      # the writer ended: no -shm to use
+    listed = _cli(view, "runs", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert run_id in listed.stdout and "SUCCESS" in listed.stdout
+    shown = _cli(view, "runs", "show", run_id[:8])
+    assert shown.returncode == 0, shown.stderr
+    assert all(node in shown.stdout for node in nodes)
+    logs = _cli(view, "runs", "logs", run_id)
+    assert logs.returncode == 0, logs.stderr
+    missing = _cli(view, "runs", "show", "ffffffff")
+    assert missing.returncode == 1 and "not found" in missing.stderr
+    assert sorted(os.listdir(view)) == sorted(os.listdir(home))
+
+
+def test_changes_left_in_a_write_ahead_log_are_not_read_as_absent(tmp_path, read_only_mount) -> None:
+    """A writer killed with its changes still in the WAL, the -shm file gone, the disk now
+    read-only: the database cannot be read whole, and the error says why (an immutable open
+    would have shown it without those changes)."""
+    home = tmp_path / "h"
+    home.mkdir()
+    db = home / "twingraph.db"
+    SQLMetadataStore(f"sqlite:///{db}", create=True).close()
+    code = ("import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('PRAGMA wal_autocheckpoint=0'); "
+            "c.execute(\"INSERT INTO projects (id, name, metadata, created_at, updated_at) "
+            "VALUES ('p1', 'late', '{}', 1, 1)\"); c.commit(); os._exit(9)")
+    subprocess.run([sys.executable, "-c", code, str(db)], check=False)
+    wal = home / "twingraph.db-wal"
+    assert wal.stat().st_size > 0
+    (home / "twingraph.db-shm").unlink()
+    view = read_only_mount(home)
+    with pytest.raises(StorageError, match="write-ahead log"):
+        SQLMetadataStore(f"sqlite:///{view / 'twingraph.db'}", read_only=True)
+    out = _cli(view, "runs", "list")
+    assert out.returncode == 2 and "write-ahead log" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_inspecting_a_home_with_no_database_creates_nothing(tmp_path) -> None:
+    home = tmp_path / "never"
+    listed = _cli(home, "runs", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip().count("\n") == 0                    # the header alone
+    shown = _cli(home, "runs", "show", "abcdef12")
+    assert shown.returncode == 1 and "not found" in shown.stderr
+    assert not home.exists()
+
+
+def test_inspecting_writes_nothing_to_the_database(home_with_a_run) -> None:
+    home, run_id, _ = home_with_a_run
+    db = home / "twingraph.db"
+    before = db.read_bytes()
+    assert _cli(home, "runs", "show", run_id).returncode == 0
+    assert _cli(home, "runs", "list").returncode == 0
+    assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_store_opened_read_only_refuses_writes_and_keeps_its_rows(kind, tmp_path, request) -> None:
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'm.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    import secrets
+    first, second = f"r1-{secrets.token_hex(4)}", f"r2-{secrets.token_hex(4)}"
+    with SQLMetadataStore(url, create=True) as md:       # (PostgreSQL's is the session's)
+        md.write([RunRecord(run_id=first, pipeline="p", state=RunState.PENDING, created_at=1.0)])
+    with SQLMetadataStore(url, read_only=True) as ro:
+        assert ro.get_run(first) is not None
+        with pytest.raises(StorageError):
+            ro.write([RunRecord(run_id=second, pipeline="p", state=RunState.PENDING,
+                                created_at=2.0)])
+    with SQLMetadataStore(url) as md:
+        assert md.get_run(first) is not None and md.get_run(second) is None
+
+
+def test_read_only_asks_for_an_existing_file_and_cannot_create(tmp_path) -> None:
+    with pytest.raises(NotFoundError, match="no metadata database"):
+        SQLMetadataStore(f"sqlite:///{tmp_path / 'none.db'}", read_only=True)
+    assert not (tmp_path / "none.db").exists()
+    with pytest.raises(ValidationError):
+        SQLMetadataStore(f"sqlite:///{tmp_path / 'm.db'}", create=True, read_only=True)
+
+
+def test_a_file_name_with_uri_characters_opens_read_only(tmp_path) -> None:
+    odd = tmp_path / "a #b%20c"          # the URI the read-only open makes must quote them
+    odd.mkdir()
+    url = "sqlite:///" + str(odd / "m.db").replace("%", "%25")   # (SQLAlchemy unquotes %)
+    SQLMetadataStore(url, create=True).close()
+    with SQLMetadataStore(url, read_only=True) as ro:
+        assert ro.list_runs() == []
+    assert sorted(p.name for p in odd.iterdir() if not p.name.endswith(("-wal", "-shm"))) \
+        == ["m.db"]
+    shutil.rmtree(odd)
+    assert sqlite3.sqlite_version_info >= (3, 22)     # read-only WAL opens need it
