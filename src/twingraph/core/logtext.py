@@ -37,6 +37,20 @@ def storable(text: str) -> str:
     return text.replace("\x00", "\\x00") if "\x00" in text else text
 
 
+def unstorable(text: str) -> bool:
+    """Whether ``text`` is what not every metadata store can hold as it is: a NUL (PostgreSQL
+    refuses it) or a lone surrogate (UTF-8 cannot encode it). ``storable`` escapes both."""
+    if "\x00" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def said(err: BaseException) -> str:
     """``str(err)``, or what it raised instead of raising it: user code's ``__str__`` may read
     an attribute never set, or return something that is not a string."""

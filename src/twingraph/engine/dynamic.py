@@ -36,6 +36,7 @@ from twingraph.core.codeversion import code_version
 from twingraph.core.graph import validate_dag
 from twingraph.core.hashing import canonical_json, sha256_hex
 from twingraph.core.instancestate import instance_state
+from twingraph.core.logtext import unstorable
 from twingraph.core.retry import RetryPolicy
 from twingraph.core.specs import ComponentSpec
 from twingraph.core.states import RunState
@@ -549,6 +550,9 @@ def _check_shapes(dag: DAGDefinition) -> None:
     here, see below; offenders are looked for only once something is wrong)."""
     if not isinstance(dag.dag_id, str) or not dag.dag_id:
         raise ValidationError(f"dag_id must be a non-empty string, not {dag.dag_id!r}")
+    if unstorable(dag.dag_id):
+        raise ValidationError(f"dag_id {dag.dag_id!r} holds a NUL or text that is not valid "
+                              f"UTF-8, which is recorded as it is (PostgreSQL refuses it)")
     nodes = dag.nodes
     if isinstance(nodes, (str, bytes, bytearray, Mapping)) or not isinstance(nodes, Sequence):
         raise ValidationError(f"DAG {dag.dag_id!r}: nodes must be a list of NodeDefinition, "
@@ -563,6 +567,10 @@ def _check_shapes(dag: DAGDefinition) -> None:
     if set(map(type, ids)) != {str} or "" in ids:
         raise GraphValidationError("node ids must be non-empty strings",
                                    [repr(i) for i in ids if type(i) is not str or not i])
+    if unstorable("\n".join(ids)):       # one pass over a million ids (~20 ms)
+        raise GraphValidationError(
+            "node ids must not hold a NUL or text that is not valid UTF-8 (they are recorded "
+            "as they are; PostgreSQL refuses a NUL)", [repr(i) for i in ids if unstorable(i)])
     arguments = [n.arguments for n in nodes]
     kinds = set(map(type, arguments))
     if not kinds <= {list, dict}:

@@ -100,6 +100,16 @@ class MemoryMetadataStore:
         return stale
 
     def _apply(self, rec: Record, undo: _Undo, stale: list[tuple[str, str]]) -> None:
+        for name in getattr(rec, "__dataclass_fields__", ()):
+            value = getattr(rec, name)
+            if type(value) is str and not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as exc:     # as the SQL stores refuse it
+                    raise ValidationError(
+                        f"text that is not valid UTF-8 cannot be stored ({type(rec).__name__}."
+                        f"{name}: {exc}); escape it first (twingraph.core.logtext.storable)"
+                    ) from None
         if isinstance(rec, RunRecord):
             sem.check_times("RunRecord", rec.run_id, rec.created_at, rec.started_at,
                             rec.ended_at, rec.heartbeat_at)

@@ -17,6 +17,7 @@ connection, and then every call takes the lock.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -35,6 +36,7 @@ from twingraph.core.records import (
     RunRecord,
     TaskRecord,
 )
+from twingraph.core.logtext import unstorable
 from twingraph.core.states import RunState, TaskState
 from twingraph.errors import ConfigurationError, ConflictError, NotFoundError, StorageError, TwinGraphError, ValidationError
 from twingraph.stores.metadata import _semantics as sem
@@ -65,9 +67,30 @@ from twingraph.stores.metadata.schema import (
 )
 from twingraph.stores.metadata.url import is_memory_sqlite, normalize_url
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 _RUN_FIELDS = tuple(RunRecord.__dataclass_fields__)
 _TASK_FIELDS = tuple(TaskRecord.__dataclass_fields__)
 _ATTEMPT_FIELDS = tuple(AttemptRecord.__dataclass_fields__)
+
+
+def _none() -> None:
+    return None
+
+
+def _reads(empty: Callable[[], Any]) -> Callable[[_F], _F]:
+    """A read given text no store can hold (a NUL, a lone surrogate: ``unstorable``) matches
+    nothing and answers ``empty()``, on every backend: it was a storage error (SQLite cannot
+    bind a lone surrogate, PostgreSQL a NUL), and a terminal's non-UTF-8 run id said that it
+    "cannot be stored"."""
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def read(self: Any, *args: Any, **kwargs: Any) -> Any:
+            for value in (*args, *kwargs.values()):
+                if type(value) is str and unstorable(value):
+                    return empty()
+            return fn(self, *args, **kwargs)
+        return cast(_F, read)
+    return wrap
 
 
 class SQLMetadataStore:
@@ -168,6 +191,7 @@ class SQLMetadataStore:
                 return BatchWriter(conn, clock=self._clock).apply(batch)
         return retry_conflicts(once)
 
+    @_reads(_none)
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._reading() as conn:
             row = conn.execute(_run_select().where(runs.c.run_id == run_id)).first()
@@ -198,12 +222,14 @@ class SQLMetadataStore:
             return int(conn.execute(select(runs.c.driver_epoch)
                                     .where(runs.c.run_id == run_id)).scalar_one())
 
+    @_reads(_none)
     def driver_epoch(self, run_id: str) -> int | None:
         with self._reading() as conn:
             epoch = conn.execute(select(runs.c.driver_epoch)
                                  .where(runs.c.run_id == run_id)).first()
         return None if epoch is None else int(epoch[0] or 0)
 
+    @_reads(list)
     def list_runs(self, *, pipeline: str | None = None, state: str | None = None,
                   limit: int | None = 50, offset: int = 0,
                   project: str | None = None) -> list[RunRecord]:
@@ -219,6 +245,7 @@ class SQLMetadataStore:
         with self._reading() as conn:
             return [_run(row) for row in conn.execute(paged(query, limit, offset))]
 
+    @_reads(list)
     def find_run_ids(self, prefix: str, *, limit: int = 10) -> list[str]:
         """Ids of the runs whose id starts with ``prefix`` (case-sensitive), in code-point order,
         at most ``limit``. Reads only the id column (for resolving an abbreviated run id)."""
@@ -233,6 +260,7 @@ class SQLMetadataStore:
         with self._reading() as conn:
             return list(conn.execute(query).scalars())
 
+    @_reads(list)
     def get_tasks(self, run_id: str, *, limit: int | None = None,
                   offset: int = 0) -> list[TaskRecord]:
         """Tasks of a run in call order (``order``, then ``node_id``); paging is an extra."""
@@ -254,6 +282,7 @@ class SQLMetadataStore:
         with self._reading() as conn:
             return {sem.task_state(state): count for state, count in conn.execute(query)}
 
+    @_reads(list)
     def get_logs(self, run_id: str, *, node_id: str | None = None, level: str | None = None,
                  limit: int | None = 1000, offset: int = 0) -> list[LogRecord]:
         """Oldest first; ``level`` keeps that level and above (debug < info < warning < error)."""
@@ -268,6 +297,7 @@ class SQLMetadataStore:
             rows = conn.execute(paged(query, limit, offset)).all()
         return [LogRecord(**row._asdict()) for row in rows]
 
+    @_reads(list)
     def get_edges(self, run_id: str) -> list[EdgeRecord]:
         """Lineage edges of a run in the order they were first written."""
         query = (select(lineage_edges.c.run_id, lineage_edges.c.src, lineage_edges.c.dst,
@@ -278,6 +308,7 @@ class SQLMetadataStore:
 
     # -- beyond the port: attempts and the catalog -----------------------------------------
 
+    @_reads(list)
     def get_attempts(self, run_id: str, node_id: str | None = None) -> list[AttemptRecord]:
         """Attempts of a run (or of one task), by node then attempt number."""
         query = (select(*(task_attempts.c[name] for name in _ATTEMPT_FIELDS))
@@ -299,6 +330,7 @@ class SQLMetadataStore:
         with self._writing() as conn:
             return self._ensure_project(conn, name)
 
+    @_reads(_none)
     def get_project(self, name: str) -> ProjectRecord | None:
         with self._reading() as conn:
             row = conn.execute(select(projects).where(projects.c.name == name)).first()
@@ -353,6 +385,7 @@ class SQLMetadataStore:
                              .values(updated_at=now, **changes))
             return pipeline_id, version
 
+    @_reads(_none)
     def get_pipeline(self, project: str, name: str) -> PipelineRecord | None:
         query = (select(pipelines, projects.c.name.label("project"))
                  .join(projects, projects.c.id == pipelines.c.project_id)
@@ -361,6 +394,7 @@ class SQLMetadataStore:
             row = conn.execute(query).first()
         return None if row is None else PipelineRecord(**row._asdict())
 
+    @_reads(list)
     def get_pipeline_versions(self, pipeline_id: str) -> list[PipelineVersionRecord]:
         """Every recorded version of a pipeline, oldest first."""
         query = (select(pipeline_versions).where(pipeline_versions.c.pipeline_id == pipeline_id)
@@ -423,6 +457,12 @@ def _translated() -> Iterator[None]:
                 f"a record refers to a run or task that does not exist: {exc.orig}") from exc
         raise StorageError(f"metadata store refused the write: {exc.orig}") from exc
     except sa_exc.StatementError as exc:
+        said = str(exc.orig)
+        if "cannot contain NUL" in said or "UTF8\": 0x00" in said:   # PostgreSQL: the client's
+            # word, or the server's for a parameter the bulk path sent; not worth a second try
+            raise ValidationError(
+                f"text holding a NUL character cannot be stored on PostgreSQL: {exc.orig}; "
+                f"escape it first (twingraph.core.logtext.storable)") from exc
         if not isinstance(exc, sa_exc.DBAPIError) and isinstance(exc.orig, (TypeError, ValueError)):
             raise ValidationError(f"a value cannot be stored: {exc.orig}") from exc
         raise StorageError(f"metadata store error: {exc.orig or exc}") from exc
