@@ -270,6 +270,18 @@ _indexes: weakref.WeakValueDictionary[tuple[int, int], KeyIndex] = weakref.WeakV
 _indexes_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    """A forked child starts with no index (its stores were given ``NoIndex``) and a lock no
+    parent thread can hold."""
+    global _indexes_lock
+    _indexes_lock = threading.Lock()
+    _indexes.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def index_for(path: Path, busy_timeout: float = 30.0) -> KeyIndex:
     """The process's ``KeyIndex`` of the database file at ``path``: shared by all stores open
     on that file, dropped with the last of them. Keyed by the file's identity, not its name: a

@@ -37,6 +37,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -233,12 +234,17 @@ class _Owner:
     Without it every thread that ever touched the store kept a connection (and its file
     descriptors) until ``close``: 500 short-lived threads, 500 connections."""
 
-    __slots__ = ("conn", "conns")
+    __slots__ = ("conn", "conns", "pid")
 
     def __init__(self, conn: sqlite3.Connection, conns: set[sqlite3.Connection]) -> None:
-        self.conn, self.conns = conn, conns
+        self.conn, self.conns, self.pid = conn, conns, os.getpid()
 
     def __del__(self) -> None:
+        if self.pid != os.getpid():
+            # A child forked from the process that opened it, dropping the parent's threads:
+            # the connection may have been mid-call in one of them (closing it waited for
+            # ever), and SQLite forbids using one across a fork. Left alone.
+            return
         self.conns.discard(self.conn)          # atomic under the GIL: no lock taken here
         self.conn.close()
 
@@ -300,6 +306,7 @@ class SQLiteStorage(ResultStoreBase):
         self._conns_lock = threading.Lock()    # guards _conns and _closed
         self._write_lock = threading.Lock()    # serialises this process's writers
         self._closed = False
+        self._forked_mid_write = False         # (``_after_fork``)
         self._identity: tuple[int, int] | None = None     # the file opened (``_write``)
         with self._translate("open", str(self.db_path)):
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,6 +323,22 @@ class SQLiteStorage(ResultStoreBase):
         # Memo lookups that must miss skip the query (stores/results/_keyfilter.py).
         self._keys: KeyIndex | NoIndex = index_for(self.db_path, self._timeout) if key_index \
             else NoIndex()
+        _OPEN.add(self)
+
+    def _after_fork(self) -> None:
+        """In a child forked from this process: the parent's locks (one of its threads may
+        have held one: every write here waited for ever) and connections (not to be used
+        across a fork) are not this process's. New ones; the key index is off here (its
+        lookups query). Forked while another thread was writing, the child also inherited
+        SQLite's own record of that write's file locks, which nothing here can undo (its
+        writes waited for the busy timeout, or for ever): the store refuses to be used
+        there, at once and saying why."""
+        self._forked_mid_write = self._write_lock.locked()
+        self._write_lock = threading.Lock()
+        self._conns_lock = threading.Lock()
+        self._conns = set()
+        self._local = threading.local()
+        self._keys = NoIndex()
 
     # ---- connections and errors ----
     def _connect(self) -> sqlite3.Connection:
@@ -341,6 +364,12 @@ class SQLiteStorage(ResultStoreBase):
         with self._conns_lock:
             if self._closed:
                 raise StorageError(f"result store {self.db_path} is closed")
+            if self._forked_mid_write:
+                raise StorageError(
+                    f"result store {self.db_path} cannot be used in this process: it was "
+                    f"forked while another thread of its parent wrote to the store, and "
+                    f"SQLite's locks of that write came along; start processes with the "
+                    f"'spawn' or 'forkserver' method, or fork when no thread writes")
             conn = self._local.conn = self._connect()
             self._conns.add(conn)
             self._local.owner = _Owner(conn, self._conns)
@@ -755,3 +784,15 @@ class SQLiteStorage(ResultStoreBase):
 
     def __repr__(self) -> str:
         return f"SQLiteStorage({str(self.db_path)!r})"
+
+
+_OPEN: weakref.WeakSet[SQLiteStorage] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_OPEN):
+        store._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
