@@ -103,3 +103,32 @@ def test_a_child_forked_between_writes_uses_the_store(store) -> None:
         code, said = _in_child(store, f"c{n}")
         assert code == 0, said
         assert bytes(store.get(f"c{n}")) == b"child"    # the child's write reached the file
+
+
+def test_small_async_writes_wait_off_the_event_loop_while_a_write_holds_the_store(store) -> None:
+    """A small ``store_result`` or ``update_metadata`` is made on the loop itself; while
+    another write held the store (a 640 MB put) it waited there, and every task on the loop
+    with it (3.8 s in the review). Now it waits in a thread when the store is busy."""
+    import asyncio
+    store.put("small", b"x", _meta("small", b"x"))
+    hold = store._write("put", "held") if isinstance(store, SQLiteStorage) else store._writing()
+    ticks: list[float] = []
+
+    async def main() -> None:
+        async def ticker() -> None:
+            while True:
+                await asyncio.sleep(0.01)
+                ticks.append(time.monotonic())
+        t = asyncio.create_task(ticker())
+        with hold:
+            calls = asyncio.gather(
+                store.update_metadata("small", {"owner": "me"}),
+                store.store_result("s2", b"y", _meta("s2", b"y")))
+            await asyncio.sleep(0.3)                   # the loop runs while they wait
+            assert not calls.done()
+            during = len(ticks)
+        assert await asyncio.wait_for(calls, 30) == [True, True]
+        t.cancel()
+        assert during >= 10, during
+    asyncio.run(main())
+    assert store.head("small").metadata["owner"] == "me" and bytes(store.get("s2")) == b"y"

@@ -12,6 +12,7 @@ import functools
 import logging
 import operator
 import os
+import pickle
 import random
 import sys
 import threading
@@ -49,7 +50,7 @@ from twingraph.engine.refs import substitute
 from twingraph.errors import (ConfigurationError, ConflictError, ExecutorUnavailable,
                               IntegrityError, InvalidTransition, NodeExecutionError,
                               NotFoundError, PipelineCancelled, PipelineFailed, PipelineTimeout,
-                              RunStopped, TwinGraphError)
+                              RunStopped, TwinGraphError, ValidationError)
 from twingraph.ports import Clock, EventSink, Executor, MetadataStore, ResultStore
 from twingraph.registry import get_error_handler
 from twingraph import serialization
@@ -226,6 +227,11 @@ def _no_reference(value: Any) -> Any:
     raise TypeError("an object's attributes hold no futures")
 
 
+#: What ``serialization.decode`` raises for bytes that are not what their encoding says (a
+#: class missing in this process, an ``ImportError``, is not damage: left as it is).
+_UNREADABLE = (ValidationError, pickle.UnpicklingError, EOFError, ValueError)
+
+
 class Engine:
     def __init__(self, *, results: ResultStore, metadata: MetadataStore | None = None,
                  executor: Executor | None = None, executors: Iterable[Executor] = (),
@@ -400,7 +406,22 @@ class Engine:
         if found is None:
             raise NotFoundError(f"result {key} is not in the result store")
         meta, data = found
-        return serialization.decode(data, (meta.metadata or {}).get("encoding", "pickle"))
+        encoding = (meta.metadata or {}).get("encoding", "pickle")
+        try:
+            return serialization.decode(data, encoding)
+        except _UNREADABLE as exc:
+            # Its bytes are the ones stored (their hash was checked), but they do not decode
+            # as its metadata says: damaged like a corrupted value, and removed like one.
+            bad = IntegrityError(key, meta.content_hash or "", f"<bytes that do not decode as "
+                                 f"{encoding!r}: {type(exc).__name__}: {exc}>")
+            try:
+                removed = self.results.delete(key)
+            except Exception:  # noqa: BLE001 - the decode error is the one to report
+                removed = False
+            if removed:
+                bad.args = (f"{bad}; the entry was removed from the result store, so the next "
+                            "run recomputes it",)
+            raise bad from exc
 
     def _head_then_get(self, key: str) -> tuple[StorageMetadata, Any] | None:
         meta = self.results.head(key)

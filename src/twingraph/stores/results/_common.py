@@ -262,11 +262,21 @@ def prepare_all(items: Iterable[tuple[str, Any, StorageMetadata]]) -> list[Prepa
     return list({p.key: p for p in (prepare(k, d, m, now) for k, d, m in items)}.values())
 
 
+#: Metadata keys a value is read back by (the engine's ``encoding``): no update may change them,
+#: since no hash covers metadata (``{"encoding": "utf-8"}`` made every later run fail).
+RESERVED_META = ("encoding",)
+
+
 def merge_meta(old_json: str | None, patch: Any, key: str) -> tuple[str, str | None]:
     """Shallow-merge ``patch`` into the stored metadata JSON -> (new JSON, dag_id)."""
     if not isinstance(patch, dict):
         raise StorageError(f"metadata update must be a dict, got {type(patch).__name__}")
-    return dump_meta({**(meta_from_json(old_json, key) or {}), **patch}, key)
+    old = meta_from_json(old_json, key) or {}
+    for name in RESERVED_META:
+        if name in patch and patch[name] != old.get(name):
+            raise StorageError(f"metadata {name!r} of {key!r} says how its value is read "
+                               f"back: an update cannot change it (give it another name)")
+    return dump_meta({**old, **patch}, key)
 
 
 def check_hash(p: Prepared, actual: str) -> str:

@@ -111,6 +111,10 @@ class ProcessLock:
             except OSError:                   # the directory is gone: closed, as it says
                 self._fd = None
 
+    def busy(self) -> bool:
+        """Whether a thread of this process holds it now."""
+        return self._thread_lock.locked()
+
     @contextmanager
     def hold(self) -> Iterator[None]:
         with self._thread_lock:

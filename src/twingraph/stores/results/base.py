@@ -162,9 +162,14 @@ class ResultStoreBase(StorageInterface):
         self.close()
 
     # ---- the async face (StorageInterface) ----
+    def writer_busy(self) -> bool:
+        """Whether a write here would now wait for another one of this process (a small write
+        is then not made on the event loop: it would stall every task on it meanwhile)."""
+        return False
+
     async def store_result(self, node_id: str, data: Buffer | Sequence[Buffer],
                            metadata: StorageMetadata) -> bool:
-        if as_views(data)[1] <= self.async_inline_limit:
+        if as_views(data)[1] <= self.async_inline_limit and not self.writer_busy():
             self.put(node_id, data, metadata)
         else:
             await asyncio.to_thread(self.put, node_id, data, metadata)
@@ -208,6 +213,8 @@ class ResultStoreBase(StorageInterface):
         return self.head(node_id)
 
     async def update_metadata(self, node_id: str, metadata: dict[str, Any]) -> bool:
+        if self.writer_busy():
+            return await asyncio.to_thread(self.patch_metadata, node_id, metadata)
         return self.patch_metadata(node_id, metadata)
 
 

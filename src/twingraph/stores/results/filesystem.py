@@ -308,6 +308,9 @@ class FilesystemStorage(ResultStoreBase):
                 _files.unlink_quiet(data)
             return True
 
+    def writer_busy(self) -> bool:
+        return self._lock.busy()
+
     def patch_metadata(self, key: str, metadata: dict[str, Any]) -> bool:
         validate_key(key)
         with self._translate("update_metadata", key), self._lock.hold():

@@ -105,6 +105,9 @@ class HybridStorage(ResultStoreBase):
             gone_large = self.large.delete(key)
         return gone_small or gone_large
 
+    def writer_busy(self) -> bool:
+        return self._lock.busy() or self.small.writer_busy()
+
     def patch_metadata(self, key: str, metadata: dict[str, Any]) -> bool:
         with self._writing():
             return self.small.patch_metadata(key, metadata) or \

@@ -325,6 +325,9 @@ class SQLiteStorage(ResultStoreBase):
             else NoIndex()
         _OPEN.add(self)
 
+    def writer_busy(self) -> bool:
+        return self._write_lock.locked()
+
     def _after_fork(self) -> None:
         """In a child forked from this process: the parent's locks (one of its threads may
         have held one: every write here waited for ever) and connections (not to be used
