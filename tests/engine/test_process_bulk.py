@@ -55,7 +55,7 @@ def strided(arr: Any) -> Any:
 
 
 def files_left(pool: ProcessPool) -> list[str]:
-    return sorted(os.listdir(pool._dir)) if pool._dir else []
+    return sorted(n for n in os.listdir(pool._dir) if n != ".owner") if pool._dir else []
 
 
 @pytest.fixture
@@ -97,27 +97,74 @@ def test_the_pool_directory_goes_with_the_pool_and_a_killed_drivers_is_swept() -
     assert directory is not None and os.path.isdir(directory)
     assert _run(p, ones, 3 * MiB // 8).ok
     p.shutdown()
-    del p
-    import gc
-    gc.collect()
     assert not os.path.exists(directory)
-    # a directory whose driver was killed (its pid is gone) is removed by the next pool
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    left = Path("/dev/shm") / f"twingraph-bulk-{dead}-abcd"
+    # a directory whose pool is gone (nothing holds its .owner lock) is removed by the next
+    # pool; one whose lock is held (a live pool, in any process or PID namespace) is not
+    left = Path("/dev/shm") / "twingraph-bulk-999999999-abcd"
     left.mkdir()
+    (left / ".owner").write_bytes(b"")
     (left / "1-0").write_bytes(b"x" * 100)
-    mine = Path("/dev/shm") / f"twingraph-bulk-{os.getpid()}-efgh"
-    mine.mkdir()
+    live = ProcessPool(1)
     try:
         q = ProcessPool(1)
         q.shutdown()
         assert not left.exists()
-        assert mine.exists()                       # this process lives: not swept
+        assert live._dir is not None and os.path.isdir(live._dir)
     finally:
+        live.shutdown()
         import shutil
         shutil.rmtree(left, ignore_errors=True)
-        shutil.rmtree(mine, ignore_errors=True)
+
+
+def test_a_forked_child_ending_leaves_the_pool_directory_alone(pool) -> None:
+    import multiprocessing
+    child = multiprocessing.get_context("fork").Process(target=os.getpid)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    import gc
+    gc.collect()
+    assert pool._dir is not None and os.path.isdir(pool._dir)
+    out = _run(pool, doubled_in_place, np.ones(2 * MiB // 8))
+    assert out.ok and out.value["sum"] == 2 * MiB // 8 * 2
+
+
+def big_and_small() -> Any:
+    return {"big": np.ones(32 * MiB // 8), "small": np.ones(2 * MiB // 8)}
+
+
+def _mapped_files(directory: str) -> list[str]:
+    with open("/proc/self/maps") as f:
+        return [line for line in f if directory in line]
+
+
+def test_keeping_one_output_keeps_only_its_own_memory(pool) -> None:
+    """One file per buffer: a small output kept does not keep a large one mapped (one file for
+    the whole message kept 800 MB in shared memory for a 2 MB output)."""
+    out = _run(pool, big_and_small)
+    assert out.ok
+    small = out.value["small"]
+    assert len(_mapped_files(pool._dir)) == 2
+    del out
+    import gc
+    gc.collect()
+    assert len(_mapped_files(pool._dir)) == 1 and small.sum() == 2 * MiB // 8
+
+
+def test_a_message_that_would_crowd_shared_memory_travels_in_the_pipe(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(bulk, "SHARE_OF_FREE", 0.0)
+    packed = bulk.dumps(np.zeros(MiB), str(tmp_path))
+    assert packed.files == () and os.listdir(tmp_path) == []
+    assert bulk.loads(packed.data, writable=False).shape == (MiB,)
+
+
+def test_a_picklebuffer_of_the_callers_stays_usable(tmp_path) -> None:
+    data = pickle.PickleBuffer(bytearray(b"x" * 2 * MiB))
+    for _ in range(2):                              # sent twice: a retry
+        packed = bulk.dumps({"d": data}, str(tmp_path))
+        assert len(packed.files) == 1
+        assert bytes(bulk.loads(packed.data, writable=False)["d"]) == b"x" * 2 * MiB
+    assert data.raw().nbytes == 2 * MiB
 
 
 def dies_after_writing_a_result_file() -> None:
@@ -138,7 +185,7 @@ def test_a_worker_that_dies_leaves_no_file(pool) -> None:
 def test_without_room_for_the_file_the_message_carries_everything(tmp_path) -> None:
     arr = np.arange(2 * MiB // 8, dtype=np.float64)
     packed = bulk.dumps({"a": arr}, str(tmp_path / "gone"), b"R")   # no such directory
-    assert packed.file is None and packed.data[:2] == b"RP"
+    assert packed.files == () and packed.data[:2] == b"RP"
     assert np.array_equal(bulk.loads(packed.data[1:], writable=False)["a"], arr)
 
 
@@ -147,18 +194,19 @@ def test_a_message_naming_a_file_outside_the_pool_is_refused(tmp_path) -> None:
     a.mkdir()
     b.mkdir()
     packed = bulk.dumps(np.zeros(MiB), str(a))
-    assert packed.file is not None and Path(packed.file).parent == a
+    (file,) = packed.files
+    assert Path(file).parent == a
     with pytest.raises(ValueError, match="outside its pool"):
         bulk.loads(packed.data, writable=False, directory=str(b))
-    assert Path(packed.file).exists()              # refused before it was touched
+    assert Path(file).exists()                     # refused before it was touched
     value = bulk.loads(packed.data, writable=False, directory=str(a))
-    assert value.shape == (MiB,) and not Path(packed.file).exists()
+    assert value.shape == (MiB,) and not Path(file).exists()
     packed.discard()                               # the sender's clean-up: already gone, fine
 
 
 def test_small_buffers_stay_in_the_message(tmp_path) -> None:
     packed = bulk.dumps([np.zeros(10), b"x" * 2 * MiB], str(tmp_path))
-    assert packed.file is None and os.listdir(tmp_path) == []
+    assert packed.files == () and os.listdir(tmp_path) == []
 
 
 _DRIVER = textwrap.dedent("""

@@ -5,19 +5,24 @@ down a pipe: a 200 MB NumPy array was copied into the pickle, read into another 
 other side and copied again to rebuild the array, so the driver held it ~3 times over.
 
 Pickle protocol 5 hands every buffer an object offers out of band (NumPy arrays and what is
-built on them: pandas blocks, Arrow buffers). Here a buffer of ``INLINE_LIMIT`` bytes or more is
-written once into a file of the pool's directory in shared memory (``/dev/shm`` where there is
-one); the pipe carries the rest of the pickle and the file's name. The reader maps the file and
-unlinks its name at once (the pages live as long as the mapping): the arrays it unpickles are
-views of the mapping, no copy, and the memory goes back to the system when the last of them
-goes.
+built on them: pandas blocks, Arrow buffers). Here each buffer of ``INLINE_LIMIT`` bytes or more
+is written once into a file of its own in the pool's directory in shared memory (``/dev/shm``
+where there is one); the pipe carries the rest of the pickle and the files' names. The reader
+maps each file and unlinks its name at once (the pages live as long as the mapping): the arrays
+it unpickles are views of the mappings, no copy, and each buffer's memory goes back to the
+system when the last array over it goes (one file per buffer: keeping one small output does
+not keep a large one mapped).
 
 Inputs are mapped copy-on-write (a task may change its arguments, as it could a pickled copy);
-results are mapped read-only, as the engine keeps every result (``serialization.settled``).
+results are mapped read-only, as the engine keeps every result (``serialization.settled``). A
+buffer that was read-only where it was pickled (a result of another task, passed on) is
+read-only on the other side too: pickle says so.
 
-The sender always removes its own file once the message is over (``discard``), read or not;
-the pool's directory goes with the pool, and a directory left by a driver that was killed is
-removed by the next pool that finds its process gone (``sweep``).
+Shared memory is not the message's to fill: a message that would take more than half of what
+is free there travels whole in the pipe, as before. The sender removes its files once the
+message is over (read or not). A pool's directory is held by an ``flock`` on its ``.owner``
+file for as long as the pool lives, in whatever process (or PID namespace) that is; the next
+pool removes the directories whose lock it can take, left by drivers that were killed.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import pickle
 import shutil
 import struct
 import tempfile
+import time
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -36,11 +42,19 @@ from typing import Any
 
 import cloudpickle
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no sweep of others' directories
+    fcntl = None  # type: ignore[assignment]
+
 #: Buffers smaller than this stay in the pickle: a file costs ~50 µs to make, map and unlink.
 INLINE_LIMIT = 1 << 20
-#: Where each buffer starts in the file: aligned as NumPy's SIMD loops like it.
-ALIGN = 64
+#: A message takes at most this share of the free space of its directory's file system.
+SHARE_OF_FREE = 0.5
+#: A directory with no ``.owner`` lock yet is being made: left alone this long.
+YOUNG_SECONDS = 60.0
 _PREFIX = "twingraph-bulk-"
+_OWNER = ".owner"
 _INLINE, _FILED = b"P", b"B"
 _HEAD = struct.Struct("<Q")
 _serial = count()
@@ -48,27 +62,44 @@ _serial = count()
 
 @dataclass(frozen=True, slots=True)
 class Packed:
-    """A message as it goes down the pipe, and the file its large buffers are in (if any)."""
+    """A message as it goes down the pipe, and the files its large buffers are in."""
     data: bytes
-    file: str | None = None
-    size: int = 0           # bytes of the message, the file's included
+    files: tuple[str, ...] = ()
+    size: int = 0           # bytes of the message, the files' included
 
     def discard(self) -> None:
-        """Remove the file (read or not: its reader's mapping keeps the pages it uses)."""
-        if self.file is not None:
+        """Remove the files (read or not: a reader's mappings keep the pages they use)."""
+        for path in self.files:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.file)
+                os.unlink(path)
 
 
-def pool_directory() -> str:
-    """A new private directory for one pool's files, in shared memory where there is one."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    sweep(base or tempfile.gettempdir())
-    return tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base)
+class PoolDirectory:
+    """A pool's private directory, held (``flock`` on ``.owner``) until ``remove``."""
+
+    def __init__(self) -> None:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
+            else tempfile.gettempdir()
+        sweep(base)
+        self.path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base)
+        self._pid = os.getpid()
+        self._fd = os.open(os.path.join(self.path, _OWNER), os.O_RDWR | os.O_CREAT, 0o600)
+        if fcntl is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def remove(self) -> None:
+        """Remove it with what is left in it (only in the process that made it: a forked child
+        ending must not take its parent's directory away)."""
+        if os.getpid() != self._pid or self._fd < 0:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._fd)
+        self._fd = -1
 
 
 def sweep(base: str) -> None:
-    """Remove the directories under ``base`` left by pools whose process is gone (killed)."""
+    """Remove the directories under ``base`` whose pool is gone: their ``.owner`` lock can be
+    taken (the process that held it ended, however it ended)."""
     try:
         entries = list(os.scandir(base))
     except OSError:
@@ -76,19 +107,30 @@ def sweep(base: str) -> None:
     for entry in entries:
         if not entry.name.startswith(_PREFIX):
             continue
-        pid = entry.name[len(_PREFIX):].split("-", 1)[0]
         try:
-            if entry.stat(follow_symlinks=False).st_uid != os.getuid() or not pid.isdigit():
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
                 continue
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(entry.path, ignore_errors=True)
-        except OSError:             # alive (perhaps another user's: EPERM), or unreadable
+            if _abandoned(entry.path, entry.stat(follow_symlinks=False).st_mtime):
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
             continue
 
 
-def remove_directory(directory: str) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
+def _abandoned(path: str, mtime: float) -> bool:
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(os.path.join(path, _OWNER), os.O_RDWR)
+    except FileNotFoundError:               # being made, or made before there were owners
+        return time.time() - mtime > YOUNG_SECONDS
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False                        # held: its pool lives
+    else:
+        return True
+    finally:
+        os.close(fd)
 
 
 def remove_files_of(directory: str | None, pid: int | None) -> None:
@@ -101,8 +143,8 @@ def remove_files_of(directory: str | None, pid: int | None) -> None:
 
 
 def dumps(obj: Any, directory: str | None, prefix: bytes = b"") -> Packed:
-    """``prefix`` + ``obj`` pickled, its large buffers in a new file of ``directory`` (None:
-    everything in the message). Shared memory full: everything in the message, as before."""
+    """``prefix`` + ``obj`` pickled, each of its large buffers in a new file of ``directory``
+    (None: everything in the message). No room there: everything in the message, as before."""
     if directory is None:
         return _inline(obj, prefix)
     large: list[pickle.PickleBuffer] = []
@@ -119,44 +161,52 @@ def dumps(obj: Any, directory: str | None, prefix: bytes = b"") -> Packed:
 
     body = cloudpickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
     if not large:
-        return Packed(b"".join((prefix, _INLINE, body)), None, len(body))
-    path = os.path.join(directory, f"{os.getpid()}-{next(_serial)}")
+        return Packed(b"".join((prefix, _INLINE, body)), (), len(body))
+    sizes = [_nbytes(buf) for buf in large]
+    if not _room_for(directory, sum(sizes)):
+        return _inline(obj, prefix)
+    files: list[str] = []
     try:
-        places = _write(path, large)
+        for buf in large:
+            files.append(os.path.join(directory, f"{os.getpid()}-{next(_serial)}"))
+            _write(files[-1], buf)
     except OSError:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        Packed(b"", tuple(files)).discard()
         return _inline(obj, prefix)
     finally:
-        for buf in large:
-            buf.release()
-    head = pickle.dumps((path, places), protocol=5)
-    size = places[-1][0] + places[-1][1] + len(body)
-    return Packed(b"".join((prefix, _FILED, _HEAD.pack(len(head)), head, body)), path, size)
+        large.clear()       # (not released: a PickleBuffer the caller passed stays usable)
+    head = pickle.dumps(list(zip(files, sizes)), protocol=5)
+    return Packed(b"".join((prefix, _FILED, _HEAD.pack(len(head)), head, body)),
+                  tuple(files), sum(sizes) + len(body))
+
+
+def _nbytes(buf: pickle.PickleBuffer) -> int:
+    with buf.raw() as view:
+        return view.nbytes
+
+
+def _room_for(directory: str, size: int) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return size <= st.f_bavail * st.f_frsize * SHARE_OF_FREE
 
 
 def _inline(obj: Any, prefix: bytes) -> Packed:
     body = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return Packed(b"".join((prefix, _INLINE, body)), None, len(body))
+    return Packed(b"".join((prefix, _INLINE, body)), (), len(body))
 
 
-def _write(path: str, buffers: list[pickle.PickleBuffer]) -> list[tuple[int, int]]:
-    """Each buffer into the new file at ``path``, aligned; where each one is."""
-    places: list[tuple[int, int]] = []
+def _write(path: str, buf: pickle.PickleBuffer) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        offset = 0
-        for buf in buffers:
-            with buf.raw() as view:
-                start = -(-offset // ALIGN) * ALIGN     # (the gap is a hole: zeros)
-                done = 0
-                while done < view.nbytes:        # (a write may take less than it is given)
-                    done += os.pwrite(fd, view[done:], start + done)
-                places.append((start, view.nbytes))
-                offset = start + view.nbytes
+        with buf.raw() as view:
+            done = 0
+            while done < view.nbytes:            # (a write may take less than it is given)
+                done += os.write(fd, view[done:])
     finally:
         os.close(fd)
-    return places
 
 
 def loads(message: bytes | memoryview, *, writable: bool, directory: str | None = None) -> Any:
@@ -171,26 +221,29 @@ def loads(message: bytes | memoryview, *, writable: bool, directory: str | None 
         raise ValueError(f"not a TwinGraph process message (starts with {kind!r})")
     (length,) = _HEAD.unpack_from(view, 1)
     start = 1 + _HEAD.size
-    path, places = pickle.loads(view[start:start + length])
-    if directory is not None and Path(path).parent != Path(directory):
-        raise ValueError(f"a process message names a file outside its pool: {path!r}")
-    buffers = _mapped(path, places, writable)
+    places: list[tuple[str, int]] = pickle.loads(view[start:start + length])
+    if directory is not None:
+        for path, _ in places:
+            if Path(path).parent != Path(directory):
+                raise ValueError(f"a process message names a file outside its pool: {path!r}")
+    try:
+        buffers = [_mapped(path, size, writable) for path, size in places]
+    finally:
+        for path, _ in places:                  # every name goes, mapped or not
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     return cloudpickle.loads(view[start + length:], buffers=buffers)
 
 
-def _mapped(path: str, places: list[tuple[int, int]], writable: bool) -> list[memoryview]:
-    size = places[-1][0] + places[-1][1]
+def _mapped(path: str, size: int, writable: bool) -> memoryview:
     fd = os.open(path, os.O_RDONLY)
     try:
-        if os.fstat(fd).st_size < size:
-            raise ValueError(f"process message file {path} is shorter than its message says")
+        if os.fstat(fd).st_size != size:
+            raise ValueError(f"process message file {path} is not the size its message says")
         try:
             area = mmap.mmap(fd, size, access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ)
         except OSError as exc:
             raise MemoryError(f"cannot map {size} bytes of a process message: {exc}") from exc
     finally:
         os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    whole = memoryview(area)
-    return [whole[start:start + n] for start, n in places]
+    return memoryview(area)

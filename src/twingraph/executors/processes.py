@@ -192,13 +192,14 @@ def _tag_threads(forward: _Forward) -> None:
     ThreadPoolExecutor.submit = tagged_submit   # type: ignore[method-assign,assignment]
 
 
-def _watch_parent(parent: int) -> None:
+def _watch_parent(parent: int, directory: str | None = None) -> None:
     """In the child: end this worker when the process that drives it is gone (a driver killed
     with SIGKILL cannot stop its workers; their tasks would run on, unrecorded, and run again
-    when the run is resumed)."""
+    when the run is resumed), with the result files it wrote that nobody will read."""
     while True:
         time.sleep(PARENT_CHECK_SECONDS)
         if os.getppid() != parent:
+            bulk.remove_files_of(directory, os.getpid())
             _end_own_group()
             os._exit(1)
 
@@ -236,7 +237,7 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None,  # in 
         os.setsid()            # a process group of its own: killed whole (``_kill_group``)
     except (AttributeError, OSError):
         pass
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+    threading.Thread(target=_watch_parent, args=(parent, directory), daemon=True,
                      name="twingraph-parent-watch").start()
     mark_worker_process()
     # Started daemonic (the driver's exit ends it), but a task may start processes of its
@@ -289,7 +290,11 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None,  # in 
             environ, cwd = caller
         _restore(environ, cwd)
         with forward.pipe_lock:   # not in the middle of a log frame from another thread
-            conn.send_bytes(out.data)
+            try:
+                conn.send_bytes(out.data)
+            except OSError:           # the driver is gone: so is this worker, and its files
+                out.discard()
+                return
             forward.task = 0          # idle: what its threads log now is nobody's
         # not held while it waits for the next task (an idle worker kept a 100 MB result)
         data, out = b"", bulk.Packed(b"")
@@ -334,7 +339,12 @@ def _run_one(data: bytes, directory: str | None = None,  # in the child
     carried them (``caller``: set here before the task runs)."""
     caller: Caller | None = None
     try:
-        fn, args, kwargs, caller = bulk.loads(data, writable=True, directory=directory)
+        try:
+            fn, args, kwargs, caller = bulk.loads(data, writable=True, directory=directory)
+        except (OSError, ValueError) as exc:     # not the task's own error: the transfer's
+            raise NodeExecutionError(
+                f"the task's inputs could not be received from the driver: "
+                f"{type(exc).__name__}: {exc}", error_type="TransferFailed") from None
         if caller is not None:
             _restore(*caller)
         value = fn(*args, **kwargs)
@@ -604,12 +614,15 @@ class ProcessPool:
         self._lock = threading.Lock()
         self._count = 0
         self._closed = False
+        self._bulk: bulk.PoolDirectory | None = None
+        self._dir: str | None = None
         try:            # large buffers of inputs and results go through files here (``bulk``)
-            self._dir: str | None = bulk.pool_directory()
+            self._bulk = bulk.PoolDirectory()
         except OSError:
-            self._dir = None
+            pass
         else:
-            weakref.finalize(self, bulk.remove_directory, self._dir)
+            self._dir = self._bulk.path
+            weakref.finalize(self, self._bulk.remove)
 
     def submit(self, job: Job, done: Callable[[Outcome], None]) -> None:
         with self._lock:
@@ -832,6 +845,8 @@ class ProcessPool:
             self._again.clear()
         for w in workers:
             _end_worker(w)
+        if self._bulk is not None:
+            self._bulk.remove()
         for job, done in waiting:
             done(JobOutcome(job.node_id, job.fence, False, None, NodeExecutionError(
                 f"task {job.node_id} did not start: its process pool was shut down",
