@@ -395,14 +395,7 @@ class Engine:
         except IntegrityError as exc:
             # A corrupted memo entry would poison every later run that hits it: remove it, so
             # the next run misses and recomputes (this one fails with the error).
-            try:
-                removed = self.results.delete(key)
-            except Exception:  # noqa: BLE001 - the read error is the one to report
-                removed = False
-            if removed:
-                exc.args = (f"{exc}; the corrupted entry was removed from the result store, so "
-                            "the next run recomputes it",)
-            raise
+            raise self._dropped(key, exc) from exc.__cause__
         if found is None:
             raise NotFoundError(f"result {key} is not in the result store")
         meta, data = found
@@ -412,16 +405,20 @@ class Engine:
         except _UNREADABLE as exc:
             # Its bytes are the ones stored (their hash was checked), but they do not decode
             # as its metadata says: damaged like a corrupted value, and removed like one.
-            bad = IntegrityError(key, meta.content_hash or "", f"<bytes that do not decode as "
-                                 f"{encoding!r}: {type(exc).__name__}: {exc}>")
-            try:
-                removed = self.results.delete(key)
-            except Exception:  # noqa: BLE001 - the decode error is the one to report
-                removed = False
-            if removed:
-                bad.args = (f"{bad}; the entry was removed from the result store, so the next "
-                            "run recomputes it",)
-            raise bad from exc
+            raise self._dropped(key, IntegrityError(
+                key, meta.content_hash or "", f"<bytes that do not decode as {encoding!r}: "
+                f"{type(exc).__name__}: {exc}>")) from exc
+
+    def _dropped(self, key: str, exc: IntegrityError) -> IntegrityError:
+        """``exc``, saying so if the damaged entry ``key`` could be removed from the store."""
+        try:
+            removed = self.results.delete(key)
+        except Exception:  # noqa: BLE001 - the damage is the error to report
+            removed = False
+        if removed:
+            exc.args = (f"{exc}; the corrupted entry was removed from the result store, so "
+                        "the next run recomputes it",)
+        return exc
 
     def _head_then_get(self, key: str) -> tuple[StorageMetadata, Any] | None:
         meta = self.results.head(key)
