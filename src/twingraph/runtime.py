@@ -31,6 +31,10 @@ def build_engine(settings: Settings | None = None, **engine_kw: Any) -> Engine:
     results = create_storage_backend(settings.result_store, str(results_path(settings)),
                                      **opts)
     metadata = SQLMetadataStore(settings.database_url, create=True)
+    # Shared-memory files of process tasks whose driver was killed (SIGKILL leaves them):
+    # removed by every engine made here, not only by the next one that starts a process.
+    from twingraph.executors.bulk import shared_base, sweep
+    sweep(shared_base())
     return Engine(results=results, metadata=metadata, **engine_kw)
 
 

@@ -287,3 +287,22 @@ def test_a_pipeline_of_process_tasks_passes_large_arrays_along(tmp_path) -> None
         assert np.array_equal(again.value["outputs"]["result"], arr * 6)
     finally:
         eng.close()
+
+
+def test_every_embedded_engine_sweeps_what_a_killed_driver_left(tmp_path, monkeypatch) -> None:
+    """A driver killed with SIGKILL leaves its files in shared memory; thread-only runs never
+    make a pool, so the engine the CLI builds sweeps too."""
+    from twingraph.runtime import build_engine
+    from twingraph.settings import Settings
+    left = Path(bulk.shared_base()) / "twingraph-bulk-999999998-wxyz"
+    left.mkdir()
+    (left / ".owner").write_bytes(b"")
+    (left / "5-0").write_bytes(b"x" * 1000)
+    monkeypatch.setenv("TWINGRAPH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TWINGRAPH_DATABASE_URL", raising=False)
+    try:
+        build_engine(Settings.from_env()).close()
+        assert not left.exists()
+    finally:
+        import shutil
+        shutil.rmtree(left, ignore_errors=True)

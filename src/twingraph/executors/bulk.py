@@ -40,8 +40,6 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: no sweep of others' directories
@@ -78,8 +76,7 @@ class PoolDirectory:
     """A pool's private directory, held (``flock`` on ``.owner``) until ``remove``."""
 
     def __init__(self) -> None:
-        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
-            else tempfile.gettempdir()
+        base = shared_base()
         sweep(base)
         self.path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base)
         self._pid = os.getpid()
@@ -95,6 +92,12 @@ class PoolDirectory:
         shutil.rmtree(self.path, ignore_errors=True)
         os.close(self._fd)
         self._fd = -1
+
+
+def shared_base() -> str:
+    """Where pools make their directories: shared memory, else the temporary directory."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
+        else tempfile.gettempdir()
 
 
 def sweep(base: str) -> None:
@@ -147,6 +150,8 @@ def dumps(obj: Any, directory: str | None, prefix: bytes = b"") -> Packed:
     (None: everything in the message). No room there: everything in the message, as before."""
     if directory is None:
         return _inline(obj, prefix)
+    import cloudpickle      # (here: ``sweep`` is used by processes that never pickle a task)
+
     large: list[pickle.PickleBuffer] = []
 
     def out_of_band(buf: pickle.PickleBuffer) -> bool:
@@ -194,6 +199,8 @@ def _room_for(directory: str, size: int) -> bool:
 
 
 def _inline(obj: Any, prefix: bytes) -> Packed:
+    import cloudpickle
+
     body = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return Packed(b"".join((prefix, _INLINE, body)), (), len(body))
 
@@ -213,6 +220,8 @@ def loads(message: bytes | memoryview, *, writable: bool, directory: str | None 
     """The object of a message from ``dumps`` (``message`` without its prefix). ``writable``:
     its large buffers mapped copy-on-write, else read-only. A file outside ``directory`` (when
     given) is refused: the name came from another process."""
+    import cloudpickle
+
     view = memoryview(message)
     kind = bytes(view[:1])
     if kind == _INLINE:
