@@ -306,3 +306,23 @@ def test_every_embedded_engine_sweeps_what_a_killed_driver_left(tmp_path, monkey
     finally:
         import shutil
         shutil.rmtree(left, ignore_errors=True)
+
+
+def total(arr: Any) -> float:
+    return float(arr.sum())
+
+
+def test_a_large_argument_under_a_memory_limit_fails_as_over_the_limit_not_as_an_import() -> None:
+    """The argument is mapped before it is unpickled; NumPy imported on unpickling then found
+    no room and the task failed with ``ImportError: Importing the numpy C-extensions failed``.
+    Limited workers import NumPy before the limit is set, when the driver uses it."""
+    from twingraph.errors import MemoryLimitExceeded
+    p = ProcessPool(1, memory_limit=96 * MiB)
+    try:
+        fits = _run(p, total, np.ones(64 * MiB // 8))
+        assert fits.ok, fits.error
+        assert fits.value == 64 * MiB // 8
+        too_big = _run(p, total, np.ones(128 * MiB // 8))
+        assert not too_big.ok and isinstance(too_big.error, MemoryLimitExceeded), too_big.error
+    finally:
+        p.shutdown()

@@ -232,7 +232,7 @@ def _kill_group(w: "_Worker") -> None:
 
 
 def _worker_main(conn: Any, parent: int, memory_limit: int | None = None,  # in the child
-                 directory: str | None = None) -> None:
+                 directory: str | None = None, preload: tuple[str, ...] = ()) -> None:
     try:
         os.setsid()            # a process group of its own: killed whole (``_kill_group``)
     except (AttributeError, OSError):
@@ -255,6 +255,11 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None,  # in 
         "out of memory: not even the answer fit"), ""), None, b"R").data
     inputs_too_big = bulk.dumps((False, MemoryError(
         "its inputs did not fit"), ""), None, b"R").data
+    for name in preload:
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001 - the task will say what it misses
+            pass
     if memory_limit:
         _limit_memory(memory_limit)       # after the imports: the limit is the task's to use
     conn.send_bytes(b"ready")             # booted and imported: jobs' clocks may start now
@@ -563,8 +568,12 @@ class _Worker:
     def __init__(self, ctx: Any, memory_limit: int | None = None,
                  directory: str | None = None) -> None:
         parent, child = ctx.Pipe(duplex=True)
+        # Under a memory limit, NumPy (when the driver uses it) is imported before the limit is
+        # set: a large argument is mapped before it is unpickled, and the import that came
+        # after failed with an ImportError instead of the task's MemoryLimitExceeded.
+        preload = ("numpy",) if memory_limit and "numpy" in sys.modules else ()
         self.proc = ctx.Process(target=_worker_main,
-                                args=(child, os.getpid(), memory_limit, directory),
+                                args=(child, os.getpid(), memory_limit, directory, preload),
                                 daemon=True, name="twingraph-process-worker")
         _start_without_main(self.proc)
         child.close()
