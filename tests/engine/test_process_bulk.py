@@ -196,7 +196,7 @@ def test_a_message_naming_a_file_outside_the_pool_is_refused(tmp_path) -> None:
     packed = bulk.dumps(np.zeros(MiB), str(a))
     (file,) = packed.files
     assert Path(file).parent == a
-    with pytest.raises(ValueError, match="outside its pool"):
+    with pytest.raises(bulk.TransferError, match="outside its pool"):
         bulk.loads(packed.data, writable=False, directory=str(b))
     assert Path(file).exists()                     # refused before it was touched
     value = bulk.loads(packed.data, writable=False, directory=str(a))
@@ -326,3 +326,36 @@ def test_a_large_argument_under_a_memory_limit_fails_as_over_the_limit_not_as_an
         assert not too_big.ok and isinstance(too_big.error, MemoryLimitExceeded), too_big.error
     finally:
         p.shutdown()
+
+
+def many_arrays(n: int) -> Any:
+    return [np.full(MiB // 8 + 1, i, dtype=np.float64) for i in range(n)]
+
+
+def test_a_message_maps_at_most_max_files_and_descriptors_last(pool) -> None:
+    """Each mapping keeps a descriptor open (``mmap`` duplicates it before Python 3.13): a
+    message of 1,100 large buffers failed with EMFILE, named a memory error. A message maps at
+    most ``MAX_FILES`` buffers (the rest travel in the pipe) and the driver's soft limit of
+    open files is raised to the hard one for the results it keeps."""
+    import resource
+    out = _run(pool, many_arrays, bulk.MAX_FILES + 36)
+    assert out.ok, out.error
+    assert [int(a[0]) for a in out.value] == list(range(bulk.MAX_FILES + 36))
+    assert len(_mapped_files(pool._dir)) == bulk.MAX_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert soft == hard or sys.version_info >= (3, 13)
+
+
+def test_a_directory_is_never_seen_unheld_by_a_sweep(tmp_path) -> None:
+    """It is made under a name sweeps skip, locked, then renamed: a sweep in another process
+    took the lock of a directory not yet locked and removed a live pool's directory."""
+    d = bulk.PoolDirectory()
+    try:
+        assert os.path.basename(d.path).startswith("twingraph-bulk-")
+        assert not [n for n in os.listdir(bulk.shared_base())
+                    if n.startswith(".twingraph-bulk-making-") and str(os.getpid()) in n]
+        bulk.sweep(bulk.shared_base())
+        assert os.path.isdir(d.path)                   # held: left alone
+    finally:
+        d.remove()
+    assert not os.path.exists(d.path)

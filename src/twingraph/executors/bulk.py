@@ -28,11 +28,13 @@ pool removes the directories whose lock it can take, left by drivers that were k
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import pickle
 import shutil
 import struct
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -52,10 +54,18 @@ SHARE_OF_FREE = 0.5
 #: A directory with no ``.owner`` lock yet is being made: left alone this long.
 YOUNG_SECONDS = 60.0
 _PREFIX = "twingraph-bulk-"
+_MAKING = ".twingraph-bulk-making-"      # (not ``_PREFIX``: no sweep sees it before it is held)
 _OWNER = ".owner"
+#: Large buffers one message maps at most; the rest travel in the pipe. Each mapping keeps a
+#: file descriptor open (``mmap`` duplicates it before Python 3.13) for as long as it lives.
+MAX_FILES = 64
 _INLINE, _FILED = b"P", b"B"
 _HEAD = struct.Struct("<Q")
 _serial = count()
+
+
+class TransferError(Exception):
+    """A message whose files are not what it says (another process's name, a wrong size)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +88,16 @@ class PoolDirectory:
     def __init__(self) -> None:
         base = shared_base()
         sweep(base)
-        self.path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base)
-        self._pid = os.getpid()
-        self._fd = os.open(os.path.join(self.path, _OWNER), os.O_RDWR | os.O_CREAT, 0o600)
+        _more_descriptors()
+        # Made under another name, locked, then renamed: a sweep in another process never
+        # finds it unlocked (it took the lock in that moment and removed a live directory).
+        making = tempfile.mkdtemp(prefix=f"{_MAKING}{os.getpid()}-", dir=base)
+        self._fd = os.open(os.path.join(making, _OWNER), os.O_RDWR | os.O_CREAT, 0o600)
         if fcntl is not None:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self.path = os.path.join(base, _PREFIX + os.path.basename(making)[len(_MAKING):])
+        os.rename(making, self.path)
+        self._pid = os.getpid()
 
     def remove(self) -> None:
         """Remove it with what is left in it (only in the process that made it: a forked child
@@ -108,6 +123,14 @@ def sweep(base: str) -> None:
     except OSError:
         return
     for entry in entries:
+        if entry.name.startswith(_MAKING):          # its maker died before it was held
+            try:
+                if time.time() - entry.stat(follow_symlinks=False).st_mtime > YOUNG_SECONDS \
+                        and entry.stat(follow_symlinks=False).st_uid == os.getuid():
+                    shutil.rmtree(entry.path, ignore_errors=True)
+            except OSError:
+                pass
+            continue
         if not entry.name.startswith(_PREFIX):
             continue
         try:
@@ -161,6 +184,8 @@ def dumps(obj: Any, directory: str | None, prefix: bytes = b"") -> Packed:
                     return True                 # pickled in line
         except BufferError:                     # not contiguous: its pickler's to copy
             return True
+        if len(large) >= MAX_FILES:
+            return True
         large.append(buf)
         return False
 
@@ -183,6 +208,50 @@ def dumps(obj: Any, directory: str | None, prefix: bytes = b"") -> Packed:
     head = pickle.dumps(list(zip(files, sizes)), protocol=5)
     return Packed(b"".join((prefix, _FILED, _HEAD.pack(len(head)), head, body)),
                   tuple(files), sum(sizes) + len(body))
+
+
+#: ``mmap`` keeps a duplicate of the file's descriptor unless told not to (Python 3.13+).
+_UNTRACKED: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+
+
+def _more_descriptors() -> None:
+    """The soft limit of open files raised to the hard one: each mapped buffer keeps a
+    descriptor open as long as it lives (before Python 3.13), and a run keeping a thousand
+    1 MiB results passed the usual soft limit of 1024."""
+    if sys.version_info >= (3, 13):
+        return
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _descriptors_short() -> bool:
+    """Whether this process has used most of its open-file limit (a mapping keeps one open
+    before Python 3.13): the buffer is then read into memory instead, a copy, not an error."""
+    if _UNTRACKED or not os.path.isdir("/proc/self/fd"):
+        return False
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return soft != resource.RLIM_INFINITY and len(os.listdir("/proc/self/fd")) > soft * 0.8
+    except (ImportError, OSError, ValueError):
+        return False
+
+
+def _read_whole(fd: int, size: int, writable: bool) -> memoryview:
+    data = bytearray(size)
+    view = memoryview(data)
+    done = 0
+    while done < size:
+        got = os.readv(fd, [view[done:]])
+        if got == 0:
+            raise TransferError("a process message file ended early")
+        done += got
+    return view if writable else view.toreadonly()
 
 
 def _nbytes(buf: pickle.PickleBuffer) -> int:
@@ -227,14 +296,14 @@ def loads(message: bytes | memoryview, *, writable: bool, directory: str | None 
     if kind == _INLINE:
         return cloudpickle.loads(view[1:])
     if kind != _FILED:
-        raise ValueError(f"not a TwinGraph process message (starts with {kind!r})")
+        raise TransferError(f"not a TwinGraph process message (starts with {kind!r})")
     (length,) = _HEAD.unpack_from(view, 1)
     start = 1 + _HEAD.size
     places: list[tuple[str, int]] = pickle.loads(view[start:start + length])
     if directory is not None:
         for path, _ in places:
             if Path(path).parent != Path(directory):
-                raise ValueError(f"a process message names a file outside its pool: {path!r}")
+                raise TransferError(f"a process message names a file outside its pool: {path!r}")
     try:
         buffers = [_mapped(path, size, writable) for path, size in places]
     finally:
@@ -248,11 +317,16 @@ def _mapped(path: str, size: int, writable: bool) -> memoryview:
     fd = os.open(path, os.O_RDONLY)
     try:
         if os.fstat(fd).st_size != size:
-            raise ValueError(f"process message file {path} is not the size its message says")
+            raise TransferError(f"process message file {path} is not the size its message says")
+        if _descriptors_short():
+            return _read_whole(fd, size, writable)
         try:
-            area = mmap.mmap(fd, size, access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ)
+            area = mmap.mmap(fd, size, access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ,
+                             **_UNTRACKED)
         except OSError as exc:
-            raise MemoryError(f"cannot map {size} bytes of a process message: {exc}") from exc
+            if exc.errno == errno.ENOMEM:
+                raise MemoryError(f"cannot map {size} bytes of a process message: {exc}") from exc
+            raise
     finally:
         os.close(fd)
     return memoryview(area)
