@@ -89,3 +89,10 @@ def test_the_cli_given_a_run_id_that_is_not_utf8_says_not_found(tmp_path) -> Non
                          timeout=60)
     assert out.returncode == 1, out.stderr
     assert b"not found" in out.stderr and b"cannot be stored" not in out.stderr
+
+
+def test_task_counts_given_unstorable_text_is_empty_and_a_bad_state_is_refused_everywhere(store) -> None:
+    for text in ODD:
+        assert store.task_counts(text) == {}
+        with pytest.raises(ValidationError):
+            store.list_runs(state=text)

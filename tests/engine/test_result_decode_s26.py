@@ -66,3 +66,34 @@ def test_bytes_that_do_not_decode_are_a_damaged_entry_removed_for_the_next_run(r
         assert results.head("k" * 64) is None
     finally:
         eng.close()
+
+
+class _RaisesOnLoad:
+    """Unpickles by calling ``int("not a number")``: a ValueError from the value's own code,
+    as a renamed Enum member or a ``__setstate__`` raises it; the bytes are fine."""
+
+    def __reduce__(self):
+        return (int, ("not a number",))
+
+
+def test_a_value_whose_own_code_refuses_to_load_is_kept(results) -> None:
+    import pickle
+    eng = Engine(results=results, metadata=MemoryMetadataStore())
+    try:
+        data = pickle.dumps(_RaisesOnLoad())
+        results.put("v" * 64, data, StorageMetadata("v" * 64, DataType.BINARY, "", len(data),
+                                                     metadata={"encoding": "pickle"}))
+        with pytest.raises(ValueError, match="not a number"):
+            eng.load_value("v" * 64)
+        assert results.head("v" * 64) is not None            # another code version may read it
+    finally:
+        eng.close()
+
+
+def test_an_encoding_cannot_be_added_by_an_update_either(results) -> None:
+    """An entry stored without ``encoding`` (read as pickle) accepted ``{"encoding": None}``,
+    and the next read called it damaged and deleted it."""
+    data = b"\x80\x05K\x01."                                    # pickle of 1
+    results.put("w" * 64, data, StorageMetadata("w" * 64, DataType.BINARY, "", len(data)))
+    with pytest.raises(StorageError, match="cannot change it"):
+        asyncio.run(results.update_metadata("w" * 64, {"encoding": None}))

@@ -160,3 +160,57 @@ def test_a_file_name_with_uri_characters_opens_read_only(tmp_path) -> None:
         == ["m.db"]
     shutil.rmtree(odd)
     assert sqlite3.sqlite_version_info >= (3, 22)     # read-only WAL opens need it
+
+
+def test_another_users_home_can_be_inspected(home_with_a_run, tmp_path) -> None:
+    """The home belongs to another user (nobody); this one (root without the capabilities
+    that let root write any file) may read, not write it: SQLite said "attempt to write a
+    readonly database" for the -shm file it could not make, not "unable to open"."""
+    home, run_id, _ = home_with_a_run
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to be another user's reader")
+    subprocess.run(["chown", "-R", "nobody:nogroup", str(home)], check=True)
+    env = dict(os.environ, TWINGRAPH_HOME=str(home))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+    out = subprocess.run(["setpriv", "--inh-caps=-all",
+                          "--bounding-set=-dac_override,-dac_read_search,-fowner", "--",
+                          sys.executable, "-m", "twingraph", "runs", "list"], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert run_id in out.stdout
+
+
+def test_a_sqlite_uri_names_the_file_the_writer_uses() -> None:
+    from twingraph.stores.metadata._engine import sqlite_file
+    assert sqlite_file("sqlite:///file://localhost/abs/m.db?uri=true") == Path("/abs/m.db")
+    assert sqlite_file("sqlite:///file:/abs/m%20x.db?uri=true&mode=rwc") == Path("/abs/m x.db")
+    # without uri=true SQLite takes "file:/abs/m.db" as a relative file name, and so do we
+    assert sqlite_file("sqlite:///file:/abs/m.db") == Path("file:/abs/m.db").absolute()
+
+
+@pytest.mark.postgres
+def test_postgresql_read_only_keeps_the_urls_own_options(postgres_url) -> None:
+    """``?options=-csearch_path=tg`` was replaced by the read-only option: the read-only
+    store looked in another schema and called the database unmigrated."""
+    import psycopg
+
+    from tests.conftest import ADMIN_URL
+    import secrets
+    name = f"twingraph_test_opts_{secrets.token_hex(4)}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            base = postgres_url.rsplit("/", 1)[0]
+            with psycopg.connect(ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", autocommit=True) as c:
+                c.execute("CREATE SCHEMA tg")
+            url = f"{base}/{name}?options=-csearch_path%3Dtg"
+            with SQLMetadataStore(url, create=True) as md:
+                md.write([RunRecord(run_id="r-opts", pipeline="p", state=RunState.PENDING,
+                                    created_at=1.0)])
+            with SQLMetadataStore(url, read_only=True) as ro:
+                assert ro.get_run("r-opts") is not None
+                with pytest.raises(StorageError):
+                    ro.write([RunRecord(run_id="r-no", pipeline="p", state=RunState.PENDING,
+                                        created_at=2.0)])
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -9,6 +9,7 @@ graphs: their body submits every node up front.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import operator
 import os
@@ -229,7 +230,8 @@ def _no_reference(value: Any) -> Any:
 
 #: What ``serialization.decode`` raises for bytes that are not what their encoding says (a
 #: class missing in this process, an ``ImportError``, is not damage: left as it is).
-_UNREADABLE = (ValidationError, pickle.UnpicklingError, EOFError, ValueError)
+_UNREADABLE = (ValidationError, pickle.UnpicklingError, EOFError, json.JSONDecodeError,
+               UnicodeDecodeError)
 
 
 class Engine:
@@ -405,9 +407,10 @@ class Engine:
         except _UNREADABLE as exc:
             # Its bytes are the ones stored (their hash was checked), but they do not decode
             # as its metadata says: damaged like a corrupted value, and removed like one.
-            raise self._dropped(key, IntegrityError(
-                key, meta.content_hash or "", f"<bytes that do not decode as {encoding!r}: "
-                f"{type(exc).__name__}: {exc}>")) from exc
+            bad = IntegrityError(key, meta.content_hash or "", meta.content_hash or "")
+            bad.args = (f"result {key!r} is damaged: its bytes (their hash checked) do not "
+                        f"decode as {encoding!r}: {type(exc).__name__}: {exc}",)
+            raise self._dropped(key, bad) from exc
 
     def _dropped(self, key: str, exc: IntegrityError) -> IntegrityError:
         """``exc``, saying so if the damaged entry ``key`` could be removed from the store."""

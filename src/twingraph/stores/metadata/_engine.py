@@ -20,7 +20,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlparse
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, Select, create_engine, event
@@ -64,7 +64,11 @@ def make_engine(url: str | URL, *, read_only: bool = False) -> Engine:
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, read_only)
-    connect_args = {"options": "-c default_transaction_read_only=on"} if read_only else {}
+    connect_args: dict[str, Any] = {}
+    if read_only:       # added to the URL's own ``options`` (a search_path, say), not instead
+        given = parsed.query.get("options", "")
+        given = " ".join(given) if isinstance(given, tuple) else given
+        connect_args["options"] = f"{given} -c default_transaction_read_only=on".strip()
     return create_engine(parsed, pool_pre_ping=True, json_serializer=_json_dumps,
                          connect_args=connect_args)
 
@@ -75,8 +79,8 @@ def sqlite_file(url: str | URL) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or is_memory_sqlite(parsed):
         return None
     database = parsed.database or ""
-    if database.startswith("file:"):        # a URI: its path part
-        database = unquote(database[5:].split("?", 1)[0])
+    if database.startswith("file:") and parsed.query.get("uri") in ("true", "1"):
+        database = unquote(urlparse(database).path)     # a URI (``file://host/p``): its path
     return Path(database).expanduser().absolute()
 
 
@@ -135,14 +139,18 @@ def _read_only_connection(path: Path) -> sqlite3.Connection:
         return conn
     except sqlite3.OperationalError as exc:
         conn.close()
-        if "unable to open" not in str(exc) or os.access(path.parent, os.W_OK) \
-                and not _read_only_disk(path):
+        # "unable to open" (no -shm, none can be made) or "attempt to write a readonly
+        # database" (another user's -shm, which this one may not write)
+        cannot_share = "unable to open" in str(exc) or "readonly database" in str(exc)
+        if not cannot_share or os.access(path.parent, os.W_OK) and not _read_only_disk(path):
             raise
         wal = path.with_name(path.name + "-wal")
         if wal.exists() and wal.stat().st_size > 0:
             raise sqlite3.OperationalError(
-                f"{path} has changes in its write-ahead log ({wal.name}) that cannot be read "
-                f"where its directory is read-only: open it once where it can be written") from exc
+                f"{path} has changes in its write-ahead log ({wal.name}) that this process "
+                f"cannot read: its directory, or the -shm file beside it, cannot be written "
+                f"from here (a read-only disk, another user's home); read it where it can "
+                f"be, or once its writer has ended") from exc
     return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
 
 

@@ -73,6 +73,9 @@ _TASK_FIELDS = tuple(TaskRecord.__dataclass_fields__)
 _ATTEMPT_FIELDS = tuple(AttemptRecord.__dataclass_fields__)
 
 
+_CHECKED = ("state", "level")
+
+
 def _none() -> None:
     return None
 
@@ -85,8 +88,9 @@ def _reads(empty: Callable[[], Any]) -> Callable[[_F], _F]:
     def wrap(fn: _F) -> _F:
         @functools.wraps(fn)
         def read(self: Any, *args: Any, **kwargs: Any) -> Any:
-            for value in (*args, *kwargs.values()):
-                if type(value) is str and unstorable(value):
+            for name, value in (*enumerate(args), *kwargs.items()):
+                # (a state or level is checked against its names, as by every store)
+                if type(value) is str and name not in _CHECKED and unstorable(value):
                     return empty()
             return fn(self, *args, **kwargs)
         return cast(_F, read)
@@ -274,6 +278,7 @@ class SQLMetadataStore:
         state_at, task_state, make = _TASK_FIELDS.index("state"), sem.task_state, cast(Any, TaskRecord)
         return [make(*row[:state_at], task_state(row[state_at]), *row[state_at + 1:]) for row in rows]
 
+    @_reads(dict)
     def task_counts(self, run_id: str) -> dict[TaskState, int]:
         """Number of tasks per state (states with none are left out): progress without
         reading a million rows."""

@@ -273,7 +273,7 @@ def merge_meta(old_json: str | None, patch: Any, key: str) -> tuple[str, str | N
         raise StorageError(f"metadata update must be a dict, got {type(patch).__name__}")
     old = meta_from_json(old_json, key) or {}
     for name in RESERVED_META:
-        if name in patch and patch[name] != old.get(name):
+        if name in patch and (name not in old or patch[name] != old[name]):
             raise StorageError(f"metadata {name!r} of {key!r} says how its value is read "
                                f"back: an update cannot change it (give it another name)")
     return dump_meta({**old, **patch}, key)
