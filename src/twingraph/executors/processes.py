@@ -2,7 +2,8 @@
 
 Each worker is a 'spawn'ed Python process connected by a pipe (started without re-running the
 user's ``__main__``: see ``_start_without_main``). The parent sends a cloudpickled
-(fn, args, kwargs); the worker sends back frames: ``L`` + a task log record (one per record the
+(fn, args, kwargs), its large buffers in files the worker maps (``bulk``: the same for a
+result coming back); the worker sends back frames: ``L`` + a task log record (one per record the
 task logs through ``twingraph.get_logger()``, sent as it is emitted, so a task killed later keeps
 its logs) and finally ``R`` + ``(ok, payload)``. A reader thread per busy worker waits for them. ``kill(job)`` SIGKILLs the worker running it; the pool replaces workers on
 demand. Exceptions that cannot be pickled come back as ``NodeExecutionError`` carrying the
