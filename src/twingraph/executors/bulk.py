@@ -39,6 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from itertools import count
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,16 @@ except ImportError:  # pragma: no cover - not POSIX: no sweep of others' directo
 
 #: Buffers smaller than this stay in the pickle: a file costs ~50 µs to make, map and unlink.
 INLINE_LIMIT = 1 << 20
-#: A message takes at most this share of the free space of its directory's file system.
+#: A message takes at most this share of the free space of its directory's file system...
 SHARE_OF_FREE = 0.5
+#: ...and one above this share has its room taken before it is written.
+RESERVE_ABOVE = 0.05
 #: A directory with no ``.owner`` lock yet is being made: left alone this long.
 YOUNG_SECONDS = 60.0
 _PREFIX = "twingraph-bulk-"
 _MAKING = ".twingraph-bulk-making-"      # (not ``_PREFIX``: no sweep sees it before it is held)
 _OWNER = ".owner"
+_BUDGET = ".budget"
 #: Large buffers one message maps at most; the rest travel in the pipe. Each mapping keeps a
 #: file descriptor open (``mmap`` duplicates it before Python 3.13) for as long as it lives.
 MAX_FILES = 64
@@ -193,17 +197,31 @@ def dumps(obj: Any, directory: str | None, prefix: bytes = b"") -> Packed:
     if not large:
         return Packed(b"".join((prefix, _INLINE, body)), (), len(body))
     sizes = [_nbytes(buf) for buf in large]
-    if not _room_for(directory, sum(sizes)):
-        return _inline(obj, prefix)
     files: list[str] = []
+    fds: list[int] = []
     try:
-        for buf in large:
-            files.append(os.path.join(directory, f"{os.getpid()}-{next(_serial)}"))
-            _write(files[-1], buf)
+        with _budget(directory):
+            # checked and taken in one step, across the pool's processes: each message alone
+            # within half the free space, several at once filled a small /dev/shm
+            free = _free(directory)
+            if sum(sizes) > free * SHARE_OF_FREE:
+                return _inline(obj, prefix)
+            # room taken now, so the next look sees it gone; only for a message that is not
+            # small beside the free space (``posix_fallocate`` of 200 MB costs ~70 ms)
+            reserve = sum(sizes) > free * RESERVE_ABOVE
+            for size in sizes:
+                files.append(os.path.join(directory, f"{os.getpid()}-{next(_serial)}"))
+                fds.append(os.open(files[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                if reserve:
+                    _reserve(fds[-1], size)
+        for fd, buf in zip(fds, large):
+            _fill(fd, buf)
     except OSError:
         Packed(b"", tuple(files)).discard()
         return _inline(obj, prefix)
     finally:
+        for fd in fds:
+            os.close(fd)
         large.clear()       # (not released: a PickleBuffer the caller passed stays usable)
     head = pickle.dumps(list(zip(files, sizes)), protocol=5)
     return Packed(b"".join((prefix, _FILED, _HEAD.pack(len(head)), head, body)),
@@ -259,12 +277,12 @@ def _nbytes(buf: pickle.PickleBuffer) -> int:
         return view.nbytes
 
 
-def _room_for(directory: str, size: int) -> bool:
+def _free(directory: str) -> int:
     try:
         st = os.statvfs(directory)
     except OSError:
-        return False
-    return size <= st.f_bavail * st.f_frsize * SHARE_OF_FREE
+        return 0
+    return st.f_bavail * st.f_frsize
 
 
 def _inline(obj: Any, prefix: bytes) -> Packed:
@@ -274,15 +292,32 @@ def _inline(obj: Any, prefix: bytes) -> Packed:
     return Packed(b"".join((prefix, _INLINE, body)), (), len(body))
 
 
-def _write(path: str, buf: pickle.PickleBuffer) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+@contextlib.contextmanager
+def _budget(directory: str) -> Iterator[None]:
+    """The pool's processes take room in its directory one at a time (an ``flock``)."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(os.path.join(directory, _BUDGET), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        with buf.raw() as view:
-            done = 0
-            while done < view.nbytes:            # (a write may take less than it is given)
-                done += os.write(fd, view[done:])
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
-        os.close(fd)
+        os.close(fd)                        # (and with it the lock)
+
+
+def _reserve(fd: int, size: int) -> None:
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, 0, size)
+    else:  # pragma: no cover - not Linux
+        os.ftruncate(fd, size)
+
+
+def _fill(fd: int, buf: pickle.PickleBuffer) -> None:
+    with buf.raw() as view:
+        done = 0
+        while done < view.nbytes:                # (a write may take less than it is given)
+            done += os.pwrite(fd, view[done:], done)
 
 
 def loads(message: bytes | memoryview, *, writable: bool, directory: str | None = None) -> Any:
