@@ -380,3 +380,26 @@ def test_a_message_that_does_not_fit_beside_another_travels_in_the_pipe(tmp_path
         first.discard()
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def _refuse() -> None:
+    raise ConnectionRefusedError("the service said no")
+
+
+class _Reconnects:
+    """Unpickles by reconnecting (as a client object may): its own OSError on the way in."""
+
+    def __reduce__(self):
+        return (_refuse, ())
+
+
+def returns_a_reconnecting_value() -> Any:
+    return _Reconnects()
+
+
+def test_a_results_own_oserror_on_load_is_its_own_not_a_transfer_failure(pool) -> None:
+    """The transfer's failures (its files) are ``TransferFailed``; an ``OSError`` the value's own
+    code raises as it is rebuilt keeps its class (a retry policy may match it)."""
+    out = _run(pool, returns_a_reconnecting_value)
+    assert not out.ok
+    assert out.error.error_type == "ConnectionRefusedError", out.error

@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,8 @@ def test_a_sqlite_uri_names_the_file_the_writer_uses() -> None:
     assert sqlite_file("sqlite:///file:/abs/m%20x.db?uri=true&mode=rwc") == Path("/abs/m x.db")
     # without uri=true SQLite takes "file:/abs/m.db" as a relative file name, and so do we
     assert sqlite_file("sqlite:///file:/abs/m.db") == Path("file:/abs/m.db").absolute()
+    for word in ("True", "yes", "on", "1"):          # as SQLAlchemy reads the flag
+        assert sqlite_file(f"sqlite:///file:/abs/m.db?uri={word}") == Path("/abs/m.db")
 
 
 @pytest.mark.postgres
@@ -214,3 +217,52 @@ def test_postgresql_read_only_keeps_the_urls_own_options(postgres_url) -> None:
                                         created_at=2.0)])
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_WATCHER = """
+import sys, time
+from pathlib import Path
+from twingraph.stores.metadata import SQLMetadataStore
+url, run_id, flag = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+with SQLMetadataStore(url, read_only=True) as ro:
+    print(ro.get_run(run_id).pipeline, flush=True)
+    flag.write_text("read")
+    deadline = time.time() + 60
+    while not flag.read_text() == "changed" and time.time() < deadline:
+        time.sleep(0.05)
+    print(ro.get_run(run_id).pipeline, flush=True)
+"""
+
+
+def test_a_store_kept_open_on_another_users_home_sees_later_changes(home_with_a_run,
+                                                                     tmp_path) -> None:
+    """A quiet home this user may not write is opened immutable (a snapshot): a store kept
+    open showed its first answer for good. Each read opens anew now."""
+    home, run_id, _ = home_with_a_run
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to be another user's reader")
+    subprocess.run(["chown", "-R", "nobody:nogroup", str(home)], check=True)
+    flag = tmp_path / "flag"
+    flag.write_text("")
+    os.chmod(tmp_path, 0o777)
+    os.chmod(flag, 0o666)
+    url = f"sqlite:///{home / 'twingraph.db'}"
+    watcher = subprocess.Popen(["setpriv", "--inh-caps=-all",
+                                "--bounding-set=-dac_override,-dac_read_search,-fowner", "--",
+                                sys.executable, "-c", _WATCHER, url, run_id, str(flag)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while flag.read_text() != "read" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with SQLMetadataStore(url) as md:            # the owner's change, checkpointed
+            with md._engine.begin() as conn:
+                conn.exec_driver_sql("UPDATE runs SET pipeline = 'renamed' WHERE run_id = ?",
+                                     (run_id,))
+        flag.write_text("changed")
+        out, err = watcher.communicate(timeout=60)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0, err
+    first, then = out.split()
+    assert first != "renamed" and then == "renamed"

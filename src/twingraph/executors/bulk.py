@@ -37,6 +37,7 @@ import struct
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from itertools import count
 from collections.abc import Iterator
@@ -247,17 +248,22 @@ def _more_descriptors() -> None:
         pass
 
 
-def _descriptors_short() -> bool:
-    """Whether this process has used most of its open-file limit (a mapping keeps one open
-    before Python 3.13): the buffer is then read into memory instead, a copy, not an error."""
-    if _UNTRACKED or not os.path.isdir("/proc/self/fd"):
+#: Mappings made here and alive (each keeps a descriptor open before Python 3.13).
+_live_maps = 0
+
+
+def _descriptors_short(more: int) -> bool:
+    """Whether ``more`` mappings would take this process's live ones past half its open-file
+    limit: the buffers are then read into memory instead, a copy, not an EMFILE. (Counted, not
+    listed: listing the descriptors for each message grew with every result kept.)"""
+    if _UNTRACKED:
         return False
     try:
         import resource
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        return soft != resource.RLIM_INFINITY and len(os.listdir("/proc/self/fd")) > soft * 0.8
     except (ImportError, OSError, ValueError):
         return False
+    return soft != resource.RLIM_INFINITY and _live_maps + more > soft * 0.5
 
 
 def _read_whole(fd: int, size: int, writable: bool) -> memoryview:
@@ -339,8 +345,14 @@ def loads(message: bytes | memoryview, *, writable: bool, directory: str | None 
         for path, _ in places:
             if Path(path).parent != Path(directory):
                 raise TransferError(f"a process message names a file outside its pool: {path!r}")
+    copy = _descriptors_short(len(places))
     try:
-        buffers = [_mapped(path, size, writable) for path, size in places]
+        buffers = [_mapped(path, size, writable, copy) for path, size in places]
+    except OSError as exc:      # the files' failure, not the value's (its own code's errors
+        if exc.errno == errno.ENOMEM:           # come from the unpickling below)
+            raise MemoryError(f"cannot map a process message: {exc}") from exc
+        raise TransferError(f"a process message's files could not be read: "
+                            f"{type(exc).__name__}: {exc}") from exc
     finally:
         for path, _ in places:                  # every name goes, mapped or not
             with contextlib.suppress(FileNotFoundError):
@@ -348,20 +360,23 @@ def loads(message: bytes | memoryview, *, writable: bool, directory: str | None 
     return cloudpickle.loads(view[start + length:], buffers=buffers)
 
 
-def _mapped(path: str, size: int, writable: bool) -> memoryview:
+def _mapped(path: str, size: int, writable: bool, copy: bool) -> memoryview:
     fd = os.open(path, os.O_RDONLY)
     try:
         if os.fstat(fd).st_size != size:
             raise TransferError(f"process message file {path} is not the size its message says")
-        if _descriptors_short():
+        if copy:
             return _read_whole(fd, size, writable)
-        try:
-            area = mmap.mmap(fd, size, access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ,
-                             **_UNTRACKED)
-        except OSError as exc:
-            if exc.errno == errno.ENOMEM:
-                raise MemoryError(f"cannot map {size} bytes of a process message: {exc}") from exc
-            raise
+        area = mmap.mmap(fd, size, access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ,
+                         **_UNTRACKED)
     finally:
         os.close(fd)
+    global _live_maps
+    _live_maps += 1
+    weakref.finalize(area, _unmapped)
     return memoryview(area)
+
+
+def _unmapped() -> None:
+    global _live_maps
+    _live_maps -= 1

@@ -347,7 +347,7 @@ def _run_one(data: bytes, directory: str | None = None,  # in the child
     try:
         try:
             fn, args, kwargs, caller = bulk.loads(data, writable=True, directory=directory)
-        except (OSError, bulk.TransferError) as exc:   # not the task's own error
+        except bulk.TransferError as exc:     # not the task's own error: the transfer's
             raise NodeExecutionError(
                 f"the task's inputs could not be received from the driver: "
                 f"{type(exc).__name__}: {exc}", error_type="TransferFailed") from None
@@ -791,7 +791,7 @@ class ProcessPool:
                 value = _exception_from(job, tb, *reply[3:])
             if not ok and tb:
                 remote_traceback(value, tb)
-        except (OSError, bulk.TransferError) as exc:   # its files: the transfer failed
+        except bulk.TransferError as exc:     # its files: the transfer failed, not the value
             ok, value = False, NodeExecutionError(
                 f"the result of {job.node_id} could not be received from its worker: "
                 f"{type(exc).__name__}: {exc}", node_id=job.node_id, error_type="TransferFailed")

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.engine import URL
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.util import asbool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from twingraph.errors import ConfigurationError
 from twingraph.stores.metadata.url import is_memory_sqlite, normalize_url
@@ -79,7 +80,8 @@ def sqlite_file(url: str | URL) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or is_memory_sqlite(parsed):
         return None
     database = parsed.database or ""
-    if database.startswith("file:") and parsed.query.get("uri") in ("true", "1"):
+    uri = parsed.query.get("uri", "false")
+    if database.startswith("file:") and asbool(uri if isinstance(uri, str) else uri[-1]):
         database = unquote(urlparse(database).path)     # a URI (``file://host/p``): its path
     return Path(database).expanduser().absolute()
 
@@ -94,11 +96,14 @@ def _sqlite_engine(url: URL, read_only: bool = False) -> Engine:
         path = sqlite_file(url)
         assert path is not None
         kwargs["creator"] = lambda: _read_only_connection(path)
+        # a connection each checkout: one opened immutable (a quiet home it could not share)
+        # is a snapshot, and a store kept open showed its old data for good
+        kwargs["poolclass"] = NullPool
     elif memory:
         # One private database per connection: share a single connection (the store locks it).
         kwargs["poolclass"] = StaticPool
     else:
-        parent = Path(url.database or "").expanduser().absolute().parent
+        parent = (sqlite_file(url) or Path(url.database or "")).parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:      # a traceback and exit 1 from every command before
