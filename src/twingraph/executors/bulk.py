@@ -200,17 +200,17 @@ def dumps(obj: Any, directory: str | None, prefix: bytes = b"") -> Packed:
     sizes = [_nbytes(buf) for buf in large]
     files: list[str] = []
     fds: list[int] = []
+    room = True
     try:
         with _budget(directory):
             # checked and taken in one step, across the pool's processes: each message alone
             # within half the free space, several at once filled a small /dev/shm
             free = _free(directory)
-            if sum(sizes) > free * SHARE_OF_FREE:
-                return _inline(obj, prefix)
+            room = sum(sizes) <= free * SHARE_OF_FREE
             # room taken now, so the next look sees it gone; only for a message that is not
             # small beside the free space (``posix_fallocate`` of 200 MB costs ~70 ms)
             reserve = sum(sizes) > free * RESERVE_ABOVE
-            for size in sizes:
+            for size in sizes if room else ():
                 files.append(os.path.join(directory, f"{os.getpid()}-{next(_serial)}"))
                 fds.append(os.open(files[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 if reserve:
@@ -219,11 +219,13 @@ def dumps(obj: Any, directory: str | None, prefix: bytes = b"") -> Packed:
             _fill(fd, buf)
     except OSError:
         Packed(b"", tuple(files)).discard()
-        return _inline(obj, prefix)
+        room = False
     finally:
         for fd in fds:
             os.close(fd)
         large.clear()       # (not released: a PickleBuffer the caller passed stays usable)
+    if not room:            # (pickled whole outside the lock: others may take room meanwhile)
+        return _inline(obj, prefix)
     head = pickle.dumps(list(zip(files, sizes)), protocol=5)
     return Packed(b"".join((prefix, _FILED, _HEAD.pack(len(head)), head, body)),
                   tuple(files), sum(sizes) + len(body))
