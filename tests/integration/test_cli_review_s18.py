@@ -201,7 +201,10 @@ def test_a_home_that_is_a_file_is_one_line_and_exit_2(cli, tmp_path):
         _usage_error(cli(*args, env=env), f"TWINGRAPH_HOME {tmp_path / 'homefile'} is a file")
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:",
+                                 # the URI forms (session 26): the run "succeeded", then vanished
+                                 "sqlite:///file::memory:?uri=true",
+                                 "sqlite:///file:mem1?mode=memory&uri=on"])
 def test_an_in_memory_database_is_refused(cli, tmp_path, url):
     """Runs recorded in memory vanished with the command, and ``db upgrade`` said ``database
     at head: None`` (finding 9)."""

@@ -189,6 +189,9 @@ def test_a_sqlite_uri_names_the_file_the_writer_uses() -> None:
     assert sqlite_file("sqlite:///file:/abs/m.db") == Path("file:/abs/m.db").absolute()
     for word in ("True", "yes", "on", "1"):          # as SQLAlchemy reads the flag
         assert sqlite_file(f"sqlite:///file:/abs/m.db?uri={word}") == Path("/abs/m.db")
+    from twingraph.errors import ConfigurationError
+    with pytest.raises(ConfigurationError, match="neither true nor false"):
+        sqlite_file("sqlite:///file:/abs/m.db?uri=maybe")
 
 
 @pytest.mark.postgres

@@ -25,11 +25,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.engine import URL
-from sqlalchemy.util import asbool
 from sqlalchemy.pool import NullPool, StaticPool
 
 from twingraph.errors import ConfigurationError
-from twingraph.stores.metadata.url import is_memory_sqlite, normalize_url
+from twingraph.stores.metadata.url import is_memory_sqlite, is_sqlite_uri, normalize_url
 from twingraph.stores.sqlite_wal import enable_wal
 
 if TYPE_CHECKING:
@@ -80,8 +79,7 @@ def sqlite_file(url: str | URL) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or is_memory_sqlite(parsed):
         return None
     database = parsed.database or ""
-    uri = parsed.query.get("uri", "false")
-    if database.startswith("file:") and asbool(uri if isinstance(uri, str) else uri[-1]):
+    if is_sqlite_uri(parsed):
         database = unquote(urlparse(database).path)     # a URI (``file://host/p``): its path
     return Path(database).expanduser().absolute()
 

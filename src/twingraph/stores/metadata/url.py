@@ -13,9 +13,11 @@ import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlparse
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.util import asbool
 
 from twingraph.errors import ConfigurationError
 
@@ -65,5 +67,23 @@ def normalize_url(url: str | URL) -> URL:
 
 
 def is_memory_sqlite(url: URL) -> bool:
-    """True for ``sqlite://`` and ``sqlite:///:memory:`` (one private database per connection)."""
-    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    """True for ``sqlite://``, ``sqlite:///:memory:`` and the URI forms of a database in
+    memory (``file::memory:``, ``mode=memory``): what a process writes there ends with it."""
+    if url.get_backend_name() != "sqlite":
+        return False
+    if url.database in (None, "", ":memory:"):
+        return True
+    return is_sqlite_uri(url) and (urlparse(url.database or "").path == ":memory:"
+                                   or url.query.get("mode") == "memory")
+
+
+def is_sqlite_uri(url: URL) -> bool:
+    """Whether SQLite takes ``url``'s database for a URI (``file:...`` with ``uri`` set true,
+    as SQLAlchemy reads the flag: ``true``, ``yes``, ``on``, ``1``...)."""
+    flag = url.query.get("uri", "false")
+    try:
+        uri = asbool(flag if isinstance(flag, str) else flag[-1])
+    except ValueError:
+        raise ConfigurationError(f"uri={flag!r} in the metadata database URL is neither true "
+                                 f"nor false") from None
+    return uri and (url.database or "").startswith("file:")
