@@ -181,23 +181,23 @@ def dumps(obj: Any, directory: str | None, prefix: bytes = b"") -> Packed:
     import cloudpickle      # (here: ``sweep`` is used by processes that never pickle a task)
 
     large: list[pickle.PickleBuffer] = []
+    sizes: list[int] = []
 
     def out_of_band(buf: pickle.PickleBuffer) -> bool:
         try:
             with buf.raw() as view:
-                if view.nbytes < INLINE_LIMIT:
-                    return True                 # pickled in line
+                size = view.nbytes
         except BufferError:                     # not contiguous: its pickler's to copy
             return True
-        if len(large) >= MAX_FILES:
-            return True
+        if size < INLINE_LIMIT or len(large) >= MAX_FILES:
+            return True                         # pickled in line
         large.append(buf)
+        sizes.append(size)
         return False
 
     body = cloudpickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
     if not large:
         return Packed(b"".join((prefix, _INLINE, body)), (), len(body))
-    sizes = [_nbytes(buf) for buf in large]
     files: list[str] = []
     fds: list[int] = []
     room = True
@@ -278,11 +278,6 @@ def _read_whole(fd: int, size: int, writable: bool) -> memoryview:
             raise TransferError("a process message file ended early")
         done += got
     return view if writable else view.toreadonly()
-
-
-def _nbytes(buf: pickle.PickleBuffer) -> int:
-    with buf.raw() as view:
-        return view.nbytes
 
 
 def _free(directory: str) -> int:
