@@ -42,8 +42,8 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from twingraph.core.records import (AttemptRecord, EdgeRecord, RunUpdate, TaskRecord,
-                                   TaskUpdate)
+from twingraph.core.records import (AttemptRecord, EdgeRecord, LogRecord, RunUpdate,
+                                   TaskRecord, TaskUpdate)
 from twingraph.core.states import RunState, TaskState, fence_epoch
 from twingraph.errors import ValidationError
 
@@ -134,6 +134,54 @@ def check_times(what: str, run_id: str, *times: float | None) -> None:
         if t is not None and not (type(t) in (int, float) and math.isfinite(t)):
             raise ValidationError(f"{what} of run {run_id!r}: a time must be a finite number "
                                   f"of seconds, got {t!r}")
+
+
+#: What ``tasks.cache_status`` and ``lineage_edges.kind`` may hold (both ``String(16)``
+#: columns: PostgreSQL's array cast cut a longer value to 16 characters, SQLite and the memory
+#: store kept it whole).
+CACHE_STATUSES = frozenset({"hit", "miss", "disabled", "resumed"})
+EDGE_KINDS = frozenset({"DEPENDS_ON", "BELONGS_TO"})
+
+
+def _finite(t: Any) -> bool:
+    # ``t - t`` is NaN for NaN and both infinities; cheaper than math.isfinite on the hot path
+    return type(t) is int or (type(t) is float and t - t == 0.0)
+
+
+def check_task_values(what: str, run_id: str, node_id: str, at: Any, started_at: Any,
+                      ended_at: Any, cache_status: Any) -> None:
+    """The times and cache status of a task row or update (``at``: its ``created_at`` or the
+    update's time). NaN was stored as NULL by SQLite (a NOT NULL failure on some columns), as
+    NaN by PostgreSQL and the memory store, and every later read sorted or showed it
+    differently; an unknown cache status was cut by PostgreSQL alone."""
+    if not (_finite(at) and (started_at is None or _finite(started_at))
+            and (ended_at is None or _finite(ended_at))):
+        raise ValidationError(f"{what} of task {node_id!r} of run {run_id!r}: a time must be a "
+                              f"finite number of seconds, got {(at, started_at, ended_at)!r}")
+    if cache_status is not None and cache_status not in CACHE_STATUSES:
+        raise ValidationError(f"{what} of task {node_id!r} of run {run_id!r}: unknown cache "
+                              f"status {cache_status!r}; expected one of "
+                              f"{', '.join(sorted(CACHE_STATUSES))}")
+
+
+def check_attempt(rec: AttemptRecord) -> None:
+    if not (_finite(rec.started_at) and (rec.ended_at is None or _finite(rec.ended_at))):
+        raise ValidationError(
+            f"attempt {rec.attempt} of task {rec.node_id!r} of run {rec.run_id!r}: a time must "
+            f"be a finite number of seconds, got {(rec.started_at, rec.ended_at)!r}")
+
+
+def check_log(rec: LogRecord) -> None:
+    if not _finite(rec.at):
+        raise ValidationError(f"log record of run {rec.run_id!r}: a time must be a finite "
+                              f"number of seconds, got {rec.at!r}")
+
+
+def check_edge(rec: EdgeRecord) -> None:
+    if rec.kind not in EDGE_KINDS:
+        raise ValidationError(f"lineage edge {rec.src!r} -> {rec.dst!r} of run {rec.run_id!r}: "
+                              f"unknown kind {rec.kind!r}; expected one of "
+                              f"{', '.join(sorted(EDGE_KINDS))}")
 
 
 def run_update_fields(update: RunUpdate, started_at: float | None) -> dict[str, Any]:

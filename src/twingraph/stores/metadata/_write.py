@@ -89,6 +89,9 @@ _TASK_STATE_TEXT = {s.value: s.value for s in TaskState}
 _TASK_WIDTH = len(_TASK_COLUMNS)
 _TASK_CREATED_AT = _TASK_COLUMNS.index("created_at")
 _TASK_FENCE_AT = _TASK_COLUMNS.index("fence")
+_TASK_STARTED_AT = _TASK_COLUMNS.index("started_at")
+_TASK_ENDED_AT = _TASK_COLUMNS.index("ended_at")
+_TASK_CACHE_STATUS_AT = _TASK_COLUMNS.index("cache_status")
 
 
 class BatchWriter:
@@ -186,6 +189,10 @@ class BatchWriter:
     def _task_records(self, records: list[TaskRecord], _stale: list[TaskKey]) -> None:
         rows = []
         encode_inputs = self._inputs_json
+        check = sem.check_task_values
+        for r in records:
+            check("TaskRecord", r.run_id, r.node_id, r.created_at, r.started_at, r.ended_at,
+                  r.cache_status)
         for r in sem.merge_task_records(records):
             row = list(_task_values(r))
             row[_TASK_STATE_AT] = sem.task_state(r.state).value
@@ -205,6 +212,10 @@ class BatchWriter:
         width = _TASK_WIDTH
         if set(map(len, given)) - {width}:      # what ``TaskRecord(*r)`` makes of it, or raises
             given = [r if len(r) == width else list(_task_values(TaskRecord(*r))) for r in given]
+        check = sem.check_task_values
+        times = (_TASK_CREATED_AT, _TASK_STARTED_AT, _TASK_ENDED_AT, _TASK_CACHE_STATUS_AT)
+        for r in given:
+            check("TaskRecord", r[0], r[1], *[r[i] for i in times])
         merged = {(r[0], r[1]): r for r in given}
         if len(merged) < len(given):         # a task given twice: merge_task_records' rule
             created_at, fence = _TASK_CREATED_AT, _TASK_FENCE_AT
@@ -284,6 +295,8 @@ class BatchWriter:
         cursors = self._task_cursors([(u.run_id, u.node_id) for u in records])
         nets: dict[TaskKey, dict[str, Any]] = {}
         for u in records:
+            sem.check_task_values("TaskUpdate", u.run_id, u.node_id, u.at, u.started_at,
+                                  u.ended_at, u.cache_status)
             key = (u.run_id, u.node_id)
             cursor = cursors.get(key)
             if cursor is None:
@@ -344,6 +357,8 @@ class BatchWriter:
         return cursors
 
     def _attempts(self, records: list[AttemptRecord], _stale: list[TaskKey]) -> None:
+        for r in records:
+            sem.check_attempt(r)
         rows = []
         for r in sem.attempts_to_write(records, self._driver_epoch):
             row = list(_attempt_values(r))
@@ -371,6 +386,8 @@ class BatchWriter:
     # -- logs and lineage ------------------------------------------------------------------
 
     def _logs(self, records: list[LogRecord], _stale: list[TaskKey]) -> None:
+        for r in records:
+            sem.check_log(r)
         self._bulk("logs", logs, ("run_id", "node_id", "at", "level", "message"), [
             (r.run_id, r.node_id, r.at, sem.normalize_level(r.level), r.message) for r in records],
             lambda source: self._insert_from(logs, source))
@@ -378,6 +395,7 @@ class BatchWriter:
     def _edges(self, records: list[EdgeRecord], _stale: list[TaskKey]) -> None:
         rows: dict[tuple[str, str], tuple[Any, ...]] = {}
         for e in records:
+            sem.check_edge(e)
             digest = sem.edge_digest(e)
             if (e.run_id, digest) not in rows:
                 rows[(e.run_id, digest)] = (e.run_id, e.src, e.dst, e.kind,

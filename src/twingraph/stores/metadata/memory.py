@@ -134,6 +134,8 @@ class MemoryMetadataStore:
             if not sem.superseded(rec.epoch, self._epochs.get(rec.run_id, 0)):
                 undo.set(self._runs, rec.run_id, replace(old_run, heartbeat_at=rec.at))
         elif isinstance(rec, TaskRecord):
+            sem.check_task_values("TaskRecord", rec.run_id, rec.node_id, rec.created_at,
+                                  rec.started_at, rec.ended_at, rec.cache_status)
             self._run(rec.run_id, "TaskRecord")
             tasks = self._tasks[rec.run_id]
             task = replace(rec, state=sem.task_state(rec.state), inputs=sem.json_copy(rec.inputs))
@@ -149,6 +151,7 @@ class MemoryMetadataStore:
         elif isinstance(rec, TaskUpdate):
             self._task_update(rec, undo, stale)
         elif isinstance(rec, AttemptRecord):
+            sem.check_attempt(rec)
             if rec.node_id not in self._tasks.get(rec.run_id, {}):
                 raise NotFoundError(f"AttemptRecord for unknown task {rec.node_id!r} of run {rec.run_id!r}")
             at = (rec.run_id, rec.node_id, rec.attempt)
@@ -158,9 +161,11 @@ class MemoryMetadataStore:
                 return                 # a superseded driver's, or below the stored fence
             undo.set(self._attempts, at, replace(rec, state=sem.task_state(rec.state)))
         elif isinstance(rec, LogRecord):
+            sem.check_log(rec)
             self._run(rec.run_id, "LogRecord")
             undo.append(self._logs[rec.run_id], replace(rec, level=sem.normalize_level(rec.level)))
         elif isinstance(rec, EdgeRecord):
+            sem.check_edge(rec)
             self._run(rec.run_id, "EdgeRecord")
             key = (rec.run_id, sem.edge_digest(rec))
             if key not in self._edge_digests:
@@ -171,6 +176,8 @@ class MemoryMetadataStore:
             raise ValidationError(f"not a metadata record: {type(rec).__name__}")
 
     def _task_update(self, rec: TaskUpdate, undo: _Undo, stale: list[tuple[str, str]]) -> None:
+        sem.check_task_values("TaskUpdate", rec.run_id, rec.node_id, rec.at, rec.started_at,
+                              rec.ended_at, rec.cache_status)
         tasks = self._tasks.get(rec.run_id, {})
         task = tasks.get(rec.node_id)
         if task is None:
