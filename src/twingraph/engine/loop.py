@@ -1637,6 +1637,8 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
 
     def _stop(self, why: str, message: str) -> None:
         if self.stopping:
+            if why in HARD_STOPS and self.stopping not in HARD_STOPS:
+                self._harden_stop(why, message)
             return
         self.stopping, self.stop_message = why, message
         if self.body_flag is not None:        # the body's ``stop_requested()`` says so now
@@ -1652,6 +1654,16 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         self.resuming.clear()        # lookups in flight end as cancelled tasks
         if self._pool is not None:
             self._pool.forget(self._resources_freed)
+
+    def _harden_stop(self, why: str, message: str) -> None:
+        """The run's timeout passed, or it was cancelled, after a failure had stopped it: its
+        tasks are ended already, but a body that goes on (it may handle the failure, 0085) is
+        bounded by the timeout and the cancel as any body is, and the run ends as they say."""
+        self.stopping = why
+        self.stop_message = f"{message} (after it had stopped: {self.stop_message})"
+        if self.body_watch is not None:
+            self.body_watch.stop_later()
+        self.out.append(LogRecord(self.run_id, self.clock.now(), "warning", f"stopping: {message}"))
 
 
 def _packed(new: list[tuple[Any, ...]], rows: list[Any], rest: list[Any]) -> list[Any]:

@@ -38,7 +38,7 @@ from types import FrameType
 from typing import Any
 
 from twingraph.core.records import LogRecord
-from twingraph.engine.bodystop import BodyWatch, passes_through
+from twingraph.engine.bodystop import HARD_STOPS, BodyWatch, passes_through
 from twingraph.engine.task import CANCELLED, QUEUED, TERMINAL, Task
 from twingraph.errors import NestedPipelineStopped, PipelineTimeout, TaskCancelled
 
@@ -239,8 +239,10 @@ class ScopeSide:
     def _scope_timed_out(self, scope: Scope) -> None:
         """A scope's timeout has passed: if it is not done, what is left of it is cancelled
         and the scope has failed."""
-        if self.stopping or any(s.ended is not None for s in scope.chain()):
-            return          # the run, or a pipeline around this one, has ended it already
+        if self.stopping in HARD_STOPS or any(s.failure_key is not None for s in scope.chain()):
+            return          # the run, or a pipeline around this one, stops its body already
+        # A scope (or the run) a failure ended has no task left to cancel, but its body may
+        # go on (it handles the failure): the timeout bounds it all the same.
         why = f"timed out after {scope.timeout:g}s"
         # A failure of the run, as a failed task is (no task of it failed: the call is named,
         # one entry per call); a body that catches it (``.result()`` of a task it cancelled)
@@ -255,7 +257,10 @@ class ScopeSide:
                 return
             scope.failure_key = key
         self.failures[key] = why
-        self._fail_scope(scope, None, why)
+        if scope.ended is None:
+            self._fail_scope(scope, None, why)
+        else:                           # the failure's tasks are ended already
+            scope.ended = why
         if scope.watch is not None and not scope.closed:
             scope.watch.stop_later()       # a body that goes on regardless is stopped
 
