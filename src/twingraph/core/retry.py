@@ -116,7 +116,7 @@ class RetryPolicy:
             try:
                 base = self.initial_delay * self.multiplier ** (attempt - 1)
             except OverflowError:        # a late attempt of a long policy: capped below
-                base = self.max_delay
+                base = self.max_delay if self.initial_delay else 0.0
         base = min(base, self.max_delay)
         if self.jitter and base > 0:
             r = (rng or random).uniform(-self.jitter, self.jitter)

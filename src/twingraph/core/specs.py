@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from twingraph.core.arguments import Parameters
 from twingraph.core.retry import RetryPolicy
@@ -272,11 +273,29 @@ def _graph_config(value: Any) -> dict[str, Any]:
 NOTIFY_EVENTS = ("on_end", "on_success", "on_failure")
 
 
+def _url_problem(url: str) -> str | None:
+    """Why an http(s) URL cannot be posted to (None: it can): it failed only at the run's
+    end, in the thread posting it, and never reached the run's log."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "holds a space or a control character"
+    try:
+        parts = urlsplit(url)
+        parts.port                      # noqa: B018 - raises for a port that is not one
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if not parts.hostname:
+        return "names no host"
+    return None
+
+
 def _check_target(where: str, target: Any) -> None:
     if callable(target):
         return
     if isinstance(target, str) and re.match(r"^https?://", target):
-        return
+        problem = _url_problem(target)
+        if problem is None:
+            return
+        raise ValidationError(f"{where}: notification URL {target!r} {problem}")
     if isinstance(target, (list, tuple)):
         for t in target:
             _check_target(where, t)

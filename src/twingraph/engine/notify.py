@@ -42,11 +42,11 @@ def _post(url: str, summary: dict[str, Any],
           report: Callable[[str], None] | None = None) -> None:
     import urllib.request     # here: http.client and email cost every run ~0.6 MB and ~10 ms
 
-    body = json.dumps(summary, default=str).encode()
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          "User-Agent": "twingraph-notify"})
     try:
+        body = json.dumps(summary, default=str).encode()
+        req = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              "User-Agent": "twingraph-notify"})
         # the URL is user-configured (hence the noqa)
         with urllib.request.urlopen(req, timeout=POST_TIMEOUT) as resp:  # noqa: S310
             resp.read()
