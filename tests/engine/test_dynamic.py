@@ -725,11 +725,14 @@ def test_an_operation_bound_to_an_instance_is_keyed_by_its_state(make):
 ])
 def test_execution_config_is_checked_before_a_run(scheduler, config, match):
     """"2" failed the run with a TypeError before any node ran; -1 meant no retries; "no"
-    counted as true."""
-    s = DynamicScheduler(MemoryStorage(), config, metadata=MemoryMetadataStore())
+    counted as true. Refused when the scheduler is made with it (session 27: a dict given
+    there failed later as an AttributeError), and when one DAG is given it."""
+    with pytest.raises(ValidationError, match=match):
+        DynamicScheduler(MemoryStorage(), config, metadata=MemoryMetadataStore())
+    s = DynamicScheduler(MemoryStorage(), metadata=MemoryMetadataStore())
     try:
         with pytest.raises(ValidationError, match=match):
-            s.run(chain_dag())
+            asyncio.run(s.submit_dag(chain_dag(), config))
     finally:
         s.engine.close()
 

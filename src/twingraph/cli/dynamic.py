@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -25,7 +25,10 @@ def register(app: typer.Typer) -> None:
                 load: Annotated[list[str], typer.Option("--load", help="Module or file with operations")] = [],  # noqa: B006
                 no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
                 max_retries: Annotated[int, typer.Option(
-                    min=0, help="Retries of a failed node (1, 2, 4 s apart)")] = 3) -> None:
+                    min=0, help="Retries of a failed node (1, 2, 4 s apart)")] = 3,
+                node_timeout: Annotated[Optional[float], typer.Option(
+                    min=0.001, help="Seconds a node may run (default 300; a @component's own "
+                                    "shorter timeout still applies)")] = None) -> None:
         """Execute a DAG file (JSON/YAML) using the dynamic scheduler."""
         from twingraph.cli.loading import load_module
         from twingraph.dagfile import load_dag_file
@@ -48,7 +51,7 @@ def register(app: typer.Typer) -> None:
             assert metadata is not None        # the default engine always records
             storage = create_storage_backend(storage_backend, storage_path, **options_from_config(
                 storage_backend, compression=config.compression, cache_size=config.cache_size))
-            scheduler = DynamicScheduler(storage, config,
+            scheduler = DynamicScheduler(storage, config, node_timeout=node_timeout,
                                          engine=Engine(results=storage, metadata=metadata))
             try:
                 with terminate_as_interrupt():
@@ -225,19 +228,34 @@ def dag_progress(run: dict[str, Any], nodes: int) -> dict[str, Any]:
             "eta_seconds": left / rate if rate else None}
 
 
+#: The most characters of one value JSON cannot hold that a summary shows (its ``repr``).
+REPR_MAX = 1000
+
+
+def _shown(value: Any) -> str:
+    """A value JSON cannot hold, as the summary shows it: bytes by their size (a 600 KB
+    result printed 3 MB of escapes), anything else by its ``repr``, cut at ``REPR_MAX``."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{type(value).__name__} of {memoryview(value).nbytes} bytes>"
+    text = repr(value)
+    if len(text) > REPR_MAX:
+        text = f"{text[:REPR_MAX]}... ({len(text) - REPR_MAX} more characters)"
+    return text
+
+
 def _summary_json(summary: dict[str, Any]) -> str:
     """The summary as JSON; a result JSON cannot hold the shape of (``{(1, 2): 3}``, a
     cycle) as its ``repr``: the run ended as it did, and printing it must not end in a
     traceback and exit 1 (the values are stored either way)."""
     try:
-        return json.dumps(summary, default=repr)
+        return json.dumps(summary, default=_shown)
     except (TypeError, ValueError, RecursionError):
         pass
     results = {}
     for node, value in (summary.get("results") or {}).items():
         try:
-            json.dumps(value, default=repr)
+            json.dumps(value, default=_shown)
             results[node] = value
         except (TypeError, ValueError, RecursionError):
-            results[node] = repr(value)
-    return json.dumps({**summary, "results": results}, default=repr)
+            results[node] = _shown(value)
+    return json.dumps({**summary, "results": results}, default=_shown)

@@ -38,7 +38,7 @@ from twingraph.core.hashing import canonical_json, sha256_hex
 from twingraph.core.instancestate import instance_state
 from twingraph.core.logtext import unstorable
 from twingraph.core.retry import RetryPolicy
-from twingraph.core.specs import ComponentSpec
+from twingraph.core.specs import DEFAULT_TIMEOUT, ComponentSpec
 from twingraph.core.states import RunState
 from twingraph.engine import gcpace
 from twingraph.engine.async_store import check_content, has_sync_port
@@ -198,10 +198,16 @@ class ErrorRecoveryManager:
 _operations: dict[str, Callable[..., Any]] = {}
 
 
-def register_operation(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
-    """Register an operation for every scheduler in this process (used by ``--load`` modules)."""
+def _check_operation(name: Any, func: Any) -> None:
+    if type(name) is not str or not name:      # 5 was kept, and no node could name it
+        raise ValidationError(f"an operation's name is a non-empty string, not {name!r}")
     if not callable(func):
         raise ValidationError(f"operation {name!r} must be callable")
+
+
+def register_operation(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """Register an operation for every scheduler in this process (used by ``--load`` modules)."""
+    _check_operation(name, func)
     _operations[name] = func
     return func
 
@@ -243,8 +249,7 @@ class NodeExecutor:
         self.operation_registry: dict[str, Callable[..., Any]] = {}
 
     def register_operation(self, name: str, func: Callable[..., Any]) -> None:
-        if not callable(func):
-            raise ValidationError(f"operation {name!r} must be callable")
+        _check_operation(name, func)
         self.operation_registry[name] = func
 
     def resolve(self, name: str) -> tuple[Callable[..., Any], str] | None:
@@ -417,13 +422,13 @@ def _check_calls(nodes: list[NodeDefinition], ops: Mapping[str, tuple[Any, str]]
     it has not, one too many) fails the DAG before it runs, naming the nodes: it failed at
     run time, after three retries. Checked once per operation and shape of call (argument
     names or count, parameter names), so a million nodes of one shape cost one check."""
-    if not any(style == "component" and not isinstance(fn, type) for fn, style in ops.values()):
+    if not any(style == "component" for fn, style in ops.values()):
         return
     shapes: dict[tuple[Any, ...], str | None] = {}
     bad: dict[str, list[str]] = {}
     for n in nodes:
         fn, style = ops[n.operation]
-        if style != "component" or isinstance(fn, type):
+        if style != "component":
             continue
         a = n.arguments
         shape = (n.operation, tuple(a) if type(a) is dict else len(a), tuple(n.parameters))
@@ -440,7 +445,14 @@ def _check_calls(nodes: list[NodeDefinition], ops: Mapping[str, tuple[Any, str]]
 def _call_error(fn: Any, arguments: Any, parameters: Mapping[str, Any]) -> str | None:
     """Why ``_invoke`` would fail to call component ``fn`` with these arguments' names and
     parameters (``TypeError``'s text), or None."""
-    target = getattr(fn, "fn", None) or (fn.run if hasattr(fn, "execute") else fn)
+    given: tuple[Any, ...] = ()
+    if isinstance(fn, type):           # a registered class: parameters are its config
+        target = getattr(fn, "execute", None)
+        if target is None:
+            return None
+        given, parameters = (None,), {}            # ``self``
+    else:                              # ``run`` takes anything and passes it to ``execute``
+        target = getattr(fn, "fn", None) or getattr(fn, "execute", None) or fn
     try:
         # the wrapper's own signature, which is what is called (a decorator that supplies a
         # connection takes fewer arguments than the function it wraps)
@@ -449,9 +461,9 @@ def _call_error(fn: Any, arguments: Any, parameters: Mapping[str, Any]) -> str |
         return None
     try:
         if isinstance(arguments, dict):
-            sig.bind(**dict.fromkeys(arguments), **parameters)
+            sig.bind(*given, **dict.fromkeys(arguments), **parameters)
         else:
-            sig.bind(*[None] * len(arguments), **parameters)
+            sig.bind(*given, *[None] * len(arguments), **parameters)
     except TypeError as exc:
         return str(exc)
     return None
@@ -653,6 +665,9 @@ def _short(text: str, limit: int = 80) -> str:
 
 def _check_config(cfg: ExecutionConfig) -> None:
     """Settings a DAG run cannot start with (the CLI and REST faces refuse them as well)."""
+    if not isinstance(cfg, ExecutionConfig):     # a dict failed later, as an AttributeError
+        raise ValidationError(f"a DAG's settings are an ExecutionConfig, not "
+                              f"{type(cfg).__name__} (ExecutionConfig(**settings) makes one)")
     n = cfg.max_concurrent_nodes
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValidationError(f"max_concurrent_nodes must be an integer >= 1, not {n!r}")
@@ -727,6 +742,8 @@ class DynamicScheduler:
                                          or not 0 < node_timeout < float("inf")):
             raise ValidationError(f"node_timeout must be a positive number of seconds, "
                                   f"not {node_timeout!r}")
+        if config is not None:
+            _check_config(config)
         self.storage = storage
         self.config = config or ExecutionConfig()
         self.isolate, self.node_timeout = bool(isolate), node_timeout
@@ -1021,6 +1038,10 @@ class DynamicScheduler:
             return self._validated(dag)
 
     def _validated(self, dag: DAGDefinition) -> Plan:
+        if not isinstance(dag, DAGDefinition):      # a dict or a file's text: AttributeError
+            raise ValidationError(
+                f"submit_dag takes a DAGDefinition, not {type(dag).__name__} (twingraph.dagfile's "
+                f"dag_from_dict, parse_dag_text or load_dag_file make one)")
         _check_shapes(dag)
         ids = [n.node_id for n in dag.nodes]
         unique = set(ids)
@@ -1122,10 +1143,14 @@ class DynamicScheduler:
                                            retry_policy=base.retry_policy or retry,
                                            parameters=None)
             else:
+                # A plain operation has no timeout of its own: the scheduler's
+                # ``node_timeout`` is its limit (raised too: a server's
+                # TWINGRAPH_NODE_TIMEOUT=3600 left it at 300 s), else a component's default.
                 spec = ComponentSpec(name=node.operation,
                                      qualname=f"{getattr(target, '__module__', '?')}:"
                                               f"{getattr(target, '__qualname__', node.operation)}",
-                                     code_version=cv, retry_policy=retry, raw_result=True)
+                                     code_version=cv, retry_policy=retry, raw_result=True,
+                                     timeout=float(self.node_timeout or DEFAULT_TIMEOUT))
             spec = self._limited(spec)
             call = fn
             if spec.executor == "process" and style == "component" and not isinstance(fn, type) \
