@@ -70,6 +70,17 @@ class Settings:
     def isolated_nodes(self) -> bool:
         return self.node_isolation == "process"
 
+    def adoption_delay(self) -> float:
+        """``adopt_after``, checked: at least ``MIN_ADOPT_AFTER`` seconds."""
+        seconds = self.adopt_after
+        if not (seconds >= MIN_ADOPT_AFTER and math.isfinite(seconds)):
+            raise ConfigurationError(
+                f"TWINGRAPH_ADOPT_AFTER must be a number of seconds of at least "
+                f"{MIN_ADOPT_AFTER:g} (a live driver's heartbeat may be that old), got "
+                + (f"{seconds:g} seconds" if not math.isnan(seconds) else "something that is "
+                   "not a number"))
+        return seconds
+
     @property
     def worker_processes(self) -> int:
         return self.node_workers or max(4, os.cpu_count() or 1)
@@ -81,8 +92,27 @@ class Settings:
         return cls(home=home, database_url=url,
                    result_store=os.environ.get("TWINGRAPH_RESULT_STORE", "sqlite"),
                    compression=_compression_from_env(),
-                   adopt_after=float(os.environ.get("TWINGRAPH_ADOPT_AFTER") or 30.0),
+                   adopt_after=_adopt_after_from_env(),
                    **_security_from_env(), **_nodes_from_env())
+
+
+#: The shortest ``TWINGRAPH_ADOPT_AFTER``: the engine's ``LIVE_WINDOW`` (a driver beats every
+#: 5 s; one silent for 2 beats + 1 s is gone). Below it a server took over healthy runs of
+#: other processes between two of their beats, and their tasks ran twice.
+MIN_ADOPT_AFTER = 11.0
+
+
+def _adopt_after_from_env() -> float:
+    """``TWINGRAPH_ADOPT_AFTER`` as read; NaN if it is no number. Checked where a server wires
+    adoption (``Settings.adoption_delay``), not here: every command and embedded engine reads
+    the settings, and an old server's value in a shared environment stopped them all."""
+    given = (os.environ.get("TWINGRAPH_ADOPT_AFTER") or "").strip()
+    if not given:
+        return 30.0
+    try:
+        return float(given)
+    except ValueError:
+        return math.nan
 
 
 def _compression_from_env() -> str | None:

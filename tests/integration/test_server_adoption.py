@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 def start_server(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TWINGRAPH_HOME": str(home), "TWINGRAPH_ADOPT_AFTER": "1",
+    env = {**os.environ, "TWINGRAPH_HOME": str(home), "TWINGRAPH_ADOPT_AFTER": "11",
            "TWINGRAPH_RATE_LIMIT": "off", "ADOPT_LOG": str(log)}
     env.pop("TWINGRAPH_DATABASE_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "twingraph", "server", "--port", str(port),

@@ -39,6 +39,21 @@ def test_a_post_that_cannot_be_built_is_reported_not_raised() -> None:
     assert len(heard) == 1 and "Invalid IPv6 URL" in heard[0]
 
 
+def test_a_failed_post_is_reported_without_the_urls_secrets() -> None:
+    """The run's log is read by whoever may read the run: a hook URL's user:password, path
+    and query (a chat service's secret) are not in it."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]          # closed once the block ends: connection refused
+    heard: list[str] = []
+    _post(f"http://bob:hunter2@127.0.0.1:{port}/services/T0/B0/SeCrEt?token=t0k",
+          {"status": "FAILED"}, heard.append)
+    assert len(heard) == 1, heard
+    assert f"notification to http://127.0.0.1:{port}/... failed" in heard[0]
+    assert not any(secret in heard[0] for secret in ("bob", "hunter2", "SeCrEt", "t0k"))
+
+
 def test_a_backoff_from_zero_stays_zero_however_late_the_attempt() -> None:
     policy = RetryPolicy.parse({"max_attempts": 5000, "initial_delay": 0, "max_delay": 60,
                                 "jitter": 0})
@@ -47,3 +62,45 @@ def test_a_backoff_from_zero_stays_zero_however_late_the_attempt() -> None:
     capped = RetryPolicy.parse({"max_attempts": 5000, "initial_delay": 0.5, "max_delay": 60,
                                 "jitter": 0})
     assert capped is not None and capped.delay(1500) == 60      # an overflow is the cap
+
+
+def test_a_webhook_url_read_with_its_last_newline_is_accepted() -> None:
+    """urllib strips a URL's surrounding whitespace; a URL read from a secret file keeps
+    its newline (refused by the first version of the check above)."""
+    for url in ("http://127.0.0.1:9/hook\n", "  https://hooks.example/x\t"):
+        assert PipelineSpec.build(name="p", notifications=url).notifications == url
+
+
+def test_an_operation_named_by_a_str_subclass_is_registered() -> None:
+    from enum import Enum
+
+    from twingraph.engine.dynamic import NodeExecutor
+
+    class Ops(str, Enum):
+        LOAD = "load_s27"
+
+    ex = NodeExecutor()
+    ex.register_operation(Ops.LOAD, len)
+    assert ex.resolve("load_s27") == (len, "operation")
+
+
+def test_a_recorded_pipeline_name_is_matched_to_a_pipeline_name_first() -> None:
+    import types
+
+    from twingraph import pipeline
+    from twingraph.cli.loading import find_pipeline
+
+    mod = types.ModuleType("s27_two")
+
+    @pipeline(name="report_v2")
+    def first():
+        return 1
+
+    @pipeline(name="ingest")
+    def second():
+        return 2
+
+    mod.ingest, mod.report = first, second          # the variable 'ingest' holds report_v2
+    assert find_pipeline(mod, "ingest") is first                     # as typed: a variable
+    assert find_pipeline(mod, "ingest", recorded=True) is second     # as a run recorded it
+    assert find_pipeline(mod, "report", recorded=True) is second     # no such name: variable

@@ -132,18 +132,21 @@ def _syntax_error(exc: SyntaxError) -> ValidationError:
     return ValidationError(f"syntax error in {where}: {exc.msg}{line}")
 
 
-def find_pipeline(module: ModuleType, name: str | None) -> Pipeline:
-    """The pipeline ``name`` (a variable of ``module`` or a pipeline's name) or, without one,
+def find_pipeline(module: ModuleType, name: str | None, *, recorded: bool = False) -> Pipeline:
+    """The pipeline ``name`` (a variable of ``module`` or a pipeline's name; ``recorded``: a
+    name a run recorded, which is a pipeline's name first) or, without one,
     the module's only pipeline. One object bound to two names (``default = main_flow``) is one
     pipeline, and one the module imports (a sub-pipeline it calls) gives way to those defined
     in it: neither makes the module one of "several pipelines"."""
     found = {k: v for k, v in vars(module).items() if isinstance(v, Pipeline)}
     if name:
-        if name in found:
+        if name in found and not recorded:
             return found[name]
         for p in found.values():
             if p.name == name:
                 return p
+        if name in found:
+            return found[name]
         raise ValidationError(f"no pipeline {name!r} in {module.__name__} "
                               f"(found: {', '.join(sorted(found)) or 'none'})")
     pipes = list({id(p): p for p in found.values()}.values())

@@ -111,18 +111,20 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
     from twingraph.cli.loading import find_pipeline, load_module, parse_params, split_target
     from twingraph.cli.signals import exit_code, terminate_as_interrupt
     holder: dict[str, Any] = {}
+    recorded = False
     try:
         with terminate_as_interrupt(), _stdout_to_stderr(as_json):
             engine = _engine()
             if resume:
                 resume = _resolve_run(engine.metadata, resume).run_id    # a prefix, as runs show
                 file, name = _resume_target(engine.metadata, resume, target)
+                recorded = target is None or split_target(target)[1] is None
             elif target:
                 file, name = split_target(target)
             else:
                 raise typer.BadParameter("give FILE.py[:pipeline], or --resume RUN_ID")
             module = load_module(file)
-            pipe = find_pipeline(module, name)
+            pipe = find_pipeline(module, name, recorded=bool(resume) and recorded)
             params = parse_params(param, pipe.fn)
             if resume:
                 params = _resume_params(engine.metadata.get_run(resume), params)
@@ -293,7 +295,10 @@ def _resume_target(md: Any, resume: str, target: str | None) -> tuple[str, str |
         _fail(TwinGraphError(f"run {resume} already finished successfully: there is nothing "
                              f"to resume"), 2)
     if target:
-        return split_target(target)
+        file, name = split_target(target)
+        # FILE.py without :NAME names the pipeline the run recorded (a file with several
+        # pipelines was refused as ambiguous); a name it gives must be that one (checked later)
+        return file, name or rec.pipeline
     where = _recorded_where(src)
     if not where:
         _fail(TwinGraphError(f"run {resume} did not record which file or module it ran: give "

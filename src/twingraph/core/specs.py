@@ -276,6 +276,7 @@ NOTIFY_EVENTS = ("on_end", "on_success", "on_failure")
 def _url_problem(url: str) -> str | None:
     """Why an http(s) URL cannot be posted to (None: it can): it failed only at the run's
     end, in the thread posting it, and never reached the run's log."""
+    url = url.strip()                   # as urllib strips it (a secret file's last newline)
     if any(c.isspace() or not c.isprintable() for c in url):
         return "holds a space or a control character"
     try:
@@ -291,7 +292,7 @@ def _url_problem(url: str) -> str | None:
 def _check_target(where: str, target: Any) -> None:
     if callable(target):
         return
-    if isinstance(target, str) and re.match(r"^https?://", target):
+    if isinstance(target, str) and re.match(r"^https?://", target.strip()):
         problem = _url_problem(target)
         if problem is None:
             return

@@ -131,7 +131,7 @@ class Pipeline:
                     f"exactly ({', '.join(f'{n}={params.get(n)}' for n in missing)}): pass "
                     f"them again to resume it, e.g. {example}")
             params.update({n: given[n] for n in inexact})
-            args, kwargs = _call_args(self.fn, params)
+            args, kwargs = _resume_call(self.fn, self.name, resume, params)
             no_cache = bool(no_cache or rec.config.get("no_cache"))    # either asks for it
             if max_parallel is None:
                 max_parallel = rec.config.get("max_parallel")
@@ -317,13 +317,37 @@ def recorded_defaults(fn: Callable[..., Any], given: Mapping[str, Any]) -> dict[
     return out
 
 
-def _call_args(fn: Callable[..., Any], params: dict[str, Any]) -> tuple[tuple[Any, ...],
-                                                                         dict[str, Any]]:
-    """The call that gives ``fn`` the arguments ``params`` names (``_params`` the other way
-    round): ``*args`` spread as positions again, ``**kwargs`` as keywords."""
+def _resume_call(fn: Callable[..., Any], name: str, run_id: str,
+                 params: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call of ``fn`` a resumed run's recorded ``params`` make, or ``ValidationError``
+    before the run is claimed: a parameter renamed or removed since was dropped without a
+    word (the body ran with the new name's default: a wrong result, SUCCESS), and a new
+    required one failed the claimed run with a TypeError.
+
+    Params are recorded in two forms: as ``Pipeline.run`` names them (``*args`` and
+    ``**kwargs`` under their own names) and as the server calls the function, by keyword
+    (``service.runs.call_params``): a name ``fn`` has no parameter for goes to its
+    ``**kwargs``, and a schedule's ``logical_date`` is dropped for a function that takes
+    neither."""
     sig = inspect.signature(fn)
     bound = inspect.BoundArguments(sig, {n: params[n] for n in sig.parameters if n in params})
-    return bound.args, bound.kwargs
+    args, kwargs = bound.args, bound.kwargs
+    extra = {k: v for k, v in params.items() if k not in sig.parameters}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        kwargs.update(extra)
+        extra = {}
+    extra.pop("logical_date", None)
+    if extra:
+        raise ValidationError(
+            f"run {run_id} was started with {', '.join(f'{k}={v!r}' for k, v in extra.items())}"
+            f", which pipeline {name!r} no longer takes: a resumed run keeps its parameters "
+            f"(start a new run)")
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ValidationError(f"run {run_id} cannot be resumed by pipeline {name!r} as it is "
+                              f"now: {exc} (start a new run)") from None
+    return args, kwargs
 
 
 def _recorded_params(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -199,7 +199,7 @@ _operations: dict[str, Callable[..., Any]] = {}
 
 
 def _check_operation(name: Any, func: Any) -> None:
-    if type(name) is not str or not name:      # 5 was kept, and no node could name it
+    if not isinstance(name, str) or not name:   # 5 was kept, and no node could name it
         raise ValidationError(f"an operation's name is a non-empty string, not {name!r}")
     if not callable(func):
         raise ValidationError(f"operation {name!r} must be callable")

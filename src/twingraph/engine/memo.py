@@ -100,6 +100,16 @@ class MemoSide:
                 key = prior.cache_key
             else:
                 key = own_key(key, self.run_id, task.node_id, self.epoch)
+        elif prior is not None and prior.state is SUCCESS and prior.cache_key \
+                and prior.cache_key != key and prior.content_hash and any(
+                    prior.cache_key == own_key(key, self.run_id, task.node_id, e)
+                    for e in range(self.epoch)):
+            # Computed by an earlier driver of this run that did not memoize it (a resume
+            # with --no-cache, or cache=False then): kept, found under that driver's own key.
+            # It ran again, "inputs changed", when a later resume memoized it.
+            task.cache_key = prior.cache_key
+            self.resuming[task] = structural
+            return True
         task.cache_key = key
         if prior is not None and prior.state is SUCCESS and prior.cache_key == key \
                 and prior.content_hash:
@@ -149,6 +159,7 @@ class MemoSide:
             reason = "recorded by this run before it stopped, but its result is not in the result store"
             if self._memoizes(task):
                 task.cache_status = "miss"
+                task.cache_key = structural       # (it was looked up under an own key above)
             else:                 # computed again by this driver: under its own epoch's key
                 task.cache_status = "disabled"
                 task.cache_key = own_key(structural, self.run_id, task.node_id, self.epoch)

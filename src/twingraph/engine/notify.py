@@ -51,8 +51,26 @@ def _post(url: str, summary: dict[str, Any],
         with urllib.request.urlopen(req, timeout=POST_TIMEOUT) as resp:  # noqa: S310
             resp.read()
     except Exception as exc:  # noqa: BLE001
-        log.warning("notification to %s failed: %s", url, exc)
-        _report(report, f"notification to {url} failed: {error_text(exc)}")
+        shown = _shown_url(url)
+        log.warning("notification to %s failed: %s", shown, exc)
+        _report(report, f"notification to {shown} failed: {error_text(exc)}")
+
+
+def _shown_url(url: str) -> str:
+    """A webhook URL as logs show it: its scheme and host only. Its user:password, path and
+    query are often the secret (a chat service's hook URL is one), and the run's log is read
+    by whoever may read the run."""
+    from urllib.parse import urlsplit
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or "?"
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "a malformed URL"
+    rest = "/..." if (parts.path not in ("", "/") or parts.query or parts.fragment) else ""
+    return f"{parts.scheme}://{host}{port}{rest}"
 
 
 def _report(report: Callable[[str], None] | None, message: str) -> None:

@@ -20,6 +20,7 @@ from twingraph.settings import Settings
 def build_app(settings: Settings, *, load: Sequence[str] = (), schedules: bool = True,
               exposed: bool = False, services: Services | None = None) -> FastAPI:
     """The server app for ``settings``. ``exposed`` (binding beyond loopback) requires auth."""
+    stale_after = settings.adoption_delay()      # refused before anything is built
     svc = services or build_services(settings)
     try:    # exposed + no usable credentials -> ConfigurationError (server/auth.py)
         auth = build_authenticator(settings, svc.catalog.store, exposed=exposed)
@@ -29,7 +30,7 @@ def build_app(settings: Settings, *, load: Sequence[str] = (), schedules: bool =
             svc.close()
         raise
     wire_schedules(svc, fire=schedules)
-    wire_adoption(svc, stale_after=settings.adopt_after)
+    wire_adoption(svc, stale_after=stale_after)
     from twingraph.server.stream import wire_stream
     wire_stream(svc)
     return create_app(svc, load=load, auth=auth, rate_limits=rate_limits)
