@@ -15,20 +15,13 @@ from twingraph.core.records import (AttemptRecord, EdgeRecord, LogRecord, RunRec
 from twingraph.core.states import RunState, TaskState
 from twingraph.core.wire import TaskRows
 from twingraph.errors import ValidationError
-from twingraph.stores.metadata import MemoryMetadataStore, SQLMetadataStore
+from twingraph.stores.metadata import SQLMetadataStore
 from twingraph.stores.metadata._write import _TASK_COLUMNS
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request, tmp_path):
-    if request.param == "memory":
-        s = MemoryMetadataStore()
-    elif request.param == "sqlite":
-        s = SQLMetadataStore(f"sqlite:///{tmp_path / 'm.db'}", create=True)
-    else:
-        s = SQLMetadataStore(request.getfixturevalue("postgres_url"), create=True)
-    yield s
-    s.close()
+@pytest.fixture
+def store(metadata_store):
+    return metadata_store        # memory, SQLite, PostgreSQL (conftest.py)
 
 
 NAN, INF = float("nan"), float("inf")

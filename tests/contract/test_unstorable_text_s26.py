@@ -15,20 +15,13 @@ from twingraph.core.records import LogRecord, RunRecord, TaskRecord
 from twingraph.core.states import RunState
 from twingraph.engine.dynamic import DAGDefinition, DynamicScheduler, NodeDefinition
 from twingraph.errors import ValidationError
-from twingraph.stores.metadata import MemoryMetadataStore, SQLMetadataStore
+from twingraph.stores.metadata import SQLMetadataStore
 from twingraph.stores.results.memory import MemoryStorage
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request, tmp_path):
-    if request.param == "memory":
-        s = MemoryMetadataStore()
-    elif request.param == "sqlite":
-        s = SQLMetadataStore(f"sqlite:///{tmp_path / 'm.db'}", create=True)
-    else:
-        s = SQLMetadataStore(request.getfixturevalue("postgres_url"), create=True)
-    yield s
-    s.close()
+@pytest.fixture
+def store(metadata_store):
+    return metadata_store        # memory, SQLite, PostgreSQL (conftest.py)
 
 
 ODD = ["a\x00b", "x\udcffy", "\udcff\udcfe\udcfd\udcfc\udcfb\udcfa"]
