@@ -180,3 +180,18 @@ def test_a_server_recorded_run_resumes_from_python(engine) -> None:
     assert (r.state, r.value) == (RunState.SUCCESS, 7), r.error
     r = kw.run(engine=engine, resume="kw-s27")
     assert (r.state, r.value) == (RunState.SUCCESS, [11, [("zz", 3)]]), r.error
+
+
+def test_an_ended_driverless_runs_open_attempts_say_it_was_ended_not_resumed(engine) -> None:
+    from twingraph.core.records import AttemptRecord, RunRecord, TaskRecord
+    from twingraph.core.states import TaskState
+
+    engine.metadata.write([
+        RunRecord("gone-s27", "p", RunState.RUNNING, created_at=1.0, started_at=1.0),
+        TaskRecord("gone-s27", "a", "c", state=TaskState.RUNNING, created_at=1.0),
+        AttemptRecord("gone-s27", "a", 1, 0, TaskState.RUNNING, started_at=1.0)])
+    assert engine.end_driverless("gone-s27") is RunState.CANCELLED
+    [attempt] = engine.metadata.get_attempts("gone-s27", "a")
+    assert attempt.state is TaskState.FAILED
+    assert attempt.error == ("its driver stopped before it ended; the run was ended "
+                             "(cancelled: its driver was gone)")

@@ -785,8 +785,8 @@ class Engine:
             log.warning("run %s: its unfinished task rows could not be ended", run_id,
                         exc_info=True)
 
-    def _end_stale_attempts(self, run_id: str, prior: Mapping[str, TaskRecord],
-                            epoch: int) -> None:
+    def _end_stale_attempts(self, run_id: str, prior: Mapping[str, TaskRecord], epoch: int,
+                            why: str = "the run was resumed by another driver") -> None:
         """Attempts an earlier driver left RUNNING (it stopped with them: a crash, a kill)
         end FAILED, so no attempt of the run stays RUNNING for ever; the tasks themselves run
         again under this driver, as attempts numbered after these. Each ending carries this
@@ -801,8 +801,7 @@ class Engine:
                 self.recorder.add(AttemptRecord(
                     run_id, a.node_id, a.attempt, max(a.fence, fence_token(epoch, 0)),
                     TaskState.FAILED, a.executor,
-                    a.started_at, now, "its driver stopped before it ended; the run was "
-                                       "resumed by another driver"))
+                    a.started_at, now, f"its driver stopped before it ended; {why}"))
 
     def end_driverless(self, run_id: str, reason: str = "cancelled: its driver was gone"
                        ) -> RunState:
@@ -834,7 +833,7 @@ class Engine:
         now = self.clock.now()
         epoch = self.metadata.claim_driver(run_id, heartbeat=seen, now=now)
         tasks = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
-        self._end_stale_attempts(run_id, tasks, epoch)
+        self._end_stale_attempts(run_id, tasks, epoch, f"the run was ended ({reason})")
         fence = fence_token(epoch, 0)
         for t in tasks.values():
             if not t.state.terminal:
