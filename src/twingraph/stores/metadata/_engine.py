@@ -38,6 +38,14 @@ if TYPE_CHECKING:
 #: Execution option that marks a connection as a writer (SQLite: BEGIN IMMEDIATE).
 WRITE_OPTION = "twingraph_write"
 BUSY_TIMEOUT_S = 30.0
+#: PostgreSQL: how long a statement waits for a row lock before it fails (SQLite's busy
+#: timeout), and how long a session may sit idle inside a transaction before the server ends
+#: it. A driver stopped mid-write (SIGSTOP, a lost host) held the run's row, and a resume or
+#: `runs cancel` waited on it without end; now the server ends the stopped session (its
+#: locks go with it) well before the waiting statement gives up. No transaction of ours
+#: idles between statements for more than milliseconds.
+PG_LOCK_TIMEOUT_MS = 30_000
+PG_IDLE_IN_TRANSACTION_MS = 15_000
 
 
 def _json_dumps(value: object) -> str:
@@ -64,13 +72,16 @@ def make_engine(url: str | URL, *, read_only: bool = False) -> Engine:
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, read_only)
-    connect_args: dict[str, Any] = {}
-    if read_only:       # added to the URL's own ``options`` (a search_path, say), not instead
-        given = parsed.query.get("options", "")
-        given = " ".join(given) if isinstance(given, tuple) else given
-        connect_args["options"] = f"{given} -c default_transaction_read_only=on".strip()
+    # Added to the URL's own ``options`` (a search_path, say), not instead; the URL's own
+    # settings come after ours, and win.
+    given = parsed.query.get("options", "")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    options = (f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} "
+               f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_MS} {given}")
+    if read_only:
+        options += " -c default_transaction_read_only=on"
     return create_engine(parsed, pool_pre_ping=True, json_serializer=_json_dumps,
-                         connect_args=connect_args)
+                         connect_args={"options": options.strip()})
 
 
 def sqlite_file(url: str | URL) -> Path | None:
