@@ -105,3 +105,57 @@ def test_a_nested_timeout_stops_its_body_after_a_failure_inside_it(engine) -> No
     got, fine = r.value
     assert "inner_fail_then_busy_s27 timed out after 1s" in got and "stopped" in got
     assert fine["outputs"]["result"] == 4
+
+
+def test_a_thread_job_waiting_for_a_thread_when_its_run_stops_ends_its_attempt_row() -> None:
+    """Its RUNNING attempt row was written at hand-over; cancelled before a thread took it
+    ("dropped before it started"), the row stayed RUNNING in the finished run (seen 1 run in
+    15). An executor that holds the job stands for a thread pool with no free thread."""
+    from twingraph.core.states import TaskState
+    from twingraph.engine.engine import Engine
+    from twingraph.executors.local import LocalExecutor
+    from twingraph.stores.metadata import MemoryMetadataStore
+    from twingraph.stores.results.memory import MemoryStorage
+
+    held: list = []
+
+    class NoFreeThread(LocalExecutor):
+        def submit(self, job, done):
+            if job.node_id.startswith("waits_s27"):
+                held.append(job)               # never started
+            else:
+                super().submit(job, done)
+
+        def abort(self, job):
+            return False if job in held else super().abort(job)
+
+    @component(cache=False, executor="thread")
+    def waits_s27(x: int) -> int:
+        return x
+
+    @pipeline(name="stopped_while_queued_s27", error_handler="fail")
+    def stopped(engine_ref: list):
+        waits_s27(x=1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:      # its attempt row is written, RUNNING
+            engine_ref[0].recorder.flush()
+            rows = engine_ref[0].metadata.get_attempts(engine_ref[1][0], "waits_s27-0") \
+                if engine_ref[1] else []
+            if rows:
+                break
+            time.sleep(0.02)
+        raise RuntimeError("the body fails")
+
+    eng = Engine(results=MemoryStorage(), metadata=MemoryMetadataStore(),
+                 executor=NoFreeThread(), flush_interval=0.01)
+    ids: list[str] = []
+    eng.subscribe(lambda ev: ids.append(ev["run_id"]) if ev.get("event") == "run:status" else None)
+    try:
+        r = stopped.run(engine=eng, engine_ref=[eng, ids])
+        assert held and r.state is RunState.FAILED
+        [attempt] = eng.metadata.get_attempts(r.run_id, "waits_s27-0")
+        assert attempt.state is TaskState.CANCELLED and attempt.ended_at is not None
+        [task] = [t for t in eng.metadata.get_tasks(r.run_id) if t.node_id == "waits_s27-0"]
+        assert task.state is TaskState.CANCELLED and task.attempts == 1
+    finally:
+        eng.close()

@@ -1628,7 +1628,9 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         # against the task's retries)
         how = ("killed" if killed else "abandoned") if began else "dropped before it started"
         error = TaskCancelled(f"{message}; running task {how}", node_id=task.node_id)
-        if began:
+        if began or task.attempt_row == task.attempt:
+            # (a thread job waiting for a free thread has its RUNNING row already: ended
+            # here, or it stayed RUNNING in a finished run)
             self._end_attempt_row(task, CANCELLED, error)
         else:           # no attempt row was written for it (an earlier attempt's stays as is)
             task.attempt -= 1
