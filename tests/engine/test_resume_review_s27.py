@@ -195,3 +195,54 @@ def test_an_ended_driverless_runs_open_attempts_say_it_was_ended_not_resumed(eng
     assert attempt.state is TaskState.FAILED
     assert attempt.error == ("its driver stopped before it ended; the run was ended "
                              "(cancelled: its driver was gone)")
+
+
+def test_a_reloaded_value_another_run_replaced_is_refused_not_substituted(tmp_path) -> None:
+    """Two runs of a component whose output differs each time (random bytes) store under
+    one key; the last write wins. A consumer reloading its producer's value (dropped from
+    memory once stage one had it) got the other run's value, and the run recorded one hash
+    and computed on another (session 27 review: 39 of 40 items, both stores). The other
+    run's write is made here between the two stages."""
+    import dataclasses
+    import hashlib
+    import pickle
+
+    from twingraph.engine.engine import Engine
+    from twingraph.stores.metadata import MemoryMetadataStore
+    from twingraph.stores.results.sqlite import SQLiteStorage
+
+    @component
+    def noisy_s27(i: int) -> bytes:
+        return os.urandom(64)
+
+    @component
+    def digest_s27(x: bytes, tag: str) -> str:
+        return hashlib.sha256(x).hexdigest()
+
+    eng = Engine(results=SQLiteStorage(str(tmp_path / "r.db")), metadata=MemoryMetadataStore(),
+                 flush_interval=0.01)
+    ids: list[str] = []
+    eng.subscribe(lambda ev: ids.append(ev["run_id"]) if ev.get("event") == "run:status" else None)
+
+    @pipeline(name="two_stages_s27")
+    def two_stages():
+        r = noisy_s27(i=1)
+        first = digest_s27(x=r["outputs"]["result"], tag="a")["outputs"]["result"]
+        str(first)                                 # stage one has read it
+        eng.recorder.flush()
+        [row] = [t for t in eng.metadata.get_tasks(ids[0]) if t.node_id == "noisy_s27-0"]
+        meta, data = eng.results.read(row.result_key)
+        theirs = pickle.loads(bytes(data))           # the outputs: {"result": ...}
+        assert theirs["result"] != b"x" * 64
+        theirs["result"] = b"x" * 64                 # that run's value, encoded as ours
+        other = pickle.dumps(theirs)
+        eng.results.put(row.result_key, [other], dataclasses.replace(
+            meta, size=len(other), content_hash=hashlib.sha256(other).hexdigest()))
+        return [first, digest_s27(x=r["outputs"]["result"], tag="b")["outputs"]["result"]]
+
+    try:
+        r = two_stages.run(engine=eng)
+        assert r.state is RunState.FAILED
+        assert "no longer the value this run computed" in str(r.error), r.error
+    finally:
+        eng.close()

@@ -386,7 +386,13 @@ class Engine:
         # an instance of a user class, a bound method: its state, and its class's code
         return h if code is None else sha256_hex(f"{h}\0{code}".encode())
 
-    def load_value(self, key: str | None) -> Any:
+    def load_value(self, key: str | None, expected: str | None = None,
+                   node_id: str | None = None) -> Any:
+        """The value stored under ``key``; with ``expected`` (the content hash a run recorded
+        for it), ``ConflictError`` if the stored one is another value: a run that stored a
+        different value under the same key since (a component whose output is not the same
+        every time: random, a clock) overwrote it, and a consumer silently got that run's
+        value for this run's producer."""
         if key is None:
             raise NotFoundError("task has no stored result")
         read = getattr(self.results, "read", None)     # a port implementation without it:
@@ -401,6 +407,14 @@ class Engine:
         if found is None:
             raise NotFoundError(f"result {key} is not in the result store")
         meta, data = found
+        if expected is not None and meta.content_hash and meta.content_hash != expected:
+            raise ConflictError(
+                f"the stored result of {node_id or key} is no longer the value this run "
+                f"computed (content hash {expected[:12]}..., now {meta.content_hash[:12]}...): "
+                f"another run stored a different value under the same key, so the component "
+                f"does not give the same output for the same inputs. Run again (the stored "
+                f"value is then used throughout), or give it cache=False (results of its own "
+                f"per run)")
         encoding = (meta.metadata or {}).get("encoding", "pickle")
         try:
             return serialization.decode(data, encoding)

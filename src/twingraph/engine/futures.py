@@ -125,7 +125,7 @@ class BodySide:
             raise self._failure_of(task)
         value = task.value
         if value is UNLOADED:
-            value = self.engine.load_value(task.cache_key)
+            value = self.engine.load_value(task.cache_key, task.content_hash, task.node_id)
         return own_copy(walk_path(task.node_id, task.result_view(value), ref._path, 0,
                                   same_kind=True))
 

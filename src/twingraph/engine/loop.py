@@ -1249,7 +1249,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         """A finished task's value (read back from the result store if it was dropped)."""
         value = t.value
         if value is UNLOADED:
-            value = t.value = self.engine.load_value(t.cache_key)
+            value = t.value = self.engine.load_value(t.cache_key, t.content_hash, t.node_id)
         return value
 
     def _fetch(self, ref: Ref) -> Any:
