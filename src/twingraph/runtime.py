@@ -7,6 +7,7 @@ SQLAlchemy metadata store, local executor). Everything else receives them.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,20 @@ from twingraph.settings import Settings
 _lock = threading.Lock()
 _engine: Engine | None = None
 _engine_settings: Settings | None = None
+
+
+def _forget_after_fork() -> None:
+    """A forked child builds its own default engine: the parent's has no threads here (its
+    recorder's among them), and the child's first run waited on it for ever (a
+    ``multiprocessing`` pool with the fork start method hung). The parent's is left as it
+    is, not closed: closing it here would write to the parent's stores."""
+    global _lock, _engine, _engine_settings
+    _lock = threading.Lock()            # it may have been held by another parent thread
+    _engine, _engine_settings = None, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def build_engine(settings: Settings | None = None, **engine_kw: Any) -> Engine:

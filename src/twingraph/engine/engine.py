@@ -256,6 +256,7 @@ class Engine:
             raise ConfigurationError("an engine needs a result store (a StorageInterface such "
                                      "as SQLiteStorage or FilesystemStorage), got None")
         results = as_result_store(results)     # a user's async StorageInterface: adapted
+        self._pid = os.getpid()
         writer = writer or os.environ.get("TWINGRAPH_WRITER") or "auto"
         if writer not in WRITERS:
             raise ConfigurationError(f"writer must be one of {', '.join(WRITERS)}, got {writer!r}")
@@ -539,6 +540,13 @@ class Engine:
         """``_run`` (below); a run started on the shared loop's thread (a coroutine that runs
         a pipeline or a DAG synchronously) sends coroutines to loops of their own while it
         goes on (``awaiting.nested_run``): its own would wait for the loop it blocks."""
+        if self._pid != os.getpid():
+            # its threads (the recorder's, the heartbeats') stayed in the parent: a run here
+            # waited for them for ever
+            raise ConfigurationError(
+                f"this engine was made in process {self._pid}, and this is a child forked from "
+                f"it: make an engine in the child (the default one is made afresh), or start "
+                f"children with the 'spawn' or 'forkserver' method")
         with nested_run():
             return self._run(body, **kw)
 
