@@ -144,6 +144,11 @@ class StorageError(DynamicSchedulerError):
     """Storage-related errors: a write that did not happen, a read that cannot be trusted."""
 
 
+class StoreUnavailable(StorageError):
+    """The store cannot be reached now (its server down or restarting, the connection lost):
+    worth trying again for a while, where another ``StorageError`` is not."""
+
+
 class IntegrityError(StorageError):
     """Stored bytes do not match their recorded content hash; nothing is returned."""
 

@@ -35,7 +35,7 @@ from twingraph.core.records import (AttemptRecord, EdgeRecord, LogRecord, Record
                                     RunRecord, RunUpdate, TaskRecord, TaskUpdate)
 from twingraph.core.wire import PackedResults, PackedTaskRecords
 from twingraph.engine.writer import FRAME_MAX, INLINE_MAX, WriterGone, WriterProcess, recipes
-from twingraph.errors import StorageError
+from twingraph.errors import StorageError, StoreUnavailable
 from twingraph.ports import MetadataStore, ResultStore
 
 log = logging.getLogger("twingraph.engine")
@@ -47,6 +47,11 @@ WRITE_RETRIES = 3
 #: more keeps its entry, and each is looked for in every later batch.
 LOST_ROWS_KEPT = 100
 RETRY_DELAY = 0.1
+#: How long a batch is written again while the store cannot be reached (``StoreUnavailable``:
+#: a PostgreSQL server restarting); the delay doubles up to ``UNAVAILABLE_DELAY_MAX``. A run
+#: failed after a one-second outage, ``WRITE_RETRIES`` tries having taken 0.3 s.
+UNAVAILABLE_WAIT = 60.0
+UNAVAILABLE_DELAY_MAX = 2.0
 
 _UPDATE_FIELDS = ("state", "attempts", "fence", "cache_key", "cache_status", "cache_reason",
                   "result_key", "content_hash", "error", "started_at", "ended_at")
@@ -77,7 +82,7 @@ class Recorder:
         self._closed = False
         self._error: BaseException | None = None       # a failed batch of no known run
         self._run_errors: dict[str, BaseException] = {}  # run id -> its batch's error
-        self._retry: tuple[Sequence[Any], Sequence[Any], bool, int] | None = None
+        self._retry: tuple[Sequence[Any], Sequence[Any], bool, int, float] | None = None
         self._flushing = False
         self._child: WriterProcess | None = None       # writes go there once it is set
         self._unacked: deque[tuple[Sequence[Record], Sequence[PutResult], int]] = deque()
@@ -260,19 +265,26 @@ class Recorder:
                 self._index = {}
                 self._flushing = True
                 retry, self._retry = self._retry, None
-            tries = 0
+            tries, since = 0, 0.0
             if self._doomed and records:
                 records = self._without_doomed(records)
             if retry is not None:         # the failed batch first: later records refer to it
                 records, results = [*retry[0], *records], [*retry[1], *results]
-                large, tries = large or retry[2], retry[3]
+                large, tries, since = large or retry[2], retry[3], retry[4]
             try:
                 if records or results:
                     self._write(records, results, large)
                 else:
                     self._drain()         # nothing new: collect what the writer process did
             except BaseException as exc:  # noqa: BLE001 - surfaced by flush()
-                again = tries + 1 < WRITE_RETRIES and not self._closed and (records or results)
+                if tries == 0:
+                    since = time.monotonic()
+                waiting = isinstance(exc, StoreUnavailable) \
+                    and time.monotonic() - since < UNAVAILABLE_WAIT
+                again = (tries + 1 < WRITE_RETRIES or waiting) and not self._closed \
+                    and bool(records or results)
+                delay = RETRY_DELAY if tries + 1 < WRITE_RETRIES else \
+                    min(UNAVAILABLE_DELAY_MAX, RETRY_DELAY * 2 ** (tries + 1 - WRITE_RETRIES))
                 if again:
                     log.warning("recorder: write failed (%s: %s); writing it again",
                                 type(exc).__name__, exc)
@@ -280,11 +292,11 @@ class Recorder:
                     log.exception("recorder: write failed")
                 with self._cv:
                     if again:
-                        self._retry = (records, results, large, tries + 1)
+                        self._retry = (records, results, large, tries + 1, since)
                     else:
                         self._blame(exc, records, results)
                 if again:
-                    time.sleep(RETRY_DELAY)
+                    time.sleep(delay)
             finally:
                 with self._cv:
                     self._flushing = False

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 from sqlalchemy import Connection, Row, func, select, update
 from sqlalchemy import exc as sa_exc
@@ -38,7 +38,8 @@ from twingraph.core.records import (
 )
 from twingraph.core.logtext import unstorable
 from twingraph.core.states import RunState, TaskState
-from twingraph.errors import ConfigurationError, ConflictError, NotFoundError, StorageError, TwinGraphError, ValidationError
+from twingraph.errors import (ConfigurationError, ConflictError, NotFoundError, StorageError,
+                              StoreUnavailable, TwinGraphError, ValidationError)
 from twingraph.stores.metadata import _semantics as sem
 from twingraph.stores.metadata import migrate
 from twingraph.stores.metadata._engine import (
@@ -461,18 +462,39 @@ def _translated() -> Iterator[None]:
             raise NotFoundError(
                 f"a record refers to a run or task that does not exist: {exc.orig}") from exc
         raise StorageError(f"metadata store refused the write: {exc.orig}") from exc
+    except sa_exc.DBAPIError as exc:
+        if not _unreachable(exc):
+            _statement_error(exc)
+        raise StoreUnavailable(f"metadata store unreachable: {exc.orig}") from exc
     except sa_exc.StatementError as exc:
-        said = str(exc.orig)
-        if "cannot contain NUL" in said or "UTF8\": 0x00" in said:   # PostgreSQL: the client's
-            # word, or the server's for a parameter the bulk path sent; not worth a second try
-            raise ValidationError(
-                f"text holding a NUL character cannot be stored on PostgreSQL: {exc.orig}; "
-                f"escape it first (twingraph.core.logtext.storable)") from exc
-        if not isinstance(exc, sa_exc.DBAPIError) and isinstance(exc.orig, (TypeError, ValueError)):
-            raise ValidationError(f"a value cannot be stored: {exc.orig}") from exc
-        raise StorageError(f"metadata store error: {exc.orig or exc}") from exc
+        _statement_error(exc)
     except sa_exc.SQLAlchemyError as exc:
         raise StorageError(f"metadata store error: {exc}") from exc
+
+
+def _unreachable(exc: sa_exc.DBAPIError) -> bool:
+    """A PostgreSQL server that cannot be reached (refused, gone, restarting, shutting down),
+    as opposed to one that answered with an error. SQLite's errors are never this."""
+    if not type(exc.orig).__module__.startswith("psycopg"):
+        return False
+    if exc.connection_invalidated:
+        return True
+    state = getattr(exc.orig, "sqlstate", None)
+    return (isinstance(exc, sa_exc.OperationalError) and state is None) or \
+        (state is not None and (state.startswith("08") or state in ("57P01", "57P02", "57P03")))
+
+
+def _statement_error(exc: sa_exc.StatementError) -> NoReturn:
+    """The TwinGraph error a failed statement is."""
+    said = str(exc.orig)
+    if "cannot contain NUL" in said or "UTF8\": 0x00" in said:   # PostgreSQL: the client's
+        # word, or the server's for a parameter the bulk path sent; not worth a second try
+        raise ValidationError(
+            f"text holding a NUL character cannot be stored on PostgreSQL: {exc.orig}; "
+            f"escape it first (twingraph.core.logtext.storable)") from exc
+    if not isinstance(exc, sa_exc.DBAPIError) and isinstance(exc.orig, (TypeError, ValueError)):
+        raise ValidationError(f"a value cannot be stored: {exc.orig}") from exc
+    raise StorageError(f"metadata store error: {exc.orig or exc}") from exc
 
 
 def _is_foreign_key_violation(exc: sa_exc.IntegrityError) -> bool:
