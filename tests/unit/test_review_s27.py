@@ -104,3 +104,27 @@ def test_a_recorded_pipeline_name_is_matched_to_a_pipeline_name_first() -> None:
     assert find_pipeline(mod, "ingest") is first                     # as typed: a variable
     assert find_pipeline(mod, "ingest", recorded=True) is second     # as a run recorded it
     assert find_pipeline(mod, "report", recorded=True) is second     # no such name: variable
+
+
+def test_numbers_arrays_and_dates_of_other_libraries_print_as_json_data() -> None:
+    """A NumPy or pandas number was printed as its repr, "np.int64(275)": text to jq."""
+    import datetime
+    import json
+
+    import numpy as np
+
+    from twingraph.core.jsonview import ARRAY_ITEMS_MAX, json_default
+    from twingraph.service.workflows import jsonable
+
+    value = {"qty": np.int64(275), "mean": np.float32(1.5), "ok": np.bool_(True),
+             "arr": np.arange(3), "grid": np.eye(2, dtype=np.int8),
+             "day": datetime.date(2026, 1, 2), "at": np.datetime64("2026-01-02T03:04:05"),
+             "tags": {"a"}, "big": np.zeros(ARRAY_ITEMS_MAX + 1), "odd": object}
+    out = json.loads(json.dumps(value, default=json_default))
+    assert out["qty"] == 275 and out["mean"] == 1.5 and out["ok"] is True
+    assert out["arr"] == [0, 1, 2] and out["grid"] == [[1, 0], [0, 1]]
+    assert out["day"] == "2026-01-02" and out["at"] == "2026-01-02T03:04:05"
+    assert out["tags"] == ["a"]
+    assert out["big"].startswith("array(") and out["odd"] == "<class 'object'>"
+    served = jsonable(value)
+    assert (served["qty"], served["arr"], served["at"]) == (275, [0, 1, 2], "2026-01-02T03:04:05")

@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 
 from twingraph.cli.display import LiveProgress, console, err_console, summary_table
+from twingraph.core.jsonview import NOT_PLAIN, plain
 from twingraph.errors import TwinGraphError
 
 
@@ -232,11 +233,14 @@ def dag_progress(run: dict[str, Any], nodes: int) -> dict[str, Any]:
 REPR_MAX = 1000
 
 
-def _shown(value: Any) -> str:
+def _shown(value: Any) -> Any:
     """A value JSON cannot hold, as the summary shows it: bytes by their size (a 600 KB
     result printed 3 MB of escapes), anything else by its ``repr``, cut at ``REPR_MAX``."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return f"<{type(value).__name__} of {memoryview(value).nbytes} bytes>"
+    out = plain(value)
+    if out is not NOT_PLAIN:
+        return out
     text = repr(value)
     if len(text) > REPR_MAX:
         text = f"{text[:REPR_MAX]}... ({len(text) - REPR_MAX} more characters)"

@@ -18,6 +18,7 @@ from rich.markup import escape
 from twingraph.cli.display import (LiveProgress, console, err_console, runs_lines, runs_table, shown_tasks,
                                    state_label, finish_hint, silent_for,
                                    summary_table, tasks_table, ts)
+from twingraph.core.jsonview import json_default
 from twingraph.core.states import RunState
 from twingraph.errors import ConfigurationError, NotFoundError, TwinGraphError, ValidationError
 
@@ -173,7 +174,7 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
         raise typer.Exit(1)
     if as_json:               # one line, whatever the value (null included): for | jq
         try:
-            print(json.dumps(result.value, default=repr))
+            print(json.dumps(result.value, default=json_default))
         except (TypeError, ValueError, RecursionError):
             print(json.dumps(repr(result.value)))
     elif result.value is not None:
@@ -251,7 +252,7 @@ def _print_value(value: Any) -> None:
     its ``repr`` when JSON cannot hold its shape (``{(1, 2): 3}``, a cycle): the run succeeded,
     and printing its value must not end in a traceback and exit 1 after SUCCESS."""
     try:
-        text = json.dumps(value, default=repr)
+        text = json.dumps(value, default=json_default)
     except (TypeError, ValueError, RecursionError):
         console.print(repr(value), markup=False, highlight=False, soft_wrap=True)
         return

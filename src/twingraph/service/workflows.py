@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twingraph import serialization
+from twingraph.core.jsonview import NOT_PLAIN, plain
 from twingraph.core.records import TaskRecord
 from twingraph.core.states import RunState, TaskState
 from twingraph.engine.engine import Engine
@@ -130,7 +131,8 @@ def jsonable(value: Any, _within: frozenset[int] = frozenset()) -> Any:
         return [jsonable(v, within) for v in value]
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"encoding": "bytes", "size": len(bytes(value))}
-    return repr(value)
+    out = plain(value)        # a NumPy or pandas number, an array, a date
+    return repr(value) if out is NOT_PLAIN else jsonable(out, _within)
 
 
 def stored_value(engine: Engine, key: str | None) -> Any:
