@@ -128,3 +128,15 @@ def test_numbers_arrays_and_dates_of_other_libraries_print_as_json_data() -> Non
     assert out["big"].startswith("array(") and out["odd"] == "<class 'object'>"
     served = jsonable(value)
     assert (served["qty"], served["arr"], served["at"]) == (275, [0, 1, 2], "2026-01-02T03:04:05")
+
+
+def test_a_postgresql_driver_that_is_not_installed_is_a_configuration_error() -> None:
+    import importlib.util
+
+    from twingraph.errors import ConfigurationError
+    from twingraph.stores.metadata.url import normalize_url
+
+    if importlib.util.find_spec("pg8000") is None:
+        with pytest.raises(ConfigurationError, match="driver 'pg8000' the URL names is not installed"):
+            normalize_url("postgresql+pg8000://u@127.0.0.1/db")
+    assert normalize_url("postgresql://u@127.0.0.1/db").drivername == "postgresql+psycopg"

@@ -157,10 +157,18 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
             err_console.print(f"[magenta]{escape(str(exc) or 'interrupted')}[/magenta] before "
                               f"a run started")
         raise typer.Exit(exit_code(exc)) from None
-    tasks = engine.metadata.get_tasks(result.run_id)
     # --json: stdout gets the run's value alone (``| jq`` read the table first)
     report = err_console if as_json else console
-    report.print(summary_table(tasks))
+    try:
+        tasks = engine.metadata.get_tasks(result.run_id)
+    except TwinGraphError as exc:   # the database went away as the run ended: no traceback
+        tasks = []
+        err_console.print(f"[yellow]the run's task rows cannot be read:[/yellow] "
+                          f"{escape(str(exc))} (twingraph runs show {escape(result.run_id)} "
+                          f"once the database is back; a run that did not end SUCCESS "
+                          f"resumes with --resume {escape(result.run_id)})", soft_wrap=True)
+    else:
+        report.print(summary_table(tasks))
     state = result.state.value
     # soft_wrap: a narrow terminal must not break the run id over lines (it is copied).
     report.print(f"run [bold]{escape(result.run_id)}[/bold] {escape(pipe.name)}: "
@@ -171,6 +179,11 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
             err_console.print(where, markup=False, highlight=False, soft_wrap=True, end="")
         err_console.print(f"[red]{type(result.error).__name__}:[/red] {escape(str(result.error))}",
                           soft_wrap=True)
+        failed = [n for n in (getattr(result.error, "failures", None) or {})
+                  if n in {t.node_id for t in tasks}]
+        if failed:      # its traceback (file and line) is in the run's log, not above
+            err_console.print(f"its traceback: twingraph runs logs {escape(result.run_id)} "
+                              f"--node {escape(failed[0])}", soft_wrap=True)
         raise typer.Exit(1)
     if as_json:               # one line, whatever the value (null included): for | jq
         try:

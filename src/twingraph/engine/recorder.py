@@ -289,7 +289,9 @@ class Recorder:
                     log.warning("recorder: write failed (%s: %s); writing it again",
                                 type(exc).__name__, exc)
                 else:
-                    log.exception("recorder: write failed")
+                    # one line (its traceback with debug logging): the run's error says it
+                    log.error("recorder: write failed: %s: %s", type(exc).__name__, exc,
+                              exc_info=log.isEnabledFor(logging.DEBUG))
                 with self._cv:
                     if again:
                         self._retry = (records, results, large, tries + 1, since)

@@ -41,6 +41,10 @@ def resolve_database_url(env: Mapping[str, str] | None = None) -> str:
     return default_database_url(Path(env.get(HOME_ENV, "").strip() or DEFAULT_HOME))
 
 
+#: SQLAlchemy's PostgreSQL driver names whose module has another name.
+_DRIVER_MODULES = {"psycopg_async": "psycopg"}
+
+
 def normalize_url(url: str | URL) -> URL:
     """Parse ``url`` and pick the driver we support; raise ``ConfigurationError`` otherwise."""
     try:
@@ -54,9 +58,17 @@ def normalize_url(url: str | URL) -> URL:
     if backend == "postgresql":
         if parsed.drivername in ("postgresql", "postgres"):
             parsed = parsed.set(drivername="postgresql+psycopg")
-        if parsed.get_driver_name() == "psycopg" and importlib.util.find_spec("psycopg") is None:
+        driver = parsed.get_driver_name()
+        if driver == "psycopg" and importlib.util.find_spec("psycopg") is None:
             raise ConfigurationError(
                 "PostgreSQL needs the psycopg driver: pip install 'twingraph[postgres]'")
+        module = _DRIVER_MODULES.get(driver, driver)
+        if driver != "psycopg" and importlib.util.find_spec(module) is None:
+            # a ModuleNotFoundError traceback at the first connection
+            raise ConfigurationError(
+                f"the PostgreSQL driver {driver!r} the URL names is not installed (module "
+                f"{module!r}); TwinGraph ships psycopg: use postgresql+psycopg://... or "
+                f"postgresql://...")
         return parsed
     if backend == "sqlite":
         if parsed.get_driver_name() not in ("", "pysqlite"):
