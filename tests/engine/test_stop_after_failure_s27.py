@@ -159,3 +159,40 @@ def test_a_thread_job_waiting_for_a_thread_when_its_run_stops_ends_its_attempt_r
         assert task.state is TaskState.CANCELLED and task.attempts == 1
     finally:
         eng.close()
+
+
+@component(cache=False)
+def slow_upstream_s27(x: int) -> list:
+    time.sleep(3)
+    return [x]
+
+
+@component(cache=False)
+def agg_s27(rows: list, *, scale: int = 1) -> int:
+    return sum(rows) * scale
+
+
+@pipeline(name="late_typo_s27")
+def late_typo(which: str):
+    rows = slow_upstream_s27(x=2)["outputs"]["result"]
+    if which == "keyword":
+        return agg_s27(row=rows)                     # misspelt: rows
+    if which == "positional":
+        return agg_s27(rows, 2)                      # scale is keyword-only
+    return agg_s27(rows, scale=3, parent_hash="h")   # lineage is always taken
+
+
+def test_a_call_the_component_cannot_take_fails_in_the_body_at_once(engine) -> None:
+    """It failed only when the task would have run, after everything upstream of it (a
+    misspelt keyword, found by a new user after 4 s of work), with no line of the body."""
+    for which, said in (("keyword", "agg_s27() got an unexpected keyword argument 'row'"),
+                        ("positional", "agg_s27() takes 1 positional argument but 2 were given")):
+        t0 = time.monotonic()
+        r = late_typo.run(engine=engine, which=which)
+        assert time.monotonic() - t0 < 2.5, which          # not after the 3 s upstream task
+        assert r.state is RunState.FAILED and said in str(r.error), r.error
+        tb = r.error.__cause__ or r.error
+        assert any(f.name == "late_typo" for f in __import__("traceback").extract_tb(
+            tb.__traceback__)), "the body's line is in its traceback"
+    r = late_typo.run(engine=engine, which="fine")
+    assert r.state is RunState.SUCCESS and r.value["outputs"]["result"] == 6

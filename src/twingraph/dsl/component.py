@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import threading
 import warnings
 import weakref
@@ -47,6 +48,7 @@ class Component:
         self._draft = ComponentSpec.build(name=name, qualname=_qualname(fn), code_version="",
                                           **params)
         self._accepts_lineage = accepts_lineage(fn)
+        self._call_shape = _call_shape(fn)
         self._checked_for: weakref.ref[Any] | None = None    # the engine it was checked for
         self._code_only: str | None = None      # its version without runtime values
 
@@ -94,11 +96,25 @@ class Component:
                 for k in LINEAGE_KWARGS:
                     kwargs.pop(k, None)
             return self.fn(*args, **kwargs)
+        shape = self._call_shape
+        if shape is not None and (len(args) > shape[1] or not shape[0].issuperset(kwargs)):
+            self._refuse_call(args, kwargs)
         checked = self._checked_for
         if checked is None or checked() is not run.engine:      # once per engine, not per call
             check_platform(run.engine, [self])
             self._checked_for = weakref.ref(run.engine)
         return run.call(self.spec, self.fn, args, kwargs)
+
+    def _refuse_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A call the function cannot take, refused where the body makes it (the line its
+        traceback shows), not when the task would run, after all the work upstream of it."""
+        assert self._call_shape is not None
+        names, most = self._call_shape
+        if len(args) > most:
+            raise TypeError(f"{self.name}() takes {most} positional argument"
+                            f"{'' if most == 1 else 's'} but {len(args)} were given")
+        bad = next(k for k in kwargs if k not in names)
+        raise TypeError(f"{self.name}() got an unexpected keyword argument {bad!r}")
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (by value, for a process task that calls it): without the engine it was
@@ -114,6 +130,22 @@ class Component:
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         return self if obj is None else functools.partial(self, obj)
+
+
+def _call_shape(fn: Callable[..., Any]) -> tuple[frozenset[str], int | float] | None:
+    """The keyword names ``fn`` takes (with the lineage arguments, which a component always
+    takes) and how many positional arguments at most; None if it takes any keyword, or its
+    signature cannot be read."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    names = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    most: int | float = float("inf") if any(p.kind is p.VAR_POSITIONAL for p in params) else \
+        sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    return names | frozenset(LINEAGE_KWARGS), most
 
 
 def component(fn: Callable[..., Any] | None = None, *, platform: str = "local",
