@@ -246,3 +246,27 @@ def test_a_reloaded_value_another_run_replaced_is_refused_not_substituted(tmp_pa
         assert "no longer the value this run computed" in str(r.error), r.error
     finally:
         eng.close()
+
+
+def test_a_miss_is_explained_against_the_newest_run_that_ended(engine) -> None:
+    """A run of the same pipeline still going (another process's) was taken as "the last
+    run": its half-done rows made misses read "new task" or "it was RUNNING"."""
+    import time as _time
+
+    from twingraph.core.records import RunRecord, TaskRecord
+    from twingraph.core.states import TaskState
+
+    @pipeline(name="explained_s27")
+    def explained(seed: int):
+        return step_s27(i=seed, prev=0)["outputs"]["result"]
+
+    FAIL_AT.clear()
+    assert explained.run(engine=engine, seed=1).state is RunState.SUCCESS
+    now = _time.time() + 5                                  # newer than that run
+    engine.metadata.write([
+        RunRecord("going-s27", "explained_s27", RunState.RUNNING, created_at=now, started_at=now),
+        TaskRecord("going-s27", "other-0", "other", state=TaskState.RUNNING, created_at=now)])
+    r = explained.run(engine=engine, seed=2)
+    engine.recorder.flush()
+    [row] = engine.metadata.get_tasks(r.run_id)
+    assert (row.cache_status, row.cache_reason) == ("miss", "inputs changed since the last run")

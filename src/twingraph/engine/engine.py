@@ -131,6 +131,9 @@ _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 WRITERS = ("auto", "thread", "process")
 
 
+#: How many of a pipeline's newest runs a miss's reason looks through for one that has ended.
+PREVIOUS_RUNS_LOOKED_AT = 20
+
 #: Specs whose key prefix and fingerprint an engine keeps (the oldest go first): each DAG run
 #: makes specs of its own, and a long-lived engine kept every one (a leak of ~1.4 KB a run).
 SPEC_CACHE = 4096
@@ -897,8 +900,11 @@ class Engine:
         its first task started."""
         if self.metadata is None:
             return {}
-        for rec in self.metadata.list_runs(pipeline=pipeline, limit=3):
-            if rec.run_id != run_id:
+        # The newest run that has ended: one still going (another process's, at the same
+        # time) has not stored what it will, and its half-done rows made 7,983 misses read
+        # "new task" or "it was RUNNING in the last run".
+        for rec in self.metadata.list_runs(pipeline=pipeline, limit=PREVIOUS_RUNS_LOOKED_AT):
+            if rec.run_id != run_id and rec.state.terminal:
                 get_tasks: Any = self.metadata.get_tasks
                 try:
                     if get_tasks(rec.run_id, limit=1, offset=PREVIOUS_MAX):
