@@ -30,3 +30,26 @@ def test_a_failed_task_points_to_its_traceback_in_the_runs_log(tmp_path) -> None
     logs = subprocess.run([sys.executable, "-m", *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert 'p.py", line 6, in read' in logs.stdout and "NameError" in logs.stdout
+
+
+def test_runs_list_on_a_database_being_created_lists_nothing(tmp_path) -> None:
+    """Polled while a first run made the home, `runs list` met the database file before its
+    tables and said to run `twingraph db upgrade` (exit 2). An empty database holds no runs;
+    one with tables of its own and no revision is still refused."""
+    import sqlite3
+    home = tmp_path / "home"
+    home.mkdir()
+    sqlite3.connect(home / "twingraph.db").close()          # made, not yet built
+    env = dict(os.environ, TWINGRAPH_HOME=str(home))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+
+    def runs_list() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "twingraph", "runs", "list"], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    out = runs_list()
+    assert out.returncode == 0 and out.stdout.splitlines()[1:] == [], out.stderr
+    with sqlite3.connect(home / "twingraph.db") as db:
+        db.execute("CREATE TABLE theirs (x)")
+    out = runs_list()
+    assert out.returncode == 2 and "db upgrade" in out.stderr

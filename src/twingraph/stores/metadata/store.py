@@ -141,6 +141,12 @@ class SQLMetadataStore:
         except BaseException:
             self._engine.dispose()
             raise
+        if found is None and read_only and not _has_tables(self._engine):
+            # An empty database: one another process is creating (its file made, its tables
+            # not yet): it holds no runs, and asked to be upgraded (`runs list` polled while
+            # a first run started exited 2 once in ~80 tries).
+            self._engine.dispose()
+            raise NotFoundError(f"the metadata database {self.url} is empty")
         if found != wanted:
             self._engine.dispose()
             if found is not None and not migrate.ours(found):
@@ -443,6 +449,12 @@ def _run(row: Row[Any]) -> RunRecord:
     fields = row._asdict()
     fields["state"] = RunState(fields["state"])
     return RunRecord(**fields)
+
+
+def _has_tables(engine: Any) -> bool:
+    from sqlalchemy import inspect as sa_inspect
+    with _translated(), engine.connect() as conn:
+        return bool(sa_inspect(conn).get_table_names())
 
 
 @contextmanager
