@@ -196,3 +196,22 @@ def test_a_call_the_component_cannot_take_fails_in_the_body_at_once(engine) -> N
             tb.__traceback__)), "the body's line is in its traceback"
     r = late_typo.run(engine=engine, which="fine")
     assert r.state is RunState.SUCCESS and r.value["outputs"]["result"] == 6
+
+
+@component(cache=False)
+def writes_s27(conn, rows: list) -> int:
+    return len(rows)
+
+
+@pipeline(name="passes_a_lock_s27")
+def passes_a_lock():
+    return writes_s27(conn=threading.Lock(), rows=[1, 2])
+
+
+def test_an_argument_that_cannot_be_keyed_is_named(engine) -> None:
+    """The error was "cannot encode a value of type lock", the same words as for a result
+    that cannot be stored: which argument, and what to do, was left to guess."""
+    r = passes_a_lock.run(engine=engine)
+    assert r.state is RunState.FAILED
+    assert "argument conn of writes_s27: cannot encode a value of type lock" in str(r.error)
+    assert "open a connection, client or lock inside the component" in str(r.error)

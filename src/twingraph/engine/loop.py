@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from twingraph import serialization
 from twingraph.core import stop
 from twingraph.core.records import AttemptRecord, LogRecord, TaskRecord, TaskUpdate
 from twingraph.core.retry import RetryPolicy
@@ -828,7 +829,7 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                         if self._on_ready(t):
                             lookup.append(t)
                     except Exception as exc:  # noqa: BLE001 - e.g. an argument that cannot be hashed
-                        self._fail_before_start(t, exc)
+                        self._fail_before_start(t, _named_argument(t, exc))
                 if lookup:   # one memo query for the whole burst, not one per task
                     try:
                         found = self.results.content_hashes([t.cache_key for t in lookup])
@@ -1666,6 +1667,30 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         if self.body_watch is not None:
             self.body_watch.stop_later()
         self.out.append(LogRecord(self.run_id, self.clock.now(), "warning", f"stopping: {message}"))
+
+
+def _named_argument(task: Task, exc: Exception) -> Exception:
+    """``exc`` of a task that could not be keyed, naming the argument that could not be
+    encoded (the message was the same as for a result that cannot be: "cannot encode a value
+    of type Connection"), with what to do about it."""
+    if not isinstance(exc, ValidationError) or "cannot encode" not in str(exc):
+        return exc
+    named = [*((f"#{i + 1}", v) for i, v in enumerate(task.args)), *task.kwargs.items()]
+    for name, value in named:
+        if isinstance(value, Ref):
+            continue
+        try:
+            serialization.encode(value)
+        except ValidationError:
+            better = ValidationError(
+                f"argument {name} of {task.component}: {exc} (a task's arguments are keyed by "
+                f"their content, cache=False too: open a connection, client or lock inside "
+                f"the component, and pass it what it needs to, a path or a URL)")
+            better.__cause__ = exc.__cause__
+            return better
+        except Exception:  # noqa: BLE001 - not this one's to explain
+            continue
+    return exc
 
 
 def _packed(new: list[tuple[Any, ...]], rows: list[Any], rest: list[Any]) -> list[Any]:
