@@ -215,3 +215,26 @@ def test_an_argument_that_cannot_be_keyed_is_named(engine) -> None:
     assert r.state is RunState.FAILED
     assert "argument conn of writes_s27: cannot encode a value of type lock" in str(r.error)
     assert "open a connection, client or lock inside the component" in str(r.error)
+
+
+@component
+def names_s27(folder: str) -> list:
+    return [f"{folder}/a.csv", f"{folder}/b.txt"]
+
+
+@pipeline(name="paths_s27")
+def paths(folder: str):
+    import os.path
+    from pathlib import Path
+    out = []
+    for f in names_s27(folder=folder)["outputs"]["result"]:
+        out.append((Path(f).stem, os.path.basename(f), os.fspath(f)))
+    return out
+
+
+def test_a_result_that_is_a_path_works_where_a_path_does(engine) -> None:
+    """``Path(f)`` of a list item of a result raised "expected str, bytes or os.PathLike
+    object, not Ref"; ``str(f)`` waited for it."""
+    r = paths.run(engine=engine, folder="/data")
+    assert r.state is RunState.SUCCESS, r.error
+    assert r.value == [("a", "a.csv", "/data/a.csv"), ("b", "b.txt", "/data/b.txt")]

@@ -18,6 +18,7 @@ import decimal
 import enum
 import fractions
 import operator
+import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import PurePath
@@ -89,6 +90,11 @@ class Ref:
     def __repr__(self) -> str:
         path = "".join(f"[{p!r}]" for p in self._path)
         return f"<Ref {self._task.node_id}{path} {self._task.state.value}>"
+
+    def __fspath__(self) -> Any:
+        # ``Path(r)``, ``open(r)``, ``os.path.basename(r)`` of a result that is a path wait
+        # for it, as ``str(r)`` does (they raised "expected str ... not Ref")
+        return os.fspath(self.result())
 
     def __format__(self, spec: str) -> str:
         return format(self.result(), spec)
