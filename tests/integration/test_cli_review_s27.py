@@ -53,3 +53,20 @@ def test_runs_list_on_a_database_being_created_lists_nothing(tmp_path) -> None:
         db.execute("CREATE TABLE theirs (x)")
     out = runs_list()
     assert out.returncode == 2 and "db upgrade" in out.stderr
+
+
+def test_an_error_raised_as_the_file_loads_says_where(tmp_path) -> None:
+    """"cannot load p.py: it raised KeyError: 'SALES_DIR'" said what, not where (the error
+    may come from a helper module the file imports)."""
+    (tmp_path / "cfg.py").write_text("import json\nSETTINGS = json.load(open('config.json'))\n")
+    (tmp_path / "p.py").write_text("import os\nfrom twingraph import pipeline\n"
+                                   "DATA = os.environ['SALES_DIR_S27']\n")
+    (tmp_path / "q.py").write_text("from twingraph import pipeline\nimport cfg\n")
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+    env.pop("SALES_DIR_S27", None)
+    for target, where in (("p.py", f"(at {tmp_path / 'p.py'}:3)"),
+                          ("q.py", f"(at {tmp_path / 'cfg.py'}:2)")):
+        out = subprocess.run([sys.executable, "-m", "twingraph", "run", target], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and where in out.stderr, out.stderr

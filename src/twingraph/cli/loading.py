@@ -69,11 +69,12 @@ def load_module(target: str) -> ModuleType:
             raise _syntax_error(exc) from None
         except ImportError as exc:      # a missing dependency: said as for a module target
             sys.modules.pop(name, None)
-            raise ValidationError(f"cannot load {target}: {type(exc).__name__}: {exc}") from exc
+            raise ValidationError(f"cannot load {target}{_where(exc)}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
         except Exception as exc:        # the module's own code raised: one line, exit 2
             sys.modules.pop(name, None)
             raise ValidationError(f"cannot load {target}: it raised "
-                                  f"{type(exc).__name__}: {exc}") from exc
+                                  f"{type(exc).__name__}: {exc}{_where(exc)}") from exc
         except SystemExit as exc:
             # a script's ``sys.exit(0)`` at import: the command exited 0 with no run and no
             # word, which a CI job reads as success
@@ -103,12 +104,29 @@ def _import(name: str) -> ModuleType:
     except SyntaxError as exc:
         raise _syntax_error(exc) from None
     except ImportError as exc:
-        raise ValidationError(f"cannot import {name!r}: {exc}") from exc
+        raise ValidationError(f"cannot import {name!r}{_where(exc)}: {exc}") from exc
     except Exception as exc:        # the module's own code raised
         raise ValidationError(f"cannot import {name!r}: it raised "
-                              f"{type(exc).__name__}: {exc}") from exc
+                              f"{type(exc).__name__}: {exc}{_where(exc)}") from exc
     except SystemExit as exc:
         raise _exited(name, exc) from None
+
+
+def _where(exc: BaseException) -> str:
+    """`` (at FILE:LINE)``: the innermost line of the user's own code in ``exc``'s traceback
+    (the file being loaded, or a helper module it imports), not Python's or TwinGraph's;
+    the one-line error said what was raised, not where."""
+    import traceback
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    others = {os.path.abspath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        where = os.path.abspath(frame.filename)
+        if frame.filename.startswith("<") or where.startswith(ours) \
+                or any(where.startswith(p + os.sep) for p in others):
+            continue
+        found = frame
+    return "" if found is None else f" (at {found.filename}:{found.lineno})"
 
 
 def _exited(target: str, exc: SystemExit) -> ValidationError:
