@@ -140,3 +140,16 @@ def test_a_postgresql_driver_that_is_not_installed_is_a_configuration_error() ->
         with pytest.raises(ConfigurationError, match="driver 'pg8000' the URL names is not installed"):
             normalize_url("postgresql+pg8000://u@127.0.0.1/db")
     assert normalize_url("postgresql://u@127.0.0.1/db").drivername == "postgresql+psycopg"
+
+
+def test_a_misspelt_exception_name_in_a_retry_policy_is_warned_about() -> None:
+    """``["ConnectionErorr"]`` matched nothing: the task was never retried, without a word."""
+    import warnings
+
+    with pytest.warns(UserWarning, match="did you mean 'ConnectionError'") as seen:
+        RetryPolicy.parse({"exceptions": ["ConnectionErorr"]})
+    assert seen[0].filename == __file__                  # the user's line, not TwinGraph's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RetryPolicy.parse({"exceptions": ["ConnectionError", "mypkg.ConnectionErorr",
+                                          "RateLimited", TimeoutError]})

@@ -63,6 +63,7 @@ class RetryPolicy:
                 if not isinstance(names[-1], str):
                     raise ValidationError(f"retry_policy.exceptions: {e!r} is not a class name")
             kw["exceptions"] = tuple(names)
+            _warn_if_misspelt(kw["exceptions"])
         if "jitter" in kw and isinstance(kw["jitter"], bool):
             kw["jitter"] = 0.1 if kw["jitter"] else 0.0
         if "max_delay" not in kw and isinstance(kw.get("initial_delay"), (int, float)) \
@@ -128,6 +129,36 @@ class RetryPolicy:
                 "initial_delay": self.initial_delay, "max_delay": self.max_delay,
                 "multiplier": self.multiplier, "jitter": self.jitter,
                 "exceptions": list(self.exceptions)}
+
+
+def _warn_if_misspelt(names: tuple[str, ...]) -> None:
+    """A name close to one of Python's exceptions but not one (``ConnectionErorr``) matched
+    nothing, and the task was never retried, without a word. A warning, not an error: a
+    class of the user's own may be named so."""
+    import builtins
+    import difflib
+    import warnings
+    known = [n for n, v in vars(builtins).items()
+             if isinstance(v, type) and issubclass(v, BaseException)]
+    for name in names:
+        if "." in name or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if close:
+            warnings.warn(f"retry_policy.exceptions names {name!r}, which is not one of "
+                          f"Python's exceptions: did you mean {close[0]!r}? (a class of your "
+                          f"own must be named exactly)", UserWarning, stacklevel=_user_level())
+
+
+def _user_level() -> int:
+    """The ``stacklevel`` of the first caller outside TwinGraph (the user's decorator line)."""
+    import os
+    import sys
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def matches(error: BaseException, names: tuple[str, ...]) -> bool:
