@@ -153,3 +153,12 @@ def test_a_misspelt_exception_name_in_a_retry_policy_is_warned_about() -> None:
         warnings.simplefilter("error")
         RetryPolicy.parse({"exceptions": ["ConnectionError", "mypkg.ConnectionErorr",
                                           "RateLimited", TimeoutError]})
+
+
+def test_finite_makes_strict_json_of_nan_and_infinities() -> None:
+    import json
+
+    from twingraph.core.jsonview import finite
+    value = {"a": float("nan"), "b": [1.5, float("inf"), (float("-inf"), 2)], "c": "NaN"}
+    assert json.dumps(finite(value), allow_nan=False) == \
+        '{"a": null, "b": [1.5, null, [null, 2]], "c": "NaN"}'

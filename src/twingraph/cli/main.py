@@ -18,7 +18,7 @@ from rich.markup import escape
 from twingraph.cli.display import (LiveProgress, console, err_console, runs_lines, runs_table, shown_tasks,
                                    state_label, finish_hint, silent_for,
                                    summary_table, tasks_table, ts)
-from twingraph.core.jsonview import json_default
+from twingraph.core.jsonview import finite, json_default
 from twingraph.core.states import RunState
 from twingraph.errors import ConfigurationError, NotFoundError, TwinGraphError, ValidationError
 
@@ -187,7 +187,10 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
         raise typer.Exit(1)
     if as_json:               # one line, whatever the value (null included): for | jq
         try:
-            print(json.dumps(result.value, default=json_default))
+            try:            # strict JSON: NaN and infinities as null
+                print(json.dumps(finite(result.value), default=json_default, allow_nan=False))
+            except ValueError:       # one inside an array or a value of another library
+                print(json.dumps(result.value, default=json_default))
         except (TypeError, ValueError, RecursionError):
             print(json.dumps(repr(result.value)))
     elif result.value is not None:

@@ -40,3 +40,16 @@ def json_default(value: Any) -> Any:
     """A ``default=`` for ``json.dumps``: ``plain``, else the value's ``repr``."""
     out = plain(value)
     return repr(value) if out is NOT_PLAIN else out
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (in dicts, lists and tuples) as None: JSON
+    has no such numbers, and the ``NaN`` ``json.dumps`` writes is refused by strict parsers
+    (JavaScript's, Go's)."""
+    if isinstance(value, float):
+        return value if value - value == 0.0 else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
