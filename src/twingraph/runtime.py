@@ -43,8 +43,11 @@ def build_engine(settings: Settings | None = None, **engine_kw: Any) -> Engine:
     opts: dict[str, Any] = {}
     if settings.compression:
         opts["compression"] = settings.compression
-    results = create_storage_backend(settings.result_store, str(results_path(settings)),
-                                     **opts)
+    try:
+        results = create_storage_backend(settings.result_store, str(results_path(settings)),
+                                         **opts)
+    except ConfigurationError as exc:    # the setting's name: the message had the value only
+        raise ConfigurationError(f"TWINGRAPH_RESULT_STORE: {exc}") from exc
     metadata = SQLMetadataStore(settings.database_url, create=True)
     # Shared-memory files of process tasks whose driver was killed (SIGKILL leaves them):
     # removed by every engine made here, not only by the next one that starts a process.

@@ -70,3 +70,26 @@ def test_a_row_lock_held_by_another_program_is_waited_for_a_bounded_time(postgre
         assert store.claim_driver("locked-s27") == 1  # and the store goes on
     finally:
         store.close()
+
+
+def test_the_timeouts_are_set_after_connecting_and_the_urls_own_win(postgres_url) -> None:
+    """Sent as startup ``options`` first, which PgBouncer refuses (no connection at all); the
+    URL's own setting of one is kept."""
+    from urllib.parse import quote
+    for url, lock in ((postgres_url, "30s"),
+                      (f"{postgres_url}?options={quote('-c lock_timeout=5000')}", "5s")):
+        store = SQLMetadataStore(url, create=True)
+        try:
+            assert "options" not in store._engine.dialect.create_connect_args(store._engine.url)[1] \
+                or url != postgres_url
+            with store._engine.connect() as conn:
+                assert conn.execute(text("SHOW lock_timeout")).scalar() == lock
+                assert conn.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "15s"
+        finally:
+            store.close()
+    ro = SQLMetadataStore(postgres_url, read_only=True)
+    try:
+        with ro._engine.connect() as conn:
+            assert conn.execute(text("SHOW default_transaction_read_only")).scalar() == "on"
+    finally:
+        ro.close()

@@ -238,3 +238,45 @@ def test_a_result_that_is_a_path_works_where_a_path_does(engine) -> None:
     r = paths.run(engine=engine, folder="/data")
     assert r.state is RunState.SUCCESS, r.error
     assert r.value == [("a", "a.csv", "/data/a.csv"), ("b", "b.txt", "/data/b.txt")]
+
+
+def _with_retries(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, retries=1, **kwargs):
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def _summed(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(x, y):
+        return fn(x + y)
+    return wrapper
+
+
+@component(cache=False)
+@_with_retries
+def doubled_s27(x: int) -> int:
+    return 2 * x
+
+
+@component(cache=False)
+@_summed
+def tripled_s27(x: int) -> int:
+    return 3 * x
+
+
+@pipeline(name="wrapped_s27")
+def wrapped():
+    return [doubled_s27(3, retries=2)["outputs"]["result"], tripled_s27(1, 2)["outputs"]["result"]]
+
+
+def test_a_wrapped_component_is_checked_by_what_is_called(engine) -> None:
+    """Regression round: the call check read the wrapped function's signature (``inspect``
+    follows ``__wrapped__``), and refused calls only the wrapper takes."""
+    r = wrapped.run(engine=engine)
+    assert r.state is RunState.SUCCESS and r.value == [6, 9], r.error

@@ -70,3 +70,15 @@ def test_an_error_raised_as_the_file_loads_says_where(tmp_path) -> None:
         out = subprocess.run([sys.executable, "-m", "twingraph", "run", target], env=env,
                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and where in out.stderr, out.stderr
+
+
+def test_a_run_refused_for_its_arguments_leaves_no_home(tmp_path) -> None:
+    (tmp_path / "p.py").write_text("from twingraph import pipeline\n\n@pipeline(name='h_s27')\n"
+                                   "def h(n: int):\n    return n\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TWINGRAPH_HOME",
+                                                             "TWINGRAPH_DATABASE_URL")}
+    for args in (["nope.py"], ["p.py", "--param", "n=x"], ["p.py:other"]):
+        out = subprocess.run([sys.executable, "-m", "twingraph", "run", *args], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, out.stderr
+        assert not (tmp_path / ".twingraph").exists(), args

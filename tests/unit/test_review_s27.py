@@ -162,3 +162,56 @@ def test_finite_makes_strict_json_of_nan_and_infinities() -> None:
     value = {"a": float("nan"), "b": [1.5, float("inf"), (float("-inf"), 2)], "c": "NaN"}
     assert json.dumps(finite(value), allow_nan=False) == \
         '{"a": null, "b": [1.5, null, [null, 2]], "c": "NaN"}'
+
+
+def test_settings_errors_name_the_environment_variable(monkeypatch, tmp_path) -> None:
+    from twingraph.engine.resources import LocalResources
+    from twingraph.errors import ConfigurationError
+    from twingraph.runtime import build_engine
+    from twingraph.settings import Settings
+
+    monkeypatch.setenv("TWINGRAPH_LOCAL_RESOURCES", "cpu=-1")
+    with pytest.raises(ConfigurationError, match="^TWINGRAPH_LOCAL_RESOURCES: "):
+        LocalResources()
+    monkeypatch.delenv("TWINGRAPH_LOCAL_RESOURCES")
+    monkeypatch.setenv("TWINGRAPH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TWINGRAPH_DATABASE_URL", raising=False)
+    monkeypatch.setenv("TWINGRAPH_RESULT_STORE", "sqlitee")
+    with pytest.raises(ConfigurationError, match="^TWINGRAPH_RESULT_STORE: unknown storage"):
+        build_engine(Settings.from_env())
+    monkeypatch.setenv("TWINGRAPH_RESULT_STORE", "sqlite")
+    monkeypatch.setenv("TWINGRAPH_WRITER", "threads")
+    with pytest.raises(ConfigurationError, match="^TWINGRAPH_WRITER must be one of"):
+        build_engine(Settings.from_env())
+
+
+def test_json_views_of_long_doubles_nanosecond_dates_and_series() -> None:
+    """Regression round: a long double's ``tolist`` is itself (REST recursed for ever);
+    nanosecond datetimes became integers; a Series lost its index (a look-alike here)."""
+    import json
+
+    import numpy as np
+
+    from twingraph.core.jsonview import json_default
+    from twingraph.service.workflows import jsonable
+
+    value = {"ld": np.longdouble(1.5), "ns": np.datetime64("2020-01-01T00:00:00.000000001"),
+             "col": np.array(["2020-01-02"], dtype="datetime64[ns]"),
+             "td": np.timedelta64(5, "s")}
+    out = json.loads(json.dumps(value, default=json_default))
+    assert out["ld"].startswith("np.longdouble(") and jsonable(value)["ld"] == out["ld"]
+    assert out["ns"] == "2020-01-01T00:00:00.000000001"
+    assert out["col"] == ["2020-01-02T00:00:00.000000000"] and out["td"] == "5 seconds"
+
+    class Series:                     # pandas' shape: a dtype, an index, to_dict, tolist
+        dtype = np.dtype("int64")
+        index = ["a", "b"]
+        size = 2
+
+        def to_dict(self):
+            return {"a": np.int64(1), "b": np.int64(2)}
+
+        def tolist(self):
+            return [1, 2]
+
+    assert json.loads(json.dumps(Series(), default=json_default)) == {"a": 1, "b": 2}

@@ -65,6 +65,15 @@ def _engine() -> Any:
     return default_engine()
 
 
+def _check_settings() -> None:
+    """What ``_engine`` would refuse in the settings, without making the home."""
+    from twingraph.runtime import check_home
+    from twingraph.settings import Settings
+    settings = Settings.from_env()
+    check_home(settings)
+    _refuse_in_memory(settings.database_url)
+
+
 @contextmanager
 def _reading() -> Iterator[Any]:
     """The home's metadata store opened read-only, for commands that only look: they write
@@ -115,8 +124,8 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
     recorded = False
     try:
         with terminate_as_interrupt(), _stdout_to_stderr(as_json):
-            engine = _engine()
             if resume:
+                engine = _engine()
                 resume = _resolve_run(engine.metadata, resume).run_id    # a prefix, as runs show
                 file, name = _resume_target(engine.metadata, resume, target)
                 recorded = target is None or split_target(target)[1] is None
@@ -124,9 +133,13 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
                 file, name = split_target(target)
             else:
                 raise typer.BadParameter("give FILE.py[:pipeline], or --resume RUN_ID")
+            if not resume:      # the settings first (nothing made), then the user's code
+                _check_settings()
             module = load_module(file)
             pipe = find_pipeline(module, name, recorded=bool(resume) and recorded)
             params = parse_params(param, pipe.fn)
+            if not resume:  # after the checks: a typo in a name left a home behind
+                engine = _engine()
             if resume:
                 params = _resume_params(engine.metadata.get_run(resume), params)
                 _say_watch(engine.metadata.get_run(resume))

@@ -23,14 +23,27 @@ def plain(value: Any) -> Any:
     ``NOT_PLAIN``."""
     if isinstance(value, (datetime.date, datetime.time)):     # pandas' Timestamp too
         return value.isoformat()
-    if getattr(value, "dtype", None) is not None:
-        tolist = getattr(value, "tolist", None)
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:
         size = getattr(value, "size", 1)
-        if callable(tolist) and isinstance(size, int) and size <= ARRAY_ITEMS_MAX:
-            try:
-                return tolist()
-            except Exception:  # noqa: BLE001 - a look-alike: shown by its repr
-                return NOT_PLAIN
+        if not isinstance(size, int) or size > ARRAY_ITEMS_MAX:
+            return NOT_PLAIN
+        try:
+            if getattr(dtype, "kind", "") in ("M", "m"):     # datetime64, timedelta64: ISO
+                # text (nanosecond ones became integers, ``tolist`` giving up on them)
+                astype: Any = getattr(value, "astype", None)
+                ndim: Any = getattr(value, "ndim", 0)
+                return astype(str).tolist() if callable(astype) and ndim else str(value)
+            index, to_dict = getattr(value, "index", None), getattr(value, "to_dict", None)
+            if index is not None and callable(to_dict):     # a pandas Series: keyed by it
+                return {str(k): v for k, v in to_dict().items()}
+            tolist = getattr(value, "tolist", None)
+            if callable(tolist):
+                out = tolist()
+                # a long double's ``tolist`` is itself: shown by its repr, not recursed into
+                return NOT_PLAIN if type(out) is type(value) else out
+        except Exception:  # noqa: BLE001 - a look-alike: shown by its repr
+            return NOT_PLAIN
     if isinstance(value, (set, frozenset)):
         return list(value)
     return NOT_PLAIN

@@ -136,8 +136,8 @@ def _call_shape(fn: Callable[..., Any]) -> tuple[frozenset[str], int | float] | 
     """The keyword names ``fn`` takes (with the lineage arguments, which a component always
     takes) and how many positional arguments at most; None if it takes any keyword, or its
     signature cannot be read."""
-    try:
-        params = inspect.signature(fn).parameters.values()
+    try:        # what is called: a decorator's wrapper, not the function it wraps
+        params = inspect.signature(fn, follow_wrapped=False).parameters.values()
     except (TypeError, ValueError):
         return None
     if any(p.kind is p.VAR_KEYWORD for p in params):

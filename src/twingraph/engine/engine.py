@@ -260,9 +260,11 @@ class Engine:
                                      "as SQLiteStorage or FilesystemStorage), got None")
         results = as_result_store(results)     # a user's async StorageInterface: adapted
         self._pid = os.getpid()
+        given = writer
         writer = writer or os.environ.get("TWINGRAPH_WRITER") or "auto"
         if writer not in WRITERS:
-            raise ConfigurationError(f"writer must be one of {', '.join(WRITERS)}, got {writer!r}")
+            raise ConfigurationError(f"{'writer' if given else 'TWINGRAPH_WRITER'} must be one "
+                                     f"of {', '.join(WRITERS)}, got {writer!r}")
         if executor is None:
             from twingraph.executors.local import LocalExecutor
             executor = LocalExecutor()

@@ -80,12 +80,14 @@ def parse_setting(text: str) -> dict[str, Any]:
 
 class LocalResources:
     def __init__(self, capacity: Mapping[str, Any] | None = None) -> None:
+        where = "local resources"
         if capacity is None:
             capacity = parse_setting(os.environ.get("TWINGRAPH_LOCAL_RESOURCES", ""))
+            where = "TWINGRAPH_LOCAL_RESOURCES"
         try:
             given = resource_amounts(validate_resources(capacity))
         except ValidationError as exc:
-            raise ConfigurationError(f"local resources: {exc}") from exc
+            raise ConfigurationError(f"{where}: {exc}") from exc
         detected = machine_capacity()
         self.capacity = tuple(given[i] if name in capacity else detected[i]
                               for i, name in enumerate(_NAMES))

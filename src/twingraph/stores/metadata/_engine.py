@@ -72,16 +72,25 @@ def make_engine(url: str | URL, *, read_only: bool = False) -> Engine:
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, read_only)
-    # Added to the URL's own ``options`` (a search_path, say), not instead; the URL's own
-    # settings come after ours, and win.
+    engine = create_engine(parsed, pool_pre_ping=True, json_serializer=_json_dumps)
+    # SET once connected, not sent as startup ``options`` (PgBouncer refuses those: no
+    # connection at all); the URL's own ``options`` (a search_path, say) are passed as they
+    # are, and a timeout they set is left to them.
     given = parsed.query.get("options", "")
     given = " ".join(given) if isinstance(given, tuple) else given
-    options = (f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} "
-               f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_MS} {given}")
+    settings = [(name, str(ms)) for name, ms in (
+        ("lock_timeout", PG_LOCK_TIMEOUT_MS),
+        ("idle_in_transaction_session_timeout", PG_IDLE_IN_TRANSACTION_MS)) if name not in given]
     if read_only:
-        options += " -c default_transaction_read_only=on"
-    return create_engine(parsed, pool_pre_ping=True, json_serializer=_json_dumps,
-                         connect_args={"options": options.strip()})
+        settings.append(("default_transaction_read_only", "on"))
+    if settings:
+        @event.listens_for(engine, "connect")
+        def _session(dbapi_connection: Any, _record: Any) -> None:
+            with dbapi_connection.cursor() as cur:
+                for name, value in settings:
+                    cur.execute(f"SET {name} = {value}")
+            dbapi_connection.commit()
+    return engine
 
 
 def sqlite_file(url: str | URL) -> Path | None:
