@@ -212,10 +212,14 @@ class BatchWriter:
         width = _TASK_WIDTH
         if set(map(len, given)) - {width}:      # what ``TaskRecord(*r)`` makes of it, or raises
             given = [r if len(r) == width else list(_task_values(TaskRecord(*r))) for r in given]
-        check = sem.check_task_values
-        times = (_TASK_CREATED_AT, _TASK_STARTED_AT, _TASK_ENDED_AT, _TASK_CACHE_STATUS_AT)
-        for r in given:
-            check("TaskRecord", r[0], r[1], *[r[i] for i in times])
+        ca, sa, ea, ka = _TASK_CREATED_AT, _TASK_STARTED_AT, _TASK_ENDED_AT, _TASK_CACHE_STATUS_AT
+        statuses, flt = sem.CACHE_STATUSES, float
+        for r in given:         # sem.check_task_values, inline on the writer's hot path
+            c, st, en, k = r[ca], r[sa], r[ea], r[ka]
+            if not ((type(c) is flt and c - c == 0.0) and (st is None or type(st) is flt
+                    and st - st == 0.0) and (en is None or type(en) is flt and en - en == 0.0)
+                    and (k is None or k in statuses)):
+                sem.check_task_values("TaskRecord", r[0], r[1], c, st, en, k)   # ints, or raises
         merged = {(r[0], r[1]): r for r in given}
         if len(merged) < len(given):         # a task given twice: merge_task_records' rule
             created_at, fence = _TASK_CREATED_AT, _TASK_FENCE_AT
