@@ -28,7 +28,15 @@ def _forget_after_fork() -> None:
     is, not closed: closing it here would write to the parent's stores."""
     global _lock, _engine, _engine_settings
     _lock = threading.Lock()            # it may have been held by another parent thread
+    if _engine is not None:
+        # Kept, never collected here: closing its inherited SQLite connections would close
+        # file descriptors, and POSIX drops every lock this process holds on a file when
+        # any descriptor of it closes (the child's own connection's included).
+        _inherited.append(_engine)
     _engine, _engine_settings = None, None
+
+
+_inherited: list[Engine] = []
 
 
 if hasattr(os, "register_at_fork"):

@@ -92,6 +92,7 @@ class Pipeline:
         if engine is None:
             from twingraph.runtime import default_engine
             engine = default_engine()
+        engine.check_process()          # before the registration writes to its stores
         reachable = list(_reachable_components(self.fn, [*args, *kwargs.values()]))
         check_platform(engine, reachable)
         _check_called_inside(engine, reachable)

@@ -541,17 +541,22 @@ class Engine:
         return None
 
     # -- runs -----------------------------------------------------------------------------
-    def run(self, body: Callable[[RunLoop], Any], **kw: Any) -> RunResult:
-        """``_run`` (below); a run started on the shared loop's thread (a coroutine that runs
-        a pipeline or a DAG synchronously) sends coroutines to loops of their own while it
-        goes on (``awaiting.nested_run``): its own would wait for the loop it blocks."""
+    def check_process(self) -> None:
+        """``ConfigurationError`` in a child forked from the process that made this engine:
+        its threads (the recorder's, the heartbeats') stayed in the parent, and its stores'
+        SQLite state is the parent's (a run, or the pipeline's registration before it,
+        waited for ever)."""
         if self._pid != os.getpid():
-            # its threads (the recorder's, the heartbeats') stayed in the parent: a run here
-            # waited for them for ever
             raise ConfigurationError(
                 f"this engine was made in process {self._pid}, and this is a child forked from "
                 f"it: make an engine in the child (the default one is made afresh), or start "
                 f"children with the 'spawn' or 'forkserver' method")
+
+    def run(self, body: Callable[[RunLoop], Any], **kw: Any) -> RunResult:
+        """``_run`` (below); a run started on the shared loop's thread (a coroutine that runs
+        a pipeline or a DAG synchronously) sends coroutines to loops of their own while it
+        goes on (``awaiting.nested_run``): its own would wait for the loop it blocks."""
+        self.check_process()
         with nested_run():
             return self._run(body, **kw)
 
