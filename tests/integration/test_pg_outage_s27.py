@@ -91,13 +91,21 @@ def through(n: int):
 
 
 @pytest.mark.timeout(120)
-def test_a_run_goes_on_through_a_short_postgresql_outage(postgres_url, tmp_path) -> None:
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_run_goes_on_through_a_short_postgresql_outage(postgres_url, tmp_path,
+                                                         writer: str) -> None:
+    """With the writer process too (session 28): it answered the batch with the outage's
+    error, and the recorder gave that batch up at once, failing the run."""
     proxy = Proxy()
     host = postgres_url.split("@", 1)[1].split("/", 1)[0]
     url = postgres_url.replace(host, f"127.0.0.1:{proxy.port}", 1)
     metadata = SQLMetadataStore(url, create=True)
     eng = Engine(results=SQLiteStorage(str(tmp_path / "r.db")), metadata=metadata,
-                 flush_interval=0.02, writer="thread")
+                 flush_interval=0.02, writer=writer)
+    deadline = time.monotonic() + 30
+    while eng.recorder.writer != writer and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert eng.recorder.writer == writer
 
     def outage() -> None:
         time.sleep(0.6)

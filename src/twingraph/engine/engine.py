@@ -285,7 +285,8 @@ class Engine:
         self.has_sinks = bool(self._sinks)      # checked on the hot path: a plain attribute
         self.heartbeats = Heartbeats(metadata, on_taken_over=self._taken_over)
         self.recorder = Recorder(results, metadata, interval=flush_interval,
-                                 on_stored=self._on_stored, on_stale=self._on_stale)
+                                 on_stored=self._on_stored, on_stale=self._on_stale,
+                                 on_lost=self._on_lost)
         self.offload_after = OFFLOAD_AFTER if writer == "auto" else None
         self.tasks_taken = 0        # by runs that have ended: a long-lived engine offloads too
         self._taken_lock = threading.Lock()
@@ -934,6 +935,14 @@ class Engine:
             by_loop.setdefault(id(loop), (loop, []))[1].append(task)
         for loop, tasks in by_loop.values():
             loop.inbox.put(("stored", tasks))
+
+    def _on_lost(self, run_id: str, exc: BaseException) -> None:
+        """Writer thread: a batch of ``run_id``'s records was given up. The run stops now, as
+        a failure: what it would still do is recorded nowhere (it went on to its end, every
+        task running, and failed only then)."""
+        loop = self.runs.get(run_id)
+        if loop is not None:
+            loop.inbox.put(("lost", exc))
 
     def _taken_over(self, run_id: str, own: int, now: int) -> None:
         """Another driver claimed ``run_id`` from this one (driver epoch ``own`` -> ``now``):

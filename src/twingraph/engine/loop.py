@@ -565,6 +565,9 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
                 self._body_failed(ev[1])
         elif kind == "cancel":
             self._stop("cancelled", ev[1])
+        elif kind == "lost":           # a batch of this run's records was given up
+            self._stop("failed", f"its records could not be stored ({error_text(ev[1])}); "
+                                 f"nothing more it did would be recorded")
         elif kind == "scope":          # a nested pipeline with a timeout was entered
             self._scope_opened(ev[1])
         elif kind == "began":          # a worker took a process task's job: its row says so

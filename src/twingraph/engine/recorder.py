@@ -69,10 +69,13 @@ class Recorder:
     def __init__(self, results: ResultStore | None, metadata: MetadataStore | None, *,
                  interval: float = 0.05, max_buffer: int = 50000, max_backlog: int = 20_000,
                  on_stored: Callable[[list[Any]], None] | None = None,
-                 on_stale: Callable[[list[tuple[str, str]]], None] | None = None) -> None:
+                 on_stale: Callable[[list[tuple[str, str]]], None] | None = None,
+                 on_lost: Callable[[str, BaseException], None] | None = None) -> None:
+        """``on_lost(run_id, error)``: a batch holding records of ``run_id`` was given up
+        (called once a run, from the writer thread): nothing more the run does is recorded."""
         self.results, self.metadata = results, metadata
         self.interval, self.max_buffer, self.max_backlog = interval, max_buffer, max_backlog
-        self.on_stored, self.on_stale = on_stored, on_stale
+        self.on_stored, self.on_stale, self.on_lost = on_stored, on_stale, on_lost
         self._records: list[Any] = []
         self._extra = 0                 # items in the buffer's packed ones, minus one each
         self._large = False             # the buffer holds a result larger than INLINE_MAX
@@ -90,6 +93,11 @@ class Recorder:
         self._bad_batch = 0                             # the last one with a failed frame
         self._bad_error: BaseException | None = None    # ... and its error
         self._bad_runs: set[str] = set()                # ... and the runs told of it
+        # Frames the writer process could not write because the store was unreachable (and
+        # every failed or skipped frame after them), in order: written again as one batch.
+        self._again: list[tuple[Sequence[Any], Sequence[Any]]] = []
+        self._again_batches: set[int] = set()
+        self._again_error: BaseException | None = None
         # Runs a batch was given up for (newest last, at most KEEP_DOOMED): their task-level
         # records are not written any more (``_without_doomed``).
         self._doomed: OrderedDict[str, None] = OrderedDict()
@@ -272,10 +280,22 @@ class Recorder:
                 records, results = [*retry[0], *records], [*retry[1], *results]
                 large, tries, since = large or retry[2], retry[3], retry[4]
             try:
-                if records or results:
-                    self._write(records, results, large)
+                try:
+                    if records or results:
+                        self._write(records, results, large)
+                    else:
+                        self._drain()     # nothing new: collect what the writer process did
+                except BaseException:
+                    if not self._again:
+                        raise
+                    failed = True
                 else:
-                    self._drain()         # nothing new: collect what the writer process did
+                    failed = False
+                if self._again:
+                    records, results, large = self._take_again(records, results, large, failed)
+                    error, self._again_error = self._again_error, None
+                    assert error is not None
+                    raise error
             except BaseException as exc:  # noqa: BLE001 - surfaced by flush()
                 if tries == 0:
                     since = time.monotonic()
@@ -324,7 +344,10 @@ class Recorder:
             if run_id not in self._told:
                 # (a run already told of its lost batch has ended with it: a later frame of
                 # that run failing is not raised again, by the next flush or by close)
-                self._run_errors.setdefault(run_id, exc)
+                if run_id not in self._run_errors:
+                    self._run_errors[run_id] = exc
+                    if self.on_lost is not None:
+                        self.on_lost(run_id, exc)
             self._doomed[run_id] = None
             self._doomed.move_to_end(run_id)
         while len(self._doomed) > KEEP_DOOMED:
@@ -460,6 +483,19 @@ class Recorder:
         except WriterGone:
             self._writer_gone(child)
 
+    def _take_again(self, records: Sequence[Any], results: Sequence[Any], large: bool,
+                    failed: bool) -> tuple[list[Any], list[Any], bool]:
+        """The frames the writer process could not write for an outage, as one batch to write
+        again (with ``records``/``results`` after them if they failed here too), once every
+        frame in flight has its answer."""
+        self._drain()
+        parts, self._again, self._again_batches = self._again, [], set()
+        again_records = [r for recs, _ in parts for r in recs]
+        again_results = [p for _, res in parts for p in res]
+        if failed:
+            return [*again_records, *records], [*again_results, *results], large
+        return again_records, again_results, False
+
     def _drain(self) -> None:
         """Collect every answer the writer process owes (or write its batches here if it is
         gone)."""
@@ -479,10 +515,21 @@ class Recorder:
         """The answer for the oldest batch in flight."""
         _records, results, batch = self._unacked.popleft()
         if reply[0] == "skipped":              # an earlier frame of its batch failed
-            if batch == self._bad_batch:
+            if batch in self._again_batches:
+                self._again.append((_records, results))
+            elif batch == self._bad_batch:
                 self._fail_rest(_records, results)
             return
         if reply[0] == "error":
+            if isinstance(reply[1], StoreUnavailable) or self._again:
+                # The store is down (a server restarting): written again, as by the thread
+                # writer, for up to UNAVAILABLE_WAIT. A frame failing after it may refer to
+                # rows it held: it goes with it, in order.
+                self._again.append((_records, results))
+                self._again_batches.add(batch)
+                if self._again_error is None:
+                    self._again_error = reply[1]
+                return
             self._bad_batch, self._bad_error = batch, reply[1]
             self._bad_runs = _run_ids(_records, results)
             self._fail(reply[1], _records, results)
