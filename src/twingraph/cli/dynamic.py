@@ -29,13 +29,17 @@ def register(app: typer.Typer) -> None:
                     min=0, help="Retries of a failed node (1, 2, 4 s apart)")] = 3,
                 node_timeout: Annotated[Optional[float], typer.Option(
                     min=0.001, help="Seconds a node may run (default 300; a @component's own "
-                                    "shorter timeout still applies)")] = None) -> None:
+                                    "shorter timeout still applies)")] = None,
+                as_json: Annotated[bool, typer.Option(
+                    "--json", help="Print the summary alone on stdout, as one line of JSON "
+                                   "(progress and the table go to stderr): for | jq")] = False
+                ) -> None:
         """Execute a DAG file (JSON/YAML) using the dynamic scheduler."""
         from twingraph.cli.loading import load_module
         from twingraph.dagfile import load_dag_file
         from twingraph.engine.dynamic import DynamicScheduler, ExecutionConfig
         from twingraph.engine.engine import Engine
-        from twingraph.cli.main import _engine
+        from twingraph.cli.main import _engine, _stdout_to_stderr
         from twingraph.cli.signals import exit_code, terminate_as_interrupt
         from twingraph.integration import VoxLogicaIntegration
         from twingraph.stores.results.factory import create_storage_backend, options_from_config
@@ -55,9 +59,11 @@ def register(app: typer.Typer) -> None:
             scheduler = DynamicScheduler(storage, config, node_timeout=node_timeout,
                                          engine=Engine(results=storage, metadata=metadata))
             try:
-                with terminate_as_interrupt():
+                # --json: what operations print goes to stderr, stdout gets the summary alone
+                with terminate_as_interrupt(), _stdout_to_stderr(as_json):
                     summary = asyncio.run(_execute(VoxLogicaIntegration(scheduler), dag,
-                                                   config, progress))
+                                                   config, progress,
+                                                   err_console if as_json else console))
             except KeyboardInterrupt as exc:
                 if not _cancel(scheduler, dag.dag_id, _why(exc)):
                     run_id = scheduler.run_id(dag.dag_id) or "RUN_ID"
@@ -77,6 +83,12 @@ def register(app: typer.Typer) -> None:
             err_console.print(f"[red]Execution failed:[/red] {escape(str(exc))}",
                               soft_wrap=True)
             raise typer.Exit(2) from None
+        if as_json:
+            err_console.print(summary_table(metadata.get_tasks(summary["run_id"])))
+            print(_summary_json(summary))
+            if summary["status"] != "completed":
+                raise typer.Exit(1)
+            return
         console.print(summary_table(metadata.get_tasks(summary["run_id"])))
         said = _OUTCOME.get(summary["status"], "Execution failed")
         # as the document's CLI: a failure is said on stderr (the table above stays on stdout)
@@ -182,12 +194,13 @@ def _cancel(scheduler: Any, dag_id: str, why: str, quiet: bool = False) -> bool:
     return True
 
 
-async def _execute(integration: Any, dag: Any, config: Any, progress: bool) -> Any:
+async def _execute(integration: Any, dag: Any, config: Any, progress: bool,
+                   shown_on: Any = console) -> Any:
     """Through the document's integration layer (``execute_with_progress``): progress as a
-    live display on a terminal, else a line per 10 %; then the results."""
+    live display on a terminal, else a line per 10 %, on ``shown_on``; then the results."""
     from twingraph.integration import execute_with_progress
     scheduler = integration.scheduler
-    live = progress and sys.stdout.isatty()
+    live = progress and (sys.stderr if shown_on is err_console else sys.stdout).isatty()
     shown = [-1]
 
     def snapshot() -> dict[str, Any] | None:
@@ -197,7 +210,7 @@ async def _execute(integration: Any, dag: Any, config: Any, progress: bool) -> A
 
     def line(p: Any) -> None:
         cancelled = f", {p.cancelled_nodes} cancelled" if p.cancelled_nodes else ""
-        console.print(f"progress {p.progress_percentage:.0f}% ({p.completed_nodes}/"
+        shown_on.print(f"progress {p.progress_percentage:.0f}% ({p.completed_nodes}/"
                       f"{p.total_nodes} completed, {p.failed_nodes} failed{cancelled}, "
                       f"ETA {p.estimated_completion or '—'})", highlight=False)
 
@@ -207,7 +220,7 @@ async def _execute(integration: Any, dag: Any, config: Any, progress: bool) -> A
             shown[0] = step
             line(p)
 
-    with LiveProgress(snapshot, live):
+    with LiveProgress(snapshot, live, shown_on):
         summary = await execute_with_progress(integration, dag, config,
                                               on_progress=on_progress if progress else None,
                                               interval=0.2)
