@@ -1670,4 +1670,68 @@ def code_of_value(value: Any) -> str | None:
     return got[0]
 
 
-__all__ = ["code_version", "code_of_value"]
+#: target -> (its ``code_modules``, the bindings their walk read)
+_MODULES: _IdCache[tuple[tuple[tuple[str, str, str], ...], _Deps]] = _IdCache()
+
+
+def code_modules(fn: Any) -> tuple[tuple[str, str, str], ...]:
+    """The user modules ``fn``'s code version was taken from, each as (module name, file,
+    the text the version read): what a worker process must run for its result to be the one
+    the version names. A worker importing them from disk ran a file edited since this process
+    loaded it, a module another directory of its ``sys.path`` held under the same name, or
+    the code from before an ``importlib.reload`` here (session 28 review). Modules without
+    a file or a pinned text (``__main__``, made at run time) are left out. Cached by the
+    target's identity while the bindings the walk read still hold (``_still``)."""
+    target = fn.__func__ if type(fn) is types.MethodType else fn
+    if type(target) is functools.partial:
+        target = target.func
+    got = _MODULES.get(target)
+    if got is None or not _still(got[1]):
+        _, deps = _version(target)
+        got = _MODULES.put(target, (_modules_read(target, deps), deps))
+    return got[0]
+
+
+def _modules_read(target: Any, deps: _Deps) -> tuple[tuple[str, str, str], ...]:
+    spaces: list[Any] = [getattr(target, "__globals__", None)]
+    if isinstance(target, type):
+        m = sys.modules.get(getattr(target, "__module__", None) or "")
+        spaces.append(vars(m) if m is not None else None)
+    spaces.extend(ns for ns, _, _ in deps)
+    out: list[tuple[str, str, str]] = []
+    seen: set[int] = set()
+    for ns in spaces:
+        if not isinstance(ns, dict) or id(ns) in seen:
+            continue
+        seen.add(id(ns))
+        name, file, spec = ns.get("__name__"), ns.get("__file__"), ns.get("__spec__")
+        if not isinstance(name, str) or name == "__main__" or not isinstance(file, str) \
+                or not file.endswith(".py") or spec is None:
+            continue
+        module = sys.modules.get(name)
+        if module is None or vars(module) is not ns or not _is_user_module(module):
+            continue                  # not what importing the name gives
+        pinned = _PINNED.get(spec)
+        if pinned is None or pinned[0] != file:
+            continue
+        out.append((name, file, _joined(pinned[1])))
+    return tuple(out)
+
+
+#: id(lines) -> (lines, their text): one string per pinned text, whatever number of
+#: components' ``code_modules`` name it
+_JOINED: dict[int, tuple[list[str], str]] = {}
+
+
+def _joined(lines: list[str]) -> str:
+    got = _JOINED.get(id(lines))
+    if got is not None and got[0] is lines:
+        return got[1]
+    if len(_JOINED) >= 256:
+        _JOINED.clear()
+    text = "".join(lines)
+    _JOINED[id(lines)] = (lines, text)
+    return text
+
+
+__all__ = ["code_version", "code_of_value", "code_modules"]

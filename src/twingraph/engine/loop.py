@@ -1214,6 +1214,8 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         inbox = self.inbox
         if mode != "thread":         # ... their worker forwards each record (any thread)
             job.on_log = self._log_sink(task.node_id)
+            if mode == "process":
+                job.code = task.fn
         if mode == "process" and getattr(executor, "reports_start", False):
             # it may wait for a worker: recorded as started when one takes it (an executor
             # that does not say when is taken at its word: started when handed over)

@@ -98,7 +98,7 @@ class Job:
     (``time.monotonic()``) when the job really starts; a task's timeout counts from then, not
     from the moment it was handed over (a job may wait for a free worker or a process spawn)."""
     __slots__ = ("node_id", "fence", "fn", "args", "kwargs", "mode", "task", "started_at",
-                 "on_log", "on_start", "executor", "stop_flag")
+                 "on_log", "on_start", "executor", "stop_flag", "code")
 
     def __init__(self, task: Task, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                  mode: str) -> None:
@@ -109,3 +109,6 @@ class Job:
         self.on_start: Any = None      # a process job: the loop hears when a worker took it
         self.executor: Any = None      # the executor it was submitted to (aborts go there)
         self.stop_flag: Any = None     # an inline call taken over: its core.stop flag
+        # The user code it runs, whose modules a worker process is sent as this process
+        # versioned them (``codeversion.code_modules``); None: as the worker imports them.
+        self.code: Any = None

@@ -24,6 +24,9 @@ the same, a worker goes first, not the server.
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import importlib.util
 import inspect
 import linecache
 import logging
@@ -45,6 +48,8 @@ from typing import Any
 
 import cloudpickle
 
+from twingraph.core.codeversion import code_modules
+
 from twingraph.core.logtext import LOGGER_NAME, message_of, said
 from twingraph.core.placement import mark_worker_process
 from twingraph.errors import (ConfigurationError, MemoryLimitExceeded, NodeExecutionError,
@@ -52,6 +57,9 @@ from twingraph.errors import (ConfigurationError, MemoryLimitExceeded, NodeExecu
 from twingraph.executors import bulk
 from twingraph.executors.local import JobOutcome
 from twingraph.ports import Job, Outcome
+
+
+log = logging.getLogger("twingraph.executors")
 
 
 def _mib(n: int) -> str:
@@ -263,8 +271,10 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None,  # in 
             pass
     if memory_limit:
         _limit_memory(memory_limit)       # after the imports: the limit is the task's to use
+    sys.meta_path.insert(0, _CODE)
     conn.send_bytes(b"ready")             # booted and imported: jobs' clocks may start now
     tasks_run = 0
+    code_error: BaseException | None = None
     while True:
         try:
             data = conn.recv_bytes()
@@ -275,6 +285,12 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None,  # in 
             # this worker cannot go on: it answers, then ends (the pool replaces it).
             conn.send_bytes(inputs_too_big)
             os._exit(1)
+        if data[:1] == b"C":              # module texts for the job that follows
+            try:
+                _CODE.install(pickle.loads(data[1:]))
+            except BaseException as exc:  # noqa: BLE001 - the job says so
+                code_error = exc
+            continue
         with forward.pipe_lock:
             conn.send_bytes(b"A")     # it has the task: from now on, a death is the task's
             tasks_run += 1
@@ -285,7 +301,7 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None,  # in 
         except OSError:           # a task before removed it
             cwd = None
         try:
-            out, caller = _run_one(data, directory)
+            out, caller = _run_one(data, directory, code_error)
         except MemoryError:
             # The task's memory is still held (by a global, say): answer with what was made
             # beforehand and end, rather than die without a word.
@@ -303,7 +319,49 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None,  # in 
                 return
             forward.task = 0          # idle: what its threads log now is nobody's
         # not held while it waits for the next task (an idle worker kept a 100 MB result)
-        data, out = b"", bulk.Packed(b"")
+        data, out, code_error = b"", bulk.Packed(b""), None
+
+
+class _DriverCode(importlib.abc.MetaPathFinder, importlib.abc.Loader):  # in the child
+    """The user modules' texts as the driver versioned them (``codeversion.code_modules``),
+    first on ``sys.meta_path``: an import of one of them here (unpickling a function by
+    reference, a module importing another) runs that text, never what the disk or another
+    directory on ``sys.path`` holds now. A module imported before its text came is executed
+    again with it (as ``importlib.reload`` would), into the same module object."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, tuple[str, str]] = {}      # name -> (file, text)
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        got = self.texts.get(name)
+        if got is None:
+            return None
+        file = got[0]
+        package = os.path.basename(file) == "__init__.py"
+        return importlib.util.spec_from_file_location(
+            name, file, loader=self,
+            submodule_search_locations=[os.path.dirname(file)] if package else None)
+
+    def create_module(self, spec: Any) -> None:
+        return None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        file, text = self.texts[module.__spec__.name]     # type: ignore[union-attr]
+        # its tracebacks and ``inspect`` here read this text, not the file's
+        linecache.cache[file] = (len(text), None, text.splitlines(True), file)
+        exec(compile(text, file, "exec", dont_inherit=True), module.__dict__)
+
+    def install(self, modules: list[tuple[str, str, str]]) -> None:
+        """New texts (name, file, text) from the driver, in its order."""
+        for name, file, text in modules:
+            self.texts[name] = (file, text)
+        for name, _, _ in modules:
+            loaded = sys.modules.get(name)
+            if loaded is not None:
+                importlib.reload(loaded)
+
+
+_CODE = _DriverCode()
 
 
 def _restore(environ: dict[str, str], cwd: str | None) -> None:  # in the child
@@ -338,13 +396,15 @@ def _caller() -> Caller:  # in the driver
 
 
 def _run_one(data: bytes, directory: str | None = None,  # in the child
-             ) -> tuple[bulk.Packed, Caller | None]:
+             code_error: BaseException | None = None) -> tuple[bulk.Packed, Caller | None]:
     """Run one ``(fn, args, kwargs, caller)`` sent by ``bulk.dumps``; the ``R`` frame of its
     pickled ``(ok, value or exception, traceback text)`` answer (a value's large buffers in a
     file of ``directory``), and the driver's environment and working directory if the job
     carried them (``caller``: set here before the task runs)."""
     caller: Caller | None = None
     try:
+        if code_error is not None:       # a module of the task's code failed to load here
+            raise code_error
         try:
             fn, args, kwargs, caller = bulk.loads(data, writable=True, directory=directory)
         except bulk.TransferError as exc:     # not the task's own error: the transfer's
@@ -582,6 +642,31 @@ class _Worker:
         self.job: Job | None = None
         self.ready = False
         self.caller: Caller | None = None     # the driver's, as this worker last got them
+        self.code: dict[str, tuple[str, str]] = {}   # module -> (file, text) it was sent
+
+
+def _code_for(w: _Worker, job: Job) -> bytes | None:  # in the driver
+    """The ``C`` frame of the module texts ``job``'s code version was taken from that ``w``
+    does not have yet (or has another text of), None if it has them all. Modules cloudpickle
+    sends by value (a pipeline file ``twingraph run`` loaded) travel with the job already."""
+    code = getattr(job, "code", None)
+    if code is None:
+        return None
+    try:
+        modules = code_modules(code)
+    except Exception:  # noqa: BLE001 - its version was taken already: as it imports then
+        log.debug("no module texts for %s", job.node_id, exc_info=True)
+        return None
+    if not modules:
+        return None
+    by_value = cloudpickle.list_registry_pickle_by_value()
+    new = [(name, file, text) for name, file, text in modules
+           if name not in by_value and w.code.get(name) != (file, text)]
+    if not new:
+        return None
+    for name, file, text in new:
+        w.code[name] = (file, text)
+    return b"C" + pickle.dumps(new, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _receive(w: _Worker) -> bytes:
@@ -702,18 +787,19 @@ class ProcessPool:
                 f"its inputs alone are {_mib(payload.size)}")))
             return
         w.job, w.caller = job, caller
-        threading.Thread(target=self._await, args=(w, job, done, payload), daemon=True,
+        code = _code_for(w, job)
+        threading.Thread(target=self._await, args=(w, job, done, payload, code), daemon=True,
                          name=f"twingraph-proc-wait-{job.node_id}").start()
 
     def _await(self, w: _Worker, job: Job, done: Callable[[Outcome], None],
-               payload: bulk.Packed) -> None:
+               payload: bulk.Packed, code: bytes | None = None) -> None:
         try:
-            self._await_answer(w, job, done, payload)
+            self._await_answer(w, job, done, payload, code)
         finally:
             payload.discard()       # read or not, the inputs' file is done with
 
     def _await_answer(self, w: _Worker, job: Job, done: Callable[[Outcome], None],
-                      payload: bulk.Packed) -> None:
+                      payload: bulk.Packed, code: bytes | None = None) -> None:
         t0 = time.perf_counter()
         reused, accepted = w.ready, False
         try:
@@ -727,6 +813,8 @@ class ProcessPool:
             if on_start is not None:
                 on_start()
             try:
+                if code is not None:
+                    w.conn.send_bytes(code)
                 w.conn.send_bytes(payload.data)
             except OSError:
                 # The worker stopped reading (its inputs did not fit): it says so before it ends.
@@ -769,13 +857,13 @@ class ProcessPool:
             elif not killed:
                 _kill_group(w)             # what its task started dies with it
                 w.proc.join(1)             # reaped: its exit code is known
-                code = w.proc.exitcode
+                exit_code = w.proc.exitcode
                 hint = ""
-                if self.memory_limit and code == -9:
+                if self.memory_limit and exit_code == -9:
                     hint = (f"; SIGKILL: the OOM killer may have taken it (its memory limit is "
                             f"{_mib(self.memory_limit)})")
                 done(JobOutcome(job.node_id, job.fence, False, None, NodeExecutionError(
-                    f"worker process for {job.node_id} died (exit code {code}{hint})",
+                    f"worker process for {job.node_id} died (exit code {exit_code}{hint})",
                     node_id=job.node_id, error_type="WorkerDied"), time.perf_counter() - t0))
             self._pump()
             return

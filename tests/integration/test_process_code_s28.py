@@ -1,0 +1,103 @@
+"""A process worker runs the code its task's key names (session 28 review). It imported user
+modules from disk by name, so three things put another code's result under a key:
+- an ``importlib.reload`` in the driver: the worker kept the module it had imported;
+- a helper edited on disk after the driver versioned it: a worker importing it later ran the
+  edit under the old key (an edit during a long run, then undone, left a wrong value stored);
+- two project directories with a ``helpers.py`` each: the worker's ``sys.path`` found the
+  other one.
+Now the worker gets the module texts the driver versioned. Each case runs in a fresh Python
+process (real worker processes, SQLite files), and a fresh home is the reference."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(180)
+
+PIPE = textwrap.dedent("""
+    import {helper}
+    from twingraph import component, pipeline
+
+    @component(executor="process")
+    def in_process(n):
+        return {helper}.f(n)
+
+    @component(executor="thread")
+    def in_thread(n):
+        return {helper}.f(n)
+
+    @pipeline(name="{name}")
+    def p(n: int = 3):
+        return [in_process(n=n)["outputs"]["result"], in_thread(n=n)["outputs"]["result"]]
+""")
+
+
+def _python(tmp_path: Path, script: str, home: str = "home") -> list[str]:
+    (tmp_path / "drive.py").write_text(textwrap.dedent(script))
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / home), PYTHONDONTWRITEBYTECODE="1")
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+    out = subprocess.run([sys.executable, "drive.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=150)
+    assert out.returncode == 0, out.stderr
+    return [line for line in out.stdout.splitlines() if line[:1] in "[{"]
+
+
+def _helper(path: Path, factor: int) -> None:
+    path.write_text(f"def f(x):\n    return x * {factor}\n")
+
+
+def test_a_reload_in_the_driver_reaches_the_worker(tmp_path: Path) -> None:
+    _helper(tmp_path / "hlp_r.py", 2)
+    (tmp_path / "pipe_r.py").write_text(PIPE.format(helper="hlp_r", name="reload_s28"))
+    lines = _python(tmp_path, """
+        import importlib, json, os, sys, time
+        sys.path.insert(0, os.getcwd())
+        import hlp_r, pipe_r
+        print(json.dumps(pipe_r.p.run(n=3).value))      # the worker imports x*2
+        time.sleep(1.1)
+        open("hlp_r.py", "w").write("def f(x):\\n    return x * 3\\n")
+        importlib.reload(hlp_r)
+        r = pipe_r.p.run(n=3)
+        print(json.dumps({"value": r.value}))
+    """)
+    assert json.loads(lines[0]) == [6, 6]
+    assert json.loads(lines[1])["value"] == [9, 9]      # was [6, 9]: the worker's old module
+
+
+def test_a_helper_edited_on_disk_after_versioning_is_not_what_the_worker_runs(tmp_path) -> None:
+    _helper(tmp_path / "hlp_e.py", 2)
+    (tmp_path / "pipe_e.py").write_text(PIPE.format(helper="hlp_e", name="edited_s28"))
+    script = """
+        import json, os, sys
+        sys.path.insert(0, os.getcwd())
+        import hlp_e, pipe_e
+        pipe_e.in_process.spec                          # versioned with x*2, as loaded
+        if sys.argv[-1] != "plain":
+            open("hlp_e.py", "w").write("def f(x):\\n    return x * 3\\n")
+        print(json.dumps(pipe_e.p.run(n=3).value))
+    """
+    assert [json.loads(x) for x in _python(tmp_path, script)] == [[6, 6]]    # was [9, 6]
+    _helper(tmp_path / "hlp_e.py", 2)                   # the edit undone: the same key
+    assert [json.loads(x) for x in _python(tmp_path, script)] == [[6, 6]]
+
+
+def test_two_directories_with_a_same_named_helper(tmp_path: Path) -> None:
+    for d, factor in (("a", 2), ("b", 1000)):
+        (tmp_path / d).mkdir()
+        _helper(tmp_path / d / "helpers.py", factor)
+    (tmp_path / "a" / "pa.py").write_text(PIPE.format(helper="helpers", name="pa_s28"))
+    (tmp_path / "b" / "pb.py").write_text(PIPE.format(helper="helpers", name="pb_s28"))
+    lines = _python(tmp_path, """
+        import json
+        from twingraph.cli.loading import load_module       # as `server --load` loads them
+        ma = load_module("a/pa.py")
+        mb = load_module("b/pb.py")
+        print(json.dumps(ma.p.run(n=3).value))
+    """)
+    assert json.loads(lines[0]) == [6, 6]                   # was [3000, 6]
