@@ -17,6 +17,7 @@ import fractions
 import hashlib
 import itertools
 import json
+import struct
 import threading
 import types
 from collections import Counter, OrderedDict, defaultdict
@@ -204,6 +205,9 @@ def own_key(structural: str, run_id: str, node_id: str, epoch: int = 0) -> str:
                                                                             "surrogatepass"))
 
 
+_PLAIN_NAN = struct.pack(">d", float("nan")).hex()
+
+
 def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], Any],
                  leaf_hash: Callable[[Any], str], w: _Walk | None = None) -> Any:
     """A JSON-able digest of an argument value.
@@ -225,6 +229,13 @@ def digest_value(value: Any, ref_type: type | None, ref_digest: Callable[[Any], 
     if t is int or t is bool or value is None:
         return value
     if t is float:
+        if value != value:
+            # Every NaN's repr is 'nan': -nan (sign bit set) and NaNs with payloads are told
+            # apart by their bits (``math.copysign`` and ``np.signbit`` tell them apart too);
+            # Python's own NaN keeps the key it had.
+            bits = struct.pack(">d", value).hex()
+            if bits != _PLAIN_NAN:
+                return {"f": f"nan:{bits}"}
         return {"f": repr(value)}
     if t is list or t is tuple:
         # ``enter``, inlined (the hot path): met before in this walk, a reference to it

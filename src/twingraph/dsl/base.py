@@ -189,6 +189,9 @@ class BaseComponent(abc.ABC):
             return self.run(*args, **self._for_execute(kwargs))
         from twingraph.dsl.component import check_platform
         check_platform(run.engine, [self])
+        if getattr(self, "_version_run", None) is not run.run_id:   # as Component.__call__
+            object.__setattr__(self, "_version_run", run.run_id)
+            self.refresh_version()
         return run.call(self.spec, self._task, args, kwargs)
 
     def _task(self, *args: Any, **kwargs: Any) -> Any:

@@ -51,6 +51,7 @@ class Component:
         self._call_shape = _call_shape(fn)
         self._checked_for: weakref.ref[Any] | None = None    # the engine it was checked for
         self._code_only: str | None = None      # its version without runtime values
+        self._version_run: str | None = None    # the run whose first call refreshed it
 
     @property
     def spec(self) -> ComponentSpec:
@@ -103,6 +104,13 @@ class Component:
         if checked is None or checked() is not run.engine:      # once per engine, not per call
             check_platform(run.engine, [self])
             self._checked_for = weakref.ref(run.engine)
+        if self._version_run is not run.run_id:
+            # Once per run, at its first call: a component the pipeline's code does not name
+            # (``get_component(name)``, a factory, a container) is not among those
+            # ``run_with`` refreshes, and after an ``importlib.reload`` of what it calls it
+            # kept the old version: the new code's results went under the old key.
+            self._version_run = run.run_id
+            self.refresh_version()
         return run.call(self.spec, self.fn, args, kwargs)
 
     def _refuse_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
