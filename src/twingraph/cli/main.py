@@ -269,6 +269,8 @@ def _say_watch(rec: Any) -> None:
     from twingraph.engine.engine import driver_watch
     if rec is None or rec.state is not RunState.RUNNING:
         return
+    if _engine().driver_alive(rec.run_id) is not None:
+        return                        # refused at once: its driver holds the run's lock
     wait = driver_watch(rec.heartbeat_at, time.time())
     if wait >= 0.5:
         err_console.print(f"run {escape(rec.run_id)} was heard from "

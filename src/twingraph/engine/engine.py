@@ -45,6 +45,7 @@ from twingraph.engine.timers import HEARTBEAT_INTERVAL
 from twingraph.engine.notify import notify
 from twingraph.engine import gcpace, tasklog
 from twingraph.engine.snapshot import error_text, message_of
+from twingraph.engine.driverlock import DriverLock, DriverLocks
 from twingraph.engine.recorder import Recorder
 from twingraph.engine.resources import LocalResources
 from twingraph.engine.refs import substitute
@@ -284,6 +285,8 @@ class Engine:
         self._sinks: list[EventSink] = [events] if events else []
         self.has_sinks = bool(self._sinks)      # checked on the hot path: a plain attribute
         self.heartbeats = Heartbeats(metadata, on_taken_over=self._taken_over)
+        self._driver_locks = DriverLocks.of(metadata)
+        self._held: dict[str, DriverLock] = {}      # run id -> the lock this process drives it by
         self.recorder = Recorder(results, metadata, interval=flush_interval,
                                  on_stored=self._on_stored, on_stale=self._on_stale,
                                  on_lost=self._on_lost)
@@ -576,6 +579,60 @@ class Engine:
         self.executor_capacity(opt.max_parallel)
         prior: dict[str, TaskRecord] = {}
         changed = ""
+        if not resume:
+            run_id = run_id or uuid.uuid4().hex
+        if run_id is not None:
+            self._hold(run_id, "not resuming it twice: wait until it ends, or stop it where it "
+                               "runs")
+        try:
+            epoch, prior, changed = self._claim(run_id, resume, claimed, opt) if resume \
+                else (0, prior, changed)
+        except BaseException:
+            self._let_go(run_id)
+            raise
+        assert run_id is not None
+        try:
+            loop = RunLoop(self, run_id, opt, prior=prior,
+                           previous=lambda: self._previous_tasks(pipeline, run_id), epoch=epoch)
+            return self._drive(loop, body, pipeline=pipeline, params=params, opt=opt,
+                               resume=resume, source=source, notifications=notifications,
+                               pipeline_version=pipeline_version, on_start=on_start,
+                               pending=pending, prior=prior, changed=changed)
+        finally:
+            self._let_go(run_id)
+
+    def _hold(self, run_id: str, refused: str) -> None:
+        """Take ``run_id``'s driver lock (``driverlock``) for this process, or raise
+        ``ConflictError`` if a live process on this machine holds it."""
+        if self._driver_locks is None or run_id in self._held:
+            return
+        got = self._driver_locks.take(run_id)
+        if isinstance(got, int):
+            who = f"process {got}" if got else "another process"
+            raise ConflictError(f"run {run_id} is still being driven by {who} on this machine (it "
+                                f"holds the run's lock); {refused}")
+        if got is not None:
+            self._held[run_id] = got
+
+    def _let_go(self, run_id: str | None) -> None:
+        held = self._held.pop(run_id, None) if run_id is not None else None
+        if held is not None:
+            held.release()
+
+    def driver_alive(self, run_id: str) -> int | None:
+        """The pid of a live process on this machine that drives ``run_id`` (0: its pid is
+        not known yet), by its lock; None if none does, or if the store's drivers may be on
+        other machines (PostgreSQL: the heartbeat tells)."""
+        if run_id in self._held:
+            return os.getpid()
+        return None if self._driver_locks is None else self._driver_locks.alive(run_id)
+
+    def _claim(self, run_id: str | None, resume: bool, claimed: bool, opt: RunOptions
+               ) -> tuple[int, dict[str, TaskRecord], str]:
+        """Resuming ``run_id``: claim it as its new driver; its epoch, its recorded tasks and
+        what its options changed."""
+        prior: dict[str, TaskRecord] = {}
+        changed = ""
         if resume:
             if run_id is None or self.metadata is None:
                 raise NotFoundError("resume needs a run id and a metadata store")
@@ -610,9 +667,16 @@ class Engine:
                 raise
         else:
             epoch = 0
-        run_id = run_id or uuid.uuid4().hex
-        loop = RunLoop(self, run_id, opt, prior=prior,
-                       previous=lambda: self._previous_tasks(pipeline, run_id), epoch=epoch)
+        return epoch, prior, changed
+
+    def _drive(self, loop: RunLoop, body: Callable[[RunLoop], Any], *, pipeline: str,
+               params: Mapping[str, Any] | None, opt: RunOptions, resume: bool,
+               source: Mapping[str, Any] | None, notifications: Any,
+               pipeline_version: int | None, on_start: Callable[[RunLoop], None] | None,
+               pending: bool, prior: dict[str, TaskRecord], changed: str) -> RunResult:
+        """Start ``loop`` (claimed already if resumed), run ``body`` and return its result."""
+        run_id = loop.run_id
+        epoch = loop.epoch
         loop.pipeline = pipeline
         self.runs[run_id] = loop
         _live.add(run_id)
@@ -746,6 +810,7 @@ class Engine:
         finally:
             self.runs.pop(run_id, None)
             _live.discard(run_id)
+            self._let_go(run_id)          # its end is written (or cannot be): not driven now
         progress = loop.progress()
         self.emit({"event": "run:status", "run_id": run_id, "pipeline": pipeline,
                    "status": state.value, "progress": progress})
@@ -856,10 +921,18 @@ class Engine:
             raise ConflictError(f"run {run_id} is {rec.state.value}: only a RUNNING run whose "
                                 f"driver is gone can be ended this way")
         seen = rec.heartbeat_at
-        self._wait_until_driverless(
-            run_id, seen, "its driver is alive, and only a run whose driver is gone can be "
-            "ended this way: stop it where it runs (Ctrl-C there), or through the server that "
-            "drives it")
+        refused = ("only a run whose driver is gone can be ended this way: stop it where it "
+                   "runs (Ctrl-C there), or through the server that drives it")
+        self._hold(run_id, refused)
+        try:
+            return self._end_driverless(run_id, rec, seen, reason, refused)
+        finally:
+            self._let_go(run_id)
+
+    def _end_driverless(self, run_id: str, rec: RunRecord, seen: float | None, reason: str,
+                        refused: str) -> RunState:
+        assert self.metadata is not None
+        self._wait_until_driverless(run_id, seen, f"its driver is alive, and {refused}")
         rec = self.metadata.get_run(run_id) or rec
         if rec.state is not RunState.RUNNING:
             raise ConflictError(f"run {run_id} ended meanwhile ({rec.state.value})")

@@ -36,6 +36,8 @@ class Adopter:
         for run in self.runs.catalog.stale_running(now - self.stale_after):
             if run.run_id in self.runs.active() or not self.runs.can_drive(run):
                 continue
+            if self.runs.engine.driver_alive(run.run_id) is not None:
+                continue                 # silent, but its driver lives (engine.driverlock)
             if not self.runs.catalog.claim_adoption(run, now):
                 continue                 # another server took it
             log.warning("adopting run %s of %s: no heartbeat for %.0f s", run.run_id,

@@ -127,6 +127,9 @@ class SQLMetadataStore:
                 again = parsed.set(database=os.path.abspath(parsed.database))
             self._reopen = again.render_as_string(hide_password=False)
         self._clock = clock
+        #: The database's file (None: PostgreSQL, or in memory): its runs' drivers are all on
+        #: this machine, and hold a lock file beside it (``engine.driverlock``).
+        self.local_file = sqlite_file(parsed)
         self._engine = make_engine(parsed, read_only=read_only)
         self._sqlite = parsed.get_backend_name() == "sqlite"
         self._lock = threading.RLock()
