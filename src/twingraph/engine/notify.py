@@ -21,6 +21,9 @@ log = logging.getLogger("twingraph.notify")
 #: How long ``notify(wait=True)`` waits, in all, for its webhooks (each POST has its own timeout,
 #: ``POST_TIMEOUT``, which bounds each read, not a whole response).
 WAIT_SECONDS = 12.0
+#: Seconds a run's end waits for a notification callable (a user's code: an email, a chat
+#: message) before it reports it and returns without it.
+CALLABLE_WAIT = 60.0
 POST_TIMEOUT = 10.0
 
 
@@ -84,32 +87,46 @@ def _report(report: Callable[[str], None] | None, message: str) -> None:
 def notify(spec: Any, *, summary: dict[str, Any], wait: bool = False,
            report: Callable[[str], None] | None = None) -> list[threading.Thread]:
     """Tell every target of ``spec`` about a run's end; ``report(message)`` hears of each
-    target that failed."""
-    threads = []
-    interrupted: KeyboardInterrupt | None = None
+    target that failed. Each target is told on a thread of its own; with ``wait``, for up to
+    ``WAIT_SECONDS`` (a webhook) or ``CALLABLE_WAIT`` (a callable), side by side: one that
+    takes longer is reported and left to finish on its own. A callable used to be called on
+    the caller's thread, and one that hung (an HTTP call without a timeout) held the
+    pipeline's call for as long, the run long recorded as ended."""
+    told: list[tuple[threading.Thread, float, str]] = []
+    start = time.monotonic()
     for target in _targets(spec, summary["status"]):
         if callable(target):
-            try:
-                target(summary)
-            except BaseException as exc:  # noqa: BLE001 - a notifier never changes the outcome
-                # (``sys.exit()`` in one made the run's caller exit; the targets after it
-                # were not told). Ctrl-C is the user's: raised again once all are told.
-                if isinstance(exc, KeyboardInterrupt):
-                    interrupted = exc
-                log.warning("notification callable %r failed: %s", target, error_text(exc))
-                _report(report, f"notification callable {getattr(target, '__qualname__', target)}"
-                                f" failed: {error_text(exc)}")
+            name = f"notification callable {getattr(target, '__qualname__', target)}"
+            t = threading.Thread(target=_call, args=(target, name, summary, report),
+                                 daemon=True, name="twingraph-notifier")
+            limit = CALLABLE_WAIT
         else:
+            name = f"webhook {_shown_url(target)}"
             t = threading.Thread(target=_post, args=(target, summary, report), daemon=True,
                                  name="twingraph-webhook")
-            t.start()
-            threads.append(t)
+            limit = WAIT_SECONDS
+        t.start()
+        told.append((t, start + limit, name))
     if wait:
-        # One deadline for them all: they run side by side, so N slow hooks hold the run about
-        # as long as one (not N times as long, joined one after another).
-        deadline = time.monotonic() + WAIT_SECONDS
-        for t in threads:
+        # One deadline for each kind: they run side by side, so N slow ones hold the run
+        # about as long as one (not N times as long, joined one after another).
+        for t, deadline, name in told:
             t.join(max(0.0, deadline - time.monotonic()))
-    if interrupted is not None:
-        raise interrupted
-    return threads
+        for t, deadline, name in told:
+            if t.is_alive():
+                message = (f"{name} had not returned after {deadline - start:g} s: not waited "
+                           f"for any longer")
+                log.warning("%s", message)
+                _report(report, message)
+    return [t for t, _, _ in told]
+
+
+def _call(target: Callable[[dict[str, Any]], Any], name: str, summary: dict[str, Any],
+          report: Callable[[str], None] | None) -> None:
+    try:
+        target(summary)
+    except BaseException as exc:  # noqa: BLE001 - a notifier never changes the outcome
+        # (``sys.exit()`` in one made the run's caller exit; the targets after it were not
+        # told)
+        log.warning("%s failed: %s", name, error_text(exc))
+        _report(report, f"{name} failed: {error_text(exc)}")

@@ -1,0 +1,45 @@
+"""Failure semantics found in the session 28 review."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from twingraph import component, pipeline
+from twingraph.core.states import RunState
+from twingraph.engine import notify
+
+
+def test_a_notification_callable_that_hangs_does_not_hold_the_pipelines_call(
+        engine, monkeypatch) -> None:
+    monkeypatch.setattr(notify, "CALLABLE_WAIT", 0.5, raising=False)
+    release = threading.Event()
+    told: list[str] = []
+
+    def hangs(summary):          # an HTTP call without a timeout, say
+        release.wait(30)
+        told.append(summary["status"])
+
+    @component
+    def fine_s28() -> int:
+        return 1
+
+    @pipeline(name="hung_notifier_s28", notifications=hangs)
+    def flow():
+        return fine_s28()["outputs"]["result"]
+
+    try:
+        t0 = time.monotonic()
+        r = flow.run(engine=engine)
+        assert time.monotonic() - t0 < 10          # it waited for the notifier, for ever
+        assert (r.state, r.value) == (RunState.SUCCESS, 1)
+        engine.recorder.flush()
+        logs = [x.message for x in engine.metadata.get_logs(r.run_id)]
+        assert any("had not returned after 0.5 s" in m for m in logs), logs
+    finally:
+        release.set()
+    deadline = time.monotonic() + 10
+    while not told and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert told == ["SUCCESS"]                     # left to finish on its own, and it did
