@@ -43,3 +43,25 @@ def test_a_notification_callable_that_hangs_does_not_hold_the_pipelines_call(
     while not told and time.monotonic() < deadline:
         time.sleep(0.02)
     assert told == ["SUCCESS"]                     # left to finish on its own, and it did
+
+
+def test_a_huge_error_message_is_stored_cut_to_its_head_and_tail(engine) -> None:
+    @component(cache=False)
+    def loud_s28() -> int:
+        raise RuntimeError("upstream said: " + "x" * 2_000_000 + " END")
+
+    @pipeline(name="loud_s28")
+    def flow():
+        return loud_s28()
+
+    r = flow.run(engine=engine)
+    assert r.state is RunState.FAILED
+    engine.recorder.flush()
+    task = engine.metadata.get_tasks(r.run_id)[0]
+    run = engine.metadata.get_run(r.run_id)
+    for text in (task.error, run.error):
+        assert len(text) < 70_000 and "characters cut" in text     # was 2 MB, each
+        assert text.startswith(("RuntimeError: upstream said", "PipelineFailed"))
+    assert task.error.endswith(" END")
+    # (an attempt's line holds its error and its traceback: each cut)
+    assert all(len(x.message) < 140_000 for x in engine.metadata.get_logs(r.run_id))

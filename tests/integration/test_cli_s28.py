@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -58,3 +59,26 @@ def test_dynamic_execute_json_puts_the_summary_alone_on_stdout(cli, tmp_path) ->
     summary = json.loads(out.stdout)                     # a failure is JSON on stdout too
     assert summary["status"] == "failed"
     assert "no good" in json.dumps(summary)
+
+
+def test_runs_show_of_a_run_with_a_huge_error_is_quick(cli, tmp_path) -> None:
+    (tmp_path / "loud_s28.py").write_text(textwrap.dedent("""
+        from twingraph import component, pipeline
+
+        @component(cache=False)
+        def loud():
+            raise RuntimeError("upstream said: " + "x" * 200_000)
+
+        @pipeline(name="loud_cli_s28")
+        def flow():
+            return loud()
+    """))
+    t0 = time.monotonic()
+    out = cli("run", "loud_s28.py", "--no-progress")
+    assert out.returncode == 1 and "characters cut" in out.stderr, out.stderr[-2000:]
+    run_id = next(line.split()[1] for line in out.stdout.splitlines() + out.stderr.splitlines()
+                  if line.startswith("run "))
+    out = cli("runs", "show", run_id)
+    assert out.returncode == 0, out.stderr
+    assert "characters cut" in out.stdout
+    assert time.monotonic() - t0 < 30        # rich highlighted it: minutes at 80 KB

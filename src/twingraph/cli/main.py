@@ -44,7 +44,8 @@ app.add_typer(__import__("twingraph.cli.stream", fromlist=["app"]).app, name="st
 
 def _fail(exc: BaseException, code: int = 1) -> NoReturn:
     # soft_wrap: one error is one line however long (rich cut it at 80 columns when piped).
-    err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+    # highlight=False: rich's highlighting is quadratic in a long token (a 40 KB one took 20 s)
+    err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -191,7 +192,7 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
         if where:
             err_console.print(where, markup=False, highlight=False, soft_wrap=True, end="")
         err_console.print(f"[red]{type(result.error).__name__}:[/red] {escape(str(result.error))}",
-                          soft_wrap=True)
+                          soft_wrap=True, highlight=False)
         failed = [n for n in (getattr(result.error, "failures", None) or {})
                   if n in {t.node_id for t in tasks}]
         if failed:      # its traceback (file and line) is in the run's log, not above
@@ -425,7 +426,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(
     console.print(f"params {escape(json.dumps(rec.params, ensure_ascii=False))}  "
                   f"config {escape(json.dumps(rec.config, ensure_ascii=False))}", highlight=False)
     if rec.error:
-        console.print(f"[red]error:[/red] {escape(rec.error)}")
+        console.print(f"[red]error:[/red] {escape(rec.error)}", highlight=False)
     silent = silent_for(rec)
     if silent is not None:
         console.print(f"[yellow]its driver has not been heard from for {silent:.0f} s: it has "

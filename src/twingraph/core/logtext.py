@@ -37,6 +37,23 @@ def storable(text: str) -> str:
     return text.replace("\x00", "\\x00") if "\x00" in text else text
 
 
+#: The most characters of an error's text or traceback a task, attempt, log line or run keeps
+#: (its head and its tail): a task raising a 2 MB message stored it in each of those, once per
+#: attempt (10 tasks x 3 attempts made a 210 MB database), and printed it for minutes.
+ERROR_TEXT_MAX = 64 * 1024
+_TAIL = 16 * 1024
+
+
+def capped(text: str, most: int = ERROR_TEXT_MAX) -> str:
+    """``text``, or its head and tail with how much was cut between them if it is longer
+    than ``most`` characters."""
+    if len(text) <= most:
+        return text
+    tail = min(_TAIL, most // 4)
+    head = most - tail
+    return f"{text[:head]}\n... [{len(text) - head - tail} characters cut] ...\n{text[-tail:]}"
+
+
 def unstorable(text: str) -> bool:
     """Whether ``text`` is what not every metadata store can hold as it is: a NUL (PostgreSQL
     refuses it) or a lone surrogate (UTF-8 cannot encode it). ``storable`` escapes both."""

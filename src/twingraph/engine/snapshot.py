@@ -10,7 +10,7 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
-from twingraph.core.logtext import said, storable
+from twingraph.core.logtext import capped, said, storable
 from twingraph.core.records import AttemptRecord, TaskRecord, TaskUpdate
 from twingraph.engine.task import Task, QUEUED, RUNNING, SUCCESS, TERMINAL
 from twingraph.errors import REMOTE_TRACEBACK, NodeExecutionError
@@ -63,7 +63,7 @@ def error_text(err: Any) -> str:
     (it failed the run loop: every task ended FAILED, "engine error")."""
     if err is None:
         return ""
-    return storable(f"{type(err).__name__}: {message_of(err)}")
+    return storable(capped(f"{type(err).__name__}: {message_of(err)}"))
 
 
 def message_of(err: BaseException) -> str:
@@ -76,8 +76,8 @@ def traceback_text(err: Any) -> str:
     if err is None:
         return ""
     if isinstance(err, NodeExecutionError) and err.traceback:
-        return storable(err.traceback)
+        return storable(capped(err.traceback))
     remote = getattr(err, REMOTE_TRACEBACK, None)       # raised in a worker process
     if isinstance(remote, str) and remote:
-        return storable(remote)
-    return storable("".join(traceback.format_exception(err)))
+        return storable(capped(remote))
+    return storable(capped("".join(traceback.format_exception(err))))
