@@ -68,3 +68,31 @@ def test_a_run_stops_when_a_batch_of_its_records_is_lost(tmp_path, writer: str) 
             locker.execute("ROLLBACK")
         locker.close()
         eng.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_metadata_database_removed_under_a_run_fails_it(tmp_path) -> None:
+    """Session 28 review: the run wrote on into the removed file's inode and said SUCCESS,
+    with nothing of it left at the path (the result store refused such a write already)."""
+    ran.clear()
+    meta_path = tmp_path / "m.db"
+    eng = Engine(results=SQLiteStorage(str(tmp_path / "r.db")),
+                 metadata=SQLMetadataStore(f"sqlite:///{meta_path}", create=True),
+                 flush_interval=0.02, writer="thread")
+
+    def remove_soon() -> None:
+        while len(ran) < 20:
+            time.sleep(0.005)
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"m.db{suffix}").unlink(missing_ok=True)
+
+    remover = threading.Thread(target=remove_soon)
+    remover.start()
+    try:
+        r = many.run(engine=eng, n=200)
+        remover.join()
+        assert r.state is RunState.FAILED
+        assert "removed or replaced while open" in str(r.error)
+        assert len(ran) < 200
+    finally:
+        eng.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -98,6 +99,17 @@ def _reads(empty: Callable[[], Any]) -> Callable[[_F], _F]:
     return wrap
 
 
+def _file_identity(path: Path | None) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; None if there is none."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class SQLMetadataStore:
     """Metadata store on SQLite (default, a file) or PostgreSQL (``postgresql://...``).
 
@@ -150,6 +162,11 @@ class SQLMetadataStore:
             # a first run started exited 2 once in ~80 tries).
             self._engine.dispose()
             raise NotFoundError(f"the metadata database {self.url} is empty")
+        # The file it opened (device, inode): one removed or replaced since is refused on the
+        # next write (as the result store refuses it), not written into unreachable, every
+        # record of the runs going on lost while they said SUCCESS.
+        self._identity = _file_identity(self.local_file) \
+            if self.local_file is not None and not read_only else None
         if found != wanted:
             self._engine.dispose()
             if found is not None and not migrate.ours(found):
@@ -184,6 +201,11 @@ class SQLMetadataStore:
         with self._write_lock, _translated(), self._engine.connect() as conn:
             conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
+                if self._identity is not None and self._identity != _file_identity(
+                        self.local_file):
+                    raise StorageError(f"metadata database {self.url} was removed or replaced "
+                                       f"while open: nothing more is written to it (open it "
+                                       f"again)")
                 yield conn
 
     @contextmanager
