@@ -801,9 +801,9 @@ class Engine:
                                         error=error_text(exc), epoch=loop.epoch))
             try:
                 self.recorder.flush(run_id)
-            except Exception:  # noqa: BLE001 - the store is unusable: the result says so
-                log.warning("run %s: its final state could not be recorded", run_id,
-                            exc_info=True)
+            except Exception as again:  # noqa: BLE001 - the store is unusable: the result says so
+                log.warning("run %s: its final state could not be recorded: %s", run_id,
+                            error_text(again), exc_info=log.isEnabledFor(logging.DEBUG))
             else:
                 if loop.taken_over is None:     # a driver taken over from writes nothing
                     self._end_open_rows(run_id, loop.epoch, exc)
@@ -879,9 +879,11 @@ class Engine:
                           if a.state is TaskState.RUNNING and fence_epoch(a.fence) <= epoch]
             if batch:
                 md.write(batch)
-        except Exception:  # noqa: BLE001 - the store still refuses: the run's error says why
-            log.warning("run %s: its unfinished task rows could not be ended", run_id,
-                        exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - the store still refuses: the run's error says why
+            # one line (its traceback with debug logging), as the recorder's own: a full disk
+            # printed ~60 lines of chained tracebacks here
+            log.warning("run %s: its unfinished task rows could not be ended: %s", run_id,
+                        error_text(exc), exc_info=log.isEnabledFor(logging.DEBUG))
 
     def _end_stale_attempts(self, run_id: str, prior: Mapping[str, TaskRecord], epoch: int,
                             why: str = "the run was resumed by another driver") -> None:
