@@ -65,3 +65,50 @@ def test_a_huge_error_message_is_stored_cut_to_its_head_and_tail(engine) -> None
     assert task.error.endswith(" END")
     # (an attempt's line holds its error and its traceback: each cut)
     assert all(len(x.message) < 140_000 for x in engine.metadata.get_logs(r.run_id))
+
+
+class QuotaErrorS28(Exception):
+    """A constructor that takes more than the message it passes up: it does not unpickle."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"code={code} detail={detail}")
+        self.code = code
+
+
+@component(cache=False, executor="process")
+def over_quota_s28() -> None:
+    try:
+        {}["k"]
+    except KeyError as exc:
+        raise QuotaErrorS28(429, "slow down") from exc
+
+
+@component(cache=False, executor="process")
+def wrapped_s28() -> None:
+    try:
+        {}["k"]
+    except KeyError as exc:
+        raise RuntimeError("lookup failed") from exc
+
+
+@pytest.mark.timeout(120)
+def test_a_process_tasks_exception_keeps_its_class_attributes_and_cause(engine) -> None:
+    caught: dict[str, object] = {}
+
+    @pipeline(name="odd_exceptions_s28", error_handler="continue")
+    def flow():
+        try:
+            over_quota_s28().result()
+        except QuotaErrorS28 as exc:     # was a NodeExecutionError: not caught
+            caught["code"] = exc.code
+            # (the body gets the task's error, its own exception the cause, as a thread's)
+            caught["quota_cause"] = repr(exc.__cause__.__cause__)
+        try:
+            wrapped_s28().result()
+        except RuntimeError as exc:      # its cause was dropped by pickling
+            caught["cause"] = repr(exc.__cause__.__cause__)
+        return 1
+
+    r = flow.run(engine=engine)
+    assert r.value == 1, r.error
+    assert caught == {"code": 429, "quota_cause": "KeyError('k')", "cause": "KeyError('k')"}

@@ -434,7 +434,7 @@ def _run_one(data: bytes, directory: str | None = None,  # in the child
                 pickled = None
             try:
                 reply = (False, None, reply[2], pickled, _class_names(type(exc)),
-                         f"{type(exc).__name__}: {said(exc)}", said(exc))
+                         f"{type(exc).__name__}: {said(exc)}", said(exc), _shape_of(exc))
             except Exception:  # noqa: BLE001 - its str() raises: sent as a NodeExecutionError
                 pass
     try:
@@ -453,13 +453,52 @@ def _run_one(data: bytes, directory: str | None = None,  # in the child
     return out, caller
 
 
+def _shape_of(exc: BaseException) -> tuple[bytes | None, bytes | None]:  # in the child
+    """What rebuilds ``exc`` in the driver when it does not unpickle as it is: its ``args``
+    and attributes (a constructor that takes more than its message, ``QuotaError(code,
+    detail)``, cannot be called again with the one message it passed up), and its
+    ``__cause__`` (pickling leaves it out: ``raise X from KeyError`` came back without it).
+    Each None if it does not pickle both ways."""
+    def both_ways(value: Any) -> bytes | None:
+        try:
+            data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            cloudpickle.loads(data)
+            return data
+        except Exception:  # noqa: BLE001 - a lock, a socket...: left out
+            return None
+    state = both_ways((exc.args, dict(getattr(exc, "__dict__", None) or {})))
+    cause = exc.__cause__
+    return state, None if cause is None else both_ways(cause)
+
+
 def _exception_from(job: Job, tb: str, pickled: bytes | None, names: tuple[str, ...],
-                    text: str, message: str) -> BaseException:
+                    text: str, message: str,
+                    shape: tuple[bytes | None, bytes | None] | None = None) -> BaseException:
     """A task's exception, sent pickled apart (``_run_one``): itself; else, when it could not
-    be pickled (it holds a lock) or its class cannot be loaded here, an instance of its class
-    as this process has it (a pipeline file's class: ``except ValueError`` in the body must
-    catch it, as it would from a thread task) built from its message; else a
-    ``NodeExecutionError`` with its text, class names and traceback."""
+    be pickled (it holds a lock, its constructor takes more than a message) or its class
+    cannot be loaded here, an instance of its class as this process has it (a pipeline
+    file's class: ``except ValueError`` in the body must catch it, as it would from a thread
+    task) with its args and attributes (``_shape_of``), or built from its message; else a
+    ``NodeExecutionError`` with its text, class names and traceback. Its ``__cause__`` comes
+    along when it pickled."""
+    state, cause = shape if shape is not None else (None, None)
+    exc = _rebuilt(pickled, names, message, state)
+    if exc is None:
+        return NodeExecutionError(text, node_id=job.node_id,
+                                  error_type=names[0] if names else "", traceback=tb,
+                                  error_types=names)
+    if cause is not None and exc.__cause__ is None:
+        try:
+            got = cloudpickle.loads(cause)
+            if isinstance(got, BaseException):
+                exc.__cause__ = got
+        except Exception:  # noqa: BLE001 - a class only the worker has: the text tells it
+            pass
+    return exc
+
+
+def _rebuilt(pickled: bytes | None, names: tuple[str, ...], message: str,
+             state: bytes | None) -> BaseException | None:
     if pickled is not None:
         try:
             exc = cloudpickle.loads(pickled)
@@ -468,15 +507,24 @@ def _exception_from(job: Job, tb: str, pickled: bytes | None, names: tuple[str, 
         except Exception:  # noqa: BLE001 - e.g. a module only the worker has
             pass
     cls = _loaded_class(names[1]) if len(names) > 1 else None
-    if cls is not None:
-        try:
-            exc = cls(message)
-            if isinstance(exc, BaseException):
-                return exc
-        except Exception:  # noqa: BLE001 - a constructor that wants more: told by name
+    if cls is None or not issubclass(cls, BaseException):
+        return None
+    if state is not None:
+        try:       # as unpickling would, without calling its constructor again
+            args, attributes = cloudpickle.loads(state)
+            made = cls.__new__(cls, *args)
+            made.args = tuple(args)
+            made.__dict__.update(attributes)
+            return made
+        except Exception:  # noqa: BLE001 - then from its message
             pass
-    return NodeExecutionError(text, node_id=job.node_id, error_type=names[0] if names else "",
-                              traceback=tb, error_types=names)
+    try:
+        made = cls(message)
+        if isinstance(made, BaseException):
+            return made
+    except Exception:  # noqa: BLE001 - a constructor that wants more: told by name
+        pass
+    return None
 
 
 def _loaded_class(dotted: str) -> type | None:
@@ -875,7 +923,7 @@ class ProcessPool:
             ok, value, tb = reply[:3]
             if not ok and tb and _DYNAMIC in tb:
                 tb = with_real_files(job, tb)
-            if not ok and value is None and len(reply) == 7:
+            if not ok and value is None and len(reply) in (7, 8):
                 value = _exception_from(job, tb, *reply[3:])
             if not ok and tb:
                 remote_traceback(value, tb)
