@@ -130,3 +130,49 @@ def test_the_lock_is_held_while_the_run_lasts_and_let_go_after(tmp_path) -> None
     finally:
         other.close()
         eng.close()
+
+
+FORKS = textwrap.dedent("""
+    import os, time
+    from twingraph import component, pipeline
+
+    @component(executor="thread")
+    def forks_s28(i: int) -> int:
+        if os.fork() == 0:             # a child that outlives its parent (a pool worker...)
+            time.sleep(60)
+            os._exit(0)
+        time.sleep(60)
+        return i
+
+    @pipeline(name="forks_s28")
+    def forks():
+        return forks_s28(i=1)
+""")
+
+
+def test_a_forked_child_does_not_keep_a_killed_drivers_run_alive(tmp_path) -> None:
+    (tmp_path / "forks_s28.py").write_text(FORKS)
+    db = tmp_path / "home" / "twingraph.db"
+    driver = subprocess.Popen([sys.executable, "-m", "twingraph", "run", "forks_s28.py",
+                               "--no-progress"], cwd=tmp_path, env=_env(tmp_path / "home"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        run_id = _running_run(db, time.monotonic() + 60)
+        time.sleep(1.0)                                   # the child is forked
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(10)
+        con = sqlite3.connect(db)
+        con.execute("UPDATE runs SET heartbeat_at = heartbeat_at - 600 WHERE run_id = ?",
+                    (run_id,))
+        con.commit()
+        con.close()
+        out = _cli(tmp_path, "runs", "cancel", run_id)
+        assert out.returncode == 0, out.stderr            # the child held the lock
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)         # the forked child too
+        except ProcessLookupError:
+            pass
+        if driver.poll() is None:
+            driver.wait(10)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from pathlib import Path
 
 try:
@@ -29,10 +30,11 @@ except ImportError:              # not POSIX: the heartbeat alone decides
 
 class DriverLock:
     """One run's lock, held (``release`` lets go and removes the file)."""
-    __slots__ = ("path", "fd")
+    __slots__ = ("path", "fd", "__weakref__")
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path, self.fd = path, fd
+        _HELD.add(self)
 
     def release(self) -> None:
         fd, self.fd = self.fd, -1
@@ -79,6 +81,10 @@ class DriverLocks:
             except BlockingIOError:
                 holder = _pid_in(fd)
                 os.close(fd)
+                if holder > 0 and not _alive(holder):
+                    # held by what the dead driver left behind (a descriptor a child of
+                    # another kind kept): no word from the kernel; the heartbeat decides
+                    return None
                 return holder
             except OSError:
                 os.close(fd)
@@ -103,6 +109,35 @@ class DriverLocks:
             got.release()
             return None
         return got
+
+
+#: The locks this process holds: a forked child drops its copies (``_forget_in_child``).
+_HELD: weakref.WeakSet[DriverLock] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    """In a forked child: close the inherited descriptors of the parent's locks (the parent
+    keeps them held). A child that outlived its killed parent (a pool worker a component
+    forked) held them, and kept the dead driver's run "alive" for as long."""
+    for held in list(_HELD):
+        fd, held.fd = held.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                # another user's: it exists
+        return True
+    return True
 
 
 def _pid_in(fd: int) -> int:
