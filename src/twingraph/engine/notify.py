@@ -1,8 +1,9 @@
 """Run-end notifications: callables are called, http(s) URLs get the summary POSTed as JSON.
 
 Targets: a callable, a URL, a list of them, or a dict ``{'on_end'|'on_success'|'on_failure':
-target}``. Webhooks are sent from a daemon thread with a 10 s timeout; a failing target is
-logged (and told to ``report``: the run's own log) and never changes the run's outcome.
+target}``. Each is told on a daemon thread of its own (a webhook's POST with a 10 s timeout on
+each read); a failing target is logged (and told to ``report``: the run's own log) and never
+changes the run's outcome.
 """
 
 from __future__ import annotations
