@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from twingraph import component, pipeline
+from twingraph import BaseComponent, component, pipeline
 from twingraph.core.states import RunState
 from twingraph.engine import notify
 
@@ -112,3 +112,31 @@ def test_a_process_tasks_exception_keeps_its_class_attributes_and_cause(engine) 
     r = flow.run(engine=engine)
     assert r.value == 1, r.error
     assert caught == {"code": 429, "quota_cause": "KeyError('k')", "cause": "KeyError('k')"}
+
+
+refused_calls: list[int] = []
+
+
+class PickyS28(BaseComponent):
+    def validate_inputs(self, **kwargs):
+        refused_calls.append(1)
+        if "data" not in kwargs:
+            raise ValueError("Missing required input: data")
+
+    def execute(self, data=None, **kwargs):
+        return len(data)
+
+
+def test_inputs_validate_inputs_refused_are_not_retried(engine) -> None:
+    refused_calls.clear()
+    picky = PickyS28()
+
+    @pipeline(name="picky_s28", error_handler="retry")
+    def flow():
+        return picky(other=1)
+
+    t0 = time.monotonic()
+    r = flow.run(engine=engine)
+    assert r.state is RunState.FAILED and "Missing required input" in str(r.error)
+    assert len(refused_calls) == 1                 # was 3, 1 s and 2 s apart
+    assert time.monotonic() - t0 < 1.0

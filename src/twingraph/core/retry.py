@@ -103,6 +103,8 @@ class RetryPolicy:
         """Whether a failure of ``attempt`` (1-based) should be followed by another attempt."""
         if attempt >= self.max_attempts:
             return False
+        if getattr(error, "twingraph_retry", True) is False:    # inputs a component refused
+            return False
         if self.never and matches(error, self.never):
             return False
         if not self.exceptions:

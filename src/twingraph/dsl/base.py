@@ -13,6 +13,7 @@ instance registered itself), else the class name. It is read when the spec is fi
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import inspect
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -91,7 +92,13 @@ class BaseComponent(abc.ABC):
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         given = strip_lineage(kwargs)       # inputs: lineage is not one
-        self.validate_inputs(**(self._by_name(args, given) if args else given))
+        try:
+            self.validate_inputs(**(self._by_name(args, given) if args else given))
+        except Exception as exc:
+            # The same inputs would be refused again: never retried (``RetryPolicy.retries``)
+            with contextlib.suppress(Exception):      # (an exception without a __dict__)
+                exc.twingraph_retry = False  # type: ignore[attr-defined]
+            raise
         return self.execute(*args, **kwargs)
 
     def _by_name(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
