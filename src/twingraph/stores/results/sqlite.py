@@ -379,6 +379,11 @@ class SQLiteStorage(ResultStoreBase):
         return conn
 
     def _error(self, op: str, key: str, exc: BaseException) -> StorageError:
+        if key == str(self.db_path):             # the store itself (open), not a value in it
+            hint = " (a home on a read-only disk can be inspected with `runs list`, `runs " \
+                   "show` and `runs logs`; running needs a writable one)" \
+                if "readonly" in str(exc) else ""
+            return StorageError(f"SQLite {op} of {self.db_path} failed: {exc}{hint}")
         return StorageError(f"SQLite {op} of {key!r} in {self.db_path} failed: {exc}")
 
     @contextmanager
