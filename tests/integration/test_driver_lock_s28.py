@@ -176,3 +176,28 @@ def test_a_forked_child_does_not_keep_a_killed_drivers_run_alive(tmp_path) -> No
             pass
         if driver.poll() is None:
             driver.wait(10)
+
+
+def test_a_refused_second_resume_in_the_driving_engine_leaves_its_lock_held(tmp_path) -> None:
+    meta = SQLMetadataStore(f"sqlite:///{tmp_path / 'm.db'}", create=True)
+    eng = Engine(results=SQLiteStorage(str(tmp_path / "r.db")), metadata=meta)
+    seen: dict[str, object] = {}
+
+    def body(loop):
+        eng.recorder.flush(loop.run_id)
+        try:
+            eng.run(lambda _: None, pipeline="again_s28", run_id=loop.run_id, resume=True)
+        except ConflictError as exc:
+            seen["refused"] = str(exc)
+        seen["alive"] = Engine(results=SQLiteStorage(str(tmp_path / "r.db")),
+                               metadata=SQLMetadataStore(f"sqlite:///{tmp_path / 'm.db'}")
+                               ).driver_alive(loop.run_id)
+        return 1
+
+    try:
+        r = eng.run(body, pipeline="again_s28")
+        assert r.value == 1, r.error
+        assert "refused" in seen
+        assert seen["alive"] == os.getpid()       # its lock was let go by the refused resume
+    finally:
+        eng.close()

@@ -581,14 +581,14 @@ class Engine:
         changed = ""
         if not resume:
             run_id = run_id or uuid.uuid4().hex
-        if run_id is not None:
-            self._hold(run_id, "not resuming it twice: wait until it ends, or stop it where it "
-                               "runs")
+        took = run_id is not None and self._hold(
+            run_id, "not resuming it twice: wait until it ends, or stop it where it runs")
         try:
             epoch, prior, changed = self._claim(run_id, resume, claimed, opt) if resume \
                 else (0, prior, changed)
         except BaseException:
-            self._let_go(run_id)
+            if took:          # (not the lock of a run this engine drives already)
+                self._let_go(run_id)
             raise
         assert run_id is not None
         try:
@@ -599,20 +599,23 @@ class Engine:
                                pipeline_version=pipeline_version, on_start=on_start,
                                pending=pending, prior=prior, changed=changed)
         finally:
-            self._let_go(run_id)
+            if took:
+                self._let_go(run_id)
 
-    def _hold(self, run_id: str, refused: str) -> None:
-        """Take ``run_id``'s driver lock (``driverlock``) for this process, or raise
-        ``ConflictError`` if a live process on this machine holds it."""
+    def _hold(self, run_id: str, refused: str) -> bool:
+        """Take ``run_id``'s driver lock (``driverlock``) for this process (True if this call
+        took it), or raise ``ConflictError`` if a live process on this machine holds it."""
         if self._driver_locks is None or run_id in self._held:
-            return
+            return False
         got = self._driver_locks.take(run_id)
         if isinstance(got, int):
             who = f"process {got}" if got else "another process"
             raise ConflictError(f"run {run_id} is still being driven by {who} on this machine (it "
                                 f"holds the run's lock); {refused}")
-        if got is not None:
-            self._held[run_id] = got
+        if got is None:
+            return False
+        self._held[run_id] = got
+        return True
 
     def _let_go(self, run_id: str | None) -> None:
         held = self._held.pop(run_id, None) if run_id is not None else None
@@ -925,11 +928,12 @@ class Engine:
         seen = rec.heartbeat_at
         refused = ("only a run whose driver is gone can be ended this way: stop it where it "
                    "runs (Ctrl-C there), or through the server that drives it")
-        self._hold(run_id, refused)
+        took = self._hold(run_id, refused)
         try:
             return self._end_driverless(run_id, rec, seen, reason, refused)
         finally:
-            self._let_go(run_id)
+            if took:
+                self._let_go(run_id)
 
     def _end_driverless(self, run_id: str, rec: RunRecord, seen: float | None, reason: str,
                         refused: str) -> RunState:
