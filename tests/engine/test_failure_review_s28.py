@@ -140,3 +140,37 @@ def test_inputs_validate_inputs_refused_are_not_retried(engine) -> None:
     assert r.state is RunState.FAILED and "Missing required input" in str(r.error)
     assert len(refused_calls) == 1                 # was 3, 1 s and 2 s apart
     assert time.monotonic() - t0 < 1.0
+
+
+class SlottedS28(Exception):
+    """Keeps its code in a slot, and its message reads it."""
+    __slots__ = ("code",)
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.args[0]}"
+
+
+@component(cache=False, executor="process")
+def slotted_s28() -> None:
+    raise SlottedS28(429, "slow down")
+
+
+@pytest.mark.timeout(120)
+def test_a_process_tasks_exception_with_slots_comes_back_whole(engine) -> None:
+    seen: dict[str, object] = {}
+
+    @pipeline(name="slotted_s28", error_handler="continue")
+    def flow():
+        try:
+            slotted_s28().result()
+        except SlottedS28 as exc:        # was half made: str() raised, the body got that
+            seen["code"], seen["text"] = exc.code, str(exc)
+        return 1
+
+    r = flow.run(engine=engine)
+    assert r.value == 1, r.error
+    assert seen == {"code": 429, "text": "[429] slow down"}

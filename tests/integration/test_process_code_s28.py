@@ -101,3 +101,119 @@ def test_two_directories_with_a_same_named_helper(tmp_path: Path) -> None:
         print(json.dumps(ma.p.run(n=3).value))
     """)
     assert json.loads(lines[0]) == [6, 6]                   # was [3000, 6]
+
+
+def test_a_reused_worker_never_executes_a_module_twice(tmp_path: Path) -> None:
+    """Regression review: a worker that had imported a module from disk got its text later
+    and executed it again: an enum compared with ``is`` came from the second execution, and
+    ``util.Color`` from the first (False where True was right); a module registering
+    something at import raised "registered already"."""
+    (tmp_path / "models_s28.py").write_text(textwrap.dedent("""
+        import enum
+        print("models executed", flush=True)
+
+        class Color(enum.Enum):
+            RED = 1
+    """))
+    (tmp_path / "util_s28.py").write_text(textwrap.dedent("""
+        from models_s28 import Color
+
+        def is_red(c):
+            return c is Color.RED
+    """))
+    (tmp_path / "comps_s28.py").write_text(textwrap.dedent("""
+        import models_s28, util_s28
+        from twingraph import component, pipeline
+
+        @component(executor="process", cache=False)
+        def first(c, check):           # reads no module: util and models come from disk
+            return check(c)
+
+        @component(executor="process", cache=False)
+        def second(c):                 # its texts name util and models
+            return util_s28.is_red(c)
+
+        @pipeline(name="reused_s28")
+        def p():
+            red = models_s28.Color.RED
+            a = first(c=red, check=util_s28.is_red)["outputs"]["result"]
+            return [a, second(c=red)["outputs"]["result"]]
+    """))
+    lines = _python(tmp_path, """
+        import json, os, sys
+        sys.path.insert(0, os.getcwd())
+        from twingraph.engine.engine import Engine
+        from twingraph.executors.local import LocalExecutor
+        from twingraph.stores.metadata import MemoryMetadataStore
+        from twingraph.stores.results.memory import MemoryStorage
+        import comps_s28
+        eng = Engine(results=MemoryStorage(), metadata=MemoryMetadataStore(),
+                     executor=LocalExecutor(max_processes=1), flush_interval=0.01)
+        try:
+            r = comps_s28.p.run(engine=eng)
+            print(json.dumps([r.value, str(r.error)]))
+        finally:
+            eng.close()
+    """)
+    assert json.loads(lines[-1]) == [[True, True], "None"]
+
+
+def test_from_imports_constants_resources_and_dag_nodes_in_processes(tmp_path: Path) -> None:
+    """Regression review: ``from hlp import f`` and a module of constants were not sent (the
+    edit on disk ran under the old key); a package's ``importlib.resources`` broke in a module
+    served from the driver's text; a DAG node in a process got no texts at all."""
+    _helper(tmp_path / "hlp_f.py", 2)
+    (tmp_path / "cfg_s28.py").write_text("FACTOR = 10\n")
+    pkg = tmp_path / "dpkg_s28"
+    pkg.mkdir()
+    (pkg / "table.txt").write_text("42")
+    (pkg / "__init__.py").write_text(textwrap.dedent("""
+        import importlib.resources
+
+        def load():
+            return int(importlib.resources.files(__package__).joinpath("table.txt").read_text())
+    """))
+    (tmp_path / "pipe_f.py").write_text(textwrap.dedent("""
+        from hlp_f import f
+        import cfg_s28, dpkg_s28
+        from twingraph import component, operation, pipeline
+
+        @component(executor="process")
+        def calc(n):
+            return f(n) * cfg_s28.FACTOR + dpkg_s28.load()
+
+        @pipeline(name="from_imports_s28")
+        def p(n: int = 3):
+            return calc(n=n)["outputs"]["result"]
+
+        @operation("calc_s28")
+        def calc_op(deps, params):
+            return f(params["n"]) * cfg_s28.FACTOR
+    """))
+    lines = _python(tmp_path, """
+        import json, os, sys
+        sys.path.insert(0, os.getcwd())
+        import pipe_f
+        from twingraph.core.codeversion import code_version
+        from twingraph.engine.dynamic import DAGDefinition, DynamicScheduler, NodeDefinition
+        from twingraph.engine.engine import Engine
+        from twingraph.stores.metadata import MemoryMetadataStore
+        from twingraph.stores.results.memory import MemoryStorage
+        pipe_f.calc.spec                             # versioned as loaded
+        code_version(pipe_f.calc_op)
+        open("hlp_f.py", "w").write("def f(x):\\n    return x * 3\\n")
+        open("cfg_s28.py", "w").write("FACTOR = 1000\\n")
+        print(json.dumps([pipe_f.p.run(n=3).value]))
+        st = MemoryStorage()
+        eng = Engine(results=st, metadata=MemoryMetadataStore(), flush_interval=0.01)
+        sched = DynamicScheduler(st, engine=eng, isolate=True)    # as the server runs nodes
+        try:
+            r = sched.run(DAGDefinition("d", [NodeDefinition("a", "calc_s28", [], {"n": 3})]))
+            print(json.dumps([r.state.name,
+                              sched.node_results("d")["a"].result_data]))
+        finally:
+            sched.close()
+            eng.close()
+    """)
+    assert json.loads(lines[0]) == [6 * 10 + 42]         # was 9 * 1000 + 42 (and no 42)
+    assert json.loads(lines[1]) == ["SUCCESS", 60]       # was 9000: read from disk

@@ -1624,7 +1624,12 @@ def _version(fn: Any, values: bool = True) -> tuple[str, _Deps]:
     else:
         walk.put("root", walk.value(target))
     walk.drain()
-    return walk.h.hexdigest()[:16], tuple(walk.deps.values())
+    deps = tuple(walk.deps.values())
+    # The texts of the modules it read pinned now, with the version: a process task is sent
+    # them (``code_modules``), and a module of constants, whose values the version took, was
+    # read from disk at its first task, edited meanwhile.
+    _modules_read(target, deps)
+    return walk.h.hexdigest()[:16], deps
 
 
 def _still(deps: _Deps) -> bool:
@@ -1682,9 +1687,19 @@ def code_modules(fn: Any) -> tuple[tuple[str, str, str], ...]:
     the code from before an ``importlib.reload`` here (session 28 review). Modules without
     a file or a pinned text (``__main__``, made at run time) are left out. Cached by the
     target's identity while the bindings the walk read still hold (``_still``)."""
-    target = fn.__func__ if type(fn) is types.MethodType else fn
-    if type(target) is functools.partial:
-        target = target.func
+    target = fn
+    for _ in range(10):          # a wrapper (a DAG node's call, a partial) down to the code
+        if type(target) is types.MethodType:
+            target = target.__func__
+        elif type(target) is functools.partial:
+            target = target.func
+        elif not isinstance(target, (types.FunctionType, type)):
+            inner = getattr(target, "__wrapped__", None)    # a slot too (getattr_static: not)
+            if inner is None or inner is target:
+                break
+            target = inner
+        else:
+            break
     got = _MODULES.get(target)
     if got is None or not _still(got[1]):
         _, deps = _version(target)
@@ -1693,11 +1708,21 @@ def code_modules(fn: Any) -> tuple[tuple[str, str, str], ...]:
 
 
 def _modules_read(target: Any, deps: _Deps) -> tuple[tuple[str, str, str], ...]:
-    spaces: list[Any] = [getattr(target, "__globals__", None)]
-    if isinstance(target, type):
-        m = sys.modules.get(getattr(target, "__module__", None) or "")
-        spaces.append(vars(m) if m is not None else None)
-    spaces.extend(ns for ns, _, _ in deps)
+    """The modules the walk read names in, and those of what it found bound there (``from
+    hlp import f`` reads ``f`` in the caller's module: ``f``'s own module counts; ``import
+    cfg`` of constants only: ``cfg`` counts)."""
+    def module_of(v: Any) -> Any:
+        if isinstance(v, types.ModuleType):
+            return vars(v)
+        name = getattr(v, "__module__", None) \
+            if isinstance(v, (types.FunctionType, type)) else None
+        m = sys.modules.get(name) if isinstance(name, str) else None
+        return vars(m) if m is not None else None
+
+    spaces: list[Any] = [getattr(target, "__globals__", None), module_of(target)]
+    for ns, _, v in deps:
+        spaces.append(ns)
+        spaces.append(module_of(v))
     out: list[tuple[str, str, str]] = []
     seen: set[int] = set()
     for ns in spaces:
@@ -1713,7 +1738,10 @@ def _modules_read(target: Any, deps: _Deps) -> tuple[tuple[str, str, str], ...]:
             continue                  # not what importing the name gives
         pinned = _PINNED.get(spec)
         if pinned is None or pinned[0] != file:
-            continue
+            lines = _source_lines(file, ns)        # pinned now: a module it read no text of
+            if not lines:
+                continue
+            pinned = (file, lines)
         out.append((name, file, _joined(pinned[1])))
     return tuple(out)
 
@@ -1734,4 +1762,25 @@ def _joined(lines: list[str]) -> str:
     return text
 
 
-__all__ = ["code_version", "code_of_value", "code_modules"]
+def is_lib_path(path: str) -> bool:
+    """Whether ``path`` is a file of the standard library or of an installed package."""
+    return _is_lib_path(path)
+
+
+#: id(text) -> (text, its digest): the texts ``code_modules`` hands out are few and long-lived
+_DIGESTS: dict[int, tuple[str, str]] = {}
+
+
+def text_digest(text: str) -> str:
+    """sha256 of a module's text (cached for the texts ``code_modules`` returns)."""
+    got = _DIGESTS.get(id(text))
+    if got is not None and got[0] is text:
+        return got[1]
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    if len(_DIGESTS) >= 256:
+        _DIGESTS.clear()
+    _DIGESTS[id(text)] = (text, digest)
+    return digest
+
+
+__all__ = ["code_version", "code_of_value", "code_modules", "is_lib_path", "text_digest"]

@@ -24,8 +24,10 @@ the same, a worker goes first, not the server.
 
 from __future__ import annotations
 
+import copyreg
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import inspect
 import linecache
@@ -48,7 +50,7 @@ from typing import Any
 
 import cloudpickle
 
-from twingraph.core.codeversion import code_modules
+from twingraph.core.codeversion import code_modules, is_lib_path, text_digest
 
 from twingraph.core.logtext import LOGGER_NAME, message_of, said
 from twingraph.core.placement import mark_worker_process
@@ -311,8 +313,11 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None,  # in 
         if caller is not None:    # the driver's, now: what the next task starts from too
             environ, cwd = caller
         _restore(environ, cwd)
+        loaded = _CODE.newly_loaded()
         with forward.pipe_lock:   # not in the middle of a log frame from another thread
             try:
+                if loaded:            # the user modules it has now, before the answer
+                    conn.send_bytes(b"M" + pickle.dumps(loaded))
                 conn.send_bytes(out.data)
             except OSError:           # the driver is gone: so is this worker, and its files
                 out.discard()
@@ -322,43 +327,81 @@ def _worker_main(conn: Any, parent: int, memory_limit: int | None = None,  # in 
         data, out, code_error = b"", bulk.Packed(b""), None
 
 
-class _DriverCode(importlib.abc.MetaPathFinder, importlib.abc.Loader):  # in the child
+class _SentLoader(importlib.machinery.SourceFileLoader):  # in the child
+    """A module's file as the driver versioned it: its text runs, whatever the file holds now
+    (its bytecode cache when the file still holds that text); the rest of a file loader's
+    API (``get_data``, resources, ``is_package``) is the file's."""
+
+    def __init__(self, fullname: str, path: str, text: str) -> None:
+        super().__init__(fullname, path)
+        self.text = text
+
+    def get_source(self, fullname: str) -> str:
+        return self.text
+
+    def get_code(self, fullname: str) -> Any:
+        try:
+            with open(self.path, "rb") as f:
+                same = importlib.util.decode_source(f.read()) == self.text
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            same = False
+        if same:
+            return super().get_code(fullname)
+        # tracebacks and ``inspect`` read this text, not the file's
+        linecache.cache[self.path] = (len(self.text), None, self.text.splitlines(True),
+                                      self.path)
+        return compile(self.text, self.path, "exec", dont_inherit=True)
+
+
+class _DriverCode(importlib.abc.MetaPathFinder):  # in the child
     """The user modules' texts as the driver versioned them (``codeversion.code_modules``),
     first on ``sys.meta_path``: an import of one of them here (unpickling a function by
     reference, a module importing another) runs that text, never what the disk or another
-    directory on ``sys.path`` holds now. A module imported before its text came is executed
-    again with it (as ``importlib.reload`` would), into the same module object."""
+    directory on ``sys.path`` holds now. A module is never executed twice here: the worker
+    tells the driver the user modules it has loaded and the hash of their text
+    (``newly_loaded``), and the driver replaces a worker whose modules are not the ones a job
+    needs (``_code_for``)."""
 
     def __init__(self) -> None:
         self.texts: dict[str, tuple[str, str]] = {}      # name -> (file, text)
+        self.seen: set[str] = set()                      # modules told of (or not user code)
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         got = self.texts.get(name)
         if got is None:
             return None
-        file = got[0]
-        package = os.path.basename(file) == "__init__.py"
-        return importlib.util.spec_from_file_location(
-            name, file, loader=self,
-            submodule_search_locations=[os.path.dirname(file)] if package else None)
-
-    def create_module(self, spec: Any) -> None:
-        return None
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        file, text = self.texts[module.__spec__.name]     # type: ignore[union-attr]
-        # its tracebacks and ``inspect`` here read this text, not the file's
-        linecache.cache[file] = (len(text), None, text.splitlines(True), file)
-        exec(compile(text, file, "exec", dont_inherit=True), module.__dict__)
+        file, text = got
+        return importlib.util.spec_from_file_location(name, file,
+                                                      loader=_SentLoader(name, file, text))
 
     def install(self, modules: list[tuple[str, str, str]]) -> None:
-        """New texts (name, file, text) from the driver, in its order."""
+        """Texts (name, file, text) from the driver, for the imports to come."""
         for name, file, text in modules:
-            self.texts[name] = (file, text)
-        for name, _, _ in modules:
-            loaded = sys.modules.get(name)
-            if loaded is not None:
-                importlib.reload(loaded)
+            if name not in sys.modules:
+                self.texts[name] = (file, text)
+
+    def newly_loaded(self) -> list[tuple[str, str, str]]:
+        """(name, file, sha256 of its text) of each user module loaded since the last call."""
+        out: list[tuple[str, str, str]] = []
+        for name, module in list(sys.modules.items()):
+            if name in self.seen:
+                continue
+            self.seen.add(name)
+            file = getattr(module, "__file__", None)
+            if not isinstance(file, str) or not file.endswith(".py") or is_lib_path(file) \
+                    or name.split(".")[0] == "twingraph":
+                continue
+            loader = getattr(getattr(module, "__spec__", None), "loader", None)
+            if isinstance(loader, _SentLoader):
+                text = loader.text
+            else:          # imported from the file: what it holds (read now)
+                try:
+                    with open(file, "rb") as f:
+                        text = importlib.util.decode_source(f.read())
+                except (OSError, SyntaxError, UnicodeDecodeError):
+                    continue
+            out.append((name, file, text_digest(text)))
+        return out
 
 
 _CODE = _DriverCode()
@@ -466,7 +509,11 @@ def _shape_of(exc: BaseException) -> tuple[bytes | None, bytes | None]:  # in th
             return data
         except Exception:  # noqa: BLE001 - a lock, a socket...: left out
             return None
-    state = both_ways((exc.args, dict(getattr(exc, "__dict__", None) or {})))
+    attributes = dict(getattr(exc, "__dict__", None) or {})
+    for name in copyreg._slotnames(type(exc)):      # type: ignore[attr-defined]
+        if hasattr(exc, name):                       # (a class with __slots__)
+            attributes[name] = getattr(exc, name)
+    state = both_ways((exc.args, attributes))
     cause = exc.__cause__
     return state, None if cause is None else both_ways(cause)
 
@@ -514,7 +561,9 @@ def _rebuilt(pickled: bytes | None, names: tuple[str, ...], message: str,
             args, attributes = cloudpickle.loads(state)
             made = cls.__new__(cls, *args)
             made.args = tuple(args)
-            made.__dict__.update(attributes)
+            for name, value in attributes.items():
+                object.__setattr__(made, name, value)
+            str(made), repr(made)          # usable, or not made this way (a half-made one)
             return made
         except Exception:  # noqa: BLE001 - then from its message
             pass
@@ -690,13 +739,16 @@ class _Worker:
         self.job: Job | None = None
         self.ready = False
         self.caller: Caller | None = None     # the driver's, as this worker last got them
-        self.code: dict[str, tuple[str, str]] = {}   # module -> (file, text) it was sent
+        # module -> (file, sha256 of its text): what this worker has loaded or was sent
+        self.code: dict[str, tuple[str, str]] = {}
 
 
-def _code_for(w: _Worker, job: Job) -> bytes | None:  # in the driver
+def _code_for(w: _Worker, job: Job) -> bytes | None | bool:  # in the driver
     """The ``C`` frame of the module texts ``job``'s code version was taken from that ``w``
-    does not have yet (or has another text of), None if it has them all. Modules cloudpickle
-    sends by value (a pipeline file ``twingraph run`` loaded) travel with the job already."""
+    does not have yet, None if it has them all, False if it has another text of one of them
+    loaded (a reload here, a file edited since it imported it: the worker must be replaced,
+    a module is never executed twice in it). Modules cloudpickle sends by value (a
+    ``twingraph run`` file) travel with the job already."""
     code = getattr(job, "code", None)
     if code is None:
         return None
@@ -708,12 +760,20 @@ def _code_for(w: _Worker, job: Job) -> bytes | None:  # in the driver
     if not modules:
         return None
     by_value = cloudpickle.list_registry_pickle_by_value()
-    new = [(name, file, text) for name, file, text in modules
-           if name not in by_value and w.code.get(name) != (file, text)]
+    new: list[tuple[str, str, str]] = []
+    for name, file, text in modules:
+        if name in by_value:
+            continue
+        want = (file, text_digest(text))
+        have = w.code.get(name)
+        if have is None:
+            new.append((name, file, text))
+        elif have != want:
+            return False
     if not new:
         return None
     for name, file, text in new:
-        w.code[name] = (file, text)
+        w.code[name] = (file, text_digest(text))
     return b"C" + pickle.dumps(new, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -810,6 +870,25 @@ class ProcessPool:
             self._start(w, job, done)
 
     def _start(self, w: _Worker, job: Job, done: Callable[[Outcome], None]) -> None:
+        known = dict(w.code)           # what it has, if the texts are not sent after all
+        code = _code_for(w, job)
+        if code is False:
+            # It runs other texts of the job's modules: replaced by a new one, which gets
+            # them before it imports anything.
+            _end_worker(w, 1)
+            try:
+                w = _Worker(self._ctx, self.memory_limit, self._dir)
+            except Exception as exc:  # noqa: BLE001
+                with self._lock:
+                    self._count -= 1
+                    self._busy.pop(job, None)
+                done(JobOutcome(job.node_id, job.fence, False, None, exc, 0.0))
+                self._pump()
+                return
+            with self._lock:
+                self._busy[job] = w
+            known = {}
+            code = _code_for(w, job)
         # The driver's environment and directory as they are now, when they are not what
         # this worker last got: a worker started before an ``os.environ[...] =`` or an
         # ``os.chdir`` ran every later task with the old ones (a thread task saw the new).
@@ -818,6 +897,7 @@ class ProcessPool:
             payload = bulk.dumps((job.fn, job.args, job.kwargs,
                                   None if caller == w.caller else caller), self._dir)
         except Exception as exc:  # noqa: BLE001
+            w.code = known
             with self._lock:
                 self._busy.pop(job, None)
                 self._idle.append(w)
@@ -827,6 +907,7 @@ class ProcessPool:
         if self.memory_limit and payload.size > self.memory_limit:
             # Its inputs alone pass the limit: no worker could even receive them.
             payload.discard()
+            w.code = known
             with self._lock:
                 self._busy.pop(job, None)
                 self._idle.append(w)
@@ -835,7 +916,6 @@ class ProcessPool:
                 f"its inputs alone are {_mib(payload.size)}")))
             return
         w.job, w.caller = job, caller
-        code = _code_for(w, job)
         threading.Thread(target=self._await, args=(w, job, done, payload, code), daemon=True,
                          name=f"twingraph-proc-wait-{job.node_id}").start()
 
@@ -874,6 +954,13 @@ class ProcessPool:
                     break
                 if frame == b"A":
                     accepted = True
+                    continue
+                if frame[:1] == b"M":     # the user modules it has loaded: their texts
+                    try:
+                        w.code.update((name, (file, digest))
+                                      for name, file, digest in pickle.loads(frame[1:]))
+                    except Exception:  # noqa: BLE001 - never: it pickled them itself
+                        log.debug("a worker's module list did not unpickle", exc_info=True)
                     continue
                 if accepted:              # (the worker sends none before: _Forward)
                     _deliver_log(job, frame)
