@@ -125,3 +125,40 @@ def test_a_run_goes_on_through_a_short_postgresql_outage(postgres_url, tmp_path,
     finally:
         eng.close()
         proxy.down()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_run_gives_up_when_postgresql_stays_away(postgres_url, tmp_path, monkeypatch,
+                                                   writer: str) -> None:
+    """Session 28 regression review: the writer process's batch was written again every
+    0.1 s for as long as the outage lasted (its tries started from 0 each turn): the run went
+    on, unrecorded, for ever. Now both writers give it up after ``UNAVAILABLE_WAIT``."""
+    from twingraph.engine import recorder
+    monkeypatch.setattr(recorder, "UNAVAILABLE_WAIT", 2.0)
+    proxy = Proxy()
+    host = postgres_url.split("@", 1)[1].split("/", 1)[0]
+    url = postgres_url.replace(host, f"127.0.0.1:{proxy.port}", 1)
+    eng = Engine(results=SQLiteStorage(str(tmp_path / "r.db")),
+                 metadata=SQLMetadataStore(url, create=True), flush_interval=0.02,
+                 writer=writer)
+    deadline = time.monotonic() + 30
+    while eng.recorder.writer != writer and time.monotonic() < deadline:
+        time.sleep(0.01)
+    cut_at: list[float] = []
+
+    def outage() -> None:
+        time.sleep(0.6)
+        proxy.down()
+        cut_at.append(time.monotonic())
+
+    try:
+        threading.Thread(target=outage, daemon=True).start()
+        r = through.run(engine=eng, n=3000)             # ~30 s of work at four at a time
+        assert r.state is RunState.FAILED
+        assert "unreachable" in str(r.error)
+        assert time.monotonic() - cut_at[0] < 20, time.monotonic() - cut_at[0]
+    finally:
+        proxy.up()
+        eng.close()
+        proxy.down()

@@ -98,6 +98,8 @@ class Recorder:
         self._again: list[tuple[Sequence[Any], Sequence[Any]]] = []
         self._again_batches: set[int] = set()
         self._again_error: BaseException | None = None
+        # (tries, since) of the batch being written again, until a write succeeds
+        self._outage: tuple[int, float] | None = None
         # Runs a batch was given up for (newest last, at most KEEP_DOOMED): their task-level
         # records are not written any more (``_without_doomed``).
         self._doomed: OrderedDict[str, None] = OrderedDict()
@@ -279,6 +281,11 @@ class Recorder:
             if retry is not None:         # the failed batch first: later records refer to it
                 records, results = [*retry[0], *records], [*retry[1], *results]
                 large, tries, since = large or retry[2], retry[3], retry[4]
+            elif self._outage is not None:
+                # A batch written again through the writer process fails in a later turn
+                # (its answer comes then): its tries and the outage's start go on from there
+                # (from 0 each time, it was written again every 0.1 s for ever).
+                tries, since = self._outage
             try:
                 try:
                     if records or results:
@@ -296,6 +303,8 @@ class Recorder:
                     error, self._again_error = self._again_error, None
                     assert error is not None
                     raise error
+                if self._child is None and (records or results):
+                    self._outage = None   # written here: whatever failed before is over
             except BaseException as exc:  # noqa: BLE001 - surfaced by flush()
                 if tries == 0:
                     since = time.monotonic()
@@ -315,7 +324,9 @@ class Recorder:
                 with self._cv:
                     if again:
                         self._retry = (records, results, large, tries + 1, since)
+                        self._outage = (tries + 1, since)
                     else:
+                        self._outage = None
                         self._blame(exc, records, results)
                 if again:
                     time.sleep(delay)
@@ -535,6 +546,8 @@ class Recorder:
             self._fail(reply[1], _records, results)
             return
         _, stale, rows = reply
+        if not self._again:
+            self._outage = None            # the writer process wrote: the outage is over
         note = getattr(self.results, "note_written", None)
         if rows is not None and note is not None:
             note(rows)
