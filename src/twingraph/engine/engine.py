@@ -605,7 +605,9 @@ class Engine:
     def _hold(self, run_id: str, refused: str) -> bool:
         """Take ``run_id``'s driver lock (``driverlock``) for this process (True if this call
         took it), or raise ``ConflictError`` if a live process on this machine holds it."""
-        if self._driver_locks is None or run_id in self._held:
+        if run_id in self._held or run_id in self.runs:
+            raise ConflictError(f"run {run_id} is driven by this process; {refused}")
+        if self._driver_locks is None:
             return False
         got = self._driver_locks.take(run_id)
         if isinstance(got, int):
