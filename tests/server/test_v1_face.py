@@ -341,6 +341,20 @@ def test_health_reports_a_broken_store(app_client: TestClient) -> None:
     assert r.status_code == 503 and r.json()["checks"]["metadata_store"]["status"] == "unhealthy"
 
 
+def test_health_reports_a_metadata_database_replaced_under_the_server(
+        app_client: TestClient) -> None:
+    """Session 28 review: a backup restored by rename made every write fail while /health
+    said healthy."""
+    import shutil
+    c = app_client
+    db = c.svc.settings.home / "tg.db"  # type: ignore[attr-defined]
+    assert c.get("/health").status_code == 200
+    shutil.copy(db, db.with_name("backup.db"))
+    db.with_name("backup.db").replace(db)
+    r = c.get("/health")
+    assert r.status_code == 503 and r.json()["checks"]["metadata_store"]["status"] == "unhealthy"
+
+
 def test_a_schedule_whose_runs_could_not_start_is_refused(app_client: TestClient) -> None:
     c = app_client
     pid = c.post("/api/v1/projects", json={"name": "needs_params"}).json()["data"]["id"]

@@ -39,8 +39,15 @@ def _check(fn: Any) -> dict[str, Any]:
 async def health(request: Request) -> Any:
     svc = services(request)
 
+    def metadata() -> None:
+        store = svc.catalog.store
+        store.get_run("__health__")
+        check_file = getattr(store, "check_file", None)    # a SQLite file replaced under it
+        if check_file is not None:
+            check_file()
+
     def checks() -> dict[str, Any]:
-        return {"metadata_store": _check(lambda: svc.catalog.store.get_run("__health__")),
+        return {"metadata_store": _check(metadata),
                 "result_store": _check(lambda: svc.engine.results.head("__health__"))}
     results = await asyncio.to_thread(checks)
     healthy = all(c["status"] == "healthy" for c in results.values())

@@ -176,6 +176,13 @@ class SQLMetadataStore:
                 f"TwinGraph needs {wanted}: run `twingraph db upgrade` (or pass create=True); a "
                 f"revision newer than {wanted} means a newer TwinGraph migrated this database")
 
+    def check_file(self) -> None:
+        """Raise ``StorageError`` if the database file was removed or replaced since it was
+        opened (every write is refused then; ``/health`` says so)."""
+        if self._identity is not None and self._identity != _file_identity(self.local_file):
+            raise StorageError(f"metadata database {self.url} was removed or replaced while "
+                               f"open: nothing more is written to it (open it again)")
+
     def reopen_recipe(self) -> tuple[str, str] | None:
         """How another process opens this database again (``stores.writer_child``); None for
         an in-memory one."""
@@ -201,11 +208,7 @@ class SQLMetadataStore:
         with self._write_lock, _translated(), self._engine.connect() as conn:
             conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
-                if self._identity is not None and self._identity != _file_identity(
-                        self.local_file):
-                    raise StorageError(f"metadata database {self.url} was removed or replaced "
-                                       f"while open: nothing more is written to it (open it "
-                                       f"again)")
+                self.check_file()
                 yield conn
 
     @contextmanager
