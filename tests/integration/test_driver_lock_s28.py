@@ -205,3 +205,26 @@ def test_a_refused_second_resume_in_the_driving_engine_leaves_its_lock_held(tmp_
         assert seen["alive"] == os.getpid()       # its lock was let go by the refused resume
     finally:
         eng.close()
+
+
+def test_a_database_reached_through_a_symlink_shares_its_runs_locks(tmp_path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    SQLMetadataStore(f"sqlite:///{real / 'm.db'}", create=True).close()
+    (tmp_path / "link.db").symlink_to(real / "m.db")
+    by_path = Engine(results=SQLiteStorage(str(tmp_path / "r.db")),
+                     metadata=SQLMetadataStore(f"sqlite:///{real / 'm.db'}"))
+    by_link = Engine(results=SQLiteStorage(str(tmp_path / "r.db")),
+                     metadata=SQLMetadataStore(f"sqlite:///{tmp_path / 'link.db'}"))
+    seen: dict[str, object] = {}
+
+    def body(loop):
+        seen["alive"] = by_link.driver_alive(loop.run_id)
+        return 1
+
+    try:
+        assert by_path.run(body, pipeline="symlink_s28").value == 1
+        assert seen["alive"] == os.getpid()
+    finally:
+        by_link.close()
+        by_path.close()

@@ -59,6 +59,10 @@ class DriverLocks:
         database = getattr(metadata, "local_file", None)
         if fcntl is None or not isinstance(database, Path):
             return None
+        try:            # one database reached by a symlink and by its path: one lock directory
+            database = database.resolve()
+        except OSError:
+            pass
         return cls(database)
 
     def take(self, run_id: str) -> DriverLock | int | None:
