@@ -854,13 +854,8 @@ class ProcessPool:
                 # Busy from this moment (its worker may still be spawning), so kill() finds it.
                 self._busy[job] = w
             if w is None:
-                try:
-                    w = _Worker(self._ctx, self.memory_limit, self._dir)
-                except Exception as exc:  # noqa: BLE001
-                    with self._lock:
-                        self._count -= 1
-                        self._busy.pop(job, None)
-                    done(JobOutcome(job.node_id, job.fence, False, None, exc, 0.0))
+                w = self._new_worker(job, done)
+                if w is None:
                     continue
             with self._lock:
                 if job not in self._busy:         # killed while its worker was being made
@@ -869,6 +864,18 @@ class ProcessPool:
                 self._busy[job] = w
             self._start(w, job, done)
 
+    def _new_worker(self, job: Job, done: Callable[[Outcome], None]) -> _Worker | None:
+        """A worker for ``job`` (counted already); None if it could not be started: the job
+        failed with the reason, and its place is given back."""
+        try:
+            return _Worker(self._ctx, self.memory_limit, self._dir)
+        except Exception as exc:  # noqa: BLE001
+            with self._lock:
+                self._count -= 1
+                self._busy.pop(job, None)
+            done(JobOutcome(job.node_id, job.fence, False, None, exc, 0.0))
+            return None
+
     def _start(self, w: _Worker, job: Job, done: Callable[[Outcome], None]) -> None:
         known = dict(w.code)           # what it has, if the texts are not sent after all
         code = _code_for(w, job)
@@ -876,15 +883,11 @@ class ProcessPool:
             # It runs other texts of the job's modules: replaced by a new one, which gets
             # them before it imports anything.
             _end_worker(w, 1)
-            try:
-                w = _Worker(self._ctx, self.memory_limit, self._dir)
-            except Exception as exc:  # noqa: BLE001
-                with self._lock:
-                    self._count -= 1
-                    self._busy.pop(job, None)
-                done(JobOutcome(job.node_id, job.fence, False, None, exc, 0.0))
+            new = self._new_worker(job, done)
+            if new is None:
                 self._pump()
                 return
+            w = new
             with self._lock:
                 self._busy[job] = w
             known = {}
