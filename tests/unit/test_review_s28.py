@@ -25,3 +25,24 @@ def test_capped_keeps_the_head_and_the_tail() -> None:
     cut = capped(text, 40)
     assert cut.startswith("a" * 30) and cut.endswith("b" * 10)
     assert "160 characters cut" in cut
+
+
+def test_a_code_version_with_a_non_module_in_sys_modules(monkeypatch) -> None:
+    """Some libraries put objects that are not modules in ``sys.modules``: pinning module
+    texts with a version (session 28) called ``vars()`` on one, which has no ``__dict__``."""
+    import json
+    import sys
+
+    from twingraph.core.codeversion import code_modules, code_version
+
+    class NotAModule:
+        __slots__ = ()
+
+    monkeypatch.setitem(sys.modules, "not_a_module_s28", NotAModule())
+
+    def f(x):
+        return json.dumps(x)
+
+    f.__module__ = "not_a_module_s28"
+    assert len(code_version(f)) == 16
+    assert "not_a_module_s28" not in [name for name, _, _ in code_modules(f)]

@@ -1627,8 +1627,11 @@ def _version(fn: Any, values: bool = True) -> tuple[str, _Deps]:
     deps = tuple(walk.deps.values())
     # The texts of the modules it read pinned now, with the version: a process task is sent
     # them (``code_modules``), and a module of constants, whose values the version took, was
-    # read from disk at its first task, edited meanwhile.
-    _modules_read(target, deps)
+    # read from disk at its first task, edited meanwhile. Best effort: the version stands.
+    try:
+        _modules_read(target, deps)
+    except Exception:  # noqa: BLE001 - an odd module: its text is read at its first task
+        pass
     return walk.h.hexdigest()[:16], deps
 
 
@@ -1717,7 +1720,8 @@ def _modules_read(target: Any, deps: _Deps) -> tuple[tuple[str, str, str], ...]:
         name = getattr(v, "__module__", None) \
             if isinstance(v, (types.FunctionType, type)) else None
         m = sys.modules.get(name) if isinstance(name, str) else None
-        return vars(m) if m is not None else None
+        # (sys.modules may hold objects that are not modules: some libraries put them there)
+        return vars(m) if isinstance(m, types.ModuleType) else None
 
     spaces: list[Any] = [getattr(target, "__globals__", None), module_of(target)]
     for ns, _, v in deps:
@@ -1734,7 +1738,8 @@ def _modules_read(target: Any, deps: _Deps) -> tuple[tuple[str, str, str], ...]:
                 or not file.endswith(".py") or spec is None:
             continue
         module = sys.modules.get(name)
-        if module is None or vars(module) is not ns or not _is_user_module(module):
+        if not isinstance(module, types.ModuleType) or vars(module) is not ns \
+                or not _is_user_module(module):
             continue                  # not what importing the name gives
         pinned = _PINNED.get(spec)
         if pinned is None or pinned[0] != file:
