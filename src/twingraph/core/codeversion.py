@@ -1715,10 +1715,11 @@ def _modules_read(target: Any, deps: _Deps) -> tuple[tuple[str, str, str], ...]:
     hlp import f`` reads ``f`` in the caller's module: ``f``'s own module counts; ``import
     cfg`` of constants only: ``cfg`` counts)."""
     def module_of(v: Any) -> Any:
-        if isinstance(v, types.ModuleType):
+        t = type(v)          # not isinstance: a lazy proxy's __class__ would force it
+        if issubclass(t, types.ModuleType):
             return vars(v)
         name = getattr(v, "__module__", None) \
-            if isinstance(v, (types.FunctionType, type)) else None
+            if t is types.FunctionType or issubclass(t, type) else None
         m = sys.modules.get(name) if isinstance(name, str) else None
         # (sys.modules may hold objects that are not modules: some libraries put them there)
         return vars(m) if isinstance(m, types.ModuleType) else None
