@@ -584,7 +584,7 @@ class Engine:
         took = run_id is not None and self._hold(
             run_id, "not resuming it twice: wait until it ends, or stop it where it runs")
         try:
-            epoch, prior, changed = self._claim(run_id, resume, claimed, opt) if resume \
+            epoch, prior, changed = self._claim(run_id, claimed, opt) if resume \
                 else (0, prior, changed)
         except BaseException:
             if took:          # (not the lock of a run this engine drives already)
@@ -632,46 +632,43 @@ class Engine:
             return os.getpid()
         return None if self._driver_locks is None else self._driver_locks.alive(run_id)
 
-    def _claim(self, run_id: str | None, resume: bool, claimed: bool, opt: RunOptions
+    def _claim(self, run_id: str | None, claimed: bool, opt: RunOptions
                ) -> tuple[int, dict[str, TaskRecord], str]:
         """Resuming ``run_id``: claim it as its new driver; its epoch, its recorded tasks and
         what its options changed."""
         prior: dict[str, TaskRecord] = {}
         changed = ""
-        if resume:
-            if run_id is None or self.metadata is None:
-                raise NotFoundError("resume needs a run id and a metadata store")
-            rec = self.metadata.get_run(run_id)
-            if rec is None:
-                raise NotFoundError(f"run {run_id} not found")
+        if run_id is None or self.metadata is None:
+            raise NotFoundError("resume needs a run id and a metadata store")
+        rec = self.metadata.get_run(run_id)
+        if rec is None:
+            raise NotFoundError(f"run {run_id} not found")
+        _check_resumable(rec)
+        changed = _changed_options(rec.config, opt)
+        seen = rec.heartbeat_at
+        if rec.state is RunState.RUNNING and not claimed:
+            self._wait_until_driverless(run_id, seen)
+            rec = self.metadata.get_run(run_id) or rec     # it may have ended meanwhile
             _check_resumable(rec)
-            changed = _changed_options(rec.config, opt)
-            seen = rec.heartbeat_at
-            if rec.state is RunState.RUNNING and not claimed:
-                self._wait_until_driverless(run_id, seen)
-                rec = self.metadata.get_run(run_id) or rec     # it may have ended meanwhile
-                _check_resumable(rec)
-            # This driver's generation: its fencing tokens are above every earlier driver's
-            # (one still alive after all, stalled past adoption, is fenced off). Claimed with a
-            # compare-and-set on the heartbeat read above: of two resumes at once, one drives
-            # and the other gets ConflictError (both used to run every remaining task).
-            # (``seen``: the heartbeat the wait proved stale, not one read since: a driver that
-            # beat again just after the wait is alive after all.)
-            # RUNNING in the same step: a resume reading it just after must see a driver
-            # (it saw the run ended, skipped the wait, and claimed over this one's heartbeat).
-            epoch = self.metadata.claim_driver(run_id, heartbeat=seen, now=self.clock.now(),
-                                               running=True)
-            try:
-                self.recorder.revive(run_id)
-                prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
-                self._end_stale_attempts(run_id, prior, epoch)
-            except BaseException:
-                # Claimed (RUNNING) and not started: the run is given back as it was, else
-                # it stayed RUNNING with no driver (a Ctrl-C, a store error here).
-                self._unclaim(rec, epoch)
-                raise
-        else:
-            epoch = 0
+        # This driver's generation: its fencing tokens are above every earlier driver's
+        # (one still alive after all, stalled past adoption, is fenced off). Claimed with a
+        # compare-and-set on the heartbeat read above: of two resumes at once, one drives
+        # and the other gets ConflictError (both used to run every remaining task).
+        # (``seen``: the heartbeat the wait proved stale, not one read since: a driver that
+        # beat again just after the wait is alive after all.)
+        # RUNNING in the same step: a resume reading it just after must see a driver
+        # (it saw the run ended, skipped the wait, and claimed over this one's heartbeat).
+        epoch = self.metadata.claim_driver(run_id, heartbeat=seen, now=self.clock.now(),
+                                           running=True)
+        try:
+            self.recorder.revive(run_id)
+            prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}
+            self._end_stale_attempts(run_id, prior, epoch)
+        except BaseException:
+            # Claimed (RUNNING) and not started: the run is given back as it was, else
+            # it stayed RUNNING with no driver (a Ctrl-C, a store error here).
+            self._unclaim(rec, epoch)
+            raise
         return epoch, prior, changed
 
     def _drive(self, loop: RunLoop, body: Callable[[RunLoop], Any], *, pipeline: str,
