@@ -272,6 +272,8 @@ def _say_watch(rec: Any) -> None:
         return
     if _engine().driver_alive(rec.run_id) is not None:
         return                        # refused at once: its driver holds the run's lock
+    if _engine().driver_dead(rec.run_id):
+        return                        # not watched: its lock proves its driver died
     wait = driver_watch(rec.heartbeat_at, time.time())
     if wait >= 0.5:
         err_console.print(f"run {escape(rec.run_id)} was heard from "

@@ -10,9 +10,16 @@ On a SQLite home every driver runs on this machine, so the kernel can say whethe
 driver holds ``flock`` on ``<database>-drivers/<run id>.lock`` from before its run's row says
 RUNNING until its end is written; a kill -9 lets go of it with the process. Whoever would take
 the run over first tries the lock without waiting: held, the driver is alive (its pid is in the
-file), and the run is not taken. The heartbeat watch still follows when the lock is free (a
-driver of an older TwinGraph takes no lock). A PostgreSQL home's drivers may be on other
-machines: there the heartbeat alone decides, as before.
+file), and the run is not taken.
+
+A lock file left behind proves its driver dead: a driver that lets go removes the file first,
+so one that is still there, free, with the pid of a process that no longer exists in it, was
+held by a driver that died holding it (kill -9, a crash, the machine's power). A resume or a
+``runs cancel`` that takes such a lock skips the heartbeat watch (``LIVE_WINDOW``, ~11 s);
+``DriverLock.orphan_of`` says whose it was. When the lock is free and no dead pid is in it
+(the file was never made: a driver of an older TwinGraph takes no lock) the heartbeat watch
+still decides. Files of runs that have ended are swept (``DriverLocks.sweep``). A PostgreSQL
+home's drivers may be on other machines: there the heartbeat alone decides, as before.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 try:
@@ -29,21 +37,31 @@ except ImportError:              # not POSIX: the heartbeat alone decides
 
 
 class DriverLock:
-    """One run's lock, held (``release`` lets go and removes the file)."""
-    __slots__ = ("path", "fd", "__weakref__")
+    """One run's lock, held (``release`` lets go and removes the file). ``orphan_of``: the pid
+    of the dead process that held it before and never let go (the file was left behind), else
+    None."""
+    __slots__ = ("path", "fd", "orphan_of", "__weakref__")
 
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path, self.fd = path, fd
+    def __init__(self, path: Path, fd: int, orphan_of: int | None = None) -> None:
+        self.path, self.fd, self.orphan_of = path, fd, orphan_of
         _HELD.add(self)
 
-    def release(self) -> None:
+    def release(self, remove: bool = True) -> None:
+        """Let go; the file is removed unless ``remove`` is False (a look that found it
+        orphaned leaves it: it is what proves the dead driver dead to the next one)."""
         fd, self.fd = self.fd, -1
         if fd < 0:
             return
-        # Removed while still held: one who opened it meanwhile and locks it after this finds
-        # it is no longer the file at that path (``DriverLocks.take`` checks) and tries again.
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        if remove:
+            # Removed while still held: one who opened it meanwhile and locks it after this
+            # finds it is no longer the file at that path (``DriverLocks.take`` checks) and
+            # tries again.
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        else:        # the dead driver's pid goes back in (``take`` wrote this one's)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(self.orphan_of or 0).encode(), 0)
         os.close(fd)
 
 
@@ -100,19 +118,55 @@ class DriverLocks:
             if not same:       # released and removed while this opened it: the next one
                 os.close(fd)
                 continue
+            # Free, and still the file at that path: a pid in it is one that held it and never
+            # let go (letting go removes the file first). Not alive any more, it died holding
+            # it; alive, it is another process by now (pids are reused): nothing is proven.
+            before = _pid_in(fd)
+            orphan_of = before if before > 0 and not _alive(before) else None
             os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-            return DriverLock(path, fd)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            return DriverLock(path, fd, orphan_of)
         return None
 
     def alive(self, run_id: str) -> int | None:
         """The pid of the live process that drives ``run_id`` here (0: unknown), None if none
         holds its lock (taken and let go at once)."""
+        got = self.look(run_id)
+        return None if got is False else got
+
+    def look(self, run_id: str) -> int | bool | None:
+        """The pid of the live process that drives ``run_id`` here (0: unknown); False if its
+        lock file proves its last driver dead (``DriverLock.orphan_of``: the file is left as
+        it was); None if nothing is known (no lock file, or no lock to take)."""
         got = self.take(run_id)
-        if isinstance(got, DriverLock):
-            got.release()
-            return None
-        return got
+        if not isinstance(got, DriverLock):
+            return got
+        orphaned = got.orphan_of is not None
+        got.release(remove=not orphaned)
+        return False if orphaned else None
+
+    def sweep(self, ended: Callable[[str], bool]) -> int:
+        """Remove the lock files of runs that ``ended`` says are over (a driver killed, its run
+        cancelled or resumed to the end elsewhere, or deleted) and that nobody holds; returns
+        how many. The file of a run still RUNNING stays: it proves that run's driver dead."""
+        try:
+            names = [p.name for p in self.directory.iterdir() if p.suffix == ".lock"]
+        except OSError:
+            return 0
+        removed = 0
+        for name in names:
+            run_id = name[:-len(".lock")]
+            try:
+                over = ended(run_id)
+            except Exception:  # noqa: BLE001 - a store that cannot say: kept for now
+                continue
+            if not over:
+                continue
+            got = self.take(run_id)
+            if isinstance(got, DriverLock):
+                got.release()
+                removed += 1
+        return removed
 
 
 #: The locks this process holds: a forked child drops its copies (``_forget_in_child``).

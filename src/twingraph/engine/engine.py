@@ -8,6 +8,7 @@ graphs: their body submits every node up front.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -287,6 +288,7 @@ class Engine:
         self.heartbeats = Heartbeats(metadata, on_taken_over=self._taken_over)
         self._driver_locks = DriverLocks.of(metadata)
         self._held: dict[str, DriverLock] = {}      # run id -> the lock this process drives it by
+        self._sweep_due = 0.0       # when ``sweep_driver_locks`` is next done (monotonic)
         self.recorder = Recorder(results, metadata, interval=flush_interval,
                                  on_stored=self._on_stored, on_stale=self._on_stale,
                                  on_lost=self._on_lost)
@@ -623,6 +625,43 @@ class Engine:
         held = self._held.pop(run_id, None) if run_id is not None else None
         if held is not None:
             held.release()
+            if time.monotonic() >= self._sweep_due:      # lock files killed drivers left
+                self._sweep_due = time.monotonic() + SWEEP_EVERY
+                self.sweep_driver_locks()
+
+    def _proven_dead(self, run_id: str) -> bool:
+        """Whether the lock this process took for ``run_id`` was left behind by a driver that
+        died holding it (``DriverLock.orphan_of``): no heartbeat watch is needed then."""
+        held = self._held.get(run_id)
+        return held is not None and held.orphan_of is not None
+
+    def orphaned_runs(self) -> list[str]:
+        """Runs whose driver on this machine died holding their lock (kill -9, a crash): their
+        lock files are left, free, with a dead pid in them (``driverlock``). Empty unless the
+        metadata store is a SQLite file."""
+        locks = self._driver_locks
+        if locks is None:
+            return []
+        try:
+            names = [p.name[:-len(".lock")] for p in locks.directory.iterdir()
+                     if p.suffix == ".lock"]
+        except OSError:
+            return []
+        return [r for r in names if r not in self._held and locks.look(r) is False]
+
+    def sweep_driver_locks(self) -> int:
+        """Remove the lock files of runs that have ended (or are gone) whose drivers were
+        killed; returns how many. Done by itself once an hour, when a run's lock is let go."""
+        if self._driver_locks is None or self.metadata is None:
+            return 0
+        metadata = self.metadata
+
+        def ended(run_id: str) -> bool:
+            rec = metadata.get_run(run_id)
+            return rec is None or rec.state.terminal
+        with contextlib.suppress(Exception):
+            return self._driver_locks.sweep(ended)
+        return 0
 
     def driver_alive(self, run_id: str) -> int | None:
         """The pid of a live process on this machine that drives ``run_id`` (0: its pid is
@@ -631,6 +670,14 @@ class Engine:
         if run_id in self._held:
             return os.getpid()
         return None if self._driver_locks is None else self._driver_locks.alive(run_id)
+
+    def driver_dead(self, run_id: str) -> bool:
+        """Whether the lock of ``run_id`` proves its last driver on this machine died holding
+        it (``driverlock``): a resume or ``runs cancel`` then starts at once, without watching
+        the heartbeat."""
+        if run_id in self._held or self._driver_locks is None:
+            return False
+        return self._driver_locks.look(run_id) is False
 
     def _claim(self, run_id: str | None, claimed: bool, opt: RunOptions
                ) -> tuple[int, dict[str, TaskRecord], str]:
@@ -646,7 +693,7 @@ class Engine:
         _check_resumable(rec)
         changed = _changed_options(rec.config, opt)
         seen = rec.heartbeat_at
-        if rec.state is RunState.RUNNING and not claimed:
+        if rec.state is RunState.RUNNING and not claimed and not self._proven_dead(run_id):
             self._wait_until_driverless(run_id, seen)
             rec = self.metadata.get_run(run_id) or rec     # it may have ended meanwhile
             _check_resumable(rec)
@@ -937,7 +984,8 @@ class Engine:
     def _end_driverless(self, run_id: str, rec: RunRecord, seen: float | None, reason: str,
                         refused: str) -> RunState:
         assert self.metadata is not None
-        self._wait_until_driverless(run_id, seen, f"its driver is alive, and {refused}")
+        if not self._proven_dead(run_id):
+            self._wait_until_driverless(run_id, seen, f"its driver is alive, and {refused}")
         rec = self.metadata.get_run(run_id) or rec
         if rec.state is not RunState.RUNNING:
             raise ConflictError(f"run {run_id} ended meanwhile ({rec.state.value})")
@@ -1070,6 +1118,8 @@ CLOSE_WAIT = 5.0
 #: A heartbeat older than this (seconds) means the run's driver is gone: heartbeats come every
 #: ``HEARTBEAT_INTERVAL`` (5 s), written apart from the run's records (engine/heartbeats.py).
 LIVE_WINDOW = 2 * HEARTBEAT_INTERVAL + 1.0
+#: How often (seconds) an engine sweeps the lock files of ended runs (``sweep_driver_locks``).
+SWEEP_EVERY = 3600.0
 
 
 def driver_watch(heartbeat_at: float | None, now: float) -> float:

@@ -14,9 +14,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from twingraph.core.records import LogRecord
 from twingraph.core.states import RunState
+from twingraph.errors import NotFoundError
 from twingraph.service.runs import RunService
 
 log = logging.getLogger("twingraph.adoption")
@@ -33,18 +35,20 @@ class Adopter:
         """Claim and resume every stale run this process can drive; returns their ids."""
         now = self.clock()
         adopted = []
-        for run in self.runs.catalog.stale_running(now - self.stale_after):
+        for run in self._candidates(now):
             if run.run_id in self.runs.active() or not self.runs.can_drive(run):
                 continue
             if self.runs.engine.driver_alive(run.run_id) is not None:
                 continue                 # silent, but its driver lives (engine.driverlock)
             if not self.runs.catalog.claim_adoption(run, now):
                 continue                 # another server took it
-            log.warning("adopting run %s of %s: no heartbeat for %.0f s", run.run_id,
-                        run.pipeline, now - (run.heartbeat_at or run.created_at))
+            silent = now - (run.heartbeat_at or run.created_at)
+            why = f"no heartbeat for {silent:.0f} s" if silent >= self.stale_after else \
+                "its driver died holding the run's lock"
+            log.warning("adopting run %s of %s: %s", run.run_id, run.pipeline, why)
             self.runs.engine.recorder.add(LogRecord(
-                run.run_id, now, "warning", "adopted by a new driver: the previous one stopped "
-                "beating; stored results are reused"))
+                run.run_id, now, "warning", f"adopted by a new driver: the previous one "
+                f"stopped ({why}); stored results are reused"))
             try:
                 self.runs.resume(run.run_id)
             except Exception as exc:  # noqa: BLE001 - the run must not stay RUNNING forever
@@ -54,6 +58,23 @@ class Adopter:
                 continue
             adopted.append(run.run_id)
         return adopted
+
+    def _candidates(self, now: float) -> list[Any]:
+        """The stale RUNNING runs, and those whose driver on this machine died holding their
+        lock (``Engine.orphaned_runs``: a kill -9, a crash): adopted at once, not after
+        ``stale_after``."""
+        stale = self.runs.catalog.stale_running(now - self.stale_after)
+        seen = {run.run_id for run in stale}
+        for run_id in self.runs.engine.orphaned_runs():
+            if run_id in seen:
+                continue
+            try:
+                run = self.runs.catalog.get_run(run_id)
+            except NotFoundError:
+                continue
+            if run.state is RunState.RUNNING and run.pipeline_id is not None:
+                stale.append(run)
+        return stale
 
     def start(self) -> None:
         self._stop.clear()

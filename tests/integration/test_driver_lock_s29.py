@@ -1,0 +1,179 @@
+"""A lock file a killed driver left behind proves it dead (session 29, decision 0090).
+
+Before, a resume or a `runs cancel` of a run whose driver was killed -9 a moment ago watched
+the run's heartbeat for up to the live window (~11 s) to be sure the driver was gone, and a
+server adopted such a run only once its heartbeat was 30 s old. On a SQLite home the driver's
+lock file says it at once: a driver that lets go removes the file first, so a file left
+behind, free, holding a pid that no longer exists, was held by a driver that died holding it.
+
+Real `twingraph` processes killed with SIGKILL on a real SQLite home."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from twingraph.core.records import RunRecord
+from twingraph.core.states import RunState
+from twingraph.engine.driverlock import DriverLocks
+from twingraph.engine.engine import LIVE_WINDOW, Engine
+from twingraph.stores.metadata import SQLMetadataStore
+from twingraph.stores.results.sqlite import SQLiteStorage
+
+pytestmark = pytest.mark.timeout(180)
+
+ROOT = Path(__file__).resolve().parents[2]
+CRASHY = ROOT / "tests" / "resources" / "crashy.py"
+
+
+def _env(tmp_path: Path, marks: Path) -> dict[str, str]:
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"), TG_MARKS=str(marks))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+    return env
+
+
+def _killed_half_way(tmp_path: Path) -> tuple[str, dict[str, str], int]:
+    """A `twingraph run` of the crashy pipeline killed -9 after four steps: its run id, the
+    environment and the dead driver's pid."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = _env(tmp_path, marks)
+    proc = subprocess.Popen([sys.executable, "-m", "twingraph", "run", str(CRASHY), "--param",
+                             "n=12", "--no-progress"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(list(marks.iterdir())) < 4:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    store = SQLMetadataStore(f"sqlite:///{tmp_path / 'home' / 'twingraph.db'}")
+    (run,) = store.list_runs(pipeline="crashy")
+    assert run.state is RunState.RUNNING
+    store.close()
+    return run.run_id, env, proc.pid
+
+
+def _lock_dir(tmp_path: Path) -> Path:
+    return tmp_path / "home" / "twingraph.db-drivers"
+
+
+def test_a_resume_after_kill_minus_nine_starts_at_once(tmp_path: Path) -> None:
+    run_id, env, dead = _killed_half_way(tmp_path)
+    left = _lock_dir(tmp_path) / f"{run_id}.lock"
+    assert left.read_text() == str(dead)             # the dead driver's file, left behind
+
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "twingraph", "run", "--resume", run_id,
+                          "--no-progress"], env=env, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "506" in out.stdout
+    assert "making sure its driver is gone" not in out.stderr, out.stderr
+    # no heartbeat watch: the watch alone was up to LIVE_WINDOW (the run was heard from a
+    # moment before the kill)
+    assert took < LIVE_WINDOW - 2, (took, out.stderr)
+    assert not list(_lock_dir(tmp_path).iterdir())   # the resume let go: its file is gone
+    store = SQLMetadataStore(f"sqlite:///{tmp_path / 'home' / 'twingraph.db'}")
+    assert store.get_run(run_id).state is RunState.SUCCESS
+    store.close()
+
+
+def test_runs_cancel_after_kill_minus_nine_ends_the_run_at_once(tmp_path: Path) -> None:
+    run_id, env, _ = _killed_half_way(tmp_path)
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "twingraph", "runs", "cancel", run_id],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert time.monotonic() - t0 < LIVE_WINDOW - 2
+    assert "making sure its driver is gone" not in out.stderr, out.stderr
+    store = SQLMetadataStore(f"sqlite:///{tmp_path / 'home' / 'twingraph.db'}")
+    assert store.get_run(run_id).state is RunState.CANCELLED
+    store.close()
+
+
+def _engine(tmp_path: Path) -> Engine:
+    return Engine(results=SQLiteStorage(str(tmp_path / "r.db")),
+                  metadata=SQLMetadataStore(f"sqlite:///{tmp_path / 'm.db'}", create=True))
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_look_keeps_the_evidence_and_proves_nothing_without_it(tmp_path: Path) -> None:
+    """Asking whether a driver lives (`driver_alive`, what `_say_watch` and the adopter do)
+    must not remove the file that proves a dead one dead (it used to remove every file it
+    could lock), nor leave a file where there was none; a pid that is alive proves nothing
+    (pids are reused)."""
+    eng = _engine(tmp_path)
+    try:
+        locks = DriverLocks.of(eng.metadata)
+        assert locks is not None
+        assert eng.driver_alive("r1") is None and not eng.driver_dead("r1")
+        assert not locks.directory.exists() or not list(locks.directory.iterdir())
+
+        dead = _dead_pid()
+        locks.directory.mkdir(exist_ok=True)
+        (locks.directory / "r1.lock").write_text(str(dead))
+        for _ in range(2):                      # looked at twice: still there, still its pid
+            assert eng.driver_alive("r1") is None
+            assert eng.driver_dead("r1")
+            assert (locks.directory / "r1.lock").read_text() == str(dead)
+        assert eng.orphaned_runs() == ["r1"]
+
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:                                    # free, but its pid is a live process's
+            (locks.directory / "r2.lock").write_text(str(sleeper.pid))
+            assert not eng.driver_dead("r2") and eng.driver_alive("r2") is None
+            assert sorted(eng.orphaned_runs()) == ["r1"]
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+    finally:
+        eng.close()
+
+
+def test_lock_files_of_ended_runs_are_swept_and_a_running_runs_is_kept(tmp_path: Path) -> None:
+    eng = _engine(tmp_path)
+    try:
+        assert eng.metadata is not None
+        now = time.time()
+        for run_id, state in (("ended", RunState.CANCELLED), ("running", RunState.RUNNING)):
+            eng.metadata.write([RunRecord(run_id, "p", state, created_at=now)])
+        locks = DriverLocks.of(eng.metadata)
+        assert locks is not None
+        locks.directory.mkdir(exist_ok=True)
+        dead = _dead_pid()
+        for run_id in ("ended", "running", "deleted"):
+            (locks.directory / f"{run_id}.lock").write_text(str(dead))
+        held = locks.take("held")                # a live driver's (its run not recorded yet)
+        assert held is not None and not isinstance(held, int)
+        try:
+            assert eng.sweep_driver_locks() == 2
+            assert sorted(p.name for p in locks.directory.iterdir()) == ["held.lock",
+                                                                         "running.lock"]
+        finally:
+            held.release()
+        # an engine sweeps by itself when it lets go of a run it drove
+        (locks.directory / "ended.lock").write_text(str(dead))
+        from twingraph import component, pipeline
+
+        @component
+        def one_s29() -> int:
+            return 1
+
+        @pipeline(name="sweeps_s29")
+        def sweeps() -> int:
+            return one_s29()["outputs"]["result"]
+        assert sweeps.run(engine=eng).state is RunState.SUCCESS
+        assert sorted(p.name for p in locks.directory.iterdir()) == ["running.lock"]
+    finally:
+        eng.close()
