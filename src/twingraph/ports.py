@@ -61,9 +61,11 @@ class MetadataStore(Protocol):
     def write(self, batch: Sequence[Record]) -> list[tuple[str, str]]: ...
     def get_run(self, run_id: str) -> RunRecord | None: ...
     def claim_driver(self, run_id: str, *, heartbeat: Any = ..., now: float | None = None,
-                     running: bool = False) -> int:
+                     running: bool = False, only_running: bool = False) -> int:
         """The next driver epoch of ``run_id`` (1 for the first process that resumes or
         adopts it), claimed atomically: two claimants never get the same number.
+        ``only_running``: ``ConflictError`` unless the run is RUNNING (an adoption: a run
+        ended meanwhile, cancelled, is not made RUNNING again).
         With ``heartbeat`` (the run's ``heartbeat_at`` as the claimant last read it, None
         included), a compare-and-set: ``ConflictError`` if the heartbeat moved meanwhile (a
         driver is alive, or another claimant won); ``now`` becomes the heartbeat, so later

@@ -66,7 +66,7 @@ def _lock_dir(tmp_path: Path) -> Path:
 def test_a_resume_after_kill_minus_nine_starts_at_once(tmp_path: Path) -> None:
     run_id, env, dead = _killed_half_way(tmp_path)
     left = _lock_dir(tmp_path) / f"{run_id}.lock"
-    assert left.read_text() == str(dead)             # the dead driver's file, left behind
+    assert left.read_text() == f"{dead}:0"           # the dead driver's file, left behind
 
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "twingraph", "run", "--resume", run_id,
@@ -108,35 +108,76 @@ def _dead_pid() -> int:
     return p.pid
 
 
-def test_a_look_keeps_the_evidence_and_proves_nothing_without_it(tmp_path: Path) -> None:
-    """Asking whether a driver lives (`driver_alive`, what `_say_watch` and the adopter do)
-    must not remove the file that proves a dead one dead (it used to remove every file it
-    could lock), nor leave a file where there was none; a pid that is alive proves nothing
-    (pids are reused)."""
+def _record(eng: Engine, run_id: str, state: RunState = RunState.RUNNING) -> None:
+    assert eng.metadata is not None
+    eng.metadata.write([RunRecord(run_id, "p", state, created_at=time.time(),
+                                  heartbeat_at=time.time())])
+
+
+def test_what_a_lock_file_proves(tmp_path: Path) -> None:
+    """Only the run's current driver, dead, with its generation written: not a pid alone (one
+    about to drive or watching, killed), not an earlier generation (the run was claimed since:
+    a later driver may hold no lock), not a live pid (pids are reused). Looking makes and
+    writes nothing: a look killed half-way changes nothing, and the proof stays."""
     eng = _engine(tmp_path)
     try:
         locks = DriverLocks.of(eng.metadata)
-        assert locks is not None
-        assert eng.driver_alive("r1") is None and not eng.driver_dead("r1")
+        assert locks is not None and eng.metadata is not None
+        for run_id in ("r0", "r1", "r2", "r3", "r4"):
+            _record(eng, run_id)
+        assert eng.driver_alive("r0") is None and not eng.driver_dead("r0")
         assert not locks.directory.exists() or not list(locks.directory.iterdir())
 
         dead = _dead_pid()
         locks.directory.mkdir(exist_ok=True)
-        (locks.directory / "r1.lock").write_text(str(dead))
-        for _ in range(2):                      # looked at twice: still there, still its pid
+        (locks.directory / "r1.lock").write_text(f"{dead}:0")
+        for _ in range(2):                      # looked at twice: still there, unchanged
             assert eng.driver_alive("r1") is None
             assert eng.driver_dead("r1")
-            assert (locks.directory / "r1.lock").read_text() == str(dead)
-        assert eng.orphaned_runs() == ["r1"]
-
+            assert (locks.directory / "r1.lock").read_text() == f"{dead}:0"
+        (locks.directory / "r2.lock").write_text(str(dead))          # no generation
+        (locks.directory / "r3.lock").write_text(f"{dead}:0")
+        eng.metadata.claim_driver("r3")                               # claimed since
         sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        try:                                    # free, but its pid is a live process's
-            (locks.directory / "r2.lock").write_text(str(sleeper.pid))
-            assert not eng.driver_dead("r2") and eng.driver_alive("r2") is None
-            assert sorted(eng.orphaned_runs()) == ["r1"]
+        try:
+            (locks.directory / "r4.lock").write_text(f"{sleeper.pid}:0")     # a live pid
+            for run_id in ("r2", "r3", "r4"):
+                assert not eng.driver_dead(run_id), run_id
+                assert eng.driver_alive(run_id) is None, run_id
+            assert eng.orphaned_runs() == ["r1"]
         finally:
             sleeper.kill()
             sleeper.wait()
+    finally:
+        eng.close()
+
+
+def test_a_take_while_someone_looks_gets_the_lock(tmp_path: Path) -> None:
+    """A look holds the lock for an instant. A resume that tried the lock at that moment went
+    on without it (the holder's pid in the file was the dead driver's), drove unlocked, and
+    the next resume took its run over as proven dead. It tries again for ``TAKE_WAIT``."""
+    eng = _engine(tmp_path)
+    try:
+        locks = DriverLocks.of(eng.metadata)
+        assert locks is not None
+        locks.directory.mkdir(exist_ok=True)
+        path = locks.directory / "r1.lock"
+        dead = _dead_pid()
+        path.write_text(f"{dead}:0")
+        looker = subprocess.Popen(
+            [sys.executable, "-c", "import fcntl, os, sys, time\n"
+             f"fd = os.open({str(path)!r}, os.O_RDWR)\n"
+             "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+             "print('held', flush=True)\ntime.sleep(0.1)\n"],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            assert looker.stdout is not None and looker.stdout.readline() == "held\n"
+            got = locks.take("r1")
+            assert not isinstance(got, int) and got is not None, got
+            assert got.orphan == (dead, 0)
+            got.release()
+        finally:
+            looker.wait(10)
     finally:
         eng.close()
 
@@ -145,15 +186,14 @@ def test_lock_files_of_ended_runs_are_swept_and_a_running_runs_is_kept(tmp_path:
     eng = _engine(tmp_path)
     try:
         assert eng.metadata is not None
-        now = time.time()
-        for run_id, state in (("ended", RunState.CANCELLED), ("running", RunState.RUNNING)):
-            eng.metadata.write([RunRecord(run_id, "p", state, created_at=now)])
+        _record(eng, "ended", RunState.CANCELLED)
+        _record(eng, "running")
         locks = DriverLocks.of(eng.metadata)
         assert locks is not None
         locks.directory.mkdir(exist_ok=True)
         dead = _dead_pid()
         for run_id in ("ended", "running", "deleted"):
-            (locks.directory / f"{run_id}.lock").write_text(str(dead))
+            (locks.directory / f"{run_id}.lock").write_text(f"{dead}:0")
         held = locks.take("held")                # a live driver's (its run not recorded yet)
         assert held is not None and not isinstance(held, int)
         try:
@@ -163,7 +203,7 @@ def test_lock_files_of_ended_runs_are_swept_and_a_running_runs_is_kept(tmp_path:
         finally:
             held.release()
         # an engine sweeps by itself when it lets go of a run it drove
-        (locks.directory / "ended.lock").write_text(str(dead))
+        (locks.directory / "ended.lock").write_text(f"{dead}:0")
         from twingraph import component, pipeline
 
         @component

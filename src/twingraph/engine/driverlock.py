@@ -1,4 +1,4 @@
-"""A run's driver holds a lock file while it drives the run (SQLite homes, decision 0089).
+"""A run's driver holds a lock file while it drives the run (SQLite homes, decisions 0089, 0090).
 
 A resume, a ``runs cancel`` and a server's adoption took a run's driver for gone when its
 heartbeat had not moved for ``LIVE_WINDOW`` seconds. A live driver can miss that: its heartbeat
@@ -9,23 +9,29 @@ finished work done again.
 On a SQLite home every driver runs on this machine, so the kernel can say whether it lives: the
 driver holds ``flock`` on ``<database>-drivers/<run id>.lock`` from before its run's row says
 RUNNING until its end is written; a kill -9 lets go of it with the process. Whoever would take
-the run over first tries the lock without waiting: held, the driver is alive (its pid is in the
-file), and the run is not taken.
+the run over first tries the lock: held, the driver is alive (its pid is in the file), and the
+run is not taken.
 
-A lock file left behind proves its driver dead: a driver that lets go removes the file first,
-so one that is still there, free, with the pid of a process that no longer exists in it, was
-held by a driver that died holding it (kill -9, a crash, the machine's power). A resume or a
-``runs cancel`` that takes such a lock skips the heartbeat watch (``LIVE_WINDOW``, ~11 s);
-``DriverLock.orphan_of`` says whose it was. When the lock is free and no dead pid is in it
-(the file was never made: a driver of an older TwinGraph takes no lock) the heartbeat watch
-still decides. Files of runs that have ended are swept (``DriverLocks.sweep``). A PostgreSQL
-home's drivers may be on other machines: there the heartbeat alone decides, as before.
+A lock file left behind can prove its driver dead. Whoever takes the lock writes its pid in it;
+a driver, once it knows its generation (the run's ``driver_epoch``: 0 for a new run, the one
+its claim gave a resume), writes ``pid:epoch`` (``DriverLock.mark``). Letting go removes the
+file first. So a file still there, free, that says ``pid:epoch`` with a pid that no longer
+exists, was left by the driver of that generation, which died holding it (kill -9, a crash).
+If the run's ``driver_epoch`` is still that generation, nobody has claimed the run since, and
+its driver is dead: a resume or a ``runs cancel`` skips the heartbeat watch and a server adopts
+the run at once. Any claim raises the epoch (a resume, ``runs cancel``, an adoption), so the
+file of an earlier generation proves nothing about a later driver, one that took no lock
+included; nor does a pid without an epoch (someone about to drive, or watching, who died).
+Looking (``DriverLocks.look``) never makes nor writes a file. Files of runs that have ended are
+swept (``DriverLocks.sweep``). A PostgreSQL home's drivers may be on other machines: there the
+heartbeat alone decides, as before.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
+import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -35,34 +41,41 @@ try:
 except ImportError:              # not POSIX: the heartbeat alone decides
     fcntl = None  # type: ignore[assignment]
 
+#: Seconds a taker tries a held lock again before it takes the holder for its driver: a look or
+#: a sweep holds it for an instant.
+TAKE_WAIT = 0.2
+
+#: A dead driver's file: (its pid, its generation).
+Orphan = tuple[int, int]
+
 
 class DriverLock:
-    """One run's lock, held (``release`` lets go and removes the file). ``orphan_of``: the pid
-    of the dead process that held it before and never let go (the file was left behind), else
-    None."""
-    __slots__ = ("path", "fd", "orphan_of", "__weakref__")
+    """One run's lock, held (``release`` lets go and removes the file). ``orphan``: the pid and
+    generation the file held when it was taken, if that pid no longer exists (a driver that
+    died holding it; the caller compares the generation with the run's), else None."""
+    __slots__ = ("path", "fd", "orphan", "__weakref__")
 
-    def __init__(self, path: Path, fd: int, orphan_of: int | None = None) -> None:
-        self.path, self.fd, self.orphan_of = path, fd, orphan_of
+    def __init__(self, path: Path, fd: int, orphan: Orphan | None) -> None:
+        self.path, self.fd, self.orphan = path, fd, orphan
         _HELD.add(self)
 
-    def release(self, remove: bool = True) -> None:
-        """Let go; the file is removed unless ``remove`` is False (a look that found it
-        orphaned leaves it: it is what proves the dead driver dead to the next one)."""
+    def mark(self, epoch: int) -> None:
+        """Written by the run's driver once it knows its generation: the file then proves it
+        dead if it dies holding it."""
+        if self.fd >= 0:
+            _write(self.fd, f"{os.getpid()}:{epoch}")
+
+    def release(self) -> None:
         fd, self.fd = self.fd, -1
         if fd < 0:
             return
-        if remove:
-            # Removed while still held: one who opened it meanwhile and locks it after this
-            # finds it is no longer the file at that path (``DriverLocks.take`` checks) and
-            # tries again.
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-        else:        # the dead driver's pid goes back in (``take`` wrote this one's)
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, str(self.orphan_of or 0).encode(), 0)
-        os.close(fd)
+        # Removed while still held: one who opened it meanwhile and locks it after this finds
+        # it is no longer the file at that path (``DriverLocks.take`` checks) and tries again.
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+        _close(fd)
 
 
 class DriverLocks:
@@ -84,78 +97,91 @@ class DriverLocks:
         return cls(database)
 
     def take(self, run_id: str) -> DriverLock | int | None:
-        """The run's lock, taken without waiting; the pid written by the live process that holds
-        it (0 if it wrote none yet) if another one does; None if there is no lock to take (the
-        directory cannot be made: a read-only home)."""
+        """The run's lock, taken (its pid written in it); the pid written by the live process
+        that holds it (0 if it wrote none yet) if another one does; None if there is no lock to
+        take (the directory cannot be made: a read-only home), or if what holds it is what a
+        dead process left (a descriptor a child of another kind kept): the heartbeat decides."""
         assert fcntl is not None
         try:
             self.directory.mkdir(exist_ok=True)
         except OSError:
             return None
         path = self.directory / f"{run_id}.lock"
-        for _ in range(100):
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError:
+        deadline = time.monotonic() + TAKE_WAIT
+        for _ in range(1000):
+            fd = _open(path, os.O_RDWR | os.O_CREAT)
+            if fd is None:
                 return None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _pid_in(fd)
-                os.close(fd)
+                holder = _content(fd)[0]
+                _close(fd)
+                if time.monotonic() < deadline:       # a look, a sweep: gone in an instant
+                    time.sleep(0.005)
+                    continue
                 if holder > 0 and not _alive(holder):
-                    # held by what the dead driver left behind (a descriptor a child of
-                    # another kind kept): no word from the kernel; the heartbeat decides
                     return None
                 return holder
             except OSError:
-                os.close(fd)
+                _close(fd)
                 return None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except OSError:
-                same = False
-            if not same:       # released and removed while this opened it: the next one
-                os.close(fd)
+            if not _same(fd, path):  # released and removed while this opened it: the next one
+                _close(fd)
                 continue
-            # Free, and still the file at that path: a pid in it is one that held it and never
-            # let go (letting go removes the file first). Not alive any more, it died holding
-            # it; alive, it is another process by now (pids are reused): nothing is proven.
-            before = _pid_in(fd)
-            orphan_of = before if before > 0 and not _alive(before) else None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
-            return DriverLock(path, fd, orphan_of)
+            pid, epoch = _content(fd)
+            orphan = (pid, epoch) if pid > 0 and epoch is not None and not _alive(pid) else None
+            _write(fd, str(os.getpid()))
+            lock = DriverLock(path, fd, orphan)
+            _OPENING.discard(fd)
+            return lock
         return None
+
+    def look(self, run_id: str) -> int | Orphan | None:
+        """What the run's lock says, without taking it for more than an instant, and without
+        making or writing anything: the pid of the live process that holds it (0: not written
+        yet); the (pid, generation) of a driver that died holding it; None if nothing is known
+        (no file; a file that proves nothing)."""
+        assert fcntl is not None
+        path = self.directory / f"{run_id}.lock"
+        fd = _open(path, os.O_RDWR)
+        if fd is None:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _content(fd)[0]
+                return None if holder > 0 and not _alive(holder) else holder
+            except OSError:
+                return None
+            if not _same(fd, path):
+                return None
+            pid, epoch = _content(fd)
+            return (pid, epoch) if pid > 0 and epoch is not None and not _alive(pid) else None
+        finally:
+            _close(fd)
 
     def alive(self, run_id: str) -> int | None:
         """The pid of the live process that drives ``run_id`` here (0: unknown), None if none
-        holds its lock (taken and let go at once)."""
+        holds its lock."""
         got = self.look(run_id)
-        return None if got is False else got
+        return got if isinstance(got, int) else None
 
-    def look(self, run_id: str) -> int | bool | None:
-        """The pid of the live process that drives ``run_id`` here (0: unknown); False if its
-        lock file proves its last driver dead (``DriverLock.orphan_of``: the file is left as
-        it was); None if nothing is known (no lock file, or no lock to take)."""
-        got = self.take(run_id)
-        if not isinstance(got, DriverLock):
-            return got
-        orphaned = got.orphan_of is not None
-        got.release(remove=not orphaned)
-        return False if orphaned else None
+    def run_ids(self) -> list[str]:
+        """The runs that have a lock file."""
+        try:
+            return [p.name[:-len(".lock")] for p in self.directory.iterdir()
+                    if p.suffix == ".lock"]
+        except OSError:
+            return []
 
     def sweep(self, ended: Callable[[str], bool]) -> int:
         """Remove the lock files of runs that ``ended`` says are over (a driver killed, its run
         cancelled or resumed to the end elsewhere, or deleted) and that nobody holds; returns
-        how many. The file of a run still RUNNING stays: it proves that run's driver dead."""
-        try:
-            names = [p.name for p in self.directory.iterdir() if p.suffix == ".lock"]
-        except OSError:
-            return 0
+        how many. The file of a run still RUNNING stays: it may prove its driver dead."""
         removed = 0
-        for name in names:
-            run_id = name[:-len(".lock")]
+        for run_id in self.run_ids():
             try:
                 over = ended(run_id)
             except Exception:  # noqa: BLE001 - a store that cannot say: kept for now
@@ -169,23 +195,69 @@ class DriverLocks:
         return removed
 
 
-#: The locks this process holds: a forked child drops its copies (``_forget_in_child``).
+#: The locks this process holds, and descriptors being opened: a forked child closes its
+#: copies (``_in_child``). A child that outlived its killed parent (a pool worker a component
+#: forked) held them, and kept the dead driver's run "alive" for as long.
 _HELD: weakref.WeakSet[DriverLock] = weakref.WeakSet()
+_OPENING: set[int] = set()
+#: Held from a descriptor's opening until it is in ``_OPENING``, and by a fork: a child never
+#: inherits a lock's descriptor this module does not know of.
+_GUARD = threading.Lock()
 
 
-def _forget_in_child() -> None:
+def _open(path: Path, flags: int) -> int | None:
+    with _GUARD:
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError:
+            return None
+        _OPENING.add(fd)
+        return fd
+
+
+def _close(fd: int) -> None:
+    with _GUARD:
+        _OPENING.discard(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _in_child() -> None:
     """In a forked child: close the inherited descriptors of the parent's locks (the parent
-    keeps them held). A child that outlived its killed parent (a pool worker a component
-    forked) held them, and kept the dead driver's run "alive" for as long."""
+    keeps them held)."""
     for held in list(_HELD):
         fd, held.fd = held.fd, -1
         if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            _OPENING.add(fd)
+    for fd in _OPENING:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _OPENING.clear()
+    _GUARD.release()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_in_child)
+    os.register_at_fork(before=_GUARD.acquire, after_in_parent=_GUARD.release,
+                        after_in_child=_in_child)
+
+
+def _same(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except OSError:
+        return False
+
+
+def _write(fd: int, text: str) -> None:
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text.encode(), 0)
+    except OSError:
+        pass
 
 
 def _alive(pid: int) -> bool:
@@ -198,9 +270,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _pid_in(fd: int) -> int:
+def _content(fd: int) -> tuple[int, int | None]:
+    """The pid and the generation (None if none was written) the file holds."""
     try:
-        text = os.pread(fd, 32, 0)
-        return int(text.decode() or 0)
+        text = os.pread(fd, 64, 0).decode()
+        pid, sep, epoch = text.partition(":")
+        return int(pid or 0), int(epoch) if sep else None
     except (OSError, ValueError):
-        return 0
+        return 0, None

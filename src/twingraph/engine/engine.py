@@ -593,6 +593,8 @@ class Engine:
                 self._let_go(run_id)
             raise
         assert run_id is not None
+        if took:        # its generation in its lock file: proof of its death if it dies
+            self._held[run_id].mark(epoch)
         try:
             loop = RunLoop(self, run_id, opt, prior=prior,
                            previous=lambda: self._previous_tasks(pipeline, run_id), epoch=epoch)
@@ -630,24 +632,31 @@ class Engine:
                 self.sweep_driver_locks()
 
     def _proven_dead(self, run_id: str) -> bool:
-        """Whether the lock this process took for ``run_id`` was left behind by a driver that
-        died holding it (``DriverLock.orphan_of``): no heartbeat watch is needed then."""
+        """Whether the lock this process took for ``run_id`` was left by the run's current
+        driver, dead (``DriverLock.orphan``, of the run's ``driver_epoch``): no heartbeat watch
+        is needed then."""
         held = self._held.get(run_id)
-        return held is not None and held.orphan_of is not None
+        return held is not None and self._orphan_of_run(run_id, held.orphan)
+
+    def _orphan_of_run(self, run_id: str, orphan: Any) -> bool:
+        """Whether ``orphan`` (a dead driver's (pid, generation), from its lock file) was the
+        run's current driver: nobody has claimed the run since (a claim raises the epoch)."""
+        if not isinstance(orphan, tuple) or self.metadata is None:
+            return False
+        current = getattr(self.metadata, "driver_epoch", None)
+        try:
+            return current is not None and current(run_id) == orphan[1]
+        except Exception:  # noqa: BLE001 - cannot tell: the heartbeat decides
+            return False
 
     def orphaned_runs(self) -> list[str]:
-        """Runs whose driver on this machine died holding their lock (kill -9, a crash): their
-        lock files are left, free, with a dead pid in them (``driverlock``). Empty unless the
-        metadata store is a SQLite file."""
+        """Runs whose current driver on this machine died holding their lock (kill -9, a
+        crash): ``driverlock``. Empty unless the metadata store is a SQLite file."""
         locks = self._driver_locks
         if locks is None:
             return []
-        try:
-            names = [p.name[:-len(".lock")] for p in locks.directory.iterdir()
-                     if p.suffix == ".lock"]
-        except OSError:
-            return []
-        return [r for r in names if r not in self._held and locks.look(r) is False]
+        return [r for r in locks.run_ids()
+                if r not in self._held and self._orphan_of_run(r, locks.look(r))]
 
     def sweep_driver_locks(self) -> int:
         """Remove the lock files of runs that have ended (or are gone) whose drivers were
@@ -677,7 +686,7 @@ class Engine:
         the heartbeat."""
         if run_id in self._held or self._driver_locks is None:
             return False
-        return self._driver_locks.look(run_id) is False
+        return self._orphan_of_run(run_id, self._driver_locks.look(run_id))
 
     def _claim(self, run_id: str | None, claimed: bool, opt: RunOptions
                ) -> tuple[int, dict[str, TaskRecord], str]:
@@ -691,6 +700,9 @@ class Engine:
         if rec is None:
             raise NotFoundError(f"run {run_id} not found")
         _check_resumable(rec)
+        if claimed and rec.state is not RunState.RUNNING:
+            raise ConflictError(f"run {run_id} is {rec.state.value}: it ended since it was "
+                                f"claimed for adoption, and is not driven again")
         changed = _changed_options(rec.config, opt)
         seen = rec.heartbeat_at
         if rec.state is RunState.RUNNING and not claimed and not self._proven_dead(run_id):
@@ -706,7 +718,7 @@ class Engine:
         # RUNNING in the same step: a resume reading it just after must see a driver
         # (it saw the run ended, skipped the wait, and claimed over this one's heartbeat).
         epoch = self.metadata.claim_driver(run_id, heartbeat=seen, now=self.clock.now(),
-                                           running=True)
+                                           running=True, only_running=claimed)
         try:
             self.recorder.revive(run_id)
             prior = {t.node_id: t for t in self.metadata.get_tasks(run_id)}

@@ -230,7 +230,8 @@ class RunService:
     def _spawn(self, run_id: str, launch: Callable[[], RunResult], kind: str) -> None:
         """Start the driver thread; registered and started under the lock, so ``_threads``
         never holds a thread that cannot be joined yet."""
-        thread = threading.Thread(target=self._drive, args=(run_id, launch), daemon=True,
+        thread = threading.Thread(target=self._drive, args=(run_id, launch, kind == "adopt"),
+                                  daemon=True,
                                   name=f"twingraph-{kind}-{run_id[-8:]}")
         with self._lock:
             self._threads[run_id] = thread
@@ -311,23 +312,22 @@ class RunService:
             run_id=run.run_id, pipeline_version=run.pipeline_version, **mode,
             source={"kind": "pipeline", "pipeline_id": pipeline.id})
 
-    def _drive(self, run_id: str, launch: Callable[[], RunResult]) -> None:
+    def _drive(self, run_id: str, launch: Callable[[], RunResult], adopting: bool = False
+               ) -> None:
         try:
             result = launch()
+        except ConflictError as exc:
+            if not adopting:
+                result = self._failed_start(run_id, exc)
+            else:
+                # Another driver has it (a resume or a `runs cancel` took its lock first, or it
+                # ended meanwhile): not this adopter's to fail.
+                log.warning("run %s was not adopted: %s", run_id, exc)
+                with self._lock:
+                    self._threads.pop(run_id, None)
+                return
         except BaseException as exc:  # noqa: BLE001 - the run must end recorded, whatever happened
-            try:
-                # Through the recorder, flushed: what the engine queued for the run before it
-                # failed (its RUNNING) is written before the run ends FAILED below, not after.
-                self.engine.recorder.add(LogRecord(
-                    run_id, time.time(), "error",
-                    f"run failed to start: {type(exc).__name__}: {exc}"))
-                self.engine.recorder.flush(run_id)     # another run's batch error is its own
-            except Exception:  # noqa: BLE001 - the run must still end FAILED, below
-                log.warning("run %s: the log of its failed start could not be written",
-                            run_id, exc_info=True)
-            self.catalog.finish_running(run_id, RunState.FAILED, f"{type(exc).__name__}: {exc}",
-                                        self.engine.clock.now())
-            result = RunResult(run_id, RunState.FAILED, error=exc)
+            result = self._failed_start(run_id, exc)
         with self._lock:
             self._threads.pop(run_id, None)
             self._results[run_id] = result
@@ -338,6 +338,22 @@ class RunService:
                 cb(run_id, result)
             except Exception:  # noqa: BLE001 - a listener must not break the driver
                 pass
+
+    def _failed_start(self, run_id: str, exc: BaseException) -> RunResult:
+        """A run whose driver raised: it ends FAILED, recorded, whatever happened."""
+        try:
+            # Through the recorder, flushed: what the engine queued for the run before it
+            # failed (its RUNNING) is written before the run ends FAILED below, not after.
+            self.engine.recorder.add(LogRecord(
+                run_id, time.time(), "error",
+                f"run failed to start: {type(exc).__name__}: {exc}"))
+            self.engine.recorder.flush(run_id)     # another run's batch error is its own
+        except Exception:  # noqa: BLE001 - the run must still end FAILED, below
+            log.warning("run %s: the log of its failed start could not be written",
+                        run_id, exc_info=True)
+        self.catalog.finish_running(run_id, RunState.FAILED, f"{type(exc).__name__}: {exc}",
+                                    self.engine.clock.now())
+        return RunResult(run_id, RunState.FAILED, error=exc)
 
     def cancel(self, run_id: str, reason: str | None = None) -> RunRow:
         reason = reason or "cancelled by user"
@@ -350,7 +366,8 @@ class RunService:
             if not self._driving(run_id):
                 rec = self.engine.metadata.get_run(run_id) if self.engine.metadata else None
                 beat = rec.heartbeat_at if rec is not None else None
-                if beat is not None and time.time() - beat > LIVE_WINDOW:
+                if (beat is not None and time.time() - beat > LIVE_WINDOW) or \
+                        self.engine.driver_dead(run_id):
                     # Its driver is gone (killed): ended here, claimed and fenced.
                     self.engine.end_driverless(run_id, reason)
                     return self.catalog.get_run(run_id)

@@ -569,13 +569,15 @@ class SQLCatalog:
 
     def claim_adoption(self, run: RunRow, now: float) -> bool:
         """Take over a silent RUNNING run with a compare-and-set on its heartbeat: of several
-        servers that find it stale, exactly one wins."""
+        servers that find it stale, exactly one wins. The run's driver epoch goes up: the dead
+        driver's lock file no longer proves the run driverless (``engine.driverlock``), so a
+        ``runs cancel`` or a resume meanwhile watches for this adopter instead."""
         beat = runs.c.heartbeat_at
         same = beat.is_(None) if run.heartbeat_at is None else beat == run.heartbeat_at
         with self.store._writing() as conn:
             result = conn.execute(update(runs).where(
                 runs.c.run_id == run.run_id, runs.c.state == RunState.RUNNING.value, same)
-                .values(heartbeat_at=now))
+                .values(heartbeat_at=now, driver_epoch=runs.c.driver_epoch + 1))
         return result.rowcount == 1
 
     def fail_pending(self, run_id: str, error: str) -> bool:

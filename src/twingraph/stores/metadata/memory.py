@@ -204,12 +204,13 @@ class MemoryMetadataStore:
             return deepcopy(self._runs.get(run_id))
 
     def claim_driver(self, run_id: str, *, heartbeat: Any = ..., now: float | None = None,
-                     running: bool = False) -> int:
+                     running: bool = False, only_running: bool = False) -> int:
         with self._lock:
             rec = self._runs.get(run_id)
             if rec is None:
                 raise NotFoundError(f"run {run_id!r} not found")
-            if heartbeat is not ... and rec.heartbeat_at != heartbeat:
+            if (heartbeat is not ... and rec.heartbeat_at != heartbeat) or \
+                    (only_running and rec.state is not RunState.RUNNING):
                 raise ConflictError(f"run {run_id!r} was claimed by another driver "
                                     "meanwhile; not driving it twice")
             if now is not None:

@@ -237,7 +237,7 @@ class SQLMetadataStore:
         return None if row is None else _run(row)
 
     def claim_driver(self, run_id: str, *, heartbeat: Any = ..., now: float | None = None,
-                     running: bool = False) -> int:
+                     running: bool = False, only_running: bool = False) -> int:
         # One UPDATE takes the row's write lock (PostgreSQL) or the database's (SQLite): of
         # two claimants, the second reads the first's number and goes one above it (or, with
         # ``heartbeat``, finds it moved and matches no row).
@@ -245,6 +245,8 @@ class SQLMetadataStore:
         if heartbeat is not ...:
             beat = runs.c.heartbeat_at
             query = query.where(beat.is_(None) if heartbeat is None else beat == heartbeat)
+        if only_running:
+            query = query.where(runs.c.state == RunState.RUNNING.value)
         values: dict[str, Any] = {"driver_epoch": runs.c.driver_epoch + 1}
         if now is not None:
             values["heartbeat_at"] = now
@@ -253,7 +255,7 @@ class SQLMetadataStore:
         with self._writing() as conn:
             done = conn.execute(query.values(**values))
             if done.rowcount != 1:
-                if heartbeat is not ... and conn.execute(select(runs.c.run_id).where(
+                if (heartbeat is not ... or only_running) and conn.execute(select(runs.c.run_id).where(
                         runs.c.run_id == run_id)).first() is not None:
                     raise ConflictError(f"run {run_id!r} was claimed by another driver "
                                         "meanwhile; not driving it twice")
