@@ -730,6 +730,16 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
     def _find_producers(task: Task, deps: list[list[Any]]) -> None:
         """The tasks whose futures ``task``'s arguments hold (each once, in order), and which
         top-level arguments hold them (only those are resolved at start)."""
+        if not task.args and len(task.kwargs) == 1:
+            # The common call, ``f(x=r[...])``: one keyword argument that is a future itself
+            # (what the loop below finds for it, without walking).
+            for k, v in task.kwargs.items():
+                if type(v) is Ref:
+                    task.ref_slots = (k,)
+                    p = v._task
+                    task.producers.append(p)
+                    deps.append([p.node_id, path_list(v._path)])
+                    return
         refs: list[Ref] = []
         slots: list[int | str] = []
         for i, a in enumerate(task.args):

@@ -24,6 +24,8 @@ from twingraph.engine.task import (DECLARED, Task, CANCELLED, FAILED, QUEUED, SK
 #: The most tasks of a pipeline's last run that a run loads to tell why its tasks missed
 #: (``Engine._previous_tasks``).
 PREVIOUS_MAX = 100_000
+#: Argument types whose digest walks nothing (``MemoSide._on_ready``'s path without a walk).
+_FLAT = frozenset({Ref, int, bool, type(None), str, float})
 
 
 class TooLarge(dict):  # type: ignore[type-arg]
@@ -65,14 +67,20 @@ class MemoSide:
             named = spec.parameters
             if named is not None and (args or named.defaults):
                 args, kwargs = named.named(args, kwargs)     # f(3) and f(x=3): one key
-            begin_walk()    # one walk for the call: an object in two arguments is one
-            try:
-                digest: Any = [digest_value(args, Ref, _ref_digest, leaf),
-                               digest_kwargs(kwargs, Ref, _ref_digest, leaf)]
-            except RecursionError:      # an argument too deep to walk (and no future: refs)
-                digest = None
-            finally:
-                end_walk()              # (forgets what the cut-short walk had numbered)
+            digest: Any
+            if type(args) is tuple and not args and _FLAT.issuperset(map(type, kwargs.values())):
+                # Keyword arguments that are futures and scalars (``f(x=r[...])``): nothing to
+                # walk, the digest the walk below gives (``()`` digests to ``{"t": []}``).
+                digest = [{"t": []}, digest_kwargs(kwargs, Ref, _ref_digest, leaf)]
+            else:
+                begin_walk()    # one walk for the call: an object in two arguments is one
+                try:
+                    digest = [digest_value(args, Ref, _ref_digest, leaf),
+                              digest_kwargs(kwargs, Ref, _ref_digest, leaf)]
+                except RecursionError:  # an argument too deep to walk (and no future: refs)
+                    digest = None
+                finally:
+                    end_walk()          # (forgets what the cut-short walk had numbered)
             if digest is None:          # again, the one too deep by its pickle
                 begin_walk()
                 try:
