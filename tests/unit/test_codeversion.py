@@ -241,12 +241,17 @@ def test_the_engine_computes_it_once_per_component(monkeypatch):
     from twingraph import component
 
     calls = []
-    real = comp_mod.code_version
+    real, real_deps = comp_mod.code_version, comp_mod.version_and_deps
 
     def counting(fn, **kw):
         calls.append(kw.get("values", True))
         return real(fn, **kw)
+
+    def counting_deps(fn):          # the version, with the bindings it read
+        calls.append(True)
+        return real_deps(fn)
     monkeypatch.setattr(comp_mod, "code_version", counting)
+    monkeypatch.setattr(comp_mod, "version_and_deps", counting_deps)
 
     @component
     def inc(x):

@@ -55,6 +55,7 @@ from __future__ import annotations
 import ast
 import builtins
 import dataclasses
+import datetime
 import dis
 import enum
 import functools
@@ -294,7 +295,17 @@ class _Enc:
             self.enc(v.flags, h, depth + 1)
         elif any(_tname(b) in _STR_TYPES for b in t.__mro__):
             b = str(v).encode("utf-8", "surrogatepass")
+            tz = getattr(v, "tzinfo", None)
+            if tz is not None:
+                # ``str`` shows the offset only: Europe/Paris and Africa/Lagos at +01:00 one
+                # day are other zones another (and ``fold`` tells a repeated hour apart)
+                b += b"\0" + repr(tz).encode("utf-8", "surrogatepass") + b"\0" + \
+                    str(getattr(v, "fold", 0)).encode()
             w(b"x" + _tname(t).encode() + b"\0" + len(b).to_bytes(8, "big") + b)
+        elif issubclass(t, datetime.tzinfo):
+            # a zone (``tz=ZoneInfo("Europe/Paris")``, ``timezone.utc``): by what it names
+            b = repr(v).encode("utf-8", "surrogatepass")
+            w(b"z" + _tname(t).encode() + b"\0" + len(b).to_bytes(8, "big") + b)
         else:
             raise _NotPlain
 
@@ -419,6 +430,14 @@ def _own_text(code: types.CodeType) -> bytes:
             src = inspect.getsource(code)
         text = _without_decorators(src).encode("utf-8", "surrogatepass")
         if code.co_name == "<lambda>":
+            # The block found is the lambda's first line only: a body that goes on below it
+            # (``lambda v:`` then ``v * 3``) is read to the last line its code has.
+            last = max((p[1] for p in code.co_positions() if p[1] is not None),
+                       default=code.co_firstlineno)
+            if last > code.co_firstlineno:
+                every = lines if lines is not None else linecache.getlines(code.co_filename)
+                text += b"\0" + "".join(every[code.co_firstlineno - 1:last]).encode(
+                    "utf-8", "surrogatepass")
             text += b"\0" + _code_bytes(code, with_bytecode=False)
     except Exception:           # OSError, TypeError, IndexError from broken files...
         text = b"\0bytecode\0" + _code_bytes(code)
@@ -1138,7 +1157,7 @@ class _Walk:
         objects: list[int | str] = []      # defaults that are user objects
 
         def default(which: int | str, v: Any) -> bytes:
-            if not _is_user_object(v):
+            if not _needs_home(v):
                 return self.value(v, names.attrs)
             objects.append(which)
             return self.value(v, names.attrs, _home_of(v, g))
@@ -1163,7 +1182,7 @@ class _Walk:
                 self.put("cell", name, "<empty>")
                 continue
             self.put("cell", name, self.value(
-                v, names.attrs, _home_of(v, g) if _is_user_object(v) else None))
+                v, names.attrs, _home_of(v, g) if _needs_home(v) else None))
         for name in sorted(names.globals):
             v = self.lookup(g, name)
             if v is not _MISSING:
@@ -1324,6 +1343,18 @@ def _is_user_object(v: Any) -> bool:
     t = type(v)
     return not issubclass(t, (types.ModuleType, type)) and _is_user_class(t) \
         and _plain(v) is None
+
+
+def _needs_home(v: Any) -> bool:
+    """A default or closure value the version cannot see into, found by where it is bound
+    (``_home_of``): an instance of a user class, or of a library's (``w=WEIGHTS``, a NumPy
+    array: by its type alone, ``WEIGHTS = np.array(...)`` edited kept the version). Not code,
+    not plain data (seen by value)."""
+    t = type(v)
+    if issubclass(t, (types.ModuleType, type, types.FunctionType, types.MethodType,
+                      types.BuiltinFunctionType, functools.partial)):
+        return False
+    return _plain(v) is None
 
 
 def _default_reads(code: types.CodeType, which: list[int | str]
@@ -1635,6 +1666,23 @@ def _version(fn: Any, values: bool = True) -> tuple[str, _Deps]:
     return walk.h.hexdigest()[:16], deps
 
 
+def version_and_deps(fn: Any) -> tuple[str, _Deps]:
+    """``code_version(fn)`` and the bindings its walk read: while ``bindings_hold`` says they
+    are bound as they were, the code the version read is the same objects (a reload of a
+    module it read rebinds them)."""
+    return _version(fn)
+
+
+def bindings_hold(deps: _Deps) -> bool:
+    return _still(deps)
+
+
+def is_user_class(t: type) -> bool:
+    """Whether ``t`` is a class of the user's code (not of the standard library, a package
+    installed, or TwinGraph)."""
+    return _is_user_class(t)
+
+
 def _still(deps: _Deps) -> bool:
     """Whether every binding a version read is still bound to what it was then: an
     ``importlib.reload`` of a module the walk read rebinds its functions and classes (new
@@ -1662,6 +1710,18 @@ def code_of_value(value: Any) -> str | None:
         return code_of_value(value.__func__)
     if t is functools.partial:      # the code it calls (its arguments: its pickle has them)
         return code_of_value(value.func)
+    if t is not types.FunctionType and not isinstance(value, type):
+        # a library wrapper around user code (``functools.lru_cache``, ``np.vectorize``):
+        # pickled by its name, so the code it wraps is its key (editing it kept the key)
+        inner = _wrapped(value)
+        for attr in ("pyfunc", "py_func"):          # np.vectorize, numba
+            if inner is None:
+                try:
+                    inner = inspect.getattr_static(value, attr, None)
+                except Exception:  # noqa: BLE001
+                    inner = None
+        if type(inner) is types.FunctionType and not _is_user_class(t):
+            return code_of_value(inner)
     if t is types.FunctionType or isinstance(value, type):
         target = value
     elif t is types.ModuleType:     # pickled by its name: its code is what it holds

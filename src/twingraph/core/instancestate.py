@@ -116,6 +116,9 @@ def _plain(value: Any, budget: list[int], path: set[int], depth: int,
     if t is bytes or t is bytearray:       # told apart, as in argument digests
         return {"bytes" if t is bytes else "bytearray": sha256_hex(bytes(value))}
     if isinstance(value, enum.Enum):
+        # its name alone: ``FAST = 2`` edited to 3 kept the key. Lossy, so a caller with a
+        # ``leaf_hash`` keys it as an argument is keyed (its value and its class's code).
+        lossy[0] = True
         return {"enum": f"{t.__module__}.{t.__qualname__}.{value.name}"}
     if isinstance(value, PurePath):
         return {"path": f"{t.__name__}:{value}"}

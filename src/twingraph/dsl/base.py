@@ -19,7 +19,7 @@ import inspect
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twingraph.core.arguments import parameters_of
-from twingraph.core.codeversion import code_version
+from twingraph.core.codeversion import bindings_hold, code_version, version_and_deps
 from twingraph.core.instancestate import instance_state as _instance_state
 from twingraph.core.specs import ComponentSpec
 from twingraph.engine.calls import accepts_lineage, strip_lineage
@@ -140,9 +140,11 @@ class BaseComponent(abc.ABC):
             attributes = instance_state(self)
             if attributes:
                 cfg["__attributes__"] = attributes
-            spec = dataclasses.replace(draft, code_version=code_version(cls), config=cfg,
+            version, deps = version_and_deps(cls)
+            spec = dataclasses.replace(draft, code_version=version, config=cfg,
                                        parameters=parameters_of(cls.execute, skip_first=True))
             object.__setattr__(self, "_code_only", code_version(cls, values=False))
+            object.__setattr__(self, "_deps", deps)
             # Cached past a frozen dataclass's __setattr__ (it refused: FrozenInstanceError).
             object.__setattr__(self, "_spec", spec)
             return spec
@@ -161,10 +163,11 @@ class BaseComponent(abc.ABC):
         # Compared without the values of mutable defaults and closure cells first, as
         # ``Component.refresh_version`` does: a memo dict a method fills is state, not code.
         code_only = code_version(type(self), values=False)
-        if code_only == self._code_only:
+        if code_only == self._code_only and bindings_hold(getattr(self, "_deps", ())):
             return
         object.__setattr__(self, "_code_only", code_only)
-        version = code_version(type(self))
+        version, deps = version_and_deps(type(self))
+        object.__setattr__(self, "_deps", deps)
         if version != spec.code_version:
             object.__setattr__(self, "_spec", dataclasses.replace(spec, code_version=version))
 

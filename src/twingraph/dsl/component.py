@@ -18,11 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twingraph.core.arguments import parameters_of
-from twingraph.core.codeversion import code_version
+from twingraph.core.codeversion import bindings_hold, code_version, version_and_deps
 from twingraph.core.specs import ComponentSpec
 from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
 from twingraph.core.placement import in_worker_process
-from twingraph.engine.engine import current_run, runs_live
+from twingraph.engine.engine import current_run, runs_live, with_held_state
 from twingraph.errors import ExecutorUnavailable, ValidationError
 from twingraph.registry import register_component
 
@@ -51,12 +51,13 @@ class Component:
         self._call_shape = _call_shape(fn)
         self._checked_for: weakref.ref[Any] | None = None    # the engine it was checked for
         self._code_only: str | None = None      # its version without runtime values
+        self._deps: Any = ()                    # the bindings its version read
         self._version_run: str | None = None    # the run whose first call refreshed it
 
     @property
     def spec(self) -> ComponentSpec:
         if self._spec is None:
-            version = self._version or code_version(self.fn)
+            version = self._version or self._taken()
             self._code_only = None if self._version else code_version(self.fn, values=False)
             self._spec = dataclasses.replace(self._draft, code_version=version,
                                              parameters=parameters_of(self.fn))
@@ -73,12 +74,20 @@ class Component:
         # Compared without the values of mutable closure cells and defaults: a list the
         # component fills as it runs is state, not code (it kept resumed runs from hitting).
         code_only = code_version(self.fn, values=False)
-        if code_only == self._code_only:
+        if code_only == self._code_only and bindings_hold(self._deps):
+            # (a binding it read rebound, a reload, may hold new data: ``price =
+            # make([10, 20, 99])``, by type in this comparison; the version is taken again)
             return
         self._code_only = code_only
-        version = code_version(self.fn)
+        version = self._taken()
         if version != self._spec.code_version:
             self._spec = dataclasses.replace(self._spec, code_version=version)
+
+    def _taken(self) -> str:
+        """The code version (with what the function holds: ``with_held_state``), and the
+        bindings it read kept for ``refresh_version``."""
+        version, self._deps = version_and_deps(self.fn)
+        return with_held_state(version, self.fn)
 
     @property
     def platform(self) -> str:

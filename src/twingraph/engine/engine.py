@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twingraph.core import stop
-from twingraph.core.codeversion import code_of_value
-from twingraph.core.instancestate import attributes
+from twingraph.core.codeversion import code_of_value, is_user_class
+from twingraph.core.instancestate import attributes, instance_state
 from twingraph.core.hashing import (canonical_json, config_digest, digest_json, digest_value,
                                     enter, key_prefix, leave, mark_walk, pickle_ids, rewind_walk,
                                     sha256_hex, walking)
@@ -147,6 +147,60 @@ def _make_room(cache: dict[int, Any]) -> None:
             cache.pop(next(iter(cache)))
         except (StopIteration, KeyError, RuntimeError):    # another thread got there first
             pass
+
+
+_HOLDING = threading.local()
+
+
+def _held_digest(fn: FunctionType) -> str:
+    """What a function holds in its closure cells and defaults that its code version sees by
+    type only (``_held_value``): two closures of one factory over different arrays
+    (``make_scorer(w)``) given as arguments had one key, one result served for both in one
+    run. "" when it holds none of that."""
+    cells = []
+    for c in fn.__closure__ or ():
+        try:
+            cells.append(c.cell_contents)
+        except ValueError:                  # an empty cell
+            continue
+    values = [*cells, *(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()]
+    parts = [p for p in map(_held_value, values) if p is not None]
+    return ":" + sha256_hex("\0".join(parts).encode()) if parts else ""
+
+
+def _held_value(v: Any) -> str | None:
+    """A value held by code (a closure cell, a default, a bound method's object) keyed as the
+    code version cannot: a NumPy array by its content, an instance of a user class by its
+    attributes (``instance_state``, walked as arguments are). None for anything else (by its
+    type, in the version; plain data is there by value, code by its version). Asked by
+    ``type(v)`` only: a lazy proxy's target is not reached."""
+    t = type(v)
+    try:
+        if any(c.__name__ == "ndarray" and c.__module__ == "numpy" for c in t.__mro__):
+            return Engine.hash_value(v)
+        if is_user_class(t) and not issubclass(t, BaseException):
+            state = instance_state(v, leaf_hash=Engine.hash_value)
+            return f"{t.__module__}.{t.__qualname__}:" + sha256_hex(canonical_json(state))
+    except Exception:  # noqa: BLE001 - what does not hash: by its type (the version)
+        return None
+    return None
+
+
+def held_state(fn: Any) -> str:
+    """What a component's function holds that its code version sees by type only: a closure's
+    cells and defaults that are not plain data (``_held_digest``: ``make_scorer(np.array(...))``
+    edited kept the version), a bound method's object's attributes, or a callable object's
+    (``component(Scaler(k=2).apply)`` edited to ``k=3`` kept it). "" when there is none."""
+    if type(fn) is FunctionType:
+        return _held_digest(fn)
+    held = _held_value(fn.__self__ if type(fn) is MethodType else fn)
+    return f":{held}" if held else ""
+
+
+def with_held_state(version: str, fn: Any) -> str:
+    """``version`` with ``held_state(fn)`` folded in (unchanged when there is none)."""
+    held = held_state(fn)
+    return version if not held else sha256_hex(f"{version}{held}".encode())[:16]
 
 
 def _state_digest(value: Any) -> str | None:
@@ -373,11 +427,26 @@ class Engine:
 
     @staticmethod
     def hash_value(value: Any) -> str:
+        if type(value) is functools.partial:
+            # its function as a function argument is keyed, and its arguments as arguments
+            # are (walked): pickled, an instance of a class of the pipeline's file in it was
+            # written with cloudpickle's per-process class id, a miss in every process
+            mark = mark_walk()
+            try:
+                held = digest_value([list(value.args), dict(value.keywords or {}),
+                                     dict(getattr(value, "__dict__", None) or {})],
+                                    None, _no_reference, Engine.hash_value)
+                return sha256_hex(f"partial\0{Engine.hash_value(value.func)}\0".encode()
+                                  + digest_json(held))
+            except (TypeError, ValueError, RecursionError):
+                rewind_walk(mark)                # by its pickle, as before
         code = code_of_value(value)
         if code is not None:
             if type(value) is FunctionType or isinstance(value, type):
-                # a function or a class: what it is, is its code (its pickle names it only)
-                return f"code:{getattr(value, '__qualname__', '?')}:{code}"
+                # a function or a class: what it is, is its code (its pickle names it only),
+                # and for a function what its closure cells and defaults hold
+                held = _held_digest(value) if type(value) is FunctionType else ""
+                return f"code:{getattr(value, '__qualname__', '?')}:{code}{held}"
             if type(value) is not functools.partial:   # its arguments are in its pickle
                 state = _state_digest(value)
                 if state is not None:       # an instance of a user class, a bound method
