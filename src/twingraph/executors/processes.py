@@ -496,12 +496,16 @@ def _run_one(data: bytes, directory: str | None = None,  # in the child
     return out, caller
 
 
-def _shape_of(exc: BaseException) -> tuple[bytes | None, bytes | None]:  # in the child
+#: How many links of a task exception's ``__cause__`` chain travel back from a worker.
+CAUSES_MAX = 8
+
+
+def _shape_of(exc: BaseException) -> tuple[bytes | None, tuple[bytes, ...] | None]:  # child
     """What rebuilds ``exc`` in the driver when it does not unpickle as it is: its ``args``
     and attributes (a constructor that takes more than its message, ``QuotaError(code,
     detail)``, cannot be called again with the one message it passed up), and its
-    ``__cause__`` (pickling leaves it out: ``raise X from KeyError`` came back without it).
-    Each None if it does not pickle both ways."""
+    ``__cause__`` chain (pickling leaves it out: ``raise X from KeyError`` came back without
+    it), each link pickled apart, up to ``CAUSES_MAX``. None if it does not pickle both ways."""
     def both_ways(value: Any) -> bytes | None:
         try:
             data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
@@ -514,33 +518,47 @@ def _shape_of(exc: BaseException) -> tuple[bytes | None, bytes | None]:  # in th
         if hasattr(exc, name):                       # (a class with __slots__)
             attributes[name] = getattr(exc, name)
     state = both_ways((exc.args, attributes))
-    cause = exc.__cause__
-    return state, None if cause is None else both_ways(cause)
+    causes: list[bytes] = []          # ``raise C from B`` where B was ``raise B from A``...
+    cause, seen = exc.__cause__, {id(exc)}
+    while cause is not None and id(cause) not in seen and len(causes) < CAUSES_MAX:
+        seen.add(id(cause))
+        data = both_ways(cause)
+        if data is None:               # one that does not pickle ends the chain sent
+            break
+        causes.append(data)
+        cause = cause.__cause__
+    return state, tuple(causes) or None
 
 
 def _exception_from(job: Job, tb: str, pickled: bytes | None, names: tuple[str, ...],
                     text: str, message: str,
-                    shape: tuple[bytes | None, bytes | None] | None = None) -> BaseException:
+                    shape: tuple[bytes | None, tuple[bytes, ...] | None] | None = None
+                    ) -> BaseException:
     """A task's exception, sent pickled apart (``_run_one``): itself; else, when it could not
     be pickled (it holds a lock, its constructor takes more than a message) or its class
     cannot be loaded here, an instance of its class as this process has it (a pipeline
     file's class: ``except ValueError`` in the body must catch it, as it would from a thread
     task) with its args and attributes (``_shape_of``), or built from its message; else a
-    ``NodeExecutionError`` with its text, class names and traceback. Its ``__cause__`` comes
-    along when it pickled."""
-    state, cause = shape if shape is not None else (None, None)
+    ``NodeExecutionError`` with its text, class names and traceback. Its ``__cause__`` chain
+    comes along as far as it pickled."""
+    state, causes = shape if shape is not None else (None, None)
     exc = _rebuilt(pickled, names, message, state)
     if exc is None:
         return NodeExecutionError(text, node_id=job.node_id,
                                   error_type=names[0] if names else "", traceback=tb,
                                   error_types=names)
-    if cause is not None and exc.__cause__ is None:
+    link = exc
+    for data in causes or ():
+        if link.__cause__ is not None:
+            break
         try:
-            got = cloudpickle.loads(cause)
-            if isinstance(got, BaseException):
-                exc.__cause__ = got
+            got = cloudpickle.loads(data)
         except Exception:  # noqa: BLE001 - a class only the worker has: the text tells it
-            pass
+            break
+        if not isinstance(got, BaseException) or got is exc:
+            break
+        link.__cause__ = got
+        link = got
     return exc
 
 
