@@ -20,7 +20,7 @@ import pytest
 
 from twingraph.core.records import RunRecord
 from twingraph.core.states import RunState
-from twingraph.engine.driverlock import DriverLocks
+from twingraph.engine.driverlock import _HOST, DriverLocks
 from twingraph.engine.engine import LIVE_WINDOW, Engine
 from twingraph.stores.metadata import SQLMetadataStore
 from twingraph.stores.results.sqlite import SQLiteStorage
@@ -66,7 +66,7 @@ def _lock_dir(tmp_path: Path) -> Path:
 def test_a_resume_after_kill_minus_nine_starts_at_once(tmp_path: Path) -> None:
     run_id, env, dead = _killed_half_way(tmp_path)
     left = _lock_dir(tmp_path) / f"{run_id}.lock"
-    assert left.read_text() == f"{dead}:0"           # the dead driver's file, left behind
+    assert left.read_text() == f"{dead}:0:{_HOST}"   # the dead driver's file, left behind
 
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "twingraph", "run", "--resume", run_id,
@@ -130,17 +130,17 @@ def test_what_a_lock_file_proves(tmp_path: Path) -> None:
 
         dead = _dead_pid()
         locks.directory.mkdir(exist_ok=True)
-        (locks.directory / "r1.lock").write_text(f"{dead}:0")
+        (locks.directory / "r1.lock").write_text(f"{dead}:0:{_HOST}")
         for _ in range(2):                      # looked at twice: still there, unchanged
             assert eng.driver_alive("r1") is None
             assert eng.driver_dead("r1")
-            assert (locks.directory / "r1.lock").read_text() == f"{dead}:0"
+            assert (locks.directory / "r1.lock").read_text() == f"{dead}:0:{_HOST}"
         (locks.directory / "r2.lock").write_text(str(dead))          # no generation
-        (locks.directory / "r3.lock").write_text(f"{dead}:0")
+        (locks.directory / "r3.lock").write_text(f"{dead}:0:{_HOST}")
         eng.metadata.claim_driver("r3")                               # claimed since
         sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         try:
-            (locks.directory / "r4.lock").write_text(f"{sleeper.pid}:0")     # a live pid
+            (locks.directory / "r4.lock").write_text(f"{sleeper.pid}:0:{_HOST}")     # a live pid
             for run_id in ("r2", "r3", "r4"):
                 assert not eng.driver_dead(run_id), run_id
                 assert eng.driver_alive(run_id) is None, run_id
@@ -163,7 +163,7 @@ def test_a_take_while_someone_looks_gets_the_lock(tmp_path: Path) -> None:
         locks.directory.mkdir(exist_ok=True)
         path = locks.directory / "r1.lock"
         dead = _dead_pid()
-        path.write_text(f"{dead}:0")
+        path.write_text(f"{dead}:0:{_HOST}")
         looker = subprocess.Popen(
             [sys.executable, "-c", "import fcntl, os, sys, time\n"
              f"fd = os.open({str(path)!r}, os.O_RDWR)\n"
@@ -193,7 +193,7 @@ def test_lock_files_of_ended_runs_are_swept_and_a_running_runs_is_kept(tmp_path:
         locks.directory.mkdir(exist_ok=True)
         dead = _dead_pid()
         for run_id in ("ended", "running", "deleted"):
-            (locks.directory / f"{run_id}.lock").write_text(f"{dead}:0")
+            (locks.directory / f"{run_id}.lock").write_text(f"{dead}:0:{_HOST}")
         held = locks.take("held")                # a live driver's (its run not recorded yet)
         assert held is not None and not isinstance(held, int)
         try:
@@ -203,7 +203,7 @@ def test_lock_files_of_ended_runs_are_swept_and_a_running_runs_is_kept(tmp_path:
         finally:
             held.release()
         # an engine sweeps by itself when it lets go of a run it drove
-        (locks.directory / "ended.lock").write_text(f"{dead}:0")
+        (locks.directory / "ended.lock").write_text(f"{dead}:0:{_HOST}")
         from twingraph import component, pipeline
 
         @component
@@ -215,5 +215,103 @@ def test_lock_files_of_ended_runs_are_swept_and_a_running_runs_is_kept(tmp_path:
             return one_s29()["outputs"]["result"]
         assert sweeps.run(engine=eng).state is RunState.SUCCESS
         assert sorted(p.name for p in locks.directory.iterdir()) == ["running.lock"]
+    finally:
+        eng.close()
+
+
+def _holder(path: Path, how: str) -> subprocess.Popen[str]:
+    """Another process holding ``path``'s lock (``how``: "SH", a look; "EX", a taker) and
+    writing nothing, stopped once it holds it (SIGSTOP: a look or a take frozen half-way)."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, signal, sys\n"
+         f"fd = os.open({str(path)!r}, os.O_RDONLY)\n"
+         f"fcntl.flock(fd, fcntl.LOCK_{how})\n"
+         "print('held', flush=True)\nos.kill(os.getpid(), signal.SIGSTOP)\n"],
+        stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline() == "held\n"
+    return p
+
+
+def test_a_lock_held_by_a_stopped_looker_or_taker_is_never_taken_for_no_lock(
+        tmp_path: Path) -> None:
+    """A look or a take stopped while it held the lock (the file still naming the dead
+    driver) made a resume go on without a lock: the next resume, proving nothing, watched the
+    heartbeat of the unlocked driver while it was stopped, and took its run over. A taker now
+    waits while only lookers hold it, and refuses a lock held by anyone else."""
+    eng = _engine(tmp_path)
+    try:
+        locks = DriverLocks.of(eng.metadata)
+        assert locks is not None
+        locks.directory.mkdir(exist_ok=True)
+        path = locks.directory / "r1.lock"
+        dead = _dead_pid()
+        path.write_text(f"{dead}:0:{_HOST}")
+        looker = _holder(path, "SH")
+        try:
+            import threading
+            threading.Timer(1.0, lambda: (looker.kill(), looker.wait())).start()
+            t0 = time.monotonic()
+            got = locks.take("r1")                 # waited for the look, then took it
+            assert not isinstance(got, int) and got is not None, got
+            assert 0.8 < time.monotonic() - t0 < 5
+            assert got.orphan == (dead, 0)
+            got.release()
+        finally:
+            looker.kill()
+            looker.wait()
+        path.write_text(f"{dead}:0:{_HOST}")
+        taker = _holder(path, "EX")
+        try:
+            assert locks.take("r1") == 0            # held: refused, not "no lock"
+            assert eng.driver_alive("r1") == 0 and not eng.driver_dead("r1")
+        finally:
+            taker.kill()
+            taker.wait()
+    finally:
+        eng.close()
+
+
+def test_a_pid_of_another_machine_proves_nothing(tmp_path: Path) -> None:
+    """A home shared with another machine (or container) over a file system whose locks are
+    not shared: its driver's pid does not exist here, and was taken for a dead driver's."""
+    eng = _engine(tmp_path)
+    try:
+        _record(eng, "r1")
+        locks = DriverLocks.of(eng.metadata)
+        assert locks is not None
+        locks.directory.mkdir(exist_ok=True)
+        (locks.directory / "r1.lock").write_text(f"{_dead_pid()}:0:another-host.4026531836")
+        assert not eng.driver_dead("r1") and eng.orphaned_runs() == []
+    finally:
+        eng.close()
+
+
+def test_a_file_it_cannot_write_is_locked_all_the_same(tmp_path: Path, monkeypatch) -> None:
+    """Another user's lock file (0644): opening it to write failed, and the driver went on
+    without a lock. It is opened to read and locked (its pid is not written)."""
+    import twingraph.engine.driverlock as dl
+    eng = _engine(tmp_path)
+    try:
+        locks = DriverLocks.of(eng.metadata)
+        assert locks is not None
+        locks.directory.mkdir(exist_ok=True)
+        path = locks.directory / "r1.lock"
+        path.write_text("")
+        real = os.open
+
+        def as_another_user(p, flags, *a):       # what EACCES looks like (root is not refused)
+            if str(p) == str(path) and flags & os.O_RDWR:
+                raise PermissionError(13, "Permission denied", str(p))
+            return real(p, flags, *a)
+        monkeypatch.setattr(dl.os, "open", as_another_user)
+        got = locks.take("r1")
+        assert got is not None and not isinstance(got, int)
+        other = subprocess.run([sys.executable, "-c", "import fcntl, os\n"
+                                f"fd = os.open({str(path)!r}, os.O_RDONLY)\n"
+                                "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+                                "except BlockingIOError:\n    print('held')\n"],
+                               capture_output=True, text=True)
+        assert other.stdout.strip() == "held"
+        got.release()
     finally:
         eng.close()

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from twingraph.core.states import RunState
+from twingraph.engine.driverlock import _HOST
 from twingraph.errors import ConflictError
 from twingraph.server.app import create_app
 from twingraph.service import Services, build_services
@@ -57,7 +58,7 @@ def test_a_run_whose_driver_died_holding_its_lock_is_adopted_at_once(svc: Servic
     locks = svc.runs.engine._driver_locks
     assert locks is not None
     locks.directory.mkdir(exist_ok=True)
-    (locks.directory / f"{orphan}.lock").write_text(f"{_dead_pid()}:0")
+    (locks.directory / f"{orphan}.lock").write_text(f"{_dead_pid()}:0:{_HOST}")
     assert adopter.adopt_once() == [orphan]
     deadline = time.monotonic() + 30
     while svc.catalog.get_run(orphan).state is RunState.RUNNING:
@@ -75,7 +76,7 @@ def _orphan(svc: Services, run_id: str) -> None:
     locks = svc.runs.engine._driver_locks
     assert locks is not None
     locks.directory.mkdir(exist_ok=True)
-    (locks.directory / f"{run_id}.lock").write_text(f"{_dead_pid()}:0")
+    (locks.directory / f"{run_id}.lock").write_text(f"{_dead_pid()}:0:{_HOST}")
 
 
 def test_a_server_cancels_at_once_a_run_whose_driver_died(svc: Services) -> None:

@@ -299,12 +299,11 @@ class _Enc:
             if tz is not None:
                 # ``str`` shows the offset only: Europe/Paris and Africa/Lagos at +01:00 one
                 # day are other zones another (and ``fold`` tells a repeated hour apart)
-                b += b"\0" + repr(tz).encode("utf-8", "surrogatepass") + b"\0" + \
-                    str(getattr(v, "fold", 0)).encode()
+                b += b"\0" + _zone_text(tz) + b"\0" + str(getattr(v, "fold", 0)).encode()
             w(b"x" + _tname(t).encode() + b"\0" + len(b).to_bytes(8, "big") + b)
         elif issubclass(t, datetime.tzinfo):
             # a zone (``tz=ZoneInfo("Europe/Paris")``, ``timezone.utc``): by what it names
-            b = repr(v).encode("utf-8", "surrogatepass")
+            b = _zone_text(v)
             w(b"z" + _tname(t).encode() + b"\0" + len(b).to_bytes(8, "big") + b)
         else:
             raise _NotPlain
@@ -323,6 +322,20 @@ class _Enc:
         else:
             h.update(b"".join(sorted(self.digest(x, depth + 1) for x in v)))
         self.path.discard(id(v))
+
+
+def _zone_text(tz: Any) -> bytes:
+    """A time zone as a key sees it: its ``repr`` when its class has one of its own
+    (``ZoneInfo(key=...)``, ``timezone(...)``); else its class, name and offset now (the
+    default ``repr`` holds a memory address: a new key in every process)."""
+    t = type(tz)
+    if t.__repr__ is not object.__repr__:
+        return repr(tz).encode("utf-8", "surrogatepass")
+    try:
+        said = f"{_tname(t)}:{tz.tzname(None)}:{tz.utcoffset(None)}:{tz.dst(None)}"
+    except Exception:  # noqa: BLE001 - a zone that needs a datetime: by its class
+        said = _tname(t)
+    return said.encode("utf-8", "surrogatepass")
 
 
 class _Plain(NamedTuple):
@@ -1694,6 +1707,10 @@ def _still(deps: _Deps) -> bool:
 
 
 _VALUE_CODE: _IdCache[tuple[str, _Deps]] = _IdCache()
+#: Where a library wrapper keeps the function it wraps (``functools.wraps``, ``np.vectorize``,
+#: numba), and the types whose instances cannot (an array, a datetime: asked once per type).
+_WRAPPER_ATTRS = ("__wrapped__", "pyfunc", "py_func")
+_NO_WRAPPER: set[type] = set()
 
 
 def code_of_value(value: Any) -> str | None:
@@ -1710,18 +1727,23 @@ def code_of_value(value: Any) -> str | None:
         return code_of_value(value.__func__)
     if t is functools.partial:      # the code it calls (its arguments: its pickle has them)
         return code_of_value(value.func)
-    if t is not types.FunctionType and not isinstance(value, type):
+    if t is not types.FunctionType and not isinstance(value, type) and t not in _NO_WRAPPER \
+            and not _is_user_class(t):
         # a library wrapper around user code (``functools.lru_cache``, ``np.vectorize``):
         # pickled by its name, so the code it wraps is its key (editing it kept the key)
-        inner = _wrapped(value)
-        for attr in ("pyfunc", "py_func"):          # np.vectorize, numba
-            if inner is None:
-                try:
-                    inner = inspect.getattr_static(value, attr, None)
-                except Exception:  # noqa: BLE001
-                    inner = None
-        if type(inner) is types.FunctionType and not _is_user_class(t):
+        inner = None
+        for attr in _WRAPPER_ATTRS:
+            try:
+                inner = inspect.getattr_static(value, attr, None)
+            except Exception:  # noqa: BLE001
+                inner = None
+            if inner is not None:
+                break
+        if type(inner) is types.FunctionType:
             return code_of_value(inner)
+        if inner is None and not getattr(t, "__dictoffset__", 1) and not any(
+                hasattr(t, a) for a in _WRAPPER_ATTRS):
+            _NO_WRAPPER.add(t)        # its instances can hold none (no __dict__): not asked again
     if t is types.FunctionType or isinstance(value, type):
         target = value
     elif t is types.ModuleType:     # pickled by its name: its code is what it holds

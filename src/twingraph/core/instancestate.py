@@ -115,12 +115,12 @@ def _plain(value: Any, budget: list[int], path: set[int], depth: int,
         return value
     if t is bytes or t is bytearray:       # told apart, as in argument digests
         return {"bytes" if t is bytes else "bytearray": sha256_hex(bytes(value))}
-    if isinstance(value, enum.Enum):
+    if issubclass(t, enum.Enum):         # (``type`` only: a lazy proxy is not forced)
         # its name alone: ``FAST = 2`` edited to 3 kept the key. Lossy, so a caller with a
         # ``leaf_hash`` keys it as an argument is keyed (its value and its class's code).
         lossy[0] = True
         return {"enum": f"{t.__module__}.{t.__qualname__}.{value.name}"}
-    if isinstance(value, PurePath):
+    if issubclass(t, PurePath):
         return {"path": f"{t.__name__}:{value}"}
     if t is list or t is tuple or t is set or t is frozenset or t is dict:
         if id(value) in path:

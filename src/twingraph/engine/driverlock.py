@@ -42,8 +42,9 @@ except ImportError:              # not POSIX: the heartbeat alone decides
     fcntl = None  # type: ignore[assignment]
 
 #: Seconds a taker tries a held lock again before it takes the holder for its driver: a look or
-#: a sweep holds it for an instant.
+#: a sweep holds it for an instant; and how long while only lookers hold it (shared).
 TAKE_WAIT = 0.2
+LOOK_WAIT = 5.0
 
 #: A dead driver's file: (its pid, its generation).
 Orphan = tuple[int, int]
@@ -61,9 +62,9 @@ class DriverLock:
 
     def mark(self, epoch: int) -> None:
         """Written by the run's driver once it knows its generation: the file then proves it
-        dead if it dies holding it."""
+        dead if it dies holding it (on this machine, ``_HOST``)."""
         if self.fd >= 0:
-            _write(self.fd, f"{os.getpid()}:{epoch}")
+            _write(self.fd, f"{os.getpid()}:{epoch}:{_HOST}")
 
     def release(self) -> None:
         fd, self.fd = self.fd, -1
@@ -98,39 +99,43 @@ class DriverLocks:
 
     def take(self, run_id: str) -> DriverLock | int | None:
         """The run's lock, taken (its pid written in it); the pid written by the live process
-        that holds it (0 if it wrote none yet) if another one does; None if there is no lock to
-        take (the directory cannot be made: a read-only home), or if what holds it is what a
-        dead process left (a descriptor a child of another kind kept): the heartbeat decides."""
+        that holds it (0 if it is not known: not written yet, a dead process's pid in the file,
+        only lookers holding it past ``LOOK_WAIT``) if another one does; None if there is no
+        lock to take (the directory or the file cannot be made: a read-only home). A lock held
+        is never "no lock": a driver that went on without one was taken over by the next."""
         assert fcntl is not None
         try:
             self.directory.mkdir(exist_ok=True)
         except OSError:
             return None
         path = self.directory / f"{run_id}.lock"
-        deadline = time.monotonic() + TAKE_WAIT
-        for _ in range(1000):
+        start = time.monotonic()
+        for _ in range(100_000):
             fd = _open(path, os.O_RDWR | os.O_CREAT)
-            if fd is None:
-                return None
+            if fd is None:     # another user's file: locked all the same (its pid unwritten)
+                fd = _open(path, os.O_RDONLY)
+                if fd is None:
+                    return None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _content(fd)[0]
+                looking = _only_looked_at(fd)
                 _close(fd)
-                if time.monotonic() < deadline:       # a look, a sweep: gone in an instant
+                waited = time.monotonic() - start
+                # a look, a sweep: gone in an instant; only lookers (shared holds), for longer
+                # (one stopped while it looks must not make this one go on unlocked)
+                if waited < TAKE_WAIT or (looking and waited < LOOK_WAIT):
                     time.sleep(0.005)
                     continue
-                if holder > 0 and not _alive(holder):
-                    return None
-                return holder
+                return holder if holder > 0 and _alive(holder) else 0
             except OSError:
                 _close(fd)
                 return None
             if not _same(fd, path):  # released and removed while this opened it: the next one
                 _close(fd)
                 continue
-            pid, epoch = _content(fd)
-            orphan = (pid, epoch) if pid > 0 and epoch is not None and not _alive(pid) else None
+            orphan = _orphan(fd)
             _write(fd, str(os.getpid()))
             lock = DriverLock(path, fd, orphan)
             _OPENING.discard(fd)
@@ -138,27 +143,26 @@ class DriverLocks:
         return None
 
     def look(self, run_id: str) -> int | Orphan | None:
-        """What the run's lock says, without taking it for more than an instant, and without
-        making or writing anything: the pid of the live process that holds it (0: not written
-        yet); the (pid, generation) of a driver that died holding it; None if nothing is known
-        (no file; a file that proves nothing)."""
+        """What the run's lock says, holding it shared for an instant (a driver or a taker holds
+        it exclusive), without making or writing anything: the pid of the live process that
+        holds it (0: not known); the (pid, generation) of a driver that died holding it; None if
+        nothing is known (no file; a file that proves nothing)."""
         assert fcntl is not None
         path = self.directory / f"{run_id}.lock"
-        fd = _open(path, os.O_RDWR)
+        fd = _open(path, os.O_RDONLY)
         if fd is None:
             return None
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _content(fd)[0]
-                return None if holder > 0 and not _alive(holder) else holder
+                return holder if holder > 0 and _alive(holder) else 0
             except OSError:
                 return None
             if not _same(fd, path):
                 return None
-            pid, epoch = _content(fd)
-            return (pid, epoch) if pid > 0 and epoch is not None and not _alive(pid) else None
+            return _orphan(fd)
         finally:
             _close(fd)
 
@@ -270,11 +274,55 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _content(fd: int) -> tuple[int, int | None]:
-    """The pid and the generation (None if none was written) the file holds."""
+def _content(fd: int) -> tuple[int, int | None, str]:
+    """The pid, the generation (None if none was written) and the host the file names."""
     try:
-        text = os.pread(fd, 64, 0).decode()
-        pid, sep, epoch = text.partition(":")
-        return int(pid or 0), int(epoch) if sep else None
+        pid, _, rest = os.pread(fd, 128, 0).decode().partition(":")
+        epoch, _, host = rest.partition(":")
+        return int(pid or 0), int(epoch) if epoch else None, host
     except (OSError, ValueError):
-        return 0, None
+        return 0, None, ""
+
+
+def _orphan(fd: int) -> Orphan | None:
+    """The (pid, generation) a free file holds if its driver died holding it: a pid that no
+    longer exists, written by a driver (with its generation) on this machine, in this pid
+    namespace (``_HOST``: a driver on another machine sharing the home over a file system
+    whose locks are not shared, or in another container, is not known dead from here)."""
+    pid, epoch, host = _content(fd)
+    if pid > 0 and epoch is not None and host == _HOST and not _alive(pid):
+        return pid, epoch
+    return None
+
+
+def _only_looked_at(fd: int) -> bool:
+    """Whether the lock ``fd``'s exclusive try failed on is held shared only (lookers)."""
+    assert fcntl is not None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError:
+        pass
+    return True
+
+
+def _host() -> str:
+    """This machine's boot and pid namespace: what a pid in a lock file is a pid of."""
+    parts = []
+    for path in ("/proc/sys/kernel/random/boot_id",):
+        try:
+            with open(path) as f:
+                parts.append(f.read().strip())
+        except OSError:
+            parts.append("-")
+    try:
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        parts.append("-")
+    return ".".join(parts)
+
+
+_HOST = _host()

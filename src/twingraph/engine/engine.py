@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from types import AsyncGeneratorType, CoroutineType, FunctionType, GeneratorType, MethodType
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -150,51 +151,138 @@ def _make_room(cache: dict[int, Any]) -> None:
 
 
 _HOLDING = threading.local()
+#: ``_held_digest`` per function object, taken once (a function given to 10,000 tasks, or one
+#: whose closure loads a model lazily as tasks run: its keys drifted between tasks).
+_HELD_DIGESTS: weakref.WeakKeyDictionary[FunctionType, str] = weakref.WeakKeyDictionary()
+_HELD_OBJECTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_HELD_LOCK = threading.Lock()
+#: Items of a container held by a function looked through for arrays, and how deep.
+HELD_ITEMS, HELD_DEPTH = 1000, 3
 
 
 def _held_digest(fn: FunctionType) -> str:
     """What a function holds in its closure cells and defaults that its code version sees by
-    type only (``_held_value``): two closures of one factory over different arrays
+    type only (``_held_parts``): two closures of one factory over different arrays
     (``make_scorer(w)``) given as arguments had one key, one result served for both in one
-    run. "" when it holds none of that."""
-    cells = []
-    for c in fn.__closure__ or ():
+    run. "" when it holds none of that. Taken once per function object (``_HELD_DIGESTS``):
+    what it holds changing in place later in the process is not seen (as for a version)."""
+    with _HELD_LOCK:
+        got = _HELD_DIGESTS.get(fn)
+    if got is not None:
+        return got
+    busy = getattr(_HOLDING, "busy", None)
+    if busy is None:
+        busy = _HOLDING.busy = set()
+    if id(fn) in busy:              # a closure that holds itself, or a cycle through others
+        return ":again"
+    busy.add(id(fn))
+    try:
+        parts: list[str] = []
+        for i, c in enumerate(fn.__closure__ or ()):
+            try:
+                v = c.cell_contents
+            except ValueError:          # an empty cell
+                continue
+            _held_parts(v, f"c{i}", parts, 0)
+        for i, v in enumerate(fn.__defaults__ or ()):
+            _held_parts(v, f"d{i}", parts, 0)
+        for k, v in sorted((fn.__kwdefaults__ or {}).items()):
+            _held_parts(v, f"k{k}", parts, 0)
+        got = ":" + sha256_hex("\0".join(parts).encode()) if parts else ""
+    finally:
+        busy.discard(id(fn))
+    with _HELD_LOCK:
         try:
-            cells.append(c.cell_contents)
-        except ValueError:                  # an empty cell
-            continue
-    values = [*cells, *(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()]
-    parts = [p for p in map(_held_value, values) if p is not None]
-    return ":" + sha256_hex("\0".join(parts).encode()) if parts else ""
+            _HELD_DIGESTS[fn] = got
+        except TypeError:             # (not weakly referable)
+            pass
+    return got
 
 
-def _held_value(v: Any) -> str | None:
-    """A value held by code (a closure cell, a default, a bound method's object) keyed as the
-    code version cannot: a NumPy array by its content, an instance of a user class by its
-    attributes (``instance_state``, walked as arguments are). None for anything else (by its
-    type, in the version; plain data is there by value, code by its version). Asked by
-    ``type(v)`` only: a lazy proxy's target is not reached."""
+def _held_parts(v: Any, where: str, parts: list[str], depth: int) -> None:
+    """The NumPy arrays and scalars in ``v`` (a closure cell, a default), in the lists, tuples
+    and dicts it is (``HELD_DEPTH`` levels, ``HELD_ITEMS`` items each), in a function's own
+    cells and defaults, a ``functools.partial``'s, a bound method's object, and the plain
+    attributes of an object of the user's (by value, as a class component's: ``Scaler(2.0)``
+    edited to ``Scaler(4.0)`` kept the key), each as ``where: digest``. Everything else is left
+    to the code version (plain data by value, code by its version, other objects by their type
+    or statement): hashing them meant pickling, which forces lazy proxies and keys clients and
+    sessions apart in every process. Asked by ``type(v)`` only."""
     t = type(v)
     try:
-        if any(c.__name__ == "ndarray" and c.__module__ == "numpy" for c in t.__mro__):
-            return Engine.hash_value(v)
-        if is_user_class(t) and not issubclass(t, BaseException):
-            state = instance_state(v, leaf_hash=Engine.hash_value)
-            return f"{t.__module__}.{t.__qualname__}:" + sha256_hex(canonical_json(state))
+        if any(c.__module__ == "numpy" and c.__name__ in ("ndarray", "generic")
+               for c in t.__mro__):
+            parts.append(f"{where}:{_array_digest(v)}")
+        elif depth >= HELD_DEPTH:
+            return
+        elif t is FunctionType:
+            held = _held_digest(v)
+            if held:
+                parts.append(f"{where}:{held}")
+        elif t is functools.partial:
+            _held_parts(v.func, f"{where}.f", parts, depth + 1)
+            for i, x in enumerate(v.args[:HELD_ITEMS]):
+                _held_parts(x, f"{where}.{i}", parts, depth + 1)
+            for k, x in list((v.keywords or {}).items())[:HELD_ITEMS]:
+                _held_parts(x, f"{where}.{k!r}", parts, depth + 1)
+        elif t is list or t is tuple:
+            for i, x in enumerate(v[:HELD_ITEMS]):
+                _held_parts(x, f"{where}.{i}", parts, depth + 1)
+        elif t is dict:
+            for k, x in list(v.items())[:HELD_ITEMS]:
+                _held_parts(x, f"{where}.{k!r}", parts, depth + 1)
+        elif t is MethodType:
+            _held_parts(v.__self__, f"{where}.self", parts, depth + 1)
+        elif is_user_class(t) and not issubclass(t, (type, BaseException)):
+            # its plain attributes, and the arrays it holds (``m.predict`` over ``m.w``)
+            state = instance_state(v)             # plain data by value, the rest by type
+            if state:
+                parts.append(f"{where}:" + sha256_hex(canonical_json(state)))
+            for k, x in list((attributes(v) or {}).items())[:HELD_ITEMS]:
+                _held_parts(x, f"{where}.{k}", parts, depth + 1)
     except Exception:  # noqa: BLE001 - what does not hash: by its type (the version)
-        return None
-    return None
+        return
+
+
+def _array_digest(v: Any) -> str:
+    """A held array's key: a memory-mapped one (``np.load(mmap_mode="r")``) by its file, where
+    and how it maps it, and the file's size and modification time (hashed, a 1 GB file was read
+    and copied whole); any other by its content, as an argument is."""
+    filename = getattr(v, "filename", None) if type(v).__name__ == "memmap" else None
+    if isinstance(filename, str):
+        st = os.stat(filename)
+        return sha256_hex(f"memmap\0{filename}\0{getattr(v, 'offset', 0)}\0{v.shape}\0"
+                          f"{v.dtype.str}\0{v.strides}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return Engine.hash_value(v)
 
 
 def held_state(fn: Any) -> str:
-    """What a component's function holds that its code version sees by type only: a closure's
-    cells and defaults that are not plain data (``_held_digest``: ``make_scorer(np.array(...))``
-    edited kept the version), a bound method's object's attributes, or a callable object's
-    (``component(Scaler(k=2).apply)`` edited to ``k=3`` kept it). "" when there is none."""
+    """What a component's function holds that its code version sees by type only: the arrays
+    of a closure's cells and defaults (``_held_digest``: ``make_scorer(np.array(...))`` edited
+    kept the version); a bound method's object's (or a callable object's) attributes that are
+    plain data, by value (``component(Scaler(k=2).apply)`` edited to ``k=3`` kept it), as a
+    class component's are. "" when there is none."""
     if type(fn) is FunctionType:
         return _held_digest(fn)
-    held = _held_value(fn.__self__ if type(fn) is MethodType else fn)
-    return f":{held}" if held else ""
+    owner = fn.__self__ if type(fn) is MethodType else fn
+    if isinstance(owner, type):
+        return ""
+    with _HELD_LOCK:           # once per object, as for a function (a model that loads its
+        try:                   # weights at its first call: its next version missed)
+            got = _HELD_OBJECTS.get(owner)
+        except TypeError:
+            got = None
+    if got is not None:
+        return got
+    parts: list[str] = []
+    _held_parts(owner, "self", parts, 0)
+    got = ":" + sha256_hex("\0".join(parts).encode()) if parts else ""
+    with _HELD_LOCK:
+        try:
+            _HELD_OBJECTS[owner] = got
+        except TypeError:             # (not weakly referable, or unhashable)
+            pass
+    return got
 
 
 def with_held_state(version: str, fn: Any) -> str:

@@ -317,15 +317,14 @@ class RunService:
         try:
             result = launch()
         except ConflictError as exc:
-            if not adopting:
-                result = self._failed_start(run_id, exc)
-            else:
-                # Another driver has it (a resume or a `runs cancel` took its lock first, or it
-                # ended meanwhile): not this adopter's to fail.
-                log.warning("run %s was not adopted: %s", run_id, exc)
-                with self._lock:
-                    self._threads.pop(run_id, None)
-                return
+            # Another process has it (a resume or a `runs cancel` on this machine took its
+            # lock first, or it ended meanwhile): not this driver's to fail. Still RUNNING and
+            # driven by nobody in the end, a server adopts it once its heartbeat is stale.
+            log.warning("run %s was not %s: %s", run_id,
+                        "adopted" if adopting else "started here", exc)
+            with self._lock:
+                self._threads.pop(run_id, None)
+            return
         except BaseException as exc:  # noqa: BLE001 - the run must end recorded, whatever happened
             result = self._failed_start(run_id, exc)
         with self._lock:
