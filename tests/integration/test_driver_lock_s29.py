@@ -114,6 +114,17 @@ def _record(eng: Engine, run_id: str, state: RunState = RunState.RUNNING) -> Non
                                   heartbeat_at=time.time())])
 
 
+def _dead_drivers_file(eng: Engine, run_id: str = "r1") -> tuple[DriverLocks, Path, int]:
+    """``run_id``'s lock file as a driver of generation 0 that died left it."""
+    locks = DriverLocks.of(eng.metadata)
+    assert locks is not None
+    locks.directory.mkdir(exist_ok=True)
+    path = locks.directory / f"{run_id}.lock"
+    dead = _dead_pid()
+    path.write_text(f"{dead}:0:{_HOST}")
+    return locks, path, dead
+
+
 def test_what_a_lock_file_proves(tmp_path: Path) -> None:
     """Only the run's current driver, dead, with its generation written: not a pid alone (one
     about to drive or watching, killed), not an earlier generation (the run was claimed since:
@@ -158,12 +169,7 @@ def test_a_take_while_someone_looks_gets_the_lock(tmp_path: Path) -> None:
     the next resume took its run over as proven dead. It tries again for ``TAKE_WAIT``."""
     eng = _engine(tmp_path)
     try:
-        locks = DriverLocks.of(eng.metadata)
-        assert locks is not None
-        locks.directory.mkdir(exist_ok=True)
-        path = locks.directory / "r1.lock"
-        dead = _dead_pid()
-        path.write_text(f"{dead}:0:{_HOST}")
+        locks, path, dead = _dead_drivers_file(eng)
         looker = subprocess.Popen(
             [sys.executable, "-c", "import fcntl, os, sys, time\n"
              f"fd = os.open({str(path)!r}, os.O_RDWR)\n"
@@ -240,12 +246,7 @@ def test_a_lock_held_by_a_stopped_looker_or_taker_is_never_taken_for_no_lock(
     waits while only lookers hold it, and refuses a lock held by anyone else."""
     eng = _engine(tmp_path)
     try:
-        locks = DriverLocks.of(eng.metadata)
-        assert locks is not None
-        locks.directory.mkdir(exist_ok=True)
-        path = locks.directory / "r1.lock"
-        dead = _dead_pid()
-        path.write_text(f"{dead}:0:{_HOST}")
+        locks, path, dead = _dead_drivers_file(eng)
         looker = _holder(path, "SH")
         try:
             import threading
