@@ -130,3 +130,94 @@ def test_a_zone_without_a_repr_is_keyed_without_its_address() -> None:
     text = _zone_text(PlainZoneS29())
     assert b"0x" not in text and b"PLAIN" in text
     assert _zone_text(PlainZoneS29()) == text
+
+
+def test_views_of_one_memory_map_are_two_inputs(tmp_path: Path) -> None:
+    """A slice keeps its memory map's file name and offset: ``MM[:5]`` and ``MM[5:]`` were
+    keyed alike, one result served for both. (A module of its own, run as a user's pipeline
+    file: pytest's rewritten test modules are keyed by their pickles.)"""
+    np = pytest.importorskip("numpy")
+    np.save(tmp_path / "w.npy", np.arange(10, dtype="f8"))
+    (tmp_path / "flow.py").write_text(textwrap.dedent("""
+        import numpy as np
+        from twingraph import component, pipeline
+
+        MM = np.load("w.npy", mmap_mode="r")
+
+        def make(w):
+            def total():
+                return float(w.sum())
+            return total
+
+        @component
+        def call(fn) -> float:
+            return fn()
+
+        @pipeline(name="mm_views_s29")
+        def flow():
+            return [call(fn=make(MM[:5]))["outputs"]["result"],
+                    call(fn=make(MM[5:]))["outputs"]["result"]]
+
+        print(flow.run().unwrap())
+        """))
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path / "home"),
+               PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    env.pop("TWINGRAPH_DATABASE_URL", None)
+    out = subprocess.run([sys.executable, "flow.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[10.0, 35.0]", out.stdout + out.stderr
+
+
+class ArrayEqualS29:
+    """Equal by an array's elements: ``==`` returns an array (its truth is ambiguous)."""
+
+    def __init__(self, w) -> None:
+        self.w = w
+
+    def __eq__(self, other):
+        return self.w == other.w
+
+    def __hash__(self) -> int:
+        return 1
+
+    def scaled(self, x: float) -> float:
+        return float(x * self.w.sum())
+
+
+def test_a_bound_method_component_of_an_object_with_its_own_eq(engine) -> None:
+    """Kept per object in a dictionary that asked the object's ``__eq__``: the second spec
+    raised "truth value of an array is ambiguous"."""
+    np = pytest.importorskip("numpy")
+    a = component(name="scaled_a_s29")(ArrayEqualS29(np.array([1.0, 2.0])).scaled)
+    b = component(name="scaled_b_s29")(ArrayEqualS29(np.array([1.0, 1.0])).scaled)
+
+    @pipeline(name="own_eq_s29")
+    def flow():
+        return [a(x=4.0)["outputs"]["result"], b(x=3.0)["outputs"]["result"]]
+    assert flow.run(engine=engine).unwrap() == [12.0, 6.0]
+
+
+def test_an_object_array_held_keeps_one_key_across_processes(tmp_path: Path) -> None:
+    """Pickled, an object array of a class of the pipeline's file (or a set of strings) had a
+    new key in every process: it is by its type, as before."""
+    (tmp_path / "flow.py").write_text(textwrap.dedent("""
+        import numpy as np
+        from twingraph.engine.engine import held_state
+
+        class Cell:
+            def __init__(self, v):
+                self.v = v
+
+        CELLS = np.array([Cell(1), {"a", "b", "c"}], dtype=object)
+
+        def make(cells):
+            def f():
+                return cells
+            return f
+        print(repr(held_state(make(CELLS))))
+        """))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    outs = {subprocess.run([sys.executable, "flow.py"], cwd=tmp_path, capture_output=True,
+                           text=True, env=dict(env, PYTHONHASHSEED=seed)).stdout
+            for seed in ("1", "2", "3")}
+    assert len(outs) == 1, outs

@@ -141,6 +141,26 @@ SCENARIOS = {
         def main():
             return score_a(x=2.0)
         """}, ("flow.py", "[1.0, 2.0, 3.0]", "[1.0, 2.0, 4.0]"), "12.0", "14.0"),
+    # an array held by a function the component reads through a global
+    "array_in_a_function_it_reads": ({"flow.py": """
+        import numpy as np
+        from twingraph import component, pipeline
+
+        def make(table):
+            def lookup(i):
+                return float(table[i])
+            return lookup
+
+        price = make(np.array([10, 20, 30]))
+
+        @component
+        def cost(i: int) -> float:
+            return price(i)
+
+        @pipeline(name="glob_closure_s29")
+        def main():
+            return cost(i=2)
+        """}, ("flow.py", "[10, 20, 30]", "[10, 20, 99]"), "30.0", "99.0"),
     "bound_method_component": ({"flow.py": """
         from twingraph import component, pipeline
 

@@ -1170,7 +1170,7 @@ class _Walk:
         objects: list[int | str] = []      # defaults that are user objects
 
         def default(which: int | str, v: Any) -> bytes:
-            if not _needs_home(v):
+            if not _is_user_object(v):
                 return self.value(v, names.attrs)
             objects.append(which)
             return self.value(v, names.attrs, _home_of(v, g))
@@ -1195,7 +1195,7 @@ class _Walk:
                 self.put("cell", name, "<empty>")
                 continue
             self.put("cell", name, self.value(
-                v, names.attrs, _home_of(v, g) if _needs_home(v) else None))
+                v, names.attrs, _home_of(v, g) if _is_user_object(v) else None))
         for name in sorted(names.globals):
             v = self.lookup(g, name)
             if v is not _MISSING:
@@ -1356,18 +1356,6 @@ def _is_user_object(v: Any) -> bool:
     t = type(v)
     return not issubclass(t, (types.ModuleType, type)) and _is_user_class(t) \
         and _plain(v) is None
-
-
-def _needs_home(v: Any) -> bool:
-    """A default or closure value the version cannot see into, found by where it is bound
-    (``_home_of``): an instance of a user class, or of a library's (``w=WEIGHTS``, a NumPy
-    array: by its type alone, ``WEIGHTS = np.array(...)`` edited kept the version). Not code,
-    not plain data (seen by value)."""
-    t = type(v)
-    if issubclass(t, (types.ModuleType, type, types.FunctionType, types.MethodType,
-                      types.BuiltinFunctionType, functools.partial)):
-        return False
-    return _plain(v) is None
 
 
 def _default_reads(code: types.CodeType, which: list[int | str]
@@ -1638,7 +1626,8 @@ def code_version(fn: Any, *, values: bool = True) -> str:
 _Deps = tuple[tuple[dict[str, Any], str, Any], ...]
 
 
-def _version(fn: Any, values: bool = True) -> tuple[str, _Deps]:
+def _version(fn: Any, values: bool = True, met: list[types.FunctionType] | None = None
+             ) -> tuple[str, _Deps]:
     """``code_version``, and the bindings it read (``_still`` tells whether they hold)."""
     # Unwrap components and library wrappers down to user code; a user function that wraps
     # another (a user decorator) is kept: its closure leads to the wrapped function anyway.
@@ -1669,6 +1658,8 @@ def _version(fn: Any, values: bool = True) -> tuple[str, _Deps]:
         walk.put("root", walk.value(target))
     walk.drain()
     deps = tuple(walk.deps.values())
+    if met is not None:
+        met.extend(f for f in walk.keep if type(f) is types.FunctionType)
     # The texts of the modules it read pinned now, with the version: a process task is sent
     # them (``code_modules``), and a module of constants, whose values the version took, was
     # read from disk at its first task, edited meanwhile. Best effort: the version stands.
@@ -1679,11 +1670,14 @@ def _version(fn: Any, values: bool = True) -> tuple[str, _Deps]:
     return walk.h.hexdigest()[:16], deps
 
 
-def version_and_deps(fn: Any) -> tuple[str, _Deps]:
-    """``code_version(fn)`` and the bindings its walk read: while ``bindings_hold`` says they
-    are bound as they were, the code the version read is the same objects (a reload of a
-    module it read rebinds them)."""
-    return _version(fn)
+def version_and_deps(fn: Any) -> tuple[str, _Deps, list[types.FunctionType]]:
+    """``code_version(fn)``, the bindings its walk read (while ``bindings_hold`` says they are
+    bound as they were, the code the version read is the same objects: a reload of a module it
+    read rebinds them), and the user functions it met (what they hold is keyed apart:
+    ``engine.held_state``)."""
+    met: list[types.FunctionType] = []
+    version, deps = _version(fn, met=met)
+    return version, deps, met
 
 
 def bindings_hold(deps: _Deps) -> bool:

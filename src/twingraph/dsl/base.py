@@ -140,7 +140,7 @@ class BaseComponent(abc.ABC):
             attributes = instance_state(self)
             if attributes:
                 cfg["__attributes__"] = attributes
-            version, deps = version_and_deps(cls)
+            version, deps, _ = version_and_deps(cls)
             spec = dataclasses.replace(draft, code_version=version, config=cfg,
                                        parameters=parameters_of(cls.execute, skip_first=True))
             object.__setattr__(self, "_code_only", code_version(cls, values=False))
@@ -166,7 +166,7 @@ class BaseComponent(abc.ABC):
         if code_only == self._code_only and bindings_hold(getattr(self, "_deps", ())):
             return
         object.__setattr__(self, "_code_only", code_only)
-        version, deps = version_and_deps(type(self))
+        version, deps, _ = version_and_deps(type(self))
         object.__setattr__(self, "_deps", deps)
         if version != spec.code_version:
             object.__setattr__(self, "_spec", dataclasses.replace(spec, code_version=version))

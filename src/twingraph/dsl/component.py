@@ -86,8 +86,8 @@ class Component:
     def _taken(self) -> str:
         """The code version (with what the function holds: ``with_held_state``), and the
         bindings it read kept for ``refresh_version``."""
-        version, self._deps = version_and_deps(self.fn)
-        return with_held_state(version, self.fn)
+        version, self._deps, met = version_and_deps(self.fn)
+        return with_held_state(version, self.fn, met)
 
     @property
     def platform(self) -> str:
