@@ -316,3 +316,66 @@ def test_a_file_it_cannot_write_is_locked_all_the_same(tmp_path: Path, monkeypat
         got.release()
     finally:
         eng.close()
+
+
+def test_a_killed_driver_not_reaped_yet_is_dead(tmp_path: Path) -> None:
+    """A zombie (killed, its parent a supervisor that has not waited for it) answered
+    ``kill(pid, 0)``: its lock file proved nothing, and every resume watched the heartbeat."""
+    eng = _engine(tmp_path)
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _record(eng, "r1")
+        locks = DriverLocks.of(eng.metadata)
+        assert locks is not None
+        locks.directory.mkdir(exist_ok=True)
+        (locks.directory / "r1.lock").write_text(f"{zombie.pid}:0:{_HOST}")
+        assert not eng.driver_dead("r1")              # alive: proves nothing
+        os.kill(zombie.pid, 9)
+        deadline = time.monotonic() + 10
+        while b") Z" not in Path(f"/proc/{zombie.pid}/stat").read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert eng.driver_dead("r1")                  # not reaped, and dead
+    finally:
+        zombie.kill()
+        zombie.wait()
+        eng.close()
+
+
+def test_the_sweep_does_not_wait_for_a_lock_someone_holds(tmp_path: Path) -> None:
+    """It ran where a run ends, and waited ``LOOK_WAIT`` for every file someone held (a look
+    stopped half-way): a run's end took seconds more."""
+    eng = _engine(tmp_path)
+    try:
+        _record(eng, "r1", RunState.CANCELLED)
+        locks, path, _ = _dead_drivers_file(eng)
+        looker = _holder(path, "SH")
+        try:
+            t0 = time.monotonic()
+            assert eng.sweep_driver_locks() == 0
+            assert time.monotonic() - t0 < 1 and path.exists()
+        finally:
+            looker.kill()
+            looker.wait()
+        assert eng.sweep_driver_locks() == 1 and not path.exists()
+    finally:
+        eng.close()
+
+
+def test_a_resume_of_a_run_cancelled_while_it_waited_for_the_lock_is_refused(
+        tmp_path: Path) -> None:
+    """A `runs cancel` and a resume at once after a kill: the cancel took the lock, ended the
+    run CANCELLED; the resume took the lock next and ran the run on to SUCCESS after the user
+    was told CANCELLED."""
+    from twingraph.engine.loop import RunOptions
+    from twingraph.errors import ConflictError
+
+    eng = _engine(tmp_path)
+    try:
+        _record(eng, "r1", RunState.CANCELLED)
+        with pytest.raises(ConflictError, match="ended meanwhile"):
+            eng._claim("r1", False, RunOptions(), RunState.RUNNING)   # RUNNING when it began
+        epoch, _, _ = eng._claim("r1", False, RunOptions(), RunState.CANCELLED)  # asked for
+        assert epoch == 1
+    finally:
+        eng.close()

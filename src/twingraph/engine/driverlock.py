@@ -97,12 +97,13 @@ class DriverLocks:
             pass
         return cls(database)
 
-    def take(self, run_id: str) -> DriverLock | int | None:
+    def take(self, run_id: str, wait: bool = True) -> DriverLock | int | None:
         """The run's lock, taken (its pid written in it); the pid written by the live process
         that holds it (0 if it is not known: not written yet, a dead process's pid in the file,
         only lookers holding it past ``LOOK_WAIT``) if another one does; None if there is no
         lock to take (the directory or the file cannot be made: a read-only home). A lock held
-        is never "no lock": a driver that went on without one was taken over by the next."""
+        is never "no lock": a driver that went on without one was taken over by the next.
+        ``wait=False``: one try (the sweep, which takes only what nobody holds)."""
         assert fcntl is not None
         try:
             self.directory.mkdir(exist_ok=True)
@@ -125,7 +126,7 @@ class DriverLocks:
                 waited = time.monotonic() - start
                 # a look, a sweep: gone in an instant; only lookers (shared holds), for longer
                 # (one stopped while it looks must not make this one go on unlocked)
-                if waited < TAKE_WAIT or (looking and waited < LOOK_WAIT):
+                if wait and (waited < TAKE_WAIT or (looking and waited < LOOK_WAIT)):
                     time.sleep(0.005)
                     continue
                 return holder if holder > 0 and _alive(holder) else 0
@@ -192,7 +193,7 @@ class DriverLocks:
                 continue
             if not over:
                 continue
-            got = self.take(run_id)
+            got = self.take(run_id, wait=False)      # held: a driver's, or looked at
             if isinstance(got, DriverLock):
                 got.release()
                 removed += 1
@@ -265,13 +266,20 @@ def _write(fd: int, text: str) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process: a zombie (killed, its parent has not reaped it yet:
+    a supervisor, a container's first process) is dead, and holds no lock."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:                # another user's: it exists
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):  # not Linux, or gone meanwhile
         return True
-    return True
 
 
 def _content(fd: int) -> tuple[int, int | None, str]:

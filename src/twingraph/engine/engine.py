@@ -781,10 +781,16 @@ class Engine:
         changed = ""
         if not resume:
             run_id = run_id or uuid.uuid4().hex
+        # What a resume found before it waited for the lock: a run RUNNING then and ended since
+        # (a `runs cancel` at the same time took the lock first) is not driven again.
+        before = self.metadata.get_run(run_id) if resume and run_id is not None \
+            and self.metadata is not None else None
         took = run_id is not None and self._hold(
             run_id, "not resuming it twice: wait until it ends, or stop it where it runs")
         try:
-            epoch, prior, changed = self._claim(run_id, claimed, opt) if resume \
+            epoch, prior, changed = self._claim(
+                run_id, claimed, opt,
+                before.state if before is not None else None) if resume \
                 else (0, prior, changed)
         except BaseException:
             if took:          # (not the lock of a run this engine drives already)
@@ -886,8 +892,8 @@ class Engine:
             return False
         return self._orphan_of_run(run_id, self._driver_locks.look(run_id))
 
-    def _claim(self, run_id: str | None, claimed: bool, opt: RunOptions
-               ) -> tuple[int, dict[str, TaskRecord], str]:
+    def _claim(self, run_id: str | None, claimed: bool, opt: RunOptions,
+               before: RunState | None = None) -> tuple[int, dict[str, TaskRecord], str]:
         """Resuming ``run_id``: claim it as its new driver; its epoch, its recorded tasks and
         what its options changed."""
         prior: dict[str, TaskRecord] = {}
@@ -907,6 +913,10 @@ class Engine:
             self._wait_until_driverless(run_id, seen)
             rec = self.metadata.get_run(run_id) or rec     # it may have ended meanwhile
             _check_resumable(rec)
+        if before is RunState.RUNNING and rec.state.terminal:
+            raise ConflictError(f"run {run_id} ended meanwhile ({rec.state.value}"
+                                f"{': ' + rec.error if rec.error else ''}): not resumed; "
+                                f"resume it again to run it on")
         # This driver's generation: its fencing tokens are above every earlier driver's
         # (one still alive after all, stalled past adoption, is fenced off). Claimed with a
         # compare-and-set on the heartbeat read above: of two resumes at once, one drives
