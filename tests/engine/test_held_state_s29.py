@@ -17,7 +17,8 @@ import pytest
 
 from twingraph import component, pipeline
 from twingraph.core.codeversion import _zone_text
-from twingraph.engine.engine import Engine, _array_digest, held_state
+from twingraph.engine.engine import Engine
+from twingraph.engine.heldstate import _array_digest, held_state
 
 
 class LazyModelS29:
@@ -81,7 +82,7 @@ def test_objects_that_differ_per_process_but_not_in_what_they_hold_keep_one_key(
     code = textwrap.dedent("""
         import random, sys, threading
         sys.path.insert(0, sys.argv[1])
-        from twingraph.engine.engine import held_state
+        from twingraph.engine.heldstate import held_state
 
         class Model:
             def __init__(self):
@@ -202,7 +203,7 @@ def test_an_object_array_held_keeps_one_key_across_processes(tmp_path: Path) -> 
     new key in every process: it is by its type, as before."""
     (tmp_path / "flow.py").write_text(textwrap.dedent("""
         import numpy as np
-        from twingraph.engine.engine import held_state
+        from twingraph.engine.heldstate import held_state
 
         class Cell:
             def __init__(self, v):

@@ -1674,7 +1674,7 @@ def version_and_deps(fn: Any) -> tuple[str, _Deps, list[types.FunctionType]]:
     """``code_version(fn)``, the bindings its walk read (while ``bindings_hold`` says they are
     bound as they were, the code the version read is the same objects: a reload of a module it
     read rebinds them), and the user functions it met (what they hold is keyed apart:
-    ``engine.held_state``)."""
+    ``engine.heldstate``)."""
     met: list[types.FunctionType] = []
     version, deps = _version(fn, met=met)
     return version, deps, met

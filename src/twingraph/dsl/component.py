@@ -22,7 +22,8 @@ from twingraph.core.codeversion import bindings_hold, code_version, version_and_
 from twingraph.core.specs import ComponentSpec
 from twingraph.engine.calls import LINEAGE_KWARGS, accepts_lineage
 from twingraph.core.placement import in_worker_process
-from twingraph.engine.engine import current_run, runs_live, with_held_state
+from twingraph.engine.engine import current_run, runs_live
+from twingraph.engine.heldstate import with_held_state
 from twingraph.errors import ExecutorUnavailable, ValidationError
 from twingraph.registry import register_component
 
