@@ -22,7 +22,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from twingraph.dsl.pipeline import Nullable, Pipeline, param_json_types
+from twingraph.dsl.params import Nullable, from_text, param_json_types, param_text_types
+from twingraph.dsl.pipeline import Pipeline
 from twingraph.errors import ValidationError
 
 
@@ -194,9 +195,12 @@ def parse_params(items: list[str], fn: Any = None) -> dict[str, object]:
     the pipeline function ``fn``, a value for a parameter annotated ``str``, ``int``, ``float``,
     ``bool``, ``list`` or ``dict`` must be one (``ValidationError`` naming it otherwise; ``str``
     keeps the text as typed, ``float`` takes an integer, a ``list`` must be a JSON array: a
-    typo in one was taken as text); ``Optional[...]`` of one also takes ``null``."""
+    typo in one was taken as text); ``Optional[...]`` of one also takes ``null``. A value for
+    a parameter annotated with a text kind (``Path``, ``date``, ``datetime``, ``UUID``,
+    ``Decimal``, an ``Enum``: ``dsl.params``) is built from its text."""
     import json
     hints = _scalar_hints(fn)
+    texts = {} if fn is None else param_text_types(fn)
     out: dict[str, object] = {}
     for item in items:
         if "=" not in item:
@@ -204,6 +208,9 @@ def parse_params(items: list[str], fn: Any = None) -> dict[str, object]:
         k, v = item.split("=", 1)
         if k in out:            # the first or the second? neither is a safe guess
             raise ValidationError(f"--param {k} is given twice")
+        if k in texts:
+            out[k] = _text_param(k, texts[k], v)
+            continue
         want = hints.get(k)
         if isinstance(want, Nullable):
             if v == "null":
@@ -227,6 +234,27 @@ def parse_params(items: list[str], fn: Any = None) -> dict[str, object]:
             raise ValidationError(f"--param {k}: expected {named}, got {v!r}")
         out[k] = value
     return out
+
+
+def _text_param(name: str, kind: Any, text: str) -> object:
+    """``--param name=text`` for a text kind: the text itself (an enum's value may be a JSON
+    number, ``level=2``); ``null`` is None where the annotation allows it."""
+    import json
+    if isinstance(kind, Nullable) and text == "null":
+        return None
+    try:
+        return from_text(kind, text)
+    except ValueError as first:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if value is not None and not isinstance(value, str):
+            try:
+                return from_text(kind, value)
+            except ValueError:
+                pass
+        raise ValidationError(f"--param {name}: {first}") from None
 
 
 class _NotFinite(Exception):

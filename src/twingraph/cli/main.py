@@ -298,10 +298,16 @@ def _resume_params(rec: Any, given: dict[str, Any]) -> dict[str, Any]:
     it was started with, so a value that differs from the recorded one is a usage error (it
     was silently dropped); only those the run could not record exactly (``inexact_params``)
     are taken, as ``Pipeline.run(resume=...)`` needs them given again."""
+    from twingraph.dsl.params import text_form
     inexact = set((rec.source or {}).get("inexact_params") or ())
+    typed = set((rec.source or {}).get("typed_params") or ())
     recorded = rec.params or {}
+
+    def as_recorded(k: str, v: Any) -> Any:      # a Path given again: as its text
+        text = text_form(type(v), v) if k in typed and v is not None else NotImplemented
+        return v if text is NotImplemented else text
     differ = sorted(k for k, v in given.items()
-                    if k not in inexact and (k not in recorded or recorded[k] != v))
+                    if k not in inexact and (k not in recorded or recorded[k] != as_recorded(k, v)))
     if differ:
         was = ", ".join(f"{k}={json.dumps(recorded[k], ensure_ascii=False)}" if k in recorded
                         else f"{k} not given" for k in differ)

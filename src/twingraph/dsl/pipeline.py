@@ -33,6 +33,7 @@ from twingraph.core.records import LogRecord
 from twingraph.core.specs import PipelineSpec
 from twingraph.dsl.base import BaseComponent
 from twingraph.dsl.component import Component, check_platform
+from twingraph.dsl.params import param_text_types, text_form, typed_params
 from twingraph.engine.bodystop import passes_through
 from twingraph.engine.engine import Engine, RunResult, current_run
 from twingraph.engine.loop import RunOptions
@@ -100,6 +101,7 @@ class Pipeline:
             if isinstance(c, (Component, BaseComponent)):
                 c.refresh_version()
         params = _params(self.fn, args, dict(kwargs), partial=resume is not None)
+        kinds = param_text_types(self.fn)
         source = self.source()
         if resume is not None:
             rec = engine.metadata.get_run(resume) if engine.metadata is not None else None
@@ -113,7 +115,7 @@ class Pipeline:
             # A value that differs from the recorded one was dropped without a word (the
             # run went on with the recorded one): refused, as ``twingraph run --resume``
             # refuses such a ``--param``.
-            as_recorded, _ = _recorded_params(given)
+            as_recorded, _, _ = _recorded_params(given, kinds)
             differ = sorted(k for k in given if k not in inexact
                             and (k not in params or as_recorded[k] != params[k]))
             if differ:
@@ -132,6 +134,9 @@ class Pipeline:
                     f"exactly ({', '.join(f'{n}={params.get(n)}' for n in missing)}): pass "
                     f"them again to resume it, e.g. {example}")
             params.update({n: given[n] for n in inexact})
+            # values of text kinds it recorded as their text (a Path, a date) are built again
+            params = typed_params(self.fn, params, (rec.source or {}).get("typed_params") or (),
+                                  where=f"run {resume}'s parameter")
             args, kwargs = _resume_call(self.fn, self.name, resume, params)
             no_cache = bool(no_cache or rec.config.get("no_cache"))    # either asks for it
             if max_parallel is None:
@@ -144,9 +149,11 @@ class Pipeline:
         version = self.register(engine)
         # The id is chosen here so the lineage export also follows a run that ends in Ctrl-C.
         run_id = resume or uuid.uuid4().hex
-        recorded, inexact = _recorded_params(params)
+        recorded, inexact, typed = _recorded_params(params, kinds)
         if inexact:          # a resume must be given them again (see above)
             source["inexact_params"] = inexact
+        if typed:            # recorded as their text: a resume builds them again
+            source["typed_params"] = typed
         @passes_through
         def body(run: Any) -> Any:
             return self.fn(*args, **kwargs)
@@ -351,20 +358,31 @@ def _resume_call(fn: Callable[..., Any], name: str, run_id: str,
     return args, kwargs
 
 
-def _recorded_params(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The run's parameters as recorded (JSON), and the names of those JSON cannot carry
-    exactly (a tuple, a set, a dict with int keys, an object...): recorded as their ``repr``,
-    for people to read. A resumed run calls the body with the recorded values, so it must be
-    given those again: the text in their place would be a different input."""
+def _recorded_params(params: dict[str, Any], kinds: Mapping[str, Any] | None = None
+                     ) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The run's parameters as recorded (JSON); the names of those JSON cannot carry exactly
+    (a tuple, a set, a dict with int keys, an object...): recorded as their ``repr``, for
+    people to read. A resumed run calls the body with the recorded values, so it must be given
+    those again: the text in their place would be a different input. Last, the names of
+    those recorded as their text (``kinds``: the parameters annotated with a text kind, a
+    ``Path`` or a ``date`` given as one), which a resume builds again."""
     out: dict[str, Any] = {}
     inexact: list[str] = []
+    typed: list[str] = []
     for k, v in params.items():
+        kind = None if kinds is None else kinds.get(k)
+        if kind is not None and not _exact_in_json(v):
+            text = text_form(kind, v)
+            if text is not NotImplemented:
+                out[k] = text
+                typed.append(k)
+                continue
         if _exact_in_json(v):
             out[k] = v
         else:
             out[k] = _shown(v)
             inexact.append(k)
-    return out, inexact
+    return out, inexact, typed
 
 
 def _shown(v: Any) -> str:
@@ -569,89 +587,3 @@ def _names(code: types.CodeType) -> set[str]:
     return out
 
 
-_SCALARS = (str, int, float, bool)      # and list, dict: ``param_json_types``
-
-
-class Nullable:
-    """A scalar annotation that also takes None: ``Optional[int]``, ``int | None``."""
-    __slots__ = ("type",)
-
-    def __init__(self, t: type) -> None:
-        self.type = t
-
-    @property
-    def __name__(self) -> str:
-        return f"{self.type.__name__} or null"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Nullable) and other.type is self.type
-
-    def __hash__(self) -> int:
-        return hash((Nullable, self.type))
-
-
-def param_json_types(fn: Any) -> dict[str, Any]:
-    """The parameters of ``fn`` annotated ``str``, ``int``, ``float``, ``bool``, ``list`` or
-    ``dict`` (``list[int]``, ``dict[str, float]``: by their container alone), or one of them
-    or None (a ``Nullable``): what the CLI converts ``--param`` text to, and what REST checks
-    JSON values against. Each parameter's annotation is resolved on its own: one that cannot
-    be (a name imported under ``TYPE_CHECKING``) is not checked, and no longer turns off the
-    checks of all the others (``zip_code: str`` took ``12345`` as an int then)."""
-    import typing
-    out: dict[str, Any] = {}
-    for k, t in _param_hints(fn).items():
-        kind = _json_kind(t)
-        if kind is not None:
-            out[k] = kind
-        elif typing.get_origin(t) in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(t) if a is not type(None)]
-            if len(args) == 1 and len(typing.get_args(t)) == 2:
-                kind = _json_kind(args[0])
-                if kind is not None:
-                    out[k] = Nullable(kind)
-    return out
-
-
-def _json_kind(t: Any) -> type | None:
-    import typing
-    if t in _SCALARS:
-        return t  # type: ignore[no-any-return]
-    origin = t if t in (list, dict) else typing.get_origin(t)
-    return origin if origin in (list, dict) else None
-
-
-def _param_hints(fn: Any) -> dict[str, Any]:
-    """``fn``'s parameter annotations, evaluated: all at once when they can be, else each on
-    its own (those that cannot be are left out)."""
-    import typing
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # noqa: BLE001 - one of them does not resolve: each on its own below
-        hints = None
-    if hints is not None:
-        hints.pop("return", None)
-        return hints
-    target = inspect.unwrap(fn)
-    scope = getattr(target, "__globals__", {})
-    out: dict[str, Any] = {}
-    for k, a in getattr(target, "__annotations__", {}).items():
-        if k == "return":
-            continue
-        if isinstance(a, str):
-            try:      # the annotation's text, in the module that wrote it (get_type_hints' way)
-                a = eval(a, scope)  # noqa: S307 - the user's own module, already imported
-            except Exception:  # noqa: BLE001 - a name it cannot see: not checked
-                continue
-        out[k] = a
-    return out
-
-
-def json_fits(value: Any, annotation: Any) -> bool:
-    """Whether a JSON value is of a scalar annotation's type (an int is a float; a bool is
-    neither an int nor a float, as JSON tells them apart; a ``Nullable`` also takes None)."""
-    if isinstance(annotation, Nullable):
-        return value is None or json_fits(value, annotation.type)
-    t = type(value)
-    if annotation is float:
-        return t is int or t is float
-    return t is annotation

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twingraph.core.graph import validate_dag
-from twingraph.dsl.pipeline import json_fits, param_json_types
+from twingraph.dsl.params import ParamError, json_fits, param_json_types, typed_params
 from twingraph.engine.dynamic import DAGDefinition, NodeDefinition, NodeExecutor
 from twingraph.errors import GraphValidationError, ValidationError
 
@@ -258,6 +258,11 @@ def check_python_params(fn: Callable[..., Any], params: Mapping[str, Any]) -> No
     except TypeError as exc:
         raise DefinitionError(f"params do not fit the pipeline: {exc}",
                               [{"field": "params", "message": str(exc)}]) from exc
+    try:
+        typed_params(fn, params, where="param")
+    except ParamError as exc:       # a Path, a date... whose text is not one
+        raise DefinitionError(f"params do not fit the pipeline: {exc}",
+                              [{"field": f"params.{exc.param}", "message": str(exc)}]) from None
     types = param_json_types(fn)
     if not types:
         return

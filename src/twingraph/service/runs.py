@@ -21,8 +21,8 @@ from typing import Any
 from twingraph.core.records import LogRecord
 from twingraph.core.states import RunState
 from twingraph.dsl.component import check_platform
-from twingraph.dsl.pipeline import (Pipeline, export_lineage, json_fits, recorded_defaults,
-                                   param_json_types)
+from twingraph.dsl.params import json_fits, param_json_types, param_text_types, typed_params
+from twingraph.dsl.pipeline import Pipeline, export_lineage, recorded_defaults
 from twingraph.engine.bodystop import passes_through
 from twingraph.engine.dynamic import DynamicScheduler
 from twingraph.engine.engine import LIVE_WINDOW, Engine, RunResult
@@ -285,7 +285,12 @@ class RunService:
                               no_cache=no_cache, error_config=spec.error_config,
                               lineage=spec.lineage)
             params = dict(run.params)
-            kwargs = call_params(pipe.fn, params)
+            # a Path, a date... from their text; an int for a float as a float (``dsl.params``)
+            kwargs = typed_params(pipe.fn, call_params(pipe.fn, params), floats=True)
+            source = pipe.source()
+            typed = [k for k in param_text_types(pipe.fn) if params.get(k) is not None]
+            if typed:          # recorded as text: ``run --resume`` builds them again too
+                source["typed_params"] = typed
 
             @passes_through
             def call_body(_run: Any) -> Any:
@@ -294,7 +299,7 @@ class RunService:
             def launch() -> RunResult:
                 result = self.engine.run(
                     call_body, pipeline=run.pipeline, params=params,
-                    options=opts, run_id=run.run_id, source=pipe.source(), **mode,
+                    options=opts, run_id=run.run_id, source=source, **mode,
                     notifications=spec.notifications or None,
                     pipeline_version=run.pipeline_version)
                 export_lineage(self.engine, spec, run.run_id)    # never raises

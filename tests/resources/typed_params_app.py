@@ -1,0 +1,34 @@
+"""A pipeline whose parameters are text kinds (``dsl.params``): what the body gets from the
+CLI, REST and a resume."""
+from __future__ import annotations
+
+import enum
+import os
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Optional
+from uuid import UUID
+
+from twingraph import component, pipeline
+
+
+class Level(enum.Enum):
+    LOW = 1
+    HIGH = 2
+
+
+@component()
+def describe(values: dict):
+    if os.environ.get("TYPED_FAIL_IF_MISSING") and \
+            not os.path.exists(os.environ["TYPED_FAIL_IF_MISSING"]):
+        raise RuntimeError("not yet")
+    return {k: [type(v).__name__, str(v)] for k, v in values.items()}
+
+
+@pipeline(name="typed")
+def typed(out: Path, day: date, ratio: float = 1.0, level: Level = Level.LOW,
+          at: Optional[datetime] = None, amount: Decimal = Decimal("0"),
+          ident: UUID | None = None):
+    return describe(values={"out": out, "day": day, "ratio": ratio, "level": level, "at": at,
+                            "amount": amount, "ident": ident})["outputs"]
