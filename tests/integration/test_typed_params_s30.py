@@ -152,7 +152,9 @@ def app_client(tmp_path: Path) -> Any:
     from twingraph.server.app import create_app
     from twingraph.service import build_services
     from twingraph.settings import Settings
+    from twingraph.server.build import wire_schedules
     svc = build_services(Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path}/tg.db"))
+    wire_schedules(svc, poll_interval=0.1)
     app = create_app(svc, load=[str(RESOURCES / "typed_params_app.py")])
     with TestClient(app) as client:
         yield client
@@ -189,3 +191,116 @@ def test_rest_builds_the_values_and_refuses_a_bad_text(app_client: Any) -> None:
     # the same value as the CLI's: ratio 2 reached the body as 2.0, the level by name
     outputs = c.get(f"/api/executions/{run_id}").json()["outputs"]
     assert outputs == EXPECTED, outputs
+
+
+# -- the first review's findings ----------------------------------------------------------------
+def _start(c: Any, pipeline: str, params: dict[str, Any]) -> str:
+    r = c.post("/api/v1/runs", json={"pipeline_id": pipeline, "params": params})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["data"]["id"]
+    assert c.post(f"/api/v1/runs/{run_id}/start").status_code == 202
+    return run_id
+
+
+def test_a_cli_resume_of_a_rest_run_builds_the_values_the_server_gave(
+        app_client: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """The server listed the text-kind names only at its own start: a run made PENDING over
+    REST recorded none, and ``--resume`` gave the body the text, the int, the enum's name."""
+    flag = tmp_path / "go"
+    monkeypatch.setenv("TYPED_FAIL_IF_MISSING", str(flag))
+    c = app_client
+    run_id = _start(c, "typed", {"out": "/data//in.csv", "day": "2026-12-07", "ratio": 2,
+                                 "level": "HIGH", "at": "2026-12-07T09:30:00+01:00",
+                                 "amount": "1.50", "ident": UUID_TEXT})
+    assert _finished(c, run_id)["state"] == "FAILED"
+    rec = _record_of(c, run_id)
+    assert rec["params"]["level"] == 2 and rec["params"]["out"] == "/data/in.csv"
+    assert rec["params"]["ratio"] == 2.0 and type(rec["params"]["ratio"]) is float
+    shutil.copy(RESOURCES / "typed_params_app.py", tmp_path / "typed_app.py")
+    flag.write_text("")
+    env = dict(os.environ, TWINGRAPH_HOME=str(tmp_path),
+               TWINGRAPH_DATABASE_URL=f"sqlite:///{tmp_path}/tg.db")
+    # the same value in another spelling is the recorded one
+    out = _cli(tmp_path, env, "run", "typed_app.py:typed", "--resume", run_id, "--param",
+               "out=/data/./in.csv", "--param", "level=2", "--json", "--no-progress")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout) == EXPECTED
+
+
+def _record_of(c: Any, run_id: str) -> dict[str, Any]:
+    return c.get(f"/api/v1/runs/{run_id}").json()["data"]
+
+
+def test_defaults_stay_the_functions_own_over_rest(app_client: Any) -> None:
+    """Recorded with the run, defaults were converted (and ``since: date = ""`` failed the
+    start with 422) where the CLI passes them as they are."""
+    c = app_client
+    run_id = _start(c, "typed_defaults", {})
+    run = _finished(c, run_id)
+    assert run["state"] == "SUCCESS", run
+    assert c.get(f"/api/executions/{run_id}").json()["outputs"] == {
+        "out": ["str", "out.csv"], "ratio": ["int", "1"], "since": ["str", ""],
+        "mode": ["str", "LOW"]}
+    given = _start(c, "typed_defaults", {"out": "b.csv", "mode": "HIGH", "ratio": 3})
+    assert _finished(c, given)["state"] == "SUCCESS"
+    assert c.get(f"/api/executions/{given}").json()["outputs"] == {
+        "out": ["PosixPath", "b.csv"], "ratio": ["float", "3.0"], "since": ["str", ""],
+        "mode": ["Level", "Level.HIGH"]}
+
+
+def test_a_bool_is_not_an_enum_member_of_value_1(app_client: Any) -> None:
+    r = app_client.post("/api/v1/runs", json={"pipeline_id": "typed",
+                                               "params": {"out": "/x", "day": "2026-12-07",
+                                                          "level": True}})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "params.level"
+    with pytest.raises(ValidationError, match="--param level"):
+        parse_params(["level=true"], typed.fn)
+
+
+def test_a_schedule_gives_logical_date_as_a_date_when_annotated_so(app_client: Any) -> None:
+    """The slot is a UTC date and time; ``logical_date: date`` was refused (422) at the
+    schedule's creation and at every firing."""
+    c = app_client
+    r = c.post("/api/v1/runs", json={"pipeline_id": "dated",
+                                     "params": {"logical_date": "2026-12-07T02:00:00Z"}})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["data"]["id"]
+    assert r.json()["data"]["params"]["logical_date"] == "2026-12-07T02:00:00Z"   # as given
+    assert c.post(f"/api/v1/runs/{run_id}/start").status_code == 202
+    assert _finished(c, run_id)["state"] == "SUCCESS"
+    assert c.get(f"/api/executions/{run_id}").json()["outputs"]["logical_date"] == \
+        ["date", "2026-12-07"]
+    pipe = c.app.state.services.catalog.find_pipeline("dated")
+    s = c.post("/api/v1/schedules", json={"project_id": pipe.project_id, "pipeline_id": pipe.id,
+                                          "kind": "CRON", "expression": "0 3 * * *"})
+    assert s.status_code == 201, s.text
+
+
+def test_an_adopted_run_gets_what_its_record_says(app_client: Any, tmp_path: Path) -> None:
+    """An adoption built every text-kind value from its text: a run started from Python
+    with text for a ``Path`` got a ``Path`` once adopted. A run whose parameters were not
+    recorded exactly got their ``repr`` as the value; it now fails, saying how to resume it."""
+    from twingraph.core.states import RunState
+    from twingraph.engine.driverlock import _HOST
+    from twingraph.service.adoption import Adopter
+    svc = app_client.app.state.services
+    pipe = svc.catalog.find_pipeline("typed")
+    as_text = svc.catalog.create_run(pipe, params={"out": "/data/in.csv", "day": "2026-12-07"},
+                                     source={"typed_params": ["day"]})
+    inexact = svc.catalog.create_run(pipe, params={"out": "PurePosixPath('a')",
+                                                   "day": "2026-12-07"},
+                                     source={"inexact_params": ["out"], "typed_params": ["day"]})
+    locks = svc.runs.engine._driver_locks
+    locks.directory.mkdir(exist_ok=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for run in (as_text, inexact):
+        assert svc.catalog.claim_start(run.run_id, time.time())
+        (locks.directory / f"{run.run_id}.lock").write_text(f"{dead.pid}:0:{_HOST}")
+    Adopter(svc.runs, stale_after=60).adopt_once()
+    done = _finished(app_client, as_text.run_id)
+    assert done["state"] == "SUCCESS", done
+    outputs = app_client.get(f"/api/executions/{as_text.run_id}").json()["outputs"]
+    assert outputs["out"] == ["str", "/data/in.csv"] and outputs["day"] == ["date", "2026-12-07"]
+    failed = svc.catalog.get_run(inexact.run_id)
+    assert failed.state is RunState.FAILED and "--resume" in failed.error, failed.error

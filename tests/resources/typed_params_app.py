@@ -32,3 +32,16 @@ def typed(out: Path, day: date, ratio: float = 1.0, level: Level = Level.LOW,
           ident: UUID | None = None):
     return describe(values={"out": out, "day": day, "ratio": ratio, "level": level, "at": at,
                             "amount": amount, "ident": ident})["outputs"]
+
+
+@pipeline(name="typed_defaults")
+def typed_defaults(out: Path = "out.csv", ratio: float = 1, since: date = "",  # type: ignore[assignment]
+                   mode: Level = "LOW"):  # type: ignore[assignment]
+    """Defaults that are not of their annotation: the function's own, never converted."""
+    return describe(values={"out": out, "ratio": ratio, "since": since,
+                            "mode": mode})["outputs"]
+
+
+@pipeline(name="dated", schedule="0 2 * * *")
+def dated(logical_date: date, ratio: float = 1.0):
+    return describe(values={"logical_date": logical_date, "ratio": ratio})["outputs"]

@@ -142,7 +142,7 @@ def run(target: Annotated[Optional[str], typer.Argument(help="FILE.py[:pipeline]
             if not resume:  # after the checks: a typo in a name left a home behind
                 engine = _engine()
             if resume:
-                params = _resume_params(engine.metadata.get_run(resume), params)
+                params = _resume_params(engine.metadata.get_run(resume), params, pipe.fn)
                 _say_watch(engine.metadata.get_run(resume))
             shown_on = err_console if as_json else console
             show = (sys.stderr if as_json else sys.stdout).isatty() if progress is None else progress
@@ -293,21 +293,19 @@ def _print_value(value: Any) -> None:
     console.print_json(text)
 
 
-def _resume_params(rec: Any, given: dict[str, Any]) -> dict[str, Any]:
+def _resume_params(rec: Any, given: dict[str, Any], fn: Any) -> dict[str, Any]:
     """The ``--param`` values ``run --resume`` passes on: a resumed run keeps the parameters
     it was started with, so a value that differs from the recorded one is a usage error (it
     was silently dropped); only those the run could not record exactly (``inexact_params``)
     are taken, as ``Pipeline.run(resume=...)`` needs them given again."""
-    from twingraph.dsl.params import text_form
+    from twingraph.dsl.params import param_text_types
+    from twingraph.dsl.pipeline import differs_from_record
     inexact = set((rec.source or {}).get("inexact_params") or ())
     typed = set((rec.source or {}).get("typed_params") or ())
     recorded = rec.params or {}
-
-    def as_recorded(k: str, v: Any) -> Any:      # a Path given again: as its text
-        text = text_form(type(v), v) if k in typed and v is not None else NotImplemented
-        return v if text is NotImplemented else text
+    kinds = param_text_types(fn)
     differ = sorted(k for k, v in given.items()
-                    if k not in inexact and (k not in recorded or recorded[k] != as_recorded(k, v)))
+                    if k not in inexact and differs_from_record(k, v, recorded, typed, kinds))
     if differ:
         was = ", ".join(f"{k}={json.dumps(recorded[k], ensure_ascii=False)}" if k in recorded
                         else f"{k} not given" for k in differ)

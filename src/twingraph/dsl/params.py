@@ -178,10 +178,11 @@ def from_text(kind: Any, value: Any) -> Any:
 
 
 def _member(kind: type[enum.Enum], value: Any) -> enum.Enum:
-    try:
-        return kind(value)
-    except (ValueError, TypeError):
-        pass
+    if not isinstance(value, bool):     # JSON tells true from 1 (``json_fits``)
+        try:
+            return kind(value)
+        except (ValueError, TypeError):
+            pass
     if isinstance(value, str) and value in kind.__members__:
         return kind.__members__[value]
     choices = ", ".join(repr(m.value) for m in kind)
@@ -223,26 +224,64 @@ def text_form(kind: Any, value: Any) -> Any:
 
 
 def typed_params(fn: Any, params: Mapping[str, Any], names: Any = None,
-                 where: str = "parameter", floats: bool = False) -> dict[str, Any]:
+                 where: str = "parameter") -> dict[str, Any]:
     """``params`` with the values of ``fn``'s text-kind parameters built from their text
     (only those in ``names``, when given). ``ParamError`` naming the parameter (after
-    ``where``, e.g. ``--param``) for a value that is not one. ``floats``: an int given to a
-    ``float`` parameter becomes a float, as ``--param`` makes it (JSON ``2`` for ``x: float``
-    keyed its tasks apart from ``--param x=2``'s ``2.0``)."""
-    kinds = param_text_types(fn)
+    ``where``, e.g. ``--param``) for a value that is not one."""
     out = dict(params)
-    if floats:
-        for k, t in param_json_types(fn).items():
-            if (t is float or t == Nullable(float)) and type(out.get(k)) is int:
-                out[k] = float(out[k])
-    for k, kind in kinds.items():
+    for k, kind in param_text_types(fn).items():
         if k in out and (names is None or k in names):
-            try:
-                out[k] = from_text(kind, out[k])
-            except ValueError as exc:
-                raise ParamError(f"{where} {k}: {exc}", k) from None
+            out[k] = build_param(k, kind, out[k], where)
     return out
 
 
-__all__ = ["Nullable", "ParamError", "from_text", "json_fits", "param_hints", "param_json_types",
-           "param_text_types", "text_form", "typed_params"]
+def build_param(name: str, kind: Any, value: Any, where: str = "param") -> Any:
+    """``value`` of the text-kind parameter ``name`` built, or ``ParamError`` naming it."""
+    try:
+        return _built(name, kind, value)
+    except ValueError as exc:
+        raise ParamError(f"{where} {name}: {exc}", name) from None
+
+
+def _built(name: str, kind: Any, value: Any) -> Any:
+    if name == "logical_date" and isinstance(value, str) and "T" in value and \
+            (kind is _dt.date or kind == Nullable(_dt.date)):
+        # a schedule's slot is a UTC date and time; ``logical_date: date`` takes its date
+        return from_text(_dt.datetime, value).date()
+    return from_text(kind, value)
+
+
+def as_given(fn: Any, params: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """JSON ``params`` a server run is started with (REST, a schedule), as it records them:
+    an int given to a ``float`` parameter as a float (as ``--param x=2`` gives ``2.0``, so the
+    tasks of both are keyed alike), and a text-kind value as its canonical text (``HIGH`` for
+    an enum whose value is 2 records 2). Also the names of the text-kind values, which every
+    start of the run (the first, an adoption, a resume) builds from their text.
+    ``ParamError`` for one that is not one."""
+    out = dict(params)
+    for k, t in param_json_types(fn).items():
+        if (t is float or t == Nullable(float)) and type(out.get(k)) is int:
+            out[k] = float(out[k])
+    typed: list[str] = []
+    for k, kind in param_text_types(fn).items():
+        if out.get(k) is None:
+            continue
+        value = build_param(k, kind, out[k])
+        text = text_form(kind, value)
+        if text is not NotImplemented and k != "logical_date":   # a schedule's slot, as is
+            out[k] = text
+        typed.append(k)
+    return out, typed
+
+
+def same_value(kind: Any, name: str, recorded: Any, given: Any) -> bool:
+    """Whether ``given`` (text, or a value already built) is the value a run recorded as
+    ``recorded`` for a text-kind parameter (``/data//in.csv`` is ``/data/in.csv``)."""
+    try:
+        return bool(_built(name, kind, recorded) == _built(name, kind, given))
+    except ValueError:
+        return False
+
+
+__all__ = ["Nullable", "ParamError", "as_given", "build_param", "from_text", "json_fits", "param_hints",
+           "param_json_types", "param_text_types", "same_value", "text_form", "typed_params"]

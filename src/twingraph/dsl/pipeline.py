@@ -25,7 +25,7 @@ import time
 import types
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from twingraph.core.records import LogRecord
 from twingraph.core.specs import PipelineSpec
 from twingraph.dsl.base import BaseComponent
 from twingraph.dsl.component import Component, check_platform
-from twingraph.dsl.params import param_text_types, text_form, typed_params
+from twingraph.dsl.params import param_text_types, same_value, text_form, typed_params
 from twingraph.engine.bodystop import passes_through
 from twingraph.engine.engine import Engine, RunResult, current_run
 from twingraph.engine.loop import RunOptions
@@ -115,9 +115,9 @@ class Pipeline:
             # A value that differs from the recorded one was dropped without a word (the
             # run went on with the recorded one): refused, as ``twingraph run --resume``
             # refuses such a ``--param``.
-            as_recorded, _, _ = _recorded_params(given, kinds)
+            as_text = set((rec.source or {}).get("typed_params") or ())
             differ = sorted(k for k in given if k not in inexact
-                            and (k not in params or as_recorded[k] != params[k]))
+                            and differs_from_record(k, given[k], params, as_text, kinds))
             if differ:
                 was = ", ".join(f"{k}={params[k]!r}" if k in params else f"{k} not given"
                                 for k in differ)
@@ -135,8 +135,7 @@ class Pipeline:
                     f"them again to resume it, e.g. {example}")
             params.update({n: given[n] for n in inexact})
             # values of text kinds it recorded as their text (a Path, a date) are built again
-            params = typed_params(self.fn, params, (rec.source or {}).get("typed_params") or (),
-                                  where=f"run {resume}'s parameter")
+            params = typed_params(self.fn, params, as_text, where=f"run {resume}'s parameter")
             args, kwargs = _resume_call(self.fn, self.name, resume, params)
             no_cache = bool(no_cache or rec.config.get("no_cache"))    # either asks for it
             if max_parallel is None:
@@ -356,6 +355,18 @@ def _resume_call(fn: Callable[..., Any], name: str, run_id: str,
         raise ValidationError(f"run {run_id} cannot be resumed by pipeline {name!r} as it is "
                               f"now: {exc} (start a new run)") from None
     return args, kwargs
+
+
+def differs_from_record(name: str, value: Any, recorded: Mapping[str, Any],
+                        typed: Collection[str], kinds: Mapping[str, Any]) -> bool:
+    """Whether ``value``, given again to resume a run, is not the one the run recorded for
+    ``name`` (one recorded as its text, ``typed``, compared as the value it builds:
+    ``/data//in.csv`` is ``/data/in.csv``)."""
+    if name not in recorded:
+        return True
+    if name in typed and name in kinds:
+        return not same_value(kinds[name], name, recorded[name], value)
+    return bool(_recorded_params({name: value}, kinds)[0][name] != recorded[name])
 
 
 def _recorded_params(params: dict[str, Any], kinds: Mapping[str, Any] | None = None

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from twingraph.core.graph import validate_dag
-from twingraph.dsl.params import ParamError, json_fits, param_json_types, typed_params
+from twingraph.dsl.params import (ParamError, build_param, json_fits, param_json_types,
+                                  param_text_types)
 from twingraph.engine.dynamic import DAGDefinition, NodeDefinition, NodeExecutor
 from twingraph.errors import GraphValidationError, ValidationError
 
@@ -249,24 +250,30 @@ def to_dag(dag_id: str, graph: Mapping[str, Any], params: Mapping[str, Any],
     return DAGDefinition(dag_id, [*extra, *nodes], metadata=dict(params))
 
 
-def check_python_params(fn: Callable[..., Any], params: Mapping[str, Any]) -> None:
+def check_python_params(fn: Callable[..., Any], params: Mapping[str, Any],
+                        text_names: Collection[str] | None = None) -> None:
     """Raise ``DefinitionError`` when ``params`` cannot be bound to the pipeline function, or a
     value is not of its parameter's annotated type (``str``, ``int``, ``float``, ``bool``):
-    ``{"n_chunks": "abc"}`` would otherwise make a run that fails inside its body."""
+    ``{"n_chunks": "abc"}`` would otherwise make a run that fails inside its body. A value
+    of a text kind (a ``Path``, a ``date``: ``dsl.params``) must be its text; only those in
+    ``text_names`` when given (a run's recorded defaults are the function's, not text)."""
     try:
         inspect.signature(fn).bind(**params)
     except TypeError as exc:
         raise DefinitionError(f"params do not fit the pipeline: {exc}",
                               [{"field": "params", "message": str(exc)}]) from exc
+    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()}
     try:
-        typed_params(fn, params, where="param")
+        for name, kind in param_text_types(fn).items():
+            if name in params and (text_names is None or name in text_names) and not (
+                    params[name] is None and defaults.get(name) is None):
+                build_param(name, kind, params[name])
     except ParamError as exc:       # a Path, a date... whose text is not one
         raise DefinitionError(f"params do not fit the pipeline: {exc}",
                               [{"field": f"params.{exc.param}", "message": str(exc)}]) from None
     types = param_json_types(fn)
     if not types:
         return
-    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()}
     wrong = [(name, types[name], value) for name, value in params.items()
              if name in types and not json_fits(value, types[name])
              and not (value is None and defaults.get(name) is None)]

@@ -21,7 +21,7 @@ from typing import Any
 from twingraph.core.records import LogRecord
 from twingraph.core.states import RunState
 from twingraph.dsl.component import check_platform
-from twingraph.dsl.params import json_fits, param_json_types, param_text_types, typed_params
+from twingraph.dsl.params import as_given, json_fits, param_json_types, typed_params
 from twingraph.dsl.pipeline import Pipeline, export_lineage, recorded_defaults
 from twingraph.engine.bodystop import passes_through
 from twingraph.engine.dynamic import DynamicScheduler
@@ -119,12 +119,19 @@ class RunService:
         config = dict(config or {})
         _check_config(config)
         self.check(pipeline, params)
+        source: dict[str, Any] = {}
         if is_python(pipeline.definition):
+            fn = self._python_pipeline(pipeline).fn
+            # a float's int as a float, a Path's or a date's text (its names: every start of
+            # the run builds them), as ``twingraph run`` records them (``dsl.params``)
+            params, typed = as_given(fn, params)
+            if typed:
+                source["typed_params"] = typed
             # Recorded with the defaults it will run with (as ``twingraph run`` records them):
             # a run adopted after the pipeline's default was edited keeps its own.
-            params.update(_defaults_to_record(self._python_pipeline(pipeline).fn, params))
+            params.update(_defaults_to_record(fn, params))
         return self.catalog.create_run(pipeline, params=params, tags=dict(tags or {}),
-                                       config=config, schedule_id=schedule_id)
+                                       config=config, schedule_id=schedule_id, source=source)
 
     def start(self, run_id: str, *, timeout_seconds: float | None = None,
               claimed: bool = False) -> RunRow:
@@ -276,7 +283,16 @@ class RunService:
         no_cache = bool(config.get("no_cache", False))
         if is_python(pipeline.definition):
             pipe = self._python_pipeline(pipeline)
-            check_python_params(pipe.fn, call_params(pipe.fn, run.params))
+            # the values recorded as text (a Path, a date), whoever started the run
+            typed = list((run.source or {}).get("typed_params") or ())
+            inexact = (run.source or {}).get("inexact_params")
+            if inexact:
+                raise DefinitionError(
+                    f"run {run.run_id} was started with parameters its record does not hold "
+                    f"exactly ({', '.join(inexact)}): it can only be resumed where they are "
+                    f"given again (twingraph run --resume {run.run_id} --param ...)",
+                    [{"field": f"params.{n}", "message": "not recorded exactly"} for n in inexact])
+            check_python_params(pipe.fn, call_params(pipe.fn, run.params), typed)
             check_platform(self.engine, pipe.components())
             spec = pipe.spec
             opts = RunOptions(max_parallel=int(config.get("max_parallel") or spec.max_parallel),
@@ -285,11 +301,9 @@ class RunService:
                               no_cache=no_cache, error_config=spec.error_config,
                               lineage=spec.lineage)
             params = dict(run.params)
-            # a Path, a date... from their text; an int for a float as a float (``dsl.params``)
-            kwargs = typed_params(pipe.fn, call_params(pipe.fn, params), floats=True)
+            kwargs = typed_params(pipe.fn, call_params(pipe.fn, params), typed)
             source = pipe.source()
-            typed = [k for k in param_text_types(pipe.fn) if params.get(k) is not None]
-            if typed:          # recorded as text: ``run --resume`` builds them again too
+            if typed:                      # (a run's source is written when the engine makes it)
                 source["typed_params"] = typed
 
             @passes_through

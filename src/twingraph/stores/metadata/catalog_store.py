@@ -432,14 +432,17 @@ class SQLCatalog:
     # -- runs --------------------------------------------------------------------------------
     def create_run(self, pipeline: PipelineRecord, *, params: dict[str, Any],
                    tags: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
-                   schedule_id: str | None = None, run_id: str | None = None) -> RunRow:
-        """Record a PENDING run of ``pipeline``'s current version."""
+                   schedule_id: str | None = None, run_id: str | None = None,
+                   source: dict[str, Any] | None = None) -> RunRow:
+        """Record a PENDING run of ``pipeline``'s current version (``source``: more of what
+        its record says of where it came from)."""
         now = self._clock()
         row = {"run_id": run_id or new_id("run"), "project": pipeline.project,
                "pipeline": pipeline.name, "pipeline_id": pipeline.id,
                "pipeline_version": pipeline.current_version, "state": RunState.PENDING.value,
                "params": sem.json_copy(params), "config": sem.json_copy(config or {}),
-               "source": {"kind": "pipeline", "pipeline_id": pipeline.id},
+               "source": {**sem.json_copy(source or {}), "kind": "pipeline",
+                          "pipeline_id": pipeline.id},
                "tags": sem.json_copy(tags or {}), "created_at": now, "schedule_id": schedule_id}
         with self.store._writing() as conn:
             conn.execute(runs.insert(), row)
