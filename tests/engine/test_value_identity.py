@@ -117,3 +117,34 @@ def test_a_large_row_with_damaged_metadata_is_a_miss(tmp_path: Path) -> None:
         assert store.content_hashes(["big"]) == {}
     finally:
         store.close()
+
+
+def _length(deps, params):
+    return len(deps["a"]) + params["k"]
+
+
+@pytest.mark.parametrize("kind", [*STORES, "user-async"])
+@pytest.mark.parametrize("size", [2, 5000])          # small, and stored as a large object
+def test_a_consumer_that_must_run_reads_a_bytes_result_that_came_from_the_memo(
+        tmp_path: Path, kind: str, size: int) -> None:
+    """The producer hits (its value id is ``bytes:`` + hash), its consumer misses (new
+    parameters) and reads it: that read compared the marked id with the bare hash and failed
+    with ConflictError, in every later run (session 30 review)."""
+    storage = DictStorage() if kind == "user-async" else STORES[kind](tmp_path)
+    metadata = SQLMetadataStore(f"sqlite:///{tmp_path / 'meta.db'}", create=True)
+
+    def make(deps, params):
+        return b"x" * size
+
+    def run(k: int) -> tuple[int, dict[str, str]]:
+        with DynamicScheduler(storage, ExecutionConfig(max_retries=0), metadata=metadata) as s:
+            s.executor.register_operation("make", make)
+            s.executor.register_operation("length", _length)
+            r = s.run(DAGDefinition("v", [N("a", "make", [], {}), N("b", "length", ["a"], {"k": k})]))
+            assert r.state.value == "SUCCESS", r.error
+            status = {t.node_id: t.cache_status for t in metadata.get_tasks(r.run_id)}
+            return s.node_results("v")["b"].result_data, status
+
+    assert run(0) == (size, {"a": "miss", "b": "miss"})
+    assert run(1) == (size + 1, {"a": "hit", "b": "miss"})
+    assert run(1) == (size + 1, {"a": "hit", "b": "hit"})

@@ -32,7 +32,7 @@ from twingraph.core.hashing import (canonical_json, config_digest, digest_json, 
                                     enter, key_prefix, leave, mark_walk, pickle_ids, rewind_walk,
                                     sha256_hex, walking)
 from twingraph.core.records import AttemptRecord, LogRecord, RunRecord, RunUpdate, TaskRecord, TaskUpdate
-from twingraph.core.results import StorageMetadata
+from twingraph.core.results import BYTES_ID, StorageMetadata, stored_value_id
 from twingraph.core.specs import DEFAULT_TIMEOUT
 from twingraph.core.states import (RunState, TaskState, fence as fence_token, fence_epoch,
                                    transition_run)
@@ -435,7 +435,11 @@ class Engine:
         if found is None:
             raise NotFoundError(f"result {key} is not in the result store")
         meta, data = found
-        if expected is not None and meta.content_hash and meta.content_hash != expected:
+        # ``expected`` is a value id (``core.results.value_id``): raw bytes are marked, and
+        # compared bare they never matched, so a consumer of a bytes result that came from
+        # the memo failed with this in every run (a DAG operation returning ``bytes``)
+        if expected is not None and meta.content_hash and expected != (
+                stored_value_id(meta) if expected.startswith(BYTES_ID) else meta.content_hash):
             raise ConflictError(
                 f"the stored result of {node_id or key} is no longer the value this run "
                 f"computed (content hash {expected[:12]}..., now {meta.content_hash[:12]}...): "
