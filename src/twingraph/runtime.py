@@ -50,6 +50,11 @@ def build_engine(settings: Settings | None = None, **engine_kw: Any) -> Engine:
     ensure_home(settings)
     opts: dict[str, Any] = {}
     if settings.compression:
+        from twingraph.stores.results._compress import CompressionPolicy
+        try:
+            CompressionPolicy(settings.compression)
+        except ConfigurationError as exc:       # named: it was said as the result store's
+            raise ConfigurationError(f"TWINGRAPH_COMPRESSION: {exc}") from exc
         opts["compression"] = settings.compression
     try:
         results = create_storage_backend(settings.result_store, str(results_path(settings)),

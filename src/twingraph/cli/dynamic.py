@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from twingraph.cli.display import LiveProgress, console, err_console, summary_table
-from twingraph.core.jsonview import NOT_PLAIN, plain
+from twingraph.core.jsonview import NOT_PLAIN, finite, plain
 from twingraph.errors import TwinGraphError
 
 
@@ -253,7 +253,10 @@ def _shown(value: Any) -> Any:
         return f"<{type(value).__name__} of {memoryview(value).nbytes} bytes>"
     out = plain(value)
     if out is not NOT_PLAIN:
-        return out
+        try:
+            return finite(out)          # a NumPy NaN is null too
+        except RecursionError:
+            pass
     text = repr(value)
     if len(text) > REPR_MAX:
         text = f"{text[:REPR_MAX]}... ({len(text) - REPR_MAX} more characters)"
@@ -263,16 +266,18 @@ def _shown(value: Any) -> Any:
 def _summary_json(summary: dict[str, Any]) -> str:
     """The summary as JSON; a result JSON cannot hold the shape of (``{(1, 2): 3}``, a
     cycle) as its ``repr``: the run ended as it did, and printing it must not end in a
-    traceback and exit 1 (the values are stored either way)."""
+    traceback and exit 1 (the values are stored either way). NaN and infinities are
+    ``null``, as ``twingraph run --json`` prints them: strict parsers refuse ``NaN``."""
     try:
-        return json.dumps(summary, default=_shown)
+        return json.dumps(finite(summary), default=_shown, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         pass
     results = {}
     for node, value in (summary.get("results") or {}).items():
         try:
-            json.dumps(value, default=_shown)
+            value = finite(value)
+            json.dumps(value, default=_shown, allow_nan=False)
             results[node] = value
         except (TypeError, ValueError, RecursionError):
             results[node] = _shown(value)
-    return json.dumps({**summary, "results": results}, default=_shown)
+    return json.dumps({**summary, "results": results}, default=_shown, allow_nan=False)

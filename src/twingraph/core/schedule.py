@@ -141,6 +141,24 @@ def _cron_text(expression: str) -> str:
     return _ALIASES.get(text.lower(), text)
 
 
+_FIELDS = (("minute", "0-59"), ("hour", "0-23"), ("day-of-month", "1-31"),
+           ("month", "1-12 or JAN-DEC"), ("weekday", "0-7 (0 and 7 are Sunday) or SUN-SAT"),
+           ("second", "0-59"))
+
+
+def _bad_field(fields: list[str]) -> str:
+    """Which field of a cron expression of the right length is not valid (each tried alone
+    with ``*`` in the others), said with its range."""
+    for i, text in enumerate(fields):
+        probe = ["*"] * len(fields)
+        probe[i] = text
+        if not croniter.is_valid(" ".join(probe)):
+            name, values = _FIELDS[i]
+            return (f"the {name} field {text!r} is not valid (values {values}, "
+                    f"'*', ranges 'a-b', lists 'a,b' and steps '*/n' with n >= 1)")
+    return "its fields are valid one by one but not together"
+
+
 def validate(kind: ScheduleKind | str, expression: str, timezone: str = "UTC") -> ScheduleKind:
     """Check a schedule's trigger; return its kind. ``ValidationError`` says what is wrong: an
     unknown kind, a bad cron expression (or one that never fires), a bad or zero interval, an
@@ -152,11 +170,12 @@ def validate(kind: ScheduleKind | str, expression: str, timezone: str = "UTC") -
         return parsed
     text = _cron_text(expression)
     fields = text.split()
-    if len(fields) not in (5, 6) or any(f.upper().startswith("H") for f in fields) \
-            or not croniter.is_valid(text):
+    if len(fields) not in (5, 6) or any(f.upper().startswith("H") for f in fields):
         raise ValidationError(
             f"invalid cron expression {expression!r}: expected 5 fields (minute hour day month "
             "weekday), optionally a 6th for seconds, e.g. '0 2 * * *'")
+    if not croniter.is_valid(text):
+        raise ValidationError(f"invalid cron expression {expression!r}: {_bad_field(fields)}")
     try:
         croniter(text, datetime(2000, 1, 1, tzinfo=tz)).get_next(datetime)
     except (CroniterError, ValueError, OverflowError) as exc:
