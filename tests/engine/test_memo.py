@@ -461,7 +461,7 @@ def test_a_miss_after_a_failed_or_unmemoized_run_says_so(engine, tmp_path):
     flag.unlink()
     assert reason(p) == "no stored result (it was FAILED in the last run)"
     assert reason(q, no_cache=True) == "--no-cache"
-    # what a --no-cache run computes refreshes the memo (decision 0093): the next run hits
+    assert reason(q) == "no stored result (the last run did not memoize it)"
     assert reason(q) == "stored result with the same code, config and inputs"
 
 

@@ -26,8 +26,6 @@ in their own modules and are mixed into ``RunLoop``; all of it runs under the ru
 
 from __future__ import annotations
 
-import dataclasses
-
 import itertools
 import queue
 import threading
@@ -161,7 +159,6 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
         # Tasks that are not memoized (cache=False, --no-cache), by their own key: what their
         # r["hash"] gives a body, for ``parent_hash`` strings to name them (``_named_parents``).
         self.by_own_key: dict[str, Task] = {}
-        self.refresh: dict[Task, str] = {}
         self.ready: deque[Task] = deque()          # keyed, missed: waiting for a slot
         # Local tasks whose ``resources`` are not free yet, in order (engine.resources).
         self.held: deque[Task] = deque()
@@ -1114,12 +1111,6 @@ class RunLoop(BodySide, MemoSide, TimerSide, ScopeSide):
             self.out.append(PutResult(key, buffers,
                                       self.engine.result_meta(self.run_id, task, enc),
                                       (self, task)))
-        if self.refresh:
-            structural = self.refresh.pop(task, None)
-            if structural is not None:       # --no-cache: refreshed for the runs that memoize
-                meta = self.engine.result_meta(self.run_id, task, enc)
-                self.out.append(PutResult(structural, buffers,
-                                          dataclasses.replace(meta, node_id=structural)))
 
     def _succeeded(self, task: Task, duration: float) -> None:
         """``_finish(task, SUCCESS, duration=...)`` for a task whose inputs were released and

@@ -42,7 +42,6 @@ class MemoSide:
     resuming: dict[Task, str]    # recorded SUCCESS before the stop, being looked up: structural key
     by_key: dict[str, Task]
     by_own_key: dict[str, Task]
-    refresh: dict[Task, str]     # a --no-cache run's tasks: the structural key each refreshes
     ready: deque[Task]
     _previous: Mapping[str, TaskRecord] | None
     _previous_loader: Callable[[], Mapping[str, TaskRecord]] | None
@@ -98,10 +97,6 @@ class MemoSide:
         prior = self.prior.get(task.node_id) if self.prior else None
         structural = key
         if not memoize:                # its result is its own, not shared by key
-            if task.spec.cache:
-                # a --no-cache run: what it computes also replaces the stored result later
-                # runs look up (decision 0093); a cache=False component's never does
-                self.refresh[task] = structural
             if prior is not None and prior.state is SUCCESS and prior.cache_key and (
                     prior.cache_key == key or any(
                         prior.cache_key == own_key(key, self.run_id, task.node_id, e)
