@@ -10,6 +10,8 @@ use this one service.
 
 from __future__ import annotations
 
+import dataclasses
+
 import inspect
 import logging
 import threading
@@ -254,18 +256,37 @@ class RunService:
         run = self.catalog.get_run(run_id)
         if run.pipeline_id is None:
             raise ValidationError(f"run {run_id} has no pipeline to run")
-        pipeline = self.catalog.get_pipeline(run.pipeline_id)
+        pipeline = self._as_run(self.catalog.get_pipeline(run.pipeline_id), run)
         launch = self._prepare(pipeline, run, dict(run.config), resume=True)
         self._spawn(run_id, launch, "adopt")
+
+    def _as_run(self, pipeline: PipelineRecord, run: RunRow) -> PipelineRecord:
+        """``pipeline`` as the version ``run`` was started with: a graph edited since (a new
+        version) ran its new nodes and configs when adopted, the finished ones again too.
+        ``NotFoundError`` if that version is not recorded."""
+        if run.pipeline_version is None or run.pipeline_version == pipeline.current_version:
+            return pipeline
+        for v in self.catalog.pipeline_versions(pipeline.id):
+            if v.version == run.pipeline_version:
+                return dataclasses.replace(pipeline, definition=v.definition,
+                                           current_version=v.version)
+        raise NotFoundError(f"run {run.run_id}'s pipeline version {run.pipeline_version} "
+                            f"of {pipeline.name!r} is not recorded")
 
     def can_drive(self, run: RunRow) -> bool:
         """Whether this process has the code to run ``run``'s pipeline."""
         if run.pipeline_id is None:
             return False
         try:
-            pipeline = self.catalog.get_pipeline(run.pipeline_id)
+            pipeline = self._as_run(self.catalog.get_pipeline(run.pipeline_id), run)
             if is_python(pipeline.definition):
-                self._python_pipeline(pipeline)
+                pipe = self._python_pipeline(pipeline)
+                # The code the run was started with, not other code of the same module name
+                # (another file, an edited one): what a run of code this server did not load
+                # is left to `twingraph run --resume`, which says what changed.
+                recorded = pipeline.definition.get("code_hash")
+                if recorded is not None and recorded != pipe.code_hash():
+                    return False
             else:
                 # Every component/operation of the graph known here: else another server
                 # (that loaded them) must adopt it, not this one fail it.
