@@ -304,3 +304,12 @@ def test_an_adopted_run_gets_what_its_record_says(app_client: Any, tmp_path: Pat
     assert outputs["out"] == ["str", "/data/in.csv"] and outputs["day"] == ["date", "2026-12-07"]
     failed = svc.catalog.get_run(inexact.run_id)
     assert failed.state is RunState.FAILED and "--resume" in failed.error, failed.error
+
+
+def test_the_cli_takes_a_slots_text_for_logical_date_as_rest_does() -> None:
+    """REST and schedules give ``logical_date: date`` the date of the slot's text; the CLI
+    refused that text (the second review)."""
+    from typed_params_app import dated
+    assert parse_params(["logical_date=2026-12-07T02:00:00Z"], dated.fn) == \
+        {"logical_date": date(2026, 12, 7)}
+    assert parse_params(["logical_date=2026-12-07"], dated.fn) == {"logical_date": date(2026, 12, 7)}

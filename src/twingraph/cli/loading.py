@@ -22,7 +22,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from twingraph.dsl.params import Nullable, from_text, param_json_types, param_text_types
+from twingraph.dsl.params import (Nullable, build_param, from_text, param_json_types,
+                                  param_text_types)
 from twingraph.dsl.pipeline import Pipeline
 from twingraph.errors import ValidationError
 
@@ -243,8 +244,8 @@ def _text_param(name: str, kind: Any, text: str) -> object:
     if isinstance(kind, Nullable) and text == "null":
         return None
     try:
-        return from_text(kind, text)
-    except ValueError as first:
+        return build_param(name, kind, text, "--param")   # a slot's text for logical_date: date
+    except ValidationError as first:
         try:
             value = json.loads(text)
         except ValueError:
@@ -254,7 +255,7 @@ def _text_param(name: str, kind: Any, text: str) -> object:
                 return from_text(kind, value)
             except ValueError:
                 pass
-        raise ValidationError(f"--param {name}: {first}") from None
+        raise first from None
 
 
 class _NotFinite(Exception):

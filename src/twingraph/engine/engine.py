@@ -1160,16 +1160,22 @@ CLOSE_WAIT = 5.0
 #: A heartbeat older than this (seconds) means the run's driver is gone: heartbeats come every
 #: ``HEARTBEAT_INTERVAL`` (5 s), written apart from the run's records (engine/heartbeats.py).
 LIVE_WINDOW = 2 * HEARTBEAT_INTERVAL + 1.0
+#: The least a stale heartbeat is watched before its driver is taken for gone. A live driver
+#: cut off from the metadata database goes on running; its beats are written again within an
+#: interval once the database is back. One stale reading right then was taken for a dead
+#: driver, and two drivers ran the same tasks (a PostgreSQL outage, session 30 review).
+MIN_WATCH = HEARTBEAT_INTERVAL + 2.0
 #: How often (seconds) an engine sweeps the lock files of ended runs (``sweep_driver_locks``).
 SWEEP_EVERY = 3600.0
 
 
 def driver_watch(heartbeat_at: float | None, now: float) -> float:
     """How long a resume or a ``runs cancel`` watches a RUNNING run whose last heartbeat was
-    at ``heartbeat_at`` before it takes its driver for gone (0: gone already)."""
+    at ``heartbeat_at`` before it takes its driver for gone: what is left of ``LIVE_WINDOW``,
+    and never less than ``MIN_WATCH`` (0 for a run that never beat)."""
     if heartbeat_at is None:
         return 0.0
-    return max(0.0, min(LIVE_WINDOW, LIVE_WINDOW - (now - heartbeat_at)))
+    return max(MIN_WATCH, min(LIVE_WINDOW, LIVE_WINDOW - (now - heartbeat_at)))
 
 _NOT_STREAMS = (str, bytes, bytearray, memoryview, list, tuple, dict, int, float, bool,
                 type(None))

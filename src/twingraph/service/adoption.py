@@ -18,6 +18,7 @@ from typing import Any
 
 from twingraph.core.records import LogRecord
 from twingraph.core.states import RunState
+from twingraph.engine.engine import MIN_WATCH
 from twingraph.errors import NotFoundError
 from twingraph.service.runs import RunService
 
@@ -26,8 +27,13 @@ log = logging.getLogger("twingraph.adoption")
 
 class Adopter:
     def __init__(self, runs: RunService, *, stale_after: float = 30.0, interval: float = 10.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, confirm: float = MIN_WATCH) -> None:
+        """``confirm``: a stale run (one whose driver's death no lock proves) is adopted only
+        once a pass at least this long after it was first found stale finds the same
+        heartbeat: a live driver cut off from the database beats again once it is back."""
         self.runs, self.stale_after, self.interval, self.clock = runs, stale_after, interval, clock
+        self.confirm = confirm
+        self._suspects: dict[str, tuple[float | None, float]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -35,11 +41,16 @@ class Adopter:
         """Claim and resume every stale run this process can drive; returns their ids."""
         now = self.clock()
         adopted = []
-        for run in self._candidates(now):
+        candidates, proven = self._candidates(now)
+        self._suspects = {k: v for k, v in self._suspects.items()
+                          if k in {run.run_id for run in candidates}}
+        for run in candidates:
             if run.run_id in self.runs.active() or not self.runs.can_drive(run):
                 continue
             if self.runs.engine.driver_alive(run.run_id) is not None:
                 continue                 # silent, but its driver lives (engine.driverlock)
+            if run.run_id not in proven and not self._confirmed(run):
+                continue                 # found stale just now: looked at again next pass
             if not self.runs.catalog.claim_adoption(run, now):
                 continue                 # another server took it
             silent = now - (run.heartbeat_at or run.created_at)
@@ -59,13 +70,23 @@ class Adopter:
             adopted.append(run.run_id)
         return adopted
 
-    def _candidates(self, now: float) -> list[Any]:
+    def _confirmed(self, run: Any) -> bool:
+        """Whether ``run`` was found stale with this same heartbeat ``confirm`` seconds ago."""
+        at = time.monotonic()
+        seen = self._suspects.get(run.run_id)
+        if seen is None or seen[0] != run.heartbeat_at:
+            self._suspects[run.run_id] = (run.heartbeat_at, at)
+            return self.confirm <= 0
+        return at - seen[1] >= self.confirm
+
+    def _candidates(self, now: float) -> tuple[list[Any], set[str]]:
         """The stale RUNNING runs, and those whose driver on this machine died holding their
         lock (``Engine.orphaned_runs``: a kill -9, a crash): adopted at once, not after
-        ``stale_after``."""
+        ``stale_after``; the ids of those (proven)."""
         stale = self.runs.catalog.stale_running(now - self.stale_after)
         seen = {run.run_id for run in stale}
-        for run_id in self.runs.engine.orphaned_runs():
+        proven = set(self.runs.engine.orphaned_runs())
+        for run_id in proven:
             if run_id in seen:
                 continue
             try:
@@ -74,7 +95,7 @@ class Adopter:
                 continue
             if run.state is RunState.RUNNING and run.pipeline_id is not None:
                 stale.append(run)
-        return stale
+        return stale, proven
 
     def start(self) -> None:
         self._stop.clear()
