@@ -1,7 +1,6 @@
-"""An adoption drives the run it adopts as it was started (session 30 review): the graph of
-the run's own pipeline version, not one edited since, and Python code whose hash is the one
-the run recorded, not another file of the same module name. Before, both ran the other
-definition, the tasks finished before the kill included."""
+"""A graph run is driven as the version it was made with (session 30 reviews): its adoption
+after an edit ran the new graph, the tasks finished before the kill included, and a PENDING
+run started after an edit ran the new graph under the old version's number."""
 from __future__ import annotations
 
 import subprocess
@@ -70,23 +69,19 @@ def test_an_adopted_graph_run_keeps_its_version(client: TestClient) -> None:
     assert 103 in (outputs.values() if isinstance(outputs, dict) else [outputs]), outputs
 
 
-def test_a_run_of_other_python_code_is_not_adopted(client: TestClient) -> None:
-    """A run recorded with a code hash this server's loaded pipeline does not have (another
-    file of the same module name, an edit) stays RUNNING for `twingraph run --resume`."""
-    svc = client.app.state.services
-    md = svc.runs.engine.metadata
-    pipe = svc.catalog.find_pipeline("sum_numbers")
-    current = svc.catalog.pipeline_versions(pipe.id)[-1].definition
-    md.upsert_pipeline(pipe.project, pipe.name, {**current, "code_hash": "0123456789abcdef"})
-    other = svc.catalog.find_pipeline("sum_numbers")
-    assert other.current_version == 2
-    run = svc.runs.create(other, params={"n": 2})
-    _orphaned(svc, run.run_id)
-    assert not svc.runs.can_drive(svc.catalog.get_run(run.run_id))
-    assert Adopter(svc.runs, stale_after=60).adopt_once() == []
-    assert svc.catalog.get_run(run.run_id).state is RunState.RUNNING
-    # the loaded code registered again (a server restart): its own runs are adopted as before
-    md.upsert_pipeline(pipe.project, pipe.name, current)
-    mine = svc.runs.create(svc.catalog.find_pipeline("sum_numbers"), params={"n": 2})
-    _orphaned(svc, mine.run_id)
-    assert Adopter(svc.runs, stale_after=60).adopt_once() == [mine.run_id]
+def test_a_run_started_after_an_edit_runs_its_own_version(client: TestClient) -> None:
+    """A PENDING run made at v1 and started after the graph became v2 ran v2 under v1's
+    number; an adoption of it (which drives v1) then ran its finished tasks again."""
+    c, svc = client, client.app.state.services
+    pid = c.post("/api/v1/projects", json={"name": "start_s30"}).json()["data"]["id"]
+    pipe = c.post(f"/api/v1/projects/{pid}/pipelines",
+                  json={"name": "gq", **_graph(100)}).json()["data"]
+    run = c.post("/api/v1/runs", json={"project_id": pid, "pipeline_id": pipe["id"]}).json()["data"]
+    assert c.put(f"/api/v1/pipelines/{pipe['id']}", json=_graph(1000)).status_code == 200
+    assert c.post(f"/api/v1/runs/{run['id']}/start").status_code == 202
+    deadline = time.monotonic() + 30
+    while svc.catalog.get_run(run["id"]).state is not RunState.SUCCESS:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert c.get(f"/api/executions/{run['id']}").json()["outputs"] == {"sum": 103}
+    assert svc.catalog.get_run(run["id"]).pipeline_version == 1

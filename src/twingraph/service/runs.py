@@ -159,7 +159,7 @@ class RunService:
         running = claimed        # the run is RUNNING on this start's behalf, with no driver yet
         ended = False            # this start has ended the run already
         try:
-            pipeline = self.catalog.get_pipeline(run.pipeline_id)
+            pipeline = self._as_run(self.catalog.get_pipeline(run.pipeline_id), run)
             config = dict(run.config)
             if timeout_seconds is not None:
                 config["timeout"] = float(timeout_seconds)
@@ -261,13 +261,18 @@ class RunService:
         self._spawn(run_id, launch, "adopt")
 
     def _as_run(self, pipeline: PipelineRecord, run: RunRow) -> PipelineRecord:
-        """``pipeline`` as the version ``run`` was started with: a graph edited since (a new
-        version) ran its new nodes and configs when adopted, the finished ones again too.
-        ``NotFoundError`` if that version is not recorded."""
+        """``pipeline`` as the version ``run`` was made with, when that version is a graph:
+        a graph edited since (a new version) ran its new nodes and configs when adopted, the
+        finished ones again too, and a run started after the edit ran the new graph under the
+        old version's number. A Python version is the code this server loaded (what it can
+        run: its definition names a module, not code). ``NotFoundError`` if the run's
+        version is not recorded."""
         if run.pipeline_version is None or run.pipeline_version == pipeline.current_version:
             return pipeline
         for v in self.catalog.pipeline_versions(pipeline.id):
             if v.version == run.pipeline_version:
+                if is_python(v.definition):
+                    return pipeline
                 return dataclasses.replace(pipeline, definition=v.definition,
                                            current_version=v.version)
         raise NotFoundError(f"run {run.run_id}'s pipeline version {run.pipeline_version} "
@@ -280,13 +285,7 @@ class RunService:
         try:
             pipeline = self._as_run(self.catalog.get_pipeline(run.pipeline_id), run)
             if is_python(pipeline.definition):
-                pipe = self._python_pipeline(pipeline)
-                # The code the run was started with, not other code of the same module name
-                # (another file, an edited one): what a run of code this server did not load
-                # is left to `twingraph run --resume`, which says what changed.
-                recorded = pipeline.definition.get("code_hash")
-                if recorded is not None and recorded != pipe.code_hash():
-                    return False
+                self._python_pipeline(pipeline)
             else:
                 # Every component/operation of the graph known here: else another server
                 # (that loaded them) must adopt it, not this one fail it.
