@@ -41,3 +41,16 @@ def client(svc: Services) -> Iterator[TestClient]:
     app = create_app(svc, load=LOADED)
     with TestClient(app) as c:
         yield c
+
+
+@pytest.fixture
+def v1_client(tmp_path: Path) -> Iterator[TestClient]:
+    """The app with ``tests/resources/v1_app.py`` loaded, on a fresh SQLite home and with the
+    engine's defaults (its services: ``v1_client.app.state.services``)."""
+    services = build_services(Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path}/tg.db"))
+    try:
+        with TestClient(create_app(services, load=[str(RESOURCES / "v1_app.py")])) as c:
+            yield c
+    finally:
+        services.close()
+

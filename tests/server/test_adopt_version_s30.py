@@ -6,32 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
 from twingraph.core.states import RunState
 from twingraph.engine.driverlock import _HOST
-from twingraph.server.app import create_app
-from twingraph.service import build_services
 from twingraph.service.adoption import Adopter
-from twingraph.settings import Settings
-
-RESOURCES = Path(__file__).resolve().parents[1] / "resources"
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    services = build_services(Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path}/tg.db"))
-    app = create_app(services, load=[str(RESOURCES / "v1_app.py")])
-    try:
-        with TestClient(app) as c:
-            yield c
-    finally:
-        services.close()
 
 
 def _orphaned(svc: Any, run_id: str) -> None:
@@ -50,8 +31,8 @@ def _graph(offset: int) -> dict[str, Any]:
             "edges": [{"from": "make", "to": "sum"}]}
 
 
-def test_an_adopted_graph_run_keeps_its_version(client: TestClient) -> None:
-    c, svc = client, client.app.state.services
+def test_an_adopted_graph_run_keeps_its_version(v1_client: TestClient) -> None:
+    c, svc = v1_client, v1_client.app.state.services
     pid = c.post("/api/v1/projects", json={"name": "adopt_s30"}).json()["data"]["id"]
     pipe = c.post(f"/api/v1/projects/{pid}/pipelines",
                   json={"name": "gp", **_graph(100)}).json()["data"]
@@ -69,10 +50,10 @@ def test_an_adopted_graph_run_keeps_its_version(client: TestClient) -> None:
     assert 103 in (outputs.values() if isinstance(outputs, dict) else [outputs]), outputs
 
 
-def test_a_run_started_after_an_edit_runs_its_own_version(client: TestClient) -> None:
+def test_a_run_started_after_an_edit_runs_its_own_version(v1_client: TestClient) -> None:
     """A PENDING run made at v1 and started after the graph became v2 ran v2 under v1's
     number; an adoption of it (which drives v1) then ran its finished tasks again."""
-    c, svc = client, client.app.state.services
+    c, svc = v1_client, v1_client.app.state.services
     pid = c.post("/api/v1/projects", json={"name": "start_s30"}).json()["data"]["id"]
     pipe = c.post(f"/api/v1/projects/{pid}/pipelines",
                   json={"name": "gq", **_graph(100)}).json()["data"]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,23 +18,12 @@ from twingraph.core.records import RunHeartbeat
 from twingraph.core.states import RunState
 from twingraph.engine.engine import LIVE_WINDOW, MIN_WATCH, driver_watch
 from twingraph.errors import ConflictError
-from twingraph.server.app import create_app
-from twingraph.service import build_services
 from twingraph.service.adoption import Adopter
-from twingraph.settings import Settings
-
-RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 
 
 @pytest.fixture
-def svc(tmp_path: Path) -> Iterator[Any]:
-    services = build_services(Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path}/tg.db"))
-    app = create_app(services, load=[str(RESOURCES / "v1_app.py")])
-    try:
-        with TestClient(app):
-            yield services
-    finally:
-        services.close()
+def svc(v1_client: TestClient) -> Any:
+    return v1_client.app.state.services
 
 
 def _silent(svc: Any, silent_for: float) -> str:
